@@ -1,0 +1,126 @@
+# atpd - one entry point: make, make run, make test, make bench, sanitizer builds.
+#
+#   make            bin/atpd and bin/atpctl (release: -O2, jemalloc)
+#   make deps       installs the Debian packages the build and tests need
+#   make run        builds, starts atpd on 127.0.0.1:8080 with a demo catalogue
+#   make test       unit tests, sanitizer runs (ASan+UBSan, TSan), black-box tests
+#   make bench      micro-benchmarks and the HTTP benchmarks against the peers
+#   make fuzz       the libFuzzer harnesses, time-boxed (FUZZ_SECONDS)
+#   make format     clang-format in place; make format-check fails on a diff
+
+CC       ?= cc
+CLANG    ?= clang
+BUILD    := build
+DEPS     := $(BUILD)/deps
+# llhttp 8.1's C sources come from Debian's node-llhttp, either installed or
+# unpacked by scripts/deps.sh into the ignored build tree.
+LLHTTP_DIR := $(firstword $(wildcard /usr/share/llhttp $(DEPS)/usr/share/llhttp))
+LLHTTP_INC := $(firstword $(wildcard /usr/share/include/llhttp $(DEPS)/usr/share/include/llhttp))
+LLHTTP_SRC := llhttp.c api.c http.c
+
+JSON_LIBS ?= -ljansson
+LIBS     := -luv -lmsgpackc $(JSON_LIBS) -lhiredis -lpthread -lm
+WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
+CSTD     := -std=c11 -D_GNU_SOURCE
+INC      := -Iinclude -I$(LLHTTP_INC)
+CFLAGS_release := -O2 -g 
+CFLAGS_asan    := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+CFLAGS_tsan    := -O1 -g -fsanitize=thread
+LDFLAGS_release := -ljemalloc
+LDFLAGS_asan    := -fsanitize=address,undefined
+LDFLAGS_tsan    := -fsanitize=thread
+
+SRC_ALL   := $(sort $(wildcard src/*.c))
+SRC_MAINS := src/main.c src/atpctl.c
+SRC_LIB   := $(filter-out $(SRC_MAINS),$(SRC_ALL))
+UNIT_SRC  := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_NAMES := $(patsubst tests/unit/%.c,%,$(UNIT_SRC))
+
+# objects per variant: $(call objs,variant)
+objs = $(patsubst src/%.c,$(BUILD)/$(1)/%.o,$(SRC_LIB)) \
+       $(patsubst %.c,$(BUILD)/$(1)/llhttp/%.o,$(LLHTTP_SRC))
+
+.PHONY: all deps run test unit unit-asan unit-tsan blackbox fuzz bench format format-check clean
+all: bin/atpd bin/atpctl
+
+deps:
+	@scripts/deps.sh
+
+# --- objects ---------------------------------------------------------------
+define variant_rules
+$(BUILD)/$(1)/%.o: src/%.c $(wildcard include/atp/*.h) | $(BUILD)/$(1)/llhttp
+	$$(CC) $(CSTD) $(WARN) $(CFLAGS_$(1)) $(INC) -MMD -c $$< -o $$@
+$(BUILD)/$(1)/llhttp/%.o: $(LLHTTP_DIR)/%.c | $(BUILD)/$(1)/llhttp
+	$$(CC) -std=c11 -O2 -g $(CFLAGS_$(1)) -w -I$(LLHTTP_INC) -c $$< -o $$@
+$(BUILD)/$(1)/llhttp:
+	@mkdir -p $$@
+$(BUILD)/$(1)/tests/%: tests/unit/%.c tests/unit/test.h $(call objs,$(1))
+	@mkdir -p $$(dir $$@)
+	$$(CC) $(CSTD) $(WARN) $(CFLAGS_$(1)) $(INC) -Itests/unit $$< $(call objs,$(1)) -o $$@ $(LIBS) $(LDFLAGS_$(1))
+endef
+$(foreach v,release asan tsan,$(eval $(call variant_rules,$(v))))
+
+bin/atpd: src/main.c $(call objs,release)
+	@mkdir -p bin
+	$(CC) $(CSTD) $(WARN) $(CFLAGS_release) $(INC) $^ -o $@ $(LIBS) $(LDFLAGS_release)
+bin/atpctl: src/atpctl.c $(call objs,release)
+	@mkdir -p bin
+	$(CC) $(CSTD) $(WARN) $(CFLAGS_release) $(INC) $^ -o $@ $(LIBS) $(LDFLAGS_release)
+bin/atpd-asan: src/main.c $(call objs,asan)
+	@mkdir -p bin
+	$(CC) $(CSTD) $(WARN) $(CFLAGS_asan) $(INC) $^ -o $@ $(LIBS) $(LDFLAGS_asan)
+
+# --- run -------------------------------------------------------------------
+run: deps all
+	@scripts/run-demo.sh
+
+# --- tests -----------------------------------------------------------------
+# Each suite prints "N passed, N failed" as its last line; tests/run.sh runs
+# them all, sums the counts and prints the total as the last line.
+UNIT_BINS_release := $(addprefix $(BUILD)/release/tests/,$(UNIT_NAMES))
+UNIT_BINS_asan    := $(addprefix $(BUILD)/asan/tests/,$(UNIT_NAMES))
+TSAN_NAMES        := $(patsubst tests/unit/%.c,%,$(sort $(wildcard tests/unit/test_*stress*.c)))
+UNIT_BINS_tsan    := $(addprefix $(BUILD)/tsan/tests/,$(TSAN_NAMES))
+
+test: deps all bin/atpd-asan $(UNIT_BINS_release) $(UNIT_BINS_asan) $(UNIT_BINS_tsan)
+	@tests/run.sh
+
+unit: $(UNIT_BINS_release)
+	@tests/run.sh unit
+unit-asan: $(UNIT_BINS_asan)
+	@tests/run.sh asan
+unit-tsan: $(UNIT_BINS_tsan)
+	@tests/run.sh tsan
+blackbox: all bin/atpd-asan
+	@tests/run.sh blackbox
+
+# --- fuzz (clang + libclang-rt-14-dev) --------------------------------------
+FUZZ_SECONDS ?= 60
+FUZZ_SRC   := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS  := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
+FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(SRC_LIB) $(wildcard include/atp/*.h)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(CSTD) $(WARN) $(FUZZ_FLAGS) $(INC) $< $(SRC_LIB) $(addprefix $(LLHTTP_DIR)/,$(LLHTTP_SRC)) -o $@ $(LIBS)
+fuzz: $(FUZZ_BINS)
+	@tests/run.sh fuzz $(FUZZ_SECONDS)
+
+# --- bench -----------------------------------------------------------------
+BENCH_SRC  := $(sort $(wildcard bench/bench_*.c))
+BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/release/bench/%,$(BENCH_SRC))
+$(BUILD)/release/bench/%: bench/%.c $(call objs,release)
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(WARN) $(CFLAGS_release) $(INC) $< $(call objs,release) -o $@ $(LIBS) $(LDFLAGS_release)
+bench: deps all $(BENCH_BINS)
+	@bench/run.sh
+
+# --- housekeeping ------------------------------------------------------------
+FORMAT_FILES := $(wildcard src/*.c include/atp/*.h tests/unit/*.c tests/unit/*.h tests/fuzz/*.c bench/*.c)
+format:
+	clang-format -i $(FORMAT_FILES)
+format-check:
+	clang-format --dry-run --Werror $(FORMAT_FILES)
+clean:
+	rm -rf $(BUILD)/release $(BUILD)/asan $(BUILD)/tsan $(BUILD)/fuzz bin
+
+-include $(wildcard $(BUILD)/*/*.d)

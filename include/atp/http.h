@@ -1,0 +1,122 @@
+/* http.h - the HTTP/1.1 server: libuv event loops, llhttp parsing.
+ *
+ * N event-loop threads each own a listening socket bound to the same address
+ * with SO_REUSEPORT (the kernel spreads connections), their connections, and a
+ * per-connection arena. A request is parsed with llhttp; when it is complete
+ * the handler runs on the loop thread and fills a response, which is written in
+ * request order (pipelining). Limits from limits.h: connections per thread,
+ * header bytes (431), URL bytes (414), body bytes per route (413), header,
+ * body and idle timeouts; a slow or half-closed client cannot pin memory.
+ *
+ * Only http_server.c includes llhttp and libuv's TCP parts.
+ */
+#ifndef ATP_HTTP_H
+#define ATP_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "atp/memory.h"
+
+typedef enum {
+  ATP_HTTP_GET,
+  ATP_HTTP_HEAD,
+  ATP_HTTP_POST,
+  ATP_HTTP_PUT,
+  ATP_HTTP_DELETE,
+  ATP_HTTP_PATCH,
+  ATP_HTTP_OPTIONS,
+  ATP_HTTP_OTHER,
+} atp_http_method_t;
+
+typedef struct {
+  atp_http_method_t method;
+  const char *method_name;   /* "GET", ... NUL-terminated */
+  const char *path;          /* raw (still percent-encoded), NUL-terminated */
+  size_t path_len;
+  const char *query;         /* after '?', raw, NUL-terminated; "" if none */
+  size_t query_len;
+  const char *content_type;  /* header value or NULL */
+  size_t content_type_len;
+  const char *accept;        /* header value or NULL */
+  size_t accept_len;
+  const char *authorization; /* header value or NULL; never log it */
+  size_t authorization_len;
+  const char *body;          /* whole body (chunked bodies are joined), may be "" */
+  size_t body_len;
+  uint64_t request_id;       /* unique per process, for logs */
+  int64_t started_ns;        /* monotonic time the request head was complete */
+  atp_arena_t *arena;        /* cleared after the response is queued */
+  int thread_index;          /* which loop thread runs the handler */
+} atp_http_request_t;
+
+#define ATP_HTTP_EXTRA_HEADERS_MAX 4
+
+typedef struct {
+  int status;                 /* set by the handler; 500 if left 0 */
+  const char *content_type;   /* static string, or NULL for no body type */
+  atp_buf_t *body;            /* the handler appends the body here */
+  const char *extra_headers[ATP_HTTP_EXTRA_HEADERS_MAX]; /* "Retry-After: 1" */
+  uint32_t extra_header_count;
+  bool close;                 /* close the connection after this response */
+} atp_http_response_t;
+
+/* Runs on the loop thread for each complete request. Must not block. */
+typedef void (*atp_http_handler_fn)(void *ctx, const atp_http_request_t *req,
+                                    atp_http_response_t *res);
+
+/* The body limit for a request, decided when its head is complete
+ * (ATP_HTTP_BODY_BYTES_MAX or ATP_HTTP_BULK_BODY_BYTES_MAX). */
+typedef size_t (*atp_http_body_limit_fn)(void *ctx, atp_http_method_t method,
+                                         const char *path, size_t path_len);
+
+/* Called once per response after it is queued, for metrics and the access log:
+ * route-independent facts only. */
+typedef void (*atp_http_log_fn)(void *ctx, const atp_http_request_t *req,
+                                int status, size_t body_bytes, int64_t elapsed_ns);
+
+typedef struct {
+  const char *host;       /* "127.0.0.1" */
+  int port;               /* 0: pick a free one (see atp_http_server_port) */
+  int threads;            /* 1..ATP_HTTP_THREADS_MAX */
+  atp_http_handler_fn handler;
+  atp_http_body_limit_fn body_limit; /* NULL: ATP_HTTP_BODY_BYTES_MAX for all */
+  atp_http_log_fn log;               /* NULL: none */
+  void *ctx;                         /* passed to the three callbacks */
+  /* Called on loop thread 0 every tick_ms (0: never), e.g. engine expiry. */
+  void (*tick)(void *ctx);
+  uint32_t tick_ms;
+} atp_http_config_t;
+
+typedef struct atp_http_server atp_http_server_t;
+
+/* Binds and listens on every thread's socket (so the port is known on
+ * return) but serves nothing until atp_http_server_run. Negative ATP_E* or
+ * -errno-like ATP_EUNAVAILABLE when the address cannot be bound; err gets a
+ * sentence. */
+int atp_http_server_create(const atp_http_config_t *config,
+                           atp_http_server_t **out, char *err, size_t err_len);
+
+/* The bound port. */
+int atp_http_server_port(const atp_http_server_t *server);
+
+/* Runs every loop (threads 1..N-1 on new threads, 0 on the caller) until
+ * atp_http_server_stop, then returns 0 once every connection is drained. */
+int atp_http_server_run(atp_http_server_t *server);
+
+/* Stops accepting, lets in-flight requests finish and their responses be
+ * written, closes idle connections, then makes run return. Async-signal-safe
+ * enough to call from a libuv signal handler on loop 0; callable from any
+ * thread. */
+void atp_http_server_stop(atp_http_server_t *server);
+
+void atp_http_server_destroy(atp_http_server_t *server);
+
+/* For fuzzing and tests without sockets: feeds raw bytes through the same
+ * parser and handler path as a connection would, appending every response's
+ * bytes to out. Returns 0, or 1 when the server would close the connection. */
+int atp_http_feed(const atp_http_config_t *config, const char *bytes, size_t len,
+                  atp_buf_t *out);
+
+#endif

@@ -1,0 +1,62 @@
+/* memory.h - allocation: jemalloc behind one pair of wrappers, a per-request
+ * arena cleared in one shot, and a growable byte buffer.
+ *
+ * atp_malloc/atp_free are the only way the project allocates (jemalloc is linked
+ * as the process allocator, so these are thin; they exist so that an
+ * out-of-memory is handled in one place). An arena hands out memory from
+ * chunks it keeps across resets, so a request's parsing and response building
+ * allocate nothing once the arena has warmed up.
+ *
+ * Thread: an arena or a buffer belongs to one thread at a time.
+ */
+#ifndef ATP_MEMORY_H
+#define ATP_MEMORY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* NULL on failure (never aborts). */
+void *atp_malloc(size_t bytes);
+void *atp_calloc(size_t count, size_t bytes);
+void *atp_realloc(void *ptr, size_t bytes);
+void atp_free(void *ptr);
+
+typedef struct atp_arena_chunk atp_arena_chunk_t;
+
+typedef struct {
+  atp_arena_chunk_t *head; /* chunk being filled; NULL before the first alloc */
+  atp_arena_chunk_t *free; /* chunks kept by reset for reuse */
+  size_t chunk_bytes;      /* size of a normal chunk */
+  size_t bytes_max;        /* total the arena may hold; allocs beyond fail */
+  size_t bytes_held;       /* sum of chunk sizes owned (head + free lists) */
+} atp_arena_t;
+
+void atp_arena_init(atp_arena_t *arena, size_t chunk_bytes, size_t bytes_max);
+/* 8-byte aligned; NULL when bytes_max would be exceeded or memory is out. */
+void *atp_arena_alloc(atp_arena_t *arena, size_t bytes);
+/* Copy of [ptr, ptr+len) with a NUL after it. */
+char *atp_arena_strdup(atp_arena_t *arena, const char *ptr, size_t len);
+/* Forgets every allocation, keeps the chunks (up to chunk_bytes * 4). */
+void atp_arena_reset(atp_arena_t *arena);
+void atp_arena_destroy(atp_arena_t *arena);
+
+typedef struct {
+  char *data;      /* NULL until the first append */
+  size_t len;      /* bytes used */
+  size_t cap;      /* bytes allocated */
+  size_t len_max;  /* appends beyond fail; 0: no limit */
+  int failed;      /* an append failed (limit or memory); sticky until reset */
+} atp_buf_t;
+
+void atp_buf_init(atp_buf_t *buf, size_t len_max);
+/* 0 or ATP_ENOMEM / ATP_ETOOLARGE; on failure the buffer is marked failed. */
+int atp_buf_append(atp_buf_t *buf, const void *data, size_t len);
+int atp_buf_printf(atp_buf_t *buf, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Ensures room for len more bytes and returns where to write them; the caller
+ * then adds to buf->len. NULL on failure. */
+char *atp_buf_reserve(atp_buf_t *buf, size_t len);
+void atp_buf_reset(atp_buf_t *buf); /* len = 0, failed = 0, keeps memory */
+void atp_buf_free(atp_buf_t *buf);
+
+#endif

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages atpd builds and tests with, when missing, and
+# unpacks node-llhttp's C sources into the ignored build tree (installing the
+# package itself would drag in Node.js). Idempotent and quiet when all is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pkgs=(build-essential pkg-config clang libclang-rt-14-dev clang-format
+      libuv1-dev libhiredis-dev libjemalloc-dev libmsgpack-dev libjansson-dev
+      redis-server redis-tools wrk python3 python3-msgpack curl)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+fi
+if [[ ! -f /usr/share/llhttp/llhttp.c && ! -f build/deps/usr/share/llhttp/llhttp.c ]]; then
+  echo "deps: unpacking node-llhttp into build/deps"
+  mkdir -p build/deps
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download node-llhttp >/dev/null 2>&1 || { $sudo apt-get update -q && apt-get download node-llhttp; })
+  dpkg -x "$tmp"/node-llhttp_*.deb build/deps
+  rm -rf "$tmp"
+fi

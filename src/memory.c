@@ -1,0 +1,170 @@
+/* memory.c - allocation wrappers, arena, growable buffer (see memory.h).
+ *
+ * jemalloc is linked as the process allocator in release builds (-ljemalloc
+ * replaces malloc), so the wrappers call the standard names; sanitizer builds
+ * then get their own interposed allocator without a code change. */
+#include "atp/memory.h"
+
+#include <assert.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "atp/error.h"
+
+void *atp_malloc(size_t bytes) { return malloc(bytes ? bytes : 1); }
+void *atp_calloc(size_t count, size_t bytes) { return calloc(count ? count : 1, bytes ? bytes : 1); }
+void *atp_realloc(void *ptr, size_t bytes) { return realloc(ptr, bytes ? bytes : 1); }
+void atp_free(void *ptr) { free(ptr); }
+
+struct atp_arena_chunk {
+  atp_arena_chunk_t *next;
+  size_t size; /* usable bytes after the header */
+  size_t used; /* bytes handed out, 8-aligned */
+  max_align_t data[];
+};
+
+void atp_arena_init(atp_arena_t *arena, size_t chunk_bytes, size_t bytes_max) {
+  assert(chunk_bytes >= 256);
+  memset(arena, 0, sizeof *arena);
+  arena->chunk_bytes = chunk_bytes;
+  arena->bytes_max = bytes_max;
+}
+
+static atp_arena_chunk_t *arena_new_chunk(atp_arena_t *arena, size_t need) {
+  /* Reuse a kept chunk when it is big enough: the common, allocation-free case. */
+  for (atp_arena_chunk_t **p = &arena->free; *p; p = &(*p)->next) {
+    if ((*p)->size >= need) {
+      atp_arena_chunk_t *c = *p;
+      *p = c->next;
+      return c;
+    }
+  }
+  size_t size = need > arena->chunk_bytes ? need : arena->chunk_bytes;
+  if (arena->bytes_max && arena->bytes_held + size > arena->bytes_max) return NULL;
+  atp_arena_chunk_t *c = atp_malloc(sizeof *c + size);
+  if (!c) return NULL;
+  c->size = size;
+  arena->bytes_held += size;
+  return c;
+}
+
+void *atp_arena_alloc(atp_arena_t *arena, size_t bytes) {
+  size_t need = (bytes + 7) & ~(size_t)7;
+  atp_arena_chunk_t *c = arena->head;
+  if (!c || c->size - c->used < need) {
+    c = arena_new_chunk(arena, need);
+    if (!c) return NULL;
+    c->used = 0;
+    c->next = arena->head;
+    arena->head = c;
+  }
+  void *p = (char *)c->data + c->used;
+  c->used += need;
+  return p;
+}
+
+char *atp_arena_strdup(atp_arena_t *arena, const char *ptr, size_t len) {
+  char *s = atp_arena_alloc(arena, len + 1);
+  if (!s) return NULL;
+  if (len) memcpy(s, ptr, len);
+  s[len] = '\0';
+  return s;
+}
+
+void atp_arena_reset(atp_arena_t *arena) {
+  /* Keep up to four normal chunks' worth for the next request; free the rest so
+   * that one huge request does not pin its memory on the connection forever. */
+  size_t keep = arena->chunk_bytes * 4, kept = 0;
+  atp_arena_chunk_t *c = arena->head, *list = arena->free;
+  arena->head = NULL;
+  arena->free = NULL;
+  arena->bytes_held = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    while (c) {
+      atp_arena_chunk_t *next = c->next;
+      if (kept + c->size <= keep) {
+        c->next = arena->free;
+        arena->free = c;
+        kept += c->size;
+        arena->bytes_held += c->size;
+      } else {
+        atp_free(c);
+      }
+      c = next;
+    }
+    c = list;
+  }
+}
+
+void atp_arena_destroy(atp_arena_t *arena) {
+  atp_arena_chunk_t *lists[2] = {arena->head, arena->free};
+  for (int i = 0; i < 2; i++) {
+    for (atp_arena_chunk_t *c = lists[i], *next; c; c = next) {
+      next = c->next;
+      atp_free(c);
+    }
+  }
+  memset(arena, 0, sizeof *arena);
+}
+
+void atp_buf_init(atp_buf_t *buf, size_t len_max) {
+  memset(buf, 0, sizeof *buf);
+  buf->len_max = len_max;
+}
+
+char *atp_buf_reserve(atp_buf_t *buf, size_t len) {
+  if (buf->failed) return NULL;
+  if (buf->len_max && buf->len + len > buf->len_max) {
+    buf->failed = ATP_ETOOLARGE;
+    return NULL;
+  }
+  if (buf->cap - buf->len < len) {
+    size_t cap = buf->cap ? buf->cap : 256;
+    while (cap - buf->len < len) cap *= 2;
+    char *data = atp_realloc(buf->data, cap);
+    if (!data) {
+      buf->failed = ATP_ENOMEM;
+      return NULL;
+    }
+    buf->data = data;
+    buf->cap = cap;
+  }
+  return buf->data + buf->len;
+}
+
+int atp_buf_append(atp_buf_t *buf, const void *data, size_t len) {
+  char *p = atp_buf_reserve(buf, len);
+  if (!p) return buf->failed;
+  if (len) memcpy(p, data, len);
+  buf->len += len;
+  return 0;
+}
+
+int atp_buf_printf(atp_buf_t *buf, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  if (n < 0) return buf->failed = ATP_EINTERNAL;
+  char *p = atp_buf_reserve(buf, (size_t)n + 1);
+  if (!p) return buf->failed;
+  va_start(ap, fmt);
+  vsnprintf(p, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  buf->len += (size_t)n;
+  return 0;
+}
+
+void atp_buf_reset(atp_buf_t *buf) {
+  buf->len = 0;
+  buf->failed = 0;
+}
+
+void atp_buf_free(atp_buf_t *buf) {
+  atp_free(buf->data);
+  buf->data = NULL;
+  buf->len = buf->cap = 0;
+  buf->failed = 0;
+}
