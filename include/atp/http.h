@@ -87,6 +87,13 @@ typedef struct {
   /* Called on loop thread 0 every tick_ms (0: never), e.g. engine expiry. */
   void (*tick)(void *ctx);
   uint32_t tick_ms;
+  /* Overrides of the limits.h defaults, mostly so tests can be quick; 0 means
+   * the default named in each comment. */
+  uint32_t idle_timeout_ms;   /* ATP_HTTP_IDLE_TIMEOUT_MS */
+  uint32_t header_timeout_ms; /* ATP_HTTP_HEADER_TIMEOUT_MS */
+  uint32_t body_timeout_ms;   /* ATP_HTTP_BODY_TIMEOUT_MS */
+  uint32_t stop_timeout_ms;   /* stop: in-flight grace before force-close, 5000 */
+  uint32_t connections_max;   /* per thread, ATP_HTTP_CONNECTIONS_MAX */
 } atp_http_config_t;
 
 typedef struct atp_http_server atp_http_server_t;
