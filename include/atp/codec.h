@@ -41,7 +41,8 @@ atp_format_t atp_format_from_content_type(const char *value, size_t len);
 
 /* The response format for an Accept header (may be NULL/0) and the request's
  * format: the first of JSON or msgpack that Accept names, else the request's
- * format if it is JSON or msgpack, else JSON. */
+ * format if it is JSON or msgpack, else JSON. List order decides, not q; an
+ * entry with q=0 (explicitly refused) is skipped. */
 atp_format_t atp_format_for_response(const char *accept, size_t accept_len,
                                      atp_format_t request_format);
 
@@ -97,7 +98,11 @@ int atp_codec_parse(atp_format_t format, const char *body, size_t len,
  * ATP_EBADREQ, err->offset says where) or when fn returns non-zero (that value
  * is returned). max_items bounds the count (ATP_ETOOLARGE beyond).
  * The arena is reset by fn's caller as it likes: values are valid during fn
- * only if fn resets it. */
+ * only if fn resets it.
+ * JSON: a body starting with '[' yields the array's items, anything else is a
+ * sequence of whitespace-separated values. NDJSON: one value per line, blank
+ * lines skipped. Memory is one item's tree at a time, the body is read once.
+ * Items inside an array count it towards ATP_CODEC_DEPTH_MAX. */
 int atp_codec_parse_stream(atp_format_t format, const char *body, size_t len,
                            atp_arena_t *arena, uint32_t max_items,
                            int (*fn)(void *ctx, uint32_t index, atp_val_t *val),
@@ -128,10 +133,18 @@ void atp_w_object_end(atp_writer_t *w);
 void atp_w_array_begin(atp_writer_t *w);
 void atp_w_array_end(atp_writer_t *w);
 void atp_w_key(atp_writer_t *w, const char *key); /* NUL-terminated literal */
+/* A key with its length (may hold NULs), e.g. a parsed member's key. */
+void atp_w_keyn(atp_writer_t *w, const char *key, size_t len);
+/* JSON escapes quotes, backslash and control characters (\u00XX) and passes
+ * UTF-8 through; bytes that are not valid UTF-8 are written as \ufffd so the
+ * output is always valid JSON. */
 void atp_w_str(atp_writer_t *w, const char *s, size_t len);
 void atp_w_cstr(atp_writer_t *w, const char *s);
 void atp_w_int(atp_writer_t *w, int64_t v);
 void atp_w_uint(atp_writer_t *w, uint64_t v);
+/* Shortest form that reads back as the same double and as a float ("3.0");
+ * NaN and infinities are written as JSON null (MessagePack keeps them). */
+void atp_w_float(atp_writer_t *w, double v);
 void atp_w_bool(atp_writer_t *w, bool v);
 void atp_w_null(atp_writer_t *w);
 /* Writes an already-parsed value back out (dead letter payloads). */

@@ -1,0 +1,313 @@
+/* codec_msgpack.c - MessagePack bodies into atp_val_t, with msgpack-c.
+ *
+ * Two passes. First our own structural check walks the bytes once with an
+ * explicit stack: it finds where the value ends and refuses, with the exact
+ * offset, truncation, bad bytes, nesting beyond ATP_CODEC_DEPTH_MAX, integers
+ * outside int64, non-string map keys, bin/ext types and invalid UTF-8. It
+ * comes first because msgpack-c allocates each container from its declared
+ * count before reading the items: five bytes announcing 2^32 items would
+ * otherwise ask for 64 GiB. Once the check passed, the counts are backed by
+ * real bytes, so msgpack-c's tree is at most a small multiple of the body.
+ * Then msgpack-c unpacks the checked bytes and we convert its tree into the
+ * arena, rejecting duplicate keys by sorting (O(n log n) for any input).
+ */
+#include <assert.h>
+#include <msgpack.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "atp/error.h"
+#include "atp/limits.h"
+#include "codec_internal.h"
+
+/* --- structural check -------------------------------------------------------- */
+
+typedef struct {
+  uint64_t left;  /* items still to read; a map counts keys and values */
+  bool is_map;    /* then an even `left` means a key comes next */
+} frame_t;
+
+static uint64_t be(const unsigned char *p, int n) {
+  uint64_t v = 0;
+  for (int i = 0; i < n; i++) v = (v << 8) | p[i];
+  return v;
+}
+
+/* Checks the value at body[start, len) opened inside `depth` containers and
+ * sets *end just past it. 0 or ATP_EBADREQ. */
+static int check_value(const char *body, size_t start, size_t len, uint32_t depth,
+                       size_t *end, atp_parse_error_t *err) {
+  const unsigned char *b = (const unsigned char *)body;
+  frame_t stack[ATP_CODEC_DEPTH_MAX];
+  uint32_t top = 0; /* frames in use */
+  size_t p = start;
+  for (;;) {
+    if (p >= len) return atp_codec_fail(err, len, "unexpected end of input");
+    size_t at = p;
+    unsigned char t = b[p++];
+    bool want_key = top > 0 && stack[top - 1].is_map && stack[top - 1].left % 2 == 0;
+    uint64_t str_len = UINT64_MAX, count = 0;
+    int size_bytes = 0;
+    bool container = false, is_map = false;
+    if (t <= 0x7f || t >= 0xe0 || t == 0xc0 || t == 0xc2 || t == 0xc3) {
+      /* fixint, nil, bool: nothing follows */
+    } else if (t >= 0xa0 && t <= 0xbf) {
+      str_len = t & 0x1f;
+    } else if (t >= 0x80 && t <= 0x9f) {
+      container = true, is_map = t < 0x90, count = t & 0x0f;
+    } else {
+      static const int extra[] = {
+          [0xca] = 4, [0xcb] = 8, [0xcc] = 1, [0xcd] = 2, [0xce] = 4, [0xcf] = 8,
+          [0xd0] = 1, [0xd1] = 2, [0xd2] = 4, [0xd3] = 8, [0xd9] = 1, [0xda] = 2,
+          [0xdb] = 4, [0xdc] = 2, [0xdd] = 4, [0xde] = 2, [0xdf] = 4};
+      if (t == 0xc1) return atp_codec_fail(err, at, "invalid msgpack byte 0xc1");
+      if ((t >= 0xc4 && t <= 0xc9) || (t >= 0xd4 && t <= 0xd8)) {
+        return atp_codec_fail(err, at, "unsupported msgpack type 0x%02x (bin/ext)", t);
+      }
+      size_bytes = extra[t];
+      assert(size_bytes > 0);
+      if (len - p < (size_t)size_bytes) return atp_codec_fail(err, len, "unexpected end of input");
+      uint64_t v = be(b + p, size_bytes);
+      p += (size_t)size_bytes;
+      if (t == 0xcf && v > INT64_MAX) return atp_codec_fail(err, at, "integer out of int64 range");
+      if (t >= 0xd9 && t <= 0xdb) str_len = v;
+      if (t >= 0xdc) container = true, is_map = t >= 0xde, count = v;
+    }
+    if (want_key && str_len == UINT64_MAX) {
+      return atp_codec_fail(err, at, "map key is not a string");
+    }
+    if (str_len != UINT64_MAX) {
+      if (len - p < str_len) return atp_codec_fail(err, len, "unexpected end of input");
+      size_t valid = atp_codec_utf8_prefix(body + p, (size_t)str_len);
+      if (valid != str_len) return atp_codec_fail(err, p + valid, "invalid UTF-8 in string");
+      p += (size_t)str_len;
+    }
+    if (container) {
+      if (depth + top + 1 > ATP_CODEC_DEPTH_MAX) {
+        return atp_codec_fail(err, at, "nesting deeper than %d", ATP_CODEC_DEPTH_MAX);
+      }
+      uint64_t items = is_map ? count * 2 : count;
+      /* Every item takes at least one byte: a count the body cannot back is
+       * truncated input, refused before anything is allocated for it. */
+      if (items > len - p) return atp_codec_fail(err, len, "unexpected end of input");
+      if (items > 0) {
+        stack[top].left = items;
+        stack[top].is_map = is_map;
+        top++;
+        continue;
+      }
+    }
+    /* A value is complete: count it in its container, closing finished ones. */
+    for (;;) {
+      if (top == 0) {
+        *end = p;
+        return 0;
+      }
+      if (--stack[top - 1].left > 0) break;
+      top--;
+    }
+  }
+}
+
+/* --- conversion --------------------------------------------------------------- */
+
+typedef struct {
+  atp_arena_t *arena;
+  const char *body;        /* the bytes msgpack-c's strings point into */
+  atp_parse_error_t *err;
+} convert_t;
+
+typedef struct {
+  const char *key; /* in the body */
+  uint32_t key_len;
+  uint32_t index;  /* position in the object, to report the later twin */
+} key_ref_t;
+
+static int key_ref_cmp(const void *a, const void *b) {
+  const key_ref_t *x = a, *y = b;
+  if (x->key_len != y->key_len) return x->key_len < y->key_len ? -1 : 1;
+  int c = memcmp(x->key, y->key, x->key_len);
+  if (c) return c;
+  return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* Sorting instead of hashing: bounded O(n log n) whatever keys a client
+ * chooses. Small objects (the common case) compare pairwise. */
+static int check_duplicates(convert_t *c, const msgpack_object_map *map) {
+  uint32_t n = map->size, dup = UINT32_MAX;
+  if (n <= 8) {
+    for (uint32_t i = 1; i < n && dup == UINT32_MAX; i++) {
+      const msgpack_object_str *ki = &map->ptr[i].key.via.str;
+      for (uint32_t j = 0; j < i; j++) {
+        const msgpack_object_str *kj = &map->ptr[j].key.via.str;
+        if (ki->size == kj->size && memcmp(ki->ptr, kj->ptr, ki->size) == 0) {
+          dup = i;
+          break;
+        }
+      }
+    }
+  } else {
+    key_ref_t *refs = atp_arena_alloc(c->arena, (size_t)n * sizeof *refs);
+    if (!refs) return ATP_ENOMEM;
+    for (uint32_t i = 0; i < n; i++) {
+      refs[i] = (key_ref_t){map->ptr[i].key.via.str.ptr, map->ptr[i].key.via.str.size, i};
+    }
+    qsort(refs, n, sizeof *refs, key_ref_cmp);
+    for (uint32_t i = 1; i < n; i++) {
+      if (refs[i].key_len == refs[i - 1].key_len &&
+          memcmp(refs[i].key, refs[i - 1].key, refs[i].key_len) == 0 && refs[i].index < dup) {
+        dup = refs[i].index;
+      }
+    }
+  }
+  if (dup == UINT32_MAX) return 0;
+  const msgpack_object_str *k = &map->ptr[dup].key.via.str;
+  /* Report the key's type byte: its header size assuming the minimal form. */
+  size_t header = k->size < 32 ? 1 : k->size <= UINT8_MAX ? 2 : k->size <= UINT16_MAX ? 3 : 5;
+  return atp_codec_fail(c->err, (size_t)(k->ptr - c->body) - header, "duplicate key \"%.*s\"",
+                        (int)(k->size > 64 ? 64 : k->size), k->ptr);
+}
+
+static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out) {
+  switch (o->type) {
+    case MSGPACK_OBJECT_NIL: out->type = ATP_VAL_NULL; return 0;
+    case MSGPACK_OBJECT_BOOLEAN:
+      out->type = ATP_VAL_BOOL;
+      out->u.b = o->via.boolean;
+      return 0;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+      assert(o->via.u64 <= INT64_MAX); /* checked in check_value */
+      out->type = ATP_VAL_INT;
+      out->u.i = (int64_t)o->via.u64;
+      return 0;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+      out->type = ATP_VAL_INT;
+      out->u.i = o->via.i64;
+      return 0;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+      out->type = ATP_VAL_FLOAT;
+      out->u.f = o->via.f64;
+      return 0;
+    case MSGPACK_OBJECT_STR:
+      out->type = ATP_VAL_STR;
+      out->len = o->via.str.size;
+      out->u.s = atp_arena_strdup(c->arena, o->via.str.ptr, o->via.str.size);
+      return out->u.s ? 0 : ATP_ENOMEM;
+    case MSGPACK_OBJECT_ARRAY: {
+      uint32_t n = o->via.array.size;
+      out->type = ATP_VAL_ARRAY;
+      out->len = n;
+      out->u.items = n ? atp_arena_alloc(c->arena, (size_t)n * sizeof(atp_val_t)) : NULL;
+      if (n && !out->u.items) return ATP_ENOMEM;
+      for (uint32_t i = 0; i < n; i++) {
+        int rc = convert(c, &o->via.array.ptr[i], &out->u.items[i]);
+        if (rc) return rc;
+      }
+      return 0;
+    }
+    case MSGPACK_OBJECT_MAP: {
+      uint32_t n = o->via.map.size;
+      int rc = check_duplicates(c, &o->via.map);
+      if (rc) return rc;
+      out->type = ATP_VAL_OBJECT;
+      out->len = n;
+      out->u.members = n ? atp_arena_alloc(c->arena, (size_t)n * sizeof(atp_member_t)) : NULL;
+      if (n && !out->u.members) return ATP_ENOMEM;
+      for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object_kv *kv = &o->via.map.ptr[i];
+        assert(kv->key.type == MSGPACK_OBJECT_STR); /* checked in check_value */
+        atp_member_t *m = &out->u.members[i];
+        m->key_len = kv->key.via.str.size;
+        m->key = atp_arena_strdup(c->arena, kv->key.via.str.ptr, m->key_len);
+        if (!m->key) return ATP_ENOMEM;
+        rc = convert(c, &kv->val, &m->val);
+        if (rc) return rc;
+      }
+      return 0;
+    }
+    default:
+      /* bin and ext are refused by check_value. */
+      return atp_codec_fail(c->err, 0, "unsupported msgpack type");
+  }
+}
+
+/* The checked value body[start, end) into the arena. */
+static int unpack_checked(const char *body, size_t start, size_t end, atp_arena_t *arena,
+                          atp_val_t **out, atp_parse_error_t *err) {
+  msgpack_unpacked unpacked;
+  msgpack_unpacked_init(&unpacked);
+  size_t off = 0;
+  /* Strings in the result point into body (msgpack-c references them). */
+  msgpack_unpack_return ur = msgpack_unpack_next(&unpacked, body + start, end - start, &off);
+  int rc;
+  if (ur == MSGPACK_UNPACK_NOMEM_ERROR) {
+    atp_codec_fail(err, start, "out of memory");
+    rc = ATP_ENOMEM;
+  } else if (ur != MSGPACK_UNPACK_SUCCESS || off != end - start) {
+    rc = atp_codec_fail(err, start + off, "malformed msgpack"); /* not expected after the check */
+  } else {
+    convert_t c = {.arena = arena, .body = body, .err = err};
+    atp_val_t *val = atp_arena_alloc(arena, sizeof *val);
+    rc = val ? convert(&c, &unpacked.data, val) : ATP_ENOMEM;
+    if (rc == ATP_ENOMEM) atp_codec_fail(err, start, "request too large to parse (arena exhausted)");
+    if (!rc) *out = val;
+  }
+  msgpack_unpacked_destroy(&unpacked);
+  return rc;
+}
+
+static int parse_one(const char *body, size_t start, size_t len, uint32_t depth,
+                     atp_arena_t *arena, atp_val_t **out, size_t *end,
+                     atp_parse_error_t *err) {
+  int rc = check_value(body, start, len, depth, end, err);
+  if (rc) return rc;
+  return unpack_checked(body, start, *end, arena, out, err);
+}
+
+int atp_codec_msgpack_parse(const char *body, size_t len, atp_arena_t *arena, atp_val_t **out,
+                            atp_parse_error_t *err) {
+  size_t end;
+  int rc = parse_one(body, 0, len, 0, arena, out, &end, err);
+  if (rc) return rc;
+  if (end != len) {
+    *out = NULL;
+    return atp_codec_fail(err, end, "unexpected data after the value");
+  }
+  return 0;
+}
+
+int atp_codec_msgpack_stream(const char *body, size_t len, atp_arena_t *arena,
+                             uint32_t max_items, int (*fn)(void *, uint32_t, atp_val_t *),
+                             void *ctx, atp_parse_error_t *err) {
+  const unsigned char *b = (const unsigned char *)body;
+  size_t p = 0;
+  uint64_t items = UINT64_MAX; /* array mode: items still to read */
+  if (len > 0 && ((b[0] >= 0x90 && b[0] <= 0x9f) || b[0] == 0xdc || b[0] == 0xdd)) {
+    /* A single array: its items are the stream, nothing may follow it. */
+    int size_bytes = b[0] <= 0x9f ? 0 : b[0] == 0xdc ? 2 : 4;
+    if (len < 1 + (size_t)size_bytes) return atp_codec_fail(err, len, "unexpected end of input");
+    items = size_bytes ? be(b + 1, size_bytes) : (uint64_t)(b[0] & 0x0f);
+    p = 1 + (size_t)size_bytes;
+    if (items > max_items) {
+      atp_codec_fail(err, 0, "more than %u items", max_items);
+      return ATP_ETOOLARGE;
+    }
+  }
+  uint32_t index = 0;
+  while (items == UINT64_MAX ? p < len : index < items) {
+    if (index >= max_items) {
+      atp_codec_fail(err, p, "more than %u items", max_items);
+      return ATP_ETOOLARGE;
+    }
+    atp_val_t *val;
+    size_t end;
+    int rc = parse_one(body, p, len, items == UINT64_MAX ? 0 : 1, arena, &val, &end, err);
+    if (rc) return rc;
+    rc = fn(ctx, index++, val);
+    if (rc) return rc;
+    p = end;
+  }
+  if (p < len) return atp_codec_fail(err, p, "unexpected data after the array");
+  return 0;
+}
