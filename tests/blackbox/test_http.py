@@ -1,0 +1,267 @@
+"""HTTP/1.1 behaviour over raw sockets: pipelining, chunked bodies, Connection:
+close, limits (413, 431), garbage, slow clients; the server survives it all."""
+import json
+import socket
+import threading
+import time
+
+from harness import build_request, expect_error, uid
+
+ASAN = True
+_slow = {}
+
+
+def adj_raw(sku, loc, delta):
+    return json.dumps(dict(id=uid("adj"), sku=sku, location=loc, delta=delta, reason="received",
+                           source="erp")).encode()
+
+
+def test_slowloris_start(srv):
+    """Opens partial requests now; later tests run meanwhile; the last test checks them."""
+    conns = []
+    for i in range(5):
+        c = srv.conn()
+        c.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        conns.append(c)
+    body = srv.conn()
+    body.send(build_request("POST", "/v1/adjustments", ["Content-Type: application/json",
+                                                        "Content-Length: 500"], b'{"id":'))
+    _slow["conns"] = conns
+    _slow["body"] = body
+    _slow["t0"] = time.time()
+    cl = srv.client()
+    for _ in range(5):
+        assert cl.get("/healthz", check_ct=False).status == 200, "served while slow clients hang"
+
+
+def test_pipelining_in_order(srv):
+    c = srv.client()
+    sku = uid("sku")
+    for i in range(1, 9):
+        c.adjust(sku, "P%d" % i, i)
+    reqs = b""
+    expect = []
+    for i in range(10):
+        if i == 4:
+            reqs += build_request("POST", "/v1/adjustments", ["Content-Type: application/json"],
+                                  adj_raw(sku, "P9", 9))
+            expect.append(("adj", 9))
+        elif i == 7:
+            reqs += build_request("GET", "/v1/availability?sku=%s&location=nowhere" % sku)
+            expect.append(("404", None))
+        else:
+            n = i + 1 if i < 8 else 1
+            reqs += build_request("GET", "/v1/availability?sku=%s&location=P%d" % (sku, n))
+            expect.append(("get", n))
+    conn = srv.conn()
+    conn.send(reqs)  # all ten in one write
+    for i, (kind, n) in enumerate(expect):
+        r = conn.read_response()
+        if kind == "get":
+            assert r.status == 200 and r.data["on_hand"] == n, "answer %d out of order: %r" % (i, r)
+        elif kind == "adj":
+            assert r.status == 200 and r.data["position"]["location"] == "P9", (i, r)
+        else:
+            expect_error(r, 404, "not_found")
+    conn.close()
+
+
+def test_pipelining_byte_by_byte(srv):
+    conn = srv.conn()
+    data = build_request("GET", "/healthz") * 3
+    for b in data:
+        conn.send(bytes([b]))
+    for _ in range(3):
+        assert conn.read_response().status == 200
+    conn.close()
+
+
+def test_chunked_request_body(srv):
+    sku = uid("sku")
+    body = adj_raw(sku, "L1", 6)
+    chunks = [body[:5], body[5:6], body[6:40], body[40:]]
+    enc = b"".join(b"%x\r\n%s\r\n" % (len(ch), ch) for ch in chunks) + b"0\r\n\r\n"
+    conn = srv.conn()
+    conn.send(build_request("POST", "/v1/adjustments", ["Content-Type: application/json",
+                                                        "Transfer-Encoding: chunked"]))
+    for i in range(0, len(enc), 7):
+        conn.send(enc[i:i + 7])
+        time.sleep(0.002)
+    r = conn.read_response()
+    assert r.status == 200, r
+    assert r.data["position"]["on_hand"] == 6, r.data
+    # keep-alive still works after a chunked request, with a chunk extension and trailer
+    enc2 = b"%x;ext=1\r\n%s\r\n0\r\nX-Trailer: 1\r\n\r\n" % (len(body), adj_raw(sku, "L1", 1))
+    conn.send(build_request("POST", "/v1/adjustments", ["Content-Type: application/json",
+                                                        "Transfer-Encoding: chunked"]) + enc2)
+    r = conn.read_response()
+    assert r.status == 200 and r.data["position"]["on_hand"] == 7, r
+    conn.close()
+
+
+def test_connection_close_honoured(srv):
+    conn = srv.conn()
+    conn.send(build_request("GET", "/healthz", ["Connection: close"]))
+    r = conn.read_response()
+    assert r.status == 200, r
+    assert r.headers.get("connection", "").lower() == "close", "Connection: close in answer: %r" % r.headers
+    assert conn.wait_closed(3), "server kept the connection open after Connection: close"
+    # pipelined after a close: only the first is answered
+    conn = srv.conn()
+    conn.send(build_request("GET", "/healthz", ["Connection: close"]) + build_request("GET", "/healthz"))
+    assert conn.read_response().status == 200
+    assert conn.wait_closed(3) and conn.buf == b"", "answered past Connection: close: %r" % conn.buf
+    # HTTP/1.0 without keep-alive closes too
+    conn = srv.conn()
+    conn.send(b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert conn.read_response().status == 200
+    assert conn.wait_closed(3)
+
+
+def test_keep_alive_many_requests(srv):
+    conn = srv.conn()
+    for _ in range(200):
+        conn.send(build_request("GET", "/healthz"))
+        assert conn.read_response().status == 200
+    conn.close()
+
+
+def test_body_too_large_413(srv):
+    conn = srv.conn()
+    big = b'{"id":"' + b"a" * (1024 * 1024 + 10) + b'"}'
+    conn.send(build_request("POST", "/v1/adjustments", ["Content-Type: application/json",
+                                                        "Content-Length: %d" % len(big)]))
+    conn.send_lenient(big)
+    r = conn.read_response()
+    expect_error(r, 413, "payload_too_large")
+    conn.close()
+    # announced length alone is enough to refuse
+    conn = srv.conn()
+    conn.send(build_request("POST", "/v1/reservations", ["Content-Type: application/json",
+                                                         "Content-Length: 2000000"]))
+    expect_error(conn.read_response(), 413, "payload_too_large")
+    conn.close()
+    # chunked past the limit
+    conn = srv.conn()
+    conn.send(build_request("POST", "/v1/counts", ["Content-Type: application/json",
+                                                   "Transfer-Encoding: chunked"]))
+    piece = b"x" * 65536
+    ok = True
+    for _ in range(20):
+        ok = conn.send_lenient(b"%x\r\n%s\r\n" % (len(piece), piece))
+        if not ok:
+            break
+    conn.send_lenient(b"0\r\n\r\n")
+    expect_error(conn.read_response(), 413, "payload_too_large")
+    conn.close()
+    # exactly at the limit is not 413 (it is a bad body)
+    conn = srv.conn()
+    body = b'{"id":"' + b"a" * (1024 * 1024 - 9) + b'"}'
+    assert len(body) == 1024 * 1024
+    conn.send(build_request("POST", "/v1/adjustments", ["Content-Type: application/json"], body))
+    r = conn.read_response()
+    expect_error(r, 400, "bad_request")
+    conn.close()
+
+
+def test_headers_too_large_431(srv):
+    conn = srv.conn()
+    hdrs = ["X-Pad-%d: %s" % (i, "v" * 1000) for i in range(70)]
+    conn.send_lenient(build_request("GET", "/healthz", hdrs))
+    r = conn.read_response()
+    assert r.status == 431, r
+    conn.close()
+    conn = srv.conn()
+    conn.send_lenient(build_request("GET", "/healthz", ["X-Big: " + "v" * (70 * 1024)]))
+    assert conn.read_response().status == 431
+    conn.close()
+    # well under the limit is fine
+    conn = srv.conn()
+    conn.send(build_request("GET", "/healthz", ["X-Pad-%d: %s" % (i, "v" * 1000) for i in range(30)]))
+    assert conn.read_response().status == 200
+    conn.close()
+
+
+def test_long_url(srv):
+    conn = srv.conn()
+    conn.send_lenient(b"GET /v1/availability?sku=" + b"a" * 20000 + b"&location=x HTTP/1.1\r\nHost: x\r\n\r\n")
+    r = conn.read_response()
+    assert r.status in (400, 414, 431), r
+    conn.close()
+
+
+def test_garbage_bytes(srv):
+    for junk in (b"\x00\x01\x02\xff\xfe garbage\r\n\r\n", b"HELLO\r\n\r\n",
+                 b"GET / HTTP/9.9\r\n\r\n", b"GET /healthz HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+                 b"POST /v1/adjustments HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                 b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n",
+                 b"POST /v1/adjustments HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                 bytes(range(256)) * 64):
+        conn = srv.conn(timeout=5)
+        conn.send_lenient(junk)
+        try:
+            r = conn.read_response()
+            assert 400 <= r.status < 500, "garbage %r answered %r" % (junk[:40], r)
+            assert conn.wait_closed(3), "connection kept open after a protocol error"
+        except AssertionError:
+            raise
+        except Exception:  # noqa: BLE001  closing without an answer is fine
+            pass
+        conn.close()
+    assert srv.client().get("/healthz", check_ct=False).status == 200
+
+
+def test_client_disconnects_midway(srv):
+    for cut in (10, 40, 90):
+        conn = srv.conn()
+        data = build_request("POST", "/v1/adjustments", ["Content-Type: application/json"],
+                             adj_raw(uid("sku"), "L1", 1))
+        conn.send(data[:cut])
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        conn.close()  # RST
+    # many clients that send a full request and close before reading
+    for _ in range(50):
+        conn = srv.conn()
+        conn.send(build_request("GET", "/metrics"))
+        conn.close()
+    assert srv.client().get("/healthz", check_ct=False).status == 200
+
+
+def test_parallel_clients(srv):
+    errors = []
+
+    def worker(k):
+        try:
+            c = srv.client("msgpack" if k % 2 else "json")
+            sku = uid("par")
+            for i in range(30):
+                c.adjust(sku, "L1", 1)
+            assert c.pos(sku, "L1")["on_hand"] == 30
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+    ts = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    assert not errors, errors
+
+
+def test_slowloris_others_served_and_closed(srv):
+    """The partial requests of the first test: still served others; eventually closed."""
+    conns = _slow.get("conns", [])
+    assert conns, "slowloris setup did not run"
+    assert srv.client().get("/healthz", check_ct=False).status == 200
+    left = 13.0 - (time.time() - _slow["t0"])  # header timeout is 10 s
+    closed = [c.wait_closed(max(0.1, left)) for c in conns[:1]]
+    closed += [c.wait_closed(0.5) for c in conns[1:]]
+    for c in conns:
+        c.close()
+    _slow["body"].close()
+    assert all(closed), "partial request heads not closed after ~13 s: %r" % closed
+
+
+def test_still_healthy(srv):
+    c = srv.client()
+    assert c.get("/healthz", check_ct=False).status == 200
+    assert c.get("/readyz", check_ct=False).status == 200

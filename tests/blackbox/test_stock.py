@@ -1,0 +1,258 @@
+"""Section 5: adjustments, counts, safety stock, groups, in both encodings."""
+from harness import check_position, expect_error, formats, now_ms, rfc3339, uid
+
+REASONS = ("received", "sale", "return_restock", "damaged", "shrink", "correction",
+           "transfer_in", "transfer_out", "other")
+
+
+def adj_body(sku, loc="L1", delta=5, **kw):
+    b = dict(id=uid("adj"), sku=sku, location=loc, delta=delta, reason="received", source="erp")
+    b.update(kw)
+    return b
+
+
+@formats()
+def test_adjustment_creates_and_applies(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    b = adj_body(sku, delta=12, ref="PO-7", occurred_at=now_ms() - 1000)
+    r = c.post("/v1/adjustments", b)
+    assert r.status == 200, r
+    a, p = r.data["adjustment"], r.data["position"]
+    assert a == dict(id=b["id"], applied=True, absorbed=False), a
+    check_position(p)
+    assert (p["sku"], p["location"], p["on_hand"], p["available"]) == (sku, "L1", 12, 12), p
+    assert "replayed" not in r.data, r.data
+    total = 12
+    for reason in REASONS:
+        d = -1 if reason in ("sale", "damaged", "shrink", "transfer_out") else 1
+        r = c.post("/v1/adjustments", adj_body(sku, delta=d, reason=reason))
+        assert r.status == 200, (reason, r)
+        total += d
+        assert r.data["position"]["on_hand"] == total, r.data
+    # on_hand may go negative after offline sales
+    r = c.post("/v1/adjustments", adj_body(sku, delta=-(total + 3), reason="sale", source="pos"))
+    assert r.status == 200 and r.data["position"]["on_hand"] == -3, r
+    assert r.data["position"]["available"] == 0 and r.data["position"]["shortfall"] == 0, r.data
+
+
+@formats()
+def test_adjustment_replay_and_mismatch(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    b = adj_body(sku, delta=4)
+    first = c.post("/v1/adjustments", b)
+    assert first.status == 200, first
+    again = c.post("/v1/adjustments", b)
+    assert again.status == 200 and again.data.get("replayed") is True, again
+    assert again.data["adjustment"] == first.data["adjustment"], again.data
+    assert again.data["position"] == first.data["position"], \
+        "replay returns the original position: %r vs %r" % (again.data, first.data)
+    assert c.pos(sku, "L1")["on_hand"] == 4, "replay changed state"
+    expect_error(c.post("/v1/adjustments", dict(b, delta=5)), 422, "idempotency_mismatch")
+    expect_error(c.post("/v1/adjustments", dict(b, reason="other")), 422, "idempotency_mismatch")
+    assert c.pos(sku, "L1")["on_hand"] == 4
+
+
+@formats()
+def test_adjustment_validation(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    b = adj_body(sku)
+    for f in ("id", "sku", "location", "delta", "reason", "source"):
+        bb = dict(b, id=uid("adj"))
+        del bb[f]
+        expect_error(c.post("/v1/adjustments", bb), 400, "bad_request", f)
+    expect_error(c.post("/v1/adjustments", dict(b, delta=0)), 400, "bad_request", "delta")
+    expect_error(c.post("/v1/adjustments", dict(b, delta="3")), 400, "bad_request", "delta")
+    expect_error(c.post("/v1/adjustments", dict(b, delta=2.5)), 400, "bad_request", "delta")
+    expect_error(c.post("/v1/adjustments", dict(b, delta=True)), 400, "bad_request", "delta")
+    expect_error(c.post("/v1/adjustments", dict(b, delta=10 ** 16)), 400, "bad_request", "delta")
+    expect_error(c.post("/v1/adjustments", dict(b, reason="stolen")), 400, "bad_request", "reason")
+    expect_error(c.post("/v1/adjustments", dict(b, sku=7)), 400, "bad_request", "sku")
+    expect_error(c.post("/v1/adjustments", dict(b, sku="")), 400, "bad_request", "sku")
+    expect_error(c.post("/v1/adjustments", dict(b, location="x" * 129)), 400, "bad_request", "location")
+    expect_error(c.post("/v1/adjustments", dict(b, location="a\nb")), 400, "bad_request", "location")
+    expect_error(c.post("/v1/adjustments", dict(b, occurred_at="yesterday")), 400, "bad_request",
+                 "occurred_at")
+    expect_error(c.post("/v1/adjustments", dict(b, change_from="5")), 400, "bad_request", "change_from")
+    expect_error(c.post("/v1/adjustments", [b]), 400, "bad_request")
+    expect_error(c.post("/v1/adjustments", "text"), 400, "bad_request")
+    expect_error(c.position(sku, "L1"), 404, "not_found")
+    # 128 bytes is fine
+    assert c.post("/v1/adjustments", dict(b, location="y" * 128)).status == 200
+
+
+@formats()
+def test_adjustment_change_from(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    c.adjust(sku, "L1", 10)
+    r = c.post("/v1/adjustments", adj_body(sku, delta=-2, reason="sale", change_from=10))
+    assert r.status == 200 and r.data["position"]["on_hand"] == 8, r
+    e = expect_error(c.post("/v1/adjustments", adj_body(sku, delta=-2, reason="sale", change_from=10)),
+                     409, "conflict")
+    assert isinstance(e.get("position"), dict), "change_from conflict carries the position: %r" % e
+    check_position(e["position"])
+    assert e["position"]["on_hand"] == 8 and e["position"]["sku"] == sku, e
+    assert c.pos(sku, "L1")["on_hand"] == 8, "a failed compare-and-set changes nothing"
+
+
+@formats()
+def test_count_absorbs_and_adds(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    t = now_ms()
+    c.adjust(sku, "L1", 10, occurred_at=t - 100000)
+    c.adjust(sku, "L1", -2, reason="sale", occurred_at=t - 10000)  # after the count below
+    cid = uid("cnt")
+    body = dict(id=cid, sku=sku, location="L1", on_hand=9, counted_at=t - 50000, source="wms")
+    r = c.post("/v1/counts", body)
+    assert r.status == 200, r
+    cnt, p = r.data["count"], r.data["position"]
+    assert cnt == dict(id=cid, applied=True, stale=False, approximate=False), cnt
+    check_position(p)
+    assert p["on_hand"] == 7, "count 9 at t-50s plus the -2 after it: %r" % p
+    assert p["counted_at"] == t - 50000, p
+    # an offline sale synced late, before counted_at: absorbed
+    r = c.post("/v1/adjustments", adj_body(sku, delta=-1, reason="sale", source="pos",
+                                             occurred_at=t - 60000))
+    assert r.status == 200, r
+    assert r.data["adjustment"]["applied"] is False and r.data["adjustment"]["absorbed"] is True, r.data
+    assert r.data["position"]["on_hand"] == 7, r.data
+    # exactly at counted_at: absorbed too
+    r = c.post("/v1/adjustments", adj_body(sku, delta=-1, reason="sale", occurred_at=t - 50000))
+    assert r.data["adjustment"]["absorbed"] is True and r.data["position"]["on_hand"] == 7, r.data
+    # after counted_at, arriving late: applied
+    r = c.post("/v1/adjustments", adj_body(sku, delta=5, occurred_at=t - 20000))
+    assert r.data["adjustment"] == dict(id=r.data["adjustment"]["id"], applied=True, absorbed=False), r.data
+    assert r.data["position"]["on_hand"] == 12, r.data
+    # a count older than counted_at is stale and changes nothing
+    r = c.post("/v1/counts", dict(id=uid("cnt"), sku=sku, location="L1", on_hand=100,
+                                  counted_at=t - 70000, source="wms"))
+    assert r.status == 200, r
+    assert r.data["count"]["stale"] is True and r.data["count"]["applied"] is False, r.data
+    assert r.data["position"]["on_hand"] == 12 and r.data["position"]["counted_at"] == t - 50000, r.data
+    # replay of the first count changes nothing
+    again = c.post("/v1/counts", body)
+    assert again.status == 200 and again.data.get("replayed") is True, again
+    assert again.data["count"] == cnt, again.data
+    assert c.pos(sku, "L1")["on_hand"] == 12
+    expect_error(c.post("/v1/counts", dict(body, on_hand=8)), 422, "idempotency_mismatch")
+
+
+@formats()
+def test_count_new_position_and_reserved(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    t = now_ms()
+    r = c.post("/v1/counts", dict(id=uid("cnt"), sku=sku, location="L1", on_hand=6,
+                                  counted_at=t - 1000, source="wms"))
+    assert r.status == 200 and r.data["position"]["on_hand"] == 6, r
+    assert c.reserve([dict(sku=sku, location="L1", qty=4)]).status == 201
+    r = c.post("/v1/counts", dict(id=uid("cnt"), sku=sku, location="L1", on_hand=2,
+                                  counted_at=now_ms(), source="wms"))
+    p = r.data["position"]
+    assert (p["on_hand"], p["reserved"], p["available"], p["shortfall"]) == (2, 4, 0, 2), p
+
+
+@formats()
+def test_count_rfc3339_times(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    t = now_ms() - 30000
+    r = c.post("/v1/counts", dict(id=uid("cnt"), sku=sku, location="L1", on_hand=3,
+                                  counted_at=rfc3339(t), source="wms"))
+    assert r.status == 200, r
+    assert r.data["position"]["counted_at"] == t, "RFC 3339 %s -> %r, expected %d" % (
+        rfc3339(t), r.data["position"].get("counted_at"), t)
+    # the same instant with an offset; an adjustment one second before it is absorbed
+    r = c.post("/v1/adjustments", adj_body(sku, delta=-1, reason="sale",
+                                             occurred_at=rfc3339(t - 1000, offset_min=120)))
+    assert r.status == 200, r
+    assert r.data["adjustment"]["absorbed"] is True, "occurred_at %s: %r" % (
+        rfc3339(t - 1000, offset_min=120), r.data)
+    r = c.post("/v1/adjustments", adj_body(sku, delta=2, occurred_at=rfc3339(t + 1000, offset_min=-330)))
+    assert r.data["adjustment"]["applied"] is True and r.data["position"]["on_hand"] == 5, r.data
+    assert isinstance(r.data["position"]["counted_at"], int), "output times are integers"
+    expect_error(c.post("/v1/counts", dict(id=uid("cnt"), sku=sku, location="L1", on_hand=3,
+                                           counted_at="2024-13-45T99:00:00Z", source="wms")),
+                 400, "bad_request", "counted_at")
+
+
+@formats()
+def test_count_validation_and_change_from(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    b = dict(id=uid("cnt"), sku=sku, location="L1", on_hand=5, counted_at=now_ms(), source="wms")
+    for f in ("id", "sku", "location", "on_hand", "counted_at", "source"):
+        bb = dict(b, id=uid("cnt"))
+        del bb[f]
+        expect_error(c.post("/v1/counts", bb), 400, "bad_request", f)
+    expect_error(c.post("/v1/counts", dict(b, on_hand=-1)), 400, "bad_request", "on_hand")
+    expect_error(c.post("/v1/counts", dict(b, on_hand="5")), 400, "bad_request", "on_hand")
+    assert c.post("/v1/counts", b).status == 200
+    e = expect_error(c.post("/v1/counts", dict(b, id=uid("cnt"), on_hand=9, counted_at=now_ms(),
+                                               change_from=4)), 409, "conflict")
+    assert e["position"]["on_hand"] == 5, e
+    r = c.post("/v1/counts", dict(b, id=uid("cnt"), on_hand=9, counted_at=now_ms(), change_from=5))
+    assert r.status == 200 and r.data["position"]["on_hand"] == 9, r
+
+
+@formats()
+def test_safety_stock(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    c.adjust(sku, "L1", 10)
+    r = c.post("/v1/safety-stock", dict(sku=sku, location="L1", safety_stock=3, source="ops"))
+    assert r.status == 200, r
+    check_position(r.data)
+    assert (r.data["safety_stock"], r.data["available"]) == (3, 7), r.data
+    r = c.post("/v1/safety-stock", dict(sku=sku, location="L1", safety_stock=15))
+    assert (r.data["safety_stock"], r.data["available"], r.data["shortfall"]) == (15, 0, 0), r.data
+    r = c.post("/v1/safety-stock", dict(sku=uid("new"), location="L1", safety_stock=2))
+    assert r.status == 200 and r.data["on_hand"] == 0 and r.data["safety_stock"] == 2, \
+        "safety stock creates an unknown position: %r" % r
+    expect_error(c.post("/v1/safety-stock", dict(sku=sku, location="L1", safety_stock=-1)), 400,
+                 "bad_request", "safety_stock")
+    expect_error(c.post("/v1/safety-stock", dict(sku=sku, location="L1")), 400, "bad_request",
+                 "safety_stock")
+    expect_error(c.post("/v1/safety-stock", dict(location="L1", safety_stock=1)), 400, "bad_request",
+                 "sku")
+
+
+@formats()
+def test_groups_crud(srv, fmt):
+    c = srv.client(fmt)
+    g = uid("grp")
+    r = c.put("/v1/groups/" + g, dict(locations=["b", "a", "c"]))
+    assert r.status == 200, r
+    assert r.data == dict(name=g, locations=["b", "a", "c"]), r.data
+    r = c.get("/v1/groups/" + g)
+    assert r.status == 200 and r.data == dict(name=g, locations=["b", "a", "c"]), r
+    r = c.put("/v1/groups/" + g, dict(locations=["c"]))
+    assert r.status == 200 and r.data["locations"] == ["c"], r
+    assert c.get("/v1/groups/" + g).data["locations"] == ["c"]
+    r = c.delete("/v1/groups/" + g)
+    assert r.status == 204 and r.body == b"", r
+    expect_error(c.get("/v1/groups/" + g), 404, "not_found")
+    r = c.delete("/v1/groups/" + g)
+    assert r.status in (204, 404), r
+    expect_error(c.get("/v1/groups/" + uid("nogrp")), 404, "not_found")
+
+
+@formats()
+def test_groups_validation(srv, fmt):
+    c = srv.client(fmt)
+    g = uid("grp")
+    expect_error(c.put("/v1/groups/" + g, dict(locations=[])), 400, "bad_request", "locations")
+    expect_error(c.put("/v1/groups/" + g, dict()), 400, "bad_request", "locations")
+    expect_error(c.put("/v1/groups/" + g, dict(locations="a")), 400, "bad_request", "locations")
+    expect_error(c.put("/v1/groups/" + g, dict(locations=["a", 5])), 400, "bad_request", "locations")
+    expect_error(c.put("/v1/groups/" + g, dict(locations=["l%d" % i for i in range(1001)])), 400,
+                 "bad_request", "locations")
+    expect_error(c.get("/v1/groups/" + g), 404, "not_found")
+    r = c.put("/v1/groups/" + g, dict(locations=["l%d" % i for i in range(1000)]))
+    assert r.status == 200 and len(r.data["locations"]) == 1000, r
+    g2 = "grp-" + "x" * 130
+    expect_error(c.put("/v1/groups/" + g2, dict(locations=["a"])), 400, "bad_request")
