@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pkgs=(build-essential pkg-config clang libclang-rt-14-dev clang-format
       libuv1-dev libhiredis-dev libjemalloc-dev libmsgpack-dev libjansson-dev
-      redis-server redis-tools wrk python3 python3-msgpack curl)
+      redis-server redis-tools wrk python3 python3-msgpack python3-yaml curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
