@@ -1,0 +1,289 @@
+/* config.c - flags and ATPD_* environment twins (see config.h).
+ *
+ * One table lists every option with its flag, its variable and a setter that
+ * validates the text; defaults are set first, the environment applied next,
+ * argv last, so a flag wins over its twin. */
+#include "atp/config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "atp/error.h"
+#include "atp/limits.h"
+
+typedef int (*setter_fn)(atp_config_t *cfg, const char *value, char *err,
+                         size_t err_len, const char *what);
+
+typedef struct {
+  const char *flag;    /* "--listen" */
+  const char *env;     /* "ATPD_LISTEN" */
+  bool takes_value;    /* false: a switch (its env twin takes 1/0/true/false) */
+  setter_fn set;
+} option_t;
+
+static int parse_int(const char *s, long long lo, long long hi, long long *out) {
+  if (!s || !*s) return -1;
+  char *end = NULL;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (errno || *end || v < lo || v > hi) return -1;
+  *out = v;
+  return 0;
+}
+
+static int copy_text(char *dst, size_t cap, const char *src) {
+  size_t n = strlen(src);
+  if (n == 0 || n >= cap) return -1;
+  memcpy(dst, src, n + 1);
+  return 0;
+}
+
+/* HOST:PORT, HOST not empty; [v6]:PORT also accepted. */
+static int set_listen(atp_config_t *cfg, const char *v, char *err, size_t err_len,
+                      const char *what) {
+  const char *colon = strrchr(v, ':');
+  long long port = 0;
+  if (!colon || colon == v || parse_int(colon + 1, 0, 65535, &port) != 0) {
+    snprintf(err, err_len, "%s must be HOST:PORT with PORT 0..65535, got \"%s\"", what, v);
+    return ATP_EBADREQ;
+  }
+  const char *host = v;
+  size_t host_len = (size_t)(colon - v);
+  if (host[0] == '[' && host_len >= 2 && host[host_len - 1] == ']') {
+    host++;
+    host_len -= 2;
+  }
+  if (host_len == 0 || host_len >= sizeof cfg->host) {
+    snprintf(err, err_len, "%s has an empty or too long host", what);
+    return ATP_EBADREQ;
+  }
+  memcpy(cfg->host, host, host_len);
+  cfg->host[host_len] = '\0';
+  cfg->port = (int)port;
+  return 0;
+}
+
+static int set_data_dir(atp_config_t *cfg, const char *v, char *err, size_t err_len,
+                        const char *what) {
+  if (copy_text(cfg->data_dir, sizeof cfg->data_dir, v) != 0) {
+    snprintf(err, err_len, "%s must be a non-empty path under %d bytes", what,
+             ATP_CONFIG_PATH_BYTES_MAX);
+    return ATP_EBADREQ;
+  }
+  return 0;
+}
+
+static int set_threads(atp_config_t *cfg, const char *v, char *err, size_t err_len,
+                       const char *what) {
+  long long n = 0;
+  if (parse_int(v, 1, ATP_HTTP_THREADS_MAX, &n) != 0) {
+    snprintf(err, err_len, "%s must be an integer 1..%d, got \"%s\"", what,
+             ATP_HTTP_THREADS_MAX, v);
+    return ATP_EBADREQ;
+  }
+  cfg->threads = (int)n;
+  return 0;
+}
+
+static int set_durability(atp_config_t *cfg, const char *v, char *err,
+                          size_t err_len, const char *what) {
+  if (strcmp(v, "none") == 0) cfg->durability = ATP_DURABILITY_NONE;
+  else if (strcmp(v, "batch") == 0) cfg->durability = ATP_DURABILITY_BATCH;
+  else if (strcmp(v, "always") == 0) cfg->durability = ATP_DURABILITY_ALWAYS;
+  else {
+    snprintf(err, err_len, "%s must be none, batch or always, got \"%s\"", what, v);
+    return ATP_EBADREQ;
+  }
+  return 0;
+}
+
+/* redis://HOST[:PORT][/DB] */
+static int set_redis(atp_config_t *cfg, const char *v, char *err, size_t err_len,
+                     const char *what) {
+  static const char scheme[] = "redis://";
+  const char *p = v + sizeof scheme - 1;
+  if (strncmp(v, scheme, sizeof scheme - 1) != 0 || strlen(v) >= sizeof cfg->redis_url)
+    goto bad;
+  const char *slash = strchr(p, '/');
+  const char *host_end = slash ? slash : p + strlen(p);
+  const char *colon = memchr(p, ':', (size_t)(host_end - p));
+  size_t host_len = (size_t)((colon ? colon : host_end) - p);
+  if (host_len == 0 || host_len >= sizeof cfg->redis_host) goto bad;
+  long long port = 6379, db = 0;
+  if (colon) {
+    char buf[8];
+    size_t n = (size_t)(host_end - colon - 1);
+    if (n == 0 || n >= sizeof buf) goto bad;
+    memcpy(buf, colon + 1, n);
+    buf[n] = '\0';
+    if (parse_int(buf, 1, 65535, &port) != 0) goto bad;
+  }
+  if (slash && slash[1] && parse_int(slash + 1, 0, 15, &db) != 0) goto bad;
+  memcpy(cfg->redis_host, p, host_len);
+  cfg->redis_host[host_len] = '\0';
+  cfg->redis_port = (int)port;
+  cfg->redis_db = (int)db;
+  memcpy(cfg->redis_url, v, strlen(v) + 1);
+  return 0;
+bad:
+  snprintf(err, err_len, "%s must be redis://HOST:PORT[/DB] (DB 0..15), got \"%s\"",
+           what, v);
+  return ATP_EBADREQ;
+}
+
+static int set_snapshot_interval(atp_config_t *cfg, const char *v, char *err,
+                                 size_t err_len, const char *what) {
+  long long n = 0;
+  if (parse_int(v, 1, 7 * 86400, &n) != 0) {
+    snprintf(err, err_len, "%s must be an integer 1..604800 seconds, got \"%s\"", what, v);
+    return ATP_EBADREQ;
+  }
+  cfg->snapshot_interval_s = n;
+  return 0;
+}
+
+static int set_path(char *dst, size_t cap, const char *v, char *err, size_t err_len,
+                    const char *what) {
+  if (copy_text(dst, cap, v) != 0) {
+    snprintf(err, err_len, "%s must be a non-empty path", what);
+    return ATP_EBADREQ;
+  }
+  if (access(dst, R_OK) != 0) {
+    snprintf(err, err_len, "%s: cannot read \"%s\": %s", what, v, strerror(errno));
+    return ATP_EBADREQ;
+  }
+  return 0;
+}
+
+static int set_tokens(atp_config_t *cfg, const char *v, char *err, size_t err_len,
+                      const char *what) {
+  return set_path(cfg->tokens_file, sizeof cfg->tokens_file, v, err, err_len, what);
+}
+
+static int set_ownership(atp_config_t *cfg, const char *v, char *err, size_t err_len,
+                         const char *what) {
+  return set_path(cfg->ownership_file, sizeof cfg->ownership_file, v, err, err_len, what);
+}
+
+static int parse_bool(const char *v, bool *out) {
+  if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on")) {
+    *out = true;
+    return 0;
+  }
+  if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "off") ||
+      !*v) {
+    *out = false;
+    return 0;
+  }
+  return -1;
+}
+
+static int set_demo(atp_config_t *cfg, const char *v, char *err, size_t err_len,
+                    const char *what) {
+  if (parse_bool(v, &cfg->demo) != 0) {
+    snprintf(err, err_len, "%s must be 1 or 0, got \"%s\"", what, v);
+    return ATP_EBADREQ;
+  }
+  return 0;
+}
+
+static int set_access_log(atp_config_t *cfg, const char *v, char *err, size_t err_len,
+                          const char *what) {
+  if (parse_bool(v, &cfg->access_log) != 0) {
+    snprintf(err, err_len, "%s must be on or off, got \"%s\"", what, v);
+    return ATP_EBADREQ;
+  }
+  return 0;
+}
+
+static const option_t options[] = {
+    {"--listen", "ATPD_LISTEN", true, set_listen},
+    {"--data-dir", "ATPD_DATA_DIR", true, set_data_dir},
+    {"--threads", "ATPD_THREADS", true, set_threads},
+    {"--durability", "ATPD_DURABILITY", true, set_durability},
+    {"--redis", "ATPD_REDIS", true, set_redis},
+    {"--snapshot-interval-s", "ATPD_SNAPSHOT_INTERVAL_S", true, set_snapshot_interval},
+    {"--tokens", "ATPD_TOKENS", true, set_tokens},
+    {"--ownership", "ATPD_OWNERSHIP", true, set_ownership},
+    {"--demo", "ATPD_DEMO", false, set_demo},
+    {"--access-log", "ATPD_ACCESS_LOG", true, set_access_log},
+};
+#define OPTION_COUNT (sizeof options / sizeof options[0])
+
+const char *atp_config_usage(void) {
+  return "usage: atpd [--listen HOST:PORT]      default 127.0.0.1:8080\n"
+         "            [--data-dir DIR]          default ./var\n"
+         "            [--threads N]             1..64, default: the number of cores\n"
+         "            [--durability MODE]       none | batch | always, default batch\n"
+         "            [--redis URL]             redis://HOST:PORT[/DB]\n"
+         "            [--snapshot-interval-s N] default 300\n"
+         "            [--tokens FILE]           turns auth on\n"
+         "            [--ownership FILE]        the source-of-truth matrix\n"
+         "            [--demo]                  load a demo catalogue when empty\n"
+         "            [--access-log on|off]     one JSON line per request, default on\n"
+         "            [--routes]                print the route table and exit\n"
+         "Every flag has an ATPD_* environment twin (ATPD_LISTEN, ...); flags win.\n";
+}
+
+static int default_threads(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  if (n < 1) n = 1;
+  if (n > ATP_HTTP_THREADS_MAX) n = ATP_HTTP_THREADS_MAX;
+  return (int)n;
+}
+
+int atp_config_load(atp_config_t *cfg, int argc, char **argv,
+                    const char *(*getenv_fn)(const char *name), char *err,
+                    size_t err_len) {
+  memset(cfg, 0, sizeof *cfg);
+  strcpy(cfg->host, "127.0.0.1");
+  cfg->port = 8080;
+  strcpy(cfg->data_dir, "./var");
+  cfg->threads = default_threads();
+  cfg->durability = ATP_DURABILITY_BATCH;
+  cfg->redis_port = 6379;
+  cfg->snapshot_interval_s = 300;
+  cfg->access_log = true;
+  if (err_len) err[0] = '\0';
+
+  for (size_t i = 0; i < OPTION_COUNT; i++) {
+    const char *v = getenv_fn ? getenv_fn(options[i].env) : getenv(options[i].env);
+    if (!v) continue;
+    int rc = options[i].set(cfg, v, err, err_len, options[i].env);
+    if (rc != 0) return rc;
+  }
+  for (int a = 1; a < argc; a++) {
+    const char *arg = argv[a];
+    if (!strcmp(arg, "--routes")) { cfg->print_routes = true; continue; }
+    if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) { cfg->print_help = true; continue; }
+    const char *eq = strchr(arg, '=');
+    size_t name_len = eq ? (size_t)(eq - arg) : strlen(arg);
+    const option_t *opt = NULL;
+    for (size_t i = 0; i < OPTION_COUNT; i++) {
+      if (strlen(options[i].flag) == name_len && !strncmp(options[i].flag, arg, name_len)) {
+        opt = &options[i];
+        break;
+      }
+    }
+    if (!opt) {
+      snprintf(err, err_len, "unknown option \"%s\"", arg);
+      return ATP_EBADREQ;
+    }
+    const char *value = "1";
+    if (eq) value = eq + 1;
+    else if (opt->takes_value) {
+      if (a + 1 >= argc) {
+        snprintf(err, err_len, "%s needs a value", opt->flag);
+        return ATP_EBADREQ;
+      }
+      value = argv[++a];
+    }
+    int rc = opt->set(cfg, value, err, err_len, opt->flag);
+    if (rc != 0) return rc;
+  }
+  return 0;
+}
