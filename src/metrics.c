@@ -1,0 +1,204 @@
+/* metrics.c - per-thread request counters and the Prometheus exposition (see
+ * metrics.h). */
+#include "atp/metrics.h"
+
+#include <assert.h>
+#include <stdatomic.h>
+#include <string.h>
+
+static const int statuses[ATP_METRICS_STATUS_COUNT - 1] = {
+    200, 201, 204, 400, 401, 403, 404, 405, 409, 413, 414, 415, 422, 429, 431, 500, 503};
+/* The last status slot counts everything else. */
+#define STATUS_OTHER (ATP_METRICS_STATUS_COUNT - 1)
+
+static const int64_t bucket_ns[ATP_METRICS_BUCKET_COUNT] = {
+    100000,    250000,    500000,    1000000,    2500000,    5000000,   10000000,
+    25000000,  50000000,  100000000, 250000000,  500000000,  1000000000, 2500000000};
+static const char *const bucket_le[ATP_METRICS_BUCKET_COUNT] = {
+    "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01",
+    "0.025",  "0.05",    "0.1",    "0.25",  "0.5",    "1",     "2.5"};
+
+/* One thread's counters. Only that thread writes them (relaxed load + store,
+ * no read-modify-write needed); the scraper reads them with relaxed loads. */
+typedef struct {
+  _Alignas(64) _Atomic uint64_t requests[ATP_METRICS_ROUTES_MAX][ATP_METRICS_STATUS_COUNT];
+  /* Per-bucket (not cumulative) counts; index BUCKET_COUNT is beyond the last. */
+  _Atomic uint64_t latency[ATP_METRICS_ROUTES_MAX][ATP_METRICS_BUCKET_COUNT + 1];
+  _Atomic uint64_t latency_sum_ns[ATP_METRICS_ROUTES_MAX];
+} slab_t;
+
+struct atp_metrics {
+  uint32_t threads;
+  uint32_t route_count; /* labels: route_count + 1 (the last is "unmatched") */
+  const char *const *route_labels; /* "GET /v1/availability"; static strings */
+  slab_t *slabs;                   /* threads of them, 64-byte aligned in raw */
+  void *raw;                       /* the allocation behind slabs */
+};
+
+atp_metrics_t *atp_metrics_create(uint32_t threads, uint32_t route_count,
+                                  const char *const *route_labels) {
+  assert(threads >= 1 && route_count + 1 <= ATP_METRICS_ROUTES_MAX);
+  atp_metrics_t *m = atp_calloc(1, sizeof *m);
+  if (!m) return NULL;
+  /* Over-allocate by a line and align by hand: slabs of different threads
+   * must not share a cache line. */
+  m->raw = atp_malloc(sizeof(slab_t) * threads + 64);
+  if (!m->raw) {
+    atp_free(m);
+    return NULL;
+  }
+  m->slabs = (slab_t *)(((uintptr_t)m->raw + 63) & ~(uintptr_t)63);
+  memset(m->slabs, 0, sizeof(slab_t) * threads);
+  m->threads = threads;
+  m->route_count = route_count;
+  m->route_labels = route_labels;
+  return m;
+}
+
+void atp_metrics_destroy(atp_metrics_t *m) {
+  if (!m) return;
+  atp_free(m->raw);
+  atp_free(m);
+}
+
+static uint32_t status_index(int status) {
+  for (uint32_t i = 0; i < STATUS_OTHER; i++)
+    if (statuses[i] == status) return i;
+  return STATUS_OTHER;
+}
+
+static inline void bump(_Atomic uint64_t *c, uint64_t by) {
+  /* Single writer: a relaxed load and store cannot lose an increment. */
+  atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + by,
+                        memory_order_relaxed);
+}
+
+void atp_metrics_record(atp_metrics_t *m, uint32_t thread, uint32_t route, int status,
+                        int64_t elapsed_ns) {
+  if (thread >= m->threads) thread = 0; /* only the fuzz harness feeds without a loop */
+  if (route > m->route_count) route = m->route_count;
+  slab_t *s = &m->slabs[thread];
+  bump(&s->requests[route][status_index(status)], 1);
+  uint32_t b = 0;
+  while (b < ATP_METRICS_BUCKET_COUNT && elapsed_ns > bucket_ns[b]) b++;
+  bump(&s->latency[route][b], 1);
+  bump(&s->latency_sum_ns[route], elapsed_ns > 0 ? (uint64_t)elapsed_ns : 0);
+}
+
+static uint64_t sum_requests(const atp_metrics_t *m, uint32_t route, uint32_t si) {
+  uint64_t total = 0;
+  for (uint32_t t = 0; t < m->threads; t++)
+    total += atomic_load_explicit(&m->slabs[t].requests[route][si], memory_order_relaxed);
+  return total;
+}
+
+uint64_t atp_metrics_requests(const atp_metrics_t *m, uint32_t route, int status) {
+  return sum_requests(m, route, status_index(status));
+}
+
+/* Writes method="GET",route="/v1/x" from a "GET /v1/x" label. */
+static void write_route_labels(atp_buf_t *out, const atp_metrics_t *m, uint32_t route) {
+  if (route >= m->route_count) {
+    atp_buf_printf(out, "method=\"any\",route=\"unmatched\"");
+    return;
+  }
+  const char *label = m->route_labels[route];
+  const char *space = strchr(label, ' ');
+  if (!space) {
+    atp_buf_printf(out, "method=\"any\",route=\"%s\"", label);
+    return;
+  }
+  atp_buf_printf(out, "method=\"%.*s\",route=\"%s\"", (int)(space - label), label,
+                 space + 1);
+}
+
+static void write_requests(const atp_metrics_t *m, atp_buf_t *out) {
+  atp_buf_printf(out,
+                 "# HELP atpd_http_requests_total Requests answered, by route and status.\n"
+                 "# TYPE atpd_http_requests_total counter\n");
+  for (uint32_t r = 0; r <= m->route_count; r++) {
+    for (uint32_t si = 0; si < ATP_METRICS_STATUS_COUNT; si++) {
+      uint64_t n = sum_requests(m, r, si);
+      if (!n) continue;
+      atp_buf_printf(out, "atpd_http_requests_total{");
+      write_route_labels(out, m, r);
+      if (si == STATUS_OTHER) atp_buf_printf(out, ",status=\"other\"} %llu\n",
+                                             (unsigned long long)n);
+      else atp_buf_printf(out, ",status=\"%d\"} %llu\n", statuses[si], (unsigned long long)n);
+    }
+  }
+}
+
+static void write_latency(const atp_metrics_t *m, atp_buf_t *out) {
+  atp_buf_printf(out,
+                 "# HELP atpd_http_request_duration_seconds Time from request head to "
+                 "response queued.\n"
+                 "# TYPE atpd_http_request_duration_seconds histogram\n");
+  for (uint32_t r = 0; r <= m->route_count; r++) {
+    uint64_t buckets[ATP_METRICS_BUCKET_COUNT + 1] = {0}, sum_ns = 0, count = 0;
+    for (uint32_t t = 0; t < m->threads; t++) {
+      const slab_t *s = &m->slabs[t];
+      for (uint32_t b = 0; b <= ATP_METRICS_BUCKET_COUNT; b++)
+        buckets[b] += atomic_load_explicit(&s->latency[r][b], memory_order_relaxed);
+      sum_ns += atomic_load_explicit(&s->latency_sum_ns[r], memory_order_relaxed);
+    }
+    for (uint32_t b = 0; b <= ATP_METRICS_BUCKET_COUNT; b++) count += buckets[b];
+    if (!count) continue;
+    uint64_t cumulative = 0;
+    for (uint32_t b = 0; b < ATP_METRICS_BUCKET_COUNT; b++) {
+      cumulative += buckets[b];
+      atp_buf_printf(out, "atpd_http_request_duration_seconds_bucket{");
+      write_route_labels(out, m, r);
+      atp_buf_printf(out, ",le=\"%s\"} %llu\n", bucket_le[b],
+                     (unsigned long long)cumulative);
+    }
+    atp_buf_printf(out, "atpd_http_request_duration_seconds_bucket{");
+    write_route_labels(out, m, r);
+    atp_buf_printf(out, ",le=\"+Inf\"} %llu\n", (unsigned long long)count);
+    atp_buf_printf(out, "atpd_http_request_duration_seconds_sum{");
+    write_route_labels(out, m, r);
+    atp_buf_printf(out, "} %.9f\n", (double)sum_ns / 1e9);
+    atp_buf_printf(out, "atpd_http_request_duration_seconds_count{");
+    write_route_labels(out, m, r);
+    atp_buf_printf(out, "} %llu\n", (unsigned long long)count);
+  }
+}
+
+static void write_engine(const atp_engine_t *engine, atp_buf_t *out) {
+  atp_engine_stats_t st;
+  memset(&st, 0, sizeof st);
+  atp_engine_stats(engine, &st);
+  atp_buf_printf(out,
+                 "# HELP atpd_reservations Reservations retained, by status.\n"
+                 "# TYPE atpd_reservations gauge\n");
+  for (int s = ATP_STATUS_HELD; s <= ATP_STATUS_FULFILLED; s++)
+    atp_buf_printf(out, "atpd_reservations{status=\"%s\"} %llu\n",
+                   atp_status_name((atp_status_t)s),
+                   (unsigned long long)st.reservations_by_status[s]);
+  atp_buf_printf(out,
+                 "# HELP atpd_reservation_expirations_total Held reservations expired.\n"
+                 "# TYPE atpd_reservation_expirations_total counter\n"
+                 "atpd_reservation_expirations_total %llu\n"
+                 "# HELP atpd_positions Positions (SKU at location) known.\n"
+                 "# TYPE atpd_positions gauge\n"
+                 "atpd_positions %llu\n"
+                 "# HELP atpd_positions_max Position capacity.\n"
+                 "# TYPE atpd_positions_max gauge\n"
+                 "atpd_positions_max %llu\n"
+                 "# HELP atpd_idempotency_ids Idempotency ids remembered.\n"
+                 "# TYPE atpd_idempotency_ids gauge\n"
+                 "atpd_idempotency_ids %llu\n"
+                 "# HELP atpd_groups Location groups defined.\n"
+                 "# TYPE atpd_groups gauge\n"
+                 "atpd_groups %llu\n",
+                 (unsigned long long)st.expirations, (unsigned long long)st.positions,
+                 (unsigned long long)st.positions_max,
+                 (unsigned long long)st.idempotency_ids, (unsigned long long)st.groups);
+}
+
+void atp_metrics_write(const atp_metrics_t *m, const atp_engine_t *engine,
+                       atp_buf_t *out) {
+  write_requests(m, out);
+  write_latency(m, out);
+  if (engine) write_engine(engine, out);
+}
