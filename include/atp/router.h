@@ -1,0 +1,114 @@
+/* router.h - the route table and the HTTP handler of atpd.
+ *
+ * One static table lists every served route: method, path pattern with
+ * {params}, the access class a token's role must allow, the metrics label and
+ * the body limit. The same table drives dispatch, `atpd --routes`, auth, metrics
+ * labels and the server's per-route body limit, so they cannot disagree.
+ *
+ * Matching splits the raw path at '/' and compares literal segments; a {param}
+ * segment is percent-decoded into the request arena (so "gid%3A%2F%2F..." is a
+ * usable id). No allocation besides that, no regex. An unknown path answers
+ * 404 not_found; a known path with another method answers 405 with the same
+ * error shape and code "not_found" (the contract has no code of its own for
+ * it) plus an Allow header.
+ *
+ * Thread: the handler runs on every loop thread at once; the table and the app
+ * are read-only after start (except the atomics and per-thread metrics).
+ */
+#ifndef ATP_ROUTER_H
+#define ATP_ROUTER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "atp/auth.h"
+#include "atp/engine.h"
+#include "atp/http.h"
+#include "atp/metrics.h"
+#include "atp/request.h"
+
+/* Handlers return 0 after writing a 2xx response, or a negative ATP_E* code
+ * with rq->field/message set; the dispatcher then writes the error body. */
+typedef int (*atp_route_fn)(atp_req_t *rq);
+
+struct atp_route {
+  atp_http_method_t method;
+  const char *pattern;    /* "/v1/reservations/{id}/commit" */
+  atp_access_t access;    /* which roles may call it */
+  atp_field_kind_t owned; /* ownership field it writes, or ATP_FIELD_NONE */
+  size_t body_bytes_max;
+  atp_route_fn handler;
+};
+
+/* The application: everything handlers share. Read-only once serving, except
+ * the atomics. */
+struct atp_app {
+  _Atomic(atp_engine_t *) engine; /* NULL until created: /readyz answers 503 */
+  atomic_bool ready;              /* state restored, serving writes */
+  const atp_auth_t *auth;         /* NULL: auth off */
+  const atp_ownership_t *ownership; /* NULL: everyone may write */
+  atp_metrics_t *metrics;         /* NULL: none kept */
+  bool access_log;
+};
+
+/* The table, and its size. Index i is the route's metrics label index. */
+const atp_route_t *atp_routes(uint32_t *count);
+
+/* The route index for metrics, or the count for "unmatched". */
+uint32_t atp_route_index(const atp_route_t *route);
+
+/* Finds the route for method and raw path, decoding params into params[] in
+ * the arena. Returns the route, or NULL with *path_known telling whether
+ * another method serves that path (405) or nothing does (404). *err gets
+ * ATP_EBADREQ for a bad escape in a param. */
+const atp_route_t *atp_router_match(atp_http_method_t method, const char *path,
+                                    size_t path_len, atp_arena_t *arena,
+                                    atp_str_t *params, uint32_t *param_count,
+                                    bool *path_known, int *err);
+
+/* Prints "METHOD /path/{param}" per line. */
+void atp_router_print(FILE *out);
+
+/* atp_http_config_t callbacks; ctx is the atp_app_t. */
+void atp_router_handle(void *ctx, const atp_http_request_t *req,
+                       atp_http_response_t *res);
+size_t atp_router_body_limit(void *ctx, atp_http_method_t method, const char *path,
+                             size_t path_len);
+void atp_router_log(void *ctx, const atp_http_request_t *req, int status,
+                    size_t body_bytes, int64_t elapsed_ns);
+void atp_router_tick(void *ctx);
+
+/* 0 when flow may write field under the app's ownership matrix, else
+ * ATP_ENOTOWNER recorded on flow_key. */
+int atp_req_owner_check(atp_req_t *rq, atp_field_kind_t field, atp_str_t flow,
+                        const char *flow_key);
+
+/* Route handlers (routes_*.c). */
+int atp_route_availability_get(atp_req_t *rq);
+int atp_route_availability_query(atp_req_t *rq);
+int atp_route_reservation_create(atp_req_t *rq);
+int atp_route_reservation_get(atp_req_t *rq);
+int atp_route_reservation_commit(atp_req_t *rq);
+int atp_route_reservation_release(atp_req_t *rq);
+int atp_route_reservation_extend(atp_req_t *rq);
+int atp_route_reservation_fulfil(atp_req_t *rq);
+int atp_route_reservation_amend(atp_req_t *rq);
+int atp_route_adjustment(atp_req_t *rq);
+int atp_route_count(atp_req_t *rq);
+int atp_route_safety_stock(atp_req_t *rq);
+int atp_route_group_put(atp_req_t *rq);
+int atp_route_group_get(atp_req_t *rq);
+int atp_route_group_delete(atp_req_t *rq);
+int atp_route_healthz(atp_req_t *rq);
+int atp_route_readyz(atp_req_t *rq);
+int atp_route_metrics(atp_req_t *rq);
+
+/* The engine, or NULL (handlers behind /v1 are only dispatched once ready). */
+static inline atp_engine_t *atp_app_engine(atp_app_t *app) {
+  /* acquire: pairs with the release store in main after the engine is built,
+   * so its tables are visible before it is used. */
+  return atomic_load_explicit(&app->engine, memory_order_acquire);
+}
+
+#endif

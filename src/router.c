@@ -1,0 +1,312 @@
+/* router.c - the route table, dispatch, auth and ownership gates, and the
+ * access log / metrics hook (see router.h). */
+#include "atp/router.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "atp/error.h"
+#include "atp/limits.h"
+#include "atp/log.h"
+
+#define ONE_MIB ATP_HTTP_BODY_BYTES_MAX
+#define BULK ATP_HTTP_BULK_BODY_BYTES_MAX
+
+/* Order matters only for speed: the hottest routes come first, since matching
+ * is a linear scan (about twenty short string compares at worst). */
+static const atp_route_t routes[] = {
+    {ATP_HTTP_GET, "/v1/availability", ATP_ACCESS_READ, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_availability_get},
+    {ATP_HTTP_POST, "/v1/availability/query", ATP_ACCESS_READ, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_availability_query},
+    {ATP_HTTP_POST, "/v1/reservations", ATP_ACCESS_CHECKOUT, ATP_FIELD_RESERVATIONS,
+     ONE_MIB, atp_route_reservation_create},
+    {ATP_HTTP_GET, "/v1/reservations/{id}", ATP_ACCESS_CHECKOUT, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_reservation_get},
+    {ATP_HTTP_POST, "/v1/reservations/{id}/commit", ATP_ACCESS_CHECKOUT, ATP_FIELD_NONE,
+     ONE_MIB, atp_route_reservation_commit},
+    {ATP_HTTP_POST, "/v1/reservations/{id}/release", ATP_ACCESS_CHECKOUT, ATP_FIELD_NONE,
+     ONE_MIB, atp_route_reservation_release},
+    {ATP_HTTP_POST, "/v1/reservations/{id}/extend", ATP_ACCESS_CHECKOUT, ATP_FIELD_NONE,
+     ONE_MIB, atp_route_reservation_extend},
+    {ATP_HTTP_POST, "/v1/reservations/{id}/fulfil", ATP_ACCESS_CHECKOUT, ATP_FIELD_NONE,
+     ONE_MIB, atp_route_reservation_fulfil},
+    {ATP_HTTP_POST, "/v1/reservations/{id}/amend", ATP_ACCESS_CHECKOUT, ATP_FIELD_NONE,
+     ONE_MIB, atp_route_reservation_amend},
+    {ATP_HTTP_POST, "/v1/adjustments", ATP_ACCESS_INTEGRATION, ATP_FIELD_ADJUSTMENTS,
+     ONE_MIB, atp_route_adjustment},
+    {ATP_HTTP_POST, "/v1/counts", ATP_ACCESS_INTEGRATION, ATP_FIELD_COUNTS, ONE_MIB,
+     atp_route_count},
+    {ATP_HTTP_POST, "/v1/safety-stock", ATP_ACCESS_INTEGRATION, ATP_FIELD_SAFETY_STOCK,
+     ONE_MIB, atp_route_safety_stock},
+    {ATP_HTTP_PUT, "/v1/groups/{name}", ATP_ACCESS_INTEGRATION, ATP_FIELD_GROUPS, ONE_MIB,
+     atp_route_group_put},
+    {ATP_HTTP_GET, "/v1/groups/{name}", ATP_ACCESS_READ, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_group_get},
+    {ATP_HTTP_DELETE, "/v1/groups/{name}", ATP_ACCESS_INTEGRATION, ATP_FIELD_NONE,
+     ONE_MIB, atp_route_group_delete},
+    {ATP_HTTP_GET, "/healthz", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_healthz},
+    {ATP_HTTP_GET, "/readyz", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB, atp_route_readyz},
+    {ATP_HTTP_GET, "/metrics", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_metrics},
+};
+#define ROUTE_COUNT ((uint32_t)(sizeof routes / sizeof routes[0]))
+_Static_assert(ROUTE_COUNT < ATP_METRICS_ROUTES_MAX, "metrics label table too small");
+
+const atp_route_t *atp_routes(uint32_t *count) {
+  *count = ROUTE_COUNT;
+  return routes;
+}
+
+uint32_t atp_route_index(const atp_route_t *route) {
+  if (!route) return ROUTE_COUNT;
+  assert(route >= routes && route < routes + ROUTE_COUNT);
+  return (uint32_t)(route - routes);
+}
+
+static const char *method_name(atp_http_method_t m) {
+  switch (m) {
+    case ATP_HTTP_GET: return "GET";
+    case ATP_HTTP_HEAD: return "HEAD";
+    case ATP_HTTP_POST: return "POST";
+    case ATP_HTTP_PUT: return "PUT";
+    case ATP_HTTP_DELETE: return "DELETE";
+    case ATP_HTTP_PATCH: return "PATCH";
+    case ATP_HTTP_OPTIONS: return "OPTIONS";
+    default: return "OTHER";
+  }
+}
+
+void atp_router_print(FILE *out) {
+  for (uint32_t i = 0; i < ROUTE_COUNT; i++)
+    fprintf(out, "%s %s\n", method_name(routes[i].method), routes[i].pattern);
+}
+
+/* Compares a pattern with a raw path; {param} matches one non-empty segment.
+ * Params are recorded raw (still percent-encoded). */
+static bool pattern_match(const char *pat, const char *path, size_t len,
+                          atp_str_t *params, uint32_t *param_count) {
+  size_t i = 0;
+  uint32_t n = 0;
+  for (const char *p = pat; *p;) {
+    if (*p == '{') {
+      size_t start = i;
+      while (i < len && path[i] != '/') i++;
+      if (i == start || n == ATP_ROUTE_PARAMS_MAX) return false;
+      params[n].ptr = path + start;
+      params[n].len = (uint32_t)(i - start);
+      n++;
+      p = strchr(p, '}');
+      assert(p);
+      p++;
+    } else {
+      if (i >= len || path[i] != *p) return false;
+      i++;
+      p++;
+    }
+  }
+  if (i != len) return false;
+  *param_count = n;
+  return true;
+}
+
+const atp_route_t *atp_router_match(atp_http_method_t method, const char *path,
+                                    size_t path_len, atp_arena_t *arena,
+                                    atp_str_t *params, uint32_t *param_count,
+                                    bool *path_known, int *err) {
+  *path_known = false;
+  *err = 0;
+  *param_count = 0;
+  atp_str_t raw[ATP_ROUTE_PARAMS_MAX];
+  uint32_t n = 0;
+  for (uint32_t r = 0; r < ROUTE_COUNT; r++) {
+    if (!pattern_match(routes[r].pattern, path, path_len, raw, &n)) continue;
+    if (routes[r].method != method) {
+      *path_known = true;
+      continue;
+    }
+    for (uint32_t k = 0; k < n; k++) {
+      if (!arena) {
+        params[k] = raw[k];
+        continue;
+      }
+      int rc = atp_percent_decode(arena, raw[k].ptr, raw[k].len, false, &params[k]);
+      if (rc != 0) {
+        *err = rc == ATP_ENOMEM ? ATP_ENOMEM : ATP_EBADREQ;
+        return NULL;
+      }
+    }
+    *param_count = n;
+    return &routes[r];
+  }
+  return NULL;
+}
+
+/* --- per-thread route memory for the log hook -------------------------------- */
+
+/* The log hook learns only the request, not the route the handler matched; a
+ * small per-thread ring keyed by request_id carries it over. The hook runs on
+ * the same loop thread shortly after the handler, so 64 slots are ample even
+ * with a full pipeline. */
+#define ROUTE_RING 64
+static _Thread_local struct {
+  uint64_t request_id;
+  uint32_t route;
+} route_ring[ROUTE_RING];
+
+static void remember_route(uint64_t request_id, uint32_t route) {
+  route_ring[request_id % ROUTE_RING].request_id = request_id;
+  route_ring[request_id % ROUTE_RING].route = route;
+}
+
+static uint32_t recall_route(uint64_t request_id) {
+  if (route_ring[request_id % ROUTE_RING].request_id == request_id)
+    return route_ring[request_id % ROUTE_RING].route;
+  return ROUTE_COUNT;
+}
+
+/* --- dispatch ------------------------------------------------------------------ */
+
+static bool is_v1(const atp_http_request_t *h) {
+  return h->path_len >= 4 && memcmp(h->path, "/v1/", 4) == 0;
+}
+
+static int gate(atp_req_t *rq, const atp_route_t *route) {
+  atp_app_t *app = rq->app;
+  const atp_http_request_t *h = rq->http;
+  if (route->access != ATP_ACCESS_OPEN && app->auth) {
+    int rc = atp_auth_check(app->auth, route->access, h->authorization,
+                            h->authorization ? h->authorization_len : 0);
+    if (rc == ATP_EUNAUTH) {
+      rq->res->extra_headers[rq->res->extra_header_count++] =
+          "WWW-Authenticate: Bearer";
+      return atp_req_fail(rq, rc, NULL, NULL,
+                          "A valid bearer token is required (Authorization: Bearer ...).");
+    }
+    if (rc != 0)
+      return atp_req_fail(rq, rc, NULL, NULL, "This token's role may not call %s %s.",
+                          method_name(route->method), route->pattern);
+  }
+  if (is_v1(h) && (!atp_app_engine(app) ||
+                   !atomic_load_explicit(&app->ready, memory_order_acquire))) {
+    rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 1";
+    return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL,
+                        "The service is starting; retry shortly.");
+  }
+  /* A body is JSON or msgpack whatever the method; a bodiless request is fine. */
+  if (h->body_len > 0 && rq->in_format != ATP_FORMAT_JSON &&
+      rq->in_format != ATP_FORMAT_MSGPACK)
+    return atp_req_fail(rq, ATP_EMEDIATYPE, NULL, NULL,
+                        "The body must be application/json or application/msgpack.");
+  return 0;
+}
+
+int atp_req_owner_check(atp_req_t *rq, atp_field_kind_t field, atp_str_t flow,
+                        const char *flow_key) {
+  const atp_ownership_t *own = rq->app->ownership;
+  if (atp_ownership_allows(own, field, flow)) return 0;
+  if (flow.len == 0)
+    return atp_req_fail(rq, ATP_ENOTOWNER, NULL, flow_key,
+                        "Writes to %s are restricted to their owners: name the sending flow.",
+                        atp_field_name(field));
+  return atp_req_fail(rq, ATP_ENOTOWNER, NULL, flow_key,
+                      "Flow \"%.*s\" may not write %s.", (int)flow.len, flow.ptr,
+                      atp_field_name(field));
+}
+
+void atp_router_handle(void *ctx, const atp_http_request_t *req,
+                       atp_http_response_t *res) {
+  atp_req_t rq;
+  rq.app = ctx;
+  rq.http = req;
+  rq.res = res;
+  rq.arena = req->arena;
+  rq.route = NULL;
+  rq.param_count = 0;
+  rq.query_count = 0;
+  rq.body = NULL;
+  rq.field[0] = '\0';
+  rq.message[0] = '\0';
+  rq.in_format = req->content_type
+                     ? atp_format_from_content_type(req->content_type, req->content_type_len)
+                     : ATP_FORMAT_UNKNOWN;
+  rq.out_format = atp_format_for_response(req->accept, req->accept ? req->accept_len : 0,
+                                          rq.in_format);
+  if (rq.out_format != ATP_FORMAT_MSGPACK) rq.out_format = ATP_FORMAT_JSON;
+  if (rq.in_format == ATP_FORMAT_UNKNOWN && req->body_len == 0)
+    rq.in_format = ATP_FORMAT_JSON;
+
+  bool path_known = false;
+  int rc = 0;
+  rq.route = atp_router_match(req->method, req->path, req->path_len, rq.arena, rq.params,
+                              &rq.param_count, &path_known, &rc);
+  remember_route(req->request_id, atp_route_index(rq.route));
+  if (!rq.route) {
+    if (rc != 0) {
+      atp_req_fail(&rq, rc, NULL, NULL,
+                   "Malformed percent-encoding in the path.");
+      atp_respond_error(&rq, rc);
+      return;
+    }
+    if (path_known) {
+      atp_req_fail(&rq, ATP_ENOTFOUND, NULL, NULL, "%s is not allowed on this path.",
+                   req->method_name ? req->method_name : "This method");
+      atp_respond_error(&rq, ATP_ENOTFOUND);
+      res->status = 405;
+      return;
+    }
+    atp_req_fail(&rq, ATP_ENOTFOUND, NULL, NULL, "No such route.");
+    atp_respond_error(&rq, ATP_ENOTFOUND);
+    return;
+  }
+  rc = gate(&rq, rq.route);
+  if (rc == 0) rc = atp_req_parse_query(&rq);
+  if (rc == 0) rc = rq.route->handler(&rq);
+  if (rc != 0) atp_respond_error(&rq, rc);
+}
+
+size_t atp_router_body_limit(void *ctx, atp_http_method_t method, const char *path,
+                             size_t path_len) {
+  atp_str_t params[ATP_ROUTE_PARAMS_MAX];
+  uint32_t n = 0;
+  bool known = false;
+  int err = 0;
+  const atp_route_t *r =
+      atp_router_match(method, path, path_len, NULL, params, &n, &known, &err);
+  if (r) return r->body_bytes_max;
+  /* Bulk routes served by later modules keep their contract limit even before
+   * they are in the table. */
+  static const char *bulk[] = {"/v1/batch", "/v1/reconciliations"};
+  for (size_t i = 0; i < 2; i++) {
+    size_t n2 = strlen(bulk[i]);
+    if (path_len >= n2 && memcmp(path, bulk[i], n2) == 0 &&
+        (path_len == n2 || path[n2] == '/' || path[n2] == '?'))
+      return BULK;
+  }
+  return ONE_MIB;
+}
+
+/* --- access log and metrics ---------------------------------------------------- */
+
+void atp_router_log(void *ctx, const atp_http_request_t *req, int status,
+                    size_t body_bytes, int64_t elapsed_ns) {
+  atp_app_t *app = ctx;
+  uint32_t route = recall_route(req->request_id);
+  if (app->metrics)
+    atp_metrics_record(app->metrics, (uint32_t)req->thread_index, route, status,
+                       elapsed_ns);
+  if (!app->access_log) return;
+  /* The route pattern is logged, never the raw URL or headers, so neither
+   * tokens nor ids in query strings reach the log. */
+  atp_log_access(req->request_id, method_name(req->method),
+                 route < ROUTE_COUNT ? routes[route].pattern : "unmatched", status,
+                 elapsed_ns, body_bytes);
+}
+
+void atp_router_tick(void *ctx) {
+  atp_app_t *app = ctx;
+  atp_engine_t *engine = atp_app_engine(app);
+  if (engine) atp_engine_tick(engine);
+}

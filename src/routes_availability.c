@@ -1,0 +1,183 @@
+/* routes_availability.c - the read paths (CONTRACT.md section 3).
+ *
+ * Reads never block on writers: each is engine hash probes and atomic loads.
+ * Nothing here sorts (the engine returns endless-aisle positions in order) or
+ * allocates beyond per-thread scratch, so GET /v1/availability costs a probe
+ * and the encoding of one object. */
+#include <string.h>
+
+#include "atp/error.h"
+#include "atp/limits.h"
+#include "atp/router.h"
+
+/* Per-thread scratch for group and endless-aisle answers: a group holds at
+ * most ATP_GROUP_LOCATIONS_MAX locations; a SKU held at more locations than
+ * that falls back to the request arena. */
+static _Thread_local atp_str_t group_locations[ATP_GROUP_LOCATIONS_MAX];
+static _Thread_local atp_position_t positions[ATP_GROUP_LOCATIONS_MAX];
+static _Thread_local signed char positions_found[ATP_GROUP_LOCATIONS_MAX];
+
+/* Writes {sku, group, available, locations[, found]} for a known group, or
+ * returns ATP_ENOTFOUND without writing. found < 0 omits "found". */
+static int write_group_availability(atp_engine_t *engine, atp_writer_t *w,
+                                    atp_str_t sku, atp_str_t group, int found) {
+  uint32_t count = 0;
+  int rc = atp_group_get(engine, group, group_locations, ATP_GROUP_LOCATIONS_MAX, &count);
+  if (rc != 0) return rc;
+  if (count > ATP_GROUP_LOCATIONS_MAX) count = ATP_GROUP_LOCATIONS_MAX;
+  int64_t available = 0;
+  for (uint32_t i = 0; i < count; i++) {
+    positions_found[i] =
+        atp_position_get(engine, sku, group_locations[i], &positions[i]) == 0;
+    if (positions_found[i]) available += positions[i].available;
+  }
+  atp_w_object_begin(w);
+  atp_w_key(w, "sku");
+  atp_w_s(w, sku);
+  atp_w_key(w, "group");
+  atp_w_s(w, group);
+  atp_w_key(w, "available");
+  atp_w_int(w, available);
+  atp_w_key(w, "locations");
+  atp_w_array_begin(w);
+  for (uint32_t i = 0; i < count; i++) {
+    /* Seen positions carry no "found" here; unseen ones say found: false. */
+    if (positions_found[i]) atp_write_position(w, &positions[i], -1);
+    else atp_write_zero_position(w, sku, group_locations[i], 0);
+  }
+  atp_w_array_end(w);
+  if (found >= 0) {
+    atp_w_key(w, "found");
+    atp_w_bool(w, found != 0);
+  }
+  atp_w_object_end(w);
+  return 0;
+}
+
+static int endless_aisle(atp_req_t *rq, atp_engine_t *engine, atp_str_t sku) {
+  uint32_t count = 0;
+  atp_position_t *out = positions;
+  int rc = atp_sku_positions(engine, sku, out, ATP_GROUP_LOCATIONS_MAX, &count);
+  if (rc != 0) return atp_req_fail(rq, rc, NULL, NULL, "%s", atp_strerror(rc));
+  if (count > ATP_GROUP_LOCATIONS_MAX) {
+    /* Rare: a SKU stocked at more than a thousand locations. */
+    uint32_t want = count;
+    out = atp_arena_alloc(rq->arena, (size_t)want * sizeof *out);
+    if (!out) return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
+    rc = atp_sku_positions(engine, sku, out, want, &count);
+    if (rc != 0) return atp_req_fail(rq, rc, NULL, NULL, "%s", atp_strerror(rc));
+    if (count > want) count = want;
+  }
+  int64_t available = 0, on_hand = 0;
+  for (uint32_t i = 0; i < count; i++) {
+    available += out[i].available;
+    on_hand += out[i].on_hand;
+  }
+  atp_writer_t *w = atp_respond_begin(rq, 200);
+  atp_w_object_begin(w);
+  atp_w_key(w, "sku");
+  atp_w_s(w, sku);
+  atp_w_key(w, "available");
+  atp_w_int(w, available);
+  atp_w_key(w, "on_hand");
+  atp_w_int(w, on_hand);
+  atp_w_key(w, "locations");
+  atp_w_array_begin(w);
+  for (uint32_t i = 0; i < count; i++) atp_write_position(w, &out[i], -1);
+  atp_w_array_end(w);
+  atp_w_object_end(w);
+  return 0;
+}
+
+int atp_route_availability_get(atp_req_t *rq) {
+  atp_engine_t *engine = atp_app_engine(rq->app);
+  atp_str_t sku, location, group;
+  int rc = atp_query_id(rq, "sku", ATP_REQUIRED, &sku);
+  if (rc == 0) rc = atp_query_id(rq, "location", ATP_OPTIONAL, &location);
+  if (rc == 0) rc = atp_query_id(rq, "group", ATP_OPTIONAL, &group);
+  if (rc != 0) return rc;
+  if (location.len && group.len)
+    return atp_req_fail(rq, ATP_EBADREQ, NULL, "group",
+                        "Give location or group, not both.");
+  if (location.len) {
+    atp_position_t p;
+    if (atp_position_get(engine, sku, location, &p) != 0)
+      return atp_req_fail(rq, ATP_ENOTFOUND, NULL, NULL,
+                          "No stock was ever recorded for this SKU at this location.");
+    atp_write_position(atp_respond_begin(rq, 200), &p, -1);
+    return 0;
+  }
+  if (group.len) {
+    atp_writer_t *w = atp_respond_begin(rq, 200);
+    if (write_group_availability(engine, w, sku, group, -1) != 0)
+      return atp_req_fail(rq, ATP_ENOTFOUND, NULL, "group", "Unknown group.");
+    return 0;
+  }
+  return endless_aisle(rq, engine, sku);
+}
+
+typedef struct {
+  atp_str_t sku;
+  atp_str_t location; /* exactly one of location and group is set */
+  atp_str_t group;
+} query_item_t;
+
+int atp_route_availability_query(atp_req_t *rq) {
+  atp_engine_t *engine = atp_app_engine(rq->app);
+  int rc = atp_req_parse_body(rq, true);
+  if (rc != 0) return rc;
+  const atp_val_t *items;
+  rc = atp_get_array(rq, rq->body, NULL, "items", ATP_REQUIRED, 1, ATP_QUERY_ITEMS_MAX,
+                     &items);
+  if (rc != 0) return rc;
+  query_item_t *q = atp_arena_alloc(rq->arena, items->len * sizeof *q);
+  if (!q) return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
+  /* Validate every item before answering any: a 400 names the first bad one. */
+  for (uint32_t i = 0; i < items->len; i++) {
+    const atp_val_t *it;
+    atp_at_t at = {"items", (int32_t)i, NULL};
+    rc = atp_get_item_object(rq, items, NULL, "items", i, &it);
+    if (rc == 0) rc = atp_get_id(rq, it, &at, "sku", ATP_REQUIRED, &q[i].sku);
+    if (rc == 0) rc = atp_get_id(rq, it, &at, "location", ATP_OPTIONAL, &q[i].location);
+    if (rc == 0) rc = atp_get_id(rq, it, &at, "group", ATP_OPTIONAL, &q[i].group);
+    if (rc != 0) return rc;
+    if (q[i].location.len && q[i].group.len)
+      return atp_req_fail(rq, ATP_EBADREQ, &at, "group",
+                          "Give location or group, not both.");
+    if (!q[i].location.len && !q[i].group.len)
+      return atp_req_fail(rq, ATP_EBADREQ, &at, "location",
+                          "Give a location or a group.");
+  }
+  atp_writer_t *w = atp_respond_begin(rq, 200);
+  atp_w_object_begin(w);
+  atp_w_key(w, "items");
+  atp_w_array_begin(w);
+  for (uint32_t i = 0; i < items->len; i++) {
+    if (q[i].location.len) {
+      atp_position_t p;
+      if (atp_position_get(engine, q[i].sku, q[i].location, &p) == 0)
+        atp_write_position(w, &p, 1);
+      else
+        atp_write_zero_position(w, q[i].sku, q[i].location, 0);
+      continue;
+    }
+    if (write_group_availability(engine, w, q[i].sku, q[i].group, 1) != 0) {
+      atp_w_object_begin(w);
+      atp_w_key(w, "sku");
+      atp_w_s(w, q[i].sku);
+      atp_w_key(w, "group");
+      atp_w_s(w, q[i].group);
+      atp_w_key(w, "available");
+      atp_w_int(w, 0);
+      atp_w_key(w, "locations");
+      atp_w_array_begin(w);
+      atp_w_array_end(w);
+      atp_w_key(w, "found");
+      atp_w_bool(w, false);
+      atp_w_object_end(w);
+    }
+  }
+  atp_w_array_end(w);
+  atp_w_object_end(w);
+  return 0;
+}

@@ -1,0 +1,39 @@
+/* routes_ops.c - /healthz, /readyz and /metrics (CONTRACT.md section 7).
+ * Open routes: no token needed. */
+#include "atp/error.h"
+#include "atp/router.h"
+
+int atp_route_healthz(atp_req_t *rq) {
+  atp_writer_t *w = atp_respond_begin(rq, 200);
+  atp_w_object_begin(w);
+  atp_w_key(w, "status");
+  atp_w_cstr(w, "ok");
+  atp_w_object_end(w);
+  return 0;
+}
+
+int atp_route_readyz(atp_req_t *rq) {
+  atp_app_t *app = rq->app;
+  if (!atp_app_engine(app) || !atomic_load_explicit(&app->ready, memory_order_acquire)) {
+    rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 1";
+    return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL,
+                        "State is not restored yet.");
+  }
+  atp_writer_t *w = atp_respond_begin(rq, 200);
+  atp_w_object_begin(w);
+  atp_w_key(w, "status");
+  atp_w_cstr(w, "ready");
+  atp_w_object_end(w);
+  return 0;
+}
+
+int atp_route_metrics(atp_req_t *rq) {
+  atp_http_response_t *res = rq->res;
+  res->status = 200;
+  res->content_type = "text/plain; version=0.0.4; charset=utf-8";
+  atp_buf_reset(res->body);
+  if (rq->app->metrics) atp_metrics_write(rq->app->metrics, atp_app_engine(rq->app), res->body);
+  if (res->body->failed)
+    return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "The metrics did not fit.");
+  return 0;
+}
