@@ -1,0 +1,195 @@
+/* main.c - bin/atpd: reads the configuration, builds the engine, loads the
+ * demo catalogue if asked, and serves HTTP until SIGTERM or SIGINT.
+ *
+ * Signals: SIGTERM and SIGINT are blocked in every thread (the loop threads
+ * inherit the mask) and taken by one thread in sigwait(), which asks the server
+ * to stop: stop accepting, finish in-flight requests, return from run. Doing it
+ * from a plain thread keeps the handler free of async-signal-safety concerns. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "atp/auth.h"
+#include "atp/config.h"
+#include "atp/demo.h"
+#include "atp/engine.h"
+#include "atp/error.h"
+#include "atp/http.h"
+#include "atp/log.h"
+#include "atp/metrics.h"
+#include "atp/router.h"
+
+#define ENGINE_TICK_MS 100
+
+static char route_labels_text[ATP_METRICS_ROUTES_MAX][160];
+static const char *route_labels[ATP_METRICS_ROUTES_MAX];
+
+static const char *method_text(atp_http_method_t m) {
+  switch (m) {
+    case ATP_HTTP_GET: return "GET";
+    case ATP_HTTP_POST: return "POST";
+    case ATP_HTTP_PUT: return "PUT";
+    case ATP_HTTP_DELETE: return "DELETE";
+    default: return "OTHER";
+  }
+}
+
+static uint32_t build_route_labels(void) {
+  uint32_t count = 0;
+  const atp_route_t *routes = atp_routes(&count);
+  for (uint32_t i = 0; i < count; i++) {
+    snprintf(route_labels_text[i], sizeof route_labels_text[i], "%s %s",
+             method_text(routes[i].method), routes[i].pattern);
+    route_labels[i] = route_labels_text[i];
+  }
+  return count;
+}
+
+typedef struct {
+  sigset_t set;
+  atp_http_server_t *server;
+} signal_waiter_t;
+
+static void *signal_thread(void *arg) {
+  signal_waiter_t *sw = arg;
+  int sig = 0;
+  while (sigwait(&sw->set, &sig) != 0) {
+  }
+  atp_log("info", "signal %d: stopping, draining in-flight requests", sig);
+  atp_http_server_stop(sw->server);
+  return NULL;
+}
+
+static int load_access(const atp_config_t *cfg, atp_app_t *app, atp_auth_t **auth,
+                       atp_ownership_t **own) {
+  char err[512];
+  if (cfg->tokens_file[0]) {
+    *auth = atp_calloc(1, sizeof **auth);
+    if (!*auth || atp_auth_load(*auth, cfg->tokens_file, err, sizeof err) != 0) {
+      fprintf(stderr, "atpd: --tokens: %s\n", *auth ? err : "out of memory");
+      return 1;
+    }
+    app->auth = *auth;
+  }
+  if (cfg->ownership_file[0]) {
+    *own = atp_calloc(1, sizeof **own);
+    if (!*own || atp_ownership_load(*own, cfg->ownership_file, err, sizeof err) != 0) {
+      fprintf(stderr, "atpd: --ownership: %s\n", *own ? err : "out of memory");
+      return 1;
+    }
+    app->ownership = *own;
+  }
+  return 0;
+}
+
+static int build_engine(const atp_config_t *cfg, atp_app_t *app, atp_engine_t **out) {
+  atp_engine_config_t ec;
+  memset(&ec, 0, sizeof ec);
+  int rc = atp_engine_create(&ec, out);
+  if (rc != 0) {
+    fprintf(stderr, "atpd: cannot create the engine: %s\n", atp_strerror(rc));
+    return 1;
+  }
+  if (cfg->demo) {
+    uint32_t positions = 0;
+    rc = atp_demo_load(*out, &positions);
+    if (rc != 0) {
+      fprintf(stderr, "atpd: demo catalogue: %s\n", atp_strerror(rc));
+      return 1;
+    }
+    if (positions)
+      atp_log("info", "demo catalogue loaded: %u positions, %d SKUs, %d stores, groups north and south",
+              positions, ATP_DEMO_SKUS, ATP_DEMO_STORES);
+  }
+  /* release: the engine's tables (and the demo stock) are visible to any
+   * thread that loads the pointer with acquire. */
+  atomic_store_explicit(&app->engine, *out, memory_order_release);
+  atomic_store_explicit(&app->ready, true, memory_order_release);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  atp_config_t cfg;
+  char err[512];
+  if (atp_config_load(&cfg, argc, argv, NULL, err, sizeof err) != 0) {
+    fprintf(stderr, "atpd: %s\n%s", err, atp_config_usage());
+    return 2;
+  }
+  if (cfg.print_help) {
+    fputs(atp_config_usage(), stdout);
+    return 0;
+  }
+  if (cfg.print_routes) {
+    atp_router_print(stdout);
+    return 0;
+  }
+
+  signal_waiter_t sw;
+  sigemptyset(&sw.set);
+  sigaddset(&sw.set, SIGTERM);
+  sigaddset(&sw.set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sw.set, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
+  static atp_app_t app; /* static: the signal thread and loops outlive main's frame only at exit */
+  atomic_init(&app.engine, NULL);
+  atomic_init(&app.ready, false);
+  app.access_log = cfg.access_log;
+  atp_auth_t *auth = NULL;
+  atp_ownership_t *own = NULL;
+  if (load_access(&cfg, &app, &auth, &own) != 0) return 1;
+  if (mkdir(cfg.data_dir, 0750) != 0 && errno != EEXIST)
+    atp_log("warn", "cannot create data dir %s: %s", cfg.data_dir, strerror(errno));
+
+  uint32_t route_count = build_route_labels();
+  app.metrics = atp_metrics_create((uint32_t)cfg.threads, route_count, route_labels);
+  if (!app.metrics) {
+    fprintf(stderr, "atpd: out of memory\n");
+    return 1;
+  }
+
+  atp_http_config_t hc;
+  memset(&hc, 0, sizeof hc);
+  hc.host = cfg.host;
+  hc.port = cfg.port;
+  hc.threads = cfg.threads;
+  hc.handler = atp_router_handle;
+  hc.body_limit = atp_router_body_limit;
+  hc.log = atp_router_log;
+  hc.ctx = &app;
+  hc.tick = atp_router_tick;
+  hc.tick_ms = ENGINE_TICK_MS;
+  atp_http_server_t *server = NULL;
+  if (atp_http_server_create(&hc, &server, err, sizeof err) != 0) {
+    fprintf(stderr, "atpd: cannot listen on %s:%d: %s\n", cfg.host, cfg.port, err);
+    return 1;
+  }
+  atp_engine_t *engine = NULL;
+  if (build_engine(&cfg, &app, &engine) != 0) return 1;
+
+  sw.server = server;
+  pthread_t tid;
+  if (pthread_create(&tid, NULL, signal_thread, &sw) != 0) {
+    fprintf(stderr, "atpd: cannot start the signal thread\n");
+    return 1;
+  }
+  pthread_detach(tid);
+  atp_log("info", "atpd listening on %s:%d, %d threads, auth %s, ownership %s, durability %s",
+          cfg.host, atp_http_server_port(server), cfg.threads, auth ? "on" : "off",
+          own ? "on" : "off",
+          cfg.durability == ATP_DURABILITY_NONE ? "none"
+          : cfg.durability == ATP_DURABILITY_ALWAYS ? "always" : "batch");
+  int rc = atp_http_server_run(server);
+  atp_log("info", "atpd stopped");
+  atp_http_server_destroy(server);
+  atomic_store_explicit(&app.engine, NULL, memory_order_release);
+  atp_engine_destroy(engine);
+  atp_metrics_destroy(app.metrics);
+  atp_free(auth);
+  atp_free(own);
+  return rc == 0 ? 0 : 1;
+}
