@@ -1,0 +1,1217 @@
+/* http_server.c - the HTTP/1.1 server: libuv loops, llhttp parsing (see http.h).
+ *
+ * A connection has two layers in one struct. The core takes bytes in, runs
+ * llhttp over them, assembles a request (URL, the few headers the service
+ * reads, the body), calls the handler when the request is complete and
+ * serialises the response into an output queue; it knows nothing of sockets.
+ * The socket layer reads into the core, writes the output queue with one
+ * uv_write per batch (a read's pipelined responses go out together), and runs
+ * the connection's deadline timer. atp_http_feed drives the same core with no
+ * socket, so the fuzz harness exercises the code that serves real traffic.
+ *
+ * Output: two queues per connection, one being written and one being filled.
+ * Heads and small bodies are copied into the queue's byte buffer; a large body
+ * is moved (not copied) into the queue and written in place with writev.
+ * Backpressure: when the queued responses reach ATP_HTTP_PIPELINE_MAX or
+ * OUT_HIGH_WATER_BYTES, on_message_complete pauses llhttp, the unparsed rest
+ * of the read is kept in the connection's input buffer and reading stops until
+ * the write in flight completes. A client that never reads pins at most that.
+ *
+ * Timeouts use one timer per connection with a lazy deadline: the hot path
+ * only stores a later deadline; the timer, when it fires early, re-arms itself
+ * for the rest. It is restarted only when a deadline moves earlier (a request
+ * head split across reads starts the header timeout).
+ *
+ * Thread: everything runs on its loop's thread except atp_http_server_stop
+ * (any thread: an atomic flag and uv_async_send) and the request id counter.
+ */
+#include "atp/http.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <llhttp.h>
+#include <netdb.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "atp/error.h"
+#include "atp/limits.h"
+
+#define READ_BYTES (64 * 1024)               /* one loop-wide read buffer */
+#define OUT_HIGH_WATER_BYTES (1024 * 1024)   /* queued output that pauses parsing */
+#define OUT_INLINE_BODY_BYTES (16 * 1024)    /* bodies up to this are copied */
+#define OUT_BIG_MAX 4                        /* moved bodies per output queue */
+#define RESPONSE_BYTES_MAX (256u << 20)      /* one response body */
+#define KEEP_BUF_BYTES (256 * 1024)          /* buffers above this are freed after use */
+#define ARENA_CHUNK_BYTES (16 * 1024)
+#define ARENA_BYTES_MAX (4u * ATP_HTTP_BULK_BODY_BYTES_MAX)
+#define HEAD_BUF_BYTES_MAX (ATP_HTTP_URL_BYTES_MAX + ATP_HTTP_HEADER_BYTES_MAX + 64)
+#define FIELD_BYTES 16       /* longest header name we look for, rounded up */
+#define LINGER_MS 2000       /* after the last response: wait for the client's FIN */
+#define LINGER_BYTES_MAX (4u << 20)
+#define STOP_TIMEOUT_MS 5000
+#define LISTEN_BACKLOG 1024
+#define REQUEST_ID_BLOCK 4096
+
+enum { HDR_NONE = -1, HDR_CONTENT_TYPE, HDR_ACCEPT, HDR_AUTHORIZATION, HDR_EXPECT, HDR_COUNT };
+
+/* Process-wide request ids; loops take blocks so the hot path touches no
+ * shared cache line. Relaxed suffices: only uniqueness matters, not order. */
+static _Atomic uint64_t request_ids = 1;
+
+typedef struct {
+  atp_buf_t bytes;                /* heads and inlined bodies, in order */
+  atp_buf_t big[OUT_BIG_MAX];     /* moved bodies, written in place */
+  size_t big_at[OUT_BIG_MAX];     /* big[i] goes before bytes[big_at[i]] */
+  uint32_t big_count;
+  uint32_t responses;             /* responses in this queue */
+  size_t total_bytes;             /* bytes.len plus the big bodies */
+} outq_t;
+
+typedef struct loop_ctx loop_ctx_t;
+typedef struct conn conn_t;
+
+struct conn {
+  /* ---- core: parse, dispatch, serialise ---- */
+  llhttp_t parser;
+  const atp_http_config_t *config;
+  loop_ctx_t *lp;                 /* NULL when driven by atp_http_feed */
+  atp_arena_t arena;              /* the handler's; reset after each response */
+  atp_buf_t head;                 /* URL, NUL, then kept header values each + NUL */
+  atp_buf_t body;                 /* request body plus a NUL; len_max = limit + 1 */
+  atp_buf_t res_body;             /* handed to the handler as res->body */
+  outq_t out[2];                  /* out[pending] fills; out[!pending] is in flight */
+  int pending;
+  atp_buf_t in;                   /* unparsed input held back by backpressure */
+  size_t in_off;                  /* parsed prefix of in */
+
+  /* the request being parsed; reset at message begin */
+  size_t url_len;
+  size_t path_off, path_len, query_off, query_len;
+  size_t hv_off[HDR_COUNT], hv_len[HDR_COUNT];
+  bool hv_set[HDR_COUNT];
+  char field[FIELD_BYTES];
+  uint32_t field_len;             /* FIELD_BYTES + 1: longer than any we keep */
+  int field_kind;                 /* HDR_* of the value being read */
+  size_t head_bytes;              /* request line and headers so far */
+  const char *head_mark;          /* last counted byte in the current chunk, or NULL */
+  size_t trailer_bytes;
+  size_t body_limit;
+  uint64_t head_started_ms;       /* loop time of the first byte of the head */
+  int64_t started_ns;
+  bool in_message;                /* between message begin and complete */
+  bool headers_done;
+  bool keep_alive;
+  bool http10;
+  int fail_status;                /* set by a callback that failed the request */
+  const char *fail_message;
+
+  bool closing;                   /* parse no more; close once output is written */
+  bool paused;                    /* in holds input parsed later */
+
+  /* ---- socket layer (unused by atp_http_feed) ---- */
+  uv_tcp_t tcp;
+  uv_timer_t timer;
+  uv_write_t write_req;
+  uv_shutdown_t shutdown_req;
+  bool writing;                   /* write_req in flight for out[!pending] */
+  bool reading;
+  bool eof;                       /* the client half-closed */
+  bool lingering;                 /* shut down our side, discarding input till FIN */
+  bool closed;                    /* uv_close called */
+  bool timer_armed;
+  uint64_t deadline_ms;           /* loop time at which the connection times out */
+  uint64_t timer_due_ms;          /* when the armed timer fires */
+  size_t linger_bytes;
+  int handles_open;               /* tcp and timer until their close callbacks */
+  conn_t *prev, *next;            /* loop's connection list */
+};
+
+struct loop_ctx {
+  atp_http_server_t *server;
+  int index;
+  uv_loop_t loop;
+  uv_tcp_t listener;
+  uv_async_t stop_async;
+  uv_timer_t stop_timer;          /* force-closes what the stop grace left */
+  uv_timer_t tick_timer;          /* loop 0 only runs it */
+  uv_thread_t thread;
+  char *read_buf;                 /* READ_BYTES, shared by the loop's reads */
+  conn_t *conns;
+  uint32_t conn_count;            /* connections not yet freed */
+  uint64_t id_next, id_end;       /* request id block */
+  bool loop_inited, handles_inited, listening, stopping, finished, threaded;
+};
+
+struct atp_http_server {
+  atp_http_config_t config;
+  int port;
+  int threads;
+  atomic_int stop_requested;      /* 1 once stop was called (exchange: once) */
+  bool ran;
+  loop_ctx_t *loops;
+};
+
+static const char *status_reason(int status) {
+  switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Entity";
+    case 428: return "Precondition Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return status < 300 ? "OK" : status < 400 ? "Redirect" : status < 500 ? "Client Error" : "Server Error";
+  }
+}
+
+static uint32_t cfg_ms(uint32_t value, uint32_t fallback) { return value ? value : fallback; }
+
+/* ------------------------------------------------------------------------ */
+/* Output queue                                                              */
+
+static void outq_init(outq_t *q) {
+  memset(q, 0, sizeof *q);
+  atp_buf_init(&q->bytes, 0);
+}
+
+/* After the queue was written: keep the byte buffer unless it grew large. */
+static void outq_release(outq_t *q) {
+  for (uint32_t i = 0; i < q->big_count; i++) atp_buf_free(&q->big[i]);
+  q->big_count = 0;
+  q->responses = 0;
+  q->total_bytes = 0;
+  if (q->bytes.cap > KEEP_BUF_BYTES) atp_buf_free(&q->bytes);
+  atp_buf_reset(&q->bytes);
+}
+
+static bool outq_empty(const outq_t *q) { return q->total_bytes == 0; }
+
+static int outq_iov(const outq_t *q, uv_buf_t *iov) {
+  int n = 0;
+  size_t at = 0;
+  for (uint32_t i = 0; i < q->big_count; i++) {
+    if (q->big_at[i] > at) iov[n++] = uv_buf_init(q->bytes.data + at, (unsigned)(q->big_at[i] - at));
+    iov[n++] = uv_buf_init(q->big[i].data, (unsigned)q->big[i].len);
+    at = q->big_at[i];
+  }
+  if (q->bytes.len > at) iov[n++] = uv_buf_init(q->bytes.data + at, (unsigned)(q->bytes.len - at));
+  assert(n <= 2 * OUT_BIG_MAX + 1);
+  return n;
+}
+
+/* Responses queued and not yet written, in both queues. */
+static bool out_full(const conn_t *c) {
+  const outq_t *p = &c->out[c->pending];
+  uint32_t responses = p->responses;
+  size_t bytes = p->total_bytes;
+  if (c->writing) {
+    responses += c->out[!c->pending].responses;
+    bytes += c->out[!c->pending].total_bytes;
+  }
+  return responses >= ATP_HTTP_PIPELINE_MAX || bytes >= OUT_HIGH_WATER_BYTES;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Response serialisation                                                    */
+
+static char *put_str(char *p, const char *s, size_t len) {
+  memcpy(p, s, len);
+  return p + len;
+}
+#define PUT_LIT(p, lit) put_str((p), (lit), sizeof(lit) - 1)
+
+static char *put_u64(char *p, uint64_t v) {
+  char tmp[20];
+  int n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  while (n) *p++ = tmp[--n];
+  return p;
+}
+
+typedef struct {
+  int status;
+  const char *content_type;
+  const char *body;
+  size_t body_len;
+  atp_buf_t *body_buf;        /* when body is its data: may be moved, not copied */
+  const char *const *extra;
+  uint32_t extra_count;
+  bool head_only;             /* HEAD: Content-Length but no body bytes */
+  bool close;
+} response_t;
+
+/* Appends one response to the filling queue. On failure (out of memory) the
+ * connection can only be closed: returns -1 and the caller marks closing. */
+static int queue_response(conn_t *c, const response_t *r) {
+  outq_t *q = &c->out[c->pending];
+  int status = r->status;
+  bool no_body = status == 204 || status == 304 || status < 200;
+  bool send_body = !no_body && !r->head_only && r->body_len > 0;
+  const char *reason = status_reason(status);
+  size_t reason_len = strlen(reason);
+  size_t ct_len = (r->content_type && !no_body) ? strlen(r->content_type) : 0;
+  size_t extra_len[ATP_HTTP_EXTRA_HEADERS_MAX] = {0};
+  size_t need = 128 + reason_len + ct_len;
+  for (uint32_t i = 0; i < r->extra_count; i++) {
+    const char *h = r->extra[i];
+    /* A CR or LF would let a header value split the response: drop it. */
+    if (h && !strpbrk(h, "\r\n")) extra_len[i] = strlen(h);
+    need += extra_len[i] + 2;
+  }
+  bool move = send_body && r->body_buf && r->body_len > OUT_INLINE_BODY_BYTES && q->big_count < OUT_BIG_MAX;
+  if (send_body && !move) need += r->body_len;
+  char *start = atp_buf_reserve(&q->bytes, need);
+  if (!start) return -1;
+  char *p = PUT_LIT(start, "HTTP/1.1 ");
+  *p++ = (char)('0' + status / 100 % 10);
+  *p++ = (char)('0' + status / 10 % 10);
+  *p++ = (char)('0' + status % 10);
+  *p++ = ' ';
+  p = put_str(p, reason, reason_len);
+  p = PUT_LIT(p, "\r\n");
+  if (ct_len) {
+    p = PUT_LIT(p, "Content-Type: ");
+    p = put_str(p, r->content_type, ct_len);
+    p = PUT_LIT(p, "\r\n");
+  }
+  if (!no_body) {
+    p = PUT_LIT(p, "Content-Length: ");
+    p = put_u64(p, r->body_len);
+    p = PUT_LIT(p, "\r\n");
+  }
+  for (uint32_t i = 0; i < r->extra_count; i++) {
+    if (!extra_len[i]) continue;
+    p = put_str(p, r->extra[i], extra_len[i]);
+    p = PUT_LIT(p, "\r\n");
+  }
+  if (r->close) p = PUT_LIT(p, "Connection: close\r\n");
+  else if (c->http10) p = PUT_LIT(p, "Connection: keep-alive\r\n");
+  p = PUT_LIT(p, "\r\n");
+  if (send_body && !move) p = put_str(p, r->body, r->body_len);
+  size_t wrote = (size_t)(p - start);
+  assert(wrote <= need);
+  q->bytes.len += wrote;
+  q->total_bytes += wrote;
+  if (move) {
+    q->big[q->big_count] = *r->body_buf;
+    q->big_at[q->big_count] = q->bytes.len;
+    q->big_count++;
+    q->total_bytes += r->body_len;
+    atp_buf_init(r->body_buf, RESPONSE_BYTES_MAX);
+  }
+  q->responses++;
+  return 0;
+}
+
+/* JSON string body of the server's own errors. */
+static size_t error_json(char *out, size_t cap, const char *code, const char *message) {
+  size_t n = 0;
+  const char *pre = "{\"error\":{\"code\":\"";
+  n += (size_t)snprintf(out, cap, "%s%s\",\"message\":\"", pre, code);
+  for (const char *m = message; *m && n + 8 < cap; m++) {
+    unsigned char ch = (unsigned char)*m;
+    if (ch == '"' || ch == '\\') {
+      out[n++] = '\\';
+      out[n++] = (char)ch;
+    } else if (ch >= 0x20) {
+      out[n++] = (char)ch;
+    }
+  }
+  n += (size_t)snprintf(out + n, cap - n, "\"}}");
+  return n < cap ? n : cap - 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Core: request assembly and dispatch                                       */
+
+static uint64_t next_request_id(conn_t *c) {
+  loop_ctx_t *lp = c->lp;
+  if (!lp) return atomic_fetch_add_explicit(&request_ids, 1, memory_order_relaxed);
+  if (lp->id_next == lp->id_end) {
+    lp->id_next = atomic_fetch_add_explicit(&request_ids, REQUEST_ID_BLOCK, memory_order_relaxed);
+    lp->id_end = lp->id_next + REQUEST_ID_BLOCK;
+  }
+  return lp->id_next++;
+}
+
+static atp_http_method_t map_method(uint8_t method) {
+  switch (method) {
+    case HTTP_GET: return ATP_HTTP_GET;
+    case HTTP_HEAD: return ATP_HTTP_HEAD;
+    case HTTP_POST: return ATP_HTTP_POST;
+    case HTTP_PUT: return ATP_HTTP_PUT;
+    case HTTP_DELETE: return ATP_HTTP_DELETE;
+    case HTTP_PATCH: return ATP_HTTP_PATCH;
+    case HTTP_OPTIONS: return ATP_HTTP_OPTIONS;
+    default: return ATP_HTTP_OTHER;
+  }
+}
+
+/* The request as the handler and the log see it; only what is known so far
+ * when the head is incomplete (server errors). */
+static void request_fill(conn_t *c, atp_http_request_t *req) {
+  memset(req, 0, sizeof *req);
+  req->method = ATP_HTTP_OTHER;
+  req->method_name = "";
+  req->path = "";
+  req->query = "";
+  req->body = "";
+  req->arena = &c->arena;
+  req->thread_index = c->lp ? c->lp->index : 0;
+  req->request_id = next_request_id(c);
+  req->started_ns = c->started_ns ? c->started_ns : (int64_t)uv_hrtime();
+  if (!c->headers_done || !c->head.data) return;
+  req->method = map_method(c->parser.method);
+  req->method_name = llhttp_method_name((llhttp_method_t)c->parser.method);
+  req->path = c->head.data + c->path_off;
+  req->path_len = c->path_len;
+  req->query = c->head.data + c->query_off;
+  req->query_len = c->query_len;
+  const char **hv[HDR_COUNT] = {&req->content_type, &req->accept, &req->authorization, NULL};
+  size_t *hl[HDR_COUNT] = {&req->content_type_len, &req->accept_len, &req->authorization_len, NULL};
+  for (int k = 0; k < HDR_EXPECT; k++) {
+    if (!c->hv_set[k]) continue;
+    *hv[k] = c->head.data + c->hv_off[k];
+    *hl[k] = c->hv_len[k];
+  }
+  if (c->body.len) {
+    req->body = c->body.data;
+    req->body_len = c->body.len;
+  }
+}
+
+static void request_reset(conn_t *c) {
+  atp_buf_reset(&c->head);
+  if (c->body.cap > KEEP_BUF_BYTES) atp_buf_free(&c->body);
+  atp_buf_reset(&c->body);
+  c->url_len = 0;
+  c->path_off = c->path_len = c->query_off = c->query_len = 0;
+  memset(c->hv_set, 0, sizeof c->hv_set);
+  c->field_len = 0;
+  c->field_kind = HDR_NONE;
+  c->head_bytes = 0;
+  c->head_mark = NULL;
+  c->trailer_bytes = 0;
+  c->body_limit = ATP_HTTP_BODY_BYTES_MAX;
+  c->started_ns = 0;
+  c->in_message = false;
+  c->headers_done = false;
+}
+
+static void log_response(conn_t *c, const atp_http_request_t *req, int status, size_t body_bytes) {
+  if (!c->config->log) return;
+  int64_t elapsed = (int64_t)uv_hrtime() - req->started_ns;
+  c->config->log(c->config->ctx, req, status, body_bytes, elapsed);
+}
+
+/* The server's own error response; the connection closes after it. */
+static void fail_respond(conn_t *c, int status, const char *message) {
+  if (c->closing) return;
+  const char *code = status == 413 ? "payload_too_large" : status == 503 ? "unavailable" : "bad_request";
+  char body[256];
+  size_t len = error_json(body, sizeof body, code, message);
+  response_t r = {.status = status, .content_type = "application/json", .body = body,
+                  .body_len = len, .close = true};
+  c->closing = true;
+  (void)queue_response(c, &r); /* out of memory: the close still happens */
+  atp_http_request_t req;
+  request_fill(c, &req);
+  log_response(c, &req, status, len);
+  atp_arena_reset(&c->arena);
+}
+
+/* A callback's failure: remembered, answered by core_execute once llhttp
+ * returns with the error. */
+static int fail(conn_t *c, int status, const char *message) {
+  if (!c->fail_status) {
+    c->fail_status = status;
+    c->fail_message = message;
+  }
+  return -1;
+}
+
+static int head_count(conn_t *c, const char *at, size_t len) {
+  const char *end = at + len;
+  c->head_bytes += c->head_mark ? (size_t)(end - c->head_mark) : len;
+  c->head_mark = end;
+  if (c->head_bytes > ATP_HTTP_HEADER_BYTES_MAX) return fail(c, 431, "request head is over 64 KiB");
+  return 0;
+}
+
+static int trailer_count(conn_t *c, size_t len) {
+  c->trailer_bytes += len;
+  if (c->trailer_bytes > ATP_HTTP_HEADER_BYTES_MAX) return fail(c, 431, "trailers are over 64 KiB");
+  return 0;
+}
+
+static int cb_message_begin(llhttp_t *p) {
+  conn_t *c = p->data;
+  request_reset(c);
+  c->in_message = true;
+  c->head_started_ms = c->lp ? uv_now(&c->lp->loop) : 0;
+  return 0;
+}
+
+static int cb_head_span(llhttp_t *p, const char *at, size_t len) { return head_count(p->data, at, len); }
+
+static int cb_url(llhttp_t *p, const char *at, size_t len) {
+  conn_t *c = p->data;
+  if (head_count(c, at, len)) return -1;
+  if (c->url_len + len > ATP_HTTP_URL_BYTES_MAX) return fail(c, 414, "request URL is over 8 KiB");
+  if (atp_buf_append(&c->head, at, len)) return fail(c, 503, "out of memory");
+  c->url_len += len;
+  return 0;
+}
+
+static int cb_url_complete(llhttp_t *p) {
+  conn_t *c = p->data;
+  return atp_buf_append(&c->head, "", 1) ? fail(c, 503, "out of memory") : 0;
+}
+
+static int cb_header_field(llhttp_t *p, const char *at, size_t len) {
+  conn_t *c = p->data;
+  if (c->headers_done) return trailer_count(c, len);
+  if (head_count(c, at, len)) return -1;
+  if (c->field_len + len <= FIELD_BYTES) {
+    memcpy(c->field + c->field_len, at, len);
+    c->field_len += (uint32_t)len;
+  } else {
+    c->field_len = FIELD_BYTES + 1;
+  }
+  return 0;
+}
+
+static int cb_header_field_complete(llhttp_t *p) {
+  conn_t *c = p->data;
+  static const struct { const char *name; size_t len; } names[HDR_COUNT] = {
+      {"content-type", 12}, {"accept", 6}, {"authorization", 13}, {"expect", 6}};
+  c->field_kind = HDR_NONE;
+  if (!c->headers_done && c->field_len <= FIELD_BYTES) {
+    for (int k = 0; k < HDR_COUNT; k++) {
+      if (names[k].len == c->field_len && strncasecmp(names[k].name, c->field, c->field_len) == 0) {
+        c->field_kind = k;
+        c->hv_off[k] = c->head.len;
+        break;
+      }
+    }
+  }
+  c->field_len = 0;
+  return 0;
+}
+
+static int cb_header_value(llhttp_t *p, const char *at, size_t len) {
+  conn_t *c = p->data;
+  if (c->headers_done) return trailer_count(c, len);
+  if (head_count(c, at, len)) return -1;
+  if (c->field_kind != HDR_NONE && atp_buf_append(&c->head, at, len)) return fail(c, 503, "out of memory");
+  return 0;
+}
+
+static int cb_header_value_complete(llhttp_t *p) {
+  conn_t *c = p->data;
+  int k = c->field_kind;
+  if (k == HDR_NONE) return 0;
+  c->hv_len[k] = c->head.len - c->hv_off[k];
+  c->hv_set[k] = true;
+  c->field_kind = HDR_NONE;
+  return atp_buf_append(&c->head, "", 1) ? fail(c, 503, "out of memory") : 0;
+}
+
+/* Splits the URL (NUL-terminated at head[url_len]) into path and query in
+ * place; an absolute-form URL ("http://host/p") keeps only its path. */
+static void split_url(conn_t *c) {
+  char *url = c->head.data;
+  size_t start = 0;
+  if (c->url_len > 8 && (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0)) {
+    char *slash = memchr(url + 8, '/', c->url_len - 8);
+    char *qmark = memchr(url + 8, '?', c->url_len - 8);
+    if (slash && (!qmark || slash < qmark)) start = (size_t)(slash - url);
+  }
+  char *q = memchr(url + start, '?', c->url_len - start);
+  c->path_off = start;
+  if (q) {
+    *q = '\0';
+    c->path_len = (size_t)(q - url) - start;
+    c->query_off = (size_t)(q - url) + 1;
+    c->query_len = c->url_len - c->query_off;
+  } else {
+    c->path_len = c->url_len - start;
+    c->query_off = c->url_len; /* the NUL: "" */
+    c->query_len = 0;
+  }
+}
+
+static int cb_headers_complete(llhttp_t *p) {
+  conn_t *c = p->data;
+  c->headers_done = true;
+  c->started_ns = (int64_t)uv_hrtime();
+  if (p->http_major != 1) return fail(c, 505, "only HTTP/1.x is served");
+  c->http10 = p->http_minor == 0;
+  c->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
+  if (!c->head.data || c->url_len == 0) return fail(c, 400, "missing request URL");
+  split_url(c);
+  const atp_http_config_t *cfg = c->config;
+  c->body_limit = cfg->body_limit ? cfg->body_limit(cfg->ctx, map_method(p->method), c->head.data + c->path_off,
+                                                      c->path_len)
+                                  : ATP_HTTP_BODY_BYTES_MAX;
+  c->body.len_max = c->body_limit + 1;
+  bool has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+  if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->body_limit)
+    return fail(c, 413, "request body is over this route's limit");
+  if (has_body && c->hv_set[HDR_EXPECT] && c->hv_len[HDR_EXPECT] == 12 &&
+      strncasecmp(c->head.data + c->hv_off[HDR_EXPECT], "100-continue", 12) == 0 && !c->http10) {
+    outq_t *q = &c->out[c->pending];
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (atp_buf_append(&q->bytes, cont, sizeof cont - 1)) return fail(c, 503, "out of memory");
+    q->total_bytes += sizeof cont - 1;
+  }
+  return 0;
+}
+
+static int cb_body(llhttp_t *p, const char *at, size_t len) {
+  conn_t *c = p->data;
+  if (c->body.len + len > c->body_limit) return fail(c, 413, "request body is over this route's limit");
+  if (atp_buf_append(&c->body, at, len)) return fail(c, 503, "out of memory");
+  return 0;
+}
+
+/* The handler's response, serialised. */
+static void dispatch(conn_t *c) {
+  atp_http_request_t req;
+  /* NUL after the body for parsers that like one: len_max = limit + 1 keeps room. */
+  if (c->body.len && atp_buf_reserve(&c->body, 1)) c->body.data[c->body.len] = '\0';
+  request_fill(c, &req);
+  atp_buf_reset(&c->res_body);
+  atp_http_response_t res = {0};
+  res.body = &c->res_body;
+  c->config->handler(c->config->ctx, &req, &res);
+
+  response_t r = {.status = res.status, .content_type = res.content_type, .extra = res.extra_headers};
+  r.extra_count = res.extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX ? res.extra_header_count
+                                                                      : ATP_HTTP_EXTRA_HEADERS_MAX;
+  r.head_only = req.method == ATP_HTTP_HEAD;
+  r.close = res.close || !c->keep_alive || (c->lp && c->lp->stopping);
+  if (res.body && res.body->len) {
+    r.body = res.body->data;
+    r.body_len = res.body->len;
+    r.body_buf = res.body == &c->res_body ? res.body : NULL;
+  }
+  char err[160];
+  if (res.body && res.body->failed) {
+    int e = res.body->failed == ATP_ENOMEM ? ATP_ENOMEM : ATP_EINTERNAL;
+    r.status = atp_error_http_status(e);
+    r.content_type = "application/json";
+    r.body_len = error_json(err, sizeof err, atp_strerror_code(e), "the response could not be built");
+    r.body = err;
+    r.body_buf = NULL;
+    r.extra_count = 0;
+  }
+  if (r.status < 200 || r.status > 599) r.status = 500;
+  size_t body_bytes = r.body_len;
+  if (queue_response(c, &r)) r.close = true;
+  if (r.close) c->closing = true;
+  log_response(c, &req, r.status, body_bytes);
+  atp_arena_reset(&c->arena);
+  if (c->res_body.cap > KEEP_BUF_BYTES) atp_buf_free(&c->res_body);
+  c->in_message = false;
+}
+
+static int cb_message_complete(llhttp_t *p) {
+  conn_t *c = p->data;
+  dispatch(c);
+  if (c->closing || out_full(c)) return HPE_PAUSED;
+  return 0;
+}
+
+static const llhttp_settings_t parser_settings = {
+    .on_message_begin = cb_message_begin,
+    .on_url = cb_url,
+    .on_method = cb_head_span,
+    .on_version = cb_head_span,
+    .on_header_field = cb_header_field,
+    .on_header_value = cb_header_value,
+    .on_headers_complete = cb_headers_complete,
+    .on_body = cb_body,
+    .on_message_complete = cb_message_complete,
+    .on_url_complete = cb_url_complete,
+    .on_header_field_complete = cb_header_field_complete,
+    .on_header_value_complete = cb_header_value_complete,
+};
+
+static void core_init(conn_t *c, const atp_http_config_t *config, loop_ctx_t *lp) {
+  c->config = config;
+  c->lp = lp;
+  llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
+  c->parser.data = c;
+  atp_arena_init(&c->arena, ARENA_CHUNK_BYTES, ARENA_BYTES_MAX);
+  atp_buf_init(&c->head, HEAD_BUF_BYTES_MAX);
+  atp_buf_init(&c->body, ATP_HTTP_BODY_BYTES_MAX + 1);
+  atp_buf_init(&c->res_body, RESPONSE_BYTES_MAX);
+  atp_buf_init(&c->in, READ_BYTES);
+  outq_init(&c->out[0]);
+  outq_init(&c->out[1]);
+  request_reset(c);
+}
+
+static void core_destroy(conn_t *c) {
+  atp_arena_destroy(&c->arena);
+  atp_buf_free(&c->head);
+  atp_buf_free(&c->body);
+  atp_buf_free(&c->res_body);
+  atp_buf_free(&c->in);
+  for (int i = 0; i < 2; i++) {
+    outq_release(&c->out[i]);
+    atp_buf_free(&c->out[i].bytes);
+  }
+}
+
+/* Parses data; returns the bytes consumed, fewer than len only when parsing
+ * paused for backpressure or the connection is closing. */
+static size_t core_execute(conn_t *c, const char *data, size_t len) {
+  assert(!c->closing);
+  c->head_mark = (c->in_message && !c->headers_done) ? data : NULL;
+  llhttp_errno_t e = llhttp_execute(&c->parser, data, len);
+  size_t used = len;
+  if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
+    used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
+    if (e == HPE_PAUSED) llhttp_resume(&c->parser);
+    else c->closing = true; /* no protocol switch is served */
+  } else if (e != HPE_OK) {
+    if (c->fail_status) {
+      fail_respond(c, c->fail_status, c->fail_message);
+    } else {
+      char msg[160];
+      snprintf(msg, sizeof msg, "malformed HTTP: %s", llhttp_get_error_reason(&c->parser));
+      fail_respond(c, 400, msg);
+    }
+  }
+  if (!c->closing && c->in_message && !c->headers_done && c->head_mark) {
+    c->head_bytes += (size_t)(data + used - c->head_mark);
+    c->head_mark = NULL;
+    if (c->head_bytes > ATP_HTTP_HEADER_BYTES_MAX) fail_respond(c, 431, "request head is over 64 KiB");
+  }
+  return used;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Socket-free driver                                                        */
+
+static void outq_flatten(outq_t *q, atp_buf_t *out) {
+  uv_buf_t iov[2 * OUT_BIG_MAX + 1];
+  int n = outq_iov(q, iov);
+  for (int i = 0; i < n; i++) atp_buf_append(out, iov[i].base, iov[i].len);
+  outq_release(q);
+}
+
+int atp_http_feed(const atp_http_config_t *config, const char *bytes, size_t len, atp_buf_t *out) {
+  assert(config && config->handler && out);
+  conn_t *c = atp_calloc(1, sizeof *c);
+  if (!c) return 1;
+  core_init(c, config, NULL);
+  size_t off = 0;
+  while (off < len && !c->closing) {
+    off += core_execute(c, bytes + off, len - off);
+    outq_flatten(&c->out[c->pending], out); /* as if written at once */
+  }
+  outq_flatten(&c->out[c->pending], out);
+  int closing = c->closing;
+  core_destroy(c);
+  atp_free(c);
+  return closing ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Socket layer                                                              */
+
+static void conn_progress(conn_t *c);
+static void loop_maybe_finish(loop_ctx_t *lp);
+
+static void on_handle_closed(uv_handle_t *h) {
+  conn_t *c = h->data;
+  if (--c->handles_open > 0) return;
+  loop_ctx_t *lp = c->lp;
+  if (c->prev) c->prev->next = c->next;
+  else lp->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  lp->conn_count--;
+  core_destroy(c);
+  atp_free(c);
+  loop_maybe_finish(lp);
+}
+
+/* Closes now; queued output is dropped. Memory goes in the close callbacks. */
+static void conn_close(conn_t *c) {
+  if (c->closed) return;
+  c->closed = true;
+  uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+  uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+}
+
+static void on_timer(uv_timer_t *t);
+
+static void conn_set_deadline(conn_t *c, uint64_t deadline_ms) {
+  c->deadline_ms = deadline_ms;
+  if (c->timer_armed && deadline_ms >= c->timer_due_ms) return; /* fires early, re-arms */
+  uint64_t now = uv_now(&c->lp->loop);
+  uv_timer_start(&c->timer, on_timer, deadline_ms > now ? deadline_ms - now : 0, 0);
+  c->timer_due_ms = deadline_ms;
+  c->timer_armed = true;
+}
+
+static void conn_update_deadline(conn_t *c) {
+  const atp_http_config_t *cfg = c->config;
+  uint64_t now = uv_now(&c->lp->loop);
+  if (c->lingering) return; /* set once when lingering began */
+  if (c->writing || !c->in_message)
+    conn_set_deadline(c, now + cfg_ms(cfg->idle_timeout_ms, ATP_HTTP_IDLE_TIMEOUT_MS));
+  else if (!c->headers_done)
+    conn_set_deadline(c, c->head_started_ms + cfg_ms(cfg->header_timeout_ms, ATP_HTTP_HEADER_TIMEOUT_MS));
+  else
+    conn_set_deadline(c, now + cfg_ms(cfg->body_timeout_ms, ATP_HTTP_BODY_TIMEOUT_MS));
+}
+
+static void on_timer(uv_timer_t *t) {
+  conn_t *c = t->data;
+  c->timer_armed = false;
+  uint64_t now = uv_now(&c->lp->loop);
+  if (now < c->deadline_ms) {
+    conn_set_deadline(c, c->deadline_ms);
+    return;
+  }
+  if (c->lingering || c->writing || c->closing || !c->in_message) {
+    conn_close(c); /* idle, stalled write, or lingering: nothing to say */
+    return;
+  }
+  fail_respond(c, 408, c->headers_done ? "request body timed out" : "request head timed out");
+  conn_progress(c);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  conn_t *c = h->data;
+  *buf = uv_buf_init(c->lp->read_buf, READ_BYTES);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+  conn_t *c = s->data;
+  if (nread == 0 || c->closed) return;
+  if (nread < 0) {
+    if (nread != UV_EOF) {
+      conn_close(c);
+      return;
+    }
+    c->eof = true;
+    conn_progress(c);
+    return;
+  }
+  if (c->lingering || c->closing) {
+    c->linger_bytes += (size_t)nread;
+    if (c->linger_bytes > LINGER_BYTES_MAX) conn_close(c);
+    return;
+  }
+  size_t used = core_execute(c, buf->base, (size_t)nread);
+  if (used < (size_t)nread && !c->closing) {
+    /* Backpressure: keep the rest (at most one read) and read no more. */
+    atp_buf_reset(&c->in);
+    c->in_off = 0;
+    if (atp_buf_append(&c->in, buf->base + used, (size_t)nread - used)) {
+      conn_close(c);
+      return;
+    }
+    c->paused = true;
+  }
+  conn_progress(c);
+}
+
+static void on_write(uv_write_t *req, int status);
+
+static int conn_start_write(conn_t *c) {
+  outq_t *q = &c->out[c->pending];
+  uv_buf_t iov[2 * OUT_BIG_MAX + 1];
+  int n = outq_iov(q, iov);
+  c->writing = true;
+  c->pending = !c->pending;
+  int r = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, iov, (unsigned)n, on_write);
+  if (r) {
+    c->writing = false;
+    conn_close(c);
+  }
+  return r;
+}
+
+static void on_write(uv_write_t *req, int status) {
+  conn_t *c = req->data;
+  c->writing = false;
+  outq_release(&c->out[!c->pending]);
+  if (c->closed) return;
+  if (status < 0) {
+    conn_close(c);
+    return;
+  }
+  conn_progress(c);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+  conn_t *c = req->data;
+  if (status < 0 && !c->closed) conn_close(c);
+}
+
+/* Everything written and the connection is closing: half-close our side and
+ * read (discarding) until the client's FIN, so that unread request bytes do not
+ * make the kernel answer with a reset that destroys the final response. */
+static void conn_linger(conn_t *c) {
+  if (c->eof) {
+    conn_close(c);
+    return;
+  }
+  if (c->lingering) return;
+  c->lingering = true;
+  c->shutdown_req.data = c;
+  if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown)) {
+    conn_close(c);
+    return;
+  }
+  conn_set_deadline(c, uv_now(&c->lp->loop) + LINGER_MS);
+}
+
+static int conn_set_reading(conn_t *c, bool want) {
+  if (want == c->reading) return 0;
+  if (want) {
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read)) {
+      conn_close(c);
+      return -1;
+    }
+  } else {
+    uv_read_stop((uv_stream_t *)&c->tcp);
+  }
+  c->reading = want;
+  return 0;
+}
+
+/* The connection's state machine, run after every event: parse held-back
+ * input when there is room, write what is queued, close when done, pick the
+ * reading state and the deadline. */
+static void conn_progress(conn_t *c) {
+  if (c->closed) return;
+  while (c->paused && !c->closing && !out_full(c)) {
+    size_t used = core_execute(c, c->in.data + c->in_off, c->in.len - c->in_off);
+    c->in_off += used;
+    if (c->in_off == c->in.len) {
+      c->paused = false;
+      atp_buf_reset(&c->in);
+      c->in_off = 0;
+    }
+  }
+  if (!c->writing && !outq_empty(&c->out[c->pending]) && conn_start_write(c)) return;
+  bool drained = !c->writing && outq_empty(&c->out[c->pending]);
+  if (drained) {
+    if (c->closing) {
+      conn_linger(c);
+      if (c->closed) return;
+    } else if (c->eof && !c->paused) {
+      conn_close(c);
+      return;
+    } else if (c->lp->stopping && !c->in_message && !c->paused) {
+      conn_close(c);
+      return;
+    }
+  }
+  bool want = !c->eof && (c->lingering || (!c->closing && !c->paused && !out_full(c)));
+  if (conn_set_reading(c, want)) return;
+  conn_update_deadline(c);
+}
+
+typedef struct {
+  uv_tcp_t tcp;
+} reject_t;
+
+static void on_reject_closed(uv_handle_t *h) { atp_free(h->data); }
+
+/* Over the connection limit: accept (libuv stops accepting otherwise), answer
+ * 503 if the socket takes it at once, and close. */
+static void reject_connection(loop_ctx_t *lp) {
+  static const char busy[] =
+      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 77\r\n"
+      "Connection: close\r\n\r\n"
+      "{\"error\":{\"code\":\"unavailable\",\"message\":\"too many connections, retry later\"}}";
+  reject_t *r = atp_malloc(sizeof *r);
+  if (!r) return;
+  uv_tcp_init(&lp->loop, &r->tcp);
+  r->tcp.data = r;
+  if (uv_accept((uv_stream_t *)&lp->listener, (uv_stream_t *)&r->tcp) == 0) {
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&r->tcp, &fd) == 0) {
+      char sink[4096];
+      for (int i = 0; i < 16 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++) {
+      }
+      uv_buf_t b = uv_buf_init((char *)busy, sizeof busy - 1);
+      (void)uv_try_write((uv_stream_t *)&r->tcp, &b, 1);
+      shutdown(fd, SHUT_WR);
+    }
+  }
+  uv_close((uv_handle_t *)&r->tcp, on_reject_closed);
+}
+
+static void on_connection(uv_stream_t *listener, int status) {
+  loop_ctx_t *lp = listener->data;
+  if (status < 0 || lp->stopping) return;
+  uint32_t max = cfg_ms(lp->server->config.connections_max, ATP_HTTP_CONNECTIONS_MAX);
+  conn_t *c = lp->conn_count < max ? atp_calloc(1, sizeof *c) : NULL;
+  if (!c) {
+    reject_connection(lp);
+    return;
+  }
+  core_init(c, &lp->server->config, lp);
+  uv_tcp_init(&lp->loop, &c->tcp);
+  uv_timer_init(&lp->loop, &c->timer);
+  c->tcp.data = c;
+  c->timer.data = c;
+  c->write_req.data = c;
+  c->handles_open = 2;
+  c->next = lp->conns;
+  if (lp->conns) lp->conns->prev = c;
+  lp->conns = c;
+  lp->conn_count++;
+  if (uv_accept(listener, (uv_stream_t *)&c->tcp)) {
+    conn_close(c);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  conn_progress(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Loops, stop, run                                                          */
+
+static void loop_maybe_finish(loop_ctx_t *lp) {
+  if (!lp->stopping || lp->finished || lp->conn_count > 0) return;
+  lp->finished = true;
+  uv_close((uv_handle_t *)&lp->stop_async, NULL);
+  uv_close((uv_handle_t *)&lp->stop_timer, NULL);
+  uv_close((uv_handle_t *)&lp->tick_timer, NULL);
+}
+
+static void on_stop_timer(uv_timer_t *t) {
+  loop_ctx_t *lp = t->data;
+  for (conn_t *c = lp->conns; c; c = c->next) conn_close(c);
+}
+
+static void on_stop_async(uv_async_t *a) {
+  loop_ctx_t *lp = a->data;
+  if (lp->stopping) return;
+  lp->stopping = true;
+  if (lp->listening) {
+    uv_close((uv_handle_t *)&lp->listener, NULL);
+    lp->listening = false;
+  }
+  uv_timer_start(&lp->stop_timer, on_stop_timer, cfg_ms(lp->server->config.stop_timeout_ms, STOP_TIMEOUT_MS), 0);
+  /* Idle connections close now; busy ones after their response. */
+  for (conn_t *c = lp->conns; c; c = c->next) conn_progress(c);
+  loop_maybe_finish(lp);
+}
+
+static void on_tick(uv_timer_t *t) {
+  loop_ctx_t *lp = t->data;
+  lp->server->config.tick(lp->server->config.ctx);
+}
+
+static int open_listener(const atp_http_config_t *cfg, int port, int *fd_out, char *err, size_t err_len) {
+  struct addrinfo hints = {0}, *res = NULL;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  char port_str[16];
+  snprintf(port_str, sizeof port_str, "%d", port);
+  const char *host = cfg->host && *cfg->host ? cfg->host : NULL;
+  int gai = getaddrinfo(host, port_str, &hints, &res);
+  if (gai) {
+    snprintf(err, err_len, "cannot resolve %s: %s", host ? host : "*", gai_strerror(gai));
+    return ATP_EUNAVAILABLE;
+  }
+  int fd = -1, saved = 0;
+  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      saved = errno;
+      continue;
+    }
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) == 0 &&
+        bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, LISTEN_BACKLOG) == 0)
+      break;
+    saved = errno;
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+  if (fd < 0) {
+    snprintf(err, err_len, "cannot listen on %s:%d: %s", host ? host : "*", port, strerror(saved));
+    return ATP_EUNAVAILABLE;
+  }
+  *fd_out = fd;
+  return 0;
+}
+
+static int loop_init(atp_http_server_t *s, loop_ctx_t *lp, int index, char *err, size_t err_len) {
+  lp->server = s;
+  lp->index = index;
+  if (uv_loop_init(&lp->loop)) {
+    snprintf(err, err_len, "cannot create an event loop");
+    return ATP_EUNAVAILABLE;
+  }
+  lp->loop_inited = true;
+  lp->read_buf = atp_malloc(READ_BYTES);
+  if (!lp->read_buf) {
+    snprintf(err, err_len, "out of memory");
+    return ATP_ENOMEM;
+  }
+  uv_async_init(&lp->loop, &lp->stop_async, on_stop_async);
+  uv_timer_init(&lp->loop, &lp->stop_timer);
+  uv_timer_init(&lp->loop, &lp->tick_timer);
+  uv_tcp_init(&lp->loop, &lp->listener);
+  lp->stop_async.data = lp->stop_timer.data = lp->tick_timer.data = lp->listener.data = lp;
+  lp->handles_inited = true;
+  int fd, rc = open_listener(&s->config, s->port, &fd, err, err_len);
+  if (rc) return rc;
+  if (uv_tcp_open(&lp->listener, fd)) {
+    close(fd);
+    snprintf(err, err_len, "cannot listen on port %d", s->port);
+    return ATP_EUNAVAILABLE;
+  }
+  if (uv_listen((uv_stream_t *)&lp->listener, LISTEN_BACKLOG, on_connection)) {
+    snprintf(err, err_len, "cannot listen on port %d", s->port);
+    return ATP_EUNAVAILABLE;
+  }
+  lp->listening = true;
+  if (s->port == 0) {
+    struct sockaddr_storage addr;
+    int len = sizeof addr;
+    uv_tcp_getsockname(&lp->listener, (struct sockaddr *)&addr, &len);
+    s->port = addr.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&addr)->sin6_port)
+                                         : ntohs(((struct sockaddr_in *)&addr)->sin_port);
+  }
+  if (index == 0 && s->config.tick && s->config.tick_ms)
+    uv_timer_start(&lp->tick_timer, on_tick, s->config.tick_ms, s->config.tick_ms);
+  return 0;
+}
+
+static void loop_destroy(loop_ctx_t *lp) {
+  if (lp->handles_inited && !lp->finished) {
+    /* Never ran (or create failed): no connections exist, only our handles. */
+    assert(lp->conn_count == 0);
+    if (!uv_is_closing((uv_handle_t *)&lp->listener)) uv_close((uv_handle_t *)&lp->listener, NULL);
+    lp->stopping = true;
+    loop_maybe_finish(lp);
+  }
+  if (lp->loop_inited) {
+    uv_run(&lp->loop, UV_RUN_DEFAULT);
+    int rc = uv_loop_close(&lp->loop);
+    assert(rc == 0);
+    (void)rc;
+  }
+  atp_free(lp->read_buf);
+}
+
+int atp_http_server_create(const atp_http_config_t *config, atp_http_server_t **out, char *err, size_t err_len) {
+  *out = NULL;
+  if (!config || !config->handler || config->threads < 1 || config->threads > ATP_HTTP_THREADS_MAX ||
+      config->port < 0 || config->port > 65535) {
+    snprintf(err, err_len, "invalid HTTP server configuration");
+    return ATP_EBADREQ;
+  }
+  atp_http_server_t *s = atp_calloc(1, sizeof *s);
+  loop_ctx_t *loops = atp_calloc((size_t)config->threads, sizeof *loops);
+  if (!s || !loops) {
+    atp_free(s);
+    atp_free(loops);
+    snprintf(err, err_len, "out of memory");
+    return ATP_ENOMEM;
+  }
+  s->config = *config;
+  s->port = config->port;
+  s->threads = config->threads;
+  s->loops = loops;
+  atomic_init(&s->stop_requested, 0);
+  for (int i = 0; i < s->threads; i++) {
+    int rc = loop_init(s, &loops[i], i, err, err_len);
+    if (rc) {
+      atp_http_server_destroy(s);
+      return rc;
+    }
+  }
+  *out = s;
+  return 0;
+}
+
+int atp_http_server_port(const atp_http_server_t *server) { return server->port; }
+
+static void loop_thread(void *arg) {
+  loop_ctx_t *lp = arg;
+  uv_run(&lp->loop, UV_RUN_DEFAULT);
+}
+
+int atp_http_server_run(atp_http_server_t *s) {
+  assert(!s->ran);
+  s->ran = true;
+  for (int i = 1; i < s->threads; i++) {
+    loop_ctx_t *lp = &s->loops[i];
+    lp->threaded = uv_thread_create(&lp->thread, loop_thread, lp) == 0;
+    if (!lp->threaded) atp_http_server_stop(s); /* the rest run below, briefly */
+  }
+  uv_run(&s->loops[0].loop, UV_RUN_DEFAULT);
+  for (int i = 1; i < s->threads; i++) {
+    loop_ctx_t *lp = &s->loops[i];
+    if (lp->threaded) uv_thread_join(&lp->thread);
+    else uv_run(&lp->loop, UV_RUN_DEFAULT);
+  }
+  return 0;
+}
+
+void atp_http_server_stop(atp_http_server_t *s) {
+  /* acq_rel: the one caller that flips the flag sends the wake-ups; uv_async_send
+   * orders the rest. */
+  if (atomic_exchange_explicit(&s->stop_requested, 1, memory_order_acq_rel)) return;
+  for (int i = 0; i < s->threads; i++) uv_async_send(&s->loops[i].stop_async);
+}
+
+void atp_http_server_destroy(atp_http_server_t *s) {
+  if (!s) return;
+  for (int i = 0; i < s->threads; i++) loop_destroy(&s->loops[i]);
+  atp_free(s->loops);
+  atp_free(s);
+}
