@@ -146,7 +146,7 @@ typedef struct {
   bool replayed;         /* the call was an idempotent replay */
   uint32_t line_count;
   atp_res_line_t lines[ATP_RESERVATION_POSITIONS_MAX];
-  char text[4 * ATP_ID_BYTES_MAX + 8]; /* backing for id and the four strings */
+  char text[5 * ATP_ID_BYTES_MAX + 8]; /* backing for id and the four strings */
 } atp_reservation_t;
 
 /* Why a reserve or amend could not be filled: one entry per failing line. */

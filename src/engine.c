@@ -1,0 +1,1052 @@
+/* engine.c - positions, interned strings, groups, stock changes, lifecycle.
+ *
+ * See engine.h for the model. The position read protocol: a writer increments
+ * the pending count in the position's seq word before it touches a counter and
+ * turns that into a version increment after (or just drops it when nothing
+ * changed). A reader loads seq, the counters, seq again, and retries while a
+ * writer is in flight or the words differ. The counters are updated with
+ * acq_rel RMWs and read with acquire loads: a reader that saw a counter written
+ * by a writer also sees that writer's pending increment, so a torn snapshot is
+ * always detected. After a bounded number of retries (a writer descheduled in
+ * its window) the reader takes the last values read: available then comes from
+ * the free word alone, which is always exact.
+ */
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "atp/memory.h"
+#include "engine_internal.h"
+
+#define READ_RETRIES_MAX 64
+#define LOCK_SPINS_BEFORE_YIELD 128
+
+_Noreturn void atp_assert_fail(const char *expr, const char *file, int line,
+                               const char *func) {
+  fprintf(stderr, "atpd: assertion failed: %s (%s:%d, %s)\n", expr, file, line, func);
+  abort();
+}
+
+/* A 64-bit hash over 8-byte words (a murmur-style mix); strings here are short
+ * identifiers, so one multiply per word is the whole cost. */
+uint64_t atp_hash_bytes(const void *data, size_t len) {
+  const unsigned char *p = data;
+  uint64_t h = 0xcbf29ce484222325ULL ^ (len * 0x9e3779b97f4a7c15ULL);
+  while (len >= 8) {
+    uint64_t w;
+    memcpy(&w, p, 8);
+    w *= 0x87c37b91114253d5ULL;
+    w ^= w >> 33;
+    h = (h ^ w) * 0x4cf5ad432745937fULL;
+    p += 8;
+    len -= 8;
+  }
+  uint64_t w = 0;
+  if (len) memcpy(&w, p, len);
+  h ^= w * 0x87c37b91114253d5ULL;
+  h ^= h >> 29;
+  h *= 0xbf58476d1ce4e5b9ULL;
+  h ^= h >> 32;
+  return h;
+}
+
+static int64_t real_clock(void *ctx) {
+  (void)ctx;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t atp_now(const atp_engine_t *e) { return e->config.clock(e->config.clock_ctx); }
+int64_t atp_engine_now_ms(const atp_engine_t *e) { return atp_now(e); }
+
+int64_t atp_mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+bool atp_id_valid(atp_str_t s) {
+  if (s.len == 0 || s.len > ATP_ID_BYTES_MAX || !s.ptr) return false;
+  for (uint32_t i = 0; i < s.len; i++) {
+    unsigned char c = (unsigned char)s.ptr[i];
+    if (c < 0x20 || c == 0x7f) return false;
+  }
+  return true;
+}
+
+void atp_result_set(atp_result_t *r, const char *field, const char *fmt, ...) {
+  if (!r) return;
+  snprintf(r->field, sizeof r->field, "%s", field ? field : "");
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(r->message, sizeof r->message, fmt, ap);
+  va_end(ap);
+}
+
+static uint32_t pow2_at_least(uint64_t n) {
+  uint64_t p = 16;
+  while (p < n) p <<= 1;
+  ATP_ASSERT(p <= (1ULL << 31));
+  return (uint32_t)p;
+}
+
+/* --- thread-local scratch ------------------------------------------------------
+ * Change records and reservation views are too large for a thread's stack when
+ * a reservation spans many positions; each thread keeps one of each. */
+
+static _Thread_local atp_change_t *tl_changes;
+static _Thread_local atp_reservation_t *tl_view;
+#define SCRATCH_CHANGES (2 * ATP_RESERVATION_POSITIONS_MAX + 8)
+
+atp_change_t *atp_scratch_changes(uint32_t *cap) {
+  if (!tl_changes) {
+    tl_changes = atp_malloc(sizeof(atp_change_t) * SCRATCH_CHANGES);
+    ATP_ASSERT(tl_changes);
+  }
+  *cap = SCRATCH_CHANGES;
+  return tl_changes;
+}
+
+atp_reservation_t *atp_scratch_view(void) {
+  if (!tl_view) {
+    tl_view = atp_malloc(sizeof *tl_view);
+    ATP_ASSERT(tl_view);
+  }
+  return tl_view;
+}
+
+void atp_emit(const atp_engine_t *e, const atp_change_t *records, uint32_t count) {
+  if (e->config.on_change && count) e->config.on_change(e->config.change_ctx, records, count);
+}
+
+/* Memory that lock-free readers may still hold (a group's old version, a
+ * reservation's old line array) is freed by the ticker after a grace period. */
+void atp_retire(atp_engine_t *e, void *ptr) {
+  atp_retired_t *r = atp_malloc(sizeof *r);
+  ATP_ASSERT(r);
+  r->ptr = ptr;
+  r->tick = 0;
+  r->mono_ns = 0;
+  r->next = atomic_load_explicit(&e->retired, memory_order_relaxed);
+  while (!atomic_compare_exchange_weak_explicit(&e->retired, &r->next, r,
+                                                memory_order_release,
+                                                memory_order_relaxed)) {
+  }
+}
+
+/* --- interned strings ----------------------------------------------------------- */
+
+uint32_t atp_intern_find(const atp_engine_t *e, atp_str_t s, uint64_t hash) {
+  for (uint32_t i = (uint32_t)hash & e->intern_mask;; i = (i + 1) & e->intern_mask) {
+    uint32_t v = atomic_load_explicit(&e->intern_index[i], memory_order_acquire);
+    if (v == 0) return UINT32_MAX;
+    const atp_intern_t *in = e->interns[v - 1];
+    if (in->hash == hash && in->len == s.len && memcmp(in->text, s.ptr, s.len) == 0)
+      return v - 1;
+  }
+}
+
+atp_str_t atp_intern_str(const atp_engine_t *e, uint32_t id) {
+  const atp_intern_t *in = e->interns[id];
+  return (atp_str_t){in->text, in->len};
+}
+
+/* Caller holds create_lock. */
+static int intern_locked(atp_engine_t *e, atp_str_t s, uint32_t *out) {
+  uint64_t hash = atp_hash_bytes(s.ptr, s.len);
+  uint32_t id = atp_intern_find(e, s, hash);
+  if (id != UINT32_MAX) {
+    *out = id;
+    return 0;
+  }
+  uint32_t count = atomic_load_explicit(&e->intern_count, memory_order_relaxed);
+  if (count >= e->intern_max) return ATP_EFULL;
+  atp_intern_t *in = atp_malloc(sizeof *in + s.len + 1);
+  if (!in) return ATP_ENOMEM;
+  in->hash = hash;
+  atomic_init(&in->first_position, 0);
+  in->len = s.len;
+  memcpy(in->text, s.ptr, s.len);
+  in->text[s.len] = '\0';
+  e->interns[count] = in;
+  atomic_store_explicit(&e->intern_count, count + 1, memory_order_release);
+  uint32_t i = (uint32_t)hash & e->intern_mask;
+  while (atomic_load_explicit(&e->intern_index[i], memory_order_relaxed))
+    i = (i + 1) & e->intern_mask;
+  /* release: a reader that finds the slot sees the string's bytes. */
+  atomic_store_explicit(&e->intern_index[i], count + 1, memory_order_release);
+  *out = count;
+  return 0;
+}
+
+/* --- positions ---------------------------------------------------------------------- */
+
+static uint64_t pos_hash(uint64_t sku_hash, uint64_t location_hash) {
+  return atp_hash_mix(sku_hash, location_hash);
+}
+
+uint32_t atp_pos_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
+                      uint32_t location_id) {
+  const atp_intern_t *loc = e->interns[location_id];
+  uint64_t h = pos_hash(sku_hash, loc->hash);
+  for (uint32_t i = (uint32_t)h & e->position_mask;; i = (i + 1) & e->position_mask) {
+    uint32_t v = atomic_load_explicit(&e->position_index[i], memory_order_acquire);
+    if (v == 0) return UINT32_MAX;
+    const atp_pos_t *p = &e->positions[v - 1];
+    if (p->location != location_id) continue;
+    const atp_intern_t *s = e->interns[p->sku];
+    if (s->hash == sku_hash && s->len == sku.len && memcmp(s->text, sku.ptr, sku.len) == 0)
+      return v - 1;
+  }
+}
+
+uint32_t atp_pos_find_str(const atp_engine_t *e, atp_str_t sku, atp_str_t location) {
+  uint32_t loc = atp_intern_find(e, location, atp_hash_bytes(location.ptr, location.len));
+  if (loc == UINT32_MAX) return UINT32_MAX;
+  return atp_pos_find(e, sku, atp_hash_bytes(sku.ptr, sku.len), loc);
+}
+
+int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
+                           uint32_t *out) {
+  uint32_t idx = atp_pos_find_str(e, sku, location);
+  if (idx != UINT32_MAX) {
+    *out = idx;
+    return 0;
+  }
+  /* Creating takes the mutex; readers never do. Checked again under it. */
+  pthread_mutex_lock(&e->create_lock);
+  int rc = 0;
+  idx = atp_pos_find_str(e, sku, location);
+  if (idx == UINT32_MAX) {
+    uint32_t sku_id, loc_id;
+    uint32_t count = atomic_load_explicit(&e->position_count, memory_order_relaxed);
+    if (count >= e->config.positions_max) {
+      rc = ATP_EFULL;
+    } else if ((rc = intern_locked(e, sku, &sku_id)) == 0 &&
+               (rc = intern_locked(e, location, &loc_id)) == 0) {
+      idx = count;
+      atp_pos_t *p = &e->positions[idx];
+      atomic_init(&p->free, 0);
+      atomic_init(&p->reserved, 0);
+      atomic_init(&p->committed, 0);
+      atomic_init(&p->on_hand, 0);
+      atomic_init(&p->safety, 0);
+      atomic_init(&p->counted_at, ATP_TIME_NONE);
+      atomic_init(&p->seq, 0);
+      p->sku = sku_id;
+      p->location = loc_id;
+      atomic_init(&p->lock, 0);
+      p->history = NULL;
+      atp_intern_t *s = e->interns[sku_id];
+      atomic_init(&p->next_in_sku,
+                  atomic_load_explicit(&s->first_position, memory_order_relaxed));
+      atomic_store_explicit(&s->first_position, idx + 1, memory_order_release);
+      atomic_store_explicit(&e->position_count, count + 1, memory_order_release);
+      uint64_t h = pos_hash(s->hash, e->interns[loc_id]->hash);
+      uint32_t i = (uint32_t)h & e->position_mask;
+      while (atomic_load_explicit(&e->position_index[i], memory_order_relaxed))
+        i = (i + 1) & e->position_mask;
+      /* release: a reader that finds the slot sees the initialised position. */
+      atomic_store_explicit(&e->position_index[i], idx + 1, memory_order_release);
+    }
+  }
+  pthread_mutex_unlock(&e->create_lock);
+  *out = idx;
+  return rc;
+}
+
+uint64_t atp_pos_begin(atp_pos_t *p) {
+  return atomic_fetch_add_explicit(&p->seq, ATP_SEQ_PENDING_ONE, memory_order_acq_rel);
+}
+
+uint64_t atp_pos_end(atp_pos_t *p, bool changed) {
+  uint64_t delta = changed ? 1 - ATP_SEQ_PENDING_ONE : (uint64_t)0 - ATP_SEQ_PENDING_ONE;
+  uint64_t old = atomic_fetch_add_explicit(&p->seq, delta, memory_order_acq_rel);
+  return ((old + delta) & ATP_SEQ_VERSION_MASK);
+}
+
+void atp_pos_lock(atp_pos_t *p) {
+  for (uint32_t spins = 0;; spins++) {
+    uint32_t expected = 0;
+    if (atomic_compare_exchange_weak_explicit(&p->lock, &expected, 1,
+                                              memory_order_acquire,
+                                              memory_order_relaxed))
+      return;
+    if (spins >= LOCK_SPINS_BEFORE_YIELD) sched_yield();
+  }
+}
+
+void atp_pos_unlock(atp_pos_t *p) {
+  atomic_store_explicit(&p->lock, 0, memory_order_release);
+}
+
+bool atp_pos_take(atp_pos_t *p, int64_t qty, bool committed, uint64_t *version) {
+  ATP_ASSERT(qty > 0);
+  int64_t free_now = atomic_load_explicit(&p->free, memory_order_acquire);
+  if (free_now < qty) return false; /* the common refusal costs one load */
+  atp_pos_begin(p);
+  /* The grant: free only ever drops by a successful CAS from a value >= qty,
+   * so the sum granted never exceeds what was free. */
+  while (free_now >= qty) {
+    if (atomic_compare_exchange_weak_explicit(&p->free, &free_now, free_now - qty,
+                                              memory_order_acq_rel,
+                                              memory_order_acquire)) {
+      atomic_fetch_add_explicit(committed ? &p->committed : &p->reserved, qty,
+                                memory_order_acq_rel);
+      *version = atp_pos_end(p, true);
+      return true;
+    }
+  }
+  atp_pos_end(p, false);
+  return false;
+}
+
+uint64_t atp_pos_give(atp_pos_t *p, int64_t qty, bool committed) {
+  atp_pos_begin(p);
+  int64_t was = atomic_fetch_sub_explicit(committed ? &p->committed : &p->reserved, qty,
+                                          memory_order_acq_rel);
+  ATP_ASSERT(was >= qty);
+  atomic_fetch_add_explicit(&p->free, qty, memory_order_acq_rel);
+  return atp_pos_end(p, true);
+}
+
+uint64_t atp_pos_commit(atp_pos_t *p, int64_t qty) {
+  atp_pos_begin(p);
+  int64_t was = atomic_fetch_sub_explicit(&p->reserved, qty, memory_order_acq_rel);
+  ATP_ASSERT(was >= qty);
+  atomic_fetch_add_explicit(&p->committed, qty, memory_order_acq_rel);
+  return atp_pos_end(p, true);
+}
+
+void atp_pos_read(const atp_engine_t *e, uint32_t idx, atp_position_t *out) {
+  atp_pos_t *p = &e->positions[idx];
+  int64_t free_now, reserved, committed, on_hand, safety, counted_at;
+  uint64_t s1 = 0;
+  for (int attempt = 0; attempt < READ_RETRIES_MAX; attempt++) {
+    s1 = atomic_load_explicit(&p->seq, memory_order_acquire);
+    free_now = atomic_load_explicit(&p->free, memory_order_acquire);
+    reserved = atomic_load_explicit(&p->reserved, memory_order_acquire);
+    committed = atomic_load_explicit(&p->committed, memory_order_acquire);
+    on_hand = atomic_load_explicit(&p->on_hand, memory_order_acquire);
+    safety = atomic_load_explicit(&p->safety, memory_order_acquire);
+    counted_at = atomic_load_explicit(&p->counted_at, memory_order_acquire);
+    uint64_t s2 = atomic_load_explicit(&p->seq, memory_order_acquire);
+    if (s1 == s2 && (s1 & ~ATP_SEQ_VERSION_MASK) == 0) break;
+  }
+  out->sku = atp_intern_str(e, p->sku);
+  out->location = atp_intern_str(e, p->location);
+  out->on_hand = on_hand;
+  out->safety_stock = safety;
+  out->reserved = reserved;
+  out->committed = committed;
+  out->available = free_now > 0 ? free_now : 0;
+  int64_t promised = reserved + committed - on_hand;
+  out->shortfall = promised > 0 ? promised : 0;
+  out->counted_at_ms = counted_at;
+  out->version = s1 & ATP_SEQ_VERSION_MASK;
+}
+
+int atp_position_get(const atp_engine_t *e, atp_str_t sku, atp_str_t location,
+                     atp_position_t *out) {
+  if (!atp_id_valid(sku) || !atp_id_valid(location)) return ATP_ENOTFOUND;
+  uint32_t idx = atp_pos_find_str(e, sku, location);
+  if (idx == UINT32_MAX) return ATP_ENOTFOUND;
+  atp_pos_read(e, idx, out);
+  return 0;
+}
+
+static int position_order(const void *a, const void *b) {
+  const atp_position_t *x = a, *y = b;
+  if (x->available != y->available) return x->available > y->available ? -1 : 1;
+  uint32_t n = x->location.len < y->location.len ? x->location.len : y->location.len;
+  int c = memcmp(x->location.ptr, y->location.ptr, n);
+  if (c) return c;
+  return (x->location.len > y->location.len) - (x->location.len < y->location.len);
+}
+
+/* Costs O(positions of the SKU) plus a sort of what fits in out. To return the
+ * true top out_max when a SKU has more positions than fit, every position is
+ * read and only the best kept (insertion into a sorted array). */
+int atp_sku_positions(const atp_engine_t *e, atp_str_t sku, atp_position_t *out,
+                      uint32_t out_max, uint32_t *count) {
+  *count = 0;
+  if (!atp_id_valid(sku)) return 0;
+  uint32_t id = atp_intern_find(e, sku, atp_hash_bytes(sku.ptr, sku.len));
+  if (id == UINT32_MAX) return 0;
+  uint32_t n = 0, total = 0;
+  atp_position_t cand;
+  for (uint32_t v = atomic_load_explicit(&e->interns[id]->first_position,
+                                         memory_order_acquire);
+       v; v = atomic_load_explicit(&e->positions[v - 1].next_in_sku,
+                                   memory_order_acquire)) {
+    total++;
+    atp_pos_read(e, v - 1, &cand);
+    if (n < out_max) {
+      out[n++] = cand;
+    } else if (out_max && position_order(&cand, &out[out_max - 1]) < 0) {
+      out[out_max - 1] = cand;
+    } else {
+      continue;
+    }
+    /* keep out[0..n) sorted: sink the new element into place */
+    for (uint32_t i = n - 1; i > 0 && position_order(&out[i], &out[i - 1]) < 0; i--) {
+      atp_position_t t = out[i];
+      out[i] = out[i - 1];
+      out[i - 1] = t;
+    }
+  }
+  *count = total;
+  return 0;
+}
+
+/* --- history of on-hand changes (under the position lock) ------------------------- */
+
+static void history_push(const atp_engine_t *e, atp_pos_t *p, int64_t occurred_at_ms,
+                         int64_t delta, int64_t now_ms) {
+  atp_history_t *h = p->history;
+  int64_t horizon = now_ms - e->config.history_window_ms;
+  if (h) {
+    /* Drop entries that left the window from the old end. Entries are in
+     * arrival order, not time order, so an old entry behind a newer one stays
+     * until it reaches the head: the window is a lower bound on what is kept. */
+    while (h->count && h->entries[h->head].occurred_at_ms < horizon) {
+      h->head = (h->head + 1) % h->cap;
+      h->count--;
+    }
+  }
+  if (!h || h->count == h->cap) {
+    uint32_t cap = h ? h->cap * 2 : 4;
+    if (cap > ATP_HISTORY_ENTRIES_MAX) cap = ATP_HISTORY_ENTRIES_MAX;
+    if (!h || cap > h->cap) {
+      atp_history_t *n = atp_malloc(sizeof *n + cap * sizeof n->entries[0]);
+      if (n) {
+        n->head = 0;
+        n->count = 0;
+        n->cap = cap;
+        n->floor_ms = h ? h->floor_ms : ATP_TIME_NONE;
+        for (uint32_t i = 0; h && i < h->count; i++)
+          n->entries[n->count++] = h->entries[(h->head + i) % h->cap];
+        atp_free(h);
+        p->history = h = n;
+      }
+    }
+    if (!h) return; /* out of memory: counts older than now become approximate */
+    if (h->count == h->cap) {
+      /* Full at the maximum: forget the oldest and remember that changes up to
+       * its time may be missing, so counts before it are approximate. */
+      atp_history_entry_t *old = &h->entries[h->head];
+      if (old->occurred_at_ms > h->floor_ms) h->floor_ms = old->occurred_at_ms;
+      h->head = (h->head + 1) % h->cap;
+      h->count--;
+    }
+  }
+  h->entries[(h->head + h->count) % h->cap] = (atp_history_entry_t){occurred_at_ms, delta};
+  h->count++;
+}
+
+/* Sum of on-hand changes after t, and whether history reaches back to t.
+ * O(entries), at most ATP_HISTORY_ENTRIES_MAX. */
+static int64_t history_after(const atp_pos_t *p, int64_t t, bool *complete) {
+  const atp_history_t *h = p->history;
+  int64_t sum = 0;
+  *complete = true;
+  if (!h) return 0;
+  if (h->floor_ms != ATP_TIME_NONE && t < h->floor_ms) *complete = false;
+  for (uint32_t i = 0; i < h->count; i++) {
+    const atp_history_entry_t *en = &h->entries[(h->head + i) % h->cap];
+    if (en->occurred_at_ms > t) sum += en->delta;
+  }
+  return sum;
+}
+
+uint64_t atp_pos_fulfil(atp_engine_t *e, atp_pos_t *p, int64_t qty, int64_t now_ms) {
+  atp_pos_begin(p);
+  int64_t was = atomic_fetch_sub_explicit(&p->committed, qty, memory_order_acq_rel);
+  ATP_ASSERT(was >= qty);
+  atomic_fetch_sub_explicit(&p->on_hand, qty, memory_order_acq_rel);
+  /* free = on_hand - safety - reserved - committed: both fell by qty. */
+  uint64_t v = atp_pos_end(p, true);
+  history_push(e, p, now_ms, -qty, now_ms);
+  return v;
+}
+
+void atp_change_position(const atp_engine_t *e, atp_change_t *c, atp_cause_t cause,
+                         atp_str_t cause_id, uint32_t pos, int64_t d_on_hand,
+                         int64_t d_reserved, int64_t d_committed, uint64_t version) {
+  const atp_pos_t *p = &e->positions[pos];
+  memset(c, 0, sizeof *c);
+  c->kind = ATP_CHANGE_POSITION;
+  c->cause = cause;
+  c->cause_id = cause_id;
+  c->at_ms = atp_now(e);
+  c->u.position.sku = atp_intern_str(e, p->sku);
+  c->u.position.location = atp_intern_str(e, p->location);
+  c->u.position.d_on_hand = d_on_hand;
+  c->u.position.d_reserved = d_reserved;
+  c->u.position.d_committed = d_committed;
+  c->u.position.counted_at_ms = ATP_TIME_NONE;
+  c->u.position.occurred_at_ms = ATP_TIME_NONE;
+  c->u.position.version = version;
+}
+
+static bool qty_in_range(int64_t v) { return v >= -ATP_QTY_MAX && v <= ATP_QTY_MAX; }
+
+/* --- stock changes ----------------------------------------------------------------- */
+
+int atp_safety_stock_set(atp_engine_t *e, atp_str_t sku, atp_str_t location,
+                         int64_t safety_stock, atp_position_t *out, atp_result_t *result) {
+  if (!atp_id_valid(sku)) {
+    atp_result_set(result, "sku", "sku must be 1..128 printable bytes");
+    return ATP_EBADREQ;
+  }
+  if (!atp_id_valid(location)) {
+    atp_result_set(result, "location", "location must be 1..128 printable bytes");
+    return ATP_EBADREQ;
+  }
+  if (safety_stock < 0 || safety_stock > ATP_QTY_MAX) {
+    atp_result_set(result, "safety_stock", "safety_stock must be 0..%lld",
+                   (long long)ATP_QTY_MAX);
+    return ATP_EBADREQ;
+  }
+  uint32_t idx;
+  int rc = atp_pos_find_or_create(e, sku, location, &idx);
+  if (rc) {
+    atp_result_set(result, "", "%s", atp_strerror(rc));
+    return rc;
+  }
+  atp_pos_t *p = &e->positions[idx];
+  atp_pos_lock(p);
+  int64_t old = atomic_load_explicit(&p->safety, memory_order_relaxed);
+  int64_t d = safety_stock - old;
+  atp_pos_begin(p);
+  atomic_store_explicit(&p->safety, safety_stock, memory_order_release);
+  atomic_fetch_sub_explicit(&p->free, d, memory_order_acq_rel);
+  uint64_t v = atp_pos_end(p, true);
+  atp_change_t c;
+  atp_change_position(e, &c, ATP_CAUSE_SAFETY, (atp_str_t){"", 0}, idx, 0, 0, 0, v);
+  c.u.position.d_safety_stock = d;
+  atp_emit(e, &c, 1);
+  atp_pos_unlock(p);
+  if (out) atp_pos_read(e, idx, out);
+  return 0;
+}
+
+static int check_common(atp_str_t id, atp_str_t sku, atp_str_t location, atp_str_t source,
+                        atp_result_t *result) {
+  if (!atp_id_valid(id)) {
+    atp_result_set(result, "id", "id must be 1..128 printable bytes");
+    return ATP_EBADREQ;
+  }
+  if (!atp_id_valid(sku)) {
+    atp_result_set(result, "sku", "sku must be 1..128 printable bytes");
+    return ATP_EBADREQ;
+  }
+  if (!atp_id_valid(location)) {
+    atp_result_set(result, "location", "location must be 1..128 printable bytes");
+    return ATP_EBADREQ;
+  }
+  if (!atp_id_valid(source)) {
+    atp_result_set(result, "source", "source must be 1..128 printable bytes");
+    return ATP_EBADREQ;
+  }
+  return 0;
+}
+
+static void idem_outcome(const atp_engine_t *e, uint32_t idx, atp_position_t *out,
+                         uint32_t *flags) {
+  const atp_irec_t *r = &e->irecs[idx];
+  *out = r->outcome;
+  out->sku = atp_intern_str(e, e->positions[r->pos].sku);
+  out->location = atp_intern_str(e, e->positions[r->pos].location);
+  *flags = r->flags;
+}
+
+int atp_adjust(atp_engine_t *e, const atp_adjust_req_t *req, atp_adjust_res_t *res,
+               atp_result_t *result) {
+  int rc = check_common(req->id, req->sku, req->location, req->source, result);
+  if (rc) return rc;
+  if (req->delta == 0 || !qty_in_range(req->delta)) {
+    atp_result_set(result, "delta", "delta must be a non-zero integer within +-%lld",
+                   (long long)ATP_QTY_MAX);
+    return ATP_EBADREQ;
+  }
+  if ((unsigned)req->reason >= ATP_REASON_COUNT_) {
+    atp_result_set(result, "reason", "unknown reason");
+    return ATP_EBADREQ;
+  }
+  if (req->ref.len > ATP_ID_BYTES_MAX) {
+    atp_result_set(result, "ref", "ref must be at most 128 bytes");
+    return ATP_EBADREQ;
+  }
+  int64_t now = atp_now(e);
+  int64_t occurred = req->occurred_at_ms == ATP_TIME_NONE ? now : req->occurred_at_ms;
+  uint64_t h = atp_hash_str(ATP_IDEM_ADJUST, req->sku);
+  h = atp_hash_str(h, req->location);
+  h = atp_hash_int(h, req->delta);
+  h = atp_hash_int(h, req->reason);
+  h = atp_hash_str(h, req->source);
+  h = atp_hash_int(h, req->occurred_at_ms);
+  h = atp_hash_str(h, req->ref);
+  h = atp_hash_int(h, req->has_change_from ? req->change_from : INT64_MIN);
+  memset(res, 0, sizeof *res);
+  uint32_t irec;
+  rc = atp_idem_claim(e, ATP_IDEM_ADJUST, req->id, h, &irec, result);
+  if (rc < 0) return rc;
+  if (rc == 1) {
+    uint32_t flags;
+    idem_outcome(e, irec, &res->position, &flags);
+    res->applied = flags & ATP_IDEM_APPLIED;
+    res->absorbed = flags & ATP_IDEM_ABSORBED;
+    res->replayed = true;
+    return 0;
+  }
+  uint32_t idx;
+  rc = atp_pos_find_or_create(e, req->sku, req->location, &idx);
+  if (rc) {
+    atp_idem_fail(e, irec);
+    atp_result_set(result, "", "%s", atp_strerror(rc));
+    return rc;
+  }
+  atp_pos_t *p = &e->positions[idx];
+  atp_pos_lock(p);
+  int64_t on_hand = atomic_load_explicit(&p->on_hand, memory_order_relaxed);
+  int64_t counted = atomic_load_explicit(&p->counted_at, memory_order_relaxed);
+  if (req->has_change_from && req->change_from != on_hand) {
+    atp_pos_unlock(p);
+    atp_idem_fail(e, irec);
+    atp_pos_read(e, idx, &res->position);
+    result->current_on_hand = on_hand;
+    atp_result_set(result, "change_from", "on_hand is %lld, not %lld", (long long)on_hand,
+                   (long long)req->change_from);
+    return ATP_ECONFLICT;
+  }
+  if (!qty_in_range(on_hand + req->delta)) {
+    atp_pos_unlock(p);
+    atp_idem_fail(e, irec);
+    atp_result_set(result, "delta", "on_hand would leave +-%lld", (long long)ATP_QTY_MAX);
+    return ATP_EOVERFLOW;
+  }
+  atp_change_t c[2];
+  uint32_t flags = 0, n = 0;
+  if (counted != ATP_TIME_NONE && occurred <= counted) {
+    res->absorbed = true;
+    flags |= ATP_IDEM_ABSORBED;
+  } else {
+    atp_pos_begin(p);
+    atomic_fetch_add_explicit(&p->on_hand, req->delta, memory_order_acq_rel);
+    atomic_fetch_add_explicit(&p->free, req->delta, memory_order_acq_rel);
+    uint64_t v = atp_pos_end(p, true);
+    history_push(e, p, occurred, req->delta, now);
+    atp_change_position(e, &c[n], ATP_CAUSE_ADJUST, req->id, idx, req->delta, 0, 0, v);
+    c[n++].u.position.occurred_at_ms = occurred;
+    res->applied = true;
+    flags |= ATP_IDEM_APPLIED;
+  }
+  atp_pos_read(e, idx, &res->position);
+  atp_idem_done(e, irec, flags, idx, &res->position, (atp_str_t){"", 0}, &c[n++]);
+  atp_emit(e, c, n);
+  atp_pos_unlock(p);
+  return 0;
+}
+
+int atp_count(atp_engine_t *e, const atp_count_req_t *req, atp_count_res_t *res,
+              atp_result_t *result) {
+  int rc = check_common(req->id, req->sku, req->location, req->source, result);
+  if (rc) return rc;
+  if (req->on_hand < 0 || req->on_hand > ATP_QTY_MAX) {
+    atp_result_set(result, "on_hand", "on_hand must be 0..%lld", (long long)ATP_QTY_MAX);
+    return ATP_EBADREQ;
+  }
+  if (req->counted_at_ms == ATP_TIME_NONE) {
+    atp_result_set(result, "counted_at", "counted_at is required");
+    return ATP_EBADREQ;
+  }
+  int64_t now = atp_now(e);
+  uint64_t h = atp_hash_str(ATP_IDEM_COUNT, req->sku);
+  h = atp_hash_str(h, req->location);
+  h = atp_hash_int(h, req->on_hand);
+  h = atp_hash_int(h, req->counted_at_ms);
+  h = atp_hash_str(h, req->source);
+  h = atp_hash_int(h, req->has_change_from ? req->change_from : INT64_MIN);
+  memset(res, 0, sizeof *res);
+  uint32_t irec;
+  rc = atp_idem_claim(e, ATP_IDEM_COUNT, req->id, h, &irec, result);
+  if (rc < 0) return rc;
+  if (rc == 1) {
+    uint32_t flags;
+    idem_outcome(e, irec, &res->position, &flags);
+    res->applied = flags & ATP_IDEM_APPLIED;
+    res->stale = flags & ATP_IDEM_STALE;
+    res->approximate = flags & ATP_IDEM_APPROXIMATE;
+    res->replayed = true;
+    return 0;
+  }
+  uint32_t idx;
+  rc = atp_pos_find_or_create(e, req->sku, req->location, &idx);
+  if (rc) {
+    atp_idem_fail(e, irec);
+    atp_result_set(result, "", "%s", atp_strerror(rc));
+    return rc;
+  }
+  atp_pos_t *p = &e->positions[idx];
+  atp_pos_lock(p);
+  int64_t on_hand = atomic_load_explicit(&p->on_hand, memory_order_relaxed);
+  int64_t counted = atomic_load_explicit(&p->counted_at, memory_order_relaxed);
+  if (req->has_change_from && req->change_from != on_hand) {
+    atp_pos_unlock(p);
+    atp_idem_fail(e, irec);
+    atp_pos_read(e, idx, &res->position);
+    result->current_on_hand = on_hand;
+    atp_result_set(result, "change_from", "on_hand is %lld, not %lld", (long long)on_hand,
+                   (long long)req->change_from);
+    return ATP_ECONFLICT;
+  }
+  atp_change_t c[2];
+  uint32_t flags = 0, n = 0;
+  if (counted != ATP_TIME_NONE && req->counted_at_ms < counted) {
+    res->stale = true;
+    flags |= ATP_IDEM_STALE;
+  } else {
+    bool complete;
+    int64_t later = history_after(p, req->counted_at_ms, &complete);
+    int64_t target = req->on_hand + later;
+    if (!qty_in_range(target)) {
+      atp_pos_unlock(p);
+      atp_idem_fail(e, irec);
+      atp_result_set(result, "on_hand", "on_hand would leave +-%lld", (long long)ATP_QTY_MAX);
+      return ATP_EOVERFLOW;
+    }
+    if (!complete || req->counted_at_ms < now - e->config.history_window_ms) {
+      res->approximate = true;
+      flags |= ATP_IDEM_APPROXIMATE;
+    }
+    int64_t d = target - on_hand;
+    atp_pos_begin(p);
+    atomic_fetch_add_explicit(&p->on_hand, d, memory_order_acq_rel);
+    atomic_fetch_add_explicit(&p->free, d, memory_order_acq_rel);
+    atomic_store_explicit(&p->counted_at, req->counted_at_ms, memory_order_release);
+    uint64_t v = atp_pos_end(p, true);
+    atp_change_position(e, &c[n], ATP_CAUSE_COUNT, req->id, idx, d, 0, 0, v);
+    c[n++].u.position.counted_at_ms = req->counted_at_ms;
+    res->applied = true;
+    flags |= ATP_IDEM_APPLIED;
+  }
+  atp_pos_read(e, idx, &res->position);
+  atp_idem_done(e, irec, flags, idx, &res->position, (atp_str_t){"", 0}, &c[n++]);
+  atp_emit(e, c, n);
+  atp_pos_unlock(p);
+  return 0;
+}
+
+static const char *const reason_names[ATP_REASON_COUNT_] = {
+    "received",   "sale",        "return_restock", "damaged", "shrink",
+    "correction", "transfer_in", "transfer_out",   "other"};
+
+const char *atp_reason_name(atp_reason_t reason) {
+  return (unsigned)reason < ATP_REASON_COUNT_ ? reason_names[reason] : NULL;
+}
+
+int atp_reason_parse(atp_str_t name, atp_reason_t *out) {
+  for (int i = 0; i < ATP_REASON_COUNT_; i++) {
+    if (strlen(reason_names[i]) == name.len && memcmp(reason_names[i], name.ptr, name.len) == 0) {
+      *out = (atp_reason_t)i;
+      return 0;
+    }
+  }
+  return ATP_EBADREQ;
+}
+
+const char *atp_status_name(atp_status_t status) {
+  static const char *const names[] = {"held", "committed", "released", "expired", "fulfilled"};
+  return (unsigned)status < 5 ? names[status] : "unknown";
+}
+
+/* --- groups -------------------------------------------------------------------------- */
+
+static uint32_t group_find(const atp_engine_t *e, atp_str_t name) {
+  uint32_t id = atp_intern_find(e, name, atp_hash_bytes(name.ptr, name.len));
+  if (id == UINT32_MAX) return UINT32_MAX;
+  uint64_t h = e->interns[id]->hash;
+  for (uint32_t i = (uint32_t)h & e->group_mask;; i = (i + 1) & e->group_mask) {
+    uint32_t v = atomic_load_explicit(&e->group_index[i], memory_order_acquire);
+    if (v == 0) return UINT32_MAX;
+    if (e->groups[v - 1].name == id) return v - 1;
+  }
+}
+
+int atp_group_resolve(const atp_engine_t *e, atp_str_t name,
+                      const atp_group_version_t **out) {
+  uint32_t slot = group_find(e, name);
+  if (slot == UINT32_MAX) return ATP_ENOTFOUND;
+  *out = atomic_load_explicit(&e->groups[slot].current, memory_order_acquire);
+  return *out ? 0 : ATP_ENOTFOUND;
+}
+
+int atp_group_get(const atp_engine_t *e, atp_str_t name, atp_str_t *out, uint32_t out_max,
+                  uint32_t *count) {
+  const atp_group_version_t *g;
+  *count = 0;
+  if (!atp_id_valid(name) || atp_group_resolve(e, name, &g)) return ATP_ENOTFOUND;
+  for (uint32_t i = 0; i < g->count && i < out_max; i++) out[i] = atp_intern_str(e, g->locations[i]);
+  *count = g->count;
+  return 0;
+}
+
+void atp_group_each(const atp_engine_t *e,
+                    void (*fn)(void *ctx, atp_str_t name, const atp_str_t *locations,
+                               uint32_t count),
+                    void *ctx) {
+  uint32_t n = atomic_load_explicit(&e->group_count, memory_order_acquire);
+  atp_str_t *locs = atp_malloc(sizeof(atp_str_t) * ATP_GROUP_LOCATIONS_MAX);
+  if (!locs) return;
+  for (uint32_t s = 0; s < n; s++) {
+    const atp_group_version_t *g =
+        atomic_load_explicit(&e->groups[s].current, memory_order_acquire);
+    if (!g) continue;
+    for (uint32_t i = 0; i < g->count; i++) locs[i] = atp_intern_str(e, g->locations[i]);
+    fn(ctx, atp_intern_str(e, e->groups[s].name), locs, g->count);
+  }
+  atp_free(locs);
+}
+
+/* Installs version g (NULL: delete) under create_lock; emits the change. */
+static int group_install(atp_engine_t *e, atp_str_t name, atp_group_version_t *g,
+                         const atp_str_t *locations, atp_result_t *result, bool emit) {
+  pthread_mutex_lock(&e->create_lock);
+  uint32_t slot = group_find(e, name);
+  int rc = 0;
+  if (slot == UINT32_MAX) {
+    uint32_t name_id;
+    uint32_t n = atomic_load_explicit(&e->group_count, memory_order_relaxed);
+    if (!g) {
+      rc = ATP_ENOTFOUND;
+    } else if (n >= ATP_GROUPS_MAX) {
+      rc = ATP_EFULL;
+    } else if ((rc = intern_locked(e, name, &name_id)) == 0) {
+      e->groups[n].name = name_id;
+      atomic_init(&e->groups[n].current, NULL);
+      atomic_store_explicit(&e->group_count, n + 1, memory_order_release);
+      uint32_t i = (uint32_t)e->interns[name_id]->hash & e->group_mask;
+      while (atomic_load_explicit(&e->group_index[i], memory_order_relaxed))
+        i = (i + 1) & e->group_mask;
+      atomic_store_explicit(&e->group_index[i], n + 1, memory_order_release);
+      slot = n;
+    }
+  }
+  if (rc == 0) {
+    atp_group_version_t *old =
+        atomic_exchange_explicit(&e->groups[slot].current, g, memory_order_acq_rel);
+    if (!g && !old) rc = ATP_ENOTFOUND;
+    if (old) atp_retire(e, old);
+    if (rc == 0 && emit) {
+      atp_change_t c;
+      memset(&c, 0, sizeof c);
+      c.kind = ATP_CHANGE_GROUP;
+      c.cause = ATP_CAUSE_GROUP;
+      c.cause_id = name;
+      c.at_ms = atp_now(e);
+      c.u.group.name = name;
+      c.u.group.locations = locations;
+      c.u.group.location_count = g ? g->count : 0;
+      atp_emit(e, &c, 1);
+    }
+  }
+  pthread_mutex_unlock(&e->create_lock);
+  if (rc) {
+    if (g) atp_free(g);
+    atp_result_set(result, "", "%s", rc == ATP_ENOTFOUND ? "unknown group" : atp_strerror(rc));
+  }
+  return rc;
+}
+
+static int group_put(atp_engine_t *e, atp_str_t name, const atp_str_t *locations,
+                     uint32_t count, atp_result_t *result, bool emit) {
+  if (!atp_id_valid(name)) {
+    atp_result_set(result, "name", "group name must be 1..128 printable bytes");
+    return ATP_EBADREQ;
+  }
+  if (count == 0 || count > ATP_GROUP_LOCATIONS_MAX) {
+    atp_result_set(result, "locations", "a group has 1..%d locations", ATP_GROUP_LOCATIONS_MAX);
+    return ATP_EBADREQ;
+  }
+  for (uint32_t i = 0; i < count; i++) {
+    char field[32];
+    snprintf(field, sizeof field, "locations[%u]", i);
+    if (!atp_id_valid(locations[i])) {
+      atp_result_set(result, field, "location must be 1..128 printable bytes");
+      return ATP_EBADREQ;
+    }
+    /* O(count^2) duplicate check, at most 1000^2/2 short compares on a rare call */
+    for (uint32_t j = 0; j < i; j++) {
+      if (locations[j].len == locations[i].len &&
+          memcmp(locations[j].ptr, locations[i].ptr, locations[i].len) == 0) {
+        atp_result_set(result, field, "location listed twice");
+        return ATP_EBADREQ;
+      }
+    }
+  }
+  atp_group_version_t *g = atp_malloc(sizeof *g + count * sizeof g->locations[0]);
+  if (!g) return ATP_ENOMEM;
+  g->count = count;
+  pthread_mutex_lock(&e->create_lock);
+  int rc = 0;
+  for (uint32_t i = 0; i < count && rc == 0; i++) rc = intern_locked(e, locations[i], &g->locations[i]);
+  pthread_mutex_unlock(&e->create_lock);
+  if (rc) {
+    atp_free(g);
+    atp_result_set(result, "", "%s", atp_strerror(rc));
+    return rc;
+  }
+  return group_install(e, name, g, locations, result, emit);
+}
+
+int atp_group_put(atp_engine_t *e, atp_str_t name, const atp_str_t *locations,
+                  uint32_t count, atp_result_t *result) {
+  return group_put(e, name, locations, count, result, true);
+}
+
+int atp_group_delete(atp_engine_t *e, atp_str_t name, atp_result_t *result) {
+  if (!atp_id_valid(name)) {
+    atp_result_set(result, "name", "unknown group");
+    return ATP_ENOTFOUND;
+  }
+  return group_install(e, name, NULL, NULL, result, true);
+}
+
+/* --- lifecycle ----------------------------------------------------------------------- */
+
+int atp_engine_create(const atp_engine_config_t *config, atp_engine_t **out) {
+  atp_engine_t *e = atp_calloc(1, sizeof *e);
+  if (!e) return ATP_ENOMEM;
+  e->config = *config;
+  atp_engine_config_t *c = &e->config;
+  if (!c->positions_max) c->positions_max = ATP_POSITIONS_MAX_DEFAULT;
+  if (!c->reservations_max) c->reservations_max = ATP_RESERVATIONS_MAX_DEFAULT;
+  if (!c->idempotency_max) c->idempotency_max = ATP_IDEMPOTENCY_MAX_DEFAULT;
+  if (!c->idempotency_ttl_ms) c->idempotency_ttl_ms = ATP_IDEMPOTENCY_TTL_MS_DEFAULT;
+  if (!c->ended_ttl_ms) c->ended_ttl_ms = ATP_ENDED_TTL_MS_DEFAULT;
+  if (!c->history_window_ms) c->history_window_ms = ATP_HISTORY_WINDOW_MS_DEFAULT;
+  if (!c->clock) c->clock = real_clock;
+  pthread_mutex_init(&e->create_lock, NULL);
+  /* Every string is a SKU, a location or a group name; at most one new SKU and
+   * one new location per position, plus group names and group locations. */
+  e->intern_max = c->positions_max * 2 + ATP_GROUPS_MAX + 1024;
+  e->intern_mask = pow2_at_least((uint64_t)e->intern_max * 4 / 3) - 1;
+  e->position_mask = pow2_at_least((uint64_t)c->positions_max * 4 / 3) - 1;
+  e->group_mask = pow2_at_least(ATP_GROUPS_MAX * 2) - 1;
+  /* calloc of large tables maps zero pages lazily: untouched capacity costs
+   * address space, not memory. */
+  e->interns = atp_calloc(e->intern_max, sizeof *e->interns);
+  e->intern_index = atp_calloc((size_t)e->intern_mask + 1, sizeof *e->intern_index);
+  e->positions = atp_calloc(c->positions_max, sizeof *e->positions);
+  e->position_index = atp_calloc((size_t)e->position_mask + 1, sizeof *e->position_index);
+  e->groups = atp_calloc(ATP_GROUPS_MAX, sizeof *e->groups);
+  e->group_index = atp_calloc((size_t)e->group_mask + 1, sizeof *e->group_index);
+  if (!e->interns || !e->intern_index || !e->positions || !e->position_index ||
+      !e->groups || !e->group_index || atp_reservations_init(e) || atp_idem_init(e)) {
+    atp_engine_destroy(e);
+    return ATP_ENOMEM;
+  }
+  *out = e;
+  return 0;
+}
+
+void atp_engine_destroy(atp_engine_t *e) {
+  if (!e) return;
+  atp_reservations_destroy(e);
+  atp_idem_destroy(e);
+  uint32_t n = atomic_load(&e->intern_count);
+  for (uint32_t i = 0; i < n; i++) atp_free(e->interns[i]);
+  uint32_t np = atomic_load(&e->position_count);
+  for (uint32_t i = 0; i < np; i++) atp_free(e->positions[i].history);
+  uint32_t ng = atomic_load(&e->group_count);
+  for (uint32_t i = 0; i < ng; i++) atp_free(atomic_load(&e->groups[i].current));
+  for (atp_retired_t *r = atomic_load(&e->retired), *next; r; r = next) {
+    next = r->next;
+    atp_free(r->ptr);
+    atp_free(r);
+  }
+  for (atp_retired_t *r = e->retired_waiting, *next; r; r = next) {
+    next = r->next;
+    atp_free(r->ptr);
+    atp_free(r);
+  }
+  atp_free(e->interns);
+  atp_free(e->intern_index);
+  atp_free(e->positions);
+  atp_free(e->position_index);
+  atp_free(e->groups);
+  atp_free(e->group_index);
+  pthread_mutex_destroy(&e->create_lock);
+  atp_free(e);
+}
+
+void atp_engine_stats(const atp_engine_t *e, atp_engine_stats_t *out) {
+  memset(out, 0, sizeof *out);
+  out->positions = atomic_load_explicit(&e->position_count, memory_order_relaxed);
+  out->positions_max = e->config.positions_max;
+  for (int i = 0; i < 5; i++) {
+    int64_t v = atomic_load_explicit(&((atp_engine_t *)e)->status_count[i], memory_order_relaxed);
+    out->reservations_by_status[i] = v > 0 ? (uint64_t)v : 0;
+  }
+  out->expirations = atomic_load_explicit(&((atp_engine_t *)e)->expirations, memory_order_relaxed);
+  out->idempotency_ids = atomic_load_explicit(&((atp_engine_t *)e)->itable.live, memory_order_relaxed);
+  uint32_t ng = atomic_load_explicit(&e->group_count, memory_order_acquire);
+  for (uint32_t i = 0; i < ng; i++)
+    if (atomic_load_explicit(&e->groups[i].current, memory_order_acquire)) out->groups++;
+}
+
+/* --- replay -------------------------------------------------------------------------- */
+
+static int apply_position(atp_engine_t *e, const atp_change_position_t *c) {
+  uint32_t idx;
+  int rc = atp_pos_find_or_create(e, c->sku, c->location, &idx);
+  if (rc) return rc;
+  atp_pos_t *p = &e->positions[idx];
+  atomic_fetch_add(&p->on_hand, c->d_on_hand);
+  atomic_fetch_add(&p->safety, c->d_safety_stock);
+  atomic_fetch_add(&p->reserved, c->d_reserved);
+  atomic_fetch_add(&p->committed, c->d_committed);
+  atomic_fetch_add(&p->free, c->d_on_hand - c->d_safety_stock - c->d_reserved - c->d_committed);
+  if (c->counted_at_ms != ATP_TIME_NONE) atomic_store(&p->counted_at, c->counted_at_ms);
+  if (c->occurred_at_ms != ATP_TIME_NONE && c->d_on_hand)
+    history_push(e, p, c->occurred_at_ms, c->d_on_hand, atp_now(e));
+  /* Versions: replayed records may come in any order; keep the largest. */
+  uint64_t seq = atomic_load(&p->seq);
+  if ((c->version & ATP_SEQ_VERSION_MASK) > seq) atomic_store(&p->seq, c->version & ATP_SEQ_VERSION_MASK);
+  return 0;
+}
+
+int atp_engine_apply(atp_engine_t *e, const atp_change_t *records, uint32_t count) {
+  for (uint32_t i = 0; i < count; i++) {
+    const atp_change_t *c = &records[i];
+    int rc;
+    switch (c->kind) {
+      case ATP_CHANGE_POSITION:
+        rc = apply_position(e, &c->u.position);
+        break;
+      case ATP_CHANGE_RESERVATION:
+        rc = atp_reservation_apply(e, c);
+        break;
+      case ATP_CHANGE_GROUP:
+        if (c->u.group.location_count)
+          rc = group_put(e, c->u.group.name, c->u.group.locations, c->u.group.location_count,
+                         NULL, false);
+        else
+          rc = group_install(e, c->u.group.name, NULL, NULL, NULL, false);
+        if (rc == ATP_ENOTFOUND) rc = 0;
+        break;
+      case ATP_CHANGE_IDEMPOTENCY:
+        rc = atp_idem_apply(e, c);
+        break;
+      default:
+        rc = ATP_EBADREQ;
+    }
+    if (rc) return rc;
+  }
+  return 0;
+}

@@ -1,0 +1,346 @@
+/* engine_internal.h - the engine's data layout, shared by engine.c,
+ * keyed.c, reservations.c, idempotency.c and expiry.c. Not a public header.
+ *
+ * Memory: every table is allocated at atp_engine_create from the config and
+ * never resized. Positions and interned strings are never freed before
+ * atp_engine_destroy, so lock-free readers can hold pointers to them.
+ * Reservation and idempotency records are recycled, but only through a limbo
+ * that waits a grace period (ticks and wall time) after a record leaves its
+ * table; readers that found it hold it for microseconds. Each record also
+ * carries a sequence word so a reader validates what it copied.
+ */
+#ifndef ATP_ENGINE_INTERNAL_H
+#define ATP_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "atp/engine.h"
+
+#define ATP_ASSERT(cond)                                                 \
+  do {                                                                   \
+    if (!(cond)) atp_assert_fail(#cond, __FILE__, __LINE__, __func__);   \
+  } while (0)
+_Noreturn void atp_assert_fail(const char *expr, const char *file, int line,
+                               const char *func);
+
+uint64_t atp_hash_bytes(const void *data, size_t len);
+static inline uint64_t atp_hash_mix(uint64_t a, uint64_t b) {
+  uint64_t h = a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
+  h ^= h >> 31;
+  h *= 0xbf58476d1ce4e5b9ULL;
+  h ^= h >> 29;
+  return h;
+}
+
+/* --- interned strings ----------------------------------------------------- */
+
+typedef struct {
+  uint64_t hash;                   /* atp_hash_bytes of the text */
+  _Atomic uint32_t first_position; /* SKUs: head of their position list, index+1 */
+  uint32_t len;
+  char text[];                     /* len bytes then NUL */
+} atp_intern_t;
+
+/* --- positions ------------------------------------------------------------ */
+
+/* seq word: writers in flight in the top bits, version in the low 40 bits. */
+#define ATP_SEQ_PENDING_ONE (1ULL << 40)
+#define ATP_SEQ_VERSION_MASK (ATP_SEQ_PENDING_ONE - 1)
+
+typedef struct {
+  _Atomic int64_t free;       /* on_hand - safety - reserved - committed: the
+                                 one word a reservation CASes */
+  _Atomic int64_t reserved;   /* units of held reservations, >= 0 */
+  _Atomic int64_t committed;  /* units of committed reservations, >= 0 */
+  _Atomic int64_t on_hand;    /* written only under lock */
+  _Atomic int64_t safety;     /* written only under lock, >= 0 */
+  _Atomic int64_t counted_at; /* written only under lock; ATP_TIME_NONE */
+  _Atomic uint64_t seq;       /* pending writers << 40 | version */
+  uint32_t sku;               /* intern id, immutable after publication */
+  uint32_t location;          /* intern id, immutable after publication */
+  _Atomic uint32_t next_in_sku; /* next position of the same SKU, index+1 */
+  _Atomic uint32_t lock;        /* on-hand writers' spin flag: 0 free, 1 held */
+  struct atp_history *history;  /* on-hand changes; NULL until one; under lock */
+} atp_pos_t;
+
+/* One on-hand change, kept so that a late count can add what it did not see. */
+typedef struct {
+  int64_t occurred_at_ms;
+  int64_t delta;
+} atp_history_entry_t;
+
+typedef struct atp_history {
+  uint32_t head;         /* index of the oldest entry */
+  uint32_t count;        /* entries held, <= cap */
+  uint32_t cap;          /* allocated entries, <= ATP_HISTORY_ENTRIES_MAX */
+  int64_t floor_ms;      /* changes at or before this time may have been dropped */
+  atp_history_entry_t entries[];
+} atp_history_t;
+
+/* --- groups --------------------------------------------------------------- */
+
+typedef struct {
+  uint32_t count;
+  uint32_t locations[]; /* intern ids, in group order */
+} atp_group_version_t;
+
+typedef struct {
+  uint32_t name; /* intern id */
+  _Atomic(atp_group_version_t *) current; /* NULL: deleted */
+} atp_group_slot_t;
+
+/* --- keyed record tables (keyed.c) ------------------------------------------
+ * A fixed pool of records plus a hash table of chains through the records.
+ * Inserting pushes onto a chain with CAS; two inserts of the same key resolve
+ * by position in the chain (the deeper, older one wins). Only the ticker thread
+ * unlinks. Records go through a limbo before their slot is reused. */
+
+enum { ATP_REC_FREE = 0, ATP_REC_PENDING = 1, ATP_REC_LIVE = 2, ATP_REC_DEAD = 3 };
+
+typedef struct {
+  _Atomic uint32_t *heads;  /* bucket heads, record index+1 */
+  uint32_t bucket_mask;
+  _Atomic uint32_t *next;   /* chain link per record, index+1 */
+  _Atomic uint32_t *state;  /* ATP_REC_* per record */
+  uint64_t *hash;           /* key hash per record, set before push */
+  uint32_t capacity;
+  _Atomic uint32_t bump;    /* records never used yet start here */
+  _Atomic uint64_t free_head; /* tagged Treiber stack: tag << 32 | index+1 */
+  _Atomic uint32_t *free_next;
+  _Atomic uint32_t live;    /* records not free (approximate gauge) */
+  /* limbo: ticker only */
+  uint32_t limbo_head, limbo_tail; /* index+1 FIFO through free_next */
+  uint64_t *limbo_tick;     /* tick count when the record entered limbo */
+  int64_t *limbo_mono_ns;   /* monotonic time then */
+} atp_keyed_t;
+
+int atp_keyed_init(atp_keyed_t *t, uint32_t capacity);
+void atp_keyed_destroy(atp_keyed_t *t);
+/* A free record index, or UINT32_MAX when the pool is exhausted. */
+uint32_t atp_keyed_alloc(atp_keyed_t *t);
+/* Publishes record idx (state PENDING, hash set) on its chain. */
+void atp_keyed_push(atp_keyed_t *t, uint32_t idx);
+/* Ticker only: unlinks idx from its chain and puts it in limbo. */
+void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick);
+/* Ticker only: recycles limbo records whose grace has passed. */
+void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick);
+static inline uint32_t atp_keyed_head(const atp_keyed_t *t, uint64_t hash) {
+  return atomic_load_explicit(&t->heads[hash & t->bucket_mask], memory_order_acquire);
+}
+
+/* --- reservation records --------------------------------------------------- */
+
+typedef struct {
+  uint32_t pos;               /* position index; immutable once published */
+  _Atomic int64_t qty;
+  _Atomic int64_t fulfilled;
+  _Atomic int64_t released;
+} atp_rline_t;
+
+#define ATP_RLINES_INLINE 2
+#define ATP_RTEXT_INLINE 256
+
+typedef struct {
+  _Atomic uint32_t lock;       /* mutation flag: 0 free, 1 held */
+  _Atomic uint32_t rseq;       /* odd while a mutation writes; readers validate */
+  _Atomic int32_t status;      /* atp_status_t */
+  uint16_t id_len, order_ref_len, channel_len, customer_id_len; /* immutable */
+  _Atomic uint16_t order_id_len; /* set once at commit, after the bytes */
+  uint64_t content_hash;       /* of the creating request */
+  int64_t created_at_ms;
+  _Atomic int64_t expires_at_ms;
+  _Atomic int64_t ttl_ms;
+  _Atomic int64_t ended_at_ms;
+  _Atomic uint32_t line_count;
+  uint32_t line_cap;           /* under lock */
+  _Atomic(atp_rline_t *) lines; /* inline_lines or a heap array */
+  atp_rline_t inline_lines[ATP_RLINES_INLINE];
+  char *text;                  /* id, order_ref, channel, customer_id, order_id */
+  char inline_text[ATP_RTEXT_INLINE];
+  /* timer wheel, ticker only */
+  uint32_t wheel_prev, wheel_next; /* wheel refs, 0 = none */
+  int64_t wheel_due_ms;            /* ATP_TIME_NONE when not in the wheel */
+  /* inbox to the ticker */
+  _Atomic uint32_t inbox_next;
+  _Atomic uint32_t inbox_queued;
+} atp_rrec_t;
+
+/* Offsets of the strings in rrec->text. */
+static inline const char *atp_rrec_id(const atp_rrec_t *r) { return r->text; }
+static inline const char *atp_rrec_order_ref(const atp_rrec_t *r) { return r->text + r->id_len; }
+static inline const char *atp_rrec_channel(const atp_rrec_t *r) {
+  return r->text + r->id_len + r->order_ref_len;
+}
+static inline const char *atp_rrec_customer(const atp_rrec_t *r) {
+  return r->text + r->id_len + r->order_ref_len + r->channel_len;
+}
+static inline char *atp_rrec_order_id(atp_rrec_t *r) {
+  return r->text + r->id_len + r->order_ref_len + r->channel_len + r->customer_id_len;
+}
+
+/* --- idempotency records --------------------------------------------------- */
+
+#define ATP_IDEM_APPLIED 1u
+#define ATP_IDEM_ABSORBED 2u
+#define ATP_IDEM_STALE 4u
+#define ATP_IDEM_APPROXIMATE 8u
+
+typedef struct {
+  uint8_t kind;                /* atp_idem_kind_t */
+  uint8_t id_len;
+  uint8_t resid_len;
+  uint32_t flags;
+  uint64_t content_hash;
+  int64_t created_at_ms;
+  uint32_t pos;                /* adjust, count: the position */
+  atp_position_t outcome;      /* strings not kept: filled from pos on read */
+  char text[2 * ATP_ID_BYTES_MAX]; /* id, then reservation id */
+  uint32_t wheel_prev, wheel_next;
+  int64_t wheel_due_ms;
+  _Atomic uint32_t inbox_next;
+  _Atomic uint32_t inbox_queued;
+} atp_irec_t;
+
+/* --- timer wheel (expiry.c) ------------------------------------------------- */
+
+#define ATP_WHEEL_LEVELS 4
+#define ATP_WHEEL_SLOTS 256
+#define ATP_WHEEL_TICK_MS 64
+
+/* A wheel ref names a record: reservation index+1, or idempotency index+1 with
+ * the top bit set. 0 is none. */
+#define ATP_REF_IDEM 0x80000000u
+
+typedef struct {
+  uint32_t slots[ATP_WHEEL_LEVELS][ATP_WHEEL_SLOTS]; /* list heads (refs) */
+  int64_t now_tick;        /* every slot up to this tick has been processed */
+  bool started;
+  _Atomic uint32_t inbox;  /* Treiber stack of refs to (re)file */
+} atp_wheel_t;
+
+/* --- retired memory --------------------------------------------------------- */
+
+typedef struct atp_retired {
+  struct atp_retired *next;
+  void *ptr;
+  uint64_t tick;
+  int64_t mono_ns;
+} atp_retired_t;
+
+/* --- the engine -------------------------------------------------------------- */
+
+struct atp_engine {
+  atp_engine_config_t config;
+
+  pthread_mutex_t create_lock; /* creating positions, strings, groups */
+
+  /* interned strings */
+  atp_intern_t **interns;      /* id -> string; ids dense from 0 */
+  _Atomic uint32_t intern_count;
+  uint32_t intern_max;
+  _Atomic uint32_t *intern_index; /* open addressing: id+1 */
+  uint32_t intern_mask;
+
+  /* positions */
+  atp_pos_t *positions;
+  _Atomic uint32_t position_count;
+  _Atomic uint32_t *position_index; /* open addressing: index+1 */
+  uint32_t position_mask;
+
+  /* groups */
+  atp_group_slot_t *groups;
+  _Atomic uint32_t group_count;
+  _Atomic uint32_t *group_index;  /* open addressing: slot+1 */
+  uint32_t group_mask;
+
+  /* reservations and idempotency */
+  atp_keyed_t rtable;
+  atp_rrec_t *rrecs;
+  atp_keyed_t itable;
+  atp_irec_t *irecs;
+
+  /* ticker */
+  atp_wheel_t wheel;
+  uint64_t tick_count;
+  _Atomic(atp_retired_t *) retired;   /* pushed by any thread */
+  atp_retired_t *retired_waiting;    /* ticker only */
+
+  /* stats */
+  _Atomic uint64_t expirations;
+  _Atomic int64_t status_count[5];
+};
+
+/* engine.c */
+int64_t atp_now(const atp_engine_t *e);
+int64_t atp_mono_ns(void);
+bool atp_id_valid(atp_str_t s);
+uint32_t atp_intern_find(const atp_engine_t *e, atp_str_t s, uint64_t hash);
+atp_str_t atp_intern_str(const atp_engine_t *e, uint32_t id);
+/* index of the position or UINT32_MAX */
+uint32_t atp_pos_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
+                      uint32_t location_id);
+uint32_t atp_pos_find_str(const atp_engine_t *e, atp_str_t sku, atp_str_t location);
+int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
+                           uint32_t *out);
+void atp_pos_read(const atp_engine_t *e, uint32_t idx, atp_position_t *out);
+uint64_t atp_pos_begin(atp_pos_t *p);
+uint64_t atp_pos_end(atp_pos_t *p, bool changed); /* returns version after */
+void atp_pos_lock(atp_pos_t *p);
+void atp_pos_unlock(atp_pos_t *p);
+/* reserve qty: CAS on free; true when granted. version gets the new version. */
+bool atp_pos_take(atp_pos_t *p, int64_t qty, bool committed, uint64_t *version);
+/* give back units taken by atp_pos_take (reserved or committed) */
+uint64_t atp_pos_give(atp_pos_t *p, int64_t qty, bool committed);
+/* move held units to committed */
+uint64_t atp_pos_commit(atp_pos_t *p, int64_t qty);
+/* fulfil: on_hand and committed drop; caller holds the position lock */
+uint64_t atp_pos_fulfil(atp_engine_t *e, atp_pos_t *p, int64_t qty, int64_t now_ms);
+void atp_change_position(const atp_engine_t *e, atp_change_t *c, atp_cause_t cause,
+                         atp_str_t cause_id, uint32_t pos, int64_t d_on_hand,
+                         int64_t d_reserved, int64_t d_committed, uint64_t version);
+void atp_emit(const atp_engine_t *e, const atp_change_t *records, uint32_t count);
+void atp_retire(atp_engine_t *e, void *ptr);
+/* thread-local scratch for change records and reservation views */
+atp_change_t *atp_scratch_changes(uint32_t *cap);
+atp_reservation_t *atp_scratch_view(void);
+void atp_result_set(atp_result_t *r, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int atp_group_resolve(const atp_engine_t *e, atp_str_t name,
+                      const atp_group_version_t **out);
+
+/* reservations.c */
+int atp_reservations_init(atp_engine_t *e);
+void atp_reservations_destroy(atp_engine_t *e);
+void atp_rrec_view(const atp_engine_t *e, uint32_t idx, atp_reservation_t *out);
+/* ticker: expire record idx if due; returns true if it expired */
+bool atp_rrec_expire(atp_engine_t *e, uint32_t idx, int64_t now_ms);
+int atp_reservation_apply(atp_engine_t *e, const atp_change_t *c);
+
+/* idempotency.c */
+int atp_idem_init(atp_engine_t *e);
+void atp_idem_destroy(atp_engine_t *e);
+/* Claims (kind, id). 0: claimed, *idx is a PENDING record the caller must
+ * finish with atp_idem_done or atp_idem_fail. 1: an earlier call with the same
+ * content finished: *idx is its record. ATP_EIDEMPOTENCY, ATP_EFULL. */
+int atp_idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
+                   uint64_t content_hash, uint32_t *idx, atp_result_t *result);
+void atp_idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
+                   const atp_position_t *outcome, atp_str_t reservation_id,
+                   atp_change_t *record);
+void atp_idem_fail(atp_engine_t *e, uint32_t idx);
+int atp_idem_apply(atp_engine_t *e, const atp_change_t *c);
+
+/* expiry.c */
+void atp_wheel_enqueue_res(atp_engine_t *e, uint32_t idx);
+void atp_wheel_enqueue_idem(atp_engine_t *e, uint32_t idx);
+
+/* content hashing for idempotency */
+static inline uint64_t atp_hash_str(uint64_t h, atp_str_t s) {
+  return atp_hash_mix(h, atp_hash_bytes(s.ptr, s.len) ^ s.len);
+}
+static inline uint64_t atp_hash_int(uint64_t h, int64_t v) {
+  return atp_hash_mix(h, (uint64_t)v);
+}
+
+#endif

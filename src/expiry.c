@@ -1,0 +1,273 @@
+/* expiry.c - the ticker: a hierarchical timer wheel for reservation expiry and
+ * for purging ended reservations and idempotency ids past their retention.
+ *
+ * Four levels of 256 slots of 64 ms ticks (16 s, 70 min, 12 days, 8.7 years).
+ * A record sits in at most one slot; cascading moves it down a level as its
+ * time approaches, so each record is touched a bounded number of times and a
+ * tick costs the work due plus at most four slot cascades, whatever the number
+ * of live reservations.
+ *
+ * The wheel belongs to the one thread that calls atp_engine_tick. Other threads
+ * never touch it: they push the record onto an inbox (a Treiber stack drained
+ * whole by the ticker with one exchange, so it has no ABA problem), and the
+ * ticker decides from the record's current state where it belongs. A flag per
+ * record keeps it on the inbox at most once.
+ */
+#include <string.h>
+
+#include "atp/memory.h"
+#include "engine_internal.h"
+
+#define HEAD_FLAG 0x40000000u /* wheel_prev of a list head: HEAD_FLAG | slot */
+#define SLOT_BITS 8
+#define JUMP_REBUILD_TICKS (1LL << 24)
+
+static uint32_t *node_prev(atp_engine_t *e, uint32_t ref) {
+  return ref & ATP_REF_IDEM ? &e->irecs[(ref & ~ATP_REF_IDEM) - 1].wheel_prev
+                            : &e->rrecs[ref - 1].wheel_prev;
+}
+static uint32_t *node_next(atp_engine_t *e, uint32_t ref) {
+  return ref & ATP_REF_IDEM ? &e->irecs[(ref & ~ATP_REF_IDEM) - 1].wheel_next
+                            : &e->rrecs[ref - 1].wheel_next;
+}
+static int64_t *node_due(atp_engine_t *e, uint32_t ref) {
+  return ref & ATP_REF_IDEM ? &e->irecs[(ref & ~ATP_REF_IDEM) - 1].wheel_due_ms
+                            : &e->rrecs[ref - 1].wheel_due_ms;
+}
+
+static void inbox_push(atp_engine_t *e, uint32_t ref, _Atomic uint32_t *queued,
+                       _Atomic uint32_t *link) {
+  if (atomic_exchange_explicit(queued, 1, memory_order_acq_rel)) return;
+  uint32_t head = atomic_load_explicit(&e->wheel.inbox, memory_order_relaxed);
+  do {
+    atomic_store_explicit(link, head, memory_order_relaxed);
+  } while (!atomic_compare_exchange_weak_explicit(&e->wheel.inbox, &head, ref,
+                                                  memory_order_release, memory_order_relaxed));
+}
+
+void atp_wheel_enqueue_res(atp_engine_t *e, uint32_t idx) {
+  atp_rrec_t *r = &e->rrecs[idx];
+  inbox_push(e, idx + 1, &r->inbox_queued, &r->inbox_next);
+}
+
+void atp_wheel_enqueue_idem(atp_engine_t *e, uint32_t idx) {
+  atp_irec_t *r = &e->irecs[idx];
+  inbox_push(e, (idx + 1) | ATP_REF_IDEM, &r->inbox_queued, &r->inbox_next);
+}
+
+static void wheel_unlink(atp_engine_t *e, uint32_t ref) {
+  int64_t *due = node_due(e, ref);
+  if (*due == ATP_TIME_NONE) return;
+  uint32_t prev = *node_prev(e, ref), next = *node_next(e, ref);
+  if (prev & HEAD_FLAG) {
+    uint32_t slot = prev & ~HEAD_FLAG;
+    e->wheel.slots[slot >> SLOT_BITS][slot & (ATP_WHEEL_SLOTS - 1)] = next;
+  } else {
+    *node_next(e, prev) = next;
+  }
+  if (next) *node_prev(e, next) = prev;
+  *due = ATP_TIME_NONE;
+}
+
+static void wheel_insert(atp_engine_t *e, uint32_t ref, int64_t due_ms) {
+  ATP_ASSERT(*node_due(e, ref) == ATP_TIME_NONE);
+  atp_wheel_t *w = &e->wheel;
+  int64_t due_tick = due_ms / ATP_WHEEL_TICK_MS + (due_ms % ATP_WHEEL_TICK_MS != 0);
+  if (due_tick <= w->now_tick) due_tick = w->now_tick + 1;
+  int64_t delta = due_tick - w->now_tick;
+  uint32_t level = 0;
+  while (level < ATP_WHEEL_LEVELS - 1 && delta >= (1LL << (SLOT_BITS * (level + 1)))) level++;
+  if (delta >= (1LL << (SLOT_BITS * ATP_WHEEL_LEVELS)))
+    due_tick = w->now_tick + (1LL << (SLOT_BITS * ATP_WHEEL_LEVELS)) - 1; /* re-filed later */
+  uint32_t index = (uint32_t)(due_tick >> (SLOT_BITS * level)) & (ATP_WHEEL_SLOTS - 1);
+  uint32_t slot = level << SLOT_BITS | index;
+  uint32_t head = w->slots[level][index];
+  *node_prev(e, ref) = HEAD_FLAG | slot;
+  *node_next(e, ref) = head;
+  if (head) *node_prev(e, head) = ref;
+  w->slots[level][index] = ref;
+  *node_due(e, ref) = due_ms;
+}
+
+/* Where a record belongs now: its due time, or ATP_TIME_NONE for nowhere. */
+static int64_t record_due(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
+  if (ref & ATP_REF_IDEM) {
+    uint32_t idx = (ref & ~ATP_REF_IDEM) - 1;
+    uint32_t st = atomic_load_explicit(&e->itable.state[idx], memory_order_acquire);
+    if (st == ATP_REC_DEAD) return now_ms;
+    if (st != ATP_REC_LIVE) return ATP_TIME_NONE;
+    return e->irecs[idx].created_at_ms + e->config.idempotency_ttl_ms;
+  }
+  uint32_t idx = ref - 1;
+  uint32_t st = atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire);
+  if (st == ATP_REC_DEAD) return now_ms;
+  if (st != ATP_REC_LIVE) return ATP_TIME_NONE;
+  atp_rrec_t *r = &e->rrecs[idx];
+  int status = atomic_load_explicit(&r->status, memory_order_acquire);
+  if (status == ATP_STATUS_HELD) return atomic_load_explicit(&r->expires_at_ms, memory_order_acquire);
+  if (status == ATP_STATUS_COMMITTED) return ATP_TIME_NONE;
+  return atomic_load_explicit(&r->ended_at_ms, memory_order_acquire) + e->config.ended_ttl_ms;
+}
+
+static void refile(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
+  wheel_unlink(e, ref);
+  int64_t due = record_due(e, ref, now_ms);
+  if (due != ATP_TIME_NONE) wheel_insert(e, ref, due);
+}
+
+/* Frees what a reservation record owns beyond itself, then unlinks it. */
+static void purge(atp_engine_t *e, uint32_t ref) {
+  if (ref & ATP_REF_IDEM) {
+    atp_keyed_retire(&e->itable, (ref & ~ATP_REF_IDEM) - 1, e->tick_count);
+    return;
+  }
+  uint32_t idx = ref - 1;
+  atp_rrec_t *r = &e->rrecs[idx];
+  if (atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire) == ATP_REC_LIVE) {
+    int status = atomic_load_explicit(&r->status, memory_order_acquire);
+    atomic_fetch_sub_explicit(&e->status_count[status], 1, memory_order_relaxed);
+  }
+  /* Readers may still copy from these: they are freed after the grace period,
+   * like the record itself is reused only after it. */
+  if (r->text && r->text != r->inline_text) atp_retire(e, r->text);
+  atp_rline_t *lines = atomic_load_explicit(&r->lines, memory_order_relaxed);
+  if (lines && lines != r->inline_lines) atp_retire(e, lines);
+  atomic_store_explicit(&r->lines, r->inline_lines, memory_order_relaxed);
+  atomic_store_explicit(&r->line_count, 0, memory_order_relaxed);
+  atp_keyed_retire(&e->rtable, idx, e->tick_count);
+}
+
+/* A record's time came: expire it, purge it, or file it again. */
+static uint32_t fire(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
+  int64_t due = record_due(e, ref, now_ms);
+  if (due == ATP_TIME_NONE) return 0;
+  if (due > now_ms) {
+    wheel_insert(e, ref, due);
+    return 0;
+  }
+  if (!(ref & ATP_REF_IDEM) &&
+      atomic_load_explicit(&e->rtable.state[ref - 1], memory_order_acquire) == ATP_REC_LIVE &&
+      atomic_load_explicit(&e->rrecs[ref - 1].status, memory_order_acquire) == ATP_STATUS_HELD) {
+    uint32_t expired = atp_rrec_expire(e, ref - 1, now_ms) ? 1 : 0;
+    due = record_due(e, ref, now_ms);
+    if (due != ATP_TIME_NONE) wheel_insert(e, ref, due);
+    return expired;
+  }
+  purge(e, ref);
+  return 0;
+}
+
+static uint32_t take_slot(atp_engine_t *e, uint32_t level, uint32_t index) {
+  uint32_t list = e->wheel.slots[level][index];
+  e->wheel.slots[level][index] = 0;
+  return list;
+}
+
+static uint32_t run_list(atp_engine_t *e, uint32_t list, int64_t now_ms, bool fire_due) {
+  uint32_t expired = 0;
+  while (list) {
+    uint32_t ref = list;
+    list = *node_next(e, ref);
+    *node_due(e, ref) = ATP_TIME_NONE; /* detached with its whole list */
+    if (fire_due) {
+      expired += fire(e, ref, now_ms);
+    } else {
+      int64_t due = record_due(e, ref, now_ms);
+      if (due != ATP_TIME_NONE) wheel_insert(e, ref, due);
+    }
+  }
+  return expired;
+}
+
+static uint32_t advance(atp_engine_t *e, int64_t target_tick, int64_t now_ms) {
+  atp_wheel_t *w = &e->wheel;
+  uint32_t expired = 0;
+  if (target_tick - w->now_tick > JUMP_REBUILD_TICKS) {
+    /* The clock jumped (tests, a suspended VM): take everything out and file
+     * it again from the new time instead of walking every tick between. */
+    uint32_t all = 0;
+    for (uint32_t l = 0; l < ATP_WHEEL_LEVELS; l++) {
+      for (uint32_t i = 0; i < ATP_WHEEL_SLOTS; i++) {
+        uint32_t list = take_slot(e, l, i);
+        while (list) {
+          uint32_t ref = list;
+          list = *node_next(e, ref);
+          *node_next(e, ref) = all;
+          all = ref;
+        }
+      }
+    }
+    w->now_tick = target_tick;
+    return run_list(e, all, now_ms, true);
+  }
+  while (w->now_tick < target_tick) {
+    int64_t t = ++w->now_tick;
+    for (uint32_t l = ATP_WHEEL_LEVELS - 1; l > 0; l--) {
+      /* level l cascades when every lower level's index wrapped to 0 */
+      if ((t & ((1LL << (SLOT_BITS * l)) - 1)) == 0) {
+        uint32_t index = (uint32_t)(t >> (SLOT_BITS * l)) & (ATP_WHEEL_SLOTS - 1);
+        run_list(e, take_slot(e, l, index), now_ms, false);
+      }
+    }
+    expired += run_list(e, take_slot(e, 0, (uint32_t)t & (ATP_WHEEL_SLOTS - 1)), now_ms, true);
+  }
+  return expired;
+}
+
+static void reclaim_retired(atp_engine_t *e) {
+  int64_t now_ns = atp_mono_ns();
+  atp_retired_t *fresh = atomic_exchange_explicit(&e->retired, NULL, memory_order_acquire);
+  while (fresh) {
+    atp_retired_t *r = fresh;
+    fresh = r->next;
+    r->tick = e->tick_count;
+    r->mono_ns = now_ns;
+    r->next = e->retired_waiting;
+    e->retired_waiting = r;
+  }
+  for (atp_retired_t **p = &e->retired_waiting; *p;) {
+    atp_retired_t *r = *p;
+    if (r->tick + 20 <= e->tick_count && r->mono_ns + 1000000000LL <= now_ns) {
+      *p = r->next;
+      atp_free(r->ptr);
+      atp_free(r);
+    } else {
+      p = &r->next;
+    }
+  }
+}
+
+uint32_t atp_engine_tick(atp_engine_t *e) {
+  int64_t now_ms = atp_now(e);
+  int64_t target = now_ms / ATP_WHEEL_TICK_MS;
+  atp_wheel_t *w = &e->wheel;
+  e->tick_count++;
+  if (!w->started) {
+    w->now_tick = target;
+    w->started = true;
+  }
+  /* First file what changed since the last tick, then run the slots due. */
+  uint32_t list = atomic_exchange_explicit(&w->inbox, 0, memory_order_acquire);
+  while (list) {
+    uint32_t ref = list;
+    _Atomic uint32_t *link, *queued;
+    if (ref & ATP_REF_IDEM) {
+      atp_irec_t *r = &e->irecs[(ref & ~ATP_REF_IDEM) - 1];
+      link = &r->inbox_next;
+      queued = &r->inbox_queued;
+    } else {
+      atp_rrec_t *r = &e->rrecs[ref - 1];
+      link = &r->inbox_next;
+      queued = &r->inbox_queued;
+    }
+    list = atomic_load_explicit(link, memory_order_relaxed);
+    /* Cleared before the state is read: a change after this re-queues it. */
+    atomic_store_explicit(queued, 0, memory_order_seq_cst);
+    refile(e, ref, now_ms);
+  }
+  uint32_t expired = target > w->now_tick ? advance(e, target, now_ms) : 0;
+  atp_keyed_reclaim(&e->rtable, e->tick_count);
+  atp_keyed_reclaim(&e->itable, e->tick_count);
+  reclaim_retired(e);
+  return expired;
+}

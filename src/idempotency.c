@@ -1,0 +1,175 @@
+/* idempotency.c - remembered client ids of adjustments, counts, fulfilments
+ * and amendments, with their outcomes (CONTRACT.md section 5, "Idempotency
+ * everywhere"). Reservation ids are remembered by their own records.
+ *
+ * A call first claims its (kind, id): it pushes a PENDING record on the id's
+ * chain, then looks below it for an older record with the same key. An older
+ * LIVE one means the id was used: same content is a replay, other content a
+ * mismatch, and the new record turns DEAD. An older PENDING one is a concurrent
+ * duplicate still running: wait for it (a duplicate request waits for its twin,
+ * never for an unrelated one). A call that fails after claiming marks its
+ * record DEAD so that the id stays free: a refused request leaves no trace.
+ * The ticker purges records idempotency_ttl_ms after creation.
+ */
+#include <sched.h>
+#include <string.h>
+
+#include "atp/memory.h"
+#include "engine_internal.h"
+
+int atp_idem_init(atp_engine_t *e) {
+  ATP_ASSERT(e->config.idempotency_max < (1u << 30));
+  e->irecs = atp_calloc(e->config.idempotency_max, sizeof *e->irecs);
+  if (!e->irecs) return ATP_ENOMEM;
+  return atp_keyed_init(&e->itable, e->config.idempotency_max);
+}
+
+void atp_idem_destroy(atp_engine_t *e) {
+  atp_keyed_destroy(&e->itable);
+  atp_free(e->irecs);
+  e->irecs = NULL;
+}
+
+static uint64_t idem_hash(atp_idem_kind_t kind, atp_str_t id) {
+  return atp_hash_mix(atp_hash_bytes(id.ptr, id.len), (uint64_t)kind);
+}
+
+static bool idem_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash,
+                          atp_idem_kind_t kind, atp_str_t id) {
+  const atp_irec_t *r = &e->irecs[idx];
+  return e->itable.hash[idx] == hash && r->kind == kind && r->id_len == id.len &&
+         memcmp(r->text, id.ptr, id.len) == 0;
+}
+
+/* Walks the chain from v (index+1) for a record with the key, skipping DEAD
+ * ones and waiting out PENDING ones. Returns the LIVE record or UINT32_MAX. */
+static uint32_t idem_find_from(atp_engine_t *e, uint32_t v, uint64_t hash,
+                               atp_idem_kind_t kind, atp_str_t id) {
+  for (; v; v = atomic_load_explicit(&e->itable.next[v - 1], memory_order_acquire)) {
+    uint32_t idx = v - 1;
+    uint32_t st = atomic_load_explicit(&e->itable.state[idx], memory_order_acquire);
+    if (st == ATP_REC_FREE || st == ATP_REC_DEAD || !idem_same_key(e, idx, hash, kind, id))
+      continue;
+    while (st == ATP_REC_PENDING) {
+      sched_yield();
+      st = atomic_load_explicit(&e->itable.state[idx], memory_order_acquire);
+    }
+    if (st == ATP_REC_LIVE) return idx;
+  }
+  return UINT32_MAX;
+}
+
+static int idem_existing(atp_engine_t *e, uint32_t found, uint64_t content_hash,
+                         uint32_t *idx, atp_result_t *result) {
+  if (e->irecs[found].content_hash != content_hash) {
+    atp_result_set(result, "id", "this id was already used with different content");
+    return ATP_EIDEMPOTENCY;
+  }
+  *idx = found;
+  return 1;
+}
+
+int atp_idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
+                   uint64_t content_hash, uint32_t *idx, atp_result_t *result) {
+  uint64_t hash = idem_hash(kind, id);
+  uint32_t found = idem_find_from(e, atp_keyed_head(&e->itable, hash), hash, kind, id);
+  if (found != UINT32_MAX) return idem_existing(e, found, content_hash, idx, result);
+  uint32_t mine = atp_keyed_alloc(&e->itable);
+  if (mine == UINT32_MAX) {
+    atp_result_set(result, "", "the idempotency id store is full; retry later");
+    return ATP_EFULL;
+  }
+  atp_irec_t *r = &e->irecs[mine];
+  r->kind = (uint8_t)kind;
+  r->id_len = (uint8_t)id.len;
+  r->resid_len = 0;
+  memcpy(r->text, id.ptr, id.len);
+  r->content_hash = content_hash;
+  r->created_at_ms = atp_now(e);
+  r->flags = 0;
+  r->wheel_prev = r->wheel_next = 0;
+  r->wheel_due_ms = ATP_TIME_NONE;
+  e->itable.hash[mine] = hash;
+  atomic_store_explicit(&e->itable.state[mine], ATP_REC_PENDING, memory_order_relaxed);
+  atp_keyed_push(&e->itable, mine);
+  /* Anything older with this key, below ours in the chain, wins. */
+  found = idem_find_from(e, atomic_load_explicit(&e->itable.next[mine], memory_order_acquire),
+                         hash, kind, id);
+  if (found != UINT32_MAX) {
+    atp_idem_fail(e, mine);
+    return idem_existing(e, found, content_hash, idx, result);
+  }
+  *idx = mine;
+  return 0;
+}
+
+void atp_idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
+                   const atp_position_t *outcome, atp_str_t reservation_id,
+                   atp_change_t *record) {
+  atp_irec_t *r = &e->irecs[idx];
+  r->flags = flags;
+  r->pos = pos;
+  if (outcome) r->outcome = *outcome;
+  else memset(&r->outcome, 0, sizeof r->outcome);
+  r->outcome.sku = r->outcome.location = (atp_str_t){NULL, 0};
+  r->resid_len = (uint8_t)reservation_id.len;
+  if (reservation_id.len) memcpy(r->text + r->id_len, reservation_id.ptr, reservation_id.len);
+  /* release: whoever sees LIVE sees the outcome. */
+  atomic_store_explicit(&e->itable.state[idx], ATP_REC_LIVE, memory_order_release);
+  if (record) {
+    memset(record, 0, sizeof *record);
+    record->kind = ATP_CHANGE_IDEMPOTENCY;
+    record->cause_id = (atp_str_t){r->text, r->id_len};
+    record->at_ms = r->created_at_ms;
+    record->u.idem.kind = (atp_idem_kind_t)r->kind;
+    record->u.idem.id = (atp_str_t){r->text, r->id_len};
+    record->u.idem.content_hash = r->content_hash;
+    record->u.idem.created_at_ms = r->created_at_ms;
+    record->u.idem.flags = flags;
+    if (outcome) record->u.idem.position = *outcome;
+    record->u.idem.reservation_id = (atp_str_t){r->text + r->id_len, r->resid_len};
+    switch (r->kind) {
+      case ATP_IDEM_ADJUST: record->cause = ATP_CAUSE_ADJUST; break;
+      case ATP_IDEM_COUNT: record->cause = ATP_CAUSE_COUNT; break;
+      case ATP_IDEM_FULFIL: record->cause = ATP_CAUSE_FULFIL; break;
+      default: record->cause = ATP_CAUSE_AMEND; break;
+    }
+  }
+  atp_wheel_enqueue_idem(e, idx);
+}
+
+void atp_idem_fail(atp_engine_t *e, uint32_t idx) {
+  atomic_store_explicit(&e->itable.state[idx], ATP_REC_DEAD, memory_order_release);
+  atp_wheel_enqueue_idem(e, idx);
+}
+
+/* Replay: remember the id as LIVE with its outcome. Single-threaded. */
+int atp_idem_apply(atp_engine_t *e, const atp_change_t *c) {
+  const atp_change_idem_t *in = &c->u.idem;
+  if (!atp_id_valid(in->id) || in->reservation_id.len > ATP_ID_BYTES_MAX) return ATP_EBADREQ;
+  uint64_t hash = idem_hash(in->kind, in->id);
+  uint32_t idx = idem_find_from(e, atp_keyed_head(&e->itable, hash), hash, in->kind, in->id);
+  if (idx == UINT32_MAX) {
+    idx = atp_keyed_alloc(&e->itable);
+    if (idx == UINT32_MAX) return ATP_EFULL;
+    atp_irec_t *r = &e->irecs[idx];
+    r->kind = (uint8_t)in->kind;
+    r->id_len = (uint8_t)in->id.len;
+    memcpy(r->text, in->id.ptr, in->id.len);
+    r->wheel_prev = r->wheel_next = 0;
+    r->wheel_due_ms = ATP_TIME_NONE;
+    e->itable.hash[idx] = hash;
+    atomic_store(&e->itable.state[idx], ATP_REC_PENDING);
+    atp_keyed_push(&e->itable, idx);
+  }
+  atp_irec_t *r = &e->irecs[idx];
+  r->content_hash = in->content_hash;
+  r->created_at_ms = in->created_at_ms;
+  uint32_t pos = 0;
+  if (in->kind == ATP_IDEM_ADJUST || in->kind == ATP_IDEM_COUNT) {
+    int rc = atp_pos_find_or_create(e, in->position.sku, in->position.location, &pos);
+    if (rc) return rc;
+  }
+  atp_idem_done(e, idx, in->flags, pos, &in->position, in->reservation_id, NULL);
+  return 0;
+}

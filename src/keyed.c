@@ -1,0 +1,136 @@
+/* keyed.c - lock-free keyed record tables: a fixed pool of records and a hash
+ * table of chains through them (see engine_internal.h).
+ *
+ * Allocation pops a tagged Treiber stack of recycled records, or bumps a
+ * counter into never-used ones. The tag (the top 32 bits of the head word)
+ * changes on every pop and push, so a pop that raced with a pop and a push of
+ * the same record fails its CAS instead of corrupting the stack (ABA).
+ *
+ * Chains: a record is pushed at its bucket's head with CAS. Only the ticker
+ * thread unlinks, so an unlink never races with another unlink; it races only
+ * with pushes, which change nothing but the head. A reader walking a chain
+ * may stand on a record while it is unlinked: the record keeps its next link
+ * and is not reused before the grace period in atp_keyed_reclaim.
+ */
+#include <string.h>
+
+#include "atp/memory.h"
+#include "engine_internal.h"
+
+/* A record is recycled only after both many ticks (100 ms each in the server)
+ * and this much wall time have passed since it was unlinked. */
+#define GRACE_TICKS 20
+#define GRACE_NS 1000000000LL
+
+int atp_keyed_init(atp_keyed_t *t, uint32_t capacity) {
+  memset(t, 0, sizeof *t);
+  uint64_t buckets = 16;
+  while (buckets < capacity) buckets <<= 1;
+  t->bucket_mask = (uint32_t)buckets - 1;
+  t->capacity = capacity;
+  t->heads = atp_calloc(buckets, sizeof *t->heads);
+  t->next = atp_calloc(capacity, sizeof *t->next);
+  t->state = atp_calloc(capacity, sizeof *t->state);
+  t->hash = atp_calloc(capacity, sizeof *t->hash);
+  t->free_next = atp_calloc(capacity, sizeof *t->free_next);
+  t->limbo_tick = atp_calloc(capacity, sizeof *t->limbo_tick);
+  t->limbo_mono_ns = atp_calloc(capacity, sizeof *t->limbo_mono_ns);
+  if (!t->heads || !t->next || !t->state || !t->hash || !t->free_next || !t->limbo_tick ||
+      !t->limbo_mono_ns)
+    return ATP_ENOMEM;
+  return 0;
+}
+
+void atp_keyed_destroy(atp_keyed_t *t) {
+  atp_free(t->heads);
+  atp_free(t->next);
+  atp_free(t->state);
+  atp_free(t->hash);
+  atp_free(t->free_next);
+  atp_free(t->limbo_tick);
+  atp_free(t->limbo_mono_ns);
+  memset(t, 0, sizeof *t);
+}
+
+uint32_t atp_keyed_alloc(atp_keyed_t *t) {
+  uint64_t head = atomic_load_explicit(&t->free_head, memory_order_acquire);
+  while ((uint32_t)head) {
+    uint32_t idx = (uint32_t)head - 1;
+    uint32_t next = atomic_load_explicit(&t->free_next[idx], memory_order_relaxed);
+    uint64_t want = ((head >> 32) + 1) << 32 | next;
+    if (atomic_compare_exchange_weak_explicit(&t->free_head, &head, want,
+                                              memory_order_acq_rel, memory_order_acquire)) {
+      atomic_fetch_add_explicit(&t->live, 1, memory_order_relaxed);
+      return idx;
+    }
+  }
+  uint32_t idx = atomic_load_explicit(&t->bump, memory_order_relaxed);
+  while (idx < t->capacity) {
+    if (atomic_compare_exchange_weak_explicit(&t->bump, &idx, idx + 1, memory_order_relaxed,
+                                              memory_order_relaxed)) {
+      atomic_fetch_add_explicit(&t->live, 1, memory_order_relaxed);
+      return idx;
+    }
+  }
+  return UINT32_MAX;
+}
+
+void atp_keyed_push(atp_keyed_t *t, uint32_t idx) {
+  _Atomic uint32_t *head = &t->heads[t->hash[idx] & t->bucket_mask];
+  uint32_t old = atomic_load_explicit(head, memory_order_relaxed);
+  do {
+    atomic_store_explicit(&t->next[idx], old, memory_order_relaxed);
+    /* release: a reader that loads the head sees the record's key and link. */
+  } while (!atomic_compare_exchange_weak_explicit(head, &old, idx + 1, memory_order_release,
+                                                  memory_order_relaxed));
+}
+
+void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick) {
+  _Atomic uint32_t *head = &t->heads[t->hash[idx] & t->bucket_mask];
+  uint32_t next = atomic_load_explicit(&t->next[idx], memory_order_acquire);
+  uint32_t expected = idx + 1;
+  if (!atomic_compare_exchange_strong_explicit(head, &expected, next, memory_order_acq_rel,
+                                               memory_order_acquire)) {
+    /* Not the head (a push came in front of it): find its predecessor. Only
+     * this thread unlinks, so the predecessor's link is stable. */
+    uint32_t prev = expected;
+    while (prev) {
+      uint32_t p_next = atomic_load_explicit(&t->next[prev - 1], memory_order_acquire);
+      if (p_next == idx + 1) {
+        atomic_store_explicit(&t->next[prev - 1], next, memory_order_release);
+        break;
+      }
+      prev = p_next;
+    }
+    ATP_ASSERT(prev != 0);
+  }
+  atomic_store_explicit(&t->state[idx], ATP_REC_FREE, memory_order_release);
+  atomic_fetch_sub_explicit(&t->live, 1, memory_order_relaxed);
+  t->limbo_tick[idx] = tick;
+  t->limbo_mono_ns[idx] = atp_mono_ns();
+  atomic_store_explicit(&t->free_next[idx], 0, memory_order_relaxed);
+  if (t->limbo_tail)
+    atomic_store_explicit(&t->free_next[t->limbo_tail - 1], idx + 1, memory_order_relaxed);
+  else
+    t->limbo_head = idx + 1;
+  t->limbo_tail = idx + 1;
+}
+
+void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick) {
+  int64_t now_ns = atp_mono_ns();
+  while (t->limbo_head) {
+    uint32_t idx = t->limbo_head - 1;
+    if (t->limbo_tick[idx] + GRACE_TICKS > tick || t->limbo_mono_ns[idx] + GRACE_NS > now_ns)
+      break; /* FIFO: everything behind it is younger */
+    t->limbo_head = atomic_load_explicit(&t->free_next[idx], memory_order_relaxed);
+    if (!t->limbo_head) t->limbo_tail = 0;
+    uint64_t head = atomic_load_explicit(&t->free_head, memory_order_acquire);
+    uint64_t want;
+    do {
+      atomic_store_explicit(&t->free_next[idx], (uint32_t)head, memory_order_relaxed);
+      want = ((head >> 32) + 1) << 32 | (idx + 1);
+    } while (!atomic_compare_exchange_weak_explicit(&t->free_head, &head, want,
+                                                    memory_order_acq_rel,
+                                                    memory_order_acquire));
+  }
+}

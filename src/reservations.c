@@ -1,0 +1,1001 @@
+/* reservations.c - checkout reservations: reserve, commit, release, extend,
+ * fulfil, amend, expire (CONTRACT.md section 4).
+ *
+ * A reservation's units are taken from each position's free word by CAS
+ * (atp_pos_take), line by line; when a later line cannot be filled the earlier
+ * ones are given back, so a refused reservation holds nothing. The record is
+ * claimed in the id table before any unit is taken, so two concurrent requests
+ * with one id never both hold stock: the older record in the chain wins and
+ * the other answers as a replay.
+ *
+ * Mutations of an existing reservation run under the record's own spin flag
+ * (never a shared lock) and emit their change records before releasing it, so
+ * the journal sees one reservation's records in the order they happened. They
+ * bump the record's rseq to odd while writing; readers copy the atomics and
+ * retry if rseq moved or was odd.
+ *
+ * Lock order: record flag, then a position's on-hand flag (fulfil). Nothing
+ * takes a record flag while holding a position flag.
+ */
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "atp/memory.h"
+#include "engine_internal.h"
+
+typedef struct {
+  uint32_t pos;
+  int64_t qty;
+  uint64_t version;
+} grant_t;
+
+typedef struct {
+  grant_t items[ATP_RESERVATION_POSITIONS_MAX];
+  uint32_t count;
+} grants_t;
+
+static _Thread_local grants_t *tl_grants;
+
+static grants_t *scratch_grants(void) {
+  if (!tl_grants) {
+    tl_grants = atp_malloc(sizeof *tl_grants);
+    ATP_ASSERT(tl_grants);
+  }
+  tl_grants->count = 0;
+  return tl_grants;
+}
+
+int atp_reservations_init(atp_engine_t *e) {
+  ATP_ASSERT(e->config.reservations_max < (1u << 30));
+  e->rrecs = atp_calloc(e->config.reservations_max, sizeof *e->rrecs);
+  if (!e->rrecs) return ATP_ENOMEM;
+  return atp_keyed_init(&e->rtable, e->config.reservations_max);
+}
+
+void atp_reservations_destroy(atp_engine_t *e) {
+  if (e->rrecs) {
+    uint32_t used = atomic_load(&e->rtable.bump);
+    for (uint32_t i = 0; i < used; i++) {
+      atp_rrec_t *r = &e->rrecs[i];
+      /* FREE records' memory went to the retired list at purge. */
+      if (atomic_load(&e->rtable.state[i]) == ATP_REC_FREE) continue;
+      atp_rline_t *lines = atomic_load(&r->lines);
+      if (lines && lines != r->inline_lines) atp_free(lines);
+      if (r->text && r->text != r->inline_text) atp_free(r->text);
+    }
+  }
+  atp_keyed_destroy(&e->rtable);
+  atp_free(e->rrecs);
+  e->rrecs = NULL;
+}
+
+/* --- record access ------------------------------------------------------------------ */
+
+static void rec_begin(atp_rrec_t *r) {
+  for (uint32_t spins = 0;; spins++) {
+    uint32_t expected = 0;
+    if (atomic_compare_exchange_weak_explicit(&r->lock, &expected, 1, memory_order_acquire,
+                                              memory_order_relaxed))
+      break;
+    if (spins > 128) sched_yield();
+  }
+  atomic_fetch_add_explicit(&r->rseq, 1, memory_order_acq_rel);
+}
+
+static void set_status(atp_engine_t *e, atp_rrec_t *r, atp_status_t to) {
+  int from = atomic_exchange_explicit(&r->status, (int32_t)to, memory_order_acq_rel);
+  atomic_fetch_sub_explicit(&e->status_count[from], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&e->status_count[to], 1, memory_order_relaxed);
+}
+
+static bool rec_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash, atp_str_t id) {
+  const atp_rrec_t *r = &e->rrecs[idx];
+  return e->rtable.hash[idx] == hash && r->id_len == id.len && r->text &&
+         memcmp(r->text, id.ptr, id.len) == 0;
+}
+
+/* The LIVE record with the id from chain position v on, waiting out a PENDING
+ * twin; UINT32_MAX if none. */
+static uint32_t rec_find_from(const atp_engine_t *e, uint32_t v, uint64_t hash, atp_str_t id) {
+  for (; v; v = atomic_load_explicit(&e->rtable.next[v - 1], memory_order_acquire)) {
+    uint32_t idx = v - 1;
+    uint32_t st = atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire);
+    if (st == ATP_REC_FREE || st == ATP_REC_DEAD || !rec_same_key(e, idx, hash, id)) continue;
+    while (st == ATP_REC_PENDING) {
+      sched_yield();
+      st = atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire);
+    }
+    if (st == ATP_REC_LIVE) return idx;
+  }
+  return UINT32_MAX;
+}
+
+static uint32_t rec_find(const atp_engine_t *e, atp_str_t id) {
+  uint64_t hash = atp_hash_bytes(id.ptr, id.len);
+  return rec_find_from(e, atp_keyed_head(&e->rtable, hash), hash, id);
+}
+
+static int64_t line_remaining(const atp_rline_t *l) {
+  return atomic_load_explicit(&l->qty, memory_order_acquire) -
+         atomic_load_explicit(&l->fulfilled, memory_order_acquire) -
+         atomic_load_explicit(&l->released, memory_order_acquire);
+}
+
+static void copy_text(atp_reservation_t *out, size_t *at, atp_str_t *dst, const char *src,
+                      uint32_t len) {
+  memcpy(out->text + *at, src, len);
+  out->text[*at + len] = '\0';
+  *dst = (atp_str_t){out->text + *at, len};
+  *at += len + 1;
+}
+
+void atp_rrec_view(const atp_engine_t *e, uint32_t idx, atp_reservation_t *out) {
+  atp_rrec_t *r = &e->rrecs[idx];
+  size_t at = 0;
+  copy_text(out, &at, &out->id, atp_rrec_id(r), r->id_len);
+  copy_text(out, &at, &out->order_ref, atp_rrec_order_ref(r), r->order_ref_len);
+  copy_text(out, &at, &out->channel, atp_rrec_channel(r), r->channel_len);
+  copy_text(out, &at, &out->customer_id, atp_rrec_customer(r), r->customer_id_len);
+  out->created_at_ms = r->created_at_ms;
+  out->replayed = false;
+  for (uint32_t attempt = 0;; attempt++) {
+    uint32_t s1 = atomic_load_explicit(&r->rseq, memory_order_acquire);
+    if (s1 & 1) {
+      sched_yield(); /* a mutation of this one reservation is mid-way */
+      continue;
+    }
+    out->status = (atp_status_t)atomic_load_explicit(&r->status, memory_order_acquire);
+    out->expires_at_ms = atomic_load_explicit(&r->expires_at_ms, memory_order_acquire);
+    out->ttl_ms = atomic_load_explicit(&r->ttl_ms, memory_order_acquire);
+    out->ended_at_ms = atomic_load_explicit(&r->ended_at_ms, memory_order_acquire);
+    uint16_t order_id_len = atomic_load_explicit(&r->order_id_len, memory_order_acquire);
+    uint32_t n = atomic_load_explicit(&r->line_count, memory_order_acquire);
+    const atp_rline_t *lines = atomic_load_explicit(&r->lines, memory_order_acquire);
+    for (uint32_t i = 0; i < n; i++) {
+      const atp_pos_t *p = &e->positions[lines[i].pos];
+      out->lines[i].sku = atp_intern_str(e, p->sku);
+      out->lines[i].location = atp_intern_str(e, p->location);
+      out->lines[i].qty = atomic_load_explicit(&lines[i].qty, memory_order_acquire);
+      out->lines[i].fulfilled = atomic_load_explicit(&lines[i].fulfilled, memory_order_acquire);
+      out->lines[i].released = atomic_load_explicit(&lines[i].released, memory_order_acquire);
+    }
+    out->line_count = n;
+    if (atomic_load_explicit(&r->rseq, memory_order_acquire) == s1) {
+      size_t order_at = at;
+      copy_text(out, &order_at, &out->order_id, atp_rrec_order_id(r), order_id_len);
+      return;
+    }
+  }
+}
+
+/* Change records for a mutation: positions first, then the reservation. */
+typedef struct {
+  atp_change_t *items;
+  uint32_t count, cap;
+} changes_t;
+
+static void changes_init(changes_t *c) { c->items = atp_scratch_changes(&c->cap), c->count = 0; }
+
+static void changes_pos(const atp_engine_t *e, changes_t *c, atp_cause_t cause, atp_str_t id,
+                        uint32_t pos, int64_t d_on_hand, int64_t d_reserved,
+                        int64_t d_committed, uint64_t version) {
+  if (!e->config.on_change) return;
+  ATP_ASSERT(c->count < c->cap);
+  atp_change_position(e, &c->items[c->count++], cause, id, pos, d_on_hand, d_reserved,
+                      d_committed, version);
+}
+
+/* Emits the collected records plus the reservation as it is now (view must
+ * hold it) and, if given, an idempotency record. */
+static void changes_emit(const atp_engine_t *e, changes_t *c, atp_cause_t cause,
+                         const atp_reservation_t *view, const atp_change_t *idem) {
+  if (!e->config.on_change) return;
+  ATP_ASSERT(c->count + 2 <= c->cap);
+  atp_change_t *rc = &c->items[c->count++];
+  memset(rc, 0, sizeof *rc);
+  rc->kind = ATP_CHANGE_RESERVATION;
+  rc->cause = cause;
+  rc->cause_id = view->id;
+  rc->at_ms = atp_now(e);
+  rc->u.reservation = view;
+  if (idem) c->items[c->count++] = *idem;
+  atp_emit(e, c->items, c->count);
+}
+
+static int conflict(const atp_rrec_t *r, atp_result_t *result, const char *what) {
+  int status = atomic_load_explicit(&r->status, memory_order_acquire);
+  result->status = status;
+  atp_result_set(result, "", "cannot %s a %s reservation", what,
+                 atp_status_name((atp_status_t)status));
+  return ATP_ECONFLICT;
+}
+
+/* --- granting lines ------------------------------------------------------------------- */
+
+static int64_t pos_available(const atp_engine_t *e, uint32_t pos) {
+  if (pos == UINT32_MAX) return 0;
+  int64_t f = atomic_load_explicit(&e->positions[pos].free, memory_order_acquire);
+  return f > 0 ? f : 0;
+}
+
+static int grant_add(grants_t *g, uint32_t pos, int64_t qty, uint64_t version) {
+  for (uint32_t i = 0; i < g->count; i++) {
+    if (g->items[i].pos == pos) {
+      g->items[i].qty += qty;
+      g->items[i].version = version;
+      return 0;
+    }
+  }
+  if (g->count == ATP_RESERVATION_POSITIONS_MAX) return ATP_EBADREQ;
+  g->items[g->count++] = (grant_t){pos, qty, version};
+  return 0;
+}
+
+static void shortfall_add(atp_shortfalls_t *sf, uint32_t line, const atp_line_req_t *l,
+                          int64_t available) {
+  if (!sf || sf->count >= ATP_RESERVATION_LINES_MAX) return;
+  sf->items[sf->count++] = (atp_shortfall_t){line, l->sku, l->location, l->group, l->qty,
+                                            available};
+}
+
+/* Takes one request line's units into g. 1: not fillable (shortfall noted);
+ * 0: taken; negative: an error (unknown group, too many positions). */
+static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t li,
+                      bool committed, grants_t *g, atp_shortfalls_t *sf, atp_result_t *result) {
+  uint64_t sku_hash = atp_hash_bytes(l->sku.ptr, l->sku.len);
+  uint64_t version;
+  if (l->location.len) {
+    uint32_t loc = atp_intern_find(e, l->location, atp_hash_bytes(l->location.ptr, l->location.len));
+    uint32_t pos = loc == UINT32_MAX ? UINT32_MAX : atp_pos_find(e, l->sku, sku_hash, loc);
+    if (pos != UINT32_MAX && atp_pos_take(&e->positions[pos], l->qty, committed, &version)) {
+      if (grant_add(g, pos, l->qty, version) == 0) return 0;
+      atp_pos_give(&e->positions[pos], l->qty, committed);
+      atp_result_set(result, "lines", "a reservation spans at most %d positions",
+                     ATP_RESERVATION_POSITIONS_MAX);
+      return ATP_EBADREQ;
+    }
+    shortfall_add(sf, li, l, pos_available(e, pos));
+    return 1;
+  }
+  const atp_group_version_t *grp;
+  if (atp_group_resolve(e, l->group, &grp)) {
+    char field[32];
+    snprintf(field, sizeof field, "lines[%u].group", li);
+    atp_result_set(result, field, "unknown group");
+    return ATP_ENOTFOUND;
+  }
+  int64_t need = l->qty, seen = 0;
+  for (uint32_t i = 0; i < grp->count && need > 0; i++) {
+    uint32_t pos = atp_pos_find(e, l->sku, sku_hash, grp->locations[i]);
+    if (pos == UINT32_MAX) continue;
+    atp_pos_t *p = &e->positions[pos];
+    if (!l->allow_split) {
+      if (atp_pos_take(p, need, committed, &version)) {
+        need = 0;
+        if (grant_add(g, pos, l->qty, version)) {
+          atp_pos_give(p, l->qty, committed);
+          need = l->qty;
+          break;
+        }
+      } else {
+        seen += pos_available(e, pos);
+      }
+      continue;
+    }
+    /* Split: take what this location has, up to what is still needed; a lost
+     * race re-reads and tries the smaller amount. */
+    for (int64_t avail = pos_available(e, pos); avail > 0; avail = pos_available(e, pos)) {
+      int64_t take = avail < need ? avail : need;
+      if (atp_pos_take(p, take, committed, &version)) {
+        if (grant_add(g, pos, take, version)) {
+          atp_pos_give(p, take, committed);
+          atp_result_set(result, "lines", "a reservation spans at most %d positions",
+                         ATP_RESERVATION_POSITIONS_MAX);
+          return ATP_EBADREQ;
+        }
+        need -= take;
+        seen += take;
+        break;
+      }
+    }
+  }
+  if (need == 0) return 0;
+  shortfall_add(sf, li, l, seen);
+  return 1;
+}
+
+static void grants_rollback(const atp_engine_t *e, grants_t *g, bool committed) {
+  for (uint32_t i = 0; i < g->count; i++)
+    g->items[i].version = atp_pos_give(&e->positions[g->items[i].pos], g->items[i].qty, committed);
+}
+
+/* Takes every line or none. 0, EINSUFFICIENT (rolled back), or an error. */
+static int grant_all(const atp_engine_t *e, const atp_line_req_t *lines, uint32_t n,
+                     bool committed, grants_t *g, atp_shortfalls_t *sf, atp_result_t *result) {
+  if (sf) sf->count = 0;
+  bool short_any = false;
+  for (uint32_t i = 0; i < n; i++) {
+    int rc = grant_line(e, &lines[i], i, committed, g, sf, result);
+    if (rc < 0) {
+      grants_rollback(e, g, committed);
+      return rc;
+    }
+    if (rc == 1) short_any = true;
+  }
+  if (!short_any) return 0;
+  grants_rollback(e, g, committed);
+  atp_result_set(result, "lines", "not enough stock for %u of %u lines", sf ? sf->count : 0, n);
+  return ATP_EINSUFFICIENT;
+}
+
+/* --- validation ------------------------------------------------------------------------ */
+
+static int bad(atp_result_t *result, const char *field, const char *msg) {
+  atp_result_set(result, field, "%s", msg);
+  return ATP_EBADREQ;
+}
+
+static int check_req_lines(const char *name, const atp_line_req_t *lines, uint32_t n,
+                           uint32_t min, atp_result_t *result) {
+  char field[48];
+  if (n < min || n > ATP_RESERVATION_LINES_MAX) {
+    atp_result_set(result, name, "%s must have %u..%d lines", name, min,
+                   ATP_RESERVATION_LINES_MAX);
+    return ATP_EBADREQ;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    const atp_line_req_t *l = &lines[i];
+    if (!atp_id_valid(l->sku)) {
+      snprintf(field, sizeof field, "%s[%u].sku", name, i);
+      return bad(result, field, "sku must be 1..128 printable bytes");
+    }
+    if ((l->location.len > 0) == (l->group.len > 0)) {
+      snprintf(field, sizeof field, "%s[%u].location", name, i);
+      return bad(result, field, "a line names exactly one of location and group");
+    }
+    if (!atp_id_valid(l->location.len ? l->location : l->group)) {
+      snprintf(field, sizeof field, "%s[%u].%s", name, i, l->location.len ? "location" : "group");
+      return bad(result, field, "must be 1..128 printable bytes");
+    }
+    if (l->qty < 1 || l->qty > ATP_QTY_MAX) {
+      snprintf(field, sizeof field, "%s[%u].qty", name, i);
+      return bad(result, field, "qty must be a positive integer");
+    }
+  }
+  return 0;
+}
+
+static int check_qty_lines(const char *name, const atp_qty_line_t *lines, uint32_t n,
+                           atp_result_t *result) {
+  char field[48];
+  if (n > ATP_RESERVATION_POSITIONS_MAX) {
+    atp_result_set(result, name, "at most %d lines", ATP_RESERVATION_POSITIONS_MAX);
+    return ATP_EBADREQ;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    if (!atp_id_valid(lines[i].sku)) {
+      snprintf(field, sizeof field, "%s[%u].sku", name, i);
+      return bad(result, field, "sku must be 1..128 printable bytes");
+    }
+    if (!atp_id_valid(lines[i].location)) {
+      snprintf(field, sizeof field, "%s[%u].location", name, i);
+      return bad(result, field, "location must be 1..128 printable bytes");
+    }
+    if (lines[i].qty < 1 || lines[i].qty > ATP_QTY_MAX) {
+      snprintf(field, sizeof field, "%s[%u].qty", name, i);
+      return bad(result, field, "qty must be a positive integer");
+    }
+  }
+  return 0;
+}
+
+static bool opt_valid(atp_str_t s) { return s.len == 0 || atp_id_valid(s); }
+
+static uint64_t hash_lines(uint64_t h, const atp_line_req_t *lines, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) {
+    h = atp_hash_str(h, lines[i].sku);
+    h = atp_hash_str(h, lines[i].location);
+    h = atp_hash_str(h, lines[i].group);
+    h = atp_hash_int(h, lines[i].qty);
+    h = atp_hash_int(h, lines[i].allow_split);
+  }
+  return h;
+}
+
+static uint64_t hash_qty_lines(uint64_t h, const atp_qty_line_t *lines, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) {
+    h = atp_hash_str(h, lines[i].sku);
+    h = atp_hash_str(h, lines[i].location);
+    h = atp_hash_int(h, lines[i].qty);
+  }
+  return h;
+}
+
+/* Per reservation line, the units a release/fulfil list names (or every
+ * remaining unit when n == 0). EBADREQ for a position not in the reservation,
+ * ECONFLICT for more than remains. amounts has line_count entries. */
+static int line_amounts(const atp_engine_t *e, const atp_rrec_t *r, const char *name,
+                        const atp_qty_line_t *lines, uint32_t n, int64_t *amounts,
+                        atp_result_t *result) {
+  uint32_t count = atomic_load_explicit(&r->line_count, memory_order_acquire);
+  const atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_acquire);
+  for (uint32_t i = 0; i < count; i++) amounts[i] = n ? 0 : line_remaining(&rl[i]);
+  char field[48];
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t pos = atp_pos_find_str(e, lines[i].sku, lines[i].location);
+    uint32_t j = 0;
+    while (j < count && rl[j].pos != pos) j++;
+    if (pos == UINT32_MAX || j == count) {
+      snprintf(field, sizeof field, "%s[%u]", name, i);
+      return bad(result, field, "this position is not in the reservation");
+    }
+    amounts[j] += lines[i].qty;
+    if (amounts[j] > line_remaining(&rl[j])) {
+      snprintf(field, sizeof field, "%s[%u].qty", name, i);
+      atp_result_set(result, field, "only %lld units remain on this line",
+                     (long long)line_remaining(&rl[j]));
+      result->status = atomic_load_explicit(&r->status, memory_order_acquire);
+      return ATP_ECONFLICT;
+    }
+  }
+  return 0;
+}
+
+static bool nothing_remains(const atp_rrec_t *r, bool *any_fulfilled) {
+  uint32_t count = atomic_load_explicit(&r->line_count, memory_order_acquire);
+  const atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_acquire);
+  bool none = true;
+  *any_fulfilled = false;
+  for (uint32_t i = 0; i < count; i++) {
+    if (line_remaining(&rl[i]) > 0) none = false;
+    if (atomic_load_explicit(&rl[i].fulfilled, memory_order_acquire) > 0) *any_fulfilled = true;
+  }
+  return none;
+}
+
+/* Ends the reservation if nothing remains: fulfilled if anything was. */
+static void maybe_end(atp_engine_t *e, atp_rrec_t *r, uint32_t idx, int64_t now) {
+  bool any_fulfilled;
+  if (!nothing_remains(r, &any_fulfilled)) return;
+  set_status(e, r, any_fulfilled ? ATP_STATUS_FULFILLED : ATP_STATUS_RELEASED);
+  atomic_store_explicit(&r->expires_at_ms, ATP_TIME_NONE, memory_order_release);
+  atomic_store_explicit(&r->ended_at_ms, now, memory_order_release);
+  atp_wheel_enqueue_res(e, idx);
+}
+
+static void rec_close(atp_engine_t *e, uint32_t idx, changes_t *ch, atp_cause_t cause,
+                      const atp_change_t *idem, atp_reservation_t *out, bool emit);
+
+/* --- reserve ------------------------------------------------------------------------------ */
+
+static int reserve_replay(const atp_engine_t *e, uint32_t found, uint64_t content_hash,
+                          atp_reservation_t *out, atp_result_t *result) {
+  if (e->rrecs[found].content_hash != content_hash) {
+    atp_result_set(result, "id", "this reservation id was already used with different content");
+    return ATP_EIDEMPOTENCY;
+  }
+  atp_rrec_view(e, found, out);
+  out->replayed = true;
+  return 0;
+}
+
+/* Fills a fresh record's immutable text; NULL text means out of memory. */
+static int rec_init(atp_rrec_t *r, const atp_reserve_req_t *req) {
+  size_t need = req->id.len + req->order_ref.len + req->channel.len + req->customer_id.len +
+                ATP_ID_BYTES_MAX;
+  r->text = need <= ATP_RTEXT_INLINE ? r->inline_text : atp_malloc(need);
+  if (!r->text) return ATP_ENOMEM;
+  r->id_len = (uint16_t)req->id.len;
+  r->order_ref_len = (uint16_t)req->order_ref.len;
+  r->channel_len = (uint16_t)req->channel.len;
+  r->customer_id_len = (uint16_t)req->customer_id.len;
+  char *t = r->text;
+  memcpy(t, req->id.ptr, req->id.len);
+  t += req->id.len;
+  if (req->order_ref.len) memcpy(t, req->order_ref.ptr, req->order_ref.len);
+  t += req->order_ref.len;
+  if (req->channel.len) memcpy(t, req->channel.ptr, req->channel.len);
+  t += req->channel.len;
+  if (req->customer_id.len) memcpy(t, req->customer_id.ptr, req->customer_id.len);
+  atomic_store_explicit(&r->order_id_len, 0, memory_order_relaxed);
+  atomic_store_explicit(&r->line_count, 0, memory_order_relaxed);
+  atomic_store_explicit(&r->lines, r->inline_lines, memory_order_relaxed);
+  r->line_cap = ATP_RLINES_INLINE;
+  r->wheel_prev = r->wheel_next = 0;
+  r->wheel_due_ms = ATP_TIME_NONE;
+  atomic_store_explicit(&r->lock, 0, memory_order_relaxed);
+  return 0;
+}
+
+/* Makes room for n lines (under the record flag). The old array may be in a
+ * reader's hands: it is retired, not freed. */
+static int lines_reserve(atp_engine_t *e, atp_rrec_t *r, uint32_t n) {
+  if (n <= r->line_cap) return 0;
+  if (n > ATP_RESERVATION_POSITIONS_MAX) return ATP_EBADREQ;
+  uint32_t cap = r->line_cap * 2 > n ? r->line_cap * 2 : n;
+  if (cap > ATP_RESERVATION_POSITIONS_MAX) cap = ATP_RESERVATION_POSITIONS_MAX;
+  atp_rline_t *lines = atp_malloc(sizeof *lines * cap);
+  if (!lines) return ATP_ENOMEM;
+  atp_rline_t *old = atomic_load_explicit(&r->lines, memory_order_relaxed);
+  uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed);
+  for (uint32_t i = 0; i < count; i++) {
+    lines[i].pos = old[i].pos;
+    atomic_init(&lines[i].qty, atomic_load(&old[i].qty));
+    atomic_init(&lines[i].fulfilled, atomic_load(&old[i].fulfilled));
+    atomic_init(&lines[i].released, atomic_load(&old[i].released));
+  }
+  atomic_store_explicit(&r->lines, lines, memory_order_release);
+  r->line_cap = cap;
+  if (old != r->inline_lines) atp_retire(e, old);
+  return 0;
+}
+
+/* Adds qty to the line of pos, appending a line if there is none. */
+static void line_add(atp_rrec_t *r, uint32_t pos, int64_t qty) {
+  atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
+  uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed);
+  for (uint32_t i = 0; i < count; i++) {
+    if (rl[i].pos == pos) {
+      atomic_fetch_add_explicit(&rl[i].qty, qty, memory_order_acq_rel);
+      return;
+    }
+  }
+  ATP_ASSERT(count < r->line_cap);
+  rl[count].pos = pos;
+  atomic_store_explicit(&rl[count].qty, qty, memory_order_relaxed);
+  atomic_store_explicit(&rl[count].fulfilled, 0, memory_order_relaxed);
+  atomic_store_explicit(&rl[count].released, 0, memory_order_relaxed);
+  atomic_store_explicit(&r->line_count, count + 1, memory_order_release);
+}
+
+/* How many lines the grants need beyond those the record has. */
+static uint32_t lines_needed(const atp_rrec_t *r, const grants_t *g) {
+  const atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
+  uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed), extra = 0;
+  for (uint32_t i = 0; i < g->count; i++) {
+    uint32_t j = 0;
+    while (j < count && rl[j].pos != g->items[i].pos) j++;
+    if (j == count) extra++;
+  }
+  return count + extra;
+}
+
+int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t *out,
+                atp_shortfalls_t *shortfalls, atp_result_t *result) {
+  ATP_ASSERT(out);
+  if (shortfalls) shortfalls->count = 0;
+  if (!atp_id_valid(req->id)) return bad(result, "id", "id must be 1..128 printable bytes");
+  int rc = check_req_lines("lines", req->lines, req->line_count, 1, result);
+  if (rc) return rc;
+  if (req->ttl_ms && (req->ttl_ms < ATP_TTL_MS_MIN || req->ttl_ms > ATP_TTL_MS_MAX))
+    return bad(result, "ttl_ms", "ttl_ms must be 1000..604800000");
+  if (!opt_valid(req->order_ref)) return bad(result, "order_ref", "order_ref must be 1..128 printable bytes");
+  if (!opt_valid(req->channel)) return bad(result, "channel", "channel must be 1..128 printable bytes");
+  if (!opt_valid(req->customer_id))
+    return bad(result, "customer_id", "customer_id must be 1..128 printable bytes");
+  uint64_t content = hash_lines(atp_hash_int(0x5e5e, req->ttl_ms), req->lines, req->line_count);
+  content = atp_hash_str(atp_hash_str(atp_hash_str(content, req->order_ref), req->channel),
+                         req->customer_id);
+
+  uint64_t hash = atp_hash_bytes(req->id.ptr, req->id.len);
+  uint32_t found = rec_find_from(e, atp_keyed_head(&e->rtable, hash), hash, req->id);
+  if (found != UINT32_MAX) return reserve_replay(e, found, content, out, result);
+
+  uint32_t idx = atp_keyed_alloc(&e->rtable);
+  if (idx == UINT32_MAX) {
+    atp_result_set(result, "", "the reservation table is full; retry later");
+    return ATP_EFULL;
+  }
+  atp_rrec_t *r = &e->rrecs[idx];
+  if (rec_init(r, req)) {
+    atomic_store(&e->rtable.state[idx], ATP_REC_DEAD);
+    atp_keyed_push(&e->rtable, idx);
+    atp_wheel_enqueue_res(e, idx);
+    return ATP_ENOMEM;
+  }
+  r->content_hash = content;
+  e->rtable.hash[idx] = hash;
+  atomic_store_explicit(&e->rtable.state[idx], ATP_REC_PENDING, memory_order_relaxed);
+  atp_keyed_push(&e->rtable, idx);
+  found = rec_find_from(e, atomic_load_explicit(&e->rtable.next[idx], memory_order_acquire),
+                        hash, req->id);
+  if (found != UINT32_MAX) { /* a twin got there first */
+    atomic_store_explicit(&e->rtable.state[idx], ATP_REC_DEAD, memory_order_release);
+    atp_wheel_enqueue_res(e, idx);
+    return reserve_replay(e, found, content, out, result);
+  }
+
+  grants_t *g = scratch_grants();
+  rc = grant_all(e, req->lines, req->line_count, false, g, shortfalls, result);
+  if (rc == 0 && (rc = lines_reserve(e, r, g->count))) {
+    grants_rollback(e, g, false);
+    atp_result_set(result, "", "out of memory");
+  }
+  changes_t ch;
+  changes_init(&ch);
+  if (rc) {
+    /* Versions moved even though nothing is held: record them so that a
+     * replayed journal never hands out a version twice. */
+    for (uint32_t i = 0; i < g->count; i++)
+      changes_pos(e, &ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, 0, 0, g->items[i].version);
+    atp_emit(e, ch.items, ch.count);
+    atomic_store_explicit(&e->rtable.state[idx], ATP_REC_DEAD, memory_order_release);
+    atp_wheel_enqueue_res(e, idx);
+    return rc;
+  }
+
+  int64_t now = atp_now(e), ttl = req->ttl_ms ? req->ttl_ms : ATP_TTL_MS_DEFAULT;
+  rec_begin(r);
+  for (uint32_t i = 0; i < g->count; i++) {
+    line_add(r, g->items[i].pos, g->items[i].qty);
+    changes_pos(e, &ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, g->items[i].qty, 0,
+                g->items[i].version);
+  }
+  r->created_at_ms = now;
+  atomic_store_explicit(&r->expires_at_ms, now + ttl, memory_order_relaxed);
+  atomic_store_explicit(&r->ttl_ms, ttl, memory_order_relaxed);
+  atomic_store_explicit(&r->ended_at_ms, ATP_TIME_NONE, memory_order_relaxed);
+  atomic_store_explicit(&r->status, ATP_STATUS_HELD, memory_order_relaxed);
+  atomic_fetch_add_explicit(&e->status_count[ATP_STATUS_HELD], 1, memory_order_relaxed);
+  /* release: whoever finds the record LIVE sees all of the above. A mutation
+   * that finds it waits for the flag, so the hook below comes first. */
+  atomic_store_explicit(&e->rtable.state[idx], ATP_REC_LIVE, memory_order_release);
+  rec_close(e, idx, &ch, ATP_CAUSE_RESERVE, NULL, out, true);
+  atp_wheel_enqueue_res(e, idx);
+  return 0;
+}
+
+/* --- reads ---------------------------------------------------------------------------------- */
+
+int atp_reservation_get(const atp_engine_t *e, atp_str_t id, atp_reservation_t *out) {
+  if (!atp_id_valid(id)) return ATP_ENOTFOUND;
+  uint32_t idx = rec_find(e, id);
+  if (idx == UINT32_MAX) return ATP_ENOTFOUND;
+  atp_rrec_view(e, idx, out);
+  return 0;
+}
+
+/* Looks the reservation up and takes its flag; ENOTFOUND otherwise. */
+static int rec_open(atp_engine_t *e, atp_str_t id, uint32_t *idx, atp_result_t *result) {
+  if (!atp_id_valid(id)) {
+    atp_result_set(result, "id", "unknown reservation");
+    return ATP_ENOTFOUND;
+  }
+  *idx = rec_find(e, id);
+  if (*idx == UINT32_MAX) {
+    atp_result_set(result, "id", "unknown reservation");
+    return ATP_ENOTFOUND;
+  }
+  rec_begin(&e->rrecs[*idx]);
+  return 0;
+}
+
+/* Ends a mutation: view, hook under the flag, then release it. */
+static void rec_close(atp_engine_t *e, uint32_t idx, changes_t *ch, atp_cause_t cause,
+                      const atp_change_t *idem, atp_reservation_t *out, bool emit) {
+  atp_rrec_t *r = &e->rrecs[idx];
+  atomic_fetch_add_explicit(&r->rseq, 1, memory_order_acq_rel); /* even: readable */
+  atp_rrec_view(e, idx, out);
+  if (emit) changes_emit(e, ch, cause, out, idem);
+  atomic_store_explicit(&r->lock, 0, memory_order_release);
+}
+
+static void commit_lines(atp_engine_t *e, atp_rrec_t *r, changes_t *ch, atp_str_t id) {
+  uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed);
+  atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
+  for (uint32_t i = 0; i < count; i++) {
+    int64_t rem = line_remaining(&rl[i]);
+    if (rem <= 0) continue;
+    uint64_t v = atp_pos_commit(&e->positions[rl[i].pos], rem);
+    changes_pos(e, ch, ATP_CAUSE_COMMIT, id, rl[i].pos, 0, -rem, rem, v);
+  }
+  set_status(e, r, ATP_STATUS_COMMITTED);
+  atomic_store_explicit(&r->expires_at_ms, ATP_TIME_NONE, memory_order_release);
+}
+
+int atp_commit(atp_engine_t *e, atp_str_t id, atp_str_t order_id, atp_reservation_t *out,
+               atp_result_t *result) {
+  if (!opt_valid(order_id)) return bad(result, "order_id", "order_id must be 1..128 printable bytes");
+  uint32_t idx;
+  int rc = rec_open(e, id, &idx, result);
+  if (rc) return rc;
+  atp_rrec_t *r = &e->rrecs[idx];
+  changes_t ch;
+  changes_init(&ch);
+  int status = atomic_load_explicit(&r->status, memory_order_relaxed);
+  if (status == ATP_STATUS_COMMITTED) {
+    rec_close(e, idx, &ch, ATP_CAUSE_COMMIT, NULL, out, false);
+    out->replayed = true;
+    return 0;
+  }
+  if (status != ATP_STATUS_HELD) {
+    rc = conflict(r, result, "commit");
+    rec_close(e, idx, &ch, ATP_CAUSE_COMMIT, NULL, out, false);
+    return rc;
+  }
+  commit_lines(e, r, &ch, id);
+  if (order_id.len && !atomic_load_explicit(&r->order_id_len, memory_order_relaxed)) {
+    memcpy(atp_rrec_order_id(r), order_id.ptr, order_id.len);
+    atomic_store_explicit(&r->order_id_len, (uint16_t)order_id.len, memory_order_release);
+  }
+  rec_close(e, idx, &ch, ATP_CAUSE_COMMIT, NULL, out, true);
+  return 0;
+}
+
+/* Gives back amounts[i] of each line (held units to reserved, committed ones
+ * to committed) and counts them as released. */
+static void release_amounts(atp_engine_t *e, atp_rrec_t *r, const int64_t *amounts,
+                            changes_t *ch, atp_cause_t cause, atp_str_t id) {
+  bool committed = atomic_load_explicit(&r->status, memory_order_relaxed) == ATP_STATUS_COMMITTED;
+  uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed);
+  atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
+  for (uint32_t i = 0; i < count; i++) {
+    if (amounts[i] <= 0) continue;
+    uint64_t v = atp_pos_give(&e->positions[rl[i].pos], amounts[i], committed);
+    atomic_fetch_add_explicit(&rl[i].released, amounts[i], memory_order_acq_rel);
+    changes_pos(e, ch, cause, id, rl[i].pos, 0, committed ? 0 : -amounts[i],
+                committed ? -amounts[i] : 0, v);
+  }
+}
+
+int atp_release(atp_engine_t *e, atp_str_t id, const atp_qty_line_t *lines,
+                uint32_t line_count, atp_reservation_t *out, atp_result_t *result) {
+  int rc = check_qty_lines("lines", lines, line_count, result);
+  if (rc) return rc;
+  uint32_t idx;
+  if ((rc = rec_open(e, id, &idx, result))) return rc;
+  atp_rrec_t *r = &e->rrecs[idx];
+  changes_t ch;
+  changes_init(&ch);
+  int status = atomic_load_explicit(&r->status, memory_order_relaxed);
+  if (status == ATP_STATUS_RELEASED) {
+    rec_close(e, idx, &ch, ATP_CAUSE_RELEASE, NULL, out, false);
+    out->replayed = true;
+    return 0;
+  }
+  if (status != ATP_STATUS_HELD && status != ATP_STATUS_COMMITTED) {
+    rc = conflict(r, result, "release");
+    rec_close(e, idx, &ch, ATP_CAUSE_RELEASE, NULL, out, false);
+    return rc;
+  }
+  int64_t amounts[ATP_RESERVATION_POSITIONS_MAX];
+  rc = line_amounts(e, r, "lines", lines, line_count, amounts, result);
+  if (rc == 0) {
+    release_amounts(e, r, amounts, &ch, ATP_CAUSE_RELEASE, id);
+    maybe_end(e, r, idx, atp_now(e));
+  }
+  rec_close(e, idx, &ch, ATP_CAUSE_RELEASE, NULL, out, rc == 0);
+  return rc;
+}
+
+int atp_extend(atp_engine_t *e, atp_str_t id, int64_t ttl_ms, atp_reservation_t *out,
+               atp_result_t *result) {
+  if (ttl_ms < ATP_TTL_MS_MIN || ttl_ms > ATP_TTL_MS_MAX)
+    return bad(result, "ttl_ms", "ttl_ms must be 1000..604800000");
+  uint32_t idx;
+  int rc = rec_open(e, id, &idx, result);
+  if (rc) return rc;
+  atp_rrec_t *r = &e->rrecs[idx];
+  changes_t ch;
+  changes_init(&ch);
+  if (atomic_load_explicit(&r->status, memory_order_relaxed) != ATP_STATUS_HELD) {
+    rc = conflict(r, result, "extend");
+    rec_close(e, idx, &ch, ATP_CAUSE_EXTEND, NULL, out, false);
+    return rc;
+  }
+  atomic_store_explicit(&r->expires_at_ms, atp_now(e) + ttl_ms, memory_order_release);
+  atomic_store_explicit(&r->ttl_ms, ttl_ms, memory_order_release);
+  atp_wheel_enqueue_res(e, idx);
+  rec_close(e, idx, &ch, ATP_CAUSE_EXTEND, NULL, out, true);
+  return 0;
+}
+
+int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
+               const atp_qty_line_t *lines, uint32_t line_count, atp_reservation_t *out,
+               atp_result_t *result) {
+  if (!atp_id_valid(fulfillment_id))
+    return bad(result, "fulfillment_id", "fulfillment_id must be 1..128 printable bytes");
+  int rc = check_qty_lines("lines", lines, line_count, result);
+  if (rc) return rc;
+  if (!atp_id_valid(id)) {
+    atp_result_set(result, "id", "unknown reservation");
+    return ATP_ENOTFOUND;
+  }
+  uint64_t content = hash_qty_lines(atp_hash_str(0xf1f1, id), lines, line_count);
+  uint32_t irec;
+  rc = atp_idem_claim(e, ATP_IDEM_FULFIL, fulfillment_id, content, &irec, result);
+  if (rc < 0) return rc;
+  if (rc == 1) {
+    if ((rc = atp_reservation_get(e, id, out))) {
+      atp_result_set(result, "id", "unknown reservation");
+      return rc;
+    }
+    out->replayed = true;
+    return 0;
+  }
+  uint32_t idx;
+  if ((rc = rec_open(e, id, &idx, result))) {
+    atp_idem_fail(e, irec);
+    return rc;
+  }
+  atp_rrec_t *r = &e->rrecs[idx];
+  changes_t ch;
+  changes_init(&ch);
+  int status = atomic_load_explicit(&r->status, memory_order_relaxed);
+  int64_t amounts[ATP_RESERVATION_POSITIONS_MAX];
+  if (status != ATP_STATUS_HELD && status != ATP_STATUS_COMMITTED)
+    rc = conflict(r, result, "fulfil");
+  else
+    rc = line_amounts(e, r, "lines", lines, line_count, amounts, result);
+  if (rc) {
+    atp_idem_fail(e, irec);
+    rec_close(e, idx, &ch, ATP_CAUSE_FULFIL, NULL, out, false);
+    return rc;
+  }
+  if (status == ATP_STATUS_HELD) commit_lines(e, r, &ch, id);
+  int64_t now = atp_now(e);
+  uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed);
+  atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
+  for (uint32_t i = 0; i < count; i++) {
+    if (amounts[i] <= 0) continue;
+    atp_pos_t *p = &e->positions[rl[i].pos];
+    atp_pos_lock(p);
+    uint64_t v = atp_pos_fulfil(e, p, amounts[i], now);
+    atp_pos_unlock(p);
+    atomic_fetch_add_explicit(&rl[i].fulfilled, amounts[i], memory_order_acq_rel);
+    changes_pos(e, &ch, ATP_CAUSE_FULFIL, fulfillment_id, rl[i].pos, -amounts[i], 0, -amounts[i], v);
+    if (e->config.on_change) ch.items[ch.count - 1].u.position.occurred_at_ms = now;
+  }
+  maybe_end(e, r, idx, now);
+  atp_change_t idem;
+  atp_idem_done(e, irec, ATP_IDEM_APPLIED, 0, NULL, id, &idem);
+  rec_close(e, idx, &ch, ATP_CAUSE_FULFIL, &idem, out, true);
+  return 0;
+}
+
+int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id, const atp_qty_line_t *release,
+              uint32_t release_count, const atp_line_req_t *add, uint32_t add_count,
+              atp_reservation_t *out, atp_shortfalls_t *shortfalls, atp_result_t *result) {
+  if (shortfalls) shortfalls->count = 0;
+  if (!atp_id_valid(amend_id)) return bad(result, "amend_id", "amend_id must be 1..128 printable bytes");
+  int rc = check_qty_lines("release", release, release_count, result);
+  if (rc) return rc;
+  if ((rc = check_req_lines("add", add, add_count, 0, result))) return rc;
+  if (release_count + add_count == 0) return bad(result, "add", "an amend releases or adds something");
+  if (!atp_id_valid(id)) {
+    atp_result_set(result, "id", "unknown reservation");
+    return ATP_ENOTFOUND;
+  }
+  uint64_t content = hash_qty_lines(atp_hash_str(0xa3e4d, id), release, release_count);
+  content = hash_lines(atp_hash_int(content, add_count), add, add_count);
+  uint32_t irec;
+  rc = atp_idem_claim(e, ATP_IDEM_AMEND, amend_id, content, &irec, result);
+  if (rc < 0) return rc;
+  if (rc == 1) {
+    if ((rc = atp_reservation_get(e, id, out))) {
+      atp_result_set(result, "id", "unknown reservation");
+      return rc;
+    }
+    out->replayed = true;
+    return 0;
+  }
+  uint32_t idx;
+  if ((rc = rec_open(e, id, &idx, result))) {
+    atp_idem_fail(e, irec);
+    return rc;
+  }
+  atp_rrec_t *r = &e->rrecs[idx];
+  changes_t ch;
+  changes_init(&ch);
+  int status = atomic_load_explicit(&r->status, memory_order_relaxed);
+  int64_t amounts[ATP_RESERVATION_POSITIONS_MAX];
+  grants_t *g = scratch_grants();
+  if (status != ATP_STATUS_HELD && status != ATP_STATUS_COMMITTED)
+    rc = conflict(r, result, "amend");
+  else
+    rc = line_amounts(e, r, "release", release, release_count, amounts, result);
+  bool committed = status == ATP_STATUS_COMMITTED;
+  if (rc == 0) rc = grant_all(e, add, add_count, committed, g, shortfalls, result);
+  if (rc == 0 && (rc = lines_reserve(e, r, lines_needed(r, g)))) {
+    grants_rollback(e, g, committed);
+    if (rc == ATP_EBADREQ)
+      atp_result_set(result, "add", "a reservation spans at most %d positions",
+                     ATP_RESERVATION_POSITIONS_MAX);
+  }
+  if (rc) {
+    for (uint32_t i = 0; i < g->count; i++)
+      changes_pos(e, &ch, ATP_CAUSE_AMEND, amend_id, g->items[i].pos, 0, 0, 0, g->items[i].version);
+    atp_emit(e, ch.items, ch.count);
+    atp_idem_fail(e, irec);
+    rec_close(e, idx, &ch, ATP_CAUSE_AMEND, NULL, out, false);
+    return rc;
+  }
+  release_amounts(e, r, amounts, &ch, ATP_CAUSE_AMEND, amend_id);
+  for (uint32_t i = 0; i < g->count; i++) {
+    line_add(r, g->items[i].pos, g->items[i].qty);
+    changes_pos(e, &ch, ATP_CAUSE_AMEND, amend_id, g->items[i].pos, 0,
+                committed ? 0 : g->items[i].qty, committed ? g->items[i].qty : 0,
+                g->items[i].version);
+  }
+  maybe_end(e, r, idx, atp_now(e));
+  atp_change_t idem;
+  atp_idem_done(e, irec, ATP_IDEM_APPLIED, 0, NULL, id, &idem);
+  rec_close(e, idx, &ch, ATP_CAUSE_AMEND, &idem, out, true);
+  return 0;
+}
+
+/* --- expiry (ticker thread) -------------------------------------------------------------- */
+
+bool atp_rrec_expire(atp_engine_t *e, uint32_t idx, int64_t now_ms) {
+  atp_rrec_t *r = &e->rrecs[idx];
+  rec_begin(r);
+  if (atomic_load_explicit(&r->status, memory_order_relaxed) != ATP_STATUS_HELD ||
+      atomic_load_explicit(&r->expires_at_ms, memory_order_relaxed) > now_ms) {
+    atomic_fetch_add_explicit(&r->rseq, 1, memory_order_acq_rel);
+    atomic_store_explicit(&r->lock, 0, memory_order_release);
+    return false;
+  }
+  changes_t ch;
+  changes_init(&ch);
+  int64_t amounts[ATP_RESERVATION_POSITIONS_MAX];
+  uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed);
+  atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
+  for (uint32_t i = 0; i < count; i++) amounts[i] = line_remaining(&rl[i]);
+  atp_str_t id = {atp_rrec_id(r), r->id_len};
+  release_amounts(e, r, amounts, &ch, ATP_CAUSE_EXPIRE, id);
+  set_status(e, r, ATP_STATUS_EXPIRED);
+  atomic_store_explicit(&r->expires_at_ms, ATP_TIME_NONE, memory_order_release);
+  atomic_store_explicit(&r->ended_at_ms, now_ms, memory_order_release);
+  atomic_fetch_add_explicit(&e->expirations, 1, memory_order_relaxed);
+  rec_close(e, idx, &ch, ATP_CAUSE_EXPIRE, NULL, atp_scratch_view(), true);
+  return true;
+}
+
+/* --- replay ------------------------------------------------------------------------------------ */
+
+int atp_reservation_apply(atp_engine_t *e, const atp_change_t *c) {
+  const atp_reservation_t *v = c->u.reservation;
+  if (!v || !atp_id_valid(v->id) || v->line_count > ATP_RESERVATION_POSITIONS_MAX ||
+      (unsigned)v->status > ATP_STATUS_FULFILLED)
+    return ATP_EBADREQ;
+  uint32_t idx = rec_find(e, v->id);
+  if (idx == UINT32_MAX) {
+    idx = atp_keyed_alloc(&e->rtable);
+    if (idx == UINT32_MAX) return ATP_EFULL;
+    atp_reserve_req_t req = {.id = v->id, .order_ref = v->order_ref, .channel = v->channel,
+                             .customer_id = v->customer_id};
+    atp_rrec_t *r = &e->rrecs[idx];
+    if (rec_init(r, &req)) return ATP_ENOMEM;
+    atomic_store(&r->status, (int32_t)v->status);
+    atomic_fetch_add(&e->status_count[v->status], 1);
+    e->rtable.hash[idx] = atp_hash_bytes(v->id.ptr, v->id.len);
+    atomic_store(&e->rtable.state[idx], ATP_REC_LIVE);
+    atp_keyed_push(&e->rtable, idx);
+  }
+  atp_rrec_t *r = &e->rrecs[idx];
+  set_status(e, r, v->status);
+  r->created_at_ms = v->created_at_ms;
+  atomic_store(&r->expires_at_ms, v->expires_at_ms);
+  atomic_store(&r->ttl_ms, v->ttl_ms);
+  atomic_store(&r->ended_at_ms, v->ended_at_ms);
+  if (v->order_id.len && v->order_id.len <= ATP_ID_BYTES_MAX) {
+    memcpy(atp_rrec_order_id(r), v->order_id.ptr, v->order_id.len);
+    atomic_store(&r->order_id_len, (uint16_t)v->order_id.len);
+  }
+  int rc = lines_reserve(e, r, v->line_count);
+  if (rc) return rc;
+  atomic_store(&r->line_count, 0);
+  atp_rline_t *rl = atomic_load(&r->lines);
+  for (uint32_t i = 0; i < v->line_count; i++) {
+    uint32_t pos;
+    if ((rc = atp_pos_find_or_create(e, v->lines[i].sku, v->lines[i].location, &pos))) return rc;
+    rl[i].pos = pos;
+    atomic_store(&rl[i].qty, v->lines[i].qty);
+    atomic_store(&rl[i].fulfilled, v->lines[i].fulfilled);
+    atomic_store(&rl[i].released, v->lines[i].released);
+  }
+  atomic_store(&r->line_count, v->line_count);
+  atp_wheel_enqueue_res(e, idx);
+  return 0;
+}
