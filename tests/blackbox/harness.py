@@ -7,6 +7,7 @@ bytes can be sent exactly as written.
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -348,7 +349,7 @@ class Client:
         return r.data
 
     def reserve(self, lines, rid=None, **extra):
-        body = dict(id=rid or uid("res"), lines=lines)
+        body = dict(id=uid("res") if rid is None else rid, lines=lines)
         body.update(extra)
         return self.post("/v1/reservations", body)
 
@@ -540,5 +541,7 @@ class Server:
         if rep:
             problems.append("sanitizer report in server stderr:\n" + rep)
         if problems:
-            return "\n".join(problems) + "\n--- server stderr tail:\n" + self.stderr_tail()
+            return "\n".join(problems) + "\n--- server stderr (%s) tail:\n%s" % (
+                self.stderr_path, self.stderr_tail())
+        shutil.rmtree(self.tmp, ignore_errors=True)
         return None

@@ -1,5 +1,6 @@
 """Section 4: reservations, in both encodings."""
 import time
+import urllib.parse
 
 from harness import (check_position, check_reservation, expect_error, formats, line_by_loc,
                      now_ms, uid)
@@ -38,6 +39,25 @@ def test_create_and_get(srv, fmt):
     assert g.status == 200, g
     check_reservation(g.data, "held")
     assert g.data["lines"] == res["lines"] and g.data["expires_at"] == res["expires_at"], g.data
+
+
+@formats()
+def test_ids_percent_encoded_in_path(srv, fmt):
+    c = srv.client(fmt)
+    sku = stocked(c, 10)
+    rid = "gid://shopify/Cart/%s a+b?c#d" % uid("")
+    enc = urllib.parse.quote(rid, safe="")
+    r = c.reserve([dict(sku=sku, location="L1", qty=1)], rid=rid)
+    assert r.status == 201 and r.data["id"] == rid, r
+    g = c.get(R + "/" + enc)
+    assert g.status == 200 and g.data["id"] == rid, g
+    r = c.post(R + "/" + enc + "/commit", {})
+    assert r.status == 200 and r.data["status"] == "committed", r
+    grp = "gid://shopify/Location group %s" % uid("")
+    r = c.put("/v1/groups/" + urllib.parse.quote(grp, safe=""), dict(locations=["L1"]))
+    assert r.status == 200 and r.data["name"] == grp, r
+    r = c.get("/v1/availability", params=dict(sku=sku, group=grp))
+    assert r.status == 200 and r.data["group"] == grp and r.data["available"] == 9, r
 
 
 @formats()
@@ -345,16 +365,37 @@ def test_amend(srv, fmt):
     pa, pb = c.pos(a, "L1"), c.pos(b, "L1")
     assert pa["reserved"] == 2 and pb["reserved"] == 2, "refused amend changed state: %r %r" % (pa, pb)
     # add to a position already in the reservation keeps one line per position
-    r = c.post(R + "/" + rid + "/amend", dict(amend_id=uid("amd"), release=[],
+    r = c.post(R + "/" + rid + "/amend", dict(amend_id=uid("amd"), release=[dict(sku=b, location="L1", qty=1)],
                                               add=[dict(sku=a, location="L1", qty=1)]))
     assert r.status == 200, r
     assert len([ln for ln in r.data["lines"] if ln["sku"] == a]) == 1, r.data
-    assert c.pos(a, "L1")["reserved"] == 3
+    assert c.pos(a, "L1")["reserved"] == 3 and c.pos(b, "L1")["reserved"] == 1
     expect_error(c.post(R + "/" + uid("nores") + "/amend",
-                        dict(amend_id=uid("amd"), release=[], add=[dict(sku=a, location="L1", qty=1)])),
+                        dict(amend_id=uid("amd"), release=[dict(sku=a, location="L1", qty=1)],
+                             add=[dict(sku=a, location="L1", qty=1)])),
                  404, "not_found")
     expect_error(c.post(R + "/" + rid + "/amend", dict(release=[], add=[])), 400, "bad_request",
                  "amend_id")
+
+
+@formats()
+def test_amend_add_only_and_release_only(srv, fmt):
+    """release and add are both required lists; one of them may be empty."""
+    c = srv.client(fmt)
+    a, b = stocked(c, 10), stocked(c, 10)
+    rid = uid("res")
+    assert c.reserve([dict(sku=a, location="L1", qty=3)], rid=rid).status == 201
+    r = c.post(R + "/" + rid + "/amend", dict(amend_id=uid("amd"), release=[],
+                                              add=[dict(sku=b, location="L1", qty=2)]))
+    assert r.status == 200, "amend with nothing to release: %r" % r
+    assert c.pos(b, "L1")["reserved"] == 2
+    la = line_by_loc(dict(lines=[ln for ln in r.data["lines"] if ln["sku"] == a]), "L1")
+    assert la["released"] == 0 and c.pos(a, "L1")["reserved"] == 3, \
+        "an empty release list released the untouched line: %r, %r" % (r.data, c.pos(a, "L1"))
+    r = c.post(R + "/" + rid + "/amend", dict(amend_id=uid("amd"),
+                                              release=[dict(sku=a, location="L1", qty=1)], add=[]))
+    assert r.status == 200, "amend with nothing to add: %r" % r
+    assert c.pos(a, "L1")["reserved"] == 2
 
 
 @formats()

@@ -33,7 +33,8 @@ def test_adjustment_creates_and_applies(srv, fmt):
     # on_hand may go negative after offline sales
     r = c.post("/v1/adjustments", adj_body(sku, delta=-(total + 3), reason="sale", source="pos"))
     assert r.status == 200 and r.data["position"]["on_hand"] == -3, r
-    assert r.data["position"]["available"] == 0 and r.data["position"]["shortfall"] == 0, r.data
+    # shortfall = max(0, reserved + committed - on_hand) = 3 with on_hand -3
+    assert r.data["position"]["available"] == 0 and r.data["position"]["shortfall"] == 3, r.data
 
 
 @formats()
@@ -178,6 +179,19 @@ def test_count_rfc3339_times(srv, fmt):
     expect_error(c.post("/v1/counts", dict(id=uid("cnt"), sku=sku, location="L1", on_hand=3,
                                            counted_at="2024-13-45T99:00:00Z", source="wms")),
                  400, "bad_request", "counted_at")
+
+
+@formats()
+def test_count_older_than_history_window_is_approximate(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    c.adjust(sku, "L1", 10)
+    r = c.post("/v1/counts", dict(id=uid("cnt"), sku=sku, location="L1", on_hand=4,
+                                  counted_at=now_ms() - 80 * 3600 * 1000, source="wms"))
+    assert r.status == 200, r
+    assert r.data["count"]["approximate"] is True and r.data["count"]["applied"] is True, r.data
+    assert r.data["count"]["stale"] is False, r.data
+    check_position(r.data["position"])
 
 
 @formats()
