@@ -58,7 +58,7 @@ int atp_demo_load(atp_engine_t *engine, uint32_t *positions) {
       int64_t on_hand = (int64_t)((r >> 8) % 25);
       if ((r >> 16) % 10 == 0) on_hand += (int64_t)((r >> 24) % 200);
       if (always && on_hand < 5) on_hand += 5;
-      char id[128];
+      char id[256];
       snprintf(id, sizeof id, "demo-%s-%s", sku, stores[s]);
       atp_result_t result;
       if (on_hand > 0) {

@@ -63,6 +63,23 @@ int atp_req_fail_result(atp_req_t *rq, int err, const atp_result_t *result) {
 
 /* --- body ------------------------------------------------------------------ */
 
+/* The codec refuses a msgpack uint64 above INT64_MAX as malformed input,
+ * without a field. When the refused value sits right after a short str key,
+ * name that key, so "delta": 2^64-1 is reported on "delta" like any other out
+ * of range value. Best effort: only the key, not its full path. */
+static void msgpack_error_field(atp_req_t *rq, const char *body, size_t len,
+                                size_t offset) {
+  if (rq->in_format != ATP_FORMAT_MSGPACK || offset >= len || offset < 2) return;
+  if ((unsigned char)body[offset] != 0xcf) return; /* uint64 */
+  for (size_t n = 1; n <= 31 && n + 1 <= offset; n++) {
+    if ((unsigned char)body[offset - n - 1] != (0xa0 | n)) continue;
+    if (atp_id_check(body + offset - n, n) != 0) continue;
+    snprintf(rq->field, sizeof rq->field, "%.*s", (int)n, body + offset - n);
+    snprintf(rq->message, sizeof rq->message, "Must be an integer within int64.");
+    return;
+  }
+}
+
 int atp_req_parse_body(atp_req_t *rq, bool required) {
   const atp_http_request_t *h = rq->http;
   if (h->body_len == 0) {
@@ -82,9 +99,12 @@ int atp_req_parse_body(atp_req_t *rq, bool required) {
   if (rc == ATP_ENOMEM)
     return atp_req_fail(rq, ATP_ETOOLARGE, NULL, NULL,
                         "The body is too large to parse.");
-  if (rc != 0)
-    return atp_req_fail(rq, ATP_EBADREQ, NULL, NULL, "Malformed body at byte %zu: %s",
-                        perr.offset, perr.message);
+  if (rc != 0) {
+    atp_req_fail(rq, ATP_EBADREQ, NULL, NULL, "Malformed body at byte %zu: %s",
+                 perr.offset, perr.message);
+    msgpack_error_field(rq, h->body, h->body_len, perr.offset);
+    return ATP_EBADREQ;
+  }
   if (!rq->body || rq->body->type != ATP_VAL_OBJECT)
     return atp_req_fail(rq, ATP_EBADREQ, NULL, NULL, "The body must be an object.");
   return 0;

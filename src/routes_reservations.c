@@ -80,12 +80,12 @@ static int respond_engine_error(atp_req_t *rq, int err, const atp_result_t *resu
 
 /* Reads lines [{sku, location | group, qty, allow_split?}] of 1..max items. */
 static int read_line_reqs(atp_req_t *rq, const atp_val_t *obj, const char *key,
-                          unsigned flags, uint32_t max, atp_line_req_t **out,
-                          uint32_t *count) {
+                          unsigned flags, uint32_t min, uint32_t max,
+                          atp_line_req_t **out, uint32_t *count) {
   const atp_val_t *arr;
   *out = NULL;
   *count = 0;
-  int rc = atp_get_array(rq, obj, NULL, key, flags, 1, max, &arr);
+  int rc = atp_get_array(rq, obj, NULL, key, flags, min, max, &arr);
   if (rc != 0 || !arr) return rc;
   atp_line_req_t *lines = atp_arena_alloc(rq->arena, arr->len * sizeof *lines);
   if (!lines) return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
@@ -120,12 +120,12 @@ static int read_line_reqs(atp_req_t *rq, const atp_val_t *obj, const char *key,
 
 /* Reads [{sku, location, qty}] of 1..max items; absent optional: count 0. */
 static int read_qty_lines(atp_req_t *rq, const atp_val_t *obj, const char *key,
-                          unsigned flags, uint32_t max, atp_qty_line_t **out,
-                          uint32_t *count) {
+                          unsigned flags, uint32_t min, uint32_t max,
+                          atp_qty_line_t **out, uint32_t *count) {
   const atp_val_t *arr;
   *out = NULL;
   *count = 0;
-  int rc = atp_get_array(rq, obj, NULL, key, flags, 1, max, &arr);
+  int rc = atp_get_array(rq, obj, NULL, key, flags, min, max, &arr);
   if (rc != 0 || !arr) return rc;
   atp_qty_line_t *lines = atp_arena_alloc(rq->arena, arr->len * sizeof *lines);
   if (!lines) return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
@@ -157,7 +157,7 @@ int atp_route_reservation_create(atp_req_t *rq) {
   const atp_val_t *b = rq->body;
   rc = atp_get_id(rq, b, NULL, "id", ATP_REQUIRED, &req.id);
   if (rc == 0)
-    rc = read_line_reqs(rq, b, "lines", ATP_REQUIRED, ATP_RESERVATION_LINES_MAX, &lines,
+    rc = read_line_reqs(rq, b, "lines", ATP_REQUIRED, 1, ATP_RESERVATION_LINES_MAX, &lines,
                         &req.line_count);
   if (rc == 0)
     rc = atp_get_int(rq, b, NULL, "ttl_ms", ATP_OPTIONAL, ATP_TTL_MS_MIN, ATP_TTL_MS_MAX,
@@ -222,7 +222,7 @@ int atp_route_reservation_release(atp_req_t *rq) {
   if (rc == 0)
     rc = atp_get_text(rq, rq->body, NULL, "reason", ATP_OPTIONAL, REASON_BYTES_MAX, &reason);
   if (rc == 0)
-    rc = read_qty_lines(rq, rq->body, "lines", ATP_OPTIONAL, ATP_RESERVATION_POSITIONS_MAX,
+    rc = read_qty_lines(rq, rq->body, "lines", ATP_OPTIONAL, 1, ATP_RESERVATION_POSITIONS_MAX,
                         &lines, &count);
   if (rc != 0) return rc;
   atp_reservation_t *r = atp_req_reservation();
@@ -259,7 +259,7 @@ int atp_route_reservation_fulfil(atp_req_t *rq) {
   if (rc == 0)
     rc = atp_get_id(rq, rq->body, NULL, "fulfillment_id", ATP_REQUIRED, &fulfillment_id);
   if (rc == 0)
-    rc = read_qty_lines(rq, rq->body, "lines", ATP_OPTIONAL, ATP_RESERVATION_POSITIONS_MAX,
+    rc = read_qty_lines(rq, rq->body, "lines", ATP_OPTIONAL, 1, ATP_RESERVATION_POSITIONS_MAX,
                         &lines, &count);
   if (rc != 0) return rc;
   atp_reservation_t *r = atp_req_reservation();
@@ -279,10 +279,10 @@ int atp_route_reservation_amend(atp_req_t *rq) {
   if (rc == 0) rc = atp_req_parse_body(rq, true);
   if (rc == 0) rc = atp_get_id(rq, rq->body, NULL, "amend_id", ATP_REQUIRED, &amend_id);
   if (rc == 0)
-    rc = read_qty_lines(rq, rq->body, "release", ATP_OPTIONAL,
+    rc = read_qty_lines(rq, rq->body, "release", ATP_REQUIRED, 0,
                         ATP_RESERVATION_POSITIONS_MAX, &release, &release_count);
   if (rc == 0)
-    rc = read_line_reqs(rq, rq->body, "add", ATP_OPTIONAL, ATP_RESERVATION_LINES_MAX, &add,
+    rc = read_line_reqs(rq, rq->body, "add", ATP_REQUIRED, 0, ATP_RESERVATION_LINES_MAX, &add,
                         &add_count);
   if (rc != 0) return rc;
   if (release_count == 0 && add_count == 0)
