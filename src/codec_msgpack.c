@@ -114,6 +114,7 @@ static int check_value(const char *body, size_t start, size_t len, uint32_t dept
 typedef struct {
   atp_arena_t *arena;
   const char *body;        /* the bytes msgpack-c's strings point into */
+  size_t start;            /* where the value being converted starts */
   atp_parse_error_t *err;
 } convert_t;
 
@@ -123,10 +124,16 @@ typedef struct {
   uint32_t index;  /* position in the object, to report the later twin */
 } key_ref_t;
 
+/* Keys of equal length are equal bytes; msgpack-c gives empty strings a NULL
+ * pointer, which memcmp must not see. */
+static bool same_key(const char *a, const char *b, uint32_t len) {
+  return len == 0 || memcmp(a, b, len) == 0;
+}
+
 static int key_ref_cmp(const void *a, const void *b) {
   const key_ref_t *x = a, *y = b;
   if (x->key_len != y->key_len) return x->key_len < y->key_len ? -1 : 1;
-  int c = memcmp(x->key, y->key, x->key_len);
+  int c = x->key_len ? memcmp(x->key, y->key, x->key_len) : 0;
   if (c) return c;
   return x->index < y->index ? -1 : x->index > y->index;
 }
@@ -140,7 +147,7 @@ static int check_duplicates(convert_t *c, const msgpack_object_map *map) {
       const msgpack_object_str *ki = &map->ptr[i].key.via.str;
       for (uint32_t j = 0; j < i; j++) {
         const msgpack_object_str *kj = &map->ptr[j].key.via.str;
-        if (ki->size == kj->size && memcmp(ki->ptr, kj->ptr, ki->size) == 0) {
+        if (ki->size == kj->size && same_key(ki->ptr, kj->ptr, ki->size)) {
           dup = i;
           break;
         }
@@ -155,17 +162,19 @@ static int check_duplicates(convert_t *c, const msgpack_object_map *map) {
     qsort(refs, n, sizeof *refs, key_ref_cmp);
     for (uint32_t i = 1; i < n; i++) {
       if (refs[i].key_len == refs[i - 1].key_len &&
-          memcmp(refs[i].key, refs[i - 1].key, refs[i].key_len) == 0 && refs[i].index < dup) {
+          same_key(refs[i].key, refs[i - 1].key, refs[i].key_len) && refs[i].index < dup) {
         dup = refs[i].index;
       }
     }
   }
   if (dup == UINT32_MAX) return 0;
   const msgpack_object_str *k = &map->ptr[dup].key.via.str;
-  /* Report the key's type byte: its header size assuming the minimal form. */
+  /* Report the key's type byte: its header size assuming the minimal form.
+   * An empty key has no pointer into the body: report the value's start. */
   size_t header = k->size < 32 ? 1 : k->size <= UINT8_MAX ? 2 : k->size <= UINT16_MAX ? 3 : 5;
-  return atp_codec_fail(c->err, (size_t)(k->ptr - c->body) - header, "duplicate key \"%.*s\"",
-                        (int)(k->size > 64 ? 64 : k->size), k->ptr);
+  size_t at = k->size ? (size_t)(k->ptr - c->body) - header : c->start;
+  return atp_codec_fail(c->err, at, "duplicate key \"%.*s\"",
+                        (int)(k->size > 64 ? 64 : k->size), k->size ? k->ptr : "");
 }
 
 static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out) {
@@ -247,7 +256,7 @@ static int unpack_checked(const char *body, size_t start, size_t end, atp_arena_
   } else if (ur != MSGPACK_UNPACK_SUCCESS || off != end - start) {
     rc = atp_codec_fail(err, start + off, "malformed msgpack"); /* not expected after the check */
   } else {
-    convert_t c = {.arena = arena, .body = body, .err = err};
+    convert_t c = {.arena = arena, .body = body, .start = start, .err = err};
     atp_val_t *val = atp_arena_alloc(arena, sizeof *val);
     rc = val ? convert(&c, &unpacked.data, val) : ATP_ENOMEM;
     if (rc == ATP_ENOMEM) atp_codec_fail(err, start, "request too large to parse (arena exhausted)");

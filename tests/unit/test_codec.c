@@ -316,6 +316,7 @@ static void test_msgpack_errors(void) {
   MP_FAILS("\x80\xc0", 1, "unexpected data after the value");
   MP_FAILS("\x82\xa3qty\x01\xa3qty\x02", 6, "duplicate key \"qty\"");
   MP_FAILS("\x81\xa1" "a\x91\x82\xa1x\x01\xa1x\x02", 8, "duplicate key \"x\"");
+  MP_FAILS("\x82\xa0\x01\xa0\x02", 0, "duplicate key \"\""); /* empty: the value's start */
   MP_FAILS("\xcf\x80\x00\x00\x00\x00\x00\x00\x00", 0, "int64");
   MP_FAILS("\x91\xcf\xff\xff\xff\xff\xff\xff\xff\xff", 1, "int64");
   MP_FAILS("\x81\x01\x02", 1, "map key is not a string");
