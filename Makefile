@@ -111,6 +111,9 @@ BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/release/bench/%,$(BENCH_SRC))
 $(BUILD)/release/bench/%: bench/%.c $(call objs,release)
 	@mkdir -p $(dir $@)
 	$(CC) $(CSTD) $(WARN) $(CFLAGS_release) $(INC) $< $(call objs,release) -o $@ $(LIBS) $(LDFLAGS_release)
+# bench_json compares jansson with cJSON (linked) and json-c (dlopen'd: its
+# json_object_get clashes with jansson's).
+$(BUILD)/release/bench/bench_json: LIBS += -lcjson
 bench: deps all $(BENCH_BINS)
 	@bench/run.sh
 
