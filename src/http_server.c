@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <llhttp.h>
 #include <netdb.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -42,35 +43,42 @@
 #include "atp/error.h"
 #include "atp/limits.h"
 
-#define READ_BYTES (64 * 1024)               /* one loop-wide read buffer */
-#define OUT_HIGH_WATER_BYTES (1024 * 1024)   /* queued output that pauses parsing */
-#define OUT_INLINE_BODY_BYTES (16 * 1024)    /* bodies up to this are copied */
-#define OUT_BIG_MAX 4                        /* moved bodies per output queue */
-#define RESPONSE_BYTES_MAX (256u << 20)      /* one response body */
-#define KEEP_BUF_BYTES (256 * 1024)          /* buffers above this are freed after use */
-#define ARENA_CHUNK_BYTES (16 * 1024)
-#define ARENA_BYTES_MAX (4u * ATP_HTTP_BULK_BODY_BYTES_MAX)
-#define HEAD_BUF_BYTES_MAX (ATP_HTTP_URL_BYTES_MAX + ATP_HTTP_HEADER_BYTES_MAX + 64)
-#define FIELD_BYTES 16       /* longest header name we look for, rounded up */
-#define LINGER_MS 2000       /* after the last response: wait for the client's FIN */
-#define LINGER_BYTES_MAX (4u << 20)
-#define STOP_TIMEOUT_MS 5000
-#define LISTEN_BACKLOG 1024
-#define REQUEST_ID_BLOCK 4096
+#define READ_BYTES            (64 * 1024)   /* one loop-wide read buffer */
+#define OUT_HIGH_WATER_BYTES  (1024 * 1024) /* queued output that pauses parsing */
+#define OUT_INLINE_BODY_BYTES (16 * 1024)   /* bodies up to this are copied */
+#define OUT_BIG_MAX           4             /* moved bodies per output queue */
+#define RESPONSE_BYTES_MAX    (256u << 20)  /* one response body */
+#define KEEP_BUF_BYTES        (256 * 1024)  /* buffers above this are freed after use */
+#define ARENA_CHUNK_BYTES     (16 * 1024)
+#define ARENA_BYTES_MAX       (4u * ATP_HTTP_BULK_BODY_BYTES_MAX)
+#define HEAD_BUF_BYTES_MAX    (ATP_HTTP_URL_BYTES_MAX + ATP_HTTP_HEADER_BYTES_MAX + 64)
+#define FIELD_BYTES           16 /* longest header name we look for, rounded up */
+#define LINGER_MS             2000 /* after the last response: wait for the client's FIN */
+#define LINGER_BYTES_MAX      (4u << 20)
+#define STOP_TIMEOUT_MS       5000
+#define LISTEN_BACKLOG        1024
+#define REQUEST_ID_BLOCK      4096
 
-enum { HDR_NONE = -1, HDR_CONTENT_TYPE, HDR_ACCEPT, HDR_AUTHORIZATION, HDR_EXPECT, HDR_COUNT };
+enum {
+  HDR_NONE = -1,
+  HDR_CONTENT_TYPE,
+  HDR_ACCEPT,
+  HDR_AUTHORIZATION,
+  HDR_EXPECT,
+  HDR_COUNT
+};
 
 /* Process-wide request ids; loops take blocks so the hot path touches no
  * shared cache line. Relaxed suffices: only uniqueness matters, not order. */
 static _Atomic uint64_t request_ids = 1;
 
 typedef struct {
-  atp_buf_t bytes;                /* heads and inlined bodies, in order */
-  atp_buf_t big[OUT_BIG_MAX];     /* moved bodies, written in place */
-  size_t big_at[OUT_BIG_MAX];     /* big[i] goes before bytes[big_at[i]] */
+  atp_buf_t bytes;            /* heads and inlined bodies, in order */
+  atp_buf_t big[OUT_BIG_MAX]; /* moved bodies, written in place */
+  size_t big_at[OUT_BIG_MAX]; /* big[i] goes before bytes[big_at[i]] */
   uint32_t big_count;
-  uint32_t responses;             /* responses in this queue */
-  size_t total_bytes;             /* bytes.len plus the big bodies */
+  uint32_t responses; /* responses in this queue */
+  size_t total_bytes; /* bytes.len plus the big bodies */
 } outq_t;
 
 typedef struct loop_ctx loop_ctx_t;
@@ -80,15 +88,15 @@ struct conn {
   /* ---- core: parse, dispatch, serialise ---- */
   llhttp_t parser;
   const atp_http_config_t *config;
-  loop_ctx_t *lp;                 /* NULL when driven by atp_http_feed */
-  atp_arena_t arena;              /* the handler's; reset after each response */
-  atp_buf_t head;                 /* URL, NUL, then kept header values each + NUL */
-  atp_buf_t body;                 /* request body plus a NUL; len_max = limit + 1 */
-  atp_buf_t res_body;             /* handed to the handler as res->body */
-  outq_t out[2];                  /* out[pending] fills; out[!pending] is in flight */
+  loop_ctx_t *lp;     /* NULL when driven by atp_http_feed */
+  atp_arena_t arena;  /* the handler's; reset after each response */
+  atp_buf_t head;     /* URL, NUL, then kept header values each + NUL */
+  atp_buf_t body;     /* request body plus a NUL; len_max = limit + 1 */
+  atp_buf_t res_body; /* handed to the handler as res->body */
+  outq_t out[2];      /* out[pending] fills; out[!pending] is in flight */
   int pending;
-  atp_buf_t in;                   /* unparsed input held back by backpressure */
-  size_t in_off;                  /* parsed prefix of in */
+  atp_buf_t in;  /* unparsed input held back by backpressure */
+  size_t in_off; /* parsed prefix of in */
 
   /* the request being parsed; reset at message begin */
   size_t url_len;
@@ -96,40 +104,41 @@ struct conn {
   size_t hv_off[HDR_COUNT], hv_len[HDR_COUNT];
   bool hv_set[HDR_COUNT];
   char field[FIELD_BYTES];
-  uint32_t field_len;             /* FIELD_BYTES + 1: longer than any we keep */
-  int field_kind;                 /* HDR_* of the value being read */
-  size_t head_bytes;              /* request line and headers so far */
-  const char *head_mark;          /* last counted byte in the current chunk, or NULL */
+  uint32_t field_len;    /* FIELD_BYTES + 1: longer than any we keep */
+  int field_kind;        /* HDR_* of the value being read */
+  size_t head_bytes;     /* request line and headers so far */
+  const char *head_mark; /* last counted byte in the current chunk, or NULL */
   size_t trailer_bytes;
   size_t body_limit;
-  uint64_t head_started_ms;       /* loop time of the first byte of the head */
+  size_t body_expected;     /* Content-Length, or 0 (none, or chunked) */
+  uint64_t head_started_ms; /* loop time of the first byte of the head */
   int64_t started_ns;
-  bool in_message;                /* between message begin and complete */
+  bool in_message; /* between message begin and complete */
   bool headers_done;
   bool keep_alive;
   bool http10;
-  int fail_status;                /* set by a callback that failed the request */
+  int fail_status; /* set by a callback that failed the request */
   const char *fail_message;
 
-  bool closing;                   /* parse no more; close once output is written */
-  bool paused;                    /* in holds input parsed later */
+  bool closing; /* parse no more; close once output is written */
+  bool paused;  /* in holds input parsed later */
 
   /* ---- socket layer (unused by atp_http_feed) ---- */
   uv_tcp_t tcp;
   uv_timer_t timer;
   uv_write_t write_req;
   uv_shutdown_t shutdown_req;
-  bool writing;                   /* write_req in flight for out[!pending] */
+  bool writing; /* write_req in flight for out[!pending] */
   bool reading;
-  bool eof;                       /* the client half-closed */
-  bool lingering;                 /* shut down our side, discarding input till FIN */
-  bool closed;                    /* uv_close called */
+  bool eof;       /* the client half-closed */
+  bool lingering; /* shut down our side, discarding input till FIN */
+  bool closed;    /* uv_close called */
   bool timer_armed;
-  uint64_t deadline_ms;           /* loop time at which the connection times out */
-  uint64_t timer_due_ms;          /* when the armed timer fires */
+  uint64_t deadline_ms;  /* loop time at which the connection times out */
+  uint64_t timer_due_ms; /* when the armed timer fires */
   size_t linger_bytes;
-  int handles_open;               /* tcp and timer until their close callbacks */
-  conn_t *prev, *next;            /* loop's connection list */
+  int handles_open;    /* tcp and timer until their close callbacks */
+  conn_t *prev, *next; /* loop's connection list */
 };
 
 struct loop_ctx {
@@ -138,13 +147,13 @@ struct loop_ctx {
   uv_loop_t loop;
   uv_tcp_t listener;
   uv_async_t stop_async;
-  uv_timer_t stop_timer;          /* force-closes what the stop grace left */
-  uv_timer_t tick_timer;          /* loop 0 only runs it */
+  uv_timer_t stop_timer; /* force-closes what the stop grace left */
+  uv_timer_t tick_timer; /* loop 0 only runs it */
   uv_thread_t thread;
-  char *read_buf;                 /* READ_BYTES, shared by the loop's reads */
+  char *read_buf; /* READ_BYTES, shared by the loop's reads */
   conn_t *conns;
-  uint32_t conn_count;            /* connections not yet freed */
-  uint64_t id_next, id_end;       /* request id block */
+  uint32_t conn_count;      /* connections not yet freed */
+  uint64_t id_next, id_end; /* request id block */
   bool loop_inited, handles_inited, listening, stopping, finished, threaded;
 };
 
@@ -152,51 +161,90 @@ struct atp_http_server {
   atp_http_config_t config;
   int port;
   int threads;
-  atomic_int stop_requested;      /* 1 once stop was called (exchange: once) */
+  atomic_int stop_requested; /* 1 once stop was called (exchange: once) */
   bool ran;
   loop_ctx_t *loops;
 };
 
 static const char *status_reason(int status) {
   switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 406: return "Not Acceptable";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 412: return "Precondition Failed";
-    case 413: return "Payload Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 422: return "Unprocessable Entity";
-    case 428: return "Precondition Required";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return status < 300 ? "OK" : status < 400 ? "Redirect" : status < 500 ? "Client Error" : "Server Error";
+    case 100:
+      return "Continue";
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 202:
+      return "Accepted";
+    case 204:
+      return "No Content";
+    case 206:
+      return "Partial Content";
+    case 301:
+      return "Moved Permanently";
+    case 302:
+      return "Found";
+    case 304:
+      return "Not Modified";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 406:
+      return "Not Acceptable";
+    case 408:
+      return "Request Timeout";
+    case 409:
+      return "Conflict";
+    case 410:
+      return "Gone";
+    case 411:
+      return "Length Required";
+    case 412:
+      return "Precondition Failed";
+    case 413:
+      return "Payload Too Large";
+    case 414:
+      return "URI Too Long";
+    case 415:
+      return "Unsupported Media Type";
+    case 422:
+      return "Unprocessable Entity";
+    case 428:
+      return "Precondition Required";
+    case 429:
+      return "Too Many Requests";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    case 505:
+      return "HTTP Version Not Supported";
+    default:
+      return status < 300   ? "OK"
+             : status < 400 ? "Redirect"
+             : status < 500 ? "Client Error"
+                            : "Server Error";
   }
 }
 
-static uint32_t cfg_ms(uint32_t value, uint32_t fallback) { return value ? value : fallback; }
+static uint32_t cfg_ms(uint32_t value, uint32_t fallback) {
+  return value ? value : fallback;
+}
 
 /* ------------------------------------------------------------------------ */
 /* Output queue                                                              */
@@ -216,17 +264,21 @@ static void outq_release(outq_t *q) {
   atp_buf_reset(&q->bytes);
 }
 
-static bool outq_empty(const outq_t *q) { return q->total_bytes == 0; }
+static bool outq_empty(const outq_t *q) {
+  return q->total_bytes == 0;
+}
 
 static int outq_iov(const outq_t *q, uv_buf_t *iov) {
   int n = 0;
   size_t at = 0;
   for (uint32_t i = 0; i < q->big_count; i++) {
-    if (q->big_at[i] > at) iov[n++] = uv_buf_init(q->bytes.data + at, (unsigned)(q->big_at[i] - at));
+    if (q->big_at[i] > at)
+      iov[n++] = uv_buf_init(q->bytes.data + at, (unsigned)(q->big_at[i] - at));
     iov[n++] = uv_buf_init(q->big[i].data, (unsigned)q->big[i].len);
     at = q->big_at[i];
   }
-  if (q->bytes.len > at) iov[n++] = uv_buf_init(q->bytes.data + at, (unsigned)(q->bytes.len - at));
+  if (q->bytes.len > at)
+    iov[n++] = uv_buf_init(q->bytes.data + at, (unsigned)(q->bytes.len - at));
   assert(n <= 2 * OUT_BIG_MAX + 1);
   return n;
 }
@@ -268,10 +320,10 @@ typedef struct {
   const char *content_type;
   const char *body;
   size_t body_len;
-  atp_buf_t *body_buf;        /* when body is its data: may be moved, not copied */
+  atp_buf_t *body_buf; /* when body is its data: may be moved, not copied */
   const char *const *extra;
   uint32_t extra_count;
-  bool head_only;             /* HEAD: Content-Length but no body bytes */
+  bool head_only; /* HEAD: Content-Length but no body bytes */
   bool close;
 } response_t;
 
@@ -293,7 +345,8 @@ static int queue_response(conn_t *c, const response_t *r) {
     if (h && !strpbrk(h, "\r\n")) extra_len[i] = strlen(h);
     need += extra_len[i] + 2;
   }
-  bool move = send_body && r->body_buf && r->body_len > OUT_INLINE_BODY_BYTES && q->big_count < OUT_BIG_MAX;
+  bool move = send_body && r->body_buf && r->body_len > OUT_INLINE_BODY_BYTES &&
+              q->big_count < OUT_BIG_MAX;
   if (send_body && !move) need += r->body_len;
   char *start = atp_buf_reserve(&q->bytes, need);
   if (!start) return -1;
@@ -319,8 +372,10 @@ static int queue_response(conn_t *c, const response_t *r) {
     p = put_str(p, r->extra[i], extra_len[i]);
     p = PUT_LIT(p, "\r\n");
   }
-  if (r->close) p = PUT_LIT(p, "Connection: close\r\n");
-  else if (c->http10) p = PUT_LIT(p, "Connection: keep-alive\r\n");
+  if (r->close)
+    p = PUT_LIT(p, "Connection: close\r\n");
+  else if (c->http10)
+    p = PUT_LIT(p, "Connection: keep-alive\r\n");
   p = PUT_LIT(p, "\r\n");
   if (send_body && !move) p = put_str(p, r->body, r->body_len);
   size_t wrote = (size_t)(p - start);
@@ -363,7 +418,8 @@ static uint64_t next_request_id(conn_t *c) {
   loop_ctx_t *lp = c->lp;
   if (!lp) return atomic_fetch_add_explicit(&request_ids, 1, memory_order_relaxed);
   if (lp->id_next == lp->id_end) {
-    lp->id_next = atomic_fetch_add_explicit(&request_ids, REQUEST_ID_BLOCK, memory_order_relaxed);
+    lp->id_next =
+        atomic_fetch_add_explicit(&request_ids, REQUEST_ID_BLOCK, memory_order_relaxed);
     lp->id_end = lp->id_next + REQUEST_ID_BLOCK;
   }
   return lp->id_next++;
@@ -371,14 +427,22 @@ static uint64_t next_request_id(conn_t *c) {
 
 static atp_http_method_t map_method(uint8_t method) {
   switch (method) {
-    case HTTP_GET: return ATP_HTTP_GET;
-    case HTTP_HEAD: return ATP_HTTP_HEAD;
-    case HTTP_POST: return ATP_HTTP_POST;
-    case HTTP_PUT: return ATP_HTTP_PUT;
-    case HTTP_DELETE: return ATP_HTTP_DELETE;
-    case HTTP_PATCH: return ATP_HTTP_PATCH;
-    case HTTP_OPTIONS: return ATP_HTTP_OPTIONS;
-    default: return ATP_HTTP_OTHER;
+    case HTTP_GET:
+      return ATP_HTTP_GET;
+    case HTTP_HEAD:
+      return ATP_HTTP_HEAD;
+    case HTTP_POST:
+      return ATP_HTTP_POST;
+    case HTTP_PUT:
+      return ATP_HTTP_PUT;
+    case HTTP_DELETE:
+      return ATP_HTTP_DELETE;
+    case HTTP_PATCH:
+      return ATP_HTTP_PATCH;
+    case HTTP_OPTIONS:
+      return ATP_HTTP_OPTIONS;
+    default:
+      return ATP_HTTP_OTHER;
   }
 }
 
@@ -402,8 +466,10 @@ static void request_fill(conn_t *c, atp_http_request_t *req) {
   req->path_len = c->path_len;
   req->query = c->head.data + c->query_off;
   req->query_len = c->query_len;
-  const char **hv[HDR_COUNT] = {&req->content_type, &req->accept, &req->authorization, NULL};
-  size_t *hl[HDR_COUNT] = {&req->content_type_len, &req->accept_len, &req->authorization_len, NULL};
+  const char **hv[HDR_COUNT] = {&req->content_type, &req->accept, &req->authorization,
+                                NULL};
+  size_t *hl[HDR_COUNT] = {&req->content_type_len, &req->accept_len,
+                           &req->authorization_len, NULL};
   for (int k = 0; k < HDR_EXPECT; k++) {
     if (!c->hv_set[k]) continue;
     *hv[k] = c->head.data + c->hv_off[k];
@@ -433,7 +499,8 @@ static void request_reset(conn_t *c) {
   c->headers_done = false;
 }
 
-static void log_response(conn_t *c, const atp_http_request_t *req, int status, size_t body_bytes) {
+static void log_response(conn_t *c, const atp_http_request_t *req, int status,
+                         size_t body_bytes) {
   if (!c->config->log) return;
   int64_t elapsed = (int64_t)uv_hrtime() - req->started_ns;
   c->config->log(c->config->ctx, req, status, body_bytes, elapsed);
@@ -442,11 +509,16 @@ static void log_response(conn_t *c, const atp_http_request_t *req, int status, s
 /* The server's own error response; the connection closes after it. */
 static void fail_respond(conn_t *c, int status, const char *message) {
   if (c->closing) return;
-  const char *code = status == 413 ? "payload_too_large" : status == 503 ? "unavailable" : "bad_request";
+  const char *code = status == 413   ? "payload_too_large"
+                     : status == 503 ? "unavailable"
+                                     : "bad_request";
   char body[256];
   size_t len = error_json(body, sizeof body, code, message);
-  response_t r = {.status = status, .content_type = "application/json", .body = body,
-                  .body_len = len, .close = true};
+  response_t r = {.status = status,
+                  .content_type = "application/json",
+                  .body = body,
+                  .body_len = len,
+                  .close = true};
   c->closing = true;
   (void)queue_response(c, &r); /* out of memory: the close still happens */
   atp_http_request_t req;
@@ -469,13 +541,15 @@ static int head_count(conn_t *c, const char *at, size_t len) {
   const char *end = at + len;
   c->head_bytes += c->head_mark ? (size_t)(end - c->head_mark) : len;
   c->head_mark = end;
-  if (c->head_bytes > ATP_HTTP_HEADER_BYTES_MAX) return fail(c, 431, "request head is over 64 KiB");
+  if (c->head_bytes > ATP_HTTP_HEADER_BYTES_MAX)
+    return fail(c, 431, "request head is over 64 KiB");
   return 0;
 }
 
 static int trailer_count(conn_t *c, size_t len) {
   c->trailer_bytes += len;
-  if (c->trailer_bytes > ATP_HTTP_HEADER_BYTES_MAX) return fail(c, 431, "trailers are over 64 KiB");
+  if (c->trailer_bytes > ATP_HTTP_HEADER_BYTES_MAX)
+    return fail(c, 431, "trailers are over 64 KiB");
   return 0;
 }
 
@@ -487,12 +561,15 @@ static int cb_message_begin(llhttp_t *p) {
   return 0;
 }
 
-static int cb_head_span(llhttp_t *p, const char *at, size_t len) { return head_count(p->data, at, len); }
+static int cb_head_span(llhttp_t *p, const char *at, size_t len) {
+  return head_count(p->data, at, len);
+}
 
 static int cb_url(llhttp_t *p, const char *at, size_t len) {
   conn_t *c = p->data;
   if (head_count(c, at, len)) return -1;
-  if (c->url_len + len > ATP_HTTP_URL_BYTES_MAX) return fail(c, 414, "request URL is over 8 KiB");
+  if (c->url_len + len > ATP_HTTP_URL_BYTES_MAX)
+    return fail(c, 414, "request URL is over 8 KiB");
   if (atp_buf_append(&c->head, at, len)) return fail(c, 503, "out of memory");
   c->url_len += len;
   return 0;
@@ -518,12 +595,16 @@ static int cb_header_field(llhttp_t *p, const char *at, size_t len) {
 
 static int cb_header_field_complete(llhttp_t *p) {
   conn_t *c = p->data;
-  static const struct { const char *name; size_t len; } names[HDR_COUNT] = {
+  static const struct {
+    const char *name;
+    size_t len;
+  } names[HDR_COUNT] = {
       {"content-type", 12}, {"accept", 6}, {"authorization", 13}, {"expect", 6}};
   c->field_kind = HDR_NONE;
   if (!c->headers_done && c->field_len <= FIELD_BYTES) {
     for (int k = 0; k < HDR_COUNT; k++) {
-      if (names[k].len == c->field_len && strncasecmp(names[k].name, c->field, c->field_len) == 0) {
+      if (names[k].len == c->field_len &&
+          strncasecmp(names[k].name, c->field, c->field_len) == 0) {
         c->field_kind = k;
         c->hv_off[k] = c->head.len;
         break;
@@ -538,7 +619,8 @@ static int cb_header_value(llhttp_t *p, const char *at, size_t len) {
   conn_t *c = p->data;
   if (c->headers_done) return trailer_count(c, len);
   if (head_count(c, at, len)) return -1;
-  if (c->field_kind != HDR_NONE && atp_buf_append(&c->head, at, len)) return fail(c, 503, "out of memory");
+  if (c->field_kind != HDR_NONE && atp_buf_append(&c->head, at, len))
+    return fail(c, 503, "out of memory");
   return 0;
 }
 
@@ -557,7 +639,8 @@ static int cb_header_value_complete(llhttp_t *p) {
 static void split_url(conn_t *c) {
   char *url = c->head.data;
   size_t start = 0;
-  if (c->url_len > 8 && (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0)) {
+  if (c->url_len > 8 &&
+      (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0)) {
     char *slash = memchr(url + 8, '/', c->url_len - 8);
     char *qmark = memchr(url + 8, '?', c->url_len - 8);
     if (slash && (!qmark || slash < qmark)) start = (size_t)(slash - url);
@@ -586,18 +669,23 @@ static int cb_headers_complete(llhttp_t *p) {
   if (!c->head.data || c->url_len == 0) return fail(c, 400, "missing request URL");
   split_url(c);
   const atp_http_config_t *cfg = c->config;
-  c->body_limit = cfg->body_limit ? cfg->body_limit(cfg->ctx, map_method(p->method), c->head.data + c->path_off,
-                                                      c->path_len)
-                                  : ATP_HTTP_BODY_BYTES_MAX;
+  c->body_limit = cfg->body_limit
+                      ? cfg->body_limit(cfg->ctx, map_method(p->method),
+                                        c->head.data + c->path_off, c->path_len)
+                      : ATP_HTTP_BODY_BYTES_MAX;
   c->body.len_max = c->body_limit + 1;
-  bool has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+  bool has_body = (p->flags & F_CHUNKED) ||
+                  ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+  c->body_expected = (p->flags & F_CONTENT_LENGTH) ? (size_t)p->content_length : 0;
   if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->body_limit)
     return fail(c, 413, "request body is over this route's limit");
   if (has_body && c->hv_set[HDR_EXPECT] && c->hv_len[HDR_EXPECT] == 12 &&
-      strncasecmp(c->head.data + c->hv_off[HDR_EXPECT], "100-continue", 12) == 0 && !c->http10) {
+      strncasecmp(c->head.data + c->hv_off[HDR_EXPECT], "100-continue", 12) == 0 &&
+      !c->http10) {
     outq_t *q = &c->out[c->pending];
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-    if (atp_buf_append(&q->bytes, cont, sizeof cont - 1)) return fail(c, 503, "out of memory");
+    if (atp_buf_append(&q->bytes, cont, sizeof cont - 1))
+      return fail(c, 503, "out of memory");
     q->total_bytes += sizeof cont - 1;
   }
   return 0;
@@ -605,7 +693,13 @@ static int cb_headers_complete(llhttp_t *p) {
 
 static int cb_body(llhttp_t *p, const char *at, size_t len) {
   conn_t *c = p->data;
-  if (c->body.len + len > c->body_limit) return fail(c, 413, "request body is over this route's limit");
+  if (c->body.len + len > c->body_limit)
+    return fail(c, 413, "request body is over this route's limit");
+  /* A known length is reserved once its first byte is here (not at the head,
+   * so a client that only promises a body pins nothing), saving the doublings. */
+  if (c->body.len == 0 && c->body_expected > len &&
+      !atp_buf_reserve(&c->body, c->body_expected + 1))
+    return fail(c, 503, "out of memory");
   if (atp_buf_append(&c->body, at, len)) return fail(c, 503, "out of memory");
   return 0;
 }
@@ -621,9 +715,12 @@ static void dispatch(conn_t *c) {
   res.body = &c->res_body;
   c->config->handler(c->config->ctx, &req, &res);
 
-  response_t r = {.status = res.status, .content_type = res.content_type, .extra = res.extra_headers};
-  r.extra_count = res.extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX ? res.extra_header_count
-                                                                      : ATP_HTTP_EXTRA_HEADERS_MAX;
+  response_t r = {.status = res.status,
+                  .content_type = res.content_type,
+                  .extra = res.extra_headers};
+  r.extra_count = res.extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX
+                      ? res.extra_header_count
+                      : ATP_HTTP_EXTRA_HEADERS_MAX;
   r.head_only = req.method == ATP_HTTP_HEAD;
   r.close = res.close || !c->keep_alive || (c->lp && c->lp->stopping);
   if (res.body && res.body->len) {
@@ -636,7 +733,8 @@ static void dispatch(conn_t *c) {
     int e = res.body->failed == ATP_ENOMEM ? ATP_ENOMEM : ATP_EINTERNAL;
     r.status = atp_error_http_status(e);
     r.content_type = "application/json";
-    r.body_len = error_json(err, sizeof err, atp_strerror_code(e), "the response could not be built");
+    r.body_len = error_json(err, sizeof err, atp_strerror_code(e),
+                            "the response could not be built");
     r.body = err;
     r.body_buf = NULL;
     r.extra_count = 0;
@@ -709,21 +807,25 @@ static size_t core_execute(conn_t *c, const char *data, size_t len) {
   size_t used = len;
   if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
     used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
-    if (e == HPE_PAUSED) llhttp_resume(&c->parser);
-    else c->closing = true; /* no protocol switch is served */
+    if (e == HPE_PAUSED)
+      llhttp_resume(&c->parser);
+    else
+      c->closing = true; /* no protocol switch is served */
   } else if (e != HPE_OK) {
     if (c->fail_status) {
       fail_respond(c, c->fail_status, c->fail_message);
     } else {
       char msg[160];
-      snprintf(msg, sizeof msg, "malformed HTTP: %s", llhttp_get_error_reason(&c->parser));
+      snprintf(msg, sizeof msg, "malformed HTTP: %s",
+               llhttp_get_error_reason(&c->parser));
       fail_respond(c, 400, msg);
     }
   }
   if (!c->closing && c->in_message && !c->headers_done && c->head_mark) {
     c->head_bytes += (size_t)(data + used - c->head_mark);
     c->head_mark = NULL;
-    if (c->head_bytes > ATP_HTTP_HEADER_BYTES_MAX) fail_respond(c, 431, "request head is over 64 KiB");
+    if (c->head_bytes > ATP_HTTP_HEADER_BYTES_MAX)
+      fail_respond(c, 431, "request head is over 64 KiB");
   }
   return used;
 }
@@ -738,7 +840,8 @@ static void outq_flatten(outq_t *q, atp_buf_t *out) {
   outq_release(q);
 }
 
-int atp_http_feed(const atp_http_config_t *config, const char *bytes, size_t len, atp_buf_t *out) {
+int atp_http_feed(const atp_http_config_t *config, const char *bytes, size_t len,
+                  atp_buf_t *out) {
   assert(config && config->handler && out);
   conn_t *c = atp_calloc(1, sizeof *c);
   if (!c) return 1;
@@ -763,10 +866,13 @@ static void loop_maybe_finish(loop_ctx_t *lp);
 
 static void on_handle_closed(uv_handle_t *h) {
   conn_t *c = h->data;
+  assert(c->closed && c->handles_open > 0);
   if (--c->handles_open > 0) return;
   loop_ctx_t *lp = c->lp;
-  if (c->prev) c->prev->next = c->next;
-  else lp->conns = c->next;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    lp->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   lp->conn_count--;
   core_destroy(c);
@@ -786,7 +892,8 @@ static void on_timer(uv_timer_t *t);
 
 static void conn_set_deadline(conn_t *c, uint64_t deadline_ms) {
   c->deadline_ms = deadline_ms;
-  if (c->timer_armed && deadline_ms >= c->timer_due_ms) return; /* fires early, re-arms */
+  if (c->timer_armed && deadline_ms >= c->timer_due_ms)
+    return; /* fires early, re-arms */
   uint64_t now = uv_now(&c->lp->loop);
   uv_timer_start(&c->timer, on_timer, deadline_ms > now ? deadline_ms - now : 0, 0);
   c->timer_due_ms = deadline_ms;
@@ -800,7 +907,8 @@ static void conn_update_deadline(conn_t *c) {
   if (c->writing || !c->in_message)
     conn_set_deadline(c, now + cfg_ms(cfg->idle_timeout_ms, ATP_HTTP_IDLE_TIMEOUT_MS));
   else if (!c->headers_done)
-    conn_set_deadline(c, c->head_started_ms + cfg_ms(cfg->header_timeout_ms, ATP_HTTP_HEADER_TIMEOUT_MS));
+    conn_set_deadline(c, c->head_started_ms + cfg_ms(cfg->header_timeout_ms,
+                                                     ATP_HTTP_HEADER_TIMEOUT_MS));
   else
     conn_set_deadline(c, now + cfg_ms(cfg->body_timeout_ms, ATP_HTTP_BODY_TIMEOUT_MS));
 }
@@ -817,7 +925,8 @@ static void on_timer(uv_timer_t *t) {
     conn_close(c); /* idle, stalled write, or lingering: nothing to say */
     return;
   }
-  fail_respond(c, 408, c->headers_done ? "request body timed out" : "request head timed out");
+  fail_respond(c, 408,
+               c->headers_done ? "request body timed out" : "request head timed out");
   conn_progress(c);
 }
 
@@ -860,6 +969,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 static void on_write(uv_write_t *req, int status);
 
 static int conn_start_write(conn_t *c) {
+  assert(!c->writing && !c->closed);
   outq_t *q = &c->out[c->pending];
   uv_buf_t iov[2 * OUT_BIG_MAX + 1];
   int n = outq_iov(q, iov);
@@ -875,6 +985,7 @@ static int conn_start_write(conn_t *c) {
 
 static void on_write(uv_write_t *req, int status) {
   conn_t *c = req->data;
+  assert(c->writing);
   c->writing = false;
   outq_release(&c->out[!c->pending]);
   if (c->closed) return;
@@ -959,15 +1070,19 @@ typedef struct {
   uv_tcp_t tcp;
 } reject_t;
 
-static void on_reject_closed(uv_handle_t *h) { atp_free(h->data); }
+static void on_reject_closed(uv_handle_t *h) {
+  atp_free(h->data);
+}
 
 /* Over the connection limit: accept (libuv stops accepting otherwise), answer
  * 503 if the socket takes it at once, and close. */
 static void reject_connection(loop_ctx_t *lp) {
   static const char busy[] =
-      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 77\r\n"
+      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+      "application/json\r\nContent-Length: 77\r\n"
       "Connection: close\r\n\r\n"
-      "{\"error\":{\"code\":\"unavailable\",\"message\":\"too many connections, retry later\"}}";
+      "{\"error\":{\"code\":\"unavailable\",\"message\":\"too many connections, retry "
+      "later\"}}";
   reject_t *r = atp_malloc(sizeof *r);
   if (!r) return;
   uv_tcp_init(&lp->loop, &r->tcp);
@@ -1038,7 +1153,8 @@ static void on_stop_async(uv_async_t *a) {
     uv_close((uv_handle_t *)&lp->listener, NULL);
     lp->listening = false;
   }
-  uv_timer_start(&lp->stop_timer, on_stop_timer, cfg_ms(lp->server->config.stop_timeout_ms, STOP_TIMEOUT_MS), 0);
+  uv_timer_start(&lp->stop_timer, on_stop_timer,
+                 cfg_ms(lp->server->config.stop_timeout_ms, STOP_TIMEOUT_MS), 0);
   /* Idle connections close now; busy ones after their response. */
   for (conn_t *c = lp->conns; c; c = c->next) conn_progress(c);
   loop_maybe_finish(lp);
@@ -1049,7 +1165,8 @@ static void on_tick(uv_timer_t *t) {
   lp->server->config.tick(lp->server->config.ctx);
 }
 
-static int open_listener(const atp_http_config_t *cfg, int port, int *fd_out, char *err, size_t err_len) {
+static int open_listener(const atp_http_config_t *cfg, int port, int *fd_out, char *err,
+                         size_t err_len) {
   struct addrinfo hints = {0}, *res = NULL;
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -1059,7 +1176,8 @@ static int open_listener(const atp_http_config_t *cfg, int port, int *fd_out, ch
   const char *host = cfg->host && *cfg->host ? cfg->host : NULL;
   int gai = getaddrinfo(host, port_str, &hints, &res);
   if (gai) {
-    snprintf(err, err_len, "cannot resolve %s: %s", host ? host : "*", gai_strerror(gai));
+    snprintf(err, err_len, "cannot resolve %s: %s", host ? host : "*",
+             gai_strerror(gai));
     return ATP_EUNAVAILABLE;
   }
   int fd = -1, saved = 0;
@@ -1080,14 +1198,16 @@ static int open_listener(const atp_http_config_t *cfg, int port, int *fd_out, ch
   }
   freeaddrinfo(res);
   if (fd < 0) {
-    snprintf(err, err_len, "cannot listen on %s:%d: %s", host ? host : "*", port, strerror(saved));
+    snprintf(err, err_len, "cannot listen on %s:%d: %s", host ? host : "*", port,
+             strerror(saved));
     return ATP_EUNAVAILABLE;
   }
   *fd_out = fd;
   return 0;
 }
 
-static int loop_init(atp_http_server_t *s, loop_ctx_t *lp, int index, char *err, size_t err_len) {
+static int loop_init(atp_http_server_t *s, loop_ctx_t *lp, int index, char *err,
+                     size_t err_len) {
   lp->server = s;
   lp->index = index;
   if (uv_loop_init(&lp->loop)) {
@@ -1104,7 +1224,8 @@ static int loop_init(atp_http_server_t *s, loop_ctx_t *lp, int index, char *err,
   uv_timer_init(&lp->loop, &lp->stop_timer);
   uv_timer_init(&lp->loop, &lp->tick_timer);
   uv_tcp_init(&lp->loop, &lp->listener);
-  lp->stop_async.data = lp->stop_timer.data = lp->tick_timer.data = lp->listener.data = lp;
+  lp->stop_async.data = lp->stop_timer.data = lp->tick_timer.data = lp->listener.data =
+      lp;
   lp->handles_inited = true;
   int fd, rc = open_listener(&s->config, s->port, &fd, err, err_len);
   if (rc) return rc;
@@ -1122,8 +1243,9 @@ static int loop_init(atp_http_server_t *s, loop_ctx_t *lp, int index, char *err,
     struct sockaddr_storage addr;
     int len = sizeof addr;
     uv_tcp_getsockname(&lp->listener, (struct sockaddr *)&addr, &len);
-    s->port = addr.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&addr)->sin6_port)
-                                         : ntohs(((struct sockaddr_in *)&addr)->sin_port);
+    s->port = addr.ss_family == AF_INET6
+                  ? ntohs(((struct sockaddr_in6 *)&addr)->sin6_port)
+                  : ntohs(((struct sockaddr_in *)&addr)->sin_port);
   }
   if (index == 0 && s->config.tick && s->config.tick_ms)
     uv_timer_start(&lp->tick_timer, on_tick, s->config.tick_ms, s->config.tick_ms);
@@ -1134,7 +1256,8 @@ static void loop_destroy(loop_ctx_t *lp) {
   if (lp->handles_inited && !lp->finished) {
     /* Never ran (or create failed): no connections exist, only our handles. */
     assert(lp->conn_count == 0);
-    if (!uv_is_closing((uv_handle_t *)&lp->listener)) uv_close((uv_handle_t *)&lp->listener, NULL);
+    if (!uv_is_closing((uv_handle_t *)&lp->listener))
+      uv_close((uv_handle_t *)&lp->listener, NULL);
     lp->stopping = true;
     loop_maybe_finish(lp);
   }
@@ -1147,13 +1270,20 @@ static void loop_destroy(loop_ctx_t *lp) {
   atp_free(lp->read_buf);
 }
 
-int atp_http_server_create(const atp_http_config_t *config, atp_http_server_t **out, char *err, size_t err_len) {
+int atp_http_server_create(const atp_http_config_t *config, atp_http_server_t **out,
+                           char *err, size_t err_len) {
   *out = NULL;
-  if (!config || !config->handler || config->threads < 1 || config->threads > ATP_HTTP_THREADS_MAX ||
-      config->port < 0 || config->port > 65535) {
+  if (!config || !config->handler || config->threads < 1 ||
+      config->threads > ATP_HTTP_THREADS_MAX || config->port < 0 ||
+      config->port > 65535) {
     snprintf(err, err_len, "invalid HTTP server configuration");
     return ATP_EBADREQ;
   }
+  /* libuv writes with write(2): a peer's reset must come back as EPIPE, not
+   * kill the process. Only a default disposition is changed. */
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+    signal(SIGPIPE, SIG_IGN);
   atp_http_server_t *s = atp_calloc(1, sizeof *s);
   loop_ctx_t *loops = atp_calloc((size_t)config->threads, sizeof *loops);
   if (!s || !loops) {
@@ -1178,7 +1308,9 @@ int atp_http_server_create(const atp_http_config_t *config, atp_http_server_t **
   return 0;
 }
 
-int atp_http_server_port(const atp_http_server_t *server) { return server->port; }
+int atp_http_server_port(const atp_http_server_t *server) {
+  return server->port;
+}
 
 static void loop_thread(void *arg) {
   loop_ctx_t *lp = arg;
@@ -1196,8 +1328,10 @@ int atp_http_server_run(atp_http_server_t *s) {
   uv_run(&s->loops[0].loop, UV_RUN_DEFAULT);
   for (int i = 1; i < s->threads; i++) {
     loop_ctx_t *lp = &s->loops[i];
-    if (lp->threaded) uv_thread_join(&lp->thread);
-    else uv_run(&lp->loop, UV_RUN_DEFAULT);
+    if (lp->threaded)
+      uv_thread_join(&lp->thread);
+    else
+      uv_run(&lp->loop, UV_RUN_DEFAULT);
   }
   return 0;
 }

@@ -32,34 +32,34 @@ typedef enum {
 
 typedef struct {
   atp_http_method_t method;
-  const char *method_name;   /* "GET", ... NUL-terminated */
-  const char *path;          /* raw (still percent-encoded), NUL-terminated */
+  const char *method_name; /* "GET", ... NUL-terminated */
+  const char *path;        /* raw (still percent-encoded), NUL-terminated */
   size_t path_len;
-  const char *query;         /* after '?', raw, NUL-terminated; "" if none */
+  const char *query; /* after '?', raw, NUL-terminated; "" if none */
   size_t query_len;
-  const char *content_type;  /* header value or NULL */
+  const char *content_type; /* header value or NULL */
   size_t content_type_len;
-  const char *accept;        /* header value or NULL */
+  const char *accept; /* header value or NULL */
   size_t accept_len;
   const char *authorization; /* header value or NULL; never log it */
   size_t authorization_len;
-  const char *body;          /* whole body (chunked bodies are joined), may be "" */
+  const char *body; /* whole body (chunked bodies are joined), may be "" */
   size_t body_len;
-  uint64_t request_id;       /* unique per process, for logs */
-  int64_t started_ns;        /* monotonic time the request head was complete */
-  atp_arena_t *arena;        /* cleared after the response is queued */
-  int thread_index;          /* which loop thread runs the handler */
+  uint64_t request_id; /* unique per process, for logs */
+  int64_t started_ns;  /* monotonic time the request head was complete */
+  atp_arena_t *arena;  /* cleared after the response is queued */
+  int thread_index;    /* which loop thread runs the handler */
 } atp_http_request_t;
 
 #define ATP_HTTP_EXTRA_HEADERS_MAX 4
 
 typedef struct {
-  int status;                 /* set by the handler; 500 if left 0 */
-  const char *content_type;   /* static string, or NULL for no body type */
-  atp_buf_t *body;            /* the handler appends the body here */
+  int status;               /* set by the handler; 500 if left 0 */
+  const char *content_type; /* static string, or NULL for no body type */
+  atp_buf_t *body;          /* the handler appends the body here */
   const char *extra_headers[ATP_HTTP_EXTRA_HEADERS_MAX]; /* "Retry-After: 1" */
   uint32_t extra_header_count;
-  bool close;                 /* close the connection after this response */
+  bool close; /* close the connection after this response */
 } atp_http_response_t;
 
 /* Runs on the loop thread for each complete request. Must not block. */
@@ -73,13 +73,13 @@ typedef size_t (*atp_http_body_limit_fn)(void *ctx, atp_http_method_t method,
 
 /* Called once per response after it is queued, for metrics and the access log:
  * route-independent facts only. */
-typedef void (*atp_http_log_fn)(void *ctx, const atp_http_request_t *req,
-                                int status, size_t body_bytes, int64_t elapsed_ns);
+typedef void (*atp_http_log_fn)(void *ctx, const atp_http_request_t *req, int status,
+                                size_t body_bytes, int64_t elapsed_ns);
 
 typedef struct {
-  const char *host;       /* "127.0.0.1" */
-  int port;               /* 0: pick a free one (see atp_http_server_port) */
-  int threads;            /* 1..ATP_HTTP_THREADS_MAX */
+  const char *host; /* "127.0.0.1" */
+  int port;         /* 0: pick a free one (see atp_http_server_port) */
+  int threads;      /* 1..ATP_HTTP_THREADS_MAX */
   atp_http_handler_fn handler;
   atp_http_body_limit_fn body_limit; /* NULL: ATP_HTTP_BODY_BYTES_MAX for all */
   atp_http_log_fn log;               /* NULL: none */
@@ -101,9 +101,10 @@ typedef struct atp_http_server atp_http_server_t;
 /* Binds and listens on every thread's socket (so the port is known on
  * return) but serves nothing until atp_http_server_run. Negative ATP_E* or
  * -errno-like ATP_EUNAVAILABLE when the address cannot be bound; err gets a
- * sentence. */
-int atp_http_server_create(const atp_http_config_t *config,
-                           atp_http_server_t **out, char *err, size_t err_len);
+ * sentence. Sets SIGPIPE to SIG_IGN if it is still SIG_DFL (a write to a reset
+ * connection must fail with EPIPE, not kill the process). */
+int atp_http_server_create(const atp_http_config_t *config, atp_http_server_t **out,
+                           char *err, size_t err_len);
 
 /* The bound port. */
 int atp_http_server_port(const atp_http_server_t *server);
