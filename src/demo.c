@@ -20,7 +20,7 @@ static uint64_t next_random(uint64_t *state) {
 
 static atp_str_t str_of(const char *s) { return (atp_str_t){s, (uint32_t)strlen(s)}; }
 
-static int load_groups(atp_engine_t *engine, char stores[][16]) {
+static int load_groups(atp_engine_t *engine, char stores[][24]) {
   atp_str_t north[5], south[5];
   for (int i = 0; i < 5; i++) {
     north[i] = str_of(stores[i]);
@@ -42,7 +42,7 @@ int atp_demo_load(atp_engine_t *engine, uint32_t *positions) {
   atp_engine_stats_t st;
   atp_engine_stats(engine, &st);
   if (st.positions > 0) return 0;
-  char stores[ATP_DEMO_STORES][16];
+  char stores[ATP_DEMO_STORES][24];
   for (int s = 0; s < ATP_DEMO_STORES; s++) snprintf(stores[s], sizeof stores[s], "store-%02d", s + 1);
   int rc = load_groups(engine, stores);
   if (rc != 0) return rc;

@@ -1,0 +1,373 @@
+/* test_router.c - route matching, body limits and the dispatcher end to end
+ * (auth, ownership, readiness, media types, negotiation, metrics) with a real
+ * engine and fake HTTP requests. */
+#include <string.h>
+
+#include "atp/error.h"
+#include "atp/router.h"
+#include "test.h"
+
+/* fake_t literals name only the leading fields; the rest are NULL. */
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+
+static atp_arena_t arena;
+
+static const atp_route_t *match(atp_http_method_t m, const char *path, atp_str_t *params,
+                                uint32_t *n, bool *known, int *err) {
+  return atp_router_match(m, path, strlen(path), &arena, params, n, known, err);
+}
+
+static void test_match(void) {
+  atp_str_t p[ATP_ROUTE_PARAMS_MAX];
+  uint32_t n = 0;
+  bool known = false;
+  int err = 0;
+  const atp_route_t *r = match(ATP_HTTP_GET, "/v1/availability", p, &n, &known, &err);
+  REQUIRE(r);
+  CHECK(r->handler == atp_route_availability_get);
+  CHECK_EQ(n, 0);
+  r = match(ATP_HTTP_POST, "/v1/reservations/res-1/commit", p, &n, &known, &err);
+  REQUIRE(r);
+  CHECK(r->handler == atp_route_reservation_commit);
+  CHECK(n == 1 && p[0].len == 5 && !memcmp(p[0].ptr, "res-1", 5));
+  r = match(ATP_HTTP_POST, "/v1/reservations", p, &n, &known, &err);
+  REQUIRE(r);
+  CHECK(r->handler == atp_route_reservation_create);
+  r = match(ATP_HTTP_GET, "/v1/reservations/gid%3A%2F%2Fshopify%2FOrder%2F9", p, &n, &known,
+            &err);
+  REQUIRE(r);
+  CHECK(r->handler == atp_route_reservation_get);
+  CHECK(n == 1 && p[0].len == 21 && !memcmp(p[0].ptr, "gid://shopify/Order/9", 21));
+  r = match(ATP_HTTP_GET, "/v1/groups/a+b", p, &n, &known, &err); /* '+' stays in paths */
+  REQUIRE(r);
+  CHECK(p[0].len == 3 && !memcmp(p[0].ptr, "a+b", 3));
+  r = match(ATP_HTTP_DELETE, "/v1/groups/north", p, &n, &known, &err);
+  REQUIRE(r);
+  CHECK(r->handler == atp_route_group_delete);
+  r = match(ATP_HTTP_PUT, "/v1/groups/north", p, &n, &known, &err);
+  REQUIRE(r);
+  CHECK(r->handler == atp_route_group_put);
+
+  /* Unknown paths, empty params, trailing slashes, extra segments. */
+  CHECK(!match(ATP_HTTP_GET, "/v1/nope", p, &n, &known, &err));
+  CHECK(!known);
+  CHECK(!match(ATP_HTTP_GET, "/v1/availability/", p, &n, &known, &err));
+  CHECK(!match(ATP_HTTP_GET, "/v1/reservations/", p, &n, &known, &err));
+  CHECK(!match(ATP_HTTP_POST, "/v1/reservations//commit", p, &n, &known, &err));
+  CHECK(!match(ATP_HTTP_POST, "/v1/reservations/a/b/commit", p, &n, &known, &err));
+  CHECK(!match(ATP_HTTP_GET, "/v1/availabilityx", p, &n, &known, &err));
+  CHECK(!match(ATP_HTTP_GET, "", p, &n, &known, &err));
+  /* Known path, other method: 405. */
+  CHECK(!match(ATP_HTTP_DELETE, "/v1/availability", p, &n, &known, &err));
+  CHECK(known);
+  CHECK(!match(ATP_HTTP_GET, "/v1/reservations/x/commit", p, &n, &known, &err));
+  CHECK(known);
+  /* A bad escape in a param. */
+  CHECK(!match(ATP_HTTP_GET, "/v1/reservations/%zz", p, &n, &known, &err));
+  CHECK_EQ(err, ATP_EBADREQ);
+}
+
+static void test_table(void) {
+  uint32_t count = 0;
+  const atp_route_t *routes = atp_routes(&count);
+  CHECK(count >= 18);
+  CHECK(count < ATP_METRICS_ROUTES_MAX);
+  for (uint32_t i = 0; i < count; i++) {
+    CHECK(routes[i].handler != NULL);
+    CHECK(routes[i].pattern[0] == '/');
+    CHECK_EQ(atp_route_index(&routes[i]), i);
+    bool open = strncmp(routes[i].pattern, "/v1/", 4) != 0;
+    CHECK(open == (routes[i].access == ATP_ACCESS_OPEN));
+  }
+  CHECK_EQ(atp_route_index(NULL), count);
+}
+
+static void test_body_limit(void) {
+  CHECK_EQ(atp_router_body_limit(NULL, ATP_HTTP_POST, "/v1/reservations", 16),
+           ATP_HTTP_BODY_BYTES_MAX);
+  CHECK_EQ(atp_router_body_limit(NULL, ATP_HTTP_POST, "/v1/batch", 9),
+           ATP_HTTP_BULK_BODY_BYTES_MAX);
+  CHECK_EQ(atp_router_body_limit(NULL, ATP_HTTP_POST, "/v1/reconciliations", 19),
+           ATP_HTTP_BULK_BODY_BYTES_MAX);
+  CHECK_EQ(atp_router_body_limit(NULL, ATP_HTTP_POST, "/v1/reconciliations/x/apply", 27),
+           ATP_HTTP_BULK_BODY_BYTES_MAX);
+  CHECK_EQ(atp_router_body_limit(NULL, ATP_HTTP_POST, "/v1/batchx", 10),
+           ATP_HTTP_BODY_BYTES_MAX);
+  CHECK_EQ(atp_router_body_limit(NULL, ATP_HTTP_GET, "/nope", 5), ATP_HTTP_BODY_BYTES_MAX);
+}
+
+/* --- dispatch ------------------------------------------------------------------ */
+
+static atp_app_t app;
+static atp_auth_t auth;
+static atp_ownership_t own;
+static atp_buf_t body;
+static atp_http_response_t res;
+static uint64_t next_id = 1;
+
+typedef struct {
+  atp_http_method_t method;
+  const char *path;   /* may include ?query */
+  const char *body;
+  const char *content_type;
+  const char *accept;
+  const char *authorization;
+} fake_t;
+
+/* Runs one request through the handler and the log hook; returns the status. */
+static int call(fake_t f) {
+  atp_http_request_t req;
+  memset(&req, 0, sizeof req);
+  static char path[512];
+  snprintf(path, sizeof path, "%s", f.path);
+  char *q = strchr(path, '?');
+  req.method = f.method;
+  req.method_name = "X";
+  req.path = path;
+  req.path_len = q ? (size_t)(q - path) : strlen(path);
+  req.query = q ? q + 1 : "";
+  req.query_len = strlen(req.query);
+  if (q) *q = '\0';
+  req.body = f.body ? f.body : "";
+  req.body_len = f.body ? strlen(f.body) : 0;
+#define HDR(name)            \
+  if (f.name) {              \
+    req.name = f.name;       \
+    req.name##_len = strlen(f.name); \
+  }
+  HDR(content_type) HDR(accept) HDR(authorization)
+#undef HDR
+  req.arena = &arena;
+  req.request_id = next_id++;
+  memset(&res, 0, sizeof res);
+  atp_buf_reset(&body);
+  res.body = &body;
+  atp_router_handle(&app, &req, &res);
+  atp_router_log(&app, &req, res.status, body.len, 1000);
+  atp_arena_reset(&arena);
+  return res.status;
+}
+
+static bool body_has(const char *s) {
+  return body.len && memmem(body.data, body.len, s, strlen(s)) != NULL;
+}
+
+#define JSON "application/json"
+
+static void test_dispatch_basics(void) {
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/healthz"}), 200);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/nope"}), 404);
+  CHECK(body_has("\"code\":\"not_found\""));
+  CHECK_EQ(call((fake_t){ATP_HTTP_DELETE, "/v1/availability"}), 405);
+  CHECK(body_has("\"error\""));
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=nope&location=x"}), 404);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?location=x"}), 400);
+  CHECK(body_has("\"field\":\"sku\""));
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=a&location=x&group=g"}), 400);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=%zz"}), 400);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=a&group=nope"}), 404);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=never"}), 200);
+  CHECK(body_has("\"locations\":[]"));
+  /* Media types: a body in anything else is 415, a bodiless GET is fine. */
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments", "a=b", "text/plain"}), 415);
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments", "{}", NULL}), 415);
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments", NULL, JSON}), 400);
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments", "[1]", JSON}), 400);
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments", "{\"id\":", JSON}), 400);
+  /* Accept picks the response format, errors included. */
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/nope", NULL, NULL, "application/x-msgpack"}), 404);
+  CHECK(res.content_type && strstr(res.content_type, "msgpack"));
+  CHECK((unsigned char)body.data[0] >= 0x80); /* a msgpack map, not '{' */
+}
+
+static void test_dispatch_stock(void) {
+  const char *adj = "{\"id\":\"t-adj-1\",\"sku\":\"S1\",\"location\":\"L1\",\"delta\":7,"
+                    "\"reason\":\"received\",\"source\":\"erp\"}";
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments", adj, JSON}), 200);
+  CHECK(body_has("\"on_hand\":7"));
+  CHECK(!body_has("replayed"));
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments", adj, JSON}), 200);
+  CHECK(body_has("\"replayed\":true"));
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments",
+                         "{\"id\":\"t-adj-2\",\"sku\":\"S1\",\"location\":\"L1\",\"delta\":0,"
+                         "\"reason\":\"received\",\"source\":\"erp\"}",
+                         JSON}),
+           400);
+  CHECK(body_has("\"field\":\"delta\""));
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments",
+                         "{\"id\":\"t-adj-3\",\"sku\":\"S1\",\"location\":\"L1\",\"delta\":1,"
+                         "\"reason\":\"gift\",\"source\":\"erp\"}",
+                         JSON}),
+           400);
+  CHECK(body_has("\"field\":\"reason\""));
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=S1&location=L1"}), 200);
+  CHECK(body_has("\"available\":7"));
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/reservations",
+                         "{\"id\":\"t-r-1\",\"lines\":[{\"sku\":\"S1\",\"location\":\"L1\","
+                         "\"qty\":2}]}",
+                         JSON}),
+           201);
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/reservations",
+                         "{\"id\":\"t-r-2\",\"lines\":[{\"sku\":\"S1\",\"location\":\"L1\","
+                         "\"qty\":99}]}",
+                         JSON}),
+           409);
+  CHECK(body_has("\"shortfalls\""));
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/reservations",
+                         "{\"id\":\"t-r-3\",\"lines\":[{\"sku\":\"S1\",\"location\":\"L1\","
+                         "\"qty\":1},{\"sku\":\"S1\",\"qty\":1}]}",
+                         JSON}),
+           400);
+  CHECK(body_has("\"field\":\"lines[1].location\""));
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/reservations/t-r-1"}), 200);
+  CHECK(body_has("\"status\":\"held\""));
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/reservations/t-r-1/release", NULL, NULL}), 200);
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/reservations/t-r-1/extend",
+                         "{\"ttl_ms\":5000}", JSON}),
+           409);
+  CHECK(body_has("\"status\":\"released\""));
+  CHECK_EQ(call((fake_t){ATP_HTTP_PUT, "/v1/groups/g1", "{\"locations\":[\"L1\",\"L1\"]}",
+                         JSON}),
+           400);
+  CHECK(body_has("\"field\":\"locations[1]\""));
+  CHECK_EQ(call((fake_t){ATP_HTTP_PUT, "/v1/groups/g1", "{\"locations\":[\"L2\",\"L1\"]}",
+                         JSON}),
+           200);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=S1&group=g1"}), 200);
+  CHECK(body_has("\"found\":false"));
+  CHECK(body_has("\"available\":7"));
+  CHECK_EQ(call((fake_t){ATP_HTTP_DELETE, "/v1/groups/g1"}), 204);
+  CHECK_EQ(body.len, 0);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/groups/g1"}), 404);
+}
+
+static void test_dispatch_auth(void) {
+  char err[128];
+  const char *tokens = "tr read\ntc checkout\nti integration\nto ops\n";
+  REQUIRE(atp_auth_parse(&auth, tokens, strlen(tokens), err, sizeof err) == 0);
+  app.auth = &auth;
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=S1"}), 401);
+  CHECK(body_has("unauthorized"));
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=S1", NULL, NULL, NULL,
+                         "Bearer wrong"}),
+           401);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=S1", NULL, NULL, NULL,
+                         "Bearer tr"}),
+           200);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/reservations/x", NULL, NULL, NULL, "Bearer tr"}),
+           403);
+  CHECK(body_has("forbidden"));
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/reservations/x", NULL, NULL, NULL, "Bearer tc"}),
+           404);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/reservations/x", NULL, NULL, NULL, "Bearer ti"}),
+           403);
+  CHECK_EQ(call((fake_t){ATP_HTTP_DELETE, "/v1/groups/x", NULL, NULL, NULL, "Bearer tc"}),
+           403);
+  CHECK_EQ(call((fake_t){ATP_HTTP_DELETE, "/v1/groups/x", NULL, NULL, NULL, "Bearer ti"}),
+           404);
+  CHECK_EQ(call((fake_t){ATP_HTTP_DELETE, "/v1/groups/x", NULL, NULL, NULL, "Bearer to"}),
+           404);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/metrics"}), 200);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/healthz"}), 200);
+  app.auth = NULL;
+}
+
+static void test_dispatch_ownership(void) {
+  char err[128];
+  const char *file = "{\"fields\":{\"adjustments\":{\"writers\":[\"pos\"],\"owner\":\"store-ops\"},"
+                     "\"reservations\":{\"writers\":[\"web\"]}}}";
+  REQUIRE(atp_ownership_parse(&own, file, strlen(file), err, sizeof err) == 0);
+  app.ownership = &own;
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments",
+                         "{\"id\":\"o-1\",\"sku\":\"S2\",\"location\":\"L1\",\"delta\":1,"
+                         "\"reason\":\"sale\",\"source\":\"erp\"}",
+                         JSON}),
+           403);
+  CHECK(body_has("not_owner"));
+  CHECK(body_has("\"field\":\"source\""));
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments",
+                         "{\"id\":\"o-2\",\"sku\":\"S2\",\"location\":\"L1\",\"delta\":1,"
+                         "\"reason\":\"sale\",\"source\":\"pos\"}",
+                         JSON}),
+           200);
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/reservations",
+                         "{\"id\":\"o-r\",\"lines\":[{\"sku\":\"S2\",\"location\":\"L1\","
+                         "\"qty\":1}]}",
+                         JSON}),
+           403);
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/reservations",
+                         "{\"id\":\"o-r\",\"lines\":[{\"sku\":\"S2\",\"location\":\"L1\","
+                         "\"qty\":1}],\"channel\":\"web\"}",
+                         JSON}),
+           201);
+  /* Fields without a writer list stay open. */
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/safety-stock",
+                         "{\"sku\":\"S2\",\"location\":\"L1\",\"safety_stock\":1}", JSON}),
+           200);
+  app.ownership = NULL;
+}
+
+static void test_dispatch_metrics(void) {
+  uint32_t count = 0;
+  atp_routes(&count);
+  CHECK(atp_metrics_requests(app.metrics, count, 404) >= 1); /* unmatched */
+  CHECK(atp_metrics_requests(app.metrics, 0, 200) >= 1);     /* GET /v1/availability */
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/metrics"}), 200);
+  CHECK(body_has("atpd_http_requests_total{method=\"GET\",route=\"/v1/availability\",status=\"200\"}"));
+  CHECK(body_has("atpd_http_request_duration_seconds_bucket"));
+  CHECK(body_has("atpd_reservations{status=\"held\"}"));
+  CHECK(body_has("atpd_positions "));
+}
+
+static void test_not_ready(void) {
+  atp_engine_t *engine = atp_app_engine(&app);
+  atomic_store(&app.engine, NULL);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/readyz"}), 503);
+  CHECK(body_has("unavailable"));
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=S1"}), 503);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/healthz"}), 200);
+  atomic_store(&app.engine, engine);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/readyz"}), 200);
+}
+
+static const char *labels[ATP_METRICS_ROUTES_MAX];
+
+TEST_MAIN({
+  atp_arena_init(&arena, 16384, 1 << 24);
+  atp_buf_init(&body, 0);
+  atp_engine_t *engine = NULL;
+  atp_engine_config_t ec;
+  memset(&ec, 0, sizeof ec);
+  ec.positions_max = 1024;
+  ec.reservations_max = 1024;
+  ec.idempotency_max = 1024;
+  if (atp_engine_create(&ec, &engine) != 0) return 1;
+  uint32_t count = 0;
+  const atp_route_t *routes = atp_routes(&count);
+  static char text[ATP_METRICS_ROUTES_MAX][128];
+  for (uint32_t i = 0; i < count; i++) {
+    snprintf(text[i], sizeof text[i], "%s %s",
+             routes[i].method == ATP_HTTP_GET    ? "GET"
+             : routes[i].method == ATP_HTTP_POST ? "POST"
+             : routes[i].method == ATP_HTTP_PUT  ? "PUT"
+                                                 : "DELETE",
+             routes[i].pattern);
+    labels[i] = text[i];
+  }
+  app.metrics = atp_metrics_create(1, count, labels);
+  atomic_store(&app.engine, engine);
+  atomic_store(&app.ready, true);
+  RUN(test_match);
+  RUN(test_table);
+  RUN(test_body_limit);
+  RUN(test_dispatch_basics);
+  RUN(test_dispatch_stock);
+  RUN(test_dispatch_auth);
+  RUN(test_dispatch_ownership);
+  RUN(test_dispatch_metrics);
+  RUN(test_not_ready);
+  atp_metrics_destroy(app.metrics);
+  atp_engine_destroy(engine);
+  atp_buf_free(&body);
+  atp_arena_destroy(&arena);
+})
