@@ -59,7 +59,7 @@ int atp_demo_load(atp_engine_t *engine, uint32_t *positions) {
       if ((r >> 16) % 10 == 0) on_hand += (int64_t)((r >> 24) % 200);
       if (always && on_hand < 5) on_hand += 5;
       char id[256];
-      snprintf(id, sizeof id, "demo-%s-%s", sku, stores[s]);
+      snprintf(id, sizeof id, "demo-%.63s-%.23s", sku, stores[s]);
       atp_result_t result;
       if (on_hand > 0) {
         atp_adjust_req_t req;
