@@ -182,3 +182,23 @@ def test_wrong_types_name_field(srv, fmt):
         # a msgpack bin where a str is expected (bin is outside the contract's types)
         raw = msgpack.packb(dict(adj(sku), sku=b"binary"), use_bin_type=True)
         expect_error(c.post(ADJ, raw=raw), 400, "bad_request")
+
+
+def test_idempotency_across_encodings(srv):
+    """The same content is the same request in either encoding: a replay, not a mismatch."""
+    j, m = srv.client("json"), srv.client("msgpack")
+    sku = uid("sku")
+    b = adj(sku)
+    assert j.post(ADJ, b).status == 200
+    r = m.post(ADJ, b)
+    assert r.status == 200 and r.data.get("replayed") is True, r
+    c = dict(id=uid("cnt"), sku=sku, location="L1", on_hand=2, counted_at=1700000000000, source="wms")
+    assert m.post("/v1/counts", c).status == 200
+    r = j.post("/v1/counts", c)
+    assert r.status == 200 and r.data.get("replayed") is True, r
+    rid = uid("res")
+    lines = [dict(sku=sku, location="L1", qty=1)]
+    assert j.reserve(lines, rid=rid).status == 201
+    r = m.reserve(lines, rid=rid)
+    assert r.status == 201 and r.data.get("replayed") is True, r
+    assert j.pos(sku, "L1")["reserved"] == 1
