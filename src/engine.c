@@ -189,18 +189,24 @@ static uint64_t pos_hash(uint64_t sku_hash, uint64_t location_hash) {
   return atp_hash_mix(sku_hash, location_hash);
 }
 
+/* An index slot holds the position's hash tag (the top 32 bits of its hash)
+ * beside its index, so a probe that meets another key rejects it without
+ * touching that position's cache line: a hit costs the slot and the position. */
+static uint64_t slot_tag(uint64_t h) { return h & 0xffffffff00000000ULL; }
+
 uint32_t atp_pos_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
                       uint32_t location_id) {
   const atp_intern_t *loc = e->interns[location_id];
-  uint64_t h = pos_hash(sku_hash, loc->hash);
+  uint64_t h = pos_hash(sku_hash, loc->hash), tag = slot_tag(h);
   for (uint32_t i = (uint32_t)h & e->position_mask;; i = (i + 1) & e->position_mask) {
-    uint32_t v = atomic_load_explicit(&e->position_index[i], memory_order_acquire);
+    uint64_t v = atomic_load_explicit(&e->position_index[i], memory_order_acquire);
     if (v == 0) return UINT32_MAX;
-    const atp_pos_t *p = &e->positions[v - 1];
+    if (slot_tag(v) != tag) continue;
+    const atp_pos_t *p = &e->positions[(uint32_t)v - 1];
     if (p->location != location_id) continue;
     const atp_intern_t *s = e->interns[p->sku];
     if (s->hash == sku_hash && s->len == sku.len && memcmp(s->text, sku.ptr, sku.len) == 0)
-      return v - 1;
+      return (uint32_t)v - 1;
   }
 }
 
@@ -251,7 +257,7 @@ int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
       while (atomic_load_explicit(&e->position_index[i], memory_order_relaxed))
         i = (i + 1) & e->position_mask;
       /* release: a reader that finds the slot sees the initialised position. */
-      atomic_store_explicit(&e->position_index[i], idx + 1, memory_order_release);
+      atomic_store_explicit(&e->position_index[i], slot_tag(h) | (idx + 1), memory_order_release);
     }
   }
   pthread_mutex_unlock(&e->create_lock);
@@ -932,9 +938,10 @@ int atp_engine_create(const atp_engine_config_t *config, atp_engine_t **out) {
   if (!c->history_window_ms) c->history_window_ms = ATP_HISTORY_WINDOW_MS_DEFAULT;
   if (!c->clock) c->clock = real_clock;
   pthread_mutex_init(&e->create_lock, NULL);
-  /* Every string is a SKU, a location or a group name; at most one new SKU and
-   * one new location per position, plus group names and group locations. */
-  e->intern_max = c->positions_max * 2 + ATP_GROUPS_MAX + 1024;
+  /* Every string is a SKU, a location or a group name. The worst case is a
+   * SKU per position; locations, group names and group locations are few
+   * beside it, and share the extra room. */
+  e->intern_max = c->positions_max + ATP_GROUPS_MAX + 65536;
   e->intern_mask = pow2_at_least((uint64_t)e->intern_max * 4 / 3) - 1;
   e->position_mask = pow2_at_least((uint64_t)c->positions_max * 4 / 3) - 1;
   e->group_mask = pow2_at_least(ATP_GROUPS_MAX * 2) - 1;
@@ -990,11 +997,14 @@ void atp_engine_stats(const atp_engine_t *e, atp_engine_stats_t *out) {
   out->positions = atomic_load_explicit(&e->position_count, memory_order_relaxed);
   out->positions_max = e->config.positions_max;
   for (int i = 0; i < 5; i++) {
-    int64_t v = atomic_load_explicit(&((atp_engine_t *)e)->status_count[i], memory_order_relaxed);
+    int64_t v = 0;
+    for (int shard = 0; shard < ATP_SHARDS; shard++)
+      v += (int64_t)atomic_load_explicit(&((atp_engine_t *)e)->status_count[shard][i].value,
+                                         memory_order_relaxed);
     out->reservations_by_status[i] = v > 0 ? (uint64_t)v : 0;
   }
   out->expirations = atomic_load_explicit(&((atp_engine_t *)e)->expirations, memory_order_relaxed);
-  out->idempotency_ids = atomic_load_explicit(&((atp_engine_t *)e)->itable.live, memory_order_relaxed);
+  out->idempotency_ids = atp_keyed_live(&e->itable);
   uint32_t ng = atomic_load_explicit(&e->group_count, memory_order_acquire);
   for (uint32_t i = 0; i < ng; i++)
     if (atomic_load_explicit(&e->groups[i].current, memory_order_acquire)) out->groups++;

@@ -33,6 +33,20 @@ static inline uint64_t atp_hash_mix(uint64_t a, uint64_t b) {
   return h;
 }
 
+/* --- per-thread shards ---------------------------------------------------------
+ * Counters and stacks that every reservation touches are split into shards on
+ * separate cache lines; a thread keeps to its own shard, so two threads working
+ * on different positions share no written cache line. */
+
+#define ATP_SHARDS 16
+
+typedef struct {
+  _Alignas(64) _Atomic uint64_t value;
+} atp_padded_t;
+
+/* This thread's shard, 0..ATP_SHARDS-1, assigned round-robin on first use. */
+int atp_shard(void);
+
 /* --- interned strings ----------------------------------------------------- */
 
 typedef struct {
@@ -105,10 +119,12 @@ typedef struct {
   _Atomic uint32_t *state;  /* ATP_REC_* per record */
   uint64_t *hash;           /* key hash per record, set before push */
   uint32_t capacity;
-  _Atomic uint32_t bump;    /* records never used yet start here */
-  _Atomic uint64_t free_head; /* tagged Treiber stack: tag << 32 | index+1 */
+  uint64_t generation;      /* distinguishes tables for thread-local chunks */
+  _Atomic uint32_t bump;    /* records never used yet start here; threads take
+                               chunks of them */
+  atp_padded_t free_head[ATP_SHARDS]; /* tagged Treiber stacks: tag << 32 | index+1 */
   _Atomic uint32_t *free_next;
-  _Atomic uint32_t live;    /* records not free (approximate gauge) */
+  atp_padded_t live[ATP_SHARDS]; /* allocations minus retirements, as int64 */
   /* limbo: ticker only */
   uint32_t limbo_head, limbo_tail; /* index+1 FIFO through free_next */
   uint64_t *limbo_tick;     /* tick count when the record entered limbo */
@@ -123,6 +139,8 @@ uint32_t atp_keyed_alloc(atp_keyed_t *t);
 void atp_keyed_push(atp_keyed_t *t, uint32_t idx);
 /* Ticker only: unlinks idx from its chain and puts it in limbo. */
 void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick);
+/* Records in use, summed over shards. */
+uint64_t atp_keyed_live(const atp_keyed_t *t);
 /* Ticker only: recycles limbo records whose grace has passed. */
 void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick);
 static inline uint32_t atp_keyed_head(const atp_keyed_t *t, uint64_t hash) {
@@ -216,7 +234,7 @@ typedef struct {
   uint32_t slots[ATP_WHEEL_LEVELS][ATP_WHEEL_SLOTS]; /* list heads (refs) */
   int64_t now_tick;        /* every slot up to this tick has been processed */
   bool started;
-  _Atomic uint32_t inbox;  /* Treiber stack of refs to (re)file */
+  atp_padded_t inbox[ATP_SHARDS]; /* Treiber stacks of refs to (re)file */
 } atp_wheel_t;
 
 /* --- retired memory --------------------------------------------------------- */
@@ -245,7 +263,7 @@ struct atp_engine {
   /* positions */
   atp_pos_t *positions;
   _Atomic uint32_t position_count;
-  _Atomic uint32_t *position_index; /* open addressing: index+1 */
+  _Atomic uint64_t *position_index; /* open addressing: hash tag << 32 | index+1 */
   uint32_t position_mask;
 
   /* groups */
@@ -267,8 +285,8 @@ struct atp_engine {
   atp_retired_t *retired_waiting;    /* ticker only */
 
   /* stats */
-  _Atomic uint64_t expirations;
-  _Atomic int64_t status_count[5];
+  _Atomic uint64_t expirations; /* ticker only writes it */
+  atp_padded_t status_count[ATP_SHARDS][5]; /* per shard, as int64 deltas */
 };
 
 /* engine.c */

@@ -38,11 +38,12 @@ static int64_t *node_due(atp_engine_t *e, uint32_t ref) {
 static void inbox_push(atp_engine_t *e, uint32_t ref, _Atomic uint32_t *queued,
                        _Atomic uint32_t *link) {
   if (atomic_exchange_explicit(queued, 1, memory_order_acq_rel)) return;
-  uint32_t head = atomic_load_explicit(&e->wheel.inbox, memory_order_relaxed);
+  _Atomic uint64_t *inbox = &e->wheel.inbox[atp_shard()].value;
+  uint64_t head = atomic_load_explicit(inbox, memory_order_relaxed);
   do {
-    atomic_store_explicit(link, head, memory_order_relaxed);
-  } while (!atomic_compare_exchange_weak_explicit(&e->wheel.inbox, &head, ref,
-                                                  memory_order_release, memory_order_relaxed));
+    atomic_store_explicit(link, (uint32_t)head, memory_order_relaxed);
+  } while (!atomic_compare_exchange_weak_explicit(inbox, &head, ref, memory_order_release,
+                                                  memory_order_relaxed));
 }
 
 void atp_wheel_enqueue_res(atp_engine_t *e, uint32_t idx) {
@@ -125,7 +126,7 @@ static void purge(atp_engine_t *e, uint32_t ref) {
   atp_rrec_t *r = &e->rrecs[idx];
   if (atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire) == ATP_REC_LIVE) {
     int status = atomic_load_explicit(&r->status, memory_order_acquire);
-    atomic_fetch_sub_explicit(&e->status_count[status], 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&e->status_count[atp_shard()][status].value, 1, memory_order_relaxed);
   }
   /* Readers may still copy from these: they are freed after the grace period,
    * like the record itself is reused only after it. */
@@ -237,6 +238,8 @@ static void reclaim_retired(atp_engine_t *e) {
   }
 }
 
+static void drain(atp_engine_t *e, uint32_t list, int64_t now_ms);
+
 uint32_t atp_engine_tick(atp_engine_t *e) {
   int64_t now_ms = atp_now(e);
   int64_t target = now_ms / ATP_WHEEL_TICK_MS;
@@ -247,7 +250,19 @@ uint32_t atp_engine_tick(atp_engine_t *e) {
     w->started = true;
   }
   /* First file what changed since the last tick, then run the slots due. */
-  uint32_t list = atomic_exchange_explicit(&w->inbox, 0, memory_order_acquire);
+  for (int shard = 0; shard < ATP_SHARDS; shard++) {
+    uint32_t list = (uint32_t)atomic_exchange_explicit(&w->inbox[shard].value, 0,
+                                                       memory_order_acquire);
+    drain(e, list, now_ms);
+  }
+  uint32_t expired = target > w->now_tick ? advance(e, target, now_ms) : 0;
+  atp_keyed_reclaim(&e->rtable, e->tick_count);
+  atp_keyed_reclaim(&e->itable, e->tick_count);
+  reclaim_retired(e);
+  return expired;
+}
+
+static void drain(atp_engine_t *e, uint32_t list, int64_t now_ms) {
   while (list) {
     uint32_t ref = list;
     _Atomic uint32_t *link, *queued;
@@ -265,9 +280,4 @@ uint32_t atp_engine_tick(atp_engine_t *e) {
     atomic_store_explicit(queued, 0, memory_order_seq_cst);
     refile(e, ref, now_ms);
   }
-  uint32_t expired = target > w->now_tick ? advance(e, target, now_ms) : 0;
-  atp_keyed_reclaim(&e->rtable, e->tick_count);
-  atp_keyed_reclaim(&e->itable, e->tick_count);
-  reclaim_retired(e);
-  return expired;
 }

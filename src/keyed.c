@@ -22,8 +22,28 @@
 #define GRACE_TICKS 20
 #define GRACE_NS 1000000000LL
 
+static _Atomic uint64_t table_generations;
+static _Atomic uint32_t shard_next;
+static _Thread_local int tl_shard = -1;
+
+int atp_shard(void) {
+  if (tl_shard < 0) tl_shard = (int)(atomic_fetch_add(&shard_next, 1) % ATP_SHARDS);
+  return tl_shard;
+}
+
+/* Never-used records are handed to threads in chunks, so the shared bump
+ * counter is touched once per CHUNK allocations. A chunk is tied to its table
+ * by generation, not address, so a new table at an old address starts clean. */
+#define CHUNK 64
+#define TL_TABLES 4
+static _Thread_local struct {
+  uint64_t generation;
+  uint32_t next, end;
+} tl_chunk[TL_TABLES];
+
 int atp_keyed_init(atp_keyed_t *t, uint32_t capacity) {
   memset(t, 0, sizeof *t);
+  t->generation = atomic_fetch_add(&table_generations, 1) + 1;
   uint64_t buckets = 16;
   while (buckets < capacity) buckets <<= 1;
   t->bucket_mask = (uint32_t)buckets - 1;
@@ -52,27 +72,52 @@ void atp_keyed_destroy(atp_keyed_t *t) {
   memset(t, 0, sizeof *t);
 }
 
-uint32_t atp_keyed_alloc(atp_keyed_t *t) {
-  uint64_t head = atomic_load_explicit(&t->free_head, memory_order_acquire);
+static uint32_t pop_free(atp_keyed_t *t, int shard) {
+  _Atomic uint64_t *top = &t->free_head[shard].value;
+  uint64_t head = atomic_load_explicit(top, memory_order_acquire);
   while ((uint32_t)head) {
     uint32_t idx = (uint32_t)head - 1;
     uint32_t next = atomic_load_explicit(&t->free_next[idx], memory_order_relaxed);
     uint64_t want = ((head >> 32) + 1) << 32 | next;
-    if (atomic_compare_exchange_weak_explicit(&t->free_head, &head, want,
-                                              memory_order_acq_rel, memory_order_acquire)) {
-      atomic_fetch_add_explicit(&t->live, 1, memory_order_relaxed);
+    if (atomic_compare_exchange_weak_explicit(top, &head, want, memory_order_acq_rel,
+                                              memory_order_acquire))
       return idx;
-    }
-  }
-  uint32_t idx = atomic_load_explicit(&t->bump, memory_order_relaxed);
-  while (idx < t->capacity) {
-    if (atomic_compare_exchange_weak_explicit(&t->bump, &idx, idx + 1, memory_order_relaxed,
-                                              memory_order_relaxed)) {
-      atomic_fetch_add_explicit(&t->live, 1, memory_order_relaxed);
-      return idx;
-    }
   }
   return UINT32_MAX;
+}
+
+static uint32_t take_fresh(atp_keyed_t *t) {
+  int slot = (int)(t->generation % TL_TABLES);
+  if (tl_chunk[slot].generation != t->generation || tl_chunk[slot].next == tl_chunk[slot].end) {
+    uint32_t start = atomic_fetch_add_explicit(&t->bump, CHUNK, memory_order_relaxed);
+    if (start >= t->capacity) {
+      atomic_store_explicit(&t->bump, t->capacity, memory_order_relaxed);
+      return UINT32_MAX;
+    }
+    tl_chunk[slot].generation = t->generation;
+    tl_chunk[slot].next = start;
+    tl_chunk[slot].end = start + CHUNK < t->capacity ? start + CHUNK : t->capacity;
+  }
+  return tl_chunk[slot].next++;
+}
+
+uint32_t atp_keyed_alloc(atp_keyed_t *t) {
+  int shard = atp_shard();
+  uint32_t idx = pop_free(t, shard);
+  if (idx == UINT32_MAX) idx = take_fresh(t);
+  /* Own shard dry and no fresh records left: take from the others. */
+  for (int i = 1; idx == UINT32_MAX && i < ATP_SHARDS; i++)
+    idx = pop_free(t, (shard + i) % ATP_SHARDS);
+  if (idx != UINT32_MAX)
+    atomic_fetch_add_explicit(&t->live[shard].value, 1, memory_order_relaxed);
+  return idx;
+}
+
+uint64_t atp_keyed_live(const atp_keyed_t *t) {
+  int64_t sum = 0;
+  for (int i = 0; i < ATP_SHARDS; i++)
+    sum += (int64_t)atomic_load_explicit(&((atp_keyed_t *)t)->live[i].value, memory_order_relaxed);
+  return sum > 0 ? (uint64_t)sum : 0;
 }
 
 void atp_keyed_push(atp_keyed_t *t, uint32_t idx) {
@@ -105,7 +150,7 @@ void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick) {
     ATP_ASSERT(prev != 0);
   }
   atomic_store_explicit(&t->state[idx], ATP_REC_FREE, memory_order_release);
-  atomic_fetch_sub_explicit(&t->live, 1, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&t->live[atp_shard()].value, 1, memory_order_relaxed);
   t->limbo_tick[idx] = tick;
   t->limbo_mono_ns[idx] = atp_mono_ns();
   atomic_store_explicit(&t->free_next[idx], 0, memory_order_relaxed);
@@ -124,12 +169,13 @@ void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick) {
       break; /* FIFO: everything behind it is younger */
     t->limbo_head = atomic_load_explicit(&t->free_next[idx], memory_order_relaxed);
     if (!t->limbo_head) t->limbo_tail = 0;
-    uint64_t head = atomic_load_explicit(&t->free_head, memory_order_acquire);
+    _Atomic uint64_t *top = &t->free_head[idx % ATP_SHARDS].value;
+    uint64_t head = atomic_load_explicit(top, memory_order_acquire);
     uint64_t want;
     do {
       atomic_store_explicit(&t->free_next[idx], (uint32_t)head, memory_order_relaxed);
       want = ((head >> 32) + 1) << 32 | (idx + 1);
-    } while (!atomic_compare_exchange_weak_explicit(&t->free_head, &head, want,
+    } while (!atomic_compare_exchange_weak_explicit(top, &head, want,
                                                     memory_order_acq_rel,
                                                     memory_order_acquire));
   }

@@ -56,6 +56,7 @@ int atp_reservations_init(atp_engine_t *e) {
 void atp_reservations_destroy(atp_engine_t *e) {
   if (e->rrecs) {
     uint32_t used = atomic_load(&e->rtable.bump);
+    if (used > e->rtable.capacity) used = e->rtable.capacity;
     for (uint32_t i = 0; i < used; i++) {
       atp_rrec_t *r = &e->rrecs[i];
       /* FREE records' memory went to the retired list at purge. */
@@ -85,8 +86,9 @@ static void rec_begin(atp_rrec_t *r) {
 
 static void set_status(atp_engine_t *e, atp_rrec_t *r, atp_status_t to) {
   int from = atomic_exchange_explicit(&r->status, (int32_t)to, memory_order_acq_rel);
-  atomic_fetch_sub_explicit(&e->status_count[from], 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&e->status_count[to], 1, memory_order_relaxed);
+  int shard = atp_shard();
+  atomic_fetch_sub_explicit(&e->status_count[shard][from].value, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&e->status_count[shard][to].value, 1, memory_order_relaxed);
 }
 
 static bool rec_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash, atp_str_t id) {
@@ -637,7 +639,8 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
   atomic_store_explicit(&r->ttl_ms, ttl, memory_order_relaxed);
   atomic_store_explicit(&r->ended_at_ms, ATP_TIME_NONE, memory_order_relaxed);
   atomic_store_explicit(&r->status, ATP_STATUS_HELD, memory_order_relaxed);
-  atomic_fetch_add_explicit(&e->status_count[ATP_STATUS_HELD], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&e->status_count[atp_shard()][ATP_STATUS_HELD].value, 1,
+                            memory_order_relaxed);
   /* release: whoever finds the record LIVE sees all of the above. A mutation
    * that finds it waits for the flag, so the hook below comes first. */
   atomic_store_explicit(&e->rtable.state[idx], ATP_REC_LIVE, memory_order_release);
@@ -968,7 +971,7 @@ int atp_reservation_apply(atp_engine_t *e, const atp_change_t *c) {
     atp_rrec_t *r = &e->rrecs[idx];
     if (rec_init(r, &req)) return ATP_ENOMEM;
     atomic_store(&r->status, (int32_t)v->status);
-    atomic_fetch_add(&e->status_count[v->status], 1);
+    atomic_fetch_add(&e->status_count[atp_shard()][v->status].value, 1);
     e->rtable.hash[idx] = atp_hash_bytes(v->id.ptr, v->id.len);
     atomic_store(&e->rtable.state[idx], ATP_REC_LIVE);
     atp_keyed_push(&e->rtable, idx);

@@ -1,0 +1,234 @@
+/* bench_engine.c - engine micro-benchmark (not a test).
+ *
+ *   bench_engine [seconds_per_figure [reserve]]  throughput over 1M positions
+ *   bench_engine mem                       RSS of 10M positions (100k SKUs x 100)
+ *
+ * Figures, one "name value" line each, for two sets of positions: uniform1m
+ * draws uniformly from all 1M positions (80 MB: every look-up misses the
+ * caches, so this measures memory latency as much as the engine), hot1k from
+ * 1000 of them (cache-resident, as a flash sale's hot SKUs are):
+ *   SET_reads_1t_per_s       atp_position_get, random positions, one thread
+ *   SET_reads_2t_per_s       the same on two threads (sum)
+ *   SET_reserve_release_1t_pairs_per_s  atp_reserve (1 line, qty 1, unique id)
+ *                            then atp_release of it, one thread
+ *   SET_reserve_release_2t_pairs_per_s  two threads on distinct positions (sum)
+ *   SET_*_scaling_2t         the 2-thread figure over the 1-thread one
+ * A ticker thread runs atp_engine_tick every 10 ms throughout, as the server
+ * does, so ended reservations are purged and their records recycled.
+ */
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "atp/engine.h"
+#include "atp/memory.h"
+
+#define SKUS 10000
+#define LOCATIONS 100
+
+static char sku_names[SKUS][16];
+static char location_names[LOCATIONS][16];
+static double seconds_per_figure = 2.0;
+static atomic_bool ticker_stop;
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static uint64_t xorshift(uint64_t *s) {
+  uint64_t x = *s;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  return *s = x;
+}
+
+static void load(atp_engine_t *e, int skus, int locations, int64_t on_hand) {
+  for (int s = 0; s < skus; s++) {
+    for (int l = 0; l < locations; l++) {
+      char sku[16];
+      snprintf(sku, sizeof sku, "SKU-%07d", s);
+      atp_change_t c;
+      memset(&c, 0, sizeof c);
+      c.kind = ATP_CHANGE_POSITION;
+      c.u.position.sku = (atp_str_t){sku, (uint32_t)strlen(sku)};
+      c.u.position.location = (atp_str_t){location_names[l], (uint32_t)strlen(location_names[l])};
+      c.u.position.d_on_hand = on_hand;
+      c.u.position.counted_at_ms = ATP_TIME_NONE;
+      c.u.position.occurred_at_ms = ATP_TIME_NONE;
+      c.u.position.version = 1;
+      if (atp_engine_apply(e, &c, 1)) {
+        fprintf(stderr, "load failed\n");
+        exit(1);
+      }
+    }
+  }
+}
+
+static void *ticker(void *arg) {
+  atp_engine_t *e = arg;
+  while (!atomic_load(&ticker_stop)) {
+    atp_engine_tick(e);
+    usleep(10000);
+  }
+  return NULL;
+}
+
+typedef struct {
+  atp_engine_t *e;
+  int thread, threads;
+  int skus; /* draw SKUs from the first skus: SKUS (uniform) or HOT_SKUS */
+  uint64_t ops;
+} worker_t;
+
+#define HOT_SKUS 10 /* 10 SKUs x 100 locations: 1000 positions, cache-resident */
+static int draw_skus = SKUS;
+
+static void *reader(void *arg) {
+  worker_t *w = arg;
+  uint64_t seed = 0x9e3779b97f4a7c15ULL * (w->thread + 1), n = 0;
+  atp_position_t p;
+  double end = now_s() + seconds_per_figure;
+  while (1) {
+    for (int i = 0; i < 4096; i++) {
+      uint64_t r = xorshift(&seed);
+      const char *sku = sku_names[r % (uint64_t)w->skus], *loc = location_names[(r >> 32) % LOCATIONS];
+      atp_position_get(w->e, (atp_str_t){sku, 11}, (atp_str_t){loc, (uint32_t)strlen(loc)}, &p);
+    }
+    n += 4096;
+    if (now_s() >= end) break;
+  }
+  w->ops = n;
+  return NULL;
+}
+
+/* Writes "r<thread>-<n>" without printf: the id is part of every reserve. */
+static uint32_t make_id(char *buf, int thread, uint64_t n) {
+  char tmp[24];
+  int len = 0;
+  do {
+    tmp[len++] = (char)('0' + n % 10);
+    n /= 10;
+  } while (n);
+  uint32_t at = 0;
+  buf[at++] = 'r';
+  buf[at++] = (char)('a' + thread);
+  buf[at++] = '-';
+  while (len) buf[at++] = tmp[--len];
+  return at;
+}
+
+static void *reserver(void *arg) {
+  worker_t *w = arg;
+  uint64_t seed = 0x2545f4914f6cdd1dULL * (w->thread + 7), n = 0;
+  atp_reservation_t *out = atp_malloc(sizeof *out);
+  atp_shortfalls_t *sf = atp_malloc(sizeof *sf);
+  atp_result_t result;
+  char id[32];
+  double end = now_s() + seconds_per_figure;
+  while (1) {
+    for (int i = 0; i < 1024; i++) {
+      uint64_t r = xorshift(&seed);
+      /* distinct positions per thread: thread t takes locations l % threads == t */
+      uint32_t loc = (uint32_t)((r >> 32) % (LOCATIONS / w->threads)) * w->threads + w->thread;
+      atp_line_req_t line = {.sku = {sku_names[r % (uint64_t)w->skus], 11},
+                             .location = {location_names[loc], (uint32_t)strlen(location_names[loc])},
+                             .qty = 1};
+      atp_reserve_req_t req = {.lines = &line, .line_count = 1};
+      req.id = (atp_str_t){id, make_id(id, w->thread, n + i)};
+      if (atp_reserve(w->e, &req, out, sf, &result) ||
+          atp_release(w->e, req.id, NULL, 0, out, &result)) {
+        fprintf(stderr, "reserve/release failed: %s\n", result.message);
+        exit(1);
+      }
+    }
+    n += 1024;
+    if (now_s() >= end) break;
+  }
+  atp_free(out);
+  atp_free(sf);
+  w->ops = n;
+  return NULL;
+}
+
+static double run(atp_engine_t *e, void *(*fn)(void *), int threads) {
+  pthread_t t[2];
+  worker_t w[2];
+  double start = now_s();
+  for (int i = 0; i < threads; i++) {
+    w[i] = (worker_t){e, i, threads, draw_skus, 0};
+    pthread_create(&t[i], NULL, fn, &w[i]);
+  }
+  uint64_t total = 0;
+  for (int i = 0; i < threads; i++) {
+    pthread_join(t[i], NULL);
+    total += w[i].ops;
+  }
+  return total / (now_s() - start);
+}
+
+static long rss_kib(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  long kib = -1;
+  while (f && fgets(line, sizeof line, f))
+    if (strncmp(line, "VmRSS:", 6) == 0) kib = atol(line + 6);
+  if (f) fclose(f);
+  return kib;
+}
+
+int main(int argc, char **argv) {
+  for (int l = 0; l < LOCATIONS; l++) snprintf(location_names[l], 16, "store-%03d", l);
+  for (int s = 0; s < SKUS; s++) snprintf(sku_names[s], 16, "SKU-%07d", s);
+  if (argc > 1 && strcmp(argv[1], "mem") == 0) {
+    atp_engine_config_t config = {.positions_max = 10000000, .reservations_max = 1024,
+                                  .idempotency_max = 1024};
+    atp_engine_t *e;
+    long before = rss_kib();
+    if (atp_engine_create(&config, &e)) return 1;
+    double t0 = now_s();
+    load(e, 100000, 100, 10);
+    printf("positions_10m_rss_mib %.0f\n", (rss_kib() - before) / 1024.0);
+    printf("positions_10m_load_s %.1f\n", now_s() - t0);
+    atp_engine_destroy(e);
+    return 0;
+  }
+  if (argc > 1) seconds_per_figure = atof(argv[1]);
+  atp_engine_config_t config = {.positions_max = SKUS * LOCATIONS + 16,
+                                .reservations_max = 1u << 23,
+                                .ended_ttl_ms = 1};
+  atp_engine_t *e;
+  if (atp_engine_create(&config, &e)) return 1;
+  load(e, SKUS, LOCATIONS, 1000000000);
+  pthread_t tick;
+  pthread_create(&tick, NULL, ticker, e);
+  bool only_reserve = argc > 2 && strcmp(argv[2], "reserve") == 0;
+  for (int pass = getenv("ATP_BENCH_HOT_ONLY") ? 1 : 0; pass < 2; pass++) {
+    draw_skus = pass == 0 ? SKUS : HOT_SKUS;
+    const char *set = pass == 0 ? "uniform1m" : "hot1k";
+    double r1 = 0, r2 = 0;
+    if (!only_reserve) {
+      r1 = run(e, reader, 1);
+      r2 = run(e, reader, 2);
+      printf("%s_reads_1t_per_s %.0f\n", set, r1);
+      printf("%s_reads_2t_per_s %.0f\n", set, r2);
+      printf("%s_reads_scaling_2t %.2f\n", set, r2 / r1);
+    }
+    double p1 = run(e, reserver, 1), p2 = run(e, reserver, 2);
+    printf("%s_reserve_release_1t_pairs_per_s %.0f\n", set, p1);
+    printf("%s_reserve_release_2t_pairs_per_s %.0f\n", set, p2);
+    printf("%s_reserve_release_scaling_2t %.2f\n", set, p2 / p1);
+    fflush(stdout);
+  }
+  atomic_store(&ticker_stop, true);
+  pthread_join(tick, NULL);
+  atp_engine_destroy(e);
+  return 0;
+}
