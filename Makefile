@@ -14,8 +14,10 @@ BUILD    := build
 DEPS     := $(BUILD)/deps
 # llhttp 8.1's C sources come from Debian's node-llhttp, either installed or
 # unpacked by scripts/deps.sh into the ignored build tree.
-LLHTTP_DIR := $(firstword $(wildcard /usr/share/llhttp $(DEPS)/usr/share/llhttp))
-LLHTTP_INC := $(firstword $(wildcard /usr/share/include/llhttp $(DEPS)/usr/share/include/llhttp))
+# Decided without looking into build/deps, which make deps fills only after
+# this Makefile is read on a fresh clone.
+LLHTTP_DIR := $(if $(wildcard /usr/share/llhttp/llhttp.c),/usr/share/llhttp,$(DEPS)/usr/share/llhttp)
+LLHTTP_INC := $(if $(wildcard /usr/share/include/llhttp/llhttp.h),/usr/share/include/llhttp,$(DEPS)/usr/share/include/llhttp)
 LLHTTP_SRC := llhttp.c api.c http.c
 
 JSON_LIBS ?= -ljansson
@@ -44,6 +46,8 @@ objs = $(patsubst src/%.c,$(BUILD)/$(1)/%.o,$(SRC_LIB)) \
 all: bin/atpd bin/atpctl
 
 deps:
+	@scripts/deps.sh
+$(LLHTTP_DIR)/%.c:
 	@scripts/deps.sh
 
 # --- objects ---------------------------------------------------------------
