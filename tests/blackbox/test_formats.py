@@ -202,3 +202,9 @@ def test_idempotency_across_encodings(srv):
     r = m.reserve(lines, rid=rid)
     assert r.status == 201 and r.data.get("replayed") is True, r
     assert j.pos(sku, "L1")["reserved"] == 1
+
+
+def test_zz_server_still_healthy(srv):
+    c = srv.client()
+    assert c.get("/healthz", check_ct=False).status == 200
+    assert c.get("/readyz", check_ct=False).status == 200

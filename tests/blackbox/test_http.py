@@ -66,6 +66,22 @@ def test_pipelining_in_order(srv):
     conn.close()
 
 
+def test_pipelining_deeper_than_server_queue(srv):
+    """300 requests in one write (the server parses at most 64 ahead): all answered, in order."""
+    sku = uid("sku")
+    c = srv.client()
+    c.adjust(sku, "L1", 1)
+    reqs = b"".join(build_request("GET", "/v1/availability?sku=%s&location=%s" % (sku, "L1" if i % 3 else "none"))
+                    for i in range(300))
+    conn = srv.conn(timeout=20)
+    conn.send(reqs)
+    for i in range(300):
+        r = conn.read_response()
+        want = 200 if i % 3 else 404
+        assert r.status == want, "answer %d: %r" % (i, r)
+    conn.close()
+
+
 def test_pipelining_byte_by_byte(srv):
     conn = srv.conn()
     data = build_request("GET", "/healthz") * 3
