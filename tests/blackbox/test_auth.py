@@ -113,3 +113,12 @@ def test_token_not_logged(srv):
     text = srv.stderr_text()
     for tok in list(TOKENS.values()) + ["secret-bad-token-xyz"]:
         assert tok not in text, "a token appears in the server's output"
+
+
+def test_scheme_and_header_case_insensitive(srv):
+    c = srv.client()
+    tok = TOKENS["read"]
+    for h in ("authorization: Bearer " + tok, "Authorization: bearer " + tok,
+              "AUTHORIZATION: BEARER " + tok):
+        r = c.get("/v1/availability?sku=x&location=y", headers=[h])
+        expect_error(r, 404, "not_found")
