@@ -216,6 +216,24 @@ int atp_req_owner_check(atp_req_t *rq, atp_field_kind_t field, atp_str_t flow,
                       atp_field_name(field));
 }
 
+/* "Allow: GET, PUT" for a path some route serves, in the arena (it lives until
+ * the response is queued). NULL when out of memory. */
+static const char *allow_header(atp_arena_t *arena, const char *path, size_t len) {
+  char *out = atp_arena_alloc(arena, 64);
+  if (!out) return NULL;
+  size_t used = (size_t)snprintf(out, 64, "Allow:");
+  atp_str_t params[ATP_ROUTE_PARAMS_MAX];
+  uint32_t n = 0;
+  for (uint32_t r = 0; r < ROUTE_COUNT; r++) {
+    if (!pattern_match(routes[r].pattern, path, len, params, &n)) continue;
+    int w = snprintf(out + used, 64 - used, "%s %s", used > 6 ? "," : "",
+                     method_name(routes[r].method));
+    if (w < 0 || (size_t)w >= 64 - used) break;
+    used += (size_t)w;
+  }
+  return out;
+}
+
 void atp_router_handle(void *ctx, const atp_http_request_t *req,
                        atp_http_response_t *res) {
   atp_req_t rq;
@@ -255,6 +273,9 @@ void atp_router_handle(void *ctx, const atp_http_request_t *req,
                    req->method_name ? req->method_name : "This method");
       atp_respond_error(&rq, ATP_ENOTFOUND);
       res->status = 405;
+      const char *allow = allow_header(rq.arena, req->path, req->path_len);
+      if (allow && res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
+        res->extra_headers[res->extra_header_count++] = allow;
       return;
     }
     atp_req_fail(&rq, ATP_ENOTFOUND, NULL, NULL, "No such route.");
