@@ -113,6 +113,15 @@ static int build_engine(const atp_config_t *cfg, atp_app_t *app, atp_engine_t **
 }
 
 int main(int argc, char **argv) {
+  /* Block the stop signals first thing, so one arriving during start-up waits
+   * for the signal thread instead of killing the process mid-way. */
+  signal_waiter_t sw;
+  sigemptyset(&sw.set);
+  sigaddset(&sw.set, SIGTERM);
+  sigaddset(&sw.set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sw.set, NULL);
+  signal(SIGPIPE, SIG_IGN);
+
   atp_config_t cfg;
   char err[512];
   if (atp_config_load(&cfg, argc, argv, NULL, err, sizeof err) != 0) {
@@ -127,13 +136,6 @@ int main(int argc, char **argv) {
     atp_router_print(stdout);
     return 0;
   }
-
-  signal_waiter_t sw;
-  sigemptyset(&sw.set);
-  sigaddset(&sw.set, SIGTERM);
-  sigaddset(&sw.set, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &sw.set, NULL);
-  signal(SIGPIPE, SIG_IGN);
 
   static atp_app_t app; /* static: the signal thread and loops outlive main's frame only at exit */
   atomic_init(&app.engine, NULL);
