@@ -98,25 +98,36 @@ static uint32_t pow2_at_least(uint64_t n) {
  * Change records and reservation views are too large for a thread's stack when
  * a reservation spans many positions; each thread keeps one of each. */
 
-static _Thread_local atp_change_t *tl_changes;
-static _Thread_local atp_reservation_t *tl_view;
 #define SCRATCH_CHANGES (2 * ATP_RESERVATION_POSITIONS_MAX + 8)
 
-atp_change_t *atp_scratch_changes(uint32_t *cap) {
-  if (!tl_changes) {
-    tl_changes = atp_malloc(sizeof(atp_change_t) * SCRATCH_CHANGES);
-    ATP_ASSERT(tl_changes);
+/* One key per kind of scratch: its destructor frees the buffer when the
+ * thread exits (event-loop threads stop and start with the server). */
+static pthread_key_t scratch_keys[ATP_SCRATCH_KINDS_];
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_keys_create(void) {
+  for (int i = 0; i < ATP_SCRATCH_KINDS_; i++)
+    ATP_ASSERT(pthread_key_create(&scratch_keys[i], atp_free) == 0);
+}
+
+void *atp_scratch(atp_scratch_kind_t kind, size_t bytes) {
+  pthread_once(&scratch_once, scratch_keys_create);
+  void *p = pthread_getspecific(scratch_keys[kind]);
+  if (!p) {
+    p = atp_malloc(bytes);
+    ATP_ASSERT(p); /* a few hundred KiB once per thread: failing here is fatal */
+    ATP_ASSERT(pthread_setspecific(scratch_keys[kind], p) == 0);
   }
+  return p;
+}
+
+atp_change_t *atp_scratch_changes(uint32_t *cap) {
   *cap = SCRATCH_CHANGES;
-  return tl_changes;
+  return atp_scratch(ATP_SCRATCH_CHANGES, sizeof(atp_change_t) * SCRATCH_CHANGES);
 }
 
 atp_reservation_t *atp_scratch_view(void) {
-  if (!tl_view) {
-    tl_view = atp_malloc(sizeof *tl_view);
-    ATP_ASSERT(tl_view);
-  }
-  return tl_view;
+  return atp_scratch(ATP_SCRATCH_VIEW, sizeof(atp_reservation_t));
 }
 
 void atp_emit(const atp_engine_t *e, const atp_change_t *records, uint32_t count) {

@@ -319,6 +319,14 @@ void atp_change_position(const atp_engine_t *e, atp_change_t *c, atp_cause_t cau
                          int64_t d_reserved, int64_t d_committed, uint64_t version);
 void atp_emit(const atp_engine_t *e, const atp_change_t *records, uint32_t count);
 void atp_retire(atp_engine_t *e, void *ptr);
+/* Per-thread scratch buffers, allocated on first use, freed at thread exit. */
+typedef enum {
+  ATP_SCRATCH_CHANGES,
+  ATP_SCRATCH_VIEW,
+  ATP_SCRATCH_GRANTS,
+  ATP_SCRATCH_KINDS_
+} atp_scratch_kind_t;
+void *atp_scratch(atp_scratch_kind_t kind, size_t bytes);
 /* thread-local scratch for change records and reservation views */
 atp_change_t *atp_scratch_changes(uint32_t *cap);
 atp_reservation_t *atp_scratch_view(void);

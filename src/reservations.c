@@ -35,15 +35,10 @@ typedef struct {
   uint32_t count;
 } grants_t;
 
-static _Thread_local grants_t *tl_grants;
-
 static grants_t *scratch_grants(void) {
-  if (!tl_grants) {
-    tl_grants = atp_malloc(sizeof *tl_grants);
-    ATP_ASSERT(tl_grants);
-  }
-  tl_grants->count = 0;
-  return tl_grants;
+  grants_t *g = atp_scratch(ATP_SCRATCH_GRANTS, sizeof *g);
+  g->count = 0;
+  return g;
 }
 
 int atp_reservations_init(atp_engine_t *e) {
@@ -414,15 +409,18 @@ static uint64_t hash_qty_lines(uint64_t h, const atp_qty_line_t *lines, uint32_t
   return h;
 }
 
-/* Per reservation line, the units a release/fulfil list names (or every
- * remaining unit when n == 0). EBADREQ for a position not in the reservation,
- * ECONFLICT for more than remains. amounts has line_count entries. */
+/* Per reservation line, the units a release/fulfil list names, or every
+ * remaining unit when the list is empty and all_if_empty (release and fulfil
+ * without lines; an amend's empty release list releases nothing). EBADREQ for a
+ * position not in the reservation, ECONFLICT for more than remains. amounts
+ * has line_count entries. */
 static int line_amounts(const atp_engine_t *e, const atp_rrec_t *r, const char *name,
-                        const atp_qty_line_t *lines, uint32_t n, int64_t *amounts,
-                        atp_result_t *result) {
+                        const atp_qty_line_t *lines, uint32_t n, bool all_if_empty,
+                        int64_t *amounts, atp_result_t *result) {
   uint32_t count = atomic_load_explicit(&r->line_count, memory_order_acquire);
   const atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_acquire);
-  for (uint32_t i = 0; i < count; i++) amounts[i] = n ? 0 : line_remaining(&rl[i]);
+  for (uint32_t i = 0; i < count; i++)
+    amounts[i] = n == 0 && all_if_empty ? line_remaining(&rl[i]) : 0;
   char field[48];
   for (uint32_t i = 0; i < n; i++) {
     uint32_t pos = atp_pos_find_str(e, lines[i].sku, lines[i].location);
@@ -763,7 +761,7 @@ int atp_release(atp_engine_t *e, atp_str_t id, const atp_qty_line_t *lines,
     return rc;
   }
   int64_t amounts[ATP_RESERVATION_POSITIONS_MAX];
-  rc = line_amounts(e, r, "lines", lines, line_count, amounts, result);
+  rc = line_amounts(e, r, "lines", lines, line_count, true, amounts, result);
   if (rc == 0) {
     release_amounts(e, r, amounts, &ch, ATP_CAUSE_RELEASE, id);
     maybe_end(e, r, idx, atp_now(e));
@@ -830,7 +828,7 @@ int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
   if (status != ATP_STATUS_HELD && status != ATP_STATUS_COMMITTED)
     rc = conflict(r, result, "fulfil");
   else
-    rc = line_amounts(e, r, "lines", lines, line_count, amounts, result);
+    rc = line_amounts(e, r, "lines", lines, line_count, true, amounts, result);
   if (rc) {
     atp_idem_fail(e, irec);
     rec_close(e, idx, &ch, ATP_CAUSE_FULFIL, NULL, out, false);
@@ -897,7 +895,7 @@ int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id, const atp_qty_l
   if (status != ATP_STATUS_HELD && status != ATP_STATUS_COMMITTED)
     rc = conflict(r, result, "amend");
   else
-    rc = line_amounts(e, r, "release", release, release_count, amounts, result);
+    rc = line_amounts(e, r, "release", release, release_count, false, amounts, result);
   bool committed = status == ATP_STATUS_COMMITTED;
   if (rc == 0) rc = grant_all(e, add, add_count, committed, g, shortfalls, result);
   if (rc == 0 && (rc = lines_reserve(e, r, lines_needed(r, g)))) {
