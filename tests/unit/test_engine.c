@@ -449,7 +449,7 @@ static void test_groups(void) {
 
   /* Location count limit: 1000 fine, 1001 refused. */
   enum { N = ATP_GROUP_LOCATIONS_MAX + 1 };
-  static char names[N][8];
+  static char names[N][16];
   static atp_str_t many[N];
   for (int i = 0; i < N; i++) {
     snprintf(names[i], sizeof names[i], "S%d", i);
@@ -1051,7 +1051,7 @@ static void test_reserve_validation(void) {
 static void test_reserve_line_limits(void) {
   REQUIRE(setup() == 0);
   enum { N = ATP_RESERVATION_LINES_MAX + 1 };
-  static char skus[N][12];
+  static char skus[N][16];
   static atp_line_req_t lines[N];
   for (int i = 0; i < N; i++) {
     snprintf(skus[i], sizeof skus[i], "SKU%d", i);
