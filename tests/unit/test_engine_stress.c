@@ -426,6 +426,9 @@ static void check_round(int round, int64_t hot_supply) {
     for (int i = 0; i < w->nown; i++) {
       own_t *o = &w->own[i];
       int rc = atp_reservation_get(E, et_str(o->id), &R);
+      if (rc != 0)
+        fprintf(stderr, "  round %d: reservation %s (%s, known ended %d) not found: rc %d\n",
+                round, o->id, o->hot ? "hot" : "cold", o->ended, rc);
       CHECK_EQ(rc, 0);
       if (rc) continue;
       for (uint32_t k = 0; k < R.line_count; k++) {
