@@ -13,6 +13,7 @@ log_dir=build/test-logs; mkdir -p "$log_dir"
 suite() { # name, command...
   local name=$1; shift
   local log="$log_dir/$name.log"
+  mkdir -p "$(dirname "$log")"
   echo "== $name"
   "$@" >"$log" 2>&1
   local rc=$?
