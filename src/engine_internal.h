@@ -339,8 +339,12 @@ int atp_group_resolve(const atp_engine_t *e, atp_str_t name,
 int atp_reservations_init(atp_engine_t *e);
 void atp_reservations_destroy(atp_engine_t *e);
 void atp_rrec_view(const atp_engine_t *e, uint32_t idx, atp_reservation_t *out);
-/* ticker: expire record idx if due; returns true if it expired */
-bool atp_rrec_expire(atp_engine_t *e, uint32_t idx, int64_t now_ms);
+/* ticker: decides, under the record's flag, whether record idx expires now
+ * (returns true if it did), when to look again (*due) and whether its
+ * retention has passed (*purge) */
+bool atp_rrec_due(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due, bool *purge);
+/* ticker: emits the purge record of an ended reservation */
+void atp_rrec_purged(atp_engine_t *e, uint32_t idx);
 int atp_reservation_apply(atp_engine_t *e, const atp_change_t *c);
 
 /* idempotency.c */
@@ -355,6 +359,8 @@ void atp_idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
                    const atp_position_t *outcome, atp_str_t reservation_id,
                    atp_change_t *record);
 void atp_idem_fail(atp_engine_t *e, uint32_t idx);
+/* ticker: emits the purge record of a remembered id */
+void atp_idem_purged(atp_engine_t *e, uint32_t idx);
 int atp_idem_apply(atp_engine_t *e, const atp_change_t *c);
 
 /* expiry.c */

@@ -90,7 +90,9 @@ static void wheel_insert(atp_engine_t *e, uint32_t ref, int64_t due_ms) {
   *node_due(e, ref) = due_ms;
 }
 
-/* Where a record belongs now: its due time, or ATP_TIME_NONE for nowhere. */
+/* Where a record belongs now, read without its flag: good enough to file it,
+ * since fire() decides again under the flag, and every change that matters
+ * re-queues the record after it is made. ATP_TIME_NONE for nowhere. */
 static int64_t record_due(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
   if (ref & ATP_REF_IDEM) {
     uint32_t idx = (ref & ~ATP_REF_IDEM) - 1;
@@ -107,19 +109,17 @@ static int64_t record_due(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
   int status = atomic_load_explicit(&r->status, memory_order_acquire);
   if (status == ATP_STATUS_HELD) return atomic_load_explicit(&r->expires_at_ms, memory_order_acquire);
   if (status == ATP_STATUS_COMMITTED) return ATP_TIME_NONE;
-  return atomic_load_explicit(&r->ended_at_ms, memory_order_acquire) + e->config.ended_ttl_ms;
+  int64_t ended = atomic_load_explicit(&r->ended_at_ms, memory_order_acquire);
+  return ended == ATP_TIME_NONE ? now_ms : ended + e->config.ended_ttl_ms;
 }
 
-static void refile(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
-  wheel_unlink(e, ref);
-  int64_t due = record_due(e, ref, now_ms);
-  if (due != ATP_TIME_NONE) wheel_insert(e, ref, due);
-}
-
-/* Frees what a reservation record owns beyond itself, then unlinks it. */
+/* Frees what a record owns beyond itself, then unlinks it. */
 static void purge(atp_engine_t *e, uint32_t ref) {
   if (ref & ATP_REF_IDEM) {
-    atp_keyed_retire(&e->itable, (ref & ~ATP_REF_IDEM) - 1, e->tick_count);
+    uint32_t idx = (ref & ~ATP_REF_IDEM) - 1;
+    if (atomic_load_explicit(&e->itable.state[idx], memory_order_acquire) == ATP_REC_LIVE)
+      atp_idem_purged(e, idx);
+    atp_keyed_retire(&e->itable, idx, e->tick_count);
     return;
   }
   uint32_t idx = ref - 1;
@@ -127,6 +127,7 @@ static void purge(atp_engine_t *e, uint32_t ref) {
   if (atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire) == ATP_REC_LIVE) {
     int status = atomic_load_explicit(&r->status, memory_order_acquire);
     atomic_fetch_sub_explicit(&e->status_count[atp_shard()][status].value, 1, memory_order_relaxed);
+    atp_rrec_purged(e, idx);
   }
   /* Readers may still copy from these: they are freed after the grace period,
    * like the record itself is reused only after it. */
@@ -138,23 +139,32 @@ static void purge(atp_engine_t *e, uint32_t ref) {
   atp_keyed_retire(&e->rtable, idx, e->tick_count);
 }
 
-/* A record's time came: expire it, purge it, or file it again. */
+/* A record's time came (or it was filed already due): expire it, purge it, or
+ * file it again. Returns 1 if a reservation expired. */
 static uint32_t fire(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
-  int64_t due = record_due(e, ref, now_ms);
-  if (due == ATP_TIME_NONE) return 0;
-  if (due > now_ms) {
-    wheel_insert(e, ref, due);
+  if (ref & ATP_REF_IDEM) {
+    int64_t due = record_due(e, ref, now_ms);
+    if (due == ATP_TIME_NONE) return 0;
+    if (due > now_ms) wheel_insert(e, ref, due);
+    else purge(e, ref);
     return 0;
   }
-  if (!(ref & ATP_REF_IDEM) &&
-      atomic_load_explicit(&e->rtable.state[ref - 1], memory_order_acquire) == ATP_REC_LIVE &&
-      atomic_load_explicit(&e->rrecs[ref - 1].status, memory_order_acquire) == ATP_STATUS_HELD) {
-    uint32_t expired = atp_rrec_expire(e, ref - 1, now_ms) ? 1 : 0;
-    due = record_due(e, ref, now_ms);
-    if (due != ATP_TIME_NONE) wheel_insert(e, ref, due);
-    return expired;
-  }
-  purge(e, ref);
+  int64_t due;
+  bool purge_now;
+  bool expired = atp_rrec_due(e, ref - 1, now_ms, &due, &purge_now);
+  if (purge_now) purge(e, ref);
+  else if (due != ATP_TIME_NONE) wheel_insert(e, ref, due);
+  return expired ? 1 : 0;
+}
+
+/* Files a record anew from its state; one already due is handled now, so the
+ * first tick after a restart expires what is overdue. */
+static uint32_t refile(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
+  wheel_unlink(e, ref);
+  int64_t due = record_due(e, ref, now_ms);
+  if (due == ATP_TIME_NONE) return 0;
+  if (due <= now_ms) return fire(e, ref, now_ms);
+  wheel_insert(e, ref, due);
   return 0;
 }
 
@@ -238,7 +248,7 @@ static void reclaim_retired(atp_engine_t *e) {
   }
 }
 
-static void drain(atp_engine_t *e, uint32_t list, int64_t now_ms);
+static uint32_t drain(atp_engine_t *e, uint32_t list, int64_t now_ms);
 
 uint32_t atp_engine_tick(atp_engine_t *e) {
   int64_t now_ms = atp_now(e);
@@ -250,19 +260,21 @@ uint32_t atp_engine_tick(atp_engine_t *e) {
     w->started = true;
   }
   /* First file what changed since the last tick, then run the slots due. */
+  uint32_t expired = 0;
   for (int shard = 0; shard < ATP_SHARDS; shard++) {
     uint32_t list = (uint32_t)atomic_exchange_explicit(&w->inbox[shard].value, 0,
                                                        memory_order_acquire);
-    drain(e, list, now_ms);
+    expired += drain(e, list, now_ms);
   }
-  uint32_t expired = target > w->now_tick ? advance(e, target, now_ms) : 0;
+  if (target > w->now_tick) expired += advance(e, target, now_ms);
   atp_keyed_reclaim(&e->rtable, e->tick_count);
   atp_keyed_reclaim(&e->itable, e->tick_count);
   reclaim_retired(e);
   return expired;
 }
 
-static void drain(atp_engine_t *e, uint32_t list, int64_t now_ms) {
+static uint32_t drain(atp_engine_t *e, uint32_t list, int64_t now_ms) {
+  uint32_t expired = 0;
   while (list) {
     uint32_t ref = list;
     _Atomic uint32_t *link, *queued;
@@ -278,6 +290,7 @@ static void drain(atp_engine_t *e, uint32_t list, int64_t now_ms) {
     list = atomic_load_explicit(link, memory_order_relaxed);
     /* Cleared before the state is read: a change after this re-queues it. */
     atomic_store_explicit(queued, 0, memory_order_seq_cst);
-    refile(e, ref, now_ms);
+    expired += refile(e, ref, now_ms);
   }
+  return expired;
 }

@@ -143,12 +143,33 @@ void atp_idem_fail(atp_engine_t *e, uint32_t idx) {
   atp_wheel_enqueue_idem(e, idx);
 }
 
-/* Replay: remember the id as LIVE with its outcome. Single-threaded. */
+void atp_idem_purged(atp_engine_t *e, uint32_t idx) {
+  if (!e->config.on_change) return;
+  const atp_irec_t *r = &e->irecs[idx];
+  atp_change_t c;
+  memset(&c, 0, sizeof c);
+  c.kind = ATP_CHANGE_IDEMPOTENCY;
+  c.cause = ATP_CAUSE_PURGE;
+  c.cause_id = (atp_str_t){r->text, r->id_len};
+  c.at_ms = atp_now(e);
+  c.u.idem.kind = (atp_idem_kind_t)r->kind;
+  c.u.idem.id = c.cause_id;
+  c.u.idem.content_hash = r->content_hash;
+  c.u.idem.created_at_ms = r->created_at_ms;
+  atp_emit(e, &c, 1);
+}
+
+/* Replay: remember the id as LIVE with its outcome, or forget it on a purge
+ * record. Single-threaded. */
 int atp_idem_apply(atp_engine_t *e, const atp_change_t *c) {
   const atp_change_idem_t *in = &c->u.idem;
   if (!atp_id_valid(in->id) || in->reservation_id.len > ATP_ID_BYTES_MAX) return ATP_EBADREQ;
   uint64_t hash = idem_hash(in->kind, in->id);
   uint32_t idx = idem_find_from(e, atp_keyed_head(&e->itable, hash), hash, in->kind, in->id);
+  if (c->cause == ATP_CAUSE_PURGE) {
+    if (idx != UINT32_MAX) atp_idem_fail(e, idx); /* DEAD: invisible, then unlinked */
+    return 0;
+  }
   if (idx == UINT32_MAX) {
     idx = atp_keyed_alloc(&e->itable);
     if (idx == UINT32_MAX) return ATP_EFULL;

@@ -68,14 +68,19 @@ void atp_reservations_destroy(atp_engine_t *e) {
 
 /* --- record access ------------------------------------------------------------------ */
 
-static void rec_begin(atp_rrec_t *r) {
+static void rec_lock(atp_rrec_t *r) {
   for (uint32_t spins = 0;; spins++) {
     uint32_t expected = 0;
     if (atomic_compare_exchange_weak_explicit(&r->lock, &expected, 1, memory_order_acquire,
                                               memory_order_relaxed))
-      break;
+      return;
     if (spins > 128) sched_yield();
   }
+}
+
+/* Takes the flag and makes rseq odd: readers retry until rec_close. */
+static void rec_begin(atp_rrec_t *r) {
+  rec_lock(r);
   atomic_fetch_add_explicit(&r->rseq, 1, memory_order_acq_rel);
 }
 
@@ -262,24 +267,30 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
     atp_result_set(result, field, "unknown group");
     return ATP_ENOTFOUND;
   }
+  /* First the first location that fills the line whole; a split line is
+   * split only when no single location can (fewer parcels, fewer picks). */
   int64_t need = l->qty, seen = 0;
+  for (uint32_t i = 0; i < grp->count; i++) {
+    uint32_t pos = atp_pos_find(e, l->sku, sku_hash, grp->locations[i]);
+    if (pos == UINT32_MAX) continue;
+    if (atp_pos_take(&e->positions[pos], need, committed, &version)) {
+      if (grant_add(g, pos, l->qty, version) == 0) return 0;
+      atp_pos_give(&e->positions[pos], l->qty, committed);
+      atp_result_set(result, "lines", "a reservation spans at most %d positions",
+                     ATP_RESERVATION_POSITIONS_MAX);
+      return ATP_EBADREQ;
+    }
+    seen += pos_available(e, pos);
+  }
+  if (!l->allow_split) {
+    shortfall_add(sf, li, l, seen);
+    return 1;
+  }
+  seen = 0;
   for (uint32_t i = 0; i < grp->count && need > 0; i++) {
     uint32_t pos = atp_pos_find(e, l->sku, sku_hash, grp->locations[i]);
     if (pos == UINT32_MAX) continue;
     atp_pos_t *p = &e->positions[pos];
-    if (!l->allow_split) {
-      if (atp_pos_take(p, need, committed, &version)) {
-        need = 0;
-        if (grant_add(g, pos, l->qty, version)) {
-          atp_pos_give(p, l->qty, committed);
-          need = l->qty;
-          break;
-        }
-      } else {
-        seen += pos_available(e, pos);
-      }
-      continue;
-    }
     /* Split: take what this location has, up to what is still needed; a lost
      * race re-reads and tries the smaller amount. */
     for (int64_t avail = pos_available(e, pos); avail > 0; avail = pos_available(e, pos)) {
@@ -442,25 +453,24 @@ static int line_amounts(const atp_engine_t *e, const atp_rrec_t *r, const char *
   return 0;
 }
 
-static bool nothing_remains(const atp_rrec_t *r, bool *any_fulfilled) {
+static bool nothing_remains(const atp_rrec_t *r) {
   uint32_t count = atomic_load_explicit(&r->line_count, memory_order_acquire);
   const atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_acquire);
-  bool none = true;
-  *any_fulfilled = false;
-  for (uint32_t i = 0; i < count; i++) {
-    if (line_remaining(&rl[i]) > 0) none = false;
-    if (atomic_load_explicit(&rl[i].fulfilled, memory_order_acquire) > 0) *any_fulfilled = true;
-  }
-  return none;
+  for (uint32_t i = 0; i < count; i++)
+    if (line_remaining(&rl[i]) > 0) return false;
+  return true;
 }
 
-/* Ends the reservation if nothing remains: fulfilled if anything was. */
-static void maybe_end(atp_engine_t *e, atp_rrec_t *r, uint32_t idx, int64_t now) {
-  bool any_fulfilled;
-  if (!nothing_remains(r, &any_fulfilled)) return;
-  set_status(e, r, any_fulfilled ? ATP_STATUS_FULFILLED : ATP_STATUS_RELEASED);
-  atomic_store_explicit(&r->expires_at_ms, ATP_TIME_NONE, memory_order_release);
+/* Ends the reservation as `to` if nothing remains: the status names what
+ * ended it (a release after a partial fulfilment ends it released, as the
+ * contract's release says). ended_at is stored before the status, so whoever
+ * sees an ended status also sees when it ended. */
+static void end_if_empty(atp_engine_t *e, atp_rrec_t *r, uint32_t idx, atp_status_t to,
+                         int64_t now) {
+  if (!nothing_remains(r)) return;
   atomic_store_explicit(&r->ended_at_ms, now, memory_order_release);
+  atomic_store_explicit(&r->expires_at_ms, ATP_TIME_NONE, memory_order_release);
+  set_status(e, r, to);
   atp_wheel_enqueue_res(e, idx);
 }
 
@@ -764,7 +774,7 @@ int atp_release(atp_engine_t *e, atp_str_t id, const atp_qty_line_t *lines,
   rc = line_amounts(e, r, "lines", lines, line_count, true, amounts, result);
   if (rc == 0) {
     release_amounts(e, r, amounts, &ch, ATP_CAUSE_RELEASE, id);
-    maybe_end(e, r, idx, atp_now(e));
+    end_if_empty(e, r, idx, ATP_STATUS_RELEASED, atp_now(e));
   }
   rec_close(e, idx, &ch, ATP_CAUSE_RELEASE, NULL, out, rc == 0);
   return rc;
@@ -848,7 +858,7 @@ int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
     changes_pos(e, &ch, ATP_CAUSE_FULFIL, fulfillment_id, rl[i].pos, -amounts[i], 0, -amounts[i], v);
     if (e->config.on_change) ch.items[ch.count - 1].u.position.occurred_at_ms = now;
   }
-  maybe_end(e, r, idx, now);
+  end_if_empty(e, r, idx, ATP_STATUS_FULFILLED, now);
   atp_change_t idem;
   atp_idem_done(e, irec, ATP_IDEM_APPLIED, 0, NULL, id, &idem);
   rec_close(e, idx, &ch, ATP_CAUSE_FULFIL, &idem, out, true);
@@ -919,7 +929,7 @@ int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id, const atp_qty_l
                 committed ? 0 : g->items[i].qty, committed ? g->items[i].qty : 0,
                 g->items[i].version);
   }
-  maybe_end(e, r, idx, atp_now(e));
+  end_if_empty(e, r, idx, ATP_STATUS_RELEASED, atp_now(e));
   atp_change_t idem;
   atp_idem_done(e, irec, ATP_IDEM_APPLIED, 0, NULL, id, &idem);
   rec_close(e, idx, &ch, ATP_CAUSE_AMEND, &idem, out, true);
@@ -928,15 +938,39 @@ int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id, const atp_qty_l
 
 /* --- expiry (ticker thread) -------------------------------------------------------------- */
 
-bool atp_rrec_expire(atp_engine_t *e, uint32_t idx, int64_t now_ms) {
+/* Ticker: what the record's time means, decided under its flag so that a
+ * concurrent commit, release or extend cannot be half-seen. Expires a held
+ * reservation that is due (returns true). *due gets when to look again
+ * (ATP_TIME_NONE: not until something changes), *purge whether its retention
+ * has passed. */
+bool atp_rrec_due(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due, bool *purge) {
+  *due = ATP_TIME_NONE;
+  *purge = false;
+  uint32_t state = atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire);
+  if (state == ATP_REC_DEAD) *purge = true;
+  if (state != ATP_REC_LIVE) return false;
   atp_rrec_t *r = &e->rrecs[idx];
-  rec_begin(r);
-  if (atomic_load_explicit(&r->status, memory_order_relaxed) != ATP_STATUS_HELD ||
-      atomic_load_explicit(&r->expires_at_ms, memory_order_relaxed) > now_ms) {
-    atomic_fetch_add_explicit(&r->rseq, 1, memory_order_acq_rel);
+  rec_lock(r);
+  int status = atomic_load_explicit(&r->status, memory_order_relaxed);
+  if (status == ATP_STATUS_COMMITTED) {
     atomic_store_explicit(&r->lock, 0, memory_order_release);
     return false;
   }
+  if (status != ATP_STATUS_HELD) {
+    int64_t until = atomic_load_explicit(&r->ended_at_ms, memory_order_relaxed) +
+                    e->config.ended_ttl_ms;
+    atomic_store_explicit(&r->lock, 0, memory_order_release);
+    if (until <= now_ms) *purge = true;
+    else *due = until;
+    return false;
+  }
+  int64_t expires = atomic_load_explicit(&r->expires_at_ms, memory_order_relaxed);
+  if (expires > now_ms) {
+    atomic_store_explicit(&r->lock, 0, memory_order_release);
+    *due = expires;
+    return false;
+  }
+  atomic_fetch_add_explicit(&r->rseq, 1, memory_order_acq_rel); /* odd: writing */
   changes_t ch;
   changes_init(&ch);
   int64_t amounts[ATP_RESERVATION_POSITIONS_MAX];
@@ -945,12 +979,29 @@ bool atp_rrec_expire(atp_engine_t *e, uint32_t idx, int64_t now_ms) {
   for (uint32_t i = 0; i < count; i++) amounts[i] = line_remaining(&rl[i]);
   atp_str_t id = {atp_rrec_id(r), r->id_len};
   release_amounts(e, r, amounts, &ch, ATP_CAUSE_EXPIRE, id);
-  set_status(e, r, ATP_STATUS_EXPIRED);
-  atomic_store_explicit(&r->expires_at_ms, ATP_TIME_NONE, memory_order_release);
   atomic_store_explicit(&r->ended_at_ms, now_ms, memory_order_release);
+  atomic_store_explicit(&r->expires_at_ms, ATP_TIME_NONE, memory_order_release);
+  set_status(e, r, ATP_STATUS_EXPIRED);
   atomic_fetch_add_explicit(&e->expirations, 1, memory_order_relaxed);
   rec_close(e, idx, &ch, ATP_CAUSE_EXPIRE, NULL, atp_scratch_view(), true);
+  *due = now_ms + e->config.ended_ttl_ms;
   return true;
+}
+
+/* Ticker: reports that an ended reservation left retention (the journal then
+ * forgets it too). */
+void atp_rrec_purged(atp_engine_t *e, uint32_t idx) {
+  if (!e->config.on_change) return;
+  atp_reservation_t *view = atp_scratch_view();
+  atp_rrec_view(e, idx, view);
+  atp_change_t c;
+  memset(&c, 0, sizeof c);
+  c.kind = ATP_CHANGE_RESERVATION;
+  c.cause = ATP_CAUSE_PURGE;
+  c.cause_id = view->id;
+  c.at_ms = atp_now(e);
+  c.u.reservation = view;
+  atp_emit(e, &c, 1);
 }
 
 /* --- replay ------------------------------------------------------------------------------------ */
@@ -961,6 +1012,16 @@ int atp_reservation_apply(atp_engine_t *e, const atp_change_t *c) {
       (unsigned)v->status > ATP_STATUS_FULFILLED)
     return ATP_EBADREQ;
   uint32_t idx = rec_find(e, v->id);
+  if (c->cause == ATP_CAUSE_PURGE) {
+    /* Forgotten: DEAD records are invisible and the ticker unlinks them. */
+    if (idx != UINT32_MAX) {
+      int status = atomic_load(&e->rrecs[idx].status);
+      atomic_fetch_sub(&e->status_count[atp_shard()][status].value, 1);
+      atomic_store(&e->rtable.state[idx], ATP_REC_DEAD);
+      atp_wheel_enqueue_res(e, idx);
+    }
+    return 0;
+  }
   if (idx == UINT32_MAX) {
     idx = atp_keyed_alloc(&e->rtable);
     if (idx == UINT32_MAX) return ATP_EFULL;
@@ -975,11 +1036,11 @@ int atp_reservation_apply(atp_engine_t *e, const atp_change_t *c) {
     atp_keyed_push(&e->rtable, idx);
   }
   atp_rrec_t *r = &e->rrecs[idx];
-  set_status(e, r, v->status);
   r->created_at_ms = v->created_at_ms;
   atomic_store(&r->expires_at_ms, v->expires_at_ms);
   atomic_store(&r->ttl_ms, v->ttl_ms);
   atomic_store(&r->ended_at_ms, v->ended_at_ms);
+  set_status(e, r, v->status);
   if (v->order_id.len && v->order_id.len <= ATP_ID_BYTES_MAX) {
     memcpy(atp_rrec_order_id(r), v->order_id.ptr, v->order_id.len);
     atomic_store(&r->order_id_len, (uint16_t)v->order_id.len);

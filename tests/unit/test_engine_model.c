@@ -11,9 +11,6 @@
  *
  *   test_engine_model [SEED]     or ATP_SEED=...; default: the time
  *   ATP_MODEL_STEPS=N            steps per seed (default 6000), 3 seeds
- *   ATP_MODEL_STRICT=1           also exercise the engine bugs reported in
- *                                test_engine.c (add-only amend, release of the
- *                                rest after a partial fulfilment)
  *
  * Times: the clock starts at ET_T0_MS (a multiple of 4000) and moves by
  * multiples of 4000; every ttl is 2000 mod 4000. So now - expires_at is never
@@ -160,7 +157,6 @@ static atp_engine_t *REP; /* replica fed by the change hook */
 static et_rng_t RNG;
 static uint64_t SEED;
 static int STEP;
-static bool STRICT;
 static char OP[512];
 static int REPLICA_ERRORS;
 static atp_reservation_t OUT, GOT;
@@ -233,12 +229,6 @@ static int64_t mres_remaining(const mres_t *r) {
   int64_t sum = 0;
   for (int i = 0; i < r->nlines; i++) sum += mline_rem(&r->lines[i]);
   return sum;
-}
-
-static bool mres_any_fulfilled(const mres_t *r) {
-  for (int i = 0; i < r->nlines; i++)
-    if (r->lines[i].fulfilled > 0) return true;
-  return false;
 }
 
 static mline_t *mres_line(mres_t *r, int p) {
@@ -806,12 +796,7 @@ static bool op_release(void) {
   }
   COUNTERS[C_RELEASE]++;
   if (mres_remaining(m) == 0) {
-    int want = ATP_STATUS_RELEASED;
-    /* Known deviation (test_release_rest_after_partial_fulfil): the engine
-     * ends it fulfilled when anything was fulfilled. */
-    if (!STRICT && mres_any_fulfilled(m) && OUT.status == ATP_STATUS_FULFILLED)
-      want = ATP_STATUS_FULFILLED;
-    mres_maybe_end(m, want);
+    mres_maybe_end(m, ATP_STATUS_RELEASED);
   }
   return check_res_fields(m, &OUT) && check_res(ri);
 }
@@ -929,7 +914,7 @@ static bool op_amend(void) {
   snprintf(a->id, sizeof a->id, "M%d", ++M->id_seq);
   a->res = ri;
   if (live) a->nrel = make_qty_lines(m, 0, a->rel);
-  if (live && a->nrel > 0 && STRICT && et_rng_pct(&RNG, 30)) a->nrel = 0;
+  if (live && a->nrel > 0 && et_rng_pct(&RNG, 30)) a->nrel = 0; /* add-only amends */
   /* Add lines: skus distinct from each other and from the released ones. */
   bool used[NSKU] = {false};
   for (int i = 0; i < a->nrel; i++) used[pos_sku(a->rel[i].pos)] = true;
@@ -1428,11 +1413,8 @@ int main(int argc, char **argv) {
   int steps = 6000;
   const char *env_steps = getenv("ATP_MODEL_STEPS");
   if (env_steps && atoi(env_steps) > 0) steps = atoi(env_steps);
-  const char *strict = getenv("ATP_MODEL_STRICT");
-  STRICT = strict && *strict && *strict != '0';
   int seeds = (argc > 1 || (env && *env)) ? 1 : 3;
-  printf("model test: seed %" PRIu64 ", %d steps x %d seeds%s\n", seed, steps, seeds,
-         STRICT ? ", strict" : "");
+  printf("model test: seed %" PRIu64 ", %d steps x %d seeds\n", seed, steps, seeds);
   M = calloc(1, sizeof *M);
   if (!M) return 1;
   int passed = 0, failed = 0;

@@ -45,7 +45,7 @@
 #define HOT_SAFETY 7
 #define MAXOWN 8192
 
-static char SKUS[NPOS][8], LOCS[NPOS][8];
+static char SKUS[NPOS][16], LOCS[NPOS][16];
 static et_clock_t CLK;
 static atp_engine_t *E;
 static uint64_t SEED;
