@@ -429,8 +429,14 @@ def test_group_allow_split(srv, fmt):
     sku, g = uid("sku"), uid("grp")
     c.adjust(sku, "sA", 2)
     c.adjust(sku, "sB", 3)
-    c.adjust(sku, "sC", 10)
+    c.adjust(sku, "sC", 6)
     assert c.put("/v1/groups/" + g, dict(locations=["sA", "sX", "sB", "sC"])).status == 200
+    # A location that fills the line whole wins even when splitting is allowed.
+    r = c.reserve([dict(sku=sku, group=g, qty=3, allow_split=True)])
+    assert r.status == 201, r
+    assert [(ln["location"], ln["qty"]) for ln in r.data["lines"]] == [("sB", 3)], r.data
+    assert c.post("/v1/reservations/%s/release" % r.data["id"], {}).status == 200
+    # No single location holds 7: split across locations in group order.
     r = c.reserve([dict(sku=sku, group=g, qty=7, allow_split=True)])
     assert r.status == 201, r
     check_reservation(r.data, "held")
@@ -439,7 +445,7 @@ def test_group_allow_split(srv, fmt):
     assert c.pos(sku, "sC")["reserved"] == 2
     e = expect_error(c.reserve([dict(sku=sku, group=g, qty=9, allow_split=True)]), 409,
                      "insufficient_stock")
-    assert e["shortfalls"][0]["available"] == 8, e
+    assert e["shortfalls"][0]["available"] == 4, e
     assert c.pos(sku, "sC")["reserved"] == 2
 
 
