@@ -968,14 +968,38 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
 
 static void on_write(uv_write_t *req, int status);
 
+/* Writes the current queue. Most responses fit the socket buffer, so it
+ * tries a direct write first: libuv 1.44 re-arms the socket in epoll after
+ * every completed uv_write, so a queued write costs an epoll_ctl and a loop
+ * pass per response that a write which completes at once does not. Only what
+ * the socket did not take goes through uv_write. */
 static int conn_start_write(conn_t *c) {
   assert(!c->writing && !c->closed);
   outq_t *q = &c->out[c->pending];
   uv_buf_t iov[2 * OUT_BIG_MAX + 1];
   int n = outq_iov(q, iov);
+  int written = uv_try_write((uv_stream_t *)&c->tcp, iov, (unsigned)n);
+  if (written < 0 && written != UV_EAGAIN) {
+    conn_close(c);
+    return -1;
+  }
+  int first = 0;
+  for (size_t done = written > 0 ? (size_t)written : 0; first < n; first++) {
+    if (done < iov[first].len) {
+      iov[first].base += done;
+      iov[first].len -= done;
+      break;
+    }
+    done -= iov[first].len;
+  }
+  if (first == n) {
+    outq_release(q);
+    return 0;
+  }
   c->writing = true;
   c->pending = !c->pending;
-  int r = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, iov, (unsigned)n, on_write);
+  int r = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, iov + first, (unsigned)(n - first),
+                   on_write);
   if (r) {
     c->writing = false;
     conn_close(c);
@@ -1038,16 +1062,22 @@ static int conn_set_reading(conn_t *c, bool want) {
  * reading state and the deadline. */
 static void conn_progress(conn_t *c) {
   if (c->closed) return;
-  while (c->paused && !c->closing && !out_full(c)) {
-    size_t used = core_execute(c, c->in.data + c->in_off, c->in.len - c->in_off);
-    c->in_off += used;
-    if (c->in_off == c->in.len) {
-      c->paused = false;
-      atp_buf_reset(&c->in);
-      c->in_off = 0;
+  /* Parse held-back input and write, until neither makes progress: a write
+   * that completes at once frees room for more parsing with no callback. */
+  for (;;) {
+    while (c->paused && !c->closing && !out_full(c)) {
+      size_t used = core_execute(c, c->in.data + c->in_off, c->in.len - c->in_off);
+      c->in_off += used;
+      if (c->in_off == c->in.len) {
+        c->paused = false;
+        atp_buf_reset(&c->in);
+        c->in_off = 0;
+      }
     }
+    if (c->writing || outq_empty(&c->out[c->pending])) break;
+    if (conn_start_write(c)) return;
+    if (c->writing || !c->paused || c->closing) break;
   }
-  if (!c->writing && !outq_empty(&c->out[c->pending]) && conn_start_write(c)) return;
   bool drained = !c->writing && outq_empty(&c->out[c->pending]);
   if (drained) {
     if (c->closing) {
