@@ -191,9 +191,8 @@ int atp_codec_parse_stream(atp_format_t format, const char *body, size_t len,
   }
 }
 
-const atp_val_t *atp_val_get(const atp_val_t *object, const char *key) {
+const atp_val_t *atp_val_getn(const atp_val_t *object, const char *key, size_t key_len) {
   if (!object || object->type != ATP_VAL_OBJECT || !key) return NULL;
-  size_t key_len = strlen(key);
   for (uint32_t i = 0; i < object->len; i++) {
     const atp_member_t *m = &object->u.members[i];
     if (m->key_len == key_len && memcmp(m->key, key, key_len) == 0) return &m->val;
@@ -434,14 +433,10 @@ void atp_w_keyn(atp_writer_t *w, const char *key, size_t len) {
   w->want_value = true;
 }
 
-void atp_w_key(atp_writer_t *w, const char *key) { atp_w_keyn(w, key, strlen(key)); }
-
 void atp_w_str(atp_writer_t *w, const char *s, size_t len) {
   before_value(w);
   raw_str(w, s, len);
 }
-
-void atp_w_cstr(atp_writer_t *w, const char *s) { atp_w_str(w, s, strlen(s)); }
 
 void atp_w_int(atp_writer_t *w, int64_t v) {
   before_value(w);

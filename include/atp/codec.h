@@ -109,7 +109,11 @@ int atp_codec_parse_stream(atp_format_t format, const char *body, size_t len,
                            void *ctx, atp_parse_error_t *err);
 
 /* Object look-up by key; NULL when absent. O(members): objects are small. */
-const atp_val_t *atp_val_get(const atp_val_t *object, const char *key);
+const atp_val_t *atp_val_getn(const atp_val_t *object, const char *key, size_t key_len);
+/* Inline so that the length of a literal key is folded at compile time. */
+static inline const atp_val_t *atp_val_get(const atp_val_t *object, const char *key) {
+  return key ? atp_val_getn(object, key, __builtin_strlen(key)) : NULL;
+}
 
 /* --- writer ---------------------------------------------------------------- */
 
@@ -132,14 +136,19 @@ void atp_w_object_begin(atp_writer_t *w);
 void atp_w_object_end(atp_writer_t *w);
 void atp_w_array_begin(atp_writer_t *w);
 void atp_w_array_end(atp_writer_t *w);
-void atp_w_key(atp_writer_t *w, const char *key); /* NUL-terminated literal */
 /* A key with its length (may hold NULs), e.g. a parsed member's key. */
 void atp_w_keyn(atp_writer_t *w, const char *key, size_t len);
+/* Inline so that a literal key's length is folded at compile time. */
+static inline void atp_w_key(atp_writer_t *w, const char *key) {
+  atp_w_keyn(w, key, __builtin_strlen(key));
+}
 /* JSON escapes quotes, backslash and control characters (\u00XX) and passes
  * UTF-8 through; bytes that are not valid UTF-8 are written as \ufffd so the
  * output is always valid JSON. */
 void atp_w_str(atp_writer_t *w, const char *s, size_t len);
-void atp_w_cstr(atp_writer_t *w, const char *s);
+static inline void atp_w_cstr(atp_writer_t *w, const char *s) {
+  atp_w_str(w, s, __builtin_strlen(s));
+}
 void atp_w_int(atp_writer_t *w, int64_t v);
 void atp_w_uint(atp_writer_t *w, uint64_t v);
 /* Shortest form that reads back as the same double and as a float ("3.0");

@@ -34,8 +34,10 @@
 
 /* Engine capacities (defaults; configurable). */
 #define ATP_POSITIONS_MAX_DEFAULT (1u << 21)    /* 2M */
-#define ATP_RESERVATIONS_MAX_DEFAULT (1u << 20) /* 1M, live plus retained */
-#define ATP_IDEMPOTENCY_MAX_DEFAULT (1u << 20)  /* 1M adjustment/count ids */
+/* Reservations are kept 24 h after they end: 4M covers ~46 a second all day.
+ * Records are allocated up front but touched only when used (~430 bytes each). */
+#define ATP_RESERVATIONS_MAX_DEFAULT (1u << 22) /* 4M, live plus retained */
+#define ATP_IDEMPOTENCY_MAX_DEFAULT (1u << 22)  /* 4M adjustment/count/fulfil ids */
 
 /* HTTP. */
 #define ATP_HTTP_HEADER_BYTES_MAX (64 * 1024)
