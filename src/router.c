@@ -123,7 +123,9 @@ const atp_route_t *atp_router_match(atp_http_method_t method, const char *path,
   uint32_t n = 0;
   for (uint32_t r = 0; r < ROUTE_COUNT; r++) {
     if (!pattern_match(routes[r].pattern, path, path_len, raw, &n)) continue;
-    if (routes[r].method != method) {
+    /* HEAD is served as GET; the server sends the head without the body. */
+    bool head_of_get = method == ATP_HTTP_HEAD && routes[r].method == ATP_HTTP_GET;
+    if (routes[r].method != method && !head_of_get) {
       *path_known = true;
       continue;
     }

@@ -134,6 +134,23 @@ def test_connection_close_honoured(srv):
     assert conn.wait_closed(3)
 
 
+def test_head_is_get_without_body(srv):
+    c = srv.client()
+    c.adjust("HEADSKU", "L1", 5)
+    path = "/v1/availability?sku=HEADSKU&location=L1"
+    get = c.get(path)
+    assert get.status == 200, get
+    conn = srv.conn()
+    conn.send(build_request("HEAD", path) + build_request("GET", "/healthz"))
+    head = conn.read_response(method="HEAD")
+    assert head.status == 200, head
+    assert head.body == b"", "HEAD carries no body: %r" % head.body
+    assert int(head.headers["content-length"]) == len(get.body), head.headers
+    # the next pipelined answer starts right after the head: no stray body bytes
+    assert conn.read_response().status == 200
+    conn.close()
+
+
 def test_keep_alive_many_requests(srv):
     conn = srv.conn()
     for _ in range(200):
