@@ -17,8 +17,8 @@
  * does, so ended reservations are purged and their records recycled.
  */
 #include <pthread.h>
-#include <stdbool.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +28,7 @@
 #include "atp/engine.h"
 #include "atp/memory.h"
 
-#define SKUS 10000
+#define SKUS      10000
 #define LOCATIONS 100
 
 static char sku_names[SKUS][16];
@@ -59,7 +59,8 @@ static void load(atp_engine_t *e, int skus, int locations, int64_t on_hand) {
       memset(&c, 0, sizeof c);
       c.kind = ATP_CHANGE_POSITION;
       c.u.position.sku = (atp_str_t){sku, (uint32_t)strlen(sku)};
-      c.u.position.location = (atp_str_t){location_names[l], (uint32_t)strlen(location_names[l])};
+      c.u.position.location =
+          (atp_str_t){location_names[l], (uint32_t)strlen(location_names[l])};
       c.u.position.d_on_hand = on_hand;
       c.u.position.counted_at_ms = ATP_TIME_NONE;
       c.u.position.occurred_at_ms = ATP_TIME_NONE;
@@ -99,8 +100,10 @@ static void *reader(void *arg) {
   while (1) {
     for (int i = 0; i < 4096; i++) {
       uint64_t r = xorshift(&seed);
-      const char *sku = sku_names[r % (uint64_t)w->skus], *loc = location_names[(r >> 32) % LOCATIONS];
-      atp_position_get(w->e, (atp_str_t){sku, 11}, (atp_str_t){loc, (uint32_t)strlen(loc)}, &p);
+      const char *sku = sku_names[r % (uint64_t)w->skus],
+                 *loc = location_names[(r >> 32) % LOCATIONS];
+      atp_position_get(w->e, (atp_str_t){sku, 11},
+                       (atp_str_t){loc, (uint32_t)strlen(loc)}, &p);
     }
     n += 4096;
     if (now_s() >= end) break;
@@ -137,10 +140,12 @@ static void *reserver(void *arg) {
     for (int i = 0; i < 1024; i++) {
       uint64_t r = xorshift(&seed);
       /* distinct positions per thread: thread t takes locations l % threads == t */
-      uint32_t loc = (uint32_t)((r >> 32) % (LOCATIONS / w->threads)) * w->threads + w->thread;
-      atp_line_req_t line = {.sku = {sku_names[r % (uint64_t)w->skus], 11},
-                             .location = {location_names[loc], (uint32_t)strlen(location_names[loc])},
-                             .qty = 1};
+      uint32_t loc =
+          (uint32_t)((r >> 32) % (LOCATIONS / w->threads)) * w->threads + w->thread;
+      atp_line_req_t line = {
+          .sku = {sku_names[r % (uint64_t)w->skus], 11},
+          .location = {location_names[loc], (uint32_t)strlen(location_names[loc])},
+          .qty = 1};
       atp_reserve_req_t req = {.lines = &line, .line_count = 1};
       req.id = (atp_str_t){id, make_id(id, w->thread, n + i)};
       if (atp_reserve(w->e, &req, out, sf, &result) ||
@@ -188,8 +193,8 @@ int main(int argc, char **argv) {
   for (int l = 0; l < LOCATIONS; l++) snprintf(location_names[l], 16, "store-%03d", l);
   for (int s = 0; s < SKUS; s++) snprintf(sku_names[s], 16, "SKU-%07d", s);
   if (argc > 1 && strcmp(argv[1], "mem") == 0) {
-    atp_engine_config_t config = {.positions_max = 10000000, .reservations_max = 1024,
-                                  .idempotency_max = 1024};
+    atp_engine_config_t config = {
+        .positions_max = 10000000, .reservations_max = 1024, .idempotency_max = 1024};
     atp_engine_t *e;
     long before = rss_kib();
     if (atp_engine_create(&config, &e)) return 1;

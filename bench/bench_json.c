@@ -16,7 +16,8 @@
  * duplicate keys, int64 range, \u0000 in strings, depth limit, invalid UTF-8
  * and error positions.
  *
- *   make build/release/bench/bench_json && build/release/bench/bench_json [seconds_per_case]
+ *   make build/release/bench/bench_json && build/release/bench/bench_json
+ * [seconds_per_case]
  */
 #include <cjson/cJSON.h>
 #include <dlfcn.h>
@@ -38,8 +39,9 @@ static atp_buf_t make_reservation(int lines) {
   atp_buf_init(&b, 0);
   atp_buf_printf(&b, "{\"id\":\"res-7f3a9c2e\",\"lines\":[");
   for (int i = 0; i < lines; i++) {
-    atp_buf_printf(&b, "%s{\"sku\":\"SKU-%06d\",\"location\":\"store-%03d\",\"qty\":%d}", i ? "," : "",
-                   1000 + i * 7, i % 40, 1 + i % 3);
+    atp_buf_printf(&b,
+                   "%s{\"sku\":\"SKU-%06d\",\"location\":\"store-%03d\",\"qty\":%d}",
+                   i ? "," : "", 1000 + i * 7, i % 40, 1 + i % 3);
   }
   atp_buf_printf(&b, "],\"ttl_ms\":900000,\"channel\":\"web\"}");
   return b;
@@ -51,11 +53,13 @@ static atp_buf_t make_query(int items) {
   atp_buf_printf(&b, "{\"items\":[");
   for (int i = 0; i < items; i++) {
     if (i % 4 == 3) {
-      atp_buf_printf(&b, "%s{\"sku\":\"gid://shopify/ProductVariant/%d\",\"group\":\"metro-north\"}",
-                     i ? "," : "", 40000000 + i);
+      atp_buf_printf(
+          &b,
+          "%s{\"sku\":\"gid://shopify/ProductVariant/%d\",\"group\":\"metro-north\"}",
+          i ? "," : "", 40000000 + i);
     } else {
-      atp_buf_printf(&b, "%s{\"sku\":\"SKU-%06d\",\"location\":\"store-%03d\"}", i ? "," : "", i * 13,
-                     i % 120);
+      atp_buf_printf(&b, "%s{\"sku\":\"SKU-%06d\",\"location\":\"store-%03d\"}",
+                     i ? "," : "", i * 13, i % 120);
     }
   }
   atp_buf_printf(&b, "]}");
@@ -68,11 +72,14 @@ static atp_buf_t make_batch(int ops) {
   atp_buf_printf(&b, "[");
   for (int i = 0; i < ops; i++) {
     atp_buf_printf(&b,
-                   "%s{\"op\":\"adjust\",\"flow\":\"erp\",\"id\":\"erp-%08d\",\"sku\":\"SKU-%06d\","
-                   "\"location\":\"dc-%02d\",\"delta\":%d,\"reason\":\"received\",\"source\":\"erp\","
+                   "%s{\"op\":\"adjust\",\"flow\":\"erp\",\"id\":\"erp-%08d\",\"sku\":"
+                   "\"SKU-%06d\","
+                   "\"location\":\"dc-%02d\",\"delta\":%d,\"reason\":\"received\","
+                   "\"source\":\"erp\","
                    "\"occurred_at\":%lld,\"ref\":\"PO-%d\"}\n",
-                   i ? "," : "", i, i % 50000, i % 12, i % 2 ? -(i % 9) - 1 : i % 100 + 1,
-                   1700000000000LL + i, 4500000 + i / 10);
+                   i ? "," : "", i, i % 50000, i % 12,
+                   i % 2 ? -(i % 9) - 1 : i % 100 + 1, 1700000000000LL + i,
+                   4500000 + i / 10);
   }
   atp_buf_printf(&b, "]");
   return b;
@@ -86,7 +93,12 @@ typedef struct {
   const void *opaque_;
 } jc_iter;
 enum { JC_NULL, JC_BOOL, JC_DOUBLE, JC_INT, JC_OBJECT, JC_ARRAY, JC_STRING };
-enum { JC_STRICT = 0x01, JC_VALIDATE_UTF8 = 0x10, JC_DEFAULT_DEPTH = 32, JC_CONTINUE = 1 };
+enum {
+  JC_STRICT = 0x01,
+  JC_VALIDATE_UTF8 = 0x10,
+  JC_DEFAULT_DEPTH = 32,
+  JC_CONTINUE = 1
+};
 
 static struct {
   jc_tok *(*tokener_new_ex)(int depth);
@@ -121,13 +133,13 @@ static void jc_load(void) {
     fprintf(stderr, "bench_json: %s (install libjson-c5)\n", dlerror());
     exit(1);
   }
-#define JC(field, name)                                     \
-  do {                                                      \
-    *(void **)&jc.field = dlsym(h, name);                   \
-    if (!jc.field) {                                        \
+#define JC(field, name)                                       \
+  do {                                                        \
+    *(void **)&jc.field = dlsym(h, name);                     \
+    if (!jc.field) {                                          \
       fprintf(stderr, "bench_json: no %s in json-c\n", name); \
-      exit(1);                                              \
-    }                                                       \
+      exit(1);                                                \
+    }                                                         \
   } while (0)
   JC(tokener_new_ex, "json_tokener_new_ex");
   JC(tokener_set_flags, "json_tokener_set_flags");
@@ -162,7 +174,8 @@ static bool dup_keys(const atp_member_t *m, uint32_t n) {
   /* Request objects are small: pairwise, as codec_msgpack.c does up to 8. */
   for (uint32_t i = 1; i < n; i++) {
     for (uint32_t j = 0; j < i; j++) {
-      if (m[i].key_len == m[j].key_len && memcmp(m[i].key, m[j].key, m[i].key_len) == 0) return true;
+      if (m[i].key_len == m[j].key_len && memcmp(m[i].key, m[j].key, m[i].key_len) == 0)
+        return true;
     }
   }
   return false;
@@ -170,7 +183,9 @@ static bool dup_keys(const atp_member_t *m, uint32_t n) {
 
 static int jc_convert(atp_arena_t *a, jc_obj *j, atp_val_t *out) {
   switch (jc.get_type(j)) {
-    case JC_NULL: out->type = ATP_VAL_NULL; return 0;
+    case JC_NULL:
+      out->type = ATP_VAL_NULL;
+      return 0;
     case JC_BOOL:
       out->type = ATP_VAL_BOOL;
       out->u.b = jc.get_boolean(j);
@@ -211,7 +226,9 @@ static int jc_convert(atp_arena_t *a, jc_obj *j, atp_val_t *out) {
         m->key = atp_arena_strdup(a, key, m->key_len);
         if (jc_convert(a, jc.iter_peek_value(&it), &m->val)) return -1;
       }
-      return dup_keys(out->u.members, out->len) ? -1 : 0; /* never true: json-c keeps the last */
+      return dup_keys(out->u.members, out->len)
+                 ? -1
+                 : 0; /* never true: json-c keeps the last */
     }
   }
   return -1;
@@ -251,7 +268,8 @@ static int cj_convert(atp_arena_t *a, const cJSON *j, atp_val_t *out) {
       atp_val_t *v = obj ? &out->u.members[i].val : &out->u.items[i];
       if (obj) {
         out->u.members[i].key_len = (uint32_t)strlen(c->string);
-        out->u.members[i].key = atp_arena_strdup(a, c->string, out->u.members[i].key_len);
+        out->u.members[i].key =
+            atp_arena_strdup(a, c->string, out->u.members[i].key_len);
       }
       if (cj_convert(a, c, v)) return -1;
     }
@@ -323,8 +341,8 @@ static void measure(const char *lib, parse_fn fn, const char *input, const atp_b
     elapsed = now_s() - start;
   } while (elapsed < seconds);
   double ns = elapsed * 1e9 / (double)iters;
-  printf("%-8s %-22s %9zu B %12.0f ns/parse %8.1f MB/s %9ld parses\n", lib, input, b->len, ns,
-         (double)b->len / ns * 1e3, iters);
+  printf("%-8s %-22s %9zu B %12.0f ns/parse %8.1f MB/s %9ld parses\n", lib, input,
+         b->len, ns, (double)b->len / ns * 1e3, iters);
   atp_arena_destroy(&a);
 }
 
@@ -345,8 +363,8 @@ static void measure_stream(const atp_buf_t *b, double seconds) {
   do {
     n = 0;
     atp_arena_reset(&a);
-    if (atp_codec_parse_stream(ATP_FORMAT_JSON, b->data, b->len, &a, ATP_BATCH_OPS_MAX, count_item,
-                               &n, &err)) {
+    if (atp_codec_parse_stream(ATP_FORMAT_JSON, b->data, b->len, &a, ATP_BATCH_OPS_MAX,
+                               count_item, &n, &err)) {
       printf("stream failed: %s\n", err.message);
       break;
     }
@@ -354,8 +372,9 @@ static void measure_stream(const atp_buf_t *b, double seconds) {
     elapsed = now_s() - start;
   } while (elapsed < seconds);
   double ns = elapsed * 1e9 / (double)iters;
-  printf("%-8s %-22s %9zu B %12.0f ns/parse %8.1f MB/s %9ld parses (%u items)\n", "jansson",
-         "batch, parse_stream", b->len, ns, (double)b->len / ns * 1e3, iters, n);
+  printf("%-8s %-22s %9zu B %12.0f ns/parse %8.1f MB/s %9ld parses (%u items)\n",
+         "jansson", "batch, parse_stream", b->len, ns, (double)b->len / ns * 1e3, iters,
+         n);
   atp_arena_destroy(&a);
 }
 
@@ -370,17 +389,23 @@ typedef struct {
 /* What the library itself says: "reject", or "accept" plus what it kept. */
 static void probe_jansson(const probe_t *p, char *out, size_t cap) {
   json_error_t e;
-  json_t *j = json_loadb(p->body, p->len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &e);
+  json_t *j = json_loadb(p->body, p->len,
+                         JSON_DECODE_ANY | JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &e);
   if (!j) {
     snprintf(out, cap, "reject @%d", e.position);
     return;
   }
   json_t *first = json_is_array(j) && json_array_size(j) ? json_array_get(j, 0) : j;
-  if (json_is_integer(first)) snprintf(out, cap, "accept int %lld", (long long)json_integer_value(first));
-  else if (json_is_real(first)) snprintf(out, cap, "accept float %g", json_real_value(first));
-  else if (json_is_string(first)) snprintf(out, cap, "accept len %zu", json_string_length(first));
-  else if (json_is_string(j)) snprintf(out, cap, "accept len %zu", json_string_length(j));
-  else snprintf(out, cap, "accept");
+  if (json_is_integer(first))
+    snprintf(out, cap, "accept int %lld", (long long)json_integer_value(first));
+  else if (json_is_real(first))
+    snprintf(out, cap, "accept float %g", json_real_value(first));
+  else if (json_is_string(first))
+    snprintf(out, cap, "accept len %zu", json_string_length(first));
+  else if (json_is_string(j))
+    snprintf(out, cap, "accept len %zu", json_string_length(j));
+  else
+    snprintf(out, cap, "accept");
   json_decref(j);
 }
 
@@ -389,13 +414,16 @@ static void probe_jsonc(const probe_t *p, char *out, size_t cap) {
   jc.tokener_set_flags(t, JC_STRICT | JC_VALIDATE_UTF8);
   jc_obj *j = jc.tokener_parse_ex(t, p->body, (int)p->len);
   if (!j) {
-    if (jc.tokener_get_error(t) == JC_CONTINUE) snprintf(out, cap, "reject (incomplete)");
-    else snprintf(out, cap, "reject @%zu", jc.tokener_get_parse_end(t));
+    if (jc.tokener_get_error(t) == JC_CONTINUE)
+      snprintf(out, cap, "reject (incomplete)");
+    else
+      snprintf(out, cap, "reject @%zu", jc.tokener_get_parse_end(t));
   } else if (jc.tokener_get_parse_end(t) != p->len) {
     snprintf(out, cap, "stops @%zu", jc.tokener_get_parse_end(t));
   } else if (jc.get_type(j) == JC_ARRAY && jc.array_length(j) &&
              jc.get_type(jc.array_get_idx(j, 0)) == JC_INT) {
-    snprintf(out, cap, "accept int %lld", (long long)jc.get_int64(jc.array_get_idx(j, 0)));
+    snprintf(out, cap, "accept int %lld",
+             (long long)jc.get_int64(jc.array_get_idx(j, 0)));
   } else if (jc.get_type(j) == JC_ARRAY && jc.array_length(j) &&
              jc.get_type(jc.array_get_idx(j, 0)) == JC_DOUBLE) {
     snprintf(out, cap, "accept float %g", jc.get_double(jc.array_get_idx(j, 0)));
@@ -419,15 +447,21 @@ static void probe_cjson(const probe_t *p, char *out, size_t cap) {
     return;
   }
   const cJSON *first = cJSON_IsArray(j) && j->child ? j->child : j;
-  if (end != p->body + p->len) snprintf(out, cap, "stops @%ld", (long)(end - p->body));
-  else if (cJSON_IsNumber(first)) snprintf(out, cap, "accept double %.17g", first->valuedouble);
-  else if (cJSON_IsString(first)) snprintf(out, cap, "accept len %zu", strlen(first->valuestring));
-  else if (cJSON_IsObject(j)) snprintf(out, cap, "accept, %d key(s)", cJSON_GetArraySize(j));
-  else snprintf(out, cap, "accept");
+  if (end != p->body + p->len)
+    snprintf(out, cap, "stops @%ld", (long)(end - p->body));
+  else if (cJSON_IsNumber(first))
+    snprintf(out, cap, "accept double %.17g", first->valuedouble);
+  else if (cJSON_IsString(first))
+    snprintf(out, cap, "accept len %zu", strlen(first->valuestring));
+  else if (cJSON_IsObject(j))
+    snprintf(out, cap, "accept, %d key(s)", cJSON_GetArraySize(j));
+  else
+    snprintf(out, cap, "accept");
   cJSON_Delete(j);
 }
 
-#define P(name, lit) {name, lit, sizeof(lit) - 1}
+#define P(name, lit) \
+  { name, lit, sizeof(lit) - 1 }
 
 static void probes(void) {
   static char deep[2 * 40 + 1];
@@ -450,7 +484,8 @@ static void probes(void) {
       P("error at 7", "{\"a\":1,}"),
       P("trailing garbage", "{} x"),
   };
-  printf("\n%-20s %-30s %-30s %-30s\n", "probe", "jansson", "json-c (strict+utf8)", "cJSON");
+  printf("\n%-20s %-30s %-30s %-30s\n", "probe", "jansson", "json-c (strict+utf8)",
+         "cJSON");
   for (size_t i = 0; i < sizeof list / sizeof list[0]; i++) {
     char a[64], b[64], c[64];
     probe_jansson(&list[i], a, sizeof a);
@@ -477,9 +512,11 @@ int main(int argc, char **argv) {
   struct {
     const char *name;
     parse_fn fn;
-  } libs[] = {{"jansson", parse_jansson}, {"json-c", parse_jsonc}, {"cJSON", parse_cjson}};
+  } libs[] = {
+      {"jansson", parse_jansson}, {"json-c", parse_jsonc}, {"cJSON", parse_cjson}};
   printf("jansson %s, json-c %s, cJSON %d.%d.%d; %.2f s per case\n", JANSSON_VERSION,
-         jc.version(), CJSON_VERSION_MAJOR, CJSON_VERSION_MINOR, CJSON_VERSION_PATCH, seconds);
+         jc.version(), CJSON_VERSION_MAJOR, CJSON_VERSION_MINOR, CJSON_VERSION_PATCH,
+         seconds);
   for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++) {
     for (size_t l = 0; l < sizeof libs / sizeof libs[0]; l++) {
       measure(libs[l].name, libs[l].fn, inputs[i].name, &inputs[i].body, seconds);
@@ -487,7 +524,8 @@ int main(int argc, char **argv) {
   }
   measure_stream(&inputs[3].body, seconds);
   probes();
-  for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++) atp_buf_free(&inputs[i].body);
+  for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++)
+    atp_buf_free(&inputs[i].body);
   jc.tokener_free(tokener);
   return 0;
 }

@@ -22,9 +22,9 @@
 
 #include "atp/memory.h"
 
-#define REQUEST_BYTES_MAX 8192
+#define REQUEST_BYTES_MAX  8192
 #define RESPONSE_BYTES_MAX (64u << 20)
-#define TIMEOUT_S 10
+#define TIMEOUT_S          10
 
 typedef struct {
   char host[256];
@@ -32,15 +32,17 @@ typedef struct {
 } target_t;
 
 static int usage(void) {
-  fputs("usage: atpctl [--url URL] [--token T] COMMAND\n"
-        "  get SKU [LOCATION]                   availability at a location or everywhere\n"
-        "  group SKU GROUP                      availability over a location group\n"
-        "  reserve ID SKU LOCATION QTY [TTL_MS] hold stock for a checkout\n"
-        "  show ID | commit ID | release ID     a reservation\n"
-        "  health                               /healthz and /readyz\n"
-        "  metrics                              the Prometheus text\n"
-        "URL defaults to $ATPD_URL or http://127.0.0.1:8080, the token to $ATPD_TOKEN.\n",
-        stderr);
+  fputs(
+      "usage: atpctl [--url URL] [--token T] COMMAND\n"
+      "  get SKU [LOCATION]                   availability at a location or "
+      "everywhere\n"
+      "  group SKU GROUP                      availability over a location group\n"
+      "  reserve ID SKU LOCATION QTY [TTL_MS] hold stock for a checkout\n"
+      "  show ID | commit ID | release ID     a reservation\n"
+      "  health                               /healthz and /readyz\n"
+      "  metrics                              the Prometheus text\n"
+      "URL defaults to $ATPD_URL or http://127.0.0.1:8080, the token to $ATPD_TOKEN.\n",
+      stderr);
   return 2;
 }
 
@@ -120,8 +122,9 @@ static int connect_to(const target_t *t) {
     fd = -1;
   }
   freeaddrinfo(res);
-  if (fd < 0) fprintf(stderr, "atpctl: cannot connect to %s:%s: %s\n", t->host, t->port,
-                      strerror(errno));
+  if (fd < 0)
+    fprintf(stderr, "atpctl: cannot connect to %s:%s: %s\n", t->host, t->port,
+            strerror(errno));
   return fd;
 }
 
@@ -141,14 +144,14 @@ static int http_call(const target_t *t, const char *token, const char *method,
                      const char *path, const char *body) {
   char req[REQUEST_BYTES_MAX];
   size_t body_len = body ? strlen(body) : 0;
-  int n = snprintf(req, sizeof req,
-                   "%s %s HTTP/1.1\r\nHost: %s:%s\r\nAccept: application/json\r\n"
-                   "Connection: close\r\n%s%s%s%s%zu\r\n\r\n",
-                   method, path, t->host, t->port, token ? "Authorization: Bearer " : "",
-                   token ? token : "", token ? "\r\n" : "",
-                   body ? "Content-Type: application/json\r\nContent-Length: "
-                        : "Content-Length: ",
-                   body_len);
+  int n = snprintf(
+      req, sizeof req,
+      "%s %s HTTP/1.1\r\nHost: %s:%s\r\nAccept: application/json\r\n"
+      "Connection: close\r\n%s%s%s%s%zu\r\n\r\n",
+      method, path, t->host, t->port, token ? "Authorization: Bearer " : "",
+      token ? token : "", token ? "\r\n" : "",
+      body ? "Content-Type: application/json\r\nContent-Length: " : "Content-Length: ",
+      body_len);
   if (n < 0 || (size_t)n + body_len >= sizeof req) {
     fprintf(stderr, "atpctl: request too long\n");
     return -1;
@@ -195,16 +198,21 @@ static int http_call(const target_t *t, const char *token, const char *method,
   return status;
 }
 
-static int exit_code(int status) { return status < 0 ? 2 : status < 300 ? 0 : 1; }
+static int exit_code(int status) {
+  return status < 0 ? 2 : status < 300 ? 0 : 1;
+}
 
 int main(int argc, char **argv) {
   const char *url = getenv("ATPD_URL");
   const char *token = getenv("ATPD_TOKEN");
   int a = 1;
   for (; a < argc && argv[a][0] == '-'; a++) {
-    if (!strcmp(argv[a], "--url") && a + 1 < argc) url = argv[++a];
-    else if (!strcmp(argv[a], "--token") && a + 1 < argc) token = argv[++a];
-    else return usage();
+    if (!strcmp(argv[a], "--url") && a + 1 < argc)
+      url = argv[++a];
+    else if (!strcmp(argv[a], "--token") && a + 1 < argc)
+      token = argv[++a];
+    else
+      return usage();
   }
   if (token && !*token) token = NULL;
   target_t t;
@@ -246,7 +254,8 @@ int main(int argc, char **argv) {
     if (rest == 5) {
       long long ttl = strtoll(argv[a + 4], &end, 10);
       if (*end || ttl < 1) return usage();
-      snprintf(body + strlen(body), sizeof body - strlen(body), ",\"ttl_ms\":%lld", ttl);
+      snprintf(body + strlen(body), sizeof body - strlen(body), ",\"ttl_ms\":%lld",
+               ttl);
     }
     strcat(body, ",\"channel\":\"atpctl\"}");
     return exit_code(http_call(&t, token, "POST", "/v1/reservations", body));

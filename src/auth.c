@@ -11,7 +11,8 @@
 #include "atp/limits.h"
 #include "atp/memory.h"
 
-static const char *const role_names[] = {"none", "read", "checkout", "integration", "ops"};
+static const char *const role_names[] = {"none", "read", "checkout", "integration",
+                                         "ops"};
 
 atp_role_t atp_role_parse(const char *name, size_t len) {
   for (int r = ATP_ROLE_READ; r <= ATP_ROLE_OPS; r++) {
@@ -27,17 +28,23 @@ const char *atp_role_name(atp_role_t role) {
 
 bool atp_role_allows(atp_role_t role, atp_access_t access) {
   switch (access) {
-    case ATP_ACCESS_OPEN: return true;
-    case ATP_ACCESS_READ: return role != ATP_ROLE_NONE;
-    case ATP_ACCESS_CHECKOUT: return role == ATP_ROLE_CHECKOUT || role == ATP_ROLE_OPS;
+    case ATP_ACCESS_OPEN:
+      return true;
+    case ATP_ACCESS_READ:
+      return role != ATP_ROLE_NONE;
+    case ATP_ACCESS_CHECKOUT:
+      return role == ATP_ROLE_CHECKOUT || role == ATP_ROLE_OPS;
     case ATP_ACCESS_INTEGRATION:
       return role == ATP_ROLE_INTEGRATION || role == ATP_ROLE_OPS;
-    case ATP_ACCESS_OPS: return role == ATP_ROLE_OPS;
+    case ATP_ACCESS_OPS:
+      return role == ATP_ROLE_OPS;
   }
   return false;
 }
 
-static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\r'; }
+static bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\r';
+}
 
 int atp_auth_parse(atp_auth_t *auth, const char *text, size_t len, char *err,
                    size_t err_len) {
@@ -71,7 +78,8 @@ int atp_auth_parse(atp_auth_t *auth, const char *text, size_t len, char *err,
     }
     atp_role_t role = atp_role_parse(words[1], word_len[1]);
     if (role == ATP_ROLE_NONE) {
-      snprintf(err, err_len, "line %u: unknown role \"%.*s\" (read, checkout, integration, ops)",
+      snprintf(err, err_len,
+               "line %u: unknown role \"%.*s\" (read, checkout, integration, ops)",
                line, (int)word_len[1], words[1]);
       return ATP_EBADREQ;
     }
@@ -153,7 +161,8 @@ int atp_auth_load(atp_auth_t *auth, const char *path, char *err, size_t err_len)
 }
 
 atp_role_t atp_auth_role(const atp_auth_t *auth, const char *header, size_t len) {
-  if (!header || len < 7 || strncasecmp(header, "Bearer ", 7) != 0) return ATP_ROLE_NONE;
+  if (!header || len < 7 || strncasecmp(header, "Bearer ", 7) != 0)
+    return ATP_ROLE_NONE;
   const char *t = header + 7;
   size_t n = len - 7;
   while (n && is_space(*t)) t++, n--;
@@ -169,7 +178,8 @@ atp_role_t atp_auth_role(const atp_auth_t *auth, const char *header, size_t len)
   for (uint32_t e = 0; e < auth->count; e++) {
     const uint8_t *tok = auth->entries[e].token;
     uint32_t diff = (uint32_t)(auth->entries[e].len ^ (uint32_t)n);
-    for (size_t k = 0; k < ATP_AUTH_TOKEN_BYTES_MAX; k++) diff |= (uint32_t)(tok[k] ^ given[k]);
+    for (size_t k = 0; k < ATP_AUTH_TOKEN_BYTES_MAX; k++)
+      diff |= (uint32_t)(tok[k] ^ given[k]);
     /* mask is all ones when diff == 0, else zero. */
     uint32_t mask = (uint32_t)(((uint64_t)diff - 1) >> 32);
     role |= mask & (uint32_t)auth->entries[e].role;
@@ -204,8 +214,9 @@ static int parse_field(atp_ownership_field_t *f, const char *name, const atp_val
   const atp_val_t *owner = atp_val_get(v, "owner");
   if (writers) {
     if (writers->type != ATP_VAL_ARRAY || writers->len > ATP_OWNERSHIP_WRITERS_MAX) {
-      snprintf(err, err_len, "fields.%s.writers must be an array of at most %d flow names",
-               name, ATP_OWNERSHIP_WRITERS_MAX);
+      snprintf(err, err_len,
+               "fields.%s.writers must be an array of at most %d flow names", name,
+               ATP_OWNERSHIP_WRITERS_MAX);
       return ATP_EBADREQ;
     }
     for (uint32_t i = 0; i < writers->len; i++) {
@@ -221,7 +232,8 @@ static int parse_field(atp_ownership_field_t *f, const char *name, const atp_val
     f->configured = true;
   }
   if (owner) {
-    if (owner->type != ATP_VAL_STR || owner->len == 0 || owner->len > ATP_ID_BYTES_MAX) {
+    if (owner->type != ATP_VAL_STR || owner->len == 0 ||
+        owner->len > ATP_ID_BYTES_MAX) {
       snprintf(err, err_len, "fields.%s.owner must be a team name", name);
       return ATP_EBADREQ;
     }
@@ -244,9 +256,8 @@ int atp_ownership_parse(atp_ownership_t *own, const char *text, size_t len, char
     goto done;
   }
   rc = ATP_EBADREQ;
-  const atp_val_t *fields = root && root->type == ATP_VAL_OBJECT
-                                ? atp_val_get(root, "fields")
-                                : NULL;
+  const atp_val_t *fields =
+      root && root->type == ATP_VAL_OBJECT ? atp_val_get(root, "fields") : NULL;
   if (!fields || fields->type != ATP_VAL_OBJECT) {
     snprintf(err, err_len, "expected {\"fields\": {...}}");
     goto done;
@@ -288,7 +299,8 @@ bool atp_ownership_allows(const atp_ownership_t *own, atp_field_kind_t field,
   if (!f->configured) return true;
   if (flow.len == 0) return false;
   for (uint32_t i = 0; i < f->writer_count; i++) {
-    if (strlen(f->writers[i]) == flow.len && memcmp(f->writers[i], flow.ptr, flow.len) == 0)
+    if (strlen(f->writers[i]) == flow.len &&
+        memcmp(f->writers[i], flow.ptr, flow.len) == 0)
       return true;
   }
   return false;

@@ -191,7 +191,8 @@ int atp_codec_parse_stream(atp_format_t format, const char *body, size_t len,
   }
 }
 
-const atp_val_t *atp_val_getn(const atp_val_t *object, const char *key, size_t key_len) {
+const atp_val_t *atp_val_getn(const atp_val_t *object, const char *key,
+                              size_t key_len) {
   if (!object || object->type != ATP_VAL_OBJECT || !key) return NULL;
   for (uint32_t i = 0; i < object->len; i++) {
     const atp_member_t *m = &object->u.members[i];
@@ -315,7 +316,8 @@ static void raw_json_string(atp_writer_t *w, const char *str, size_t len) {
         *o++ = (char)c;
         i++;
       } else if (c >= 0x80) {
-        size_t valid = atp_codec_utf8_prefix((const char *)s + i, len - i < 4 ? len - i : 4);
+        size_t valid =
+            atp_codec_utf8_prefix((const char *)s + i, len - i < 4 ? len - i : 4);
         size_t n = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
         if (valid >= n) {
           memcpy(o, s + i, n); /* may overrun slice_end by 3: reserved +8 */
@@ -329,13 +331,27 @@ static void raw_json_string(atp_writer_t *w, const char *str, size_t len) {
       } else {
         *o++ = '\\';
         switch (c) {
-          case '"': *o++ = '"'; break;
-          case '\\': *o++ = '\\'; break;
-          case '\n': *o++ = 'n'; break;
-          case '\r': *o++ = 'r'; break;
-          case '\t': *o++ = 't'; break;
-          case '\b': *o++ = 'b'; break;
-          case '\f': *o++ = 'f'; break;
+          case '"':
+            *o++ = '"';
+            break;
+          case '\\':
+            *o++ = '\\';
+            break;
+          case '\n':
+            *o++ = 'n';
+            break;
+          case '\r':
+            *o++ = 'r';
+            break;
+          case '\t':
+            *o++ = 't';
+            break;
+          case '\b':
+            *o++ = 'b';
+            break;
+          case '\f':
+            *o++ = 'f';
+            break;
           default:
             memcpy(o, "u00", 3);
             o[3] = hex_digits[c >> 4];
@@ -417,13 +433,22 @@ static void container_end(atp_writer_t *w, bool is_object) {
   p[2] = (unsigned char)(n >> 8), p[3] = (unsigned char)n;
 }
 
-void atp_w_object_begin(atp_writer_t *w) { container_begin(w, true); }
-void atp_w_object_end(atp_writer_t *w) { container_end(w, true); }
-void atp_w_array_begin(atp_writer_t *w) { container_begin(w, false); }
-void atp_w_array_end(atp_writer_t *w) { container_end(w, false); }
+void atp_w_object_begin(atp_writer_t *w) {
+  container_begin(w, true);
+}
+void atp_w_object_end(atp_writer_t *w) {
+  container_end(w, true);
+}
+void atp_w_array_begin(atp_writer_t *w) {
+  container_begin(w, false);
+}
+void atp_w_array_end(atp_writer_t *w) {
+  container_end(w, false);
+}
 
 void atp_w_keyn(atp_writer_t *w, const char *key, size_t len) {
-  assert(w->depth > 0 && w->is_object[w->depth - 1] && "atp_writer: key outside an object");
+  assert(w->depth > 0 && w->is_object[w->depth - 1] &&
+         "atp_writer: key outside an object");
   assert(!w->want_value && "atp_writer: two keys in a row");
   uint32_t d = w->depth - 1;
   if (w->format != ATP_FORMAT_MSGPACK && w->count[d]) put_byte(w, ',');
@@ -476,13 +501,17 @@ static void raw_val(atp_writer_t *w, const atp_val_t *v, uint32_t depth) {
   }
   bool mp = w->format == ATP_FORMAT_MSGPACK;
   switch (v->type) {
-    case ATP_VAL_NULL: return mp ? put_byte(w, 0xc0) : put(w, "null", 4);
+    case ATP_VAL_NULL:
+      return mp ? put_byte(w, 0xc0) : put(w, "null", 4);
     case ATP_VAL_BOOL:
       if (mp) return put_byte(w, v->u.b ? 0xc3 : 0xc2);
       return put(w, v->u.b ? "true" : "false", v->u.b ? 4 : 5);
-    case ATP_VAL_INT: return raw_int(w, v->u.i);
-    case ATP_VAL_FLOAT: return raw_float(w, v->u.f);
-    case ATP_VAL_STR: return raw_str(w, v->u.s, v->len);
+    case ATP_VAL_INT:
+      return raw_int(w, v->u.i);
+    case ATP_VAL_FLOAT:
+      return raw_float(w, v->u.f);
+    case ATP_VAL_STR:
+      return raw_str(w, v->u.s, v->len);
     case ATP_VAL_ARRAY:
     case ATP_VAL_OBJECT: {
       bool obj = v->type == ATP_VAL_OBJECT;

@@ -206,24 +206,29 @@ static int json_fail(const json_error_t *e, size_t base, atp_parse_error_t *err)
   if (near && text_len < sizeof e->text - 2 && e->text[text_len - 1] == '\'') {
     token_len = (size_t)(e->text + text_len - 1 - (near + 7));
   }
-  bool at_token = code == json_error_duplicate_key || code == json_error_numeric_overflow ||
-                  code == json_error_end_of_input_expected ||
-                  (code == json_error_invalid_syntax && strncmp(e->text, "control", 7) != 0);
+  bool at_token =
+      code == json_error_duplicate_key || code == json_error_numeric_overflow ||
+      code == json_error_end_of_input_expected ||
+      (code == json_error_invalid_syntax && strncmp(e->text, "control", 7) != 0);
   if (at_token && token_len <= pos) pos -= token_len;
   switch (code) {
     case json_error_premature_end_of_input:
       return atp_codec_fail(err, base + pos, "unexpected end of input");
     case json_error_duplicate_key:
-      if (near) return atp_codec_fail(err, base + pos, "duplicate key %.*s", (int)token_len, near + 7);
+      if (near)
+        return atp_codec_fail(err, base + pos, "duplicate key %.*s", (int)token_len,
+                              near + 7);
       return atp_codec_fail(err, base + pos, "duplicate key");
     case json_error_stack_overflow:
-      return atp_codec_fail(err, base + pos, "nesting deeper than %d", ATP_CODEC_DEPTH_MAX);
+      return atp_codec_fail(err, base + pos, "nesting deeper than %d",
+                            ATP_CODEC_DEPTH_MAX);
     case json_error_out_of_memory:
       atp_codec_fail(err, base + pos, "out of memory");
       return ATP_ENOMEM;
     case json_error_numeric_overflow:
       if (strncmp(e->text, "too big", 7) == 0) {
-        return atp_codec_fail(err, base + pos, "integer out of int64 range%s", near ? near : "");
+        return atp_codec_fail(err, base + pos, "integer out of int64 range%s",
+                              near ? near : "");
       }
       return atp_codec_fail(err, base + pos, "%s", e->text);
     default:
@@ -234,8 +239,8 @@ static int json_fail(const json_error_t *e, size_t base, atp_parse_error_t *err)
 /* One value from body[start, end). With prefix, trailing bytes are left for
  * the caller and *used says how many bytes the value took; otherwise only
  * whitespace may follow. depth: containers open around the value. */
-static int parse_one(const char *body, size_t start, size_t end, bool prefix, uint32_t depth,
-                     atp_arena_t *arena, atp_val_t **out, size_t *used,
+static int parse_one(const char *body, size_t start, size_t end, bool prefix,
+                     uint32_t depth, atp_arena_t *arena, atp_val_t **out, size_t *used,
                      atp_parse_error_t *err) {
   json_error_t e;
   size_t flags = JSON_FLAGS | (prefix ? JSON_DISABLE_EOF_CHECK : 0);
@@ -261,19 +266,22 @@ static int parse_one(const char *body, size_t start, size_t end, bool prefix, ui
   }
   if (c.too_deep) {
     size_t at = depth_offset(body + start, end - start, ATP_CODEC_DEPTH_MAX - depth);
-    return atp_codec_fail(err, start + at, "nesting deeper than %d", ATP_CODEC_DEPTH_MAX);
+    return atp_codec_fail(err, start + at, "nesting deeper than %d",
+                          ATP_CODEC_DEPTH_MAX);
   }
   if (rc) return rc;
   *out = val;
   return 0;
 }
 
-int atp_codec_json_parse(const char *body, size_t len, atp_arena_t *arena, atp_val_t **out,
-                         atp_parse_error_t *err) {
+int atp_codec_json_parse(const char *body, size_t len, atp_arena_t *arena,
+                         atp_val_t **out, atp_parse_error_t *err) {
   return parse_one(body, 0, len, false, 0, arena, out, NULL, err);
 }
 
-static bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+static bool is_ws(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
 
 static size_t skip_ws(const char *s, size_t p, size_t len) {
   while (p < len && is_ws(s[p])) p++;

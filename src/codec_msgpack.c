@@ -23,8 +23,8 @@
 /* --- structural check -------------------------------------------------------- */
 
 typedef struct {
-  uint64_t left;  /* items still to read; a map counts keys and values */
-  bool is_map;    /* then an even `left` means a key comes next */
+  uint64_t left; /* items still to read; a map counts keys and values */
+  bool is_map;   /* then an even `left` means a key comes next */
 } frame_t;
 
 static uint64_t be(const unsigned char *p, int n) {
@@ -66,10 +66,12 @@ static int check_value(const char *body, size_t start, size_t len, uint32_t dept
       }
       size_bytes = extra[t];
       assert(size_bytes > 0);
-      if (len - p < (size_t)size_bytes) return atp_codec_fail(err, len, "unexpected end of input");
+      if (len - p < (size_t)size_bytes)
+        return atp_codec_fail(err, len, "unexpected end of input");
       uint64_t v = be(b + p, size_bytes);
       p += (size_t)size_bytes;
-      if (t == 0xcf && v > INT64_MAX) return atp_codec_fail(err, at, "integer out of int64 range");
+      if (t == 0xcf && v > INT64_MAX)
+        return atp_codec_fail(err, at, "integer out of int64 range");
       if (t >= 0xd9 && t <= 0xdb) str_len = v;
       if (t >= 0xdc) container = true, is_map = t >= 0xde, count = v;
     }
@@ -79,7 +81,8 @@ static int check_value(const char *body, size_t start, size_t len, uint32_t dept
     if (str_len != UINT64_MAX) {
       if (len - p < str_len) return atp_codec_fail(err, len, "unexpected end of input");
       size_t valid = atp_codec_utf8_prefix(body + p, (size_t)str_len);
-      if (valid != str_len) return atp_codec_fail(err, p + valid, "invalid UTF-8 in string");
+      if (valid != str_len)
+        return atp_codec_fail(err, p + valid, "invalid UTF-8 in string");
       p += (size_t)str_len;
     }
     if (container) {
@@ -113,15 +116,15 @@ static int check_value(const char *body, size_t start, size_t len, uint32_t dept
 
 typedef struct {
   atp_arena_t *arena;
-  const char *body;        /* the bytes msgpack-c's strings point into */
-  size_t start;            /* where the value being converted starts */
+  const char *body; /* the bytes msgpack-c's strings point into */
+  size_t start;     /* where the value being converted starts */
   atp_parse_error_t *err;
 } convert_t;
 
 typedef struct {
   const char *key; /* in the body */
   uint32_t key_len;
-  uint32_t index;  /* position in the object, to report the later twin */
+  uint32_t index; /* position in the object, to report the later twin */
 } key_ref_t;
 
 /* Keys of equal length are equal bytes; msgpack-c gives empty strings a NULL
@@ -157,12 +160,14 @@ static int check_duplicates(convert_t *c, const msgpack_object_map *map) {
     key_ref_t *refs = atp_arena_alloc(c->arena, (size_t)n * sizeof *refs);
     if (!refs) return ATP_ENOMEM;
     for (uint32_t i = 0; i < n; i++) {
-      refs[i] = (key_ref_t){map->ptr[i].key.via.str.ptr, map->ptr[i].key.via.str.size, i};
+      refs[i] =
+          (key_ref_t){map->ptr[i].key.via.str.ptr, map->ptr[i].key.via.str.size, i};
     }
     qsort(refs, n, sizeof *refs, key_ref_cmp);
     for (uint32_t i = 1; i < n; i++) {
       if (refs[i].key_len == refs[i - 1].key_len &&
-          same_key(refs[i].key, refs[i - 1].key, refs[i].key_len) && refs[i].index < dup) {
+          same_key(refs[i].key, refs[i - 1].key, refs[i].key_len) &&
+          refs[i].index < dup) {
         dup = refs[i].index;
       }
     }
@@ -171,7 +176,10 @@ static int check_duplicates(convert_t *c, const msgpack_object_map *map) {
   const msgpack_object_str *k = &map->ptr[dup].key.via.str;
   /* Report the key's type byte: its header size assuming the minimal form.
    * An empty key has no pointer into the body: report the value's start. */
-  size_t header = k->size < 32 ? 1 : k->size <= UINT8_MAX ? 2 : k->size <= UINT16_MAX ? 3 : 5;
+  size_t header = k->size < 32            ? 1
+                  : k->size <= UINT8_MAX  ? 2
+                  : k->size <= UINT16_MAX ? 3
+                                          : 5;
   size_t at = k->size ? (size_t)(k->ptr - c->body) - header : c->start;
   return atp_codec_fail(c->err, at, "duplicate key \"%.*s\"",
                         (int)(k->size > 64 ? 64 : k->size), k->size ? k->ptr : "");
@@ -179,7 +187,9 @@ static int check_duplicates(convert_t *c, const msgpack_object_map *map) {
 
 static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out) {
   switch (o->type) {
-    case MSGPACK_OBJECT_NIL: out->type = ATP_VAL_NULL; return 0;
+    case MSGPACK_OBJECT_NIL:
+      out->type = ATP_VAL_NULL;
+      return 0;
     case MSGPACK_OBJECT_BOOLEAN:
       out->type = ATP_VAL_BOOL;
       out->u.b = o->via.boolean;
@@ -207,7 +217,8 @@ static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out) {
       uint32_t n = o->via.array.size;
       out->type = ATP_VAL_ARRAY;
       out->len = n;
-      out->u.items = n ? atp_arena_alloc(c->arena, (size_t)n * sizeof(atp_val_t)) : NULL;
+      out->u.items =
+          n ? atp_arena_alloc(c->arena, (size_t)n * sizeof(atp_val_t)) : NULL;
       if (n && !out->u.items) return ATP_ENOMEM;
       for (uint32_t i = 0; i < n; i++) {
         int rc = convert(c, &o->via.array.ptr[i], &out->u.items[i]);
@@ -221,7 +232,8 @@ static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out) {
       if (rc) return rc;
       out->type = ATP_VAL_OBJECT;
       out->len = n;
-      out->u.members = n ? atp_arena_alloc(c->arena, (size_t)n * sizeof(atp_member_t)) : NULL;
+      out->u.members =
+          n ? atp_arena_alloc(c->arena, (size_t)n * sizeof(atp_member_t)) : NULL;
       if (n && !out->u.members) return ATP_ENOMEM;
       for (uint32_t i = 0; i < n; i++) {
         const msgpack_object_kv *kv = &o->via.map.ptr[i];
@@ -242,24 +254,27 @@ static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out) {
 }
 
 /* The checked value body[start, end) into the arena. */
-static int unpack_checked(const char *body, size_t start, size_t end, atp_arena_t *arena,
-                          atp_val_t **out, atp_parse_error_t *err) {
+static int unpack_checked(const char *body, size_t start, size_t end,
+                          atp_arena_t *arena, atp_val_t **out, atp_parse_error_t *err) {
   msgpack_unpacked unpacked;
   msgpack_unpacked_init(&unpacked);
   size_t off = 0;
   /* Strings in the result point into body (msgpack-c references them). */
-  msgpack_unpack_return ur = msgpack_unpack_next(&unpacked, body + start, end - start, &off);
+  msgpack_unpack_return ur =
+      msgpack_unpack_next(&unpacked, body + start, end - start, &off);
   int rc;
   if (ur == MSGPACK_UNPACK_NOMEM_ERROR) {
     atp_codec_fail(err, start, "out of memory");
     rc = ATP_ENOMEM;
   } else if (ur != MSGPACK_UNPACK_SUCCESS || off != end - start) {
-    rc = atp_codec_fail(err, start + off, "malformed msgpack"); /* not expected after the check */
+    rc = atp_codec_fail(err, start + off,
+                        "malformed msgpack"); /* not expected after the check */
   } else {
     convert_t c = {.arena = arena, .body = body, .start = start, .err = err};
     atp_val_t *val = atp_arena_alloc(arena, sizeof *val);
     rc = val ? convert(&c, &unpacked.data, val) : ATP_ENOMEM;
-    if (rc == ATP_ENOMEM) atp_codec_fail(err, start, "request too large to parse (arena exhausted)");
+    if (rc == ATP_ENOMEM)
+      atp_codec_fail(err, start, "request too large to parse (arena exhausted)");
     if (!rc) *out = val;
   }
   msgpack_unpacked_destroy(&unpacked);
@@ -274,8 +289,8 @@ static int parse_one(const char *body, size_t start, size_t len, uint32_t depth,
   return unpack_checked(body, start, *end, arena, out, err);
 }
 
-int atp_codec_msgpack_parse(const char *body, size_t len, atp_arena_t *arena, atp_val_t **out,
-                            atp_parse_error_t *err) {
+int atp_codec_msgpack_parse(const char *body, size_t len, atp_arena_t *arena,
+                            atp_val_t **out, atp_parse_error_t *err) {
   size_t end;
   int rc = parse_one(body, 0, len, 0, arena, out, &end, err);
   if (rc) return rc;
@@ -287,15 +302,17 @@ int atp_codec_msgpack_parse(const char *body, size_t len, atp_arena_t *arena, at
 }
 
 int atp_codec_msgpack_stream(const char *body, size_t len, atp_arena_t *arena,
-                             uint32_t max_items, int (*fn)(void *, uint32_t, atp_val_t *),
-                             void *ctx, atp_parse_error_t *err) {
+                             uint32_t max_items,
+                             int (*fn)(void *, uint32_t, atp_val_t *), void *ctx,
+                             atp_parse_error_t *err) {
   const unsigned char *b = (const unsigned char *)body;
   size_t p = 0;
   uint64_t items = UINT64_MAX; /* array mode: items still to read */
   if (len > 0 && ((b[0] >= 0x90 && b[0] <= 0x9f) || b[0] == 0xdc || b[0] == 0xdd)) {
     /* A single array: its items are the stream, nothing may follow it. */
     int size_bytes = b[0] <= 0x9f ? 0 : b[0] == 0xdc ? 2 : 4;
-    if (len < 1 + (size_t)size_bytes) return atp_codec_fail(err, len, "unexpected end of input");
+    if (len < 1 + (size_t)size_bytes)
+      return atp_codec_fail(err, len, "unexpected end of input");
     items = size_bytes ? be(b + 1, size_bytes) : (uint64_t)(b[0] & 0x0f);
     p = 1 + (size_t)size_bytes;
     if (items > max_items) {
@@ -311,7 +328,8 @@ int atp_codec_msgpack_stream(const char *body, size_t len, atp_arena_t *arena,
     }
     atp_val_t *val;
     size_t end;
-    int rc = parse_one(body, p, len, items == UINT64_MAX ? 0 : 1, arena, &val, &end, err);
+    int rc =
+        parse_one(body, p, len, items == UINT64_MAX ? 0 : 1, arena, &val, &end, err);
     if (rc) return rc;
     rc = fn(ctx, index++, val);
     if (rc) return rc;

@@ -19,9 +19,9 @@ typedef int (*setter_fn)(atp_config_t *cfg, const char *value, char *err,
                          size_t err_len, const char *what);
 
 typedef struct {
-  const char *flag;    /* "--listen" */
-  const char *env;     /* "ATPD_LISTEN" */
-  bool takes_value;    /* false: a switch (its env twin takes 1/0/true/false) */
+  const char *flag; /* "--listen" */
+  const char *env;  /* "ATPD_LISTEN" */
+  bool takes_value; /* false: a switch (its env twin takes 1/0/true/false) */
   setter_fn set;
 } option_t;
 
@@ -48,7 +48,8 @@ static int set_listen(atp_config_t *cfg, const char *v, char *err, size_t err_le
   const char *colon = strrchr(v, ':');
   long long port = 0;
   if (!colon || colon == v || parse_int(colon + 1, 0, 65535, &port) != 0) {
-    snprintf(err, err_len, "%s must be HOST:PORT with PORT 0..65535, got \"%s\"", what, v);
+    snprintf(err, err_len, "%s must be HOST:PORT with PORT 0..65535, got \"%s\"", what,
+             v);
     return ATP_EBADREQ;
   }
   const char *host = v;
@@ -89,11 +90,14 @@ static int set_threads(atp_config_t *cfg, const char *v, char *err, size_t err_l
   return 0;
 }
 
-static int set_durability(atp_config_t *cfg, const char *v, char *err,
-                          size_t err_len, const char *what) {
-  if (strcmp(v, "none") == 0) cfg->durability = ATP_DURABILITY_NONE;
-  else if (strcmp(v, "batch") == 0) cfg->durability = ATP_DURABILITY_BATCH;
-  else if (strcmp(v, "always") == 0) cfg->durability = ATP_DURABILITY_ALWAYS;
+static int set_durability(atp_config_t *cfg, const char *v, char *err, size_t err_len,
+                          const char *what) {
+  if (strcmp(v, "none") == 0)
+    cfg->durability = ATP_DURABILITY_NONE;
+  else if (strcmp(v, "batch") == 0)
+    cfg->durability = ATP_DURABILITY_BATCH;
+  else if (strcmp(v, "always") == 0)
+    cfg->durability = ATP_DURABILITY_ALWAYS;
   else {
     snprintf(err, err_len, "%s must be none, batch or always, got \"%s\"", what, v);
     return ATP_EBADREQ;
@@ -139,7 +143,8 @@ static int set_snapshot_interval(atp_config_t *cfg, const char *v, char *err,
                                  size_t err_len, const char *what) {
   long long n = 0;
   if (parse_int(v, 1, 7 * 86400, &n) != 0) {
-    snprintf(err, err_len, "%s must be an integer 1..604800 seconds, got \"%s\"", what, v);
+    snprintf(err, err_len, "%s must be an integer 1..604800 seconds, got \"%s\"", what,
+             v);
     return ATP_EBADREQ;
   }
   cfg->snapshot_interval_s = n;
@@ -166,7 +171,8 @@ static int set_tokens(atp_config_t *cfg, const char *v, char *err, size_t err_le
 
 static int set_ownership(atp_config_t *cfg, const char *v, char *err, size_t err_len,
                          const char *what) {
-  return set_path(cfg->ownership_file, sizeof cfg->ownership_file, v, err, err_len, what);
+  return set_path(cfg->ownership_file, sizeof cfg->ownership_file, v, err, err_len,
+                  what);
 }
 
 static int parse_bool(const char *v, bool *out) {
@@ -258,13 +264,20 @@ int atp_config_load(atp_config_t *cfg, int argc, char **argv,
   }
   for (int a = 1; a < argc; a++) {
     const char *arg = argv[a];
-    if (!strcmp(arg, "--routes")) { cfg->print_routes = true; continue; }
-    if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) { cfg->print_help = true; continue; }
+    if (!strcmp(arg, "--routes")) {
+      cfg->print_routes = true;
+      continue;
+    }
+    if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
+      cfg->print_help = true;
+      continue;
+    }
     const char *eq = strchr(arg, '=');
     size_t name_len = eq ? (size_t)(eq - arg) : strlen(arg);
     const option_t *opt = NULL;
     for (size_t i = 0; i < OPTION_COUNT; i++) {
-      if (strlen(options[i].flag) == name_len && !strncmp(options[i].flag, arg, name_len)) {
+      if (strlen(options[i].flag) == name_len &&
+          !strncmp(options[i].flag, arg, name_len)) {
         opt = &options[i];
         break;
       }
@@ -274,7 +287,8 @@ int atp_config_load(atp_config_t *cfg, int argc, char **argv,
       return ATP_EBADREQ;
     }
     const char *value = "1";
-    if (eq) value = eq + 1;
+    if (eq)
+      value = eq + 1;
     else if (opt->takes_value) {
       if (a + 1 >= argc) {
         snprintf(err, err_len, "%s needs a value", opt->flag);

@@ -18,7 +18,9 @@ static uint64_t next_random(uint64_t *state) {
   return x * 2685821657736338717ULL;
 }
 
-static atp_str_t str_of(const char *s) { return (atp_str_t){s, (uint32_t)strlen(s)}; }
+static atp_str_t str_of(const char *s) {
+  return (atp_str_t){s, (uint32_t)strlen(s)};
+}
 
 static int load_groups(atp_engine_t *engine, char stores[][24]) {
   atp_str_t north[5], south[5];
@@ -33,8 +35,10 @@ static int load_groups(atp_engine_t *engine, char stores[][24]) {
 }
 
 static void sku_name(char *buf, size_t cap, uint32_t i) {
-  if (i % 10 == 0) snprintf(buf, cap, "gid://shopify/ProductVariant/%u", 1000000 + i);
-  else snprintf(buf, cap, "SKU-%05u", i);
+  if (i % 10 == 0)
+    snprintf(buf, cap, "gid://shopify/ProductVariant/%u", 1000000 + i);
+  else
+    snprintf(buf, cap, "SKU-%05u", i);
 }
 
 int atp_demo_load(atp_engine_t *engine, uint32_t *positions) {
@@ -43,7 +47,8 @@ int atp_demo_load(atp_engine_t *engine, uint32_t *positions) {
   atp_engine_stats(engine, &st);
   if (st.positions > 0) return 0;
   char stores[ATP_DEMO_STORES][24];
-  for (int s = 0; s < ATP_DEMO_STORES; s++) snprintf(stores[s], sizeof stores[s], "store-%02d", s + 1);
+  for (int s = 0; s < ATP_DEMO_STORES; s++)
+    snprintf(stores[s], sizeof stores[s], "store-%02d", s + 1);
   int rc = load_groups(engine, stores);
   if (rc != 0) return rc;
   uint64_t seed = 0x9E3779B97F4A7C15ULL;

@@ -22,7 +22,7 @@
 #include "atp/memory.h"
 #include "engine_internal.h"
 
-#define READ_RETRIES_MAX 256
+#define READ_RETRIES_MAX        256
 #define LOCK_SPINS_BEFORE_YIELD 128
 
 _Noreturn void atp_assert_fail(const char *expr, const char *file, int line,
@@ -61,8 +61,12 @@ static int64_t real_clock(void *ctx) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int64_t atp_now(const atp_engine_t *e) { return e->config.clock(e->config.clock_ctx); }
-int64_t atp_engine_now_ms(const atp_engine_t *e) { return atp_now(e); }
+int64_t atp_now(const atp_engine_t *e) {
+  return e->config.clock(e->config.clock_ctx);
+}
+int64_t atp_engine_now_ms(const atp_engine_t *e) {
+  return atp_now(e);
+}
 
 int64_t atp_mono_ns(void) {
   struct timespec ts;
@@ -132,7 +136,8 @@ atp_reservation_t *atp_scratch_view(void) {
 }
 
 void atp_emit(const atp_engine_t *e, const atp_change_t *records, uint32_t count) {
-  if (e->config.on_change && count) e->config.on_change(e->config.change_ctx, records, count);
+  if (e->config.on_change && count)
+    e->config.on_change(e->config.change_ctx, records, count);
 }
 
 /* Memory that lock-free readers may still hold (a group's old version, a
@@ -144,9 +149,8 @@ void atp_retire(atp_engine_t *e, void *ptr) {
   r->tick = 0;
   r->mono_ns = 0;
   r->next = atomic_load_explicit(&e->retired, memory_order_relaxed);
-  while (!atomic_compare_exchange_weak_explicit(&e->retired, &r->next, r,
-                                                memory_order_release,
-                                                memory_order_relaxed)) {
+  while (!atomic_compare_exchange_weak_explicit(
+      &e->retired, &r->next, r, memory_order_release, memory_order_relaxed)) {
   }
 }
 
@@ -195,7 +199,8 @@ static int intern_locked(atp_engine_t *e, atp_str_t s, uint32_t *out) {
   return 0;
 }
 
-/* --- positions ---------------------------------------------------------------------- */
+/* --- positions ----------------------------------------------------------------------
+ */
 
 static uint64_t pos_hash(uint64_t sku_hash, uint64_t location_hash) {
   return atp_hash_mix(sku_hash, location_hash);
@@ -204,7 +209,9 @@ static uint64_t pos_hash(uint64_t sku_hash, uint64_t location_hash) {
 /* An index slot holds the position's hash tag (the top 32 bits of its hash)
  * beside its index, so a probe that meets another key rejects it without
  * touching that position's cache line: a hit costs the slot and the position. */
-static uint64_t slot_tag(uint64_t h) { return h & 0xffffffff00000000ULL; }
+static uint64_t slot_tag(uint64_t h) {
+  return h & 0xffffffff00000000ULL;
+}
 
 uint32_t atp_pos_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
                       uint32_t location_id) {
@@ -217,13 +224,15 @@ uint32_t atp_pos_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
     const atp_pos_t *p = &e->positions[(uint32_t)v - 1];
     if (p->location != location_id) continue;
     const atp_intern_t *s = e->interns[p->sku];
-    if (s->hash == sku_hash && s->len == sku.len && memcmp(s->text, sku.ptr, sku.len) == 0)
+    if (s->hash == sku_hash && s->len == sku.len &&
+        memcmp(s->text, sku.ptr, sku.len) == 0)
       return (uint32_t)v - 1;
   }
 }
 
 uint32_t atp_pos_find_str(const atp_engine_t *e, atp_str_t sku, atp_str_t location) {
-  uint32_t loc = atp_intern_find(e, location, atp_hash_bytes(location.ptr, location.len));
+  uint32_t loc =
+      atp_intern_find(e, location, atp_hash_bytes(location.ptr, location.len));
   if (loc == UINT32_MAX) return UINT32_MAX;
   return atp_pos_find(e, sku, atp_hash_bytes(sku.ptr, sku.len), loc);
 }
@@ -269,7 +278,8 @@ int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
       while (atomic_load_explicit(&e->position_index[i], memory_order_relaxed))
         i = (i + 1) & e->position_mask;
       /* release: a reader that finds the slot sees the initialised position. */
-      atomic_store_explicit(&e->position_index[i], slot_tag(h) | (idx + 1), memory_order_release);
+      atomic_store_explicit(&e->position_index[i], slot_tag(h) | (idx + 1),
+                            memory_order_release);
     }
   }
   pthread_mutex_unlock(&e->create_lock);
@@ -282,7 +292,8 @@ uint64_t atp_pos_begin(atp_pos_t *p) {
 }
 
 uint64_t atp_pos_end(atp_pos_t *p, bool changed) {
-  uint64_t delta = changed ? 1 - ATP_SEQ_PENDING_ONE : (uint64_t)0 - ATP_SEQ_PENDING_ONE;
+  uint64_t delta =
+      changed ? 1 - ATP_SEQ_PENDING_ONE : (uint64_t)0 - ATP_SEQ_PENDING_ONE;
   uint64_t old = atomic_fetch_add_explicit(&p->seq, delta, memory_order_acq_rel);
   return ((old + delta) & ATP_SEQ_VERSION_MASK);
 }
@@ -290,9 +301,8 @@ uint64_t atp_pos_end(atp_pos_t *p, bool changed) {
 void atp_pos_lock(atp_pos_t *p) {
   for (uint32_t spins = 0;; spins++) {
     uint32_t expected = 0;
-    if (atomic_compare_exchange_weak_explicit(&p->lock, &expected, 1,
-                                              memory_order_acquire,
-                                              memory_order_relaxed))
+    if (atomic_compare_exchange_weak_explicit(
+            &p->lock, &expected, 1, memory_order_acquire, memory_order_relaxed))
       return;
     if (spins >= LOCK_SPINS_BEFORE_YIELD) sched_yield();
   }
@@ -399,8 +409,8 @@ int atp_sku_positions(const atp_engine_t *e, atp_str_t sku, atp_position_t *out,
   if (id == UINT32_MAX) return 0;
   uint32_t n = 0, total = 0;
   atp_position_t cand;
-  for (uint32_t v = atomic_load_explicit(&e->interns[id]->first_position,
-                                         memory_order_acquire);
+  for (uint32_t v =
+           atomic_load_explicit(&e->interns[id]->first_position, memory_order_acquire);
        v; v = atomic_load_explicit(&e->positions[v - 1].next_in_sku,
                                    memory_order_acquire)) {
     total++;
@@ -464,7 +474,8 @@ static void history_push(const atp_engine_t *e, atp_pos_t *p, int64_t occurred_a
       h->count--;
     }
   }
-  h->entries[(h->head + h->count) % h->cap] = (atp_history_entry_t){occurred_at_ms, delta};
+  h->entries[(h->head + h->count) % h->cap] =
+      (atp_history_entry_t){occurred_at_ms, delta};
   h->count++;
 }
 
@@ -513,12 +524,16 @@ void atp_change_position(const atp_engine_t *e, atp_change_t *c, atp_cause_t cau
   c->u.position.version = version;
 }
 
-static bool qty_in_range(int64_t v) { return v >= -ATP_QTY_MAX && v <= ATP_QTY_MAX; }
+static bool qty_in_range(int64_t v) {
+  return v >= -ATP_QTY_MAX && v <= ATP_QTY_MAX;
+}
 
-/* --- stock changes ----------------------------------------------------------------- */
+/* --- stock changes -----------------------------------------------------------------
+ */
 
 int atp_safety_stock_set(atp_engine_t *e, atp_str_t sku, atp_str_t location,
-                         int64_t safety_stock, atp_position_t *out, atp_result_t *result) {
+                         int64_t safety_stock, atp_position_t *out,
+                         atp_result_t *result) {
   if (!atp_id_valid(sku)) {
     atp_result_set(result, "sku", "sku must be 1..128 printable bytes");
     return ATP_EBADREQ;
@@ -555,8 +570,8 @@ int atp_safety_stock_set(atp_engine_t *e, atp_str_t sku, atp_str_t location,
   return 0;
 }
 
-static int check_common(atp_str_t id, atp_str_t sku, atp_str_t location, atp_str_t source,
-                        atp_result_t *result) {
+static int check_common(atp_str_t id, atp_str_t sku, atp_str_t location,
+                        atp_str_t source, atp_result_t *result) {
   if (!atp_id_valid(id)) {
     atp_result_set(result, "id", "id must be 1..128 printable bytes");
     return ATP_EBADREQ;
@@ -640,14 +655,15 @@ int atp_adjust(atp_engine_t *e, const atp_adjust_req_t *req, atp_adjust_res_t *r
     atp_idem_fail(e, irec);
     atp_pos_read(e, idx, &res->position);
     result->current_on_hand = on_hand;
-    atp_result_set(result, "change_from", "on_hand is %lld, not %lld", (long long)on_hand,
-                   (long long)req->change_from);
+    atp_result_set(result, "change_from", "on_hand is %lld, not %lld",
+                   (long long)on_hand, (long long)req->change_from);
     return ATP_ECONFLICT;
   }
   if (!qty_in_range(on_hand + req->delta)) {
     atp_pos_unlock(p);
     atp_idem_fail(e, irec);
-    atp_result_set(result, "delta", "on_hand would leave +-%lld", (long long)ATP_QTY_MAX);
+    atp_result_set(result, "delta", "on_hand would leave +-%lld",
+                   (long long)ATP_QTY_MAX);
     return ATP_EOVERFLOW;
   }
   atp_change_t c[2];
@@ -678,7 +694,8 @@ int atp_count(atp_engine_t *e, const atp_count_req_t *req, atp_count_res_t *res,
   int rc = check_common(req->id, req->sku, req->location, req->source, result);
   if (rc) return rc;
   if (req->on_hand < 0 || req->on_hand > ATP_QTY_MAX) {
-    atp_result_set(result, "on_hand", "on_hand must be 0..%lld", (long long)ATP_QTY_MAX);
+    atp_result_set(result, "on_hand", "on_hand must be 0..%lld",
+                   (long long)ATP_QTY_MAX);
     return ATP_EBADREQ;
   }
   if (req->counted_at_ms == ATP_TIME_NONE) {
@@ -721,8 +738,8 @@ int atp_count(atp_engine_t *e, const atp_count_req_t *req, atp_count_res_t *res,
     atp_idem_fail(e, irec);
     atp_pos_read(e, idx, &res->position);
     result->current_on_hand = on_hand;
-    atp_result_set(result, "change_from", "on_hand is %lld, not %lld", (long long)on_hand,
-                   (long long)req->change_from);
+    atp_result_set(result, "change_from", "on_hand is %lld, not %lld",
+                   (long long)on_hand, (long long)req->change_from);
     return ATP_ECONFLICT;
   }
   atp_change_t c[2];
@@ -737,7 +754,8 @@ int atp_count(atp_engine_t *e, const atp_count_req_t *req, atp_count_res_t *res,
     if (!qty_in_range(target)) {
       atp_pos_unlock(p);
       atp_idem_fail(e, irec);
-      atp_result_set(result, "on_hand", "on_hand would leave +-%lld", (long long)ATP_QTY_MAX);
+      atp_result_set(result, "on_hand", "on_hand would leave +-%lld",
+                     (long long)ATP_QTY_MAX);
       return ATP_EOVERFLOW;
     }
     if (!complete || req->counted_at_ms < now - e->config.history_window_ms) {
@@ -772,7 +790,8 @@ const char *atp_reason_name(atp_reason_t reason) {
 
 int atp_reason_parse(atp_str_t name, atp_reason_t *out) {
   for (int i = 0; i < ATP_REASON_COUNT_; i++) {
-    if (strlen(reason_names[i]) == name.len && memcmp(reason_names[i], name.ptr, name.len) == 0) {
+    if (strlen(reason_names[i]) == name.len &&
+        memcmp(reason_names[i], name.ptr, name.len) == 0) {
       *out = (atp_reason_t)i;
       return 0;
     }
@@ -781,11 +800,13 @@ int atp_reason_parse(atp_str_t name, atp_reason_t *out) {
 }
 
 const char *atp_status_name(atp_status_t status) {
-  static const char *const names[] = {"held", "committed", "released", "expired", "fulfilled"};
+  static const char *const names[] = {"held", "committed", "released", "expired",
+                                      "fulfilled"};
   return (unsigned)status < 5 ? names[status] : "unknown";
 }
 
-/* --- groups -------------------------------------------------------------------------- */
+/* --- groups --------------------------------------------------------------------------
+ */
 
 static uint32_t group_find(const atp_engine_t *e, atp_str_t name) {
   uint32_t id = atp_intern_find(e, name, atp_hash_bytes(name.ptr, name.len));
@@ -806,12 +827,13 @@ int atp_group_resolve(const atp_engine_t *e, atp_str_t name,
   return *out ? 0 : ATP_ENOTFOUND;
 }
 
-int atp_group_get(const atp_engine_t *e, atp_str_t name, atp_str_t *out, uint32_t out_max,
-                  uint32_t *count) {
+int atp_group_get(const atp_engine_t *e, atp_str_t name, atp_str_t *out,
+                  uint32_t out_max, uint32_t *count) {
   const atp_group_version_t *g;
   *count = 0;
   if (!atp_id_valid(name) || atp_group_resolve(e, name, &g)) return ATP_ENOTFOUND;
-  for (uint32_t i = 0; i < g->count && i < out_max; i++) out[i] = atp_intern_str(e, g->locations[i]);
+  for (uint32_t i = 0; i < g->count && i < out_max; i++)
+    out[i] = atp_intern_str(e, g->locations[i]);
   *count = g->count;
   return 0;
 }
@@ -827,7 +849,8 @@ void atp_group_each(const atp_engine_t *e,
     const atp_group_version_t *g =
         atomic_load_explicit(&e->groups[s].current, memory_order_acquire);
     if (!g) continue;
-    for (uint32_t i = 0; i < g->count; i++) locs[i] = atp_intern_str(e, g->locations[i]);
+    for (uint32_t i = 0; i < g->count; i++)
+      locs[i] = atp_intern_str(e, g->locations[i]);
     fn(ctx, atp_intern_str(e, e->groups[s].name), locs, g->count);
   }
   atp_free(locs);
@@ -878,7 +901,8 @@ static int group_install(atp_engine_t *e, atp_str_t name, atp_group_version_t *g
   pthread_mutex_unlock(&e->create_lock);
   if (rc) {
     if (g) atp_free(g);
-    atp_result_set(result, "", "%s", rc == ATP_ENOTFOUND ? "unknown group" : atp_strerror(rc));
+    atp_result_set(result, "", "%s",
+                   rc == ATP_ENOTFOUND ? "unknown group" : atp_strerror(rc));
   }
   return rc;
 }
@@ -890,7 +914,8 @@ static int group_put(atp_engine_t *e, atp_str_t name, const atp_str_t *locations
     return ATP_EBADREQ;
   }
   if (count == 0 || count > ATP_GROUP_LOCATIONS_MAX) {
-    atp_result_set(result, "locations", "a group has 1..%d locations", ATP_GROUP_LOCATIONS_MAX);
+    atp_result_set(result, "locations", "a group has 1..%d locations",
+                   ATP_GROUP_LOCATIONS_MAX);
     return ATP_EBADREQ;
   }
   for (uint32_t i = 0; i < count; i++) {
@@ -914,7 +939,8 @@ static int group_put(atp_engine_t *e, atp_str_t name, const atp_str_t *locations
   g->count = count;
   pthread_mutex_lock(&e->create_lock);
   int rc = 0;
-  for (uint32_t i = 0; i < count && rc == 0; i++) rc = intern_locked(e, locations[i], &g->locations[i]);
+  for (uint32_t i = 0; i < count && rc == 0; i++)
+    rc = intern_locked(e, locations[i], &g->locations[i]);
   pthread_mutex_unlock(&e->create_lock);
   if (rc) {
     atp_free(g);
@@ -937,7 +963,8 @@ int atp_group_delete(atp_engine_t *e, atp_str_t name, atp_result_t *result) {
   return group_install(e, name, NULL, NULL, result, true);
 }
 
-/* --- lifecycle ----------------------------------------------------------------------- */
+/* --- lifecycle -----------------------------------------------------------------------
+ */
 
 int atp_engine_create(const atp_engine_config_t *config, atp_engine_t **out) {
   atp_engine_t *e = atp_calloc(1, sizeof *e);
@@ -964,7 +991,8 @@ int atp_engine_create(const atp_engine_config_t *config, atp_engine_t **out) {
   e->interns = atp_calloc(e->intern_max, sizeof *e->interns);
   e->intern_index = atp_calloc((size_t)e->intern_mask + 1, sizeof *e->intern_index);
   e->positions = atp_calloc(c->positions_max, sizeof *e->positions);
-  e->position_index = atp_calloc((size_t)e->position_mask + 1, sizeof *e->position_index);
+  e->position_index =
+      atp_calloc((size_t)e->position_mask + 1, sizeof *e->position_index);
   e->groups = atp_calloc(ATP_GROUPS_MAX, sizeof *e->groups);
   e->group_index = atp_calloc((size_t)e->group_mask + 1, sizeof *e->group_index);
   if (!e->interns || !e->intern_index || !e->positions || !e->position_index ||
@@ -1013,18 +1041,21 @@ void atp_engine_stats(const atp_engine_t *e, atp_engine_stats_t *out) {
   for (int i = 0; i < 5; i++) {
     int64_t v = 0;
     for (int shard = 0; shard < ATP_SHARDS; shard++)
-      v += (int64_t)atomic_load_explicit(&((atp_engine_t *)e)->status_count[shard][i].value,
-                                         memory_order_relaxed);
+      v += (int64_t)atomic_load_explicit(
+          &((atp_engine_t *)e)->status_count[shard][i].value, memory_order_relaxed);
     out->reservations_by_status[i] = v > 0 ? (uint64_t)v : 0;
   }
-  out->expirations = atomic_load_explicit(&((atp_engine_t *)e)->expirations, memory_order_relaxed);
+  out->expirations =
+      atomic_load_explicit(&((atp_engine_t *)e)->expirations, memory_order_relaxed);
   out->idempotency_ids = atp_keyed_live(&e->itable);
   uint32_t ng = atomic_load_explicit(&e->group_count, memory_order_acquire);
   for (uint32_t i = 0; i < ng; i++)
-    if (atomic_load_explicit(&e->groups[i].current, memory_order_acquire)) out->groups++;
+    if (atomic_load_explicit(&e->groups[i].current, memory_order_acquire))
+      out->groups++;
 }
 
-/* --- replay -------------------------------------------------------------------------- */
+/* --- replay --------------------------------------------------------------------------
+ */
 
 static int apply_position(atp_engine_t *e, const atp_change_position_t *c) {
   if (!atp_id_valid(c->sku) || !atp_id_valid(c->location)) return ATP_EBADREQ;
@@ -1036,13 +1067,15 @@ static int apply_position(atp_engine_t *e, const atp_change_position_t *c) {
   atomic_fetch_add(&p->safety, c->d_safety_stock);
   atomic_fetch_add(&p->reserved, c->d_reserved);
   atomic_fetch_add(&p->committed, c->d_committed);
-  atomic_fetch_add(&p->free, c->d_on_hand - c->d_safety_stock - c->d_reserved - c->d_committed);
+  atomic_fetch_add(&p->free,
+                   c->d_on_hand - c->d_safety_stock - c->d_reserved - c->d_committed);
   if (c->counted_at_ms != ATP_TIME_NONE) atomic_store(&p->counted_at, c->counted_at_ms);
   if (c->occurred_at_ms != ATP_TIME_NONE && c->d_on_hand)
     history_push(e, p, c->occurred_at_ms, c->d_on_hand, atp_now(e));
   /* Versions: replayed records may come in any order; keep the largest. */
   uint64_t seq = atomic_load(&p->seq);
-  if ((c->version & ATP_SEQ_VERSION_MASK) > seq) atomic_store(&p->seq, c->version & ATP_SEQ_VERSION_MASK);
+  if ((c->version & ATP_SEQ_VERSION_MASK) > seq)
+    atomic_store(&p->seq, c->version & ATP_SEQ_VERSION_MASK);
   return 0;
 }
 
@@ -1059,8 +1092,8 @@ int atp_engine_apply(atp_engine_t *e, const atp_change_t *records, uint32_t coun
         break;
       case ATP_CHANGE_GROUP:
         if (c->u.group.location_count)
-          rc = group_put(e, c->u.group.name, c->u.group.locations, c->u.group.location_count,
-                         NULL, false);
+          rc = group_put(e, c->u.group.name, c->u.group.locations,
+                         c->u.group.location_count, NULL, false);
         else
           rc = group_install(e, c->u.group.name, NULL, NULL, NULL, false);
         if (rc == ATP_ENOTFOUND) rc = 0;

@@ -18,8 +18,8 @@
 #include "atp/memory.h"
 #include "engine_internal.h"
 
-#define HEAD_FLAG 0x40000000u /* wheel_prev of a list head: HEAD_FLAG | slot */
-#define SLOT_BITS 8
+#define HEAD_FLAG          0x40000000u /* wheel_prev of a list head: HEAD_FLAG | slot */
+#define SLOT_BITS          8
 #define JUMP_REBUILD_TICKS (1LL << 24)
 
 static uint32_t *node_prev(atp_engine_t *e, uint32_t ref) {
@@ -42,8 +42,8 @@ static void inbox_push(atp_engine_t *e, uint32_t ref, _Atomic uint32_t *queued,
   uint64_t head = atomic_load_explicit(inbox, memory_order_relaxed);
   do {
     atomic_store_explicit(link, (uint32_t)head, memory_order_relaxed);
-  } while (!atomic_compare_exchange_weak_explicit(inbox, &head, ref, memory_order_release,
-                                                  memory_order_relaxed));
+  } while (!atomic_compare_exchange_weak_explicit(
+      inbox, &head, ref, memory_order_release, memory_order_relaxed));
 }
 
 void atp_wheel_enqueue_res(atp_engine_t *e, uint32_t idx) {
@@ -77,9 +77,11 @@ static void wheel_insert(atp_engine_t *e, uint32_t ref, int64_t due_ms) {
   if (due_tick <= w->now_tick) due_tick = w->now_tick + 1;
   int64_t delta = due_tick - w->now_tick;
   uint32_t level = 0;
-  while (level < ATP_WHEEL_LEVELS - 1 && delta >= (1LL << (SLOT_BITS * (level + 1)))) level++;
+  while (level < ATP_WHEEL_LEVELS - 1 && delta >= (1LL << (SLOT_BITS * (level + 1))))
+    level++;
   if (delta >= (1LL << (SLOT_BITS * ATP_WHEEL_LEVELS)))
-    due_tick = w->now_tick + (1LL << (SLOT_BITS * ATP_WHEEL_LEVELS)) - 1; /* re-filed later */
+    due_tick =
+        w->now_tick + (1LL << (SLOT_BITS * ATP_WHEEL_LEVELS)) - 1; /* re-filed later */
   uint32_t index = (uint32_t)(due_tick >> (SLOT_BITS * level)) & (ATP_WHEEL_SLOTS - 1);
   uint32_t slot = level << SLOT_BITS | index;
   uint32_t head = w->slots[level][index];
@@ -107,7 +109,8 @@ static int64_t record_due(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
   if (st != ATP_REC_LIVE) return ATP_TIME_NONE;
   atp_rrec_t *r = &e->rrecs[idx];
   int status = atomic_load_explicit(&r->status, memory_order_acquire);
-  if (status == ATP_STATUS_HELD) return atomic_load_explicit(&r->expires_at_ms, memory_order_acquire);
+  if (status == ATP_STATUS_HELD)
+    return atomic_load_explicit(&r->expires_at_ms, memory_order_acquire);
   if (status == ATP_STATUS_COMMITTED) return ATP_TIME_NONE;
   int64_t ended = atomic_load_explicit(&r->ended_at_ms, memory_order_acquire);
   return ended == ATP_TIME_NONE ? now_ms : ended + e->config.ended_ttl_ms;
@@ -117,16 +120,19 @@ static int64_t record_due(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
 static void purge(atp_engine_t *e, uint32_t ref) {
   if (ref & ATP_REF_IDEM) {
     uint32_t idx = (ref & ~ATP_REF_IDEM) - 1;
-    if (atomic_load_explicit(&e->itable.state[idx], memory_order_acquire) == ATP_REC_LIVE)
+    if (atomic_load_explicit(&e->itable.state[idx], memory_order_acquire) ==
+        ATP_REC_LIVE)
       atp_idem_purged(e, idx);
     atp_keyed_retire(&e->itable, idx, e->tick_count);
     return;
   }
   uint32_t idx = ref - 1;
   atp_rrec_t *r = &e->rrecs[idx];
-  if (atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire) == ATP_REC_LIVE) {
+  if (atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire) ==
+      ATP_REC_LIVE) {
     int status = atomic_load_explicit(&r->status, memory_order_acquire);
-    atomic_fetch_sub_explicit(&e->status_count[atp_shard()][status].value, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&e->status_count[atp_shard()][status].value, 1,
+                              memory_order_relaxed);
     atp_rrec_purged(e, idx);
   }
   /* Readers may still copy from these: they are freed after the grace period,
@@ -145,15 +151,19 @@ static uint32_t fire(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
   if (ref & ATP_REF_IDEM) {
     int64_t due = record_due(e, ref, now_ms);
     if (due == ATP_TIME_NONE) return 0;
-    if (due > now_ms) wheel_insert(e, ref, due);
-    else purge(e, ref);
+    if (due > now_ms)
+      wheel_insert(e, ref, due);
+    else
+      purge(e, ref);
     return 0;
   }
   int64_t due;
   bool purge_now;
   bool expired = atp_rrec_due(e, ref - 1, now_ms, &due, &purge_now);
-  if (purge_now) purge(e, ref);
-  else if (due != ATP_TIME_NONE) wheel_insert(e, ref, due);
+  if (purge_now)
+    purge(e, ref);
+  else if (due != ATP_TIME_NONE)
+    wheel_insert(e, ref, due);
   return expired ? 1 : 0;
 }
 
@@ -174,7 +184,8 @@ static uint32_t take_slot(atp_engine_t *e, uint32_t level, uint32_t index) {
   return list;
 }
 
-static uint32_t run_list(atp_engine_t *e, uint32_t list, int64_t now_ms, bool fire_due) {
+static uint32_t run_list(atp_engine_t *e, uint32_t list, int64_t now_ms,
+                         bool fire_due) {
   uint32_t expired = 0;
   while (list) {
     uint32_t ref = list;
@@ -220,14 +231,16 @@ static uint32_t advance(atp_engine_t *e, int64_t target_tick, int64_t now_ms) {
         run_list(e, take_slot(e, l, index), now_ms, false);
       }
     }
-    expired += run_list(e, take_slot(e, 0, (uint32_t)t & (ATP_WHEEL_SLOTS - 1)), now_ms, true);
+    expired +=
+        run_list(e, take_slot(e, 0, (uint32_t)t & (ATP_WHEEL_SLOTS - 1)), now_ms, true);
   }
   return expired;
 }
 
 static void reclaim_retired(atp_engine_t *e) {
   int64_t now_ns = atp_mono_ns();
-  atp_retired_t *fresh = atomic_exchange_explicit(&e->retired, NULL, memory_order_acquire);
+  atp_retired_t *fresh =
+      atomic_exchange_explicit(&e->retired, NULL, memory_order_acquire);
   while (fresh) {
     atp_retired_t *r = fresh;
     fresh = r->next;

@@ -998,8 +998,8 @@ static int conn_start_write(conn_t *c) {
   }
   c->writing = true;
   c->pending = !c->pending;
-  int r = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, iov + first, (unsigned)(n - first),
-                   on_write);
+  int r = uv_write(&c->write_req, (uv_stream_t *)&c->tcp, iov + first,
+                   (unsigned)(n - first), on_write);
   if (r) {
     c->writing = false;
     conn_close(c);

@@ -48,7 +48,8 @@ static uint32_t idem_find_from(atp_engine_t *e, uint32_t v, uint64_t hash,
   for (; v; v = atomic_load_explicit(&e->itable.next[v - 1], memory_order_acquire)) {
     uint32_t idx = v - 1;
     uint32_t st = atomic_load_explicit(&e->itable.state[idx], memory_order_acquire);
-    if (st == ATP_REC_FREE || st == ATP_REC_DEAD || !idem_same_key(e, idx, hash, kind, id))
+    if (st == ATP_REC_FREE || st == ATP_REC_DEAD ||
+        !idem_same_key(e, idx, hash, kind, id))
       continue;
     while (st == ATP_REC_PENDING) {
       sched_yield();
@@ -93,8 +94,9 @@ int atp_idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
   atomic_store_explicit(&e->itable.state[mine], ATP_REC_PENDING, memory_order_relaxed);
   atp_keyed_push(&e->itable, mine);
   /* Anything older with this key, below ours in the chain, wins. */
-  found = idem_find_from(e, atomic_load_explicit(&e->itable.next[mine], memory_order_acquire),
-                         hash, kind, id);
+  found = idem_find_from(
+      e, atomic_load_explicit(&e->itable.next[mine], memory_order_acquire), hash, kind,
+      id);
   if (found != UINT32_MAX) {
     atp_idem_fail(e, mine);
     return idem_existing(e, found, content_hash, idx, result);
@@ -109,11 +111,14 @@ void atp_idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
   atp_irec_t *r = &e->irecs[idx];
   r->flags = flags;
   r->pos = pos;
-  if (outcome) r->outcome = *outcome;
-  else memset(&r->outcome, 0, sizeof r->outcome);
+  if (outcome)
+    r->outcome = *outcome;
+  else
+    memset(&r->outcome, 0, sizeof r->outcome);
   r->outcome.sku = r->outcome.location = (atp_str_t){NULL, 0};
   r->resid_len = (uint8_t)reservation_id.len;
-  if (reservation_id.len) memcpy(r->text + r->id_len, reservation_id.ptr, reservation_id.len);
+  if (reservation_id.len)
+    memcpy(r->text + r->id_len, reservation_id.ptr, reservation_id.len);
   /* release: whoever sees LIVE sees the outcome. */
   atomic_store_explicit(&e->itable.state[idx], ATP_REC_LIVE, memory_order_release);
   if (record) {
@@ -129,10 +134,18 @@ void atp_idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
     if (outcome) record->u.idem.position = *outcome;
     record->u.idem.reservation_id = (atp_str_t){r->text + r->id_len, r->resid_len};
     switch (r->kind) {
-      case ATP_IDEM_ADJUST: record->cause = ATP_CAUSE_ADJUST; break;
-      case ATP_IDEM_COUNT: record->cause = ATP_CAUSE_COUNT; break;
-      case ATP_IDEM_FULFIL: record->cause = ATP_CAUSE_FULFIL; break;
-      default: record->cause = ATP_CAUSE_AMEND; break;
+      case ATP_IDEM_ADJUST:
+        record->cause = ATP_CAUSE_ADJUST;
+        break;
+      case ATP_IDEM_COUNT:
+        record->cause = ATP_CAUSE_COUNT;
+        break;
+      case ATP_IDEM_FULFIL:
+        record->cause = ATP_CAUSE_FULFIL;
+        break;
+      default:
+        record->cause = ATP_CAUSE_AMEND;
+        break;
     }
   }
   atp_wheel_enqueue_idem(e, idx);
@@ -163,9 +176,11 @@ void atp_idem_purged(atp_engine_t *e, uint32_t idx) {
  * record. Single-threaded. */
 int atp_idem_apply(atp_engine_t *e, const atp_change_t *c) {
   const atp_change_idem_t *in = &c->u.idem;
-  if (!atp_id_valid(in->id) || in->reservation_id.len > ATP_ID_BYTES_MAX) return ATP_EBADREQ;
+  if (!atp_id_valid(in->id) || in->reservation_id.len > ATP_ID_BYTES_MAX)
+    return ATP_EBADREQ;
   uint64_t hash = idem_hash(in->kind, in->id);
-  uint32_t idx = idem_find_from(e, atp_keyed_head(&e->itable, hash), hash, in->kind, in->id);
+  uint32_t idx =
+      idem_find_from(e, atp_keyed_head(&e->itable, hash), hash, in->kind, in->id);
   if (c->cause == ATP_CAUSE_PURGE) {
     if (idx != UINT32_MAX) atp_idem_fail(e, idx); /* DEAD: invisible, then unlinked */
     return 0;

@@ -20,7 +20,7 @@
 /* A record is recycled only after both many ticks (100 ms each in the server)
  * and this much wall time have passed since it was unlinked. */
 #define GRACE_TICKS 20
-#define GRACE_NS 1000000000LL
+#define GRACE_NS    1000000000LL
 
 static _Atomic uint64_t table_generations;
 static _Atomic uint32_t shard_next;
@@ -34,7 +34,7 @@ int atp_shard(void) {
 /* Never-used records are handed to threads in chunks, so the shared bump
  * counter is touched once per CHUNK allocations. A chunk is tied to its table
  * by generation, not address, so a new table at an old address starts clean. */
-#define CHUNK 64
+#define CHUNK     64
 #define TL_TABLES 4
 static _Thread_local struct {
   uint64_t generation;
@@ -55,8 +55,8 @@ int atp_keyed_init(atp_keyed_t *t, uint32_t capacity) {
   t->free_next = atp_calloc(capacity, sizeof *t->free_next);
   t->limbo_tick = atp_calloc(capacity, sizeof *t->limbo_tick);
   t->limbo_mono_ns = atp_calloc(capacity, sizeof *t->limbo_mono_ns);
-  if (!t->heads || !t->next || !t->state || !t->hash || !t->free_next || !t->limbo_tick ||
-      !t->limbo_mono_ns)
+  if (!t->heads || !t->next || !t->state || !t->hash || !t->free_next ||
+      !t->limbo_tick || !t->limbo_mono_ns)
     return ATP_ENOMEM;
   return 0;
 }
@@ -88,7 +88,8 @@ static uint32_t pop_free(atp_keyed_t *t, int shard) {
 
 static uint32_t take_fresh(atp_keyed_t *t) {
   int slot = (int)(t->generation % TL_TABLES);
-  if (tl_chunk[slot].generation != t->generation || tl_chunk[slot].next == tl_chunk[slot].end) {
+  if (tl_chunk[slot].generation != t->generation ||
+      tl_chunk[slot].next == tl_chunk[slot].end) {
     uint32_t start = atomic_fetch_add_explicit(&t->bump, CHUNK, memory_order_relaxed);
     if (start >= t->capacity) {
       atomic_store_explicit(&t->bump, t->capacity, memory_order_relaxed);
@@ -116,7 +117,8 @@ uint32_t atp_keyed_alloc(atp_keyed_t *t) {
 uint64_t atp_keyed_live(const atp_keyed_t *t) {
   int64_t sum = 0;
   for (int i = 0; i < ATP_SHARDS; i++)
-    sum += (int64_t)atomic_load_explicit(&((atp_keyed_t *)t)->live[i].value, memory_order_relaxed);
+    sum += (int64_t)atomic_load_explicit(&((atp_keyed_t *)t)->live[i].value,
+                                         memory_order_relaxed);
   return sum > 0 ? (uint64_t)sum : 0;
 }
 
@@ -126,16 +128,16 @@ void atp_keyed_push(atp_keyed_t *t, uint32_t idx) {
   do {
     atomic_store_explicit(&t->next[idx], old, memory_order_relaxed);
     /* release: a reader that loads the head sees the record's key and link. */
-  } while (!atomic_compare_exchange_weak_explicit(head, &old, idx + 1, memory_order_release,
-                                                  memory_order_relaxed));
+  } while (!atomic_compare_exchange_weak_explicit(
+      head, &old, idx + 1, memory_order_release, memory_order_relaxed));
 }
 
 void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick) {
   _Atomic uint32_t *head = &t->heads[t->hash[idx] & t->bucket_mask];
   uint32_t next = atomic_load_explicit(&t->next[idx], memory_order_acquire);
   uint32_t expected = idx + 1;
-  if (!atomic_compare_exchange_strong_explicit(head, &expected, next, memory_order_acq_rel,
-                                               memory_order_acquire)) {
+  if (!atomic_compare_exchange_strong_explicit(
+          head, &expected, next, memory_order_acq_rel, memory_order_acquire)) {
     /* Not the head (a push came in front of it): find its predecessor. Only
      * this thread unlinks, so the predecessor's link is stable. */
     uint32_t prev = expected;
@@ -155,7 +157,8 @@ void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick) {
   t->limbo_mono_ns[idx] = atp_mono_ns();
   atomic_store_explicit(&t->free_next[idx], 0, memory_order_relaxed);
   if (t->limbo_tail)
-    atomic_store_explicit(&t->free_next[t->limbo_tail - 1], idx + 1, memory_order_relaxed);
+    atomic_store_explicit(&t->free_next[t->limbo_tail - 1], idx + 1,
+                          memory_order_relaxed);
   else
     t->limbo_head = idx + 1;
   t->limbo_tail = idx + 1;
@@ -165,7 +168,8 @@ void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick) {
   int64_t now_ns = atp_mono_ns();
   while (t->limbo_head) {
     uint32_t idx = t->limbo_head - 1;
-    if (t->limbo_tick[idx] + GRACE_TICKS > tick || t->limbo_mono_ns[idx] + GRACE_NS > now_ns)
+    if (t->limbo_tick[idx] + GRACE_TICKS > tick ||
+        t->limbo_mono_ns[idx] + GRACE_NS > now_ns)
       break; /* FIFO: everything behind it is younger */
     t->limbo_head = atomic_load_explicit(&t->free_next[idx], memory_order_relaxed);
     if (!t->limbo_head) t->limbo_tail = 0;
@@ -175,8 +179,7 @@ void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick) {
     do {
       atomic_store_explicit(&t->free_next[idx], (uint32_t)head, memory_order_relaxed);
       want = ((head >> 32) + 1) << 32 | (idx + 1);
-    } while (!atomic_compare_exchange_weak_explicit(top, &head, want,
-                                                    memory_order_acq_rel,
-                                                    memory_order_acquire));
+    } while (!atomic_compare_exchange_weak_explicit(
+        top, &head, want, memory_order_acq_rel, memory_order_acquire));
   }
 }

@@ -50,10 +50,11 @@ void atp_log_access(uint64_t request_id, const char *method, const char *route,
                     int status, int64_t elapsed_ns, size_t body_bytes) {
   char line[384];
   /* method and route come from the static route table: no escaping needed. */
-  int n = snprintf(line, sizeof line,
-                   "{\"ts\":%lld,\"level\":\"info\",\"request_id\":%llu,\"method\":\"%s\","
-                   "\"route\":\"%s\",\"status\":%d,\"ms\":%.3f,\"bytes\":%zu}\n",
-                   now_ms(), (unsigned long long)request_id, method, route, status,
-                   (double)elapsed_ns / 1e6, body_bytes);
+  int n =
+      snprintf(line, sizeof line,
+               "{\"ts\":%lld,\"level\":\"info\",\"request_id\":%llu,\"method\":\"%s\","
+               "\"route\":\"%s\",\"status\":%d,\"ms\":%.3f,\"bytes\":%zu}\n",
+               now_ms(), (unsigned long long)request_id, method, route, status,
+               (double)elapsed_ns / 1e6, body_bytes);
   if (n > 0 && (size_t)n < sizeof line) emit(line, (size_t)n);
 }

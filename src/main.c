@@ -30,11 +30,16 @@ static const char *route_labels[ATP_METRICS_ROUTES_MAX];
 
 static const char *method_text(atp_http_method_t m) {
   switch (m) {
-    case ATP_HTTP_GET: return "GET";
-    case ATP_HTTP_POST: return "POST";
-    case ATP_HTTP_PUT: return "PUT";
-    case ATP_HTTP_DELETE: return "DELETE";
-    default: return "OTHER";
+    case ATP_HTTP_GET:
+      return "GET";
+    case ATP_HTTP_POST:
+      return "POST";
+    case ATP_HTTP_PUT:
+      return "PUT";
+    case ATP_HTTP_DELETE:
+      return "DELETE";
+    default:
+      return "OTHER";
   }
 }
 
@@ -102,7 +107,9 @@ static int build_engine(const atp_config_t *cfg, atp_app_t *app, atp_engine_t **
       return 1;
     }
     if (positions)
-      atp_log("info", "demo catalogue loaded: %u positions, %d SKUs, %d stores, groups north and south",
+      atp_log("info",
+              "demo catalogue loaded: %u positions, %d SKUs, %d stores, groups north "
+              "and south",
               positions, ATP_DEMO_SKUS, ATP_DEMO_STORES);
   }
   /* release: the engine's tables (and the demo stock) are visible to any
@@ -137,7 +144,8 @@ int main(int argc, char **argv) {
     return 0;
   }
 
-  static atp_app_t app; /* static: the signal thread and loops outlive main's frame only at exit */
+  static atp_app_t
+      app; /* static: the signal thread and loops outlive main's frame only at exit */
   atomic_init(&app.engine, NULL);
   atomic_init(&app.ready, false);
   app.access_log = cfg.access_log;
@@ -180,11 +188,13 @@ int main(int argc, char **argv) {
     return 1;
   }
   pthread_detach(tid);
-  atp_log("info", "atpd listening on %s:%d, %d threads, auth %s, ownership %s, durability %s",
+  atp_log("info",
+          "atpd listening on %s:%d, %d threads, auth %s, ownership %s, durability %s",
           cfg.host, atp_http_server_port(server), cfg.threads, auth ? "on" : "off",
           own ? "on" : "off",
-          cfg.durability == ATP_DURABILITY_NONE ? "none"
-          : cfg.durability == ATP_DURABILITY_ALWAYS ? "always" : "batch");
+          cfg.durability == ATP_DURABILITY_NONE     ? "none"
+          : cfg.durability == ATP_DURABILITY_ALWAYS ? "always"
+                                                    : "batch");
   int rc = atp_http_server_run(server);
   atp_log("info", "atpd stopped");
   atp_http_server_destroy(server);

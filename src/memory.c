@@ -13,10 +13,18 @@
 
 #include "atp/error.h"
 
-void *atp_malloc(size_t bytes) { return malloc(bytes ? bytes : 1); }
-void *atp_calloc(size_t count, size_t bytes) { return calloc(count ? count : 1, bytes ? bytes : 1); }
-void *atp_realloc(void *ptr, size_t bytes) { return realloc(ptr, bytes ? bytes : 1); }
-void atp_free(void *ptr) { free(ptr); }
+void *atp_malloc(size_t bytes) {
+  return malloc(bytes ? bytes : 1);
+}
+void *atp_calloc(size_t count, size_t bytes) {
+  return calloc(count ? count : 1, bytes ? bytes : 1);
+}
+void *atp_realloc(void *ptr, size_t bytes) {
+  return realloc(ptr, bytes ? bytes : 1);
+}
+void atp_free(void *ptr) {
+  free(ptr);
+}
 
 struct atp_arena_chunk {
   atp_arena_chunk_t *next;

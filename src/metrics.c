@@ -6,14 +6,15 @@
 #include <stdatomic.h>
 #include <string.h>
 
-static const int statuses[ATP_METRICS_STATUS_COUNT - 1] = {
-    200, 201, 204, 400, 401, 403, 404, 405, 409, 413, 414, 415, 422, 429, 431, 500, 503};
+static const int statuses[ATP_METRICS_STATUS_COUNT - 1] = {200, 201, 204, 400, 401, 403,
+                                                           404, 405, 409, 413, 414, 415,
+                                                           422, 429, 431, 500, 503};
 /* The last status slot counts everything else. */
 #define STATUS_OTHER (ATP_METRICS_STATUS_COUNT - 1)
 
 static const int64_t bucket_ns[ATP_METRICS_BUCKET_COUNT] = {
-    100000,    250000,    500000,    1000000,    2500000,    5000000,   10000000,
-    25000000,  50000000,  100000000, 250000000,  500000000,  1000000000, 2500000000};
+    100000,   250000,   500000,    1000000,   2500000,   5000000,    10000000,
+    25000000, 50000000, 100000000, 250000000, 500000000, 1000000000, 2500000000};
 static const char *const bucket_le[ATP_METRICS_BUCKET_COUNT] = {
     "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01",
     "0.025",  "0.05",    "0.1",    "0.25",  "0.5",    "1",     "2.5"};
@@ -21,7 +22,8 @@ static const char *const bucket_le[ATP_METRICS_BUCKET_COUNT] = {
 /* One thread's counters. Only that thread writes them (relaxed load + store,
  * no read-modify-write needed); the scraper reads them with relaxed loads. */
 typedef struct {
-  _Alignas(64) _Atomic uint64_t requests[ATP_METRICS_ROUTES_MAX][ATP_METRICS_STATUS_COUNT];
+  _Alignas(
+      64) _Atomic uint64_t requests[ATP_METRICS_ROUTES_MAX][ATP_METRICS_STATUS_COUNT];
   /* Per-bucket (not cumulative) counts; index BUCKET_COUNT is beyond the last. */
   _Atomic uint64_t latency[ATP_METRICS_ROUTES_MAX][ATP_METRICS_BUCKET_COUNT + 1];
   _Atomic uint64_t latency_sum_ns[ATP_METRICS_ROUTES_MAX];
@@ -88,7 +90,8 @@ void atp_metrics_record(atp_metrics_t *m, uint32_t thread, uint32_t route, int s
 static uint64_t sum_requests(const atp_metrics_t *m, uint32_t route, uint32_t si) {
   uint64_t total = 0;
   for (uint32_t t = 0; t < m->threads; t++)
-    total += atomic_load_explicit(&m->slabs[t].requests[route][si], memory_order_relaxed);
+    total +=
+        atomic_load_explicit(&m->slabs[t].requests[route][si], memory_order_relaxed);
   return total;
 }
 
@@ -113,18 +116,21 @@ static void write_route_labels(atp_buf_t *out, const atp_metrics_t *m, uint32_t 
 }
 
 static void write_requests(const atp_metrics_t *m, atp_buf_t *out) {
-  atp_buf_printf(out,
-                 "# HELP atpd_http_requests_total Requests answered, by route and status.\n"
-                 "# TYPE atpd_http_requests_total counter\n");
+  atp_buf_printf(
+      out,
+      "# HELP atpd_http_requests_total Requests answered, by route and status.\n"
+      "# TYPE atpd_http_requests_total counter\n");
   for (uint32_t r = 0; r <= m->route_count; r++) {
     for (uint32_t si = 0; si < ATP_METRICS_STATUS_COUNT; si++) {
       uint64_t n = sum_requests(m, r, si);
       if (!n) continue;
       atp_buf_printf(out, "atpd_http_requests_total{");
       write_route_labels(out, m, r);
-      if (si == STATUS_OTHER) atp_buf_printf(out, ",status=\"other\"} %llu\n",
-                                             (unsigned long long)n);
-      else atp_buf_printf(out, ",status=\"%d\"} %llu\n", statuses[si], (unsigned long long)n);
+      if (si == STATUS_OTHER)
+        atp_buf_printf(out, ",status=\"other\"} %llu\n", (unsigned long long)n);
+      else
+        atp_buf_printf(out, ",status=\"%d\"} %llu\n", statuses[si],
+                       (unsigned long long)n);
     }
   }
 }
@@ -175,25 +181,26 @@ static void write_engine(const atp_engine_t *engine, atp_buf_t *out) {
     atp_buf_printf(out, "atpd_reservations{status=\"%s\"} %llu\n",
                    atp_status_name((atp_status_t)s),
                    (unsigned long long)st.reservations_by_status[s]);
-  atp_buf_printf(out,
-                 "# HELP atpd_reservation_expirations_total Held reservations expired.\n"
-                 "# TYPE atpd_reservation_expirations_total counter\n"
-                 "atpd_reservation_expirations_total %llu\n"
-                 "# HELP atpd_positions Positions (SKU at location) known.\n"
-                 "# TYPE atpd_positions gauge\n"
-                 "atpd_positions %llu\n"
-                 "# HELP atpd_positions_max Position capacity.\n"
-                 "# TYPE atpd_positions_max gauge\n"
-                 "atpd_positions_max %llu\n"
-                 "# HELP atpd_idempotency_ids Idempotency ids remembered.\n"
-                 "# TYPE atpd_idempotency_ids gauge\n"
-                 "atpd_idempotency_ids %llu\n"
-                 "# HELP atpd_groups Location groups defined.\n"
-                 "# TYPE atpd_groups gauge\n"
-                 "atpd_groups %llu\n",
-                 (unsigned long long)st.expirations, (unsigned long long)st.positions,
-                 (unsigned long long)st.positions_max,
-                 (unsigned long long)st.idempotency_ids, (unsigned long long)st.groups);
+  atp_buf_printf(
+      out,
+      "# HELP atpd_reservation_expirations_total Held reservations expired.\n"
+      "# TYPE atpd_reservation_expirations_total counter\n"
+      "atpd_reservation_expirations_total %llu\n"
+      "# HELP atpd_positions Positions (SKU at location) known.\n"
+      "# TYPE atpd_positions gauge\n"
+      "atpd_positions %llu\n"
+      "# HELP atpd_positions_max Position capacity.\n"
+      "# TYPE atpd_positions_max gauge\n"
+      "atpd_positions_max %llu\n"
+      "# HELP atpd_idempotency_ids Idempotency ids remembered.\n"
+      "# TYPE atpd_idempotency_ids gauge\n"
+      "atpd_idempotency_ids %llu\n"
+      "# HELP atpd_groups Location groups defined.\n"
+      "# TYPE atpd_groups gauge\n"
+      "atpd_groups %llu\n",
+      (unsigned long long)st.expirations, (unsigned long long)st.positions,
+      (unsigned long long)st.positions_max, (unsigned long long)st.idempotency_ids,
+      (unsigned long long)st.groups);
 }
 
 void atp_metrics_write(const atp_metrics_t *m, const atp_engine_t *engine,

@@ -18,8 +18,12 @@
 static _Thread_local atp_reservation_t thread_reservation;
 static _Thread_local atp_shortfalls_t thread_shortfalls;
 
-atp_reservation_t *atp_req_reservation(void) { return &thread_reservation; }
-atp_shortfalls_t *atp_req_shortfalls(void) { return &thread_shortfalls; }
+atp_reservation_t *atp_req_reservation(void) {
+  return &thread_reservation;
+}
+atp_shortfalls_t *atp_req_shortfalls(void) {
+  return &thread_shortfalls;
+}
 
 /* --- errors ---------------------------------------------------------------- */
 
@@ -32,10 +36,10 @@ void atp_field_path(char *buf, size_t cap, const atp_at_t *at, const char *key) 
   buf[0] = '\0';
   for (uint32_t i = n; i-- > 0;) {
     const atp_at_t *l = levels[i];
-    int w = l->index >= 0 ? snprintf(buf + used, cap - used, "%s%s[%d]",
-                                     used ? "." : "", l->name, (int)l->index)
-                          : snprintf(buf + used, cap - used, "%s%s", used ? "." : "",
-                                     l->name);
+    int w = l->index >= 0
+                ? snprintf(buf + used, cap - used, "%s%s[%d]", used ? "." : "", l->name,
+                           (int)l->index)
+                : snprintf(buf + used, cap - used, "%s%s", used ? "." : "", l->name);
     if (w < 0 || (size_t)w >= cap - used) return;
     used += (size_t)w;
   }
@@ -45,8 +49,10 @@ void atp_field_path(char *buf, size_t cap, const atp_at_t *at, const char *key) 
 int atp_req_fail(atp_req_t *rq, int err, const atp_at_t *at, const char *key,
                  const char *fmt, ...) {
   assert(err < 0);
-  if (key || at) atp_field_path(rq->field, sizeof rq->field, at, key);
-  else rq->field[0] = '\0';
+  if (key || at)
+    atp_field_path(rq->field, sizeof rq->field, at, key);
+  else
+    rq->field[0] = '\0';
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(rq->message, sizeof rq->message, fmt, ap);
@@ -94,8 +100,8 @@ int atp_req_parse_body(atp_req_t *rq, bool required) {
                         "The body must be application/json or application/msgpack.");
   atp_parse_error_t perr;
   memset(&perr, 0, sizeof perr);
-  int rc = atp_codec_parse(rq->in_format, h->body, h->body_len, rq->arena, &rq->body,
-                           &perr);
+  int rc =
+      atp_codec_parse(rq->in_format, h->body, h->body_len, rq->arena, &rq->body, &perr);
   if (rc == ATP_ENOMEM)
     return atp_req_fail(rq, ATP_ETOOLARGE, NULL, NULL,
                         "The body is too large to parse.");
@@ -122,10 +128,20 @@ static uint32_t utf8_decode(const unsigned char *s, size_t n, uint32_t *cp) {
   }
   uint32_t len, min;
   uint32_t v;
-  if ((c & 0xE0) == 0xC0) { len = 2; min = 0x80; v = c & 0x1F; }
-  else if ((c & 0xF0) == 0xE0) { len = 3; min = 0x800; v = c & 0x0F; }
-  else if ((c & 0xF8) == 0xF0) { len = 4; min = 0x10000; v = c & 0x07; }
-  else return 0;
+  if ((c & 0xE0) == 0xC0) {
+    len = 2;
+    min = 0x80;
+    v = c & 0x1F;
+  } else if ((c & 0xF0) == 0xE0) {
+    len = 3;
+    min = 0x800;
+    v = c & 0x0F;
+  } else if ((c & 0xF8) == 0xF0) {
+    len = 4;
+    min = 0x10000;
+    v = c & 0x07;
+  } else
+    return 0;
   if (n < len) return 0;
   for (uint32_t i = 1; i < len; i++) {
     if ((s[i] & 0xC0) != 0x80) return 0;
@@ -163,13 +179,20 @@ int atp_id_check(const char *s, size_t len) {
 
 static const char *type_name(atp_val_type_t t) {
   switch (t) {
-    case ATP_VAL_NULL: return "null";
-    case ATP_VAL_BOOL: return "a boolean";
-    case ATP_VAL_INT: return "an integer";
-    case ATP_VAL_FLOAT: return "a fractional number";
-    case ATP_VAL_STR: return "a string";
-    case ATP_VAL_ARRAY: return "an array";
-    case ATP_VAL_OBJECT: return "an object";
+    case ATP_VAL_NULL:
+      return "null";
+    case ATP_VAL_BOOL:
+      return "a boolean";
+    case ATP_VAL_INT:
+      return "an integer";
+    case ATP_VAL_FLOAT:
+      return "a fractional number";
+    case ATP_VAL_STR:
+      return "a string";
+    case ATP_VAL_ARRAY:
+      return "an array";
+    case ATP_VAL_OBJECT:
+      return "an object";
   }
   return "a value";
 }
@@ -185,8 +208,8 @@ static int lookup(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
   return 0;
 }
 
-int atp_get_id(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
-               const char *key, unsigned flags, atp_str_t *out) {
+int atp_get_id(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at, const char *key,
+               unsigned flags, atp_str_t *out) {
   const atp_val_t *v;
   out->ptr = "";
   out->len = 0;
@@ -214,16 +237,16 @@ int atp_get_text(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
     return atp_req_fail(rq, ATP_EBADREQ, at, key, "Must be a string, not %s.",
                         type_name(v->type));
   if (v->len > max_bytes || text_check(v->u.s, v->len, false) != 0)
-    return atp_req_fail(rq, ATP_EBADREQ, at, key,
-                        "Must be at most %u bytes of UTF-8.", max_bytes);
+    return atp_req_fail(rq, ATP_EBADREQ, at, key, "Must be at most %u bytes of UTF-8.",
+                        max_bytes);
   out->ptr = v->u.s;
   out->len = v->len;
   return 0;
 }
 
 int atp_get_int(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
-                const char *key, unsigned flags, int64_t min, int64_t max,
-                int64_t *out, bool *present) {
+                const char *key, unsigned flags, int64_t min, int64_t max, int64_t *out,
+                bool *present) {
   const atp_val_t *v;
   if (present) *present = false;
   int rc = lookup(rq, obj, at, key, flags, &v);
@@ -438,8 +461,8 @@ int atp_req_parse_query(atp_req_t *rq) {
     while (end < len && q[end] != '&') end++;
     if (end > i) {
       if (rq->query_count == ATP_QUERY_PARAMS_MAX)
-        return atp_req_fail(rq, ATP_EBADREQ, NULL, NULL,
-                            "At most %d query parameters.", ATP_QUERY_PARAMS_MAX);
+        return atp_req_fail(rq, ATP_EBADREQ, NULL, NULL, "At most %d query parameters.",
+                            ATP_QUERY_PARAMS_MAX);
       const char *eq = memchr(q + i, '=', end - i);
       size_t name_end = eq ? (size_t)(eq - q) : end;
       atp_query_param_t *p = &rq->query[rq->query_count];
@@ -526,7 +549,9 @@ void atp_respond_error(atp_req_t *rq, int err) {
   atp_respond_error_end(rq, atp_respond_error_begin(rq, err));
 }
 
-void atp_w_s(atp_writer_t *w, atp_str_t s) { atp_w_str(w, s.ptr, s.len); }
+void atp_w_s(atp_writer_t *w, atp_str_t s) {
+  atp_w_str(w, s.ptr, s.len);
+}
 
 void atp_write_position(atp_writer_t *w, const atp_position_t *p, int found) {
   atp_w_object_begin(w);

@@ -66,13 +66,14 @@ void atp_reservations_destroy(atp_engine_t *e) {
   e->rrecs = NULL;
 }
 
-/* --- record access ------------------------------------------------------------------ */
+/* --- record access ------------------------------------------------------------------
+ */
 
 static void rec_lock(atp_rrec_t *r) {
   for (uint32_t spins = 0;; spins++) {
     uint32_t expected = 0;
-    if (atomic_compare_exchange_weak_explicit(&r->lock, &expected, 1, memory_order_acquire,
-                                              memory_order_relaxed))
+    if (atomic_compare_exchange_weak_explicit(
+            &r->lock, &expected, 1, memory_order_acquire, memory_order_relaxed))
       return;
     if (spins > 128) sched_yield();
   }
@@ -87,11 +88,13 @@ static void rec_begin(atp_rrec_t *r) {
 static void set_status(atp_engine_t *e, atp_rrec_t *r, atp_status_t to) {
   int from = atomic_exchange_explicit(&r->status, (int32_t)to, memory_order_acq_rel);
   int shard = atp_shard();
-  atomic_fetch_sub_explicit(&e->status_count[shard][from].value, 1, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&e->status_count[shard][from].value, 1,
+                            memory_order_relaxed);
   atomic_fetch_add_explicit(&e->status_count[shard][to].value, 1, memory_order_relaxed);
 }
 
-static bool rec_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash, atp_str_t id) {
+static bool rec_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash,
+                         atp_str_t id) {
   const atp_rrec_t *r = &e->rrecs[idx];
   return e->rtable.hash[idx] == hash && r->id_len == id.len && r->text &&
          memcmp(r->text, id.ptr, id.len) == 0;
@@ -99,11 +102,13 @@ static bool rec_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash, atp
 
 /* The LIVE record with the id from chain position v on, waiting out a PENDING
  * twin; UINT32_MAX if none. */
-static uint32_t rec_find_from(const atp_engine_t *e, uint32_t v, uint64_t hash, atp_str_t id) {
+static uint32_t rec_find_from(const atp_engine_t *e, uint32_t v, uint64_t hash,
+                              atp_str_t id) {
   for (; v; v = atomic_load_explicit(&e->rtable.next[v - 1], memory_order_acquire)) {
     uint32_t idx = v - 1;
     uint32_t st = atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire);
-    if (st == ATP_REC_FREE || st == ATP_REC_DEAD || !rec_same_key(e, idx, hash, id)) continue;
+    if (st == ATP_REC_FREE || st == ATP_REC_DEAD || !rec_same_key(e, idx, hash, id))
+      continue;
     while (st == ATP_REC_PENDING) {
       sched_yield();
       st = atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire);
@@ -124,8 +129,8 @@ static int64_t line_remaining(const atp_rline_t *l) {
          atomic_load_explicit(&l->released, memory_order_acquire);
 }
 
-static void copy_text(atp_reservation_t *out, size_t *at, atp_str_t *dst, const char *src,
-                      uint32_t len) {
+static void copy_text(atp_reservation_t *out, size_t *at, atp_str_t *dst,
+                      const char *src, uint32_t len) {
   memcpy(out->text + *at, src, len);
   out->text[*at + len] = '\0';
   *dst = (atp_str_t){out->text + *at, len};
@@ -151,7 +156,8 @@ void atp_rrec_view(const atp_engine_t *e, uint32_t idx, atp_reservation_t *out) 
     out->expires_at_ms = atomic_load_explicit(&r->expires_at_ms, memory_order_acquire);
     out->ttl_ms = atomic_load_explicit(&r->ttl_ms, memory_order_acquire);
     out->ended_at_ms = atomic_load_explicit(&r->ended_at_ms, memory_order_acquire);
-    uint16_t order_id_len = atomic_load_explicit(&r->order_id_len, memory_order_acquire);
+    uint16_t order_id_len =
+        atomic_load_explicit(&r->order_id_len, memory_order_acquire);
     uint32_t n = atomic_load_explicit(&r->line_count, memory_order_acquire);
     const atp_rline_t *lines = atomic_load_explicit(&r->lines, memory_order_acquire);
     for (uint32_t i = 0; i < n; i++) {
@@ -159,8 +165,10 @@ void atp_rrec_view(const atp_engine_t *e, uint32_t idx, atp_reservation_t *out) 
       out->lines[i].sku = atp_intern_str(e, p->sku);
       out->lines[i].location = atp_intern_str(e, p->location);
       out->lines[i].qty = atomic_load_explicit(&lines[i].qty, memory_order_acquire);
-      out->lines[i].fulfilled = atomic_load_explicit(&lines[i].fulfilled, memory_order_acquire);
-      out->lines[i].released = atomic_load_explicit(&lines[i].released, memory_order_acquire);
+      out->lines[i].fulfilled =
+          atomic_load_explicit(&lines[i].fulfilled, memory_order_acquire);
+      out->lines[i].released =
+          atomic_load_explicit(&lines[i].released, memory_order_acquire);
     }
     out->line_count = n;
     if (atomic_load_explicit(&r->rseq, memory_order_acquire) == s1) {
@@ -177,11 +185,13 @@ typedef struct {
   uint32_t count, cap;
 } changes_t;
 
-static void changes_init(changes_t *c) { c->items = atp_scratch_changes(&c->cap), c->count = 0; }
+static void changes_init(changes_t *c) {
+  c->items = atp_scratch_changes(&c->cap), c->count = 0;
+}
 
-static void changes_pos(const atp_engine_t *e, changes_t *c, atp_cause_t cause, atp_str_t id,
-                        uint32_t pos, int64_t d_on_hand, int64_t d_reserved,
-                        int64_t d_committed, uint64_t version) {
+static void changes_pos(const atp_engine_t *e, changes_t *c, atp_cause_t cause,
+                        atp_str_t id, uint32_t pos, int64_t d_on_hand,
+                        int64_t d_reserved, int64_t d_committed, uint64_t version) {
   if (!e->config.on_change) return;
   ATP_ASSERT(c->count < c->cap);
   atp_change_position(e, &c->items[c->count++], cause, id, pos, d_on_hand, d_reserved,
@@ -213,7 +223,8 @@ static int conflict(const atp_rrec_t *r, atp_result_t *result, const char *what)
   return ATP_ECONFLICT;
 }
 
-/* --- granting lines ------------------------------------------------------------------- */
+/* --- granting lines
+ * ------------------------------------------------------------------- */
 
 static int64_t pos_available(const atp_engine_t *e, uint32_t pos) {
   if (pos == UINT32_MAX) return 0;
@@ -237,20 +248,24 @@ static int grant_add(grants_t *g, uint32_t pos, int64_t qty, uint64_t version) {
 static void shortfall_add(atp_shortfalls_t *sf, uint32_t line, const atp_line_req_t *l,
                           int64_t available) {
   if (!sf || sf->count >= ATP_RESERVATION_LINES_MAX) return;
-  sf->items[sf->count++] = (atp_shortfall_t){line, l->sku, l->location, l->group, l->qty,
-                                            available};
+  sf->items[sf->count++] =
+      (atp_shortfall_t){line, l->sku, l->location, l->group, l->qty, available};
 }
 
 /* Takes one request line's units into g. 1: not fillable (shortfall noted);
  * 0: taken; negative: an error (unknown group, too many positions). */
 static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t li,
-                      bool committed, grants_t *g, atp_shortfalls_t *sf, atp_result_t *result) {
+                      bool committed, grants_t *g, atp_shortfalls_t *sf,
+                      atp_result_t *result) {
   uint64_t sku_hash = atp_hash_bytes(l->sku.ptr, l->sku.len);
   uint64_t version;
   if (l->location.len) {
-    uint32_t loc = atp_intern_find(e, l->location, atp_hash_bytes(l->location.ptr, l->location.len));
-    uint32_t pos = loc == UINT32_MAX ? UINT32_MAX : atp_pos_find(e, l->sku, sku_hash, loc);
-    if (pos != UINT32_MAX && atp_pos_take(&e->positions[pos], l->qty, committed, &version)) {
+    uint32_t loc = atp_intern_find(e, l->location,
+                                   atp_hash_bytes(l->location.ptr, l->location.len));
+    uint32_t pos =
+        loc == UINT32_MAX ? UINT32_MAX : atp_pos_find(e, l->sku, sku_hash, loc);
+    if (pos != UINT32_MAX &&
+        atp_pos_take(&e->positions[pos], l->qty, committed, &version)) {
       if (grant_add(g, pos, l->qty, version) == 0) return 0;
       atp_pos_give(&e->positions[pos], l->qty, committed);
       atp_result_set(result, "lines", "a reservation spans at most %d positions",
@@ -293,7 +308,8 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
     atp_pos_t *p = &e->positions[pos];
     /* Split: take what this location has, up to what is still needed; a lost
      * race re-reads and tries the smaller amount. */
-    for (int64_t avail = pos_available(e, pos); avail > 0; avail = pos_available(e, pos)) {
+    for (int64_t avail = pos_available(e, pos); avail > 0;
+         avail = pos_available(e, pos)) {
       int64_t take = avail < need ? avail : need;
       if (atp_pos_take(p, take, committed, &version)) {
         if (grant_add(g, pos, take, version)) {
@@ -315,12 +331,14 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
 
 static void grants_rollback(const atp_engine_t *e, grants_t *g, bool committed) {
   for (uint32_t i = 0; i < g->count; i++)
-    g->items[i].version = atp_pos_give(&e->positions[g->items[i].pos], g->items[i].qty, committed);
+    g->items[i].version =
+        atp_pos_give(&e->positions[g->items[i].pos], g->items[i].qty, committed);
 }
 
 /* Takes every line or none. 0, EINSUFFICIENT (rolled back), or an error. */
 static int grant_all(const atp_engine_t *e, const atp_line_req_t *lines, uint32_t n,
-                     bool committed, grants_t *g, atp_shortfalls_t *sf, atp_result_t *result) {
+                     bool committed, grants_t *g, atp_shortfalls_t *sf,
+                     atp_result_t *result) {
   if (sf) sf->count = 0;
   bool short_any = false;
   for (uint32_t i = 0; i < n; i++) {
@@ -333,11 +351,13 @@ static int grant_all(const atp_engine_t *e, const atp_line_req_t *lines, uint32_
   }
   if (!short_any) return 0;
   grants_rollback(e, g, committed);
-  atp_result_set(result, "lines", "not enough stock for %u of %u lines", sf ? sf->count : 0, n);
+  atp_result_set(result, "lines", "not enough stock for %u of %u lines",
+                 sf ? sf->count : 0, n);
   return ATP_EINSUFFICIENT;
 }
 
-/* --- validation ------------------------------------------------------------------------ */
+/* --- validation
+ * ------------------------------------------------------------------------ */
 
 static int bad(atp_result_t *result, const char *field, const char *msg) {
   atp_result_set(result, field, "%s", msg);
@@ -363,7 +383,8 @@ static int check_req_lines(const char *name, const atp_line_req_t *lines, uint32
       return bad(result, field, "a line names exactly one of location and group");
     }
     if (!atp_id_valid(l->location.len ? l->location : l->group)) {
-      snprintf(field, sizeof field, "%s[%u].%s", name, i, l->location.len ? "location" : "group");
+      snprintf(field, sizeof field, "%s[%u].%s", name, i,
+               l->location.len ? "location" : "group");
       return bad(result, field, "must be 1..128 printable bytes");
     }
     if (l->qty < 1 || l->qty > ATP_QTY_MAX) {
@@ -398,7 +419,9 @@ static int check_qty_lines(const char *name, const atp_qty_line_t *lines, uint32
   return 0;
 }
 
-static bool opt_valid(atp_str_t s) { return s.len == 0 || atp_id_valid(s); }
+static bool opt_valid(atp_str_t s) {
+  return s.len == 0 || atp_id_valid(s);
+}
 
 static uint64_t hash_lines(uint64_t h, const atp_line_req_t *lines, uint32_t n) {
   for (uint32_t i = 0; i < n; i++) {
@@ -477,12 +500,14 @@ static void end_if_empty(atp_engine_t *e, atp_rrec_t *r, uint32_t idx, atp_statu
 static void rec_close(atp_engine_t *e, uint32_t idx, changes_t *ch, atp_cause_t cause,
                       const atp_change_t *idem, atp_reservation_t *out, bool emit);
 
-/* --- reserve ------------------------------------------------------------------------------ */
+/* --- reserve
+ * ------------------------------------------------------------------------------ */
 
 static int reserve_replay(const atp_engine_t *e, uint32_t found, uint64_t content_hash,
                           atp_reservation_t *out, atp_result_t *result) {
   if (e->rrecs[found].content_hash != content_hash) {
-    atp_result_set(result, "id", "this reservation id was already used with different content");
+    atp_result_set(result, "id",
+                   "this reservation id was already used with different content");
     return ATP_EIDEMPOTENCY;
   }
   atp_rrec_view(e, found, out);
@@ -492,8 +517,8 @@ static int reserve_replay(const atp_engine_t *e, uint32_t found, uint64_t conten
 
 /* Fills a fresh record's immutable text; NULL text means out of memory. */
 static int rec_init(atp_rrec_t *r, const atp_reserve_req_t *req) {
-  size_t need = req->id.len + req->order_ref.len + req->channel.len + req->customer_id.len +
-                ATP_ID_BYTES_MAX;
+  size_t need = req->id.len + req->order_ref.len + req->channel.len +
+                req->customer_id.len + ATP_ID_BYTES_MAX;
   r->text = need <= ATP_RTEXT_INLINE ? r->inline_text : atp_malloc(need);
   if (!r->text) return ATP_ENOMEM;
   r->id_len = (uint16_t)req->id.len;
@@ -562,7 +587,8 @@ static void line_add(atp_rrec_t *r, uint32_t pos, int64_t qty) {
 /* How many lines the grants need beyond those the record has. */
 static uint32_t lines_needed(const atp_rrec_t *r, const grants_t *g) {
   const atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
-  uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed), extra = 0;
+  uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed),
+           extra = 0;
   for (uint32_t i = 0; i < g->count; i++) {
     uint32_t j = 0;
     while (j < count && rl[j].pos != g->items[i].pos) j++;
@@ -575,18 +601,23 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
                 atp_shortfalls_t *shortfalls, atp_result_t *result) {
   ATP_ASSERT(out);
   if (shortfalls) shortfalls->count = 0;
-  if (!atp_id_valid(req->id)) return bad(result, "id", "id must be 1..128 printable bytes");
+  if (!atp_id_valid(req->id))
+    return bad(result, "id", "id must be 1..128 printable bytes");
   int rc = check_req_lines("lines", req->lines, req->line_count, 1, result);
   if (rc) return rc;
   if (req->ttl_ms && (req->ttl_ms < ATP_TTL_MS_MIN || req->ttl_ms > ATP_TTL_MS_MAX))
     return bad(result, "ttl_ms", "ttl_ms must be 1000..604800000");
-  if (!opt_valid(req->order_ref)) return bad(result, "order_ref", "order_ref must be 1..128 printable bytes");
-  if (!opt_valid(req->channel)) return bad(result, "channel", "channel must be 1..128 printable bytes");
+  if (!opt_valid(req->order_ref))
+    return bad(result, "order_ref", "order_ref must be 1..128 printable bytes");
+  if (!opt_valid(req->channel))
+    return bad(result, "channel", "channel must be 1..128 printable bytes");
   if (!opt_valid(req->customer_id))
     return bad(result, "customer_id", "customer_id must be 1..128 printable bytes");
-  uint64_t content = hash_lines(atp_hash_int(0x5e5e, req->ttl_ms), req->lines, req->line_count);
-  content = atp_hash_str(atp_hash_str(atp_hash_str(content, req->order_ref), req->channel),
-                         req->customer_id);
+  uint64_t content =
+      hash_lines(atp_hash_int(0x5e5e, req->ttl_ms), req->lines, req->line_count);
+  content =
+      atp_hash_str(atp_hash_str(atp_hash_str(content, req->order_ref), req->channel),
+                   req->customer_id);
 
   uint64_t hash = atp_hash_bytes(req->id.ptr, req->id.len);
   uint32_t found = rec_find_from(e, atp_keyed_head(&e->rtable, hash), hash, req->id);
@@ -608,8 +639,9 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
   e->rtable.hash[idx] = hash;
   atomic_store_explicit(&e->rtable.state[idx], ATP_REC_PENDING, memory_order_relaxed);
   atp_keyed_push(&e->rtable, idx);
-  found = rec_find_from(e, atomic_load_explicit(&e->rtable.next[idx], memory_order_acquire),
-                        hash, req->id);
+  found =
+      rec_find_from(e, atomic_load_explicit(&e->rtable.next[idx], memory_order_acquire),
+                    hash, req->id);
   if (found != UINT32_MAX) { /* a twin got there first */
     atomic_store_explicit(&e->rtable.state[idx], ATP_REC_DEAD, memory_order_release);
     atp_wheel_enqueue_res(e, idx);
@@ -628,7 +660,8 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
     /* Versions moved even though nothing is held: record them so that a
      * replayed journal never hands out a version twice. */
     for (uint32_t i = 0; i < g->count; i++)
-      changes_pos(e, &ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, 0, 0, g->items[i].version);
+      changes_pos(e, &ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, 0, 0,
+                  g->items[i].version);
     atp_emit(e, ch.items, ch.count);
     atomic_store_explicit(&e->rtable.state[idx], ATP_REC_DEAD, memory_order_release);
     atp_wheel_enqueue_res(e, idx);
@@ -639,8 +672,8 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
   rec_begin(r);
   for (uint32_t i = 0; i < g->count; i++) {
     line_add(r, g->items[i].pos, g->items[i].qty);
-    changes_pos(e, &ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, g->items[i].qty, 0,
-                g->items[i].version);
+    changes_pos(e, &ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, g->items[i].qty,
+                0, g->items[i].version);
   }
   r->created_at_ms = now;
   atomic_store_explicit(&r->expires_at_ms, now + ttl, memory_order_relaxed);
@@ -657,7 +690,8 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
   return 0;
 }
 
-/* --- reads ---------------------------------------------------------------------------------- */
+/* --- reads
+ * ---------------------------------------------------------------------------------- */
 
 int atp_reservation_get(const atp_engine_t *e, atp_str_t id, atp_reservation_t *out) {
   if (!atp_id_valid(id)) return ATP_ENOTFOUND;
@@ -668,7 +702,8 @@ int atp_reservation_get(const atp_engine_t *e, atp_str_t id, atp_reservation_t *
 }
 
 /* Looks the reservation up and takes its flag; ENOTFOUND otherwise. */
-static int rec_open(atp_engine_t *e, atp_str_t id, uint32_t *idx, atp_result_t *result) {
+static int rec_open(atp_engine_t *e, atp_str_t id, uint32_t *idx,
+                    atp_result_t *result) {
   if (!atp_id_valid(id)) {
     atp_result_set(result, "id", "unknown reservation");
     return ATP_ENOTFOUND;
@@ -705,9 +740,10 @@ static void commit_lines(atp_engine_t *e, atp_rrec_t *r, changes_t *ch, atp_str_
   atomic_store_explicit(&r->expires_at_ms, ATP_TIME_NONE, memory_order_release);
 }
 
-int atp_commit(atp_engine_t *e, atp_str_t id, atp_str_t order_id, atp_reservation_t *out,
-               atp_result_t *result) {
-  if (!opt_valid(order_id)) return bad(result, "order_id", "order_id must be 1..128 printable bytes");
+int atp_commit(atp_engine_t *e, atp_str_t id, atp_str_t order_id,
+               atp_reservation_t *out, atp_result_t *result) {
+  if (!opt_valid(order_id))
+    return bad(result, "order_id", "order_id must be 1..128 printable bytes");
   uint32_t idx;
   int rc = rec_open(e, id, &idx, result);
   if (rc) return rc;
@@ -728,7 +764,8 @@ int atp_commit(atp_engine_t *e, atp_str_t id, atp_str_t order_id, atp_reservatio
   commit_lines(e, r, &ch, id);
   if (order_id.len && !atomic_load_explicit(&r->order_id_len, memory_order_relaxed)) {
     memcpy(atp_rrec_order_id(r), order_id.ptr, order_id.len);
-    atomic_store_explicit(&r->order_id_len, (uint16_t)order_id.len, memory_order_release);
+    atomic_store_explicit(&r->order_id_len, (uint16_t)order_id.len,
+                          memory_order_release);
   }
   rec_close(e, idx, &ch, ATP_CAUSE_COMMIT, NULL, out, true);
   return 0;
@@ -738,7 +775,8 @@ int atp_commit(atp_engine_t *e, atp_str_t id, atp_str_t order_id, atp_reservatio
  * to committed) and counts them as released. */
 static void release_amounts(atp_engine_t *e, atp_rrec_t *r, const int64_t *amounts,
                             changes_t *ch, atp_cause_t cause, atp_str_t id) {
-  bool committed = atomic_load_explicit(&r->status, memory_order_relaxed) == ATP_STATUS_COMMITTED;
+  bool committed =
+      atomic_load_explicit(&r->status, memory_order_relaxed) == ATP_STATUS_COMMITTED;
   uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed);
   atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
   for (uint32_t i = 0; i < count; i++) {
@@ -806,7 +844,8 @@ int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
                const atp_qty_line_t *lines, uint32_t line_count, atp_reservation_t *out,
                atp_result_t *result) {
   if (!atp_id_valid(fulfillment_id))
-    return bad(result, "fulfillment_id", "fulfillment_id must be 1..128 printable bytes");
+    return bad(result, "fulfillment_id",
+               "fulfillment_id must be 1..128 printable bytes");
   int rc = check_qty_lines("lines", lines, line_count, result);
   if (rc) return rc;
   if (!atp_id_valid(id)) {
@@ -855,7 +894,8 @@ int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
     uint64_t v = atp_pos_fulfil(e, p, amounts[i], now);
     atp_pos_unlock(p);
     atomic_fetch_add_explicit(&rl[i].fulfilled, amounts[i], memory_order_acq_rel);
-    changes_pos(e, &ch, ATP_CAUSE_FULFIL, fulfillment_id, rl[i].pos, -amounts[i], 0, -amounts[i], v);
+    changes_pos(e, &ch, ATP_CAUSE_FULFIL, fulfillment_id, rl[i].pos, -amounts[i], 0,
+                -amounts[i], v);
     if (e->config.on_change) ch.items[ch.count - 1].u.position.occurred_at_ms = now;
   }
   end_if_empty(e, r, idx, ATP_STATUS_FULFILLED, now);
@@ -865,15 +905,18 @@ int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
   return 0;
 }
 
-int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id, const atp_qty_line_t *release,
-              uint32_t release_count, const atp_line_req_t *add, uint32_t add_count,
-              atp_reservation_t *out, atp_shortfalls_t *shortfalls, atp_result_t *result) {
+int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id,
+              const atp_qty_line_t *release, uint32_t release_count,
+              const atp_line_req_t *add, uint32_t add_count, atp_reservation_t *out,
+              atp_shortfalls_t *shortfalls, atp_result_t *result) {
   if (shortfalls) shortfalls->count = 0;
-  if (!atp_id_valid(amend_id)) return bad(result, "amend_id", "amend_id must be 1..128 printable bytes");
+  if (!atp_id_valid(amend_id))
+    return bad(result, "amend_id", "amend_id must be 1..128 printable bytes");
   int rc = check_qty_lines("release", release, release_count, result);
   if (rc) return rc;
   if ((rc = check_req_lines("add", add, add_count, 0, result))) return rc;
-  if (release_count + add_count == 0) return bad(result, "add", "an amend releases or adds something");
+  if (release_count + add_count == 0)
+    return bad(result, "add", "an amend releases or adds something");
   if (!atp_id_valid(id)) {
     atp_result_set(result, "id", "unknown reservation");
     return ATP_ENOTFOUND;
@@ -916,7 +959,8 @@ int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id, const atp_qty_l
   }
   if (rc) {
     for (uint32_t i = 0; i < g->count; i++)
-      changes_pos(e, &ch, ATP_CAUSE_AMEND, amend_id, g->items[i].pos, 0, 0, 0, g->items[i].version);
+      changes_pos(e, &ch, ATP_CAUSE_AMEND, amend_id, g->items[i].pos, 0, 0, 0,
+                  g->items[i].version);
     atp_emit(e, ch.items, ch.count);
     atp_idem_fail(e, irec);
     rec_close(e, idx, &ch, ATP_CAUSE_AMEND, NULL, out, false);
@@ -936,14 +980,16 @@ int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id, const atp_qty_l
   return 0;
 }
 
-/* --- expiry (ticker thread) -------------------------------------------------------------- */
+/* --- expiry (ticker thread)
+ * -------------------------------------------------------------- */
 
 /* Ticker: what the record's time means, decided under its flag so that a
  * concurrent commit, release or extend cannot be half-seen. Expires a held
  * reservation that is due (returns true). *due gets when to look again
  * (ATP_TIME_NONE: not until something changes), *purge whether its retention
  * has passed. */
-bool atp_rrec_due(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due, bool *purge) {
+bool atp_rrec_due(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due,
+                  bool *purge) {
   *due = ATP_TIME_NONE;
   *purge = false;
   uint32_t state = atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire);
@@ -960,8 +1006,10 @@ bool atp_rrec_due(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due, b
     int64_t until = atomic_load_explicit(&r->ended_at_ms, memory_order_relaxed) +
                     e->config.ended_ttl_ms;
     atomic_store_explicit(&r->lock, 0, memory_order_release);
-    if (until <= now_ms) *purge = true;
-    else *due = until;
+    if (until <= now_ms)
+      *purge = true;
+    else
+      *due = until;
     return false;
   }
   int64_t expires = atomic_load_explicit(&r->expires_at_ms, memory_order_relaxed);
@@ -1004,7 +1052,9 @@ void atp_rrec_purged(atp_engine_t *e, uint32_t idx) {
   atp_emit(e, &c, 1);
 }
 
-/* --- replay ------------------------------------------------------------------------------------ */
+/* --- replay
+ * ------------------------------------------------------------------------------------
+ */
 
 int atp_reservation_apply(atp_engine_t *e, const atp_change_t *c) {
   const atp_reservation_t *v = c->u.reservation;
@@ -1025,7 +1075,9 @@ int atp_reservation_apply(atp_engine_t *e, const atp_change_t *c) {
   if (idx == UINT32_MAX) {
     idx = atp_keyed_alloc(&e->rtable);
     if (idx == UINT32_MAX) return ATP_EFULL;
-    atp_reserve_req_t req = {.id = v->id, .order_ref = v->order_ref, .channel = v->channel,
+    atp_reserve_req_t req = {.id = v->id,
+                             .order_ref = v->order_ref,
+                             .channel = v->channel,
                              .customer_id = v->customer_id};
     atp_rrec_t *r = &e->rrecs[idx];
     if (rec_init(r, &req)) return ATP_ENOMEM;
@@ -1051,7 +1103,8 @@ int atp_reservation_apply(atp_engine_t *e, const atp_change_t *c) {
   atp_rline_t *rl = atomic_load(&r->lines);
   for (uint32_t i = 0; i < v->line_count; i++) {
     uint32_t pos;
-    if ((rc = atp_pos_find_or_create(e, v->lines[i].sku, v->lines[i].location, &pos))) return rc;
+    if ((rc = atp_pos_find_or_create(e, v->lines[i].sku, v->lines[i].location, &pos)))
+      return rc;
     rl[i].pos = pos;
     atomic_store(&rl[i].qty, v->lines[i].qty);
     atomic_store(&rl[i].fulfilled, v->lines[i].fulfilled);

@@ -11,7 +11,7 @@
 #include "atp/log.h"
 
 #define ONE_MIB ATP_HTTP_BODY_BYTES_MAX
-#define BULK ATP_HTTP_BULK_BODY_BYTES_MAX
+#define BULK    ATP_HTTP_BULK_BODY_BYTES_MAX
 
 /* Order matters only for speed: the hottest routes come first, since matching
  * is a linear scan (about twenty short string compares at worst). */
@@ -22,12 +22,12 @@ static const atp_route_t routes[] = {
      atp_route_availability_query},
     {ATP_HTTP_POST, "/v1/reservations", ATP_ACCESS_CHECKOUT, ATP_FIELD_RESERVATIONS,
      ONE_MIB, atp_route_reservation_create},
-    {ATP_HTTP_GET, "/v1/reservations/{id}", ATP_ACCESS_CHECKOUT, ATP_FIELD_NONE, ONE_MIB,
-     atp_route_reservation_get},
+    {ATP_HTTP_GET, "/v1/reservations/{id}", ATP_ACCESS_CHECKOUT, ATP_FIELD_NONE,
+     ONE_MIB, atp_route_reservation_get},
     {ATP_HTTP_POST, "/v1/reservations/{id}/commit", ATP_ACCESS_CHECKOUT, ATP_FIELD_NONE,
      ONE_MIB, atp_route_reservation_commit},
-    {ATP_HTTP_POST, "/v1/reservations/{id}/release", ATP_ACCESS_CHECKOUT, ATP_FIELD_NONE,
-     ONE_MIB, atp_route_reservation_release},
+    {ATP_HTTP_POST, "/v1/reservations/{id}/release", ATP_ACCESS_CHECKOUT,
+     ATP_FIELD_NONE, ONE_MIB, atp_route_reservation_release},
     {ATP_HTTP_POST, "/v1/reservations/{id}/extend", ATP_ACCESS_CHECKOUT, ATP_FIELD_NONE,
      ONE_MIB, atp_route_reservation_extend},
     {ATP_HTTP_POST, "/v1/reservations/{id}/fulfil", ATP_ACCESS_CHECKOUT, ATP_FIELD_NONE,
@@ -40,15 +40,16 @@ static const atp_route_t routes[] = {
      atp_route_count},
     {ATP_HTTP_POST, "/v1/safety-stock", ATP_ACCESS_INTEGRATION, ATP_FIELD_SAFETY_STOCK,
      ONE_MIB, atp_route_safety_stock},
-    {ATP_HTTP_PUT, "/v1/groups/{name}", ATP_ACCESS_INTEGRATION, ATP_FIELD_GROUPS, ONE_MIB,
-     atp_route_group_put},
+    {ATP_HTTP_PUT, "/v1/groups/{name}", ATP_ACCESS_INTEGRATION, ATP_FIELD_GROUPS,
+     ONE_MIB, atp_route_group_put},
     {ATP_HTTP_GET, "/v1/groups/{name}", ATP_ACCESS_READ, ATP_FIELD_NONE, ONE_MIB,
      atp_route_group_get},
     {ATP_HTTP_DELETE, "/v1/groups/{name}", ATP_ACCESS_INTEGRATION, ATP_FIELD_NONE,
      ONE_MIB, atp_route_group_delete},
     {ATP_HTTP_GET, "/healthz", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB,
      atp_route_healthz},
-    {ATP_HTTP_GET, "/readyz", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB, atp_route_readyz},
+    {ATP_HTTP_GET, "/readyz", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_readyz},
     {ATP_HTTP_GET, "/metrics", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB,
      atp_route_metrics},
 };
@@ -68,14 +69,22 @@ uint32_t atp_route_index(const atp_route_t *route) {
 
 static const char *method_name(atp_http_method_t m) {
   switch (m) {
-    case ATP_HTTP_GET: return "GET";
-    case ATP_HTTP_HEAD: return "HEAD";
-    case ATP_HTTP_POST: return "POST";
-    case ATP_HTTP_PUT: return "PUT";
-    case ATP_HTTP_DELETE: return "DELETE";
-    case ATP_HTTP_PATCH: return "PATCH";
-    case ATP_HTTP_OPTIONS: return "OPTIONS";
-    default: return "OTHER";
+    case ATP_HTTP_GET:
+      return "GET";
+    case ATP_HTTP_HEAD:
+      return "HEAD";
+    case ATP_HTTP_POST:
+      return "POST";
+    case ATP_HTTP_PUT:
+      return "PUT";
+    case ATP_HTTP_DELETE:
+      return "DELETE";
+    case ATP_HTTP_PATCH:
+      return "PATCH";
+    case ATP_HTTP_OPTIONS:
+      return "OPTIONS";
+    default:
+      return "OTHER";
   }
 }
 
@@ -184,8 +193,9 @@ static int gate(atp_req_t *rq, const atp_route_t *route) {
     if (rc == ATP_EUNAUTH) {
       rq->res->extra_headers[rq->res->extra_header_count++] =
           "WWW-Authenticate: Bearer";
-      return atp_req_fail(rq, rc, NULL, NULL,
-                          "A valid bearer token is required (Authorization: Bearer ...).");
+      return atp_req_fail(
+          rq, rc, NULL, NULL,
+          "A valid bearer token is required (Authorization: Bearer ...).");
     }
     if (rc != 0)
       return atp_req_fail(rq, rc, NULL, NULL, "This token's role may not call %s %s.",
@@ -210,9 +220,10 @@ int atp_req_owner_check(atp_req_t *rq, atp_field_kind_t field, atp_str_t flow,
   const atp_ownership_t *own = rq->app->ownership;
   if (atp_ownership_allows(own, field, flow)) return 0;
   if (flow.len == 0)
-    return atp_req_fail(rq, ATP_ENOTOWNER, NULL, flow_key,
-                        "Writes to %s are restricted to their owners: name the sending flow.",
-                        atp_field_name(field));
+    return atp_req_fail(
+        rq, ATP_ENOTOWNER, NULL, flow_key,
+        "Writes to %s are restricted to their owners: name the sending flow.",
+        atp_field_name(field));
   return atp_req_fail(rq, ATP_ENOTOWNER, NULL, flow_key,
                       "Flow \"%.*s\" may not write %s.", (int)flow.len, flow.ptr,
                       atp_field_name(field));
@@ -249,24 +260,23 @@ void atp_router_handle(void *ctx, const atp_http_request_t *req,
   rq.body = NULL;
   rq.field[0] = '\0';
   rq.message[0] = '\0';
-  rq.in_format = req->content_type
-                     ? atp_format_from_content_type(req->content_type, req->content_type_len)
-                     : ATP_FORMAT_UNKNOWN;
-  rq.out_format = atp_format_for_response(req->accept, req->accept ? req->accept_len : 0,
-                                          rq.in_format);
+  rq.in_format = req->content_type ? atp_format_from_content_type(req->content_type,
+                                                                  req->content_type_len)
+                                   : ATP_FORMAT_UNKNOWN;
+  rq.out_format = atp_format_for_response(
+      req->accept, req->accept ? req->accept_len : 0, rq.in_format);
   if (rq.out_format != ATP_FORMAT_MSGPACK) rq.out_format = ATP_FORMAT_JSON;
   if (rq.in_format == ATP_FORMAT_UNKNOWN && req->body_len == 0)
     rq.in_format = ATP_FORMAT_JSON;
 
   bool path_known = false;
   int rc = 0;
-  rq.route = atp_router_match(req->method, req->path, req->path_len, rq.arena, rq.params,
-                              &rq.param_count, &path_known, &rc);
+  rq.route = atp_router_match(req->method, req->path, req->path_len, rq.arena,
+                              rq.params, &rq.param_count, &path_known, &rc);
   remember_route(req->request_id, atp_route_index(rq.route));
   if (!rq.route) {
     if (rc != 0) {
-      atp_req_fail(&rq, rc, NULL, NULL,
-                   "Malformed percent-encoding in the path.");
+      atp_req_fail(&rq, rc, NULL, NULL, "Malformed percent-encoding in the path.");
       atp_respond_error(&rq, rc);
       return;
     }

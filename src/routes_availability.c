@@ -22,7 +22,8 @@ static _Thread_local signed char positions_found[ATP_GROUP_LOCATIONS_MAX];
 static int write_group_availability(atp_engine_t *engine, atp_writer_t *w,
                                     atp_str_t sku, atp_str_t group, int found) {
   uint32_t count = 0;
-  int rc = atp_group_get(engine, group, group_locations, ATP_GROUP_LOCATIONS_MAX, &count);
+  int rc =
+      atp_group_get(engine, group, group_locations, ATP_GROUP_LOCATIONS_MAX, &count);
   if (rc != 0) return rc;
   if (count > ATP_GROUP_LOCATIONS_MAX) count = ATP_GROUP_LOCATIONS_MAX;
   int64_t available = 0;
@@ -42,8 +43,10 @@ static int write_group_availability(atp_engine_t *engine, atp_writer_t *w,
   atp_w_array_begin(w);
   for (uint32_t i = 0; i < count; i++) {
     /* Seen positions carry no "found" here; unseen ones say found: false. */
-    if (positions_found[i]) atp_write_position(w, &positions[i], -1);
-    else atp_write_zero_position(w, sku, group_locations[i], 0);
+    if (positions_found[i])
+      atp_write_position(w, &positions[i], -1);
+    else
+      atp_write_zero_position(w, sku, group_locations[i], 0);
   }
   atp_w_array_end(w);
   if (found >= 0) {

@@ -14,10 +14,10 @@ int atp_route_healthz(atp_req_t *rq) {
 
 int atp_route_readyz(atp_req_t *rq) {
   atp_app_t *app = rq->app;
-  if (!atp_app_engine(app) || !atomic_load_explicit(&app->ready, memory_order_acquire)) {
+  if (!atp_app_engine(app) ||
+      !atomic_load_explicit(&app->ready, memory_order_acquire)) {
     rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 1";
-    return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL,
-                        "State is not restored yet.");
+    return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "State is not restored yet.");
   }
   atp_writer_t *w = atp_respond_begin(rq, 200);
   atp_w_object_begin(w);
@@ -32,7 +32,8 @@ int atp_route_metrics(atp_req_t *rq) {
   res->status = 200;
   res->content_type = "text/plain; version=0.0.4; charset=utf-8";
   atp_buf_reset(res->body);
-  if (rq->app->metrics) atp_metrics_write(rq->app->metrics, atp_app_engine(rq->app), res->body);
+  if (rq->app->metrics)
+    atp_metrics_write(rq->app->metrics, atp_app_engine(rq->app), res->body);
   if (res->body->failed)
     return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "The metrics did not fit.");
   return 0;

@@ -100,7 +100,8 @@ static int read_line_reqs(atp_req_t *rq, const atp_val_t *obj, const char *key,
     if (rc == 0) rc = atp_get_id(rq, it, &at, "group", ATP_OPTIONAL, &l->group);
     if (rc == 0)
       rc = atp_get_int(rq, it, &at, "qty", ATP_REQUIRED, 1, ATP_QTY_MAX, &l->qty, NULL);
-    if (rc == 0) rc = atp_get_bool(rq, it, &at, "allow_split", ATP_OPTIONAL, &split, NULL);
+    if (rc == 0)
+      rc = atp_get_bool(rq, it, &at, "allow_split", ATP_OPTIONAL, &split, NULL);
     if (rc != 0) return rc;
     if (l->location.len && l->group.len)
       return atp_req_fail(rq, ATP_EBADREQ, &at, "group",
@@ -157,15 +158,17 @@ int atp_route_reservation_create(atp_req_t *rq) {
   const atp_val_t *b = rq->body;
   rc = atp_get_id(rq, b, NULL, "id", ATP_REQUIRED, &req.id);
   if (rc == 0)
-    rc = read_line_reqs(rq, b, "lines", ATP_REQUIRED, 1, ATP_RESERVATION_LINES_MAX, &lines,
-                        &req.line_count);
+    rc = read_line_reqs(rq, b, "lines", ATP_REQUIRED, 1, ATP_RESERVATION_LINES_MAX,
+                        &lines, &req.line_count);
   if (rc == 0)
-    rc = atp_get_int(rq, b, NULL, "ttl_ms", ATP_OPTIONAL, ATP_TTL_MS_MIN, ATP_TTL_MS_MAX,
-                     &req.ttl_ms, &has_ttl);
+    rc = atp_get_int(rq, b, NULL, "ttl_ms", ATP_OPTIONAL, ATP_TTL_MS_MIN,
+                     ATP_TTL_MS_MAX, &req.ttl_ms, &has_ttl);
   if (rc == 0) rc = atp_get_id(rq, b, NULL, "order_ref", ATP_OPTIONAL, &req.order_ref);
   if (rc == 0) rc = atp_get_id(rq, b, NULL, "channel", ATP_OPTIONAL, &req.channel);
-  if (rc == 0) rc = atp_get_id(rq, b, NULL, "customer_id", ATP_OPTIONAL, &req.customer_id);
-  if (rc == 0) rc = atp_req_owner_check(rq, ATP_FIELD_RESERVATIONS, req.channel, "channel");
+  if (rc == 0)
+    rc = atp_get_id(rq, b, NULL, "customer_id", ATP_OPTIONAL, &req.customer_id);
+  if (rc == 0)
+    rc = atp_req_owner_check(rq, ATP_FIELD_RESERVATIONS, req.channel, "channel");
   if (rc != 0) return rc;
   if (!has_ttl) req.ttl_ms = ATP_TTL_MS_DEFAULT;
   req.lines = lines;
@@ -220,10 +223,11 @@ int atp_route_reservation_release(atp_req_t *rq) {
   int rc = reservation_id(rq, &id);
   if (rc == 0) rc = atp_req_parse_body(rq, false);
   if (rc == 0)
-    rc = atp_get_text(rq, rq->body, NULL, "reason", ATP_OPTIONAL, REASON_BYTES_MAX, &reason);
+    rc = atp_get_text(rq, rq->body, NULL, "reason", ATP_OPTIONAL, REASON_BYTES_MAX,
+                      &reason);
   if (rc == 0)
-    rc = read_qty_lines(rq, rq->body, "lines", ATP_OPTIONAL, 1, ATP_RESERVATION_POSITIONS_MAX,
-                        &lines, &count);
+    rc = read_qty_lines(rq, rq->body, "lines", ATP_OPTIONAL, 1,
+                        ATP_RESERVATION_POSITIONS_MAX, &lines, &count);
   if (rc != 0) return rc;
   atp_reservation_t *r = atp_req_reservation();
   atp_result_t result;
@@ -257,15 +261,17 @@ int atp_route_reservation_fulfil(atp_req_t *rq) {
   int rc = reservation_id(rq, &id);
   if (rc == 0) rc = atp_req_parse_body(rq, true);
   if (rc == 0)
-    rc = atp_get_id(rq, rq->body, NULL, "fulfillment_id", ATP_REQUIRED, &fulfillment_id);
+    rc =
+        atp_get_id(rq, rq->body, NULL, "fulfillment_id", ATP_REQUIRED, &fulfillment_id);
   if (rc == 0)
-    rc = read_qty_lines(rq, rq->body, "lines", ATP_OPTIONAL, 1, ATP_RESERVATION_POSITIONS_MAX,
-                        &lines, &count);
+    rc = read_qty_lines(rq, rq->body, "lines", ATP_OPTIONAL, 1,
+                        ATP_RESERVATION_POSITIONS_MAX, &lines, &count);
   if (rc != 0) return rc;
   atp_reservation_t *r = atp_req_reservation();
   atp_result_t result;
   result_init(&result);
-  rc = atp_fulfil(atp_app_engine(rq->app), id, fulfillment_id, lines, count, r, &result);
+  rc =
+      atp_fulfil(atp_app_engine(rq->app), id, fulfillment_id, lines, count, r, &result);
   if (rc != 0) return respond_engine_error(rq, rc, &result, NULL);
   return respond_reservation(rq, 200, r);
 }
@@ -282,8 +288,8 @@ int atp_route_reservation_amend(atp_req_t *rq) {
     rc = read_qty_lines(rq, rq->body, "release", ATP_REQUIRED, 0,
                         ATP_RESERVATION_POSITIONS_MAX, &release, &release_count);
   if (rc == 0)
-    rc = read_line_reqs(rq, rq->body, "add", ATP_REQUIRED, 0, ATP_RESERVATION_LINES_MAX, &add,
-                        &add_count);
+    rc = read_line_reqs(rq, rq->body, "add", ATP_REQUIRED, 0, ATP_RESERVATION_LINES_MAX,
+                        &add, &add_count);
   if (rc != 0) return rc;
   if (release_count == 0 && add_count == 0)
     return atp_req_fail(rq, ATP_EBADREQ, NULL, "add",

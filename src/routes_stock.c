@@ -35,9 +35,10 @@ static int read_reason(atp_req_t *rq, atp_reason_t *out) {
   int rc = atp_get_id(rq, rq->body, NULL, "reason", ATP_REQUIRED, &name);
   if (rc != 0) return rc;
   if (atp_reason_parse(name, out) != 0)
-    return atp_req_fail(rq, ATP_EBADREQ, NULL, "reason",
-                        "Must be one of received, sale, return_restock, damaged, shrink, "
-                        "correction, transfer_in, transfer_out, other.");
+    return atp_req_fail(
+        rq, ATP_EBADREQ, NULL, "reason",
+        "Must be one of received, sale, return_restock, damaged, shrink, "
+        "correction, transfer_in, transfer_out, other.");
   return 0;
 }
 
@@ -63,9 +64,10 @@ int atp_route_adjustment(atp_req_t *rq) {
                       &has_time);
   if (rc == 0) rc = atp_get_id(rq, b, NULL, "ref", ATP_OPTIONAL, &req.ref);
   if (rc == 0)
-    rc = atp_get_int(rq, b, NULL, "change_from", ATP_OPTIONAL, -ATP_QTY_MAX, ATP_QTY_MAX,
-                     &req.change_from, &req.has_change_from);
-  if (rc == 0) rc = atp_req_owner_check(rq, ATP_FIELD_ADJUSTMENTS, req.source, "source");
+    rc = atp_get_int(rq, b, NULL, "change_from", ATP_OPTIONAL, -ATP_QTY_MAX,
+                     ATP_QTY_MAX, &req.change_from, &req.has_change_from);
+  if (rc == 0)
+    rc = atp_req_owner_check(rq, ATP_FIELD_ADJUSTMENTS, req.source, "source");
   if (rc != 0) return rc;
   if (!has_time) req.occurred_at_ms = ATP_TIME_NONE;
 
@@ -109,11 +111,12 @@ int atp_route_count(atp_req_t *rq) {
     rc = atp_get_int(rq, b, NULL, "on_hand", ATP_REQUIRED, 0, ATP_QTY_MAX, &req.on_hand,
                      NULL);
   if (rc == 0)
-    rc = atp_get_time(rq, b, NULL, "counted_at", ATP_REQUIRED, &req.counted_at_ms, NULL);
+    rc =
+        atp_get_time(rq, b, NULL, "counted_at", ATP_REQUIRED, &req.counted_at_ms, NULL);
   if (rc == 0) rc = atp_get_id(rq, b, NULL, "source", ATP_REQUIRED, &req.source);
   if (rc == 0)
-    rc = atp_get_int(rq, b, NULL, "change_from", ATP_OPTIONAL, -ATP_QTY_MAX, ATP_QTY_MAX,
-                     &req.change_from, &req.has_change_from);
+    rc = atp_get_int(rq, b, NULL, "change_from", ATP_OPTIONAL, -ATP_QTY_MAX,
+                     ATP_QTY_MAX, &req.change_from, &req.has_change_from);
   if (rc == 0) rc = atp_req_owner_check(rq, ATP_FIELD_COUNTS, req.source, "source");
   if (rc != 0) return rc;
 
@@ -212,7 +215,8 @@ int atp_route_group_put(atp_req_t *rq) {
     /* O(n^2) over at most 1000 names (~0.5M short compares, under a
      * millisecond): groups change rarely, and a named 400 beats a vague one. */
     for (uint32_t k = 0; k < i; k++) {
-      if (group_locations[k].len == v->len && !memcmp(group_locations[k].ptr, v->u.s, v->len)) {
+      if (group_locations[k].len == v->len &&
+          !memcmp(group_locations[k].ptr, v->u.s, v->len)) {
         atp_at_t at = {"locations", (int32_t)i, NULL};
         return atp_req_fail(rq, ATP_EBADREQ, &at, NULL, "Duplicate location.");
       }

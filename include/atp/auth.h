@@ -41,7 +41,7 @@ typedef enum {
   ATP_ACCESS_OPS,         /* ops */
 } atp_access_t;
 
-#define ATP_AUTH_TOKENS_MAX 1024
+#define ATP_AUTH_TOKENS_MAX      1024
 #define ATP_AUTH_TOKEN_BYTES_MAX 256
 
 typedef struct {

@@ -28,8 +28,8 @@
 typedef enum {
   ATP_FORMAT_JSON = 0,
   ATP_FORMAT_MSGPACK = 1,
-  ATP_FORMAT_NDJSON = 2,  /* input only: one JSON value per line (batch) */
-  ATP_FORMAT_CSV = 3,     /* input only: not parsed by this module */
+  ATP_FORMAT_NDJSON = 2, /* input only: one JSON value per line (batch) */
+  ATP_FORMAT_CSV = 3,    /* input only: not parsed by this module */
   ATP_FORMAT_UNKNOWN = -1,
 } atp_format_t;
 
@@ -52,8 +52,8 @@ const char *atp_format_content_type(atp_format_t format);
 typedef enum {
   ATP_VAL_NULL,
   ATP_VAL_BOOL,
-  ATP_VAL_INT,    /* fits int64 */
-  ATP_VAL_FLOAT,  /* a number with a fraction or exponent; never a quantity */
+  ATP_VAL_INT,   /* fits int64 */
+  ATP_VAL_FLOAT, /* a number with a fraction or exponent; never a quantity */
   ATP_VAL_STR,
   ATP_VAL_ARRAY,
   ATP_VAL_OBJECT,
@@ -69,9 +69,9 @@ struct atp_val {
     bool b;
     int64_t i;
     double f;
-    const char *s;          /* NUL-terminated copy in the arena; may hold NULs */
-    atp_val_t *items;       /* ARRAY */
-    atp_member_t *members;  /* OBJECT, in input order, keys unique */
+    const char *s;         /* NUL-terminated copy in the arena; may hold NULs */
+    atp_val_t *items;      /* ARRAY */
+    atp_member_t *members; /* OBJECT, in input order, keys unique */
   } u;
 };
 
@@ -82,8 +82,8 @@ struct atp_member {
 };
 
 typedef struct {
-  size_t offset;      /* byte offset in the body where parsing failed */
-  char message[128];  /* "unexpected end of input", "duplicate key \"qty\"" */
+  size_t offset;     /* byte offset in the body where parsing failed */
+  char message[128]; /* "unexpected end of input", "duplicate key \"qty\"" */
 } atp_parse_error_t;
 
 /* Parses one value in format JSON or MSGPACK (the whole body must be one value,
@@ -120,13 +120,13 @@ static inline const atp_val_t *atp_val_get(const atp_val_t *object, const char *
 #define ATP_WRITER_DEPTH_MAX 32
 
 typedef struct {
-  atp_format_t format;  /* JSON or MSGPACK */
-  atp_buf_t *buf;       /* output, appended to */
-  uint32_t depth;       /* open containers */
-  uint32_t count[ATP_WRITER_DEPTH_MAX];  /* items/members in each open one */
+  atp_format_t format;                    /* JSON or MSGPACK */
+  atp_buf_t *buf;                         /* output, appended to */
+  uint32_t depth;                         /* open containers */
+  uint32_t count[ATP_WRITER_DEPTH_MAX];   /* items/members in each open one */
   size_t header_at[ATP_WRITER_DEPTH_MAX]; /* msgpack: where its header is */
   bool is_object[ATP_WRITER_DEPTH_MAX];
-  bool want_value;      /* a key was written, its value is next */
+  bool want_value; /* a key was written, its value is next */
 } atp_writer_t;
 
 void atp_writer_init(atp_writer_t *w, atp_format_t format, atp_buf_t *buf);

@@ -25,22 +25,23 @@ typedef enum {
 } atp_durability_t;
 
 typedef struct {
-  char host[ATP_CONFIG_HOST_BYTES_MAX]; /* "127.0.0.1"; IPv6 given as [::1] is stored bare */
+  char host[ATP_CONFIG_HOST_BYTES_MAX]; /* "127.0.0.1"; IPv6 given as [::1] is stored
+                                           bare */
   int port;                             /* 0..65535; 0 picks a free port */
   char data_dir[ATP_CONFIG_PATH_BYTES_MAX]; /* "./var" */
-  int threads;                          /* 1..ATP_HTTP_THREADS_MAX; default nproc */
+  int threads;                              /* 1..ATP_HTTP_THREADS_MAX; default nproc */
   atp_durability_t durability;
   char redis_url[ATP_CONFIG_PATH_BYTES_MAX]; /* "" when not set; else validated */
   char redis_host[ATP_CONFIG_HOST_BYTES_MAX];
-  int redis_port;                       /* default 6379 */
-  int redis_db;                         /* default 0 */
-  int64_t snapshot_interval_s;          /* 1..86400*7, default 300 */
+  int redis_port;                                 /* default 6379 */
+  int redis_db;                                   /* default 0 */
+  int64_t snapshot_interval_s;                    /* 1..86400*7, default 300 */
   char tokens_file[ATP_CONFIG_PATH_BYTES_MAX];    /* "" : auth off */
   char ownership_file[ATP_CONFIG_PATH_BYTES_MAX]; /* "" : everyone writes */
-  bool demo;                            /* load the demo catalogue when empty */
-  bool access_log;                      /* one JSON line per request (default on) */
-  bool print_routes;                    /* --routes: print the table and exit */
-  bool print_help;                      /* --help: print usage and exit */
+  bool demo;         /* load the demo catalogue when empty */
+  bool access_log;   /* one JSON line per request (default on) */
+  bool print_routes; /* --routes: print the table and exit */
+  bool print_help;   /* --help: print usage and exit */
 } atp_config_t;
 
 /* Fills *cfg with the defaults, then the ATPD_* environment, then argv.

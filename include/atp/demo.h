@@ -14,7 +14,7 @@
 
 #include "atp/engine.h"
 
-#define ATP_DEMO_SKUS 3000
+#define ATP_DEMO_SKUS   3000
 #define ATP_DEMO_STORES 10
 
 /* Loads the catalogue when the engine holds no position; *positions gets how

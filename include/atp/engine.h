@@ -73,12 +73,12 @@ typedef struct {
   atp_str_t location;
   int64_t on_hand;
   int64_t safety_stock;
-  int64_t reserved;     /* units of held reservations */
-  int64_t committed;    /* units of committed reservations not yet fulfilled */
-  int64_t available;    /* max(0, on_hand - safety_stock - reserved - committed) */
-  int64_t shortfall;    /* max(0, reserved + committed - on_hand) */
+  int64_t reserved;      /* units of held reservations */
+  int64_t committed;     /* units of committed reservations not yet fulfilled */
+  int64_t available;     /* max(0, on_hand - safety_stock - reserved - committed) */
+  int64_t shortfall;     /* max(0, reserved + committed - on_hand) */
   int64_t counted_at_ms; /* ATP_TIME_NONE if never counted */
-  uint64_t version;     /* strictly increasing on every change; 0 never used */
+  uint64_t version;      /* strictly increasing on every change; 0 never used */
 } atp_position_t;
 
 /* --- reservations ---------------------------------------------------------- */
@@ -114,9 +114,9 @@ typedef struct {
 typedef struct {
   atp_str_t id;
   const atp_line_req_t *lines;
-  uint32_t line_count;         /* 1..ATP_RESERVATION_LINES_MAX */
-  int64_t ttl_ms;              /* 0: ATP_TTL_MS_DEFAULT; else MIN..MAX */
-  atp_str_t order_ref;         /* optional (len 0 when absent), also channel... */
+  uint32_t line_count; /* 1..ATP_RESERVATION_LINES_MAX */
+  int64_t ttl_ms;      /* 0: ATP_TTL_MS_DEFAULT; else MIN..MAX */
+  atp_str_t order_ref; /* optional (len 0 when absent), also channel... */
   atp_str_t channel;
   atp_str_t customer_id;
 } atp_reserve_req_t;
@@ -138,12 +138,12 @@ typedef struct {
   int64_t created_at_ms;
   int64_t expires_at_ms; /* ATP_TIME_NONE unless status is held */
   int64_t ttl_ms;
-  int64_t ended_at_ms;   /* ATP_TIME_NONE while held or committed */
-  atp_str_t order_ref;   /* len 0 when absent; likewise the three below */
+  int64_t ended_at_ms; /* ATP_TIME_NONE while held or committed */
+  atp_str_t order_ref; /* len 0 when absent; likewise the three below */
   atp_str_t order_id;
   atp_str_t channel;
   atp_str_t customer_id;
-  bool replayed;         /* the call was an idempotent replay */
+  bool replayed; /* the call was an idempotent replay */
   uint32_t line_count;
   atp_res_line_t lines[ATP_RESERVATION_POSITIONS_MAX];
   char text[5 * ATP_ID_BYTES_MAX + 8]; /* backing for id and the four strings */
@@ -151,12 +151,12 @@ typedef struct {
 
 /* Why a reserve or amend could not be filled: one entry per failing line. */
 typedef struct {
-  uint32_t line;       /* index into the request's lines (amend: its add list) */
+  uint32_t line; /* index into the request's lines (amend: its add list) */
   atp_str_t sku;
-  atp_str_t location;  /* the line's location, or len 0 */
-  atp_str_t group;     /* the line's group, or len 0 */
+  atp_str_t location; /* the line's location, or len 0 */
+  atp_str_t group;    /* the line's group, or len 0 */
   int64_t requested;
-  int64_t available;   /* at the position, or summed over the group */
+  int64_t available; /* at the position, or summed over the group */
 } atp_shortfall_t;
 
 typedef struct {
@@ -275,8 +275,8 @@ typedef struct {
   atp_str_t id;
   uint64_t content_hash; /* of the request's content, for mismatch detection */
   int64_t created_at_ms;
-  uint32_t flags;        /* outcome bits (applied, absorbed, stale, approximate) */
-  atp_position_t position; /* the outcome's position (adjust, count) */
+  uint32_t flags;           /* outcome bits (applied, absorbed, stale, approximate) */
+  atp_position_t position;  /* the outcome's position (adjust, count) */
   atp_str_t reservation_id; /* fulfil and amend: the reservation they acted on */
 } atp_change_idem_t;
 
@@ -303,22 +303,21 @@ typedef struct {
  * of that change (count >= 1), after the change is visible. Must not call back
  * into the engine. The records and every string they point to are valid only
  * during the call. Calls from different threads may overlap. */
-typedef void (*atp_change_fn)(void *ctx, const atp_change_t *records,
-                              uint32_t count);
+typedef void (*atp_change_fn)(void *ctx, const atp_change_t *records, uint32_t count);
 
 /* The engine's clock, in ms since the Unix epoch. Tests inject their own. */
 typedef int64_t (*atp_clock_fn)(void *ctx);
 
 typedef struct {
-  uint32_t positions_max;    /* 0: ATP_POSITIONS_MAX_DEFAULT */
-  uint32_t reservations_max; /* 0: ATP_RESERVATIONS_MAX_DEFAULT */
-  uint32_t idempotency_max;  /* 0: ATP_IDEMPOTENCY_MAX_DEFAULT */
+  uint32_t positions_max;     /* 0: ATP_POSITIONS_MAX_DEFAULT */
+  uint32_t reservations_max;  /* 0: ATP_RESERVATIONS_MAX_DEFAULT */
+  uint32_t idempotency_max;   /* 0: ATP_IDEMPOTENCY_MAX_DEFAULT */
   int64_t idempotency_ttl_ms; /* 0: ATP_IDEMPOTENCY_TTL_MS_DEFAULT */
   int64_t ended_ttl_ms;       /* 0: ATP_ENDED_TTL_MS_DEFAULT */
   int64_t history_window_ms;  /* 0: ATP_HISTORY_WINDOW_MS_DEFAULT */
   atp_clock_fn clock;         /* NULL: the real-time clock */
   void *clock_ctx;
-  atp_change_fn on_change;    /* NULL: no hook */
+  atp_change_fn on_change; /* NULL: no hook */
   void *change_ctx;
 } atp_engine_config_t;
 
@@ -355,15 +354,15 @@ void atp_engine_stats(const atp_engine_t *engine, atp_engine_stats_t *out);
 /* --- reads (never block, never take a mutex) ------------------------------- */
 
 /* ATP_ENOTFOUND if the position was never seen. Thread: any. */
-int atp_position_get(const atp_engine_t *engine, atp_str_t sku,
-                     atp_str_t location, atp_position_t *out);
+int atp_position_get(const atp_engine_t *engine, atp_str_t sku, atp_str_t location,
+                     atp_position_t *out);
 
 /* Every position of sku, sorted by available descending then location
  * ascending, at most out_max of them; *count gets how many exist (may exceed
  * out_max: then the first out_max in that order are written). 0 for an unknown
  * sku. Thread: any. */
-int atp_sku_positions(const atp_engine_t *engine, atp_str_t sku,
-                      atp_position_t *out, uint32_t out_max, uint32_t *count);
+int atp_sku_positions(const atp_engine_t *engine, atp_str_t sku, atp_position_t *out,
+                      uint32_t out_max, uint32_t *count);
 
 /* The group's locations in order into out (at most out_max), *count gets the
  * number. ATP_ENOTFOUND for an unknown group. Thread: any. */
@@ -401,12 +400,12 @@ int atp_safety_stock_set(atp_engine_t *engine, atp_str_t sku, atp_str_t location
 /* Adjusts on_hand by delta (CONTRACT.md section 5). ATP_ECONFLICT when
  * change_from differs (result->current_on_hand, and res->position filled);
  * ATP_EIDEMPOTENCY when the id was used with other content. */
-int atp_adjust(atp_engine_t *engine, const atp_adjust_req_t *req,
-               atp_adjust_res_t *res, atp_result_t *result);
+int atp_adjust(atp_engine_t *engine, const atp_adjust_req_t *req, atp_adjust_res_t *res,
+               atp_result_t *result);
 
 /* Applies a count (CONTRACT.md section 5). */
-int atp_count(atp_engine_t *engine, const atp_count_req_t *req,
-              atp_count_res_t *res, atp_result_t *result);
+int atp_count(atp_engine_t *engine, const atp_count_req_t *req, atp_count_res_t *res,
+              atp_result_t *result);
 
 /* Holds every line or none. On ATP_EINSUFFICIENT, *shortfalls (if not NULL)
  * lists the failing lines and nothing is held. The same id with the same
@@ -438,8 +437,8 @@ int atp_extend(atp_engine_t *engine, atp_str_t id, int64_t ttl_ms,
  * committed drop together. A held reservation is committed first. Fulfilled
  * when nothing remains. fulfillment_id is an idempotency key. */
 int atp_fulfil(atp_engine_t *engine, atp_str_t id, atp_str_t fulfillment_id,
-               const atp_qty_line_t *lines, uint32_t line_count,
-               atp_reservation_t *out, atp_result_t *result);
+               const atp_qty_line_t *lines, uint32_t line_count, atp_reservation_t *out,
+               atp_result_t *result);
 
 /* Releases the release lines and holds the add lines, both or neither
  * (ATP_EINSUFFICIENT with *shortfalls indexed into add). Only while held or
@@ -447,16 +446,14 @@ int atp_fulfil(atp_engine_t *engine, atp_str_t id, atp_str_t fulfillment_id,
  * idempotency key. */
 int atp_amend(atp_engine_t *engine, atp_str_t id, atp_str_t amend_id,
               const atp_qty_line_t *release, uint32_t release_count,
-              const atp_line_req_t *add, uint32_t add_count,
-              atp_reservation_t *out, atp_shortfalls_t *shortfalls,
-              atp_result_t *result);
+              const atp_line_req_t *add, uint32_t add_count, atp_reservation_t *out,
+              atp_shortfalls_t *shortfalls, atp_result_t *result);
 
 /* --- replay (journal recovery) --------------------------------------------- */
 
 /* Applies change records as produced by the hook, without calling the hook.
  * Used to rebuild state; the engine must not be serving other calls.
  * ATP_EBADREQ for a malformed record. Thread: one, with nothing else running. */
-int atp_engine_apply(atp_engine_t *engine, const atp_change_t *records,
-                     uint32_t count);
+int atp_engine_apply(atp_engine_t *engine, const atp_change_t *records, uint32_t count);
 
 #endif

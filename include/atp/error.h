@@ -11,32 +11,32 @@
 #define ATP_ERROR_H
 
 /* X(name, value, contract code string, http status) */
-#define ATP_ERRNO_MAP(X)                                                   \
-  X(BADREQ, -1, "bad_request", 400)                                        \
-  X(UNAUTH, -2, "unauthorized", 401)                                       \
-  X(FORBIDDEN, -3, "forbidden", 403)                                       \
-  X(NOTOWNER, -4, "not_owner", 403)                                        \
-  X(NOTFOUND, -5, "not_found", 404)                                        \
-  X(INSUFFICIENT, -6, "insufficient_stock", 409)                           \
-  X(CONFLICT, -7, "conflict", 409)                                         \
-  X(TOOLARGE, -8, "payload_too_large", 413)                                \
-  X(MEDIATYPE, -9, "unsupported_media_type", 415)                          \
-  X(IDEMPOTENCY, -10, "idempotency_mismatch", 422)                         \
-  X(TOOMANY, -11, "too_many_requests", 429)                                \
-  X(UNAVAILABLE, -12, "unavailable", 503)                                  \
-  /* Not contract codes: resource limits of the engine, reported as 429 or \
+#define ATP_ERRNO_MAP(X)                                                    \
+  X(BADREQ, -1, "bad_request", 400)                                         \
+  X(UNAUTH, -2, "unauthorized", 401)                                        \
+  X(FORBIDDEN, -3, "forbidden", 403)                                        \
+  X(NOTOWNER, -4, "not_owner", 403)                                         \
+  X(NOTFOUND, -5, "not_found", 404)                                         \
+  X(INSUFFICIENT, -6, "insufficient_stock", 409)                            \
+  X(CONFLICT, -7, "conflict", 409)                                          \
+  X(TOOLARGE, -8, "payload_too_large", 413)                                 \
+  X(MEDIATYPE, -9, "unsupported_media_type", 415)                           \
+  X(IDEMPOTENCY, -10, "idempotency_mismatch", 422)                          \
+  X(TOOMANY, -11, "too_many_requests", 429)                                 \
+  X(UNAVAILABLE, -12, "unavailable", 503)                                   \
+  /* Not contract codes: resource limits of the engine, reported as 429 or  \
    * 503 so that a client backs off instead of treating them as its bug. */ \
-  X(FULL, -13, "too_many_requests", 429)                                   \
-  X(NOMEM, -14, "unavailable", 503)                                        \
-  X(OVERFLOW, -15, "bad_request", 400)                                     \
-  X(HEADERS, -16, "bad_request", 431)                                      \
+  X(FULL, -13, "too_many_requests", 429)                                    \
+  X(NOMEM, -14, "unavailable", 503)                                         \
+  X(OVERFLOW, -15, "bad_request", 400)                                      \
+  X(HEADERS, -16, "bad_request", 431)                                       \
   X(INTERNAL, -17, "internal", 500)
 
 typedef enum {
 #define ATP_ERRNO_ENUM(name, value, code, status) ATP_E##name = value,
   ATP_ERRNO_MAP(ATP_ERRNO_ENUM)
 #undef ATP_ERRNO_ENUM
-  ATP_ERRNO_MIN = -17
+      ATP_ERRNO_MIN = -17
 } atp_errno_t;
 
 /* The contract's error code string for err ("bad_request", ...); "internal" for

@@ -11,15 +11,15 @@
 #define ATP_ID_BYTES_MAX 128
 
 /* Reservations. */
-#define ATP_RESERVATION_LINES_MAX 100      /* lines in one request */
-#define ATP_RESERVATION_POSITIONS_MAX 1000 /* lines after group split */
-#define ATP_TTL_MS_DEFAULT 900000LL        /* 15 min */
-#define ATP_TTL_MS_MIN 1000LL
-#define ATP_TTL_MS_MAX 604800000LL /* 7 days */
+#define ATP_RESERVATION_LINES_MAX     100      /* lines in one request */
+#define ATP_RESERVATION_POSITIONS_MAX 1000     /* lines after group split */
+#define ATP_TTL_MS_DEFAULT            900000LL /* 15 min */
+#define ATP_TTL_MS_MIN                1000LL
+#define ATP_TTL_MS_MAX                604800000LL /* 7 days */
 
 /* Groups. */
 #define ATP_GROUP_LOCATIONS_MAX 1000
-#define ATP_GROUPS_MAX 65536
+#define ATP_GROUPS_MAX          65536
 
 /* Quantities: every counter stays within +-ATP_QTY_MAX, so that no sum of two
  * of them can overflow int64; a change that would leave that range is refused
@@ -27,33 +27,33 @@
 #define ATP_QTY_MAX 1000000000000000LL /* 1e15 */
 
 /* Retention defaults (configurable in atp_engine_config_t). */
-#define ATP_IDEMPOTENCY_TTL_MS_DEFAULT 86400000LL /* 24 h */
-#define ATP_ENDED_TTL_MS_DEFAULT 86400000LL       /* 24 h */
-#define ATP_HISTORY_WINDOW_MS_DEFAULT 259200000LL /* 72 h */
-#define ATP_HISTORY_ENTRIES_MAX 1024              /* per position */
+#define ATP_IDEMPOTENCY_TTL_MS_DEFAULT 86400000LL  /* 24 h */
+#define ATP_ENDED_TTL_MS_DEFAULT       86400000LL  /* 24 h */
+#define ATP_HISTORY_WINDOW_MS_DEFAULT  259200000LL /* 72 h */
+#define ATP_HISTORY_ENTRIES_MAX        1024        /* per position */
 
 /* Engine capacities (defaults; configurable). */
-#define ATP_POSITIONS_MAX_DEFAULT (1u << 21)    /* 2M */
+#define ATP_POSITIONS_MAX_DEFAULT (1u << 21) /* 2M */
 /* Reservations are kept 24 h after they end: 4M covers ~46 a second all day.
  * Records are allocated up front but touched only when used (~430 bytes each). */
 #define ATP_RESERVATIONS_MAX_DEFAULT (1u << 22) /* 4M, live plus retained */
-#define ATP_IDEMPOTENCY_MAX_DEFAULT (1u << 22)  /* 4M adjustment/count/fulfil ids */
+#define ATP_IDEMPOTENCY_MAX_DEFAULT  (1u << 22) /* 4M adjustment/count/fulfil ids */
 
 /* HTTP. */
-#define ATP_HTTP_HEADER_BYTES_MAX (64 * 1024)
-#define ATP_HTTP_BODY_BYTES_MAX (1024 * 1024)
+#define ATP_HTTP_HEADER_BYTES_MAX    (64 * 1024)
+#define ATP_HTTP_BODY_BYTES_MAX      (1024 * 1024)
 #define ATP_HTTP_BULK_BODY_BYTES_MAX (64 * 1024 * 1024) /* batch, reconciliations */
-#define ATP_HTTP_URL_BYTES_MAX 8192
-#define ATP_HTTP_CONNECTIONS_MAX 10000 /* per event-loop thread */
-#define ATP_HTTP_PIPELINE_MAX 64       /* requests parsed ahead of responses */
-#define ATP_HTTP_IDLE_TIMEOUT_MS 60000
-#define ATP_HTTP_HEADER_TIMEOUT_MS 10000 /* whole request head */
-#define ATP_HTTP_BODY_TIMEOUT_MS 30000   /* gap between body bytes */
-#define ATP_HTTP_THREADS_MAX 64
+#define ATP_HTTP_URL_BYTES_MAX       8192
+#define ATP_HTTP_CONNECTIONS_MAX     10000 /* per event-loop thread */
+#define ATP_HTTP_PIPELINE_MAX        64    /* requests parsed ahead of responses */
+#define ATP_HTTP_IDLE_TIMEOUT_MS     60000
+#define ATP_HTTP_HEADER_TIMEOUT_MS   10000 /* whole request head */
+#define ATP_HTTP_BODY_TIMEOUT_MS     30000 /* gap between body bytes */
+#define ATP_HTTP_THREADS_MAX         64
 
 /* Codecs. */
 #define ATP_CODEC_DEPTH_MAX 32 /* nesting of arrays and objects */
 #define ATP_QUERY_ITEMS_MAX 1000
-#define ATP_BATCH_OPS_MAX 100000
+#define ATP_BATCH_OPS_MAX   100000
 
 #endif

@@ -41,11 +41,11 @@ void atp_arena_reset(atp_arena_t *arena);
 void atp_arena_destroy(atp_arena_t *arena);
 
 typedef struct {
-  char *data;      /* NULL until the first append */
-  size_t len;      /* bytes used */
-  size_t cap;      /* bytes allocated */
-  size_t len_max;  /* appends beyond fail; 0: no limit */
-  int failed;      /* an append failed (limit or memory); sticky until reset */
+  char *data;     /* NULL until the first append */
+  size_t len;     /* bytes used */
+  size_t cap;     /* bytes allocated */
+  size_t len_max; /* appends beyond fail; 0: no limit */
+  int failed;     /* an append failed (limit or memory); sticky until reset */
 } atp_buf_t;
 
 void atp_buf_init(atp_buf_t *buf, size_t len_max);

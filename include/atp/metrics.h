@@ -22,7 +22,7 @@
 #include "atp/engine.h"
 #include "atp/memory.h"
 
-#define ATP_METRICS_ROUTES_MAX 48 /* routes + "unmatched" */
+#define ATP_METRICS_ROUTES_MAX   48 /* routes + "unmatched" */
 #define ATP_METRICS_STATUS_COUNT 18
 #define ATP_METRICS_BUCKET_COUNT 14 /* finite buckets; +Inf is the count */
 
@@ -35,8 +35,8 @@ atp_metrics_t *atp_metrics_create(uint32_t threads, uint32_t route_count,
 void atp_metrics_destroy(atp_metrics_t *m);
 
 /* Counts one response. route is a label index (route_count for unmatched). */
-void atp_metrics_record(atp_metrics_t *m, uint32_t thread, uint32_t route,
-                        int status, int64_t elapsed_ns);
+void atp_metrics_record(atp_metrics_t *m, uint32_t thread, uint32_t route, int status,
+                        int64_t elapsed_ns);
 
 /* Appends the Prometheus text for the counters and, if engine is not NULL, its
  * gauges. */

@@ -28,9 +28,9 @@
 typedef struct atp_app atp_app_t;
 typedef struct atp_route atp_route_t;
 
-#define ATP_ROUTE_PARAMS_MAX 4
-#define ATP_QUERY_PARAMS_MAX 16
-#define ATP_FIELD_BYTES_MAX 64
+#define ATP_ROUTE_PARAMS_MAX  4
+#define ATP_QUERY_PARAMS_MAX  16
+#define ATP_FIELD_BYTES_MAX   64
 #define ATP_MESSAGE_BYTES_MAX 200
 
 /* One level of a field path: the array item name[index] holding the object
@@ -43,7 +43,7 @@ typedef struct atp_at {
 } atp_at_t;
 
 typedef struct {
-  atp_str_t name; /* decoded */
+  atp_str_t name;  /* decoded */
   atp_str_t value; /* decoded */
 } atp_query_param_t;
 
@@ -52,15 +52,15 @@ typedef struct {
   const atp_http_request_t *http;
   atp_http_response_t *res;
   atp_arena_t *arena;
-  const atp_route_t *route;     /* NULL when nothing matched */
-  atp_format_t in_format;       /* of the body; JSON when there is none */
-  atp_format_t out_format;      /* JSON or MSGPACK */
+  const atp_route_t *route;               /* NULL when nothing matched */
+  atp_format_t in_format;                 /* of the body; JSON when there is none */
+  atp_format_t out_format;                /* JSON or MSGPACK */
   atp_str_t params[ATP_ROUTE_PARAMS_MAX]; /* path params, decoded, in order */
   uint32_t param_count;
   atp_query_param_t query[ATP_QUERY_PARAMS_MAX];
   uint32_t query_count;
-  atp_val_t *body;              /* parsed body, NULL when there is none */
-  atp_writer_t writer;          /* the response body's writer */
+  atp_val_t *body;     /* parsed body, NULL when there is none */
+  atp_writer_t writer; /* the response body's writer */
   /* Error details of the last refusal; field "" when it concerns no field. */
   char field[ATP_FIELD_BYTES_MAX];
   char message[ATP_MESSAGE_BYTES_MAX];
@@ -92,14 +92,14 @@ int atp_req_parse_body(atp_req_t *rq, bool required);
  * ATP_EBADREQ with the field recorded. present may be NULL. */
 
 /* An identifier: 1..ATP_ID_BYTES_MAX bytes of printable UTF-8. */
-int atp_get_id(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
-               const char *key, unsigned flags, atp_str_t *out);
+int atp_get_id(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at, const char *key,
+               unsigned flags, atp_str_t *out);
 /* Any string of 0..max_bytes bytes of valid UTF-8 (reason texts, notes). */
 int atp_get_text(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
                  const char *key, unsigned flags, uint32_t max_bytes, atp_str_t *out);
 int atp_get_int(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
-                const char *key, unsigned flags, int64_t min, int64_t max,
-                int64_t *out, bool *present);
+                const char *key, unsigned flags, int64_t min, int64_t max, int64_t *out,
+                bool *present);
 int atp_get_bool(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
                  const char *key, unsigned flags, bool *out, bool *present);
 /* Integer ms since the epoch, or an RFC 3339 string. */

@@ -44,11 +44,11 @@ struct atp_route {
 /* The application: everything handlers share. Read-only once serving, except
  * the atomics. */
 struct atp_app {
-  _Atomic(atp_engine_t *) engine; /* NULL until created: /readyz answers 503 */
-  atomic_bool ready;              /* state restored, serving writes */
-  const atp_auth_t *auth;         /* NULL: auth off */
+  _Atomic(atp_engine_t *) engine;   /* NULL until created: /readyz answers 503 */
+  atomic_bool ready;                /* state restored, serving writes */
+  const atp_auth_t *auth;           /* NULL: auth off */
   const atp_ownership_t *ownership; /* NULL: everyone may write */
-  atp_metrics_t *metrics;         /* NULL: none kept */
+  atp_metrics_t *metrics;           /* NULL: none kept */
   bool access_log;
 };
 

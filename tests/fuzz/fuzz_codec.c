@@ -19,11 +19,16 @@
 static bool val_equal(const atp_val_t *a, const atp_val_t *b) {
   if (a->type != b->type) return false;
   switch (a->type) {
-    case ATP_VAL_NULL: return true;
-    case ATP_VAL_BOOL: return a->u.b == b->u.b;
-    case ATP_VAL_INT: return a->u.i == b->u.i;
-    case ATP_VAL_FLOAT: return a->u.f == b->u.f || (isnan(a->u.f) && isnan(b->u.f));
-    case ATP_VAL_STR: return a->len == b->len && memcmp(a->u.s, b->u.s, a->len) == 0;
+    case ATP_VAL_NULL:
+      return true;
+    case ATP_VAL_BOOL:
+      return a->u.b == b->u.b;
+    case ATP_VAL_INT:
+      return a->u.i == b->u.i;
+    case ATP_VAL_FLOAT:
+      return a->u.f == b->u.f || (isnan(a->u.f) && isnan(b->u.f));
+    case ATP_VAL_STR:
+      return a->len == b->len && memcmp(a->u.s, b->u.s, a->len) == 0;
     case ATP_VAL_ARRAY:
     case ATP_VAL_OBJECT:
       if (a->len != b->len) return false;
@@ -33,7 +38,8 @@ static bool val_equal(const atp_val_t *a, const atp_val_t *b) {
           continue;
         }
         const atp_member_t *x = &a->u.members[i], *y = &b->u.members[i];
-        if (x->key_len != y->key_len || memcmp(x->key, y->key, x->key_len) != 0) return false;
+        if (x->key_len != y->key_len || memcmp(x->key, y->key, x->key_len) != 0)
+          return false;
         if (!val_equal(&x->val, &y->val)) return false;
       }
       return true;
@@ -45,7 +51,8 @@ static atp_arena_t arena, arena2;
 static atp_buf_t out;
 
 static void fail(const char *what, const atp_parse_error_t *err) {
-  fprintf(stderr, "fuzz_codec: %s (%s at %zu)\n", what, err ? err->message : "", err ? err->offset : 0);
+  fprintf(stderr, "fuzz_codec: %s (%s at %zu)\n", what, err ? err->message : "",
+          err ? err->offset : 0);
   abort();
 }
 
@@ -96,13 +103,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   char *body = malloc(len ? len : 1);
   if (!body) return 0;
   memcpy(body, data + 1, len);
-  static const atp_format_t formats[3] = {ATP_FORMAT_JSON, ATP_FORMAT_MSGPACK, ATP_FORMAT_NDJSON};
+  static const atp_format_t formats[3] = {ATP_FORMAT_JSON, ATP_FORMAT_MSGPACK,
+                                          ATP_FORMAT_NDJSON};
   input_format = formats[(mode & 0x7f) % 3];
   atp_parse_error_t err;
   atp_arena_reset(&arena);
   if (mode & 0x80) {
     uint32_t count = 0;
-    int rc = atp_codec_parse_stream(input_format, body, len, &arena, 1000, on_item, &count, &err);
+    int rc = atp_codec_parse_stream(input_format, body, len, &arena, 1000, on_item,
+                                    &count, &err);
     if (rc == ATP_EBADREQ && err.offset > len) fail("error offset past the end", &err);
   } else {
     atp_val_t *val = NULL;

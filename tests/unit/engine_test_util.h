@@ -81,7 +81,9 @@ static inline int et_str_cmp(atp_str_t a, atp_str_t b) {
 
 /* --- positions -------------------------------------------------------------- */
 
-static inline int64_t et_max0(int64_t v) { return v > 0 ? v : 0; }
+static inline int64_t et_max0(int64_t v) {
+  return v > 0 ? v : 0;
+}
 
 static inline int64_t et_available(int64_t on_hand, int64_t safety, int64_t reserved,
                                    int64_t committed) {

@@ -19,7 +19,8 @@ static atp_val_t *parse(atp_format_t f, const char *body, size_t len) {
   memset(&perr, 0, sizeof perr);
   int rc = atp_codec_parse(f, body, len, &arena, &v, &perr);
   if (rc) {
-    fprintf(stderr, "  unexpected parse error %d at %zu: %s\n", rc, perr.offset, perr.message);
+    fprintf(stderr, "  unexpected parse error %d at %zu: %s\n", rc, perr.offset,
+            perr.message);
     return NULL;
   }
   return v;
@@ -27,8 +28,8 @@ static atp_val_t *parse(atp_format_t f, const char *body, size_t len) {
 
 /* Expects a parse failure with code rc at offset (SIZE_MAX: any) whose message
  * contains `words`. */
-static int parse_fails(atp_format_t f, const char *body, size_t len, int rc, size_t offset,
-                       const char *words) {
+static int parse_fails(atp_format_t f, const char *body, size_t len, int rc,
+                       size_t offset, const char *words) {
   atp_arena_reset(&arena);
   atp_val_t *v = NULL;
   memset(&perr, 0, sizeof perr);
@@ -36,22 +37,31 @@ static int parse_fails(atp_format_t f, const char *body, size_t len, int rc, siz
   int ok = got == rc && v == NULL && (offset == SIZE_MAX || perr.offset == offset) &&
            strstr(perr.message, words) != NULL;
   if (!ok) {
-    fprintf(stderr, "  parse of %zu bytes: rc %d (want %d) offset %zu (want %zu) message \"%s\" (want \"%s\")\n",
+    fprintf(stderr,
+            "  parse of %zu bytes: rc %d (want %d) offset %zu (want %zu) message "
+            "\"%s\" (want \"%s\")\n",
             len, got, rc, perr.offset, offset, perr.message, words);
   }
   return ok;
 }
-#define JSON_FAILS(lit, off, words) CHECK(parse_fails(ATP_FORMAT_JSON, S(lit), ATP_EBADREQ, off, words))
-#define MP_FAILS(lit, off, words) CHECK(parse_fails(ATP_FORMAT_MSGPACK, S(lit), ATP_EBADREQ, off, words))
+#define JSON_FAILS(lit, off, words) \
+  CHECK(parse_fails(ATP_FORMAT_JSON, S(lit), ATP_EBADREQ, off, words))
+#define MP_FAILS(lit, off, words) \
+  CHECK(parse_fails(ATP_FORMAT_MSGPACK, S(lit), ATP_EBADREQ, off, words))
 
 static bool val_equal(const atp_val_t *a, const atp_val_t *b) {
   if (a->type != b->type) return false;
   switch (a->type) {
-    case ATP_VAL_NULL: return true;
-    case ATP_VAL_BOOL: return a->u.b == b->u.b;
-    case ATP_VAL_INT: return a->u.i == b->u.i;
-    case ATP_VAL_FLOAT: return a->u.f == b->u.f || (isnan(a->u.f) && isnan(b->u.f));
-    case ATP_VAL_STR: return a->len == b->len && memcmp(a->u.s, b->u.s, a->len) == 0;
+    case ATP_VAL_NULL:
+      return true;
+    case ATP_VAL_BOOL:
+      return a->u.b == b->u.b;
+    case ATP_VAL_INT:
+      return a->u.i == b->u.i;
+    case ATP_VAL_FLOAT:
+      return a->u.f == b->u.f || (isnan(a->u.f) && isnan(b->u.f));
+    case ATP_VAL_STR:
+      return a->len == b->len && memcmp(a->u.s, b->u.s, a->len) == 0;
     case ATP_VAL_ARRAY:
       if (a->len != b->len) return false;
       for (uint32_t i = 0; i < a->len; i++) {
@@ -62,7 +72,8 @@ static bool val_equal(const atp_val_t *a, const atp_val_t *b) {
       if (a->len != b->len) return false;
       for (uint32_t i = 0; i < a->len; i++) {
         const atp_member_t *x = &a->u.members[i], *y = &b->u.members[i];
-        if (x->key_len != y->key_len || memcmp(x->key, y->key, x->key_len) != 0) return false;
+        if (x->key_len != y->key_len || memcmp(x->key, y->key, x->key_len) != 0)
+          return false;
         if (!val_equal(&x->val, &y->val)) return false;
       }
       return true;
@@ -112,13 +123,16 @@ static void test_content_type(void) {
       {";", ATP_FORMAT_UNKNOWN},
   };
   for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
-    atp_format_t got = atp_format_from_content_type(table[i].value, strlen(table[i].value));
-    if (got != table[i].format) fprintf(stderr, "  content type \"%s\"\n", table[i].value);
+    atp_format_t got =
+        atp_format_from_content_type(table[i].value, strlen(table[i].value));
+    if (got != table[i].format)
+      fprintf(stderr, "  content type \"%s\"\n", table[i].value);
     CHECK_EQ(got, table[i].format);
   }
   CHECK_EQ(atp_format_from_content_type(NULL, 0), ATP_FORMAT_UNKNOWN);
   CHECK(strcmp(atp_format_content_type(ATP_FORMAT_JSON), "application/json") == 0);
-  CHECK(strcmp(atp_format_content_type(ATP_FORMAT_MSGPACK), "application/msgpack") == 0);
+  CHECK(strcmp(atp_format_content_type(ATP_FORMAT_MSGPACK), "application/msgpack") ==
+        0);
 }
 
 static void test_accept(void) {
@@ -153,7 +167,8 @@ static void test_accept(void) {
   for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) {
     const char *a = table[i].accept;
     atp_format_t got = atp_format_for_response(a, a ? strlen(a) : 0, table[i].request);
-    if (got != table[i].response) fprintf(stderr, "  accept row %zu \"%s\"\n", i, a ? a : "(none)");
+    if (got != table[i].response)
+      fprintf(stderr, "  accept row %zu \"%s\"\n", i, a ? a : "(none)");
     CHECK_EQ(got, table[i].response);
   }
 }
@@ -161,10 +176,11 @@ static void test_accept(void) {
 /* --- JSON parsing ------------------------------------------------------------- */
 
 static void test_json_values(void) {
-  atp_val_t *v = parse(ATP_FORMAT_JSON,
-                       S(" {\"sku\":\"A-1\",\"qty\":3,\"neg\":-9223372036854775808,"
-                         "\"max\":9223372036854775807,\"f\":1.5,\"e\":1e3,\"t\":true,\"n\":null,"
-                         "\"arr\":[1,[],{}],\"nul\":\"a\\u0000b\",\"u\":\"\\u00e9\xe2\x82\xac\"} \n"));
+  atp_val_t *v = parse(
+      ATP_FORMAT_JSON,
+      S(" {\"sku\":\"A-1\",\"qty\":3,\"neg\":-9223372036854775808,"
+        "\"max\":9223372036854775807,\"f\":1.5,\"e\":1e3,\"t\":true,\"n\":null,"
+        "\"arr\":[1,[],{}],\"nul\":\"a\\u0000b\",\"u\":\"\\u00e9\xe2\x82\xac\"} \n"));
   REQUIRE(v && v->type == ATP_VAL_OBJECT && v->len == 11);
   CHECK(strcmp(v->u.members[0].key, "sku") == 0); /* input order */
   CHECK(strcmp(v->u.members[10].key, "u") == 0);
@@ -214,19 +230,20 @@ static void test_json_errors(void) {
   JSON_FAILS("tru", 0, "invalid token");
   JSON_FAILS("{'a':1}", SIZE_MAX, "");
   JSON_FAILS("{\"qty\":1,\"qty\":2}", 9, "duplicate key \"qty\"");
-  JSON_FAILS("{\"lines\":[{\"sku\":\"A\",\"qty\":1},{\"qty\":1,\"sku\":\"B\",\"qty\":2}]}", 49,
-             "duplicate key \"qty\"");
+  JSON_FAILS(
+      "{\"lines\":[{\"sku\":\"A\",\"qty\":1},{\"qty\":1,\"sku\":\"B\",\"qty\":2}]}", 49,
+      "duplicate key \"qty\"");
   JSON_FAILS("{\"a\":{\"b\":{\"c\":1,\"c\":1}}}", 17, "duplicate key \"c\"");
   JSON_FAILS("9223372036854775808", 0, "int64");
   JSON_FAILS("{\"qty\":-9223372036854775809}", 7, "int64");
   JSON_FAILS("[1e999]", 1, "overflow");
-  JSON_FAILS("\"\xff\"", 1, "");                    /* invalid UTF-8 */
-  JSON_FAILS("\"\xc0\xaf\"", SIZE_MAX, "");          /* overlong */
-  JSON_FAILS("\"\xed\xa0\x80\"", SIZE_MAX, "");      /* encoded surrogate */
-  JSON_FAILS("\"\\ud800\"", SIZE_MAX, "Unicode");    /* lone surrogate escape */
+  JSON_FAILS("\"\xff\"", 1, "");                  /* invalid UTF-8 */
+  JSON_FAILS("\"\xc0\xaf\"", SIZE_MAX, "");       /* overlong */
+  JSON_FAILS("\"\xed\xa0\x80\"", SIZE_MAX, "");   /* encoded surrogate */
+  JSON_FAILS("\"\\ud800\"", SIZE_MAX, "Unicode"); /* lone surrogate escape */
   JSON_FAILS("\"a\x01\"", SIZE_MAX, "control character");
-  JSON_FAILS("\"a\0b\"", SIZE_MAX, "");              /* raw NUL byte */
-  JSON_FAILS("{\"a\\u0000b\":1}", SIZE_MAX, "NUL");  /* NUL in a key */
+  JSON_FAILS("\"a\0b\"", SIZE_MAX, "");             /* raw NUL byte */
+  JSON_FAILS("{\"a\\u0000b\":1}", SIZE_MAX, "NUL"); /* NUL in a key */
   JSON_FAILS("\"\\x\"", SIZE_MAX, "");
 }
 
@@ -261,7 +278,8 @@ static void test_json_depth(void) {
   /* Far deeper than jansson's own limit: refused, no crash. */
   static char deep[100000];
   memset(deep, '[', sizeof deep);
-  CHECK(parse_fails(ATP_FORMAT_JSON, deep, sizeof deep, ATP_EBADREQ, SIZE_MAX, "nesting"));
+  CHECK(parse_fails(ATP_FORMAT_JSON, deep, sizeof deep, ATP_EBADREQ, SIZE_MAX,
+                    "nesting"));
 }
 
 /* --- msgpack parsing ------------------------------------------------------------ */
@@ -270,13 +288,20 @@ static void test_msgpack_values(void) {
   /* {"sku":"A","qty":3,"big":uint32 4e9,"neg":int8 -100,"i64":int64 min,
    *  "f32":1.5f,"f64":0.25,"b":false,"n":nil,"a":[],"s8":str8 "xy"} */
   atp_val_t *v = parse(ATP_FORMAT_MSGPACK,
-                       S("\x8b\xa3sku\xa1" "A\xa3qty\x03\xa3" "big\xce\xee\x6b\x28\x00"
+                       S("\x8b\xa3sku\xa1"
+                         "A\xa3qty\x03\xa3"
+                         "big\xce\xee\x6b\x28\x00"
                          "\xa3neg\xd0\x9c\xa3i64\xd3\x80\x00\x00\x00\x00\x00\x00\x00"
-                         "\xa3" "f32\xca\x3f\xc0\x00\x00\xa3" "f64\xcb\x3f\xd0\x00\x00\x00\x00\x00\x00"
-                         "\xa1" "b\xc2\xa1n\xc0\xa1" "a\x90\xa2s8\xd9\x02xy"));
+                         "\xa3"
+                         "f32\xca\x3f\xc0\x00\x00\xa3"
+                         "f64\xcb\x3f\xd0\x00\x00\x00\x00\x00\x00"
+                         "\xa1"
+                         "b\xc2\xa1n\xc0\xa1"
+                         "a\x90\xa2s8\xd9\x02xy"));
   REQUIRE(v && v->type == ATP_VAL_OBJECT && v->len == 11);
   const atp_val_t *x = atp_val_get(v, "sku");
-  CHECK(x && x->type == ATP_VAL_STR && x->len == 1 && x->u.s[0] == 'A' && x->u.s[1] == 0);
+  CHECK(x && x->type == ATP_VAL_STR && x->len == 1 && x->u.s[0] == 'A' &&
+        x->u.s[1] == 0);
   x = atp_val_get(v, "qty");
   CHECK(x && x->type == ATP_VAL_INT && x->u.i == 3);
   x = atp_val_get(v, "big");
@@ -301,40 +326,64 @@ static void test_msgpack_values(void) {
   v = parse(ATP_FORMAT_MSGPACK, S("\xcf\x7f\xff\xff\xff\xff\xff\xff\xff"));
   CHECK(v && v->type == ATP_VAL_INT && v->u.i == INT64_MAX);
   /* A string with a NUL inside. */
-  v = parse(ATP_FORMAT_MSGPACK, S("\xa3" "a\0b"));
+  v = parse(ATP_FORMAT_MSGPACK, S("\xa3"
+                                  "a\0b"));
   CHECK(v && v->type == ATP_VAL_STR && v->len == 3 && memcmp(v->u.s, "a\0b", 4) == 0);
 }
 
 static void test_msgpack_errors(void) {
   MP_FAILS("", 0, "unexpected end of input");
-  MP_FAILS("\x82\xa1" "a\x01", 4, "unexpected end of input");     /* second pair missing */
-  MP_FAILS("\xa5" "abc", 4, "unexpected end of input");            /* short string */
-  MP_FAILS("\xcd\x01", 2, "unexpected end of input");              /* short uint16 */
-  MP_FAILS("\xdd\xff\xff\xff\xff", 5, "unexpected end of input");  /* 2^32 items announced */
+  MP_FAILS(
+      "\x82\xa1"
+      "a\x01",
+      4, "unexpected end of input"); /* second pair missing */
+  MP_FAILS(
+      "\xa5"
+      "abc",
+      4, "unexpected end of input");                  /* short string */
+  MP_FAILS("\xcd\x01", 2, "unexpected end of input"); /* short uint16 */
+  MP_FAILS("\xdd\xff\xff\xff\xff", 5,
+           "unexpected end of input"); /* 2^32 items announced */
   MP_FAILS("\xdf\x7f\xff\xff\xff\x01", 6, "unexpected end of input");
   MP_FAILS("\x01\x02", 1, "unexpected data after the value");
   MP_FAILS("\x80\xc0", 1, "unexpected data after the value");
   MP_FAILS("\x82\xa3qty\x01\xa3qty\x02", 6, "duplicate key \"qty\"");
-  MP_FAILS("\x81\xa1" "a\x91\x82\xa1x\x01\xa1x\x02", 8, "duplicate key \"x\"");
-  MP_FAILS("\x82\xa0\x01\xa0\x02", 0, "duplicate key \"\""); /* empty: the value's start */
+  MP_FAILS(
+      "\x81\xa1"
+      "a\x91\x82\xa1x\x01\xa1x\x02",
+      8, "duplicate key \"x\"");
+  MP_FAILS("\x82\xa0\x01\xa0\x02", 0,
+           "duplicate key \"\""); /* empty: the value's start */
   MP_FAILS("\xcf\x80\x00\x00\x00\x00\x00\x00\x00", 0, "int64");
   MP_FAILS("\x91\xcf\xff\xff\xff\xff\xff\xff\xff\xff", 1, "int64");
   MP_FAILS("\x81\x01\x02", 1, "map key is not a string");
-  MP_FAILS("\x81\xa1" "a\x81\xc0\x01", 4, "map key is not a string");
-  MP_FAILS("\x81\xc4\x01" "a\x01", 1, "unsupported msgpack type"); /* bin key */
-  MP_FAILS("\xc4\x01x", 0, "unsupported msgpack type");            /* bin8 */
+  MP_FAILS(
+      "\x81\xa1"
+      "a\x81\xc0\x01",
+      4, "map key is not a string");
+  MP_FAILS(
+      "\x81\xc4\x01"
+      "a\x01",
+      1, "unsupported msgpack type");                   /* bin key */
+  MP_FAILS("\xc4\x01x", 0, "unsupported msgpack type"); /* bin8 */
   MP_FAILS("\x91\xc6\x00\x00\x00\x01x", 1, "unsupported msgpack type");
-  MP_FAILS("\xd4\x01\x02", 0, "unsupported msgpack type");         /* fixext1 */
-  MP_FAILS("\xc7\x01\x05x", 0, "unsupported msgpack type");        /* ext8 */
+  MP_FAILS("\xd4\x01\x02", 0, "unsupported msgpack type");  /* fixext1 */
+  MP_FAILS("\xc7\x01\x05x", 0, "unsupported msgpack type"); /* ext8 */
   MP_FAILS("\xc1", 0, "invalid msgpack byte");
   MP_FAILS("\xa2\xc3\x28", 1, "invalid UTF-8");
-  MP_FAILS("\x81\xa2" "a\xff\x01", 3, "invalid UTF-8");
+  MP_FAILS(
+      "\x81\xa2"
+      "a\xff\x01",
+      3, "invalid UTF-8");
   /* Every proper prefix of a valid body is refused as truncated. */
-  static const char body[] = "\x83\xa3sku\xa1" "A\xa5lines\x91\x82\xa3qty\xcd\x01\x00\xa1x\xcb"
-                             "\x3f\xd0\x00\x00\x00\x00\x00\x00\xa1t\xc3";
+  static const char body[] =
+      "\x83\xa3sku\xa1"
+      "A\xa5lines\x91\x82\xa3qty\xcd\x01\x00\xa1x\xcb"
+      "\x3f\xd0\x00\x00\x00\x00\x00\x00\xa1t\xc3";
   CHECK(parse(ATP_FORMAT_MSGPACK, body, sizeof body - 1) != NULL);
   for (size_t n = 0; n < sizeof body - 1; n++) {
-    CHECK(parse_fails(ATP_FORMAT_MSGPACK, body, n, ATP_EBADREQ, n, "unexpected end of input"));
+    CHECK(parse_fails(ATP_FORMAT_MSGPACK, body, n, ATP_EBADREQ, n,
+                      "unexpected end of input"));
   }
 }
 
@@ -370,7 +419,8 @@ static void test_msgpack_depth_and_big_maps(void) {
   atp_w_key(&mw, "k5");
   atp_w_int(&mw, 1);
   atp_w_object_end(&mw);
-  CHECK(parse_fails(ATP_FORMAT_MSGPACK, b.data, b.len, ATP_EBADREQ, at, "duplicate key \"k5\""));
+  CHECK(parse_fails(ATP_FORMAT_MSGPACK, b.data, b.len, ATP_EBADREQ, at,
+                    "duplicate key \"k5\""));
   atp_buf_free(&b);
 }
 
@@ -381,10 +431,14 @@ static void test_arena_exhausted(void) {
   char body[4096];
   size_t n = 0;
   body[n++] = '[';
-  for (int i = 0; i < 500; i++) n += (size_t)snprintf(body + n, sizeof body - n, "%s%d", i ? "," : "", i);
+  for (int i = 0; i < 500; i++)
+    n += (size_t)snprintf(body + n, sizeof body - n, "%s%d", i ? "," : "", i);
   body[n++] = ']';
   CHECK_EQ(atp_codec_parse(ATP_FORMAT_JSON, body, n, &small, &v, &perr), ATP_ENOMEM);
-  CHECK_EQ(atp_codec_parse(ATP_FORMAT_MSGPACK, S("\xdc\x01\xf4" "0123456789"), &small, &v, &perr),
+  CHECK_EQ(atp_codec_parse(ATP_FORMAT_MSGPACK,
+                           S("\xdc\x01\xf4"
+                             "0123456789"),
+                           &small, &v, &perr),
            ATP_EBADREQ); /* truncated: refused before any allocation */
   atp_arena_destroy(&small);
   CHECK_EQ(atp_codec_parse(ATP_FORMAT_CSV, S("a,b"), &arena, &v, &perr), ATP_EBADREQ);
@@ -398,7 +452,8 @@ static void test_writer_json(void) {
   atp_w_key(&w, "s");
   atp_w_str(&w, S("q\"b\\s/\n\r\t\b\f\x01\x1f\x7f\xc3\xa9\xf0\x9f\x98\x80"));
   atp_w_key(&w, "bad");
-  atp_w_str(&w, S("a\xff" "b\xe2\x82"));
+  atp_w_str(&w, S("a\xff"
+                  "b\xe2\x82"));
   atp_w_key(&w, "n");
   atp_w_array_begin(&w);
   atp_w_int(&w, 0);
@@ -421,10 +476,13 @@ static void test_writer_json(void) {
   atp_w_keyn(&w, S("k\0"));
   atp_w_cstr(&w, "");
   atp_w_object_end(&w);
-  OUT_IS("{\"s\":\"q\\\"b\\\\s/\\n\\r\\t\\b\\f\\u0001\\u001f\x7f\xc3\xa9\xf0\x9f\x98\x80\","
-         "\"bad\":\"a\\ufffdb\\ufffd\\ufffd\","
-         "\"n\":[0,-1,-9223372036854775808,9223372036854775807,18446744073709551615,1234567890,"
-         "1.5,3.0,0.1,null,true,false,null],\"e\":{},\"k\\u0000\":\"\"}");
+  OUT_IS(
+      "{\"s\":\"q\\\"b\\\\s/"
+      "\\n\\r\\t\\b\\f\\u0001\\u001f\x7f\xc3\xa9\xf0\x9f\x98\x80\","
+      "\"bad\":\"a\\ufffdb\\ufffd\\ufffd\","
+      "\"n\":[0,-1,-9223372036854775808,9223372036854775807,18446744073709551615,"
+      "1234567890,"
+      "1.5,3.0,0.1,null,true,false,null],\"e\":{},\"k\\u0000\":\"\"}");
   /* Every control character is escaped; the output parses back. */
   char all[32];
   for (int i = 0; i < 32; i++) all[i] = (char)i;
@@ -434,7 +492,8 @@ static void test_writer_json(void) {
   CHECK(v && v->type == ATP_VAL_STR && v->len == 32 && memcmp(v->u.s, all, 32) == 0);
   /* A long string crosses the writer's 4 KiB slices intact. */
   static char long_str[10000];
-  for (size_t i = 0; i < sizeof long_str; i++) long_str[i] = i % 3 == 0 ? '"' : (i % 3 == 1 ? '\xc3' : '\xa9');
+  for (size_t i = 0; i < sizeof long_str; i++)
+    long_str[i] = i % 3 == 0 ? '"' : (i % 3 == 1 ? '\xc3' : '\xa9');
   writer(ATP_FORMAT_JSON);
   atp_w_str(&w, long_str, sizeof long_str - 1); /* ends after a full \xc3\xa9 pair */
   v = parse(ATP_FORMAT_JSON, out.data, out.len);
@@ -461,10 +520,12 @@ static void test_writer_msgpack(void) {
   atp_w_null(&w);
   atp_w_float(&w, 1.0);
   atp_w_array_end(&w);
-  OUT_IS("\xdd\x00\x00\x00\x10\x00\x7f\xcc\x80\xcd\x01\x00\xce\x00\x01\x00\x00"
-         "\xcf\x00\x00\x00\x01\x00\x00\x00\x00\xff\xe0\xd0\xdf\xd1\xff\x7f\xd2\xff\xff\x7f\xff"
-         "\xd3\xff\xff\xff\xff\x7f\xff\xff\xff\xcf\xff\xff\xff\xff\xff\xff\xff\xff\xc3\xc0"
-         "\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00");
+  OUT_IS(
+      "\xdd\x00\x00\x00\x10\x00\x7f\xcc\x80\xcd\x01\x00\xce\x00\x01\x00\x00"
+      "\xcf\x00\x00\x00\x01\x00\x00\x00\x00\xff\xe0\xd0\xdf\xd1\xff\x7f\xd2\xff\xff\x7f"
+      "\xff"
+      "\xd3\xff\xff\xff\xff\x7f\xff\xff\xff\xcf\xff\xff\xff\xff\xff\xff\xff\xff\xc3\xc0"
+      "\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00");
   /* Strings: fixstr, str8, str16, str32 boundaries. */
   static char s[70000];
   memset(s, 'x', sizeof s);
@@ -472,7 +533,7 @@ static void test_writer_msgpack(void) {
     size_t len;
     size_t header;
     unsigned char first;
-  } sizes[] = {{0, 1, 0xa0}, {31, 1, 0xbf}, {32, 2, 0xd9}, {255, 2, 0xd9},
+  } sizes[] = {{0, 1, 0xa0},   {31, 1, 0xbf},    {32, 2, 0xd9},   {255, 2, 0xd9},
                {256, 3, 0xda}, {65535, 3, 0xda}, {65536, 5, 0xdb}};
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
     writer(ATP_FORMAT_MSGPACK);
@@ -494,7 +555,10 @@ static void test_writer_msgpack(void) {
   atp_w_cstr(&w, "y");
   atp_w_array_end(&w);
   atp_w_object_end(&w);
-  OUT_IS("\xdf\x00\x00\x00\x02\xa1" "a\xdf\x00\x00\x00\x00\xa1" "b\xdd\x00\x00\x00\x02\xa1x\xa1y");
+  OUT_IS(
+      "\xdf\x00\x00\x00\x02\xa1"
+      "a\xdf\x00\x00\x00\x00\xa1"
+      "b\xdd\x00\x00\x00\x02\xa1x\xa1y");
 }
 
 static void test_writer_buffer_limit(void) {
@@ -520,7 +584,8 @@ static void round_trip(const char *json, size_t len, const char *canonical) {
   writer(ATP_FORMAT_MSGPACK);
   atp_w_val(&w, from_json);
   REQUIRE(!out.failed);
-  int rc = atp_codec_parse(ATP_FORMAT_MSGPACK, out.data, out.len, &a2, &from_msgpack, &perr);
+  int rc =
+      atp_codec_parse(ATP_FORMAT_MSGPACK, out.data, out.len, &a2, &from_msgpack, &perr);
   if (rc) fprintf(stderr, "  msgpack back: %s at %zu\n", perr.message, perr.offset);
   REQUIRE(rc == 0);
   CHECK(val_equal(from_json, from_msgpack));
@@ -533,21 +598,27 @@ static void round_trip(const char *json, size_t len, const char *canonical) {
 }
 
 static void test_round_trip(void) {
-  round_trip(S("{\"id\":\"r-1\",\"lines\":[{\"sku\":\"gid://shopify/ProductVariant/123\",\"location\":\"L1\","
-               "\"qty\":2,\"allow_split\":true}],\"ttl_ms\":900000,\"order_ref\":null,"
-               "\"neg\":-5,\"big\":-9223372036854775808,\"f\":-0.5,\"e\":1e+300,\"g\":2.0}"),
-             "{\"id\":\"r-1\",\"lines\":[{\"sku\":\"gid://shopify/ProductVariant/123\",\"location\":\"L1\","
-             "\"qty\":2,\"allow_split\":true}],\"ttl_ms\":900000,\"order_ref\":null,"
-             "\"neg\":-5,\"big\":-9223372036854775808,\"f\":-0.5,\"e\":1e+300,\"g\":2.0}");
+  round_trip(
+      S("{\"id\":\"r-1\",\"lines\":[{\"sku\":\"gid://shopify/ProductVariant/"
+        "123\",\"location\":\"L1\","
+        "\"qty\":2,\"allow_split\":true}],\"ttl_ms\":900000,\"order_ref\":null,"
+        "\"neg\":-5,\"big\":-9223372036854775808,\"f\":-0.5,\"e\":1e+300,\"g\":2.0}"),
+      "{\"id\":\"r-1\",\"lines\":[{\"sku\":\"gid://shopify/ProductVariant/"
+      "123\",\"location\":\"L1\","
+      "\"qty\":2,\"allow_split\":true}],\"ttl_ms\":900000,\"order_ref\":null,"
+      "\"neg\":-5,\"big\":-9223372036854775808,\"f\":-0.5,\"e\":1e+300,\"g\":2.0}");
   round_trip(S(" [ \"\\u0000\\\"\\n\\u00e9\", [], {}, [[[]]], 0 ] "),
              "[\"\\u0000\\\"\\n\xc3\xa9\",[],{},[[[]]],0]");
   /* 20 members and 20 items: map16/array16 headers in atp_w_val. */
   char body[1024];
   size_t n = 0;
   body[n++] = '{';
-  for (int i = 0; i < 20; i++) n += (size_t)snprintf(body + n, sizeof body - n, "%s\"k%d\":%d", i ? "," : "", i, i);
+  for (int i = 0; i < 20; i++)
+    n +=
+        (size_t)snprintf(body + n, sizeof body - n, "%s\"k%d\":%d", i ? "," : "", i, i);
   n += (size_t)snprintf(body + n, sizeof body - n, ",\"arr\":[");
-  for (int i = 0; i < 20; i++) n += (size_t)snprintf(body + n, sizeof body - n, "%s%d", i ? "," : "", i * 1000);
+  for (int i = 0; i < 20; i++)
+    n += (size_t)snprintf(body + n, sizeof body - n, "%s%d", i ? "," : "", i * 1000);
   body[n++] = ']';
   body[n++] = '}';
   body[n] = 0;
@@ -565,12 +636,13 @@ static void test_round_trip(void) {
   OUT_IS("{\"payload\":{\"op\":\"adjust\",\"delta\":-3},\"n\":1}");
 }
 
-/* --- streams ----------------------------------------------------------------------- */
+/* --- streams -----------------------------------------------------------------------
+ */
 
 typedef struct {
   uint32_t count;
-  uint32_t stop_at;   /* return 99 at this index */
-  int64_t sum;        /* of each item's "n" (or the item if an int) */
+  uint32_t stop_at; /* return 99 at this index */
+  int64_t sum;      /* of each item's "n" (or the item if an int) */
   bool indexes_ok;
 } collect_t;
 
@@ -584,7 +656,8 @@ static int collect(void *ctx, uint32_t index, atp_val_t *val) {
   return index == c->stop_at ? 99 : 0;
 }
 
-static int stream(atp_format_t f, const char *body, size_t len, uint32_t max_items, collect_t *c) {
+static int stream(atp_format_t f, const char *body, size_t len, uint32_t max_items,
+                  collect_t *c) {
   memset(c, 0, sizeof *c);
   c->stop_at = UINT32_MAX;
   c->indexes_ok = true;
@@ -594,14 +667,18 @@ static int stream(atp_format_t f, const char *body, size_t len, uint32_t max_ite
 
 static void test_stream_json(void) {
   collect_t c;
-  CHECK_EQ(stream(ATP_FORMAT_NDJSON, S("{\"n\":1}\n\n  \r\n{\"n\":2}\r\n{\"n\":3}"), 10, &c), 0);
+  CHECK_EQ(
+      stream(ATP_FORMAT_NDJSON, S("{\"n\":1}\n\n  \r\n{\"n\":2}\r\n{\"n\":3}"), 10, &c),
+      0);
   CHECK(c.count == 3 && c.sum == 6 && c.indexes_ok);
   CHECK_EQ(stream(ATP_FORMAT_NDJSON, S("{\"n\":1}\n{\"n\":2}\n"), 10, &c), 0);
   CHECK_EQ(c.count, 2);
   CHECK_EQ(stream(ATP_FORMAT_NDJSON, S(""), 10, &c), 0);
   CHECK_EQ(c.count, 0);
   /* The error offset is in the whole body, not the line. */
-  CHECK_EQ(stream(ATP_FORMAT_NDJSON, S("{\"n\":1}\n{\"n\":2}\n{\"n\":3,\"n\":4}\n"), 10, &c), ATP_EBADREQ);
+  CHECK_EQ(
+      stream(ATP_FORMAT_NDJSON, S("{\"n\":1}\n{\"n\":2}\n{\"n\":3,\"n\":4}\n"), 10, &c),
+      ATP_EBADREQ);
   CHECK_EQ(c.count, 2);
   CHECK_EQ(perr.offset, 16 + 7);
   CHECK(strstr(perr.message, "duplicate key") != NULL);
@@ -643,7 +720,9 @@ static void test_stream_json(void) {
   CHECK_EQ(stream(ATP_FORMAT_NDJSON, S("1\n2\n"), 2, &c), 0);
   memset(&c, 0, sizeof c);
   c.stop_at = 1;
-  CHECK_EQ(atp_codec_parse_stream(ATP_FORMAT_JSON, S("[1,2,3]"), &arena, 10, collect, &c, &perr), 99);
+  CHECK_EQ(atp_codec_parse_stream(ATP_FORMAT_JSON, S("[1,2,3]"), &arena, 10, collect,
+                                  &c, &perr),
+           99);
   CHECK_EQ(c.count, 2);
 }
 
@@ -662,7 +741,8 @@ static void test_stream_msgpack(void) {
   CHECK_EQ(stream(ATP_FORMAT_MSGPACK, S("\x90"), 10, &c), 0);
   CHECK_EQ(c.count, 0);
   /* Errors carry offsets in the body. */
-  CHECK_EQ(stream(ATP_FORMAT_MSGPACK, S("\x81\xa1n\x01\x82\xa1n\x01\xa1n\x02"), 10, &c), ATP_EBADREQ);
+  CHECK_EQ(stream(ATP_FORMAT_MSGPACK, S("\x81\xa1n\x01\x82\xa1n\x01\xa1n\x02"), 10, &c),
+           ATP_EBADREQ);
   CHECK_EQ(c.count, 1);
   CHECK_EQ(perr.offset, 8);
   CHECK(strstr(perr.message, "duplicate key \"n\"") != NULL);
@@ -680,7 +760,8 @@ static void test_stream_msgpack(void) {
   CHECK_EQ(stream(ATP_FORMAT_MSGPACK, deep, ATP_CODEC_DEPTH_MAX + 1, 10, &c), 0);
   deep[ATP_CODEC_DEPTH_MAX] = '\x91';
   deep[ATP_CODEC_DEPTH_MAX + 1] = '\xc0';
-  CHECK_EQ(stream(ATP_FORMAT_MSGPACK, deep, ATP_CODEC_DEPTH_MAX + 2, 10, &c), ATP_EBADREQ);
+  CHECK_EQ(stream(ATP_FORMAT_MSGPACK, deep, ATP_CODEC_DEPTH_MAX + 2, 10, &c),
+           ATP_EBADREQ);
   /* max_items: an array announcing too many is refused before any item. */
   CHECK_EQ(stream(ATP_FORMAT_MSGPACK, S("\x93\x01\x02\x03"), 2, &c), ATP_ETOOLARGE);
   CHECK_EQ(c.count, 0);
@@ -688,7 +769,9 @@ static void test_stream_msgpack(void) {
   CHECK_EQ(c.count, 2);
   memset(&c, 0, sizeof c);
   c.stop_at = 0;
-  CHECK_EQ(atp_codec_parse_stream(ATP_FORMAT_MSGPACK, S("\x01\x02"), &arena, 10, collect, &c, &perr), 99);
+  CHECK_EQ(atp_codec_parse_stream(ATP_FORMAT_MSGPACK, S("\x01\x02"), &arena, 10,
+                                  collect, &c, &perr),
+           99);
   CHECK_EQ(c.count, 1);
 }
 

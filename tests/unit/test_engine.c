@@ -21,7 +21,7 @@
 static et_clock_t CLK;
 static atp_engine_t *E;
 static atp_result_t RES;
-static atp_reservation_t R;  /* large: static, not on the stack */
+static atp_reservation_t R; /* large: static, not on the stack */
 static atp_reservation_t R2;
 static atp_shortfalls_t SF;
 
@@ -43,9 +43,13 @@ static int setup(void) {
   return setup_with(&config);
 }
 
-static int64_t now(void) { return et_clock_read(&CLK); }
+static int64_t now(void) {
+  return et_clock_read(&CLK);
+}
 
-static void advance(int64_t ms) { et_clock_add(&CLK, ms); }
+static void advance(int64_t ms) {
+  et_clock_add(&CLK, ms);
+}
 
 /* Moves the clock in 100 ms steps, ticking after each like the server does;
  * returns the sum of the expirations tick reported. */
@@ -118,7 +122,9 @@ static atp_position_t pos(const char *sku, const char *loc) {
   return p;
 }
 
-static uint64_t ver(const char *sku, const char *loc) { return pos(sku, loc).version; }
+static uint64_t ver(const char *sku, const char *loc) {
+  return pos(sku, loc).version;
+}
 
 /* Checks the counters and the derived fields of a position. */
 #define CHECK_POS(sku_, loc_, oh, ss, rs, cm)                           \
@@ -182,7 +188,9 @@ static int reserve1(const char *id, const char *sku, const char *loc, int64_t qt
   return reserve_lines(id, &line, 1, 0);
 }
 
-static int get_res(const char *id) { return atp_reservation_get(E, et_str(id), &R2); }
+static int get_res(const char *id) {
+  return atp_reservation_get(E, et_str(id), &R2);
+}
 
 static const atp_res_line_t *rline(const atp_reservation_t *r, const char *sku,
                                    const char *loc) {
@@ -190,15 +198,15 @@ static const atp_res_line_t *rline(const atp_reservation_t *r, const char *sku,
 }
 
 /* The line exists with these figures. */
-#define CHECK_LINE(r, sku_, loc_, q, f, rel)                      \
-  do {                                                            \
-    const atp_res_line_t *check_l_ = rline((r), (sku_), (loc_));  \
-    CHECK(check_l_ != NULL);                                      \
-    if (check_l_) {                                               \
-      CHECK_EQ(check_l_->qty, (q));                               \
-      CHECK_EQ(check_l_->fulfilled, (f));                         \
-      CHECK_EQ(check_l_->released, (rel));                        \
-    }                                                             \
+#define CHECK_LINE(r, sku_, loc_, q, f, rel)                     \
+  do {                                                           \
+    const atp_res_line_t *check_l_ = rline((r), (sku_), (loc_)); \
+    CHECK(check_l_ != NULL);                                     \
+    if (check_l_) {                                              \
+      CHECK_EQ(check_l_->qty, (q));                              \
+      CHECK_EQ(check_l_->fulfilled, (f));                        \
+      CHECK_EQ(check_l_->released, (rel));                       \
+    }                                                            \
   } while (0)
 
 static char *repeat_char(char c, size_t n) {
@@ -211,8 +219,8 @@ static char *repeat_char(char c, size_t n) {
 /* --- names ---------------------------------------------------------------- */
 
 static void test_names(void) {
-  static const char *reasons[] = {"received",   "sale",        "return_restock",
-                                  "damaged",    "shrink",      "correction",
+  static const char *reasons[] = {"received",    "sale",         "return_restock",
+                                  "damaged",     "shrink",       "correction",
                                   "transfer_in", "transfer_out", "other"};
   CHECK_EQ(ATP_REASON_COUNT_, 9);
   for (int i = 0; i < ATP_REASON_COUNT_; i++) {
@@ -305,12 +313,12 @@ static void test_version_increases(void) {
   REQUIRE(setup() == 0);
   atp_engine_tick(E); /* the server ticks from the start */
   uint64_t v = 0;
-#define STEP_BUMPS(call)                     \
-  do {                                       \
-    CHECK_EQ((call), 0);                     \
-    uint64_t step_v_ = ver("A", "L1");       \
-    CHECK(step_v_ > v);                      \
-    v = step_v_;                             \
+#define STEP_BUMPS(call)               \
+  do {                                 \
+    CHECK_EQ((call), 0);               \
+    uint64_t step_v_ = ver("A", "L1"); \
+    CHECK(step_v_ > v);                \
+    v = step_v_;                       \
   } while (0)
   atp_position_t out;
   atp_qty_line_t one = QL("A", "L1", 1);
@@ -630,7 +638,8 @@ static void test_adjust_overflow(void) {
   CHECK_EQ(adjust("a4", "A", "L1", 1), ATP_EOVERFLOW);
   /* Far below the range. */
   rc = adjust("a5", "A", "L1", -2 * ATP_QTY_MAX - 1);
-  CHECK(rc == ATP_EOVERFLOW || rc == ATP_EBADREQ); /* the delta itself is out of range */
+  CHECK(rc == ATP_EOVERFLOW ||
+        rc == ATP_EBADREQ); /* the delta itself is out of range */
   /* Below -ATP_QTY_MAX. */
   CHECK_EQ(adjust("b1", "C", "L1", -(ATP_QTY_MAX - 5)), 0);
   CHECK_EQ(adjust("b2", "C", "L1", -10), ATP_EOVERFLOW);
@@ -829,8 +838,8 @@ static void test_safety_stock(void) {
            ATP_EBADREQ);
   CHECK_EQ(atp_safety_stock_set(E, ATP_STR("A"), ATP_STR(""), 1, &out, &RES),
            ATP_EBADREQ);
-  int rc = atp_safety_stock_set(E, ATP_STR("A"), ATP_STR("L1"), ATP_QTY_MAX + 1, &out,
-                                &RES);
+  int rc =
+      atp_safety_stock_set(E, ATP_STR("A"), ATP_STR("L1"), ATP_QTY_MAX + 1, &out, &RES);
   CHECK(rc == ATP_EOVERFLOW || rc == ATP_EBADREQ);
   CHECK_POS("A", "L1", 8, 5, 3, 0);
   /* Lowering it frees units; raising it above what is free leaves reservations. */
@@ -1183,7 +1192,7 @@ static void test_reserve_group(void) {
   /* Split across a reversed group, then the group is deleted. */
   atp_str_t rev[2] = {ATP_STR("L3"), ATP_STR("L1")};
   REQUIRE(atp_group_put(E, ATP_STR("H"), rev, 2, &RES) == 0);
-  stock("S", "L1", 2); /* L3 available 1, L1 2 */
+  stock("S", "L1", 2);          /* L3 available 1, L1 2 */
   line = LG("S", "H", 3, true); /* L3 1 + L1 2 */
   REQUIRE(reserve_lines("r8", &line, 1, 0) == 0);
   REQUIRE(R.line_count == 2);
@@ -1535,13 +1544,13 @@ static void test_amend(void) {
   REQUIRE(reserve1("r1", "A", "L1", 3) == 0);
   atp_qty_line_t rel = QL("A", "L1", 1);
   atp_line_req_t add = LL("B", "L2", 2);
-  CHECK_EQ(atp_amend(E, ATP_STR("nope"), ATP_STR("m0"), &rel, 1, &add, 1, &R, &SF,
-                     &RES),
-           ATP_ENOTFOUND);
+  CHECK_EQ(
+      atp_amend(E, ATP_STR("nope"), ATP_STR("m0"), &rel, 1, &add, 1, &R, &SF, &RES),
+      ATP_ENOTFOUND);
   CHECK_EQ(atp_amend(E, ATP_STR("r1"), ATP_STR(""), &rel, 1, &add, 1, &R, &SF, &RES),
            ATP_EBADREQ);
-  REQUIRE(atp_amend(E, ATP_STR("r1"), ATP_STR("m1"), &rel, 1, &add, 1, &R, &SF,
-                    &RES) == 0);
+  REQUIRE(atp_amend(E, ATP_STR("r1"), ATP_STR("m1"), &rel, 1, &add, 1, &R, &SF, &RES) ==
+          0);
   CHECK(!R.replayed);
   CHECK_EQ(R.status, ATP_STATUS_HELD);
   CHECK_EQ(R.line_count, 2);
@@ -1551,8 +1560,8 @@ static void test_amend(void) {
   CHECK_POS("B", "L2", 10, 0, 2, 0);
   uint64_t v = ver("B", "L2");
   /* Replay. */
-  REQUIRE(atp_amend(E, ATP_STR("r1"), ATP_STR("m1"), &rel, 1, &add, 1, &R, &SF,
-                    &RES) == 0);
+  REQUIRE(atp_amend(E, ATP_STR("r1"), ATP_STR("m1"), &rel, 1, &add, 1, &R, &SF, &RES) ==
+          0);
   CHECK(R.replayed);
   CHECK_LINE(&R, "A", "L1", 3, 0, 1);
   CHECK_POS("A", "L1", 10, 0, 2, 0);
@@ -1560,8 +1569,7 @@ static void test_amend(void) {
   CHECK_EQ(ver("B", "L2"), v);
   /* Same amend id, other content. */
   add.qty = 3;
-  CHECK_EQ(atp_amend(E, ATP_STR("r1"), ATP_STR("m1"), &rel, 1, &add, 1, &R, &SF,
-                     &RES),
+  CHECK_EQ(atp_amend(E, ATP_STR("r1"), ATP_STR("m1"), &rel, 1, &add, 1, &R, &SF, &RES),
            ATP_EIDEMPOTENCY);
   CHECK_POS("B", "L2", 10, 0, 2, 0);
   /* Insufficient: neither part happens. */
@@ -1582,17 +1590,17 @@ static void test_amend(void) {
   /* Release part invalid: neither part happens. */
   atp_qty_line_t too_many = QL("A", "L1", 3);
   atp_line_req_t ok_add = LL("C", "L3", 1);
-  int rc = atp_amend(E, ATP_STR("r1"), ATP_STR("m3"), &too_many, 1, &ok_add, 1, &R,
-                     &SF, &RES);
+  int rc = atp_amend(E, ATP_STR("r1"), ATP_STR("m3"), &too_many, 1, &ok_add, 1, &R, &SF,
+                     &RES);
   CHECK(rc == ATP_ECONFLICT || rc == ATP_EBADREQ);
   atp_qty_line_t stranger = QL("C", "L3", 1);
-  CHECK_EQ(atp_amend(E, ATP_STR("r1"), ATP_STR("m4"), &stranger, 1, &ok_add, 1, &R,
-                     &SF, &RES),
-           ATP_EBADREQ);
-  atp_line_req_t bad_add = LL("C", "L3", 0);
-  CHECK_EQ(atp_amend(E, ATP_STR("r1"), ATP_STR("m5"), &rel, 1, &bad_add, 1, &R, &SF,
+  CHECK_EQ(atp_amend(E, ATP_STR("r1"), ATP_STR("m4"), &stranger, 1, &ok_add, 1, &R, &SF,
                      &RES),
            ATP_EBADREQ);
+  atp_line_req_t bad_add = LL("C", "L3", 0);
+  CHECK_EQ(
+      atp_amend(E, ATP_STR("r1"), ATP_STR("m5"), &rel, 1, &bad_add, 1, &R, &SF, &RES),
+      ATP_EBADREQ);
   CHECK_POS("A", "L1", 10, 0, 2, 0);
   CHECK_POS("C", "L3", 5, 0, 0, 0);
   /* Adding to a position already held: one line per position. */
@@ -1636,15 +1644,15 @@ static void test_amend(void) {
   REQUIRE(reserve1("r2", "A", "L1", 1) == 0);
   REQUIRE(atp_release(E, ATP_STR("r2"), NULL, 0, &R, &RES) == 0);
   RES.status = -1;
-  CHECK_EQ(atp_amend(E, ATP_STR("r2"), ATP_STR("m10"), NULL, 0, &ok_add, 1, &R, &SF,
-                     &RES),
-           ATP_ECONFLICT);
+  CHECK_EQ(
+      atp_amend(E, ATP_STR("r2"), ATP_STR("m10"), NULL, 0, &ok_add, 1, &R, &SF, &RES),
+      ATP_ECONFLICT);
   CHECK_EQ(RES.status, ATP_STATUS_RELEASED);
   REQUIRE(atp_fulfil(E, ATP_STR("r1"), ATP_STR("f1"), NULL, 0, &R, &RES) == 0);
   RES.status = -1;
-  CHECK_EQ(atp_amend(E, ATP_STR("r1"), ATP_STR("m11"), NULL, 0, &ok_add, 1, &R, &SF,
-                     &RES),
-           ATP_ECONFLICT);
+  CHECK_EQ(
+      atp_amend(E, ATP_STR("r1"), ATP_STR("m11"), NULL, 0, &ok_add, 1, &R, &SF, &RES),
+      ATP_ECONFLICT);
   CHECK_EQ(RES.status, ATP_STATUS_FULFILLED);
   CHECK_POS("C", "L3", 4, 0, 0, 0);
 }
@@ -1838,7 +1846,8 @@ static void log_copy(atp_change_t *dst, const atp_change_t *src) {
       r->order_id = log_str(r->order_id);
       r->channel = log_str(r->channel);
       r->customer_id = log_str(r->customer_id);
-      for (uint32_t i = 0; i < r->line_count && i < ATP_RESERVATION_POSITIONS_MAX; i++) {
+      for (uint32_t i = 0; i < r->line_count && i < ATP_RESERVATION_POSITIONS_MAX;
+           i++) {
         r->lines[i].sku = log_str(r->lines[i].sku);
         r->lines[i].location = log_str(r->lines[i].location);
       }
@@ -1887,17 +1896,17 @@ static void log_free(void) {
 }
 
 /* Runs call; checks it succeeded and produced (or not) hook groups. */
-#define HOOKED(call)                               \
-  do {                                             \
-    size_t hooked_before_ = LOG.count;             \
-    CHECK_EQ((call), 0);                           \
-    CHECK(LOG.count > hooked_before_);             \
+#define HOOKED(call)                   \
+  do {                                 \
+    size_t hooked_before_ = LOG.count; \
+    CHECK_EQ((call), 0);               \
+    CHECK(LOG.count > hooked_before_); \
   } while (0)
-#define SILENT(call, err)                          \
-  do {                                             \
-    size_t silent_before_ = LOG.count;             \
-    CHECK_EQ((call), (err));                       \
-    CHECK_EQ(LOG.count, silent_before_);           \
+#define SILENT(call, err)                \
+  do {                                   \
+    size_t silent_before_ = LOG.count;   \
+    CHECK_EQ((call), (err));             \
+    CHECK_EQ(LOG.count, silent_before_); \
   } while (0)
 
 static bool positions_equal(const atp_position_t *a, const atp_position_t *b) {
@@ -2006,8 +2015,7 @@ static void test_change_hook_replay(void) {
       for (size_t g = 0; g < LOG.count; g++)
         for (uint32_t i = 0; i < LOG.groups[g].count; i++) {
           const atp_change_t *c = &LOG.groups[g].records[i];
-          if (c->kind == ATP_CHANGE_POSITION &&
-              et_str_is(c->u.position.sku, skus[s]) &&
+          if (c->kind == ATP_CHANGE_POSITION && et_str_is(c->u.position.sku, skus[s]) &&
               et_str_is(c->u.position.location, locations[l])) {
             CHECK(c->u.position.version >= last);
             last = c->u.position.version;
@@ -2079,9 +2087,9 @@ static void test_change_hook_replay(void) {
   atp_count_req_t creq = count_req("c2", "A", "L3", 100, T0 + 1000 - 9000);
   CHECK_EQ(atp_count(replica, &creq, &cres, &RES), 0);
   CHECK(cres.replayed && cres.stale);
-  CHECK_EQ(atp_amend(replica, ATP_STR("r2"), ATP_STR("m1"), &q2, 1, &add, 1, &R, &SF,
-                     &RES),
-           0);
+  CHECK_EQ(
+      atp_amend(replica, ATP_STR("r2"), ATP_STR("m1"), &q2, 1, &add, 1, &R, &SF, &RES),
+      0);
   CHECK(R.replayed);
   atp_engine_stats_t sa, sb;
   atp_engine_stats(primary, &sa);

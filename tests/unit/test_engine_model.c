@@ -28,14 +28,14 @@
 #include "atp/engine.h"
 #include "engine_test_util.h"
 
-#define NSKU 6
-#define NLOC 5
-#define NPOS (NSKU * NLOC)
-#define NGRP 3
-#define MAXRES 8192
-#define MAXL 32
-#define MAXH 4096
-#define MAXIDS 8192
+#define NSKU      6
+#define NLOC      5
+#define NPOS      (NSKU * NLOC)
+#define NGRP      3
+#define MAXRES    8192
+#define MAXL      32
+#define MAXH      4096
+#define MAXIDS    8192
 #define WINDOW_MS 600000LL
 
 static const char *SKU[NSKU] = {"S0", "S1", "S2", "S3", "S4", "S5"};
@@ -50,9 +50,9 @@ typedef struct {
 
 typedef struct {
   bool exists;
-  bool dirty;        /* a field changed since the last comparison */
+  bool dirty; /* a field changed since the last comparison */
   int64_t on_hand, safety, reserved, committed, counted_at;
-  uint64_t version;  /* the engine's, at the last comparison */
+  uint64_t version; /* the engine's, at the last comparison */
   int nhist;
   hist_t hist[MAXH]; /* every applied on-hand change */
 } mpos_t;
@@ -164,16 +164,37 @@ static atp_shortfalls_t SF;
 static atp_result_t RES;
 
 /* Outcome counters, printed per seed: evidence the run exercised each path. */
-enum { C_RES_OK, C_RES_SHORT, C_SPLIT, C_EXPIRED, C_COMMIT, C_RELEASE, C_FULFIL, C_AMEND,
-       C_AMEND_SHORT, C_ABSORBED, C_STALE, C_APPROX, C_COUNT, C_CONFLICT, C_REPLAY,
-       C_MISMATCH, C_N };
+enum {
+  C_RES_OK,
+  C_RES_SHORT,
+  C_SPLIT,
+  C_EXPIRED,
+  C_COMMIT,
+  C_RELEASE,
+  C_FULFIL,
+  C_AMEND,
+  C_AMEND_SHORT,
+  C_ABSORBED,
+  C_STALE,
+  C_APPROX,
+  C_COUNT,
+  C_CONFLICT,
+  C_REPLAY,
+  C_MISMATCH,
+  C_N
+};
 static const char *COUNTER_NAMES[C_N] = {
-    "reserved", "insufficient", "split", "expired", "committed", "released", "fulfilled",
-    "amended", "amend_insufficient", "absorbed", "stale", "approximate", "counted",
-    "conflicts", "replays", "mismatches"};
+    "reserved",  "insufficient", "split",
+    "expired",   "committed",    "released",
+    "fulfilled", "amended",      "amend_insufficient",
+    "absorbed",  "stale",        "approximate",
+    "counted",   "conflicts",    "replays",
+    "mismatches"};
 static uint64_t COUNTERS[C_N];
 
-static int64_t now(void) { return et_clock_read(&CLK); }
+static int64_t now(void) {
+  return et_clock_read(&CLK);
+}
 
 static bool fail(const char *fmt, ...) {
   va_list ap;
@@ -185,15 +206,23 @@ static bool fail(const char *fmt, ...) {
   return false;
 }
 
-#define EXPECT(cond, ...) \
-  do {                    \
+#define EXPECT(cond, ...)                  \
+  do {                                     \
     if (!(cond)) return fail(__VA_ARGS__); \
   } while (0)
 
-static atp_str_t S(const char *s) { return et_str(s); }
-static int pos_of(int sku, int loc) { return sku * NLOC + loc; }
-static int pos_sku(int p) { return p / NLOC; }
-static int pos_loc(int p) { return p % NLOC; }
+static atp_str_t S(const char *s) {
+  return et_str(s);
+}
+static int pos_of(int sku, int loc) {
+  return sku * NLOC + loc;
+}
+static int pos_sku(int p) {
+  return p / NLOC;
+}
+static int pos_loc(int p) {
+  return p % NLOC;
+}
 
 static int64_t mavail(int p) {
   const mpos_t *m = &M->pos[p];
@@ -223,7 +252,9 @@ static void mres_units(mres_t *r, int p, int64_t q) {
   M->pos[p].dirty = true;
 }
 
-static int64_t mline_rem(const mline_t *l) { return l->qty - l->fulfilled - l->released; }
+static int64_t mline_rem(const mline_t *l) {
+  return l->qty - l->fulfilled - l->released;
+}
 
 static int64_t mres_remaining(const mres_t *r) {
   int64_t sum = 0;
@@ -325,7 +356,8 @@ static bool check_shortfalls(const mreq_t *req, const mshort_t *shorts, int nsho
   return true;
 }
 
-/* --- comparisons -------------------------------------------------------------------- */
+/* --- comparisons --------------------------------------------------------------------
+ */
 
 static int find_pos_index(atp_str_t sku, atp_str_t loc) {
   for (int p = 0; p < NPOS; p++)
@@ -353,7 +385,8 @@ static bool lines_match(const mline_t *lines, int n, const atp_reservation_t *go
     }
     if (got->lines[i].qty != m->qty || got->lines[i].fulfilled != m->fulfilled ||
         got->lines[i].released != m->released) {
-      snprintf(why, why_len, "line %s@%s qty/fulfilled/released %lld/%lld/%lld, want %lld/%lld/%lld",
+      snprintf(why, why_len,
+               "line %s@%s qty/fulfilled/released %lld/%lld/%lld, want %lld/%lld/%lld",
                SKU[pos_sku(p)], LOC[pos_loc(p)], (long long)got->lines[i].qty,
                (long long)got->lines[i].fulfilled, (long long)got->lines[i].released,
                (long long)m->qty, (long long)m->fulfilled, (long long)m->released);
@@ -412,8 +445,8 @@ static bool check_pos(int p) {
   atp_position_t got;
   int rc = atp_position_get(E, S(SKU[pos_sku(p)]), S(LOC[pos_loc(p)]), &got);
   if (!m->exists) {
-    EXPECT(rc == ATP_ENOTFOUND, "position %s@%s: rc %d, want not found", SKU[pos_sku(p)],
-           LOC[pos_loc(p)], rc);
+    EXPECT(rc == ATP_ENOTFOUND, "position %s@%s: rc %d, want not found",
+           SKU[pos_sku(p)], LOC[pos_loc(p)], rc);
     return true;
   }
   EXPECT(rc == 0, "position %s@%s: rc %d", SKU[pos_sku(p)], LOC[pos_loc(p)], rc);
@@ -426,12 +459,14 @@ static bool check_pos(int p) {
          (long long)got.safety_stock, (long long)got.reserved, (long long)got.committed,
          (long long)got.counted_at_ms, (long long)m->on_hand, (long long)m->safety,
          (long long)m->reserved, (long long)m->committed, (long long)m->counted_at);
-  EXPECT(got.available == et_available(m->on_hand, m->safety, m->reserved, m->committed) &&
-             got.shortfall == et_shortfall(m->on_hand, m->reserved, m->committed),
-         "position %s@%s: available/shortfall %lld/%lld", SKU[pos_sku(p)],
-         LOC[pos_loc(p)], (long long)got.available, (long long)got.shortfall);
-  EXPECT(et_str_is(got.sku, SKU[pos_sku(p)]) && et_str_is(got.location, LOC[pos_loc(p)]),
-         "position strings");
+  EXPECT(
+      got.available == et_available(m->on_hand, m->safety, m->reserved, m->committed) &&
+          got.shortfall == et_shortfall(m->on_hand, m->reserved, m->committed),
+      "position %s@%s: available/shortfall %lld/%lld", SKU[pos_sku(p)], LOC[pos_loc(p)],
+      (long long)got.available, (long long)got.shortfall);
+  EXPECT(
+      et_str_is(got.sku, SKU[pos_sku(p)]) && et_str_is(got.location, LOC[pos_loc(p)]),
+      "position strings");
   if (m->dirty)
     EXPECT(got.version > m->version, "position %s@%s changed, version %llu not > %llu",
            SKU[pos_sku(p)], LOC[pos_loc(p)], (unsigned long long)got.version,
@@ -473,7 +508,8 @@ static bool check_listing(int sku) {
   return true;
 }
 
-/* --- operations ----------------------------------------------------------------------- */
+/* --- operations
+ * ----------------------------------------------------------------------- */
 
 static void ref_strings(const mres_t *m, int ri, atp_reserve_req_t *req, char *buf,
                         size_t len) {
@@ -536,7 +572,8 @@ static void lines_with(const mres_t *r, const alloc_t *allocs, int n, mline_t *o
 
 /* Picks the allocation policy that explains the engine's lines: whole-first
  * (CONTRACT.md's reading) or greedy split (what the lead may implement). */
-static bool choose_allocs(const mres_t *base, const mreq_t *req, int n, alloc_t *allocs) {
+static bool choose_allocs(const mres_t *base, const mreq_t *req, int n,
+                          alloc_t *allocs) {
   static mline_t lines[MAXL * 2];
   int nl;
   char why[256], why2[256];
@@ -602,7 +639,8 @@ static bool op_reserve(void) {
   m->ended_at = ATP_TIME_NONE;
   for (int i = 0; i < m->nreq; i++)
     for (int k = 0; k < allocs[i].n; k++) {
-      m->lines[m->nlines++] = (mline_t){allocs[i].items[k].pos, allocs[i].items[k].qty, 0, 0};
+      m->lines[m->nlines++] =
+          (mline_t){allocs[i].items[k].pos, allocs[i].items[k].qty, 0, 0};
       mres_units(m, allocs[i].items[k].pos, allocs[i].items[k].qty);
     }
   M->nres++;
@@ -676,7 +714,8 @@ static bool op_commit(void) {
   int ri = pick_res();
   if (ri < 0) return true;
   mres_t *m = &M->res[ri];
-  snprintf(OP, sizeof OP, "commit %s (%s)", m->id, atp_status_name((atp_status_t)m->status));
+  snprintf(OP, sizeof OP, "commit %s (%s)", m->id,
+           atp_status_name((atp_status_t)m->status));
   char order_id[20];
   snprintf(order_id, sizeof order_id, "O%s", m->id);
   RES.status = -1;
@@ -687,8 +726,9 @@ static bool op_commit(void) {
     m->has_order_id = true;
     COUNTERS[C_COMMIT]++;
   } else if (m->status == ATP_STATUS_COMMITTED) {
-    EXPECT(rc == 0 && OUT.replayed, "rc %d replayed %d, want a replay", rc, OUT.replayed);
-  COUNTERS[C_REPLAY]++;
+    EXPECT(rc == 0 && OUT.replayed, "rc %d replayed %d, want a replay", rc,
+           OUT.replayed);
+    COUNTERS[C_REPLAY]++;
   } else {
     return expect_conflict(rc, m);
   }
@@ -738,7 +778,8 @@ static int make_qty_lines(const mres_t *m, int mode, mqty_t *out) {
 
 static void to_qty_lines(const mqty_t *q, int n, atp_qty_line_t *out) {
   for (int i = 0; i < n; i++)
-    out[i] = (atp_qty_line_t){S(SKU[pos_sku(q[i].pos)]), S(LOC[pos_loc(q[i].pos)]), q[i].qty};
+    out[i] = (atp_qty_line_t){S(SKU[pos_sku(q[i].pos)]), S(LOC[pos_loc(q[i].pos)]),
+                              q[i].qty};
 }
 
 static void describe_qty(const mqty_t *q, int n) {
@@ -754,22 +795,28 @@ static bool op_release(void) {
   if (ri < 0) return true;
   mres_t *m = &M->res[ri];
   bool live = m->status == ATP_STATUS_HELD || m->status == ATP_STATUS_COMMITTED;
-  int mode = !live ? -1 : et_rng_pct(&RNG, 40) ? -1 : et_rng_pct(&RNG, 85) ? 0
-                                                    : (int)et_rng_range(&RNG, 1, 2);
+  int mode = !live                  ? -1
+             : et_rng_pct(&RNG, 40) ? -1
+             : et_rng_pct(&RNG, 85) ? 0
+                                    : (int)et_rng_range(&RNG, 1, 2);
   mqty_t q[2] = {{0, 0}, {0, 0}};
   int n = mode >= 0 ? make_qty_lines(m, mode, q) : 0;
   if (mode >= 0 && n == 0) mode = -1;
   snprintf(OP, sizeof OP, "release %s (%s) %s", m->id,
            atp_status_name((atp_status_t)m->status),
-           mode < 0 ? "whole" : mode == 0 ? "lines" : mode == 1 ? "too many" : "stranger");
+           mode < 0    ? "whole"
+           : mode == 0 ? "lines"
+           : mode == 1 ? "too many"
+                       : "stranger");
   describe_qty(q, n);
   atp_qty_line_t lines[2];
   to_qty_lines(q, n, lines);
   RES.status = -1;
   int rc = atp_release(E, S(m->id), lines, (uint32_t)n, &OUT, &RES);
   if (m->status == ATP_STATUS_RELEASED) {
-    EXPECT(rc == 0 && OUT.replayed, "rc %d replayed %d, want a replay", rc, OUT.replayed);
-  COUNTERS[C_REPLAY]++;
+    EXPECT(rc == 0 && OUT.replayed, "rc %d replayed %d, want a replay", rc,
+           OUT.replayed);
+    COUNTERS[C_REPLAY]++;
     return check_res_fields(m, &OUT);
   }
   if (!live) return expect_conflict(rc, m);
@@ -827,8 +874,10 @@ static bool op_fulfil(void) {
   if (ri < 0 || M->nful >= MAXIDS) return true;
   mres_t *m = &M->res[ri];
   bool live = m->status == ATP_STATUS_HELD || m->status == ATP_STATUS_COMMITTED;
-  int mode = !live ? -1 : et_rng_pct(&RNG, 40) ? -1 : et_rng_pct(&RNG, 85) ? 0
-                                                    : (int)et_rng_range(&RNG, 1, 2);
+  int mode = !live                  ? -1
+             : et_rng_pct(&RNG, 40) ? -1
+             : et_rng_pct(&RNG, 85) ? 0
+                                    : (int)et_rng_range(&RNG, 1, 2);
   mqty_t q[2] = {{0, 0}, {0, 0}};
   int n = mode >= 0 ? make_qty_lines(m, mode, q) : 0;
   if (mode >= 0 && n == 0) mode = -1;
@@ -836,7 +885,10 @@ static bool op_fulfil(void) {
   snprintf(f->id, sizeof f->id, "F%d", ++M->id_seq);
   snprintf(OP, sizeof OP, "fulfil %s (%s) %s %s", m->id,
            atp_status_name((atp_status_t)m->status), f->id,
-           mode < 0 ? "whole" : mode == 0 ? "lines" : mode == 1 ? "too many" : "stranger");
+           mode < 0    ? "whole"
+           : mode == 0 ? "lines"
+           : mode == 1 ? "too many"
+                       : "stranger");
   describe_qty(q, n);
   atp_qty_line_t lines[2];
   to_qty_lines(q, n, lines);
@@ -937,8 +989,8 @@ static bool op_amend(void) {
   to_qty_lines(a->rel, a->nrel, rel);
   for (int i = 0; i < a->nadd; i++) add[i] = to_line_req(&a->add[i]);
   RES.status = -1;
-  int rc = atp_amend(E, S(m->id), S(a->id), rel, (uint32_t)a->nrel, add, (uint32_t)a->nadd,
-                     &OUT, &SF, &RES);
+  int rc = atp_amend(E, S(m->id), S(a->id), rel, (uint32_t)a->nrel, add,
+                     (uint32_t)a->nadd, &OUT, &SF, &RES);
   if (!live) return expect_conflict(rc, m);
   alloc_t allocs[2];
   mshort_t shorts[2];
@@ -981,8 +1033,8 @@ static bool op_amend_again(bool mismatch) {
   to_qty_lines(a->rel, a->nrel, rel);
   for (int i = 0; i < a->nadd; i++) add[i] = to_line_req(&a->add[i]);
   if (mismatch) add[0].qty += 1;
-  int rc = atp_amend(E, S(m->id), S(a->id), rel, (uint32_t)a->nrel, add, (uint32_t)a->nadd,
-                     &OUT, &SF, &RES);
+  int rc = atp_amend(E, S(m->id), S(a->id), rel, (uint32_t)a->nrel, add,
+                     (uint32_t)a->nadd, &OUT, &SF, &RES);
   if (mismatch) {
     EXPECT(rc == ATP_EIDEMPOTENCY, "rc %d, want idempotency_mismatch", rc);
     COUNTERS[C_MISMATCH]++;
@@ -1025,10 +1077,11 @@ static bool op_adjust(void) {
     a->has_cf = true;
     a->cf = cf < 10 ? m->on_hand : m->on_hand + 1;
   }
-  snprintf(OP, sizeof OP, "adjust %s %s@%s %+lld at %lld%s", a->id, SKU[pos_sku(a->pos)],
-           LOC[pos_loc(a->pos)], (long long)a->delta,
+  snprintf(OP, sizeof OP, "adjust %s %s@%s %+lld at %lld%s", a->id,
+           SKU[pos_sku(a->pos)], LOC[pos_loc(a->pos)], (long long)a->delta,
            a->occurred_at == ATP_TIME_NONE ? 0LL : (long long)(a->occurred_at - now()),
-           a->has_cf ? (a->cf == m->on_hand ? " change_from ok" : " change_from wrong") : "");
+           a->has_cf ? (a->cf == m->on_hand ? " change_from ok" : " change_from wrong")
+                     : "");
   atp_adjust_req_t req;
   memset(&req, 0, sizeof req);
   req.id = S(a->id);
@@ -1126,12 +1179,13 @@ static bool op_count(void) {
     c->has_cf = true;
     c->cf = cf < 7 ? m->on_hand : m->on_hand - 1;
   }
-  snprintf(OP, sizeof OP, "count %s %s@%s = %lld at now%lld (position counted_at now%lld)%s",
-           c->id, SKU[pos_sku(c->pos)], LOC[pos_loc(c->pos)], (long long)c->on_hand,
-           (long long)(c->counted_at - now()),
-           m->exists && m->counted_at != ATP_TIME_NONE ? (long long)(m->counted_at - now())
-                                                      : 0LL,
-           c->has_cf ? " change_from" : "");
+  snprintf(
+      OP, sizeof OP, "count %s %s@%s = %lld at now%lld (position counted_at now%lld)%s",
+      c->id, SKU[pos_sku(c->pos)], LOC[pos_loc(c->pos)], (long long)c->on_hand,
+      (long long)(c->counted_at - now()),
+      m->exists && m->counted_at != ATP_TIME_NONE ? (long long)(m->counted_at - now())
+                                                  : 0LL,
+      c->has_cf ? " change_from" : "");
   atp_count_req_t req;
   memset(&req, 0, sizeof req);
   req.id = S(c->id);
@@ -1151,7 +1205,8 @@ static bool op_count(void) {
     return true;
   }
   EXPECT(rc == 0 && !out.replayed, "rc %d (%s), want 0", rc, RES.message);
-  bool stale = m->exists && m->counted_at != ATP_TIME_NONE && c->counted_at < m->counted_at;
+  bool stale =
+      m->exists && m->counted_at != ATP_TIME_NONE && c->counted_at < m->counted_at;
   if (stale) {
     EXPECT(out.stale && !out.applied, "stale/applied %d/%d, want stale", out.stale,
            out.applied);
@@ -1177,10 +1232,11 @@ static bool op_count(void) {
     COUNTERS[C_COUNT]++;
     COUNTERS[C_APPROX] += approximate;
   }
-  EXPECT(out.position.on_hand == m->on_hand && out.position.counted_at_ms == m->counted_at,
-         "answer's position on_hand %lld counted_at %lld, want %lld %lld",
-         (long long)out.position.on_hand, (long long)out.position.counted_at_ms,
-         (long long)m->on_hand, (long long)m->counted_at);
+  EXPECT(
+      out.position.on_hand == m->on_hand && out.position.counted_at_ms == m->counted_at,
+      "answer's position on_hand %lld counted_at %lld, want %lld %lld",
+      (long long)out.position.on_hand, (long long)out.position.counted_at_ms,
+      (long long)m->on_hand, (long long)m->counted_at);
   c->o_on_hand = m->on_hand;
   c->o_version = out.position.version;
   M->ncnt++;
@@ -1225,7 +1281,8 @@ static bool op_safety(void) {
   snprintf(OP, sizeof OP, "safety %s@%s = %lld", SKU[pos_sku(p)], LOC[pos_loc(p)],
            (long long)v);
   atp_position_t out;
-  int rc = atp_safety_stock_set(E, S(SKU[pos_sku(p)]), S(LOC[pos_loc(p)]), v, &out, &RES);
+  int rc =
+      atp_safety_stock_set(E, S(SKU[pos_sku(p)]), S(LOC[pos_loc(p)]), v, &out, &RES);
   EXPECT(rc == 0, "rc %d", rc);
   mpos_t *m = &M->pos[p];
   bool changed = !m->exists || m->safety != v;
@@ -1265,8 +1322,10 @@ static bool op_group(void) {
   EXPECT(atp_group_put(E, S(GRP[g]), names, (uint32_t)m->n, &RES) == 0, "rc");
   atp_str_t out[NLOC];
   uint32_t n = 0;
-  EXPECT(atp_group_get(E, S(GRP[g]), out, NLOC, &n) == 0 && (int)n == m->n, "group get");
-  for (int i = 0; i < m->n; i++) EXPECT(et_str_is(out[i], LOC[m->locs[i]]), "group order");
+  EXPECT(atp_group_get(E, S(GRP[g]), out, NLOC, &n) == 0 && (int)n == m->n,
+         "group get");
+  for (int i = 0; i < m->n; i++)
+    EXPECT(et_str_is(out[i], LOC[m->locs[i]]), "group order");
   return true;
 }
 
@@ -1295,7 +1354,8 @@ static bool op_tick(void) {
   return true;
 }
 
-/* --- replica ----------------------------------------------------------------------- */
+/* --- replica -----------------------------------------------------------------------
+ */
 
 static void replica_hook(void *ctx, const atp_change_t *records, uint32_t count) {
   (void)ctx;
@@ -1312,16 +1372,17 @@ static bool check_replica(void) {
     EXPECT(ra == rb, "position %s@%s: rc %d vs replica %d", SKU[pos_sku(p)],
            LOC[pos_loc(p)], ra, rb);
     if (ra) continue;
-    EXPECT(a.on_hand == b.on_hand && a.safety_stock == b.safety_stock &&
-               a.reserved == b.reserved && a.committed == b.committed &&
-               a.available == b.available && a.shortfall == b.shortfall &&
-               a.counted_at_ms == b.counted_at_ms && a.version == b.version,
-           "position %s@%s differs in the replica: on_hand %lld/%lld reserved %lld/%lld "
-           "committed %lld/%lld version %llu/%llu",
-           SKU[pos_sku(p)], LOC[pos_loc(p)], (long long)a.on_hand, (long long)b.on_hand,
-           (long long)a.reserved, (long long)b.reserved, (long long)a.committed,
-           (long long)b.committed, (unsigned long long)a.version,
-           (unsigned long long)b.version);
+    EXPECT(
+        a.on_hand == b.on_hand && a.safety_stock == b.safety_stock &&
+            a.reserved == b.reserved && a.committed == b.committed &&
+            a.available == b.available && a.shortfall == b.shortfall &&
+            a.counted_at_ms == b.counted_at_ms && a.version == b.version,
+        "position %s@%s differs in the replica: on_hand %lld/%lld reserved %lld/%lld "
+        "committed %lld/%lld version %llu/%llu",
+        SKU[pos_sku(p)], LOC[pos_loc(p)], (long long)a.on_hand, (long long)b.on_hand,
+        (long long)a.reserved, (long long)b.reserved, (long long)a.committed,
+        (long long)b.committed, (unsigned long long)a.version,
+        (unsigned long long)b.version);
   }
   for (int i = 0; i < M->nres; i++) {
     int rb = atp_reservation_get(REP, S(M->res[i].id), &GOT);
@@ -1331,32 +1392,54 @@ static bool check_replica(void) {
   return true;
 }
 
-/* --- driver ------------------------------------------------------------------------- */
+/* --- driver -------------------------------------------------------------------------
+ */
 
 static bool step_once(void) {
   uint32_t r = et_rng_below(&RNG, 1000);
   bool ok;
-  if (r < 220) ok = op_reserve();
-  else if (r < 240) ok = op_reserve_again(false);
-  else if (r < 250) ok = op_reserve_again(true);
-  else if (r < 330) ok = op_commit();
-  else if (r < 420) ok = op_release();
-  else if (r < 460) ok = op_extend();
-  else if (r < 540) ok = op_fulfil();
-  else if (r < 555) ok = op_fulfil_again(false);
-  else if (r < 565) ok = op_fulfil_again(true);
-  else if (r < 615) ok = op_amend();
-  else if (r < 625) ok = op_amend_again(false);
-  else if (r < 630) ok = op_amend_again(true);
-  else if (r < 760) ok = op_adjust();
-  else if (r < 775) ok = op_adjust_again(false);
-  else if (r < 785) ok = op_adjust_again(true);
-  else if (r < 845) ok = op_count();
-  else if (r < 860) ok = op_count_again(false);
-  else if (r < 865) ok = op_count_again(true);
-  else if (r < 895) ok = op_safety();
-  else if (r < 910) ok = op_group();
-  else ok = op_tick();
+  if (r < 220)
+    ok = op_reserve();
+  else if (r < 240)
+    ok = op_reserve_again(false);
+  else if (r < 250)
+    ok = op_reserve_again(true);
+  else if (r < 330)
+    ok = op_commit();
+  else if (r < 420)
+    ok = op_release();
+  else if (r < 460)
+    ok = op_extend();
+  else if (r < 540)
+    ok = op_fulfil();
+  else if (r < 555)
+    ok = op_fulfil_again(false);
+  else if (r < 565)
+    ok = op_fulfil_again(true);
+  else if (r < 615)
+    ok = op_amend();
+  else if (r < 625)
+    ok = op_amend_again(false);
+  else if (r < 630)
+    ok = op_amend_again(true);
+  else if (r < 760)
+    ok = op_adjust();
+  else if (r < 775)
+    ok = op_adjust_again(false);
+  else if (r < 785)
+    ok = op_adjust_again(true);
+  else if (r < 845)
+    ok = op_count();
+  else if (r < 860)
+    ok = op_count_again(false);
+  else if (r < 865)
+    ok = op_count_again(true);
+  else if (r < 895)
+    ok = op_safety();
+  else if (r < 910)
+    ok = op_group();
+  else
+    ok = op_tick();
   if (!ok) return false;
   for (int p = 0; p < NPOS; p++)
     if (!check_pos(p)) return false;
@@ -1408,8 +1491,10 @@ int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
   const char *env = getenv("ATP_SEED");
-  if (argc > 1) seed = strtoull(argv[1], NULL, 10);
-  else if (env && *env) seed = strtoull(env, NULL, 10);
+  if (argc > 1)
+    seed = strtoull(argv[1], NULL, 10);
+  else if (env && *env)
+    seed = strtoull(env, NULL, 10);
   int steps = 6000;
   const char *env_steps = getenv("ATP_MODEL_STEPS");
   if (env_steps && atoi(env_steps) > 0) steps = atoi(env_steps);

@@ -34,16 +34,16 @@
 #include "engine_test_util.h"
 #include "test.h"
 
-#define WORKERS 4
-#define ROUNDS 6
-#define NCOLD 32
-#define NCNT 8
-#define NPOS (1 + NCOLD + NCNT)
-#define HOT 0
-#define COLD0 1
-#define CNT0 (1 + NCOLD)
+#define WORKERS    4
+#define ROUNDS     6
+#define NCOLD      32
+#define NCNT       8
+#define NPOS       (1 + NCOLD + NCNT)
+#define HOT        0
+#define COLD0      1
+#define CNT0       (1 + NCOLD)
 #define HOT_SAFETY 7
-#define MAXOWN 8192
+#define MAXOWN     8192
 
 static char SKUS[NPOS][16], LOCS[NPOS][16];
 static et_clock_t CLK;
@@ -52,11 +52,11 @@ static uint64_t SEED;
 static int OPS = 4000;
 
 /* Shared tallies (atomics: workers and hooks add concurrently). */
-static _Atomic int64_t ADJ_SUM[NPOS];      /* applied adjustments, all time (cold) */
+static _Atomic int64_t ADJ_SUM[NPOS];       /* applied adjustments, all time (cold) */
 static _Atomic int64_t FULFILLED_SUM[NPOS]; /* fulfilled units, all time */
-static _Atomic int64_t ROUND_ADJ[NPOS];    /* applied adjustments this round (counted) */
-static _Atomic int COUNTED[NPOS];          /* a count applied this round */
-static _Atomic int64_t HOT_GRANTED;        /* units granted on HOT this round */
+static _Atomic int64_t ROUND_ADJ[NPOS]; /* applied adjustments this round (counted) */
+static _Atomic int COUNTED[NPOS];       /* a count applied this round */
+static _Atomic int64_t HOT_GRANTED;     /* units granted on HOT this round */
 static _Atomic int64_t HOOK_ON_HAND[NPOS], HOOK_SAFETY[NPOS], HOOK_RESERVED[NPOS],
     HOOK_COMMITTED[NPOS];
 static _Atomic int HOOK_ERRORS;
@@ -67,7 +67,9 @@ static _Atomic int WORKER_ERRORS;
 static int64_t ROUND_START;
 static int ROUND;
 
-static int64_t count_figure(int p, int round) { return 100 + 7 * p + round; }
+static int64_t count_figure(int p, int round) {
+  return 100 + 7 * p + round;
+}
 
 static int pos_index(atp_str_t sku) {
   if (sku.len < 2) return -1;
@@ -100,7 +102,8 @@ static void hook(void *ctx, const atp_change_t *records, uint32_t count) {
   }
 }
 
-/* --- workers ----------------------------------------------------------------------- */
+/* --- workers -----------------------------------------------------------------------
+ */
 
 typedef struct {
   char id[24];
@@ -108,13 +111,13 @@ typedef struct {
   int pos[3];
   int64_t fulfilled[3]; /* as last seen by the owner (only it fulfils) */
   bool hot;
-  bool ended;           /* known ended: nothing more to do with it */
+  bool ended; /* known ended: nothing more to do with it */
 } own_t;
 
 typedef struct {
   int index;
   et_rng_t rng;
-  own_t *own;   /* every reservation this thread created, all rounds */
+  own_t *own; /* every reservation this thread created, all rounds */
   int nown;
   int seq;
   atp_reservation_t out;
@@ -124,16 +127,20 @@ typedef struct {
 
 static worker_t WORKERS_STATE[WORKERS];
 
-#define WFAIL(w, ...)                                                     \
-  do {                                                                    \
-    fprintf(stderr, "  worker %d round %d: ", (w)->index, ROUND);         \
-    fprintf(stderr, __VA_ARGS__);                                         \
-    fprintf(stderr, " (replay with ATP_SEED=%" PRIu64 ")\n", SEED);       \
-    atomic_fetch_add(&WORKER_ERRORS, 1);                                  \
+#define WFAIL(w, ...)                                               \
+  do {                                                              \
+    fprintf(stderr, "  worker %d round %d: ", (w)->index, ROUND);   \
+    fprintf(stderr, __VA_ARGS__);                                   \
+    fprintf(stderr, " (replay with ATP_SEED=%" PRIu64 ")\n", SEED); \
+    atomic_fetch_add(&WORKER_ERRORS, 1);                            \
   } while (0)
 
-static atp_str_t sku_of(int p) { return et_str(SKUS[p]); }
-static atp_str_t loc_of(int p) { return et_str(LOCS[p]); }
+static atp_str_t sku_of(int p) {
+  return et_str(SKUS[p]);
+}
+static atp_str_t loc_of(int p) {
+  return et_str(LOCS[p]);
+}
 
 /* Takes the units the owner did not know were fulfilled into the tallies. */
 static void note_fulfilled(own_t *o, const atp_reservation_t *r) {
@@ -159,7 +166,8 @@ static void w_reserve(worker_t *w, bool hot) {
     o->hot = true;
     o->pos[o->nlines++] = HOT;
     hot_qty = et_rng_range(&w->rng, 1, 3);
-    if (et_rng_pct(&w->rng, 25)) o->pos[o->nlines++] = COLD0 + (int)et_rng_below(&w->rng, NCOLD);
+    if (et_rng_pct(&w->rng, 25))
+      o->pos[o->nlines++] = COLD0 + (int)et_rng_below(&w->rng, NCOLD);
   } else {
     int n = 1 + (int)et_rng_below(&w->rng, 3);
     for (int k = 0; k < n; k++) {
@@ -188,7 +196,8 @@ static void w_reserve(worker_t *w, bool hot) {
     return;
   }
   if (w->out.line_count != (uint32_t)o->nlines || w->out.status != ATP_STATUS_HELD)
-    WFAIL(w, "reserve %s: %u lines, status %d", o->id, w->out.line_count, w->out.status);
+    WFAIL(w, "reserve %s: %u lines, status %d", o->id, w->out.line_count,
+          w->out.status);
   if (hot) atomic_fetch_add(&HOT_GRANTED, hot_qty);
   w->nown++;
 }
@@ -205,7 +214,8 @@ static own_t *pick_own(worker_t *w) {
 /* After an ECONFLICT: the reservation ended under us (expired). */
 static void on_conflict(worker_t *w, own_t *o, const char *what) {
   int st = w->result.status;
-  if (st == ATP_STATUS_EXPIRED || st == ATP_STATUS_RELEASED || st == ATP_STATUS_FULFILLED)
+  if (st == ATP_STATUS_EXPIRED || st == ATP_STATUS_RELEASED ||
+      st == ATP_STATUS_FULFILLED)
     o->ended = true;
   if (st != ATP_STATUS_EXPIRED && st != ATP_STATUS_COMMITTED)
     WFAIL(w, "%s %s: conflict with status %d", what, o->id, st);
@@ -215,8 +225,10 @@ static void w_commit(worker_t *w) {
   own_t *o = pick_own(w);
   if (!o) return;
   int rc = atp_commit(E, et_str(o->id), ATP_STR(""), &w->out, &w->result);
-  if (rc == ATP_ECONFLICT) on_conflict(w, o, "commit");
-  else if (rc != 0) WFAIL(w, "commit %s: rc %d", o->id, rc);
+  if (rc == ATP_ECONFLICT)
+    on_conflict(w, o, "commit");
+  else if (rc != 0)
+    WFAIL(w, "commit %s: rc %d", o->id, rc);
 }
 
 static void w_extend(worker_t *w) {
@@ -334,37 +346,50 @@ static void w_count(worker_t *w) {
 
 static void check_snapshot(const atp_position_t *p, int index, const char *who) {
   bool ok = et_position_consistent(p);
-  if (index == HOT && p->reserved + p->committed > p->on_hand - p->safety_stock) ok = false;
+  if (index == HOT && p->reserved + p->committed > p->on_hand - p->safety_stock)
+    ok = false;
   if (!ok && atomic_fetch_add(&READ_ERRORS, 1) < 5)
-    fprintf(stderr,
-            "  %s: inconsistent snapshot of %s@%s: on_hand %lld safety %lld reserved %lld "
-            "committed %lld available %lld shortfall %lld version %llu\n",
-            who, SKUS[index], LOCS[index], (long long)p->on_hand,
-            (long long)p->safety_stock, (long long)p->reserved, (long long)p->committed,
-            (long long)p->available, (long long)p->shortfall,
-            (unsigned long long)p->version);
+    fprintf(
+        stderr,
+        "  %s: inconsistent snapshot of %s@%s: on_hand %lld safety %lld reserved %lld "
+        "committed %lld available %lld shortfall %lld version %llu\n",
+        who, SKUS[index], LOCS[index], (long long)p->on_hand,
+        (long long)p->safety_stock, (long long)p->reserved, (long long)p->committed,
+        (long long)p->available, (long long)p->shortfall,
+        (unsigned long long)p->version);
 }
 
 static void w_read(worker_t *w) {
   int p = et_rng_pct(&w->rng, 50) ? HOT : (int)et_rng_below(&w->rng, NPOS);
   atp_position_t pos;
-  if (atp_position_get(E, sku_of(p), loc_of(p), &pos) == 0) check_snapshot(&pos, p, "worker");
+  if (atp_position_get(E, sku_of(p), loc_of(p), &pos) == 0)
+    check_snapshot(&pos, p, "worker");
 }
 
 static void *worker_main(void *arg) {
   worker_t *w = arg;
   for (int i = 0; i < OPS; i++) {
     uint32_t r = et_rng_below(&w->rng, 100);
-    if (r < 30) w_reserve(w, true);
-    else if (r < 50) w_reserve(w, false);
-    else if (r < 58) w_commit(w);
-    else if (r < 66) w_release_or_fulfil(w, false);
-    else if (r < 74) w_release_or_fulfil(w, true);
-    else if (r < 78) w_extend(w);
-    else if (r < 86) w_adjust(w, COLD0 + (int)et_rng_below(&w->rng, NCOLD), -3, 10);
-    else if (r < 92) w_adjust(w, CNT0 + (int)et_rng_below(&w->rng, NCNT), -3, 5);
-    else if (r < 95) w_count(w);
-    else w_read(w);
+    if (r < 30)
+      w_reserve(w, true);
+    else if (r < 50)
+      w_reserve(w, false);
+    else if (r < 58)
+      w_commit(w);
+    else if (r < 66)
+      w_release_or_fulfil(w, false);
+    else if (r < 74)
+      w_release_or_fulfil(w, true);
+    else if (r < 78)
+      w_extend(w);
+    else if (r < 86)
+      w_adjust(w, COLD0 + (int)et_rng_below(&w->rng, NCOLD), -3, 10);
+    else if (r < 92)
+      w_adjust(w, CNT0 + (int)et_rng_below(&w->rng, NCNT), -3, 5);
+    else if (r < 95)
+      w_count(w);
+    else
+      w_read(w);
   }
   return NULL;
 }
@@ -375,11 +400,13 @@ static void *reader_main(void *arg) {
   while (!atomic_load(&STOP)) {
     int p = et_rng_pct(&rng, 40) ? HOT : (int)et_rng_below(&rng, NPOS);
     atp_position_t pos;
-    if (atp_position_get(E, sku_of(p), loc_of(p), &pos) == 0) check_snapshot(&pos, p, "reader");
+    if (atp_position_get(E, sku_of(p), loc_of(p), &pos) == 0)
+      check_snapshot(&pos, p, "reader");
     if (p != HOT && et_rng_pct(&rng, 10)) {
       uint32_t n = 0;
       if (atp_sku_positions(E, sku_of(p), list, 8, &n) == 0)
-        for (uint32_t i = 0; i < n && i < 8; i++) check_snapshot(&list[i], p, "listing");
+        for (uint32_t i = 0; i < n && i < 8; i++)
+          check_snapshot(&list[i], p, "listing");
     }
     atomic_fetch_add_explicit(&READS, 1, memory_order_relaxed);
   }
@@ -396,7 +423,8 @@ static void *ticker_main(void *arg) {
   return NULL;
 }
 
-/* --- the main thread's checks -------------------------------------------------------- */
+/* --- the main thread's checks --------------------------------------------------------
+ */
 
 static atp_reservation_t R;
 static int64_t HELD[NPOS], COMMITTED_UNITS[NPOS], FULFILLED_SEEN[NPOS];
@@ -427,7 +455,8 @@ static void check_round(int round, int64_t hot_supply) {
       own_t *o = &w->own[i];
       int rc = atp_reservation_get(E, et_str(o->id), &R);
       if (rc != 0)
-        fprintf(stderr, "  round %d: reservation %s (%s, known ended %d) not found: rc %d\n",
+        fprintf(stderr,
+                "  round %d: reservation %s (%s, known ended %d) not found: rc %d\n",
                 round, o->id, o->hot ? "hot" : "cold", o->ended, rc);
       CHECK_EQ(rc, 0);
       if (rc) continue;
@@ -437,9 +466,12 @@ static void check_round(int round, int64_t hot_supply) {
         int64_t rem = et_line_remaining(&R.lines[k]);
         CHECK(rem >= 0);
         FULFILLED_SEEN[p] += R.lines[k].fulfilled;
-        if (R.status == ATP_STATUS_HELD) HELD[p] += rem;
-        else if (R.status == ATP_STATUS_COMMITTED) COMMITTED_UNITS[p] += rem;
-        else CHECK_EQ(rem, 0); /* ended: nothing remains */
+        if (R.status == ATP_STATUS_HELD)
+          HELD[p] += rem;
+        else if (R.status == ATP_STATUS_COMMITTED)
+          COMMITTED_UNITS[p] += rem;
+        else
+          CHECK_EQ(rem, 0); /* ended: nothing remains */
       }
       if (R.status == ATP_STATUS_HELD)
         CHECK(R.expires_at_ms != ATP_TIME_NONE && R.expires_at_ms > 0);
@@ -452,23 +484,27 @@ static void check_round(int round, int64_t hot_supply) {
     REQUIRE(atp_position_get(E, sku_of(p), loc_of(p), &pos) == 0);
     CHECK(et_position_consistent(&pos));
     if (pos.reserved != HELD[p] || pos.committed != COMMITTED_UNITS[p])
-      fprintf(stderr, "  round %d %s@%s: reserved %lld committed %lld, reservations say %lld %lld\n",
-              round, SKUS[p], LOCS[p], (long long)pos.reserved, (long long)pos.committed,
-              (long long)HELD[p], (long long)COMMITTED_UNITS[p]);
+      fprintf(stderr,
+              "  round %d %s@%s: reserved %lld committed %lld, reservations say %lld "
+              "%lld\n",
+              round, SKUS[p], LOCS[p], (long long)pos.reserved,
+              (long long)pos.committed, (long long)HELD[p],
+              (long long)COMMITTED_UNITS[p]);
     CHECK_EQ(pos.reserved, HELD[p]);
     CHECK_EQ(pos.committed, COMMITTED_UNITS[p]);
     CHECK_EQ(FULFILLED_SEEN[p], atomic_load(&FULFILLED_SUM[p]));
     int64_t want_on_hand;
     if (p >= CNT0) {
-      COUNT_EXPECT[p] = atomic_load(&COUNTED[p]) ? count_figure(p, round) : COUNT_EXPECT[p];
+      COUNT_EXPECT[p] =
+          atomic_load(&COUNTED[p]) ? count_figure(p, round) : COUNT_EXPECT[p];
       COUNT_EXPECT[p] += atomic_load(&ROUND_ADJ[p]);
       want_on_hand = COUNT_EXPECT[p];
     } else {
       want_on_hand = atomic_load(&ADJ_SUM[p]) - atomic_load(&FULFILLED_SUM[p]);
     }
     if (pos.on_hand != want_on_hand)
-      fprintf(stderr, "  round %d %s@%s: on_hand %lld, want %lld\n", round, SKUS[p], LOCS[p],
-              (long long)pos.on_hand, (long long)want_on_hand);
+      fprintf(stderr, "  round %d %s@%s: on_hand %lld, want %lld\n", round, SKUS[p],
+              LOCS[p], (long long)pos.on_hand, (long long)want_on_hand);
     CHECK_EQ(pos.on_hand, want_on_hand);
     /* The hook's records add up to the state. */
     CHECK_EQ(atomic_load(&HOOK_ON_HAND[p]), pos.on_hand);
@@ -542,12 +578,15 @@ static void test_stress(void) {
     snprintf(id, sizeof id, "init-%d", p);
     int64_t qty = p < CNT0 ? 20 : 50;
     REQUIRE(adjust_main(id, p, qty));
-    if (p < CNT0) atomic_fetch_add(&ADJ_SUM[p], qty);
-    else COUNT_EXPECT[p] = qty;
+    if (p < CNT0)
+      atomic_fetch_add(&ADJ_SUM[p], qty);
+    else
+      COUNT_EXPECT[p] = qty;
   }
   atp_position_t out;
   atp_result_t result;
-  REQUIRE(atp_safety_stock_set(E, sku_of(HOT), loc_of(HOT), HOT_SAFETY, &out, &result) == 0);
+  REQUIRE(atp_safety_stock_set(E, sku_of(HOT), loc_of(HOT), HOT_SAFETY, &out,
+                               &result) == 0);
   for (int t = 0; t < WORKERS; t++) {
     WORKERS_STATE[t].index = t;
     WORKERS_STATE[t].rng.state = SEED * 31 + (uint64_t)t + 1;
@@ -580,19 +619,21 @@ static void test_stress(void) {
     CHECK_EQ(atomic_load(&READ_ERRORS), 0);
     CHECK_EQ(atomic_load(&HOOK_ERRORS), 0);
     if (test_failed_now) {
-      fprintf(stderr, "  failed in round %d (replay with ATP_SEED=%" PRIu64 ")\n", ROUND,
-              SEED);
+      fprintf(stderr, "  failed in round %d (replay with ATP_SEED=%" PRIu64 ")\n",
+              ROUND, SEED);
       break;
     }
   }
   atp_engine_stats_t st;
   atp_engine_stats(E, &st);
-  printf("     expirations %llu, held %llu, committed %llu, released %llu, fulfilled %llu\n",
-         (unsigned long long)st.expirations,
-         (unsigned long long)st.reservations_by_status[ATP_STATUS_HELD],
-         (unsigned long long)st.reservations_by_status[ATP_STATUS_COMMITTED],
-         (unsigned long long)st.reservations_by_status[ATP_STATUS_RELEASED],
-         (unsigned long long)st.reservations_by_status[ATP_STATUS_FULFILLED]);
+  printf(
+      "     expirations %llu, held %llu, committed %llu, released %llu, fulfilled "
+      "%llu\n",
+      (unsigned long long)st.expirations,
+      (unsigned long long)st.reservations_by_status[ATP_STATUS_HELD],
+      (unsigned long long)st.reservations_by_status[ATP_STATUS_COMMITTED],
+      (unsigned long long)st.reservations_by_status[ATP_STATUS_RELEASED],
+      (unsigned long long)st.reservations_by_status[ATP_STATUS_FULFILLED]);
   for (int t = 0; t < WORKERS; t++) free(WORKERS_STATE[t].own);
   atp_engine_destroy(E);
   E = NULL;
@@ -602,12 +643,14 @@ int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   SEED = (uint64_t)time(NULL);
   const char *env = getenv("ATP_SEED");
-  if (argc > 1) SEED = strtoull(argv[1], NULL, 10);
-  else if (env && *env) SEED = strtoull(env, NULL, 10);
+  if (argc > 1)
+    SEED = strtoull(argv[1], NULL, 10);
+  else if (env && *env)
+    SEED = strtoull(env, NULL, 10);
   const char *ops = getenv("ATP_STRESS_OPS");
   if (ops && atoi(ops) > 0) OPS = atoi(ops);
-  printf("stress test: seed %" PRIu64 ", %d workers x %d ops x %d rounds\n", SEED, WORKERS,
-         OPS, ROUNDS);
+  printf("stress test: seed %" PRIu64 ", %d workers x %d ops x %d rounds\n", SEED,
+         WORKERS, OPS, ROUNDS);
   const char *test_only_ = NULL;
   RUN(test_stress);
   printf("%d passed, %d failed\n", tests_passed, tests_failed);

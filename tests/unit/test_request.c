@@ -26,7 +26,8 @@ static void req_setup(const char *query) {
 static atp_val_t *json(const char *text) {
   atp_val_t *v = NULL;
   atp_parse_error_t err;
-  if (atp_codec_parse(ATP_FORMAT_JSON, text, strlen(text), &arena, &v, &err) != 0) return NULL;
+  if (atp_codec_parse(ATP_FORMAT_JSON, text, strlen(text), &arena, &v, &err) != 0)
+    return NULL;
   return v;
 }
 
@@ -41,9 +42,9 @@ static void test_id_check(void) {
   CHECK_EQ(atp_id_check(big, 129), ATP_EBADREQ);
   CHECK_EQ(atp_id_check("a\tb", 3), ATP_EBADREQ);
   CHECK_EQ(atp_id_check("a\x7f", 2), ATP_EBADREQ);
-  CHECK_EQ(atp_id_check("a\xc2\x85", 3), ATP_EBADREQ);  /* C1 control NEL */
-  CHECK_EQ(atp_id_check("a\xc3", 2), ATP_EBADREQ);      /* truncated */
-  CHECK_EQ(atp_id_check("\xc0\xaf", 2), ATP_EBADREQ);   /* overlong */
+  CHECK_EQ(atp_id_check("a\xc2\x85", 3), ATP_EBADREQ);    /* C1 control NEL */
+  CHECK_EQ(atp_id_check("a\xc3", 2), ATP_EBADREQ);        /* truncated */
+  CHECK_EQ(atp_id_check("\xc0\xaf", 2), ATP_EBADREQ);     /* overlong */
   CHECK_EQ(atp_id_check("\xed\xa0\x80", 3), ATP_EBADREQ); /* surrogate */
   CHECK_EQ(atp_id_check("a\0b", 3), ATP_EBADREQ);
 }
@@ -86,9 +87,10 @@ static void test_field_path(void) {
 
 static void test_readers(void) {
   req_setup("");
-  atp_val_t *b = json("{\"id\":\"r-1\",\"qty\":3,\"neg\":-1,\"f\":1.5,\"s\":\"x\",\"ok\":true,"
-                      "\"t\":\"2024-05-01T10:00:00Z\",\"tm\":1714557600000,\"n\":null,"
-                      "\"lines\":[{\"qty\":1},{\"qty\":\"2\"},5],\"bad\":\"a\\u0001\"}");
+  atp_val_t *b = json(
+      "{\"id\":\"r-1\",\"qty\":3,\"neg\":-1,\"f\":1.5,\"s\":\"x\",\"ok\":true,"
+      "\"t\":\"2024-05-01T10:00:00Z\",\"tm\":1714557600000,\"n\":null,"
+      "\"lines\":[{\"qty\":1},{\"qty\":\"2\"},5],\"bad\":\"a\\u0001\"}");
   REQUIRE(b);
   atp_str_t s;
   int64_t i = 0;
@@ -105,7 +107,8 @@ static void test_readers(void) {
   CHECK(strcmp(rq.field, "bad") == 0);
   CHECK_EQ(atp_get_int(&rq, b, NULL, "qty", ATP_REQUIRED, 1, 10, &i, &present), 0);
   CHECK(i == 3 && present);
-  CHECK_EQ(atp_get_int(&rq, b, NULL, "neg", ATP_REQUIRED, 1, 10, &i, NULL), ATP_EBADREQ);
+  CHECK_EQ(atp_get_int(&rq, b, NULL, "neg", ATP_REQUIRED, 1, 10, &i, NULL),
+           ATP_EBADREQ);
   CHECK(strcmp(rq.field, "neg") == 0);
   CHECK_EQ(atp_get_int(&rq, b, NULL, "f", ATP_REQUIRED, 0, 10, &i, NULL), ATP_EBADREQ);
   CHECK_EQ(atp_get_int(&rq, b, NULL, "s", ATP_REQUIRED, 0, 10, &i, NULL), ATP_EBADREQ);
@@ -128,7 +131,8 @@ static void test_readers(void) {
   REQUIRE(arr && arr->len == 3);
   CHECK_EQ(atp_get_item_object(&rq, arr, NULL, "lines", 1, &it), 0);
   atp_at_t at = {"lines", 1, NULL};
-  CHECK_EQ(atp_get_int(&rq, it, &at, "qty", ATP_REQUIRED, 1, 10, &i, NULL), ATP_EBADREQ);
+  CHECK_EQ(atp_get_int(&rq, it, &at, "qty", ATP_REQUIRED, 1, 10, &i, NULL),
+           ATP_EBADREQ);
   CHECK(strcmp(rq.field, "lines[1].qty") == 0);
   CHECK_EQ(atp_get_item_object(&rq, arr, NULL, "lines", 2, &it), ATP_EBADREQ);
   CHECK(strcmp(rq.field, "lines[2]") == 0);
@@ -154,7 +158,8 @@ static void test_percent_decode(void) {
 }
 
 static void test_query(void) {
-  req_setup("sku=gid%3A%2F%2Fshopify%2FProductVariant%2F123&location=store-01&&flag&group=");
+  req_setup(
+      "sku=gid%3A%2F%2Fshopify%2FProductVariant%2F123&location=store-01&&flag&group=");
   CHECK_EQ(atp_req_parse_query(&rq), 0);
   CHECK_EQ(rq.query_count, 4);
   const atp_str_t *v = atp_req_query(&rq, "sku");
@@ -174,7 +179,8 @@ static void test_query(void) {
 
   req_setup("sku=%G1");
   CHECK_EQ(atp_req_parse_query(&rq), ATP_EBADREQ);
-  req_setup("a=1&b=2&c=3&d=4&e=5&f=6&g=7&h=8&i=9&j=10&k=11&l=12&m=13&n=14&o=15&p=16&q=17");
+  req_setup(
+      "a=1&b=2&c=3&d=4&e=5&f=6&g=7&h=8&i=9&j=10&k=11&l=12&m=13&n=14&o=15&p=16&q=17");
   CHECK_EQ(atp_req_parse_query(&rq), ATP_EBADREQ);
   req_setup("");
   CHECK_EQ(atp_req_parse_query(&rq), 0);
@@ -185,12 +191,13 @@ static atp_auth_t auth;
 
 static void test_tokens(void) {
   char err[200];
-  const char *file = "# atpd tokens\n"
-                     "tok-read read\n"
-                     "  tok-checkout   checkout  # the web shop\n"
-                     "\n"
-                     "tok-int integration\r\n"
-                     "tok-ops ops\n";
+  const char *file =
+      "# atpd tokens\n"
+      "tok-read read\n"
+      "  tok-checkout   checkout  # the web shop\n"
+      "\n"
+      "tok-int integration\r\n"
+      "tok-ops ops\n";
   CHECK_EQ(atp_auth_parse(&auth, file, strlen(file), err, sizeof err), 0);
   CHECK_EQ(auth.count, 4);
   CHECK_EQ(atp_auth_role(&auth, "Bearer tok-read", 15), ATP_ROLE_READ);
@@ -224,7 +231,8 @@ static void test_tokens(void) {
 
   CHECK_EQ(atp_auth_parse(&auth, "t1 admin\n", 9, err, sizeof err), ATP_EBADREQ);
   CHECK(strstr(err, "line 1") != NULL);
-  CHECK_EQ(atp_auth_parse(&auth, "t1 read\nt1 ops\n", 15, err, sizeof err), ATP_EBADREQ);
+  CHECK_EQ(atp_auth_parse(&auth, "t1 read\nt1 ops\n", 15, err, sizeof err),
+           ATP_EBADREQ);
   CHECK(strstr(err, "duplicate") != NULL);
   CHECK_EQ(atp_auth_parse(&auth, "t1\n", 3, err, sizeof err), ATP_EBADREQ);
   CHECK_EQ(atp_auth_parse(&auth, "# nothing\n", 10, err, sizeof err), ATP_EBADREQ);
@@ -235,8 +243,10 @@ static atp_ownership_t own;
 static void test_ownership(void) {
   char err[200];
   const char *file =
-      "{\"fields\": {\"counts\": {\"writers\": [\"erp\", \"wms\"], \"owner\": \"inventory-control\"},"
-      "\"reservations\": {\"writers\": [\"checkout\", \"pos\"], \"owner\": \"ecommerce\"},"
+      "{\"fields\": {\"counts\": {\"writers\": [\"erp\", \"wms\"], \"owner\": "
+      "\"inventory-control\"},"
+      "\"reservations\": {\"writers\": [\"checkout\", \"pos\"], \"owner\": "
+      "\"ecommerce\"},"
       "\"dead_letters\": {\"writers\": []}}}";
   CHECK_EQ(atp_ownership_parse(&own, file, strlen(file), err, sizeof err), 0);
   CHECK(atp_ownership_allows(&own, ATP_FIELD_COUNTS, ATP_STR("erp")));
@@ -251,9 +261,10 @@ static void test_ownership(void) {
   CHECK(o.len == 17 && !memcmp(o.ptr, "inventory-control", 17));
   o = atp_ownership_owner(&own, ATP_FIELD_GROUPS, ATP_STR("pos"));
   CHECK(o.len == 3 && !memcmp(o.ptr, "pos", 3));
-  CHECK_EQ(atp_ownership_parse(&own, "{\"fields\": 3}", 13, err, sizeof err), ATP_EBADREQ);
-  CHECK_EQ(atp_ownership_parse(&own, "{\"fields\": {\"counts\": {\"writers\": [1]}}}", 40, err,
-                               sizeof err),
+  CHECK_EQ(atp_ownership_parse(&own, "{\"fields\": 3}", 13, err, sizeof err),
+           ATP_EBADREQ);
+  CHECK_EQ(atp_ownership_parse(&own, "{\"fields\": {\"counts\": {\"writers\": [1]}}}",
+                               40, err, sizeof err),
            ATP_EBADREQ);
   CHECK_EQ(atp_ownership_parse(&own, "{", 1, err, sizeof err), ATP_EBADREQ);
 }
@@ -268,8 +279,14 @@ static const char *fake_env(const char *name) {
 static void test_config(void) {
   atp_config_t cfg;
   char err[256];
-  char *argv1[] = {"atpd", "--threads", "5", "--redis", "redis://cache:6380/2",
-                   "--snapshot-interval-s=60", "--demo", NULL};
+  char *argv1[] = {"atpd",
+                   "--threads",
+                   "5",
+                   "--redis",
+                   "redis://cache:6380/2",
+                   "--snapshot-interval-s=60",
+                   "--demo",
+                   NULL};
   CHECK_EQ(atp_config_load(&cfg, 7, argv1, fake_env, err, sizeof err), 0);
   CHECK(strcmp(cfg.host, "0.0.0.0") == 0);
   CHECK_EQ(cfg.port, 9000);

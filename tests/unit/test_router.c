@@ -12,8 +12,8 @@
 
 static atp_arena_t arena;
 
-static const atp_route_t *match(atp_http_method_t m, const char *path, atp_str_t *params,
-                                uint32_t *n, bool *known, int *err) {
+static const atp_route_t *match(atp_http_method_t m, const char *path,
+                                atp_str_t *params, uint32_t *n, bool *known, int *err) {
   return atp_router_match(m, path, strlen(path), &arena, params, n, known, err);
 }
 
@@ -33,12 +33,13 @@ static void test_match(void) {
   r = match(ATP_HTTP_POST, "/v1/reservations", p, &n, &known, &err);
   REQUIRE(r);
   CHECK(r->handler == atp_route_reservation_create);
-  r = match(ATP_HTTP_GET, "/v1/reservations/gid%3A%2F%2Fshopify%2FOrder%2F9", p, &n, &known,
-            &err);
+  r = match(ATP_HTTP_GET, "/v1/reservations/gid%3A%2F%2Fshopify%2FOrder%2F9", p, &n,
+            &known, &err);
   REQUIRE(r);
   CHECK(r->handler == atp_route_reservation_get);
   CHECK(n == 1 && p[0].len == 21 && !memcmp(p[0].ptr, "gid://shopify/Order/9", 21));
-  r = match(ATP_HTTP_GET, "/v1/groups/a+b", p, &n, &known, &err); /* '+' stays in paths */
+  r = match(ATP_HTTP_GET, "/v1/groups/a+b", p, &n, &known,
+            &err); /* '+' stays in paths */
   REQUIRE(r);
   CHECK(p[0].len == 3 && !memcmp(p[0].ptr, "a+b", 3));
   r = match(ATP_HTTP_DELETE, "/v1/groups/north", p, &n, &known, &err);
@@ -89,11 +90,13 @@ static void test_body_limit(void) {
            ATP_HTTP_BULK_BODY_BYTES_MAX);
   CHECK_EQ(atp_router_body_limit(NULL, ATP_HTTP_POST, "/v1/reconciliations", 19),
            ATP_HTTP_BULK_BODY_BYTES_MAX);
-  CHECK_EQ(atp_router_body_limit(NULL, ATP_HTTP_POST, "/v1/reconciliations/x/apply", 27),
-           ATP_HTTP_BULK_BODY_BYTES_MAX);
+  CHECK_EQ(
+      atp_router_body_limit(NULL, ATP_HTTP_POST, "/v1/reconciliations/x/apply", 27),
+      ATP_HTTP_BULK_BODY_BYTES_MAX);
   CHECK_EQ(atp_router_body_limit(NULL, ATP_HTTP_POST, "/v1/batchx", 10),
            ATP_HTTP_BODY_BYTES_MAX);
-  CHECK_EQ(atp_router_body_limit(NULL, ATP_HTTP_GET, "/nope", 5), ATP_HTTP_BODY_BYTES_MAX);
+  CHECK_EQ(atp_router_body_limit(NULL, ATP_HTTP_GET, "/nope", 5),
+           ATP_HTTP_BODY_BYTES_MAX);
 }
 
 /* --- dispatch ------------------------------------------------------------------ */
@@ -107,7 +110,7 @@ static uint64_t next_id = 1;
 
 typedef struct {
   atp_http_method_t method;
-  const char *path;   /* may include ?query */
+  const char *path; /* may include ?query */
   const char *body;
   const char *content_type;
   const char *accept;
@@ -130,12 +133,16 @@ static int call(fake_t f) {
   if (q) *q = '\0';
   req.body = f.body ? f.body : "";
   req.body_len = f.body ? strlen(f.body) : 0;
-#define HDR(name)            \
-  if (f.name) {              \
-    req.name = f.name;       \
-    req.name##_len = strlen(f.name); \
-  }
-  HDR(content_type) HDR(accept) HDR(authorization)
+#define HDR(name)                      \
+  do {                                 \
+    if (f.name) {                      \
+      req.name = f.name;               \
+      req.name##_len = strlen(f.name); \
+    }                                  \
+  } while (0)
+  HDR(content_type);
+  HDR(accept);
+  HDR(authorization);
 #undef HDR
   req.arena = &arena;
   req.request_id = next_id++;
@@ -163,7 +170,8 @@ static void test_dispatch_basics(void) {
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=nope&location=x"}), 404);
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?location=x"}), 400);
   CHECK(body_has("\"field\":\"sku\""));
-  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=a&location=x&group=g"}), 400);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=a&location=x&group=g"}),
+           400);
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=%zz"}), 400);
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=a&group=nope"}), 404);
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=never"}), 200);
@@ -175,63 +183,72 @@ static void test_dispatch_basics(void) {
   CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments", "[1]", JSON}), 400);
   CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments", "{\"id\":", JSON}), 400);
   /* Accept picks the response format, errors included. */
-  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/nope", NULL, NULL, "application/x-msgpack"}), 404);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_GET, "/v1/nope", NULL, NULL, "application/x-msgpack"}),
+      404);
   CHECK(res.content_type && strstr(res.content_type, "msgpack"));
   CHECK((unsigned char)body.data[0] >= 0x80); /* a msgpack map, not '{' */
 }
 
 static void test_dispatch_stock(void) {
-  const char *adj = "{\"id\":\"t-adj-1\",\"sku\":\"S1\",\"location\":\"L1\",\"delta\":7,"
-                    "\"reason\":\"received\",\"source\":\"erp\"}";
+  const char *adj =
+      "{\"id\":\"t-adj-1\",\"sku\":\"S1\",\"location\":\"L1\",\"delta\":7,"
+      "\"reason\":\"received\",\"source\":\"erp\"}";
   CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments", adj, JSON}), 200);
   CHECK(body_has("\"on_hand\":7"));
   CHECK(!body_has("replayed"));
   CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments", adj, JSON}), 200);
   CHECK(body_has("\"replayed\":true"));
-  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments",
-                         "{\"id\":\"t-adj-2\",\"sku\":\"S1\",\"location\":\"L1\",\"delta\":0,"
-                         "\"reason\":\"received\",\"source\":\"erp\"}",
-                         JSON}),
+  CHECK_EQ(call((fake_t){
+               ATP_HTTP_POST, "/v1/adjustments",
+               "{\"id\":\"t-adj-2\",\"sku\":\"S1\",\"location\":\"L1\",\"delta\":0,"
+               "\"reason\":\"received\",\"source\":\"erp\"}",
+               JSON}),
            400);
   CHECK(body_has("\"field\":\"delta\""));
-  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments",
-                         "{\"id\":\"t-adj-3\",\"sku\":\"S1\",\"location\":\"L1\",\"delta\":1,"
-                         "\"reason\":\"gift\",\"source\":\"erp\"}",
-                         JSON}),
+  CHECK_EQ(call((fake_t){
+               ATP_HTTP_POST, "/v1/adjustments",
+               "{\"id\":\"t-adj-3\",\"sku\":\"S1\",\"location\":\"L1\",\"delta\":1,"
+               "\"reason\":\"gift\",\"source\":\"erp\"}",
+               JSON}),
            400);
   CHECK(body_has("\"field\":\"reason\""));
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=S1&location=L1"}), 200);
   CHECK(body_has("\"available\":7"));
-  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/reservations",
-                         "{\"id\":\"t-r-1\",\"lines\":[{\"sku\":\"S1\",\"location\":\"L1\","
-                         "\"qty\":2}]}",
-                         JSON}),
-           201);
-  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/reservations",
-                         "{\"id\":\"t-r-2\",\"lines\":[{\"sku\":\"S1\",\"location\":\"L1\","
-                         "\"qty\":99}]}",
-                         JSON}),
-           409);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_POST, "/v1/reservations",
+                    "{\"id\":\"t-r-1\",\"lines\":[{\"sku\":\"S1\",\"location\":\"L1\","
+                    "\"qty\":2}]}",
+                    JSON}),
+      201);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_POST, "/v1/reservations",
+                    "{\"id\":\"t-r-2\",\"lines\":[{\"sku\":\"S1\",\"location\":\"L1\","
+                    "\"qty\":99}]}",
+                    JSON}),
+      409);
   CHECK(body_has("\"shortfalls\""));
-  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/reservations",
-                         "{\"id\":\"t-r-3\",\"lines\":[{\"sku\":\"S1\",\"location\":\"L1\","
-                         "\"qty\":1},{\"sku\":\"S1\",\"qty\":1}]}",
-                         JSON}),
-           400);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_POST, "/v1/reservations",
+                    "{\"id\":\"t-r-3\",\"lines\":[{\"sku\":\"S1\",\"location\":\"L1\","
+                    "\"qty\":1},{\"sku\":\"S1\",\"qty\":1}]}",
+                    JSON}),
+      400);
   CHECK(body_has("\"field\":\"lines[1].location\""));
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/reservations/t-r-1"}), 200);
   CHECK(body_has("\"status\":\"held\""));
-  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/reservations/t-r-1/release", NULL, NULL}), 200);
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/reservations/t-r-1/release", NULL, NULL}),
+           200);
   CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/reservations/t-r-1/extend",
                          "{\"ttl_ms\":5000}", JSON}),
            409);
   CHECK(body_has("\"status\":\"released\""));
-  CHECK_EQ(call((fake_t){ATP_HTTP_PUT, "/v1/groups/g1", "{\"locations\":[\"L1\",\"L1\"]}",
-                         JSON}),
+  CHECK_EQ(call((fake_t){ATP_HTTP_PUT, "/v1/groups/g1",
+                         "{\"locations\":[\"L1\",\"L1\"]}", JSON}),
            400);
   CHECK(body_has("\"field\":\"locations[1]\""));
-  CHECK_EQ(call((fake_t){ATP_HTTP_PUT, "/v1/groups/g1", "{\"locations\":[\"L2\",\"L1\"]}",
-                         JSON}),
+  CHECK_EQ(call((fake_t){ATP_HTTP_PUT, "/v1/groups/g1",
+                         "{\"locations\":[\"L2\",\"L1\"]}", JSON}),
            200);
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=S1&group=g1"}), 200);
   CHECK(body_has("\"found\":false"));
@@ -254,19 +271,25 @@ static void test_dispatch_auth(void) {
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=S1", NULL, NULL, NULL,
                          "Bearer tr"}),
            200);
-  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/reservations/x", NULL, NULL, NULL, "Bearer tr"}),
-           403);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_GET, "/v1/reservations/x", NULL, NULL, NULL, "Bearer tr"}),
+      403);
   CHECK(body_has("forbidden"));
-  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/reservations/x", NULL, NULL, NULL, "Bearer tc"}),
-           404);
-  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/reservations/x", NULL, NULL, NULL, "Bearer ti"}),
-           403);
-  CHECK_EQ(call((fake_t){ATP_HTTP_DELETE, "/v1/groups/x", NULL, NULL, NULL, "Bearer tc"}),
-           403);
-  CHECK_EQ(call((fake_t){ATP_HTTP_DELETE, "/v1/groups/x", NULL, NULL, NULL, "Bearer ti"}),
-           404);
-  CHECK_EQ(call((fake_t){ATP_HTTP_DELETE, "/v1/groups/x", NULL, NULL, NULL, "Bearer to"}),
-           404);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_GET, "/v1/reservations/x", NULL, NULL, NULL, "Bearer tc"}),
+      404);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_GET, "/v1/reservations/x", NULL, NULL, NULL, "Bearer ti"}),
+      403);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_DELETE, "/v1/groups/x", NULL, NULL, NULL, "Bearer tc"}),
+      403);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_DELETE, "/v1/groups/x", NULL, NULL, NULL, "Bearer ti"}),
+      404);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_DELETE, "/v1/groups/x", NULL, NULL, NULL, "Bearer to"}),
+      404);
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/metrics"}), 200);
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/healthz"}), 200);
   app.auth = NULL;
@@ -274,36 +297,42 @@ static void test_dispatch_auth(void) {
 
 static void test_dispatch_ownership(void) {
   char err[128];
-  const char *file = "{\"fields\":{\"adjustments\":{\"writers\":[\"pos\"],\"owner\":\"store-ops\"},"
-                     "\"reservations\":{\"writers\":[\"web\"]}}}";
+  const char *file =
+      "{\"fields\":{\"adjustments\":{\"writers\":[\"pos\"],\"owner\":\"store-ops\"},"
+      "\"reservations\":{\"writers\":[\"web\"]}}}";
   REQUIRE(atp_ownership_parse(&own, file, strlen(file), err, sizeof err) == 0);
   app.ownership = &own;
-  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments",
-                         "{\"id\":\"o-1\",\"sku\":\"S2\",\"location\":\"L1\",\"delta\":1,"
-                         "\"reason\":\"sale\",\"source\":\"erp\"}",
-                         JSON}),
-           403);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_POST, "/v1/adjustments",
+                    "{\"id\":\"o-1\",\"sku\":\"S2\",\"location\":\"L1\",\"delta\":1,"
+                    "\"reason\":\"sale\",\"source\":\"erp\"}",
+                    JSON}),
+      403);
   CHECK(body_has("not_owner"));
   CHECK(body_has("\"field\":\"source\""));
-  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/adjustments",
-                         "{\"id\":\"o-2\",\"sku\":\"S2\",\"location\":\"L1\",\"delta\":1,"
-                         "\"reason\":\"sale\",\"source\":\"pos\"}",
-                         JSON}),
-           200);
-  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/reservations",
-                         "{\"id\":\"o-r\",\"lines\":[{\"sku\":\"S2\",\"location\":\"L1\","
-                         "\"qty\":1}]}",
-                         JSON}),
-           403);
-  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/reservations",
-                         "{\"id\":\"o-r\",\"lines\":[{\"sku\":\"S2\",\"location\":\"L1\","
-                         "\"qty\":1}],\"channel\":\"web\"}",
-                         JSON}),
-           201);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_POST, "/v1/adjustments",
+                    "{\"id\":\"o-2\",\"sku\":\"S2\",\"location\":\"L1\",\"delta\":1,"
+                    "\"reason\":\"sale\",\"source\":\"pos\"}",
+                    JSON}),
+      200);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_POST, "/v1/reservations",
+                    "{\"id\":\"o-r\",\"lines\":[{\"sku\":\"S2\",\"location\":\"L1\","
+                    "\"qty\":1}]}",
+                    JSON}),
+      403);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_POST, "/v1/reservations",
+                    "{\"id\":\"o-r\",\"lines\":[{\"sku\":\"S2\",\"location\":\"L1\","
+                    "\"qty\":1}],\"channel\":\"web\"}",
+                    JSON}),
+      201);
   /* Fields without a writer list stay open. */
-  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/v1/safety-stock",
-                         "{\"sku\":\"S2\",\"location\":\"L1\",\"safety_stock\":1}", JSON}),
-           200);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_POST, "/v1/safety-stock",
+                    "{\"sku\":\"S2\",\"location\":\"L1\",\"safety_stock\":1}", JSON}),
+      200);
   app.ownership = NULL;
 }
 
@@ -313,7 +342,9 @@ static void test_dispatch_metrics(void) {
   CHECK(atp_metrics_requests(app.metrics, count, 404) >= 1); /* unmatched */
   CHECK(atp_metrics_requests(app.metrics, 0, 200) >= 1);     /* GET /v1/availability */
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/metrics"}), 200);
-  CHECK(body_has("atpd_http_requests_total{method=\"GET\",route=\"/v1/availability\",status=\"200\"}"));
+  CHECK(
+      body_has("atpd_http_requests_total{method=\"GET\",route=\"/v1/"
+               "availability\",status=\"200\"}"));
   CHECK(body_has("atpd_http_request_duration_seconds_bucket"));
   CHECK(body_has("atpd_reservations{status=\"held\"}"));
   CHECK(body_has("atpd_positions "));
