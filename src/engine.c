@@ -591,17 +591,83 @@ static int check_common(atp_str_t id, atp_str_t sku, atp_str_t location,
   return 0;
 }
 
-static void idem_outcome(const atp_engine_t *e, uint32_t idx, atp_position_t *out,
-                         uint32_t *flags) {
-  const atp_irec_t *r = &e->irecs[idx];
-  *out = r->outcome;
-  out->sku = atp_intern_str(e, e->positions[r->pos].sku);
-  out->location = atp_intern_str(e, e->positions[r->pos].location);
-  *flags = r->flags;
+/* An on-hand change in progress: the claimed id and the locked position. */
+typedef struct {
+  uint32_t irec; /* the claimed idempotency record */
+  uint32_t idx;  /* the position, locked */
+  atp_pos_t *p;
+  int64_t on_hand; /* as found under the lock */
+  int64_t counted_at;
+} onhand_t;
+
+/* The shared start of an adjustment or a count: claims the id, finds or
+ * creates the position, takes its flag and checks change_from. 1: the id was
+ * used with this content; *position and *flags hold the remembered outcome.
+ * 0: *o holds the claim and the locked position. Negative: an error, nothing
+ * held (a change_from conflict fills *position with the position as it is). */
+static int onhand_begin(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
+                        uint64_t content, atp_str_t sku, atp_str_t location,
+                        bool has_change_from, int64_t change_from, onhand_t *o,
+                        atp_position_t *position, uint32_t *flags,
+                        atp_result_t *result) {
+  int rc = atp_idem_claim(e, kind, id, content, &o->irec, result);
+  if (rc < 0) return rc;
+  if (rc == 1) {
+    const atp_irec_t *r = &e->irecs[o->irec];
+    *position = r->outcome;
+    position->sku = atp_intern_str(e, e->positions[r->pos].sku);
+    position->location = atp_intern_str(e, e->positions[r->pos].location);
+    *flags = r->flags;
+    return 1;
+  }
+  rc = atp_pos_find_or_create(e, sku, location, &o->idx);
+  if (rc) {
+    atp_idem_fail(e, o->irec);
+    atp_result_set(result, "", "%s", atp_strerror(rc));
+    return rc;
+  }
+  o->p = &e->positions[o->idx];
+  atp_pos_lock(o->p);
+  o->on_hand = atomic_load_explicit(&o->p->on_hand, memory_order_relaxed);
+  o->counted_at = atomic_load_explicit(&o->p->counted_at, memory_order_relaxed);
+  if (has_change_from && change_from != o->on_hand) {
+    atp_pos_unlock(o->p);
+    atp_idem_fail(e, o->irec);
+    atp_pos_read(e, o->idx, position);
+    result->current_on_hand = o->on_hand;
+    atp_result_set(result, "change_from", "on_hand is %lld, not %lld",
+                   (long long)o->on_hand, (long long)change_from);
+    return ATP_ECONFLICT;
+  }
+  return 0;
 }
 
-int atp_adjust(atp_engine_t *e, const atp_adjust_req_t *req, atp_adjust_res_t *res,
-               atp_result_t *result) {
+/* Gives up a change after onhand_begin: nothing changed, the id stays free. */
+static int onhand_abort(atp_engine_t *e, onhand_t *o, int rc) {
+  atp_pos_unlock(o->p);
+  atp_idem_fail(e, o->irec);
+  return rc;
+}
+
+/* Ends a change after onhand_begin: reads the position, remembers the outcome,
+ * emits the records (c[0..n) plus the idempotency one) and unlocks. */
+static void onhand_finish(atp_engine_t *e, onhand_t *o, uint32_t flags,
+                          atp_position_t *position, atp_change_t *c, uint32_t n) {
+  atp_pos_read(e, o->idx, position);
+  atp_idem_done(e, o->irec, flags, o->idx, position, (atp_str_t){"", 0}, &c[n++]);
+  atp_emit(e, c, n);
+  atp_pos_unlock(o->p);
+}
+
+/* Moves on_hand (and free) by d under the position's flag; the version after. */
+static uint64_t onhand_move(onhand_t *o, int64_t d) {
+  atp_pos_begin(o->p);
+  atomic_fetch_add_explicit(&o->p->on_hand, d, memory_order_acq_rel);
+  atomic_fetch_add_explicit(&o->p->free, d, memory_order_acq_rel);
+  return atp_pos_end(o->p, true);
+}
+
+static int check_adjust(const atp_adjust_req_t *req, atp_result_t *result) {
   int rc = check_common(req->id, req->sku, req->location, req->source, result);
   if (rc) return rc;
   if (req->delta == 0 || !qty_in_range(req->delta)) {
@@ -617,6 +683,13 @@ int atp_adjust(atp_engine_t *e, const atp_adjust_req_t *req, atp_adjust_res_t *r
     atp_result_set(result, "ref", "ref must be at most 128 bytes");
     return ATP_EBADREQ;
   }
+  return 0;
+}
+
+int atp_adjust(atp_engine_t *e, const atp_adjust_req_t *req, atp_adjust_res_t *res,
+               atp_result_t *result) {
+  int rc = check_adjust(req, result);
+  if (rc) return rc;
   int64_t now = atp_now(e);
   int64_t occurred = req->occurred_at_ms == ATP_TIME_NONE ? now : req->occurred_at_ms;
   uint64_t h = atp_hash_str(ATP_IDEM_ADJUST, req->sku);
@@ -628,64 +701,37 @@ int atp_adjust(atp_engine_t *e, const atp_adjust_req_t *req, atp_adjust_res_t *r
   h = atp_hash_str(h, req->ref);
   h = atp_hash_int(h, req->has_change_from ? req->change_from : INT64_MIN);
   memset(res, 0, sizeof *res);
-  uint32_t irec;
-  rc = atp_idem_claim(e, ATP_IDEM_ADJUST, req->id, h, &irec, result);
-  if (rc < 0) return rc;
+  onhand_t o;
+  uint32_t flags = 0, n = 0;
+  rc = onhand_begin(e, ATP_IDEM_ADJUST, req->id, h, req->sku, req->location,
+                    req->has_change_from, req->change_from, &o, &res->position, &flags,
+                    result);
   if (rc == 1) {
-    uint32_t flags;
-    idem_outcome(e, irec, &res->position, &flags);
     res->applied = flags & ATP_IDEM_APPLIED;
     res->absorbed = flags & ATP_IDEM_ABSORBED;
     res->replayed = true;
     return 0;
   }
-  uint32_t idx;
-  rc = atp_pos_find_or_create(e, req->sku, req->location, &idx);
-  if (rc) {
-    atp_idem_fail(e, irec);
-    atp_result_set(result, "", "%s", atp_strerror(rc));
-    return rc;
-  }
-  atp_pos_t *p = &e->positions[idx];
-  atp_pos_lock(p);
-  int64_t on_hand = atomic_load_explicit(&p->on_hand, memory_order_relaxed);
-  int64_t counted = atomic_load_explicit(&p->counted_at, memory_order_relaxed);
-  if (req->has_change_from && req->change_from != on_hand) {
-    atp_pos_unlock(p);
-    atp_idem_fail(e, irec);
-    atp_pos_read(e, idx, &res->position);
-    result->current_on_hand = on_hand;
-    atp_result_set(result, "change_from", "on_hand is %lld, not %lld",
-                   (long long)on_hand, (long long)req->change_from);
-    return ATP_ECONFLICT;
-  }
-  if (!qty_in_range(on_hand + req->delta)) {
-    atp_pos_unlock(p);
-    atp_idem_fail(e, irec);
+  if (rc) return rc;
+  if (!qty_in_range(o.on_hand + req->delta)) {
     atp_result_set(result, "delta", "on_hand would leave +-%lld",
                    (long long)ATP_QTY_MAX);
-    return ATP_EOVERFLOW;
+    return onhand_abort(e, &o, ATP_EOVERFLOW);
   }
   atp_change_t c[2];
-  uint32_t flags = 0, n = 0;
-  if (counted != ATP_TIME_NONE && occurred <= counted) {
-    res->absorbed = true;
+  if (o.counted_at != ATP_TIME_NONE && occurred <= o.counted_at) {
+    res->absorbed = true; /* a count at or after it already saw it */
     flags |= ATP_IDEM_ABSORBED;
   } else {
-    atp_pos_begin(p);
-    atomic_fetch_add_explicit(&p->on_hand, req->delta, memory_order_acq_rel);
-    atomic_fetch_add_explicit(&p->free, req->delta, memory_order_acq_rel);
-    uint64_t v = atp_pos_end(p, true);
-    history_push(e, p, occurred, req->delta, now);
-    atp_change_position(e, &c[n], ATP_CAUSE_ADJUST, req->id, idx, req->delta, 0, 0, v);
+    uint64_t v = onhand_move(&o, req->delta);
+    history_push(e, o.p, occurred, req->delta, now);
+    atp_change_position(e, &c[n], ATP_CAUSE_ADJUST, req->id, o.idx, req->delta, 0, 0,
+                        v);
     c[n++].u.position.occurred_at_ms = occurred;
     res->applied = true;
     flags |= ATP_IDEM_APPLIED;
   }
-  atp_pos_read(e, idx, &res->position);
-  atp_idem_done(e, irec, flags, idx, &res->position, (atp_str_t){"", 0}, &c[n++]);
-  atp_emit(e, c, n);
-  atp_pos_unlock(p);
+  onhand_finish(e, &o, flags, &res->position, c, n);
   return 0;
 }
 
@@ -710,73 +756,47 @@ int atp_count(atp_engine_t *e, const atp_count_req_t *req, atp_count_res_t *res,
   h = atp_hash_str(h, req->source);
   h = atp_hash_int(h, req->has_change_from ? req->change_from : INT64_MIN);
   memset(res, 0, sizeof *res);
-  uint32_t irec;
-  rc = atp_idem_claim(e, ATP_IDEM_COUNT, req->id, h, &irec, result);
-  if (rc < 0) return rc;
+  onhand_t o;
+  uint32_t flags = 0, n = 0;
+  rc = onhand_begin(e, ATP_IDEM_COUNT, req->id, h, req->sku, req->location,
+                    req->has_change_from, req->change_from, &o, &res->position, &flags,
+                    result);
   if (rc == 1) {
-    uint32_t flags;
-    idem_outcome(e, irec, &res->position, &flags);
     res->applied = flags & ATP_IDEM_APPLIED;
     res->stale = flags & ATP_IDEM_STALE;
     res->approximate = flags & ATP_IDEM_APPROXIMATE;
     res->replayed = true;
     return 0;
   }
-  uint32_t idx;
-  rc = atp_pos_find_or_create(e, req->sku, req->location, &idx);
-  if (rc) {
-    atp_idem_fail(e, irec);
-    atp_result_set(result, "", "%s", atp_strerror(rc));
-    return rc;
-  }
-  atp_pos_t *p = &e->positions[idx];
-  atp_pos_lock(p);
-  int64_t on_hand = atomic_load_explicit(&p->on_hand, memory_order_relaxed);
-  int64_t counted = atomic_load_explicit(&p->counted_at, memory_order_relaxed);
-  if (req->has_change_from && req->change_from != on_hand) {
-    atp_pos_unlock(p);
-    atp_idem_fail(e, irec);
-    atp_pos_read(e, idx, &res->position);
-    result->current_on_hand = on_hand;
-    atp_result_set(result, "change_from", "on_hand is %lld, not %lld",
-                   (long long)on_hand, (long long)req->change_from);
-    return ATP_ECONFLICT;
-  }
+  if (rc) return rc;
   atp_change_t c[2];
-  uint32_t flags = 0, n = 0;
-  if (counted != ATP_TIME_NONE && req->counted_at_ms < counted) {
-    res->stale = true;
+  if (o.counted_at != ATP_TIME_NONE && req->counted_at_ms < o.counted_at) {
+    res->stale = true; /* older than the last count: changes nothing */
     flags |= ATP_IDEM_STALE;
   } else {
     bool complete;
-    int64_t later = history_after(p, req->counted_at_ms, &complete);
-    int64_t target = req->on_hand + later;
+    int64_t target = req->on_hand + history_after(o.p, req->counted_at_ms, &complete);
     if (!qty_in_range(target)) {
-      atp_pos_unlock(p);
-      atp_idem_fail(e, irec);
       atp_result_set(result, "on_hand", "on_hand would leave +-%lld",
                      (long long)ATP_QTY_MAX);
-      return ATP_EOVERFLOW;
+      return onhand_abort(e, &o, ATP_EOVERFLOW);
     }
     if (!complete || req->counted_at_ms < now - e->config.history_window_ms) {
       res->approximate = true;
       flags |= ATP_IDEM_APPROXIMATE;
     }
-    int64_t d = target - on_hand;
-    atp_pos_begin(p);
-    atomic_fetch_add_explicit(&p->on_hand, d, memory_order_acq_rel);
-    atomic_fetch_add_explicit(&p->free, d, memory_order_acq_rel);
-    atomic_store_explicit(&p->counted_at, req->counted_at_ms, memory_order_release);
-    uint64_t v = atp_pos_end(p, true);
-    atp_change_position(e, &c[n], ATP_CAUSE_COUNT, req->id, idx, d, 0, 0, v);
+    int64_t d = target - o.on_hand;
+    atp_pos_begin(o.p);
+    atomic_fetch_add_explicit(&o.p->on_hand, d, memory_order_acq_rel);
+    atomic_fetch_add_explicit(&o.p->free, d, memory_order_acq_rel);
+    atomic_store_explicit(&o.p->counted_at, req->counted_at_ms, memory_order_release);
+    uint64_t v = atp_pos_end(o.p, true);
+    atp_change_position(e, &c[n], ATP_CAUSE_COUNT, req->id, o.idx, d, 0, 0, v);
     c[n++].u.position.counted_at_ms = req->counted_at_ms;
     res->applied = true;
     flags |= ATP_IDEM_APPLIED;
   }
-  atp_pos_read(e, idx, &res->position);
-  atp_idem_done(e, irec, flags, idx, &res->position, (atp_str_t){"", 0}, &c[n++]);
-  atp_emit(e, c, n);
-  atp_pos_unlock(p);
+  onhand_finish(e, &o, flags, &res->position, c, n);
   return 0;
 }
 

@@ -840,6 +840,34 @@ int atp_extend(atp_engine_t *e, atp_str_t id, int64_t ttl_ms, atp_reservation_t 
   return 0;
 }
 
+/* The shared start of a keyed mutation of a reservation (fulfil, amend):
+ * claims the key, then opens the reservation. 1: the key was used with this
+ * content; *out is the reservation as it is now, marked replayed. 0: *irec is
+ * claimed and *idx open under its flag. Negative: an error, nothing held. */
+static int keyed_open(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t key,
+                      uint64_t content, atp_str_t id, uint32_t *irec, uint32_t *idx,
+                      atp_reservation_t *out, atp_result_t *result) {
+  if (!atp_id_valid(id)) {
+    atp_result_set(result, "id", "unknown reservation");
+    return ATP_ENOTFOUND;
+  }
+  int rc = atp_idem_claim(e, kind, key, content, irec, result);
+  if (rc < 0) return rc;
+  if (rc == 1) {
+    if ((rc = atp_reservation_get(e, id, out))) {
+      atp_result_set(result, "id", "unknown reservation");
+      return rc;
+    }
+    out->replayed = true;
+    return 1;
+  }
+  if ((rc = rec_open(e, id, idx, result))) {
+    atp_idem_fail(e, *irec);
+    return rc;
+  }
+  return 0;
+}
+
 int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
                const atp_qty_line_t *lines, uint32_t line_count, atp_reservation_t *out,
                atp_result_t *result) {
@@ -848,27 +876,11 @@ int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
                "fulfillment_id must be 1..128 printable bytes");
   int rc = check_qty_lines("lines", lines, line_count, result);
   if (rc) return rc;
-  if (!atp_id_valid(id)) {
-    atp_result_set(result, "id", "unknown reservation");
-    return ATP_ENOTFOUND;
-  }
   uint64_t content = hash_qty_lines(atp_hash_str(0xf1f1, id), lines, line_count);
-  uint32_t irec;
-  rc = atp_idem_claim(e, ATP_IDEM_FULFIL, fulfillment_id, content, &irec, result);
-  if (rc < 0) return rc;
-  if (rc == 1) {
-    if ((rc = atp_reservation_get(e, id, out))) {
-      atp_result_set(result, "id", "unknown reservation");
-      return rc;
-    }
-    out->replayed = true;
-    return 0;
-  }
-  uint32_t idx;
-  if ((rc = rec_open(e, id, &idx, result))) {
-    atp_idem_fail(e, irec);
-    return rc;
-  }
+  uint32_t irec, idx;
+  rc = keyed_open(e, ATP_IDEM_FULFIL, fulfillment_id, content, id, &irec, &idx, out,
+                  result);
+  if (rc) return rc == 1 ? 0 : rc;
   atp_rrec_t *r = &e->rrecs[idx];
   changes_t ch;
   changes_init(&ch);
@@ -917,28 +929,11 @@ int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id,
   if ((rc = check_req_lines("add", add, add_count, 0, result))) return rc;
   if (release_count + add_count == 0)
     return bad(result, "add", "an amend releases or adds something");
-  if (!atp_id_valid(id)) {
-    atp_result_set(result, "id", "unknown reservation");
-    return ATP_ENOTFOUND;
-  }
   uint64_t content = hash_qty_lines(atp_hash_str(0xa3e4d, id), release, release_count);
   content = hash_lines(atp_hash_int(content, add_count), add, add_count);
-  uint32_t irec;
-  rc = atp_idem_claim(e, ATP_IDEM_AMEND, amend_id, content, &irec, result);
-  if (rc < 0) return rc;
-  if (rc == 1) {
-    if ((rc = atp_reservation_get(e, id, out))) {
-      atp_result_set(result, "id", "unknown reservation");
-      return rc;
-    }
-    out->replayed = true;
-    return 0;
-  }
-  uint32_t idx;
-  if ((rc = rec_open(e, id, &idx, result))) {
-    atp_idem_fail(e, irec);
-    return rc;
-  }
+  uint32_t irec, idx;
+  rc = keyed_open(e, ATP_IDEM_AMEND, amend_id, content, id, &irec, &idx, out, result);
+  if (rc) return rc == 1 ? 0 : rc;
   atp_rrec_t *r = &e->rrecs[idx];
   changes_t ch;
   changes_init(&ch);
