@@ -1379,3 +1379,24 @@ void atp_http_server_destroy(atp_http_server_t *s) {
   atp_free(s->loops);
   atp_free(s);
 }
+
+const char *atp_http_method_name(atp_http_method_t m) {
+  switch (m) {
+    case ATP_HTTP_GET:
+      return "GET";
+    case ATP_HTTP_HEAD:
+      return "HEAD";
+    case ATP_HTTP_POST:
+      return "POST";
+    case ATP_HTTP_PUT:
+      return "PUT";
+    case ATP_HTTP_DELETE:
+      return "DELETE";
+    case ATP_HTTP_PATCH:
+      return "PATCH";
+    case ATP_HTTP_OPTIONS:
+      return "OPTIONS";
+    default:
+      return "OTHER";
+  }
+}

@@ -28,27 +28,12 @@
 static char route_labels_text[ATP_METRICS_ROUTES_MAX][160];
 static const char *route_labels[ATP_METRICS_ROUTES_MAX];
 
-static const char *method_text(atp_http_method_t m) {
-  switch (m) {
-    case ATP_HTTP_GET:
-      return "GET";
-    case ATP_HTTP_POST:
-      return "POST";
-    case ATP_HTTP_PUT:
-      return "PUT";
-    case ATP_HTTP_DELETE:
-      return "DELETE";
-    default:
-      return "OTHER";
-  }
-}
-
 static uint32_t build_route_labels(void) {
   uint32_t count = 0;
   const atp_route_t *routes = atp_routes(&count);
   for (uint32_t i = 0; i < count; i++) {
     snprintf(route_labels_text[i], sizeof route_labels_text[i], "%s %s",
-             method_text(routes[i].method), routes[i].pattern);
+             atp_http_method_name(routes[i].method), routes[i].pattern);
     route_labels[i] = route_labels_text[i];
   }
   return count;

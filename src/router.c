@@ -67,30 +67,9 @@ uint32_t atp_route_index(const atp_route_t *route) {
   return (uint32_t)(route - routes);
 }
 
-static const char *method_name(atp_http_method_t m) {
-  switch (m) {
-    case ATP_HTTP_GET:
-      return "GET";
-    case ATP_HTTP_HEAD:
-      return "HEAD";
-    case ATP_HTTP_POST:
-      return "POST";
-    case ATP_HTTP_PUT:
-      return "PUT";
-    case ATP_HTTP_DELETE:
-      return "DELETE";
-    case ATP_HTTP_PATCH:
-      return "PATCH";
-    case ATP_HTTP_OPTIONS:
-      return "OPTIONS";
-    default:
-      return "OTHER";
-  }
-}
-
 void atp_router_print(FILE *out) {
   for (uint32_t i = 0; i < ROUTE_COUNT; i++)
-    fprintf(out, "%s %s\n", method_name(routes[i].method), routes[i].pattern);
+    fprintf(out, "%s %s\n", atp_http_method_name(routes[i].method), routes[i].pattern);
 }
 
 /* Compares a pattern with a raw path; {param} matches one non-empty segment.
@@ -199,7 +178,7 @@ static int gate(atp_req_t *rq, const atp_route_t *route) {
     }
     if (rc != 0)
       return atp_req_fail(rq, rc, NULL, NULL, "This token's role may not call %s %s.",
-                          method_name(route->method), route->pattern);
+                          atp_http_method_name(route->method), route->pattern);
   }
   if (is_v1(h) && (!atp_app_engine(app) ||
                    !atomic_load_explicit(&app->ready, memory_order_acquire))) {
@@ -240,7 +219,7 @@ static const char *allow_header(atp_arena_t *arena, const char *path, size_t len
   for (uint32_t r = 0; r < ROUTE_COUNT; r++) {
     if (!pattern_match(routes[r].pattern, path, len, params, &n)) continue;
     int w = snprintf(out + used, 64 - used, "%s %s", used > 6 ? "," : "",
-                     method_name(routes[r].method));
+                     atp_http_method_name(routes[r].method));
     if (w < 0 || (size_t)w >= 64 - used) break;
     used += (size_t)w;
   }
@@ -333,7 +312,7 @@ void atp_router_log(void *ctx, const atp_http_request_t *req, int status,
   if (!app->access_log) return;
   /* The route pattern is logged, never the raw URL or headers, so neither
    * tokens nor ids in query strings reach the log. */
-  atp_log_access(req->request_id, method_name(req->method),
+  atp_log_access(req->request_id, atp_http_method_name(req->method),
                  route < ROUTE_COUNT ? routes[route].pattern : "unmatched", status,
                  elapsed_ns, body_bytes);
 }

@@ -30,6 +30,9 @@ typedef enum {
   ATP_HTTP_OTHER,
 } atp_http_method_t;
 
+/* "GET", "HEAD", ...; "OTHER" for ATP_HTTP_OTHER. Thread: any. */
+const char *atp_http_method_name(atp_http_method_t method);
+
 typedef struct {
   atp_http_method_t method;
   const char *method_name; /* "GET", ... NUL-terminated */
