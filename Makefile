@@ -42,6 +42,9 @@ UNIT_NAMES := $(patsubst tests/unit/%.c,%,$(UNIT_SRC))
 objs = $(patsubst src/%.c,$(BUILD)/$(1)/%.o,$(SRC_LIB)) \
        $(patsubst %.c,$(BUILD)/$(1)/llhttp/%.o,$(LLHTTP_SRC))
 
+# Objects reached only through pattern rules are not intermediates to delete.
+.SECONDARY:
+
 .PHONY: all deps run test unit unit-asan unit-tsan blackbox fuzz bench format format-check clean
 all: bin/atpd bin/atpctl
 
