@@ -4,7 +4,7 @@
 -- json: Content-Type application/json; msgpack: a hand-encoded msgpack body with
 -- Content-Type application/msgpack (the answer follows the request's format).
 -- The positions must hold enough stock for the whole run (bench/load_positions.py).
--- Non-2xx responses are counted and reported: a run with any is void.
+-- wrk counts non-2xx answers itself (see common.lua): a run with any is void.
 local dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local c = dofile(dir .. "common.lua")
 
@@ -51,7 +51,3 @@ end
 
 setup = c.setup
 done = c.done
-function response(status, headers, body)
-  c.response(status, headers, body)
-  non2xx, responses = c.non2xx, c.responses
-end
