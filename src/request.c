@@ -60,6 +60,22 @@ int atp_req_fail(atp_req_t *rq, int err, const atp_at_t *at, const char *key,
   return err;
 }
 
+void atp_result_init(atp_result_t *result) {
+  result->field[0] = result->message[0] = '\0';
+  result->status = -1;
+  result->current_on_hand = 0;
+}
+
+int atp_req_path_id(atp_req_t *rq, const char *field, const char *what,
+                    atp_str_t *out) {
+  if (rq->param_count < 1 || atp_id_check(rq->params[0].ptr, rq->params[0].len) != 0)
+    return atp_req_fail(rq, ATP_EBADREQ, NULL, field,
+                        "The %s must be 1..%d bytes of printable UTF-8.", what,
+                        ATP_ID_BYTES_MAX);
+  *out = rq->params[0];
+  return 0;
+}
+
 int atp_req_fail_result(atp_req_t *rq, int err, const atp_result_t *result) {
   snprintf(rq->field, sizeof rq->field, "%s", result->field);
   snprintf(rq->message, sizeof rq->message, "%s",

@@ -12,15 +12,6 @@
 
 #define REASON_BYTES_MAX 256
 
-static int reservation_id(atp_req_t *rq, atp_str_t *id) {
-  if (rq->param_count < 1 || atp_id_check(rq->params[0].ptr, rq->params[0].len) != 0)
-    return atp_req_fail(rq, ATP_EBADREQ, NULL, "id",
-                        "The reservation id must be 1..%d bytes of printable UTF-8.",
-                        ATP_ID_BYTES_MAX);
-  *id = rq->params[0];
-  return 0;
-}
-
 /* Answers 200/201 with the reservation, "replayed": true on a replay. */
 static int respond_reservation(atp_req_t *rq, int status, const atp_reservation_t *r) {
   atp_writer_t *w = atp_respond_begin(rq, status);
@@ -187,7 +178,7 @@ int atp_route_reservation_create(atp_req_t *rq) {
 
 int atp_route_reservation_get(atp_req_t *rq) {
   atp_str_t id;
-  int rc = reservation_id(rq, &id);
+  int rc = atp_req_path_id(rq, "id", "reservation id", &id);
   if (rc != 0) return rc;
   atp_reservation_t *r = atp_req_reservation();
   if (atp_reservation_get(atp_app_engine(rq->app), id, r) != 0)
@@ -196,21 +187,15 @@ int atp_route_reservation_get(atp_req_t *rq) {
   return respond_reservation(rq, 200, r);
 }
 
-static void result_init(atp_result_t *result) {
-  result->field[0] = result->message[0] = '\0';
-  result->status = -1;
-  result->current_on_hand = 0;
-}
-
 int atp_route_reservation_commit(atp_req_t *rq) {
   atp_str_t id, order_id;
-  int rc = reservation_id(rq, &id);
+  int rc = atp_req_path_id(rq, "id", "reservation id", &id);
   if (rc == 0) rc = atp_req_parse_body(rq, false);
   if (rc == 0) rc = atp_get_id(rq, rq->body, NULL, "order_id", ATP_OPTIONAL, &order_id);
   if (rc != 0) return rc;
   atp_reservation_t *r = atp_req_reservation();
   atp_result_t result;
-  result_init(&result);
+  atp_result_init(&result);
   rc = atp_commit(atp_app_engine(rq->app), id, order_id, r, &result);
   if (rc != 0) return respond_engine_error(rq, rc, &result, NULL);
   return respond_reservation(rq, 200, r);
@@ -220,7 +205,7 @@ int atp_route_reservation_release(atp_req_t *rq) {
   atp_str_t id, reason;
   atp_qty_line_t *lines = NULL;
   uint32_t count = 0;
-  int rc = reservation_id(rq, &id);
+  int rc = atp_req_path_id(rq, "id", "reservation id", &id);
   if (rc == 0) rc = atp_req_parse_body(rq, false);
   if (rc == 0)
     rc = atp_get_text(rq, rq->body, NULL, "reason", ATP_OPTIONAL, REASON_BYTES_MAX,
@@ -231,7 +216,7 @@ int atp_route_reservation_release(atp_req_t *rq) {
   if (rc != 0) return rc;
   atp_reservation_t *r = atp_req_reservation();
   atp_result_t result;
-  result_init(&result);
+  atp_result_init(&result);
   rc = atp_release(atp_app_engine(rq->app), id, lines, count, r, &result);
   if (rc != 0) return respond_engine_error(rq, rc, &result, NULL);
   return respond_reservation(rq, 200, r);
@@ -240,7 +225,7 @@ int atp_route_reservation_release(atp_req_t *rq) {
 int atp_route_reservation_extend(atp_req_t *rq) {
   atp_str_t id;
   int64_t ttl_ms = 0;
-  int rc = reservation_id(rq, &id);
+  int rc = atp_req_path_id(rq, "id", "reservation id", &id);
   if (rc == 0) rc = atp_req_parse_body(rq, true);
   if (rc == 0)
     rc = atp_get_int(rq, rq->body, NULL, "ttl_ms", ATP_REQUIRED, ATP_TTL_MS_MIN,
@@ -248,7 +233,7 @@ int atp_route_reservation_extend(atp_req_t *rq) {
   if (rc != 0) return rc;
   atp_reservation_t *r = atp_req_reservation();
   atp_result_t result;
-  result_init(&result);
+  atp_result_init(&result);
   rc = atp_extend(atp_app_engine(rq->app), id, ttl_ms, r, &result);
   if (rc != 0) return respond_engine_error(rq, rc, &result, NULL);
   return respond_reservation(rq, 200, r);
@@ -258,7 +243,7 @@ int atp_route_reservation_fulfil(atp_req_t *rq) {
   atp_str_t id, fulfillment_id;
   atp_qty_line_t *lines = NULL;
   uint32_t count = 0;
-  int rc = reservation_id(rq, &id);
+  int rc = atp_req_path_id(rq, "id", "reservation id", &id);
   if (rc == 0) rc = atp_req_parse_body(rq, true);
   if (rc == 0)
     rc =
@@ -269,7 +254,7 @@ int atp_route_reservation_fulfil(atp_req_t *rq) {
   if (rc != 0) return rc;
   atp_reservation_t *r = atp_req_reservation();
   atp_result_t result;
-  result_init(&result);
+  atp_result_init(&result);
   rc =
       atp_fulfil(atp_app_engine(rq->app), id, fulfillment_id, lines, count, r, &result);
   if (rc != 0) return respond_engine_error(rq, rc, &result, NULL);
@@ -281,7 +266,7 @@ int atp_route_reservation_amend(atp_req_t *rq) {
   atp_qty_line_t *release = NULL;
   atp_line_req_t *add = NULL;
   uint32_t release_count = 0, add_count = 0;
-  int rc = reservation_id(rq, &id);
+  int rc = atp_req_path_id(rq, "id", "reservation id", &id);
   if (rc == 0) rc = atp_req_parse_body(rq, true);
   if (rc == 0) rc = atp_get_id(rq, rq->body, NULL, "amend_id", ATP_REQUIRED, &amend_id);
   if (rc == 0)
@@ -298,7 +283,7 @@ int atp_route_reservation_amend(atp_req_t *rq) {
   atp_shortfalls_t *shortfalls = atp_req_shortfalls();
   shortfalls->count = 0;
   atp_result_t result;
-  result_init(&result);
+  atp_result_init(&result);
   rc = atp_amend(atp_app_engine(rq->app), id, amend_id, release, release_count, add,
                  add_count, r, shortfalls, &result);
   if (rc != 0) return respond_engine_error(rq, rc, &result, shortfalls);

@@ -12,12 +12,6 @@
 
 static _Thread_local atp_str_t group_locations[ATP_GROUP_LOCATIONS_MAX];
 
-static void result_init(atp_result_t *result) {
-  result->field[0] = result->message[0] = '\0';
-  result->status = -1;
-  result->current_on_hand = 0;
-}
-
 /* 409 conflict from change_from, with the current position. */
 static int respond_change_from_conflict(atp_req_t *rq, const atp_result_t *result,
                                         const atp_position_t *position) {
@@ -73,7 +67,7 @@ int atp_route_adjustment(atp_req_t *rq) {
 
   atp_adjust_res_t res;
   atp_result_t result;
-  result_init(&result);
+  atp_result_init(&result);
   rc = atp_adjust(atp_app_engine(rq->app), &req, &res, &result);
   if (rc == ATP_ECONFLICT && req.has_change_from)
     return respond_change_from_conflict(rq, &result, &res.position);
@@ -122,7 +116,7 @@ int atp_route_count(atp_req_t *rq) {
 
   atp_count_res_t res;
   atp_result_t result;
-  result_init(&result);
+  atp_result_init(&result);
   rc = atp_count(atp_app_engine(rq->app), &req, &res, &result);
   if (rc == ATP_ECONFLICT && req.has_change_from)
     return respond_change_from_conflict(rq, &result, &res.position);
@@ -165,20 +159,11 @@ int atp_route_safety_stock(atp_req_t *rq) {
   if (rc != 0) return rc;
   atp_position_t p;
   atp_result_t result;
-  result_init(&result);
+  atp_result_init(&result);
   rc = atp_safety_stock_set(atp_app_engine(rq->app), sku, location, safety_stock, &p,
                             &result);
   if (rc != 0) return atp_req_fail_result(rq, rc, &result);
   atp_write_position(atp_respond_begin(rq, 200), &p, -1);
-  return 0;
-}
-
-static int group_name(atp_req_t *rq, atp_str_t *name) {
-  if (rq->param_count < 1 || atp_id_check(rq->params[0].ptr, rq->params[0].len) != 0)
-    return atp_req_fail(rq, ATP_EBADREQ, NULL, "name",
-                        "The group name must be 1..%d bytes of printable UTF-8.",
-                        ATP_ID_BYTES_MAX);
-  *name = rq->params[0];
   return 0;
 }
 
@@ -197,7 +182,7 @@ static void write_group(atp_writer_t *w, atp_str_t name, const atp_str_t *locati
 int atp_route_group_put(atp_req_t *rq) {
   atp_str_t name, source;
   const atp_val_t *arr;
-  int rc = group_name(rq, &name);
+  int rc = atp_req_path_id(rq, "name", "group name", &name);
   if (rc == 0) rc = atp_req_parse_body(rq, true);
   if (rc == 0)
     rc = atp_get_array(rq, rq->body, NULL, "locations", ATP_REQUIRED, 1,
@@ -227,7 +212,7 @@ int atp_route_group_put(atp_req_t *rq) {
   rc = atp_req_owner_check(rq, ATP_FIELD_GROUPS, source, "source");
   if (rc != 0) return rc;
   atp_result_t result;
-  result_init(&result);
+  atp_result_init(&result);
   rc = atp_group_put(atp_app_engine(rq->app), name, group_locations, arr->len, &result);
   if (rc != 0) return atp_req_fail_result(rq, rc, &result);
   write_group(atp_respond_begin(rq, 200), name, group_locations, arr->len);
@@ -237,7 +222,7 @@ int atp_route_group_put(atp_req_t *rq) {
 int atp_route_group_get(atp_req_t *rq) {
   atp_str_t name;
   uint32_t count = 0;
-  int rc = group_name(rq, &name);
+  int rc = atp_req_path_id(rq, "name", "group name", &name);
   if (rc != 0) return rc;
   if (atp_group_get(atp_app_engine(rq->app), name, group_locations,
                     ATP_GROUP_LOCATIONS_MAX, &count) != 0)
@@ -249,10 +234,10 @@ int atp_route_group_get(atp_req_t *rq) {
 
 int atp_route_group_delete(atp_req_t *rq) {
   atp_str_t name;
-  int rc = group_name(rq, &name);
+  int rc = atp_req_path_id(rq, "name", "group name", &name);
   if (rc != 0) return rc;
   atp_result_t result;
-  result_init(&result);
+  atp_result_init(&result);
   rc = atp_group_delete(atp_app_engine(rq->app), name, &result);
   if (rc == ATP_ENOTFOUND)
     return atp_req_fail(rq, ATP_ENOTFOUND, NULL, NULL, "Unknown group.");

@@ -79,6 +79,13 @@ int atp_req_fail(atp_req_t *rq, int err, const atp_at_t *at, const char *key,
 /* Copies an engine result's field and message into the context; returns err. */
 int atp_req_fail_result(atp_req_t *rq, int err, const atp_result_t *result);
 
+/* An engine result before a call: no field, no message, no status. */
+void atp_result_init(atp_result_t *result);
+
+/* The path's first {param} as an identifier, or a 400 naming field ("id") and
+ * saying "The <what> must be 1..128 bytes of printable UTF-8." */
+int atp_req_path_id(atp_req_t *rq, const char *field, const char *what, atp_str_t *out);
+
 /* --- body ---------------------------------------------------------------- */
 
 /* Parses the body by its Content-Type into rq->body. A missing body is fine
