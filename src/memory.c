@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "atp/error.h"
 
@@ -24,6 +25,36 @@ void *atp_realloc(void *ptr, size_t bytes) {
 }
 void atp_free(void *ptr) {
   free(ptr);
+}
+
+#define HUGE_PAGE_BYTES ((size_t)2 << 20)
+
+static size_t table_bytes(size_t count, size_t size) {
+  if (!count) count = 1;
+  if (!size) size = 1;
+  if (count > SIZE_MAX / size / 2) return 0;
+  return (count * size + HUGE_PAGE_BYTES - 1) & ~(HUGE_PAGE_BYTES - 1);
+}
+
+void *atp_table_alloc(size_t count, size_t size) {
+  size_t bytes = table_bytes(count, size);
+  if (!bytes) return NULL;
+  /* Map one huge page more, then trim both ends to a 2 MiB boundary. */
+  char *raw = mmap(NULL, bytes + HUGE_PAGE_BYTES, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) return NULL;
+  uintptr_t at = ((uintptr_t)raw + HUGE_PAGE_BYTES - 1) & ~(HUGE_PAGE_BYTES - 1);
+  char *table = (char *)at;
+  if (table > raw) munmap(raw, (size_t)(table - raw));
+  size_t tail = (size_t)(raw + bytes + HUGE_PAGE_BYTES - (table + bytes));
+  if (tail) munmap(table + bytes, tail);
+  /* Advice only: where THP is off the table still works on small pages. */
+  (void)madvise(table, bytes, MADV_HUGEPAGE);
+  return table;
+}
+
+void atp_table_free(void *ptr, size_t count, size_t size) {
+  if (ptr) munmap(ptr, table_bytes(count, size));
 }
 
 struct atp_arena_chunk {

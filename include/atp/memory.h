@@ -21,6 +21,14 @@ void *atp_calloc(size_t count, size_t bytes);
 void *atp_realloc(void *ptr, size_t bytes);
 void atp_free(void *ptr);
 
+/* Large zeroed tables that live as long as the engine: mapped directly and
+ * aligned to 2 MiB with transparent huge pages asked for (MADV_HUGEPAGE), so a
+ * random probe into tens of MiB costs a cache miss, not a TLB miss too (a page
+ * walk is the larger part of a miss under virtualisation). Untouched pages
+ * cost address space only. Freed with the same count and size. */
+void *atp_table_alloc(size_t count, size_t size);
+void atp_table_free(void *ptr, size_t count, size_t size);
+
 typedef struct atp_arena_chunk atp_arena_chunk_t;
 
 typedef struct {
