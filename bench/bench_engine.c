@@ -33,6 +33,7 @@
 
 static char sku_names[SKUS][16];
 static char location_names[LOCATIONS][16];
+static uint32_t location_lens[LOCATIONS];
 static double seconds_per_figure = 2.0;
 static atomic_bool ticker_stop;
 
@@ -86,6 +87,7 @@ typedef struct {
   atp_engine_t *e;
   int thread, threads;
   int skus; /* draw SKUs from the first skus: SKUS (uniform) or HOT_SKUS */
+  double seconds;
   uint64_t ops;
 } worker_t;
 
@@ -96,14 +98,42 @@ static void *reader(void *arg) {
   worker_t *w = arg;
   uint64_t seed = 0x9e3779b97f4a7c15ULL * (w->thread + 1), n = 0;
   atp_position_t p;
-  double end = now_s() + seconds_per_figure;
+  double end = now_s() + w->seconds;
   while (1) {
     for (int i = 0; i < 4096; i++) {
       uint64_t r = xorshift(&seed);
-      const char *sku = sku_names[r % (uint64_t)w->skus],
-                 *loc = location_names[(r >> 32) % LOCATIONS];
-      atp_position_get(w->e, (atp_str_t){sku, 11},
-                       (atp_str_t){loc, (uint32_t)strlen(loc)}, &p);
+      uint32_t l = (uint32_t)((r >> 32) % LOCATIONS);
+      atp_position_get(w->e, (atp_str_t){sku_names[r % (uint64_t)w->skus], 11},
+                       (atp_str_t){location_names[l], location_lens[l]}, &p);
+    }
+    n += 4096;
+    if (now_s() >= end) break;
+  }
+  w->ops = n;
+  return NULL;
+}
+
+/* The same draws, read through atp_positions_get in batches of READ_KEYS. */
+#define READ_KEYS 64
+static void *batch_reader(void *arg) {
+  worker_t *w = arg;
+  uint64_t seed = 0x9e3779b97f4a7c15ULL * (w->thread + 1), n = 0;
+  atp_key_t keys[READ_KEYS];
+  atp_position_t out[READ_KEYS];
+  bool found[READ_KEYS];
+  double end = now_s() + w->seconds;
+  while (1) {
+    for (int i = 0; i < 4096; i += READ_KEYS) {
+      for (int k = 0; k < READ_KEYS; k++) {
+        uint64_t r = xorshift(&seed);
+        uint32_t l = (uint32_t)((r >> 32) % LOCATIONS);
+        keys[k] = (atp_key_t){{sku_names[r % (uint64_t)w->skus], 11},
+                              {location_names[l], location_lens[l]}};
+      }
+      if (atp_positions_get(w->e, keys, READ_KEYS, out, found) != READ_KEYS) {
+        fprintf(stderr, "batch read missed a position\n");
+        exit(1);
+      }
     }
     n += 4096;
     if (now_s() >= end) break;
@@ -135,7 +165,7 @@ static void *reserver(void *arg) {
   atp_shortfalls_t *sf = atp_malloc(sizeof *sf);
   atp_result_t result;
   char id[32];
-  double end = now_s() + seconds_per_figure;
+  double end = now_s() + w->seconds;
   while (1) {
     for (int i = 0; i < 1024; i++) {
       uint64_t r = xorshift(&seed);
@@ -163,12 +193,13 @@ static void *reserver(void *arg) {
   return NULL;
 }
 
-static double run(atp_engine_t *e, void *(*fn)(void *), int threads) {
+static double run_once(atp_engine_t *e, void *(*fn)(void *), int threads,
+                       double seconds) {
   pthread_t t[2];
   worker_t w[2];
   double start = now_s();
   for (int i = 0; i < threads; i++) {
-    w[i] = (worker_t){e, i, threads, draw_skus, 0};
+    w[i] = (worker_t){e, i, threads, draw_skus, seconds, 0};
     pthread_create(&t[i], NULL, fn, &w[i]);
   }
   uint64_t total = 0;
@@ -177,6 +208,23 @@ static double run(atp_engine_t *e, void *(*fn)(void *), int threads) {
     total += w[i].ops;
   }
   return total / (now_s() - start);
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* The figure is the median of TRIALS runs sharing seconds_per_figure: this VM
+ * has bursts of interference from its host, and a median of short runs sheds
+ * them where one long run would average them in. */
+#define TRIALS 5
+static double run(atp_engine_t *e, void *(*fn)(void *), int threads) {
+  double rates[TRIALS];
+  for (int i = 0; i < TRIALS; i++)
+    rates[i] = run_once(e, fn, threads, seconds_per_figure / TRIALS);
+  qsort(rates, TRIALS, sizeof rates[0], cmp_double);
+  return rates[TRIALS / 2];
 }
 
 static long rss_kib(void) {
@@ -190,7 +238,8 @@ static long rss_kib(void) {
 }
 
 int main(int argc, char **argv) {
-  for (int l = 0; l < LOCATIONS; l++) snprintf(location_names[l], 16, "store-%03d", l);
+  for (int l = 0; l < LOCATIONS; l++)
+    location_lens[l] = (uint32_t)snprintf(location_names[l], 16, "store-%03d", l);
   for (int s = 0; s < SKUS; s++) snprintf(sku_names[s], 16, "SKU-%07d", s);
   if (argc > 1 && strcmp(argv[1], "mem") == 0) {
     atp_engine_config_t config = {
@@ -215,6 +264,7 @@ int main(int argc, char **argv) {
   pthread_t tick;
   pthread_create(&tick, NULL, ticker, e);
   bool only_reserve = argc > 2 && strcmp(argv[2], "reserve") == 0;
+  bool only_reads = argc > 2 && strcmp(argv[2], "reads") == 0;
   for (int pass = getenv("ATP_BENCH_HOT_ONLY") ? 1 : 0; pass < 2; pass++) {
     draw_skus = pass == 0 ? SKUS : HOT_SKUS;
     const char *set = pass == 0 ? "uniform1m" : "hot1k";
@@ -225,7 +275,14 @@ int main(int argc, char **argv) {
       printf("%s_reads_1t_per_s %.0f\n", set, r1);
       printf("%s_reads_2t_per_s %.0f\n", set, r2);
       printf("%s_reads_scaling_2t %.2f\n", set, r2 / r1);
+      r1 = run(e, batch_reader, 1);
+      r2 = run(e, batch_reader, 2);
+      printf("%s_batch_reads_1t_per_s %.0f\n", set, r1);
+      printf("%s_batch_reads_2t_per_s %.0f\n", set, r2);
+      printf("%s_batch_reads_scaling_2t %.2f\n", set, r2 / r1);
+      fflush(stdout);
     }
+    if (only_reads) continue;
     double p1 = run(e, reserver, 1), p2 = run(e, reserver, 2);
     printf("%s_reserve_release_1t_pairs_per_s %.0f\n", set, p1);
     printf("%s_reserve_release_2t_pairs_per_s %.0f\n", set, p2);

@@ -31,27 +31,70 @@ _Noreturn void atp_assert_fail(const char *expr, const char *file, int line,
   abort();
 }
 
-/* A 64-bit hash over 8-byte words (a murmur-style mix); strings here are short
- * identifiers, so one multiply per word is the whole cost. */
+/* A 64-bit hash in the manner of wyhash: 128-bit multiply-folds over 16-byte
+ * blocks, and strings of up to 16 bytes (most SKUs, locations and ids) read in
+ * a few overlapping loads with no loop and no byte-wise tail. The multiply
+ * spreads every input bit over both the low bits (the table index) and the top
+ * 32 (the index slot's tag). */
+static inline uint64_t hash_fold(uint64_t a, uint64_t b) {
+  __uint128_t r = (__uint128_t)a * b;
+  return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
+static inline uint64_t load64(const unsigned char *p) {
+  uint64_t v;
+  memcpy(&v, p, 8);
+  return v;
+}
+static inline uint64_t load32(const unsigned char *p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+
+#define HASH_P0 0xa0761d6478bd642fULL
+#define HASH_P1 0xe7037ed1a0b428dbULL
+#define HASH_P2 0x8ebc6af09c88c6e3ULL
+
 uint64_t atp_hash_bytes(const void *data, size_t len) {
   const unsigned char *p = data;
-  uint64_t h = 0xcbf29ce484222325ULL ^ (len * 0x9e3779b97f4a7c15ULL);
-  while (len >= 8) {
-    uint64_t w;
-    memcpy(&w, p, 8);
-    w *= 0x87c37b91114253d5ULL;
-    w ^= w >> 33;
-    h = (h ^ w) * 0x4cf5ad432745937fULL;
-    p += 8;
-    len -= 8;
+  uint64_t seed = HASH_P0 ^ (len * HASH_P2), a, b;
+  if (len <= 16) {
+    if (len >= 4) {
+      size_t quarter = (len >> 3) << 2; /* 0 or 4: the second load's offset */
+      a = load32(p) << 32 | load32(p + quarter);
+      b = load32(p + len - 4) << 32 | load32(p + len - 4 - quarter);
+    } else if (len > 0) {
+      a = (uint64_t)p[0] << 16 | (uint64_t)p[len >> 1] << 8 | p[len - 1];
+      b = 0;
+    } else {
+      a = b = 0;
+    }
+  } else {
+    size_t left = len;
+    while (left > 16) {
+      seed = hash_fold(load64(p) ^ HASH_P1, load64(p + 8) ^ seed);
+      p += 16;
+      left -= 16;
+    }
+    a = load64(p + left - 16);
+    b = load64(p + left - 8);
   }
-  uint64_t w = 0;
-  if (len) memcpy(&w, p, len);
-  h ^= w * 0x87c37b91114253d5ULL;
-  h ^= h >> 29;
-  h *= 0xbf58476d1ce4e5b9ULL;
-  h ^= h >> 32;
-  return h;
+  return hash_fold(HASH_P1 ^ len, hash_fold(a ^ HASH_P1, b ^ seed));
+}
+
+/* Equality of two strings of len bytes, with a few overlapping word loads for
+ * the short strings that identifiers are (memcmp is a call). */
+static inline bool str_eq(const char *a, const char *b, uint32_t len) {
+  const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
+  if (len >= 8 && len <= 16)
+    return ((load64(x) ^ load64(y)) | (load64(x + len - 8) ^ load64(y + len - 8))) == 0;
+  if (len >= 4 && len < 8)
+    return ((load32(x) ^ load32(y)) | (load32(x + len - 4) ^ load32(y + len - 4))) == 0;
+  return memcmp(a, b, len) == 0;
+}
+
+static inline bool intern_is(const atp_intern_t *in, atp_str_t s, uint64_t hash) {
+  return in->hash == hash && in->len == s.len && str_eq(in->text, s.ptr, s.len);
 }
 
 static int64_t real_clock(void *ctx) {
@@ -161,8 +204,7 @@ uint32_t atp_intern_find(const atp_engine_t *e, atp_str_t s, uint64_t hash) {
     uint32_t v = atomic_load_explicit(&e->intern_index[i], memory_order_acquire);
     if (v == 0) return UINT32_MAX;
     const atp_intern_t *in = e->interns[v - 1];
-    if (in->hash == hash && in->len == s.len && memcmp(in->text, s.ptr, s.len) == 0)
-      return v - 1;
+    if (intern_is(in, s, hash)) return v - 1;
   }
 }
 
@@ -213,6 +255,22 @@ static uint64_t slot_tag(uint64_t h) {
   return h & 0xffffffff00000000ULL;
 }
 
+/* The position of (sku, location) given both strings' hashes: compares the
+ * strings themselves, so the location needs no intern look-up first. */
+static uint32_t pos_find_hashed(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
+                                atp_str_t location, uint64_t location_hash) {
+  uint64_t h = pos_hash(sku_hash, location_hash), tag = slot_tag(h);
+  for (uint32_t i = (uint32_t)h & e->position_mask;; i = (i + 1) & e->position_mask) {
+    uint64_t v = atomic_load_explicit(&e->position_index[i], memory_order_acquire);
+    if (v == 0) return UINT32_MAX;
+    if (slot_tag(v) != tag) continue;
+    const atp_pos_t *p = &e->positions[(uint32_t)v - 1];
+    if (intern_is(e->interns[p->sku], sku, sku_hash) &&
+        intern_is(e->interns[p->location], location, location_hash))
+      return (uint32_t)v - 1;
+  }
+}
+
 uint32_t atp_pos_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
                       uint32_t location_id) {
   const atp_intern_t *loc = e->interns[location_id];
@@ -222,19 +280,14 @@ uint32_t atp_pos_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
     if (v == 0) return UINT32_MAX;
     if (slot_tag(v) != tag) continue;
     const atp_pos_t *p = &e->positions[(uint32_t)v - 1];
-    if (p->location != location_id) continue;
-    const atp_intern_t *s = e->interns[p->sku];
-    if (s->hash == sku_hash && s->len == sku.len &&
-        memcmp(s->text, sku.ptr, sku.len) == 0)
+    if (p->location == location_id && intern_is(e->interns[p->sku], sku, sku_hash))
       return (uint32_t)v - 1;
   }
 }
 
 uint32_t atp_pos_find_str(const atp_engine_t *e, atp_str_t sku, atp_str_t location) {
-  uint32_t loc =
-      atp_intern_find(e, location, atp_hash_bytes(location.ptr, location.len));
-  if (loc == UINT32_MAX) return UINT32_MAX;
-  return atp_pos_find(e, sku, atp_hash_bytes(sku.ptr, sku.len), loc);
+  return pos_find_hashed(e, sku, atp_hash_bytes(sku.ptr, sku.len), location,
+                         atp_hash_bytes(location.ptr, location.len));
 }
 
 int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
@@ -266,10 +319,11 @@ int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
       atomic_init(&p->seq, 0);
       p->sku = sku_id;
       p->location = loc_id;
-      atomic_init(&p->lock, 0);
-      p->history = NULL;
+      atp_pos_cold_t *cold = &e->pos_cold[idx];
+      atomic_init(&cold->lock, 0);
+      cold->history = NULL;
       atp_intern_t *s = e->interns[sku_id];
-      atomic_init(&p->next_in_sku,
+      atomic_init(&cold->next_in_sku,
                   atomic_load_explicit(&s->first_position, memory_order_relaxed));
       atomic_store_explicit(&s->first_position, idx + 1, memory_order_release);
       atomic_store_explicit(&e->position_count, count + 1, memory_order_release);
@@ -298,18 +352,19 @@ uint64_t atp_pos_end(atp_pos_t *p, bool changed) {
   return ((old + delta) & ATP_SEQ_VERSION_MASK);
 }
 
-void atp_pos_lock(atp_pos_t *p) {
+void atp_pos_lock(const atp_engine_t *e, atp_pos_t *p) {
+  _Atomic uint32_t *lock = &atp_pos_cold(e, p)->lock;
   for (uint32_t spins = 0;; spins++) {
     uint32_t expected = 0;
-    if (atomic_compare_exchange_weak_explicit(
-            &p->lock, &expected, 1, memory_order_acquire, memory_order_relaxed))
+    if (atomic_compare_exchange_weak_explicit(lock, &expected, 1, memory_order_acquire,
+                                              memory_order_relaxed))
       return;
     if (spins >= LOCK_SPINS_BEFORE_YIELD) sched_yield();
   }
 }
 
-void atp_pos_unlock(atp_pos_t *p) {
-  atomic_store_explicit(&p->lock, 0, memory_order_release);
+void atp_pos_unlock(const atp_engine_t *e, atp_pos_t *p) {
+  atomic_store_explicit(&atp_pos_cold(e, p)->lock, 0, memory_order_release);
 }
 
 bool atp_pos_take(atp_pos_t *p, int64_t qty, bool committed, uint64_t *version) {
@@ -380,13 +435,89 @@ void atp_pos_read(const atp_engine_t *e, uint32_t idx, atp_position_t *out) {
   out->version = s1 & ATP_SEQ_VERSION_MASK;
 }
 
+/* Reads validate nothing: a string that is not a valid id was never interned,
+ * so it is simply not found. */
 int atp_position_get(const atp_engine_t *e, atp_str_t sku, atp_str_t location,
                      atp_position_t *out) {
-  if (!atp_id_valid(sku) || !atp_id_valid(location)) return ATP_ENOTFOUND;
+  if (!sku.len || !location.len) return ATP_ENOTFOUND;
   uint32_t idx = atp_pos_find_str(e, sku, location);
   if (idx == UINT32_MAX) return ATP_ENOTFOUND;
   atp_pos_read(e, idx, out);
   return 0;
+}
+
+/* A batched read is a software pipeline of four stages over the keys: at step
+ * t key t is hashed and its index slot prefetched, key t-D probes that slot
+ * and prefetches its position, key t-2D prefetches the position's SKU string,
+ * and key t-3D is compared and read. Each load was prefetched D steps earlier,
+ * so about 2D cache misses are in flight while the CPU works on other keys. */
+#define READ_DISTANCE 16
+#define READ_RING     (4 * READ_DISTANCE)
+
+typedef struct {
+  uint64_t sku_hash;
+  uint64_t location_hash;
+  uint64_t hash; /* position hash */
+  uint32_t idx;  /* candidate position, UINT32_MAX: none */
+} read_stage_t;
+
+static void read_hash(const atp_engine_t *e, const atp_key_t *k, read_stage_t *st) {
+  st->sku_hash = atp_hash_bytes(k->sku.ptr, k->sku.len);
+  st->location_hash = atp_hash_bytes(k->location.ptr, k->location.len);
+  st->hash = pos_hash(st->sku_hash, st->location_hash);
+  __builtin_prefetch(&e->position_index[st->hash & e->position_mask]);
+}
+
+/* The first slot whose tag matches is the candidate. */
+static void read_probe(const atp_engine_t *e, read_stage_t *st) {
+  uint64_t tag = slot_tag(st->hash);
+  st->idx = UINT32_MAX;
+  for (uint32_t j = (uint32_t)st->hash & e->position_mask;;
+       j = (j + 1) & e->position_mask) {
+    uint64_t v = atomic_load_explicit(&e->position_index[j], memory_order_acquire);
+    if (v == 0) return;
+    if (slot_tag(v) != tag) continue;
+    st->idx = (uint32_t)v - 1;
+    __builtin_prefetch(&e->positions[st->idx]);
+    return;
+  }
+}
+
+static bool read_confirm(const atp_engine_t *e, const atp_key_t *k,
+                         const read_stage_t *st, atp_position_t *out) {
+  uint32_t idx = st->idx;
+  if (idx == UINT32_MAX) return false;
+  const atp_pos_t *p = &e->positions[idx];
+  /* A tag collision falls back to the full probe. */
+  if (!intern_is(e->interns[p->sku], k->sku, st->sku_hash) ||
+      !intern_is(e->interns[p->location], k->location, st->location_hash)) {
+    idx = pos_find_hashed(e, k->sku, st->sku_hash, k->location, st->location_hash);
+    if (idx == UINT32_MAX) return false;
+  }
+  atp_pos_read(e, idx, out);
+  return true;
+}
+
+uint32_t atp_positions_get(const atp_engine_t *e, const atp_key_t *keys, uint32_t count,
+                           atp_position_t *out, bool *found) {
+  read_stage_t ring[READ_RING];
+  uint32_t hits = 0;
+  const uint32_t d = READ_DISTANCE;
+  for (uint64_t t = 0; t < (uint64_t)count + 3 * d; t++) {
+    if (t < count) read_hash(e, &keys[t], &ring[t % READ_RING]);
+    if (t >= d && t - d < count) read_probe(e, &ring[(t - d) % READ_RING]);
+    if (t >= 2 * d && t - 2 * d < count) {
+      const read_stage_t *st = &ring[(t - 2 * d) % READ_RING];
+      if (st->idx != UINT32_MAX)
+        __builtin_prefetch(e->interns[e->positions[st->idx].sku]);
+    }
+    if (t >= 3 * d && t - 3 * d < count) {
+      uint64_t i = t - 3 * d;
+      found[i] = read_confirm(e, &keys[i], &ring[i % READ_RING], &out[i]);
+      hits += found[i];
+    }
+  }
+  return hits;
 }
 
 static int position_order(const void *a, const void *b) {
@@ -411,7 +542,7 @@ int atp_sku_positions(const atp_engine_t *e, atp_str_t sku, atp_position_t *out,
   atp_position_t cand;
   for (uint32_t v =
            atomic_load_explicit(&e->interns[id]->first_position, memory_order_acquire);
-       v; v = atomic_load_explicit(&e->positions[v - 1].next_in_sku,
+       v; v = atomic_load_explicit(&e->pos_cold[v - 1].next_in_sku,
                                    memory_order_acquire)) {
     total++;
     atp_pos_read(e, v - 1, &cand);
@@ -437,7 +568,8 @@ int atp_sku_positions(const atp_engine_t *e, atp_str_t sku, atp_position_t *out,
 
 static void history_push(const atp_engine_t *e, atp_pos_t *p, int64_t occurred_at_ms,
                          int64_t delta, int64_t now_ms) {
-  atp_history_t *h = p->history;
+  atp_pos_cold_t *cold = atp_pos_cold(e, p);
+  atp_history_t *h = cold->history;
   int64_t horizon = now_ms - e->config.history_window_ms;
   if (h) {
     /* Drop entries that left the window from the old end. Entries are in
@@ -461,7 +593,7 @@ static void history_push(const atp_engine_t *e, atp_pos_t *p, int64_t occurred_a
         for (uint32_t i = 0; h && i < h->count; i++)
           n->entries[n->count++] = h->entries[(h->head + i) % h->cap];
         atp_free(h);
-        p->history = h = n;
+        cold->history = h = n;
       }
     }
     if (!h) return; /* out of memory: counts older than now become approximate */
@@ -481,8 +613,9 @@ static void history_push(const atp_engine_t *e, atp_pos_t *p, int64_t occurred_a
 
 /* Sum of on-hand changes after t, and whether history reaches back to t.
  * O(entries), at most ATP_HISTORY_ENTRIES_MAX. */
-static int64_t history_after(const atp_pos_t *p, int64_t t, bool *complete) {
-  const atp_history_t *h = p->history;
+static int64_t history_after(const atp_engine_t *e, const atp_pos_t *p, int64_t t,
+                             bool *complete) {
+  const atp_history_t *h = atp_pos_cold(e, p)->history;
   int64_t sum = 0;
   *complete = true;
   if (!h) return 0;
@@ -554,7 +687,7 @@ int atp_safety_stock_set(atp_engine_t *e, atp_str_t sku, atp_str_t location,
     return rc;
   }
   atp_pos_t *p = &e->positions[idx];
-  atp_pos_lock(p);
+  atp_pos_lock(e, p);
   int64_t old = atomic_load_explicit(&p->safety, memory_order_relaxed);
   int64_t d = safety_stock - old;
   atp_pos_begin(p);
@@ -565,7 +698,7 @@ int atp_safety_stock_set(atp_engine_t *e, atp_str_t sku, atp_str_t location,
   atp_change_position(e, &c, ATP_CAUSE_SAFETY, (atp_str_t){"", 0}, idx, 0, 0, 0, v);
   c.u.position.d_safety_stock = d;
   atp_emit(e, &c, 1);
-  atp_pos_unlock(p);
+  atp_pos_unlock(e, p);
   if (out) atp_pos_read(e, idx, out);
   return 0;
 }
@@ -627,11 +760,11 @@ static int onhand_begin(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
     return rc;
   }
   o->p = &e->positions[o->idx];
-  atp_pos_lock(o->p);
+  atp_pos_lock(e, o->p);
   o->on_hand = atomic_load_explicit(&o->p->on_hand, memory_order_relaxed);
   o->counted_at = atomic_load_explicit(&o->p->counted_at, memory_order_relaxed);
   if (has_change_from && change_from != o->on_hand) {
-    atp_pos_unlock(o->p);
+    atp_pos_unlock(e, o->p);
     atp_idem_fail(e, o->irec);
     atp_pos_read(e, o->idx, position);
     result->current_on_hand = o->on_hand;
@@ -644,7 +777,7 @@ static int onhand_begin(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
 
 /* Gives up a change after onhand_begin: nothing changed, the id stays free. */
 static int onhand_abort(atp_engine_t *e, onhand_t *o, int rc) {
-  atp_pos_unlock(o->p);
+  atp_pos_unlock(e, o->p);
   atp_idem_fail(e, o->irec);
   return rc;
 }
@@ -656,7 +789,7 @@ static void onhand_finish(atp_engine_t *e, onhand_t *o, uint32_t flags,
   atp_pos_read(e, o->idx, position);
   atp_idem_done(e, o->irec, flags, o->idx, position, (atp_str_t){"", 0}, &c[n++]);
   atp_emit(e, c, n);
-  atp_pos_unlock(o->p);
+  atp_pos_unlock(e, o->p);
 }
 
 /* Moves on_hand (and free) by d under the position's flag; the version after. */
@@ -775,7 +908,8 @@ int atp_count(atp_engine_t *e, const atp_count_req_t *req, atp_count_res_t *res,
     flags |= ATP_IDEM_STALE;
   } else {
     bool complete;
-    int64_t target = req->on_hand + history_after(o.p, req->counted_at_ms, &complete);
+    int64_t target =
+        req->on_hand + history_after(e, o.p, req->counted_at_ms, &complete);
     if (!qty_in_range(target)) {
       atp_result_set(result, "on_hand", "on_hand would leave +-%lld",
                      (long long)ATP_QTY_MAX);
@@ -1006,17 +1140,20 @@ int atp_engine_create(const atp_engine_config_t *config, atp_engine_t **out) {
   e->intern_mask = pow2_at_least((uint64_t)e->intern_max * 4 / 3) - 1;
   e->position_mask = pow2_at_least((uint64_t)c->positions_max * 4 / 3) - 1;
   e->group_mask = pow2_at_least(ATP_GROUPS_MAX * 2) - 1;
-  /* calloc of large tables maps zero pages lazily: untouched capacity costs
-   * address space, not memory. */
-  e->interns = atp_calloc(e->intern_max, sizeof *e->interns);
-  e->intern_index = atp_calloc((size_t)e->intern_mask + 1, sizeof *e->intern_index);
-  e->positions = atp_calloc(c->positions_max, sizeof *e->positions);
+  /* Tables are mapped zeroed and lazily (untouched capacity costs address
+   * space, not memory), on huge pages where the kernel gives them. */
+  e->interns = atp_table_alloc(e->intern_max, sizeof *e->interns);
+  e->intern_index =
+      atp_table_alloc((size_t)e->intern_mask + 1, sizeof *e->intern_index);
+  e->positions = atp_table_alloc(c->positions_max, sizeof *e->positions);
+  e->pos_cold = atp_table_alloc(c->positions_max, sizeof *e->pos_cold);
   e->position_index =
-      atp_calloc((size_t)e->position_mask + 1, sizeof *e->position_index);
+      atp_table_alloc((size_t)e->position_mask + 1, sizeof *e->position_index);
   e->groups = atp_calloc(ATP_GROUPS_MAX, sizeof *e->groups);
   e->group_index = atp_calloc((size_t)e->group_mask + 1, sizeof *e->group_index);
-  if (!e->interns || !e->intern_index || !e->positions || !e->position_index ||
-      !e->groups || !e->group_index || atp_reservations_init(e) || atp_idem_init(e)) {
+  if (!e->interns || !e->intern_index || !e->positions || !e->pos_cold ||
+      !e->position_index || !e->groups || !e->group_index || atp_reservations_init(e) ||
+      atp_idem_init(e)) {
     atp_engine_destroy(e);
     return ATP_ENOMEM;
   }
@@ -1031,7 +1168,7 @@ void atp_engine_destroy(atp_engine_t *e) {
   uint32_t n = atomic_load(&e->intern_count);
   for (uint32_t i = 0; i < n; i++) atp_free(e->interns[i]);
   uint32_t np = atomic_load(&e->position_count);
-  for (uint32_t i = 0; i < np; i++) atp_free(e->positions[i].history);
+  for (uint32_t i = 0; i < np; i++) atp_free(e->pos_cold[i].history);
   uint32_t ng = atomic_load(&e->group_count);
   for (uint32_t i = 0; i < ng; i++) atp_free(atomic_load(&e->groups[i].current));
   for (atp_retired_t *r = atomic_load(&e->retired), *next; r; r = next) {
@@ -1044,10 +1181,12 @@ void atp_engine_destroy(atp_engine_t *e) {
     atp_free(r->ptr);
     atp_free(r);
   }
-  atp_free(e->interns);
-  atp_free(e->intern_index);
-  atp_free(e->positions);
-  atp_free(e->position_index);
+  atp_table_free(e->interns, e->intern_max, sizeof *e->interns);
+  atp_table_free(e->intern_index, (size_t)e->intern_mask + 1, sizeof *e->intern_index);
+  atp_table_free(e->positions, e->config.positions_max, sizeof *e->positions);
+  atp_table_free(e->pos_cold, e->config.positions_max, sizeof *e->pos_cold);
+  atp_table_free(e->position_index, (size_t)e->position_mask + 1,
+                 sizeof *e->position_index);
   atp_free(e->groups);
   atp_free(e->group_index);
   pthread_mutex_destroy(&e->create_lock);

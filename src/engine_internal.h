@@ -73,10 +73,19 @@ typedef struct {
   _Atomic uint64_t seq;       /* pending writers << 40 | version */
   uint32_t sku;               /* intern id, immutable after publication */
   uint32_t location;          /* intern id, immutable after publication */
+} atp_pos_t;
+
+/* One cache line (the table is 2 MiB aligned): a read or a reservation touches
+ * exactly one line of the position. */
+_Static_assert(sizeof(atp_pos_t) == 64, "a position is one cache line");
+
+/* What only on-hand writers and the endless aisle touch, in a table beside the
+ * positions (same index), so it does not widen the line every read loads. */
+typedef struct {
   _Atomic uint32_t next_in_sku; /* next position of the same SKU, index+1 */
   _Atomic uint32_t lock;        /* on-hand writers' spin flag: 0 free, 1 held */
   struct atp_history *history;  /* on-hand changes; NULL until one; under lock */
-} atp_pos_t;
+} atp_pos_cold_t;
 
 /* One on-hand change, kept so that a late count can add what it did not see. */
 typedef struct {
@@ -262,6 +271,7 @@ struct atp_engine {
 
   /* positions */
   atp_pos_t *positions;
+  atp_pos_cold_t *pos_cold;    /* beside positions, same index */
   _Atomic uint32_t position_count;
   _Atomic uint64_t *position_index; /* open addressing: hash tag << 32 | index+1 */
   uint32_t position_mask;
@@ -304,8 +314,11 @@ int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
 void atp_pos_read(const atp_engine_t *e, uint32_t idx, atp_position_t *out);
 uint64_t atp_pos_begin(atp_pos_t *p);
 uint64_t atp_pos_end(atp_pos_t *p, bool changed); /* returns version after */
-void atp_pos_lock(atp_pos_t *p);
-void atp_pos_unlock(atp_pos_t *p);
+static inline atp_pos_cold_t *atp_pos_cold(const atp_engine_t *e, const atp_pos_t *p) {
+  return &e->pos_cold[p - e->positions];
+}
+void atp_pos_lock(const atp_engine_t *e, atp_pos_t *p);
+void atp_pos_unlock(const atp_engine_t *e, atp_pos_t *p);
 /* reserve qty: CAS on free; true when granted. version gets the new version. */
 bool atp_pos_take(atp_pos_t *p, int64_t qty, bool committed, uint64_t *version);
 /* give back units taken by atp_pos_take (reserved or committed) */

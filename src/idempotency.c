@@ -19,14 +19,14 @@
 
 int atp_idem_init(atp_engine_t *e) {
   ATP_ASSERT(e->config.idempotency_max < (1u << 30));
-  e->irecs = atp_calloc(e->config.idempotency_max, sizeof *e->irecs);
+  e->irecs = atp_table_alloc(e->config.idempotency_max, sizeof *e->irecs);
   if (!e->irecs) return ATP_ENOMEM;
   return atp_keyed_init(&e->itable, e->config.idempotency_max);
 }
 
 void atp_idem_destroy(atp_engine_t *e) {
   atp_keyed_destroy(&e->itable);
-  atp_free(e->irecs);
+  atp_table_free(e->irecs, e->config.idempotency_max, sizeof *e->irecs);
   e->irecs = NULL;
 }
 

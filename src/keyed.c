@@ -48,13 +48,13 @@ int atp_keyed_init(atp_keyed_t *t, uint32_t capacity) {
   while (buckets < capacity) buckets <<= 1;
   t->bucket_mask = (uint32_t)buckets - 1;
   t->capacity = capacity;
-  t->heads = atp_calloc(buckets, sizeof *t->heads);
-  t->next = atp_calloc(capacity, sizeof *t->next);
-  t->state = atp_calloc(capacity, sizeof *t->state);
-  t->hash = atp_calloc(capacity, sizeof *t->hash);
-  t->free_next = atp_calloc(capacity, sizeof *t->free_next);
-  t->limbo_tick = atp_calloc(capacity, sizeof *t->limbo_tick);
-  t->limbo_mono_ns = atp_calloc(capacity, sizeof *t->limbo_mono_ns);
+  t->heads = atp_table_alloc(buckets, sizeof *t->heads);
+  t->next = atp_table_alloc(capacity, sizeof *t->next);
+  t->state = atp_table_alloc(capacity, sizeof *t->state);
+  t->hash = atp_table_alloc(capacity, sizeof *t->hash);
+  t->free_next = atp_table_alloc(capacity, sizeof *t->free_next);
+  t->limbo_tick = atp_table_alloc(capacity, sizeof *t->limbo_tick);
+  t->limbo_mono_ns = atp_table_alloc(capacity, sizeof *t->limbo_mono_ns);
   if (!t->heads || !t->next || !t->state || !t->hash || !t->free_next ||
       !t->limbo_tick || !t->limbo_mono_ns)
     return ATP_ENOMEM;
@@ -62,13 +62,13 @@ int atp_keyed_init(atp_keyed_t *t, uint32_t capacity) {
 }
 
 void atp_keyed_destroy(atp_keyed_t *t) {
-  atp_free(t->heads);
-  atp_free(t->next);
-  atp_free(t->state);
-  atp_free(t->hash);
-  atp_free(t->free_next);
-  atp_free(t->limbo_tick);
-  atp_free(t->limbo_mono_ns);
+  atp_table_free(t->heads, (size_t)t->bucket_mask + 1, sizeof *t->heads);
+  atp_table_free(t->next, t->capacity, sizeof *t->next);
+  atp_table_free(t->state, t->capacity, sizeof *t->state);
+  atp_table_free(t->hash, t->capacity, sizeof *t->hash);
+  atp_table_free(t->free_next, t->capacity, sizeof *t->free_next);
+  atp_table_free(t->limbo_tick, t->capacity, sizeof *t->limbo_tick);
+  atp_table_free(t->limbo_mono_ns, t->capacity, sizeof *t->limbo_mono_ns);
   memset(t, 0, sizeof *t);
 }
 

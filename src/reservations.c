@@ -43,7 +43,7 @@ static grants_t *scratch_grants(void) {
 
 int atp_reservations_init(atp_engine_t *e) {
   ATP_ASSERT(e->config.reservations_max < (1u << 30));
-  e->rrecs = atp_calloc(e->config.reservations_max, sizeof *e->rrecs);
+  e->rrecs = atp_table_alloc(e->config.reservations_max, sizeof *e->rrecs);
   if (!e->rrecs) return ATP_ENOMEM;
   return atp_keyed_init(&e->rtable, e->config.reservations_max);
 }
@@ -62,7 +62,7 @@ void atp_reservations_destroy(atp_engine_t *e) {
     }
   }
   atp_keyed_destroy(&e->rtable);
-  atp_free(e->rrecs);
+  atp_table_free(e->rrecs, e->config.reservations_max, sizeof *e->rrecs);
   e->rrecs = NULL;
 }
 
@@ -902,9 +902,9 @@ int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
   for (uint32_t i = 0; i < count; i++) {
     if (amounts[i] <= 0) continue;
     atp_pos_t *p = &e->positions[rl[i].pos];
-    atp_pos_lock(p);
+    atp_pos_lock(e, p);
     uint64_t v = atp_pos_fulfil(e, p, amounts[i], now);
-    atp_pos_unlock(p);
+    atp_pos_unlock(e, p);
     atomic_fetch_add_explicit(&rl[i].fulfilled, amounts[i], memory_order_acq_rel);
     changes_pos(e, &ch, ATP_CAUSE_FULFIL, fulfillment_id, rl[i].pos, -amounts[i], 0,
                 -amounts[i], v);

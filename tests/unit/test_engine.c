@@ -309,6 +309,89 @@ static void test_position_formulas(void) {
   CHECK_EQ(R2.status, ATP_STATUS_HELD);
 }
 
+/* atp_positions_get answers exactly what atp_position_get does, key by key,
+ * over batches longer than its pipeline, with strings of every length class
+ * the hash and the comparison treat apart (1-3, 4-7, 8-16, 17-128 bytes),
+ * unknown SKUs and locations, prefixes of known names, and empty strings. */
+static void test_positions_get_batch(void) {
+  REQUIRE(setup() == 0);
+  static const uint32_t sku_lens[] = {1,  2,  3,  4,  7,  8,   11,
+                                      16, 17, 31, 32, 33, 100, 128};
+  enum { NSKU = sizeof sku_lens / sizeof sku_lens[0], NLOC = 5 };
+  static char skus[NSKU][129], locs[NLOC][40];
+  for (int i = 0; i < NSKU; i++) {
+    for (uint32_t j = 0; j < sku_lens[i]; j++) skus[i][j] = (char)('a' + (i + j) % 26);
+    skus[i][sku_lens[i]] = '\0';
+  }
+  snprintf(locs[0], sizeof locs[0], "L");
+  snprintf(locs[1], sizeof locs[1], "store-01");
+  snprintf(locs[2], sizeof locs[2], "store-0123456789");
+  snprintf(locs[3], sizeof locs[3], "a-location-of-thirty-five-bytes-xyz");
+  snprintf(locs[4], sizeof locs[4], "Lx");
+  /* Positions at every (sku, loc) but the last location, on_hand distinct. */
+  char id[32];
+  for (int i = 0; i < NSKU; i++)
+    for (int l = 0; l < NLOC - 1; l++) {
+      snprintf(id, sizeof id, "a-%d-%d", i, l);
+      REQUIRE(adjust(id, skus[i], locs[l], 1 + i * 10 + l) == 0);
+    }
+  REQUIRE(reserve1("r1", skus[3], locs[1], 2) == 0);
+  enum { N = 300 };
+  static atp_key_t keys[N];
+  static atp_position_t out[N];
+  static bool found[N];
+  static char unknown[N][8];
+  uint64_t seed = 12345;
+  uint32_t want_hits = 0;
+  for (int k = 0; k < N; k++) {
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    int i = (int)((seed >> 33) % NSKU), l = (int)((seed >> 45) % NLOC);
+    keys[k].sku = et_str(skus[i]);
+    keys[k].location = et_str(locs[l]);
+    switch (k % 7) {
+      case 3: /* a prefix of a known SKU */
+        if (keys[k].sku.len > 1) keys[k].sku.len--;
+        break;
+      case 5: /* unknown SKU */
+        snprintf(unknown[k], sizeof unknown[k], "u%d", k);
+        keys[k].sku = et_str(unknown[k]);
+        break;
+      case 6: /* empty strings */
+        if (k % 2)
+          keys[k].sku.len = 0;
+        else
+          keys[k].location.len = 0;
+        break;
+      default:
+        break;
+    }
+    atp_position_t one;
+    want_hits += atp_position_get(E, keys[k].sku, keys[k].location, &one) == 0;
+  }
+  CHECK(want_hits > N / 3);
+  CHECK_EQ(atp_positions_get(E, keys, N, out, found), want_hits);
+  for (int k = 0; k < N; k++) {
+    atp_position_t one;
+    int rc = atp_position_get(E, keys[k].sku, keys[k].location, &one);
+    CHECK_EQ(found[k], rc == 0);
+    if (rc != 0 || !found[k]) continue;
+    CHECK(et_str_eq(out[k].sku, one.sku));
+    CHECK(et_str_eq(out[k].location, one.location));
+    CHECK_EQ(out[k].on_hand, one.on_hand);
+    CHECK_EQ(out[k].reserved, one.reserved);
+    CHECK_EQ(out[k].available, one.available);
+    CHECK_EQ(out[k].version, one.version);
+  }
+  /* Shorter batches than the pipeline, and none at all. */
+  for (uint32_t n = 0; n < 5; n++) {
+    uint32_t want = 0;
+    atp_position_t one;
+    for (uint32_t k = 0; k < n; k++)
+      want += atp_position_get(E, keys[k].sku, keys[k].location, &one) == 0;
+    CHECK_EQ(atp_positions_get(E, keys, n, out, found), want);
+  }
+}
+
 static void test_version_increases(void) {
   REQUIRE(setup() == 0);
   atp_engine_tick(E); /* the server ticks from the start */
@@ -2124,6 +2207,7 @@ TEST_MAIN({
   RUN(test_names);
   RUN(test_position_unknown);
   RUN(test_position_formulas);
+  RUN(test_positions_get_batch);
   RUN(test_version_increases);
   RUN(test_sku_positions);
   RUN(test_groups);
