@@ -14,8 +14,9 @@
  * most ATP_GROUP_LOCATIONS_MAX locations; a SKU held at more locations than
  * that falls back to the request arena. */
 static _Thread_local atp_str_t group_locations[ATP_GROUP_LOCATIONS_MAX];
+static _Thread_local atp_key_t group_keys[ATP_GROUP_LOCATIONS_MAX];
 static _Thread_local atp_position_t positions[ATP_GROUP_LOCATIONS_MAX];
-static _Thread_local signed char positions_found[ATP_GROUP_LOCATIONS_MAX];
+static _Thread_local bool positions_found[ATP_GROUP_LOCATIONS_MAX];
 
 /* Writes {sku, group, available, locations[, found]} for a known group, or
  * returns ATP_ENOTFOUND without writing. found < 0 omits "found". */
@@ -26,12 +27,13 @@ static int write_group_availability(atp_engine_t *engine, atp_writer_t *w,
       atp_group_get(engine, group, group_locations, ATP_GROUP_LOCATIONS_MAX, &count);
   if (rc != 0) return rc;
   if (count > ATP_GROUP_LOCATIONS_MAX) count = ATP_GROUP_LOCATIONS_MAX;
+  /* One batched read: the group's positions are looked up together. */
+  for (uint32_t i = 0; i < count; i++)
+    group_keys[i] = (atp_key_t){sku, group_locations[i]};
+  atp_positions_get(engine, group_keys, count, positions, positions_found);
   int64_t available = 0;
-  for (uint32_t i = 0; i < count; i++) {
-    positions_found[i] =
-        atp_position_get(engine, sku, group_locations[i], &positions[i]) == 0;
+  for (uint32_t i = 0; i < count; i++)
     if (positions_found[i]) available += positions[i].available;
-  }
   atp_w_object_begin(w);
   atp_w_key(w, "sku");
   atp_w_s(w, sku);
@@ -151,17 +153,30 @@ int atp_route_availability_query(atp_req_t *rq) {
       return atp_req_fail(rq, ATP_EBADREQ, &at, "location",
                           "Give a location or a group.");
   }
+  /* The items that name a location are read in one batch, whose look-ups
+   * overlap their cache misses; items are then answered in request order. */
+  uint32_t located = 0;
+  for (uint32_t i = 0; i < items->len; i++) located += q[i].location.len != 0;
+  atp_key_t *keys = atp_arena_alloc(rq->arena, (located + 1) * sizeof *keys);
+  atp_position_t *found_pos =
+      atp_arena_alloc(rq->arena, (located + 1) * sizeof *found_pos);
+  bool *found = atp_arena_alloc(rq->arena, located + 1);
+  if (!keys || !found_pos || !found)
+    return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
+  for (uint32_t i = 0, k = 0; i < items->len; i++)
+    if (q[i].location.len) keys[k++] = (atp_key_t){q[i].sku, q[i].location};
+  atp_positions_get(engine, keys, located, found_pos, found);
   atp_writer_t *w = atp_respond_begin(rq, 200);
   atp_w_object_begin(w);
   atp_w_key(w, "items");
   atp_w_array_begin(w);
-  for (uint32_t i = 0; i < items->len; i++) {
+  for (uint32_t i = 0, k = 0; i < items->len; i++) {
     if (q[i].location.len) {
-      atp_position_t p;
-      if (atp_position_get(engine, q[i].sku, q[i].location, &p) == 0)
-        atp_write_position(w, &p, 1);
+      if (found[k])
+        atp_write_position(w, &found_pos[k], 1);
       else
         atp_write_zero_position(w, q[i].sku, q[i].location, 0);
+      k++;
       continue;
     }
     if (write_group_availability(engine, w, q[i].sku, q[i].group, 1) != 0) {
