@@ -120,7 +120,7 @@ $(BUILD)/release/bench/%: bench/%.c $(call objs,release)
 	$(CC) $(CSTD) $(WARN) $(CFLAGS_release) $(INC) $< $(call objs,release) -o $@ $(LIBS) $(LDFLAGS_release)
 # bench_json compares jansson with cJSON (linked) and json-c (dlopen'd: its
 # json_object_get clashes with jansson's).
-$(BUILD)/release/bench/bench_json: LIBS += -lcjson
+$(BUILD)/release/bench/bench_json: LIBS += -ljansson -lcjson
 bench: deps all $(BENCH_BINS)
 	@bench/run.sh
 
