@@ -74,6 +74,16 @@ static void load(atp_engine_t *e, int skus, int locations, int64_t on_hand) {
   }
 }
 
+static long rss_kib(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  long kib = -1;
+  while (f && fgets(line, sizeof line, f))
+    if (strncmp(line, "VmRSS:", 6) == 0) kib = atol(line + 6);
+  if (f) fclose(f);
+  return kib;
+}
+
 static void *ticker(void *arg) {
   atp_engine_t *e = arg;
   while (!atomic_load(&ticker_stop)) {
@@ -227,16 +237,6 @@ static double run(atp_engine_t *e, void *(*fn)(void *), int threads) {
   return rates[TRIALS / 2];
 }
 
-static long rss_kib(void) {
-  FILE *f = fopen("/proc/self/status", "r");
-  char line[256];
-  long kib = -1;
-  while (f && fgets(line, sizeof line, f))
-    if (strncmp(line, "VmRSS:", 6) == 0) kib = atol(line + 6);
-  if (f) fclose(f);
-  return kib;
-}
-
 int main(int argc, char **argv) {
   for (int l = 0; l < LOCATIONS; l++)
     location_lens[l] = (uint32_t)snprintf(location_names[l], 16, "store-%03d", l);
@@ -287,6 +287,7 @@ int main(int argc, char **argv) {
     printf("%s_reserve_release_1t_pairs_per_s %.0f\n", set, p1);
     printf("%s_reserve_release_2t_pairs_per_s %.0f\n", set, p2);
     printf("%s_reserve_release_scaling_2t %.2f\n", set, p2 / p1);
+    printf("%s_rss_mib %.0f\n", set, rss_kib() / 1024.0);
     fflush(stdout);
   }
   atomic_store(&ticker_stop, true);

@@ -133,6 +133,7 @@ typedef struct {
                                chunks of them */
   atp_padded_t free_head[ATP_SHARDS]; /* tagged Treiber stacks: tag << 32 | index+1 */
   _Atomic uint32_t *free_next;
+  uint8_t *owner;           /* shard that allocated the record: it gets it back */
   atp_padded_t live[ATP_SHARDS]; /* allocations minus retirements, as int64 */
   /* limbo: ticker only */
   uint32_t limbo_head, limbo_tail; /* index+1 FIFO through free_next */
@@ -144,14 +145,17 @@ int atp_keyed_init(atp_keyed_t *t, uint32_t capacity);
 void atp_keyed_destroy(atp_keyed_t *t);
 /* A free record index, or UINT32_MAX when the pool is exhausted. */
 uint32_t atp_keyed_alloc(atp_keyed_t *t);
+/* The record atp_keyed_alloc would most likely return next on this thread,
+ * without taking it (a hint for prefetching); UINT32_MAX if unknown. */
+uint32_t atp_keyed_peek(const atp_keyed_t *t);
 /* Publishes record idx (state PENDING, hash set) on its chain. */
 void atp_keyed_push(atp_keyed_t *t, uint32_t idx);
 /* Ticker only: unlinks idx from its chain and puts it in limbo. */
-void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick);
+void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick, int64_t now_ns);
 /* Records in use, summed over shards. */
 uint64_t atp_keyed_live(const atp_keyed_t *t);
 /* Ticker only: recycles limbo records whose grace has passed. */
-void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick);
+void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick, int64_t now_ns);
 static inline uint32_t atp_keyed_head(const atp_keyed_t *t, uint64_t hash) {
   return atomic_load_explicit(&t->heads[hash & t->bucket_mask], memory_order_acquire);
 }
@@ -291,6 +295,7 @@ struct atp_engine {
   /* ticker */
   atp_wheel_t wheel;
   uint64_t tick_count;
+  int64_t tick_mono_ns;   /* atp_mono_ns at the start of the tick */
   _Atomic(atp_retired_t *) retired;   /* pushed by any thread */
   atp_retired_t *retired_waiting;    /* ticker only */
 

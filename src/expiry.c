@@ -123,7 +123,7 @@ static void purge(atp_engine_t *e, uint32_t ref) {
     if (atomic_load_explicit(&e->itable.state[idx], memory_order_acquire) ==
         ATP_REC_LIVE)
       atp_idem_purged(e, idx);
-    atp_keyed_retire(&e->itable, idx, e->tick_count);
+    atp_keyed_retire(&e->itable, idx, e->tick_count, e->tick_mono_ns);
     return;
   }
   uint32_t idx = ref - 1;
@@ -142,7 +142,7 @@ static void purge(atp_engine_t *e, uint32_t ref) {
   if (lines && lines != r->inline_lines) atp_retire(e, lines);
   atomic_store_explicit(&r->lines, r->inline_lines, memory_order_relaxed);
   atomic_store_explicit(&r->line_count, 0, memory_order_relaxed);
-  atp_keyed_retire(&e->rtable, idx, e->tick_count);
+  atp_keyed_retire(&e->rtable, idx, e->tick_count, e->tick_mono_ns);
 }
 
 /* A record's time came (or it was filed already due): expire it, purge it, or
@@ -238,7 +238,7 @@ static uint32_t advance(atp_engine_t *e, int64_t target_tick, int64_t now_ms) {
 }
 
 static void reclaim_retired(atp_engine_t *e) {
-  int64_t now_ns = atp_mono_ns();
+  int64_t now_ns = e->tick_mono_ns;
   atp_retired_t *fresh =
       atomic_exchange_explicit(&e->retired, NULL, memory_order_acquire);
   while (fresh) {
@@ -268,6 +268,7 @@ uint32_t atp_engine_tick(atp_engine_t *e) {
   int64_t target = now_ms / ATP_WHEEL_TICK_MS;
   atp_wheel_t *w = &e->wheel;
   e->tick_count++;
+  e->tick_mono_ns = atp_mono_ns();
   if (!w->started) {
     w->now_tick = target;
     w->started = true;
@@ -280,8 +281,8 @@ uint32_t atp_engine_tick(atp_engine_t *e) {
     expired += drain(e, list, now_ms);
   }
   if (target > w->now_tick) expired += advance(e, target, now_ms);
-  atp_keyed_reclaim(&e->rtable, e->tick_count);
-  atp_keyed_reclaim(&e->itable, e->tick_count);
+  atp_keyed_reclaim(&e->rtable, e->tick_count, e->tick_mono_ns);
+  atp_keyed_reclaim(&e->itable, e->tick_count, e->tick_mono_ns);
   reclaim_retired(e);
   return expired;
 }

@@ -55,8 +55,9 @@ int atp_keyed_init(atp_keyed_t *t, uint32_t capacity) {
   t->free_next = atp_table_alloc(capacity, sizeof *t->free_next);
   t->limbo_tick = atp_table_alloc(capacity, sizeof *t->limbo_tick);
   t->limbo_mono_ns = atp_table_alloc(capacity, sizeof *t->limbo_mono_ns);
+  t->owner = atp_table_alloc(capacity, sizeof *t->owner);
   if (!t->heads || !t->next || !t->state || !t->hash || !t->free_next ||
-      !t->limbo_tick || !t->limbo_mono_ns)
+      !t->limbo_tick || !t->limbo_mono_ns || !t->owner)
     return ATP_ENOMEM;
   return 0;
 }
@@ -69,6 +70,7 @@ void atp_keyed_destroy(atp_keyed_t *t) {
   atp_table_free(t->free_next, t->capacity, sizeof *t->free_next);
   atp_table_free(t->limbo_tick, t->capacity, sizeof *t->limbo_tick);
   atp_table_free(t->limbo_mono_ns, t->capacity, sizeof *t->limbo_mono_ns);
+  atp_table_free(t->owner, t->capacity, sizeof *t->owner);
   memset(t, 0, sizeof *t);
 }
 
@@ -105,13 +107,29 @@ static uint32_t take_fresh(atp_keyed_t *t) {
 uint32_t atp_keyed_alloc(atp_keyed_t *t) {
   int shard = atp_shard();
   uint32_t idx = pop_free(t, shard);
-  if (idx == UINT32_MAX) idx = take_fresh(t);
-  /* Own shard dry and no fresh records left: take from the others. */
+  /* Own shard dry: recycled records of other shards (a thread that exited, or
+   * one that frees more than it takes) come before never-used ones, so the
+   * memory in use follows the records alive, not the table's capacity. An
+   * empty shard costs one load of a line that is rarely written. */
   for (int i = 1; idx == UINT32_MAX && i < ATP_SHARDS; i++)
     idx = pop_free(t, (shard + i) % ATP_SHARDS);
-  if (idx != UINT32_MAX)
+  if (idx == UINT32_MAX) idx = take_fresh(t);
+  if (idx != UINT32_MAX) {
     atomic_fetch_add_explicit(&t->live[shard].value, 1, memory_order_relaxed);
+    t->owner[idx] = (uint8_t)shard;
+  }
   return idx;
+}
+
+uint32_t atp_keyed_peek(const atp_keyed_t *t) {
+  uint64_t head = atomic_load_explicit(
+      &((atp_keyed_t *)t)->free_head[atp_shard()].value, memory_order_relaxed);
+  if ((uint32_t)head) return (uint32_t)head - 1;
+  int slot = (int)(t->generation % TL_TABLES);
+  if (tl_chunk[slot].generation == t->generation &&
+      tl_chunk[slot].next < tl_chunk[slot].end)
+    return tl_chunk[slot].next;
+  return UINT32_MAX;
 }
 
 uint64_t atp_keyed_live(const atp_keyed_t *t) {
@@ -132,7 +150,7 @@ void atp_keyed_push(atp_keyed_t *t, uint32_t idx) {
       head, &old, idx + 1, memory_order_release, memory_order_relaxed));
 }
 
-void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick) {
+void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick, int64_t now_ns) {
   _Atomic uint32_t *head = &t->heads[t->hash[idx] & t->bucket_mask];
   uint32_t next = atomic_load_explicit(&t->next[idx], memory_order_acquire);
   uint32_t expected = idx + 1;
@@ -154,7 +172,7 @@ void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick) {
   atomic_store_explicit(&t->state[idx], ATP_REC_FREE, memory_order_release);
   atomic_fetch_sub_explicit(&t->live[atp_shard()].value, 1, memory_order_relaxed);
   t->limbo_tick[idx] = tick;
-  t->limbo_mono_ns[idx] = atp_mono_ns();
+  t->limbo_mono_ns[idx] = now_ns;
   atomic_store_explicit(&t->free_next[idx], 0, memory_order_relaxed);
   if (t->limbo_tail)
     atomic_store_explicit(&t->free_next[t->limbo_tail - 1], idx + 1,
@@ -164,8 +182,7 @@ void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick) {
   t->limbo_tail = idx + 1;
 }
 
-void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick) {
-  int64_t now_ns = atp_mono_ns();
+void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick, int64_t now_ns) {
   while (t->limbo_head) {
     uint32_t idx = t->limbo_head - 1;
     if (t->limbo_tick[idx] + GRACE_TICKS > tick ||
@@ -173,7 +190,10 @@ void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick) {
       break; /* FIFO: everything behind it is younger */
     t->limbo_head = atomic_load_explicit(&t->free_next[idx], memory_order_relaxed);
     if (!t->limbo_head) t->limbo_tail = 0;
-    _Atomic uint64_t *top = &t->free_head[idx % ATP_SHARDS].value;
+    /* Back to the shard that allocated it: a thread reuses its own records
+     * (warm in its caches) instead of claiming never-used ones while records
+     * freed into other shards wait; so memory in use follows live records. */
+    _Atomic uint64_t *top = &t->free_head[t->owner[idx]].value;
     uint64_t head = atomic_load_explicit(top, memory_order_acquire);
     uint64_t want;
     do {
