@@ -20,7 +20,7 @@ LLHTTP_DIR := $(if $(wildcard /usr/share/llhttp/llhttp.c),/usr/share/llhttp,$(DE
 LLHTTP_INC := $(if $(wildcard /usr/share/include/llhttp/llhttp.h),/usr/share/include/llhttp,$(DEPS)/usr/share/include/llhttp)
 LLHTTP_SRC := llhttp.c api.c http.c
 
-JSON_LIBS ?= -ljansson
+JSON_LIBS ?= -lyajl
 LIBS     := -luv -lmsgpackc $(JSON_LIBS) -lhiredis -lpthread -lm
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CSTD     := -std=c11 -D_GNU_SOURCE

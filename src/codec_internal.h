@@ -2,7 +2,7 @@
  *
  * codec.c owns the public entry points (format negotiation, dispatch, the
  * writer); each format file parses its bytes into atp_val_t and keeps its
- * third-party library to itself (jansson in codec_json.c, msgpack-c in
+ * third-party library to itself (yajl in codec_json.c, msgpack-c in
  * codec_msgpack.c). Not a public header: only the three codec files include it.
  */
 #ifndef ATP_CODEC_INTERNAL_H
