@@ -275,11 +275,264 @@ static void test_json_depth(void) {
       CHECK_EQ(perr.offset, 16 * 5 + 16 * 1);
     }
   }
-  /* Far deeper than jansson's own limit: refused, no crash. */
+  /* Far deeper than the limit: refused at the 33rd bracket, no crash. */
   static char deep[100000];
   memset(deep, '[', sizeof deep);
   CHECK(parse_fails(ATP_FORMAT_JSON, deep, sizeof deep, ATP_EBADREQ, SIZE_MAX,
                     "nesting"));
+}
+
+/* An object of n members "k0".."k<n-1>" (in a scrambled order) and, when dup
+ * is given, one more member with that key at the end; *dup_at is where that
+ * key's quote is. */
+static size_t big_object(char *body, size_t cap, int n, const char *dup,
+                         size_t *dup_at) {
+  size_t len = 0;
+  body[len++] = '{';
+  for (int i = 0; i < n; i++)
+    len += (size_t)snprintf(body + len, cap - len, "%s\"k%d\":%d", i ? "," : "",
+                            (i * 7919) % n, i);
+  if (dup) {
+    body[len++] = ',';
+    *dup_at = len;
+    len += (size_t)snprintf(body + len, cap - len, "\"%s\":true", dup);
+  }
+  body[len++] = '}';
+  return len;
+}
+
+static void test_json_duplicates(void) {
+  JSON_FAILS("{\"a\":1,\"b\":2,\"a\":3}", 13, "duplicate key \"a\"");
+  JSON_FAILS("{\"\":1,\"\":2}", 6, "duplicate key \"\"");
+  /* The same key spelt with and without escapes; the offset is the quote. */
+  JSON_FAILS("{\"a\":1,\"\\u0061\":2}", 7, "duplicate key \"a\"");
+  JSON_FAILS("{\"k\\\"q\":1,\"k\\\"q\":2}", 10, "duplicate key");
+  /* Prefixes and equal lengths are different keys. */
+  atp_val_t *v =
+      parse(ATP_FORMAT_JSON, S("{\"a\":1,\"ab\":2,\"ba\":3,\"b\":4,\"A\":5}"));
+  CHECK(v && v->len == 5);
+  /* Objects in different places may share keys. */
+  v = parse(ATP_FORMAT_JSON, S("{\"a\":{\"a\":1},\"b\":[{\"a\":1},{\"a\":2}]}"));
+  CHECK(v && v->len == 2);
+  /* Around the switch from the pairwise scan (16 members) to the hash set. */
+  static char body[400000];
+  for (int n = 15; n <= 18; n++) {
+    size_t at = 0, len = big_object(body, sizeof body, n, NULL, &at);
+    v = parse(ATP_FORMAT_JSON, body, len);
+    CHECK(v && v->type == ATP_VAL_OBJECT && v->len == (uint32_t)n);
+    len = big_object(body, sizeof body, n, "k0", &at);
+    CHECK(parse_fails(ATP_FORMAT_JSON, body, len, ATP_EBADREQ, at,
+                      "duplicate key \"k0\""));
+    len = big_object(body, sizeof body, n, "k", &at); /* no twin */
+    v = parse(ATP_FORMAT_JSON, body, len);
+    CHECK(v && v->len == (uint32_t)n + 1);
+  }
+  /* 20000 members: distinct keys parse, in input order; the same with a
+   * repeated key at the end (and one spelt with an escape) is refused there. */
+  size_t at = 0, len = big_object(body, sizeof body, 20000, NULL, &at);
+  v = parse(ATP_FORMAT_JSON, body, len);
+  REQUIRE(v && v->len == 20000);
+  CHECK(strcmp(v->u.members[0].key, "k0") == 0 &&
+        strcmp(v->u.members[1].key, "k7919") == 0);
+  CHECK(v->u.members[19999].val.type == ATP_VAL_INT &&
+        v->u.members[19999].val.u.i == 19999);
+  len = big_object(body, sizeof body, 20000, "k5", &at);
+  CHECK(
+      parse_fails(ATP_FORMAT_JSON, body, len, ATP_EBADREQ, at, "duplicate key \"k5\""));
+  len = big_object(body, sizeof body, 20000, "\\u006b19999", &at);
+  CHECK(parse_fails(ATP_FORMAT_JSON, body, len, ATP_EBADREQ, at,
+                    "duplicate key \"k19999\""));
+  /* Big objects nested in big objects and side by side: each its own set. */
+  len = 0;
+  body[len++] = '[';
+  for (int o = 0; o < 3; o++) {
+    size_t inner_at;
+    if (o) body[len++] = ',';
+    len += big_object(body + len, sizeof body - len, 100, NULL, &inner_at);
+  }
+  body[len++] = ']';
+  v = parse(ATP_FORMAT_JSON, body, len);
+  CHECK(v && v->len == 3 && v->u.items[2].len == 100);
+}
+
+static void test_json_numbers(void) {
+  atp_val_t *v =
+      parse(ATP_FORMAT_JSON,
+            S("[9223372036854775807,-9223372036854775808,9007199254740993,"
+              "-0,0,10,1.0,1e3,1E3,-0.0,1.5e-3,1e-400,2.5E+2,12345678901234567]"));
+  REQUIRE(v && v->type == ATP_VAL_ARRAY && v->len == 14);
+  const atp_val_t *x = v->u.items;
+  CHECK(x[0].type == ATP_VAL_INT && x[0].u.i == INT64_MAX);
+  CHECK(x[1].type == ATP_VAL_INT && x[1].u.i == INT64_MIN);
+  CHECK(x[2].type == ATP_VAL_INT && x[2].u.i == 9007199254740993LL); /* exact */
+  CHECK(x[3].type == ATP_VAL_INT && x[3].u.i == 0);
+  CHECK(x[4].type == ATP_VAL_INT && x[4].u.i == 0);
+  CHECK(x[5].type == ATP_VAL_INT && x[5].u.i == 10);
+  CHECK(x[6].type == ATP_VAL_FLOAT && x[6].u.f == 1.0); /* 1.0 is not 1 */
+  CHECK(x[7].type == ATP_VAL_FLOAT && x[7].u.f == 1000.0);
+  CHECK(x[8].type == ATP_VAL_FLOAT && x[8].u.f == 1000.0);
+  CHECK(x[9].type == ATP_VAL_FLOAT && x[9].u.f == 0.0 && signbit(x[9].u.f));
+  CHECK(x[10].type == ATP_VAL_FLOAT && x[10].u.f == 0.0015);
+  CHECK(x[11].type == ATP_VAL_FLOAT && x[11].u.f == 0.0); /* underflow is 0 */
+  CHECK(x[12].type == ATP_VAL_FLOAT && x[12].u.f == 250.0);
+  CHECK(x[13].type == ATP_VAL_INT && x[13].u.i == 12345678901234567LL);
+  /* Out of int64 by one, far out, both signs; the offset is the number's. */
+  JSON_FAILS("[9223372036854775808]", 1, "integer out of int64 range");
+  JSON_FAILS("[-9223372036854775809]", 1, "integer out of int64 range");
+  JSON_FAILS("{\"qty\":100000000000000000000000000000}", 7,
+             "integer out of int64 range");
+  JSON_FAILS("{\"qty\":-100000000000000000000000000000}", 7,
+             "integer out of int64 range");
+  JSON_FAILS("18446744073709551616", 0, "integer out of int64 range");
+  /* A number cut by the end of the body is complete there. */
+  v = parse(ATP_FORMAT_JSON, S("-9223372036854775808"));
+  CHECK(v && v->type == ATP_VAL_INT && v->u.i == INT64_MIN);
+  v = parse(ATP_FORMAT_JSON, S("2.5"));
+  CHECK(v && v->type == ATP_VAL_FLOAT && v->u.f == 2.5);
+  /* Floats beyond double, and a float text longer than any stack copy. */
+  JSON_FAILS("[1e999]", 1, "real number overflow");
+  JSON_FAILS("[0, -1.5e999]", 4, "real number overflow");
+  char text[200] = "0.";
+  memset(text + 2, '0', 150);
+  strcpy(text + 152, "125e3");
+  v = parse(ATP_FORMAT_JSON, text, strlen(text));
+  CHECK(v && v->type == ATP_VAL_FLOAT && v->u.f > 1.2e-148 && v->u.f < 1.3e-148);
+  /* The grammar is yajl's: no leading zeros, '+', bare '.', hex, NaN. */
+  JSON_FAILS("[01]", 2, "',' or ']' expected");
+  JSON_FAILS("[+1]", 1, "invalid token");
+  JSON_FAILS("[.5]", 1, "invalid token");
+  JSON_FAILS("[1.]", 1, "invalid number");
+  JSON_FAILS("[1e]", 1, "invalid number");
+  JSON_FAILS("[-]", 1, "invalid number");
+  JSON_FAILS("[0x10]", 2, "");
+  JSON_FAILS("[NaN]", 1, "invalid token");
+  JSON_FAILS("1.", 0, "invalid number");
+}
+
+static void test_json_strings(void) {
+  /* \u0000 stays inside strings, raw or decoded; keys refuse it. */
+  atp_val_t *v =
+      parse(ATP_FORMAT_JSON, S("[\"a\\u0000b\",\"\\u0000\",\"x\\n\\u0000\"]"));
+  REQUIRE(v && v->len == 3);
+  CHECK(v->u.items[0].len == 3 && memcmp(v->u.items[0].u.s, "a\0b", 4) == 0);
+  CHECK(v->u.items[1].len == 1 && v->u.items[1].u.s[0] == 0);
+  CHECK(v->u.items[2].len == 3 && memcmp(v->u.items[2].u.s, "x\n\0", 4) == 0);
+  JSON_FAILS("{\"ok\":1,\"a\\u0000\":1}", 10, "NUL byte in object key");
+  JSON_FAILS("[\"a\0b\"]", 3, "control character 0x00");
+  JSON_FAILS("[\"a\tb\"]", 3, "control character 0x09");
+  /* Escapes decode; a valid surrogate pair is one 4-byte character. */
+  v = parse(ATP_FORMAT_JSON,
+            S("[\"\\\"\\\\\\/\\b\\f\\n\\r\\t\",\"\\ud83d\\ude00\",\"\\uD83D\\uDE00?\","
+              "\"?\",\"\xf0\x9f\x98\x80\\n\",\"\\u00e9\\u20ac\"]"));
+  REQUIRE(v && v->len == 6);
+  CHECK(v->u.items[0].len == 8 && memcmp(v->u.items[0].u.s, "\"\\/\b\f\n\r\t", 8) == 0);
+  CHECK(v->u.items[1].len == 4 &&
+        memcmp(v->u.items[1].u.s, "\xf0\x9f\x98\x80", 4) == 0);
+  CHECK(v->u.items[2].len == 5 &&
+        memcmp(v->u.items[2].u.s, "\xf0\x9f\x98\x80?", 5) == 0);
+  CHECK(v->u.items[3].len == 1 && v->u.items[3].u.s[0] == '?');
+  CHECK(v->u.items[4].len == 5);
+  CHECK(v->u.items[5].len == 5 &&
+        memcmp(v->u.items[5].u.s, "\xc3\xa9\xe2\x82\xac", 5) == 0);
+  /* Surrogates that are not a high one then a low one: refused at the escape
+   * (yajl alone would give '?' or another character). */
+  JSON_FAILS("[\"\\ud800\"]", 2, "lone surrogate \\ud800");
+  JSON_FAILS("[\"ab\\ud800\"]", 4, "Unicode");
+  JSON_FAILS("[\"\\ud800x\"]", 2, "lone surrogate");
+  JSON_FAILS("[\"\\udc00\"]", 2, "lone surrogate \\udc00");
+  JSON_FAILS("[\"\\ud800\\u0041\"]", 2, "lone surrogate \\ud800");
+  JSON_FAILS("[\"\\ud800\\ud800\"]", 2, "lone surrogate");
+  JSON_FAILS("[\"\\ude00\\ud83d\"]", 2, "lone surrogate \\ude00");
+  JSON_FAILS("[\"\\ud83d\\ude00\\udbff\"]", 14, "lone surrogate \\udbff");
+  JSON_FAILS("{\"\\ud800\":1}", 2, "lone surrogate");
+  JSON_FAILS("[\"\\\\ud800\\ud800\"]", 9, "lone surrogate"); /* first is "\\" + text */
+  /* Invalid UTF-8, at the offending byte, in place or next to escapes. */
+  JSON_FAILS("[\"ab\xff\"]", 4, "invalid UTF-8");
+  JSON_FAILS("[\"\xc0\xaf\"]", 2, "invalid UTF-8");          /* overlong */
+  JSON_FAILS("[\"\xe0\x80\xaf\"]", 2, "invalid UTF-8");      /* overlong, 3 bytes */
+  JSON_FAILS("[\"\xed\xa0\x80\"]", 2, "invalid UTF-8");      /* encoded surrogate */
+  JSON_FAILS("[\"\xf4\x90\x80\x80\"]", 2, "invalid UTF-8");  /* above U+10FFFF */
+  JSON_FAILS("[\"\xe2\x82\"]", 2, "invalid UTF-8");          /* cut sequence */
+  JSON_FAILS("[\"\xc3\xa9\xe2\x82x\"]", 4, "invalid UTF-8"); /* after a valid one */
+  JSON_FAILS("[\"\xe2", 2, "invalid UTF-8");                 /* cut by the end */
+  JSON_FAILS("[\"a\\n\xc0\xaf\"]", 5, "invalid UTF-8");
+  JSON_FAILS("[\"\\u00e9\xed\xa0\x80\"]", 8, "invalid UTF-8");
+  JSON_FAILS("{\"k\xc0\xaf\":1}", 3, "invalid UTF-8");
+  /* Bad escapes. */
+  JSON_FAILS("[\"\\x\"]", 3, "invalid escape");
+  JSON_FAILS("[\"\\u12g4\"]", 6, "\\u escape");
+  JSON_FAILS("[\"ab\\", 5, "");
+}
+
+static void test_json_structure(void) {
+  /* Trailing bytes after the value. */
+  JSON_FAILS("{} x", 3, "end of file expected");
+  JSON_FAILS("{}{}", 2, "end of file expected");
+  JSON_FAILS("1 2", 2, "end of file expected");
+  JSON_FAILS("\"a\" \"b\"", 4, "end of file expected");
+  JSON_FAILS("[] ]", 3, "end of file expected");
+  JSON_FAILS("{\"a\":1}}", 7, "end of file expected");
+  atp_val_t *v = parse(ATP_FORMAT_JSON, S("\r\n\t {} \r\n\t "));
+  CHECK(v && v->type == ATP_VAL_OBJECT && v->len == 0 && v->u.members == NULL);
+  /* Commas, colons, keys. */
+  JSON_FAILS("{\"a\":1,}", 7, "string expected as object key");
+  JSON_FAILS("[1,]", 3, "unexpected token");
+  JSON_FAILS("[,1]", 1, "unexpected token");
+  JSON_FAILS("{,}", 1, "string expected as object key");
+  JSON_FAILS("{\"a\" 1}", 5, "':' expected");
+  JSON_FAILS("{\"a\":1 \"b\":2}", 7, "',' or '}' expected");
+  JSON_FAILS("{\"a\":1 \"bcd\":2}", 7, "',' or '}' expected");
+  JSON_FAILS("{\"a\":true false}", 10, "',' or '}' expected");
+  JSON_FAILS("[1 2]", 3, "',' or ']' expected");
+  JSON_FAILS("[\"a\" {}]", 5, "',' or ']' expected");
+  JSON_FAILS("{1:2}", 1, "string expected as object key");
+  JSON_FAILS("[1,2x]", 4, "invalid token");
+  JSON_FAILS("[truex]", 5, "invalid token"); /* just past "true" */
+  JSON_FAILS("/* no */ {}", 0, "invalid token");
+  JSON_FAILS("\xef\xbb\xbf{}", 0, "invalid token"); /* no byte order mark */
+  /* Truncated bodies: every proper prefix of a valid body is refused, at or
+   * before its end, and those cut between tokens at the end exactly. */
+  static const char body[] =
+      "{\"id\":\"r-1\",\"lines\":[{\"sku\":\"A\\u00e9\",\"qty\":12,\"f\":1.5,"
+      "\"t\":true,\"n\":null}],\"ttl_ms\":900000}";
+  CHECK(parse(ATP_FORMAT_JSON, body, sizeof body - 1) != NULL);
+  for (size_t n = 0; n < sizeof body - 1; n++) {
+    atp_arena_reset(&arena);
+    atp_val_t *got = NULL;
+    int rc = atp_codec_parse(ATP_FORMAT_JSON, body, n, &arena, &got, &perr);
+    if (rc != ATP_EBADREQ || perr.offset > n)
+      fprintf(stderr, "  prefix %zu: rc %d at %zu: %s\n", n, rc, perr.offset,
+              perr.message);
+    CHECK(rc == ATP_EBADREQ && got == NULL && perr.offset <= n);
+    char last = n ? body[n - 1] : ',';
+    if (strchr(",:[{", last)) {
+      CHECK_EQ(perr.offset, n);
+      CHECK(strstr(perr.message, "unexpected end of input") != NULL);
+    }
+  }
+  JSON_FAILS("{\"qty\":12", 9, "unexpected end of input");
+  JSON_FAILS("{\"qty\":tru", 7, "invalid token");
+  JSON_FAILS("[\"abc", 5, "unexpected end of input");
+}
+
+static void test_json_depth_memory(void) {
+  /* 1 MiB of '[' (a body at the size limit) stops at the 33rd bracket, so
+   * neither our frames nor yajl's stack grow with the body. */
+  size_t len = ATP_HTTP_BODY_BYTES_MAX;
+  char *deep = malloc(len);
+  REQUIRE(deep);
+  memset(deep, '[', len);
+  CHECK(parse_fails(ATP_FORMAT_JSON, deep, len, ATP_EBADREQ, ATP_CODEC_DEPTH_MAX,
+                    "nesting deeper than 32"));
+  memset(deep, '{', len);
+  CHECK(parse_fails(ATP_FORMAT_JSON, deep, len, ATP_EBADREQ, 1,
+                    "string expected as object key"));
+  /* {"a":{"a": ... : objects count as arrays do. */
+  size_t n = 0;
+  for (int i = 0; i < 40; i++) n += (size_t)snprintf(deep + n, len - n, "{\"a\":");
+  CHECK(parse_fails(ATP_FORMAT_JSON, deep, n, ATP_EBADREQ, 32 * 5,
+                    "nesting deeper than 32"));
+  free(deep);
 }
 
 /* --- msgpack parsing ------------------------------------------------------------ */
@@ -775,6 +1028,81 @@ static void test_stream_msgpack(void) {
   CHECK_EQ(c.count, 1);
 }
 
+/* JSON streams: offsets in the whole body, limits, the item-at-a-time memory. */
+static void test_stream_json_items(void) {
+  collect_t c;
+  /* Items of every kind; a number last in the array or body is complete. */
+  CHECK_EQ(stream(ATP_FORMAT_JSON,
+                  S("[{\"n\":1,\"s\":\"\\u00e9\"},[],\"x\",null,true,22]"), 10, &c),
+           0);
+  CHECK(c.count == 6 && c.sum == 23 && c.indexes_ok);
+  CHECK_EQ(stream(ATP_FORMAT_JSON, S("1 2\n3"), 10, &c), 0);
+  CHECK(c.count == 3 && c.sum == 6);
+  CHECK_EQ(stream(ATP_FORMAT_JSON, S("\n[\n1\n,\n2\n]\n"), 10, &c), 0);
+  CHECK(c.count == 2 && c.sum == 3);
+  /* Errors inside an item carry the body's offset; earlier items were handed
+   * over. */
+  static const char dup[] = "[{\"n\":1},{\"n\":2},{\"n\":3,\"n\":4}]";
+  CHECK_EQ(stream(ATP_FORMAT_JSON, dup, sizeof dup - 1, 10, &c), ATP_EBADREQ);
+  CHECK_EQ(c.count, 2);
+  CHECK_EQ(perr.offset, 24);
+  CHECK(strstr(perr.message, "duplicate key \"n\"") != NULL);
+  CHECK_EQ(stream(ATP_FORMAT_JSON, S("[\"a\",\"b\xff\"]"), 10, &c), ATP_EBADREQ);
+  CHECK_EQ(perr.offset, 7);
+  CHECK_EQ(stream(ATP_FORMAT_JSON, S("[1,\"\\ud800\"]"), 10, &c), ATP_EBADREQ);
+  CHECK_EQ(perr.offset, 4);
+  CHECK(strstr(perr.message, "surrogate") != NULL);
+  CHECK_EQ(stream(ATP_FORMAT_JSON, S("[1,99999999999999999999]"), 10, &c), ATP_EBADREQ);
+  CHECK_EQ(perr.offset, 3);
+  CHECK(strstr(perr.message, "int64") != NULL);
+  CHECK_EQ(stream(ATP_FORMAT_JSON, S("[{\"n\":1},{\"n\":"), 10, &c), ATP_EBADREQ);
+  CHECK_EQ(perr.offset, 14);
+  CHECK(strstr(perr.message, "unexpected end of input") != NULL);
+  CHECK_EQ(stream(ATP_FORMAT_JSON, S("[{\"n\":1}"), 10, &c), ATP_EBADREQ);
+  CHECK_EQ(perr.offset, 8);
+  CHECK_EQ(stream(ATP_FORMAT_JSON, S("{\"n\":1} x"), 10, &c), ATP_EBADREQ);
+  CHECK_EQ(c.count, 1);
+  CHECK_EQ(perr.offset, 8);
+  CHECK_EQ(stream(ATP_FORMAT_NDJSON, S("{\"n\":1}\n{\"n\":2} x\n"), 10, &c),
+           ATP_EBADREQ);
+  CHECK_EQ(perr.offset, 16);
+  CHECK(strstr(perr.message, "end of file expected") != NULL);
+  CHECK_EQ(stream(ATP_FORMAT_NDJSON, S("{\"n\":1}\n{\"n\":\n"), 10, &c), ATP_EBADREQ);
+  CHECK_EQ(perr.offset, 13);
+  CHECK(strstr(perr.message, "unexpected end of input") != NULL);
+  /* max_items: exactly max is fine; one more is refused at that item. */
+  CHECK_EQ(stream(ATP_FORMAT_JSON, S("[1,2]"), 2, &c), 0);
+  CHECK_EQ(stream(ATP_FORMAT_JSON, S("[1, 2, 3]"), 2, &c), ATP_ETOOLARGE);
+  CHECK_EQ(perr.offset, 7);
+  CHECK(strstr(perr.message, "more than 2 items") != NULL);
+  CHECK_EQ(stream(ATP_FORMAT_JSON, S("1 2 3"), 2, &c), ATP_ETOOLARGE);
+  CHECK_EQ(perr.offset, 4);
+  CHECK_EQ(stream(ATP_FORMAT_JSON, S("[]"), 0, &c), 0);
+  CHECK_EQ(stream(ATP_FORMAT_JSON, S("[1]"), 0, &c), ATP_ETOOLARGE);
+  /* Memory of one item: 20000 items of about 100 bytes stream through an
+   * arena capped at 8 KiB, as the caller resets it after each item. */
+  atp_buf_t b;
+  atp_buf_init(&b, 0);
+  atp_buf_printf(&b, "[");
+  for (int i = 0; i < 20000; i++)
+    atp_buf_printf(
+        &b, "%s{\"op\":\"adjust\",\"sku\":\"SKU-%06d\",\"n\":1,\"s\":\"\\u00e9\"}",
+        i ? "," : "", i);
+  atp_buf_printf(&b, "]");
+  REQUIRE(!b.failed);
+  atp_arena_t saved = arena;
+  atp_arena_init(&arena, 4096, 8192);
+  CHECK_EQ(stream(ATP_FORMAT_JSON, b.data, b.len, ATP_BATCH_OPS_MAX, &c), 0);
+  CHECK(c.count == 20000 && c.sum == 20000);
+  atp_arena_reset(&arena);
+  atp_val_t *v = NULL;
+  CHECK_EQ(atp_codec_parse(ATP_FORMAT_JSON, b.data, b.len, &arena, &v, &perr),
+           ATP_ENOMEM); /* the whole body as one value does not fit */
+  atp_arena_destroy(&arena);
+  arena = saved;
+  atp_buf_free(&b);
+}
+
 /* A large batch: linear, item at a time, in both formats. */
 static void test_stream_large(void) {
   enum { ITEMS = 100000 };
@@ -822,6 +1150,11 @@ TEST_MAIN({
   RUN(test_json_values);
   RUN(test_json_errors);
   RUN(test_json_depth);
+  RUN(test_json_duplicates);
+  RUN(test_json_numbers);
+  RUN(test_json_strings);
+  RUN(test_json_structure);
+  RUN(test_json_depth_memory);
   RUN(test_msgpack_values);
   RUN(test_msgpack_errors);
   RUN(test_msgpack_depth_and_big_maps);
@@ -831,6 +1164,7 @@ TEST_MAIN({
   RUN(test_writer_buffer_limit);
   RUN(test_round_trip);
   RUN(test_stream_json);
+  RUN(test_stream_json_items);
   RUN(test_stream_msgpack);
   RUN(test_stream_large);
   atp_buf_free(&out);
