@@ -1,20 +1,23 @@
 /* bench_json.c - picks the JSON library by measurement.
  *
- * Debian 12 has three C JSON parsers: jansson, json-c and cJSON (yyjson is
- * not in bookworm). Each parses representative request bodies many times and
- * its tree is converted into our atp_val_t tree in an arena, as the codec
- * does; the time of parse + convert + free is reported as ns/parse and MB/s.
- * jansson is measured through the real code (atp_codec_parse); json-c and
- * cJSON through equivalent conversions written here, including the duplicate
- * key check that they do not do themselves.
+ * Debian 12 has four C JSON parsers: yajl, jansson, json-c and cJSON (yyjson
+ * is not in bookworm). Each parses representative request bodies many times
+ * into our atp_val_t tree in an arena; the time of parse + convert + free is
+ * reported as ns/parse and MB/s. yajl is measured through the real code
+ * (atp_codec_parse, which builds the tree from yajl's callbacks with every
+ * check of the contract). jansson, json-c and cJSON are measured through
+ * conversions of their trees written here, including the duplicate key check
+ * that json-c and cJSON do not do themselves; jansson's allocations during a
+ * parse come from a bump arena, as they did when it was the codec's library.
  *
  * json-c is loaded with dlopen(RTLD_LOCAL): it exports json_object_get and
  * json_object_iter_next like jansson, so the two cannot share one link (or,
  * because of json_object_get's two meanings, one translation unit).
  *
- * A second table probes what each library gives us for correctness:
- * duplicate keys, int64 range, \u0000 in strings, depth limit, invalid UTF-8
- * and error positions.
+ * A second table probes what each library gives us for correctness, and
+ * what atp_codec_parse answers on top of yajl: duplicate keys, int64 range,
+ * \u0000 in strings, depth limit, invalid UTF-8, surrogates and error
+ * positions.
  *
  *   make build/release/bench/bench_json && build/release/bench/bench_json
  * [seconds_per_case]
@@ -27,6 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <yajl/yajl_parse.h>
+#include <yajl/yajl_version.h>
 
 #include "atp/codec.h"
 #include "atp/error.h"
@@ -280,14 +285,97 @@ static int cj_convert(atp_arena_t *a, const cJSON *j, atp_val_t *out) {
   return 0;
 }
 
-/* --- the three parsers behind one signature --------------------------------- */
+/* jansson's tree into atp_val_t, as codec_json.c did while it used jansson
+ * (jansson rejects duplicate keys itself). depth: containers open around j. */
+static int jn_convert(atp_arena_t *a, json_t *j, atp_val_t *out, uint32_t depth) {
+  switch (json_typeof(j)) {
+    case JSON_OBJECT: {
+      if (depth + 1 > ATP_CODEC_DEPTH_MAX) return -1;
+      size_t n = json_object_size(j), i = 0;
+      out->type = ATP_VAL_OBJECT;
+      out->len = (uint32_t)n;
+      out->u.members = atp_arena_alloc(a, n * sizeof(atp_member_t) + 1);
+      for (void *it = json_object_iter(j); it; it = json_object_iter_next(j, it), i++) {
+        atp_member_t *m = &out->u.members[i];
+        m->key_len = (uint32_t)json_object_iter_key_len(it);
+        m->key = atp_arena_strdup(a, json_object_iter_key(it), m->key_len);
+        if (jn_convert(a, json_object_iter_value(it), &m->val, depth + 1)) return -1;
+      }
+      return 0;
+    }
+    case JSON_ARRAY: {
+      if (depth + 1 > ATP_CODEC_DEPTH_MAX) return -1;
+      size_t n = json_array_size(j);
+      out->type = ATP_VAL_ARRAY;
+      out->len = (uint32_t)n;
+      out->u.items = atp_arena_alloc(a, n * sizeof(atp_val_t) + 1);
+      for (size_t i = 0; i < n; i++) {
+        if (jn_convert(a, json_array_get(j, i), &out->u.items[i], depth + 1)) return -1;
+      }
+      return 0;
+    }
+    case JSON_STRING:
+      out->type = ATP_VAL_STR;
+      out->len = (uint32_t)json_string_length(j);
+      out->u.s = atp_arena_strdup(a, json_string_value(j), out->len);
+      return 0;
+    case JSON_INTEGER:
+      out->type = ATP_VAL_INT;
+      out->u.i = (int64_t)json_integer_value(j);
+      return 0;
+    case JSON_REAL:
+      out->type = ATP_VAL_FLOAT;
+      out->u.f = json_real_value(j);
+      return 0;
+    case JSON_TRUE:
+    case JSON_FALSE:
+      out->type = ATP_VAL_BOOL;
+      out->u.b = json_is_true(j);
+      return 0;
+    case JSON_NULL:
+      out->type = ATP_VAL_NULL;
+      return 0;
+  }
+  return -1;
+}
+
+/* jansson mallocs every node; during a parse its allocations come from this
+ * bump arena and its frees are no-ops (the arena is reset after the parse). */
+static atp_arena_t jn_heap;
+static bool jn_in_parse;
+
+static void *jn_malloc(size_t n) {
+  return jn_in_parse ? atp_arena_alloc(&jn_heap, n) : malloc(n);
+}
+
+static void jn_free(void *p) {
+  if (!jn_in_parse) free(p);
+}
+
+/* --- the four parsers behind one signature ----------------------------------- */
 
 static jc_tok *tokener;
 
-static int parse_jansson(atp_arena_t *a, const char *s, size_t len) {
+static int parse_yajl_codec(atp_arena_t *a, const char *s, size_t len) {
   atp_val_t *v;
   atp_parse_error_t err;
   return atp_codec_parse(ATP_FORMAT_JSON, s, len, a, &v, &err);
+}
+
+static int parse_jansson(atp_arena_t *a, const char *s, size_t len) {
+  json_error_t e;
+  jn_in_parse = true;
+  json_t *j =
+      json_loadb(s, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &e);
+  int rc = -1;
+  if (j) {
+    atp_val_t v;
+    rc = jn_convert(a, j, &v, 0);
+    json_decref(j);
+  }
+  jn_in_parse = false;
+  atp_arena_reset(&jn_heap);
+  return rc;
 }
 
 static int parse_jsonc(atp_arena_t *a, const char *s, size_t len) {
@@ -373,7 +461,7 @@ static void measure_stream(const atp_buf_t *b, double seconds) {
   } while (elapsed < seconds);
   double ns = elapsed * 1e9 / (double)iters;
   printf("%-8s %-22s %9zu B %12.0f ns/parse %8.1f MB/s %9ld parses (%u items)\n",
-         "jansson", "batch, parse_stream", b->len, ns, (double)b->len / ns * 1e3, iters,
+         "yajl", "batch, parse_stream", b->len, ns, (double)b->len / ns * 1e3, iters,
          n);
   atp_arena_destroy(&a);
 }
@@ -385,6 +473,95 @@ typedef struct {
   const char *body;
   size_t len;
 } probe_t;
+
+/* What yajl itself gives: numbers as text, strings decoded, no key check. */
+typedef struct {
+  char first[48]; /* the first scalar: "text ...", "len N" */
+  int keys;       /* keys of the outermost object */
+  int depth;      /* containers open */
+} yajl_probe_t;
+
+static void yp_first(yajl_probe_t *y, const char *what) {
+  if (!y->first[0]) snprintf(y->first, sizeof y->first, "%s", what);
+}
+static int yp_null(void *c) {
+  yp_first(c, "null");
+  return 1;
+}
+static int yp_bool(void *c, int b) {
+  yp_first(c, "bool");
+  return 1;
+}
+static int yp_number(void *c, const char *s, size_t n) {
+  char text[48];
+  snprintf(text, sizeof text, "text %.*s", (int)n, s);
+  yp_first(c, text);
+  return 1;
+}
+static int yp_string(void *c, const unsigned char *s, size_t n) {
+  char text[48];
+  snprintf(text, sizeof text, "len %zu", n);
+  yp_first(c, text);
+  return 1;
+}
+static int yp_key(void *c, const unsigned char *s, size_t n) {
+  yajl_probe_t *y = c;
+  if (y->depth == 1) y->keys++;
+  return 1;
+}
+static int yp_open(void *c) {
+  ((yajl_probe_t *)c)->depth++;
+  return 1;
+}
+static int yp_close(void *c) {
+  ((yajl_probe_t *)c)->depth--;
+  return 1;
+}
+
+static void probe_yajl(const probe_t *p, char *out, size_t cap) {
+  static const yajl_callbacks cb = {yp_null,   yp_bool,   NULL,    NULL,
+                                    yp_number, yp_string, yp_open, yp_key,
+                                    yp_close,  yp_open,   yp_close};
+  yajl_probe_t y = {{0}, 0, 0};
+  yajl_handle h = yajl_alloc(&cb, NULL, &y);
+  yajl_status st = yajl_parse(h, (const unsigned char *)p->body, p->len);
+  size_t at = yajl_get_bytes_consumed(h);
+  if (st == yajl_status_ok) {
+    st = yajl_complete_parse(h);
+    if (st != yajl_status_ok) at = p->len; /* its count is of a blank after the end */
+  }
+  if (st != yajl_status_ok)
+    snprintf(out, cap, "reject @%zu", at);
+  else if (p->body[0] == '{')
+    snprintf(out, cap, "accept, %d key(s)", y.keys);
+  else
+    snprintf(out, cap, "accept %s", y.first[0] ? y.first : "");
+  yajl_free(h);
+}
+
+/* What atp_codec_parse (on yajl) answers. */
+static void probe_codec(const probe_t *p, char *out, size_t cap) {
+  atp_arena_t a;
+  atp_arena_init(&a, 4096, 0);
+  atp_val_t *v;
+  atp_parse_error_t err;
+  if (atp_codec_parse(ATP_FORMAT_JSON, p->body, p->len, &a, &v, &err)) {
+    snprintf(out, cap, "reject @%zu", err.offset);
+  } else {
+    const atp_val_t *first = v->type == ATP_VAL_ARRAY && v->len ? &v->u.items[0] : v;
+    if (first->type == ATP_VAL_INT)
+      snprintf(out, cap, "accept int %lld", (long long)first->u.i);
+    else if (first->type == ATP_VAL_FLOAT)
+      snprintf(out, cap, "accept float %g", first->u.f);
+    else if (first->type == ATP_VAL_STR)
+      snprintf(out, cap, "accept len %u", first->len);
+    else if (v->type == ATP_VAL_OBJECT)
+      snprintf(out, cap, "accept, %u key(s)", v->len);
+    else
+      snprintf(out, cap, "accept");
+  }
+  atp_arena_destroy(&a);
+}
 
 /* What the library itself says: "reject", or "accept" plus what it kept. */
 static void probe_jansson(const probe_t *p, char *out, size_t cap) {
@@ -479,25 +656,31 @@ static void probes(void) {
       P("\\u0000 in string", "[\"a\\u0000b\"]"),
       P("invalid UTF-8", "[\"a\xff\"]"),
       P("lone surrogate", "[\"\\ud800\"]"),
+      P("bad pair", "[\"\\ud800\\u0041\"]"),
+      P("overlong UTF-8", "[\"\xc0\xaf\"]"),
       {"depth 40", deep, sizeof deep - 1},
       {"depth 3000", deeper, sizeof deeper},
       P("error at 7", "{\"a\":1,}"),
       P("trailing garbage", "{} x"),
   };
-  printf("\n%-20s %-30s %-30s %-30s\n", "probe", "jansson", "json-c (strict+utf8)",
-         "cJSON");
+  printf("\n%-18s %-28s %-28s %-28s %-28s %-28s\n", "probe", "atp_codec_parse (yajl)",
+         "yajl by itself", "jansson", "json-c (strict+utf8)", "cJSON");
   for (size_t i = 0; i < sizeof list / sizeof list[0]; i++) {
-    char a[64], b[64], c[64];
-    probe_jansson(&list[i], a, sizeof a);
-    probe_jsonc(&list[i], b, sizeof b);
-    probe_cjson(&list[i], c, sizeof c);
-    printf("%-20s %-30s %-30s %-30s\n", list[i].name, a, b, c);
+    char a[64], b[64], c[64], d[64], e[64];
+    probe_codec(&list[i], a, sizeof a);
+    probe_yajl(&list[i], b, sizeof b);
+    probe_jansson(&list[i], c, sizeof c);
+    probe_jsonc(&list[i], d, sizeof d);
+    probe_cjson(&list[i], e, sizeof e);
+    printf("%-18s %-28s %-28s %-28s %-28s %-28s\n", list[i].name, a, b, c, d, e);
   }
 }
 
 int main(int argc, char **argv) {
   double seconds = argc > 1 ? atof(argv[1]) : 0.3;
   jc_load();
+  atp_arena_init(&jn_heap, 64 * 1024, 0);
+  json_set_alloc_funcs(jn_malloc, jn_free);
   tokener = jc.tokener_new_ex(ATP_CODEC_DEPTH_MAX + 1);
   jc.tokener_set_flags(tokener, JC_STRICT | JC_VALIDATE_UTF8);
   struct {
@@ -512,11 +695,13 @@ int main(int argc, char **argv) {
   struct {
     const char *name;
     parse_fn fn;
-  } libs[] = {
-      {"jansson", parse_jansson}, {"json-c", parse_jsonc}, {"cJSON", parse_cjson}};
-  printf("jansson %s, json-c %s, cJSON %d.%d.%d; %.2f s per case\n", JANSSON_VERSION,
-         jc.version(), CJSON_VERSION_MAJOR, CJSON_VERSION_MINOR, CJSON_VERSION_PATCH,
-         seconds);
+  } libs[] = {{"yajl", parse_yajl_codec},
+              {"jansson", parse_jansson},
+              {"json-c", parse_jsonc},
+              {"cJSON", parse_cjson}};
+  printf("yajl %d.%d.%d, jansson %s, json-c %s, cJSON %d.%d.%d; %.2f s per case\n",
+         YAJL_MAJOR, YAJL_MINOR, YAJL_MICRO, JANSSON_VERSION, jc.version(),
+         CJSON_VERSION_MAJOR, CJSON_VERSION_MINOR, CJSON_VERSION_PATCH, seconds);
   for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++) {
     for (size_t l = 0; l < sizeof libs / sizeof libs[0]; l++) {
       measure(libs[l].name, libs[l].fn, inputs[i].name, &inputs[i].body, seconds);
@@ -527,5 +712,6 @@ int main(int argc, char **argv) {
   for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++)
     atp_buf_free(&inputs[i].body);
   jc.tokener_free(tokener);
+  atp_arena_destroy(&jn_heap);
   return 0;
 }
