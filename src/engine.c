@@ -1142,13 +1142,13 @@ int atp_engine_create(const atp_engine_config_t *config, atp_engine_t **out) {
   e->group_mask = pow2_at_least(ATP_GROUPS_MAX * 2) - 1;
   /* Tables are mapped zeroed and lazily (untouched capacity costs address
    * space, not memory), on huge pages where the kernel gives them. */
-  e->interns = atp_table_alloc(e->intern_max, sizeof *e->interns);
+  e->interns = atp_table_alloc(e->intern_max, sizeof *e->interns, true);
   e->intern_index =
-      atp_table_alloc((size_t)e->intern_mask + 1, sizeof *e->intern_index);
-  e->positions = atp_table_alloc(c->positions_max, sizeof *e->positions);
-  e->pos_cold = atp_table_alloc(c->positions_max, sizeof *e->pos_cold);
+      atp_table_alloc((size_t)e->intern_mask + 1, sizeof *e->intern_index, true);
+  e->positions = atp_table_alloc(c->positions_max, sizeof *e->positions, true);
+  e->pos_cold = atp_table_alloc(c->positions_max, sizeof *e->pos_cold, true);
   e->position_index =
-      atp_table_alloc((size_t)e->position_mask + 1, sizeof *e->position_index);
+      atp_table_alloc((size_t)e->position_mask + 1, sizeof *e->position_index, true);
   e->groups = atp_calloc(ATP_GROUPS_MAX, sizeof *e->groups);
   e->group_index = atp_calloc((size_t)e->group_mask + 1, sizeof *e->group_index);
   if (!e->interns || !e->intern_index || !e->positions || !e->pos_cold ||

@@ -19,7 +19,7 @@
 
 int atp_idem_init(atp_engine_t *e) {
   ATP_ASSERT(e->config.idempotency_max < (1u << 30));
-  e->irecs = atp_table_alloc(e->config.idempotency_max, sizeof *e->irecs);
+  e->irecs = atp_table_alloc(e->config.idempotency_max, sizeof *e->irecs, false);
   if (!e->irecs) return ATP_ENOMEM;
   return atp_keyed_init(&e->itable, e->config.idempotency_max);
 }

@@ -48,14 +48,15 @@ int atp_keyed_init(atp_keyed_t *t, uint32_t capacity) {
   while (buckets < capacity) buckets <<= 1;
   t->bucket_mask = (uint32_t)buckets - 1;
   t->capacity = capacity;
-  t->heads = atp_table_alloc(buckets, sizeof *t->heads);
-  t->next = atp_table_alloc(capacity, sizeof *t->next);
-  t->state = atp_table_alloc(capacity, sizeof *t->state);
-  t->hash = atp_table_alloc(capacity, sizeof *t->hash);
-  t->free_next = atp_table_alloc(capacity, sizeof *t->free_next);
-  t->limbo_tick = atp_table_alloc(capacity, sizeof *t->limbo_tick);
-  t->limbo_mono_ns = atp_table_alloc(capacity, sizeof *t->limbo_mono_ns);
-  t->owner = atp_table_alloc(capacity, sizeof *t->owner);
+  /* Bucket heads are hit at random; the per-record arrays fill in order. */
+  t->heads = atp_table_alloc(buckets, sizeof *t->heads, true);
+  t->next = atp_table_alloc(capacity, sizeof *t->next, false);
+  t->state = atp_table_alloc(capacity, sizeof *t->state, false);
+  t->hash = atp_table_alloc(capacity, sizeof *t->hash, false);
+  t->free_next = atp_table_alloc(capacity, sizeof *t->free_next, false);
+  t->limbo_tick = atp_table_alloc(capacity, sizeof *t->limbo_tick, false);
+  t->limbo_mono_ns = atp_table_alloc(capacity, sizeof *t->limbo_mono_ns, false);
+  t->owner = atp_table_alloc(capacity, sizeof *t->owner, false);
   if (!t->heads || !t->next || !t->state || !t->hash || !t->free_next ||
       !t->limbo_tick || !t->limbo_mono_ns || !t->owner)
     return ATP_ENOMEM;

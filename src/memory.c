@@ -36,7 +36,7 @@ static size_t table_bytes(size_t count, size_t size) {
   return (count * size + HUGE_PAGE_BYTES - 1) & ~(HUGE_PAGE_BYTES - 1);
 }
 
-void *atp_table_alloc(size_t count, size_t size) {
+void *atp_table_alloc(size_t count, size_t size, bool huge) {
   size_t bytes = table_bytes(count, size);
   if (!bytes) return NULL;
   /* Map one huge page more, then trim both ends to a 2 MiB boundary. */
@@ -49,7 +49,7 @@ void *atp_table_alloc(size_t count, size_t size) {
   size_t tail = (size_t)(raw + bytes + HUGE_PAGE_BYTES - (table + bytes));
   if (tail) munmap(table + bytes, tail);
   /* Advice only: where THP is off the table still works on small pages. */
-  (void)madvise(table, bytes, MADV_HUGEPAGE);
+  (void)madvise(table, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
   return table;
 }
 

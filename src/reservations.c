@@ -43,7 +43,7 @@ static grants_t *scratch_grants(void) {
 
 int atp_reservations_init(atp_engine_t *e) {
   ATP_ASSERT(e->config.reservations_max < (1u << 30));
-  e->rrecs = atp_table_alloc(e->config.reservations_max, sizeof *e->rrecs);
+  e->rrecs = atp_table_alloc(e->config.reservations_max, sizeof *e->rrecs, false);
   if (!e->rrecs) return ATP_ENOMEM;
   return atp_keyed_init(&e->rtable, e->config.reservations_max);
 }

@@ -12,6 +12,7 @@
 #ifndef ATP_MEMORY_H
 #define ATP_MEMORY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,12 +22,14 @@ void *atp_calloc(size_t count, size_t bytes);
 void *atp_realloc(void *ptr, size_t bytes);
 void atp_free(void *ptr);
 
-/* Large zeroed tables that live as long as the engine: mapped directly and
- * aligned to 2 MiB with transparent huge pages asked for (MADV_HUGEPAGE), so a
- * random probe into tens of MiB costs a cache miss, not a TLB miss too (a page
- * walk is the larger part of a miss under virtualisation). Untouched pages
- * cost address space only. Freed with the same count and size. */
-void *atp_table_alloc(size_t count, size_t size);
+/* Large zeroed tables that live as long as the engine, mapped directly;
+ * untouched pages cost address space only. Freed with the same count and
+ * size. With huge, the table is aligned to 2 MiB and asks for transparent
+ * huge pages (MADV_HUGEPAGE), so a random probe into tens of MiB costs a cache
+ * miss without a page walk: for tables read at random. Tables filled in order
+ * as records are created stay on small pages: a first touch of a huge page
+ * zeroes 2 MiB at once, a stall of the request that makes it. */
+void *atp_table_alloc(size_t count, size_t size, bool huge);
 void atp_table_free(void *ptr, size_t count, size_t size);
 
 typedef struct atp_arena_chunk atp_arena_chunk_t;
