@@ -405,11 +405,12 @@ static bool close_container(parser_t *p) {
   assert(p->open > 0);
   frame_t *f = &p->frames[--p->open];
   uint32_t n = p->scratch_used - f->first;
-  const atp_member_t *children = p->scratch + f->first;
   atp_val_t *v = f->target == ROOT_TARGET ? &p->root : &p->scratch[f->target].val;
   v->type = f->is_object ? ATP_VAL_OBJECT : ATP_VAL_ARRAY;
   v->len = n;
   v->u.items = NULL;
+  /* (The scratch is still NULL when no container had children.) */
+  const atp_member_t *children = n > 0 ? p->scratch + f->first : NULL;
   if (n > 0 && f->is_object) {
     atp_member_t *members = atp_arena_alloc(p->arena, (size_t)n * sizeof *members);
     if (!members) return exhausted(p);
