@@ -4,9 +4,11 @@
 # package itself would drag in Node.js). Idempotent and quiet when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# libyajl-dev: the JSON codec; libjansson-dev: only bench/bench_json.c's comparison.
+# libyajl-dev: the JSON codec; libjansson-dev, libcjson-dev and libjson-c5: only
+# bench/bench_json.c's comparison (built by `make bench`; json-c is dlopen'd).
 pkgs=(build-essential pkg-config clang libclang-rt-14-dev clang-format
-      libuv1-dev libhiredis-dev libjemalloc-dev libmsgpack-dev libyajl-dev libjansson-dev
+      libuv1-dev libhiredis-dev libjemalloc-dev libmsgpack-dev libyajl-dev
+      libjansson-dev libcjson-dev libjson-c5
       redis-server redis-tools wrk python3 python3-msgpack python3-yaml curl)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -303,6 +303,20 @@ static const char hex_digits[] = "0123456789abcdef";
  * bounded for huge strings. */
 static void raw_json_string(atp_writer_t *w, const char *str, size_t len) {
   const unsigned char *s = (const unsigned char *)str;
+  /* Fast path: identifiers are printable ASCII with nothing to escape. */
+  size_t plain = 0;
+  while (plain < len && s[plain] >= 0x20 && s[plain] < 0x80 && s[plain] != '"' &&
+         s[plain] != '\\')
+    plain++;
+  if (plain == len) {
+    char *o = atp_buf_reserve(w->buf, len + 2);
+    if (!o) return;
+    o[0] = '"';
+    memcpy(o + 1, s, len);
+    o[len + 1] = '"';
+    w->buf->len += len + 2;
+    return;
+  }
   put_byte(w, '"');
   size_t i = 0;
   while (i < len) {

@@ -174,7 +174,7 @@ void atp_buf_init(atp_buf_t *buf, size_t len_max) {
   buf->len_max = len_max;
 }
 
-char *atp_buf_reserve(atp_buf_t *buf, size_t len) {
+char *atp_buf_reserve_slow(atp_buf_t *buf, size_t len) {
   if (buf->failed) return NULL;
   if (buf->len_max && buf->len + len > buf->len_max) {
     buf->failed = ATP_ETOOLARGE;
@@ -192,14 +192,6 @@ char *atp_buf_reserve(atp_buf_t *buf, size_t len) {
     buf->cap = cap;
   }
   return buf->data + buf->len;
-}
-
-int atp_buf_append(atp_buf_t *buf, const void *data, size_t len) {
-  char *p = atp_buf_reserve(buf, len);
-  if (!p) return buf->failed;
-  if (len) memcpy(p, data, len);
-  buf->len += len;
-  return 0;
 }
 
 int atp_buf_printf(atp_buf_t *buf, const char *fmt, ...) {

@@ -60,13 +60,30 @@ typedef struct {
 } atp_buf_t;
 
 void atp_buf_init(atp_buf_t *buf, size_t len_max);
-/* 0 or ATP_ENOMEM / ATP_ETOOLARGE; on failure the buffer is marked failed. */
-int atp_buf_append(atp_buf_t *buf, const void *data, size_t len);
 int atp_buf_printf(atp_buf_t *buf, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* Growing, limits and failure: the out-of-line part of atp_buf_reserve. */
+char *atp_buf_reserve_slow(atp_buf_t *buf, size_t len);
+
 /* Ensures room for len more bytes and returns where to write them; the caller
- * then adds to buf->len. NULL on failure. */
-char *atp_buf_reserve(atp_buf_t *buf, size_t len);
+ * then adds to buf->len. NULL on failure. Inline: the response writer calls it
+ * for every token, and there is room nearly always. */
+static inline char *atp_buf_reserve(atp_buf_t *buf, size_t len) {
+  if (!buf->failed && buf->data && buf->cap - buf->len >= len &&
+      (!buf->len_max || buf->len + len <= buf->len_max))
+    return buf->data + buf->len;
+  return atp_buf_reserve_slow(buf, len);
+}
+
+/* 0 or ATP_ENOMEM / ATP_ETOOLARGE; on failure the buffer is marked failed. */
+static inline int atp_buf_append(atp_buf_t *buf, const void *data, size_t len) {
+  char *p = atp_buf_reserve(buf, len);
+  if (!p) return buf->failed;
+  if (len) __builtin_memcpy(p, data, len);
+  buf->len += len;
+  return 0;
+}
 void atp_buf_reset(atp_buf_t *buf); /* len = 0, failed = 0, keeps memory */
 void atp_buf_free(atp_buf_t *buf);
 
