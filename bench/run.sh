@@ -140,11 +140,6 @@ if ! skipped engine; then
   say "bench_engine ($engine_s s per figure)"
   while read -r k v; do put "engine_$k" "$v"; done < <(build/release/bench/bench_engine "$engine_s")
 fi
-if ! skipped mem; then
-  say "bench_engine mem"
-  while read -r k v; do put "engine_$k" "$v"; done < <(build/release/bench/bench_engine mem)
-fi
-
 # --- atpd over HTTP ----------------------------------------------------------------
 tag=b$(date +%s)
 if ! skipped http; then
@@ -183,6 +178,12 @@ if ! skipped peers && ! skipped http && [[ -f $peers/nginx.conf.template ]]; the
 fi
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 put load_avg_end "$load_end"
+# Last: the exit of a process that held 1 GiB of huge pages slows the machine for a
+# few seconds (a wrk run right after it had a p99 of 6-16 ms instead of 0.4 ms).
+if ! skipped mem; then
+  say "bench_engine mem"
+  while read -r k v; do put "engine_$k" "$v"; done < <(build/release/bench/bench_engine mem)
+fi
 
 # --- ratios ------------------------------------------------------------------------
 ratio_names=()
