@@ -1,20 +1,26 @@
 /* bench_engine.c - engine micro-benchmark (not a test).
  *
- *   bench_engine [seconds_per_figure [reserve]]  throughput over 1M positions
+ *   bench_engine [seconds_per_figure [reads|reserve]]  throughput over 1M positions
  *   bench_engine mem                       RSS of 10M positions (100k SKUs x 100)
  *
  * Figures, one "name value" line each, for two sets of positions: uniform1m
- * draws uniformly from all 1M positions (80 MB: every look-up misses the
- * caches, so this measures memory latency as much as the engine), hot1k from
- * 1000 of them (cache-resident, as a flash sale's hot SKUs are):
+ * draws uniformly from all 1M positions (64 MB of positions and a 32 MB index:
+ * every look-up misses the caches, so this measures memory latency as much as
+ * the engine), hot1k from 1000 of them (cache-resident, as a flash sale's hot
+ * SKUs are):
  *   SET_reads_1t_per_s       atp_position_get, random positions, one thread
  *   SET_reads_2t_per_s       the same on two threads (sum)
+ *   SET_batch_reads_*        the same draws through atp_positions_get, 64 keys
+ *                            a call
  *   SET_reserve_release_1t_pairs_per_s  atp_reserve (1 line, qty 1, unique id)
  *                            then atp_release of it, one thread
  *   SET_reserve_release_2t_pairs_per_s  two threads on distinct positions (sum)
  *   SET_*_scaling_2t         the 2-thread figure over the 1-thread one
- * A ticker thread runs atp_engine_tick every 10 ms throughout, as the server
- * does, so ended reservations are purged and their records recycled.
+ *   SET_rss_mib              the process's RSS after the reserve figures
+ * Each figure is the median of five trials sharing seconds_per_figure. "reads"
+ * or "reserve" runs only those figures. A ticker thread runs atp_engine_tick
+ * every 10 ms throughout, as the server does, so ended reservations are purged
+ * and their records recycled.
  */
 #include <pthread.h>
 #include <stdatomic.h>
