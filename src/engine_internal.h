@@ -134,6 +134,7 @@ typedef struct {
   atp_padded_t free_head[ATP_SHARDS]; /* tagged Treiber stacks: tag << 32 | index+1 */
   _Atomic uint32_t *free_next;
   uint8_t *owner;           /* shard that allocated the record: it gets it back */
+  _Atomic bool recycled;    /* a record has ever been put back on a free list */
   atp_padded_t live[ATP_SHARDS]; /* allocations minus retirements, as int64 */
   /* limbo: ticker only */
   uint32_t limbo_head, limbo_tail; /* index+1 FIFO through free_next */

@@ -110,11 +110,17 @@ uint32_t atp_keyed_alloc(atp_keyed_t *t) {
   uint32_t idx = pop_free(t, shard);
   /* Own shard dry: recycled records of other shards (a thread that exited, or
    * one that frees more than it takes) come before never-used ones, so the
-   * memory in use follows the records alive, not the table's capacity. An
-   * empty shard costs one load of a line that is rarely written. */
-  for (int i = 1; idx == UINT32_MAX && i < ATP_SHARDS; i++)
+   * memory in use follows the records alive, not the table's capacity. Until
+   * anything was recycled (the first day, with records kept 24 h) there is
+   * nothing to find, and the scan is skipped. */
+  bool scan =
+      idx == UINT32_MAX && atomic_load_explicit(&t->recycled, memory_order_relaxed);
+  for (int i = 1; scan && idx == UINT32_MAX && i < ATP_SHARDS; i++)
     idx = pop_free(t, (shard + i) % ATP_SHARDS);
   if (idx == UINT32_MAX) idx = take_fresh(t);
+  /* No fresh records left: whatever any shard has. */
+  for (int i = 1; !scan && idx == UINT32_MAX && i < ATP_SHARDS; i++)
+    idx = pop_free(t, (shard + i) % ATP_SHARDS);
   if (idx != UINT32_MAX) {
     atomic_fetch_add_explicit(&t->live[shard].value, 1, memory_order_relaxed);
     t->owner[idx] = (uint8_t)shard;
@@ -191,10 +197,11 @@ void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick, int64_t now_ns) {
       break; /* FIFO: everything behind it is younger */
     t->limbo_head = atomic_load_explicit(&t->free_next[idx], memory_order_relaxed);
     if (!t->limbo_head) t->limbo_tail = 0;
-    /* Back to the shard that allocated it: a thread reuses its own records
-     * (warm in its caches) instead of claiming never-used ones while records
-     * freed into other shards wait; so memory in use follows live records. */
+    /* Back to the shard that allocated it, so each thread finds its own
+     * records again instead of claiming never-used ones. */
     _Atomic uint64_t *top = &t->free_head[t->owner[idx]].value;
+    if (!atomic_load_explicit(&t->recycled, memory_order_relaxed))
+      atomic_store_explicit(&t->recycled, true, memory_order_relaxed);
     uint64_t head = atomic_load_explicit(top, memory_order_acquire);
     uint64_t want;
     do {
