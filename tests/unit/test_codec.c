@@ -697,6 +697,48 @@ static void test_arena_exhausted(void) {
   CHECK_EQ(atp_codec_parse(ATP_FORMAT_CSV, S("a,b"), &arena, &v, &perr), ATP_EBADREQ);
 }
 
+/* The byte buffer under the writer: the inline reserve and its slow path agree
+ * on growth, the length limit and the sticky failure. */
+static void test_buf_limits(void) {
+  atp_buf_t b;
+  atp_buf_init(&b, 10);
+  CHECK_EQ(atp_buf_append(&b, "12345678", 8), 0);
+  CHECK_EQ(b.len, 8);
+  CHECK_EQ(atp_buf_append(&b, "90", 2), 0); /* exactly at the limit */
+  CHECK_EQ(b.len, 10);
+  CHECK_EQ(atp_buf_append(&b, "x", 1), ATP_ETOOLARGE);
+  CHECK(atp_buf_reserve(&b, 0) == NULL); /* failure is sticky */
+  CHECK_EQ(b.len, 10);
+  CHECK(memcmp(b.data, "1234567890", 10) == 0);
+  atp_buf_reset(&b);
+  CHECK_EQ(b.failed, 0);
+  CHECK_EQ(atp_buf_append(&b, "ab", 2), 0);
+  atp_buf_free(&b);
+  /* No limit: growth across many small appends keeps every byte. */
+  atp_buf_init(&b, 0);
+  for (int i = 0; i < 5000; i++) CHECK_EQ(atp_buf_append(&b, "abc", 3), 0);
+  CHECK_EQ(b.len, 15000);
+  CHECK(b.data[14999] == 'c' && b.data[3000] == 'a');
+  atp_buf_free(&b);
+}
+
+/* Engine tables: zeroed, writable to the end, and (outside the sanitizer
+ * builds, which take them from the heap) aligned for huge pages. */
+static void test_table_alloc(void) {
+  for (int huge = 0; huge < 2; huge++) {
+    size_t count = 3 * 1000 * 1000 + 7;
+    uint32_t *t = atp_table_alloc(count, sizeof *t, huge);
+    REQUIRE(t != NULL);
+#if !defined(__SANITIZE_ADDRESS__)
+    CHECK(((uintptr_t)t & ((2u << 20) - 1)) == 0);
+#endif
+    CHECK(t[0] == 0 && t[count / 2] == 0 && t[count - 1] == 0);
+    t[0] = 1, t[count - 1] = 2;
+    CHECK(t[0] == 1 && t[count - 1] == 2);
+    atp_table_free(t, count, sizeof *t);
+  }
+}
+
 /* --- writer -------------------------------------------------------------------- */
 
 static void test_writer_json(void) {
@@ -1159,6 +1201,8 @@ TEST_MAIN({
   RUN(test_msgpack_errors);
   RUN(test_msgpack_depth_and_big_maps);
   RUN(test_arena_exhausted);
+  RUN(test_buf_limits);
+  RUN(test_table_alloc);
   RUN(test_writer_json);
   RUN(test_writer_msgpack);
   RUN(test_writer_buffer_limit);
