@@ -298,6 +298,11 @@ static void raw_float(atp_writer_t *w, double v) {
 
 static const char hex_digits[] = "0123456789abcdef";
 
+/* A byte JSON takes as it is in a string. */
+static inline bool json_plain(unsigned char c) {
+  return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+}
+
 /* JSON string body with escapes; invalid UTF-8 becomes U+FFFD so that the
  * output is always valid JSON. Works in slices so that the reservation stays
  * bounded for huge strings. */
@@ -305,9 +310,7 @@ static void raw_json_string(atp_writer_t *w, const char *str, size_t len) {
   const unsigned char *s = (const unsigned char *)str;
   /* Fast path: identifiers are printable ASCII with nothing to escape. */
   size_t plain = 0;
-  while (plain < len && s[plain] >= 0x20 && s[plain] < 0x80 && s[plain] != '"' &&
-         s[plain] != '\\')
-    plain++;
+  while (plain < len && json_plain(s[plain])) plain++;
   if (plain == len) {
     char *o = atp_buf_reserve(w->buf, len + 2);
     if (!o) return;
@@ -318,7 +321,8 @@ static void raw_json_string(atp_writer_t *w, const char *str, size_t len) {
     return;
   }
   put_byte(w, '"');
-  size_t i = 0;
+  put(w, s, plain); /* the plain prefix is not scanned again */
+  size_t i = plain;
   while (i < len) {
     size_t slice_end = len - i > 4096 ? i + 4096 : len;
     char *out = atp_buf_reserve(w->buf, (slice_end - i) * 6 + 8);
@@ -326,7 +330,7 @@ static void raw_json_string(atp_writer_t *w, const char *str, size_t len) {
     char *o = out;
     while (i < slice_end) {
       unsigned char c = s[i];
-      if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
+      if (json_plain(c)) {
         *o++ = (char)c;
         i++;
       } else if (c >= 0x80) {

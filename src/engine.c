@@ -257,8 +257,8 @@ static uint64_t slot_tag(uint64_t h) {
 
 /* The position of (sku, location) given both strings' hashes: compares the
  * strings themselves, so the location needs no intern look-up first. */
-static uint32_t pos_find_hashed(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
-                                atp_str_t location, uint64_t location_hash) {
+uint32_t atp_pos_find_hashed(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
+                             atp_str_t location, uint64_t location_hash) {
   uint64_t h = pos_hash(sku_hash, location_hash), tag = slot_tag(h);
   for (uint32_t i = (uint32_t)h & e->position_mask;; i = (i + 1) & e->position_mask) {
     uint64_t v = atomic_load_explicit(&e->position_index[i], memory_order_acquire);
@@ -274,20 +274,13 @@ static uint32_t pos_find_hashed(const atp_engine_t *e, atp_str_t sku, uint64_t s
 uint32_t atp_pos_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
                       uint32_t location_id) {
   const atp_intern_t *loc = e->interns[location_id];
-  uint64_t h = pos_hash(sku_hash, loc->hash), tag = slot_tag(h);
-  for (uint32_t i = (uint32_t)h & e->position_mask;; i = (i + 1) & e->position_mask) {
-    uint64_t v = atomic_load_explicit(&e->position_index[i], memory_order_acquire);
-    if (v == 0) return UINT32_MAX;
-    if (slot_tag(v) != tag) continue;
-    const atp_pos_t *p = &e->positions[(uint32_t)v - 1];
-    if (p->location == location_id && intern_is(e->interns[p->sku], sku, sku_hash))
-      return (uint32_t)v - 1;
-  }
+  return atp_pos_find_hashed(e, sku, sku_hash, (atp_str_t){loc->text, loc->len},
+                             loc->hash);
 }
 
 uint32_t atp_pos_find_str(const atp_engine_t *e, atp_str_t sku, atp_str_t location) {
-  return pos_find_hashed(e, sku, atp_hash_bytes(sku.ptr, sku.len), location,
-                         atp_hash_bytes(location.ptr, location.len));
+  return atp_pos_find_hashed(e, sku, atp_hash_bytes(sku.ptr, sku.len), location,
+                             atp_hash_bytes(location.ptr, location.len));
 }
 
 int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
@@ -491,7 +484,7 @@ static bool read_confirm(const atp_engine_t *e, const atp_key_t *k,
   /* A tag collision falls back to the full probe. */
   if (!intern_is(e->interns[p->sku], k->sku, st->sku_hash) ||
       !intern_is(e->interns[p->location], k->location, st->location_hash)) {
-    idx = pos_find_hashed(e, k->sku, st->sku_hash, k->location, st->location_hash);
+    idx = atp_pos_find_hashed(e, k->sku, st->sku_hash, k->location, st->location_hash);
     if (idx == UINT32_MAX) return false;
   }
   atp_pos_read(e, idx, out);

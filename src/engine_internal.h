@@ -311,7 +311,11 @@ int64_t atp_mono_ns(void);
 bool atp_id_valid(atp_str_t s);
 uint32_t atp_intern_find(const atp_engine_t *e, atp_str_t s, uint64_t hash);
 atp_str_t atp_intern_str(const atp_engine_t *e, uint32_t id);
-/* index of the position or UINT32_MAX */
+/* Position look-ups: the index of the position or UINT32_MAX. _hashed takes
+ * both strings' hashes and compares the strings, so the location needs no
+ * intern look-up first. */
+uint32_t atp_pos_find_hashed(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
+                             atp_str_t location, uint64_t location_hash);
 uint32_t atp_pos_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
                       uint32_t location_id);
 uint32_t atp_pos_find_str(const atp_engine_t *e, atp_str_t sku, atp_str_t location);

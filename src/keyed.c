@@ -105,6 +105,14 @@ static uint32_t take_fresh(atp_keyed_t *t) {
   return tl_chunk[slot].next++;
 }
 
+/* A recycled record from any shard but this thread's own. */
+static uint32_t pop_other(atp_keyed_t *t, int shard) {
+  uint32_t idx = UINT32_MAX;
+  for (int i = 1; idx == UINT32_MAX && i < ATP_SHARDS; i++)
+    idx = pop_free(t, (shard + i) % ATP_SHARDS);
+  return idx;
+}
+
 uint32_t atp_keyed_alloc(atp_keyed_t *t) {
   int shard = atp_shard();
   uint32_t idx = pop_free(t, shard);
@@ -112,15 +120,11 @@ uint32_t atp_keyed_alloc(atp_keyed_t *t) {
    * one that frees more than it takes) come before never-used ones, so the
    * memory in use follows the records alive, not the table's capacity. Until
    * anything was recycled (the first day, with records kept 24 h) there is
-   * nothing to find, and the scan is skipped. */
-  bool scan =
-      idx == UINT32_MAX && atomic_load_explicit(&t->recycled, memory_order_relaxed);
-  for (int i = 1; scan && idx == UINT32_MAX && i < ATP_SHARDS; i++)
-    idx = pop_free(t, (shard + i) % ATP_SHARDS);
+   * nothing to find, and only an exhausted table looks. */
+  bool others_first = atomic_load_explicit(&t->recycled, memory_order_relaxed);
+  if (idx == UINT32_MAX && others_first) idx = pop_other(t, shard);
   if (idx == UINT32_MAX) idx = take_fresh(t);
-  /* No fresh records left: whatever any shard has. */
-  for (int i = 1; !scan && idx == UINT32_MAX && i < ATP_SHARDS; i++)
-    idx = pop_free(t, (shard + i) % ATP_SHARDS);
+  if (idx == UINT32_MAX && !others_first) idx = pop_other(t, shard);
   if (idx != UINT32_MAX) {
     atomic_fetch_add_explicit(&t->live[shard].value, 1, memory_order_relaxed);
     t->owner[idx] = (uint8_t)shard;

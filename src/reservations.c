@@ -260,10 +260,9 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
   uint64_t sku_hash = atp_hash_bytes(l->sku.ptr, l->sku.len);
   uint64_t version;
   if (l->location.len) {
-    uint32_t loc = atp_intern_find(e, l->location,
-                                   atp_hash_bytes(l->location.ptr, l->location.len));
     uint32_t pos =
-        loc == UINT32_MAX ? UINT32_MAX : atp_pos_find(e, l->sku, sku_hash, loc);
+        atp_pos_find_hashed(e, l->sku, sku_hash, l->location,
+                            atp_hash_bytes(l->location.ptr, l->location.len));
     if (pos != UINT32_MAX &&
         atp_pos_take(&e->positions[pos], l->qty, committed, &version)) {
       if (grant_add(g, pos, l->qty, version) == 0) return 0;
