@@ -461,8 +461,9 @@ static void read_hash(const atp_engine_t *e, const atp_key_t *k, read_stage_t *s
   __builtin_prefetch(&e->position_index[st->hash & e->position_mask]);
 }
 
-/* The first slot whose tag matches is the candidate. */
-static void read_probe(const atp_engine_t *e, read_stage_t *st) {
+/* The first slot whose tag matches is the candidate, fetched for reading or,
+ * for a reservation about to CAS it, for writing. */
+static void probe_candidate(const atp_engine_t *e, read_stage_t *st, bool for_write) {
   uint64_t tag = slot_tag(st->hash);
   st->idx = UINT32_MAX;
   for (uint32_t j = (uint32_t)st->hash & e->position_mask;;
@@ -471,9 +472,28 @@ static void read_probe(const atp_engine_t *e, read_stage_t *st) {
     if (v == 0) return;
     if (slot_tag(v) != tag) continue;
     st->idx = (uint32_t)v - 1;
-    __builtin_prefetch(&e->positions[st->idx]);
+    if (for_write)
+      __builtin_prefetch(&e->positions[st->idx], 1);
+    else
+      __builtin_prefetch(&e->positions[st->idx]);
     return;
   }
+}
+
+static void read_probe(const atp_engine_t *e, read_stage_t *st) {
+  probe_candidate(e, st, false);
+}
+
+uint64_t atp_pos_prefetch_slot(const atp_engine_t *e, atp_str_t sku,
+                               atp_str_t location) {
+  read_stage_t st;
+  read_hash(e, &(atp_key_t){sku, location}, &st);
+  return st.hash;
+}
+
+void atp_pos_prefetch_position(const atp_engine_t *e, uint64_t hash) {
+  read_stage_t st = {.hash = hash};
+  probe_candidate(e, &st, true);
 }
 
 static bool read_confirm(const atp_engine_t *e, const atp_key_t *k,

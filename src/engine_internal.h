@@ -318,6 +318,12 @@ uint32_t atp_pos_find_hashed(const atp_engine_t *e, atp_str_t sku, uint64_t sku_
                              atp_str_t location, uint64_t location_hash);
 uint32_t atp_pos_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
                       uint32_t location_id);
+/* A look-up started early, in two steps that only warm the cache: the first
+ * fetches the index slot and returns the position hash; the second, once the
+ * slot has had time to arrive, fetches the position for writing. */
+uint64_t atp_pos_prefetch_slot(const atp_engine_t *e, atp_str_t sku,
+                               atp_str_t location);
+void atp_pos_prefetch_position(const atp_engine_t *e, uint64_t hash);
 uint32_t atp_pos_find_str(const atp_engine_t *e, atp_str_t sku, atp_str_t location);
 int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
                            uint32_t *out);

@@ -622,6 +622,11 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
   __builtin_prefetch(&e->rtable.heads[hash & e->rtable.bucket_mask], 1);
   int rc = check_req_lines("lines", req->lines, req->line_count, 1, result);
   if (rc) return rc;
+  /* So is the first line's position, two dependent misses: its index slot
+   * now, alongside the bucket head, and the position once the head is in. */
+  const atp_line_req_t *first = &req->lines[0];
+  uint64_t pos_hash =
+      first->location.len ? atp_pos_prefetch_slot(e, first->sku, first->location) : 0;
   if (req->ttl_ms && (req->ttl_ms < ATP_TTL_MS_MIN || req->ttl_ms > ATP_TTL_MS_MAX))
     return bad(result, "ttl_ms", "ttl_ms must be 1000..604800000");
   if (!opt_valid(req->order_ref))
@@ -638,6 +643,7 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
 
   uint32_t found = rec_find_from(e, atp_keyed_head(&e->rtable, hash), hash, req->id);
   if (found != UINT32_MAX) return reserve_replay(e, found, content, out, result);
+  if (first->location.len) atp_pos_prefetch_position(e, pos_hash);
 
   uint32_t idx = atp_keyed_alloc(&e->rtable);
   if (idx == UINT32_MAX) {
