@@ -184,12 +184,98 @@ static uint32_t take_slot(atp_engine_t *e, uint32_t level, uint32_t index) {
   return list;
 }
 
+/* --- walking a list with look-ahead
+ * A slot's list and an inbox are chains through records that the ticker
+ * touches long after the workers did, so each record costs a few cache
+ * misses: its links, its state and status, and its key's bucket head when it
+ * is purged. The walk keeps a window of the next AHEAD records, fetched as
+ * they enter it, and fetches a record's bucket head KEY_AHEAD steps before its
+ * turn, once its hash has arrived. Handling a record never changes the links
+ * of the records behind it: a record's wheel links change only when it is
+ * itself filed, and its inbox link only when it is queued again, which its
+ * flag prevents until its own turn. */
+
+#define AHEAD     8
+#define KEY_AHEAD 3
+
+typedef struct {
+  uint32_t ring[AHEAD];
+  uint32_t at, count, rest;
+  bool inbox; /* linked through inbox_next, else through wheel_next */
+  bool keys;  /* the records are likely purged: fetch their bucket heads */
+} walk_t;
+
+static uint32_t walk_link(atp_engine_t *e, const walk_t *w, uint32_t ref) {
+  if (!w->inbox) return *node_next(e, ref);
+  _Atomic uint32_t *link = ref & ATP_REF_IDEM
+                               ? &e->irecs[(ref & ~ATP_REF_IDEM) - 1].inbox_next
+                               : &e->rrecs[ref - 1].inbox_next;
+  return atomic_load_explicit(link, memory_order_relaxed);
+}
+
+static void prefetch_record(const atp_engine_t *e, uint32_t ref) {
+  const atp_keyed_t *t = ref & ATP_REF_IDEM ? &e->itable : &e->rtable;
+  uint32_t idx = (ref & ~ATP_REF_IDEM) - 1;
+  if (ref & ATP_REF_IDEM) {
+    const atp_irec_t *r = &e->irecs[idx];
+    __builtin_prefetch(r, 1);
+    __builtin_prefetch(&r->wheel_prev, 1);
+    __builtin_prefetch(&r->inbox_next, 1);
+  } else {
+    const atp_rrec_t *r = &e->rrecs[idx];
+    __builtin_prefetch(r, 1);
+    __builtin_prefetch(&r->wheel_prev, 1);
+    __builtin_prefetch(&r->inbox_next, 1);
+  }
+  __builtin_prefetch(&t->state[idx], 1);
+  __builtin_prefetch(&t->hash[idx]);
+}
+
+/* The bucket head a purge unlinks the record from. */
+static void prefetch_key(const atp_engine_t *e, uint32_t ref) {
+  const atp_keyed_t *t = ref & ATP_REF_IDEM ? &e->itable : &e->rtable;
+  uint32_t idx = (ref & ~ATP_REF_IDEM) - 1;
+  __builtin_prefetch(&t->heads[t->hash[idx] & t->bucket_mask], 1);
+  __builtin_prefetch(&t->next[idx]);
+}
+
+static void walk_fill(atp_engine_t *e, walk_t *w) {
+  while (w->rest && w->count < AHEAD) {
+    uint32_t ref = w->rest;
+    w->ring[(w->at + w->count++) % AHEAD] = ref;
+    prefetch_record(e, ref);
+    w->rest = walk_link(e, w, ref);
+  }
+}
+
+static void walk_start(atp_engine_t *e, walk_t *w, uint32_t list, bool inbox,
+                       bool keys) {
+  w->at = w->count = 0;
+  w->rest = list;
+  w->inbox = inbox;
+  w->keys = keys;
+  walk_fill(e, w);
+}
+
+/* The next record of the list, 0 at its end. The links of the records behind
+ * it are read already, so the caller may file it again at once. */
+static uint32_t walk_next(atp_engine_t *e, walk_t *w) {
+  if (!w->count) return 0;
+  uint32_t ref = w->ring[w->at];
+  w->at = (w->at + 1) % AHEAD;
+  w->count--;
+  walk_fill(e, w);
+  if (w->keys && w->count >= KEY_AHEAD)
+    prefetch_key(e, w->ring[(w->at + KEY_AHEAD - 1) % AHEAD]);
+  return ref;
+}
+
 static uint32_t run_list(atp_engine_t *e, uint32_t list, int64_t now_ms,
                          bool fire_due) {
   uint32_t expired = 0;
-  while (list) {
-    uint32_t ref = list;
-    list = *node_next(e, ref);
+  walk_t w;
+  walk_start(e, &w, list, false, fire_due);
+  for (uint32_t ref; (ref = walk_next(e, &w));) {
     *node_due(e, ref) = ATP_TIME_NONE; /* detached with its whole list */
     if (fire_due) {
       expired += fire(e, ref, now_ms);
@@ -289,19 +375,12 @@ uint32_t atp_engine_tick(atp_engine_t *e) {
 
 static uint32_t drain(atp_engine_t *e, uint32_t list, int64_t now_ms) {
   uint32_t expired = 0;
-  while (list) {
-    uint32_t ref = list;
-    _Atomic uint32_t *link, *queued;
-    if (ref & ATP_REF_IDEM) {
-      atp_irec_t *r = &e->irecs[(ref & ~ATP_REF_IDEM) - 1];
-      link = &r->inbox_next;
-      queued = &r->inbox_queued;
-    } else {
-      atp_rrec_t *r = &e->rrecs[ref - 1];
-      link = &r->inbox_next;
-      queued = &r->inbox_queued;
-    }
-    list = atomic_load_explicit(link, memory_order_relaxed);
+  walk_t w;
+  walk_start(e, &w, list, true, false);
+  for (uint32_t ref; (ref = walk_next(e, &w));) {
+    _Atomic uint32_t *queued = ref & ATP_REF_IDEM
+                                   ? &e->irecs[(ref & ~ATP_REF_IDEM) - 1].inbox_queued
+                                   : &e->rrecs[ref - 1].inbox_queued;
     /* Cleared before the state is read: a change after this re-queues it. */
     atomic_store_explicit(queued, 0, memory_order_seq_cst);
     expired += refile(e, ref, now_ms);
