@@ -121,25 +121,32 @@ typedef struct {
 
 enum { ATP_REC_FREE = 0, ATP_REC_PENDING = 1, ATP_REC_LIVE = 2, ATP_REC_DEAD = 3 };
 
+/* A record's entry in its table: all a look-up, an insert, the free stacks
+ * and the limbo touch of it, in one half cache line. */
+typedef struct {
+  uint64_t hash;              /* key hash, set before push */
+  _Atomic uint32_t next;      /* chain link, index+1 */
+  _Atomic uint32_t state;     /* ATP_REC_* */
+  _Atomic uint32_t free_next; /* free stack or limbo link, index+1 */
+  uint32_t limbo_tick;        /* low 32 bits of the tick count when it entered limbo */
+  uint32_t limbo_ms;          /* low 32 bits of the monotonic clock then, in ms */
+  uint8_t owner;              /* shard that allocated the record: it gets it back */
+} atp_slot_t;
+_Static_assert(sizeof(atp_slot_t) == 32, "two slots a cache line");
+
 typedef struct {
   _Atomic uint32_t *heads;  /* bucket heads, record index+1 */
   uint32_t bucket_mask;
-  _Atomic uint32_t *next;   /* chain link per record, index+1 */
-  _Atomic uint32_t *state;  /* ATP_REC_* per record */
-  uint64_t *hash;           /* key hash per record, set before push */
+  atp_slot_t *slots;        /* one per record */
   uint32_t capacity;
   uint64_t generation;      /* distinguishes tables for thread-local chunks */
   _Atomic uint32_t bump;    /* records never used yet start here; threads take
                                chunks of them */
   atp_padded_t free_head[ATP_SHARDS]; /* tagged Treiber stacks: tag << 32 | index+1 */
-  _Atomic uint32_t *free_next;
-  uint8_t *owner;           /* shard that allocated the record: it gets it back */
   _Atomic bool recycled;    /* a record has ever been put back on a free list */
   atp_padded_t live[ATP_SHARDS]; /* allocations minus retirements, as int64 */
   /* limbo: ticker only */
   uint32_t limbo_head, limbo_tail; /* index+1 FIFO through free_next */
-  uint64_t *limbo_tick;     /* tick count when the record entered limbo */
-  int64_t *limbo_mono_ns;   /* monotonic time then */
 } atp_keyed_t;
 
 int atp_keyed_init(atp_keyed_t *t, uint32_t capacity);
@@ -173,7 +180,12 @@ typedef struct {
 #define ATP_RLINES_INLINE 2
 #define ATP_RTEXT_INLINE 256
 
+/* Laid out by when it is touched: a single-line reservation whose id has at
+ * most 24 bytes lives in its first three cache lines (header; lines; links
+ * and the start of its text). A recycled record is cold after its grace
+ * period; those lines are fetched ahead of time (prefetch_next_record). */
 typedef struct {
+  /* line 0: what reads and every mutation check */
   _Atomic uint32_t lock;       /* mutation flag: 0 free, 1 held */
   _Atomic uint32_t rseq;       /* odd while a mutation writes; readers validate */
   _Atomic int32_t status;      /* atp_status_t */
@@ -184,19 +196,23 @@ typedef struct {
   _Atomic int64_t expires_at_ms;
   _Atomic int64_t ttl_ms;
   _Atomic int64_t ended_at_ms;
+  /* line 1 */
+  atp_rline_t inline_lines[ATP_RLINES_INLINE];
+  /* line 2 */
   _Atomic uint32_t line_count;
   uint32_t line_cap;           /* under lock */
   _Atomic(atp_rline_t *) lines; /* inline_lines or a heap array */
-  atp_rline_t inline_lines[ATP_RLINES_INLINE];
-  char *text;                  /* id, order_ref, channel, customer_id, order_id */
-  char inline_text[ATP_RTEXT_INLINE];
   /* timer wheel, ticker only */
   uint32_t wheel_prev, wheel_next; /* wheel refs, 0 = none */
   int64_t wheel_due_ms;            /* ATP_TIME_NONE when not in the wheel */
   /* inbox to the ticker */
   _Atomic uint32_t inbox_next;
   _Atomic uint32_t inbox_queued;
-} atp_rrec_t;
+  char *text;                  /* id, order_ref, channel, customer_id, order_id */
+  char inline_text[ATP_RTEXT_INLINE];
+} __attribute__((aligned(64))) atp_rrec_t;
+_Static_assert(offsetof(atp_rrec_t, inline_lines) == 64, "lines start line 1");
+_Static_assert(offsetof(atp_rrec_t, line_count) == 128, "links start line 2");
 
 /* Offsets of the strings in rrec->text. */
 static inline const char *atp_rrec_id(const atp_rrec_t *r) { return r->text; }

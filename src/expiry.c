@@ -98,13 +98,14 @@ static void wheel_insert(atp_engine_t *e, uint32_t ref, int64_t due_ms) {
 static int64_t record_due(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
   if (ref & ATP_REF_IDEM) {
     uint32_t idx = (ref & ~ATP_REF_IDEM) - 1;
-    uint32_t st = atomic_load_explicit(&e->itable.state[idx], memory_order_acquire);
+    uint32_t st =
+        atomic_load_explicit(&e->itable.slots[idx].state, memory_order_acquire);
     if (st == ATP_REC_DEAD) return now_ms;
     if (st != ATP_REC_LIVE) return ATP_TIME_NONE;
     return e->irecs[idx].created_at_ms + e->config.idempotency_ttl_ms;
   }
   uint32_t idx = ref - 1;
-  uint32_t st = atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire);
+  uint32_t st = atomic_load_explicit(&e->rtable.slots[idx].state, memory_order_acquire);
   if (st == ATP_REC_DEAD) return now_ms;
   if (st != ATP_REC_LIVE) return ATP_TIME_NONE;
   atp_rrec_t *r = &e->rrecs[idx];
@@ -120,7 +121,7 @@ static int64_t record_due(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
 static void purge(atp_engine_t *e, uint32_t ref) {
   if (ref & ATP_REF_IDEM) {
     uint32_t idx = (ref & ~ATP_REF_IDEM) - 1;
-    if (atomic_load_explicit(&e->itable.state[idx], memory_order_acquire) ==
+    if (atomic_load_explicit(&e->itable.slots[idx].state, memory_order_acquire) ==
         ATP_REC_LIVE)
       atp_idem_purged(e, idx);
     atp_keyed_retire(&e->itable, idx, e->tick_count, e->tick_mono_ns);
@@ -128,7 +129,7 @@ static void purge(atp_engine_t *e, uint32_t ref) {
   }
   uint32_t idx = ref - 1;
   atp_rrec_t *r = &e->rrecs[idx];
-  if (atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire) ==
+  if (atomic_load_explicit(&e->rtable.slots[idx].state, memory_order_acquire) ==
       ATP_REC_LIVE) {
     int status = atomic_load_explicit(&r->status, memory_order_acquire);
     atomic_fetch_sub_explicit(&e->status_count[atp_shard()][status].value, 1,
@@ -223,20 +224,17 @@ static void prefetch_record(const atp_engine_t *e, uint32_t ref) {
     __builtin_prefetch(&r->inbox_next, 1);
   } else {
     const atp_rrec_t *r = &e->rrecs[idx];
-    __builtin_prefetch(r, 1);
-    __builtin_prefetch(&r->wheel_prev, 1);
-    __builtin_prefetch(&r->inbox_next, 1);
+    __builtin_prefetch(r, 1);              /* status, end time */
+    __builtin_prefetch(&r->line_count, 1); /* wheel and inbox links */
   }
-  __builtin_prefetch(&t->state[idx], 1);
-  __builtin_prefetch(&t->hash[idx]);
+  __builtin_prefetch(&t->slots[idx], 1);
 }
 
 /* The bucket head a purge unlinks the record from. */
 static void prefetch_key(const atp_engine_t *e, uint32_t ref) {
   const atp_keyed_t *t = ref & ATP_REF_IDEM ? &e->itable : &e->rtable;
   uint32_t idx = (ref & ~ATP_REF_IDEM) - 1;
-  __builtin_prefetch(&t->heads[t->hash[idx] & t->bucket_mask], 1);
-  __builtin_prefetch(&t->next[idx]);
+  __builtin_prefetch(&t->heads[t->slots[idx].hash & t->bucket_mask], 1);
 }
 
 static void walk_fill(atp_engine_t *e, walk_t *w) {

@@ -37,7 +37,7 @@ static uint64_t idem_hash(atp_idem_kind_t kind, atp_str_t id) {
 static bool idem_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash,
                           atp_idem_kind_t kind, atp_str_t id) {
   const atp_irec_t *r = &e->irecs[idx];
-  return e->itable.hash[idx] == hash && r->kind == kind && r->id_len == id.len &&
+  return e->itable.slots[idx].hash == hash && r->kind == kind && r->id_len == id.len &&
          memcmp(r->text, id.ptr, id.len) == 0;
 }
 
@@ -45,15 +45,17 @@ static bool idem_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash,
  * ones and waiting out PENDING ones. Returns the LIVE record or UINT32_MAX. */
 static uint32_t idem_find_from(atp_engine_t *e, uint32_t v, uint64_t hash,
                                atp_idem_kind_t kind, atp_str_t id) {
-  for (; v; v = atomic_load_explicit(&e->itable.next[v - 1], memory_order_acquire)) {
+  for (; v;
+       v = atomic_load_explicit(&e->itable.slots[v - 1].next, memory_order_acquire)) {
     uint32_t idx = v - 1;
-    uint32_t st = atomic_load_explicit(&e->itable.state[idx], memory_order_acquire);
+    uint32_t st =
+        atomic_load_explicit(&e->itable.slots[idx].state, memory_order_acquire);
     if (st == ATP_REC_FREE || st == ATP_REC_DEAD ||
         !idem_same_key(e, idx, hash, kind, id))
       continue;
     while (st == ATP_REC_PENDING) {
       sched_yield();
-      st = atomic_load_explicit(&e->itable.state[idx], memory_order_acquire);
+      st = atomic_load_explicit(&e->itable.slots[idx].state, memory_order_acquire);
     }
     if (st == ATP_REC_LIVE) return idx;
   }
@@ -90,13 +92,14 @@ int atp_idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
   r->flags = 0;
   r->wheel_prev = r->wheel_next = 0;
   r->wheel_due_ms = ATP_TIME_NONE;
-  e->itable.hash[mine] = hash;
-  atomic_store_explicit(&e->itable.state[mine], ATP_REC_PENDING, memory_order_relaxed);
+  e->itable.slots[mine].hash = hash;
+  atomic_store_explicit(&e->itable.slots[mine].state, ATP_REC_PENDING,
+                        memory_order_relaxed);
   atp_keyed_push(&e->itable, mine);
   /* Anything older with this key, below ours in the chain, wins. */
   found = idem_find_from(
-      e, atomic_load_explicit(&e->itable.next[mine], memory_order_acquire), hash, kind,
-      id);
+      e, atomic_load_explicit(&e->itable.slots[mine].next, memory_order_acquire), hash,
+      kind, id);
   if (found != UINT32_MAX) {
     atp_idem_fail(e, mine);
     return idem_existing(e, found, content_hash, idx, result);
@@ -120,7 +123,8 @@ void atp_idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
   if (reservation_id.len)
     memcpy(r->text + r->id_len, reservation_id.ptr, reservation_id.len);
   /* release: whoever sees LIVE sees the outcome. */
-  atomic_store_explicit(&e->itable.state[idx], ATP_REC_LIVE, memory_order_release);
+  atomic_store_explicit(&e->itable.slots[idx].state, ATP_REC_LIVE,
+                        memory_order_release);
   if (record) {
     memset(record, 0, sizeof *record);
     record->kind = ATP_CHANGE_IDEMPOTENCY;
@@ -152,7 +156,8 @@ void atp_idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
 }
 
 void atp_idem_fail(atp_engine_t *e, uint32_t idx) {
-  atomic_store_explicit(&e->itable.state[idx], ATP_REC_DEAD, memory_order_release);
+  atomic_store_explicit(&e->itable.slots[idx].state, ATP_REC_DEAD,
+                        memory_order_release);
   atp_wheel_enqueue_idem(e, idx);
 }
 
@@ -194,8 +199,8 @@ int atp_idem_apply(atp_engine_t *e, const atp_change_t *c) {
     memcpy(r->text, in->id.ptr, in->id.len);
     r->wheel_prev = r->wheel_next = 0;
     r->wheel_due_ms = ATP_TIME_NONE;
-    e->itable.hash[idx] = hash;
-    atomic_store(&e->itable.state[idx], ATP_REC_PENDING);
+    e->itable.slots[idx].hash = hash;
+    atomic_store(&e->itable.slots[idx].state, ATP_REC_PENDING);
     atp_keyed_push(&e->itable, idx);
   }
   atp_irec_t *r = &e->irecs[idx];

@@ -18,9 +18,11 @@
 #include "engine_internal.h"
 
 /* A record is recycled only after both many ticks (100 ms each in the server)
- * and this much wall time have passed since it was unlinked. */
-#define GRACE_TICKS 20
-#define GRACE_NS    1000000000LL
+ * and this much wall time have passed since it was unlinked. Both are kept in
+ * 32 bits and compared by difference, which is right as long as a record
+ * leaves limbo within 49 days (it leaves at the first tick past its grace). */
+#define GRACE_TICKS 20u
+#define GRACE_MS    1000u
 
 static _Atomic uint64_t table_generations;
 static _Atomic uint32_t shard_next;
@@ -48,30 +50,16 @@ int atp_keyed_init(atp_keyed_t *t, uint32_t capacity) {
   while (buckets < capacity) buckets <<= 1;
   t->bucket_mask = (uint32_t)buckets - 1;
   t->capacity = capacity;
-  /* Bucket heads are hit at random; the per-record arrays fill in order. */
+  /* Bucket heads are hit at random; the slots fill in order. */
   t->heads = atp_table_alloc(buckets, sizeof *t->heads, true);
-  t->next = atp_table_alloc(capacity, sizeof *t->next, false);
-  t->state = atp_table_alloc(capacity, sizeof *t->state, false);
-  t->hash = atp_table_alloc(capacity, sizeof *t->hash, false);
-  t->free_next = atp_table_alloc(capacity, sizeof *t->free_next, false);
-  t->limbo_tick = atp_table_alloc(capacity, sizeof *t->limbo_tick, false);
-  t->limbo_mono_ns = atp_table_alloc(capacity, sizeof *t->limbo_mono_ns, false);
-  t->owner = atp_table_alloc(capacity, sizeof *t->owner, false);
-  if (!t->heads || !t->next || !t->state || !t->hash || !t->free_next ||
-      !t->limbo_tick || !t->limbo_mono_ns || !t->owner)
-    return ATP_ENOMEM;
+  t->slots = atp_table_alloc(capacity, sizeof *t->slots, false);
+  if (!t->heads || !t->slots) return ATP_ENOMEM;
   return 0;
 }
 
 void atp_keyed_destroy(atp_keyed_t *t) {
   atp_table_free(t->heads, (size_t)t->bucket_mask + 1, sizeof *t->heads);
-  atp_table_free(t->next, t->capacity, sizeof *t->next);
-  atp_table_free(t->state, t->capacity, sizeof *t->state);
-  atp_table_free(t->hash, t->capacity, sizeof *t->hash);
-  atp_table_free(t->free_next, t->capacity, sizeof *t->free_next);
-  atp_table_free(t->limbo_tick, t->capacity, sizeof *t->limbo_tick);
-  atp_table_free(t->limbo_mono_ns, t->capacity, sizeof *t->limbo_mono_ns);
-  atp_table_free(t->owner, t->capacity, sizeof *t->owner);
+  atp_table_free(t->slots, t->capacity, sizeof *t->slots);
   memset(t, 0, sizeof *t);
 }
 
@@ -80,7 +68,8 @@ static uint32_t pop_free(atp_keyed_t *t, int shard) {
   uint64_t head = atomic_load_explicit(top, memory_order_acquire);
   while ((uint32_t)head) {
     uint32_t idx = (uint32_t)head - 1;
-    uint32_t next = atomic_load_explicit(&t->free_next[idx], memory_order_relaxed);
+    uint32_t next =
+        atomic_load_explicit(&t->slots[idx].free_next, memory_order_relaxed);
     uint64_t want = ((head >> 32) + 1) << 32 | next;
     if (atomic_compare_exchange_weak_explicit(top, &head, want, memory_order_acq_rel,
                                               memory_order_acquire))
@@ -127,7 +116,7 @@ uint32_t atp_keyed_alloc(atp_keyed_t *t) {
   if (idx == UINT32_MAX && !others_first) idx = pop_other(t, shard);
   if (idx != UINT32_MAX) {
     atomic_fetch_add_explicit(&t->live[shard].value, 1, memory_order_relaxed);
-    t->owner[idx] = (uint8_t)shard;
+    t->slots[idx].owner = (uint8_t)shard;
   }
   return idx;
 }
@@ -152,18 +141,20 @@ uint64_t atp_keyed_live(const atp_keyed_t *t) {
 }
 
 void atp_keyed_push(atp_keyed_t *t, uint32_t idx) {
-  _Atomic uint32_t *head = &t->heads[t->hash[idx] & t->bucket_mask];
+  atp_slot_t *slot = &t->slots[idx];
+  _Atomic uint32_t *head = &t->heads[slot->hash & t->bucket_mask];
   uint32_t old = atomic_load_explicit(head, memory_order_relaxed);
   do {
-    atomic_store_explicit(&t->next[idx], old, memory_order_relaxed);
+    atomic_store_explicit(&slot->next, old, memory_order_relaxed);
     /* release: a reader that loads the head sees the record's key and link. */
   } while (!atomic_compare_exchange_weak_explicit(
       head, &old, idx + 1, memory_order_release, memory_order_relaxed));
 }
 
 void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick, int64_t now_ns) {
-  _Atomic uint32_t *head = &t->heads[t->hash[idx] & t->bucket_mask];
-  uint32_t next = atomic_load_explicit(&t->next[idx], memory_order_acquire);
+  atp_slot_t *slot = &t->slots[idx];
+  _Atomic uint32_t *head = &t->heads[slot->hash & t->bucket_mask];
+  uint32_t next = atomic_load_explicit(&slot->next, memory_order_acquire);
   uint32_t expected = idx + 1;
   if (!atomic_compare_exchange_strong_explicit(
           head, &expected, next, memory_order_acq_rel, memory_order_acquire)) {
@@ -171,22 +162,23 @@ void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick, int64_t now_n
      * this thread unlinks, so the predecessor's link is stable. */
     uint32_t prev = expected;
     while (prev) {
-      uint32_t p_next = atomic_load_explicit(&t->next[prev - 1], memory_order_acquire);
+      _Atomic uint32_t *link = &t->slots[prev - 1].next;
+      uint32_t p_next = atomic_load_explicit(link, memory_order_acquire);
       if (p_next == idx + 1) {
-        atomic_store_explicit(&t->next[prev - 1], next, memory_order_release);
+        atomic_store_explicit(link, next, memory_order_release);
         break;
       }
       prev = p_next;
     }
     ATP_ASSERT(prev != 0);
   }
-  atomic_store_explicit(&t->state[idx], ATP_REC_FREE, memory_order_release);
+  atomic_store_explicit(&slot->state, ATP_REC_FREE, memory_order_release);
   atomic_fetch_sub_explicit(&t->live[atp_shard()].value, 1, memory_order_relaxed);
-  t->limbo_tick[idx] = tick;
-  t->limbo_mono_ns[idx] = now_ns;
-  atomic_store_explicit(&t->free_next[idx], 0, memory_order_relaxed);
+  slot->limbo_tick = (uint32_t)tick;
+  slot->limbo_ms = (uint32_t)(now_ns / 1000000);
+  atomic_store_explicit(&slot->free_next, 0, memory_order_relaxed);
   if (t->limbo_tail)
-    atomic_store_explicit(&t->free_next[t->limbo_tail - 1], idx + 1,
+    atomic_store_explicit(&t->slots[t->limbo_tail - 1].free_next, idx + 1,
                           memory_order_relaxed);
   else
     t->limbo_head = idx + 1;
@@ -194,22 +186,23 @@ void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick, int64_t now_n
 }
 
 void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick, int64_t now_ns) {
+  uint32_t tick32 = (uint32_t)tick, ms32 = (uint32_t)(now_ns / 1000000);
   while (t->limbo_head) {
     uint32_t idx = t->limbo_head - 1;
-    if (t->limbo_tick[idx] + GRACE_TICKS > tick ||
-        t->limbo_mono_ns[idx] + GRACE_NS > now_ns)
+    atp_slot_t *slot = &t->slots[idx];
+    if (tick32 - slot->limbo_tick < GRACE_TICKS || ms32 - slot->limbo_ms < GRACE_MS)
       break; /* FIFO: everything behind it is younger */
-    t->limbo_head = atomic_load_explicit(&t->free_next[idx], memory_order_relaxed);
+    t->limbo_head = atomic_load_explicit(&slot->free_next, memory_order_relaxed);
     if (!t->limbo_head) t->limbo_tail = 0;
     /* Back to the shard that allocated it, so each thread finds its own
      * records again instead of claiming never-used ones. */
-    _Atomic uint64_t *top = &t->free_head[t->owner[idx]].value;
+    _Atomic uint64_t *top = &t->free_head[slot->owner].value;
     if (!atomic_load_explicit(&t->recycled, memory_order_relaxed))
       atomic_store_explicit(&t->recycled, true, memory_order_relaxed);
     uint64_t head = atomic_load_explicit(top, memory_order_acquire);
     uint64_t want;
     do {
-      atomic_store_explicit(&t->free_next[idx], (uint32_t)head, memory_order_relaxed);
+      atomic_store_explicit(&slot->free_next, (uint32_t)head, memory_order_relaxed);
       want = ((head >> 32) + 1) << 32 | (idx + 1);
     } while (!atomic_compare_exchange_weak_explicit(
         top, &head, want, memory_order_acq_rel, memory_order_acquire));

@@ -55,7 +55,7 @@ void atp_reservations_destroy(atp_engine_t *e) {
     for (uint32_t i = 0; i < used; i++) {
       atp_rrec_t *r = &e->rrecs[i];
       /* FREE records' memory went to the retired list at purge. */
-      if (atomic_load(&e->rtable.state[i]) == ATP_REC_FREE) continue;
+      if (atomic_load(&e->rtable.slots[i].state) == ATP_REC_FREE) continue;
       atp_rline_t *lines = atomic_load(&r->lines);
       if (lines && lines != r->inline_lines) atp_free(lines);
       if (r->text && r->text != r->inline_text) atp_free(r->text);
@@ -96,7 +96,7 @@ static void set_status(atp_engine_t *e, atp_rrec_t *r, atp_status_t to) {
 static bool rec_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash,
                          atp_str_t id) {
   const atp_rrec_t *r = &e->rrecs[idx];
-  return e->rtable.hash[idx] == hash && r->id_len == id.len && r->text &&
+  return e->rtable.slots[idx].hash == hash && r->id_len == id.len && r->text &&
          memcmp(r->text, id.ptr, id.len) == 0;
 }
 
@@ -104,14 +104,16 @@ static bool rec_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash,
  * twin; UINT32_MAX if none. */
 static uint32_t rec_find_from(const atp_engine_t *e, uint32_t v, uint64_t hash,
                               atp_str_t id) {
-  for (; v; v = atomic_load_explicit(&e->rtable.next[v - 1], memory_order_acquire)) {
+  for (; v;
+       v = atomic_load_explicit(&e->rtable.slots[v - 1].next, memory_order_acquire)) {
     uint32_t idx = v - 1;
-    uint32_t st = atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire);
+    uint32_t st =
+        atomic_load_explicit(&e->rtable.slots[idx].state, memory_order_acquire);
     if (st == ATP_REC_FREE || st == ATP_REC_DEAD || !rec_same_key(e, idx, hash, id))
       continue;
     while (st == ATP_REC_PENDING) {
       sched_yield();
-      st = atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire);
+      st = atomic_load_explicit(&e->rtable.slots[idx].state, memory_order_acquire);
     }
     if (st == ATP_REC_LIVE) return idx;
   }
@@ -605,9 +607,7 @@ static void prefetch_next_record(const atp_engine_t *e) {
   const atp_rrec_t *r = &e->rrecs[idx];
   for (size_t off = 0; off < offsetof(atp_rrec_t, inline_text) + 64; off += 64)
     __builtin_prefetch((const char *)r + off, 1);
-  __builtin_prefetch(&e->rtable.next[idx], 1);
-  __builtin_prefetch(&e->rtable.state[idx], 1);
-  __builtin_prefetch(&e->rtable.hash[idx], 1);
+  __builtin_prefetch(&e->rtable.slots[idx], 1);
 }
 
 int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t *out,
@@ -652,20 +652,22 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
   }
   atp_rrec_t *r = &e->rrecs[idx];
   if (rec_init(r, req)) {
-    atomic_store(&e->rtable.state[idx], ATP_REC_DEAD);
+    atomic_store(&e->rtable.slots[idx].state, ATP_REC_DEAD);
     atp_keyed_push(&e->rtable, idx);
     atp_wheel_enqueue_res(e, idx);
     return ATP_ENOMEM;
   }
   r->content_hash = content;
-  e->rtable.hash[idx] = hash;
-  atomic_store_explicit(&e->rtable.state[idx], ATP_REC_PENDING, memory_order_relaxed);
+  e->rtable.slots[idx].hash = hash;
+  atomic_store_explicit(&e->rtable.slots[idx].state, ATP_REC_PENDING,
+                        memory_order_relaxed);
   atp_keyed_push(&e->rtable, idx);
-  found =
-      rec_find_from(e, atomic_load_explicit(&e->rtable.next[idx], memory_order_acquire),
-                    hash, req->id);
+  found = rec_find_from(
+      e, atomic_load_explicit(&e->rtable.slots[idx].next, memory_order_acquire), hash,
+      req->id);
   if (found != UINT32_MAX) { /* a twin got there first */
-    atomic_store_explicit(&e->rtable.state[idx], ATP_REC_DEAD, memory_order_release);
+    atomic_store_explicit(&e->rtable.slots[idx].state, ATP_REC_DEAD,
+                          memory_order_release);
     atp_wheel_enqueue_res(e, idx);
     return reserve_replay(e, found, content, out, result);
   }
@@ -685,7 +687,8 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
       changes_pos(e, &ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, 0, 0,
                   g->items[i].version);
     atp_emit(e, ch.items, ch.count);
-    atomic_store_explicit(&e->rtable.state[idx], ATP_REC_DEAD, memory_order_release);
+    atomic_store_explicit(&e->rtable.slots[idx].state, ATP_REC_DEAD,
+                          memory_order_release);
     atp_wheel_enqueue_res(e, idx);
     return rc;
   }
@@ -706,7 +709,8 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
                             memory_order_relaxed);
   /* release: whoever finds the record LIVE sees all of the above. A mutation
    * that finds it waits for the flag, so the hook below comes first. */
-  atomic_store_explicit(&e->rtable.state[idx], ATP_REC_LIVE, memory_order_release);
+  atomic_store_explicit(&e->rtable.slots[idx].state, ATP_REC_LIVE,
+                        memory_order_release);
   rec_close(e, idx, &ch, ATP_CAUSE_RESERVE, NULL, out, true);
   atp_wheel_enqueue_res(e, idx);
   prefetch_next_record(e);
@@ -1010,7 +1014,8 @@ bool atp_rrec_due(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due,
                   bool *purge) {
   *due = ATP_TIME_NONE;
   *purge = false;
-  uint32_t state = atomic_load_explicit(&e->rtable.state[idx], memory_order_acquire);
+  uint32_t state =
+      atomic_load_explicit(&e->rtable.slots[idx].state, memory_order_acquire);
   if (state == ATP_REC_DEAD) *purge = true;
   if (state != ATP_REC_LIVE) return false;
   atp_rrec_t *r = &e->rrecs[idx];
@@ -1085,7 +1090,7 @@ int atp_reservation_apply(atp_engine_t *e, const atp_change_t *c) {
     if (idx != UINT32_MAX) {
       int status = atomic_load(&e->rrecs[idx].status);
       atomic_fetch_sub(&e->status_count[atp_shard()][status].value, 1);
-      atomic_store(&e->rtable.state[idx], ATP_REC_DEAD);
+      atomic_store(&e->rtable.slots[idx].state, ATP_REC_DEAD);
       atp_wheel_enqueue_res(e, idx);
     }
     return 0;
@@ -1101,8 +1106,8 @@ int atp_reservation_apply(atp_engine_t *e, const atp_change_t *c) {
     if (rec_init(r, &req)) return ATP_ENOMEM;
     atomic_store(&r->status, (int32_t)v->status);
     atomic_fetch_add(&e->status_count[atp_shard()][v->status].value, 1);
-    e->rtable.hash[idx] = atp_hash_bytes(v->id.ptr, v->id.len);
-    atomic_store(&e->rtable.state[idx], ATP_REC_LIVE);
+    e->rtable.slots[idx].hash = atp_hash_bytes(v->id.ptr, v->id.len);
+    atomic_store(&e->rtable.slots[idx].state, ATP_REC_LIVE);
     atp_keyed_push(&e->rtable, idx);
   }
   atp_rrec_t *r = &e->rrecs[idx];
