@@ -93,6 +93,7 @@ static long rss_kib(void) {
 
 static void *ticker(void *arg) {
   atp_engine_t *e = arg;
+  pthread_setname_np(pthread_self(), "ticker"); /* perf report --comm ticker */
   while (!atomic_load(&ticker_stop)) {
     atp_engine_tick(e);
     usleep(10000);
