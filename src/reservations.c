@@ -11,8 +11,12 @@
  * Mutations of an existing reservation run under the record's own spin flag
  * (never a shared lock) and emit their change records before releasing it, so
  * the journal sees one reservation's records in the order they happened. They
- * bump the record's rseq to odd while writing; readers copy the atomics and
- * retry if rseq moved or was odd.
+ * make the record's rseq odd while writing; readers copy the atomics and retry
+ * if rseq moved or was odd. Under the flag there is one writer, so rseq, the
+ * status and the line amounts are written with plain loads and stores, not
+ * locked instructions. A new reservation needs no flag at all: its record is
+ * PENDING, which every look-up waits out, until everything about it, change
+ * records included, is done.
  *
  * Lock order: record flag, then a position's on-hand flag (fulfil). Nothing
  * takes a record flag while holding a position flag.
@@ -79,14 +83,30 @@ static void rec_lock(atp_rrec_t *r) {
   }
 }
 
+/* Under the flag: makes rseq odd before any field changes. The fence orders
+ * it before the stores that follow, so a reader that sees one of them sees
+ * rseq moved when it checks again. */
+static void rec_write(atp_rrec_t *r) {
+  uint32_t s = atomic_load_explicit(&r->rseq, memory_order_relaxed);
+  atomic_store_explicit(&r->rseq, s + 1, memory_order_relaxed);
+  atomic_thread_fence(memory_order_release);
+}
+
 /* Takes the flag and makes rseq odd: readers retry until rec_close. */
 static void rec_begin(atp_rrec_t *r) {
   rec_lock(r);
-  atomic_fetch_add_explicit(&r->rseq, 1, memory_order_acq_rel);
+  rec_write(r);
+}
+
+/* Under the flag, the one writer adds to a line amount. */
+static void amount_add(_Atomic int64_t *amount, int64_t d) {
+  atomic_store_explicit(amount, atomic_load_explicit(amount, memory_order_relaxed) + d,
+                        memory_order_release);
 }
 
 static void set_status(atp_engine_t *e, atp_rrec_t *r, atp_status_t to) {
-  int from = atomic_exchange_explicit(&r->status, (int32_t)to, memory_order_acq_rel);
+  int from = atomic_load_explicit(&r->status, memory_order_relaxed);
+  atomic_store_explicit(&r->status, (int32_t)to, memory_order_release);
   int shard = atp_shard();
   atomic_fetch_sub_explicit(&e->status_count[shard][from].value, 1,
                             memory_order_relaxed);
@@ -573,7 +593,7 @@ static void line_add(atp_rrec_t *r, uint32_t pos, int64_t qty) {
   uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed);
   for (uint32_t i = 0; i < count; i++) {
     if (rl[i].pos == pos) {
-      atomic_fetch_add_explicit(&rl[i].qty, qty, memory_order_acq_rel);
+      amount_add(&rl[i].qty, qty);
       return;
     }
   }
@@ -694,7 +714,6 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
   }
 
   int64_t now = atp_now(e), ttl = req->ttl_ms ? req->ttl_ms : ATP_TTL_MS_DEFAULT;
-  rec_begin(r);
   for (uint32_t i = 0; i < g->count; i++) {
     line_add(r, g->items[i].pos, g->items[i].qty);
     changes_pos(e, &ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, g->items[i].qty,
@@ -707,11 +726,14 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
   atomic_store_explicit(&r->status, ATP_STATUS_HELD, memory_order_relaxed);
   atomic_fetch_add_explicit(&e->status_count[atp_shard()][ATP_STATUS_HELD].value, 1,
                             memory_order_relaxed);
-  /* release: whoever finds the record LIVE sees all of the above. A mutation
-   * that finds it waits for the flag, so the hook below comes first. */
+  /* Still PENDING, so no flag: nobody else reads or changes the record yet.
+   * The change records go out first, then LIVE is published (release): a
+   * mutation or read that finds the record sees all of the above, and its
+   * own change records come after these. */
+  atp_rrec_view(e, idx, out);
+  changes_emit(e, &ch, ATP_CAUSE_RESERVE, out, NULL);
   atomic_store_explicit(&e->rtable.slots[idx].state, ATP_REC_LIVE,
                         memory_order_release);
-  rec_close(e, idx, &ch, ATP_CAUSE_RESERVE, NULL, out, true);
   atp_wheel_enqueue_res(e, idx);
   prefetch_next_record(e);
   return 0;
@@ -748,7 +770,9 @@ static int rec_open(atp_engine_t *e, atp_str_t id, uint32_t *idx,
 static void rec_close(atp_engine_t *e, uint32_t idx, changes_t *ch, atp_cause_t cause,
                       const atp_change_t *idem, atp_reservation_t *out, bool emit) {
   atp_rrec_t *r = &e->rrecs[idx];
-  atomic_fetch_add_explicit(&r->rseq, 1, memory_order_acq_rel); /* even: readable */
+  atomic_store_explicit(&r->rseq,
+                        atomic_load_explicit(&r->rseq, memory_order_relaxed) + 1,
+                        memory_order_release); /* even: readable */
   atp_rrec_view(e, idx, out);
   if (emit) changes_emit(e, ch, cause, out, idem);
   atomic_store_explicit(&r->lock, 0, memory_order_release);
@@ -809,7 +833,7 @@ static void release_amounts(atp_engine_t *e, atp_rrec_t *r, const int64_t *amoun
   for (uint32_t i = 0; i < count; i++) {
     if (amounts[i] <= 0) continue;
     uint64_t v = atp_pos_give(&e->positions[rl[i].pos], amounts[i], committed);
-    atomic_fetch_add_explicit(&rl[i].released, amounts[i], memory_order_acq_rel);
+    amount_add(&rl[i].released, amounts[i]);
     changes_pos(e, ch, cause, id, rl[i].pos, 0, committed ? 0 : -amounts[i],
                 committed ? -amounts[i] : 0, v);
   }
@@ -932,7 +956,7 @@ int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
     atp_pos_lock(e, p);
     uint64_t v = atp_pos_fulfil(e, p, amounts[i], now);
     atp_pos_unlock(e, p);
-    atomic_fetch_add_explicit(&rl[i].fulfilled, amounts[i], memory_order_acq_rel);
+    amount_add(&rl[i].fulfilled, amounts[i]);
     changes_pos(e, &ch, ATP_CAUSE_FULFIL, fulfillment_id, rl[i].pos, -amounts[i], 0,
                 -amounts[i], v);
     if (e->config.on_change) ch.items[ch.count - 1].u.position.occurred_at_ms = now;
@@ -1041,7 +1065,7 @@ bool atp_rrec_due(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due,
     *due = expires;
     return false;
   }
-  atomic_fetch_add_explicit(&r->rseq, 1, memory_order_acq_rel); /* odd: writing */
+  rec_write(r);
   changes_t ch;
   changes_init(&ch);
   int64_t amounts[ATP_RESERVATION_POSITIONS_MAX];
