@@ -176,8 +176,14 @@ static uint32_t make_id(char *buf, int thread, uint64_t n) {
   return at;
 }
 
+/* Ids already used by each worker thread, so that no trial takes an id a
+ * reservation still kept from an earlier one has (which would measure
+ * replays, not reservations). */
+static uint64_t ids_used[2];
+
 static void *reserver(void *arg) {
   worker_t *w = arg;
+  uint64_t base = ids_used[w->thread];
   uint64_t seed = 0x2545f4914f6cdd1dULL * (w->thread + 7), n = 0;
   atp_reservation_t *out = atp_malloc(sizeof *out);
   atp_shortfalls_t *sf = atp_malloc(sizeof *sf);
@@ -195,10 +201,14 @@ static void *reserver(void *arg) {
           .location = {location_names[loc], (uint32_t)strlen(location_names[loc])},
           .qty = 1};
       atp_reserve_req_t req = {.lines = &line, .line_count = 1};
-      req.id = (atp_str_t){id, make_id(id, w->thread, n + i)};
+      req.id = (atp_str_t){id, make_id(id, w->thread, base + n + i)};
       if (atp_reserve(w->e, &req, out, sf, &result) ||
           atp_release(w->e, req.id, NULL, 0, out, &result)) {
         fprintf(stderr, "reserve/release failed: %s\n", result.message);
+        exit(1);
+      }
+      if (out->replayed || out->status != ATP_STATUS_RELEASED) {
+        fprintf(stderr, "reserve/release measured a replay\n");
         exit(1);
       }
     }
@@ -207,6 +217,7 @@ static void *reserver(void *arg) {
   }
   atp_free(out);
   atp_free(sf);
+  ids_used[w->thread] = base + n;
   w->ops = n;
   return NULL;
 }
