@@ -1215,6 +1215,8 @@ void atp_engine_stats(const atp_engine_t *e, atp_engine_stats_t *out) {
     for (int shard = 0; shard < ATP_SHARDS; shard++)
       v += (int64_t)atomic_load_explicit(
           &((atp_engine_t *)e)->status_count[shard][i].value, memory_order_relaxed);
+    v -= (int64_t)atomic_load_explicit(&((atp_engine_t *)e)->purged_count[i].value,
+                                       memory_order_relaxed);
     out->reservations_by_status[i] = v > 0 ? (uint64_t)v : 0;
   }
   out->expirations =

@@ -144,7 +144,8 @@ typedef struct {
                                chunks of them */
   atp_padded_t free_head[ATP_SHARDS]; /* tagged Treiber stacks: tag << 32 | index+1 */
   _Atomic bool recycled;    /* a record has ever been put back on a free list */
-  atp_padded_t live[ATP_SHARDS]; /* allocations minus retirements, as int64 */
+  atp_padded_t live[ATP_SHARDS]; /* allocations, as int64 */
+  atp_padded_t retired;     /* ticker only writes: retirements, off live's sum */
   /* limbo: ticker only */
   uint32_t limbo_head, limbo_tail; /* index+1 FIFO through free_next */
 } atp_keyed_t;
@@ -319,6 +320,8 @@ struct atp_engine {
   /* stats */
   _Atomic uint64_t expirations; /* ticker only writes it */
   atp_padded_t status_count[ATP_SHARDS][5]; /* per shard, as int64 deltas */
+  atp_padded_t purged_count[5]; /* ticker only writes: purged, by status; comes
+                                   off status_count's sum */
 };
 
 /* engine.c */

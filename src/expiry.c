@@ -132,8 +132,11 @@ static void purge(atp_engine_t *e, uint32_t ref) {
   if (atomic_load_explicit(&e->rtable.slots[idx].state, memory_order_acquire) ==
       ATP_REC_LIVE) {
     int status = atomic_load_explicit(&r->status, memory_order_acquire);
-    atomic_fetch_sub_explicit(&e->status_count[atp_shard()][status].value, 1,
-                              memory_order_relaxed);
+    /* One writer (this thread), so no locked instruction. */
+    _Atomic uint64_t *purged = &e->purged_count[status].value;
+    atomic_store_explicit(purged,
+                          atomic_load_explicit(purged, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     atp_rrec_purged(e, idx);
   }
   /* Readers may still copy from these: they are freed after the grace period,

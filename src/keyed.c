@@ -137,6 +137,8 @@ uint64_t atp_keyed_live(const atp_keyed_t *t) {
   for (int i = 0; i < ATP_SHARDS; i++)
     sum += (int64_t)atomic_load_explicit(&((atp_keyed_t *)t)->live[i].value,
                                          memory_order_relaxed);
+  sum -= (int64_t)atomic_load_explicit(&((atp_keyed_t *)t)->retired.value,
+                                       memory_order_relaxed);
   return sum > 0 ? (uint64_t)sum : 0;
 }
 
@@ -173,7 +175,11 @@ void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick, int64_t now_n
     ATP_ASSERT(prev != 0);
   }
   atomic_store_explicit(&slot->state, ATP_REC_FREE, memory_order_release);
-  atomic_fetch_sub_explicit(&t->live[atp_shard()].value, 1, memory_order_relaxed);
+  /* One writer (the ticker), so no locked instruction. */
+  atomic_store_explicit(
+      &t->retired.value,
+      atomic_load_explicit(&t->retired.value, memory_order_relaxed) + 1,
+      memory_order_relaxed);
   slot->limbo_tick = (uint32_t)tick;
   slot->limbo_ms = (uint32_t)(now_ns / 1000000);
   atomic_store_explicit(&slot->free_next, 0, memory_order_relaxed);
@@ -187,6 +193,11 @@ void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick, int64_t now_n
 
 void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick, int64_t now_ns) {
   uint32_t tick32 = (uint32_t)tick, ms32 = (uint32_t)(now_ns / 1000000);
+  /* Back to the shard that allocated each record, so each thread finds its
+   * own records again instead of claiming never-used ones: one chain per
+   * shard, each pushed with one CAS. */
+  uint32_t first[ATP_SHARDS] = {0}, last[ATP_SHARDS] = {0};
+  bool any = false;
   while (t->limbo_head) {
     uint32_t idx = t->limbo_head - 1;
     atp_slot_t *slot = &t->slots[idx];
@@ -194,16 +205,24 @@ void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick, int64_t now_ns) {
       break; /* FIFO: everything behind it is younger */
     t->limbo_head = atomic_load_explicit(&slot->free_next, memory_order_relaxed);
     if (!t->limbo_head) t->limbo_tail = 0;
-    /* Back to the shard that allocated it, so each thread finds its own
-     * records again instead of claiming never-used ones. */
-    _Atomic uint64_t *top = &t->free_head[slot->owner].value;
-    if (!atomic_load_explicit(&t->recycled, memory_order_relaxed))
-      atomic_store_explicit(&t->recycled, true, memory_order_relaxed);
+    uint8_t owner = slot->owner;
+    atomic_store_explicit(&slot->free_next, first[owner], memory_order_relaxed);
+    first[owner] = idx + 1;
+    if (!last[owner]) last[owner] = idx + 1;
+    any = true;
+  }
+  if (!any) return;
+  if (!atomic_load_explicit(&t->recycled, memory_order_relaxed))
+    atomic_store_explicit(&t->recycled, true, memory_order_relaxed);
+  for (int shard = 0; shard < ATP_SHARDS; shard++) {
+    if (!first[shard]) continue;
+    _Atomic uint64_t *top = &t->free_head[shard].value;
+    _Atomic uint32_t *tail_link = &t->slots[last[shard] - 1].free_next;
     uint64_t head = atomic_load_explicit(top, memory_order_acquire);
     uint64_t want;
     do {
-      atomic_store_explicit(&slot->free_next, (uint32_t)head, memory_order_relaxed);
-      want = ((head >> 32) + 1) << 32 | (idx + 1);
+      atomic_store_explicit(tail_link, (uint32_t)head, memory_order_relaxed);
+      want = ((head >> 32) + 1) << 32 | first[shard];
     } while (!atomic_compare_exchange_weak_explicit(
         top, &head, want, memory_order_acq_rel, memory_order_acquire));
   }

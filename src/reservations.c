@@ -1043,20 +1043,25 @@ bool atp_rrec_due(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due,
   if (state == ATP_REC_DEAD) *purge = true;
   if (state != ATP_REC_LIVE) return false;
   atp_rrec_t *r = &e->rrecs[idx];
-  rec_lock(r);
-  int status = atomic_load_explicit(&r->status, memory_order_relaxed);
-  if (status == ATP_STATUS_COMMITTED) {
-    atomic_store_explicit(&r->lock, 0, memory_order_release);
-    return false;
-  }
-  if (status != ATP_STATUS_HELD) {
-    int64_t until = atomic_load_explicit(&r->ended_at_ms, memory_order_relaxed) +
+  /* An ended reservation never changes again, and its end time was stored
+   * before its status: no flag needed to decide its purge. */
+  int status = atomic_load_explicit(&r->status, memory_order_acquire);
+  if (status == ATP_STATUS_RELEASED || status == ATP_STATUS_FULFILLED ||
+      status == ATP_STATUS_EXPIRED) {
+    int64_t until = atomic_load_explicit(&r->ended_at_ms, memory_order_acquire) +
                     e->config.ended_ttl_ms;
-    atomic_store_explicit(&r->lock, 0, memory_order_release);
     if (until <= now_ms)
       *purge = true;
     else
       *due = until;
+    return false;
+  }
+  rec_lock(r);
+  status = atomic_load_explicit(&r->status, memory_order_relaxed);
+  if (status != ATP_STATUS_HELD) {
+    /* committed (no time of its own), or ended since: filed again from the
+     * inbox it was queued on when it ended */
+    atomic_store_explicit(&r->lock, 0, memory_order_release);
     return false;
   }
   int64_t expires = atomic_load_explicit(&r->expires_at_ms, memory_order_relaxed);
