@@ -34,6 +34,14 @@ static int64_t *node_due(atp_engine_t *e, uint32_t ref) {
   return ref & ATP_REF_IDEM ? &e->irecs[(ref & ~ATP_REF_IDEM) - 1].wheel_due_ms
                             : &e->rrecs[ref - 1].wheel_due_ms;
 }
+static _Atomic uint32_t *node_inbox_next(atp_engine_t *e, uint32_t ref) {
+  return ref & ATP_REF_IDEM ? &e->irecs[(ref & ~ATP_REF_IDEM) - 1].inbox_next
+                            : &e->rrecs[ref - 1].inbox_next;
+}
+static _Atomic uint32_t *node_queued(atp_engine_t *e, uint32_t ref) {
+  return ref & ATP_REF_IDEM ? &e->irecs[(ref & ~ATP_REF_IDEM) - 1].inbox_queued
+                            : &e->rrecs[ref - 1].inbox_queued;
+}
 
 static void inbox_push(atp_engine_t *e, uint32_t ref, _Atomic uint32_t *queued,
                        _Atomic uint32_t *link) {
@@ -211,10 +219,7 @@ typedef struct {
 
 static uint32_t walk_link(atp_engine_t *e, const walk_t *w, uint32_t ref) {
   if (!w->inbox) return *node_next(e, ref);
-  _Atomic uint32_t *link = ref & ATP_REF_IDEM
-                               ? &e->irecs[(ref & ~ATP_REF_IDEM) - 1].inbox_next
-                               : &e->rrecs[ref - 1].inbox_next;
-  return atomic_load_explicit(link, memory_order_relaxed);
+  return atomic_load_explicit(node_inbox_next(e, ref), memory_order_relaxed);
 }
 
 static void prefetch_record(const atp_engine_t *e, uint32_t ref) {
@@ -379,11 +384,8 @@ static uint32_t drain(atp_engine_t *e, uint32_t list, int64_t now_ms) {
   walk_t w;
   walk_start(e, &w, list, true, false);
   for (uint32_t ref; (ref = walk_next(e, &w));) {
-    _Atomic uint32_t *queued = ref & ATP_REF_IDEM
-                                   ? &e->irecs[(ref & ~ATP_REF_IDEM) - 1].inbox_queued
-                                   : &e->rrecs[ref - 1].inbox_queued;
     /* Cleared before the state is read: a change after this re-queues it. */
-    atomic_store_explicit(queued, 0, memory_order_seq_cst);
+    atomic_store_explicit(node_queued(e, ref), 0, memory_order_seq_cst);
     expired += refile(e, ref, now_ms);
   }
   return expired;
