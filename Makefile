@@ -50,7 +50,7 @@ objs = $(patsubst src/%.c,$(BUILD)/$(1)/%.o,$(SRC_LIB)) \
 # Objects reached only through pattern rules are not intermediates to delete.
 .SECONDARY:
 
-.PHONY: all deps run test unit unit-asan unit-tsan blackbox fuzz bench format format-check clean
+.PHONY: all deps run test check-prefetch unit unit-asan unit-tsan blackbox fuzz bench format format-check clean
 all: bin/atpd bin/atpctl
 
 deps:
@@ -94,8 +94,12 @@ UNIT_BINS_asan    := $(addprefix $(BUILD)/asan/tests/,$(UNIT_NAMES))
 TSAN_NAMES        := $(patsubst tests/unit/%.c,%,$(sort $(wildcard tests/unit/test_*stress*.c)))
 UNIT_BINS_tsan    := $(addprefix $(BUILD)/tsan/tests/,$(TSAN_NAMES))
 
-test: deps all bin/atpd-asan $(UNIT_BINS_release) $(UNIT_BINS_asan) $(UNIT_BINS_tsan)
+test: deps all check-prefetch bin/atpd-asan $(UNIT_BINS_release) $(UNIT_BINS_asan) $(UNIT_BINS_tsan)
 	@tests/run.sh
+
+# The compiler kept every prefetch the sources ask for (scripts/check-prefetch.sh).
+check-prefetch: $(call objs,release)
+	@scripts/check-prefetch.sh
 
 unit: $(UNIT_BINS_release)
 	@tests/run.sh unit

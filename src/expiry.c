@@ -222,7 +222,7 @@ static uint32_t walk_link(atp_engine_t *e, const walk_t *w, uint32_t ref) {
   return atomic_load_explicit(node_inbox_next(e, ref), memory_order_relaxed);
 }
 
-static void prefetch_record(const atp_engine_t *e, uint32_t ref) {
+ATP_PREFETCHER void prefetch_record(const atp_engine_t *e, uint32_t ref) {
   const atp_keyed_t *t = ref & ATP_REF_IDEM ? &e->itable : &e->rtable;
   uint32_t idx = (ref & ~ATP_REF_IDEM) - 1;
   if (ref & ATP_REF_IDEM) {
@@ -239,7 +239,7 @@ static void prefetch_record(const atp_engine_t *e, uint32_t ref) {
 }
 
 /* The bucket head a purge unlinks the record from. */
-static void prefetch_key(const atp_engine_t *e, uint32_t ref) {
+ATP_PREFETCHER void prefetch_key(const atp_engine_t *e, uint32_t ref) {
   const atp_keyed_t *t = ref & ATP_REF_IDEM ? &e->itable : &e->rtable;
   uint32_t idx = (ref & ~ATP_REF_IDEM) - 1;
   __builtin_prefetch(&t->heads[t->slots[idx].hash & t->bucket_mask], 1);
