@@ -201,11 +201,11 @@ static uint32_t take_slot(atp_engine_t *e, uint32_t level, uint32_t index) {
  * touches long after the workers did, so each record costs a few cache
  * misses: its links, its state and status, and its key's bucket head when it
  * is purged. The walk keeps a window of the next AHEAD records, fetched as
- * they enter it, and fetches a record's bucket head KEY_AHEAD steps before its
- * turn, once its hash has arrived. Handling a record never changes the links
- * of the records behind it: a record's wheel links change only when it is
- * itself filed, and its inbox link only when it is queued again, which its
- * flag prevents until its own turn. */
+ * they enter it, and fetches the bucket head of a record that will be purged
+ * KEY_AHEAD steps before its turn, once its hash has arrived. Handling a record never
+ * changes the links of the records behind it: a record's wheel links change only when
+ * it is itself filed, and its inbox link only when it is queued again, which its flag
+ * prevents until its own turn. */
 
 #define AHEAD     8
 #define KEY_AHEAD 3
@@ -213,8 +213,9 @@ static uint32_t take_slot(atp_engine_t *e, uint32_t level, uint32_t index) {
 typedef struct {
   uint32_t ring[AHEAD];
   uint32_t at, count, rest;
-  bool inbox; /* linked through inbox_next, else through wheel_next */
-  bool keys;  /* the records are likely purged: fetch their bucket heads */
+  bool inbox;     /* linked through inbox_next, else through wheel_next */
+  bool keys;      /* records may be purged here: fetch their bucket heads */
+  int64_t now_ms; /* the tick's time, to tell which records will be */
 } walk_t;
 
 static uint32_t walk_link(atp_engine_t *e, const walk_t *w, uint32_t ref) {
@@ -238,6 +239,29 @@ ATP_PREFETCHER void prefetch_record(const atp_engine_t *e, uint32_t ref) {
   __builtin_prefetch(&t->slots[idx], 1);
 }
 
+/* Whether the record will be purged when its turn comes, judged from its
+ * lines as they are now (fetched AHEAD records earlier). Only then is its
+ * bucket head worth fetching: most records a drain or a slot hands over are
+ * filed again, not purged. A wrong guess costs a wasted fetch or a miss. */
+static bool purge_bound(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
+  if (ref & ATP_REF_IDEM) {
+    int64_t due = record_due(e, ref, now_ms);
+    return due != ATP_TIME_NONE && due <= now_ms;
+  }
+  uint32_t idx = ref - 1;
+  uint32_t st = atomic_load_explicit(&e->rtable.slots[idx].state, memory_order_relaxed);
+  if (st == ATP_REC_DEAD) return true;
+  if (st != ATP_REC_LIVE) return false;
+  const atp_rrec_t *r = &e->rrecs[idx];
+  int status = atomic_load_explicit(&r->status, memory_order_relaxed);
+  if (status != ATP_STATUS_RELEASED && status != ATP_STATUS_FULFILLED &&
+      status != ATP_STATUS_EXPIRED)
+    return false;
+  int64_t until = atomic_load_explicit(&r->ended_at_ms, memory_order_relaxed) +
+                  e->config.ended_ttl_ms;
+  return until <= now_ms;
+}
+
 /* The bucket head a purge unlinks the record from. */
 ATP_PREFETCHER void prefetch_key(const atp_engine_t *e, uint32_t ref) {
   const atp_keyed_t *t = ref & ATP_REF_IDEM ? &e->itable : &e->rtable;
@@ -254,12 +278,13 @@ static void walk_fill(atp_engine_t *e, walk_t *w) {
   }
 }
 
-static void walk_start(atp_engine_t *e, walk_t *w, uint32_t list, bool inbox,
-                       bool keys) {
+static void walk_start(atp_engine_t *e, walk_t *w, uint32_t list, bool inbox, bool keys,
+                       int64_t now_ms) {
   w->at = w->count = 0;
   w->rest = list;
   w->inbox = inbox;
   w->keys = keys;
+  w->now_ms = now_ms;
   walk_fill(e, w);
 }
 
@@ -271,8 +296,10 @@ static uint32_t walk_next(atp_engine_t *e, walk_t *w) {
   w->at = (w->at + 1) % AHEAD;
   w->count--;
   walk_fill(e, w);
-  if (w->keys && w->count >= KEY_AHEAD)
-    prefetch_key(e, w->ring[(w->at + KEY_AHEAD - 1) % AHEAD]);
+  if (w->keys && w->count >= KEY_AHEAD) {
+    uint32_t later = w->ring[(w->at + KEY_AHEAD - 1) % AHEAD];
+    if (purge_bound(e, later, w->now_ms)) prefetch_key(e, later);
+  }
   return ref;
 }
 
@@ -280,7 +307,7 @@ static uint32_t run_list(atp_engine_t *e, uint32_t list, int64_t now_ms,
                          bool fire_due) {
   uint32_t expired = 0;
   walk_t w;
-  walk_start(e, &w, list, false, fire_due);
+  walk_start(e, &w, list, false, fire_due, now_ms);
   for (uint32_t ref; (ref = walk_next(e, &w));) {
     *node_due(e, ref) = ATP_TIME_NONE; /* detached with its whole list */
     if (fire_due) {
@@ -382,7 +409,7 @@ uint32_t atp_engine_tick(atp_engine_t *e) {
 static uint32_t drain(atp_engine_t *e, uint32_t list, int64_t now_ms) {
   uint32_t expired = 0;
   walk_t w;
-  walk_start(e, &w, list, true, false);
+  walk_start(e, &w, list, true, true, now_ms);
   for (uint32_t ref; (ref = walk_next(e, &w));) {
     /* Cleared before the state is read: a change after this re-queues it. */
     atomic_store_explicit(node_queued(e, ref), 0, memory_order_seq_cst);
