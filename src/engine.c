@@ -1164,9 +1164,10 @@ int atp_engine_create(const atp_engine_config_t *config, atp_engine_t **out) {
       atp_table_alloc((size_t)e->position_mask + 1, sizeof *e->position_index, true);
   e->groups = atp_calloc(ATP_GROUPS_MAX, sizeof *e->groups);
   e->group_index = atp_calloc((size_t)e->group_mask + 1, sizeof *e->group_index);
+  e->wheel.inboxes = atp_table_alloc(ATP_SHARDS, sizeof *e->wheel.inboxes, false);
   if (!e->interns || !e->intern_index || !e->positions || !e->pos_cold ||
-      !e->position_index || !e->groups || !e->group_index || atp_reservations_init(e) ||
-      atp_idem_init(e)) {
+      !e->position_index || !e->groups || !e->group_index || !e->wheel.inboxes ||
+      atp_reservations_init(e) || atp_idem_init(e)) {
     atp_engine_destroy(e);
     return ATP_ENOMEM;
   }
@@ -1202,6 +1203,7 @@ void atp_engine_destroy(atp_engine_t *e) {
                  sizeof *e->position_index);
   atp_free(e->groups);
   atp_free(e->group_index);
+  atp_table_free(e->wheel.inboxes, ATP_SHARDS, sizeof *e->wheel.inboxes);
   pthread_mutex_destroy(&e->create_lock);
   atp_free(e);
 }

@@ -267,11 +267,24 @@ typedef struct {
  * the top bit set. 0 is none. */
 #define ATP_REF_IDEM 0x80000000u
 
+/* A shard's inbox: a ring of refs the ticker reads in order, so it fetches
+ * the records ahead without chasing links from one to the next. A thread
+ * claims a slot by CAS on tail and then writes its ref; the ticker takes refs
+ * from head up to the first slot not written yet, zeroes them and moves head
+ * on. A ref that finds the ring full goes on the shard's chain instead. */
+#define ATP_INBOX_RING (1u << 18) /* 1 MiB: 100 ms of 2M refs/s */
+typedef struct {
+  _Alignas(64) _Atomic uint64_t tail; /* slots claimed */
+  _Alignas(64) _Atomic uint64_t head; /* slots taken by the ticker */
+  _Alignas(64) _Atomic uint32_t refs[ATP_INBOX_RING];
+} atp_inbox_t;
+
 typedef struct {
   uint32_t slots[ATP_WHEEL_LEVELS][ATP_WHEEL_SLOTS]; /* list heads (refs) */
   int64_t now_tick;        /* every slot up to this tick has been processed */
   bool started;
-  atp_padded_t inbox[ATP_SHARDS]; /* Treiber stacks of refs to (re)file */
+  atp_inbox_t *inboxes;           /* one per shard */
+  atp_padded_t inbox[ATP_SHARDS]; /* a full ring's overflow: Treiber stacks of refs */
 } atp_wheel_t;
 
 /* --- retired memory --------------------------------------------------------- */

@@ -8,10 +8,11 @@
  * of live reservations.
  *
  * The wheel belongs to the one thread that calls atp_engine_tick. Other threads
- * never touch it: they push the record onto an inbox (a Treiber stack drained
- * whole by the ticker with one exchange, so it has no ABA problem), and the
- * ticker decides from the record's current state where it belongs. A flag per
- * record keeps it on the inbox at most once.
+ * never touch it: they put the record's ref on their shard's inbox, a ring the
+ * ticker reads in order (see atp_inbox_t), or when that is full on a Treiber
+ * stack that the ticker drains whole with one exchange (so it has no ABA
+ * problem), and the ticker decides from the record's current state where it
+ * belongs. A flag per record keeps it queued at most once.
  */
 #include <string.h>
 
@@ -46,7 +47,21 @@ static _Atomic uint32_t *node_queued(atp_engine_t *e, uint32_t ref) {
 static void inbox_push(atp_engine_t *e, uint32_t ref, _Atomic uint32_t *queued,
                        _Atomic uint32_t *link) {
   if (atomic_exchange_explicit(queued, 1, memory_order_acq_rel)) return;
-  _Atomic uint64_t *inbox = &e->wheel.inbox[atp_shard()].value;
+  int shard = atp_shard();
+  atp_inbox_t *ring = &e->wheel.inboxes[shard];
+  uint64_t t = atomic_load_explicit(&ring->tail, memory_order_relaxed);
+  /* head (acquire): the slots before it were zeroed by the ticker and are
+   * free again. */
+  while (t - atomic_load_explicit(&ring->head, memory_order_acquire) < ATP_INBOX_RING) {
+    if (atomic_compare_exchange_weak_explicit(
+            &ring->tail, &t, t + 1, memory_order_relaxed, memory_order_relaxed)) {
+      /* release: the ticker that reads the ref sees the change that queued it */
+      atomic_store_explicit(&ring->refs[t & (ATP_INBOX_RING - 1)], ref,
+                            memory_order_release);
+      return;
+    }
+  }
+  _Atomic uint64_t *inbox = &e->wheel.inbox[shard].value;
   uint64_t head = atomic_load_explicit(inbox, memory_order_relaxed);
   do {
     atomic_store_explicit(link, (uint32_t)head, memory_order_relaxed);
@@ -197,15 +212,17 @@ static uint32_t take_slot(atp_engine_t *e, uint32_t level, uint32_t index) {
 }
 
 /* --- walking a list with look-ahead
- * A slot's list and an inbox are chains through records that the ticker
- * touches long after the workers did, so each record costs a few cache
- * misses: its links, its state and status, and its key's bucket head when it
- * is purged. The walk keeps a window of the next AHEAD records, fetched as
- * they enter it, and fetches the bucket head of a record that will be purged
- * KEY_AHEAD steps before its turn, once its hash has arrived. Handling a record never
- * changes the links of the records behind it: a record's wheel links change only when
- * it is itself filed, and its inbox link only when it is queued again, which its flag
- * prevents until its own turn. */
+ * A slot's list and an inbox's overflow are chains through records, and an
+ * inbox's ring a run of refs to them. The ticker touches the records long
+ * after the workers did, so each costs a few cache misses: its links, its
+ * state and status, and its key's bucket head when it is purged. On a chain
+ * the next record is known only once this one's link is in; on a ring it is
+ * known at once, which is why the inboxes are rings. The walk keeps a window of the
+ * next AHEAD records, fetched as they enter it, and fetches the bucket head of a record
+ * that will be purged KEY_AHEAD steps before its turn, once its hash has arrived.
+ * Handling a record never changes the links of the records behind it: a record's wheel
+ * links change only when it is itself filed, and its inbox link only when it is queued
+ * again, which its flag prevents until its own turn. */
 
 #define AHEAD     8
 #define KEY_AHEAD 3
@@ -213,9 +230,11 @@ static uint32_t take_slot(atp_engine_t *e, uint32_t level, uint32_t index) {
 typedef struct {
   uint32_t ring[AHEAD];
   uint32_t at, count, rest;
-  bool inbox;     /* linked through inbox_next, else through wheel_next */
-  bool keys;      /* records may be purged here: fetch their bucket heads */
-  int64_t now_ms; /* the tick's time, to tell which records will be */
+  atp_inbox_t *from;  /* refs taken from this inbox's ring, else a chain */
+  uint64_t next, end; /* the ring's slots still to take */
+  bool inbox;         /* linked through inbox_next, else through wheel_next */
+  bool keys;          /* records may be purged here: fetch their bucket heads */
+  int64_t now_ms;     /* the tick's time, to tell which records will be */
 } walk_t;
 
 static uint32_t walk_link(atp_engine_t *e, const walk_t *w, uint32_t ref) {
@@ -269,12 +288,31 @@ ATP_PREFETCHER void prefetch_key(const atp_engine_t *e, uint32_t ref) {
   __builtin_prefetch(&t->heads[t->slots[idx].hash & t->bucket_mask], 1);
 }
 
+/* The next ref of an inbox's ring, 0 at a slot claimed but not written yet
+ * (the walk ends there; the rest waits for the next tick). */
+static uint32_t ring_take(walk_t *w) {
+  _Atomic uint32_t *slot = &w->from->refs[w->next & (ATP_INBOX_RING - 1)];
+  uint32_t ref = atomic_load_explicit(slot, memory_order_acquire);
+  if (!ref) {
+    w->end = w->next;
+    return 0;
+  }
+  atomic_store_explicit(slot, 0, memory_order_relaxed);
+  w->next++;
+  return ref;
+}
+
 static void walk_fill(atp_engine_t *e, walk_t *w) {
-  while (w->rest && w->count < AHEAD) {
-    uint32_t ref = w->rest;
+  while (w->count < AHEAD) {
+    uint32_t ref;
+    if (w->from) {
+      if (w->next == w->end || !(ref = ring_take(w))) return;
+    } else {
+      if (!(ref = w->rest)) return;
+      w->rest = walk_link(e, w, ref);
+    }
     w->ring[(w->at + w->count++) % AHEAD] = ref;
     prefetch_record(e, ref);
-    w->rest = walk_link(e, w, ref);
   }
 }
 
@@ -282,6 +320,7 @@ static void walk_start(atp_engine_t *e, walk_t *w, uint32_t list, bool inbox, bo
                        int64_t now_ms) {
   w->at = w->count = 0;
   w->rest = list;
+  w->from = NULL;
   w->inbox = inbox;
   w->keys = keys;
   w->now_ms = now_ms;
@@ -381,6 +420,7 @@ static void reclaim_retired(atp_engine_t *e) {
 }
 
 static uint32_t drain(atp_engine_t *e, uint32_t list, int64_t now_ms);
+static uint32_t drain_ring(atp_engine_t *e, atp_inbox_t *ring, int64_t now_ms);
 
 uint32_t atp_engine_tick(atp_engine_t *e) {
   int64_t now_ms = atp_now(e);
@@ -395,6 +435,7 @@ uint32_t atp_engine_tick(atp_engine_t *e) {
   /* First file what changed since the last tick, then run the slots due. */
   uint32_t expired = 0;
   for (int shard = 0; shard < ATP_SHARDS; shard++) {
+    expired += drain_ring(e, &w->inboxes[shard], now_ms);
     uint32_t list = (uint32_t)atomic_exchange_explicit(&w->inbox[shard].value, 0,
                                                        memory_order_acquire);
     expired += drain(e, list, now_ms);
@@ -406,14 +447,33 @@ uint32_t atp_engine_tick(atp_engine_t *e) {
   return expired;
 }
 
-static uint32_t drain(atp_engine_t *e, uint32_t list, int64_t now_ms) {
+static uint32_t drain_walk(atp_engine_t *e, walk_t *w, int64_t now_ms) {
   uint32_t expired = 0;
-  walk_t w;
-  walk_start(e, &w, list, true, true, now_ms);
-  for (uint32_t ref; (ref = walk_next(e, &w));) {
+  for (uint32_t ref; (ref = walk_next(e, w));) {
     /* Cleared before the state is read: a change after this re-queues it. */
     atomic_store_explicit(node_queued(e, ref), 0, memory_order_seq_cst);
     expired += refile(e, ref, now_ms);
   }
+  return expired;
+}
+
+static uint32_t drain(atp_engine_t *e, uint32_t list, int64_t now_ms) {
+  walk_t w;
+  walk_start(e, &w, list, true, true, now_ms);
+  return drain_walk(e, &w, now_ms);
+}
+
+/* The refs queued on a ring before this tick (those queued while it runs,
+ * the ticker's own included, wait for the next). */
+static uint32_t drain_ring(atp_engine_t *e, atp_inbox_t *ring, int64_t now_ms) {
+  walk_t w;
+  walk_start(e, &w, 0, true, true, now_ms);
+  w.from = ring;
+  w.next = atomic_load_explicit(&ring->head, memory_order_relaxed);
+  w.end = atomic_load_explicit(&ring->tail, memory_order_acquire);
+  walk_fill(e, &w);
+  uint32_t expired = drain_walk(e, &w, now_ms);
+  /* release: the zeroed slots are free for the threads that see it */
+  atomic_store_explicit(&ring->head, w.next, memory_order_release);
   return expired;
 }

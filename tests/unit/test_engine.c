@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../src/engine_internal.h" /* ATP_INBOX_RING */
 #include "atp/engine.h"
 #include "engine_test_util.h"
 #include "test.h"
@@ -1880,6 +1881,39 @@ static void test_first_tick_expires_overdue(void) {
   CHECK_POS("A", "L1", 5, 0, 0, 0);
 }
 
+/* More reservations queued between two ticks than an inbox's ring holds (one
+ * thread: one shard, one ring): the rest go on the ring's overflow chain, and
+ * every one of them still expires. Then the ring, read to its end, is filled
+ * again from its first slot, and those expire too. */
+static void expire_all(uint32_t n, const char *prefix, int64_t on_hand) {
+  char id[32];
+  for (uint32_t i = 0; i < n; i++) {
+    snprintf(id, sizeof id, "%s%u", prefix, i);
+    atp_line_req_t line = LL("A", "L1", 1);
+    if (reserve_lines(id, &line, 1, ATP_TTL_MS_MIN) != 0) {
+      CHECK(!"a reservation was refused");
+      return;
+    }
+  }
+  CHECK_POS("A", "L1", on_hand, 0, n, 0);
+  CHECK_EQ(advance_ticking(ATP_TTL_MS_MIN + 1000), n);
+  CHECK_POS("A", "L1", on_hand, 0, 0, 0);
+  snprintf(id, sizeof id, "%s%u", prefix, n - 1);
+  REQUIRE(get_res(id) == 0);
+  CHECK_EQ(R2.status, ATP_STATUS_EXPIRED);
+}
+
+static void test_expiry_inbox_overflow_and_wrap(void) {
+  uint32_t n = ATP_INBOX_RING + 1000;
+  atp_engine_config_t config = et_config(&CLK);
+  config.reservations_max = 2 * n;
+  REQUIRE(setup_with(&config) == 0);
+  atp_engine_tick(E);
+  stock("A", "L1", n);
+  expire_all(n, "r", n);
+  expire_all(3000, "s", n);
+}
+
 /* --- change hook and replay ---------------------------------------------------- */
 
 typedef struct {
@@ -2239,6 +2273,7 @@ TEST_MAIN({
   RUN(test_purge_released_and_fulfilled);
   RUN(test_expiry_boundary);
   RUN(test_first_tick_expires_overdue);
+  RUN(test_expiry_inbox_overflow_and_wrap);
   RUN(test_change_hook_replay);
   RUN(test_apply_rejects_malformed);
   teardown();
