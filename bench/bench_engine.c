@@ -19,7 +19,15 @@
  *                            same draws, each position looked up and one unit
  *                            taken from its free word by CAS and given back
  *                            (no id, no record, no expiry, no change records)
+ *   SET_floor_*_pairs_per_s  take_give plus the least a client id and the
+ *                            timestamps cost (see floorer): a bound on what
+ *                            any reserve+release with ids can reach here
  *   SET_*_scaling_2t         the 2-thread figure over the 1-thread one
+ *   SET_reserve_release_{1,2}cpu_pairs_per_s  the reserve figures again with
+ *                            the workers and the ticker confined to one CPU,
+ *                            then to two (a worker on each): each figure pays
+ *                            for its own expiry and purging
+ *   SET_reserve_release_scaling_2cpu  what the second CPU adds
  *   SET_rss_mib              the process's RSS after the reserve figures
  * Each figure is the median of five trials sharing seconds_per_figure. "reads"
  * or "reserve" runs only those figures. A ticker thread runs atp_engine_tick
@@ -262,6 +270,65 @@ static void *taker(void *arg) {
   return NULL;
 }
 
+/* A floor under any reserve+release that keeps client ids, drawn the same
+ * way: what taker does, plus the least an id costs (its hash, and one CAS
+ * into a random bucket head of a table the size of the engine's default id
+ * table, which the release finds again) and the two clock reads a reserve's
+ * expiry and a release's end time need. No record, no expiry, no view. The
+ * misses overlap as in atp_reserve: the head and the position's index slot
+ * are fetched together, the position once the head is in. */
+static _Atomic uint32_t *floor_heads;
+#define FLOOR_BUCKETS (1u << 22) /* ATP_RESERVATIONS_MAX_DEFAULT's table */
+
+static int64_t clock_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void *floorer(void *arg) {
+  worker_t *w = arg;
+  uint64_t seed = 0x2545f4914f6cdd1dULL * (w->thread + 7), n = 0;
+  uint64_t base = ids_used[w->thread];
+  char id[32];
+  int64_t stamps = 0;
+  double end = now_s() + w->seconds;
+  while (1) {
+    for (int i = 0; i < 1024; i++) {
+      uint64_t r = xorshift(&seed);
+      atp_str_t sku, location;
+      draw_position(w, r, &sku, &location);
+      uint32_t len = make_id(id, w->thread, base + n + i);
+      _Atomic uint32_t *head =
+          &floor_heads[atp_hash_bytes(id, len) & (FLOOR_BUCKETS - 1)];
+      /* The same overlap of misses as atp_reserve's. */
+      __builtin_prefetch(head, 1);
+      uint64_t pos_hash = atp_pos_prefetch_slot(w->e, sku, location);
+      uint32_t old = atomic_load_explicit(head, memory_order_relaxed);
+      atp_pos_prefetch_position(w->e, pos_hash);
+      while (!atomic_compare_exchange_weak_explicit(
+          head, &old, old + 1, memory_order_release, memory_order_relaxed)) {
+      }
+      stamps += clock_ms();
+      uint32_t idx = atp_pos_find_str(w->e, sku, location);
+      uint64_t version;
+      if (idx == UINT32_MAX ||
+          !atp_pos_take(&w->e->positions[idx], 1, false, &version)) {
+        fprintf(stderr, "take failed\n");
+        exit(1);
+      }
+      if (atomic_load_explicit(head, memory_order_acquire) == 0) exit(1);
+      atp_pos_give(&w->e->positions[idx], 1, false);
+      stamps += clock_ms();
+    }
+    n += 1024;
+    if (now_s() >= end) break;
+  }
+  if (stamps == 0) exit(1); /* keeps the clock reads */
+  w->ops = n;
+  return NULL;
+}
+
 /* The workers live as long as the program, like a server's event loops: the
  * engine hands each thread its own shard of free records, and a purged record
  * goes back to the shard of the thread that took it. Threads made afresh for
@@ -291,6 +358,27 @@ static void pool_start(void) {
   pthread_barrier_init(&pool.done, NULL, 3);
   for (intptr_t i = 0; i < 2; i++)
     pthread_create(&pool.threads[i], NULL, pool_thread, (void *)i);
+}
+
+/* Confines the workers and the ticker to the first cpus CPUs (0: no limit):
+ * worker i to CPU i % cpus, the ticker to any of them. The 1-thread figure
+ * otherwise has the ticker's work done on a CPU the 2-thread figure needs
+ * for its second worker; confined, each figure pays its own ticker work, and
+ * the ratio of the two is what a second CPU adds. */
+static pthread_t tick_thread;
+static void confine(int cpus) {
+  long online = sysconf(_SC_NPROCESSORS_ONLN);
+  cpu_set_t all;
+  CPU_ZERO(&all);
+  for (long c = 0; c < online && c < CPU_SETSIZE; c++)
+    if (cpus == 0 || c < cpus) CPU_SET((int)c, &all);
+  for (int i = 0; i < 2; i++) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(i % (cpus ? cpus : 1), &one);
+    pthread_setaffinity_np(pool.threads[i], sizeof one, cpus ? &one : &all);
+  }
+  pthread_setaffinity_np(tick_thread, sizeof all, &all);
 }
 
 static void pool_stop(void) {
@@ -357,8 +445,10 @@ int main(int argc, char **argv) {
   atp_engine_t *e;
   if (atp_engine_create(&config, &e)) return 1;
   load(e, SKUS, LOCATIONS, 1000000000);
-  pthread_t tick;
-  pthread_create(&tick, NULL, ticker, e);
+  /* Allocated as the engine allocates its bucket heads (on huge pages). */
+  floor_heads = atp_table_alloc(FLOOR_BUCKETS, sizeof *floor_heads, true);
+  if (!floor_heads) return 1;
+  pthread_create(&tick_thread, NULL, ticker, e);
   pool_start();
   bool only_reserve = argc > 2 && strcmp(argv[2], "reserve") == 0;
   bool only_reads = argc > 2 && strcmp(argv[2], "reads") == 0;
@@ -385,15 +475,29 @@ int main(int argc, char **argv) {
     printf("%s_reserve_release_2t_pairs_per_s %.0f\n", set, p2);
     printf("%s_reserve_release_scaling_2t %.2f\n", set, p2 / p1);
     printf("%s_rss_mib %.0f\n", set, rss_kib() / 1024.0);
+    if (sysconf(_SC_NPROCESSORS_ONLN) >= 2) {
+      confine(1);
+      p1 = run(e, reserver, 1);
+      confine(2);
+      p2 = run(e, reserver, 2);
+      confine(0);
+      printf("%s_reserve_release_1cpu_pairs_per_s %.0f\n", set, p1);
+      printf("%s_reserve_release_2cpu_pairs_per_s %.0f\n", set, p2);
+      printf("%s_reserve_release_scaling_2cpu %.2f\n", set, p2 / p1);
+    }
     p1 = run(e, taker, 1), p2 = run(e, taker, 2);
     printf("%s_take_give_1t_pairs_per_s %.0f\n", set, p1);
     printf("%s_take_give_2t_pairs_per_s %.0f\n", set, p2);
     printf("%s_take_give_scaling_2t %.2f\n", set, p2 / p1);
+    p1 = run(e, floorer, 1), p2 = run(e, floorer, 2);
+    printf("%s_floor_1t_pairs_per_s %.0f\n", set, p1);
+    printf("%s_floor_2t_pairs_per_s %.0f\n", set, p2);
     fflush(stdout);
   }
   pool_stop();
   atomic_store(&ticker_stop, true);
-  pthread_join(tick, NULL);
+  pthread_join(tick_thread, NULL);
   atp_engine_destroy(e);
+  atp_table_free(floor_heads, FLOOR_BUCKETS, sizeof *floor_heads);
   return 0;
 }
