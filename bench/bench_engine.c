@@ -19,20 +19,16 @@
  *                            same draws, each position looked up and one unit
  *                            taken from its free word by CAS and given back
  *                            (no id, no record, no expiry, no change records)
- *   SET_floor_*_pairs_per_s  take_give plus the least a client id and the
+ *   SET_floor_*              take_give plus the least a client id and the
  *                            timestamps cost (see floorer): a bound on what
  *                            any reserve+release with ids can reach here
- *   SET_*_scaling_2t         the 2-thread figure over the 1-thread one
- *   SET_reserve_release_{1,2}cpu_pairs_per_s  the reserve figures again with
- *                            the workers and the ticker confined to one CPU,
- *                            then to two (a worker on each): each figure pays
- *                            for its own expiry and purging
- *   SET_reserve_release_scaling_2cpu  what the second CPU adds
+ *   SET_*_scaling_2t         2-thread over 1-thread, trial by trial (median)
  *   SET_rss_mib              the process's RSS after the reserve figures
- * Each figure is the median of five trials sharing seconds_per_figure. "reads"
- * or "reserve" runs only those figures. A ticker thread runs atp_engine_tick
- * every 10 ms throughout, as the server does, so ended reservations are purged
- * and their records recycled.
+ * Each figure is the median of five trials sharing seconds_per_figure, the 1-
+ * and 2-thread trials alternating; a scaling is the median of the five
+ * trials' ratios. "reads" or "reserve" runs only those figures. A ticker
+ * thread runs atp_engine_tick every 10 ms throughout, as the server does, so
+ * ended reservations are purged and their records recycled.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -360,27 +356,6 @@ static void pool_start(void) {
     pthread_create(&pool.threads[i], NULL, pool_thread, (void *)i);
 }
 
-/* Confines the workers and the ticker to the first cpus CPUs (0: no limit):
- * worker i to CPU i % cpus, the ticker to any of them. The 1-thread figure
- * otherwise has the ticker's work done on a CPU the 2-thread figure needs
- * for its second worker; confined, each figure pays its own ticker work, and
- * the ratio of the two is what a second CPU adds. */
-static pthread_t tick_thread;
-static void confine(int cpus) {
-  long online = sysconf(_SC_NPROCESSORS_ONLN);
-  cpu_set_t all;
-  CPU_ZERO(&all);
-  for (long c = 0; c < online && c < CPU_SETSIZE; c++)
-    if (cpus == 0 || c < cpus) CPU_SET((int)c, &all);
-  for (int i = 0; i < 2; i++) {
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(i % (cpus ? cpus : 1), &one);
-    pthread_setaffinity_np(pool.threads[i], sizeof one, cpus ? &one : &all);
-  }
-  pthread_setaffinity_np(tick_thread, sizeof all, &all);
-}
-
 static void pool_stop(void) {
   pool.quit = true;
   pthread_barrier_wait(&pool.go);
@@ -406,25 +381,50 @@ static int cmp_double(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-/* The figure is the median of TRIALS runs sharing seconds_per_figure: this VM
- * has bursts of interference from its host, and a median of short runs sheds
- * them where one long run would average them in. */
-#define TRIALS 5
+/* Each figure is the median of TRIALS trials sharing seconds_per_figure: this
+ * VM has bursts of interference from its host, and a median of short trials
+ * sheds them where one long run would average them in. The 1- and 2-thread
+ * trials of a figure alternate, and the scaling is the median of each pair's
+ * ratio: the host's load drifts over seconds, and two blocks of trials run one
+ * after the other measured that drift as much as the second thread. */
+#define TRIALS         5
 #define WARM_RESERVE_S 1.5 /* > 1 ms retention + a 64 ms wheel slot + 1 s grace */
-static double run(atp_engine_t *e, void *(*fn)(void *), int threads) {
-  double rates[TRIALS];
-  /* One trial first, not counted. For reservations it lasts until the first
-   * records the thread took come back from retention, the wheel and the grace
-   * period: before that every reserve takes a never-used record and the
-   * kernel zeroes a page for every eight of them, which a server pays only
-   * in its first day (it keeps ended reservations 24 h), not in steady state. */
-  double warm = seconds_per_figure / TRIALS;
+
+typedef struct {
+  double one, two, scaling; /* medians */
+} figure_t;
+
+static double median(double *v) {
+  qsort(v, TRIALS, sizeof v[0], cmp_double);
+  return v[TRIALS / 2];
+}
+
+static figure_t run(atp_engine_t *e, void *(*fn)(void *)) {
+  double one[TRIALS], two[TRIALS], ratio[TRIALS];
+  /* One trial of each first, not counted. For reservations it lasts until
+   * the first records the threads took come back from retention, the wheel
+   * and the grace period: before that every reserve takes a never-used
+   * record and the kernel zeroes a page for every eight of them, which a
+   * server pays only in its first day (it keeps ended reservations 24 h),
+   * not in steady state. */
+  double trial = seconds_per_figure / TRIALS, warm = trial;
   if (fn == reserver && warm < WARM_RESERVE_S) warm = WARM_RESERVE_S;
-  run_once(e, fn, threads, warm);
-  for (int i = 0; i < TRIALS; i++)
-    rates[i] = run_once(e, fn, threads, seconds_per_figure / TRIALS);
-  qsort(rates, TRIALS, sizeof rates[0], cmp_double);
-  return rates[TRIALS / 2];
+  for (int threads = 1; threads <= 2; threads++) run_once(e, fn, threads, warm);
+  for (int i = 0; i < TRIALS; i++) {
+    one[i] = run_once(e, fn, 1, trial);
+    two[i] = run_once(e, fn, 2, trial);
+    ratio[i] = two[i] / one[i];
+  }
+  return (figure_t){median(one), median(two), median(ratio)};
+}
+
+/* SET_NAME_1t_UNIT, SET_NAME_2t_UNIT and SET_NAME_scaling_2t. */
+static void print_figure(const char *set, const char *name, const char *unit,
+                         figure_t f) {
+  printf("%s_%s_1t_%s %.0f\n", set, name, unit, f.one);
+  printf("%s_%s_2t_%s %.0f\n", set, name, unit, f.two);
+  printf("%s_%s_scaling_2t %.2f\n", set, name, f.scaling);
+  fflush(stdout);
 }
 
 int main(int argc, char **argv) {
@@ -454,6 +454,7 @@ int main(int argc, char **argv) {
   /* Allocated as the engine allocates its bucket heads (on huge pages). */
   floor_heads = atp_table_alloc(FLOOR_BUCKETS, sizeof *floor_heads, true);
   if (!floor_heads) return 1;
+  pthread_t tick_thread;
   pthread_create(&tick_thread, NULL, ticker, e);
   pool_start();
   bool only_reserve = argc > 2 && strcmp(argv[2], "reserve") == 0;
@@ -461,44 +462,15 @@ int main(int argc, char **argv) {
   for (int pass = getenv("ATP_BENCH_HOT_ONLY") ? 1 : 0; pass < 2; pass++) {
     draw_skus = pass == 0 ? SKUS : HOT_SKUS;
     const char *set = pass == 0 ? "uniform1m" : "hot1k";
-    double r1 = 0, r2 = 0;
     if (!only_reserve) {
-      r1 = run(e, reader, 1);
-      r2 = run(e, reader, 2);
-      printf("%s_reads_1t_per_s %.0f\n", set, r1);
-      printf("%s_reads_2t_per_s %.0f\n", set, r2);
-      printf("%s_reads_scaling_2t %.2f\n", set, r2 / r1);
-      r1 = run(e, batch_reader, 1);
-      r2 = run(e, batch_reader, 2);
-      printf("%s_batch_reads_1t_per_s %.0f\n", set, r1);
-      printf("%s_batch_reads_2t_per_s %.0f\n", set, r2);
-      printf("%s_batch_reads_scaling_2t %.2f\n", set, r2 / r1);
-      fflush(stdout);
+      print_figure(set, "reads", "per_s", run(e, reader));
+      print_figure(set, "batch_reads", "per_s", run(e, batch_reader));
     }
     if (only_reads) continue;
-    double p1 = run(e, reserver, 1), p2 = run(e, reserver, 2);
-    printf("%s_reserve_release_1t_pairs_per_s %.0f\n", set, p1);
-    printf("%s_reserve_release_2t_pairs_per_s %.0f\n", set, p2);
-    printf("%s_reserve_release_scaling_2t %.2f\n", set, p2 / p1);
+    print_figure(set, "reserve_release", "pairs_per_s", run(e, reserver));
     printf("%s_rss_mib %.0f\n", set, rss_kib() / 1024.0);
-    if (sysconf(_SC_NPROCESSORS_ONLN) >= 2) {
-      confine(1);
-      p1 = run(e, reserver, 1);
-      confine(2);
-      p2 = run(e, reserver, 2);
-      confine(0);
-      printf("%s_reserve_release_1cpu_pairs_per_s %.0f\n", set, p1);
-      printf("%s_reserve_release_2cpu_pairs_per_s %.0f\n", set, p2);
-      printf("%s_reserve_release_scaling_2cpu %.2f\n", set, p2 / p1);
-    }
-    p1 = run(e, taker, 1), p2 = run(e, taker, 2);
-    printf("%s_take_give_1t_pairs_per_s %.0f\n", set, p1);
-    printf("%s_take_give_2t_pairs_per_s %.0f\n", set, p2);
-    printf("%s_take_give_scaling_2t %.2f\n", set, p2 / p1);
-    p1 = run(e, floorer, 1), p2 = run(e, floorer, 2);
-    printf("%s_floor_1t_pairs_per_s %.0f\n", set, p1);
-    printf("%s_floor_2t_pairs_per_s %.0f\n", set, p2);
-    fflush(stdout);
+    print_figure(set, "take_give", "pairs_per_s", run(e, taker));
+    print_figure(set, "floor", "pairs_per_s", run(e, floorer));
   }
   pool_stop();
   atomic_store(&ticker_stop, true);
