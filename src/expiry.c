@@ -259,7 +259,7 @@ ATP_PREFETCHER void prefetch_record(const atp_engine_t *e, uint32_t ref) {
 }
 
 /* Whether the record will be purged when its turn comes, judged from its
- * lines as they are now (fetched AHEAD records earlier). Only then is its
+ * lines as they are now (asked for when it entered the walk's window). Only then is its
  * bucket head worth fetching: most records a drain or a slot hands over are
  * filed again, not purged. A wrong guess costs a wasted fetch or a miss. */
 static bool purge_bound(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
@@ -304,15 +304,13 @@ static uint32_t ring_take(walk_t *w) {
 
 static void walk_fill(atp_engine_t *e, walk_t *w) {
   while (w->count < AHEAD) {
-    uint32_t ref;
-    if (w->from) {
-      if (w->next == w->end || !(ref = ring_take(w))) return;
-    } else {
-      if (!(ref = w->rest)) return;
-      w->rest = walk_link(e, w, ref);
-    }
+    uint32_t ref = w->from ? (w->next == w->end ? 0 : ring_take(w)) : w->rest;
+    if (!ref) return;
     w->ring[(w->at + w->count++) % AHEAD] = ref;
+    /* On a chain the link is read after the record's lines are asked for, so
+     * they come in together. */
     prefetch_record(e, ref);
+    if (!w->from) w->rest = walk_link(e, w, ref);
   }
 }
 
