@@ -240,6 +240,17 @@ static void *reserver(void *arg) {
   return NULL;
 }
 
+/* Looks the position up and takes one unit from its free word; its index. */
+static uint32_t take_one(const worker_t *w, atp_str_t sku, atp_str_t location) {
+  uint32_t idx = atp_pos_find_str(w->e, sku, location);
+  uint64_t version;
+  if (idx == UINT32_MAX || !atp_pos_take(&w->e->positions[idx], 1, false, &version)) {
+    fprintf(stderr, "take failed\n");
+    exit(1);
+  }
+  return idx;
+}
+
 /* The reserver's draws through the engine's position primitives only. */
 static void *taker(void *arg) {
   worker_t *w = arg;
@@ -250,13 +261,7 @@ static void *taker(void *arg) {
       uint64_t r = xorshift(&seed);
       atp_str_t sku, location;
       draw_position(w, r, &sku, &location);
-      uint32_t idx = atp_pos_find_str(w->e, sku, location);
-      uint64_t version;
-      if (idx == UINT32_MAX ||
-          !atp_pos_take(&w->e->positions[idx], 1, false, &version)) {
-        fprintf(stderr, "take failed\n");
-        exit(1);
-      }
+      uint32_t idx = take_one(w, sku, location);
       atp_pos_give(&w->e->positions[idx], 1, false);
     }
     n += 1024;
@@ -306,13 +311,7 @@ static void *floorer(void *arg) {
           head, &old, old + 1, memory_order_release, memory_order_relaxed)) {
       }
       stamps += clock_ms();
-      uint32_t idx = atp_pos_find_str(w->e, sku, location);
-      uint64_t version;
-      if (idx == UINT32_MAX ||
-          !atp_pos_take(&w->e->positions[idx], 1, false, &version)) {
-        fprintf(stderr, "take failed\n");
-        exit(1);
-      }
+      uint32_t idx = take_one(w, sku, location);
       if (atomic_load_explicit(head, memory_order_acquire) == 0) exit(1);
       atp_pos_give(&w->e->positions[idx], 1, false);
       stamps += clock_ms();
