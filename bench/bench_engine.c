@@ -39,7 +39,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "../src/engine_internal.h"
 #include "atp/engine.h"
@@ -328,6 +327,7 @@ static void *floorer(void *arg) {
     if (batch_end(w, end)) break;
   }
   if (stamps == 0) exit(1); /* keeps the clock reads */
+  ids_used[w->thread] = base + n;
   w->ops = n;
   return NULL;
 }
