@@ -16,6 +16,8 @@
  * Readers assert, for every snapshot, available >= 0 and
  * available == max(0, on_hand - safety_stock - reserved - committed), and on
  * the hot position reserved + committed <= on_hand - safety_stock.
+ * Then more threads than shards reserve at once while a ticker drains their
+ * inboxes, and every reservation must expire afterwards.
  *
  *   test_engine_stress [SEED]   or ATP_SEED; ATP_STRESS_OPS=N ops per worker
  *                               per round (default 4000)
@@ -639,6 +641,89 @@ static void test_stress(void) {
   E = NULL;
 }
 
+/* --- more threads than shards ----------------------------------------------------
+ * Threads take shards round-robin, so with more of them than ATP_SHARDS two
+ * live threads share a shard and queue on the same inbox ring at once, while
+ * a ticker drains it: a slot claimed and not yet written, a ring read up to
+ * it and resumed at the next tick. Every reservation queued must be filed:
+ * afterwards all of them expire. */
+
+#define SHARE_THREADS 24 /* > ATP_SHARDS (16) */
+#define SHARE_EACH    1500
+
+static _Atomic int SHARE_ERRORS;
+
+static void *share_worker(void *arg) {
+  int t = (int)(intptr_t)arg;
+  atp_reservation_t *out = malloc(sizeof *out);
+  if (!out) {
+    atomic_fetch_add(&SHARE_ERRORS, 1);
+    return NULL;
+  }
+  for (int i = 0; i < SHARE_EACH; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "s%d-%d", t, i);
+    atp_line_req_t line = {.sku = et_str("S"), .location = et_str("L0"), .qty = 1};
+    atp_reserve_req_t req = {
+        .id = et_str(id), .lines = &line, .line_count = 1, .ttl_ms = ATP_TTL_MS_MIN};
+    atp_result_t result;
+    if (atp_reserve(E, &req, out, NULL, &result)) atomic_fetch_add(&SHARE_ERRORS, 1);
+  }
+  free(out);
+  return NULL;
+}
+
+static void *share_ticker(void *arg) {
+  (void)arg;
+  while (!atomic_load(&STOP)) {
+    atp_engine_tick(E); /* the clock stands: files, expires nothing */
+    sched_yield();
+  }
+  return NULL;
+}
+
+static void test_shards_shared(void) {
+  et_clock_set(&CLK, ET_T0_MS);
+  atp_engine_config_t config = et_config(&CLK);
+  config.reservations_max = 1u << 16;
+  REQUIRE(atp_engine_create(&config, &E) == 0);
+  atp_engine_tick(E);
+  int64_t total = (int64_t)SHARE_THREADS * SHARE_EACH;
+  atp_adjust_req_t adj = {.id = et_str("stock"),
+                          .sku = et_str("S"),
+                          .location = et_str("L0"),
+                          .delta = total,
+                          .reason = ATP_REASON_RECEIVED,
+                          .source = et_str("test"),
+                          .occurred_at_ms = ATP_TIME_NONE};
+  atp_adjust_res_t adj_out;
+  atp_result_t result;
+  REQUIRE(atp_adjust(E, &adj, &adj_out, &result) == 0);
+  atomic_store(&STOP, 0);
+  pthread_t ticker, workers[SHARE_THREADS];
+  REQUIRE(pthread_create(&ticker, NULL, share_ticker, NULL) == 0);
+  for (intptr_t t = 0; t < SHARE_THREADS; t++)
+    REQUIRE(pthread_create(&workers[t], NULL, share_worker, (void *)t) == 0);
+  for (int t = 0; t < SHARE_THREADS; t++) pthread_join(workers[t], NULL);
+  atomic_store(&STOP, 1);
+  pthread_join(ticker, NULL);
+  CHECK_EQ(atomic_load(&SHARE_ERRORS), 0);
+  atp_position_t p;
+  REQUIRE(atp_position_get(E, et_str("S"), et_str("L0"), &p) == 0);
+  CHECK_EQ(p.reserved, total);
+  /* Past every expiry: the ticks must find all of them filed. */
+  int64_t expired = 0;
+  for (int i = 0; i < 40; i++) {
+    et_clock_add(&CLK, 100);
+    expired += atp_engine_tick(E);
+  }
+  CHECK_EQ(expired, total);
+  REQUIRE(atp_position_get(E, et_str("S"), et_str("L0"), &p) == 0);
+  CHECK_EQ(p.reserved, 0);
+  atp_engine_destroy(E);
+  E = NULL;
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   SEED = (uint64_t)time(NULL);
@@ -653,6 +738,7 @@ int main(int argc, char **argv) {
          WORKERS, OPS, ROUNDS);
   const char *test_only_ = NULL;
   RUN(test_stress);
+  RUN(test_shards_shared);
   printf("%d passed, %d failed\n", tests_passed, tests_failed);
   return tests_failed ? 1 : 0;
 }
