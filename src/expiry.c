@@ -263,22 +263,16 @@ ATP_PREFETCHER void prefetch_record(const atp_engine_t *e, uint32_t ref) {
  * bucket head worth fetching: most records a drain or a slot hands over are
  * filed again, not purged. A wrong guess costs a wasted fetch or a miss. */
 static bool purge_bound(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
-  if (ref & ATP_REF_IDEM) {
-    int64_t due = record_due(e, ref, now_ms);
-    return due != ATP_TIME_NONE && due <= now_ms;
-  }
+  int64_t due = record_due(e, ref, now_ms);
+  if (due == ATP_TIME_NONE || due > now_ms) return false;
+  if (ref & ATP_REF_IDEM) return true;
+  /* A held reservation that is due expires now and is purged only after its
+   * retention; a dead record is purged whatever its stale status says. */
   uint32_t idx = ref - 1;
-  uint32_t st = atomic_load_explicit(&e->rtable.slots[idx].state, memory_order_relaxed);
-  if (st == ATP_REC_DEAD) return true;
-  if (st != ATP_REC_LIVE) return false;
-  const atp_rrec_t *r = &e->rrecs[idx];
-  int status = atomic_load_explicit(&r->status, memory_order_relaxed);
-  if (status != ATP_STATUS_RELEASED && status != ATP_STATUS_FULFILLED &&
-      status != ATP_STATUS_EXPIRED)
-    return false;
-  int64_t until = atomic_load_explicit(&r->ended_at_ms, memory_order_relaxed) +
-                  e->config.ended_ttl_ms;
-  return until <= now_ms;
+  return atomic_load_explicit(&e->rtable.slots[idx].state, memory_order_relaxed) ==
+             ATP_REC_DEAD ||
+         atomic_load_explicit(&e->rrecs[idx].status, memory_order_relaxed) !=
+             ATP_STATUS_HELD;
 }
 
 /* The bucket head a purge unlinks the record from. */
