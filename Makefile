@@ -37,20 +37,35 @@ LDFLAGS_release := -ljemalloc
 LDFLAGS_asan    := -fsanitize=address,undefined
 LDFLAGS_tsan    := -fsanitize=thread
 
-SRC_ALL   := $(sort $(wildcard src/*.c))
-SRC_MAINS := src/main.c src/atpctl.c
+# One folder a layer (README, "Layout"): base < engine < store, flows < app <
+# cmd, with codec and http beside the engine. scripts/check-layers.sh holds
+# every folder to what its layer may include.
+LAYERS    := base engine codec http store flows app cmd
+SRC_ALL   := $(sort $(foreach l,$(LAYERS),$(wildcard src/$(l)/*.c)))
+SRC_MAINS := src/cmd/atpd.c src/cmd/atpctl.c
 SRC_LIB   := $(filter-out $(SRC_MAINS),$(SRC_ALL))
-UNIT_SRC  := $(sort $(wildcard tests/unit/test_*.c))
+# The engine and base build into a library of their own: the engine's tests
+# and bench_engine link it alone, so the linker proves the engine needs no
+# third-party library (and scripts/check-layers.sh that it calls no I/O).
+SRC_ENGINE := $(sort $(wildcard src/base/*.c src/engine/*.c))
+# tests/unit/<folder>/test_<module>.c mirrors src/<folder>/.
+UNIT_SRC   := $(sort $(wildcard tests/unit/*/test_*.c))
 UNIT_NAMES := $(patsubst tests/unit/%.c,%,$(UNIT_SRC))
+# Tests of base and engine link the engine library alone.
+ENGINE_TEST_NAMES := $(filter base/% engine/%,$(UNIT_NAMES))
+UNIT_HDRS  := tests/unit/test.h $(wildcard tests/unit/*/*.h)
 
 # objects per variant: $(call objs,variant)
-objs = $(patsubst src/%.c,$(BUILD)/$(1)/%.o,$(SRC_LIB)) \
+objs = $(patsubst src/%.c,$(BUILD)/$(1)/obj/%.o,$(SRC_LIB)) \
        $(patsubst %.c,$(BUILD)/$(1)/llhttp/%.o,$(LLHTTP_SRC))
+engine_objs = $(patsubst src/%.c,$(BUILD)/$(1)/obj/%.o,$(SRC_ENGINE))
+engine_lib  = $(BUILD)/$(1)/libatp_engine.a
+HDRS := $(wildcard include/atp/*.h src/*/*.h)
 
 # Objects reached only through pattern rules are not intermediates to delete.
 .SECONDARY:
 
-.PHONY: all deps run test check-prefetch unit unit-asan unit-tsan blackbox fuzz bench format format-check clean
+.PHONY: all deps run test check-prefetch check-layers unit unit-asan unit-tsan blackbox fuzz bench format format-check clean
 all: bin/atpd bin/atpctl
 
 deps:
@@ -60,25 +75,32 @@ $(LLHTTP_DIR)/%.c:
 
 # --- objects ---------------------------------------------------------------
 define variant_rules
-$(BUILD)/$(1)/%.o: src/%.c $(wildcard include/atp/*.h) | $(BUILD)/$(1)/llhttp
+$(BUILD)/$(1)/obj/%.o: src/%.c $(HDRS) | $(BUILD)/$(1)/llhttp
+	@mkdir -p $$(dir $$@)
 	$$(CC) $(CSTD) $(WARN) $(CFLAGS_$(1)) $(INC) -MMD -c $$< -o $$@
 $(BUILD)/$(1)/llhttp/%.o: $(LLHTTP_DIR)/%.c | $(BUILD)/$(1)/llhttp
 	$$(CC) -std=c11 -O2 -g $(CFLAGS_$(1)) -w -I$(LLHTTP_INC) -c $$< -o $$@
 $(BUILD)/$(1)/llhttp:
 	@mkdir -p $$@
-$(BUILD)/$(1)/tests/%: tests/unit/%.c tests/unit/test.h $(call objs,$(1))
+$(call engine_lib,$(1)): $(call engine_objs,$(1))
+	@rm -f $$@
+	ar rcs $$@ $$^
+$(foreach t,$(ENGINE_TEST_NAMES),$(BUILD)/$(1)/tests/$(t)): $(BUILD)/$(1)/tests/%: tests/unit/%.c $(UNIT_HDRS) $(call engine_lib,$(1))
+	@mkdir -p $$(dir $$@)
+	$$(CC) $(CSTD) $(WARN) $(CFLAGS_$(1)) $(INC) -Itests/unit $$< $(call engine_lib,$(1)) -o $$@ -lpthread -lm $(LDFLAGS_$(1))
+$(BUILD)/$(1)/tests/%: tests/unit/%.c $(UNIT_HDRS) $(call objs,$(1))
 	@mkdir -p $$(dir $$@)
 	$$(CC) $(CSTD) $(WARN) $(CFLAGS_$(1)) $(INC) -Itests/unit $$< $(call objs,$(1)) -o $$@ $(LIBS) $(LDFLAGS_$(1))
 endef
 $(foreach v,release asan tsan,$(eval $(call variant_rules,$(v))))
 
-bin/atpd: src/main.c $(call objs,release)
+bin/atpd: src/cmd/atpd.c $(call objs,release)
 	@mkdir -p bin
 	$(CC) $(CSTD) $(WARN) $(CFLAGS_release) $(INC) $^ -o $@ $(LIBS) $(LDFLAGS_release)
-bin/atpctl: src/atpctl.c $(call objs,release)
+bin/atpctl: src/cmd/atpctl.c $(call objs,release)
 	@mkdir -p bin
 	$(CC) $(CSTD) $(WARN) $(CFLAGS_release) $(INC) $^ -o $@ $(LIBS) $(LDFLAGS_release)
-bin/atpd-asan: src/main.c $(call objs,asan)
+bin/atpd-asan: src/cmd/atpd.c $(call objs,asan)
 	@mkdir -p bin
 	$(CC) $(CSTD) $(WARN) $(CFLAGS_asan) $(INC) $^ -o $@ $(LIBS) $(LDFLAGS_asan)
 
@@ -91,15 +113,19 @@ run: deps all
 # them all, sums the counts and prints the total as the last line.
 UNIT_BINS_release := $(addprefix $(BUILD)/release/tests/,$(UNIT_NAMES))
 UNIT_BINS_asan    := $(addprefix $(BUILD)/asan/tests/,$(UNIT_NAMES))
-TSAN_NAMES        := $(patsubst tests/unit/%.c,%,$(sort $(wildcard tests/unit/test_*stress*.c)))
+TSAN_NAMES        := $(patsubst tests/unit/%.c,%,$(sort $(wildcard tests/unit/*/test_*stress*.c)))
 UNIT_BINS_tsan    := $(addprefix $(BUILD)/tsan/tests/,$(TSAN_NAMES))
 
-test: deps all check-prefetch bin/atpd-asan $(UNIT_BINS_release) $(UNIT_BINS_asan) $(UNIT_BINS_tsan)
+test: deps all check-layers check-prefetch bin/atpd-asan $(UNIT_BINS_release) $(UNIT_BINS_asan) $(UNIT_BINS_tsan)
 	@tests/run.sh
 
 # The compiler kept every prefetch the sources ask for (scripts/check-prefetch.sh).
 check-prefetch: $(call objs,release)
 	@scripts/check-prefetch.sh
+
+# Every folder includes only what its layer may (scripts/check-layers.sh).
+check-layers: $(call engine_objs,release)
+	@scripts/check-layers.sh
 
 unit: $(UNIT_BINS_release)
 	@tests/run.sh unit
@@ -115,7 +141,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_SRC   := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BINS  := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(SRC_LIB) $(wildcard include/atp/*.h)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(SRC_LIB) $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CLANG) $(CSTD) $(WARN) $(FUZZ_FLAGS) $(INC) $< $(SRC_LIB) $(addprefix $(LLHTTP_DIR)/,$(LLHTTP_SRC)) -o $@ $(LIBS)
 fuzz: $(FUZZ_BINS)
@@ -127,6 +153,10 @@ BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/release/bench/%,$(BENCH_SRC))
 $(BUILD)/release/bench/%: bench/%.c $(call objs,release)
 	@mkdir -p $(dir $@)
 	$(CC) $(CSTD) $(WARN) $(CFLAGS_release) $(INC) $< $(call objs,release) -o $@ $(LIBS) $(LDFLAGS_release)
+# bench_engine links the engine library alone, as the engine's tests do.
+$(BUILD)/release/bench/bench_engine: bench/bench_engine.c $(call engine_lib,release)
+	@mkdir -p $(dir $@)
+	$(CC) $(CSTD) $(WARN) $(CFLAGS_release) $(INC) $< $(call engine_lib,release) -o $@ -lpthread -lm $(LDFLAGS_release)
 # bench_json compares jansson with cJSON (linked) and json-c (dlopen'd: its
 # json_object_get clashes with jansson's).
 $(BUILD)/release/bench/bench_json: LIBS += -ljansson -lcjson
@@ -134,7 +164,7 @@ bench: deps all $(BENCH_BINS)
 	@bench/run.sh
 
 # --- housekeeping ------------------------------------------------------------
-FORMAT_FILES := $(wildcard src/*.c include/atp/*.h tests/unit/*.c tests/unit/*.h tests/fuzz/*.c bench/*.c)
+FORMAT_FILES := $(wildcard src/*/*.c include/atp/*.h tests/unit/*.h tests/unit/*/*.c tests/unit/*/*.h tests/fuzz/*.c bench/*.c)
 format:
 	clang-format -i $(FORMAT_FILES)
 format-check:
@@ -142,4 +172,4 @@ format-check:
 clean:
 	rm -rf $(BUILD)/release $(BUILD)/asan $(BUILD)/tsan $(BUILD)/fuzz bin
 
--include $(wildcard $(BUILD)/*/*.d)
+-include $(wildcard $(BUILD)/*/obj/*/*.d)

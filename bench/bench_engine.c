@@ -40,7 +40,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../src/engine_internal.h"
+#include "../src/engine/engine_internal.h"
 #include "atp/engine.h"
 #include "atp/memory.h"
 

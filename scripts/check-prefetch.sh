@@ -11,10 +11,10 @@
 set -eu
 [ "$(uname -m)" = x86_64 ] || exit 0
 status=0
-for src in src/*.c; do
+for src in src/*/*.c; do
   want=$(grep -c '__builtin_prefetch(' "$src" || true)
   [ "$want" -gt 0 ] || continue
-  obj=build/release/$(basename "$src" .c).o
+  obj=build/release/obj/${src#src/}; obj=${obj%.c}.o
   have=$(objdump -d --no-show-raw-insn "$obj" | grep -c '	prefetch' || true)
   if [ "$have" -lt "$want" ]; then
     echo "check-prefetch: $obj has $have prefetch instructions; $src asks for $want" >&2

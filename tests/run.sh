@@ -31,9 +31,9 @@ suite() { # name, command...
 
 run_variant() { # variant
   local v=$1 t
-  for t in build/"$v"/tests/test_*; do
+  for t in build/"$v"/tests/*/test_*; do
     [[ -x $t ]] || continue
-    suite "$v/$(basename "$t")" env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+    suite "$v/${t#build/"$v"/tests/}" env ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
       UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 "$t"
   done
 }

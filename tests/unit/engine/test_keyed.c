@@ -10,7 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../../src/engine_internal.h"
+#include "../../../src/engine/engine_internal.h"
 #include "test.h"
 
 #define MS 1000000LL /* ns */

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../src/engine_internal.h" /* ATP_INBOX_RING */
+#include "../../../src/engine/engine_internal.h" /* ATP_INBOX_RING */
 #include "atp/engine.h"
 #include "engine_test_util.h"
 #include "test.h"
