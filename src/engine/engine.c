@@ -25,12 +25,6 @@
 #define READ_RETRIES_MAX        256
 #define LOCK_SPINS_BEFORE_YIELD 128
 
-_Noreturn void atp_assert_fail(const char *expr, const char *file, int line,
-                               const char *func) {
-  fprintf(stderr, "atpd: assertion failed: %s (%s:%d, %s)\n", expr, file, line, func);
-  abort();
-}
-
 /* A 64-bit hash in the manner of wyhash: 128-bit multiply-folds over 16-byte
  * blocks, and strings of up to 16 bytes (most SKUs, locations and ids) read in
  * a few overlapping loads with no loop and no byte-wise tail. The multiply

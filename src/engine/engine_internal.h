@@ -15,14 +15,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "atp/assert.h"
 #include "atp/engine.h"
-
-#define ATP_ASSERT(cond)                                                 \
-  do {                                                                   \
-    if (!(cond)) atp_assert_fail(#cond, __FILE__, __LINE__, __func__);   \
-  } while (0)
-_Noreturn void atp_assert_fail(const char *expr, const char *file, int line,
-                               const char *func);
 
 /* A static helper whose only effects are __builtin_prefetch: GCC 12's
  * mod-ref analysis counts a prefetch as no effect at all, so it drops such a
