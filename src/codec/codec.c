@@ -303,6 +303,23 @@ static inline bool json_plain(unsigned char c) {
   return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
 }
 
+/* Writes the escape of c (a quote, a backslash or a control byte) at o and
+ * returns the end: at most 6 bytes. */
+static char *json_escape_byte(char *o, unsigned char c) {
+  static const char short_escapes[] = {
+      ['"'] = '"',  ['\\'] = '\\', ['\n'] = 'n', ['\r'] = 'r',
+      ['\t'] = 't', ['\b'] = 'b',  ['\f'] = 'f'};
+  *o++ = '\\';
+  if (c < sizeof short_escapes && short_escapes[c]) {
+    *o++ = short_escapes[c];
+    return o;
+  }
+  memcpy(o, "u00", 3);
+  o[3] = hex_digits[c >> 4];
+  o[4] = hex_digits[c & 15];
+  return o + 5;
+}
+
 /* JSON string body with escapes; invalid UTF-8 becomes U+FFFD so that the
  * output is always valid JSON. Works in slices so that the reservation stays
  * bounded for huge strings. */
@@ -347,35 +364,7 @@ static void raw_json_string(atp_writer_t *w, const char *str, size_t len) {
           i++;
         }
       } else {
-        *o++ = '\\';
-        switch (c) {
-          case '"':
-            *o++ = '"';
-            break;
-          case '\\':
-            *o++ = '\\';
-            break;
-          case '\n':
-            *o++ = 'n';
-            break;
-          case '\r':
-            *o++ = 'r';
-            break;
-          case '\t':
-            *o++ = 't';
-            break;
-          case '\b':
-            *o++ = 'b';
-            break;
-          case '\f':
-            *o++ = 'f';
-            break;
-          default:
-            memcpy(o, "u00", 3);
-            o[3] = hex_digits[c >> 4];
-            o[4] = hex_digits[c & 15];
-            o += 5;
-        }
+        o = json_escape_byte(o, c);
         i++;
       }
     }
