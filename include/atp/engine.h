@@ -156,7 +156,16 @@ typedef struct {
   atp_str_t location; /* the line's location, or len 0 */
   atp_str_t group;    /* the line's group, or len 0 */
   int64_t requested;
-  int64_t available; /* at the position, or summed over the group */
+  /* Units that could have been had for the line: at the position; for a group
+   * line without allow_split, at the best single location of the group (the
+   * line goes whole to one location); for a split line, summed over the group. */
+  int64_t available;
+  /* A group line without allow_split: the location with the most available
+   * (first in group order on a tie), len 0 when none has any. */
+  atp_str_t best_location;
+  /* A group line without allow_split: the units allow_split could take, summed
+   * over the group (>= requested: allow_split would fill it); -1 otherwise. */
+  int64_t split_available;
 } atp_shortfall_t;
 
 typedef struct {
@@ -268,7 +277,15 @@ typedef enum {
   ATP_IDEM_COUNT = 2,
   ATP_IDEM_FULFIL = 3,
   ATP_IDEM_AMEND = 4,
+  ATP_IDEM_RELEASE = 5,
 } atp_idem_kind_t;
+
+/* Idempotency namespaces: adjustment and count ids share one (both write
+ * on_hand from the same integration flows, so an adjustment id reused for a
+ * count is a client's mistake: ATP_EIDEMPOTENCY, never a second write).
+ * Reservation ids are their own namespace (the id names the resource), and
+ * fulfillment_id, amend_id and release_id are each one namespace of their own
+ * across every reservation. */
 
 typedef struct {
   atp_idem_kind_t kind;
@@ -277,7 +294,7 @@ typedef struct {
   int64_t created_at_ms;
   uint32_t flags;           /* outcome bits (applied, absorbed, stale, approximate) */
   atp_position_t position;  /* the outcome's position (adjust, count) */
-  atp_str_t reservation_id; /* fulfil and amend: the reservation they acted on */
+  atp_str_t reservation_id; /* fulfil, amend, release: the reservation they acted on */
 } atp_change_idem_t;
 
 typedef struct {
@@ -421,6 +438,15 @@ int atp_adjust(atp_engine_t *engine, const atp_adjust_req_t *req, atp_adjust_res
 int atp_count(atp_engine_t *engine, const atp_count_req_t *req, atp_count_res_t *res,
               atp_result_t *result);
 
+/* Replays. A replay changes nothing and sets replayed. Adjustments and counts
+ * answer the outcome remembered with their id, position included: the position
+ * right after the original call (other writers move a position; its state now
+ * says nothing about this request, and version orders it against later reads).
+ * Every reservation route (reserve, commit, release, fulfil, amend) answers
+ * the reservation as it is now: the id names that resource, and a retrying
+ * client must act on its current state (a retried reserve must see that it was
+ * committed since), never on a copy of what it was. */
+
 /* Holds every line or none. On ATP_EINSUFFICIENT, *shortfalls (if not NULL)
  * lists the failing lines and nothing is held. The same id with the same
  * content returns the reservation as it is now with replayed set; with other
@@ -430,8 +456,12 @@ int atp_reserve(atp_engine_t *engine, const atp_reserve_req_t *req,
                 atp_reservation_t *out, atp_shortfalls_t *shortfalls,
                 atp_result_t *result);
 
-/* held -> committed (order_id optional, len 0 when absent); committed again:
- * replayed. ATP_ECONFLICT from released, expired, fulfilled. */
+/* held -> committed (order_id optional, len 0 when absent). Committed again
+ * with no order_id or the recorded one: replayed. Committed again with an
+ * order_id when none is recorded (committed without one, or by fulfil): the
+ * order_id is set (not a replay). With another order_id than the recorded one:
+ * ATP_ECONFLICT (field order_id, result->status committed), nothing changes.
+ * ATP_ECONFLICT from released, expired, fulfilled. */
 int atp_commit(atp_engine_t *engine, atp_str_t id, atp_str_t order_id,
                atp_reservation_t *out, atp_result_t *result);
 
@@ -442,6 +472,15 @@ int atp_commit(atp_engine_t *engine, atp_str_t id, atp_str_t order_id,
  * reservation. */
 int atp_release(atp_engine_t *engine, atp_str_t id, const atp_qty_line_t *lines,
                 uint32_t line_count, atp_reservation_t *out, atp_result_t *result);
+
+/* atp_release with an idempotency key (release_id, len 0: none, as
+ * atp_release). The same release_id with the same reservation and lines is a
+ * replay that changes nothing; with other content ATP_EIDEMPOTENCY. The key is
+ * remembered only when the release changed something (a refused release, or
+ * one on a released reservation, leaves it free). */
+int atp_release_keyed(atp_engine_t *engine, atp_str_t id, atp_str_t release_id,
+                      const atp_qty_line_t *lines, uint32_t line_count,
+                      atp_reservation_t *out, atp_result_t *result);
 
 /* expires_at = now + ttl_ms (ATP_TTL_MS_MIN..MAX); only while held. */
 int atp_extend(atp_engine_t *engine, atp_str_t id, int64_t ttl_ms,

@@ -52,6 +52,18 @@ static int respond_engine_error(atp_req_t *rq, int err, const atp_result_t *resu
       atp_w_int(w, s->requested);
       atp_w_key(w, "available");
       atp_w_int(w, s->available);
+      if (s->split_available >= 0) {
+        /* A group line without allow_split: available is the best single
+         * location's; say where, and whether a split would fill the line. */
+        if (s->best_location.len) {
+          atp_w_key(w, "best_location");
+          atp_w_s(w, s->best_location);
+        }
+        atp_w_key(w, "split_available");
+        atp_w_int(w, s->split_available);
+        atp_w_key(w, "allow_split_would_fill");
+        atp_w_bool(w, s->split_available >= s->requested);
+      }
       atp_w_object_end(w);
     }
     atp_w_array_end(w);
@@ -202,11 +214,13 @@ int atp_route_reservation_commit(atp_req_t *rq) {
 }
 
 int atp_route_reservation_release(atp_req_t *rq) {
-  atp_str_t id, reason;
+  atp_str_t id, reason, release_id = {NULL, 0};
   atp_qty_line_t *lines = NULL;
   uint32_t count = 0;
   int rc = atp_req_path_id(rq, "id", "reservation id", &id);
   if (rc == 0) rc = atp_req_parse_body(rq, false);
+  if (rc == 0)
+    rc = atp_get_id(rq, rq->body, NULL, "release_id", ATP_OPTIONAL, &release_id);
   if (rc == 0)
     rc = atp_get_text(rq, rq->body, NULL, "reason", ATP_OPTIONAL, REASON_BYTES_MAX,
                       &reason);
@@ -217,7 +231,8 @@ int atp_route_reservation_release(atp_req_t *rq) {
   atp_reservation_t *r = atp_req_reservation();
   atp_result_t result;
   atp_result_init(&result);
-  rc = atp_release(atp_app_engine(rq->app), id, lines, count, r, &result);
+  rc = atp_release_keyed(atp_app_engine(rq->app), id, release_id, lines, count, r,
+                         &result);
   if (rc != 0) return respond_engine_error(rq, rc, &result, NULL);
   return respond_reservation(rq, 200, r);
 }

@@ -1,6 +1,8 @@
-/* idempotency.c - remembered client ids of adjustments, counts, fulfilments
- * and amendments, with their outcomes (CONTRACT.md section 5, "Idempotency
- * everywhere"). Reservation ids are remembered by their own records.
+/* idempotency.c - remembered client ids of adjustments, counts, fulfilments,
+ * amendments and releases, with their outcomes (CONTRACT.md section 5,
+ * "Idempotency everywhere"). Reservation ids are remembered by their own
+ * records. Adjustments and counts share one namespace (engine.h): a record's
+ * key is (namespace, id), and a key found under the other kind is a mismatch.
  *
  * A call first claims its (kind, id): it pushes a PENDING record on the id's
  * chain, then looks below it for an older record with the same key. An older
@@ -30,15 +32,23 @@ void atp_idem_destroy(atp_engine_t *e) {
   e->irecs = NULL;
 }
 
+/* The namespace a kind's ids live in (engine.h): adjustments and counts share
+ * one, so the key of a record is (namespace, id) and its kind is part of its
+ * content. */
+static uint32_t idem_namespace(atp_idem_kind_t kind) {
+  return kind == ATP_IDEM_COUNT ? (uint32_t)ATP_IDEM_ADJUST : (uint32_t)kind;
+}
+
 static uint64_t idem_hash(atp_idem_kind_t kind, atp_str_t id) {
-  return atp_hash_mix(atp_hash_bytes(id.ptr, id.len), (uint64_t)kind);
+  return atp_hash_mix(atp_hash_bytes(id.ptr, id.len), idem_namespace(kind));
 }
 
 static bool idem_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash,
                           atp_idem_kind_t kind, atp_str_t id) {
   const atp_irec_t *r = &e->irecs[idx];
-  return e->itable.slots[idx].hash == hash && r->kind == kind && r->id_len == id.len &&
-         memcmp(r->text, id.ptr, id.len) == 0;
+  return e->itable.slots[idx].hash == hash &&
+         idem_namespace((atp_idem_kind_t)r->kind) == idem_namespace(kind) &&
+         r->id_len == id.len && memcmp(r->text, id.ptr, id.len) == 0;
 }
 
 /* Walks the chain from v (index+1) for a record with the key, skipping DEAD
@@ -62,8 +72,14 @@ static uint32_t idem_find_from(atp_engine_t *e, uint32_t v, uint64_t hash,
   return UINT32_MAX;
 }
 
-static int idem_existing(atp_engine_t *e, uint32_t found, uint64_t content_hash,
-                         uint32_t *idx, atp_result_t *result) {
+static int idem_existing(atp_engine_t *e, uint32_t found, atp_idem_kind_t kind,
+                         uint64_t content_hash, uint32_t *idx, atp_result_t *result) {
+  if (e->irecs[found].kind != kind) {
+    atp_result_set(
+        result, "id", "this id was already used for %s",
+        e->irecs[found].kind == ATP_IDEM_COUNT ? "a count" : "an adjustment");
+    return ATP_EIDEMPOTENCY;
+  }
   if (e->irecs[found].content_hash != content_hash) {
     atp_result_set(result, "id", "this id was already used with different content");
     return ATP_EIDEMPOTENCY;
@@ -76,7 +92,8 @@ int atp_idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
                    uint64_t content_hash, uint32_t *idx, atp_result_t *result) {
   uint64_t hash = idem_hash(kind, id);
   uint32_t found = idem_find_from(e, atp_keyed_head(&e->itable, hash), hash, kind, id);
-  if (found != UINT32_MAX) return idem_existing(e, found, content_hash, idx, result);
+  if (found != UINT32_MAX)
+    return idem_existing(e, found, kind, content_hash, idx, result);
   uint32_t mine = atp_keyed_alloc(&e->itable);
   if (mine == UINT32_MAX) {
     atp_result_set(result, "", "the idempotency id store is full; retry later");
@@ -102,7 +119,7 @@ int atp_idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
       kind, id);
   if (found != UINT32_MAX) {
     atp_idem_fail(e, mine);
-    return idem_existing(e, found, content_hash, idx, result);
+    return idem_existing(e, found, kind, content_hash, idx, result);
   }
   *idx = mine;
   return 0;
@@ -146,6 +163,9 @@ void atp_idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
         break;
       case ATP_IDEM_FULFIL:
         record->cause = ATP_CAUSE_FULFIL;
+        break;
+      case ATP_IDEM_RELEASE:
+        record->cause = ATP_CAUSE_RELEASE;
         break;
       default:
         record->cause = ATP_CAUSE_AMEND;

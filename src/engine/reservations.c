@@ -268,10 +268,12 @@ static int grant_add(grants_t *g, uint32_t pos, int64_t qty, uint64_t version) {
 }
 
 static void shortfall_add(atp_shortfalls_t *sf, uint32_t line, const atp_line_req_t *l,
-                          int64_t available) {
+                          int64_t available, atp_str_t best_location,
+                          int64_t split_available) {
   if (!sf || sf->count >= ATP_RESERVATION_LINES_MAX) return;
   sf->items[sf->count++] =
-      (atp_shortfall_t){line, l->sku, l->location, l->group, l->qty, available};
+      (atp_shortfall_t){line,   l->sku,    l->location,   l->group,
+                        l->qty, available, best_location, split_available};
 }
 
 /* Takes one request line's units into g. 1: not fillable (shortfall noted);
@@ -293,7 +295,7 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
                      ATP_RESERVATION_POSITIONS_MAX);
       return ATP_EBADREQ;
     }
-    shortfall_add(sf, li, l, pos_available(e, pos));
+    shortfall_add(sf, li, l, pos_available(e, pos), (atp_str_t){NULL, 0}, -1);
     return 1;
   }
   const atp_group_version_t *grp;
@@ -305,7 +307,8 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
   }
   /* First the first location that fills the line whole; a split line is
    * split only when no single location can (fewer parcels, fewer picks). */
-  int64_t need = l->qty, seen = 0;
+  int64_t need = l->qty, seen = 0, best = 0;
+  uint32_t best_location = UINT32_MAX;
   for (uint32_t i = 0; i < grp->count; i++) {
     uint32_t pos = atp_pos_find(e, l->sku, sku_hash, grp->locations[i]);
     if (pos == UINT32_MAX) continue;
@@ -316,10 +319,18 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
                      ATP_RESERVATION_POSITIONS_MAX);
       return ATP_EBADREQ;
     }
-    seen += pos_available(e, pos);
+    int64_t avail = pos_available(e, pos);
+    seen += avail;
+    if (avail > best) best = avail, best_location = grp->locations[i];
   }
   if (!l->allow_split) {
-    shortfall_add(sf, li, l, seen);
+    /* The line goes whole to one location, so what it could have had is the
+     * best single location's; the group's sum says whether a split would
+     * have filled it. */
+    shortfall_add(sf, li, l, best,
+                  best_location == UINT32_MAX ? (atp_str_t){NULL, 0}
+                                              : atp_intern_str(e, best_location),
+                  seen);
     return 1;
   }
   seen = 0;
@@ -346,7 +357,7 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
     }
   }
   if (need == 0) return 0;
-  shortfall_add(sf, li, l, seen);
+  shortfall_add(sf, li, l, seen, (atp_str_t){NULL, 0}, -1);
   return 1;
 }
 
@@ -802,18 +813,34 @@ int atp_commit(atp_engine_t *e, atp_str_t id, atp_str_t order_id,
   changes_t ch;
   changes_init(&ch);
   int status = atomic_load_explicit(&r->status, memory_order_relaxed);
-  if (status == ATP_STATUS_COMMITTED) {
+  uint16_t have = atomic_load_explicit(&r->order_id_len, memory_order_relaxed);
+  if (status == ATP_STATUS_COMMITTED && have && order_id.len &&
+      (have != order_id.len || memcmp(atp_rrec_order_id(r), order_id.ptr, have))) {
+    /* Another order than the one recorded: a client mix-up that must not pass
+     * as a replay. */
+    result->status = status;
+    atp_result_set(result, "order_id",
+                   "this reservation is committed with another order_id");
+    rec_close(e, idx, &ch, ATP_CAUSE_COMMIT, NULL, out, false);
+    return ATP_ECONFLICT;
+  }
+  if (status == ATP_STATUS_COMMITTED && (have || !order_id.len)) {
     rec_close(e, idx, &ch, ATP_CAUSE_COMMIT, NULL, out, false);
     out->replayed = true;
     return 0;
   }
-  if (status != ATP_STATUS_HELD) {
+  if (status != ATP_STATUS_HELD && status != ATP_STATUS_COMMITTED) {
     rc = conflict(r, result, "commit");
     rec_close(e, idx, &ch, ATP_CAUSE_COMMIT, NULL, out, false);
     return rc;
   }
-  commit_lines(e, r, &ch, id);
-  if (order_id.len && !atomic_load_explicit(&r->order_id_len, memory_order_relaxed)) {
+  /* held: commit; committed without an order_id (by fulfil, or by a commit
+   * that named none): it takes this one. The reservation record emitted
+   * carries it, so a replay of the records sets it too. */
+  if (status == ATP_STATUS_HELD) commit_lines(e, r, &ch, id);
+  if (order_id.len && !have) {
+    /* Set once: the bytes before the length (release), and the view reads
+     * the length first, so a reader never sees a half-written id. */
     memcpy(atp_rrec_order_id(r), order_id.ptr, order_id.len);
     atomic_store_explicit(&r->order_id_len, (uint16_t)order_id.len,
                           memory_order_release);
@@ -839,34 +866,57 @@ static void release_amounts(atp_engine_t *e, atp_rrec_t *r, const int64_t *amoun
   }
 }
 
+static int keyed_open(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t key,
+                      uint64_t content, atp_str_t id, uint32_t *irec, uint32_t *idx,
+                      atp_reservation_t *out, atp_result_t *result);
+
 int atp_release(atp_engine_t *e, atp_str_t id, const atp_qty_line_t *lines,
                 uint32_t line_count, atp_reservation_t *out, atp_result_t *result) {
+  return atp_release_keyed(e, id, (atp_str_t){NULL, 0}, lines, line_count, out, result);
+}
+
+int atp_release_keyed(atp_engine_t *e, atp_str_t id, atp_str_t release_id,
+                      const atp_qty_line_t *lines, uint32_t line_count,
+                      atp_reservation_t *out, atp_result_t *result) {
+  if (release_id.len && !atp_id_valid(release_id))
+    return bad(result, "release_id", "release_id must be 1..128 printable bytes");
   int rc = check_qty_lines("lines", lines, line_count, result);
   if (rc) return rc;
-  uint32_t idx;
-  if ((rc = rec_open(e, id, &idx, result))) return rc;
+  uint32_t irec = UINT32_MAX, idx;
+  if (release_id.len) {
+    uint64_t content = hash_qty_lines(atp_hash_str(0x5e1ea5e, id), lines, line_count);
+    rc = keyed_open(e, ATP_IDEM_RELEASE, release_id, content, id, &irec, &idx, out,
+                    result);
+    if (rc) return rc == 1 ? 0 : rc;
+  } else if ((rc = rec_open(e, id, &idx, result))) {
+    return rc;
+  }
   atp_rrec_t *r = &e->rrecs[idx];
   changes_t ch;
   changes_init(&ch);
   int status = atomic_load_explicit(&r->status, memory_order_relaxed);
-  if (status == ATP_STATUS_RELEASED) {
-    rec_close(e, idx, &ch, ATP_CAUSE_RELEASE, NULL, out, false);
-    out->replayed = true;
-    return 0;
-  }
-  if (status != ATP_STATUS_HELD && status != ATP_STATUS_COMMITTED) {
-    rc = conflict(r, result, "release");
-    rec_close(e, idx, &ch, ATP_CAUSE_RELEASE, NULL, out, false);
-    return rc;
-  }
   int64_t amounts[ATP_RESERVATION_POSITIONS_MAX];
-  rc = line_amounts(e, r, "lines", lines, line_count, true, amounts, result);
-  if (rc == 0) {
-    release_amounts(e, r, amounts, &ch, ATP_CAUSE_RELEASE, id);
-    end_if_empty(e, r, idx, ATP_STATUS_RELEASED, atp_now(e));
+  if (status == ATP_STATUS_RELEASED)
+    rc = 1; /* a replay: nothing to release, the key stays free */
+  else if (status != ATP_STATUS_HELD && status != ATP_STATUS_COMMITTED)
+    rc = conflict(r, result, "release");
+  else
+    rc = line_amounts(e, r, "lines", lines, line_count, true, amounts, result);
+  if (rc) {
+    if (irec != UINT32_MAX) atp_idem_fail(e, irec);
+    rec_close(e, idx, &ch, ATP_CAUSE_RELEASE, NULL, out, false);
+    if (rc == 1) out->replayed = true;
+    return rc == 1 ? 0 : rc;
   }
-  rec_close(e, idx, &ch, ATP_CAUSE_RELEASE, NULL, out, rc == 0);
-  return rc;
+  release_amounts(e, r, amounts, &ch, ATP_CAUSE_RELEASE, id);
+  end_if_empty(e, r, idx, ATP_STATUS_RELEASED, atp_now(e));
+  atp_change_t idem, *keyed = NULL;
+  if (irec != UINT32_MAX) {
+    atp_idem_done(e, irec, ATP_IDEM_APPLIED, 0, NULL, id, &idem);
+    keyed = &idem;
+  }
+  rec_close(e, idx, &ch, ATP_CAUSE_RELEASE, keyed, out, true);
+  return 0;
 }
 
 int atp_extend(atp_engine_t *e, atp_str_t id, int64_t ttl_ms, atp_reservation_t *out,
@@ -903,6 +953,11 @@ static int keyed_open(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t key,
     return ATP_ENOTFOUND;
   }
   int rc = atp_idem_claim(e, kind, key, content, irec, result);
+  if (rc == ATP_EIDEMPOTENCY) /* name the key, not the reservation's id */
+    snprintf(result->field, sizeof result->field, "%s",
+             kind == ATP_IDEM_FULFIL  ? "fulfillment_id"
+             : kind == ATP_IDEM_AMEND ? "amend_id"
+                                      : "release_id");
   if (rc < 0) return rc;
   if (rc == 1) {
     if ((rc = atp_reservation_get(e, id, out))) {

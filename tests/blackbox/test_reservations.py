@@ -418,7 +418,10 @@ def test_group_routing_first_that_fills(srv, fmt):
     sf = e["shortfalls"][0]
     assert sf["group"] == g and sf["requested"] == 2 and sf["sku"] == sku and sf["line"] == 0, e
     assert "location" not in sf or not sf["location"], e
-    assert sf["available"] == 2, "group shortfall sums availability: %r" % e
+    # the line goes whole to one location: the best single one (gB, first of the
+    # tie with gC), and a split would have filled it
+    assert sf["available"] == 1 and sf["best_location"] == "gB", e
+    assert sf["split_available"] == 2 and sf["allow_split_would_fill"] is True, e
     r = c.reserve([dict(sku=sku, group=uid("nogrp"), qty=1)])
     assert r.status in (404, 409), "unknown group: %r" % r
 
@@ -446,6 +449,8 @@ def test_group_allow_split(srv, fmt):
     e = expect_error(c.reserve([dict(sku=sku, group=g, qty=9, allow_split=True)]), 409,
                      "insufficient_stock")
     assert e["shortfalls"][0]["available"] == 4, e
+    for k in ("best_location", "split_available", "allow_split_would_fill"):
+        assert k not in e["shortfalls"][0], "a split line sums the group: %r" % e
     assert c.pos(sku, "sC")["reserved"] == 2
 
 
@@ -486,3 +491,238 @@ def test_oversold_then_shortfall(srv, fmt):
     assert (p["on_hand"], p["reserved"], p["available"], p["shortfall"]) == (2, 4, 0, 2), \
         "granted reservations are not revoked: %r" % p
     check_position(p)
+
+
+# --- hardening (issue 9): group shortfalls, idempotency namespaces, follow-up keys ---
+
+@formats()
+def test_group_shortfall_names_best_location(srv, fmt):
+    """A group line without allow_split reports the best single location, not the
+    group's sum, and says whether allow_split would fill it."""
+    c = srv.client(fmt)
+    sku, g = uid("sku"), uid("grp")
+    c.adjust(sku, "bA", 1)
+    c.adjust(sku, "bB", 3)
+    c.adjust(sku, "bC", 3)
+    assert c.put("/v1/groups/" + g, dict(locations=["bX", "bA", "bB", "bC"])).status == 200
+    e = expect_error(c.reserve([dict(sku=sku, location="bA", qty=1),
+                                dict(sku=sku, group=g, qty=5)]), 409, "insufficient_stock")
+    assert len(e["shortfalls"]) == 1, e
+    sf = e["shortfalls"][0]
+    # line 0 holds bA's unit while line 1 is tried, so a split would have 6
+    assert sf == dict(line=1, sku=sku, group=g, requested=5, available=3, best_location="bB",
+                      split_available=6, allow_split_would_fill=True), sf
+    e = expect_error(c.reserve([dict(sku=sku, group=g, qty=8)]), 409, "insufficient_stock")
+    sf = e["shortfalls"][0]
+    assert (sf["available"], sf["best_location"], sf["split_available"],
+            sf["allow_split_would_fill"]) == (3, "bB", 7, False), sf
+    # nothing anywhere in the group: no best location
+    e = expect_error(c.reserve([dict(sku=uid("none"), group=g, qty=1)]), 409,
+                     "insufficient_stock")
+    sf = e["shortfalls"][0]
+    assert sf["available"] == 0 and "best_location" not in sf, sf
+    assert sf["split_available"] == 0 and sf["allow_split_would_fill"] is False, sf
+    # what the shortfall says is true: allow_split fills it
+    r = c.reserve([dict(sku=sku, group=g, qty=5, allow_split=True)])
+    assert r.status == 201, r
+    assert sum(ln["qty"] for ln in r.data["lines"]) == 5, r.data
+
+
+def count_body(sku, on_hand, cid=None, loc="L1"):
+    return dict(id=cid or uid("cnt"), sku=sku, location=loc, on_hand=on_hand,
+                counted_at=now_ms(), source="erp")
+
+
+@formats()
+def test_idempotency_namespaces(srv, fmt):
+    """Adjustments and counts share one id namespace; reservation ids and each
+    follow-up key (fulfillment_id, amend_id, release_id) are namespaces of their own."""
+    c = srv.client(fmt)
+    sku = uid("sku")
+    aid = uid("shared")
+    r = c.post("/v1/adjustments", dict(id=aid, sku=sku, location="L1", delta=10,
+                                       reason="received", source="erp"))
+    assert r.status == 200, r
+    v = c.pos(sku, "L1")["version"]
+    e = expect_error(c.post("/v1/counts", count_body(sku, 3, aid)), 422,
+                     "idempotency_mismatch", "id")
+    assert "adjustment" in e["message"], e
+    other = uid("sku")
+    expect_error(c.post("/v1/counts", count_body(other, 3, aid)), 422, "idempotency_mismatch")
+    expect_error(c.position(other, "L1"), 404, "not_found")
+    p = c.pos(sku, "L1")
+    assert (p["on_hand"], p["version"]) == (10, v), "a refused count changed state: %r" % p
+    cid = uid("shared")
+    time.sleep(0.005)
+    r = c.post("/v1/counts", count_body(sku, 4, cid))
+    assert r.status == 200 and r.data["count"]["applied"], r
+    e = expect_error(c.post("/v1/adjustments", dict(id=cid, sku=sku, location="L1", delta=1,
+                                                    reason="received", source="erp")),
+                     422, "idempotency_mismatch", "id")
+    assert "count" in e["message"], e
+    assert c.pos(sku, "L1")["on_hand"] == 4
+    # a reservation may carry an adjustment's id; so may a follow-up key
+    r = c.reserve([dict(sku=sku, location="L1", qty=1)], rid=aid)
+    assert r.status == 201 and "replayed" not in r.data, r
+    r = c.post(R + "/" + aid + "/release", dict(release_id=aid,
+                                                 lines=[dict(sku=sku, location="L1", qty=1)]))
+    assert r.status == 200 and r.data["status"] == "released" and "replayed" not in r.data, r
+    rid = uid("res")
+    assert c.reserve([dict(sku=sku, location="L1", qty=1)], rid=rid).status == 201
+    r = c.post(R + "/" + rid + "/fulfil", dict(fulfillment_id=cid))
+    assert r.status == 200 and r.data["status"] == "fulfilled" and "replayed" not in r.data, r
+    assert c.pos(sku, "L1")["on_hand"] == 3
+
+
+@formats()
+def test_release_id_makes_partial_release_retry_safe(srv, fmt):
+    c = srv.client(fmt)
+    a, b = stocked(c, 10), stocked(c, 10)
+    rid = uid("res")
+    assert c.reserve([dict(sku=a, location="L1", qty=5), dict(sku=b, location="L1", qty=2)],
+                     rid=rid).status == 201
+    key = uid("rel")
+    body = dict(release_id=key, reason="substitution", lines=[dict(sku=a, location="L1", qty=2)])
+    first = c.post(R + "/" + rid + "/release", body)
+    assert first.status == 200 and "replayed" not in first.data, first
+    assert line_by_loc(dict(lines=[ln for ln in first.data["lines"] if ln["sku"] == a]),
+                       "L1")["released"] == 2, first.data
+    v = c.pos(a, "L1")["version"]
+    # the retry (a lost answer): a replay, nothing released twice
+    again = c.post(R + "/" + rid + "/release", body)
+    assert again.status == 200 and again.data.get("replayed") is True, again
+    d = dict(again.data)
+    del d["replayed"]
+    assert d == first.data, (d, first.data)
+    p = c.pos(a, "L1")
+    assert (p["reserved"], p["version"]) == (3, v), "a replayed release changed state: %r" % p
+    # the reason is free text, not content
+    again = c.post(R + "/" + rid + "/release", dict(body, reason="retry"))
+    assert again.status == 200 and again.data.get("replayed") is True, again
+    # same key, other content: 422 naming the key, nothing changes
+    expect_error(c.post(R + "/" + rid + "/release",
+                        dict(release_id=key, lines=[dict(sku=a, location="L1", qty=1)])),
+                 422, "idempotency_mismatch", "release_id")
+    expect_error(c.post(R + "/" + rid + "/release", dict(release_id=key)), 422,
+                 "idempotency_mismatch", "release_id")
+    rid2 = uid("res")
+    assert c.reserve([dict(sku=a, location="L1", qty=1)], rid=rid2).status == 201
+    expect_error(c.post(R + "/" + rid2 + "/release", body), 422, "idempotency_mismatch",
+                 "release_id")
+    assert c.pos(a, "L1")["reserved"] == 4
+    # a refused release leaves its key free
+    key2 = uid("rel")
+    expect_error(c.post(R + "/" + rid + "/release",
+                        dict(release_id=key2, lines=[dict(sku=a, location="L1", qty=9)])),
+                 409, "conflict")
+    r = c.post(R + "/" + rid + "/release", dict(release_id=key2))
+    assert r.status == 200 and r.data["status"] == "released" and "replayed" not in r.data, r
+    p = c.pos(a, "L1")
+    assert p["reserved"] == 1, p
+    assert c.pos(b, "L1")["reserved"] == 0
+    # validated like every id
+    expect_error(c.post(R + "/" + rid2 + "/release", dict(release_id="")), 400, "bad_request",
+                 "release_id")
+    expect_error(c.post(R + "/" + rid2 + "/release", dict(release_id=7)), 400, "bad_request",
+                 "release_id")
+    assert c.pos(a, "L1")["reserved"] == 1
+
+
+@formats()
+def test_commit_order_id_conflict_and_late_order_id(srv, fmt):
+    c = srv.client(fmt)
+    sku = stocked(c, 10)
+    rid = uid("res")
+    assert c.reserve([dict(sku=sku, location="L1", qty=2)], rid=rid).status == 201
+    r = c.post(R + "/" + rid + "/commit", dict(order_id="ord-1"))
+    assert r.status == 200 and r.data["order_id"] == "ord-1", r
+    for body in (dict(order_id="ord-1"), {}):
+        again = c.post(R + "/" + rid + "/commit", body)
+        assert again.status == 200 and again.data.get("replayed") is True, again
+        assert again.data["order_id"] == "ord-1", again
+    e = expect_error(c.post(R + "/" + rid + "/commit", dict(order_id="ord-2")), 409, "conflict",
+                     "order_id")
+    assert e.get("status") == "committed", e
+    assert c.get(R + "/" + rid).data["order_id"] == "ord-1"
+    # committed by fulfil (held -> committed implicitly): a later commit sets the order id
+    rid = uid("res")
+    assert c.reserve([dict(sku=sku, location="L1", qty=3)], rid=rid).status == 201
+    r = c.post(R + "/" + rid + "/fulfil", dict(fulfillment_id=uid("ful"),
+                                               lines=[dict(sku=sku, location="L1", qty=1)]))
+    assert r.status == 200 and r.data["status"] == "committed" and "order_id" not in r.data, r
+    r = c.post(R + "/" + rid + "/commit", dict(order_id="ord-9"))
+    assert r.status == 200 and r.data["order_id"] == "ord-9" and "replayed" not in r.data, r
+    assert c.get(R + "/" + rid).data["order_id"] == "ord-9"
+    again = c.post(R + "/" + rid + "/commit", dict(order_id="ord-9"))
+    assert again.status == 200 and again.data.get("replayed") is True, again
+    expect_error(c.post(R + "/" + rid + "/commit", dict(order_id="ord-8")), 409, "conflict")
+    # committed by a commit that named none: the first order id given is taken
+    rid = uid("res")
+    assert c.reserve([dict(sku=sku, location="L1", qty=1)], rid=rid).status == 201
+    assert c.post(R + "/" + rid + "/commit", {}).status == 200
+    r = c.post(R + "/" + rid + "/commit", dict(order_id="ord-3"))
+    assert r.status == 200 and r.data["order_id"] == "ord-3" and "replayed" not in r.data, r
+    p = c.pos(sku, "L1")
+    assert (p["on_hand"], p["reserved"], p["committed"]) == (9, 0, 2 + 2 + 1), p
+
+
+@formats()
+def test_replay_rule_by_route(srv, fmt):
+    """Adjustments and counts replay the position as it was right after the original;
+    every reservation route replays the reservation as it is now."""
+    c = srv.client(fmt)
+    sku = uid("sku")
+    adj = dict(id=uid("adj"), sku=sku, location="L1", delta=10, reason="received", source="erp")
+    first = c.post("/v1/adjustments", adj)
+    assert first.status == 200, first
+    c.adjust(sku, "L1", 5)
+    again = c.post("/v1/adjustments", adj)
+    assert again.status == 200 and again.data.get("replayed") is True, again
+    assert again.data["position"] == first.data["position"], (again.data, first.data)
+    assert again.data["position"]["on_hand"] == 10, again.data
+    time.sleep(0.005)
+    cnt = count_body(sku, 20)
+    first = c.post("/v1/counts", cnt)
+    assert first.status == 200, first
+    time.sleep(0.005)  # after counted_at, so not absorbed
+    c.adjust(sku, "L1", -3)
+    again = c.post("/v1/counts", cnt)
+    assert again.status == 200 and again.data.get("replayed") is True, again
+    assert again.data["position"] == first.data["position"], (again.data, first.data)
+    assert c.pos(sku, "L1")["on_hand"] == 17
+
+    def replayed_now(path, body):
+        r = c.post(path, body)
+        assert r.status in (200, 201) and r.data.get("replayed") is True, r
+        d = dict(r.data)
+        del d["replayed"]
+        now = c.get(R + "/" + d["id"])
+        assert now.status == 200 and d == now.data, \
+            "a reservation replay answers the reservation as it is now:\n%r\n%r" % (d, now.data)
+        return d
+
+    one = [dict(sku=sku, location="L1", qty=1)]
+    rid = uid("res")
+    create = dict(id=rid, lines=[dict(sku=sku, location="L1", qty=4)])
+    assert c.post(R, create).status == 201
+    assert c.post(R + "/" + rid + "/commit", dict(order_id="o-1")).status == 200
+    assert replayed_now(R, create)["status"] == "committed"
+    ful = dict(fulfillment_id=uid("ful"), lines=one)
+    assert c.post(R + "/" + rid + "/fulfil", ful).status == 200
+    assert replayed_now(R + "/" + rid + "/commit", dict(order_id="o-1"))["lines"][0]["fulfilled"] == 1
+    rel = dict(release_id=uid("rel"), lines=one)
+    assert c.post(R + "/" + rid + "/release", rel).status == 200
+    assert c.post(R + "/" + rid + "/fulfil", dict(fulfillment_id=uid("ful"), lines=one)).status == 200
+    d = replayed_now(R + "/" + rid + "/release", rel)
+    assert (d["lines"][0]["fulfilled"], d["lines"][0]["released"]) == (2, 1), d
+    d = replayed_now(R + "/" + rid + "/fulfil", ful)
+    assert d["lines"][0]["fulfilled"] == 2, d
+    rid2 = uid("res")
+    assert c.reserve([dict(sku=sku, location="L1", qty=2)], rid=rid2).status == 201
+    amd = dict(amend_id=uid("amd"), release=[], add=one)
+    assert c.post(R + "/" + rid2 + "/amend", amd).status == 200
+    assert c.post(R + "/" + rid2 + "/release", {}).status == 200
+    d = replayed_now(R + "/" + rid2 + "/amend", amd)
+    assert d["status"] == "released" and d["lines"][0]["released"] == 3, d
+    p = c.pos(sku, "L1")
+    assert (p["on_hand"], p["reserved"], p["committed"]) == (15, 0, 1), p

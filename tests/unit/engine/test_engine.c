@@ -1237,7 +1237,11 @@ static void test_reserve_group(void) {
   CHECK(et_str_is(SF.items[0].group, "G"));
   CHECK_EQ(SF.items[0].location.len, 0);
   CHECK_EQ(SF.items[0].requested, 3);
-  CHECK_EQ(SF.items[0].available, 5); /* summed over the group */
+  /* Whole to one location: the best single one (L1 2, first of the tie with
+   * L3), and the group's 5 that a split would take. */
+  CHECK_EQ(SF.items[0].available, 2);
+  CHECK(et_str_is(SF.items[0].best_location, "L1"));
+  CHECK_EQ(SF.items[0].split_available, 5);
   CHECK_EQ(get_res("r3"), ATP_ENOTFOUND);
   /* Split: across locations in group order, one line per location used. */
   line = LG("S", "G", 4, true);
@@ -1258,7 +1262,9 @@ static void test_reserve_group(void) {
   line.qty = 2;
   CHECK_EQ(reserve_lines("r4", &line, 1, 0), ATP_EINSUFFICIENT);
   REQUIRE(SF.count == 1);
-  CHECK_EQ(SF.items[0].available, 1);
+  CHECK_EQ(SF.items[0].available, 1); /* a split line: summed over the group */
+  CHECK_EQ(SF.items[0].split_available, -1);
+  CHECK_EQ(SF.items[0].best_location.len, 0);
   CHECK_POS("S", "L3", 10, 0, 9, 0);
   /* Unknown group: refused, nothing held. */
   atp_line_req_t unknown = LG("S", "NOPE", 1, false);
@@ -2237,6 +2243,286 @@ static void test_apply_rejects_malformed(void) {
   CHECK_EQ(atp_engine_apply(E, &bad, 1), ATP_EBADREQ);
 }
 
+/* --- hardening: shortfalls, idempotency namespaces, follow-up keys ------------- */
+
+/* A group line without allow_split goes whole to one location, so its
+ * shortfall reports the best single location, and what a split would have. */
+static void test_group_shortfall_best_location(void) {
+  REQUIRE(setup() == 0);
+  atp_str_t locs[3] = {ATP_STR("L1"), ATP_STR("L2"), ATP_STR("L3")};
+  REQUIRE(atp_group_put(E, ATP_STR("G"), locs, 3, &RES) == 0);
+  stock("S", "L1", 1);
+  stock("S", "L2", 3);
+  stock("S", "L3", 3);
+  atp_line_req_t line = LG("S", "G", 5, false);
+  CHECK_EQ(reserve_lines("r1", &line, 1, 0), ATP_EINSUFFICIENT);
+  REQUIRE(SF.count == 1);
+  CHECK_EQ(SF.items[0].available, 3);
+  CHECK(et_str_is(SF.items[0].best_location, "L2")); /* first of the tie */
+  CHECK_EQ(SF.items[0].split_available, 7);          /* a split would fill it */
+  CHECK(SF.items[0].location.len == 0 && et_str_is(SF.items[0].group, "G"));
+  line.qty = 8; /* not even a split fills 8 */
+  CHECK_EQ(reserve_lines("r1", &line, 1, 0), ATP_EINSUFFICIENT);
+  CHECK_EQ(SF.items[0].available, 3);
+  CHECK_EQ(SF.items[0].split_available, 7);
+  /* No location of the group has any: no best location. */
+  line = LG("T", "G", 1, false);
+  CHECK_EQ(reserve_lines("r1", &line, 1, 0), ATP_EINSUFFICIENT);
+  CHECK_EQ(SF.items[0].available, 0);
+  CHECK_EQ(SF.items[0].best_location.len, 0);
+  CHECK_EQ(SF.items[0].split_available, 0);
+  /* A location line is unchanged. */
+  atp_line_req_t ll = LL("S", "L1", 2);
+  CHECK_EQ(reserve_lines("r1", &ll, 1, 0), ATP_EINSUFFICIENT);
+  CHECK_EQ(SF.items[0].available, 1);
+  CHECK_EQ(SF.items[0].split_available, -1);
+  CHECK_EQ(SF.items[0].best_location.len, 0);
+  CHECK_POS("S", "L2", 3, 0, 0, 0);
+}
+
+/* Adjustments and counts share one id namespace; reservation ids and the
+ * follow-up keys have their own. */
+static void test_idempotency_namespaces(void) {
+  REQUIRE(setup() == 0);
+  REQUIRE(adjust("x1", "A", "L1", 10) == 0);
+  uint64_t v = ver("A", "L1");
+  CHECK_EQ(count_at("x1", "A", "L1", 3, now() - 1000, NULL), ATP_EIDEMPOTENCY);
+  CHECK(strcmp(RES.field, "id") == 0);
+  CHECK(strstr(RES.message, "adjustment") != NULL);
+  CHECK_POS("A", "L1", 10, 0, 0, 0);
+  CHECK_EQ(ver("A", "L1"), v);
+  /* Even a count naming another position: the id is what is checked. */
+  CHECK_EQ(count_at("x1", "B", "L9", 3, now() - 1000, NULL), ATP_EIDEMPOTENCY);
+  atp_position_t p;
+  CHECK_EQ(pos_rc("B", "L9", &p), ATP_ENOTFOUND);
+  advance(2000); /* the count below is after x1 */
+  REQUIRE(count_at("c1", "A", "L1", 4, now() - 1000, NULL) == 0);
+  CHECK_EQ(adjust("c1", "A", "L1", 1), ATP_EIDEMPOTENCY);
+  CHECK(strstr(RES.message, "count") != NULL);
+  CHECK_POS("A", "L1", 4, 0, 0, 0);
+  /* Both still replay under their own kind. */
+  atp_adjust_res_t ar;
+  CHECK_EQ(adjust_at("x1", "A", "L1", 10, ATP_TIME_NONE, &ar), 0);
+  CHECK(ar.replayed);
+  atp_count_res_t cr;
+  CHECK_EQ(count_at("c1", "A", "L1", 4, now() - 1000, &cr), 0);
+  CHECK(cr.replayed);
+  /* A reservation may carry an adjustment's id, and a follow-up key may equal
+   * either: other namespaces. */
+  REQUIRE(reserve1("x1", "A", "L1", 1) == 0);
+  CHECK(!R.replayed);
+  REQUIRE(atp_release_keyed(E, ATP_STR("x1"), ATP_STR("x1"), NULL, 0, &R, &RES) == 0);
+  CHECK(!R.replayed && R.status == ATP_STATUS_RELEASED);
+  REQUIRE(reserve1("r2", "A", "L1", 1) == 0);
+  REQUIRE(atp_fulfil(E, ATP_STR("r2"), ATP_STR("x1"), NULL, 0, &R, &RES) == 0);
+  CHECK(!R.replayed && R.status == ATP_STATUS_FULFILLED);
+  CHECK_POS("A", "L1", 3, 0, 0, 0);
+}
+
+/* release_id: a retried partial release is a replay, not a second release. */
+static void test_release_id(void) {
+  REQUIRE(setup() == 0);
+  stock("A", "L1", 10);
+  stock("B", "L1", 10);
+  atp_line_req_t l2[2] = {LL("A", "L1", 5), LL("B", "L1", 2)};
+  REQUIRE(reserve_lines("r1", l2, 2, 0) == 0);
+  atp_qty_line_t q = QL("A", "L1", 2);
+  REQUIRE(atp_release_keyed(E, ATP_STR("r1"), ATP_STR("k1"), &q, 1, &R, &RES) == 0);
+  CHECK(!R.replayed);
+  CHECK_LINE(&R, "A", "L1", 5, 0, 2);
+  CHECK_POS("A", "L1", 10, 0, 3, 0);
+  uint64_t v = ver("A", "L1");
+  /* The retry: a replay, nothing moves. */
+  REQUIRE(atp_release_keyed(E, ATP_STR("r1"), ATP_STR("k1"), &q, 1, &R, &RES) == 0);
+  CHECK(R.replayed);
+  CHECK_LINE(&R, "A", "L1", 5, 0, 2);
+  CHECK_POS("A", "L1", 10, 0, 3, 0);
+  CHECK_EQ(ver("A", "L1"), v);
+  /* Same key, other content: a mismatch naming the key. */
+  atp_qty_line_t q3 = QL("A", "L1", 3);
+  CHECK_EQ(atp_release_keyed(E, ATP_STR("r1"), ATP_STR("k1"), &q3, 1, &R, &RES),
+           ATP_EIDEMPOTENCY);
+  CHECK(strcmp(RES.field, "release_id") == 0);
+  CHECK_EQ(atp_release_keyed(E, ATP_STR("r1"), ATP_STR("k1"), NULL, 0, &R, &RES),
+           ATP_EIDEMPOTENCY);
+  CHECK_POS("A", "L1", 10, 0, 3, 0);
+  /* Same key on another reservation: a mismatch too (keys are global). */
+  REQUIRE(reserve1("r2", "A", "L1", 1) == 0);
+  CHECK_EQ(atp_release_keyed(E, ATP_STR("r2"), ATP_STR("k1"), &q, 1, &R, &RES),
+           ATP_EIDEMPOTENCY);
+  CHECK_POS("A", "L1", 10, 0, 4, 0);
+  /* A refused release leaves the key free. */
+  atp_qty_line_t q9 = QL("A", "L1", 9);
+  CHECK_EQ(atp_release_keyed(E, ATP_STR("r1"), ATP_STR("k2"), &q9, 1, &R, &RES),
+           ATP_ECONFLICT);
+  REQUIRE(atp_release_keyed(E, ATP_STR("r1"), ATP_STR("k2"), &q, 1, &R, &RES) == 0);
+  CHECK(!R.replayed);
+  CHECK_LINE(&R, "A", "L1", 5, 0, 4);
+  /* Without a key, the same body releases again (as before). */
+  REQUIRE(atp_release(E, ATP_STR("r1"), &q3, 0, &R, &RES) == 0);
+  CHECK_EQ(R.status, ATP_STATUS_RELEASED);
+  CHECK_POS("A", "L1", 10, 0, 1, 0);
+  CHECK_POS("B", "L1", 10, 0, 0, 0);
+  /* Keys are checked like ids. */
+  CHECK_EQ(atp_release_keyed(E, ATP_STR("r2"), ATP_STR("a\nb"), NULL, 0, &R, &RES),
+           ATP_EBADREQ);
+  CHECK(strcmp(RES.field, "release_id") == 0);
+  CHECK_POS("A", "L1", 10, 0, 1, 0);
+}
+
+/* commit and order_id: the same (or none) is a replay, another is a conflict,
+ * and a reservation committed without one takes it. */
+static void test_commit_order_id(void) {
+  REQUIRE(setup() == 0);
+  stock("A", "L1", 10);
+  REQUIRE(reserve1("r1", "A", "L1", 2) == 0);
+  REQUIRE(atp_commit(E, ATP_STR("r1"), ATP_STR("o-1"), &R, &RES) == 0);
+  REQUIRE(atp_commit(E, ATP_STR("r1"), ATP_STR(""), &R, &RES) == 0);
+  CHECK(R.replayed && et_str_is(R.order_id, "o-1"));
+  REQUIRE(atp_commit(E, ATP_STR("r1"), ATP_STR("o-1"), &R, &RES) == 0);
+  CHECK(R.replayed);
+  RES.status = -1;
+  CHECK_EQ(atp_commit(E, ATP_STR("r1"), ATP_STR("o-2"), &R, &RES), ATP_ECONFLICT);
+  CHECK_EQ(RES.status, ATP_STATUS_COMMITTED);
+  CHECK(strcmp(RES.field, "order_id") == 0);
+  CHECK_EQ(atp_commit(E, ATP_STR("r1"), ATP_STR("o-1x"), &R, &RES), ATP_ECONFLICT);
+  REQUIRE(get_res("r1") == 0);
+  CHECK(et_str_is(R2.order_id, "o-1"));
+  /* Committed by fulfil (held -> committed implicitly): no order_id yet. */
+  REQUIRE(reserve1("r2", "A", "L1", 4) == 0);
+  atp_qty_line_t q = QL("A", "L1", 1);
+  REQUIRE(atp_fulfil(E, ATP_STR("r2"), ATP_STR("f1"), &q, 1, &R, &RES) == 0);
+  CHECK_EQ(R.status, ATP_STATUS_COMMITTED);
+  CHECK_EQ(R.order_id.len, 0);
+  REQUIRE(atp_commit(E, ATP_STR("r2"), ATP_STR(""), &R, &RES) == 0);
+  CHECK(R.replayed && R.order_id.len == 0);
+  REQUIRE(atp_commit(E, ATP_STR("r2"), ATP_STR("o-9"), &R, &RES) == 0);
+  CHECK(!R.replayed);
+  CHECK(et_str_is(R.order_id, "o-9"));
+  CHECK_LINE(&R, "A", "L1", 4, 1, 0);
+  REQUIRE(get_res("r2") == 0);
+  CHECK(et_str_is(R2.order_id, "o-9"));
+  REQUIRE(atp_commit(E, ATP_STR("r2"), ATP_STR("o-9"), &R, &RES) == 0);
+  CHECK(R.replayed);
+  CHECK_EQ(atp_commit(E, ATP_STR("r2"), ATP_STR("o-8"), &R, &RES), ATP_ECONFLICT);
+  /* Committed by a commit that named none: takes the first one given. */
+  REQUIRE(reserve1("r3", "A", "L1", 1) == 0);
+  REQUIRE(atp_commit(E, ATP_STR("r3"), ATP_STR(""), &R, &RES) == 0);
+  CHECK(!R.replayed && R.order_id.len == 0);
+  REQUIRE(atp_commit(E, ATP_STR("r3"), ATP_STR("o-3"), &R, &RES) == 0);
+  CHECK(!R.replayed && et_str_is(R.order_id, "o-3"));
+  /* Units moved once. */
+  CHECK_POS("A", "L1", 9, 0, 0, 2 + 3 + 1);
+}
+
+/* Replays: adjustments and counts answer the remembered position (right after
+ * the original); every reservation route answers the reservation as it is now. */
+static void test_replay_rules(void) {
+  REQUIRE(setup() == 0);
+  atp_adjust_res_t ar;
+  REQUIRE(adjust_at("a1", "A", "L1", 10, ATP_TIME_NONE, &ar) == 0);
+  atp_position_t after_a1 = ar.position;
+  REQUIRE(adjust("a2", "A", "L1", 5) == 0);
+  REQUIRE(adjust_at("a1", "A", "L1", 10, ATP_TIME_NONE, &ar) == 0);
+  CHECK(ar.replayed && ar.applied);
+  CHECK(positions_equal(&ar.position, &after_a1));
+  CHECK_EQ(ar.position.on_hand, 10);
+  advance(2000); /* the count below is after a1 and a2 */
+  atp_count_res_t cr;
+  REQUIRE(count_at("c1", "A", "L1", 20, now() - 1000, &cr) == 0);
+  atp_position_t after_c1 = cr.position;
+  REQUIRE(adjust("a3", "A", "L1", -3) == 0);
+  REQUIRE(count_at("c1", "A", "L1", 20, now() - 1000, &cr) == 0);
+  CHECK(cr.replayed && positions_equal(&cr.position, &after_c1));
+  CHECK_POS("A", "L1", 17, 0, 0, 0);
+  /* reserve, then commit: the reserve replay shows it committed. */
+  REQUIRE(reserve1("r1", "A", "L1", 4) == 0);
+  REQUIRE(atp_commit(E, ATP_STR("r1"), ATP_STR("o1"), &R, &RES) == 0);
+  REQUIRE(reserve1("r1", "A", "L1", 4) == 0);
+  CHECK(R.replayed && R.status == ATP_STATUS_COMMITTED);
+  /* commit, then a partial fulfil: the commit replay shows the fulfilment. */
+  atp_qty_line_t q1 = QL("A", "L1", 1);
+  REQUIRE(atp_fulfil(E, ATP_STR("r1"), ATP_STR("f1"), &q1, 1, &R, &RES) == 0);
+  REQUIRE(atp_commit(E, ATP_STR("r1"), ATP_STR("o1"), &R, &RES) == 0);
+  CHECK(R.replayed);
+  CHECK_LINE(&R, "A", "L1", 4, 1, 0);
+  /* release (keyed), then more happens: the replay shows it all. */
+  REQUIRE(atp_release_keyed(E, ATP_STR("r1"), ATP_STR("k1"), &q1, 1, &R, &RES) == 0);
+  REQUIRE(atp_fulfil(E, ATP_STR("r1"), ATP_STR("f2"), &q1, 1, &R, &RES) == 0);
+  REQUIRE(atp_release_keyed(E, ATP_STR("r1"), ATP_STR("k1"), &q1, 1, &R, &RES) == 0);
+  CHECK(R.replayed && R.status == ATP_STATUS_COMMITTED);
+  CHECK_LINE(&R, "A", "L1", 4, 2, 1);
+  /* fulfil f1 again: the reservation now, after f2. */
+  REQUIRE(atp_fulfil(E, ATP_STR("r1"), ATP_STR("f1"), &q1, 1, &R, &RES) == 0);
+  CHECK(R.replayed);
+  CHECK_LINE(&R, "A", "L1", 4, 2, 1);
+  /* amend, then release the rest: the amend replay shows it released. */
+  REQUIRE(reserve1("r2", "A", "L1", 2) == 0);
+  atp_line_req_t add = LL("A", "L1", 1);
+  REQUIRE(atp_amend(E, ATP_STR("r2"), ATP_STR("m1"), NULL, 0, &add, 1, &R, &SF, &RES) ==
+          0);
+  CHECK_LINE(&R, "A", "L1", 3, 0, 0);
+  REQUIRE(atp_release(E, ATP_STR("r2"), NULL, 0, &R, &RES) == 0);
+  REQUIRE(atp_amend(E, ATP_STR("r2"), ATP_STR("m1"), NULL, 0, &add, 1, &R, &SF, &RES) ==
+          0);
+  CHECK(R.replayed && R.status == ATP_STATUS_RELEASED);
+  CHECK_LINE(&R, "A", "L1", 3, 0, 3);
+  CHECK_POS("A", "L1", 15, 0, 0, 1);
+}
+
+/* The change records carry the release key and a later order_id, so a replay
+ * of the records rebuilds both. */
+static void test_change_records_keys(void) {
+  log_free();
+  atp_engine_config_t config = et_config(&CLK);
+  config.on_change = log_hook;
+  REQUIRE(setup_with(&config) == 0);
+  HOOKED(adjust("a1", "A", "L1", 10));
+  HOOKED(reserve1("r1", "A", "L1", 5));
+  atp_qty_line_t q = QL("A", "L1", 2);
+  HOOKED(atp_release_keyed(E, ATP_STR("r1"), ATP_STR("k1"), &q, 1, &R, &RES));
+  SILENT(atp_release_keyed(E, ATP_STR("r1"), ATP_STR("k1"), &q, 1, &R, &RES), 0);
+  HOOKED(atp_fulfil(E, ATP_STR("r1"), ATP_STR("f1"), &q, 1, &R, &RES));
+  HOOKED(atp_commit(E, ATP_STR("r1"), ATP_STR("o-1"), &R, &RES));
+  SILENT(atp_commit(E, ATP_STR("r1"), ATP_STR("o-2"), &R, &RES), ATP_ECONFLICT);
+  SILENT(atp_commit(E, ATP_STR("r1"), ATP_STR("o-1"), &R, &RES), 0);
+  bool keyed = false;
+  for (size_t g = 0; g < LOG.count; g++)
+    for (uint32_t i = 0; i < LOG.groups[g].count; i++) {
+      const atp_change_t *c = &LOG.groups[g].records[i];
+      if (c->kind == ATP_CHANGE_IDEMPOTENCY && c->u.idem.kind == ATP_IDEM_RELEASE) {
+        keyed = true;
+        CHECK(et_str_is(c->u.idem.id, "k1"));
+        CHECK(et_str_is(c->u.idem.reservation_id, "r1"));
+        CHECK_EQ(c->cause, ATP_CAUSE_RELEASE);
+      }
+    }
+  CHECK(keyed);
+  atp_engine_t *primary = E;
+  atp_engine_config_t config2 = et_config(&CLK);
+  atp_engine_t *replica = NULL;
+  REQUIRE(atp_engine_create(&config2, &replica) == 0);
+  for (size_t g = 0; g < LOG.count; g++)
+    CHECK_EQ(atp_engine_apply(replica, LOG.groups[g].records, LOG.groups[g].count), 0);
+  REQUIRE(atp_reservation_get(primary, ATP_STR("r1"), &R) == 0);
+  REQUIRE(atp_reservation_get(replica, ATP_STR("r1"), &R2) == 0);
+  CHECK(reservations_equal(&R, &R2));
+  CHECK(et_str_is(R2.order_id, "o-1"));
+  /* In the replica the key is a replay and the order_id conflicts as well. */
+  CHECK_EQ(atp_release_keyed(replica, ATP_STR("r1"), ATP_STR("k1"), &q, 1, &R2, &RES),
+           0);
+  CHECK(R2.replayed);
+  CHECK_LINE(&R2, "A", "L1", 5, 2, 2);
+  CHECK_EQ(atp_commit(replica, ATP_STR("r1"), ATP_STR("o-2"), &R2, &RES),
+           ATP_ECONFLICT);
+  /* And the shared namespace holds there too. */
+  atp_count_req_t creq = count_req("a1", "A", "L1", 1, now() - 1000);
+  atp_count_res_t cres;
+  CHECK_EQ(atp_count(replica, &creq, &cres, &RES), ATP_EIDEMPOTENCY);
+  atp_engine_destroy(replica);
+  log_free();
+}
+
 TEST_MAIN({
   RUN(test_names);
   RUN(test_position_unknown);
@@ -2276,6 +2562,12 @@ TEST_MAIN({
   RUN(test_expiry_inbox_overflow_and_wrap);
   RUN(test_change_hook_replay);
   RUN(test_apply_rejects_malformed);
+  RUN(test_group_shortfall_best_location);
+  RUN(test_idempotency_namespaces);
+  RUN(test_release_id);
+  RUN(test_commit_order_id);
+  RUN(test_replay_rules);
+  RUN(test_change_records_keys);
   teardown();
   log_free();
 })

@@ -121,6 +121,13 @@ typedef struct {
 typedef struct {
   char id[16];
   int res;
+  int n;
+  mqty_t lines[2];
+} mrel_t; /* a release with a release_id */
+
+typedef struct {
+  char id[16];
+  int res;
   int nrel;
   mqty_t rel[2];
   int nadd;
@@ -147,6 +154,8 @@ typedef struct {
   int nful;
   mamend_t amd[MAXIDS];
   int namd;
+  mrel_t rel[MAXIDS];
+  int nrel;
   int id_seq;
 } model_t;
 
@@ -278,6 +287,8 @@ typedef struct {
 typedef struct {
   uint32_t line;
   int64_t requested, available;
+  int best_loc;            /* group line without split: -1 when none has any */
+  int64_t split_available; /* group line without split, else -1 */
 } mshort_t;
 
 /* Plans every line with the policy (whole-first or greedy split). Returns the
@@ -294,16 +305,20 @@ static int plan_lines(const mreq_t *req, int n, bool greedy, alloc_t *allocs,
       if (mavail(p) >= l->qty) {
         a->items[a->n++] = (mqty_t){p, l->qty};
       } else {
-        shorts[nshort++] = (mshort_t){(uint32_t)i, l->qty, mavail(p)};
+        shorts[nshort++] = (mshort_t){(uint32_t)i, l->qty, mavail(p), -1, -1};
       }
       continue;
     }
     const mgroup_t *g = &M->grp[l->grp];
     int64_t sum = 0;
     for (int k = 0; k < g->n; k++) sum += mavail(pos_of(l->sku, g->locs[k]));
-    int whole = -1;
+    int whole = -1, best = -1;
     for (int k = 0; k < g->n && whole < 0; k++)
       if (mavail(pos_of(l->sku, g->locs[k])) >= l->qty) whole = k;
+    for (int k = 0; k < g->n; k++)
+      if (mavail(pos_of(l->sku, g->locs[k])) >
+          (best < 0 ? 0 : mavail(pos_of(l->sku, g->locs[best]))))
+        best = k;
     if (whole >= 0 && (!l->split || !greedy)) {
       a->items[a->n++] = (mqty_t){pos_of(l->sku, g->locs[whole]), l->qty};
     } else if (l->split && sum >= l->qty) {
@@ -316,8 +331,13 @@ static int plan_lines(const mreq_t *req, int n, bool greedy, alloc_t *allocs,
           need -= take;
         }
       }
+    } else if (l->split) {
+      shorts[nshort++] = (mshort_t){(uint32_t)i, l->qty, sum, -1, -1};
     } else {
-      shorts[nshort++] = (mshort_t){(uint32_t)i, l->qty, sum};
+      /* whole to one location: the best single one's, and what a split has */
+      int64_t b = best < 0 ? 0 : mavail(pos_of(l->sku, g->locs[best]));
+      shorts[nshort++] =
+          (mshort_t){(uint32_t)i, l->qty, b, best < 0 ? -1 : g->locs[best], sum};
     }
   }
   return nshort;
@@ -352,6 +372,15 @@ static bool check_shortfalls(const mreq_t *req, const mshort_t *shorts, int nsho
     else
       EXPECT(et_str_is(s->group, GRP[l->grp]) && s->location.len == 0,
              "shortfall %d: group", i);
+    EXPECT(s->split_available == shorts[i].split_available,
+           "shortfall %d: split_available %lld, want %lld", i,
+           (long long)s->split_available, (long long)shorts[i].split_available);
+    if (shorts[i].best_loc >= 0)
+      EXPECT(et_str_is(s->best_location, LOC[shorts[i].best_loc]),
+             "shortfall %d: best_location %.*s, want %s", i, (int)s->best_location.len,
+             s->best_location.ptr ? s->best_location.ptr : "", LOC[shorts[i].best_loc]);
+    else
+      EXPECT(s->best_location.len == 0, "shortfall %d: best_location set", i);
   }
   return true;
 }
@@ -714,17 +743,27 @@ static bool op_commit(void) {
   int ri = pick_res();
   if (ri < 0) return true;
   mres_t *m = &M->res[ri];
-  snprintf(OP, sizeof OP, "commit %s (%s)", m->id,
-           atp_status_name((atp_status_t)m->status));
-  char order_id[20];
-  snprintf(order_id, sizeof order_id, "O%s", m->id);
+  /* Mostly the reservation's own order id "O<id>"; sometimes none; and on a
+   * reservation that has one, sometimes another ("X<id>"): a conflict. */
+  int kind = et_rng_pct(&RNG, 15) ? 1 : et_rng_pct(&RNG, 15) ? 2 : 0;
+  if (kind == 2 && !(m->status == ATP_STATUS_COMMITTED && m->has_order_id)) kind = 0;
+  char order_id[20] = "";
+  if (kind != 1) snprintf(order_id, sizeof order_id, "%c%s", kind ? 'X' : 'O', m->id);
+  snprintf(OP, sizeof OP, "commit %s (%s) order_id '%s'", m->id,
+           atp_status_name((atp_status_t)m->status), order_id);
   RES.status = -1;
   int rc = atp_commit(E, S(m->id), S(order_id), &OUT, &RES);
   if (m->status == ATP_STATUS_HELD) {
     EXPECT(rc == 0 && !OUT.replayed, "rc %d, want 0", rc);
     mres_commit(m);
-    m->has_order_id = true;
+    m->has_order_id = kind == 0;
     COUNTERS[C_COMMIT]++;
+  } else if (m->status == ATP_STATUS_COMMITTED && kind == 2) {
+    return expect_conflict(rc, m) && check_res(ri);
+  } else if (m->status == ATP_STATUS_COMMITTED && kind == 0 && !m->has_order_id) {
+    EXPECT(rc == 0 && !OUT.replayed, "rc %d replayed %d, want the order_id set", rc,
+           OUT.replayed);
+    m->has_order_id = true;
   } else if (m->status == ATP_STATUS_COMMITTED) {
     EXPECT(rc == 0 && OUT.replayed, "rc %d replayed %d, want a replay", rc,
            OUT.replayed);
@@ -812,7 +851,16 @@ static bool op_release(void) {
   atp_qty_line_t lines[2];
   to_qty_lines(q, n, lines);
   RES.status = -1;
-  int rc = atp_release(E, S(m->id), lines, (uint32_t)n, &OUT, &RES);
+  /* Half the releases carry a release_id; one that changes something is
+   * remembered (op_release_again). */
+  mrel_t *k = M->nrel < MAXIDS && et_rng_pct(&RNG, 50) ? &M->rel[M->nrel] : NULL;
+  if (k) {
+    snprintf(k->id, sizeof k->id, "E%d", ++M->id_seq);
+    size_t len = strlen(OP);
+    snprintf(OP + len, sizeof OP - len, " release_id %s", k->id);
+  }
+  int rc = atp_release_keyed(E, S(m->id), k ? S(k->id) : (atp_str_t){NULL, 0}, lines,
+                             (uint32_t)n, &OUT, &RES);
   if (m->status == ATP_STATUS_RELEASED) {
     EXPECT(rc == 0 && OUT.replayed, "rc %d replayed %d, want a replay", rc,
            OUT.replayed);
@@ -845,7 +893,43 @@ static bool op_release(void) {
   if (mres_remaining(m) == 0) {
     mres_maybe_end(m, ATP_STATUS_RELEASED);
   }
+  if (k) {
+    k->res = ri;
+    k->n = n;
+    memcpy(k->lines, q, sizeof q);
+    M->nrel++;
+  }
   return check_res_fields(m, &OUT) && check_res(ri);
+}
+
+/* A remembered release_id again: a replay that changes nothing and answers the
+ * reservation as it is now, or (other lines) a mismatch. */
+static bool op_release_again(atp_engine_t *engine, bool mismatch) {
+  if (M->nrel == 0) return true;
+  mrel_t *k = &M->rel[et_rng_below(&RNG, (uint32_t)M->nrel)];
+  mres_t *m = &M->res[k->res];
+  snprintf(OP, sizeof OP, "release %s %s again%s%s", m->id, k->id,
+           mismatch ? " (other content)" : "", engine == REP ? " (replica)" : "");
+  atp_qty_line_t lines[3];
+  to_qty_lines(k->lines, k->n, lines);
+  int n = k->n;
+  if (mismatch) {
+    if (n > 0)
+      lines[0].qty += 1;
+    else
+      lines[n++] = (atp_qty_line_t){S(SKU[pos_sku(m->lines[0].pos)]),
+                                    S(LOC[pos_loc(m->lines[0].pos)]), 1};
+  }
+  int rc =
+      atp_release_keyed(engine, S(m->id), S(k->id), lines, (uint32_t)n, &OUT, &RES);
+  if (mismatch) {
+    EXPECT(rc == ATP_EIDEMPOTENCY, "rc %d, want idempotency_mismatch", rc);
+    COUNTERS[C_MISMATCH]++;
+    return engine == REP || check_res(k->res);
+  }
+  EXPECT(rc == 0 && OUT.replayed, "rc %d replayed %d, want a replay", rc, OUT.replayed);
+  COUNTERS[C_REPLAY]++;
+  return check_res_fields(m, &OUT);
 }
 
 static bool op_extend(void) {
@@ -1275,6 +1359,46 @@ static bool op_count_again(bool mismatch) {
   return true;
 }
 
+/* Adjustments and counts share one id namespace: an adjustment's id sent as a
+ * count, or a count's as an adjustment, is a mismatch and changes nothing. */
+static bool op_cross_kind(void) {
+  bool as_count = et_rng_pct(&RNG, 50);
+  if (as_count ? M->nadj == 0 : M->ncnt == 0) return true;
+  int p = (int)et_rng_below(&RNG, NPOS);
+  int rc;
+  if (as_count) {
+    madj_t *a = &M->adj[et_rng_below(&RNG, (uint32_t)M->nadj)];
+    snprintf(OP, sizeof OP, "count with adjustment id %s", a->id);
+    atp_count_req_t req;
+    memset(&req, 0, sizeof req);
+    req.id = S(a->id);
+    req.sku = S(SKU[pos_sku(p)]);
+    req.location = S(LOC[pos_loc(p)]);
+    req.on_hand = 3;
+    req.counted_at_ms = now() - 1000;
+    req.source = ATP_STR("model");
+    atp_count_res_t out;
+    rc = atp_count(E, &req, &out, &RES);
+  } else {
+    mcount_t *c = &M->cnt[et_rng_below(&RNG, (uint32_t)M->ncnt)];
+    snprintf(OP, sizeof OP, "adjust with count id %s", c->id);
+    atp_adjust_req_t req;
+    memset(&req, 0, sizeof req);
+    req.id = S(c->id);
+    req.sku = S(SKU[pos_sku(p)]);
+    req.location = S(LOC[pos_loc(p)]);
+    req.delta = 1;
+    req.reason = ATP_REASON_RECEIVED;
+    req.source = ATP_STR("model");
+    req.occurred_at_ms = ATP_TIME_NONE;
+    atp_adjust_res_t out;
+    rc = atp_adjust(E, &req, &out, &RES);
+  }
+  EXPECT(rc == ATP_EIDEMPOTENCY, "rc %d, want idempotency_mismatch", rc);
+  COUNTERS[C_MISMATCH]++;
+  return true;
+}
+
 static bool op_safety(void) {
   int p = (int)et_rng_below(&RNG, NPOS);
   int64_t v = et_rng_range(&RNG, 0, 6);
@@ -1389,6 +1513,29 @@ static bool check_replica(void) {
     EXPECT(rb == 0, "reservation %s missing in the replica", M->res[i].id);
     if (!check_res_fields(&M->res[i], &GOT)) return false;
   }
+  /* The remembered keys came through the records too: every release_id and
+   * fulfillment_id is a replay in the replica, never a second release. */
+  for (int i = 0; i < M->nrel; i++) {
+    const mrel_t *k = &M->rel[i];
+    atp_qty_line_t lines[2];
+    to_qty_lines(k->lines, k->n, lines);
+    snprintf(OP, sizeof OP, "replica: release %s %s again", M->res[k->res].id, k->id);
+    int rc = atp_release_keyed(REP, S(M->res[k->res].id), S(k->id), lines,
+                               (uint32_t)k->n, &OUT, &RES);
+    EXPECT(rc == 0 && OUT.replayed, "rc %d replayed %d, want a replay", rc,
+           OUT.replayed);
+    if (!check_res_fields(&M->res[k->res], &OUT)) return false;
+  }
+  for (int i = 0; i < M->nful; i++) {
+    const mful_t *f = &M->ful[i];
+    atp_qty_line_t lines[2];
+    to_qty_lines(f->lines, f->n, lines);
+    snprintf(OP, sizeof OP, "replica: fulfil %s %s again", M->res[f->res].id, f->id);
+    int rc = atp_fulfil(REP, S(M->res[f->res].id), S(f->id), lines, (uint32_t)f->n,
+                        &OUT, &RES);
+    EXPECT(rc == 0 && OUT.replayed, "rc %d replayed %d, want a replay", rc,
+           OUT.replayed);
+  }
   return true;
 }
 
@@ -1438,6 +1585,12 @@ static bool step_once(void) {
     ok = op_safety();
   else if (r < 910)
     ok = op_group();
+  else if (r < 925)
+    ok = op_release_again(E, false);
+  else if (r < 930)
+    ok = op_release_again(E, true);
+  else if (r < 935)
+    ok = op_cross_kind();
   else
     ok = op_tick();
   if (!ok) return false;
