@@ -32,6 +32,12 @@
 #define ATP_HISTORY_WINDOW_MS_DEFAULT  259200000LL /* 72 h */
 #define ATP_HISTORY_ENTRIES_MAX        1024        /* per position */
 
+/* Input times (counted_at, occurred_at, as_of) may lie at most this far past
+ * the server's clock (--clock-skew-ms): a count "from the future" would absorb
+ * every later sale until that date. */
+#define ATP_CLOCK_SKEW_MS_DEFAULT 300000LL   /* 5 min */
+#define ATP_CLOCK_SKEW_MS_MAX     86400000LL /* 1 day */
+
 /* Engine capacities (defaults; configurable). */
 #define ATP_POSITIONS_MAX_DEFAULT (1u << 21) /* 2M */
 /* Reservations are kept 24 h after they end: 4M covers ~46 a second all day.

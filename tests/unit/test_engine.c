@@ -2237,6 +2237,40 @@ static void test_apply_rejects_malformed(void) {
   CHECK_EQ(atp_engine_apply(E, &bad, 1), ATP_EBADREQ);
 }
 
+/* --- issue 9: no times from the future, no ghost positions ------------------ */
+
+static void test_future_times_refused(void) {
+  REQUIRE(setup() == 0);
+  REQUIRE(adjust("a0", "A", "L1", 10) == 0);
+  int64_t skew = ATP_CLOCK_SKEW_MS_DEFAULT;
+  uint64_t v = ver("A", "L1");
+  /* One past the default skew: refused naming the field, nothing moves. */
+  CHECK_EQ(adjust_at("a1", "A", "L1", -3, now() + skew + 1, NULL), ATP_EBADREQ);
+  CHECK(strcmp(RES.field, "occurred_at") == 0);
+  CHECK_EQ(count_at("c1", "A", "L1", 99, now() + skew + 1, NULL), ATP_EBADREQ);
+  CHECK(strcmp(RES.field, "counted_at") == 0);
+  CHECK_EQ(count_at("c2", "B", "L1", 99, now() + 365LL * 86400000, NULL), ATP_EBADREQ);
+  CHECK_POS("A", "L1", 10, 0, 0, 0);
+  CHECK_EQ(ver("A", "L1"), v);
+  CHECK_EQ(pos("A", "L1").counted_at_ms, ATP_TIME_NONE);
+  atp_position_t none;
+  CHECK_EQ(pos_rc("B", "L1", &none), ATP_ENOTFOUND);
+  /* The ids were not consumed; exactly at the skew is accepted. */
+  CHECK_EQ(adjust_at("a1", "A", "L1", -3, now() + skew, NULL), 0);
+  CHECK_EQ(count_at("c1", "A", "L1", 4, now() + skew, NULL), 0);
+  CHECK_POS("A", "L1", 4, 0, 0, 0);
+
+  /* A configured skew replaces the default. */
+  atp_engine_config_t config = et_config(&CLK);
+  config.clock_skew_ms = 1000;
+  REQUIRE(setup_with(&config) == 0);
+  CHECK_EQ(adjust_at("a1", "A", "L1", 5, now() + 1001, NULL), ATP_EBADREQ);
+  CHECK_EQ(adjust_at("a1", "A", "L1", 5, now() + 1000, NULL), 0);
+  CHECK_EQ(count_at("c1", "A", "L1", 5, now() + 5000, NULL), ATP_EBADREQ);
+  CHECK_EQ(count_at("c1", "A", "L1", 6, now() + 1000, NULL), 0);
+  CHECK_POS("A", "L1", 6, 0, 0, 0);
+}
+
 TEST_MAIN({
   RUN(test_names);
   RUN(test_position_unknown);
@@ -2276,6 +2310,7 @@ TEST_MAIN({
   RUN(test_expiry_inbox_overflow_and_wrap);
   RUN(test_change_hook_replay);
   RUN(test_apply_rejects_malformed);
+  RUN(test_future_times_refused);
   teardown();
   log_free();
 })
