@@ -766,6 +766,23 @@ static int onhand_begin(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
     *flags = r->flags;
     return 1;
   }
+  if (has_change_from && change_from != 0 &&
+      atp_pos_find_str(e, sku, location) == UINT32_MAX) {
+    /* A position never seen has on_hand 0: a compare-and-set expecting
+     * anything else fails without creating it (a refusal changes nothing, and
+     * a ghost position would show in the endless aisle). Were it created
+     * concurrently after the look-up, this answer is the one the look-up's
+     * moment gives. */
+    atp_idem_fail(e, o->irec);
+    memset(position, 0, sizeof *position);
+    position->sku = sku;
+    position->location = location;
+    position->counted_at_ms = ATP_TIME_NONE;
+    result->current_on_hand = 0;
+    atp_result_set(result, "change_from", "on_hand is 0 (never seen), not %lld",
+                   (long long)change_from);
+    return ATP_ECONFLICT;
+  }
   rc = atp_pos_find_or_create(e, sku, location, &o->idx);
   if (rc) {
     atp_idem_fail(e, o->irec);

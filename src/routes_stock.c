@@ -12,14 +12,16 @@
 
 static _Thread_local atp_str_t group_locations[ATP_GROUP_LOCATIONS_MAX];
 
-/* 409 conflict from change_from, with the current position. */
+/* 409 conflict from change_from, with the current position. A position never
+ * seen is not created by a refusal: it is answered as a zero position with
+ * version 0 and "found": false, the shape group and query answers use. */
 static int respond_change_from_conflict(atp_req_t *rq, const atp_result_t *result,
                                         const atp_position_t *position) {
   atp_req_fail_result(rq, ATP_ECONFLICT, result);
   if (!rq->field[0]) snprintf(rq->field, sizeof rq->field, "change_from");
   atp_writer_t *w = atp_respond_error_begin(rq, ATP_ECONFLICT);
   atp_w_key(w, "position");
-  atp_write_position(w, position, -1);
+  atp_write_position(w, position, position->version == 0 ? 0 : -1);
   atp_respond_error_end(rq, w);
   return 0;
 }

@@ -414,9 +414,11 @@ int atp_safety_stock_set(atp_engine_t *engine, atp_str_t sku, atp_str_t location
                          atp_result_t *result);
 
 /* Adjusts on_hand by delta (CONTRACT.md section 5). ATP_ECONFLICT when
- * change_from differs (result->current_on_hand, and res->position filled);
- * ATP_EIDEMPOTENCY when the id was used with other content; ATP_EBADREQ naming
- * occurred_at when it lies more than clock_skew_ms after now. */
+ * change_from differs (result->current_on_hand, and res->position filled; for
+ * a position never seen, whose on_hand counts as 0, a zero position with
+ * version 0, and nothing is created); ATP_EIDEMPOTENCY when the id was used
+ * with other content; ATP_EBADREQ naming occurred_at when it lies more than
+ * clock_skew_ms after now. */
 int atp_adjust(atp_engine_t *engine, const atp_adjust_req_t *req, atp_adjust_res_t *res,
                atp_result_t *result);
 

@@ -384,3 +384,32 @@ def test_clock_skew_flag(binary):
                            capture_output=True, timeout=10)
         assert p.returncode == 2 and b"--clock-skew-ms" in p.stderr, (bad, p)
 
+
+# --- a refused compare-and-set changes nothing (issue 9, item 6) ----------------------
+
+@formats()
+def test_change_from_on_unknown_position_creates_nothing(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    e = expect_error(c.post("/v1/adjustments", adj_body(sku, delta=5, change_from=3)), 409, "conflict",
+                     "change_from")
+    check_position(e["position"], found=False)
+    assert (e["position"]["sku"], e["position"]["location"]) == (sku, "L1"), e
+    assert "counted_at" not in e["position"], e
+    e = expect_error(c.post("/v1/counts", dict(id=uid("cnt"), sku=sku, location="L1", on_hand=5,
+                                               counted_at=now_ms(), source="wms", change_from=2)),
+                     409, "conflict", "change_from")
+    check_position(e["position"], found=False)
+    expect_error(c.position(sku, "L1"), 404, "not_found")
+    r = c.get("/v1/availability", params=dict(sku=sku))
+    assert r.status == 200 and r.data["locations"] == [], "ghost position in the endless aisle: %r" % r
+    # change_from 0 matches a position never seen: it is created
+    r = c.post("/v1/adjustments", adj_body(sku, delta=5, change_from=0))
+    assert r.status == 200 and r.data["position"]["on_hand"] == 5, r
+    # a conflict on a known position still answers it, without "found"
+    e = expect_error(c.post("/v1/adjustments", adj_body(sku, delta=5, change_from=0)), 409, "conflict")
+    assert e["position"]["on_hand"] == 5 and e["position"]["version"] > 0, e
+    assert "found" not in e["position"], e
+    r = c.post("/v1/counts", dict(id=uid("cnt"), sku=uid("sku"), location="L1", on_hand=4,
+                                  counted_at=now_ms(), source="wms", change_from=0))
+    assert r.status == 200 and r.data["position"]["on_hand"] == 4, r

@@ -2239,6 +2239,12 @@ static void test_apply_rejects_malformed(void) {
 
 /* --- issue 9: no times from the future, no ghost positions ------------------ */
 
+static uint64_t position_count(void) {
+  atp_engine_stats_t st;
+  atp_engine_stats(E, &st);
+  return st.positions;
+}
+
 static void test_future_times_refused(void) {
   REQUIRE(setup() == 0);
   REQUIRE(adjust("a0", "A", "L1", 10) == 0);
@@ -2269,6 +2275,46 @@ static void test_future_times_refused(void) {
   CHECK_EQ(count_at("c1", "A", "L1", 5, now() + 5000, NULL), ATP_EBADREQ);
   CHECK_EQ(count_at("c1", "A", "L1", 6, now() + 1000, NULL), 0);
   CHECK_POS("A", "L1", 6, 0, 0, 0);
+}
+
+static void test_change_from_unknown_position(void) {
+  REQUIRE(setup() == 0);
+  atp_adjust_req_t req = adj_req("a1", "A", "L1", 5);
+  req.has_change_from = true;
+  req.change_from = 3;
+  atp_adjust_res_t out;
+  CHECK_EQ(atp_adjust(E, &req, &out, &RES), ATP_ECONFLICT);
+  CHECK(strcmp(RES.field, "change_from") == 0);
+  CHECK_EQ(RES.current_on_hand, 0);
+  CHECK_EQ(out.position.version, 0);
+  CHECK_EQ(out.position.on_hand, 0);
+  CHECK_EQ(out.position.counted_at_ms, ATP_TIME_NONE);
+  CHECK(et_str_is(out.position.sku, "A") && et_str_is(out.position.location, "L1"));
+  atp_count_req_t creq = count_req("c1", "A", "L1", 7, now() - 10);
+  creq.has_change_from = true;
+  creq.change_from = 2;
+  atp_count_res_t cout;
+  CHECK_EQ(atp_count(E, &creq, &cout, &RES), ATP_ECONFLICT);
+  CHECK_EQ(cout.position.version, 0);
+  /* Nothing was created: no position, none in the SKU's listing. */
+  atp_position_t none;
+  CHECK_EQ(pos_rc("A", "L1", &none), ATP_ENOTFOUND);
+  CHECK_EQ(position_count(), 0);
+  uint32_t n = 99;
+  atp_position_t listing[2];
+  CHECK_EQ(atp_sku_positions(E, et_str("A"), listing, 2, &n), 0);
+  CHECK_EQ(n, 0);
+  /* The ids stay free, and change_from 0 matches a position never seen. */
+  req.change_from = 0;
+  CHECK_EQ(atp_adjust(E, &req, &out, &RES), 0);
+  CHECK(out.applied && !out.replayed);
+  CHECK_POS("A", "L1", 5, 0, 0, 0);
+  creq.sku = ATP_STR("B");
+  creq.change_from = 0;
+  CHECK_EQ(atp_count(E, &creq, &cout, &RES), 0);
+  CHECK(cout.applied && !cout.replayed);
+  CHECK_POS("B", "L1", 7, 0, 0, 0);
+  CHECK_EQ(position_count(), 2);
 }
 
 TEST_MAIN({
@@ -2311,6 +2357,7 @@ TEST_MAIN({
   RUN(test_change_hook_replay);
   RUN(test_apply_rejects_malformed);
   RUN(test_future_times_refused);
+  RUN(test_change_from_unknown_position);
   teardown();
   log_free();
 })
