@@ -60,6 +60,14 @@
 /* Codecs. */
 #define ATP_CODEC_DEPTH_MAX 32 /* nesting of arrays and objects */
 #define ATP_QUERY_ITEMS_MAX 1000
-#define ATP_BATCH_OPS_MAX   100000
+/* Positions one availability answer may carry (a group item counts as its
+ * locations): about 150 bytes of JSON each, so 1.5 MB at most, encoded in a
+ * few ms, where 1,000 group items over 1,000-location groups built 149 MB. */
+#define ATP_QUERY_POSITIONS_MAX 10000
+/* Locations an endless-aisle answer lists (the most available first); more
+ * are cut with "truncated": true. The engine keeps the top ones by insertion,
+ * so its cost grows with this bound times the SKU's locations. */
+#define ATP_SKU_LOCATIONS_MAX 1000
+#define ATP_BATCH_OPS_MAX     100000
 
 #endif
