@@ -42,6 +42,9 @@ typedef struct {
   bool access_log;   /* one JSON line per request (default on) */
   bool print_routes; /* --routes: print the table and exit */
   bool print_help;   /* --help: print usage and exit */
+  /* 1..ATP_CLOCK_SKEW_MS_MAX: how far past the server's clock an input time
+   * may lie (--clock-skew-ms). */
+  int64_t clock_skew_ms;
 } atp_config_t;
 
 /* Fills *cfg with the defaults, then the ATPD_* environment, then argv.

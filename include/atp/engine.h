@@ -332,6 +332,8 @@ typedef struct {
   int64_t idempotency_ttl_ms; /* 0: ATP_IDEMPOTENCY_TTL_MS_DEFAULT */
   int64_t ended_ttl_ms;       /* 0: ATP_ENDED_TTL_MS_DEFAULT */
   int64_t history_window_ms;  /* 0: ATP_HISTORY_WINDOW_MS_DEFAULT */
+  int64_t clock_skew_ms;      /* 0: ATP_CLOCK_SKEW_MS_DEFAULT; how far past now an
+                                 occurred_at or counted_at may lie */
   atp_clock_fn clock;         /* NULL: the real-time clock */
   void *clock_ctx;
   atp_change_fn on_change; /* NULL: no hook */
@@ -429,12 +431,17 @@ int atp_safety_stock_set(atp_engine_t *engine, atp_str_t sku, atp_str_t location
                          atp_result_t *result);
 
 /* Adjusts on_hand by delta (CONTRACT.md section 5). ATP_ECONFLICT when
- * change_from differs (result->current_on_hand, and res->position filled);
- * ATP_EIDEMPOTENCY when the id was used with other content. */
+ * change_from differs (result->current_on_hand, and res->position filled; for
+ * a position never seen, whose on_hand counts as 0, a zero position with
+ * version 0, and nothing is created); ATP_EIDEMPOTENCY when the id was used
+ * with other content; ATP_EBADREQ naming occurred_at when it lies more than
+ * clock_skew_ms after now. */
 int atp_adjust(atp_engine_t *engine, const atp_adjust_req_t *req, atp_adjust_res_t *res,
                atp_result_t *result);
 
-/* Applies a count (CONTRACT.md section 5). */
+/* Applies a count (CONTRACT.md section 5). ATP_ECONFLICT from change_from as
+ * for atp_adjust; ATP_EBADREQ naming counted_at when it lies more than
+ * clock_skew_ms after now. */
 int atp_count(atp_engine_t *engine, const atp_count_req_t *req, atp_count_res_t *res,
               atp_result_t *result);
 

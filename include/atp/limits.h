@@ -32,6 +32,12 @@
 #define ATP_HISTORY_WINDOW_MS_DEFAULT  259200000LL /* 72 h */
 #define ATP_HISTORY_ENTRIES_MAX        1024        /* per position */
 
+/* Input times (counted_at, occurred_at, as_of) may lie at most this far past
+ * the server's clock (--clock-skew-ms): a count "from the future" would absorb
+ * every later sale until that date. */
+#define ATP_CLOCK_SKEW_MS_DEFAULT 300000LL   /* 5 min */
+#define ATP_CLOCK_SKEW_MS_MAX     86400000LL /* 1 day */
+
 /* Engine capacities (defaults; configurable). */
 #define ATP_POSITIONS_MAX_DEFAULT (1u << 21) /* 2M */
 /* Reservations are kept 24 h after they end: 4M covers ~46 a second all day.
@@ -54,6 +60,14 @@
 /* Codecs. */
 #define ATP_CODEC_DEPTH_MAX 32 /* nesting of arrays and objects */
 #define ATP_QUERY_ITEMS_MAX 1000
-#define ATP_BATCH_OPS_MAX   100000
+/* Positions one availability answer may carry (a group item counts as its
+ * locations): about 150 bytes of JSON each, so 1.5 MB at most, encoded in a
+ * few ms, where 1,000 group items over 1,000-location groups built 149 MB. */
+#define ATP_QUERY_POSITIONS_MAX 10000
+/* Locations an endless-aisle answer lists (the most available first); more
+ * are cut with "truncated": true. The engine keeps the top ones by insertion,
+ * so its cost grows with this bound times the SKU's locations. */
+#define ATP_SKU_LOCATIONS_MAX 1000
+#define ATP_BATCH_OPS_MAX     100000
 
 #endif

@@ -69,6 +69,9 @@ typedef struct {
 /* Reader flags. */
 #define ATP_OPTIONAL 0u
 #define ATP_REQUIRED 1u
+/* atp_get_time only: the time may lie in the future (a filter bound, not a
+ * fact about stock). Without it a time past the allowed clock skew is a 400. */
+#define ATP_FUTURE_OK 2u
 
 /* --- errors -------------------------------------------------------------- */
 
@@ -109,7 +112,9 @@ int atp_get_int(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
                 bool *present);
 int atp_get_bool(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
                  const char *key, unsigned flags, bool *out, bool *present);
-/* Integer ms since the epoch, or an RFC 3339 string. */
+/* Integer ms since the epoch, or an RFC 3339 string. Unless flags has
+ * ATP_FUTURE_OK, a time more than the allowed clock skew after the server's
+ * clock is refused (atp_req_time_check). */
 int atp_get_time(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
                  const char *key, unsigned flags, int64_t *out_ms, bool *present);
 /* An array of min..max items; *out NULL when absent and optional. */
@@ -119,6 +124,15 @@ int atp_get_array(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
 /* An array item that must be an object (path "key[i]"). */
 int atp_get_item_object(atp_req_t *rq, const atp_val_t *array, const atp_at_t *at,
                         const char *key, uint32_t index, const atp_val_t **out);
+
+/* 0 when at_ms lies at most the app's clock skew (--clock-skew-ms) after the
+ * engine's clock, else ATP_EBADREQ naming key under at (CONTRACT.md section 1:
+ * a count or sale "from the future" would corrupt every later count). Every
+ * time a route accepts goes through here, from a body (atp_get_time) or a
+ * query string. Without an app or engine (unit tests) the real-time clock and
+ * the default skew apply. */
+int atp_req_time_check(atp_req_t *rq, const atp_at_t *at, const char *key,
+                       int64_t at_ms);
 
 /* Validates an identifier's bytes; 0 or ATP_EBADREQ (no recording). */
 int atp_id_check(const char *s, size_t len);

@@ -50,6 +50,8 @@ struct atp_app {
   const atp_ownership_t *ownership; /* NULL: everyone may write */
   atp_metrics_t *metrics;           /* NULL: none kept */
   bool access_log;
+  int64_t clock_skew_ms; /* input times may lie this far past the clock; 0:
+                            ATP_CLOCK_SKEW_MS_DEFAULT (--clock-skew-ms) */
 };
 
 /* The table, and its size. Index i is the route's metrics label index. */

@@ -6,9 +6,11 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "atp/error.h"
 #include "atp/limits.h"
+#include "atp/router.h"
 
 /* --- scratch records ------------------------------------------------------- */
 
@@ -317,8 +319,32 @@ int atp_get_time(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
                         "Must be integer milliseconds or an RFC 3339 string, not %s.",
                         type_name(v->type));
   }
+  if (!(flags & ATP_FUTURE_OK)) {
+    rc = atp_req_time_check(rq, at, key, *out_ms);
+    if (rc != 0) return rc;
+  }
   if (present) *present = true;
   return 0;
+}
+
+int atp_req_time_check(atp_req_t *rq, const atp_at_t *at, const char *key,
+                       int64_t at_ms) {
+  atp_engine_t *engine = rq->app ? atp_app_engine(rq->app) : NULL;
+  int64_t skew_ms = rq->app && rq->app->clock_skew_ms > 0 ? rq->app->clock_skew_ms
+                                                          : ATP_CLOCK_SKEW_MS_DEFAULT;
+  int64_t now_ms;
+  if (engine) {
+    now_ms = atp_engine_now_ms(engine); /* the clock the engine judges by */
+  } else {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  }
+  if (at_ms <= now_ms + skew_ms) return 0;
+  return atp_req_fail(rq, ATP_EBADREQ, at, key,
+                      "Must not lie in the future: it is %lld ms after the server's "
+                      "clock, and at most %lld ms of clock skew are allowed.",
+                      (long long)(at_ms - now_ms), (long long)skew_ms);
 }
 
 int atp_get_array(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,

@@ -44,7 +44,7 @@ static const atp_route_t routes[] = {
      ONE_MIB, atp_route_group_put},
     {ATP_HTTP_GET, "/v1/groups/{name}", ATP_ACCESS_READ, ATP_FIELD_NONE, ONE_MIB,
      atp_route_group_get},
-    {ATP_HTTP_DELETE, "/v1/groups/{name}", ATP_ACCESS_INTEGRATION, ATP_FIELD_NONE,
+    {ATP_HTTP_DELETE, "/v1/groups/{name}", ATP_ACCESS_INTEGRATION, ATP_FIELD_GROUPS,
      ONE_MIB, atp_route_group_delete},
     {ATP_HTTP_GET, "/healthz", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB,
      atp_route_healthz},

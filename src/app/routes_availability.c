@@ -11,22 +11,28 @@
 #include "atp/router.h"
 
 /* Per-thread scratch for group and endless-aisle answers: a group holds at
- * most ATP_GROUP_LOCATIONS_MAX locations; a SKU held at more locations than
- * that falls back to the request arena. */
+ * most ATP_GROUP_LOCATIONS_MAX locations, an endless-aisle answer lists at
+ * most ATP_SKU_LOCATIONS_MAX. */
+_Static_assert(ATP_SKU_LOCATIONS_MAX <= ATP_GROUP_LOCATIONS_MAX,
+               "the endless aisle uses the group scratch");
 static _Thread_local atp_str_t group_locations[ATP_GROUP_LOCATIONS_MAX];
 static _Thread_local atp_key_t group_keys[ATP_GROUP_LOCATIONS_MAX];
 static _Thread_local atp_position_t positions[ATP_GROUP_LOCATIONS_MAX];
 static _Thread_local bool positions_found[ATP_GROUP_LOCATIONS_MAX];
 
 /* Writes {sku, group, available, locations[, found]} for a known group, or
- * returns ATP_ENOTFOUND without writing. found < 0 omits "found". */
+ * returns ATP_ENOTFOUND without writing. found < 0 omits "found". *carried
+ * gets the number of positions written. */
 static int write_group_availability(atp_engine_t *engine, atp_writer_t *w,
-                                    atp_str_t sku, atp_str_t group, int found) {
+                                    atp_str_t sku, atp_str_t group, int found,
+                                    uint32_t *carried) {
   uint32_t count = 0;
+  *carried = 0;
   int rc =
       atp_group_get(engine, group, group_locations, ATP_GROUP_LOCATIONS_MAX, &count);
   if (rc != 0) return rc;
   if (count > ATP_GROUP_LOCATIONS_MAX) count = ATP_GROUP_LOCATIONS_MAX;
+  *carried = count;
   /* One batched read: the group's positions are looked up together. */
   for (uint32_t i = 0; i < count; i++)
     group_keys[i] = (atp_key_t){sku, group_locations[i]};
@@ -59,20 +65,16 @@ static int write_group_availability(atp_engine_t *engine, atp_writer_t *w,
   return 0;
 }
 
+/* A SKU held at more than ATP_SKU_LOCATIONS_MAX locations lists the most
+ * available ones, with "truncated": true and the full "location_count"; the
+ * sums then cover the listed locations only. Without the bound, a SKU at many
+ * thousands of locations built an answer of unbounded size (issue 9). */
 static int endless_aisle(atp_req_t *rq, atp_engine_t *engine, atp_str_t sku) {
-  uint32_t count = 0;
+  uint32_t total = 0;
   atp_position_t *out = positions;
-  int rc = atp_sku_positions(engine, sku, out, ATP_GROUP_LOCATIONS_MAX, &count);
+  int rc = atp_sku_positions(engine, sku, out, ATP_SKU_LOCATIONS_MAX, &total);
   if (rc != 0) return atp_req_fail(rq, rc, NULL, NULL, "%s", atp_strerror(rc));
-  if (count > ATP_GROUP_LOCATIONS_MAX) {
-    /* Rare: a SKU stocked at more than a thousand locations. */
-    uint32_t want = count;
-    out = atp_arena_alloc(rq->arena, (size_t)want * sizeof *out);
-    if (!out) return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
-    rc = atp_sku_positions(engine, sku, out, want, &count);
-    if (rc != 0) return atp_req_fail(rq, rc, NULL, NULL, "%s", atp_strerror(rc));
-    if (count > want) count = want;
-  }
+  uint32_t count = total > ATP_SKU_LOCATIONS_MAX ? ATP_SKU_LOCATIONS_MAX : total;
   int64_t available = 0, on_hand = 0;
   for (uint32_t i = 0; i < count; i++) {
     available += out[i].available;
@@ -90,6 +92,12 @@ static int endless_aisle(atp_req_t *rq, atp_engine_t *engine, atp_str_t sku) {
   atp_w_array_begin(w);
   for (uint32_t i = 0; i < count; i++) atp_write_position(w, &out[i], -1);
   atp_w_array_end(w);
+  if (total > count) {
+    atp_w_key(w, "truncated");
+    atp_w_bool(w, true);
+    atp_w_key(w, "location_count");
+    atp_w_uint(w, total);
+  }
   atp_w_object_end(w);
   return 0;
 }
@@ -114,11 +122,20 @@ int atp_route_availability_get(atp_req_t *rq) {
   }
   if (group.len) {
     atp_writer_t *w = atp_respond_begin(rq, 200);
-    if (write_group_availability(engine, w, sku, group, -1) != 0)
+    uint32_t carried;
+    if (write_group_availability(engine, w, sku, group, -1, &carried) != 0)
       return atp_req_fail(rq, ATP_ENOTFOUND, NULL, "group", "Unknown group.");
     return 0;
   }
   return endless_aisle(rq, engine, sku);
+}
+
+/* 400 naming items: the answer would carry more than ATP_QUERY_POSITIONS_MAX. */
+static int too_many_positions(atp_req_t *rq, uint32_t answer_positions) {
+  return atp_req_fail(rq, ATP_EBADREQ, NULL, "items",
+                      "The answer would carry %u positions (a group item counts as its "
+                      "locations); at most %d are allowed: split the query.",
+                      answer_positions, ATP_QUERY_POSITIONS_MAX);
 }
 
 typedef struct {
@@ -153,6 +170,16 @@ int atp_route_availability_query(atp_req_t *rq) {
       return atp_req_fail(rq, ATP_EBADREQ, &at, "location",
                           "Give a location or a group.");
   }
+  /* Bound the answer before building any of it: a group item carries one
+   * position per location of its group (an unknown group, none). */
+  uint32_t answer_positions = 0;
+  for (uint32_t i = 0; i < items->len; i++) {
+    uint32_t n = 1;
+    if (q[i].group.len && atp_group_get(engine, q[i].group, NULL, 0, &n) != 0) n = 0;
+    answer_positions += n;
+  }
+  if (answer_positions > ATP_QUERY_POSITIONS_MAX)
+    return too_many_positions(rq, answer_positions);
   /* The items that name a location are read in one batch, whose look-ups
    * overlap their cache misses; items are then answered in request order. */
   uint32_t located = 0;
@@ -170,6 +197,7 @@ int atp_route_availability_query(atp_req_t *rq) {
   atp_w_object_begin(w);
   atp_w_key(w, "items");
   atp_w_array_begin(w);
+  uint32_t carried_total = 0;
   for (uint32_t i = 0, k = 0; i < items->len; i++) {
     if (q[i].location.len) {
       if (found[k])
@@ -177,9 +205,18 @@ int atp_route_availability_query(atp_req_t *rq) {
       else
         atp_write_zero_position(w, q[i].sku, q[i].location, 0);
       k++;
+      carried_total++;
       continue;
     }
-    if (write_group_availability(engine, w, q[i].sku, q[i].group, 1) != 0) {
+    uint32_t carried = 0;
+    int group_rc =
+        write_group_availability(engine, w, q[i].sku, q[i].group, 1, &carried);
+    /* A group replaced with more locations since the count above must not
+     * lift the bound: the error replaces the half-built answer. */
+    carried_total += carried;
+    if (carried_total > ATP_QUERY_POSITIONS_MAX)
+      return too_many_positions(rq, carried_total);
+    if (group_rc != 0) {
       atp_w_object_begin(w);
       atp_w_key(w, "sku");
       atp_w_s(w, q[i].sku);

@@ -12,14 +12,16 @@
 
 static _Thread_local atp_str_t group_locations[ATP_GROUP_LOCATIONS_MAX];
 
-/* 409 conflict from change_from, with the current position. */
+/* 409 conflict from change_from, with the current position. A position never
+ * seen is not created by a refusal: it is answered as a zero position with
+ * version 0 and "found": false, the shape group and query answers use. */
 static int respond_change_from_conflict(atp_req_t *rq, const atp_result_t *result,
                                         const atp_position_t *position) {
   atp_req_fail_result(rq, ATP_ECONFLICT, result);
   if (!rq->field[0]) snprintf(rq->field, sizeof rq->field, "change_from");
   atp_writer_t *w = atp_respond_error_begin(rq, ATP_ECONFLICT);
   atp_w_key(w, "position");
-  atp_write_position(w, position, -1);
+  atp_write_position(w, position, position->version == 0 ? 0 : -1);
   atp_respond_error_end(rq, w);
   return 0;
 }
@@ -232,9 +234,25 @@ int atp_route_group_get(atp_req_t *rq) {
   return 0;
 }
 
+/* DELETE carries its flow as ?source= (many clients send no DELETE body), or
+ * as "source" in an optional body like PUT's; given twice, both must agree.
+ * The ownership rule is PUT's, checked before the group is looked up, so a
+ * flow that may not write groups learns nothing of which exist. */
 int atp_route_group_delete(atp_req_t *rq) {
-  atp_str_t name;
+  atp_str_t name, source, body_source;
   int rc = atp_req_path_id(rq, "name", "group name", &name);
+  if (rc == 0) rc = atp_query_id(rq, "source", ATP_OPTIONAL, &source);
+  if (rc == 0) rc = atp_req_parse_body(rq, false);
+  if (rc == 0)
+    rc = atp_get_id(rq, rq->body, NULL, "source", ATP_OPTIONAL, &body_source);
+  if (rc == 0 && body_source.len) {
+    if (source.len && (source.len != body_source.len ||
+                       memcmp(source.ptr, body_source.ptr, source.len) != 0))
+      rc = atp_req_fail(rq, ATP_EBADREQ, NULL, "source",
+                        "The query and the body name different sources.");
+    source = body_source;
+  }
+  if (rc == 0) rc = atp_req_owner_check(rq, ATP_FIELD_GROUPS, source, "source");
   if (rc != 0) return rc;
   atp_result_t result;
   atp_result_init(&result);

@@ -79,6 +79,7 @@ static int load_access(const atp_config_t *cfg, atp_app_t *app, atp_auth_t **aut
 static int build_engine(const atp_config_t *cfg, atp_app_t *app, atp_engine_t **out) {
   atp_engine_config_t ec;
   memset(&ec, 0, sizeof ec);
+  ec.clock_skew_ms = cfg->clock_skew_ms;
   int rc = atp_engine_create(&ec, out);
   if (rc != 0) {
     fprintf(stderr, "atpd: cannot create the engine: %s\n", atp_strerror(rc));
@@ -134,6 +135,7 @@ int main(int argc, char **argv) {
   atomic_init(&app.engine, NULL);
   atomic_init(&app.ready, false);
   app.access_log = cfg.access_log;
+  app.clock_skew_ms = cfg.clock_skew_ms;
   atp_auth_t *auth = NULL;
   atp_ownership_t *own = NULL;
   if (load_access(&cfg, &app, &auth, &own) != 0) return 1;

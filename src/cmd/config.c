@@ -175,6 +175,18 @@ static int set_ownership(atp_config_t *cfg, const char *v, char *err, size_t err
                   what);
 }
 
+static int set_clock_skew(atp_config_t *cfg, const char *v, char *err, size_t err_len,
+                          const char *what) {
+  long long n = 0;
+  if (parse_int(v, 1, ATP_CLOCK_SKEW_MS_MAX, &n) != 0) {
+    snprintf(err, err_len, "%s must be an integer 1..%lld milliseconds, got \"%s\"",
+             what, (long long)ATP_CLOCK_SKEW_MS_MAX, v);
+    return ATP_EBADREQ;
+  }
+  cfg->clock_skew_ms = n;
+  return 0;
+}
+
 static int parse_bool(const char *v, bool *out) {
   if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on")) {
     *out = true;
@@ -217,6 +229,7 @@ static const option_t options[] = {
     {"--ownership", "ATPD_OWNERSHIP", true, set_ownership},
     {"--demo", "ATPD_DEMO", false, set_demo},
     {"--access-log", "ATPD_ACCESS_LOG", true, set_access_log},
+    {"--clock-skew-ms", "ATPD_CLOCK_SKEW_MS", true, set_clock_skew},
 };
 #define OPTION_COUNT (sizeof options / sizeof options[0])
 
@@ -231,6 +244,7 @@ const char *atp_config_usage(void) {
          "            [--ownership FILE]        the source-of-truth matrix\n"
          "            [--demo]                  load a demo catalogue when empty\n"
          "            [--access-log on|off]     one JSON line per request, default on\n"
+         "            [--clock-skew-ms N]       future times allowed, default 300000\n"
          "            [--routes]                print the route table and exit\n"
          "Every flag has an ATPD_* environment twin (ATPD_LISTEN, ...); flags win.\n";
 }
@@ -254,6 +268,7 @@ int atp_config_load(atp_config_t *cfg, int argc, char **argv,
   cfg->redis_port = 6379;
   cfg->snapshot_interval_s = 300;
   cfg->access_log = true;
+  cfg->clock_skew_ms = ATP_CLOCK_SKEW_MS_DEFAULT;
   if (err_len) err[0] = '\0';
 
   for (size_t i = 0; i < OPTION_COUNT; i++) {

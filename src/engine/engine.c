@@ -760,6 +760,23 @@ static int onhand_begin(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
     *flags = r->flags;
     return 1;
   }
+  if (has_change_from && change_from != 0 &&
+      atp_pos_find_str(e, sku, location) == UINT32_MAX) {
+    /* A position never seen has on_hand 0: a compare-and-set expecting
+     * anything else fails without creating it (a refusal changes nothing, and
+     * a ghost position would show in the endless aisle). Were it created
+     * concurrently after the look-up, this answer is the one the look-up's
+     * moment gives. */
+    atp_idem_fail(e, o->irec);
+    memset(position, 0, sizeof *position);
+    position->sku = sku;
+    position->location = location;
+    position->counted_at_ms = ATP_TIME_NONE;
+    result->current_on_hand = 0;
+    atp_result_set(result, "change_from", "on_hand is 0 (never seen), not %lld",
+                   (long long)change_from);
+    return ATP_ECONFLICT;
+  }
   rc = atp_pos_find_or_create(e, sku, location, &o->idx);
   if (rc) {
     atp_idem_fail(e, o->irec);
@@ -826,11 +843,25 @@ static int check_adjust(const atp_adjust_req_t *req, atp_result_t *result) {
   return 0;
 }
 
+/* A time more than the allowed skew past now would corrupt every later count
+ * (CONTRACT.md section 1): refused naming its field. */
+static int check_not_future(const atp_engine_t *e, int64_t at_ms, int64_t now_ms,
+                            const char *field, atp_result_t *result) {
+  if (at_ms == ATP_TIME_NONE || at_ms <= now_ms + e->config.clock_skew_ms) return 0;
+  atp_result_set(result, field,
+                 "%s is %lld ms after the server's clock; at most %lld ms are allowed",
+                 field, (long long)(at_ms - now_ms),
+                 (long long)e->config.clock_skew_ms);
+  return ATP_EBADREQ;
+}
+
 int atp_adjust(atp_engine_t *e, const atp_adjust_req_t *req, atp_adjust_res_t *res,
                atp_result_t *result) {
   int rc = check_adjust(req, result);
   if (rc) return rc;
   int64_t now = atp_now(e);
+  rc = check_not_future(e, req->occurred_at_ms, now, "occurred_at", result);
+  if (rc) return rc;
   int64_t occurred = req->occurred_at_ms == ATP_TIME_NONE ? now : req->occurred_at_ms;
   uint64_t h = atp_hash_str(ATP_IDEM_ADJUST, req->sku);
   h = atp_hash_str(h, req->location);
@@ -889,6 +920,8 @@ int atp_count(atp_engine_t *e, const atp_count_req_t *req, atp_count_res_t *res,
     return ATP_EBADREQ;
   }
   int64_t now = atp_now(e);
+  rc = check_not_future(e, req->counted_at_ms, now, "counted_at", result);
+  if (rc) return rc;
   uint64_t h = atp_hash_str(ATP_IDEM_COUNT, req->sku);
   h = atp_hash_str(h, req->location);
   h = atp_hash_int(h, req->on_hand);
@@ -1138,6 +1171,8 @@ int atp_engine_create(const atp_engine_config_t *config, atp_engine_t **out) {
   if (!c->idempotency_ttl_ms) c->idempotency_ttl_ms = ATP_IDEMPOTENCY_TTL_MS_DEFAULT;
   if (!c->ended_ttl_ms) c->ended_ttl_ms = ATP_ENDED_TTL_MS_DEFAULT;
   if (!c->history_window_ms) c->history_window_ms = ATP_HISTORY_WINDOW_MS_DEFAULT;
+  if (!c->clock_skew_ms) c->clock_skew_ms = ATP_CLOCK_SKEW_MS_DEFAULT;
+  ATP_ASSERT(c->clock_skew_ms > 0);
   if (!c->clock) c->clock = real_clock;
   pthread_mutex_init(&e->create_lock, NULL);
   /* Every string is a SKU, a location or a group name. The worst case is a

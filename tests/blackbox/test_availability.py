@@ -1,5 +1,6 @@
 """Section 3: availability read paths, in both encodings."""
 import random
+import time
 
 from harness import check_position, expect_error, formats, uid
 
@@ -163,3 +164,81 @@ def test_unicode_identifiers(srv, fmt):
     c.adjust(sku, "Zürich", 2)
     p = c.pos(sku, "Zürich")
     assert p["sku"] == sku and p["location"] == "Zürich", p
+
+
+# --- bounded answers (issue 9, item 3) ----------------------------------------------
+
+QUERY_POSITIONS_MAX = 10000
+SKU_LOCATIONS_MAX = 1000
+
+
+def _big_group(c, n=1000):
+    name = uid("bigg")
+    r = c.put("/v1/groups/" + name, dict(locations=["loc-%04d" % i for i in range(n)]))
+    assert r.status == 200, r
+    return name
+
+
+@formats()
+def test_query_positions_bounded(srv, fmt):
+    c = srv.client(fmt)
+    g = _big_group(c)
+    sku = uid("sku")
+    c.adjust(sku, "loc-0001", 3)
+    # the probe's request: 1,000 group items over a 1,000-location group
+    items = [dict(sku=sku, group=g)] * 1000
+    t = time.time()
+    e = expect_error(c.post(A + "/query", dict(items=items)), 400, "bad_request", "items")
+    assert time.time() - t < 0.5, "the refusal must not build the answer first"
+    assert "1000000" in e["message"] and str(QUERY_POSITIONS_MAX) in e["message"], e
+    # exactly at the bound (10 groups of 1000) is answered; one more position is not
+    r = c.post(A + "/query", dict(items=items[:10]))
+    assert r.status == 200 and len(r.data["items"]) == 10, r
+    assert r.data["items"][0]["available"] == 3 and len(r.data["items"][0]["locations"]) == 1000
+    e = expect_error(c.post(A + "/query", dict(items=items[:10] + [dict(sku=sku, location="x")])),
+                     400, "bad_request", "items")
+    assert "10001" in e["message"], e
+    # an unknown group carries no position
+    r = c.post(A + "/query", dict(items=items[:10] + [dict(sku=sku, group=uid("nog"))]))
+    assert r.status == 200 and r.data["items"][10]["found"] is False, r
+
+
+def test_query_worst_allowed_is_fast(srv):
+    """The largest answer allowed (10,000 positions) takes a few ms, not a second."""
+    c = srv.client("json")
+    g = _big_group(c)
+    sku = uid("sku")
+    items = [dict(sku=sku, group=g)] * 10
+    best = None
+    for _ in range(5):
+        t = time.perf_counter()
+        r = c.post(A + "/query", dict(items=items))
+        dt = time.perf_counter() - t
+        assert r.status == 200, r
+        best = dt if best is None else min(best, dt)
+    assert len(r.body) < 2 * 1024 * 1024, len(r.body)
+    assert best < 0.1, "worst allowed query took %.1f ms" % (best * 1000)
+
+
+@formats()
+def test_endless_aisle_bounded(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    n = SKU_LOCATIONS_MAX + 5
+    for i in range(n):
+        c.adjust(sku, "st-%04d" % i, i + 1)
+    r = c.get(A, params=dict(sku=sku))
+    assert r.status == 200, r
+    d = r.data
+    assert d["truncated"] is True and d["location_count"] == n, {k: d[k] for k in d if k != "locations"}
+    assert len(d["locations"]) == SKU_LOCATIONS_MAX, len(d["locations"])
+    # the most available first; the five least available are the ones cut
+    avail = [p["available"] for p in d["locations"]]
+    assert avail == sorted(avail, reverse=True) and avail[0] == n and avail[-1] == 6, avail[-3:]
+    assert d["available"] == sum(avail) and d["on_hand"] == sum(p["on_hand"] for p in d["locations"]), d
+    # at the bound nothing is cut and the answer carries no truncation fields
+    sku2 = uid("sku")
+    for i in range(3):
+        c.adjust(sku2, "st-%d" % i, 1)
+    d = c.get(A, params=dict(sku=sku2)).data
+    assert "truncated" not in d and "location_count" not in d and len(d["locations"]) == 3, d

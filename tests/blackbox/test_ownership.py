@@ -65,3 +65,32 @@ def test_reservations_channel(srv, fmt):
     assert c.pos(sku, "L1")["reserved"] == 0
     assert c.reserve([dict(sku=sku, location="L1", qty=1)], channel="checkout").status == 201
     assert c.reserve([dict(sku=sku, location="L1", qty=1)], channel="shopify").status == 201
+
+
+@formats()
+def test_group_delete_writers(srv, fmt):
+    """DELETE applies the groups rule exactly as PUT does (issue 9, item 4)."""
+    c = srv.client(fmt)
+    name = uid("grp")
+    path = "/v1/groups/" + name
+    # PUT: the reference behaviour
+    expect_error(c.put(path, dict(locations=["A", "B"], source="pos")), 403, "not_owner", "source")
+    expect_error(c.put(path, dict(locations=["A", "B"])), 403, "not_owner", "source")
+    assert c.put(path, dict(locations=["A", "B"], source="ops")).status == 200
+    # DELETE, flow as ?source=, as a body, or not at all
+    expect_error(c.delete(path, params=dict(source="pos")), 403, "not_owner", "source")
+    expect_error(c.delete(path, params=dict(source="erp")), 403, "not_owner", "source")
+    expect_error(c.delete(path), 403, "not_owner", "source")
+    expect_error(c.delete(path, body=dict(source="pos")), 403, "not_owner", "source")
+    expect_error(c.delete(path, body=dict(source="ops"), params=dict(source="pos")), 400,
+                 "bad_request", "source")
+    r = c.get(path)
+    assert r.status == 200 and r.data["locations"] == ["A", "B"], "a refused delete removed the group: %r" % r
+    # an unknown group is not_owner too for a flow that may not write groups
+    expect_error(c.delete("/v1/groups/" + uid("grp"), params=dict(source="pos")), 403, "not_owner")
+    r = c.delete(path, params=dict(source="ops"))
+    assert r.status == 204, r
+    expect_error(c.get(path), 404, "not_found")
+    assert c.put(path, dict(locations=["A"], source="ops")).status == 200
+    assert c.delete(path, body=dict(source="ops")).status == 204
+    expect_error(c.delete(path, params=dict(source="ops")), 404, "not_found")

@@ -1,5 +1,7 @@
 """Section 5: adjustments, counts, safety stock, groups, in both encodings."""
-from harness import check_position, expect_error, formats, now_ms, rfc3339, uid
+import subprocess
+
+from harness import Server, check_position, expect_error, formats, now_ms, rfc3339, uid
 
 REASONS = ("received", "sale", "return_restock", "damaged", "shrink", "correction",
            "transfer_in", "transfer_out", "other")
@@ -270,3 +272,144 @@ def test_groups_validation(srv, fmt):
     assert r.status == 200 and len(r.data["locations"]) == 1000, r
     g2 = "grp-" + "x" * 130
     expect_error(c.put("/v1/groups/" + g2, dict(locations=["a"])), 400, "bad_request")
+
+
+# --- times from the future (CONTRACT.md section 1, --clock-skew-ms) ------------------
+
+DAY_MS = 86400 * 1000
+SKEW_MS = 300000  # the default --clock-skew-ms
+
+
+def _future_times(t):
+    """Future times in both input encodings: integer ms and RFC 3339."""
+    far = t + 75 * 365 * DAY_MS  # "2099"
+    return [far, rfc3339(far), t + SKEW_MS + 60000, rfc3339(t + SKEW_MS + 60000, offset_min=120)]
+
+
+@formats()
+def test_future_counted_at_refused(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    c.adjust(sku, "L1", 10)
+    before = c.pos(sku, "L1")
+    for when in _future_times(now_ms()):
+        b = dict(id=uid("cnt"), sku=sku, location="L1", on_hand=99, counted_at=when, source="wms")
+        e = expect_error(c.post("/v1/counts", b), 400, "bad_request", "counted_at")
+        assert "future" in e["message"], e
+        assert c.pos(sku, "L1") == before, "a refused count changed the position (%r)" % (when,)
+        # the id was not consumed: the same id with a sound time applies
+        r = c.post("/v1/counts", dict(b, counted_at=now_ms() - 5000, on_hand=10))
+        assert r.status == 200 and "replayed" not in r.data, r
+        before = c.pos(sku, "L1")
+    # a future count on a position never seen creates nothing
+    ghost = uid("sku")
+    expect_error(c.post("/v1/counts", dict(id=uid("cnt"), sku=ghost, location="L1", on_hand=3,
+                                           counted_at=now_ms() + DAY_MS, source="wms")),
+                 400, "bad_request", "counted_at")
+    assert c.position(ghost, "L1").status == 404
+    # a later correct count is applied, not stale
+    r = c.post("/v1/counts", dict(id=uid("cnt"), sku=sku, location="L1", on_hand=4,
+                                  counted_at=now_ms(), source="wms"))
+    assert r.status == 200 and r.data["count"]["stale"] is False, r
+    assert r.data["position"]["on_hand"] == 4, r.data
+
+
+@formats()
+def test_future_occurred_at_refused(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    c.adjust(sku, "L1", 10)
+    before = c.pos(sku, "L1")
+    for when in _future_times(now_ms()):
+        e = expect_error(c.post("/v1/adjustments", adj_body(sku, delta=-3, reason="sale",
+                                                             occurred_at=when)),
+                         400, "bad_request", "occurred_at")
+        assert "future" in e["message"], e
+        assert c.pos(sku, "L1") == before, "a refused adjustment changed the position (%r)" % (when,)
+    ghost = uid("sku")
+    expect_error(c.post("/v1/adjustments", adj_body(ghost, delta=3, occurred_at=now_ms() + DAY_MS)),
+                 400, "bad_request", "occurred_at")
+    assert c.position(ghost, "L1").status == 404
+    r = c.get("/v1/availability", params=dict(sku=ghost))
+    assert r.status == 200 and r.data["locations"] == [], r
+
+
+@formats()
+def test_time_within_skew_accepted(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    # a minute ahead (a client clock running fast) is within the default 5 min
+    ahead = now_ms() + 60000
+    r = c.post("/v1/adjustments", adj_body(sku, delta=5, occurred_at=ahead))
+    assert r.status == 200 and r.data["adjustment"]["applied"] is True, r
+    r = c.post("/v1/counts", dict(id=uid("cnt"), sku=sku, location="L1", on_hand=7,
+                                  counted_at=rfc3339(now_ms() + SKEW_MS - 30000), source="wms"))
+    assert r.status == 200 and r.data["count"]["applied"] is True, r
+
+
+def test_clock_skew_flag(binary):
+    srv = Server(binary=binary, args=["--clock-skew-ms", "1000"])
+    exe = srv.binary
+    try:
+        c = srv.client("json")
+        sku = uid("sku")
+        c.adjust(sku, "L1", 10)
+        for fmt in ("json", "msgpack"):
+            cc = srv.client(fmt)
+            expect_error(cc.post("/v1/adjustments", adj_body(sku, delta=-1, occurred_at=now_ms() + 5000)),
+                         400, "bad_request", "occurred_at")
+            expect_error(cc.post("/v1/counts", dict(id=uid("cnt"), sku=sku, location="L1", on_hand=1,
+                                                    counted_at=rfc3339(now_ms() + 5000), source="wms")),
+                         400, "bad_request", "counted_at")
+            cc.close()
+        assert c.pos(sku, "L1")["on_hand"] == 10
+        r = c.post("/v1/adjustments", adj_body(sku, delta=1, occurred_at=now_ms()))
+        assert r.status == 200, r
+        c.close()
+    finally:
+        problem = srv.stop()
+    assert problem is None, problem
+    srv = Server(binary=binary, env={"ATPD_CLOCK_SKEW_MS": "1000"})
+    try:
+        c = srv.client("json")
+        expect_error(c.post("/v1/adjustments", adj_body(uid("sku"), occurred_at=now_ms() + 5000)),
+                     400, "bad_request", "occurred_at")
+        c.close()
+    finally:
+        problem = srv.stop()
+    assert problem is None, problem
+    # the environment twin works the same; a value outside 1..86400000 stops the start
+    for bad in ("0", "-5", "abc", "86400001"):
+        p = subprocess.run([exe, "--clock-skew-ms", bad, "--listen", "127.0.0.1:0"],
+                           capture_output=True, timeout=10)
+        assert p.returncode == 2 and b"--clock-skew-ms" in p.stderr, (bad, p)
+
+
+# --- a refused compare-and-set changes nothing (issue 9, item 6) ----------------------
+
+@formats()
+def test_change_from_on_unknown_position_creates_nothing(srv, fmt):
+    c = srv.client(fmt)
+    sku = uid("sku")
+    e = expect_error(c.post("/v1/adjustments", adj_body(sku, delta=5, change_from=3)), 409, "conflict",
+                     "change_from")
+    check_position(e["position"], found=False)
+    assert (e["position"]["sku"], e["position"]["location"]) == (sku, "L1"), e
+    assert "counted_at" not in e["position"], e
+    e = expect_error(c.post("/v1/counts", dict(id=uid("cnt"), sku=sku, location="L1", on_hand=5,
+                                               counted_at=now_ms(), source="wms", change_from=2)),
+                     409, "conflict", "change_from")
+    check_position(e["position"], found=False)
+    expect_error(c.position(sku, "L1"), 404, "not_found")
+    r = c.get("/v1/availability", params=dict(sku=sku))
+    assert r.status == 200 and r.data["locations"] == [], "ghost position in the endless aisle: %r" % r
+    # change_from 0 matches a position never seen: it is created
+    r = c.post("/v1/adjustments", adj_body(sku, delta=5, change_from=0))
+    assert r.status == 200 and r.data["position"]["on_hand"] == 5, r
+    # a conflict on a known position still answers it, without "found"
+    e = expect_error(c.post("/v1/adjustments", adj_body(sku, delta=5, change_from=0)), 409, "conflict")
+    assert e["position"]["on_hand"] == 5 and e["position"]["version"] > 0, e
+    assert "found" not in e["position"], e
+    r = c.post("/v1/counts", dict(id=uid("cnt"), sku=uid("sku"), location="L1", on_hand=4,
+                                  counted_at=now_ms(), source="wms", change_from=0))
+    assert r.status == 200 and r.data["position"]["on_hand"] == 4, r

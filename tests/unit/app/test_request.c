@@ -6,6 +6,7 @@
 #include "atp/config.h"
 #include "atp/error.h"
 #include "atp/request.h"
+#include "atp/router.h"
 #include "test.h"
 
 static atp_arena_t arena;
@@ -315,6 +316,81 @@ static void test_config(void) {
   CHECK(cfg.print_routes);
   CHECK(strcmp(cfg.host, "::1") == 0);
   CHECK_EQ(cfg.port, 0);
+  CHECK_EQ(cfg.clock_skew_ms, 300000); /* the default */
+}
+
+static const char *skew_env(const char *name) {
+  return strcmp(name, "ATPD_CLOCK_SKEW_MS") == 0 ? "2500" : NULL;
+}
+
+static void test_config_clock_skew(void) {
+  atp_config_t cfg;
+  char err[256];
+  char *none[] = {"atpd", NULL};
+  CHECK_EQ(atp_config_load(&cfg, 1, none, skew_env, err, sizeof err), 0);
+  CHECK_EQ(cfg.clock_skew_ms, 2500);
+  char *flag[] = {"atpd", "--clock-skew-ms", "1000", NULL};
+  CHECK_EQ(atp_config_load(&cfg, 3, flag, skew_env, err, sizeof err), 0);
+  CHECK_EQ(cfg.clock_skew_ms, 1000); /* the flag wins */
+  char *eq[] = {"atpd", "--clock-skew-ms=86400000", NULL};
+  CHECK_EQ(atp_config_load(&cfg, 2, eq, NULL, err, sizeof err), 0);
+  CHECK_EQ(cfg.clock_skew_ms, 86400000);
+  const char *bad[] = {"0", "-1", "86400001", "5s", ""};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char *argv[] = {"atpd", "--clock-skew-ms", (char *)bad[i], NULL};
+    CHECK_EQ(atp_config_load(&cfg, 3, argv, NULL, err, sizeof err), ATP_EBADREQ);
+    CHECK(strstr(err, "--clock-skew-ms") != NULL);
+  }
+  CHECK(strstr(atp_config_usage(), "--clock-skew-ms") != NULL);
+}
+
+static int64_t fixed_clock(void *ctx) {
+  return *(const int64_t *)ctx;
+}
+
+static void test_time_not_future(void) {
+  /* No app: the real clock and the default skew. */
+  req_setup("");
+  atp_val_t *b = json(
+      "{\"past\": 1714557600000, \"far\": 4102444800000, "
+      "\"far_s\": \"2100-01-01T00:00:00Z\"}");
+  REQUIRE(b != NULL);
+  int64_t ms = 0;
+  CHECK_EQ(atp_get_time(&rq, b, NULL, "past", ATP_REQUIRED, &ms, NULL), 0);
+  CHECK_EQ(atp_get_time(&rq, b, NULL, "far", ATP_REQUIRED, &ms, NULL), ATP_EBADREQ);
+  CHECK(strcmp(rq.field, "far") == 0);
+  CHECK(strstr(rq.message, "future") != NULL);
+  atp_at_t at = {"positions", 3, NULL};
+  CHECK_EQ(atp_get_time(&rq, b, &at, "far_s", ATP_OPTIONAL, &ms, NULL), ATP_EBADREQ);
+  CHECK(strcmp(rq.field, "positions[3].far_s") == 0);
+  CHECK_EQ(atp_get_time(&rq, b, NULL, "far", ATP_FUTURE_OK, &ms, NULL), 0);
+  CHECK_EQ(ms, 4102444800000LL);
+
+  /* With an app: the engine's clock and the app's skew. */
+  int64_t now_ms = 1714557600000LL;
+  atp_engine_config_t ec;
+  memset(&ec, 0, sizeof ec);
+  ec.positions_max = 64;
+  ec.reservations_max = 64;
+  ec.idempotency_max = 64;
+  ec.clock = fixed_clock;
+  ec.clock_ctx = &now_ms;
+  atp_engine_t *engine = NULL;
+  REQUIRE(atp_engine_create(&ec, &engine) == 0);
+  static atp_app_t app;
+  atomic_init(&app.engine, engine);
+  app.clock_skew_ms = 1000;
+  rq.app = &app;
+  CHECK_EQ(atp_req_time_check(&rq, NULL, "as_of", now_ms + 1000), 0);
+  CHECK_EQ(atp_req_time_check(&rq, NULL, "as_of", now_ms + 1001), ATP_EBADREQ);
+  CHECK(strcmp(rq.field, "as_of") == 0);
+  CHECK_EQ(atp_get_time(&rq, b, NULL, "past", ATP_REQUIRED, &ms, NULL), 0);
+  app.clock_skew_ms = 0; /* unset: the default */
+  CHECK_EQ(atp_req_time_check(&rq, NULL, "t", now_ms + ATP_CLOCK_SKEW_MS_DEFAULT), 0);
+  CHECK_EQ(atp_req_time_check(&rq, NULL, "t", now_ms + ATP_CLOCK_SKEW_MS_DEFAULT + 1),
+           ATP_EBADREQ);
+  rq.app = NULL;
+  atp_engine_destroy(engine);
 }
 
 TEST_MAIN({
@@ -328,5 +404,7 @@ TEST_MAIN({
   RUN(test_tokens);
   RUN(test_ownership);
   RUN(test_config);
+  RUN(test_config_clock_skew);
+  RUN(test_time_not_future);
   atp_arena_destroy(&arena);
 })

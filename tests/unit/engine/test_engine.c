@@ -2523,6 +2523,86 @@ static void test_change_records_keys(void) {
   log_free();
 }
 
+/* --- issue 9: no times from the future, no ghost positions ------------------ */
+
+static uint64_t position_count(void) {
+  atp_engine_stats_t st;
+  atp_engine_stats(E, &st);
+  return st.positions;
+}
+
+static void test_future_times_refused(void) {
+  REQUIRE(setup() == 0);
+  REQUIRE(adjust("a0", "A", "L1", 10) == 0);
+  int64_t skew = ATP_CLOCK_SKEW_MS_DEFAULT;
+  uint64_t v = ver("A", "L1");
+  /* One past the default skew: refused naming the field, nothing moves. */
+  CHECK_EQ(adjust_at("a1", "A", "L1", -3, now() + skew + 1, NULL), ATP_EBADREQ);
+  CHECK(strcmp(RES.field, "occurred_at") == 0);
+  CHECK_EQ(count_at("c1", "A", "L1", 99, now() + skew + 1, NULL), ATP_EBADREQ);
+  CHECK(strcmp(RES.field, "counted_at") == 0);
+  CHECK_EQ(count_at("c2", "B", "L1", 99, now() + 365LL * 86400000, NULL), ATP_EBADREQ);
+  CHECK_POS("A", "L1", 10, 0, 0, 0);
+  CHECK_EQ(ver("A", "L1"), v);
+  CHECK_EQ(pos("A", "L1").counted_at_ms, ATP_TIME_NONE);
+  atp_position_t none;
+  CHECK_EQ(pos_rc("B", "L1", &none), ATP_ENOTFOUND);
+  /* The ids were not consumed; exactly at the skew is accepted. */
+  CHECK_EQ(adjust_at("a1", "A", "L1", -3, now() + skew, NULL), 0);
+  CHECK_EQ(count_at("c1", "A", "L1", 4, now() + skew, NULL), 0);
+  CHECK_POS("A", "L1", 4, 0, 0, 0);
+
+  /* A configured skew replaces the default. */
+  atp_engine_config_t config = et_config(&CLK);
+  config.clock_skew_ms = 1000;
+  REQUIRE(setup_with(&config) == 0);
+  CHECK_EQ(adjust_at("a1", "A", "L1", 5, now() + 1001, NULL), ATP_EBADREQ);
+  CHECK_EQ(adjust_at("a1", "A", "L1", 5, now() + 1000, NULL), 0);
+  CHECK_EQ(count_at("c1", "A", "L1", 5, now() + 5000, NULL), ATP_EBADREQ);
+  CHECK_EQ(count_at("c1", "A", "L1", 6, now() + 1000, NULL), 0);
+  CHECK_POS("A", "L1", 6, 0, 0, 0);
+}
+
+static void test_change_from_unknown_position(void) {
+  REQUIRE(setup() == 0);
+  atp_adjust_req_t req = adj_req("a1", "A", "L1", 5);
+  req.has_change_from = true;
+  req.change_from = 3;
+  atp_adjust_res_t out;
+  CHECK_EQ(atp_adjust(E, &req, &out, &RES), ATP_ECONFLICT);
+  CHECK(strcmp(RES.field, "change_from") == 0);
+  CHECK_EQ(RES.current_on_hand, 0);
+  CHECK_EQ(out.position.version, 0);
+  CHECK_EQ(out.position.on_hand, 0);
+  CHECK_EQ(out.position.counted_at_ms, ATP_TIME_NONE);
+  CHECK(et_str_is(out.position.sku, "A") && et_str_is(out.position.location, "L1"));
+  atp_count_req_t creq = count_req("c1", "A", "L1", 7, now() - 10);
+  creq.has_change_from = true;
+  creq.change_from = 2;
+  atp_count_res_t cout;
+  CHECK_EQ(atp_count(E, &creq, &cout, &RES), ATP_ECONFLICT);
+  CHECK_EQ(cout.position.version, 0);
+  /* Nothing was created: no position, none in the SKU's listing. */
+  atp_position_t none;
+  CHECK_EQ(pos_rc("A", "L1", &none), ATP_ENOTFOUND);
+  CHECK_EQ(position_count(), 0);
+  uint32_t n = 99;
+  atp_position_t listing[2];
+  CHECK_EQ(atp_sku_positions(E, et_str("A"), listing, 2, &n), 0);
+  CHECK_EQ(n, 0);
+  /* The ids stay free, and change_from 0 matches a position never seen. */
+  req.change_from = 0;
+  CHECK_EQ(atp_adjust(E, &req, &out, &RES), 0);
+  CHECK(out.applied && !out.replayed);
+  CHECK_POS("A", "L1", 5, 0, 0, 0);
+  creq.sku = ATP_STR("B");
+  creq.change_from = 0;
+  CHECK_EQ(atp_count(E, &creq, &cout, &RES), 0);
+  CHECK(cout.applied && !cout.replayed);
+  CHECK_POS("B", "L1", 7, 0, 0, 0);
+  CHECK_EQ(position_count(), 2);
+}
+
 TEST_MAIN({
   RUN(test_names);
   RUN(test_position_unknown);
@@ -2568,6 +2648,8 @@ TEST_MAIN({
   RUN(test_commit_order_id);
   RUN(test_replay_rules);
   RUN(test_change_records_keys);
+  RUN(test_future_times_refused);
+  RUN(test_change_from_unknown_position);
   teardown();
   log_free();
 })
