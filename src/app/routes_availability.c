@@ -144,21 +144,13 @@ typedef struct {
   atp_str_t group;
 } query_item_t;
 
-int atp_route_availability_query(atp_req_t *rq) {
-  atp_engine_t *engine = atp_app_engine(rq->app);
-  int rc = atp_req_parse_body(rq, true);
-  if (rc != 0) return rc;
-  const atp_val_t *items;
-  rc = atp_get_array(rq, rq->body, NULL, "items", ATP_REQUIRED, 1, ATP_QUERY_ITEMS_MAX,
-                     &items);
-  if (rc != 0) return rc;
-  query_item_t *q = atp_arena_alloc(rq->arena, items->len * sizeof *q);
-  if (!q) return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
-  /* Validate every item before answering any: a 400 names the first bad one. */
+/* Reads and validates every item before answering any: a 400 names the
+ * first bad one. */
+static int parse_query_items(atp_req_t *rq, const atp_val_t *items, query_item_t *q) {
   for (uint32_t i = 0; i < items->len; i++) {
     const atp_val_t *it;
     atp_at_t at = {"items", (int32_t)i, NULL};
-    rc = atp_get_item_object(rq, items, NULL, "items", i, &it);
+    int rc = atp_get_item_object(rq, items, NULL, "items", i, &it);
     if (rc == 0) rc = atp_get_id(rq, it, &at, "sku", ATP_REQUIRED, &q[i].sku);
     if (rc == 0) rc = atp_get_id(rq, it, &at, "location", ATP_OPTIONAL, &q[i].location);
     if (rc == 0) rc = atp_get_id(rq, it, &at, "group", ATP_OPTIONAL, &q[i].group);
@@ -170,27 +162,52 @@ int atp_route_availability_query(atp_req_t *rq) {
       return atp_req_fail(rq, ATP_EBADREQ, &at, "location",
                           "Give a location or a group.");
   }
-  /* Bound the answer before building any of it: a group item carries one
-   * position per location of its group (an unknown group, none). */
+  return 0;
+}
+
+/* The positions the answer will carry: a group item one per location of its
+ * group (an unknown group, none). */
+static uint32_t query_answer_positions(atp_engine_t *engine, const query_item_t *q,
+                                       uint32_t count) {
   uint32_t answer_positions = 0;
-  for (uint32_t i = 0; i < items->len; i++) {
+  for (uint32_t i = 0; i < count; i++) {
     uint32_t n = 1;
     if (q[i].group.len && atp_group_get(engine, q[i].group, NULL, 0, &n) != 0) n = 0;
     answer_positions += n;
   }
-  if (answer_positions > ATP_QUERY_POSITIONS_MAX)
-    return too_many_positions(rq, answer_positions);
-  /* The items that name a location are read in one batch, whose look-ups
-   * overlap their cache misses; items are then answered in request order. */
+  return answer_positions;
+}
+
+/* An item naming an unknown group: zeros and "found": false. */
+static void write_unknown_group(atp_writer_t *w, const query_item_t *item) {
+  atp_w_object_begin(w);
+  atp_w_key(w, "sku");
+  atp_w_s(w, item->sku);
+  atp_w_key(w, "group");
+  atp_w_s(w, item->group);
+  atp_w_key(w, "available");
+  atp_w_int(w, 0);
+  atp_w_key(w, "locations");
+  atp_w_array_begin(w);
+  atp_w_array_end(w);
+  atp_w_key(w, "found");
+  atp_w_bool(w, false);
+  atp_w_object_end(w);
+}
+
+/* Answers the items in request order. The items that name a location are
+ * read first in one batch, whose look-ups overlap their cache misses. */
+static int write_query_answer(atp_req_t *rq, atp_engine_t *engine,
+                              const query_item_t *q, uint32_t count) {
   uint32_t located = 0;
-  for (uint32_t i = 0; i < items->len; i++) located += q[i].location.len != 0;
+  for (uint32_t i = 0; i < count; i++) located += q[i].location.len != 0;
   atp_key_t *keys = atp_arena_alloc(rq->arena, (located + 1) * sizeof *keys);
   atp_position_t *found_pos =
       atp_arena_alloc(rq->arena, (located + 1) * sizeof *found_pos);
   bool *found = atp_arena_alloc(rq->arena, located + 1);
   if (!keys || !found_pos || !found)
     return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
-  for (uint32_t i = 0, k = 0; i < items->len; i++)
+  for (uint32_t i = 0, k = 0; i < count; i++)
     if (q[i].location.len) keys[k++] = (atp_key_t){q[i].sku, q[i].location};
   atp_positions_get(engine, keys, located, found_pos, found);
   atp_writer_t *w = atp_respond_begin(rq, 200);
@@ -198,7 +215,7 @@ int atp_route_availability_query(atp_req_t *rq) {
   atp_w_key(w, "items");
   atp_w_array_begin(w);
   uint32_t carried_total = 0;
-  for (uint32_t i = 0, k = 0; i < items->len; i++) {
+  for (uint32_t i = 0, k = 0; i < count; i++) {
     if (q[i].location.len) {
       if (found[k])
         atp_write_position(w, &found_pos[k], 1);
@@ -211,28 +228,33 @@ int atp_route_availability_query(atp_req_t *rq) {
     uint32_t carried = 0;
     int group_rc =
         write_group_availability(engine, w, q[i].sku, q[i].group, 1, &carried);
-    /* A group replaced with more locations since the count above must not
-     * lift the bound: the error replaces the half-built answer. */
+    /* A group replaced with more locations since the count was taken must
+     * not lift the bound: the error replaces the half-built answer. */
     carried_total += carried;
     if (carried_total > ATP_QUERY_POSITIONS_MAX)
       return too_many_positions(rq, carried_total);
-    if (group_rc != 0) {
-      atp_w_object_begin(w);
-      atp_w_key(w, "sku");
-      atp_w_s(w, q[i].sku);
-      atp_w_key(w, "group");
-      atp_w_s(w, q[i].group);
-      atp_w_key(w, "available");
-      atp_w_int(w, 0);
-      atp_w_key(w, "locations");
-      atp_w_array_begin(w);
-      atp_w_array_end(w);
-      atp_w_key(w, "found");
-      atp_w_bool(w, false);
-      atp_w_object_end(w);
-    }
+    if (group_rc != 0) write_unknown_group(w, &q[i]);
   }
   atp_w_array_end(w);
   atp_w_object_end(w);
   return 0;
+}
+
+int atp_route_availability_query(atp_req_t *rq) {
+  atp_engine_t *engine = atp_app_engine(rq->app);
+  int rc = atp_req_parse_body(rq, true);
+  if (rc != 0) return rc;
+  const atp_val_t *items;
+  rc = atp_get_array(rq, rq->body, NULL, "items", ATP_REQUIRED, 1, ATP_QUERY_ITEMS_MAX,
+                     &items);
+  if (rc != 0) return rc;
+  query_item_t *q = atp_arena_alloc(rq->arena, items->len * sizeof *q);
+  if (!q) return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
+  rc = parse_query_items(rq, items, q);
+  if (rc != 0) return rc;
+  /* Bound the answer before building any of it. */
+  uint32_t answer_positions = query_answer_positions(engine, q, items->len);
+  if (answer_positions > ATP_QUERY_POSITIONS_MAX)
+    return too_many_positions(rq, answer_positions);
+  return write_query_answer(rq, engine, q, items->len);
 }
