@@ -38,10 +38,13 @@ LDFLAGS_asan    := -fsanitize=address,undefined
 LDFLAGS_tsan    := -fsanitize=thread
 
 SRC_ALL   := $(sort $(wildcard src/*.c))
+# Layer folders (the journal first); the lead's layout move redoes this.
+SRC_ALL   += $(sort $(wildcard src/store/*.c))
 SRC_MAINS := src/main.c src/atpctl.c
 SRC_LIB   := $(filter-out $(SRC_MAINS),$(SRC_ALL))
 UNIT_SRC  := $(sort $(wildcard tests/unit/test_*.c))
-UNIT_NAMES := $(patsubst tests/unit/%.c,%,$(UNIT_SRC))
+UNIT_SRC  += $(sort $(wildcard tests/unit/store/test_*.c))
+UNIT_NAMES := $(notdir $(patsubst %.c,%,$(UNIT_SRC)))
 
 # objects per variant: $(call objs,variant)
 objs = $(patsubst src/%.c,$(BUILD)/$(1)/%.o,$(SRC_LIB)) \
@@ -61,12 +64,16 @@ $(LLHTTP_DIR)/%.c:
 # --- objects ---------------------------------------------------------------
 define variant_rules
 $(BUILD)/$(1)/%.o: src/%.c $(wildcard include/atp/*.h) | $(BUILD)/$(1)/llhttp
+	@mkdir -p $$(dir $$@)
 	$$(CC) $(CSTD) $(WARN) $(CFLAGS_$(1)) $(INC) -MMD -c $$< -o $$@
 $(BUILD)/$(1)/llhttp/%.o: $(LLHTTP_DIR)/%.c | $(BUILD)/$(1)/llhttp
 	$$(CC) -std=c11 -O2 -g $(CFLAGS_$(1)) -w -I$(LLHTTP_INC) -c $$< -o $$@
 $(BUILD)/$(1)/llhttp:
 	@mkdir -p $$@
 $(BUILD)/$(1)/tests/%: tests/unit/%.c tests/unit/test.h $(call objs,$(1))
+	@mkdir -p $$(dir $$@)
+	$$(CC) $(CSTD) $(WARN) $(CFLAGS_$(1)) $(INC) -Itests/unit $$< $(call objs,$(1)) -o $$@ $(LIBS) $(LDFLAGS_$(1))
+$(BUILD)/$(1)/tests/%: tests/unit/store/%.c tests/unit/test.h $(call objs,$(1))
 	@mkdir -p $$(dir $$@)
 	$$(CC) $(CSTD) $(WARN) $(CFLAGS_$(1)) $(INC) -Itests/unit $$< $(call objs,$(1)) -o $$@ $(LIBS) $(LDFLAGS_$(1))
 endef
@@ -92,6 +99,7 @@ run: deps all
 UNIT_BINS_release := $(addprefix $(BUILD)/release/tests/,$(UNIT_NAMES))
 UNIT_BINS_asan    := $(addprefix $(BUILD)/asan/tests/,$(UNIT_NAMES))
 TSAN_NAMES        := $(patsubst tests/unit/%.c,%,$(sort $(wildcard tests/unit/test_*stress*.c)))
+TSAN_NAMES        += test_journal
 UNIT_BINS_tsan    := $(addprefix $(BUILD)/tsan/tests/,$(TSAN_NAMES))
 
 test: deps all check-prefetch bin/atpd-asan $(UNIT_BINS_release) $(UNIT_BINS_asan) $(UNIT_BINS_tsan)
@@ -135,6 +143,7 @@ bench: deps all $(BENCH_BINS)
 
 # --- housekeeping ------------------------------------------------------------
 FORMAT_FILES := $(wildcard src/*.c include/atp/*.h tests/unit/*.c tests/unit/*.h tests/fuzz/*.c bench/*.c)
+FORMAT_FILES += $(wildcard src/store/*.c src/store/*.h tests/unit/store/*.c)
 format:
 	clang-format -i $(FORMAT_FILES)
 format-check:
@@ -142,4 +151,4 @@ format-check:
 clean:
 	rm -rf $(BUILD)/release $(BUILD)/asan $(BUILD)/tsan $(BUILD)/fuzz bin
 
--include $(wildcard $(BUILD)/*/*.d)
+-include $(wildcard $(BUILD)/*/*.d $(BUILD)/*/store/*.d)
