@@ -611,8 +611,9 @@ int atp_journal_trim(atp_journal_t *j, uint64_t covered_lsn) {
     }
     removed++;
   }
-  memmove(j->segs, j->segs + removed,
-          (j->seg_count - (uint32_t)removed) * sizeof *j->segs);
+  if (removed)
+    memmove(j->segs, j->segs + removed,
+            (j->seg_count - (uint32_t)removed) * sizeof *j->segs);
   j->seg_count -= (uint32_t)removed;
   atomic_store_explicit(&j->segment_files, j->seg_count, memory_order_relaxed);
   pthread_mutex_unlock(&j->seg_mu);

@@ -140,7 +140,7 @@ static int list_segments(const char *dir, bool repair, atp__journal_dir_t *d,
       rc = push_seg(d, first);
   }
   closedir(dp);
-  if (rc == 0) qsort(d->segs, d->seg_count, sizeof *d->segs, cmp_u64);
+  if (rc == 0 && d->seg_count) qsort(d->segs, d->seg_count, sizeof *d->segs, cmp_u64);
   return rc;
 }
 
