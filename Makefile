@@ -113,7 +113,8 @@ run: deps all
 # them all, sums the counts and prints the total as the last line.
 UNIT_BINS_release := $(addprefix $(BUILD)/release/tests/,$(UNIT_NAMES))
 UNIT_BINS_asan    := $(addprefix $(BUILD)/asan/tests/,$(UNIT_NAMES))
-TSAN_NAMES        := $(patsubst tests/unit/%.c,%,$(sort $(wildcard tests/unit/*/test_*stress*.c)))
+# Under TSan: the stress tests and the journal's group commit from several threads.
+TSAN_NAMES        := $(patsubst tests/unit/%.c,%,$(sort $(wildcard tests/unit/*/test_*stress*.c))) store/test_journal
 UNIT_BINS_tsan    := $(addprefix $(BUILD)/tsan/tests/,$(TSAN_NAMES))
 
 test: deps all check-layers check-prefetch bin/atpd-asan $(UNIT_BINS_release) $(UNIT_BINS_asan) $(UNIT_BINS_tsan)

@@ -70,4 +70,12 @@
 #define ATP_SKU_LOCATIONS_MAX 1000
 #define ATP_BATCH_OPS_MAX     100000
 
+/* Journal (include/atp/journal.h). A record is one change of the engine, so
+ * even a 1000-position reservation stays far below the record limit; atp_journal_admit
+ * refuses new mutations while the queue holds more than its limit. */
+#define ATP_JOURNAL_RECORD_BYTES_MAX      (16u * 1024 * 1024)
+#define ATP_JOURNAL_SEGMENT_BYTES_DEFAULT (64ull * 1024 * 1024)
+#define ATP_JOURNAL_QUEUE_BYTES_DEFAULT   (64ull * 1024 * 1024)
+#define ATP_JOURNAL_SEGMENTS_MAX          100000 /* files one directory may hold */
+
 #endif

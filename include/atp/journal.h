@@ -1,0 +1,224 @@
+/* journal.h - the write-ahead journal: segment files of checksummed records
+ * with group commit on a writer thread of its own.
+ *
+ * A record is opaque to the journal: a kind (uint16, nonzero) and payload
+ * bytes. Each gets the next LSN (log sequence number: 1, 2, 3, ... without
+ * gaps over the journal's life) when it is appended; proto/journal.md gives
+ * the bytes on disk. The directory holds segment files named by their first
+ * LSN; the last one is appended to and a new one starts when it reaches
+ * segment_bytes_max.
+ *
+ * Producers (event loops, any thread) call atp_journal_append: it copies the
+ * record into an in-memory queue under a short mutex and returns the LSN at
+ * once, never waiting for the disk. The writer thread takes everything
+ * queued, writes it with one writev and makes it durable with one fdatasync
+ * (a group), then publishes the durable LSN and calls on_durable, so that
+ * responses parked until their LSN is durable can be released. The mode only
+ * changes how long the writer lets records gather before a group:
+ *   none    up to flush_ms (10 ms): nobody waits for it;
+ *   batch   up to batch_delay_us (1 ms) or batch_bytes queued;
+ *   always  not at all: a group is whatever queued while the last fdatasync ran.
+ *
+ * Flow control is split in two on purpose. The engine makes a change visible
+ * before its hook reports it, so once the hook runs the record must be taken:
+ * refusing it would leave memory ahead of the journal. Hence a server asks
+ * atp_journal_admit() before it starts a mutation (ATP_EUNAVAILABLE when the
+ * journal failed, ATP_EFULL when queue_bytes_max bytes wait: answer 503 with
+ * Retry-After) and atp_journal_append() then always takes the record (only
+ * ATP_ENOMEM, ATP_ETOOLARGE or a closed journal refuse it). The queue can
+ * therefore pass queue_bytes_max by the mutations that were admitted at the
+ * same time, at most one change per producer thread.
+ *
+ * Faults: when a write or fdatasync fails (ENOSPC, EIO) the journal enters
+ * ATP_JOURNAL_FAILED: the durable LSN stops, admit refuses, appended records
+ * stay queued in memory. The writer retries with backoff (retry_ms_min up to
+ * retry_ms_max): it cuts the segment back to its last durable length, starts
+ * a fresh segment at durable LSN + 1 and writes the waiting records again
+ * from memory. It never trusts pages written before a failed fdatasync
+ * (Linux may have dropped them while marking them clean), so nothing written
+ * in the failed attempt is reused. When that succeeds the state is OK again.
+ *
+ * Recovery: atp_journal_open scans every segment in LSN order, checks each
+ * record's CRC and LSN and hands the records after covered_lsn (the newest
+ * snapshot's) to a callback. A torn tail (bad records at the end of the last
+ * segment, of the group being written when the process died) is cut off and
+ * reported; any other bad record stops the open with the file and offset.
+ *
+ * Thread: each function says which threads may call it.
+ */
+#ifndef ATP_JOURNAL_H
+#define ATP_JOURNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "atp/error.h"
+#include "atp/limits.h"
+
+typedef struct atp_journal atp_journal_t;
+
+typedef enum {
+  ATP_JOURNAL_NONE = 0,   /* answer at once; flushed within flush_ms */
+  ATP_JOURNAL_BATCH = 1,  /* records gather up to batch_delay_us */
+  ATP_JOURNAL_ALWAYS = 2, /* one fdatasync per group, no gathering */
+} atp_journal_mode_t;
+
+typedef enum {
+  ATP_JOURNAL_OK = 0,
+  ATP_JOURNAL_FAILED = 1, /* a write or fdatasync failed; retrying */
+  ATP_JOURNAL_CLOSED = 2, /* atp_journal_close began */
+} atp_journal_state_t;
+
+/* Called on the writer thread after every group with the new durable LSN
+ * (strictly increasing from call to call). Must be quick and must not call
+ * back into the journal except the getters; a server posts a uv_async. */
+typedef void (*atp_journal_durable_fn)(void *ctx, uint64_t durable_lsn);
+
+/* Fault injection for unit tests: called before each write (op 'w') and
+ * fdatasync (op 's') on a segment; a nonzero errno makes that call fail with it
+ * as if the kernel had. NULL in production. */
+typedef int (*atp_journal_fault_fn)(void *ctx, int op);
+
+typedef struct {
+  const char *dir;            /* created if missing (one level); < 480 bytes */
+  atp_journal_mode_t mode;    /* ATP_JOURNAL_NONE, BATCH or ALWAYS */
+  uint64_t segment_bytes_max; /* 0: ATP_JOURNAL_SEGMENT_BYTES_DEFAULT */
+  uint64_t
+      queue_bytes_max; /* admit refuses beyond; 0: ATP_JOURNAL_QUEUE_BYTES_DEFAULT */
+  uint32_t batch_delay_us; /* batch gathering; 0: 1000 */
+  uint32_t batch_bytes;    /* a group starts once this much waits; 0: 256 KiB */
+  uint32_t flush_ms;       /* none mode's gathering; 0: 10 */
+  uint32_t retry_ms_min;   /* first retry after a failure; 0: 10 */
+  uint32_t retry_ms_max;   /* backoff doubles up to this; 0: 1000 */
+  /* Test switch: sleep this long before every fdatasync, so black-box tests
+   * can see that answers wait for durability. The environment variable
+   * ATPD_TEST_FSYNC_DELAY_MS, read at open, overrides it. 0 in production. */
+  uint32_t fsync_delay_ms;
+  atp_journal_durable_fn on_durable; /* NULL: none */
+  void *durable_ctx;
+  atp_journal_fault_fn fault; /* tests only; NULL */
+  void *fault_ctx;
+} atp_journal_config_t;
+
+/* Called for each record during recovery, in LSN order. payload is valid
+ * during the call only. A nonzero return stops the scan and is returned by
+ * the open. */
+typedef int (*atp_journal_record_fn)(void *ctx, uint64_t lsn, uint16_t kind,
+                                     const void *payload, uint32_t payload_bytes);
+
+/* What a scan found, filled by atp_journal_open and atp_journal_read. */
+typedef struct {
+  uint64_t first_lsn;        /* oldest record present; 0 if none */
+  uint64_t last_lsn;         /* newest intact record; 0 if none */
+  uint64_t next_lsn;         /* what the next append gets */
+  uint64_t records;          /* intact records scanned */
+  uint64_t records_replayed; /* of them, handed to the callback (> covered_lsn) */
+  uint32_t segments;         /* segment files scanned */
+  uint64_t tail_bytes;       /* bytes of torn tail cut off (or, read-only: found) */
+  uint64_t tail_records;     /* frames in that tail: the bad one and any after it */
+  char tail_file[512];       /* segment that had the tail; "" if none */
+  uint64_t tail_offset;      /* where the tail began in it */
+  /* On an error: a sentence naming the file and byte offset of the corruption. */
+  char error[1024];
+} atp_journal_scan_t;
+
+/* Opens (creating if needed) the journal in config->dir, recovers it and
+ * starts the writer. Records with LSN > covered_lsn go to fn (NULL: none).
+ * When the journal ends before covered_lsn (a snapshot restored into an empty
+ * directory, or segments trimmed), LSNs continue from covered_lsn + 1.
+ * Errors: ATP_EINTERNAL for corruption before the tail, a gap in the LSNs
+ * after covered_lsn, or a format version newer than this build (scan->error
+ * says where); ATP_ECONFLICT if another process holds the directory;
+ * ATP_EUNAVAILABLE for an I/O error (scan->error says which call);
+ * ATP_ENOMEM; or what fn returned. Thread: any, once per directory. */
+int atp_journal_open(const atp_journal_config_t *config, uint64_t covered_lsn,
+                     atp_journal_record_fn fn, void *ctx, atp_journal_scan_t *scan,
+                     atp_journal_t **out);
+
+/* Scans dir read-only (no lock, no repair): what atp_journal_open would replay
+ * and cut. For tools and tests. Same errors as the open. Thread: any. */
+int atp_journal_read(const char *dir, uint64_t covered_lsn, atp_journal_record_fn fn,
+                     void *ctx, atp_journal_scan_t *scan);
+
+/* Flushes what is queued (while the journal is healthy), stops the writer,
+ * closes the files and frees the journal. 0, or ATP_EUNAVAILABLE when records
+ * were left unwritten because the journal was failed. No other call may run
+ * or follow. Thread: any, once. */
+int atp_journal_close(atp_journal_t *journal);
+
+/* 0 when a mutation may start; ATP_EUNAVAILABLE while the journal is failed
+ * or closing; ATP_EFULL while queue_bytes_max bytes wait for the disk. Both
+ * mean 503 with Retry-After. A hint: a racing failure can follow it.
+ * Thread: any; one mutex-free atomic load or two. */
+int atp_journal_admit(atp_journal_t *journal);
+
+/* Appends one record (kind != 0; payload_bytes <= ATP_JOURNAL_RECORD_BYTES_MAX)
+ * and stores its LSN in *lsn. Never waits for the disk and takes the record in
+ * every state but closed (see the header comment). Errors: ATP_ETOOLARGE,
+ * ATP_ENOMEM (a new queue chunk), ATP_EUNAVAILABLE after close began.
+ * Thread: any; a mutex held for the copy. */
+int atp_journal_append(atp_journal_t *journal, uint16_t kind, const void *payload,
+                       uint32_t payload_bytes, uint64_t *lsn);
+/* The same with the payload gathered from iovcnt pieces, so an encoder need
+ * not concatenate them first. */
+int atp_journal_appendv(atp_journal_t *journal, uint16_t kind, const struct iovec *iov,
+                        int iovcnt, uint64_t *lsn);
+
+/* The highest LSN durable on disk (0 before the first); acquire, so what the
+ * writer did before publishing it is visible. Thread: any. */
+uint64_t atp_journal_durable_lsn(const atp_journal_t *journal);
+/* The highest LSN handed out by an append (0 before the first). A response
+ * that must wait for everything visible to it waits for this value read after
+ * its own change became visible (see proto/journal.md, causality). */
+uint64_t atp_journal_assigned_lsn(const atp_journal_t *journal);
+
+/* Blocks until lsn is durable, the journal fails or timeout_ms pass: 0,
+ * ATP_EUNAVAILABLE (failed or closed), ATP_ETOOMANY (timed out). For tests,
+ * tools and shutdown; never from an event loop. Thread: any. */
+int atp_journal_wait(atp_journal_t *journal, uint64_t lsn, int64_t timeout_ms);
+
+atp_journal_state_t atp_journal_state(const atp_journal_t *journal);
+
+/* Removes the segments whose records all have LSN <= covered_lsn (after a
+ * snapshot that covers them); never the segment being written. Returns the
+ * number of files removed, or ATP_EUNAVAILABLE if an unlink failed (the
+ * segments before it are gone, the rest are kept). Thread: any, not the
+ * writer's callback; takes the segment-list mutex and does the unlinks. */
+int atp_journal_trim(atp_journal_t *journal, uint64_t covered_lsn);
+
+/* fsync latency histogram: bucket i counts fdatasyncs that took at most
+ * atp_journal_fsync_bucket_us[i] microseconds; the last bucket is +Inf. */
+#define ATP_JOURNAL_FSYNC_BUCKETS 13
+extern const uint32_t atp_journal_fsync_bucket_us[ATP_JOURNAL_FSYNC_BUCKETS - 1];
+/* group-size histogram: bucket i counts groups of at most 4^i records
+ * (1, 4, 16, ... 65536); the last bucket is +Inf. */
+#define ATP_JOURNAL_GROUP_BUCKETS 10
+
+typedef struct {
+  atp_journal_state_t state;
+  int last_errno; /* of the latest failure; 0 if none */
+  uint64_t durable_lsn;
+  uint64_t assigned_lsn;
+  uint64_t queued_bytes;    /* appended, not yet durable */
+  uint64_t records_written; /* durable records since open (rewrites not twice) */
+  uint64_t bytes_written;   /* durable bytes since open, framing included */
+  uint64_t groups;          /* fdatasyncs that made records durable */
+  uint64_t group_records_sum;
+  uint64_t group_hist[ATP_JOURNAL_GROUP_BUCKETS];
+  uint64_t fsyncs; /* every fdatasync, segment headers included */
+  uint64_t fsync_ns_sum;
+  uint64_t fsync_hist[ATP_JOURNAL_FSYNC_BUCKETS];
+  uint64_t failures;               /* write/fdatasync errors */
+  uint64_t recoveries;             /* returns from FAILED to OK */
+  uint64_t segments;               /* segment files present */
+  uint64_t tail_bytes_truncated;   /* at open */
+  uint64_t tail_records_truncated; /* at open */
+} atp_journal_metrics_t;
+
+/* A snapshot of the counters (each read on its own, relaxed: a scrape can see
+ * one counter of a group before another moves). Thread: any. */
+void atp_journal_metrics(const atp_journal_t *journal, atp_journal_metrics_t *out);
+
+#endif

@@ -1,0 +1,790 @@
+/* journal.c - the journal's queue, writer thread, segments and faults (see
+ * include/atp/journal.h; the bytes are in proto/journal.md, recovery in
+ * journal_scan.c).
+ *
+ * The queue is a list of 256 KiB chunks under one mutex. An append holds the
+ * mutex to take the next LSN and copy its frame (24 bytes of header and the
+ * payload) to the end of the last chunk: for a typical change of a few hundred
+ * bytes that is well under a microsecond, the price of a plain design that
+ * TSan can check; producers on many loops contend on it only for the copy.
+ * The LSN and the queue position are taken under the same mutex, so the queue
+ * is in LSN order by construction. The writer takes the whole list in one
+ * swap and then works on it alone: it fills in each frame's group_delta and
+ * CRC (so the CRC work is off the event loops), writes the group with one
+ * writev, makes it durable with one fdatasync, and hands the chunks back for
+ * reuse. A new chunk is allocated under the mutex only when none is free,
+ * which stops happening once the queue has reached its working size.
+ *
+ * The writer alone owns the open segment: its fd, its length, the length
+ * known durable. A segment is created as "<lsn>.journal.tmp", its header
+ * made durable, then renamed into place and the directory synced, so a
+ * segment under its final name always has a whole header.
+ *
+ * Failure and recovery. After a failed write or fdatasync the state is
+ * FAILED and the records stay in the writer's pending list (memory). Every
+ * retry (backoff retry_ms_min doubling to retry_ms_max) first cuts the
+ * segment back to its durable length and syncs that, then starts a new
+ * segment at durable LSN + 1 (replacing the old file if it held no durable
+ * record), then writes the pending records into it. Nothing written before a
+ * failed fdatasync is read back or written next to: after such a failure
+ * Linux may have marked the pages clean without writing them, so only the
+ * bytes a successful fdatasync covered, and fresh files, are trusted.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "atp/limits.h"
+#include "atp/log.h"
+#include "atp/memory.h"
+#include "journal_internal.h"
+
+#define ATP_JOURNAL_ASSERT(cond)                                                   \
+  do {                                                                             \
+    if (!(cond)) {                                                                 \
+      fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #cond); \
+      abort();                                                                     \
+    }                                                                              \
+  } while (0)
+
+#define CHUNK_BYTES     (256u * 1024)
+#define FREE_CHUNKS_MAX 32 /* kept for reuse: 8 MiB */
+#define GROUP_IOV_MAX   64
+#define ROLL_NEEDED     1 /* write_group: the segment is full, roll first */
+
+const uint32_t atp_journal_fsync_bucket_us[ATP_JOURNAL_FSYNC_BUCKETS - 1] = {
+    100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000};
+
+typedef struct chunk {
+  struct chunk *next;
+  uint32_t len; /* bytes of whole frames in data */
+  uint32_t cap; /* bytes data can hold */
+  unsigned char data[];
+} chunk_t;
+
+typedef _Atomic uint64_t counter_t;
+
+struct atp_journal {
+  atp_journal_config_t config; /* defaults filled in; config.dir is dir */
+  char *dir;
+  int dir_fd;  /* for fsyncs of the directory */
+  int lock_fd; /* holds the flock on <dir>/LOCK */
+  uint64_t journal_id;
+  uint32_t seed;           /* atp__journal_seed(journal_id) */
+  int64_t gather_ns;       /* how long a group may gather; 0 in always mode */
+  uint64_t gather_bytes;   /* a group starts once this much is queued */
+  uint32_t fsync_delay_ms; /* test switch; 0 in production */
+
+  pthread_mutex_t mu;
+  pthread_cond_t wake; /* the writer waits on it */
+  pthread_cond_t done; /* atp_journal_wait waits on it */
+  /* Under mu. */
+  chunk_t *q_head, *q_tail; /* appended, not yet taken by the writer */
+  uint64_t q_bytes;         /* bytes in q_head..q_tail */
+  int64_t q_first_ns;       /* when the queue last became non-empty */
+  uint64_t next_lsn;        /* what the next append gets */
+  chunk_t *free_chunks;     /* of CHUNK_BYTES, for reuse */
+  uint32_t free_count;
+  bool writer_sleeping; /* producers signal wake only then */
+  bool stopping;        /* close began: appends refused, the writer drains */
+
+  _Atomic uint64_t assigned_lsn; /* next_lsn - 1, readable without mu */
+  _Atomic uint64_t durable_lsn;  /* written only by the writer */
+  counter_t queued_bytes;        /* appended, not yet durable */
+  _Atomic int state;             /* atp_journal_state_t */
+  _Atomic int last_errno;
+  counter_t records_written, bytes_written, groups, group_records_sum;
+  counter_t group_hist[ATP_JOURNAL_GROUP_BUCKETS];
+  counter_t fsyncs, fsync_ns_sum, fsync_hist[ATP_JOURNAL_FSYNC_BUCKETS];
+  counter_t failures, recoveries, segment_files;
+  uint64_t tail_bytes, tail_records; /* set at open, constant after */
+
+  /* The writer thread's alone (and open's, before the thread starts). */
+  pthread_t thread;
+  int seg_fd;                 /* the segment being written; -1 if none */
+  uint64_t seg_bytes;         /* its length including bytes not yet durable */
+  uint64_t seg_durable_bytes; /* its length covered by a successful fdatasync */
+  chunk_t *p_head, *p_tail;   /* taken from the queue, not yet durable */
+  uint32_t p_off;             /* in p_head: frames before it are durable */
+  chunk_t *w_free;            /* durable chunks to hand back under mu */
+  uint32_t retry_ms;          /* next backoff */
+  bool unwritten_at_close;
+
+  pthread_mutex_t seg_mu; /* segs: the writer appends, trim removes */
+  uint64_t *segs;         /* first LSNs of the segment files, ascending */
+  uint32_t seg_count, seg_cap;
+};
+
+static inline void count(counter_t *c, uint64_t v) {
+  atomic_fetch_add_explicit(c, v, memory_order_relaxed);
+}
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct timespec ns_to_ts(int64_t ns) {
+  return (struct timespec){.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
+}
+
+static void sleep_ms(uint32_t ms) {
+  struct timespec ts = ns_to_ts((int64_t)ms * 1000000);
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+/* --- disk operations (writer thread, and open before it starts) ------------ */
+
+/* Records an I/O failure; the first of a FAILED spell is logged. */
+static int io_error(atp_journal_t *j, int err, const char *what) {
+  atomic_store_explicit(&j->last_errno, err, memory_order_relaxed);
+  count(&j->failures, 1);
+  if (atomic_load_explicit(&j->state, memory_order_relaxed) == ATP_JOURNAL_OK)
+    atp_log("error",
+            "journal: %s in %s failed: %s; mutations refused until it recovers", what,
+            j->dir, strerror(err));
+  return ATP_EUNAVAILABLE;
+}
+
+static int fault(atp_journal_t *j, int op) {
+  return j->config.fault ? j->config.fault(j->config.fault_ctx, op) : 0;
+}
+
+/* fdatasync with the test delay and the latency histogram; 0 or an errno. */
+static int sync_fd(atp_journal_t *j, int fd) {
+  if (j->fsync_delay_ms) sleep_ms(j->fsync_delay_ms);
+  int64_t start = now_ns();
+  int err = fault(j, 's');
+  if (!err && fdatasync(fd) != 0) err = errno;
+  uint64_t ns = (uint64_t)(now_ns() - start), us = ns / 1000;
+  int b = 0;
+  while (b < ATP_JOURNAL_FSYNC_BUCKETS - 1 && us > atp_journal_fsync_bucket_us[b]) b++;
+  count(&j->fsync_hist[b], 1);
+  count(&j->fsyncs, 1);
+  count(&j->fsync_ns_sum, ns);
+  return err;
+}
+
+/* writev until everything is written; 0 or an errno (ENOSPC for a write
+ * that makes no progress). */
+static int write_all(atp_journal_t *j, int fd, struct iovec *iov, int n) {
+  int err = fault(j, 'w');
+  if (err) return err;
+  while (n > 0) {
+    ssize_t w = writev(fd, iov, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return errno;
+    if (w == 0) return ENOSPC;
+    size_t left = (size_t)w;
+    while (n > 0 && left >= iov->iov_len) {
+      left -= iov->iov_len;
+      iov++;
+      n--;
+    }
+    if (n > 0) {
+      iov->iov_base = (char *)iov->iov_base + left;
+      iov->iov_len -= left;
+    }
+  }
+  return 0;
+}
+
+static void note_segment(atp_journal_t *j, uint64_t first_lsn) {
+  pthread_mutex_lock(&j->seg_mu);
+  if (j->seg_count && j->segs[j->seg_count - 1] == first_lsn) {
+    pthread_mutex_unlock(&j->seg_mu); /* replaced in place by recovery */
+    return;
+  }
+  if (j->seg_count == j->seg_cap) {
+    uint32_t cap = j->seg_cap ? j->seg_cap * 2 : 16;
+    uint64_t *segs = atp_realloc(j->segs, cap * sizeof *segs);
+    /* Losing track of a segment only means trim will not remove it. */
+    if (segs) j->segs = segs, j->seg_cap = cap;
+  }
+  if (j->seg_count < j->seg_cap) j->segs[j->seg_count++] = first_lsn;
+  atomic_store_explicit(&j->segment_files, j->seg_count, memory_order_relaxed);
+  pthread_mutex_unlock(&j->seg_mu);
+}
+
+/* Creates the segment that starts at first_lsn (tmp, header, fdatasync,
+ * rename, directory fsync) and makes it the one written. */
+static int create_segment(atp_journal_t *j, uint64_t first_lsn) {
+  char tmp[ATP__JOURNAL_PATH_BYTES], path[ATP__JOURNAL_PATH_BYTES];
+  if (atp__journal_path(tmp, sizeof tmp, j->dir, first_lsn, true) != 0 ||
+      atp__journal_path(path, sizeof path, j->dir, first_lsn, false) != 0)
+    return io_error(j, ENAMETOOLONG, "naming a segment");
+  int fd = open(tmp, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+  if (fd < 0) return io_error(j, errno, "creating a segment");
+  unsigned char header[ATP__JOURNAL_HEADER_BYTES];
+  atp__journal_header_encode(header, first_lsn, j->journal_id, wall_ms());
+  struct iovec iov = {header, sizeof header};
+  int err = write_all(j, fd, &iov, 1);
+  const char *what = "writing a segment header";
+  if (!err && (err = sync_fd(j, fd))) what = "syncing a segment header";
+  if (!err && rename(tmp, path) != 0) err = errno, what = "renaming a segment";
+  if (!err && fsync(j->dir_fd) != 0) err = errno, what = "syncing the directory";
+  if (err) {
+    close(fd);
+    unlink(tmp);
+    return io_error(j, err, what);
+  }
+  if (j->seg_fd >= 0) close(j->seg_fd);
+  j->seg_fd = fd;
+  j->seg_bytes = j->seg_durable_bytes = ATP__JOURNAL_HEADER_BYTES;
+  note_segment(j, first_lsn);
+  return 0;
+}
+
+/* After a failure: cut the segment back to what is durable, then go on in a
+ * fresh segment at durable LSN + 1 (see the file comment). */
+static int recover(atp_journal_t *j) {
+  if (j->seg_fd >= 0) {
+    if (ftruncate(j->seg_fd, (off_t)j->seg_durable_bytes) != 0)
+      return io_error(j, errno, "truncating a segment");
+    int err = sync_fd(j, j->seg_fd);
+    if (err) return io_error(j, err, "syncing a truncated segment");
+    j->seg_bytes = j->seg_durable_bytes;
+  }
+  return create_segment(
+      j, atomic_load_explicit(&j->durable_lsn, memory_order_relaxed) + 1);
+}
+
+/* --- groups ----------------------------------------------------------------- */
+
+/* Frees the pending chunks that are wholly durable into w_free. */
+static void advance_pending(atp_journal_t *j, chunk_t *c, uint32_t off) {
+  while (j->p_head != c) {
+    chunk_t *done = j->p_head;
+    j->p_head = done->next;
+    done->next = j->w_free;
+    j->w_free = done;
+  }
+  j->p_off = off;
+  if (j->p_head && j->p_off == j->p_head->len) {
+    chunk_t *done = j->p_head;
+    j->p_head = done->next;
+    j->p_off = 0;
+    done->next = j->w_free;
+    j->w_free = done;
+  }
+  if (!j->p_head) j->p_tail = NULL;
+}
+
+static void published(atp_journal_t *j, uint64_t lsn, uint64_t records,
+                      uint64_t bytes) {
+  /* Release: whoever reads this LSN durable sees the writer's work before it. */
+  atomic_store_explicit(&j->durable_lsn, lsn, memory_order_release);
+  atomic_fetch_sub_explicit(&j->queued_bytes, bytes, memory_order_relaxed);
+  count(&j->records_written, records);
+  count(&j->bytes_written, bytes);
+  count(&j->groups, 1);
+  count(&j->group_records_sum, records);
+  int b = 0;
+  for (uint64_t limit = 1; b < ATP_JOURNAL_GROUP_BUCKETS - 1 && records > limit;
+       limit *= 4)
+    b++;
+  count(&j->group_hist[b], 1);
+  if (j->config.on_durable) j->config.on_durable(j->config.durable_ctx, lsn);
+}
+
+/* Writes and syncs one group: the pending frames that fit in the segment.
+ * 0, ROLL_NEEDED (the next frame needs a new segment) or ATP_EUNAVAILABLE. */
+static int write_group(atp_journal_t *j) {
+  struct iovec iov[GROUP_IOV_MAX];
+  int n = 0;
+  chunk_t *c = j->p_head;
+  uint32_t off = j->p_off;
+  uint64_t max = j->config.segment_bytes_max;
+  uint64_t room = max > j->seg_bytes ? max - j->seg_bytes : 0;
+  bool seg_empty = j->seg_bytes == ATP__JOURNAL_HEADER_BYTES;
+  uint64_t group_first = 0, lsn = 0, bytes = 0, records = 0;
+  while (c) {
+    if (off == c->len) {
+      c = c->next, off = 0;
+      continue;
+    }
+    unsigned char *f = c->data + off;
+    uint32_t frame_bytes = ATP__JOURNAL_FRAME_BYTES + atp__get32(f + 4);
+    bool contiguous =
+        n && (unsigned char *)iov[n - 1].iov_base + iov[n - 1].iov_len == f;
+    if ((records || !seg_empty) && bytes + frame_bytes > room) break;
+    if (!contiguous && n == GROUP_IOV_MAX) break;
+    lsn = atp__get64(f + 8);
+    if (!records) group_first = lsn;
+    atp__put32(f + 20, (uint32_t)(lsn - group_first));
+    atp__put32(f, atp__journal_frame_crc(j->seed, f));
+    if (contiguous)
+      iov[n - 1].iov_len += frame_bytes;
+    else
+      iov[n++] = (struct iovec){f, frame_bytes};
+    bytes += frame_bytes, records++, off += frame_bytes;
+  }
+  if (!records) return ROLL_NEEDED;
+  ATP_JOURNAL_ASSERT(group_first ==
+                     atomic_load_explicit(&j->durable_lsn, memory_order_relaxed) + 1);
+  int err = write_all(j, j->seg_fd, iov, n);
+  if (err) return io_error(j, err, "writing records");
+  j->seg_bytes += bytes;
+  if ((err = sync_fd(j, j->seg_fd))) return io_error(j, err, "fdatasync");
+  j->seg_durable_bytes = j->seg_bytes;
+  advance_pending(j, c, off);
+  published(j, lsn, records, bytes);
+  return 0;
+}
+
+/* Writes every pending record, rolling segments as they fill. */
+static int write_pending(atp_journal_t *j) {
+  while (j->p_head) {
+    int rc = write_group(j);
+    if (rc == ROLL_NEEDED)
+      rc = create_segment(
+          j, atomic_load_explicit(&j->durable_lsn, memory_order_relaxed) + 1);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+/* --- the writer thread ------------------------------------------------------ */
+
+/* Under mu: moves the queue to the end of the pending list and takes back the
+ * chunks the writer freed. */
+static void take_queue(atp_journal_t *j) {
+  if (j->q_head) {
+    if (j->p_tail)
+      j->p_tail->next = j->q_head;
+    else
+      j->p_head = j->q_head, j->p_off = 0;
+    j->p_tail = j->q_tail;
+    j->q_head = j->q_tail = NULL;
+    j->q_bytes = 0;
+  }
+  while (j->w_free) {
+    chunk_t *c = j->w_free;
+    j->w_free = c->next;
+    if (c->cap == CHUNK_BYTES && j->free_count < FREE_CHUNKS_MAX) {
+      c->len = 0;
+      c->next = j->free_chunks;
+      j->free_chunks = c;
+      j->free_count++;
+    } else {
+      atp_free(c);
+    }
+  }
+}
+
+static void timed_wait(atp_journal_t *j, pthread_cond_t *cond, int64_t deadline_ns) {
+  struct timespec ts = ns_to_ts(deadline_ns);
+  pthread_cond_timedwait(cond, &j->mu, &ts);
+}
+
+/* Under mu: waits until a group should start. false: stop the thread. */
+static bool wait_for_group(atp_journal_t *j) {
+  for (;;) {
+    if (atomic_load_explicit(&j->state, memory_order_relaxed) == ATP_JOURNAL_FAILED) {
+      if (!j->stopping)
+        timed_wait(j, &j->wake, now_ns() + (int64_t)j->retry_ms * 1000000);
+      return true;
+    }
+    if (!j->q_head) {
+      if (j->p_head) return true;
+      if (j->stopping) return false;
+      j->writer_sleeping = true;
+      pthread_cond_wait(&j->wake, &j->mu);
+      j->writer_sleeping = false;
+      continue;
+    }
+    int64_t deadline = j->q_first_ns + j->gather_ns;
+    if (j->stopping || j->q_bytes >= j->gather_bytes || now_ns() >= deadline)
+      return true;
+    j->writer_sleeping = true;
+    timed_wait(j, &j->wake, deadline);
+    j->writer_sleeping = false;
+  }
+}
+
+static void *writer_main(void *arg) {
+  atp_journal_t *j = arg;
+  pthread_mutex_lock(&j->mu);
+  while (wait_for_group(j)) {
+    take_queue(j);
+    bool failed =
+        atomic_load_explicit(&j->state, memory_order_relaxed) == ATP_JOURNAL_FAILED;
+    pthread_mutex_unlock(&j->mu);
+    int rc = failed ? recover(j) : 0;
+    if (rc == 0) rc = write_pending(j);
+    pthread_mutex_lock(&j->mu);
+    if (rc != 0) {
+      if (!failed)
+        j->retry_ms = j->config.retry_ms_min;
+      else if ((j->retry_ms *= 2) > j->config.retry_ms_max)
+        j->retry_ms = j->config.retry_ms_max;
+      atomic_store_explicit(&j->state, ATP_JOURNAL_FAILED, memory_order_release);
+      if (j->stopping && failed) {
+        j->unwritten_at_close = true;
+        break;
+      }
+    } else if (failed) {
+      atomic_store_explicit(&j->state, ATP_JOURNAL_OK, memory_order_release);
+      count(&j->recoveries, 1);
+      atp_log("info", "journal: writes to %s succeed again; durable LSN %" PRIu64,
+              j->dir, atomic_load_explicit(&j->durable_lsn, memory_order_relaxed));
+    }
+    pthread_cond_broadcast(&j->done);
+  }
+  take_queue(j);
+  pthread_cond_broadcast(&j->done);
+  pthread_mutex_unlock(&j->mu);
+  return NULL;
+}
+
+/* --- producers -------------------------------------------------------------- */
+
+/* Under mu: a chunk with room for frame_bytes at the end of the queue. */
+static chunk_t *queue_room(atp_journal_t *j, uint32_t frame_bytes) {
+  chunk_t *c = j->q_tail;
+  if (c && c->cap - c->len >= frame_bytes) return c;
+  if (frame_bytes <= CHUNK_BYTES && j->free_chunks) {
+    c = j->free_chunks;
+    j->free_chunks = c->next;
+    j->free_count--;
+  } else {
+    uint32_t cap = frame_bytes > CHUNK_BYTES ? frame_bytes : CHUNK_BYTES;
+    if (!(c = atp_malloc(sizeof *c + cap))) return NULL;
+    c->cap = cap;
+  }
+  c->next = NULL;
+  c->len = 0;
+  if (j->q_tail)
+    j->q_tail->next = c;
+  else
+    j->q_head = c;
+  j->q_tail = c;
+  return c;
+}
+
+int atp_journal_appendv(atp_journal_t *j, uint16_t kind, const struct iovec *iov,
+                        int iovcnt, uint64_t *lsn) {
+  ATP_JOURNAL_ASSERT(kind != 0 && iovcnt >= 0 && (iovcnt == 0 || iov));
+  size_t payload_bytes = 0;
+  for (int i = 0; i < iovcnt; i++) payload_bytes += iov[i].iov_len;
+  if (payload_bytes > ATP_JOURNAL_RECORD_BYTES_MAX) return ATP_ETOOLARGE;
+  uint32_t frame_bytes = ATP__JOURNAL_FRAME_BYTES + (uint32_t)payload_bytes;
+  pthread_mutex_lock(&j->mu);
+  chunk_t *c = j->stopping ? NULL : queue_room(j, frame_bytes);
+  if (!c) {
+    int rc = j->stopping ? ATP_EUNAVAILABLE : ATP_ENOMEM;
+    pthread_mutex_unlock(&j->mu);
+    return rc;
+  }
+  unsigned char *f = c->data + c->len;
+  memset(f, 0, ATP__JOURNAL_FRAME_BYTES); /* crc and group_delta: the writer's */
+  atp__put32(f + 4, (uint32_t)payload_bytes);
+  atp__put64(f + 8, j->next_lsn);
+  atp__put16(f + 16, kind);
+  unsigned char *p = f + ATP__JOURNAL_FRAME_BYTES;
+  for (int i = 0; i < iovcnt; i++) {
+    if (iov[i].iov_len) memcpy(p, iov[i].iov_base, iov[i].iov_len);
+    p += iov[i].iov_len;
+  }
+  c->len += frame_bytes;
+  *lsn = j->next_lsn++;
+  bool was_empty = j->q_bytes == 0;
+  if (was_empty) j->q_first_ns = now_ns();
+  j->q_bytes += frame_bytes;
+  bool crossed =
+      j->q_bytes >= j->gather_bytes && j->q_bytes - frame_bytes < j->gather_bytes;
+  /* Release: a thread that reads this LSN as assigned and then waits for it
+   * durable waits for this record. */
+  atomic_store_explicit(&j->assigned_lsn, *lsn, memory_order_release);
+  count(&j->queued_bytes, frame_bytes);
+  if (j->writer_sleeping && (was_empty || crossed)) pthread_cond_signal(&j->wake);
+  pthread_mutex_unlock(&j->mu);
+  return 0;
+}
+
+int atp_journal_append(atp_journal_t *j, uint16_t kind, const void *payload,
+                       uint32_t payload_bytes, uint64_t *lsn) {
+  struct iovec iov = {(void *)payload, payload_bytes};
+  return atp_journal_appendv(j, kind, &iov, 1, lsn);
+}
+
+int atp_journal_admit(atp_journal_t *j) {
+  if (atomic_load_explicit(&j->state, memory_order_acquire) != ATP_JOURNAL_OK)
+    return ATP_EUNAVAILABLE;
+  if (atomic_load_explicit(&j->queued_bytes, memory_order_relaxed) >=
+      j->config.queue_bytes_max)
+    return ATP_EFULL;
+  return 0;
+}
+
+/* --- getters ---------------------------------------------------------------- */
+
+uint64_t atp_journal_durable_lsn(const atp_journal_t *j) {
+  return atomic_load_explicit(&j->durable_lsn, memory_order_acquire);
+}
+
+uint64_t atp_journal_assigned_lsn(const atp_journal_t *j) {
+  return atomic_load_explicit(&j->assigned_lsn, memory_order_acquire);
+}
+
+atp_journal_state_t atp_journal_state(const atp_journal_t *j) {
+  return (atp_journal_state_t)atomic_load_explicit(&j->state, memory_order_acquire);
+}
+
+int atp_journal_wait(atp_journal_t *j, uint64_t lsn, int64_t timeout_ms) {
+  int64_t deadline = now_ns() + timeout_ms * 1000000;
+  int rc = 0;
+  pthread_mutex_lock(&j->mu);
+  while (atp_journal_durable_lsn(j) < lsn) {
+    if (atp_journal_state(j) != ATP_JOURNAL_OK) {
+      rc = ATP_EUNAVAILABLE;
+      break;
+    }
+    if (now_ns() >= deadline) {
+      rc = ATP_ETOOMANY;
+      break;
+    }
+    timed_wait(j, &j->done, deadline);
+  }
+  pthread_mutex_unlock(&j->mu);
+  return rc;
+}
+
+#define LOAD(field) atomic_load_explicit(&j->field, memory_order_relaxed)
+
+void atp_journal_metrics(const atp_journal_t *j, atp_journal_metrics_t *out) {
+  memset(out, 0, sizeof *out);
+  out->state = atp_journal_state(j);
+  out->last_errno = LOAD(last_errno);
+  out->durable_lsn = LOAD(durable_lsn);
+  out->assigned_lsn = LOAD(assigned_lsn);
+  out->queued_bytes = LOAD(queued_bytes);
+  out->records_written = LOAD(records_written);
+  out->bytes_written = LOAD(bytes_written);
+  out->groups = LOAD(groups);
+  out->group_records_sum = LOAD(group_records_sum);
+  for (int i = 0; i < ATP_JOURNAL_GROUP_BUCKETS; i++)
+    out->group_hist[i] = LOAD(group_hist[i]);
+  out->fsyncs = LOAD(fsyncs);
+  out->fsync_ns_sum = LOAD(fsync_ns_sum);
+  for (int i = 0; i < ATP_JOURNAL_FSYNC_BUCKETS; i++)
+    out->fsync_hist[i] = LOAD(fsync_hist[i]);
+  out->failures = LOAD(failures);
+  out->recoveries = LOAD(recoveries);
+  out->segments = LOAD(segment_files);
+  out->tail_bytes_truncated = j->tail_bytes;
+  out->tail_records_truncated = j->tail_records;
+}
+
+/* --- trim ------------------------------------------------------------------- */
+
+int atp_journal_trim(atp_journal_t *j, uint64_t covered_lsn) {
+  int removed = 0, rc = 0;
+  pthread_mutex_lock(&j->seg_mu);
+  /* Segment k holds LSNs segs[k] .. segs[k + 1] - 1; the last one is open. */
+  while ((uint32_t)removed + 1 < j->seg_count &&
+         j->segs[removed + 1] <= covered_lsn + 1) {
+    char path[ATP__JOURNAL_PATH_BYTES];
+    if (atp__journal_path(path, sizeof path, j->dir, j->segs[removed], false) != 0 ||
+        (unlink(path) != 0 && errno != ENOENT)) {
+      atp_log("error", "journal: removing %s: %s", path, strerror(errno));
+      rc = ATP_EUNAVAILABLE;
+      break;
+    }
+    removed++;
+  }
+  if (removed)
+    memmove(j->segs, j->segs + removed,
+            (j->seg_count - (uint32_t)removed) * sizeof *j->segs);
+  j->seg_count -= (uint32_t)removed;
+  atomic_store_explicit(&j->segment_files, j->seg_count, memory_order_relaxed);
+  pthread_mutex_unlock(&j->seg_mu);
+  if (removed && fsync(j->dir_fd) != 0) rc = ATP_EUNAVAILABLE;
+  return rc ? rc : removed;
+}
+
+/* --- open and close --------------------------------------------------------- */
+
+static void fill_defaults(atp_journal_t *j, const atp_journal_config_t *config) {
+  atp_journal_config_t *c = &j->config;
+  *c = *config;
+  if (!c->segment_bytes_max) c->segment_bytes_max = ATP_JOURNAL_SEGMENT_BYTES_DEFAULT;
+  if (!c->queue_bytes_max) c->queue_bytes_max = ATP_JOURNAL_QUEUE_BYTES_DEFAULT;
+  if (!c->batch_delay_us) c->batch_delay_us = 1000;
+  if (!c->batch_bytes) c->batch_bytes = 256 * 1024;
+  if (!c->flush_ms) c->flush_ms = 10;
+  if (!c->retry_ms_min) c->retry_ms_min = 10;
+  if (!c->retry_ms_max) c->retry_ms_max = 1000;
+  if (c->retry_ms_max < c->retry_ms_min) c->retry_ms_max = c->retry_ms_min;
+  j->gather_ns = c->mode == ATP_JOURNAL_ALWAYS  ? 0
+                 : c->mode == ATP_JOURNAL_BATCH ? (int64_t)c->batch_delay_us * 1000
+                                                : (int64_t)c->flush_ms * 1000000;
+  j->gather_bytes = c->mode == ATP_JOURNAL_ALWAYS ? 1 : c->batch_bytes;
+  j->fsync_delay_ms = c->fsync_delay_ms;
+  const char *env = getenv("ATPD_TEST_FSYNC_DELAY_MS");
+  if (env && *env) j->fsync_delay_ms = (uint32_t)strtoul(env, NULL, 10);
+  j->retry_ms = c->retry_ms_min;
+  j->seg_fd = j->dir_fd = j->lock_fd = -1;
+}
+
+/* Creates the directory if needed, opens it and takes its lock. */
+static int open_dir(atp_journal_t *j, atp_journal_scan_t *scan) {
+  if (mkdir(j->dir, 0755) != 0 && errno != EEXIST) {
+    snprintf(scan->error, sizeof scan->error, "journal: mkdir %s: %s", j->dir,
+             strerror(errno));
+    return ATP_EUNAVAILABLE;
+  }
+  char path[ATP__JOURNAL_PATH_BYTES];
+  j->dir_fd = open(j->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (j->dir_fd >= 0 &&
+      snprintf(path, sizeof path, "%s/LOCK", j->dir) < (int)sizeof path)
+    j->lock_fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+  if (j->dir_fd < 0 || j->lock_fd < 0) {
+    snprintf(scan->error, sizeof scan->error, "journal: open %s: %s", j->dir,
+             strerror(errno));
+    return ATP_EUNAVAILABLE;
+  }
+  if (flock(j->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    snprintf(scan->error, sizeof scan->error,
+             "journal: %s is in use by another process", j->dir);
+    return ATP_ECONFLICT;
+  }
+  return 0;
+}
+
+/* Opens the last segment for appending when the journal continues in it,
+ * else starts a new one at next_lsn. */
+static int open_segment(atp_journal_t *j, const atp__journal_dir_t *d,
+                        atp_journal_scan_t *scan) {
+  if (d->seg_count && d->last_expected == d->next_lsn) {
+    char path[ATP__JOURNAL_PATH_BYTES] = "";
+    uint64_t first = j->segs[j->seg_count - 1];
+    if (atp__journal_path(path, sizeof path, j->dir, first, false) == 0)
+      j->seg_fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (j->seg_fd < 0 || lseek(j->seg_fd, (off_t)d->last_bytes, SEEK_SET) < 0) {
+      snprintf(scan->error, sizeof scan->error, "journal: open %s: %s", path,
+               strerror(errno));
+      return ATP_EUNAVAILABLE;
+    }
+    j->seg_bytes = j->seg_durable_bytes = d->last_bytes;
+    return 0;
+  }
+  int rc = create_segment(j, d->next_lsn);
+  if (rc)
+    snprintf(scan->error, sizeof scan->error, "journal: creating a segment in %s: %s",
+             j->dir, strerror(atomic_load(&j->last_errno)));
+  return rc;
+}
+
+static int start(atp_journal_t *j, atp__journal_dir_t *d, atp_journal_scan_t *scan) {
+  j->journal_id = d->journal_id;
+  while (!j->journal_id && getrandom(&j->journal_id, sizeof j->journal_id, 0) < 0)
+    j->journal_id = (uint64_t)wall_ms() ^ ((uint64_t)getpid() << 32);
+  j->seed = atp__journal_seed(j->journal_id);
+  j->segs = d->segs, j->seg_count = d->seg_count, j->seg_cap = d->seg_cap;
+  d->segs = NULL;
+  atomic_store(&j->segment_files, j->seg_count);
+  j->next_lsn = d->next_lsn;
+  atomic_store(&j->assigned_lsn, d->next_lsn - 1);
+  atomic_store(&j->durable_lsn, d->next_lsn - 1);
+  j->tail_bytes = scan->tail_bytes;
+  j->tail_records = scan->tail_records;
+  int rc = open_segment(j, d, scan);
+  if (rc == 0 && pthread_create(&j->thread, NULL, writer_main, j) != 0) {
+    snprintf(scan->error, sizeof scan->error,
+             "journal: cannot start the writer thread");
+    rc = ATP_ENOMEM;
+  }
+  return rc;
+}
+
+static void destroy(atp_journal_t *j) {
+  chunk_t *lists[] = {j->q_head, j->p_head, j->free_chunks, j->w_free};
+  for (size_t i = 0; i < sizeof lists / sizeof *lists; i++)
+    for (chunk_t *c = lists[i], *next; c; c = next) next = c->next, atp_free(c);
+  if (j->seg_fd >= 0) close(j->seg_fd);
+  if (j->lock_fd >= 0) close(j->lock_fd); /* releases the flock */
+  if (j->dir_fd >= 0) close(j->dir_fd);
+  pthread_mutex_destroy(&j->mu);
+  pthread_mutex_destroy(&j->seg_mu);
+  pthread_cond_destroy(&j->wake);
+  pthread_cond_destroy(&j->done);
+  atp_free(j->segs);
+  atp_free(j->dir);
+  atp_free(j);
+}
+
+int atp_journal_open(const atp_journal_config_t *config, uint64_t covered_lsn,
+                     atp_journal_record_fn fn, void *ctx, atp_journal_scan_t *scan,
+                     atp_journal_t **out) {
+  ATP_JOURNAL_ASSERT(config && config->dir && scan && out);
+  ATP_JOURNAL_ASSERT(config->mode >= ATP_JOURNAL_NONE &&
+                     config->mode <= ATP_JOURNAL_ALWAYS);
+  memset(scan, 0, sizeof *scan);
+  *out = NULL;
+  size_t dir_len = strlen(config->dir);
+  if (dir_len + 40 > ATP__JOURNAL_PATH_BYTES) {
+    snprintf(scan->error, sizeof scan->error, "journal: directory name too long");
+    return ATP_ETOOLARGE;
+  }
+  atp_journal_t *j = atp_calloc(1, sizeof *j);
+  if (!j || !(j->dir = atp_malloc(dir_len + 1))) {
+    atp_free(j);
+    return ATP_ENOMEM;
+  }
+  memcpy(j->dir, config->dir, dir_len + 1);
+  fill_defaults(j, config);
+  j->config.dir = j->dir;
+  pthread_condattr_t attr;
+  pthread_condattr_init(&attr);
+  pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+  pthread_mutex_init(&j->mu, NULL);
+  pthread_mutex_init(&j->seg_mu, NULL);
+  pthread_cond_init(&j->wake, &attr);
+  pthread_cond_init(&j->done, &attr);
+  pthread_condattr_destroy(&attr);
+  atp__journal_dir_t d = {0};
+  int rc = open_dir(j, scan);
+  if (rc == 0) rc = atp__journal_scan(j->dir, covered_lsn, fn, ctx, true, scan, &d);
+  if (rc == 0) rc = start(j, &d, scan);
+  atp_free(d.segs);
+  if (rc) {
+    destroy(j);
+    return rc;
+  }
+  *out = j;
+  return 0;
+}
+
+int atp_journal_close(atp_journal_t *j) {
+  pthread_mutex_lock(&j->mu);
+  j->stopping = true;
+  pthread_cond_signal(&j->wake);
+  pthread_mutex_unlock(&j->mu);
+  pthread_join(j->thread, NULL);
+  int rc = j->unwritten_at_close ? ATP_EUNAVAILABLE : 0;
+  if (rc)
+    atp_log("error", "journal: closed with records after LSN %" PRIu64 " unwritten",
+            atomic_load(&j->durable_lsn));
+  atomic_store(&j->state, ATP_JOURNAL_CLOSED);
+  destroy(j);
+  return rc;
+}

@@ -1,0 +1,897 @@
+/* test_journal.c - unit tests of the journal (src/store/journal*.c) and its
+ * CRC-32C: records read back across reopen and segments, group commit from
+ * several threads, torn tails cut and mid-journal corruption refused with the
+ * file and offset, trim, the test fsync delay, and write, fdatasync and
+ * disk-full failures recovered from with the journal intact.
+ *
+ * Every test works in its own directory under /tmp; the disk-full test mounts
+ * a 1 MiB tmpfs (root only; it says so and passes when it cannot).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "atp/crc32c.h"
+#include "atp/journal.h"
+#include "test.h"
+
+/* --- helpers ---------------------------------------------------------------- */
+
+static char *make_dir(char *buf) {
+  strcpy(buf, "/tmp/atpj-XXXXXX");
+  return mkdtemp(buf);
+}
+
+static void remove_dir(const char *dir) {
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0) fprintf(stderr, "  could not remove %s\n", dir);
+}
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+  nanosleep(&ts, NULL);
+}
+
+/* The records a scan handed out. */
+typedef struct {
+  uint32_t count;
+  uint64_t lsn[4096];
+  uint16_t kind[4096];
+  uint32_t bytes[4096];
+  unsigned char first[4096]; /* first payload byte, or 0 */
+  uint32_t sum[4096];        /* of all payload bytes */
+  int out_of_order;
+} collected_t;
+
+static collected_t got;
+
+static int collect(void *ctx, uint64_t lsn, uint16_t kind, const void *payload,
+                   uint32_t bytes) {
+  collected_t *c = ctx;
+  if (c->count && lsn != c->lsn[c->count - 1] + 1) c->out_of_order = 1;
+  if (c->count == 4096) return ATP_EFULL;
+  const unsigned char *p = payload;
+  uint32_t sum = 0;
+  for (uint32_t i = 0; i < bytes; i++) sum += p[i];
+  c->lsn[c->count] = lsn;
+  c->kind[c->count] = kind;
+  c->bytes[c->count] = bytes;
+  c->first[c->count] = bytes ? p[0] : 0;
+  c->sum[c->count] = sum;
+  c->count++;
+  return 0;
+}
+
+static atp_journal_config_t config_for(const char *dir, atp_journal_mode_t mode) {
+  atp_journal_config_t c;
+  memset(&c, 0, sizeof c);
+  c.dir = dir;
+  c.mode = mode;
+  return c;
+}
+
+static atp_journal_t *open_or_null(const atp_journal_config_t *c, uint64_t covered,
+                                   atp_journal_scan_t *scan) {
+  atp_journal_t *j = NULL;
+  memset(&got, 0, sizeof got);
+  int rc = atp_journal_open(c, covered, collect, &got, scan, &j);
+  if (rc) fprintf(stderr, "  open: %d %s\n", rc, scan->error);
+  return rc ? NULL : j;
+}
+
+/* A payload of len bytes all equal to fill. */
+static uint64_t append_fill(atp_journal_t *j, uint16_t kind, unsigned char fill,
+                            uint32_t len) {
+  static unsigned char buf[65536];
+  memset(buf, fill, len);
+  uint64_t lsn = 0;
+  int rc = atp_journal_append(j, kind, buf, len, &lsn);
+  return rc ? 0 : lsn;
+}
+
+/* Appends n records of len bytes, each waited durable (its own group). */
+static int append_each_durable(atp_journal_t *j, int n, uint32_t len) {
+  for (int i = 0; i < n; i++) {
+    uint64_t lsn = append_fill(j, 1, (unsigned char)(i + 1), len);
+    if (!lsn || atp_journal_wait(j, lsn, 5000) != 0) return -1;
+  }
+  return 0;
+}
+
+/* The path of the segment that starts at first_lsn. */
+static void seg_path(char *out, size_t cap, const char *dir, uint64_t first_lsn) {
+  snprintf(out, cap, "%s/%020" PRIu64 ".journal", dir, first_lsn);
+}
+
+static long file_size(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+static int count_segments(const char *dir) {
+  DIR *d = opendir(dir);
+  int n = 0;
+  struct dirent *de;
+  while (d && (de = readdir(d)))
+    if (strstr(de->d_name, ".journal") && !strstr(de->d_name, ".tmp")) n++;
+  if (d) closedir(d);
+  return n;
+}
+
+static void xor_byte(const char *path, long off, unsigned char mask) {
+  int fd = open(path, O_RDWR);
+  unsigned char b = 0;
+  if (fd < 0 || pread(fd, &b, 1, off) != 1) abort();
+  b ^= mask;
+  if (pwrite(fd, &b, 1, off) != 1) abort();
+  close(fd);
+}
+
+static void append_bytes(const char *path, const void *data, size_t len) {
+  int fd = open(path, O_WRONLY | O_APPEND);
+  if (fd < 0 || write(fd, data, len) != (ssize_t)len) abort();
+  close(fd);
+}
+
+#define HEADER 64 /* segment header bytes, proto/journal.md */
+#define FRAME  24 /* record frame header bytes */
+
+/* --- CRC-32C ---------------------------------------------------------------- */
+
+static void test_crc32c_vectors(void) {
+  CHECK_EQ(atp_crc32c(0, "123456789", 9), 0xE3069283u);
+  CHECK_EQ(atp_crc32c_sw(0, "123456789", 9), 0xE3069283u);
+  unsigned char zeros[32] = {0}, ones[32];
+  memset(ones, 0xff, sizeof ones);
+  CHECK_EQ(atp_crc32c(0, zeros, 32), 0x8A9136AAu); /* RFC 3720 B.4 */
+  CHECK_EQ(atp_crc32c_sw(0, ones, 32), 0x62A8AB43u);
+  CHECK_EQ(atp_crc32c(0, NULL, 0), 0u);
+  printf("  crc32c uses %s\n", atp_crc32c_hw() ? "the SSE4.2 instruction" : "tables");
+}
+
+static void test_crc32c_hw_matches_tables(void) {
+  static unsigned char data[1024 + 8];
+  uint32_t x = 12345;
+  for (size_t i = 0; i < sizeof data; i++)
+    data[i] = (unsigned char)((x = x * 1103515245u + 12345u) >> 16);
+  for (size_t off = 0; off < 8; off++)
+    for (size_t len = 0; len <= 1024; len += (len < 64 ? 1 : 37)) {
+      uint32_t a = atp_crc32c(0, data + off, len),
+               b = atp_crc32c_sw(0, data + off, len);
+      CHECK_EQ(a, b);
+      size_t cut = len / 3; /* continued in two pieces: the same value */
+      CHECK_EQ(atp_crc32c(atp_crc32c(0, data + off, cut), data + off + cut, len - cut),
+               a);
+    }
+}
+
+/* --- append, reopen, read back ---------------------------------------------- */
+
+static void test_append_reopen_read_back(void) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_BATCH);
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  CHECK_EQ(scan.records, 0);
+  CHECK_EQ(scan.next_lsn, 1);
+  uint64_t last = 0;
+  for (int i = 0; i < 100; i++) {
+    last = append_fill(j, (uint16_t)(i % 5 + 1), (unsigned char)i, (uint32_t)(i * 7));
+    CHECK_EQ(last, (uint64_t)i + 1);
+  }
+  CHECK_EQ(atp_journal_assigned_lsn(j), 100);
+  CHECK_EQ(atp_journal_wait(j, last, 5000), 0);
+  CHECK(atp_journal_durable_lsn(j) >= 100);
+  CHECK_EQ(atp_journal_close(j), 0);
+
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(got.count, 100);
+  CHECK_EQ(got.out_of_order, 0);
+  for (uint32_t i = 0; i < got.count; i++) {
+    CHECK_EQ(got.lsn[i], i + 1);
+    CHECK_EQ(got.kind[i], i % 5 + 1);
+    CHECK_EQ(got.bytes[i], i * 7);
+    CHECK_EQ(got.sum[i], (uint32_t)(i * 7) * (unsigned char)i);
+  }
+  CHECK_EQ(scan.tail_bytes, 0);
+  /* LSNs go on after a reopen. */
+  CHECK_EQ(append_fill(j, 9, 1, 3), 101);
+  CHECK_EQ(atp_journal_close(j), 0);
+
+  /* Read-only, from a snapshot at LSN 60: 41 records replayed. */
+  memset(&got, 0, sizeof got);
+  CHECK_EQ(atp_journal_read(dir, 60, collect, &got, &scan), 0);
+  CHECK_EQ(got.count, 41);
+  CHECK_EQ(got.lsn[0], 61);
+  CHECK_EQ(got.kind[40], 9);
+  CHECK_EQ(scan.records, 101);
+  CHECK_EQ(scan.first_lsn, 1);
+  CHECK_EQ(scan.last_lsn, 101);
+  remove_dir(dir);
+}
+
+/* An empty payload and appendv's gathering are records like any other. */
+static void test_appendv_and_empty(void) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_ALWAYS);
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  uint64_t lsn = 0;
+  CHECK_EQ(atp_journal_append(j, 3, NULL, 0, &lsn), 0);
+  struct iovec iov[3] = {{"ab", 2}, {"", 0}, {"cde", 3}};
+  CHECK_EQ(atp_journal_appendv(j, 4, iov, 3, &lsn), 0);
+  CHECK_EQ(lsn, 2);
+  CHECK_EQ(atp_journal_append(j, 4, "x", ATP_JOURNAL_RECORD_BYTES_MAX + 1, &lsn),
+           ATP_ETOOLARGE);
+  CHECK_EQ(atp_journal_close(j), 0);
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(got.count, 2);
+  CHECK_EQ(got.bytes[0], 0);
+  CHECK_EQ(got.bytes[1], 5);
+  CHECK_EQ(got.first[1], 'a');
+  CHECK_EQ(got.sum[1], 'a' + 'b' + 'c' + 'd' + 'e');
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+}
+
+/* Every mode makes a record durable by itself; none within its ~10 ms. */
+static void test_modes_flush_by_themselves(void) {
+  atp_journal_mode_t modes[] = {ATP_JOURNAL_NONE, ATP_JOURNAL_BATCH,
+                                ATP_JOURNAL_ALWAYS};
+  for (int m = 0; m < 3; m++) {
+    char dir[64];
+    REQUIRE(make_dir(dir));
+    atp_journal_config_t c = config_for(dir, modes[m]);
+    atp_journal_scan_t scan;
+    atp_journal_t *j = open_or_null(&c, 0, &scan);
+    REQUIRE(j);
+    int64_t start = now_ms();
+    uint64_t lsn = append_fill(j, 1, 7, 100);
+    while (atp_journal_durable_lsn(j) < lsn && now_ms() - start < 2000) sleep_ms(1);
+    CHECK_EQ(atp_journal_durable_lsn(j), lsn);
+    CHECK(now_ms() - start < 500);
+    CHECK_EQ(atp_journal_state(j), ATP_JOURNAL_OK);
+    CHECK_EQ(atp_journal_close(j), 0);
+    remove_dir(dir);
+  }
+}
+
+/* --- group commit ------------------------------------------------------------- */
+
+#define THREADS    4
+#define PER_THREAD 1000
+static atomic_uint_fast64_t durable_seen;
+static atomic_int durable_backwards;
+static atomic_int durable_calls;
+
+static void on_durable(void *ctx, uint64_t lsn) {
+  (void)ctx;
+  uint64_t before = atomic_exchange(&durable_seen, lsn);
+  if (lsn <= before) atomic_store(&durable_backwards, 1);
+  atomic_fetch_add(&durable_calls, 1);
+}
+
+typedef struct {
+  atp_journal_t *j;
+  int thread;
+  int pause_us;
+  uint64_t last_lsn;
+  int errors;
+} producer_t;
+
+static void sleep_us(int us) {
+  struct timespec ts = {0, (long)us * 1000};
+  nanosleep(&ts, NULL);
+}
+
+static void *produce(void *arg) {
+  producer_t *p = arg;
+  for (int i = 0; i < PER_THREAD; i++) {
+    unsigned char payload[8] = {(unsigned char)p->thread};
+    memcpy(payload + 4, &i, 4);
+    uint64_t lsn;
+    if (atp_journal_admit(p->j) != 0 ||
+        atp_journal_append(p->j, 7, payload, 8, &lsn) != 0) {
+      p->errors++;
+      continue;
+    }
+    if (lsn <= p->last_lsn) p->errors++; /* one thread's LSNs rise */
+    p->last_lsn = lsn;
+    /* Pauses, so that appends race with the writer's groups. */
+    if (i % 50 == 0) sleep_us(p->pause_us);
+  }
+  return NULL;
+}
+
+/* Per-thread order of the payloads read back. */
+static int thread_seq[THREADS];
+static int order_errors;
+static int check_order(void *ctx, uint64_t lsn, uint16_t kind, const void *payload,
+                       uint32_t bytes) {
+  const unsigned char *p = payload;
+  int seq;
+  memcpy(&seq, p + 4, 4);
+  if (bytes != 8 || kind != 7 || p[0] >= THREADS || seq != thread_seq[p[0]]++)
+    order_errors++;
+  (*(uint64_t *)ctx)++;
+  return 0;
+}
+
+static void check_group_commit(atp_journal_mode_t mode) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, mode);
+  c.on_durable = on_durable;
+  atomic_store(&durable_seen, 0);
+  atomic_store(&durable_backwards, 0);
+  atomic_store(&durable_calls, 0);
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  pthread_t t[THREADS];
+  producer_t p[THREADS];
+  for (int i = 0; i < THREADS; i++) {
+    p[i] = (producer_t){j, i, 200, 0, 0};
+    pthread_create(&t[i], NULL, produce, &p[i]);
+  }
+  for (int i = 0; i < THREADS; i++) pthread_join(t[i], NULL);
+  for (int i = 0; i < THREADS; i++) CHECK_EQ(p[i].errors, 0);
+  uint64_t total = THREADS * PER_THREAD;
+  CHECK_EQ(atp_journal_assigned_lsn(j), total);
+  CHECK_EQ(atp_journal_wait(j, total, 5000), 0);
+  CHECK_EQ(atomic_load(&durable_seen), total);
+  CHECK_EQ(atomic_load(&durable_backwards), 0);
+  atp_journal_metrics_t m;
+  atp_journal_metrics(j, &m);
+  CHECK_EQ(m.records_written, total);
+  CHECK_EQ(m.group_records_sum, total);
+  CHECK_EQ(m.bytes_written, total * (FRAME + 8));
+  CHECK_EQ(m.queued_bytes, 0);
+  CHECK_EQ(m.groups, (uint64_t)atomic_load(&durable_calls));
+  /* Group commit happened: far fewer fdatasyncs than records, yet the
+   * writer ran while the producers did. */
+  CHECK(m.groups < total / 4);
+  CHECK(m.groups > 1);
+  uint64_t hist = 0;
+  for (int i = 0; i < ATP_JOURNAL_GROUP_BUCKETS; i++) hist += m.group_hist[i];
+  CHECK_EQ(hist, m.groups);
+  hist = 0;
+  for (int i = 0; i < ATP_JOURNAL_FSYNC_BUCKETS; i++) hist += m.fsync_hist[i];
+  CHECK_EQ(hist, m.fsyncs);
+  printf("  %" PRIu64 " records in %" PRIu64 " groups, %" PRIu64
+         " fsyncs, mean %.0f us\n",
+         total, m.groups, m.fsyncs,
+         m.fsyncs ? (double)m.fsync_ns_sum / m.fsyncs / 1000 : 0);
+  CHECK_EQ(atp_journal_close(j), 0);
+
+  memset(thread_seq, 0, sizeof thread_seq);
+  order_errors = 0;
+  uint64_t n = 0;
+  CHECK_EQ(atp_journal_read(dir, 0, check_order, &n, &scan), 0);
+  CHECK_EQ(n, total);
+  CHECK_EQ(order_errors, 0);
+  for (int i = 0; i < THREADS; i++) CHECK_EQ(thread_seq[i], PER_THREAD);
+  remove_dir(dir);
+}
+
+static void test_group_commit_threads_batch(void) {
+  check_group_commit(ATP_JOURNAL_BATCH);
+}
+static void test_group_commit_threads_always(void) {
+  check_group_commit(ATP_JOURNAL_ALWAYS);
+}
+
+/* --- torn tails and corruption ------------------------------------------------ */
+
+/* Ten records, each its own group, in one segment; returns the path. */
+static atp_journal_t *ten_records(char *dir, char *path, size_t cap) {
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_ALWAYS);
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  if (!j || append_each_durable(j, 10, 40) != 0) return NULL;
+  seg_path(path, cap, dir, 1);
+  return j;
+}
+
+static void test_torn_tail_cut(void) {
+  char dir[64], path[600];
+  REQUIRE(make_dir(dir));
+  atp_journal_t *j = ten_records(dir, path, sizeof path);
+  REQUIRE(j);
+  CHECK_EQ(atp_journal_close(j), 0);
+  long good = file_size(path);
+  CHECK_EQ(good, HEADER + 10 * (FRAME + 40));
+  /* A frame header that promises more than is there, as a crash leaves it. */
+  unsigned char partial[FRAME + 10] = {0x11, 0x22, 0x33, 0x44, 40};
+  partial[8] = 11; /* LSN 11 */
+  append_bytes(path, partial, sizeof partial);
+
+  memset(&got, 0, sizeof got);
+  atp_journal_scan_t scan;
+  CHECK_EQ(atp_journal_read(dir, 0, collect, &got, &scan),
+           0); /* reports, cuts nothing */
+  CHECK_EQ(scan.tail_bytes, sizeof partial);
+  CHECK_EQ(file_size(path), good + (long)sizeof partial);
+
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_ALWAYS);
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(got.count, 10);
+  CHECK_EQ(scan.tail_bytes, sizeof partial);
+  CHECK_EQ(scan.tail_records, 1);
+  CHECK_EQ(scan.tail_offset, (uint64_t)good);
+  CHECK(strstr(scan.tail_file, "00000000000000000001.journal") != NULL);
+  CHECK_EQ(file_size(path), good);
+  atp_journal_metrics_t m;
+  atp_journal_metrics(j, &m);
+  CHECK_EQ(m.tail_bytes_truncated, sizeof partial);
+  CHECK_EQ(m.tail_records_truncated, 1);
+  /* The next record takes the place of the torn one. */
+  uint64_t lsn = append_fill(j, 2, 9, 5);
+  CHECK_EQ(lsn, 11);
+  CHECK_EQ(atp_journal_wait(j, lsn, 5000), 0);
+  CHECK_EQ(atp_journal_close(j), 0);
+
+  /* A zeroed tail (the size grew, the data never came) is cut as well. */
+  unsigned char zeros[4096] = {0};
+  append_bytes(path, zeros, sizeof zeros);
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(got.count, 11);
+  CHECK_EQ(got.kind[10], 2);
+  CHECK_EQ(scan.tail_bytes, sizeof zeros);
+  CHECK_EQ(atp_journal_close(j), 0);
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(scan.tail_bytes, 0);
+  CHECK_EQ(got.count, 11);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+}
+
+/* A bad record followed by a record of a later group is corruption of data
+ * that was durable: the open stops and names the file and offset. */
+static void test_flipped_bit_stops_with_offset(void) {
+  char dir[64], path[600];
+  REQUIRE(make_dir(dir));
+  atp_journal_t *j = ten_records(dir, path, sizeof path);
+  REQUIRE(j);
+  CHECK_EQ(atp_journal_close(j), 0);
+  long record5 = HEADER + 4 * (FRAME + 40);
+  xor_byte(path, record5 + FRAME + 17, 0x08); /* one payload bit of LSN 5 */
+
+  atp_journal_scan_t scan;
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_ALWAYS);
+  atp_journal_t *j2 = NULL;
+  memset(&got, 0, sizeof got);
+  CHECK_EQ(atp_journal_open(&c, 0, collect, &got, &scan, &j2), ATP_EINTERNAL);
+  CHECK(j2 == NULL);
+  char want[128];
+  snprintf(want, sizeof want, "00000000000000000001.journal at offset %ld", record5);
+  CHECK(strstr(scan.error, want) != NULL);
+  CHECK(strstr(scan.error, "LSN 5") != NULL);
+  fprintf(stderr, "  (expected) %s\n", scan.error);
+  CHECK_EQ(file_size(path), HEADER + 10 * (FRAME + 40)); /* nothing cut */
+  CHECK_EQ(atp_journal_read(dir, 0, NULL, NULL, &scan), ATP_EINTERNAL);
+  /* Flipped back, all is well again. */
+  xor_byte(path, record5 + FRAME + 17, 0x08);
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(got.count, 10);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+}
+
+/* Within the last group, a bad record with intact ones of its own group after
+ * it is a torn write (pages reach the disk in any order): all cut. */
+/* Writes LSN 1 as a group of its own, then LSNs 2..6 as one group: batch
+ * mode with a long gathering window holds the five together. */
+static atp_journal_t *two_groups(const char *dir) {
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_BATCH);
+  c.batch_delay_us = 300000;
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  if (!j) return NULL;
+  append_fill(j, 1, 1, 40);
+  if (atp_journal_wait(j, 1, 5000) != 0) return NULL;
+  for (int i = 0; i < 5; i++) append_fill(j, 1, (unsigned char)(i + 2), 40);
+  if (atp_journal_wait(j, 6, 5000) != 0) return NULL;
+  atp_journal_metrics_t m;
+  atp_journal_metrics(j, &m);
+  CHECK_EQ(m.groups, 2);
+  return j;
+}
+
+/* Within the last group, a bad record with intact ones of its own group after
+ * it is a torn write (pages reach the disk in any order): all cut. */
+static void test_bad_record_in_last_group_is_tail(void) {
+  char dir[64], path[600];
+  REQUIRE(make_dir(dir));
+  atp_journal_t *j = two_groups(dir);
+  REQUIRE(j);
+  CHECK_EQ(atp_journal_close(j), 0);
+  seg_path(path, sizeof path, dir, 1);
+  long record2 = HEADER + (FRAME + 40);
+  xor_byte(path, record2 + FRAME + 3, 0x01);
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_ALWAYS);
+  atp_journal_scan_t scan;
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(got.count, 1);
+  CHECK_EQ(scan.tail_records, 5);
+  CHECK_EQ(scan.tail_offset, (uint64_t)record2);
+  CHECK_EQ(append_fill(j, 1, 1, 1), 2);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+}
+
+/* The same flip in the first group, with the second after it: corruption. */
+static void test_bad_record_before_last_group_stops(void) {
+  char dir[64], path[600];
+  REQUIRE(make_dir(dir));
+  atp_journal_t *j = two_groups(dir);
+  REQUIRE(j);
+  CHECK_EQ(atp_journal_close(j), 0);
+  seg_path(path, sizeof path, dir, 1);
+  xor_byte(path, HEADER + FRAME + 3, 0x01);
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_ALWAYS);
+  atp_journal_scan_t scan;
+  atp_journal_t *j2 = NULL;
+  CHECK_EQ(atp_journal_open(&c, 0, NULL, NULL, &scan, &j2), ATP_EINTERNAL);
+  CHECK(strstr(scan.error, "00000000000000000001.journal at offset 64:") != NULL);
+  CHECK_EQ(file_size(path), HEADER + 6 * (FRAME + 40)); /* nothing cut */
+  remove_dir(dir);
+}
+
+/* A newer format version is refused, not misread. */
+static void test_newer_version_refused(void) {
+  char dir[64], path[600];
+  REQUIRE(make_dir(dir));
+  atp_journal_t *j = ten_records(dir, path, sizeof path);
+  REQUIRE(j);
+  CHECK_EQ(atp_journal_close(j), 0);
+  int fd = open(path, O_RDWR);
+  unsigned char h[HEADER];
+  REQUIRE(pread(fd, h, HEADER, 0) == HEADER);
+  h[8] = 2; /* version 2 */
+  uint32_t crc = atp_crc32c(0, h, 60);
+  memcpy(h + 60, &crc, 4); /* little-endian host */
+  REQUIRE(pwrite(fd, h, HEADER, 0) == HEADER);
+  close(fd);
+  atp_journal_scan_t scan;
+  CHECK_EQ(atp_journal_read(dir, 0, NULL, NULL, &scan), ATP_EINTERNAL);
+  CHECK(strstr(scan.error, "version 2 is newer") != NULL);
+  remove_dir(dir);
+}
+
+static void test_second_open_conflicts(void) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_NONE);
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan), *j2 = NULL;
+  REQUIRE(j);
+  CHECK_EQ(atp_journal_open(&c, 0, NULL, NULL, &scan, &j2), ATP_ECONFLICT);
+  CHECK_EQ(atp_journal_close(j), 0);
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+}
+
+/* --- segments ------------------------------------------------------------------- */
+
+static void test_segment_roll_and_trim(void) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_BATCH);
+  c.segment_bytes_max = 4096;
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  for (int i = 0; i < 100; i++) append_fill(j, 1, (unsigned char)i, 200);
+  CHECK_EQ(atp_journal_wait(j, 100, 5000), 0);
+  /* 18 records of 224 bytes fit after a 64-byte header. */
+  int segments = count_segments(dir);
+  CHECK_EQ(segments, 6);
+  atp_journal_metrics_t m;
+  atp_journal_metrics(j, &m);
+  CHECK_EQ(m.segments, (uint64_t)segments);
+  char path[600];
+  seg_path(path, sizeof path, dir, 19);
+  CHECK_EQ(file_size(path), HEADER + 18 * (FRAME + 200));
+  CHECK_EQ(atp_journal_close(j), 0);
+
+  /* LSNs go on across segments and a reopen. */
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(got.count, 100);
+  CHECK_EQ(got.out_of_order, 0);
+  CHECK_EQ(scan.segments, 6);
+  CHECK_EQ(append_fill(j, 1, 1, 200), 101);
+  CHECK_EQ(atp_journal_wait(j, 101, 5000), 0);
+
+  /* A snapshot at LSN 50: segments 1..18 and 19..36 go, 37..54 holds 51. */
+  CHECK_EQ(atp_journal_trim(j, 50), 2);
+  CHECK_EQ(count_segments(dir), 4);
+  seg_path(path, sizeof path, dir, 1);
+  CHECK_EQ(file_size(path), -1);
+  CHECK_EQ(atp_journal_trim(j, 50), 0);
+  /* Never the segment being written, whatever the LSN. */
+  CHECK_EQ(atp_journal_trim(j, 1000), 3);
+  CHECK_EQ(count_segments(dir), 1);
+  CHECK_EQ(atp_journal_close(j), 0);
+
+  /* Replay from the snapshot works; from 0, the missing LSNs are an error. */
+  memset(&got, 0, sizeof got);
+  CHECK_EQ(atp_journal_read(dir, 90, collect, &got, &scan), 0);
+  CHECK_EQ(got.count, 11);
+  CHECK_EQ(got.lsn[0], 91);
+  CHECK_EQ(atp_journal_read(dir, 0, NULL, NULL, &scan), ATP_EINTERNAL);
+  CHECK(strstr(scan.error, "missing") != NULL);
+  remove_dir(dir);
+}
+
+/* A snapshot newer than the journal (restored from elsewhere): LSNs continue
+ * after it, in a new segment. */
+static void test_covered_beyond_journal(void) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_ALWAYS);
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 1000, &scan);
+  REQUIRE(j);
+  CHECK_EQ(atp_journal_durable_lsn(j), 1000);
+  uint64_t lsn = append_fill(j, 1, 1, 1);
+  CHECK_EQ(lsn, 1001);
+  CHECK_EQ(atp_journal_wait(j, lsn, 5000), 0);
+  CHECK_EQ(atp_journal_close(j), 0);
+  REQUIRE((j = open_or_null(&c, 1000, &scan)));
+  CHECK_EQ(got.count, 1);
+  CHECK_EQ(got.lsn[0], 1001);
+  CHECK_EQ(atp_journal_close(j), 0);
+  CHECK_EQ(atp_journal_read(dir, 0, NULL, NULL, &scan), ATP_EINTERNAL);
+  remove_dir(dir);
+}
+
+/* --- durability waits ----------------------------------------------------------- */
+
+static void test_fsync_delay_holds_durable_back(void) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_ALWAYS);
+  setenv("ATPD_TEST_FSYNC_DELAY_MS", "300", 1); /* what black-box tests set */
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  unsetenv("ATPD_TEST_FSYNC_DELAY_MS");
+  REQUIRE(j);
+  int64_t start = now_ms();
+  uint64_t lsn = append_fill(j, 1, 1, 10);
+  sleep_ms(150);
+  CHECK(atp_journal_durable_lsn(j) < lsn);
+  CHECK_EQ(atp_journal_wait(j, lsn, 50), ATP_ETOOMANY);
+  CHECK_EQ(atp_journal_wait(j, lsn, 5000), 0);
+  CHECK(now_ms() - start >= 290);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+}
+
+/* admit says EFULL while queue_bytes_max bytes wait; append still takes. */
+static void test_admit_full_queue(void) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_ALWAYS);
+  c.queue_bytes_max = 1000;
+  c.fsync_delay_ms = 200;
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  CHECK_EQ(atp_journal_admit(j), 0);
+  uint64_t lsn = 0;
+  for (int i = 0; i < 5; i++) lsn = append_fill(j, 1, 1, 300);
+  CHECK_EQ(lsn, 5);
+  CHECK_EQ(atp_journal_admit(j), ATP_EFULL);
+  CHECK_EQ(atp_journal_wait(j, lsn, 5000), 0);
+  CHECK_EQ(atp_journal_admit(j), 0);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+}
+
+/* --- faults ----------------------------------------------------------------------- */
+
+static atomic_int fail_op; /* 'w' or 's': fail those; 0: none */
+static atomic_int fail_errno;
+static atomic_int faults_hit;
+static int inject(void *ctx, int op) {
+  (void)ctx;
+  if (atomic_load(&fail_op) != op) return 0;
+  atomic_fetch_add(&faults_hit, 1);
+  return atomic_load(&fail_errno);
+}
+
+static int wait_state(atp_journal_t *j, atp_journal_state_t state, int ms) {
+  int64_t start = now_ms();
+  while (atp_journal_state(j) != state && now_ms() - start < ms) sleep_ms(2);
+  return atp_journal_state(j) == state;
+}
+
+/* A failing fdatasync (or write): FAILED, nothing more durable, admit refuses;
+ * then it recovers alone and every record is there once, in order. */
+static void check_io_failure(int op, int err) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_BATCH);
+  c.fault = inject;
+  c.retry_ms_min = 5;
+  c.retry_ms_max = 20;
+  atomic_store(&fail_op, 0);
+  atomic_store(&faults_hit, 0);
+  atomic_store(&fail_errno, err);
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  REQUIRE(append_each_durable(j, 3, 50) == 0);
+  atomic_store(&fail_op, op);
+  uint64_t lsn = append_fill(j, 1, 4, 50);
+  CHECK(wait_state(j, ATP_JOURNAL_FAILED, 2000));
+  CHECK_EQ(atp_journal_admit(j), ATP_EUNAVAILABLE);
+  CHECK_EQ(atp_journal_wait(j, lsn, 100), ATP_EUNAVAILABLE);
+  /* Admitted mutations still land their records while it is failed. */
+  uint64_t lsn2 = append_fill(j, 1, 5, 50);
+  CHECK_EQ(lsn2, 5);
+  sleep_ms(60); /* a few retries, all failing */
+  CHECK(atomic_load(&faults_hit) >= 2);
+  CHECK_EQ(atp_journal_durable_lsn(j), 3);
+  atp_journal_metrics_t m;
+  atp_journal_metrics(j, &m);
+  CHECK(m.failures >= 2);
+  CHECK_EQ(m.last_errno, err);
+  CHECK_EQ(m.state, ATP_JOURNAL_FAILED);
+
+  atomic_store(&fail_op, 0);
+  CHECK(wait_state(j, ATP_JOURNAL_OK, 2000));
+  CHECK_EQ(atp_journal_wait(j, lsn2, 2000), 0);
+  CHECK_EQ(atp_journal_admit(j), 0);
+  CHECK_EQ(append_fill(j, 1, 6, 50), 6);
+  CHECK_EQ(atp_journal_wait(j, 6, 2000), 0);
+  atp_journal_metrics(j, &m);
+  CHECK_EQ(m.recoveries, 1);
+  CHECK_EQ(m.records_written, 6);
+  CHECK_EQ(atp_journal_close(j), 0);
+  /* The first segment was cut back to its three durable records; the rest
+   * went to a new one. */
+  char path[600];
+  seg_path(path, sizeof path, dir, 1);
+  CHECK_EQ(file_size(path), HEADER + 3 * (FRAME + 50));
+  CHECK_EQ(count_segments(dir), 2);
+  c.fault = NULL;
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(got.count, 6);
+  CHECK_EQ(got.out_of_order, 0);
+  for (uint32_t i = 0; i < got.count; i++) CHECK_EQ(got.first[i], i + 1);
+  CHECK_EQ(scan.tail_bytes, 0);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+}
+
+static void test_fsync_failure_recovers(void) {
+  check_io_failure('s', EIO);
+}
+static void test_write_failure_recovers(void) {
+  check_io_failure('w', ENOSPC);
+}
+
+/* Closing while failed reports the records it could not write. */
+static void test_close_while_failed(void) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_ALWAYS);
+  c.fault = inject;
+  atomic_store(&fail_errno, EIO);
+  atomic_store(&fail_op, 's');
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  CHECK(j == NULL); /* even the first segment's header cannot be synced */
+  CHECK(strstr(scan.error, "Input/output error") != NULL);
+  atomic_store(&fail_op, 0);
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  atomic_store(&fail_op, 's');
+  append_fill(j, 1, 1, 10);
+  CHECK(wait_state(j, ATP_JOURNAL_FAILED, 2000));
+  CHECK_EQ(atp_journal_close(j), ATP_EUNAVAILABLE);
+  atomic_store(&fail_op, 0);
+  remove_dir(dir);
+}
+
+/* A real disk full: a 1 MiB tmpfs filled up, then freed. */
+static void test_disk_full_tmpfs(void) {
+  char mnt[64];
+  REQUIRE(make_dir(mnt));
+  if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0) {
+    printf("  SKIP test_disk_full_tmpfs: mount tmpfs: %s (needs root)\n",
+           strerror(errno));
+    rmdir(mnt);
+    return;
+  }
+  char dir[128], filler[128];
+  snprintf(dir, sizeof dir, "%s/journal", mnt);
+  snprintf(filler, sizeof filler, "%s/filler", mnt);
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_BATCH);
+  c.retry_ms_min = 5;
+  c.retry_ms_max = 50;
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  REQUIRE(append_each_durable(j, 10, 1000) == 0);
+  /* Fill the rest of the file system. */
+  int fd = open(filler, O_CREAT | O_WRONLY, 0644);
+  REQUIRE(fd >= 0);
+  static char block[4096];
+  while (write(fd, block, sizeof block) > 0) {
+  }
+  close(fd);
+  /* Records larger than a page, so that none fits in the slack at the end of
+   * the segment's last page and the first write after the fill must fail. */
+  uint64_t lsn = 0;
+  for (int i = 0; i < 20; i++) lsn = append_fill(j, 2, (unsigned char)(11 + i), 5000);
+  CHECK(wait_state(j, ATP_JOURNAL_FAILED, 2000));
+  CHECK_EQ(atp_journal_admit(j), ATP_EUNAVAILABLE);
+  CHECK_EQ(atp_journal_durable_lsn(j), 10);
+  atp_journal_metrics_t m;
+  atp_journal_metrics(j, &m);
+  CHECK_EQ(m.last_errno, ENOSPC);
+  unlink(filler);
+  CHECK(wait_state(j, ATP_JOURNAL_OK, 3000));
+  CHECK_EQ(atp_journal_wait(j, lsn, 3000), 0);
+  CHECK_EQ(atp_journal_close(j), 0);
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(got.count, 30);
+  CHECK_EQ(got.out_of_order, 0);
+  for (uint32_t i = 0; i < got.count; i++) {
+    CHECK_EQ(got.first[i], i + 1);
+    CHECK_EQ(got.bytes[i], i < 10 ? 1000 : 5000);
+  }
+  CHECK_EQ(scan.tail_bytes, 0);
+  CHECK_EQ(atp_journal_close(j), 0);
+  if (umount(mnt) != 0) fprintf(stderr, "  umount %s: %s\n", mnt, strerror(errno));
+  rmdir(mnt);
+}
+
+TEST_MAIN({
+  RUN(test_crc32c_vectors);
+  RUN(test_crc32c_hw_matches_tables);
+  RUN(test_append_reopen_read_back);
+  RUN(test_appendv_and_empty);
+  RUN(test_modes_flush_by_themselves);
+  RUN(test_group_commit_threads_batch);
+  RUN(test_group_commit_threads_always);
+  RUN(test_torn_tail_cut);
+  RUN(test_flipped_bit_stops_with_offset);
+  RUN(test_bad_record_in_last_group_is_tail);
+  RUN(test_bad_record_before_last_group_stops);
+  RUN(test_newer_version_refused);
+  RUN(test_second_open_conflicts);
+  RUN(test_segment_roll_and_trim);
+  RUN(test_covered_beyond_journal);
+  RUN(test_fsync_delay_holds_durable_back);
+  RUN(test_admit_full_queue);
+  RUN(test_fsync_failure_recovers);
+  RUN(test_write_failure_recovers);
+  RUN(test_close_while_failed);
+  RUN(test_disk_full_tmpfs);
+})
