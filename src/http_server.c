@@ -503,6 +503,13 @@ static void request_fill(conn_t *c, atp_http_request_t *req) {
 /* Gives back what one large request grew, keeping small buffers for the next:
  * called when a request ends, so an idle connection pins little. */
 static void request_shrink(conn_t *c) {
+  /* The arena keeps up to four chunks across resets; more than one left means
+   * a large request: start the next one from nothing. (The arena is always
+   * reset, nothing allocated from it, when this runs.) */
+  if (c->arena.bytes_held > ARENA_CHUNK_BYTES) {
+    atp_arena_destroy(&c->arena);
+    atp_arena_init(&c->arena, ARENA_CHUNK_BYTES, ARENA_BYTES_MAX);
+  }
   if (c->head.cap > KEEP_BUF_BYTES) atp_buf_free(&c->head);
   if (c->body.cap > KEEP_BUF_BYTES) atp_buf_free(&c->body);
   if (c->res_body.cap > KEEP_BUF_BYTES) atp_buf_free(&c->res_body);
