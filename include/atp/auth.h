@@ -1,11 +1,15 @@
 /* auth.h - bearer tokens with roles, and the ownership (source-of-truth) matrix.
  *
- * Tokens file: one "TOKEN ROLE" pair a line, '#' starts a comment, blank lines
- * ignored. Roles: read (availability), checkout (reservations + read),
+ * Tokens file: one "TOKEN ROLE [HOLDER]" line each, '#' starts a comment, blank
+ * lines ignored. HOLDER names the person or system behind the token, for the
+ * audit trail. Roles: read (availability), checkout (reservations + read),
  * integration (stock changes, groups, batch, reconciliations + read), ops
  * (everything). A request's token is compared with every configured token in
  * constant time (the work does not depend on where the first differing byte
- * is, nor on which token matched), and tokens are never logged.
+ * is, nor on which token matched), and tokens are never logged. Loading a file
+ * at start also refuses weak tokens (atp_auth_token_check): shorter than
+ * ATP_AUTH_TOKEN_BYTES_MIN, bytes outside printable ASCII, or the shipped
+ * placeholders of deploy/tokens.example, so a copied example never goes live.
  *
  * Ownership file (CONTRACT.md section 9): per field, the flows that may write
  * it and the team owning its rejections. A field without an entry, or no file
@@ -41,32 +45,51 @@ typedef enum {
   ATP_ACCESS_OPS,         /* ops */
 } atp_access_t;
 
-#define ATP_AUTH_TOKENS_MAX      1024
-#define ATP_AUTH_TOKEN_BYTES_MAX 256
+#define ATP_AUTH_TOKENS_MAX       1024
+#define ATP_AUTH_TOKEN_BYTES_MAX  256
+#define ATP_AUTH_TOKEN_BYTES_MIN  16 /* CONTRACT.md section 9 */
+#define ATP_AUTH_HOLDER_BYTES_MAX ATP_ID_BYTES_MAX
+
+typedef struct {
+  uint8_t token[ATP_AUTH_TOKEN_BYTES_MAX]; /* zero-padded */
+  uint32_t len;
+  atp_role_t role;
+  uint32_t line;                              /* in the file, for messages */
+  char holder[ATP_AUTH_HOLDER_BYTES_MAX + 1]; /* "" when the line names none */
+} atp_auth_entry_t;
 
 typedef struct {
   uint32_t count;
-  struct {
-    uint8_t token[ATP_AUTH_TOKEN_BYTES_MAX]; /* zero-padded */
-    uint32_t len;
-    atp_role_t role;
-  } entries[ATP_AUTH_TOKENS_MAX];
+  atp_auth_entry_t entries[ATP_AUTH_TOKENS_MAX];
 } atp_auth_t;
 
 /* "read", ... -> role; ATP_ROLE_NONE for an unknown name. */
 atp_role_t atp_role_parse(const char *name, size_t len);
 const char *atp_role_name(atp_role_t role);
 
-/* Parses a tokens file's text. ATP_EBADREQ with "line N: ..." in err for a
- * malformed line, an unknown role, a duplicate token or too many. */
+/* Parses a tokens file's text: the grammar only (any token length). ATP_EBADREQ
+ * with "line N: ..." in err for a malformed line, an unknown role, a holder
+ * that is not 1..128 bytes of printable ASCII, a duplicate token or too many. */
 int atp_auth_parse(atp_auth_t *auth, const char *text, size_t len, char *err,
                    size_t err_len);
-/* Reads and parses path. */
+/* Reads and parses path, then refuses weak tokens (atp_auth_token_check): err
+ * names the file and the line ("PATH: line N: ..."). */
 int atp_auth_load(atp_auth_t *auth, const char *path, char *err, size_t err_len);
+
+/* 0 when token is fit to guard a server, else ATP_EBADREQ with the reason in
+ * why: shorter than ATP_AUTH_TOKEN_BYTES_MIN, a byte outside printable ASCII
+ * (0x21..0x7e), or a placeholder ("REPLACE-..."). */
+int atp_auth_token_check(const uint8_t *token, size_t len, char *why, size_t why_len);
 
 /* The role of an Authorization header value ("Bearer T"); ATP_ROLE_NONE when
  * absent, malformed or unknown. Constant time in the configured tokens. */
 atp_role_t atp_auth_role(const atp_auth_t *auth, const char *header, size_t len);
+
+/* Like atp_auth_role, and *holder gets the matched token's holder ("" when its
+ * line names none, or when no token matched); the string lives as long as
+ * auth. Constant time in the configured tokens, like the role. */
+atp_role_t atp_auth_identify(const atp_auth_t *auth, const char *header, size_t len,
+                             const char **holder);
 
 /* Whether role may call a route needing access. */
 bool atp_role_allows(atp_role_t role, atp_access_t access);

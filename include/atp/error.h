@@ -30,13 +30,19 @@
   X(NOMEM, -14, "unavailable", 503)                                         \
   X(OVERFLOW, -15, "bad_request", 400)                                      \
   X(HEADERS, -16, "bad_request", 431)                                       \
-  X(INTERNAL, -17, "internal", 500)
+  X(INTERNAL, -17, "internal", 500)                                         \
+  X(URITOOLONG, -18, "uri_too_long", 414)                                   \
+  /* Not contract codes: the HTTP server's framing refusals, with the       \
+   * status HTTP gives them and the code of a malformed request. */         \
+  X(TIMEOUT, -19, "bad_request", 408)                                       \
+  X(VERSION, -20, "bad_request", 505)                                       \
+  X(NOTIMPL, -21, "bad_request", 501)
 
 typedef enum {
 #define ATP_ERRNO_ENUM(name, value, code, status) ATP_E##name = value,
   ATP_ERRNO_MAP(ATP_ERRNO_ENUM)
 #undef ATP_ERRNO_ENUM
-      ATP_ERRNO_MIN = -17
+      ATP_ERRNO_MIN = -21
 } atp_errno_t;
 
 /* The contract's error code string for err ("bad_request", ...); "internal" for

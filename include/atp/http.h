@@ -6,7 +6,11 @@
  * the handler runs on the loop thread and fills a response, which is written in
  * request order (pipelining). Limits from limits.h: connections per thread,
  * header bytes (431), URL bytes (414), body bytes per route (413), header,
- * body and idle timeouts; a slow or half-closed client cannot pin memory.
+ * body (per gap and in total) and idle timeouts; a slow or half-closed client
+ * cannot pin memory, and a request that ends gives its large buffers back.
+ * Framing is strict: a repeated Authorization or Host, an HTTP/1.1 request
+ * without Host, obsolete line folding are 400; a transfer coding other than
+ * chunked is 501.
  *
  * Only http_server.c includes llhttp and libuv's TCP parts.
  */
@@ -74,6 +78,16 @@ typedef void (*atp_http_handler_fn)(void *ctx, const atp_http_request_t *req,
 typedef size_t (*atp_http_body_limit_fn)(void *ctx, atp_http_method_t method,
                                          const char *path, size_t path_len);
 
+/* Renders the server's own refusals (malformed framing, limits, timeouts) in
+ * the application's error shape and format: err is an ATP_E* code (its status
+ * is the error table's and is kept whatever the hook sets), message a
+ * sentence. req holds what is known so far: method and path only once the
+ * head is complete, content_type and accept as soon as they were read. The
+ * hook sets content_type and appends the body to res->body; without a hook
+ * (or an empty body) the server writes the error as JSON. */
+typedef void (*atp_http_error_fn)(void *ctx, const atp_http_request_t *req, int err,
+                                  const char *message, atp_http_response_t *res);
+
 /* Called once per response after it is queued, for metrics and the access log:
  * route-independent facts only. */
 typedef void (*atp_http_log_fn)(void *ctx, const atp_http_request_t *req, int status,
@@ -86,17 +100,19 @@ typedef struct {
   atp_http_handler_fn handler;
   atp_http_body_limit_fn body_limit; /* NULL: ATP_HTTP_BODY_BYTES_MAX for all */
   atp_http_log_fn log;               /* NULL: none */
-  void *ctx;                         /* passed to the three callbacks */
+  atp_http_error_fn error;           /* NULL: the server's errors are JSON */
+  void *ctx;                         /* passed to the four callbacks */
   /* Called on loop thread 0 every tick_ms (0: never), e.g. engine expiry. */
   void (*tick)(void *ctx);
   uint32_t tick_ms;
   /* Overrides of the limits.h defaults, mostly so tests can be quick; 0 means
    * the default named in each comment. */
-  uint32_t idle_timeout_ms;   /* ATP_HTTP_IDLE_TIMEOUT_MS */
-  uint32_t header_timeout_ms; /* ATP_HTTP_HEADER_TIMEOUT_MS */
-  uint32_t body_timeout_ms;   /* ATP_HTTP_BODY_TIMEOUT_MS */
-  uint32_t stop_timeout_ms;   /* stop: in-flight grace before force-close, 5000 */
-  uint32_t connections_max;   /* per thread, ATP_HTTP_CONNECTIONS_MAX */
+  uint32_t idle_timeout_ms;       /* ATP_HTTP_IDLE_TIMEOUT_MS */
+  uint32_t header_timeout_ms;     /* ATP_HTTP_HEADER_TIMEOUT_MS */
+  uint32_t body_timeout_ms;       /* ATP_HTTP_BODY_TIMEOUT_MS */
+  uint32_t body_total_timeout_ms; /* ATP_HTTP_BODY_TOTAL_TIMEOUT_MS */
+  uint32_t stop_timeout_ms;       /* stop: in-flight grace before force-close, 5000 */
+  uint32_t connections_max;       /* per thread, ATP_HTTP_CONNECTIONS_MAX */
 } atp_http_config_t;
 
 typedef struct atp_http_server atp_http_server_t;

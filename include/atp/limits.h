@@ -57,6 +57,10 @@
 #define ATP_HTTP_BODY_TIMEOUT_MS     30000 /* gap between body bytes */
 #define ATP_HTTP_THREADS_MAX         64
 
+/* The whole request body, from the end of the head: 64 MiB at ~560 KB/s. A
+ * client dripping bytes just inside the gap timeout cannot hold it longer. */
+#define ATP_HTTP_BODY_TOTAL_TIMEOUT_MS 120000
+
 /* Codecs. */
 #define ATP_CODEC_DEPTH_MAX 32 /* nesting of arrays and objects */
 #define ATP_QUERY_ITEMS_MAX 1000

@@ -23,7 +23,7 @@
 #include "atp/memory.h"
 
 #define ATP_METRICS_ROUTES_MAX   48 /* routes + "unmatched" */
-#define ATP_METRICS_STATUS_COUNT 18
+#define ATP_METRICS_STATUS_COUNT 23
 #define ATP_METRICS_BUCKET_COUNT 14 /* finite buckets; +Inf is the count */
 
 typedef struct atp_metrics atp_metrics_t;

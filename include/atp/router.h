@@ -10,7 +10,9 @@
  * usable id). No allocation besides that, no regex. An unknown path answers
  * 404 not_found; a known path with another method answers 405 with the same
  * error shape and code "not_found" (the contract has no code of its own for
- * it) plus an Allow header.
+ * it) plus an Allow header. With auth on, a path under /v1 or /admin is
+ * authenticated first: without a valid token even an unknown route is 401,
+ * so the route table cannot be mapped anonymously.
  *
  * Thread: the handler runs on every loop thread at once; the table and the app
  * are read-only after start (except the atomics and per-thread metrics).
@@ -79,12 +81,21 @@ size_t atp_router_body_limit(void *ctx, atp_http_method_t method, const char *pa
                              size_t path_len);
 void atp_router_log(void *ctx, const atp_http_request_t *req, int status,
                     size_t body_bytes, int64_t elapsed_ns);
+/* The server's own refusals, in the contract's error shape and the format
+ * Content-Type and Accept ask for (atp_http_error_fn). */
+void atp_router_error(void *ctx, const atp_http_request_t *req, int err,
+                      const char *message, atp_http_response_t *res);
 void atp_router_tick(void *ctx);
 
 /* 0 when flow may write field under the app's ownership matrix, else
  * ATP_ENOTOWNER recorded on flow_key. */
 int atp_req_owner_check(atp_req_t *rq, atp_field_kind_t field, atp_str_t flow,
                         const char *flow_key);
+
+/* The holder named on the request's token line (tokens file, contract section
+ * 9): "" when auth is off, the token is unknown or its line names none. For
+ * the audit trail. */
+const char *atp_req_holder(const atp_req_t *rq);
 
 /* Route handlers (routes_*.c). */
 int atp_route_availability_get(atp_req_t *rq);

@@ -46,6 +46,17 @@ static bool is_space(char c) {
   return c == ' ' || c == '\t' || c == '\r';
 }
 
+/* Printable ASCII without the space: what a token or a holder may hold. */
+static bool is_token_byte(uint8_t b) {
+  return b > 0x20 && b < 0x7f;
+}
+
+static bool is_printable(const char *s, size_t len) {
+  for (size_t i = 0; i < len; i++)
+    if (!is_token_byte((uint8_t)s[i])) return false;
+  return true;
+}
+
 int atp_auth_parse(atp_auth_t *auth, const char *text, size_t len, char *err,
                    size_t err_len) {
   memset(auth, 0, sizeof *auth);
@@ -72,20 +83,27 @@ int atp_auth_parse(atp_auth_t *auth, const char *text, size_t len, char *err,
     }
     i = end + 1;
     if (n == 0) continue;
-    if (n != 2) {
-      snprintf(err, err_len, "line %u: expected \"TOKEN ROLE\"", line);
+    if (n != 2 && n != 3) {
+      snprintf(err, err_len, "line %u: expected \"TOKEN ROLE [HOLDER]\"", line);
       return ATP_EBADREQ;
     }
     atp_role_t role = atp_role_parse(words[1], word_len[1]);
     if (role == ATP_ROLE_NONE) {
       snprintf(err, err_len,
                "line %u: unknown role \"%.*s\" (read, checkout, integration, ops)",
-               line, (int)word_len[1], words[1]);
+               line, (int)word_len[1] > 32 ? 32 : (int)word_len[1], words[1]);
       return ATP_EBADREQ;
     }
     if (word_len[0] > ATP_AUTH_TOKEN_BYTES_MAX) {
       snprintf(err, err_len, "line %u: token longer than %d bytes", line,
                ATP_AUTH_TOKEN_BYTES_MAX);
+      return ATP_EBADREQ;
+    }
+    if (n == 3 && (word_len[2] > ATP_AUTH_HOLDER_BYTES_MAX ||
+                   !is_printable(words[2], word_len[2]))) {
+      snprintf(err, err_len,
+               "line %u: the holder must be 1..%d bytes of printable ASCII", line,
+               ATP_AUTH_HOLDER_BYTES_MAX);
       return ATP_EBADREQ;
     }
     for (uint32_t t = 0; t < auth->count; t++) {
@@ -99,13 +117,48 @@ int atp_auth_parse(atp_auth_t *auth, const char *text, size_t len, char *err,
       snprintf(err, err_len, "line %u: more than %d tokens", line, ATP_AUTH_TOKENS_MAX);
       return ATP_EBADREQ;
     }
-    memcpy(auth->entries[auth->count].token, words[0], word_len[0]);
-    auth->entries[auth->count].len = (uint32_t)word_len[0];
-    auth->entries[auth->count].role = role;
+    atp_auth_entry_t *e = &auth->entries[auth->count];
+    memcpy(e->token, words[0], word_len[0]);
+    e->len = (uint32_t)word_len[0];
+    e->role = role;
+    e->line = line;
+    if (n == 3) {
+      memcpy(e->holder, words[2], word_len[2]);
+      e->holder[word_len[2]] = '\0';
+    }
     auth->count++;
   }
   if (auth->count == 0) {
     snprintf(err, err_len, "no tokens: the file would lock every client out");
+    return ATP_EBADREQ;
+  }
+  return 0;
+}
+
+/* The placeholders deploy/tokens.example ships: a copied example must not
+ * become a live credential. */
+#define PLACEHOLDER_PREFIX "REPLACE-"
+
+int atp_auth_token_check(const uint8_t *token, size_t len, char *why, size_t why_len) {
+  if (len >= sizeof PLACEHOLDER_PREFIX - 1 &&
+      memcmp(token, PLACEHOLDER_PREFIX, sizeof PLACEHOLDER_PREFIX - 1) == 0) {
+    snprintf(why, why_len,
+             "token is the shipped placeholder \"" PLACEHOLDER_PREFIX
+             "...\": generate one (head -c 32 /dev/urandom | base64)");
+    return ATP_EBADREQ;
+  }
+  for (size_t i = 0; i < len; i++) {
+    if (!is_token_byte(token[i])) {
+      snprintf(why, why_len,
+               "token byte %zu is 0x%02x: tokens are printable ASCII without control "
+               "characters",
+               i + 1, token[i]);
+      return ATP_EBADREQ;
+    }
+  }
+  if (len < ATP_AUTH_TOKEN_BYTES_MIN) {
+    snprintf(why, why_len, "token is %zu bytes: tokens must be at least %d bytes", len,
+             ATP_AUTH_TOKEN_BYTES_MIN);
     return ATP_EBADREQ;
   }
   return 0;
@@ -154,6 +207,15 @@ int atp_auth_load(atp_auth_t *auth, const char *path, char *err, size_t err_len)
   char inner[200];
   int rc = atp_auth_parse(auth, text, len, inner, sizeof inner);
   if (rc != 0) snprintf(err, err_len, "%s: %s", path, inner);
+  /* The grammar accepts any token; a running server takes only strong ones. */
+  for (uint32_t e = 0; rc == 0 && e < auth->count; e++) {
+    char why[160];
+    rc = atp_auth_token_check(auth->entries[e].token, auth->entries[e].len, why,
+                              sizeof why);
+    if (rc != 0)
+      snprintf(err, err_len, "%s: line %u: %s", path, auth->entries[e].line, why);
+  }
+  if (rc != 0) memset(auth, 0, sizeof *auth);
   /* The file held secrets: wipe the copy before freeing it. */
   memset(text, 0, len);
   atp_free(text);
@@ -161,6 +223,13 @@ int atp_auth_load(atp_auth_t *auth, const char *path, char *err, size_t err_len)
 }
 
 atp_role_t atp_auth_role(const atp_auth_t *auth, const char *header, size_t len) {
+  const char *holder;
+  return atp_auth_identify(auth, header, len, &holder);
+}
+
+atp_role_t atp_auth_identify(const atp_auth_t *auth, const char *header, size_t len,
+                             const char **holder) {
+  *holder = "";
   if (!header || len < 7 || strncasecmp(header, "Bearer ", 7) != 0)
     return ATP_ROLE_NONE;
   const char *t = header + 7;
@@ -173,8 +242,9 @@ atp_role_t atp_auth_role(const atp_auth_t *auth, const char *header, size_t len)
   memcpy(given, t, n);
   /* Every configured token is compared over its full padded width, and the
    * match is folded in with masks, so timing reveals neither how many bytes
-   * matched nor which entry did. */
-  uint32_t role = ATP_ROLE_NONE;
+   * matched nor which entry did. The holder is picked the same way, by the
+   * index folded in with the mask (tokens are unique: at most one matches). */
+  uint32_t role = ATP_ROLE_NONE, match = 0;
   for (uint32_t e = 0; e < auth->count; e++) {
     const uint8_t *tok = auth->entries[e].token;
     uint32_t diff = (uint32_t)(auth->entries[e].len ^ (uint32_t)n);
@@ -183,7 +253,9 @@ atp_role_t atp_auth_role(const atp_auth_t *auth, const char *header, size_t len)
     /* mask is all ones when diff == 0, else zero. */
     uint32_t mask = (uint32_t)(((uint64_t)diff - 1) >> 32);
     role |= mask & (uint32_t)auth->entries[e].role;
+    match |= mask & e;
   }
+  if (role != ATP_ROLE_NONE) *holder = auth->entries[match].holder;
   return (atp_role_t)role;
 }
 

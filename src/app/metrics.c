@@ -6,9 +6,11 @@
 #include <stdatomic.h>
 #include <string.h>
 
-static const int statuses[ATP_METRICS_STATUS_COUNT - 1] = {200, 201, 204, 400, 401, 403,
-                                                           404, 405, 409, 413, 414, 415,
-                                                           422, 429, 431, 500, 503};
+/* Every status atpd answers has its own label: the contract's, 405 and the
+ * HTTP server's own (408 timeouts, 501 unknown transfer codings, 505). */
+static const int statuses[ATP_METRICS_STATUS_COUNT - 1] = {
+    200, 201, 202, 204, 400, 401, 403, 404, 405, 408, 409,
+    410, 413, 414, 415, 422, 429, 431, 500, 501, 503, 505};
 /* The last status slot counts everything else. */
 #define STATUS_OTHER (ATP_METRICS_STATUS_COUNT - 1)
 

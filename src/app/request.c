@@ -516,6 +516,19 @@ int atp_req_parse_query(atp_req_t *rq) {
       if (rc != 0)
         return atp_req_fail(rq, rc == ATP_ENOMEM ? ATP_ENOMEM : ATP_EBADREQ, NULL, NULL,
                             "Malformed percent-encoding in the query string.");
+      /* A repeated name is ambiguous (which one did a cache or proxy see?):
+       * refused rather than taking either. At most 16 names: O(n^2) is fine. */
+      for (uint32_t k = 0; k < rq->query_count; k++) {
+        const atp_str_t *seen = &rq->query[k].name;
+        if (seen->len != p->name.len || memcmp(seen->ptr, p->name.ptr, seen->len) != 0)
+          continue;
+        int shown = p->name.len > 64 ? 64 : (int)p->name.len;
+        atp_req_fail(rq, ATP_EBADREQ, NULL, NULL,
+                     "The query parameter \"%.*s\" is given more than once.", shown,
+                     p->name.ptr);
+        snprintf(rq->field, sizeof rq->field, "%.*s", shown, p->name.ptr);
+        return ATP_EBADREQ;
+      }
       rq->query_count++;
     }
     i = end + 1;

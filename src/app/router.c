@@ -163,19 +163,36 @@ static bool is_v1(const atp_http_request_t *h) {
   return h->path_len >= 4 && memcmp(h->path, "/v1/", 4) == 0;
 }
 
+/* Whether a path lies under a prefix that needs a token (contract section 8):
+ * "/v1", "/v1/...", "/admin", "/admin/...". */
+static bool is_guarded(const char *path, size_t len) {
+  static const struct {
+    const char *prefix;
+    size_t len;
+  } guarded[] = {{"/v1", 3}, {"/admin", 6}};
+  for (size_t i = 0; i < sizeof guarded / sizeof guarded[0]; i++) {
+    size_t n = guarded[i].len;
+    if (len >= n && memcmp(path, guarded[i].prefix, n) == 0 &&
+        (len == n || path[n] == '/'))
+      return true;
+  }
+  return false;
+}
+
+static int fail_unauthorized(atp_req_t *rq) {
+  if (rq->res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
+    rq->res->extra_headers[rq->res->extra_header_count++] = "WWW-Authenticate: Bearer";
+  return atp_req_fail(rq, ATP_EUNAUTH, NULL, NULL,
+                      "A valid bearer token is required (Authorization: Bearer ...).");
+}
+
 static int gate(atp_req_t *rq, const atp_route_t *route) {
   atp_app_t *app = rq->app;
   const atp_http_request_t *h = rq->http;
   if (route->access != ATP_ACCESS_OPEN && app->auth) {
     int rc = atp_auth_check(app->auth, route->access, h->authorization,
                             h->authorization ? h->authorization_len : 0);
-    if (rc == ATP_EUNAUTH) {
-      rq->res->extra_headers[rq->res->extra_header_count++] =
-          "WWW-Authenticate: Bearer";
-      return atp_req_fail(
-          rq, rc, NULL, NULL,
-          "A valid bearer token is required (Authorization: Bearer ...).");
-    }
+    if (rc == ATP_EUNAUTH) return fail_unauthorized(rq);
     if (rc != 0)
       return atp_req_fail(rq, rc, NULL, NULL, "This token's role may not call %s %s.",
                           atp_http_method_name(route->method), route->pattern);
@@ -226,33 +243,66 @@ static const char *allow_header(atp_arena_t *arena, const char *path, size_t len
   return out;
 }
 
+/* A context for req: formats from Content-Type and Accept (contract section 1). */
+static void req_init(atp_req_t *rq, atp_app_t *app, const atp_http_request_t *req,
+                     atp_http_response_t *res) {
+  rq->app = app;
+  rq->http = req;
+  rq->res = res;
+  rq->arena = req->arena;
+  rq->route = NULL;
+  rq->param_count = 0;
+  rq->query_count = 0;
+  rq->body = NULL;
+  rq->field[0] = '\0';
+  rq->message[0] = '\0';
+  rq->in_format = req->content_type ? atp_format_from_content_type(
+                                          req->content_type, req->content_type_len)
+                                    : ATP_FORMAT_UNKNOWN;
+  rq->out_format = atp_format_for_response(
+      req->accept, req->accept ? req->accept_len : 0, rq->in_format);
+  if (rq->out_format != ATP_FORMAT_MSGPACK) rq->out_format = ATP_FORMAT_JSON;
+  if (rq->in_format == ATP_FORMAT_UNKNOWN && req->body_len == 0)
+    rq->in_format = ATP_FORMAT_JSON;
+}
+
+const char *atp_req_holder(const atp_req_t *rq) {
+  const atp_auth_t *auth = rq->app->auth;
+  const atp_http_request_t *h = rq->http;
+  const char *holder = "";
+  if (auth)
+    (void)atp_auth_identify(auth, h->authorization,
+                            h->authorization ? h->authorization_len : 0, &holder);
+  return holder;
+}
+
+void atp_router_error(void *ctx, const atp_http_request_t *req, int err,
+                      const char *message, atp_http_response_t *res) {
+  atp_req_t rq;
+  req_init(&rq, ctx, req, res);
+  snprintf(rq.message, sizeof rq.message, "%s", message ? message : "");
+  atp_respond_error(&rq, err);
+}
+
 void atp_router_handle(void *ctx, const atp_http_request_t *req,
                        atp_http_response_t *res) {
   atp_req_t rq;
-  rq.app = ctx;
-  rq.http = req;
-  rq.res = res;
-  rq.arena = req->arena;
-  rq.route = NULL;
-  rq.param_count = 0;
-  rq.query_count = 0;
-  rq.body = NULL;
-  rq.field[0] = '\0';
-  rq.message[0] = '\0';
-  rq.in_format = req->content_type ? atp_format_from_content_type(req->content_type,
-                                                                  req->content_type_len)
-                                   : ATP_FORMAT_UNKNOWN;
-  rq.out_format = atp_format_for_response(
-      req->accept, req->accept ? req->accept_len : 0, rq.in_format);
-  if (rq.out_format != ATP_FORMAT_MSGPACK) rq.out_format = ATP_FORMAT_JSON;
-  if (rq.in_format == ATP_FORMAT_UNKNOWN && req->body_len == 0)
-    rq.in_format = ATP_FORMAT_JSON;
+  req_init(&rq, ctx, req, res);
+  atp_app_t *app = ctx;
 
   bool path_known = false;
   int rc = 0;
   rq.route = atp_router_match(req->method, req->path, req->path_len, rq.arena,
                               rq.params, &rq.param_count, &path_known, &rc);
   remember_route(req->request_id, atp_route_index(rq.route));
+  /* Authenticate before telling a missing route from a missing method, so an
+   * anonymous client cannot map the route table behind /v1 and /admin. */
+  if (!rq.route && app->auth && is_guarded(req->path, req->path_len) &&
+      atp_auth_role(app->auth, req->authorization,
+                    req->authorization ? req->authorization_len : 0) == ATP_ROLE_NONE) {
+    atp_respond_error(&rq, fail_unauthorized(&rq));
+    return;
+  }
   if (!rq.route) {
     if (rc != 0) {
       atp_req_fail(&rq, rc, NULL, NULL, "Malformed percent-encoding in the path.");

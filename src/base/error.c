@@ -42,7 +42,7 @@ const char *atp_strerror(int err) {
     case ATP_ECONFLICT:
       return "The action is not allowed in the current state.";
     case ATP_ETOOLARGE:
-      return "The request body is too large.";
+      return "The request body is over this route's limit.";
     case ATP_EMEDIATYPE:
       return "The body must be JSON or MessagePack.";
     case ATP_EIDEMPOTENCY:
@@ -58,7 +58,15 @@ const char *atp_strerror(int err) {
     case ATP_EOVERFLOW:
       return "The quantity would leave the supported range.";
     case ATP_EHEADERS:
-      return "The request headers are too large.";
+      return "The request headers are over 64 KiB.";
+    case ATP_EURITOOLONG:
+      return "The request target is over 8 KiB.";
+    case ATP_ETIMEOUT:
+      return "The request was not received in time.";
+    case ATP_EVERSION:
+      return "Only HTTP/1.x is served.";
+    case ATP_ENOTIMPL:
+      return "The request uses a feature this server does not implement.";
     default:
       return "Internal error.";
   }

@@ -157,6 +157,7 @@ int main(int argc, char **argv) {
   hc.handler = atp_router_handle;
   hc.body_limit = atp_router_body_limit;
   hc.log = atp_router_log;
+  hc.error = atp_router_error;
   hc.ctx = &app;
   hc.tick = atp_router_tick;
   hc.tick_ms = ENGINE_TICK_MS;

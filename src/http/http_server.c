@@ -48,16 +48,18 @@
 #define OUT_INLINE_BODY_BYTES (16 * 1024)   /* bodies up to this are copied */
 #define OUT_BIG_MAX           4             /* moved bodies per output queue */
 #define RESPONSE_BYTES_MAX    (256u << 20)  /* one response body */
-#define KEEP_BUF_BYTES        (256 * 1024)  /* buffers above this are freed after use */
-#define ARENA_CHUNK_BYTES     (16 * 1024)
-#define ARENA_BYTES_MAX       (4u * ATP_HTTP_BULK_BODY_BYTES_MAX)
-#define HEAD_BUF_BYTES_MAX    (ATP_HTTP_URL_BYTES_MAX + ATP_HTTP_HEADER_BYTES_MAX + 64)
-#define FIELD_BYTES           16 /* longest header name we look for, rounded up */
-#define LINGER_MS             2000 /* after the last response: wait for the client's FIN */
-#define LINGER_BYTES_MAX      (4u << 20)
-#define STOP_TIMEOUT_MS       5000
-#define LISTEN_BACKLOG        1024
-#define REQUEST_ID_BLOCK      4096
+/* A request's buffers above this are freed when it ends, so an idle keep-alive
+ * connection holds a few small buffers whatever its last request was. */
+#define KEEP_BUF_BYTES     (32 * 1024)
+#define ARENA_CHUNK_BYTES  (16 * 1024)
+#define ARENA_BYTES_MAX    (4u * ATP_HTTP_BULK_BODY_BYTES_MAX)
+#define HEAD_BUF_BYTES_MAX (ATP_HTTP_URL_BYTES_MAX + ATP_HTTP_HEADER_BYTES_MAX + 64)
+#define FIELD_BYTES        24   /* longest header name we look for, rounded up */
+#define LINGER_MS          2000 /* after the last response: wait for the client's FIN */
+#define LINGER_BYTES_MAX   (4u << 20)
+#define STOP_TIMEOUT_MS    5000
+#define LISTEN_BACKLOG     1024
+#define REQUEST_ID_BLOCK   4096
 
 enum {
   HDR_NONE = -1,
@@ -65,6 +67,8 @@ enum {
   HDR_ACCEPT,
   HDR_AUTHORIZATION,
   HDR_EXPECT,
+  HDR_HOST,
+  HDR_TRANSFER_ENCODING,
   HDR_COUNT
 };
 
@@ -112,13 +116,26 @@ struct conn {
   size_t body_limit;
   size_t body_expected;     /* Content-Length, or 0 (none, or chunked) */
   uint64_t head_started_ms; /* loop time of the first byte of the head */
+  uint64_t body_started_ms; /* loop time the head completed: the body's deadline */
   int64_t started_ns;
   bool in_message; /* between message begin and complete */
   bool headers_done;
   bool keep_alive;
   bool http10;
-  int fail_status; /* set by a callback that failed the request */
+  bool te_unknown;   /* a Transfer-Encoding names a coding other than chunked */
+  bool url_too_long; /* over ATP_HTTP_URL_BYTES_MAX: 414 once Accept is known */
+  /* Obsolete line folding detection (see fold_scan): the bytes between the
+   * head's spans are scanned as they go by. */
+  const char *exec_start; /* the buffer llhttp is parsing */
+  const char *sep_from;   /* end of the last head span in it; NULL: none yet */
+  bool sep_lf;            /* the last separator byte scanned was LF */
+  bool fold_armed;        /* a span of this head was seen (the first is not scanned) */
+  int fail_err;           /* ATP_E* set by a callback that failed the request */
   const char *fail_message;
+  /* A refusal found mid-head that waits for the head's end, so the answer can
+   * honour an Accept sent later (0: none). */
+  int deferred_err;
+  const char *deferred_message;
 
   bool closing; /* parse no more; close once output is written */
   bool paused;  /* in holds input parsed later */
@@ -459,13 +476,8 @@ static void request_fill(conn_t *c, atp_http_request_t *req) {
   req->thread_index = c->lp ? c->lp->index : 0;
   req->request_id = next_request_id(c);
   req->started_ns = c->started_ns ? c->started_ns : (int64_t)uv_hrtime();
-  if (!c->headers_done || !c->head.data) return;
-  req->method = map_method(c->parser.method);
-  req->method_name = llhttp_method_name((llhttp_method_t)c->parser.method);
-  req->path = c->head.data + c->path_off;
-  req->path_len = c->path_len;
-  req->query = c->head.data + c->query_off;
-  req->query_len = c->query_len;
+  if (!c->head.data) return;
+  /* Headers read so far: an error answered mid-head still honours Accept. */
   const char **hv[HDR_COUNT] = {&req->content_type, &req->accept, &req->authorization,
                                 NULL};
   size_t *hl[HDR_COUNT] = {&req->content_type_len, &req->accept_len,
@@ -475,16 +487,38 @@ static void request_fill(conn_t *c, atp_http_request_t *req) {
     *hv[k] = c->head.data + c->hv_off[k];
     *hl[k] = c->hv_len[k];
   }
+  if (!c->headers_done) return;
+  req->method = map_method(c->parser.method);
+  req->method_name = llhttp_method_name((llhttp_method_t)c->parser.method);
+  req->path = c->head.data + c->path_off;
+  req->path_len = c->path_len;
+  req->query = c->head.data + c->query_off;
+  req->query_len = c->query_len;
   if (c->body.len) {
     req->body = c->body.data;
     req->body_len = c->body.len;
   }
 }
 
-static void request_reset(conn_t *c) {
-  atp_buf_reset(&c->head);
+/* Gives back what one large request grew, keeping small buffers for the next:
+ * called when a request ends, so an idle connection pins little. */
+static void request_shrink(conn_t *c) {
+  /* The arena keeps up to four chunks across resets; more than one left means
+   * a large request: start the next one from nothing. (The arena is always
+   * reset, nothing allocated from it, when this runs.) */
+  if (c->arena.bytes_held > ARENA_CHUNK_BYTES) {
+    atp_arena_destroy(&c->arena);
+    atp_arena_init(&c->arena, ARENA_CHUNK_BYTES, ARENA_BYTES_MAX);
+  }
+  if (c->head.cap > KEEP_BUF_BYTES) atp_buf_free(&c->head);
   if (c->body.cap > KEEP_BUF_BYTES) atp_buf_free(&c->body);
+  if (c->res_body.cap > KEEP_BUF_BYTES) atp_buf_free(&c->res_body);
+  atp_buf_reset(&c->head);
   atp_buf_reset(&c->body);
+}
+
+static void request_reset(conn_t *c) {
+  request_shrink(c);
   c->url_len = 0;
   c->path_off = c->path_len = c->query_off = c->query_len = 0;
   memset(c->hv_set, 0, sizeof c->hv_set);
@@ -497,6 +531,12 @@ static void request_reset(conn_t *c) {
   c->started_ns = 0;
   c->in_message = false;
   c->headers_done = false;
+  c->te_unknown = false;
+  c->url_too_long = false;
+  c->deferred_err = 0;
+  c->sep_from = NULL;
+  c->sep_lf = false;
+  c->fold_armed = false;
 }
 
 static void log_response(conn_t *c, const atp_http_request_t *req, int status,
@@ -506,35 +546,96 @@ static void log_response(conn_t *c, const atp_http_request_t *req, int status,
   c->config->log(c->config->ctx, req, status, body_bytes, elapsed);
 }
 
-/* The server's own error response; the connection closes after it. */
-static void fail_respond(conn_t *c, int status, const char *message) {
+/* The server's own error response for err (an ATP_E* code: its status and
+ * contract code come from the error table); the connection closes after it.
+ * The application's error hook renders it in the format the request asks for;
+ * without one, or when it fails, the body is JSON. */
+static void fail_respond(conn_t *c, int err, const char *message) {
   if (c->closing) return;
-  const char *code = status == 413   ? "payload_too_large"
-                     : status == 503 ? "unavailable"
-                                     : "bad_request";
-  char body[256];
-  size_t len = error_json(body, sizeof body, code, message);
-  response_t r = {.status = status,
-                  .content_type = "application/json",
-                  .body = body,
-                  .body_len = len,
-                  .close = true};
-  c->closing = true;
-  (void)queue_response(c, &r); /* out of memory: the close still happens */
   atp_http_request_t req;
   request_fill(c, &req);
-  log_response(c, &req, status, len);
+  int status = atp_error_http_status(err);
+  if (!message) message = atp_strerror(err);
+  response_t r = {.status = status, .close = true};
+  char body[256];
+  const atp_http_config_t *cfg = c->config;
+  if (cfg->error) {
+    atp_buf_reset(&c->res_body);
+    atp_http_response_t res = {0};
+    res.body = &c->res_body;
+    cfg->error(cfg->ctx, &req, err, message, &res);
+    if (!c->res_body.failed && c->res_body.len && res.content_type) {
+      r.content_type = res.content_type;
+      r.body = c->res_body.data;
+      r.body_len = c->res_body.len;
+      r.extra = res.extra_headers;
+      r.extra_count = res.extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX
+                          ? res.extra_header_count
+                          : ATP_HTTP_EXTRA_HEADERS_MAX;
+    }
+  }
+  if (!r.body_len) {
+    r.content_type = "application/json";
+    r.body = body;
+    r.body_len = error_json(body, sizeof body, atp_strerror_code(err), message);
+  }
+  c->closing = true;
+  (void)queue_response(c, &r); /* out of memory: the close still happens */
+  log_response(c, &req, status, r.body_len);
   atp_arena_reset(&c->arena);
+  request_shrink(c);
 }
 
 /* A callback's failure: remembered, answered by core_execute once llhttp
- * returns with the error. */
-static int fail(conn_t *c, int status, const char *message) {
-  if (!c->fail_status) {
-    c->fail_status = status;
+ * returns with the error. err is an ATP_E* code; message NULL: the table's. */
+static int fail(conn_t *c, int err, const char *message) {
+  if (!c->fail_err) {
+    c->fail_err = err;
     c->fail_message = message;
   }
   return -1;
+}
+
+/* Remembers a refusal until the head is complete (see deferred_err). */
+static int defer(conn_t *c, int err, const char *message) {
+  assert(err < 0);
+  if (!c->deferred_err) {
+    c->deferred_err = err;
+    c->deferred_message = message;
+  }
+  return 0;
+}
+
+/* Obsolete line folding (RFC 9112 section 5.2): a header line starting with a
+ * space or tab continues the one before it. llhttp joins such lines into one
+ * value; they are refused instead, since a proxy in front may read a folded
+ * Transfer-Encoding differently than we do (request smuggling). The bytes
+ * between the head's spans (": ", CRLF) are scanned as they go by for an LF
+ * followed by SP or HTAB; a span's first byte counts too, as llhttp starts a
+ * continuation's span at its leading whitespace. Spans never hold an LF. */
+static void fold_scan(conn_t *c, const char *from, const char *to) {
+  for (const char *p = from; p < to; p++) {
+    if (c->sep_lf && (*p == ' ' || *p == '\t')) {
+      defer(c, ATP_EBADREQ,
+            "Obsolete line folding (a header line starting with a space or tab) is not "
+            "accepted.");
+      return;
+    }
+    c->sep_lf = *p == '\n';
+  }
+}
+
+static void fold_check(conn_t *c, const char *at, size_t len) {
+  /* The first span (the method) follows the previous message's bytes. */
+  if (c->fold_armed) {
+    const char *from = c->sep_from ? c->sep_from : c->exec_start;
+    assert(from && from <= at);
+    fold_scan(c, from, at);
+    if (len) fold_scan(c, at, at + 1);
+  }
+  c->fold_armed = true;
+  c->sep_lf = false;
+  c->sep_from = at + len;
 }
 
 static int head_count(conn_t *c, const char *at, size_t len) {
@@ -542,14 +643,15 @@ static int head_count(conn_t *c, const char *at, size_t len) {
   c->head_bytes += c->head_mark ? (size_t)(end - c->head_mark) : len;
   c->head_mark = end;
   if (c->head_bytes > ATP_HTTP_HEADER_BYTES_MAX)
-    return fail(c, 431, "request head is over 64 KiB");
+    return fail(c, c->url_too_long ? ATP_EURITOOLONG : ATP_EHEADERS, NULL);
+  fold_check(c, at, len);
   return 0;
 }
 
 static int trailer_count(conn_t *c, size_t len) {
   c->trailer_bytes += len;
   if (c->trailer_bytes > ATP_HTTP_HEADER_BYTES_MAX)
-    return fail(c, 431, "trailers are over 64 KiB");
+    return fail(c, ATP_EHEADERS, "The request trailers are over 64 KiB.");
   return 0;
 }
 
@@ -568,16 +670,20 @@ static int cb_head_span(llhttp_t *p, const char *at, size_t len) {
 static int cb_url(llhttp_t *p, const char *at, size_t len) {
   conn_t *c = p->data;
   if (head_count(c, at, len)) return -1;
-  if (c->url_len + len > ATP_HTTP_URL_BYTES_MAX)
-    return fail(c, 414, "request URL is over 8 KiB");
-  if (atp_buf_append(&c->head, at, len)) return fail(c, 503, "out of memory");
+  /* Too long: the rest is only counted (the head limit still bounds it), and
+   * the 414 waits for the head to end, so that it can honour Accept. */
+  if (c->url_too_long || c->url_len + len > ATP_HTTP_URL_BYTES_MAX) {
+    c->url_too_long = true;
+    return 0;
+  }
+  if (atp_buf_append(&c->head, at, len)) return fail(c, ATP_ENOMEM, NULL);
   c->url_len += len;
   return 0;
 }
 
 static int cb_url_complete(llhttp_t *p) {
   conn_t *c = p->data;
-  return atp_buf_append(&c->head, "", 1) ? fail(c, 503, "out of memory") : 0;
+  return atp_buf_append(&c->head, "", 1) ? fail(c, ATP_ENOMEM, NULL) : 0;
 }
 
 static int cb_header_field(llhttp_t *p, const char *at, size_t len) {
@@ -598,8 +704,8 @@ static int cb_header_field_complete(llhttp_t *p) {
   static const struct {
     const char *name;
     size_t len;
-  } names[HDR_COUNT] = {
-      {"content-type", 12}, {"accept", 6}, {"authorization", 13}, {"expect", 6}};
+  } names[HDR_COUNT] = {{"content-type", 12}, {"accept", 6}, {"authorization", 13},
+                        {"expect", 6},        {"host", 4},   {"transfer-encoding", 17}};
   c->field_kind = HDR_NONE;
   if (!c->headers_done && c->field_len <= FIELD_BYTES) {
     for (int k = 0; k < HDR_COUNT; k++) {
@@ -612,7 +718,31 @@ static int cb_header_field_complete(llhttp_t *p) {
     }
   }
   c->field_len = 0;
+  /* Two credentials or two hosts are ambiguous: a proxy may have checked the
+   * other one (RFC 9110 section 11.6.2 allows one Authorization; RFC 9112
+   * section 3.2 requires a 400 for a second Host). */
+  if (c->field_kind == HDR_AUTHORIZATION && c->hv_set[HDR_AUTHORIZATION])
+    return defer(c, ATP_EBADREQ, "The request has more than one Authorization header.");
+  if (c->field_kind == HDR_HOST && c->hv_set[HDR_HOST])
+    return defer(c, ATP_EBADREQ, "The request has more than one Host header.");
   return 0;
+}
+
+/* Whether a Transfer-Encoding value lists only "chunked" (each line is checked;
+ * llhttp itself refuses chunked twice or not last). RFC 9112 section 6.1: a
+ * coding the server does not know is 501, not silently skipped. */
+static bool te_only_chunked(const char *v, size_t len) {
+  size_t i = 0;
+  while (i < len) {
+    size_t end = i;
+    while (end < len && v[end] != ',') end++;
+    size_t s = i, e = end;
+    while (s < e && (v[s] == ' ' || v[s] == '\t')) s++;
+    while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t')) e--;
+    if (e > s && !(e - s == 7 && strncasecmp(v + s, "chunked", 7) == 0)) return false;
+    i = end + 1;
+  }
+  return true;
 }
 
 static int cb_header_value(llhttp_t *p, const char *at, size_t len) {
@@ -620,7 +750,7 @@ static int cb_header_value(llhttp_t *p, const char *at, size_t len) {
   if (c->headers_done) return trailer_count(c, len);
   if (head_count(c, at, len)) return -1;
   if (c->field_kind != HDR_NONE && atp_buf_append(&c->head, at, len))
-    return fail(c, 503, "out of memory");
+    return fail(c, ATP_ENOMEM, NULL);
   return 0;
 }
 
@@ -631,7 +761,10 @@ static int cb_header_value_complete(llhttp_t *p) {
   c->hv_len[k] = c->head.len - c->hv_off[k];
   c->hv_set[k] = true;
   c->field_kind = HDR_NONE;
-  return atp_buf_append(&c->head, "", 1) ? fail(c, 503, "out of memory") : 0;
+  if (k == HDR_TRANSFER_ENCODING &&
+      !te_only_chunked(c->head.data + c->hv_off[k], c->hv_len[k]))
+    c->te_unknown = true;
+  return atp_buf_append(&c->head, "", 1) ? fail(c, ATP_ENOMEM, NULL) : 0;
 }
 
 /* Splits the URL (NUL-terminated at head[url_len]) into path and query in
@@ -663,10 +796,22 @@ static int cb_headers_complete(llhttp_t *p) {
   conn_t *c = p->data;
   c->headers_done = true;
   c->started_ns = (int64_t)uv_hrtime();
-  if (p->http_major != 1) return fail(c, 505, "only HTTP/1.x is served");
+  c->body_started_ms = c->lp ? uv_now(&c->lp->loop) : 0;
+  if (p->http_major != 1) return fail(c, ATP_EVERSION, NULL);
+  if (c->url_too_long) return fail(c, ATP_EURITOOLONG, NULL);
+  if (c->deferred_err) return fail(c, c->deferred_err, c->deferred_message);
   c->http10 = p->http_minor == 0;
   c->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
-  if (!c->head.data || c->url_len == 0) return fail(c, 400, "missing request URL");
+  if (!c->head.data || c->url_len == 0)
+    return fail(c, ATP_EBADREQ, "The request has no URL.");
+  /* RFC 9112 section 3.2: an HTTP/1.1 request without Host is a 400. */
+  if (!c->http10 && !c->hv_set[HDR_HOST])
+    return fail(c, ATP_EBADREQ, "An HTTP/1.1 request needs a Host header.");
+  /* Chunked last with another coding before it: llhttp would decode the
+   * chunks and hand on a body still in that coding. (Chunked not last is
+   * llhttp's 400: the body's length cannot be known.) */
+  if (c->te_unknown && (p->flags & F_CHUNKED))
+    return fail(c, ATP_ENOTIMPL, "Only the chunked transfer coding is supported.");
   split_url(c);
   const atp_http_config_t *cfg = c->config;
   c->body_limit = cfg->body_limit
@@ -678,14 +823,14 @@ static int cb_headers_complete(llhttp_t *p) {
                   ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
   c->body_expected = (p->flags & F_CONTENT_LENGTH) ? (size_t)p->content_length : 0;
   if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->body_limit)
-    return fail(c, 413, "request body is over this route's limit");
+    return fail(c, ATP_ETOOLARGE, NULL);
   if (has_body && c->hv_set[HDR_EXPECT] && c->hv_len[HDR_EXPECT] == 12 &&
       strncasecmp(c->head.data + c->hv_off[HDR_EXPECT], "100-continue", 12) == 0 &&
       !c->http10) {
     outq_t *q = &c->out[c->pending];
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
     if (atp_buf_append(&q->bytes, cont, sizeof cont - 1))
-      return fail(c, 503, "out of memory");
+      return fail(c, ATP_ENOMEM, NULL);
     q->total_bytes += sizeof cont - 1;
   }
   return 0;
@@ -693,14 +838,13 @@ static int cb_headers_complete(llhttp_t *p) {
 
 static int cb_body(llhttp_t *p, const char *at, size_t len) {
   conn_t *c = p->data;
-  if (c->body.len + len > c->body_limit)
-    return fail(c, 413, "request body is over this route's limit");
+  if (c->body.len + len > c->body_limit) return fail(c, ATP_ETOOLARGE, NULL);
   /* A known length is reserved once its first byte is here (not at the head,
    * so a client that only promises a body pins nothing), saving the doublings. */
   if (c->body.len == 0 && c->body_expected > len &&
       !atp_buf_reserve(&c->body, c->body_expected + 1))
-    return fail(c, 503, "out of memory");
-  if (atp_buf_append(&c->body, at, len)) return fail(c, 503, "out of memory");
+    return fail(c, ATP_ENOMEM, NULL);
+  if (atp_buf_append(&c->body, at, len)) return fail(c, ATP_ENOMEM, NULL);
   return 0;
 }
 
@@ -745,7 +889,7 @@ static void dispatch(conn_t *c) {
   if (r.close) c->closing = true;
   log_response(c, &req, r.status, body_bytes);
   atp_arena_reset(&c->arena);
-  if (c->res_body.cap > KEEP_BUF_BYTES) atp_buf_free(&c->res_body);
+  request_shrink(c);
   c->in_message = false;
 }
 
@@ -803,6 +947,8 @@ static void core_destroy(conn_t *c) {
 static size_t core_execute(conn_t *c, const char *data, size_t len) {
   assert(!c->closing);
   c->head_mark = (c->in_message && !c->headers_done) ? data : NULL;
+  c->exec_start = data;
+  c->sep_from = NULL;
   llhttp_errno_t e = llhttp_execute(&c->parser, data, len);
   size_t used = len;
   if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
@@ -812,21 +958,25 @@ static size_t core_execute(conn_t *c, const char *data, size_t len) {
     else
       c->closing = true; /* no protocol switch is served */
   } else if (e != HPE_OK) {
-    if (c->fail_status) {
-      fail_respond(c, c->fail_status, c->fail_message);
+    if (c->fail_err) {
+      fail_respond(c, c->fail_err, c->fail_message);
     } else {
       char msg[160];
-      snprintf(msg, sizeof msg, "malformed HTTP: %s",
+      snprintf(msg, sizeof msg, "Malformed HTTP: %s",
                llhttp_get_error_reason(&c->parser));
-      fail_respond(c, 400, msg);
+      fail_respond(c, ATP_EBADREQ, msg);
     }
   }
   if (!c->closing && c->in_message && !c->headers_done && c->head_mark) {
     c->head_bytes += (size_t)(data + used - c->head_mark);
     c->head_mark = NULL;
     if (c->head_bytes > ATP_HTTP_HEADER_BYTES_MAX)
-      fail_respond(c, 431, "request head is over 64 KiB");
+      fail_respond(c, c->url_too_long ? ATP_EURITOOLONG : ATP_EHEADERS, NULL);
   }
+  /* The head goes on in the next read: scan this read's tail for a fold. */
+  if (!c->closing && c->in_message && !c->headers_done && c->fold_armed)
+    fold_scan(c, c->sep_from ? c->sep_from : data, data + used);
+  c->exec_start = c->sep_from = NULL;
   return used;
 }
 
@@ -909,8 +1059,14 @@ static void conn_update_deadline(conn_t *c) {
   else if (!c->headers_done)
     conn_set_deadline(c, c->head_started_ms + cfg_ms(cfg->header_timeout_ms,
                                                      ATP_HTTP_HEADER_TIMEOUT_MS));
-  else
-    conn_set_deadline(c, now + cfg_ms(cfg->body_timeout_ms, ATP_HTTP_BODY_TIMEOUT_MS));
+  else {
+    /* Each byte gap is bounded, and so is the whole body: a client dripping
+     * one byte just inside the gap would otherwise hold the request forever. */
+    uint64_t gap = now + cfg_ms(cfg->body_timeout_ms, ATP_HTTP_BODY_TIMEOUT_MS);
+    uint64_t total = c->body_started_ms +
+                     cfg_ms(cfg->body_total_timeout_ms, ATP_HTTP_BODY_TOTAL_TIMEOUT_MS);
+    conn_set_deadline(c, gap < total ? gap : total);
+  }
 }
 
 static void on_timer(uv_timer_t *t) {
@@ -925,8 +1081,9 @@ static void on_timer(uv_timer_t *t) {
     conn_close(c); /* idle, stalled write, or lingering: nothing to say */
     return;
   }
-  fail_respond(c, 408,
-               c->headers_done ? "request body timed out" : "request head timed out");
+  fail_respond(c, ATP_ETIMEOUT,
+               c->headers_done ? "The request body was not received in time."
+                               : "The request head was not received in time.");
   conn_progress(c);
 }
 
@@ -1104,15 +1261,31 @@ static void on_reject_closed(uv_handle_t *h) {
   atp_free(h->data);
 }
 
+/* The answer over the connection limit, built once from the error table:
+ * 429 too_many_requests with Retry-After (contract section 1). */
+static char busy[320];
+static size_t busy_len;
+static uv_once_t busy_once = UV_ONCE_INIT;
+
+static void build_busy(void) {
+  char body[160];
+  size_t len = error_json(body, sizeof body, atp_strerror_code(ATP_ETOOMANY),
+                          "Too many connections; retry later.");
+  int status = atp_error_http_status(ATP_ETOOMANY);
+  int n =
+      snprintf(busy, sizeof busy,
+               "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+               "Content-Length: %zu\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s",
+               status, status_reason(status), len, body);
+  assert(n > 0 && (size_t)n < sizeof busy);
+  busy_len = (size_t)n;
+}
+
 /* Over the connection limit: accept (libuv stops accepting otherwise), answer
- * 503 if the socket takes it at once, and close. */
+ * 429 if the socket takes it at once, and close. The request is not read, so
+ * the answer is JSON whatever it asked for. */
 static void reject_connection(loop_ctx_t *lp) {
-  static const char busy[] =
-      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
-      "application/json\r\nContent-Length: 77\r\n"
-      "Connection: close\r\n\r\n"
-      "{\"error\":{\"code\":\"unavailable\",\"message\":\"too many connections, retry "
-      "later\"}}";
+  uv_once(&busy_once, build_busy);
   reject_t *r = atp_malloc(sizeof *r);
   if (!r) return;
   uv_tcp_init(&lp->loop, &r->tcp);
@@ -1123,7 +1296,7 @@ static void reject_connection(loop_ctx_t *lp) {
       char sink[4096];
       for (int i = 0; i < 16 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++) {
       }
-      uv_buf_t b = uv_buf_init((char *)busy, sizeof busy - 1);
+      uv_buf_t b = uv_buf_init(busy, (unsigned)busy_len);
       (void)uv_try_write((uv_stream_t *)&r->tcp, &b, 1);
       shutdown(fd, SHUT_WR);
     }

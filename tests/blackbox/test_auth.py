@@ -1,8 +1,9 @@
 """Section 8: bearer tokens and roles per route (own server with --tokens)."""
 import os
+import subprocess
 import tempfile
 
-from harness import expect_error, formats, uid
+from harness import ROOT, Server, build_request, expect_error, formats, uid
 
 _dir = tempfile.mkdtemp(prefix="atpd-bb-auth-")
 TOKENS = {"read": "tok-read-0123456789", "checkout": "tok-checkout-0123456789",
@@ -10,7 +11,9 @@ TOKENS = {"read": "tok-read-0123456789", "checkout": "tok-checkout-0123456789",
 with open(os.path.join(_dir, "tokens"), "w") as f:
     f.write("# atpd tokens\n\n")
     for role, tok in TOKENS.items():
-        f.write("%s %s   # %s\n" % (tok, role, role) if role == "ops" else "%s %s\n" % (tok, role))
+        # The optional third column names the holder (contract section 9).
+        holder = {"ops": "   # ops", "integration": " erp-connector"}.get(role, "")
+        f.write("%s %s%s\n" % (tok, role, holder))
 SERVER_ARGS = ["--tokens", os.path.join(_dir, "tokens")]
 ASAN = False
 
@@ -122,3 +125,101 @@ def test_scheme_and_header_case_insensitive(srv):
               "AUTHORIZATION: BEARER " + tok):
         r = c.get("/v1/availability?sku=x&location=y", headers=[h])
         expect_error(r, 404, "not_found")
+
+
+def test_holder_column_accepted(srv):
+    """A third column (HOLDER) is accepted: the integration token carries one and works."""
+    r = srv.client(token=TOKENS["integration"]).get("/v1/availability?sku=x")
+    assert r.status == 200, r
+
+
+@formats()
+def test_repeated_authorization_400(srv, fmt):
+    """Two Authorization headers are ambiguous (which one did a proxy check?): 400."""
+    anon = srv.client(fmt)
+    for first, second in ((TOKENS["read"], TOKENS["ops"]), ("nope", TOKENS["ops"]),
+                          (TOKENS["ops"], TOKENS["ops"])):
+        r = anon.get("/v1/availability?sku=x", headers=["Authorization: Bearer " + first,
+                                                        "Authorization: Bearer " + second])
+        e = expect_error(r, 400, "bad_request")
+        assert "Authorization" in e["message"], e
+        assert r.content_type.startswith("application/" + ("json" if fmt == "json" else "msgpack")), r
+    # one header still works
+    ok = anon.get("/v1/availability?sku=x", headers=["Authorization: Bearer " + TOKENS["read"]])
+    assert ok.status == 200, ok
+
+
+def _start_with_tokens(text):
+    """Runs bin/atpd with a tokens file holding text; returns (exit code, stderr, path)."""
+    d = tempfile.mkdtemp(prefix="atpd-bb-tok-")
+    path = os.path.join(d, "tokens")
+    with open(path, "wb") as f:
+        f.write(text)
+    binary = os.environ.get("ATPD_BIN") or os.path.join(ROOT, "bin", "atpd")
+    try:
+        p = subprocess.run([binary, "--listen", "127.0.0.1:0", "--data-dir", os.path.join(d, "data"),
+                            "--tokens", path], capture_output=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("atpd started with the tokens file %r" % (text,))
+    return p.returncode, p.stderr.decode("utf-8", "replace"), path
+
+
+def test_weak_tokens_refused_at_start():
+    good = b"tok-good-0123456789abcdef read\n"
+    cases = [
+        (b"short-token read\n", 1, "16"),
+        (good + b"# a comment\nabc123 ops\n", 3, "16"),
+        (b"REPLACE-storefront-token-with-more-bytes checkout\n", 1, "placeholder"),
+        (good + b"tok-ctrl-\x01-0123456789abc read\n", 2, "control"),
+        (good + b"tok-del-\x7f-0123456789abcd read\n", 2, "control"),
+        (good + "tok-non-ascii-é-0123456789 read\n".encode(), 2, "printable"),
+        (good + b"tok-good-0123456789abcdef-2 read bad\x01holder\n", 2, "holder"),
+        (good + b"tok-good-0123456789abcdef-3 read holder extra\n", 2, "HOLDER"),
+    ]
+    for text, line, word in cases:
+        rc, err, path = _start_with_tokens(text)
+        assert rc != 0, "atpd started with the tokens file %r" % (text,)
+        assert path in err and "line %d" % line in err and word in err, (text, err)
+    # the shipped example is refused as it stands
+    with open(os.path.join(ROOT, "deploy", "tokens.example"), "rb") as f:
+        rc, err, path = _start_with_tokens(f.read())
+    assert rc != 0 and "placeholder" in err, err
+
+
+def test_strong_tokens_with_holders_start():
+    d = tempfile.mkdtemp(prefix="atpd-bb-tok-")
+    path = os.path.join(d, "tokens")
+    with open(path, "w") as f:
+        f.write("tok-holder-0123456789 ops alice@example.com\ntok-plain-0123456789 read\n")
+    s = Server(args=["--tokens", path])
+    try:
+        r = s.client(token="tok-holder-0123456789").get("/v1/availability?sku=x")
+        assert r.status == 200, r
+        r = s.client(token="tok-plain-0123456789").get("/v1/availability?sku=x")
+        assert r.status == 200, r
+    finally:
+        problem = s.stop()
+    assert problem is None, problem
+
+
+@formats()
+def test_unknown_routes_authenticate_first(srv, fmt):
+    """Without a valid token, nothing behind /v1 or /admin tells a route from a non-route."""
+    anon = srv.client(fmt)
+    paths = ["/v1/nope", "/v1", "/v1/", "/v1/reservations/a/b/c", "/admin", "/admin/snapshot",
+             "/admin/nope", "/v1/reservations/%zz"]
+    for path in paths:
+        expect_error(anon.get(path), 401, "unauthorized")
+        expect_error(anon.get(path, headers=["Authorization: Bearer nope-0123456789abcdef"]),
+                     401, "unauthorized")
+    # a known path with a method it does not serve: 401 as well, not 405
+    expect_error(anon.request("PATCH", "/v1/availability"), 401, "unauthorized")
+    expect_error(anon.request("DELETE", "/v1/reservations"), 401, "unauthorized")
+    # with any valid token the answers are the usual ones
+    reader = srv.client(fmt, token=TOKENS["read"])
+    for path in paths[:-1]:
+        expect_error(reader.get(path), 404, "not_found")
+    r = reader.request("PATCH", "/v1/availability")
+    assert r.status == 405 and "GET" in r.headers.get("allow", ""), r
+    # open paths stay open
+    expect_error(anon.get("/nope"), 404, "not_found")

@@ -292,7 +292,115 @@ static void test_dispatch_auth(void) {
       404);
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/metrics"}), 200);
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/healthz"}), 200);
+
+  /* Unknown routes and methods behind /v1 and /admin: 401 first, so the route
+   * table cannot be mapped without a token; with one, 404 and 405. */
+  static const char *hidden[] = {
+      "/v1/nope", "/v1", "/v1/", "/admin", "/admin/snapshot", "/v1/reservations/%zz"};
+  for (size_t i = 0; i < sizeof hidden / sizeof hidden[0]; i++) {
+    CHECK_EQ(call((fake_t){ATP_HTTP_GET, hidden[i]}), 401);
+    CHECK(body_has("unauthorized"));
+    CHECK_EQ(call((fake_t){ATP_HTTP_GET, hidden[i], NULL, NULL, NULL, "Bearer wrong"}),
+             401);
+    int st = call((fake_t){ATP_HTTP_GET, hidden[i], NULL, NULL, NULL, "Bearer tr"});
+    CHECK(st == 404 || st == 400);
+  }
+  CHECK_EQ(call((fake_t){ATP_HTTP_PATCH, "/v1/availability"}), 401);
+  CHECK_EQ(
+      call((fake_t){ATP_HTTP_PATCH, "/v1/availability", NULL, NULL, NULL, "Bearer tr"}),
+      405);
+  /* Open paths stay open. */
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/nope"}), 404);
+  CHECK_EQ(call((fake_t){ATP_HTTP_POST, "/healthz"}), 405);
   app.auth = NULL;
+}
+
+/* The holder column and its getter. */
+static void test_holder(void) {
+  char err[128];
+  const char *tokens = "tr read\nth ops alice@example.com\n";
+  REQUIRE(atp_auth_parse(&auth, tokens, strlen(tokens), err, sizeof err) == 0);
+  CHECK(strcmp(auth.entries[1].holder, "alice@example.com") == 0);
+  CHECK(auth.entries[0].holder[0] == '\0');
+  const char *holder = "x";
+  CHECK_EQ(atp_auth_identify(&auth, "Bearer th", 9, &holder), ATP_ROLE_OPS);
+  CHECK(strcmp(holder, "alice@example.com") == 0);
+  CHECK_EQ(atp_auth_identify(&auth, "Bearer tr", 9, &holder), ATP_ROLE_READ);
+  CHECK(strcmp(holder, "") == 0);
+  CHECK_EQ(atp_auth_identify(&auth, "Bearer tx", 9, &holder), ATP_ROLE_NONE);
+  CHECK(strcmp(holder, "") == 0);
+  atp_http_request_t req;
+  memset(&req, 0, sizeof req);
+  req.authorization = "Bearer th";
+  req.authorization_len = 9;
+  atp_req_t rq;
+  memset(&rq, 0, sizeof rq);
+  rq.app = &app;
+  rq.http = &req;
+  CHECK(strcmp(atp_req_holder(&rq), "") == 0); /* auth off */
+  app.auth = &auth;
+  CHECK(strcmp(atp_req_holder(&rq), "alice@example.com") == 0);
+  app.auth = NULL;
+  /* The grammar's refusals; the strength rules are atp_auth_token_check's. */
+  CHECK_EQ(atp_auth_parse(&auth, "t r read x y\n", 13, err, sizeof err), ATP_EBADREQ);
+  CHECK_EQ(atp_auth_parse(&auth, "t read a\x01b\n", 13, err, sizeof err), ATP_EBADREQ);
+  CHECK(strstr(err, "holder"));
+  CHECK_EQ(
+      atp_auth_token_check((const uint8_t *)"0123456789abcdef", 16, err, sizeof err),
+      0);
+  CHECK_EQ(
+      atp_auth_token_check((const uint8_t *)"0123456789abcde", 15, err, sizeof err),
+      ATP_EBADREQ);
+  CHECK_EQ(
+      atp_auth_token_check((const uint8_t *)"REPLACE-0123456789", 18, err, sizeof err),
+      ATP_EBADREQ);
+  CHECK_EQ(
+      atp_auth_token_check((const uint8_t *)"0123456789\tabcdef", 17, err, sizeof err),
+      ATP_EBADREQ);
+}
+
+/* The HTTP server's own refusals, rendered by the router's hook. */
+static void test_error_hook(void) {
+  atp_http_request_t req;
+  memset(&req, 0, sizeof req);
+  req.arena = &arena;
+  req.accept = "application/msgpack";
+  req.accept_len = strlen(req.accept);
+  memset(&res, 0, sizeof res);
+  atp_buf_reset(&body);
+  res.body = &body;
+  atp_router_error(&app, &req, ATP_ETOOLARGE, "too big", &res);
+  CHECK_EQ(res.status, 413);
+  CHECK(strcmp(res.content_type, "application/msgpack") == 0);
+  CHECK(body_has("payload_too_large") && body_has("too big"));
+  memset(&req, 0, sizeof req);
+  req.arena = &arena;
+  req.content_type = "application/x-msgpack";
+  req.content_type_len = strlen(req.content_type);
+  atp_buf_reset(&body);
+  atp_router_error(&app, &req, ATP_EURITOOLONG, "long", &res);
+  CHECK_EQ(res.status, 414);
+  CHECK(strcmp(res.content_type, "application/msgpack") == 0);
+  CHECK(body_has("uri_too_long"));
+  memset(&req, 0, sizeof req);
+  req.arena = &arena;
+  atp_buf_reset(&body);
+  atp_router_error(&app, &req, ATP_EHEADERS, "big head", &res);
+  CHECK_EQ(res.status, 431);
+  CHECK(strcmp(res.content_type, "application/json") == 0);
+  CHECK(body_has("{\"error\":{\"code\":\"bad_request\",\"message\":\"big head\"}}"));
+  atp_arena_reset(&arena);
+}
+
+/* A repeated query parameter is refused, naming it. */
+static void test_duplicate_query(void) {
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=a&sku=b"}), 400);
+  CHECK(body_has("\"field\":\"sku\""));
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=a&location=x&sku=a"}),
+           400);
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?s%6Bu=a&sku=b"}), 400);
+  CHECK(body_has("\"field\":\"sku\""));
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/v1/availability?sku=a"}), 200);
 }
 
 static void test_dispatch_ownership(void) {
@@ -394,6 +502,9 @@ TEST_MAIN({
   RUN(test_dispatch_basics);
   RUN(test_dispatch_stock);
   RUN(test_dispatch_auth);
+  RUN(test_holder);
+  RUN(test_error_hook);
+  RUN(test_duplicate_query);
   RUN(test_dispatch_ownership);
   RUN(test_dispatch_metrics);
   RUN(test_not_ready);
