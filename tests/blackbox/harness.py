@@ -45,7 +45,7 @@ def formats(*fmts):
 
 
 def uid(prefix="t"):
-    return "%s-%08x" % (prefix, random.getrandbits(32))
+    return "%s-%016x" % (prefix, random.getrandbits(64))
 
 
 def now_ms():
