@@ -232,6 +232,7 @@ const char *atp_config_usage(void) {
          "            [--demo]                  load a demo catalogue when empty\n"
          "            [--access-log on|off]     one JSON line per request, default on\n"
          "            [--routes]                print the route table and exit\n"
+         "            [--version]               print the version and exit\n"
          "Every flag has an ATPD_* environment twin (ATPD_LISTEN, ...); flags win.\n";
 }
 
@@ -270,6 +271,10 @@ int atp_config_load(atp_config_t *cfg, int argc, char **argv,
     }
     if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
       cfg->print_help = true;
+      continue;
+    }
+    if (!strcmp(arg, "--version")) {
+      cfg->show_version = true;
       continue;
     }
     const char *eq = strchr(arg, '=');

@@ -42,6 +42,7 @@ typedef struct {
   bool access_log;   /* one JSON line per request (default on) */
   bool print_routes; /* --routes: print the table and exit */
   bool print_help;   /* --help: print usage and exit */
+  bool show_version; /* --version: print "atpd X.Y.Z" and exit */
 } atp_config_t;
 
 /* Fills *cfg with the defaults, then the ATPD_* environment, then argv.

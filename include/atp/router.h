@@ -50,6 +50,7 @@ struct atp_app {
   const atp_ownership_t *ownership; /* NULL: everyone may write */
   atp_metrics_t *metrics;           /* NULL: none kept */
   bool access_log;
+  const char *not_ready; /* NULL, or why /readyz answers 503 (data dir unusable) */
 };
 
 /* The table, and its size. Index i is the route's metrics label index. */
