@@ -104,3 +104,50 @@ def test_reserve_channel_option(srv):
 def test_answers_end_with_newline(srv):
     rc, out, err = ctl("get", uid("none"), "L1", url=url_of(srv))
     assert out.endswith("}\n"), repr(out)
+
+
+def test_demo_banner_lines_work_when_pasted_later():
+    """The banner's curl lines end their answers with a newline, and the count example
+    takes its time from the shell that runs it, not from when the banner was printed."""
+    import signal
+    import tempfile
+    import time
+    tmp = tempfile.mkdtemp(prefix="atpd-bb-demo-")
+    port = free_port()
+    env = dict(os.environ, ATPD_LISTEN="127.0.0.1:%d" % port)
+    p = subprocess.Popen([os.path.join(ROOT, "scripts", "run-demo.sh"), "--data-dir",
+                          os.path.join(tmp, "data"), "--threads", "1", "--durability", "none"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, env=env, cwd=tmp)
+    try:
+        banner = []
+        while True:
+            line = p.stdout.readline().decode()
+            assert line, "banner ended early: %r" % banner
+            banner.append(line)
+            if "atpctl --url" in line:
+                break
+        printed_at = time.time()
+        curls = [ln.strip() for ln in banner if ln.strip().startswith("curl ")]
+        assert len(curls) >= 10, banner
+        deadline = time.time() + 15
+        while subprocess.run(["curl", "-sf", "http://127.0.0.1:%d/readyz" % port],
+                             stdout=subprocess.DEVNULL).returncode != 0:
+            assert time.time() < deadline and p.poll() is None, "demo did not become ready"
+            time.sleep(0.1)
+        time.sleep(1.2)  # the user pastes the lines a little later
+        for line in curls:
+            if "/metrics" in line:
+                continue
+            out = subprocess.run(["bash", "-c", line], stdout=subprocess.PIPE, timeout=10).stdout
+            assert out.endswith(b"}\n"), "%s\n-> %r (no newline at the end)" % (line, out[-80:])
+            if "/v1/counts" in line:
+                import json
+                pos = json.loads(out)
+                got = pos.get("counted_at") or pos.get("position", {}).get("counted_at")
+                assert got and got >= int(printed_at) * 1000 + 1000, (
+                    "counted_at %r is not the time the line ran (banner printed at %d): %r" % (
+                        got, printed_at * 1000, pos))
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(15) == 0
