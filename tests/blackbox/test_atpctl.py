@@ -151,3 +151,26 @@ def test_demo_banner_lines_work_when_pasted_later():
     finally:
         p.send_signal(signal.SIGTERM)
         assert p.wait(15) == 0
+
+
+def test_deploy_unit_and_env_file_agree():
+    """The unit reads the env file and passes no flag that would override it."""
+    with open(os.path.join(ROOT, "deploy", "atpd.service")) as f:
+        unit = f.read()
+    with open(os.path.join(ROOT, "deploy", "atpd.env.example")) as f:
+        env = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
+    keys = [ln.split("=", 1)[0] for ln in env]
+    assert "ATPD_LISTEN" in keys, keys
+    assert re.search(r"^EnvironmentFile=/etc/atpd/atpd\.env$", unit, re.M), \
+        "the unit has no EnvironmentFile=/etc/atpd/atpd.env"
+    assert "atpd.env.example" in unit, "the unit's header should say where the env file comes from"
+    # ExecStart may continue over lines ending in a backslash
+    m = re.search(r"^ExecStart=((?:.*\\\n)*.*)$", unit, re.M)
+    assert m, unit
+    flags = re.findall(r"(--[a-z0-9-]+)", m.group(1))
+    twins = {"ATPD_" + fl[2:].upper().replace("-", "_") for fl in flags}
+    assert not twins & set(keys), "ExecStart overrides %s set in atpd.env.example" % (
+        sorted(twins & set(keys)),)
+    usage = subprocess.run([ATPD, "--help"], stdout=subprocess.PIPE).stdout.decode()
+    known = {"ATPD_" + fl[2:].upper().replace("-", "_") for fl in re.findall(r"--[a-z0-9-]+", usage)}
+    assert set(keys) <= known, "env file keys that are no flag's twin: %s" % sorted(set(keys) - known)
