@@ -107,8 +107,7 @@ int atp_idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
   r->content_hash = content_hash;
   r->created_at_ms = atp_now(e);
   r->flags = 0;
-  r->wheel_prev = r->wheel_next = 0;
-  r->wheel_due_ms = ATP_TIME_NONE;
+  atp_timer_init(&r->timer);
   e->itable.slots[mine].hash = hash;
   atomic_store_explicit(&e->itable.slots[mine].state, ATP_REC_PENDING,
                         memory_order_relaxed);
@@ -175,26 +174,43 @@ void atp_idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
   atp_wheel_enqueue_idem(e, idx);
 }
 
+void atp_wheel_enqueue_idem(atp_engine_t *e, uint32_t idx) {
+  atp_inbox_push(&e->inbox, (idx + 1) | ATP_REF_IDEM, &e->irecs[idx].inbox);
+}
+
 void atp_idem_fail(atp_engine_t *e, uint32_t idx) {
   atomic_store_explicit(&e->itable.slots[idx].state, ATP_REC_DEAD,
                         memory_order_release);
   atp_wheel_enqueue_idem(e, idx);
 }
 
-void atp_idem_purged(atp_engine_t *e, uint32_t idx) {
-  if (!e->config.on_change) return;
+int64_t atp_idem_due(const atp_engine_t *e, uint32_t idx, int64_t now_ms) {
+  uint32_t st = atomic_load_explicit(&e->itable.slots[idx].state, memory_order_acquire);
+  if (st == ATP_REC_DEAD) return now_ms;
+  if (st != ATP_REC_LIVE) return ATP_TIME_NONE;
+  return e->irecs[idx].created_at_ms + e->config.idempotency_ttl_ms;
+}
+
+/* Ticker: forgets the record; a remembered id's purge is reported (the
+ * journal then forgets it too). */
+void atp_idem_purge(atp_engine_t *e, uint32_t idx) {
   const atp_irec_t *r = &e->irecs[idx];
-  atp_change_t c;
-  memset(&c, 0, sizeof c);
-  c.kind = ATP_CHANGE_IDEMPOTENCY;
-  c.cause = ATP_CAUSE_PURGE;
-  c.cause_id = (atp_str_t){r->text, r->id_len};
-  c.at_ms = atp_now(e);
-  c.u.idem.kind = (atp_idem_kind_t)r->kind;
-  c.u.idem.id = c.cause_id;
-  c.u.idem.content_hash = r->content_hash;
-  c.u.idem.created_at_ms = r->created_at_ms;
-  atp_emit(e, &c, 1);
+  if (e->config.on_change &&
+      atomic_load_explicit(&e->itable.slots[idx].state, memory_order_acquire) ==
+          ATP_REC_LIVE) {
+    atp_change_t c;
+    memset(&c, 0, sizeof c);
+    c.kind = ATP_CHANGE_IDEMPOTENCY;
+    c.cause = ATP_CAUSE_PURGE;
+    c.cause_id = (atp_str_t){r->text, r->id_len};
+    c.at_ms = atp_now(e);
+    c.u.idem.kind = (atp_idem_kind_t)r->kind;
+    c.u.idem.id = c.cause_id;
+    c.u.idem.content_hash = r->content_hash;
+    c.u.idem.created_at_ms = r->created_at_ms;
+    atp_emit(e, &c, 1);
+  }
+  atp_keyed_retire(&e->itable, idx, e->tick_count, e->tick_mono_ns);
 }
 
 /* Replay: remember the id as LIVE with its outcome, or forget it on a purge
@@ -217,8 +233,7 @@ int atp_idem_apply(atp_engine_t *e, const atp_change_t *c) {
     r->kind = (uint8_t)in->kind;
     r->id_len = (uint8_t)in->id.len;
     memcpy(r->text, in->id.ptr, in->id.len);
-    r->wheel_prev = r->wheel_next = 0;
-    r->wheel_due_ms = ATP_TIME_NONE;
+    atp_timer_init(&r->timer);
     e->itable.slots[idx].hash = hash;
     atomic_store(&e->itable.slots[idx].state, ATP_REC_PENDING);
     atp_keyed_push(&e->itable, idx);

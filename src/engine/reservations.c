@@ -70,6 +70,10 @@ void atp_reservations_destroy(atp_engine_t *e) {
   e->rrecs = NULL;
 }
 
+void atp_wheel_enqueue_res(atp_engine_t *e, uint32_t idx) {
+  atp_inbox_push(&e->inbox, idx + 1, &e->rrecs[idx].inbox);
+}
+
 /* --- record access ------------------------------------------------------------------
  */
 
@@ -569,8 +573,7 @@ static int rec_init(atp_rrec_t *r, const atp_reserve_req_t *req) {
   atomic_store_explicit(&r->line_count, 0, memory_order_relaxed);
   atomic_store_explicit(&r->lines, r->inline_lines, memory_order_relaxed);
   r->line_cap = ATP_RLINES_INLINE;
-  r->wheel_prev = r->wheel_next = 0;
-  r->wheel_due_ms = ATP_TIME_NONE;
+  atp_timer_init(&r->timer);
   atomic_store_explicit(&r->lock, 0, memory_order_relaxed);
   return 0;
 }
@@ -1089,8 +1092,8 @@ int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id,
  * reservation that is due (returns true). *due gets when to look again
  * (ATP_TIME_NONE: not until something changes), *purge whether its retention
  * has passed. */
-bool atp_rrec_due(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due,
-                  bool *purge) {
+bool atp_rrec_fire(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due,
+                   bool *purge) {
   *due = ATP_TIME_NONE;
   *purge = false;
   uint32_t state =
@@ -1143,20 +1146,63 @@ bool atp_rrec_due(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due,
   return true;
 }
 
-/* Ticker: reports that an ended reservation left retention (the journal then
- * forgets it too). */
-void atp_rrec_purged(atp_engine_t *e, uint32_t idx) {
-  if (!e->config.on_change) return;
-  atp_reservation_t *view = atp_scratch_view();
-  atp_rrec_view(e, idx, view);
-  atp_change_t c;
-  memset(&c, 0, sizeof c);
-  c.kind = ATP_CHANGE_RESERVATION;
-  c.cause = ATP_CAUSE_PURGE;
-  c.cause_id = view->id;
-  c.at_ms = atp_now(e);
-  c.u.reservation = view;
-  atp_emit(e, &c, 1);
+int64_t atp_rrec_due(const atp_engine_t *e, uint32_t idx, int64_t now_ms) {
+  uint32_t st = atomic_load_explicit(&e->rtable.slots[idx].state, memory_order_acquire);
+  if (st == ATP_REC_DEAD) return now_ms;
+  if (st != ATP_REC_LIVE) return ATP_TIME_NONE;
+  const atp_rrec_t *r = &e->rrecs[idx];
+  int status = atomic_load_explicit(&r->status, memory_order_acquire);
+  if (status == ATP_STATUS_HELD)
+    return atomic_load_explicit(&r->expires_at_ms, memory_order_acquire);
+  if (status == ATP_STATUS_COMMITTED) return ATP_TIME_NONE;
+  int64_t ended = atomic_load_explicit(&r->ended_at_ms, memory_order_acquire);
+  return ended == ATP_TIME_NONE ? now_ms : ended + e->config.ended_ttl_ms;
+}
+
+bool atp_rrec_purge_bound(const atp_engine_t *e, uint32_t idx, int64_t now_ms) {
+  int64_t due = atp_rrec_due(e, idx, now_ms);
+  if (due == ATP_TIME_NONE || due > now_ms) return false;
+  /* A held reservation that is due expires now and is purged only after its
+   * retention; a dead record is purged whatever its stale status says. */
+  return atomic_load_explicit(&e->rtable.slots[idx].state, memory_order_relaxed) ==
+             ATP_REC_DEAD ||
+         atomic_load_explicit(&e->rrecs[idx].status, memory_order_relaxed) !=
+             ATP_STATUS_HELD;
+}
+
+/* Ticker: forgets the record and frees what it owns beyond itself. An ended
+ * reservation's purge is reported (the journal then forgets it too). */
+void atp_rrec_purge(atp_engine_t *e, uint32_t idx) {
+  atp_rrec_t *r = &e->rrecs[idx];
+  if (atomic_load_explicit(&e->rtable.slots[idx].state, memory_order_acquire) ==
+      ATP_REC_LIVE) {
+    int status = atomic_load_explicit(&r->status, memory_order_acquire);
+    /* One writer (this thread), so no locked instruction. */
+    _Atomic uint64_t *purged = &e->purged_count[status].value;
+    atomic_store_explicit(purged,
+                          atomic_load_explicit(purged, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    if (e->config.on_change) {
+      atp_reservation_t *view = atp_scratch_view();
+      atp_rrec_view(e, idx, view);
+      atp_change_t c;
+      memset(&c, 0, sizeof c);
+      c.kind = ATP_CHANGE_RESERVATION;
+      c.cause = ATP_CAUSE_PURGE;
+      c.cause_id = view->id;
+      c.at_ms = atp_now(e);
+      c.u.reservation = view;
+      atp_emit(e, &c, 1);
+    }
+  }
+  /* Readers may still copy from these: they are freed after the grace period,
+   * like the record itself is reused only after it. */
+  if (r->text && r->text != r->inline_text) atp_retire(e, r->text);
+  atp_rline_t *lines = atomic_load_explicit(&r->lines, memory_order_relaxed);
+  if (lines && lines != r->inline_lines) atp_retire(e, lines);
+  atomic_store_explicit(&r->lines, r->inline_lines, memory_order_relaxed);
+  atomic_store_explicit(&r->line_count, 0, memory_order_relaxed);
+  atp_keyed_retire(&e->rtable, idx, e->tick_count, e->tick_mono_ns);
 }
 
 /* --- replay
