@@ -10,20 +10,20 @@
 #include "atp/memory.h"
 #include "engine_internal.h"
 
-int64_t atp_now(const atp_engine_t *e) {
+int64_t atp__now(const atp_engine_t *e) {
   return e->config.clock(e->config.clock_ctx);
 }
 int64_t atp_engine_now_ms(const atp_engine_t *e) {
-  return atp_now(e);
+  return atp__now(e);
 }
 
-int64_t atp_mono_ns(void) {
+int64_t atp__mono_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-bool atp_id_valid(atp_str_t s) {
+bool atp__id_valid(atp_str_t s) {
   if (s.len == 0 || s.len > ATP_ID_BYTES_MAX || !s.ptr) return false;
   for (uint32_t i = 0; i < s.len; i++) {
     unsigned char c = (unsigned char)s.ptr[i];
@@ -32,7 +32,7 @@ bool atp_id_valid(atp_str_t s) {
   return true;
 }
 
-void atp_result_set(atp_result_t *r, const char *field, const char *fmt, ...) {
+void atp__result_set(atp_result_t *r, const char *field, const char *fmt, ...) {
   if (!r) return;
   snprintf(r->field, sizeof r->field, "%s", field ? field : "");
   va_list ap;
@@ -57,7 +57,7 @@ static void scratch_keys_create(void) {
     ATP_ASSERT(pthread_key_create(&scratch_keys[i], atp_free) == 0);
 }
 
-void *atp_scratch(atp_scratch_kind_t kind, size_t bytes) {
+void *atp__scratch(atp_scratch_kind_t kind, size_t bytes) {
   pthread_once(&scratch_once, scratch_keys_create);
   void *p = pthread_getspecific(scratch_keys[kind]);
   if (!p) {
@@ -68,23 +68,23 @@ void *atp_scratch(atp_scratch_kind_t kind, size_t bytes) {
   return p;
 }
 
-atp_change_t *atp_scratch_changes(uint32_t *cap) {
+atp_change_t *atp__scratch_changes(uint32_t *cap) {
   *cap = SCRATCH_CHANGES;
-  return atp_scratch(ATP_SCRATCH_CHANGES, sizeof(atp_change_t) * SCRATCH_CHANGES);
+  return atp__scratch(ATP_SCRATCH_CHANGES, sizeof(atp_change_t) * SCRATCH_CHANGES);
 }
 
-atp_reservation_t *atp_scratch_view(void) {
-  return atp_scratch(ATP_SCRATCH_VIEW, sizeof(atp_reservation_t));
+atp_reservation_t *atp__scratch_view(void) {
+  return atp__scratch(ATP_SCRATCH_VIEW, sizeof(atp_reservation_t));
 }
 
-void atp_emit(const atp_engine_t *e, const atp_change_t *records, uint32_t count) {
+void atp__emit(const atp_engine_t *e, const atp_change_t *records, uint32_t count) {
   if (e->config.on_change && count)
     e->config.on_change(e->config.change_ctx, records, count);
 }
 
 /* Memory that lock-free readers may still hold (a group's old version, a
  * reservation's old line array) is freed by the ticker after a grace period. */
-void atp_retire(atp_engine_t *e, void *ptr) {
+void atp__retire(atp_engine_t *e, void *ptr) {
   atp_retired_t *r = atp_malloc(sizeof *r);
   ATP_ASSERT(r);
   r->ptr = ptr;

@@ -43,11 +43,11 @@
 #define ATP_PREFETCHER static inline __attribute__((always_inline))
 
 /* content hashing for idempotency */
-static inline uint64_t atp_hash_str(uint64_t h, atp_str_t s) {
-  return atp_hash_mix(h, atp_hash_bytes(s.ptr, s.len) ^ s.len);
+static inline uint64_t atp__hash_str(uint64_t h, atp_str_t s) {
+  return atp__hash_mix(h, atp__hash_bytes(s.ptr, s.len) ^ s.len);
 }
-static inline uint64_t atp_hash_int(uint64_t h, int64_t v) {
-  return atp_hash_mix(h, (uint64_t)v);
+static inline uint64_t atp__hash_int(uint64_t h, int64_t v) {
+  return atp__hash_mix(h, (uint64_t)v);
 }
 
 /* --- per-thread shards ---------------------------------------------------------
@@ -62,7 +62,7 @@ typedef struct {
 } atp_padded_t;
 
 /* This thread's shard, 0..ATP_SHARDS-1, assigned round-robin on first use. */
-int atp_shard(void);
+int atp__shard(void);
 
 /* --- inboxes to the ticker (inbox.c) ------------------------------------------
  * The timer wheel belongs to the one thread that calls atp_engine_tick. Other
@@ -100,19 +100,19 @@ typedef struct {
  * idempotency record's its index+1 with this bit set. */
 #define ATP_REF_IDEM 0x80000000u
 
-int atp_inbox_init(atp_inbox_t *in);
-void atp_inbox_destroy(atp_inbox_t *in);
+int atp__inbox_init(atp_inbox_t *in);
+void atp__inbox_destroy(atp_inbox_t *in);
 /* Queues ref (whose record carries link) unless it is queued already. */
-void atp_inbox_push(atp_inbox_t *in, uint32_t ref, atp_inbox_link_t *link);
+void atp__inbox_push(atp_inbox_t *in, uint32_t ref, atp_inbox_link_t *link);
 
 /* --- interned strings ----------------------------------------------------- */
 
 typedef struct {
-  uint64_t hash;                   /* atp_hash_bytes of the text */
+  uint64_t hash;                   /* atp__hash_bytes of the text */
   _Atomic uint32_t first_position; /* SKUs: head of their position list, index+1 */
   uint32_t len;
   char text[]; /* len bytes then NUL */
-} atp_intern_t;
+} atp_interned_t;
 
 /* --- positions ------------------------------------------------------------ */
 
@@ -131,11 +131,11 @@ typedef struct {
   _Atomic uint64_t seq;       /* pending writers << 40 | version */
   uint32_t sku;               /* intern id, immutable after publication */
   uint32_t location;          /* intern id, immutable after publication */
-} atp_pos_t;
+} atp_position_record_t;
 
 /* One cache line (the table is 2 MiB aligned): a read or a reservation touches
  * exactly one line of the position. */
-_Static_assert(sizeof(atp_pos_t) == 64, "a position is one cache line");
+_Static_assert(sizeof(atp_position_record_t) == 64, "a position is one cache line");
 
 /* What only on-hand writers and the endless aisle touch, in a table beside the
  * positions (same index), so it does not widen the line every read loads. */
@@ -143,7 +143,7 @@ typedef struct {
   _Atomic uint32_t next_in_sku; /* next position of the same SKU, index+1 */
   _Atomic uint32_t lock;        /* on-hand writers' spin flag: 0 free, 1 held */
   struct atp_history *history;  /* on-hand changes; NULL until one; under lock */
-} atp_pos_cold_t;
+} atp_position_cold_t;
 
 /* One on-hand change, kept so that a late count can add what it did not see. */
 typedef struct {
@@ -169,7 +169,7 @@ typedef struct {
 typedef struct {
   uint32_t name;                          /* intern id */
   _Atomic(atp_group_version_t *) current; /* NULL: deleted */
-} atp_group_slot_t;
+} atp_group_entry_t;
 
 /* --- keyed record tables (keyed.c) ------------------------------------------
  * A fixed pool of records plus a hash table of chains through the records.
@@ -189,13 +189,13 @@ typedef struct {
   uint32_t limbo_tick;        /* low 32 bits of the tick count when it entered limbo */
   uint32_t limbo_ms;          /* low 32 bits of the monotonic clock then, in ms */
   uint8_t owner;              /* shard that allocated the record: it gets it back */
-} atp_slot_t;
-_Static_assert(sizeof(atp_slot_t) == 32, "two slots a cache line");
+} atp_keyed_entry_t;
+_Static_assert(sizeof(atp_keyed_entry_t) == 32, "two entries a cache line");
 
 typedef struct {
   _Atomic uint32_t *heads; /* bucket heads, record index+1 */
   uint32_t bucket_mask;
-  atp_slot_t *slots; /* one per record */
+  atp_keyed_entry_t *entries; /* one per record */
   uint32_t capacity;
   uint64_t generation;                /* distinguishes tables for thread-local chunks */
   _Atomic uint32_t bump;              /* records never used yet start here; threads take
@@ -206,24 +206,25 @@ typedef struct {
   atp_padded_t retired;          /* ticker only writes: retirements, off live's sum */
   /* limbo: ticker only */
   uint32_t limbo_head, limbo_tail; /* index+1 FIFO through free_next */
-} atp_keyed_t;
+} atp_keyed_table_t;
 
-int atp_keyed_init(atp_keyed_t *t, uint32_t capacity);
-void atp_keyed_destroy(atp_keyed_t *t);
+int atp__keyed_init(atp_keyed_table_t *t, uint32_t capacity);
+void atp__keyed_destroy(atp_keyed_table_t *t);
 /* A free record index, or UINT32_MAX when the pool is exhausted. */
-uint32_t atp_keyed_alloc(atp_keyed_t *t);
-/* The record atp_keyed_alloc would most likely return next on this thread,
+uint32_t atp__keyed_alloc(atp_keyed_table_t *t);
+/* The record atp__keyed_alloc would most likely return next on this thread,
  * without taking it (a hint for prefetching); UINT32_MAX if unknown. */
-uint32_t atp_keyed_peek(const atp_keyed_t *t);
+uint32_t atp__keyed_peek(const atp_keyed_table_t *t);
 /* Publishes record idx (state PENDING, hash set) on its chain. */
-void atp_keyed_push(atp_keyed_t *t, uint32_t idx);
+void atp__keyed_push(atp_keyed_table_t *t, uint32_t idx);
 /* Ticker only: unlinks idx from its chain and puts it in limbo. */
-void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick, int64_t now_ns);
+void atp__keyed_retire(atp_keyed_table_t *t, uint32_t idx, uint64_t tick,
+                       int64_t now_ns);
 /* Records in use, summed over shards. */
-uint64_t atp_keyed_live(const atp_keyed_t *t);
+uint64_t atp__keyed_live(const atp_keyed_table_t *t);
 /* Ticker only: recycles limbo records whose grace has passed. */
-void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick, int64_t now_ns);
-static inline uint32_t atp_keyed_head(const atp_keyed_t *t, uint64_t hash) {
+void atp__keyed_reclaim(atp_keyed_table_t *t, uint64_t tick, int64_t now_ns);
+static inline uint32_t atp__keyed_head(const atp_keyed_table_t *t, uint64_t hash) {
   return atomic_load_explicit(&t->heads[hash & t->bucket_mask], memory_order_acquire);
 }
 
@@ -234,10 +235,10 @@ typedef struct {
   _Atomic int64_t qty;
   _Atomic int64_t fulfilled;
   _Atomic int64_t released;
-} atp_rline_t;
+} atp_reservation_line_t;
 
-#define ATP_RLINES_INLINE 2
-#define ATP_RTEXT_INLINE  256
+#define ATP_RESERVATION_LINES_INLINE 2
+#define ATP_RESERVATION_TEXT_INLINE  256
 
 /* Laid out by when it is touched: a single-line reservation whose id has at
  * most 24 bytes lives in its first three cache lines (header; lines; links
@@ -256,33 +257,36 @@ typedef struct {
   _Atomic int64_t ttl_ms;
   _Atomic int64_t ended_at_ms;
   /* line 1 */
-  atp_rline_t inline_lines[ATP_RLINES_INLINE];
+  atp_reservation_line_t inline_lines[ATP_RESERVATION_LINES_INLINE];
   /* line 2 */
   _Atomic uint32_t line_count;
-  uint32_t line_cap;            /* under lock */
-  _Atomic(atp_rline_t *) lines; /* inline_lines or a heap array */
-  atp_timer_t timer;            /* ticker only */
-  atp_inbox_link_t inbox;       /* queued to the ticker */
-  char *text;                   /* id, order_ref, channel, customer_id, order_id */
-  char inline_text[ATP_RTEXT_INLINE];
-} __attribute__((aligned(64))) atp_rrec_t;
-_Static_assert(offsetof(atp_rrec_t, inline_lines) == 64, "lines start line 1");
-_Static_assert(offsetof(atp_rrec_t, line_count) == 128, "links start line 2");
+  uint32_t line_cap;                       /* under lock */
+  _Atomic(atp_reservation_line_t *) lines; /* inline_lines or a heap array */
+  atp_timer_t timer;                       /* ticker only */
+  atp_inbox_link_t inbox;                  /* queued to the ticker */
+  char *text; /* id, order_ref, channel, customer_id, order_id */
+  char inline_text[ATP_RESERVATION_TEXT_INLINE];
+} __attribute__((aligned(64))) atp_reservation_record_t;
+_Static_assert(offsetof(atp_reservation_record_t, inline_lines) == 64,
+               "lines start line 1");
+_Static_assert(offsetof(atp_reservation_record_t, line_count) == 128,
+               "links start line 2");
 
-/* Offsets of the strings in rrec->text. */
-static inline const char *atp_rrec_id(const atp_rrec_t *r) {
+/* Offsets of the strings in reservation record->text. */
+static inline const char *atp__reservation_id(const atp_reservation_record_t *r) {
   return r->text;
 }
-static inline const char *atp_rrec_order_ref(const atp_rrec_t *r) {
+static inline const char *atp__reservation_order_ref(
+    const atp_reservation_record_t *r) {
   return r->text + r->id_len;
 }
-static inline const char *atp_rrec_channel(const atp_rrec_t *r) {
+static inline const char *atp__reservation_channel(const atp_reservation_record_t *r) {
   return r->text + r->id_len + r->order_ref_len;
 }
-static inline const char *atp_rrec_customer(const atp_rrec_t *r) {
+static inline const char *atp__reservation_customer(const atp_reservation_record_t *r) {
   return r->text + r->id_len + r->order_ref_len + r->channel_len;
 }
-static inline char *atp_rrec_order_id(atp_rrec_t *r) {
+static inline char *atp__reservation_order_id(atp_reservation_record_t *r) {
   return r->text + r->id_len + r->order_ref_len + r->channel_len + r->customer_id_len;
 }
 
@@ -305,7 +309,7 @@ typedef struct {
   char text[2 * ATP_ID_BYTES_MAX]; /* id, then reservation id */
   atp_timer_t timer;               /* ticker only */
   atp_inbox_link_t inbox;          /* queued to the ticker */
-} atp_irec_t;
+} atp_idempotency_record_t;
 
 /* --- retired memory --------------------------------------------------------- */
 
@@ -324,37 +328,37 @@ struct atp_engine {
   pthread_mutex_t create_lock; /* creating positions, strings, groups */
 
   /* interned strings */
-  atp_intern_t **interns; /* id -> string; ids dense from 0 */
+  atp_interned_t **interns; /* id -> string; ids dense from 0 */
   _Atomic uint32_t intern_count;
   uint32_t intern_max;
   _Atomic uint32_t *intern_index; /* open addressing: id+1 */
   uint32_t intern_mask;
 
   /* positions */
-  atp_pos_t *positions;
-  atp_pos_cold_t *pos_cold; /* beside positions, same index */
+  atp_position_record_t *positions;
+  atp_position_cold_t *pos_cold; /* beside positions, same index */
   _Atomic uint32_t position_count;
   _Atomic uint64_t *position_index; /* open addressing: hash tag << 32 | index+1 */
   uint32_t position_mask;
 
   /* groups */
-  atp_group_slot_t *groups;
+  atp_group_entry_t *groups;
   _Atomic uint32_t group_count;
   _Atomic uint32_t *group_index; /* open addressing: slot+1 */
   uint32_t group_mask;
 
   /* reservations and idempotency */
-  atp_keyed_t rtable;
-  atp_rrec_t *rrecs;
-  atp_keyed_t itable;
-  atp_irec_t *irecs;
+  atp_keyed_table_t reservation_table;
+  atp_reservation_record_t *reservation_records;
+  atp_keyed_table_t idempotency_table;
+  atp_idempotency_record_t *idempotency_records;
 
   /* ticker */
   atp_timerwheel_t wheel;
   atp_inbox_t inbox;
   uint32_t tick_expired; /* reservations the running tick expired */
   uint64_t tick_count;
-  int64_t tick_mono_ns;             /* atp_mono_ns at the start of the tick */
+  int64_t tick_mono_ns;             /* atp__mono_ns at the start of the tick */
   _Atomic(atp_retired_t *) retired; /* pushed by any thread */
   atp_retired_t *retired_waiting;   /* ticker only */
 
@@ -366,10 +370,10 @@ struct atp_engine {
 };
 
 /* common.c */
-int64_t atp_now(const atp_engine_t *e);
-int64_t atp_mono_ns(void);
-bool atp_id_valid(atp_str_t s);
-void atp_result_set(atp_result_t *r, const char *field, const char *fmt, ...)
+int64_t atp__now(const atp_engine_t *e);
+int64_t atp__mono_ns(void);
+bool atp__id_valid(atp_str_t s);
+void atp__result_set(atp_result_t *r, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Per-thread scratch buffers, allocated on first use, freed at thread exit. */
 typedef enum {
@@ -378,111 +382,117 @@ typedef enum {
   ATP_SCRATCH_GRANTS,
   ATP_SCRATCH_KINDS_
 } atp_scratch_kind_t;
-void *atp_scratch(atp_scratch_kind_t kind, size_t bytes);
+void *atp__scratch(atp_scratch_kind_t kind, size_t bytes);
 /* thread-local scratch for change records and reservation views */
-atp_change_t *atp_scratch_changes(uint32_t *cap);
-atp_reservation_t *atp_scratch_view(void);
-void atp_emit(const atp_engine_t *e, const atp_change_t *records, uint32_t count);
-void atp_retire(atp_engine_t *e, void *ptr);
+atp_change_t *atp__scratch_changes(uint32_t *cap);
+atp_reservation_t *atp__scratch_view(void);
+void atp__emit(const atp_engine_t *e, const atp_change_t *records, uint32_t count);
+void atp__retire(atp_engine_t *e, void *ptr);
 
 /* positions.c */
-uint32_t atp_intern_find(const atp_engine_t *e, atp_str_t s, uint64_t hash);
-atp_str_t atp_intern_str(const atp_engine_t *e, uint32_t id);
+uint32_t atp__intern_find(const atp_engine_t *e, atp_str_t s, uint64_t hash);
+atp_str_t atp__intern_str(const atp_engine_t *e, uint32_t id);
 /* Caller holds create_lock. 0, ATP_EFULL or ATP_ENOMEM. */
-int intern_locked(atp_engine_t *e, atp_str_t s, uint32_t *out);
+int atp__intern_locked(atp_engine_t *e, atp_str_t s, uint32_t *out);
 /* Position look-ups: the index of the position or UINT32_MAX. _hashed takes
  * both strings' hashes and compares the strings, so the location needs no
  * intern look-up first. */
-uint32_t atp_pos_find_hashed(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
-                             atp_str_t location, uint64_t location_hash);
-uint32_t atp_pos_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
-                      uint32_t location_id);
+uint32_t atp__position_find_hashed(const atp_engine_t *e, atp_str_t sku,
+                                   uint64_t sku_hash, atp_str_t location,
+                                   uint64_t location_hash);
+uint32_t atp__position_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
+                            uint32_t location_id);
 /* A look-up started early, in two steps that only warm the cache: the first
  * fetches the index entry and returns the position hash; the second, once the
  * entry has had time to arrive, fetches the position for writing. */
-uint64_t atp_pos_prefetch_slot(const atp_engine_t *e, atp_str_t sku,
-                               atp_str_t location);
-void atp_pos_prefetch_position(const atp_engine_t *e, uint64_t hash);
-uint32_t atp_pos_find_str(const atp_engine_t *e, atp_str_t sku, atp_str_t location);
-int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
-                           uint32_t *out);
-void atp_pos_read(const atp_engine_t *e, uint32_t idx, atp_position_t *out);
-uint64_t atp_pos_begin(atp_pos_t *p);
-uint64_t atp_pos_end(atp_pos_t *p, bool changed); /* returns version after */
-static inline atp_pos_cold_t *atp_pos_cold(const atp_engine_t *e, const atp_pos_t *p) {
+uint64_t atp__position_prefetch_index(const atp_engine_t *e, atp_str_t sku,
+                                      atp_str_t location);
+void atp__position_prefetch(const atp_engine_t *e, uint64_t hash);
+uint32_t atp__position_find_str(const atp_engine_t *e, atp_str_t sku,
+                                atp_str_t location);
+int atp__position_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
+                                 uint32_t *out);
+void atp__position_read(const atp_engine_t *e, uint32_t idx, atp_position_t *out);
+uint64_t atp__position_begin(atp_position_record_t *p);
+uint64_t atp__position_end(atp_position_record_t *p,
+                           bool changed); /* returns version after */
+static inline atp_position_cold_t *atp__position_cold(const atp_engine_t *e,
+                                                      const atp_position_record_t *p) {
   return &e->pos_cold[p - e->positions];
 }
-void atp_pos_lock(const atp_engine_t *e, atp_pos_t *p);
-void atp_pos_unlock(const atp_engine_t *e, atp_pos_t *p);
+void atp__position_lock(const atp_engine_t *e, atp_position_record_t *p);
+void atp__position_unlock(const atp_engine_t *e, atp_position_record_t *p);
 /* reserve qty: CAS on free; true when granted. version gets the new version. */
-bool atp_pos_take(atp_pos_t *p, int64_t qty, bool committed, uint64_t *version);
-/* give back units taken by atp_pos_take (reserved or committed) */
-uint64_t atp_pos_give(atp_pos_t *p, int64_t qty, bool committed);
+bool atp__position_take(atp_position_record_t *p, int64_t qty, bool committed,
+                        uint64_t *version);
+/* give back units taken by atp__position_take (reserved or committed) */
+uint64_t atp__position_give(atp_position_record_t *p, int64_t qty, bool committed);
 /* move held units to committed */
-uint64_t atp_pos_commit(atp_pos_t *p, int64_t qty);
+uint64_t atp__position_commit(atp_position_record_t *p, int64_t qty);
 /* fulfil: on_hand and committed drop; caller holds the position lock */
-uint64_t atp_pos_fulfil(atp_engine_t *e, atp_pos_t *p, int64_t qty, int64_t now_ms);
+uint64_t atp__position_fulfil(atp_engine_t *e, atp_position_record_t *p, int64_t qty,
+                              int64_t now_ms);
 /* The on-hand history (under the position lock): a change, and the sum of
  * changes after t with whether the history reaches back to t. */
-void history_push(const atp_engine_t *e, atp_pos_t *p, int64_t occurred_at_ms,
-                  int64_t delta, int64_t now_ms);
-int64_t history_after(const atp_engine_t *e, const atp_pos_t *p, int64_t t,
-                      bool *complete);
-void atp_change_position(const atp_engine_t *e, atp_change_t *c, atp_cause_t cause,
-                         atp_str_t cause_id, uint32_t pos, int64_t d_on_hand,
-                         int64_t d_reserved, int64_t d_committed, uint64_t version);
-static inline bool qty_in_range(int64_t v) {
+void atp__history_push(const atp_engine_t *e, atp_position_record_t *p,
+                       int64_t occurred_at_ms, int64_t delta, int64_t now_ms);
+int64_t atp__history_after(const atp_engine_t *e, const atp_position_record_t *p,
+                           int64_t t, bool *complete);
+void atp__change_position(const atp_engine_t *e, atp_change_t *c, atp_cause_t cause,
+                          atp_str_t cause_id, uint32_t pos, int64_t d_on_hand,
+                          int64_t d_reserved, int64_t d_committed, uint64_t version);
+static inline bool atp__qty_in_range(int64_t v) {
   return v >= -ATP_QTY_MAX && v <= ATP_QTY_MAX;
 }
 
 /* idempotency.c */
-int atp_idem_init(atp_engine_t *e);
-void atp_idem_destroy(atp_engine_t *e);
+int atp__idem_init(atp_engine_t *e);
+void atp__idem_destroy(atp_engine_t *e);
 /* Claims (kind, id). 0: claimed, *idx is a PENDING record the caller must
- * finish with atp_idem_done or atp_idem_fail. 1: an earlier call with the same
+ * finish with atp__idem_done or atp__idem_fail. 1: an earlier call with the same
  * content finished: *idx is its record. ATP_EIDEMPOTENCY, ATP_EFULL. */
-int atp_idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
-                   uint64_t content_hash, uint32_t *idx, atp_result_t *result);
-void atp_idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
-                   const atp_position_t *outcome, atp_str_t reservation_id,
-                   atp_change_t *record);
-void atp_idem_fail(atp_engine_t *e, uint32_t idx);
-int atp_idem_apply(atp_engine_t *e, const atp_change_t *c);
+int atp__idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
+                    uint64_t content_hash, uint32_t *idx, atp_result_t *result);
+void atp__idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
+                    const atp_position_t *outcome, atp_str_t reservation_id,
+                    atp_change_t *record);
+void atp__idem_fail(atp_engine_t *e, uint32_t idx);
+int atp__idem_apply(atp_engine_t *e, const atp_change_t *c);
 /* Ticker: when record idx is due (ATP_TIME_NONE: never), read without a
  * flag; and the purge of a record whose time came. */
-int64_t atp_idem_due(const atp_engine_t *e, uint32_t idx, int64_t now_ms);
-void atp_idem_purge(atp_engine_t *e, uint32_t idx);
+int64_t atp__idem_due(const atp_engine_t *e, uint32_t idx, int64_t now_ms);
+void atp__idem_purge(atp_engine_t *e, uint32_t idx);
 /* Queues the record to the ticker (lifecycle.c decodes the ref). */
-void atp_wheel_enqueue_idem(atp_engine_t *e, uint32_t idx);
+void atp__idem_queue(atp_engine_t *e, uint32_t idx);
 
 /* groups.c */
-int atp_group_resolve(const atp_engine_t *e, atp_str_t name,
-                      const atp_group_version_t **out);
+int atp__group_resolve(const atp_engine_t *e, atp_str_t name,
+                       const atp_group_version_t **out);
 /* Replay (emit false, no result) and the public calls. */
-int group_put(atp_engine_t *e, atp_str_t name, const atp_str_t *locations,
-              uint32_t count, atp_result_t *result, bool emit);
-int group_install(atp_engine_t *e, atp_str_t name, atp_group_version_t *g,
-                  const atp_str_t *locations, atp_result_t *result, bool emit);
+int atp__group_put(atp_engine_t *e, atp_str_t name, const atp_str_t *locations,
+                   uint32_t count, atp_result_t *result, bool emit);
+int atp__group_install(atp_engine_t *e, atp_str_t name, atp_group_version_t *g,
+                       const atp_str_t *locations, atp_result_t *result, bool emit);
 
 /* reservations.c */
-int atp_reservations_init(atp_engine_t *e);
-void atp_reservations_destroy(atp_engine_t *e);
-void atp_rrec_view(const atp_engine_t *e, uint32_t idx, atp_reservation_t *out);
-int atp_reservation_apply(atp_engine_t *e, const atp_change_t *c);
+int atp__reservations_init(atp_engine_t *e);
+void atp__reservations_destroy(atp_engine_t *e);
+void atp__reservation_view(const atp_engine_t *e, uint32_t idx, atp_reservation_t *out);
+int atp__reservation_apply(atp_engine_t *e, const atp_change_t *c);
 /* Ticker: where record idx belongs now, read without its flag (good enough
- * to file it: atp_rrec_fire decides again under the flag). ATP_TIME_NONE for
+ * to file it: atp__reservation_fire decides again under the flag). ATP_TIME_NONE for
  * nowhere. */
-int64_t atp_rrec_due(const atp_engine_t *e, uint32_t idx, int64_t now_ms);
+int64_t atp__reservation_due(const atp_engine_t *e, uint32_t idx, int64_t now_ms);
 /* Ticker: the record's time came. Decides under the record's flag whether it
  * expires now (returns true if it did), when to look again (*due,
  * ATP_TIME_NONE: not until something changes) and whether its retention has
  * passed (*purge). */
-bool atp_rrec_fire(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due,
-                   bool *purge);
+bool atp__reservation_fire(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due,
+                           bool *purge);
 /* Ticker: whether the record will be purged when its turn comes (a guess, for
  * prefetching). */
-bool atp_rrec_purge_bound(const atp_engine_t *e, uint32_t idx, int64_t now_ms);
-void atp_rrec_purge(atp_engine_t *e, uint32_t idx);
-void atp_wheel_enqueue_res(atp_engine_t *e, uint32_t idx);
+bool atp__reservation_purge_bound(const atp_engine_t *e, uint32_t idx, int64_t now_ms);
+void atp__reservation_purge(atp_engine_t *e, uint32_t idx);
+void atp__reservation_queue(atp_engine_t *e, uint32_t idx);
 
 #endif

@@ -33,7 +33,7 @@ static inline uint64_t load32(const unsigned char *p) {
 #define HASH_P1 0xe7037ed1a0b428dbULL
 #define HASH_P2 0x8ebc6af09c88c6e3ULL
 
-static inline uint64_t atp_hash_bytes(const void *data, size_t len) {
+static inline uint64_t atp__hash_bytes(const void *data, size_t len) {
   const unsigned char *p = data;
   uint64_t seed = HASH_P0 ^ (len * HASH_P2), a, b;
   if (len <= 16) {
@@ -71,7 +71,7 @@ static inline bool str_eq(const char *a, const char *b, uint32_t len) {
   return memcmp(a, b, len) == 0;
 }
 
-static inline uint64_t atp_hash_mix(uint64_t a, uint64_t b) {
+static inline uint64_t atp__hash_mix(uint64_t a, uint64_t b) {
   uint64_t h = a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
   h ^= h >> 31;
   h *= 0xbf58476d1ce4e5b9ULL;

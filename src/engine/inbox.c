@@ -5,20 +5,20 @@
 #include "atp/memory.h"
 #include "engine_internal.h"
 
-int atp_inbox_init(atp_inbox_t *in) {
+int atp__inbox_init(atp_inbox_t *in) {
   in->rings = atp_table_alloc(ATP_SHARDS, sizeof *in->rings, false);
   return in->rings ? 0 : ATP_ENOMEM;
 }
 
-void atp_inbox_destroy(atp_inbox_t *in) {
+void atp__inbox_destroy(atp_inbox_t *in) {
   atp_table_free(in->rings, ATP_SHARDS, sizeof *in->rings);
   in->rings = NULL;
 }
 
-void atp_inbox_push(atp_inbox_t *in, uint32_t ref, atp_inbox_link_t *link) {
+void atp__inbox_push(atp_inbox_t *in, uint32_t ref, atp_inbox_link_t *link) {
   ATP_ASSERT(ref != 0);
   if (atomic_exchange_explicit(&link->queued, 1, memory_order_acq_rel)) return;
-  int shard = atp_shard();
+  int shard = atp__shard();
   atp_inbox_ring_t *ring = &in->rings[shard];
   uint64_t t = atomic_load_explicit(&ring->tail, memory_order_relaxed);
   /* head (acquire): the cells before it were zeroed by the ticker and are

@@ -63,7 +63,7 @@ int atp_engine_create(const atp_engine_config_t *config, atp_engine_t **out) {
   atp_timerwheel_init(&e->wheel, on_timer, on_timer_ahead, e);
   if (!e->interns || !e->intern_index || !e->positions || !e->pos_cold ||
       !e->position_index || !e->groups || !e->group_index ||
-      atp_inbox_init(&e->inbox) || atp_reservations_init(e) || atp_idem_init(e)) {
+      atp__inbox_init(&e->inbox) || atp__reservations_init(e) || atp__idem_init(e)) {
     atp_engine_destroy(e);
     return ATP_ENOMEM;
   }
@@ -73,8 +73,8 @@ int atp_engine_create(const atp_engine_config_t *config, atp_engine_t **out) {
 
 void atp_engine_destroy(atp_engine_t *e) {
   if (!e) return;
-  atp_reservations_destroy(e);
-  atp_idem_destroy(e);
+  atp__reservations_destroy(e);
+  atp__idem_destroy(e);
   uint32_t n = atomic_load(&e->intern_count);
   for (uint32_t i = 0; i < n; i++) atp_free(e->interns[i]);
   uint32_t np = atomic_load(&e->position_count);
@@ -99,7 +99,7 @@ void atp_engine_destroy(atp_engine_t *e) {
                  sizeof *e->position_index);
   atp_free(e->groups);
   atp_free(e->group_index);
-  atp_inbox_destroy(&e->inbox);
+  atp__inbox_destroy(&e->inbox);
   pthread_mutex_destroy(&e->create_lock);
   atp_free(e);
 }
@@ -119,7 +119,7 @@ void atp_engine_stats(const atp_engine_t *e, atp_engine_stats_t *out) {
   }
   out->expirations =
       atomic_load_explicit(&((atp_engine_t *)e)->expirations, memory_order_relaxed);
-  out->idempotency_ids = atp_keyed_live(&e->itable);
+  out->idempotency_ids = atp__keyed_live(&e->idempotency_table);
   uint32_t ng = atomic_load_explicit(&e->group_count, memory_order_acquire);
   for (uint32_t i = 0; i < ng; i++)
     if (atomic_load_explicit(&e->groups[i].current, memory_order_acquire))
@@ -130,11 +130,11 @@ void atp_engine_stats(const atp_engine_t *e, atp_engine_stats_t *out) {
  */
 
 static int apply_position(atp_engine_t *e, const atp_change_position_t *c) {
-  if (!atp_id_valid(c->sku) || !atp_id_valid(c->location)) return ATP_EBADREQ;
+  if (!atp__id_valid(c->sku) || !atp__id_valid(c->location)) return ATP_EBADREQ;
   uint32_t idx;
-  int rc = atp_pos_find_or_create(e, c->sku, c->location, &idx);
+  int rc = atp__position_find_or_create(e, c->sku, c->location, &idx);
   if (rc) return rc;
-  atp_pos_t *p = &e->positions[idx];
+  atp_position_record_t *p = &e->positions[idx];
   atomic_fetch_add(&p->on_hand, c->d_on_hand);
   atomic_fetch_add(&p->safety, c->d_safety_stock);
   atomic_fetch_add(&p->reserved, c->d_reserved);
@@ -143,7 +143,7 @@ static int apply_position(atp_engine_t *e, const atp_change_position_t *c) {
                    c->d_on_hand - c->d_safety_stock - c->d_reserved - c->d_committed);
   if (c->counted_at_ms != ATP_TIME_NONE) atomic_store(&p->counted_at, c->counted_at_ms);
   if (c->occurred_at_ms != ATP_TIME_NONE && c->d_on_hand)
-    history_push(e, p, c->occurred_at_ms, c->d_on_hand, atp_now(e));
+    atp__history_push(e, p, c->occurred_at_ms, c->d_on_hand, atp__now(e));
   /* Versions: replayed records may come in any order; keep the largest. */
   uint64_t seq = atomic_load(&p->seq);
   if ((c->version & ATP_SEQ_VERSION_MASK) > seq)
@@ -160,18 +160,18 @@ int atp_engine_apply(atp_engine_t *e, const atp_change_t *records, uint32_t coun
         rc = apply_position(e, &c->u.position);
         break;
       case ATP_CHANGE_RESERVATION:
-        rc = atp_reservation_apply(e, c);
+        rc = atp__reservation_apply(e, c);
         break;
       case ATP_CHANGE_GROUP:
         if (c->u.group.location_count)
-          rc = group_put(e, c->u.group.name, c->u.group.locations,
-                         c->u.group.location_count, NULL, false);
+          rc = atp__group_put(e, c->u.group.name, c->u.group.locations,
+                              c->u.group.location_count, NULL, false);
         else
-          rc = group_install(e, c->u.group.name, NULL, NULL, NULL, false);
+          rc = atp__group_install(e, c->u.group.name, NULL, NULL, NULL, false);
         if (rc == ATP_ENOTFOUND) rc = 0;
         break;
       case ATP_CHANGE_IDEMPOTENCY:
-        rc = atp_idem_apply(e, c);
+        rc = atp__idem_apply(e, c);
         break;
       default:
         rc = ATP_EBADREQ;
@@ -187,23 +187,25 @@ int atp_engine_apply(atp_engine_t *e, const atp_change_t *records, uint32_t coun
  * record; which table the timer lies in tells its kind. */
 
 static atp_timer_t *ref_timer(atp_engine_t *e, uint32_t ref) {
-  return ref & ATP_REF_IDEM ? &e->irecs[(ref & ~ATP_REF_IDEM) - 1].timer
-                            : &e->rrecs[ref - 1].timer;
+  return ref & ATP_REF_IDEM ? &e->idempotency_records[(ref & ~ATP_REF_IDEM) - 1].timer
+                            : &e->reservation_records[ref - 1].timer;
 }
 
 static uint32_t timer_ref(const atp_engine_t *e, const atp_timer_t *t) {
   const char *p = (const char *)t;
-  const char *idem = (const char *)e->irecs;
-  if (p >= idem && p < idem + (size_t)e->config.idempotency_max * sizeof *e->irecs)
-    return (uint32_t)((p - idem) / sizeof *e->irecs + 1) | ATP_REF_IDEM;
-  uint32_t idx = (uint32_t)((p - (const char *)e->rrecs) / sizeof *e->rrecs);
+  const char *idem = (const char *)e->idempotency_records;
+  if (p >= idem &&
+      p < idem + (size_t)e->config.idempotency_max * sizeof *e->idempotency_records)
+    return (uint32_t)((p - idem) / sizeof *e->idempotency_records + 1) | ATP_REF_IDEM;
+  uint32_t idx = (uint32_t)((p - (const char *)e->reservation_records) /
+                            sizeof *e->reservation_records);
   ATP_ASSERT(idx < e->config.reservations_max);
   return idx + 1;
 }
 
 static atp_inbox_link_t *ref_link(atp_engine_t *e, uint32_t ref) {
-  return ref & ATP_REF_IDEM ? &e->irecs[(ref & ~ATP_REF_IDEM) - 1].inbox
-                            : &e->rrecs[ref - 1].inbox;
+  return ref & ATP_REF_IDEM ? &e->idempotency_records[(ref & ~ATP_REF_IDEM) - 1].inbox
+                            : &e->reservation_records[ref - 1].inbox;
 }
 
 /* Where a record belongs now, read without its flag: good enough to file it,
@@ -211,9 +213,9 @@ static atp_inbox_link_t *ref_link(atp_engine_t *e, uint32_t ref) {
  * re-queues the record after it is made. ATP_TIME_NONE for nowhere. */
 static int64_t record_due(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
   if (ref & ATP_REF_IDEM) {
-    return atp_idem_due(e, (ref & ~ATP_REF_IDEM) - 1, now_ms);
+    return atp__idem_due(e, (ref & ~ATP_REF_IDEM) - 1, now_ms);
   }
-  return atp_rrec_due(e, ref - 1, now_ms);
+  return atp__reservation_due(e, ref - 1, now_ms);
 }
 
 /* A record's time came (or it was filed already due): expire it, purge it, or
@@ -226,14 +228,14 @@ static uint32_t fire(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
     if (due > now_ms)
       atp_timerwheel_add(&e->wheel, t, due);
     else
-      atp_idem_purge(e, (ref & ~ATP_REF_IDEM) - 1);
+      atp__idem_purge(e, (ref & ~ATP_REF_IDEM) - 1);
     return 0;
   }
   int64_t due;
   bool purge_now;
-  bool expired = atp_rrec_fire(e, ref - 1, now_ms, &due, &purge_now);
+  bool expired = atp__reservation_fire(e, ref - 1, now_ms, &due, &purge_now);
   if (purge_now)
-    atp_rrec_purge(e, ref - 1);
+    atp__reservation_purge(e, ref - 1);
   else if (due != ATP_TIME_NONE)
     atp_timerwheel_add(&e->wheel, t, due);
   return expired ? 1 : 0;
@@ -263,26 +265,28 @@ static uint32_t refile(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
  * will be purged ATP_TIMERWHEEL_SOON steps before its turn. */
 
 ATP_PREFETCHER void prefetch_record(const atp_engine_t *e, uint32_t ref) {
-  const atp_keyed_t *t = ref & ATP_REF_IDEM ? &e->itable : &e->rtable;
+  const atp_keyed_table_t *t =
+      ref & ATP_REF_IDEM ? &e->idempotency_table : &e->reservation_table;
   uint32_t idx = (ref & ~ATP_REF_IDEM) - 1;
   if (ref & ATP_REF_IDEM) {
-    const atp_irec_t *r = &e->irecs[idx];
+    const atp_idempotency_record_t *r = &e->idempotency_records[idx];
     __builtin_prefetch(r, 1);
     __builtin_prefetch(&r->timer, 1);
     __builtin_prefetch(&r->inbox, 1);
   } else {
-    const atp_rrec_t *r = &e->rrecs[idx];
+    const atp_reservation_record_t *r = &e->reservation_records[idx];
     __builtin_prefetch(r, 1);         /* status, end time */
     __builtin_prefetch(&r->timer, 1); /* wheel and inbox links */
   }
-  __builtin_prefetch(&t->slots[idx], 1);
+  __builtin_prefetch(&t->entries[idx], 1);
 }
 
 /* The bucket head a purge unlinks the record from. */
 ATP_PREFETCHER void prefetch_key(const atp_engine_t *e, uint32_t ref) {
-  const atp_keyed_t *t = ref & ATP_REF_IDEM ? &e->itable : &e->rtable;
+  const atp_keyed_table_t *t =
+      ref & ATP_REF_IDEM ? &e->idempotency_table : &e->reservation_table;
   uint32_t idx = (ref & ~ATP_REF_IDEM) - 1;
-  __builtin_prefetch(&t->heads[t->slots[idx].hash & t->bucket_mask], 1);
+  __builtin_prefetch(&t->heads[t->entries[idx].hash & t->bucket_mask], 1);
 }
 
 /* Whether the record will be purged when its turn comes, judged from its
@@ -294,7 +298,7 @@ static bool purge_bound(atp_engine_t *e, uint32_t ref, int64_t now_ms) {
     int64_t due = record_due(e, ref, now_ms);
     return due != ATP_TIME_NONE && due <= now_ms;
   }
-  return atp_rrec_purge_bound(e, ref - 1, now_ms);
+  return atp__reservation_purge_bound(e, ref - 1, now_ms);
 }
 
 ATP_PREFETCHER void look_ahead(atp_engine_t *e, uint32_t ref, uint32_t steps,
@@ -423,9 +427,9 @@ static void reclaim_retired(atp_engine_t *e) {
 }
 
 uint32_t atp_engine_tick(atp_engine_t *e) {
-  int64_t now_ms = atp_now(e);
+  int64_t now_ms = atp__now(e);
   e->tick_count++;
-  e->tick_mono_ns = atp_mono_ns();
+  e->tick_mono_ns = atp__mono_ns();
   atp_timerwheel_start(&e->wheel, now_ms);
   /* First file what changed since the last tick, then run the slots due. */
   uint32_t expired = 0;
@@ -438,8 +442,8 @@ uint32_t atp_engine_tick(atp_engine_t *e) {
   e->tick_expired = 0;
   atp_timerwheel_run(&e->wheel, now_ms);
   expired += e->tick_expired;
-  atp_keyed_reclaim(&e->rtable, e->tick_count, e->tick_mono_ns);
-  atp_keyed_reclaim(&e->itable, e->tick_count, e->tick_mono_ns);
+  atp__keyed_reclaim(&e->reservation_table, e->tick_count, e->tick_mono_ns);
+  atp__keyed_reclaim(&e->idempotency_table, e->tick_count, e->tick_mono_ns);
   reclaim_retired(e);
   return expired;
 }

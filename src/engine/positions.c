@@ -24,37 +24,37 @@
 #define READ_RETRIES_MAX        256
 #define LOCK_SPINS_BEFORE_YIELD 128
 
-static inline bool intern_is(const atp_intern_t *in, atp_str_t s, uint64_t hash) {
+static inline bool intern_is(const atp_interned_t *in, atp_str_t s, uint64_t hash) {
   return in->hash == hash && in->len == s.len && str_eq(in->text, s.ptr, s.len);
 }
 
 /* --- interned strings ----------------------------------------------------------- */
 
-uint32_t atp_intern_find(const atp_engine_t *e, atp_str_t s, uint64_t hash) {
+uint32_t atp__intern_find(const atp_engine_t *e, atp_str_t s, uint64_t hash) {
   for (uint32_t i = (uint32_t)hash & e->intern_mask;; i = (i + 1) & e->intern_mask) {
     uint32_t v = atomic_load_explicit(&e->intern_index[i], memory_order_acquire);
     if (v == 0) return UINT32_MAX;
-    const atp_intern_t *in = e->interns[v - 1];
+    const atp_interned_t *in = e->interns[v - 1];
     if (intern_is(in, s, hash)) return v - 1;
   }
 }
 
-atp_str_t atp_intern_str(const atp_engine_t *e, uint32_t id) {
-  const atp_intern_t *in = e->interns[id];
+atp_str_t atp__intern_str(const atp_engine_t *e, uint32_t id) {
+  const atp_interned_t *in = e->interns[id];
   return (atp_str_t){in->text, in->len};
 }
 
 /* Caller holds create_lock. */
-int intern_locked(atp_engine_t *e, atp_str_t s, uint32_t *out) {
-  uint64_t hash = atp_hash_bytes(s.ptr, s.len);
-  uint32_t id = atp_intern_find(e, s, hash);
+int atp__intern_locked(atp_engine_t *e, atp_str_t s, uint32_t *out) {
+  uint64_t hash = atp__hash_bytes(s.ptr, s.len);
+  uint32_t id = atp__intern_find(e, s, hash);
   if (id != UINT32_MAX) {
     *out = id;
     return 0;
   }
   uint32_t count = atomic_load_explicit(&e->intern_count, memory_order_relaxed);
   if (count >= e->intern_max) return ATP_EFULL;
-  atp_intern_t *in = atp_malloc(sizeof *in + s.len + 1);
+  atp_interned_t *in = atp_malloc(sizeof *in + s.len + 1);
   if (!in) return ATP_ENOMEM;
   in->hash = hash;
   atomic_init(&in->first_position, 0);
@@ -66,7 +66,7 @@ int intern_locked(atp_engine_t *e, atp_str_t s, uint32_t *out) {
   uint32_t i = (uint32_t)hash & e->intern_mask;
   while (atomic_load_explicit(&e->intern_index[i], memory_order_relaxed))
     i = (i + 1) & e->intern_mask;
-  /* release: a reader that finds the slot sees the string's bytes. */
+  /* release: a reader that finds the entry sees the string's bytes. */
   atomic_store_explicit(&e->intern_index[i], count + 1, memory_order_release);
   *out = count;
   return 0;
@@ -76,47 +76,49 @@ int intern_locked(atp_engine_t *e, atp_str_t s, uint32_t *out) {
  */
 
 static uint64_t pos_hash(uint64_t sku_hash, uint64_t location_hash) {
-  return atp_hash_mix(sku_hash, location_hash);
+  return atp__hash_mix(sku_hash, location_hash);
 }
 
-/* An index slot holds the position's hash tag (the top 32 bits of its hash)
+/* An index entry holds the position's hash tag (the top 32 bits of its hash)
  * beside its index, so a probe that meets another key rejects it without
- * touching that position's cache line: a hit costs the slot and the position. */
-static uint64_t slot_tag(uint64_t h) {
+ * touching that position's cache line: a hit costs the entry and the position. */
+static uint64_t index_tag(uint64_t h) {
   return h & 0xffffffff00000000ULL;
 }
 
 /* The position of (sku, location) given both strings' hashes: compares the
  * strings themselves, so the location needs no intern look-up first. */
-uint32_t atp_pos_find_hashed(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
-                             atp_str_t location, uint64_t location_hash) {
-  uint64_t h = pos_hash(sku_hash, location_hash), tag = slot_tag(h);
+uint32_t atp__position_find_hashed(const atp_engine_t *e, atp_str_t sku,
+                                   uint64_t sku_hash, atp_str_t location,
+                                   uint64_t location_hash) {
+  uint64_t h = pos_hash(sku_hash, location_hash), tag = index_tag(h);
   for (uint32_t i = (uint32_t)h & e->position_mask;; i = (i + 1) & e->position_mask) {
     uint64_t v = atomic_load_explicit(&e->position_index[i], memory_order_acquire);
     if (v == 0) return UINT32_MAX;
-    if (slot_tag(v) != tag) continue;
-    const atp_pos_t *p = &e->positions[(uint32_t)v - 1];
+    if (index_tag(v) != tag) continue;
+    const atp_position_record_t *p = &e->positions[(uint32_t)v - 1];
     if (intern_is(e->interns[p->sku], sku, sku_hash) &&
         intern_is(e->interns[p->location], location, location_hash))
       return (uint32_t)v - 1;
   }
 }
 
-uint32_t atp_pos_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
-                      uint32_t location_id) {
-  const atp_intern_t *loc = e->interns[location_id];
-  return atp_pos_find_hashed(e, sku, sku_hash, (atp_str_t){loc->text, loc->len},
-                             loc->hash);
+uint32_t atp__position_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
+                            uint32_t location_id) {
+  const atp_interned_t *loc = e->interns[location_id];
+  return atp__position_find_hashed(e, sku, sku_hash, (atp_str_t){loc->text, loc->len},
+                                   loc->hash);
 }
 
-uint32_t atp_pos_find_str(const atp_engine_t *e, atp_str_t sku, atp_str_t location) {
-  return atp_pos_find_hashed(e, sku, atp_hash_bytes(sku.ptr, sku.len), location,
-                             atp_hash_bytes(location.ptr, location.len));
+uint32_t atp__position_find_str(const atp_engine_t *e, atp_str_t sku,
+                                atp_str_t location) {
+  return atp__position_find_hashed(e, sku, atp__hash_bytes(sku.ptr, sku.len), location,
+                                   atp__hash_bytes(location.ptr, location.len));
 }
 
-int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
-                           uint32_t *out) {
-  uint32_t idx = atp_pos_find_str(e, sku, location);
+int atp__position_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
+                                 uint32_t *out) {
+  uint32_t idx = atp__position_find_str(e, sku, location);
   if (idx != UINT32_MAX) {
     *out = idx;
     return 0;
@@ -124,16 +126,16 @@ int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
   /* Creating takes the mutex; readers never do. Checked again under it. */
   pthread_mutex_lock(&e->create_lock);
   int rc = 0;
-  idx = atp_pos_find_str(e, sku, location);
+  idx = atp__position_find_str(e, sku, location);
   if (idx == UINT32_MAX) {
     uint32_t sku_id, loc_id;
     uint32_t count = atomic_load_explicit(&e->position_count, memory_order_relaxed);
     if (count >= e->config.positions_max) {
       rc = ATP_EFULL;
-    } else if ((rc = intern_locked(e, sku, &sku_id)) == 0 &&
-               (rc = intern_locked(e, location, &loc_id)) == 0) {
+    } else if ((rc = atp__intern_locked(e, sku, &sku_id)) == 0 &&
+               (rc = atp__intern_locked(e, location, &loc_id)) == 0) {
       idx = count;
-      atp_pos_t *p = &e->positions[idx];
+      atp_position_record_t *p = &e->positions[idx];
       atomic_init(&p->free, 0);
       atomic_init(&p->reserved, 0);
       atomic_init(&p->committed, 0);
@@ -143,10 +145,10 @@ int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
       atomic_init(&p->seq, 0);
       p->sku = sku_id;
       p->location = loc_id;
-      atp_pos_cold_t *cold = &e->pos_cold[idx];
+      atp_position_cold_t *cold = &e->pos_cold[idx];
       atomic_init(&cold->lock, 0);
       cold->history = NULL;
-      atp_intern_t *s = e->interns[sku_id];
+      atp_interned_t *s = e->interns[sku_id];
       atomic_init(&cold->next_in_sku,
                   atomic_load_explicit(&s->first_position, memory_order_relaxed));
       atomic_store_explicit(&s->first_position, idx + 1, memory_order_release);
@@ -155,8 +157,8 @@ int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
       uint32_t i = (uint32_t)h & e->position_mask;
       while (atomic_load_explicit(&e->position_index[i], memory_order_relaxed))
         i = (i + 1) & e->position_mask;
-      /* release: a reader that finds the slot sees the initialised position. */
-      atomic_store_explicit(&e->position_index[i], slot_tag(h) | (idx + 1),
+      /* release: a reader that finds the entry sees the initialised position. */
+      atomic_store_explicit(&e->position_index[i], index_tag(h) | (idx + 1),
                             memory_order_release);
     }
   }
@@ -165,19 +167,19 @@ int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
   return rc;
 }
 
-uint64_t atp_pos_begin(atp_pos_t *p) {
+uint64_t atp__position_begin(atp_position_record_t *p) {
   return atomic_fetch_add_explicit(&p->seq, ATP_SEQ_PENDING_ONE, memory_order_acq_rel);
 }
 
-uint64_t atp_pos_end(atp_pos_t *p, bool changed) {
+uint64_t atp__position_end(atp_position_record_t *p, bool changed) {
   uint64_t delta =
       changed ? 1 - ATP_SEQ_PENDING_ONE : (uint64_t)0 - ATP_SEQ_PENDING_ONE;
   uint64_t old = atomic_fetch_add_explicit(&p->seq, delta, memory_order_acq_rel);
   return ((old + delta) & ATP_SEQ_VERSION_MASK);
 }
 
-void atp_pos_lock(const atp_engine_t *e, atp_pos_t *p) {
-  _Atomic uint32_t *lock = &atp_pos_cold(e, p)->lock;
+void atp__position_lock(const atp_engine_t *e, atp_position_record_t *p) {
+  _Atomic uint32_t *lock = &atp__position_cold(e, p)->lock;
   for (uint32_t spins = 0;; spins++) {
     uint32_t expected = 0;
     if (atomic_compare_exchange_weak_explicit(lock, &expected, 1, memory_order_acquire,
@@ -187,15 +189,16 @@ void atp_pos_lock(const atp_engine_t *e, atp_pos_t *p) {
   }
 }
 
-void atp_pos_unlock(const atp_engine_t *e, atp_pos_t *p) {
-  atomic_store_explicit(&atp_pos_cold(e, p)->lock, 0, memory_order_release);
+void atp__position_unlock(const atp_engine_t *e, atp_position_record_t *p) {
+  atomic_store_explicit(&atp__position_cold(e, p)->lock, 0, memory_order_release);
 }
 
-bool atp_pos_take(atp_pos_t *p, int64_t qty, bool committed, uint64_t *version) {
+bool atp__position_take(atp_position_record_t *p, int64_t qty, bool committed,
+                        uint64_t *version) {
   ATP_ASSERT(qty > 0);
   int64_t free_now = atomic_load_explicit(&p->free, memory_order_acquire);
   if (free_now < qty) return false; /* the common refusal costs one load */
-  atp_pos_begin(p);
+  atp__position_begin(p);
   /* The grant: free only ever drops by a successful CAS from a value >= qty,
    * so the sum granted never exceeds what was free. */
   while (free_now >= qty) {
@@ -204,33 +207,33 @@ bool atp_pos_take(atp_pos_t *p, int64_t qty, bool committed, uint64_t *version) 
                                               memory_order_acquire)) {
       atomic_fetch_add_explicit(committed ? &p->committed : &p->reserved, qty,
                                 memory_order_acq_rel);
-      *version = atp_pos_end(p, true);
+      *version = atp__position_end(p, true);
       return true;
     }
   }
-  atp_pos_end(p, false);
+  atp__position_end(p, false);
   return false;
 }
 
-uint64_t atp_pos_give(atp_pos_t *p, int64_t qty, bool committed) {
-  atp_pos_begin(p);
+uint64_t atp__position_give(atp_position_record_t *p, int64_t qty, bool committed) {
+  atp__position_begin(p);
   int64_t was = atomic_fetch_sub_explicit(committed ? &p->committed : &p->reserved, qty,
                                           memory_order_acq_rel);
   ATP_ASSERT(was >= qty);
   atomic_fetch_add_explicit(&p->free, qty, memory_order_acq_rel);
-  return atp_pos_end(p, true);
+  return atp__position_end(p, true);
 }
 
-uint64_t atp_pos_commit(atp_pos_t *p, int64_t qty) {
-  atp_pos_begin(p);
+uint64_t atp__position_commit(atp_position_record_t *p, int64_t qty) {
+  atp__position_begin(p);
   int64_t was = atomic_fetch_sub_explicit(&p->reserved, qty, memory_order_acq_rel);
   ATP_ASSERT(was >= qty);
   atomic_fetch_add_explicit(&p->committed, qty, memory_order_acq_rel);
-  return atp_pos_end(p, true);
+  return atp__position_end(p, true);
 }
 
-void atp_pos_read(const atp_engine_t *e, uint32_t idx, atp_position_t *out) {
-  atp_pos_t *p = &e->positions[idx];
+void atp__position_read(const atp_engine_t *e, uint32_t idx, atp_position_t *out) {
+  atp_position_record_t *p = &e->positions[idx];
   int64_t reserved, committed, on_hand, safety, counted_at;
   uint64_t s1 = 0;
   for (int attempt = 0; attempt < READ_RETRIES_MAX; attempt++) {
@@ -243,8 +246,8 @@ void atp_pos_read(const atp_engine_t *e, uint32_t idx, atp_position_t *out) {
     uint64_t s2 = atomic_load_explicit(&p->seq, memory_order_acquire);
     if (s1 == s2 && (s1 & ~ATP_SEQ_VERSION_MASK) == 0) break;
   }
-  out->sku = atp_intern_str(e, p->sku);
-  out->location = atp_intern_str(e, p->location);
+  out->sku = atp__intern_str(e, p->sku);
+  out->location = atp__intern_str(e, p->location);
   out->on_hand = on_hand;
   out->safety_stock = safety;
   out->reserved = reserved;
@@ -264,14 +267,14 @@ void atp_pos_read(const atp_engine_t *e, uint32_t idx, atp_position_t *out) {
 int atp_position_get(const atp_engine_t *e, atp_str_t sku, atp_str_t location,
                      atp_position_t *out) {
   if (!sku.len || !location.len) return ATP_ENOTFOUND;
-  uint32_t idx = atp_pos_find_str(e, sku, location);
+  uint32_t idx = atp__position_find_str(e, sku, location);
   if (idx == UINT32_MAX) return ATP_ENOTFOUND;
-  atp_pos_read(e, idx, out);
+  atp__position_read(e, idx, out);
   return 0;
 }
 
 /* A batched read is a software pipeline of four stages over the keys: at step
- * t key t is hashed and its index slot prefetched, key t-D probes that slot
+ * t key t is hashed and its index entry prefetched, key t-D probes that entry
  * and prefetches its position, key t-2D prefetches the position's SKU string,
  * and key t-3D is compared and read. Each load was prefetched D steps earlier,
  * so about 2D cache misses are in flight while the CPU works on other keys. */
@@ -286,22 +289,22 @@ typedef struct {
 } read_stage_t;
 
 static void read_hash(const atp_engine_t *e, const atp_key_t *k, read_stage_t *st) {
-  st->sku_hash = atp_hash_bytes(k->sku.ptr, k->sku.len);
-  st->location_hash = atp_hash_bytes(k->location.ptr, k->location.len);
+  st->sku_hash = atp__hash_bytes(k->sku.ptr, k->sku.len);
+  st->location_hash = atp__hash_bytes(k->location.ptr, k->location.len);
   st->hash = pos_hash(st->sku_hash, st->location_hash);
   __builtin_prefetch(&e->position_index[st->hash & e->position_mask]);
 }
 
-/* The first slot whose tag matches is the candidate, fetched for reading or,
+/* The first entry whose tag matches is the candidate, fetched for reading or,
  * for a reservation about to CAS it, for writing. */
 static void probe_candidate(const atp_engine_t *e, read_stage_t *st, bool for_write) {
-  uint64_t tag = slot_tag(st->hash);
+  uint64_t tag = index_tag(st->hash);
   st->idx = UINT32_MAX;
   for (uint32_t j = (uint32_t)st->hash & e->position_mask;;
        j = (j + 1) & e->position_mask) {
     uint64_t v = atomic_load_explicit(&e->position_index[j], memory_order_acquire);
     if (v == 0) return;
-    if (slot_tag(v) != tag) continue;
+    if (index_tag(v) != tag) continue;
     st->idx = (uint32_t)v - 1;
     if (for_write)
       __builtin_prefetch(&e->positions[st->idx], 1);
@@ -315,14 +318,14 @@ static void read_probe(const atp_engine_t *e, read_stage_t *st) {
   probe_candidate(e, st, false);
 }
 
-uint64_t atp_pos_prefetch_slot(const atp_engine_t *e, atp_str_t sku,
-                               atp_str_t location) {
+uint64_t atp__position_prefetch_index(const atp_engine_t *e, atp_str_t sku,
+                                      atp_str_t location) {
   read_stage_t st;
   read_hash(e, &(atp_key_t){sku, location}, &st);
   return st.hash;
 }
 
-void atp_pos_prefetch_position(const atp_engine_t *e, uint64_t hash) {
+void atp__position_prefetch(const atp_engine_t *e, uint64_t hash) {
   read_stage_t st = {.hash = hash};
   probe_candidate(e, &st, true);
 }
@@ -331,14 +334,15 @@ static bool read_confirm(const atp_engine_t *e, const atp_key_t *k,
                          const read_stage_t *st, atp_position_t *out) {
   uint32_t idx = st->idx;
   if (idx == UINT32_MAX) return false;
-  const atp_pos_t *p = &e->positions[idx];
+  const atp_position_record_t *p = &e->positions[idx];
   /* A tag collision falls back to the full probe. */
   if (!intern_is(e->interns[p->sku], k->sku, st->sku_hash) ||
       !intern_is(e->interns[p->location], k->location, st->location_hash)) {
-    idx = atp_pos_find_hashed(e, k->sku, st->sku_hash, k->location, st->location_hash);
+    idx = atp__position_find_hashed(e, k->sku, st->sku_hash, k->location,
+                                    st->location_hash);
     if (idx == UINT32_MAX) return false;
   }
-  atp_pos_read(e, idx, out);
+  atp__position_read(e, idx, out);
   return true;
 }
 
@@ -379,8 +383,8 @@ static int position_order(const void *a, const void *b) {
 int atp_sku_positions(const atp_engine_t *e, atp_str_t sku, atp_position_t *out,
                       uint32_t out_max, uint32_t *count) {
   *count = 0;
-  if (!atp_id_valid(sku)) return 0;
-  uint32_t id = atp_intern_find(e, sku, atp_hash_bytes(sku.ptr, sku.len));
+  if (!atp__id_valid(sku)) return 0;
+  uint32_t id = atp__intern_find(e, sku, atp__hash_bytes(sku.ptr, sku.len));
   if (id == UINT32_MAX) return 0;
   uint32_t n = 0, total = 0;
   atp_position_t cand;
@@ -389,7 +393,7 @@ int atp_sku_positions(const atp_engine_t *e, atp_str_t sku, atp_position_t *out,
        v; v = atomic_load_explicit(&e->pos_cold[v - 1].next_in_sku,
                                    memory_order_acquire)) {
     total++;
-    atp_pos_read(e, v - 1, &cand);
+    atp__position_read(e, v - 1, &cand);
     if (n < out_max) {
       out[n++] = cand;
     } else if (out_max && position_order(&cand, &out[out_max - 1]) < 0) {
@@ -410,9 +414,9 @@ int atp_sku_positions(const atp_engine_t *e, atp_str_t sku, atp_position_t *out,
 
 /* --- history of on-hand changes (under the position lock) ------------------------- */
 
-void history_push(const atp_engine_t *e, atp_pos_t *p, int64_t occurred_at_ms,
-                  int64_t delta, int64_t now_ms) {
-  atp_pos_cold_t *cold = atp_pos_cold(e, p);
+void atp__history_push(const atp_engine_t *e, atp_position_record_t *p,
+                       int64_t occurred_at_ms, int64_t delta, int64_t now_ms) {
+  atp_position_cold_t *cold = atp__position_cold(e, p);
   atp_history_t *h = cold->history;
   int64_t horizon = now_ms - e->config.history_window_ms;
   if (h) {
@@ -457,9 +461,9 @@ void history_push(const atp_engine_t *e, atp_pos_t *p, int64_t occurred_at_ms,
 
 /* Sum of on-hand changes after t, and whether history reaches back to t.
  * O(entries), at most ATP_HISTORY_ENTRIES_MAX. */
-int64_t history_after(const atp_engine_t *e, const atp_pos_t *p, int64_t t,
-                      bool *complete) {
-  const atp_history_t *h = atp_pos_cold(e, p)->history;
+int64_t atp__history_after(const atp_engine_t *e, const atp_position_record_t *p,
+                           int64_t t, bool *complete) {
+  const atp_history_t *h = atp__position_cold(e, p)->history;
   int64_t sum = 0;
   *complete = true;
   if (!h) return 0;
@@ -471,28 +475,29 @@ int64_t history_after(const atp_engine_t *e, const atp_pos_t *p, int64_t t,
   return sum;
 }
 
-uint64_t atp_pos_fulfil(atp_engine_t *e, atp_pos_t *p, int64_t qty, int64_t now_ms) {
-  atp_pos_begin(p);
+uint64_t atp__position_fulfil(atp_engine_t *e, atp_position_record_t *p, int64_t qty,
+                              int64_t now_ms) {
+  atp__position_begin(p);
   int64_t was = atomic_fetch_sub_explicit(&p->committed, qty, memory_order_acq_rel);
   ATP_ASSERT(was >= qty);
   atomic_fetch_sub_explicit(&p->on_hand, qty, memory_order_acq_rel);
   /* free = on_hand - safety - reserved - committed: both fell by qty. */
-  uint64_t v = atp_pos_end(p, true);
-  history_push(e, p, now_ms, -qty, now_ms);
+  uint64_t v = atp__position_end(p, true);
+  atp__history_push(e, p, now_ms, -qty, now_ms);
   return v;
 }
 
-void atp_change_position(const atp_engine_t *e, atp_change_t *c, atp_cause_t cause,
-                         atp_str_t cause_id, uint32_t pos, int64_t d_on_hand,
-                         int64_t d_reserved, int64_t d_committed, uint64_t version) {
-  const atp_pos_t *p = &e->positions[pos];
+void atp__change_position(const atp_engine_t *e, atp_change_t *c, atp_cause_t cause,
+                          atp_str_t cause_id, uint32_t pos, int64_t d_on_hand,
+                          int64_t d_reserved, int64_t d_committed, uint64_t version) {
+  const atp_position_record_t *p = &e->positions[pos];
   memset(c, 0, sizeof *c);
   c->kind = ATP_CHANGE_POSITION;
   c->cause = cause;
   c->cause_id = cause_id;
-  c->at_ms = atp_now(e);
-  c->u.position.sku = atp_intern_str(e, p->sku);
-  c->u.position.location = atp_intern_str(e, p->location);
+  c->at_ms = atp__now(e);
+  c->u.position.sku = atp__intern_str(e, p->sku);
+  c->u.position.location = atp__intern_str(e, p->location);
   c->u.position.d_on_hand = d_on_hand;
   c->u.position.d_reserved = d_reserved;
   c->u.position.d_committed = d_committed;
