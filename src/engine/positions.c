@@ -175,6 +175,8 @@ uint64_t atp__position_end(atp_position_record_t *p, bool changed) {
   uint64_t delta =
       changed ? 1 - ATP_SEQ_PENDING_ONE : (uint64_t)0 - ATP_SEQ_PENDING_ONE;
   uint64_t old = atomic_fetch_add_explicit(&p->seq, delta, memory_order_acq_rel);
+  /* This writer's pending count was in the word; versions only grow. */
+  ATP_ASSERT(old >= ATP_SEQ_PENDING_ONE);
   return ((old + delta) & ATP_SEQ_VERSION_MASK);
 }
 
@@ -216,6 +218,7 @@ bool atp__position_take(atp_position_record_t *p, int64_t qty, bool committed,
 }
 
 uint64_t atp__position_give(atp_position_record_t *p, int64_t qty, bool committed) {
+  ATP_ASSERT(qty > 0);
   atp__position_begin(p);
   int64_t was = atomic_fetch_sub_explicit(committed ? &p->committed : &p->reserved, qty,
                                           memory_order_acq_rel);
@@ -225,6 +228,7 @@ uint64_t atp__position_give(atp_position_record_t *p, int64_t qty, bool committe
 }
 
 uint64_t atp__position_commit(atp_position_record_t *p, int64_t qty) {
+  ATP_ASSERT(qty > 0);
   atp__position_begin(p);
   int64_t was = atomic_fetch_sub_explicit(&p->reserved, qty, memory_order_acq_rel);
   ATP_ASSERT(was >= qty);

@@ -153,9 +153,12 @@ static uint32_t rec_find(const atp_engine_t *e, atp_str_t id) {
 }
 
 static int64_t line_remaining(const atp_reservation_line_t *l) {
-  return atomic_load_explicit(&l->qty, memory_order_acquire) -
-         atomic_load_explicit(&l->fulfilled, memory_order_acquire) -
-         atomic_load_explicit(&l->released, memory_order_acquire);
+  int64_t remaining = atomic_load_explicit(&l->qty, memory_order_acquire) -
+                      atomic_load_explicit(&l->fulfilled, memory_order_acquire) -
+                      atomic_load_explicit(&l->released, memory_order_acquire);
+  /* fulfilled + released <= qty: a line never gives back more than it took */
+  ATP_ASSERT(remaining >= 0);
+  return remaining;
 }
 
 static void copy_text(atp_reservation_t *out, size_t *at, atp_str_t *dst,
@@ -290,26 +293,48 @@ static void shortfall_add(atp_shortfalls_t *sf, uint32_t line, const atp_line_re
 
 /* Takes one request line's units into g. 1: not fillable (shortfall noted);
  * 0: taken; negative: an error (unknown group, too many positions). */
-static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t li,
-                      bool committed, grants_t *g, atp_shortfalls_t *sf,
-                      atp_result_t *result) {
-  uint64_t sku_hash = atp__hash_bytes(l->sku.ptr, l->sku.len);
+/* A split group line: takes what each location has, in group order, up to
+ * what is still needed. 0: filled; 1: not (shortfall noted); negative: too
+ * many positions. */
+static int grant_split(const atp_engine_t *e, const atp_line_req_t *l, uint32_t li,
+                       bool committed, uint64_t sku_hash,
+                       const atp_group_version_t *grp, grants_t *g,
+                       atp_shortfalls_t *sf, atp_result_t *result) {
+  int64_t need = l->qty, seen = 0;
   uint64_t version;
-  if (l->location.len) {
-    uint32_t pos =
-        atp__position_find_hashed(e, l->sku, sku_hash, l->location,
-                                  atp__hash_bytes(l->location.ptr, l->location.len));
-    if (pos != UINT32_MAX &&
-        atp__position_take(&e->positions[pos], l->qty, committed, &version)) {
-      if (grant_add(g, pos, l->qty, version) == 0) return 0;
-      atp__position_give(&e->positions[pos], l->qty, committed);
-      atp__result_set(result, "lines", "a reservation spans at most %d positions",
-                      ATP_RESERVATION_POSITIONS_MAX);
-      return ATP_EBADREQ;
+  for (uint32_t i = 0; i < grp->count && need > 0; i++) {
+    uint32_t pos = atp__position_find(e, l->sku, sku_hash, grp->locations[i]);
+    if (pos == UINT32_MAX) continue;
+    atp_position_record_t *p = &e->positions[pos];
+    /* Split: take what this location has, up to what is still needed; a lost
+     * race re-reads and tries the smaller amount. */
+    for (int64_t avail = pos_available(e, pos); avail > 0;
+         avail = pos_available(e, pos)) {
+      int64_t take = avail < need ? avail : need;
+      if (atp__position_take(p, take, committed, &version)) {
+        if (grant_add(g, pos, take, version)) {
+          atp__position_give(p, take, committed);
+          atp__result_set(result, "lines", "a reservation spans at most %d positions",
+                          ATP_RESERVATION_POSITIONS_MAX);
+          return ATP_EBADREQ;
+        }
+        need -= take;
+        seen += take;
+        break;
+      }
     }
-    shortfall_add(sf, li, l, pos_available(e, pos), (atp_str_t){NULL, 0}, -1);
-    return 1;
   }
+  if (need == 0) return 0;
+  shortfall_add(sf, li, l, seen, (atp_str_t){NULL, 0}, -1);
+  return 1;
+}
+
+/* A group line: the first location that fills it whole, else a split when
+ * the line allows one (fewer parcels, fewer picks). Returns as grant_line. */
+static int grant_group(const atp_engine_t *e, const atp_line_req_t *l, uint32_t li,
+                       bool committed, uint64_t sku_hash, grants_t *g,
+                       atp_shortfalls_t *sf, atp_result_t *result) {
+  uint64_t version;
   const atp_group_version_t *grp;
   if (atp__group_resolve(e, l->group, &grp)) {
     char field[32];
@@ -345,32 +370,30 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
                   seen);
     return 1;
   }
-  seen = 0;
-  for (uint32_t i = 0; i < grp->count && need > 0; i++) {
-    uint32_t pos = atp__position_find(e, l->sku, sku_hash, grp->locations[i]);
-    if (pos == UINT32_MAX) continue;
-    atp_position_record_t *p = &e->positions[pos];
-    /* Split: take what this location has, up to what is still needed; a lost
-     * race re-reads and tries the smaller amount. */
-    for (int64_t avail = pos_available(e, pos); avail > 0;
-         avail = pos_available(e, pos)) {
-      int64_t take = avail < need ? avail : need;
-      if (atp__position_take(p, take, committed, &version)) {
-        if (grant_add(g, pos, take, version)) {
-          atp__position_give(p, take, committed);
-          atp__result_set(result, "lines", "a reservation spans at most %d positions",
-                          ATP_RESERVATION_POSITIONS_MAX);
-          return ATP_EBADREQ;
-        }
-        need -= take;
-        seen += take;
-        break;
-      }
+  return grant_split(e, l, li, committed, sku_hash, grp, g, sf, result);
+}
+
+static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t li,
+                      bool committed, grants_t *g, atp_shortfalls_t *sf,
+                      atp_result_t *result) {
+  uint64_t sku_hash = atp__hash_bytes(l->sku.ptr, l->sku.len);
+  uint64_t version;
+  if (l->location.len) {
+    uint32_t pos =
+        atp__position_find_hashed(e, l->sku, sku_hash, l->location,
+                                  atp__hash_bytes(l->location.ptr, l->location.len));
+    if (pos != UINT32_MAX &&
+        atp__position_take(&e->positions[pos], l->qty, committed, &version)) {
+      if (grant_add(g, pos, l->qty, version) == 0) return 0;
+      atp__position_give(&e->positions[pos], l->qty, committed);
+      atp__result_set(result, "lines", "a reservation spans at most %d positions",
+                      ATP_RESERVATION_POSITIONS_MAX);
+      return ATP_EBADREQ;
     }
+    shortfall_add(sf, li, l, pos_available(e, pos), (atp_str_t){NULL, 0}, -1);
+    return 1;
   }
-  if (need == 0) return 0;
-  shortfall_add(sf, li, l, seen, (atp_str_t){NULL, 0}, -1);
-  return 1;
+  return grant_group(e, l, li, committed, sku_hash, g, sf, result);
 }
 
 static void grants_rollback(const atp_engine_t *e, grants_t *g, bool committed) {
@@ -656,6 +679,110 @@ static void prefetch_next_record(const atp_engine_t *e) {
   __builtin_prefetch(&e->reservation_table.entries[idx], 1);
 }
 
+/* The checks of a reserve request after its id and lines, and the hash of
+ * its content (what a replay must repeat). */
+static int reserve_check(const atp_reserve_req_t *req, uint64_t *content,
+                         atp_result_t *result) {
+  if (req->ttl_ms && (req->ttl_ms < ATP_TTL_MS_MIN || req->ttl_ms > ATP_TTL_MS_MAX))
+    return bad(result, "ttl_ms", "ttl_ms must be 1000..604800000");
+  if (!opt_valid(req->order_ref))
+    return bad(result, "order_ref", "order_ref must be 1..128 printable bytes");
+  if (!opt_valid(req->channel))
+    return bad(result, "channel", "channel must be 1..128 printable bytes");
+  if (!opt_valid(req->customer_id))
+    return bad(result, "customer_id", "customer_id must be 1..128 printable bytes");
+  *content =
+      hash_lines(atp__hash_int(0x5e5e, req->ttl_ms), req->lines, req->line_count);
+  *content = atp__hash_str(
+      atp__hash_str(atp__hash_str(*content, req->order_ref), req->channel),
+      req->customer_id);
+
+  return 0;
+}
+
+/* Claims the id: a fresh record, PENDING on the id's chain. 0: *idx is it.
+ * 1: an older twin got there first and *out is its replay (or
+ * ATP_EIDEMPOTENCY from reserve_replay). ATP_EFULL, ATP_ENOMEM. */
+static int reserve_claim(atp_engine_t *e, const atp_reserve_req_t *req, uint64_t hash,
+                         uint64_t content, uint32_t *claimed, atp_reservation_t *out,
+                         atp_result_t *result) {
+  uint32_t idx = atp__keyed_alloc(&e->reservation_table);
+  if (idx == UINT32_MAX) {
+    atp__result_set(result, "", "the reservation table is full; retry later");
+    return ATP_EFULL;
+  }
+  atp_reservation_record_t *r = &e->reservation_records[idx];
+  if (rec_init(r, req)) {
+    atomic_store(&e->reservation_table.entries[idx].state, ATP_REC_DEAD);
+    atp__keyed_push(&e->reservation_table, idx);
+    atp__reservation_queue(e, idx);
+    return ATP_ENOMEM;
+  }
+  r->content_hash = content;
+  e->reservation_table.entries[idx].hash = hash;
+  atomic_store_explicit(&e->reservation_table.entries[idx].state, ATP_REC_PENDING,
+                        memory_order_relaxed);
+  atp__keyed_push(&e->reservation_table, idx);
+  uint32_t found =
+      rec_find_from(e,
+                    atomic_load_explicit(&e->reservation_table.entries[idx].next,
+                                         memory_order_acquire),
+                    hash, req->id);
+  if (found != UINT32_MAX) { /* a twin got there first */
+    atomic_store_explicit(&e->reservation_table.entries[idx].state, ATP_REC_DEAD,
+                          memory_order_release);
+    atp__reservation_queue(e, idx);
+    int rc = reserve_replay(e, found, content, out, result);
+    return rc ? rc : 1;
+  }
+  *claimed = idx;
+  return 0;
+}
+
+/* A refused reserve after its claim: nothing is held, the record turns DEAD
+ * (the id stays free) and the versions the grants moved are recorded, so
+ * that a replayed journal never hands out a version twice. */
+static int reserve_refuse(atp_engine_t *e, const atp_reserve_req_t *req, uint32_t idx,
+                          const grants_t *g, changes_t *ch, int rc) {
+  ATP_ASSERT(rc < 0);
+  for (uint32_t i = 0; i < g->count; i++)
+    changes_pos(e, ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, 0, 0,
+                g->items[i].version);
+  atp__emit(e, ch->items, ch->count);
+  atomic_store_explicit(&e->reservation_table.entries[idx].state, ATP_REC_DEAD,
+                        memory_order_release);
+  atp__reservation_queue(e, idx);
+  return rc;
+}
+
+/* Fills the claimed record with the grants and publishes it LIVE. */
+static void reserve_publish(atp_engine_t *e, const atp_reserve_req_t *req, uint32_t idx,
+                            const grants_t *g, changes_t *ch, atp_reservation_t *out) {
+  atp_reservation_record_t *r = &e->reservation_records[idx];
+  int64_t now = atp__now(e), ttl = req->ttl_ms ? req->ttl_ms : ATP_TTL_MS_DEFAULT;
+  for (uint32_t i = 0; i < g->count; i++) {
+    line_add(r, g->items[i].pos, g->items[i].qty);
+    changes_pos(e, ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, g->items[i].qty,
+                0, g->items[i].version);
+  }
+  r->created_at_ms = now;
+  atomic_store_explicit(&r->expires_at_ms, now + ttl, memory_order_relaxed);
+  atomic_store_explicit(&r->ttl_ms, ttl, memory_order_relaxed);
+  atomic_store_explicit(&r->ended_at_ms, ATP_TIME_NONE, memory_order_relaxed);
+  atomic_store_explicit(&r->status, ATP_STATUS_HELD, memory_order_relaxed);
+  atomic_fetch_add_explicit(&e->status_count[atp__shard()][ATP_STATUS_HELD].value, 1,
+                            memory_order_relaxed);
+  /* Still PENDING, so no flag: nobody else reads or changes the record yet.
+   * The change records go out first, then LIVE is published (release): a
+   * mutation or read that finds the record sees all of the above, and its
+   * own change records come after these. */
+  atp__reservation_view(e, idx, out);
+  changes_emit(e, ch, ATP_CAUSE_RESERVE, out, NULL);
+  atomic_store_explicit(&e->reservation_table.entries[idx].state, ATP_REC_LIVE,
+                        memory_order_release);
+  atp__reservation_queue(e, idx);
+}
+
 int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t *out,
                 atp_shortfalls_t *shortfalls, atp_result_t *result) {
   ATP_ASSERT(out);
@@ -675,52 +802,18 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
   uint64_t pos_hash = first->location.len
                           ? atp__position_prefetch_index(e, first->sku, first->location)
                           : 0;
-  if (req->ttl_ms && (req->ttl_ms < ATP_TTL_MS_MIN || req->ttl_ms > ATP_TTL_MS_MAX))
-    return bad(result, "ttl_ms", "ttl_ms must be 1000..604800000");
-  if (!opt_valid(req->order_ref))
-    return bad(result, "order_ref", "order_ref must be 1..128 printable bytes");
-  if (!opt_valid(req->channel))
-    return bad(result, "channel", "channel must be 1..128 printable bytes");
-  if (!opt_valid(req->customer_id))
-    return bad(result, "customer_id", "customer_id must be 1..128 printable bytes");
-  uint64_t content =
-      hash_lines(atp__hash_int(0x5e5e, req->ttl_ms), req->lines, req->line_count);
-  content =
-      atp__hash_str(atp__hash_str(atp__hash_str(content, req->order_ref), req->channel),
-                    req->customer_id);
+  uint64_t content;
+  if ((rc = reserve_check(req, &content, result))) return rc;
 
   uint32_t found =
       rec_find_from(e, atp__keyed_head(&e->reservation_table, hash), hash, req->id);
   if (found != UINT32_MAX) return reserve_replay(e, found, content, out, result);
   if (first->location.len) atp__position_prefetch(e, pos_hash);
 
-  uint32_t idx = atp__keyed_alloc(&e->reservation_table);
-  if (idx == UINT32_MAX) {
-    atp__result_set(result, "", "the reservation table is full; retry later");
-    return ATP_EFULL;
-  }
+  uint32_t idx;
+  if ((rc = reserve_claim(e, req, hash, content, &idx, out, result)))
+    return rc == 1 ? 0 : rc;
   atp_reservation_record_t *r = &e->reservation_records[idx];
-  if (rec_init(r, req)) {
-    atomic_store(&e->reservation_table.entries[idx].state, ATP_REC_DEAD);
-    atp__keyed_push(&e->reservation_table, idx);
-    atp__reservation_queue(e, idx);
-    return ATP_ENOMEM;
-  }
-  r->content_hash = content;
-  e->reservation_table.entries[idx].hash = hash;
-  atomic_store_explicit(&e->reservation_table.entries[idx].state, ATP_REC_PENDING,
-                        memory_order_relaxed);
-  atp__keyed_push(&e->reservation_table, idx);
-  found = rec_find_from(e,
-                        atomic_load_explicit(&e->reservation_table.entries[idx].next,
-                                             memory_order_acquire),
-                        hash, req->id);
-  if (found != UINT32_MAX) { /* a twin got there first */
-    atomic_store_explicit(&e->reservation_table.entries[idx].state, ATP_REC_DEAD,
-                          memory_order_release);
-    atp__reservation_queue(e, idx);
-    return reserve_replay(e, found, content, out, result);
-  }
 
   grants_t *g = scratch_grants();
   rc = grant_all(e, req->lines, req->line_count, false, g, shortfalls, result);
@@ -730,41 +823,8 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
   }
   changes_t ch;
   changes_init(&ch);
-  if (rc) {
-    /* Versions moved even though nothing is held: record them so that a
-     * replayed journal never hands out a version twice. */
-    for (uint32_t i = 0; i < g->count; i++)
-      changes_pos(e, &ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, 0, 0,
-                  g->items[i].version);
-    atp__emit(e, ch.items, ch.count);
-    atomic_store_explicit(&e->reservation_table.entries[idx].state, ATP_REC_DEAD,
-                          memory_order_release);
-    atp__reservation_queue(e, idx);
-    return rc;
-  }
-
-  int64_t now = atp__now(e), ttl = req->ttl_ms ? req->ttl_ms : ATP_TTL_MS_DEFAULT;
-  for (uint32_t i = 0; i < g->count; i++) {
-    line_add(r, g->items[i].pos, g->items[i].qty);
-    changes_pos(e, &ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, g->items[i].qty,
-                0, g->items[i].version);
-  }
-  r->created_at_ms = now;
-  atomic_store_explicit(&r->expires_at_ms, now + ttl, memory_order_relaxed);
-  atomic_store_explicit(&r->ttl_ms, ttl, memory_order_relaxed);
-  atomic_store_explicit(&r->ended_at_ms, ATP_TIME_NONE, memory_order_relaxed);
-  atomic_store_explicit(&r->status, ATP_STATUS_HELD, memory_order_relaxed);
-  atomic_fetch_add_explicit(&e->status_count[atp__shard()][ATP_STATUS_HELD].value, 1,
-                            memory_order_relaxed);
-  /* Still PENDING, so no flag: nobody else reads or changes the record yet.
-   * The change records go out first, then LIVE is published (release): a
-   * mutation or read that finds the record sees all of the above, and its
-   * own change records come after these. */
-  atp__reservation_view(e, idx, out);
-  changes_emit(e, &ch, ATP_CAUSE_RESERVE, out, NULL);
-  atomic_store_explicit(&e->reservation_table.entries[idx].state, ATP_REC_LIVE,
-                        memory_order_release);
-  atp__reservation_queue(e, idx);
+  if (rc) return reserve_refuse(e, req, idx, g, &ch, rc);
+  reserve_publish(e, req, idx, g, &ch, out);
   prefetch_next_record(e);
   return 0;
 }
