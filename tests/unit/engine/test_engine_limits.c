@@ -183,7 +183,7 @@ static void test_groups_full(void) {
 static void test_interned_strings_full(void) {
   atp_engine_t *e = make(4, 16, 16);
   REQUIRE(e);
-  static char text[ATP_GROUP_LOCATIONS_MAX][16];
+  static char text[ATP_GROUP_LOCATIONS_MAX][32];
   static atp_str_t locs[ATP_GROUP_LOCATIONS_MAX];
   atp_result_t result = {0};
   int rc = 0, groups = 0;
