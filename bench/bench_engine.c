@@ -249,9 +249,10 @@ static void *reserver(void *arg) {
 
 /* Looks the position up and takes one unit from its free word; its index. */
 static uint32_t take_one(const worker_t *w, atp_str_t sku, atp_str_t location) {
-  uint32_t idx = atp_pos_find_str(w->e, sku, location);
+  uint32_t idx = atp__position_find_str(w->e, sku, location);
   uint64_t version;
-  if (idx == UINT32_MAX || !atp_pos_take(&w->e->positions[idx], 1, false, &version)) {
+  if (idx == UINT32_MAX ||
+      !atp__position_take(&w->e->positions[idx], 1, false, &version)) {
     fprintf(stderr, "take failed\n");
     exit(1);
   }
@@ -269,7 +270,7 @@ static void *taker(void *arg) {
       atp_str_t sku, location;
       draw_position(w, r, &sku, &location);
       uint32_t idx = take_one(w, sku, location);
-      atp_pos_give(&w->e->positions[idx], 1, false);
+      atp__position_give(&w->e->positions[idx], 1, false);
     }
     n += 1024;
     if (batch_end(w, end)) break;
@@ -308,19 +309,19 @@ static void *floorer(void *arg) {
       draw_position(w, r, &sku, &location);
       uint32_t len = make_id(id, w->thread, base + n + i);
       _Atomic uint32_t *head =
-          &floor_heads[atp_hash_bytes(id, len) & (FLOOR_BUCKETS - 1)];
+          &floor_heads[atp__hash_bytes(id, len) & (FLOOR_BUCKETS - 1)];
       /* The same overlap of misses as atp_reserve's. */
       __builtin_prefetch(head, 1);
-      uint64_t pos_hash = atp_pos_prefetch_slot(w->e, sku, location);
+      uint64_t pos_hash = atp__position_prefetch_index(w->e, sku, location);
       uint32_t old = atomic_load_explicit(head, memory_order_relaxed);
-      atp_pos_prefetch_position(w->e, pos_hash);
+      atp__position_prefetch(w->e, pos_hash);
       while (!atomic_compare_exchange_weak_explicit(
           head, &old, old + 1, memory_order_release, memory_order_relaxed)) {
       }
       stamps += clock_ms();
       uint32_t idx = take_one(w, sku, location);
       if (atomic_load_explicit(head, memory_order_acquire) == 0) exit(1);
-      atp_pos_give(&w->e->positions[idx], 1, false);
+      atp__position_give(&w->e->positions[idx], 1, false);
       stamps += clock_ms();
     }
     n += 1024;

@@ -16,6 +16,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Tests only: the n-th allocation from now (0: the next one) through
+ * atp_malloc, atp_calloc, atp_realloc or atp_table_alloc fails, once; n < 0
+ * turns a pending failure off. Compiled into every build, it costs each
+ * allocation one predicted branch. */
+void atp_memory_fail_after(long n);
+
 /* NULL on failure (never aborts). */
 void *atp_malloc(size_t bytes);
 void *atp_calloc(size_t count, size_t bytes);

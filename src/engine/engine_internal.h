@@ -1,5 +1,21 @@
-/* engine_internal.h - the engine's data layout, shared by engine.c,
- * keyed.c, reservations.c, idempotency.c and expiry.c. Not a public header.
+/* engine_internal.h - the engine's data layout and the internal API between
+ * its files (prefix atp__), in sections in the order the files depend on one
+ * another, lowest first; every arrow points down:
+ *
+ *   hash.h          hashing and short-string equality (inline)
+ *   keyed.c         per-thread shards; the keyed record table
+ *   timerwheel.c    the timer wheel (include/atp/timerwheel.h), knows no record
+ *   inbox.c         the rings that carry record refs to the ticker
+ *   common.c        clock, ids, results, scratch, change hook, retired memory
+ *   positions.c     interned strings, positions, reads, history, unit moves
+ *   idempotency.c   remembered client ids and their outcomes
+ *   stock.c         safety stock, adjustments, counts
+ *   groups.c        location groups
+ *   reservations.c  reservations and their expiry
+ *   lifecycle.c     create, destroy, stats, replay, the ticker: the one file
+ *                   that knows every kind of record
+ *
+ * Not a public header.
  *
  * Memory: every table is allocated at atp_engine_create from the config and
  * never resized. Positions and interned strings are never freed before
@@ -17,6 +33,8 @@
 
 #include "atp/assert.h"
 #include "atp/engine.h"
+#include "atp/timerwheel.h"
+#include "hash.h"
 
 /* A static helper whose only effects are __builtin_prefetch: GCC 12's
  * mod-ref analysis counts a prefetch as no effect at all, so it drops such a
@@ -24,13 +42,12 @@
  * before that analysis runs. `make check-prefetch` guards the objects. */
 #define ATP_PREFETCHER static inline __attribute__((always_inline))
 
-uint64_t atp_hash_bytes(const void *data, size_t len);
-static inline uint64_t atp_hash_mix(uint64_t a, uint64_t b) {
-  uint64_t h = a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
-  h ^= h >> 31;
-  h *= 0xbf58476d1ce4e5b9ULL;
-  h ^= h >> 29;
-  return h;
+/* content hashing for idempotency */
+static inline uint64_t atp__hash_str(uint64_t h, atp_str_t s) {
+  return atp__hash_mix(h, atp__hash_bytes(s.ptr, s.len) ^ s.len);
+}
+static inline uint64_t atp__hash_int(uint64_t h, int64_t v) {
+  return atp__hash_mix(h, (uint64_t)v);
 }
 
 /* --- per-thread shards ---------------------------------------------------------
@@ -45,21 +62,62 @@ typedef struct {
 } atp_padded_t;
 
 /* This thread's shard, 0..ATP_SHARDS-1, assigned round-robin on first use. */
-int atp_shard(void);
+int atp__shard(void);
+
+/* --- inboxes to the ticker (inbox.c) ------------------------------------------
+ * The timer wheel belongs to the one thread that calls atp_engine_tick. Other
+ * threads never touch it: they put the record's ref (an opaque nonzero word,
+ * lifecycle.c gives it its meaning) on their shard's inbox, and the ticker
+ * files the record from its current state. A flag per record keeps it queued
+ * at most once.
+ *
+ * A shard's inbox is a ring of refs the ticker reads in order, so it fetches
+ * the records ahead without chasing links from one to the next. A thread
+ * claims a cell by CAS on tail and then writes its ref; the ticker takes refs
+ * from head up to the first cell not written yet, zeroes them and moves head
+ * on. A ref that finds the ring full goes on the shard's overflow chain
+ * instead, a Treiber stack through the records' own links that the ticker
+ * drains whole with one exchange (so it has no ABA problem). */
+#define ATP_INBOX_RING (1u << 18) /* 1 MiB: 100 ms of 2M refs/s */
+typedef struct {
+  _Alignas(64) _Atomic uint64_t tail; /* cells claimed */
+  _Alignas(64) _Atomic uint64_t head; /* cells taken by the ticker */
+  _Alignas(64) _Atomic uint32_t refs[ATP_INBOX_RING];
+} atp_inbox_ring_t;
+
+/* What a record carries to be queued: its flag and its overflow link. */
+typedef struct {
+  _Atomic uint32_t next;   /* overflow chain link: a ref, 0 = end */
+  _Atomic uint32_t queued; /* 1 while the ref is on an inbox */
+} atp_inbox_link_t;
+
+typedef struct {
+  atp_inbox_ring_t *rings;           /* one per shard */
+  atp_padded_t overflow[ATP_SHARDS]; /* a full ring's refs: Treiber stacks */
+} atp_inbox_t;
+
+/* Refs, the ticker's names for records: a reservation's is its index+1, an
+ * idempotency record's its index+1 with this bit set. */
+#define ATP_REF_IDEM 0x80000000u
+
+int atp__inbox_init(atp_inbox_t *in);
+void atp__inbox_destroy(atp_inbox_t *in);
+/* Queues ref (whose record carries link) unless it is queued already. */
+void atp__inbox_push(atp_inbox_t *in, uint32_t ref, atp_inbox_link_t *link);
 
 /* --- interned strings ----------------------------------------------------- */
 
 typedef struct {
-  uint64_t hash;                   /* atp_hash_bytes of the text */
+  uint64_t hash;                   /* atp__hash_bytes of the text */
   _Atomic uint32_t first_position; /* SKUs: head of their position list, index+1 */
   uint32_t len;
-  char text[];                     /* len bytes then NUL */
-} atp_intern_t;
+  char text[]; /* len bytes then NUL */
+} atp_interned_t;
 
 /* --- positions ------------------------------------------------------------ */
 
 /* seq word: writers in flight in the top bits, version in the low 40 bits. */
-#define ATP_SEQ_PENDING_ONE (1ULL << 40)
+#define ATP_SEQ_PENDING_ONE  (1ULL << 40)
 #define ATP_SEQ_VERSION_MASK (ATP_SEQ_PENDING_ONE - 1)
 
 typedef struct {
@@ -73,11 +131,11 @@ typedef struct {
   _Atomic uint64_t seq;       /* pending writers << 40 | version */
   uint32_t sku;               /* intern id, immutable after publication */
   uint32_t location;          /* intern id, immutable after publication */
-} atp_pos_t;
+} atp_position_record_t;
 
 /* One cache line (the table is 2 MiB aligned): a read or a reservation touches
  * exactly one line of the position. */
-_Static_assert(sizeof(atp_pos_t) == 64, "a position is one cache line");
+_Static_assert(sizeof(atp_position_record_t) == 64, "a position is one cache line");
 
 /* What only on-hand writers and the endless aisle touch, in a table beside the
  * positions (same index), so it does not widen the line every read loads. */
@@ -85,7 +143,7 @@ typedef struct {
   _Atomic uint32_t next_in_sku; /* next position of the same SKU, index+1 */
   _Atomic uint32_t lock;        /* on-hand writers' spin flag: 0 free, 1 held */
   struct atp_history *history;  /* on-hand changes; NULL until one; under lock */
-} atp_pos_cold_t;
+} atp_position_cold_t;
 
 /* One on-hand change, kept so that a late count can add what it did not see. */
 typedef struct {
@@ -94,10 +152,10 @@ typedef struct {
 } atp_history_entry_t;
 
 typedef struct atp_history {
-  uint32_t head;         /* index of the oldest entry */
-  uint32_t count;        /* entries held, <= cap */
-  uint32_t cap;          /* allocated entries, <= ATP_HISTORY_ENTRIES_MAX */
-  int64_t floor_ms;      /* changes at or before this time may have been dropped */
+  uint32_t head;    /* index of the oldest entry */
+  uint32_t count;   /* entries held, <= cap */
+  uint32_t cap;     /* allocated entries, <= ATP_HISTORY_ENTRIES_MAX */
+  int64_t floor_ms; /* changes at or before this time may have been dropped */
   atp_history_entry_t entries[];
 } atp_history_t;
 
@@ -109,9 +167,9 @@ typedef struct {
 } atp_group_version_t;
 
 typedef struct {
-  uint32_t name; /* intern id */
+  uint32_t name;                          /* intern id */
   _Atomic(atp_group_version_t *) current; /* NULL: deleted */
-} atp_group_slot_t;
+} atp_group_entry_t;
 
 /* --- keyed record tables (keyed.c) ------------------------------------------
  * A fixed pool of records plus a hash table of chains through the records.
@@ -131,55 +189,56 @@ typedef struct {
   uint32_t limbo_tick;        /* low 32 bits of the tick count when it entered limbo */
   uint32_t limbo_ms;          /* low 32 bits of the monotonic clock then, in ms */
   uint8_t owner;              /* shard that allocated the record: it gets it back */
-} atp_slot_t;
-_Static_assert(sizeof(atp_slot_t) == 32, "two slots a cache line");
+} atp_keyed_entry_t;
+_Static_assert(sizeof(atp_keyed_entry_t) == 32, "two entries a cache line");
 
 typedef struct {
-  _Atomic uint32_t *heads;  /* bucket heads, record index+1 */
+  _Atomic uint32_t *heads; /* bucket heads, record index+1 */
   uint32_t bucket_mask;
-  atp_slot_t *slots;        /* one per record */
+  atp_keyed_entry_t *entries; /* one per record */
   uint32_t capacity;
-  uint64_t generation;      /* distinguishes tables for thread-local chunks */
-  _Atomic uint32_t bump;    /* records never used yet start here; threads take
-                               chunks of them */
+  uint64_t generation;                /* distinguishes tables for thread-local chunks */
+  _Atomic uint32_t bump;              /* records never used yet start here; threads take
+                                         chunks of them */
   atp_padded_t free_head[ATP_SHARDS]; /* tagged Treiber stacks: tag << 32 | index+1 */
-  _Atomic bool recycled;    /* a record has ever been put back on a free list */
+  _Atomic bool recycled;         /* a record has ever been put back on a free list */
   atp_padded_t live[ATP_SHARDS]; /* allocations, as int64 */
-  atp_padded_t retired;     /* ticker only writes: retirements, off live's sum */
+  atp_padded_t retired;          /* ticker only writes: retirements, off live's sum */
   /* limbo: ticker only */
   uint32_t limbo_head, limbo_tail; /* index+1 FIFO through free_next */
-} atp_keyed_t;
+} atp_keyed_table_t;
 
-int atp_keyed_init(atp_keyed_t *t, uint32_t capacity);
-void atp_keyed_destroy(atp_keyed_t *t);
+int atp__keyed_init(atp_keyed_table_t *t, uint32_t capacity);
+void atp__keyed_destroy(atp_keyed_table_t *t);
 /* A free record index, or UINT32_MAX when the pool is exhausted. */
-uint32_t atp_keyed_alloc(atp_keyed_t *t);
-/* The record atp_keyed_alloc would most likely return next on this thread,
+uint32_t atp__keyed_alloc(atp_keyed_table_t *t);
+/* The record atp__keyed_alloc would most likely return next on this thread,
  * without taking it (a hint for prefetching); UINT32_MAX if unknown. */
-uint32_t atp_keyed_peek(const atp_keyed_t *t);
+uint32_t atp__keyed_peek(const atp_keyed_table_t *t);
 /* Publishes record idx (state PENDING, hash set) on its chain. */
-void atp_keyed_push(atp_keyed_t *t, uint32_t idx);
+void atp__keyed_push(atp_keyed_table_t *t, uint32_t idx);
 /* Ticker only: unlinks idx from its chain and puts it in limbo. */
-void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick, int64_t now_ns);
+void atp__keyed_retire(atp_keyed_table_t *t, uint32_t idx, uint64_t tick,
+                       int64_t now_ns);
 /* Records in use, summed over shards. */
-uint64_t atp_keyed_live(const atp_keyed_t *t);
+uint64_t atp__keyed_live(const atp_keyed_table_t *t);
 /* Ticker only: recycles limbo records whose grace has passed. */
-void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick, int64_t now_ns);
-static inline uint32_t atp_keyed_head(const atp_keyed_t *t, uint64_t hash) {
+void atp__keyed_reclaim(atp_keyed_table_t *t, uint64_t tick, int64_t now_ns);
+static inline uint32_t atp__keyed_head(const atp_keyed_table_t *t, uint64_t hash) {
   return atomic_load_explicit(&t->heads[hash & t->bucket_mask], memory_order_acquire);
 }
 
 /* --- reservation records --------------------------------------------------- */
 
 typedef struct {
-  uint32_t pos;               /* position index; immutable once published */
+  uint32_t pos; /* position index; immutable once published */
   _Atomic int64_t qty;
   _Atomic int64_t fulfilled;
   _Atomic int64_t released;
-} atp_rline_t;
+} atp_reservation_line_t;
 
-#define ATP_RLINES_INLINE 2
-#define ATP_RTEXT_INLINE 256
+#define ATP_RESERVATION_LINES_INLINE 2
+#define ATP_RESERVATION_TEXT_INLINE  256
 
 /* Laid out by when it is touched: a single-line reservation whose id has at
  * most 24 bytes lives in its first three cache lines (header; lines; links
@@ -187,99 +246,70 @@ typedef struct {
  * period; those lines are fetched ahead of time (prefetch_next_record). */
 typedef struct {
   /* line 0: what reads and every mutation check */
-  _Atomic uint32_t lock;       /* mutation flag: 0 free, 1 held */
-  _Atomic uint32_t rseq;       /* odd while a mutation writes; readers validate */
-  _Atomic int32_t status;      /* atp_status_t */
+  _Atomic uint32_t lock;  /* mutation flag: 0 free, 1 held */
+  _Atomic uint32_t rseq;  /* odd while a mutation writes; readers validate */
+  _Atomic int32_t status; /* atp_status_t */
   uint16_t id_len, order_ref_len, channel_len, customer_id_len; /* immutable */
   _Atomic uint16_t order_id_len; /* set once at commit, after the bytes */
-  uint64_t content_hash;       /* of the creating request */
+  uint64_t content_hash;         /* of the creating request */
   int64_t created_at_ms;
   _Atomic int64_t expires_at_ms;
   _Atomic int64_t ttl_ms;
   _Atomic int64_t ended_at_ms;
   /* line 1 */
-  atp_rline_t inline_lines[ATP_RLINES_INLINE];
+  atp_reservation_line_t inline_lines[ATP_RESERVATION_LINES_INLINE];
   /* line 2 */
   _Atomic uint32_t line_count;
-  uint32_t line_cap;           /* under lock */
-  _Atomic(atp_rline_t *) lines; /* inline_lines or a heap array */
-  /* timer wheel, ticker only */
-  uint32_t wheel_prev, wheel_next; /* wheel refs, 0 = none */
-  int64_t wheel_due_ms;            /* ATP_TIME_NONE when not in the wheel */
-  /* inbox to the ticker */
-  _Atomic uint32_t inbox_next;
-  _Atomic uint32_t inbox_queued;
-  char *text;                  /* id, order_ref, channel, customer_id, order_id */
-  char inline_text[ATP_RTEXT_INLINE];
-} __attribute__((aligned(64))) atp_rrec_t;
-_Static_assert(offsetof(atp_rrec_t, inline_lines) == 64, "lines start line 1");
-_Static_assert(offsetof(atp_rrec_t, line_count) == 128, "links start line 2");
+  uint32_t line_cap;                       /* under lock */
+  _Atomic(atp_reservation_line_t *) lines; /* inline_lines or a heap array */
+  atp_timer_t timer;                       /* ticker only */
+  atp_inbox_link_t inbox;                  /* queued to the ticker */
+  char *text; /* id, order_ref, channel, customer_id, order_id */
+  char inline_text[ATP_RESERVATION_TEXT_INLINE];
+} __attribute__((aligned(64))) atp_reservation_record_t;
+_Static_assert(offsetof(atp_reservation_record_t, inline_lines) == 64,
+               "lines start line 1");
+_Static_assert(offsetof(atp_reservation_record_t, line_count) == 128,
+               "links start line 2");
 
-/* Offsets of the strings in rrec->text. */
-static inline const char *atp_rrec_id(const atp_rrec_t *r) { return r->text; }
-static inline const char *atp_rrec_order_ref(const atp_rrec_t *r) { return r->text + r->id_len; }
-static inline const char *atp_rrec_channel(const atp_rrec_t *r) {
+/* Offsets of the strings in reservation record->text. */
+static inline const char *atp__reservation_id(const atp_reservation_record_t *r) {
+  return r->text;
+}
+static inline const char *atp__reservation_order_ref(
+    const atp_reservation_record_t *r) {
+  return r->text + r->id_len;
+}
+static inline const char *atp__reservation_channel(const atp_reservation_record_t *r) {
   return r->text + r->id_len + r->order_ref_len;
 }
-static inline const char *atp_rrec_customer(const atp_rrec_t *r) {
+static inline const char *atp__reservation_customer(const atp_reservation_record_t *r) {
   return r->text + r->id_len + r->order_ref_len + r->channel_len;
 }
-static inline char *atp_rrec_order_id(atp_rrec_t *r) {
+static inline char *atp__reservation_order_id(atp_reservation_record_t *r) {
   return r->text + r->id_len + r->order_ref_len + r->channel_len + r->customer_id_len;
 }
 
 /* --- idempotency records --------------------------------------------------- */
 
-#define ATP_IDEM_APPLIED 1u
-#define ATP_IDEM_ABSORBED 2u
-#define ATP_IDEM_STALE 4u
+#define ATP_IDEM_APPLIED     1u
+#define ATP_IDEM_ABSORBED    2u
+#define ATP_IDEM_STALE       4u
 #define ATP_IDEM_APPROXIMATE 8u
 
 typedef struct {
-  uint8_t kind;                /* atp_idem_kind_t */
+  uint8_t kind; /* atp_idem_kind_t */
   uint8_t id_len;
   uint8_t resid_len;
   uint32_t flags;
   uint64_t content_hash;
   int64_t created_at_ms;
-  uint32_t pos;                /* adjust, count: the position */
-  atp_position_t outcome;      /* strings not kept: filled from pos on read */
+  uint32_t pos;                    /* adjust, count: the position */
+  atp_position_t outcome;          /* strings not kept: filled from pos on read */
   char text[2 * ATP_ID_BYTES_MAX]; /* id, then reservation id */
-  uint32_t wheel_prev, wheel_next;
-  int64_t wheel_due_ms;
-  _Atomic uint32_t inbox_next;
-  _Atomic uint32_t inbox_queued;
-} atp_irec_t;
-
-/* --- timer wheel (expiry.c) ------------------------------------------------- */
-
-#define ATP_WHEEL_LEVELS 4
-#define ATP_WHEEL_SLOTS 256
-#define ATP_WHEEL_TICK_MS 64
-
-/* A wheel ref names a record: reservation index+1, or idempotency index+1 with
- * the top bit set. 0 is none. */
-#define ATP_REF_IDEM 0x80000000u
-
-/* A shard's inbox: a ring of refs the ticker reads in order, so it fetches
- * the records ahead without chasing links from one to the next. A thread
- * claims a slot by CAS on tail and then writes its ref; the ticker takes refs
- * from head up to the first slot not written yet, zeroes them and moves head
- * on. A ref that finds the ring full goes on the shard's chain instead. */
-#define ATP_INBOX_RING (1u << 18) /* 1 MiB: 100 ms of 2M refs/s */
-typedef struct {
-  _Alignas(64) _Atomic uint64_t tail; /* slots claimed */
-  _Alignas(64) _Atomic uint64_t head; /* slots taken by the ticker */
-  _Alignas(64) _Atomic uint32_t refs[ATP_INBOX_RING];
-} atp_inbox_t;
-
-typedef struct {
-  uint32_t slots[ATP_WHEEL_LEVELS][ATP_WHEEL_SLOTS]; /* list heads (refs) */
-  int64_t now_tick;        /* every slot up to this tick has been processed */
-  bool started;
-  atp_inbox_t *inboxes;           /* one per shard */
-  atp_padded_t inbox[ATP_SHARDS]; /* a full ring's overflow: Treiber stacks of refs */
-} atp_wheel_t;
+  atp_timer_t timer;               /* ticker only */
+  atp_inbox_link_t inbox;          /* queued to the ticker */
+} atp_idempotency_record_t;
 
 /* --- retired memory --------------------------------------------------------- */
 
@@ -298,88 +328,53 @@ struct atp_engine {
   pthread_mutex_t create_lock; /* creating positions, strings, groups */
 
   /* interned strings */
-  atp_intern_t **interns;      /* id -> string; ids dense from 0 */
+  atp_interned_t **interns; /* id -> string; ids dense from 0 */
   _Atomic uint32_t intern_count;
   uint32_t intern_max;
   _Atomic uint32_t *intern_index; /* open addressing: id+1 */
   uint32_t intern_mask;
 
   /* positions */
-  atp_pos_t *positions;
-  atp_pos_cold_t *pos_cold;    /* beside positions, same index */
+  atp_position_record_t *positions;
+  atp_position_cold_t *pos_cold; /* beside positions, same index */
   _Atomic uint32_t position_count;
   _Atomic uint64_t *position_index; /* open addressing: hash tag << 32 | index+1 */
   uint32_t position_mask;
 
   /* groups */
-  atp_group_slot_t *groups;
+  atp_group_entry_t *groups;
   _Atomic uint32_t group_count;
-  _Atomic uint32_t *group_index;  /* open addressing: slot+1 */
+  _Atomic uint32_t *group_index; /* open addressing: slot+1 */
   uint32_t group_mask;
 
   /* reservations and idempotency */
-  atp_keyed_t rtable;
-  atp_rrec_t *rrecs;
-  atp_keyed_t itable;
-  atp_irec_t *irecs;
+  atp_keyed_table_t reservation_table;
+  atp_reservation_record_t *reservation_records;
+  atp_keyed_table_t idempotency_table;
+  atp_idempotency_record_t *idempotency_records;
 
   /* ticker */
-  atp_wheel_t wheel;
+  atp_timerwheel_t wheel;
+  atp_inbox_t inbox;
+  uint32_t tick_expired; /* reservations the running tick expired */
   uint64_t tick_count;
-  int64_t tick_mono_ns;   /* atp_mono_ns at the start of the tick */
-  _Atomic(atp_retired_t *) retired;   /* pushed by any thread */
-  atp_retired_t *retired_waiting;    /* ticker only */
+  int64_t tick_mono_ns;             /* atp__mono_ns at the start of the tick */
+  _Atomic(atp_retired_t *) retired; /* pushed by any thread */
+  atp_retired_t *retired_waiting;   /* ticker only */
 
   /* stats */
-  _Atomic uint64_t expirations; /* ticker only writes it */
+  _Atomic uint64_t expirations;             /* ticker only writes it */
   atp_padded_t status_count[ATP_SHARDS][5]; /* per shard, as int64 deltas */
   atp_padded_t purged_count[5]; /* ticker only writes: purged, by status; comes
                                    off status_count's sum */
 };
 
-/* engine.c */
-int64_t atp_now(const atp_engine_t *e);
-int64_t atp_mono_ns(void);
-bool atp_id_valid(atp_str_t s);
-uint32_t atp_intern_find(const atp_engine_t *e, atp_str_t s, uint64_t hash);
-atp_str_t atp_intern_str(const atp_engine_t *e, uint32_t id);
-/* Position look-ups: the index of the position or UINT32_MAX. _hashed takes
- * both strings' hashes and compares the strings, so the location needs no
- * intern look-up first. */
-uint32_t atp_pos_find_hashed(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
-                             atp_str_t location, uint64_t location_hash);
-uint32_t atp_pos_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
-                      uint32_t location_id);
-/* A look-up started early, in two steps that only warm the cache: the first
- * fetches the index slot and returns the position hash; the second, once the
- * slot has had time to arrive, fetches the position for writing. */
-uint64_t atp_pos_prefetch_slot(const atp_engine_t *e, atp_str_t sku,
-                               atp_str_t location);
-void atp_pos_prefetch_position(const atp_engine_t *e, uint64_t hash);
-uint32_t atp_pos_find_str(const atp_engine_t *e, atp_str_t sku, atp_str_t location);
-int atp_pos_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
-                           uint32_t *out);
-void atp_pos_read(const atp_engine_t *e, uint32_t idx, atp_position_t *out);
-uint64_t atp_pos_begin(atp_pos_t *p);
-uint64_t atp_pos_end(atp_pos_t *p, bool changed); /* returns version after */
-static inline atp_pos_cold_t *atp_pos_cold(const atp_engine_t *e, const atp_pos_t *p) {
-  return &e->pos_cold[p - e->positions];
-}
-void atp_pos_lock(const atp_engine_t *e, atp_pos_t *p);
-void atp_pos_unlock(const atp_engine_t *e, atp_pos_t *p);
-/* reserve qty: CAS on free; true when granted. version gets the new version. */
-bool atp_pos_take(atp_pos_t *p, int64_t qty, bool committed, uint64_t *version);
-/* give back units taken by atp_pos_take (reserved or committed) */
-uint64_t atp_pos_give(atp_pos_t *p, int64_t qty, bool committed);
-/* move held units to committed */
-uint64_t atp_pos_commit(atp_pos_t *p, int64_t qty);
-/* fulfil: on_hand and committed drop; caller holds the position lock */
-uint64_t atp_pos_fulfil(atp_engine_t *e, atp_pos_t *p, int64_t qty, int64_t now_ms);
-void atp_change_position(const atp_engine_t *e, atp_change_t *c, atp_cause_t cause,
-                         atp_str_t cause_id, uint32_t pos, int64_t d_on_hand,
-                         int64_t d_reserved, int64_t d_committed, uint64_t version);
-void atp_emit(const atp_engine_t *e, const atp_change_t *records, uint32_t count);
-void atp_retire(atp_engine_t *e, void *ptr);
+/* common.c */
+int64_t atp__now(const atp_engine_t *e);
+int64_t atp__mono_ns(void);
+bool atp__id_valid(atp_str_t s);
+void atp__result_set(atp_result_t *r, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* Per-thread scratch buffers, allocated on first use, freed at thread exit. */
 typedef enum {
   ATP_SCRATCH_CHANGES,
@@ -387,53 +382,117 @@ typedef enum {
   ATP_SCRATCH_GRANTS,
   ATP_SCRATCH_KINDS_
 } atp_scratch_kind_t;
-void *atp_scratch(atp_scratch_kind_t kind, size_t bytes);
+void *atp__scratch(atp_scratch_kind_t kind, size_t bytes);
 /* thread-local scratch for change records and reservation views */
-atp_change_t *atp_scratch_changes(uint32_t *cap);
-atp_reservation_t *atp_scratch_view(void);
-void atp_result_set(atp_result_t *r, const char *field, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-int atp_group_resolve(const atp_engine_t *e, atp_str_t name,
-                      const atp_group_version_t **out);
+atp_change_t *atp__scratch_changes(uint32_t *cap);
+atp_reservation_t *atp__scratch_view(void);
+void atp__emit(const atp_engine_t *e, const atp_change_t *records, uint32_t count);
+void atp__retire(atp_engine_t *e, void *ptr);
 
-/* reservations.c */
-int atp_reservations_init(atp_engine_t *e);
-void atp_reservations_destroy(atp_engine_t *e);
-void atp_rrec_view(const atp_engine_t *e, uint32_t idx, atp_reservation_t *out);
-/* ticker: decides, under the record's flag, whether record idx expires now
- * (returns true if it did), when to look again (*due) and whether its
- * retention has passed (*purge) */
-bool atp_rrec_due(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due, bool *purge);
-/* ticker: emits the purge record of an ended reservation */
-void atp_rrec_purged(atp_engine_t *e, uint32_t idx);
-int atp_reservation_apply(atp_engine_t *e, const atp_change_t *c);
+/* positions.c */
+uint32_t atp__intern_find(const atp_engine_t *e, atp_str_t s, uint64_t hash);
+atp_str_t atp__intern_str(const atp_engine_t *e, uint32_t id);
+/* Caller holds create_lock. 0, ATP_EFULL or ATP_ENOMEM. */
+int atp__intern_locked(atp_engine_t *e, atp_str_t s, uint32_t *out);
+/* Position look-ups: the index of the position or UINT32_MAX. _hashed takes
+ * both strings' hashes and compares the strings, so the location needs no
+ * intern look-up first. */
+uint32_t atp__position_find_hashed(const atp_engine_t *e, atp_str_t sku,
+                                   uint64_t sku_hash, atp_str_t location,
+                                   uint64_t location_hash);
+uint32_t atp__position_find(const atp_engine_t *e, atp_str_t sku, uint64_t sku_hash,
+                            uint32_t location_id);
+/* A look-up started early, in two steps that only warm the cache: the first
+ * fetches the index entry and returns the position hash; the second, once the
+ * entry has had time to arrive, fetches the position for writing. */
+uint64_t atp__position_prefetch_index(const atp_engine_t *e, atp_str_t sku,
+                                      atp_str_t location);
+void atp__position_prefetch(const atp_engine_t *e, uint64_t hash);
+uint32_t atp__position_find_str(const atp_engine_t *e, atp_str_t sku,
+                                atp_str_t location);
+int atp__position_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t location,
+                                 uint32_t *out);
+void atp__position_read(const atp_engine_t *e, uint32_t idx, atp_position_t *out);
+uint64_t atp__position_begin(atp_position_record_t *p);
+uint64_t atp__position_end(atp_position_record_t *p,
+                           bool changed); /* returns version after */
+static inline atp_position_cold_t *atp__position_cold(const atp_engine_t *e,
+                                                      const atp_position_record_t *p) {
+  return &e->pos_cold[p - e->positions];
+}
+void atp__position_lock(const atp_engine_t *e, atp_position_record_t *p);
+void atp__position_unlock(const atp_engine_t *e, atp_position_record_t *p);
+/* reserve qty: CAS on free; true when granted. version gets the new version. */
+bool atp__position_take(atp_position_record_t *p, int64_t qty, bool committed,
+                        uint64_t *version);
+/* give back units taken by atp__position_take (reserved or committed) */
+uint64_t atp__position_give(atp_position_record_t *p, int64_t qty, bool committed);
+/* move held units to committed */
+uint64_t atp__position_commit(atp_position_record_t *p, int64_t qty);
+/* fulfil: on_hand and committed drop; caller holds the position lock */
+uint64_t atp__position_fulfil(atp_engine_t *e, atp_position_record_t *p, int64_t qty,
+                              int64_t now_ms);
+/* The on-hand history (under the position lock): a change, and the sum of
+ * changes after t with whether the history reaches back to t. */
+void atp__history_push(const atp_engine_t *e, atp_position_record_t *p,
+                       int64_t occurred_at_ms, int64_t delta, int64_t now_ms);
+int64_t atp__history_after(const atp_engine_t *e, const atp_position_record_t *p,
+                           int64_t t, bool *complete);
+void atp__change_position(const atp_engine_t *e, atp_change_t *c, atp_cause_t cause,
+                          atp_str_t cause_id, uint32_t pos, int64_t d_on_hand,
+                          int64_t d_reserved, int64_t d_committed, uint64_t version);
+static inline bool atp__qty_in_range(int64_t v) {
+  return v >= -ATP_QTY_MAX && v <= ATP_QTY_MAX;
+}
 
 /* idempotency.c */
-int atp_idem_init(atp_engine_t *e);
-void atp_idem_destroy(atp_engine_t *e);
+int atp__idem_init(atp_engine_t *e);
+void atp__idem_destroy(atp_engine_t *e);
 /* Claims (kind, id). 0: claimed, *idx is a PENDING record the caller must
- * finish with atp_idem_done or atp_idem_fail. 1: an earlier call with the same
+ * finish with atp__idem_done or atp__idem_fail. 1: an earlier call with the same
  * content finished: *idx is its record. ATP_EIDEMPOTENCY, ATP_EFULL. */
-int atp_idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
-                   uint64_t content_hash, uint32_t *idx, atp_result_t *result);
-void atp_idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
-                   const atp_position_t *outcome, atp_str_t reservation_id,
-                   atp_change_t *record);
-void atp_idem_fail(atp_engine_t *e, uint32_t idx);
-/* ticker: emits the purge record of a remembered id */
-void atp_idem_purged(atp_engine_t *e, uint32_t idx);
-int atp_idem_apply(atp_engine_t *e, const atp_change_t *c);
+int atp__idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
+                    uint64_t content_hash, uint32_t *idx, atp_result_t *result);
+void atp__idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
+                    const atp_position_t *outcome, atp_str_t reservation_id,
+                    atp_change_t *record);
+void atp__idem_fail(atp_engine_t *e, uint32_t idx);
+int atp__idem_apply(atp_engine_t *e, const atp_change_t *c);
+/* Ticker: when record idx is due (ATP_TIME_NONE: never), read without a
+ * flag; and the purge of a record whose time came. */
+int64_t atp__idem_due(const atp_engine_t *e, uint32_t idx, int64_t now_ms);
+void atp__idem_purge(atp_engine_t *e, uint32_t idx);
+/* Queues the record to the ticker (lifecycle.c decodes the ref). */
+void atp__idem_queue(atp_engine_t *e, uint32_t idx);
 
-/* expiry.c */
-void atp_wheel_enqueue_res(atp_engine_t *e, uint32_t idx);
-void atp_wheel_enqueue_idem(atp_engine_t *e, uint32_t idx);
+/* groups.c */
+int atp__group_resolve(const atp_engine_t *e, atp_str_t name,
+                       const atp_group_version_t **out);
+/* Replay (emit false, no result) and the public calls. */
+int atp__group_put(atp_engine_t *e, atp_str_t name, const atp_str_t *locations,
+                   uint32_t count, atp_result_t *result, bool emit);
+int atp__group_install(atp_engine_t *e, atp_str_t name, atp_group_version_t *g,
+                       const atp_str_t *locations, atp_result_t *result, bool emit);
 
-/* content hashing for idempotency */
-static inline uint64_t atp_hash_str(uint64_t h, atp_str_t s) {
-  return atp_hash_mix(h, atp_hash_bytes(s.ptr, s.len) ^ s.len);
-}
-static inline uint64_t atp_hash_int(uint64_t h, int64_t v) {
-  return atp_hash_mix(h, (uint64_t)v);
-}
+/* reservations.c */
+int atp__reservations_init(atp_engine_t *e);
+void atp__reservations_destroy(atp_engine_t *e);
+void atp__reservation_view(const atp_engine_t *e, uint32_t idx, atp_reservation_t *out);
+int atp__reservation_apply(atp_engine_t *e, const atp_change_t *c);
+/* Ticker: where record idx belongs now, read without its flag (good enough
+ * to file it: atp__reservation_fire decides again under the flag). ATP_TIME_NONE for
+ * nowhere. */
+int64_t atp__reservation_due(const atp_engine_t *e, uint32_t idx, int64_t now_ms);
+/* Ticker: the record's time came. Decides under the record's flag whether it
+ * expires now (returns true if it did), when to look again (*due,
+ * ATP_TIME_NONE: not until something changes) and whether its retention has
+ * passed (*purge). */
+bool atp__reservation_fire(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due,
+                           bool *purge);
+/* Ticker: whether the record will be purged when its turn comes (a guess, for
+ * prefetching). */
+bool atp__reservation_purge_bound(const atp_engine_t *e, uint32_t idx, int64_t now_ms);
+void atp__reservation_purge(atp_engine_t *e, uint32_t idx);
+void atp__reservation_queue(atp_engine_t *e, uint32_t idx);
 
 #endif

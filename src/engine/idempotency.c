@@ -19,17 +19,19 @@
 #include "atp/memory.h"
 #include "engine_internal.h"
 
-int atp_idem_init(atp_engine_t *e) {
+int atp__idem_init(atp_engine_t *e) {
   ATP_ASSERT(e->config.idempotency_max < (1u << 30));
-  e->irecs = atp_table_alloc(e->config.idempotency_max, sizeof *e->irecs, false);
-  if (!e->irecs) return ATP_ENOMEM;
-  return atp_keyed_init(&e->itable, e->config.idempotency_max);
+  e->idempotency_records =
+      atp_table_alloc(e->config.idempotency_max, sizeof *e->idempotency_records, false);
+  if (!e->idempotency_records) return ATP_ENOMEM;
+  return atp__keyed_init(&e->idempotency_table, e->config.idempotency_max);
 }
 
-void atp_idem_destroy(atp_engine_t *e) {
-  atp_keyed_destroy(&e->itable);
-  atp_table_free(e->irecs, e->config.idempotency_max, sizeof *e->irecs);
-  e->irecs = NULL;
+void atp__idem_destroy(atp_engine_t *e) {
+  atp__keyed_destroy(&e->idempotency_table);
+  atp_table_free(e->idempotency_records, e->config.idempotency_max,
+                 sizeof *e->idempotency_records);
+  e->idempotency_records = NULL;
 }
 
 /* The namespace a kind's ids live in (engine.h): adjustments and counts share
@@ -40,13 +42,13 @@ static uint32_t idem_namespace(atp_idem_kind_t kind) {
 }
 
 static uint64_t idem_hash(atp_idem_kind_t kind, atp_str_t id) {
-  return atp_hash_mix(atp_hash_bytes(id.ptr, id.len), idem_namespace(kind));
+  return atp__hash_mix(atp__hash_bytes(id.ptr, id.len), idem_namespace(kind));
 }
 
 static bool idem_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash,
                           atp_idem_kind_t kind, atp_str_t id) {
-  const atp_irec_t *r = &e->irecs[idx];
-  return e->itable.slots[idx].hash == hash &&
+  const atp_idempotency_record_t *r = &e->idempotency_records[idx];
+  return e->idempotency_table.entries[idx].hash == hash &&
          idem_namespace((atp_idem_kind_t)r->kind) == idem_namespace(kind) &&
          r->id_len == id.len && memcmp(r->text, id.ptr, id.len) == 0;
 }
@@ -55,17 +57,18 @@ static bool idem_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash,
  * ones and waiting out PENDING ones. Returns the LIVE record or UINT32_MAX. */
 static uint32_t idem_find_from(atp_engine_t *e, uint32_t v, uint64_t hash,
                                atp_idem_kind_t kind, atp_str_t id) {
-  for (; v;
-       v = atomic_load_explicit(&e->itable.slots[v - 1].next, memory_order_acquire)) {
+  for (; v; v = atomic_load_explicit(&e->idempotency_table.entries[v - 1].next,
+                                     memory_order_acquire)) {
     uint32_t idx = v - 1;
-    uint32_t st =
-        atomic_load_explicit(&e->itable.slots[idx].state, memory_order_acquire);
+    uint32_t st = atomic_load_explicit(&e->idempotency_table.entries[idx].state,
+                                       memory_order_acquire);
     if (st == ATP_REC_FREE || st == ATP_REC_DEAD ||
         !idem_same_key(e, idx, hash, kind, id))
       continue;
     while (st == ATP_REC_PENDING) {
       sched_yield();
-      st = atomic_load_explicit(&e->itable.slots[idx].state, memory_order_acquire);
+      st = atomic_load_explicit(&e->idempotency_table.entries[idx].state,
+                                memory_order_acquire);
     }
     if (st == ATP_REC_LIVE) return idx;
   }
@@ -74,61 +77,63 @@ static uint32_t idem_find_from(atp_engine_t *e, uint32_t v, uint64_t hash,
 
 static int idem_existing(atp_engine_t *e, uint32_t found, atp_idem_kind_t kind,
                          uint64_t content_hash, uint32_t *idx, atp_result_t *result) {
-  if (e->irecs[found].kind != kind) {
-    atp_result_set(
-        result, "id", "this id was already used for %s",
-        e->irecs[found].kind == ATP_IDEM_COUNT ? "a count" : "an adjustment");
+  if (e->idempotency_records[found].kind != kind) {
+    atp__result_set(result, "id", "this id was already used for %s",
+                    e->idempotency_records[found].kind == ATP_IDEM_COUNT
+                        ? "a count"
+                        : "an adjustment");
     return ATP_EIDEMPOTENCY;
   }
-  if (e->irecs[found].content_hash != content_hash) {
-    atp_result_set(result, "id", "This id was already used with different content.");
+  if (e->idempotency_records[found].content_hash != content_hash) {
+    atp__result_set(result, "id", "This id was already used with different content.");
     return ATP_EIDEMPOTENCY;
   }
   *idx = found;
   return 1;
 }
 
-int atp_idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
-                   uint64_t content_hash, uint32_t *idx, atp_result_t *result) {
+int atp__idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
+                    uint64_t content_hash, uint32_t *idx, atp_result_t *result) {
   uint64_t hash = idem_hash(kind, id);
-  uint32_t found = idem_find_from(e, atp_keyed_head(&e->itable, hash), hash, kind, id);
+  uint32_t found =
+      idem_find_from(e, atp__keyed_head(&e->idempotency_table, hash), hash, kind, id);
   if (found != UINT32_MAX)
     return idem_existing(e, found, kind, content_hash, idx, result);
-  uint32_t mine = atp_keyed_alloc(&e->itable);
+  uint32_t mine = atp__keyed_alloc(&e->idempotency_table);
   if (mine == UINT32_MAX) {
-    atp_result_set(result, "", "The idempotency id store is full; retry later.");
+    atp__result_set(result, "", "The idempotency id store is full; retry later.");
     return ATP_EFULL;
   }
-  atp_irec_t *r = &e->irecs[mine];
+  atp_idempotency_record_t *r = &e->idempotency_records[mine];
   r->kind = (uint8_t)kind;
   r->id_len = (uint8_t)id.len;
   r->resid_len = 0;
   memcpy(r->text, id.ptr, id.len);
   r->content_hash = content_hash;
-  r->created_at_ms = atp_now(e);
+  r->created_at_ms = atp__now(e);
   r->flags = 0;
-  r->wheel_prev = r->wheel_next = 0;
-  r->wheel_due_ms = ATP_TIME_NONE;
-  e->itable.slots[mine].hash = hash;
-  atomic_store_explicit(&e->itable.slots[mine].state, ATP_REC_PENDING,
+  atp_timer_init(&r->timer);
+  e->idempotency_table.entries[mine].hash = hash;
+  atomic_store_explicit(&e->idempotency_table.entries[mine].state, ATP_REC_PENDING,
                         memory_order_relaxed);
-  atp_keyed_push(&e->itable, mine);
+  atp__keyed_push(&e->idempotency_table, mine);
   /* Anything older with this key, below ours in the chain, wins. */
-  found = idem_find_from(
-      e, atomic_load_explicit(&e->itable.slots[mine].next, memory_order_acquire), hash,
-      kind, id);
+  found = idem_find_from(e,
+                         atomic_load_explicit(&e->idempotency_table.entries[mine].next,
+                                              memory_order_acquire),
+                         hash, kind, id);
   if (found != UINT32_MAX) {
-    atp_idem_fail(e, mine);
+    atp__idem_fail(e, mine);
     return idem_existing(e, found, kind, content_hash, idx, result);
   }
   *idx = mine;
   return 0;
 }
 
-void atp_idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
-                   const atp_position_t *outcome, atp_str_t reservation_id,
-                   atp_change_t *record) {
-  atp_irec_t *r = &e->irecs[idx];
+void atp__idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
+                    const atp_position_t *outcome, atp_str_t reservation_id,
+                    atp_change_t *record) {
+  atp_idempotency_record_t *r = &e->idempotency_records[idx];
   r->flags = flags;
   r->pos = pos;
   if (outcome)
@@ -140,7 +145,7 @@ void atp_idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
   if (reservation_id.len)
     memcpy(r->text + r->id_len, reservation_id.ptr, reservation_id.len);
   /* release: whoever sees LIVE sees the outcome. */
-  atomic_store_explicit(&e->itable.slots[idx].state, ATP_REC_LIVE,
+  atomic_store_explicit(&e->idempotency_table.entries[idx].state, ATP_REC_LIVE,
                         memory_order_release);
   if (record) {
     memset(record, 0, sizeof *record);
@@ -172,65 +177,84 @@ void atp_idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
         break;
     }
   }
-  atp_wheel_enqueue_idem(e, idx);
+  atp__idem_queue(e, idx);
 }
 
-void atp_idem_fail(atp_engine_t *e, uint32_t idx) {
-  atomic_store_explicit(&e->itable.slots[idx].state, ATP_REC_DEAD,
+void atp__idem_queue(atp_engine_t *e, uint32_t idx) {
+  atp__inbox_push(&e->inbox, (idx + 1) | ATP_REF_IDEM,
+                  &e->idempotency_records[idx].inbox);
+}
+
+void atp__idem_fail(atp_engine_t *e, uint32_t idx) {
+  atomic_store_explicit(&e->idempotency_table.entries[idx].state, ATP_REC_DEAD,
                         memory_order_release);
-  atp_wheel_enqueue_idem(e, idx);
+  atp__idem_queue(e, idx);
 }
 
-void atp_idem_purged(atp_engine_t *e, uint32_t idx) {
-  if (!e->config.on_change) return;
-  const atp_irec_t *r = &e->irecs[idx];
-  atp_change_t c;
-  memset(&c, 0, sizeof c);
-  c.kind = ATP_CHANGE_IDEMPOTENCY;
-  c.cause = ATP_CAUSE_PURGE;
-  c.cause_id = (atp_str_t){r->text, r->id_len};
-  c.at_ms = atp_now(e);
-  c.u.idem.kind = (atp_idem_kind_t)r->kind;
-  c.u.idem.id = c.cause_id;
-  c.u.idem.content_hash = r->content_hash;
-  c.u.idem.created_at_ms = r->created_at_ms;
-  atp_emit(e, &c, 1);
+int64_t atp__idem_due(const atp_engine_t *e, uint32_t idx, int64_t now_ms) {
+  uint32_t st = atomic_load_explicit(&e->idempotency_table.entries[idx].state,
+                                     memory_order_acquire);
+  if (st == ATP_REC_DEAD) return now_ms;
+  if (st != ATP_REC_LIVE) return ATP_TIME_NONE;
+  return e->idempotency_records[idx].created_at_ms + e->config.idempotency_ttl_ms;
+}
+
+/* Ticker: forgets the record; a remembered id's purge is reported (the
+ * journal then forgets it too). */
+void atp__idem_purge(atp_engine_t *e, uint32_t idx) {
+  const atp_idempotency_record_t *r = &e->idempotency_records[idx];
+  if (e->config.on_change &&
+      atomic_load_explicit(&e->idempotency_table.entries[idx].state,
+                           memory_order_acquire) == ATP_REC_LIVE) {
+    atp_change_t c;
+    memset(&c, 0, sizeof c);
+    c.kind = ATP_CHANGE_IDEMPOTENCY;
+    c.cause = ATP_CAUSE_PURGE;
+    c.cause_id = (atp_str_t){r->text, r->id_len};
+    c.at_ms = atp__now(e);
+    c.u.idem.kind = (atp_idem_kind_t)r->kind;
+    c.u.idem.id = c.cause_id;
+    c.u.idem.content_hash = r->content_hash;
+    c.u.idem.created_at_ms = r->created_at_ms;
+    atp__emit(e, &c, 1);
+  }
+  atp__keyed_retire(&e->idempotency_table, idx, e->tick_count, e->tick_mono_ns);
 }
 
 /* Replay: remember the id as LIVE with its outcome, or forget it on a purge
  * record. Single-threaded. */
-int atp_idem_apply(atp_engine_t *e, const atp_change_t *c) {
+int atp__idem_apply(atp_engine_t *e, const atp_change_t *c) {
   const atp_change_idem_t *in = &c->u.idem;
-  if (!atp_id_valid(in->id) || in->reservation_id.len > ATP_ID_BYTES_MAX)
+  if (!atp__id_valid(in->id) || in->reservation_id.len > ATP_ID_BYTES_MAX)
     return ATP_EBADREQ;
   uint64_t hash = idem_hash(in->kind, in->id);
-  uint32_t idx =
-      idem_find_from(e, atp_keyed_head(&e->itable, hash), hash, in->kind, in->id);
+  uint32_t idx = idem_find_from(e, atp__keyed_head(&e->idempotency_table, hash), hash,
+                                in->kind, in->id);
   if (c->cause == ATP_CAUSE_PURGE) {
-    if (idx != UINT32_MAX) atp_idem_fail(e, idx); /* DEAD: invisible, then unlinked */
+    if (idx != UINT32_MAX) atp__idem_fail(e, idx); /* DEAD: invisible, then unlinked */
     return 0;
   }
   if (idx == UINT32_MAX) {
-    idx = atp_keyed_alloc(&e->itable);
+    idx = atp__keyed_alloc(&e->idempotency_table);
     if (idx == UINT32_MAX) return ATP_EFULL;
-    atp_irec_t *r = &e->irecs[idx];
+    atp_idempotency_record_t *r = &e->idempotency_records[idx];
     r->kind = (uint8_t)in->kind;
     r->id_len = (uint8_t)in->id.len;
     memcpy(r->text, in->id.ptr, in->id.len);
-    r->wheel_prev = r->wheel_next = 0;
-    r->wheel_due_ms = ATP_TIME_NONE;
-    e->itable.slots[idx].hash = hash;
-    atomic_store(&e->itable.slots[idx].state, ATP_REC_PENDING);
-    atp_keyed_push(&e->itable, idx);
+    atp_timer_init(&r->timer);
+    e->idempotency_table.entries[idx].hash = hash;
+    atomic_store(&e->idempotency_table.entries[idx].state, ATP_REC_PENDING);
+    atp__keyed_push(&e->idempotency_table, idx);
   }
-  atp_irec_t *r = &e->irecs[idx];
+  atp_idempotency_record_t *r = &e->idempotency_records[idx];
   r->content_hash = in->content_hash;
   r->created_at_ms = in->created_at_ms;
   uint32_t pos = 0;
   if (in->kind == ATP_IDEM_ADJUST || in->kind == ATP_IDEM_COUNT) {
-    int rc = atp_pos_find_or_create(e, in->position.sku, in->position.location, &pos);
+    int rc =
+        atp__position_find_or_create(e, in->position.sku, in->position.location, &pos);
     if (rc) return rc;
   }
-  atp_idem_done(e, idx, in->flags, pos, &in->position, in->reservation_id, NULL);
+  atp__idem_done(e, idx, in->flags, pos, &in->position, in->reservation_id, NULL);
   return 0;
 }

@@ -10,7 +10,7 @@
  * thread unlinks, so an unlink never races with another unlink; it races only
  * with pushes, which change nothing but the head. A reader walking a chain
  * may stand on a record while it is unlinked: the record keeps its next link
- * and is not reused before the grace period in atp_keyed_reclaim.
+ * and is not reused before the grace period in atp__keyed_reclaim.
  */
 #include <string.h>
 
@@ -28,7 +28,7 @@ static _Atomic uint64_t table_generations;
 static _Atomic uint32_t shard_next;
 static _Thread_local int tl_shard = -1;
 
-int atp_shard(void) {
+int atp__shard(void) {
   if (tl_shard < 0) tl_shard = (int)(atomic_fetch_add(&shard_next, 1) % ATP_SHARDS);
   return tl_shard;
 }
@@ -43,33 +43,33 @@ static _Thread_local struct {
   uint32_t next, end;
 } tl_chunk[TL_TABLES];
 
-int atp_keyed_init(atp_keyed_t *t, uint32_t capacity) {
+int atp__keyed_init(atp_keyed_table_t *t, uint32_t capacity) {
   memset(t, 0, sizeof *t);
   t->generation = atomic_fetch_add(&table_generations, 1) + 1;
   uint64_t buckets = 16;
   while (buckets < capacity) buckets <<= 1;
   t->bucket_mask = (uint32_t)buckets - 1;
   t->capacity = capacity;
-  /* Bucket heads are hit at random; the slots fill in order. */
+  /* Bucket heads are hit at random; the entries fill in order. */
   t->heads = atp_table_alloc(buckets, sizeof *t->heads, true);
-  t->slots = atp_table_alloc(capacity, sizeof *t->slots, false);
-  if (!t->heads || !t->slots) return ATP_ENOMEM;
+  t->entries = atp_table_alloc(capacity, sizeof *t->entries, false);
+  if (!t->heads || !t->entries) return ATP_ENOMEM;
   return 0;
 }
 
-void atp_keyed_destroy(atp_keyed_t *t) {
+void atp__keyed_destroy(atp_keyed_table_t *t) {
   atp_table_free(t->heads, (size_t)t->bucket_mask + 1, sizeof *t->heads);
-  atp_table_free(t->slots, t->capacity, sizeof *t->slots);
+  atp_table_free(t->entries, t->capacity, sizeof *t->entries);
   memset(t, 0, sizeof *t);
 }
 
-static uint32_t pop_free(atp_keyed_t *t, int shard) {
+static uint32_t pop_free(atp_keyed_table_t *t, int shard) {
   _Atomic uint64_t *top = &t->free_head[shard].value;
   uint64_t head = atomic_load_explicit(top, memory_order_acquire);
   while ((uint32_t)head) {
     uint32_t idx = (uint32_t)head - 1;
     uint32_t next =
-        atomic_load_explicit(&t->slots[idx].free_next, memory_order_relaxed);
+        atomic_load_explicit(&t->entries[idx].free_next, memory_order_relaxed);
     uint64_t want = ((head >> 32) + 1) << 32 | next;
     if (atomic_compare_exchange_weak_explicit(top, &head, want, memory_order_acq_rel,
                                               memory_order_acquire))
@@ -78,32 +78,32 @@ static uint32_t pop_free(atp_keyed_t *t, int shard) {
   return UINT32_MAX;
 }
 
-static uint32_t take_fresh(atp_keyed_t *t) {
-  int slot = (int)(t->generation % TL_TABLES);
-  if (tl_chunk[slot].generation != t->generation ||
-      tl_chunk[slot].next == tl_chunk[slot].end) {
+static uint32_t take_fresh(atp_keyed_table_t *t) {
+  int chunk = (int)(t->generation % TL_TABLES);
+  if (tl_chunk[chunk].generation != t->generation ||
+      tl_chunk[chunk].next == tl_chunk[chunk].end) {
     uint32_t start = atomic_fetch_add_explicit(&t->bump, CHUNK, memory_order_relaxed);
     if (start >= t->capacity) {
       atomic_store_explicit(&t->bump, t->capacity, memory_order_relaxed);
       return UINT32_MAX;
     }
-    tl_chunk[slot].generation = t->generation;
-    tl_chunk[slot].next = start;
-    tl_chunk[slot].end = start + CHUNK < t->capacity ? start + CHUNK : t->capacity;
+    tl_chunk[chunk].generation = t->generation;
+    tl_chunk[chunk].next = start;
+    tl_chunk[chunk].end = start + CHUNK < t->capacity ? start + CHUNK : t->capacity;
   }
-  return tl_chunk[slot].next++;
+  return tl_chunk[chunk].next++;
 }
 
 /* A recycled record from any shard but this thread's own. */
-static uint32_t pop_other(atp_keyed_t *t, int shard) {
+static uint32_t pop_other(atp_keyed_table_t *t, int shard) {
   uint32_t idx = UINT32_MAX;
   for (int i = 1; idx == UINT32_MAX && i < ATP_SHARDS; i++)
     idx = pop_free(t, (shard + i) % ATP_SHARDS);
   return idx;
 }
 
-uint32_t atp_keyed_alloc(atp_keyed_t *t) {
-  int shard = atp_shard();
+uint32_t atp__keyed_alloc(atp_keyed_table_t *t) {
+  int shard = atp__shard();
   uint32_t idx = pop_free(t, shard);
   /* Own shard dry: recycled records of other shards (a thread that exited, or
    * one that frees more than it takes) come before never-used ones, so the
@@ -116,47 +116,48 @@ uint32_t atp_keyed_alloc(atp_keyed_t *t) {
   if (idx == UINT32_MAX && !others_first) idx = pop_other(t, shard);
   if (idx != UINT32_MAX) {
     atomic_fetch_add_explicit(&t->live[shard].value, 1, memory_order_relaxed);
-    t->slots[idx].owner = (uint8_t)shard;
+    t->entries[idx].owner = (uint8_t)shard;
   }
   return idx;
 }
 
-uint32_t atp_keyed_peek(const atp_keyed_t *t) {
+uint32_t atp__keyed_peek(const atp_keyed_table_t *t) {
   uint64_t head = atomic_load_explicit(
-      &((atp_keyed_t *)t)->free_head[atp_shard()].value, memory_order_relaxed);
+      &((atp_keyed_table_t *)t)->free_head[atp__shard()].value, memory_order_relaxed);
   if ((uint32_t)head) return (uint32_t)head - 1;
-  int slot = (int)(t->generation % TL_TABLES);
-  if (tl_chunk[slot].generation == t->generation &&
-      tl_chunk[slot].next < tl_chunk[slot].end)
-    return tl_chunk[slot].next;
+  int chunk = (int)(t->generation % TL_TABLES);
+  if (tl_chunk[chunk].generation == t->generation &&
+      tl_chunk[chunk].next < tl_chunk[chunk].end)
+    return tl_chunk[chunk].next;
   return UINT32_MAX;
 }
 
-uint64_t atp_keyed_live(const atp_keyed_t *t) {
+uint64_t atp__keyed_live(const atp_keyed_table_t *t) {
   int64_t sum = 0;
   for (int i = 0; i < ATP_SHARDS; i++)
-    sum += (int64_t)atomic_load_explicit(&((atp_keyed_t *)t)->live[i].value,
+    sum += (int64_t)atomic_load_explicit(&((atp_keyed_table_t *)t)->live[i].value,
                                          memory_order_relaxed);
-  sum -= (int64_t)atomic_load_explicit(&((atp_keyed_t *)t)->retired.value,
+  sum -= (int64_t)atomic_load_explicit(&((atp_keyed_table_t *)t)->retired.value,
                                        memory_order_relaxed);
   return sum > 0 ? (uint64_t)sum : 0;
 }
 
-void atp_keyed_push(atp_keyed_t *t, uint32_t idx) {
-  atp_slot_t *slot = &t->slots[idx];
-  _Atomic uint32_t *head = &t->heads[slot->hash & t->bucket_mask];
+void atp__keyed_push(atp_keyed_table_t *t, uint32_t idx) {
+  atp_keyed_entry_t *entry = &t->entries[idx];
+  _Atomic uint32_t *head = &t->heads[entry->hash & t->bucket_mask];
   uint32_t old = atomic_load_explicit(head, memory_order_relaxed);
   do {
-    atomic_store_explicit(&slot->next, old, memory_order_relaxed);
+    atomic_store_explicit(&entry->next, old, memory_order_relaxed);
     /* release: a reader that loads the head sees the record's key and link. */
   } while (!atomic_compare_exchange_weak_explicit(
       head, &old, idx + 1, memory_order_release, memory_order_relaxed));
 }
 
-void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick, int64_t now_ns) {
-  atp_slot_t *slot = &t->slots[idx];
-  _Atomic uint32_t *head = &t->heads[slot->hash & t->bucket_mask];
-  uint32_t next = atomic_load_explicit(&slot->next, memory_order_acquire);
+void atp__keyed_retire(atp_keyed_table_t *t, uint32_t idx, uint64_t tick,
+                       int64_t now_ns) {
+  atp_keyed_entry_t *entry = &t->entries[idx];
+  _Atomic uint32_t *head = &t->heads[entry->hash & t->bucket_mask];
+  uint32_t next = atomic_load_explicit(&entry->next, memory_order_acquire);
   uint32_t expected = idx + 1;
   if (!atomic_compare_exchange_strong_explicit(
           head, &expected, next, memory_order_acq_rel, memory_order_acquire)) {
@@ -164,7 +165,7 @@ void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick, int64_t now_n
      * this thread unlinks, so the predecessor's link is stable. */
     uint32_t prev = expected;
     while (prev) {
-      _Atomic uint32_t *link = &t->slots[prev - 1].next;
+      _Atomic uint32_t *link = &t->entries[prev - 1].next;
       uint32_t p_next = atomic_load_explicit(link, memory_order_acquire);
       if (p_next == idx + 1) {
         atomic_store_explicit(link, next, memory_order_release);
@@ -174,24 +175,24 @@ void atp_keyed_retire(atp_keyed_t *t, uint32_t idx, uint64_t tick, int64_t now_n
     }
     ATP_ASSERT(prev != 0);
   }
-  atomic_store_explicit(&slot->state, ATP_REC_FREE, memory_order_release);
+  atomic_store_explicit(&entry->state, ATP_REC_FREE, memory_order_release);
   /* One writer (the ticker), so no locked instruction. */
   atomic_store_explicit(
       &t->retired.value,
       atomic_load_explicit(&t->retired.value, memory_order_relaxed) + 1,
       memory_order_relaxed);
-  slot->limbo_tick = (uint32_t)tick;
-  slot->limbo_ms = (uint32_t)(now_ns / 1000000);
-  atomic_store_explicit(&slot->free_next, 0, memory_order_relaxed);
+  entry->limbo_tick = (uint32_t)tick;
+  entry->limbo_ms = (uint32_t)(now_ns / 1000000);
+  atomic_store_explicit(&entry->free_next, 0, memory_order_relaxed);
   if (t->limbo_tail)
-    atomic_store_explicit(&t->slots[t->limbo_tail - 1].free_next, idx + 1,
+    atomic_store_explicit(&t->entries[t->limbo_tail - 1].free_next, idx + 1,
                           memory_order_relaxed);
   else
     t->limbo_head = idx + 1;
   t->limbo_tail = idx + 1;
 }
 
-void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick, int64_t now_ns) {
+void atp__keyed_reclaim(atp_keyed_table_t *t, uint64_t tick, int64_t now_ns) {
   uint32_t tick32 = (uint32_t)tick, ms32 = (uint32_t)(now_ns / 1000000);
   /* Back to the shard that allocated each record, so each thread finds its
    * own records again instead of claiming never-used ones: one chain per
@@ -200,13 +201,13 @@ void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick, int64_t now_ns) {
   bool any = false;
   while (t->limbo_head) {
     uint32_t idx = t->limbo_head - 1;
-    atp_slot_t *slot = &t->slots[idx];
-    if (tick32 - slot->limbo_tick < GRACE_TICKS || ms32 - slot->limbo_ms < GRACE_MS)
+    atp_keyed_entry_t *entry = &t->entries[idx];
+    if (tick32 - entry->limbo_tick < GRACE_TICKS || ms32 - entry->limbo_ms < GRACE_MS)
       break; /* FIFO: everything behind it is younger */
-    t->limbo_head = atomic_load_explicit(&slot->free_next, memory_order_relaxed);
+    t->limbo_head = atomic_load_explicit(&entry->free_next, memory_order_relaxed);
     if (!t->limbo_head) t->limbo_tail = 0;
-    uint8_t owner = slot->owner;
-    atomic_store_explicit(&slot->free_next, first[owner], memory_order_relaxed);
+    uint8_t owner = entry->owner;
+    atomic_store_explicit(&entry->free_next, first[owner], memory_order_relaxed);
     first[owner] = idx + 1;
     if (!last[owner]) last[owner] = idx + 1;
     any = true;
@@ -217,7 +218,7 @@ void atp_keyed_reclaim(atp_keyed_t *t, uint64_t tick, int64_t now_ns) {
   for (int shard = 0; shard < ATP_SHARDS; shard++) {
     if (!first[shard]) continue;
     _Atomic uint64_t *top = &t->free_head[shard].value;
-    _Atomic uint32_t *tail_link = &t->slots[last[shard] - 1].free_next;
+    _Atomic uint32_t *tail_link = &t->entries[last[shard] - 1].free_next;
     uint64_t head = atomic_load_explicit(top, memory_order_acquire);
     uint64_t want;
     do {

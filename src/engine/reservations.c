@@ -2,7 +2,7 @@
  * fulfil, amend, expire (CONTRACT.md section 4).
  *
  * A reservation's units are taken from each position's free word by CAS
- * (atp_pos_take), line by line; when a later line cannot be filled the earlier
+ * (atp__position_take), line by line; when a later line cannot be filled the earlier
  * ones are given back, so a refused reservation holds nothing. The record is
  * claimed in the id table before any unit is taken, so two concurrent requests
  * with one id never both hold stock: the older record in the chain wins and
@@ -40,40 +40,46 @@ typedef struct {
 } grants_t;
 
 static grants_t *scratch_grants(void) {
-  grants_t *g = atp_scratch(ATP_SCRATCH_GRANTS, sizeof *g);
+  grants_t *g = atp__scratch(ATP_SCRATCH_GRANTS, sizeof *g);
   g->count = 0;
   return g;
 }
 
-int atp_reservations_init(atp_engine_t *e) {
+int atp__reservations_init(atp_engine_t *e) {
   ATP_ASSERT(e->config.reservations_max < (1u << 30));
-  e->rrecs = atp_table_alloc(e->config.reservations_max, sizeof *e->rrecs, false);
-  if (!e->rrecs) return ATP_ENOMEM;
-  return atp_keyed_init(&e->rtable, e->config.reservations_max);
+  e->reservation_records = atp_table_alloc(e->config.reservations_max,
+                                           sizeof *e->reservation_records, false);
+  if (!e->reservation_records) return ATP_ENOMEM;
+  return atp__keyed_init(&e->reservation_table, e->config.reservations_max);
 }
 
-void atp_reservations_destroy(atp_engine_t *e) {
-  if (e->rrecs) {
-    uint32_t used = atomic_load(&e->rtable.bump);
-    if (used > e->rtable.capacity) used = e->rtable.capacity;
+void atp__reservations_destroy(atp_engine_t *e) {
+  if (e->reservation_records) {
+    uint32_t used = atomic_load(&e->reservation_table.bump);
+    if (used > e->reservation_table.capacity) used = e->reservation_table.capacity;
     for (uint32_t i = 0; i < used; i++) {
-      atp_rrec_t *r = &e->rrecs[i];
+      atp_reservation_record_t *r = &e->reservation_records[i];
       /* FREE records' memory went to the retired list at purge. */
-      if (atomic_load(&e->rtable.slots[i].state) == ATP_REC_FREE) continue;
-      atp_rline_t *lines = atomic_load(&r->lines);
+      if (atomic_load(&e->reservation_table.entries[i].state) == ATP_REC_FREE) continue;
+      atp_reservation_line_t *lines = atomic_load(&r->lines);
       if (lines && lines != r->inline_lines) atp_free(lines);
       if (r->text && r->text != r->inline_text) atp_free(r->text);
     }
   }
-  atp_keyed_destroy(&e->rtable);
-  atp_table_free(e->rrecs, e->config.reservations_max, sizeof *e->rrecs);
-  e->rrecs = NULL;
+  atp__keyed_destroy(&e->reservation_table);
+  atp_table_free(e->reservation_records, e->config.reservations_max,
+                 sizeof *e->reservation_records);
+  e->reservation_records = NULL;
+}
+
+void atp__reservation_queue(atp_engine_t *e, uint32_t idx) {
+  atp__inbox_push(&e->inbox, idx + 1, &e->reservation_records[idx].inbox);
 }
 
 /* --- record access ------------------------------------------------------------------
  */
 
-static void rec_lock(atp_rrec_t *r) {
+static void rec_lock(atp_reservation_record_t *r) {
   for (uint32_t spins = 0;; spins++) {
     uint32_t expected = 0;
     if (atomic_compare_exchange_weak_explicit(
@@ -86,14 +92,14 @@ static void rec_lock(atp_rrec_t *r) {
 /* Under the flag: makes rseq odd before any field changes. The fence orders
  * it before the stores that follow, so a reader that sees one of them sees
  * rseq moved when it checks again. */
-static void rec_write(atp_rrec_t *r) {
+static void rec_write(atp_reservation_record_t *r) {
   uint32_t s = atomic_load_explicit(&r->rseq, memory_order_relaxed);
   atomic_store_explicit(&r->rseq, s + 1, memory_order_relaxed);
   atomic_thread_fence(memory_order_release);
 }
 
 /* Takes the flag and makes rseq odd: readers retry until rec_close. */
-static void rec_begin(atp_rrec_t *r) {
+static void rec_begin(atp_reservation_record_t *r) {
   rec_lock(r);
   rec_write(r);
 }
@@ -104,10 +110,10 @@ static void amount_add(_Atomic int64_t *amount, int64_t d) {
                         memory_order_release);
 }
 
-static void set_status(atp_engine_t *e, atp_rrec_t *r, atp_status_t to) {
+static void set_status(atp_engine_t *e, atp_reservation_record_t *r, atp_status_t to) {
   int from = atomic_load_explicit(&r->status, memory_order_relaxed);
   atomic_store_explicit(&r->status, (int32_t)to, memory_order_release);
-  int shard = atp_shard();
+  int shard = atp__shard();
   atomic_fetch_sub_explicit(&e->status_count[shard][from].value, 1,
                             memory_order_relaxed);
   atomic_fetch_add_explicit(&e->status_count[shard][to].value, 1, memory_order_relaxed);
@@ -115,25 +121,26 @@ static void set_status(atp_engine_t *e, atp_rrec_t *r, atp_status_t to) {
 
 static bool rec_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash,
                          atp_str_t id) {
-  const atp_rrec_t *r = &e->rrecs[idx];
-  return e->rtable.slots[idx].hash == hash && r->id_len == id.len && r->text &&
-         memcmp(r->text, id.ptr, id.len) == 0;
+  const atp_reservation_record_t *r = &e->reservation_records[idx];
+  return e->reservation_table.entries[idx].hash == hash && r->id_len == id.len &&
+         r->text && memcmp(r->text, id.ptr, id.len) == 0;
 }
 
 /* The LIVE record with the id from chain position v on, waiting out a PENDING
  * twin; UINT32_MAX if none. */
 static uint32_t rec_find_from(const atp_engine_t *e, uint32_t v, uint64_t hash,
                               atp_str_t id) {
-  for (; v;
-       v = atomic_load_explicit(&e->rtable.slots[v - 1].next, memory_order_acquire)) {
+  for (; v; v = atomic_load_explicit(&e->reservation_table.entries[v - 1].next,
+                                     memory_order_acquire)) {
     uint32_t idx = v - 1;
-    uint32_t st =
-        atomic_load_explicit(&e->rtable.slots[idx].state, memory_order_acquire);
+    uint32_t st = atomic_load_explicit(&e->reservation_table.entries[idx].state,
+                                       memory_order_acquire);
     if (st == ATP_REC_FREE || st == ATP_REC_DEAD || !rec_same_key(e, idx, hash, id))
       continue;
     while (st == ATP_REC_PENDING) {
       sched_yield();
-      st = atomic_load_explicit(&e->rtable.slots[idx].state, memory_order_acquire);
+      st = atomic_load_explicit(&e->reservation_table.entries[idx].state,
+                                memory_order_acquire);
     }
     if (st == ATP_REC_LIVE) return idx;
   }
@@ -141,14 +148,17 @@ static uint32_t rec_find_from(const atp_engine_t *e, uint32_t v, uint64_t hash,
 }
 
 static uint32_t rec_find(const atp_engine_t *e, atp_str_t id) {
-  uint64_t hash = atp_hash_bytes(id.ptr, id.len);
-  return rec_find_from(e, atp_keyed_head(&e->rtable, hash), hash, id);
+  uint64_t hash = atp__hash_bytes(id.ptr, id.len);
+  return rec_find_from(e, atp__keyed_head(&e->reservation_table, hash), hash, id);
 }
 
-static int64_t line_remaining(const atp_rline_t *l) {
-  return atomic_load_explicit(&l->qty, memory_order_acquire) -
-         atomic_load_explicit(&l->fulfilled, memory_order_acquire) -
-         atomic_load_explicit(&l->released, memory_order_acquire);
+static int64_t line_remaining(const atp_reservation_line_t *l) {
+  int64_t remaining = atomic_load_explicit(&l->qty, memory_order_acquire) -
+                      atomic_load_explicit(&l->fulfilled, memory_order_acquire) -
+                      atomic_load_explicit(&l->released, memory_order_acquire);
+  /* fulfilled + released <= qty: a line never gives back more than it took */
+  ATP_ASSERT(remaining >= 0);
+  return remaining;
 }
 
 static void copy_text(atp_reservation_t *out, size_t *at, atp_str_t *dst,
@@ -159,13 +169,15 @@ static void copy_text(atp_reservation_t *out, size_t *at, atp_str_t *dst,
   *at += len + 1;
 }
 
-void atp_rrec_view(const atp_engine_t *e, uint32_t idx, atp_reservation_t *out) {
-  atp_rrec_t *r = &e->rrecs[idx];
+void atp__reservation_view(const atp_engine_t *e, uint32_t idx,
+                           atp_reservation_t *out) {
+  atp_reservation_record_t *r = &e->reservation_records[idx];
   size_t at = 0;
-  copy_text(out, &at, &out->id, atp_rrec_id(r), r->id_len);
-  copy_text(out, &at, &out->order_ref, atp_rrec_order_ref(r), r->order_ref_len);
-  copy_text(out, &at, &out->channel, atp_rrec_channel(r), r->channel_len);
-  copy_text(out, &at, &out->customer_id, atp_rrec_customer(r), r->customer_id_len);
+  copy_text(out, &at, &out->id, atp__reservation_id(r), r->id_len);
+  copy_text(out, &at, &out->order_ref, atp__reservation_order_ref(r), r->order_ref_len);
+  copy_text(out, &at, &out->channel, atp__reservation_channel(r), r->channel_len);
+  copy_text(out, &at, &out->customer_id, atp__reservation_customer(r),
+            r->customer_id_len);
   out->created_at_ms = r->created_at_ms;
   out->replayed = false;
   for (uint32_t attempt = 0;; attempt++) {
@@ -181,11 +193,12 @@ void atp_rrec_view(const atp_engine_t *e, uint32_t idx, atp_reservation_t *out) 
     uint16_t order_id_len =
         atomic_load_explicit(&r->order_id_len, memory_order_acquire);
     uint32_t n = atomic_load_explicit(&r->line_count, memory_order_acquire);
-    const atp_rline_t *lines = atomic_load_explicit(&r->lines, memory_order_acquire);
+    const atp_reservation_line_t *lines =
+        atomic_load_explicit(&r->lines, memory_order_acquire);
     for (uint32_t i = 0; i < n; i++) {
-      const atp_pos_t *p = &e->positions[lines[i].pos];
-      out->lines[i].sku = atp_intern_str(e, p->sku);
-      out->lines[i].location = atp_intern_str(e, p->location);
+      const atp_position_record_t *p = &e->positions[lines[i].pos];
+      out->lines[i].sku = atp__intern_str(e, p->sku);
+      out->lines[i].location = atp__intern_str(e, p->location);
       out->lines[i].qty = atomic_load_explicit(&lines[i].qty, memory_order_acquire);
       out->lines[i].fulfilled =
           atomic_load_explicit(&lines[i].fulfilled, memory_order_acquire);
@@ -195,7 +208,8 @@ void atp_rrec_view(const atp_engine_t *e, uint32_t idx, atp_reservation_t *out) 
     out->line_count = n;
     if (atomic_load_explicit(&r->rseq, memory_order_acquire) == s1) {
       size_t order_at = at;
-      copy_text(out, &order_at, &out->order_id, atp_rrec_order_id(r), order_id_len);
+      copy_text(out, &order_at, &out->order_id, atp__reservation_order_id(r),
+                order_id_len);
       return;
     }
   }
@@ -208,7 +222,7 @@ typedef struct {
 } changes_t;
 
 static void changes_init(changes_t *c) {
-  c->items = atp_scratch_changes(&c->cap), c->count = 0;
+  c->items = atp__scratch_changes(&c->cap), c->count = 0;
 }
 
 static void changes_pos(const atp_engine_t *e, changes_t *c, atp_cause_t cause,
@@ -216,8 +230,8 @@ static void changes_pos(const atp_engine_t *e, changes_t *c, atp_cause_t cause,
                         int64_t d_reserved, int64_t d_committed, uint64_t version) {
   if (!e->config.on_change) return;
   ATP_ASSERT(c->count < c->cap);
-  atp_change_position(e, &c->items[c->count++], cause, id, pos, d_on_hand, d_reserved,
-                      d_committed, version);
+  atp__change_position(e, &c->items[c->count++], cause, id, pos, d_on_hand, d_reserved,
+                       d_committed, version);
 }
 
 /* Emits the collected records plus the reservation as it is now (view must
@@ -226,22 +240,23 @@ static void changes_emit(const atp_engine_t *e, changes_t *c, atp_cause_t cause,
                          const atp_reservation_t *view, const atp_change_t *idem) {
   if (!e->config.on_change) return;
   ATP_ASSERT(c->count + 2 <= c->cap);
-  atp_change_t *rc = &c->items[c->count++];
-  memset(rc, 0, sizeof *rc);
-  rc->kind = ATP_CHANGE_RESERVATION;
-  rc->cause = cause;
-  rc->cause_id = view->id;
-  rc->at_ms = atp_now(e);
-  rc->u.reservation = view;
+  atp_change_t *record = &c->items[c->count++];
+  memset(record, 0, sizeof *record);
+  record->kind = ATP_CHANGE_RESERVATION;
+  record->cause = cause;
+  record->cause_id = view->id;
+  record->at_ms = atp__now(e);
+  record->u.reservation = view;
   if (idem) c->items[c->count++] = *idem;
-  atp_emit(e, c->items, c->count);
+  atp__emit(e, c->items, c->count);
 }
 
-static int conflict(const atp_rrec_t *r, atp_result_t *result, const char *what) {
+static int conflict(const atp_reservation_record_t *r, atp_result_t *result,
+                    const char *what) {
   int status = atomic_load_explicit(&r->status, memory_order_acquire);
   result->status = status;
-  atp_result_set(result, "", "Cannot %s the reservation: it is %s.", what,
-                 atp_status_name((atp_status_t)status));
+  atp__result_set(result, "", "Cannot %s the reservation: it is %s.", what,
+                  atp_status_name((atp_status_t)status));
   return ATP_ECONFLICT;
 }
 
@@ -278,76 +293,29 @@ static void shortfall_add(atp_shortfalls_t *sf, uint32_t line, const atp_line_re
 
 /* Takes one request line's units into g. 1: not fillable (shortfall noted);
  * 0: taken; negative: an error (unknown group, too many positions). */
-static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t li,
-                      bool committed, grants_t *g, atp_shortfalls_t *sf,
-                      atp_result_t *result) {
-  uint64_t sku_hash = atp_hash_bytes(l->sku.ptr, l->sku.len);
+/* A split group line: takes what each location has, in group order, up to
+ * what is still needed. 0: filled; 1: not (shortfall noted); negative: too
+ * many positions. */
+static int grant_split(const atp_engine_t *e, const atp_line_req_t *l, uint32_t li,
+                       bool committed, uint64_t sku_hash,
+                       const atp_group_version_t *grp, grants_t *g,
+                       atp_shortfalls_t *sf, atp_result_t *result) {
+  int64_t need = l->qty, seen = 0;
   uint64_t version;
-  if (l->location.len) {
-    uint32_t pos =
-        atp_pos_find_hashed(e, l->sku, sku_hash, l->location,
-                            atp_hash_bytes(l->location.ptr, l->location.len));
-    if (pos != UINT32_MAX &&
-        atp_pos_take(&e->positions[pos], l->qty, committed, &version)) {
-      if (grant_add(g, pos, l->qty, version) == 0) return 0;
-      atp_pos_give(&e->positions[pos], l->qty, committed);
-      atp_result_set(result, "lines", "A reservation spans at most %d positions.",
-                     ATP_RESERVATION_POSITIONS_MAX);
-      return ATP_EBADREQ;
-    }
-    shortfall_add(sf, li, l, pos_available(e, pos), (atp_str_t){NULL, 0}, -1);
-    return 1;
-  }
-  const atp_group_version_t *grp;
-  if (atp_group_resolve(e, l->group, &grp)) {
-    char field[32];
-    snprintf(field, sizeof field, "lines[%u].group", li);
-    atp_result_set(result, field, "Unknown group.");
-    return ATP_ENOTFOUND;
-  }
-  /* First the first location that fills the line whole; a split line is
-   * split only when no single location can (fewer parcels, fewer picks). */
-  int64_t need = l->qty, seen = 0, best = 0;
-  uint32_t best_location = UINT32_MAX;
-  for (uint32_t i = 0; i < grp->count; i++) {
-    uint32_t pos = atp_pos_find(e, l->sku, sku_hash, grp->locations[i]);
-    if (pos == UINT32_MAX) continue;
-    if (atp_pos_take(&e->positions[pos], need, committed, &version)) {
-      if (grant_add(g, pos, l->qty, version) == 0) return 0;
-      atp_pos_give(&e->positions[pos], l->qty, committed);
-      atp_result_set(result, "lines", "A reservation spans at most %d positions.",
-                     ATP_RESERVATION_POSITIONS_MAX);
-      return ATP_EBADREQ;
-    }
-    int64_t avail = pos_available(e, pos);
-    seen += avail;
-    if (avail > best) best = avail, best_location = grp->locations[i];
-  }
-  if (!l->allow_split) {
-    /* The line goes whole to one location, so what it could have had is the
-     * best single location's; the group's sum says whether a split would
-     * have filled it. */
-    shortfall_add(sf, li, l, best,
-                  best_location == UINT32_MAX ? (atp_str_t){NULL, 0}
-                                              : atp_intern_str(e, best_location),
-                  seen);
-    return 1;
-  }
-  seen = 0;
   for (uint32_t i = 0; i < grp->count && need > 0; i++) {
-    uint32_t pos = atp_pos_find(e, l->sku, sku_hash, grp->locations[i]);
+    uint32_t pos = atp__position_find(e, l->sku, sku_hash, grp->locations[i]);
     if (pos == UINT32_MAX) continue;
-    atp_pos_t *p = &e->positions[pos];
+    atp_position_record_t *p = &e->positions[pos];
     /* Split: take what this location has, up to what is still needed; a lost
      * race re-reads and tries the smaller amount. */
     for (int64_t avail = pos_available(e, pos); avail > 0;
          avail = pos_available(e, pos)) {
       int64_t take = avail < need ? avail : need;
-      if (atp_pos_take(p, take, committed, &version)) {
+      if (atp__position_take(p, take, committed, &version)) {
         if (grant_add(g, pos, take, version)) {
-          atp_pos_give(p, take, committed);
-          atp_result_set(result, "lines", "A reservation spans at most %d positions.",
-                         ATP_RESERVATION_POSITIONS_MAX);
+          atp__position_give(p, take, committed);
+          atp__result_set(result, "lines", "A reservation spans at most %d positions.",
+                          ATP_RESERVATION_POSITIONS_MAX);
           return ATP_EBADREQ;
         }
         need -= take;
@@ -361,10 +329,77 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
   return 1;
 }
 
+/* A group line: the first location that fills it whole, else a split when
+ * the line allows one (fewer parcels, fewer picks). Returns as grant_line. */
+static int grant_group(const atp_engine_t *e, const atp_line_req_t *l, uint32_t li,
+                       bool committed, uint64_t sku_hash, grants_t *g,
+                       atp_shortfalls_t *sf, atp_result_t *result) {
+  uint64_t version;
+  const atp_group_version_t *grp;
+  if (atp__group_resolve(e, l->group, &grp)) {
+    char field[32];
+    snprintf(field, sizeof field, "lines[%u].group", li);
+    atp__result_set(result, field, "Unknown group.");
+    return ATP_ENOTFOUND;
+  }
+  /* First the first location that fills the line whole; a split line is
+   * split only when no single location can (fewer parcels, fewer picks). */
+  int64_t need = l->qty, seen = 0, best = 0;
+  uint32_t best_location = UINT32_MAX;
+  for (uint32_t i = 0; i < grp->count; i++) {
+    uint32_t pos = atp__position_find(e, l->sku, sku_hash, grp->locations[i]);
+    if (pos == UINT32_MAX) continue;
+    if (atp__position_take(&e->positions[pos], need, committed, &version)) {
+      if (grant_add(g, pos, l->qty, version) == 0) return 0;
+      atp__position_give(&e->positions[pos], l->qty, committed);
+      atp__result_set(result, "lines", "A reservation spans at most %d positions.",
+                      ATP_RESERVATION_POSITIONS_MAX);
+      return ATP_EBADREQ;
+    }
+    int64_t avail = pos_available(e, pos);
+    seen += avail;
+    if (avail > best) best = avail, best_location = grp->locations[i];
+  }
+  if (!l->allow_split) {
+    /* The line goes whole to one location, so what it could have had is the
+     * best single location's; the group's sum says whether a split would
+     * have filled it. */
+    shortfall_add(sf, li, l, best,
+                  best_location == UINT32_MAX ? (atp_str_t){NULL, 0}
+                                              : atp__intern_str(e, best_location),
+                  seen);
+    return 1;
+  }
+  return grant_split(e, l, li, committed, sku_hash, grp, g, sf, result);
+}
+
+static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t li,
+                      bool committed, grants_t *g, atp_shortfalls_t *sf,
+                      atp_result_t *result) {
+  uint64_t sku_hash = atp__hash_bytes(l->sku.ptr, l->sku.len);
+  uint64_t version;
+  if (l->location.len) {
+    uint32_t pos =
+        atp__position_find_hashed(e, l->sku, sku_hash, l->location,
+                                  atp__hash_bytes(l->location.ptr, l->location.len));
+    if (pos != UINT32_MAX &&
+        atp__position_take(&e->positions[pos], l->qty, committed, &version)) {
+      if (grant_add(g, pos, l->qty, version) == 0) return 0;
+      atp__position_give(&e->positions[pos], l->qty, committed);
+      atp__result_set(result, "lines", "A reservation spans at most %d positions.",
+                      ATP_RESERVATION_POSITIONS_MAX);
+      return ATP_EBADREQ;
+    }
+    shortfall_add(sf, li, l, pos_available(e, pos), (atp_str_t){NULL, 0}, -1);
+    return 1;
+  }
+  return grant_group(e, l, li, committed, sku_hash, g, sf, result);
+}
+
 static void grants_rollback(const atp_engine_t *e, grants_t *g, bool committed) {
   for (uint32_t i = 0; i < g->count; i++)
     g->items[i].version =
-        atp_pos_give(&e->positions[g->items[i].pos], g->items[i].qty, committed);
+        atp__position_give(&e->positions[g->items[i].pos], g->items[i].qty, committed);
 }
 
 /* Takes every line or none. 0, EINSUFFICIENT (rolled back), or an error. */
@@ -383,8 +418,8 @@ static int grant_all(const atp_engine_t *e, const atp_line_req_t *lines, uint32_
   }
   if (!short_any) return 0;
   grants_rollback(e, g, committed);
-  atp_result_set(result, "lines", "Not enough stock for %u of %u lines.",
-                 sf ? sf->count : 0, n);
+  atp__result_set(result, "lines", "Not enough stock for %u of %u lines.",
+                  sf ? sf->count : 0, n);
   return ATP_EINSUFFICIENT;
 }
 
@@ -392,7 +427,7 @@ static int grant_all(const atp_engine_t *e, const atp_line_req_t *lines, uint32_
  * ------------------------------------------------------------------------ */
 
 static int bad(atp_result_t *result, const char *field, const char *msg) {
-  atp_result_set(result, field, "%s", msg);
+  atp__result_set(result, field, "%s", msg);
   return ATP_EBADREQ;
 }
 
@@ -400,13 +435,13 @@ static int check_req_lines(const char *name, const atp_line_req_t *lines, uint32
                            uint32_t min, atp_result_t *result) {
   char field[48];
   if (n < min || n > ATP_RESERVATION_LINES_MAX) {
-    atp_result_set(result, name, "The %s list must hold %u..%d lines.", name, min,
-                   ATP_RESERVATION_LINES_MAX);
+    atp__result_set(result, name, "The %s list must hold %u..%d lines.", name, min,
+                    ATP_RESERVATION_LINES_MAX);
     return ATP_EBADREQ;
   }
   for (uint32_t i = 0; i < n; i++) {
     const atp_line_req_t *l = &lines[i];
-    if (!atp_id_valid(l->sku)) {
+    if (!atp__id_valid(l->sku)) {
       snprintf(field, sizeof field, "%s[%u].sku", name, i);
       return bad(result, field, "Must be 1..128 bytes of printable UTF-8.");
     }
@@ -414,7 +449,7 @@ static int check_req_lines(const char *name, const atp_line_req_t *lines, uint32
       snprintf(field, sizeof field, "%s[%u].location", name, i);
       return bad(result, field, "Give a location or a group, not both.");
     }
-    if (!atp_id_valid(l->location.len ? l->location : l->group)) {
+    if (!atp__id_valid(l->location.len ? l->location : l->group)) {
       snprintf(field, sizeof field, "%s[%u].%s", name, i,
                l->location.len ? "location" : "group");
       return bad(result, field, "Must be 1..128 bytes of printable UTF-8.");
@@ -431,15 +466,15 @@ static int check_qty_lines(const char *name, const atp_qty_line_t *lines, uint32
                            atp_result_t *result) {
   char field[48];
   if (n > ATP_RESERVATION_POSITIONS_MAX) {
-    atp_result_set(result, name, "At most %d lines.", ATP_RESERVATION_POSITIONS_MAX);
+    atp__result_set(result, name, "At most %d lines.", ATP_RESERVATION_POSITIONS_MAX);
     return ATP_EBADREQ;
   }
   for (uint32_t i = 0; i < n; i++) {
-    if (!atp_id_valid(lines[i].sku)) {
+    if (!atp__id_valid(lines[i].sku)) {
       snprintf(field, sizeof field, "%s[%u].sku", name, i);
       return bad(result, field, "Must be 1..128 bytes of printable UTF-8.");
     }
-    if (!atp_id_valid(lines[i].location)) {
+    if (!atp__id_valid(lines[i].location)) {
       snprintf(field, sizeof field, "%s[%u].location", name, i);
       return bad(result, field, "Must be 1..128 bytes of printable UTF-8.");
     }
@@ -452,25 +487,25 @@ static int check_qty_lines(const char *name, const atp_qty_line_t *lines, uint32
 }
 
 static bool opt_valid(atp_str_t s) {
-  return s.len == 0 || atp_id_valid(s);
+  return s.len == 0 || atp__id_valid(s);
 }
 
 static uint64_t hash_lines(uint64_t h, const atp_line_req_t *lines, uint32_t n) {
   for (uint32_t i = 0; i < n; i++) {
-    h = atp_hash_str(h, lines[i].sku);
-    h = atp_hash_str(h, lines[i].location);
-    h = atp_hash_str(h, lines[i].group);
-    h = atp_hash_int(h, lines[i].qty);
-    h = atp_hash_int(h, lines[i].allow_split);
+    h = atp__hash_str(h, lines[i].sku);
+    h = atp__hash_str(h, lines[i].location);
+    h = atp__hash_str(h, lines[i].group);
+    h = atp__hash_int(h, lines[i].qty);
+    h = atp__hash_int(h, lines[i].allow_split);
   }
   return h;
 }
 
 static uint64_t hash_qty_lines(uint64_t h, const atp_qty_line_t *lines, uint32_t n) {
   for (uint32_t i = 0; i < n; i++) {
-    h = atp_hash_str(h, lines[i].sku);
-    h = atp_hash_str(h, lines[i].location);
-    h = atp_hash_int(h, lines[i].qty);
+    h = atp__hash_str(h, lines[i].sku);
+    h = atp__hash_str(h, lines[i].location);
+    h = atp__hash_int(h, lines[i].qty);
   }
   return h;
 }
@@ -480,16 +515,17 @@ static uint64_t hash_qty_lines(uint64_t h, const atp_qty_line_t *lines, uint32_t
  * without lines; an amend's empty release list releases nothing). EBADREQ for a
  * position not in the reservation, ECONFLICT for more than remains. amounts
  * has line_count entries. */
-static int line_amounts(const atp_engine_t *e, const atp_rrec_t *r, const char *name,
-                        const atp_qty_line_t *lines, uint32_t n, bool all_if_empty,
-                        int64_t *amounts, atp_result_t *result) {
+static int line_amounts(const atp_engine_t *e, const atp_reservation_record_t *r,
+                        const char *name, const atp_qty_line_t *lines, uint32_t n,
+                        bool all_if_empty, int64_t *amounts, atp_result_t *result) {
   uint32_t count = atomic_load_explicit(&r->line_count, memory_order_acquire);
-  const atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_acquire);
+  const atp_reservation_line_t *rl =
+      atomic_load_explicit(&r->lines, memory_order_acquire);
   for (uint32_t i = 0; i < count; i++)
     amounts[i] = n == 0 && all_if_empty ? line_remaining(&rl[i]) : 0;
   char field[48];
   for (uint32_t i = 0; i < n; i++) {
-    uint32_t pos = atp_pos_find_str(e, lines[i].sku, lines[i].location);
+    uint32_t pos = atp__position_find_str(e, lines[i].sku, lines[i].location);
     uint32_t j = 0;
     while (j < count && rl[j].pos != pos) j++;
     if (pos == UINT32_MAX || j == count) {
@@ -499,8 +535,8 @@ static int line_amounts(const atp_engine_t *e, const atp_rrec_t *r, const char *
     amounts[j] += lines[i].qty;
     if (amounts[j] > line_remaining(&rl[j])) {
       snprintf(field, sizeof field, "%s[%u].qty", name, i);
-      atp_result_set(result, field, "Only %lld units remain on this line.",
-                     (long long)line_remaining(&rl[j]));
+      atp__result_set(result, field, "Only %lld units remain on this line.",
+                      (long long)line_remaining(&rl[j]));
       result->status = atomic_load_explicit(&r->status, memory_order_acquire);
       return ATP_ECONFLICT;
     }
@@ -508,9 +544,10 @@ static int line_amounts(const atp_engine_t *e, const atp_rrec_t *r, const char *
   return 0;
 }
 
-static bool nothing_remains(const atp_rrec_t *r) {
+static bool nothing_remains(const atp_reservation_record_t *r) {
   uint32_t count = atomic_load_explicit(&r->line_count, memory_order_acquire);
-  const atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_acquire);
+  const atp_reservation_line_t *rl =
+      atomic_load_explicit(&r->lines, memory_order_acquire);
   for (uint32_t i = 0; i < count; i++)
     if (line_remaining(&rl[i]) > 0) return false;
   return true;
@@ -520,13 +557,13 @@ static bool nothing_remains(const atp_rrec_t *r) {
  * ended it (a release after a partial fulfilment ends it released, as the
  * contract's release says). ended_at is stored before the status, so whoever
  * sees an ended status also sees when it ended. */
-static void end_if_empty(atp_engine_t *e, atp_rrec_t *r, uint32_t idx, atp_status_t to,
-                         int64_t now) {
+static void end_if_empty(atp_engine_t *e, atp_reservation_record_t *r, uint32_t idx,
+                         atp_status_t to, int64_t now) {
   if (!nothing_remains(r)) return;
   atomic_store_explicit(&r->ended_at_ms, now, memory_order_release);
   atomic_store_explicit(&r->expires_at_ms, ATP_TIME_NONE, memory_order_release);
   set_status(e, r, to);
-  atp_wheel_enqueue_res(e, idx);
+  atp__reservation_queue(e, idx);
 }
 
 static void rec_close(atp_engine_t *e, uint32_t idx, changes_t *ch, atp_cause_t cause,
@@ -537,21 +574,21 @@ static void rec_close(atp_engine_t *e, uint32_t idx, changes_t *ch, atp_cause_t 
 
 static int reserve_replay(const atp_engine_t *e, uint32_t found, uint64_t content_hash,
                           atp_reservation_t *out, atp_result_t *result) {
-  if (e->rrecs[found].content_hash != content_hash) {
-    atp_result_set(result, "id",
-                   "This reservation id was already used with different content.");
+  if (e->reservation_records[found].content_hash != content_hash) {
+    atp__result_set(result, "id",
+                    "This reservation id was already used with different content.");
     return ATP_EIDEMPOTENCY;
   }
-  atp_rrec_view(e, found, out);
+  atp__reservation_view(e, found, out);
   out->replayed = true;
   return 0;
 }
 
 /* Fills a fresh record's immutable text; NULL text means out of memory. */
-static int rec_init(atp_rrec_t *r, const atp_reserve_req_t *req) {
+static int rec_init(atp_reservation_record_t *r, const atp_reserve_req_t *req) {
   size_t need = req->id.len + req->order_ref.len + req->channel.len +
                 req->customer_id.len + ATP_ID_BYTES_MAX;
-  r->text = need <= ATP_RTEXT_INLINE ? r->inline_text : atp_malloc(need);
+  r->text = need <= ATP_RESERVATION_TEXT_INLINE ? r->inline_text : atp_malloc(need);
   if (!r->text) return ATP_ENOMEM;
   r->id_len = (uint16_t)req->id.len;
   r->order_ref_len = (uint16_t)req->order_ref.len;
@@ -568,23 +605,22 @@ static int rec_init(atp_rrec_t *r, const atp_reserve_req_t *req) {
   atomic_store_explicit(&r->order_id_len, 0, memory_order_relaxed);
   atomic_store_explicit(&r->line_count, 0, memory_order_relaxed);
   atomic_store_explicit(&r->lines, r->inline_lines, memory_order_relaxed);
-  r->line_cap = ATP_RLINES_INLINE;
-  r->wheel_prev = r->wheel_next = 0;
-  r->wheel_due_ms = ATP_TIME_NONE;
+  r->line_cap = ATP_RESERVATION_LINES_INLINE;
+  atp_timer_init(&r->timer);
   atomic_store_explicit(&r->lock, 0, memory_order_relaxed);
   return 0;
 }
 
 /* Makes room for n lines (under the record flag). The old array may be in a
  * reader's hands: it is retired, not freed. */
-static int lines_reserve(atp_engine_t *e, atp_rrec_t *r, uint32_t n) {
+static int lines_reserve(atp_engine_t *e, atp_reservation_record_t *r, uint32_t n) {
   if (n <= r->line_cap) return 0;
   if (n > ATP_RESERVATION_POSITIONS_MAX) return ATP_EBADREQ;
   uint32_t cap = r->line_cap * 2 > n ? r->line_cap * 2 : n;
   if (cap > ATP_RESERVATION_POSITIONS_MAX) cap = ATP_RESERVATION_POSITIONS_MAX;
-  atp_rline_t *lines = atp_malloc(sizeof *lines * cap);
+  atp_reservation_line_t *lines = atp_malloc(sizeof *lines * cap);
   if (!lines) return ATP_ENOMEM;
-  atp_rline_t *old = atomic_load_explicit(&r->lines, memory_order_relaxed);
+  atp_reservation_line_t *old = atomic_load_explicit(&r->lines, memory_order_relaxed);
   uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed);
   for (uint32_t i = 0; i < count; i++) {
     lines[i].pos = old[i].pos;
@@ -594,13 +630,13 @@ static int lines_reserve(atp_engine_t *e, atp_rrec_t *r, uint32_t n) {
   }
   atomic_store_explicit(&r->lines, lines, memory_order_release);
   r->line_cap = cap;
-  if (old != r->inline_lines) atp_retire(e, old);
+  if (old != r->inline_lines) atp__retire(e, old);
   return 0;
 }
 
 /* Adds qty to the line of pos, appending a line if there is none. */
-static void line_add(atp_rrec_t *r, uint32_t pos, int64_t qty) {
-  atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
+static void line_add(atp_reservation_record_t *r, uint32_t pos, int64_t qty) {
+  atp_reservation_line_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
   uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed);
   for (uint32_t i = 0; i < count; i++) {
     if (rl[i].pos == pos) {
@@ -617,8 +653,9 @@ static void line_add(atp_rrec_t *r, uint32_t pos, int64_t qty) {
 }
 
 /* How many lines the grants need beyond those the record has. */
-static uint32_t lines_needed(const atp_rrec_t *r, const grants_t *g) {
-  const atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
+static uint32_t lines_needed(const atp_reservation_record_t *r, const grants_t *g) {
+  const atp_reservation_line_t *rl =
+      atomic_load_explicit(&r->lines, memory_order_relaxed);
   uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed),
            extra = 0;
   for (uint32_t i = 0; i < g->count; i++) {
@@ -633,31 +670,19 @@ static uint32_t lines_needed(const atp_rrec_t *r, const grants_t *g) {
  * it waited out the grace period) is fetched for writing now, so the next
  * reserve does not wait for its lines. */
 static void prefetch_next_record(const atp_engine_t *e) {
-  uint32_t idx = atp_keyed_peek(&e->rtable);
+  uint32_t idx = atp__keyed_peek(&e->reservation_table);
   if (idx == UINT32_MAX) return;
-  const atp_rrec_t *r = &e->rrecs[idx];
-  for (size_t off = 0; off < offsetof(atp_rrec_t, inline_text) + 64; off += 64)
+  const atp_reservation_record_t *r = &e->reservation_records[idx];
+  for (size_t off = 0; off < offsetof(atp_reservation_record_t, inline_text) + 64;
+       off += 64)
     __builtin_prefetch((const char *)r + off, 1);
-  __builtin_prefetch(&e->rtable.slots[idx], 1);
+  __builtin_prefetch(&e->reservation_table.entries[idx], 1);
 }
 
-int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t *out,
-                atp_shortfalls_t *shortfalls, atp_result_t *result) {
-  ATP_ASSERT(out);
-  if (shortfalls) shortfalls->count = 0;
-  if (!atp_id_valid(req->id))
-    return bad(result, "id", "Must be 1..128 bytes of printable UTF-8.");
-  /* The id's bucket head is a cache miss in a table of millions: start it
-   * now, and let the checks below run while it arrives. */
-  uint64_t hash = atp_hash_bytes(req->id.ptr, req->id.len);
-  __builtin_prefetch(&e->rtable.heads[hash & e->rtable.bucket_mask], 1);
-  int rc = check_req_lines("lines", req->lines, req->line_count, 1, result);
-  if (rc) return rc;
-  /* So is the first line's position, two dependent misses: its index slot
-   * now, alongside the bucket head, and the position once the head is in. */
-  const atp_line_req_t *first = &req->lines[0];
-  uint64_t pos_hash =
-      first->location.len ? atp_pos_prefetch_slot(e, first->sku, first->location) : 0;
+/* The checks of a reserve request after its id and lines, and the hash of
+ * its content (what a replay must repeat). */
+static int reserve_check(const atp_reserve_req_t *req, uint64_t *content,
+                         atp_result_t *result) {
   if (req->ttl_ms && (req->ttl_ms < ATP_TTL_MS_MIN || req->ttl_ms > ATP_TTL_MS_MAX))
     return bad(result, "ttl_ms", "ttl_ms must be 1000..604800000");
   if (!opt_valid(req->order_ref))
@@ -666,68 +691,78 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
     return bad(result, "channel", "Must be 1..128 bytes of printable UTF-8.");
   if (!opt_valid(req->customer_id))
     return bad(result, "customer_id", "customer_id must be 1..128 printable bytes");
-  uint64_t content =
-      hash_lines(atp_hash_int(0x5e5e, req->ttl_ms), req->lines, req->line_count);
-  content =
-      atp_hash_str(atp_hash_str(atp_hash_str(content, req->order_ref), req->channel),
-                   req->customer_id);
+  *content =
+      hash_lines(atp__hash_int(0x5e5e, req->ttl_ms), req->lines, req->line_count);
+  *content = atp__hash_str(
+      atp__hash_str(atp__hash_str(*content, req->order_ref), req->channel),
+      req->customer_id);
 
-  uint32_t found = rec_find_from(e, atp_keyed_head(&e->rtable, hash), hash, req->id);
-  if (found != UINT32_MAX) return reserve_replay(e, found, content, out, result);
-  if (first->location.len) atp_pos_prefetch_position(e, pos_hash);
+  return 0;
+}
 
-  uint32_t idx = atp_keyed_alloc(&e->rtable);
+/* Claims the id: a fresh record, PENDING on the id's chain. 0: *idx is it.
+ * 1: an older twin got there first and *out is its replay (or
+ * ATP_EIDEMPOTENCY from reserve_replay). ATP_EFULL, ATP_ENOMEM. */
+static int reserve_claim(atp_engine_t *e, const atp_reserve_req_t *req, uint64_t hash,
+                         uint64_t content, uint32_t *claimed, atp_reservation_t *out,
+                         atp_result_t *result) {
+  uint32_t idx = atp__keyed_alloc(&e->reservation_table);
   if (idx == UINT32_MAX) {
-    atp_result_set(result, "", "The reservation table is full; retry later.");
+    atp__result_set(result, "", "The reservation table is full; retry later.");
     return ATP_EFULL;
   }
-  atp_rrec_t *r = &e->rrecs[idx];
+  atp_reservation_record_t *r = &e->reservation_records[idx];
   if (rec_init(r, req)) {
-    atomic_store(&e->rtable.slots[idx].state, ATP_REC_DEAD);
-    atp_keyed_push(&e->rtable, idx);
-    atp_wheel_enqueue_res(e, idx);
+    atomic_store(&e->reservation_table.entries[idx].state, ATP_REC_DEAD);
+    atp__keyed_push(&e->reservation_table, idx);
+    atp__reservation_queue(e, idx);
     return ATP_ENOMEM;
   }
   r->content_hash = content;
-  e->rtable.slots[idx].hash = hash;
-  atomic_store_explicit(&e->rtable.slots[idx].state, ATP_REC_PENDING,
+  e->reservation_table.entries[idx].hash = hash;
+  atomic_store_explicit(&e->reservation_table.entries[idx].state, ATP_REC_PENDING,
                         memory_order_relaxed);
-  atp_keyed_push(&e->rtable, idx);
-  found = rec_find_from(
-      e, atomic_load_explicit(&e->rtable.slots[idx].next, memory_order_acquire), hash,
-      req->id);
+  atp__keyed_push(&e->reservation_table, idx);
+  uint32_t found =
+      rec_find_from(e,
+                    atomic_load_explicit(&e->reservation_table.entries[idx].next,
+                                         memory_order_acquire),
+                    hash, req->id);
   if (found != UINT32_MAX) { /* a twin got there first */
-    atomic_store_explicit(&e->rtable.slots[idx].state, ATP_REC_DEAD,
+    atomic_store_explicit(&e->reservation_table.entries[idx].state, ATP_REC_DEAD,
                           memory_order_release);
-    atp_wheel_enqueue_res(e, idx);
-    return reserve_replay(e, found, content, out, result);
+    atp__reservation_queue(e, idx);
+    int rc = reserve_replay(e, found, content, out, result);
+    return rc ? rc : 1;
   }
+  *claimed = idx;
+  return 0;
+}
 
-  grants_t *g = scratch_grants();
-  rc = grant_all(e, req->lines, req->line_count, false, g, shortfalls, result);
-  if (rc == 0 && (rc = lines_reserve(e, r, g->count))) {
-    grants_rollback(e, g, false);
-    atp_result_set(result, "", "Out of memory.");
-  }
-  changes_t ch;
-  changes_init(&ch);
-  if (rc) {
-    /* Versions moved even though nothing is held: record them so that a
-     * replayed journal never hands out a version twice. */
-    for (uint32_t i = 0; i < g->count; i++)
-      changes_pos(e, &ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, 0, 0,
-                  g->items[i].version);
-    atp_emit(e, ch.items, ch.count);
-    atomic_store_explicit(&e->rtable.slots[idx].state, ATP_REC_DEAD,
-                          memory_order_release);
-    atp_wheel_enqueue_res(e, idx);
-    return rc;
-  }
+/* A refused reserve after its claim: nothing is held, the record turns DEAD
+ * (the id stays free) and the versions the grants moved are recorded, so
+ * that a replayed journal never hands out a version twice. */
+static int reserve_refuse(atp_engine_t *e, const atp_reserve_req_t *req, uint32_t idx,
+                          const grants_t *g, changes_t *ch, int rc) {
+  ATP_ASSERT(rc < 0);
+  for (uint32_t i = 0; i < g->count; i++)
+    changes_pos(e, ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, 0, 0,
+                g->items[i].version);
+  atp__emit(e, ch->items, ch->count);
+  atomic_store_explicit(&e->reservation_table.entries[idx].state, ATP_REC_DEAD,
+                        memory_order_release);
+  atp__reservation_queue(e, idx);
+  return rc;
+}
 
-  int64_t now = atp_now(e), ttl = req->ttl_ms ? req->ttl_ms : ATP_TTL_MS_DEFAULT;
+/* Fills the claimed record with the grants and publishes it LIVE. */
+static void reserve_publish(atp_engine_t *e, const atp_reserve_req_t *req, uint32_t idx,
+                            const grants_t *g, changes_t *ch, atp_reservation_t *out) {
+  atp_reservation_record_t *r = &e->reservation_records[idx];
+  int64_t now = atp__now(e), ttl = req->ttl_ms ? req->ttl_ms : ATP_TTL_MS_DEFAULT;
   for (uint32_t i = 0; i < g->count; i++) {
     line_add(r, g->items[i].pos, g->items[i].qty);
-    changes_pos(e, &ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, g->items[i].qty,
+    changes_pos(e, ch, ATP_CAUSE_RESERVE, req->id, g->items[i].pos, 0, g->items[i].qty,
                 0, g->items[i].version);
   }
   r->created_at_ms = now;
@@ -735,17 +770,61 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
   atomic_store_explicit(&r->ttl_ms, ttl, memory_order_relaxed);
   atomic_store_explicit(&r->ended_at_ms, ATP_TIME_NONE, memory_order_relaxed);
   atomic_store_explicit(&r->status, ATP_STATUS_HELD, memory_order_relaxed);
-  atomic_fetch_add_explicit(&e->status_count[atp_shard()][ATP_STATUS_HELD].value, 1,
+  atomic_fetch_add_explicit(&e->status_count[atp__shard()][ATP_STATUS_HELD].value, 1,
                             memory_order_relaxed);
   /* Still PENDING, so no flag: nobody else reads or changes the record yet.
    * The change records go out first, then LIVE is published (release): a
    * mutation or read that finds the record sees all of the above, and its
    * own change records come after these. */
-  atp_rrec_view(e, idx, out);
-  changes_emit(e, &ch, ATP_CAUSE_RESERVE, out, NULL);
-  atomic_store_explicit(&e->rtable.slots[idx].state, ATP_REC_LIVE,
+  atp__reservation_view(e, idx, out);
+  changes_emit(e, ch, ATP_CAUSE_RESERVE, out, NULL);
+  atomic_store_explicit(&e->reservation_table.entries[idx].state, ATP_REC_LIVE,
                         memory_order_release);
-  atp_wheel_enqueue_res(e, idx);
+  atp__reservation_queue(e, idx);
+}
+
+int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t *out,
+                atp_shortfalls_t *shortfalls, atp_result_t *result) {
+  ATP_ASSERT(out);
+  if (shortfalls) shortfalls->count = 0;
+  if (!atp__id_valid(req->id))
+    return bad(result, "id", "Must be 1..128 bytes of printable UTF-8.");
+  /* The id's bucket head is a cache miss in a table of millions: start it
+   * now, and let the checks below run while it arrives. */
+  uint64_t hash = atp__hash_bytes(req->id.ptr, req->id.len);
+  __builtin_prefetch(
+      &e->reservation_table.heads[hash & e->reservation_table.bucket_mask], 1);
+  int rc = check_req_lines("lines", req->lines, req->line_count, 1, result);
+  if (rc) return rc;
+  /* So is the first line's position, two dependent misses: its index entry
+   * now, alongside the bucket head, and the position once the head is in. */
+  const atp_line_req_t *first = &req->lines[0];
+  uint64_t pos_hash = first->location.len
+                          ? atp__position_prefetch_index(e, first->sku, first->location)
+                          : 0;
+  uint64_t content;
+  if ((rc = reserve_check(req, &content, result))) return rc;
+
+  uint32_t found =
+      rec_find_from(e, atp__keyed_head(&e->reservation_table, hash), hash, req->id);
+  if (found != UINT32_MAX) return reserve_replay(e, found, content, out, result);
+  if (first->location.len) atp__position_prefetch(e, pos_hash);
+
+  uint32_t idx;
+  if ((rc = reserve_claim(e, req, hash, content, &idx, out, result)))
+    return rc == 1 ? 0 : rc;
+  atp_reservation_record_t *r = &e->reservation_records[idx];
+
+  grants_t *g = scratch_grants();
+  rc = grant_all(e, req->lines, req->line_count, false, g, shortfalls, result);
+  if (rc == 0 && (rc = lines_reserve(e, r, g->count))) {
+    grants_rollback(e, g, false);
+    atp__result_set(result, "", "Out of memory.");
+  }
+  changes_t ch;
+  changes_init(&ch);
+  if (rc) return reserve_refuse(e, req, idx, g, &ch, rc);
+  reserve_publish(e, req, idx, g, &ch, out);
   prefetch_next_record(e);
   return 0;
 }
@@ -754,48 +833,49 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
  * ---------------------------------------------------------------------------------- */
 
 int atp_reservation_get(const atp_engine_t *e, atp_str_t id, atp_reservation_t *out) {
-  if (!atp_id_valid(id)) return ATP_ENOTFOUND;
+  if (!atp__id_valid(id)) return ATP_ENOTFOUND;
   uint32_t idx = rec_find(e, id);
   if (idx == UINT32_MAX) return ATP_ENOTFOUND;
-  atp_rrec_view(e, idx, out);
+  atp__reservation_view(e, idx, out);
   return 0;
 }
 
 /* Looks the reservation up and takes its flag; ENOTFOUND otherwise. */
 static int rec_open(atp_engine_t *e, atp_str_t id, uint32_t *idx,
                     atp_result_t *result) {
-  if (!atp_id_valid(id)) {
-    atp_result_set(result, "id", "Unknown reservation.");
+  if (!atp__id_valid(id)) {
+    atp__result_set(result, "id", "Unknown reservation.");
     return ATP_ENOTFOUND;
   }
   *idx = rec_find(e, id);
   if (*idx == UINT32_MAX) {
-    atp_result_set(result, "id", "Unknown reservation.");
+    atp__result_set(result, "id", "Unknown reservation.");
     return ATP_ENOTFOUND;
   }
-  rec_begin(&e->rrecs[*idx]);
+  rec_begin(&e->reservation_records[*idx]);
   return 0;
 }
 
 /* Ends a mutation: view, hook under the flag, then release it. */
 static void rec_close(atp_engine_t *e, uint32_t idx, changes_t *ch, atp_cause_t cause,
                       const atp_change_t *idem, atp_reservation_t *out, bool emit) {
-  atp_rrec_t *r = &e->rrecs[idx];
+  atp_reservation_record_t *r = &e->reservation_records[idx];
   atomic_store_explicit(&r->rseq,
                         atomic_load_explicit(&r->rseq, memory_order_relaxed) + 1,
                         memory_order_release); /* even: readable */
-  atp_rrec_view(e, idx, out);
+  atp__reservation_view(e, idx, out);
   if (emit) changes_emit(e, ch, cause, out, idem);
   atomic_store_explicit(&r->lock, 0, memory_order_release);
 }
 
-static void commit_lines(atp_engine_t *e, atp_rrec_t *r, changes_t *ch, atp_str_t id) {
+static void commit_lines(atp_engine_t *e, atp_reservation_record_t *r, changes_t *ch,
+                         atp_str_t id) {
   uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed);
-  atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
+  atp_reservation_line_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
   for (uint32_t i = 0; i < count; i++) {
     int64_t rem = line_remaining(&rl[i]);
     if (rem <= 0) continue;
-    uint64_t v = atp_pos_commit(&e->positions[rl[i].pos], rem);
+    uint64_t v = atp__position_commit(&e->positions[rl[i].pos], rem);
     changes_pos(e, ch, ATP_CAUSE_COMMIT, id, rl[i].pos, 0, -rem, rem, v);
   }
   set_status(e, r, ATP_STATUS_COMMITTED);
@@ -809,18 +889,19 @@ int atp_commit(atp_engine_t *e, atp_str_t id, atp_str_t order_id,
   uint32_t idx;
   int rc = rec_open(e, id, &idx, result);
   if (rc) return rc;
-  atp_rrec_t *r = &e->rrecs[idx];
+  atp_reservation_record_t *r = &e->reservation_records[idx];
   changes_t ch;
   changes_init(&ch);
   int status = atomic_load_explicit(&r->status, memory_order_relaxed);
   uint16_t have = atomic_load_explicit(&r->order_id_len, memory_order_relaxed);
   if (status == ATP_STATUS_COMMITTED && have && order_id.len &&
-      (have != order_id.len || memcmp(atp_rrec_order_id(r), order_id.ptr, have))) {
+      (have != order_id.len ||
+       memcmp(atp__reservation_order_id(r), order_id.ptr, have))) {
     /* Another order than the one recorded: a client mix-up that must not pass
      * as a replay. */
     result->status = status;
-    atp_result_set(result, "order_id",
-                   "this reservation is committed with another order_id");
+    atp__result_set(result, "order_id",
+                    "this reservation is committed with another order_id");
     rec_close(e, idx, &ch, ATP_CAUSE_COMMIT, NULL, out, false);
     return ATP_ECONFLICT;
   }
@@ -841,7 +922,7 @@ int atp_commit(atp_engine_t *e, atp_str_t id, atp_str_t order_id,
   if (order_id.len && !have) {
     /* Set once: the bytes before the length (release), and the view reads
      * the length first, so a reader never sees a half-written id. */
-    memcpy(atp_rrec_order_id(r), order_id.ptr, order_id.len);
+    memcpy(atp__reservation_order_id(r), order_id.ptr, order_id.len);
     atomic_store_explicit(&r->order_id_len, (uint16_t)order_id.len,
                           memory_order_release);
   }
@@ -851,15 +932,16 @@ int atp_commit(atp_engine_t *e, atp_str_t id, atp_str_t order_id,
 
 /* Gives back amounts[i] of each line (held units to reserved, committed ones
  * to committed) and counts them as released. */
-static void release_amounts(atp_engine_t *e, atp_rrec_t *r, const int64_t *amounts,
-                            changes_t *ch, atp_cause_t cause, atp_str_t id) {
+static void release_amounts(atp_engine_t *e, atp_reservation_record_t *r,
+                            const int64_t *amounts, changes_t *ch, atp_cause_t cause,
+                            atp_str_t id) {
   bool committed =
       atomic_load_explicit(&r->status, memory_order_relaxed) == ATP_STATUS_COMMITTED;
   uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed);
-  atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
+  atp_reservation_line_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
   for (uint32_t i = 0; i < count; i++) {
     if (amounts[i] <= 0) continue;
-    uint64_t v = atp_pos_give(&e->positions[rl[i].pos], amounts[i], committed);
+    uint64_t v = atp__position_give(&e->positions[rl[i].pos], amounts[i], committed);
     amount_add(&rl[i].released, amounts[i]);
     changes_pos(e, ch, cause, id, rl[i].pos, 0, committed ? 0 : -amounts[i],
                 committed ? -amounts[i] : 0, v);
@@ -867,7 +949,7 @@ static void release_amounts(atp_engine_t *e, atp_rrec_t *r, const int64_t *amoun
 }
 
 static int keyed_open(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t key,
-                      uint64_t content, atp_str_t id, uint32_t *irec, uint32_t *idx,
+                      uint64_t content, atp_str_t id, uint32_t *idem_idx, uint32_t *idx,
                       atp_reservation_t *out, atp_result_t *result);
 
 int atp_release(atp_engine_t *e, atp_str_t id, const atp_qty_line_t *lines,
@@ -878,20 +960,20 @@ int atp_release(atp_engine_t *e, atp_str_t id, const atp_qty_line_t *lines,
 int atp_release_keyed(atp_engine_t *e, atp_str_t id, atp_str_t release_id,
                       const atp_qty_line_t *lines, uint32_t line_count,
                       atp_reservation_t *out, atp_result_t *result) {
-  if (release_id.len && !atp_id_valid(release_id))
+  if (release_id.len && !atp__id_valid(release_id))
     return bad(result, "release_id", "release_id must be 1..128 printable bytes");
   int rc = check_qty_lines("lines", lines, line_count, result);
   if (rc) return rc;
-  uint32_t irec = UINT32_MAX, idx;
+  uint32_t idem_idx = UINT32_MAX, idx;
   if (release_id.len) {
-    uint64_t content = hash_qty_lines(atp_hash_str(0x5e1ea5e, id), lines, line_count);
-    rc = keyed_open(e, ATP_IDEM_RELEASE, release_id, content, id, &irec, &idx, out,
+    uint64_t content = hash_qty_lines(atp__hash_str(0x5e1ea5e, id), lines, line_count);
+    rc = keyed_open(e, ATP_IDEM_RELEASE, release_id, content, id, &idem_idx, &idx, out,
                     result);
     if (rc) return rc == 1 ? 0 : rc;
   } else if ((rc = rec_open(e, id, &idx, result))) {
     return rc;
   }
-  atp_rrec_t *r = &e->rrecs[idx];
+  atp_reservation_record_t *r = &e->reservation_records[idx];
   changes_t ch;
   changes_init(&ch);
   int status = atomic_load_explicit(&r->status, memory_order_relaxed);
@@ -903,16 +985,16 @@ int atp_release_keyed(atp_engine_t *e, atp_str_t id, atp_str_t release_id,
   else
     rc = line_amounts(e, r, "lines", lines, line_count, true, amounts, result);
   if (rc) {
-    if (irec != UINT32_MAX) atp_idem_fail(e, irec);
+    if (idem_idx != UINT32_MAX) atp__idem_fail(e, idem_idx);
     rec_close(e, idx, &ch, ATP_CAUSE_RELEASE, NULL, out, false);
     if (rc == 1) out->replayed = true;
     return rc == 1 ? 0 : rc;
   }
   release_amounts(e, r, amounts, &ch, ATP_CAUSE_RELEASE, id);
-  end_if_empty(e, r, idx, ATP_STATUS_RELEASED, atp_now(e));
+  end_if_empty(e, r, idx, ATP_STATUS_RELEASED, atp__now(e));
   atp_change_t idem, *keyed = NULL;
-  if (irec != UINT32_MAX) {
-    atp_idem_done(e, irec, ATP_IDEM_APPLIED, 0, NULL, id, &idem);
+  if (idem_idx != UINT32_MAX) {
+    atp__idem_done(e, idem_idx, ATP_IDEM_APPLIED, 0, NULL, id, &idem);
     keyed = &idem;
   }
   rec_close(e, idx, &ch, ATP_CAUSE_RELEASE, keyed, out, true);
@@ -926,7 +1008,7 @@ int atp_extend(atp_engine_t *e, atp_str_t id, int64_t ttl_ms, atp_reservation_t 
   uint32_t idx;
   int rc = rec_open(e, id, &idx, result);
   if (rc) return rc;
-  atp_rrec_t *r = &e->rrecs[idx];
+  atp_reservation_record_t *r = &e->reservation_records[idx];
   changes_t ch;
   changes_init(&ch);
   if (atomic_load_explicit(&r->status, memory_order_relaxed) != ATP_STATUS_HELD) {
@@ -934,25 +1016,25 @@ int atp_extend(atp_engine_t *e, atp_str_t id, int64_t ttl_ms, atp_reservation_t 
     rec_close(e, idx, &ch, ATP_CAUSE_EXTEND, NULL, out, false);
     return rc;
   }
-  atomic_store_explicit(&r->expires_at_ms, atp_now(e) + ttl_ms, memory_order_release);
+  atomic_store_explicit(&r->expires_at_ms, atp__now(e) + ttl_ms, memory_order_release);
   atomic_store_explicit(&r->ttl_ms, ttl_ms, memory_order_release);
-  atp_wheel_enqueue_res(e, idx);
+  atp__reservation_queue(e, idx);
   rec_close(e, idx, &ch, ATP_CAUSE_EXTEND, NULL, out, true);
   return 0;
 }
 
 /* The shared start of a keyed mutation of a reservation (fulfil, amend):
  * claims the key, then opens the reservation. 1: the key was used with this
- * content; *out is the reservation as it is now, marked replayed. 0: *irec is
+ * content; *out is the reservation as it is now, marked replayed. 0: *idem_idx is
  * claimed and *idx open under its flag. Negative: an error, nothing held. */
 static int keyed_open(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t key,
-                      uint64_t content, atp_str_t id, uint32_t *irec, uint32_t *idx,
+                      uint64_t content, atp_str_t id, uint32_t *idem_idx, uint32_t *idx,
                       atp_reservation_t *out, atp_result_t *result) {
-  if (!atp_id_valid(id)) {
-    atp_result_set(result, "id", "Unknown reservation.");
+  if (!atp__id_valid(id)) {
+    atp__result_set(result, "id", "Unknown reservation.");
     return ATP_ENOTFOUND;
   }
-  int rc = atp_idem_claim(e, kind, key, content, irec, result);
+  int rc = atp__idem_claim(e, kind, key, content, idem_idx, result);
   if (rc == ATP_EIDEMPOTENCY) /* name the key, not the reservation's id */
     snprintf(result->field, sizeof result->field, "%s",
              kind == ATP_IDEM_FULFIL  ? "fulfillment_id"
@@ -961,14 +1043,14 @@ static int keyed_open(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t key,
   if (rc < 0) return rc;
   if (rc == 1) {
     if ((rc = atp_reservation_get(e, id, out))) {
-      atp_result_set(result, "id", "Unknown reservation.");
+      atp__result_set(result, "id", "Unknown reservation.");
       return rc;
     }
     out->replayed = true;
     return 1;
   }
   if ((rc = rec_open(e, id, idx, result))) {
-    atp_idem_fail(e, *irec);
+    atp__idem_fail(e, *idem_idx);
     return rc;
   }
   return 0;
@@ -977,17 +1059,17 @@ static int keyed_open(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t key,
 int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
                const atp_qty_line_t *lines, uint32_t line_count, atp_reservation_t *out,
                atp_result_t *result) {
-  if (!atp_id_valid(fulfillment_id))
+  if (!atp__id_valid(fulfillment_id))
     return bad(result, "fulfillment_id",
                "fulfillment_id must be 1..128 printable bytes");
   int rc = check_qty_lines("lines", lines, line_count, result);
   if (rc) return rc;
-  uint64_t content = hash_qty_lines(atp_hash_str(0xf1f1, id), lines, line_count);
-  uint32_t irec, idx;
-  rc = keyed_open(e, ATP_IDEM_FULFIL, fulfillment_id, content, id, &irec, &idx, out,
+  uint64_t content = hash_qty_lines(atp__hash_str(0xf1f1, id), lines, line_count);
+  uint32_t idem_idx, idx;
+  rc = keyed_open(e, ATP_IDEM_FULFIL, fulfillment_id, content, id, &idem_idx, &idx, out,
                   result);
   if (rc) return rc == 1 ? 0 : rc;
-  atp_rrec_t *r = &e->rrecs[idx];
+  atp_reservation_record_t *r = &e->reservation_records[idx];
   changes_t ch;
   changes_init(&ch);
   int status = atomic_load_explicit(&r->status, memory_order_relaxed);
@@ -997,20 +1079,20 @@ int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
   else
     rc = line_amounts(e, r, "lines", lines, line_count, true, amounts, result);
   if (rc) {
-    atp_idem_fail(e, irec);
+    atp__idem_fail(e, idem_idx);
     rec_close(e, idx, &ch, ATP_CAUSE_FULFIL, NULL, out, false);
     return rc;
   }
   if (status == ATP_STATUS_HELD) commit_lines(e, r, &ch, id);
-  int64_t now = atp_now(e);
+  int64_t now = atp__now(e);
   uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed);
-  atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
+  atp_reservation_line_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
   for (uint32_t i = 0; i < count; i++) {
     if (amounts[i] <= 0) continue;
-    atp_pos_t *p = &e->positions[rl[i].pos];
-    atp_pos_lock(e, p);
-    uint64_t v = atp_pos_fulfil(e, p, amounts[i], now);
-    atp_pos_unlock(e, p);
+    atp_position_record_t *p = &e->positions[rl[i].pos];
+    atp__position_lock(e, p);
+    uint64_t v = atp__position_fulfil(e, p, amounts[i], now);
+    atp__position_unlock(e, p);
     amount_add(&rl[i].fulfilled, amounts[i]);
     changes_pos(e, &ch, ATP_CAUSE_FULFIL, fulfillment_id, rl[i].pos, -amounts[i], 0,
                 -amounts[i], v);
@@ -1018,7 +1100,7 @@ int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
   }
   end_if_empty(e, r, idx, ATP_STATUS_FULFILLED, now);
   atp_change_t idem;
-  atp_idem_done(e, irec, ATP_IDEM_APPLIED, 0, NULL, id, &idem);
+  atp__idem_done(e, idem_idx, ATP_IDEM_APPLIED, 0, NULL, id, &idem);
   rec_close(e, idx, &ch, ATP_CAUSE_FULFIL, &idem, out, true);
   return 0;
 }
@@ -1028,19 +1110,20 @@ int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id,
               const atp_line_req_t *add, uint32_t add_count, atp_reservation_t *out,
               atp_shortfalls_t *shortfalls, atp_result_t *result) {
   if (shortfalls) shortfalls->count = 0;
-  if (!atp_id_valid(amend_id))
+  if (!atp__id_valid(amend_id))
     return bad(result, "amend_id", "amend_id must be 1..128 printable bytes");
   int rc = check_qty_lines("release", release, release_count, result);
   if (rc) return rc;
   if ((rc = check_req_lines("add", add, add_count, 0, result))) return rc;
   if (release_count + add_count == 0)
     return bad(result, "add", "An amend needs a release or an add list.");
-  uint64_t content = hash_qty_lines(atp_hash_str(0xa3e4d, id), release, release_count);
-  content = hash_lines(atp_hash_int(content, add_count), add, add_count);
-  uint32_t irec, idx;
-  rc = keyed_open(e, ATP_IDEM_AMEND, amend_id, content, id, &irec, &idx, out, result);
+  uint64_t content = hash_qty_lines(atp__hash_str(0xa3e4d, id), release, release_count);
+  content = hash_lines(atp__hash_int(content, add_count), add, add_count);
+  uint32_t idem_idx, idx;
+  rc = keyed_open(e, ATP_IDEM_AMEND, amend_id, content, id, &idem_idx, &idx, out,
+                  result);
   if (rc) return rc == 1 ? 0 : rc;
-  atp_rrec_t *r = &e->rrecs[idx];
+  atp_reservation_record_t *r = &e->reservation_records[idx];
   changes_t ch;
   changes_init(&ch);
   int status = atomic_load_explicit(&r->status, memory_order_relaxed);
@@ -1055,15 +1138,15 @@ int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id,
   if (rc == 0 && (rc = lines_reserve(e, r, lines_needed(r, g)))) {
     grants_rollback(e, g, committed);
     if (rc == ATP_EBADREQ)
-      atp_result_set(result, "add", "A reservation spans at most %d positions.",
-                     ATP_RESERVATION_POSITIONS_MAX);
+      atp__result_set(result, "add", "A reservation spans at most %d positions.",
+                      ATP_RESERVATION_POSITIONS_MAX);
   }
   if (rc) {
     for (uint32_t i = 0; i < g->count; i++)
       changes_pos(e, &ch, ATP_CAUSE_AMEND, amend_id, g->items[i].pos, 0, 0, 0,
                   g->items[i].version);
-    atp_emit(e, ch.items, ch.count);
-    atp_idem_fail(e, irec);
+    atp__emit(e, ch.items, ch.count);
+    atp__idem_fail(e, idem_idx);
     rec_close(e, idx, &ch, ATP_CAUSE_AMEND, NULL, out, false);
     return rc;
   }
@@ -1074,9 +1157,9 @@ int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id,
                 committed ? 0 : g->items[i].qty, committed ? g->items[i].qty : 0,
                 g->items[i].version);
   }
-  end_if_empty(e, r, idx, ATP_STATUS_RELEASED, atp_now(e));
+  end_if_empty(e, r, idx, ATP_STATUS_RELEASED, atp__now(e));
   atp_change_t idem;
-  atp_idem_done(e, irec, ATP_IDEM_APPLIED, 0, NULL, id, &idem);
+  atp__idem_done(e, idem_idx, ATP_IDEM_APPLIED, 0, NULL, id, &idem);
   rec_close(e, idx, &ch, ATP_CAUSE_AMEND, &idem, out, true);
   return 0;
 }
@@ -1089,15 +1172,15 @@ int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id,
  * reservation that is due (returns true). *due gets when to look again
  * (ATP_TIME_NONE: not until something changes), *purge whether its retention
  * has passed. */
-bool atp_rrec_due(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due,
-                  bool *purge) {
+bool atp__reservation_fire(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due,
+                           bool *purge) {
   *due = ATP_TIME_NONE;
   *purge = false;
-  uint32_t state =
-      atomic_load_explicit(&e->rtable.slots[idx].state, memory_order_acquire);
+  uint32_t state = atomic_load_explicit(&e->reservation_table.entries[idx].state,
+                                        memory_order_acquire);
   if (state == ATP_REC_DEAD) *purge = true;
   if (state != ATP_REC_LIVE) return false;
-  atp_rrec_t *r = &e->rrecs[idx];
+  atp_reservation_record_t *r = &e->reservation_records[idx];
   /* An ended reservation never changes again, and its end time was stored
    * before its status: no flag needed to decide its purge. */
   int status = atomic_load_explicit(&r->status, memory_order_acquire);
@@ -1130,87 +1213,132 @@ bool atp_rrec_due(atp_engine_t *e, uint32_t idx, int64_t now_ms, int64_t *due,
   changes_init(&ch);
   int64_t amounts[ATP_RESERVATION_POSITIONS_MAX];
   uint32_t count = atomic_load_explicit(&r->line_count, memory_order_relaxed);
-  atp_rline_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
+  atp_reservation_line_t *rl = atomic_load_explicit(&r->lines, memory_order_relaxed);
   for (uint32_t i = 0; i < count; i++) amounts[i] = line_remaining(&rl[i]);
-  atp_str_t id = {atp_rrec_id(r), r->id_len};
+  atp_str_t id = {atp__reservation_id(r), r->id_len};
   release_amounts(e, r, amounts, &ch, ATP_CAUSE_EXPIRE, id);
   atomic_store_explicit(&r->ended_at_ms, now_ms, memory_order_release);
   atomic_store_explicit(&r->expires_at_ms, ATP_TIME_NONE, memory_order_release);
   set_status(e, r, ATP_STATUS_EXPIRED);
   atomic_fetch_add_explicit(&e->expirations, 1, memory_order_relaxed);
-  rec_close(e, idx, &ch, ATP_CAUSE_EXPIRE, NULL, atp_scratch_view(), true);
+  rec_close(e, idx, &ch, ATP_CAUSE_EXPIRE, NULL, atp__scratch_view(), true);
   *due = now_ms + e->config.ended_ttl_ms;
   return true;
 }
 
-/* Ticker: reports that an ended reservation left retention (the journal then
- * forgets it too). */
-void atp_rrec_purged(atp_engine_t *e, uint32_t idx) {
-  if (!e->config.on_change) return;
-  atp_reservation_t *view = atp_scratch_view();
-  atp_rrec_view(e, idx, view);
-  atp_change_t c;
-  memset(&c, 0, sizeof c);
-  c.kind = ATP_CHANGE_RESERVATION;
-  c.cause = ATP_CAUSE_PURGE;
-  c.cause_id = view->id;
-  c.at_ms = atp_now(e);
-  c.u.reservation = view;
-  atp_emit(e, &c, 1);
+int64_t atp__reservation_due(const atp_engine_t *e, uint32_t idx, int64_t now_ms) {
+  uint32_t st = atomic_load_explicit(&e->reservation_table.entries[idx].state,
+                                     memory_order_acquire);
+  if (st == ATP_REC_DEAD) return now_ms;
+  if (st != ATP_REC_LIVE) return ATP_TIME_NONE;
+  const atp_reservation_record_t *r = &e->reservation_records[idx];
+  int status = atomic_load_explicit(&r->status, memory_order_acquire);
+  if (status == ATP_STATUS_HELD)
+    return atomic_load_explicit(&r->expires_at_ms, memory_order_acquire);
+  if (status == ATP_STATUS_COMMITTED) return ATP_TIME_NONE;
+  int64_t ended = atomic_load_explicit(&r->ended_at_ms, memory_order_acquire);
+  return ended == ATP_TIME_NONE ? now_ms : ended + e->config.ended_ttl_ms;
+}
+
+bool atp__reservation_purge_bound(const atp_engine_t *e, uint32_t idx, int64_t now_ms) {
+  int64_t due = atp__reservation_due(e, idx, now_ms);
+  if (due == ATP_TIME_NONE || due > now_ms) return false;
+  /* A held reservation that is due expires now and is purged only after its
+   * retention; a dead record is purged whatever its stale status says. */
+  return atomic_load_explicit(&e->reservation_table.entries[idx].state,
+                              memory_order_relaxed) == ATP_REC_DEAD ||
+         atomic_load_explicit(&e->reservation_records[idx].status,
+                              memory_order_relaxed) != ATP_STATUS_HELD;
+}
+
+/* Ticker: forgets the record and frees what it owns beyond itself. An ended
+ * reservation's purge is reported (the journal then forgets it too). */
+void atp__reservation_purge(atp_engine_t *e, uint32_t idx) {
+  atp_reservation_record_t *r = &e->reservation_records[idx];
+  if (atomic_load_explicit(&e->reservation_table.entries[idx].state,
+                           memory_order_acquire) == ATP_REC_LIVE) {
+    int status = atomic_load_explicit(&r->status, memory_order_acquire);
+    /* One writer (this thread), so no locked instruction. */
+    _Atomic uint64_t *purged = &e->purged_count[status].value;
+    atomic_store_explicit(purged,
+                          atomic_load_explicit(purged, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    if (e->config.on_change) {
+      atp_reservation_t *view = atp__scratch_view();
+      atp__reservation_view(e, idx, view);
+      atp_change_t c;
+      memset(&c, 0, sizeof c);
+      c.kind = ATP_CHANGE_RESERVATION;
+      c.cause = ATP_CAUSE_PURGE;
+      c.cause_id = view->id;
+      c.at_ms = atp__now(e);
+      c.u.reservation = view;
+      atp__emit(e, &c, 1);
+    }
+  }
+  /* Readers may still copy from these: they are freed after the grace period,
+   * like the record itself is reused only after it. */
+  if (r->text && r->text != r->inline_text) atp__retire(e, r->text);
+  atp_reservation_line_t *lines = atomic_load_explicit(&r->lines, memory_order_relaxed);
+  if (lines && lines != r->inline_lines) atp__retire(e, lines);
+  atomic_store_explicit(&r->lines, r->inline_lines, memory_order_relaxed);
+  atomic_store_explicit(&r->line_count, 0, memory_order_relaxed);
+  atp__keyed_retire(&e->reservation_table, idx, e->tick_count, e->tick_mono_ns);
 }
 
 /* --- replay
  * ------------------------------------------------------------------------------------
  */
 
-int atp_reservation_apply(atp_engine_t *e, const atp_change_t *c) {
+int atp__reservation_apply(atp_engine_t *e, const atp_change_t *c) {
   const atp_reservation_t *v = c->u.reservation;
-  if (!v || !atp_id_valid(v->id) || v->line_count > ATP_RESERVATION_POSITIONS_MAX ||
+  if (!v || !atp__id_valid(v->id) || v->line_count > ATP_RESERVATION_POSITIONS_MAX ||
       (unsigned)v->status > ATP_STATUS_FULFILLED)
     return ATP_EBADREQ;
   uint32_t idx = rec_find(e, v->id);
   if (c->cause == ATP_CAUSE_PURGE) {
     /* Forgotten: DEAD records are invisible and the ticker unlinks them. */
     if (idx != UINT32_MAX) {
-      int status = atomic_load(&e->rrecs[idx].status);
-      atomic_fetch_sub(&e->status_count[atp_shard()][status].value, 1);
-      atomic_store(&e->rtable.slots[idx].state, ATP_REC_DEAD);
-      atp_wheel_enqueue_res(e, idx);
+      int status = atomic_load(&e->reservation_records[idx].status);
+      atomic_fetch_sub(&e->status_count[atp__shard()][status].value, 1);
+      atomic_store(&e->reservation_table.entries[idx].state, ATP_REC_DEAD);
+      atp__reservation_queue(e, idx);
     }
     return 0;
   }
   if (idx == UINT32_MAX) {
-    idx = atp_keyed_alloc(&e->rtable);
+    idx = atp__keyed_alloc(&e->reservation_table);
     if (idx == UINT32_MAX) return ATP_EFULL;
     atp_reserve_req_t req = {.id = v->id,
                              .order_ref = v->order_ref,
                              .channel = v->channel,
                              .customer_id = v->customer_id};
-    atp_rrec_t *r = &e->rrecs[idx];
+    atp_reservation_record_t *r = &e->reservation_records[idx];
     if (rec_init(r, &req)) return ATP_ENOMEM;
     atomic_store(&r->status, (int32_t)v->status);
-    atomic_fetch_add(&e->status_count[atp_shard()][v->status].value, 1);
-    e->rtable.slots[idx].hash = atp_hash_bytes(v->id.ptr, v->id.len);
-    atomic_store(&e->rtable.slots[idx].state, ATP_REC_LIVE);
-    atp_keyed_push(&e->rtable, idx);
+    atomic_fetch_add(&e->status_count[atp__shard()][v->status].value, 1);
+    e->reservation_table.entries[idx].hash = atp__hash_bytes(v->id.ptr, v->id.len);
+    atomic_store(&e->reservation_table.entries[idx].state, ATP_REC_LIVE);
+    atp__keyed_push(&e->reservation_table, idx);
   }
-  atp_rrec_t *r = &e->rrecs[idx];
+  atp_reservation_record_t *r = &e->reservation_records[idx];
   r->created_at_ms = v->created_at_ms;
   atomic_store(&r->expires_at_ms, v->expires_at_ms);
   atomic_store(&r->ttl_ms, v->ttl_ms);
   atomic_store(&r->ended_at_ms, v->ended_at_ms);
   set_status(e, r, v->status);
   if (v->order_id.len && v->order_id.len <= ATP_ID_BYTES_MAX) {
-    memcpy(atp_rrec_order_id(r), v->order_id.ptr, v->order_id.len);
+    memcpy(atp__reservation_order_id(r), v->order_id.ptr, v->order_id.len);
     atomic_store(&r->order_id_len, (uint16_t)v->order_id.len);
   }
   int rc = lines_reserve(e, r, v->line_count);
   if (rc) return rc;
   atomic_store(&r->line_count, 0);
-  atp_rline_t *rl = atomic_load(&r->lines);
+  atp_reservation_line_t *rl = atomic_load(&r->lines);
   for (uint32_t i = 0; i < v->line_count; i++) {
     uint32_t pos;
-    if ((rc = atp_pos_find_or_create(e, v->lines[i].sku, v->lines[i].location, &pos)))
+    if ((rc = atp__position_find_or_create(e, v->lines[i].sku, v->lines[i].location,
+                                           &pos)))
       return rc;
     rl[i].pos = pos;
     atomic_store(&rl[i].qty, v->lines[i].qty);
@@ -1218,6 +1346,6 @@ int atp_reservation_apply(atp_engine_t *e, const atp_change_t *c) {
     atomic_store(&rl[i].released, v->lines[i].released);
   }
   atomic_store(&r->line_count, v->line_count);
-  atp_wheel_enqueue_res(e, idx);
+  atp__reservation_queue(e, idx);
   return 0;
 }

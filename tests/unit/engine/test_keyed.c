@@ -3,7 +3,7 @@
  * in before its slot is reused (both a number of ticks and a wall time, kept
  * in 32 bits and compared by difference, so also across their wrap).
  *
- * One thread: atp_keyed_alloc takes from this thread's shard, so which record
+ * One thread: atp__keyed_alloc takes from this thread's shard, so which record
  * comes back is deterministic.
  */
 #include <stdint.h>
@@ -15,29 +15,29 @@
 
 #define MS 1000000LL /* ns */
 
-static atp_keyed_t T;
+static atp_keyed_table_t T;
 
 /* A record published under hash, as the engine's inserts do. */
 static uint32_t insert(uint64_t hash) {
-  uint32_t idx = atp_keyed_alloc(&T);
+  uint32_t idx = atp__keyed_alloc(&T);
   if (idx == UINT32_MAX) return idx;
-  T.slots[idx].hash = hash;
-  atomic_store(&T.slots[idx].state, ATP_REC_PENDING);
-  atp_keyed_push(&T, idx);
+  T.entries[idx].hash = hash;
+  atomic_store(&T.entries[idx].state, ATP_REC_PENDING);
+  atp__keyed_push(&T, idx);
   return idx;
 }
 
 /* The chain of hash's bucket, as record indexes, into out; returns its length. */
 static int chain(uint64_t hash, uint32_t *out, int max) {
   int n = 0;
-  for (uint32_t v = atp_keyed_head(&T, hash); v && n < max;
-       v = atomic_load(&T.slots[v - 1].next))
+  for (uint32_t v = atp__keyed_head(&T, hash); v && n < max;
+       v = atomic_load(&T.entries[v - 1].next))
     out[n++] = v - 1;
   return n;
 }
 
 static void test_chain_unlink_anywhere(void) {
-  REQUIRE(atp_keyed_init(&T, 16) == 0);
+  REQUIRE(atp__keyed_init(&T, 16) == 0);
   /* Three records in one bucket: pushes go in front. */
   uint32_t a = insert(7), b = insert(7), c = insert(7), other = insert(8);
   uint32_t got[8];
@@ -45,22 +45,22 @@ static void test_chain_unlink_anywhere(void) {
   CHECK_EQ(got[0], c);
   CHECK_EQ(got[1], b);
   CHECK_EQ(got[2], a);
-  CHECK_EQ(atp_keyed_live(&T), 4);
+  CHECK_EQ(atp__keyed_live(&T), 4);
 
-  atp_keyed_retire(&T, b, 1, 1000 * MS); /* the middle */
+  atp__keyed_retire(&T, b, 1, 1000 * MS); /* the middle */
   CHECK_EQ(chain(7, got, 8), 2);
   CHECK_EQ(got[0], c);
   CHECK_EQ(got[1], a);
-  CHECK_EQ(atomic_load(&T.slots[b].state), ATP_REC_FREE);
-  atp_keyed_retire(&T, c, 1, 1000 * MS); /* the head */
+  CHECK_EQ(atomic_load(&T.entries[b].state), ATP_REC_FREE);
+  atp__keyed_retire(&T, c, 1, 1000 * MS); /* the head */
   CHECK_EQ(chain(7, got, 8), 1);
   CHECK_EQ(got[0], a);
-  atp_keyed_retire(&T, a, 1, 1000 * MS); /* the last */
+  atp__keyed_retire(&T, a, 1, 1000 * MS); /* the last */
   CHECK_EQ(chain(7, got, 8), 0);
   CHECK_EQ(chain(8, got, 8), 1);
   CHECK_EQ(got[0], other);
-  CHECK_EQ(atp_keyed_live(&T), 1);
-  atp_keyed_destroy(&T);
+  CHECK_EQ(atp__keyed_live(&T), 1);
+  atp__keyed_destroy(&T);
 }
 
 /* Retires one record at (tick, ms) and checks that it is handed out again
@@ -68,21 +68,21 @@ static void test_chain_unlink_anywhere(void) {
  * comes late past them. */
 static void check_grace(uint64_t tick, int64_t ms, uint64_t late_ticks,
                         int64_t late_ms) {
-  REQUIRE(atp_keyed_init(&T, 4) == 0);
+  REQUIRE(atp__keyed_init(&T, 4) == 0);
   uint32_t r = insert(1);
   REQUIRE(r != UINT32_MAX);
-  atp_keyed_retire(&T, r, tick, ms * MS);
+  atp__keyed_retire(&T, r, tick, ms * MS);
 
   /* Enough time, too few ticks; enough ticks, too little time. */
-  atp_keyed_reclaim(&T, tick + 19, (ms + 5000) * MS);
-  CHECK(atp_keyed_peek(&T) != r);
-  atp_keyed_reclaim(&T, tick + 100, (ms + 999) * MS);
-  CHECK(atp_keyed_peek(&T) != r);
+  atp__keyed_reclaim(&T, tick + 19, (ms + 5000) * MS);
+  CHECK(atp__keyed_peek(&T) != r);
+  atp__keyed_reclaim(&T, tick + 100, (ms + 999) * MS);
+  CHECK(atp__keyed_peek(&T) != r);
   /* Both: it is this thread's next record. */
-  atp_keyed_reclaim(&T, tick + 20 + late_ticks, (ms + 1000 + late_ms) * MS);
-  CHECK_EQ(atp_keyed_peek(&T), r);
-  CHECK_EQ(atp_keyed_alloc(&T), r);
-  atp_keyed_destroy(&T);
+  atp__keyed_reclaim(&T, tick + 20 + late_ticks, (ms + 1000 + late_ms) * MS);
+  CHECK_EQ(atp__keyed_peek(&T), r);
+  CHECK_EQ(atp__keyed_alloc(&T), r);
+  atp__keyed_destroy(&T);
 }
 
 static void test_limbo_grace(void) {
@@ -101,30 +101,30 @@ static void test_limbo_grace_across_wrap(void) {
 /* Limbo is first in, first out: a young record holds back none older, and
  * none younger leaves before it. */
 static void test_limbo_fifo(void) {
-  REQUIRE(atp_keyed_init(&T, 8) == 0);
+  REQUIRE(atp__keyed_init(&T, 8) == 0);
   uint32_t a = insert(1), b = insert(2);
-  atp_keyed_retire(&T, a, 10, 10000 * MS);
-  atp_keyed_retire(&T, b, 15, 10500 * MS);
-  atp_keyed_reclaim(&T, 30, 11000 * MS); /* a's grace passed, b's not */
-  CHECK_EQ(atp_keyed_alloc(&T), a);
-  CHECK(atp_keyed_peek(&T) != b);
-  atp_keyed_reclaim(&T, 35, 11500 * MS);
-  CHECK_EQ(atp_keyed_alloc(&T), b);
-  atp_keyed_destroy(&T);
+  atp__keyed_retire(&T, a, 10, 10000 * MS);
+  atp__keyed_retire(&T, b, 15, 10500 * MS);
+  atp__keyed_reclaim(&T, 30, 11000 * MS); /* a's grace passed, b's not */
+  CHECK_EQ(atp__keyed_alloc(&T), a);
+  CHECK(atp__keyed_peek(&T) != b);
+  atp__keyed_reclaim(&T, 35, 11500 * MS);
+  CHECK_EQ(atp__keyed_alloc(&T), b);
+  atp__keyed_destroy(&T);
 }
 
 /* A full table says so, and a record back from limbo fills it again. */
 static void test_full_then_recycled(void) {
-  REQUIRE(atp_keyed_init(&T, 3) == 0);
+  REQUIRE(atp__keyed_init(&T, 3) == 0);
   uint32_t r[3];
   for (int i = 0; i < 3; i++) REQUIRE((r[i] = insert((uint64_t)i)) != UINT32_MAX);
-  CHECK_EQ(atp_keyed_alloc(&T), UINT32_MAX);
-  atp_keyed_retire(&T, r[1], 1, 0);
-  CHECK_EQ(atp_keyed_alloc(&T), UINT32_MAX); /* still in limbo */
-  atp_keyed_reclaim(&T, 21, 1000 * MS);
-  CHECK_EQ(atp_keyed_alloc(&T), r[1]);
-  CHECK_EQ(atp_keyed_live(&T), 3);
-  atp_keyed_destroy(&T);
+  CHECK_EQ(atp__keyed_alloc(&T), UINT32_MAX);
+  atp__keyed_retire(&T, r[1], 1, 0);
+  CHECK_EQ(atp__keyed_alloc(&T), UINT32_MAX); /* still in limbo */
+  atp__keyed_reclaim(&T, 21, 1000 * MS);
+  CHECK_EQ(atp__keyed_alloc(&T), r[1]);
+  CHECK_EQ(atp__keyed_live(&T), 3);
+  atp__keyed_destroy(&T);
 }
 
 TEST_MAIN({
