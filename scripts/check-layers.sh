@@ -25,7 +25,7 @@ declare -A HEADER_LAYER=(
   [journal]=store [snapshot]=store [records]=store [crc32c]=base [durability]=store
   [batch]=flows [flows]=flows [feed]=flows [shopify]=flows
   [auth]=app [metrics]=app [request]=app [router]=app [app]=app
-  [config]=cmd [demo]=cmd
+  [config]=cmd [demo]=cmd [instance]=cmd
 )
 # What each layer may include, besides its own headers.
 declare -A MAY_USE=(

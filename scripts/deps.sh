@@ -2,6 +2,9 @@
 # Installs the Debian packages atpd builds and tests with, when missing, and
 # unpacks node-llhttp's C sources into the ignored build tree (installing the
 # package itself would drag in Node.js). Idempotent and quiet when all is there.
+# make test also lints proto/openapi.yaml with @redocly/cli, which npm installs
+# into build/npm at the version pinned below (Debian's nodejs and npm when no
+# npm is on PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # libyajl-dev: the JSON codec; libjansson-dev, libcjson-dev and libjson-c5: only
@@ -9,11 +12,15 @@ cd "$(dirname "$0")/.."
 pkgs=(build-essential pkg-config clang libclang-rt-14-dev clang-format
       libuv1-dev libhiredis-dev libjemalloc-dev libmsgpack-dev libyajl-dev
       libjansson-dev libcjson-dev libjson-c5
-      redis-server redis-tools wrk python3 python3-msgpack python3-yaml curl)
+      redis-server redis-tools wrk python3 python3-msgpack python3-yaml curl
+      python3-pytest python3-pytest-timeout python3-pytest-xdist python3-jsonschema)
+# 1.x runs on Debian 12's Node.js 18 (2.x needs Node.js 20.19 or 22.12).
+redocly_version=1.34.20
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+command -v npm >/dev/null || missing+=(nodejs npm)
 sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
 if ((${#missing[@]})); then
   echo "deps: installing ${missing[*]}"
@@ -27,4 +34,10 @@ if [[ ! -f /usr/share/llhttp/llhttp.c && ! -f build/deps/usr/share/llhttp/llhttp
   (cd "$tmp" && apt-get download node-llhttp >/dev/null 2>&1 || { $sudo apt-get update -q && apt-get download node-llhttp; })
   dpkg -x "$tmp"/node-llhttp_*.deb build/deps
   rm -rf "$tmp"
+fi
+redocly_pkg=build/npm/node_modules/@redocly/cli/package.json
+if ! grep -q "\"version\": \"$redocly_version\"" "$redocly_pkg" 2>/dev/null; then
+  echo "deps: npm install @redocly/cli@$redocly_version into build/npm"
+  mkdir -p build/npm
+  npm install --prefix build/npm --no-audit --no-fund --loglevel=error "@redocly/cli@$redocly_version"
 fi

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs the test suites and prints one total "N passed, N failed" as the last line.
 #   tests/run.sh            everything make test runs
-#   tests/run.sh unit|asan|tsan|blackbox|fuzz [seconds]
-# Every suite ends with its own "N passed, N failed" line; a suite that ends
-# without one (a crash) counts as one failure.
+#   tests/run.sh unit|asan|tsan|blackbox|openapi|fuzz [seconds]
+# Every suite ends with its own "N passed, N failed" line, or pytest's closing
+# "=== N passed, N failed, N errors in Ts ===" (errors count as failures); a
+# suite that ends without one (a crash) counts as one failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-all}
@@ -17,13 +18,20 @@ suite() { # name, command...
   echo "== $name"
   "$@" >"$log" 2>&1
   local rc=$?
-  grep -E '^(FAIL|  )' "$log" | head -40
-  local last; last=$(grep -E '^([A-Za-z]+: )?[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
-  if [[ -z $last ]]; then
-    echo "   no summary line (exit $rc); last lines of $log:"; tail -15 "$log" | sed 's/^/   /'
-    total_fail=$((total_fail + 1)); return
+  grep -E "${FAIL_LINES:-^(FAIL|  )}" "$log" | head -40
+  local p f last
+  last=$(grep -E '^=+ .*[0-9]+ (passed|failed|errors?)\b.* in [0-9.]+s.* =+$' "$log" | tail -1)
+  if [[ -n $last ]]; then # pytest
+    p=$(grep -oE '[0-9]+ passed' <<<"$last" | grep -oE '[0-9]+' || echo 0)
+    f=0; for n in $(grep -oE '[0-9]+ (failed|errors?)' <<<"$last" | grep -oE '^[0-9]+'); do f=$((f + n)); done
+  else
+    last=$(grep -E '^([A-Za-z]+: )?[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
+    if [[ -z $last ]]; then
+      echo "   no summary line (exit $rc); last lines of $log:"; tail -15 "$log" | sed 's/^/   /'
+      total_fail=$((total_fail + 1)); return
+    fi
+    p=$(sed -E 's/^([A-Za-z]+: )?([0-9]+) passed.*/\2/' <<<"$last"); f=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$last")
   fi
-  local p f; p=$(sed -E 's/^([A-Za-z]+: )?([0-9]+) passed.*/\2/' <<<"$last"); f=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$last")
   if ((rc != 0 && f == 0)); then f=1; echo "   exit $rc"; fi
   echo "   $p passed, $f failed"
   total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
@@ -38,11 +46,34 @@ run_variant() { # variant
   done
 }
 
+# The black-box suite under pytest (tests/blackbox/conftest.py); extra
+# arguments go to pytest, e.g. tests/run.sh blackbox -k reservations.
+blackbox() {
+  FAIL_LINES='^(FAILED|ERROR) |^openapi: ' suite blackbox /usr/bin/python3 -m pytest tests/blackbox -n 2 --dist loadfile --tb=short "$@"
+}
+
+# proto/openapi.yaml through redocly lint (proto/redocly.yaml: any problem is
+# an error); one check in the totals.
+openapi_lint() {
+  local log=$log_dir/openapi-lint.log redocly=build/npm/node_modules/.bin/redocly
+  echo "== openapi-lint"
+  if [[ ! -x $redocly ]]; then
+    echo "   $redocly is missing (make deps installs it)"; total_fail=$((total_fail + 1)); return
+  fi
+  if "$redocly" lint --config proto/redocly.yaml --format=stylish proto/openapi.yaml >"$log" 2>&1; then
+    echo "   1 passed, 0 failed"; total_pass=$((total_pass + 1))
+  else
+    grep -E '^ +[0-9]+:[0-9]+ ' "$log" | head -40; tail -2 "$log" | sed 's/^/   /'
+    echo "   0 passed, 1 failed"; total_fail=$((total_fail + 1))
+  fi
+}
+
 case $mode in
   unit) run_variant release ;;
   asan) run_variant asan ;;
   tsan) run_variant tsan ;;
-  blackbox) suite blackbox /usr/bin/python3 tests/blackbox/run.py ;;
+  blackbox) shift; blackbox "$@" ;;
+  openapi) openapi_lint ;;
   fuzz)
     for f in build/fuzz/fuzz_*; do
       [[ -x $f ]] || continue
@@ -51,8 +82,8 @@ case $mode in
     done ;;
   all)
     run_variant release; run_variant asan; run_variant tsan
-    [[ -f tests/blackbox/run.py ]] && suite blackbox /usr/bin/python3 tests/blackbox/run.py ;;
-  *) echo "usage: tests/run.sh [unit|asan|tsan|blackbox|fuzz [seconds]]" >&2; exit 2 ;;
+    openapi_lint; blackbox ;;
+  *) echo "usage: tests/run.sh [unit|asan|tsan|blackbox [pytest args]|openapi|fuzz [seconds]]" >&2; exit 2 ;;
 esac
 echo "$total_pass passed, $total_fail failed"
 ((total_fail == 0))

@@ -84,6 +84,7 @@ struct atp_member {
 typedef struct {
   size_t offset;     /* byte offset in the body where parsing failed */
   char message[128]; /* "unexpected end of input", "duplicate key \"qty\"" */
+  char field[64];    /* msgpack: "lines[0].sku" of a refused value, or "" */
 } atp_parse_error_t;
 
 /* Parses one value in format JSON or MSGPACK (the whole body must be one value,

@@ -45,6 +45,7 @@ typedef struct {
   /* 1..ATP_CLOCK_SKEW_MS_MAX: how far past the server's clock an input time
    * may lie (--clock-skew-ms). */
   int64_t clock_skew_ms;
+  bool show_version; /* --version: print "atpd X.Y.Z" and exit */
 } atp_config_t;
 
 /* Fills *cfg with the defaults, then the ATPD_* environment, then argv.

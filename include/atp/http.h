@@ -144,6 +144,11 @@ int atp_http_server_run(atp_http_server_t *server);
  * thread. */
 void atp_http_server_stop(atp_http_server_t *server);
 
+/* Stops (if not stopped yet) and cuts the grace short: within a few tens of
+ * milliseconds every loop closes its remaining connections, so run returns
+ * even with a client that never reads. Any thread, while the server exists. */
+void atp_http_server_hurry(atp_http_server_t *server);
+
 void atp_http_server_destroy(atp_http_server_t *server);
 
 /* Lets every parked response with hold_until <= value go (values only grow;

@@ -54,6 +54,7 @@ struct atp_app {
   bool access_log;
   int64_t clock_skew_ms; /* input times may lie this far past the clock; 0:
                             ATP_CLOCK_SKEW_MS_DEFAULT (--clock-skew-ms) */
+  const char *not_ready; /* NULL, or why /readyz answers 503 (data dir unusable) */
 };
 
 /* The table, and its size. Index i is the route's metrics label index. */

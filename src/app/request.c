@@ -126,6 +126,7 @@ int atp_req_parse_body(atp_req_t *rq, bool required) {
   if (rc != 0) {
     atp_req_fail(rq, ATP_EBADREQ, NULL, NULL, "Malformed body at byte %zu: %s",
                  perr.offset, perr.message);
+    if (perr.field[0]) snprintf(rq->field, sizeof rq->field, "%s", perr.field);
     msgpack_error_field(rq, h->body, h->body_len, perr.offset);
     return ATP_EBADREQ;
   }

@@ -19,6 +19,8 @@ int atp_route_readyz(atp_req_t *rq) {
     rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 1";
     return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "State is not restored yet.");
   }
+  if (app->not_ready)
+    return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "%s", app->not_ready);
   atp_writer_t *w = atp_respond_begin(rq, 200);
   atp_w_object_begin(w);
   atp_w_key(w, "status");

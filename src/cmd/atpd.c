@@ -1,17 +1,24 @@
-/* main.c - bin/atpd: reads the configuration, builds the engine, loads the
- * demo catalogue if asked, and serves HTTP until SIGTERM or SIGINT.
+/* main.c - bin/atpd: reads the configuration, claims its port and data dir,
+ * builds the engine, loads the demo catalogue if asked, and serves HTTP until
+ * SIGTERM, SIGINT or SIGQUIT.
  *
- * Signals: SIGTERM and SIGINT are blocked in every thread (the loop threads
- * inherit the mask) and taken by one thread in sigwait(), which asks the server
- * to stop: stop accepting, finish in-flight requests, return from run. Doing it
- * from a plain thread keeps the handler free of async-signal-safety concerns. */
+ * Signals are blocked in every thread (the loop threads inherit the mask) and
+ * taken by one thread in sigwait(), which keeps their handling free of
+ * async-signal-safety concerns:
+ *   SIGTERM, SIGINT, SIGQUIT  drain: stop accepting, finish in-flight requests,
+ *                             exit 0. A second one during the drain hurries it:
+ *                             remaining connections are closed now, still exit 0.
+ *   SIGHUP, SIGUSR1, SIGUSR2  logged and otherwise ignored. SIGHUP is the
+ *                             habitual "reopen your log", but the log is stderr,
+ *                             which atpd never opened: whoever redirected it owns
+ *                             the file (copytruncate rotation works as it is). */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <unistd.h>
 
 #include "atp/auth.h"
 #include "atp/config.h"
@@ -19,9 +26,11 @@
 #include "atp/engine.h"
 #include "atp/error.h"
 #include "atp/http.h"
+#include "atp/instance.h"
 #include "atp/log.h"
 #include "atp/metrics.h"
 #include "atp/router.h"
+#include "atp/version.h"
 
 #define ENGINE_TICK_MS 100
 
@@ -41,16 +50,53 @@ static uint32_t build_route_labels(void) {
 
 typedef struct {
   sigset_t set;
+  /* The signal thread outlives run: main clears server under the lock before
+   * destroying it, so a late signal never touches a freed server. */
+  pthread_mutex_t lock;
   atp_http_server_t *server;
 } signal_waiter_t;
 
+static const char *signal_name(int sig) {
+  switch (sig) {
+    case SIGTERM:
+      return "SIGTERM";
+    case SIGINT:
+      return "SIGINT";
+    case SIGQUIT:
+      return "SIGQUIT";
+    case SIGHUP:
+      return "SIGHUP";
+    case SIGUSR1:
+      return "SIGUSR1";
+    case SIGUSR2:
+      return "SIGUSR2";
+    default:
+      return "signal";
+  }
+}
+
 static void *signal_thread(void *arg) {
   signal_waiter_t *sw = arg;
-  int sig = 0;
-  while (sigwait(&sw->set, &sig) != 0) {
+  bool draining = false;
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&sw->set, &sig) != 0) continue;
+    const char *name = signal_name(sig);
+    if (sig == SIGHUP || sig == SIGUSR1 || sig == SIGUSR2) {
+      atp_log("info", "%s: the log is stderr, nothing to reopen; still serving", name);
+      continue;
+    }
+    pthread_mutex_lock(&sw->lock);
+    if (sw->server && !draining) {
+      atp_log("info", "%s: stopping, draining in-flight requests", name);
+      atp_http_server_stop(sw->server);
+    } else if (sw->server) {
+      atp_log("warn", "%s again: closing the remaining connections now", name);
+      atp_http_server_hurry(sw->server);
+    }
+    draining = true;
+    pthread_mutex_unlock(&sw->lock);
   }
-  atp_log("info", "signal %d: stopping, draining in-flight requests", sig);
-  atp_http_server_stop(sw->server);
   return NULL;
 }
 
@@ -108,11 +154,16 @@ static int build_engine(const atp_config_t *cfg, atp_app_t *app, atp_engine_t **
 int main(int argc, char **argv) {
   /* Block the stop signals first thing, so one arriving during start-up waits
    * for the signal thread instead of killing the process mid-way. */
-  signal_waiter_t sw;
+  static signal_waiter_t sw;
   sigemptyset(&sw.set);
   sigaddset(&sw.set, SIGTERM);
   sigaddset(&sw.set, SIGINT);
+  sigaddset(&sw.set, SIGQUIT);
+  sigaddset(&sw.set, SIGHUP);
+  sigaddset(&sw.set, SIGUSR1);
+  sigaddset(&sw.set, SIGUSR2);
   pthread_sigmask(SIG_BLOCK, &sw.set, NULL);
+  pthread_mutex_init(&sw.lock, NULL);
   signal(SIGPIPE, SIG_IGN);
 
   atp_config_t cfg;
@@ -123,6 +174,10 @@ int main(int argc, char **argv) {
   }
   if (cfg.print_help) {
     fputs(atp_config_usage(), stdout);
+    return 0;
+  }
+  if (cfg.show_version) {
+    puts("atpd " ATP_VERSION);
     return 0;
   }
   if (cfg.print_routes) {
@@ -139,8 +194,35 @@ int main(int argc, char **argv) {
   atp_auth_t *auth = NULL;
   atp_ownership_t *own = NULL;
   if (load_access(&cfg, &app, &auth, &own) != 0) return 1;
-  if (mkdir(cfg.data_dir, 0750) != 0 && errno != EEXIST)
-    atp_log("warn", "cannot create data dir %s: %s", cfg.data_dir, strerror(errno));
+  /* One atpd per port: before anything else, so that a second start fails
+   * fast and leaves the first one alone. */
+  int port = cfg.port;
+  if (atp_instance_claim_port(cfg.host, cfg.port, &port, err, sizeof err) != 0) {
+    fprintf(stderr, "atpd: cannot listen on %s:%d: %s\n", cfg.host, cfg.port, err);
+    return 1;
+  }
+  /* One atpd per data dir. A dir that cannot be created or written is not a
+   * reason to refuse to start (the engine is in memory), but /readyz says 503
+   * with the reason until it is fixed and atpd restarted: the journal will
+   * need it. A dir another process holds is a reason: two processes must never
+   * share a journal. */
+  static char not_ready[600];
+  int rc = atp_instance_make_dir(cfg.data_dir, not_ready, sizeof not_ready);
+  if (rc == 0) rc = atp_instance_lock_dir(cfg.data_dir, not_ready, sizeof not_ready);
+  if (rc == ATP_ECONFLICT) {
+    fprintf(stderr, "atpd: %s\n", not_ready);
+    return 1;
+  }
+  if (rc != 0) {
+    atp_log("warn", "%s /readyz answers 503 until it is fixed and atpd restarted",
+            not_ready);
+    app.not_ready = not_ready;
+  }
+  if (cfg.durability != ATP_DURABILITY_NONE)
+    atp_log("warn",
+            "--durability %s: the journal is not implemented yet, state is in memory "
+            "only and a restart loses it",
+            cfg.durability == ATP_DURABILITY_ALWAYS ? "always" : "batch");
 
   uint32_t route_count = build_route_labels();
   app.metrics = atp_metrics_create((uint32_t)cfg.threads, route_count, route_labels);
@@ -152,7 +234,7 @@ int main(int argc, char **argv) {
   atp_http_config_t hc;
   memset(&hc, 0, sizeof hc);
   hc.host = cfg.host;
-  hc.port = cfg.port;
+  hc.port = port;
   hc.threads = cfg.threads;
   hc.handler = atp_router_handle;
   hc.body_limit = atp_router_body_limit;
@@ -163,13 +245,15 @@ int main(int argc, char **argv) {
   hc.tick_ms = ENGINE_TICK_MS;
   atp_http_server_t *server = NULL;
   if (atp_http_server_create(&hc, &server, err, sizeof err) != 0) {
-    fprintf(stderr, "atpd: cannot listen on %s:%d: %s\n", cfg.host, cfg.port, err);
+    fprintf(stderr, "atpd: %s\n", err);
     return 1;
   }
   atp_engine_t *engine = NULL;
   if (build_engine(&cfg, &app, &engine) != 0) return 1;
 
+  pthread_mutex_lock(&sw.lock);
   sw.server = server;
+  pthread_mutex_unlock(&sw.lock);
   pthread_t tid;
   if (pthread_create(&tid, NULL, signal_thread, &sw) != 0) {
     fprintf(stderr, "atpd: cannot start the signal thread\n");
@@ -183,8 +267,11 @@ int main(int argc, char **argv) {
           cfg.durability == ATP_DURABILITY_NONE     ? "none"
           : cfg.durability == ATP_DURABILITY_ALWAYS ? "always"
                                                     : "batch");
-  int rc = atp_http_server_run(server);
+  rc = atp_http_server_run(server);
   atp_log("info", "atpd stopped");
+  pthread_mutex_lock(&sw.lock);
+  sw.server = NULL;
+  pthread_mutex_unlock(&sw.lock);
   atp_http_server_destroy(server);
   atomic_store_explicit(&app.engine, NULL, memory_order_release);
   atp_engine_destroy(engine);

@@ -246,6 +246,7 @@ const char *atp_config_usage(void) {
          "            [--access-log on|off]     one JSON line per request, default on\n"
          "            [--clock-skew-ms N]       future times allowed, default 300000\n"
          "            [--routes]                print the route table and exit\n"
+         "            [--version]               print the version and exit\n"
          "Every flag has an ATPD_* environment twin (ATPD_LISTEN, ...); flags win.\n";
 }
 
@@ -285,6 +286,10 @@ int atp_config_load(atp_config_t *cfg, int argc, char **argv,
     }
     if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
       cfg->print_help = true;
+      continue;
+    }
+    if (!strcmp(arg, "--version")) {
+      cfg->show_version = true;
       continue;
     }
     const char *eq = strchr(arg, '=');

@@ -3,13 +3,19 @@
  * Two passes. First our own structural check walks the bytes once with an
  * explicit stack: it finds where the value ends and refuses, with the exact
  * offset, truncation, bad bytes, nesting beyond ATP_CODEC_DEPTH_MAX, integers
- * outside int64, non-string map keys, bin/ext types and invalid UTF-8. It
+ * outside int64, non-string map keys, ext types and invalid UTF-8, naming the
+ * field (err->field, "lines[0].sku") where the value sits inside an object. It
  * comes first because msgpack-c allocates each container from its declared
  * count before reading the items: five bytes announcing 2^32 items would
  * otherwise ask for 64 GiB. Once the check passed, the counts are backed by
  * real bytes, so msgpack-c's tree is at most a small multiple of the body.
  * Then msgpack-c unpacks the checked bytes and we convert its tree into the
  * arena, rejecting duplicate keys by sorting (O(n log n) for any input).
+ *
+ * bin is read as a string when its bytes are valid UTF-8: older clients (and
+ * msgpack libraries packing with the pre-2013 spec's raw type turned bin)
+ * send every string that way. Anything else in a bin is refused as invalid
+ * UTF-8, the same as in a str, since no field of the contract takes bytes.
  */
 #include <assert.h>
 #include <msgpack.h>
@@ -23,9 +29,36 @@
 /* --- structural check -------------------------------------------------------- */
 
 typedef struct {
-  uint64_t left; /* items still to read; a map counts keys and values */
-  bool is_map;   /* then an even `left` means a key comes next */
+  uint64_t left;   /* items still to read; a map counts keys and values */
+  uint64_t total;  /* items at the start: an array's item index is total - left */
+  const char *key; /* map: the last key read, in the body (for err->field) */
+  uint32_t key_len;
+  bool is_map; /* then an even `left` means a key comes next */
 } frame_t;
+
+/* The path of the value being read, "lines[0].sku", into err->field; empty at
+ * the top level. Keys are printable (the field is echoed in answers). */
+static void name_field(atp_parse_error_t *err, const frame_t *stack, uint32_t top) {
+  if (!err) return;
+  size_t n = 0, cap = sizeof err->field;
+  err->field[0] = '\0';
+  for (uint32_t i = 0; i < top && n + 1 < cap; i++) {
+    const frame_t *f = &stack[i];
+    int w;
+    if (!f->is_map)
+      w = snprintf(err->field + n, cap - n, "[%llu]",
+                   (unsigned long long)(f->total - f->left));
+    else if (f->key)
+      w = snprintf(err->field + n, cap - n, "%s%.*s", n ? "." : "",
+                   (int)(f->key_len > 64 ? 64 : f->key_len), f->key);
+    else
+      break; /* inside a key: the object is the field */
+    if (w < 0) break;
+    n += (size_t)w < cap - n ? (size_t)w : cap - n - 1;
+  }
+  for (char *c = err->field; *c; c++)
+    if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f) *c = '?';
+}
 
 static uint64_t be(const unsigned char *p, int n) {
   uint64_t v = 0;
@@ -57,12 +90,17 @@ static int check_value(const char *body, size_t start, size_t len, uint32_t dept
       container = true, is_map = t < 0x90, count = t & 0x0f;
     } else {
       static const int extra[] = {
-          [0xca] = 4, [0xcb] = 8, [0xcc] = 1, [0xcd] = 2, [0xce] = 4, [0xcf] = 8,
-          [0xd0] = 1, [0xd1] = 2, [0xd2] = 4, [0xd3] = 8, [0xd9] = 1, [0xda] = 2,
+          [0xc4] = 1, [0xc5] = 2, [0xc6] = 4, [0xca] = 4, [0xcb] = 8,
+          [0xcc] = 1, [0xcd] = 2, [0xce] = 4, [0xcf] = 8, [0xd0] = 1,
+          [0xd1] = 2, [0xd2] = 4, [0xd3] = 8, [0xd9] = 1, [0xda] = 2,
           [0xdb] = 4, [0xdc] = 2, [0xdd] = 4, [0xde] = 2, [0xdf] = 4};
-      if (t == 0xc1) return atp_codec_fail(err, at, "invalid msgpack byte 0xc1");
-      if ((t >= 0xc4 && t <= 0xc9) || (t >= 0xd4 && t <= 0xd8)) {
-        return atp_codec_fail(err, at, "unsupported msgpack type 0x%02x (bin/ext)", t);
+      if (t == 0xc1) {
+        name_field(err, stack, top);
+        return atp_codec_fail(err, at, "invalid msgpack byte 0xc1");
+      }
+      if ((t >= 0xc7 && t <= 0xc9) || (t >= 0xd4 && t <= 0xd8)) {
+        name_field(err, stack, top);
+        return atp_codec_fail(err, at, "unsupported msgpack type 0x%02x (ext)", t);
       }
       size_bytes = extra[t];
       assert(size_bytes > 0);
@@ -70,9 +108,11 @@ static int check_value(const char *body, size_t start, size_t len, uint32_t dept
         return atp_codec_fail(err, len, "unexpected end of input");
       uint64_t v = be(b + p, size_bytes);
       p += (size_t)size_bytes;
-      if (t == 0xcf && v > INT64_MAX)
+      if (t == 0xcf && v > INT64_MAX) {
+        name_field(err, stack, top);
         return atp_codec_fail(err, at, "integer out of int64 range");
-      if (t >= 0xd9 && t <= 0xdb) str_len = v;
+      }
+      if ((t >= 0xd9 && t <= 0xdb) || (t >= 0xc4 && t <= 0xc6)) str_len = v;
       if (t >= 0xdc) container = true, is_map = t >= 0xde, count = v;
     }
     if (want_key && str_len == UINT64_MAX) {
@@ -81,8 +121,15 @@ static int check_value(const char *body, size_t start, size_t len, uint32_t dept
     if (str_len != UINT64_MAX) {
       if (len - p < str_len) return atp_codec_fail(err, len, "unexpected end of input");
       size_t valid = atp_codec_utf8_prefix(body + p, (size_t)str_len);
-      if (valid != str_len)
-        return atp_codec_fail(err, p + valid, "invalid UTF-8 in string");
+      if (valid != str_len) {
+        name_field(err, stack, top);
+        return atp_codec_fail(err, p + valid, "invalid UTF-8 in %s",
+                              t >= 0xc4 && t <= 0xc6 ? "bin" : "string");
+      }
+      if (want_key) {
+        stack[top - 1].key = body + p;
+        stack[top - 1].key_len = (uint32_t)str_len;
+      }
       p += (size_t)str_len;
     }
     if (container) {
@@ -94,7 +141,9 @@ static int check_value(const char *body, size_t start, size_t len, uint32_t dept
        * truncated input, refused before anything is allocated for it. */
       if (items > len - p) return atp_codec_fail(err, len, "unexpected end of input");
       if (items > 0) {
-        stack[top].left = items;
+        stack[top].left = stack[top].total = items;
+        stack[top].key = NULL;
+        stack[top].key_len = 0;
         stack[top].is_map = is_map;
         top++;
         continue;
@@ -127,6 +176,13 @@ typedef struct {
   uint32_t index; /* position in the object, to report the later twin */
 } key_ref_t;
 
+/* A str, or a bin accepted as one (check_value validated its UTF-8). */
+static msgpack_object_str as_str(const msgpack_object *o) {
+  if (o->type == MSGPACK_OBJECT_BIN)
+    return (msgpack_object_str){.size = o->via.bin.size, .ptr = o->via.bin.ptr};
+  return o->via.str;
+}
+
 /* Keys of equal length are equal bytes; msgpack-c gives empty strings a NULL
  * pointer, which memcmp must not see. */
 static bool same_key(const char *a, const char *b, uint32_t len) {
@@ -147,10 +203,10 @@ static int check_duplicates(convert_t *c, const msgpack_object_map *map) {
   uint32_t n = map->size, dup = UINT32_MAX;
   if (n <= 8) {
     for (uint32_t i = 1; i < n && dup == UINT32_MAX; i++) {
-      const msgpack_object_str *ki = &map->ptr[i].key.via.str;
+      msgpack_object_str ki = as_str(&map->ptr[i].key);
       for (uint32_t j = 0; j < i; j++) {
-        const msgpack_object_str *kj = &map->ptr[j].key.via.str;
-        if (ki->size == kj->size && same_key(ki->ptr, kj->ptr, ki->size)) {
+        msgpack_object_str kj = as_str(&map->ptr[j].key);
+        if (ki.size == kj.size && same_key(ki.ptr, kj.ptr, ki.size)) {
           dup = i;
           break;
         }
@@ -160,8 +216,8 @@ static int check_duplicates(convert_t *c, const msgpack_object_map *map) {
     key_ref_t *refs = atp_arena_alloc(c->arena, (size_t)n * sizeof *refs);
     if (!refs) return ATP_ENOMEM;
     for (uint32_t i = 0; i < n; i++) {
-      refs[i] =
-          (key_ref_t){map->ptr[i].key.via.str.ptr, map->ptr[i].key.via.str.size, i};
+      msgpack_object_str k = as_str(&map->ptr[i].key);
+      refs[i] = (key_ref_t){k.ptr, k.size, i};
     }
     qsort(refs, n, sizeof *refs, key_ref_cmp);
     for (uint32_t i = 1; i < n; i++) {
@@ -173,13 +229,15 @@ static int check_duplicates(convert_t *c, const msgpack_object_map *map) {
     }
   }
   if (dup == UINT32_MAX) return 0;
-  const msgpack_object_str *k = &map->ptr[dup].key.via.str;
-  /* Report the key's type byte: its header size assuming the minimal form.
+  msgpack_object_str ks = as_str(&map->ptr[dup].key);
+  const msgpack_object_str *k = &ks;
+  /* Report the key's type byte: its header size assuming the minimal form
+   * (a bin has no fixed form: one more byte from the start).
    * An empty key has no pointer into the body: report the value's start. */
-  size_t header = k->size < 32            ? 1
-                  : k->size <= UINT8_MAX  ? 2
-                  : k->size <= UINT16_MAX ? 3
-                                          : 5;
+  size_t header = k->size < 32 && map->ptr[dup].key.type == MSGPACK_OBJECT_STR ? 1
+                  : k->size <= UINT8_MAX                                       ? 2
+                  : k->size <= UINT16_MAX                                      ? 3
+                                                                               : 5;
   size_t at = k->size ? (size_t)(k->ptr - c->body) - header : c->start;
   return atp_codec_fail(c->err, at, "duplicate key \"%.*s\"",
                         (int)(k->size > 64 ? 64 : k->size), k->size ? k->ptr : "");
@@ -209,10 +267,13 @@ static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out) {
       out->u.f = o->via.f64;
       return 0;
     case MSGPACK_OBJECT_STR:
+    case MSGPACK_OBJECT_BIN: {
+      msgpack_object_str str = as_str(o);
       out->type = ATP_VAL_STR;
-      out->len = o->via.str.size;
-      out->u.s = atp_arena_strdup(c->arena, o->via.str.ptr, o->via.str.size);
+      out->len = str.size;
+      out->u.s = atp_arena_strdup(c->arena, str.ptr, str.size);
       return out->u.s ? 0 : ATP_ENOMEM;
+    }
     case MSGPACK_OBJECT_ARRAY: {
       uint32_t n = o->via.array.size;
       out->type = ATP_VAL_ARRAY;
@@ -237,10 +298,13 @@ static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out) {
       if (n && !out->u.members) return ATP_ENOMEM;
       for (uint32_t i = 0; i < n; i++) {
         const msgpack_object_kv *kv = &o->via.map.ptr[i];
-        assert(kv->key.type == MSGPACK_OBJECT_STR); /* checked in check_value */
+        /* checked in check_value */
+        assert(kv->key.type == MSGPACK_OBJECT_STR ||
+               kv->key.type == MSGPACK_OBJECT_BIN);
         atp_member_t *m = &out->u.members[i];
-        m->key_len = kv->key.via.str.size;
-        m->key = atp_arena_strdup(c->arena, kv->key.via.str.ptr, m->key_len);
+        msgpack_object_str key = as_str(&kv->key);
+        m->key_len = key.size;
+        m->key = atp_arena_strdup(c->arena, key.ptr, m->key_len);
         if (!m->key) return ATP_ENOMEM;
         rc = convert(c, &kv->val, &m->val);
         if (rc) return rc;
@@ -248,7 +312,7 @@ static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out) {
       return 0;
     }
     default:
-      /* bin and ext are refused by check_value. */
+      /* ext is refused by check_value. */
       return atp_codec_fail(c->err, 0, "unsupported msgpack type");
   }
 }
@@ -291,6 +355,7 @@ static int parse_one(const char *body, size_t start, size_t len, uint32_t depth,
 
 int atp_codec_msgpack_parse(const char *body, size_t len, atp_arena_t *arena,
                             atp_val_t **out, atp_parse_error_t *err) {
+  if (err) err->field[0] = '\0';
   size_t end;
   int rc = parse_one(body, 0, len, 0, arena, out, &end, err);
   if (rc) return rc;
@@ -308,6 +373,7 @@ int atp_codec_msgpack_stream(const char *body, size_t len, atp_arena_t *arena,
   const unsigned char *b = (const unsigned char *)body;
   size_t p = 0;
   uint64_t items = UINT64_MAX; /* array mode: items still to read */
+  if (err) err->field[0] = '\0';
   if (len > 0 && ((b[0] >= 0x90 && b[0] <= 0x9f) || b[0] == 0xdc || b[0] == 0xdd)) {
     /* A single array: its items are the stream, nothing may follow it. */
     int size_bytes = b[0] <= 0x9f ? 0 : b[0] == 0xdc ? 2 : 4;

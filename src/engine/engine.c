@@ -675,15 +675,15 @@ int atp_safety_stock_set(atp_engine_t *e, atp_str_t sku, atp_str_t location,
                          int64_t safety_stock, atp_position_t *out,
                          atp_result_t *result) {
   if (!atp_id_valid(sku)) {
-    atp_result_set(result, "sku", "sku must be 1..128 printable bytes");
+    atp_result_set(result, "sku", "Must be 1..128 bytes of printable UTF-8.");
     return ATP_EBADREQ;
   }
   if (!atp_id_valid(location)) {
-    atp_result_set(result, "location", "location must be 1..128 printable bytes");
+    atp_result_set(result, "location", "Must be 1..128 bytes of printable UTF-8.");
     return ATP_EBADREQ;
   }
   if (safety_stock < 0 || safety_stock > ATP_QTY_MAX) {
-    atp_result_set(result, "safety_stock", "safety_stock must be 0..%lld",
+    atp_result_set(result, "safety_stock", "Must be in 0..%lld.",
                    (long long)ATP_QTY_MAX);
     return ATP_EBADREQ;
   }
@@ -713,19 +713,19 @@ int atp_safety_stock_set(atp_engine_t *e, atp_str_t sku, atp_str_t location,
 static int check_common(atp_str_t id, atp_str_t sku, atp_str_t location,
                         atp_str_t source, atp_result_t *result) {
   if (!atp_id_valid(id)) {
-    atp_result_set(result, "id", "id must be 1..128 printable bytes");
+    atp_result_set(result, "id", "Must be 1..128 bytes of printable UTF-8.");
     return ATP_EBADREQ;
   }
   if (!atp_id_valid(sku)) {
-    atp_result_set(result, "sku", "sku must be 1..128 printable bytes");
+    atp_result_set(result, "sku", "Must be 1..128 bytes of printable UTF-8.");
     return ATP_EBADREQ;
   }
   if (!atp_id_valid(location)) {
-    atp_result_set(result, "location", "location must be 1..128 printable bytes");
+    atp_result_set(result, "location", "Must be 1..128 bytes of printable UTF-8.");
     return ATP_EBADREQ;
   }
   if (!atp_id_valid(source)) {
-    atp_result_set(result, "source", "source must be 1..128 printable bytes");
+    atp_result_set(result, "source", "Must be 1..128 bytes of printable UTF-8.");
     return ATP_EBADREQ;
   }
   return 0;
@@ -792,7 +792,7 @@ static int onhand_begin(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
     atp_idem_fail(e, o->irec);
     atp_pos_read(e, o->idx, position);
     result->current_on_hand = o->on_hand;
-    atp_result_set(result, "change_from", "on_hand is %lld, not %lld",
+    atp_result_set(result, "change_from", "The on_hand is %lld, not %lld.",
                    (long long)o->on_hand, (long long)change_from);
     return ATP_ECONFLICT;
   }
@@ -828,16 +828,16 @@ static int check_adjust(const atp_adjust_req_t *req, atp_result_t *result) {
   int rc = check_common(req->id, req->sku, req->location, req->source, result);
   if (rc) return rc;
   if (req->delta == 0 || !qty_in_range(req->delta)) {
-    atp_result_set(result, "delta", "delta must be a non-zero integer within +-%lld",
+    atp_result_set(result, "delta", "Must be a non-zero integer within +-%lld.",
                    (long long)ATP_QTY_MAX);
     return ATP_EBADREQ;
   }
   if ((unsigned)req->reason >= ATP_REASON_COUNT_) {
-    atp_result_set(result, "reason", "unknown reason");
+    atp_result_set(result, "reason", "Unknown reason.");
     return ATP_EBADREQ;
   }
   if (req->ref.len > ATP_ID_BYTES_MAX) {
-    atp_result_set(result, "ref", "ref must be at most 128 bytes");
+    atp_result_set(result, "ref", "Must be at most 128 bytes.");
     return ATP_EBADREQ;
   }
   return 0;
@@ -885,7 +885,7 @@ int atp_adjust(atp_engine_t *e, const atp_adjust_req_t *req, atp_adjust_res_t *r
   }
   if (rc) return rc;
   if (!qty_in_range(o.on_hand + req->delta)) {
-    atp_result_set(result, "delta", "on_hand would leave +-%lld",
+    atp_result_set(result, "delta", "The on_hand would leave the range +-%lld.",
                    (long long)ATP_QTY_MAX);
     return onhand_abort(e, &o, ATP_EOVERFLOW);
   }
@@ -911,12 +911,11 @@ int atp_count(atp_engine_t *e, const atp_count_req_t *req, atp_count_res_t *res,
   int rc = check_common(req->id, req->sku, req->location, req->source, result);
   if (rc) return rc;
   if (req->on_hand < 0 || req->on_hand > ATP_QTY_MAX) {
-    atp_result_set(result, "on_hand", "on_hand must be 0..%lld",
-                   (long long)ATP_QTY_MAX);
+    atp_result_set(result, "on_hand", "Must be in 0..%lld.", (long long)ATP_QTY_MAX);
     return ATP_EBADREQ;
   }
   if (req->counted_at_ms == ATP_TIME_NONE) {
-    atp_result_set(result, "counted_at", "counted_at is required");
+    atp_result_set(result, "counted_at", "The field is required.");
     return ATP_EBADREQ;
   }
   int64_t now = atp_now(e);
@@ -951,7 +950,7 @@ int atp_count(atp_engine_t *e, const atp_count_req_t *req, atp_count_res_t *res,
     int64_t target =
         req->on_hand + history_after(e, o.p, req->counted_at_ms, &complete);
     if (!qty_in_range(target)) {
-      atp_result_set(result, "on_hand", "on_hand would leave +-%lld",
+      atp_result_set(result, "on_hand", "The on_hand would leave the range +-%lld.",
                      (long long)ATP_QTY_MAX);
       return onhand_abort(e, &o, ATP_EOVERFLOW);
     }
@@ -1096,7 +1095,7 @@ static int group_install(atp_engine_t *e, atp_str_t name, atp_group_version_t *g
   if (rc) {
     if (g) atp_free(g);
     atp_result_set(result, "", "%s",
-                   rc == ATP_ENOTFOUND ? "unknown group" : atp_strerror(rc));
+                   rc == ATP_ENOTFOUND ? "Unknown group." : atp_strerror(rc));
   }
   return rc;
 }
@@ -1104,11 +1103,11 @@ static int group_install(atp_engine_t *e, atp_str_t name, atp_group_version_t *g
 static int group_put(atp_engine_t *e, atp_str_t name, const atp_str_t *locations,
                      uint32_t count, atp_result_t *result, bool emit) {
   if (!atp_id_valid(name)) {
-    atp_result_set(result, "name", "group name must be 1..128 printable bytes");
+    atp_result_set(result, "name", "Must be 1..128 bytes of printable UTF-8.");
     return ATP_EBADREQ;
   }
   if (count == 0 || count > ATP_GROUP_LOCATIONS_MAX) {
-    atp_result_set(result, "locations", "a group has 1..%d locations",
+    atp_result_set(result, "locations", "A group has 1..%d locations.",
                    ATP_GROUP_LOCATIONS_MAX);
     return ATP_EBADREQ;
   }
@@ -1116,14 +1115,14 @@ static int group_put(atp_engine_t *e, atp_str_t name, const atp_str_t *locations
     char field[32];
     snprintf(field, sizeof field, "locations[%u]", i);
     if (!atp_id_valid(locations[i])) {
-      atp_result_set(result, field, "location must be 1..128 printable bytes");
+      atp_result_set(result, field, "Must be 1..128 bytes of printable UTF-8.");
       return ATP_EBADREQ;
     }
     /* O(count^2) duplicate check, at most 1000^2/2 short compares on a rare call */
     for (uint32_t j = 0; j < i; j++) {
       if (locations[j].len == locations[i].len &&
           memcmp(locations[j].ptr, locations[i].ptr, locations[i].len) == 0) {
-        atp_result_set(result, field, "location listed twice");
+        atp_result_set(result, field, "Duplicate location.");
         return ATP_EBADREQ;
       }
     }
@@ -1151,7 +1150,7 @@ int atp_group_put(atp_engine_t *e, atp_str_t name, const atp_str_t *locations,
 
 int atp_group_delete(atp_engine_t *e, atp_str_t name, atp_result_t *result) {
   if (!atp_id_valid(name)) {
-    atp_result_set(result, "name", "unknown group");
+    atp_result_set(result, "name", "Unknown group.");
     return ATP_ENOTFOUND;
   }
   return group_install(e, name, NULL, NULL, result, true);

@@ -81,7 +81,7 @@ static int idem_existing(atp_engine_t *e, uint32_t found, atp_idem_kind_t kind,
     return ATP_EIDEMPOTENCY;
   }
   if (e->irecs[found].content_hash != content_hash) {
-    atp_result_set(result, "id", "this id was already used with different content");
+    atp_result_set(result, "id", "This id was already used with different content.");
     return ATP_EIDEMPOTENCY;
   }
   *idx = found;
@@ -96,7 +96,7 @@ int atp_idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
     return idem_existing(e, found, kind, content_hash, idx, result);
   uint32_t mine = atp_keyed_alloc(&e->itable);
   if (mine == UINT32_MAX) {
-    atp_result_set(result, "", "the idempotency id store is full; retry later");
+    atp_result_set(result, "", "The idempotency id store is full; retry later.");
     return ATP_EFULL;
   }
   atp_irec_t *r = &e->irecs[mine];

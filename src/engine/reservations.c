@@ -240,7 +240,7 @@ static void changes_emit(const atp_engine_t *e, changes_t *c, atp_cause_t cause,
 static int conflict(const atp_rrec_t *r, atp_result_t *result, const char *what) {
   int status = atomic_load_explicit(&r->status, memory_order_acquire);
   result->status = status;
-  atp_result_set(result, "", "cannot %s a %s reservation", what,
+  atp_result_set(result, "", "Cannot %s the reservation: it is %s.", what,
                  atp_status_name((atp_status_t)status));
   return ATP_ECONFLICT;
 }
@@ -291,7 +291,7 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
         atp_pos_take(&e->positions[pos], l->qty, committed, &version)) {
       if (grant_add(g, pos, l->qty, version) == 0) return 0;
       atp_pos_give(&e->positions[pos], l->qty, committed);
-      atp_result_set(result, "lines", "a reservation spans at most %d positions",
+      atp_result_set(result, "lines", "A reservation spans at most %d positions.",
                      ATP_RESERVATION_POSITIONS_MAX);
       return ATP_EBADREQ;
     }
@@ -302,7 +302,7 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
   if (atp_group_resolve(e, l->group, &grp)) {
     char field[32];
     snprintf(field, sizeof field, "lines[%u].group", li);
-    atp_result_set(result, field, "unknown group");
+    atp_result_set(result, field, "Unknown group.");
     return ATP_ENOTFOUND;
   }
   /* First the first location that fills the line whole; a split line is
@@ -315,7 +315,7 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
     if (atp_pos_take(&e->positions[pos], need, committed, &version)) {
       if (grant_add(g, pos, l->qty, version) == 0) return 0;
       atp_pos_give(&e->positions[pos], l->qty, committed);
-      atp_result_set(result, "lines", "a reservation spans at most %d positions",
+      atp_result_set(result, "lines", "A reservation spans at most %d positions.",
                      ATP_RESERVATION_POSITIONS_MAX);
       return ATP_EBADREQ;
     }
@@ -346,7 +346,7 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
       if (atp_pos_take(p, take, committed, &version)) {
         if (grant_add(g, pos, take, version)) {
           atp_pos_give(p, take, committed);
-          atp_result_set(result, "lines", "a reservation spans at most %d positions",
+          atp_result_set(result, "lines", "A reservation spans at most %d positions.",
                          ATP_RESERVATION_POSITIONS_MAX);
           return ATP_EBADREQ;
         }
@@ -383,7 +383,7 @@ static int grant_all(const atp_engine_t *e, const atp_line_req_t *lines, uint32_
   }
   if (!short_any) return 0;
   grants_rollback(e, g, committed);
-  atp_result_set(result, "lines", "not enough stock for %u of %u lines",
+  atp_result_set(result, "lines", "Not enough stock for %u of %u lines.",
                  sf ? sf->count : 0, n);
   return ATP_EINSUFFICIENT;
 }
@@ -400,7 +400,7 @@ static int check_req_lines(const char *name, const atp_line_req_t *lines, uint32
                            uint32_t min, atp_result_t *result) {
   char field[48];
   if (n < min || n > ATP_RESERVATION_LINES_MAX) {
-    atp_result_set(result, name, "%s must have %u..%d lines", name, min,
+    atp_result_set(result, name, "The %s list must hold %u..%d lines.", name, min,
                    ATP_RESERVATION_LINES_MAX);
     return ATP_EBADREQ;
   }
@@ -408,20 +408,20 @@ static int check_req_lines(const char *name, const atp_line_req_t *lines, uint32
     const atp_line_req_t *l = &lines[i];
     if (!atp_id_valid(l->sku)) {
       snprintf(field, sizeof field, "%s[%u].sku", name, i);
-      return bad(result, field, "sku must be 1..128 printable bytes");
+      return bad(result, field, "Must be 1..128 bytes of printable UTF-8.");
     }
     if ((l->location.len > 0) == (l->group.len > 0)) {
       snprintf(field, sizeof field, "%s[%u].location", name, i);
-      return bad(result, field, "a line names exactly one of location and group");
+      return bad(result, field, "Give a location or a group, not both.");
     }
     if (!atp_id_valid(l->location.len ? l->location : l->group)) {
       snprintf(field, sizeof field, "%s[%u].%s", name, i,
                l->location.len ? "location" : "group");
-      return bad(result, field, "must be 1..128 printable bytes");
+      return bad(result, field, "Must be 1..128 bytes of printable UTF-8.");
     }
     if (l->qty < 1 || l->qty > ATP_QTY_MAX) {
       snprintf(field, sizeof field, "%s[%u].qty", name, i);
-      return bad(result, field, "qty must be a positive integer");
+      return bad(result, field, "Must be a positive integer.");
     }
   }
   return 0;
@@ -431,21 +431,21 @@ static int check_qty_lines(const char *name, const atp_qty_line_t *lines, uint32
                            atp_result_t *result) {
   char field[48];
   if (n > ATP_RESERVATION_POSITIONS_MAX) {
-    atp_result_set(result, name, "at most %d lines", ATP_RESERVATION_POSITIONS_MAX);
+    atp_result_set(result, name, "At most %d lines.", ATP_RESERVATION_POSITIONS_MAX);
     return ATP_EBADREQ;
   }
   for (uint32_t i = 0; i < n; i++) {
     if (!atp_id_valid(lines[i].sku)) {
       snprintf(field, sizeof field, "%s[%u].sku", name, i);
-      return bad(result, field, "sku must be 1..128 printable bytes");
+      return bad(result, field, "Must be 1..128 bytes of printable UTF-8.");
     }
     if (!atp_id_valid(lines[i].location)) {
       snprintf(field, sizeof field, "%s[%u].location", name, i);
-      return bad(result, field, "location must be 1..128 printable bytes");
+      return bad(result, field, "Must be 1..128 bytes of printable UTF-8.");
     }
     if (lines[i].qty < 1 || lines[i].qty > ATP_QTY_MAX) {
       snprintf(field, sizeof field, "%s[%u].qty", name, i);
-      return bad(result, field, "qty must be a positive integer");
+      return bad(result, field, "Must be a positive integer.");
     }
   }
   return 0;
@@ -494,12 +494,12 @@ static int line_amounts(const atp_engine_t *e, const atp_rrec_t *r, const char *
     while (j < count && rl[j].pos != pos) j++;
     if (pos == UINT32_MAX || j == count) {
       snprintf(field, sizeof field, "%s[%u]", name, i);
-      return bad(result, field, "this position is not in the reservation");
+      return bad(result, field, "This position is not in the reservation.");
     }
     amounts[j] += lines[i].qty;
     if (amounts[j] > line_remaining(&rl[j])) {
       snprintf(field, sizeof field, "%s[%u].qty", name, i);
-      atp_result_set(result, field, "only %lld units remain on this line",
+      atp_result_set(result, field, "Only %lld units remain on this line.",
                      (long long)line_remaining(&rl[j]));
       result->status = atomic_load_explicit(&r->status, memory_order_acquire);
       return ATP_ECONFLICT;
@@ -539,7 +539,7 @@ static int reserve_replay(const atp_engine_t *e, uint32_t found, uint64_t conten
                           atp_reservation_t *out, atp_result_t *result) {
   if (e->rrecs[found].content_hash != content_hash) {
     atp_result_set(result, "id",
-                   "this reservation id was already used with different content");
+                   "This reservation id was already used with different content.");
     return ATP_EIDEMPOTENCY;
   }
   atp_rrec_view(e, found, out);
@@ -646,7 +646,7 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
   ATP_ASSERT(out);
   if (shortfalls) shortfalls->count = 0;
   if (!atp_id_valid(req->id))
-    return bad(result, "id", "id must be 1..128 printable bytes");
+    return bad(result, "id", "Must be 1..128 bytes of printable UTF-8.");
   /* The id's bucket head is a cache miss in a table of millions: start it
    * now, and let the checks below run while it arrives. */
   uint64_t hash = atp_hash_bytes(req->id.ptr, req->id.len);
@@ -663,7 +663,7 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
   if (!opt_valid(req->order_ref))
     return bad(result, "order_ref", "order_ref must be 1..128 printable bytes");
   if (!opt_valid(req->channel))
-    return bad(result, "channel", "channel must be 1..128 printable bytes");
+    return bad(result, "channel", "Must be 1..128 bytes of printable UTF-8.");
   if (!opt_valid(req->customer_id))
     return bad(result, "customer_id", "customer_id must be 1..128 printable bytes");
   uint64_t content =
@@ -678,7 +678,7 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
 
   uint32_t idx = atp_keyed_alloc(&e->rtable);
   if (idx == UINT32_MAX) {
-    atp_result_set(result, "", "the reservation table is full; retry later");
+    atp_result_set(result, "", "The reservation table is full; retry later.");
     return ATP_EFULL;
   }
   atp_rrec_t *r = &e->rrecs[idx];
@@ -707,7 +707,7 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
   rc = grant_all(e, req->lines, req->line_count, false, g, shortfalls, result);
   if (rc == 0 && (rc = lines_reserve(e, r, g->count))) {
     grants_rollback(e, g, false);
-    atp_result_set(result, "", "out of memory");
+    atp_result_set(result, "", "Out of memory.");
   }
   changes_t ch;
   changes_init(&ch);
@@ -765,12 +765,12 @@ int atp_reservation_get(const atp_engine_t *e, atp_str_t id, atp_reservation_t *
 static int rec_open(atp_engine_t *e, atp_str_t id, uint32_t *idx,
                     atp_result_t *result) {
   if (!atp_id_valid(id)) {
-    atp_result_set(result, "id", "unknown reservation");
+    atp_result_set(result, "id", "Unknown reservation.");
     return ATP_ENOTFOUND;
   }
   *idx = rec_find(e, id);
   if (*idx == UINT32_MAX) {
-    atp_result_set(result, "id", "unknown reservation");
+    atp_result_set(result, "id", "Unknown reservation.");
     return ATP_ENOTFOUND;
   }
   rec_begin(&e->rrecs[*idx]);
@@ -949,7 +949,7 @@ static int keyed_open(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t key,
                       uint64_t content, atp_str_t id, uint32_t *irec, uint32_t *idx,
                       atp_reservation_t *out, atp_result_t *result) {
   if (!atp_id_valid(id)) {
-    atp_result_set(result, "id", "unknown reservation");
+    atp_result_set(result, "id", "Unknown reservation.");
     return ATP_ENOTFOUND;
   }
   int rc = atp_idem_claim(e, kind, key, content, irec, result);
@@ -961,7 +961,7 @@ static int keyed_open(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t key,
   if (rc < 0) return rc;
   if (rc == 1) {
     if ((rc = atp_reservation_get(e, id, out))) {
-      atp_result_set(result, "id", "unknown reservation");
+      atp_result_set(result, "id", "Unknown reservation.");
       return rc;
     }
     out->replayed = true;
@@ -1034,7 +1034,7 @@ int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id,
   if (rc) return rc;
   if ((rc = check_req_lines("add", add, add_count, 0, result))) return rc;
   if (release_count + add_count == 0)
-    return bad(result, "add", "an amend releases or adds something");
+    return bad(result, "add", "An amend needs a release or an add list.");
   uint64_t content = hash_qty_lines(atp_hash_str(0xa3e4d, id), release, release_count);
   content = hash_lines(atp_hash_int(content, add_count), add, add_count);
   uint32_t irec, idx;
@@ -1055,7 +1055,7 @@ int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id,
   if (rc == 0 && (rc = lines_reserve(e, r, lines_needed(r, g)))) {
     grants_rollback(e, g, committed);
     if (rc == ATP_EBADREQ)
-      atp_result_set(result, "add", "a reservation spans at most %d positions",
+      atp_result_set(result, "add", "A reservation spans at most %d positions.",
                      ATP_RESERVATION_POSITIONS_MAX);
   }
   if (rc) {

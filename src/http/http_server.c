@@ -58,6 +58,7 @@
 #define LINGER_MS          2000 /* after the last response: wait for the client's FIN */
 #define LINGER_BYTES_MAX   (4u << 20)
 #define STOP_TIMEOUT_MS    5000
+#define STOP_POLL_MS       20 /* how soon a drain notices a hurry */
 #define LISTEN_BACKLOG     1024
 #define REQUEST_ID_BLOCK   4096
 
@@ -171,6 +172,7 @@ struct loop_ctx {
   uv_tcp_t listener;
   uv_async_t stop_async;
   uv_timer_t stop_timer;     /* force-closes what the stop grace left */
+  uint64_t stop_deadline;    /* loop time the stop grace ends */
   uv_timer_t tick_timer;     /* loop 0 only runs it */
   uv_async_t release_async;  /* atp_http_server_release wakes the loop */
   _Atomic uint64_t released; /* parked output up to this value may go */
@@ -188,6 +190,7 @@ struct atp_http_server {
   int port;
   int threads;
   atomic_int stop_requested; /* 1 once stop was called (exchange: once) */
+  atomic_bool hurry;         /* ends the stop grace now (atp_http_server_hurry) */
   bool ran;
   loop_ctx_t *loops;
 };
@@ -1398,8 +1401,15 @@ static void on_release_async(uv_async_t *a) {
   }
 }
 
+/* Every STOP_POLL_MS while draining: the grace ends at its deadline, or at
+ * once when hurried. Polling an atomic keeps atp_http_server_hurry free of
+ * cross-thread wake-ups on loops that may already be finishing. */
 static void on_stop_timer(uv_timer_t *t) {
   loop_ctx_t *lp = t->data;
+  if (uv_now(&lp->loop) < lp->stop_deadline &&
+      !atomic_load_explicit(&lp->server->hurry, memory_order_relaxed))
+    return;
+  uv_timer_stop(t);
   for (conn_t *c = lp->conns; c; c = c->next) conn_close(c);
 }
 
@@ -1411,8 +1421,9 @@ static void on_stop_async(uv_async_t *a) {
     uv_close((uv_handle_t *)&lp->listener, NULL);
     lp->listening = false;
   }
-  uv_timer_start(&lp->stop_timer, on_stop_timer,
-                 cfg_ms(lp->server->config.stop_timeout_ms, STOP_TIMEOUT_MS), 0);
+  lp->stop_deadline =
+      uv_now(&lp->loop) + cfg_ms(lp->server->config.stop_timeout_ms, STOP_TIMEOUT_MS);
+  uv_timer_start(&lp->stop_timer, on_stop_timer, STOP_POLL_MS, STOP_POLL_MS);
   /* Idle connections close now; busy ones after their response. */
   for (conn_t *c = lp->conns; c; c = c->next) conn_progress(c);
   loop_maybe_finish(lp);
@@ -1557,6 +1568,7 @@ int atp_http_server_create(const atp_http_config_t *config, atp_http_server_t **
   s->threads = config->threads;
   s->loops = loops;
   atomic_init(&s->stop_requested, 0);
+  atomic_init(&s->hurry, false);
   for (int i = 0; i < s->threads; i++) {
     int rc = loop_init(s, &loops[i], i, err, err_len);
     if (rc) {
@@ -1615,6 +1627,11 @@ void atp_http_server_release(atp_http_server_t *s, uint64_t value) {
     }
     if (cur < value) uv_async_send(&lp->release_async);
   }
+}
+
+void atp_http_server_hurry(atp_http_server_t *s) {
+  atomic_store_explicit(&s->hurry, true, memory_order_relaxed);
+  atp_http_server_stop(s);
 }
 
 void atp_http_server_destroy(atp_http_server_t *s) {

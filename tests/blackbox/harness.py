@@ -1,8 +1,9 @@
 """Helpers for the black-box tests: a server fixture and a raw HTTP/1.1 client.
 
-Only the Python stdlib and Debian's python3-msgpack. The client talks over a
-plain socket so that pipelining, chunked bodies, partial requests and garbage
-bytes can be sent exactly as written.
+Only the Python stdlib and Debian's python3-msgpack (and, in openapi_check.py,
+python3-yaml and python3-jsonschema). The client talks over a plain socket so
+that pipelining, chunked bodies, partial requests and garbage bytes can be sent
+exactly as written.
 """
 import json
 import os
@@ -16,6 +17,8 @@ import time
 import urllib.parse
 
 import msgpack
+
+import openapi_check
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer",
@@ -42,7 +45,7 @@ def formats(*fmts):
 
 
 def uid(prefix="t"):
-    return "%s-%08x" % (prefix, random.getrandbits(32))
+    return "%s-%016x" % (prefix, random.getrandbits(64))
 
 
 def now_ms():
@@ -250,14 +253,17 @@ class Client:
 
     The request format is the Content-Type; GETs in msgpack send Accept:
     application/msgpack. By default each answer's Content-Type must be the one
-    the contract promises for the request (check_ct=False turns that off)."""
+    the contract promises for the request (check_ct=False turns that off), and
+    every answer must be one proto/openapi.yaml describes (openapi_check.py;
+    validate=False turns that off for answers a test provokes outside it)."""
 
-    def __init__(self, port, fmt="json", token=None, timeout=10.0):
+    def __init__(self, port, fmt="json", token=None, timeout=10.0, validate=True):
         self.port = port
         self.fmt = fmt
         self.token = token
         self.timeout = timeout
         self.conn = None
+        self.validate = validate
 
     def close(self):
         if self.conn:
@@ -265,7 +271,8 @@ class Client:
             self.conn = None
 
     def request(self, method, path, body=_UNSET, *, fmt=None, accept=_UNSET, headers=(),
-                raw=None, content_type=_UNSET, token=_UNSET, check_ct=True, params=None):
+                raw=None, content_type=_UNSET, token=_UNSET, check_ct=True, params=None,
+                validate=None):
         fmt = fmt or self.fmt
         hdrs = list(headers)
         payload = b""
@@ -316,6 +323,10 @@ class Client:
             if resp.status < 500 and got != "text/plain":
                 assert got == want, "%s %s: response Content-Type %r, expected %r (body %r)" % (
                     method, path, resp.content_type, want, resp.body[:200])
+        if self.validate if validate is None else validate:
+            openapi_check.check(method, path, resp)
+        else:
+            openapi_check.not_checked()
         return resp
 
     def get(self, path, **kw):
@@ -493,8 +504,8 @@ class Server:
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
 
-    def client(self, fmt="json", token=None):
-        return Client(self.port, fmt, token)
+    def client(self, fmt="json", token=None, validate=True):
+        return Client(self.port, fmt, token, validate=validate)
 
     def conn(self, timeout=10.0):
         return Conn(self.port, timeout)

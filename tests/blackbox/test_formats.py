@@ -179,9 +179,10 @@ def test_wrong_types_name_field(srv, fmt):
     for field, value in cases:
         expect_error(c.post(ADJ, dict(adj(sku), **{field: value})), 400, "bad_request", field)
     if fmt == "msgpack":
-        # a msgpack bin where a str is expected (bin is outside the contract's types)
-        raw = msgpack.packb(dict(adj(sku), sku=b"binary"), use_bin_type=True)
-        expect_error(c.post(ADJ, raw=raw), 400, "bad_request")
+        # a msgpack bin where a str is expected: read as a string when it is UTF-8
+        # (older clients), else refused naming the field (test_msgpack_bin.py)
+        raw = msgpack.packb(dict(adj(sku), sku=b"\xff\xfe"), use_bin_type=True)
+        expect_error(c.post(ADJ, raw=raw), 400, "bad_request", "sku")
 
 
 def test_idempotency_across_encodings(srv):

@@ -96,3 +96,99 @@ def test_routes_match_server(binary):
     if extra:
         msg.append("in openapi.yaml but not served: %s" % ", ".join("%s %s" % r for r in extra))
     assert not msg, "\n".join(msg)
+
+
+# JSON Schema 2020-12 keywords plus OpenAPI 3.1's schema additions: a key
+# outside this set in a schema is a typo or YAML that did not parse as meant
+# (an unquoted comma inside a {flow: mapping} makes the rest of the line a key).
+SCHEMA_KEYWORDS = {
+    "$ref", "$id", "$schema", "$defs", "$comment", "$anchor", "$dynamicRef", "$dynamicAnchor",
+    "type", "enum", "const", "format", "title", "description", "default", "examples", "example",
+    "deprecated", "readOnly", "writeOnly", "properties", "patternProperties",
+    "additionalProperties", "unevaluatedProperties", "propertyNames", "required",
+    "minProperties", "maxProperties", "dependentRequired", "dependentSchemas", "items",
+    "prefixItems", "contains", "minContains", "maxContains", "unevaluatedItems", "minItems",
+    "maxItems", "uniqueItems", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+    "multipleOf", "minLength", "maxLength", "pattern", "contentEncoding", "contentMediaType",
+    "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "discriminator", "xml",
+    "externalDocs",
+}
+SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "dependentSchemas")
+SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+SUBSCHEMA_ONE = ("items", "additionalProperties", "unevaluatedProperties", "propertyNames",
+                 "contains", "not", "if", "then", "else", "unevaluatedItems")
+
+
+def check_schema(schema, where, problems):
+    if isinstance(schema, bool):
+        return
+    if not isinstance(schema, dict):
+        problems.append("%s: a schema must be an object, got %r" % (where, schema))
+        return
+    for k, v in schema.items():
+        if k not in SCHEMA_KEYWORDS and not str(k).startswith("x-"):
+            problems.append("%s: %r is not a schema keyword (value %r)" % (where, k, v))
+    for k in SUBSCHEMA_MAPS:
+        for name, sub in (schema.get(k) or {}).items():
+            check_schema(sub, "%s/%s/%s" % (where, k, name), problems)
+    for k in SUBSCHEMA_LISTS:
+        for i, sub in enumerate(schema.get(k) or []):
+            check_schema(sub, "%s/%s/%d" % (where, k, i), problems)
+    for k in SUBSCHEMA_ONE:
+        if k in schema:
+            check_schema(schema[k], "%s/%s" % (where, k), problems)
+
+
+def all_schemas(node, where):
+    """Every schema the document holds: components/schemas and each inline 'schema'."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "schema":
+                yield "%s/schema" % where, v
+            elif k == "schemas" and where == "#/components":
+                for name, s in v.items():
+                    yield "#/components/schemas/%s" % name, s
+            else:
+                yield from all_schemas(v, "%s/%s" % (where, str(k).replace("/", "~1")))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from all_schemas(v, "%s/%d" % (where, i))
+
+
+def test_no_null_values():
+    """A key with no value is what YAML makes of the tail of an unquoted comma."""
+    bad = []
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if v is None:
+                    bad.append("%s/%s" % (where, k))
+                walk(v, "%s/%s" % (where, k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, "%s/%d" % (where, i))
+    walk(load_spec(), "#")
+    assert not bad, "keys without a value (quote descriptions holding commas): %s" % ", ".join(bad)
+
+
+def test_schemas_have_no_stray_properties():
+    problems = []
+    n = 0
+    for where, schema in all_schemas(load_spec(), "#"):
+        check_schema(schema, where, problems)
+        n += 1
+    assert n > 20, "found only %d schemas" % n
+    assert not problems, "\n".join(problems)
+
+
+def test_every_v1_operation_documents_a_client_error():
+    """What redocly's operation-4xx-response checks, minus the open probes (proto/redocly.yaml)."""
+    spec = load_spec()
+    for path, item in spec["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for m, op in item.items():
+            if m in METHODS:
+                assert any(str(s).startswith("4") for s in op["responses"]), \
+                    "%s %s documents no 4XX response" % (m.upper(), path)

@@ -95,3 +95,61 @@ def test_sigterm_with_stalled_clients_exits_0(binary):
     assert rc == 0, "exit status after SIGTERM with stalled clients: %r (%.1f s)\n%s" % (
         rc, time.time() - t0, problem or srv.stderr_tail())
     assert head.wait_closed(1) and body.wait_closed(1)
+
+
+def _wait(proc, timeout):
+    try:
+        return proc.wait(timeout)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def test_sighup_usr1_usr2_are_harmless(binary):
+    """SIGHUP (reopen the log: stderr, nothing to reopen), SIGUSR1 and SIGUSR2 are logged
+    and the server keeps serving."""
+    srv = Server(binary=binary)
+    c = srv.client()
+    sku = uid("hup")
+    c.adjust(sku, "L1", 3)
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        srv.proc.send_signal(sig)
+        time.sleep(0.2)
+        assert srv.alive(), "%s killed the server: exit %r\n%s" % (
+            sig.name, srv.proc.returncode, srv.stderr_tail())
+        assert c.pos(sku, "L1")["on_hand"] == 3
+        assert sig.name in srv.stderr_text(), "no log line for %s" % sig.name
+    problem = srv.stop()
+    assert problem is None, problem
+
+
+def test_sigquit_drains_and_exits_0(binary):
+    srv = Server(binary=binary)
+    idle = Conn(srv.port)
+    idle.send(build_request("GET", "/healthz"))
+    assert idle.read_response().status == 200
+    srv.proc.send_signal(signal.SIGQUIT)
+    rc = _wait(srv.proc, 15)
+    problem = srv.stop() if rc is None else None
+    assert rc == 0, "exit status after SIGQUIT: %r\n%s" % (rc, problem or srv.stderr_tail())
+    assert idle.wait_closed(2)
+
+
+def test_second_sigterm_hurries_the_drain(binary):
+    """A client that never finishes its request holds the drain for the stop grace (5 s);
+    a second SIGTERM closes it at once and the process exits 0."""
+    srv = Server(binary=binary)
+    body = Conn(srv.port)
+    body.send(b"POST /v1/adjustments HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 100\r\n\r\n{\"id\":")
+    time.sleep(0.2)
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert srv.alive(), "the drain ended before the stalled body was cut: %s" % srv.stderr_tail()
+    t0 = time.time()
+    srv.proc.send_signal(signal.SIGTERM)
+    rc = _wait(srv.proc, 15)
+    took = time.time() - t0
+    problem = srv.stop() if rc is None else None
+    assert rc == 0, "exit status after a second SIGTERM: %r\n%s" % (rc, problem or srv.stderr_tail())
+    assert took < 1.5, "a second SIGTERM took %.2f s to end the drain" % took
+    assert body.wait_closed(1)

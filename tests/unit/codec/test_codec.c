@@ -614,12 +614,33 @@ static void test_msgpack_errors(void) {
       "\x81\xa1"
       "a\x81\xc0\x01",
       4, "map key is not a string");
+  /* bin is a string when its bytes are UTF-8 (keys too), else refused. */
+  atp_val_t *bv = parse(ATP_FORMAT_MSGPACK, S("\x81\xc4\x01"
+                                              "a\xc5\x00\x03h\xc3\xa9"));
+  CHECK(bv && bv->type == ATP_VAL_OBJECT && bv->len == 1);
+  CHECK(bv && !strcmp(bv->u.members[0].key, "a") &&
+        bv->u.members[0].val.type == ATP_VAL_STR && bv->u.members[0].val.len == 3 &&
+        !memcmp(bv->u.members[0].val.u.s, "h\xc3\xa9", 3));
+  bv = parse(ATP_FORMAT_MSGPACK, S("\x91\xc6\x00\x00\x00\x01x"));
+  CHECK(bv && bv->type == ATP_VAL_ARRAY && bv->u.items[0].type == ATP_VAL_STR);
+  MP_FAILS("\xc4\x01\xff", 2, "invalid UTF-8 in bin");
   MP_FAILS(
-      "\x81\xc4\x01"
-      "a\x01",
-      1, "unsupported msgpack type");                   /* bin key */
-  MP_FAILS("\xc4\x01x", 0, "unsupported msgpack type"); /* bin8 */
-  MP_FAILS("\x91\xc6\x00\x00\x00\x01x", 1, "unsupported msgpack type");
+      "\x82\xc4\x01"
+      "a\x01\xc4\x01"
+      "a\x02",
+      5, "duplicate key \"a\"");
+  /* Refusals inside objects name the field. */
+  CHECK(parse_fails(
+      ATP_FORMAT_MSGPACK,
+      S("\x82\xa2id\x01\xa5lines\x92\x81\xa3sku\xa1x\x81\xa3sku\xc4\x01\xff"),
+      ATP_EBADREQ, SIZE_MAX, "invalid UTF-8"));
+  CHECK(!strcmp(perr.field, "lines[1].sku"));
+  CHECK(parse_fails(ATP_FORMAT_MSGPACK, S("\x81\xa3ref\xd4\x01\x02"), ATP_EBADREQ, 5,
+                    "unsupported msgpack type"));
+  CHECK(!strcmp(perr.field, "ref"));
+  CHECK(
+      parse_fails(ATP_FORMAT_MSGPACK, S("\xa1\xff"), ATP_EBADREQ, 1, "invalid UTF-8"));
+  CHECK(!strcmp(perr.field, ""));
   MP_FAILS("\xd4\x01\x02", 0, "unsupported msgpack type");  /* fixext1 */
   MP_FAILS("\xc7\x01\x05x", 0, "unsupported msgpack type"); /* ext8 */
   MP_FAILS("\xc1", 0, "invalid msgpack byte");
