@@ -93,6 +93,7 @@ static void put_body(enc_t *e, const atp_change_t *c) {
       put_i64(e, r->expires_at_ms);
       put_i64(e, r->ttl_ms);
       put_i64(e, r->ended_at_ms);
+      put_u64(e, r->content_hash);
       put_str(e, r->order_ref);
       put_str(e, r->order_id);
       put_str(e, r->channel);
@@ -233,6 +234,7 @@ static int get_reservation(dec_t *d, atp_reservation_t *r) {
   r->expires_at_ms = get_i64(d);
   r->ttl_ms = get_i64(d);
   r->ended_at_ms = get_i64(d);
+  r->content_hash = get_u64(d);
   r->order_ref = get_str(d);
   r->order_id = get_str(d);
   r->channel = get_str(d);

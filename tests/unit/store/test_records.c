@@ -37,6 +37,7 @@ static uint32_t sample(atp_change_t *c, const atp_str_t *locs) {
   res_in.expires_at_ms = ATP_TIME_NONE;
   res_in.ttl_ms = 13;
   res_in.ended_at_ms = 14;
+  res_in.content_hash = 0x1122334455667788ull;
   res_in.order_ref = ATP_STR("ref");
   res_in.order_id = ATP_STR("order");
   res_in.channel = ATP_STR("");
@@ -104,6 +105,7 @@ static void test_round_trip_every_field(void) {
   CHECK(r->expires_at_ms == ATP_TIME_NONE);
   CHECK_EQ(r->ttl_ms, 13);
   CHECK_EQ(r->ended_at_ms, 14);
+  CHECK(r->content_hash == 0x1122334455667788ull);
   CHECK(str_eq(r->order_ref, "ref") && str_eq(r->order_id, "order"));
   CHECK(str_eq(r->channel, "") && str_eq(r->customer_id, "cust"));
   CHECK(!r->replayed);
@@ -316,6 +318,9 @@ static void test_engine_replay_rebuilds_state(void) {
   REQUIRE(atp_adjust(r, &adj, &ar, &result) == 0);
   CHECK(ar.replayed);
   REQUIRE(atp_fulfil(r, ATP_STR("r1"), ATP_STR("f1"), &one, 1, &res_a, &result) == 0);
+  CHECK(res_a.replayed);
+  /* A reservation id replayed with its content is a replay, not a mismatch. */
+  REQUIRE(atp_reserve(r, &rq, &res_a, NULL, &result) == 0);
   CHECK(res_a.replayed);
   atp_records_free(&dec);
   atp_engine_destroy(e);
