@@ -68,6 +68,10 @@ static void *restore_main(void *arg) {
   if (rc != 0) {
     atp_log("error", "restore from %s failed: %s%s%s", rt->journal_dir,
             atp_strerror(rc), r->scan.error[0] ? ": " : "", r->scan.error);
+    /* A data dir that cannot be used (an I/O error, not a bad journal) keeps
+     * the server up and unready, as the data dir's own check does; anything
+     * the journal says about itself stops the start. */
+    if (rc == ATP_EUNAVAILABLE) return NULL;
     goto failed;
   }
   if (r->scan.tail_bytes)
