@@ -358,12 +358,21 @@ def test_disk_full_tmpfs(binary, tmp_path):
         deadline = time.time() + 10
         refused = None
         while time.time() < deadline:
-            r = c.post("/v1/adjustments", dict(id=uid("a"), sku=sku, location="L1", delta=1,
-                                               reason="received", source="erp"))
+            # a mutation admitted just before the failure showed parks too
+            # 503 on mutations is not in proto/openapi.yaml yet (see the report)
+            pc = srv.client(validate=False)
+            pc.timeout = 0.5
+            try:
+                r = adj(pc, sku, "L1", 1)
+            except OSError:
+                continue
+            finally:
+                pc.close()
             if r.status == 503:
                 refused = r
                 break
             time.sleep(0.05)
+        c = srv.client()
         assert refused is not None, "no 503 while the disk is full"
         assert refused.error["code"] == "unavailable" and refused.headers.get("retry-after")
         r = c.get("/v1/availability", params=dict(sku=sku, location="L1"))
