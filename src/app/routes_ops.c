@@ -15,13 +15,14 @@ int atp_route_healthz(atp_req_t *rq) {
 
 int atp_route_readyz(atp_req_t *rq) {
   atp_app_t *app = rq->app;
+  /* The data dir's own reason first: the journal cannot restore without it. */
+  if (app->not_ready)
+    return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "%s", app->not_ready);
   if (!atp_app_engine(app) ||
       !atomic_load_explicit(&app->ready, memory_order_acquire)) {
     rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 1";
     return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "State is not restored yet.");
   }
-  if (app->not_ready)
-    return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "%s", app->not_ready);
   atp_journal_t *j = app->durable ? atp_durable_journal(app->durable) : NULL;
   if (j && atp_journal_state(j) != ATP_JOURNAL_OK) {
     rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 1";
