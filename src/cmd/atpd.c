@@ -140,39 +140,139 @@ static int load_demo(void *ctx, atp_engine_t *engine) {
   return 0;
 }
 
-int main(int argc, char **argv) {
-  /* Block the stop signals first thing, so one arriving during start-up waits
-   * for the signal thread instead of killing the process mid-way. */
-  static signal_waiter_t sw;
-  sigemptyset(&sw.set);
-  sigaddset(&sw.set, SIGTERM);
-  sigaddset(&sw.set, SIGINT);
-  sigaddset(&sw.set, SIGQUIT);
-  sigaddset(&sw.set, SIGHUP);
-  sigaddset(&sw.set, SIGUSR1);
-  sigaddset(&sw.set, SIGUSR2);
-  pthread_sigmask(SIG_BLOCK, &sw.set, NULL);
-  pthread_mutex_init(&sw.lock, NULL);
+/* Blocks the stop and control signals in this thread (the loops inherit the
+ * mask), so one arriving during start-up waits for the signal thread instead
+ * of killing the process mid-way. */
+static void block_signals(signal_waiter_t *sw) {
+  sigemptyset(&sw->set);
+  sigaddset(&sw->set, SIGTERM);
+  sigaddset(&sw->set, SIGINT);
+  sigaddset(&sw->set, SIGQUIT);
+  sigaddset(&sw->set, SIGHUP);
+  sigaddset(&sw->set, SIGUSR1);
+  sigaddset(&sw->set, SIGUSR2);
+  pthread_sigmask(SIG_BLOCK, &sw->set, NULL);
+  pthread_mutex_init(&sw->lock, NULL);
   signal(SIGPIPE, SIG_IGN);
+}
 
+/* --help, --version, --routes: prints and returns true when one was asked. */
+static bool print_info(const atp_config_t *cfg) {
+  if (cfg->print_help)
+    fputs(atp_config_usage(), stdout);
+  else if (cfg->show_version)
+    puts("atpd " ATP_VERSION);
+  else if (cfg->print_routes)
+    atp_router_print(stdout);
+  else
+    return false;
+  return true;
+}
+
+/* One atpd per port and per data dir. The port first, so that a second start
+ * fails fast and leaves the first one alone. A data dir that cannot be
+ * created or written is not a reason to refuse to start, but /readyz says 503
+ * with the reason until it is fixed and atpd restarted; a dir another process
+ * holds is: two processes must never share a journal. 0, or 1 to exit. */
+static int claim_instance(const atp_config_t *cfg, atp_app_t *app, int *port) {
+  static char not_ready[600];
+  char err[512];
+  if (atp_instance_claim_port(cfg->host, cfg->port, port, err, sizeof err) != 0) {
+    fprintf(stderr, "atpd: cannot listen on %s:%d: %s\n", cfg->host, cfg->port, err);
+    return 1;
+  }
+  int rc = atp_instance_make_dir(cfg->data_dir, not_ready, sizeof not_ready);
+  if (rc == 0) rc = atp_instance_lock_dir(cfg->data_dir, not_ready, sizeof not_ready);
+  if (rc == ATP_ECONFLICT) {
+    fprintf(stderr, "atpd: %s\n", not_ready);
+    return 1;
+  }
+  if (rc != 0) {
+    atp_log("warn", "%s /readyz answers 503 until it is fixed and atpd restarted",
+            not_ready);
+    app->not_ready = not_ready;
+  }
+  return 0;
+}
+
+/* Binds every loop's socket on port; serves nothing until run. 0, or 1. */
+static int create_server(const atp_config_t *cfg, atp_app_t *app, int port,
+                         atp_http_server_t **server) {
+  char err[512];
+  atp_http_config_t hc;
+  memset(&hc, 0, sizeof hc);
+  hc.host = cfg->host;
+  hc.port = port;
+  hc.threads = cfg->threads;
+  hc.handler = atp_router_handle;
+  hc.body_limit = atp_router_body_limit;
+  hc.log = atp_router_log;
+  hc.error = atp_router_error;
+  hc.ctx = app;
+  if (atp_http_server_create(&hc, server, err, sizeof err) != 0) {
+    fprintf(stderr, "atpd: %s\n", err);
+    return 1;
+  }
+  return 0;
+}
+
+static const char *durability_name(atp_durability_t d) {
+  return d == ATP_DURABILITY_NONE     ? "none"
+         : d == ATP_DURABILITY_ALWAYS ? "always"
+                                      : "batch";
+}
+
+/* The engine, the journal and its restore (on a thread of its own, while
+ * /readyz says 503), then the ticker: src/app/app.c. 0, or 1. */
+static int start_app(const atp_config_t *cfg, atp_app_t *app,
+                     atp_http_server_t *server) {
+  atp_app_options_t ao;
+  memset(&ao, 0, sizeof ao);
+  ao.data_dir = cfg->data_dir;
+  ao.mode = cfg->durability == ATP_DURABILITY_NONE     ? ATP_JOURNAL_NONE
+            : cfg->durability == ATP_DURABILITY_ALWAYS ? ATP_JOURNAL_ALWAYS
+                                                       : ATP_JOURNAL_BATCH;
+  ao.clock_skew_ms = cfg->clock_skew_ms;
+  ao.tick_ms = ENGINE_TICK_MS;
+  if (cfg->demo) ao.after_restore = load_demo;
+  int rc = atp_app_start(app, &ao, server);
+  if (rc != 0) {
+    fprintf(stderr, "atpd: cannot start: %s\n", atp_strerror(rc));
+    return 1;
+  }
+  return 0;
+}
+
+/* Serves until a stop signal, then drains. The signal thread only ever sees
+ * the server while it runs. 0, or 1. */
+static int serve(signal_waiter_t *sw, atp_http_server_t *server) {
+  pthread_mutex_lock(&sw->lock);
+  sw->server = server;
+  pthread_mutex_unlock(&sw->lock);
+  pthread_t tid;
+  if (pthread_create(&tid, NULL, signal_thread, sw) != 0) {
+    fprintf(stderr, "atpd: cannot start the signal thread\n");
+    return 1;
+  }
+  pthread_detach(tid);
+  int rc = atp_http_server_run(server);
+  atp_log("info", "atpd stopped");
+  pthread_mutex_lock(&sw->lock);
+  sw->server = NULL;
+  pthread_mutex_unlock(&sw->lock);
+  return rc == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+  static signal_waiter_t sw;
+  block_signals(&sw);
   atp_config_t cfg;
   char err[512];
   if (atp_config_load(&cfg, argc, argv, NULL, err, sizeof err) != 0) {
     fprintf(stderr, "atpd: %s\n%s", err, atp_config_usage());
     return 2;
   }
-  if (cfg.print_help) {
-    fputs(atp_config_usage(), stdout);
-    return 0;
-  }
-  if (cfg.show_version) {
-    puts("atpd " ATP_VERSION);
-    return 0;
-  }
-  if (cfg.print_routes) {
-    atp_router_print(stdout);
-    return 0;
-  }
+  if (print_info(&cfg)) return 0;
 
   static atp_app_t
       app; /* static: the signal thread and loops outlive main's frame only at exit */
@@ -183,90 +283,22 @@ int main(int argc, char **argv) {
   atp_auth_t *auth = NULL;
   atp_ownership_t *own = NULL;
   if (load_access(&cfg, &app, &auth, &own) != 0) return 1;
-  /* One atpd per port: before anything else, so that a second start fails
-   * fast and leaves the first one alone. */
   int port = cfg.port;
-  if (atp_instance_claim_port(cfg.host, cfg.port, &port, err, sizeof err) != 0) {
-    fprintf(stderr, "atpd: cannot listen on %s:%d: %s\n", cfg.host, cfg.port, err);
-    return 1;
-  }
-  /* One atpd per data dir. A dir that cannot be created or written is not a
-   * reason to refuse to start (the engine is in memory), but /readyz says 503
-   * with the reason until it is fixed and atpd restarted: the journal will
-   * need it. A dir another process holds is a reason: two processes must never
-   * share a journal. */
-  static char not_ready[600];
-  int rc = atp_instance_make_dir(cfg.data_dir, not_ready, sizeof not_ready);
-  if (rc == 0) rc = atp_instance_lock_dir(cfg.data_dir, not_ready, sizeof not_ready);
-  if (rc == ATP_ECONFLICT) {
-    fprintf(stderr, "atpd: %s\n", not_ready);
-    return 1;
-  }
-  if (rc != 0) {
-    atp_log("warn", "%s /readyz answers 503 until it is fixed and atpd restarted",
-            not_ready);
-    app.not_ready = not_ready;
-  }
-
+  if (claim_instance(&cfg, &app, &port) != 0) return 1;
   uint32_t route_count = build_route_labels();
   app.metrics = atp_metrics_create((uint32_t)cfg.threads, route_count, route_labels);
   if (!app.metrics) {
     fprintf(stderr, "atpd: out of memory\n");
     return 1;
   }
-
-  atp_http_config_t hc;
-  memset(&hc, 0, sizeof hc);
-  hc.host = cfg.host;
-  hc.port = port;
-  hc.threads = cfg.threads;
-  hc.handler = atp_router_handle;
-  hc.body_limit = atp_router_body_limit;
-  hc.log = atp_router_log;
-  hc.error = atp_router_error;
-  hc.ctx = &app;
   atp_http_server_t *server = NULL;
-  if (atp_http_server_create(&hc, &server, err, sizeof err) != 0) {
-    fprintf(stderr, "atpd: %s\n", err);
-    return 1;
-  }
-  /* The engine, the journal and its restore (on a thread of its own, while
-   * /readyz says 503), then the ticker: src/app/app.c. */
-  atp_app_options_t ao;
-  memset(&ao, 0, sizeof ao);
-  ao.data_dir = cfg.data_dir;
-  ao.mode = cfg.durability == ATP_DURABILITY_NONE     ? ATP_JOURNAL_NONE
-            : cfg.durability == ATP_DURABILITY_ALWAYS ? ATP_JOURNAL_ALWAYS
-                                                      : ATP_JOURNAL_BATCH;
-  ao.clock_skew_ms = cfg.clock_skew_ms;
-  ao.tick_ms = ENGINE_TICK_MS;
-  if (cfg.demo) ao.after_restore = load_demo;
-  if ((rc = atp_app_start(&app, &ao, server)) != 0) {
-    fprintf(stderr, "atpd: cannot start: %s\n", atp_strerror(rc));
-    return 1;
-  }
-
-  pthread_mutex_lock(&sw.lock);
-  sw.server = server;
-  pthread_mutex_unlock(&sw.lock);
-  pthread_t tid;
-  if (pthread_create(&tid, NULL, signal_thread, &sw) != 0) {
-    fprintf(stderr, "atpd: cannot start the signal thread\n");
-    return 1;
-  }
-  pthread_detach(tid);
+  if (create_server(&cfg, &app, port, &server) != 0) return 1;
+  if (start_app(&cfg, &app, server) != 0) return 1;
   atp_log("info",
           "atpd listening on %s:%d, %d threads, auth %s, ownership %s, durability %s",
           cfg.host, atp_http_server_port(server), cfg.threads, auth ? "on" : "off",
-          own ? "on" : "off",
-          cfg.durability == ATP_DURABILITY_NONE     ? "none"
-          : cfg.durability == ATP_DURABILITY_ALWAYS ? "always"
-                                                    : "batch");
-  rc = atp_http_server_run(server);
-  atp_log("info", "atpd stopped");
-  pthread_mutex_lock(&sw.lock);
-  sw.server = NULL;
-  pthread_mutex_unlock(&sw.lock);
+          own ? "on" : "off", durability_name(cfg.durability));
+  int rc = serve(&sw, server);
   bool failed = atp_app_failed(&app);
   /* Before the server goes: the journal's last releases are sent to it. */
   if (atp_app_stop(&app) != 0) failed = true;
