@@ -2,12 +2,12 @@
  * every route (see request.h). */
 #include "atp/request.h"
 
-#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
+#include "atp/assert.h"
 #include "atp/error.h"
 #include "atp/limits.h"
 #include "atp/router.h"
@@ -50,7 +50,7 @@ void atp_field_path(char *buf, size_t cap, const atp_at_t *at, const char *key) 
 
 int atp_req_fail(atp_req_t *rq, int err, const atp_at_t *at, const char *key,
                  const char *fmt, ...) {
-  assert(err < 0);
+  ATP_ASSERT(err < 0);
   if (key || at)
     atp_field_path(rq->field, sizeof rq->field, at, key);
   else
@@ -363,7 +363,7 @@ int atp_get_array(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
 
 int atp_get_item_object(atp_req_t *rq, const atp_val_t *array, const atp_at_t *at,
                         const char *key, uint32_t index, const atp_val_t **out) {
-  assert(array && array->type == ATP_VAL_ARRAY && index < array->len);
+  ATP_ASSERT(array && array->type == ATP_VAL_ARRAY && index < array->len);
   const atp_val_t *v = &array->u.items[index];
   if (v->type != ATP_VAL_OBJECT) {
     atp_at_t item = {key, (int32_t)index, at};

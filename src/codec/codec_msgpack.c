@@ -17,11 +17,11 @@
  * send every string that way. Anything else in a bin is refused as invalid
  * UTF-8, the same as in a str, since no field of the contract takes bytes.
  */
-#include <assert.h>
 #include <msgpack.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "atp/assert.h"
 #include "atp/error.h"
 #include "atp/limits.h"
 #include "codec_internal.h"
@@ -103,7 +103,7 @@ static int check_value(const char *body, size_t start, size_t len, uint32_t dept
         return atp_codec_fail(err, at, "unsupported msgpack type 0x%02x (ext)", t);
       }
       size_bytes = extra[t];
-      assert(size_bytes > 0);
+      ATP_ASSERT(size_bytes > 0);
       if (len - p < (size_t)size_bytes)
         return atp_codec_fail(err, len, "unexpected end of input");
       uint64_t v = be(b + p, size_bytes);
@@ -253,7 +253,7 @@ static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out) {
       out->u.b = o->via.boolean;
       return 0;
     case MSGPACK_OBJECT_POSITIVE_INTEGER:
-      assert(o->via.u64 <= INT64_MAX); /* checked in check_value */
+      ATP_ASSERT(o->via.u64 <= INT64_MAX); /* checked in check_value */
       out->type = ATP_VAL_INT;
       out->u.i = (int64_t)o->via.u64;
       return 0;
@@ -299,8 +299,8 @@ static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out) {
       for (uint32_t i = 0; i < n; i++) {
         const msgpack_object_kv *kv = &o->via.map.ptr[i];
         /* checked in check_value */
-        assert(kv->key.type == MSGPACK_OBJECT_STR ||
-               kv->key.type == MSGPACK_OBJECT_BIN);
+        ATP_ASSERT(kv->key.type == MSGPACK_OBJECT_STR ||
+                   kv->key.type == MSGPACK_OBJECT_BIN);
         atp_member_t *m = &out->u.members[i];
         msgpack_object_str key = as_str(&kv->key);
         m->key_len = key.size;

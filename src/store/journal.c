@@ -44,18 +44,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "atp/assert.h"
 #include "atp/limits.h"
 #include "atp/log.h"
 #include "atp/memory.h"
 #include "journal_internal.h"
-
-#define ATP_JOURNAL_ASSERT(cond)                                                   \
-  do {                                                                             \
-    if (!(cond)) {                                                                 \
-      fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #cond); \
-      abort();                                                                     \
-    }                                                                              \
-  } while (0)
 
 #define CHUNK_BYTES     (256u * 1024)
 #define FREE_CHUNKS_MAX 32 /* kept for reuse: 8 MiB */
@@ -338,8 +331,8 @@ static int write_group(atp_journal_t *j) {
     bytes += frame_bytes, records++, off += frame_bytes;
   }
   if (!records) return ROLL_NEEDED;
-  ATP_JOURNAL_ASSERT(group_first ==
-                     atomic_load_explicit(&j->durable_lsn, memory_order_relaxed) + 1);
+  ATP_ASSERT(group_first ==
+             atomic_load_explicit(&j->durable_lsn, memory_order_relaxed) + 1);
   int err = write_all(j, j->seg_fd, iov, n);
   if (err) return io_error(j, err, "writing records");
   j->seg_bytes += bytes;
@@ -482,7 +475,7 @@ static chunk_t *queue_room(atp_journal_t *j, uint32_t frame_bytes) {
 
 int atp_journal_appendv(atp_journal_t *j, uint16_t kind, const struct iovec *iov,
                         int iovcnt, uint64_t *lsn) {
-  ATP_JOURNAL_ASSERT(kind != 0 && iovcnt >= 0 && (iovcnt == 0 || iov));
+  ATP_ASSERT(kind != 0 && iovcnt >= 0 && (iovcnt == 0 || iov));
   size_t payload_bytes = 0;
   for (int i = 0; i < iovcnt; i++) payload_bytes += iov[i].iov_len;
   if (payload_bytes > ATP_JOURNAL_RECORD_BYTES_MAX) return ATP_ETOOLARGE;
@@ -735,9 +728,8 @@ static void destroy(atp_journal_t *j) {
 int atp_journal_open(const atp_journal_config_t *config, uint64_t covered_lsn,
                      atp_journal_record_fn fn, void *ctx, atp_journal_scan_t *scan,
                      atp_journal_t **out) {
-  ATP_JOURNAL_ASSERT(config && config->dir && scan && out);
-  ATP_JOURNAL_ASSERT(config->mode >= ATP_JOURNAL_NONE &&
-                     config->mode <= ATP_JOURNAL_ALWAYS);
+  ATP_ASSERT(config && config->dir && scan && out);
+  ATP_ASSERT(config->mode >= ATP_JOURNAL_NONE && config->mode <= ATP_JOURNAL_ALWAYS);
   memset(scan, 0, sizeof *scan);
   *out = NULL;
   size_t dir_len = strlen(config->dir);
