@@ -490,6 +490,7 @@ int atp_percent_decode(atp_arena_t *arena, const char *s, size_t len,
       d[n++] = c;
     }
   }
+  ATP_ASSERT(n <= len); /* decoding never lengthens */
   d[n] = '\0';
   out->ptr = d;
   out->len = (uint32_t)n;
@@ -533,6 +534,7 @@ int atp_req_parse_query(atp_req_t *rq) {
         return ATP_EBADREQ;
       }
       rq->query_count++;
+      ATP_ASSERT(rq->query_count <= ATP_QUERY_PARAMS_MAX);
     }
     i = end + 1;
   }

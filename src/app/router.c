@@ -96,6 +96,7 @@ static bool pattern_match(const char *pat, const char *path, size_t len,
     }
   }
   if (i != len) return false;
+  ATP_ASSERT(n <= ATP_ROUTE_PARAMS_MAX);
   *param_count = n;
   return true;
 }
@@ -128,6 +129,7 @@ const atp_route_t *atp_router_match(atp_http_method_t method, const char *path,
         return NULL;
       }
     }
+    ATP_ASSERT(n <= ATP_ROUTE_PARAMS_MAX && routes[r].handler);
     *param_count = n;
     return &routes[r];
   }

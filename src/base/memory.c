@@ -146,6 +146,7 @@ void *atp_arena_alloc(atp_arena_t *arena, size_t bytes) {
   }
   void *p = (char *)c->data + c->used;
   c->used += need;
+  ATP_ASSERT(c->used <= c->size);
   return p;
 }
 
@@ -199,6 +200,7 @@ void atp_buf_init(atp_buf_t *buf, size_t len_max) {
 }
 
 char *atp_buf_reserve_slow(atp_buf_t *buf, size_t len) {
+  ATP_ASSERT(buf->len <= buf->cap);
   if (buf->failed) return NULL;
   if (buf->len_max && buf->len + len > buf->len_max) {
     buf->failed = ATP_ETOOLARGE;
@@ -215,6 +217,7 @@ char *atp_buf_reserve_slow(atp_buf_t *buf, size_t len) {
     buf->data = data;
     buf->cap = cap;
   }
+  ATP_ASSERT(buf->cap - buf->len >= len);
   return buf->data + buf->len;
 }
 

@@ -212,6 +212,7 @@ static void put_byte(atp_writer_t *w, uint8_t byte) {
   if (!p) return;
   *p = (char)byte;
   w->buf->len++;
+  ATP_ASSERT(w->buf->len <= w->buf->cap);
 }
 
 /* MessagePack type byte then a big-endian integer of n bytes. */
@@ -221,6 +222,7 @@ static void put_be(atp_writer_t *w, uint8_t type, uint64_t v, int n) {
   p[0] = (char)type;
   for (int i = 0; i < n; i++) p[1 + i] = (char)(v >> (8 * (n - 1 - i)));
   w->buf->len += (size_t)n + 1;
+  ATP_ASSERT(w->buf->len <= w->buf->cap);
 }
 
 static const char digit_pairs[201] =
@@ -415,6 +417,7 @@ static void container_begin(atp_writer_t *w, bool is_object) {
   before_value(w);
   ATP_ASSERT(w->depth < ATP_WRITER_DEPTH_MAX && "atp_writer: nesting too deep");
   uint32_t d = w->depth++;
+  ATP_ASSERT(w->depth <= ATP_WRITER_DEPTH_MAX);
   w->is_object[d] = is_object;
   w->count[d] = 0;
   w->header_at[d] = w->buf->len;
@@ -433,7 +436,9 @@ static void container_end(atp_writer_t *w, bool is_object) {
   uint32_t d = --w->depth;
   if (w->format != ATP_FORMAT_MSGPACK) return put_byte(w, is_object ? '}' : ']');
   size_t at = w->header_at[d];
-  if (w->buf->failed || at + 5 > w->buf->len) return;
+  if (w->buf->failed) return;
+  /* The 5-byte header was written at open and nothing since cut the buffer. */
+  ATP_ASSERT(at + 5 <= w->buf->len);
   uint32_t n = w->count[d];
   unsigned char *p = (unsigned char *)w->buf->data + at + 1;
   p[0] = (unsigned char)(n >> 24), p[1] = (unsigned char)(n >> 16);

@@ -283,9 +283,18 @@ static void advance_pending(atp_journal_t *j, chunk_t *c, uint32_t off) {
 
 static void published(atp_journal_t *j, uint64_t lsn, uint64_t records,
                       uint64_t bytes) {
+  /* The writer alone stores durable_lsn, so its own relaxed load is exact: a
+   * group of `records` moves it forward by exactly that many LSNs. */
+  ATP_ASSERT(records > 0 &&
+             lsn - records ==
+                 atomic_load_explicit(&j->durable_lsn, memory_order_relaxed));
   /* Release: whoever reads this LSN durable sees the writer's work before it. */
   atomic_store_explicit(&j->durable_lsn, lsn, memory_order_release);
-  atomic_fetch_sub_explicit(&j->queued_bytes, bytes, memory_order_relaxed);
+  /* The bytes were counted in by their append before the writer could take
+   * them (both under mu), so the count never goes below zero. */
+  uint64_t queued =
+      atomic_fetch_sub_explicit(&j->queued_bytes, bytes, memory_order_relaxed);
+  ATP_ASSERT(queued >= bytes);
   count(&j->records_written, records);
   count(&j->bytes_written, bytes);
   count(&j->groups, 1);
@@ -504,6 +513,8 @@ int atp_journal_appendv(atp_journal_t *j, uint16_t kind, const struct iovec *iov
   j->q_bytes += frame_bytes;
   bool crossed =
       j->q_bytes >= j->gather_bytes && j->q_bytes - frame_bytes < j->gather_bytes;
+  /* LSNs are handed out one by one under mu, which alone writes assigned_lsn. */
+  ATP_ASSERT(*lsn == atomic_load_explicit(&j->assigned_lsn, memory_order_relaxed) + 1);
   /* Release: a thread that reads this LSN as assigned and then waits for it
    * durable waits for this record. */
   atomic_store_explicit(&j->assigned_lsn, *lsn, memory_order_release);
