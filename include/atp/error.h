@@ -10,36 +10,43 @@
 #ifndef ATP_ERROR_H
 #define ATP_ERROR_H
 
-/* X(name, value, contract code string, http status) */
-#define ATP_ERRNO_MAP(X)                                                    \
-  X(BADREQ, -1, "bad_request", 400)                                         \
-  X(UNAUTH, -2, "unauthorized", 401)                                        \
-  X(FORBIDDEN, -3, "forbidden", 403)                                        \
-  X(NOTOWNER, -4, "not_owner", 403)                                         \
-  X(NOTFOUND, -5, "not_found", 404)                                         \
-  X(INSUFFICIENT, -6, "insufficient_stock", 409)                            \
-  X(CONFLICT, -7, "conflict", 409)                                          \
-  X(TOOLARGE, -8, "payload_too_large", 413)                                 \
-  X(MEDIATYPE, -9, "unsupported_media_type", 415)                           \
-  X(IDEMPOTENCY, -10, "idempotency_mismatch", 422)                          \
-  X(TOOMANY, -11, "too_many_requests", 429)                                 \
-  X(UNAVAILABLE, -12, "unavailable", 503)                                   \
-  /* Not contract codes: resource limits of the engine, reported as 429 or  \
-   * 503 so that a client backs off instead of treating them as its bug. */ \
-  X(FULL, -13, "too_many_requests", 429)                                    \
-  X(NOMEM, -14, "unavailable", 503)                                         \
-  X(OVERFLOW, -15, "bad_request", 400)                                      \
-  X(HEADERS, -16, "bad_request", 431)                                       \
-  X(INTERNAL, -17, "internal", 500)                                         \
-  X(URITOOLONG, -18, "uri_too_long", 414)                                   \
-  /* Not contract codes: the HTTP server's framing refusals, with the       \
-   * status HTTP gives them and the code of a malformed request. */         \
-  X(TIMEOUT, -19, "bad_request", 408)                                       \
-  X(VERSION, -20, "bad_request", 505)                                       \
-  X(NOTIMPL, -21, "bad_request", 501)
+/* X(name, value, contract code string, http status, message): the message is
+ * a short English sentence for a client that gets nothing more specific. */
+#define ATP_ERRNO_MAP(X)                                                               \
+  X(BADREQ, -1, "bad_request", 400, "The request is malformed.")                       \
+  X(UNAUTH, -2, "unauthorized", 401, "A valid bearer token is required.")              \
+  X(FORBIDDEN, -3, "forbidden", 403, "This token's role may not call this route.")     \
+  X(NOTOWNER, -4, "not_owner", 403, "This source does not own the field it writes.")   \
+  X(NOTFOUND, -5, "not_found", 404, "Not found.")                                      \
+  X(INSUFFICIENT, -6, "insufficient_stock", 409,                                       \
+    "Not enough stock to fill the request.")                                           \
+  X(CONFLICT, -7, "conflict", 409, "The action is not allowed in the current state.")  \
+  X(TOOLARGE, -8, "payload_too_large", 413,                                            \
+    "The request body is over this route's limit.")                                    \
+  X(MEDIATYPE, -9, "unsupported_media_type", 415,                                      \
+    "The body must be JSON or MessagePack.")                                           \
+  X(IDEMPOTENCY, -10, "idempotency_mismatch", 422,                                     \
+    "This id was already used with different content.")                                \
+  X(TOOMANY, -11, "too_many_requests", 429, "Too many requests; retry later.")         \
+  X(UNAVAILABLE, -12, "unavailable", 503, "The service is not available yet.")         \
+  /* Not contract codes: resource limits of the engine, reported as 429 or             \
+   * 503 so that a client backs off instead of treating them as its bug. */            \
+  X(FULL, -13, "too_many_requests", 429, "A capacity limit was reached; retry later.") \
+  X(NOMEM, -14, "unavailable", 503, "Out of memory.")                                  \
+  X(OVERFLOW, -15, "bad_request", 400,                                                 \
+    "The quantity would leave the supported range.")                                   \
+  X(HEADERS, -16, "bad_request", 431, "The request headers are over 64 KiB.")          \
+  X(INTERNAL, -17, "internal", 500, "Internal error.")                                 \
+  X(URITOOLONG, -18, "uri_too_long", 414, "The request target is over 8 KiB.")         \
+  /* Not contract codes: the HTTP server's framing refusals, with the                  \
+   * status HTTP gives them and the code of a malformed request. */                    \
+  X(TIMEOUT, -19, "bad_request", 408, "The request was not received in time.")         \
+  X(VERSION, -20, "bad_request", 505, "Only HTTP/1.x is served.")                      \
+  X(NOTIMPL, -21, "bad_request", 501,                                                  \
+    "The request uses a feature this server does not implement.")
 
 typedef enum {
-#define ATP_ERRNO_ENUM(name, value, code, status) ATP_E##name = value,
+#define ATP_ERRNO_ENUM(name, value, code, status, message) ATP_E##name = value,
   ATP_ERRNO_MAP(ATP_ERRNO_ENUM)
 #undef ATP_ERRNO_ENUM
       ATP_ERRNO_MIN = -21

@@ -82,4 +82,24 @@
 #define ATP_JOURNAL_QUEUE_BYTES_DEFAULT   (64ull * 1024 * 1024)
 #define ATP_JOURNAL_SEGMENTS_MAX          100000 /* files one directory may hold */
 
+/* Input times (counted_at, occurred_at, as_of, ...) in ms since the epoch:
+ * from the epoch to the end of year 9999, the last RFC 3339 can write. */
+#define ATP_TIME_MS_MAX 253402300799999LL /* 9999-12-31T23:59:59.999Z */
+
+/* Free text a client may attach (a release's "reason"). */
+#define ATP_REASON_BYTES_MAX 256
+
+/* One JSON log line on stderr, the message itself at most half of it; a
+ * longer message is cut, so a log line is one write. */
+#define ATP_LOG_LINE_BYTES_MAX 1024
+
+/* --snapshot-interval-s: at most a week between snapshots. */
+#define ATP_SNAPSHOT_INTERVAL_S_MAX (7 * 86400)
+
+/* bin/atpctl: one request line plus body, the answer it reads, and how long it
+ * waits on a socket before saying the server cannot be reached. */
+#define ATP_CTL_REQUEST_BYTES_MAX  8192
+#define ATP_CTL_RESPONSE_BYTES_MAX (64u << 20)
+#define ATP_CTL_TIMEOUT_MS         10000
+
 #endif

@@ -2,9 +2,10 @@
  * metrics.h). */
 #include "atp/metrics.h"
 
-#include <assert.h>
 #include <stdatomic.h>
 #include <string.h>
+
+#include "atp/assert.h"
 
 /* Every status atpd answers has its own label: the contract's, 405 and the
  * HTTP server's own (408 timeouts, 501 unknown transfer codings, 505). */
@@ -41,7 +42,7 @@ struct atp_metrics {
 
 atp_metrics_t *atp_metrics_create(uint32_t threads, uint32_t route_count,
                                   const char *const *route_labels) {
-  assert(threads >= 1 && route_count + 1 <= ATP_METRICS_ROUTES_MAX);
+  ATP_ASSERT(threads >= 1 && route_count + 1 <= ATP_METRICS_ROUTES_MAX);
   atp_metrics_t *m = atp_calloc(1, sizeof *m);
   if (!m) return NULL;
   /* Over-allocate by a line and align by hand: slabs of different threads

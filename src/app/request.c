@@ -2,12 +2,12 @@
  * every route (see request.h). */
 #include "atp/request.h"
 
-#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
+#include "atp/assert.h"
 #include "atp/error.h"
 #include "atp/limits.h"
 #include "atp/router.h"
@@ -50,7 +50,7 @@ void atp_field_path(char *buf, size_t cap, const atp_at_t *at, const char *key) 
 
 int atp_req_fail(atp_req_t *rq, int err, const atp_at_t *at, const char *key,
                  const char *fmt, ...) {
-  assert(err < 0);
+  ATP_ASSERT(err < 0);
   if (key || at)
     atp_field_path(rq->field, sizeof rq->field, at, key);
   else
@@ -295,10 +295,6 @@ int atp_get_bool(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
   return 0;
 }
 
-/* Year 0001 .. 9999 in ms. */
-#define TIME_MS_MIN (-62135596800000LL)
-#define TIME_MS_MAX 253402300799999LL
-
 int atp_get_time(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
                  const char *key, unsigned flags, int64_t *out_ms, bool *present) {
   const atp_val_t *v;
@@ -306,10 +302,10 @@ int atp_get_time(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
   int rc = lookup(rq, obj, at, key, flags, &v);
   if (rc || !v) return rc;
   if (v->type == ATP_VAL_INT) {
-    if (v->u.i < 0 || v->u.i > TIME_MS_MAX)
+    if (v->u.i < 0 || v->u.i > ATP_TIME_MS_MAX)
       return atp_req_fail(rq, ATP_EBADREQ, at, key,
                           "Must be milliseconds since the epoch, 0..%lld.",
-                          (long long)TIME_MS_MAX);
+                          (long long)ATP_TIME_MS_MAX);
     *out_ms = v->u.i;
   } else if (v->type == ATP_VAL_STR) {
     if (atp_time_parse_rfc3339(v->u.s, v->len, out_ms) != 0 || *out_ms < 0)
@@ -367,7 +363,7 @@ int atp_get_array(atp_req_t *rq, const atp_val_t *obj, const atp_at_t *at,
 
 int atp_get_item_object(atp_req_t *rq, const atp_val_t *array, const atp_at_t *at,
                         const char *key, uint32_t index, const atp_val_t **out) {
-  assert(array && array->type == ATP_VAL_ARRAY && index < array->len);
+  ATP_ASSERT(array && array->type == ATP_VAL_ARRAY && index < array->len);
   const atp_val_t *v = &array->u.items[index];
   if (v->type != ATP_VAL_OBJECT) {
     atp_at_t item = {key, (int32_t)index, at};
@@ -380,10 +376,11 @@ int atp_get_item_object(atp_req_t *rq, const atp_val_t *array, const atp_at_t *a
 
 /* --- RFC 3339 ---------------------------------------------------------------- */
 
+/* The n decimal digits at s into *out; ATP_EBADREQ when one is not a digit. */
 static int digits(const char *s, size_t n, int *out) {
   int v = 0;
   for (size_t i = 0; i < n; i++) {
-    if (s[i] < '0' || s[i] > '9') return -1;
+    if (s[i] < '0' || s[i] > '9') return ATP_EBADREQ;
     v = v * 10 + (s[i] - '0');
   }
   *out = v;
@@ -449,11 +446,16 @@ int atp_time_parse_rfc3339(const char *s, size_t len, int64_t *out_ms) {
 
 /* --- query strings ------------------------------------------------------------ */
 
+/* What hex_value gives for a character that is not a hex digit: no digit is
+ * negative, and this is not an ATP_E* code (the caller makes that). */
+#define NOT_HEX (-1)
+
+/* The value 0..15 of hex digit c, or NOT_HEX. */
 static int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
   if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
+  return NOT_HEX;
 }
 
 int atp_percent_decode(atp_arena_t *arena, const char *s, size_t len,
@@ -477,9 +479,9 @@ int atp_percent_decode(atp_arena_t *arena, const char *s, size_t len,
   for (size_t i = 0; i < len; i++) {
     char c = s[i];
     if (c == '%') {
-      int hi = i + 1 < len ? hex_value(s[i + 1]) : -1;
-      int lo = i + 2 < len ? hex_value(s[i + 2]) : -1;
-      if (hi < 0 || lo < 0) return ATP_EBADREQ;
+      int hi = i + 1 < len ? hex_value(s[i + 1]) : NOT_HEX;
+      int lo = i + 2 < len ? hex_value(s[i + 2]) : NOT_HEX;
+      if (hi == NOT_HEX || lo == NOT_HEX) return ATP_EBADREQ;
       d[n++] = (char)(hi * 16 + lo);
       i += 2;
     } else if (c == '+' && plus_is_space) {
@@ -488,6 +490,7 @@ int atp_percent_decode(atp_arena_t *arena, const char *s, size_t len,
       d[n++] = c;
     }
   }
+  ATP_ASSERT(n <= len); /* decoding never lengthens */
   d[n] = '\0';
   out->ptr = d;
   out->len = (uint32_t)n;
@@ -531,6 +534,7 @@ int atp_req_parse_query(atp_req_t *rq) {
         return ATP_EBADREQ;
       }
       rq->query_count++;
+      ATP_ASSERT(rq->query_count <= ATP_QUERY_PARAMS_MAX);
     }
     i = end + 1;
   }

@@ -2,10 +2,10 @@
  * access log / metrics hook (see router.h). */
 #include "atp/router.h"
 
-#include <assert.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "atp/assert.h"
 #include "atp/error.h"
 #include "atp/limits.h"
 #include "atp/log.h"
@@ -63,7 +63,7 @@ const atp_route_t *atp_routes(uint32_t *count) {
 
 uint32_t atp_route_index(const atp_route_t *route) {
   if (!route) return ROUTE_COUNT;
-  assert(route >= routes && route < routes + ROUTE_COUNT);
+  ATP_ASSERT(route >= routes && route < routes + ROUTE_COUNT);
   return (uint32_t)(route - routes);
 }
 
@@ -87,7 +87,7 @@ static bool pattern_match(const char *pat, const char *path, size_t len,
       params[n].len = (uint32_t)(i - start);
       n++;
       p = strchr(p, '}');
-      assert(p);
+      ATP_ASSERT(p);
       p++;
     } else {
       if (i >= len || path[i] != *p) return false;
@@ -96,6 +96,7 @@ static bool pattern_match(const char *pat, const char *path, size_t len,
     }
   }
   if (i != len) return false;
+  ATP_ASSERT(n <= ATP_ROUTE_PARAMS_MAX);
   *param_count = n;
   return true;
 }
@@ -128,6 +129,7 @@ const atp_route_t *atp_router_match(atp_http_method_t method, const char *path,
         return NULL;
       }
     }
+    ATP_ASSERT(n <= ATP_ROUTE_PARAMS_MAX && routes[r].handler);
     *param_count = n;
     return &routes[r];
   }

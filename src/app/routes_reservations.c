@@ -10,8 +10,6 @@
 #include "atp/limits.h"
 #include "atp/router.h"
 
-#define REASON_BYTES_MAX 256
-
 /* Answers 200/201 with the reservation, "replayed": true on a replay. */
 static int respond_reservation(atp_req_t *rq, int status, const atp_reservation_t *r) {
   atp_writer_t *w = atp_respond_begin(rq, status);
@@ -222,7 +220,7 @@ int atp_route_reservation_release(atp_req_t *rq) {
   if (rc == 0)
     rc = atp_get_id(rq, rq->body, NULL, "release_id", ATP_OPTIONAL, &release_id);
   if (rc == 0)
-    rc = atp_get_text(rq, rq->body, NULL, "reason", ATP_OPTIONAL, REASON_BYTES_MAX,
+    rc = atp_get_text(rq, rq->body, NULL, "reason", ATP_OPTIONAL, ATP_REASON_BYTES_MAX,
                       &reason);
   if (rc == 0)
     rc = read_qty_lines(rq, rq->body, "lines", ATP_OPTIONAL, 1,

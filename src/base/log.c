@@ -6,7 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define LINE_BYTES_MAX 1024
+#include "atp/limits.h"
 
 static long long now_ms(void) {
   struct timespec ts;
@@ -20,13 +20,13 @@ static void emit(const char *line, size_t len) {
 }
 
 void atp_log(const char *level, const char *fmt, ...) {
-  char msg[LINE_BYTES_MAX / 2];
+  char msg[ATP_LOG_LINE_BYTES_MAX / 2];
   va_list ap;
   va_start(ap, fmt);
   int n = vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
   if (n < 0) return;
-  char line[LINE_BYTES_MAX];
+  char line[ATP_LOG_LINE_BYTES_MAX];
   int used = snprintf(line, sizeof line, "{\"ts\":%lld,\"level\":\"%s\",\"msg\":\"",
                       now_ms(), level);
   /* Escape the message: quotes, backslashes and control bytes. */

@@ -5,7 +5,6 @@
  * then get their own interposed allocator without a code change. */
 #include "atp/memory.h"
 
-#include <assert.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -14,6 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "atp/assert.h"
 #include "atp/error.h"
 
 /* The allocation-failure hook (memory.h): allocations left before the one
@@ -110,7 +110,7 @@ struct atp_arena_chunk {
 };
 
 void atp_arena_init(atp_arena_t *arena, size_t chunk_bytes, size_t bytes_max) {
-  assert(chunk_bytes >= 256);
+  ATP_ASSERT(chunk_bytes >= 256);
   memset(arena, 0, sizeof *arena);
   arena->chunk_bytes = chunk_bytes;
   arena->bytes_max = bytes_max;
@@ -146,6 +146,7 @@ void *atp_arena_alloc(atp_arena_t *arena, size_t bytes) {
   }
   void *p = (char *)c->data + c->used;
   c->used += need;
+  ATP_ASSERT(c->used <= c->size);
   return p;
 }
 
@@ -199,6 +200,7 @@ void atp_buf_init(atp_buf_t *buf, size_t len_max) {
 }
 
 char *atp_buf_reserve_slow(atp_buf_t *buf, size_t len) {
+  ATP_ASSERT(buf->len <= buf->cap);
   if (buf->failed) return NULL;
   if (buf->len_max && buf->len + len > buf->len_max) {
     buf->failed = ATP_ETOOLARGE;
@@ -215,6 +217,7 @@ char *atp_buf_reserve_slow(atp_buf_t *buf, size_t len) {
     buf->data = data;
     buf->cap = cap;
   }
+  ATP_ASSERT(buf->cap - buf->len >= len);
   return buf->data + buf->len;
 }
 

@@ -14,7 +14,6 @@
  * (what was wrong, then the usage, on stderr), 3 when the server cannot be
  * reached or its answer cannot be read.
  */
-#include <assert.h>
 #include <errno.h>
 #include <netdb.h>
 #include <stdarg.h>
@@ -26,13 +25,14 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "atp/assert.h"
+#include "atp/limits.h"
 #include "atp/memory.h"
 #include "atp/version.h"
 
-#define REQUEST_BYTES_MAX  8192
-#define RESPONSE_BYTES_MAX (64u << 20)
-#define TIMEOUT_S          10
-#define ARGS_MAX           16
+/* Positional arguments one command line may carry (the longest command
+ * takes six); more is a usage error, not a bigger array. */
+#define ARGS_MAX 16
 
 #define EXIT_ANSWER      1 /* the server answered, not 2xx */
 #define EXIT_USAGE       2
@@ -75,21 +75,22 @@ static int usage_error(const char *fmt, ...) {
   return EXIT_USAGE;
 }
 
-static int parse_url(const char *url, target_t *t) {
-  if (strncmp(url, "http://", 7) != 0) return -1;
+/* http://HOST[:PORT][/...] into t; false when url is not of that shape. */
+static bool parse_url(const char *url, target_t *t) {
+  if (strncmp(url, "http://", 7) != 0) return false;
   const char *h = url + 7;
   size_t n = strcspn(h, ":/");
-  if (n == 0 || n >= sizeof t->host) return -1;
+  if (n == 0 || n >= sizeof t->host) return false;
   memcpy(t->host, h, n);
   t->host[n] = '\0';
   strcpy(t->port, "80");
   if (h[n] == ':') {
     size_t p = strcspn(h + n + 1, "/");
-    if (p == 0 || p >= sizeof t->port) return -1;
+    if (p == 0 || p >= sizeof t->port) return false;
     memcpy(t->port, h + n + 1, p);
     t->port[p] = '\0';
   }
-  return 0;
+  return true;
 }
 
 /* Appends s percent-encoded for a query string. */
@@ -130,6 +131,7 @@ static void json_str(char *out, size_t cap, const char *s) {
   out[n] = '\0';
 }
 
+/* A connected socket, or -1 (said on stderr) when no address of t answers. */
 static int connect_to(const target_t *t) {
   struct addrinfo hints, *res = NULL;
   memset(&hints, 0, sizeof hints);
@@ -143,7 +145,7 @@ static int connect_to(const target_t *t) {
   for (struct addrinfo *a = res; a; a = a->ai_next) {
     fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
     if (fd < 0) continue;
-    struct timeval tv = {TIMEOUT_S, 0};
+    struct timeval tv = {ATP_CTL_TIMEOUT_MS / 1000, (ATP_CTL_TIMEOUT_MS % 1000) * 1000};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) break;
@@ -157,22 +159,29 @@ static int connect_to(const target_t *t) {
   return fd;
 }
 
-static int write_all(int fd, const char *p, size_t n) {
+/* Writes all n bytes; false (errno set) when the socket refuses them. */
+static bool write_all(int fd, const char *p, size_t n) {
   while (n) {
     ssize_t w = write(fd, p, n);
     if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return -1;
+    if (w <= 0) return false;
     p += w;
     n -= (size_t)w;
   }
-  return 0;
+  return true;
 }
 
-/* Sends one request, prints the body; returns the HTTP status, -1 when the
- * server cannot be reached or read, -2 when the request is too long. */
+/* What http_call returns when there is no HTTP status to return: negative,
+ * so no status (100..599) can be mistaken for them. */
+enum {
+  CALL_UNREACHABLE = -1, /* the server cannot be reached or its answer read */
+  CALL_TOO_LONG = -2,    /* the arguments make a request over the limit */
+};
+
+/* Sends one request, prints the body; returns the HTTP status or a CALL_*. */
 static int http_call(const target_t *t, const char *token, const char *method,
                      const char *path, const char *body) {
-  char req[REQUEST_BYTES_MAX];
+  char req[ATP_CTL_REQUEST_BYTES_MAX];
   size_t body_len = body ? strlen(body) : 0;
   int n = snprintf(
       req, sizeof req,
@@ -184,23 +193,23 @@ static int http_call(const target_t *t, const char *token, const char *method,
       body_len);
   if (n < 0 || (size_t)n + body_len >= sizeof req) {
     fprintf(stderr, "atpctl: the arguments make a request over %d bytes\n",
-            REQUEST_BYTES_MAX);
-    return -2;
+            ATP_CTL_REQUEST_BYTES_MAX);
+    return CALL_TOO_LONG;
   }
   if (body) memcpy(req + n, body, body_len);
   int fd = connect_to(t);
-  if (fd < 0) return -1;
-  if (write_all(fd, req, (size_t)n + body_len) != 0) {
+  if (fd < 0) return CALL_UNREACHABLE;
+  if (!write_all(fd, req, (size_t)n + body_len)) {
     fprintf(stderr, "atpctl: write: %s\n", strerror(errno));
     close(fd);
-    return -1;
+    return CALL_UNREACHABLE;
   }
   size_t cap = 65536, len = 0;
   char *buf = atp_malloc(cap);
   for (;;) {
     if (!buf) break;
     if (len + 1 == cap) {
-      if (cap >= RESPONSE_BYTES_MAX) break;
+      if (cap >= ATP_CTL_RESPONSE_BYTES_MAX) break;
       char *bigger = atp_realloc(buf, cap * 2);
       if (!bigger) break;
       buf = bigger;
@@ -212,13 +221,13 @@ static int http_call(const target_t *t, const char *token, const char *method,
     len += (size_t)r;
   }
   close(fd);
-  int status = -1;
+  int status = CALL_UNREACHABLE;
   if (buf) {
     buf[len] = '\0';
     char *head_end = strstr(buf, "\r\n\r\n");
     if (sscanf(buf, "HTTP/1.%*d %d", &status) != 1 || !head_end) {
       fprintf(stderr, "atpctl: malformed response\n");
-      status = -1;
+      status = CALL_UNREACHABLE;
     } else {
       fwrite(head_end + 4, 1, len - (size_t)(head_end + 4 - buf), stdout);
       if (len && buf[len - 1] != '\n') fputc('\n', stdout);
@@ -230,40 +239,134 @@ static int http_call(const target_t *t, const char *token, const char *method,
 }
 
 static int exit_code(int status) {
-  return status == -2   ? EXIT_USAGE
-         : status < 0   ? EXIT_UNREACHABLE
-         : status < 300 ? 0
-                        : EXIT_ANSWER;
+  return status == CALL_TOO_LONG ? EXIT_USAGE
+         : status < 0            ? EXIT_UNREACHABLE
+         : status < 300          ? 0
+                                 : EXIT_ANSWER;
 }
 
-/* A positive integer argument, or a usage error naming it. */
-static int positive(const char *name, const char *text, long long *out) {
+/* A positive integer argument; false after a usage error naming it. */
+static bool positive(const char *name, const char *text, long long *out) {
   char *end = NULL;
   errno = 0;
   long long v = strtoll(text, &end, 10);
   if (!*text || *end || errno || v < 1) {
     usage_error("%s must be a positive integer, got '%s'", name, text);
-    return -1;
+    return false;
   }
   *out = v;
-  return 0;
+  return true;
 }
+
+/* One parsed command line: the options and the positional arguments. */
+typedef struct {
+  const char *url;     /* NULL: the default */
+  const char *token;   /* NULL: no Authorization header */
+  const char *channel; /* NULL: DEFAULT_CHANNEL; only reserve takes it */
+  char *pos[ARGS_MAX]; /* pos[0] is the command */
+  int npos;
+} args_t;
+
+/* What a command runs with: where to, as whom, its arguments. */
+typedef struct {
+  target_t target;
+  const char *token;
+  const char *channel;
+  char **argv; /* the command's own arguments, after its name */
+  int argc;
+} call_t;
 
 typedef struct {
   const char *name;
   int min, max; /* positional arguments after the command */
   const char *args;
+  int (*run)(const call_t *c); /* returns the exit status */
 } command_t;
 
+/* get SKU [LOCATION] */
+static int run_get(const call_t *c) {
+  char path[4096] = "/v1/availability?sku=";
+  url_encode(path, sizeof path, c->argv[0]);
+  if (c->argc == 2) {
+    strcat(path, "&location=");
+    url_encode(path, sizeof path, c->argv[1]);
+  }
+  return exit_code(http_call(&c->target, c->token, "GET", path, NULL));
+}
+
+/* group SKU GROUP */
+static int run_group(const call_t *c) {
+  char path[4096] = "/v1/availability?sku=";
+  url_encode(path, sizeof path, c->argv[0]);
+  strcat(path, "&group=");
+  url_encode(path, sizeof path, c->argv[1]);
+  return exit_code(http_call(&c->target, c->token, "GET", path, NULL));
+}
+
+/* reserve ID SKU LOCATION QTY [TTL_MS]: one line, the channel's hold. */
+static int run_reserve(const call_t *c) {
+  long long qty = 0, ttl = 0;
+  if (!positive("QTY", c->argv[3], &qty)) return EXIT_USAGE;
+  if (c->argc == 5 && !positive("TTL_MS", c->argv[4], &ttl)) return EXIT_USAGE;
+  char body[4096] = "{\"id\":";
+  json_str(body, sizeof body, c->argv[0]);
+  strcat(body, ",\"lines\":[{\"sku\":");
+  json_str(body, sizeof body, c->argv[1]);
+  strcat(body, ",\"location\":");
+  json_str(body, sizeof body, c->argv[2]);
+  snprintf(body + strlen(body), sizeof body - strlen(body), ",\"qty\":%lld}]", qty);
+  if (c->argc == 5)
+    snprintf(body + strlen(body), sizeof body - strlen(body), ",\"ttl_ms\":%lld", ttl);
+  strcat(body, ",\"channel\":");
+  json_str(body, sizeof body, c->channel ? c->channel : DEFAULT_CHANNEL);
+  strcat(body, "}");
+  return exit_code(http_call(&c->target, c->token, "POST", "/v1/reservations", body));
+}
+
+/* show ID */
+static int run_show(const call_t *c) {
+  char path[4096] = "/v1/reservations/";
+  url_encode(path, sizeof path, c->argv[0]);
+  return exit_code(http_call(&c->target, c->token, "GET", path, NULL));
+}
+
+/* commit ID | release ID: POST /v1/reservations/ID/ACTION with an empty body. */
+static int reservation_action(const call_t *c, const char *action) {
+  char path[4096] = "/v1/reservations/";
+  url_encode(path, sizeof path, c->argv[0]);
+  strcat(path, action);
+  return exit_code(http_call(&c->target, c->token, "POST", path, "{}"));
+}
+
+static int run_commit(const call_t *c) {
+  return reservation_action(c, "/commit");
+}
+
+static int run_release(const call_t *c) {
+  return reservation_action(c, "/release");
+}
+
+/* health: /healthz, then /readyz; the first answer that is not 2xx decides. */
+static int run_health(const call_t *c) {
+  int s = http_call(&c->target, c->token, "GET", "/healthz", NULL);
+  if (s < 0) return exit_code(s);
+  int r = http_call(&c->target, c->token, "GET", "/readyz", NULL);
+  return exit_code(s >= 300 ? s : r);
+}
+
+static int run_metrics(const call_t *c) {
+  return exit_code(http_call(&c->target, c->token, "GET", "/metrics", NULL));
+}
+
 static const command_t commands[] = {
-    {"get", 1, 2, "SKU [LOCATION]"},
-    {"group", 2, 2, "SKU GROUP"},
-    {"reserve", 4, 5, "ID SKU LOCATION QTY [TTL_MS]"},
-    {"show", 1, 1, "ID"},
-    {"commit", 1, 1, "ID"},
-    {"release", 1, 1, "ID"},
-    {"health", 0, 0, "no arguments"},
-    {"metrics", 0, 0, "no arguments"},
+    {"get", 1, 2, "SKU [LOCATION]", run_get},
+    {"group", 2, 2, "SKU GROUP", run_group},
+    {"reserve", 4, 5, "ID SKU LOCATION QTY [TTL_MS]", run_reserve},
+    {"show", 1, 1, "ID", run_show},
+    {"commit", 1, 1, "ID", run_commit},
+    {"release", 1, 1, "ID", run_release},
+    {"health", 0, 0, "no arguments", run_health},
+    {"metrics", 0, 0, "no arguments", run_metrics},
 };
 
 /* --name VALUE or --name=VALUE at argv[*a]; NULL when argv[*a] is not it. */
@@ -281,18 +384,21 @@ static const char *option_value(int argc, char **argv, int *a, const char *name,
   return argv[++*a];
 }
 
-int main(int argc, char **argv) {
-  const char *url = getenv("ATPD_URL");
-  const char *token = getenv("ATPD_TOKEN");
-  const char *channel = NULL;
-  char *pos[ARGS_MAX];
-  int npos = 0;
+/* Reads options (anywhere on the line, "--" ends them) and positional
+ * arguments into args. Returns true to go on; false when the run ends here
+ * (--help, --version, a usage error) with its exit status in *exit_status. */
+static bool parse_args(int argc, char **argv, args_t *args, int *exit_status) {
+  args->url = getenv("ATPD_URL");
+  args->token = getenv("ATPD_TOKEN");
+  args->channel = NULL;
+  args->npos = 0;
   bool options_done = false;
+  *exit_status = EXIT_USAGE;
   for (int a = 1; a < argc; a++) {
     const char *arg = argv[a];
     if (options_done || arg[0] != '-' || !strcmp(arg, "-")) {
-      if (npos == ARGS_MAX) return usage_error("too many arguments");
-      pos[npos++] = argv[a];
+      if (args->npos == ARGS_MAX) return usage_error("too many arguments"), false;
+      args->pos[args->npos++] = argv[a];
       continue;
     }
     if (!strcmp(arg, "--")) {
@@ -301,92 +407,62 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
       fputs(usage_text, stdout);
-      return 0;
+      *exit_status = 0;
+      return false;
     }
     if (!strcmp(arg, "--version")) {
       puts("atpctl " ATP_VERSION);
-      return 0;
+      *exit_status = 0;
+      return false;
     }
     bool missing = false;
     const char *v;
     if ((v = option_value(argc, argv, &a, "--url", &missing)))
-      url = v;
+      args->url = v;
     else if ((v = option_value(argc, argv, &a, "--token", &missing)))
-      token = v;
+      args->token = v;
     else if ((v = option_value(argc, argv, &a, "--channel", &missing)))
-      channel = v;
+      args->channel = v;
     else if (missing)
-      return usage_error("%s needs a value", arg);
+      return usage_error("%s needs a value", arg), false;
     else
-      return usage_error("unknown option '%s'", arg);
+      return usage_error("unknown option '%s'", arg), false;
   }
-  if (token && !*token) token = NULL;
-  target_t t;
-  if (parse_url(url ? url : "http://127.0.0.1:8080", &t) != 0)
-    return usage_error("the URL must look like http://HOST:PORT, got '%s'", url);
-  if (npos == 0) return usage_error("no command given");
-  const char *cmd = pos[0];
+  if (args->token && !*args->token) args->token = NULL;
+  ATP_ASSERT(args->npos <= ARGS_MAX);
+  return true;
+}
+
+/* The command args names, checked against its arity and options; NULL after
+ * a usage error. */
+static const command_t *find_command(const args_t *args) {
+  if (args->npos == 0) return usage_error("no command given"), NULL;
+  const char *cmd = args->pos[0];
   const command_t *known = NULL;
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     if (!strcmp(cmd, commands[i].name)) known = &commands[i];
-  if (!known) return usage_error("unknown command '%s'", cmd);
-  int rest = npos - 1;
+  if (!known) return usage_error("unknown command '%s'", cmd), NULL;
+  int rest = args->npos - 1;
   if (rest < known->min || rest > known->max)
-    return usage_error("%s takes %s", cmd, known->args);
-  if (channel && strcmp(cmd, "reserve") != 0)
-    return usage_error("--channel only applies to reserve");
-  if (channel && !*channel) return usage_error("--channel needs a value");
-  argv = pos;
-  int a = 1;
-  char path[4096] = "", body[4096] = "";
-  if (!strcmp(cmd, "get")) {
-    strcpy(path, "/v1/availability?sku=");
-    url_encode(path, sizeof path, argv[a]);
-    if (rest == 2) {
-      strcat(path, "&location=");
-      url_encode(path, sizeof path, argv[a + 1]);
-    }
-    return exit_code(http_call(&t, token, "GET", path, NULL));
-  }
-  if (!strcmp(cmd, "group")) {
-    strcpy(path, "/v1/availability?sku=");
-    url_encode(path, sizeof path, argv[a]);
-    strcat(path, "&group=");
-    url_encode(path, sizeof path, argv[a + 1]);
-    return exit_code(http_call(&t, token, "GET", path, NULL));
-  }
-  if (!strcmp(cmd, "reserve")) {
-    long long qty = 0, ttl = 0;
-    if (positive("QTY", argv[a + 3], &qty) != 0) return EXIT_USAGE;
-    if (rest == 5 && positive("TTL_MS", argv[a + 4], &ttl) != 0) return EXIT_USAGE;
-    strcpy(body, "{\"id\":");
-    json_str(body, sizeof body, argv[a]);
-    strcat(body, ",\"lines\":[{\"sku\":");
-    json_str(body, sizeof body, argv[a + 1]);
-    strcat(body, ",\"location\":");
-    json_str(body, sizeof body, argv[a + 2]);
-    snprintf(body + strlen(body), sizeof body - strlen(body), ",\"qty\":%lld}]", qty);
-    if (rest == 5)
-      snprintf(body + strlen(body), sizeof body - strlen(body), ",\"ttl_ms\":%lld",
-               ttl);
-    strcat(body, ",\"channel\":");
-    json_str(body, sizeof body, channel ? channel : DEFAULT_CHANNEL);
-    strcat(body, "}");
-    return exit_code(http_call(&t, token, "POST", "/v1/reservations", body));
-  }
-  if (!strcmp(cmd, "show") || !strcmp(cmd, "commit") || !strcmp(cmd, "release")) {
-    strcpy(path, "/v1/reservations/");
-    url_encode(path, sizeof path, argv[a]);
-    if (!strcmp(cmd, "show")) return exit_code(http_call(&t, token, "GET", path, NULL));
-    strcat(path, !strcmp(cmd, "commit") ? "/commit" : "/release");
-    return exit_code(http_call(&t, token, "POST", path, "{}"));
-  }
-  if (!strcmp(cmd, "health")) {
-    int s = http_call(&t, token, "GET", "/healthz", NULL);
-    if (s < 0) return EXIT_UNREACHABLE;
-    int r = http_call(&t, token, "GET", "/readyz", NULL);
-    return exit_code(s >= 300 ? s : r);
-  }
-  assert(!strcmp(cmd, "metrics"));
-  return exit_code(http_call(&t, token, "GET", "/metrics", NULL));
+    return usage_error("%s takes %s", cmd, known->args), NULL;
+  if (args->channel && known->run != run_reserve)
+    return usage_error("--channel only applies to reserve"), NULL;
+  if (args->channel && !*args->channel)
+    return usage_error("--channel needs a value"), NULL;
+  return known;
+}
+
+int main(int argc, char **argv) {
+  args_t args;
+  int exit_status;
+  if (!parse_args(argc, argv, &args, &exit_status)) return exit_status;
+  call_t call = {.token = args.token, .channel = args.channel};
+  if (!parse_url(args.url ? args.url : "http://127.0.0.1:8080", &call.target))
+    return usage_error("the URL must look like http://HOST:PORT, got '%s'", args.url);
+  const command_t *command = find_command(&args);
+  if (!command) return EXIT_USAGE;
+  call.argv = args.pos + 1;
+  call.argc = args.npos - 1;
+  ATP_ASSERT(call.argc >= command->min && call.argc <= command->max);
+  return command->run(&call);
 }

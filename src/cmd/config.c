@@ -25,19 +25,21 @@ typedef struct {
   setter_fn set;
 } option_t;
 
+/* A decimal integer lo..hi; ATP_EBADREQ for anything else. */
 static int parse_int(const char *s, long long lo, long long hi, long long *out) {
-  if (!s || !*s) return -1;
+  if (!s || !*s) return ATP_EBADREQ;
   char *end = NULL;
   errno = 0;
   long long v = strtoll(s, &end, 10);
-  if (errno || *end || v < lo || v > hi) return -1;
+  if (errno || *end || v < lo || v > hi) return ATP_EBADREQ;
   *out = v;
   return 0;
 }
 
+/* src into dst; ATP_EBADREQ when it is empty or does not fit. */
 static int copy_text(char *dst, size_t cap, const char *src) {
   size_t n = strlen(src);
-  if (n == 0 || n >= cap) return -1;
+  if (n == 0 || n >= cap) return ATP_EBADREQ;
   memcpy(dst, src, n + 1);
   return 0;
 }
@@ -142,9 +144,9 @@ bad:
 static int set_snapshot_interval(atp_config_t *cfg, const char *v, char *err,
                                  size_t err_len, const char *what) {
   long long n = 0;
-  if (parse_int(v, 1, 7 * 86400, &n) != 0) {
-    snprintf(err, err_len, "%s must be an integer 1..604800 seconds, got \"%s\"", what,
-             v);
+  if (parse_int(v, 1, ATP_SNAPSHOT_INTERVAL_S_MAX, &n) != 0) {
+    snprintf(err, err_len, "%s must be an integer 1..%d seconds, got \"%s\"", what,
+             ATP_SNAPSHOT_INTERVAL_S_MAX, v);
     return ATP_EBADREQ;
   }
   cfg->snapshot_interval_s = n;
@@ -187,6 +189,7 @@ static int set_clock_skew(atp_config_t *cfg, const char *v, char *err, size_t er
   return 0;
 }
 
+/* 1/true/yes/on or 0/false/no/off/empty; ATP_EBADREQ for anything else. */
 static int parse_bool(const char *v, bool *out) {
   if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on")) {
     *out = true;
@@ -197,7 +200,7 @@ static int parse_bool(const char *v, bool *out) {
     *out = false;
     return 0;
   }
-  return -1;
+  return ATP_EBADREQ;
 }
 
 static int set_demo(atp_config_t *cfg, const char *v, char *err, size_t err_len,

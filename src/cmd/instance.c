@@ -71,10 +71,11 @@ static int lock_port(int port, char *err, size_t err_len) {
   return 0;
 }
 
+/* The port fd is bound to; 0, never a bound port, when it cannot be read. */
 static int sockaddr_port(int fd) {
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
-  if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) return -1;
+  if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) return 0;
   if (ss.ss_family == AF_INET6) return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
   return ntohs(((struct sockaddr_in *)&ss)->sin_port);
 }

@@ -7,7 +7,6 @@
  * MessagePack encoding. Integers are formatted by hand, two digits at a time;
  * only floats (never quantities) go through snprintf.
  */
-#include <assert.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "atp/assert.h"
 #include "atp/codec.h"
 #include "atp/error.h"
 #include "atp/limits.h"
@@ -159,7 +159,7 @@ const char *atp_format_content_type(atp_format_t format) {
 
 int atp_codec_parse(atp_format_t format, const char *body, size_t len,
                     atp_arena_t *arena, atp_val_t **out, atp_parse_error_t *err) {
-  assert(arena && out);
+  ATP_ASSERT(arena && out);
   *out = NULL;
   if (!body) len = 0, body = "";
   switch (format) {
@@ -177,7 +177,7 @@ int atp_codec_parse_stream(atp_format_t format, const char *body, size_t len,
                            atp_arena_t *arena, uint32_t max_items,
                            int (*fn)(void *ctx, uint32_t index, atp_val_t *val),
                            void *ctx, atp_parse_error_t *err) {
-  assert(arena && fn);
+  ATP_ASSERT(arena && fn);
   if (!body) len = 0, body = "";
   switch (format) {
     case ATP_FORMAT_JSON:
@@ -212,6 +212,7 @@ static void put_byte(atp_writer_t *w, uint8_t byte) {
   if (!p) return;
   *p = (char)byte;
   w->buf->len++;
+  ATP_ASSERT(w->buf->len <= w->buf->cap);
 }
 
 /* MessagePack type byte then a big-endian integer of n bytes. */
@@ -221,6 +222,7 @@ static void put_be(atp_writer_t *w, uint8_t type, uint64_t v, int n) {
   p[0] = (char)type;
   for (int i = 0; i < n; i++) p[1 + i] = (char)(v >> (8 * (n - 1 - i)));
   w->buf->len += (size_t)n + 1;
+  ATP_ASSERT(w->buf->len <= w->buf->cap);
 }
 
 static const char digit_pairs[201] =
@@ -382,7 +384,7 @@ static void raw_str(atp_writer_t *w, const char *s, size_t len) {
   } else if (len <= UINT16_MAX) {
     put_be(w, 0xda, len, 2);
   } else {
-    assert(len <= UINT32_MAX);
+    ATP_ASSERT(len <= UINT32_MAX);
     put_be(w, 0xdb, len, 4);
   }
   put(w, s, len);
@@ -391,7 +393,7 @@ static void raw_str(atp_writer_t *w, const char *s, size_t len) {
 /* --- writer: structure ------------------------------------------------------- */
 
 void atp_writer_init(atp_writer_t *w, atp_format_t format, atp_buf_t *buf) {
-  assert(buf && (format == ATP_FORMAT_JSON || format == ATP_FORMAT_MSGPACK));
+  ATP_ASSERT(buf && (format == ATP_FORMAT_JSON || format == ATP_FORMAT_MSGPACK));
   memset(w, 0, sizeof *w);
   w->format = format;
   w->buf = buf;
@@ -403,7 +405,7 @@ static void before_value(atp_writer_t *w) {
   if (w->depth == 0) return;
   uint32_t d = w->depth - 1;
   if (w->is_object[d]) {
-    assert(w->want_value && "atp_writer: a value in an object needs a key first");
+    ATP_ASSERT(w->want_value && "atp_writer: a value in an object needs a key first");
     w->want_value = false;
     return;
   }
@@ -413,8 +415,9 @@ static void before_value(atp_writer_t *w) {
 
 static void container_begin(atp_writer_t *w, bool is_object) {
   before_value(w);
-  assert(w->depth < ATP_WRITER_DEPTH_MAX && "atp_writer: nesting too deep");
+  ATP_ASSERT(w->depth < ATP_WRITER_DEPTH_MAX && "atp_writer: nesting too deep");
   uint32_t d = w->depth++;
+  ATP_ASSERT(w->depth <= ATP_WRITER_DEPTH_MAX);
   w->is_object[d] = is_object;
   w->count[d] = 0;
   w->header_at[d] = w->buf->len;
@@ -427,13 +430,15 @@ static void container_begin(atp_writer_t *w, bool is_object) {
 }
 
 static void container_end(atp_writer_t *w, bool is_object) {
-  assert(w->depth > 0 && w->is_object[w->depth - 1] == is_object &&
-         "atp_writer: close does not match open");
-  assert(!w->want_value && "atp_writer: key without a value");
+  ATP_ASSERT(w->depth > 0 && w->is_object[w->depth - 1] == is_object &&
+             "atp_writer: close does not match open");
+  ATP_ASSERT(!w->want_value && "atp_writer: key without a value");
   uint32_t d = --w->depth;
   if (w->format != ATP_FORMAT_MSGPACK) return put_byte(w, is_object ? '}' : ']');
   size_t at = w->header_at[d];
-  if (w->buf->failed || at + 5 > w->buf->len) return;
+  if (w->buf->failed) return;
+  /* The 5-byte header was written at open and nothing since cut the buffer. */
+  ATP_ASSERT(at + 5 <= w->buf->len);
   uint32_t n = w->count[d];
   unsigned char *p = (unsigned char *)w->buf->data + at + 1;
   p[0] = (unsigned char)(n >> 24), p[1] = (unsigned char)(n >> 16);
@@ -454,9 +459,9 @@ void atp_w_array_end(atp_writer_t *w) {
 }
 
 void atp_w_keyn(atp_writer_t *w, const char *key, size_t len) {
-  assert(w->depth > 0 && w->is_object[w->depth - 1] &&
-         "atp_writer: key outside an object");
-  assert(!w->want_value && "atp_writer: two keys in a row");
+  ATP_ASSERT(w->depth > 0 && w->is_object[w->depth - 1] &&
+             "atp_writer: key outside an object");
+  ATP_ASSERT(!w->want_value && "atp_writer: two keys in a row");
   uint32_t d = w->depth - 1;
   if (w->format != ATP_FORMAT_MSGPACK && w->count[d]) put_byte(w, ',');
   w->count[d]++;
@@ -546,7 +551,7 @@ static void raw_val(atp_writer_t *w, const atp_val_t *v, uint32_t depth) {
       return;
     }
   }
-  assert(!"atp_w_val: bad value type");
+  ATP_ASSERT(!"atp_w_val: bad value type");
 }
 
 void atp_w_val(atp_writer_t *w, const atp_val_t *val) {

@@ -38,7 +38,6 @@
  * belong to the C runtime's start-up code); ours is per thread, but for the
  * hash key written once.
  */
-#include <assert.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -50,6 +49,7 @@
 #include <unistd.h>
 #include <yajl/yajl_parse.h>
 
+#include "atp/assert.h"
 #include "atp/error.h"
 #include "atp/limits.h"
 #include "codec_internal.h"
@@ -77,7 +77,7 @@ static void heap_destroy(void *ptr) {
 
 static void heap_setup(void) {
   int rc = pthread_key_create(&heap_key, heap_destroy);
-  assert(rc == 0);
+  ATP_ASSERT(rc == 0);
   (void)rc;
   if (getrandom(key_hash_seed, sizeof key_hash_seed, 0) != sizeof key_hash_seed) {
     /* No kernel entropy: the time and an address are still unknown outside. */
@@ -99,13 +99,13 @@ static heap_t *heap_enter(void) {
     pthread_setspecific(heap_key, h);
     tl_heap = h;
   }
-  assert(!h->in_parse); /* fn of a stream runs between parses, never inside */
+  ATP_ASSERT(!h->in_parse); /* fn of a stream runs between parses, never inside */
   h->in_parse = true;
   return h;
 }
 
 static void heap_leave(heap_t *h) {
-  assert(h->in_parse);
+  ATP_ASSERT(h->in_parse);
   h->in_parse = false;
   atp_arena_reset(&h->arena);
 }
@@ -296,10 +296,10 @@ static uint32_t hex4(const char *s) {
  * \u escape of a surrogate that is not a high one followed by a low one, in a
  * key \u0000, an invalid UTF-8 sequence. true when there is none. */
 static bool check_escapes(parser_t *p, bool is_key) {
-  assert(!p->finishing); /* strings never end inside yajl_complete_parse */
+  ATP_ASSERT(!p->finishing); /* strings never end inside yajl_complete_parse */
   const char *s = p->chunk;
   size_t close = yajl_get_bytes_consumed(p->yajl) - 1, open = string_open(s, close);
-  assert(s[close] == '"' && s[open] == '"');
+  ATP_ASSERT(s[close] == '"' && s[open] == '"');
   size_t bad = open + 1 + atp_codec_utf8_prefix(s + open + 1, close - open - 1);
   for (size_t i = open + 1; i < bad; i++) { /* escapes are ASCII: all before bad */
     if (s[i] != '\\') continue;
@@ -368,7 +368,7 @@ static atp_member_t *scratch_push(parser_t *p) {
 static atp_val_t *value_slot(parser_t *p) {
   if (p->open == 0) return &p->root;
   if (p->frames[p->open - 1].is_object) {
-    assert(p->scratch_used > p->frames[p->open - 1].first); /* yajl gave a key */
+    ATP_ASSERT(p->scratch_used > p->frames[p->open - 1].first); /* yajl gave a key */
     return &p->scratch[p->scratch_used - 1].val;
   }
   atp_member_t *item = scratch_push(p);
@@ -402,7 +402,7 @@ static bool open_container(parser_t *p, bool is_object) {
 
 /* Moves the container's children from the scratch into the request arena. */
 static bool close_container(parser_t *p) {
-  assert(p->open > 0);
+  ATP_ASSERT(p->open > 0);
   frame_t *f = &p->frames[--p->open];
   uint32_t n = p->scratch_used - f->first;
   atp_val_t *v = f->target == ROOT_TARGET ? &p->root : &p->scratch[f->target].val;
@@ -463,7 +463,7 @@ static bool key_set_grow(parser_t *p, frame_t *f, uint32_t count) {
   f->key_mask = slots - 1;
   for (uint32_t i = 0; i < count; i++) {
     bool added = key_set_add(p, f, i);
-    assert(added);
+    ATP_ASSERT(added);
     (void)added;
   }
   return true;
@@ -497,7 +497,7 @@ static bool read_integer(parser_t *p, atp_val_t *v, const char *s, size_t len,
   uint64_t magnitude = 0;
   for (size_t i = negative; i < len; i++) {
     uint64_t digit = (uint64_t)(s[i] - '0');
-    assert(digit <= 9);
+    ATP_ASSERT(digit <= 9);
     if (magnitude > (limit - digit) / 10) {
       return failed(p, at, "integer out of int64 range near '%.*s'",
                     (int)(len > 40 ? 40 : len), s);
@@ -553,7 +553,7 @@ static int on_boolean(void *ctx, int value) {
 
 static int on_number(void *ctx, const char *s, size_t len) {
   parser_t *p = ctx;
-  assert(len > 0);
+  ATP_ASSERT(len > 0);
   p->value_end = token_end(p);
   size_t at = p->value_end - len;
   atp_val_t *v = value_slot(p);
@@ -578,7 +578,7 @@ static int on_string(void *ctx, const unsigned char *s, size_t len) {
 
 static int on_key(void *ctx, const unsigned char *s, size_t len) {
   parser_t *p = ctx;
-  assert(p->open > 0 && p->frames[p->open - 1].is_object);
+  ATP_ASSERT(p->open > 0 && p->frames[p->open - 1].is_object);
   if (!check_text(p, s, len, true)) return 0;
   atp_member_t *m = scratch_push(p);
   if (!m) return 0;
@@ -683,7 +683,7 @@ static int yajl_fail(parser_t *p) {
       at = p->chunk_len;
       break;
   }
-  assert(at <= p->chunk_len);
+  ATP_ASSERT(at <= p->chunk_len);
   if (!ours) { /* a message this table does not know: yajl's own words */
     failed(p, at, "%.*s", (int)strcspn(said, "\n"), said);
   } else if (place == AT_BYTE && at < p->chunk_len && strstr(ours, "control")) {
@@ -736,7 +736,7 @@ static int parse_one(const char *body, size_t start, size_t end, bool prefix,
   }
   int rc = 0;
   if (status == yajl_status_client_canceled) {
-    assert(p.rc != 0);
+    ATP_ASSERT(p.rc != 0);
     rc = p.rc;
   } else if (status != yajl_status_ok) {
     rc = yajl_fail(&p);
@@ -744,7 +744,7 @@ static int parse_one(const char *body, size_t start, size_t end, bool prefix,
     rc = atp_codec_fail(err, start + skip_ws(p.chunk, consumed, p.chunk_len),
                         "end of file expected");
   } else {
-    assert(p.open == 0);
+    ATP_ASSERT(p.open == 0);
     atp_val_t *val = atp_arena_alloc(arena, sizeof *val);
     if (val) {
       *val = p.root;
@@ -774,7 +774,7 @@ static int too_many(atp_parse_error_t *err, size_t at, uint32_t max_items) {
 static int stream_array(const char *body, size_t len, size_t p, atp_arena_t *arena,
                         uint32_t max_items, int (*fn)(void *, uint32_t, atp_val_t *),
                         void *ctx, atp_parse_error_t *err) {
-  assert(body[p] == '[');
+  ATP_ASSERT(body[p] == '[');
   p = skip_ws(body, p + 1, len);
   uint32_t index = 0;
   if (p < len && body[p] == ']') {

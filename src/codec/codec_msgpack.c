@@ -17,11 +17,11 @@
  * send every string that way. Anything else in a bin is refused as invalid
  * UTF-8, the same as in a str, since no field of the contract takes bytes.
  */
-#include <assert.h>
 #include <msgpack.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "atp/assert.h"
 #include "atp/error.h"
 #include "atp/limits.h"
 #include "codec_internal.h"
@@ -66,97 +66,143 @@ static uint64_t be(const unsigned char *p, int n) {
   return v;
 }
 
+/* The walk of check_value: the body, where it is, and the open containers. */
+typedef struct {
+  const char *body;
+  size_t len;
+  size_t p; /* the next byte to read; p <= len */
+  frame_t stack[ATP_CODEC_DEPTH_MAX];
+  uint32_t top;   /* frames in use */
+  uint32_t depth; /* containers open around the checked value */
+  atp_parse_error_t *err;
+} checker_t;
+
+/* What a value's first bytes say about it. */
+typedef struct {
+  uint64_t str_len; /* string or bin bytes that follow; UINT64_MAX: not one */
+  uint64_t count;   /* a container's entries (pairs for a map) */
+  bool container, is_map;
+} head_t;
+
+/* Names the field being read, then fails at offset at. */
+#define CHECK_FAIL_AT(c, at, ...)              \
+  (name_field((c)->err, (c)->stack, (c)->top), \
+   atp_codec_fail((c)->err, (at), __VA_ARGS__))
+
+/* Reads the type byte t's length or value bytes (t itself is read, at is
+ * where it was) into h. 0 or ATP_EBADREQ. */
+static int read_head(checker_t *c, size_t at, unsigned char t, head_t *h) {
+  h->str_len = UINT64_MAX, h->count = 0, h->container = h->is_map = false;
+  if (t <= 0x7f || t >= 0xe0 || t == 0xc0 || t == 0xc2 || t == 0xc3) return 0;
+  if (t >= 0xa0 && t <= 0xbf) {
+    h->str_len = t & 0x1f;
+    return 0;
+  }
+  if (t >= 0x80 && t <= 0x9f) {
+    h->container = true, h->is_map = t < 0x90, h->count = t & 0x0f;
+    return 0;
+  }
+  static const int extra[] = {
+      [0xc4] = 1, [0xc5] = 2, [0xc6] = 4, [0xca] = 4, [0xcb] = 8,
+      [0xcc] = 1, [0xcd] = 2, [0xce] = 4, [0xcf] = 8, [0xd0] = 1,
+      [0xd1] = 2, [0xd2] = 4, [0xd3] = 8, [0xd9] = 1, [0xda] = 2,
+      [0xdb] = 4, [0xdc] = 2, [0xdd] = 4, [0xde] = 2, [0xdf] = 4};
+  if (t == 0xc1) return CHECK_FAIL_AT(c, at, "invalid msgpack byte 0xc1");
+  if ((t >= 0xc7 && t <= 0xc9) || (t >= 0xd4 && t <= 0xd8))
+    return CHECK_FAIL_AT(c, at, "unsupported msgpack type 0x%02x (ext)", t);
+  int size_bytes = extra[t];
+  ATP_ASSERT(size_bytes > 0);
+  if (c->len - c->p < (size_t)size_bytes)
+    return atp_codec_fail(c->err, c->len, "unexpected end of input");
+  uint64_t v = be((const unsigned char *)c->body + c->p, size_bytes);
+  c->p += (size_t)size_bytes;
+  if (t == 0xcf && v > INT64_MAX)
+    return CHECK_FAIL_AT(c, at, "integer out of int64 range");
+  if ((t >= 0xd9 && t <= 0xdb) || (t >= 0xc4 && t <= 0xc6)) h->str_len = v;
+  if (t >= 0xdc) h->container = true, h->is_map = t >= 0xde, h->count = v;
+  return 0;
+}
+
+/* Checks the h->str_len bytes of a string or bin (type byte t) are there and
+ * are UTF-8, remembering a map key for err->field. 0 or ATP_EBADREQ. */
+static int check_string(checker_t *c, const head_t *h, unsigned char t, bool is_key) {
+  if (c->len - c->p < h->str_len)
+    return atp_codec_fail(c->err, c->len, "unexpected end of input");
+  size_t valid = atp_codec_utf8_prefix(c->body + c->p, (size_t)h->str_len);
+  if (valid != h->str_len)
+    return CHECK_FAIL_AT(c, c->p + valid, "invalid UTF-8 in %s",
+                         t >= 0xc4 && t <= 0xc6 ? "bin" : "string");
+  if (is_key) {
+    c->stack[c->top - 1].key = c->body + c->p;
+    c->stack[c->top - 1].key_len = (uint32_t)h->str_len;
+  }
+  c->p += (size_t)h->str_len;
+  return 0;
+}
+
+/* Opens the container h (its head at offset at): pushes a frame when it has
+ * entries. 0 or ATP_EBADREQ. */
+static int open_container(checker_t *c, const head_t *h, size_t at, bool *pushed) {
+  *pushed = false;
+  if (c->depth + c->top + 1 > ATP_CODEC_DEPTH_MAX)
+    return atp_codec_fail(c->err, at, "nesting deeper than %d", ATP_CODEC_DEPTH_MAX);
+  uint64_t items = h->is_map ? h->count * 2 : h->count;
+  /* Every item takes at least one byte: a count the body cannot back is
+   * truncated input, refused before anything is allocated for it. */
+  if (items > c->len - c->p)
+    return atp_codec_fail(c->err, c->len, "unexpected end of input");
+  if (items == 0) return 0;
+  frame_t *f = &c->stack[c->top++];
+  f->left = f->total = items;
+  f->key = NULL;
+  f->key_len = 0;
+  f->is_map = h->is_map;
+  *pushed = true;
+  ATP_ASSERT(c->top <= ATP_CODEC_DEPTH_MAX);
+  return 0;
+}
+
+/* A value is complete: counts it in its container, closing finished ones.
+ * True when that completes the top-level value. */
+static bool value_done(checker_t *c) {
+  for (;;) {
+    if (c->top == 0) return true;
+    ATP_ASSERT(c->stack[c->top - 1].left > 0);
+    if (--c->stack[c->top - 1].left > 0) return false;
+    c->top--;
+  }
+}
+
 /* Checks the value at body[start, len) opened inside `depth` containers and
  * sets *end just past it. 0 or ATP_EBADREQ. */
 static int check_value(const char *body, size_t start, size_t len, uint32_t depth,
                        size_t *end, atp_parse_error_t *err) {
-  const unsigned char *b = (const unsigned char *)body;
-  frame_t stack[ATP_CODEC_DEPTH_MAX];
-  uint32_t top = 0; /* frames in use */
-  size_t p = start;
+  ATP_ASSERT(start <= len && depth <= ATP_CODEC_DEPTH_MAX);
+  /* Fields one by one: the stack is written before it is read, and a stream
+   * checks each of up to ATP_BATCH_OPS_MAX items with a fresh checker. */
+  checker_t c;
+  c.body = body, c.len = len, c.p = start, c.top = 0, c.depth = depth, c.err = err;
   for (;;) {
-    if (p >= len) return atp_codec_fail(err, len, "unexpected end of input");
-    size_t at = p;
-    unsigned char t = b[p++];
-    bool want_key = top > 0 && stack[top - 1].is_map && stack[top - 1].left % 2 == 0;
-    uint64_t str_len = UINT64_MAX, count = 0;
-    int size_bytes = 0;
-    bool container = false, is_map = false;
-    if (t <= 0x7f || t >= 0xe0 || t == 0xc0 || t == 0xc2 || t == 0xc3) {
-      /* fixint, nil, bool: nothing follows */
-    } else if (t >= 0xa0 && t <= 0xbf) {
-      str_len = t & 0x1f;
-    } else if (t >= 0x80 && t <= 0x9f) {
-      container = true, is_map = t < 0x90, count = t & 0x0f;
-    } else {
-      static const int extra[] = {
-          [0xc4] = 1, [0xc5] = 2, [0xc6] = 4, [0xca] = 4, [0xcb] = 8,
-          [0xcc] = 1, [0xcd] = 2, [0xce] = 4, [0xcf] = 8, [0xd0] = 1,
-          [0xd1] = 2, [0xd2] = 4, [0xd3] = 8, [0xd9] = 1, [0xda] = 2,
-          [0xdb] = 4, [0xdc] = 2, [0xdd] = 4, [0xde] = 2, [0xdf] = 4};
-      if (t == 0xc1) {
-        name_field(err, stack, top);
-        return atp_codec_fail(err, at, "invalid msgpack byte 0xc1");
-      }
-      if ((t >= 0xc7 && t <= 0xc9) || (t >= 0xd4 && t <= 0xd8)) {
-        name_field(err, stack, top);
-        return atp_codec_fail(err, at, "unsupported msgpack type 0x%02x (ext)", t);
-      }
-      size_bytes = extra[t];
-      assert(size_bytes > 0);
-      if (len - p < (size_t)size_bytes)
-        return atp_codec_fail(err, len, "unexpected end of input");
-      uint64_t v = be(b + p, size_bytes);
-      p += (size_t)size_bytes;
-      if (t == 0xcf && v > INT64_MAX) {
-        name_field(err, stack, top);
-        return atp_codec_fail(err, at, "integer out of int64 range");
-      }
-      if ((t >= 0xd9 && t <= 0xdb) || (t >= 0xc4 && t <= 0xc6)) str_len = v;
-      if (t >= 0xdc) container = true, is_map = t >= 0xde, count = v;
-    }
-    if (want_key && str_len == UINT64_MAX) {
+    if (c.p >= len) return atp_codec_fail(err, len, "unexpected end of input");
+    size_t at = c.p;
+    unsigned char t = (unsigned char)body[c.p++];
+    const frame_t *in = c.top > 0 ? &c.stack[c.top - 1] : NULL;
+    bool want_key = in && in->is_map && in->left % 2 == 0;
+    head_t h;
+    int rc = read_head(&c, at, t, &h);
+    if (rc) return rc;
+    if (want_key && h.str_len == UINT64_MAX)
       return atp_codec_fail(err, at, "map key is not a string");
+    if (h.str_len != UINT64_MAX && (rc = check_string(&c, &h, t, want_key))) return rc;
+    if (h.container) {
+      bool pushed;
+      if ((rc = open_container(&c, &h, at, &pushed))) return rc;
+      if (pushed) continue;
     }
-    if (str_len != UINT64_MAX) {
-      if (len - p < str_len) return atp_codec_fail(err, len, "unexpected end of input");
-      size_t valid = atp_codec_utf8_prefix(body + p, (size_t)str_len);
-      if (valid != str_len) {
-        name_field(err, stack, top);
-        return atp_codec_fail(err, p + valid, "invalid UTF-8 in %s",
-                              t >= 0xc4 && t <= 0xc6 ? "bin" : "string");
-      }
-      if (want_key) {
-        stack[top - 1].key = body + p;
-        stack[top - 1].key_len = (uint32_t)str_len;
-      }
-      p += (size_t)str_len;
-    }
-    if (container) {
-      if (depth + top + 1 > ATP_CODEC_DEPTH_MAX) {
-        return atp_codec_fail(err, at, "nesting deeper than %d", ATP_CODEC_DEPTH_MAX);
-      }
-      uint64_t items = is_map ? count * 2 : count;
-      /* Every item takes at least one byte: a count the body cannot back is
-       * truncated input, refused before anything is allocated for it. */
-      if (items > len - p) return atp_codec_fail(err, len, "unexpected end of input");
-      if (items > 0) {
-        stack[top].left = stack[top].total = items;
-        stack[top].key = NULL;
-        stack[top].key_len = 0;
-        stack[top].is_map = is_map;
-        top++;
-        continue;
-      }
-    }
-    /* A value is complete: count it in its container, closing finished ones. */
-    for (;;) {
-      if (top == 0) {
-        *end = p;
-        return 0;
-      }
-      if (--stack[top - 1].left > 0) break;
-      top--;
+    if (value_done(&c)) {
+      ATP_ASSERT(c.p > start && c.p <= len);
+      *end = c.p;
+      return 0;
     }
   }
 }
@@ -253,7 +299,7 @@ static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out) {
       out->u.b = o->via.boolean;
       return 0;
     case MSGPACK_OBJECT_POSITIVE_INTEGER:
-      assert(o->via.u64 <= INT64_MAX); /* checked in check_value */
+      ATP_ASSERT(o->via.u64 <= INT64_MAX); /* checked in check_value */
       out->type = ATP_VAL_INT;
       out->u.i = (int64_t)o->via.u64;
       return 0;
@@ -299,8 +345,8 @@ static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out) {
       for (uint32_t i = 0; i < n; i++) {
         const msgpack_object_kv *kv = &o->via.map.ptr[i];
         /* checked in check_value */
-        assert(kv->key.type == MSGPACK_OBJECT_STR ||
-               kv->key.type == MSGPACK_OBJECT_BIN);
+        ATP_ASSERT(kv->key.type == MSGPACK_OBJECT_STR ||
+                   kv->key.type == MSGPACK_OBJECT_BIN);
         atp_member_t *m = &out->u.members[i];
         msgpack_object_str key = as_str(&kv->key);
         m->key_len = key.size;

@@ -44,18 +44,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "atp/assert.h"
 #include "atp/limits.h"
 #include "atp/log.h"
 #include "atp/memory.h"
 #include "journal_internal.h"
-
-#define ATP_JOURNAL_ASSERT(cond)                                                   \
-  do {                                                                             \
-    if (!(cond)) {                                                                 \
-      fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #cond); \
-      abort();                                                                     \
-    }                                                                              \
-  } while (0)
 
 #define CHUNK_BYTES     (256u * 1024)
 #define FREE_CHUNKS_MAX 32 /* kept for reuse: 8 MiB */
@@ -307,9 +300,18 @@ static void advance_pending(atp_journal_t *j, chunk_t *c, uint32_t off) {
 
 static void published(atp_journal_t *j, uint64_t lsn, uint64_t records,
                       uint64_t bytes) {
+  /* The writer alone stores durable_lsn, so its own relaxed load is exact: a
+   * group of `records` moves it forward by exactly that many LSNs. */
+  ATP_ASSERT(records > 0 &&
+             lsn - records ==
+                 atomic_load_explicit(&j->durable_lsn, memory_order_relaxed));
   /* Release: whoever reads this LSN durable sees the writer's work before it. */
   atomic_store_explicit(&j->durable_lsn, lsn, memory_order_release);
-  atomic_fetch_sub_explicit(&j->queued_bytes, bytes, memory_order_relaxed);
+  /* The bytes were counted in by their append before the writer could take
+   * them (both under mu), so the count never goes below zero. */
+  uint64_t queued =
+      atomic_fetch_sub_explicit(&j->queued_bytes, bytes, memory_order_relaxed);
+  ATP_ASSERT(queued >= bytes);
   count(&j->records_written, records);
   count(&j->bytes_written, bytes);
   count(&j->groups, 1);
@@ -354,8 +356,8 @@ static int write_group(atp_journal_t *j) {
     bytes += frame_bytes, records++, off += frame_bytes;
   }
   if (!records) return ROLL_NEEDED;
-  ATP_JOURNAL_ASSERT(group_first ==
-                     atomic_load_explicit(&j->durable_lsn, memory_order_relaxed) + 1);
+  ATP_ASSERT(group_first ==
+             atomic_load_explicit(&j->durable_lsn, memory_order_relaxed) + 1);
   int err = write_all(j, j->seg_fd, iov, n);
   if (err) return io_error(j, err, "writing records");
   j->seg_bytes += bytes;
@@ -533,7 +535,7 @@ static chunk_t *queue_room(atp_journal_t *j, uint32_t frame_bytes) {
 
 int atp_journal_appendv(atp_journal_t *j, uint16_t kind, const struct iovec *iov,
                         int iovcnt, uint64_t *lsn) {
-  ATP_JOURNAL_ASSERT(kind != 0 && iovcnt >= 0 && (iovcnt == 0 || iov));
+  ATP_ASSERT(kind != 0 && iovcnt >= 0 && (iovcnt == 0 || iov));
   size_t payload_bytes = 0;
   for (int i = 0; i < iovcnt; i++) payload_bytes += iov[i].iov_len;
   if (payload_bytes > ATP_JOURNAL_RECORD_BYTES_MAX) return ATP_ETOOLARGE;
@@ -562,6 +564,8 @@ int atp_journal_appendv(atp_journal_t *j, uint16_t kind, const struct iovec *iov
   j->q_bytes += frame_bytes;
   bool crossed =
       j->q_bytes >= j->gather_bytes && j->q_bytes - frame_bytes < j->gather_bytes;
+  /* LSNs are handed out one by one under mu, which alone writes assigned_lsn. */
+  ATP_ASSERT(*lsn == atomic_load_explicit(&j->assigned_lsn, memory_order_relaxed) + 1);
   /* Release: a thread that reads this LSN as assigned and then waits for it
    * durable waits for this record. */
   atomic_store_explicit(&j->assigned_lsn, *lsn, memory_order_release);
@@ -826,9 +830,8 @@ static void destroy(atp_journal_t *j) {
 int atp_journal_open(const atp_journal_config_t *config, uint64_t covered_lsn,
                      atp_journal_record_fn fn, void *ctx, atp_journal_scan_t *scan,
                      atp_journal_t **out) {
-  ATP_JOURNAL_ASSERT(config && config->dir && scan && out);
-  ATP_JOURNAL_ASSERT(config->mode >= ATP_JOURNAL_NONE &&
-                     config->mode <= ATP_JOURNAL_ALWAYS);
+  ATP_ASSERT(config && config->dir && scan && out);
+  ATP_ASSERT(config->mode >= ATP_JOURNAL_NONE && config->mode <= ATP_JOURNAL_ALWAYS);
   memset(scan, 0, sizeof *scan);
   *out = NULL;
   size_t dir_len = strlen(config->dir);

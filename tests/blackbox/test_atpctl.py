@@ -174,3 +174,38 @@ def test_deploy_unit_and_env_file_agree():
     usage = subprocess.run([ATPD, "--help"], stdout=subprocess.PIPE).stdout.decode()
     known = {"ATPD_" + fl[2:].upper().replace("-", "_") for fl in re.findall(r"--[a-z0-9-]+", usage)}
     assert set(keys) <= known, "env file keys that are no flag's twin: %s" % sorted(set(keys) - known)
+
+
+def test_every_command_reaches_its_route(srv):
+    """Each command of the table runs its own route: show, commit and release on
+    reservations, group, health and metrics (the split of main must keep them)."""
+    c = srv.client()
+    sku = uid("ctl")
+    c.adjust(sku, "L1", 5)
+    url = url_of(srv)
+    kept, let_go = uid("r"), uid("r")
+    for rid in (kept, let_go):
+        rc, out, err = ctl("reserve", rid, sku, "L1", "1", url=url)
+        assert rc == 0, (rc, out, err)
+    rc, out, err = ctl("show", kept, url=url)
+    assert rc == 0 and '"status":"held"' in out, (rc, out, err)
+    rc, out, err = ctl("commit", kept, url=url)
+    assert rc == 0 and '"status":"committed"' in out, (rc, out, err)
+    rc, out, err = ctl("release", let_go, url=url)
+    assert rc == 0 and '"status":"released"' in out, (rc, out, err)
+    rc, out, err = ctl("show", uid("none"), url=url)
+    assert rc == 1 and "not_found" in out, (rc, out, err)
+    rc, out, err = ctl("group", sku, uid("nogroup"), url=url)
+    assert rc == 1 and "not_found" in out, (rc, out, err)
+    rc, out, err = ctl("health", url=url)
+    assert rc == 0, (rc, out, err)
+    rc, out, err = ctl("metrics", url=url)
+    assert rc == 0 and "atpd_" in out, (rc, out[:200], err)
+
+
+def test_request_over_the_limit_is_a_usage_error():
+    # The path is cut at 4 KiB, so a long token is what makes the request long.
+    rc, out, err = ctl("--token", "t" * 9000, "get", "x",
+                       url="http://127.0.0.1:%d" % free_port())
+    assert rc == 2, (rc, err)
+    assert "over 8192 bytes" in err, err
