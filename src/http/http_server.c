@@ -27,7 +27,6 @@
  */
 #include "atp/http.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <llhttp.h>
 #include <netdb.h>
@@ -40,6 +39,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "atp/assert.h"
 #include "atp/error.h"
 #include "atp/limits.h"
 
@@ -282,7 +282,7 @@ static int outq_iov(const outq_t *q, uv_buf_t *iov) {
   }
   if (q->bytes.len > at)
     iov[n++] = uv_buf_init(q->bytes.data + at, (unsigned)(q->bytes.len - at));
-  assert(n <= 2 * OUT_BIG_MAX + 1);
+  ATP_ASSERT(n <= 2 * OUT_BIG_MAX + 1);
   return n;
 }
 
@@ -382,7 +382,7 @@ static int queue_response(conn_t *c, const response_t *r) {
   p = PUT_LIT(p, "\r\n");
   if (send_body && !move) p = put_str(p, r->body, r->body_len);
   size_t wrote = (size_t)(p - start);
-  assert(wrote <= need);
+  ATP_ASSERT(wrote <= need);
   q->bytes.len += wrote;
   q->total_bytes += wrote;
   if (move) {
@@ -584,7 +584,7 @@ static int fail(conn_t *c, int err, const char *message) {
 
 /* Remembers a refusal until the head is complete (see deferred_err). */
 static int defer(conn_t *c, int err, const char *message) {
-  assert(err < 0);
+  ATP_ASSERT(err < 0);
   if (!c->deferred_err) {
     c->deferred_err = err;
     c->deferred_message = message;
@@ -615,7 +615,7 @@ static void fold_check(conn_t *c, const char *at, size_t len) {
   /* The first span (the method) follows the previous message's bytes. */
   if (c->fold_armed) {
     const char *from = c->sep_from ? c->sep_from : c->exec_start;
-    assert(from && from <= at);
+    ATP_ASSERT(from && from <= at);
     fold_scan(c, from, at);
     if (len) fold_scan(c, at, at + 1);
   }
@@ -961,7 +961,7 @@ static void core_destroy(conn_t *c) {
 /* Parses data; returns the bytes consumed, fewer than len only when parsing
  * paused for backpressure or the connection is closing. */
 static size_t core_execute(conn_t *c, const char *data, size_t len) {
-  assert(!c->closing);
+  ATP_ASSERT(!c->closing);
   c->head_mark = (c->in_message && !c->headers_done) ? data : NULL;
   c->exec_start = data;
   c->sep_from = NULL;
@@ -1008,7 +1008,7 @@ static void outq_flatten(outq_t *q, atp_buf_t *out) {
 
 int atp_http_feed(const atp_http_config_t *config, const char *bytes, size_t len,
                   atp_buf_t *out) {
-  assert(config && config->handler && out);
+  ATP_ASSERT(config && config->handler && out);
   conn_t *c = atp_calloc(1, sizeof *c);
   if (!c) return 1;
   core_init(c, config, NULL);
@@ -1032,7 +1032,7 @@ static void loop_maybe_finish(loop_ctx_t *lp);
 
 static void on_handle_closed(uv_handle_t *h) {
   conn_t *c = h->data;
-  assert(c->closed && c->handles_open > 0);
+  ATP_ASSERT(c->closed && c->handles_open > 0);
   if (--c->handles_open > 0) return;
   loop_ctx_t *lp = c->lp;
   if (c->prev)
@@ -1148,7 +1148,7 @@ static void on_write(uv_write_t *req, int status);
  * pass per response that a write which completes at once does not. Only what
  * the socket did not take goes through uv_write. */
 static int conn_start_write(conn_t *c) {
-  assert(!c->writing && !c->closed);
+  ATP_ASSERT(!c->writing && !c->closed);
   outq_t *q = &c->out[c->pending];
   uv_buf_t iov[2 * OUT_BIG_MAX + 1];
   int n = outq_iov(q, iov);
@@ -1183,7 +1183,7 @@ static int conn_start_write(conn_t *c) {
 
 static void on_write(uv_write_t *req, int status) {
   conn_t *c = req->data;
-  assert(c->writing);
+  ATP_ASSERT(c->writing);
   c->writing = false;
   outq_release(&c->out[!c->pending]);
   if (c->closed) return;
@@ -1294,7 +1294,7 @@ static void build_busy(void) {
                "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                "Content-Length: %zu\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s",
                status, status_reason(status), len, body);
-  assert(n > 0 && (size_t)n < sizeof busy);
+  ATP_ASSERT(n > 0 && (size_t)n < sizeof busy);
   busy_len = (size_t)n;
 }
 
@@ -1500,7 +1500,7 @@ static int loop_init(atp_http_server_t *s, loop_ctx_t *lp, int index, char *err,
 static void loop_destroy(loop_ctx_t *lp) {
   if (lp->handles_inited && !lp->finished) {
     /* Never ran (or create failed): no connections exist, only our handles. */
-    assert(lp->conn_count == 0);
+    ATP_ASSERT(lp->conn_count == 0);
     if (!uv_is_closing((uv_handle_t *)&lp->listener))
       uv_close((uv_handle_t *)&lp->listener, NULL);
     lp->stopping = true;
@@ -1509,7 +1509,7 @@ static void loop_destroy(loop_ctx_t *lp) {
   if (lp->loop_inited) {
     uv_run(&lp->loop, UV_RUN_DEFAULT);
     int rc = uv_loop_close(&lp->loop);
-    assert(rc == 0);
+    ATP_ASSERT(rc == 0);
     (void)rc;
   }
   atp_free(lp->read_buf);
@@ -1564,7 +1564,7 @@ static void loop_thread(void *arg) {
 }
 
 int atp_http_server_run(atp_http_server_t *s) {
-  assert(!s->ran);
+  ATP_ASSERT(!s->ran);
   s->ran = true;
   for (int i = 1; i < s->threads; i++) {
     loop_ctx_t *lp = &s->loops[i];

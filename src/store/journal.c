@@ -593,9 +593,8 @@ int atp_journal_admit(atp_journal_t *j) {
 /* --- the ticket horizon ------------------------------------------------------ */
 
 void atp_journal_begin(atp_journal_t *j, uint32_t slot) {
-  ATP_JOURNAL_ASSERT(slot < ATP_JOURNAL_SLOTS_MAX);
-  ATP_JOURNAL_ASSERT(
-      atomic_load_explicit(&j->slots[slot].ticket, memory_order_relaxed) == 0);
+  ATP_ASSERT(slot < ATP_JOURNAL_SLOTS_MAX);
+  ATP_ASSERT(atomic_load_explicit(&j->slots[slot].ticket, memory_order_relaxed) == 0);
   uint32_t used = atomic_load_explicit(&j->slots_used, memory_order_relaxed);
   while (used <= slot &&
          !atomic_compare_exchange_weak(&j->slots_used, &used, slot + 1)) {
@@ -608,7 +607,7 @@ void atp_journal_begin(atp_journal_t *j, uint32_t slot) {
 }
 
 uint64_t atp_journal_end(atp_journal_t *j, uint32_t slot) {
-  ATP_JOURNAL_ASSERT(slot < ATP_JOURNAL_SLOTS_MAX);
+  ATP_ASSERT(slot < ATP_JOURNAL_SLOTS_MAX);
   atomic_store(&j->slots[slot].ticket, 0);
   uint64_t target = atomic_load(&j->tickets);
   if (atomic_load_explicit(&j->durable_ticket, memory_order_acquire) >= target)
