@@ -144,6 +144,9 @@ typedef struct {
   atp_str_t channel;
   atp_str_t customer_id;
   bool replayed; /* the call was an idempotent replay */
+  /* Of the creating request's content, so a replay after restore still tells
+   * the same request from another with the id (journal and snapshots). */
+  uint64_t content_hash;
   uint32_t line_count;
   atp_res_line_t lines[ATP_RESERVATION_POSITIONS_MAX];
   char text[5 * ATP_ID_BYTES_MAX + 8]; /* backing for id and the four strings */

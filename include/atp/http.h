@@ -67,6 +67,12 @@ typedef struct {
   const char *extra_headers[ATP_HTTP_EXTRA_HEADERS_MAX]; /* "Retry-After: 1" */
   uint32_t extra_header_count;
   bool close; /* close the connection after this response */
+  /* 0: send as soon as the order allows. Else the response is parked on its
+   * connection until atp_http_server_release was called with a value >= it;
+   * the responses pipelined after it wait behind it, in order. The server
+   * knows nothing of what the value means (atpd: a journal's durable ticket
+   * horizon). */
+  uint64_t hold_until;
 } atp_http_response_t;
 
 /* Runs on the loop thread for each complete request. Must not block. */
@@ -144,6 +150,11 @@ void atp_http_server_stop(atp_http_server_t *server);
 void atp_http_server_hurry(atp_http_server_t *server);
 
 void atp_http_server_destroy(atp_http_server_t *server);
+
+/* Lets every parked response with hold_until <= value go (values only grow;
+ * a smaller one is ignored). Posts a uv_async to each loop, which coalesces
+ * wake-ups. Thread: any, after create and before destroy. */
+void atp_http_server_release(atp_http_server_t *server, uint64_t value);
 
 /* For fuzzing and tests without sockets: feeds raw bytes through the same
  * parser and handler path as a connection would, appending every response's

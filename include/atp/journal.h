@@ -71,9 +71,11 @@ typedef enum {
   ATP_JOURNAL_CLOSED = 2, /* atp_journal_close began */
 } atp_journal_state_t;
 
-/* Called on the writer thread after every group with the new durable LSN
- * (strictly increasing from call to call). Must be quick and must not call
- * back into the journal except the getters; a server posts a uv_async. */
+/* Called on the writer thread after every round of groups with the durable
+ * LSN (never decreasing; a round that only advanced the ticket horizon
+ * repeats the last one), after atp_journal_durable_ticket moved. Must be
+ * quick and must not call back into the journal except the getters; a server
+ * posts a uv_async. */
 typedef void (*atp_journal_durable_fn)(void *ctx, uint64_t durable_lsn);
 
 /* Fault injection for unit tests: called before each write (op 'w') and
@@ -180,6 +182,24 @@ uint64_t atp_journal_assigned_lsn(const atp_journal_t *journal);
 int atp_journal_wait(atp_journal_t *journal, uint64_t lsn, int64_t timeout_ms);
 
 atp_journal_state_t atp_journal_state(const atp_journal_t *journal);
+
+/* The ticket horizon (proto/journal.md, "Causality"). The engine makes a
+ * change visible before its hook appends it, so an answer must wait not only
+ * for its own records but for every change it could have seen. Each thread
+ * that mutates owns one slot (0..ATP_JOURNAL_SLOTS_MAX-1, one thread per slot)
+ * and brackets every mutation: atp_journal_begin before it, atp_journal_end
+ * after it returned (its hook appended by then). end returns a target; the
+ * answer may leave once atp_journal_durable_ticket() >= target. A mutation
+ * that appended nothing (a replay, a refusal) still waits for what it saw;
+ * end then wakes the writer if needed. Cost: one contended fetch_add and a few
+ * seq_cst stores per mutation, a scan of the slots in use per group.
+ * Thread: the slot's owner. */
+#define ATP_JOURNAL_SLOTS_MAX 80
+void atp_journal_begin(atp_journal_t *journal, uint32_t slot);
+uint64_t atp_journal_end(atp_journal_t *journal, uint32_t slot);
+/* Every ticket below it belongs to a mutation whose records are durable;
+ * starts at 1. Acquire. Thread: any. */
+uint64_t atp_journal_durable_ticket(const atp_journal_t *journal);
 
 /* Removes the segments whose records all have LSN <= covered_lsn (after a
  * snapshot that covers them); never the segment being written. Returns the

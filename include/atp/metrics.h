@@ -19,7 +19,9 @@
 
 #include <stdint.h>
 
+#include "atp/durability.h"
 #include "atp/engine.h"
+#include "atp/journal.h"
 #include "atp/memory.h"
 
 #define ATP_METRICS_ROUTES_MAX   48 /* routes + "unmatched" */
@@ -42,6 +44,11 @@ void atp_metrics_record(atp_metrics_t *m, uint32_t thread, uint32_t route, int s
  * gauges. */
 void atp_metrics_write(const atp_metrics_t *m, const atp_engine_t *engine,
                        atp_buf_t *out);
+
+/* Appends the journal's counters (journal may be NULL before restore opened
+ * it) and, once known, the restore's figures. */
+void atp_metrics_write_journal(const atp_journal_t *journal,
+                               const atp_durable_restore_t *restore, atp_buf_t *out);
 
 /* For tests: requests counted for a route and status. */
 uint64_t atp_metrics_requests(const atp_metrics_t *m, uint32_t route, int status);

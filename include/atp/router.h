@@ -25,6 +25,7 @@
 #include <stdio.h>
 
 #include "atp/auth.h"
+#include "atp/durability.h"
 #include "atp/engine.h"
 #include "atp/http.h"
 #include "atp/metrics.h"
@@ -55,6 +56,10 @@ struct atp_app {
   int64_t clock_skew_ms; /* input times may lie this far past the clock; 0:
                             ATP_CLOCK_SKEW_MS_DEFAULT (--clock-skew-ms) */
   const char *not_ready; /* NULL, or why /readyz answers 503 (data dir unusable) */
+  /* Durability (src/app/app.c): NULL when there is none (tests). Mutations
+   * are admitted by it and their answers park until durable. */
+  atp_durable_t *durable;
+  struct atp_app_runtime *runtime; /* atp_app_start's threads and state */
 };
 
 /* The table, and its size. Index i is the route's metrics label index. */

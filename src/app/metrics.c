@@ -211,3 +211,83 @@ void atp_metrics_write(const atp_metrics_t *m, const atp_engine_t *engine,
   write_latency(m, out);
   if (engine) write_engine(engine, out);
 }
+
+/* --- journal ------------------------------------------------------------------ */
+
+static void gauge(atp_buf_t *out, const char *name, const char *help, const char *type,
+                  uint64_t v) {
+  atp_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type,
+                 name, (unsigned long long)v);
+}
+
+void atp_metrics_write_journal(const atp_journal_t *journal,
+                               const atp_durable_restore_t *restore, atp_buf_t *out) {
+  if (restore) {
+    atp_buf_printf(out,
+                   "# HELP atpd_restore_duration_seconds How long the last restore "
+                   "took.\n# TYPE atpd_restore_duration_seconds gauge\n"
+                   "atpd_restore_duration_seconds %.3f\n",
+                   (double)restore->duration_ms / 1e3);
+    gauge(out, "atpd_restore_records", "Journal records replayed at start.", "gauge",
+          restore->scan.records_replayed);
+  }
+  if (!journal) return;
+  atp_journal_metrics_t m;
+  atp_journal_metrics(journal, &m);
+  gauge(out, "atpd_journal_state", "0 ok, 1 failed (writes refused), 2 closed.",
+        "gauge", (uint64_t)m.state);
+  gauge(out, "atpd_journal_failures_total", "Journal writes or fdatasyncs that failed.",
+        "counter", m.failures);
+  gauge(out, "atpd_journal_recoveries_total", "Returns from failed to ok.", "counter",
+        m.recoveries);
+  gauge(out, "atpd_journal_records_total", "Records made durable since start.",
+        "counter", m.records_written);
+  gauge(out, "atpd_journal_bytes_total", "Bytes made durable since start.", "counter",
+        m.bytes_written);
+  gauge(out, "atpd_journal_durable_lsn", "Highest LSN durable on disk.", "gauge",
+        m.durable_lsn);
+  gauge(out, "atpd_journal_assigned_lsn", "Highest LSN handed out.", "gauge",
+        m.assigned_lsn);
+  gauge(out, "atpd_journal_queued_bytes", "Bytes appended, not yet durable.", "gauge",
+        m.queued_bytes);
+  gauge(out, "atpd_journal_segments", "Segment files present.", "gauge", m.segments);
+  gauge(out, "atpd_journal_truncated_tail_bytes",
+        "Bytes of torn tail cut off at the last start.", "gauge",
+        m.tail_bytes_truncated);
+  gauge(out, "atpd_journal_truncated_tail_records",
+        "Frames of torn tail cut off at the last start.", "gauge",
+        m.tail_records_truncated);
+  atp_buf_printf(out,
+                 "# HELP atpd_journal_fsync_seconds fdatasync latency.\n"
+                 "# TYPE atpd_journal_fsync_seconds histogram\n");
+  uint64_t cum = 0;
+  for (int i = 0; i < ATP_JOURNAL_FSYNC_BUCKETS - 1; i++) {
+    cum += m.fsync_hist[i];
+    atp_buf_printf(out, "atpd_journal_fsync_seconds_bucket{le=\"%g\"} %llu\n",
+                   atp_journal_fsync_bucket_us[i] / 1e6, (unsigned long long)cum);
+  }
+  cum += m.fsync_hist[ATP_JOURNAL_FSYNC_BUCKETS - 1];
+  atp_buf_printf(out,
+                 "atpd_journal_fsync_seconds_bucket{le=\"+Inf\"} %llu\n"
+                 "atpd_journal_fsync_seconds_sum %.9f\n"
+                 "atpd_journal_fsync_seconds_count %llu\n",
+                 (unsigned long long)cum, (double)m.fsync_ns_sum / 1e9,
+                 (unsigned long long)m.fsyncs);
+  atp_buf_printf(out,
+                 "# HELP atpd_journal_group_records Records per group commit.\n"
+                 "# TYPE atpd_journal_group_records histogram\n");
+  cum = 0;
+  uint64_t limit = 1;
+  for (int i = 0; i < ATP_JOURNAL_GROUP_BUCKETS - 1; i++, limit *= 4) {
+    cum += m.group_hist[i];
+    atp_buf_printf(out, "atpd_journal_group_records_bucket{le=\"%llu\"} %llu\n",
+                   (unsigned long long)limit, (unsigned long long)cum);
+  }
+  cum += m.group_hist[ATP_JOURNAL_GROUP_BUCKETS - 1];
+  atp_buf_printf(out,
+                 "atpd_journal_group_records_bucket{le=\"+Inf\"} %llu\n"
+                 "atpd_journal_group_records_sum %llu\n"
+                 "atpd_journal_group_records_count %llu\n",
+                 (unsigned long long)cum, (unsigned long long)m.group_records_sum,
+                 (unsigned long long)m.groups);
+}

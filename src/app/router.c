@@ -211,6 +211,22 @@ static int gate(atp_req_t *rq, const atp_route_t *route) {
   return 0;
 }
 
+/* Whether the route changes state (and so is journaled and waits). */
+static bool mutates(const atp_route_t *route) {
+  return route->method != ATP_HTTP_GET &&
+         route->handler != atp_route_availability_query;
+}
+
+/* The journal failed or its queue is full: nothing is changed, 503. */
+static int refuse_unjournaled(atp_req_t *rq, int rc) {
+  if (rq->res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
+    rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 1";
+  return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "%s",
+                      rc == ATP_EFULL
+                          ? "The journal is behind the disk; retry shortly."
+                          : "The journal cannot write to disk; retry shortly.");
+}
+
 int atp_req_owner_check(atp_req_t *rq, atp_field_kind_t field, atp_str_t flow,
                         const char *flow_key) {
   const atp_ownership_t *own = rq->app->ownership;
@@ -325,7 +341,22 @@ void atp_router_handle(void *ctx, const atp_http_request_t *req,
   }
   rc = gate(&rq, rq.route);
   if (rc == 0) rc = atp_req_parse_query(&rq);
+  atp_durable_t *d = app->durable;
+  bool bracketed = false;
+  if (rc == 0 && d && mutates(rq.route)) {
+    if ((rc = atp_durable_admit(d)) != 0) {
+      rc = refuse_unjournaled(&rq, rc);
+    } else {
+      atp_durable_begin(d, (uint32_t)req->thread_index);
+      bracketed = true;
+    }
+  }
   if (rc == 0) rc = rq.route->handler(&rq);
+  if (bracketed) {
+    /* Whatever the outcome, the answer may reveal state that is visible and
+     * not yet durable (a replay, a conflict): it waits like a success. */
+    res->hold_until = atp_durable_end(d, (uint32_t)req->thread_index);
+  }
   if (rc != 0) atp_respond_error(&rq, rc);
 }
 

@@ -1,5 +1,6 @@
 /* routes_ops.c - /healthz, /readyz and /metrics (CONTRACT.md section 7).
  * Open routes: no token needed. */
+#include "atp/app.h"
 #include "atp/error.h"
 #include "atp/router.h"
 
@@ -14,13 +15,20 @@ int atp_route_healthz(atp_req_t *rq) {
 
 int atp_route_readyz(atp_req_t *rq) {
   atp_app_t *app = rq->app;
+  /* The data dir's own reason first: the journal cannot restore without it. */
+  if (app->not_ready)
+    return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "%s", app->not_ready);
   if (!atp_app_engine(app) ||
       !atomic_load_explicit(&app->ready, memory_order_acquire)) {
     rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 1";
     return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "State is not restored yet.");
   }
-  if (app->not_ready)
-    return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "%s", app->not_ready);
+  atp_journal_t *j = app->durable ? atp_durable_journal(app->durable) : NULL;
+  if (j && atp_journal_state(j) != ATP_JOURNAL_OK) {
+    rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 1";
+    return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL,
+                        "The journal cannot write to disk; writes are refused.");
+  }
   atp_writer_t *w = atp_respond_begin(rq, 200);
   atp_w_object_begin(w);
   atp_w_key(w, "status");
@@ -36,6 +44,9 @@ int atp_route_metrics(atp_req_t *rq) {
   atp_buf_reset(res->body);
   if (rq->app->metrics)
     atp_metrics_write(rq->app->metrics, atp_app_engine(rq->app), res->body);
+  if (rq->app->durable)
+    atp_metrics_write_journal(atp_durable_journal(rq->app->durable),
+                              atp_app_restore_info(rq->app), res->body);
   if (res->body->failed)
     return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "The metrics did not fit.");
   return 0;

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "atp/app.h"
 #include "atp/auth.h"
 #include "atp/config.h"
 #include "atp/demo.h"
@@ -122,32 +123,20 @@ static int load_access(const atp_config_t *cfg, atp_app_t *app, atp_auth_t **aut
   return 0;
 }
 
-static int build_engine(const atp_config_t *cfg, atp_app_t *app, atp_engine_t **out) {
-  atp_engine_config_t ec;
-  memset(&ec, 0, sizeof ec);
-  ec.clock_skew_ms = cfg->clock_skew_ms;
-  int rc = atp_engine_create(&ec, out);
+/* after_restore: the demo catalogue, only into an empty state. */
+static int load_demo(void *ctx, atp_engine_t *engine) {
+  (void)ctx;
+  uint32_t positions = 0;
+  int rc = atp_demo_load(engine, &positions);
   if (rc != 0) {
-    fprintf(stderr, "atpd: cannot create the engine: %s\n", atp_strerror(rc));
-    return 1;
+    atp_log("error", "demo catalogue: %s", atp_strerror(rc));
+    return rc;
   }
-  if (cfg->demo) {
-    uint32_t positions = 0;
-    rc = atp_demo_load(*out, &positions);
-    if (rc != 0) {
-      fprintf(stderr, "atpd: demo catalogue: %s\n", atp_strerror(rc));
-      return 1;
-    }
-    if (positions)
-      atp_log("info",
-              "demo catalogue loaded: %u positions, %d SKUs, %d stores, groups north "
-              "and south",
-              positions, ATP_DEMO_SKUS, ATP_DEMO_STORES);
-  }
-  /* release: the engine's tables (and the demo stock) are visible to any
-   * thread that loads the pointer with acquire. */
-  atomic_store_explicit(&app->engine, *out, memory_order_release);
-  atomic_store_explicit(&app->ready, true, memory_order_release);
+  if (positions)
+    atp_log("info",
+            "demo catalogue loaded: %u positions, %d SKUs, %d stores, groups north "
+            "and south",
+            positions, ATP_DEMO_SKUS, ATP_DEMO_STORES);
   return 0;
 }
 
@@ -218,11 +207,6 @@ int main(int argc, char **argv) {
             not_ready);
     app.not_ready = not_ready;
   }
-  if (cfg.durability != ATP_DURABILITY_NONE)
-    atp_log("warn",
-            "--durability %s: the journal is not implemented yet, state is in memory "
-            "only and a restart loses it",
-            cfg.durability == ATP_DURABILITY_ALWAYS ? "always" : "batch");
 
   uint32_t route_count = build_route_labels();
   app.metrics = atp_metrics_create((uint32_t)cfg.threads, route_count, route_labels);
@@ -241,15 +225,26 @@ int main(int argc, char **argv) {
   hc.log = atp_router_log;
   hc.error = atp_router_error;
   hc.ctx = &app;
-  hc.tick = atp_router_tick;
-  hc.tick_ms = ENGINE_TICK_MS;
   atp_http_server_t *server = NULL;
   if (atp_http_server_create(&hc, &server, err, sizeof err) != 0) {
     fprintf(stderr, "atpd: %s\n", err);
     return 1;
   }
-  atp_engine_t *engine = NULL;
-  if (build_engine(&cfg, &app, &engine) != 0) return 1;
+  /* The engine, the journal and its restore (on a thread of its own, while
+   * /readyz says 503), then the ticker: src/app/app.c. */
+  atp_app_options_t ao;
+  memset(&ao, 0, sizeof ao);
+  ao.data_dir = cfg.data_dir;
+  ao.mode = cfg.durability == ATP_DURABILITY_NONE     ? ATP_JOURNAL_NONE
+            : cfg.durability == ATP_DURABILITY_ALWAYS ? ATP_JOURNAL_ALWAYS
+                                                      : ATP_JOURNAL_BATCH;
+  ao.clock_skew_ms = cfg.clock_skew_ms;
+  ao.tick_ms = ENGINE_TICK_MS;
+  if (cfg.demo) ao.after_restore = load_demo;
+  if ((rc = atp_app_start(&app, &ao, server)) != 0) {
+    fprintf(stderr, "atpd: cannot start: %s\n", atp_strerror(rc));
+    return 1;
+  }
 
   pthread_mutex_lock(&sw.lock);
   sw.server = server;
@@ -272,11 +267,12 @@ int main(int argc, char **argv) {
   pthread_mutex_lock(&sw.lock);
   sw.server = NULL;
   pthread_mutex_unlock(&sw.lock);
+  bool failed = atp_app_failed(&app);
+  /* Before the server goes: the journal's last releases are sent to it. */
+  if (atp_app_stop(&app) != 0) failed = true;
   atp_http_server_destroy(server);
-  atomic_store_explicit(&app.engine, NULL, memory_order_release);
-  atp_engine_destroy(engine);
   atp_metrics_destroy(app.metrics);
   atp_free(auth);
   atp_free(own);
-  return rc == 0 ? 0 : 1;
+  return rc == 0 && !failed ? 0 : 1;
 }

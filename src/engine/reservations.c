@@ -179,6 +179,7 @@ void atp__reservation_view(const atp_engine_t *e, uint32_t idx,
   copy_text(out, &at, &out->customer_id, atp__reservation_customer(r),
             r->customer_id_len);
   out->created_at_ms = r->created_at_ms;
+  out->content_hash = r->content_hash;
   out->replayed = false;
   for (uint32_t attempt = 0;; attempt++) {
     uint32_t s1 = atomic_load_explicit(&r->rseq, memory_order_acquire);
@@ -1323,6 +1324,7 @@ int atp__reservation_apply(atp_engine_t *e, const atp_change_t *c) {
   }
   atp_reservation_record_t *r = &e->reservation_records[idx];
   r->created_at_ms = v->created_at_ms;
+  r->content_hash = v->content_hash;
   atomic_store(&r->expires_at_ms, v->expires_at_ms);
   atomic_store(&r->ttl_ms, v->ttl_ms);
   atomic_store(&r->ended_at_ms, v->ended_at_ms);

@@ -157,6 +157,12 @@ struct conn {
   size_t linger_bytes;
   int handles_open;    /* tcp and timer until their close callbacks */
   conn_t *prev, *next; /* loop's connection list */
+  /* Parked output (atp_http_response_t.hold_until): while nonzero, out[pending]
+   * is not written until the loop's released value reaches it; every response
+   * queued behind a parked one waits with it, so the order holds. */
+  uint64_t hold_until;
+  conn_t *held_prev, *held_next; /* loop's list of parked connections */
+  bool held_linked;
 };
 
 struct loop_ctx {
@@ -165,9 +171,12 @@ struct loop_ctx {
   uv_loop_t loop;
   uv_tcp_t listener;
   uv_async_t stop_async;
-  uv_timer_t stop_timer;  /* force-closes what the stop grace left */
-  uint64_t stop_deadline; /* loop time the stop grace ends */
-  uv_timer_t tick_timer;  /* loop 0 only runs it */
+  uv_timer_t stop_timer;     /* force-closes what the stop grace left */
+  uint64_t stop_deadline;    /* loop time the stop grace ends */
+  uv_timer_t tick_timer;     /* loop 0 only runs it */
+  uv_async_t release_async;  /* atp_http_server_release wakes the loop */
+  _Atomic uint64_t released; /* parked output up to this value may go */
+  conn_t *held;              /* connections with parked output */
   uv_thread_t thread;
   char *read_buf; /* READ_BYTES, shared by the loop's reads */
   conn_t *conns;
@@ -851,6 +860,30 @@ static int cb_body(llhttp_t *p, const char *at, size_t len) {
   return 0;
 }
 
+/* Parks the filling queue until the loop's released value reaches target. */
+static void conn_hold(conn_t *c, uint64_t target) {
+  if (target > c->hold_until) c->hold_until = target;
+  if (c->held_linked) return;
+  loop_ctx_t *lp = c->lp;
+  c->held_linked = true;
+  c->held_prev = NULL;
+  c->held_next = lp->held;
+  if (lp->held) lp->held->held_prev = c;
+  lp->held = c;
+}
+
+static void conn_unhold(conn_t *c) {
+  c->hold_until = 0;
+  if (!c->held_linked) return;
+  c->held_linked = false;
+  if (c->held_prev)
+    c->held_prev->held_next = c->held_next;
+  else
+    c->lp->held = c->held_next;
+  if (c->held_next) c->held_next->held_prev = c->held_prev;
+  c->held_prev = c->held_next = NULL;
+}
+
 /* The handler's response, serialised. */
 static void dispatch(conn_t *c) {
   atp_http_request_t req;
@@ -889,6 +922,12 @@ static void dispatch(conn_t *c) {
   if (r.status < 200 || r.status > 599) r.status = 500;
   size_t body_bytes = r.body_len;
   if (queue_response(c, &r)) r.close = true;
+  /* acquire: pairs with the release in atp_http_server_release. A value
+   * already released parks nothing, so a response whose target is durable by
+   * now costs no wake-up. */
+  if (res.hold_until && c->lp &&
+      res.hold_until > atomic_load_explicit(&c->lp->released, memory_order_acquire))
+    conn_hold(c, res.hold_until);
   if (r.close) c->closing = true;
   log_response(c, &req, r.status, body_bytes);
   atp_arena_reset(&c->arena);
@@ -1037,6 +1076,7 @@ static void on_handle_closed(uv_handle_t *h) {
 static void conn_close(conn_t *c) {
   if (c->closed) return;
   c->closed = true;
+  conn_unhold(c); /* its parked output is freed with it, in the close callback */
   uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
   uv_close((uv_handle_t *)&c->timer, on_handle_closed);
 }
@@ -1234,11 +1274,11 @@ static void conn_progress(conn_t *c) {
         c->in_off = 0;
       }
     }
-    if (c->writing || outq_empty(&c->out[c->pending])) break;
+    if (c->writing || c->hold_until || outq_empty(&c->out[c->pending])) break;
     if (conn_start_write(c)) return;
     if (c->writing || !c->paused || c->closing) break;
   }
-  bool drained = !c->writing && outq_empty(&c->out[c->pending]);
+  bool drained = !c->writing && !c->hold_until && outq_empty(&c->out[c->pending]);
   if (drained) {
     if (c->closing) {
       conn_linger(c);
@@ -1344,6 +1384,21 @@ static void loop_maybe_finish(loop_ctx_t *lp) {
   uv_close((uv_handle_t *)&lp->stop_async, NULL);
   uv_close((uv_handle_t *)&lp->stop_timer, NULL);
   uv_close((uv_handle_t *)&lp->tick_timer, NULL);
+  uv_close((uv_handle_t *)&lp->release_async, NULL);
+}
+
+/* Writes the parked output whose target the released value reached. The list
+ * is short (connections waiting on one group commit), and a connection's
+ * target can grow while it waits, so it is walked whole. */
+static void on_release_async(uv_async_t *a) {
+  loop_ctx_t *lp = a->data;
+  uint64_t v = atomic_load_explicit(&lp->released, memory_order_acquire);
+  for (conn_t *c = lp->held, *next; c; c = next) {
+    next = c->held_next;
+    if (c->hold_until > v) continue;
+    conn_unhold(c);
+    conn_progress(c);
+  }
 }
 
 /* Every STOP_POLL_MS while draining: the grace ends at its deadline, or at
@@ -1437,9 +1492,11 @@ static int loop_init(atp_http_server_t *s, loop_ctx_t *lp, int index, char *err,
   uv_async_init(&lp->loop, &lp->stop_async, on_stop_async);
   uv_timer_init(&lp->loop, &lp->stop_timer);
   uv_timer_init(&lp->loop, &lp->tick_timer);
+  uv_async_init(&lp->loop, &lp->release_async, on_release_async);
   uv_tcp_init(&lp->loop, &lp->listener);
   lp->stop_async.data = lp->stop_timer.data = lp->tick_timer.data = lp->listener.data =
       lp;
+  lp->release_async.data = lp;
   lp->handles_inited = true;
   int fd, rc = open_listener(&s->config, s->port, &fd, err, err_len);
   if (rc) return rc;
@@ -1556,6 +1613,20 @@ void atp_http_server_stop(atp_http_server_t *s) {
    * orders the rest. */
   if (atomic_exchange_explicit(&s->stop_requested, 1, memory_order_acq_rel)) return;
   for (int i = 0; i < s->threads; i++) uv_async_send(&s->loops[i].stop_async);
+}
+
+void atp_http_server_release(atp_http_server_t *s, uint64_t value) {
+  for (int i = 0; i < s->threads; i++) {
+    loop_ctx_t *lp = &s->loops[i];
+    uint64_t cur = atomic_load_explicit(&lp->released, memory_order_relaxed);
+    /* release: what the caller published before (the durable state) is
+     * visible to the loop that reads this value with acquire. */
+    while (cur < value && !atomic_compare_exchange_weak_explicit(
+                              &lp->released, &cur, value, memory_order_release,
+                              memory_order_relaxed)) {
+    }
+    if (cur < value) uv_async_send(&lp->release_async);
+  }
 }
 
 void atp_http_server_hurry(atp_http_server_t *s) {

@@ -120,6 +120,23 @@ struct atp_journal {
   uint32_t retry_ms;          /* next backoff */
   bool unwritten_at_close;
 
+  /* The ticket horizon (proto/journal.md, causality). tickets is the next
+   * ticket, from 1; slots[i] is 0 when slot i's thread is between mutations,
+   * else a lower bound of the ticket it holds. durable_ticket: every ticket
+   * below it belongs to a mutation whose records are durable. wanted is the
+   * highest T_B an end found not yet covered: the writer runs a group for it
+   * even when nothing is queued (a mutation that appended nothing, such as a
+   * replay, still waits for what it saw). writer_idle is set, under mu, while
+   * the writer waits with nothing to do, so that an end knows to wake it. */
+  _Alignas(64) _Atomic uint64_t tickets;
+  _Alignas(64) _Atomic uint64_t durable_ticket;
+  _Atomic uint64_t wanted;
+  _Atomic bool writer_idle;
+  _Atomic uint32_t slots_used; /* highest slot index begun + 1 */
+  struct {
+    _Alignas(64) _Atomic uint64_t ticket;
+  } slots[ATP_JOURNAL_SLOTS_MAX];
+
   pthread_mutex_t seg_mu; /* segs: the writer appends, trim removes */
   uint64_t *segs;         /* first LSNs of the segment files, ascending */
   uint32_t seg_count, seg_cap;
@@ -302,7 +319,6 @@ static void published(atp_journal_t *j, uint64_t lsn, uint64_t records,
        limit *= 4)
     b++;
   count(&j->group_hist[b], 1);
-  if (j->config.on_durable) j->config.on_durable(j->config.durable_ctx, lsn);
 }
 
 /* Writes and syncs one group: the pending frames that fit in the segment.
@@ -406,9 +422,18 @@ static bool wait_for_group(atp_journal_t *j) {
     if (!j->q_head) {
       if (j->p_head) return true;
       if (j->stopping) return false;
+      /* seq_cst against atp_journal_end's store of wanted and load of
+       * writer_idle: either it sees the writer idle and signals (under mu, so
+       * the writer is then inside the wait), or the writer sees its wanted. */
+      atomic_store(&j->writer_idle, true);
+      if (atomic_load(&j->wanted) > atomic_load(&j->durable_ticket)) {
+        atomic_store(&j->writer_idle, false);
+        return true; /* a horizon-only group */
+      }
       j->writer_sleeping = true;
       pthread_cond_wait(&j->wake, &j->mu);
       j->writer_sleeping = false;
+      atomic_store(&j->writer_idle, false);
       continue;
     }
     int64_t deadline = j->q_first_ns + j->gather_ns;
@@ -420,10 +445,26 @@ static bool wait_for_group(atp_journal_t *j) {
   }
 }
 
+/* Under mu, before a group is taken: the smallest ticket that may not have
+ * appended yet. The counter is read first and the slots after it (seq_cst),
+ * so a mutation whose ticket is below the counter's value has its slot's
+ * lower bound visible here, or has ended: and since its append ran under mu
+ * before its end, its records are in the queue being taken. */
+static uint64_t horizon(atp_journal_t *j) {
+  uint64_t h = atomic_load(&j->tickets);
+  uint32_t used = atomic_load(&j->slots_used);
+  for (uint32_t i = 0; i < used; i++) {
+    uint64_t t = atomic_load(&j->slots[i].ticket);
+    if (t && t < h) h = t;
+  }
+  return h;
+}
+
 static void *writer_main(void *arg) {
   atp_journal_t *j = arg;
   pthread_mutex_lock(&j->mu);
   while (wait_for_group(j)) {
+    uint64_t h = horizon(j);
     take_queue(j);
     bool failed =
         atomic_load_explicit(&j->state, memory_order_relaxed) == ATP_JOURNAL_FAILED;
@@ -446,6 +487,16 @@ static void *writer_main(void *arg) {
       count(&j->recoveries, 1);
       atp_log("info", "journal: writes to %s succeed again; durable LSN %" PRIu64,
               j->dir, atomic_load_explicit(&j->durable_lsn, memory_order_relaxed));
+    }
+    if (rc == 0) {
+      /* Everything taken is durable: so is every ticket below h. Release:
+       * whoever reads the ticket durable sees the LSN published before it. */
+      if (h > atomic_load_explicit(&j->durable_ticket, memory_order_relaxed))
+        atomic_store_explicit(&j->durable_ticket, h, memory_order_release);
+      if (j->config.on_durable)
+        j->config.on_durable(
+            j->config.durable_ctx,
+            atomic_load_explicit(&j->durable_lsn, memory_order_relaxed));
     }
     pthread_cond_broadcast(&j->done);
   }
@@ -533,6 +584,44 @@ int atp_journal_admit(atp_journal_t *j) {
       j->config.queue_bytes_max)
     return ATP_EFULL;
   return 0;
+}
+
+/* --- the ticket horizon ------------------------------------------------------ */
+
+void atp_journal_begin(atp_journal_t *j, uint32_t slot) {
+  ATP_JOURNAL_ASSERT(slot < ATP_JOURNAL_SLOTS_MAX);
+  ATP_JOURNAL_ASSERT(
+      atomic_load_explicit(&j->slots[slot].ticket, memory_order_relaxed) == 0);
+  uint32_t used = atomic_load_explicit(&j->slots_used, memory_order_relaxed);
+  while (used <= slot &&
+         !atomic_compare_exchange_weak(&j->slots_used, &used, slot + 1)) {
+  }
+  /* The lower bound first: between the fetch_add and the store of the ticket
+   * the writer must already see something no larger than it. */
+  atomic_store(&j->slots[slot].ticket, atomic_load(&j->tickets));
+  uint64_t ticket = atomic_fetch_add(&j->tickets, 1);
+  atomic_store(&j->slots[slot].ticket, ticket);
+}
+
+uint64_t atp_journal_end(atp_journal_t *j, uint32_t slot) {
+  ATP_JOURNAL_ASSERT(slot < ATP_JOURNAL_SLOTS_MAX);
+  atomic_store(&j->slots[slot].ticket, 0);
+  uint64_t target = atomic_load(&j->tickets);
+  if (atomic_load_explicit(&j->durable_ticket, memory_order_acquire) >= target)
+    return target;
+  uint64_t w = atomic_load(&j->wanted);
+  while (w < target && !atomic_compare_exchange_weak(&j->wanted, &w, target)) {
+  }
+  if (atomic_load(&j->writer_idle)) {
+    pthread_mutex_lock(&j->mu);
+    pthread_cond_signal(&j->wake);
+    pthread_mutex_unlock(&j->mu);
+  }
+  return target;
+}
+
+uint64_t atp_journal_durable_ticket(const atp_journal_t *j) {
+  return atomic_load_explicit(&j->durable_ticket, memory_order_acquire);
 }
 
 /* --- getters ---------------------------------------------------------------- */
@@ -705,6 +794,8 @@ static int start(atp_journal_t *j, atp__journal_dir_t *d, atp_journal_scan_t *sc
   j->next_lsn = d->next_lsn;
   atomic_store(&j->assigned_lsn, d->next_lsn - 1);
   atomic_store(&j->durable_lsn, d->next_lsn - 1);
+  atomic_store(&j->tickets, 1);
+  atomic_store(&j->durable_ticket, 1);
   j->tail_bytes = scan->tail_bytes;
   j->tail_records = scan->tail_records;
   int rc = open_segment(j, d, scan);

@@ -1,6 +1,7 @@
 """Start-up: one atpd per HOST:PORT and per data dir (issue 9, item 1), the
 durability warning and /readyz on a data dir that cannot be written (item 5)."""
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -166,22 +167,23 @@ def test_data_dir_free_again_after_stop(binary):
         assert p.wait(15) == 0
 
 
-def test_durability_warns_memory_only(binary):
-    for mode in ("batch", "always"):
+def test_durability_keeps_state_across_restart(binary):
+    # issue 11 replaced the "memory only" warning with the journal
+    for mode in ("batch", "always", "none"):
         srv = Server(binary=binary, args=["--durability", mode])
         try:
+            sku = uid("dk")
+            srv.client().adjust(sku, "L1", 7)
+            assert srv.proc.send_signal(signal.SIGTERM) is None and srv.proc.wait(15) == 0
+            srv.stderr_f.close()
+            srv.start()
+            r = srv.client().get("/v1/availability", params=dict(sku=sku, location="L1"))
+            assert r.status == 200 and r.data["on_hand"] == 7, (mode, r)
             text = srv.stderr_text()
-            warn = [ln for ln in text.splitlines() if '"level":"warn"' in ln and "memory" in ln]
-            assert warn, "--durability %s: no warn line about memory-only state:\n%s" % (mode, text)
+            assert not [ln for ln in text.splitlines() if '"level":"warn"' in ln and "memory" in ln]
         finally:
             problem = srv.stop()
         assert problem is None, problem
-    srv = Server(binary=binary, args=["--durability", "none"])
-    try:
-        text = srv.stderr_text()
-        assert not [ln for ln in text.splitlines() if '"level":"warn"' in ln and "memory" in ln], text
-    finally:
-        assert srv.stop() is None
 
 
 def _start_unready(binary, data_dir):

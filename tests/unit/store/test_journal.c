@@ -691,6 +691,43 @@ static void test_fsync_delay_holds_durable_back(void) {
   remove_dir(dir);
 }
 
+/* The ticket horizon: an end's target is not durable while another slot's
+ * mutation that began before it has not appended; it is once that one ended
+ * and its group is durable; a mutation that appended nothing gets there too
+ * (the writer runs a horizon-only round for it). */
+static void test_ticket_horizon(void) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_BATCH);
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  CHECK_EQ(atp_journal_durable_ticket(j), 1);
+  atp_journal_begin(j, 3); /* A: began, not yet appended */
+  atp_journal_begin(j, 0); /* B */
+  uint64_t lsn_b = append_fill(j, 1, 2, 10);
+  uint64_t target_b = atp_journal_end(j, 0);
+  CHECK_EQ(atp_journal_wait(j, lsn_b, 5000), 0);
+  sleep_ms(20);
+  /* B's own record is durable, but A, which B may have seen, is not. */
+  CHECK(atp_journal_durable_ticket(j) < target_b);
+  uint64_t lsn_a = append_fill(j, 1, 1, 10);
+  uint64_t target_a = atp_journal_end(j, 3);
+  CHECK(target_a >= target_b);
+  CHECK_EQ(atp_journal_wait(j, lsn_a, 5000), 0);
+  int64_t deadline = now_ms() + 2000;
+  while (atp_journal_durable_ticket(j) < target_a && now_ms() < deadline) sleep_ms(1);
+  CHECK(atp_journal_durable_ticket(j) >= target_a);
+  /* Nothing appended: the writer still publishes the horizon, soon. */
+  atp_journal_begin(j, 5);
+  uint64_t target = atp_journal_end(j, 5);
+  deadline = now_ms() + 2000;
+  while (atp_journal_durable_ticket(j) < target && now_ms() < deadline) sleep_ms(1);
+  CHECK(atp_journal_durable_ticket(j) >= target);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+}
+
 /* admit says EFULL while queue_bytes_max bytes wait; append still takes. */
 static void test_admit_full_queue(void) {
   char dir[64];
@@ -889,6 +926,7 @@ TEST_MAIN({
   RUN(test_segment_roll_and_trim);
   RUN(test_covered_beyond_journal);
   RUN(test_fsync_delay_holds_durable_back);
+  RUN(test_ticket_horizon);
   RUN(test_admit_full_queue);
   RUN(test_fsync_failure_recovers);
   RUN(test_write_failure_recovers);

@@ -1,0 +1,364 @@
+/* change_codec.c - engine change records to journal payloads and back
+ * (include/atp/records.h; the layout is in proto/journal.md, "engine change").
+ *
+ * Encoding writes straight into the caller's growable buffer; decoding checks
+ * every length against what is left before it reads, so a malformed payload
+ * is refused, never read past. A record's body carries its own length so that
+ * a later release may append fields: this one refuses a body whose length
+ * differs from what it decoded, which keeps a damaged payload from being
+ * half-understood.
+ */
+#include <stddef.h>
+#include <string.h>
+
+#include "atp/assert.h"
+#include "atp/limits.h"
+#include "atp/records.h"
+
+/* The header of one record: kind, cause, flags, body length, at_ms. */
+#define RECORD_HEADER_BYTES 16u
+
+/* --- encoding ------------------------------------------------------------------- */
+
+typedef struct {
+  atp_buf_t *buf;
+  int rc;
+} enc_t;
+
+static void put_bytes(enc_t *e, const void *p, size_t n) {
+  if (!e->rc) e->rc = atp_buf_append(e->buf, p, n);
+}
+static void put_u8(enc_t *e, uint8_t v) {
+  put_bytes(e, &v, 1);
+}
+static void put_u16(enc_t *e, uint16_t v) {
+  unsigned char b[2] = {(unsigned char)v, (unsigned char)(v >> 8)};
+  put_bytes(e, b, 2);
+}
+static void put_u32(enc_t *e, uint32_t v) {
+  unsigned char b[4];
+  for (int i = 0; i < 4; i++) b[i] = (unsigned char)(v >> (8 * i));
+  put_bytes(e, b, 4);
+}
+static void put_u64(enc_t *e, uint64_t v) {
+  unsigned char b[8];
+  for (int i = 0; i < 8; i++) b[i] = (unsigned char)(v >> (8 * i));
+  put_bytes(e, b, 8);
+}
+static void put_i64(enc_t *e, int64_t v) {
+  put_u64(e, (uint64_t)v);
+}
+static void put_str(enc_t *e, atp_str_t s) {
+  if (s.len > UINT16_MAX) {
+    if (!e->rc) e->rc = ATP_EBADREQ;
+    return;
+  }
+  put_u16(e, (uint16_t)s.len);
+  put_bytes(e, s.ptr, s.len);
+}
+
+static void put_position(enc_t *e, const atp_position_t *p) {
+  put_str(e, p->sku);
+  put_str(e, p->location);
+  put_i64(e, p->on_hand);
+  put_i64(e, p->safety_stock);
+  put_i64(e, p->reserved);
+  put_i64(e, p->committed);
+  put_i64(e, p->available);
+  put_i64(e, p->shortfall);
+  put_i64(e, p->counted_at_ms);
+  put_u64(e, p->version);
+}
+
+static void put_body(enc_t *e, const atp_change_t *c) {
+  switch (c->kind) {
+    case ATP_CHANGE_POSITION: {
+      const atp_change_position_t *p = &c->u.position;
+      put_str(e, p->sku);
+      put_str(e, p->location);
+      put_i64(e, p->d_on_hand);
+      put_i64(e, p->d_safety_stock);
+      put_i64(e, p->d_reserved);
+      put_i64(e, p->d_committed);
+      put_i64(e, p->counted_at_ms);
+      put_i64(e, p->occurred_at_ms);
+      put_u64(e, p->version);
+      break;
+    }
+    case ATP_CHANGE_RESERVATION: {
+      const atp_reservation_t *r = c->u.reservation;
+      put_str(e, r->id);
+      put_u32(e, (uint32_t)r->status);
+      put_i64(e, r->created_at_ms);
+      put_i64(e, r->expires_at_ms);
+      put_i64(e, r->ttl_ms);
+      put_i64(e, r->ended_at_ms);
+      put_u64(e, r->content_hash);
+      put_str(e, r->order_ref);
+      put_str(e, r->order_id);
+      put_str(e, r->channel);
+      put_str(e, r->customer_id);
+      put_u32(e, r->line_count);
+      for (uint32_t i = 0; i < r->line_count; i++) {
+        put_str(e, r->lines[i].sku);
+        put_str(e, r->lines[i].location);
+        put_i64(e, r->lines[i].qty);
+        put_i64(e, r->lines[i].fulfilled);
+        put_i64(e, r->lines[i].released);
+      }
+      break;
+    }
+    case ATP_CHANGE_GROUP:
+      put_str(e, c->u.group.name);
+      put_u32(e, c->u.group.location_count);
+      for (uint32_t i = 0; i < c->u.group.location_count; i++)
+        put_str(e, c->u.group.locations[i]);
+      break;
+    case ATP_CHANGE_IDEMPOTENCY: {
+      const atp_change_idem_t *d = &c->u.idem;
+      put_u32(e, (uint32_t)d->kind);
+      put_str(e, d->id);
+      put_u64(e, d->content_hash);
+      put_i64(e, d->created_at_ms);
+      put_u32(e, d->flags);
+      put_position(e, &d->position);
+      put_str(e, d->reservation_id);
+      break;
+    }
+    default:
+      if (!e->rc) e->rc = ATP_EBADREQ;
+  }
+}
+
+int atp_records_encode(atp_buf_t *buf, const atp_change_t *records, uint32_t count) {
+  enc_t e = {buf, 0};
+  put_u32(&e, count);
+  for (uint32_t i = 0; i < count && !e.rc; i++) {
+    const atp_change_t *c = &records[i];
+    ATP_ASSERT((unsigned)c->kind <= UINT8_MAX && (unsigned)c->cause <= UINT8_MAX);
+    put_u8(&e, (uint8_t)c->kind);
+    put_u8(&e, (uint8_t)c->cause);
+    put_u16(&e, 0);
+    size_t len_at = buf->len;
+    put_u32(&e, 0); /* body length, filled in below */
+    put_i64(&e, c->at_ms);
+    put_str(&e, c->cause_id);
+    size_t body_at = buf->len;
+    put_body(&e, c);
+    if (e.rc) break;
+    size_t body = buf->len - body_at;
+    unsigned char *p = (unsigned char *)buf->data + len_at;
+    for (int b = 0; b < 4; b++) p[b] = (unsigned char)(body >> (8 * b));
+  }
+  return e.rc;
+}
+
+/* --- decoding ------------------------------------------------------------------- */
+
+typedef struct {
+  const unsigned char *p, *end;
+  int bad;
+} dec_t;
+
+static bool need(dec_t *d, size_t n) {
+  if (d->bad || (size_t)(d->end - d->p) < n) {
+    d->bad = 1;
+    return false;
+  }
+  return true;
+}
+static uint8_t get_u8(dec_t *d) {
+  return need(d, 1) ? *d->p++ : 0;
+}
+static uint16_t get_u16(dec_t *d) {
+  if (!need(d, 2)) return 0;
+  uint16_t v = (uint16_t)(d->p[0] | d->p[1] << 8);
+  d->p += 2;
+  return v;
+}
+static uint32_t get_u32(dec_t *d) {
+  if (!need(d, 4)) return 0;
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; i--) v = v << 8 | d->p[i];
+  d->p += 4;
+  return v;
+}
+static uint64_t get_u64(dec_t *d) {
+  if (!need(d, 8)) return 0;
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = v << 8 | d->p[i];
+  d->p += 8;
+  return v;
+}
+static int64_t get_i64(dec_t *d) {
+  return (int64_t)get_u64(d);
+}
+static atp_str_t get_str(dec_t *d) {
+  uint16_t n = get_u16(d);
+  if (!need(d, n)) return (atp_str_t){"", 0};
+  atp_str_t s = {(const char *)d->p, n};
+  d->p += n;
+  return s;
+}
+
+static void get_position(dec_t *d, atp_position_t *p) {
+  p->sku = get_str(d);
+  p->location = get_str(d);
+  p->on_hand = get_i64(d);
+  p->safety_stock = get_i64(d);
+  p->reserved = get_i64(d);
+  p->committed = get_i64(d);
+  p->available = get_i64(d);
+  p->shortfall = get_i64(d);
+  p->counted_at_ms = get_i64(d);
+  p->version = get_u64(d);
+}
+
+/* Grows *arr to hold n items of size bytes; false when out of memory. */
+static bool grow(void **arr, uint32_t *cap, uint32_t n, size_t size) {
+  if (n <= *cap) return true;
+  uint32_t want = *cap ? *cap : 4;
+  while (want < n) want *= 2;
+  void *p = atp_realloc(*arr, (size_t)want * size);
+  if (!p) return false;
+  *arr = p;
+  *cap = want;
+  return true;
+}
+
+static int get_reservation(dec_t *d, atp_reservation_t *r) {
+  memset(r, 0, offsetof(atp_reservation_t, lines));
+  r->id = get_str(d);
+  uint32_t status = get_u32(d);
+  r->created_at_ms = get_i64(d);
+  r->expires_at_ms = get_i64(d);
+  r->ttl_ms = get_i64(d);
+  r->ended_at_ms = get_i64(d);
+  r->content_hash = get_u64(d);
+  r->order_ref = get_str(d);
+  r->order_id = get_str(d);
+  r->channel = get_str(d);
+  r->customer_id = get_str(d);
+  r->line_count = get_u32(d);
+  if (status > ATP_STATUS_FULFILLED || r->line_count > ATP_RESERVATION_POSITIONS_MAX)
+    return ATP_EBADREQ;
+  r->status = (atp_status_t)status;
+  for (uint32_t i = 0; i < r->line_count && !d->bad; i++) {
+    r->lines[i].sku = get_str(d);
+    r->lines[i].location = get_str(d);
+    r->lines[i].qty = get_i64(d);
+    r->lines[i].fulfilled = get_i64(d);
+    r->lines[i].released = get_i64(d);
+  }
+  return 0;
+}
+
+/* Decodes one record's body into c. */
+static int get_body(dec_t *d, atp_records_t *out, atp_change_t *c, uint32_t *res_used,
+                    uint32_t *locs_used) {
+  switch (c->kind) {
+    case ATP_CHANGE_POSITION: {
+      atp_change_position_t *p = &c->u.position;
+      p->sku = get_str(d);
+      p->location = get_str(d);
+      p->d_on_hand = get_i64(d);
+      p->d_safety_stock = get_i64(d);
+      p->d_reserved = get_i64(d);
+      p->d_committed = get_i64(d);
+      p->counted_at_ms = get_i64(d);
+      p->occurred_at_ms = get_i64(d);
+      p->version = get_u64(d);
+      return 0;
+    }
+    case ATP_CHANGE_RESERVATION: {
+      if (!grow((void **)&out->reservations, &out->reservations_cap, *res_used + 1,
+                sizeof *out->reservations))
+        return ATP_ENOMEM;
+      /* The pointer is set once every record is decoded: the array may move. */
+      c->u.reservation = (const atp_reservation_t *)(uintptr_t)*res_used;
+      return get_reservation(d, &out->reservations[(*res_used)++]);
+    }
+    case ATP_CHANGE_GROUP: {
+      c->u.group.name = get_str(d);
+      uint32_t n = get_u32(d);
+      if (n > ATP_GROUP_LOCATIONS_MAX) return ATP_EBADREQ;
+      if (!grow((void **)&out->locations, &out->locations_cap, *locs_used + n,
+                sizeof *out->locations))
+        return ATP_ENOMEM;
+      c->u.group.locations = (const atp_str_t *)(uintptr_t)*locs_used;
+      c->u.group.location_count = n;
+      for (uint32_t i = 0; i < n; i++) out->locations[*locs_used + i] = get_str(d);
+      *locs_used += n;
+      return 0;
+    }
+    case ATP_CHANGE_IDEMPOTENCY: {
+      atp_change_idem_t *m = &c->u.idem;
+      m->kind = (atp_idem_kind_t)get_u32(d);
+      m->id = get_str(d);
+      m->content_hash = get_u64(d);
+      m->created_at_ms = get_i64(d);
+      m->flags = get_u32(d);
+      get_position(d, &m->position);
+      m->reservation_id = get_str(d);
+      return 0;
+    }
+    default:
+      return ATP_EBADREQ;
+  }
+}
+
+void atp_records_init(atp_records_t *out) {
+  memset(out, 0, sizeof *out);
+}
+
+void atp_records_free(atp_records_t *out) {
+  atp_free(out->records);
+  atp_free(out->reservations);
+  atp_free(out->locations);
+  memset(out, 0, sizeof *out);
+}
+
+int atp_records_decode(const void *payload, uint32_t payload_bytes,
+                       atp_records_t *out) {
+  dec_t d = {payload, (const unsigned char *)payload + payload_bytes, 0};
+  out->count = 0;
+  uint32_t count = get_u32(&d);
+  /* Each record takes at least its header: a count the payload cannot hold
+   * is refused before anything is allocated for it. */
+  if (d.bad || count == 0 || count > payload_bytes / RECORD_HEADER_BYTES)
+    return ATP_EBADREQ;
+  if (!grow((void **)&out->records, &out->records_cap, count, sizeof *out->records))
+    return ATP_ENOMEM;
+  uint32_t res_used = 0, locs_used = 0;
+  int rc = 0;
+  for (uint32_t i = 0; i < count && !rc; i++) {
+    atp_change_t *c = &out->records[i];
+    memset(c, 0, sizeof *c);
+    c->kind = (atp_change_kind_t)get_u8(&d);
+    c->cause = (atp_cause_t)get_u8(&d);
+    uint16_t flags = get_u16(&d);
+    uint32_t body = get_u32(&d);
+    c->at_ms = get_i64(&d);
+    c->cause_id = get_str(&d);
+    if (d.bad || flags != 0 || (size_t)(d.end - d.p) < body) {
+      rc = ATP_EBADREQ;
+      break;
+    }
+    const unsigned char *body_end = d.p + body;
+    dec_t bd = {d.p, body_end, 0};
+    rc = get_body(&bd, out, c, &res_used, &locs_used);
+    if (!rc && (bd.bad || bd.p != body_end)) rc = ATP_EBADREQ;
+    d.p = body_end;
+  }
+  if (!rc && d.p != d.end) rc = ATP_EBADREQ;
+  if (rc) return rc;
+  for (uint32_t i = 0; i < count; i++) {
+    atp_change_t *c = &out->records[i];
+    if (c->kind == ATP_CHANGE_RESERVATION)
+      c->u.reservation = &out->reservations[(uintptr_t)c->u.reservation];
+    else if (c->kind == ATP_CHANGE_GROUP)
+      c->u.group.locations = out->locations + (uintptr_t)c->u.group.locations;
+  }
+  out->count = count;
+  return 0;
+}

@@ -1,0 +1,199 @@
+/* durability.c - the engine journaled: hook, restore, admission and the
+ * ticket horizon (include/atp/durability.h).
+ *
+ * The hook encodes into a per-thread buffer, so the hot path allocates
+ * nothing once warm, and appends with the journal's short mutex held only
+ * for the copy. Restore decodes each record into a scratch whose strings
+ * point into the journal's payload and applies it at once.
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "atp/assert.h"
+#include "atp/durability.h"
+#include "atp/log.h"
+#include "atp/memory.h"
+#include "atp/records.h"
+
+struct atp_durable {
+  atp_durable_config_t config;
+  char *dir;
+  _Atomic(atp_journal_t *) journal; /* NULL until restore opened it */
+  /* restore's */
+  atp_engine_t *engine;
+  atp_records_t scratch;
+  uint64_t applied;
+  char error[256];
+};
+
+/* The hook's encoding buffer, one per thread, freed when the thread exits
+ * (a key's destructor) so that loop threads leave no leak behind. */
+static pthread_key_t buf_key;
+static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
+static _Thread_local atp_buf_t *hook_buf;
+
+static void buf_destroy(void *p) {
+  atp_buf_free(p);
+  atp_free(p);
+}
+static void buf_key_create(void) {
+  ATP_ASSERT(pthread_key_create(&buf_key, buf_destroy) == 0);
+}
+
+static atp_buf_t *thread_buf(void) {
+  if (hook_buf) return hook_buf;
+  pthread_once(&buf_once, buf_key_create);
+  atp_buf_t *b = atp_malloc(sizeof *b);
+  if (!b) return NULL;
+  atp_buf_init(b, ATP_JOURNAL_RECORD_BYTES_MAX);
+  pthread_setspecific(buf_key, b);
+  return hook_buf = b;
+}
+
+static void on_durable(void *ctx, uint64_t durable_lsn) {
+  (void)durable_lsn;
+  atp_durable_t *d = ctx;
+  atp_journal_t *j = atomic_load_explicit(&d->journal, memory_order_acquire);
+  if (j && d->config.on_release)
+    d->config.on_release(d->config.release_ctx, atp_journal_durable_ticket(j));
+}
+
+int atp_durable_create(const atp_durable_config_t *config, atp_durable_t **out) {
+  ATP_ASSERT(config && config->dir && out);
+  *out = NULL;
+  atp_durable_t *d = atp_calloc(1, sizeof *d);
+  size_t n = strlen(config->dir);
+  if (!d || !(d->dir = atp_malloc(n + 1))) {
+    atp_free(d);
+    return ATP_ENOMEM;
+  }
+  memcpy(d->dir, config->dir, n + 1);
+  d->config = *config;
+  d->config.dir = d->dir;
+  atp_records_init(&d->scratch);
+  atomic_init(&d->journal, NULL);
+  *out = d;
+  return 0;
+}
+
+void atp_durable_hook(void *ctx, const atp_change_t *records, uint32_t count) {
+  atp_durable_t *d = ctx;
+  atp_journal_t *j = atomic_load_explicit(&d->journal, memory_order_acquire);
+  ATP_ASSERT(j); /* mutations start only after restore */
+  atp_buf_t *b = thread_buf();
+  int rc = b ? 0 : ATP_ENOMEM;
+  if (b) atp_buf_reset(b);
+  if (rc == 0) rc = atp_records_encode(b, records, count);
+  uint64_t lsn = 0;
+  if (rc == 0)
+    rc = atp_journal_append(j, ATP_RECORD_KIND_ENGINE_CHANGE, b->data, (uint32_t)b->len,
+                            &lsn);
+  if (rc != 0) {
+    /* The change is visible already and cannot be journaled: serving on
+     * would acknowledge state a restart forgets. */
+    atp_log("error", "journal: cannot journal a change (%s); stopping",
+            atp_strerror(rc));
+    abort();
+  }
+}
+
+static int replay_one(void *ctx, uint64_t lsn, uint16_t kind, const void *payload,
+                      uint32_t payload_bytes) {
+  atp_durable_t *d = ctx;
+  if (kind != ATP_RECORD_KIND_ENGINE_CHANGE) {
+    snprintf(d->error, sizeof d->error,
+             "journal: record LSN %" PRIu64 " has kind %u, unknown to this build", lsn,
+             kind);
+    return ATP_EINTERNAL;
+  }
+  int rc = atp_records_decode(payload, payload_bytes, &d->scratch);
+  if (rc == 0) rc = atp_engine_apply(d->engine, d->scratch.records, d->scratch.count);
+  if (rc != 0) {
+    snprintf(d->error, sizeof d->error,
+             "journal: record LSN %" PRIu64 " does not %s: %s", lsn,
+             d->scratch.count ? "apply" : "decode", atp_strerror(rc));
+    return rc == ATP_ENOMEM ? rc : ATP_EINTERNAL;
+  }
+  d->applied++;
+  return 0;
+}
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int atp_durable_restore(atp_durable_t *d, atp_engine_t *engine,
+                        atp_durable_restore_t *out) {
+  ATP_ASSERT(!atomic_load(&d->journal) && engine && out);
+  memset(out, 0, sizeof *out);
+  int64_t start = mono_ms();
+  atp_journal_config_t jc;
+  memset(&jc, 0, sizeof jc);
+  jc.dir = d->dir;
+  jc.mode = d->config.mode;
+  jc.queue_bytes_max = d->config.queue_bytes_max;
+  jc.on_durable = on_durable;
+  jc.durable_ctx = d;
+  jc.fault = d->config.fault;
+  jc.fault_ctx = d->config.fault_ctx;
+  d->engine = engine;
+  d->applied = 0;
+  d->error[0] = '\0';
+  atp_journal_t *j = NULL;
+  int rc = atp_journal_open(&jc, 0, replay_one, d, &out->scan, &j);
+  if (rc != 0 && d->error[0])
+    snprintf(out->scan.error, sizeof out->scan.error, "%s", d->error);
+  atp_records_free(&d->scratch);
+  d->engine = NULL;
+  out->duration_ms = mono_ms() - start;
+  out->payloads_applied = d->applied;
+  if (rc != 0) return rc;
+  /* release: the hook's acquire sees an opened journal */
+  atomic_store_explicit(&d->journal, j, memory_order_release);
+  return 0;
+}
+
+int atp_durable_admit(const atp_durable_t *d) {
+  atp_journal_t *j = atomic_load_explicit(&d->journal, memory_order_acquire);
+  return j ? atp_journal_admit(j) : ATP_EUNAVAILABLE;
+}
+
+void atp_durable_begin(atp_durable_t *d, uint32_t slot) {
+  if (d->config.mode == ATP_JOURNAL_NONE) return;
+  atp_journal_begin(atomic_load_explicit(&d->journal, memory_order_acquire), slot);
+}
+
+uint64_t atp_durable_end(atp_durable_t *d, uint32_t slot) {
+  if (d->config.mode == ATP_JOURNAL_NONE) return 0;
+  return atp_journal_end(atomic_load_explicit(&d->journal, memory_order_acquire), slot);
+}
+
+uint64_t atp_durable_ticket(const atp_durable_t *d) {
+  atp_journal_t *j = atomic_load_explicit(&d->journal, memory_order_acquire);
+  return j ? atp_journal_durable_ticket(j) : 0;
+}
+
+atp_journal_mode_t atp_durable_mode(const atp_durable_t *d) {
+  return d->config.mode;
+}
+
+atp_journal_t *atp_durable_journal(const atp_durable_t *d) {
+  return atomic_load_explicit(&d->journal, memory_order_acquire);
+}
+
+int atp_durable_close(atp_durable_t *d) {
+  if (!d) return 0;
+  atp_journal_t *j = atomic_load(&d->journal);
+  int rc = j ? atp_journal_close(j) : 0;
+  atp_records_free(&d->scratch);
+  atp_free(d->dir);
+  atp_free(d);
+  return rc;
+}
