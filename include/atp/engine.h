@@ -261,6 +261,11 @@ typedef enum {
   ATP_CAUSE_EXTEND,
   ATP_CAUSE_GROUP,
   ATP_CAUSE_PURGE, /* an ended reservation or id passed its retention */
+  /* Records of atp_engine_export (snapshots), never of the hook: */
+  ATP_CAUSE_SNAPSHOT, /* an object's whole state; a position's deltas are its
+                         values from zero, its occurred_at its history floor */
+  ATP_CAUSE_HISTORY,  /* one entry of a position's on-hand history: d_on_hand
+                         and occurred_at only; moves no counter */
 } atp_cause_t;
 
 typedef struct {
@@ -516,7 +521,52 @@ int atp_amend(atp_engine_t *engine, atp_str_t id, atp_str_t amend_id,
 
 /* Applies change records as produced by the hook, without calling the hook.
  * Used to rebuild state; the engine must not be serving other calls.
- * ATP_EBADREQ for a malformed record. Thread: one, with nothing else running. */
+ * ATP_EBADREQ for a malformed record. Thread: one, with nothing else running.
+ *
+ * Records of atp_engine_export (cause snapshot and history) import a
+ * snapshot into an empty engine. A position imported so keeps the version it
+ * had as its base: a later position change with a version at or below the
+ * base is skipped, since the snapshot already holds it (the journal from the
+ * snapshot's LSN on repeats changes the fuzzy copy caught). The base is fixed
+ * at import, not the running maximum: threads report one position's changes
+ * in any order, so a change with a lower version can follow a higher one. */
 int atp_engine_apply(atp_engine_t *engine, const atp_change_t *records, uint32_t count);
+
+/* --- export (snapshots) ---------------------------------------------------- */
+
+/* Receives the records of atp_engine_export, a batch at a time (count >= 1);
+ * the records and their strings are valid during the call only. A nonzero
+ * return stops the export, which returns it. */
+typedef int (*atp_export_fn)(void *ctx, const atp_change_t *records, uint32_t count);
+
+typedef struct {
+  uint64_t positions;
+  uint64_t history_entries;
+  uint64_t reservations;
+  uint64_t idempotency_ids;
+  uint64_t groups;
+} atp_export_counts_t;
+
+/* Walks all state and emits it as change records of the hook's kinds, with
+ * cause ATP_CAUSE_SNAPSHOT: each position as one record whose deltas are its
+ * values from zero (version its version, counted_at its counted_at,
+ * occurred_at the floor of its history) followed by one ATP_CAUSE_HISTORY
+ * record per history entry, oldest first; each retained reservation as its
+ * whole record; each idempotency id with its outcome; each group. Order:
+ * positions, groups, reservations, idempotency ids, so that atp_engine_apply
+ * of the records in order on an empty engine rebuilds the state.
+ *
+ * Runs while every other call runs and stops none of them: each object is
+ * copied consistently on its own (a position under its on-hand flag and its
+ * read protocol, a reservation validated by its sequence word), the whole is
+ * fuzzy. It is made exact by replaying, after the import, the change records
+ * reported from before the walk began: atp_engine_apply skips a position
+ * change whose version the import already holds (see below), reservations
+ * and idempotency ids are whole records reported in the order they changed,
+ * and groups are reported in order under the engine's mutex.
+ *
+ * Thread: any, one export at a time; not the hook's thread inside the hook. */
+int atp_engine_export(atp_engine_t *engine, atp_export_fn fn, void *ctx,
+                      atp_export_counts_t *counts);
 
 #endif

@@ -143,6 +143,8 @@ typedef struct {
   _Atomic uint32_t next_in_sku; /* next position of the same SKU, index+1 */
   _Atomic uint32_t lock;        /* on-hand writers' spin flag: 0 free, 1 held */
   struct atp_history *history;  /* on-hand changes; NULL until one; under lock */
+  uint64_t base_version; /* the version a snapshot import gave it, 0 if none:
+                            replay skips changes at or below (lifecycle.c) */
 } atp_position_cold_t;
 
 /* One on-hand change, kept so that a late count can add what it did not see. */
@@ -438,6 +440,15 @@ void atp__history_push(const atp_engine_t *e, atp_position_record_t *p,
                        int64_t occurred_at_ms, int64_t delta, int64_t now_ms);
 int64_t atp__history_after(const atp_engine_t *e, const atp_position_record_t *p,
                            int64_t t, bool *complete);
+/* Export: an exact copy of position idx (under its on-hand flag, read until
+ * no writer is in flight) and of its history, oldest first, into hist (room
+ * for ATP_HISTORY_ENTRIES_MAX); *floor_ms gets the history's floor. */
+void atp__position_copy(atp_engine_t *e, uint32_t idx, atp_position_t *out,
+                        atp_history_entry_t *hist, uint32_t *hist_count,
+                        int64_t *floor_ms);
+/* Import: the history's floor (changes at or before it may be missing). */
+void atp__history_set_floor(const atp_engine_t *e, atp_position_record_t *p,
+                            int64_t floor_ms);
 void atp__change_position(const atp_engine_t *e, atp_change_t *c, atp_cause_t cause,
                           atp_str_t cause_id, uint32_t pos, int64_t d_on_hand,
                           int64_t d_reserved, int64_t d_committed, uint64_t version);
@@ -457,6 +468,9 @@ void atp__idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
                     const atp_position_t *outcome, atp_str_t reservation_id,
                     atp_change_t *record);
 void atp__idem_fail(atp_engine_t *e, uint32_t idx);
+/* Export: record idx as a change record if it is LIVE (false otherwise), its
+ * strings copied into text (2 * ATP_ID_BYTES_MAX bytes). */
+bool atp__idem_copy(const atp_engine_t *e, uint32_t idx, atp_change_t *c, char *text);
 int atp__idem_apply(atp_engine_t *e, const atp_change_t *c);
 /* Ticker: when record idx is due (ATP_TIME_NONE: never), read without a
  * flag; and the purge of a record whose time came. */

@@ -258,3 +258,35 @@ int atp__idem_apply(atp_engine_t *e, const atp_change_t *c) {
   atp__idem_done(e, idx, in->flags, pos, &in->position, in->reservation_id, NULL);
   return 0;
 }
+
+bool atp__idem_copy(const atp_engine_t *e, uint32_t idx, atp_change_t *c, char *text) {
+  const atp_keyed_entry_t *entry = &e->idempotency_table.entries[idx];
+  /* acquire: a LIVE record's fields were written before it became LIVE and
+   * stay as they are until it is purged; a purged one waits out a grace
+   * period before reuse, and is seen as not LIVE on the second look. */
+  if (atomic_load_explicit(&entry->state, memory_order_acquire) != ATP_REC_LIVE)
+    return false;
+  const atp_idempotency_record_t *r = &e->idempotency_records[idx];
+  uint32_t id_len = r->id_len, resid_len = r->resid_len;
+  memcpy(text, r->text, id_len + resid_len);
+  memset(c, 0, sizeof *c);
+  c->kind = ATP_CHANGE_IDEMPOTENCY;
+  c->cause = ATP_CAUSE_SNAPSHOT;
+  c->cause_id = (atp_str_t){text, id_len};
+  c->at_ms = r->created_at_ms;
+  c->u.idem.kind = (atp_idem_kind_t)r->kind;
+  c->u.idem.id = (atp_str_t){text, id_len};
+  c->u.idem.content_hash = r->content_hash;
+  c->u.idem.created_at_ms = r->created_at_ms;
+  c->u.idem.flags = r->flags;
+  c->u.idem.position = r->outcome;
+  if (r->kind == ATP_IDEM_ADJUST || r->kind == ATP_IDEM_COUNT) {
+    const atp_position_record_t *p = &e->positions[r->pos];
+    c->u.idem.position.sku = atp__intern_str(e, p->sku);
+    c->u.idem.position.location = atp__intern_str(e, p->location);
+  } else {
+    c->u.idem.position.sku = c->u.idem.position.location = (atp_str_t){NULL, 0};
+  }
+  c->u.idem.reservation_id = (atp_str_t){text + id_len, resid_len};
+  return atomic_load_explicit(&entry->state, memory_order_acquire) == ATP_REC_LIVE;
+}

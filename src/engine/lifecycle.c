@@ -129,12 +129,28 @@ void atp_engine_stats(const atp_engine_t *e, atp_engine_stats_t *out) {
 /* --- replay --------------------------------------------------------------------------
  */
 
-static int apply_position(atp_engine_t *e, const atp_change_position_t *c) {
+static int apply_position(atp_engine_t *e, const atp_change_t *rec) {
+  const atp_change_position_t *c = &rec->u.position;
   if (!atp__id_valid(c->sku) || !atp__id_valid(c->location)) return ATP_EBADREQ;
   uint32_t idx;
   int rc = atp__position_find_or_create(e, c->sku, c->location, &idx);
   if (rc) return rc;
   atp_position_record_t *p = &e->positions[idx];
+  atp_position_cold_t *cold = atp__position_cold(e, p);
+  uint64_t version = c->version & ATP_SEQ_VERSION_MASK;
+  if (rec->cause == ATP_CAUSE_HISTORY) {
+    /* A snapshot's history entry: the counters came whole with the position. */
+    if (c->occurred_at_ms == ATP_TIME_NONE) return ATP_EBADREQ;
+    atp__history_push(e, p, c->occurred_at_ms, c->d_on_hand, atp__now(e));
+    return 0;
+  }
+  if (rec->cause == ATP_CAUSE_SNAPSHOT) {
+    cold->base_version = version;
+    if (c->occurred_at_ms != ATP_TIME_NONE)
+      atp__history_set_floor(e, p, c->occurred_at_ms);
+  } else if (version <= cold->base_version) {
+    return 0; /* the snapshot this engine was imported from holds it already */
+  }
   atomic_fetch_add(&p->on_hand, c->d_on_hand);
   atomic_fetch_add(&p->safety, c->d_safety_stock);
   atomic_fetch_add(&p->reserved, c->d_reserved);
@@ -142,12 +158,12 @@ static int apply_position(atp_engine_t *e, const atp_change_position_t *c) {
   atomic_fetch_add(&p->free,
                    c->d_on_hand - c->d_safety_stock - c->d_reserved - c->d_committed);
   if (c->counted_at_ms != ATP_TIME_NONE) atomic_store(&p->counted_at, c->counted_at_ms);
-  if (c->occurred_at_ms != ATP_TIME_NONE && c->d_on_hand)
+  if (rec->cause != ATP_CAUSE_SNAPSHOT && c->occurred_at_ms != ATP_TIME_NONE &&
+      c->d_on_hand)
     atp__history_push(e, p, c->occurred_at_ms, c->d_on_hand, atp__now(e));
   /* Versions: replayed records may come in any order; keep the largest. */
   uint64_t seq = atomic_load(&p->seq);
-  if ((c->version & ATP_SEQ_VERSION_MASK) > seq)
-    atomic_store(&p->seq, c->version & ATP_SEQ_VERSION_MASK);
+  if (version > seq) atomic_store(&p->seq, version);
   return 0;
 }
 
@@ -157,7 +173,7 @@ int atp_engine_apply(atp_engine_t *e, const atp_change_t *records, uint32_t coun
     int rc;
     switch (c->kind) {
       case ATP_CHANGE_POSITION:
-        rc = apply_position(e, &c->u.position);
+        rc = apply_position(e, c);
         break;
       case ATP_CHANGE_RESERVATION:
         rc = atp__reservation_apply(e, c);

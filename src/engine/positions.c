@@ -148,6 +148,7 @@ int atp__position_find_or_create(atp_engine_t *e, atp_str_t sku, atp_str_t locat
       atp_position_cold_t *cold = &e->pos_cold[idx];
       atomic_init(&cold->lock, 0);
       cold->history = NULL;
+      cold->base_version = 0;
       atp_interned_t *s = e->interns[sku_id];
       atomic_init(&cold->next_in_sku,
                   atomic_load_explicit(&s->first_position, memory_order_relaxed));
@@ -477,6 +478,61 @@ int64_t atp__history_after(const atp_engine_t *e, const atp_position_record_t *p
     if (en->occurred_at_ms > t) sum += en->delta;
   }
   return sum;
+}
+
+/* --- export and import (snapshots) ----------------------------------------------- */
+
+void atp__position_copy(atp_engine_t *e, uint32_t idx, atp_position_t *out,
+                        atp_history_entry_t *hist, uint32_t *hist_count,
+                        int64_t *floor_ms) {
+  atp_position_record_t *p = &e->positions[idx];
+  /* The on-hand flag holds on_hand, safety, counted_at and the history still;
+   * reservations move reserved and committed without it, so those are read
+   * until no writer is in flight. Unlike a client's read this one never
+   * settles for a mix: the snapshot's version must name exactly the changes
+   * its counters hold, or replay would add one twice or not at all. */
+  atp__position_lock(e, p);
+  for (uint32_t attempt = 1;; attempt++) {
+    uint64_t s1 = atomic_load_explicit(&p->seq, memory_order_acquire);
+    out->reserved = atomic_load_explicit(&p->reserved, memory_order_acquire);
+    out->committed = atomic_load_explicit(&p->committed, memory_order_acquire);
+    out->on_hand = atomic_load_explicit(&p->on_hand, memory_order_acquire);
+    out->safety_stock = atomic_load_explicit(&p->safety, memory_order_acquire);
+    out->counted_at_ms = atomic_load_explicit(&p->counted_at, memory_order_acquire);
+    uint64_t s2 = atomic_load_explicit(&p->seq, memory_order_acquire);
+    if (s1 == s2 && (s1 & ~ATP_SEQ_VERSION_MASK) == 0) {
+      out->version = s1 & ATP_SEQ_VERSION_MASK;
+      break;
+    }
+    if (attempt % READ_RETRIES_MAX == 0) sched_yield(); /* a writer descheduled */
+  }
+  const atp_history_t *h = atp__position_cold(e, p)->history;
+  *hist_count = 0;
+  *floor_ms = h ? h->floor_ms : ATP_TIME_NONE;
+  for (uint32_t i = 0; h && i < h->count; i++)
+    hist[(*hist_count)++] = h->entries[(h->head + i) % h->cap];
+  atp__position_unlock(e, p);
+  out->sku = atp__intern_str(e, p->sku);
+  out->location = atp__intern_str(e, p->location);
+  int64_t free_now = out->on_hand - out->safety_stock - out->reserved - out->committed;
+  out->available = free_now > 0 ? free_now : 0;
+  int64_t promised = out->reserved + out->committed - out->on_hand;
+  out->shortfall = promised > 0 ? promised : 0;
+}
+
+void atp__history_set_floor(const atp_engine_t *e, atp_position_record_t *p,
+                            int64_t floor_ms) {
+  atp_position_cold_t *cold = atp__position_cold(e, p);
+  if (!cold->history) {
+    atp_history_t *n = atp_malloc(sizeof *n + 4 * sizeof n->entries[0]);
+    if (!n) return; /* as in atp__history_push: counts become approximate */
+    n->head = n->count = 0;
+    n->cap = 4;
+    n->floor_ms = ATP_TIME_NONE;
+    cold->history = n;
+  }
+  if (cold->history->floor_ms == ATP_TIME_NONE || floor_ms > cold->history->floor_ms)
+    cold->history->floor_ms = floor_ms;
 }
 
 uint64_t atp__position_fulfil(atp_engine_t *e, atp_position_record_t *p, int64_t qty,

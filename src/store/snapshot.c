@@ -1,0 +1,772 @@
+/* snapshot.c - snapshot files and their copies in Redis (include/atp/snapshot.h;
+ * the bytes are in proto/snapshot.md).
+ *
+ * The writer streams: atp_engine_export hands batches of records, each is
+ * encoded by the journal's codec as one entry of the current chunk, and a
+ * chunk goes to the file once it holds chunk_bytes. The header is written
+ * last, in place, because the counts are known only at the end of a walk
+ * that runs beside traffic. Nothing is ever read back in place: a reader
+ * checks the header, then each chunk's CRC before it decodes a byte of it.
+ *
+ * Redis sees the file's own chunk frames as values, so a snapshot fetched
+ * back from Redis is the same file, verified by the same reader.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "atp/crc32c.h"
+#include "atp/memory.h"
+#include "atp/records.h"
+#include "atp/snapshot.h"
+
+#define HEADER_BYTES  96u
+#define FRAME_BYTES   16u
+#define TRAILER_BYTES 32u
+#define CHUNK_MAGIC   0x43505441u /* "ATPC" */
+static const char HEADER_MAGIC[8] = {'A', 'T', 'P', 'S', 'N', 'A', 'P', 0};
+static const char TRAILER_MAGIC[8] = {'A', 'T', 'P', 'S', 'E', 'N', 'D', 0};
+/* A chunk's payload may pass chunk_bytes by its last entry; beyond this a
+ * reader refuses it rather than allocate what a damaged length says. */
+#define CHUNK_PAYLOAD_MAX (64u << 20)
+
+static void put32(unsigned char *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static void put64(unsigned char *p, uint64_t v) {
+  for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static uint32_t get32(const unsigned char *p) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; i--) v = v << 8 | p[i];
+  return v;
+}
+static uint64_t get64(const unsigned char *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+  return v;
+}
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+static void sleep_ms(uint32_t ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+  }
+}
+
+#define ERR(...) snprintf(err, err_len, __VA_ARGS__)
+
+void atp_snapshot_config_init(atp_snapshot_config_t *config, const char *dir) {
+  memset(config, 0, sizeof *config);
+  config->dir = dir;
+  config->redis_port = 6379;
+  const char *delay = getenv("ATPD_TEST_SNAPSHOT_DELAY_MS");
+  if (delay && *delay) config->test_delay_ms = (uint32_t)strtoul(delay, NULL, 10);
+}
+
+static uint32_t chunk_bytes(const atp_snapshot_config_t *c) {
+  return c->chunk_bytes ? c->chunk_bytes : ATP_SNAPSHOT_CHUNK_BYTES;
+}
+
+/* --- header and trailer ------------------------------------------------------- */
+
+static void header_encode(unsigned char *h, const atp_snapshot_info_t *info) {
+  memset(h, 0, HEADER_BYTES);
+  memcpy(h, HEADER_MAGIC, 8);
+  put32(h + 8, ATP_SNAPSHOT_FORMAT_VERSION);
+  put32(h + 12, HEADER_BYTES);
+  put64(h + 16, info->lsn);
+  put64(h + 24, (uint64_t)info->created_at_ms);
+  put64(h + 32, info->counts.positions);
+  put64(h + 40, info->counts.history_entries);
+  put64(h + 48, info->counts.reservations);
+  put64(h + 56, info->counts.idempotency_ids);
+  put64(h + 64, info->counts.groups);
+  put64(h + 72, info->chunks);
+  put64(h + 80, info->bytes);
+  put32(h + 88, 0); /* flags */
+  put32(h + 92, atp_crc32c(0, h, 92));
+}
+
+static void info_id(atp_snapshot_info_t *info) {
+  snprintf(info->id, sizeof info->id, "%" PRIu64 "-%" PRId64, info->lsn,
+           info->created_at_ms);
+}
+
+static int header_decode(const unsigned char *h, atp_snapshot_info_t *info, char *err,
+                         size_t err_len, const char *where) {
+  if (memcmp(h, HEADER_MAGIC, 8) != 0) {
+    ERR("%s: not a snapshot (bad magic at offset 0)", where);
+    return ATP_EINTERNAL;
+  }
+  if (get32(h + 92) != atp_crc32c(0, h, 92)) {
+    ERR("%s: header checksum mismatch at offset 92", where);
+    return ATP_EINTERNAL;
+  }
+  uint32_t version = get32(h + 8);
+  if (version == 0 || version > ATP_SNAPSHOT_FORMAT_VERSION ||
+      get32(h + 12) != HEADER_BYTES) {
+    ERR("%s: snapshot format version %u is newer than this build's %u", where, version,
+        ATP_SNAPSHOT_FORMAT_VERSION);
+    return ATP_EINTERNAL;
+  }
+  info->lsn = get64(h + 16);
+  info->created_at_ms = (int64_t)get64(h + 24);
+  info->counts.positions = get64(h + 32);
+  info->counts.history_entries = get64(h + 40);
+  info->counts.reservations = get64(h + 48);
+  info->counts.idempotency_ids = get64(h + 56);
+  info->counts.groups = get64(h + 64);
+  info->chunks = get64(h + 72);
+  info->bytes = get64(h + 80);
+  info_id(info);
+  return 0;
+}
+
+static void trailer_encode(unsigned char *t, uint64_t chunks, uint64_t body_end) {
+  memset(t, 0, TRAILER_BYTES);
+  memcpy(t, TRAILER_MAGIC, 8);
+  put64(t + 8, chunks);
+  put64(t + 16, body_end);
+  put32(t + 28, atp_crc32c(0, t, 28));
+}
+
+/* --- files ------------------------------------------------------------------- */
+
+static int write_all(int fd, const void *p, size_t n) {
+  const char *c = p;
+  while (n) {
+    ssize_t w = write(fd, c, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return -1;
+    c += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+static int read_full(int fd, void *p, size_t n) {
+  char *c = p;
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read(fd, c + got, n - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return -1;
+    if (r == 0) break;
+    got += (size_t)r;
+  }
+  return (int)(got == n);
+}
+
+static int fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return -1;
+  int rc = fsync(fd);
+  close(fd);
+  return rc;
+}
+
+static int mkdir_p1(const char *dir) {
+  if (mkdir(dir, 0755) == 0 || errno == EEXIST) return 0;
+  return -1;
+}
+
+/* snap-<lsn>.atps, 20 digits so that names sort as LSNs do. */
+static void snap_name(char *out, size_t n, const char *dir, uint64_t lsn, bool tmp) {
+  snprintf(out, n, "%s/%ssnap-%020" PRIu64 ".atps", dir, tmp ? ".tmp-" : "", lsn);
+}
+
+/* LSNs of the complete snapshot files in dir, newest first (at most max). */
+static uint32_t list_snapshots(const char *dir, uint64_t *lsns, uint32_t max,
+                               bool remove_tmp) {
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  uint32_t n = 0;
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    uint64_t lsn;
+    char tail[8];
+    if (remove_tmp && strncmp(de->d_name, ".tmp-snap-", 10) == 0) {
+      char path[600];
+      snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+      unlink(path); /* a snapshot a crash interrupted: never complete */
+      continue;
+    }
+    if (sscanf(de->d_name, "snap-%20" SCNu64 ".%5s", &lsn, tail) != 2 ||
+        strcmp(tail, "atps") != 0)
+      continue;
+    if (n < max) {
+      lsns[n++] = lsn;
+    } else {
+      uint32_t low = 0; /* keep the newest max */
+      for (uint32_t i = 1; i < n; i++)
+        if (lsns[i] < lsns[low]) low = i;
+      if (lsn > lsns[low]) lsns[low] = lsn;
+    }
+  }
+  closedir(d);
+  for (uint32_t i = 1; i < n; i++) /* insertion sort, descending */
+    for (uint32_t j = i; j > 0 && lsns[j] > lsns[j - 1]; j--) {
+      uint64_t t = lsns[j];
+      lsns[j] = lsns[j - 1];
+      lsns[j - 1] = t;
+    }
+  return n;
+}
+
+/* --- writing ------------------------------------------------------------------ */
+
+typedef struct {
+  const atp_snapshot_config_t *config;
+  int fd;
+  atp_buf_t chunk; /* the chunk's payload being filled */
+  uint32_t entries;
+  uint64_t offset; /* bytes written so far */
+  uint64_t chunks;
+  int rc;
+  char *err;
+  size_t err_len;
+  const char *path;
+} writer_t;
+
+static int flush_chunk(writer_t *w) {
+  if (!w->entries) return 0;
+  unsigned char frame[FRAME_BYTES];
+  put32(frame, CHUNK_MAGIC);
+  put32(frame + 4, (uint32_t)w->chunk.len);
+  put32(frame + 8, w->entries);
+  put32(frame + 12, atp_crc32c(0, w->chunk.data, w->chunk.len));
+  if (write_all(w->fd, frame, FRAME_BYTES) ||
+      write_all(w->fd, w->chunk.data, w->chunk.len)) {
+    char *err = w->err;
+    size_t err_len = w->err_len;
+    ERR("write %s: %s", w->path, strerror(errno));
+    return ATP_EUNAVAILABLE;
+  }
+  w->offset += FRAME_BYTES + w->chunk.len;
+  w->chunks++;
+  w->entries = 0;
+  atp_buf_reset(&w->chunk);
+  if (w->config->test_delay_ms) sleep_ms(w->config->test_delay_ms);
+  return 0;
+}
+
+static int on_export(void *ctx, const atp_change_t *records, uint32_t count) {
+  writer_t *w = ctx;
+  size_t at = w->chunk.len;
+  unsigned char len[4] = {0};
+  int rc = atp_buf_append(&w->chunk, len, 4);
+  if (!rc) rc = atp_records_encode(&w->chunk, records, count);
+  if (rc) {
+    char *err = w->err;
+    size_t err_len = w->err_len;
+    ERR("encoding the snapshot: %s", atp_strerror(rc));
+    return rc;
+  }
+  put32((unsigned char *)w->chunk.data + at, (uint32_t)(w->chunk.len - at - 4));
+  w->entries++;
+  if (w->chunk.len >= chunk_bytes(w->config)) return flush_chunk(w);
+  return 0;
+}
+
+static void remove_old(const atp_snapshot_config_t *config) {
+  uint64_t lsns[64];
+  uint32_t n = list_snapshots(config->dir, lsns, 64, false);
+  for (uint32_t i = ATP_SNAPSHOT_GENERATIONS; i < n; i++) {
+    char path[600];
+    snap_name(path, sizeof path, config->dir, lsns[i], false);
+    unlink(path);
+  }
+}
+
+int atp_snapshot_write(const atp_snapshot_config_t *config, atp_engine_t *engine,
+                       uint64_t lsn, atp_snapshot_settle_fn settle, void *settle_ctx,
+                       atp_snapshot_info_t *info, char *err, size_t err_len) {
+  int64_t started = mono_ms();
+  memset(info, 0, sizeof *info);
+  info->lsn = lsn;
+  info->created_at_ms = wall_ms();
+  info_id(info);
+  char tmp[600];
+  if (mkdir_p1(config->dir)) {
+    ERR("mkdir %s: %s", config->dir, strerror(errno));
+    return ATP_EUNAVAILABLE;
+  }
+  uint64_t scratch[1];
+  list_snapshots(config->dir, scratch, 1, true); /* drops stray temporaries */
+  snap_name(tmp, sizeof tmp, config->dir, lsn, true);
+  snap_name(info->path, sizeof info->path, config->dir, lsn, false);
+  writer_t w = {.config = config, .err = err, .err_len = err_len, .path = tmp};
+  atp_buf_init(&w.chunk, 0);
+  w.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (w.fd < 0) {
+    ERR("open %s: %s", tmp, strerror(errno));
+    return ATP_EUNAVAILABLE;
+  }
+  unsigned char head[HEADER_BYTES] = {0};
+  int rc = 0;
+  if (write_all(w.fd, head, HEADER_BYTES)) { /* placeholder: counts come last */
+    ERR("write %s: %s", tmp, strerror(errno));
+    rc = ATP_EUNAVAILABLE;
+  }
+  w.offset = HEADER_BYTES;
+  if (!rc) rc = atp_engine_export(engine, on_export, &w, &info->counts);
+  if (!rc) rc = flush_chunk(&w);
+  if (!rc) {
+    unsigned char trailer[TRAILER_BYTES];
+    trailer_encode(trailer, w.chunks, w.offset);
+    info->chunks = w.chunks;
+    info->bytes = w.offset + TRAILER_BYTES;
+    header_encode(head, info);
+    if (write_all(w.fd, trailer, TRAILER_BYTES) ||
+        pwrite(w.fd, head, HEADER_BYTES, 0) != (ssize_t)HEADER_BYTES) {
+      ERR("write %s: %s", tmp, strerror(errno));
+      rc = ATP_EUNAVAILABLE;
+    } else if (fsync(w.fd)) {
+      ERR("fsync %s: %s", tmp, strerror(errno));
+      rc = ATP_EUNAVAILABLE;
+    }
+  }
+  close(w.fd);
+  atp_buf_free(&w.chunk);
+  if (!rc && settle) rc = settle(settle_ctx);
+  if (!rc && rename(tmp, info->path)) {
+    ERR("rename %s: %s", tmp, strerror(errno));
+    rc = ATP_EUNAVAILABLE;
+  }
+  if (!rc && fsync_dir(config->dir)) {
+    ERR("fsync %s: %s", config->dir, strerror(errno));
+    rc = ATP_EUNAVAILABLE;
+  }
+  if (rc) {
+    unlink(tmp);
+    return rc;
+  }
+  remove_old(config);
+  info->duration_ms = mono_ms() - started;
+  return 0;
+}
+
+/* --- reading ------------------------------------------------------------------ */
+
+/* Called with each chunk's whole frame (header and payload), CRC checked. */
+typedef int (*frame_fn)(void *ctx, uint64_t index, const unsigned char *frame,
+                        size_t frame_bytes);
+
+/* Reads path: header, every chunk (CRC first), trailer. With entry_fn, each
+ * entry of each chunk is decoded and applied to engine. */
+static int scan_file(const char *path, atp_engine_t *engine, frame_fn fn, void *ctx,
+                     atp_snapshot_info_t *info, char *err, size_t err_len) {
+  memset(info, 0, sizeof *info);
+  snprintf(info->path, sizeof info->path, "%s", path);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    ERR("open %s: %s", path, strerror(errno));
+    return errno == ENOENT ? ATP_ENOTFOUND : ATP_EUNAVAILABLE;
+  }
+  unsigned char head[HEADER_BYTES];
+  int rc = 0, got = read_full(fd, head, HEADER_BYTES);
+  if (got < 0) {
+    ERR("read %s: %s", path, strerror(errno));
+    rc = ATP_EUNAVAILABLE;
+  } else if (!got) {
+    ERR("%s: truncated header at offset 0", path);
+    rc = ATP_EINTERNAL;
+  } else {
+    rc = header_decode(head, info, err, err_len, path);
+  }
+  unsigned char *frame = NULL;
+  size_t frame_cap = 0;
+  atp_records_t recs;
+  atp_records_init(&recs);
+  uint64_t offset = HEADER_BYTES, index = 0;
+  while (!rc) {
+    unsigned char fh[FRAME_BYTES];
+    got = read_full(fd, fh, FRAME_BYTES);
+    if (got <= 0) {
+      ERR("%s: truncated at offset %" PRIu64 " (no trailer)", path, offset);
+      rc = got < 0 ? ATP_EUNAVAILABLE : ATP_EINTERNAL;
+      break;
+    }
+    if (memcmp(fh, TRAILER_MAGIC, 8) == 0) {
+      unsigned char t[TRAILER_BYTES];
+      memcpy(t, fh, FRAME_BYTES);
+      if (read_full(fd, t + FRAME_BYTES, TRAILER_BYTES - FRAME_BYTES) != 1 ||
+          get32(t + 28) != atp_crc32c(0, t, 28) || get64(t + 8) != index ||
+          get64(t + 8) != info->chunks || get64(t + 16) != offset ||
+          offset + TRAILER_BYTES != info->bytes) {
+        ERR("%s: bad trailer at offset %" PRIu64, path, offset);
+        rc = ATP_EINTERNAL;
+      }
+      break;
+    }
+    uint32_t payload = get32(fh + 4);
+    if (get32(fh) != CHUNK_MAGIC || payload > CHUNK_PAYLOAD_MAX) {
+      ERR("%s: bad chunk frame at offset %" PRIu64, path, offset);
+      rc = ATP_EINTERNAL;
+      break;
+    }
+    if (FRAME_BYTES + payload > frame_cap) {
+      unsigned char *n = atp_realloc(frame, FRAME_BYTES + payload);
+      if (!n) {
+        rc = ATP_ENOMEM;
+        break;
+      }
+      frame = n;
+      frame_cap = FRAME_BYTES + payload;
+    }
+    memcpy(frame, fh, FRAME_BYTES);
+    got = read_full(fd, frame + FRAME_BYTES, payload);
+    if (got <= 0) {
+      ERR("%s: chunk %" PRIu64 " truncated at offset %" PRIu64, path, index, offset);
+      rc = got < 0 ? ATP_EUNAVAILABLE : ATP_EINTERNAL;
+      break;
+    }
+    const unsigned char *p = frame + FRAME_BYTES;
+    if (get32(fh + 12) != atp_crc32c(0, p, payload)) {
+      ERR("%s: chunk %" PRIu64 " checksum mismatch at offset %" PRIu64, path, index,
+          offset);
+      rc = ATP_EINTERNAL;
+      break;
+    }
+    if (fn && (rc = fn(ctx, index, frame, FRAME_BYTES + payload))) break;
+    if (engine) {
+      uint32_t entries = get32(fh + 8), at = 0;
+      for (uint32_t i = 0; i < entries && !rc; i++) {
+        uint32_t len = at + 4 <= payload ? get32(p + at) : UINT32_MAX;
+        if (len > payload - at - 4 || atp_records_decode(p + at + 4, len, &recs) != 0) {
+          ERR("%s: chunk %" PRIu64 " entry %u does not decode (offset %" PRIu64 ")",
+              path, index, i, offset + FRAME_BYTES + at);
+          rc = ATP_EINTERNAL;
+          break;
+        }
+        if ((rc = atp_engine_apply(engine, recs.records, recs.count)))
+          ERR("%s: chunk %" PRIu64 " entry %u does not apply: %s", path, index, i,
+              atp_strerror(rc));
+        at += 4 + len;
+      }
+      if (!rc && at != payload) {
+        ERR("%s: chunk %" PRIu64 " has trailing bytes", path, index);
+        rc = ATP_EINTERNAL;
+      }
+    }
+    offset += FRAME_BYTES + payload;
+    index++;
+  }
+  atp_records_free(&recs);
+  atp_free(frame);
+  close(fd);
+  return rc;
+}
+
+int atp_snapshot_find(const atp_snapshot_config_t *config, atp_snapshot_info_t *info,
+                      char *err, size_t err_len) {
+  uint64_t lsns[ATP_SNAPSHOT_GENERATIONS + 2];
+  uint32_t n = list_snapshots(config->dir, lsns, ATP_SNAPSHOT_GENERATIONS + 2, true);
+  if (err_len) err[0] = '\0';
+  for (uint32_t i = 0; i < n; i++) {
+    char path[600], why[512];
+    snap_name(path, sizeof path, config->dir, lsns[i], false);
+    if (scan_file(path, NULL, NULL, NULL, info, why, sizeof why) == 0) return 0;
+    /* Named, then the older generation is tried: each kept one still has
+     * the journal after it (atp_snapshot_trim_lsn). */
+    size_t used = strlen(err);
+    if (used < err_len)
+      snprintf(err + used, err_len - used, "%s%s", used ? "; " : "", why);
+  }
+  return ATP_ENOTFOUND;
+}
+
+int atp_snapshot_load(const char *path, atp_engine_t *engine, atp_snapshot_info_t *info,
+                      char *err, size_t err_len) {
+  int64_t started = mono_ms();
+  int rc = scan_file(path, NULL, NULL, NULL, info, err, err_len); /* verify */
+  if (!rc) rc = scan_file(path, engine, NULL, NULL, info, err, err_len);
+  info->duration_ms = mono_ms() - started;
+  return rc;
+}
+
+uint64_t atp_snapshot_trim_lsn(const atp_snapshot_config_t *config) {
+  uint64_t lsns[ATP_SNAPSHOT_GENERATIONS];
+  uint32_t n = list_snapshots(config->dir, lsns, ATP_SNAPSHOT_GENERATIONS, false);
+  return n ? lsns[n - 1] : 0;
+}
+
+/* --- Redis ------------------------------------------------------------------- */
+
+static const char *prefix(const atp_snapshot_config_t *c) {
+  return c->redis_prefix ? c->redis_prefix : "atpd:";
+}
+
+static int redis_fail(redisContext *r, redisReply *reply, const char *what, char *err,
+                      size_t err_len) {
+  if (reply && reply->type == REDIS_REPLY_ERROR)
+    ERR("redis %s: %s", what, reply->str);
+  else
+    ERR("redis %s: %s", what, r && r->err ? r->errstr : "unexpected reply");
+  if (reply) freeReplyObject(reply);
+  return ATP_EUNAVAILABLE;
+}
+
+static redisContext *redis_open(const atp_snapshot_config_t *c, char *err,
+                                size_t err_len) {
+  uint32_t ms = c->redis_timeout_ms ? c->redis_timeout_ms : ATP_SNAPSHOT_TIMEOUT_MS;
+  struct timeval tv = {ms / 1000, (long)(ms % 1000) * 1000};
+  redisContext *r = redisConnectWithTimeout(c->redis_host, c->redis_port, tv);
+  if (!r || r->err) {
+    ERR("redis connect %s:%d: %s", c->redis_host, c->redis_port,
+        r ? r->errstr : "out of memory");
+    if (r) redisFree(r);
+    return NULL;
+  }
+  /* Every later read and write is bounded too: a stopped Redis times out. */
+  if (redisSetTimeout(r, tv) != REDIS_OK) {
+    ERR("redis timeout: %s", r->errstr);
+    redisFree(r);
+    return NULL;
+  }
+  if (c->redis_db) {
+    redisReply *reply = redisCommand(r, "SELECT %d", c->redis_db);
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+      redis_fail(r, reply, "SELECT", err, err_len);
+      redisFree(r);
+      return NULL;
+    }
+    freeReplyObject(reply);
+  }
+  return r;
+}
+
+/* A command whose reply must be status OK or an integer. */
+static int redis_ok(redisContext *r, redisReply *reply, const char *what, char *err,
+                    size_t err_len) {
+  if (!reply || reply->type == REDIS_REPLY_ERROR)
+    return redis_fail(r, reply, what, err, err_len);
+  freeReplyObject(reply);
+  return 0;
+}
+
+typedef struct {
+  redisContext *r;
+  const atp_snapshot_config_t *config;
+  const char *id;
+  atp_buf_t manifest_chunks; /* per chunk: u32 frame bytes, u32 crc */
+  char *err;
+  size_t err_len;
+} push_t;
+
+static int push_frame(void *ctx, uint64_t index, const unsigned char *frame,
+                      size_t frame_bytes) {
+  push_t *p = ctx;
+  char *err = p->err;
+  size_t err_len = p->err_len;
+  redisReply *reply = redisCommand(p->r, "SET %ssnap:%s:%" PRIu64 " %b",
+                                   prefix(p->config), p->id, index, frame, frame_bytes);
+  int rc = redis_ok(p->r, reply, "SET chunk", err, err_len);
+  if (rc) return rc;
+  unsigned char m[8];
+  put32(m, (uint32_t)frame_bytes);
+  put32(m + 4, atp_crc32c(0, frame, frame_bytes));
+  if (atp_buf_append(&p->manifest_chunks, m, 8)) return ATP_ENOMEM;
+  if (p->config->test_delay_ms) sleep_ms(p->config->test_delay_ms);
+  return 0;
+}
+
+static void redis_delete_snapshot(redisContext *r, const atp_snapshot_config_t *c,
+                                  const char *id) {
+  redisReply *m = redisCommand(r, "GET %ssnap:%s:manifest", prefix(c), id);
+  uint64_t chunks = 0;
+  if (m && m->type == REDIS_REPLY_STRING && m->len >= HEADER_BYTES)
+    chunks = get64((const unsigned char *)m->str + 72);
+  if (m) freeReplyObject(m);
+  for (uint64_t i = 0; i < chunks; i++) {
+    redisReply *d = redisCommand(r, "DEL %ssnap:%s:%" PRIu64, prefix(c), id, i);
+    if (!d) return;
+    freeReplyObject(d);
+  }
+  redisReply *d = redisCommand(r, "DEL %ssnap:%s:manifest", prefix(c), id);
+  if (d) freeReplyObject(d);
+}
+
+int atp_snapshot_push(const atp_snapshot_config_t *config,
+                      const atp_snapshot_info_t *info, char *err, size_t err_len) {
+  if (!config->redis_host || !*config->redis_host) return 0;
+  redisContext *r = redis_open(config, err, err_len);
+  if (!r) return ATP_EUNAVAILABLE;
+  push_t p = {.r = r, .config = config, .id = info->id, .err = err, .err_len = err_len};
+  atp_buf_init(&p.manifest_chunks, 0);
+  atp_snapshot_info_t read;
+  int rc = scan_file(info->path, NULL, push_frame, &p, &read, err, err_len);
+  if (!rc && strcmp(read.id, info->id) != 0) {
+    ERR("%s: holds snapshot %s, not %s", info->path, read.id, info->id);
+    rc = ATP_EINTERNAL;
+  }
+  if (!rc) {
+    /* The manifest: the file's header, each chunk's size and CRC, its trailer. */
+    atp_buf_t m;
+    atp_buf_init(&m, 0);
+    unsigned char head[HEADER_BYTES], trailer[TRAILER_BYTES];
+    header_encode(head, &read);
+    trailer_encode(trailer, read.chunks, read.bytes - TRAILER_BYTES);
+    if (atp_buf_append(&m, head, HEADER_BYTES) ||
+        atp_buf_append(&m, p.manifest_chunks.data, p.manifest_chunks.len) ||
+        atp_buf_append(&m, trailer, TRAILER_BYTES)) {
+      rc = ATP_ENOMEM;
+    } else {
+      rc = redis_ok(r,
+                    redisCommand(r, "SET %ssnap:%s:manifest %b", prefix(config),
+                                 info->id, m.data, m.len),
+                    "SET manifest", err, err_len);
+    }
+    atp_buf_free(&m);
+  }
+  /* Only now does the pointer name it: a reader never finds half a snapshot. */
+  if (!rc)
+    rc = redis_ok(r, redisCommand(r, "SET %slatest %s", prefix(config), info->id),
+                  "SET latest", err, err_len);
+  if (!rc)
+    rc = redis_ok(r, redisCommand(r, "LPUSH %ssnapshots %s", prefix(config), info->id),
+                  "LPUSH", err, err_len);
+  if (!rc) {
+    redisReply *old = redisCommand(r, "LRANGE %ssnapshots %d -1", prefix(config),
+                                   ATP_SNAPSHOT_GENERATIONS);
+    if (old && old->type == REDIS_REPLY_ARRAY)
+      for (size_t i = 0; i < old->elements; i++)
+        if (old->element[i]->type == REDIS_REPLY_STRING &&
+            strcmp(old->element[i]->str, info->id) != 0)
+          redis_delete_snapshot(r, config, old->element[i]->str);
+    if (old) freeReplyObject(old);
+    rc = redis_ok(r,
+                  redisCommand(r, "LTRIM %ssnapshots 0 %d", prefix(config),
+                               ATP_SNAPSHOT_GENERATIONS - 1),
+                  "LTRIM", err, err_len);
+  }
+  if (rc && rc != ATP_EUNAVAILABLE && rc != ATP_EINTERNAL) rc = ATP_EUNAVAILABLE;
+  atp_buf_free(&p.manifest_chunks);
+  redisFree(r);
+  return rc;
+}
+
+int atp_snapshot_fetch(const atp_snapshot_config_t *config, atp_snapshot_info_t *info,
+                       char *err, size_t err_len) {
+  memset(info, 0, sizeof *info);
+  if (!config->redis_host || !*config->redis_host) return ATP_ENOTFOUND;
+  redisContext *r = redis_open(config, err, err_len);
+  if (!r) return ATP_EUNAVAILABLE;
+  int rc = 0, fd = -1;
+  char tmp[600] = "";
+  redisReply *latest = redisCommand(r, "GET %slatest", prefix(config));
+  redisReply *m = NULL;
+  if (!latest || latest->type == REDIS_REPLY_ERROR) {
+    rc = redis_fail(r, latest, "GET latest", err, err_len);
+    latest = NULL;
+    goto done;
+  }
+  if (latest->type != REDIS_REPLY_STRING) {
+    ERR("redis: no snapshot under %slatest", prefix(config));
+    rc = ATP_ENOTFOUND;
+    goto done;
+  }
+  m = redisCommand(r, "GET %ssnap:%s:manifest", prefix(config), latest->str);
+  if (!m || m->type != REDIS_REPLY_STRING) {
+    rc = m && m->type == REDIS_REPLY_NIL
+             ? ATP_EINTERNAL
+             : redis_fail(r, m, "GET manifest", err, err_len);
+    if (rc == ATP_EINTERNAL) ERR("redis: snapshot %s has no manifest", latest->str);
+    if (m && m->type != REDIS_REPLY_NIL) m = NULL;
+    goto done;
+  }
+  const unsigned char *mp = (const unsigned char *)m->str;
+  char where[128];
+  snprintf(where, sizeof where, "redis snapshot %s manifest", latest->str);
+  if (m->len < HEADER_BYTES + TRAILER_BYTES ||
+      (rc = header_decode(mp, info, err, err_len, where))) {
+    if (!rc) ERR("%s: too short", where);
+    rc = ATP_EINTERNAL;
+    goto done;
+  }
+  if (m->len != HEADER_BYTES + info->chunks * 8 + TRAILER_BYTES) {
+    ERR("%s: %zu bytes for %" PRIu64 " chunks", where, m->len, info->chunks);
+    rc = ATP_EINTERNAL;
+    goto done;
+  }
+  if (mkdir_p1(config->dir)) {
+    ERR("mkdir %s: %s", config->dir, strerror(errno));
+    rc = ATP_EUNAVAILABLE;
+    goto done;
+  }
+  snap_name(tmp, sizeof tmp, config->dir, info->lsn, true);
+  snap_name(info->path, sizeof info->path, config->dir, info->lsn, false);
+  fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0 || write_all(fd, mp, HEADER_BYTES)) {
+    ERR("write %s: %s", tmp, strerror(errno));
+    rc = ATP_EUNAVAILABLE;
+    goto done;
+  }
+  for (uint64_t i = 0; i < info->chunks && !rc; i++) {
+    const unsigned char *entry = mp + HEADER_BYTES + i * 8;
+    redisReply *c =
+        redisCommand(r, "GET %ssnap:%s:%" PRIu64, prefix(config), latest->str, i);
+    if (!c || c->type != REDIS_REPLY_STRING) {
+      rc = c && c->type == REDIS_REPLY_NIL
+               ? ATP_EINTERNAL
+               : redis_fail(r, c, "GET chunk", err, err_len);
+      if (rc == ATP_EINTERNAL) {
+        ERR("redis snapshot %s: chunk %" PRIu64 " missing", latest->str, i);
+        freeReplyObject(c);
+      }
+      break;
+    }
+    if (c->len != get32(entry) || atp_crc32c(0, c->str, c->len) != get32(entry + 4)) {
+      ERR("redis snapshot %s: chunk %" PRIu64 " checksum mismatch", latest->str, i);
+      rc = ATP_EINTERNAL;
+    } else if (write_all(fd, c->str, c->len)) {
+      ERR("write %s: %s", tmp, strerror(errno));
+      rc = ATP_EUNAVAILABLE;
+    }
+    freeReplyObject(c);
+    if (!rc && config->test_delay_ms) sleep_ms(config->test_delay_ms);
+  }
+  if (!rc && (write_all(fd, mp + m->len - TRAILER_BYTES, TRAILER_BYTES) || fsync(fd))) {
+    ERR("write %s: %s", tmp, strerror(errno));
+    rc = ATP_EUNAVAILABLE;
+  }
+  if (!rc) {
+    close(fd);
+    fd = -1;
+    atp_snapshot_info_t check;
+    char why[512];
+    /* The file must verify as a local one before it counts as one. */
+    if (scan_file(tmp, NULL, NULL, NULL, &check, why, sizeof why)) {
+      ERR("redis snapshot %s: %s", latest->str, why);
+      rc = ATP_EINTERNAL;
+    } else if (rename(tmp, info->path) || fsync_dir(config->dir)) {
+      ERR("rename %s: %s", tmp, strerror(errno));
+      rc = ATP_EUNAVAILABLE;
+    }
+  }
+done:
+  if (fd >= 0) close(fd);
+  if (rc && tmp[0]) unlink(tmp);
+  if (m) freeReplyObject(m);
+  if (latest) freeReplyObject(latest);
+  redisFree(r);
+  return rc;
+}
