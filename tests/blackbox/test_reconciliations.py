@@ -13,6 +13,7 @@ TOKEN = "recon-integration-token-0001"
 ANON = "recon-integration-token-0002"
 with open(os.path.join(_dir, "tokens"), "w") as f:
     f.write("%s integration ann.lee\n%s integration\n" % (TOKEN, ANON))
+ASAN = True
 SERVER_ARGS = ["--ownership", os.path.join(_dir, "ownership.json"),
                "--tokens", os.path.join(_dir, "tokens")]
 
