@@ -23,7 +23,7 @@ declare -A HEADER_LAYER=(
   [codec]=codec
   [http]=http
   [journal]=store [snapshot]=store [records]=store [crc32c]=base [durability]=store
-  [batch]=flows [flows]=flows [feed]=flows [shopify]=flows
+  [batch]=flows [flows]=flows [feed]=flows [shopify]=flows [reconcile]=flows
   [auth]=app [metrics]=app [request]=app [router]=app [app]=app
   [config]=cmd [demo]=cmd [instance]=cmd
 )

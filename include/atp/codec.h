@@ -204,4 +204,38 @@ void atp_w_raw(atp_writer_t *w, const char *bytes, size_t len);
 /* Writes an already-parsed value back out (dead letter payloads). */
 void atp_w_val(atp_writer_t *w, const atp_val_t *val);
 
+/* --- CSV (reconciliation exports, imports) --------------------------------- */
+
+/* Splits a CSV body (RFC 4180) into records of fields without building a
+ * tree, so a 64 MiB export costs its fields one record at a time. Records end
+ * at LF or CRLF; blank lines are skipped; a UTF-8 byte order mark at the start
+ * (spreadsheet exports) is skipped. A field in double quotes may hold commas,
+ * line breaks and doubled quotes (""); a quote inside an unquoted field is an
+ * ordinary byte. Fields are not trimmed: spaces are data. Field bytes are not
+ * checked (the caller validates identifiers and numbers). */
+typedef struct {
+  const char *ptr; /* into the body, or the arena for a field with "" escapes */
+  uint32_t len;
+} atp_csv_field_t;
+
+typedef struct {
+  const char *body;
+  size_t len;
+  size_t pos;    /* next byte to read */
+  uint32_t line; /* physical line where the record last returned starts (1-based) */
+  uint32_t next_line; /* physical line at pos */
+  uint32_t records;   /* records returned so far */
+} atp_csv_t;
+
+void atp_csv_init(atp_csv_t *c, const char *body, size_t len);
+
+/* The next record: 1 with its fields in fields[0..*count) (*count <= max), 0
+ * at the end of the body, ATP_EBADREQ with err (offset in the body, a message
+ * naming the line) for an unterminated quoted field, a byte other than a comma
+ * or a line break after a closing quote, or more than max fields. A field with
+ * "" escapes is copied unescaped into the arena (ATP_ENOMEM when it is full);
+ * every other field points into the body. */
+int atp_csv_next(atp_csv_t *c, atp_arena_t *arena, atp_csv_field_t *fields,
+                 uint32_t max, uint32_t *count, atp_parse_error_t *err);
+
 #endif

@@ -420,6 +420,34 @@ void atp_group_each(const atp_engine_t *engine,
 int atp_reservation_get(const atp_engine_t *engine, atp_str_t id,
                         atp_reservation_t *out);
 
+/* --- on-hand history (reconciliation) ------------------------------------- */
+
+/* What the position's on-hand history says about a past instant t: its state
+ * now, the sum of the on-hand changes this service applied to it whose
+ * occurred_at is after t (adjustments and fulfilments, as a count at t would
+ * add them: CONTRACT.md section 5), and whether the history covers t. It does
+ * not when t is older than the history window or than the oldest change the
+ * per-position cap dropped: the sum may then miss changes, and a count at t
+ * would be approximate. ATP_ENOTFOUND for a position never seen.
+ *
+ * The position and the sum are taken together under the position's on-hand
+ * flag, so "position->on_hand - *changes_after" is one instant's figure for t
+ * (reservations move reserved and committed without the flag; their figures
+ * are read by the usual protocol). Unlike the reads above it may wait for the
+ * flag for the length of one adjustment; O(history entries), at most
+ * ATP_HISTORY_ENTRIES_MAX. Thread: any. */
+int atp_position_changes_after(const atp_engine_t *engine, atp_str_t sku,
+                               atp_str_t location, int64_t t_ms,
+                               atp_position_t *position, int64_t *changes_after,
+                               bool *covered);
+
+/* Calls fn for every position, in creation order, read by the usual protocol;
+ * a position created during the walk may be missed. A nonzero return from fn
+ * stops the walk and is returned. O(positions): for operator reports, not for
+ * request paths. Thread: any. */
+int atp_position_each(const atp_engine_t *engine,
+                      int (*fn)(void *ctx, const atp_position_t *position), void *ctx);
+
 /* --- mutations ------------------------------------------------------------- */
 /* Each validates its whole request first (ATP_EBADREQ naming the field) and
  * changes nothing when it fails. All are safe from any thread at once. */

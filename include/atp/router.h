@@ -62,6 +62,7 @@ struct atp_app {
    * are admitted by it and their answers park until durable. */
   atp_durable_t *durable;
   struct atp_app_runtime *runtime; /* atp_app_start's threads and state */
+  struct atp_recon_store *recon; /* reconciliation reports; NULL: 503 on their routes */
 };
 
 /* The table, and its size. Index i is the route's metrics label index. */
@@ -125,6 +126,11 @@ int atp_route_batch(atp_req_t *rq);
 int atp_route_healthz(atp_req_t *rq);
 int atp_route_readyz(atp_req_t *rq);
 int atp_route_metrics(atp_req_t *rq);
+int atp_route_reconciliation_create(atp_req_t *rq);
+int atp_route_reconciliation_list(atp_req_t *rq);
+int atp_route_reconciliation_get(atp_req_t *rq);
+int atp_route_reconciliation_apply(atp_req_t *rq);
+int atp_route_reconciliation_close(atp_req_t *rq);
 
 /* The engine, or NULL (handlers behind /v1 are only dispatched once ready). */
 static inline atp_engine_t *atp_app_engine(atp_app_t *app) {

@@ -48,6 +48,16 @@ static const atp_route_t routes[] = {
      ONE_MIB, atp_route_group_delete},
     {ATP_HTTP_POST, "/v1/batch", ATP_ACCESS_INTEGRATION, ATP_FIELD_NONE, BULK,
      atp_route_batch},
+    {ATP_HTTP_POST, "/v1/reconciliations", ATP_ACCESS_INTEGRATION, ATP_FIELD_NONE, BULK,
+     atp_route_reconciliation_create},
+    {ATP_HTTP_GET, "/v1/reconciliations", ATP_ACCESS_INTEGRATION, ATP_FIELD_NONE,
+     ONE_MIB, atp_route_reconciliation_list},
+    {ATP_HTTP_GET, "/v1/reconciliations/{id}", ATP_ACCESS_INTEGRATION, ATP_FIELD_NONE,
+     ONE_MIB, atp_route_reconciliation_get},
+    {ATP_HTTP_POST, "/v1/reconciliations/{id}/apply", ATP_ACCESS_INTEGRATION,
+     ATP_FIELD_NONE, ONE_MIB, atp_route_reconciliation_apply},
+    {ATP_HTTP_POST, "/v1/reconciliations/{id}/close", ATP_ACCESS_INTEGRATION,
+     ATP_FIELD_NONE, ONE_MIB, atp_route_reconciliation_close},
     {ATP_HTTP_GET, "/healthz", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB,
      atp_route_healthz},
     {ATP_HTTP_GET, "/readyz", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB,
@@ -373,17 +383,9 @@ size_t atp_router_body_limit(void *ctx, atp_http_method_t method, const char *pa
   int err = 0;
   const atp_route_t *r =
       atp_router_match(method, path, path_len, NULL, params, &n, &known, &err);
-  if (r) return r->body_bytes_max;
-  /* Bulk routes served by later modules keep their contract limit even before
-   * they are in the table. */
-  static const char *bulk[] = {"/v1/batch", "/v1/reconciliations"};
-  for (size_t i = 0; i < 2; i++) {
-    size_t n2 = strlen(bulk[i]);
-    if (path_len >= n2 && memcmp(path, bulk[i], n2) == 0 &&
-        (path_len == n2 || path[n2] == '/' || path[n2] == '?'))
-      return BULK;
-  }
-  return ONE_MIB;
+  /* Each route's limit is in the table; the bulk routes are served now, so
+   * an unknown path needs no more than the default. */
+  return r ? r->body_bytes_max : ONE_MIB;
 }
 
 /* --- access log and metrics ---------------------------------------------------- */

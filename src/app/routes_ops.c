@@ -2,6 +2,7 @@
  * Open routes: no token needed. */
 #include "atp/app.h"
 #include "atp/error.h"
+#include "atp/reconcile.h"
 #include "atp/router.h"
 
 int atp_route_healthz(atp_req_t *rq) {
@@ -47,6 +48,7 @@ int atp_route_metrics(atp_req_t *rq) {
   if (rq->app->durable)
     atp_metrics_write_journal(atp_durable_journal(rq->app->durable),
                               atp_app_restore_info(rq->app), res->body);
+  if (rq->app->recon) atp_recon_metrics_write(rq->app->recon, res->body);
   if (res->body->failed)
     return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "The metrics did not fit.");
   return 0;

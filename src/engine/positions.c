@@ -480,6 +480,42 @@ int64_t atp__history_after(const atp_engine_t *e, const atp_position_record_t *p
   return sum;
 }
 
+int atp_position_changes_after(const atp_engine_t *e, atp_str_t sku, atp_str_t location,
+                               int64_t t_ms, atp_position_t *out,
+                               int64_t *changes_after, bool *covered) {
+  ATP_ASSERT(out && changes_after && covered);
+  if (!sku.len || !location.len) return ATP_ENOTFOUND;
+  uint32_t idx = atp__position_find_str(e, sku, location);
+  if (idx == UINT32_MAX) return ATP_ENOTFOUND;
+  atp_position_record_t *p = &e->positions[idx];
+  /* The flag holds on_hand and the history still, so the figure read and the
+   * sum describe the same instant; the read protocol still guards reserved
+   * and committed, which reservations move without it. */
+  atp__position_lock(e, p);
+  atp__position_read(e, idx, out);
+  bool complete;
+  *changes_after = atp__history_after(e, p, t_ms, &complete);
+  atp__position_unlock(e, p);
+  /* The same rule as a count's approximate flag (stock.c). */
+  *covered = complete && t_ms >= atp__now(e) - e->config.history_window_ms;
+  return 0;
+}
+
+int atp_position_each(const atp_engine_t *e,
+                      int (*fn)(void *ctx, const atp_position_t *position), void *ctx) {
+  ATP_ASSERT(fn);
+  /* acquire: pairs with the release store of the count in
+   * atp__position_find_or_create, so every position below it is initialised. */
+  uint32_t n = atomic_load_explicit(&e->position_count, memory_order_acquire);
+  atp_position_t pos;
+  for (uint32_t i = 0; i < n; i++) {
+    atp__position_read(e, i, &pos);
+    int rc = fn(ctx, &pos);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
 /* --- export and import (snapshots) ----------------------------------------------- */
 
 void atp__position_copy(atp_engine_t *e, uint32_t idx, atp_position_t *out,

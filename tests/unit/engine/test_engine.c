@@ -900,6 +900,93 @@ static void test_count_approximate(void) {
   CHECK_POS("A", "L1", 35, 0, 0, 0);
 }
 
+/* --- on-hand history reads (reconciliation) ------------------------------- */
+
+static void test_changes_after(void) {
+  atp_engine_config_t config = et_config(&CLK);
+  config.history_window_ms = 60000;
+  REQUIRE(setup_with(&config) == 0);
+  advance(10 * 60000);
+  int64_t t = now();
+  atp_position_t p;
+  int64_t sum = 0;
+  bool covered = false;
+  CHECK_EQ(
+      atp_position_changes_after(E, et_str("A"), et_str("L1"), t, &p, &sum, &covered),
+      ATP_ENOTFOUND);
+  REQUIRE(adjust_at("h1", "A", "L1", 10, t - 40000, NULL) == 0);
+  REQUIRE(adjust_at("h2", "A", "L1", -3, t - 20000, NULL) == 0);
+  REQUIRE(adjust_at("h3", "A", "L1", -2, t - 10000, NULL) == 0);
+  /* Strictly after t: the change at t - 20000 is not after t - 20000. */
+  REQUIRE(atp_position_changes_after(E, et_str("A"), et_str("L1"), t - 20000, &p, &sum,
+                                     &covered) == 0);
+  CHECK_EQ(sum, -2);
+  CHECK(covered);
+  CHECK_EQ(p.on_hand, 5);
+  CHECK(p.version > 0);
+  /* The figure it implies is the one a count at that instant would set. */
+  CHECK_EQ(p.on_hand - sum, 7);
+  REQUIRE(atp_position_changes_after(E, et_str("A"), et_str("L1"), t - 50000, &p, &sum,
+                                     &covered) == 0);
+  CHECK_EQ(sum, 5);
+  CHECK(covered);
+  /* Nothing after now. */
+  REQUIRE(atp_position_changes_after(E, et_str("A"), et_str("L1"), t, &p, &sum,
+                                     &covered) == 0);
+  CHECK_EQ(sum, 0);
+  /* Older than the window: not covered, as a count there is approximate. */
+  REQUIRE(atp_position_changes_after(E, et_str("A"), et_str("L1"), t - 120000, &p, &sum,
+                                     &covered) == 0);
+  CHECK(!covered);
+  atp_count_res_t cr;
+  REQUIRE(count_at("hc", "A", "L1", 1, t - 120000, &cr) == 0);
+  CHECK(cr.approximate);
+}
+
+/* A history full at its cap forgets its oldest entries and says so: a time
+ * before the dropped ones is not covered even inside the window. */
+static void test_changes_after_cap(void) {
+  REQUIRE(setup() == 0);
+  int64_t t = now();
+  char id[32];
+  for (int i = 0; i < ATP_HISTORY_ENTRIES_MAX + 10; i++) {
+    snprintf(id, sizeof id, "cap%d", i);
+    REQUIRE(adjust_at(id, "A", "L1", 1, t - 100000 + i, NULL) == 0);
+  }
+  atp_position_t p;
+  int64_t sum = 0;
+  bool covered = true;
+  REQUIRE(atp_position_changes_after(E, et_str("A"), et_str("L1"), t - 100000 - 1, &p,
+                                     &sum, &covered) == 0);
+  CHECK(!covered);
+  CHECK_EQ(sum, ATP_HISTORY_ENTRIES_MAX);
+  REQUIRE(atp_position_changes_after(E, et_str("A"), et_str("L1"), t - 100000 + 100, &p,
+                                     &sum, &covered) == 0);
+  CHECK(covered);
+  CHECK_EQ(sum, ATP_HISTORY_ENTRIES_MAX + 10 - 101);
+}
+
+static int each_count(void *ctx, const atp_position_t *p) {
+  int *n = ctx;
+  (*n)++;
+  return p->on_hand == 99 ? 7 : 0;
+}
+
+static void test_position_each(void) {
+  REQUIRE(setup() == 0);
+  int n = 0;
+  CHECK_EQ(atp_position_each(E, each_count, &n), 0);
+  CHECK_EQ(n, 0);
+  REQUIRE(adjust("e1", "A", "L1", 3) == 0);
+  REQUIRE(adjust("e2", "B", "L1", 4) == 0);
+  REQUIRE(adjust("e3", "A", "L2", 99) == 0);
+  REQUIRE(adjust("e4", "C", "L2", 1) == 0);
+  n = 0;
+  /* Creation order, and a nonzero return stops the walk. */
+  CHECK_EQ(atp_position_each(E, each_count, &n), 7);
+  CHECK_EQ(n, 3);
+}
+
 /* --- safety stock ---------------------------------------------------------- */
 
 static void test_safety_stock(void) {
@@ -2806,6 +2893,9 @@ TEST_MAIN({
   RUN(test_count_change_from);
   RUN(test_count_semantics);
   RUN(test_count_approximate);
+  RUN(test_changes_after);
+  RUN(test_changes_after_cap);
+  RUN(test_position_each);
   RUN(test_safety_stock);
   RUN(test_reserve_basic);
   RUN(test_reserve_all_or_nothing);
