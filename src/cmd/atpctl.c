@@ -53,6 +53,7 @@ typedef enum {
   O_OP,
   O_FLOW,
   O_FROM,
+  O_RATE,
   O_FORMAT,
   O_PROGRESS,
   O_OWNER,
@@ -91,6 +92,7 @@ static const option_t options[O_COUNT] = {
     [O_OP] = {"--op", true, false},
     [O_FLOW] = {"--flow", true, false},
     [O_FROM] = {"--from", true, false},
+    [O_RATE] = {"--rate", true, false},
     [O_FORMAT] = {"--format", true, false},
     [O_PROGRESS] = {"--progress", true, false},
     [O_OWNER] = {"--owner", true, false},
@@ -406,6 +408,10 @@ static int run_import(const call_t *c) {
     if (!int_arg("--from", o[O_FROM], 0, LLONG_MAX, &v)) return EXIT_USAGE;
     opt.from = (uint64_t)v;
   }
+  if (o[O_RATE]) {
+    if (!int_arg("--rate", o[O_RATE], 1, 100000000, &v)) return EXIT_USAGE;
+    opt.rate_ops = (uint64_t)v;
+  }
   if (o[O_FORMAT] && strcmp(o[O_FORMAT], "csv") && strcmp(o[O_FORMAT], "ndjson") &&
       strcmp(o[O_FORMAT], "json") && strcmp(o[O_FORMAT], "msgpack"))
     return usage_error("--format is csv, ndjson, json or msgpack, got '%s'",
@@ -627,7 +633,7 @@ static const command_t commands[] = {
     {"health", 0, 0, "", "", "/healthz and /readyz",
      "GET /healthz then GET /readyz; exit 1 when either is not 2xx.\n", run_health},
     {"metrics", 0, 0, "", "", "the Prometheus text", "GET /metrics.\n", run_metrics},
-    {"import", 1, 1, "FILE", "--chunk --op --flow --from --format --progress",
+    {"import", 1, 1, "FILE", "--chunk --op --flow --from --rate --format --progress",
      "send a file of ops to POST /v1/batch in chunks",
      "Reads FILE and sends its ops in order to POST /v1/batch, CHUNK ops a request\n"
      "over one keep-alive connection, then prints a summary (received, applied,\n"
@@ -652,6 +658,7 @@ static const command_t commands[] = {
      "  --op OP          the op of an op that names none (adjust, count, ...)\n"
      "  --flow F         the flow of an op that names none (erp, wms, pos, ...)\n"
      "  --from N         skip the file's first N ops\n"
+     "  --rate N         at most N ops a second (spare a busy server)\n"
      "  --format F       csv, ndjson, json or msgpack, when the name does not say\n"
      "  --progress P     auto (a bar on a terminal, else a line per 5%), bar, lines,\n"
      "                   none; --json prints the summary as JSON and no progress\n",

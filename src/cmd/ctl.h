@@ -76,6 +76,7 @@ typedef struct {
   const char *flow;    /* default "flow" of an op without one, or NULL */
   uint64_t chunk_ops;  /* ops per POST /v1/batch, 1..ATP_BATCH_OPS_MAX */
   uint64_t from;       /* ops of the file to skip (already sent) */
+  uint64_t rate_ops;   /* at most this many ops a second; 0: as fast as it goes */
   bool json;           /* the summary as JSON, no progress */
   int progress;        /* CTL_PROGRESS_* */
 } ctl_import_t;

@@ -95,10 +95,18 @@ static void copy_str(char *dst, size_t cap, const char *s, size_t len) {
   dst[len] = '\0';
 }
 
+/* Keeps the rejections with the lowest op indices: one refused here may be
+ * seen before the server's answer on earlier ops of the same chunk. */
 static void keep_rejection(importer_t *imp, uint64_t index, uint64_t line, int status,
                            const char *code, const char *message, const char *field) {
-  if (imp->nshown == ATP_CTL_REJECTIONS_SHOWN) return;
-  rejection_t *r = &imp->shown[imp->nshown++];
+  uint32_t at = imp->nshown;
+  while (at > 0 && imp->shown[at - 1].index > index) at--;
+  if (at == ATP_CTL_REJECTIONS_SHOWN) return;
+  uint32_t keep = imp->nshown < ATP_CTL_REJECTIONS_SHOWN ? imp->nshown : imp->nshown - 1;
+  memmove(&imp->shown[at + 1], &imp->shown[at], (keep - at) * sizeof imp->shown[0]);
+  if (imp->nshown < ATP_CTL_REJECTIONS_SHOWN) imp->nshown++;
+  ATP_ASSERT(at < imp->nshown && imp->nshown <= ATP_CTL_REJECTIONS_SHOWN);
+  rejection_t *r = &imp->shown[at];
   r->index = index;
   r->line = line;
   r->status = status;
@@ -201,6 +209,17 @@ static int take_answer(importer_t *imp) {
   return 0;
 }
 
+/* --rate: sleeps until the ops answered so far are not ahead of the rate. A
+ * SIGINT cuts the sleep short. */
+static void throttle(importer_t *imp) {
+  if (!imp->opt->rate_ops) return;
+  double due = imp->started_s + (double)imp->done / (double)imp->opt->rate_ops;
+  double wait = due - now_s();
+  if (wait <= 0 || interrupted) return;
+  struct timespec ts = {(time_t)wait, (long)((wait - (double)(time_t)wait) * 1e9)};
+  nanosleep(&ts, NULL);
+}
+
 /* Sends the chunk; a 429 or 503 (a paused flow's full queue, a restore) is
  * retried after its Retry-After, the ids making a resend safe. */
 static void flush_chunk(importer_t *imp) {
@@ -245,6 +264,7 @@ static void flush_chunk(importer_t *imp) {
   imp->in_chunk = 0;
   atp_buf_reset(&imp->chunk);
   draw_progress(imp, false);
+  throttle(imp);
   if (interrupted) imp->stop = EXIT_INTERRUPTED;
 }
 
