@@ -59,6 +59,7 @@ typedef enum {
   O_OWNER,
   O_STATUS,
   O_CURSOR,
+  O_LIMIT,
   O_PAYLOAD,
   O_NOTE,
   O_BY,
@@ -98,6 +99,7 @@ static const option_t options[O_COUNT] = {
     [O_OWNER] = {"--owner", true, false},
     [O_STATUS] = {"--status", true, false},
     [O_CURSOR] = {"--cursor", true, false},
+    [O_LIMIT] = {"--limit", true, false},
     [O_PAYLOAD] = {"--payload", true, false},
     [O_NOTE] = {"--note", true, false},
     [O_BY] = {"--by", true, false},
@@ -439,6 +441,7 @@ static int run_dead_letters(const call_t *c) {
   path_query(&p, "flow", o[O_FLOW]);
   path_query(&p, "status", o[O_STATUS]);
   path_query(&p, "cursor", o[O_CURSOR]);
+  path_query(&p, "limit", o[O_LIMIT]);
   return call(c, "GET", &p, NULL, NULL);
 }
 
@@ -605,6 +608,7 @@ static int run_audit(const call_t *c) {
   path_query(&p, "by", o[O_BY]);
   path_query(&p, "since", o[O_SINCE]);
   path_query(&p, "cursor", o[O_CURSOR]);
+  path_query(&p, "limit", o[O_LIMIT]);
   return call(c, "GET", &p, NULL, NULL);
 }
 
@@ -663,9 +667,11 @@ static const command_t commands[] = {
      "  --progress P     auto (a bar on a terminal, else a line per 5%), bar, lines,\n"
      "                   none; --json prints the summary as JSON and no progress\n",
      run_import},
-    {"dead-letters", 0, 0, "", "--owner --flow --status --cursor", "rejected flow ops",
+    {"dead-letters", 0, 0, "", "--owner --flow --status --cursor --limit",
+     "rejected flow ops",
      "GET /v1/dead-letters: the rejected flow ops, filtered.\n"
-     "  --owner O  --flow F  --status open|replayed|resolved  --cursor C (next page)\n",
+     "  --owner O  --flow F  --status open|replayed|resolved  --cursor C (next page)\n"
+     "  --limit N (entries a page)\n",
      run_dead_letters},
     {"replay", 1, 1, "ID", "--payload", "replay a dead letter",
      "POST /v1/dead-letters/ID/replay: applies the stored op again.\n"
@@ -701,9 +707,11 @@ static const command_t commands[] = {
      "POST /admin/snapshot: writes a snapshot now.\n"
      "  --show   GET /admin/snapshot instead: the latest one\n",
      run_snapshot},
-    {"audit", 0, 0, "", "--action --by --since --cursor", "the operator actions",
+    {"audit", 0, 0, "", "--action --by --since --cursor --limit",
+     "the operator actions",
      "GET /v1/audit: who paused, replayed, resolved, applied, closed, snapshotted.\n"
-     "  --action A  --by B  --since T (ms or RFC 3339)  --cursor C (next page)\n",
+     "  --action A  --by B  --since T (ms or RFC 3339)  --cursor C (next page)\n"
+     "  --limit N (entries a page)\n",
      run_audit},
     {"help", 0, 1, "[COMMAND]", "", "this list, or one command's page",
      "Prints the command list, or COMMAND's page.\n", run_help},

@@ -102,7 +102,8 @@ static void keep_rejection(importer_t *imp, uint64_t index, uint64_t line, int s
   uint32_t at = imp->nshown;
   while (at > 0 && imp->shown[at - 1].index > index) at--;
   if (at == ATP_CTL_REJECTIONS_SHOWN) return;
-  uint32_t keep = imp->nshown < ATP_CTL_REJECTIONS_SHOWN ? imp->nshown : imp->nshown - 1;
+  uint32_t keep =
+      imp->nshown < ATP_CTL_REJECTIONS_SHOWN ? imp->nshown : imp->nshown - 1;
   memmove(&imp->shown[at + 1], &imp->shown[at], (keep - at) * sizeof imp->shown[0]);
   if (imp->nshown < ATP_CTL_REJECTIONS_SHOWN) imp->nshown++;
   ATP_ASSERT(at < imp->nshown && imp->nshown <= ATP_CTL_REJECTIONS_SHOWN);

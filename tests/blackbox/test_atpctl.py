@@ -246,6 +246,8 @@ def test_every_flow_command_sends_the_contract_request():
         (["dead-letters"], "GET", "/v1/dead-letters", {}, None),
         (["dead-letters", "--owner", "store-ops", "--flow", "erp", "--status", "open"], "GET",
          "/v1/dead-letters", {"owner": "store-ops", "flow": "erp", "status": "open"}, None),
+        (["dead-letters", "--cursor", "dl-7", "--limit", "50"], "GET", "/v1/dead-letters",
+         {"cursor": "dl-7", "limit": "50"}, None),
         (["replay", "dl/1"], "POST", "/v1/dead-letters/dl%2F1/replay", {}, {}),
         (["replay", "dl-2", "--payload", payload], "POST", "/v1/dead-letters/dl-2/replay", {},
          {"payload": {"op": "adjust", "flow": "erp", "id": "a1", "sku": "S", "location": "L1",
