@@ -445,12 +445,27 @@ static int run_dead_letters(const call_t *c) {
   return call(c, "GET", &p, NULL, NULL);
 }
 
+/* An object body with the named string options. */
+static void body_of(atp_buf_t *body, const args_t *args, const option_id_t *ids,
+                    const char *const *keys, int n) {
+  atp_buf_init(body, 0);
+  atp_writer_t w;
+  atp_writer_init(&w, ATP_FORMAT_JSON, body);
+  atp_w_object_begin(&w);
+  for (int i = 0; i < n; i++) write_opt_str(&w, keys[i], args->opt[ids[i]]);
+  atp_w_object_end(&w);
+}
+
 /* replay ID [--payload FILE]: the file is the corrected op, in JSON. */
 static int run_replay(const call_t *c) {
   const char *file = c->args->opt[O_PAYLOAD];
   atp_buf_t body;
+  if (!file) {
+    body_of(&body, c->args, (const option_id_t[]){O_BY}, (const char *const[]){"by"},
+            1);
+    return post_action(c, "/v1/dead-letters/", c->argv[0], "/replay", &body);
+  }
   atp_buf_init(&body, ATP_HTTP_BODY_BYTES_MAX);
-  if (!file) return post_action(c, "/v1/dead-letters/", c->argv[0], "/replay", NULL);
   atp_buf_t text;
   atp_buf_init(&text, ATP_HTTP_BODY_BYTES_MAX);
   atp_arena_t arena;
@@ -471,23 +486,13 @@ static int run_replay(const call_t *c) {
     atp_w_object_begin(&w);
     atp_w_key(&w, "payload");
     atp_w_val(&w, val);
+    write_opt_str(&w, "by", c->args->opt[O_BY]);
     atp_w_object_end(&w);
   }
   atp_arena_destroy(&arena);
   atp_buf_free(&text);
   if (status) return atp_buf_free(&body), status;
   return post_action(c, "/v1/dead-letters/", c->argv[0], "/replay", &body);
-}
-
-/* An object body with the named string options. */
-static void body_of(atp_buf_t *body, const args_t *args, const option_id_t *ids,
-                    const char *const *keys, int n) {
-  atp_buf_init(body, 0);
-  atp_writer_t w;
-  atp_writer_init(&w, ATP_FORMAT_JSON, body);
-  atp_w_object_begin(&w);
-  for (int i = 0; i < n; i++) write_opt_str(&w, keys[i], args->opt[ids[i]]);
-  atp_w_object_end(&w);
 }
 
 /* resolve ID --note N [--by B] */
@@ -673,9 +678,10 @@ static const command_t commands[] = {
      "  --owner O  --flow F  --status open|replayed|resolved  --cursor C (next page)\n"
      "  --limit N (entries a page)\n",
      run_dead_letters},
-    {"replay", 1, 1, "ID", "--payload", "replay a dead letter",
+    {"replay", 1, 1, "ID", "--payload --by", "replay a dead letter",
      "POST /v1/dead-letters/ID/replay: applies the stored op again.\n"
-     "  --payload FILE   a corrected op (a JSON object) instead of the stored one\n",
+     "  --payload FILE   a corrected op (a JSON object) instead of the stored one\n"
+     "  --by B           who; default the token's holder\n",
      run_replay},
     {"resolve", 1, 1, "ID", "--note --by", "close a dead letter",
      "POST /v1/dead-letters/ID/resolve {note, by}.\n"

@@ -3,7 +3,7 @@
  * One rendering for every route instead of one per command: an object is
  * "key  value" lines (nested objects indented), an array of objects is a
  * table with a column per key, an error object is "code: message", and an
- * integer time (a key ending in "_at", or "as_of") is shown in UTC. The
+ * integer time (a key ending in "_at", "at" or "as_of") is shown in UTC. The
  * routes' shapes may grow fields; the rendering follows without a change.
  */
 #include <stdio.h>
@@ -23,7 +23,7 @@
 static bool is_time_key(const char *key) {
   size_t n = strlen(key);
   return (n > 3 && !strcmp(key + n - 3, "_at")) || !strcmp(key, "as_of") ||
-         !strcmp(key, "since");
+         !strcmp(key, "at") || !strcmp(key, "since");
 }
 
 /* {code, message, ...}: shown as one "code: message" cell. */
