@@ -43,7 +43,11 @@ LDFLAGS_tsan    := -fsanitize=thread
 LAYERS    := base engine codec http store flows app cmd
 SRC_ALL   := $(sort $(foreach l,$(LAYERS),$(wildcard src/$(l)/*.c)))
 SRC_MAINS := src/cmd/atpd.c src/cmd/atpctl.c
-SRC_LIB   := $(filter-out $(SRC_MAINS),$(SRC_ALL))
+# atpctl's own files (its libcurl client, output, import): linked into
+# bin/atpctl only, so atpd and the libraries never link libcurl.
+SRC_CTL   := $(sort $(wildcard src/cmd/ctl_*.c))
+CTL_LIBS  := -lcurl
+SRC_LIB   := $(filter-out $(SRC_MAINS) $(SRC_CTL),$(SRC_ALL))
 # The engine and base build into a library of their own: the engine's tests
 # and bench_engine link it alone, so the linker proves the engine needs no
 # third-party library (and scripts/check-layers.sh that it calls no I/O).
@@ -97,9 +101,9 @@ $(foreach v,release asan tsan,$(eval $(call variant_rules,$(v))))
 bin/atpd: src/cmd/atpd.c $(call objs,release)
 	@mkdir -p bin
 	$(CC) $(CSTD) $(WARN) $(CFLAGS_release) $(INC) $^ -o $@ $(LIBS) $(LDFLAGS_release)
-bin/atpctl: src/cmd/atpctl.c $(call objs,release)
+bin/atpctl: src/cmd/atpctl.c $(patsubst src/%.c,$(BUILD)/release/obj/%.o,$(SRC_CTL)) $(call objs,release)
 	@mkdir -p bin
-	$(CC) $(CSTD) $(WARN) $(CFLAGS_release) $(INC) $^ -o $@ $(LIBS) $(LDFLAGS_release)
+	$(CC) $(CSTD) $(WARN) $(CFLAGS_release) $(INC) $^ -o $@ $(LIBS) $(CTL_LIBS) $(LDFLAGS_release)
 bin/atpd-asan: src/cmd/atpd.c $(call objs,asan)
 	@mkdir -p bin
 	$(CC) $(CSTD) $(WARN) $(CFLAGS_asan) $(INC) $^ -o $@ $(LIBS) $(LDFLAGS_asan)

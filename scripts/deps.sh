@@ -13,7 +13,8 @@ pkgs=(build-essential pkg-config clang libclang-rt-14-dev clang-format
       libuv1-dev libhiredis-dev libjemalloc-dev libmsgpack-dev libyajl-dev
       libjansson-dev libcjson-dev libjson-c5
       redis-server redis-tools wrk python3 python3-msgpack python3-yaml curl
-      python3-pytest python3-pytest-timeout python3-pytest-xdist python3-jsonschema)
+      python3-pytest python3-pytest-timeout python3-pytest-xdist python3-jsonschema
+      libcurl4-openssl-dev)
 # 1.x runs on Debian 12's Node.js 18 (2.x needs Node.js 20.19 or 22.12).
 redocly_version=1.34.20
 missing=()

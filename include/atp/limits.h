@@ -96,10 +96,21 @@
 /* --snapshot-interval-s: at most a week between snapshots. */
 #define ATP_SNAPSHOT_INTERVAL_S_MAX (7 * 86400)
 
-/* bin/atpctl: one request line plus body, the answer it reads, and how long it
- * waits on a socket before saying the server cannot be reached. */
-#define ATP_CTL_REQUEST_BYTES_MAX  8192
+/* bin/atpctl: the answer it reads, and how long it waits for one (--timeout-ms,
+ * connect included; connecting alone is cut shorter) before saying the server
+ * cannot be reached. */
 #define ATP_CTL_RESPONSE_BYTES_MAX (64u << 20)
 #define ATP_CTL_TIMEOUT_MS         10000
+#define ATP_CTL_CONNECT_TIMEOUT_MS 3000
+/* atpctl import: ops per POST /v1/batch by default (--chunk), the rejections
+ * its summary lists, the retries of a chunk answered 429 or 503 (waiting the
+ * Retry-After, at most the wait below), the columns of a CSV file, and how
+ * often a progress bar is redrawn. */
+#define ATP_CTL_CHUNK_OPS_DEFAULT    1000
+#define ATP_CTL_REJECTIONS_SHOWN     10
+#define ATP_CTL_RETRIES_MAX          5
+#define ATP_CTL_RETRY_WAIT_S_MAX     10
+#define ATP_CTL_CSV_COLUMNS_MAX      64
+#define ATP_CTL_PROGRESS_INTERVAL_MS 100
 
 #endif

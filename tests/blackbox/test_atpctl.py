@@ -1,8 +1,10 @@
 """bin/atpctl and bin/atpd on first contact (issue 9, item 15): --help, --version,
 exit codes, what a usage error says, and reserve's --channel."""
+import json
 import os
 import re
 import subprocess
+import tempfile
 
 from harness import ROOT, free_port, uid
 
@@ -83,7 +85,7 @@ def test_reserve_default_channel_passes_shipped_ownership(srv):
     sku = uid("ctl")
     c.adjust(sku, "L1", 5)
     rid = uid("r")
-    rc, out, err = ctl("reserve", rid, sku, "L1", "2", url=url_of(srv))
+    rc, out, err = ctl("--json", "reserve", rid, sku, "L1", "2", url=url_of(srv))
     assert rc == 0, "atpctl reserve with the shipped ownership example: exit %d %s %s" % (rc, out, err)
     assert '"channel":"checkout"' in out, out
     assert c.pos(sku, "L1")["reserved"] == 2
@@ -94,15 +96,16 @@ def test_reserve_channel_option(srv):
     sku = uid("ctl")
     c.adjust(sku, "L1", 5)
     rc, out, err = ctl("reserve", "--channel", "pos", uid("r"), sku, "L1", "1", "60000",
-                       url=url_of(srv))
+                       "--json", url=url_of(srv))
     assert rc == 0 and '"channel":"pos"' in out, (rc, out, err)
-    rc, out, err = ctl("reserve", uid("r"), sku, "L1", "1", "--channel=web", url=url_of(srv))
+    rc, out, err = ctl("reserve", uid("r"), sku, "L1", "1", "--channel=web", "--json",
+                       url=url_of(srv))
     assert rc == 1 and "not_owner" in out, "a channel the matrix refuses: %r" % ((rc, out, err),)
     assert c.pos(sku, "L1")["reserved"] == 1
 
 
 def test_answers_end_with_newline(srv):
-    rc, out, err = ctl("get", uid("none"), "L1", url=url_of(srv))
+    rc, out, err = ctl("--json", "get", uid("none"), "L1", url=url_of(srv))
     assert out.endswith("}\n"), repr(out)
 
 
@@ -187,15 +190,15 @@ def test_every_command_reaches_its_route(srv):
     for rid in (kept, let_go):
         rc, out, err = ctl("reserve", rid, sku, "L1", "1", url=url)
         assert rc == 0, (rc, out, err)
-    rc, out, err = ctl("show", kept, url=url)
+    rc, out, err = ctl("--json", "show", kept, url=url)
     assert rc == 0 and '"status":"held"' in out, (rc, out, err)
-    rc, out, err = ctl("commit", kept, url=url)
+    rc, out, err = ctl("--json", "commit", kept, url=url)
     assert rc == 0 and '"status":"committed"' in out, (rc, out, err)
-    rc, out, err = ctl("release", let_go, url=url)
+    rc, out, err = ctl("--json", "release", let_go, url=url)
     assert rc == 0 and '"status":"released"' in out, (rc, out, err)
-    rc, out, err = ctl("show", uid("none"), url=url)
+    rc, out, err = ctl("--json", "show", uid("none"), url=url)
     assert rc == 1 and "not_found" in out, (rc, out, err)
-    rc, out, err = ctl("group", sku, uid("nogroup"), url=url)
+    rc, out, err = ctl("--json", "group", sku, uid("nogroup"), url=url)
     assert rc == 1 and "not_found" in out, (rc, out, err)
     rc, out, err = ctl("health", url=url)
     assert rc == 0, (rc, out, err)
@@ -203,9 +206,172 @@ def test_every_command_reaches_its_route(srv):
     assert rc == 0 and "atpd_" in out, (rc, out[:200], err)
 
 
-def test_request_over_the_limit_is_a_usage_error():
-    # The path is cut at 4 KiB, so a long token is what makes the request long.
-    rc, out, err = ctl("--token", "t" * 9000, "get", "x",
-                       url="http://127.0.0.1:%d" % free_port())
-    assert rc == 2, (rc, err)
-    assert "over 8192 bytes" in err, err
+def test_long_request_reaches_the_server(srv):
+    """libcurl has no fixed request buffer: a 9,000-byte SKU goes out whole and the
+    server's own limit answers (414), where the socket code cut the path at 4 KiB."""
+    rc, out, err = ctl("--json", "get", "s" * 9000, url=url_of(srv))
+    assert rc == 1 and "uri_too_long" in out, (rc, out[:200], err)
+    rc, out, err = ctl("--token", "t" * 9000, "get", uid("none"), url=url_of(srv))
+    assert rc == 0 and "available" in out, (rc, out, err)  # no tokens file: ignored
+
+
+# --- issue 12, item 7: the flow commands, help pages, exit codes --------------------
+
+def _fake_ctl(fake, *args, env_extra=None):
+    env = dict(os.environ, ATPD_URL=fake.url)
+    env.pop("ATPD_TOKEN", None)
+    env.update(env_extra or {})
+    p = subprocess.run([ATPCTL] + list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=20, env=env)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+def test_every_flow_command_sends_the_contract_request():
+    """Against a recording server: each command's method, path, query and body are
+    the contract's (sections 6 and 7), whether or not atpd serves the route yet."""
+    from ctl_fake import Fake
+    fake = Fake(lambda req: (200, {"ok": True}))
+    tmp = tempfile.mkdtemp(prefix="atpd-bb-ctl-")
+    payload = os.path.join(tmp, "fixed.json")
+    with open(payload, "w") as f:
+        json.dump({"op": "adjust", "flow": "erp", "id": "a1", "sku": "S", "location": "L1",
+                   "delta": 2, "reason": "received"}, f)
+    csv_path = os.path.join(tmp, "wms.csv")
+    with open(csv_path, "w") as f:
+        f.write("sku,location,on_hand\nS,L1,4\n")
+    json_path = os.path.join(tmp, "wms.json")
+    with open(json_path, "w") as f:
+        json.dump([{"sku": "S", "location": "L1", "on_hand": 4}], f)
+    cases = [
+        (["dead-letters"], "GET", "/v1/dead-letters", {}, None),
+        (["dead-letters", "--owner", "store-ops", "--flow", "erp", "--status", "open"], "GET",
+         "/v1/dead-letters", {"owner": "store-ops", "flow": "erp", "status": "open"}, None),
+        (["dead-letters", "--cursor", "dl-7", "--limit", "50"], "GET", "/v1/dead-letters",
+         {"cursor": "dl-7", "limit": "50"}, None),
+        (["replay", "dl/1"], "POST", "/v1/dead-letters/dl%2F1/replay", {}, {}),
+        (["replay", "dl-2", "--payload", payload, "--by", "ana"], "POST",
+         "/v1/dead-letters/dl-2/replay", {},
+         {"payload": {"op": "adjust", "flow": "erp", "id": "a1", "sku": "S", "location": "L1",
+                      "delta": 2, "reason": "received"}, "by": "ana"}),
+        (["replay", "dl-4", "--by", "ana"], "POST", "/v1/dead-letters/dl-4/replay", {},
+         {"by": "ana"}),
+        (["resolve", "dl-3", "--note", "fixed in ERP", "--by", "ana"], "POST",
+         "/v1/dead-letters/dl-3/resolve", {}, {"note": "fixed in ERP", "by": "ana"}),
+        (["resolve", "dl-3", "--note", "n"], "POST", "/v1/dead-letters/dl-3/resolve", {},
+         {"note": "n"}),
+        (["flows"], "GET", "/v1/flows", {}, None),
+        (["pause", "erp", "--reason", "cutover", "--by", "ana"], "POST", "/v1/flows/erp/pause",
+         {}, {"reason": "cutover", "by": "ana"}),
+        (["resume", "erp"], "POST", "/v1/flows/erp/resume", {}, {}),
+        (["resume", "erp", "--by", "ana"], "POST", "/v1/flows/erp/resume", {}, {"by": "ana"}),
+        (["reconcile", json_path, "--source", "wms", "--as-of", "1700000000000"], "POST",
+         "/v1/reconciliations", {}, {"id": "wms-1700000000000", "source": "wms",
+                                     "as_of": 1700000000000,
+                                     "positions": [{"sku": "S", "location": "L1", "on_hand": 4}]}),
+        (["reconcile", csv_path, "--source", "wms", "--as-of", "2026-01-02T03:04:05Z", "--id",
+          "r9"], "POST", "/v1/reconciliations",
+         {"id": "r9", "source": "wms", "as_of": "2026-01-02T03:04:05Z"}, "csv"),
+        (["snapshot"], "POST", "/admin/snapshot", {}, {}),
+        (["snapshot", "--show"], "GET", "/admin/snapshot", {}, None),
+        (["audit", "--action", "pause", "--by", "ana", "--since", "1700000000000"], "GET",
+         "/v1/audit", {"action": "pause", "by": "ana", "since": "1700000000000"}, None),
+        (["get", "gid://shopify/ProductVariant/1", "L 1"], "GET", "/v1/availability",
+         {"sku": "gid://shopify/ProductVariant/1", "location": "L 1"}, None),
+    ]
+    try:
+        for args, method, path, query, body in cases:
+            n = len(fake.requests)
+            rc, out, err = _fake_ctl(fake, *args)
+            assert rc == 0, (args, rc, out, err)
+            assert len(fake.requests) == n + 1, (args, fake.requests[n:])
+            req = fake.requests[-1]
+            assert (req.method, req.path, req.query) == (method, path, query), (args, req)
+            if body == "csv":
+                assert req.headers["content-type"] == "text/csv", req.headers
+                assert req.body == b"sku,location,on_hand\nS,L1,4\n", req.body
+            elif body is not None:
+                assert req.headers["content-type"] == "application/json", (args, req.headers)
+                assert req.json == body, (args, req.json)
+            else:
+                assert req.body == b"", (args, req.body)
+        # ATPD_URL and ATPD_TOKEN, and flags win over them.
+        rc, _, _ = _fake_ctl(fake, "flows", env_extra={"ATPD_TOKEN": "env-token"})
+        assert rc == 0 and fake.requests[-1].headers["authorization"] == "Bearer env-token"
+        rc, _, _ = _fake_ctl(fake, "flows", "--token", "flag-token",
+                             env_extra={"ATPD_TOKEN": "env-token"})
+        assert fake.requests[-1].headers["authorization"] == "Bearer flag-token"
+        n = len(fake.requests)
+        rc, _, err = _fake_ctl(fake, "flows", "--url", "http://127.0.0.1:%d" % free_port())
+        assert rc == 3 and len(fake.requests) == n, (rc, err)
+    finally:
+        fake.close()
+
+
+def test_required_options_are_usage_errors():
+    cases = [
+        (["resolve", "dl-1"], "resolve needs --note"),
+        (["pause", "erp"], "pause needs --reason"),
+        (["reconcile", "/dev/null", "--source", "wms"], "reconcile needs --source SOURCE and --as-of"),
+        (["import"], "import takes FILE"),
+        (["import", "x.csv", "--chunk", "0"], "--chunk must be an integer in 1..100000"),
+        (["import", "x.csv", "--chunk", "100001"], "--chunk must be an integer in 1..100000"),
+        (["import", "/nonexistent.csv"], "/nonexistent.csv: No such file or directory"),
+        (["import", "x.txt"], "say --format csv|ndjson|json|msgpack"),
+        (["flows", "--note", "x"], "--note only applies to resolve"),
+        (["dead-letters", "--reason", "x"], "--reason only applies to pause"),
+        (["flows", "--timeout-ms", "0"], "--timeout-ms must be an integer"),
+        (["help", "nope"], "unknown command 'nope'"),
+    ]
+    for args, want in cases:
+        rc, out, err = ctl(*args, url="http://127.0.0.1:%d" % free_port())
+        assert rc == 2, (args, rc, err)
+        assert want in err.splitlines()[0], (args, err)
+
+
+def test_help_for_each_command_on_stdout():
+    rc, out, _ = ctl("--help")
+    names = re.findall(r"^  ([a-z][a-z-]*) ", out, re.M)
+    for want in ("import", "dead-letters", "replay", "resolve", "flows", "pause", "resume",
+                 "reconcile", "snapshot", "audit", "get"):
+        assert want in names, (want, names)
+    for name in names:
+        if name == "help":
+            continue
+        for args in (["help", name], [name, "--help"]):
+            rc, out, err = ctl(*args)
+            assert rc == 0 and err == "", (args, rc, err)
+            assert out.startswith("usage: atpctl [GLOBAL OPTIONS] %s" % name), (args, out)
+    rc, out, _ = ctl("help", "import")
+    for opt in ("--chunk", "--op", "--flow", "--from", "--format", "--progress", "--rate"):
+        assert opt in out, (opt, out)
+
+
+def test_timeout_and_dns_exit_3():
+    """A server that accepts and never answers: --timeout-ms cuts it, exit 3."""
+    import socket
+    import time
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    try:
+        t0 = time.time()
+        rc, out, err = ctl("--timeout-ms", "300", "flows", url="http://127.0.0.1:%d" % s.getsockname()[1])
+        assert rc == 3 and "no answer within the timeout" in err, (rc, err)
+        assert time.time() - t0 < 3, "the timeout was not applied"
+    finally:
+        s.close()
+    rc, out, err = ctl("--timeout-ms", "3000", "flows", url="http://no-such-host.invalid:1")
+    assert rc == 3 and "cannot connect" in err, (rc, err)
+
+
+def test_human_output_and_error_line(srv):
+    c = srv.client()
+    sku = uid("hum")
+    c.adjust(sku, "L1", 5)
+    rc, out, err = ctl("get", sku, "L1", url=url_of(srv))
+    assert rc == 0 and re.search(r"^on_hand\s+5$", out, re.M), out
+    assert re.search(r"^counted_at|^version\s+\d+$", out, re.M), out
+    rc, out, err = ctl("get", sku, url=url_of(srv))
+    assert re.search(r"^locations:\n  sku\s+location\s+on_hand", out, re.M), out
+    rc, out, err = ctl("show", uid("none"), url=url_of(srv))
+    assert rc == 1 and out == "" and re.match(r"atpctl: HTTP 404 not_found: ", err), (out, err)
