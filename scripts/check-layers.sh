@@ -22,8 +22,8 @@ declare -A HEADER_LAYER=(
   [engine]=engine [timerwheel]=engine
   [codec]=codec
   [http]=http
-  [journal]=store [snapshot]=store [records]=store [crc32c]=base [durability]=store
-  [batch]=flows [flows]=flows [feed]=flows [shopify]=flows
+  [journal]=store [snapshot]=store [records]=store [crc32c]=base [durability]=store [payload]=store
+  [batch]=flows [flows]=flows [deadletters]=flows [flowstate]=flows [audit]=flows [feed]=flows [shopify]=flows
   [auth]=app [metrics]=app [request]=app [router]=app [app]=app
   [config]=cmd [demo]=cmd [instance]=cmd
 )
