@@ -571,7 +571,8 @@ int atp_snapshot_load_sections(const char *path, atp_engine_t *engine,
                                atp_snapshot_section_fn section, void *section_ctx,
                                atp_snapshot_info_t *info, char *err, size_t err_len) {
   int64_t started = mono_ms();
-  int rc = scan_file(path, NULL, NULL, NULL, NULL, NULL, info, err, err_len); /* verify */
+  int rc =
+      scan_file(path, NULL, NULL, NULL, NULL, NULL, info, err, err_len); /* verify */
   if (!rc)
     rc = scan_file(path, engine, NULL, NULL, section, section_ctx, info, err, err_len);
   info->duration_ms = mono_ms() - started;
