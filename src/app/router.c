@@ -288,6 +288,7 @@ static void req_init(atp_req_t *rq, atp_app_t *app, const atp_http_request_t *re
   rq->body = NULL;
   rq->field[0] = '\0';
   rq->message[0] = '\0';
+  rq->err = 0;
   rq->in_format = req->content_type ? atp_format_from_content_type(
                                           req->content_type, req->content_type_len)
                                     : ATP_FORMAT_UNKNOWN;
@@ -402,6 +403,8 @@ int atp_router_run_stored(atp_app_t *app, const atp_http_request_t *req,
     if (rq.route->owned != ATP_FIELD_NONE) atp_flows_after(&rq, rc, keep_rejection);
   }
   if (rc != 0) atp_respond_error(&rq, rc);
+  /* A handler that wrote its own error body returned 0; rq.err names it. */
+  if (rc == 0 && res->status >= 400 && rq.err < 0) rc = rq.err;
   out->rc = rc;
   out->status = res->status;
   snprintf(out->code, sizeof out->code, "%s", rc ? atp_strerror_code(rc) : "");

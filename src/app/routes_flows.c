@@ -201,6 +201,9 @@ static void audit_manual(atp_req_t *rq) {
 }
 
 void atp_flows_after(atp_req_t *rq, int rc, bool keep) {
+  /* A handler that wrote its own error body (a conflict with its position,
+   * shortfalls) returned 0: the status tells, rq->err names it. */
+  if (rc == 0 && rq->res->status >= 400 && rq->err < 0) rc = rq->err;
   if (rc == 0) audit_manual(rq);
   atp_str_t flow = request_flow(rq);
   if (!flow.len || atp_id_check(flow.ptr, flow.len) != 0) return;
