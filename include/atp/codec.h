@@ -109,6 +109,47 @@ int atp_codec_parse_stream(atp_format_t format, const char *body, size_t len,
                            int (*fn)(void *ctx, uint32_t index, atp_val_t *val),
                            void *ctx, atp_parse_error_t *err);
 
+/* --- element splitter (batch bodies) --------------------------------------- */
+
+/* Finds the elements of a batch body one by one without parsing them, so a
+ * 64 MiB body is never held twice as a tree: the caller parses each element
+ * with atp_codec_parse_element into a scratch arena it resets between them.
+ * JSON: the body is one array; a depth- and string-aware scan finds each
+ * item's bytes (an item that is not valid JSON is still found, and refused
+ * when parsed). NDJSON: one element per line, blank lines skipped.
+ * MessagePack: one array, or a stream of concatenated values; each element
+ * passes the codec's structural check, since a msgpack element's length is
+ * known only by walking it (a failure there stops the whole body: what
+ * follows cannot be found). */
+typedef struct {
+  atp_format_t format; /* JSON, NDJSON or MSGPACK */
+  const char *body;
+  size_t len;
+  size_t pos;     /* next byte to scan */
+  uint64_t left;  /* msgpack array: items still to find; UINT64_MAX: a stream */
+  uint32_t count; /* elements found so far */
+  uint8_t state;  /* 0: before the first element, 1: inside, 2: at the end,
+                     3: JSON only, after the closing bracket */
+  uint8_t depth;  /* containers around each element: 1 inside an array */
+} atp_splitter_t;
+
+/* A splitter at the start of body. */
+void atp_splitter_init(atp_splitter_t *s, atp_format_t format, const char *body,
+                       size_t len);
+
+/* 1 with the next element at body[*start, *end); 0 at the end of the body;
+ * ATP_EBADREQ with *err (offset in the body) when the body's framing is broken
+ * (not an array, an unterminated string or array, bytes after the array, a
+ * msgpack element that fails the structural check). */
+int atp_splitter_next(atp_splitter_t *s, size_t *start, size_t *end,
+                      atp_parse_error_t *err);
+
+/* Parses the element body[start, end) that s found, as atp_codec_parse does
+ * (offsets in *err are the body's). 0, ATP_EBADREQ or ATP_ENOMEM. */
+int atp_codec_parse_element(const atp_splitter_t *s, size_t start, size_t end,
+                            atp_arena_t *arena, atp_val_t **out,
+                            atp_parse_error_t *err);
+
 /* Object look-up by key; NULL when absent. O(members): objects are small. */
 const atp_val_t *atp_val_getn(const atp_val_t *object, const char *key, size_t key_len);
 /* Inline so that the length of a literal key is folded at compile time. */
@@ -157,6 +198,9 @@ void atp_w_uint(atp_writer_t *w, uint64_t v);
 void atp_w_float(atp_writer_t *w, double v);
 void atp_w_bool(atp_writer_t *w, bool v);
 void atp_w_null(atp_writer_t *w);
+/* Writes bytes that already hold one complete value in w's format (a nested
+ * writer's output), counting it as one value. */
+void atp_w_raw(atp_writer_t *w, const char *bytes, size_t len);
 /* Writes an already-parsed value back out (dead letter payloads). */
 void atp_w_val(atp_writer_t *w, const atp_val_t *val);
 

@@ -27,6 +27,7 @@
 #include "atp/auth.h"
 #include "atp/durability.h"
 #include "atp/engine.h"
+#include "atp/flows.h"
 #include "atp/http.h"
 #include "atp/metrics.h"
 #include "atp/request.h"
@@ -51,6 +52,7 @@ struct atp_app {
   atomic_bool ready;                /* state restored, serving writes */
   const atp_auth_t *auth;           /* NULL: auth off */
   const atp_ownership_t *ownership; /* NULL: everyone may write */
+  const atp_flows_t *flows;         /* dead letters, paused flows; NULL: none */
   atp_metrics_t *metrics;           /* NULL: none kept */
   bool access_log;
   int64_t clock_skew_ms; /* input times may lie this far past the clock; 0:
@@ -131,6 +133,7 @@ int atp_route_flows_list(atp_req_t *rq);
 int atp_route_flow_pause(atp_req_t *rq);
 int atp_route_flow_resume(atp_req_t *rq);
 int atp_route_audit_list(atp_req_t *rq);
+int atp_route_batch(atp_req_t *rq);
 int atp_route_healthz(atp_req_t *rq);
 int atp_route_readyz(atp_req_t *rq);
 int atp_route_metrics(atp_req_t *rq);

@@ -60,6 +60,8 @@ static const atp_route_t routes[] = {
      atp_route_flow_resume},
     {ATP_HTTP_GET, "/v1/audit", ATP_ACCESS_OPS, ATP_FIELD_NONE, ONE_MIB,
      atp_route_audit_list},
+    {ATP_HTTP_POST, "/v1/batch", ATP_ACCESS_INTEGRATION, ATP_FIELD_NONE, BULK,
+     atp_route_batch},
     {ATP_HTTP_GET, "/healthz", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB,
      atp_route_healthz},
     {ATP_HTTP_GET, "/readyz", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB,
@@ -219,9 +221,10 @@ static int gate(atp_req_t *rq, const atp_route_t *route) {
     return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL,
                         "The service is starting; retry shortly.");
   }
-  /* A body is JSON or msgpack whatever the method; a bodiless request is fine. */
-  if (h->body_len > 0 && rq->in_format != ATP_FORMAT_JSON &&
-      rq->in_format != ATP_FORMAT_MSGPACK)
+  /* A body is JSON or msgpack whatever the method; a bodiless request is fine.
+   * Bulk routes take more formats (NDJSON, CSV) and check their own. */
+  if (h->body_len > 0 && route->body_bytes_max != BULK &&
+      rq->in_format != ATP_FORMAT_JSON && rq->in_format != ATP_FORMAT_MSGPACK)
     return atp_req_fail(rq, ATP_EMEDIATYPE, NULL, NULL,
                         "The body must be application/json or application/msgpack.");
   return 0;

@@ -9,6 +9,7 @@
 #include "atp/error.h"
 #include "atp/limits.h"
 #include "atp/router.h"
+#include "ops.h"
 
 /* Answers 200/201 with the reservation, "replayed": true on a replay. */
 static int respond_reservation(atp_req_t *rq, int status, const atp_reservation_t *r) {
@@ -23,11 +24,10 @@ static int respond_reservation(atp_req_t *rq, int status, const atp_reservation_
   return 0;
 }
 
-/* Answers an engine error, adding the contract's details: shortfalls for
- * insufficient_stock, the reservation's status for conflict. */
+/* Answers an op's error (recorded by the op), adding the contract's details:
+ * shortfalls for insufficient_stock, the reservation's status for conflict. */
 static int respond_engine_error(atp_req_t *rq, int err, const atp_result_t *result,
                                 const atp_shortfalls_t *shortfalls) {
-  atp_req_fail_result(rq, err, result);
   if (err == ATP_EINSUFFICIENT && shortfalls) {
     atp_writer_t *w = atp_respond_error_begin(rq, err);
     atp_w_key(w, "shortfalls");
@@ -148,16 +148,24 @@ static int read_qty_lines(atp_req_t *rq, const atp_val_t *obj, const char *key,
   return 0;
 }
 
-int atp_route_reservation_create(atp_req_t *rq) {
-  atp_engine_t *engine = atp_app_engine(rq->app);
-  int rc = atp_req_parse_body(rq, true);
-  if (rc != 0) return rc;
+/* An engine refusal: recorded for the answer, details kept in out. */
+static int fail_engine(atp_req_t *rq, int rc, atp_op_out_t *out) {
+  return atp_req_fail_result(rq, rc, &out->result);
+}
+
+/* Reservation follow-ups: in a batch the op's flow must write reservations. */
+static int follow_up_owner_check(atp_req_t *rq, atp_str_t flow) {
+  if (!flow.len) return 0;
+  return atp_op_owner_check(rq, ATP_FIELD_RESERVATIONS, flow, flow, "flow");
+}
+
+int atp_op_reserve(atp_req_t *rq, const atp_val_t *b, atp_str_t flow, atp_str_t target,
+                   atp_op_out_t *out) {
   atp_reserve_req_t req;
   memset(&req, 0, sizeof req);
   atp_line_req_t *lines = NULL;
   bool has_ttl = false;
-  const atp_val_t *b = rq->body;
-  rc = atp_get_id(rq, b, NULL, "id", ATP_REQUIRED, &req.id);
+  int rc = atp_get_id(rq, b, NULL, "id", ATP_REQUIRED, &req.id);
   if (rc == 0)
     rc = read_line_reqs(rq, b, "lines", ATP_REQUIRED, 1, ATP_RESERVATION_LINES_MAX,
                         &lines, &req.line_count);
@@ -165,25 +173,41 @@ int atp_route_reservation_create(atp_req_t *rq) {
     rc = atp_get_int(rq, b, NULL, "ttl_ms", ATP_OPTIONAL, ATP_TTL_MS_MIN,
                      ATP_TTL_MS_MAX, &req.ttl_ms, &has_ttl);
   if (rc == 0) rc = atp_get_id(rq, b, NULL, "order_ref", ATP_OPTIONAL, &req.order_ref);
-  if (rc == 0) rc = atp_get_id(rq, b, NULL, "channel", ATP_OPTIONAL, &req.channel);
+  if (rc == 0) rc = atp_op_writer(rq, b, flow, "channel", ATP_OPTIONAL, &req.channel);
   if (rc == 0)
     rc = atp_get_id(rq, b, NULL, "customer_id", ATP_OPTIONAL, &req.customer_id);
   if (rc == 0)
-    rc = atp_req_owner_check(rq, ATP_FIELD_RESERVATIONS, req.channel, "channel");
+    rc = atp_op_owner_check(rq, ATP_FIELD_RESERVATIONS, flow, req.channel, "channel");
   if (rc != 0) return rc;
   if (!has_ttl) req.ttl_ms = ATP_TTL_MS_DEFAULT;
   req.lines = lines;
-
-  atp_reservation_t *r = atp_req_reservation();
-  atp_shortfalls_t *shortfalls = atp_req_shortfalls();
-  atp_result_t result;
-  result.field[0] = result.message[0] = '\0';
-  result.status = -1;
-  shortfalls->count = 0;
-  rc = atp_reserve(engine, &req, r, shortfalls, &result);
-  if (rc != 0) return respond_engine_error(rq, rc, &result, shortfalls);
+  out->id = req.id;
+  out->u.res.reservation = atp_req_reservation();
+  out->u.res.shortfalls = atp_req_shortfalls();
+  out->u.res.shortfalls->count = 0;
+  rc = atp_reserve(atp_app_engine(rq->app), &req, out->u.res.reservation,
+                   out->u.res.shortfalls, &out->result);
+  if (rc != 0) return fail_engine(rq, rc, out);
   /* A replay answers the original status, 201, with "replayed": true. */
-  return respond_reservation(rq, 201, r);
+  out->status = 201;
+  out->replayed = out->u.res.reservation->replayed;
+  return 0;
+}
+
+/* The single route's answer for a reservation op: its body, or its error with
+ * the details (shortfalls, status). */
+static int respond_op(atp_req_t *rq, int rc, const atp_op_out_t *out) {
+  if (rc == 0) return respond_reservation(rq, out->status, out->u.res.reservation);
+  if (!out->u.res.reservation) return rc; /* refused before the engine */
+  return respond_engine_error(rq, rc, &out->result, out->u.res.shortfalls);
+}
+
+int atp_route_reservation_create(atp_req_t *rq) {
+  atp_op_out_t out;
+  atp_op_out_init(&out);
+  int rc = atp_req_parse_body(rq, true);
+  if (rc == 0) rc = atp_op_reserve(rq, rq->body, (atp_str_t){NULL, 0}, out.id, &out);
+  return respond_op(rq, rc, &out);
 }
 
 int atp_route_reservation_get(atp_req_t *rq) {
@@ -197,108 +221,134 @@ int atp_route_reservation_get(atp_req_t *rq) {
   return respond_reservation(rq, 200, r);
 }
 
-int atp_route_reservation_commit(atp_req_t *rq) {
-  atp_str_t id, order_id;
-  int rc = atp_req_path_id(rq, "id", "reservation id", &id);
-  if (rc == 0) rc = atp_req_parse_body(rq, false);
-  if (rc == 0) rc = atp_get_id(rq, rq->body, NULL, "order_id", ATP_OPTIONAL, &order_id);
-  if (rc != 0) return rc;
-  atp_reservation_t *r = atp_req_reservation();
-  atp_result_t result;
-  atp_result_init(&result);
-  rc = atp_commit(atp_app_engine(rq->app), id, order_id, r, &result);
-  if (rc != 0) return respond_engine_error(rq, rc, &result, NULL);
-  return respond_reservation(rq, 200, r);
+/* The engine call of a follow-up is done: its outcome into out. */
+static int follow_up_done(atp_req_t *rq, int rc, atp_op_out_t *out) {
+  if (rc != 0) return fail_engine(rq, rc, out);
+  out->status = 200;
+  out->replayed = out->u.res.reservation->replayed;
+  return 0;
 }
 
-int atp_route_reservation_release(atp_req_t *rq) {
-  atp_str_t id, reason, release_id = {NULL, 0};
+/* Starts a follow-up's engine call: the scratch records in out. */
+static atp_reservation_t *follow_up_begin(atp_op_out_t *out, atp_str_t id) {
+  out->id = id;
+  out->u.res.reservation = atp_req_reservation();
+  out->u.res.shortfalls = atp_req_shortfalls();
+  out->u.res.shortfalls->count = 0;
+  return out->u.res.reservation;
+}
+
+int atp_op_commit(atp_req_t *rq, const atp_val_t *b, atp_str_t flow, atp_str_t id,
+                  atp_op_out_t *out) {
+  atp_str_t order_id;
+  int rc = atp_get_id(rq, b, NULL, "order_id", ATP_OPTIONAL, &order_id);
+  if (rc == 0) rc = follow_up_owner_check(rq, flow);
+  if (rc != 0) return rc;
+  atp_reservation_t *r = follow_up_begin(out, id);
+  rc = atp_commit(atp_app_engine(rq->app), id, order_id, r, &out->result);
+  return follow_up_done(rq, rc, out);
+}
+
+int atp_op_release(atp_req_t *rq, const atp_val_t *b, atp_str_t flow, atp_str_t id,
+                   atp_op_out_t *out) {
+  atp_str_t reason, release_id = {NULL, 0};
   atp_qty_line_t *lines = NULL;
   uint32_t count = 0;
-  int rc = atp_req_path_id(rq, "id", "reservation id", &id);
-  if (rc == 0) rc = atp_req_parse_body(rq, false);
+  int rc = atp_get_id(rq, b, NULL, "release_id", ATP_OPTIONAL, &release_id);
   if (rc == 0)
-    rc = atp_get_id(rq, rq->body, NULL, "release_id", ATP_OPTIONAL, &release_id);
-  if (rc == 0)
-    rc = atp_get_text(rq, rq->body, NULL, "reason", ATP_OPTIONAL, ATP_REASON_BYTES_MAX,
+    rc = atp_get_text(rq, b, NULL, "reason", ATP_OPTIONAL, ATP_REASON_BYTES_MAX,
                       &reason);
   if (rc == 0)
-    rc = read_qty_lines(rq, rq->body, "lines", ATP_OPTIONAL, 1,
-                        ATP_RESERVATION_POSITIONS_MAX, &lines, &count);
+    rc = read_qty_lines(rq, b, "lines", ATP_OPTIONAL, 1, ATP_RESERVATION_POSITIONS_MAX,
+                        &lines, &count);
+  if (rc == 0) rc = follow_up_owner_check(rq, flow);
   if (rc != 0) return rc;
-  atp_reservation_t *r = atp_req_reservation();
-  atp_result_t result;
-  atp_result_init(&result);
+  atp_reservation_t *r = follow_up_begin(out, id);
   rc = atp_release_keyed(atp_app_engine(rq->app), id, release_id, lines, count, r,
-                         &result);
-  if (rc != 0) return respond_engine_error(rq, rc, &result, NULL);
-  return respond_reservation(rq, 200, r);
+                         &out->result);
+  return follow_up_done(rq, rc, out);
 }
 
-int atp_route_reservation_extend(atp_req_t *rq) {
-  atp_str_t id;
+int atp_op_extend(atp_req_t *rq, const atp_val_t *b, atp_str_t flow, atp_str_t id,
+                  atp_op_out_t *out) {
   int64_t ttl_ms = 0;
-  int rc = atp_req_path_id(rq, "id", "reservation id", &id);
-  if (rc == 0) rc = atp_req_parse_body(rq, true);
-  if (rc == 0)
-    rc = atp_get_int(rq, rq->body, NULL, "ttl_ms", ATP_REQUIRED, ATP_TTL_MS_MIN,
-                     ATP_TTL_MS_MAX, &ttl_ms, NULL);
+  int rc = atp_get_int(rq, b, NULL, "ttl_ms", ATP_REQUIRED, ATP_TTL_MS_MIN,
+                       ATP_TTL_MS_MAX, &ttl_ms, NULL);
+  if (rc == 0) rc = follow_up_owner_check(rq, flow);
   if (rc != 0) return rc;
-  atp_reservation_t *r = atp_req_reservation();
-  atp_result_t result;
-  atp_result_init(&result);
-  rc = atp_extend(atp_app_engine(rq->app), id, ttl_ms, r, &result);
-  if (rc != 0) return respond_engine_error(rq, rc, &result, NULL);
-  return respond_reservation(rq, 200, r);
+  atp_reservation_t *r = follow_up_begin(out, id);
+  rc = atp_extend(atp_app_engine(rq->app), id, ttl_ms, r, &out->result);
+  return follow_up_done(rq, rc, out);
 }
 
-int atp_route_reservation_fulfil(atp_req_t *rq) {
-  atp_str_t id, fulfillment_id;
+int atp_op_fulfil(atp_req_t *rq, const atp_val_t *b, atp_str_t flow, atp_str_t id,
+                  atp_op_out_t *out) {
+  atp_str_t fulfillment_id;
   atp_qty_line_t *lines = NULL;
   uint32_t count = 0;
-  int rc = atp_req_path_id(rq, "id", "reservation id", &id);
-  if (rc == 0) rc = atp_req_parse_body(rq, true);
+  int rc = atp_get_id(rq, b, NULL, "fulfillment_id", ATP_REQUIRED, &fulfillment_id);
   if (rc == 0)
-    rc =
-        atp_get_id(rq, rq->body, NULL, "fulfillment_id", ATP_REQUIRED, &fulfillment_id);
-  if (rc == 0)
-    rc = read_qty_lines(rq, rq->body, "lines", ATP_OPTIONAL, 1,
-                        ATP_RESERVATION_POSITIONS_MAX, &lines, &count);
+    rc = read_qty_lines(rq, b, "lines", ATP_OPTIONAL, 1, ATP_RESERVATION_POSITIONS_MAX,
+                        &lines, &count);
+  if (rc == 0) rc = follow_up_owner_check(rq, flow);
   if (rc != 0) return rc;
-  atp_reservation_t *r = atp_req_reservation();
-  atp_result_t result;
-  atp_result_init(&result);
-  rc =
-      atp_fulfil(atp_app_engine(rq->app), id, fulfillment_id, lines, count, r, &result);
-  if (rc != 0) return respond_engine_error(rq, rc, &result, NULL);
-  return respond_reservation(rq, 200, r);
+  atp_reservation_t *r = follow_up_begin(out, id);
+  rc = atp_fulfil(atp_app_engine(rq->app), id, fulfillment_id, lines, count, r,
+                  &out->result);
+  return follow_up_done(rq, rc, out);
 }
 
-int atp_route_reservation_amend(atp_req_t *rq) {
-  atp_str_t id, amend_id;
+int atp_op_amend(atp_req_t *rq, const atp_val_t *b, atp_str_t flow, atp_str_t id,
+                 atp_op_out_t *out) {
+  atp_str_t amend_id;
   atp_qty_line_t *release = NULL;
   atp_line_req_t *add = NULL;
   uint32_t release_count = 0, add_count = 0;
-  int rc = atp_req_path_id(rq, "id", "reservation id", &id);
-  if (rc == 0) rc = atp_req_parse_body(rq, true);
-  if (rc == 0) rc = atp_get_id(rq, rq->body, NULL, "amend_id", ATP_REQUIRED, &amend_id);
+  int rc = atp_get_id(rq, b, NULL, "amend_id", ATP_REQUIRED, &amend_id);
   if (rc == 0)
-    rc = read_qty_lines(rq, rq->body, "release", ATP_REQUIRED, 0,
+    rc = read_qty_lines(rq, b, "release", ATP_REQUIRED, 0,
                         ATP_RESERVATION_POSITIONS_MAX, &release, &release_count);
   if (rc == 0)
-    rc = read_line_reqs(rq, rq->body, "add", ATP_REQUIRED, 0, ATP_RESERVATION_LINES_MAX,
-                        &add, &add_count);
+    rc = read_line_reqs(rq, b, "add", ATP_REQUIRED, 0, ATP_RESERVATION_LINES_MAX, &add,
+                        &add_count);
+  if (rc == 0 && release_count == 0 && add_count == 0)
+    rc = atp_req_fail(rq, ATP_EBADREQ, NULL, "add",
+                      "An amend needs a release or an add list.");
+  if (rc == 0) rc = follow_up_owner_check(rq, flow);
   if (rc != 0) return rc;
-  if (release_count == 0 && add_count == 0)
-    return atp_req_fail(rq, ATP_EBADREQ, NULL, "add",
-                        "An amend needs a release or an add list.");
-  atp_reservation_t *r = atp_req_reservation();
-  atp_shortfalls_t *shortfalls = atp_req_shortfalls();
-  shortfalls->count = 0;
-  atp_result_t result;
-  atp_result_init(&result);
+  atp_reservation_t *r = follow_up_begin(out, id);
   rc = atp_amend(atp_app_engine(rq->app), id, amend_id, release, release_count, add,
-                 add_count, r, shortfalls, &result);
-  if (rc != 0) return respond_engine_error(rq, rc, &result, shortfalls);
-  return respond_reservation(rq, 200, r);
+                 add_count, r, out->u.res.shortfalls, &out->result);
+  return follow_up_done(rq, rc, out);
+}
+
+/* A follow-up route: {id} from the path, the body (required or not), the op. */
+static int follow_up_route(atp_req_t *rq, bool body_required, atp_op_fn op) {
+  atp_str_t id;
+  atp_op_out_t out;
+  atp_op_out_init(&out);
+  int rc = atp_req_path_id(rq, "id", "reservation id", &id);
+  if (rc == 0) rc = atp_req_parse_body(rq, body_required);
+  if (rc == 0) rc = op(rq, rq->body, (atp_str_t){NULL, 0}, id, &out);
+  return respond_op(rq, rc, &out);
+}
+
+int atp_route_reservation_commit(atp_req_t *rq) {
+  return follow_up_route(rq, false, atp_op_commit);
+}
+
+int atp_route_reservation_release(atp_req_t *rq) {
+  return follow_up_route(rq, false, atp_op_release);
+}
+
+int atp_route_reservation_extend(atp_req_t *rq) {
+  return follow_up_route(rq, true, atp_op_extend);
+}
+
+int atp_route_reservation_fulfil(atp_req_t *rq) {
+  return follow_up_route(rq, true, atp_op_fulfil);
+}
+
+int atp_route_reservation_amend(atp_req_t *rq) {
+  return follow_up_route(rq, true, atp_op_amend);
 }

@@ -9,16 +9,15 @@
 #include "atp/error.h"
 #include "atp/limits.h"
 #include "atp/router.h"
+#include "ops.h"
 
 static _Thread_local atp_str_t group_locations[ATP_GROUP_LOCATIONS_MAX];
 
 /* 409 conflict from change_from, with the current position. A position never
  * seen is not created by a refusal: it is answered as a zero position with
- * version 0 and "found": false, the shape group and query answers use. */
-static int respond_change_from_conflict(atp_req_t *rq, const atp_result_t *result,
-                                        const atp_position_t *position) {
-  atp_req_fail_result(rq, ATP_ECONFLICT, result);
-  if (!rq->field[0]) snprintf(rq->field, sizeof rq->field, "change_from");
+ * version 0 and "found": false, the shape group and query answers use. The op
+ * recorded the error already. */
+static int respond_change_from_conflict(atp_req_t *rq, const atp_position_t *position) {
   atp_writer_t *w = atp_respond_error_begin(rq, ATP_ECONFLICT);
   atp_w_key(w, "position");
   atp_write_position(w, position, position->version == 0 ? 0 : -1);
@@ -26,9 +25,19 @@ static int respond_change_from_conflict(atp_req_t *rq, const atp_result_t *resul
   return 0;
 }
 
-static int read_reason(atp_req_t *rq, atp_reason_t *out) {
+/* An engine refusal of an on_hand write: recorded, change_from named. */
+static int fail_stock(atp_req_t *rq, int rc, bool has_change_from, atp_op_out_t *out) {
+  atp_req_fail_result(rq, rc, &out->result);
+  if (rc == ATP_ECONFLICT && has_change_from) {
+    out->change_from_conflict = true;
+    if (!rq->field[0]) snprintf(rq->field, sizeof rq->field, "change_from");
+  }
+  return rc;
+}
+
+static int read_reason(atp_req_t *rq, const atp_val_t *b, atp_reason_t *out) {
   atp_str_t name;
-  int rc = atp_get_id(rq, rq->body, NULL, "reason", ATP_REQUIRED, &name);
+  int rc = atp_get_id(rq, b, NULL, "reason", ATP_REQUIRED, &name);
   if (rc != 0) return rc;
   if (atp_reason_parse(name, out) != 0)
     return atp_req_fail(
@@ -38,14 +47,13 @@ static int read_reason(atp_req_t *rq, atp_reason_t *out) {
   return 0;
 }
 
-int atp_route_adjustment(atp_req_t *rq) {
+int atp_op_adjust(atp_req_t *rq, const atp_val_t *b, atp_str_t flow, atp_str_t target,
+                  atp_op_out_t *out) {
   atp_adjust_req_t req;
   memset(&req, 0, sizeof req);
   req.occurred_at_ms = ATP_TIME_NONE;
   bool has_time = false;
-  int rc = atp_req_parse_body(rq, true);
-  const atp_val_t *b = rq->body;
-  if (rc == 0) rc = atp_get_id(rq, b, NULL, "id", ATP_REQUIRED, &req.id);
+  int rc = atp_get_id(rq, b, NULL, "id", ATP_REQUIRED, &req.id);
   if (rc == 0) rc = atp_get_id(rq, b, NULL, "sku", ATP_REQUIRED, &req.sku);
   if (rc == 0) rc = atp_get_id(rq, b, NULL, "location", ATP_REQUIRED, &req.location);
   if (rc == 0)
@@ -53,8 +61,8 @@ int atp_route_adjustment(atp_req_t *rq) {
                      &req.delta, NULL);
   if (rc == 0 && req.delta == 0)
     rc = atp_req_fail(rq, ATP_EBADREQ, NULL, "delta", "Must not be 0.");
-  if (rc == 0) rc = read_reason(rq, &req.reason);
-  if (rc == 0) rc = atp_get_id(rq, b, NULL, "source", ATP_REQUIRED, &req.source);
+  if (rc == 0) rc = read_reason(rq, b, &req.reason);
+  if (rc == 0) rc = atp_op_writer(rq, b, flow, "source", ATP_REQUIRED, &req.source);
   if (rc == 0)
     rc = atp_get_time(rq, b, NULL, "occurred_at", ATP_OPTIONAL, &req.occurred_at_ms,
                       &has_time);
@@ -63,31 +71,40 @@ int atp_route_adjustment(atp_req_t *rq) {
     rc = atp_get_int(rq, b, NULL, "change_from", ATP_OPTIONAL, -ATP_QTY_MAX,
                      ATP_QTY_MAX, &req.change_from, &req.has_change_from);
   if (rc == 0)
-    rc = atp_req_owner_check(rq, ATP_FIELD_ADJUSTMENTS, req.source, "source");
+    rc = atp_op_owner_check(rq, ATP_FIELD_ADJUSTMENTS, flow, req.source, "source");
   if (rc != 0) return rc;
   if (!has_time) req.occurred_at_ms = ATP_TIME_NONE;
+  out->id = req.id;
+  rc = atp_adjust(atp_app_engine(rq->app), &req, &out->u.adjust, &out->result);
+  if (rc != 0) return fail_stock(rq, rc, req.has_change_from, out);
+  out->status = 200;
+  out->replayed = out->u.adjust.replayed;
+  return 0;
+}
 
-  atp_adjust_res_t res;
-  atp_result_t result;
-  atp_result_init(&result);
-  rc = atp_adjust(atp_app_engine(rq->app), &req, &res, &result);
-  if (rc == ATP_ECONFLICT && req.has_change_from)
-    return respond_change_from_conflict(rq, &result, &res.position);
-  if (rc != 0) return atp_req_fail_result(rq, rc, &result);
+int atp_route_adjustment(atp_req_t *rq) {
+  atp_op_out_t out;
+  atp_op_out_init(&out);
+  int rc = atp_req_parse_body(rq, true);
+  if (rc == 0) rc = atp_op_adjust(rq, rq->body, (atp_str_t){NULL, 0}, out.id, &out);
+  if (rc != 0 && out.change_from_conflict)
+    return respond_change_from_conflict(rq, &out.u.adjust.position);
+  if (rc != 0) return rc;
+  const atp_adjust_res_t *res = &out.u.adjust;
   atp_writer_t *w = atp_respond_begin(rq, 200);
   atp_w_object_begin(w);
   atp_w_key(w, "adjustment");
   atp_w_object_begin(w);
   atp_w_key(w, "id");
-  atp_w_s(w, req.id);
+  atp_w_s(w, out.id);
   atp_w_key(w, "applied");
-  atp_w_bool(w, res.applied);
+  atp_w_bool(w, res->applied);
   atp_w_key(w, "absorbed");
-  atp_w_bool(w, res.absorbed);
+  atp_w_bool(w, res->absorbed);
   atp_w_object_end(w);
   atp_w_key(w, "position");
-  atp_write_position(w, &res.position, -1);
-  if (res.replayed) {
+  atp_write_position(w, &res->position, -1);
+  if (res->replayed) {
     atp_w_key(w, "replayed");
     atp_w_bool(w, true);
   }
@@ -95,12 +112,11 @@ int atp_route_adjustment(atp_req_t *rq) {
   return 0;
 }
 
-int atp_route_count(atp_req_t *rq) {
+int atp_op_count(atp_req_t *rq, const atp_val_t *b, atp_str_t flow, atp_str_t target,
+                 atp_op_out_t *out) {
   atp_count_req_t req;
   memset(&req, 0, sizeof req);
-  int rc = atp_req_parse_body(rq, true);
-  const atp_val_t *b = rq->body;
-  if (rc == 0) rc = atp_get_id(rq, b, NULL, "id", ATP_REQUIRED, &req.id);
+  int rc = atp_get_id(rq, b, NULL, "id", ATP_REQUIRED, &req.id);
   if (rc == 0) rc = atp_get_id(rq, b, NULL, "sku", ATP_REQUIRED, &req.sku);
   if (rc == 0) rc = atp_get_id(rq, b, NULL, "location", ATP_REQUIRED, &req.location);
   if (rc == 0)
@@ -109,36 +125,46 @@ int atp_route_count(atp_req_t *rq) {
   if (rc == 0)
     rc =
         atp_get_time(rq, b, NULL, "counted_at", ATP_REQUIRED, &req.counted_at_ms, NULL);
-  if (rc == 0) rc = atp_get_id(rq, b, NULL, "source", ATP_REQUIRED, &req.source);
+  if (rc == 0) rc = atp_op_writer(rq, b, flow, "source", ATP_REQUIRED, &req.source);
   if (rc == 0)
     rc = atp_get_int(rq, b, NULL, "change_from", ATP_OPTIONAL, -ATP_QTY_MAX,
                      ATP_QTY_MAX, &req.change_from, &req.has_change_from);
-  if (rc == 0) rc = atp_req_owner_check(rq, ATP_FIELD_COUNTS, req.source, "source");
+  if (rc == 0)
+    rc = atp_op_owner_check(rq, ATP_FIELD_COUNTS, flow, req.source, "source");
   if (rc != 0) return rc;
+  out->id = req.id;
+  rc = atp_count(atp_app_engine(rq->app), &req, &out->u.count, &out->result);
+  if (rc != 0) return fail_stock(rq, rc, req.has_change_from, out);
+  out->status = 200;
+  out->replayed = out->u.count.replayed;
+  return 0;
+}
 
-  atp_count_res_t res;
-  atp_result_t result;
-  atp_result_init(&result);
-  rc = atp_count(atp_app_engine(rq->app), &req, &res, &result);
-  if (rc == ATP_ECONFLICT && req.has_change_from)
-    return respond_change_from_conflict(rq, &result, &res.position);
-  if (rc != 0) return atp_req_fail_result(rq, rc, &result);
+int atp_route_count(atp_req_t *rq) {
+  atp_op_out_t out;
+  atp_op_out_init(&out);
+  int rc = atp_req_parse_body(rq, true);
+  if (rc == 0) rc = atp_op_count(rq, rq->body, (atp_str_t){NULL, 0}, out.id, &out);
+  if (rc != 0 && out.change_from_conflict)
+    return respond_change_from_conflict(rq, &out.u.count.position);
+  if (rc != 0) return rc;
+  const atp_count_res_t *res = &out.u.count;
   atp_writer_t *w = atp_respond_begin(rq, 200);
   atp_w_object_begin(w);
   atp_w_key(w, "count");
   atp_w_object_begin(w);
   atp_w_key(w, "id");
-  atp_w_s(w, req.id);
+  atp_w_s(w, out.id);
   atp_w_key(w, "applied");
-  atp_w_bool(w, res.applied);
+  atp_w_bool(w, res->applied);
   atp_w_key(w, "stale");
-  atp_w_bool(w, res.stale);
+  atp_w_bool(w, res->stale);
   atp_w_key(w, "approximate");
-  atp_w_bool(w, res.approximate);
+  atp_w_bool(w, res->approximate);
   atp_w_object_end(w);
   atp_w_key(w, "position");
-  atp_write_position(w, &res.position, -1);
-  if (res.replayed) {
+  atp_write_position(w, &res->position, -1);
+  if (res->replayed) {
     atp_w_key(w, "replayed");
     atp_w_bool(w, true);
   }
@@ -146,26 +172,34 @@ int atp_route_count(atp_req_t *rq) {
   return 0;
 }
 
-int atp_route_safety_stock(atp_req_t *rq) {
+int atp_op_safety_stock(atp_req_t *rq, const atp_val_t *b, atp_str_t flow,
+                        atp_str_t target, atp_op_out_t *out) {
   atp_str_t sku, location, source;
   int64_t safety_stock = 0;
-  int rc = atp_req_parse_body(rq, true);
-  const atp_val_t *b = rq->body;
-  if (rc == 0) rc = atp_get_id(rq, b, NULL, "sku", ATP_REQUIRED, &sku);
+  int rc = atp_get_id(rq, b, NULL, "sku", ATP_REQUIRED, &sku);
   if (rc == 0) rc = atp_get_id(rq, b, NULL, "location", ATP_REQUIRED, &location);
   if (rc == 0)
     rc = atp_get_int(rq, b, NULL, "safety_stock", ATP_REQUIRED, 0, ATP_QTY_MAX,
                      &safety_stock, NULL);
-  if (rc == 0) rc = atp_get_id(rq, b, NULL, "source", ATP_OPTIONAL, &source);
-  if (rc == 0) rc = atp_req_owner_check(rq, ATP_FIELD_SAFETY_STOCK, source, "source");
+  if (rc == 0) rc = atp_op_writer(rq, b, flow, "source", ATP_OPTIONAL, &source);
+  if (rc == 0)
+    rc = atp_op_owner_check(rq, ATP_FIELD_SAFETY_STOCK, flow, source, "source");
   if (rc != 0) return rc;
-  atp_position_t p;
-  atp_result_t result;
-  atp_result_init(&result);
-  rc = atp_safety_stock_set(atp_app_engine(rq->app), sku, location, safety_stock, &p,
-                            &result);
-  if (rc != 0) return atp_req_fail_result(rq, rc, &result);
-  atp_write_position(atp_respond_begin(rq, 200), &p, -1);
+  rc = atp_safety_stock_set(atp_app_engine(rq->app), sku, location, safety_stock,
+                            &out->u.position, &out->result);
+  if (rc != 0) return atp_req_fail_result(rq, rc, &out->result);
+  out->status = 200;
+  return 0;
+}
+
+int atp_route_safety_stock(atp_req_t *rq) {
+  atp_op_out_t out;
+  atp_op_out_init(&out);
+  int rc = atp_req_parse_body(rq, true);
+  if (rc == 0)
+    rc = atp_op_safety_stock(rq, rq->body, (atp_str_t){NULL, 0}, out.id, &out);
+  if (rc != 0) return rc;
+  atp_write_position(atp_respond_begin(rq, 200), &out.u.position, -1);
   return 0;
 }
 
@@ -181,15 +215,14 @@ static void write_group(atp_writer_t *w, atp_str_t name, const atp_str_t *locati
   atp_w_object_end(w);
 }
 
-int atp_route_group_put(atp_req_t *rq) {
-  atp_str_t name, source;
+/* PUT /v1/groups/{name}; target is the group's name. */
+int atp_op_group(atp_req_t *rq, const atp_val_t *b, atp_str_t flow, atp_str_t name,
+                 atp_op_out_t *out) {
+  atp_str_t source;
   const atp_val_t *arr;
-  int rc = atp_req_path_id(rq, "name", "group name", &name);
-  if (rc == 0) rc = atp_req_parse_body(rq, true);
-  if (rc == 0)
-    rc = atp_get_array(rq, rq->body, NULL, "locations", ATP_REQUIRED, 1,
-                       ATP_GROUP_LOCATIONS_MAX, &arr);
-  if (rc == 0) rc = atp_get_id(rq, rq->body, NULL, "source", ATP_OPTIONAL, &source);
+  int rc = atp_get_array(rq, b, NULL, "locations", ATP_REQUIRED, 1,
+                         ATP_GROUP_LOCATIONS_MAX, &arr);
+  if (rc == 0) rc = atp_op_writer(rq, b, flow, "source", ATP_OPTIONAL, &source);
   if (rc != 0) return rc;
   for (uint32_t i = 0; i < arr->len; i++) {
     const atp_val_t *v = &arr->u.items[i];
@@ -211,13 +244,28 @@ int atp_route_group_put(atp_req_t *rq) {
     group_locations[i].ptr = v->u.s;
     group_locations[i].len = v->len;
   }
-  rc = atp_req_owner_check(rq, ATP_FIELD_GROUPS, source, "source");
+  rc = atp_op_owner_check(rq, ATP_FIELD_GROUPS, flow, source, "source");
   if (rc != 0) return rc;
-  atp_result_t result;
-  atp_result_init(&result);
-  rc = atp_group_put(atp_app_engine(rq->app), name, group_locations, arr->len, &result);
-  if (rc != 0) return atp_req_fail_result(rq, rc, &result);
-  write_group(atp_respond_begin(rq, 200), name, group_locations, arr->len);
+  rc = atp_group_put(atp_app_engine(rq->app), name, group_locations, arr->len,
+                     &out->result);
+  if (rc != 0) return atp_req_fail_result(rq, rc, &out->result);
+  out->id = name;
+  out->u.group.locations = group_locations;
+  out->u.group.count = arr->len;
+  out->status = 200;
+  return 0;
+}
+
+int atp_route_group_put(atp_req_t *rq) {
+  atp_str_t name;
+  atp_op_out_t out;
+  atp_op_out_init(&out);
+  int rc = atp_req_path_id(rq, "name", "group name", &name);
+  if (rc == 0) rc = atp_req_parse_body(rq, true);
+  if (rc == 0) rc = atp_op_group(rq, rq->body, (atp_str_t){NULL, 0}, name, &out);
+  if (rc != 0) return rc;
+  write_group(atp_respond_begin(rq, 200), name, out.u.group.locations,
+              out.u.group.count);
   return 0;
 }
 

@@ -191,6 +191,54 @@ int atp_codec_parse_stream(atp_format_t format, const char *body, size_t len,
   }
 }
 
+/* --- element splitter ---------------------------------------------------------- */
+
+void atp_splitter_init(atp_splitter_t *s, atp_format_t format, const char *body,
+                       size_t len) {
+  ATP_ASSERT(s && (format == ATP_FORMAT_JSON || format == ATP_FORMAT_NDJSON ||
+                   format == ATP_FORMAT_MSGPACK));
+  memset(s, 0, sizeof *s);
+  s->format = format;
+  s->body = body ? body : "";
+  s->len = body ? len : 0;
+  s->left = UINT64_MAX;
+}
+
+int atp_splitter_next(atp_splitter_t *s, size_t *start, size_t *end,
+                      atp_parse_error_t *err) {
+  ATP_ASSERT(s && start && end);
+  if (err) err->field[0] = '\0';
+  if (s->state == 2) return 0;
+  int rc;
+  switch (s->format) {
+    case ATP_FORMAT_JSON:
+    case ATP_FORMAT_NDJSON:
+      rc = atp_codec_json_split(s, start, end, err);
+      break;
+    default:
+      rc = atp_codec_msgpack_split(s, start, end, err);
+      break;
+  }
+  if (rc == 1) {
+    ATP_ASSERT(*start <= *end && *end <= s->len);
+    s->count++;
+  } else {
+    s->state = 2; /* the end, or a broken body: nothing more is found */
+  }
+  return rc;
+}
+
+int atp_codec_parse_element(const atp_splitter_t *s, size_t start, size_t end,
+                            atp_arena_t *arena, atp_val_t **out,
+                            atp_parse_error_t *err) {
+  ATP_ASSERT(s && arena && out && start <= end && end <= s->len);
+  *out = NULL;
+  if (err) err->field[0] = '\0';
+  if (s->format == ATP_FORMAT_MSGPACK)
+    return atp_codec_msgpack_element(s->body, start, end, s->depth, arena, out, err);
+  return atp_codec_json_element(s->body, start, end, s->depth, arena, out, err);
+}
+
 const atp_val_t *atp_val_getn(const atp_val_t *object, const char *key,
                               size_t key_len) {
   if (!object || object->type != ATP_VAL_OBJECT || !key) return NULL;
@@ -557,4 +605,9 @@ static void raw_val(atp_writer_t *w, const atp_val_t *v, uint32_t depth) {
 void atp_w_val(atp_writer_t *w, const atp_val_t *val) {
   before_value(w);
   raw_val(w, val, 0);
+}
+
+void atp_w_raw(atp_writer_t *w, const char *bytes, size_t len) {
+  before_value(w);
+  put(w, bytes, len);
 }

@@ -30,6 +30,13 @@ int atp_codec_json_stream(bool ndjson, const char *body, size_t len,
                           int (*fn)(void *ctx, uint32_t index, atp_val_t *val),
                           void *ctx, atp_parse_error_t *err);
 
+/* The splitter's per-format steps (atp_splitter_next's contract, without the
+ * count) and the parse of one element inside `depth` containers. */
+int atp_codec_json_split(atp_splitter_t *s, size_t *start, size_t *end,
+                         atp_parse_error_t *err);
+int atp_codec_json_element(const char *body, size_t start, size_t end, uint32_t depth,
+                           atp_arena_t *arena, atp_val_t **out, atp_parse_error_t *err);
+
 /* MessagePack (codec_msgpack.c). */
 int atp_codec_msgpack_parse(const char *body, size_t len, atp_arena_t *arena,
                             atp_val_t **out, atp_parse_error_t *err);
@@ -37,5 +44,11 @@ int atp_codec_msgpack_stream(const char *body, size_t len, atp_arena_t *arena,
                              uint32_t max_items,
                              int (*fn)(void *ctx, uint32_t index, atp_val_t *val),
                              void *ctx, atp_parse_error_t *err);
+
+int atp_codec_msgpack_split(atp_splitter_t *s, size_t *start, size_t *end,
+                            atp_parse_error_t *err);
+int atp_codec_msgpack_element(const char *body, size_t start, size_t end,
+                              uint32_t depth, atp_arena_t *arena, atp_val_t **out,
+                              atp_parse_error_t *err);
 
 #endif

@@ -832,3 +832,104 @@ int atp_codec_json_stream(bool ndjson, const char *body, size_t len, atp_arena_t
   }
   return 0;
 }
+
+/* --- element splitter -------------------------------------------------------- */
+
+/* Where the string opened at body[p] (a quote) ends: just past its closing
+ * quote, or len when it is unterminated. memchr finds each quote; one after an
+ * odd run of backslashes is escaped. */
+static size_t string_end(const char *body, size_t p, size_t len) {
+  size_t i = p + 1;
+  for (;;) {
+    const char *q = i < len ? memchr(body + i, '"', len - i) : NULL;
+    if (!q) return len;
+    size_t at = (size_t)(q - body), slashes = 0;
+    while (at - slashes > p + 1 && body[at - slashes - 1] == '\\') slashes++;
+    if (slashes % 2 == 0) return at + 1;
+    i = at + 1;
+  }
+}
+
+/* The end of the array item starting at p: the ',' or ']' that closes it at
+ * depth 0, or len when the body ends first. Brackets of either kind count as
+ * one depth, so an item whose brackets do not match is still delimited, and
+ * refused by its own parse. O(bytes), one pass, strings skipped by memchr. */
+static size_t item_end(const char *body, size_t p, size_t len) {
+  size_t depth = 0;
+  while (p < len) {
+    char c = body[p];
+    if (c == '"') {
+      p = string_end(body, p, len);
+      continue;
+    }
+    if (c == '[' || c == '{') {
+      depth++;
+    } else if (c == ']' || c == '}') {
+      if (depth == 0 && c == ']') return p;
+      if (depth > 0) depth--;
+    } else if (c == ',' && depth == 0) {
+      return p;
+    }
+    p++;
+  }
+  return len;
+}
+
+int atp_codec_json_split(atp_splitter_t *s, size_t *start, size_t *end,
+                         atp_parse_error_t *err) {
+  const char *b = s->body;
+  size_t len = s->len;
+  if (s->format == ATP_FORMAT_NDJSON) {
+    /* One value per line; a JSON string cannot hold a raw newline. */
+    while (s->pos < len) {
+      const char *nl = memchr(b + s->pos, '\n', len - s->pos);
+      size_t line_end = nl ? (size_t)(nl - b) : len, from = s->pos;
+      s->pos = nl ? line_end + 1 : len;
+      size_t first = skip_ws(b, from, line_end);
+      if (first == line_end) continue; /* blank line */
+      size_t last = line_end;
+      while (last > first && is_ws(b[last - 1])) last--;
+      *start = first;
+      *end = last;
+      return 1;
+    }
+    return 0;
+  }
+  if (s->state == 0) {
+    size_t p = skip_ws(b, 0, len);
+    if (p >= len || b[p] != '[')
+      return atp_codec_fail(err, p, "a JSON batch is an array of ops");
+    s->depth = 1;
+    s->state = 1;
+    s->pos = skip_ws(b, p + 1, len);
+    if (s->pos < len && b[s->pos] == ']') {
+      s->pos++;
+      s->state = 3;
+    }
+  }
+  if (s->state == 3) { /* after the closing bracket only blanks may follow */
+    size_t p = skip_ws(b, s->pos, len);
+    if (p < len) return atp_codec_fail(err, p, "unexpected data after the array");
+    return 0;
+  }
+  size_t from = s->pos, to = item_end(b, from, len);
+  if (to >= len) return atp_codec_fail(err, len, "unexpected end of input");
+  size_t last = to;
+  while (last > from && is_ws(b[last - 1])) last--;
+  *start = from;
+  *end = last;
+  if (b[to] == ']') {
+    s->pos = to + 1;
+    s->state = 3;
+  } else {
+    s->pos = skip_ws(b, to + 1, len);
+  }
+  return 1;
+}
+
+int atp_codec_json_element(const char *body, size_t start, size_t end, uint32_t depth,
+                           atp_arena_t *arena, atp_val_t **out,
+                           atp_parse_error_t *err) {
+  if (start == end) return atp_codec_fail(err, start, "empty item");
+  return parse_one(body, start, end, false, depth, arena, out, NULL, err);
+}

@@ -450,3 +450,49 @@ int atp_codec_msgpack_stream(const char *body, size_t len, atp_arena_t *arena,
   if (p < len) return atp_codec_fail(err, p, "unexpected data after the array");
   return 0;
 }
+
+/* --- element splitter -------------------------------------------------------- */
+
+int atp_codec_msgpack_split(atp_splitter_t *s, size_t *start, size_t *end,
+                            atp_parse_error_t *err) {
+  const unsigned char *b = (const unsigned char *)s->body;
+  size_t len = s->len;
+  if (s->state == 0) {
+    s->state = 1;
+    if (len > 0 && ((b[0] >= 0x90 && b[0] <= 0x9f) || b[0] == 0xdc || b[0] == 0xdd)) {
+      /* A single array: its items are the elements, nothing may follow it. */
+      int size_bytes = b[0] <= 0x9f ? 0 : b[0] == 0xdc ? 2 : 4;
+      if (len < 1 + (size_t)size_bytes)
+        return atp_codec_fail(err, len, "unexpected end of input");
+      s->left = size_bytes ? be(b + 1, size_bytes) : (uint64_t)(b[0] & 0x0f);
+      s->pos = 1 + (size_t)size_bytes;
+      s->depth = 1;
+    }
+  }
+  if (s->left == 0) {
+    if (s->pos < len)
+      return atp_codec_fail(err, s->pos, "unexpected data after the array");
+    return 0;
+  }
+  if (s->left == UINT64_MAX && s->pos >= len) return 0;
+  size_t stop;
+  int rc = check_value(s->body, s->pos, len, s->depth, &stop, err);
+  if (rc) return rc;
+  *start = s->pos;
+  *end = stop;
+  s->pos = stop;
+  if (s->left != UINT64_MAX) s->left--;
+  return 1;
+}
+
+int atp_codec_msgpack_element(const char *body, size_t start, size_t end,
+                              uint32_t depth, atp_arena_t *arena, atp_val_t **out,
+                              atp_parse_error_t *err) {
+  size_t stop;
+  int rc = parse_one(body, start, end, depth, arena, out, &stop, err);
+  if (rc == 0 && stop != end) {
+    *out = NULL;
+    return atp_codec_fail(err, stop, "unexpected data after the value");
+  }
+  return rc;
+}

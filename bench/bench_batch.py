@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Batch ingestion over HTTP: POST /v1/batch with 1,000-op batches of adjustments and of
+reservations, in NDJSON and msgpack, against one bin/atpd (--threads 1, the HTTP
+benchmark's setting). Prints one "name value" line per figure (ops/s).
+
+  bench/bench_batch.py [--seconds S] [--conns N] [--durability none|batch] [--bin bin/atpd]
+
+Bodies are encoded before the clock starts, so the client (Python) costs only the
+socket writes and reads; each connection sends one batch and waits for its answer.
+"""
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import msgpack
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+OPS = 1000
+POSITIONS = 10000
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def request(port, body, ct):
+    return (b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: " + ct.encode() +
+            b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def read_response(sock, buf):
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    n = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            n = int(v)
+    while len(rest) < n:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("closed")
+        rest += chunk
+    return status, rest[:n], rest[n:]
+
+
+def encode(ops, fmt):
+    if fmt == "ndjson":
+        return b"\n".join(json.dumps(o, separators=(",", ":")).encode() for o in ops), \
+            "application/x-ndjson"
+    return msgpack.packb(ops, use_bin_type=True), "application/msgpack"
+
+
+def make_batches(kind, fmt, count, tag):
+    out = []
+    for b in range(count):
+        ops = []
+        for i in range(OPS):
+            n = b * OPS + i
+            sku = "sku-%05d" % (n % POSITIONS)
+            if kind == "adjust":
+                ops.append(dict(op="adjust", flow="erp", id="%s-a-%d" % (tag, n), sku=sku,
+                                location="L1", delta=1, reason="received"))
+            else:
+                ops.append(dict(op="reserve", flow="oms", id="%s-r-%d" % (tag, n),
+                                lines=[dict(sku=sku, location="L1", qty=1)]))
+        body, ct = encode(ops, fmt)
+        out.append(request(0, body, ct))
+    return out
+
+
+def run(port, batches, conns, seconds):
+    """Sends batches round-robin over conns connections for up to seconds; ops/s."""
+    lock = threading.Lock()
+    state = {"next": 0, "ops": 0, "bad": 0}
+    stop_at = time.time() + seconds
+
+    def worker():
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        while time.time() < stop_at:
+            with lock:
+                i = state["next"]
+                state["next"] += 1
+            if i >= len(batches):
+                break
+            s.sendall(batches[i])
+            status, body, buf = read_response(s, buf)
+            with lock:
+                if status == 200:
+                    state["ops"] += OPS
+                else:
+                    state["bad"] += 1
+        s.close()
+
+    t0 = time.time()
+    threads = [threading.Thread(target=worker) for _ in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.time() - t0
+    if state["bad"]:
+        print("# %d batches answered non-200" % state["bad"], file=sys.stderr)
+    return state["ops"] / elapsed
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--conns", type=int, default=4)
+    ap.add_argument("--durability", default="none")
+    ap.add_argument("--bin", default=os.path.join(ROOT, "bin", "atpd"))
+    ap.add_argument("--batches", type=int, default=3000, help="encoded per figure")
+    args = ap.parse_args()
+    port = free_port()
+    data = tempfile.mkdtemp(prefix="atpd-bench-batch-")
+    srv = subprocess.Popen([args.bin, "--listen", "127.0.0.1:%d" % port, "--threads", "1",
+                            "--data-dir", data, "--durability", args.durability,
+                            "--access-log", "off"], stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port)).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        # Stock for every reservation the runs can make.
+        stock = [dict(op="adjust", flow="erp", id="stock-%d" % i, sku="sku-%05d" % i,
+                      location="L1", delta=10**9, reason="received") for i in range(POSITIONS)]
+        body, ct = encode(stock, "msgpack")
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(request(0, body, ct))
+        status, _, _ = read_response(s, b"")
+        s.close()
+        assert status == 200, status
+        for kind in ("adjust", "reserve"):
+            for fmt in ("ndjson", "msgpack"):
+                batches = make_batches(kind, fmt, args.batches, "%s-%s" % (kind, fmt))
+                rate = run(port, batches, args.conns, args.seconds)
+                print("atpd_batch_%s_%s_ops %.0f" % (kind, fmt, rate))
+                sys.stdout.flush()
+    finally:
+        srv.terminate()
+        srv.wait()
+
+
+if __name__ == "__main__":
+    main()
