@@ -149,6 +149,9 @@ int atp_flows_before(atp_req_t *rq);
  * (when keep_rejection), and audits a manual adjustment or count by an ops
  * token. */
 void atp_flows_after(atp_req_t *rq, int rc, bool keep_rejection);
+/* The batch adapter's plug-in points backed by the app's dead letters and
+ * flow queues (set as app->flows by atp_app_start). */
+const atp_flows_t *atp_flows_plug(atp_app_t *app);
 /* The flows' figures for /metrics. */
 void atp_flows_write_metrics(atp_app_t *app, atp_buf_t *out);
 

@@ -148,6 +148,7 @@ int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
       (rc = atp_flowstate_create(&fsc, &app->flow_state)) != 0 ||
       (rc = atp_audit_create(&auc, &app->audit)) != 0)
     return rc;
+  app->flows = atp_flows_plug(app);
   atp_engine_config_t ec;
   memset(&ec, 0, sizeof ec);
   ec.clock_skew_ms = options->clock_skew_ms;
@@ -188,6 +189,7 @@ int atp_app_stop(atp_app_t *app) {
   app->dead_letters = NULL;
   app->flow_state = NULL;
   app->audit = NULL;
+  app->flows = NULL;
   atomic_store_explicit(&app->engine, NULL, memory_order_release);
   if (rt->engine) atp_engine_destroy(rt->engine);
   pthread_cond_destroy(&rt->cond);

@@ -20,6 +20,7 @@
 #include "atp/audit.h"
 #include "atp/deadletters.h"
 #include "atp/error.h"
+#include "atp/flows.h"
 #include "atp/flowstate.h"
 #include "atp/limits.h"
 #include "atp/log.h"
@@ -213,6 +214,81 @@ void atp_flows_after(atp_req_t *rq, int rc, bool keep) {
     keep_rejection(rq, rc, flow, at);
 }
 
+/* --- the batch adapter's plug-in points (atp/flows.h) ------------------------ */
+
+/* A stored batch op (a queued one on resume, a dead letter's on replay) runs
+ * through POST /v1/batch again on this thread; meanwhile its flow must not
+ * queue it again, and a replay's rejection updates its dead letter instead
+ * of making a new one. */
+static _Thread_local struct {
+  bool active;
+  bool keep_rejection;
+} stored_run;
+
+static void batch_reject(void *ctx, const atp_rejection_t *r) {
+  atp_app_t *app = ctx;
+  int64_t at = now_ms(app);
+  atp_flowstate_count(app->flow_state, r->flow, false, at);
+  if (stored_run.active && !stored_run.keep_rejection) return;
+  if (!app->dead_letters || !r->flow.len ||
+      (!dead_letter_kind(r->err) && r->err != ATP_ETOOLARGE))
+    return;
+  atp_dead_letter_t d = {
+      .flow = r->flow,
+      .owner = r->owner.len ? r->owner : r->flow,
+      .index = r->index,
+      .code = cstr(r->code),
+      .message = cstr(r->message),
+      .field = cstr(r->field ? r->field : ""),
+      .origin = ATP_DL_ORIGIN_BATCH,
+      .format = r->format == ATP_FORMAT_MSGPACK ? ATP_FORMAT_MSGPACK : ATP_FORMAT_JSON,
+      .method = ATP_HTTP_POST,
+      .path = {"", 0},
+      .query = {"", 0},
+      .payload = {r->payload, (uint32_t)r->payload_len},
+      .received_at = at,
+  };
+  int err = atp_deadletters_add(app->dead_letters, &d, NULL);
+  if (err != 0)
+    atp_log("error", "dead letters: a rejected batch op of flow %.*s was not kept: %s",
+            (int)r->flow.len, r->flow.ptr, atp_strerror(err));
+}
+
+static bool batch_paused(void *ctx, atp_str_t flow) {
+  atp_app_t *app = ctx;
+  return !stored_run.active && atp_flowstate_paused(app->flow_state, flow);
+}
+
+static int batch_enqueue(void *ctx, const atp_queued_op_t *q) {
+  atp_app_t *app = ctx;
+  atp_flow_op_t op = {
+      .flow = q->flow,
+      .origin = ATP_FLOW_OP_BATCH,
+      .format = q->format == ATP_FORMAT_MSGPACK ? ATP_FORMAT_MSGPACK : ATP_FORMAT_JSON,
+      .method = ATP_HTTP_POST,
+      .path = {"", 0},
+      .query = {"", 0},
+      .payload = {q->payload, (uint32_t)q->payload_len},
+      .index = q->index,
+      .queued_at = now_ms(app),
+  };
+  uint64_t seq = 0;
+  uint32_t depth = 0;
+  int rc = atp_flowstate_enqueue(app->flow_state, &op, &seq, &depth);
+  /* Resumed between the check and the queue: the batch has no way to apply
+   * it now, so it is refused as a full queue would be and may be resent. */
+  return rc == ATP_ECONFLICT ? ATP_EFULL : rc;
+}
+
+const atp_flows_t *atp_flows_plug(atp_app_t *app) {
+  static atp_flows_t hooks;
+  hooks.ctx = app;
+  hooks.reject = batch_reject;
+  hooks.paused = batch_paused;
+  hooks.enqueue = batch_enqueue;
+  return &hooks;
+}
+
 /* --- running a stored op ------------------------------------------------------ */
 
 static const char *content_type_of(uint8_t format) {
@@ -249,6 +325,70 @@ static void run_route_op(atp_req_t *rq, atp_arena_t *arena, uint8_t method,
   res->content_type = NULL;
   res->extra_header_count = 0;
   (void)atp_router_run_stored(rq->app, &req, res, keep, out);
+}
+
+/* Runs a stored batch op as a batch of one (?results=all) and turns its
+ * result line into out; res gets {index, status, error?} as the op's answer. */
+static void run_batch_op(atp_req_t *rq, atp_arena_t *arena, uint8_t format,
+                         atp_str_t payload, atp_http_response_t *res, bool keep,
+                         atp_router_outcome_t *out) {
+  size_t n = payload.len + 2;
+  char *body = atp_arena_alloc(arena, n);
+  memset(out, 0, sizeof *out);
+  if (!body) {
+    out->rc = ATP_ENOMEM;
+    out->status = 503;
+    return;
+  }
+  uint32_t len = payload.len;
+  if (format == ATP_FORMAT_MSGPACK) {
+    memcpy(body, payload.ptr, payload.len); /* a stream of one object */
+  } else {
+    body[0] = '[';
+    memcpy(body + 1, payload.ptr, payload.len);
+    body[payload.len + 1] = ']';
+    len += 2;
+  }
+  stored_run.active = true;
+  stored_run.keep_rejection = keep;
+  run_route_op(rq, arena, ATP_HTTP_POST, cstr("/v1/batch"), cstr("results=all"), format,
+               (atp_str_t){body, len}, res, keep, out);
+  stored_run.active = false;
+  /* The batch answered 200 with one result line: that line is the op's. */
+  atp_val_t *v = NULL;
+  atp_parse_error_t perr;
+  const atp_val_t *results = NULL, *line = NULL;
+  if (out->rc == 0 &&
+      atp_codec_parse(
+          rq->out_format == ATP_FORMAT_MSGPACK ? ATP_FORMAT_MSGPACK : ATP_FORMAT_JSON,
+          res->body->data, res->body->len, arena, &v, &perr) == 0 &&
+      (results = atp_val_get(v, "results")) && results->type == ATP_VAL_ARRAY &&
+      results->len == 1)
+    line = &results->u.items[0];
+  if (!line) {
+    if (out->rc == 0) out->rc = ATP_EINTERNAL;
+    return;
+  }
+  const atp_val_t *st = atp_val_get(line, "status");
+  out->status = st && st->type == ATP_VAL_INT ? (int)st->u.i : 500;
+  const atp_val_t *err = atp_val_get(line, "error");
+  if (out->status >= 300 && err) {
+    const atp_val_t *code = atp_val_get(err, "code"),
+                    *msg = atp_val_get(err, "message"),
+                    *field = atp_val_get(err, "field");
+    out->rc = ATP_EBADREQ; /* a rejection; its code is in out->code */
+    snprintf(out->code, sizeof out->code, "%s",
+             code && code->type == ATP_VAL_STR ? code->u.s : "bad_request");
+    snprintf(out->message, sizeof out->message, "%s",
+             msg && msg->type == ATP_VAL_STR ? msg->u.s : "");
+    snprintf(out->field, sizeof out->field, "%s",
+             field && field->type == ATP_VAL_STR ? field->u.s : "");
+  }
+  atp_buf_reset(res->body);
+  atp_writer_t w;
+  atp_writer_init(&w, rq->out_format, res->body);
+  atp_w_val(&w, line);
+  res->status = out->status;
 }
 
 /* --- dead letters -------------------------------------------------------------- */
@@ -467,10 +607,6 @@ int atp_route_dead_letter_replay(atp_req_t *rq) {
   if (d.status == ATP_DL_RESOLVED)
     return atp_req_fail(rq, ATP_ECONFLICT, NULL, "dl_id",
                         "This dead letter is resolved; it is not replayed.");
-  if (d.origin != ATP_DL_ORIGIN_ROUTE)
-    return atp_req_fail(rq, ATP_ECONFLICT, NULL, "dl_id",
-                        "Batch ops are replayed by the batch adapter, which this build "
-                        "lacks.");
   atp_str_t run = payload.len ? payload : d.payload;
   uint8_t run_format = payload.len ? format : d.format;
   /* The op's own answer becomes the replay's: a buffer of its own, copied. */
@@ -478,8 +614,11 @@ int atp_route_dead_letter_replay(atp_req_t *rq) {
   atp_buf_init(&body, ATP_HTTP_BULK_BODY_BYTES_MAX);
   atp_http_response_t res = {.body = &body};
   atp_router_outcome_t out;
-  run_route_op(rq, rq->arena, d.method, d.path, d.query, run_format, run, &res, false,
-               &out);
+  if (d.origin == ATP_DL_ORIGIN_BATCH)
+    run_batch_op(rq, rq->arena, run_format, run, &res, false, &out);
+  else
+    run_route_op(rq, rq->arena, d.method, d.path, d.query, run_format, run, &res, false,
+                 &out);
   int64_t at = now_ms(rq->app);
   rc = atp_deadletters_attempt(dls, id, out.rc == 0, out.code, out.message, out.field,
                                payload, format, at);
@@ -641,8 +780,11 @@ static int drain(atp_req_t *rq, atp_str_t name, atp_str_t by, uint32_t *applied,
     rc = atp_flowstate_next(fs, name, &scratch, &op, &done, by, now_ms(rq->app));
     if (rc != 0 || done) break;
     atp_router_outcome_t out;
-    run_route_op(rq, &scratch, op.method, op.path, op.query, op.format, op.payload,
-                 &res, true, &out);
+    if (op.origin == ATP_FLOW_OP_BATCH)
+      run_batch_op(rq, &scratch, op.format, op.payload, &res, true, &out);
+    else
+      run_route_op(rq, &scratch, op.method, op.path, op.query, op.format, op.payload,
+                   &res, true, &out);
     if (out.rc == 0)
       (*applied)++;
     else

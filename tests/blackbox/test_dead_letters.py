@@ -180,3 +180,27 @@ def test_bound_drops_closed_first_then_open_and_says_so(binary):
     finally:
         problem = srv.stop()
         assert problem is None, problem
+
+
+@formats()
+def test_batch_rejections_are_dead_letters_and_replay(srv, fmt):
+    c = srv.client(fmt)
+    flow, sku = uid("feed"), uid("sku")
+    ops = [dict(op="adjust", flow=flow, id=uid("a"), sku=sku, location="L1", delta=2,
+                reason="received"),
+           dict(op="adjust", flow=flow, id=uid("a"), sku=sku, location="L1", delta=0,
+                reason="received"),
+           dict(op="count", flow="pos", id=uid("c"), sku=sku, location="L1", on_hand=1,
+                counted_at=now_ms())]
+    r = c.post("/v1/batch", ops)
+    assert r.status == 200 and r.data["rejected"] == 2, r
+    mine = find(c, sku)
+    got = sorted((d["index"], d["error"]["code"], d["owner"], d["origin"].get("batch")) for d in mine)
+    assert got == [(1, "bad_request", flow, True), (2, "not_owner", "inventory-control", True)], got
+    dl = [d for d in mine if d["index"] == 1][0]["dl_id"]
+    fixed = dict(ops[1], delta=3)
+    r = c.post("/v1/dead-letters/%s/replay" % dl, dict(payload=fixed, by="x"))
+    assert r.status == 200 and r.data["status"] == 200, r
+    assert c.pos(sku, "L1")["on_hand"] == 5
+    [d] = [d for d in find(c, sku) if d["dl_id"] == dl]
+    assert d["status"] == "replayed" and d["attempts"] == 2, d

@@ -127,3 +127,22 @@ def test_dead_letters_paused_queue_and_audit_survive_kill9(binary):
     finally:
         problem = srv.stop()
         assert problem is None, problem
+
+
+@formats()
+def test_batch_ops_of_a_paused_flow_are_queued_and_applied_on_resume(srv, fmt):
+    c = srv.client(fmt)
+    flow, sku = uid("wms"), uid("sku")
+    assert c.post("/v1/flows/%s/pause" % flow, dict(by="x")).status == 200
+    ops = [dict(op="adjust", flow=flow, id=uid("a"), sku=sku, location="L1", delta=4,
+                reason="received", change_from=0),
+           dict(op="adjust", flow=flow, id=uid("a"), sku=sku, location="L1", delta=1,
+                reason="received", change_from=4),
+           dict(op="adjust", flow=uid("other"), id=uid("a"), sku=sku, location="L2", delta=1,
+                reason="received")]
+    r = c.post("/v1/batch", ops)
+    assert r.status == 200 and r.data["queued"] == 2 and r.data["applied"] == 1, r
+    assert flows(c)[flow]["queued"] == 2
+    r = c.post("/v1/flows/%s/resume" % flow, dict(by="x"))
+    assert r.data["drained"] == dict(applied=2, rejected=0), r
+    assert c.pos(sku, "L1")["on_hand"] == 5
