@@ -42,6 +42,10 @@ typedef struct {
    * NULL: none. A nonzero return fails the start. */
   int (*after_restore)(void *ctx, atp_engine_t *engine);
   void *after_restore_ctx;
+  /* Integration flows' bounds (0: the limits.h defaults). */
+  uint32_t dead_letters_max; /* --dead-letters-max */
+  uint32_t flow_queue_max;   /* --flow-queue-max, per flow */
+  uint32_t audit_max;        /* --audit-max */
 } atp_app_options_t;
 
 /* Creates the engine and durability and starts the restore thread. 0, or

@@ -46,6 +46,10 @@ typedef struct {
    * may lie (--clock-skew-ms). */
   int64_t clock_skew_ms;
   bool show_version; /* --version: print "atpd X.Y.Z" and exit */
+  /* Integration flows' bounds (limits.h gives defaults and ranges). */
+  uint32_t dead_letters_max; /* --dead-letters-max */
+  uint32_t flow_queue_max;   /* --flow-queue-max, ops per paused flow */
+  uint32_t audit_max;        /* --audit-max */
 } atp_config_t;
 
 /* Fills *cfg with the defaults, then the ATPD_* environment, then argv.

@@ -235,6 +235,9 @@ static int start_app(const atp_config_t *cfg, atp_app_t *app,
                                                        : ATP_JOURNAL_BATCH;
   ao.clock_skew_ms = cfg->clock_skew_ms;
   ao.tick_ms = ENGINE_TICK_MS;
+  ao.dead_letters_max = cfg->dead_letters_max;
+  ao.flow_queue_max = cfg->flow_queue_max;
+  ao.audit_max = cfg->audit_max;
   if (cfg->demo) ao.after_restore = load_demo;
   int rc = atp_app_start(app, &ao, server);
   if (rc != 0) {
