@@ -102,4 +102,11 @@
 #define ATP_CTL_RESPONSE_BYTES_MAX (64u << 20)
 #define ATP_CTL_TIMEOUT_MS         10000
 
+/* Threads alive at once that call the engine: each takes a reader slot (one
+ * cache line in every engine) on its first call and gives it back when it
+ * exits (src/engine/epoch.c). One more is a programmer error that stops the
+ * process: a thread without a slot could not be waited for by the engine's
+ * memory reclamation. */
+#define ATP_ENGINE_THREADS_MAX 1024
+
 #endif
