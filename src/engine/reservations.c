@@ -829,6 +829,10 @@ static int reserve_in_epoch(atp_engine_t *e, const atp_reserve_req_t *req,
   return 0;
 }
 
+/* Each public call of this file runs its _in_epoch body in an epoch bracket
+ * (epoch.c): it walks the reservation and id chains and reads the records and
+ * arrays it finds there, which the ticker may unlink and retire meanwhile.
+ * The bracket costs one xchg on entry (see atp__epoch_enter). */
 int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t *out,
                 atp_shortfalls_t *shortfalls, atp_result_t *result) {
   atp__epoch_enter(e);

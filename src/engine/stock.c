@@ -242,6 +242,9 @@ static int adjust_in_epoch(atp_engine_t *e, const atp_adjust_req_t *req,
   return 0;
 }
 
+/* Adjustments and counts claim their id in the idempotency table, whose
+ * chains the ticker changes: the body runs in an epoch bracket (epoch.c).
+ * Safety stock touches positions only, which are never freed: no bracket. */
 int atp_adjust(atp_engine_t *e, const atp_adjust_req_t *req, atp_adjust_res_t *outcome,
                atp_result_t *result) {
   atp__epoch_enter(e);
