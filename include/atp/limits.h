@@ -137,4 +137,11 @@
 #define ATP_CTL_CSV_COLUMNS_MAX      64
 #define ATP_CTL_PROGRESS_INTERVAL_MS 100
 
+/* Threads alive at once that call the engine: each takes a reader slot (one
+ * cache line in every engine) on its first call and gives it back when it
+ * exits (src/engine/epoch.c). One more is a programmer error that stops the
+ * process: a thread without a slot could not be waited for by the engine's
+ * memory reclamation. */
+#define ATP_ENGINE_THREADS_MAX 1024
+
 #endif
