@@ -359,8 +359,7 @@ def test_disk_full_tmpfs(binary, tmp_path):
         refused = None
         while time.time() < deadline:
             # a mutation admitted just before the failure showed parks too
-            # 503 on mutations is not in proto/openapi.yaml yet (see the report)
-            pc = srv.client(validate=False)
+            pc = srv.client()
             pc.timeout = 0.5
             try:
                 r = adj(pc, sku, "L1", 1)
