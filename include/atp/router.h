@@ -99,7 +99,6 @@ void atp_router_log(void *ctx, const atp_http_request_t *req, int status,
  * Content-Type and Accept ask for (atp_http_error_fn). */
 void atp_router_error(void *ctx, const atp_http_request_t *req, int err,
                       const char *message, atp_http_response_t *res);
-void atp_router_tick(void *ctx);
 
 /* 0 when flow may write field under the app's ownership matrix, else
  * ATP_ENOTOWNER recorded on flow_key. */

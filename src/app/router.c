@@ -458,9 +458,3 @@ void atp_router_log(void *ctx, const atp_http_request_t *req, int status,
                  route < ROUTE_COUNT ? routes[route].pattern : "unmatched", status,
                  elapsed_ns, body_bytes);
 }
-
-void atp_router_tick(void *ctx) {
-  atp_app_t *app = ctx;
-  atp_engine_t *engine = atp_app_engine(app);
-  if (engine) atp_engine_tick(engine);
-}
