@@ -122,6 +122,8 @@ int atp_route_group_delete(atp_req_t *rq);
 int atp_route_healthz(atp_req_t *rq);
 int atp_route_readyz(atp_req_t *rq);
 int atp_route_metrics(atp_req_t *rq);
+int atp_route_admin_snapshot_post(atp_req_t *rq);
+int atp_route_admin_snapshot_get(atp_req_t *rq);
 
 /* The engine, or NULL (handlers behind /v1 are only dispatched once ready). */
 static inline atp_engine_t *atp_app_engine(atp_app_t *app) {
