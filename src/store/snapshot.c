@@ -791,7 +791,9 @@ int atp_snapshot_fetch(const atp_snapshot_config_t *config, atp_engine_t *engine
         ERR("redis snapshot %s: chunk %" PRIu64 " has a bad frame", latest->str, i);
         rc = ATP_EINTERNAL;
       } else {
-        rc = apply_chunk(engine, f + FRAME_BYTES, payload, get32(f + 8), &recs, where,
+        char label[128];
+        snprintf(label, sizeof label, "redis snapshot %s", latest->str);
+        rc = apply_chunk(engine, f + FRAME_BYTES, payload, get32(f + 8), &recs, label,
                          i, offset, err, err_len);
         if (rc && rc != ATP_ENOMEM) rc = ATP_EINTERNAL;
       }
