@@ -239,6 +239,12 @@ static int start_app(const atp_config_t *cfg, atp_app_t *app,
   ao.flow_queue_max = cfg->flow_queue_max;
   ao.audit_max = cfg->audit_max;
   if (cfg->demo) ao.after_restore = load_demo;
+  ao.snapshot_interval_s = cfg->snapshot_interval_s;
+  if (cfg->redis_url[0]) {
+    ao.redis_host = cfg->redis_host;
+    ao.redis_port = cfg->redis_port;
+    ao.redis_db = cfg->redis_db;
+  }
   int rc = atp_app_start(app, &ao, server);
   if (rc != 0) {
     fprintf(stderr, "atpd: cannot start: %s\n", atp_strerror(rc));
