@@ -23,6 +23,7 @@ with open(OWNERSHIP, "w") as f:
         "groups": {"writers": ["ops"], "owner": "ecommerce"},
         "reservations": {"writers": ["checkout", "pos", "oms", "shopify"], "owner": "ecommerce"},
     }}, f)
+ASAN = True
 SERVER_ARGS = ["--ownership", OWNERSHIP]
 
 
