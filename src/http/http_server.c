@@ -13,7 +13,7 @@
  * Heads and small bodies are copied into the queue's byte buffer; a large body
  * is moved (not copied) into the queue and written in place with writev.
  * Backpressure: when the queued responses reach ATP_HTTP_PIPELINE_MAX or
- * OUT_HIGH_WATER_BYTES, on_message_complete pauses llhttp, the unparsed rest
+ * ATP_HTTP_OUT_HIGH_WATER_BYTES, on_message_complete pauses llhttp, the unparsed rest
  * of the read is kept in the connection's input buffer and reading stops until
  * the write in flight completes. A client that never reads pins at most that.
  *
@@ -43,21 +43,15 @@
 #include "atp/error.h"
 #include "atp/limits.h"
 
-#define READ_BYTES            (64 * 1024)   /* one loop-wide read buffer */
-#define OUT_HIGH_WATER_BYTES  (1024 * 1024) /* queued output that pauses parsing */
-#define OUT_INLINE_BODY_BYTES (16 * 1024)   /* bodies up to this are copied */
-#define OUT_BIG_MAX           4             /* moved bodies per output queue */
-#define RESPONSE_BYTES_MAX    (256u << 20)  /* one response body */
+#define READ_BYTES            (64 * 1024) /* one loop-wide read buffer */
+#define OUT_INLINE_BODY_BYTES (16 * 1024) /* bodies up to this are copied */
+#define OUT_BIG_MAX           4           /* moved bodies per output queue */
 /* A request's buffers above this are freed when it ends, so an idle keep-alive
  * connection holds a few small buffers whatever its last request was. */
 #define KEEP_BUF_BYTES     (32 * 1024)
 #define ARENA_CHUNK_BYTES  (16 * 1024)
-#define ARENA_BYTES_MAX    (4u * ATP_HTTP_BULK_BODY_BYTES_MAX)
 #define HEAD_BUF_BYTES_MAX (ATP_HTTP_URL_BYTES_MAX + ATP_HTTP_HEADER_BYTES_MAX + 64)
-#define FIELD_BYTES        24   /* longest header name we look for, rounded up */
-#define LINGER_MS          2000 /* after the last response: wait for the client's FIN */
-#define LINGER_BYTES_MAX   (4u << 20)
-#define STOP_TIMEOUT_MS    5000
+#define FIELD_BYTES        24 /* longest header name we look for, rounded up */
 #define STOP_POLL_MS       20 /* how soon a drain notices a hurry */
 #define LISTEN_BACKLOG     1024
 #define REQUEST_ID_BLOCK   4096
@@ -320,7 +314,7 @@ static bool out_full(const conn_t *c) {
     bytes += c->out[!c->pending].total_bytes;
   }
   return c->deferred_id || responses >= ATP_HTTP_PIPELINE_MAX ||
-         bytes >= OUT_HIGH_WATER_BYTES;
+         bytes >= ATP_HTTP_OUT_HIGH_WATER_BYTES;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -415,7 +409,7 @@ static int queue_response(conn_t *c, const response_t *r) {
     q->big_at[q->big_count] = q->bytes.len;
     q->big_count++;
     q->total_bytes += r->body_len;
-    atp_buf_init(r->body_buf, RESPONSE_BYTES_MAX);
+    atp_buf_init(r->body_buf, ATP_HTTP_RESPONSE_BYTES_MAX);
   }
   q->responses++;
   return 0;
@@ -519,7 +513,7 @@ static void request_shrink(conn_t *c) {
    * reset, nothing allocated from it, when this runs.) */
   if (c->arena.bytes_held > ARENA_CHUNK_BYTES) {
     atp_arena_destroy(&c->arena);
-    atp_arena_init(&c->arena, ARENA_CHUNK_BYTES, ARENA_BYTES_MAX);
+    atp_arena_init(&c->arena, ARENA_CHUNK_BYTES, ATP_HTTP_ARENA_BYTES_MAX);
   }
   if (c->head.cap > KEEP_BUF_BYTES) atp_buf_free(&c->head);
   if (c->body.cap > KEEP_BUF_BYTES) atp_buf_free(&c->body);
@@ -984,10 +978,10 @@ static void core_init(conn_t *c, const atp_http_config_t *config, loop_ctx_t *lp
   c->lp = lp;
   llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
   c->parser.data = c;
-  atp_arena_init(&c->arena, ARENA_CHUNK_BYTES, ARENA_BYTES_MAX);
+  atp_arena_init(&c->arena, ARENA_CHUNK_BYTES, ATP_HTTP_ARENA_BYTES_MAX);
   atp_buf_init(&c->head, HEAD_BUF_BYTES_MAX);
   atp_buf_init(&c->body, ATP_HTTP_BODY_BYTES_MAX + 1);
-  atp_buf_init(&c->res_body, RESPONSE_BYTES_MAX);
+  atp_buf_init(&c->res_body, ATP_HTTP_RESPONSE_BYTES_MAX);
   atp_buf_init(&c->in, READ_BYTES);
   outq_init(&c->out[0]);
   outq_init(&c->out[1]);
@@ -1177,7 +1171,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   if (c->lingering || c->closing) {
     c->linger_bytes += (size_t)nread;
-    if (c->linger_bytes > LINGER_BYTES_MAX) conn_close(c);
+    if (c->linger_bytes > ATP_HTTP_LINGER_BYTES_MAX) conn_close(c);
     return;
   }
   size_t used = core_execute(c, buf->base, (size_t)nread);
@@ -1268,7 +1262,7 @@ static void conn_linger(conn_t *c) {
     conn_close(c);
     return;
   }
-  conn_set_deadline(c, uv_now(&c->lp->loop) + LINGER_MS);
+  conn_set_deadline(c, uv_now(&c->lp->loop) + ATP_HTTP_LINGER_MS);
 }
 
 static int conn_set_reading(conn_t *c, bool want) {
@@ -1497,8 +1491,8 @@ static void on_stop_async(uv_async_t *a) {
     uv_close((uv_handle_t *)&lp->listener, NULL);
     lp->listening = false;
   }
-  lp->stop_deadline =
-      uv_now(&lp->loop) + cfg_ms(lp->server->config.stop_timeout_ms, STOP_TIMEOUT_MS);
+  lp->stop_deadline = uv_now(&lp->loop) + cfg_ms(lp->server->config.stop_timeout_ms,
+                                                 ATP_HTTP_STOP_TIMEOUT_MS);
   uv_timer_start(&lp->stop_timer, on_stop_timer, STOP_POLL_MS, STOP_POLL_MS);
   /* Idle connections close now; busy ones after their response. */
   for (conn_t *c = lp->conns; c; c = c->next) conn_progress(c);
