@@ -112,6 +112,10 @@ int atp_app_snapshot_request(atp_app_t *app, int thread_index, uint64_t request_
 int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
                   atp_http_server_t *server);
 
+/* The server atp_app_start was given, or NULL before (or without) it: where
+ * a route posts the continuations of long work (POST /v1/batch). */
+atp_http_server_t *atp_app_server(const atp_app_t *app);
+
 /* Whether start failed after it returned (restore refused the journal). */
 bool atp_app_failed(const atp_app_t *app);
 

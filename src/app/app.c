@@ -537,6 +537,10 @@ void atp_app_snapshot_stats(const atp_app_t *app, atp_app_snapshot_stats_t *out)
   pthread_mutex_unlock(&rt->mu);
 }
 
+atp_http_server_t *atp_app_server(const atp_app_t *app) {
+  return app->runtime ? app->runtime->server : NULL;
+}
+
 int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
                   atp_http_server_t *server) {
   ATP_ASSERT(app && options && options->data_dir && server && !app->runtime);

@@ -173,6 +173,7 @@ struct conn {
 typedef struct answer {
   struct answer *next;
   uint64_t request_id;
+  uint64_t hold_until;
   int status;
   const char *content_type;
   size_t body_len;
@@ -191,9 +192,11 @@ struct loop_ctx {
   _Atomic uint64_t released; /* parked output up to this value may go */
   conn_t *held;              /* connections with parked output */
   uv_async_t answer_async;   /* atp_http_server_answer wakes the loop */
-  uv_mutex_t answer_mu;      /* guards answers and answers_closed */
+  uv_mutex_t answer_mu;      /* guards answers, posts and answers_closed */
   answer_t *answers;         /* delivered, not yet queued (newest first) */
-  bool answers_closed;       /* the loop finished: answers are dropped */
+  bool answers_closed;       /* the loop finished: answers and posts refused */
+  uv_async_t post_async;     /* atp_http_server_post wakes the loop */
+  atp_http_post_t *posts;    /* queued continuations, newest first */
   bool answer_mu_inited;
   uv_thread_t thread;
   char *read_buf; /* READ_BYTES, shared by the loop's reads */
@@ -894,8 +897,8 @@ static void dispatch(conn_t *c) {
     c->deferred_close = res.close || !c->keep_alive;
     snprintf(c->deferred_path, sizeof c->deferred_path, "%.*s",
              (int)(req.path_len < DEFERRED_PATH_BYTES ? req.path_len : 0), req.path);
-    atp_arena_reset(&c->arena);
-    request_shrink(c);
+    /* The arena, head and body are kept until the answer: the deferred work
+     * may still read them (a batch's ops). Nothing is parsed meanwhile. */
     c->in_message = false;
     return;
   }
@@ -1174,7 +1177,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     if (c->linger_bytes > ATP_HTTP_LINGER_BYTES_MAX) conn_close(c);
     return;
   }
-  size_t used = core_execute(c, buf->base, (size_t)nread);
+  /* A deferred request reads on, so that a reset is noticed while its work
+   * runs; what arrives (a pipelined request) waits unparsed, in order. */
+  size_t used = c->deferred_id ? 0 : core_execute(c, buf->base, (size_t)nread);
   if (used < (size_t)nread && !c->closing) {
     /* Backpressure: keep the rest (at most one read) and read no more. */
     atp_buf_reset(&c->in);
@@ -1315,7 +1320,9 @@ static void conn_progress(conn_t *c) {
       return;
     }
   }
-  bool want = !c->eof && (c->lingering || (!c->closing && !c->paused && !out_full(c)));
+  bool want =
+      !c->eof &&
+      (c->lingering || (!c->closing && !c->paused && (!out_full(c) || c->deferred_id)));
   if (conn_set_reading(c, want)) return;
   conn_update_deadline(c);
 }
@@ -1402,6 +1409,34 @@ static void on_connection(uv_stream_t *listener, int status) {
 /* ------------------------------------------------------------------------ */
 /* Loops, stop, run                                                          */
 
+/* Runs a list taken from lp->posts (newest first) in the order posted. */
+static void run_posts(atp_http_post_t *list) {
+  atp_http_post_t *fifo = NULL;
+  while (list) {
+    atp_http_post_t *p = list;
+    list = p->next;
+    p->next = fifo;
+    fifo = p;
+  }
+  while (fifo) {
+    atp_http_post_t *p = fifo;
+    fifo = p->next;
+    p->next = NULL;
+    p->fn(p->ctx); /* may post p again, or free it */
+  }
+}
+
+/* What was posted before this wake-up runs now; what those callbacks post
+ * runs on the next iteration, after the loop polled for I/O again. */
+static void on_post_async(uv_async_t *a) {
+  loop_ctx_t *lp = a->data;
+  uv_mutex_lock(&lp->answer_mu);
+  atp_http_post_t *list = lp->posts;
+  lp->posts = NULL;
+  uv_mutex_unlock(&lp->answer_mu);
+  run_posts(list);
+}
+
 static void loop_maybe_finish(loop_ctx_t *lp) {
   if (!lp->stopping || lp->finished || lp->conn_count > 0) return;
   lp->finished = true;
@@ -1410,8 +1445,14 @@ static void loop_maybe_finish(loop_ctx_t *lp) {
   uv_close((uv_handle_t *)&lp->release_async, NULL);
   uv_mutex_lock(&lp->answer_mu);
   lp->answers_closed = true;
+  atp_http_post_t *posts = lp->posts;
+  lp->posts = NULL;
   uv_mutex_unlock(&lp->answer_mu);
   uv_close((uv_handle_t *)&lp->answer_async, NULL);
+  uv_close((uv_handle_t *)&lp->post_async, NULL);
+  /* Every connection is gone: what is still queued runs once, finds its
+   * request dead and frees itself (a post from there is refused). */
+  run_posts(posts);
 }
 
 /* Queues the answers other threads delivered on their deferred connections.
@@ -1438,7 +1479,13 @@ static void on_answer_async(uv_async_t *a) {
                       .close = c->deferred_close || lp->stopping};
       if (r.status < 200 || r.status > 599) r.status = 500;
       c->deferred_id = 0;
+      /* The request is over: what it kept for its deferred work goes. */
+      atp_arena_reset(&c->arena);
+      request_shrink(c);
       if (queue_response(c, &r)) r.close = true;
+      if (an->hold_until &&
+          an->hold_until > atomic_load_explicit(&lp->released, memory_order_acquire))
+        conn_hold(c, an->hold_until);
       if (r.close) c->closing = true;
       atp_http_request_t req;
       memset(&req, 0, sizeof req);
@@ -1559,6 +1606,8 @@ static int loop_init(atp_http_server_t *s, loop_ctx_t *lp, int index, char *err,
   uv_async_init(&lp->loop, &lp->release_async, on_release_async);
   uv_async_init(&lp->loop, &lp->answer_async, on_answer_async);
   lp->answer_async.data = lp;
+  uv_async_init(&lp->loop, &lp->post_async, on_post_async);
+  lp->post_async.data = lp;
   if (uv_mutex_init(&lp->answer_mu) == 0) lp->answer_mu_inited = true;
   uv_tcp_init(&lp->loop, &lp->listener);
   lp->stop_async.data = lp->stop_timer.data = lp->listener.data = lp;
@@ -1702,10 +1751,19 @@ void atp_http_server_release(atp_http_server_t *s, uint64_t value) {
 int atp_http_server_answer(atp_http_server_t *s, int thread_index, uint64_t request_id,
                            int status, const char *content_type, const void *body,
                            size_t body_len) {
+  return atp_http_server_answer_held(s, thread_index, request_id, status, content_type,
+                                     body, body_len, 0);
+}
+
+int atp_http_server_answer_held(atp_http_server_t *s, int thread_index,
+                                uint64_t request_id, int status,
+                                const char *content_type, const void *body,
+                                size_t body_len, uint64_t hold_until) {
   ATP_ASSERT(s && thread_index >= 0 && thread_index < s->threads && request_id);
   answer_t *an = atp_malloc(sizeof *an + body_len);
   if (!an) return ATP_ENOMEM;
   an->request_id = request_id;
+  an->hold_until = hold_until;
   an->status = status;
   an->content_type = content_type;
   an->body_len = body_len;
@@ -1721,6 +1779,32 @@ int atp_http_server_answer(atp_http_server_t *s, int thread_index, uint64_t requ
   uv_mutex_unlock(&lp->answer_mu);
   if (closed) atp_free(an);
   return closed ? ATP_EUNAVAILABLE : 0;
+}
+
+int atp_http_server_post(atp_http_server_t *s, int thread_index, atp_http_post_t *post,
+                         atp_http_post_fn fn, void *ctx) {
+  ATP_ASSERT(s && thread_index >= 0 && thread_index < s->threads && post && fn);
+  loop_ctx_t *lp = &s->loops[thread_index];
+  post->fn = fn;
+  post->ctx = ctx;
+  uv_mutex_lock(&lp->answer_mu);
+  bool closed = lp->answers_closed;
+  if (!closed) {
+    post->next = lp->posts;
+    lp->posts = post;
+    uv_async_send(&lp->post_async);
+  }
+  uv_mutex_unlock(&lp->answer_mu);
+  return closed ? ATP_EUNAVAILABLE : 0;
+}
+
+bool atp_http_server_deferred_alive(atp_http_server_t *s, int thread_index,
+                                    uint64_t request_id) {
+  ATP_ASSERT(s && thread_index >= 0 && thread_index < s->threads && request_id);
+  /* Linear, like on_answer_async: called once per slice of deferred work. */
+  for (conn_t *c = s->loops[thread_index].conns; c; c = c->next)
+    if (!c->closed && c->deferred_id == request_id) return true;
+  return false;
 }
 
 void atp_http_server_hurry(atp_http_server_t *s) {
