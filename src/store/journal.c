@@ -459,7 +459,7 @@ static bool zero_due(atp_journal_t *j, bool idle) {
  * relied on) and pauses zero-filling; only a failure to undo it fails the
  * journal, as any write error. */
 static int zero_step(atp_journal_t *j) {
-  static const unsigned char zeros[256 * 1024];
+  static unsigned char zeros[256 * 1024]; /* .bss: never written */
   uint64_t from = j->seg_file_bytes, max = j->config.segment_bytes_max;
   uint64_t step = max - from < ZERO_STEP_BYTES ? max - from : ZERO_STEP_BYTES;
   ATP_ASSERT(from >= j->seg_bytes && j->seg_bytes == j->seg_durable_bytes);
