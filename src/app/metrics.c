@@ -303,6 +303,21 @@ void atp_metrics_write_journal(const atp_journal_t *journal,
                  "atpd_journal_group_records_count %llu\n",
                  (unsigned long long)cum, (unsigned long long)m.group_records_sum,
                  (unsigned long long)m.groups);
+  atp_buf_printf(
+      out,
+      "# HELP atpd_journal_prealloc_bytes_total Zeroes written ahead of the journal's "
+      "write position (not in atpd_journal_fsync_seconds).\n"
+      "# TYPE atpd_journal_prealloc_bytes_total counter\n"
+      "atpd_journal_prealloc_bytes_total %llu\n"
+      "# HELP atpd_journal_prealloc_seconds_total Time of those zero-fill steps.\n"
+      "# TYPE atpd_journal_prealloc_seconds_total counter\n"
+      "atpd_journal_prealloc_seconds_total %.9f\n"
+      "# HELP atpd_journal_prealloc_failures_total Zero-fill steps that failed and "
+      "were undone (the journal goes on with plain appends).\n"
+      "# TYPE atpd_journal_prealloc_failures_total counter\n"
+      "atpd_journal_prealloc_failures_total %llu\n",
+      (unsigned long long)m.prealloc_bytes, (double)m.prealloc_ns_sum / 1e9,
+      (unsigned long long)m.prealloc_failures);
 }
 
 void atp_metrics_write_snapshot(const atp_metrics_snapshot_t *s, atp_buf_t *out) {
