@@ -1,7 +1,7 @@
 /* app.h - the application's start and stop: the engine, its durability
- * (journal, restore), the expiry ticker thread, and their binding to the HTTP
- * server. Later issues (snapshots, flows) extend atp_app_start and
- * atp_app_stop rather than main.
+ * (journal, snapshots, restore), the integration flows' stores, the expiry
+ * ticker and snapshot threads, and their binding to the HTTP server. New
+ * subsystems extend atp_app_start and atp_app_stop rather than main.
  *
  * Start creates the engine and durability, then restores on a thread of its
  * own while the server already answers: /readyz is 503 and every /v1 route
