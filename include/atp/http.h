@@ -50,6 +50,10 @@ typedef struct {
   size_t accept_len;
   const char *authorization; /* header value or NULL; never log it */
   size_t authorization_len;
+  const char *x_request_id; /* X-Request-Id value or NULL (the client's id) */
+  size_t x_request_id_len;
+  const char *last_event_id; /* Last-Event-ID value or NULL (SSE resume) */
+  size_t last_event_id_len;
   const char *body; /* whole body (chunked bodies are joined), may be "" */
   size_t body_len;
   uint64_t request_id; /* unique per process, for logs */

@@ -287,6 +287,10 @@ static void req_init(atp_req_t *rq, atp_app_t *app, const atp_http_request_t *re
   rq->body = NULL;
   rq->field[0] = '\0';
   rq->message[0] = '\0';
+  memset(&rq->change_ctx, 0, sizeof rq->change_ctx);
+  if (req->x_request_id && req->x_request_id_len <= ATP_ID_BYTES_MAX)
+    rq->change_ctx.request_id =
+        (atp_str_t){req->x_request_id, (uint32_t)req->x_request_id_len};
   rq->in_format = req->content_type ? atp_format_from_content_type(
                                           req->content_type, req->content_type_len)
                                     : ATP_FORMAT_UNKNOWN;
@@ -364,10 +368,12 @@ void atp_router_handle(void *ctx, const atp_http_request_t *req,
     } else {
       atp_durable_begin(d, (uint32_t)req->thread_index);
       bracketed = true;
+      atp_durable_set_context(&rq.change_ctx);
     }
   }
   if (rc == 0) rc = rq.route->handler(&rq);
   if (bracketed) {
+    atp_durable_set_context(NULL); /* rq dies with this call */
     /* Whatever the outcome, the answer may reveal state that is visible and
      * not yet durable (a replay, a conflict): it waits like a success. */
     res->hold_until = atp_durable_end(d, (uint32_t)req->thread_index);

@@ -70,6 +70,8 @@ enum {
   HDR_EXPECT,
   HDR_HOST,
   HDR_TRANSFER_ENCODING,
+  HDR_REQUEST_ID,    /* X-Request-Id: handed to the handler */
+  HDR_LAST_EVENT_ID, /* Last-Event-ID: handed to the handler (SSE resume) */
   HDR_COUNT
 };
 
@@ -473,6 +475,14 @@ static void request_fill(conn_t *c, atp_http_request_t *req) {
     *hv[k] = c->head.data + c->hv_off[k];
     *hl[k] = c->hv_len[k];
   }
+  if (c->hv_set[HDR_REQUEST_ID]) {
+    req->x_request_id = c->head.data + c->hv_off[HDR_REQUEST_ID];
+    req->x_request_id_len = c->hv_len[HDR_REQUEST_ID];
+  }
+  if (c->hv_set[HDR_LAST_EVENT_ID]) {
+    req->last_event_id = c->head.data + c->hv_off[HDR_LAST_EVENT_ID];
+    req->last_event_id_len = c->hv_len[HDR_LAST_EVENT_ID];
+  }
   if (!c->headers_done) return;
   req->method = map_method(c->parser.method);
   req->method_name = llhttp_method_name((llhttp_method_t)c->parser.method);
@@ -690,8 +700,10 @@ static int cb_header_field_complete(llhttp_t *p) {
   static const struct {
     const char *name;
     size_t len;
-  } names[HDR_COUNT] = {{"content-type", 12}, {"accept", 6}, {"authorization", 13},
-                        {"expect", 6},        {"host", 4},   {"transfer-encoding", 17}};
+  } names[HDR_COUNT] = {{"content-type", 12},  {"accept", 6},
+                        {"authorization", 13}, {"expect", 6},
+                        {"host", 4},           {"transfer-encoding", 17},
+                        {"x-request-id", 12},  {"last-event-id", 13}};
   c->field_kind = HDR_NONE;
   if (!c->headers_done && c->field_len <= FIELD_BYTES) {
     for (int k = 0; k < HDR_COUNT; k++) {
