@@ -77,6 +77,14 @@ typedef struct {
    * knows nothing of what the value means (atpd: a journal's durable ticket
    * horizon). */
   uint64_t hold_until;
+  /* The handler answers later, from another thread, through
+   * atp_http_server_answer(server, req->thread_index, req->request_id, ...):
+   * for work that must not run on a loop (a snapshot). Until then the
+   * connection parses nothing more (pipelined requests wait, in order) and
+   * is not idle; status, body and hold_until set now are ignored. An answer
+   * for a connection closed meanwhile is dropped. atp_http_feed has no loop
+   * to answer on: it answers 503 unavailable. */
+  bool defer;
 } atp_http_response_t;
 
 /* Runs on the loop thread for each complete request. Must not block. */
@@ -159,6 +167,14 @@ void atp_http_server_destroy(atp_http_server_t *server);
  * a smaller one is ignored). Posts a uv_async to each loop, which coalesces
  * wake-ups. Thread: any, after create and before destroy. */
 void atp_http_server_release(atp_http_server_t *server, uint64_t value);
+
+/* Delivers the answer of a deferred request (atp_http_response_t.defer):
+ * body is copied, content_type must be a static string. 0, ATP_ENOMEM, or
+ * ATP_EUNAVAILABLE when that loop has finished (the answer is dropped).
+ * Thread: any, after create and before destroy. */
+int atp_http_server_answer(atp_http_server_t *server, int thread_index,
+                           uint64_t request_id, int status, const char *content_type,
+                           const void *body, size_t body_len);
 
 /* For fuzzing and tests without sockets: feeds raw bytes through the same
  * parser and handler path as a connection would, appending every response's

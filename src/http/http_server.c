@@ -79,6 +79,8 @@ enum {
  * shared cache line. Relaxed suffices: only uniqueness matters, not order. */
 static _Atomic uint64_t request_ids = 1;
 
+#define DEFERRED_PATH_BYTES 128 /* a deferred request's path, for the log */
+
 typedef struct {
   atp_buf_t bytes;            /* heads and inlined bodies, in order */
   atp_buf_t big[OUT_BIG_MAX]; /* moved bodies, written in place */
@@ -165,7 +167,25 @@ struct conn {
   uint64_t hold_until;
   conn_t *held_prev, *held_next; /* loop's list of parked connections */
   bool held_linked;
+  /* A deferred response (atp_http_response_t.defer): the request's id until
+   * atp_http_server_answer delivers it (0: none). Nothing more is parsed
+   * meanwhile, so what follows on the connection waits in order. */
+  uint64_t deferred_id;
+  int64_t deferred_started_ns;
+  atp_http_method_t deferred_method;
+  bool deferred_close;
+  char deferred_path[DEFERRED_PATH_BYTES]; /* for the log hook */
 };
+
+/* An answer to a deferred request, handed from another thread to its loop. */
+typedef struct answer {
+  struct answer *next;
+  uint64_t request_id;
+  int status;
+  const char *content_type;
+  size_t body_len;
+  char body[];
+} answer_t;
 
 struct loop_ctx {
   atp_http_server_t *server;
@@ -179,6 +199,11 @@ struct loop_ctx {
   uv_async_t release_async;  /* atp_http_server_release wakes the loop */
   _Atomic uint64_t released; /* parked output up to this value may go */
   conn_t *held;              /* connections with parked output */
+  uv_async_t answer_async;   /* atp_http_server_answer wakes the loop */
+  uv_mutex_t answer_mu;      /* guards answers and answers_closed */
+  answer_t *answers;         /* delivered, not yet queued (newest first) */
+  bool answers_closed;       /* the loop finished: answers are dropped */
+  bool answer_mu_inited;
   uv_thread_t thread;
   char *read_buf; /* READ_BYTES, shared by the loop's reads */
   conn_t *conns;
@@ -297,7 +322,8 @@ static bool out_full(const conn_t *c) {
     responses += c->out[!c->pending].responses;
     bytes += c->out[!c->pending].total_bytes;
   }
-  return responses >= ATP_HTTP_PIPELINE_MAX || bytes >= OUT_HIGH_WATER_BYTES;
+  return c->deferred_id || responses >= ATP_HTTP_PIPELINE_MAX ||
+         bytes >= OUT_HIGH_WATER_BYTES;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -880,6 +906,29 @@ static void dispatch(conn_t *c) {
   atp_http_response_t res = {0};
   res.body = &c->res_body;
   c->config->handler(c->config->ctx, &req, &res);
+  if (res.defer && c->lp) {
+    c->deferred_id = req.request_id;
+    c->deferred_started_ns = req.started_ns;
+    c->deferred_method = req.method;
+    c->deferred_close = res.close || !c->keep_alive;
+    snprintf(c->deferred_path, sizeof c->deferred_path, "%.*s",
+             (int)(req.path_len < DEFERRED_PATH_BYTES ? req.path_len : 0), req.path);
+    atp_arena_reset(&c->arena);
+    request_shrink(c);
+    c->in_message = false;
+    return;
+  }
+  char unavailable[160];
+  if (res.defer) { /* atp_http_feed: no loop to answer on later */
+    res.status = atp_error_http_status(ATP_EUNAVAILABLE);
+    res.content_type = "application/json";
+    atp_buf_reset(res.body);
+    size_t n =
+        error_json(unavailable, sizeof unavailable, atp_strerror_code(ATP_EUNAVAILABLE),
+                   "this request cannot be answered here");
+    atp_buf_append(res.body, unavailable, n);
+    res.hold_until = 0;
+  }
 
   response_t r = {.status = res.status,
                   .content_type = res.content_type,
@@ -1106,6 +1155,12 @@ static void on_timer(uv_timer_t *t) {
     conn_set_deadline(c, c->deadline_ms);
     return;
   }
+  if (c->deferred_id && !c->closing && !c->lingering) {
+    /* Waiting for its own answer, not idle. */
+    conn_set_deadline(
+        c, now + cfg_ms(c->config->idle_timeout_ms, ATP_HTTP_IDLE_TIMEOUT_MS));
+    return;
+  }
   if (c->lingering || c->writing || c->closing || !c->in_message) {
     conn_close(c); /* idle, stalled write, or lingering: nothing to say */
     return;
@@ -1269,6 +1324,8 @@ static void conn_progress(conn_t *c) {
     if (c->closing) {
       conn_linger(c);
       if (c->closed) return;
+    } else if (c->deferred_id) {
+      /* An answer is owed: it closes or goes on once delivered. */
     } else if (c->eof && !c->paused) {
       conn_close(c);
       return;
@@ -1371,6 +1428,53 @@ static void loop_maybe_finish(loop_ctx_t *lp) {
   uv_close((uv_handle_t *)&lp->stop_timer, NULL);
   uv_close((uv_handle_t *)&lp->tick_timer, NULL);
   uv_close((uv_handle_t *)&lp->release_async, NULL);
+  uv_mutex_lock(&lp->answer_mu);
+  lp->answers_closed = true;
+  uv_mutex_unlock(&lp->answer_mu);
+  uv_close((uv_handle_t *)&lp->answer_async, NULL);
+}
+
+/* Queues the answers other threads delivered on their deferred connections.
+ * A connection that closed meanwhile is not found: its answer is dropped.
+ * The scan of the loop's connections is linear; deferred requests are rare
+ * (operations routes), so this costs nothing on the request path. */
+static void on_answer_async(uv_async_t *a) {
+  loop_ctx_t *lp = a->data;
+  uv_mutex_lock(&lp->answer_mu);
+  answer_t *list = lp->answers;
+  lp->answers = NULL;
+  uv_mutex_unlock(&lp->answer_mu);
+  while (list) {
+    answer_t *an = list;
+    list = an->next;
+    conn_t *c = lp->conns;
+    while (c && (c->closed || c->deferred_id != an->request_id)) c = c->next;
+    if (c) {
+      response_t r = {.status = an->status,
+                      .content_type = an->content_type,
+                      .body = an->body,
+                      .body_len = an->body_len,
+                      .head_only = c->deferred_method == ATP_HTTP_HEAD,
+                      .close = c->deferred_close || lp->stopping};
+      if (r.status < 200 || r.status > 599) r.status = 500;
+      c->deferred_id = 0;
+      if (queue_response(c, &r)) r.close = true;
+      if (r.close) c->closing = true;
+      atp_http_request_t req;
+      memset(&req, 0, sizeof req);
+      req.method = c->deferred_method;
+      req.method_name = atp_http_method_name(c->deferred_method);
+      req.path = c->deferred_path;
+      req.path_len = strlen(c->deferred_path);
+      req.query = req.body = "";
+      req.request_id = an->request_id;
+      req.started_ns = c->deferred_started_ns;
+      req.thread_index = lp->index;
+      log_response(c, &req, r.status, an->body_len);
+      conn_progress(c);
+    }
+    atp_free(an);
+  }
 }
 
 /* Writes the parked output whose target the released value reached. The list
@@ -1479,6 +1583,9 @@ static int loop_init(atp_http_server_t *s, loop_ctx_t *lp, int index, char *err,
   uv_timer_init(&lp->loop, &lp->stop_timer);
   uv_timer_init(&lp->loop, &lp->tick_timer);
   uv_async_init(&lp->loop, &lp->release_async, on_release_async);
+  uv_async_init(&lp->loop, &lp->answer_async, on_answer_async);
+  lp->answer_async.data = lp;
+  if (uv_mutex_init(&lp->answer_mu) == 0) lp->answer_mu_inited = true;
   uv_tcp_init(&lp->loop, &lp->listener);
   lp->stop_async.data = lp->stop_timer.data = lp->tick_timer.data = lp->listener.data =
       lp;
@@ -1525,6 +1632,12 @@ static void loop_destroy(loop_ctx_t *lp) {
     (void)rc;
   }
   atp_free(lp->read_buf);
+  while (lp->answers) {
+    answer_t *an = lp->answers;
+    lp->answers = an->next;
+    atp_free(an);
+  }
+  if (lp->answer_mu_inited) uv_mutex_destroy(&lp->answer_mu);
 }
 
 int atp_http_server_create(const atp_http_config_t *config, atp_http_server_t **out,
@@ -1613,6 +1726,30 @@ void atp_http_server_release(atp_http_server_t *s, uint64_t value) {
     }
     if (cur < value) uv_async_send(&lp->release_async);
   }
+}
+
+int atp_http_server_answer(atp_http_server_t *s, int thread_index, uint64_t request_id,
+                           int status, const char *content_type, const void *body,
+                           size_t body_len) {
+  ATP_ASSERT(s && thread_index >= 0 && thread_index < s->threads && request_id);
+  answer_t *an = atp_malloc(sizeof *an + body_len);
+  if (!an) return ATP_ENOMEM;
+  an->request_id = request_id;
+  an->status = status;
+  an->content_type = content_type;
+  an->body_len = body_len;
+  if (body_len) memcpy(an->body, body, body_len);
+  loop_ctx_t *lp = &s->loops[thread_index];
+  uv_mutex_lock(&lp->answer_mu);
+  bool closed = lp->answers_closed;
+  if (!closed) {
+    an->next = lp->answers;
+    lp->answers = an;
+    uv_async_send(&lp->answer_async);
+  }
+  uv_mutex_unlock(&lp->answer_mu);
+  if (closed) atp_free(an);
+  return closed ? ATP_EUNAVAILABLE : 0;
 }
 
 void atp_http_server_hurry(atp_http_server_t *s) {
