@@ -175,6 +175,13 @@ void atp_http_server_release(atp_http_server_t *server, uint64_t value);
 int atp_http_server_answer(atp_http_server_t *server, int thread_index,
                            uint64_t request_id, int status, const char *content_type,
                            const void *body, size_t body_len);
+/* The same with one extra header line ("X-Cursor: 42", no CRLF; NULL: none)
+ * shorter than ATP_HTTP_ANSWER_HEADER_BYTES, copied. */
+#define ATP_HTTP_ANSWER_HEADER_BYTES 128
+int atp_http_server_answer_header(atp_http_server_t *server, int thread_index,
+                                  uint64_t request_id, int status,
+                                  const char *content_type, const char *header,
+                                  const void *body, size_t body_len);
 
 /* For fuzzing and tests without sockets: feeds raw bytes through the same
  * parser and handler path as a connection would, appending every response's

@@ -183,6 +183,7 @@ typedef struct answer {
   uint64_t request_id;
   int status;
   const char *content_type;
+  char extra_header[ATP_HTTP_ANSWER_HEADER_BYTES]; /* "" or one "Name: value" */
   size_t body_len;
   char body[];
 } answer_t;
@@ -1456,6 +1457,11 @@ static void on_answer_async(uv_async_t *a) {
                       .body_len = an->body_len,
                       .head_only = c->deferred_method == ATP_HTTP_HEAD,
                       .close = c->deferred_close || lp->stopping};
+      const char *extra = an->extra_header;
+      if (extra[0]) {
+        r.extra = &extra;
+        r.extra_count = 1;
+      }
       if (r.status < 200 || r.status > 599) r.status = 500;
       c->deferred_id = 0;
       if (queue_response(c, &r)) r.close = true;
@@ -1731,9 +1737,19 @@ void atp_http_server_release(atp_http_server_t *s, uint64_t value) {
 int atp_http_server_answer(atp_http_server_t *s, int thread_index, uint64_t request_id,
                            int status, const char *content_type, const void *body,
                            size_t body_len) {
+  return atp_http_server_answer_header(s, thread_index, request_id, status,
+                                       content_type, NULL, body, body_len);
+}
+
+int atp_http_server_answer_header(atp_http_server_t *s, int thread_index,
+                                  uint64_t request_id, int status,
+                                  const char *content_type, const char *header,
+                                  const void *body, size_t body_len) {
   ATP_ASSERT(s && thread_index >= 0 && thread_index < s->threads && request_id);
+  ATP_ASSERT(!header || strlen(header) < ATP_HTTP_ANSWER_HEADER_BYTES);
   answer_t *an = atp_malloc(sizeof *an + body_len);
   if (!an) return ATP_ENOMEM;
+  snprintf(an->extra_header, sizeof an->extra_header, "%s", header ? header : "");
   an->request_id = request_id;
   an->status = status;
   an->content_type = content_type;

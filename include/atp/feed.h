@@ -1,0 +1,133 @@
+/* feed.h - the change feed (CONTRACT.md section 10): every engine change
+ * record, in journal order, as a CloudEvents 1.0 event (proto/events.md).
+ *
+ * The feed keeps no copy of the changes: it reads the journal's segment
+ * files, and only up to the journal's durable LSN, so nothing is served that
+ * a restart would not restore and every acknowledged change is there. Each
+ * journal record (one engine hook call) is decoded and each of its change
+ * records that means something to a consumer becomes one event; the
+ * idempotency records only lend their ids (fulfillment_id, amend_id,
+ * release_id) to the events of their record, except a count's, which is the
+ * event atpd.count.applied.
+ *
+ * Sequence. A record's events share its LSN, so an event's sequence is
+ * LSN * 10^4 + its index among the record's change records, printed as 20
+ * zero-padded digits: unique, sorting as a string and as a number, and
+ * still "the journal position" of the contract (the LSN is sequence / 10^4).
+ * A cursor is a sequence; after=S resumes with the first event above S.
+ *
+ * Waiting. atp_feed_wait parks a callback until the durable LSN passes a
+ * given one or a deadline passes; the feed's own thread runs it, so nothing
+ * waits on an event loop. atp_feed_notify (from the journal's durable
+ * callback) wakes that thread.
+ *
+ * Thread: read and write_event from any thread (each call has its own
+ * scratch); wait and notify from any thread; create and destroy once.
+ */
+#ifndef ATP_FEED_H
+#define ATP_FEED_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "atp/codec.h"
+#include "atp/engine.h"
+#include "atp/journal.h"
+#include "atp/records.h"
+
+typedef struct atp_feed atp_feed_t;
+
+/* Events of one journal record at most; the sequence's index digits. */
+#define ATP_FEED_INDEX_SPAN 10000u
+/* Change records one read examines at most, so a filter that matches
+ * nothing cannot make one call walk the whole journal. */
+#define ATP_FEED_SCAN_MAX 200000u
+/* Parked waits (long polls) at most: more is 429. */
+#define ATP_FEED_WAITERS_MAX 4096u
+#define ATP_FEED_LIMIT_MAX   10000u
+
+typedef struct {
+  const char *journal_dir; /* <data-dir>/journal */
+  const char *source;      /* the events' source, "atpd://host:port" */
+  int64_t retention_ms;    /* --feed-retention-h, in ms */
+} atp_feed_config_t;
+
+/* ATP_ENOMEM, or ATP_EUNAVAILABLE when the thread cannot start. */
+int atp_feed_create(const atp_feed_config_t *config, atp_feed_t **out);
+/* Stops the thread; parked waits get their callback with timed_out = true
+ * first. */
+void atp_feed_destroy(atp_feed_t *feed);
+
+/* The journal, once restore opened it; reads before are empty. */
+void atp_feed_attach(atp_feed_t *feed, atp_journal_t *journal);
+/* The journal's durable LSN advanced (its writer thread): wakes waits. */
+void atp_feed_notify(atp_feed_t *feed, uint64_t durable_lsn);
+/* The LSN up to which events may be served now. */
+uint64_t atp_feed_durable_lsn(const atp_feed_t *feed);
+
+typedef struct {
+  atp_str_t type;       /* exact type, or a prefix ending in '.'; len 0: any */
+  atp_str_t sku_prefix; /* len 0: any */
+  atp_str_t location;   /* exact; len 0: any */
+} atp_feed_filter_t;
+
+/* One event as a read hands it out; valid during the callback only. */
+typedef struct {
+  uint64_t lsn;
+  uint32_t index; /* among the record's change records */
+  uint64_t sequence;
+  const char *type;
+  const atp_change_t *record;
+  /* Identifiers of the journal record's request, gathered from its records:
+   * context (request_id, source, ref, reason, flow), the reservation's
+   * (order_ref, order_id, channel, customer_id) and the follow-up's id. */
+  const atp_change_ctx_t *ctx;
+  const atp_reservation_t *reservation; /* of the record, or NULL */
+  atp_str_t fulfillment_id, amend_id, release_id;
+} atp_feed_event_t;
+
+/* Called for each event; a nonzero return stops the read. */
+typedef int (*atp_feed_event_fn)(void *ctx, const atp_feed_event_t *event);
+
+/* Hands the events after sequence after (has_after false: from the oldest
+ * retained) that pass filter (NULL: all) to fn, at most limit of them, up to
+ * the durable LSN. *cursor gets the sequence to resume after: the last event
+ * handed out, or past the records examined when the filter skipped them (or
+ * after, when nothing was durable beyond it). *count gets the number handed
+ * out. ATP_EEXPIRED when after is older than the oldest retained record;
+ * ATP_EINTERNAL for a record that does not decode or a bad frame;
+ * ATP_EUNAVAILABLE, ATP_ENOMEM. */
+int atp_feed_read(atp_feed_t *feed, uint64_t after, bool has_after,
+                  const atp_feed_filter_t *filter, uint32_t limit, atp_feed_event_fn fn,
+                  void *ctx, uint64_t *cursor, uint32_t *count);
+
+/* Writes one event as the CloudEvents object of proto/events.md. */
+void atp_feed_write_event(const atp_feed_t *feed, atp_writer_t *w,
+                          const atp_feed_event_t *event);
+/* Writes the n-th event of a snapshot (GET /v1/changes/snapshot): a position
+ * as it is now, atpd.position.changed with cause "snapshot", sequence the
+ * snapshot's cursor, id "snapshot-<cursor>-<n>". */
+void atp_feed_write_position_event(const atp_feed_t *feed, atp_writer_t *w,
+                                   const atp_position_t *position, uint64_t cursor,
+                                   uint64_t n, int64_t now_ms);
+
+/* "00000000000000420003": 20 digits and a NUL. */
+void atp_feed_sequence_format(uint64_t sequence, char out[21]);
+/* Parses a 1..20 digit sequence; ATP_EBADREQ otherwise. */
+int atp_feed_sequence_parse(atp_str_t text, uint64_t *out);
+
+/* A parked wait's callback, on the feed's thread: durable is the durable LSN,
+ * timed_out whether the deadline passed (or the feed is stopping). Returns 0
+ * when done (the waiter is forgotten), or an LSN to wait beyond again (the new
+ * events did not pass its filter). */
+typedef uint64_t (*atp_feed_wake_fn)(void *ctx, uint64_t durable, bool timed_out);
+
+/* Parks fn until the durable LSN is > after_lsn or deadline_ms (CLOCK_MONOTONIC
+ * ms) passes. ATP_EFULL beyond ATP_FEED_WAITERS_MAX, ATP_ENOMEM,
+ * ATP_EUNAVAILABLE when stopping. */
+int atp_feed_wait(atp_feed_t *feed, uint64_t after_lsn, int64_t deadline_ms,
+                  atp_feed_wake_fn fn, void *ctx);
+
+int64_t atp_feed_mono_ms(void);
+
+#endif
