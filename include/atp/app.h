@@ -42,6 +42,8 @@ typedef struct {
    * NULL: none. A nonzero return fails the start. */
   int (*after_restore)(void *ctx, atp_engine_t *engine);
   void *after_restore_ctx;
+  const char *feed_source;   /* the change feed's CloudEvents source */
+  int64_t feed_retention_ms; /* --feed-retention-h */
 } atp_app_options_t;
 
 /* Creates the engine and durability and starts the restore thread. 0, or

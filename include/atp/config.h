@@ -46,6 +46,9 @@ typedef struct {
    * may lie (--clock-skew-ms). */
   int64_t clock_skew_ms;
   bool show_version; /* --version: print "atpd X.Y.Z" and exit */
+  /* 1..ATP_FEED_RETENTION_H_MAX: how long journal segments are kept for the
+   * change feed (--feed-retention-h), default 72. */
+  int64_t feed_retention_h;
 } atp_config_t;
 
 /* Fills *cfg with the defaults, then the ATPD_* environment, then argv.

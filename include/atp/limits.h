@@ -113,4 +113,8 @@
 #define ATP_CTL_CSV_COLUMNS_MAX      64
 #define ATP_CTL_PROGRESS_INTERVAL_MS 100
 
+/* The change feed's retention (--feed-retention-h), in hours. */
+#define ATP_FEED_RETENTION_H_DEFAULT 72
+#define ATP_FEED_RETENTION_H_MAX     8760
+
 #endif

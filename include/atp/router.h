@@ -63,6 +63,10 @@ struct atp_app {
   atp_durable_t *durable;
   struct atp_app_runtime *runtime; /* atp_app_start's threads and state */
   struct atp_recon_store *recon; /* reconciliation reports; NULL: 503 on their routes */
+  /* The change feed (src/app/app.c creates it with the journal); NULL: its
+   * routes answer 503. server answers its parked long polls. */
+  struct atp_feed *feed;
+  atp_http_server_t *server;
 };
 
 /* The table, and its size. Index i is the route's metrics label index. */
@@ -131,6 +135,8 @@ int atp_route_reconciliation_list(atp_req_t *rq);
 int atp_route_reconciliation_get(atp_req_t *rq);
 int atp_route_reconciliation_apply(atp_req_t *rq);
 int atp_route_reconciliation_close(atp_req_t *rq);
+int atp_route_changes(atp_req_t *rq);
+int atp_route_changes_snapshot(atp_req_t *rq);
 
 /* The engine, or NULL (handlers behind /v1 are only dispatched once ready). */
 static inline atp_engine_t *atp_app_engine(atp_app_t *app) {

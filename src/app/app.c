@@ -13,6 +13,7 @@
 
 #include "atp/assert.h"
 #include "atp/error.h"
+#include "atp/feed.h"
 #include "atp/log.h"
 #include "atp/memory.h"
 
@@ -21,6 +22,7 @@ struct atp_app_runtime {
   char data_dir[1024];
   char journal_dir[1100];
   atp_http_server_t *server;
+  atp_app_t *app;
   atp_engine_t *engine;
   pthread_t restore_thread, ticker_thread;
   bool restore_started, ticker_started;
@@ -34,6 +36,8 @@ struct atp_app_runtime {
 static void release_to_server(void *ctx, uint64_t durable_ticket) {
   atp_app_runtime_t *rt = ctx;
   atp_http_server_release(rt->server, durable_ticket);
+  atp_journal_t *j = rt->app->durable ? atp_durable_journal(rt->app->durable) : NULL;
+  if (rt->app->feed && j) atp_feed_notify(rt->app->feed, atp_journal_durable_lsn(j));
 }
 
 static void *ticker_main(void *arg) {
@@ -90,6 +94,7 @@ static void *restore_main(void *arg) {
     atp_log("error", "start-up after restore failed: %s", atp_strerror(rc));
     goto failed;
   }
+  if (app->feed) atp_feed_attach(app->feed, atp_durable_journal(app->durable));
   /* release: the restored tables are visible to whoever sees ready. */
   atomic_store_explicit(&app->ready, true, memory_order_release);
   pthread_mutex_lock(&rt->mu);
@@ -117,6 +122,8 @@ int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
   snprintf(rt->journal_dir, sizeof rt->journal_dir, "%s/journal", rt->data_dir);
   rt->options.data_dir = rt->data_dir;
   rt->server = server;
+  rt->app = app;
+  app->server = server;
   atomic_init(&rt->failed, false);
   pthread_mutex_init(&rt->mu, NULL);
   pthread_condattr_t attr;
@@ -134,6 +141,11 @@ int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
   dc.release_ctx = rt;
   int rc = atp_durable_create(&dc, &app->durable);
   if (rc != 0) return rc;
+  atp_feed_config_t fc = {
+      .journal_dir = rt->journal_dir,
+      .source = options->feed_source ? options->feed_source : "atpd",
+      .retention_ms = options->feed_retention_ms};
+  if ((rc = atp_feed_create(&fc, &app->feed)) != 0) return rc;
   atp_engine_config_t ec;
   memset(&ec, 0, sizeof ec);
   ec.clock_skew_ms = options->clock_skew_ms;
@@ -163,6 +175,10 @@ int atp_app_stop(atp_app_t *app) {
   pthread_mutex_unlock(&rt->mu);
   if (rt->ticker_started) pthread_join(rt->ticker_thread, NULL);
   atomic_store_explicit(&app->ready, false, memory_order_release);
+  /* Parked long polls are answered (the server drops answers it can no
+   * longer deliver) before the journal they read goes. */
+  atp_feed_destroy(app->feed);
+  app->feed = NULL;
   /* Every mutation has stopped (the server's run returned): the close flushes
    * what is queued, the clean shutdown's promise. */
   int rc = atp_durable_close(app->durable);

@@ -236,6 +236,11 @@ static int start_app(const atp_config_t *cfg, atp_app_t *app,
   ao.clock_skew_ms = cfg->clock_skew_ms;
   ao.tick_ms = ENGINE_TICK_MS;
   if (cfg->demo) ao.after_restore = load_demo;
+  /* The feed's CloudEvents source names this instance by its address. */
+  static char feed_source[ATP_CONFIG_HOST_BYTES_MAX + 32];
+  snprintf(feed_source, sizeof feed_source, "atpd://%s:%d", cfg->host, cfg->port);
+  ao.feed_source = feed_source;
+  ao.feed_retention_ms = cfg->feed_retention_h * 3600 * 1000;
   int rc = atp_app_start(app, &ao, server);
   if (rc != 0) {
     fprintf(stderr, "atpd: cannot start: %s\n", atp_strerror(rc));

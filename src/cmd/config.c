@@ -221,6 +221,18 @@ static int set_access_log(atp_config_t *cfg, const char *v, char *err, size_t er
   return 0;
 }
 
+static int set_feed_retention(atp_config_t *cfg, const char *v, char *err,
+                              size_t err_len, const char *what) {
+  long long n = 0;
+  if (parse_int(v, 1, ATP_FEED_RETENTION_H_MAX, &n) != 0) {
+    snprintf(err, err_len, "%s must be an integer 1..%d hours, got \"%s\"", what,
+             ATP_FEED_RETENTION_H_MAX, v);
+    return ATP_EBADREQ;
+  }
+  cfg->feed_retention_h = n;
+  return 0;
+}
+
 static const option_t options[] = {
     {"--listen", "ATPD_LISTEN", true, set_listen},
     {"--data-dir", "ATPD_DATA_DIR", true, set_data_dir},
@@ -233,6 +245,7 @@ static const option_t options[] = {
     {"--demo", "ATPD_DEMO", false, set_demo},
     {"--access-log", "ATPD_ACCESS_LOG", true, set_access_log},
     {"--clock-skew-ms", "ATPD_CLOCK_SKEW_MS", true, set_clock_skew},
+    {"--feed-retention-h", "ATPD_FEED_RETENTION_H", true, set_feed_retention},
 };
 #define OPTION_COUNT (sizeof options / sizeof options[0])
 
@@ -248,6 +261,7 @@ const char *atp_config_usage(void) {
          "            [--demo]                  load a demo catalogue when empty\n"
          "            [--access-log on|off]     one JSON line per request, default on\n"
          "            [--clock-skew-ms N]       future times allowed, default 300000\n"
+         "            [--feed-retention-h N]    change feed kept, default 72\n"
          "            [--routes]                print the route table and exit\n"
          "            [--version]               print the version and exit\n"
          "Every flag has an ATPD_* environment twin (ATPD_LISTEN, ...); flags win.\n";
@@ -273,6 +287,7 @@ int atp_config_load(atp_config_t *cfg, int argc, char **argv,
   cfg->snapshot_interval_s = 300;
   cfg->access_log = true;
   cfg->clock_skew_ms = ATP_CLOCK_SKEW_MS_DEFAULT;
+  cfg->feed_retention_h = ATP_FEED_RETENTION_H_DEFAULT;
   if (err_len) err[0] = '\0';
 
   for (size_t i = 0; i < OPTION_COUNT; i++) {

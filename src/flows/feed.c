@@ -618,8 +618,6 @@ static void write_object(atp_writer_t *w, const atp_change_t *c) {
       atp_w_int(w, p->d_reserved);
       atp_w_key(w, "committed");
       atp_w_int(w, p->d_committed);
-      atp_w_key(w, "available");
-      atp_w_int(w, p->d_on_hand - p->d_safety_stock - p->d_reserved - p->d_committed);
       atp_w_object_end(w);
       if (p->occurred_at_ms != ATP_TIME_NONE) {
         atp_w_key(w, "occurred_at");
