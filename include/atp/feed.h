@@ -92,8 +92,8 @@ typedef int (*atp_feed_event_fn)(void *ctx, const atp_feed_event_t *event);
 /* Hands the events after sequence after (has_after false: from the oldest
  * retained) that pass filter (NULL: all) to fn, at most limit of them, up to
  * the durable LSN. *cursor gets the sequence to resume after: the last event
- * handed out, or past the records examined when the filter skipped them (or
- * after, when nothing was durable beyond it). *count gets the number handed
+ * handed out, or, when none was, past the records examined (a filter skipped
+ * them) or after itself (nothing durable beyond it). *count gets the number handed
  * out. ATP_EEXPIRED when after is older than the oldest retained record;
  * ATP_EINTERNAL for a record that does not decode or a bad frame;
  * ATP_EUNAVAILABLE, ATP_ENOMEM. */

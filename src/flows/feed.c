@@ -360,7 +360,8 @@ typedef struct {
   uint32_t limit, count, scanned;
   atp_feed_event_fn fn;
   void *ctx;
-  uint64_t cursor;
+  uint64_t cursor;     /* past what was examined */
+  uint64_t last_event; /* the sequence of the last event handed out */
   atp_records_t scratch;
   int rc;
 } read_t;
@@ -403,6 +404,7 @@ static int on_record(void *arg, uint64_t lsn, uint16_t kind, const void *payload
     r->cursor = ev.sequence;
     if (!ev.type || !passes(r->filter, &ev)) continue;
     r->count++;
+    r->last_event = ev.sequence;
     if (r->fn(r->ctx, &ev) || r->count >= r->limit) return 1;
     if (r->scanned >= ATP_FEED_SCAN_MAX) return 1;
   }
@@ -451,7 +453,9 @@ int atp_feed_read(atp_feed_t *f, uint64_t after, bool has_after,
   hint_put(f, &hint);
   atp_records_free(&r.scratch);
   if (rc) return rc;
-  *cursor = r.cursor;
+  /* The last event's sequence when there is one (the contract's cursor);
+   * past the examined records when a filter skipped them all. */
+  *cursor = r.count ? r.last_event : r.cursor;
   *count = r.count;
   return 0;
 }
