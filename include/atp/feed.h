@@ -116,11 +116,21 @@ void atp_feed_sequence_format(uint64_t sequence, char out[21]);
 /* Parses a 1..20 digit sequence; ATP_EBADREQ otherwise. */
 int atp_feed_sequence_parse(atp_str_t text, uint64_t *out);
 
-/* A parked wait's callback, on the feed's thread: durable is the durable LSN,
- * timed_out whether the deadline passed (or the feed is stopping). Returns 0
- * when done (the waiter is forgotten), or an LSN to wait beyond again (the new
- * events did not pass its filter). */
-typedef uint64_t (*atp_feed_wake_fn)(void *ctx, uint64_t durable, bool timed_out);
+/* Why a parked wait's callback runs. */
+typedef enum {
+  ATP_FEED_WAKE_DURABLE = 0, /* the durable LSN passed the wait's */
+  ATP_FEED_WAKE_TIMEOUT = 1, /* its deadline passed */
+  ATP_FEED_WAKE_STOP = 2,    /* the feed is being destroyed: the last call */
+} atp_feed_wake_t;
+
+/* A parked wait's callback, on the feed's thread; durable is the durable LSN.
+ * Returns false when done (the waiter is forgotten), or true to wait again
+ * beyond *after_lsn until *deadline_ms (CLOCK_MONOTONIC ms), both updated as
+ * it likes: a long poll whose new events did not pass its filter, a stream
+ * that keeps going. After ATP_FEED_WAKE_STOP the waiter is forgotten whatever
+ * it returns. */
+typedef bool (*atp_feed_wake_fn)(void *ctx, uint64_t durable, atp_feed_wake_t why,
+                                 uint64_t *after_lsn, int64_t *deadline_ms);
 
 /* Parks fn until the durable LSN is > after_lsn or deadline_ms (CLOCK_MONOTONIC
  * ms) passes. ATP_EFULL beyond ATP_FEED_WAITERS_MAX, ATP_ENOMEM,

@@ -137,6 +137,7 @@ int atp_route_reconciliation_apply(atp_req_t *rq);
 int atp_route_reconciliation_close(atp_req_t *rq);
 int atp_route_changes(atp_req_t *rq);
 int atp_route_changes_snapshot(atp_req_t *rq);
+int atp_route_changes_stream(atp_req_t *rq);
 
 /* The engine, or NULL (handlers behind /v1 are only dispatched once ready). */
 static inline atp_engine_t *atp_app_engine(atp_app_t *app) {

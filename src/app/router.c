@@ -60,6 +60,8 @@ static const atp_route_t routes[] = {
      ATP_FIELD_NONE, ONE_MIB, atp_route_reconciliation_close},
     {ATP_HTTP_GET, "/v1/changes", ATP_ACCESS_READ, ATP_FIELD_NONE, ONE_MIB,
      atp_route_changes},
+    {ATP_HTTP_GET, "/v1/changes/stream", ATP_ACCESS_READ, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_changes_stream},
     {ATP_HTTP_GET, "/v1/changes/snapshot", ATP_ACCESS_READ, ATP_FIELD_NONE, ONE_MIB,
      atp_route_changes_snapshot},
     {ATP_HTTP_GET, "/healthz", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB,

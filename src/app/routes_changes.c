@@ -8,7 +8,9 @@
  * when the durable LSN moves or the wait ends, and answers through
  * atp_http_server_answer_header. No loop ever waits.
  */
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "atp/assert.h"
@@ -95,8 +97,11 @@ static void cursor_header(char *out, size_t cap, uint64_t cursor) {
 }
 
 /* The feed thread's turn for a parked pull. */
-static uint64_t pull_wake(void *ctx, uint64_t durable, bool timed_out) {
+static bool pull_wake(void *ctx, uint64_t durable, atp_feed_wake_t why,
+                      uint64_t *after_lsn, int64_t *deadline_ms) {
   pull_t *p = ctx;
+  (void)deadline_ms;
+  bool timed_out = why != ATP_FEED_WAKE_DURABLE;
   atp_buf_t buf;
   atp_buf_init(&buf, 256u << 20);
   uint64_t cursor = 0;
@@ -107,7 +112,8 @@ static uint64_t pull_wake(void *ctx, uint64_t durable, bool timed_out) {
     p->after = cursor;
     p->has_after = p->has_after || cursor != 0;
     atp_buf_free(&buf);
-    return durable ? durable : 1;
+    *after_lsn = durable;
+    return true;
   }
   char header[64];
   cursor_header(header, sizeof header, cursor);
@@ -126,7 +132,7 @@ static uint64_t pull_wake(void *ctx, uint64_t durable, bool timed_out) {
   }
   atp_buf_free(&buf);
   atp_free(p);
-  return 0;
+  return false;
 }
 
 static int copy_filter(atp_req_t *rq, pull_t *p) {
@@ -157,6 +163,12 @@ static int query_uint(atp_req_t *rq, const char *name, uint64_t lo, uint64_t hi,
     return atp_req_fail(rq, ATP_EBADREQ, NULL, name, "Must be an integer %llu..%llu.",
                         (unsigned long long)lo, (unsigned long long)hi);
   *out = n;
+  return 0;
+}
+
+static int sse_count_only(void *ctx, const atp_feed_event_t *ev) {
+  (void)ctx;
+  (void)ev;
   return 0;
 }
 
@@ -241,6 +253,176 @@ int atp_route_changes(atp_req_t *rq) {
   return 0;
 }
 
+/* --- stream (Server-Sent Events) ---------------------------------------------- */
+
+/* A consumer more than this far behind (bytes sent, not yet taken by its
+ * socket) is cut off; it resumes from its Last-Event-ID. */
+#define SSE_BACKLOG_BYTES (1u << 20)
+#define SSE_HEARTBEAT_MS  15000
+
+/* The heartbeat's span: SSE_HEARTBEAT_MS, or ATPD_TEST_SSE_HEARTBEAT_MS for
+ * the black-box tests, read once. */
+static int64_t heartbeat_ms(void) {
+  static _Atomic int64_t cached = 0;
+  int64_t v = atomic_load_explicit(&cached, memory_order_relaxed);
+  if (v) return v;
+  const char *env = getenv("ATPD_TEST_SSE_HEARTBEAT_MS");
+  v = env && atoi(env) > 0 ? atoi(env) : SSE_HEARTBEAT_MS;
+  atomic_store_explicit(&cached, v, memory_order_relaxed);
+  return v;
+}
+/* Events read per round, and rounds per wake while the consumer keeps up:
+ * one consumer far behind does not hold the feed's thread for long. */
+#define SSE_PAGE   500
+#define SSE_ROUNDS 8
+
+typedef struct {
+  atp_feed_t *feed;
+  atp_http_stream_t *stream;
+  uint64_t after;
+  bool has_after;
+  int64_t last_sent_ms;
+  atp_feed_filter_t filter; /* strings point into text */
+  char text[3 * ATP_ID_BYTES_MAX];
+  atp_buf_t frames;
+} sse_t;
+
+static int sse_event(void *ctx, const atp_feed_event_t *ev) {
+  sse_t *s = ctx;
+  char seq[21];
+  atp_feed_sequence_format(ev->sequence, seq);
+  atp_buf_printf(&s->frames, "id: %s\ndata: ", seq);
+  atp_writer_t w;
+  atp_writer_init(&w, ATP_FORMAT_JSON, &s->frames);
+  atp_feed_write_event(s->feed, &w, ev);
+  atp_buf_append(&s->frames, "\n\n", 2);
+  return 0;
+}
+
+static void sse_free(sse_t *s) {
+  atp_http_stream_end(s->stream);
+  atp_buf_free(&s->frames);
+  atp_free(s);
+}
+
+/* The feed thread's turn for a stream: sends what became durable since its
+ * cursor, a comment when it was quiet for the heartbeat's span, and parks
+ * again; a closed or cut stream is forgotten. */
+static bool sse_wake(void *ctx, uint64_t durable, atp_feed_wake_t why,
+                     uint64_t *after_lsn, int64_t *deadline_ms) {
+  sse_t *s = ctx;
+  if (why == ATP_FEED_WAKE_STOP) {
+    sse_free(s);
+    return false;
+  }
+  int64_t now = atp_feed_mono_ms();
+  bool behind = false;
+  for (int round = 0; round < SSE_ROUNDS; round++) {
+    atp_buf_reset(&s->frames);
+    uint64_t cursor = 0;
+    uint32_t count = 0;
+    int rc = atp_feed_read(s->feed, s->after, s->has_after, &s->filter, SSE_PAGE,
+                           sse_event, s, &cursor, &count);
+    if (rc == ATP_EEXPIRED) {
+      static const char gone[] =
+          "event: cursor_expired\ndata: {\"error\":{\"code\":"
+          "\"cursor_expired\",\"message\":\"Take GET "
+          "/v1/changes/snapshot and resume from its cursor.\"}}\n\n";
+      (void)atp_http_stream_send(s->stream, gone, sizeof gone - 1);
+      sse_free(s);
+      return false;
+    }
+    if (rc != 0 || s->frames.failed) break; /* try again at the next wake */
+    if (s->frames.len) {
+      if (atp_http_stream_send(s->stream, s->frames.data, s->frames.len) != 0) {
+        sse_free(s);
+        return false;
+      }
+      s->last_sent_ms = now;
+    }
+    s->after = cursor;
+    s->has_after = s->has_after || cursor != 0;
+    behind = count == SSE_PAGE;
+    if (!behind || atp_http_stream_backlog(s->stream) > SSE_BACKLOG_BYTES / 2) break;
+  }
+  if (now - s->last_sent_ms >= heartbeat_ms()) {
+    if (atp_http_stream_send(s->stream, ": heartbeat\n\n", 13) != 0) {
+      sse_free(s);
+      return false;
+    }
+    s->last_sent_ms = now;
+  }
+  *after_lsn = durable;
+  /* Behind: come back soon for the rest (the socket drains meanwhile). */
+  *deadline_ms = behind ? now + 20 : s->last_sent_ms + heartbeat_ms();
+  return true;
+}
+
+int atp_route_changes_stream(atp_req_t *rq) {
+  atp_app_t *app = rq->app;
+  if (!app->feed || !app->server)
+    return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "The change feed is off.");
+  pull_t p;
+  memset(&p, 0, sizeof p);
+  const atp_http_request_t *h = rq->http;
+  int rc = 0;
+  if (h->last_event_id) {
+    atp_str_t id = {h->last_event_id, (uint32_t)h->last_event_id_len};
+    if (atp_feed_sequence_parse(id, &p.after) != 0)
+      return atp_req_fail(
+          rq, ATP_EBADREQ, NULL, "Last-Event-ID",
+          "Must be an event's id: line (its sequence, up to 20 digits).");
+    p.has_after = true;
+  } else {
+    rc = query_uint(rq, "after", 0, UINT64_MAX, &p.after, &p.has_after);
+  }
+  if (rc == 0) rc = copy_filter(rq, &p);
+  if (rc != 0) return rc;
+  /* An expired cursor is refused now, with a status, rather than in the
+   * stream. */
+  uint64_t cursor = 0;
+  uint32_t count = 0;
+  sse_t *s = atp_calloc(1, sizeof *s);
+  if (!s) return ATP_ENOMEM;
+  s->feed = app->feed;
+  s->after = p.after;
+  s->has_after = p.has_after;
+  memcpy(s->text, p.text, sizeof s->text);
+  s->filter = p.filter;
+  s->filter.type.ptr = s->text + (p.filter.type.ptr - p.text);
+  s->filter.sku_prefix.ptr = s->text + (p.filter.sku_prefix.ptr - p.text);
+  s->filter.location.ptr = s->text + (p.filter.location.ptr - p.text);
+  atp_buf_init(&s->frames, 64u << 20);
+  if (p.has_after) {
+    rc = atp_feed_read(app->feed, p.after, true, &s->filter, 1, sse_count_only, NULL,
+                       &cursor, &count);
+    if (rc == ATP_EEXPIRED) {
+      atp_buf_free(&s->frames);
+      atp_free(s);
+      return fail_expired(rq);
+    }
+  }
+  atp_http_response_t *res = rq->res;
+  res->status = 200;
+  res->content_type = "text/event-stream";
+  if (res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
+    res->extra_headers[res->extra_header_count++] = "Cache-Control: no-cache";
+  s->stream = atp_http_stream_begin(res, SSE_BACKLOG_BYTES);
+  if (!s->stream) {
+    atp_buf_free(&s->frames);
+    atp_free(s);
+    return ATP_ENOMEM;
+  }
+  s->last_sent_ms = atp_feed_mono_ms();
+  /* Due at once: the first turn sends what is durable after the cursor. */
+  rc = atp_feed_wait(app->feed, UINT64_MAX, 0, sse_wake, s);
+  if (rc != 0) {
+    /* The head goes out; the stream ends at once and the client retries. */
+    sse_free(s);
+  }
+  return 0;
+}
+
 /* --- snapshot ------------------------------------------------------------------ */
 
 typedef struct {
@@ -276,10 +458,13 @@ typedef struct {
   char body[];
 } snap_answer_t;
 
-static uint64_t snap_wake(void *ctx, uint64_t durable, bool timed_out) {
+static bool snap_wake(void *ctx, uint64_t durable, atp_feed_wake_t why,
+                      uint64_t *after_lsn, int64_t *deadline_ms) {
   snap_answer_t *a = ctx;
   (void)durable;
-  (void)timed_out;
+  (void)why;
+  (void)after_lsn;
+  (void)deadline_ms;
   (void)atp_http_server_answer_header(
       a->server, a->thread_index, a->request_id, 200, content_type(a->out),
       a->out == OUT_NDJSON ? a->header : NULL, a->body, a->len);

@@ -128,11 +128,12 @@ static void *feed_main(void *arg) {
     while (due) {
       waiter_t *w = due;
       due = w->next;
-      bool timed_out = stopping || w->deadline_ms <= now;
-      uint64_t again = w->fn(w->ctx, durable, timed_out);
-      if (again && !timed_out) {
+      atp_feed_wake_t why = stopping                 ? ATP_FEED_WAKE_STOP
+                            : durable > w->after_lsn ? ATP_FEED_WAKE_DURABLE
+                                                     : ATP_FEED_WAKE_TIMEOUT;
+      bool again = w->fn(w->ctx, durable, why, &w->after_lsn, &w->deadline_ms);
+      if (again && why != ATP_FEED_WAKE_STOP) {
         pthread_mutex_lock(&f->mu);
-        w->after_lsn = again;
         w->next = f->waiters;
         f->waiters = w;
         f->waiter_count++;
