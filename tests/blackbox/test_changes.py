@@ -6,6 +6,7 @@ durable changes; resume from a cursor after kill -9 of the server and of the
 consumer; snapshot-then-tail misses and repeats nothing.
 """
 import json
+import socket
 import threading
 import time
 
@@ -416,3 +417,162 @@ def test_changes_need_the_read_role(binary, tmp_path):
         assert c.get("/v1/changes/snapshot").status == 200
     finally:
         assert srv.stop() is None
+
+
+# --- Server-Sent Events ---------------------------------------------------------------
+
+class Sse:
+    """A raw SSE consumer: the head, then events parsed as they come."""
+
+    def __init__(self, port, path="/v1/changes/stream", headers=(), rcvbuf=None):
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(10)
+        self.sock.connect(("127.0.0.1", port))
+        req = "GET %s HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n" % path
+        for h in headers:
+            req += h + "\r\n"
+        self.sock.sendall((req + "\r\n").encode())
+        self.buf = b""
+        self.closed = False
+
+    def head(self):
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = dict((k.lower(), v.strip()) for k, v in (l.split(":", 1) for l in lines[1:]))
+        return status, hdrs
+
+    def _fill(self):
+        data = self.sock.recv(65536)
+        if not data:
+            self.closed = True
+            raise EOFError
+        self.buf += data
+
+    def frame(self):
+        """The next frame as (id, data dict) or ("comment", text)."""
+        while b"\n\n" not in self.buf:
+            self._fill()
+        raw, self.buf = self.buf.split(b"\n\n", 1)
+        text = raw.decode()
+        if text.startswith(":"):
+            return ("comment", text)
+        fields = dict(l.split(": ", 1) for l in text.split("\n"))
+        return (fields["id"], json.loads(fields["data"]))
+
+    def events(self, n):
+        out = []
+        while len(out) < n:
+            f = self.frame()
+            if f[0] != "comment":
+                out.append(f)
+        return out
+
+    def close(self):
+        self.sock.close()
+
+
+def test_sse_live_and_resume_with_last_event_id(srv):
+    c = srv.client()
+    _, start = tail(c)
+    s = Sse(srv.port, "/v1/changes/stream?after=" + start)
+    status, hdrs = s.head()
+    assert status == 200 and hdrs["content-type"] == "text/event-stream", hdrs
+    assert "content-length" not in hdrs
+    sku = uid("sse")
+    for i in range(5):
+        c.adjust(sku, "L1", i + 1)
+    got = s.events(5)
+    assert [d["data"]["deltas"]["on_hand"] for _, d in got] == [1, 2, 3, 4, 5]
+    assert all(i == d["sequence"] for i, d in got)
+    for _, d in got:
+        check_event(d)
+    # The consumer dies after the third event and comes back with its last id.
+    s.close()
+    for i in range(5, 8):
+        c.adjust(sku, "L1", i + 1)
+    s = Sse(srv.port, headers=["Last-Event-ID: " + got[2][0]])
+    assert s.head()[0] == 200
+    again = s.events(5)
+    assert [d["data"]["deltas"]["on_hand"] for _, d in again] == [4, 5, 6, 7, 8]
+    # The same as the pull feed.
+    pulled, _ = pull(c, got[2][0], limit=5)
+    assert [d for _, d in again] == pulled
+    s.close()
+    # Filters apply to the stream too.
+    s = Sse(srv.port, "/v1/changes/stream?after=%s&type=atpd.reservation.held" % start)
+    assert s.head()[0] == 200
+    rid = uid("r")
+    assert c.post("/v1/reservations", dict(id=rid, lines=[dict(sku=sku, location="L1",
+                                                               qty=1)])).status == 201
+    (_, ev), = s.events(1)
+    assert ev["type"] == "atpd.reservation.held" and ev["data"]["reservation"]["id"] == rid
+    s.close()
+    r = srv.client(validate=False).get("/v1/changes/stream",
+                                       headers=["Last-Event-ID: nope"])
+    expect_error(r, 400, "bad_request", field="Last-Event-ID")
+
+
+def test_sse_heartbeat(binary):
+    srv = Server(binary=binary, env={"ATPD_TEST_SSE_HEARTBEAT_MS": "300"})
+    try:
+        _, cur = tail(srv.client())
+        s = Sse(srv.port, "/v1/changes/stream?after=" + cur)
+        assert s.head()[0] == 200
+        t = time.monotonic()
+        assert s.frame() == ("comment", ": heartbeat")
+        assert 0.2 < time.monotonic() - t < 3
+        s.close()
+    finally:
+        assert srv.stop() is None
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_sse_slow_consumer_is_cut_off_and_rss_stays_flat(srv):
+    """30000 events (about 15 MB as SSE) wait in the journal; a consumer that never
+    reads asks for all of them. The server sends until the consumer is 1 MiB behind,
+    cuts it, and its memory does not grow by what was not read."""
+    c = srv.client()
+    _, start = tail(c)
+    sku = uid("slow")
+    sent = 0
+    for b in range(6):
+        ops = [dict(op="adjust", flow="erp", id=uid("s"), sku=sku, location="L1", delta=1,
+                    reason="received", ref="x" * 100) for _ in range(5000)]
+        r = c.post("/v1/batch", raw=json.dumps(ops).encode(), content_type="application/json")
+        assert r.status == 200 and r.data["applied"] == 5000, r
+        sent += 5000
+    time.sleep(0.5)
+    before = rss_kib(srv.proc.pid)
+    slow = Sse(srv.port, "/v1/changes/stream?after=" + start, rcvbuf=4096)
+    assert slow.head()[0] == 200
+    time.sleep(1.5)
+    after = rss_kib(srv.proc.pid)
+    assert after - before < 6 * 1024, (before, after)
+    # Now read: what was buffered, then the close (the server cut it).
+    received = 0
+    try:
+        while True:
+            f = slow.frame()
+            if f[0] != "comment":
+                received += 1
+    except EOFError:
+        pass
+    assert slow.closed and 0 < received < sent, (received, sent)
+    # The consumer resumes and gets the rest; the feed serves on.
+    fast = Sse(srv.port, "/v1/changes/stream?sku_prefix=%s&after=%s" % (sku, start))
+    assert fast.head()[0] == 200
+    got = fast.events(sent)
+    assert [d["data"]["position"]["version"] for _, d in got] == list(range(1, sent + 1))
+    fast.close()
