@@ -396,7 +396,7 @@ static int cmp_double(const void *a, const void *b) {
  * ratio: the host's load drifts over seconds, and two blocks of trials run one
  * after the other measured that drift as much as the second thread. */
 #define TRIALS 5
-/* > 1 ms retention + a tick + the grace (20 ticks of 100 ms, and 1 s) */
+/* > 1 ms retention + a tick + the limbo (20 ticks of 100 ms) */
 #define WARM_RESERVE_S 2.5
 
 typedef struct {

@@ -10,7 +10,13 @@
 #   CONNS           connections, for atpd and the peers alike (default 32)
 #   ENGINE_S        seconds per bench_engine figure (default 2)
 #   DURABILITY      atpd --durability for the HTTP runs (default batch, the product default)
-#   SKIP            space-separated parts to skip: engine mem http peers
+#   MODES           durability modes for the "modes" part: POST reservation JSON once per
+#                   mode on a fresh server, figures atpd_reserve_json_<mode>_rps and _p99_ms,
+#                   and the issue's ratios against none and Redis AOF (default: none batch
+#                   always). E.g. the durability comparison alone, Redis AOF in the same run:
+#                   SKIP="engine mem http" PEER_SET="redis redis-aof" bench/run.sh
+#   PEER_SET        which peers run-peers.sh runs (default: all of them)
+#   SKIP            space-separated parts to skip: engine mem http modes peers
 #   PEERS_DIR       where run-peers.sh lives (default: ../shared/peers beside the repo)
 #   PERF=1          perf record -g on atpd during each wrk run; top symbols to stderr,
 #                   perf.data files kept in build/bench/
@@ -23,7 +29,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 dur=${DURATION_S:-10} conns=${CONNS:-32} engine_s=${ENGINE_S:-2}
-durability=${DURABILITY:-batch} skip=" ${SKIP:-} "
+durability=${DURABILITY:-batch} skip=" ${SKIP:-} " modes=${MODES:-none batch always}
 started=$(date -u '+%Y-%m-%d %H:%M UTC')
 command_line="${DURATION_S:+DURATION_S=$DURATION_S }${CONNS:+CONNS=$CONNS }${ENGINE_S:+ENGINE_S=$ENGINE_S }${DURABILITY:+DURABILITY=$DURABILITY }${SKIP:+SKIP=\"$SKIP\" }make bench"
 say() { echo "bench: $*" >&2; }
@@ -154,13 +160,23 @@ if ! skipped http; then
   run_wrk atpd_reserve_msgpack reserve.lua msgpack "$tag-m"
   stop_atpd
 fi
+# --- the durability modes, one fresh server each --------------------------------------
+if ! skipped modes; then
+  saved_durability=$durability
+  for durability in $modes; do
+    start_atpd
+    run_wrk "atpd_reserve_json_$durability" reserve.lua json "$tag-$durability"
+  done
+  stop_atpd
+  durability=$saved_durability
+fi
 
 # --- peers, same run, same duration and connections ----------------------------------
 if ! skipped peers; then
   say "peers: $peers/run-peers.sh (${dur}s, CONNS=$conns)"
   while read -r k v; do
     [[ -n $k && -n $v ]] && put "$k" "$v"
-  done < <(DURATION_S=$dur CONNS=$conns bash "$peers/run-peers.sh")
+  done < <(DURATION_S=$dur CONNS=$conns bash "$peers/run-peers.sh" ${PEER_SET:-})
 fi
 # Control: the same nginx fixed response driven by the same wrk client as atpd (Lua
 # request generator and response hook), so the client's own cost shows: on a 2-core
@@ -195,6 +211,10 @@ ratio() { # ratio NAME NUM DEN
   echo "$1 ${fig[$1]}"
 }
 ratio ratio_get_json_vs_nginx atpd_get_json_rps nginx_fixed_json_rps
+ratio ratio_reserve_batch_vs_none atpd_reserve_json_batch_rps atpd_reserve_json_none_rps
+ratio ratio_reserve_always_vs_none atpd_reserve_json_always_rps atpd_reserve_json_none_rps
+ratio ratio_reserve_batch_vs_redis_everysec atpd_reserve_json_batch_rps redis_evalsha_reserve_aof_everysec_p1_ops
+ratio ratio_reserve_always_vs_redis_always atpd_reserve_json_always_rps redis_evalsha_reserve_aof_always_p1_ops
 ratio ratio_get_msgpack_vs_nginx atpd_get_msgpack_rps nginx_fixed_json_rps
 ratio ratio_get_json_vs_nginx_same_client atpd_get_json_rps nginx_fixed_json_same_client_rps
 ratio ratio_nginx_same_client_vs_plain nginx_fixed_json_same_client_rps nginx_fixed_json_rps
@@ -235,6 +255,12 @@ v() { echo "${fig[$1]:-n/a}"; }
   echo "| GET availability msgpack, rps | $(v atpd_get_msgpack_rps) | PostgreSQL SELECT $(v postgres_read_tps) | $(v ratio_get_msgpack_vs_postgres_read) | |"
   echo "| POST reservation JSON, rps | $(v atpd_reserve_json_rps) | PostgreSQL UPDATE $(v postgres_reserve_tps) | $(v ratio_reserve_json_vs_postgres) | |"
   echo "| POST reservation msgpack, rps | $(v atpd_reserve_msgpack_rps) | PostgreSQL UPDATE $(v postgres_reserve_tps) | $(v ratio_reserve_msgpack_vs_postgres) | |"
+  echo
+  echo "Durability modes (POST reservation JSON, one fresh server each): none $(v atpd_reserve_json_none_rps) rps"
+  echo "(p99 $(v atpd_reserve_json_none_p99_ms) ms), batch $(v atpd_reserve_json_batch_rps) (p99 $(v atpd_reserve_json_batch_p99_ms) ms),"
+  echo "always $(v atpd_reserve_json_always_rps) (p99 $(v atpd_reserve_json_always_p99_ms) ms); Redis AOF everysec"
+  echo "$(v redis_evalsha_reserve_aof_everysec_p1_ops), always $(v redis_evalsha_reserve_aof_always_p1_ops). batch/none $(v ratio_reserve_batch_vs_none)"
+  echo "(target >= 0.9), batch/everysec $(v ratio_reserve_batch_vs_redis_everysec) (>= 1), always/always $(v ratio_reserve_always_vs_redis_always) (>= 1)."
   echo
   echo "atpd p99 latency (ms): GET JSON $(v atpd_get_json_p99_ms), GET msgpack $(v atpd_get_msgpack_p99_ms),"
   echo "POST JSON $(v atpd_reserve_json_p99_ms), POST msgpack $(v atpd_reserve_msgpack_p99_ms)."

@@ -23,8 +23,9 @@ declare -A HEADER_LAYER=(
   [engine]=engine [timerwheel]=engine
   [codec]=codec
   [http]=http
-  [journal]=store [snapshot]=store [records]=store [crc32c]=base [durability]=store
+  [journal]=store [snapshot]=store [records]=store [crc32c]=base [durability]=store [payload]=store
   [batch]=flows [flows]=flows [feed]=flows [shopify]=flows [reconcile]=flows
+  [deadletters]=flows [flowstate]=flows [audit]=flows
   [auth]=app [metrics]=app [request]=app [router]=app [app]=app
   [config]=cmd [demo]=cmd [instance]=cmd
 )

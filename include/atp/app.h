@@ -44,6 +44,10 @@ typedef struct {
   void *after_restore_ctx;
   const char *feed_source;   /* the change feed's CloudEvents source */
   int64_t feed_retention_ms; /* --feed-retention-h */
+  /* Integration flows' bounds (0: the limits.h defaults). */
+  uint32_t dead_letters_max; /* --dead-letters-max */
+  uint32_t flow_queue_max;   /* --flow-queue-max, per flow */
+  uint32_t audit_max;        /* --audit-max */
 } atp_app_options_t;
 
 /* Creates the engine and durability and starts the restore thread. 0, or

@@ -49,6 +49,10 @@ typedef struct {
   /* 1..ATP_FEED_RETENTION_H_MAX: how long journal segments are kept for the
    * change feed (--feed-retention-h), default 72. */
   int64_t feed_retention_h;
+  /* Integration flows' bounds (limits.h gives defaults and ranges). */
+  uint32_t dead_letters_max; /* --dead-letters-max */
+  uint32_t flow_queue_max;   /* --flow-queue-max, ops per paused flow */
+  uint32_t audit_max;        /* --audit-max */
 } atp_config_t;
 
 /* Fills *cfg with the defaults, then the ATPD_* environment, then argv.

@@ -96,6 +96,62 @@ atp_journal_mode_t atp_durable_mode(const atp_durable_t *d);
 /* The journal, once restore opened it (for metrics and state); else NULL. */
 atp_journal_t *atp_durable_journal(const atp_durable_t *d);
 
+/* --- sections: the durable state of other modules ------------------------
+ *
+ * The journal is generic (a kind and payload bytes), so modules beside the
+ * engine (dead letters, flows, audit, reconciliations) keep their state with
+ * the same guarantees. A module registers a section before restore: a range
+ * of record kinds it owns (proto/journal.md lists them), a replay callback
+ * that restore and snapshot loading call for each record of those kinds, in
+ * order, and an export callback that a snapshot writer calls to have every
+ * piece of the module's state written as records of its kinds (replayed at
+ * load like journal records, then the journal after the snapshot's LSN on
+ * top). A module's records must therefore replay idempotently: a fuzzy
+ * snapshot may hold state that journal records after its LSN repeat.
+ *
+ * While serving, a module appends with atp_durable_append inside the
+ * request's begin/end bracket (the router brackets every mutating route), so
+ * the answer parks until the record is durable, like an engine mutation. */
+
+#define ATP_DURABLE_SECTIONS_MAX 16
+
+/* Hands one record of the module's kinds to a snapshot writer. */
+typedef int (*atp_durable_emit_fn)(void *emit_ctx, uint16_t kind, const void *payload,
+                                   uint32_t payload_bytes);
+
+typedef struct {
+  const char *name;               /* "dead_letters", for messages */
+  uint16_t kind_first, kind_last; /* the kinds it owns, inclusive; > 1 */
+  /* One record at restore (journal) or snapshot load. payload is valid during
+   * the call. 0, or a negative ATP_E* that stops the restore. */
+  int (*replay)(void *ctx, uint16_t kind, const void *payload, uint32_t payload_bytes);
+  /* Every piece of the module's state through emit; NULL: nothing to snapshot.
+   * Called on the snapshot thread while the server runs. */
+  int (*export_state)(void *ctx, atp_durable_emit_fn emit, void *emit_ctx);
+  void *ctx;
+} atp_durable_section_t;
+
+/* Registers a section (copied). ATP_ETOOMANY beyond ATP_DURABLE_SECTIONS_MAX;
+ * overlapping kinds or a call after restore began are programmer errors.
+ * Thread: the one that creates and restores. */
+int atp_durable_register(atp_durable_t *d, const atp_durable_section_t *section);
+
+/* Appends one record of a registered kind. 0; ATP_ETOOLARGE, ATP_ENOMEM or
+ * ATP_EUNAVAILABLE (journal closed) from the journal: the caller refuses its
+ * change. A call before restore opened the journal is a programmer error.
+ * Thread: any. */
+int atp_durable_append(atp_durable_t *d, uint16_t kind, const void *payload,
+                       uint32_t payload_bytes);
+
+/* Every section's export, in registration order (for a snapshot writer's
+ * atp_snapshot_config_t.sections_export). Thread: one snapshot at a time. */
+int atp_durable_export_sections(void *d, atp_durable_emit_fn emit, void *emit_ctx);
+
+/* Hands a record to the section owning kind (for a snapshot loader's
+ * sections_replay). ATP_EINTERNAL for a kind nobody registered. */
+int atp_durable_replay_section(void *d, uint16_t kind, const void *payload,
+                               uint32_t payload_bytes);
+
 /* Flushes and closes the journal (if open) and frees. 0, or
  * ATP_EUNAVAILABLE when records were left unwritten. Thread: once, after
  * every mutation stopped. */

@@ -151,9 +151,6 @@ typedef struct {
   atp_http_log_fn log;               /* NULL: none */
   atp_http_error_fn error;           /* NULL: the server's errors are JSON */
   void *ctx;                         /* passed to the four callbacks */
-  /* Called on loop thread 0 every tick_ms (0: never), e.g. engine expiry. */
-  void (*tick)(void *ctx);
-  uint32_t tick_ms;
   /* Overrides of the limits.h defaults, mostly so tests can be quick; 0 means
    * the default named in each comment. */
   uint32_t idle_timeout_ms;       /* ATP_HTTP_IDLE_TIMEOUT_MS */

@@ -13,11 +13,28 @@
  * once, never waiting for the disk. The writer thread takes everything
  * queued, writes it with one writev and makes it durable with one fdatasync
  * (a group), then publishes the durable LSN and calls on_durable, so that
- * responses parked until their LSN is durable can be released. The mode only
- * changes how long the writer lets records gather before a group:
- *   none    up to flush_ms (10 ms): nobody waits for it;
- *   batch   up to batch_delay_us (1 ms) or batch_bytes queued;
- *   always  not at all: a group is whatever queued while the last fdatasync ran.
+ * responses parked until their LSN is durable can be released.
+ *
+ * Group commit is natural: a group starts as soon as the writer is free and
+ * a record waits, and carries everything that queued meanwhile (while the
+ * last fdatasync ran), so groups grow with the load by themselves and no
+ * fixed delay is paid. Before it takes the queue the writer reads the ticket
+ * counter and waits, yielding, up to 200 us for the mutations in flight
+ * below it to end (see atp_journal_begin), so that each answer is released
+ * by the group that carries its own record, not by the next one. The mode
+ * only changes whether a group may also wait for records to gather:
+ *   none    up to flush_ms (10 ms) or batch_bytes: nobody waits for it;
+ *   batch   only when group commit found nothing to share: the writer was
+ *           idle when the first record came and the last group held a single
+ *           record; then up to min(batch_delay_us, the last fdatasync's
+ *           duration) or batch_bytes. Under load, batch runs like always
+ *           (in a closed loop of clients any wait is pure loss); under sparse
+ *           traffic it trades at most one fdatasync's time of latency for
+ *           fewer fdatasyncs;
+ *   always  never: one group per writer turn, whatever queued.
+ * In batch and always alike an answer leaves only once its record, and every
+ * record it could have seen, is durable (fdatasync returned): the modes differ
+ * in latency under sparse traffic, never in what an acknowledgment promises.
  *
  * Flow control is split in two on purpose. The engine makes a change visible
  * before its hook reports it, so once the hook runs the record must be taken:
@@ -61,8 +78,8 @@ typedef struct atp_journal atp_journal_t;
 
 typedef enum {
   ATP_JOURNAL_NONE = 0,   /* answer at once; flushed within flush_ms */
-  ATP_JOURNAL_BATCH = 1,  /* records gather up to batch_delay_us */
-  ATP_JOURNAL_ALWAYS = 2, /* one fdatasync per group, no gathering */
+  ATP_JOURNAL_BATCH = 1,  /* group commit; gathers only when nothing shares */
+  ATP_JOURNAL_ALWAYS = 2, /* group commit, never gathering */
 } atp_journal_mode_t;
 
 typedef enum {
@@ -89,7 +106,7 @@ typedef struct {
   uint64_t segment_bytes_max; /* 0: ATP_JOURNAL_SEGMENT_BYTES_DEFAULT */
   uint64_t
       queue_bytes_max; /* admit refuses beyond; 0: ATP_JOURNAL_QUEUE_BYTES_DEFAULT */
-  uint32_t batch_delay_us; /* batch gathering; 0: 1000 */
+  uint32_t batch_delay_us; /* batch's gathering bound (see above); 0: 1000 */
   uint32_t batch_bytes;    /* a group starts once this much waits; 0: 256 KiB */
   uint32_t flush_ms;       /* none mode's gathering; 0: 10 */
   uint32_t retry_ms_min;   /* first retry after a failure; 0: 10 */
@@ -192,7 +209,10 @@ atp_journal_state_t atp_journal_state(const atp_journal_t *journal);
  * answer may leave once atp_journal_durable_ticket() >= target. A mutation
  * that appended nothing (a replay, a refusal) still waits for what it saw;
  * end then wakes the writer if needed. Cost: one contended fetch_add and a few
- * seq_cst stores per mutation, a scan of the slots in use per group.
+ * seq_cst stores per mutation, a scan of the slots in use per group. Keep a
+ * bracket short: the writer waits up to 200 us for one in flight before a
+ * group; a longer one (a tick that expires many holds) is correct but holds
+ * back the answers of every mutation that began after it until it ends.
  * Thread: the slot's owner. */
 #define ATP_JOURNAL_SLOTS_MAX 80
 void atp_journal_begin(atp_journal_t *journal, uint32_t slot);
@@ -262,6 +282,12 @@ typedef struct {
   uint64_t segments;               /* segment files present */
   uint64_t tail_bytes_truncated;   /* at open */
   uint64_t tail_records_truncated; /* at open */
+  /* The writer loop's own counters (how the group commit behaves). */
+  uint64_t rounds;           /* times the writer took the queue */
+  uint64_t empty_rounds;     /* of them, with nothing to write: no fdatasync */
+  uint64_t horizon_waits;    /* rounds that waited for mutations in flight */
+  uint64_t horizon_timeouts; /* of them, cut off at the bound */
+  uint64_t gathers;          /* groups that waited to gather (batch, none) */
 } atp_journal_metrics_t;
 
 /* A snapshot of the counters (each read on its own, relaxed: a scrape can see

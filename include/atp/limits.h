@@ -96,6 +96,30 @@
 /* --snapshot-interval-s: at most a week between snapshots. */
 #define ATP_SNAPSHOT_INTERVAL_S_MAX (7 * 86400)
 
+/* Integration flows (CONTRACT.md 6.3, 6.4, 6.6): every piece of their state
+ * is bounded. Dead letters: the count is --dead-letters-max; when full the
+ * oldest closed (replayed, resolved) ones go first, then the oldest open one
+ * (counted in /metrics and logged). Their bytes are bounded too. */
+#define ATP_DEAD_LETTERS_MAX_DEFAULT      10000
+#define ATP_DEAD_LETTERS_MAX_MAX          1000000
+#define ATP_DEAD_LETTERS_BYTES_MAX        (256u * 1024 * 1024)
+#define ATP_DEAD_LETTER_MESSAGE_BYTES_MAX 512
+/* Flows known by name (paused or seen); a flow beyond it is not tracked. */
+#define ATP_FLOWS_MAX 256
+/* Ops one paused flow may queue (--flow-queue-max) and their bytes; beyond,
+ * 429 too_many_requests with Retry-After. */
+#define ATP_FLOW_QUEUE_OPS_DEFAULT 10000
+#define ATP_FLOW_QUEUE_OPS_MAX     1000000
+#define ATP_FLOW_QUEUE_BYTES_MAX   (64u * 1024 * 1024)
+/* Audit entries kept (--audit-max); the oldest go first when full. */
+#define ATP_AUDIT_ENTRIES_DEFAULT 100000
+#define ATP_AUDIT_ENTRIES_MAX     10000000
+/* Free text an operator attaches (a pause's reason, a resolve's note). */
+#define ATP_NOTE_BYTES_MAX 1024
+/* Answers of the listing routes (dead letters, audit): ?limit= default, max. */
+#define ATP_LIST_LIMIT_DEFAULT 100
+#define ATP_LIST_LIMIT_MAX     1000
+
 /* bin/atpctl: the answer it reads, and how long it waits for one (--timeout-ms,
  * connect included; connecting alone is cut shorter) before saying the server
  * cannot be reached. */
@@ -116,5 +140,11 @@
 /* The change feed's retention (--feed-retention-h), in hours. */
 #define ATP_FEED_RETENTION_H_DEFAULT 72
 #define ATP_FEED_RETENTION_H_MAX     8760
+/* Threads alive at once that call the engine: each takes a reader slot (one
+ * cache line in every engine) on its first call and gives it back when it
+ * exits (src/engine/epoch.c). One more is a programmer error that stops the
+ * process: a thread without a slot could not be waited for by the engine's
+ * memory reclamation. */
+#define ATP_ENGINE_THREADS_MAX 1024
 
 #endif

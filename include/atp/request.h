@@ -68,6 +68,9 @@ typedef struct {
   /* Error details of the last refusal; field "" when it concerns no field. */
   char field[ATP_FIELD_BYTES_MAX];
   char message[ATP_MESSAGE_BYTES_MAX];
+  /* The last refusal's code (0: none), also when the handler wrote that
+   * error body itself and returned 0 (a conflict with its position). */
+  int err;
 } atp_req_t;
 
 /* Reader flags. */

@@ -67,6 +67,11 @@ struct atp_app {
    * routes answer 503. server answers its parked long polls. */
   struct atp_feed *feed;
   atp_http_server_t *server;
+  /* Integration flows' state (src/flows, created by atp_app_start; NULL in
+   * tests without it): dead letters, flows with their queues, the audit. */
+  struct atp_deadletters *dead_letters;
+  struct atp_flowstate *flow_state;
+  struct atp_audit *audit;
 };
 
 /* The table, and its size. Index i is the route's metrics label index. */
@@ -98,7 +103,6 @@ void atp_router_log(void *ctx, const atp_http_request_t *req, int status,
  * Content-Type and Accept ask for (atp_http_error_fn). */
 void atp_router_error(void *ctx, const atp_http_request_t *req, int err,
                       const char *message, atp_http_response_t *res);
-void atp_router_tick(void *ctx);
 
 /* 0 when flow may write field under the app's ownership matrix, else
  * ATP_ENOTOWNER recorded on flow_key. */
@@ -126,6 +130,13 @@ int atp_route_safety_stock(atp_req_t *rq);
 int atp_route_group_put(atp_req_t *rq);
 int atp_route_group_get(atp_req_t *rq);
 int atp_route_group_delete(atp_req_t *rq);
+int atp_route_dead_letters_list(atp_req_t *rq);
+int atp_route_dead_letter_replay(atp_req_t *rq);
+int atp_route_dead_letter_resolve(atp_req_t *rq);
+int atp_route_flows_list(atp_req_t *rq);
+int atp_route_flow_pause(atp_req_t *rq);
+int atp_route_flow_resume(atp_req_t *rq);
+int atp_route_audit_list(atp_req_t *rq);
 int atp_route_batch(atp_req_t *rq);
 int atp_route_healthz(atp_req_t *rq);
 int atp_route_readyz(atp_req_t *rq);
@@ -138,6 +149,40 @@ int atp_route_reconciliation_close(atp_req_t *rq);
 int atp_route_changes(atp_req_t *rq);
 int atp_route_changes_snapshot(atp_req_t *rq);
 int atp_route_changes_stream(atp_req_t *rq);
+
+/* --- integration flows around the single routes (routes_flows.c) -------- */
+
+/* Before a write route's handler: when the flow it names (`source`, or
+ * `channel` for reservations) is paused, the request is queued and answered
+ * 202 (or 429 when the queue is full): returns 1 then (response written), 0
+ * to go on, or a negative ATP_E* for an error answer. */
+int atp_flows_before(atp_req_t *rq);
+/* After it: counts the op for its flow, keeps a rejection as a dead letter
+ * (when keep_rejection), and audits a manual adjustment or count by an ops
+ * token. */
+void atp_flows_after(atp_req_t *rq, int rc, bool keep_rejection);
+/* The batch adapter's plug-in points backed by the app's dead letters and
+ * flow queues (set as app->flows by atp_app_start). */
+const atp_flows_t *atp_flows_plug(atp_app_t *app);
+/* The flows' figures for /metrics. */
+void atp_flows_write_metrics(atp_app_t *app, atp_buf_t *out);
+
+/* What running a stored request gave. */
+typedef struct {
+  int rc;     /* the handler's: 0 or a negative ATP_E* */
+  int status; /* the answer's HTTP status */
+  char code[32];
+  char field[ATP_FIELD_BYTES_MAX];
+  char message[ATP_MESSAGE_BYTES_MAX];
+} atp_router_outcome_t;
+
+/* Runs a stored request (a queued op, a dead letter's) through its route as
+ * if it had just come, without the token check (the caller's was checked)
+ * or the pause gate, inside the caller's durable bracket; the answer goes
+ * to res. ATP_ENOTFOUND when no route serves it. Thread: a loop thread. */
+int atp_router_run_stored(atp_app_t *app, const atp_http_request_t *req,
+                          atp_http_response_t *res, bool keep_rejection,
+                          atp_router_outcome_t *out);
 
 /* The engine, or NULL (handlers behind /v1 are only dispatched once ready). */
 static inline atp_engine_t *atp_app_engine(atp_app_t *app) {

@@ -42,7 +42,7 @@
 #include "atp/engine.h"
 #include "atp/error.h"
 
-#define ATP_SNAPSHOT_FORMAT_VERSION 1
+#define ATP_SNAPSHOT_FORMAT_VERSION 2 /* 2: section chunks (proto/snapshot.md) */
 #define ATP_SNAPSHOT_GENERATIONS    2
 #define ATP_SNAPSHOT_CHUNK_BYTES    (1u << 20)
 #define ATP_SNAPSHOT_TIMEOUT_MS     2000
@@ -56,7 +56,20 @@ typedef struct {
   uint32_t redis_timeout_ms; /* per call; 0: ATP_SNAPSHOT_TIMEOUT_MS */
   uint32_t chunk_bytes;      /* 0: ATP_SNAPSHOT_CHUNK_BYTES */
   uint32_t test_delay_ms;    /* after each chunk; 0 in production */
+  /* Other modules' state (dead letters, flows, audit, ...): the writer calls
+   * sections_export after the engine's walk and writes what it emits as
+   * section chunks; NULL: none. atpd passes atp_durable_export_sections with
+   * the atp_durable_t as ctx (include/atp/durability.h). */
+  int (*sections_export)(void *ctx,
+                         int (*emit)(void *emit_ctx, uint16_t kind, const void *payload,
+                                     uint32_t payload_bytes),
+                         void *emit_ctx);
+  void *sections_ctx;
 } atp_snapshot_config_t;
+
+/* A section record at load (atpd: atp_durable_replay_section). */
+typedef int (*atp_snapshot_section_fn)(void *ctx, uint16_t kind, const void *payload,
+                                       uint32_t payload_bytes);
 
 /* Zeroes config, sets dir and the test delay from the environment. */
 void atp_snapshot_config_init(atp_snapshot_config_t *config, const char *dir);
@@ -102,6 +115,12 @@ int atp_snapshot_find(const atp_snapshot_config_t *config, atp_snapshot_info_t *
  * I/O error, or what atp_engine_apply returned. */
 int atp_snapshot_load(const char *path, atp_engine_t *engine, atp_snapshot_info_t *info,
                       char *err, size_t err_len);
+/* The same, with the section records handed to section (in file order, after
+ * the engine's). A file holding sections loaded without a callback is refused
+ * (ATP_EINTERNAL): their state would be lost without a word. */
+int atp_snapshot_load_sections(const char *path, atp_engine_t *engine,
+                               atp_snapshot_section_fn section, void *section_ctx,
+                               atp_snapshot_info_t *info, char *err, size_t err_len);
 
 /* Copies the newest complete snapshot from Redis into config->dir as a local
  * snapshot file (checksums verified). ATP_ENOTFOUND when Redis has none;

@@ -12,8 +12,11 @@
 #include <time.h>
 
 #include "atp/assert.h"
+#include "atp/audit.h"
+#include "atp/deadletters.h"
 #include "atp/error.h"
 #include "atp/feed.h"
+#include "atp/flowstate.h"
 #include "atp/log.h"
 #include "atp/memory.h"
 
@@ -146,6 +149,18 @@ int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
       .source = options->feed_source ? options->feed_source : "atpd",
       .retention_ms = options->feed_retention_ms};
   if ((rc = atp_feed_create(&fc, &app->feed)) != 0) return rc;
+  /* The flows' stores register their sections with durability before the
+   * restore replays the journal into them. */
+  atp_deadletters_config_t dlc = {.max = options->dead_letters_max,
+                                  .durable = app->durable};
+  atp_flowstate_config_t fsc = {.queue_max = options->flow_queue_max,
+                                .durable = app->durable};
+  atp_audit_config_t auc = {.max = options->audit_max, .durable = app->durable};
+  if ((rc = atp_deadletters_create(&dlc, &app->dead_letters)) != 0 ||
+      (rc = atp_flowstate_create(&fsc, &app->flow_state)) != 0 ||
+      (rc = atp_audit_create(&auc, &app->audit)) != 0)
+    return rc;
+  app->flows = atp_flows_plug(app);
   atp_engine_config_t ec;
   memset(&ec, 0, sizeof ec);
   ec.clock_skew_ms = options->clock_skew_ms;
@@ -184,6 +199,13 @@ int atp_app_stop(atp_app_t *app) {
   int rc = atp_durable_close(app->durable);
   if (rc == 0) atp_log("info", "journal flushed and closed");
   app->durable = NULL;
+  atp_deadletters_destroy(app->dead_letters);
+  atp_flowstate_destroy(app->flow_state);
+  atp_audit_destroy(app->audit);
+  app->dead_letters = NULL;
+  app->flow_state = NULL;
+  app->audit = NULL;
+  app->flows = NULL;
   atomic_store_explicit(&app->engine, NULL, memory_order_release);
   if (rt->engine) atp_engine_destroy(rt->engine);
   pthread_cond_destroy(&rt->cond);

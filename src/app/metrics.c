@@ -258,6 +258,18 @@ void atp_metrics_write_journal(const atp_journal_t *journal,
   gauge(out, "atpd_journal_truncated_tail_records",
         "Frames of torn tail cut off at the last start.", "gauge",
         m.tail_records_truncated);
+  gauge(out, "atpd_journal_rounds_total", "Times the journal writer took its queue.",
+        "counter", m.rounds);
+  gauge(out, "atpd_journal_empty_rounds_total",
+        "Writer rounds that only moved the durable horizon (no fdatasync).", "counter",
+        m.empty_rounds);
+  gauge(out, "atpd_journal_horizon_waits_total",
+        "Writer rounds that waited for mutations in flight before a group.", "counter",
+        m.horizon_waits);
+  gauge(out, "atpd_journal_horizon_timeouts_total",
+        "Horizon waits cut off at their bound.", "counter", m.horizon_timeouts);
+  gauge(out, "atpd_journal_gathers_total", "Groups that waited for records to gather.",
+        "counter", m.gathers);
   atp_buf_printf(out,
                  "# HELP atpd_journal_fsync_seconds fdatasync latency.\n"
                  "# TYPE atpd_journal_fsync_seconds histogram\n");

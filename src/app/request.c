@@ -51,6 +51,7 @@ void atp_field_path(char *buf, size_t cap, const atp_at_t *at, const char *key) 
 int atp_req_fail(atp_req_t *rq, int err, const atp_at_t *at, const char *key,
                  const char *fmt, ...) {
   ATP_ASSERT(err < 0);
+  rq->err = err;
   if (key || at)
     atp_field_path(rq->field, sizeof rq->field, at, key);
   else
@@ -79,6 +80,7 @@ int atp_req_path_id(atp_req_t *rq, const char *field, const char *what,
 }
 
 int atp_req_fail_result(atp_req_t *rq, int err, const atp_result_t *result) {
+  rq->err = err;
   snprintf(rq->field, sizeof rq->field, "%s", result->field);
   snprintf(rq->message, sizeof rq->message, "%s",
            result->message[0] ? result->message : atp_strerror(err));

@@ -46,6 +46,20 @@ static const atp_route_t routes[] = {
      atp_route_group_get},
     {ATP_HTTP_DELETE, "/v1/groups/{name}", ATP_ACCESS_INTEGRATION, ATP_FIELD_GROUPS,
      ONE_MIB, atp_route_group_delete},
+    {ATP_HTTP_GET, "/v1/dead-letters", ATP_ACCESS_OPS, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_dead_letters_list},
+    {ATP_HTTP_POST, "/v1/dead-letters/{dl_id}/replay", ATP_ACCESS_OPS, ATP_FIELD_NONE,
+     ONE_MIB, atp_route_dead_letter_replay},
+    {ATP_HTTP_POST, "/v1/dead-letters/{dl_id}/resolve", ATP_ACCESS_OPS, ATP_FIELD_NONE,
+     ONE_MIB, atp_route_dead_letter_resolve},
+    {ATP_HTTP_GET, "/v1/flows", ATP_ACCESS_OPS, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_flows_list},
+    {ATP_HTTP_POST, "/v1/flows/{name}/pause", ATP_ACCESS_OPS, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_flow_pause},
+    {ATP_HTTP_POST, "/v1/flows/{name}/resume", ATP_ACCESS_OPS, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_flow_resume},
+    {ATP_HTTP_GET, "/v1/audit", ATP_ACCESS_OPS, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_audit_list},
     {ATP_HTTP_POST, "/v1/batch", ATP_ACCESS_INTEGRATION, ATP_FIELD_NONE, BULK,
      atp_route_batch},
     {ATP_HTTP_POST, "/v1/reconciliations", ATP_ACCESS_INTEGRATION, ATP_FIELD_NONE, BULK,
@@ -297,6 +311,7 @@ static void req_init(atp_req_t *rq, atp_app_t *app, const atp_http_request_t *re
   if (req->x_request_id && req->x_request_id_len <= ATP_ID_BYTES_MAX)
     rq->change_ctx.request_id =
         (atp_str_t){req->x_request_id, (uint32_t)req->x_request_id_len};
+  rq->err = 0;
   rq->in_format = req->content_type ? atp_format_from_content_type(
                                           req->content_type, req->content_type_len)
                                     : ATP_FORMAT_UNKNOWN;
@@ -377,7 +392,15 @@ void atp_router_handle(void *ctx, const atp_http_request_t *req,
       atp_durable_set_context(&rq.change_ctx);
     }
   }
-  if (rc == 0) rc = rq.route->handler(&rq);
+  /* A write names its flow: a paused flow's is queued instead (1: answered
+   * 202), and every outcome is counted for the flow and kept if rejected. */
+  bool flow_route = rc == 0 && mutates(rq.route) && rq.route->owned != ATP_FIELD_NONE;
+  int queued = flow_route ? atp_flows_before(&rq) : 0;
+  if (queued < 0) rc = queued;
+  if (rc == 0 && queued == 0) {
+    rc = rq.route->handler(&rq);
+    if (flow_route) atp_flows_after(&rq, rc, true);
+  }
   if (bracketed) {
     atp_durable_set_context(NULL); /* rq dies with this call */
     /* Whatever the outcome, the answer may reveal state that is visible and
@@ -385,6 +408,37 @@ void atp_router_handle(void *ctx, const atp_http_request_t *req,
     res->hold_until = atp_durable_end(d, (uint32_t)req->thread_index);
   }
   if (rc != 0) atp_respond_error(&rq, rc);
+}
+
+int atp_router_run_stored(atp_app_t *app, const atp_http_request_t *req,
+                          atp_http_response_t *res, bool keep_rejection,
+                          atp_router_outcome_t *out) {
+  atp_req_t rq;
+  req_init(&rq, app, req, res);
+  bool path_known = false;
+  int rc = 0;
+  memset(out, 0, sizeof *out);
+  rq.route = atp_router_match(req->method, req->path, req->path_len, rq.arena,
+                              rq.params, &rq.param_count, &path_known, &rc);
+  if (!rq.route) {
+    rc = atp_req_fail(&rq, ATP_ENOTFOUND, NULL, NULL, "No such route.");
+  } else {
+    rc = atp_req_parse_query(&rq);
+    if (rc == 0) rc = rq.route->handler(&rq);
+    if (rq.route->owned != ATP_FIELD_NONE) atp_flows_after(&rq, rc, keep_rejection);
+  }
+  if (rc != 0) atp_respond_error(&rq, rc);
+  /* A handler that wrote its own error body returned 0; rq.err names it. */
+  if (rc == 0 && res->status >= 400 && rq.err < 0) rc = rq.err;
+  out->rc = rc;
+  out->status = res->status;
+  snprintf(out->code, sizeof out->code, "%s", rc ? atp_strerror_code(rc) : "");
+  snprintf(out->field, sizeof out->field, "%s", rc ? rq.field : "");
+  snprintf(out->message, sizeof out->message, "%s",
+           !rc             ? ""
+           : rq.message[0] ? rq.message
+                           : atp_strerror(rc));
+  return 0;
 }
 
 size_t atp_router_body_limit(void *ctx, atp_http_method_t method, const char *path,
@@ -415,10 +469,4 @@ void atp_router_log(void *ctx, const atp_http_request_t *req, int status,
   atp_log_access(req->request_id, atp_http_method_name(req->method),
                  route < ROUTE_COUNT ? routes[route].pattern : "unmatched", status,
                  elapsed_ns, body_bytes);
-}
-
-void atp_router_tick(void *ctx) {
-  atp_app_t *app = ctx;
-  atp_engine_t *engine = atp_app_engine(app);
-  if (engine) atp_engine_tick(engine);
 }

@@ -49,6 +49,7 @@ int atp_route_metrics(atp_req_t *rq) {
     atp_metrics_write_journal(atp_durable_journal(rq->app->durable),
                               atp_app_restore_info(rq->app), res->body);
   if (rq->app->recon) atp_recon_metrics_write(rq->app->recon, res->body);
+  atp_flows_write_metrics(rq->app, res->body);
   if (res->body->failed)
     return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "The metrics did not fit.");
   return 0;

@@ -235,6 +235,9 @@ static int start_app(const atp_config_t *cfg, atp_app_t *app,
                                                        : ATP_JOURNAL_BATCH;
   ao.clock_skew_ms = cfg->clock_skew_ms;
   ao.tick_ms = ENGINE_TICK_MS;
+  ao.dead_letters_max = cfg->dead_letters_max;
+  ao.flow_queue_max = cfg->flow_queue_max;
+  ao.audit_max = cfg->audit_max;
   if (cfg->demo) ao.after_restore = load_demo;
   /* The feed's CloudEvents source names this instance by its address. */
   static char feed_source[ATP_CONFIG_HOST_BYTES_MAX + 32];

@@ -233,6 +233,36 @@ static int set_feed_retention(atp_config_t *cfg, const char *v, char *err,
   return 0;
 }
 
+/* A count flag in 1..max. */
+static int set_count(uint32_t *out, const char *v, uint32_t max, char *err,
+                     size_t err_len, const char *what) {
+  char *end = NULL;
+  errno = 0;
+  unsigned long long n = strtoull(v, &end, 10);
+  if (!*v || *end || errno || n < 1 || n > max || *v == '-') {
+    snprintf(err, err_len, "%s must be an integer in 1..%u, got \"%s\"", what, max, v);
+    return ATP_EBADREQ;
+  }
+  *out = (uint32_t)n;
+  return 0;
+}
+
+static int set_dead_letters_max(atp_config_t *cfg, const char *v, char *err,
+                                size_t err_len, const char *what) {
+  return set_count(&cfg->dead_letters_max, v, ATP_DEAD_LETTERS_MAX_MAX, err, err_len,
+                   what);
+}
+
+static int set_flow_queue_max(atp_config_t *cfg, const char *v, char *err,
+                              size_t err_len, const char *what) {
+  return set_count(&cfg->flow_queue_max, v, ATP_FLOW_QUEUE_OPS_MAX, err, err_len, what);
+}
+
+static int set_audit_max(atp_config_t *cfg, const char *v, char *err, size_t err_len,
+                         const char *what) {
+  return set_count(&cfg->audit_max, v, ATP_AUDIT_ENTRIES_MAX, err, err_len, what);
+}
+
 static const option_t options[] = {
     {"--listen", "ATPD_LISTEN", true, set_listen},
     {"--data-dir", "ATPD_DATA_DIR", true, set_data_dir},
@@ -246,6 +276,9 @@ static const option_t options[] = {
     {"--access-log", "ATPD_ACCESS_LOG", true, set_access_log},
     {"--clock-skew-ms", "ATPD_CLOCK_SKEW_MS", true, set_clock_skew},
     {"--feed-retention-h", "ATPD_FEED_RETENTION_H", true, set_feed_retention},
+    {"--dead-letters-max", "ATPD_DEAD_LETTERS_MAX", true, set_dead_letters_max},
+    {"--flow-queue-max", "ATPD_FLOW_QUEUE_MAX", true, set_flow_queue_max},
+    {"--audit-max", "ATPD_AUDIT_MAX", true, set_audit_max},
 };
 #define OPTION_COUNT (sizeof options / sizeof options[0])
 
@@ -262,6 +295,10 @@ const char *atp_config_usage(void) {
          "            [--access-log on|off]     one JSON line per request, default on\n"
          "            [--clock-skew-ms N]       future times allowed, default 300000\n"
          "            [--feed-retention-h N]    change feed kept, default 72\n"
+         "            [--dead-letters-max N]    dead letters kept, default 10000\n"
+         "            [--flow-queue-max N]      ops a paused flow queues, default "
+         "10000\n"
+         "            [--audit-max N]           audit entries kept, default 100000\n"
          "            [--routes]                print the route table and exit\n"
          "            [--version]               print the version and exit\n"
          "Every flag has an ATPD_* environment twin (ATPD_LISTEN, ...); flags win.\n";
@@ -288,6 +325,9 @@ int atp_config_load(atp_config_t *cfg, int argc, char **argv,
   cfg->access_log = true;
   cfg->clock_skew_ms = ATP_CLOCK_SKEW_MS_DEFAULT;
   cfg->feed_retention_h = ATP_FEED_RETENTION_H_DEFAULT;
+  cfg->dead_letters_max = ATP_DEAD_LETTERS_MAX_DEFAULT;
+  cfg->flow_queue_max = ATP_FLOW_QUEUE_OPS_DEFAULT;
+  cfg->audit_max = ATP_AUDIT_ENTRIES_DEFAULT;
   if (err_len) err[0] = '\0';
 
   for (size_t i = 0; i < OPTION_COUNT; i++) {

@@ -1,11 +1,10 @@
 /* common.c - what every engine file uses: the clock, id validation, result
- * messages, per-thread scratch buffers, the change hook, memory retired for a
- * grace period, and the names of reasons and statuses.
+ * messages, per-thread scratch buffers, the change hook, memory retired until
+ * no reader may hold it, and the names of reasons and statuses.
  */
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "atp/memory.h"
 #include "engine_internal.h"
@@ -15,12 +14,6 @@ int64_t atp__now(const atp_engine_t *e) {
 }
 int64_t atp_engine_now_ms(const atp_engine_t *e) {
   return atp__now(e);
-}
-
-int64_t atp__mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 bool atp__id_valid(atp_str_t s) {
@@ -83,13 +76,18 @@ void atp__emit(const atp_engine_t *e, const atp_change_t *records, uint32_t coun
 }
 
 /* Memory that lock-free readers may still hold (a group's old version, a
- * reservation's old line array) is freed by the ticker after a grace period. */
+ * reservation's old line or text array) is freed by the ticker once no
+ * reader may hold it. Any thread retires, after it unlinked the memory (a
+ * seq_cst store or exchange of the pointer that readers load seq_cst). The
+ * ticker takes the list (acquire: after the unlink) and only then stamps each
+ * block with its epoch, so the argument in keyed.c, made there for an unlink
+ * by the ticker, holds as it is: the unlink happens before the stamp, and the
+ * stamp before the ticker's next epoch and its scans. */
 void atp__retire(atp_engine_t *e, void *ptr) {
   atp_retired_t *r = atp_malloc(sizeof *r);
   ATP_ASSERT(r);
   r->ptr = ptr;
-  r->tick = 0;
-  r->mono_ns = 0;
+  r->epoch = 0;
   r->next = atomic_load_explicit(&e->retired, memory_order_relaxed);
   while (!atomic_compare_exchange_weak_explicit(
       &e->retired, &r->next, r, memory_order_release, memory_order_relaxed)) {

@@ -3,6 +3,7 @@
  * another, lowest first; every arrow points down:
  *
  *   hash.h          hashing and short-string equality (inline)
+ *   epoch.c         reader slots and epochs: when retired memory may be reused
  *   keyed.c         per-thread shards; the keyed record table
  *   timerwheel.c    the timer wheel (include/atp/timerwheel.h), knows no record
  *   inbox.c         the rings that carry record refs to the ticker
@@ -21,9 +22,9 @@
  * never resized. Positions and interned strings are never freed before
  * atp_engine_destroy, so lock-free readers can hold pointers to them.
  * Reservation and idempotency records are recycled, but only through a limbo
- * that waits a grace period (ticks and wall time) after a record leaves its
- * table; readers that found it hold it for microseconds. Each record also
- * carries a sequence word so a reader validates what it copied.
+ * that waits until no reader that could have found the record is still
+ * inside the engine (epochs, epoch.c). Each record also carries a sequence
+ * word so a reader validates what it copied.
  */
 #ifndef ATP_ENGINE_INTERNAL_H
 #define ATP_ENGINE_INTERNAL_H
@@ -63,6 +64,33 @@ typedef struct {
 
 /* This thread's shard, 0..ATP_SHARDS-1, assigned round-robin on first use. */
 int atp__shard(void);
+
+/* --- epochs (epoch.c) ------------------------------------------------------------
+ * Epoch-based reclamation of what lock-free readers may hold: keyed records
+ * (recycled through a limbo, keyed.c) and retired memory (old group versions,
+ * old reservation line and text arrays, common.c).
+ *
+ * The engine's epoch counts ticks: the ticker, and only it, advances it at
+ * the start of every tick. Every engine call that may follow a keyed chain
+ * or a pointer to retirable memory brackets that work with
+ * atp__epoch_enter/exit, which publish the epoch the thread entered at in its
+ * reader slot (0 outside). The ticker stamps what it unlinks or collects
+ * with the epoch then, E, and reuses it only once every slot holds 0 or an
+ * epoch > E; see keyed.c for why that is enough.
+ *
+ * Each thread has one reader id for its life (every engine's slot array is
+ * indexed by it); a slot belongs to one thread, which alone writes its depth
+ * and its epoch; the ticker only reads the epoch. */
+typedef struct {
+  _Alignas(64) _Atomic uint64_t epoch; /* 0 outside the engine, else the epoch
+                                          entered at; written by its thread */
+  uint32_t depth; /* nested brackets; its thread only */
+} atp_reader_slot_t;
+
+/* This thread's reader id, -1 until its first call. */
+extern _Thread_local int atp__tl_reader;
+/* Takes this thread's reader id (asserts: at most ATP_ENGINE_THREADS_MAX). */
+int atp__reader_id(void);
 
 /* --- inboxes to the ticker (inbox.c) ------------------------------------------
  * The timer wheel belongs to the one thread that calls atp_engine_tick. Other
@@ -188,9 +216,8 @@ typedef struct {
   _Atomic uint32_t next;      /* chain link, index+1 */
   _Atomic uint32_t state;     /* ATP_REC_* */
   _Atomic uint32_t free_next; /* free stack or limbo link, index+1 */
-  uint32_t limbo_tick;        /* low 32 bits of the tick count when it entered limbo */
-  uint32_t limbo_ms;          /* low 32 bits of the monotonic clock then, in ms */
   uint8_t owner;              /* shard that allocated the record: it gets it back */
+  uint64_t limbo_epoch;       /* the engine's epoch when it entered limbo */
 } atp_keyed_entry_t;
 _Static_assert(sizeof(atp_keyed_entry_t) == 32, "two entries a cache line");
 
@@ -219,15 +246,23 @@ uint32_t atp__keyed_alloc(atp_keyed_table_t *t);
 uint32_t atp__keyed_peek(const atp_keyed_table_t *t);
 /* Publishes record idx (state PENDING, hash set) on its chain. */
 void atp__keyed_push(atp_keyed_table_t *t, uint32_t idx);
-/* Ticker only: unlinks idx from its chain and puts it in limbo. */
-void atp__keyed_retire(atp_keyed_table_t *t, uint32_t idx, uint64_t tick,
-                       int64_t now_ns);
+/* Ticker only: unlinks idx from its chain and puts it in limbo, stamped with
+ * the current epoch. */
+void atp__keyed_retire(atp_keyed_table_t *t, uint32_t idx, uint64_t epoch);
 /* Records in use, summed over shards. */
 uint64_t atp__keyed_live(const atp_keyed_table_t *t);
-/* Ticker only: recycles limbo records whose grace has passed. */
-void atp__keyed_reclaim(atp_keyed_table_t *t, uint64_t tick, int64_t now_ns);
+/* Ticker only: recycles the limbo records stamped before oldest (the oldest
+ * epoch a reader is in, atp__epoch_oldest) and at least ATP_GRACE_EPOCHS
+ * before epoch (the current one). */
+void atp__keyed_reclaim(atp_keyed_table_t *t, uint64_t epoch, uint64_t oldest);
+/* seq_cst, as every load of a chain link: see keyed.c's header on why the
+ * reclamation argument needs the links' loads and the unlinks in one total
+ * order with the reader's announcement (on x86 it is the same mov). */
 static inline uint32_t atp__keyed_head(const atp_keyed_table_t *t, uint64_t hash) {
-  return atomic_load_explicit(&t->heads[hash & t->bucket_mask], memory_order_acquire);
+  return atomic_load_explicit(&t->heads[hash & t->bucket_mask], memory_order_seq_cst);
+}
+static inline uint32_t atp__keyed_next(const atp_keyed_table_t *t, uint32_t v) {
+  return atomic_load_explicit(&t->entries[v - 1].next, memory_order_seq_cst);
 }
 
 /* --- reservation records --------------------------------------------------- */
@@ -244,8 +279,8 @@ typedef struct {
 
 /* Laid out by when it is touched: a single-line reservation whose id has at
  * most 24 bytes lives in its first three cache lines (header; lines; links
- * and the start of its text). A recycled record is cold after its grace
- * period; those lines are fetched ahead of time (prefetch_next_record). */
+ * and the start of its text). A recycled record is cold after its time in
+ * limbo; those lines are fetched ahead of time (prefetch_next_record). */
 typedef struct {
   /* line 0: what reads and every mutation check */
   _Atomic uint32_t lock;  /* mutation flag: 0 free, 1 held */
@@ -318,8 +353,7 @@ typedef struct {
 typedef struct atp_retired {
   struct atp_retired *next;
   void *ptr;
-  uint64_t tick;
-  int64_t mono_ns;
+  uint64_t epoch; /* the ticker's epoch when it took it from the shared list */
 } atp_retired_t;
 
 /* --- the engine -------------------------------------------------------------- */
@@ -360,9 +394,13 @@ struct atp_engine {
   atp_inbox_t inbox;
   uint32_t tick_expired; /* reservations the running tick expired */
   uint64_t tick_count;
-  int64_t tick_mono_ns;             /* atp__mono_ns at the start of the tick */
   _Atomic(atp_retired_t *) retired; /* pushed by any thread */
   atp_retired_t *retired_waiting;   /* ticker only */
+
+  /* epochs (epoch.c) */
+  atp_padded_t epoch;         /* 1 + ticks begun; ticker only writes; readers load
+                                 it on every bracket, so it has its own line */
+  atp_reader_slot_t *readers; /* ATP_ENGINE_THREADS_MAX, by reader id */
 
   /* stats */
   _Atomic uint64_t expirations;             /* ticker only writes it */
@@ -371,9 +409,58 @@ struct atp_engine {
                                    off status_count's sum */
 };
 
+/* --- epoch brackets (epoch.c) ---------------------------------------------------- */
+
+/* A record or retired block is also reused only this many epochs (ticks, 2 s
+ * in the server) after it was stamped: the condition of the time-based grace
+ * that came before the epochs, kept because it costs nothing (the ticker
+ * checks a number it has) and leaves a margin for a bracket missed somewhere.
+ * The readers' epochs, not this, are what makes reuse safe. */
+#define ATP_GRACE_EPOCHS 20u
+
+int atp__epoch_init(atp_engine_t *e);
+void atp__epoch_destroy(atp_engine_t *e);
+/* Ticker only: starts the next epoch (at the start of a tick). */
+void atp__epoch_advance(atp_engine_t *e);
+/* Ticker only: the current epoch, the stamp for what it unlinks now. */
+static inline uint64_t atp__epoch_now(const atp_engine_t *e) {
+  return atomic_load_explicit(&((atp_engine_t *)e)->epoch.value, memory_order_relaxed);
+}
+/* Ticker only: the smallest epoch a reader is in, UINT64_MAX if none. Call
+ * after this tick's unlinks: it is the scan that the argument in keyed.c
+ * orders after them. O(threads that ever called), one line each. */
+uint64_t atp__epoch_oldest(const atp_engine_t *e);
+
+/* Enters the engine's read side: until the matching atp__epoch_exit, nothing
+ * this thread can reach through a keyed chain or a retirable pointer is
+ * reused. Brackets nest (only the outermost publishes). Thread: any. */
+static inline void atp__epoch_enter(const atp_engine_t *e) {
+  int id = atp__tl_reader;
+  if (__builtin_expect(id < 0, 0)) id = atp__reader_id();
+  atp_reader_slot_t *slot = &e->readers[id];
+  if (slot->depth++) return;
+  /* acquire: pairs with atp__epoch_advance's release, so everything the
+   * ticker unlinked before it began this epoch is visible here. */
+  uint64_t epoch =
+      atomic_load_explicit(&((atp_engine_t *)e)->epoch.value, memory_order_acquire);
+  /* seq_cst (one xchg on x86): the announcement must be ordered before the
+   * chain loads that follow. With a release store the CPU may hold it in its
+   * store buffer while the loads run, the ticker's scan would read 0, and it
+   * would reuse a record this thread is about to stand on. See keyed.c. */
+  atomic_store_explicit(&slot->epoch, epoch, memory_order_seq_cst);
+}
+
+static inline void atp__epoch_exit(const atp_engine_t *e) {
+  atp_reader_slot_t *slot = &e->readers[atp__tl_reader];
+  ATP_ASSERT(slot->depth > 0);
+  if (--slot->depth) return;
+  /* release: every read of the bracket happens before the ticker's scan that
+   * sees the 0, and so before the reuse of what it read. */
+  atomic_store_explicit(&slot->epoch, 0, memory_order_release);
+}
+
 /* common.c */
 int64_t atp__now(const atp_engine_t *e);
-int64_t atp__mono_ns(void);
 bool atp__id_valid(atp_str_t s);
 void atp__result_set(atp_result_t *r, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -7,6 +7,10 @@
  * the module that owns it (positions.c, idempotency.c, reservations.c's
  * view); between objects the copy is fuzzy, and replaying the journal from
  * where the walk began makes it exact (engine.h, atp_engine_apply).
+ *
+ * Each copy of a group, reservation or id is its own epoch bracket (epoch.c),
+ * left before fn runs: one bracket over the whole walk would hold back the
+ * reuse of every record purged while a snapshot is written.
  */
 #include <string.h>
 
@@ -92,21 +96,24 @@ static int export_positions(export_t *x, atp_export_counts_t *counts) {
 }
 
 /* Read as atp_group_each reads them (a group's version is immutable and
- * retired with a grace period), but failing loudly instead of skipping. */
+ * retired until no reader holds it), but failing loudly instead of skipping. */
 static int export_groups(export_t *x, atp_export_counts_t *counts) {
   atp_engine_t *e = x->e;
   int64_t now = atp__now(e);
   uint32_t n = atomic_load_explicit(&e->group_count, memory_order_acquire);
   for (uint32_t s = 0; s < n; s++) {
+    atp__epoch_enter(e);
     const atp_group_version_t *g =
-        atomic_load_explicit(&e->groups[s].current, memory_order_acquire);
-    if (!g) continue;
-    for (uint32_t i = 0; i < g->count; i++)
+        atomic_load_explicit(&e->groups[s].current, memory_order_seq_cst);
+    uint32_t count = g ? g->count : 0;
+    for (uint32_t i = 0; i < count; i++)
       x->locations[i] = atp__intern_str(e, g->locations[i]);
+    atp__epoch_exit(e);
+    if (!g) continue;
     atp_str_t name = atp__intern_str(e, e->groups[s].name);
     atp_change_t *c = next_record(x, ATP_CHANGE_GROUP, ATP_CAUSE_SNAPSHOT, name, now);
     c->u.group = (atp_change_group_t){
-        .name = name, .locations = x->locations, .location_count = g->count};
+        .name = name, .locations = x->locations, .location_count = count};
     int rc = flush(x);
     if (rc) return rc;
     counts->groups++;
@@ -121,12 +128,17 @@ static int export_reservations(export_t *x, atp_export_counts_t *counts) {
   if (n > t->capacity) n = t->capacity;
   for (uint32_t idx = 0; idx < n; idx++) {
     const _Atomic uint32_t *state = &t->entries[idx].state;
-    if (atomic_load_explicit(state, memory_order_acquire) != ATP_REC_LIVE) continue;
-    atp__reservation_view(e, idx, x->view);
+    /* seq_cst: reached by index, the state is what the purge unlinks. */
+    if (atomic_load_explicit(state, memory_order_seq_cst) != ATP_REC_LIVE) continue;
+    atp__epoch_enter(e);
+    bool live = atomic_load_explicit(state, memory_order_seq_cst) == ATP_REC_LIVE;
+    if (live) atp__reservation_view(e, idx, x->view);
     /* A purge on the ticker does not bump the record's sequence word: a view
      * taken across one is dropped here. The purge was reported after the
      * walk began, so the journal replays it. */
-    if (atomic_load_explicit(state, memory_order_acquire) != ATP_REC_LIVE) continue;
+    live = live && atomic_load_explicit(state, memory_order_seq_cst) == ATP_REC_LIVE;
+    atp__epoch_exit(e);
+    if (!live) continue;
     atp_change_t *c = next_record(x, ATP_CHANGE_RESERVATION, ATP_CAUSE_SNAPSHOT,
                                   x->view->id, x->view->created_at_ms);
     c->u.reservation = x->view;
@@ -144,7 +156,10 @@ static int export_idempotency(export_t *x, atp_export_counts_t *counts) {
   if (n > t->capacity) n = t->capacity;
   for (uint32_t idx = 0; idx < n; idx++) {
     atp_change_t c;
-    if (!atp__idem_copy(e, idx, &c, x->idem_text)) continue;
+    atp__epoch_enter(e);
+    bool live = atp__idem_copy(e, idx, &c, x->idem_text);
+    atp__epoch_exit(e);
+    if (!live) continue;
     int rc = x->fn(x->ctx, &c, 1);
     if (rc) return rc;
     counts->idempotency_ids++;

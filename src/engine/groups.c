@@ -1,6 +1,7 @@
 /* groups.c - location groups: a name and an ordered list of locations,
- * replaced whole by a put (readers hold the old version through a grace
- * period) and looked up by reservations that name a group.
+ * replaced whole by a put (the old version is retired and freed once no
+ * reader in an epoch bracket may hold it) and looked up by reservations that
+ * name a group.
  */
 #include <stdio.h>
 #include <string.h>
@@ -23,12 +24,13 @@ int atp__group_resolve(const atp_engine_t *e, atp_str_t name,
                        const atp_group_version_t **out) {
   uint32_t entry = group_find(e, name);
   if (entry == UINT32_MAX) return ATP_ENOTFOUND;
-  *out = atomic_load_explicit(&e->groups[entry].current, memory_order_acquire);
+  /* seq_cst: see keyed.c on why loads of a retirable pointer are. */
+  *out = atomic_load_explicit(&e->groups[entry].current, memory_order_seq_cst);
   return *out ? 0 : ATP_ENOTFOUND;
 }
 
-int atp_group_get(const atp_engine_t *e, atp_str_t name, atp_str_t *out,
-                  uint32_t out_max, uint32_t *count) {
+static int group_get_in_epoch(const atp_engine_t *e, atp_str_t name, atp_str_t *out,
+                              uint32_t out_max, uint32_t *count) {
   const atp_group_version_t *g;
   *count = 0;
   if (!atp__id_valid(name) || atp__group_resolve(e, name, &g)) return ATP_ENOTFOUND;
@@ -36,6 +38,17 @@ int atp_group_get(const atp_engine_t *e, atp_str_t name, atp_str_t *out,
     out[i] = atp__intern_str(e, g->locations[i]);
   *count = g->count;
   return 0;
+}
+
+/* In an epoch bracket (epoch.c): the version read may be replaced and retired
+ * meanwhile. Puts and deletes need none: they only swap the pointer under
+ * create_lock and never read the version they retire. */
+int atp_group_get(const atp_engine_t *e, atp_str_t name, atp_str_t *out,
+                  uint32_t out_max, uint32_t *count) {
+  atp__epoch_enter(e);
+  int rc = group_get_in_epoch(e, name, out, out_max, count);
+  atp__epoch_exit(e);
+  return rc;
 }
 
 void atp_group_each(const atp_engine_t *e,
@@ -46,12 +59,15 @@ void atp_group_each(const atp_engine_t *e,
   atp_str_t *locs = atp_malloc(sizeof(atp_str_t) * ATP_GROUP_LOCATIONS_MAX);
   if (!locs) return;
   for (uint32_t s = 0; s < n; s++) {
+    /* One bracket a group, left before fn: the locations are copied out (as
+     * interned strings, never freed), so a slow fn holds back no reuse. */
+    atp__epoch_enter(e);
     const atp_group_version_t *g =
-        atomic_load_explicit(&e->groups[s].current, memory_order_acquire);
-    if (!g) continue;
-    for (uint32_t i = 0; i < g->count; i++)
-      locs[i] = atp__intern_str(e, g->locations[i]);
-    fn(ctx, atp__intern_str(e, e->groups[s].name), locs, g->count);
+        atomic_load_explicit(&e->groups[s].current, memory_order_seq_cst);
+    uint32_t count = g ? g->count : 0;
+    for (uint32_t i = 0; i < count; i++) locs[i] = atp__intern_str(e, g->locations[i]);
+    atp__epoch_exit(e);
+    if (g) fn(ctx, atp__intern_str(e, e->groups[s].name), locs, count);
   }
   atp_free(locs);
 }
@@ -82,7 +98,7 @@ int atp__group_install(atp_engine_t *e, atp_str_t name, atp_group_version_t *g,
   }
   if (rc == 0) {
     atp_group_version_t *old =
-        atomic_exchange_explicit(&e->groups[entry].current, g, memory_order_acq_rel);
+        atomic_exchange_explicit(&e->groups[entry].current, g, memory_order_seq_cst);
     if (!g && !old) rc = ATP_ENOTFOUND;
     if (old) atp__retire(e, old);
     if (rc == 0 && emit) {

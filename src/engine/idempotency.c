@@ -57,8 +57,7 @@ static bool idem_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash,
  * ones and waiting out PENDING ones. Returns the LIVE record or UINT32_MAX. */
 static uint32_t idem_find_from(atp_engine_t *e, uint32_t v, uint64_t hash,
                                atp_idem_kind_t kind, atp_str_t id) {
-  for (; v; v = atomic_load_explicit(&e->idempotency_table.entries[v - 1].next,
-                                     memory_order_acquire)) {
+  for (; v; v = atp__keyed_next(&e->idempotency_table, v)) {
     uint32_t idx = v - 1;
     uint32_t st = atomic_load_explicit(&e->idempotency_table.entries[idx].state,
                                        memory_order_acquire);
@@ -118,10 +117,8 @@ int atp__idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
                         memory_order_relaxed);
   atp__keyed_push(&e->idempotency_table, mine);
   /* Anything older with this key, below ours in the chain, wins. */
-  found = idem_find_from(e,
-                         atomic_load_explicit(&e->idempotency_table.entries[mine].next,
-                                              memory_order_acquire),
-                         hash, kind, id);
+  found = idem_find_from(e, atp__keyed_next(&e->idempotency_table, mine + 1), hash,
+                         kind, id);
   if (found != UINT32_MAX) {
     atp__idem_fail(e, mine);
     return idem_existing(e, found, kind, content_hash, idx, result);
@@ -218,7 +215,7 @@ void atp__idem_purge(atp_engine_t *e, uint32_t idx) {
     c.u.idem.created_at_ms = r->created_at_ms;
     atp__emit(e, &c, 1);
   }
-  atp__keyed_retire(&e->idempotency_table, idx, e->tick_count, e->tick_mono_ns);
+  atp__keyed_retire(&e->idempotency_table, idx, atp__epoch_now(e));
 }
 
 /* Replay: remember the id as LIVE with its outcome, or forget it on a purge
@@ -261,10 +258,12 @@ int atp__idem_apply(atp_engine_t *e, const atp_change_t *c) {
 
 bool atp__idem_copy(const atp_engine_t *e, uint32_t idx, atp_change_t *c, char *text) {
   const atp_keyed_entry_t *entry = &e->idempotency_table.entries[idx];
-  /* acquire: a LIVE record's fields were written before it became LIVE and
-   * stay as they are until it is purged; a purged one waits out a grace
-   * period before reuse, and is seen as not LIVE on the second look. */
-  if (atomic_load_explicit(&entry->state, memory_order_acquire) != ATP_REC_LIVE)
+  /* A LIVE record's fields were written before it became LIVE and stay as
+   * they are until it is purged; a purged one is not reused while the caller
+   * is in its epoch bracket, and is seen as not LIVE on the second look.
+   * seq_cst: reached by index, not by a chain, the state is what the purge
+   * unlinks (keyed.c). */
+  if (atomic_load_explicit(&entry->state, memory_order_seq_cst) != ATP_REC_LIVE)
     return false;
   const atp_idempotency_record_t *r = &e->idempotency_records[idx];
   uint32_t id_len = r->id_len, resid_len = r->resid_len;

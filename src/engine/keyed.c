@@ -10,19 +10,47 @@
  * thread unlinks, so an unlink never races with another unlink; it races only
  * with pushes, which change nothing but the head. A reader walking a chain
  * may stand on a record while it is unlinked: the record keeps its next link
- * and is not reused before the grace period in atp__keyed_reclaim.
+ * and is not reused while the reader may still be on it.
+ *
+ * When that is: epoch-based reclamation (epoch.c). A reader brackets its
+ * walk with atp__epoch_enter/exit, which announce in the reader's slot the
+ * epoch it entered at (a seq_cst store) and clear it (a release store). The
+ * ticker is the only thread that unlinks and the only one that advances the
+ * epoch. It stamps a record with the epoch E current when it unlinks it, and
+ * recycles it at a later tick only if its scan of the slots (seq_cst loads,
+ * after the unlink) finds each at 0 or above E. Why a reader cannot then be
+ * on the record:
+ *
+ *  - A slot at x > E: the reader loaded an epoch the ticker stored after the
+ *    unlink (acquire pairs with atp__epoch_advance's release), so the unlink
+ *    happens before every link load of its walk: none leads to the record.
+ *    (Epochs only grow and a thread reads them in order, so a stale value
+ *    left from an earlier bracket of the thread is a lower bound.)
+ *  - A slot at 0 (or an earlier bracket's value, or above the id high-water
+ *    mark): the scan came before the reader's announcement in the total
+ *    order of seq_cst operations. The unlink (a seq_cst CAS or store) comes
+ *    before the scan on the ticker, the announcement before the reader's link
+ *    loads (seq_cst too, atp__keyed_head/next). So the unlink precedes those
+ *    loads in that order, and a seq_cst load cannot read a link older than a
+ *    seq_cst store that precedes it: the walk cannot reach the record.
+ *    Reading 0 after the reader's exit synchronizes with that release, so
+ *    what the reader read happens before the reuse (ThreadSanitizer sees the
+ *    same edge).
+ *  - A slot at x <= E: the reader may hold the record; it waits.
+ *
+ * On x86 the seq_cst loads are plain moves and the announcement one xchg; a
+ * release store there instead could sit in the store buffer while the chain
+ * loads run (store-load reordering) and be missed by the scan. No fence is
+ * used: ThreadSanitizer checks these atomics, it does not model fences.
+ *
+ * A reader that was descheduled inside its bracket for any time holds back
+ * the records unlinked since it entered, not more: limbo is FIFO, stamped in
+ * order, so the ticker stops at the first record a reader may hold.
  */
 #include <string.h>
 
 #include "atp/memory.h"
 #include "engine_internal.h"
-
-/* A record is recycled only after both many ticks (100 ms each in the server)
- * and this much wall time have passed since it was unlinked. Both are kept in
- * 32 bits and compared by difference, which is right as long as a record
- * leaves limbo within 49 days (it leaves at the first tick past its grace). */
-#define GRACE_TICKS 20u
-#define GRACE_MS    1000u
 
 static _Atomic uint64_t table_generations;
 static _Atomic uint32_t shard_next;
@@ -153,14 +181,15 @@ void atp__keyed_push(atp_keyed_table_t *t, uint32_t idx) {
       head, &old, idx + 1, memory_order_release, memory_order_relaxed));
 }
 
-void atp__keyed_retire(atp_keyed_table_t *t, uint32_t idx, uint64_t tick,
-                       int64_t now_ns) {
+void atp__keyed_retire(atp_keyed_table_t *t, uint32_t idx, uint64_t epoch) {
   atp_keyed_entry_t *entry = &t->entries[idx];
   _Atomic uint32_t *head = &t->heads[entry->hash & t->bucket_mask];
   uint32_t next = atomic_load_explicit(&entry->next, memory_order_acquire);
   uint32_t expected = idx + 1;
+  /* seq_cst, as the store below: the unlink must precede the ticker's later
+   * scan of the reader slots in the total order (see the header). */
   if (!atomic_compare_exchange_strong_explicit(
-          head, &expected, next, memory_order_acq_rel, memory_order_acquire)) {
+          head, &expected, next, memory_order_seq_cst, memory_order_acquire)) {
     /* Not the head (a push came in front of it): find its predecessor. Only
      * this thread unlinks, so the predecessor's link is stable. */
     uint32_t prev = expected;
@@ -168,21 +197,22 @@ void atp__keyed_retire(atp_keyed_table_t *t, uint32_t idx, uint64_t tick,
       _Atomic uint32_t *link = &t->entries[prev - 1].next;
       uint32_t p_next = atomic_load_explicit(link, memory_order_acquire);
       if (p_next == idx + 1) {
-        atomic_store_explicit(link, next, memory_order_release);
+        atomic_store_explicit(link, next, memory_order_seq_cst);
         break;
       }
       prev = p_next;
     }
     ATP_ASSERT(prev != 0);
   }
-  atomic_store_explicit(&entry->state, ATP_REC_FREE, memory_order_release);
+  /* seq_cst: a walk over the table by index (an export) finds the record by
+   * its state, not a link, so the state is its unlink. */
+  atomic_store_explicit(&entry->state, ATP_REC_FREE, memory_order_seq_cst);
   /* One writer (the ticker), so no locked instruction. */
   atomic_store_explicit(
       &t->retired.value,
       atomic_load_explicit(&t->retired.value, memory_order_relaxed) + 1,
       memory_order_relaxed);
-  entry->limbo_tick = (uint32_t)tick;
-  entry->limbo_ms = (uint32_t)(now_ns / 1000000);
+  entry->limbo_epoch = epoch;
   atomic_store_explicit(&entry->free_next, 0, memory_order_relaxed);
   if (t->limbo_tail)
     atomic_store_explicit(&t->entries[t->limbo_tail - 1].free_next, idx + 1,
@@ -192,8 +222,7 @@ void atp__keyed_retire(atp_keyed_table_t *t, uint32_t idx, uint64_t tick,
   t->limbo_tail = idx + 1;
 }
 
-void atp__keyed_reclaim(atp_keyed_table_t *t, uint64_t tick, int64_t now_ns) {
-  uint32_t tick32 = (uint32_t)tick, ms32 = (uint32_t)(now_ns / 1000000);
+void atp__keyed_reclaim(atp_keyed_table_t *t, uint64_t epoch, uint64_t oldest) {
   /* Back to the shard that allocated each record, so each thread finds its
    * own records again instead of claiming never-used ones: one chain per
    * shard, each pushed with one CAS. */
@@ -202,7 +231,8 @@ void atp__keyed_reclaim(atp_keyed_table_t *t, uint64_t tick, int64_t now_ns) {
   while (t->limbo_head) {
     uint32_t idx = t->limbo_head - 1;
     atp_keyed_entry_t *entry = &t->entries[idx];
-    if (tick32 - entry->limbo_tick < GRACE_TICKS || ms32 - entry->limbo_ms < GRACE_MS)
+    /* A reader that entered at limbo_epoch or before may hold it. */
+    if (entry->limbo_epoch >= oldest || epoch - entry->limbo_epoch < ATP_GRACE_EPOCHS)
       break; /* FIFO: everything behind it is younger */
     t->limbo_head = atomic_load_explicit(&entry->free_next, memory_order_relaxed);
     if (!t->limbo_head) t->limbo_tail = 0;

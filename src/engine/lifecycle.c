@@ -63,7 +63,8 @@ int atp_engine_create(const atp_engine_config_t *config, atp_engine_t **out) {
   atp_timerwheel_init(&e->wheel, on_timer, on_timer_ahead, e);
   if (!e->interns || !e->intern_index || !e->positions || !e->pos_cold ||
       !e->position_index || !e->groups || !e->group_index ||
-      atp__inbox_init(&e->inbox) || atp__reservations_init(e) || atp__idem_init(e)) {
+      atp__inbox_init(&e->inbox) || atp__reservations_init(e) || atp__idem_init(e) ||
+      atp__epoch_init(e)) {
     atp_engine_destroy(e);
     return ATP_ENOMEM;
   }
@@ -100,6 +101,7 @@ void atp_engine_destroy(atp_engine_t *e) {
   atp_free(e->groups);
   atp_free(e->group_index);
   atp__inbox_destroy(&e->inbox);
+  atp__epoch_destroy(e);
   pthread_mutex_destroy(&e->create_lock);
   atp_free(e);
 }
@@ -167,31 +169,39 @@ static int apply_position(atp_engine_t *e, const atp_change_t *rec) {
   return 0;
 }
 
+/* One record, in an epoch bracket (epoch.c): reservations and ids are found
+ * through the keyed chains, which a running ticker may change meanwhile. */
+static int apply_one(atp_engine_t *e, const atp_change_t *c) {
+  int rc;
+  atp__epoch_enter(e);
+  switch (c->kind) {
+    case ATP_CHANGE_POSITION:
+      rc = apply_position(e, c);
+      break;
+    case ATP_CHANGE_RESERVATION:
+      rc = atp__reservation_apply(e, c);
+      break;
+    case ATP_CHANGE_GROUP:
+      if (c->u.group.location_count)
+        rc = atp__group_put(e, c->u.group.name, c->u.group.locations,
+                            c->u.group.location_count, NULL, false);
+      else
+        rc = atp__group_install(e, c->u.group.name, NULL, NULL, NULL, false);
+      if (rc == ATP_ENOTFOUND) rc = 0;
+      break;
+    case ATP_CHANGE_IDEMPOTENCY:
+      rc = atp__idem_apply(e, c);
+      break;
+    default:
+      rc = ATP_EBADREQ;
+  }
+  atp__epoch_exit(e);
+  return rc;
+}
+
 int atp_engine_apply(atp_engine_t *e, const atp_change_t *records, uint32_t count) {
   for (uint32_t i = 0; i < count; i++) {
-    const atp_change_t *c = &records[i];
-    int rc;
-    switch (c->kind) {
-      case ATP_CHANGE_POSITION:
-        rc = apply_position(e, c);
-        break;
-      case ATP_CHANGE_RESERVATION:
-        rc = atp__reservation_apply(e, c);
-        break;
-      case ATP_CHANGE_GROUP:
-        if (c->u.group.location_count)
-          rc = atp__group_put(e, c->u.group.name, c->u.group.locations,
-                              c->u.group.location_count, NULL, false);
-        else
-          rc = atp__group_install(e, c->u.group.name, NULL, NULL, NULL, false);
-        if (rc == ATP_ENOTFOUND) rc = 0;
-        break;
-      case ATP_CHANGE_IDEMPOTENCY:
-        rc = atp__idem_apply(e, c);
-        break;
-      default:
-        rc = ATP_EBADREQ;
-    }
+    int rc = apply_one(e, &records[i]);
     if (rc) return rc;
   }
   return 0;
@@ -418,21 +428,29 @@ static uint32_t drain_ring(atp_engine_t *e, atp_inbox_ring_t *ring, int64_t now_
   return expired;
 }
 
-static void reclaim_retired(atp_engine_t *e) {
-  int64_t now_ns = e->tick_mono_ns;
+/* Takes what was retired since the last tick and stamps it (see atp__retire
+ * for why the stamp is taken here): before the tick's scan of the reader
+ * slots, which must come after every unlink it judges. */
+static void collect_retired(atp_engine_t *e) {
+  uint64_t epoch = atp__epoch_now(e);
   atp_retired_t *fresh =
       atomic_exchange_explicit(&e->retired, NULL, memory_order_acquire);
   while (fresh) {
     atp_retired_t *r = fresh;
     fresh = r->next;
-    r->tick = e->tick_count;
-    r->mono_ns = now_ns;
+    r->epoch = epoch;
     r->next = e->retired_waiting;
     e->retired_waiting = r;
   }
+}
+
+/* Frees the retired blocks no reader may hold: stamped before oldest and at
+ * least ATP_GRACE_EPOCHS ago. */
+static void reclaim_retired(atp_engine_t *e, uint64_t oldest) {
+  uint64_t epoch = atp__epoch_now(e);
   for (atp_retired_t **p = &e->retired_waiting; *p;) {
     atp_retired_t *r = *p;
-    if (r->tick + 20 <= e->tick_count && r->mono_ns + 1000000000LL <= now_ns) {
+    if (r->epoch < oldest && epoch - r->epoch >= ATP_GRACE_EPOCHS) {
       *p = r->next;
       atp_free(r->ptr);
       atp_free(r);
@@ -445,7 +463,8 @@ static void reclaim_retired(atp_engine_t *e) {
 uint32_t atp_engine_tick(atp_engine_t *e) {
   int64_t now_ms = atp__now(e);
   e->tick_count++;
-  e->tick_mono_ns = atp__mono_ns();
+  /* Everything this tick unlinks is stamped with the new epoch. */
+  atp__epoch_advance(e);
   atp_timerwheel_start(&e->wheel, now_ms);
   /* First file what changed since the last tick, then run the slots due. */
   uint32_t expired = 0;
@@ -458,8 +477,12 @@ uint32_t atp_engine_tick(atp_engine_t *e) {
   e->tick_expired = 0;
   atp_timerwheel_run(&e->wheel, now_ms);
   expired += e->tick_expired;
-  atp__keyed_reclaim(&e->reservation_table, e->tick_count, e->tick_mono_ns);
-  atp__keyed_reclaim(&e->idempotency_table, e->tick_count, e->tick_mono_ns);
-  reclaim_retired(e);
+  /* One scan of the reader slots for all three, after this tick's unlinks. */
+  collect_retired(e);
+  uint64_t oldest = atp__epoch_oldest(e);
+  uint64_t epoch = atp__epoch_now(e);
+  atp__keyed_reclaim(&e->reservation_table, epoch, oldest);
+  atp__keyed_reclaim(&e->idempotency_table, epoch, oldest);
+  reclaim_retired(e, oldest);
   return expired;
 }

@@ -268,7 +268,10 @@ void atp__position_read(const atp_engine_t *e, uint32_t idx, atp_position_t *out
 }
 
 /* Reads validate nothing: a string that is not a valid id was never interned,
- * so it is simply not found. */
+ * so it is simply not found. Position reads (this, atp_positions_get,
+ * atp_sku_positions) take no epoch bracket (epoch.c): the index, the
+ * positions, their SKU lists and the interned strings are never moved or
+ * freed before atp_engine_destroy, and they read no history. */
 int atp_position_get(const atp_engine_t *e, atp_str_t sku, atp_str_t location,
                      atp_position_t *out) {
   if (!sku.len || !location.len) return ATP_ENOTFOUND;

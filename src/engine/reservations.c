@@ -130,8 +130,7 @@ static bool rec_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash,
  * twin; UINT32_MAX if none. */
 static uint32_t rec_find_from(const atp_engine_t *e, uint32_t v, uint64_t hash,
                               atp_str_t id) {
-  for (; v; v = atomic_load_explicit(&e->reservation_table.entries[v - 1].next,
-                                     memory_order_acquire)) {
+  for (; v; v = atp__keyed_next(&e->reservation_table, v)) {
     uint32_t idx = v - 1;
     uint32_t st = atomic_load_explicit(&e->reservation_table.entries[idx].state,
                                        memory_order_acquire);
@@ -195,7 +194,7 @@ void atp__reservation_view(const atp_engine_t *e, uint32_t idx,
         atomic_load_explicit(&r->order_id_len, memory_order_acquire);
     uint32_t n = atomic_load_explicit(&r->line_count, memory_order_acquire);
     const atp_reservation_line_t *lines =
-        atomic_load_explicit(&r->lines, memory_order_acquire);
+        atomic_load_explicit(&r->lines, memory_order_seq_cst);
     for (uint32_t i = 0; i < n; i++) {
       const atp_position_record_t *p = &e->positions[lines[i].pos];
       out->lines[i].sku = atp__intern_str(e, p->sku);
@@ -521,7 +520,7 @@ static int line_amounts(const atp_engine_t *e, const atp_reservation_record_t *r
                         bool all_if_empty, int64_t *amounts, atp_result_t *result) {
   uint32_t count = atomic_load_explicit(&r->line_count, memory_order_acquire);
   const atp_reservation_line_t *rl =
-      atomic_load_explicit(&r->lines, memory_order_acquire);
+      atomic_load_explicit(&r->lines, memory_order_seq_cst);
   for (uint32_t i = 0; i < count; i++)
     amounts[i] = n == 0 && all_if_empty ? line_remaining(&rl[i]) : 0;
   char field[48];
@@ -548,7 +547,7 @@ static int line_amounts(const atp_engine_t *e, const atp_reservation_record_t *r
 static bool nothing_remains(const atp_reservation_record_t *r) {
   uint32_t count = atomic_load_explicit(&r->line_count, memory_order_acquire);
   const atp_reservation_line_t *rl =
-      atomic_load_explicit(&r->lines, memory_order_acquire);
+      atomic_load_explicit(&r->lines, memory_order_seq_cst);
   for (uint32_t i = 0; i < count; i++)
     if (line_remaining(&rl[i]) > 0) return false;
   return true;
@@ -629,7 +628,9 @@ static int lines_reserve(atp_engine_t *e, atp_reservation_record_t *r, uint32_t 
     atomic_init(&lines[i].fulfilled, atomic_load(&old[i].fulfilled));
     atomic_init(&lines[i].released, atomic_load(&old[i].released));
   }
-  atomic_store_explicit(&r->lines, lines, memory_order_release);
+  /* seq_cst: the old array's unlink, in the total order with the readers'
+   * loads of the pointer (seq_cst too) and the ticker's scan (keyed.c). */
+  atomic_store_explicit(&r->lines, lines, memory_order_seq_cst);
   r->line_cap = cap;
   if (old != r->inline_lines) atp__retire(e, old);
   return 0;
@@ -668,8 +669,8 @@ static uint32_t lines_needed(const atp_reservation_record_t *r, const grants_t *
 }
 
 /* The record this thread will most likely take next (a recycled one is cold:
- * it waited out the grace period) is fetched for writing now, so the next
- * reserve does not wait for its lines. */
+ * it waited in limbo for at least ATP_GRACE_EPOCHS ticks) is fetched for writing now,
+ * so the next reserve does not wait for its lines. */
 static void prefetch_next_record(const atp_engine_t *e) {
   uint32_t idx = atp__keyed_peek(&e->reservation_table);
   if (idx == UINT32_MAX) return;
@@ -725,10 +726,7 @@ static int reserve_claim(atp_engine_t *e, const atp_reserve_req_t *req, uint64_t
                         memory_order_relaxed);
   atp__keyed_push(&e->reservation_table, idx);
   uint32_t found =
-      rec_find_from(e,
-                    atomic_load_explicit(&e->reservation_table.entries[idx].next,
-                                         memory_order_acquire),
-                    hash, req->id);
+      rec_find_from(e, atp__keyed_next(&e->reservation_table, idx + 1), hash, req->id);
   if (found != UINT32_MAX) { /* a twin got there first */
     atomic_store_explicit(&e->reservation_table.entries[idx].state, ATP_REC_DEAD,
                           memory_order_release);
@@ -784,8 +782,9 @@ static void reserve_publish(atp_engine_t *e, const atp_reserve_req_t *req, uint3
   atp__reservation_queue(e, idx);
 }
 
-int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t *out,
-                atp_shortfalls_t *shortfalls, atp_result_t *result) {
+static int reserve_in_epoch(atp_engine_t *e, const atp_reserve_req_t *req,
+                            atp_reservation_t *out, atp_shortfalls_t *shortfalls,
+                            atp_result_t *result) {
   ATP_ASSERT(out);
   if (shortfalls) shortfalls->count = 0;
   if (!atp__id_valid(req->id))
@@ -830,15 +829,35 @@ int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t
   return 0;
 }
 
+/* Each public call of this file runs its _in_epoch body in an epoch bracket
+ * (epoch.c): it walks the reservation and id chains and reads the records and
+ * arrays it finds there, which the ticker may unlink and retire meanwhile.
+ * The bracket costs one xchg on entry (see atp__epoch_enter). */
+int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t *out,
+                atp_shortfalls_t *shortfalls, atp_result_t *result) {
+  atp__epoch_enter(e);
+  int rc = reserve_in_epoch(e, req, out, shortfalls, result);
+  atp__epoch_exit(e);
+  return rc;
+}
+
 /* --- reads
  * ---------------------------------------------------------------------------------- */
 
-int atp_reservation_get(const atp_engine_t *e, atp_str_t id, atp_reservation_t *out) {
+static int reservation_get_in_epoch(const atp_engine_t *e, atp_str_t id,
+                                    atp_reservation_t *out) {
   if (!atp__id_valid(id)) return ATP_ENOTFOUND;
   uint32_t idx = rec_find(e, id);
   if (idx == UINT32_MAX) return ATP_ENOTFOUND;
   atp__reservation_view(e, idx, out);
   return 0;
+}
+
+int atp_reservation_get(const atp_engine_t *e, atp_str_t id, atp_reservation_t *out) {
+  atp__epoch_enter(e);
+  int rc = reservation_get_in_epoch(e, id, out);
+  atp__epoch_exit(e);
+  return rc;
 }
 
 /* Looks the reservation up and takes its flag; ENOTFOUND otherwise. */
@@ -883,8 +902,8 @@ static void commit_lines(atp_engine_t *e, atp_reservation_record_t *r, changes_t
   atomic_store_explicit(&r->expires_at_ms, ATP_TIME_NONE, memory_order_release);
 }
 
-int atp_commit(atp_engine_t *e, atp_str_t id, atp_str_t order_id,
-               atp_reservation_t *out, atp_result_t *result) {
+static int commit_in_epoch(atp_engine_t *e, atp_str_t id, atp_str_t order_id,
+                           atp_reservation_t *out, atp_result_t *result) {
   if (!opt_valid(order_id))
     return bad(result, "order_id", "order_id must be 1..128 printable bytes");
   uint32_t idx;
@@ -931,6 +950,14 @@ int atp_commit(atp_engine_t *e, atp_str_t id, atp_str_t order_id,
   return 0;
 }
 
+int atp_commit(atp_engine_t *e, atp_str_t id, atp_str_t order_id,
+               atp_reservation_t *out, atp_result_t *result) {
+  atp__epoch_enter(e);
+  int rc = commit_in_epoch(e, id, order_id, out, result);
+  atp__epoch_exit(e);
+  return rc;
+}
+
 /* Gives back amounts[i] of each line (held units to reserved, committed ones
  * to committed) and counts them as released. */
 static void release_amounts(atp_engine_t *e, atp_reservation_record_t *r,
@@ -958,9 +985,9 @@ int atp_release(atp_engine_t *e, atp_str_t id, const atp_qty_line_t *lines,
   return atp_release_keyed(e, id, (atp_str_t){NULL, 0}, lines, line_count, out, result);
 }
 
-int atp_release_keyed(atp_engine_t *e, atp_str_t id, atp_str_t release_id,
-                      const atp_qty_line_t *lines, uint32_t line_count,
-                      atp_reservation_t *out, atp_result_t *result) {
+static int release_keyed_in_epoch(atp_engine_t *e, atp_str_t id, atp_str_t release_id,
+                                  const atp_qty_line_t *lines, uint32_t line_count,
+                                  atp_reservation_t *out, atp_result_t *result) {
   if (release_id.len && !atp__id_valid(release_id))
     return bad(result, "release_id", "release_id must be 1..128 printable bytes");
   int rc = check_qty_lines("lines", lines, line_count, result);
@@ -1002,8 +1029,17 @@ int atp_release_keyed(atp_engine_t *e, atp_str_t id, atp_str_t release_id,
   return 0;
 }
 
-int atp_extend(atp_engine_t *e, atp_str_t id, int64_t ttl_ms, atp_reservation_t *out,
-               atp_result_t *result) {
+int atp_release_keyed(atp_engine_t *e, atp_str_t id, atp_str_t release_id,
+                      const atp_qty_line_t *lines, uint32_t line_count,
+                      atp_reservation_t *out, atp_result_t *result) {
+  atp__epoch_enter(e);
+  int rc = release_keyed_in_epoch(e, id, release_id, lines, line_count, out, result);
+  atp__epoch_exit(e);
+  return rc;
+}
+
+static int extend_in_epoch(atp_engine_t *e, atp_str_t id, int64_t ttl_ms,
+                           atp_reservation_t *out, atp_result_t *result) {
   if (ttl_ms < ATP_TTL_MS_MIN || ttl_ms > ATP_TTL_MS_MAX)
     return bad(result, "ttl_ms", "ttl_ms must be 1000..604800000");
   uint32_t idx;
@@ -1022,6 +1058,14 @@ int atp_extend(atp_engine_t *e, atp_str_t id, int64_t ttl_ms, atp_reservation_t 
   atp__reservation_queue(e, idx);
   rec_close(e, idx, &ch, ATP_CAUSE_EXTEND, NULL, out, true);
   return 0;
+}
+
+int atp_extend(atp_engine_t *e, atp_str_t id, int64_t ttl_ms, atp_reservation_t *out,
+               atp_result_t *result) {
+  atp__epoch_enter(e);
+  int rc = extend_in_epoch(e, id, ttl_ms, out, result);
+  atp__epoch_exit(e);
+  return rc;
 }
 
 /* The shared start of a keyed mutation of a reservation (fulfil, amend):
@@ -1057,9 +1101,9 @@ static int keyed_open(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t key,
   return 0;
 }
 
-int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
-               const atp_qty_line_t *lines, uint32_t line_count, atp_reservation_t *out,
-               atp_result_t *result) {
+static int fulfil_in_epoch(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
+                           const atp_qty_line_t *lines, uint32_t line_count,
+                           atp_reservation_t *out, atp_result_t *result) {
   if (!atp__id_valid(fulfillment_id))
     return bad(result, "fulfillment_id",
                "fulfillment_id must be 1..128 printable bytes");
@@ -1106,10 +1150,20 @@ int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
   return 0;
 }
 
-int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id,
-              const atp_qty_line_t *release, uint32_t release_count,
-              const atp_line_req_t *add, uint32_t add_count, atp_reservation_t *out,
-              atp_shortfalls_t *shortfalls, atp_result_t *result) {
+int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
+               const atp_qty_line_t *lines, uint32_t line_count, atp_reservation_t *out,
+               atp_result_t *result) {
+  atp__epoch_enter(e);
+  int rc = fulfil_in_epoch(e, id, fulfillment_id, lines, line_count, out, result);
+  atp__epoch_exit(e);
+  return rc;
+}
+
+static int amend_in_epoch(atp_engine_t *e, atp_str_t id, atp_str_t amend_id,
+                          const atp_qty_line_t *release, uint32_t release_count,
+                          const atp_line_req_t *add, uint32_t add_count,
+                          atp_reservation_t *out, atp_shortfalls_t *shortfalls,
+                          atp_result_t *result) {
   if (shortfalls) shortfalls->count = 0;
   if (!atp__id_valid(amend_id))
     return bad(result, "amend_id", "amend_id must be 1..128 printable bytes");
@@ -1163,6 +1217,17 @@ int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id,
   atp__idem_done(e, idem_idx, ATP_IDEM_APPLIED, 0, NULL, id, &idem);
   rec_close(e, idx, &ch, ATP_CAUSE_AMEND, &idem, out, true);
   return 0;
+}
+
+int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id,
+              const atp_qty_line_t *release, uint32_t release_count,
+              const atp_line_req_t *add, uint32_t add_count, atp_reservation_t *out,
+              atp_shortfalls_t *shortfalls, atp_result_t *result) {
+  atp__epoch_enter(e);
+  int rc = amend_in_epoch(e, id, amend_id, release, release_count, add, add_count, out,
+                          shortfalls, result);
+  atp__epoch_exit(e);
+  return rc;
 }
 
 /* --- expiry (ticker thread)
@@ -1277,14 +1342,17 @@ void atp__reservation_purge(atp_engine_t *e, uint32_t idx) {
       atp__emit(e, &c, 1);
     }
   }
-  /* Readers may still copy from these: they are freed after the grace period,
-   * like the record itself is reused only after it. */
+  /* Readers may still copy from these: they are freed once no reader may
+   * hold them, as the record itself is reused (keyed.c, epoch.c). */
   if (r->text && r->text != r->inline_text) atp__retire(e, r->text);
   atp_reservation_line_t *lines = atomic_load_explicit(&r->lines, memory_order_relaxed);
   if (lines && lines != r->inline_lines) atp__retire(e, lines);
-  atomic_store_explicit(&r->lines, r->inline_lines, memory_order_relaxed);
+  /* seq_cst: the unlink of the heap array for a walk that reaches the record
+   * by index (an export); readers that come by the chain are covered by the
+   * record's own unlink. */
+  atomic_store_explicit(&r->lines, r->inline_lines, memory_order_seq_cst);
   atomic_store_explicit(&r->line_count, 0, memory_order_relaxed);
-  atp__keyed_retire(&e->reservation_table, idx, e->tick_count, e->tick_mono_ns);
+  atp__keyed_retire(&e->reservation_table, idx, atp__epoch_now(e));
 }
 
 /* --- replay

@@ -191,8 +191,8 @@ static int check_not_future(const atp_engine_t *e, int64_t at_ms, int64_t now_ms
   return ATP_EBADREQ;
 }
 
-int atp_adjust(atp_engine_t *e, const atp_adjust_req_t *req, atp_adjust_res_t *outcome,
-               atp_result_t *result) {
+static int adjust_in_epoch(atp_engine_t *e, const atp_adjust_req_t *req,
+                           atp_adjust_res_t *outcome, atp_result_t *result) {
   int rc = check_adjust(req, result);
   if (rc) return rc;
   int64_t now = atp__now(e);
@@ -242,8 +242,19 @@ int atp_adjust(atp_engine_t *e, const atp_adjust_req_t *req, atp_adjust_res_t *o
   return 0;
 }
 
-int atp_count(atp_engine_t *e, const atp_count_req_t *req, atp_count_res_t *outcome,
-              atp_result_t *result) {
+/* Adjustments and counts claim their id in the idempotency table, whose
+ * chains the ticker changes: the body runs in an epoch bracket (epoch.c).
+ * Safety stock touches positions only, which are never freed: no bracket. */
+int atp_adjust(atp_engine_t *e, const atp_adjust_req_t *req, atp_adjust_res_t *outcome,
+               atp_result_t *result) {
+  atp__epoch_enter(e);
+  int rc = adjust_in_epoch(e, req, outcome, result);
+  atp__epoch_exit(e);
+  return rc;
+}
+
+static int count_in_epoch(atp_engine_t *e, const atp_count_req_t *req,
+                          atp_count_res_t *outcome, atp_result_t *result) {
   int rc = check_common(req->id, req->sku, req->location, req->source, result);
   if (rc) return rc;
   if (req->on_hand < 0 || req->on_hand > ATP_QTY_MAX) {
@@ -307,4 +318,12 @@ int atp_count(atp_engine_t *e, const atp_count_req_t *req, atp_count_res_t *outc
   }
   onhand_finish(e, &o, flags, &outcome->position, c, n);
   return 0;
+}
+
+int atp_count(atp_engine_t *e, const atp_count_req_t *req, atp_count_res_t *outcome,
+              atp_result_t *result) {
+  atp__epoch_enter(e);
+  int rc = count_in_epoch(e, req, outcome, result);
+  atp__epoch_exit(e);
+  return rc;
 }

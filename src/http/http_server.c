@@ -218,7 +218,6 @@ struct loop_ctx {
   uv_async_t stop_async;
   uv_timer_t stop_timer;            /* force-closes what the stop grace left */
   uint64_t stop_deadline;           /* loop time the stop grace ends */
-  uv_timer_t tick_timer;            /* loop 0 only runs it */
   uv_async_t release_async;         /* atp_http_server_release wakes the loop */
   _Atomic uint64_t released;        /* parked output up to this value may go */
   conn_t *held;                     /* connections with parked output */
@@ -1628,7 +1627,6 @@ static void loop_maybe_finish(loop_ctx_t *lp) {
   lp->finished = true;
   uv_close((uv_handle_t *)&lp->stop_async, NULL);
   uv_close((uv_handle_t *)&lp->stop_timer, NULL);
-  uv_close((uv_handle_t *)&lp->tick_timer, NULL);
   uv_close((uv_handle_t *)&lp->release_async, NULL);
   uv_mutex_lock(&lp->answer_mu);
   lp->answers_closed = true;
@@ -1743,11 +1741,6 @@ static void on_stop_async(uv_async_t *a) {
   loop_maybe_finish(lp);
 }
 
-static void on_tick(uv_timer_t *t) {
-  loop_ctx_t *lp = t->data;
-  lp->server->config.tick(lp->server->config.ctx);
-}
-
 static int open_listener(const atp_http_config_t *cfg, int port, int *fd_out, char *err,
                          size_t err_len) {
   struct addrinfo hints = {0}, *res = NULL;
@@ -1805,14 +1798,12 @@ static int loop_init(atp_http_server_t *s, loop_ctx_t *lp, int index, char *err,
   }
   uv_async_init(&lp->loop, &lp->stop_async, on_stop_async);
   uv_timer_init(&lp->loop, &lp->stop_timer);
-  uv_timer_init(&lp->loop, &lp->tick_timer);
   uv_async_init(&lp->loop, &lp->release_async, on_release_async);
   uv_async_init(&lp->loop, &lp->answer_async, on_answer_async);
   lp->answer_async.data = lp;
   if (uv_mutex_init(&lp->answer_mu) == 0) lp->answer_mu_inited = true;
   uv_tcp_init(&lp->loop, &lp->listener);
-  lp->stop_async.data = lp->stop_timer.data = lp->tick_timer.data = lp->listener.data =
-      lp;
+  lp->stop_async.data = lp->stop_timer.data = lp->listener.data = lp;
   lp->release_async.data = lp;
   lp->handles_inited = true;
   int fd, rc = open_listener(&s->config, s->port, &fd, err, err_len);
@@ -1835,8 +1826,6 @@ static int loop_init(atp_http_server_t *s, loop_ctx_t *lp, int index, char *err,
                   ? ntohs(((struct sockaddr_in6 *)&addr)->sin6_port)
                   : ntohs(((struct sockaddr_in *)&addr)->sin_port);
   }
-  if (index == 0 && s->config.tick && s->config.tick_ms)
-    uv_timer_start(&lp->tick_timer, on_tick, s->config.tick_ms, s->config.tick_ms);
   return 0;
 }
 

@@ -29,7 +29,19 @@ struct atp_durable {
   atp_records_t scratch;
   uint64_t applied;
   char error[256];
+  /* Other modules' sections: registered before restore, read-only after. */
+  atp_durable_section_t sections[ATP_DURABLE_SECTIONS_MAX];
+  uint32_t section_count;
+  bool restoring; /* restore began: no more registrations */
 };
+
+static const atp_durable_section_t *find_section(const atp_durable_t *d,
+                                                 uint16_t kind) {
+  for (uint32_t i = 0; i < d->section_count; i++)
+    if (kind >= d->sections[i].kind_first && kind <= d->sections[i].kind_last)
+      return &d->sections[i];
+  return NULL;
+}
 
 /* The hook's encoding buffer, one per thread, freed when the thread exits
  * (a key's destructor) so that loop threads leave no leak behind. */
@@ -111,6 +123,19 @@ void atp_durable_hook(void *ctx, const atp_change_t *records, uint32_t count) {
 static int replay_one(void *ctx, uint64_t lsn, uint16_t kind, const void *payload,
                       uint32_t payload_bytes) {
   atp_durable_t *d = ctx;
+  const atp_durable_section_t *sec =
+      kind != ATP_RECORD_KIND_ENGINE_CHANGE ? find_section(d, kind) : NULL;
+  if (sec) {
+    int rc = sec->replay(sec->ctx, kind, payload, payload_bytes);
+    if (rc != 0) {
+      snprintf(d->error, sizeof d->error,
+               "journal: record LSN %" PRIu64 " (kind %u, %s) does not apply: %s", lsn,
+               kind, sec->name, atp_strerror(rc));
+      return rc == ATP_ENOMEM ? rc : ATP_EINTERNAL;
+    }
+    d->applied++;
+    return 0;
+  }
   if (kind != ATP_RECORD_KIND_ENGINE_CHANGE) {
     snprintf(d->error, sizeof d->error,
              "journal: record LSN %" PRIu64 " has kind %u, unknown to this build", lsn,
@@ -138,6 +163,7 @@ static int64_t mono_ms(void) {
 int atp_durable_restore(atp_durable_t *d, atp_engine_t *engine,
                         atp_durable_restore_t *out) {
   ATP_ASSERT(!atomic_load(&d->journal) && engine && out);
+  d->restoring = true;
   memset(out, 0, sizeof *out);
   int64_t start = mono_ms();
   atp_journal_config_t jc;
@@ -164,6 +190,46 @@ int atp_durable_restore(atp_durable_t *d, atp_engine_t *engine,
   /* release: the hook's acquire sees an opened journal */
   atomic_store_explicit(&d->journal, j, memory_order_release);
   return 0;
+}
+
+int atp_durable_register(atp_durable_t *d, const atp_durable_section_t *section) {
+  ATP_ASSERT(d && section && section->replay && !d->restoring);
+  ATP_ASSERT(section->kind_first > ATP_RECORD_KIND_ENGINE_CHANGE &&
+             section->kind_first <= section->kind_last);
+  for (uint16_t k = section->kind_first;; k++) {
+    ATP_ASSERT(!find_section(d, k)); /* two modules claim one kind */
+    if (k == section->kind_last) break;
+  }
+  if (d->section_count == ATP_DURABLE_SECTIONS_MAX) return ATP_ETOOMANY;
+  d->sections[d->section_count++] = *section;
+  return 0;
+}
+
+int atp_durable_append(atp_durable_t *d, uint16_t kind, const void *payload,
+                       uint32_t payload_bytes) {
+  atp_journal_t *j = atomic_load_explicit(&d->journal, memory_order_acquire);
+  ATP_ASSERT(j && find_section(d, kind)); /* appends start after restore */
+  uint64_t lsn = 0;
+  return atp_journal_append(j, kind, payload, payload_bytes, &lsn);
+}
+
+int atp_durable_export_sections(void *ctx, atp_durable_emit_fn emit, void *emit_ctx) {
+  atp_durable_t *d = ctx;
+  for (uint32_t i = 0; i < d->section_count; i++) {
+    const atp_durable_section_t *sec = &d->sections[i];
+    if (!sec->export_state) continue;
+    int rc = sec->export_state(sec->ctx, emit, emit_ctx);
+    if (rc != 0) return rc;
+  }
+  return 0;
+}
+
+int atp_durable_replay_section(void *ctx, uint16_t kind, const void *payload,
+                               uint32_t payload_bytes) {
+  atp_durable_t *d = ctx;
+  const atp_durable_section_t *sec = find_section(d, kind);
+  if (!sec) return ATP_EINTERNAL;
+  return sec->replay(sec->ctx, kind, payload, payload_bytes);
 }
 
 int atp_durable_admit(const atp_durable_t *d) {

@@ -15,6 +15,13 @@
  * reuse. A new chunk is allocated under the mutex only when none is free,
  * which stops happening once the queue has reached its working size.
  *
+ * The writer loop: wait_for_group (the mode's gathering policy, see
+ * group_ready), settle_horizon (wait for mutations in flight, without the
+ * mutex), take the queue, write and sync, publish the LSN and the ticket,
+ * one on_durable per round that moved either. A round with nothing queued
+ * runs only to move the horizon, does no I/O, and runs only when the slots
+ * allow the horizon to move, so a long-held slot never makes it spin.
+ *
  * The writer alone owns the open segment: its fd, its length, the length
  * known durable. A segment is created as "<lsn>.journal.tmp", its header
  * made durable, then renamed into place and the directory synced, so a
@@ -34,6 +41,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,6 +108,7 @@ struct atp_journal {
   counter_t group_hist[ATP_JOURNAL_GROUP_BUCKETS];
   counter_t fsyncs, fsync_ns_sum, fsync_hist[ATP_JOURNAL_FSYNC_BUCKETS];
   counter_t failures, recoveries, segment_files;
+  counter_t rounds, empty_rounds, horizon_waits, horizon_timeouts, gathers;
   uint64_t tail_bytes, tail_records; /* set at open, constant after */
 
   /* The writer thread's alone (and open's, before the thread starts). */
@@ -112,6 +121,9 @@ struct atp_journal {
   chunk_t *w_free;            /* durable chunks to hand back under mu */
   uint32_t retry_ms;          /* next backoff */
   bool unwritten_at_close;
+  int64_t last_group_end_ns;   /* when the writer last came back from the disk */
+  int64_t last_fsync_ns;       /* how long the last group's fdatasync took */
+  uint64_t last_group_records; /* records in the last group written */
 
   /* The ticket horizon (proto/journal.md, causality). tickets is the next
    * ticket, from 1; slots[i] is 0 when slot i's thread is between mutations,
@@ -185,6 +197,7 @@ static int sync_fd(atp_journal_t *j, int fd) {
   int err = fault(j, 's');
   if (!err && fdatasync(fd) != 0) err = errno;
   uint64_t ns = (uint64_t)(now_ns() - start), us = ns / 1000;
+  j->last_fsync_ns = (int64_t)ns;
   int b = 0;
   while (b < ATP_JOURNAL_FSYNC_BUCKETS - 1 && us > atp_journal_fsync_bucket_us[b]) b++;
   count(&j->fsync_hist[b], 1);
@@ -321,6 +334,7 @@ static void published(atp_journal_t *j, uint64_t lsn, uint64_t records,
        limit *= 4)
     b++;
   count(&j->group_hist[b], 1);
+  j->last_group_records = records;
 }
 
 /* Writes and syncs one group: the pending frames that fit in the segment.
@@ -413,8 +427,55 @@ static void timed_wait(atp_journal_t *j, pthread_cond_t *cond, int64_t deadline_
   pthread_cond_timedwait(cond, &j->mu, &ts);
 }
 
+/* The smallest ticket that may not have appended yet, given t0, the counter
+ * read first: the slots are read after it (seq_cst), so a mutation whose
+ * ticket is below t0 has its slot's lower bound visible here, or has ended:
+ * and since its append ran under mu before its end, its records are in the
+ * queue the writer takes after this scan. */
+static uint64_t horizon_scan(atp_journal_t *j, uint64_t t0) {
+  uint64_t h = t0;
+  uint32_t used = atomic_load(&j->slots_used);
+  for (uint32_t i = 0; i < used; i++) {
+    uint64_t t = atomic_load(&j->slots[i].ticket);
+    if (t && t < h) h = t;
+  }
+  return h;
+}
+
+/* Under mu, with records queued: whether the group starts now, else the
+ * time until which it may gather (the policy is in include/atp/journal.h).
+ * always never gathers. batch gathers only when group commit found nothing
+ * to share: the writer was idle as the first record came (a backlog that
+ * queued during the last write has waited one fdatasync already and goes at
+ * once) and the last group held a single record. Under load every group
+ * shares its fdatasync and batch runs like always (a closed loop of
+ * clients loses whatever a writer waits); under sparse traffic from many
+ * clients it trades at most min(batch_delay_us, the last fdatasync's
+ * duration) of latency for fewer fdatasyncs. none gathers up to flush_ms:
+ * nobody waits for it. */
+static bool group_ready(atp_journal_t *j, int64_t *deadline) {
+  if (j->stopping || j->q_bytes >= j->gather_bytes) return true;
+  switch (j->config.mode) {
+    case ATP_JOURNAL_ALWAYS:
+      return true;
+    case ATP_JOURNAL_BATCH: {
+      if (j->q_first_ns <= j->last_group_end_ns || j->last_group_records > 1)
+        return true;
+      int64_t gather =
+          j->gather_ns < j->last_fsync_ns ? j->gather_ns : j->last_fsync_ns;
+      *deadline = j->q_first_ns + gather;
+      break;
+    }
+    default:
+      *deadline = j->q_first_ns + j->gather_ns;
+      break;
+  }
+  return now_ns() >= *deadline;
+}
+
 /* Under mu: waits until a group should start. false: stop the thread. */
 static bool wait_for_group(atp_journal_t *j) {
+  bool gathered = false;
   for (;;) {
     if (atomic_load_explicit(&j->state, memory_order_relaxed) == ATP_JOURNAL_FAILED) {
       if (!j->stopping)
@@ -427,8 +488,16 @@ static bool wait_for_group(atp_journal_t *j) {
       /* seq_cst against atp_journal_end's store of wanted and load of
        * writer_idle: either it sees the writer idle and signals (under mu, so
        * the writer is then inside the wait), or the writer sees its wanted. */
+      /* A horizon-only group runs only when it can move the horizon: while
+       * a slot below it is held (a tick expiring many holds takes
+       * milliseconds), the writer sleeps instead of spinning, and that
+       * slot's end wakes it (the same seq_cst pairing: the end's store of
+       * its slot and load of writer_idle against the writer's store of
+       * writer_idle and the scan's loads). */
       atomic_store(&j->writer_idle, true);
-      if (atomic_load(&j->wanted) > atomic_load(&j->durable_ticket)) {
+      uint64_t durable = atomic_load(&j->durable_ticket);
+      if (atomic_load(&j->wanted) > durable &&
+          horizon_scan(j, atomic_load(&j->tickets)) > durable) {
         atomic_store(&j->writer_idle, false);
         return true; /* a horizon-only group */
       }
@@ -438,26 +507,44 @@ static bool wait_for_group(atp_journal_t *j) {
       atomic_store(&j->writer_idle, false);
       continue;
     }
-    int64_t deadline = j->q_first_ns + j->gather_ns;
-    if (j->stopping || j->q_bytes >= j->gather_bytes || now_ns() >= deadline)
+    int64_t deadline = 0;
+    if (group_ready(j, &deadline)) {
+      if (gathered) count(&j->gathers, 1);
       return true;
+    }
+    gathered = true;
     j->writer_sleeping = true;
     timed_wait(j, &j->wake, deadline);
     j->writer_sleeping = false;
   }
 }
 
-/* Under mu, before a group is taken: the smallest ticket that may not have
- * appended yet. The counter is read first and the slots after it (seq_cst),
- * so a mutation whose ticket is below the counter's value has its slot's
- * lower bound visible here, or has ended: and since its append ran under mu
- * before its end, its records are in the queue being taken. */
-static uint64_t horizon(atp_journal_t *j) {
-  uint64_t h = atomic_load(&j->tickets);
-  uint32_t used = atomic_load(&j->slots_used);
-  for (uint32_t i = 0; i < used; i++) {
-    uint64_t t = atomic_load(&j->slots[i].ticket);
-    if (t && t < h) h = t;
+/* Not under mu, before a group is taken: the horizon the group will publish.
+ * A mutation in flight when the group forms (begun, its hook not yet run)
+ * would otherwise hold the horizon below its ticket, and its answer, whose
+ * record this group may well carry, would wait for the next group: at a
+ * closed loop of clients, every answer would take two fdatasyncs. So the
+ * writer reads the counter once and waits, yielding, until every ticket
+ * below it has ended (a mutation is a few microseconds of a loop's time),
+ * then takes the queue: every mutation that began before the counter was
+ * read is then released by the group that holds its own record. The wait is
+ * bounded by HORIZON_WAIT_NS (a tick expiring many holds holds its slot for
+ * milliseconds); past it the group publishes the lower horizon it found,
+ * which is as correct, only later for the slow mutation's followers. */
+#define HORIZON_WAIT_NS 200000
+static uint64_t settle_horizon(atp_journal_t *j) {
+  uint64_t t0 = atomic_load(&j->tickets);
+  uint64_t h = horizon_scan(j, t0);
+  if (h == t0) return h;
+  count(&j->horizon_waits, 1);
+  int64_t deadline = now_ns() + HORIZON_WAIT_NS;
+  for (uint32_t spins = 0; h < t0; spins++) {
+    if (spins >= 16 && now_ns() >= deadline) {
+      count(&j->horizon_timeouts, 1);
+      break;
+    }
+    sched_yield();
+    h = horizon_scan(j, t0);
   }
   return h;
 }
@@ -466,13 +553,23 @@ static void *writer_main(void *arg) {
   atp_journal_t *j = arg;
   pthread_mutex_lock(&j->mu);
   while (wait_for_group(j)) {
-    uint64_t h = horizon(j);
+    pthread_mutex_unlock(&j->mu);
+    uint64_t h = settle_horizon(j);
+    pthread_mutex_lock(&j->mu);
+    /* Once more under mu, with the counter read again: a mutation that ended
+     * by now appended under mu before, so its records are in what is taken
+     * next and its answer can go with this group too (no extra round). */
+    uint64_t h2 = horizon_scan(j, atomic_load(&j->tickets));
+    if (h2 > h) h = h2;
     take_queue(j);
+    count(&j->rounds, 1);
     bool failed =
         atomic_load_explicit(&j->state, memory_order_relaxed) == ATP_JOURNAL_FAILED;
+    bool records = j->p_head != NULL;
     pthread_mutex_unlock(&j->mu);
     int rc = failed ? recover(j) : 0;
     if (rc == 0) rc = write_pending(j);
+    if (records) j->last_group_end_ns = now_ns();
     pthread_mutex_lock(&j->mu);
     if (rc != 0) {
       if (!failed)
@@ -492,10 +589,15 @@ static void *writer_main(void *arg) {
     }
     if (rc == 0) {
       /* Everything taken is durable: so is every ticket below h. Release:
-       * whoever reads the ticket durable sees the LSN published before it. */
-      if (h > atomic_load_explicit(&j->durable_ticket, memory_order_relaxed))
+       * whoever reads the ticket durable sees the LSN published before it.
+       * A round that moved neither wakes nobody (one wake-up per group). */
+      bool moved = records;
+      if (h > atomic_load_explicit(&j->durable_ticket, memory_order_relaxed)) {
         atomic_store_explicit(&j->durable_ticket, h, memory_order_release);
-      if (j->config.on_durable)
+        moved = true;
+      }
+      if (!records) count(&j->empty_rounds, 1);
+      if (moved && j->config.on_durable)
         j->config.on_durable(
             j->config.durable_ctx,
             atomic_load_explicit(&j->durable_lsn, memory_order_relaxed));
@@ -684,6 +786,11 @@ void atp_journal_metrics(const atp_journal_t *j, atp_journal_metrics_t *out) {
   out->segments = LOAD(segment_files);
   out->tail_bytes_truncated = j->tail_bytes;
   out->tail_records_truncated = j->tail_records;
+  out->rounds = LOAD(rounds);
+  out->empty_rounds = LOAD(empty_rounds);
+  out->horizon_waits = LOAD(horizon_waits);
+  out->horizon_timeouts = LOAD(horizon_timeouts);
+  out->gathers = LOAD(gathers);
 }
 
 /* --- trim ------------------------------------------------------------------- */

@@ -32,6 +32,7 @@
 #define FRAME_BYTES   16u
 #define TRAILER_BYTES 32u
 #define CHUNK_MAGIC   0x43505441u /* "ATPC" */
+#define SECTION_MAGIC 0x4B505441u /* "ATPK": records of other modules' kinds */
 static const char HEADER_MAGIC[8] = {'A', 'T', 'P', 'S', 'N', 'A', 'P', 0};
 static const char TRAILER_MAGIC[8] = {'A', 'T', 'P', 'S', 'E', 'N', 'D', 0};
 /* A chunk's payload may pass chunk_bytes by its last entry; beyond this a
@@ -244,12 +245,13 @@ typedef struct {
   char *err;
   size_t err_len;
   const char *path;
+  uint32_t magic; /* of the chunks being written: engine, then sections */
 } writer_t;
 
 static int flush_chunk(writer_t *w) {
   if (!w->entries) return 0;
   unsigned char frame[FRAME_BYTES];
-  put32(frame, CHUNK_MAGIC);
+  put32(frame, w->magic);
   put32(frame + 4, (uint32_t)w->chunk.len);
   put32(frame + 8, w->entries);
   put32(frame + 12, atp_crc32c(0, w->chunk.data, w->chunk.len));
@@ -286,6 +288,28 @@ static int on_export(void *ctx, const atp_change_t *records, uint32_t count) {
   return 0;
 }
 
+/* A section entry: u16 kind, u16 0, u32 length, the payload. */
+static int on_section(void *ctx, uint16_t kind, const void *payload,
+                      uint32_t payload_bytes) {
+  writer_t *w = ctx;
+  unsigned char head[8];
+  head[0] = (unsigned char)kind;
+  head[1] = (unsigned char)(kind >> 8);
+  head[2] = head[3] = 0;
+  put32(head + 4, payload_bytes);
+  int rc = atp_buf_append(&w->chunk, head, 8);
+  if (!rc && payload_bytes) rc = atp_buf_append(&w->chunk, payload, payload_bytes);
+  if (rc) {
+    char *err = w->err;
+    size_t err_len = w->err_len;
+    ERR("encoding the snapshot's sections: %s", atp_strerror(rc));
+    return rc;
+  }
+  w->entries++;
+  if (w->chunk.len >= chunk_bytes(w->config)) return flush_chunk(w);
+  return 0;
+}
+
 static void remove_old(const atp_snapshot_config_t *config) {
   uint64_t lsns[64];
   uint32_t n = list_snapshots(config->dir, lsns, 64, false);
@@ -313,7 +337,11 @@ int atp_snapshot_write(const atp_snapshot_config_t *config, atp_engine_t *engine
   list_snapshots(config->dir, scratch, 1, true); /* drops stray temporaries */
   snap_name(tmp, sizeof tmp, config->dir, lsn, true);
   snap_name(info->path, sizeof info->path, config->dir, lsn, false);
-  writer_t w = {.config = config, .err = err, .err_len = err_len, .path = tmp};
+  writer_t w = {.config = config,
+                .err = err,
+                .err_len = err_len,
+                .path = tmp,
+                .magic = CHUNK_MAGIC};
   atp_buf_init(&w.chunk, 0);
   w.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (w.fd < 0) {
@@ -329,6 +357,11 @@ int atp_snapshot_write(const atp_snapshot_config_t *config, atp_engine_t *engine
   w.offset = HEADER_BYTES;
   if (!rc) rc = atp_engine_export(engine, on_export, &w, &info->counts);
   if (!rc) rc = flush_chunk(&w);
+  if (!rc && config->sections_export) {
+    w.magic = SECTION_MAGIC;
+    rc = config->sections_export(config->sections_ctx, on_section, &w);
+    if (!rc) rc = flush_chunk(&w);
+  }
   if (!rc) {
     unsigned char trailer[TRAILER_BYTES];
     trailer_encode(trailer, w.chunks, w.offset);
@@ -370,9 +403,44 @@ int atp_snapshot_write(const atp_snapshot_config_t *config, atp_engine_t *engine
 typedef int (*frame_fn)(void *ctx, uint64_t index, const unsigned char *frame,
                         size_t frame_bytes);
 
+/* Hands a section chunk's entries to section, in order. */
+static int apply_sections(const char *path, uint64_t index, uint64_t offset,
+                          const unsigned char *p, uint32_t payload, uint32_t entries,
+                          atp_snapshot_section_fn section, void *section_ctx, char *err,
+                          size_t err_len) {
+  if (!section) {
+    ERR("%s: chunk %" PRIu64 " holds module state this loader cannot take", path,
+        index);
+    return ATP_EINTERNAL;
+  }
+  uint32_t at = 0;
+  for (uint32_t i = 0; i < entries; i++) {
+    uint32_t len = at + 8 <= payload ? get32(p + at + 4) : UINT32_MAX;
+    if (len > payload - at - 8) {
+      ERR("%s: chunk %" PRIu64 " entry %u does not decode (offset %" PRIu64 ")", path,
+          index, i, offset + FRAME_BYTES + at);
+      return ATP_EINTERNAL;
+    }
+    uint16_t kind = (uint16_t)(p[at] | p[at + 1] << 8);
+    int rc = section(section_ctx, kind, p + at + 8, len);
+    if (rc) {
+      ERR("%s: chunk %" PRIu64 " entry %u (kind %u) does not apply: %s", path, index, i,
+          kind, atp_strerror(rc));
+      return rc == ATP_ENOMEM ? rc : ATP_EINTERNAL;
+    }
+    at += 8 + len;
+  }
+  if (at != payload) {
+    ERR("%s: chunk %" PRIu64 " has trailing bytes", path, index);
+    return ATP_EINTERNAL;
+  }
+  return 0;
+}
+
 /* Reads path: header, every chunk (CRC first), trailer. With entry_fn, each
  * entry of each chunk is decoded and applied to engine. */
 static int scan_file(const char *path, atp_engine_t *engine, frame_fn fn, void *ctx,
+                     atp_snapshot_section_fn section, void *section_ctx,
                      atp_snapshot_info_t *info, char *err, size_t err_len) {
   memset(info, 0, sizeof *info);
   snprintf(info->path, sizeof info->path, "%s", path);
@@ -418,7 +486,8 @@ static int scan_file(const char *path, atp_engine_t *engine, frame_fn fn, void *
       break;
     }
     uint32_t payload = get32(fh + 4);
-    if (get32(fh) != CHUNK_MAGIC || payload > CHUNK_PAYLOAD_MAX) {
+    bool is_section = get32(fh) == SECTION_MAGIC;
+    if ((get32(fh) != CHUNK_MAGIC && !is_section) || payload > CHUNK_PAYLOAD_MAX) {
       ERR("%s: bad chunk frame at offset %" PRIu64, path, offset);
       rc = ATP_EINTERNAL;
       break;
@@ -447,7 +516,10 @@ static int scan_file(const char *path, atp_engine_t *engine, frame_fn fn, void *
       break;
     }
     if (fn && (rc = fn(ctx, index, frame, FRAME_BYTES + payload))) break;
-    if (engine) {
+    if (engine && is_section) {
+      rc = apply_sections(path, index, offset, p, payload, get32(fh + 8), section,
+                          section_ctx, err, err_len);
+    } else if (engine) {
       uint32_t entries = get32(fh + 8), at = 0;
       for (uint32_t i = 0; i < entries && !rc; i++) {
         uint32_t len = at + 4 <= payload ? get32(p + at) : UINT32_MAX;
@@ -484,7 +556,8 @@ int atp_snapshot_find(const atp_snapshot_config_t *config, atp_snapshot_info_t *
   for (uint32_t i = 0; i < n; i++) {
     char path[600], why[512];
     snap_name(path, sizeof path, config->dir, lsns[i], false);
-    if (scan_file(path, NULL, NULL, NULL, info, why, sizeof why) == 0) return 0;
+    if (scan_file(path, NULL, NULL, NULL, NULL, NULL, info, why, sizeof why) == 0)
+      return 0;
     /* Named, then the older generation is tried: each kept one still has
      * the journal after it (atp_snapshot_trim_lsn). */
     size_t used = strlen(err);
@@ -494,13 +567,21 @@ int atp_snapshot_find(const atp_snapshot_config_t *config, atp_snapshot_info_t *
   return ATP_ENOTFOUND;
 }
 
-int atp_snapshot_load(const char *path, atp_engine_t *engine, atp_snapshot_info_t *info,
-                      char *err, size_t err_len) {
+int atp_snapshot_load_sections(const char *path, atp_engine_t *engine,
+                               atp_snapshot_section_fn section, void *section_ctx,
+                               atp_snapshot_info_t *info, char *err, size_t err_len) {
   int64_t started = mono_ms();
-  int rc = scan_file(path, NULL, NULL, NULL, info, err, err_len); /* verify */
-  if (!rc) rc = scan_file(path, engine, NULL, NULL, info, err, err_len);
+  int rc =
+      scan_file(path, NULL, NULL, NULL, NULL, NULL, info, err, err_len); /* verify */
+  if (!rc)
+    rc = scan_file(path, engine, NULL, NULL, section, section_ctx, info, err, err_len);
   info->duration_ms = mono_ms() - started;
   return rc;
+}
+
+int atp_snapshot_load(const char *path, atp_engine_t *engine, atp_snapshot_info_t *info,
+                      char *err, size_t err_len) {
+  return atp_snapshot_load_sections(path, engine, NULL, NULL, info, err, err_len);
 }
 
 uint64_t atp_snapshot_trim_lsn(const atp_snapshot_config_t *config) {
@@ -613,7 +694,7 @@ int atp_snapshot_push(const atp_snapshot_config_t *config,
   push_t p = {.r = r, .config = config, .id = info->id, .err = err, .err_len = err_len};
   atp_buf_init(&p.manifest_chunks, 0);
   atp_snapshot_info_t read;
-  int rc = scan_file(info->path, NULL, push_frame, &p, &read, err, err_len);
+  int rc = scan_file(info->path, NULL, push_frame, &p, NULL, NULL, &read, err, err_len);
   if (!rc && strcmp(read.id, info->id) != 0) {
     ERR("%s: holds snapshot %s, not %s", info->path, read.id, info->id);
     rc = ATP_EINTERNAL;
@@ -754,7 +835,7 @@ int atp_snapshot_fetch(const atp_snapshot_config_t *config, atp_snapshot_info_t 
     atp_snapshot_info_t check;
     char why[512];
     /* The file must verify as a local one before it counts as one. */
-    if (scan_file(tmp, NULL, NULL, NULL, &check, why, sizeof why)) {
+    if (scan_file(tmp, NULL, NULL, NULL, NULL, NULL, &check, why, sizeof why)) {
       ERR("redis snapshot %s: %s", latest->str, why);
       rc = ATP_EINTERNAL;
     } else if (rename(tmp, info->path) || fsync_dir(config->dir)) {

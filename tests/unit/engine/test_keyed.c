@@ -1,7 +1,7 @@
 /* test_keyed.c - unit tests of the engine's keyed record tables (src/keyed.c):
  * chains, unlinking from any place in a chain, and the limbo a record waits
- * in before its slot is reused (both a number of ticks and a wall time, kept
- * in 32 bits and compared by difference, so also across their wrap).
+ * in before its slot is reused: until no reader is in an epoch at or before
+ * the one it was unlinked in, and at least ATP_GRACE_EPOCHS epochs.
  *
  * One thread: atp__keyed_alloc takes from this thread's shard, so which record
  * comes back is deterministic.
@@ -13,7 +13,7 @@
 #include "../../../src/engine/engine_internal.h"
 #include "test.h"
 
-#define MS 1000000LL /* ns */
+#define NO_READER UINT64_MAX /* atp__epoch_oldest with no reader inside */
 
 static atp_keyed_table_t T;
 
@@ -47,15 +47,15 @@ static void test_chain_unlink_anywhere(void) {
   CHECK_EQ(got[2], a);
   CHECK_EQ(atp__keyed_live(&T), 4);
 
-  atp__keyed_retire(&T, b, 1, 1000 * MS); /* the middle */
+  atp__keyed_retire(&T, b, 1); /* the middle */
   CHECK_EQ(chain(7, got, 8), 2);
   CHECK_EQ(got[0], c);
   CHECK_EQ(got[1], a);
   CHECK_EQ(atomic_load(&T.entries[b].state), ATP_REC_FREE);
-  atp__keyed_retire(&T, c, 1, 1000 * MS); /* the head */
+  atp__keyed_retire(&T, c, 1); /* the head */
   CHECK_EQ(chain(7, got, 8), 1);
   CHECK_EQ(got[0], a);
-  atp__keyed_retire(&T, a, 1, 1000 * MS); /* the last */
+  atp__keyed_retire(&T, a, 1); /* the last */
   CHECK_EQ(chain(7, got, 8), 0);
   CHECK_EQ(chain(8, got, 8), 1);
   CHECK_EQ(got[0], other);
@@ -63,39 +63,33 @@ static void test_chain_unlink_anywhere(void) {
   atp__keyed_destroy(&T);
 }
 
-/* Retires one record at (tick, ms) and checks that it is handed out again
- * only once both 20 ticks and 1000 ms have passed, at the first tick that
- * comes late past them. */
-static void check_grace(uint64_t tick, int64_t ms, uint64_t late_ticks,
-                        int64_t late_ms) {
+/* Retires one record in epoch and checks that it is handed out again only
+ * once ATP_GRACE_EPOCHS have passed and no reader is in an epoch at or
+ * before it, at the first reclaim that comes late past both. */
+static void check_grace(uint64_t epoch, uint64_t late) {
   REQUIRE(atp__keyed_init(&T, 4) == 0);
   uint32_t r = insert(1);
   REQUIRE(r != UINT32_MAX);
-  atp__keyed_retire(&T, r, tick, ms * MS);
+  atp__keyed_retire(&T, r, epoch);
 
-  /* Enough time, too few ticks; enough ticks, too little time. */
-  atp__keyed_reclaim(&T, tick + 19, (ms + 5000) * MS);
+  /* Too few epochs; enough, but a reader in the record's epoch or before. */
+  atp__keyed_reclaim(&T, epoch + ATP_GRACE_EPOCHS - 1, NO_READER);
   CHECK(atp__keyed_peek(&T) != r);
-  atp__keyed_reclaim(&T, tick + 100, (ms + 999) * MS);
+  atp__keyed_reclaim(&T, epoch + 100, epoch);
   CHECK(atp__keyed_peek(&T) != r);
-  /* Both: it is this thread's next record. */
-  atp__keyed_reclaim(&T, tick + 20 + late_ticks, (ms + 1000 + late_ms) * MS);
+  atp__keyed_reclaim(&T, epoch + 100, epoch - 1);
+  CHECK(atp__keyed_peek(&T) != r);
+  /* Both: the oldest reader entered after the unlink. */
+  atp__keyed_reclaim(&T, epoch + ATP_GRACE_EPOCHS + late, epoch + 1);
   CHECK_EQ(atp__keyed_peek(&T), r);
   CHECK_EQ(atp__keyed_alloc(&T), r);
   atp__keyed_destroy(&T);
 }
 
 static void test_limbo_grace(void) {
-  check_grace(5, 123456, 0, 0);
-  check_grace(5, 123456, 7, 300);
-}
-
-/* The low 32 bits of the tick count and of the clock in ms wrap between
- * retiring and reclaiming: with the end of the grace, or only after it. */
-static void test_limbo_grace_across_wrap(void) {
-  check_grace(0xfffffff0ull, 0xfffffe00LL, 0, 0);
-  check_grace((5ull << 32) - 3, (3LL << 32) - 10, 0, 0);
-  check_grace(0xffffffe0ull, 0xfffffc00LL, 50, 3000);
+  check_grace(5, 0);
+  check_grace(5, 7);
+  check_grace((5ull << 32) - 3, 0); /* epochs are 64 bits: no wrap in 32 */
 }
 
 /* Limbo is first in, first out: a young record holds back none older, and
@@ -103,13 +97,32 @@ static void test_limbo_grace_across_wrap(void) {
 static void test_limbo_fifo(void) {
   REQUIRE(atp__keyed_init(&T, 8) == 0);
   uint32_t a = insert(1), b = insert(2);
-  atp__keyed_retire(&T, a, 10, 10000 * MS);
-  atp__keyed_retire(&T, b, 15, 10500 * MS);
-  atp__keyed_reclaim(&T, 30, 11000 * MS); /* a's grace passed, b's not */
+  atp__keyed_retire(&T, a, 10);
+  atp__keyed_retire(&T, b, 15);
+  atp__keyed_reclaim(&T, 30, NO_READER); /* a's grace passed, b's not */
   CHECK_EQ(atp__keyed_alloc(&T), a);
   CHECK(atp__keyed_peek(&T) != b);
-  atp__keyed_reclaim(&T, 35, 11500 * MS);
+  atp__keyed_reclaim(&T, 35, NO_READER);
   CHECK_EQ(atp__keyed_alloc(&T), b);
+  atp__keyed_destroy(&T);
+}
+
+/* A reader inside since epoch 12 holds back b (unlinked in 15) but not a
+ * (unlinked in 10, before it entered), and nothing behind b either. */
+static void test_limbo_waits_for_reader(void) {
+  REQUIRE(atp__keyed_init(&T, 8) == 0);
+  uint32_t a = insert(1), b = insert(2), c = insert(3);
+  atp__keyed_retire(&T, a, 10);
+  atp__keyed_retire(&T, b, 15);
+  atp__keyed_retire(&T, c, 16);
+  atp__keyed_reclaim(&T, 1000, 12);
+  CHECK_EQ(atp__keyed_alloc(&T), a);
+  CHECK(atp__keyed_peek(&T) != b && atp__keyed_peek(&T) != c);
+  atp__keyed_reclaim(&T, 1001, 16); /* b's readers gone, c's still in */
+  CHECK_EQ(atp__keyed_alloc(&T), b);
+  CHECK(atp__keyed_peek(&T) != c);
+  atp__keyed_reclaim(&T, 1002, NO_READER);
+  CHECK_EQ(atp__keyed_alloc(&T), c);
   atp__keyed_destroy(&T);
 }
 
@@ -119,9 +132,9 @@ static void test_full_then_recycled(void) {
   uint32_t r[3];
   for (int i = 0; i < 3; i++) REQUIRE((r[i] = insert((uint64_t)i)) != UINT32_MAX);
   CHECK_EQ(atp__keyed_alloc(&T), UINT32_MAX);
-  atp__keyed_retire(&T, r[1], 1, 0);
+  atp__keyed_retire(&T, r[1], 1);
   CHECK_EQ(atp__keyed_alloc(&T), UINT32_MAX); /* still in limbo */
-  atp__keyed_reclaim(&T, 21, 1000 * MS);
+  atp__keyed_reclaim(&T, 1 + ATP_GRACE_EPOCHS, NO_READER);
   CHECK_EQ(atp__keyed_alloc(&T), r[1]);
   CHECK_EQ(atp__keyed_live(&T), 3);
   atp__keyed_destroy(&T);
@@ -130,7 +143,7 @@ static void test_full_then_recycled(void) {
 TEST_MAIN({
   RUN(test_chain_unlink_anywhere);
   RUN(test_limbo_grace);
-  RUN(test_limbo_grace_across_wrap);
   RUN(test_limbo_fifo);
+  RUN(test_limbo_waits_for_reader);
   RUN(test_full_then_recycled);
 })

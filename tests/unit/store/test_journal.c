@@ -728,6 +728,57 @@ static void test_ticket_horizon(void) {
   remove_dir(dir);
 }
 
+/* A mutation still in flight when the writer forms a group (begun and
+ * appended, not yet ended) is released by that same group: the writer waits
+ * for it before it takes the queue instead of publishing a horizon below its
+ * ticket, which would hold its answer until another round. One writer round,
+ * no horizon-only round. The writer's wait is bounded (200 us), so a test
+ * thread preempted past it misses; any of a few attempts must make it. */
+static void test_group_releases_mutation_in_flight(void) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_ALWAYS);
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  int hits = 0;
+  for (int attempt = 0; attempt < 8 && hits == 0; attempt++) {
+    atp_journal_metrics_t m0, m1;
+    atp_journal_metrics(j, &m0);
+    atp_journal_begin(j, 0);
+    uint64_t lsn = append_fill(j, 1, 7, 100);
+    REQUIRE(lsn);
+    /* The append woke the writer: end once it waits for this slot. */
+    int64_t deadline = now_ms() + 50;
+    do atp_journal_metrics(j, &m1);
+    while (m1.horizon_waits == m0.horizon_waits && now_ms() < deadline);
+    uint64_t target = atp_journal_end(j, 0);
+    deadline = now_ms() + 2000;
+    while (atp_journal_durable_ticket(j) < target && now_ms() < deadline) sleep_ms(1);
+    CHECK(atp_journal_durable_ticket(j) >= target);
+    CHECK(atp_journal_durable_lsn(j) >= lsn);
+    sleep_ms(5);
+    atp_journal_metrics(j, &m1);
+    if (m1.rounds - m0.rounds == 1 && m1.empty_rounds == m0.empty_rounds &&
+        m1.groups - m0.groups == 1 && m1.horizon_timeouts == m0.horizon_timeouts)
+      hits++;
+  }
+  CHECK(hits > 0);
+  /* A round with nothing to write does no fdatasync. */
+  atp_journal_metrics_t m0, m1;
+  atp_journal_metrics(j, &m0);
+  atp_journal_begin(j, 1);
+  uint64_t target = atp_journal_end(j, 1);
+  int64_t deadline = now_ms() + 2000;
+  while (atp_journal_durable_ticket(j) < target && now_ms() < deadline) sleep_ms(1);
+  CHECK(atp_journal_durable_ticket(j) >= target);
+  atp_journal_metrics(j, &m1);
+  CHECK_EQ(m1.fsyncs, m0.fsyncs);
+  CHECK_EQ(m1.empty_rounds - m0.empty_rounds, 1);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+}
+
 /* admit says EFULL while queue_bytes_max bytes wait; append still takes. */
 static void test_admit_full_queue(void) {
   char dir[64];
@@ -927,6 +978,7 @@ TEST_MAIN({
   RUN(test_covered_beyond_journal);
   RUN(test_fsync_delay_holds_durable_back);
   RUN(test_ticket_horizon);
+  RUN(test_group_releases_mutation_in_flight);
   RUN(test_admit_full_queue);
   RUN(test_fsync_failure_recovers);
   RUN(test_write_failure_recovers);
