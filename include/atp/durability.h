@@ -72,6 +72,8 @@ void atp_durable_hook(void *ctx, const atp_change_t *records, uint32_t count);
  * time before the engine call and clears the pointer before *ctx dies. Cost
  * on the hot path: one thread-local store. Thread: the calling thread's own. */
 void atp_durable_set_context(const atp_change_ctx_t *ctx);
+/* The thread's current context (NULL: none), to restore after a nested one. */
+const atp_change_ctx_t *atp_durable_context(void);
 
 /* Opens the journal and replays it into engine, which nothing else may use
  * meanwhile. Errors: those of atp_journal_open (out->scan.error names the

@@ -8,7 +8,9 @@
  * records that means something to a consumer becomes one event; the
  * idempotency records only lend their ids (fulfillment_id, amend_id,
  * release_id) to the events of their record, except a count's, which is the
- * event atpd.count.applied.
+ * event atpd.count.applied. The flows' records (dead letters, flow states and
+ * queues) are one event each (atpd.dead_letter.*, atpd.flow.*); the audit's
+ * are not events.
  *
  * Sequence. A record's events share its LSN, so an event's sequence is
  * LSN * 10^4 + its index among the record's change records, printed as 20
@@ -84,6 +86,12 @@ typedef struct {
   const atp_change_ctx_t *ctx;
   const atp_reservation_t *reservation; /* of the record, or NULL */
   atp_str_t fulfillment_id, amend_id, release_id;
+  /* The flows' own records (dead letters, flow states and queues: journal
+   * kinds 16..31): record and ctx are NULL, the payload is the journal's. */
+  uint16_t kind;
+  const void *payload;
+  uint32_t payload_bytes;
+  int64_t at_ms; /* of such a record: its own time field */
 } atp_feed_event_t;
 
 /* Called for each event; a nonzero return stops the read. */

@@ -424,7 +424,11 @@ int atp_router_run_stored(atp_app_t *app, const atp_http_request_t *req,
     rc = atp_req_fail(&rq, ATP_ENOTFOUND, NULL, NULL, "No such route.");
   } else {
     rc = atp_req_parse_query(&rq);
+    /* The stored request names its own writer in the feed's events. */
+    const atp_change_ctx_t *outer = atp_durable_context();
+    atp_durable_set_context(&rq.change_ctx);
     if (rc == 0) rc = rq.route->handler(&rq);
+    atp_durable_set_context(outer);
     if (rq.route->owned != ATP_FIELD_NONE) atp_flows_after(&rq, rc, keep_rejection);
   }
   if (rc != 0) atp_respond_error(&rq, rc);

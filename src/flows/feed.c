@@ -18,7 +18,10 @@
 #include <time.h>
 
 #include "atp/assert.h"
+#include "atp/deadletters.h"
+#include "atp/flowstate.h"
 #include "atp/memory.h"
+#include "atp/payload.h"
 
 /* Read positions remembered for the next read (a follower's next cursor). */
 #define HINTS 16
@@ -332,6 +335,7 @@ static bool passes(const atp_feed_filter_t *flt, const atp_feed_event_t *ev) {
   }
   if (!flt->sku_prefix.len && !flt->location.len) return true;
   const atp_change_t *c = ev->record;
+  if (!c) return false; /* a flows' event names no position */
   switch (c->kind) {
     case ATP_CHANGE_POSITION:
       return position_passes(flt, c->u.position.sku, c->u.position.location);
@@ -367,15 +371,84 @@ typedef struct {
   int rc;
 } read_t;
 
+/* The type of a flows' record, with its time; NULL when it is no event (the
+ * audit, snapshot-only metadata) or does not decode. */
+static const char *flows_type(uint16_t kind, const void *payload, uint32_t bytes,
+                              int64_t *at_ms) {
+  atp_payload_reader_t rd;
+  atp_payload_reader_init(&rd, payload, bytes);
+  const char *s;
+  uint32_t n;
+  switch (kind) {
+    case ATP_DL_KIND_ADD:
+    case ATP_DL_KIND_UPDATE: {
+      (void)atp_payload_get_u64(&rd);
+      for (int i = 0; i < 2; i++) atp_payload_get_str(&rd, &s, &n); /* flow, owner */
+      (void)atp_payload_get_u32(&rd);
+      for (int i = 0; i < 3; i++) atp_payload_get_str(&rd, &s, &n); /* the error */
+      for (int i = 0; i < 3; i++) (void)atp_payload_get_u8(&rd);
+      for (int i = 0; i < 3; i++) atp_payload_get_str(&rd, &s, &n); /* the request */
+      int64_t received = atp_payload_get_i64(&rd);
+      (void)atp_payload_get_u32(&rd);
+      uint8_t status = atp_payload_get_u8(&rd);
+      int64_t updated = atp_payload_get_i64(&rd);
+      if (!atp_payload_ok(&rd)) return NULL;
+      *at_ms = kind == ATP_DL_KIND_ADD ? received : updated;
+      if (kind == ATP_DL_KIND_ADD) return "atpd.dead_letter.created";
+      return status == 1   ? "atpd.dead_letter.replayed"
+             : status == 2 ? "atpd.dead_letter.resolved"
+                           : "atpd.dead_letter.attempted";
+    }
+    case ATP_FLOW_KIND_STATE: {
+      atp_payload_get_str(&rd, &s, &n);
+      uint8_t paused = atp_payload_get_u8(&rd);
+      for (int i = 0; i < 2; i++) atp_payload_get_str(&rd, &s, &n);
+      *at_ms = atp_payload_get_i64(&rd);
+      if (!atp_payload_ok(&rd)) return NULL;
+      return paused ? "atpd.flow.paused" : "atpd.flow.resumed";
+    }
+    case ATP_FLOW_KIND_ENQ: {
+      (void)atp_payload_get_u64(&rd);
+      atp_payload_get_str(&rd, &s, &n);
+      for (int i = 0; i < 3; i++) (void)atp_payload_get_u8(&rd);
+      for (int i = 0; i < 3; i++) atp_payload_get_str(&rd, &s, &n);
+      (void)atp_payload_get_u32(&rd);
+      *at_ms = atp_payload_get_i64(&rd);
+      return atp_payload_ok(&rd) ? "atpd.flow.queued" : NULL;
+    }
+  }
+  /* A dequeue (the queue's bookkeeping as it drains: the ops themselves are
+   * engine events) and the audit are not events. */
+  return NULL;
+}
+
+/* A flows' record: one event, index 0. */
+static int on_flows_record(read_t *r, uint64_t lsn, uint16_t kind, const void *payload,
+                           uint32_t payload_bytes) {
+  r->cursor = lsn * ATP_FEED_INDEX_SPAN + (ATP_FEED_INDEX_SPAN - 1);
+  if (lsn == r->after_lsn && r->skip_index) return 0;
+  atp_feed_event_t ev;
+  memset(&ev, 0, sizeof ev);
+  ev.type = flows_type(kind, payload, payload_bytes, &ev.at_ms);
+  r->scanned++;
+  if (!ev.type) return r->scanned >= ATP_FEED_SCAN_MAX;
+  ev.lsn = lsn;
+  ev.sequence = lsn * ATP_FEED_INDEX_SPAN;
+  ev.kind = kind;
+  ev.payload = payload;
+  ev.payload_bytes = payload_bytes;
+  if (!passes(r->filter, &ev)) return r->scanned >= ATP_FEED_SCAN_MAX;
+  r->count++;
+  r->last_event = ev.sequence;
+  if (r->fn(r->ctx, &ev) || r->count >= r->limit) return 1;
+  return r->scanned >= ATP_FEED_SCAN_MAX;
+}
+
 static int on_record(void *arg, uint64_t lsn, uint16_t kind, const void *payload,
                      uint32_t payload_bytes) {
   read_t *r = arg;
-  if (kind != ATP_RECORD_KIND_ENGINE_CHANGE) {
-    /* Another module's record (flows, dead letters): not a change event of
-     * this build; its LSN is passed over. */
-    r->cursor = lsn * ATP_FEED_INDEX_SPAN + (ATP_FEED_INDEX_SPAN - 1);
-    return 0;
-  }
+  if (kind != ATP_RECORD_KIND_ENGINE_CHANGE)
+    return on_flows_record(r, lsn, kind, payload, payload_bytes);
   int rc = atp_records_decode(payload, payload_bytes, &r->scratch);
   if (rc) {
     r->rc = rc == ATP_ENOMEM ? rc : ATP_EINTERNAL;
@@ -655,8 +728,91 @@ static void write_object(atp_writer_t *w, const atp_change_t *c) {
   }
 }
 
+static void w_lstr(atp_writer_t *w, const char *key, atp_payload_reader_t *rd) {
+  const char *s;
+  uint32_t n;
+  atp_payload_get_str(rd, &s, &n);
+  if (!key) return;
+  atp_w_key(w, key);
+  atp_w_str(w, s, n);
+}
+
+/* data of a flows' event: the record's fields (proto/journal.md's layout). */
+static void write_flows_data(atp_writer_t *w, const atp_feed_event_t *ev) {
+  atp_payload_reader_t rd;
+  atp_payload_reader_init(&rd, ev->payload, ev->payload_bytes);
+  char id[32];
+  switch (ev->kind) {
+    case ATP_DL_KIND_ADD:
+    case ATP_DL_KIND_UPDATE: {
+      atp_w_key(w, "cause");
+      atp_w_cstr(w, "dead_letter");
+      atp_w_key(w, "dead_letter");
+      atp_w_object_begin(w);
+      int n = snprintf(id, sizeof id, "dl-%" PRIu64, atp_payload_get_u64(&rd));
+      atp_w_key(w, "dl_id");
+      atp_w_str(w, id, (size_t)n);
+      w_lstr(w, "flow", &rd);
+      w_lstr(w, "owner", &rd);
+      atp_w_key(w, "index");
+      atp_w_uint(w, atp_payload_get_u32(&rd));
+      atp_w_key(w, "error");
+      atp_w_object_begin(w);
+      w_lstr(w, "code", &rd);
+      w_lstr(w, "message", &rd);
+      w_lstr(w, "field", &rd);
+      atp_w_object_end(w);
+      for (int i = 0; i < 3; i++) (void)atp_payload_get_u8(&rd);
+      w_lstr(w, "path", &rd);
+      w_lstr(w, NULL, &rd); /* query */
+      w_lstr(w, NULL, &rd); /* payload: GET /v1/dead-letters has it */
+      atp_w_key(w, "received_at");
+      atp_w_int(w, atp_payload_get_i64(&rd));
+      atp_w_key(w, "attempts");
+      atp_w_uint(w, atp_payload_get_u32(&rd));
+      uint8_t status = atp_payload_get_u8(&rd);
+      atp_w_key(w, "status");
+      atp_w_cstr(w, status == 1 ? "replayed" : status == 2 ? "resolved" : "open");
+      atp_w_object_end(w);
+      break;
+    }
+    case ATP_FLOW_KIND_STATE:
+      atp_w_key(w, "cause");
+      atp_w_cstr(w, "flow");
+      w_lstr(w, "flow", &rd);
+      atp_w_key(w, "paused");
+      atp_w_bool(w, atp_payload_get_u8(&rd) != 0);
+      w_lstr(w, "reason", &rd);
+      w_lstr(w, "by", &rd);
+      atp_w_key(w, "changed_at");
+      atp_w_int(w, atp_payload_get_i64(&rd));
+      break;
+    case ATP_FLOW_KIND_ENQ: {
+      atp_w_key(w, "cause");
+      atp_w_cstr(w, "flow");
+      uint64_t seq = atp_payload_get_u64(&rd);
+      w_lstr(w, "flow", &rd);
+      atp_w_key(w, "queued_seq");
+      atp_w_uint(w, seq);
+      for (int i = 0; i < 3; i++) (void)atp_payload_get_u8(&rd);
+      w_lstr(w, "path", &rd);
+      break;
+    }
+  }
+}
+
 void atp_feed_write_event(const atp_feed_t *f, atp_writer_t *w,
                           const atp_feed_event_t *ev) {
+  if (!ev->record) {
+    atp_w_object_begin(w);
+    write_envelope(f, w, ev->type, ev->sequence, "", ev->lsn, ev->index, ev->at_ms);
+    atp_w_key(w, "data");
+    atp_w_object_begin(w);
+    write_flows_data(w, ev);
+    atp_w_object_end(w);
+    atp_w_object_end(w);
+    return;
+  }
   const atp_change_t *c = ev->record;
   atp_w_object_begin(w);
   write_envelope(f, w, ev->type, ev->sequence, "", ev->lsn, ev->index, c->at_ms);

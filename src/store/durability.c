@@ -55,6 +55,10 @@ void atp_durable_set_context(const atp_change_ctx_t *ctx) {
   hook_ctx = ctx;
 }
 
+const atp_change_ctx_t *atp_durable_context(void) {
+  return hook_ctx;
+}
+
 static void buf_destroy(void *p) {
   atp_buf_free(p);
   atp_free(p);

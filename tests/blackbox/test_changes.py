@@ -578,3 +578,43 @@ def test_sse_slow_consumer_is_cut_off_and_rss_stays_flat(srv, variant):
     got = fast.events(sent)
     assert [d["data"]["position"]["version"] for _, d in got] == list(range(1, sent + 1))
     fast.close()
+
+
+def test_flows_and_dead_letters_are_events(srv):
+    c = srv.client()
+    _, start = tail(c)
+    flow, sku = uid("erp"), uid("fl")
+    assert c.post("/v1/flows/%s/pause" % flow, dict(reason="cutover", by="alice")).status == 200
+    r = c.post("/v1/adjustments", dict(id=uid("a"), sku=sku, location="L1", delta=4,
+                                       reason="received", source=flow))
+    assert r.status == 202, r
+    assert c.post("/v1/flows/%s/resume" % flow, dict(by="alice")).status == 200
+    # A rejected batch op becomes a dead letter.
+    bad = json.dumps([dict(op="adjust", flow=flow, id=uid("b"), sku=sku, location="L1",
+                           delta=0, reason="received")]).encode()
+    r = c.post("/v1/batch", raw=bad, content_type="application/json")
+    assert r.status == 200 and r.data["rejected"] == 1, r
+    deadline = time.time() + 5
+    while True:
+        events, _ = tail(c, start)
+        types = [e["type"] for e in events]
+        if "atpd.dead_letter.created" in types or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    mine_ = [e for e in events if e["type"].startswith(("atpd.flow.", "atpd.dead_letter."))
+             or e["data"].get("position", {}).get("sku") == sku]
+    # Journal order: the resume runs the queue, then records the flow running.
+    assert [e["type"] for e in mine_] == [
+        "atpd.flow.paused", "atpd.flow.queued", "atpd.position.changed",
+        "atpd.flow.resumed", "atpd.dead_letter.created"], [e["type"] for e in mine_]
+    paused, queued, applied, resumed, dl = (e["data"] for e in mine_)
+    assert paused["flow"] == flow and paused["paused"] is True and paused["reason"] == "cutover"
+    assert paused["by"] == "alice"
+    assert queued["flow"] == flow and queued["path"] == "/v1/adjustments"
+    assert resumed["paused"] is False
+    assert applied["deltas"]["on_hand"] == 4 and applied["source"] == flow
+    assert dl["dead_letter"]["flow"] == flow and dl["dead_letter"]["status"] == "open"
+    assert dl["dead_letter"]["error"]["code"] == "bad_request"
+    ev, _ = pull(c, start, type="atpd.flow.")
+    assert [e["type"] for e in ev] == ["atpd.flow.paused", "atpd.flow.queued",
+                                        "atpd.flow.resumed"]
