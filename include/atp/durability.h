@@ -43,6 +43,7 @@ typedef struct {
   const char *dir;                   /* the journal's directory: <data-dir>/journal */
   atp_journal_mode_t mode;           /* none, batch, always */
   uint64_t queue_bytes_max;          /* 0: the journal's default */
+  uint64_t segment_bytes_max;        /* 0: the journal's default */
   atp_durable_release_fn on_release; /* NULL: none */
   void *release_ctx;
   atp_journal_fault_fn fault; /* tests only */
@@ -75,11 +76,13 @@ void atp_durable_set_context(const atp_change_ctx_t *ctx);
 /* The thread's current context (NULL: none), to restore after a nested one. */
 const atp_change_ctx_t *atp_durable_context(void);
 
-/* Opens the journal and replays it into engine, which nothing else may use
- * meanwhile. Errors: those of atp_journal_open (out->scan.error names the
- * file and offset of corruption); ATP_EINTERNAL for a record that does not
- * decode or apply (out->scan.error names its LSN). */
-int atp_durable_restore(atp_durable_t *d, atp_engine_t *engine,
+/* Opens the journal and replays its records after covered_lsn (the LSN of
+ * the snapshot already imported into engine; 0: none) into engine, which
+ * nothing else may use meanwhile. Errors: those of atp_journal_open
+ * (out->scan.error names the file and offset of corruption, or the gap after
+ * covered_lsn); ATP_EINTERNAL for a record that does not decode or apply
+ * (out->scan.error names its LSN). */
+int atp_durable_restore(atp_durable_t *d, atp_engine_t *engine, uint64_t covered_lsn,
                         atp_durable_restore_t *out);
 
 /* 0, or ATP_EUNAVAILABLE (journal failed, closing, or not open) or ATP_EFULL

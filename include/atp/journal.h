@@ -255,6 +255,15 @@ int atp_journal_read_range(const char *dir, uint64_t after_lsn, uint64_t upto_ls
                            atp_journal_pos_t *hint, atp_journal_record_fn fn, void *ctx,
                            uint64_t *first_lsn);
 
+/* The change feed's retention: the highest LSN that may be trimmed while
+ * keeping every record written at or after since_ms. A segment's records were
+ * written between its creation and the next segment's (header created_at),
+ * so the floor is one before the first LSN of the oldest segment whose
+ * successor was created at or after since_ms (the last segment always
+ * stays). *lsn = 0 when nothing may go. 0, ATP_EUNAVAILABLE (I/O),
+ * ATP_ENOMEM. Thread: any; reads segment headers. */
+int atp_journal_retention_floor(const char *dir, int64_t since_ms, uint64_t *lsn);
+
 /* fsync latency histogram: bucket i counts fdatasyncs that took at most
  * atp_journal_fsync_bucket_us[i] microseconds; the last bucket is +Inf. */
 #define ATP_JOURNAL_FSYNC_BUCKETS 13

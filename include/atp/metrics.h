@@ -50,6 +50,20 @@ void atp_metrics_write(const atp_metrics_t *m, const atp_engine_t *engine,
 void atp_metrics_write_journal(const atp_journal_t *journal,
                                const atp_durable_restore_t *restore, atp_buf_t *out);
 
+/* Appends the snapshot figures. Plain values, so metrics need not know the
+ * app's types. */
+typedef struct {
+  bool have;
+  int64_t age_ms; /* since the last snapshot was created */
+  uint64_t bytes, positions, lsn;
+  int64_t duration_ms; /* of the last one written here */
+  uint64_t taken, failures_local, failures_redis, pushes;
+  bool redis, push_pending;
+  const char *restore_source; /* NULL before the restore ended */
+  int64_t restore_ms;
+} atp_metrics_snapshot_t;
+void atp_metrics_write_snapshot(const atp_metrics_snapshot_t *s, atp_buf_t *out);
+
 /* For tests: requests counted for a route and status. */
 uint64_t atp_metrics_requests(const atp_metrics_t *m, uint32_t route, int status);
 

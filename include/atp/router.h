@@ -183,6 +183,8 @@ typedef struct {
 int atp_router_run_stored(atp_app_t *app, const atp_http_request_t *req,
                           atp_http_response_t *res, bool keep_rejection,
                           atp_router_outcome_t *out);
+int atp_route_admin_snapshot_post(atp_req_t *rq);
+int atp_route_admin_snapshot_get(atp_req_t *rq);
 
 /* The engine, or NULL (handlers behind /v1 are only dispatched once ready). */
 static inline atp_engine_t *atp_app_engine(atp_app_t *app) {

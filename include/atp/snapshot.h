@@ -22,15 +22,18 @@
  * redisSetTimeout), so a stopped Redis costs a timeout, never a hang. Run it
  * on a thread of its own, never on an event loop.
  *
- * Restore: atp_snapshot_load imports the newest local snapshot whose every
- * checksum holds into an empty engine (checked in a first pass, so a bad
- * file changes nothing and the previous generation is tried);
+ * Restore: atp_snapshot_load imports a local snapshot into an empty engine
+ * in one pass, each chunk's checksum checked before it is applied; when a
+ * later chunk fails, the engine holds part of the file and the caller must
+ * discard it and try the previous generation in a fresh engine (the restore
+ * reads the file once: a verify pass first cost a third of its time);
  * atp_snapshot_fetch copies the newest complete snapshot from Redis into the
  * local directory first, checksums verified, for a data dir that is empty.
  *
- * Test switch: ATPD_TEST_SNAPSHOT_DELAY_MS (read by atp_snapshot_config_init)
+ * Test switches (read by atp_snapshot_config_init): ATPD_TEST_SNAPSHOT_DELAY_MS
  * sleeps that long after each chunk written or pushed, so tests can act in
- * the middle of a snapshot. Thread: any; one write or push at a time per dir.
+ * the middle of a snapshot; ATPD_TEST_REDIS_TIMEOUT_MS sets redis_timeout_ms. Thread:
+ * any; one write or push at a time per dir.
  */
 #ifndef ATP_SNAPSHOT_H
 #define ATP_SNAPSHOT_H
@@ -58,12 +61,16 @@ typedef struct {
   uint32_t test_delay_ms;    /* after each chunk; 0 in production */
   /* Other modules' state (dead letters, flows, audit, ...): the writer calls
    * sections_export after the engine's walk and writes what it emits as
-   * section chunks; NULL: none. atpd passes atp_durable_export_sections with
-   * the atp_durable_t as ctx (include/atp/durability.h). */
+   * section chunks; a fetch with an engine hands section records to
+   * sections_replay. NULL: none. atpd passes atp_durable_export_sections and
+   * atp_durable_replay_section with the atp_durable_t as ctx
+   * (include/atp/durability.h). */
   int (*sections_export)(void *ctx,
                          int (*emit)(void *emit_ctx, uint16_t kind, const void *payload,
                                      uint32_t payload_bytes),
                          void *emit_ctx);
+  int (*sections_replay)(void *ctx, uint16_t kind, const void *payload,
+                         uint32_t payload_bytes);
   void *sections_ctx;
 } atp_snapshot_config_t;
 
@@ -109,10 +116,11 @@ int atp_snapshot_push(const atp_snapshot_config_t *config,
 int atp_snapshot_find(const atp_snapshot_config_t *config, atp_snapshot_info_t *info,
                       char *err, size_t err_len);
 
-/* Imports the snapshot file at path (verified first, then applied) into an
- * empty engine; info gets its header. ATP_EINTERNAL for a file that does not
- * verify or decode (err names the file and offset), ATP_EUNAVAILABLE for an
- * I/O error, or what atp_engine_apply returned. */
+/* Imports the snapshot file at path into an empty engine, one chunk at a
+ * time, each verified before it is applied; info gets its header. On an error
+ * the engine may hold part of the file: destroy it. ATP_EINTERNAL for a file
+ * that does not verify or decode (err names the file and offset),
+ * ATP_EUNAVAILABLE for an I/O error, or what atp_engine_apply returned. */
 int atp_snapshot_load(const char *path, atp_engine_t *engine, atp_snapshot_info_t *info,
                       char *err, size_t err_len);
 /* The same, with the section records handed to section (in file order, after
@@ -122,12 +130,25 @@ int atp_snapshot_load_sections(const char *path, atp_engine_t *engine,
                                atp_snapshot_section_fn section, void *section_ctx,
                                atp_snapshot_info_t *info, char *err, size_t err_len);
 
+/* The LSNs of the local snapshot files, newest first (at most max), without
+ * reading them; stray temporary files are removed. */
+uint32_t atp_snapshot_list(const atp_snapshot_config_t *config, uint64_t *lsns,
+                           uint32_t max);
+/* The file name of the local snapshot tagged lsn. */
+void atp_snapshot_path(const atp_snapshot_config_t *config, uint64_t lsn, char *path,
+                       size_t path_len);
+
 /* Copies the newest complete snapshot from Redis into config->dir as a local
- * snapshot file (checksums verified). ATP_ENOTFOUND when Redis has none;
- * ATP_EUNAVAILABLE when it cannot be reached; ATP_EINTERNAL when what it
- * holds does not verify. */
-int atp_snapshot_fetch(const atp_snapshot_config_t *config, atp_snapshot_info_t *info,
-                       char *err, size_t err_len);
+ * snapshot file, each chunk checked against the manifest's CRC as it comes,
+ * and, with engine (an empty one), imports it in the same pass: each chunk's
+ * own frame and CRC are checked and it is applied while the next one is on
+ * the wire. The local file is published only when every chunk held; on an
+ * error the engine may hold part of it: destroy it. Without engine the file
+ * must then be loaded with atp_snapshot_load. ATP_ENOTFOUND when Redis has
+ * none; ATP_EUNAVAILABLE when it cannot be reached; ATP_EINTERNAL when what
+ * it holds does not verify or decode. */
+int atp_snapshot_fetch(const atp_snapshot_config_t *config, atp_engine_t *engine,
+                       atp_snapshot_info_t *info, char *err, size_t err_len);
 
 /* The LSN the journal may be trimmed to: the oldest kept generation's, so
  * that each kept snapshot still has the journal after it. 0 if none. */

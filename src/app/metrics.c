@@ -304,3 +304,55 @@ void atp_metrics_write_journal(const atp_journal_t *journal,
                  (unsigned long long)cum, (unsigned long long)m.group_records_sum,
                  (unsigned long long)m.groups);
 }
+
+void atp_metrics_write_snapshot(const atp_metrics_snapshot_t *s, atp_buf_t *out) {
+  if (s->have) {
+    atp_buf_printf(out,
+                   "# HELP atpd_snapshot_age_seconds Since the newest snapshot was "
+                   "created.\n# TYPE atpd_snapshot_age_seconds gauge\n"
+                   "atpd_snapshot_age_seconds %.3f\n",
+                   (double)s->age_ms / 1e3);
+    gauge(out, "atpd_snapshot_bytes", "Size of the newest snapshot.", "gauge",
+          s->bytes);
+    gauge(out, "atpd_snapshot_positions", "Positions in the newest snapshot.", "gauge",
+          s->positions);
+    gauge(out, "atpd_snapshot_lsn", "LSN the newest snapshot is tagged with.", "gauge",
+          s->lsn);
+    atp_buf_printf(out,
+                   "# HELP atpd_snapshot_duration_seconds How long writing the newest "
+                   "snapshot took (0 for one found at start).\n"
+                   "# TYPE atpd_snapshot_duration_seconds gauge\n"
+                   "atpd_snapshot_duration_seconds %.3f\n",
+                   (double)s->duration_ms / 1e3);
+  }
+  gauge(out, "atpd_snapshots_total", "Snapshots written since start.", "counter",
+        s->taken);
+  atp_buf_printf(out,
+                 "# HELP atpd_snapshot_failures_total Snapshots that failed, by target."
+                 "\n# TYPE atpd_snapshot_failures_total counter\n"
+                 "atpd_snapshot_failures_total{target=\"local\"} %llu\n"
+                 "atpd_snapshot_failures_total{target=\"redis\"} %llu\n",
+                 (unsigned long long)s->failures_local,
+                 (unsigned long long)s->failures_redis);
+  if (s->redis) {
+    gauge(out, "atpd_snapshot_redis_pushes_total", "Snapshots pushed to Redis.",
+          "counter", s->pushes);
+    gauge(out, "atpd_snapshot_redis_pending",
+          "1 while the newest snapshot is not in Redis yet (retried with backoff).",
+          "gauge", s->push_pending ? 1 : 0);
+  }
+  if (s->restore_source) {
+    static const char *sources[] = {"local", "redis", "journal"};
+    atp_buf_printf(out,
+                   "# HELP atpd_restore_source Where the state came from at start.\n"
+                   "# TYPE atpd_restore_source gauge\n");
+    for (int i = 0; i < 3; i++)
+      atp_buf_printf(out, "atpd_restore_source{source=\"%s\"} %d\n", sources[i],
+                     strcmp(sources[i], s->restore_source) == 0);
+    atp_buf_printf(out,
+                   "# HELP atpd_restore_total_seconds The whole restore: snapshot and "
+                   "journal.\n# TYPE atpd_restore_total_seconds gauge\n"
+                   "atpd_restore_total_seconds %.3f\n",
+                   (double)s->restore_ms / 1e3);
+  }
+}

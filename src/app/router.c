@@ -84,6 +84,10 @@ static const atp_route_t routes[] = {
      atp_route_readyz},
     {ATP_HTTP_GET, "/metrics", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB,
      atp_route_metrics},
+    {ATP_HTTP_POST, "/admin/snapshot", ATP_ACCESS_OPS, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_admin_snapshot_post},
+    {ATP_HTTP_GET, "/admin/snapshot", ATP_ACCESS_OPS, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_admin_snapshot_get},
 };
 #define ROUTE_COUNT ((uint32_t)(sizeof routes / sizeof routes[0]))
 _Static_assert(ROUTE_COUNT < ATP_METRICS_ROUTES_MAX, "metrics label table too small");
@@ -464,6 +468,16 @@ void atp_router_log(void *ctx, const atp_http_request_t *req, int status,
                     size_t body_bytes, int64_t elapsed_ns) {
   atp_app_t *app = ctx;
   uint32_t route = recall_route(req->request_id);
+  if (route == ROUTE_COUNT && req->path && req->path_len) {
+    /* A deferred answer (POST /admin/snapshot) comes long after its handler:
+     * the ring may have moved on, the path still names the route. */
+    atp_str_t params[ATP_ROUTE_PARAMS_MAX];
+    uint32_t n = 0;
+    bool known = false;
+    int err = 0;
+    route = atp_route_index(atp_router_match(req->method, req->path, req->path_len,
+                                             NULL, params, &n, &known, &err));
+  }
   if (app->metrics)
     atp_metrics_record(app->metrics, (uint32_t)req->thread_index, route, status,
                        elapsed_ns);

@@ -1,9 +1,17 @@
 /* routes_ops.c - /healthz, /readyz and /metrics (CONTRACT.md section 7).
  * Open routes: no token needed. */
+#include <time.h>
+
 #include "atp/app.h"
 #include "atp/error.h"
 #include "atp/reconcile.h"
 #include "atp/router.h"
+
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 int atp_route_healthz(atp_req_t *rq) {
   atp_writer_t *w = atp_respond_begin(rq, 200);
@@ -50,6 +58,26 @@ int atp_route_metrics(atp_req_t *rq) {
                               atp_app_restore_info(rq->app), res->body);
   if (rq->app->recon) atp_recon_metrics_write(rq->app->recon, res->body);
   atp_flows_write_metrics(rq->app, res->body);
+  if (rq->app->runtime) {
+    atp_app_snapshot_stats_t st;
+    atp_app_snapshot_stats(rq->app, &st);
+    atp_metrics_snapshot_t ms = {
+        .have = st.have,
+        .age_ms = st.have ? wall_ms() - st.last.created_at_ms : 0,
+        .bytes = st.last.bytes,
+        .positions = st.last.counts.positions,
+        .lsn = st.last.lsn,
+        .duration_ms = st.last.duration_ms,
+        .taken = st.taken,
+        .failures_local = st.failures_local,
+        .failures_redis = st.failures_redis,
+        .pushes = st.pushes,
+        .redis = st.redis,
+        .push_pending = st.push_pending,
+        .restore_source = st.restore_source,
+        .restore_ms = st.restore_ms};
+    atp_metrics_write_snapshot(&ms, res->body);
+  }
   if (res->body->failed)
     return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "The metrics did not fit.");
   return 0;

@@ -244,6 +244,15 @@ static int start_app(const atp_config_t *cfg, atp_app_t *app,
   snprintf(feed_source, sizeof feed_source, "atpd://%s:%d", cfg->host, cfg->port);
   ao.feed_source = feed_source;
   ao.feed_retention_ms = cfg->feed_retention_h * 3600 * 1000;
+  /* Tests shorten the retention below an hour to see cursors expire. */
+  const char *retention = getenv("ATPD_TEST_FEED_RETENTION_MS");
+  if (retention && atoll(retention) > 0) ao.feed_retention_ms = atoll(retention);
+  ao.snapshot_interval_s = cfg->snapshot_interval_s;
+  if (cfg->redis_url[0]) {
+    ao.redis_host = cfg->redis_host;
+    ao.redis_port = cfg->redis_port;
+    ao.redis_db = cfg->redis_db;
+  }
   int rc = atp_app_start(app, &ao, server);
   if (rc != 0) {
     fprintf(stderr, "atpd: cannot start: %s\n", atp_strerror(rc));

@@ -511,10 +511,20 @@ static inline atp_position_cold_t *atp__position_cold(const atp_engine_t *e,
 }
 void atp__position_lock(const atp_engine_t *e, atp_position_record_t *p);
 void atp__position_unlock(const atp_engine_t *e, atp_position_record_t *p);
-/* reserve qty: CAS on free; true when granted. version gets the new version. */
-bool atp__position_take(atp_position_record_t *p, int64_t qty, bool committed,
-                        uint64_t *version);
-/* give back units taken by atp__position_take (reserved or committed) */
+/* Tests only: when set, called after each unit take of a reserve or an amend,
+ * before the request's outcome is known. A test parks a thread there to reach
+ * an interleaving that no timing reaches reliably. One predicted branch. */
+extern void (*atp__test_on_take)(void);
+/* reserve qty: CAS on free; true when granted. A granted take is held: the
+ * position stays in flight (its pending count in seq) until the caller,
+ * knowing the request's outcome, gives back what it does not keep with
+ * atp__position_untake and calls atp__position_settle once for all the takes
+ * it held on the position. */
+bool atp__position_take(atp_position_record_t *p, int64_t qty, bool committed);
+void atp__position_untake(atp_position_record_t *p, int64_t qty, bool committed);
+/* Ends held takes as one change; returns the version after. */
+uint64_t atp__position_settle(atp_position_record_t *p, uint32_t held);
+/* give back units of a reservation (reserved or committed) */
 uint64_t atp__position_give(atp_position_record_t *p, int64_t qty, bool committed);
 /* move held units to committed */
 uint64_t atp__position_commit(atp_position_record_t *p, int64_t qty);

@@ -13,6 +13,14 @@
  * its window) the reader takes the last values read, a mix of instants a few
  * microseconds apart; available and shortfall are computed from them, so the
  * answer still satisfies the contract's formulas.
+ *
+ * A reservation's takes stay in flight longer: each keeps its pending count
+ * until the whole request knows its outcome, and then the position is settled
+ * with one version for all of the request's takes on it, kept or given back.
+ * No reader validates a state between, so no copy (atp__position_copy, for a
+ * snapshot) holds a take under a version the journal describes otherwise: the
+ * journal reports a refused request as a version with no units, a kept one as
+ * one change per position.
  */
 #include <sched.h>
 #include <stdlib.h>
@@ -196,8 +204,7 @@ void atp__position_unlock(const atp_engine_t *e, atp_position_record_t *p) {
   atomic_store_explicit(&atp__position_cold(e, p)->lock, 0, memory_order_release);
 }
 
-bool atp__position_take(atp_position_record_t *p, int64_t qty, bool committed,
-                        uint64_t *version) {
+bool atp__position_take(atp_position_record_t *p, int64_t qty, bool committed) {
   ATP_ASSERT(qty > 0);
   int64_t free_now = atomic_load_explicit(&p->free, memory_order_acquire);
   if (free_now < qty) return false; /* the common refusal costs one load */
@@ -210,12 +217,30 @@ bool atp__position_take(atp_position_record_t *p, int64_t qty, bool committed,
                                               memory_order_acquire)) {
       atomic_fetch_add_explicit(committed ? &p->committed : &p->reserved, qty,
                                 memory_order_acq_rel);
-      *version = atp__position_end(p, true);
-      return true;
+      return true; /* held: the pending count stays until atp__position_settle */
     }
   }
   atp__position_end(p, false);
   return false;
+}
+
+void atp__position_untake(atp_position_record_t *p, int64_t qty, bool committed) {
+  ATP_ASSERT(qty > 0);
+  int64_t was = atomic_fetch_sub_explicit(committed ? &p->committed : &p->reserved, qty,
+                                          memory_order_acq_rel);
+  ATP_ASSERT(was >= qty);
+  atomic_fetch_add_explicit(&p->free, qty, memory_order_acq_rel);
+}
+
+uint64_t atp__position_settle(atp_position_record_t *p, uint32_t held) {
+  ATP_ASSERT(held > 0);
+  /* One version even when every take was given back: dropping the pending
+   * counts alone would put seq back to the word a reader loaded before the
+   * takes, and that reader would validate counters it read during them. */
+  uint64_t delta = 1 - (uint64_t)held * ATP_SEQ_PENDING_ONE;
+  uint64_t old = atomic_fetch_add_explicit(&p->seq, delta, memory_order_acq_rel);
+  ATP_ASSERT(old >= (uint64_t)held * ATP_SEQ_PENDING_ONE);
+  return (old + delta) & ATP_SEQ_VERSION_MASK;
 }
 
 uint64_t atp__position_give(atp_position_record_t *p, int64_t qty, bool committed) {

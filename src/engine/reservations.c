@@ -3,7 +3,10 @@
  *
  * A reservation's units are taken from each position's free word by CAS
  * (atp__position_take), line by line; when a later line cannot be filled the earlier
- * ones are given back, so a refused reservation holds nothing. The record is
+ * ones are given back, so a refused reservation holds nothing. The takes are
+ * held until the outcome is known and each position is then settled once
+ * (grants_settle, grants_rollback), so that no snapshot copies a position
+ * between a request's takes, or between a take and its giving back. The record is
  * claimed in the id table before any unit is taken, so two concurrent requests
  * with one id never both hold stock: the older record in the chain wins and
  * the other answers as a replay.
@@ -28,14 +31,19 @@
 #include "atp/memory.h"
 #include "engine_internal.h"
 
+/* The units a request took from one position: qty in held takes (see
+ * atp__position_take), and once settled the version they made. */
 typedef struct {
   uint32_t pos;
   int64_t qty;
+  uint32_t held;
   uint64_t version;
 } grant_t;
 
+/* One slot more than a reservation may span: a take that found no room is
+ * noted there too, so that the rollback settles it with the others. */
 typedef struct {
-  grant_t items[ATP_RESERVATION_POSITIONS_MAX];
+  grant_t items[ATP_RESERVATION_POSITIONS_MAX + 1];
   uint32_t count;
 } grants_t;
 
@@ -269,17 +277,23 @@ static int64_t pos_available(const atp_engine_t *e, uint32_t pos) {
   return f > 0 ? f : 0;
 }
 
-static int grant_add(grants_t *g, uint32_t pos, int64_t qty, uint64_t version) {
+void (*atp__test_on_take)(void);
+
+/* Notes a held take of qty units at pos. ATP_EBADREQ when it makes the
+ * request span more positions than a reservation may; it is noted all the
+ * same, and the caller fails the request, whose rollback gives it back. */
+static int grant_add(grants_t *g, uint32_t pos, int64_t qty) {
+  if (atp__test_on_take) atp__test_on_take();
   for (uint32_t i = 0; i < g->count; i++) {
     if (g->items[i].pos == pos) {
       g->items[i].qty += qty;
-      g->items[i].version = version;
+      g->items[i].held++;
       return 0;
     }
   }
-  if (g->count == ATP_RESERVATION_POSITIONS_MAX) return ATP_EBADREQ;
-  g->items[g->count++] = (grant_t){pos, qty, version};
-  return 0;
+  ATP_ASSERT(g->count <= ATP_RESERVATION_POSITIONS_MAX);
+  g->items[g->count++] = (grant_t){pos, qty, 1, 0};
+  return g->count > ATP_RESERVATION_POSITIONS_MAX ? ATP_EBADREQ : 0;
 }
 
 static void shortfall_add(atp_shortfalls_t *sf, uint32_t line, const atp_line_req_t *l,
@@ -301,7 +315,6 @@ static int grant_split(const atp_engine_t *e, const atp_line_req_t *l, uint32_t 
                        const atp_group_version_t *grp, grants_t *g,
                        atp_shortfalls_t *sf, atp_result_t *result) {
   int64_t need = l->qty, seen = 0;
-  uint64_t version;
   for (uint32_t i = 0; i < grp->count && need > 0; i++) {
     uint32_t pos = atp__position_find(e, l->sku, sku_hash, grp->locations[i]);
     if (pos == UINT32_MAX) continue;
@@ -311,9 +324,8 @@ static int grant_split(const atp_engine_t *e, const atp_line_req_t *l, uint32_t 
     for (int64_t avail = pos_available(e, pos); avail > 0;
          avail = pos_available(e, pos)) {
       int64_t take = avail < need ? avail : need;
-      if (atp__position_take(p, take, committed, &version)) {
-        if (grant_add(g, pos, take, version)) {
-          atp__position_give(p, take, committed);
+      if (atp__position_take(p, take, committed)) {
+        if (grant_add(g, pos, take)) {
           atp__result_set(result, "lines", "A reservation spans at most %d positions.",
                           ATP_RESERVATION_POSITIONS_MAX);
           return ATP_EBADREQ;
@@ -334,7 +346,6 @@ static int grant_split(const atp_engine_t *e, const atp_line_req_t *l, uint32_t 
 static int grant_group(const atp_engine_t *e, const atp_line_req_t *l, uint32_t li,
                        bool committed, uint64_t sku_hash, grants_t *g,
                        atp_shortfalls_t *sf, atp_result_t *result) {
-  uint64_t version;
   const atp_group_version_t *grp;
   if (atp__group_resolve(e, l->group, &grp)) {
     char field[32];
@@ -349,9 +360,8 @@ static int grant_group(const atp_engine_t *e, const atp_line_req_t *l, uint32_t 
   for (uint32_t i = 0; i < grp->count; i++) {
     uint32_t pos = atp__position_find(e, l->sku, sku_hash, grp->locations[i]);
     if (pos == UINT32_MAX) continue;
-    if (atp__position_take(&e->positions[pos], need, committed, &version)) {
-      if (grant_add(g, pos, l->qty, version) == 0) return 0;
-      atp__position_give(&e->positions[pos], l->qty, committed);
+    if (atp__position_take(&e->positions[pos], need, committed)) {
+      if (grant_add(g, pos, l->qty) == 0) return 0;
       atp__result_set(result, "lines", "A reservation spans at most %d positions.",
                       ATP_RESERVATION_POSITIONS_MAX);
       return ATP_EBADREQ;
@@ -377,15 +387,13 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
                       bool committed, grants_t *g, atp_shortfalls_t *sf,
                       atp_result_t *result) {
   uint64_t sku_hash = atp__hash_bytes(l->sku.ptr, l->sku.len);
-  uint64_t version;
   if (l->location.len) {
     uint32_t pos =
         atp__position_find_hashed(e, l->sku, sku_hash, l->location,
                                   atp__hash_bytes(l->location.ptr, l->location.len));
     if (pos != UINT32_MAX &&
-        atp__position_take(&e->positions[pos], l->qty, committed, &version)) {
-      if (grant_add(g, pos, l->qty, version) == 0) return 0;
-      atp__position_give(&e->positions[pos], l->qty, committed);
+        atp__position_take(&e->positions[pos], l->qty, committed)) {
+      if (grant_add(g, pos, l->qty) == 0) return 0;
       atp__result_set(result, "lines", "A reservation spans at most %d positions.",
                       ATP_RESERVATION_POSITIONS_MAX);
       return ATP_EBADREQ;
@@ -396,10 +404,21 @@ static int grant_line(const atp_engine_t *e, const atp_line_req_t *l, uint32_t l
   return grant_group(e, l, li, committed, sku_hash, g, sf, result);
 }
 
+/* Gives every held take back and settles its position: a version each, with
+ * no units, which is how the journal records a refused request. */
 static void grants_rollback(const atp_engine_t *e, grants_t *g, bool committed) {
+  for (uint32_t i = 0; i < g->count; i++) {
+    atp_position_record_t *p = &e->positions[g->items[i].pos];
+    atp__position_untake(p, g->items[i].qty, committed);
+    g->items[i].version = atp__position_settle(p, g->items[i].held);
+  }
+}
+
+/* Keeps every held take: one version per position for all of its takes. */
+static void grants_settle(const atp_engine_t *e, grants_t *g) {
   for (uint32_t i = 0; i < g->count; i++)
     g->items[i].version =
-        atp__position_give(&e->positions[g->items[i].pos], g->items[i].qty, committed);
+        atp__position_settle(&e->positions[g->items[i].pos], g->items[i].held);
 }
 
 /* Takes every line or none. 0, EINSUFFICIENT (rolled back), or an error. */
@@ -821,6 +840,7 @@ static int reserve_in_epoch(atp_engine_t *e, const atp_reserve_req_t *req,
     grants_rollback(e, g, false);
     atp__result_set(result, "", "Out of memory.");
   }
+  if (rc == 0) grants_settle(e, g);
   changes_t ch;
   changes_init(&ch);
   if (rc) return reserve_refuse(e, req, idx, g, &ch, rc);
@@ -1196,6 +1216,7 @@ static int amend_in_epoch(atp_engine_t *e, atp_str_t id, atp_str_t amend_id,
       atp__result_set(result, "add", "A reservation spans at most %d positions.",
                       ATP_RESERVATION_POSITIONS_MAX);
   }
+  if (rc == 0) grants_settle(e, g);
   if (rc) {
     for (uint32_t i = 0; i < g->count; i++)
       changes_pos(e, &ch, ATP_CAUSE_AMEND, amend_id, g->items[i].pos, 0, 0, 0,

@@ -164,7 +164,7 @@ static int64_t mono_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int atp_durable_restore(atp_durable_t *d, atp_engine_t *engine,
+int atp_durable_restore(atp_durable_t *d, atp_engine_t *engine, uint64_t covered_lsn,
                         atp_durable_restore_t *out) {
   ATP_ASSERT(!atomic_load(&d->journal) && engine && out);
   d->restoring = true;
@@ -175,6 +175,7 @@ int atp_durable_restore(atp_durable_t *d, atp_engine_t *engine,
   jc.dir = d->dir;
   jc.mode = d->config.mode;
   jc.queue_bytes_max = d->config.queue_bytes_max;
+  jc.segment_bytes_max = d->config.segment_bytes_max;
   jc.on_durable = on_durable;
   jc.durable_ctx = d;
   jc.fault = d->config.fault;
@@ -183,7 +184,7 @@ int atp_durable_restore(atp_durable_t *d, atp_engine_t *engine,
   d->applied = 0;
   d->error[0] = '\0';
   atp_journal_t *j = NULL;
-  int rc = atp_journal_open(&jc, 0, replay_one, d, &out->scan, &j);
+  int rc = atp_journal_open(&jc, covered_lsn, replay_one, d, &out->scan, &j);
   if (rc != 0 && d->error[0])
     snprintf(out->scan.error, sizeof out->scan.error, "%s", d->error);
   atp_records_free(&d->scratch);

@@ -219,3 +219,32 @@ int atp_journal_read_range(const char *dir, uint64_t after_lsn, uint64_t upto_ls
   atp_free(segs);
   return rc;
 }
+
+/* A segment's created_at (header offset 32), or INT64_MAX when unreadable:
+ * a segment whose age is unknown is kept. */
+static int64_t created_at(const char *dir, uint64_t first_lsn) {
+  seg_t s = {.fd = -1};
+  if (seg_open(&s, dir, first_lsn) != 0) return INT64_MAX;
+  unsigned char h[ATP__JOURNAL_HEADER_BYTES];
+  bool short_read = false;
+  int rc = read_exact(s.fd, h, sizeof h, 0, &short_read);
+  close(s.fd);
+  return rc || short_read ? INT64_MAX : (int64_t)atp__get64(h + 32);
+}
+
+int atp_journal_retention_floor(const char *dir, int64_t since_ms, uint64_t *lsn) {
+  ATP_ASSERT(dir && lsn);
+  *lsn = 0;
+  uint64_t *segs = atp_malloc(LIST_MAX * sizeof *segs);
+  if (!segs) return ATP_ENOMEM;
+  uint32_t n = 0;
+  int rc = list(dir, segs, &n);
+  /* Segment i may go when segment i + 1 was created before since_ms: all of
+   * i was written before then. The first one that may not go ends it. */
+  for (uint32_t i = 0; rc == 0 && i + 1 < n; i++) {
+    if (created_at(dir, segs[i + 1]) >= since_ms) break;
+    *lsn = segs[i + 1] - 1;
+  }
+  atp_free(segs);
+  return rc;
+}

@@ -618,3 +618,44 @@ def test_flows_and_dead_letters_are_events(srv):
     ev, _ = pull(c, start, type="atpd.flow.")
     assert [e["type"] for e in ev] == ["atpd.flow.paused", "atpd.flow.queued",
                                         "atpd.flow.resumed"]
+
+
+@pytest.mark.parametrize("retention_ms", [None, 300])
+def test_retention_keeps_segments_past_snapshots_and_expires_old_cursors(binary,
+                                                                        retention_ms):
+    """Tiny segments and a snapshot that covers them all: with the default retention
+    (72 h) the feed keeps the trimmed-by-snapshot segments; with 300 ms they go and
+    an old cursor is 410 cursor_expired."""
+    env = {"ATPD_TEST_JOURNAL_SEGMENT_BYTES": "4096"}
+    if retention_ms:
+        env["ATPD_TEST_FEED_RETENTION_MS"] = str(retention_ms)
+    srv = Server(binary=binary, args=["--durability", "batch"], env=env)
+    try:
+        c = srv.client()
+        sku = uid("ret")
+        for i in range(60):
+            c.adjust(sku, "L1", 1)
+        first, _ = pull(c, limit=1)
+        old = first[0]["sequence"]
+        time.sleep(0.6)
+        for i in range(60):
+            c.adjust(sku, "L1", 1)
+        r = c.post("/admin/snapshot")
+        assert r.status == 200, r
+        if retention_ms is None:
+            ev, _ = tail(c, old)
+            assert len([e for e in ev if e["data"]["position"]["sku"] == sku]) == 119
+            return
+        r = c.get("/v1/changes", params=dict(after=old))
+        expect_error(r, 410, "cursor_expired", field="after")
+        assert "/v1/changes/snapshot" in r.error["message"]
+        s = Sse(srv.port, headers=["Last-Event-ID: " + old])
+        status, _ = s.head()
+        assert status == 410
+        s.close()
+        # Without a cursor the feed starts at the oldest retained event.
+        ev, _ = tail(c)
+        assert 0 < len(ev) < 120 and ev[0]["sequence"] > old
+        assert ev[-1]["data"]["position"]["version"] == 120
+    finally:
+        assert srv.stop() is None

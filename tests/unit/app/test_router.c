@@ -77,7 +77,8 @@ static void test_table(void) {
     CHECK(routes[i].handler != NULL);
     CHECK(routes[i].pattern[0] == '/');
     CHECK_EQ(atp_route_index(&routes[i]), i);
-    bool open = strncmp(routes[i].pattern, "/v1/", 4) != 0;
+    bool open = strncmp(routes[i].pattern, "/v1/", 4) != 0 &&
+                strncmp(routes[i].pattern, "/admin/", 7) != 0;
     CHECK(open == (routes[i].access == ATP_ACCESS_OPEN));
   }
   CHECK_EQ(atp_route_index(NULL), count);
@@ -293,11 +294,24 @@ static void test_dispatch_auth(void) {
       404);
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/metrics"}), 200);
   CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/healthz"}), 200);
+  /* /admin/snapshot is ops only (contract section 8). */
+  static const char *not_ops[] = {"Bearer tr", "Bearer tc", "Bearer ti"};
+  for (size_t i = 0; i < 3; i++) {
+    CHECK_EQ(
+        call((fake_t){ATP_HTTP_GET, "/admin/snapshot", NULL, NULL, NULL, not_ops[i]}),
+        403);
+    CHECK_EQ(
+        call((fake_t){ATP_HTTP_POST, "/admin/snapshot", NULL, NULL, NULL, not_ops[i]}),
+        403);
+  }
+  CHECK_EQ(call((fake_t){ATP_HTTP_GET, "/admin/snapshot"}), 401);
+  CHECK(call((fake_t){ATP_HTTP_GET, "/admin/snapshot", NULL, NULL, NULL,
+                      "Bearer to"}) != 403);
 
   /* Unknown routes and methods behind /v1 and /admin: 401 first, so the route
    * table cannot be mapped without a token; with one, 404 and 405. */
-  static const char *hidden[] = {
-      "/v1/nope", "/v1", "/v1/", "/admin", "/admin/snapshot", "/v1/reservations/%zz"};
+  static const char *hidden[] = {"/v1/nope", "/v1",         "/v1/",
+                                 "/admin",   "/admin/nope", "/v1/reservations/%zz"};
   for (size_t i = 0; i < sizeof hidden / sizeof hidden[0]; i++) {
     CHECK_EQ(call((fake_t){ATP_HTTP_GET, hidden[i]}), 401);
     CHECK(body_has("unauthorized"));

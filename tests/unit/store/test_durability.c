@@ -98,7 +98,7 @@ static void test_horizon_holds_back_dependent_ack(void) {
                             .change_ctx = dur};
   REQUIRE(atp_engine_create(&ec, &engine) == 0);
   atp_durable_restore_t info;
-  REQUIRE(atp_durable_restore(dur, engine, &info) == 0);
+  REQUIRE(atp_durable_restore(dur, engine, 0, &info) == 0);
 
   atp_result_t result;
   atp_adjust_req_t adj = {.id = ATP_STR("a1"),
@@ -156,7 +156,7 @@ static void test_horizon_holds_back_dependent_ack(void) {
   REQUIRE(atp_durable_create(&dc, &dur) == 0);
   ec.on_change = atp_durable_hook;
   REQUIRE(atp_engine_create(&ec, &engine) == 0);
-  REQUIRE(atp_durable_restore(dur, engine, &info) == 0);
+  REQUIRE(atp_durable_restore(dur, engine, 0, &info) == 0);
   CHECK(info.scan.records_replayed >= 4);
   atp_position_t pos;
   REQUIRE(atp_position_get(engine, ATP_STR("K"), ATP_STR("L"), &pos) == 0);
