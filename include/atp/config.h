@@ -49,6 +49,9 @@ typedef struct {
   /* 1..ATP_FEED_RETENTION_H_MAX: how long journal segments are kept for the
    * change feed (--feed-retention-h), default 72. */
   int64_t feed_retention_h;
+  /* --feed-redis-stream: the Redis stream the change feed is mirrored to
+   * (needs --redis); "" when off. */
+  char feed_redis_stream[256];
   /* Integration flows' bounds (limits.h gives defaults and ranges). */
   uint32_t dead_letters_max; /* --dead-letters-max */
   uint32_t flow_queue_max;   /* --flow-queue-max, ops per paused flow */

@@ -148,4 +148,35 @@ int atp_feed_wait(atp_feed_t *feed, uint64_t after_lsn, int64_t deadline_ms,
 
 int64_t atp_feed_mono_ms(void);
 
+/* Blocks until the durable LSN is > after_lsn, the feed stops or timeout_ms
+ * pass; returns the durable LSN. For threads of their own (the Redis sink),
+ * never a loop. */
+uint64_t atp_feed_block(atp_feed_t *feed, uint64_t after_lsn, int64_t timeout_ms);
+
+/* --- the Redis Streams sink (--feed-redis-stream) --------------------------
+ *
+ * A thread that mirrors the feed into a Redis stream, in order, at least
+ * once: it reads the cursor stored beside the stream, appends a page of
+ * events and the new cursor in one transaction (include/atp/redisstream.h),
+ * and waits for the next durable event when caught up. Redis down: it retries
+ * with backoff (50 ms doubling to 1 s) and catches up; requests never wait for
+ * it. A Redis that lost the stream (restarted without persistence) has no
+ * cursor: the sink starts again from the oldest retained event. */
+typedef struct atp_feed_sink atp_feed_sink_t;
+struct atp_redis_stream_config;
+
+typedef struct {
+  uint64_t appended; /* events appended since start */
+  uint64_t cursor;   /* the sequence Redis has up to */
+  uint64_t failures; /* Redis calls that failed */
+  bool connected;
+} atp_feed_sink_stats_t;
+
+/* Starts the sink's thread. ATP_ENOMEM, ATP_EUNAVAILABLE (no thread). */
+int atp_feed_sink_start(atp_feed_t *feed, const char *host, int port, int db,
+                        const char *key, atp_feed_sink_t **out);
+/* Stops and joins the thread (within one Redis timeout). NULL: nothing. */
+void atp_feed_sink_stop(atp_feed_sink_t *sink);
+void atp_feed_sink_stats(atp_feed_sink_t *sink, atp_feed_sink_stats_t *out);
+
 #endif

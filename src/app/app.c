@@ -39,6 +39,8 @@ struct atp_app_runtime {
   char journal_dir[1100];
   char snapshot_dir[1100];
   char redis_host[256];
+  char feed_redis_stream[256]; /* "" : no sink */
+  atp_feed_sink_t *sink;       /* the Redis sink once restored; NULL: none */
   atp_http_server_t *server;
   atp_app_t *app;
   atp_engine_t *engine;
@@ -257,6 +259,14 @@ static void *restore_main(void *arg) {
     goto failed;
   }
   if (app->feed) atp_feed_attach(app->feed, atp_durable_journal(app->durable));
+  if (app->feed && rt->feed_redis_stream[0] && rt->redis_host[0]) {
+    /* The sink only reads the feed: it starts once the journal is open, and
+     * a Redis that is down makes it wait, never the start. */
+    rc = atp_feed_sink_start(app->feed, rt->redis_host, rt->options.redis_port,
+                             rt->options.redis_db, rt->feed_redis_stream, &rt->sink);
+    if (rc != 0) atp_log("error", "feed sink: cannot start: %s", atp_strerror(rc));
+    rc = 0;
+  }
   pthread_mutex_lock(&rt->mu);
   rt->stats.restore_source = source;
   rt->stats.restore_ms = mono_ms() - started;
@@ -564,6 +574,9 @@ int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
   snprintf(rt->journal_dir, sizeof rt->journal_dir, "%s/journal", rt->data_dir);
   snprintf(rt->snapshot_dir, sizeof rt->snapshot_dir, "%s/snapshots", rt->data_dir);
   atp_snapshot_config_init(&rt->snapshot_config, rt->snapshot_dir);
+  if (options->feed_redis_stream)
+    snprintf(rt->feed_redis_stream, sizeof rt->feed_redis_stream, "%s",
+             options->feed_redis_stream);
   if (options->redis_host && options->redis_host[0]) {
     snprintf(rt->redis_host, sizeof rt->redis_host, "%s", options->redis_host);
     rt->snapshot_config.redis_host = rt->redis_host;
@@ -662,6 +675,8 @@ int atp_app_stop(atp_app_t *app) {
   atomic_store_explicit(&app->ready, false, memory_order_release);
   /* Parked long polls are answered (the server drops answers it can no
    * longer deliver) before the journal they read goes. */
+  atp_feed_sink_stop(rt->sink);
+  rt->sink = NULL;
   atp_feed_destroy(app->feed);
   app->feed = NULL;
   /* Every mutation has stopped (the server's run returned): the close flushes

@@ -243,6 +243,7 @@ static int start_app(const atp_config_t *cfg, atp_app_t *app,
   static char feed_source[ATP_CONFIG_HOST_BYTES_MAX + 32];
   snprintf(feed_source, sizeof feed_source, "atpd://%s:%d", cfg->host, cfg->port);
   ao.feed_source = feed_source;
+  if (cfg->feed_redis_stream[0]) ao.feed_redis_stream = cfg->feed_redis_stream;
   ao.feed_retention_ms = cfg->feed_retention_h * 3600 * 1000;
   /* Tests shorten the retention below an hour to see cursors expire. */
   const char *retention = getenv("ATPD_TEST_FEED_RETENTION_MS");

@@ -44,6 +44,7 @@ struct atp_feed {
   uint32_t hint_next;
   pthread_mutex_t mu; /* guards the fields below */
   pthread_cond_t cond;
+  pthread_cond_t durable_cond; /* broadcast when notified_lsn moves */
   waiter_t *waiters;
   uint32_t waiter_count;
   uint64_t notified_lsn;
@@ -179,8 +180,10 @@ int atp_feed_create(const atp_feed_config_t *config, atp_feed_t **out) {
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&f->cond, &ca);
+  pthread_cond_init(&f->durable_cond, &ca);
   pthread_condattr_destroy(&ca);
   if (pthread_create(&f->thread, NULL, feed_main, f) != 0) {
+    pthread_cond_destroy(&f->durable_cond);
     pthread_cond_destroy(&f->cond);
     pthread_mutex_destroy(&f->mu);
     pthread_mutex_destroy(&f->hints_mu);
@@ -198,9 +201,11 @@ void atp_feed_destroy(atp_feed_t *f) {
   pthread_mutex_lock(&f->mu);
   f->stopping = true;
   pthread_cond_signal(&f->cond);
+  pthread_cond_broadcast(&f->durable_cond);
   pthread_mutex_unlock(&f->mu);
   pthread_join(f->thread, NULL);
   ATP_ASSERT(!f->waiters);
+  pthread_cond_destroy(&f->durable_cond);
   pthread_cond_destroy(&f->cond);
   pthread_mutex_destroy(&f->mu);
   pthread_mutex_destroy(&f->hints_mu);
@@ -220,8 +225,27 @@ void atp_feed_notify(atp_feed_t *f, uint64_t durable_lsn) {
   if (durable_lsn > f->notified_lsn) {
     f->notified_lsn = durable_lsn;
     if (f->waiters) pthread_cond_signal(&f->cond);
+    pthread_cond_broadcast(&f->durable_cond);
   }
   pthread_mutex_unlock(&f->mu);
+}
+
+uint64_t atp_feed_block(atp_feed_t *f, uint64_t after_lsn, int64_t timeout_ms) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  ts.tv_sec += timeout_ms / 1000;
+  ts.tv_nsec += (timeout_ms % 1000) * 1000000;
+  if (ts.tv_nsec >= 1000000000) {
+    ts.tv_sec++;
+    ts.tv_nsec -= 1000000000;
+  }
+  pthread_mutex_lock(&f->mu);
+  int rc = 0;
+  while (f->notified_lsn <= after_lsn && !f->stopping && rc == 0)
+    rc = pthread_cond_timedwait(&f->durable_cond, &f->mu, &ts);
+  uint64_t lsn = f->notified_lsn;
+  pthread_mutex_unlock(&f->mu);
+  return lsn;
 }
 
 uint64_t atp_feed_durable_lsn(const atp_feed_t *f) {

@@ -6,13 +6,15 @@ durable changes; resume from a cursor after kill -9 of the server and of the
 consumer; snapshot-then-tail misses and repeats nothing.
 """
 import json
+import os
+import subprocess
 import socket
 import threading
 import time
 
 import pytest
 
-from harness import Server, expect_error, formats, uid
+from harness import Server, expect_error, formats, free_port, uid
 
 SERVER_ARGS = ["--durability", "batch"]
 ASAN = True
@@ -659,3 +661,117 @@ def test_retention_keeps_segments_past_snapshots_and_expires_old_cursors(binary,
         assert ev[-1]["data"]["position"]["version"] == 120
     finally:
         assert srv.stop() is None
+
+
+# --- the Redis Streams sink ------------------------------------------------------------
+
+class Redis:
+    """A redis-server of the test's own on a free port, no persistence."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                if self.cli("PING") == "PONG":
+                    return
+            except subprocess.CalledProcessError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def cli(self, *args):
+        return subprocess.check_output(["redis-cli", "-p", str(self.port)] + list(args),
+                                       stderr=subprocess.DEVNULL).decode().strip()
+
+    def stream(self, key):
+        """The events of the stream, as dicts, in order."""
+        out = subprocess.check_output(["redis-cli", "-p", str(self.port), "--no-raw",
+                                       "XRANGE", key, "-", "+"]).decode()
+        raw = subprocess.check_output(["redis-cli", "-p", str(self.port), "XRANGE", key,
+                                       "-", "+"]).decode().split("\n")
+        events = [json.loads(x) for x in raw if x.startswith("{")]
+        assert out is not None
+        return events
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def wait_for(fn, timeout=15.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def test_redis_stream_mirrors_the_feed_through_restarts(binary):
+    redis = Redis()
+    key = "atpd:feed:" + uid("k")
+    srv = Server(binary=binary, args=["--durability", "batch", "--redis",
+                                      "redis://127.0.0.1:%d" % redis.port,
+                                      "--feed-redis-stream", key])
+    try:
+        c = srv.client()
+        sku = uid("rs")
+        for i in range(30):
+            c.adjust(sku, "L1", i + 1)
+
+        def same():
+            # source names the listening address, which a restart here changes
+            feed, _ = tail(c)
+            got = redis.stream(key)
+            strip = [dict(e, source=None) for e in got]
+            return got if feed and strip == [dict(e, source=None) for e in feed] else None
+        wait_for(same, what="the stream to equal the feed")
+        cursor = redis.cli("GET", key + ":cursor")
+        feed, last = tail(c)
+        assert cursor == feed[-1]["sequence"]
+        # Redis goes away mid-stream: requests do not wait for it.
+        redis.stop()
+        t = time.monotonic()
+        for i in range(30, 60):
+            c.adjust(sku, "L1", i + 1)
+        assert time.monotonic() - t < 5
+        # It comes back empty (no persistence): the sink mirrors the whole feed again.
+        redis.start()
+        wait_for(same, what="the stream to catch up after Redis came back")
+        # atpd killed -9 and restarted: the sink goes on after its cursor, repeating
+        # nothing.
+        srv.kill()
+        srv.stderr_f.close()
+        srv.start()
+        c = srv.client()
+        for i in range(60, 70):
+            c.adjust(sku, "L1", i + 1)
+        wait_for(same, what="the stream to follow after a restart")
+        got = redis.stream(key)
+        assert len({e["id"] for e in got}) == len(got)
+        deltas = [e["data"]["deltas"]["on_hand"] for e in got
+                  if e["data"].get("position", {}).get("sku") == sku]
+        assert deltas == list(range(1, 71))
+    finally:
+        try:
+            assert srv.stop() is None
+        finally:
+            redis.stop()
+
+
+def test_redis_stream_needs_redis():
+    import subprocess as sp
+    from harness import ROOT
+    r = sp.run([os.path.join(ROOT, "bin", "atpd"), "--feed-redis-stream", "k"],
+               capture_output=True, timeout=10)
+    assert r.returncode != 0 and b"--feed-redis-stream needs --redis" in r.stderr
