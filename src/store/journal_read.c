@@ -70,11 +70,18 @@ static int list(const char *dir, uint64_t *segs, uint32_t *count) {
   return 0;
 }
 
+/* Bytes read from a segment at once: a follower's page of records is one or a
+ * few preads, not two per record. */
+#define WINDOW_BYTES (256u << 10)
+
 typedef struct {
   int fd;
   uint32_t seed;
   unsigned char *payload; /* grown to the largest payload read */
   uint32_t payload_cap;
+  unsigned char *window; /* WINDOW_BYTES of the file from window_off */
+  uint64_t window_off;
+  size_t window_len;
 } seg_t;
 
 static int read_exact(int fd, void *buf, size_t n, uint64_t off, bool *short_read) {
@@ -89,6 +96,31 @@ static int read_exact(int fd, void *buf, size_t n, uint64_t off, bool *short_rea
     }
     got += (size_t)r;
   }
+  return 0;
+}
+
+/* Reads n bytes at off through the window (refilled from off when they are not
+ * in it); a request larger than the window goes to the file directly. */
+static int seg_read(seg_t *s, void *buf, size_t n, uint64_t off, bool *short_read) {
+  if (n > WINDOW_BYTES) return read_exact(s->fd, buf, n, off, short_read);
+  if (off < s->window_off || off + n > s->window_off + s->window_len) {
+    if (!s->window && !(s->window = atp_malloc(WINDOW_BYTES))) return ATP_ENOMEM;
+    size_t got = 0;
+    while (got < WINDOW_BYTES) {
+      ssize_t r = pread(s->fd, s->window + got, WINDOW_BYTES - got, (off_t)(off + got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return ATP_EUNAVAILABLE;
+      if (r == 0) break;
+      got += (size_t)r;
+    }
+    s->window_off = off;
+    s->window_len = got;
+    if (got < n) {
+      *short_read = true;
+      return 0;
+    }
+  }
+  memcpy(buf, s->window + (off - s->window_off), n);
   return 0;
 }
 
@@ -111,6 +143,8 @@ static int seg_open(seg_t *s, const char *dir, uint64_t first_lsn) {
     return rc;
   }
   s->seed = atp__journal_seed(atp__get64(h + 24));
+  s->window_off = 0;
+  s->window_len = 0;
   return 0;
 }
 
@@ -123,7 +157,7 @@ static int seg_walk(seg_t *s, uint64_t *lsn, uint64_t *off, uint64_t after,
   *end = false;
   while (*lsn <= upto) {
     bool short_read = false;
-    int rc = read_exact(s->fd, f, sizeof f, *off, &short_read);
+    int rc = seg_read(s, f, sizeof f, *off, &short_read);
     if (rc) return rc;
     if (short_read) {
       *end = true;
@@ -141,7 +175,7 @@ static int seg_walk(seg_t *s, uint64_t *lsn, uint64_t *off, uint64_t after,
         s->payload_cap = cap;
       }
       memcpy(s->payload, f, sizeof f);
-      rc = read_exact(s->fd, s->payload + sizeof f, len, *off + sizeof f, &short_read);
+      rc = seg_read(s, s->payload + sizeof f, len, *off + sizeof f, &short_read);
       if (rc) return rc;
       if (short_read || atp__get32(f) != atp__journal_frame_crc(s->seed, s->payload))
         return ATP_EINTERNAL;
@@ -216,6 +250,7 @@ int atp_journal_read_range(const char *dir, uint64_t after_lsn, uint64_t upto_ls
     if (!rc && i < n && segs[i] != want) rc = ATP_EINTERNAL; /* a gap */
   }
   atp_free(s.payload);
+  atp_free(s.window);
   atp_free(segs);
   return rc;
 }
