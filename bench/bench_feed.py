@@ -81,27 +81,36 @@ class Counter:
 
 
 def sse_consumer(port, after, counter, stop):
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(("GET /v1/changes/stream?after=%s HTTP/1.1\r\nHost: x\r\n\r\n" % after).encode())
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        buf += s.recv(65536)
-    buf = buf.split(b"\r\n\r\n", 1)[1]
-    s.settimeout(0.5)
+    """Reads the stream; when the server cuts it for falling behind, resumes from
+    the last id (counted in counter.cuts)."""
+    last = after
+    counter.cuts = 0
     while not stop.is_set():
-        try:
-            data = s.recv(1 << 20)
-        except socket.timeout:
-            continue
-        if not data:
-            break
-        buf += data
-        while b"\n\n" in buf:
-            frame, buf = buf.split(b"\n\n", 1)
-            for line in frame.split(b"\n"):
-                if line.startswith(b"data: "):
-                    counter.saw(json.loads(line[6:]))
-    s.close()
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(("GET /v1/changes/stream HTTP/1.1\r\nHost: x\r\nLast-Event-ID: %s\r\n\r\n"
+                   % last).encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(65536)
+        buf = buf.split(b"\r\n\r\n", 1)[1]
+        s.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                data = s.recv(1 << 20)
+            except socket.timeout:
+                continue
+            if not data:
+                counter.cuts += 1
+                break
+            buf += data
+            while b"\n\n" in buf:
+                frame, buf = buf.split(b"\n\n", 1)
+                for line in frame.split(b"\n"):
+                    if line.startswith(b"id: "):
+                        last = line[4:].decode()
+                    elif line.startswith(b"data: "):
+                        counter.saw(json.loads(line[6:]))
+        s.close()
 
 
 def redis_consumer(port, key, counter, stop):
@@ -205,6 +214,7 @@ def main():
             print("feed_%s_lag_p50_ms" % name, "%.2f" % pct(lags, 50))
             print("feed_%s_lag_p99_ms" % name, "%.2f" % pct(lags, 99))
             print("feed_%s_probes_seen" % name, "%d/%d" % (len(lags), len(acks)))
+        print("feed_sse_cuts", sse.cuts)
     finally:
         atpd.terminate()
         atpd.wait(20)
