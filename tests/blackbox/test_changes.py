@@ -113,7 +113,7 @@ def test_every_mutation_once_in_order_with_identifiers(srv):
     r = c.post("/v1/batch", raw=batch, content_type="application/json")
     assert r.status == 200 and r.data["applied"] == 1, r
     assert c.delete("/v1/groups/" + grp + "?source=erp").status == 204
-    deadline = time.time() + 5
+    deadline = time.time() + 15
     while c.get("/v1/reservations/" + r3).data["status"] != "expired":
         assert time.time() < deadline, "r3 did not expire"
         time.sleep(0.1)
@@ -139,8 +139,10 @@ def test_every_mutation_once_in_order_with_identifiers(srv):
     assert got[:len(want)] == want, got
     rest = got[len(want):]
     # amend: its position changes then the reservation; then r2 held and released;
-    # r3 held; the batch adjustment; the group deletion; r3's expiry.
-    assert rest[-1] == ("atpd.reservation.expired", "expire"), rest
+    # r3 held; the batch adjustment; the group deletion; r3's expiry (which a slow
+    # run may see before the last two: it comes from the ticker, 1 s after r3).
+    assert rest[-1] == ("atpd.reservation.expired", "expire") or \
+        ("atpd.reservation.expired", "expire") in rest[-4:], rest
     assert ("atpd.reservation.amended", "amend") in rest
     assert ("atpd.reservation.released", "release") in rest
     assert ("atpd.group.deleted", "group") in rest
