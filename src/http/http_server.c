@@ -1518,8 +1518,12 @@ static void conn_progress(conn_t *c) {
       if (c->closed) return;
     } else if (c->deferred_id) {
       /* An answer is owed: it closes or goes on once delivered. */
-    } else if (c->stream && !c->eof) {
-      /* A stream waits for its producer. */
+    } else if (c->stream && !c->eof && !c->lp->stopping) {
+      /* A stream waits for its producer; a stopping server ends it (the
+       * client resumes from its last id elsewhere or later). */
+    } else if (c->stream) {
+      conn_close(c); /* a stream's body is close-delimited: nothing to linger for */
+      return;
     } else if (c->eof && !c->paused) {
       conn_close(c);
       return;

@@ -788,3 +788,16 @@ def test_redis_stream_needs_redis():
     r = sp.run([os.path.join(ROOT, "bin", "atpd"), "--feed-redis-stream", "k"],
                capture_output=True, timeout=10)
     assert r.returncode != 0 and b"--feed-redis-stream needs --redis" in r.stderr
+
+
+def test_sigterm_ends_open_streams_at_once(binary):
+    srv = Server(binary=binary)
+    s = Sse(srv.port)
+    assert s.head()[0] == 200
+    t = time.monotonic()
+    problem = srv.stop()
+    assert problem is None, problem
+    assert time.monotonic() - t < 1.5
+    with pytest.raises(EOFError):
+        while True:
+            s.frame()
