@@ -165,6 +165,9 @@ $(BUILD)/release/bench/bench_engine: bench/bench_engine.c $(call engine_lib,rele
 # bench_json compares jansson with cJSON (linked) and json-c (dlopen'd: its
 # json_object_get clashes with jansson's).
 $(BUILD)/release/bench/bench_json: LIBS += -ljansson -lcjson
+# make test builds the benchmarks too, so an internal API change cannot leave
+# them broken until someone runs make bench.
+test: $(BENCH_BINS)
 bench: deps all $(BENCH_BINS)
 	@bench/run.sh
 

@@ -250,12 +250,13 @@ static void *reserver(void *arg) {
 /* Looks the position up and takes one unit from its free word; its index. */
 static uint32_t take_one(const worker_t *w, atp_str_t sku, atp_str_t location) {
   uint32_t idx = atp__position_find_str(w->e, sku, location);
-  uint64_t version;
-  if (idx == UINT32_MAX ||
-      !atp__position_take(&w->e->positions[idx], 1, false, &version)) {
+  if (idx == UINT32_MAX || !atp__position_take(&w->e->positions[idx], 1, false)) {
     fprintf(stderr, "take failed\n");
     exit(1);
   }
+  /* A take holds the position mid-write until its request settles it, as a
+   * reservation does once per position. */
+  (void)atp__position_settle(&w->e->positions[idx], 1);
   return idx;
 }
 

@@ -1,7 +1,7 @@
 /* app.h - the application's start and stop: the engine, its durability
- * (journal, restore), the expiry ticker thread, and their binding to the HTTP
- * server. Later issues (snapshots, flows) extend atp_app_start and
- * atp_app_stop rather than main.
+ * (journal, snapshots, restore), the integration flows' stores, the expiry
+ * ticker and snapshot threads, and their binding to the HTTP server. New
+ * subsystems extend atp_app_start and atp_app_stop rather than main.
  *
  * Start creates the engine and durability, then restores on a thread of its
  * own while the server already answers: /readyz is 503 and every /v1 route
@@ -115,6 +115,10 @@ int atp_app_snapshot_request(atp_app_t *app, int thread_index, uint64_t request_
  * releases of parked answers. */
 int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
                   atp_http_server_t *server);
+
+/* The server atp_app_start was given, or NULL before (or without) it: where
+ * a route posts the continuations of long work (POST /v1/batch). */
+atp_http_server_t *atp_app_server(const atp_app_t *app);
 
 /* Whether start failed after it returned (restore refused the journal). */
 bool atp_app_failed(const atp_app_t *app);

@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "atp/engine.h"
+#include "atp/limits.h"
 
 typedef enum {
   ATP_ROLE_NONE = 0, /* no valid token */
@@ -45,10 +46,7 @@ typedef enum {
   ATP_ACCESS_OPS,         /* ops */
 } atp_access_t;
 
-#define ATP_AUTH_TOKENS_MAX       1024
-#define ATP_AUTH_TOKEN_BYTES_MAX  256
-#define ATP_AUTH_TOKEN_BYTES_MIN  16 /* CONTRACT.md section 9 */
-#define ATP_AUTH_HOLDER_BYTES_MAX ATP_ID_BYTES_MAX
+/* The tokens file's bounds: limits.h (ATP_AUTH_*). */
 
 typedef struct {
   uint8_t token[ATP_AUTH_TOKEN_BYTES_MAX]; /* zero-padded */
@@ -110,7 +108,7 @@ typedef enum {
   ATP_FIELD_COUNT_ /* number of fields */
 } atp_field_kind_t;
 
-#define ATP_OWNERSHIP_WRITERS_MAX 64
+/* Writers per field: ATP_OWNERSHIP_WRITERS_MAX in limits.h. */
 
 typedef struct {
   bool configured; /* false: every flow may write */

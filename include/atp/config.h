@@ -3,8 +3,7 @@
  * Every flag has an environment twin (--data-dir and ATPD_DATA_DIR); the
  * environment is read first and flags override it, so a flag always wins.
  * Values are validated here, at the boundary, with a sentence naming the flag;
- * nothing later re-checks them. --durability, --redis and --snapshot-interval-s
- * are accepted and validated only: the features behind them come later.
+ * nothing later re-checks them.
  *
  * Thread: main thread, before any other starts.
  */

@@ -82,8 +82,10 @@ typedef struct {
    * for work that must not run on a loop (a snapshot). Until then the
    * connection parses nothing more (pipelined requests wait, in order) and
    * is not idle; status, body and hold_until set now are ignored. An answer
-   * for a connection closed meanwhile is dropped. atp_http_feed has no loop
-   * to answer on: it answers 503 unavailable. */
+   * for a connection closed meanwhile is dropped. The request (its arena,
+   * path, query and body) stays valid until the answer is queued or the
+   * connection closes (atp_http_server_deferred_alive). atp_http_feed has no
+   * loop to answer on: it answers 503 unavailable. */
   bool defer;
   /* Set through atp_http_stream_begin: the response is a stream (below). */
   struct atp_http_stream *stream;
@@ -210,6 +212,40 @@ int atp_http_server_answer_header(atp_http_server_t *server, int thread_index,
                                   uint64_t request_id, int status,
                                   const char *content_type, const char *header,
                                   const void *body, size_t body_len);
+
+/* Same as atp_http_server_answer, and the answer is then parked like a
+ * response with hold_until (0: not parked): for deferred work that mutated
+ * state and must not answer before it is durable (a batch run in slices). */
+int atp_http_server_answer_held(atp_http_server_t *server, int thread_index,
+                                uint64_t request_id, int status,
+                                const char *content_type, const void *body,
+                                size_t body_len, uint64_t hold_until);
+
+/* A continuation: fn(ctx) to run once on a loop thread. The caller embeds it
+ * in its own object, so posting allocates nothing and the queue is bounded
+ * by the objects that exist; one is queued at most once at a time. */
+typedef void (*atp_http_post_fn)(void *ctx);
+typedef struct atp_http_post {
+  struct atp_http_post *next;
+  atp_http_post_fn fn;
+  void *ctx;
+} atp_http_post_t;
+
+/* Runs fn(ctx) on loop thread_index soon: on a later loop iteration, after
+ * the I/O that is ready, so a long job run in slices lets other requests in
+ * between. When the loop finishes, what is still queued runs once more
+ * there (a deferred request's connection is gone by then: see below), and
+ * posting to a finished loop returns ATP_EUNAVAILABLE (fn is not run).
+ * Thread: any, after create and before destroy. */
+int atp_http_server_post(atp_http_server_t *server, int thread_index,
+                         atp_http_post_t *post, atp_http_post_fn fn, void *ctx);
+
+/* Whether the deferred request request_id still waits on its connection on
+ * loop thread_index: false once that connection closed (its request's
+ * arena, head and body are freed with it; until then they stay valid, so a
+ * deferred handler may keep using them). Thread: that loop's only. */
+bool atp_http_server_deferred_alive(atp_http_server_t *server, int thread_index,
+                                    uint64_t request_id);
 
 /* For fuzzing and tests without sockets: feeds raw bytes through the same
  * parser and handler path as a connection would, appending every response's

@@ -46,6 +46,16 @@
  * therefore pass queue_bytes_max by the mutations that were admitted at the
  * same time, at most one change per producer thread.
  *
+ * Zero-filled space: between groups the writer zero-fills the segment ahead
+ * of its write position (up to 4 MiB ahead when idle, at least 1 MiB under
+ * load, never past segment_bytes_max, 2 MiB per write + fdatasync step), so
+ * that each group's fdatasync overwrites allocated, written blocks and need
+ * not also write the inode as an appending one must. Recovery reads zeroes
+ * after the last record as a clean end (proto/journal.md, "Clean zero end");
+ * a roll and a clean close truncate the segment to its data end. A zero step
+ * that fails is undone and pauses zero-filling (the journal goes on with
+ * plain appends, never FAILED for it); none starts with < 64 MiB free.
+ *
  * Faults: when a write or fdatasync fails (ENOSPC, EIO) the journal enters
  * ATP_JOURNAL_FAILED: the durable LSN stops, admit refuses, appended records
  * stay queued in memory. The writer retries with backoff (retry_ms_min up to
@@ -297,6 +307,11 @@ typedef struct {
   uint64_t horizon_waits;    /* rounds that waited for mutations in flight */
   uint64_t horizon_timeouts; /* of them, cut off at the bound */
   uint64_t gathers;          /* groups that waited to gather (batch, none) */
+  /* Zero-filling ahead of the write position (not in fsyncs above). */
+  uint64_t prealloc_steps;    /* zero-fill steps made durable */
+  uint64_t prealloc_bytes;    /* zeroes written by them */
+  uint64_t prealloc_ns_sum;   /* their write + fdatasync time */
+  uint64_t prealloc_failures; /* steps that failed (undone; appends go on) */
 } atp_journal_metrics_t;
 
 /* A snapshot of the counters (each read on its own, relaxed: a scrape can see

@@ -56,6 +56,26 @@
 #define ATP_HTTP_HEADER_TIMEOUT_MS   10000 /* whole request head */
 #define ATP_HTTP_BODY_TIMEOUT_MS     30000 /* gap between body bytes */
 #define ATP_HTTP_THREADS_MAX         64
+#define ATP_HTTP_RESPONSE_BYTES_MAX  (256u << 20) /* one response body */
+/* One connection's request arena: the bulk body and what its parse needs. */
+#define ATP_HTTP_ARENA_BYTES_MAX (4u * ATP_HTTP_BULK_BODY_BYTES_MAX)
+/* Queued output beyond which a connection's parsing pauses: a client that
+ * does not read its answers is slowed, not buffered. */
+#define ATP_HTTP_OUT_HIGH_WATER_BYTES (1024 * 1024)
+/* After the last response of a closing connection: how long, and how many
+ * bytes, to wait for the client's FIN before a reset. */
+#define ATP_HTTP_LINGER_MS        2000
+#define ATP_HTTP_LINGER_BYTES_MAX (4u << 20)
+/* Stop: grace for in-flight requests before connections are closed. */
+#define ATP_HTTP_STOP_TIMEOUT_MS 5000
+#define ATP_QUERY_PARAMS_MAX     16 /* query parameters one request may carry */
+
+/* Access: the tokens file (CONTRACT.md section 9) and the ownership file. */
+#define ATP_AUTH_TOKENS_MAX       1024
+#define ATP_AUTH_TOKEN_BYTES_MAX  256
+#define ATP_AUTH_TOKEN_BYTES_MIN  16 /* CONTRACT.md section 9 */
+#define ATP_AUTH_HOLDER_BYTES_MAX ATP_ID_BYTES_MAX
+#define ATP_OWNERSHIP_WRITERS_MAX 64 /* flows that may write one field */
 
 /* The whole request body, from the end of the head: 64 MiB at ~560 KB/s. A
  * client dripping bytes just inside the gap timeout cannot hold it longer. */

@@ -29,9 +29,15 @@
  * as 0 only when the caller asks (a partial export would otherwise zero what
  * it left out); otherwise they are reported skipped.
  *
- * Durability: reports live in memory in this version. Every change of a
- * report (create, apply, close, eviction) goes through the store's
- * on_change hook (NULL today), where the journal's module records plug in.
+ * Durability: with config.durable, every change of a report (create, apply,
+ * close) journals the whole report, its items in chunks (kind
+ * ATP_RECON_KIND_ITEMS) then its header (ATP_RECON_KIND_REPORT) carrying a
+ * version that each change raises; an eviction journals ATP_RECON_KIND_EVICT.
+ * Replay builds a report from its chunks and makes it the report only when
+ * the header comes, and only when its version is newer, so a torn tail or a
+ * fuzzy snapshot's repeated records change nothing (proto/journal.md). A
+ * snapshot writes every report the same way, then ATP_RECON_KIND_META. A
+ * change the journal refuses is undone and its error returned.
  *
  * Locks: the store's mutex guards the report list; each report has its own,
  * held while it is written out, applied or closed; the order is store, then
@@ -45,6 +51,7 @@
 #include <stdint.h>
 
 #include "atp/codec.h"
+#include "atp/durability.h"
 #include "atp/engine.h"
 #include "atp/memory.h"
 
@@ -56,6 +63,12 @@
 #define ATP_RECON_LIST_DEFAULT        100 /* reports one listing answers */
 #define ATP_RECON_LIST_MAX            1000
 #define ATP_RECON_NOTE_BYTES_MAX      1024
+
+/* Journal and snapshot record kinds (proto/journal.md). */
+#define ATP_RECON_KIND_REPORT 40
+#define ATP_RECON_KIND_ITEMS  41
+#define ATP_RECON_KIND_EVICT  42
+#define ATP_RECON_KIND_META   43
 
 typedef struct atp_recon_store atp_recon_store_t;
 typedef struct atp_recon_report atp_recon_report_t;
@@ -71,24 +84,15 @@ typedef enum {
 const char *atp_recon_status_name(atp_recon_status_t status);
 int atp_recon_status_parse(atp_str_t name, atp_recon_status_t *out);
 
-typedef enum {
-  ATP_RECON_CREATED = 1,
-  ATP_RECON_APPLY = 2,
-  ATP_RECON_CLOSE = 3,
-  ATP_RECON_EVICTED = 4,
-} atp_recon_event_t;
-
 typedef struct {
   uint32_t reports_max; /* 0: ATP_RECON_REPORTS_MAX_DEFAULT */
   uint64_t items_max;   /* 0: ATP_RECON_ITEMS_MAX_DEFAULT */
-  /* Called under the report's lock after each change; NULL: none. The place
-   * where durability plugs in (journal record, snapshot section). */
-  void (*on_change)(void *ctx, const atp_recon_report_t *report,
-                    atp_recon_event_t event);
-  void *change_ctx;
+  /* NULL: memory only. Otherwise the store registers its section (kinds
+   * ATP_RECON_KIND_REPORT..META) before the restore. */
+  atp_durable_t *durable;
 } atp_recon_config_t;
 
-/* ATP_ENOMEM. */
+/* ATP_ENOMEM, or atp_durable_register's error. */
 int atp_recon_store_create(const atp_recon_config_t *config, atp_recon_store_t **out);
 void atp_recon_store_destroy(atp_recon_store_t *store);
 

@@ -30,7 +30,6 @@ typedef struct atp_app atp_app_t;
 typedef struct atp_route atp_route_t;
 
 #define ATP_ROUTE_PARAMS_MAX  4
-#define ATP_QUERY_PARAMS_MAX  16
 #define ATP_FIELD_BYTES_MAX   64
 #define ATP_MESSAGE_BYTES_MAX 200
 

@@ -22,6 +22,7 @@
 #include "atp/flowstate.h"
 #include "atp/log.h"
 #include "atp/memory.h"
+#include "atp/reconcile.h"
 
 #define PUSH_BACKOFF_MS_MIN 1000
 #define PUSH_BACKOFF_MS_MAX 60000
@@ -564,6 +565,10 @@ void atp_app_snapshot_stats(const atp_app_t *app, atp_app_snapshot_stats_t *out)
   pthread_mutex_unlock(&rt->mu);
 }
 
+atp_http_server_t *atp_app_server(const atp_app_t *app) {
+  return app->runtime ? app->runtime->server : NULL;
+}
+
 int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
                   atp_http_server_t *server) {
   ATP_ASSERT(app && options && options->data_dir && server && !app->runtime);
@@ -621,9 +626,11 @@ int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
   atp_flowstate_config_t fsc = {.queue_max = options->flow_queue_max,
                                 .durable = app->durable};
   atp_audit_config_t auc = {.max = options->audit_max, .durable = app->durable};
+  atp_recon_config_t rcc = {.durable = app->durable};
   if ((rc = atp_deadletters_create(&dlc, &app->dead_letters)) != 0 ||
       (rc = atp_flowstate_create(&fsc, &app->flow_state)) != 0 ||
-      (rc = atp_audit_create(&auc, &app->audit)) != 0)
+      (rc = atp_audit_create(&auc, &app->audit)) != 0 ||
+      (rc = atp_recon_store_create(&rcc, &app->recon)) != 0)
     return rc;
   app->flows = atp_flows_plug(app);
   /* Snapshots carry the stores' state as sections, and a restore hands them
@@ -687,6 +694,8 @@ int atp_app_stop(atp_app_t *app) {
   atp_deadletters_destroy(app->dead_letters);
   atp_flowstate_destroy(app->flow_state);
   atp_audit_destroy(app->audit);
+  atp_recon_store_destroy(app->recon);
+  app->recon = NULL;
   app->dead_letters = NULL;
   app->flow_state = NULL;
   app->audit = NULL;

@@ -57,6 +57,81 @@ static bool is_printable(const char *s, size_t len) {
   return true;
 }
 
+/* Cuts the comment off a line and splits it into words: the first three
+ * land in words, the count of all of them is returned. */
+static uint32_t split_words(const char *line, size_t len, const char *words[3],
+                            size_t word_len[3]) {
+  const char *hash = memchr(line, '#', len);
+  size_t stop = hash ? (size_t)(hash - line) : len;
+  uint32_t n = 0;
+  for (size_t k = 0; k < stop;) {
+    while (k < stop && is_space(line[k])) k++;
+    if (k >= stop) break;
+    size_t start = k;
+    while (k < stop && !is_space(line[k])) k++;
+    if (n < 3) {
+      words[n] = line + start;
+      word_len[n] = k - start;
+    }
+    n++;
+  }
+  return n;
+}
+
+/* Parses one line of the tokens file into auth; a blank or comment line adds
+ * nothing. */
+static int parse_line(atp_auth_t *auth, const char *text, size_t len, uint32_t line,
+                      char *err, size_t err_len) {
+  const char *words[3];
+  size_t word_len[3];
+  uint32_t n = split_words(text, len, words, word_len);
+  if (n == 0) return 0;
+  if (n != 2 && n != 3) {
+    snprintf(err, err_len, "line %u: expected \"TOKEN ROLE [HOLDER]\"", line);
+    return ATP_EBADREQ;
+  }
+  atp_role_t role = atp_role_parse(words[1], word_len[1]);
+  if (role == ATP_ROLE_NONE) {
+    snprintf(err, err_len,
+             "line %u: unknown role \"%.*s\" (read, checkout, integration, ops)", line,
+             (int)word_len[1] > 32 ? 32 : (int)word_len[1], words[1]);
+    return ATP_EBADREQ;
+  }
+  if (word_len[0] > ATP_AUTH_TOKEN_BYTES_MAX) {
+    snprintf(err, err_len, "line %u: token longer than %d bytes", line,
+             ATP_AUTH_TOKEN_BYTES_MAX);
+    return ATP_EBADREQ;
+  }
+  if (n == 3 && (word_len[2] > ATP_AUTH_HOLDER_BYTES_MAX ||
+                 !is_printable(words[2], word_len[2]))) {
+    snprintf(err, err_len, "line %u: the holder must be 1..%d bytes of printable ASCII",
+             line, ATP_AUTH_HOLDER_BYTES_MAX);
+    return ATP_EBADREQ;
+  }
+  for (uint32_t t = 0; t < auth->count; t++) {
+    if (auth->entries[t].len == word_len[0] &&
+        memcmp(auth->entries[t].token, words[0], word_len[0]) == 0) {
+      snprintf(err, err_len, "line %u: duplicate token", line);
+      return ATP_EBADREQ;
+    }
+  }
+  if (auth->count == ATP_AUTH_TOKENS_MAX) {
+    snprintf(err, err_len, "line %u: more than %d tokens", line, ATP_AUTH_TOKENS_MAX);
+    return ATP_EBADREQ;
+  }
+  atp_auth_entry_t *e = &auth->entries[auth->count];
+  memcpy(e->token, words[0], word_len[0]);
+  e->len = (uint32_t)word_len[0];
+  e->role = role;
+  e->line = line;
+  if (n == 3) {
+    memcpy(e->holder, words[2], word_len[2]);
+    e->holder[word_len[2]] = '\0';
+  }
+  auth->count++;
+  return 0;
+}
+
 int atp_auth_parse(atp_auth_t *auth, const char *text, size_t len, char *err,
                    size_t err_len) {
   memset(auth, 0, sizeof *auth);
@@ -64,69 +139,9 @@ int atp_auth_parse(atp_auth_t *auth, const char *text, size_t len, char *err,
   for (uint32_t line = 1; i < len; line++) {
     size_t end = i;
     while (end < len && text[end] != '\n') end++;
-    /* Cut the comment, then split into words. */
-    const char *hash = memchr(text + i, '#', end - i);
-    size_t stop = hash ? (size_t)(hash - text) : end;
-    const char *words[3];
-    size_t word_len[3];
-    uint32_t n = 0;
-    for (size_t k = i; k < stop;) {
-      while (k < stop && is_space(text[k])) k++;
-      if (k >= stop) break;
-      size_t start = k;
-      while (k < stop && !is_space(text[k])) k++;
-      if (n < 3) {
-        words[n] = text + start;
-        word_len[n] = k - start;
-      }
-      n++;
-    }
+    int rc = parse_line(auth, text + i, end - i, line, err, err_len);
+    if (rc) return rc;
     i = end + 1;
-    if (n == 0) continue;
-    if (n != 2 && n != 3) {
-      snprintf(err, err_len, "line %u: expected \"TOKEN ROLE [HOLDER]\"", line);
-      return ATP_EBADREQ;
-    }
-    atp_role_t role = atp_role_parse(words[1], word_len[1]);
-    if (role == ATP_ROLE_NONE) {
-      snprintf(err, err_len,
-               "line %u: unknown role \"%.*s\" (read, checkout, integration, ops)",
-               line, (int)word_len[1] > 32 ? 32 : (int)word_len[1], words[1]);
-      return ATP_EBADREQ;
-    }
-    if (word_len[0] > ATP_AUTH_TOKEN_BYTES_MAX) {
-      snprintf(err, err_len, "line %u: token longer than %d bytes", line,
-               ATP_AUTH_TOKEN_BYTES_MAX);
-      return ATP_EBADREQ;
-    }
-    if (n == 3 && (word_len[2] > ATP_AUTH_HOLDER_BYTES_MAX ||
-                   !is_printable(words[2], word_len[2]))) {
-      snprintf(err, err_len,
-               "line %u: the holder must be 1..%d bytes of printable ASCII", line,
-               ATP_AUTH_HOLDER_BYTES_MAX);
-      return ATP_EBADREQ;
-    }
-    for (uint32_t t = 0; t < auth->count; t++) {
-      if (auth->entries[t].len == word_len[0] &&
-          memcmp(auth->entries[t].token, words[0], word_len[0]) == 0) {
-        snprintf(err, err_len, "line %u: duplicate token", line);
-        return ATP_EBADREQ;
-      }
-    }
-    if (auth->count == ATP_AUTH_TOKENS_MAX) {
-      snprintf(err, err_len, "line %u: more than %d tokens", line, ATP_AUTH_TOKENS_MAX);
-      return ATP_EBADREQ;
-    }
-    atp_auth_entry_t *e = &auth->entries[auth->count];
-    memcpy(e->token, words[0], word_len[0]);
-    e->len = (uint32_t)word_len[0];
-    e->role = role;
-    e->line = line;
-    if (n == 3) {
-      memcpy(e->holder, words[2], word_len[2]);
-      e->holder[word_len[2]] = '\0';
-    }
-    auth->count++;
   }
   if (auth->count == 0) {
     snprintf(err, err_len, "no tokens: the file would lock every client out");

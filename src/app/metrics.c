@@ -221,6 +221,47 @@ static void gauge(atp_buf_t *out, const char *name, const char *help, const char
                  name, (unsigned long long)v);
 }
 
+/* fdatasync latency as a Prometheus histogram (cumulative buckets). */
+static void write_fsync_histogram(const atp_journal_metrics_t *m, atp_buf_t *out) {
+  atp_buf_printf(out,
+                 "# HELP atpd_journal_fsync_seconds fdatasync latency.\n"
+                 "# TYPE atpd_journal_fsync_seconds histogram\n");
+  uint64_t cum = 0;
+  for (int i = 0; i < ATP_JOURNAL_FSYNC_BUCKETS - 1; i++) {
+    cum += m->fsync_hist[i];
+    atp_buf_printf(out, "atpd_journal_fsync_seconds_bucket{le=\"%g\"} %llu\n",
+                   atp_journal_fsync_bucket_us[i] / 1e6, (unsigned long long)cum);
+  }
+  cum += m->fsync_hist[ATP_JOURNAL_FSYNC_BUCKETS - 1];
+  atp_buf_printf(out,
+                 "atpd_journal_fsync_seconds_bucket{le=\"+Inf\"} %llu\n"
+                 "atpd_journal_fsync_seconds_sum %.9f\n"
+                 "atpd_journal_fsync_seconds_count %llu\n",
+                 (unsigned long long)cum, (double)m->fsync_ns_sum / 1e9,
+                 (unsigned long long)m->fsyncs);
+}
+
+/* Records per group commit, buckets in powers of 4. */
+static void write_group_histogram(const atp_journal_metrics_t *m, atp_buf_t *out) {
+  atp_buf_printf(out,
+                 "# HELP atpd_journal_group_records Records per group commit.\n"
+                 "# TYPE atpd_journal_group_records histogram\n");
+  uint64_t cum = 0;
+  uint64_t limit = 1;
+  for (int i = 0; i < ATP_JOURNAL_GROUP_BUCKETS - 1; i++, limit *= 4) {
+    cum += m->group_hist[i];
+    atp_buf_printf(out, "atpd_journal_group_records_bucket{le=\"%llu\"} %llu\n",
+                   (unsigned long long)limit, (unsigned long long)cum);
+  }
+  cum += m->group_hist[ATP_JOURNAL_GROUP_BUCKETS - 1];
+  atp_buf_printf(out,
+                 "atpd_journal_group_records_bucket{le=\"+Inf\"} %llu\n"
+                 "atpd_journal_group_records_sum %llu\n"
+                 "atpd_journal_group_records_count %llu\n",
+                 (unsigned long long)cum, (unsigned long long)m->group_records_sum,
+                 (unsigned long long)m->groups);
+}
+
 void atp_metrics_write_journal(const atp_journal_t *journal,
                                const atp_durable_restore_t *restore, atp_buf_t *out) {
   if (restore) {
@@ -270,39 +311,23 @@ void atp_metrics_write_journal(const atp_journal_t *journal,
         "Horizon waits cut off at their bound.", "counter", m.horizon_timeouts);
   gauge(out, "atpd_journal_gathers_total", "Groups that waited for records to gather.",
         "counter", m.gathers);
-  atp_buf_printf(out,
-                 "# HELP atpd_journal_fsync_seconds fdatasync latency.\n"
-                 "# TYPE atpd_journal_fsync_seconds histogram\n");
-  uint64_t cum = 0;
-  for (int i = 0; i < ATP_JOURNAL_FSYNC_BUCKETS - 1; i++) {
-    cum += m.fsync_hist[i];
-    atp_buf_printf(out, "atpd_journal_fsync_seconds_bucket{le=\"%g\"} %llu\n",
-                   atp_journal_fsync_bucket_us[i] / 1e6, (unsigned long long)cum);
-  }
-  cum += m.fsync_hist[ATP_JOURNAL_FSYNC_BUCKETS - 1];
-  atp_buf_printf(out,
-                 "atpd_journal_fsync_seconds_bucket{le=\"+Inf\"} %llu\n"
-                 "atpd_journal_fsync_seconds_sum %.9f\n"
-                 "atpd_journal_fsync_seconds_count %llu\n",
-                 (unsigned long long)cum, (double)m.fsync_ns_sum / 1e9,
-                 (unsigned long long)m.fsyncs);
-  atp_buf_printf(out,
-                 "# HELP atpd_journal_group_records Records per group commit.\n"
-                 "# TYPE atpd_journal_group_records histogram\n");
-  cum = 0;
-  uint64_t limit = 1;
-  for (int i = 0; i < ATP_JOURNAL_GROUP_BUCKETS - 1; i++, limit *= 4) {
-    cum += m.group_hist[i];
-    atp_buf_printf(out, "atpd_journal_group_records_bucket{le=\"%llu\"} %llu\n",
-                   (unsigned long long)limit, (unsigned long long)cum);
-  }
-  cum += m.group_hist[ATP_JOURNAL_GROUP_BUCKETS - 1];
-  atp_buf_printf(out,
-                 "atpd_journal_group_records_bucket{le=\"+Inf\"} %llu\n"
-                 "atpd_journal_group_records_sum %llu\n"
-                 "atpd_journal_group_records_count %llu\n",
-                 (unsigned long long)cum, (unsigned long long)m.group_records_sum,
-                 (unsigned long long)m.groups);
+  write_fsync_histogram(&m, out);
+  write_group_histogram(&m, out);
+  atp_buf_printf(
+      out,
+      "# HELP atpd_journal_prealloc_bytes_total Zeroes written ahead of the journal's "
+      "write position (not in atpd_journal_fsync_seconds).\n"
+      "# TYPE atpd_journal_prealloc_bytes_total counter\n"
+      "atpd_journal_prealloc_bytes_total %llu\n"
+      "# HELP atpd_journal_prealloc_seconds_total Time of those zero-fill steps.\n"
+      "# TYPE atpd_journal_prealloc_seconds_total counter\n"
+      "atpd_journal_prealloc_seconds_total %.9f\n"
+      "# HELP atpd_journal_prealloc_failures_total Zero-fill steps that failed and "
+      "were undone (the journal goes on with plain appends).\n"
+      "# TYPE atpd_journal_prealloc_failures_total counter\n"
+      "atpd_journal_prealloc_failures_total %llu\n",
+      (unsigned long long)m.prealloc_bytes, (double)m.prealloc_ns_sum / 1e9,
+      (unsigned long long)m.prealloc_failures);
 }
 
 void atp_metrics_write_snapshot(const atp_metrics_snapshot_t *s, atp_buf_t *out) {

@@ -22,14 +22,27 @@
  * op except insufficient_stock (a business outcome, section 6.3) goes to the
  * rejection sink.
  *
- * Cost: the whole batch runs inline on the loop thread (2-5 us an op), so
- * a 100,000-op batch holds its loop for 0.2-0.5 s; the HTTP server
- * has no way yet to suspend a handler and resume it later (README).
+ * Cost: an op takes 2-5 us, so a 100,000-op batch is 0.2-0.5 s of work. It
+ * runs in slices of at most SLICE_OPS ops or SLICE_NS, whichever comes
+ * first: the first inside the handler (a small batch answers at once, as
+ * any route), the rest as continuations posted to the same loop
+ * (atp_http_server_post), so the loop serves its other connections between
+ * slices. A batch that needs more than one slice defers its answer; its
+ * state lives outside the request arena (which is the connection's, freed
+ * with it), and each slice first asks whether the connection is still there
+ * (atp_http_server_deferred_alive): after a close it frees itself without
+ * touching the request. Each continuation slice is its own durable bracket
+ * on the loop's slot (a slot held across loop iterations would stall the
+ * journal writer's horizon), and the answer is parked until the highest
+ * target of the slices is durable. The pre-scan still runs whole in the
+ * handler (a framing pass, about 1 ms per MiB).
  */
 
 #include <stddef.h>
 #include <string.h>
+#include <time.h>
 
+#include "atp/app.h"
 #include "atp/assert.h"
 #include "atp/durability.h"
 #include "atp/error.h"
@@ -43,6 +56,10 @@
 /* The scratch arena one op parses into: a 1 MiB op's tree and its lines. */
 #define OP_ARENA_CHUNK_BYTES (64 * 1024)
 #define OP_ARENA_BYTES_MAX   (8u * OP_BYTES_MAX)
+/* One slice of a batch: the ops run before the loop serves others again. */
+#define SLICE_OPS       1000
+#define SLICE_NS        (2 * 1000 * 1000)
+#define SLICE_CLOCK_OPS 32 /* ops between two looks at the clock */
 
 static const char ops_sentence[] =
     "Must be one of adjust, count, safety_stock, group, reserve, commit, release, "
@@ -111,7 +128,7 @@ typedef struct {
 } span_t;
 
 typedef struct {
-  atp_req_t *rq;        /* the batch request */
+  atp_req_t *rq;        /* the batch request: &req once deferred */
   atp_req_t op;         /* the context each op runs in: rq with the scratch arena */
   atp_arena_t scratch;  /* one op's tree and lines, reset between ops */
   atp_splitter_t split; /* the pre-scan's splitter (for the format and depth) */
@@ -120,6 +137,18 @@ typedef struct {
   uint32_t applied, replayed, rejected, queued;
   atp_buf_t results_buf; /* the results array, written beside the counters */
   atp_writer_t results;
+  span_t *spans;        /* in the request arena */
+  uint32_t count, next; /* ops, and the first one not run yet */
+  /* Once deferred: copies of what the handler's stack held (the request's
+   * own bytes stay in the connection until the answer), the answer's body,
+   * and the continuation. */
+  atp_http_server_t *server;
+  atp_http_request_t http;
+  atp_req_t req;
+  atp_http_response_t res;
+  atp_buf_t res_body;
+  atp_http_post_t post;
+  uint64_t hold_until; /* the highest durable target of the slices */
 } batch_t;
 
 static void write_error(atp_writer_t *w, int err, const atp_req_t *op) {
@@ -303,52 +332,44 @@ static int read_results_param(atp_req_t *rq, bool *all) {
   return atp_req_fail(rq, ATP_EBADREQ, NULL, "results", "Must be all or rejected.");
 }
 
-int atp_route_batch(atp_req_t *rq) {
-  const atp_http_request_t *h = rq->http;
-  atp_format_t f = rq->in_format;
-  if (h->body_len == 0)
-    return atp_req_fail(
-        rq, ATP_EBADREQ, NULL, NULL,
-        "A batch body is required: a JSON array, NDJSON or MessagePack.");
-  if (f != ATP_FORMAT_JSON && f != ATP_FORMAT_NDJSON && f != ATP_FORMAT_MSGPACK)
-    return atp_req_fail(rq, ATP_EMEDIATYPE, NULL, NULL,
-                        "The body must be application/json, application/x-ndjson or "
-                        "application/msgpack.");
-  batch_t *b = atp_arena_alloc(rq->arena, sizeof *b);
-  if (!b) return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
-  memset(b, 0, sizeof *b);
-  b->rq = rq;
-  b->flows = rq->app->flows ? rq->app->flows : &atp_flows_none;
-  int rc = read_results_param(rq, &b->all);
-  if (rc != 0) return rc;
-  atp_splitter_init(&b->split, f, h->body, h->body_len);
-  span_t *spans = NULL;
-  uint32_t count = 0;
-  rc = scan(b, &spans, &count);
-  if (rc != 0) return rc;
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
-  b->op = *rq;
-  b->op.arena = &b->scratch;
-  b->op.body = NULL;
-  atp_arena_init(&b->scratch, OP_ARENA_CHUNK_BYTES, OP_ARENA_BYTES_MAX);
-  atp_buf_init(&b->results_buf, ATP_HTTP_BULK_BODY_BYTES_MAX);
-  atp_writer_init(&b->results, rq->out_format, &b->results_buf);
-  b->applied = b->replayed = b->rejected = b->queued = 0;
-  atp_w_array_begin(&b->results);
-  for (uint32_t i = 0; i < count; i++) run_op(b, i, &spans[i]);
-  atp_w_array_end(&b->results);
+/* Runs ops from b->next until the batch ends or the slice is used up;
+ * returns whether the batch ended. */
+static bool run_slice(batch_t *b) {
+  uint64_t t0 = now_ns();
+  uint32_t end = b->count - b->next > SLICE_OPS ? b->next + SLICE_OPS : b->count;
+  while (b->next < end) {
+    run_op(b, b->next, &b->spans[b->next]);
+    b->next++;
+    if (b->next % SLICE_CLOCK_OPS == 0 && now_ns() - t0 >= SLICE_NS) break;
+  }
+  return b->next == b->count;
+}
+
+static void batch_free(batch_t *b) {
   atp_arena_destroy(&b->scratch);
+  atp_buf_free(&b->results_buf);
+  atp_buf_free(&b->res_body);
+  atp_free(b);
+}
 
-  if (b->results_buf.failed) {
-    atp_buf_free(&b->results_buf);
+/* The answer, into b->rq's response. */
+static int respond(batch_t *b) {
+  atp_req_t *rq = b->rq;
+  atp_w_array_end(&b->results);
+  if (b->results_buf.failed)
     return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL,
                         "The batch was applied but its results do not fit an answer; "
                         "ask without ?results=all.");
-  }
   atp_writer_t *w = atp_respond_begin(rq, 200);
   atp_w_object_begin(w);
   atp_w_key(w, "received");
-  atp_w_uint(w, count);
+  atp_w_uint(w, b->count);
   atp_w_key(w, "applied");
   atp_w_uint(w, b->applied);
   atp_w_key(w, "replayed");
@@ -360,6 +381,122 @@ int atp_route_batch(atp_req_t *rq) {
   atp_w_key(w, "results");
   atp_w_raw(w, b->results_buf.data, b->results_buf.len);
   atp_w_object_end(w);
-  atp_buf_free(&b->results_buf);
+  return 0;
+}
+
+static void batch_continue(void *ctx);
+
+/* Posts the next slice; when the loop refuses (it finished), frees. */
+static void batch_post(batch_t *b) {
+  if (atp_http_server_post(b->server, b->http.thread_index, &b->post, batch_continue,
+                           b) != 0)
+    batch_free(b);
+}
+
+/* A continuation slice: its own durable bracket, then the next post or the
+ * answer, parked until every slice's changes are durable. */
+static void batch_continue(void *ctx) {
+  batch_t *b = ctx;
+  int thread = b->http.thread_index;
+  if (!atp_http_server_deferred_alive(b->server, thread, b->http.request_id)) {
+    batch_free(b); /* the connection closed: its request is gone */
+    return;
+  }
+  atp_durable_t *d = b->rq->app->durable;
+  if (d) atp_durable_begin(d, (uint32_t)thread);
+  bool done = run_slice(b);
+  if (d) {
+    uint64_t target = atp_durable_end(d, (uint32_t)thread);
+    if (target > b->hold_until) b->hold_until = target;
+  }
+  if (!done) return batch_post(b);
+  int rc = respond(b);
+  if (rc != 0) atp_respond_error(b->rq, rc);
+  atp_http_response_t *res = &b->res;
+  int status = res->status;
+  const char *type = res->content_type;
+  if (b->res_body.failed) {
+    static const char fallback[] =
+        "{\"error\":{\"code\":\"internal\",\"message\":\"The batch was applied but "
+        "its answer could not be built.\"}}";
+    atp_buf_reset(&b->res_body);
+    b->res_body.failed = 0;
+    (void)atp_buf_append(&b->res_body, fallback, sizeof fallback - 1);
+    status = 500;
+    type = "application/json";
+  }
+  rc = atp_http_server_answer_held(b->server, thread, b->http.request_id, status, type,
+                                   b->res_body.data, b->res_body.len, b->hold_until);
+  if (rc == ATP_ENOMEM) {
+    /* No room for the answer's copy: say so briefly rather than never. */
+    static const char nomem[] =
+        "{\"error\":{\"code\":\"internal\",\"message\":\"Out of memory.\"}}";
+    (void)atp_http_server_answer_held(b->server, thread, b->http.request_id, 500,
+                                      "application/json", nomem, sizeof nomem - 1,
+                                      b->hold_until);
+  }
+  batch_free(b);
+}
+
+int atp_route_batch(atp_req_t *rq) {
+  const atp_http_request_t *h = rq->http;
+  atp_format_t f = rq->in_format;
+  if (h->body_len == 0)
+    return atp_req_fail(
+        rq, ATP_EBADREQ, NULL, NULL,
+        "A batch body is required: a JSON array, NDJSON or MessagePack.");
+  if (f != ATP_FORMAT_JSON && f != ATP_FORMAT_NDJSON && f != ATP_FORMAT_MSGPACK)
+    return atp_req_fail(rq, ATP_EMEDIATYPE, NULL, NULL,
+                        "The body must be application/json, application/x-ndjson or "
+                        "application/msgpack.");
+  /* Outside the request arena: a deferred batch outlives the handler and
+   * may outlive its connection by one slice. */
+  batch_t *b = atp_malloc(sizeof *b);
+  if (!b) return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
+  memset(b, 0, sizeof *b);
+  b->rq = rq;
+  b->flows = rq->app->flows ? rq->app->flows : &atp_flows_none;
+  atp_arena_init(&b->scratch, OP_ARENA_CHUNK_BYTES, OP_ARENA_BYTES_MAX);
+  atp_buf_init(&b->results_buf, ATP_HTTP_BULK_BODY_BYTES_MAX);
+  atp_buf_init(&b->res_body, ATP_HTTP_BULK_BODY_BYTES_MAX + 4096);
+  int rc = read_results_param(rq, &b->all);
+  if (rc == 0) {
+    atp_splitter_init(&b->split, f, h->body, h->body_len);
+    rc = scan(b, &b->spans, &b->count);
+  }
+  if (rc != 0) {
+    batch_free(b);
+    return rc;
+  }
+
+  b->op = *rq;
+  b->op.arena = &b->scratch;
+  b->op.body = NULL;
+  atp_writer_init(&b->results, rq->out_format, &b->results_buf);
+  b->applied = b->replayed = b->rejected = b->queued = 0;
+  atp_w_array_begin(&b->results);
+  /* The first slice runs here, inside the router's durable bracket. */
+  b->server = atp_app_server(rq->app);
+  if (!b->server) { /* no loop to continue on (tests without a server) */
+    while (!run_slice(b)) {
+    }
+  }
+  if (run_slice(b)) {
+    rc = respond(b);
+    batch_free(b);
+    return rc;
+  }
+  /* Deferred: the rest runs in continuations, which see the request through
+   * copies (the handler's are on the dispatch stack). */
+  b->http = *h;
+  b->req = *rq;
+  b->req.http = &b->http;
+  b->req.res = &b->res;
+  b->res.body = &b->res_body;
+  b->rq = &b->req;
+  b->op.http = &b->http;
+  b->op.res = &b->res;
+  rq->res->defer = true;
+  batch_post(b);
   return 0;
 }

@@ -10,13 +10,15 @@
  *
  * apply is allowed only when the report's source may write counts under the
  * ownership matrix (403 not_owner otherwise); close records note and by (by
- * defaults to the token's holder). Both go through audit_hook, the place the
- * audit trail (contract 6.6) plugs in; until it exists the hook writes a log
- * line with who (holder and role), what and when.
+ * defaults to the token's holder). Both record an audit entry (contract 6.6:
+ * reconciliation.apply, reconciliation.close) with by, the token's holder
+ * and role, inside the request's durable bracket like the report's own
+ * records; an apply or close that changed nothing (a replay) records none.
  */
 #include <stdio.h>
 #include <string.h>
 
+#include "atp/audit.h"
 #include "atp/error.h"
 #include "atp/limits.h"
 #include "atp/log.h"
@@ -25,18 +27,54 @@
 
 #define CSV_COLUMNS_MAX 64
 
-/* The audit trail's hook for reconciliation actions (apply, close). */
-static void audit_hook(atp_req_t *rq, const char *action, atp_str_t id, atp_str_t by,
-                       const char *detail) {
+static atp_str_t cstr(const char *s) {
+  return (atp_str_t){s, (uint32_t)strlen(s)};
+}
+
+/* Records a reconciliation action in the audit trail (target: the report's
+ * id). The action itself stands when the entry cannot be kept (the journal
+ * refused it): it is logged with who, so it is never unrecorded, and the
+ * answer says 503 so the caller retries, which replays. */
+static int audit(atp_req_t *rq, const char *action, atp_str_t id, atp_str_t by,
+                 atp_str_t detail) {
   const atp_auth_t *auth = rq->app->auth;
   const atp_http_request_t *h = rq->http;
-  atp_role_t role = auth ? atp_auth_role(auth, h->authorization,
-                                         h->authorization ? h->authorization_len : 0)
-                         : ATP_ROLE_OPS;
-  atp_log("info",
-          "audit: action=%s target=reconciliation/%.*s by=%.*s holder=%s role=%s %s",
-          action, (int)id.len, id.ptr, (int)by.len, by.ptr, atp_req_holder(rq),
-          auth ? atp_role_name(role) : "none", detail);
+  const char *role =
+      auth ? atp_role_name(atp_auth_role(auth, h->authorization,
+                                         h->authorization ? h->authorization_len : 0))
+           : "anonymous";
+  atp_audit_t *a = rq->app->audit;
+  if (!a) return 0;
+  atp_engine_t *engine = atp_app_engine(rq->app);
+  atp_audit_entry_t e = {
+      .at = engine ? atp_engine_now_ms(engine) : 0,
+      .action = cstr(action),
+      .target = id,
+      .by = by,
+      .role = cstr(role),
+      .token_holder = cstr(atp_req_holder(rq)),
+      .detail = detail,
+  };
+  int rc = atp_audit_record(a, &e, NULL);
+  if (rc == 0) return 0;
+  atp_log("warn",
+          "audit entry not kept (%s): action=%s target=%.*s by=%.*s holder=%s role=%s "
+          "%.*s",
+          atp_strerror(rc), action, (int)id.len, id.ptr, (int)by.len, by.ptr,
+          atp_req_holder(rq), role, (int)detail.len, detail.ptr);
+  return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL,
+                      "The audit entry could not be kept; retry.");
+}
+
+/* `by` from the body, else the token's holder; when neither names one, 400
+ * if what is given (close), else empty (apply, which never required it). */
+static int read_by(atp_req_t *rq, const char *what, atp_str_t *by) {
+  int rc = atp_get_id(rq, rq->body, NULL, "by", ATP_OPTIONAL, by);
+  if (rc || by->len) return rc;
+  *by = cstr(atp_req_holder(rq));
+  if (by->len || !what) return 0;
+  return atp_req_fail(rq, ATP_EBADREQ, NULL, "by",
+                      "Name who %s the report: this token names no holder.", what);
 }
 
 static atp_recon_store_t *store_of(atp_req_t *rq) {
@@ -332,6 +370,8 @@ int atp_route_reconciliation_apply(atp_req_t *rq) {
   if (rc == 0)
     rc = atp_get_bool(rq, rq->body, NULL, "zero_missing_there", ATP_OPTIONAL, &zero,
                       NULL);
+  atp_str_t by = {"", 0};
+  if (rc == 0) rc = read_by(rq, NULL, &by);
   if (rc) return rc;
   char source[ATP_ID_BYTES_MAX + 1];
   if (atp_recon_source(store, id, source) != 0)
@@ -355,9 +395,8 @@ int atp_route_reconciliation_apply(atp_req_t *rq) {
            (unsigned long long)out.applied, (unsigned long long)out.stale,
            (unsigned long long)out.replayed, (unsigned long long)out.skipped,
            (unsigned long long)out.failed);
-  atp_str_t holder = {atp_req_holder(rq), 0};
-  holder.len = (uint32_t)strlen(holder.ptr);
-  if (!replayed) audit_hook(rq, "reconciliation.apply", id, holder, detail);
+  if (!replayed && (rc = audit(rq, "reconciliation.apply", id, by, cstr(detail))) != 0)
+    return rc;
   rc = atp_recon_write(store, id, 0, ATP_RECON_ITEMS_PAGE_DEFAULT, replayed,
                        atp_respond_begin(rq, 200));
   if (rc) return atp_req_fail(rq, rc, NULL, "id", "The report was dropped.");
@@ -373,15 +412,8 @@ int atp_route_reconciliation_close(atp_req_t *rq) {
   if (rc == 0)
     rc = atp_get_text(rq, rq->body, NULL, "note", ATP_REQUIRED,
                       ATP_RECON_NOTE_BYTES_MAX, &note);
-  if (rc == 0) rc = atp_get_id(rq, rq->body, NULL, "by", ATP_OPTIONAL, &by);
+  if (rc == 0) rc = read_by(rq, "closes", &by);
   if (rc) return rc;
-  if (!by.len) {
-    by.ptr = atp_req_holder(rq);
-    by.len = (uint32_t)strlen(by.ptr);
-  }
-  if (!by.len)
-    return atp_req_fail(rq, ATP_EBADREQ, NULL, "by",
-                        "Name who closes the report: this token names no holder.");
   bool replayed = false;
   atp_result_t result;
   atp_result_init(&result);
@@ -389,7 +421,8 @@ int atp_route_reconciliation_close(atp_req_t *rq) {
   rc = atp_recon_close(store, id, note, by, atp_engine_now_ms(engine), &replayed,
                        &result);
   if (rc) return atp_req_fail_result(rq, rc, &result);
-  if (!replayed) audit_hook(rq, "reconciliation.close", id, by, "");
+  if (!replayed && (rc = audit(rq, "reconciliation.close", id, by, note)) != 0)
+    return rc;
   rc = atp_recon_write(store, id, 0, ATP_RECON_ITEMS_PAGE_DEFAULT, replayed,
                        atp_respond_begin(rq, 200));
   if (rc) return atp_req_fail(rq, rc, NULL, "id", "The report was dropped.");

@@ -30,7 +30,6 @@
 #include "atp/instance.h"
 #include "atp/log.h"
 #include "atp/metrics.h"
-#include "atp/reconcile.h"
 #include "atp/router.h"
 #include "atp/version.h"
 
@@ -310,10 +309,6 @@ int main(int argc, char **argv) {
     fprintf(stderr, "atpd: out of memory\n");
     return 1;
   }
-  if (atp_recon_store_create(NULL, &app.recon) != 0) {
-    fprintf(stderr, "atpd: out of memory\n");
-    return 1;
-  }
   atp_http_server_t *server = NULL;
   if (create_server(&cfg, &app, port, &server) != 0) return 1;
   if (start_app(&cfg, &app, server) != 0) return 1;
@@ -327,7 +322,6 @@ int main(int argc, char **argv) {
   if (atp_app_stop(&app) != 0) failed = true;
   atp_http_server_destroy(server);
   atp_metrics_destroy(app.metrics);
-  atp_recon_store_destroy(app.recon);
   atp_free(auth);
   atp_free(own);
   return rc == 0 && !failed ? 0 : 1;

@@ -289,6 +289,48 @@ static int check_duplicates(convert_t *c, const msgpack_object_map *map) {
                         (int)(k->size > 64 ? 64 : k->size), k->size ? k->ptr : "");
 }
 
+static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out);
+
+/* Converts a msgpack array and its items into an array value. */
+static int convert_array(convert_t *c, const msgpack_object_array *a, atp_val_t *out) {
+  uint32_t n = a->size;
+  out->type = ATP_VAL_ARRAY;
+  out->len = n;
+  out->u.items = n ? atp_arena_alloc(c->arena, (size_t)n * sizeof(atp_val_t)) : NULL;
+  if (n && !out->u.items) return ATP_ENOMEM;
+  for (uint32_t i = 0; i < n; i++) {
+    int rc = convert(c, &a->ptr[i], &out->u.items[i]);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+/* Converts a msgpack map (keys unique, each a string) into an object value. */
+static int convert_map(convert_t *c, const msgpack_object_map *map, atp_val_t *out) {
+  uint32_t n = map->size;
+  int rc = check_duplicates(c, map);
+  if (rc) return rc;
+  out->type = ATP_VAL_OBJECT;
+  out->len = n;
+  out->u.members =
+      n ? atp_arena_alloc(c->arena, (size_t)n * sizeof(atp_member_t)) : NULL;
+  if (n && !out->u.members) return ATP_ENOMEM;
+  for (uint32_t i = 0; i < n; i++) {
+    const msgpack_object_kv *kv = &map->ptr[i];
+    /* checked in check_value */
+    ATP_ASSERT(kv->key.type == MSGPACK_OBJECT_STR ||
+               kv->key.type == MSGPACK_OBJECT_BIN);
+    atp_member_t *m = &out->u.members[i];
+    msgpack_object_str key = as_str(&kv->key);
+    m->key_len = key.size;
+    m->key = atp_arena_strdup(c->arena, key.ptr, m->key_len);
+    if (!m->key) return ATP_ENOMEM;
+    rc = convert(c, &kv->val, &m->val);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
 static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out) {
   switch (o->type) {
     case MSGPACK_OBJECT_NIL:
@@ -320,43 +362,10 @@ static int convert(convert_t *c, const msgpack_object *o, atp_val_t *out) {
       out->u.s = atp_arena_strdup(c->arena, str.ptr, str.size);
       return out->u.s ? 0 : ATP_ENOMEM;
     }
-    case MSGPACK_OBJECT_ARRAY: {
-      uint32_t n = o->via.array.size;
-      out->type = ATP_VAL_ARRAY;
-      out->len = n;
-      out->u.items =
-          n ? atp_arena_alloc(c->arena, (size_t)n * sizeof(atp_val_t)) : NULL;
-      if (n && !out->u.items) return ATP_ENOMEM;
-      for (uint32_t i = 0; i < n; i++) {
-        int rc = convert(c, &o->via.array.ptr[i], &out->u.items[i]);
-        if (rc) return rc;
-      }
-      return 0;
-    }
-    case MSGPACK_OBJECT_MAP: {
-      uint32_t n = o->via.map.size;
-      int rc = check_duplicates(c, &o->via.map);
-      if (rc) return rc;
-      out->type = ATP_VAL_OBJECT;
-      out->len = n;
-      out->u.members =
-          n ? atp_arena_alloc(c->arena, (size_t)n * sizeof(atp_member_t)) : NULL;
-      if (n && !out->u.members) return ATP_ENOMEM;
-      for (uint32_t i = 0; i < n; i++) {
-        const msgpack_object_kv *kv = &o->via.map.ptr[i];
-        /* checked in check_value */
-        ATP_ASSERT(kv->key.type == MSGPACK_OBJECT_STR ||
-                   kv->key.type == MSGPACK_OBJECT_BIN);
-        atp_member_t *m = &out->u.members[i];
-        msgpack_object_str key = as_str(&kv->key);
-        m->key_len = key.size;
-        m->key = atp_arena_strdup(c->arena, key.ptr, m->key_len);
-        if (!m->key) return ATP_ENOMEM;
-        rc = convert(c, &kv->val, &m->val);
-        if (rc) return rc;
-      }
-      return 0;
-    }
+    case MSGPACK_OBJECT_ARRAY:
+      return convert_array(c, &o->via.array, out);
+    case MSGPACK_OBJECT_MAP:
+      return convert_map(c, &o->via.map, out);
     default:
       /* ext is refused by check_value. */
       return atp_codec_fail(c->err, 0, "unsupported msgpack type");

@@ -173,12 +173,17 @@ uint64_t atp__keyed_live(const atp_keyed_table_t *t) {
 void atp__keyed_push(atp_keyed_table_t *t, uint32_t idx) {
   atp_keyed_entry_t *entry = &t->entries[idx];
   _Atomic uint32_t *head = &t->heads[entry->hash & t->bucket_mask];
-  uint32_t old = atomic_load_explicit(head, memory_order_relaxed);
+  /* acquire, on the load and on a failed CAS alike: the record we link to
+   * was published by another pusher's release, and the pusher walks its own
+   * link right after (a twin check), reading that record's key. A relaxed
+   * load here let it read a key written by another thread with nothing
+   * ordering the two: ThreadSanitizer's report in test_shards_shared. */
+  uint32_t old = atomic_load_explicit(head, memory_order_acquire);
   do {
     atomic_store_explicit(&entry->next, old, memory_order_relaxed);
     /* release: a reader that loads the head sees the record's key and link. */
   } while (!atomic_compare_exchange_weak_explicit(
-      head, &old, idx + 1, memory_order_release, memory_order_relaxed));
+      head, &old, idx + 1, memory_order_acq_rel, memory_order_acquire));
 }
 
 void atp__keyed_retire(atp_keyed_table_t *t, uint32_t idx, uint64_t epoch) {

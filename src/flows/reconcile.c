@@ -19,6 +19,7 @@
 #include "atp/error.h"
 #include "atp/limits.h"
 #include "atp/log.h"
+#include "atp/payload.h"
 
 typedef enum {
   REASON_UNEXPLAINED = 0,
@@ -61,6 +62,7 @@ typedef struct {
 struct atp_recon_report {
   pthread_mutex_t lock; /* see the header: taken after the store's */
   uint64_t seq;         /* creation order, 1-based: the listing cursor */
+  uint64_t version; /* 1 at creation, +1 per apply or close: replay keeps the newest */
   char id[ATP_ID_BYTES_MAX + 1];
   char source[ATP_ID_BYTES_MAX + 1];
   int64_t as_of_ms;
@@ -80,11 +82,28 @@ struct atp_recon_report {
   char by[ATP_ID_BYTES_MAX + 1];
 };
 
+typedef struct {
+  atp_recon_report_t *r;
+  uint32_t cap;
+  size_t text_len, text_cap;
+  int rc;
+} builder_t;
+
+/* A report whose item chunks a replay is reading; its header, which comes
+ * last, makes it the report (so a torn tail leaves the previous version). */
+typedef struct pending {
+  struct pending *next;
+  uint64_t version;
+  builder_t b;
+} pending_t;
+
 struct atp_recon_store {
   pthread_mutex_t lock;
   atp_recon_config_t config;
   atp_recon_report_t **reports; /* creation order, [0, count) */
   uint32_t count;
+  uint32_t cap;        /* slots in reports: reports_max, more only if a replay needs */
+  pending_t *pending;  /* replay only */
   uint64_t items_held; /* sum of item_count */
   uint64_t next_seq;
   uint64_t compared_total; /* positions compared since start */
@@ -199,13 +218,6 @@ static bool location_find(set_t *s, const atp_recon_position_t *pos, atp_str_t l
 }
 
 /* --- building a report ---------------------------------------------------- */
-
-typedef struct {
-  atp_recon_report_t *r;
-  uint32_t cap;
-  size_t text_len, text_cap;
-  int rc;
-} builder_t;
 
 static int text_add(builder_t *b, atp_str_t s, uint32_t *off) {
   if (b->text_len + s.len > b->text_cap) {
@@ -376,6 +388,349 @@ static int build(const atp_engine_t *engine, const atp_recon_request_t *req,
   return rc;
 }
 
+/* --- durability: records (proto/journal.md, kinds 40..43) --------------- */
+
+/* Item chunks stay well under the journal's record bound. */
+#define CHUNK_BYTES (1u << 20)
+
+typedef int (*put_fn)(void *ctx, uint16_t kind, const void *payload, uint32_t bytes);
+
+static int put_append(void *ctx, uint16_t kind, const void *payload, uint32_t bytes) {
+  return atp_durable_append(ctx, kind, payload, bytes);
+}
+
+static void encode_header(atp_buf_t *b, const atp_recon_report_t *r) {
+  atp_payload_u64(b, r->seq);
+  atp_payload_u64(b, r->version);
+  atp_payload_str(b, r->id, strlen(r->id));
+  atp_payload_str(b, r->source, strlen(r->source));
+  atp_payload_i64(b, r->as_of_ms);
+  atp_payload_i64(b, r->created_at_ms);
+  atp_payload_u64(b, r->content_hash);
+  atp_payload_u8(b, (uint8_t)r->status);
+  atp_payload_u64(b, r->compared);
+  atp_payload_u64(b, r->matched);
+  atp_payload_u64(b, r->mismatched);
+  atp_payload_u64(b, r->missing_here);
+  atp_payload_u64(b, r->missing_there);
+  atp_payload_u64(b, r->approximate);
+  atp_payload_u32(b, r->item_count);
+  atp_payload_i64(b, r->applied_at_ms);
+  atp_payload_u64(b, r->apply.applied);
+  atp_payload_u64(b, r->apply.stale);
+  atp_payload_u64(b, r->apply.replayed);
+  atp_payload_u64(b, r->apply.skipped);
+  atp_payload_u64(b, r->apply.failed);
+  atp_payload_i64(b, r->closed_at_ms);
+  const char *note = r->note ? r->note : "";
+  atp_payload_str(b, note, strlen(note));
+  atp_payload_str(b, r->by, strlen(r->by));
+}
+
+static void encode_item(atp_buf_t *b, const atp_recon_report_t *r, const item_t *it) {
+  atp_payload_str(b, r->text + it->sku_off, it->sku_len);
+  atp_payload_str(b, r->text + it->location_off, it->location_len);
+  atp_payload_u8(b, it->reason);
+  atp_payload_u8(b, it->outcome);
+  atp_payload_u8(
+      b, (uint8_t)(it->approximate | it->replayed << 1 | it->count_approx << 2));
+  atp_payload_u32(b, (uint32_t)(int32_t)it->error);
+  atp_payload_i64(b, it->ours);
+  atp_payload_i64(b, it->theirs);
+  atp_payload_i64(b, it->changes);
+  atp_payload_i64(b, it->on_hand_now);
+}
+
+/* The whole report: its items in chunks, then the header that commits them.
+ * Caller holds the report's lock. */
+static int put_report(const atp_recon_report_t *r, put_fn put, void *ctx) {
+  atp_buf_t b;
+  atp_buf_init(&b, 0);
+  int rc = 0;
+  for (uint32_t i = 0; i < r->item_count && !rc;) {
+    atp_buf_reset(&b);
+    atp_payload_str(&b, r->id, strlen(r->id));
+    atp_payload_u64(&b, r->version);
+    atp_payload_u32(&b, i);
+    size_t count_at = b.len;
+    atp_payload_u32(&b, 0);
+    uint32_t n = 0;
+    while (i < r->item_count && b.len < CHUNK_BYTES)
+      encode_item(&b, r, &r->items[i++]), n++;
+    if (b.failed) {
+      rc = ATP_ENOMEM;
+      break;
+    }
+    memcpy(b.data + count_at, &n, sizeof n); /* little-endian, as the payload */
+    rc = put(ctx, ATP_RECON_KIND_ITEMS, b.data, (uint32_t)b.len);
+  }
+  if (!rc) {
+    atp_buf_reset(&b);
+    encode_header(&b, r);
+    rc = b.failed ? ATP_ENOMEM
+                  : put(ctx, ATP_RECON_KIND_REPORT, b.data, (uint32_t)b.len);
+  }
+  atp_buf_free(&b);
+  return rc;
+}
+
+static int journal_report(atp_recon_store_t *s, const atp_recon_report_t *r) {
+  if (!s->config.durable) return 0;
+  return put_report(r, put_append, s->config.durable);
+}
+
+static int journal_evict(atp_recon_store_t *s, const atp_recon_report_t *r) {
+  if (!s->config.durable) return 0;
+  atp_buf_t b;
+  atp_buf_init(&b, 0);
+  atp_payload_str(&b, r->id, strlen(r->id));
+  atp_payload_u64(&b, r->seq);
+  int rc = b.failed ? ATP_ENOMEM
+                    : atp_durable_append(s->config.durable, ATP_RECON_KIND_EVICT,
+                                         b.data, (uint32_t)b.len);
+  atp_buf_free(&b);
+  return rc;
+}
+
+static void pending_drop(atp_recon_store_t *s, pending_t *p) {
+  for (pending_t **at = &s->pending; *at; at = &(*at)->next) {
+    if (*at != p) continue;
+    *at = p->next;
+    break;
+  }
+  report_free(p->b.r);
+  atp_free(p);
+}
+
+static bool id_is(const char *id, atp_str_t s) {
+  return strlen(id) == s.len && memcmp(id, s.ptr, s.len) == 0;
+}
+
+static pending_t *pending_find(atp_recon_store_t *s, atp_str_t id) {
+  for (pending_t *p = s->pending; p; p = p->next)
+    if (id_is(p->b.r->id, id)) return p;
+  return NULL;
+}
+
+static atp_recon_report_t *report_new(atp_str_t id) {
+  atp_recon_report_t *r = atp_calloc(1, sizeof *r);
+  if (!r) return NULL;
+  pthread_mutex_init(&r->lock, NULL);
+  memcpy(r->id, id.ptr, id.len);
+  return r;
+}
+
+static int replay_items(atp_recon_store_t *s, atp_payload_reader_t *rd) {
+  atp_str_t id;
+  atp_payload_get_str(rd, &id.ptr, &id.len);
+  uint64_t version = atp_payload_get_u64(rd);
+  uint32_t first = atp_payload_get_u32(rd), n = atp_payload_get_u32(rd);
+  if (!atp_payload_ok(rd) || !id.len || id.len > ATP_ID_BYTES_MAX) return ATP_EBADREQ;
+  pending_t *p = pending_find(s, id);
+  if (first == 0) {
+    /* A new version's first chunk: what an earlier, unfinished one held goes. */
+    if (p) pending_drop(s, p);
+    p = atp_calloc(1, sizeof *p);
+    if (!p) return ATP_ENOMEM;
+    if (!(p->b.r = report_new(id))) {
+      atp_free(p);
+      return ATP_ENOMEM;
+    }
+    p->version = version;
+    p->next = s->pending;
+    s->pending = p;
+  } else if (!p || p->version != version || p->b.r->item_count != first) {
+    return 0; /* the rest of a version whose start a snapshot covered */
+  }
+  for (uint32_t k = 0; k < n; k++) {
+    atp_str_t sku, loc;
+    atp_payload_get_str(rd, &sku.ptr, &sku.len);
+    atp_payload_get_str(rd, &loc.ptr, &loc.len);
+    uint8_t reason = atp_payload_get_u8(rd), outcome = atp_payload_get_u8(rd);
+    uint8_t flags = atp_payload_get_u8(rd);
+    int32_t error = (int32_t)atp_payload_get_u32(rd);
+    int64_t ours = atp_payload_get_i64(rd), theirs = atp_payload_get_i64(rd);
+    int64_t changes = atp_payload_get_i64(rd), now = atp_payload_get_i64(rd);
+    if (!atp_payload_ok(rd) || sku.len > ATP_ID_BYTES_MAX ||
+        loc.len > ATP_ID_BYTES_MAX || reason > REASON_MISSING_THERE ||
+        outcome > OUTCOME_FAILED)
+      return ATP_EBADREQ;
+    int rc =
+        item_add(&p->b, sku, loc, (reason_t)reason, flags & 1, ours, theirs, changes);
+    if (rc) return rc;
+    item_t *it = &p->b.r->items[p->b.r->item_count - 1];
+    it->outcome = outcome;
+    it->replayed = (flags >> 1) & 1;
+    it->count_approx = (flags >> 2) & 1;
+    it->error = (int16_t)error;
+    it->on_hand_now = now;
+  }
+  return 0;
+}
+
+static int replay_report(atp_recon_store_t *s, atp_payload_reader_t *rd) {
+  uint64_t seq = atp_payload_get_u64(rd), version = atp_payload_get_u64(rd);
+  atp_str_t id, source, note, by;
+  atp_payload_get_str(rd, &id.ptr, &id.len);
+  atp_payload_get_str(rd, &source.ptr, &source.len);
+  int64_t as_of = atp_payload_get_i64(rd), created = atp_payload_get_i64(rd);
+  uint64_t hash = atp_payload_get_u64(rd);
+  uint8_t status = atp_payload_get_u8(rd);
+  uint64_t fig[6];
+  for (int k = 0; k < 6; k++) fig[k] = atp_payload_get_u64(rd);
+  uint32_t item_count = atp_payload_get_u32(rd);
+  int64_t applied_at = atp_payload_get_i64(rd);
+  atp_recon_apply_t ap;
+  ap.applied = atp_payload_get_u64(rd);
+  ap.stale = atp_payload_get_u64(rd);
+  ap.replayed = atp_payload_get_u64(rd);
+  ap.skipped = atp_payload_get_u64(rd);
+  ap.failed = atp_payload_get_u64(rd);
+  int64_t closed_at = atp_payload_get_i64(rd);
+  atp_payload_get_str(rd, &note.ptr, &note.len);
+  atp_payload_get_str(rd, &by.ptr, &by.len);
+  if (!atp_payload_ok(rd) || !id.len || id.len > ATP_ID_BYTES_MAX ||
+      source.len > ATP_ID_BYTES_MAX || by.len > ATP_ID_BYTES_MAX ||
+      note.len > ATP_RECON_NOTE_BYTES_MAX || status >= ATP_RECON_STATUS_COUNT_ ||
+      seq == 0)
+    return ATP_EBADREQ;
+  pending_t *p = pending_find(s, id);
+  atp_recon_report_t *r = NULL;
+  if (p && p->version == version && p->b.r->item_count == item_count) {
+    r = p->b.r;
+    p->b.r = NULL;
+  }
+  if (p) pending_drop(s, p);
+  uint32_t at = UINT32_MAX;
+  for (uint32_t i = 0; i < s->count; i++)
+    if (id_is(s->reports[i]->id, id)) at = i;
+  bool newer = at == UINT32_MAX ? seq > s->next_seq : version > s->reports[at]->version;
+  if (!newer || (item_count && !r)) {
+    /* Already held (a snapshot's state the journal repeats), evicted since, or
+     * a version whose chunks a torn tail cut: the report stays as it was. */
+    report_free(r);
+    return 0;
+  }
+  if (!r && !(r = report_new(id))) return ATP_ENOMEM;
+  r->seq = seq;
+  r->version = version;
+  memcpy(r->source, source.ptr, source.len);
+  r->as_of_ms = as_of;
+  r->created_at_ms = created;
+  r->content_hash = hash;
+  r->status = (atp_recon_status_t)status;
+  r->compared = fig[0], r->matched = fig[1], r->mismatched = fig[2];
+  r->missing_here = fig[3], r->missing_there = fig[4], r->approximate = fig[5];
+  r->applied_at_ms = applied_at;
+  r->apply = ap;
+  r->closed_at_ms = closed_at;
+  memcpy(r->by, by.ptr, by.len);
+  if (closed_at != ATP_TIME_NONE) {
+    if (!(r->note = atp_malloc(note.len + 1))) {
+      report_free(r);
+      return ATP_ENOMEM;
+    }
+    memcpy(r->note, note.ptr, note.len);
+    r->note[note.len] = '\0';
+  }
+  if (at != UINT32_MAX) {
+    s->items_held -= s->reports[at]->item_count;
+    report_free(s->reports[at]);
+    s->reports[at] = r;
+  } else {
+    if (s->count == s->cap) {
+      /* More reports than this start's bound (it was lowered): kept all the
+       * same, since dropping an open one would lose it without a word. */
+      atp_recon_report_t **n = atp_realloc(s->reports, (size_t)s->cap * 2 * sizeof *n);
+      if (!n) {
+        report_free(r);
+        return ATP_ENOMEM;
+      }
+      s->reports = n;
+      s->cap *= 2;
+    }
+    s->reports[s->count++] = r;
+    s->next_seq = seq;
+  }
+  s->items_held += r->item_count;
+  return 0;
+}
+
+static int replay_evict(atp_recon_store_t *s, atp_payload_reader_t *rd) {
+  atp_str_t id;
+  atp_payload_get_str(rd, &id.ptr, &id.len);
+  uint64_t seq = atp_payload_get_u64(rd);
+  if (!atp_payload_ok(rd)) return ATP_EBADREQ;
+  for (uint32_t i = 0; i < s->count; i++) {
+    atp_recon_report_t *r = s->reports[i];
+    if (r->seq != seq || !id_is(r->id, id)) continue;
+    s->items_held -= r->item_count;
+    memmove(&s->reports[i], &s->reports[i + 1],
+            (size_t)(s->count - i - 1) * sizeof s->reports[0]);
+    s->count--;
+    s->evicted_total++;
+    report_free(r);
+    break;
+  }
+  return 0;
+}
+
+static int replay(void *ctx, uint16_t kind, const void *payload, uint32_t len) {
+  atp_recon_store_t *s = ctx;
+  atp_payload_reader_t rd;
+  atp_payload_reader_init(&rd, payload, len);
+  int rc = 0;
+  pthread_mutex_lock(&s->lock);
+  switch (kind) {
+    case ATP_RECON_KIND_REPORT:
+      rc = replay_report(s, &rd);
+      break;
+    case ATP_RECON_KIND_ITEMS:
+      rc = replay_items(s, &rd);
+      break;
+    case ATP_RECON_KIND_EVICT:
+      rc = replay_evict(s, &rd);
+      break;
+    case ATP_RECON_KIND_META: {
+      uint64_t next = atp_payload_get_u64(&rd), evicted = atp_payload_get_u64(&rd);
+      if (!atp_payload_ok(&rd)) {
+        rc = ATP_EBADREQ;
+        break;
+      }
+      if (next > s->next_seq) s->next_seq = next;
+      if (evicted > s->evicted_total) s->evicted_total = evicted;
+      break;
+    }
+    default:
+      break; /* a later release's kind in our range: nothing to keep */
+  }
+  pthread_mutex_unlock(&s->lock);
+  return rc;
+}
+
+static int export_state(void *ctx, atp_durable_emit_fn emit, void *emit_ctx) {
+  atp_recon_store_t *s = ctx;
+  int rc = 0;
+  pthread_mutex_lock(&s->lock);
+  for (uint32_t i = 0; i < s->count && !rc; i++) {
+    atp_recon_report_t *r = s->reports[i];
+    pthread_mutex_lock(&r->lock);
+    rc = put_report(r, emit, emit_ctx);
+    pthread_mutex_unlock(&r->lock);
+  }
+  if (!rc) {
+    atp_buf_t b;
+    atp_buf_init(&b, 0);
+    atp_payload_u64(&b, s->next_seq);
+    atp_payload_u64(&b, s->evicted_total);
+    rc = b.failed ? ATP_ENOMEM
+                  : emit(emit_ctx, ATP_RECON_KIND_META, b.data, (uint32_t)b.len);
+    atp_buf_free(&b);
+  }
+  pthread_mutex_unlock(&s->lock);
+  return rc;
+}
+
 /* --- the store -------------------------------------------------------------- */
 
 int atp_recon_store_create(const atp_recon_config_t *config, atp_recon_store_t **out) {
@@ -384,12 +739,28 @@ int atp_recon_store_create(const atp_recon_config_t *config, atp_recon_store_t *
   if (config) s->config = *config;
   if (!s->config.reports_max) s->config.reports_max = ATP_RECON_REPORTS_MAX_DEFAULT;
   if (!s->config.items_max) s->config.items_max = ATP_RECON_ITEMS_MAX_DEFAULT;
-  s->reports = atp_calloc(s->config.reports_max, sizeof *s->reports);
+  s->cap = s->config.reports_max;
+  s->reports = atp_calloc(s->cap, sizeof *s->reports);
   if (!s->reports) {
     atp_free(s);
     return ATP_ENOMEM;
   }
   pthread_mutex_init(&s->lock, NULL);
+  if (s->config.durable) {
+    atp_durable_section_t sec = {
+        .name = "reconciliations",
+        .kind_first = ATP_RECON_KIND_REPORT,
+        .kind_last = ATP_RECON_KIND_META,
+        .replay = replay,
+        .export_state = export_state,
+        .ctx = s,
+    };
+    int rc = atp_durable_register(s->config.durable, &sec);
+    if (rc != 0) {
+      atp_recon_store_destroy(s);
+      return rc;
+    }
+  }
   *out = s;
   return 0;
 }
@@ -397,14 +768,10 @@ int atp_recon_store_create(const atp_recon_config_t *config, atp_recon_store_t *
 void atp_recon_store_destroy(atp_recon_store_t *s) {
   if (!s) return;
   for (uint32_t i = 0; i < s->count; i++) report_free(s->reports[i]);
+  while (s->pending) pending_drop(s, s->pending);
   atp_free(s->reports);
   pthread_mutex_destroy(&s->lock);
   atp_free(s);
-}
-
-static void changed(atp_recon_store_t *s, const atp_recon_report_t *r,
-                    atp_recon_event_t event) {
-  if (s->config.on_change) s->config.on_change(s->config.change_ctx, r, event);
 }
 
 /* Caller holds the store's lock. O(reports): the store is small. */
@@ -425,15 +792,16 @@ static atp_recon_report_t *find_and_lock(atp_recon_store_t *s, atp_str_t id) {
   return r;
 }
 
-/* Drops the oldest closed report; false when none is closed. Caller holds the
- * store's lock. */
-static bool evict_one_locked(atp_recon_store_t *s) {
+/* Drops the oldest closed report: 1, 0 when none is closed, or the
+ * journal's error. Caller holds the store's lock. */
+static int evict_one_locked(atp_recon_store_t *s) {
   for (uint32_t i = 0; i < s->count; i++) {
     atp_recon_report_t *r = s->reports[i];
     pthread_mutex_lock(&r->lock); /* waits for a reader still writing it out */
     bool closed = r->status == ATP_RECON_CLOSED;
-    if (closed) changed(s, r, ATP_RECON_EVICTED);
+    int rc = closed ? journal_evict(s, r) : 0;
     pthread_mutex_unlock(&r->lock);
+    if (rc) return rc;
     if (!closed) continue;
     atp_log("info", "reconciliation %s evicted (closed) to make room", r->id);
     s->items_held -= r->item_count;
@@ -442,9 +810,9 @@ static bool evict_one_locked(atp_recon_store_t *s) {
     s->count--;
     s->evicted_total++;
     report_free(r);
-    return true;
+    return 1;
   }
-  return false;
+  return 0;
 }
 
 /* Room for a report of item_count items, evicting closed ones. Caller holds
@@ -459,7 +827,12 @@ static int make_room_locked(atp_recon_store_t *s, uint32_t item_count,
   }
   while (s->count == s->config.reports_max ||
          s->items_held + item_count > s->config.items_max) {
-    if (evict_one_locked(s)) continue;
+    int rc = evict_one_locked(s);
+    if (rc < 0) {
+      fail(result, "", "The journal refused the eviction: %s", atp_strerror(rc));
+      return rc;
+    }
+    if (rc) continue;
     fail(result, "",
          "The reconciliation store is full (%u reports, %llu unmatched items; limits "
          "%u and %llu) and none is closed: close reports that are done with.",
@@ -527,13 +900,16 @@ int atp_recon_create(atp_recon_store_t *s, const atp_engine_t *engine,
   }
   rc = make_room_locked(s, r->item_count, result);
   if (rc == 0) {
-    r->seq = ++s->next_seq;
+    r->seq = s->next_seq + 1;
+    r->version = 1;
+    if ((rc = journal_report(s, r)) != 0)
+      fail(result, "", "The journal refused the report: %s", atp_strerror(rc));
+  }
+  if (rc == 0) {
+    s->next_seq = r->seq;
     s->reports[s->count++] = r;
     s->items_held += r->item_count;
     s->compared_total += r->compared;
-    pthread_mutex_lock(&r->lock);
-    changed(s, r, ATP_RECON_CREATED);
-    pthread_mutex_unlock(&r->lock);
   }
   pthread_mutex_unlock(&s->lock);
   if (rc) report_free(r);
@@ -835,14 +1211,28 @@ int atp_recon_apply(atp_recon_store_t *s, atp_engine_t *engine, atp_str_t id,
   /* A retried apply whose every count replayed changes nothing, the report
    * included: it keeps the first apply's time and figures. */
   *replayed = !any && r->status == ATP_RECON_APPLIED;
+  int rc = 0;
   if (!*replayed) {
+    atp_recon_status_t status = r->status;
+    int64_t applied_at = r->applied_at_ms;
+    atp_recon_apply_t apply = r->apply;
     r->status = ATP_RECON_APPLIED;
     r->applied_at_ms = atp_engine_now_ms(engine);
     r->apply = *out;
-    changed(s, r, ATP_RECON_APPLY);
+    r->version++;
+    if ((rc = journal_report(s, r)) != 0) {
+      /* The counts stand (the engine journaled them); the report goes back,
+       * so a retry, whose counts replay, records the apply again. The items
+       * keep their new outcomes, which that retry journals. */
+      r->status = status;
+      r->applied_at_ms = applied_at;
+      r->apply = apply;
+      r->version--;
+      fail(result, "", "The journal refused the report: %s", atp_strerror(rc));
+    }
   }
   pthread_mutex_unlock(&r->lock);
-  return 0;
+  return rc;
 }
 
 int atp_recon_close(atp_recon_store_t *s, atp_str_t id, atp_str_t note, atp_str_t by,
@@ -866,14 +1256,25 @@ int atp_recon_close(atp_recon_store_t *s, atp_str_t id, atp_str_t note, atp_str_
   }
   memcpy(copy, note.ptr, note.len);
   copy[note.len] = '\0';
+  atp_recon_status_t status = r->status;
   r->note = copy;
   memcpy(r->by, by.ptr, by.len);
   r->by[by.len] = '\0';
   r->closed_at_ms = now_ms;
   r->status = ATP_RECON_CLOSED;
-  changed(s, r, ATP_RECON_CLOSE);
+  r->version++;
+  int rc = journal_report(s, r);
+  if (rc) {
+    atp_free(r->note);
+    r->note = NULL;
+    r->by[0] = '\0';
+    r->closed_at_ms = ATP_TIME_NONE;
+    r->status = status;
+    r->version--;
+    fail(result, "", "The journal refused the close: %s", atp_strerror(rc));
+  }
   pthread_mutex_unlock(&r->lock);
-  return 0;
+  return rc;
 }
 
 void atp_recon_metrics_write(atp_recon_store_t *s, atp_buf_t *out) {

@@ -13,7 +13,7 @@
  * Heads and small bodies are copied into the queue's byte buffer; a large body
  * is moved (not copied) into the queue and written in place with writev.
  * Backpressure: when the queued responses reach ATP_HTTP_PIPELINE_MAX or
- * OUT_HIGH_WATER_BYTES, on_message_complete pauses llhttp, the unparsed rest
+ * ATP_HTTP_OUT_HIGH_WATER_BYTES, on_message_complete pauses llhttp, the unparsed rest
  * of the read is kept in the connection's input buffer and reading stops until
  * the write in flight completes. A client that never reads pins at most that.
  *
@@ -43,21 +43,15 @@
 #include "atp/error.h"
 #include "atp/limits.h"
 
-#define READ_BYTES            (64 * 1024)   /* one loop-wide read buffer */
-#define OUT_HIGH_WATER_BYTES  (1024 * 1024) /* queued output that pauses parsing */
-#define OUT_INLINE_BODY_BYTES (16 * 1024)   /* bodies up to this are copied */
-#define OUT_BIG_MAX           4             /* moved bodies per output queue */
-#define RESPONSE_BYTES_MAX    (256u << 20)  /* one response body */
+#define READ_BYTES            (64 * 1024) /* one loop-wide read buffer */
+#define OUT_INLINE_BODY_BYTES (16 * 1024) /* bodies up to this are copied */
+#define OUT_BIG_MAX           4           /* moved bodies per output queue */
 /* A request's buffers above this are freed when it ends, so an idle keep-alive
  * connection holds a few small buffers whatever its last request was. */
 #define KEEP_BUF_BYTES     (32 * 1024)
 #define ARENA_CHUNK_BYTES  (16 * 1024)
-#define ARENA_BYTES_MAX    (4u * ATP_HTTP_BULK_BODY_BYTES_MAX)
 #define HEAD_BUF_BYTES_MAX (ATP_HTTP_URL_BYTES_MAX + ATP_HTTP_HEADER_BYTES_MAX + 64)
-#define FIELD_BYTES        24   /* longest header name we look for, rounded up */
-#define LINGER_MS          2000 /* after the last response: wait for the client's FIN */
-#define LINGER_BYTES_MAX   (4u << 20)
-#define STOP_TIMEOUT_MS    5000
+#define FIELD_BYTES        24 /* longest header name we look for, rounded up */
 #define STOP_POLL_MS       20 /* how soon a drain notices a hurry */
 #define LISTEN_BACKLOG     1024
 #define REQUEST_ID_BLOCK   4096
@@ -203,6 +197,7 @@ struct atp_http_stream {
 typedef struct answer {
   struct answer *next;
   uint64_t request_id;
+  uint64_t hold_until;
   int status;
   const char *content_type;
   char extra_header[ATP_HTTP_ANSWER_HEADER_BYTES]; /* "" or one "Name: value" */
@@ -222,9 +217,11 @@ struct loop_ctx {
   _Atomic uint64_t released;        /* parked output up to this value may go */
   conn_t *held;                     /* connections with parked output */
   uv_async_t answer_async;          /* atp_http_server_answer wakes the loop */
-  uv_mutex_t answer_mu;             /* guards answers and answers_closed */
+  uv_mutex_t answer_mu;             /* guards answers, posts and answers_closed */
   answer_t *answers;                /* delivered, not yet queued (newest first) */
-  bool answers_closed;              /* the loop finished: answers are dropped */
+  bool answers_closed;              /* the loop finished: answers and posts refused */
+  uv_async_t post_async;            /* atp_http_server_post wakes the loop */
+  atp_http_post_t *posts;           /* queued continuations, newest first */
   atp_http_stream_t *streams_ready; /* streams with bytes or news (answer_mu) */
   bool answer_mu_inited;
   uv_thread_t thread;
@@ -346,7 +343,7 @@ static bool out_full(const conn_t *c) {
     bytes += c->out[!c->pending].total_bytes;
   }
   return c->deferred_id || c->stream || responses >= ATP_HTTP_PIPELINE_MAX ||
-         bytes >= OUT_HIGH_WATER_BYTES;
+         bytes >= ATP_HTTP_OUT_HIGH_WATER_BYTES;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -442,7 +439,7 @@ static int queue_response(conn_t *c, const response_t *r) {
     q->big_at[q->big_count] = q->bytes.len;
     q->big_count++;
     q->total_bytes += r->body_len;
-    atp_buf_init(r->body_buf, RESPONSE_BYTES_MAX);
+    atp_buf_init(r->body_buf, ATP_HTTP_RESPONSE_BYTES_MAX);
   }
   q->responses++;
   return 0;
@@ -554,7 +551,7 @@ static void request_shrink(conn_t *c) {
    * reset, nothing allocated from it, when this runs.) */
   if (c->arena.bytes_held > ARENA_CHUNK_BYTES) {
     atp_arena_destroy(&c->arena);
-    atp_arena_init(&c->arena, ARENA_CHUNK_BYTES, ARENA_BYTES_MAX);
+    atp_arena_init(&c->arena, ARENA_CHUNK_BYTES, ATP_HTTP_ARENA_BYTES_MAX);
   }
   if (c->head.cap > KEEP_BUF_BYTES) atp_buf_free(&c->head);
   if (c->body.cap > KEEP_BUF_BYTES) atp_buf_free(&c->body);
@@ -1101,8 +1098,8 @@ static void dispatch(conn_t *c) {
     c->deferred_close = res.close || !c->keep_alive;
     snprintf(c->deferred_path, sizeof c->deferred_path, "%.*s",
              (int)(req.path_len < DEFERRED_PATH_BYTES ? req.path_len : 0), req.path);
-    atp_arena_reset(&c->arena);
-    request_shrink(c);
+    /* The arena, head and body are kept until the answer: the deferred work
+     * may still read them (a batch's ops). Nothing is parsed meanwhile. */
     c->in_message = false;
     return;
   }
@@ -1185,10 +1182,10 @@ static void core_init(conn_t *c, const atp_http_config_t *config, loop_ctx_t *lp
   c->lp = lp;
   llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
   c->parser.data = c;
-  atp_arena_init(&c->arena, ARENA_CHUNK_BYTES, ARENA_BYTES_MAX);
+  atp_arena_init(&c->arena, ARENA_CHUNK_BYTES, ATP_HTTP_ARENA_BYTES_MAX);
   atp_buf_init(&c->head, HEAD_BUF_BYTES_MAX);
   atp_buf_init(&c->body, ATP_HTTP_BODY_BYTES_MAX + 1);
-  atp_buf_init(&c->res_body, RESPONSE_BYTES_MAX);
+  atp_buf_init(&c->res_body, ATP_HTTP_RESPONSE_BYTES_MAX);
   atp_buf_init(&c->in, READ_BYTES);
   outq_init(&c->out[0]);
   outq_init(&c->out[1]);
@@ -1382,10 +1379,12 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   if (c->lingering || c->closing || c->stream) {
     c->linger_bytes += (size_t)nread;
-    if (c->linger_bytes > LINGER_BYTES_MAX) conn_close(c);
+    if (c->linger_bytes > ATP_HTTP_LINGER_BYTES_MAX) conn_close(c);
     return;
   }
-  size_t used = core_execute(c, buf->base, (size_t)nread);
+  /* A deferred request reads on, so that a reset is noticed while its work
+   * runs; what arrives (a pipelined request) waits unparsed, in order. */
+  size_t used = c->deferred_id ? 0 : core_execute(c, buf->base, (size_t)nread);
   if (used < (size_t)nread && !c->closing) {
     /* Backpressure: keep the rest (at most one read) and read no more. */
     atp_buf_reset(&c->in);
@@ -1473,7 +1472,7 @@ static void conn_linger(conn_t *c) {
     conn_close(c);
     return;
   }
-  conn_set_deadline(c, uv_now(&c->lp->loop) + LINGER_MS);
+  conn_set_deadline(c, uv_now(&c->lp->loop) + ATP_HTTP_LINGER_MS);
 }
 
 static int conn_set_reading(conn_t *c, bool want) {
@@ -1533,8 +1532,9 @@ static void conn_progress(conn_t *c) {
     }
   }
   /* A stream reads on, to see the client leave. */
-  bool want = !c->eof && (c->lingering || c->stream ||
-                          (!c->closing && !c->paused && !out_full(c)));
+  bool want =
+      !c->eof && (c->lingering || c->stream ||
+                  (!c->closing && !c->paused && (!out_full(c) || c->deferred_id)));
   if (conn_set_reading(c, want)) return;
   conn_update_deadline(c);
   if (c->stream) {
@@ -1626,6 +1626,34 @@ static void on_connection(uv_stream_t *listener, int status) {
 /* ------------------------------------------------------------------------ */
 /* Loops, stop, run                                                          */
 
+/* Runs a list taken from lp->posts (newest first) in the order posted. */
+static void run_posts(atp_http_post_t *list) {
+  atp_http_post_t *fifo = NULL;
+  while (list) {
+    atp_http_post_t *p = list;
+    list = p->next;
+    p->next = fifo;
+    fifo = p;
+  }
+  while (fifo) {
+    atp_http_post_t *p = fifo;
+    fifo = p->next;
+    p->next = NULL;
+    p->fn(p->ctx); /* may post p again, or free it */
+  }
+}
+
+/* What was posted before this wake-up runs now; what those callbacks post
+ * runs on the next iteration, after the loop polled for I/O again. */
+static void on_post_async(uv_async_t *a) {
+  loop_ctx_t *lp = a->data;
+  uv_mutex_lock(&lp->answer_mu);
+  atp_http_post_t *list = lp->posts;
+  lp->posts = NULL;
+  uv_mutex_unlock(&lp->answer_mu);
+  run_posts(list);
+}
+
 static void loop_maybe_finish(loop_ctx_t *lp) {
   if (!lp->stopping || lp->finished || lp->conn_count > 0) return;
   lp->finished = true;
@@ -1636,6 +1664,8 @@ static void loop_maybe_finish(loop_ctx_t *lp) {
   lp->answers_closed = true;
   atp_http_stream_t *ready = lp->streams_ready;
   lp->streams_ready = NULL;
+  atp_http_post_t *posts = lp->posts;
+  lp->posts = NULL;
   uv_mutex_unlock(&lp->answer_mu);
   while (ready) { /* every connection is closed: nothing to flush */
     atp_http_stream_t *st = ready;
@@ -1646,6 +1676,10 @@ static void loop_maybe_finish(loop_ctx_t *lp) {
     stream_unref(st);
   }
   uv_close((uv_handle_t *)&lp->answer_async, NULL);
+  uv_close((uv_handle_t *)&lp->post_async, NULL);
+  /* Every connection is gone: what is still queued runs once, finds its
+   * request dead and frees itself (a post from there is refused). */
+  run_posts(posts);
 }
 
 /* Queues the answers other threads delivered on their deferred connections.
@@ -1684,7 +1718,13 @@ static void on_answer_async(uv_async_t *a) {
       }
       if (r.status < 200 || r.status > 599) r.status = 500;
       c->deferred_id = 0;
+      /* The request is over: what it kept for its deferred work goes. */
+      atp_arena_reset(&c->arena);
+      request_shrink(c);
       if (queue_response(c, &r)) r.close = true;
+      if (an->hold_until &&
+          an->hold_until > atomic_load_explicit(&lp->released, memory_order_acquire))
+        conn_hold(c, an->hold_until);
       if (r.close) c->closing = true;
       atp_http_request_t req;
       memset(&req, 0, sizeof req);
@@ -1737,8 +1777,8 @@ static void on_stop_async(uv_async_t *a) {
     uv_close((uv_handle_t *)&lp->listener, NULL);
     lp->listening = false;
   }
-  lp->stop_deadline =
-      uv_now(&lp->loop) + cfg_ms(lp->server->config.stop_timeout_ms, STOP_TIMEOUT_MS);
+  lp->stop_deadline = uv_now(&lp->loop) + cfg_ms(lp->server->config.stop_timeout_ms,
+                                                 ATP_HTTP_STOP_TIMEOUT_MS);
   uv_timer_start(&lp->stop_timer, on_stop_timer, STOP_POLL_MS, STOP_POLL_MS);
   /* Idle connections close now; busy ones after their response. */
   for (conn_t *c = lp->conns; c; c = c->next) conn_progress(c);
@@ -1805,6 +1845,8 @@ static int loop_init(atp_http_server_t *s, loop_ctx_t *lp, int index, char *err,
   uv_async_init(&lp->loop, &lp->release_async, on_release_async);
   uv_async_init(&lp->loop, &lp->answer_async, on_answer_async);
   lp->answer_async.data = lp;
+  uv_async_init(&lp->loop, &lp->post_async, on_post_async);
+  lp->post_async.data = lp;
   if (uv_mutex_init(&lp->answer_mu) == 0) lp->answer_mu_inited = true;
   uv_tcp_init(&lp->loop, &lp->listener);
   lp->stop_async.data = lp->stop_timer.data = lp->listener.data = lp;
@@ -1948,20 +1990,40 @@ void atp_http_server_release(atp_http_server_t *s, uint64_t value) {
 int atp_http_server_answer(atp_http_server_t *s, int thread_index, uint64_t request_id,
                            int status, const char *content_type, const void *body,
                            size_t body_len) {
-  return atp_http_server_answer_header(s, thread_index, request_id, status,
-                                       content_type, NULL, body, body_len);
+  return atp_http_server_answer_held(s, thread_index, request_id, status, content_type,
+                                     body, body_len, 0);
+}
+
+static int answer_full(atp_http_server_t *s, int thread_index, uint64_t request_id,
+                       int status, const char *content_type, const char *header,
+                       const void *body, size_t body_len, uint64_t hold_until);
+
+int atp_http_server_answer_held(atp_http_server_t *s, int thread_index,
+                                uint64_t request_id, int status,
+                                const char *content_type, const void *body,
+                                size_t body_len, uint64_t hold_until) {
+  return answer_full(s, thread_index, request_id, status, content_type, NULL, body,
+                     body_len, hold_until);
 }
 
 int atp_http_server_answer_header(atp_http_server_t *s, int thread_index,
                                   uint64_t request_id, int status,
                                   const char *content_type, const char *header,
                                   const void *body, size_t body_len) {
+  return answer_full(s, thread_index, request_id, status, content_type, header, body,
+                     body_len, 0);
+}
+
+static int answer_full(atp_http_server_t *s, int thread_index, uint64_t request_id,
+                       int status, const char *content_type, const char *header,
+                       const void *body, size_t body_len, uint64_t hold_until) {
   ATP_ASSERT(s && thread_index >= 0 && thread_index < s->threads && request_id);
   ATP_ASSERT(!header || strlen(header) < ATP_HTTP_ANSWER_HEADER_BYTES);
   answer_t *an = atp_malloc(sizeof *an + body_len);
   if (!an) return ATP_ENOMEM;
   snprintf(an->extra_header, sizeof an->extra_header, "%s", header ? header : "");
   an->request_id = request_id;
+  an->hold_until = hold_until;
   an->status = status;
   an->content_type = content_type;
   an->body_len = body_len;
@@ -1977,6 +2039,32 @@ int atp_http_server_answer_header(atp_http_server_t *s, int thread_index,
   uv_mutex_unlock(&lp->answer_mu);
   if (closed) atp_free(an);
   return closed ? ATP_EUNAVAILABLE : 0;
+}
+
+int atp_http_server_post(atp_http_server_t *s, int thread_index, atp_http_post_t *post,
+                         atp_http_post_fn fn, void *ctx) {
+  ATP_ASSERT(s && thread_index >= 0 && thread_index < s->threads && post && fn);
+  loop_ctx_t *lp = &s->loops[thread_index];
+  post->fn = fn;
+  post->ctx = ctx;
+  uv_mutex_lock(&lp->answer_mu);
+  bool closed = lp->answers_closed;
+  if (!closed) {
+    post->next = lp->posts;
+    lp->posts = post;
+    uv_async_send(&lp->post_async);
+  }
+  uv_mutex_unlock(&lp->answer_mu);
+  return closed ? ATP_EUNAVAILABLE : 0;
+}
+
+bool atp_http_server_deferred_alive(atp_http_server_t *s, int thread_index,
+                                    uint64_t request_id) {
+  ATP_ASSERT(s && thread_index >= 0 && thread_index < s->threads && request_id);
+  /* Linear, like on_answer_async: called once per slice of deferred work. */
+  for (conn_t *c = s->loops[thread_index].conns; c; c = c->next)
+    if (!c->closed && c->deferred_id == request_id) return true;
+  return false;
 }
 
 void atp_http_server_hurry(atp_http_server_t *s) {

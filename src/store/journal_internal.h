@@ -86,6 +86,10 @@ typedef struct {
   uint64_t next_lsn;      /* next LSN to assign (> covered_lsn) */
   uint64_t last_expected; /* the last segment's next LSN, so whether it continues */
   uint64_t last_bytes;    /* the last segment's length after any repair */
+  /* The last segment's file size: last_bytes plus the zero-filled space after
+   * its data end (proto/journal.md, "Clean zero end"), which the writer goes
+   * on overwriting. */
+  uint64_t last_file_bytes;
 } atp__journal_dir_t;
 
 /* Scans dir (see atp_journal_open). With repair, cuts a torn tail and removes

@@ -16,6 +16,16 @@
  * A bad frame in any segment but the last is corruption for the same reason
  * (a segment is closed only after its last group is durable).
  *
+ * Zero-filled space. The writer zero-fills the segment ahead of its write
+ * position (so that its fdatasyncs overwrite allocated blocks instead of
+ * growing the file), so the last segment may end in zeroes. A frame whose
+ * 24 header bytes are all zero can never be good (LSN 0 is never used, kind
+ * 0 neither), so when the bytes from X to the end of the segment are all zero
+ * the segment ends cleanly at X: nothing is cut or reported. A zero header
+ * with any nonzero byte after it is a bad frame like any other, and the torn
+ * tail and corruption rules decide; a partial frame followed by zeroes is a
+ * torn tail as before.
+ *
  * What this cannot tell: a bit flipped, after the fact, inside the newest
  * group of the last segment looks like a torn write and is cut. Every log
  * that trusts its last fsync has that limit.
@@ -297,6 +307,24 @@ static int bad_frame(const seg_view_t *v, const char *path, uint64_t off,
   return truncate_segment(path, off, scan);
 }
 
+/* Whether every byte from off to the end of the segment is zero: a clean end
+ * in zero-filled space (see the file comment). */
+static bool zero_end(const seg_view_t *v, uint64_t off) {
+  const unsigned char *p = v->buf + off, *end = v->buf + v->size;
+  while (p < end && ((uintptr_t)p & 7)) {
+    if (*p++) return false;
+  }
+  for (; end - p >= 8; p += 8) {
+    uint64_t w;
+    memcpy(&w, p, 8);
+    if (w) return false;
+  }
+  while (p < end) {
+    if (*p++) return false;
+  }
+  return true;
+}
+
 /* Scans one segment's records from LSN first; *next is the LSN after its
  * last intact record and *length the segment's length after any cut. */
 static int scan_records(const seg_view_t *v, const char *path, uint64_t first,
@@ -306,6 +334,10 @@ static int scan_records(const seg_view_t *v, const char *path, uint64_t first,
   *length = v->size;
   while (off < v->size) {
     const unsigned char *f = v->buf + off;
+    if (zero_end(v, off)) {
+      *length = off; /* the data end; the zeroes stay for the writer */
+      break;
+    }
     if (!frame_intact(v, off, expected, expected) || atp__get16(f + 16) == 0 ||
         atp__get16(f + 18) != 0) {
       int rc = bad_frame(v, path, off, expected, last, o, scan);
@@ -374,6 +406,8 @@ static int scan_segment(const char *dir, uint32_t index, const scan_opts_t *o,
   if (last) {
     d->last_expected = *expected;
     d->last_bytes = o->repair ? length : size;
+    /* A cut truncated the file at length; a clean zero end keeps its size. */
+    d->last_file_bytes = o->repair && scan->tail_bytes ? length : size;
   }
   return rc;
 }

@@ -325,6 +325,44 @@ static void remove_old(const atp_snapshot_config_t *config) {
   }
 }
 
+/* Writes the file's chunks, the engine's then the sections', then its trailer,
+ * and last its header (the counts are known only then), and syncs it. */
+static int write_contents(writer_t *w, atp_engine_t *engine,
+                          atp_snapshot_info_t *info) {
+  const atp_snapshot_config_t *config = w->config;
+  char *err = w->err;
+  size_t err_len = w->err_len;
+  unsigned char head[HEADER_BYTES] = {0};
+  if (write_all(w->fd, head, HEADER_BYTES)) { /* placeholder: counts come last */
+    ERR("write %s: %s", w->path, strerror(errno));
+    return ATP_EUNAVAILABLE;
+  }
+  w->offset = HEADER_BYTES;
+  int rc = atp_engine_export(engine, on_export, w, &info->counts);
+  if (!rc) rc = flush_chunk(w);
+  if (!rc && config->sections_export) {
+    w->magic = SECTION_MAGIC;
+    rc = config->sections_export(config->sections_ctx, on_section, w);
+    if (!rc) rc = flush_chunk(w);
+  }
+  if (rc) return rc;
+  unsigned char trailer[TRAILER_BYTES];
+  trailer_encode(trailer, w->chunks, w->offset);
+  info->chunks = w->chunks;
+  info->bytes = w->offset + TRAILER_BYTES;
+  header_encode(head, info);
+  if (write_all(w->fd, trailer, TRAILER_BYTES) ||
+      pwrite(w->fd, head, HEADER_BYTES, 0) != (ssize_t)HEADER_BYTES) {
+    ERR("write %s: %s", w->path, strerror(errno));
+    return ATP_EUNAVAILABLE;
+  }
+  if (fsync(w->fd)) {
+    ERR("fsync %s: %s", w->path, strerror(errno));
+    return ATP_EUNAVAILABLE;
+  }
+  return 0;
+}
+
 int atp_snapshot_write(const atp_snapshot_config_t *config, atp_engine_t *engine,
                        uint64_t lsn, atp_snapshot_settle_fn settle, void *settle_ctx,
                        atp_snapshot_info_t *info, char *err, size_t err_len) {
@@ -353,35 +391,7 @@ int atp_snapshot_write(const atp_snapshot_config_t *config, atp_engine_t *engine
     ERR("open %s: %s", tmp, strerror(errno));
     return ATP_EUNAVAILABLE;
   }
-  unsigned char head[HEADER_BYTES] = {0};
-  int rc = 0;
-  if (write_all(w.fd, head, HEADER_BYTES)) { /* placeholder: counts come last */
-    ERR("write %s: %s", tmp, strerror(errno));
-    rc = ATP_EUNAVAILABLE;
-  }
-  w.offset = HEADER_BYTES;
-  if (!rc) rc = atp_engine_export(engine, on_export, &w, &info->counts);
-  if (!rc) rc = flush_chunk(&w);
-  if (!rc && config->sections_export) {
-    w.magic = SECTION_MAGIC;
-    rc = config->sections_export(config->sections_ctx, on_section, &w);
-    if (!rc) rc = flush_chunk(&w);
-  }
-  if (!rc) {
-    unsigned char trailer[TRAILER_BYTES];
-    trailer_encode(trailer, w.chunks, w.offset);
-    info->chunks = w.chunks;
-    info->bytes = w.offset + TRAILER_BYTES;
-    header_encode(head, info);
-    if (write_all(w.fd, trailer, TRAILER_BYTES) ||
-        pwrite(w.fd, head, HEADER_BYTES, 0) != (ssize_t)HEADER_BYTES) {
-      ERR("write %s: %s", tmp, strerror(errno));
-      rc = ATP_EUNAVAILABLE;
-    } else if (fsync(w.fd)) {
-      ERR("fsync %s: %s", tmp, strerror(errno));
-      rc = ATP_EUNAVAILABLE;
-    }
-  }
+  int rc = write_contents(&w, engine, info);
   close(w.fd);
   atp_buf_free(&w.chunk);
   if (!rc && settle) rc = settle(settle_ctx);
@@ -467,6 +477,99 @@ static int apply_sections(const char *path, uint64_t index, uint64_t offset,
 typedef int (*frame_fn)(void *ctx, uint64_t index, const unsigned char *frame,
                         size_t frame_bytes);
 
+/* One file scan's state, shared by its steps. */
+typedef struct {
+  const char *path;
+  int fd;
+  atp_engine_t *engine;
+  frame_fn fn;
+  void *ctx;
+  atp_snapshot_section_fn section;
+  void *section_ctx;
+  atp_snapshot_info_t *info;
+  unsigned char *frame; /* the chunk being read: frame header and payload */
+  size_t frame_cap;
+  atp_records_t recs;
+  char *err;
+  size_t err_len;
+} scan_t;
+
+/* Reads and decodes the file's header into info. */
+static int scan_header(scan_t *s) {
+  char *err = s->err;
+  size_t err_len = s->err_len;
+  unsigned char head[HEADER_BYTES];
+  int got = read_full(s->fd, head, HEADER_BYTES);
+  if (got < 0) {
+    ERR("read %s: %s", s->path, strerror(errno));
+    return ATP_EUNAVAILABLE;
+  }
+  if (!got) {
+    ERR("%s: truncated header at offset 0", s->path);
+    return ATP_EINTERNAL;
+  }
+  return header_decode(head, s->info, err, err_len, s->path);
+}
+
+/* Reads the rest of the trailer that fh begins and checks it against the
+ * chunks read before it and the header. */
+static int scan_trailer(scan_t *s, const unsigned char *fh, uint64_t index,
+                        uint64_t offset) {
+  char *err = s->err;
+  size_t err_len = s->err_len;
+  unsigned char t[TRAILER_BYTES];
+  memcpy(t, fh, FRAME_BYTES);
+  if (read_full(s->fd, t + FRAME_BYTES, TRAILER_BYTES - FRAME_BYTES) != 1 ||
+      get32(t + 28) != atp_crc32c(0, t, 28) || get64(t + 8) != index ||
+      get64(t + 8) != s->info->chunks || get64(t + 16) != offset ||
+      offset + TRAILER_BYTES != s->info->bytes) {
+    ERR("%s: bad trailer at offset %" PRIu64, s->path, offset);
+    return ATP_EINTERNAL;
+  }
+  return 0;
+}
+
+/* Reads the chunk whose frame header is fh, checks its CRC and hands it to
+ * fn and, with an engine, applies it. */
+static int scan_chunk(scan_t *s, const unsigned char *fh, uint64_t index,
+                      uint64_t offset) {
+  char *err = s->err;
+  size_t err_len = s->err_len;
+  uint32_t payload = get32(fh + 4);
+  bool is_section = get32(fh) == SECTION_MAGIC;
+  if ((get32(fh) != CHUNK_MAGIC && !is_section) || payload > CHUNK_PAYLOAD_MAX) {
+    ERR("%s: bad chunk frame at offset %" PRIu64, s->path, offset);
+    return ATP_EINTERNAL;
+  }
+  if (FRAME_BYTES + payload > s->frame_cap) {
+    unsigned char *n = atp_realloc(s->frame, FRAME_BYTES + payload);
+    if (!n) return ATP_ENOMEM;
+    s->frame = n;
+    s->frame_cap = FRAME_BYTES + payload;
+  }
+  memcpy(s->frame, fh, FRAME_BYTES);
+  int got = read_full(s->fd, s->frame + FRAME_BYTES, payload);
+  if (got <= 0) {
+    ERR("%s: chunk %" PRIu64 " truncated at offset %" PRIu64, s->path, index, offset);
+    return got < 0 ? ATP_EUNAVAILABLE : ATP_EINTERNAL;
+  }
+  const unsigned char *p = s->frame + FRAME_BYTES;
+  if (get32(fh + 12) != atp_crc32c(0, p, payload)) {
+    ERR("%s: chunk %" PRIu64 " checksum mismatch at offset %" PRIu64, s->path, index,
+        offset);
+    return ATP_EINTERNAL;
+  }
+  int rc;
+  if (s->fn && (rc = s->fn(s->ctx, index, s->frame, FRAME_BYTES + payload))) return rc;
+  if (s->engine && is_section)
+    return apply_sections(s->path, index, offset, p, payload, get32(fh + 8), s->section,
+                          s->section_ctx, err, err_len);
+  if (s->engine)
+    return apply_chunk(s->engine, p, payload, get32(fh + 8), &s->recs, s->path, index,
+                       offset, err, err_len);
+  return 0;
+}
+
 /* Reads path: header, every chunk (CRC first), trailer. With entry_fn, each
  * entry of each chunk is decoded and applied to engine. */
 static int scan_file(const char *path, atp_engine_t *engine, frame_fn fn, void *ctx,
@@ -479,85 +582,37 @@ static int scan_file(const char *path, atp_engine_t *engine, frame_fn fn, void *
     ERR("open %s: %s", path, strerror(errno));
     return errno == ENOENT ? ATP_ENOTFOUND : ATP_EUNAVAILABLE;
   }
-  unsigned char head[HEADER_BYTES];
-  int rc = 0, got = read_full(fd, head, HEADER_BYTES);
-  if (got < 0) {
-    ERR("read %s: %s", path, strerror(errno));
-    rc = ATP_EUNAVAILABLE;
-  } else if (!got) {
-    ERR("%s: truncated header at offset 0", path);
-    rc = ATP_EINTERNAL;
-  } else {
-    rc = header_decode(head, info, err, err_len, path);
-  }
-  unsigned char *frame = NULL;
-  size_t frame_cap = 0;
-  atp_records_t recs;
-  atp_records_init(&recs);
+  scan_t s = {.path = path,
+              .fd = fd,
+              .engine = engine,
+              .fn = fn,
+              .ctx = ctx,
+              .section = section,
+              .section_ctx = section_ctx,
+              .info = info,
+              .err = err,
+              .err_len = err_len};
+  atp_records_init(&s.recs);
+  int rc = scan_header(&s);
   uint64_t offset = HEADER_BYTES, index = 0;
   while (!rc) {
     unsigned char fh[FRAME_BYTES];
-    got = read_full(fd, fh, FRAME_BYTES);
+    int got = read_full(fd, fh, FRAME_BYTES);
     if (got <= 0) {
       ERR("%s: truncated at offset %" PRIu64 " (no trailer)", path, offset);
       rc = got < 0 ? ATP_EUNAVAILABLE : ATP_EINTERNAL;
       break;
     }
     if (memcmp(fh, TRAILER_MAGIC, 8) == 0) {
-      unsigned char t[TRAILER_BYTES];
-      memcpy(t, fh, FRAME_BYTES);
-      if (read_full(fd, t + FRAME_BYTES, TRAILER_BYTES - FRAME_BYTES) != 1 ||
-          get32(t + 28) != atp_crc32c(0, t, 28) || get64(t + 8) != index ||
-          get64(t + 8) != info->chunks || get64(t + 16) != offset ||
-          offset + TRAILER_BYTES != info->bytes) {
-        ERR("%s: bad trailer at offset %" PRIu64, path, offset);
-        rc = ATP_EINTERNAL;
-      }
+      rc = scan_trailer(&s, fh, index, offset);
       break;
     }
-    uint32_t payload = get32(fh + 4);
-    bool is_section = get32(fh) == SECTION_MAGIC;
-    if ((get32(fh) != CHUNK_MAGIC && !is_section) || payload > CHUNK_PAYLOAD_MAX) {
-      ERR("%s: bad chunk frame at offset %" PRIu64, path, offset);
-      rc = ATP_EINTERNAL;
-      break;
-    }
-    if (FRAME_BYTES + payload > frame_cap) {
-      unsigned char *n = atp_realloc(frame, FRAME_BYTES + payload);
-      if (!n) {
-        rc = ATP_ENOMEM;
-        break;
-      }
-      frame = n;
-      frame_cap = FRAME_BYTES + payload;
-    }
-    memcpy(frame, fh, FRAME_BYTES);
-    got = read_full(fd, frame + FRAME_BYTES, payload);
-    if (got <= 0) {
-      ERR("%s: chunk %" PRIu64 " truncated at offset %" PRIu64, path, index, offset);
-      rc = got < 0 ? ATP_EUNAVAILABLE : ATP_EINTERNAL;
-      break;
-    }
-    const unsigned char *p = frame + FRAME_BYTES;
-    if (get32(fh + 12) != atp_crc32c(0, p, payload)) {
-      ERR("%s: chunk %" PRIu64 " checksum mismatch at offset %" PRIu64, path, index,
-          offset);
-      rc = ATP_EINTERNAL;
-      break;
-    }
-    if (fn && (rc = fn(ctx, index, frame, FRAME_BYTES + payload))) break;
-    if (engine && is_section)
-      rc = apply_sections(path, index, offset, p, payload, get32(fh + 8), section,
-                          section_ctx, err, err_len);
-    else if (engine)
-      rc = apply_chunk(engine, p, payload, get32(fh + 8), &recs, path, index, offset,
-                       err, err_len);
-    if (rc) break;
-    offset += FRAME_BYTES + payload;
+    if ((rc = scan_chunk(&s, fh, index, offset))) break;
+    offset += FRAME_BYTES + get32(fh + 4);
     index++;
   }
-  atp_records_free(&recs);
-  atp_free(frame);
+  atp_records_free(&s.recs);
+  atp_free(s.frame);
   close(fd);
   return rc;
 }
@@ -771,155 +826,233 @@ int atp_snapshot_push(const atp_snapshot_config_t *config,
   return rc;
 }
 
+/* One fetch's state, shared by its steps. */
+typedef struct {
+  const atp_snapshot_config_t *config;
+  atp_engine_t *engine;
+  atp_snapshot_info_t *info;
+  redisContext *r;
+  redisReply *latest; /* the pointer's reply: its str names the snapshot */
+  redisReply *m;      /* the manifest's reply */
+  const char *id;
+  const unsigned char *mp; /* the manifest's bytes */
+  size_t manifest_bytes;
+  char where[128]; /* names the manifest in messages */
+  char tmp[600];   /* the temporary file, once named */
+  int fd;
+  atp_records_t recs;
+  char *err;
+  size_t err_len;
+} fetch_t;
+
+/* Reads the latest pointer: which snapshot to fetch. */
+static int fetch_latest(fetch_t *f) {
+  char *err = f->err;
+  size_t err_len = f->err_len;
+  f->latest = redisCommand(f->r, "GET %slatest", prefix(f->config));
+  if (!f->latest || f->latest->type == REDIS_REPLY_ERROR) {
+    int rc = redis_fail(f->r, f->latest, "GET latest", err, err_len);
+    f->latest = NULL;
+    return rc;
+  }
+  if (f->latest->type != REDIS_REPLY_STRING) {
+    ERR("redis: no snapshot under %slatest", prefix(f->config));
+    return ATP_ENOTFOUND;
+  }
+  f->id = f->latest->str;
+  return 0;
+}
+
+/* Reads the snapshot's manifest and checks its header and its size. */
+static int fetch_manifest(fetch_t *f) {
+  char *err = f->err;
+  size_t err_len = f->err_len;
+  f->m = redisCommand(f->r, "GET %ssnap:%s:manifest", prefix(f->config), f->id);
+  if (f->m && f->m->type == REDIS_REPLY_NIL) {
+    ERR("redis: snapshot %s has no manifest", f->id);
+    return ATP_EINTERNAL;
+  }
+  if (!f->m || f->m->type != REDIS_REPLY_STRING) {
+    int rc = redis_fail(f->r, f->m, "GET manifest", err, err_len);
+    f->m = NULL;
+    return rc;
+  }
+  f->mp = (const unsigned char *)f->m->str;
+  f->manifest_bytes = f->m->len;
+  snprintf(f->where, sizeof f->where, "redis snapshot %s manifest", f->id);
+  int rc = 0;
+  if (f->manifest_bytes < HEADER_BYTES + TRAILER_BYTES ||
+      (rc = header_decode(f->mp, f->info, err, err_len, f->where))) {
+    if (!rc) ERR("%s: too short", f->where);
+    return ATP_EINTERNAL;
+  }
+  if (f->manifest_bytes != HEADER_BYTES + f->info->chunks * 8 + TRAILER_BYTES) {
+    ERR("%s: %zu bytes for %" PRIu64 " chunks", f->where, f->manifest_bytes,
+        f->info->chunks);
+    return ATP_EINTERNAL;
+  }
+  return 0;
+}
+
+/* Creates the temporary file and writes the manifest's header to it. */
+static int fetch_open(fetch_t *f) {
+  char *err = f->err;
+  size_t err_len = f->err_len;
+  if (mkdir_p1(f->config->dir)) {
+    ERR("mkdir %s: %s", f->config->dir, strerror(errno));
+    return ATP_EUNAVAILABLE;
+  }
+  snap_name(f->tmp, sizeof f->tmp, f->config->dir, f->info->lsn, true);
+  snap_name(f->info->path, sizeof f->info->path, f->config->dir, f->info->lsn, false);
+  f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (f->fd < 0 || write_all(f->fd, f->mp, HEADER_BYTES)) {
+    ERR("write %s: %s", f->tmp, strerror(errno));
+    return ATP_EUNAVAILABLE;
+  }
+  return 0;
+}
+
+/* Asks for the chunks up to i + 1 not yet asked for, then takes chunk i's reply. */
+static int fetch_reply(fetch_t *f, uint64_t i, uint64_t *asked, redisReply **out) {
+  char *err = f->err;
+  size_t err_len = f->err_len;
+  while (*asked < f->info->chunks && *asked <= i + 1) {
+    if (redisAppendCommand(f->r, "GET %ssnap:%s:%" PRIu64, prefix(f->config), f->id,
+                           *asked) != REDIS_OK)
+      return redis_fail(f->r, NULL, "GET chunk", err, err_len);
+    (*asked)++;
+  }
+  redisReply *c = NULL;
+  if (redisGetReply(f->r, (void **)&c) != REDIS_OK) c = NULL;
+  if (c && c->type == REDIS_REPLY_STRING) {
+    *out = c;
+    return 0;
+  }
+  if (c && c->type == REDIS_REPLY_NIL) {
+    ERR("redis snapshot %s: chunk %" PRIu64 " missing", f->id, i);
+    freeReplyObject(c);
+    return ATP_EINTERNAL;
+  }
+  return redis_fail(f->r, c, "GET chunk", err, err_len);
+}
+
+/* Checks a fetched chunk's own frame and applies its entries. */
+static int fetch_apply(fetch_t *f, uint64_t i, uint64_t offset,
+                       const unsigned char *frame, size_t len) {
+  char *err = f->err;
+  size_t err_len = f->err_len;
+  uint32_t payload = len >= FRAME_BYTES ? get32(frame + 4) : 0;
+  bool is_section = len >= FRAME_BYTES && get32(frame) == SECTION_MAGIC;
+  if (len < FRAME_BYTES || (get32(frame) != CHUNK_MAGIC && !is_section) ||
+      payload != len - FRAME_BYTES ||
+      get32(frame + 12) != atp_crc32c(0, frame + FRAME_BYTES, payload)) {
+    ERR("redis snapshot %s: chunk %" PRIu64 " has a bad frame", f->id, i);
+    return ATP_EINTERNAL;
+  }
+  char label[128];
+  snprintf(label, sizeof label, "redis snapshot %s", f->id);
+  int rc;
+  if (is_section)
+    rc = apply_sections(label, i, offset, frame + FRAME_BYTES, payload,
+                        get32(frame + 8), f->config->sections_replay,
+                        f->config->sections_ctx, err, err_len);
+  else
+    rc = apply_chunk(f->engine, frame + FRAME_BYTES, payload, get32(frame + 8),
+                     &f->recs, label, i, offset, err, err_len);
+  return rc && rc != ATP_ENOMEM ? ATP_EINTERNAL : rc;
+}
+
+/* Checks chunk i against its manifest entry, appends it to the file and, with
+ * an engine, applies it. */
+static int fetch_take(fetch_t *f, uint64_t i, uint64_t offset, const redisReply *c) {
+  char *err = f->err;
+  size_t err_len = f->err_len;
+  const unsigned char *entry = f->mp + HEADER_BYTES + i * 8;
+  if (c->len != get32(entry) || atp_crc32c(0, c->str, c->len) != get32(entry + 4)) {
+    ERR("redis snapshot %s: chunk %" PRIu64 " checksum mismatch", f->id, i);
+    return ATP_EINTERNAL;
+  }
+  if (write_all(f->fd, c->str, c->len)) {
+    ERR("write %s: %s", f->tmp, strerror(errno));
+    return ATP_EUNAVAILABLE;
+  }
+  /* Applied as it arrives, its own frame checked as a file's would be. */
+  if (f->engine)
+    return fetch_apply(f, i, offset, (const unsigned char *)c->str, c->len);
+  return 0;
+}
+
+/* Fetches every chunk in order, each written and applied as it comes. */
+static int fetch_chunks(fetch_t *f) {
+  /* Two GETs in flight: the next chunk crosses the network while this one
+   * is written and applied. */
+  uint64_t asked = 0, offset = HEADER_BYTES;
+  int rc = 0;
+  for (uint64_t i = 0; i < f->info->chunks && !rc; i++) {
+    redisReply *c = NULL;
+    if ((rc = fetch_reply(f, i, &asked, &c))) break;
+    rc = fetch_take(f, i, offset, c);
+    offset += c->len;
+    freeReplyObject(c);
+    if (!rc && f->config->test_delay_ms) sleep_ms(f->config->test_delay_ms);
+  }
+  return rc;
+}
+
+/* Checks the manifest's trailer, completes the file and renames it into place. */
+static int fetch_publish(fetch_t *f) {
+  char *err = f->err;
+  size_t err_len = f->err_len;
+  const unsigned char *t = f->mp + f->manifest_bytes - TRAILER_BYTES;
+  if (memcmp(t, TRAILER_MAGIC, 8) != 0 || get32(t + 28) != atp_crc32c(0, t, 28) ||
+      get64(t + 8) != f->info->chunks ||
+      get64(t + 16) + TRAILER_BYTES != f->info->bytes) {
+    ERR("%s: bad trailer", f->where);
+    return ATP_EINTERNAL;
+  }
+  if (write_all(f->fd, t, TRAILER_BYTES) || fsync(f->fd)) {
+    ERR("write %s: %s", f->tmp, strerror(errno));
+    return ATP_EUNAVAILABLE;
+  }
+  close(f->fd);
+  f->fd = -1;
+  /* Every chunk matched the manifest's CRC of its whole frame, which the
+   * pusher took from a file it had verified, and the header's CRC held; the
+   * frames' own CRCs are checked again by the load that follows, which
+   * applies as it reads (a verify pass here cost a read of the whole file).
+   * A file that then fails is removed by the caller. */
+  if (rename(f->tmp, f->info->path) || fsync_dir(f->config->dir)) {
+    ERR("rename %s: %s", f->tmp, strerror(errno));
+    return ATP_EUNAVAILABLE;
+  }
+  return 0;
+}
+
 int atp_snapshot_fetch(const atp_snapshot_config_t *config, atp_engine_t *engine,
                        atp_snapshot_info_t *info, char *err, size_t err_len) {
   int64_t started = mono_ms();
   memset(info, 0, sizeof *info);
-  atp_records_t recs;
-  atp_records_init(&recs);
   if (!config->redis_host || !*config->redis_host) return ATP_ENOTFOUND;
-  redisContext *r = redis_open(config, err, err_len);
-  if (!r) return ATP_EUNAVAILABLE;
-  int rc = 0, fd = -1;
-  char tmp[600] = "";
-  redisReply *latest = redisCommand(r, "GET %slatest", prefix(config));
-  redisReply *m = NULL;
-  if (!latest || latest->type == REDIS_REPLY_ERROR) {
-    rc = redis_fail(r, latest, "GET latest", err, err_len);
-    latest = NULL;
-    goto done;
-  }
-  if (latest->type != REDIS_REPLY_STRING) {
-    ERR("redis: no snapshot under %slatest", prefix(config));
-    rc = ATP_ENOTFOUND;
-    goto done;
-  }
-  m = redisCommand(r, "GET %ssnap:%s:manifest", prefix(config), latest->str);
-  if (!m || m->type != REDIS_REPLY_STRING) {
-    rc = m && m->type == REDIS_REPLY_NIL
-             ? ATP_EINTERNAL
-             : redis_fail(r, m, "GET manifest", err, err_len);
-    if (rc == ATP_EINTERNAL) ERR("redis: snapshot %s has no manifest", latest->str);
-    if (m && m->type != REDIS_REPLY_NIL) m = NULL;
-    goto done;
-  }
-  const unsigned char *mp = (const unsigned char *)m->str;
-  char where[128];
-  snprintf(where, sizeof where, "redis snapshot %s manifest", latest->str);
-  if (m->len < HEADER_BYTES + TRAILER_BYTES ||
-      (rc = header_decode(mp, info, err, err_len, where))) {
-    if (!rc) ERR("%s: too short", where);
-    rc = ATP_EINTERNAL;
-    goto done;
-  }
-  if (m->len != HEADER_BYTES + info->chunks * 8 + TRAILER_BYTES) {
-    ERR("%s: %zu bytes for %" PRIu64 " chunks", where, m->len, info->chunks);
-    rc = ATP_EINTERNAL;
-    goto done;
-  }
-  if (mkdir_p1(config->dir)) {
-    ERR("mkdir %s: %s", config->dir, strerror(errno));
-    rc = ATP_EUNAVAILABLE;
-    goto done;
-  }
-  snap_name(tmp, sizeof tmp, config->dir, info->lsn, true);
-  snap_name(info->path, sizeof info->path, config->dir, info->lsn, false);
-  fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0 || write_all(fd, mp, HEADER_BYTES)) {
-    ERR("write %s: %s", tmp, strerror(errno));
-    rc = ATP_EUNAVAILABLE;
-    goto done;
-  }
-  /* Two GETs in flight: the next chunk crosses the network while this one
-   * is written and applied. */
-  uint64_t asked = 0, offset = HEADER_BYTES;
-  for (uint64_t i = 0; i < info->chunks && !rc; i++) {
-    const unsigned char *entry = mp + HEADER_BYTES + i * 8;
-    while (asked < info->chunks && asked <= i + 1) {
-      if (redisAppendCommand(r, "GET %ssnap:%s:%" PRIu64, prefix(config), latest->str,
-                             asked) != REDIS_OK) {
-        rc = redis_fail(r, NULL, "GET chunk", err, err_len);
-        break;
-      }
-      asked++;
-    }
-    redisReply *c = NULL;
-    if (!rc && redisGetReply(r, (void **)&c) != REDIS_OK) c = NULL;
-    if (rc) break;
-    if (!c || c->type != REDIS_REPLY_STRING) {
-      rc = c && c->type == REDIS_REPLY_NIL
-               ? ATP_EINTERNAL
-               : redis_fail(r, c, "GET chunk", err, err_len);
-      if (rc == ATP_EINTERNAL) {
-        ERR("redis snapshot %s: chunk %" PRIu64 " missing", latest->str, i);
-        freeReplyObject(c);
-      }
-      break;
-    }
-    const unsigned char *f = (const unsigned char *)c->str;
-    if (c->len != get32(entry) || atp_crc32c(0, c->str, c->len) != get32(entry + 4)) {
-      ERR("redis snapshot %s: chunk %" PRIu64 " checksum mismatch", latest->str, i);
-      rc = ATP_EINTERNAL;
-    } else if (write_all(fd, c->str, c->len)) {
-      ERR("write %s: %s", tmp, strerror(errno));
-      rc = ATP_EUNAVAILABLE;
-    } else if (engine) {
-      /* Applied as it arrives, its own frame checked as a file's would be. */
-      uint32_t payload = c->len >= FRAME_BYTES ? get32(f + 4) : 0;
-      bool is_section = c->len >= FRAME_BYTES && get32(f) == SECTION_MAGIC;
-      if (c->len < FRAME_BYTES || (get32(f) != CHUNK_MAGIC && !is_section) ||
-          payload != c->len - FRAME_BYTES ||
-          get32(f + 12) != atp_crc32c(0, f + FRAME_BYTES, payload)) {
-        ERR("redis snapshot %s: chunk %" PRIu64 " has a bad frame", latest->str, i);
-        rc = ATP_EINTERNAL;
-      } else {
-        char label[128];
-        snprintf(label, sizeof label, "redis snapshot %s", latest->str);
-        if (is_section)
-          rc = apply_sections(label, i, offset, f + FRAME_BYTES, payload, get32(f + 8),
-                              config->sections_replay, config->sections_ctx, err,
-                              err_len);
-        else
-          rc = apply_chunk(engine, f + FRAME_BYTES, payload, get32(f + 8), &recs, label,
-                           i, offset, err, err_len);
-        if (rc && rc != ATP_ENOMEM) rc = ATP_EINTERNAL;
-      }
-    }
-    offset += c->len;
-    freeReplyObject(c);
-    if (!rc && config->test_delay_ms) sleep_ms(config->test_delay_ms);
-  }
-  const unsigned char *t = mp + m->len - TRAILER_BYTES;
-  if (!rc &&
-      (memcmp(t, TRAILER_MAGIC, 8) != 0 || get32(t + 28) != atp_crc32c(0, t, 28) ||
-       get64(t + 8) != info->chunks || get64(t + 16) + TRAILER_BYTES != info->bytes)) {
-    ERR("%s: bad trailer", where);
-    rc = ATP_EINTERNAL;
-  }
-  if (!rc && (write_all(fd, t, TRAILER_BYTES) || fsync(fd))) {
-    ERR("write %s: %s", tmp, strerror(errno));
-    rc = ATP_EUNAVAILABLE;
-  }
-  if (!rc) {
-    close(fd);
-    fd = -1;
-    /* Every chunk matched the manifest's CRC of its whole frame, which the
-     * pusher took from a file it had verified, and the header's CRC held; the
-     * frames' own CRCs are checked again by the load that follows, which
-     * applies as it reads (a verify pass here cost a read of the whole file).
-     * A file that then fails is removed by the caller. */
-    if (rename(tmp, info->path) || fsync_dir(config->dir)) {
-      ERR("rename %s: %s", tmp, strerror(errno));
-      rc = ATP_EUNAVAILABLE;
-    }
-  }
-done:
-  if (fd >= 0) close(fd);
-  if (rc && tmp[0]) unlink(tmp);
-  if (m) freeReplyObject(m);
-  if (latest) freeReplyObject(latest);
-  redisFree(r);
-  atp_records_free(&recs);
+  fetch_t f = {.config = config,
+               .engine = engine,
+               .info = info,
+               .fd = -1,
+               .err = err,
+               .err_len = err_len};
+  f.r = redis_open(config, err, err_len);
+  if (!f.r) return ATP_EUNAVAILABLE;
+  atp_records_init(&f.recs);
+  int rc = fetch_latest(&f);
+  if (!rc) rc = fetch_manifest(&f);
+  if (!rc) rc = fetch_open(&f);
+  if (!rc) rc = fetch_chunks(&f);
+  if (!rc) rc = fetch_publish(&f);
+  if (f.fd >= 0) close(f.fd);
+  if (rc && f.tmp[0]) unlink(f.tmp);
+  if (f.m) freeReplyObject(f.m);
+  if (f.latest) freeReplyObject(f.latest);
+  redisFree(f.r);
+  atp_records_free(&f.recs);
   info->duration_ms = mono_ms() - started;
   return rc;
 }

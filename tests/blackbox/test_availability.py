@@ -202,7 +202,7 @@ def test_query_positions_bounded(srv, fmt):
 
 def test_query_worst_allowed_answers(srv):
     """The largest answer allowed (10,000 positions) is served whole. How long it
-    takes is a benchmark's question (README: about 2.5 ms in the server), not a
+    takes is a benchmark's question (README: about 3 ms in the server), not a
     timed test's."""
     c = srv.client("json")
     g = _big_group(c)

@@ -453,17 +453,205 @@ static void test_torn_tail_cut(void) {
   CHECK_EQ(atp_journal_wait(j, lsn, 5000), 0);
   CHECK_EQ(atp_journal_close(j), 0);
 
-  /* A zeroed tail (the size grew, the data never came) is cut as well. */
+  /* A zeroed tail (zero-filled space ahead of the writer, or a size that
+   * grew while the data never came) is a clean end: nothing cut or reported,
+   * the next record goes over it and a clean close cuts the zeroes. */
+  long end11 = file_size(path);
   unsigned char zeros[4096] = {0};
   append_bytes(path, zeros, sizeof zeros);
   REQUIRE((j = open_or_null(&c, 0, &scan)));
   CHECK_EQ(got.count, 11);
   CHECK_EQ(got.kind[10], 2);
-  CHECK_EQ(scan.tail_bytes, sizeof zeros);
+  CHECK_EQ(scan.tail_bytes, 0);
+  CHECK_EQ(scan.tail_file[0], 0);
+  CHECK_EQ(append_fill(j, 2, 7, 5), 12);
+  CHECK_EQ(atp_journal_wait(j, 12, 5000), 0);
   CHECK_EQ(atp_journal_close(j), 0);
+  CHECK_EQ(file_size(path), end11 + FRAME + 5);
   REQUIRE((j = open_or_null(&c, 0, &scan)));
   CHECK_EQ(scan.tail_bytes, 0);
+  CHECK_EQ(got.count, 12);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+}
+
+/* --- zero-filled space ahead of the writer ----------------------------------- */
+
+static void copy_file(const char *from, const char *to) {
+  int in = open(from, O_RDONLY), out = open(to, O_CREAT | O_TRUNC | O_WRONLY, 0644);
+  static char buf[1 << 16];
+  ssize_t n;
+  if (in < 0 || out < 0) abort();
+  while ((n = read(in, buf, sizeof buf)) > 0)
+    if (write(out, buf, (size_t)n) != n) abort();
+  close(in);
+  close(out);
+}
+
+static void write_at(const char *path, long off, const void *data, size_t len) {
+  int fd = open(path, O_WRONLY);
+  if (fd < 0 || pwrite(fd, data, len, off) != (ssize_t)len) abort();
+  close(fd);
+}
+
+/* Ten records of their own groups, then what the disk holds while the
+ * journal is open (as a crash leaves it): copied into dir2 once the writer
+ * has zero-filled ahead. */
+static int crash_image_with_zeroes(const char *dir, const char *dir2, char *path,
+                                   size_t cap) {
+  char live[600];
+  atp_journal_t *j = ten_records((char *)dir, live, sizeof live);
+  if (!j) return -1;
+  atp_journal_metrics_t m;
+  int64_t start = now_ms();
+  do {
+    sleep_ms(5);
+    atp_journal_metrics(j, &m);
+  } while (m.prealloc_steps < 2 && now_ms() - start < 5000);
+  CHECK(m.prealloc_steps >= 2);
+  CHECK_EQ(m.prealloc_failures, 0);
+  CHECK(file_size(live) >= (long)(2u << 20)); /* zeroes past the records */
+  seg_path(path, cap, dir2, 1);
+  copy_file(live, path);
+  CHECK_EQ(atp_journal_close(j), 0);
+  CHECK_EQ(file_size(live), HEADER + 10 * (FRAME + 40)); /* cut at close */
+  return 0;
+}
+
+/* Zeroes after the last record: a clean end, read and reopened with every
+ * record once, the zeroes reused and cut at close. */
+static void test_zero_end_is_clean(void) {
+  char dir[64], dir2[64], path[600];
+  REQUIRE(make_dir(dir));
+  REQUIRE(make_dir(dir2));
+  REQUIRE(crash_image_with_zeroes(dir, dir2, path, sizeof path) == 0);
+  long zeroed = file_size(path), data = HEADER + 10 * (FRAME + 40);
+  memset(&got, 0, sizeof got);
+  atp_journal_scan_t scan;
+  CHECK_EQ(atp_journal_read(dir2, 0, collect, &got, &scan), 0);
+  CHECK_EQ(got.count, 10);
+  CHECK_EQ(scan.tail_bytes, 0);
+  CHECK_EQ(scan.tail_records, 0);
+  CHECK_EQ(scan.next_lsn, 11);
+  atp_journal_config_t c = config_for(dir2, ATP_JOURNAL_ALWAYS);
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  CHECK_EQ(got.count, 10);
+  CHECK_EQ(got.out_of_order, 0);
+  CHECK_EQ(scan.tail_bytes, 0);
+  CHECK_EQ(file_size(path), zeroed); /* nothing cut at open */
+  CHECK_EQ(append_each_durable(j, 5, 40), 0);
+  CHECK_EQ(file_size(path), zeroed); /* written over the zeroes */
+  CHECK_EQ(atp_journal_close(j), 0);
+  CHECK_EQ(file_size(path), data + 5 * (FRAME + 40));
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(got.count, 15);
+  CHECK_EQ(got.out_of_order, 0);
+  for (uint32_t i = 0; i < got.count; i++) CHECK_EQ(got.lsn[i], i + 1);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+  remove_dir(dir2);
+}
+
+/* A partial frame followed by zeroes is a torn tail, cut with the zeroes. */
+static void test_partial_frame_then_zeroes_is_torn(void) {
+  char dir[64], dir2[64], path[600];
+  REQUIRE(make_dir(dir));
+  REQUIRE(make_dir(dir2));
+  REQUIRE(crash_image_with_zeroes(dir, dir2, path, sizeof path) == 0);
+  long zeroed = file_size(path), data = HEADER + 10 * (FRAME + 40);
+  unsigned char partial[FRAME + 10] = {0x11, 0x22, 0x33, 0x44, 40};
+  partial[8] = 11; /* LSN 11, its payload never came: zeroes */
+  write_at(path, data, partial, sizeof partial);
+  atp_journal_config_t c = config_for(dir2, ATP_JOURNAL_ALWAYS);
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  CHECK_EQ(got.count, 10);
+  CHECK_EQ(scan.tail_offset, (uint64_t)data);
+  CHECK_EQ(scan.tail_bytes, (uint64_t)(zeroed - data));
+  CHECK_EQ(scan.tail_records, 1);
+  CHECK_EQ(append_fill(j, 1, 1, 40), 11);
+  CHECK_EQ(atp_journal_wait(j, 11, 5000), 0);
+  CHECK_EQ(atp_journal_close(j), 0);
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
   CHECK_EQ(got.count, 11);
+  CHECK_EQ(scan.tail_bytes, 0);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+  remove_dir(dir2);
+}
+
+/* A zero frame header with nonzero bytes after it is a bad frame like any
+ * other: a torn tail when only its own group follows (the last record's
+ * header zeroed, its payload there), corruption when an intact later group
+ * does (a middle record's header zeroed). */
+static void test_zero_header_then_garbage(void) {
+  char dir[64], dir2[64], path[600];
+  REQUIRE(make_dir(dir));
+  REQUIRE(make_dir(dir2));
+  REQUIRE(crash_image_with_zeroes(dir, dir2, path, sizeof path) == 0);
+  long zeroed = file_size(path), rec10 = HEADER + 9 * (FRAME + 40);
+  unsigned char zero[FRAME] = {0};
+  write_at(path, rec10, zero, sizeof zero);
+  memset(&got, 0, sizeof got);
+  atp_journal_scan_t scan;
+  CHECK_EQ(atp_journal_read(dir2, 0, collect, &got, &scan), 0);
+  CHECK_EQ(got.count, 9);
+  CHECK_EQ(scan.tail_offset, (uint64_t)rec10);
+  CHECK_EQ(scan.tail_bytes, (uint64_t)(zeroed - rec10));
+  CHECK_EQ(scan.tail_records, 1);
+
+  long rec5 = HEADER + 4 * (FRAME + 40);
+  write_at(path, rec5, zero, sizeof zero);
+  CHECK_EQ(atp_journal_read(dir2, 0, NULL, NULL, &scan), ATP_EINTERNAL);
+  CHECK(strstr(scan.error,
+               "at offset 320: bad record (LSN 5 expected) before an "
+               "intact later group at offset 384") != NULL);
+  atp_journal_config_t c = config_for(dir2, ATP_JOURNAL_ALWAYS);
+  atp_journal_t *j = NULL;
+  CHECK_EQ(atp_journal_open(&c, 0, NULL, NULL, &scan, &j), ATP_EINTERNAL);
+  CHECK_EQ(file_size(path), zeroed); /* nothing cut */
+  remove_dir(dir);
+  remove_dir(dir2);
+}
+
+/* Enough records to cross several zero-fill steps and segment rolls: closed
+ * segments hold their records only, and every record reopens once. */
+static void test_prealloc_rolls_and_reopens(void) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_BATCH);
+  c.segment_bytes_max = 3u << 20;
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  uint64_t lsn = 0;
+  for (int i = 0; i < 4000; i++) {
+    lsn = append_fill(j, 1, (unsigned char)i, 2000);
+    if (i % 50 == 49) CHECK_EQ(atp_journal_wait(j, lsn, 5000), 0);
+  }
+  CHECK_EQ(atp_journal_wait(j, lsn, 5000), 0);
+  atp_journal_metrics_t m;
+  atp_journal_metrics(j, &m);
+  CHECK(m.prealloc_steps >= 3);
+  CHECK_EQ(m.prealloc_failures, 0);
+  CHECK_EQ(count_segments(dir), 3);
+  /* 1554 records of 2024 bytes fit in 3 MiB after the header. */
+  char path[600];
+  seg_path(path, sizeof path, dir, 1);
+  CHECK_EQ(file_size(path), HEADER + 1554 * (FRAME + 2000));
+  seg_path(path, sizeof path, dir, 1555);
+  CHECK_EQ(file_size(path), HEADER + 1554 * (FRAME + 2000));
+  CHECK_EQ(atp_journal_close(j), 0);
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(got.count, 4000);
+  CHECK_EQ(got.out_of_order, 0);
+  CHECK_EQ(scan.tail_bytes, 0);
+  for (uint32_t i = 0; i < got.count; i++) {
+    CHECK_EQ(got.lsn[i], i + 1);
+    CHECK_EQ(got.first[i], (unsigned char)i);
+  }
   CHECK_EQ(atp_journal_close(j), 0);
   remove_dir(dir);
 }
@@ -884,6 +1072,53 @@ static void test_write_failure_recovers(void) {
   check_io_failure('w', ENOSPC);
 }
 
+/* Zero-filling that fails (ENOSPC) never fails the journal: the step is
+ * undone, preallocation pauses and appends go on; it resumes afterwards. */
+static void test_zero_fill_failure_degrades(void) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_ALWAYS);
+  c.fault = inject;
+  atomic_store(&fail_errno, ENOSPC);
+  atomic_store(&fail_op, 'z');
+  atomic_store(&faults_hit, 0);
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  CHECK_EQ(append_each_durable(j, 20, 100), 0);
+  sleep_ms(50);
+  atp_journal_metrics_t m;
+  atp_journal_metrics(j, &m);
+  CHECK(m.prealloc_failures >= 1);
+  CHECK_EQ(m.prealloc_steps, 0);
+  CHECK_EQ(m.failures, 0);
+  CHECK_EQ(m.state, ATP_JOURNAL_OK);
+  CHECK_EQ(atp_journal_admit(j), 0);
+  char path[600];
+  seg_path(path, sizeof path, dir, 1);
+  CHECK_EQ(file_size(path), HEADER + 20 * (FRAME + 100)); /* plain appends */
+  /* The pause over, the next group's round zero-fills again. */
+  atomic_store(&fail_op, 0);
+  int64_t start = now_ms();
+  int more = 0;
+  do {
+    sleep_ms(20);
+    CHECK_EQ(append_each_durable(j, 1, 100), 0);
+    more++;
+    atp_journal_metrics(j, &m);
+  } while (m.prealloc_steps == 0 && now_ms() - start < 5000);
+  CHECK(m.prealloc_steps >= 1);
+  CHECK(file_size(path) > HEADER + (20 + more) * (FRAME + 100));
+  CHECK_EQ(atp_journal_close(j), 0);
+  c.fault = NULL;
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(got.count, (uint32_t)(20 + more));
+  CHECK_EQ(got.out_of_order, 0);
+  CHECK_EQ(scan.tail_bytes, 0);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+}
+
 /* Closing while failed reports the records it could not write. */
 static void test_close_while_failed(void) {
   char dir[64];
@@ -970,6 +1205,10 @@ TEST_MAIN({
   RUN(test_group_commit_threads_always);
   RUN(test_torn_tail_cut);
   RUN(test_flipped_bit_stops_with_offset);
+  RUN(test_zero_end_is_clean);
+  RUN(test_partial_frame_then_zeroes_is_torn);
+  RUN(test_zero_header_then_garbage);
+  RUN(test_prealloc_rolls_and_reopens);
   RUN(test_bad_record_in_last_group_is_tail);
   RUN(test_bad_record_before_last_group_stops);
   RUN(test_newer_version_refused);
@@ -982,6 +1221,7 @@ TEST_MAIN({
   RUN(test_admit_full_queue);
   RUN(test_fsync_failure_recovers);
   RUN(test_write_failure_recovers);
+  RUN(test_zero_fill_failure_degrades);
   RUN(test_close_while_failed);
   RUN(test_disk_full_tmpfs);
 })
