@@ -24,6 +24,7 @@ declare -A HEADER_LAYER=(
   [codec]=codec
   [http]=http
   [journal]=store [snapshot]=store [records]=store [crc32c]=base [durability]=store [payload]=store
+  [redisstream]=store
   [batch]=flows [flows]=flows [feed]=flows [shopify]=flows [reconcile]=flows
   [deadletters]=flows [flowstate]=flows [audit]=flows
   [auth]=app [metrics]=app [request]=app [router]=app [app]=app

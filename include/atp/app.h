@@ -67,6 +67,10 @@ typedef struct {
    * NULL: none. A nonzero return fails the start. */
   int (*after_restore)(void *ctx, atp_engine_t *engine);
   void *after_restore_ctx;
+  const char *feed_source;   /* the change feed's CloudEvents source */
+  int64_t feed_retention_ms; /* --feed-retention-h */
+  const char
+      *feed_redis_stream; /* --feed-redis-stream KEY (with redis_host); NULL: off */
   /* Integration flows' bounds (0: the limits.h defaults). */
   uint32_t dead_letters_max;   /* --dead-letters-max */
   uint32_t flow_queue_max;     /* --flow-queue-max, per flow */

@@ -45,6 +45,12 @@ typedef struct {
    * may lie (--clock-skew-ms). */
   int64_t clock_skew_ms;
   bool show_version; /* --version: print "atpd X.Y.Z" and exit */
+  /* 1..ATP_FEED_RETENTION_H_MAX: how long journal segments are kept for the
+   * change feed (--feed-retention-h), default 72. */
+  int64_t feed_retention_h;
+  /* --feed-redis-stream: the Redis stream the change feed is mirrored to
+   * (needs --redis); "" when off. */
+  char feed_redis_stream[256];
   /* Integration flows' bounds (limits.h gives defaults and ranges). */
   uint32_t dead_letters_max; /* --dead-letters-max */
   uint32_t flow_queue_max;   /* --flow-queue-max, ops per paused flow */

@@ -32,6 +32,7 @@
 
 #include "atp/engine.h"
 #include "atp/journal.h"
+#include "atp/records.h"
 
 typedef struct atp_durable atp_durable_t;
 
@@ -65,6 +66,15 @@ int atp_durable_create(const atp_durable_config_t *config, atp_durable_t **out);
  * journal is the honest recovery). A call before restore opened the journal
  * is a programmer error. */
 void atp_durable_hook(void *ctx, const atp_change_t *records, uint32_t count);
+
+/* Names the request behind the changes this thread makes from now on (NULL:
+ * none): the hook encodes *ctx into their records, for the change feed. The
+ * pointer is kept, not the strings, so the caller fills or changes *ctx any
+ * time before the engine call and clears the pointer before *ctx dies. Cost
+ * on the hot path: one thread-local store. Thread: the calling thread's own. */
+void atp_durable_set_context(const atp_change_ctx_t *ctx);
+/* The thread's current context (NULL: none), to restore after a nested one. */
+const atp_change_ctx_t *atp_durable_context(void);
 
 /* Opens the journal and replays its records after covered_lsn (the LSN of
  * the snapshot already imported into engine; 0: none) into engine, which

@@ -43,13 +43,15 @@
   X(TIMEOUT, -19, "bad_request", 408, "The request was not received in time.")         \
   X(VERSION, -20, "bad_request", 505, "Only HTTP/1.x is served.")                      \
   X(NOTIMPL, -21, "bad_request", 501,                                                  \
-    "The request uses a feature this server does not implement.")
+    "The request uses a feature this server does not implement.")                      \
+  X(EXPIRED, -22, "cursor_expired", 410,                                               \
+    "The cursor is older than what the change feed retains.")
 
 typedef enum {
 #define ATP_ERRNO_ENUM(name, value, code, status, message) ATP_E##name = value,
   ATP_ERRNO_MAP(ATP_ERRNO_ENUM)
 #undef ATP_ERRNO_ENUM
-      ATP_ERRNO_MIN = -21
+      ATP_ERRNO_MIN = -22
 } atp_errno_t;
 
 /* The contract's error code string for err ("bad_request", ...); "internal" for

@@ -50,6 +50,10 @@ typedef struct {
   size_t accept_len;
   const char *authorization; /* header value or NULL; never log it */
   size_t authorization_len;
+  const char *x_request_id; /* X-Request-Id value or NULL (the client's id) */
+  size_t x_request_id_len;
+  const char *last_event_id; /* Last-Event-ID value or NULL (SSE resume) */
+  size_t last_event_id_len;
   const char *body; /* whole body (chunked bodies are joined), may be "" */
   size_t body_len;
   uint64_t request_id; /* unique per process, for logs */
@@ -83,7 +87,38 @@ typedef struct {
    * connection closes (atp_http_server_deferred_alive). atp_http_feed has no
    * loop to answer on: it answers 503 unavailable. */
   bool defer;
+  /* Set through atp_http_stream_begin: the response is a stream (below). */
+  struct atp_http_stream *stream;
 } atp_http_response_t;
+
+/* Streaming responses (Server-Sent Events and the like). A handler calls
+ * atp_http_stream_begin instead of writing a body: the head (res->status,
+ * content_type, extra headers, no Content-Length, Connection: close) is sent
+ * at once and the body is whatever atp_http_stream_send appends later, from
+ * any thread, until atp_http_stream_end or the connection closes. The
+ * connection then serves nothing else and is not idle.
+ *
+ * Backpressure: bytes sent and not yet taken by the socket (the backlog) are
+ * bounded by backlog_max; a send beyond it cuts the connection at once and
+ * returns ATP_EFULL, so a client that does not read costs at most that much
+ * memory. The producer keeps its own position and the client resumes.
+ *
+ * The handle is reference counted: begin returns it with one reference for
+ * the producer, which atp_http_stream_end gives back. Thread: begin on the
+ * handler's loop thread; the rest from any thread. */
+typedef struct atp_http_stream atp_http_stream_t;
+
+/* NULL when out of memory (answer an error instead). */
+atp_http_stream_t *atp_http_stream_begin(atp_http_response_t *res, size_t backlog_max);
+/* Copies len bytes to the stream. 0; ATP_EUNAVAILABLE when the connection is
+ * gone (closed by the client, cut, shut down); ATP_EFULL when the backlog
+ * would pass backlog_max (the connection is cut now); ATP_ENOMEM. */
+int atp_http_stream_send(atp_http_stream_t *stream, const void *data, size_t len);
+/* Bytes sent and not yet written to the socket. */
+size_t atp_http_stream_backlog(const atp_http_stream_t *stream);
+/* Ends the stream (the connection closes once what was sent is written) and
+ * drops the producer's reference: the handle must not be used after. */
+void atp_http_stream_end(atp_http_stream_t *stream);
 
 /* Runs on the loop thread for each complete request. Must not block. */
 typedef void (*atp_http_handler_fn)(void *ctx, const atp_http_request_t *req,
@@ -170,6 +205,13 @@ void atp_http_server_release(atp_http_server_t *server, uint64_t value);
 int atp_http_server_answer(atp_http_server_t *server, int thread_index,
                            uint64_t request_id, int status, const char *content_type,
                            const void *body, size_t body_len);
+/* The same with one extra header line ("X-Cursor: 42", no CRLF; NULL: none)
+ * shorter than ATP_HTTP_ANSWER_HEADER_BYTES, copied. */
+#define ATP_HTTP_ANSWER_HEADER_BYTES 128
+int atp_http_server_answer_header(atp_http_server_t *server, int thread_index,
+                                  uint64_t request_id, int status,
+                                  const char *content_type, const char *header,
+                                  const void *body, size_t body_len);
 
 /* Same as atp_http_server_answer, and the answer is then parked like a
  * response with hold_until (0: not parked): for deferred work that mutated

@@ -238,6 +238,42 @@ uint64_t atp_journal_durable_ticket(const atp_journal_t *journal);
  * writer's callback; takes the segment-list mutex and does the unlinks. */
 int atp_journal_trim(atp_journal_t *journal, uint64_t covered_lsn);
 
+/* Where a reader stands in the segments: the frame of LSN lsn starts at
+ * offset of segment first_lsn (its file name). A hint only: a reader checks
+ * it against the frame it finds there and rescans the segment otherwise (a
+ * segment rewritten after a fault). lsn 0: none. */
+typedef struct {
+  uint64_t lsn;
+  uint64_t segment_lsn;
+  uint64_t offset;
+} atp_journal_pos_t;
+
+/* Reads dir's records with after_lsn < LSN <= upto_lsn in order, handing each
+ * to fn (a nonzero return stops the read and is returned), without locking or
+ * repairing anything: for the change feed, which reads the live journal up to
+ * its durable LSN (records beyond it may be half-written; they are never
+ * reached). It starts in the last segment whose first LSN is <= after_lsn + 1
+ * and, with a hint at after_lsn + 1, at the hint's offset, so a follower at
+ * the tail does not rescan its segment; hint is updated to the next frame.
+ * *first_lsn gets the oldest LSN present (0: no segment). 0 once upto_lsn or
+ * the written end is reached; ATP_ENOTFOUND when after_lsn + 1 is older than
+ * every segment (trimmed); ATP_EINTERNAL for a bad frame before upto_lsn;
+ * ATP_EUNAVAILABLE for an I/O error; ATP_ENOMEM. Cost: one directory listing
+ * per call, and without a hint a walk over the frame headers of the segment
+ * before after_lsn. Thread: any; concurrent with the writer. */
+int atp_journal_read_range(const char *dir, uint64_t after_lsn, uint64_t upto_lsn,
+                           atp_journal_pos_t *hint, atp_journal_record_fn fn, void *ctx,
+                           uint64_t *first_lsn);
+
+/* The change feed's retention: the highest LSN that may be trimmed while
+ * keeping every record written at or after since_ms. A segment's records were
+ * written between its creation and the next segment's (header created_at),
+ * so the floor is one before the first LSN of the oldest segment whose
+ * successor was created at or after since_ms (the last segment always
+ * stays). *lsn = 0 when nothing may go. 0, ATP_EUNAVAILABLE (I/O),
+ * ATP_ENOMEM. Thread: any; reads segment headers. */
+int atp_journal_retention_floor(const char *dir, int64_t since_ms, uint64_t *lsn);
+
 /* fsync latency histogram: bucket i counts fdatasyncs that took at most
  * atp_journal_fsync_bucket_us[i] microseconds; the last bucket is +Inf. */
 #define ATP_JOURNAL_FSYNC_BUCKETS 13

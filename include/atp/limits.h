@@ -157,6 +157,9 @@
 #define ATP_CTL_CSV_COLUMNS_MAX      64
 #define ATP_CTL_PROGRESS_INTERVAL_MS 100
 
+/* The change feed's retention (--feed-retention-h), in hours. */
+#define ATP_FEED_RETENTION_H_DEFAULT 72
+#define ATP_FEED_RETENTION_H_MAX     8760
 /* Threads alive at once that call the engine: each takes a reader slot (one
  * cache line in every engine) on its first call and gives it back when it
  * exits (src/engine/epoch.c). One more is a programmer error that stops the

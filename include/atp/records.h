@@ -23,11 +23,30 @@
 /* The journal record kind of an engine change payload. */
 #define ATP_RECORD_KIND_ENGINE_CHANGE 1
 
+/* The identifiers of the request behind a change that the engine's records do
+ * not carry (CONTRACT.md section 10: the change feed's `data`). Every string
+ * may be empty (len 0). The reservation's own identifiers (order_ref,
+ * order_id, channel, customer_id) are in its record, and fulfillment_id,
+ * amend_id and release_id in the idempotency record of the same payload, so
+ * they are not repeated here. */
+typedef struct {
+  atp_str_t request_id; /* the client's X-Request-Id */
+  atp_str_t source;     /* the body's source (reservations: channel) */
+  atp_str_t ref;        /* an adjustment's ref */
+  atp_str_t reason;     /* an adjustment's or a release's reason */
+  atp_str_t flow;       /* the batch op's flow */
+} atp_change_ctx_t;
+#define ATP_CHANGE_CTX_FIELDS 5
+
 /* Appends the payload of records[0..count) to buf (which it does not reset).
  * 0, or what atp_buf_append failed with (ATP_ENOMEM, ATP_ETOOLARGE).
  * ATP_EBADREQ for a string longer than 65535 bytes or an unknown kind, which
  * the engine never produces. */
 int atp_records_encode(atp_buf_t *buf, const atp_change_t *records, uint32_t count);
+/* The same with ctx (NULL: none) appended to every record's body when any of
+ * its strings is set, so that each record names the request behind it. */
+int atp_records_encode_ctx(atp_buf_t *buf, const atp_change_t *records, uint32_t count,
+                           const atp_change_ctx_t *ctx);
 
 /* What atp_records_decode fills: records[0..count) ready for
  * atp_engine_apply; reservation records point at reservations[], group
@@ -39,6 +58,8 @@ typedef struct {
   uint32_t reservations_cap;
   atp_str_t *locations; /* the groups' location lists, back to back */
   uint32_t locations_cap;
+  atp_change_ctx_t *contexts; /* contexts[i] of records[i]; all empty if none */
+  uint32_t contexts_cap;
 } atp_records_t;
 
 void atp_records_init(atp_records_t *out);

@@ -24,6 +24,7 @@
 #include "atp/codec.h"
 #include "atp/engine.h"
 #include "atp/http.h"
+#include "atp/records.h"
 
 typedef struct atp_app atp_app_t;
 typedef struct atp_route atp_route_t;
@@ -60,6 +61,9 @@ typedef struct {
   uint32_t query_count;
   atp_val_t *body;     /* parsed body, NULL when there is none */
   atp_writer_t writer; /* the response body's writer */
+  /* The request's identifiers for the change feed, filled by the op functions
+   * before their engine call (atp_durable_set_context points at it). */
+  atp_change_ctx_t change_ctx;
   /* Error details of the last refusal; field "" when it concerns no field. */
   char field[ATP_FIELD_BYTES_MAX];
   char message[ATP_MESSAGE_BYTES_MAX];

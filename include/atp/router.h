@@ -63,6 +63,10 @@ struct atp_app {
   atp_durable_t *durable;
   struct atp_app_runtime *runtime; /* atp_app_start's threads and state */
   struct atp_recon_store *recon; /* reconciliation reports; NULL: 503 on their routes */
+  /* The change feed (src/app/app.c creates it with the journal); NULL: its
+   * routes answer 503. server answers its parked long polls. */
+  struct atp_feed *feed;
+  atp_http_server_t *server;
   /* Integration flows' state (src/flows, created by atp_app_start; NULL in
    * tests without it): dead letters, flows with their queues, the audit. */
   struct atp_deadletters *dead_letters;
@@ -142,6 +146,9 @@ int atp_route_reconciliation_list(atp_req_t *rq);
 int atp_route_reconciliation_get(atp_req_t *rq);
 int atp_route_reconciliation_apply(atp_req_t *rq);
 int atp_route_reconciliation_close(atp_req_t *rq);
+int atp_route_changes(atp_req_t *rq);
+int atp_route_changes_snapshot(atp_req_t *rq);
+int atp_route_changes_stream(atp_req_t *rq);
 
 /* --- integration flows around the single routes (routes_flows.c) -------- */
 

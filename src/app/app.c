@@ -18,6 +18,7 @@
 #include "atp/codec.h"
 #include "atp/deadletters.h"
 #include "atp/error.h"
+#include "atp/feed.h"
 #include "atp/flowstate.h"
 #include "atp/log.h"
 #include "atp/memory.h"
@@ -39,7 +40,10 @@ struct atp_app_runtime {
   char journal_dir[1100];
   char snapshot_dir[1100];
   char redis_host[256];
+  char feed_redis_stream[256]; /* "" : no sink */
+  atp_feed_sink_t *sink;       /* the Redis sink once restored; NULL: none */
   atp_http_server_t *server;
+  atp_app_t *app;
   atp_engine_t *engine;
   atp_engine_config_t engine_config;
   atp_snapshot_config_t snapshot_config;
@@ -58,6 +62,12 @@ struct atp_app_runtime {
   int64_t push_at_ms;           /* next retry (monotonic), when push_pending */
   uint32_t push_backoff_ms;
 };
+
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static int64_t mono_ms(void) {
   struct timespec ts;
@@ -81,6 +91,8 @@ static void wait_until(atp_app_runtime_t *rt, int64_t deadline_ms) {
 static void release_to_server(void *ctx, uint64_t durable_ticket) {
   atp_app_runtime_t *rt = ctx;
   atp_http_server_release(rt->server, durable_ticket);
+  atp_journal_t *j = rt->app->durable ? atp_durable_journal(rt->app->durable) : NULL;
+  if (rt->app->feed && j) atp_feed_notify(rt->app->feed, atp_journal_durable_lsn(j));
 }
 
 static void *ticker_main(void *arg) {
@@ -247,6 +259,15 @@ static void *restore_main(void *arg) {
     atp_log("error", "start-up after restore failed: %s", atp_strerror(rc));
     goto failed;
   }
+  if (app->feed) atp_feed_attach(app->feed, atp_durable_journal(app->durable));
+  if (app->feed && rt->feed_redis_stream[0] && rt->redis_host[0]) {
+    /* The sink only reads the feed: it starts once the journal is open, and
+     * a Redis that is down makes it wait, never the start. */
+    rc = atp_feed_sink_start(app->feed, rt->redis_host, rt->options.redis_port,
+                             rt->options.redis_db, rt->feed_redis_stream, &rt->sink);
+    if (rc != 0) atp_log("error", "feed sink: cannot start: %s", atp_strerror(rc));
+    rc = 0;
+  }
   pthread_mutex_lock(&rt->mu);
   rt->stats.restore_source = source;
   rt->stats.restore_ms = mono_ms() - started;
@@ -329,8 +350,14 @@ static int take_local(atp_app_t *app, atp_snapshot_info_t *info, char *err,
     record_failure(rt, false, "local", err);
     return rc;
   }
-  /* Each kept generation keeps the journal after it. */
-  int removed = atp_journal_trim(j, atp_snapshot_trim_lsn(&rt->snapshot_config));
+  /* Each kept generation keeps the journal after it, and the change feed
+   * keeps --feed-retention-h of it (proto/events.md): the lower of both. */
+  uint64_t trim = atp_snapshot_trim_lsn(&rt->snapshot_config);
+  uint64_t floor = 0;
+  int64_t since = wall_ms() - rt->options.feed_retention_ms;
+  if (atp_journal_retention_floor(rt->journal_dir, since, &floor) != 0) floor = 0;
+  if (floor < trim) trim = floor;
+  int removed = atp_journal_trim(j, trim);
   if (removed < 0) atp_log("warn", "journal trim: %s", atp_strerror(removed));
   pthread_mutex_lock(&rt->mu);
   rt->stats.have = true;
@@ -552,6 +579,9 @@ int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
   snprintf(rt->journal_dir, sizeof rt->journal_dir, "%s/journal", rt->data_dir);
   snprintf(rt->snapshot_dir, sizeof rt->snapshot_dir, "%s/snapshots", rt->data_dir);
   atp_snapshot_config_init(&rt->snapshot_config, rt->snapshot_dir);
+  if (options->feed_redis_stream)
+    snprintf(rt->feed_redis_stream, sizeof rt->feed_redis_stream, "%s",
+             options->feed_redis_stream);
   if (options->redis_host && options->redis_host[0]) {
     snprintf(rt->redis_host, sizeof rt->redis_host, "%s", options->redis_host);
     rt->snapshot_config.redis_host = rt->redis_host;
@@ -562,6 +592,8 @@ int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
   rt->push_backoff_ms = PUSH_BACKOFF_MS_MIN;
   rt->options.data_dir = rt->data_dir;
   rt->server = server;
+  rt->app = app;
+  app->server = server;
   atomic_init(&rt->failed, false);
   pthread_mutex_init(&rt->mu, NULL);
   pthread_condattr_t attr;
@@ -582,6 +614,11 @@ int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
   dc.release_ctx = rt;
   int rc = atp_durable_create(&dc, &app->durable);
   if (rc != 0) return rc;
+  atp_feed_config_t fc = {
+      .journal_dir = rt->journal_dir,
+      .source = options->feed_source ? options->feed_source : "atpd",
+      .retention_ms = options->feed_retention_ms};
+  if ((rc = atp_feed_create(&fc, &app->feed)) != 0) return rc;
   /* The flows' stores register their sections with durability before the
    * restore replays the journal into them. */
   atp_deadletters_config_t dlc = {.max = options->dead_letters_max,
@@ -643,6 +680,12 @@ int atp_app_stop(atp_app_t *app) {
     (void)push_pending(rt, err, sizeof err);
   }
   atomic_store_explicit(&app->ready, false, memory_order_release);
+  /* Parked long polls are answered (the server drops answers it can no
+   * longer deliver) before the journal they read goes. */
+  atp_feed_sink_stop(rt->sink);
+  rt->sink = NULL;
+  atp_feed_destroy(app->feed);
+  app->feed = NULL;
   /* Every mutation has stopped (the server's run returned): the close flushes
    * what is queued, the clean shutdown's promise. */
   int rc = atp_durable_close(app->durable);

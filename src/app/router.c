@@ -72,6 +72,12 @@ static const atp_route_t routes[] = {
      ATP_FIELD_NONE, ONE_MIB, atp_route_reconciliation_apply},
     {ATP_HTTP_POST, "/v1/reconciliations/{id}/close", ATP_ACCESS_INTEGRATION,
      ATP_FIELD_NONE, ONE_MIB, atp_route_reconciliation_close},
+    {ATP_HTTP_GET, "/v1/changes", ATP_ACCESS_READ, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_changes},
+    {ATP_HTTP_GET, "/v1/changes/stream", ATP_ACCESS_READ, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_changes_stream},
+    {ATP_HTTP_GET, "/v1/changes/snapshot", ATP_ACCESS_READ, ATP_FIELD_NONE, ONE_MIB,
+     atp_route_changes_snapshot},
     {ATP_HTTP_GET, "/healthz", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB,
      atp_route_healthz},
     {ATP_HTTP_GET, "/readyz", ATP_ACCESS_OPEN, ATP_FIELD_NONE, ONE_MIB,
@@ -305,6 +311,10 @@ static void req_init(atp_req_t *rq, atp_app_t *app, const atp_http_request_t *re
   rq->body = NULL;
   rq->field[0] = '\0';
   rq->message[0] = '\0';
+  memset(&rq->change_ctx, 0, sizeof rq->change_ctx);
+  if (req->x_request_id && req->x_request_id_len <= ATP_ID_BYTES_MAX)
+    rq->change_ctx.request_id =
+        (atp_str_t){req->x_request_id, (uint32_t)req->x_request_id_len};
   rq->err = 0;
   rq->in_format = req->content_type ? atp_format_from_content_type(
                                           req->content_type, req->content_type_len)
@@ -383,6 +393,7 @@ void atp_router_handle(void *ctx, const atp_http_request_t *req,
     } else {
       atp_durable_begin(d, (uint32_t)req->thread_index);
       bracketed = true;
+      atp_durable_set_context(&rq.change_ctx);
     }
   }
   /* A write names its flow: a paused flow's is queued instead (1: answered
@@ -395,6 +406,7 @@ void atp_router_handle(void *ctx, const atp_http_request_t *req,
     if (flow_route) atp_flows_after(&rq, rc, true);
   }
   if (bracketed) {
+    atp_durable_set_context(NULL); /* rq dies with this call */
     /* Whatever the outcome, the answer may reveal state that is visible and
      * not yet durable (a replay, a conflict): it waits like a success. */
     res->hold_until = atp_durable_end(d, (uint32_t)req->thread_index);
@@ -416,7 +428,11 @@ int atp_router_run_stored(atp_app_t *app, const atp_http_request_t *req,
     rc = atp_req_fail(&rq, ATP_ENOTFOUND, NULL, NULL, "No such route.");
   } else {
     rc = atp_req_parse_query(&rq);
+    /* The stored request names its own writer in the feed's events. */
+    const atp_change_ctx_t *outer = atp_durable_context();
+    atp_durable_set_context(&rq.change_ctx);
     if (rc == 0) rc = rq.route->handler(&rq);
+    atp_durable_set_context(outer);
     if (rq.route->owned != ATP_FIELD_NONE) atp_flows_after(&rq, rc, keep_rejection);
   }
   if (rc != 0) atp_respond_error(&rq, rc);

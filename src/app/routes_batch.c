@@ -44,6 +44,7 @@
 
 #include "atp/app.h"
 #include "atp/assert.h"
+#include "atp/durability.h"
 #include "atp/error.h"
 #include "atp/flows.h"
 #include "atp/limits.h"
@@ -96,7 +97,12 @@ void atp_op_out_init(atp_op_out_t *out) {
 
 int atp_op_writer(atp_req_t *rq, const atp_val_t *body, atp_str_t flow, const char *key,
                   unsigned flags, atp_str_t *out) {
-  if (!flow.len) return atp_get_id(rq, body, NULL, key, flags, out);
+  if (!flow.len) {
+    int rc = atp_get_id(rq, body, NULL, key, flags, out);
+    rq->change_ctx.source = *out;
+    return rc;
+  }
+  rq->change_ctx.source = flow;
   atp_str_t given;
   int rc = atp_get_id(rq, body, NULL, key, ATP_OPTIONAL, &given);
   if (rc != 0) return rc;
@@ -265,7 +271,14 @@ static void run_op(batch_t *b, uint32_t index, const span_t *span) {
   }
   if (rc == 0 && kind->target_key)
     rc = atp_get_id(op, v, NULL, kind->target_key, ATP_REQUIRED, &target);
-  if (rc == 0) rc = kind->fn(op, v, flow, target, &out);
+  if (rc == 0) {
+    /* Each op names its own writer and flow; the request id is the batch's. */
+    op->change_ctx =
+        (atp_change_ctx_t){.request_id = b->rq->change_ctx.request_id, .flow = flow};
+    atp_durable_set_context(&op->change_ctx);
+    rc = kind->fn(op, v, flow, target, &out);
+    atp_durable_set_context(&b->rq->change_ctx);
+  }
   record(b, index, rc, &out, span, v, flow, kind);
 }
 

@@ -264,6 +264,7 @@ int atp_op_release(atp_req_t *rq, const atp_val_t *b, atp_str_t flow, atp_str_t 
   if (rc == 0) rc = follow_up_owner_check(rq, flow);
   if (rc != 0) return rc;
   atp_reservation_t *r = follow_up_begin(out, id);
+  rq->change_ctx.reason = reason;
   rc = atp_release_keyed(atp_app_engine(rq->app), id, release_id, lines, count, r,
                          &out->result);
   return follow_up_done(rq, rc, out);

@@ -75,6 +75,9 @@ int atp_op_adjust(atp_req_t *rq, const atp_val_t *b, atp_str_t flow, atp_str_t t
   if (rc != 0) return rc;
   if (!has_time) req.occurred_at_ms = ATP_TIME_NONE;
   out->id = req.id;
+  rq->change_ctx.ref = req.ref;
+  const char *reason = atp_reason_name(req.reason);
+  rq->change_ctx.reason = (atp_str_t){reason, (uint32_t)strlen(reason)};
   rc = atp_adjust(atp_app_engine(rq->app), &req, &out->u.adjust, &out->result);
   if (rc != 0) return fail_stock(rq, rc, req.has_change_from, out);
   out->status = 200;

@@ -238,6 +238,15 @@ static int start_app(const atp_config_t *cfg, atp_app_t *app,
   ao.flow_queue_max = cfg->flow_queue_max;
   ao.audit_max = cfg->audit_max;
   if (cfg->demo) ao.after_restore = load_demo;
+  /* The feed's CloudEvents source names this instance by its address. */
+  static char feed_source[ATP_CONFIG_HOST_BYTES_MAX + 32];
+  snprintf(feed_source, sizeof feed_source, "atpd://%s:%d", cfg->host, cfg->port);
+  ao.feed_source = feed_source;
+  if (cfg->feed_redis_stream[0]) ao.feed_redis_stream = cfg->feed_redis_stream;
+  ao.feed_retention_ms = cfg->feed_retention_h * 3600 * 1000;
+  /* Tests shorten the retention below an hour to see cursors expire. */
+  const char *retention = getenv("ATPD_TEST_FEED_RETENTION_MS");
+  if (retention && atoll(retention) > 0) ao.feed_retention_ms = atoll(retention);
   ao.snapshot_interval_s = cfg->snapshot_interval_s;
   if (cfg->redis_url[0]) {
     ao.redis_host = cfg->redis_host;

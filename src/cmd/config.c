@@ -221,6 +221,18 @@ static int set_access_log(atp_config_t *cfg, const char *v, char *err, size_t er
   return 0;
 }
 
+static int set_feed_retention(atp_config_t *cfg, const char *v, char *err,
+                              size_t err_len, const char *what) {
+  long long n = 0;
+  if (parse_int(v, 1, ATP_FEED_RETENTION_H_MAX, &n) != 0) {
+    snprintf(err, err_len, "%s must be an integer 1..%d hours, got \"%s\"", what,
+             ATP_FEED_RETENTION_H_MAX, v);
+    return ATP_EBADREQ;
+  }
+  cfg->feed_retention_h = n;
+  return 0;
+}
+
 /* A count flag in 1..max. */
 static int set_count(uint32_t *out, const char *v, uint32_t max, char *err,
                      size_t err_len, const char *what) {
@@ -251,6 +263,19 @@ static int set_audit_max(atp_config_t *cfg, const char *v, char *err, size_t err
   return set_count(&cfg->audit_max, v, ATP_AUDIT_ENTRIES_MAX, err, err_len, what);
 }
 
+static int set_feed_redis_stream(atp_config_t *cfg, const char *v, char *err,
+                                 size_t err_len, const char *what) {
+  size_t n = strlen(v);
+  if (n == 0 || n >= 256 || strpbrk(v, " \t\r\n")) {
+    snprintf(err, err_len,
+             "%s must be a Redis key of 1..255 bytes without spaces, got \"%s\"", what,
+             v);
+    return ATP_EBADREQ;
+  }
+  memcpy(cfg->feed_redis_stream, v, n + 1);
+  return 0;
+}
+
 static const option_t options[] = {
     {"--listen", "ATPD_LISTEN", true, set_listen},
     {"--data-dir", "ATPD_DATA_DIR", true, set_data_dir},
@@ -263,6 +288,8 @@ static const option_t options[] = {
     {"--demo", "ATPD_DEMO", false, set_demo},
     {"--access-log", "ATPD_ACCESS_LOG", true, set_access_log},
     {"--clock-skew-ms", "ATPD_CLOCK_SKEW_MS", true, set_clock_skew},
+    {"--feed-retention-h", "ATPD_FEED_RETENTION_H", true, set_feed_retention},
+    {"--feed-redis-stream", "ATPD_FEED_REDIS_STREAM", true, set_feed_redis_stream},
     {"--dead-letters-max", "ATPD_DEAD_LETTERS_MAX", true, set_dead_letters_max},
     {"--flow-queue-max", "ATPD_FLOW_QUEUE_MAX", true, set_flow_queue_max},
     {"--audit-max", "ATPD_AUDIT_MAX", true, set_audit_max},
@@ -281,6 +308,8 @@ const char *atp_config_usage(void) {
          "            [--demo]                  load a demo catalogue when empty\n"
          "            [--access-log on|off]     one JSON line per request, default on\n"
          "            [--clock-skew-ms N]       future times allowed, default 300000\n"
+         "            [--feed-retention-h N]    change feed kept, default 72\n"
+         "            [--feed-redis-stream KEY] mirror the feed into a Redis stream\n"
          "            [--dead-letters-max N]    dead letters kept, default 10000\n"
          "            [--flow-queue-max N]      ops a paused flow queues, default "
          "10000\n"
@@ -310,6 +339,7 @@ int atp_config_load(atp_config_t *cfg, int argc, char **argv,
   cfg->snapshot_interval_s = 300;
   cfg->access_log = true;
   cfg->clock_skew_ms = ATP_CLOCK_SKEW_MS_DEFAULT;
+  cfg->feed_retention_h = ATP_FEED_RETENTION_H_DEFAULT;
   cfg->dead_letters_max = ATP_DEAD_LETTERS_MAX_DEFAULT;
   cfg->flow_queue_max = ATP_FLOW_QUEUE_OPS_DEFAULT;
   cfg->audit_max = ATP_AUDIT_ENTRIES_DEFAULT;
@@ -361,6 +391,10 @@ int atp_config_load(atp_config_t *cfg, int argc, char **argv,
     }
     int rc = opt->set(cfg, value, err, err_len, opt->flag);
     if (rc != 0) return rc;
+  }
+  if (cfg->feed_redis_stream[0] && !cfg->redis_url[0]) {
+    snprintf(err, err_len, "--feed-redis-stream needs --redis URL");
+    return ATP_EBADREQ;
   }
   return 0;
 }

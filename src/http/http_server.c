@@ -64,6 +64,8 @@ enum {
   HDR_EXPECT,
   HDR_HOST,
   HDR_TRANSFER_ENCODING,
+  HDR_REQUEST_ID,    /* X-Request-Id: handed to the handler */
+  HDR_LAST_EVENT_ID, /* Last-Event-ID: handed to the handler (SSE resume) */
   HDR_COUNT
 };
 
@@ -167,6 +169,28 @@ struct conn {
   atp_http_method_t deferred_method;
   bool deferred_close;
   char deferred_path[DEFERRED_PATH_BYTES]; /* for the log hook */
+  /* A streaming response (atp_http_stream_begin): its body comes through the
+   * stream until it ends or the connection closes. NULL: none. */
+  atp_http_stream_t *stream;
+};
+
+/* A streaming response's handle, shared by its connection (loop thread) and
+ * its producer (any thread); see http.h. */
+struct atp_http_stream {
+  uv_mutex_t mu;      /* guards the fields up to conn */
+  atp_buf_t pending;  /* sent, not yet moved to the connection's output */
+  size_t backlog_max; /* pending plus unsent may not pass it */
+  bool closed;        /* the connection is gone, or was cut: sends fail */
+  bool cut;           /* the backlog passed its bound: close at once */
+  bool ended;         /* the producer ended it: close once written */
+  bool scheduled;     /* on lp's ready list (holding a reference) */
+  atp_http_stream_t *next_ready;
+  loop_ctx_t *lp; /* the connection's loop, set when the head is queued */
+  conn_t *conn;   /* loop thread only; NULL once detached */
+  /* Bytes in the connection's output queues, not yet written; the loop
+   * stores it after every write, a sender reads it: relaxed, a bound. */
+  _Atomic size_t unsent;
+  atomic_int refs;
 };
 
 /* An answer to a deferred request, handed from another thread to its loop. */
@@ -176,6 +200,7 @@ typedef struct answer {
   uint64_t hold_until;
   int status;
   const char *content_type;
+  char extra_header[ATP_HTTP_ANSWER_HEADER_BYTES]; /* "" or one "Name: value" */
   size_t body_len;
   char body[];
 } answer_t;
@@ -186,17 +211,18 @@ struct loop_ctx {
   uv_loop_t loop;
   uv_tcp_t listener;
   uv_async_t stop_async;
-  uv_timer_t stop_timer;     /* force-closes what the stop grace left */
-  uint64_t stop_deadline;    /* loop time the stop grace ends */
-  uv_async_t release_async;  /* atp_http_server_release wakes the loop */
-  _Atomic uint64_t released; /* parked output up to this value may go */
-  conn_t *held;              /* connections with parked output */
-  uv_async_t answer_async;   /* atp_http_server_answer wakes the loop */
-  uv_mutex_t answer_mu;      /* guards answers, posts and answers_closed */
-  answer_t *answers;         /* delivered, not yet queued (newest first) */
-  bool answers_closed;       /* the loop finished: answers and posts refused */
-  uv_async_t post_async;     /* atp_http_server_post wakes the loop */
-  atp_http_post_t *posts;    /* queued continuations, newest first */
+  uv_timer_t stop_timer;            /* force-closes what the stop grace left */
+  uint64_t stop_deadline;           /* loop time the stop grace ends */
+  uv_async_t release_async;         /* atp_http_server_release wakes the loop */
+  _Atomic uint64_t released;        /* parked output up to this value may go */
+  conn_t *held;                     /* connections with parked output */
+  uv_async_t answer_async;          /* atp_http_server_answer wakes the loop */
+  uv_mutex_t answer_mu;             /* guards answers, posts and answers_closed */
+  answer_t *answers;                /* delivered, not yet queued (newest first) */
+  bool answers_closed;              /* the loop finished: answers and posts refused */
+  uv_async_t post_async;            /* atp_http_server_post wakes the loop */
+  atp_http_post_t *posts;           /* queued continuations, newest first */
+  atp_http_stream_t *streams_ready; /* streams with bytes or news (answer_mu) */
   bool answer_mu_inited;
   uv_thread_t thread;
   char *read_buf; /* READ_BYTES, shared by the loop's reads */
@@ -316,7 +342,7 @@ static bool out_full(const conn_t *c) {
     responses += c->out[!c->pending].responses;
     bytes += c->out[!c->pending].total_bytes;
   }
-  return c->deferred_id || responses >= ATP_HTTP_PIPELINE_MAX ||
+  return c->deferred_id || c->stream || responses >= ATP_HTTP_PIPELINE_MAX ||
          bytes >= ATP_HTTP_OUT_HIGH_WATER_BYTES;
 }
 
@@ -350,6 +376,7 @@ typedef struct {
   uint32_t extra_count;
   bool head_only; /* HEAD: Content-Length but no body bytes */
   bool close;
+  bool stream; /* a streaming head: no Content-Length, the body follows later */
 } response_t;
 
 /* Appends one response to the filling queue. On failure (out of memory) the
@@ -358,7 +385,7 @@ static int queue_response(conn_t *c, const response_t *r) {
   outq_t *q = &c->out[c->pending];
   int status = r->status;
   bool no_body = status == 204 || status == 304 || status < 200;
-  bool send_body = !no_body && !r->head_only && r->body_len > 0;
+  bool send_body = !no_body && !r->head_only && r->body_len > 0 && !r->stream;
   const char *reason = status_reason(status);
   size_t reason_len = strlen(reason);
   size_t ct_len = (r->content_type && !no_body) ? strlen(r->content_type) : 0;
@@ -387,7 +414,7 @@ static int queue_response(conn_t *c, const response_t *r) {
     p = put_str(p, r->content_type, ct_len);
     p = PUT_LIT(p, "\r\n");
   }
-  if (!no_body) {
+  if (!no_body && !r->stream) {
     p = PUT_LIT(p, "Content-Length: ");
     p = put_u64(p, r->body_len);
     p = PUT_LIT(p, "\r\n");
@@ -494,6 +521,14 @@ static void request_fill(conn_t *c, atp_http_request_t *req) {
     if (!c->hv_set[k]) continue;
     *hv[k] = c->head.data + c->hv_off[k];
     *hl[k] = c->hv_len[k];
+  }
+  if (c->hv_set[HDR_REQUEST_ID]) {
+    req->x_request_id = c->head.data + c->hv_off[HDR_REQUEST_ID];
+    req->x_request_id_len = c->hv_len[HDR_REQUEST_ID];
+  }
+  if (c->hv_set[HDR_LAST_EVENT_ID]) {
+    req->last_event_id = c->head.data + c->hv_off[HDR_LAST_EVENT_ID];
+    req->last_event_id_len = c->hv_len[HDR_LAST_EVENT_ID];
   }
   if (!c->headers_done) return;
   req->method = map_method(c->parser.method);
@@ -712,8 +747,10 @@ static int cb_header_field_complete(llhttp_t *p) {
   static const struct {
     const char *name;
     size_t len;
-  } names[HDR_COUNT] = {{"content-type", 12}, {"accept", 6}, {"authorization", 13},
-                        {"expect", 6},        {"host", 4},   {"transfer-encoding", 17}};
+  } names[HDR_COUNT] = {{"content-type", 12},  {"accept", 6},
+                        {"authorization", 13}, {"expect", 6},
+                        {"host", 4},           {"transfer-encoding", 17},
+                        {"x-request-id", 12},  {"last-event-id", 13}};
   c->field_kind = HDR_NONE;
   if (!c->headers_done && c->field_len <= FIELD_BYTES) {
     for (int k = 0; k < HDR_COUNT; k++) {
@@ -880,6 +917,143 @@ static void conn_unhold(conn_t *c) {
   c->held_prev = c->held_next = NULL;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Streaming responses (atp_http_stream_*)                                   */
+
+static void conn_close(conn_t *c);
+static void conn_progress(conn_t *c);
+
+static void stream_unref(atp_http_stream_t *st) {
+  if (atomic_fetch_sub_explicit(&st->refs, 1, memory_order_acq_rel) != 1) return;
+  atp_buf_free(&st->pending);
+  uv_mutex_destroy(&st->mu);
+  atp_free(st);
+}
+
+/* Puts st on its loop's ready list, with a reference the loop drops. Under
+ * st->mu; lock order: st->mu, then answer_mu. */
+static void stream_schedule(atp_http_stream_t *st) {
+  if (st->scheduled || !st->lp) return;
+  loop_ctx_t *lp = st->lp;
+  uv_mutex_lock(&lp->answer_mu);
+  if (!lp->answers_closed) {
+    st->scheduled = true;
+    atomic_fetch_add_explicit(&st->refs, 1, memory_order_relaxed);
+    st->next_ready = lp->streams_ready;
+    lp->streams_ready = st;
+    uv_async_send(&lp->answer_async);
+  }
+  uv_mutex_unlock(&lp->answer_mu);
+}
+
+atp_http_stream_t *atp_http_stream_begin(atp_http_response_t *res, size_t backlog_max) {
+  ATP_ASSERT(res && !res->stream && backlog_max > 0);
+  atp_http_stream_t *st = atp_calloc(1, sizeof *st);
+  if (!st) return NULL;
+  if (uv_mutex_init(&st->mu) != 0) {
+    atp_free(st);
+    return NULL;
+  }
+  atp_buf_init(&st->pending, backlog_max);
+  st->backlog_max = backlog_max;
+  atomic_init(&st->unsent, 0);
+  atomic_init(&st->refs, 2); /* the producer's and the connection's */
+  res->stream = st;
+  return st;
+}
+
+/* The connection will never take the stream (no loop, or no memory for the
+ * head): sends fail from now on. */
+static void stream_abandon(atp_http_stream_t *st) {
+  uv_mutex_lock(&st->mu);
+  st->closed = true;
+  uv_mutex_unlock(&st->mu);
+  stream_unref(st);
+}
+
+static void stream_attach(conn_t *c, atp_http_stream_t *st) {
+  c->stream = st;
+  uv_mutex_lock(&st->mu);
+  st->conn = c;
+  st->lp = c->lp;
+  if (st->pending.len || st->ended) stream_schedule(st);
+  uv_mutex_unlock(&st->mu);
+}
+
+/* The connection closes: sends fail from now on. */
+static void stream_detach(conn_t *c) {
+  atp_http_stream_t *st = c->stream;
+  if (!st) return;
+  c->stream = NULL;
+  uv_mutex_lock(&st->mu);
+  st->conn = NULL;
+  st->closed = true;
+  uv_mutex_unlock(&st->mu);
+  stream_unref(st);
+}
+
+/* The loop's turn: moves the pending bytes to the connection's output, or
+ * closes it when cut, or lets it close once written when ended. */
+static void stream_flush(atp_http_stream_t *st) {
+  uv_mutex_lock(&st->mu);
+  st->scheduled = false;
+  conn_t *c = st->conn;
+  bool cut = st->cut, ended = st->ended;
+  int rc = 0;
+  if (c && !cut && st->pending.len) {
+    outq_t *q = &c->out[c->pending];
+    rc = atp_buf_append(&q->bytes, st->pending.data, st->pending.len);
+    if (rc == 0) q->total_bytes += st->pending.len;
+    atp_buf_reset(&st->pending);
+    if (st->pending.cap > KEEP_BUF_BYTES) atp_buf_free(&st->pending);
+  }
+  uv_mutex_unlock(&st->mu);
+  if (c && (cut || rc)) {
+    conn_close(c);
+  } else if (c) {
+    if (ended) c->closing = true;
+    conn_progress(c);
+  }
+  stream_unref(st);
+}
+
+int atp_http_stream_send(atp_http_stream_t *st, const void *data, size_t len) {
+  ATP_ASSERT(st);
+  int rc = 0;
+  uv_mutex_lock(&st->mu);
+  size_t unsent = atomic_load_explicit(&st->unsent, memory_order_relaxed);
+  if (st->closed || st->ended) {
+    rc = ATP_EUNAVAILABLE;
+  } else if (st->pending.len + unsent + len > st->backlog_max) {
+    st->cut = st->closed = true; /* the client fell behind: cut it */
+    stream_schedule(st);
+    rc = ATP_EFULL;
+  } else if (atp_buf_append(&st->pending, data, len) != 0) {
+    rc = ATP_ENOMEM;
+  } else {
+    stream_schedule(st);
+  }
+  uv_mutex_unlock(&st->mu);
+  return rc;
+}
+
+size_t atp_http_stream_backlog(const atp_http_stream_t *st) {
+  atp_http_stream_t *m = (atp_http_stream_t *)(uintptr_t)st;
+  uv_mutex_lock(&m->mu);
+  size_t n = m->pending.len + atomic_load_explicit(&m->unsent, memory_order_relaxed);
+  uv_mutex_unlock(&m->mu);
+  return n;
+}
+
+void atp_http_stream_end(atp_http_stream_t *st) {
+  if (!st) return;
+  uv_mutex_lock(&st->mu);
+  st->ended = true;
+  if (!st->closed) stream_schedule(st);
+  uv_mutex_unlock(&st->mu);
+  stream_unref(st);
+}
+
 /* The handler's response, serialised. */
 static void dispatch(conn_t *c) {
   atp_http_request_t req;
@@ -890,6 +1064,33 @@ static void dispatch(conn_t *c) {
   atp_http_response_t res = {0};
   res.body = &c->res_body;
   c->config->handler(c->config->ctx, &req, &res);
+  if (res.stream && !c->lp) { /* atp_http_feed: nowhere to stream to */
+    stream_abandon(res.stream);
+    res.stream = NULL;
+    res.defer = true;
+  }
+  if (res.stream) {
+    response_t head = {
+        .status = res.status ? res.status : 200,
+        .content_type = res.content_type,
+        .extra = res.extra_headers,
+        .extra_count = res.extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX
+                           ? res.extra_header_count
+                           : ATP_HTTP_EXTRA_HEADERS_MAX,
+        .close = true,
+        .stream = true};
+    if (queue_response(c, &head)) {
+      stream_abandon(res.stream);
+      c->closing = true;
+    } else {
+      log_response(c, &req, head.status, 0);
+      stream_attach(c, res.stream);
+    }
+    atp_arena_reset(&c->arena);
+    request_shrink(c);
+    c->in_message = false;
+    return;
+  }
   if (res.defer && c->lp) {
     c->deferred_id = req.request_id;
     c->deferred_started_ns = req.started_ns;
@@ -1092,9 +1293,12 @@ static void on_handle_closed(uv_handle_t *h) {
 }
 
 /* Closes now; queued output is dropped. Memory goes in the close callbacks. */
+static void stream_detach(conn_t *c);
+
 static void conn_close(conn_t *c) {
   if (c->closed) return;
   c->closed = true;
+  stream_detach(c);
   conn_unhold(c); /* its parked output is freed with it, in the close callback */
   uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
   uv_close((uv_handle_t *)&c->timer, on_handle_closed);
@@ -1139,8 +1343,9 @@ static void on_timer(uv_timer_t *t) {
     conn_set_deadline(c, c->deadline_ms);
     return;
   }
-  if (c->deferred_id && !c->closing && !c->lingering) {
-    /* Waiting for its own answer, not idle. */
+  if ((c->deferred_id || (c->stream && !c->writing)) && !c->closing && !c->lingering) {
+    /* Waiting for its own answer (or a stream's next bytes), not idle. A
+     * stream whose write stalls for the idle timeout is closed below. */
     conn_set_deadline(
         c, now + cfg_ms(c->config->idle_timeout_ms, ATP_HTTP_IDLE_TIMEOUT_MS));
     return;
@@ -1172,7 +1377,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     conn_progress(c);
     return;
   }
-  if (c->lingering || c->closing) {
+  if (c->lingering || c->closing || c->stream) {
     c->linger_bytes += (size_t)nread;
     if (c->linger_bytes > ATP_HTTP_LINGER_BYTES_MAX) conn_close(c);
     return;
@@ -1312,6 +1517,12 @@ static void conn_progress(conn_t *c) {
       if (c->closed) return;
     } else if (c->deferred_id) {
       /* An answer is owed: it closes or goes on once delivered. */
+    } else if (c->stream && !c->eof && !c->lp->stopping) {
+      /* A stream waits for its producer; a stopping server ends it (the
+       * client resumes from its last id elsewhere or later). */
+    } else if (c->stream) {
+      conn_close(c); /* a stream's body is close-delimited: nothing to linger for */
+      return;
     } else if (c->eof && !c->paused) {
       conn_close(c);
       return;
@@ -1320,11 +1531,17 @@ static void conn_progress(conn_t *c) {
       return;
     }
   }
+  /* A stream reads on, to see the client leave. */
   bool want =
-      !c->eof &&
-      (c->lingering || (!c->closing && !c->paused && (!out_full(c) || c->deferred_id)));
+      !c->eof && (c->lingering || c->stream ||
+                  (!c->closing && !c->paused && (!out_full(c) || c->deferred_id)));
   if (conn_set_reading(c, want)) return;
   conn_update_deadline(c);
+  if (c->stream) {
+    size_t unsent = c->out[c->pending].total_bytes;
+    if (c->writing) unsent += c->out[!c->pending].total_bytes;
+    atomic_store_explicit(&c->stream->unsent, unsent, memory_order_relaxed);
+  }
 }
 
 typedef struct {
@@ -1445,9 +1662,19 @@ static void loop_maybe_finish(loop_ctx_t *lp) {
   uv_close((uv_handle_t *)&lp->release_async, NULL);
   uv_mutex_lock(&lp->answer_mu);
   lp->answers_closed = true;
+  atp_http_stream_t *ready = lp->streams_ready;
+  lp->streams_ready = NULL;
   atp_http_post_t *posts = lp->posts;
   lp->posts = NULL;
   uv_mutex_unlock(&lp->answer_mu);
+  while (ready) { /* every connection is closed: nothing to flush */
+    atp_http_stream_t *st = ready;
+    ready = st->next_ready;
+    uv_mutex_lock(&st->mu);
+    st->scheduled = false;
+    uv_mutex_unlock(&st->mu);
+    stream_unref(st);
+  }
   uv_close((uv_handle_t *)&lp->answer_async, NULL);
   uv_close((uv_handle_t *)&lp->post_async, NULL);
   /* Every connection is gone: what is still queued runs once, finds its
@@ -1464,7 +1691,14 @@ static void on_answer_async(uv_async_t *a) {
   uv_mutex_lock(&lp->answer_mu);
   answer_t *list = lp->answers;
   lp->answers = NULL;
+  atp_http_stream_t *ready = lp->streams_ready;
+  lp->streams_ready = NULL;
   uv_mutex_unlock(&lp->answer_mu);
+  while (ready) {
+    atp_http_stream_t *st = ready;
+    ready = st->next_ready;
+    stream_flush(st);
+  }
   while (list) {
     answer_t *an = list;
     list = an->next;
@@ -1477,6 +1711,11 @@ static void on_answer_async(uv_async_t *a) {
                       .body_len = an->body_len,
                       .head_only = c->deferred_method == ATP_HTTP_HEAD,
                       .close = c->deferred_close || lp->stopping};
+      const char *extra = an->extra_header;
+      if (extra[0]) {
+        r.extra = &extra;
+        r.extra_count = 1;
+      }
       if (r.status < 200 || r.status > 599) r.status = 500;
       c->deferred_id = 0;
       /* The request is over: what it kept for its deferred work goes. */
@@ -1755,13 +1994,34 @@ int atp_http_server_answer(atp_http_server_t *s, int thread_index, uint64_t requ
                                      body, body_len, 0);
 }
 
+static int answer_full(atp_http_server_t *s, int thread_index, uint64_t request_id,
+                       int status, const char *content_type, const char *header,
+                       const void *body, size_t body_len, uint64_t hold_until);
+
 int atp_http_server_answer_held(atp_http_server_t *s, int thread_index,
                                 uint64_t request_id, int status,
                                 const char *content_type, const void *body,
                                 size_t body_len, uint64_t hold_until) {
+  return answer_full(s, thread_index, request_id, status, content_type, NULL, body,
+                     body_len, hold_until);
+}
+
+int atp_http_server_answer_header(atp_http_server_t *s, int thread_index,
+                                  uint64_t request_id, int status,
+                                  const char *content_type, const char *header,
+                                  const void *body, size_t body_len) {
+  return answer_full(s, thread_index, request_id, status, content_type, header, body,
+                     body_len, 0);
+}
+
+static int answer_full(atp_http_server_t *s, int thread_index, uint64_t request_id,
+                       int status, const char *content_type, const char *header,
+                       const void *body, size_t body_len, uint64_t hold_until) {
   ATP_ASSERT(s && thread_index >= 0 && thread_index < s->threads && request_id);
+  ATP_ASSERT(!header || strlen(header) < ATP_HTTP_ANSWER_HEADER_BYTES);
   answer_t *an = atp_malloc(sizeof *an + body_len);
   if (!an) return ATP_ENOMEM;
+  snprintf(an->extra_header, sizeof an->extra_header, "%s", header ? header : "");
   an->request_id = request_id;
   an->hold_until = hold_until;
   an->status = status;

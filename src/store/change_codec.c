@@ -9,6 +9,7 @@
  * half-understood.
  */
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "atp/assert.h"
@@ -130,7 +131,36 @@ static void put_body(enc_t *e, const atp_change_t *c) {
   }
 }
 
+/* The context's field i, in the trailer's order. */
+static atp_str_t *ctx_slot(atp_change_ctx_t *ctx, int i) {
+  atp_str_t *f[ATP_CHANGE_CTX_FIELDS] = {&ctx->request_id, &ctx->source, &ctx->ref,
+                                         &ctx->reason, &ctx->flow};
+  return f[i];
+}
+static atp_str_t ctx_field(const atp_change_ctx_t *ctx, int i) {
+  return *ctx_slot((atp_change_ctx_t *)(uintptr_t)ctx, i);
+}
+
+/* The context trailer: a u8 mask of the fields present, then each present
+ * one as a str, in field order. Nothing at all when no field is set, so a
+ * record without a request behind it (an expiry) costs no byte. */
+static void put_ctx(enc_t *e, const atp_change_ctx_t *ctx) {
+  if (!ctx) return;
+  uint8_t mask = 0;
+  for (int i = 0; i < ATP_CHANGE_CTX_FIELDS; i++)
+    if (ctx_field(ctx, i).len) mask |= (uint8_t)(1u << i);
+  if (!mask) return;
+  put_u8(e, mask);
+  for (int i = 0; i < ATP_CHANGE_CTX_FIELDS; i++)
+    if (mask & (1u << i)) put_str(e, ctx_field(ctx, i));
+}
+
 int atp_records_encode(atp_buf_t *buf, const atp_change_t *records, uint32_t count) {
+  return atp_records_encode_ctx(buf, records, count, NULL);
+}
+
+int atp_records_encode_ctx(atp_buf_t *buf, const atp_change_t *records, uint32_t count,
+                           const atp_change_ctx_t *ctx) {
   enc_t e = {buf, 0};
   put_u32(&e, count);
   for (uint32_t i = 0; i < count && !e.rc; i++) {
@@ -145,6 +175,7 @@ int atp_records_encode(atp_buf_t *buf, const atp_change_t *records, uint32_t cou
     put_str(&e, c->cause_id);
     size_t body_at = buf->len;
     put_body(&e, c);
+    put_ctx(&e, ctx);
     if (e.rc) break;
     size_t body = buf->len - body_at;
     unsigned char *p = (unsigned char *)buf->data + len_at;
@@ -307,11 +338,22 @@ static int get_body(dec_t *d, atp_records_t *out, atp_change_t *c, uint32_t *res
   }
 }
 
+/* The context trailer after a body (see put_ctx); a body without one is a
+ * record with no request behind it, or one written before the trailer. */
+static int get_ctx(dec_t *d, atp_change_ctx_t *ctx) {
+  uint8_t mask = get_u8(d);
+  if (mask == 0 || mask >> ATP_CHANGE_CTX_FIELDS) return ATP_EBADREQ;
+  for (int i = 0; i < ATP_CHANGE_CTX_FIELDS; i++)
+    if (mask & (1u << i)) *ctx_slot(ctx, i) = get_str(d);
+  return 0;
+}
+
 void atp_records_init(atp_records_t *out) {
   memset(out, 0, sizeof *out);
 }
 
 void atp_records_free(atp_records_t *out) {
+  atp_free(out->contexts);
   atp_free(out->records);
   atp_free(out->reservations);
   atp_free(out->locations);
@@ -327,7 +369,8 @@ int atp_records_decode(const void *payload, uint32_t payload_bytes,
    * is refused before anything is allocated for it. */
   if (d.bad || count == 0 || count > payload_bytes / RECORD_HEADER_BYTES)
     return ATP_EBADREQ;
-  if (!grow((void **)&out->records, &out->records_cap, count, sizeof *out->records))
+  if (!grow((void **)&out->records, &out->records_cap, count, sizeof *out->records) ||
+      !grow((void **)&out->contexts, &out->contexts_cap, count, sizeof *out->contexts))
     return ATP_ENOMEM;
   uint32_t res_used = 0, locs_used = 0;
   int rc = 0;
@@ -347,6 +390,8 @@ int atp_records_decode(const void *payload, uint32_t payload_bytes,
     const unsigned char *body_end = d.p + body;
     dec_t bd = {d.p, body_end, 0};
     rc = get_body(&bd, out, c, &res_used, &locs_used);
+    memset(&out->contexts[i], 0, sizeof out->contexts[i]);
+    if (!rc && !bd.bad && bd.p < body_end) rc = get_ctx(&bd, &out->contexts[i]);
     if (!rc && (bd.bad || bd.p != body_end)) rc = ATP_EBADREQ;
     d.p = body_end;
   }

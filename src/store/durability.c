@@ -48,6 +48,16 @@ static const atp_durable_section_t *find_section(const atp_durable_t *d,
 static pthread_key_t buf_key;
 static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
 static _Thread_local atp_buf_t *hook_buf;
+/* The request behind this thread's next changes; see atp_durable_set_context. */
+static _Thread_local const atp_change_ctx_t *hook_ctx;
+
+void atp_durable_set_context(const atp_change_ctx_t *ctx) {
+  hook_ctx = ctx;
+}
+
+const atp_change_ctx_t *atp_durable_context(void) {
+  return hook_ctx;
+}
 
 static void buf_destroy(void *p) {
   atp_buf_free(p);
@@ -100,7 +110,7 @@ void atp_durable_hook(void *ctx, const atp_change_t *records, uint32_t count) {
   atp_buf_t *b = thread_buf();
   int rc = b ? 0 : ATP_ENOMEM;
   if (b) atp_buf_reset(b);
-  if (rc == 0) rc = atp_records_encode(b, records, count);
+  if (rc == 0) rc = atp_records_encode_ctx(b, records, count, hook_ctx);
   uint64_t lsn = 0;
   if (rc == 0)
     rc = atp_journal_append(j, ATP_RECORD_KIND_ENGINE_CHANGE, b->data, (uint32_t)b->len,

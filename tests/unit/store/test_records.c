@@ -328,5 +328,53 @@ static void test_engine_replay_rebuilds_state(void) {
   atp_buf_free(&journal);
 }
 
+/* The request context rides in a trailer after each body: present fields come
+ * back, absent ones are empty, a record without context has no trailer, and a
+ * bad mask is refused. */
+static void test_context_trailer(void) {
+  atp_str_t locs[3] = {ATP_STR("x"), ATP_STR("yy"), ATP_STR("zzz")};
+  atp_change_t in[4];
+  uint32_t n = sample(in, locs);
+  atp_change_ctx_t ctx = {.request_id = ATP_STR("req-9"),
+                          .source = ATP_STR("erp"),
+                          .reason = ATP_STR("received"),
+                          .flow = ATP_STR("wms")};
+  atp_buf_t plain, with;
+  atp_buf_init(&plain, 0);
+  atp_buf_init(&with, 0);
+  REQUIRE(atp_records_encode(&plain, in, n) == 0);
+  REQUIRE(atp_records_encode_ctx(&with, in, n, &ctx) == 0);
+  CHECK(with.len > plain.len);
+  atp_records_t out;
+  atp_records_init(&out);
+  REQUIRE(atp_records_decode(with.data, (uint32_t)with.len, &out) == 0);
+  REQUIRE(out.count == n);
+  for (uint32_t i = 0; i < n; i++) {
+    CHECK(str_eq(out.contexts[i].request_id, "req-9"));
+    CHECK(str_eq(out.contexts[i].source, "erp"));
+    CHECK(out.contexts[i].ref.len == 0);
+    CHECK(str_eq(out.contexts[i].reason, "received"));
+    CHECK(str_eq(out.contexts[i].flow, "wms"));
+  }
+  CHECK(str_eq(out.records[0].u.position.sku, "sku-a"));
+  REQUIRE(atp_records_decode(plain.data, (uint32_t)plain.len, &out) == 0);
+  CHECK(out.contexts[0].request_id.len == 0 && out.contexts[3].source.len == 0);
+  atp_change_ctx_t empty = {0};
+  atp_buf_reset(&with);
+  REQUIRE(atp_records_encode_ctx(&with, in, n, &empty) == 0);
+  CHECK(with.len == plain.len);
+  /* A trailer whose mask names no field, or an unknown one, is refused. */
+  atp_buf_reset(&with);
+  REQUIRE(atp_records_encode_ctx(&with, in, 1, &ctx) == 0);
+  unsigned char *mask =
+      (unsigned char *)with.data + with.len - (2 + 5) - (2 + 3) - (2 + 8) - (2 + 3) - 1;
+  CHECK_EQ(*mask, 0x1b);
+  *mask = 0x40;
+  CHECK(atp_records_decode(with.data, (uint32_t)with.len, &out) == ATP_EBADREQ);
+  atp_records_free(&out);
+  atp_buf_free(&plain);
+  atp_buf_free(&with);
+}
+
 TEST_MAIN(RUN(test_round_trip_every_field); RUN(test_malformed_refused);
-          RUN(test_engine_replay_rebuilds_state))
+          RUN(test_context_trailer); RUN(test_engine_replay_rebuilds_state))
