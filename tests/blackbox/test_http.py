@@ -448,13 +448,15 @@ def test_slowloris_others_served_and_closed(srv):
     conns = _slow.get("conns", [])
     assert conns, "slowloris setup did not run"
     assert srv.client().get("/healthz", check_ct=False).status == 200
-    left = 13.0 - (time.time() - _slow["t0"])  # header timeout is 10 s
+    # The header timeout is 10 s; the slack is for a loaded machine (an ASan
+    # server among other tests), and each wait ends as soon as its close comes.
+    left = 20.0 - (time.time() - _slow["t0"])
     closed = [c.wait_closed(max(0.1, left)) for c in conns[:1]]
-    closed += [c.wait_closed(0.5) for c in conns[1:]]
+    closed += [c.wait_closed(2.0) for c in conns[1:]]
     for c in conns:
         c.close()
     _slow["body"].close()
-    assert all(closed), "partial request heads not closed after ~13 s: %r" % closed
+    assert all(closed), "partial request heads not closed after ~20 s: %r" % closed
 
 
 def test_still_healthy(srv):

@@ -151,5 +151,7 @@ def test_second_sigterm_hurries_the_drain(binary):
     took = time.time() - t0
     problem = srv.stop() if rc is None else None
     assert rc == 0, "exit status after a second SIGTERM: %r\n%s" % (rc, problem or srv.stderr_tail())
-    assert took < 1.5, "a second SIGTERM took %.2f s to end the drain" % took
+    # Without the hurry the drain waits out the 5 s grace (4.7 s from here); exit
+    # itself (journal flush, an ASan build's teardown) needs a moment of its own.
+    assert took < 3.5, "a second SIGTERM took %.2f s to end the drain" % took
     assert body.wait_closed(1)
