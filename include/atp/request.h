@@ -25,6 +25,7 @@
 #include "atp/engine.h"
 #include "atp/http.h"
 #include "atp/records.h"
+#include "atp/wire.h"
 
 typedef struct atp_app atp_app_t;
 typedef struct atp_route atp_route_t;
@@ -184,17 +185,7 @@ void atp_respond_error(atp_req_t *rq, int err);
 atp_writer_t *atp_respond_error_begin(atp_req_t *rq, int err);
 void atp_respond_error_end(atp_req_t *rq, atp_writer_t *w);
 
-/* Writes a position as an object; found: -1 omits "found", 0/1 writes it. */
-void atp_write_position(atp_writer_t *w, const atp_position_t *p, int found);
-/* A zero position for an unseen key (version 0). */
-void atp_write_zero_position(atp_writer_t *w, atp_str_t sku, atp_str_t location,
-                             int found);
-/* Writes the reservation's members into an open object (so callers can add
- * "replayed"). */
-void atp_write_reservation_fields(atp_writer_t *w, const atp_reservation_t *r);
-
-/* Writes s (atp_str_t) as a string. */
-void atp_w_s(atp_writer_t *w, atp_str_t s);
+/* The objects' wire shapes (atp_write_position, ...): atp/wire.h. */
 
 /* The current request's large scratch records: one per thread, reused. */
 atp_reservation_t *atp_req_reservation(void);

@@ -9,6 +9,7 @@
  * cursor.
  */
 #include "atp/feed.h"
+#include "atp/wire.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -625,68 +626,12 @@ static void write_envelope(const atp_feed_t *f, atp_writer_t *w, const char *typ
 }
 
 static void write_position(atp_writer_t *w, const atp_position_t *p) {
-  atp_w_object_begin(w);
-  atp_w_key(w, "sku");
-  w_s(w, p->sku);
-  atp_w_key(w, "location");
-  w_s(w, p->location);
-  atp_w_key(w, "on_hand");
-  atp_w_int(w, p->on_hand);
-  atp_w_key(w, "safety_stock");
-  atp_w_int(w, p->safety_stock);
-  atp_w_key(w, "reserved");
-  atp_w_int(w, p->reserved);
-  atp_w_key(w, "committed");
-  atp_w_int(w, p->committed);
-  atp_w_key(w, "available");
-  atp_w_int(w, p->available);
-  atp_w_key(w, "shortfall");
-  atp_w_int(w, p->shortfall);
-  if (p->counted_at_ms != ATP_TIME_NONE) {
-    atp_w_key(w, "counted_at");
-    atp_w_int(w, p->counted_at_ms);
-  }
-  atp_w_key(w, "version");
-  atp_w_uint(w, p->version);
-  atp_w_object_end(w);
+  atp_write_position(w, p, -1);
 }
 
 static void write_reservation(atp_writer_t *w, const atp_reservation_t *r) {
   atp_w_object_begin(w);
-  atp_w_key(w, "id");
-  w_s(w, r->id);
-  atp_w_key(w, "status");
-  atp_w_cstr(w, atp_status_name(r->status));
-  atp_w_key(w, "lines");
-  atp_w_array_begin(w);
-  for (uint32_t i = 0; i < r->line_count; i++) {
-    const atp_res_line_t *l = &r->lines[i];
-    atp_w_object_begin(w);
-    atp_w_key(w, "sku");
-    w_s(w, l->sku);
-    atp_w_key(w, "location");
-    w_s(w, l->location);
-    atp_w_key(w, "qty");
-    atp_w_int(w, l->qty);
-    atp_w_key(w, "fulfilled");
-    atp_w_int(w, l->fulfilled);
-    atp_w_key(w, "released");
-    atp_w_int(w, l->released);
-    atp_w_object_end(w);
-  }
-  atp_w_array_end(w);
-  atp_w_key(w, "created_at");
-  atp_w_int(w, r->created_at_ms);
-  if (r->status == ATP_STATUS_HELD && r->expires_at_ms != ATP_TIME_NONE) {
-    atp_w_key(w, "expires_at");
-    atp_w_int(w, r->expires_at_ms);
-  }
-  atp_w_key(w, "ttl_ms");
-  atp_w_int(w, r->ttl_ms);
-  w_opt(w, "order_ref", r->order_ref);
-  w_opt(w, "order_id", r->order_id);
-  w_opt(w, "channel", r->channel);
-  w_opt(w, "customer_id", r->customer_id);
+  atp_write_reservation_fields(w, r);
   atp_w_object_end(w);
 }
 
