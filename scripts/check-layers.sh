@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 declare -A HEADER_LAYER=(
-  [assert]=base [error]=base [limits]=base [log]=base [memory]=base [version]=base
+  [assert]=base [clock]=base [error]=base [limits]=base [log]=base [memory]=base [version]=base
   [engine]=engine [timerwheel]=engine
   [codec]=codec
   [http]=http

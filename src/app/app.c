@@ -3,6 +3,7 @@
  * snapshot thread, and the release of parked answers to the HTTP server.
  */
 #include "atp/app.h"
+#include "atp/clock.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -62,24 +63,6 @@ struct atp_app_runtime {
   int64_t push_at_ms;           /* next retry (monotonic), when push_pending */
   uint32_t push_backoff_ms;
 };
-
-static int64_t wall_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int64_t ms) {
-  struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
-  }
-}
 
 /* Sleeps on cond until deadline (monotonic ms) or a broadcast. mu held. */
 static void wait_until(atp_app_runtime_t *rt, int64_t deadline_ms) {
@@ -198,7 +181,7 @@ static int restore_snapshot(atp_app_runtime_t *rt, uint64_t *covered,
               backoff);
       for (int64_t waited = 0; waited < backoff; waited += 100) {
         if (stopping_now(rt)) return ATP_EUNAVAILABLE;
-        sleep_ms(100);
+        atp_sleep_ms(100);
       }
       if (backoff < PUSH_BACKOFF_MS_MAX / 2) backoff *= 2;
     }
@@ -224,7 +207,7 @@ static void *restore_main(void *arg) {
   atp_app_t *app = arg;
   atp_app_runtime_t *rt = app->runtime;
   atp_durable_restore_t *r = &rt->restore;
-  int64_t started = mono_ms();
+  int64_t started = atp_mono_ms();
   uint64_t covered = 0;
   const char *source = "journal";
   int rc = restore_snapshot(rt, &covered, &source);
@@ -270,7 +253,7 @@ static void *restore_main(void *arg) {
   }
   pthread_mutex_lock(&rt->mu);
   rt->stats.restore_source = source;
-  rt->stats.restore_ms = mono_ms() - started;
+  rt->stats.restore_ms = atp_mono_ms() - started;
   pthread_mutex_unlock(&rt->mu);
   /* release: the restored tables are visible to whoever loads the engine or
    * sees ready (the engine is published only now: a failed snapshot load
@@ -308,10 +291,11 @@ static int settle(void *ctx) {
   if (!j) return ATP_EUNAVAILABLE;
   atp_journal_begin(j, ATP_APP_SNAPSHOT_SLOT);
   uint64_t target = atp_journal_end(j, ATP_APP_SNAPSHOT_SLOT);
-  for (int64_t start = mono_ms(); atp_journal_durable_ticket(j) < target;) {
-    if (atp_journal_state(j) != ATP_JOURNAL_OK || mono_ms() - start > SETTLE_TIMEOUT_MS)
+  for (int64_t start = atp_mono_ms(); atp_journal_durable_ticket(j) < target;) {
+    if (atp_journal_state(j) != ATP_JOURNAL_OK ||
+        atp_mono_ms() - start > SETTLE_TIMEOUT_MS)
       return ATP_EUNAVAILABLE;
-    sleep_ms(1);
+    atp_sleep_ms(1);
   }
   return 0;
 }
@@ -354,7 +338,7 @@ static int take_local(atp_app_t *app, atp_snapshot_info_t *info, char *err,
    * keeps --feed-retention-h of it (proto/events.md): the lower of both. */
   uint64_t trim = atp_snapshot_trim_lsn(&rt->snapshot_config);
   uint64_t floor = 0;
-  int64_t since = wall_ms() - rt->options.feed_retention_ms;
+  int64_t since = atp_wall_ms() - rt->options.feed_retention_ms;
   if (atp_journal_retention_floor(rt->journal_dir, since, &floor) != 0) floor = 0;
   if (floor < trim) trim = floor;
   int removed = atp_journal_trim(j, trim);
@@ -393,7 +377,7 @@ static int push_pending(atp_app_runtime_t *rt, char *err, size_t err_len) {
     if (strcmp(rt->unpushed.id, info.id) == 0) rt->stats.push_pending = false;
     rt->push_backoff_ms = PUSH_BACKOFF_MS_MIN;
   } else {
-    rt->push_at_ms = mono_ms() + rt->push_backoff_ms;
+    rt->push_at_ms = atp_mono_ms() + rt->push_backoff_ms;
     rt->push_backoff_ms = rt->push_backoff_ms * 2 > PUSH_BACKOFF_MS_MAX
                               ? PUSH_BACKOFF_MS_MAX
                               : rt->push_backoff_ms * 2;
@@ -502,11 +486,11 @@ static void *snapshot_main(void *arg) {
   atp_app_t *app = arg;
   atp_app_runtime_t *rt = app->runtime;
   int64_t interval_ms = rt->options.snapshot_interval_s * 1000;
-  int64_t next = interval_ms > 0 ? mono_ms() + interval_ms : INT64_MAX;
+  int64_t next = interval_ms > 0 ? atp_mono_ms() + interval_ms : INT64_MAX;
   waiter_t ws[ATP_APP_SNAPSHOT_WAITERS_MAX];
   pthread_mutex_lock(&rt->mu);
   while (!rt->stopping) {
-    int64_t now = mono_ms();
+    int64_t now = atp_mono_ms();
     bool push_due = rt->stats.push_pending && now >= rt->push_at_ms;
     if (!rt->waiter_count && now < next && !push_due) {
       int64_t until = next;
@@ -520,7 +504,7 @@ static void *snapshot_main(void *arg) {
     pthread_mutex_unlock(&rt->mu);
     if (n || now >= next) {
       snapshot_round(app, ws, n);
-      if (interval_ms > 0) next = mono_ms() + interval_ms;
+      if (interval_ms > 0) next = atp_mono_ms() + interval_ms;
     } else {
       char err[1024];
       (void)push_pending(rt, err, sizeof err);

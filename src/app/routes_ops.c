@@ -3,15 +3,10 @@
 #include <time.h>
 
 #include "atp/app.h"
+#include "atp/clock.h"
 #include "atp/error.h"
 #include "atp/reconcile.h"
 #include "atp/router.h"
-
-static int64_t wall_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 int atp_route_healthz(atp_req_t *rq) {
   atp_writer_t *w = atp_respond_begin(rq, 200);
@@ -63,7 +58,7 @@ int atp_route_metrics(atp_req_t *rq) {
     atp_app_snapshot_stats(rq->app, &st);
     atp_metrics_snapshot_t ms = {
         .have = st.have,
-        .age_ms = st.have ? wall_ms() - st.last.created_at_ms : 0,
+        .age_ms = st.have ? atp_wall_ms() - st.last.created_at_ms : 0,
         .bytes = st.last.bytes,
         .positions = st.last.counts.positions,
         .lsn = st.last.lsn,

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "atp/assert.h"
+#include "atp/clock.h"
 #include "atp/feed.h"
 #include "atp/log.h"
 #include "atp/memory.h"
@@ -46,11 +47,6 @@ static int collect(void *ctx, const atp_feed_event_t *ev) {
   atp_writer_init(&w, ATP_FORMAT_JSON, &k->buf);
   atp_feed_write_event(k->feed, &w, ev);
   return 0;
-}
-
-static void sleep_ms(int64_t ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
-  nanosleep(&ts, NULL);
 }
 
 static void *sink_main(void *arg) {
@@ -102,7 +98,7 @@ static void *sink_main(void *arg) {
       atomic_fetch_add_explicit(&k->failures, 1, memory_order_relaxed);
       atomic_store_explicit(&k->connected, false, memory_order_relaxed);
       have_cursor = false; /* what Redis applied is what its cursor says */
-      sleep_ms(backoff);
+      atp_sleep_ms(backoff);
       backoff = backoff * 2 > BACKOFF_MS_MAX ? BACKOFF_MS_MAX : backoff * 2;
       continue;
     }

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "atp/assert.h"
+#include "atp/clock.h"
 #include "atp/durability.h"
 #include "atp/log.h"
 #include "atp/memory.h"
@@ -158,18 +159,12 @@ static int replay_one(void *ctx, uint64_t lsn, uint16_t kind, const void *payloa
   return 0;
 }
 
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int atp_durable_restore(atp_durable_t *d, atp_engine_t *engine, uint64_t covered_lsn,
                         atp_durable_restore_t *out) {
   ATP_ASSERT(!atomic_load(&d->journal) && engine && out);
   d->restoring = true;
   memset(out, 0, sizeof *out);
-  int64_t start = mono_ms();
+  int64_t start = atp_mono_ms();
   atp_journal_config_t jc;
   memset(&jc, 0, sizeof jc);
   jc.dir = d->dir;
@@ -189,7 +184,7 @@ int atp_durable_restore(atp_durable_t *d, atp_engine_t *engine, uint64_t covered
     snprintf(out->scan.error, sizeof out->scan.error, "%s", d->error);
   atp_records_free(&d->scratch);
   d->engine = NULL;
-  out->duration_ms = mono_ms() - start;
+  out->duration_ms = atp_mono_ms() - start;
   out->payloads_applied = d->applied;
   if (rc != 0) return rc;
   /* release: the hook's acquire sees an opened journal */

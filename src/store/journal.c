@@ -72,6 +72,7 @@
 #include <unistd.h>
 
 #include "atp/assert.h"
+#include "atp/clock.h"
 #include "atp/limits.h"
 #include "atp/log.h"
 #include "atp/memory.h"
@@ -191,20 +192,8 @@ static int64_t now_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static int64_t wall_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static struct timespec ns_to_ts(int64_t ns) {
   return (struct timespec){.tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000};
-}
-
-static void sleep_ms(uint32_t ms) {
-  struct timespec ts = ns_to_ts((int64_t)ms * 1000000);
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
 }
 
 /* --- disk operations (writer thread, and open before it starts) ------------ */
@@ -226,7 +215,7 @@ static int fault(atp_journal_t *j, int op) {
 
 /* fdatasync with the test delay and the latency histogram; 0 or an errno. */
 static int sync_fd(atp_journal_t *j, int fd) {
-  if (j->fsync_delay_ms) sleep_ms(j->fsync_delay_ms);
+  if (j->fsync_delay_ms) atp_sleep_ms(j->fsync_delay_ms);
   int64_t start = now_ns();
   int err = fault(j, 's');
   if (!err && fdatasync(fd) != 0) err = errno;
@@ -291,7 +280,7 @@ static int create_segment(atp_journal_t *j, uint64_t first_lsn) {
   int fd = open(tmp, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
   if (fd < 0) return io_error(j, errno, "creating a segment");
   unsigned char header[ATP__JOURNAL_HEADER_BYTES];
-  atp__journal_header_encode(header, first_lsn, j->journal_id, wall_ms());
+  atp__journal_header_encode(header, first_lsn, j->journal_id, atp_wall_ms());
   struct iovec iov = {header, sizeof header};
   int err = write_all(j, fd, &iov, 1);
   const char *what = "writing a segment header";
@@ -1052,7 +1041,7 @@ static int open_segment(atp_journal_t *j, const atp__journal_dir_t *d,
 static int start(atp_journal_t *j, atp__journal_dir_t *d, atp_journal_scan_t *scan) {
   j->journal_id = d->journal_id;
   while (!j->journal_id && getrandom(&j->journal_id, sizeof j->journal_id, 0) < 0)
-    j->journal_id = (uint64_t)wall_ms() ^ ((uint64_t)getpid() << 32);
+    j->journal_id = (uint64_t)atp_wall_ms() ^ ((uint64_t)getpid() << 32);
   j->seed = atp__journal_seed(j->journal_id);
   j->segs = d->segs, j->seg_count = d->seg_count, j->seg_cap = d->seg_cap;
   d->segs = NULL;

@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "atp/clock.h"
 #include "atp/crc32c.h"
 #include "atp/memory.h"
 #include "atp/records.h"
@@ -54,22 +55,6 @@ static uint64_t get64(const unsigned char *p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
   return v;
-}
-
-static int64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-static int64_t wall_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-static void sleep_ms(uint32_t ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
-  }
 }
 
 #define ERR(...) snprintf(err, err_len, __VA_ARGS__)
@@ -271,7 +256,7 @@ static int flush_chunk(writer_t *w) {
   w->chunks++;
   w->entries = 0;
   atp_buf_reset(&w->chunk);
-  if (w->config->test_delay_ms) sleep_ms(w->config->test_delay_ms);
+  if (w->config->test_delay_ms) atp_sleep_ms(w->config->test_delay_ms);
   return 0;
 }
 
@@ -366,10 +351,10 @@ static int write_contents(writer_t *w, atp_engine_t *engine,
 int atp_snapshot_write(const atp_snapshot_config_t *config, atp_engine_t *engine,
                        uint64_t lsn, atp_snapshot_settle_fn settle, void *settle_ctx,
                        atp_snapshot_info_t *info, char *err, size_t err_len) {
-  int64_t started = mono_ms();
+  int64_t started = atp_mono_ms();
   memset(info, 0, sizeof *info);
   info->lsn = lsn;
-  info->created_at_ms = wall_ms();
+  info->created_at_ms = atp_wall_ms();
   info_id(info);
   char tmp[600];
   if (mkdir_p1(config->dir)) {
@@ -408,7 +393,7 @@ int atp_snapshot_write(const atp_snapshot_config_t *config, atp_engine_t *engine
     return rc;
   }
   remove_old(config);
-  info->duration_ms = mono_ms() - started;
+  info->duration_ms = atp_mono_ms() - started;
   return 0;
 }
 
@@ -643,10 +628,10 @@ int atp_snapshot_find(const atp_snapshot_config_t *config, atp_snapshot_info_t *
 int atp_snapshot_load_sections(const char *path, atp_engine_t *engine,
                                atp_snapshot_section_fn section, void *section_ctx,
                                atp_snapshot_info_t *info, char *err, size_t err_len) {
-  int64_t started = mono_ms();
+  int64_t started = atp_mono_ms();
   int rc =
       scan_file(path, engine, NULL, NULL, section, section_ctx, info, err, err_len);
-  info->duration_ms = mono_ms() - started;
+  info->duration_ms = atp_mono_ms() - started;
   return rc;
 }
 
@@ -747,7 +732,7 @@ static int push_frame(void *ctx, uint64_t index, const unsigned char *frame,
   put32(m, (uint32_t)frame_bytes);
   put32(m + 4, atp_crc32c(0, frame, frame_bytes));
   if (atp_buf_append(&p->manifest_chunks, m, 8)) return ATP_ENOMEM;
-  if (p->config->test_delay_ms) sleep_ms(p->config->test_delay_ms);
+  if (p->config->test_delay_ms) atp_sleep_ms(p->config->test_delay_ms);
   return 0;
 }
 
@@ -994,7 +979,7 @@ static int fetch_chunks(fetch_t *f) {
     rc = fetch_take(f, i, offset, c);
     offset += c->len;
     freeReplyObject(c);
-    if (!rc && f->config->test_delay_ms) sleep_ms(f->config->test_delay_ms);
+    if (!rc && f->config->test_delay_ms) atp_sleep_ms(f->config->test_delay_ms);
   }
   return rc;
 }
@@ -1030,7 +1015,7 @@ static int fetch_publish(fetch_t *f) {
 
 int atp_snapshot_fetch(const atp_snapshot_config_t *config, atp_engine_t *engine,
                        atp_snapshot_info_t *info, char *err, size_t err_len) {
-  int64_t started = mono_ms();
+  int64_t started = atp_mono_ms();
   memset(info, 0, sizeof *info);
   if (!config->redis_host || !*config->redis_host) return ATP_ENOTFOUND;
   fetch_t f = {.config = config,
@@ -1053,6 +1038,6 @@ int atp_snapshot_fetch(const atp_snapshot_config_t *config, atp_engine_t *engine
   if (f.latest) freeReplyObject(f.latest);
   redisFree(f.r);
   atp_records_free(&f.recs);
-  info->duration_ms = mono_ms() - started;
+  info->duration_ms = atp_mono_ms() - started;
   return rc;
 }
