@@ -85,6 +85,20 @@ int atp_op_adjust(atp_req_t *rq, const atp_val_t *b, atp_str_t flow, atp_str_t t
   return 0;
 }
 
+/* Ends an adjustment's or a count's answer: the position after it (the
+ * original one on a replay) and the replay mark, then the object. */
+static int write_outcome_end(atp_writer_t *w, const atp_position_t *position,
+                             bool replayed) {
+  atp_w_key(w, "position");
+  atp_write_position(w, position, -1);
+  if (replayed) {
+    atp_w_key(w, "replayed");
+    atp_w_bool(w, true);
+  }
+  atp_w_object_end(w);
+  return 0;
+}
+
 int atp_route_adjustment(atp_req_t *rq) {
   atp_op_out_t out;
   atp_op_out_init(&out);
@@ -105,14 +119,7 @@ int atp_route_adjustment(atp_req_t *rq) {
   atp_w_key(w, "absorbed");
   atp_w_bool(w, res->absorbed);
   atp_w_object_end(w);
-  atp_w_key(w, "position");
-  atp_write_position(w, &res->position, -1);
-  if (res->replayed) {
-    atp_w_key(w, "replayed");
-    atp_w_bool(w, true);
-  }
-  atp_w_object_end(w);
-  return 0;
+  return write_outcome_end(w, &res->position, res->replayed);
 }
 
 int atp_op_count(atp_req_t *rq, const atp_val_t *b, atp_str_t flow, atp_str_t target,
@@ -165,14 +172,7 @@ int atp_route_count(atp_req_t *rq) {
   atp_w_key(w, "approximate");
   atp_w_bool(w, res->approximate);
   atp_w_object_end(w);
-  atp_w_key(w, "position");
-  atp_write_position(w, &res->position, -1);
-  if (res->replayed) {
-    atp_w_key(w, "replayed");
-    atp_w_bool(w, true);
-  }
-  atp_w_object_end(w);
-  return 0;
+  return write_outcome_end(w, &res->position, res->replayed);
 }
 
 int atp_op_safety_stock(atp_req_t *rq, const atp_val_t *b, atp_str_t flow,
