@@ -1,0 +1,92 @@
+/* shopify.h - the Shopify connector (CONTRACT.md section 11): its
+ * configuration, its durable state (mappings, the quantities last known to be
+ * in Shopify, webhook dedupe) and the push of availability to the Admin
+ * GraphQL API.
+ *
+ * Two halves, two modules:
+ *   - src/flows/shopify.c owns the configuration and the state. Webhooks
+ *     (src/app/routes_shopify.c) become ops of the flow "shopify", applied
+ *     through the batch path, so ownership, dead letters, pause and resume
+ *     apply to them as to any flow.
+ *   - src/flows/shopify_push.c is a consumer of the change feed on its own
+ *     thread and libuv loop (libcurl's multi interface, src/flows/
+ *     http_client.c): it coalesces each mapped position's newest `available`
+ *     and sends inventorySetQuantities, paced by the cost bucket Shopify
+ *     reports, and records what Shopify now holds with
+ *     atp_shopify_level_set.
+ *
+ * Ids. Shopify ids exceed 2^53: they are uint64_t everywhere here, parsed
+ * from digits or from a GID ("gid://shopify/InventoryItem/123") and never
+ * through a double.
+ *
+ * Durable records: journal kinds 48..55 are the state's (shopify.c), 56..59
+ * the push's (shopify_push.c); proto/journal.md lists them.
+ *
+ * Thread: the lookups and level calls from any thread (the state
+ * synchronises itself); create and destroy once.
+ */
+#ifndef ATP_SHOPIFY_H
+#define ATP_SHOPIFY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "atp/codec.h"
+#include "atp/durability.h"
+
+#define ATP_SHOPIFY_SECRETS_MAX     2u
+#define ATP_SHOPIFY_KIND_FIRST      48u /* shopify.c: 48..55 */
+#define ATP_SHOPIFY_KIND_LAST       55u
+#define ATP_SHOPIFY_PUSH_KIND_FIRST 56u /* shopify_push.c: 56..59 */
+#define ATP_SHOPIFY_PUSH_KIND_LAST  59u
+
+/* --shopify FILE, as CONTRACT.md section 11. */
+typedef struct {
+  char shop[256];       /* "example.myshopify.com" */
+  char api_version[16]; /* "2026-10" */
+  char admin_url[512];  /* the GraphQL endpoint; defaults to the shop's */
+  char *access_token;   /* heap; from access_token_file or ATPD_SHOPIFY_TOKEN;
+                           never logged, never answered */
+  char secrets[ATP_SHOPIFY_SECRETS_MAX][256]; /* current first, then previous */
+  uint32_t secret_count;
+  char reservation_attribute[64]; /* note_attributes entry naming the hold */
+  bool push_enabled;
+  uint32_t points_per_second; /* atpd's share of the shop's restore rate */
+} atp_shopify_config_t;
+
+/* Reads and checks the file. 0, or ATP_EBADREQ with a sentence in err naming
+ * the file and the field. */
+int atp_shopify_config_load(const char *path, atp_shopify_config_t *out, char *err,
+                            size_t err_len);
+void atp_shopify_config_free(atp_shopify_config_t *config);
+
+/* "gid://shopify/<Type>/<digits>" or bare digits -> *out (nonzero, 64-bit).
+ * ATP_EBADREQ otherwise (also for a GID of another type when type is not
+ * NULL). */
+int atp_shopify_id_parse(atp_str_t text, const char *type, uint64_t *out);
+
+typedef struct atp_shopify atp_shopify_t;
+
+/* Registers the state's durable section with d (before restore). */
+int atp_shopify_create(const atp_shopify_config_t *config, atp_durable_t *d,
+                       atp_shopify_t **out);
+void atp_shopify_destroy(atp_shopify_t *s);
+const atp_shopify_config_t *atp_shopify_config(const atp_shopify_t *s);
+
+/* Mappings. false when sku / location is not mapped. */
+bool atp_shopify_item_of_sku(atp_shopify_t *s, atp_str_t sku,
+                             uint64_t *inventory_item_id, uint64_t *variant_id);
+bool atp_shopify_location_of(atp_shopify_t *s, atp_str_t location,
+                             uint64_t *shopify_location_id);
+
+/* The `available` quantity last known to be in Shopify at (item, location):
+ * what atpd last pushed there, or what Shopify reported on a re-read. false
+ * when none is known. */
+bool atp_shopify_level_get(atp_shopify_t *s, uint64_t inventory_item_id,
+                           uint64_t shopify_location_id, int64_t *quantity);
+/* Records it (journaled). ATP_EFULL at the bound, ATP_ENOMEM. */
+int atp_shopify_level_set(atp_shopify_t *s, uint64_t inventory_item_id,
+                          uint64_t shopify_location_id, int64_t quantity);
+
+#endif
