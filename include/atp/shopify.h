@@ -89,4 +89,26 @@ bool atp_shopify_level_get(atp_shopify_t *s, uint64_t inventory_item_id,
 int atp_shopify_level_set(atp_shopify_t *s, uint64_t inventory_item_id,
                           uint64_t shopify_location_id, int64_t quantity);
 
+/* The push's figures (GET /v1/shopify/status `push`, /metrics). The route
+ * and the metrics read them through struct atp_app's shopify_push_stats
+ * callback, which shopify_push.c fills, so the state half links without the
+ * push half. */
+typedef struct {
+  bool enabled;
+  uint64_t pending;          /* mapped positions whose newest value is not out */
+  int64_t lag_ms;            /* age of the oldest pending change; 0 when none */
+  uint64_t cursor;           /* the durable feed cursor (a sequence) */
+  double points_available;   /* Shopify's bucket, as last reported */
+  double restore_rate;       /* points/s, as last reported */
+  uint64_t throttled;        /* THROTTLED answers (HTTP 200 or 429) */
+  uint64_t stale_retries;    /* CHANGE_FROM_QUANTITY_STALE re-reads */
+  uint64_t calls;            /* GraphQL calls sent */
+  uint64_t positions_pushed; /* quantities Shopify accepted */
+  uint64_t points_spent;     /* actualQueryCost summed */
+  uint64_t errors;           /* transport errors and 5xx */
+  char last_error[256];      /* "" when none */
+} atp_shopify_push_stats_t;
+
+typedef void (*atp_shopify_push_stats_fn)(void *ctx, atp_shopify_push_stats_t *out);
+
 #endif
