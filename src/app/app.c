@@ -694,6 +694,13 @@ int atp_app_stop(atp_app_t *app) {
 }
 
 /* For /metrics: the restore's figures once done (NULL before). */
+atp_feed_sink_t *atp_app_feed_sink(const atp_app_t *app) {
+  const atp_app_runtime_t *rt = app->runtime;
+  /* Set by the restore thread before ready: read it only after. */
+  if (!rt || !atomic_load_explicit(&app->ready, memory_order_acquire)) return NULL;
+  return rt->sink;
+}
+
 const atp_durable_restore_t *atp_app_restore_info(const atp_app_t *app) {
   const atp_app_runtime_t *rt = app->runtime;
   if (!rt || !atomic_load_explicit(&app->ready, memory_order_acquire)) return NULL;

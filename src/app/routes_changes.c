@@ -117,7 +117,9 @@ static bool pull_wake(void *ctx, uint64_t durable, atp_feed_wake_t why,
   }
   char header[64];
   cursor_header(header, sizeof header, cursor);
+  atp_feed_stat_add(p->feed, ATP_FEED_STAT_POLLS_PARKED, -1);
   if (rc == 0) {
+    atp_feed_stat_add(p->feed, ATP_FEED_STAT_PULL_EVENTS, count);
     (void)atp_http_server_answer_header(
         p->server, p->thread_index, p->request_id, 200, content_type(p->out),
         p->out == OUT_NDJSON ? header : NULL, buf.data, buf.len);
@@ -173,6 +175,7 @@ static int sse_count_only(void *ctx, const atp_feed_event_t *ev) {
 }
 
 static int fail_expired(atp_req_t *rq) {
+  atp_feed_stat_add(rq->app->feed, ATP_FEED_STAT_EXPIRED, 1);
   return atp_req_fail(rq, ATP_EEXPIRED, NULL, "after",
                       "The cursor is older than the feed's retention: take GET "
                       "/v1/changes/snapshot and resume from its cursor.");
@@ -239,9 +242,11 @@ int atp_route_changes(atp_req_t *rq) {
       atp_free(parked);
       return atp_req_fail(rq, rc, NULL, "wait_ms", "Too many waiting pulls.");
     }
+    atp_feed_stat_add(app->feed, ATP_FEED_STAT_POLLS_PARKED, 1);
     res->defer = true;
     return 0;
   }
+  atp_feed_stat_add(app->feed, ATP_FEED_STAT_PULL_EVENTS, count);
   res->status = 200;
   res->content_type = content_type(p->out);
   if (p->out == OUT_NDJSON && res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX) {
@@ -300,6 +305,7 @@ static int sse_event(void *ctx, const atp_feed_event_t *ev) {
 }
 
 static void sse_free(sse_t *s) {
+  atp_feed_stat_add(s->feed, ATP_FEED_STAT_STREAMS, -1);
   atp_http_stream_end(s->stream);
   atp_buf_free(&s->frames);
   atp_free(s);
@@ -329,15 +335,19 @@ static bool sse_wake(void *ctx, uint64_t durable, atp_feed_wake_t why,
           "\"cursor_expired\",\"message\":\"Take GET "
           "/v1/changes/snapshot and resume from its cursor.\"}}\n\n";
       (void)atp_http_stream_send(s->stream, gone, sizeof gone - 1);
+      atp_feed_stat_add(s->feed, ATP_FEED_STAT_EXPIRED, 1);
       sse_free(s);
       return false;
     }
     if (rc != 0 || s->frames.failed) break; /* try again at the next wake */
     if (s->frames.len) {
-      if (atp_http_stream_send(s->stream, s->frames.data, s->frames.len) != 0) {
+      rc = atp_http_stream_send(s->stream, s->frames.data, s->frames.len);
+      if (rc != 0) {
+        if (rc == ATP_EFULL) atp_feed_stat_add(s->feed, ATP_FEED_STAT_STREAMS_CUT, 1);
         sse_free(s);
         return false;
       }
+      atp_feed_stat_add(s->feed, ATP_FEED_STAT_STREAM_EVENTS, count);
       s->last_sent_ms = now;
     }
     s->after = cursor;
@@ -413,6 +423,8 @@ int atp_route_changes_stream(atp_req_t *rq) {
     atp_free(s);
     return ATP_ENOMEM;
   }
+  atp_feed_stat_add(app->feed, ATP_FEED_STAT_STREAMS, 1);
+  atp_feed_stat_add(app->feed, ATP_FEED_STAT_STREAMS_OPENED, 1);
   s->last_sent_ms = atp_feed_mono_ms();
   /* Due at once: the first turn sends what is durable after the cursor. */
   rc = atp_feed_wait(app->feed, UINT64_MAX, 0, sse_wake, s);
@@ -499,6 +511,7 @@ int atp_route_changes_snapshot(atp_req_t *rq) {
   }
   int rc = atp_position_each(engine, snap_position, &s);
   if (rc != 0) return atp_req_fail(rq, rc, NULL, NULL, "The snapshot is too large.");
+  atp_feed_stat_add(app->feed, ATP_FEED_STAT_SNAPSHOT_EVENTS, (int64_t)s.n);
   char seq[21];
   atp_feed_sequence_format(cursor, seq);
   if (out != OUT_NDJSON) {

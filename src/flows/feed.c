@@ -51,12 +51,43 @@ struct atp_feed {
   uint64_t notified_lsn;
   bool stopping;
   pthread_t thread;
+  _Atomic int64_t stat[ATP_FEED_STAT_COUNT]; /* see atp_feed_stat_add */
 };
 
 int64_t atp_feed_mono_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void atp_feed_stat_add(atp_feed_t *f, atp_feed_stat_t which, int64_t by) {
+  ATP_ASSERT((unsigned)which < ATP_FEED_STAT_COUNT);
+  atomic_fetch_add_explicit(&f->stat[which], by, memory_order_relaxed);
+}
+
+static int no_record(void *ctx, uint64_t lsn, uint16_t kind, const void *payload,
+                     uint32_t payload_bytes) {
+  (void)ctx, (void)lsn, (void)kind, (void)payload, (void)payload_bytes;
+  return 0;
+}
+
+void atp_feed_stats(atp_feed_t *f, atp_feed_stats_t *out) {
+  memset(out, 0, sizeof *out);
+  out->durable_lsn = atp_feed_durable_lsn(f);
+  /* A read that wants nothing (after the highest LSN, up to 0) only lists
+   * the segments: their first is the oldest retained record. */
+  uint64_t first = 0;
+  if (atomic_load_explicit(&f->journal, memory_order_acquire) &&
+      atp_journal_read_range(f->journal_dir, UINT64_MAX - 1, 0, NULL, no_record, NULL,
+                             &first) == 0)
+    out->oldest_lsn = first;
+  pthread_mutex_lock(&f->mu);
+  out->waiters = f->waiter_count;
+  pthread_mutex_unlock(&f->mu);
+  for (int i = 0; i < ATP_FEED_STAT_COUNT; i++) {
+    int64_t v = atomic_load_explicit(&f->stat[i], memory_order_relaxed);
+    out->stat[i] = v > 0 ? (uint64_t)v : 0;
+  }
 }
 
 /* --- sequences -------------------------------------------------------------- */
@@ -175,6 +206,7 @@ int atp_feed_create(const atp_feed_config_t *config, atp_feed_t **out) {
     return ATP_ENOMEM;
   }
   atomic_init(&f->journal, NULL);
+  for (int i = 0; i < ATP_FEED_STAT_COUNT; i++) atomic_init(&f->stat[i], 0);
   pthread_mutex_init(&f->hints_mu, NULL);
   pthread_mutex_init(&f->mu, NULL);
   pthread_condattr_t ca;
