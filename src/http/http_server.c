@@ -1045,6 +1045,14 @@ size_t atp_http_stream_backlog(const atp_http_stream_t *st) {
   return n;
 }
 
+bool atp_http_stream_closed(const atp_http_stream_t *st) {
+  atp_http_stream_t *m = (atp_http_stream_t *)(uintptr_t)st;
+  uv_mutex_lock(&m->mu);
+  bool closed = m->closed || m->ended;
+  uv_mutex_unlock(&m->mu);
+  return closed;
+}
+
 void atp_http_stream_end(atp_http_stream_t *st) {
   if (!st) return;
   uv_mutex_lock(&st->mu);
