@@ -3,14 +3,17 @@ and the Redis sink's), the snapshot of many positions in bounded memory, and
 the events' source.
 """
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
 import threading
 import time
 
 import msgpack
 
-from harness import Server, expect_error, uid
+from harness import ROOT, Client, Server, expect_error, uid
 from test_changes import Redis, Sse, pull, rss_kib, tail, wait_for
 
 SERVER_ARGS = ["--durability", "batch"]
@@ -226,3 +229,76 @@ def test_snapshot_of_many_positions_streams_in_bounded_memory(binary, variant):
         assert ev == []
     finally:
         assert srv.stop() is None
+
+
+def resolve(binary):
+    b = binary or os.environ.get("ATPD_BIN") or os.path.join(ROOT, "bin", "atpd")
+    return b if os.path.isabs(b) else os.path.join(ROOT, b)
+
+
+def start_on_port_0(binary, tmp_path, args=()):
+    """atpd on --listen 127.0.0.1:0: (process, the port its log says it bound)."""
+    binary = resolve(binary)
+    log = open(str(tmp_path / "atpd.log"), "wb")
+    proc = subprocess.Popen([binary, "--listen", "127.0.0.1:0", "--threads", "1",
+                             "--data-dir", str(tmp_path / "data")] + list(args),
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        m = re.search(r"atpd listening on 127\.0\.0\.1:(\d+)",
+                      (tmp_path / "atpd.log").read_text())
+        if m:
+            port = int(m.group(1))
+            c = Client(port)
+            while time.time() < deadline:
+                try:
+                    if c.get("/readyz", check_ct=False).status == 200:
+                        return proc, port
+                except OSError:
+                    pass
+                time.sleep(0.05)
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("atpd on port 0 did not start")
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+
+
+def test_source_names_the_bound_port(binary, tmp_path):
+    """--listen 127.0.0.1:0: the events' source is the port bound, not ":0"."""
+    proc, port = start_on_port_0(binary, tmp_path)
+    try:
+        c = Client(port)
+        c.adjust(uid("src"), "L1", 1)
+        ev, _ = pull(c)
+        assert ev and all(e["source"] == "atpd://127.0.0.1:%d" % port for e in ev), ev[0]
+        snap = c.get("/v1/changes/snapshot").data["events"]
+        assert snap and all(e["source"] == "atpd://127.0.0.1:%d" % port for e in snap)
+    finally:
+        stop(proc)
+
+
+def test_feed_source_overrides_the_address(binary, tmp_path):
+    """--feed-source names the instance whatever its address: the same source across
+    restarts on other ports, so id + source stays the consumer's dedupe key."""
+    proc, port = start_on_port_0(binary, tmp_path, ["--feed-source", "urn:atpd:eu-1"])
+    try:
+        c = Client(port)
+        c.adjust(uid("src"), "L1", 1)
+        ev, _ = pull(c)
+        assert ev and all(e["source"] == "urn:atpd:eu-1" for e in ev)
+        assert all(e["source"] == "urn:atpd:eu-1"
+                   for e in c.get("/v1/changes/snapshot").data["events"])
+        s = Sse(port, "/v1/changes/stream?after=0")
+        assert s.head()[0] == 200
+        (_, first), = s.events(1)
+        assert first["source"] == "urn:atpd:eu-1"
+        s.close()
+    finally:
+        stop(proc)
+    for bad in ("", "a b", "x" * 256):
+        r = subprocess.run([resolve(binary), "--feed-source", bad], capture_output=True, timeout=10)
+        assert r.returncode == 2 and b"--feed-source must be a URI" in r.stderr, r
