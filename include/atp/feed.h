@@ -167,6 +167,10 @@ typedef enum {
   ATP_FEED_STAT_STREAMS_OPENED,  /* SSE streams begun */
   ATP_FEED_STAT_STREAMS_CUT,     /* cut off for falling behind */
   ATP_FEED_STAT_EXPIRED,         /* cursor_expired answers (410 or in-stream) */
+  /* Reads that had no hint of where to start: each walks the frame headers
+   * of its segment up to its cursor. A follower at the tail should make
+   * almost none. */
+  ATP_FEED_STAT_COLD_READS,
   ATP_FEED_STAT_COUNT
 } atp_feed_stat_t;
 

@@ -417,6 +417,9 @@ void atp_metrics_write_feed(const atp_feed_stats_t *f, const atp_feed_sink_stats
   gauge(out, "atpd_feed_cursor_expired_total",
         "Cursors refused as older than the retention (410 cursor_expired).", "counter",
         f->stat[ATP_FEED_STAT_EXPIRED]);
+  gauge(out, "atpd_feed_cold_reads_total",
+        "Feed reads with no hint where to start (each walks its segment's frames).",
+        "counter", f->stat[ATP_FEED_STAT_COLD_READS]);
   if (!k) return;
   gauge(out, "atpd_feed_redis_appended_total", "Events appended to the Redis stream.",
         "counter", k->appended);

@@ -42,6 +42,10 @@ struct atp_feed {
   _Atomic(atp_journal_t *) journal; /* NULL until attached */
   pthread_mutex_t hints_mu;         /* guards hints and hint_next */
   atp_journal_pos_t hints[HINTS];
+  /* The cursor a hint's read handed out when it examined every record
+   * before the hint's frame (it stopped at the durable LSN, not at its
+   * limit): a read after that cursor starts at the hint. 0: none. */
+  uint64_t hint_cursors[HINTS];
   uint32_t hint_next;
   pthread_mutex_t mu; /* guards the fields below */
   pthread_cond_t cond;
@@ -318,16 +322,37 @@ static void hint_get(atp_feed_t *f, uint64_t lsn, atp_journal_pos_t *out) {
   pthread_mutex_unlock(&f->hints_mu);
 }
 
-static void hint_put(atp_feed_t *f, const atp_journal_pos_t *pos) {
+/* The hint a read that handed out cursor left, when that read examined
+ * everything before the hint's frame; false when there is none. */
+static bool hint_for_cursor(atp_feed_t *f, uint64_t cursor, atp_journal_pos_t *out) {
+  bool found = false;
+  pthread_mutex_lock(&f->hints_mu);
+  for (uint32_t i = 0; i < HINTS && !found; i++)
+    if (f->hint_cursors[i] == cursor && f->hints[i].lsn) {
+      *out = f->hints[i];
+      found = true;
+    }
+  pthread_mutex_unlock(&f->hints_mu);
+  return found;
+}
+
+/* cursor: what the read handed out when it examined every record before
+ * pos (0: it did not). */
+static void hint_put(atp_feed_t *f, const atp_journal_pos_t *pos, uint64_t cursor) {
   if (!pos->lsn) return;
   pthread_mutex_lock(&f->hints_mu);
-  for (uint32_t i = 0; i < HINTS; i++)
+  uint32_t at = f->hint_next % HINTS;
+  bool same = false;
+  for (uint32_t i = 0; i < HINTS && !same; i++)
     if (f->hints[i].lsn == pos->lsn) {
-      f->hints[i] = *pos;
-      pthread_mutex_unlock(&f->hints_mu);
-      return;
+      at = i;
+      same = true;
     }
-  f->hints[f->hint_next++ % HINTS] = *pos;
+  if (!same) f->hint_next++;
+  f->hints[at] = *pos;
+  /* A cursor already known for this frame stays unless a newer read says
+   * the same; one frame can follow several cursors (filters). */
+  if (cursor || !same) f->hint_cursors[at] = cursor;
   pthread_mutex_unlock(&f->hints_mu);
 }
 
@@ -424,6 +449,7 @@ typedef struct {
   void *ctx;
   uint64_t cursor;     /* past what was examined */
   uint64_t last_event; /* the sequence of the last event handed out */
+  uint64_t done_lsn;   /* the last record whose every event was handed out */
   atp_records_t scratch;
   int rc;
 } read_t;
@@ -483,6 +509,7 @@ static const char *flows_type(uint16_t kind, const void *payload, uint32_t bytes
 static int on_flows_record(read_t *r, uint64_t lsn, uint16_t kind, const void *payload,
                            uint32_t payload_bytes) {
   r->cursor = lsn * ATP_FEED_INDEX_SPAN + (ATP_FEED_INDEX_SPAN - 1);
+  r->done_lsn = lsn; /* one event at most: handed, skipped or none below */
   if (lsn == r->after_lsn && r->skip_index) return 0;
   atp_feed_event_t ev;
   memset(&ev, 0, sizeof ev);
@@ -499,6 +526,20 @@ static int on_flows_record(read_t *r, uint64_t lsn, uint16_t kind, const void *p
   r->last_event = ev.sequence;
   if (r->fn(r->ctx, &ev) || r->count >= r->limit) return 1;
   return r->scanned >= ATP_FEED_SCAN_MAX;
+}
+
+/* Whether a record's change records after index i hold an event that passes
+ * the read's filter (the read stopped at i). */
+static bool events_after(const read_t *r, uint64_t lsn, uint32_t i) {
+  const atp_records_t *s = &r->scratch;
+  atp_feed_event_t ev = {.lsn = lsn};
+  for (uint32_t k = i + 1; k < s->count; k++) {
+    ev.record = &s->records[k];
+    ev.ctx = &s->contexts[k];
+    ev.type = event_type(ev.record);
+    if (ev.type && passes(r->filter, &ev)) return true;
+  }
+  return false;
 }
 
 static int on_record(void *arg, uint64_t lsn, uint16_t kind, const void *payload,
@@ -536,11 +577,14 @@ static int on_record(void *arg, uint64_t lsn, uint16_t kind, const void *payload
     if (!ev.type || !passes(r->filter, &ev)) continue;
     r->count++;
     r->last_event = ev.sequence;
-    if (r->fn(r->ctx, &ev) || r->count >= r->limit) return 1;
-    if (r->scanned >= ATP_FEED_SCAN_MAX) return 1;
+    if (r->fn(r->ctx, &ev) || r->count >= r->limit || r->scanned >= ATP_FEED_SCAN_MAX) {
+      if (!events_after(r, lsn, i)) r->done_lsn = lsn;
+      return 1;
+    }
   }
   /* The whole record was examined: resume after its last index. */
   r->cursor = lsn * ATP_FEED_INDEX_SPAN + (s->count - 1);
+  r->done_lsn = lsn;
   return r->scanned >= ATP_FEED_SCAN_MAX;
 }
 
@@ -564,10 +608,20 @@ int atp_feed_read(atp_feed_t *f, uint64_t after, bool has_after,
    * (an index of 9999 means all of L was served). */
   uint64_t from = has_after ? r.after_lsn - (r.after_lsn > 0) : 0;
   if (has_after && r.after_index == ATP_FEED_INDEX_SPAN - 1) from = r.after_lsn;
-  if (durable <= from) return 0;
-  atp_records_init(&r.scratch);
   atp_journal_pos_t hint;
-  hint_get(f, from + 1, &hint);
+  /* A follower's cursor is mostly what the read before handed out, which
+   * examined every record up to its durable LSN D: resume at D + 1 from
+   * that read's hint rather than read the cursor's record again, whose
+   * frame no hint holds (a walk over its segment's frames otherwise). */
+  if (has_after && hint_for_cursor(f, after, &hint) && hint.lsn > r.after_lsn) {
+    from = hint.lsn - 1;
+    r.skip_index = false; /* the cursor's record is behind from */
+  } else {
+    hint_get(f, from + 1, &hint);
+  }
+  if (durable <= from) return 0;
+  if (!hint.lsn) atp_feed_stat_add(f, ATP_FEED_STAT_COLD_READS, 1);
+  atp_records_init(&r.scratch);
   uint64_t first = 0;
   int rc = atp_journal_read_range(f->journal_dir, from, durable, &hint, on_record, &r,
                                   &first);
@@ -581,12 +635,16 @@ int atp_feed_read(atp_feed_t *f, uint64_t after, bool has_after,
   }
   if (rc == 1) rc = 0;
   if (!rc) rc = r.rc;
-  hint_put(f, &hint);
-  atp_records_free(&r.scratch);
-  if (rc) return rc;
   /* The last event's sequence when there is one (the contract's cursor);
    * past the examined records when a filter skipped them all. */
-  *cursor = r.count ? r.last_event : r.cursor;
+  uint64_t out_cursor = r.count ? r.last_event : r.cursor;
+  /* The hint is at the frame after the last record read; when every event
+   * of that record (and so of all before it) was handed out, a read after
+   * out_cursor starts there. */
+  hint_put(f, &hint, !rc && r.done_lsn && hint.lsn == r.done_lsn + 1 ? out_cursor : 0);
+  atp_records_free(&r.scratch);
+  if (rc) return rc;
+  *cursor = out_cursor;
   *count = r.count;
   return 0;
 }
