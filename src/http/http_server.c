@@ -1090,6 +1090,12 @@ static void dispatch(conn_t *c) {
     if (queue_response(c, &head)) {
       stream_abandon(res.stream);
       c->closing = true;
+    } else if (req.method == ATP_HTTP_HEAD) {
+      /* HEAD: the head only. The producer's sends fail from now on, so it
+       * stops (an SSE stream, a snapshot's walk). */
+      log_response(c, &req, head.status, 0);
+      stream_abandon(res.stream);
+      c->closing = true;
     } else {
       log_response(c, &req, head.status, 0);
       stream_attach(c, res.stream);

@@ -356,3 +356,27 @@ def test_a_follower_at_the_tail_reads_from_a_hint(srv):
             break
         held += ev
     assert held == [e for e in whole if e["type"] == "atpd.reservation.held"]
+
+
+def test_head_of_a_streamed_answer_has_no_body(srv):
+    """HEAD of the snapshot and of the SSE stream: the head, no body, the connection
+    closed, and no walk or stream left on the feed's thread."""
+    c = srv.client()
+    c.adjust(uid("head"), "L1", 1)
+    for path, ct in (("/v1/changes/snapshot", "application/json"),
+                     ("/v1/changes/stream?after=0", "text/event-stream")):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        s.sendall(("HEAD %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+        s.close()
+        head, body = data.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200") and ct.encode() in head, data[:300]
+        assert body == b"", (path, body[:200])
+    c.adjust(uid("head"), "L1", 1)  # a stream notices a closed client when it sends
+    wait_for(lambda: metrics(c)["atpd_feed_waiters"] == 0, what="no wait left")
+    assert metrics(c)["atpd_feed_streams"] == 0
