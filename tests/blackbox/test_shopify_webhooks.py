@@ -1,15 +1,13 @@
 """CONTRACT.md section 11, the state half of the Shopify connector: mappings, signed
 webhooks in as ops of the flow `shopify` (each topic's effect on the engine's state,
 dedupe, watermarks, dead letters with owners, pause), status, and durability."""
-import base64
-import hashlib
-import hmac
 import json
 import os
 import tempfile
 import uuid
 
-from harness import Server, expect_error, now_ms, rfc3339, uid
+import shopify_webhooks as wh
+from harness import Server, expect_error, now_ms, uid
 
 SHOP = "atpd-test.myshopify.com"
 SECRET, PREVIOUS = "whsec-current", "whsec-previous"
@@ -31,88 +29,54 @@ with open(OWNERSHIP, "w") as f:
 SERVER_ARGS = ["--shopify", CONFIG, "--ownership", OWNERSHIP]
 
 BIG = 2 ** 53  # Shopify ids exceed it: a double would round them
+# Only delivery() is used: it builds the signed body and Shopify's headers.
+SENDER = wh.Sender("http://127.0.0.1:1", SECRET, shop=SHOP)
 
 
-# --- a webhook sender (the agreed API of tests/blackbox/shopify_webhooks.py) ---------
+# --- webhooks: the fake helper's builders and signer (tests/blackbox/shopify_webhooks.py),
+# sent through harness.Client so that every answer is checked against proto/openapi.yaml.
 
-_next = [BIG + 1000]
-
-
-def shopify_id():
-    """Unique ids above 2^53, odd so that a double could not hold them."""
-    _next[0] += 2 + (int(uuid.uuid4().int % 1000) * 2)
-    return _next[0] | 1
-
-
-def gid(kind, n):
-    return "gid://shopify/%s/%d" % (kind, n)
-
-
-def sign(body, secret):
-    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+shopify_id, gid, sign = wh.shopify_id, wh.gid, wh.sign
 
 
 def send(c, topic, payload, webhook_id=None, secret=SECRET, shop=SHOP, raw=None,
-         signature=None, triggered_at=None):
-    body = raw if raw is not None else json.dumps(payload).encode()
-    hdrs = ["X-Shopify-Topic: " + topic, "X-Shopify-Shop-Domain: " + shop,
-            "X-Shopify-Webhook-Id: " + (webhook_id or str(uuid.uuid4())),
-            "X-Shopify-Event-Id: " + str(uuid.uuid4()),
-            "X-Shopify-Triggered-At: " + (triggered_at or rfc3339(now_ms())),
-            "X-Shopify-API-Version: 2026-10"]
-    sig = signature if signature is not None else sign(body, secret)
-    if sig:
-        hdrs.append("X-Shopify-Hmac-Sha256: " + sig)
-    return c.request("POST", "/v1/shopify/webhooks", raw=body, fmt="json", headers=hdrs)
+         signature=None):
+    d = SENDER.delivery(topic, payload, webhook_id=webhook_id, secret=secret, raw=raw,
+                        shop=shop, hmac_header=signature)
+    hdrs = ["%s: %s" % (k, v) for k, v in d.headers.items() if k != "Content-Type"]
+    return c.request("POST", "/v1/shopify/webhooks", raw=d.body, fmt="json", headers=hdrs)
+
+
+def lines_of(lines):
+    return [(v, "shopify-sku", q) for v, q in lines]
 
 
 def order(lines, hold=None, location_id=None, at=None):
-    oid = shopify_id()
+    """An online order (its hold in the note attribute) or a POS sale at location_id
+    made at `at` (processed_at; updated_at is the same)."""
     at = at or now_ms() - 1000
-    return {"id": oid, "admin_graphql_api_id": gid("Order", oid), "name": "#%d" % (oid % 10000),
-            "created_at": rfc3339(at), "processed_at": rfc3339(at), "updated_at": rfc3339(at),
-            "location_id": location_id, "source_name": "pos" if location_id else "web",
-            "note_attributes": [{"name": "_atp_reservation", "value": hold}] if hold else [],
-            "cancel_reason": None,
-            "line_items": [{"id": shopify_id(), "variant_id": v, "sku": "ignored", "quantity": q,
-                            "fulfillable_quantity": q} for v, q in lines]}
+    if location_id:
+        o = wh.pos_order(lines_of(lines), location_id, processed_ms=at, created_ms=at)
+    else:
+        o = wh.order(lines_of(lines), reservation_id=hold, created_ms=at)
+    return o
 
 
 def cancelled(o, reason="customer", at=None):
-    c = dict(o)
-    at = at or now_ms()
-    c.update(cancelled_at=rfc3339(at), cancel_reason=reason, updated_at=rfc3339(at))
-    return c
+    return wh.cancelled(o, reason, cancelled_ms=at)
 
 
-def fulfillment(o, location_id, lines=None):
-    fid = shopify_id()
-    at = rfc3339(now_ms())
-    items = o["line_items"] if lines is None else lines
-    return {"id": fid, "admin_graphql_api_id": gid("Fulfillment", fid), "order_id": o["id"],
-            "location_id": location_id, "status": "success", "created_at": at, "updated_at": at,
-            "line_items": [{"id": li["id"], "variant_id": li["variant_id"], "sku": "x",
-                            "quantity": li["quantity"]} for li in items]}
+def fulfillment(o, location_id):
+    return wh.fulfillment(o, location_id=location_id)
 
 
 def refund(o, lines):
     """lines: [(line_item, quantity, restock_type, location_id)]."""
-    rid = shopify_id()
-    at = rfc3339(now_ms())
-    return {"id": rid, "admin_graphql_api_id": gid("Refund", rid), "order_id": o["id"],
-            "created_at": at, "processed_at": at,
-            "refund_line_items": [{"id": shopify_id(), "line_item_id": li["id"], "quantity": q,
-                                   "restock_type": t, "location_id": loc,
-                                   "line_item": {"id": li["id"], "variant_id": li["variant_id"],
-                                                 "sku": "x", "quantity": li["quantity"]}}
-                                  for li, q, t, loc in lines]}
+    return wh.refund(o, lines)
 
 
 def inventory_level(item, loc, available, at=None):
-    return {"inventory_item_id": item, "location_id": loc, "available": available,
-            "updated_at": rfc3339(at or now_ms()),
-            "admin_graphql_api_id": "gid://shopify/InventoryLevel/%d?inventory_item_id=%d" % (
-                loc, item)}
+    return wh.inventory_level(item, loc, available, updated_ms=at)
 
 
 # --- helpers -----------------------------------------------------------------------
@@ -474,11 +438,21 @@ def test_mappings_put_get_and_the_batch_op(srv):
 def test_ids_above_2_53_round_trip_through_webhooks(srv):
     c = srv.client()
     items, loc, shop_loc = catalog(c)
-    sku, variant, _ = items[0]
-    assert variant > BIG and variant % 2 == 1
+    sku = items[0][0]
+    # odd ids above 2^53: a double would round each to a neighbour
+    variant, item = shopify_id() | 1, shopify_id() | 1
+    assert float(variant) != variant and float(item) != item
+    assert c.put("/v1/shopify/mappings", dict(items=[dict(
+        sku=sku, variant_id=variant, inventory_item_id=item)])).status == 200
+    # the neighbours are not mapped: only the exact id finds the SKU
+    r = send(c, "orders/create", order([(variant + 1, 1)], location_id=shop_loc))
+    assert r.data["outcome"] == "dead_letter", r
     o = order([(variant, 1)], location_id=shop_loc)
+    o["id"] |= 1
+    o["admin_graphql_api_id"] = gid("Order", o["id"])
     r = send(c, "orders/create", o)
     assert r.data["outcome"] == "applied", r
+    assert r.data["effects"][0]["id"].startswith("shopify:order:%d:" % o["id"]), r
     # the adjustment's ref is the exact order GID
     ev = c.get("/v1/changes", params=dict(type="atpd.position.changed", limit=10000))
     refs = [x["data"].get("ref") for x in ev.data["events"]
