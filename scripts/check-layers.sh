@@ -26,7 +26,7 @@ declare -A HEADER_LAYER=(
   [http]=http
   [journal]=store [snapshot]=store [records]=store [crc32c]=base [durability]=store [payload]=store
   [redisstream]=store
-  [batch]=flows [flows]=flows [feed]=flows [shopify]=flows [reconcile]=flows [http_client]=flows
+  [batch]=flows [flows]=flows [feed]=flows [shopify]=flows [reconcile]=flows [http_client]=flows [shopify_push]=flows
   [deadletters]=flows [flowstate]=flows [audit]=flows [wire]=flows
   [auth]=app [metrics]=app [request]=app [router]=app [app]=app
   [config]=cmd [demo]=cmd [instance]=cmd
