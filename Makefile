@@ -21,7 +21,9 @@ LLHTTP_INC := $(if $(wildcard /usr/share/include/llhttp/llhttp.h),/usr/share/inc
 LLHTTP_SRC := llhttp.c api.c http.c
 
 JSON_LIBS ?= -lyajl
-LIBS     := -luv -lmsgpackc $(JSON_LIBS) -lhiredis -lcurl -lcrypto -lpthread -lm
+LIBS     := -luv -lmsgpackc $(JSON_LIBS) -lhiredis -lcurl -lpthread -lm
+# libcrypto: the Shopify webhooks' HMAC-SHA256 (src/flows/shopify_hmac.c only).
+LIBS     += -lcrypto
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CSTD     := -std=c11 -D_GNU_SOURCE
 INC      := -Iinclude -I$(LLHTTP_INC)

@@ -616,6 +616,9 @@ int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
       (rc = atp_audit_create(&auc, &app->audit)) != 0 ||
       (rc = atp_recon_store_create(&rcc, &app->recon)) != 0)
     return rc;
+  if (options->shopify &&
+      (rc = atp_shopify_create(options->shopify, app->durable, &app->shopify)) != 0)
+    return rc;
   app->flows = atp_flows_plug(app);
   /* Snapshots carry the stores' state as sections, and a restore hands them
    * back (atp_durable_register'ed above, by each store). */
@@ -680,6 +683,8 @@ int atp_app_stop(atp_app_t *app) {
   atp_audit_destroy(app->audit);
   atp_recon_store_destroy(app->recon);
   app->recon = NULL;
+  atp_shopify_destroy(app->shopify);
+  app->shopify = NULL;
   app->dead_letters = NULL;
   app->flow_state = NULL;
   app->audit = NULL;
