@@ -163,7 +163,7 @@ struct atp_shopify_push {
   uint32_t reread_count;
   char call_key[KEY_BYTES + 1];
   uint32_t key_salt; /* see build_push_body */
-  bool call_saved; /* a saved call sent again: settle it whatever comes */
+  bool call_saved;   /* a saved call sent again: settle it whatever comes */
   double call_cost;
   atp_buf_t body;
   atp_arena_t arena;
@@ -180,7 +180,7 @@ struct atp_shopify_push {
   int64_t bucket_at_ms;
   double share_tokens;
   int64_t share_at_ms;
-  double cost_mutation, cost_reread; /* the last requested costs ... */
+  double cost_mutation, cost_reread;               /* the last requested costs ... */
   uint32_t cost_mutation_units, cost_reread_units; /* ... and their calls' sizes */
   uint64_t rng;
 
@@ -227,7 +227,8 @@ static double num(const atp_val_t *v, double dflt) {
 }
 
 static bool str_is(const atp_val_t *v, const char *s) {
-  return v && v->type == ATP_VAL_STR && v->len == strlen(s) && memcmp(v->u.s, s, v->len) == 0;
+  return v && v->type == ATP_VAL_STR && v->len == strlen(s) &&
+         memcmp(v->u.s, s, v->len) == 0;
 }
 
 /* 128 bits of two independent 64-bit mixes of the bytes, as hex: the call's
@@ -284,16 +285,22 @@ static void grow_buckets(atp_shopify_push_t *p) {
 static void fifo_append(atp_shopify_push_t *p, entry_t *e) {
   e->next = NULL;
   e->prev = p->tail;
-  if (p->tail) p->tail->next = e;
-  else p->head = e;
+  if (p->tail)
+    p->tail->next = e;
+  else
+    p->head = e;
   p->tail = e;
 }
 
 static void fifo_remove(atp_shopify_push_t *p, entry_t *e) {
-  if (e->prev) e->prev->next = e->next;
-  else p->head = e->next;
-  if (e->next) e->next->prev = e->prev;
-  else p->tail = e->prev;
+  if (e->prev)
+    e->prev->next = e->next;
+  else
+    p->head = e->next;
+  if (e->next)
+    e->next->prev = e->prev;
+  else
+    p->tail = e->prev;
   e->prev = e->next = NULL;
 }
 
@@ -421,7 +428,8 @@ static void write_cursor(atp_shopify_push_t *p, bool force) {
 static int64_t pace_wait_ms(atp_shopify_push_t *p, double cost, int64_t now) {
   double wait = 0;
   if (p->bucket_known && p->restore_rate > 0) {
-    double avail = p->bucket_available + p->restore_rate * (double)(now - p->bucket_at_ms) / 1000;
+    double avail =
+        p->bucket_available + p->restore_rate * (double)(now - p->bucket_at_ms) / 1000;
     if (avail > p->bucket_max) avail = p->bucket_max;
     double need = cost < p->bucket_max ? cost : p->bucket_max;
     if (avail < need) wait = (need - avail) / p->restore_rate * 1000;
@@ -443,7 +451,8 @@ static int64_t pace_wait_ms(atp_shopify_push_t *p, double cost, int64_t now) {
 static void spend(atp_shopify_push_t *p, double cost, int64_t now) {
   if (p->config->points_per_second > 0) p->share_tokens -= cost;
   if (p->bucket_known) {
-    double avail = p->bucket_available + p->restore_rate * (double)(now - p->bucket_at_ms) / 1000;
+    double avail =
+        p->bucket_available + p->restore_rate * (double)(now - p->bucket_at_ms) / 1000;
     if (avail > p->bucket_max) avail = p->bucket_max;
     p->bucket_available = avail - cost;
     p->bucket_at_ms = now;
@@ -469,7 +478,8 @@ static void read_cost(atp_shopify_push_t *p, const atp_val_t *root, call_kind_t 
   }
   if (ts && ts->type == ATP_VAL_OBJECT) {
     p->bucket_max = num(atp_val_get(ts, "maximumAvailable"), p->bucket_max);
-    p->bucket_available = num(atp_val_get(ts, "currentlyAvailable"), p->bucket_available);
+    p->bucket_available =
+        num(atp_val_get(ts, "currentlyAvailable"), p->bucket_available);
     p->restore_rate = num(atp_val_get(ts, "restoreRate"), p->restore_rate);
     p->bucket_at_ms = atp_mono_ms();
     p->bucket_known = p->bucket_max > 0;
@@ -558,8 +568,10 @@ static int build_push_body(atp_shopify_push_t *p, const quantity_t *q, uint32_t 
     atp_w_key(&w, "quantity");
     atp_w_int(&w, q[i].quantity);
     atp_w_key(&w, "changeFromQuantity");
-    if (q[i].from_null) atp_w_null(&w);
-    else atp_w_int(&w, q[i].from);
+    if (q[i].from_null)
+      atp_w_null(&w);
+    else
+      atp_w_int(&w, q[i].from);
     atp_w_object_end(&w);
   }
   atp_w_array_end(&w);
@@ -644,8 +656,9 @@ static void journal_call(atp_shopify_push_t *p, uint64_t reference) {
     atp_payload_i64(&b, p->quantities[i].from);
     atp_payload_u8(&b, p->quantities[i].from_null);
   }
-  int rc = b.failed ? ATP_ENOMEM
-                    : atp_durable_append(p->durable, KIND_CALL, b.data, (uint32_t)b.len);
+  int rc = b.failed
+               ? ATP_ENOMEM
+               : atp_durable_append(p->durable, KIND_CALL, b.data, (uint32_t)b.len);
   /* Not fatal: without the record a crash falls back on changeFromQuantity. */
   if (rc != 0) set_error(p, false, "journaling a push call: %s", atp_strerror(rc));
   atp_buf_free(&b);
@@ -723,11 +736,13 @@ static void pump(atp_shopify_push_t *p) {
     for (uint32_t i = 0; i < n; i++) {
       entry_t *c = cand[i];
       int64_t level = 0;
-      bool known = c->no_level || (!c->need_read && atp_shopify_level_get(
-                                                        p->shopify, c->item, c->location, &level));
+      bool known = c->no_level ||
+                   (!c->need_read &&
+                    atp_shopify_level_get(p->shopify, c->item, c->location, &level));
       int64_t available = found[i] ? pos[i].available : 0;
       if (!known) {
-        if (p->reread_count < ATP_SHOPIFY_PUSH_REREAD_MAX) p->reread[p->reread_count++] = c;
+        if (p->reread_count < ATP_SHOPIFY_PUSH_REREAD_MAX)
+          p->reread[p->reread_count++] = c;
         continue;
       }
       if (!c->no_level && available == level) {
@@ -766,7 +781,8 @@ static void pump(atp_shopify_push_t *p) {
   if (build_push_body(p, p->quantities, p->quantity_count, reference, p->call_key) != 0)
     return;
   journal_call(p, reference);
-  for (uint32_t i = 0; i < p->quantity_count; i++) p->quantities[i].entry->in_call = true;
+  for (uint32_t i = 0; i < p->quantity_count; i++)
+    p->quantities[i].entry->in_call = true;
   p->call = CALL_PUSH;
   p->call_saved = false;
   if (send_body(p) != 0) {
@@ -808,7 +824,8 @@ static void release_entries(atp_shopify_push_t *p, bool pushed) {
 }
 
 static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
-  const atp_val_t *set = atp_val_get(atp_val_get(root, "data"), "inventorySetQuantities");
+  const atp_val_t *set =
+      atp_val_get(atp_val_get(root, "data"), "inventorySetQuantities");
   const atp_val_t *ues = atp_val_get(set, "userErrors");
   if (!set || set->type != ATP_VAL_OBJECT) {
     set_error(p, true, "inventorySetQuantities answered without data");
@@ -823,10 +840,12 @@ static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
     for (uint32_t i = 0; i < ues->len; i++) {
       const atp_val_t *ue = &ues->u.items[i];
       int ix = error_index(ue);
-      entry_t *e = ix >= 0 && (uint32_t)ix < p->quantity_count ? p->quantities[ix].entry : NULL;
+      entry_t *e =
+          ix >= 0 && (uint32_t)ix < p->quantity_count ? p->quantities[ix].entry : NULL;
       if (str_is(atp_val_get(ue, "code"), "CHANGE_FROM_QUANTITY_STALE")) {
         stale++;
-        if (e) e->need_read = true;
+        if (e)
+          e->need_read = true;
         else /* which one is not said: read them all again */
           for (uint32_t j = 0; j < p->quantity_count; j++)
             if (p->quantities[j].entry) p->quantities[j].entry->need_read = true;
@@ -884,7 +903,8 @@ static void on_reread_answer(atp_shopify_push_t *p, const atp_val_t *root) {
     const atp_val_t *level = atp_val_get(node, "inventoryLevel");
     const atp_val_t *qs = atp_val_get(level, "quantities");
     bool got = false;
-    if (node && node->type == ATP_VAL_OBJECT && (!level || level->type == ATP_VAL_NULL)) {
+    if (node && node->type == ATP_VAL_OBJECT &&
+        (!level || level->type == ATP_VAL_NULL)) {
       /* The item is not stocked there yet: the push sets it with
        * changeFromQuantity null, which Shopify documents as skipping the
        * comparison. */
@@ -929,10 +949,12 @@ static void on_answer(void *ctx, const atp_http_response_t *res) {
   atp_arena_reset(&p->arena);
   atp_val_t *root = NULL;
   atp_parse_error_t perr;
-  bool parsed = res->status && atp_codec_parse(ATP_FORMAT_JSON, res->body, res->body_bytes,
-                                               &p->arena, &root, &perr) == 0;
+  bool parsed =
+      res->status && atp_codec_parse(ATP_FORMAT_JSON, res->body, res->body_bytes,
+                                     &p->arena, &root, &perr) == 0;
   if (parsed && root->type != ATP_VAL_OBJECT) parsed = false;
-  if (parsed) read_cost(p, root, kind, kind == CALL_PUSH ? p->quantity_count : p->reread_count);
+  if (parsed)
+    read_cost(p, root, kind, kind == CALL_PUSH ? p->quantity_count : p->reread_count);
   const atp_val_t *errors = parsed ? atp_val_get(root, "errors") : NULL;
   bool is_throttle = res->status == 429;
   for (uint32_t i = 0; errors && errors->type == ATP_VAL_ARRAY && i < errors->len; i++)
@@ -959,7 +981,8 @@ static void on_answer(void *ctx, const atp_http_response_t *res) {
     done = true;
   }
   if (kind == CALL_REREAD) {
-    if (done) on_reread_answer(p, root);
+    if (done)
+      on_reread_answer(p, root);
     else
       for (uint32_t i = 0; i < p->reread_count; i++) p->reread[i]->in_call = false;
   } else if (done) {
@@ -1037,7 +1060,8 @@ static int replay(void *ctx, uint16_t kind, const void *payload, uint32_t bytes)
   if (kind == KIND_SETTLED || kind == KIND_CALL) {
     if (i < p->saved_count) { /* settled, or journaled again: forget the old one */
       atp_free(p->saved[i].quantities);
-      memmove(&p->saved[i], &p->saved[i + 1], (p->saved_count - i - 1) * sizeof *p->saved);
+      memmove(&p->saved[i], &p->saved[i + 1],
+              (p->saved_count - i - 1) * sizeof *p->saved);
       p->saved_count--;
     }
     if (kind == KIND_SETTLED) return 0;
@@ -1128,7 +1152,8 @@ int atp_shopify_push_create(atp_shopify_t *shopify, atp_durable_t *d,
   return 0;
 }
 
-int atp_shopify_push_start(atp_shopify_push_t *p, atp_feed_t *feed, atp_engine_t *engine) {
+int atp_shopify_push_start(atp_shopify_push_t *p, atp_feed_t *feed,
+                           atp_engine_t *engine) {
   ATP_ASSERT(p && feed && engine && !p->started);
   p->feed = feed;
   p->engine = engine;
