@@ -69,14 +69,15 @@
 #define KIND_CALL    57u /* a call about to be sent (below) */
 #define KIND_SETTLED 58u /* lstr key: that call's answer was handled */
 
-#define TICK_MS           10
-#define FEED_PAGE         1000u
-#define FEED_PAGES_A_TICK 8u
-#define CURSOR_WRITE_MS   100 /* the cursor record at most this often */
-#define BACKOFF_MS_MIN    200
-#define BACKOFF_MS_MAX    5000
-#define BUCKETS_MIN       1024u
-#define KEY_BYTES         37 /* "atpd-" + 32 hex digits */
+#define TICK_MS            10
+#define FEED_PAGE          1000u
+#define FEED_PAGES_A_TICK  8u
+#define CURSOR_WRITE_MS    100 /* the cursor record at most this often */
+#define BACKOFF_MS_MIN     200
+#define BACKOFF_MS_MAX     5000
+#define BUCKETS_MIN        1024u
+#define KEY_BYTES          37 /* "atpd-" + 32 hex digits */
+#define SAVED_ATTEMPTS_MAX 5
 /* Estimated costs before Shopify reported any (Shopify charges a mutation
  * 10 points; a level read is a few). */
 #define COST_MUTATION_DEFAULT 10.0
@@ -117,6 +118,7 @@ typedef struct {
   char key[KEY_BYTES + 1];
   uint64_t reference;
   uint32_t count;
+  uint32_t attempts; /* sent again and not answered */
   quantity_t *quantities;
 } saved_call_t;
 
@@ -672,6 +674,13 @@ static void journal_settled(atp_shopify_push_t *p, const char *key) {
   if (rc != 0) set_error(p, false, "journaling a settled call: %s", atp_strerror(rc));
 }
 
+static void saved_drop_first(atp_shopify_push_t *p) {
+  ATP_ASSERT(p->saved_count > 0);
+  atp_free(p->saved[0].quantities);
+  memmove(&p->saved[0], &p->saved[1], (p->saved_count - 1) * sizeof *p->saved);
+  p->saved_count--;
+}
+
 /* Sends again the first call that a previous run journaled and did not
  * settle. true when one went out (or waits for its pacing). */
 static bool send_saved(atp_shopify_push_t *p, int64_t now) {
@@ -700,9 +709,7 @@ static bool send_saved(atp_shopify_push_t *p, int64_t now) {
     p->call_saved = false;
     return true;
   }
-  atp_free(s->quantities);
-  memmove(&p->saved[0], &p->saved[1], (p->saved_count - 1) * sizeof *p->saved);
-  p->saved_count--;
+  saved_drop_first(p);
   return true;
 }
 
@@ -990,12 +997,17 @@ static void on_answer(void *ctx, const atp_http_response_t *res) {
   } else {
     release_entries(p, false);
   }
-  if (kind == CALL_PUSH && (done || saved)) journal_settled(p, p->call_key);
-  if (kind == CALL_PUSH && saved && done) {
-    atp_free(p->saved[0].quantities);
-    memmove(&p->saved[0], &p->saved[1], (p->saved_count - 1) * sizeof *p->saved);
-    p->saved_count--;
-  }
+  /* A call is settled once any answer was handled: a live push rebuilds
+   * what failed from its entries (the same input is the same key), so only a
+   * call cut by a crash or a stop is left for the next start. A saved call
+   * is sent again until it gets an answer (or SAVED_ATTEMPTS_MAX tries),
+   * before any other call, so no later call of atpd's can overtake it. */
+  if (kind == CALL_PUSH && saved && !done &&
+      ++p->saved[0].attempts < SAVED_ATTEMPTS_MAX)
+    saved = false; /* kept: sent again after the backoff */
+  else if (kind == CALL_PUSH)
+    journal_settled(p, p->call_key);
+  if (kind == CALL_PUSH && saved) saved_drop_first(p);
   write_cursor(p, false);
   pump(p);
 }

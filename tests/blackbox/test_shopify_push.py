@@ -19,6 +19,8 @@ from shopify_fake import fake_shopify  # noqa: F401 - the module's fixture
 
 TOKEN = "shpat_test"
 SERVER_ARGS = []
+# The tests that take `binary` run a second time against bin/atpd-asan.
+ASAN = True
 # The Shopify routes are checked against proto/openapi.yaml once it has them
 # (the state half documents them).
 with open(os.path.join(os.path.dirname(__file__), "..", "..", "proto", "openapi.yaml")) as _f:
@@ -29,20 +31,14 @@ def shop_id():
     return random.randint(2 ** 53 + 1, 2 ** 62)
 
 
-def start_atpd(fake, tmp_path, pps=1000, data_server=None, extra=()):
+def start_atpd(fake, tmp_path, pps=1000, binary=None, extra=()):
     cfg = tmp_path / "shopify.json"
     cfg.write_text(json.dumps({
         "shop": "atpd-test.myshopify.com", "api_version": "2026-10",
         "admin_url": fake.admin_url, "webhook_secrets": ["s1"],
         "push": {"enabled": True, "points_per_second": pps}}))
     args = ["--durability", "batch", "--shopify", str(cfg)] + list(extra)
-    return Server(args=args, env={"ATPD_SHOPIFY_TOKEN": TOKEN})
-
-
-def restart(srv):
-    srv.kill()
-    srv.stderr_f.close()
-    srv.start()
+    return Server(binary=binary, args=args, env={"ATPD_SHOPIFY_TOKEN": TOKEN})
 
 
 def stop(srv):
@@ -121,11 +117,11 @@ def fake(fake_shopify):  # noqa: F811 - the imported fixture
 
 # --- a change goes out ----------------------------------------------------------------
 
-def test_change_pushed_with_change_from_and_reference(fake, tmp_path):
+def test_change_pushed_with_change_from_and_reference(fake, tmp_path, binary):
     item, loc = shop_id(), shop_id()
     sku = uid("sku")
     fake.set_levels([(item, loc, 7)])  # Shopify holds 7 before atpd knows anything
-    srv = start_atpd(fake, tmp_path)
+    srv = start_atpd(fake, tmp_path, binary=binary)
     try:
         c = srv.client(validate=VALIDATE)
         mapping(c, [(sku, item)], [("L1", loc)])
@@ -258,11 +254,11 @@ def test_stale_change_from_is_read_again_and_retried(fake, tmp_path):
         stop(srv)
 
 
-def test_kill9_during_a_push_no_loss_no_double_apply(fake, tmp_path):
+def test_kill9_during_a_push_no_loss_no_double_apply(fake, tmp_path, binary):
     loc = shop_id()
     items = [(uid("sku"), shop_id()) for _ in range(20)]
     fake.set_levels([(i, loc, 0) for _, i in items])
-    srv = start_atpd(fake, tmp_path)
+    srv = start_atpd(fake, tmp_path, binary=binary)
     try:
         c = srv.client(validate=VALIDATE)
         mapping(c, items, [("L1", loc)])
