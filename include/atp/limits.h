@@ -186,4 +186,16 @@
 #define ATP_SHOPIFY_WEBHOOK_OPS_MAX      250u   /* ops one webhook becomes */
 #define ATP_SHOPIFY_CONFIG_BYTES_MAX     (64u * 1024)
 
+/* The Shopify push (src/flows/shopify_push.c): quantities a call carries
+ * (Shopify's input lists hold at most 250), items one re-read query asks for,
+ * pending positions kept at most (beyond, the feed waits: backpressure, never
+ * a drop), entries one call's build examines, journaled calls sent again at
+ * start, and the time a call may take (connect included). */
+#define ATP_SHOPIFY_PUSH_BATCH_MAX       250
+#define ATP_SHOPIFY_PUSH_REREAD_MAX      25
+#define ATP_SHOPIFY_PUSH_PENDING_MAX     1000000
+#define ATP_SHOPIFY_PUSH_EXAMINE_MAX     5000
+#define ATP_SHOPIFY_PUSH_SAVED_CALLS_MAX 4
+#define ATP_SHOPIFY_PUSH_TIMEOUT_MS      10000
+
 #endif

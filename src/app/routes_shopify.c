@@ -977,6 +977,57 @@ int atp_route_shopify_webhook(atp_req_t *rq) {
                 outcome, results);
 }
 
+/* The push's figures for /metrics (the same as GET /v1/shopify/status's
+ * `push`); nothing when the push is off. */
+static void write_push_metrics(atp_app_t *app, atp_buf_t *out) {
+  if (!app->shopify_push_stats) return;
+  atp_shopify_push_stats_t st;
+  memset(&st, 0, sizeof st);
+  app->shopify_push_stats(app->shopify_push_ctx, &st);
+  atp_buf_printf(
+      out,
+      "# HELP atpd_shopify_push_pending Mapped positions whose newest value "
+      "is not in Shopify yet.\n"
+      "# TYPE atpd_shopify_push_pending gauge\n"
+      "atpd_shopify_push_pending %" PRIu64
+      "\n"
+      "# HELP atpd_shopify_push_lag_ms Age of the oldest change not pushed.\n"
+      "# TYPE atpd_shopify_push_lag_ms gauge\n"
+      "atpd_shopify_push_lag_ms %" PRId64
+      "\n"
+      "# HELP atpd_shopify_push_cursor The push's durable feed cursor.\n"
+      "# TYPE atpd_shopify_push_cursor gauge\n"
+      "atpd_shopify_push_cursor %" PRIu64
+      "\n"
+      "# HELP atpd_shopify_push_points_available Shopify's cost bucket, as "
+      "last reported.\n"
+      "# TYPE atpd_shopify_push_points_available gauge\n"
+      "atpd_shopify_push_points_available %.1f\n"
+      "# HELP atpd_shopify_push_restore_rate Shopify's restore rate, points/s.\n"
+      "# TYPE atpd_shopify_push_restore_rate gauge\n"
+      "atpd_shopify_push_restore_rate %.1f\n",
+      st.pending, st.lag_ms, st.cursor, st.points_available, st.restore_rate);
+  struct {
+    const char *name, *help;
+    uint64_t v;
+  } counters[] = {
+      {"throttled", "THROTTLED answers (HTTP 200 or 429).", st.throttled},
+      {"stale_retries", "CHANGE_FROM_QUANTITY_STALE answers read again.",
+       st.stale_retries},
+      {"calls", "GraphQL calls sent.", st.calls},
+      {"positions_pushed", "Quantities Shopify accepted.", st.positions_pushed},
+      {"points_spent", "Cost points Shopify charged.", st.points_spent},
+      {"errors", "Transport errors, 5xx and other failed calls.", st.errors},
+  };
+  for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
+    atp_buf_printf(out,
+                   "# HELP atpd_shopify_push_%s_total %s\n"
+                   "# TYPE atpd_shopify_push_%s_total counter\n"
+                   "atpd_shopify_push_%s_total %" PRIu64 "\n",
+                   counters[i].name, counters[i].help, counters[i].name,
+                   counters[i].name, counters[i].v);
+}
+
 /* --- status and metrics ---------------------------------------------------------- */
 
 static void write_push(atp_writer_t *w, atp_app_t *app) {
@@ -1098,4 +1149,5 @@ void atp_shopify_write_metrics(atp_app_t *app, atp_buf_t *out) {
                  "# TYPE atpd_shopify_webhooks_remembered gauge\n"
                  "atpd_shopify_webhooks_remembered %" PRIu64 "\n",
                  items, locations, levels, webhooks);
+  write_push_metrics(app, out);
 }
