@@ -238,7 +238,8 @@ typedef struct {
   uint32_t ops;
   atp_buf_t buf; /* the ops' JSON array */
   atp_writer_t w;
-  bool full; /* more than ATP_SHOPIFY_WEBHOOK_OPS_MAX effects */
+  bool full;      /* more than ATP_SHOPIFY_WEBHOOK_OPS_MAX effects */
+  bool replaying; /* a dead letter's replay: no new dead letters made */
 } plan_t;
 
 static effect_t *add_effect(plan_t *p, effect_kind_t kind, const char *op) {
@@ -822,9 +823,10 @@ static int run_plan(plan_t *p, atp_batch_op_result_t *results,
   atp_buf_init(&payload, ATP_HTTP_BODY_BYTES_MAX + 4096);
   for (uint32_t i = 0; i < p->count; i++) {
     if (p->effects[i].kind != EFFECT_DEAD_LETTER) continue;
+    rejected = true;
+    if (p->replaying) continue;
     if (!payload.len) dead_letter_payload(p, &payload);
     keep_dead_letter(p, i, &p->effects[i], &payload);
-    rejected = true;
   }
   atp_buf_free(&payload);
   *outcome = rejected  ? ATP_SHOPIFY_DEAD_LETTER
@@ -1026,6 +1028,77 @@ static void write_push_metrics(atp_app_t *app, atp_buf_t *out) {
                    "atpd_shopify_push_%s_total %" PRIu64 "\n",
                    counters[i].name, counters[i].help, counters[i].name,
                    counters[i].name, counters[i].v);
+}
+
+/* The batch op shopify_webhook: a delivery kept as a dead letter, run again
+ * (POST /v1/dead-letters/{id}/replay, once its mapping or order is there).
+ * Its effects are planned as for a fresh delivery, without the signature,
+ * the dedupe or the watermark (the dead letter is what was recorded); their
+ * ops' ids make the parts that applied the first time replays. The op fails
+ * with the first effect that still cannot apply. It may only be sent as the
+ * flow shopify. */
+int atp_op_shopify_webhook(atp_req_t *rq, const atp_val_t *body, atp_str_t flow,
+                           atp_str_t target, atp_op_out_t *out) {
+  (void)target;
+  atp_shopify_t *s = rq->app->shopify;
+  if (!s) return connector_off(rq);
+  if (flow.len != flow_name.len || memcmp(flow.ptr, flow_name.ptr, flow.len) != 0)
+    return atp_req_fail(rq, ATP_EBADREQ, NULL, "flow",
+                        "shopify_webhook ops belong to the flow shopify.");
+  atp_str_t topic_name, webhook_id = {"", 0};
+  int rc = atp_get_text(rq, body, NULL, "topic", ATP_REQUIRED, 64, &topic_name);
+  if (rc == 0)
+    rc = atp_get_text(rq, body, NULL, "webhook_id", ATP_OPTIONAL, ATP_ID_BYTES_MAX,
+                      &webhook_id);
+  if (rc) return rc;
+  const atp_val_t *payload = atp_val_get(body, "payload");
+  if (!payload || payload->type != ATP_VAL_OBJECT)
+    return atp_req_fail(rq, ATP_EBADREQ, NULL, "payload",
+                        "The webhook's payload must be an object.");
+  plan_t *p = atp_arena_alloc(rq->arena, sizeof *p);
+  effect_t *effects =
+      atp_arena_alloc(rq->arena, (ATP_SHOPIFY_WEBHOOK_OPS_MAX + 1) * sizeof *effects);
+  atp_batch_op_result_t *results =
+      atp_arena_alloc(rq->arena, ATP_SHOPIFY_WEBHOOK_OPS_MAX * sizeof *results);
+  if (!p || !effects || !results)
+    return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
+  memset(p, 0, sizeof *p);
+  p->rq = rq;
+  p->s = s;
+  p->topic = atp_shopify_topic_of(topic_name);
+  p->topic_name = topic_name;
+  p->webhook_id = webhook_id;
+  p->effects = effects;
+  p->body = payload;
+  atp_buf_init(&p->buf, ATP_HTTP_BODY_BYTES_MAX);
+  atp_writer_init(&p->w, ATP_FORMAT_JSON, &p->buf);
+  atp_w_array_begin(&p->w);
+  char resource[96];
+  uint64_t id = 0, loc = 0;
+  (void)resource_of(p, &id, &loc, resource, sizeof resource);
+  if (p->topic != ATP_SHOPIFY_TOPIC_OTHER && !id)
+    dead_letter(p, ATP_EBADREQ, ATP_FIELD_NONE,
+                "The %.*s webhook carries no usable id.", (int)topic_name.len,
+                topic_name.ptr);
+  else
+    plan_topic(p, id, loc);
+  /* Its effects' rejections are this op's outcome, not new dead letters. */
+  p->replaying = true;
+  atp_shopify_outcome_t outcome = ATP_SHOPIFY_IGNORED;
+  rc = run_plan(p, results, &outcome);
+  atp_buf_free(&p->buf);
+  if (rc) return rc;
+  for (uint32_t i = 0; i < p->count; i++) {
+    const effect_t *e = &p->effects[i];
+    int err = e->kind == EFFECT_DEAD_LETTER ? e->err : results[e->op_index].rc;
+    if (err)
+      return atp_req_fail(
+          rq, err, NULL, NULL, "%s",
+          e->kind == EFFECT_DEAD_LETTER ? e->message : results[e->op_index].message);
+  }
+  out->status = 200;
+  out->replayed = outcome == ATP_SHOPIFY_REPLAYED;
+  return 0;
 }
 
 /* --- status and metrics ---------------------------------------------------------- */

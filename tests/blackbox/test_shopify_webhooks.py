@@ -377,6 +377,25 @@ def test_unknown_variant_or_location_is_a_dead_letter_owned_by_the_mappings_owne
     # a replay of the delivery does not make a second dead letter
     send(c, "orders/create", o)
     assert len([d for d in dead_letters(c) if str(unknown) in d["error"]["message"]]) == 1
+    # replaying the dead letter before the mapping exists fails again, changes nothing
+    dl_id = dl[0]["dl_id"]
+    r = c.post("/v1/dead-letters/%s/replay" % dl_id, dict(by="catalog-team"))
+    assert r.status == 404, r
+    assert c.pos(sku, loc)["on_hand"] == 9
+    # once the variant is mapped, the replay applies the missing line only
+    sku2 = uid("sku")
+    assert c.put("/v1/shopify/mappings", dict(items=[dict(
+        sku=sku2, variant_id=unknown, inventory_item_id=shopify_id())])).status == 200
+    c.adjust(sku2, loc, 5, source="erp")
+    r = c.post("/v1/dead-letters/%s/replay" % dl_id, dict(by="catalog-team"))
+    assert r.status == 200, r
+    assert c.pos(sku2, loc)["on_hand"] == 4 and c.pos(sku, loc)["on_hand"] == 9
+    d = [x for x in dead_letters(c) if x["dl_id"] == dl_id][0]
+    assert d["status"] == "replayed" and d["attempts"] >= 2, d
+    # the op is the flow shopify's alone
+    r = c.post("/v1/batch", [dict(op="shopify_webhook", flow="erp", topic="orders/create",
+                                  payload=o)])
+    assert r.data["rejected"] == 1 and r.data["results"][0]["error"]["field"] == "flow", r
 
 
 def test_a_paused_shopify_flow_queues_and_resume_applies(srv):
