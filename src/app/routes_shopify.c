@@ -321,28 +321,75 @@ static void gid_of(const atp_val_t *obj, const char *type, uint64_t id, char *bu
   if (!buf[0]) snprintf(buf, cap, "gid://shopify/%s/%" PRIu64, type, id);
 }
 
+/* The line's SKU, or a dead letter (false). */
+static bool map_sku(plan_t *p, const atp_val_t *line, char *sku, const char *what) {
+  uint64_t variant = val_id(atp_val_get(line, "variant_id"), "ProductVariant");
+  if (variant && atp_shopify_sku_of_variant(p->s, variant, sku, ATP_ID_BYTES_MAX + 1))
+    return true;
+  dead_letter(p, ATP_ENOTFOUND, ATP_FIELD_SHOPIFY_MAPPINGS,
+              "Shopify variant %" PRIu64
+              " of %s is not mapped to a SKU: map it (PUT /v1/shopify/mappings), "
+              "then replay.",
+              variant, what);
+  return false;
+}
+
+static void unmapped_location(plan_t *p, uint64_t shop_loc, const char *what) {
+  dead_letter(p, ATP_ENOTFOUND, ATP_FIELD_SHOPIFY_MAPPINGS,
+              "Shopify location %" PRIu64
+              " of %s is not mapped to a location: map it (PUT "
+              "/v1/shopify/mappings), then replay.",
+              shop_loc, what);
+}
+
 /* SKU and location of a line, or a dead letter (false). */
 static bool map_line(plan_t *p, const atp_val_t *line, uint64_t shop_loc, char *sku,
                      char *location, const char *what) {
-  uint64_t variant = val_id(atp_val_get(line, "variant_id"), "ProductVariant");
-  if (!variant ||
-      !atp_shopify_sku_of_variant(p->s, variant, sku, ATP_ID_BYTES_MAX + 1)) {
-    dead_letter(p, ATP_ENOTFOUND, ATP_FIELD_SHOPIFY_MAPPINGS,
-                "Shopify variant %" PRIu64
-                " of %s is not mapped to a SKU: map it (PUT /v1/shopify/mappings), "
-                "then replay.",
-                variant, what);
-    return false;
+  if (!map_sku(p, line, sku, what)) return false;
+  if (shop_loc &&
+      atp_shopify_location_of_shopify(p->s, shop_loc, location, ATP_ID_BYTES_MAX + 1))
+    return true;
+  unmapped_location(p, shop_loc, what);
+  return false;
+}
+
+/* Where the hold keeps sku: the line at the mapped Shopify location when the
+ * hold has one there, else its first line of sku with units left. A refund's
+ * cancel restock of an unshipped line often names no location, and the hold
+ * is where the units are held whatever Shopify restocks. false when the hold
+ * has no line of sku (then the mapped location, if any, is tried as given). */
+static bool hold_location(plan_t *p, const char *hold, const char *sku,
+                          uint64_t shop_loc, char *location) {
+  char mapped[ATP_ID_BYTES_MAX + 1] = "";
+  if (shop_loc)
+    (void)atp_shopify_location_of_shopify(p->s, shop_loc, mapped, sizeof mapped);
+  atp_reservation_t *r = atp_req_reservation();
+  atp_engine_t *engine = atp_app_engine(p->rq->app);
+  if (!r || !engine ||
+      atp_reservation_get(engine, (atp_str_t){hold, (uint32_t)strlen(hold)}, r) != 0) {
+    if (!mapped[0]) return false;
+    memcpy(location, mapped, sizeof mapped);
+    return true;
   }
-  if (!shop_loc || !atp_shopify_location_of_shopify(p->s, shop_loc, location,
-                                                    ATP_ID_BYTES_MAX + 1)) {
-    dead_letter(p, ATP_ENOTFOUND, ATP_FIELD_SHOPIFY_MAPPINGS,
-                "Shopify location %" PRIu64
-                " of %s is not mapped to a location: map it (PUT "
-                "/v1/shopify/mappings), then replay.",
-                shop_loc, what);
-    return false;
+  const atp_res_line_t *pick = NULL;
+  for (uint32_t i = 0; i < r->line_count; i++) {
+    const atp_res_line_t *l = &r->lines[i];
+    if (l->sku.len != strlen(sku) || memcmp(l->sku.ptr, sku, l->sku.len) != 0) continue;
+    bool there = mapped[0] && l->location.len == strlen(mapped) &&
+                 memcmp(l->location.ptr, mapped, l->location.len) == 0;
+    if (there) {
+      pick = l;
+      break;
+    }
+    if (!pick && l->qty - l->fulfilled - l->released > 0) pick = l;
   }
+  if (!pick) {
+    if (!mapped[0]) return false;
+    memcpy(location, mapped, sizeof mapped);
+    return true;
+  }
+  snprintf(location, ATP_ID_BYTES_MAX + 1, "%.*s", (int)pick->location.len,
+           pick->location.ptr);
   return true;
 }
 
@@ -478,13 +525,15 @@ static void plan_fulfillment(plan_t *p, uint64_t fulfillment_id) {
   uint32_t n = lines && lines->type == ATP_VAL_ARRAY ? lines->len : 0;
   if (n > ATP_RESERVATION_LINES_MAX) n = ATP_RESERVATION_LINES_MAX;
   char skus[ATP_RESERVATION_LINES_MAX][ATP_ID_BYTES_MAX + 1];
-  char location[ATP_ID_BYTES_MAX + 1];
+  char locs[ATP_RESERVATION_LINES_MAX][ATP_ID_BYTES_MAX + 1];
   for (uint32_t i = 0; i < n; i++) {
     char what[64];
     snprintf(what, sizeof what, "fulfilment %" PRIu64, fulfillment_id);
     /* All lines or none: a partial fulfil under the same id could not take
      * the rest later. */
-    if (!map_line(p, &lines->u.items[i], shop_loc, skus[i], location, what)) return;
+    if (!map_sku(p, &lines->u.items[i], skus[i], what)) return;
+    if (!hold_location(p, hold, skus[i], shop_loc, locs[i]))
+      return unmapped_location(p, shop_loc, what);
   }
   effect_t *e = add_effect(p, EFFECT_OP, "fulfil");
   if (!e) return;
@@ -502,7 +551,7 @@ static void plan_fulfillment(plan_t *p, uint64_t fulfillment_id) {
       atp_w_key(w, "sku");
       atp_w_cstr(w, skus[i]);
       atp_w_key(w, "location");
-      atp_w_cstr(w, location);
+      atp_w_cstr(w, locs[i]);
       atp_w_key(w, "qty");
       atp_w_int(w, qty_of(&lines->u.items[i]));
       atp_w_object_end(w);
@@ -537,7 +586,13 @@ static void plan_refund(plan_t *p, uint64_t refund_id) {
       if (!kind) unknown_order(p, order_id, "A cancelling refund");
       continue; /* a POS or untracked order holds nothing to release */
     }
-    if (!map_line(p, li ? li : rl, shop_loc, sku, location, what)) continue;
+    if (cancel ? !map_sku(p, li ? li : rl, sku, what)
+               : !map_line(p, li ? li : rl, shop_loc, sku, location, what))
+      continue;
+    if (cancel && !hold_location(p, hold, sku, shop_loc, location)) {
+      unmapped_location(p, shop_loc, what);
+      continue;
+    }
     effect_t *e = add_effect(p, EFFECT_OP, cancel ? "release" : "adjust");
     if (!e) return;
     char key[ATP_ID_BYTES_MAX + 1];
