@@ -615,3 +615,32 @@ def test_inventory_level_echoing_atpds_own_push_is_ignored(fake_shopify, tmp_pat
     finally:
         problem = srv.stop()
     assert problem is None, problem
+
+
+def test_with_auth_on_webhooks_need_no_token_and_the_other_routes_their_roles(binary, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-read-0123456789 read\ntok-int-0123456789 integration\ntok-checkout-0123456789 checkout\n")
+    srv = Server(binary=binary, args=SERVER_ARGS + ["--tokens", str(tokens)])
+    try:
+        anon, reader = srv.client(), srv.client(token="tok-read-0123456789")
+        integ, checkout = srv.client(token="tok-int-0123456789"), srv.client(token="tok-checkout-0123456789")
+        loc, shop_loc, sku, variant = uid("L"), shopify_id(), uid("sku"), shopify_id()
+        body = dict(items=[dict(sku=sku, variant_id=variant, inventory_item_id=shopify_id())],
+                    locations=[dict(location=loc, shopify_location_id=shop_loc)])
+        expect_error(anon.put("/v1/shopify/mappings", body), 401, "unauthorized")
+        expect_error(reader.put("/v1/shopify/mappings", body), 403, "forbidden")
+        expect_error(checkout.put("/v1/shopify/mappings", body), 403, "forbidden")
+        assert integ.put("/v1/shopify/mappings", body).status == 200
+        expect_error(anon.get("/v1/shopify/status"), 401, "unauthorized")
+        assert reader.get("/v1/shopify/status").status == 200
+        assert reader.get("/v1/shopify/mappings", params=dict(sku=sku)).status == 200
+        integ.adjust(sku, loc, 3, source="erp")
+        # the webhook: its signature is its credential, no bearer token
+        r = send(anon, "orders/create", order([(variant, 1)], location_id=shop_loc))
+        assert r.status == 200 and r.data["outcome"] == "applied", r
+        expect_error(send(anon, "orders/create", order([(variant, 1)], location_id=shop_loc),
+                          secret="nope"), 401, "unauthorized")
+        assert reader.pos(sku, loc)["on_hand"] == 2
+    finally:
+        problem = srv.stop()
+    assert problem is None, problem
