@@ -644,3 +644,39 @@ def test_with_auth_on_webhooks_need_no_token_and_the_other_routes_their_roles(bi
     finally:
         problem = srv.stop()
     assert problem is None, problem
+
+
+def test_signed_payloads_of_any_shape_are_answered_and_never_crash(srv):
+    c = srv.client()
+    items, loc, shop_loc = catalog(c)
+    sku, variant, item = items[0]
+    odd = [
+        {}, {"id": "x"}, {"id": -5}, {"id": 1.5}, {"id": None}, {"id": 2 ** 63 - 1},
+        {"id": shopify_id(), "line_items": "no", "note_attributes": 7},
+        {"id": shopify_id(), "location_id": shop_loc,
+         "line_items": [1, "x", None, {"variant_id": "gid://shopify/ProductVariant/abc"},
+                        {"variant_id": variant, "quantity": -3},
+                        {"variant_id": variant, "quantity": 2 ** 62},
+                        {"variant_id": variant, "quantity": "2"}]},
+        {"id": shopify_id(), "note_attributes": [1, {"name": "_atp_reservation"},
+                                                 {"name": "_atp_reservation", "value": ""},
+                                                 {"name": "_atp_reservation", "value": 5}]},
+        {"id": shopify_id(), "order_id": "gid://shopify/Order/1",
+         "refund_line_items": [None, {"restock_type": "return"},
+                               {"restock_type": "cancel", "quantity": 1}]},
+        {"inventory_item_id": item, "location_id": shop_loc, "available": "7"},
+        {"inventory_item_id": "gid://shopify/InventoryItem/%d" % item, "location_id": 0},
+        {"id": shopify_id(), "updated_at": "yesterday", "processed_at": 12},
+    ]
+    topics = ["orders/create", "orders/cancelled", "fulfillments/create", "refunds/create",
+              "inventory_levels/update", "products/update"]
+    for topic in topics:
+        for p in odd:
+            r = send(c, topic, p)
+            assert r.status == 200 and r.data["outcome"] in (
+                "applied", "ignored", "dead_letter", "replayed"), (topic, p, r)
+        for raw in (b"", b"[]", b"not json", b"{\"id\":", b"\x00\xff"):
+            r = send(c, topic, None, raw=raw)
+            assert r.status in (200, 400), (topic, raw, r)
+    assert c.pos(sku, loc)["on_hand"] == 10
+    assert srv.alive()
