@@ -21,7 +21,9 @@ LLHTTP_INC := $(if $(wildcard /usr/share/include/llhttp/llhttp.h),/usr/share/inc
 LLHTTP_SRC := llhttp.c api.c http.c
 
 JSON_LIBS ?= -lyajl
-LIBS     := -luv -lmsgpackc $(JSON_LIBS) -lhiredis -lpthread -lm
+LIBS     := -luv -lmsgpackc $(JSON_LIBS) -lhiredis -lcurl -lpthread -lm
+# libcrypto: the Shopify webhooks' HMAC-SHA256 (src/flows/shopify_hmac.c only).
+LIBS     += -lcrypto
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CSTD     := -std=c11 -D_GNU_SOURCE
 INC      := -Iinclude -I$(LLHTTP_INC)
@@ -44,7 +46,8 @@ LAYERS    := base engine codec http store flows app cmd
 SRC_ALL   := $(sort $(foreach l,$(LAYERS),$(wildcard src/$(l)/*.c)))
 SRC_MAINS := src/cmd/atpd.c src/cmd/atpctl.c
 # atpctl's own files (its libcurl client, output, import): linked into
-# bin/atpctl only, so atpd and the libraries never link libcurl.
+# bin/atpctl only. atpd links libcurl for the Shopify push (src/flows/
+# http_client.c) and libcrypto for the webhooks' HMAC.
 SRC_CTL   := $(sort $(wildcard src/cmd/ctl_*.c))
 CTL_LIBS  := -lcurl
 SRC_LIB   := $(filter-out $(SRC_MAINS) $(SRC_CTL),$(SRC_ALL))

@@ -6,7 +6,8 @@
 #   base    error table, assert, memory, log: libc and jemalloc only
 #   engine  the ATP engine: base only, no third-party library
 #   codec   JSON and MessagePack: base; yajl and msgpack-c live here only
-#   http    the HTTP/1.1 server: base; libuv and llhttp live here only
+#   http    the HTTP/1.1 server: base; llhttp lives here only, libuv here
+#           and in flows (the Shopify push runs libcurl on a loop of its own)
 #   store   journal, snapshots, restore: base, engine, codec; hiredis here only
 #   flows   batch, flows, dead letters, change feed, connectors: base, engine,
 #           codec, store; libcurl (with cmd) and libcrypto here only
@@ -25,7 +26,7 @@ declare -A HEADER_LAYER=(
   [http]=http
   [journal]=store [snapshot]=store [records]=store [crc32c]=base [durability]=store [payload]=store
   [redisstream]=store
-  [batch]=flows [flows]=flows [feed]=flows [shopify]=flows [reconcile]=flows
+  [batch]=flows [flows]=flows [feed]=flows [shopify]=flows [reconcile]=flows [http_client]=flows [shopify_push]=flows
   [deadletters]=flows [flowstate]=flows [audit]=flows [wire]=flows
   [auth]=app [metrics]=app [request]=app [router]=app [app]=app
   [config]=cmd [demo]=cmd [instance]=cmd
@@ -47,7 +48,7 @@ declare -A MAY_USE=(
 declare -A THIRD_PARTY=(
   [jemalloc]=base
   [yajl]=codec [msgpack]=codec
-  [uv]=http [llhttp]=http
+  [uv]="http flows" [llhttp]=http
   [hiredis]=store
   [curl]="flows cmd" [openssl]=flows
 )

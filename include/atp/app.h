@@ -46,6 +46,7 @@
 #include "atp/durability.h"
 #include "atp/http.h"
 #include "atp/router.h"
+#include "atp/shopify.h"
 #include "atp/snapshot.h"
 
 #define ATP_APP_TICK_MS 100
@@ -78,6 +79,8 @@ typedef struct {
   int64_t snapshot_interval_s; /* 0: no periodic snapshots */
   const char *redis_host;      /* NULL or "": no Redis */
   int redis_port, redis_db;
+  /* --shopify FILE, loaded (NULL: the connector is off). */
+  const atp_shopify_config_t *shopify;
 } atp_app_options_t;
 
 /* What /metrics and GET /admin/snapshot report about snapshots. */

@@ -105,7 +105,8 @@ typedef enum {
   ATP_FIELD_SAFETY_STOCK,
   ATP_FIELD_GROUPS,
   ATP_FIELD_RESERVATIONS,
-  ATP_FIELD_COUNT_ /* number of fields */
+  ATP_FIELD_SHOPIFY_MAPPINGS, /* the Shopify connector's mappings (shopify_map) */
+  ATP_FIELD_COUNT_            /* number of fields */
 } atp_field_kind_t;
 
 /* Writers per field: ATP_OWNERSHIP_WRITERS_MAX in limits.h. */

@@ -37,6 +37,17 @@ typedef enum {
 /* "GET", "HEAD", ...; "OTHER" for ATP_HTTP_OTHER. Thread: any. */
 const char *atp_http_method_name(atp_http_method_t method);
 
+/* Indexes of atp_http_request_t.shopify. */
+enum {
+  ATP_HTTP_SHOPIFY_TOPIC = 0,    /* X-Shopify-Topic */
+  ATP_HTTP_SHOPIFY_HMAC,         /* X-Shopify-Hmac-Sha256 */
+  ATP_HTTP_SHOPIFY_SHOP,         /* X-Shopify-Shop-Domain */
+  ATP_HTTP_SHOPIFY_WEBHOOK_ID,   /* X-Shopify-Webhook-Id */
+  ATP_HTTP_SHOPIFY_EVENT_ID,     /* X-Shopify-Event-Id */
+  ATP_HTTP_SHOPIFY_TRIGGERED_AT, /* X-Shopify-Triggered-At */
+  ATP_HTTP_SHOPIFY_HEADERS
+};
+
 typedef struct {
   atp_http_method_t method;
   const char *method_name; /* "GET", ... NUL-terminated */
@@ -54,6 +65,10 @@ typedef struct {
   size_t x_request_id_len;
   const char *last_event_id; /* Last-Event-ID value or NULL (SSE resume) */
   size_t last_event_id_len;
+  /* The X-Shopify-* headers a webhook carries (ATP_HTTP_SHOPIFY_*), NULL when
+   * absent; read by POST /v1/shopify/webhooks only. */
+  const char *shopify[ATP_HTTP_SHOPIFY_HEADERS];
+  size_t shopify_len[ATP_HTTP_SHOPIFY_HEADERS];
   const char *body; /* whole body (chunked bodies are joined), may be "" */
   size_t body_len;
   uint64_t request_id; /* unique per process, for logs */

@@ -167,4 +167,35 @@
  * memory reclamation. */
 #define ATP_ENGINE_THREADS_MAX 1024
 
+/* The Shopify connector's state (src/flows/shopify.c, CONTRACT.md section
+ * 11). Each table grows as it fills, up to its bound; at the bound a new
+ * entry is refused with a sentence naming the limit (mappings: 429 to the
+ * caller; webhooks: 503, so Shopify retries after the oldest expire).
+ * Webhook ids, content keys and resource watermarks are kept 72 h: Shopify
+ * retries for 4 h and can deliver a day late. Orders are remembered 30 days
+ * so that a late fulfilment or refund still finds its hold. */
+#define ATP_SHOPIFY_ITEMS_MAX            1000000u
+#define ATP_SHOPIFY_LOCATIONS_MAX        10000u
+#define ATP_SHOPIFY_LEVELS_MAX           4000000u
+#define ATP_SHOPIFY_WEBHOOKS_MAX         2000000u /* ids and content keys */
+#define ATP_SHOPIFY_MARKS_MAX            2000000u /* resource watermarks */
+#define ATP_SHOPIFY_ORDERS_MAX           2000000u
+#define ATP_SHOPIFY_WEBHOOK_RETENTION_MS (72LL * 3600 * 1000)
+#define ATP_SHOPIFY_ORDER_RETENTION_MS   (30LL * 24 * 3600 * 1000)
+#define ATP_SHOPIFY_MAPPINGS_PER_PUT_MAX 10000u /* items plus locations */
+#define ATP_SHOPIFY_WEBHOOK_OPS_MAX      250u   /* ops one webhook becomes */
+#define ATP_SHOPIFY_CONFIG_BYTES_MAX     (64u * 1024)
+
+/* The Shopify push (src/flows/shopify_push.c): quantities a call carries
+ * (Shopify's input lists hold at most 250), items one re-read query asks for,
+ * pending positions kept at most (beyond, the feed waits: backpressure, never
+ * a drop), entries one call's build examines, journaled calls sent again at
+ * start, and the time a call may take (connect included). */
+#define ATP_SHOPIFY_PUSH_BATCH_MAX       250
+#define ATP_SHOPIFY_PUSH_REREAD_MAX      25
+#define ATP_SHOPIFY_PUSH_PENDING_MAX     1000000
+#define ATP_SHOPIFY_PUSH_EXAMINE_MAX     5000
+#define ATP_SHOPIFY_PUSH_SAVED_CALLS_MAX 4
+#define ATP_SHOPIFY_PUSH_TIMEOUT_MS      10000
+
 #endif

@@ -31,6 +31,7 @@
 #include "atp/http.h"
 #include "atp/metrics.h"
 #include "atp/request.h"
+#include "atp/shopify.h"
 
 /* Handlers return 0 after writing a 2xx response, or a negative ATP_E* code
  * with rq->field/message set; the dispatcher then writes the error body. */
@@ -72,6 +73,12 @@ struct atp_app {
   struct atp_deadletters *dead_letters;
   struct atp_flowstate *flow_state;
   struct atp_audit *audit;
+  /* The Shopify connector (CONTRACT.md section 11): its state, NULL when
+   * --shopify is absent (its routes answer 503); the push's figures through
+   * shopify_push_stats, NULL when the push is off. */
+  struct atp_shopify *shopify;
+  atp_shopify_push_stats_fn shopify_push_stats;
+  void *shopify_push_ctx;
 };
 
 /* The table, and its size. Index i is the route's metrics label index. */
@@ -183,6 +190,12 @@ typedef struct {
 int atp_router_run_stored(atp_app_t *app, const atp_http_request_t *req,
                           atp_http_response_t *res, bool keep_rejection,
                           atp_router_outcome_t *out);
+/* The Shopify connector's routes (routes_shopify.c) and its /metrics lines. */
+int atp_route_shopify_mappings_put(atp_req_t *rq);
+int atp_route_shopify_mappings_get(atp_req_t *rq);
+int atp_route_shopify_webhook(atp_req_t *rq);
+int atp_route_shopify_status(atp_req_t *rq);
+void atp_shopify_write_metrics(atp_app_t *app, atp_buf_t *out);
 int atp_route_admin_snapshot_post(atp_req_t *rq);
 int atp_route_admin_snapshot_get(atp_req_t *rq);
 

@@ -111,4 +111,103 @@ typedef struct {
 
 typedef void (*atp_shopify_push_stats_fn)(void *ctx, atp_shopify_push_stats_t *out);
 
+/* --- the state half's further calls (src/flows/shopify.c) ----------------
+ *
+ * Mappings are one-to-one: mapping a SKU to a variant replaces whatever the
+ * SKU or the variant (or its inventory item) was mapped to before; the same
+ * for locations. Each call journals one record; ATP_EFULL at the table's
+ * bound (limits.h), ATP_ENOMEM, or the journal's error. Thread: any. */
+int atp_shopify_map_item(atp_shopify_t *s, atp_str_t sku, uint64_t variant_id,
+                         uint64_t inventory_item_id);
+int atp_shopify_map_location(atp_shopify_t *s, atp_str_t location,
+                             uint64_t shopify_location_id);
+/* Reverse lookups: the SKU (location) into buf (cap >= ATP_ID_BYTES_MAX + 1),
+ * NUL-terminated; false when not mapped. */
+bool atp_shopify_sku_of_variant(atp_shopify_t *s, uint64_t variant_id, char *buf,
+                                size_t cap);
+bool atp_shopify_sku_of_item(atp_shopify_t *s, uint64_t inventory_item_id, char *buf,
+                             size_t cap);
+bool atp_shopify_location_of_shopify(atp_shopify_t *s, uint64_t shopify_location_id,
+                                     char *buf, size_t cap);
+/* Table sizes, for the mappings answer and /metrics. */
+void atp_shopify_counts(atp_shopify_t *s, uint64_t *items, uint64_t *locations,
+                        uint64_t *levels, uint64_t *webhooks);
+
+/* Webhook outcomes (the answer's `outcome`, the status figures). */
+typedef enum {
+  ATP_SHOPIFY_APPLIED = 0,
+  ATP_SHOPIFY_REPLAYED,
+  ATP_SHOPIFY_IGNORED,
+  ATP_SHOPIFY_DEAD_LETTER,
+  ATP_SHOPIFY_QUEUED,
+  ATP_SHOPIFY_UNAUTHORIZED, /* counted only: refused 401 */
+  ATP_SHOPIFY_OUTCOME_COUNT_
+} atp_shopify_outcome_t;
+const char *atp_shopify_outcome_name(atp_shopify_outcome_t outcome);
+
+/* The topics handled; anything else counts as "other" (and is ignored). */
+typedef enum {
+  ATP_SHOPIFY_ORDERS_CREATE = 0,
+  ATP_SHOPIFY_ORDERS_CANCELLED,
+  ATP_SHOPIFY_FULFILLMENTS_CREATE,
+  ATP_SHOPIFY_REFUNDS_CREATE,
+  ATP_SHOPIFY_INVENTORY_LEVELS_UPDATE,
+  ATP_SHOPIFY_TOPIC_OTHER,
+  ATP_SHOPIFY_TOPIC_COUNT_
+} atp_shopify_topic_t;
+const char *atp_shopify_topic_name(atp_shopify_topic_t topic);
+atp_shopify_topic_t atp_shopify_topic_of(atp_str_t header);
+
+/* Dedupe. A webhook is first looked up by its X-Shopify-Webhook-Id, then by
+ * its content key (atp_shopify_content_key: the topic and raw body), and
+ * true with the first outcome when either was recorded within
+ * ATP_SHOPIFY_WEBHOOK_RETENTION_MS. record keeps both (journaled):
+ * ATP_EFULL when the table is at its bound after dropping expired entries. */
+bool atp_shopify_webhook_seen(atp_shopify_t *s, atp_str_t webhook_id,
+                              const uint8_t content_key[32],
+                              atp_shopify_outcome_t *first);
+int atp_shopify_webhook_record(atp_shopify_t *s, atp_str_t webhook_id,
+                               const uint8_t content_key[32],
+                               atp_shopify_outcome_t outcome);
+
+/* Watermarks: the newest time (ms) applied per resource ("order:<id>",
+ * "level:<item>:<location>", ...). older is true when at_ms lies before the
+ * resource's watermark; advance raises it (journaled; never lowers). */
+bool atp_shopify_mark_older(atp_shopify_t *s, atp_str_t resource, int64_t at_ms,
+                            int64_t *mark_ms);
+int atp_shopify_mark_advance(atp_shopify_t *s, atp_str_t resource, int64_t at_ms);
+
+/* Orders seen by orders/create: whether atpd holds stock for them (the hold's
+ * id) or booked them as a POS sale, so a fulfilment or refund later knows
+ * what to do. */
+typedef enum {
+  ATP_SHOPIFY_ORDER_HOLD = 1, /* reservation names the hold */
+  ATP_SHOPIFY_ORDER_POS,      /* booked as sale adjustments */
+  ATP_SHOPIFY_ORDER_UNTRACKED /* online without a hold: atpd holds nothing */
+} atp_shopify_order_kind_t;
+int atp_shopify_order_set(atp_shopify_t *s, uint64_t order_id,
+                          atp_shopify_order_kind_t kind, atp_str_t reservation);
+/* false when unknown; reservation into buf (cap >= ATP_ID_BYTES_MAX + 1). */
+bool atp_shopify_order_get(atp_shopify_t *s, uint64_t order_id,
+                           atp_shopify_order_kind_t *kind, char *buf, size_t cap);
+
+/* Webhook figures kept in memory since start (status and /metrics). */
+void atp_shopify_webhook_count(atp_shopify_t *s, atp_shopify_topic_t topic,
+                               atp_shopify_outcome_t outcome);
+uint64_t atp_shopify_webhook_figure(atp_shopify_t *s, atp_shopify_topic_t topic,
+                                    atp_shopify_outcome_t outcome);
+
+/* --- HMAC and content keys (src/flows/shopify_hmac.c, the only file that
+ * includes OpenSSL) ------------------------------------------------------- */
+
+/* Whether signature (the X-Shopify-Hmac-Sha256 header: base64 of the
+ * HMAC-SHA256 of body) matches under any of the configured secrets. The
+ * comparison takes the same time wherever the bytes differ. Thread: any. */
+bool atp_shopify_hmac_valid(const atp_shopify_config_t *config, const char *body,
+                            size_t body_len, const char *signature,
+                            size_t signature_len);
+/* SHA-256 over the topic, a NUL and the body: a delivery's content key. */
+void atp_shopify_content_key(atp_str_t topic, const char *body, size_t body_len,
+                             uint8_t out[32]);
+
 #endif

@@ -24,6 +24,7 @@
 #include "atp/log.h"
 #include "atp/memory.h"
 #include "atp/reconcile.h"
+#include "atp/shopify_push.h"
 
 #define PUSH_BACKOFF_MS_MIN 1000
 #define PUSH_BACKOFF_MS_MAX 60000
@@ -41,8 +42,9 @@ struct atp_app_runtime {
   char journal_dir[1100];
   char snapshot_dir[1100];
   char redis_host[256];
-  char feed_redis_stream[256]; /* "" : no sink */
-  atp_feed_sink_t *sink;       /* the Redis sink once restored; NULL: none */
+  char feed_redis_stream[256];      /* "" : no sink */
+  atp_feed_sink_t *sink;            /* the Redis sink once restored; NULL: none */
+  atp_shopify_push_t *shopify_push; /* push.enabled: started once restored */
   atp_http_server_t *server;
   atp_app_t *app;
   atp_engine_t *engine;
@@ -249,6 +251,13 @@ static void *restore_main(void *arg) {
     rc = atp_feed_sink_start(app->feed, rt->redis_host, rt->options.redis_port,
                              rt->options.redis_db, rt->feed_redis_stream, &rt->sink);
     if (rc != 0) atp_log("error", "feed sink: cannot start: %s", atp_strerror(rc));
+    rc = 0;
+  }
+  if (app->feed && rt->shopify_push) {
+    /* Like the sink, a reader of the feed: Shopify being down makes it wait
+     * (and retry), never the start. */
+    rc = atp_shopify_push_start(rt->shopify_push, app->feed, rt->engine);
+    if (rc != 0) atp_log("error", "shopify push: cannot start: %s", atp_strerror(rc));
     rc = 0;
   }
   pthread_mutex_lock(&rt->mu);
@@ -616,6 +625,16 @@ int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
       (rc = atp_audit_create(&auc, &app->audit)) != 0 ||
       (rc = atp_recon_store_create(&rcc, &app->recon)) != 0)
     return rc;
+  if (options->shopify &&
+      (rc = atp_shopify_create(options->shopify, app->durable, &app->shopify)) != 0)
+    return rc;
+  if (app->shopify && options->shopify->push_enabled) {
+    if ((rc = atp_shopify_push_create(app->shopify, app->durable, &rt->shopify_push)) !=
+        0)
+      return rc;
+    app->shopify_push_stats = atp_shopify_push_stats;
+    app->shopify_push_ctx = rt->shopify_push;
+  }
   app->flows = atp_flows_plug(app);
   /* Snapshots carry the stores' state as sections, and a restore hands them
    * back (atp_durable_register'ed above, by each store). */
@@ -668,6 +687,11 @@ int atp_app_stop(atp_app_t *app) {
    * longer deliver) before the journal they read goes. */
   atp_feed_sink_stop(rt->sink);
   rt->sink = NULL;
+  /* Before the journal closes: its last cursor is journaled on the way out. */
+  atp_shopify_push_destroy(rt->shopify_push);
+  rt->shopify_push = NULL;
+  app->shopify_push_stats = NULL;
+  app->shopify_push_ctx = NULL;
   atp_feed_destroy(app->feed);
   app->feed = NULL;
   /* Every mutation has stopped (the server's run returned): the close flushes
@@ -680,6 +704,8 @@ int atp_app_stop(atp_app_t *app) {
   atp_audit_destroy(app->audit);
   atp_recon_store_destroy(app->recon);
   app->recon = NULL;
+  atp_shopify_destroy(app->shopify);
+  app->shopify = NULL;
   app->dead_letters = NULL;
   app->flow_state = NULL;
   app->audit = NULL;

@@ -285,7 +285,8 @@ int atp_auth_check(const atp_auth_t *auth, atp_access_t access, const char *head
 /* --- ownership ------------------------------------------------------------------ */
 
 static const char *const field_names[ATP_FIELD_COUNT_] = {
-    "counts", "adjustments", "safety_stock", "groups", "reservations"};
+    "counts", "adjustments",  "safety_stock",
+    "groups", "reservations", "shopify_mappings"};
 
 const char *atp_field_name(atp_field_kind_t field) {
   return field >= 0 && field < ATP_FIELD_COUNT_ ? field_names[field] : "none";

@@ -89,4 +89,33 @@ int atp_op_fulfil(atp_req_t *rq, const atp_val_t *body, atp_str_t flow,
 int atp_op_amend(atp_req_t *rq, const atp_val_t *body, atp_str_t flow,
                  atp_str_t target, atp_op_out_t *out);
 
+/* routes_shopify.c: the batch op shopify_map, PUT /v1/shopify/mappings's
+ * body. */
+int atp_op_shopify_map(atp_req_t *rq, const atp_val_t *body, atp_str_t flow,
+                       atp_str_t target, atp_op_out_t *out);
+/* routes_shopify.c: the batch op shopify_webhook, a webhook kept as a dead
+ * letter run again ({topic, webhook_id, payload}; flow shopify only). */
+int atp_op_shopify_webhook(atp_req_t *rq, const atp_val_t *body, atp_str_t flow,
+                           atp_str_t target, atp_op_out_t *out);
+
+/* routes_batch.c: what one op of atp_batch_run_ops gave. */
+typedef struct {
+  int rc;        /* 0 or the negative ATP_E* it was refused with */
+  int status;    /* its HTTP status (202: queued for a paused flow) */
+  bool replayed; /* an idempotent replay */
+  bool queued;
+  char field[ATP_FIELD_BYTES_MAX];
+  char message[ATP_MESSAGE_BYTES_MAX];
+} atp_batch_op_result_t;
+
+/* Runs ops (a JSON array of batch ops) as POST /v1/batch runs each of its
+ * ops, synchronously, inside the caller's durable bracket: ownership, paused
+ * flows' queues, dead letters and idempotency as there. results gets one
+ * entry per op (at most results_max; more is ATP_ETOOLARGE and nothing
+ * runs), *count how many. 0, or the refusal of the whole array (malformed,
+ * too many) recorded on rq. Thread: the loop thread running rq. */
+int atp_batch_run_ops(atp_req_t *rq, const char *ops, size_t ops_len,
+                      atp_batch_op_result_t *results, uint32_t results_max,
+                      uint32_t *count);
+
 #endif

@@ -63,7 +63,7 @@
 
 static const char ops_sentence[] =
     "Must be one of adjust, count, safety_stock, group, reserve, commit, release, "
-    "extend, fulfil, amend.";
+    "extend, fulfil, amend, shopify_map, shopify_webhook.";
 
 typedef struct {
   const char *name;
@@ -83,6 +83,8 @@ static const op_kind_t op_kinds[] = {
     {"extend", atp_op_extend, ATP_FIELD_RESERVATIONS, "id"},
     {"fulfil", atp_op_fulfil, ATP_FIELD_RESERVATIONS, "id"},
     {"amend", atp_op_amend, ATP_FIELD_RESERVATIONS, "id"},
+    {"shopify_map", atp_op_shopify_map, ATP_FIELD_SHOPIFY_MAPPINGS, NULL},
+    {"shopify_webhook", atp_op_shopify_webhook, ATP_FIELD_SHOPIFY_MAPPINGS, NULL},
 };
 #define OP_KIND_COUNT (sizeof op_kinds / sizeof op_kinds[0])
 
@@ -149,6 +151,9 @@ typedef struct {
   atp_buf_t res_body;
   atp_http_post_t post;
   uint64_t hold_until; /* the highest durable target of the slices */
+  /* atp_batch_run_ops: each op's outcome, out_max of them; NULL otherwise. */
+  atp_batch_op_result_t *out;
+  uint32_t out_max;
 } batch_t;
 
 static void write_error(atp_writer_t *w, int err, const atp_req_t *op) {
@@ -171,6 +176,18 @@ static void record(batch_t *b, uint32_t index, int rc, const atp_op_out_t *out,
                    const span_t *span, const atp_val_t *value, atp_str_t flow,
                    const op_kind_t *kind) {
   int status = rc == 0 ? out->status : atp_error_http_status(rc);
+  if (b->out && index < b->out_max) {
+    atp_batch_op_result_t *o = &b->out[index];
+    o->rc = rc;
+    o->status = status;
+    o->replayed = rc == 0 && out->replayed;
+    o->queued = rc == 0 && status == 202;
+    snprintf(o->message, sizeof o->message, "%s",
+             rc == 0            ? ""
+             : b->op.message[0] ? b->op.message
+                                : atp_strerror(rc));
+    snprintf(o->field, sizeof o->field, "%s", rc == 0 ? "" : b->op.field);
+  }
   if (rc == 0 && status == 202)
     b->queued++;
   else if (rc == 0 && out->replayed)
@@ -285,10 +302,9 @@ static void run_op(batch_t *b, uint32_t index, const span_t *span) {
 /* The pre-scan: every op's span, or a refusal of the whole body. */
 static int scan(batch_t *b, span_t **spans_out, uint32_t *count_out) {
   atp_req_t *rq = b->rq;
-  const atp_http_request_t *h = rq->http;
+  size_t body_len = b->split.len;
   /* Each element takes a byte and (JSON, NDJSON) a delimiter at least. */
-  size_t bound =
-      b->split.format == ATP_FORMAT_MSGPACK ? h->body_len : h->body_len / 2 + 1;
+  size_t bound = b->split.format == ATP_FORMAT_MSGPACK ? body_len : body_len / 2 + 1;
   if (bound > ATP_BATCH_OPS_MAX) bound = ATP_BATCH_OPS_MAX;
   span_t *spans = atp_arena_alloc(rq->arena, (bound ? bound : 1) * sizeof *spans);
   if (!spans) return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
@@ -499,4 +515,40 @@ int atp_route_batch(atp_req_t *rq) {
   rq->res->defer = true;
   batch_post(b);
   return 0;
+}
+
+int atp_batch_run_ops(atp_req_t *rq, const char *ops, size_t ops_len,
+                      atp_batch_op_result_t *results, uint32_t results_max,
+                      uint32_t *count) {
+  ATP_ASSERT(rq && ops && results && count);
+  *count = 0;
+  batch_t *b = atp_malloc(sizeof *b);
+  if (!b) return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
+  memset(b, 0, sizeof *b);
+  b->rq = rq;
+  b->flows = rq->app->flows ? rq->app->flows : &atp_flows_none;
+  atp_arena_init(&b->scratch, OP_ARENA_CHUNK_BYTES, OP_ARENA_BYTES_MAX);
+  atp_buf_init(&b->results_buf, ATP_HTTP_BODY_BYTES_MAX);
+  atp_buf_init(&b->res_body, 0);
+  atp_splitter_init(&b->split, ATP_FORMAT_JSON, ops, ops_len);
+  int rc = scan(b, &b->spans, &b->count);
+  if (rc == 0 && b->count > results_max)
+    rc = atp_req_fail(rq, ATP_ETOOLARGE, NULL, NULL, "%u ops, at most %u here.",
+                      (unsigned)b->count, (unsigned)results_max);
+  if (rc == 0) {
+    b->op = *rq;
+    b->op.arena = &b->scratch;
+    b->op.body = NULL;
+    b->out = results;
+    b->out_max = results_max;
+    atp_writer_init(&b->results, ATP_FORMAT_JSON, &b->results_buf);
+    atp_w_array_begin(&b->results);
+    for (uint32_t i = 0; i < b->count; i++) {
+      memset(&results[i], 0, sizeof results[i]);
+      run_op(b, i, &b->spans[i]);
+    }
+    *count = b->count;
+  }
+  batch_free(b);
+  return rc;
 }

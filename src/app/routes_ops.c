@@ -61,6 +61,7 @@ int atp_route_metrics(atp_req_t *rq) {
     atp_metrics_write_feed(&fs, sink ? &ks : NULL, res->body);
   }
   atp_flows_write_metrics(rq->app, res->body);
+  atp_shopify_write_metrics(rq->app, res->body);
   if (rq->app->runtime) {
     atp_app_snapshot_stats_t st;
     atp_app_snapshot_stats(rq->app, &st);

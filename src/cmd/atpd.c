@@ -31,6 +31,7 @@
 #include "atp/log.h"
 #include "atp/metrics.h"
 #include "atp/router.h"
+#include "atp/shopify.h"
 #include "atp/version.h"
 
 #define ENGINE_TICK_MS 100
@@ -238,6 +239,17 @@ static int start_app(const atp_config_t *cfg, atp_app_t *app,
   ao.flow_queue_max = cfg->flow_queue_max;
   ao.audit_max = cfg->audit_max;
   if (cfg->demo) ao.after_restore = load_demo;
+  /* The connector's file is read here, once: a bad one stops the start with
+   * a sentence naming the file and the field (the token is never printed). */
+  static atp_shopify_config_t shopify;
+  if (cfg->shopify_file[0]) {
+    char err[512];
+    if (atp_shopify_config_load(cfg->shopify_file, &shopify, err, sizeof err) != 0) {
+      fprintf(stderr, "atpd: --shopify: %s\n", err);
+      return 1;
+    }
+    ao.shopify = &shopify;
+  }
   /* The feed's CloudEvents source: --feed-source, or this instance's
    * address with the port actually bound (--listen HOST:0 picks one), so
    * id + source stays a dedupe key across restarts on a fixed port. */

@@ -292,6 +292,11 @@ static int set_feed_source(atp_config_t *cfg, const char *v, char *err, size_t e
   return 0;
 }
 
+static int set_shopify(atp_config_t *cfg, const char *v, char *err, size_t err_len,
+                       const char *what) {
+  return set_path(cfg->shopify_file, sizeof cfg->shopify_file, v, err, err_len, what);
+}
+
 static const option_t options[] = {
     {"--listen", "ATPD_LISTEN", true, set_listen},
     {"--data-dir", "ATPD_DATA_DIR", true, set_data_dir},
@@ -310,6 +315,7 @@ static const option_t options[] = {
     {"--dead-letters-max", "ATPD_DEAD_LETTERS_MAX", true, set_dead_letters_max},
     {"--flow-queue-max", "ATPD_FLOW_QUEUE_MAX", true, set_flow_queue_max},
     {"--audit-max", "ATPD_AUDIT_MAX", true, set_audit_max},
+    {"--shopify", "ATPD_SHOPIFY", true, set_shopify},
 };
 #define OPTION_COUNT (sizeof options / sizeof options[0])
 
@@ -333,6 +339,7 @@ const char *atp_config_usage(void) {
          "            [--flow-queue-max N]      ops a paused flow queues, default "
          "10000\n"
          "            [--audit-max N]           audit entries kept, default 100000\n"
+         "            [--shopify FILE]          the Shopify connector's configuration\n"
          "            [--routes]                print the route table and exit\n"
          "            [--version]               print the version and exit\n"
          "Every flag has an ATPD_* environment twin (ATPD_LISTEN, ...); flags win.\n";

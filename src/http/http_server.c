@@ -66,7 +66,8 @@ enum {
   HDR_TRANSFER_ENCODING,
   HDR_REQUEST_ID,    /* X-Request-Id: handed to the handler */
   HDR_LAST_EVENT_ID, /* Last-Event-ID: handed to the handler (SSE resume) */
-  HDR_COUNT
+  HDR_SHOPIFY,       /* the X-Shopify-* headers, ATP_HTTP_SHOPIFY_* after it */
+  HDR_COUNT = HDR_SHOPIFY + ATP_HTTP_SHOPIFY_HEADERS
 };
 
 /* Process-wide request ids; loops take blocks so the hot path touches no
@@ -530,6 +531,11 @@ static void request_fill(conn_t *c, atp_http_request_t *req) {
     req->last_event_id = c->head.data + c->hv_off[HDR_LAST_EVENT_ID];
     req->last_event_id_len = c->hv_len[HDR_LAST_EVENT_ID];
   }
+  for (int k = 0; k < ATP_HTTP_SHOPIFY_HEADERS; k++) {
+    if (!c->hv_set[HDR_SHOPIFY + k]) continue;
+    req->shopify[k] = c->head.data + c->hv_off[HDR_SHOPIFY + k];
+    req->shopify_len[k] = c->hv_len[HDR_SHOPIFY + k];
+  }
   if (!c->headers_done) return;
   req->method = map_method(c->parser.method);
   req->method_name = llhttp_method_name((llhttp_method_t)c->parser.method);
@@ -747,10 +753,20 @@ static int cb_header_field_complete(llhttp_t *p) {
   static const struct {
     const char *name;
     size_t len;
-  } names[HDR_COUNT] = {{"content-type", 12},  {"accept", 6},
-                        {"authorization", 13}, {"expect", 6},
-                        {"host", 4},           {"transfer-encoding", 17},
-                        {"x-request-id", 12},  {"last-event-id", 13}};
+  } names[HDR_COUNT] = {{"content-type", 12},
+                        {"accept", 6},
+                        {"authorization", 13},
+                        {"expect", 6},
+                        {"host", 4},
+                        {"transfer-encoding", 17},
+                        {"x-request-id", 12},
+                        {"last-event-id", 13},
+                        {"x-shopify-topic", 15},
+                        {"x-shopify-hmac-sha256", 21},
+                        {"x-shopify-shop-domain", 21},
+                        {"x-shopify-webhook-id", 20},
+                        {"x-shopify-event-id", 18},
+                        {"x-shopify-triggered-at", 22}};
   c->field_kind = HDR_NONE;
   if (!c->headers_done && c->field_len <= FIELD_BYTES) {
     for (int k = 0; k < HDR_COUNT; k++) {
@@ -770,6 +786,9 @@ static int cb_header_field_complete(llhttp_t *p) {
     return defer(c, ATP_EBADREQ, "The request has more than one Authorization header.");
   if (c->field_kind == HDR_HOST && c->hv_set[HDR_HOST])
     return defer(c, ATP_EBADREQ, "The request has more than one Host header.");
+  if (c->field_kind == HDR_SHOPIFY + ATP_HTTP_SHOPIFY_HMAC && c->hv_set[c->field_kind])
+    return defer(c, ATP_EBADREQ,
+                 "The request has more than one X-Shopify-Hmac-Sha256 header.");
   return 0;
 }
 

@@ -1,0 +1,1238 @@
+/* shopify_push.c - availability out to Shopify's Admin GraphQL API
+ * (include/atp/shopify_push.h; CONTRACT.md section 11).
+ *
+ * One thread runs a libuv loop with a tick timer, libcurl's multi interface
+ * (src/flows/http_client.c) and nothing else. Each tick reads what the feed
+ * has durable since the read cursor (atpd.position.changed events only),
+ * marks each mapped (inventory item, Shopify location) pending, and, when no
+ * call is in flight and no backoff or pacing wait runs, builds the next call:
+ *
+ *   pending   a hash of entries by (item, location) and a FIFO of them in the
+ *             order they became pending (their first unpushed event's
+ *             sequence rises along it). An entry lives while pending: at most
+ *             ATP_SHOPIFY_PUSH_PENDING_MAX of them; at the bound the feed is
+ *             not read further until calls free some (backpressure, never a
+ *             drop).
+ *   a call    the FIFO's first entries, up to ATP_SHOPIFY_PUSH_BATCH_MAX
+ *             quantities: `available` read from the engine now (coalescing:
+ *             the newest value whatever the backlog), changeFromQuantity the
+ *             level last known in Shopify. An entry whose value is already
+ *             that level is settled on the spot. Entries with no known level
+ *             (or answered stale) are re-read first with one aliased
+ *             inventoryItem query of up to ATP_SHOPIFY_PUSH_REREAD_MAX items.
+ *   pacing    a call waits until Shopify's bucket (as last reported, refilled
+ *             at its restore rate since) and atpd's own share (a token bucket
+ *             at push.points_per_second) both hold its estimated cost.
+ *   answers   success: atp_shopify_level_set for each quantity, the entries
+ *             settle (or go to the FIFO's tail when a change came during the
+ *             call). THROTTLED (HTTP 200 or 429): wait for the bucket to hold
+ *             the cost, with jitter. 5xx, transport errors, other GraphQL
+ *             errors: exponential backoff with jitter. userErrors
+ *             CHANGE_FROM_QUANTITY_STALE: the named quantities are re-read and
+ *             the call built again; another userError drops its quantity
+ *             (counted in errors, named in last_error).
+ *
+ * Durability (proto/journal.md, kinds 56..58). The durable cursor is the
+ * sequence below the FIFO's head (or the read cursor when nothing is
+ * pending): every change at or below it is in Shopify or was found there.
+ * A call is journaled (57) before it is sent and settled (58) once its
+ * answer is handled; at start the calls not settled are sent again first,
+ * byte for byte, so their idempotency key replays what Shopify already
+ * applied. A call whose journal record did not reach the disk before a crash
+ * is rebuilt from the feed and sent with the level atpd knew: Shopify answers
+ * CHANGE_FROM_QUANTITY_STALE if it had applied it, and the re-read finds the
+ * value there. So nothing is lost (the feed from the cursor is read again)
+ * and nothing is applied twice.
+ */
+#include "atp/shopify_push.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "atp/assert.h"
+#include "atp/clock.h"
+#include "atp/codec.h"
+#include "atp/error.h"
+#include "atp/http_client.h"
+#include "atp/limits.h"
+#include "atp/log.h"
+#include "atp/memory.h"
+#include "atp/payload.h"
+
+#define KIND_CURSOR  56u /* u64 cursor */
+#define KIND_CALL    57u /* a call about to be sent (below) */
+#define KIND_SETTLED 58u /* lstr key: that call's answer was handled */
+
+#define TICK_MS            10
+#define FEED_PAGE          1000u
+#define FEED_PAGES_A_TICK  8u
+#define CURSOR_WRITE_MS    100 /* the cursor record at most this often */
+#define BACKOFF_MS_MIN     200
+#define BACKOFF_MS_MAX     5000
+#define BUCKETS_MIN        1024u
+#define KEY_BYTES          37 /* "atpd-" + 32 hex digits */
+#define SAVED_ATTEMPTS_MAX 5
+/* Estimated costs before Shopify reported any (Shopify charges a mutation
+ * 10 points; a level read is a few). */
+#define COST_MUTATION_DEFAULT 10.0
+#define COST_REREAD_DEFAULT   4.0
+
+static const char PUSH_DOC[] =
+    "mutation AtpdPush($input: InventorySetQuantitiesInput!, $key: String!) {"
+    " inventorySetQuantities(input: $input) @idempotent(key: $key) {"
+    " inventoryAdjustmentGroup { id } userErrors { field message code } } }";
+
+typedef struct entry entry_t;
+struct entry {
+  uint64_t item, location;   /* the key: Shopify ids */
+  uint64_t first_seq;        /* oldest change not yet pushed */
+  int64_t first_at_ms;       /* its time (lag) */
+  uint64_t last_seq;         /* newest change seen */
+  uint64_t again_seq;        /* 0, or the first change seen during a call */
+  int64_t again_at_ms;       /* its time */
+  bool in_call;              /* in the call in flight */
+  bool need_read;            /* Shopify's figure must be read before a push */
+  bool no_level;             /* read: Shopify holds no level there yet */
+  entry_t *hash_next;        /* bucket chain */
+  entry_t *prev, *next;      /* the FIFO */
+  uint16_t sku_len, loc_len; /* the engine's key, in text[] */
+  char text[];               /* sku, then location */
+};
+
+/* One quantity of a call. */
+typedef struct {
+  uint64_t item, location;
+  int64_t quantity, from;
+  bool from_null; /* Shopify holds no level: changeFromQuantity null */
+  entry_t *entry; /* NULL for a call sent again after a restart */
+} quantity_t;
+
+/* A call journaled and not settled: sent again first at start. */
+typedef struct {
+  char key[KEY_BYTES + 1];
+  uint64_t reference;
+  uint32_t count;
+  uint32_t attempts; /* sent again and not answered */
+  quantity_t *quantities;
+} saved_call_t;
+
+typedef enum { CALL_NONE, CALL_PUSH, CALL_REREAD } call_kind_t;
+
+struct atp_shopify_push {
+  atp_shopify_t *shopify;
+  const atp_shopify_config_t *config;
+  atp_durable_t *durable;
+  atp_feed_t *feed;
+  atp_engine_t *engine;
+  pthread_t thread;
+  bool started;
+  atomic_bool stopping;
+
+  /* loop thread only */
+  uv_loop_t loop;
+  uv_timer_t tick;
+  uv_async_t stop;
+  atp_http_client_t *http;
+  uint32_t handles_open;
+  char auth_header[600];
+  char url[512];
+
+  /* the feed */
+  uint64_t read_cursor;    /* events up to it were examined */
+  bool has_cursor;         /* false: from the oldest retained */
+  uint64_t read_durable;   /* durable LSN at the last read that was not full */
+  uint64_t written_cursor; /* the last cursor journaled */
+  int64_t cursor_written_ms;
+  bool progress; /* events taken or entries settled since the last cursor write */
+
+  /* pending */
+  entry_t **buckets;
+  uint32_t bucket_count; /* a power of two */
+  uint32_t entries;
+  entry_t *head, *tail;
+
+  /* the call in flight */
+  call_kind_t call;
+  quantity_t quantities[ATP_SHOPIFY_PUSH_BATCH_MAX];
+  uint32_t quantity_count;
+  entry_t *reread[ATP_SHOPIFY_PUSH_REREAD_MAX];
+  uint32_t reread_count;
+  char call_key[KEY_BYTES + 1];
+  uint32_t key_salt; /* see build_push_body */
+  bool call_saved;   /* a saved call sent again: settle it whatever comes */
+  double call_cost;
+  atp_buf_t body;
+  atp_arena_t arena;
+
+  /* calls to send again (restored); loop thread after start */
+  saved_call_t saved[ATP_SHOPIFY_PUSH_SAVED_CALLS_MAX];
+  uint32_t saved_count;
+
+  /* pacing */
+  int64_t wait_until_ms; /* mono: no call before */
+  int64_t backoff_ms;
+  bool bucket_known;
+  double bucket_max, bucket_available, restore_rate;
+  int64_t bucket_at_ms;
+  double share_tokens;
+  int64_t share_at_ms;
+  double cost_mutation, cost_reread;               /* the last requested costs ... */
+  uint32_t cost_mutation_units, cost_reread_units; /* ... and their calls' sizes */
+  uint64_t rng;
+
+  /* figures: written on the loop thread, read by stats under the mutex */
+  pthread_mutex_t stats_lock;
+  atp_shopify_push_stats_t stats;
+  atomic_uint_fast64_t durable_cursor; /* for export_state */
+};
+
+/* --- small helpers ---------------------------------------------------------- */
+
+static uint64_t rand_next(atp_shopify_push_t *p) { /* xorshift64* */
+  p->rng ^= p->rng >> 12;
+  p->rng ^= p->rng << 25;
+  p->rng ^= p->rng >> 27;
+  return p->rng * 2685821657736338717ull;
+}
+
+/* d with jitter: uniformly in [d/2, d]. */
+static int64_t jitter(atp_shopify_push_t *p, int64_t d) {
+  if (d <= 1) return d;
+  return d / 2 + (int64_t)(rand_next(p) % (uint64_t)(d / 2 + 1));
+}
+
+static void set_error(atp_shopify_push_t *p, bool count, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_error(atp_shopify_push_t *p, bool count, const char *fmt, ...) {
+  char text[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(text, sizeof text, fmt, ap);
+  va_end(ap);
+  pthread_mutex_lock(&p->stats_lock);
+  if (count) p->stats.errors++;
+  snprintf(p->stats.last_error, sizeof p->stats.last_error, "%s", text);
+  pthread_mutex_unlock(&p->stats_lock);
+}
+
+static double num(const atp_val_t *v, double dflt) {
+  if (!v) return dflt;
+  if (v->type == ATP_VAL_INT) return (double)v->u.i;
+  if (v->type == ATP_VAL_FLOAT) return v->u.f;
+  return dflt;
+}
+
+static bool str_is(const atp_val_t *v, const char *s) {
+  return v && v->type == ATP_VAL_STR && v->len == strlen(s) &&
+         memcmp(v->u.s, s, v->len) == 0;
+}
+
+/* 128 bits of two independent 64-bit mixes of the bytes, as hex: the call's
+ * idempotency key. Not a security boundary (the key only has to be the same
+ * for the same input and differ for different ones). */
+static void make_key(const char *data, size_t len, char out[KEY_BYTES + 1]) {
+  uint64_t a = 0xcbf29ce484222325ull, b = 0x9e3779b97f4a7c15ull;
+  for (size_t i = 0; i < len; i++) {
+    a = (a ^ (unsigned char)data[i]) * 0x100000001b3ull;
+    b = (b + (unsigned char)data[i]) * 0xff51afd7ed558ccdull;
+    b ^= b >> 29;
+  }
+  a ^= a >> 33;
+  a *= 0xc4ceb9fe1a85ec53ull;
+  a ^= a >> 33;
+  snprintf(out, KEY_BYTES + 1, "atpd-%016" PRIx64 "%016" PRIx64, a, b);
+}
+
+/* --- pending entries -------------------------------------------------------- */
+
+static uint32_t entry_hash(uint64_t item, uint64_t location) {
+  uint64_t h = item * 0x9e3779b97f4a7c15ull ^ (location + 0x632be59bd9b4e019ull);
+  h ^= h >> 31;
+  h *= 0xbf58476d1ce4e5b9ull;
+  h ^= h >> 29;
+  return (uint32_t)h;
+}
+
+static entry_t *entry_find(atp_shopify_push_t *p, uint64_t item, uint64_t location) {
+  entry_t *e = p->buckets[entry_hash(item, location) & (p->bucket_count - 1)];
+  while (e && (e->item != item || e->location != location)) e = e->hash_next;
+  return e;
+}
+
+static void grow_buckets(atp_shopify_push_t *p) {
+  uint32_t n = p->bucket_count * 2;
+  entry_t **b = atp_calloc(n, sizeof *b);
+  if (!b) return; /* longer chains, still correct */
+  for (uint32_t i = 0; i < p->bucket_count; i++) {
+    entry_t *e = p->buckets[i];
+    while (e) {
+      entry_t *next = e->hash_next;
+      uint32_t j = entry_hash(e->item, e->location) & (n - 1);
+      e->hash_next = b[j];
+      b[j] = e;
+      e = next;
+    }
+  }
+  atp_free(p->buckets);
+  p->buckets = b;
+  p->bucket_count = n;
+}
+
+static void fifo_append(atp_shopify_push_t *p, entry_t *e) {
+  e->next = NULL;
+  e->prev = p->tail;
+  if (p->tail)
+    p->tail->next = e;
+  else
+    p->head = e;
+  p->tail = e;
+}
+
+static void fifo_remove(atp_shopify_push_t *p, entry_t *e) {
+  if (e->prev)
+    e->prev->next = e->next;
+  else
+    p->head = e->next;
+  if (e->next)
+    e->next->prev = e->prev;
+  else
+    p->tail = e->prev;
+  e->prev = e->next = NULL;
+}
+
+/* The entry is pushed (or found in Shopify): gone, unless a change came
+ * during its call, which makes it pending again at the FIFO's tail. */
+static void entry_settle(atp_shopify_push_t *p, entry_t *e) {
+  ATP_ASSERT(!e->in_call);
+  p->progress = true;
+  fifo_remove(p, e);
+  if (e->again_seq) {
+    e->first_seq = e->again_seq;
+    e->first_at_ms = e->again_at_ms;
+    e->again_seq = 0;
+    fifo_append(p, e);
+    return;
+  }
+  entry_t **pp = &p->buckets[entry_hash(e->item, e->location) & (p->bucket_count - 1)];
+  while (*pp != e) pp = &(*pp)->hash_next;
+  *pp = e->hash_next;
+  p->entries--;
+  atp_free(e);
+}
+
+/* --- the feed ---------------------------------------------------------------- */
+
+static int on_event(void *ctx, const atp_feed_event_t *ev) {
+  atp_shopify_push_t *p = ctx;
+  const atp_change_t *c = ev->record;
+  p->progress = true;
+  if (!c || c->kind != ATP_CHANGE_POSITION) return 0;
+  const atp_change_position_t *pos = &c->u.position;
+  uint64_t item = 0, variant = 0, location = 0;
+  if (!atp_shopify_item_of_sku(p->shopify, pos->sku, &item, &variant) ||
+      !atp_shopify_location_of(p->shopify, pos->location, &location))
+    return 0; /* not mapped: not Shopify's */
+  entry_t *e = entry_find(p, item, location);
+  if (!e) {
+    e = atp_malloc(sizeof *e + pos->sku.len + pos->location.len);
+    if (!e) return ATP_ENOMEM; /* the read stops before this event: read again */
+    memset(e, 0, sizeof *e);
+    e->item = item;
+    e->location = location;
+    e->sku_len = (uint16_t)pos->sku.len;
+    e->loc_len = (uint16_t)pos->location.len;
+    memcpy(e->text, pos->sku.ptr, pos->sku.len);
+    memcpy(e->text + pos->sku.len, pos->location.ptr, pos->location.len);
+    uint32_t b = entry_hash(item, location) & (p->bucket_count - 1);
+    e->hash_next = p->buckets[b];
+    p->buckets[b] = e;
+    if (++p->entries > p->bucket_count) grow_buckets(p);
+    e->first_seq = ev->sequence;
+    e->first_at_ms = c->at_ms;
+    fifo_append(p, e);
+  } else if (e->in_call && !e->again_seq) {
+    e->again_seq = ev->sequence;
+    e->again_at_ms = c->at_ms;
+  }
+  e->last_seq = ev->sequence;
+  return 0;
+}
+
+/* Reads what became durable, a few pages a tick, within the pending bound. */
+static void read_feed(atp_shopify_push_t *p) {
+  static const atp_feed_filter_t filter = {.type = {"atpd.position.changed", 21}};
+  for (uint32_t page = 0; page < FEED_PAGES_A_TICK; page++) {
+    uint64_t durable = atp_feed_durable_lsn(p->feed);
+    if (durable <= p->read_durable) return;
+    if (p->entries + FEED_PAGE > ATP_SHOPIFY_PUSH_PENDING_MAX) return; /* full */
+    uint64_t next = p->read_cursor;
+    uint32_t count = 0;
+    int rc = atp_feed_read(p->feed, p->read_cursor, p->has_cursor, &filter, FEED_PAGE,
+                           on_event, p, &next, &count);
+    if (rc == ATP_EEXPIRED) {
+      atp_log("warn",
+              "shopify push: the cursor %" PRIu64
+              " is older than the retained feed; going on from the oldest",
+              p->read_cursor);
+      p->has_cursor = false;
+      continue;
+    }
+    if (rc != 0) {
+      set_error(p, true, "reading the change feed: %s", atp_strerror(rc));
+      return;
+    }
+    if (next != p->read_cursor || count) {
+      p->read_cursor = next;
+      p->has_cursor = true;
+    }
+    if (count < FEED_PAGE) {
+      p->read_durable = durable;
+      return;
+    }
+  }
+}
+
+/* The cursor below which everything is in Shopify. */
+static uint64_t safe_cursor(const atp_shopify_push_t *p) {
+  if (p->head) return p->head->first_seq ? p->head->first_seq - 1 : 0;
+  return p->read_cursor;
+}
+
+static void write_cursor(atp_shopify_push_t *p, bool force) {
+  int64_t now = atp_mono_ms();
+  if (!p->progress || (!force && now - p->cursor_written_ms < CURSOR_WRITE_MS)) return;
+  uint64_t cursor = safe_cursor(p);
+  p->progress = false;
+  if (cursor == p->written_cursor || (!p->has_cursor && !p->head)) return;
+  unsigned char buf[8];
+  atp_buf_t b = {.data = (char *)buf, .cap = sizeof buf};
+  atp_payload_u64(&b, cursor);
+  int rc = atp_durable_append(p->durable, KIND_CURSOR, buf, (uint32_t)b.len);
+  if (rc != 0) {
+    set_error(p, false, "journaling the push cursor: %s", atp_strerror(rc));
+    p->progress = true;
+    return;
+  }
+  p->written_cursor = cursor;
+  p->cursor_written_ms = now;
+  atomic_store_explicit(&p->durable_cursor, cursor, memory_order_relaxed);
+}
+
+/* --- pacing ------------------------------------------------------------------ */
+
+/* ms until both buckets hold cost; 0: now. */
+static int64_t pace_wait_ms(atp_shopify_push_t *p, double cost, int64_t now) {
+  double wait = 0;
+  if (p->bucket_known && p->restore_rate > 0) {
+    double avail =
+        p->bucket_available + p->restore_rate * (double)(now - p->bucket_at_ms) / 1000;
+    if (avail > p->bucket_max) avail = p->bucket_max;
+    double need = cost < p->bucket_max ? cost : p->bucket_max;
+    if (avail < need) wait = (need - avail) / p->restore_rate * 1000;
+  }
+  double pps = p->config->points_per_second;
+  if (pps > 0) {
+    double cap = pps > cost ? pps : cost; /* a second's worth, at least one call */
+    p->share_tokens += pps * (double)(now - p->share_at_ms) / 1000;
+    if (p->share_tokens > cap) p->share_tokens = cap;
+    p->share_at_ms = now;
+    if (p->share_tokens < cost) {
+      double w = (cost - p->share_tokens) / pps * 1000;
+      if (w > wait) wait = w;
+    }
+  }
+  return wait > 0 ? (int64_t)wait + 1 : 0;
+}
+
+static void spend(atp_shopify_push_t *p, double cost, int64_t now) {
+  if (p->config->points_per_second > 0) p->share_tokens -= cost;
+  if (p->bucket_known) {
+    double avail =
+        p->bucket_available + p->restore_rate * (double)(now - p->bucket_at_ms) / 1000;
+    if (avail > p->bucket_max) avail = p->bucket_max;
+    p->bucket_available = avail - cost;
+    p->bucket_at_ms = now;
+  }
+}
+
+/* extensions.cost of an answer: the bucket as Shopify sees it now. */
+static void read_cost(atp_shopify_push_t *p, const atp_val_t *root, call_kind_t kind,
+                      uint32_t units) {
+  const atp_val_t *cost = atp_val_get(atp_val_get(root, "extensions"), "cost");
+  if (!cost || cost->type != ATP_VAL_OBJECT) return;
+  double requested = num(atp_val_get(cost, "requestedQueryCost"), -1);
+  double actual = num(atp_val_get(cost, "actualQueryCost"), -1);
+  const atp_val_t *ts = atp_val_get(cost, "throttleStatus");
+  if (requested > 0 && units) { /* the next call's estimate */
+    if (kind == CALL_PUSH) {
+      p->cost_mutation = requested;
+      p->cost_mutation_units = units;
+    } else {
+      p->cost_reread = requested;
+      p->cost_reread_units = units;
+    }
+  }
+  if (ts && ts->type == ATP_VAL_OBJECT) {
+    p->bucket_max = num(atp_val_get(ts, "maximumAvailable"), p->bucket_max);
+    p->bucket_available =
+        num(atp_val_get(ts, "currentlyAvailable"), p->bucket_available);
+    p->restore_rate = num(atp_val_get(ts, "restoreRate"), p->restore_rate);
+    p->bucket_at_ms = atp_mono_ms();
+    p->bucket_known = p->bucket_max > 0;
+  }
+  pthread_mutex_lock(&p->stats_lock);
+  if (actual > 0) p->stats.points_spent += (uint64_t)(actual + 0.5);
+  p->stats.points_available = p->bucket_available;
+  p->stats.restore_rate = p->restore_rate;
+  pthread_mutex_unlock(&p->stats_lock);
+}
+
+/* The last such call's requested cost, scaled up (never down) by size: right
+ * whether Shopify charges a call flat (a mutation is 10 points) or by item,
+ * and never under, so pacing does not run into throttles. */
+static double call_cost_estimate(const atp_shopify_push_t *p, call_kind_t kind,
+                                 uint32_t units) {
+  double cost = kind == CALL_PUSH ? p->cost_mutation : p->cost_reread;
+  uint32_t last = kind == CALL_PUSH ? p->cost_mutation_units : p->cost_reread_units;
+  if (last && units > last) cost = cost * units / last;
+  return cost > 1 ? cost : 1;
+}
+
+static void back_off(atp_shopify_push_t *p) {
+  p->backoff_ms = p->backoff_ms ? p->backoff_ms * 2 : BACKOFF_MS_MIN;
+  if (p->backoff_ms > BACKOFF_MS_MAX) p->backoff_ms = BACKOFF_MS_MAX;
+  p->wait_until_ms = atp_mono_ms() + jitter(p, p->backoff_ms);
+}
+
+/* A throttle: wait until Shopify's bucket holds the call again, plus jitter
+ * so that atpd does not arrive exactly when another app does. */
+static void throttled(atp_shopify_push_t *p) {
+  pthread_mutex_lock(&p->stats_lock);
+  p->stats.throttled++;
+  pthread_mutex_unlock(&p->stats_lock);
+  int64_t now = atp_mono_ms();
+  int64_t wait = BACKOFF_MS_MIN;
+  if (p->bucket_known && p->restore_rate > 0) {
+    double w = (p->call_cost - p->bucket_available) / p->restore_rate * 1000;
+    if (w > wait) wait = (int64_t)w;
+  }
+  if (wait > BACKOFF_MS_MAX) wait = BACKOFF_MS_MAX;
+  p->wait_until_ms = now + wait + jitter(p, wait / 2);
+}
+
+/* --- building and sending calls --------------------------------------------- */
+
+static void w_gid(atp_writer_t *w, const char *type, uint64_t id) {
+  char gid[64];
+  int n = snprintf(gid, sizeof gid, "gid://shopify/%s/%" PRIu64, type, id);
+  atp_w_str(w, gid, (size_t)n);
+}
+
+/* The mutation's body for the quantities: {query, variables: {input, key}};
+ * the key is a hash of the input's bytes. */
+static int build_push_body(atp_shopify_push_t *p, const quantity_t *q, uint32_t count,
+                           uint64_t reference, char key[KEY_BYTES + 1]) {
+  atp_buf_t *b = &p->body;
+  atp_buf_reset(b);
+  atp_writer_t w;
+  atp_writer_init(&w, ATP_FORMAT_JSON, b);
+  atp_w_object_begin(&w);
+  atp_w_key(&w, "query");
+  atp_w_str(&w, PUSH_DOC, sizeof PUSH_DOC - 1);
+  atp_w_key(&w, "variables");
+  atp_w_object_begin(&w);
+  atp_w_key(&w, "input");
+  size_t input_at = b->len;
+  atp_w_object_begin(&w);
+  atp_w_key(&w, "name");
+  atp_w_cstr(&w, "available");
+  atp_w_key(&w, "reason");
+  atp_w_cstr(&w, "correction");
+  char seq[21], uri[48];
+  atp_feed_sequence_format(reference, seq);
+  int n = snprintf(uri, sizeof uri, "gid://atpd/Change/%s", seq);
+  atp_w_key(&w, "referenceDocumentUri");
+  atp_w_str(&w, uri, (size_t)n);
+  atp_w_key(&w, "quantities");
+  atp_w_array_begin(&w);
+  for (uint32_t i = 0; i < count; i++) {
+    atp_w_object_begin(&w);
+    atp_w_key(&w, "inventoryItemId");
+    w_gid(&w, "InventoryItem", q[i].item);
+    atp_w_key(&w, "locationId");
+    w_gid(&w, "Location", q[i].location);
+    atp_w_key(&w, "quantity");
+    atp_w_int(&w, q[i].quantity);
+    atp_w_key(&w, "changeFromQuantity");
+    if (q[i].from_null)
+      atp_w_null(&w);
+    else
+      atp_w_int(&w, q[i].from);
+    atp_w_object_end(&w);
+  }
+  atp_w_array_end(&w);
+  atp_w_object_end(&w);
+  if (b->failed) return ATP_ENOMEM;
+  /* The salt is 0 but after Shopify refused a key (a previous attempt with
+   * it failed): the same input then needs another key. */
+  if (p->key_salt) atp_buf_printf(b, "#%u", p->key_salt);
+  make_key(b->data + input_at, b->len - input_at, key);
+  if (p->key_salt) b->len -= (size_t)snprintf(NULL, 0, "#%u", p->key_salt);
+  atp_w_key(&w, "key");
+  atp_w_str(&w, key, KEY_BYTES);
+  atp_w_object_end(&w);
+  atp_w_object_end(&w);
+  return b->failed ? ATP_ENOMEM : 0;
+}
+
+/* One aliased query reading each entry's `available` at its location. */
+static int build_reread_body(atp_shopify_push_t *p) {
+  atp_buf_t doc, *b = &p->body;
+  atp_buf_init(&doc, 0);
+  atp_buf_printf(&doc, "query AtpdLevels(");
+  for (uint32_t i = 0; i < p->reread_count; i++)
+    atp_buf_printf(&doc, "%s$i%u: ID!, $l%u: ID!", i ? ", " : "", i, i);
+  atp_buf_printf(&doc, ") {");
+  for (uint32_t i = 0; i < p->reread_count; i++)
+    atp_buf_printf(&doc,
+                   " r%u: inventoryItem(id: $i%u) { inventoryLevel(locationId: $l%u) {"
+                   " quantities(names: [\"available\"]) { name quantity } } }",
+                   i, i, i);
+  atp_buf_printf(&doc, " }");
+  atp_buf_reset(b);
+  atp_writer_t w;
+  atp_writer_init(&w, ATP_FORMAT_JSON, b);
+  atp_w_object_begin(&w);
+  atp_w_key(&w, "query");
+  atp_w_str(&w, doc.data ? doc.data : "", doc.len);
+  atp_w_key(&w, "variables");
+  atp_w_object_begin(&w);
+  for (uint32_t i = 0; i < p->reread_count; i++) {
+    char k[16];
+    int n = snprintf(k, sizeof k, "i%u", i);
+    atp_w_keyn(&w, k, (size_t)n);
+    w_gid(&w, "InventoryItem", p->reread[i]->item);
+    n = snprintf(k, sizeof k, "l%u", i);
+    atp_w_keyn(&w, k, (size_t)n);
+    w_gid(&w, "Location", p->reread[i]->location);
+  }
+  atp_w_object_end(&w);
+  atp_w_object_end(&w);
+  int failed = doc.failed;
+  atp_buf_free(&doc);
+  return failed || b->failed ? ATP_ENOMEM : 0;
+}
+
+static void on_answer(void *ctx, const atp_http_response_t *res);
+
+static int send_body(atp_shopify_push_t *p) {
+  const char *headers[] = {"Content-Type: application/json", "Accept: application/json",
+                           p->auth_header};
+  int rc = atp_http_client_post(p->http, p->url, headers, 3, p->body.data, p->body.len,
+                                ATP_SHOPIFY_PUSH_TIMEOUT_MS, on_answer, p);
+  if (rc != 0) return rc;
+  spend(p, p->call_cost, atp_mono_ms());
+  pthread_mutex_lock(&p->stats_lock);
+  p->stats.calls++;
+  pthread_mutex_unlock(&p->stats_lock);
+  return 0;
+}
+
+/* Journals the call before it is sent (kind 57): key, reference, quantities. */
+static void journal_call(atp_shopify_push_t *p, uint64_t reference) {
+  atp_buf_t b;
+  atp_buf_init(&b, 0);
+  atp_payload_str(&b, p->call_key, KEY_BYTES);
+  atp_payload_u64(&b, reference);
+  atp_payload_u32(&b, p->quantity_count);
+  for (uint32_t i = 0; i < p->quantity_count; i++) {
+    atp_payload_u64(&b, p->quantities[i].item);
+    atp_payload_u64(&b, p->quantities[i].location);
+    atp_payload_i64(&b, p->quantities[i].quantity);
+    atp_payload_i64(&b, p->quantities[i].from);
+    atp_payload_u8(&b, p->quantities[i].from_null);
+  }
+  int rc = b.failed
+               ? ATP_ENOMEM
+               : atp_durable_append(p->durable, KIND_CALL, b.data, (uint32_t)b.len);
+  /* Not fatal: without the record a crash falls back on changeFromQuantity. */
+  if (rc != 0) set_error(p, false, "journaling a push call: %s", atp_strerror(rc));
+  atp_buf_free(&b);
+}
+
+static void journal_settled(atp_shopify_push_t *p, const char *key) {
+  unsigned char buf[64];
+  atp_buf_t b = {.data = (char *)buf, .cap = sizeof buf};
+  atp_payload_str(&b, key, KEY_BYTES);
+  int rc = atp_durable_append(p->durable, KIND_SETTLED, buf, (uint32_t)b.len);
+  if (rc != 0) set_error(p, false, "journaling a settled call: %s", atp_strerror(rc));
+}
+
+static void saved_drop_first(atp_shopify_push_t *p) {
+  ATP_ASSERT(p->saved_count > 0);
+  atp_free(p->saved[0].quantities);
+  memmove(&p->saved[0], &p->saved[1], (p->saved_count - 1) * sizeof *p->saved);
+  p->saved_count--;
+}
+
+/* Sends again the first call that a previous run journaled and did not
+ * settle. true when one went out (or waits for its pacing). */
+static bool send_saved(atp_shopify_push_t *p, int64_t now) {
+  if (!p->saved_count) return false;
+  saved_call_t *s = &p->saved[0];
+  p->call_cost = call_cost_estimate(p, CALL_PUSH, s->count);
+  int64_t wait = pace_wait_ms(p, p->call_cost, now);
+  if (wait) {
+    p->wait_until_ms = now + wait;
+    return true;
+  }
+  memcpy(p->quantities, s->quantities, s->count * sizeof *s->quantities);
+  p->quantity_count = s->count;
+  char key[KEY_BYTES + 1];
+  if (build_push_body(p, p->quantities, p->quantity_count, s->reference, key) != 0 ||
+      strcmp(key, s->key) != 0) {
+    /* Cannot happen unless the body's format changed between releases: the
+     * call is dropped, the feed from the cursor covers its positions. */
+    journal_settled(p, s->key);
+  } else {
+    memcpy(p->call_key, key, sizeof key);
+    p->call = CALL_PUSH;
+    p->call_saved = true;
+    if (send_body(p) == 0) return true;
+    p->call = CALL_NONE;
+    p->call_saved = false;
+    return true;
+  }
+  saved_drop_first(p);
+  return true;
+}
+
+/* The next call from the FIFO: a re-read when the first entries need one,
+ * else a push. Entries already at Shopify's figure settle here. */
+static void pump(atp_shopify_push_t *p) {
+  int64_t now = atp_mono_ms();
+  if (p->call != CALL_NONE || now < p->wait_until_ms) return;
+  if (send_saved(p, now)) return;
+  p->quantity_count = 0;
+  p->reread_count = 0;
+  uint64_t reference = 0;
+  atp_key_t keys[ATP_SHOPIFY_PUSH_BATCH_MAX];
+  entry_t *cand[ATP_SHOPIFY_PUSH_BATCH_MAX];
+  atp_position_t pos[ATP_SHOPIFY_PUSH_BATCH_MAX];
+  bool found[ATP_SHOPIFY_PUSH_BATCH_MAX];
+  uint32_t examined = 0;
+  entry_t *e = p->head;
+  while (e && examined < ATP_SHOPIFY_PUSH_EXAMINE_MAX &&
+         p->quantity_count < ATP_SHOPIFY_PUSH_BATCH_MAX &&
+         p->reread_count < ATP_SHOPIFY_PUSH_REREAD_MAX) {
+    /* A slice of the FIFO, read from the engine in one batched look-up. */
+    uint32_t n = 0;
+    for (; e && n < ATP_SHOPIFY_PUSH_BATCH_MAX - p->quantity_count; e = e->next) {
+      cand[n] = e;
+      keys[n] = (atp_key_t){{e->text, e->sku_len}, {e->text + e->sku_len, e->loc_len}};
+      n++;
+    }
+    examined += n;
+    atp_positions_get(p->engine, keys, n, pos, found);
+    for (uint32_t i = 0; i < n; i++) {
+      entry_t *c = cand[i];
+      int64_t level = 0;
+      bool known = c->no_level ||
+                   (!c->need_read &&
+                    atp_shopify_level_get(p->shopify, c->item, c->location, &level));
+      int64_t available = found[i] ? pos[i].available : 0;
+      if (!known) {
+        if (p->reread_count < ATP_SHOPIFY_PUSH_REREAD_MAX)
+          p->reread[p->reread_count++] = c;
+        continue;
+      }
+      if (!c->no_level && available == level) {
+        entry_settle(p, c); /* e is past the slice already */
+        continue;
+      }
+      quantity_t *q = &p->quantities[p->quantity_count++];
+      *q = (quantity_t){c->item, c->location, available, level, c->no_level, c};
+      if (c->last_seq > reference) reference = c->last_seq;
+    }
+  }
+  if (p->reread_count) {
+    p->quantity_count = 0; /* Shopify's figures first, then the push */
+    p->call_cost = call_cost_estimate(p, CALL_REREAD, p->reread_count);
+    int64_t wait = pace_wait_ms(p, p->call_cost, now);
+    if (wait) {
+      p->wait_until_ms = now + wait;
+      return;
+    }
+    if (build_reread_body(p) != 0) return;
+    for (uint32_t i = 0; i < p->reread_count; i++) p->reread[i]->in_call = true;
+    p->call = CALL_REREAD;
+    if (send_body(p) != 0) {
+      for (uint32_t i = 0; i < p->reread_count; i++) p->reread[i]->in_call = false;
+      p->call = CALL_NONE;
+    }
+    return;
+  }
+  if (!p->quantity_count) return;
+  p->call_cost = call_cost_estimate(p, CALL_PUSH, p->quantity_count);
+  int64_t wait = pace_wait_ms(p, p->call_cost, now);
+  if (wait) {
+    p->wait_until_ms = now + wait;
+    return;
+  }
+  if (build_push_body(p, p->quantities, p->quantity_count, reference, p->call_key) != 0)
+    return;
+  journal_call(p, reference);
+  for (uint32_t i = 0; i < p->quantity_count; i++)
+    p->quantities[i].entry->in_call = true;
+  p->call = CALL_PUSH;
+  p->call_saved = false;
+  if (send_body(p) != 0) {
+    for (uint32_t i = 0; i < p->quantity_count; i++)
+      p->quantities[i].entry->in_call = false;
+    p->call = CALL_NONE;
+    journal_settled(p, p->call_key);
+  }
+}
+
+/* --- answers ----------------------------------------------------------------- */
+
+/* The quantity index a userError's field names (["input", "quantities", "3",
+ * ...]); -1 when it names none. */
+static int error_index(const atp_val_t *ue) {
+  const atp_val_t *field = atp_val_get(ue, "field");
+  if (!field || field->type != ATP_VAL_ARRAY) return -1;
+  for (uint32_t i = 0; i + 1 < field->len; i++) {
+    if (!str_is(&field->u.items[i], "quantities")) continue;
+    const atp_val_t *ix = &field->u.items[i + 1];
+    if (ix->type == ATP_VAL_INT) return (int)ix->u.i;
+    if (ix->type == ATP_VAL_STR && ix->len && ix->len < 6) {
+      char *end;
+      long v = strtol(ix->u.s, &end, 10);
+      if (*end == 0 && v >= 0) return (int)v;
+    }
+  }
+  return -1;
+}
+
+/* The call's entries leave the call; settle those done. */
+static void release_entries(atp_shopify_push_t *p, bool pushed) {
+  for (uint32_t i = 0; i < p->quantity_count; i++) {
+    entry_t *e = p->quantities[i].entry;
+    if (!e) continue;
+    e->in_call = false;
+    if (pushed) entry_settle(p, e);
+  }
+}
+
+static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
+  const atp_val_t *set =
+      atp_val_get(atp_val_get(root, "data"), "inventorySetQuantities");
+  const atp_val_t *ues = atp_val_get(set, "userErrors");
+  if (!set || set->type != ATP_VAL_OBJECT) {
+    set_error(p, true, "inventorySetQuantities answered without data");
+    release_entries(p, false);
+    back_off(p);
+    return;
+  }
+  if (ues && ues->type == ATP_VAL_ARRAY && ues->len) {
+    /* Nothing was applied. Stale quantities are re-read, others dropped;
+     * the rest go again in the next call. */
+    uint32_t stale = 0;
+    for (uint32_t i = 0; i < ues->len; i++) {
+      const atp_val_t *ue = &ues->u.items[i];
+      int ix = error_index(ue);
+      entry_t *e =
+          ix >= 0 && (uint32_t)ix < p->quantity_count ? p->quantities[ix].entry : NULL;
+      if (str_is(atp_val_get(ue, "code"), "CHANGE_FROM_QUANTITY_STALE")) {
+        stale++;
+        if (e)
+          e->need_read = true;
+        else /* which one is not said: read them all again */
+          for (uint32_t j = 0; j < p->quantity_count; j++)
+            if (p->quantities[j].entry) p->quantities[j].entry->need_read = true;
+        continue;
+      }
+      const atp_val_t *code = atp_val_get(ue, "code");
+      if (str_is(code, "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED") ||
+          str_is(code, "IDEMPOTENCY_KEY_PARAMETER_MISMATCH")) {
+        /* The key was used before for a call that failed (or, impossibly,
+         * another input): Shopify's figures are read again and the next
+         * call gets another key. */
+        p->key_salt++;
+        for (uint32_t j = 0; j < p->quantity_count; j++)
+          if (p->quantities[j].entry) p->quantities[j].entry->need_read = true;
+        continue;
+      }
+      const atp_val_t *msg = atp_val_get(ue, "message");
+      set_error(p, true, "inventorySetQuantities: %.200s",
+                msg && msg->type == ATP_VAL_STR ? msg->u.s : "a user error");
+      if (e) {
+        e->in_call = false;
+        e->again_seq = 0;
+        p->quantities[ix].entry = NULL;
+        entry_settle(p, e); /* dropped: a later change tries again */
+      }
+    }
+    pthread_mutex_lock(&p->stats_lock);
+    p->stats.stale_retries += stale;
+    pthread_mutex_unlock(&p->stats_lock);
+    release_entries(p, false);
+    return;
+  }
+  for (uint32_t i = 0; i < p->quantity_count; i++) {
+    const quantity_t *q = &p->quantities[i];
+    int rc = atp_shopify_level_set(p->shopify, q->item, q->location, q->quantity);
+    if (rc != 0) set_error(p, true, "recording a pushed level: %s", atp_strerror(rc));
+    if (q->entry) q->entry->no_level = false;
+  }
+  p->key_salt = 0;
+  pthread_mutex_lock(&p->stats_lock);
+  p->stats.positions_pushed += p->quantity_count;
+  pthread_mutex_unlock(&p->stats_lock);
+  release_entries(p, true);
+  p->backoff_ms = 0;
+}
+
+static void on_reread_answer(atp_shopify_push_t *p, const atp_val_t *root) {
+  const atp_val_t *data = atp_val_get(root, "data");
+  for (uint32_t i = 0; i < p->reread_count; i++) {
+    entry_t *e = p->reread[i];
+    e->in_call = false;
+    char alias[16];
+    int n = snprintf(alias, sizeof alias, "r%u", i);
+    const atp_val_t *node = atp_val_getn(data, alias, (size_t)n);
+    const atp_val_t *level = atp_val_get(node, "inventoryLevel");
+    const atp_val_t *qs = atp_val_get(level, "quantities");
+    bool got = false;
+    if (node && node->type == ATP_VAL_OBJECT &&
+        (!level || level->type == ATP_VAL_NULL)) {
+      /* The item is not stocked there yet: the push sets it with
+       * changeFromQuantity null, which Shopify documents as skipping the
+       * comparison. */
+      e->need_read = false;
+      e->no_level = true;
+      continue;
+    }
+    for (uint32_t j = 0; qs && qs->type == ATP_VAL_ARRAY && j < qs->len; j++) {
+      const atp_val_t *q = &qs->u.items[j];
+      const atp_val_t *v = atp_val_get(q, "quantity");
+      if (!str_is(atp_val_get(q, "name"), "available") || !v || v->type != ATP_VAL_INT)
+        continue;
+      int rc = atp_shopify_level_set(p->shopify, e->item, e->location, v->u.i);
+      if (rc == 0) {
+        e->need_read = false;
+        got = true;
+      }
+    }
+    if (!got) {
+      /* An item Shopify does not know: nothing can be set. Dropped and
+       * named; a later change tries again. */
+      set_error(p, true, "Shopify does not know inventory item %" PRIu64 "; not pushed",
+                e->item);
+      e->again_seq = 0;
+      entry_settle(p, e);
+    }
+  }
+  p->backoff_ms = 0;
+}
+
+static void on_answer(void *ctx, const atp_http_response_t *res) {
+  atp_shopify_push_t *p = ctx;
+  call_kind_t kind = p->call;
+  p->call = CALL_NONE;
+  bool saved = p->call_saved;
+  p->call_saved = false;
+  if (atomic_load_explicit(&p->stopping, memory_order_relaxed)) {
+    /* Cancelled by the stop: the call stays journaled, sent again at start. */
+    if (kind == CALL_PUSH) release_entries(p, false);
+    return;
+  }
+  atp_arena_reset(&p->arena);
+  atp_val_t *root = NULL;
+  atp_parse_error_t perr;
+  bool parsed =
+      res->status && atp_codec_parse(ATP_FORMAT_JSON, res->body, res->body_bytes,
+                                     &p->arena, &root, &perr) == 0;
+  if (parsed && root->type != ATP_VAL_OBJECT) parsed = false;
+  if (parsed)
+    read_cost(p, root, kind, kind == CALL_PUSH ? p->quantity_count : p->reread_count);
+  const atp_val_t *errors = parsed ? atp_val_get(root, "errors") : NULL;
+  bool is_throttle = res->status == 429;
+  for (uint32_t i = 0; errors && errors->type == ATP_VAL_ARRAY && i < errors->len; i++)
+    if (str_is(atp_val_get(atp_val_get(&errors->u.items[i], "extensions"), "code"),
+               "THROTTLED"))
+      is_throttle = true;
+
+  bool done = false; /* the call's answer was handled for good */
+  if (is_throttle) {
+    throttled(p);
+  } else if (res->status == 0) {
+    set_error(p, true, "Shopify: %s", res->error);
+    back_off(p);
+  } else if (res->status != 200 || !parsed) {
+    set_error(p, true, "Shopify answered HTTP %d%s", res->status,
+              parsed || res->status != 200 ? "" : " with a body that is not JSON");
+    back_off(p);
+  } else if (errors && errors->type == ATP_VAL_ARRAY && errors->len) {
+    const atp_val_t *msg = atp_val_get(&errors->u.items[0], "message");
+    set_error(p, true, "Shopify: %.200s",
+              msg && msg->type == ATP_VAL_STR ? msg->u.s : "a GraphQL error");
+    back_off(p);
+  } else {
+    done = true;
+  }
+  if (kind == CALL_REREAD) {
+    if (done)
+      on_reread_answer(p, root);
+    else
+      for (uint32_t i = 0; i < p->reread_count; i++) p->reread[i]->in_call = false;
+  } else if (done) {
+    on_push_answer(p, root);
+  } else {
+    release_entries(p, false);
+  }
+  /* A call is settled once any answer was handled: a live push rebuilds
+   * what failed from its entries (the same input is the same key), so only a
+   * call cut by a crash or a stop is left for the next start. A saved call
+   * is sent again until it gets an answer (or SAVED_ATTEMPTS_MAX tries),
+   * before any other call, so no later call of atpd's can overtake it. */
+  if (kind == CALL_PUSH && saved && !done &&
+      ++p->saved[0].attempts < SAVED_ATTEMPTS_MAX)
+    saved = false; /* kept: sent again after the backoff */
+  else if (kind == CALL_PUSH)
+    journal_settled(p, p->call_key);
+  if (kind == CALL_PUSH && saved) saved_drop_first(p);
+  write_cursor(p, false);
+  pump(p);
+}
+
+/* --- the thread --------------------------------------------------------------- */
+
+static void on_tick(uv_timer_t *t) {
+  atp_shopify_push_t *p = t->data;
+  read_feed(p);
+  pump(p);
+  write_cursor(p, false);
+  pthread_mutex_lock(&p->stats_lock);
+  p->stats.pending = p->entries;
+  p->stats.lag_ms = p->head ? atp_wall_ms() - p->head->first_at_ms : 0;
+  if (p->stats.lag_ms < 0) p->stats.lag_ms = 0;
+  pthread_mutex_unlock(&p->stats_lock);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  atp_shopify_push_t *p = h->data;
+  p->handles_open--;
+}
+static void on_http_closed(void *ctx) {
+  atp_shopify_push_t *p = ctx;
+  p->http = NULL;
+}
+
+static void on_stop(uv_async_t *a) {
+  atp_shopify_push_t *p = a->data;
+  write_cursor(p, true);
+  if (p->http) atp_http_client_close(p->http, on_http_closed, p);
+  uv_close((uv_handle_t *)&p->tick, on_handle_closed);
+  uv_close((uv_handle_t *)&p->stop, on_handle_closed);
+}
+
+static void *push_main(void *arg) {
+  atp_shopify_push_t *p = arg;
+  uv_run(&p->loop, UV_RUN_DEFAULT);
+  return NULL;
+}
+
+/* --- durable section ------------------------------------------------------------ */
+
+static int replay(void *ctx, uint16_t kind, const void *payload, uint32_t bytes) {
+  atp_shopify_push_t *p = ctx;
+  atp_payload_reader_t rd;
+  atp_payload_reader_init(&rd, payload, bytes);
+  if (kind == KIND_CURSOR) {
+    uint64_t cursor = atp_payload_get_u64(&rd);
+    if (!atp_payload_ok(&rd)) return ATP_EINTERNAL;
+    p->read_cursor = p->written_cursor = cursor;
+    p->has_cursor = true;
+    atomic_store_explicit(&p->durable_cursor, cursor, memory_order_relaxed);
+    return 0;
+  }
+  const char *key;
+  uint32_t key_len;
+  atp_payload_get_str(&rd, &key, &key_len);
+  if (!atp_payload_ok(&rd) || key_len != KEY_BYTES) return ATP_EINTERNAL;
+  uint32_t i = 0;
+  while (i < p->saved_count && memcmp(p->saved[i].key, key, KEY_BYTES) != 0) i++;
+  if (kind == KIND_SETTLED || kind == KIND_CALL) {
+    if (i < p->saved_count) { /* settled, or journaled again: forget the old one */
+      atp_free(p->saved[i].quantities);
+      memmove(&p->saved[i], &p->saved[i + 1],
+              (p->saved_count - i - 1) * sizeof *p->saved);
+      p->saved_count--;
+    }
+    if (kind == KIND_SETTLED) return 0;
+  } else {
+    return 0; /* 59: reserved; a later release's record is skipped */
+  }
+  uint64_t reference = atp_payload_get_u64(&rd);
+  uint32_t count = atp_payload_get_u32(&rd);
+  if (!atp_payload_ok(&rd) || count == 0 || count > ATP_SHOPIFY_PUSH_BATCH_MAX)
+    return ATP_EINTERNAL;
+  quantity_t *q = atp_calloc(count, sizeof *q);
+  if (!q) return ATP_ENOMEM;
+  for (uint32_t j = 0; j < count; j++) {
+    q[j].item = atp_payload_get_u64(&rd);
+    q[j].location = atp_payload_get_u64(&rd);
+    q[j].quantity = atp_payload_get_i64(&rd);
+    q[j].from = atp_payload_get_i64(&rd);
+    q[j].from_null = atp_payload_get_u8(&rd) != 0;
+  }
+  if (!atp_payload_ok(&rd)) {
+    atp_free(q);
+    return ATP_EINTERNAL;
+  }
+  if (p->saved_count == ATP_SHOPIFY_PUSH_SAVED_CALLS_MAX) { /* the oldest goes */
+    atp_free(p->saved[0].quantities);
+    memmove(&p->saved[0], &p->saved[1], (p->saved_count - 1) * sizeof *p->saved);
+    p->saved_count--;
+  }
+  saved_call_t *s = &p->saved[p->saved_count++];
+  memcpy(s->key, key, KEY_BYTES);
+  s->key[KEY_BYTES] = 0;
+  s->reference = reference;
+  s->count = count;
+  s->quantities = q;
+  return 0;
+}
+
+/* The snapshot's copy: the durable cursor. Calls in flight are not copied:
+ * the feed after the cursor covers their positions. */
+static int export_state(void *ctx, atp_durable_emit_fn emit, void *emit_ctx) {
+  atp_shopify_push_t *p = ctx;
+  uint64_t cursor = atomic_load_explicit(&p->durable_cursor, memory_order_relaxed);
+  if (!cursor) return 0;
+  unsigned char buf[8];
+  atp_buf_t b = {.data = (char *)buf, .cap = sizeof buf};
+  atp_payload_u64(&b, cursor);
+  return emit(emit_ctx, KIND_CURSOR, buf, (uint32_t)b.len);
+}
+
+/* --- public ------------------------------------------------------------------- */
+
+int atp_shopify_push_create(atp_shopify_t *shopify, atp_durable_t *d,
+                            atp_shopify_push_t **out) {
+  ATP_ASSERT(shopify && d && out);
+  *out = NULL;
+  atp_shopify_push_t *p = atp_calloc(1, sizeof *p);
+  if (!p) return ATP_ENOMEM;
+  p->shopify = shopify;
+  p->config = atp_shopify_config(shopify);
+  p->durable = d;
+  p->bucket_count = BUCKETS_MIN;
+  p->buckets = atp_calloc(p->bucket_count, sizeof *p->buckets);
+  if (!p->buckets) {
+    atp_free(p);
+    return ATP_ENOMEM;
+  }
+  atomic_init(&p->stopping, false);
+  atomic_init(&p->durable_cursor, 0);
+  pthread_mutex_init(&p->stats_lock, NULL);
+  p->cost_mutation = COST_MUTATION_DEFAULT;
+  p->cost_reread = COST_REREAD_DEFAULT;
+  p->cost_reread_units = 1;
+  atp_buf_init(&p->body, 16u << 20);
+  atp_arena_init(&p->arena, 64u << 10, 16u << 20);
+  atp_durable_section_t section = {.name = "shopify_push",
+                                   .kind_first = ATP_SHOPIFY_PUSH_KIND_FIRST,
+                                   .kind_last = ATP_SHOPIFY_PUSH_KIND_LAST,
+                                   .replay = replay,
+                                   .export_state = export_state,
+                                   .ctx = p};
+  int rc = atp_durable_register(d, &section);
+  if (rc != 0) {
+    atp_free(p->buckets);
+    atp_free(p);
+    return rc;
+  }
+  *out = p;
+  return 0;
+}
+
+int atp_shopify_push_start(atp_shopify_push_t *p, atp_feed_t *feed,
+                           atp_engine_t *engine) {
+  ATP_ASSERT(p && feed && engine && !p->started);
+  p->feed = feed;
+  p->engine = engine;
+  const atp_shopify_config_t *c = p->config;
+  snprintf(p->url, sizeof p->url, "%s", c->admin_url);
+  snprintf(p->auth_header, sizeof p->auth_header, "X-Shopify-Access-Token: %s",
+           c->access_token ? c->access_token : "");
+  p->rng = (uint64_t)atp_wall_ms() * 0x9e3779b97f4a7c15ull | 1;
+  p->share_at_ms = atp_mono_ms();
+  p->share_tokens = c->points_per_second;
+  p->stats.enabled = true;
+  p->stats.cursor = p->written_cursor;
+  if (uv_loop_init(&p->loop) != 0) return ATP_EUNAVAILABLE;
+  int rc = atp_http_client_create(&p->loop, NULL, &p->http);
+  if (rc != 0) {
+    uv_loop_close(&p->loop);
+    return rc;
+  }
+  uv_timer_init(&p->loop, &p->tick);
+  p->tick.data = p;
+  uv_async_init(&p->loop, &p->stop, on_stop);
+  p->stop.data = p;
+  p->handles_open = 2;
+  uv_timer_start(&p->tick, on_tick, 0, TICK_MS);
+  if (pthread_create(&p->thread, NULL, push_main, p) != 0) {
+    /* Nothing ran on the loop: close its handles here and run it empty. */
+    atomic_store_explicit(&p->stopping, true, memory_order_relaxed);
+    on_stop(&p->stop);
+    uv_run(&p->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&p->loop);
+    return ATP_EUNAVAILABLE;
+  }
+  p->started = true;
+  return 0;
+}
+
+void atp_shopify_push_destroy(atp_shopify_push_t *p) {
+  if (!p) return;
+  if (p->started) {
+    atomic_store_explicit(&p->stopping, true, memory_order_relaxed);
+    uv_async_send(&p->stop);
+    pthread_join(p->thread, NULL);
+    ATP_ASSERT(p->handles_open == 0 && !p->http);
+    uv_loop_close(&p->loop);
+  }
+  for (uint32_t i = 0; i < p->bucket_count; i++) {
+    entry_t *e = p->buckets[i];
+    while (e) {
+      entry_t *next = e->hash_next;
+      atp_free(e);
+      e = next;
+    }
+  }
+  for (uint32_t i = 0; i < p->saved_count; i++) atp_free(p->saved[i].quantities);
+  atp_free(p->buckets);
+  atp_buf_free(&p->body);
+  atp_arena_destroy(&p->arena);
+  pthread_mutex_destroy(&p->stats_lock);
+  atp_free(p);
+}
+
+void atp_shopify_push_stats(void *ctx, atp_shopify_push_stats_t *out) {
+  atp_shopify_push_t *p = ctx;
+  memset(out, 0, sizeof *out);
+  if (!p) return;
+  pthread_mutex_lock(&p->stats_lock);
+  *out = p->stats;
+  pthread_mutex_unlock(&p->stats_lock);
+  out->cursor = atomic_load_explicit(&p->durable_cursor, memory_order_relaxed);
+}

@@ -1,0 +1,359 @@
+"""Section 11, "Availability out": the push of mapped positions' `available` to
+Shopify by inventorySetQuantities, against the real bin/atpd and the fake
+Shopify (tests/fake_shopify/server.js, which validates every document against
+the Admin schema, enforces changeFromQuantity, idempotency keys and the cost
+bucket, and injects throttles, 5xx and downtime).
+
+Each test starts its own atpd (some kill and restart it) on a fake that is
+reset first; items and locations get fresh Shopify ids per test."""
+import json
+import os
+import random
+import re
+import time
+
+import pytest
+
+from harness import Server, uid
+from shopify_fake import fake_shopify  # noqa: F401 - the module's fixture
+
+TOKEN = "shpat_test"
+SERVER_ARGS = []
+# The tests that take `binary` run a second time against bin/atpd-asan.
+ASAN = True
+# The Shopify routes are checked against proto/openapi.yaml once it has them
+# (the state half documents them).
+with open(os.path.join(os.path.dirname(__file__), "..", "..", "proto", "openapi.yaml")) as _f:
+    VALIDATE = "/v1/shopify/status" in _f.read()
+
+
+def shop_id():
+    return random.randint(2 ** 53 + 1, 2 ** 62)
+
+
+def start_atpd(fake, tmp_path, pps=1000, binary=None, extra=()):
+    cfg = tmp_path / "shopify.json"
+    cfg.write_text(json.dumps({
+        "shop": "atpd-test.myshopify.com", "api_version": "2026-10",
+        "admin_url": fake.admin_url, "webhook_secrets": ["s1"],
+        "push": {"enabled": True, "points_per_second": pps}}))
+    args = ["--durability", "batch", "--shopify", str(cfg)] + list(extra)
+    return Server(binary=binary, args=args, env={"ATPD_SHOPIFY_TOKEN": TOKEN})
+
+
+def stop(srv):
+    problem = srv.stop()
+    assert problem is None, problem
+
+
+def mapping(c, items, locations):
+    """items: [(sku, item_id)], locations: [(location, shopify_location_id)]."""
+    r = c.put("/v1/shopify/mappings", {
+        "items": [{"sku": s, "variant_id": shop_id(), "inventory_item_id": i} for s, i in items],
+        "locations": [{"location": l, "shopify_location_id": g} for l, g in locations]})
+    assert r.status == 200, r
+
+
+def batch_adjust(c, changes, chunk=5000):
+    """changes: [(sku, location, delta)], applied in order."""
+    for i in range(0, len(changes), chunk):
+        ops = [dict(op="adjust", flow="erp", id=uid("adj"), sku=s, location=l, delta=d,
+                    reason="received") for s, l, d in changes[i:i + chunk]]
+        body = "\n".join(json.dumps(o) for o in ops).encode()
+        r = c.post("/v1/batch", raw=body, content_type="application/x-ndjson")
+        assert r.status == 200 and r.data["applied"] == len(ops), r
+
+
+def wait_for(pred, timeout=20.0, what="condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
+
+
+def push_status(c):
+    r = c.get("/v1/shopify/status")
+    assert r.status == 200, r
+    return r.data["push"]
+
+
+def pushes(fake, since=0):
+    return [e for e in fake.log(since) if e.get("operation") == "AtpdPush"]
+
+
+def quantities(entry):
+    return entry["variables"]["input"]["quantities"]
+
+
+def gid_num(g):
+    return int(g.rsplit("/", 1)[-1])
+
+
+def wait_levels(fake, want, timeout=20.0):
+    """want: {(item, loc): qty}."""
+    def ok():
+        have = fake.levels()
+        return all(have.get(k) == v for k, v in want.items())
+    try:
+        wait_for(ok, timeout, "Shopify's levels")
+    except AssertionError:
+        have = fake.levels()
+        bad = {k: (v, have.get(k)) for k, v in want.items() if have.get(k) != v}
+        raise AssertionError("levels (want, have) differ at %d positions, e.g. %r" % (
+            len(bad), list(bad.items())[:5]))
+
+
+@pytest.fixture
+def fake(fake_shopify):  # noqa: F811 - the imported fixture
+    fake_shopify.reset()
+    fake_shopify.faults(throttle=0, status429=0, error5xx=0, slow_ms=0, slow_count=0, down=False)
+    fake_shopify.config(restore_rate=1000, bucket_max=2000)
+    return fake_shopify
+
+
+# --- a change goes out ----------------------------------------------------------------
+
+def test_change_pushed_with_change_from_and_reference(fake, tmp_path, binary):
+    item, loc = shop_id(), shop_id()
+    sku = uid("sku")
+    fake.set_levels([(item, loc, 7)])  # Shopify holds 7 before atpd knows anything
+    srv = start_atpd(fake, tmp_path, binary=binary)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item)], [("L1", loc)])
+        c.adjust(sku, "L1", 10)
+        wait_levels(fake, {(item, loc): 10})
+        log = fake.log()
+        reads = [e for e in log if e.get("operation") == "AtpdLevels"]
+        assert reads, "Shopify's figure must be read before the first push: %r" % log
+        [p] = pushes(fake)
+        assert p["outcome"] == "ok", p
+        [q] = quantities(p)
+        assert (gid_num(q["inventoryItemId"]), gid_num(q["locationId"])) == (item, loc), q
+        assert q["quantity"] == 10 and q["changeFromQuantity"] == 7, q
+        inp = p["variables"]["input"]
+        assert inp["name"] == "available" and inp["reason"] == "correction", inp
+        assert re.fullmatch(r"gid://atpd/Change/\d{20}", inp["referenceDocumentUri"]), inp
+        assert re.fullmatch(r"atpd-[0-9a-f]{32}", p["idempotency_key"]), p
+        # The next change goes from what atpd pushed, without a read.
+        n = len(log)
+        c.adjust(sku, "L1", 5)
+        wait_levels(fake, {(item, loc): 15})
+        later = fake.log(n)
+        assert not [e for e in later if e.get("operation") == "AtpdLevels"], later
+        [p2] = pushes(fake, n)
+        assert quantities(p2)[0]["changeFromQuantity"] == 10, p2
+        assert p2["variables"]["input"]["referenceDocumentUri"] > inp["referenceDocumentUri"]
+        st = wait_for(lambda: (lambda s: s if s["pending"] == 0 else None)(push_status(c)))
+        assert st["calls"] >= 3 and st["positions_pushed"] == 2, st
+        assert st["points_spent"] > 0 and st["restore_rate"] == 1000, st
+        assert st["cursor"] and st["lag_ms"] == 0, st
+        # An unmapped position is not Shopify's: nothing goes out.
+        n = len(fake.log())
+        c.adjust(uid("unmapped"), "L1", 3)
+        time.sleep(0.5)
+        assert not pushes(fake, n)
+    finally:
+        stop(srv)
+
+
+def test_many_changes_of_one_position_coalesce(fake, tmp_path):
+    item, loc = shop_id(), shop_id()
+    sku = uid("sku")
+    fake.set_levels([(item, loc, 0)])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item)], [("L1", loc)])
+        batch_adjust(c, [(sku, "L1", 1)] * 500)
+        wait_levels(fake, {(item, loc): 500})
+        time.sleep(0.3)
+        calls = pushes(fake)
+        assert len(calls) <= 10, "500 changes of one position took %d calls" % len(calls)
+        assert calls[-1]["variables"]["input"]["quantities"][0]["quantity"] == 500
+        assert all(e["outcome"] == "ok" for e in calls), calls
+    finally:
+        stop(srv)
+
+
+def test_at_most_250_quantities_a_call(fake, tmp_path):
+    loc = shop_id()
+    items = [(uid("sku"), shop_id()) for _ in range(600)]
+    fake.set_levels([(i, loc, 0) for _, i in items])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, items, [("L1", loc)])
+        batch_adjust(c, [(s, "L1", 3) for s, _ in items])
+        wait_levels(fake, {(i, loc): 3 for _, i in items})
+        calls = pushes(fake)
+        sizes = [len(quantities(e)) for e in calls]
+        assert max(sizes) == 250 and len(calls) >= 3, sizes
+        assert sum(sizes) == 600, sizes
+        st = push_status(c)
+        assert st["positions_pushed"] == 600, st
+    finally:
+        stop(srv)
+
+
+# --- faults ---------------------------------------------------------------------------
+
+def test_throttles_and_5xx_back_off_and_complete(fake, tmp_path):
+    item, loc = shop_id(), shop_id()
+    sku = uid("sku")
+    fake.set_levels([(item, loc, 1)])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item)], [("L1", loc)])
+        fake.faults(throttle=2, status429=1, error5xx=2)
+        t0 = time.time()
+        c.adjust(sku, "L1", 4)
+        wait_levels(fake, {(item, loc): 4}, timeout=30)
+        st = push_status(c)
+        assert st["throttled"] >= 3, st
+        assert st["errors"] >= 2 and st["last_error"], st
+        # Backing off takes time: five refusals are not retried in a burst.
+        log = fake.log()
+        outcomes = [e["outcome"] for e in log]
+        assert outcomes.count("throttled") == 2 and outcomes.count("status429") == 1, outcomes
+        assert outcomes.count("error5xx") == 2, outcomes
+        gaps = [b["at_ms"] - a["at_ms"] for a, b in zip(log, log[1:])]
+        assert sum(gaps) >= 400, (gaps, time.time() - t0)
+    finally:
+        stop(srv)
+
+
+def test_stale_change_from_is_read_again_and_retried(fake, tmp_path):
+    item, loc = shop_id(), shop_id()
+    sku = uid("sku")
+    fake.set_levels([(item, loc, 2)])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item)], [("L1", loc)])
+        c.adjust(sku, "L1", 5)
+        wait_levels(fake, {(item, loc): 5})
+        # Someone else changes Shopify's figure: atpd's changeFrom is stale.
+        fake.set_levels([(item, loc, 42)])
+        n = len(fake.log())
+        c.adjust(sku, "L1", 1)
+        wait_levels(fake, {(item, loc): 6})
+        later = fake.log(n)
+        outs = [(e.get("operation"), e["outcome"]) for e in later]
+        assert ("AtpdPush", "stale") in outs and ("AtpdLevels", "ok") in outs, outs
+        last = pushes(fake, n)[-1]
+        assert quantities(last)[0]["changeFromQuantity"] == 42, last
+        st = push_status(c)
+        assert st["stale_retries"] == 1, st
+    finally:
+        stop(srv)
+
+
+def test_kill9_during_a_push_no_loss_no_double_apply(fake, tmp_path, binary):
+    loc = shop_id()
+    items = [(uid("sku"), shop_id()) for _ in range(20)]
+    fake.set_levels([(i, loc, 0) for _, i in items])
+    srv = start_atpd(fake, tmp_path, binary=binary)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, items, [("L1", loc)])
+        batch_adjust(c, [(s, "L1", 1) for s, _ in items])  # atpd learns the levels
+        wait_levels(fake, {(i, loc): 1 for _, i in items})
+        wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
+        # The next call hangs in Shopify, which applies it; atpd dies meanwhile.
+        fake.faults(slow_ms=1500, slow_count=1)
+        n = len(fake.log())
+        batch_adjust(c, [(s, "L1", 7) for s, _ in items])
+        time.sleep(0.7)
+        srv.kill()
+        time.sleep(1.3)  # the fake finishes (and applies) the call
+        first = pushes(fake, n)
+        assert len(first) == 1 and first[0]["outcome"] == "ok", first
+        srv.stderr_f.close()
+        srv.start()
+        want = {(i, loc): 8 for _, i in items}
+        wait_levels(fake, want)
+        c = srv.client(validate=VALIDATE)
+        wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
+        after = pushes(fake, n)
+        # Each position was set to 8 by one call that applied: the call sent
+        # again after the restart replays its key (or is refused stale).
+        applied = {}
+        for e in after:
+            if e["outcome"] != "ok":
+                continue
+            for q in quantities(e):
+                k = gid_num(q["inventoryItemId"])
+                applied[k] = applied.get(k, 0) + 1
+        assert all(v == 1 for v in applied.values()), (applied, after)
+        assert all(e["outcome"] in ("ok", "replay", "stale") for e in after), after
+        replays = [e for e in after if e["outcome"] == "replay"]
+        assert replays and replays[0]["idempotency_key"] == first[0]["idempotency_key"], after
+        assert fake.state()["idempotent_replays"] >= 1
+    finally:
+        stop(srv)
+
+
+def test_shopify_down_then_back_sends_newest_values_only(fake, tmp_path):
+    loc = shop_id()
+    items = [(uid("sku"), shop_id()) for _ in range(20)]
+    fake.set_levels([(i, loc, 0) for _, i in items])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, items, [("L1", loc)])
+        c.adjust(items[0][0], "L1", 1)  # the levels are read: atpd knows them
+        wait_levels(fake, {(items[0][1], loc): 1})
+        fake.faults(down=True)
+        n = len(fake.log())
+        for r in range(30):
+            batch_adjust(c, [(s, "L1", 1) for s, _ in items])
+        st = wait_for(lambda: (lambda s: s if s["errors"] >= 2 else None)(push_status(c)),
+                      timeout=20, what="errors while down")
+        assert st["pending"] == 20 and st["lag_ms"] > 0, st
+        fake.faults(down=False)
+        want = {(i, loc): 30 for _, i in items}
+        want[(items[0][1], loc)] = 31
+        wait_levels(fake, want, timeout=30)
+        time.sleep(0.3)
+        sent = [e for e in pushes(fake, n) if e["outcome"] == "ok"]
+        assert len(sent) == 1, "the backlog went out, not the newest values: %r" % sent
+        assert sorted(q["quantity"] for q in quantities(sent[0])) == sorted(want.values())
+    finally:
+        stop(srv)
+
+
+# --- a burst at Shopify Plus's restore rate --------------------------------------------------
+
+def test_burst_of_100000_changes_at_1000_points_per_second(fake, tmp_path):
+    locs = [("L%d" % k, shop_id()) for k in range(10)]
+    items = [(uid("sku"), shop_id()) for _ in range(200)]
+    fake.set_levels([(i, g, 0) for _, i in items for _, g in locs])
+    srv = start_atpd(fake, tmp_path, extra=["--access-log", "off"])
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, items, locs)
+        rng = random.Random(14)
+        want = {}
+        changes = []
+        positions = [(s, i, l, g) for s, i in items for l, g in locs]
+        for _ in range(100000):
+            s, i, l, g = positions[rng.randrange(len(positions))]
+            changes.append((s, l, 1))
+            want[(i, g)] = want.get((i, g), 0) + 1
+        t0 = time.time()
+        batch_adjust(c, changes, chunk=10000)
+        wait_levels(fake, want, timeout=60)
+        took = time.time() - t0
+        st = fake.state()
+        assert st["throttled"] <= 3, st
+        st = wait_for(lambda: (lambda s: s if s["pending"] == 0 else None)(push_status(c)))
+        assert st["positions_pushed"] >= len(want), st
+        assert took < 60, took
+    finally:
+        stop(srv)
