@@ -4,10 +4,12 @@ dedupe, watermarks, dead letters with owners, pause), status, and durability."""
 import json
 import os
 import tempfile
+import time
 import uuid
 
 import shopify_webhooks as wh
 from harness import Server, expect_error, now_ms, uid
+from shopify_fake import fake_shopify  # noqa: F401 - the fixture
 
 SHOP = "atpd-test.myshopify.com"
 SECRET, PREVIOUS = "whsec-current", "whsec-previous"
@@ -27,6 +29,7 @@ with open(OWNERSHIP, "w") as f:
         "shopify_mappings": {"writers": ["shopify", "pim"], "owner": "catalog-team"},
     }}, f)
 SERVER_ARGS = ["--shopify", CONFIG, "--ownership", OWNERSHIP]
+ASAN = True
 
 BIG = 2 ** 53  # Shopify ids exceed it: a double would round them
 # Only delivery() is used: it builds the signed body and Shopify's headers.
@@ -552,3 +555,44 @@ def test_a_bad_config_file_stops_the_start_naming_the_field(tmp_path):
                          capture_output=True, text=True, timeout=10, env=env)
     assert out.returncode != 0 and "points_per_second" in out.stderr, out
     assert "shpat_secret_token_value" not in out.stderr + out.stdout
+
+
+def test_inventory_level_echoing_atpds_own_push_is_ignored(fake_shopify, tmp_path):
+    """With the push on (against the fake Shopify), the level atpd pushed comes back
+    as inventory_levels/update: equal is an echo (ignored), anything else a
+    disagreement for on_hand's owner."""
+    fake_shopify.reset()
+    cfg = tmp_path / "shopify.json"
+    cfg.write_text(json.dumps({
+        "shop": SHOP, "admin_url": fake_shopify.admin_url, "webhook_secrets": [SECRET],
+        "push": {"enabled": True, "points_per_second": 1000}}))
+    srv = Server(args=["--shopify", str(cfg), "--ownership", OWNERSHIP],
+                 env={"ATPD_SHOPIFY_TOKEN": fake_shopify.token})
+    try:
+        c = srv.client()
+        sku, loc, item, shop_loc = uid("sku"), uid("L"), shopify_id(), shopify_id()
+        fake_shopify.set_levels([(item, shop_loc, 0)])  # the item exists in Shopify
+        assert c.put("/v1/shopify/mappings", dict(
+            items=[dict(sku=sku, variant_id=shopify_id(), inventory_item_id=item)],
+            locations=[dict(location=loc, shopify_location_id=shop_loc)])).status == 200
+        c.adjust(sku, loc, 7, source="erp")
+        deadline = time.time() + 20
+        while fake_shopify.level(item, shop_loc) != 7 and time.time() < deadline:
+            time.sleep(0.05)
+        assert fake_shopify.level(item, shop_loc) == 7, fake_shopify.state()
+        # the push records what Shopify now holds before the echo can arrive
+        while time.time() < deadline:
+            m = c.get("/v1/shopify/mappings", params=dict(sku=sku, location=loc)).data
+            if m["items"][0].get("shopify_available") == 7:
+                break
+            time.sleep(0.05)
+        r = send(c, "inventory_levels/update", inventory_level(item, shop_loc, 7))
+        assert r.status == 200 and r.data == dict(outcome="ignored", effects=[]), r
+        r = send(c, "inventory_levels/update", inventory_level(item, shop_loc, 6))
+        assert r.data["outcome"] == "dead_letter", r
+        assert r.data["effects"][0]["owner"] == "inventory-control", r
+        assert "last pushed 7" in r.data["effects"][0]["error"]["message"], r
+        assert c.pos(sku, loc)["on_hand"] == 7
+    finally:
+        problem = srv.stop()
+    assert problem is None, problem
