@@ -312,6 +312,36 @@ def test_cancelled_pickup_releases_the_hold(env):
     env.assert_fake_refused_nothing()
 
 
+def test_a_cancellation_that_overtakes_its_order(env):
+    """Shopify delivers in no guaranteed order: the cancellation of an order can
+    arrive before the order itself. The hold is released; the order arriving
+    late is older than what was applied for it and is ignored, so the released
+    hold is not committed again."""
+    (sku, variant, item), = env.items(1)
+    env.c.adjust(sku, "store-2", 6, source="erp")
+    rid = uid("res")
+    r = env.c.reserve([{"sku": sku, "location": "store-2", "qty": 2}], rid=rid, channel="checkout")
+    assert r.status == 201, r
+    t = now_ms()
+    o = wh.order([(variant, sku, 2)], reservation_id=rid, created_ms=t - 600000)
+    create = env.sender.delivery("orders/create", o, triggered_at=wh.rfc3339_ns(t - 600000))
+    cancel = env.sender.delivery("orders/cancelled",
+                                 wh.cancelled(o, "inventory", cancelled_ms=t - 300000),
+                                 triggered_at=wh.rfc3339_ns(t - 300000))
+    (s1, b1), (s2, b2) = env.sender.send_all([create, cancel], order="reversed")
+    assert s1 == 200 and b1["outcome"] == "applied", b1
+    assert s2 == 200 and b2["outcome"] == "ignored", b2
+    res = reservation(env, rid)
+    assert res["status"] == "released", res
+    expect_pos(env, sku, "store-2", on_hand=6)
+    env.wait_shop(item, "store-2", 6)
+    # Shopify retries the late order (its first delivery timed out): still ignored.
+    status, body = env.sender.post(create)
+    assert status == 200 and body["outcome"] in ("ignored", "replayed"), body
+    assert reservation(env, rid)["status"] == "released"
+    env.assert_fake_refused_nothing()
+
+
 def test_the_same_webhook_three_times(env):
     (sku, variant, item), = env.items(1)
     env.c.adjust(sku, "store-2", 9, source="erp")
