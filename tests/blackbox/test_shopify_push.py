@@ -152,6 +152,11 @@ def test_change_pushed_with_change_from_and_reference(fake, tmp_path, binary):
         assert st["calls"] >= 3 and st["positions_pushed"] == 2, st
         assert st["points_spent"] > 0 and st["restore_rate"] == 1000, st
         assert st["cursor"] and st["lag_ms"] == 0, st
+        # The same figures in /metrics.
+        m = c.get("/metrics").body.decode()
+        for name, v in (("calls_total", st["calls"]), ("positions_pushed_total", 2),
+                        ("pending", 0), ("stale_retries_total", 0)):
+            assert re.search(r"^atpd_shopify_push_%s %d$" % (name, v), m, re.M), (name, m[-3000:])
         # An unmapped position is not Shopify's: nothing goes out.
         n = len(fake.log())
         c.adjust(uid("unmapped"), "L1", 3)
