@@ -1,15 +1,15 @@
 """CONTRACT.md section 11, the state half of the Shopify connector: mappings, signed
 webhooks in as ops of the flow `shopify` (each topic's effect on the engine's state,
 dedupe, watermarks, dead letters with owners, pause), status, and durability."""
-import base64
-import hashlib
-import hmac
 import json
 import os
 import tempfile
+import time
 import uuid
 
-from harness import Server, expect_error, now_ms, rfc3339, uid
+import shopify_webhooks as wh
+from harness import Server, expect_error, now_ms, uid
+from shopify_fake import fake_shopify  # noqa: F401 - the fixture
 
 SHOP = "atpd-test.myshopify.com"
 SECRET, PREVIOUS = "whsec-current", "whsec-previous"
@@ -29,90 +29,57 @@ with open(OWNERSHIP, "w") as f:
         "shopify_mappings": {"writers": ["shopify", "pim"], "owner": "catalog-team"},
     }}, f)
 SERVER_ARGS = ["--shopify", CONFIG, "--ownership", OWNERSHIP]
+ASAN = True
 
 BIG = 2 ** 53  # Shopify ids exceed it: a double would round them
+# Only delivery() is used: it builds the signed body and Shopify's headers.
+SENDER = wh.Sender("http://127.0.0.1:1", SECRET, shop=SHOP)
 
 
-# --- a webhook sender (the agreed API of tests/blackbox/shopify_webhooks.py) ---------
+# --- webhooks: the fake helper's builders and signer (tests/blackbox/shopify_webhooks.py),
+# sent through harness.Client so that every answer is checked against proto/openapi.yaml.
 
-_next = [BIG + 1000]
-
-
-def shopify_id():
-    """Unique ids above 2^53, odd so that a double could not hold them."""
-    _next[0] += 2 + (int(uuid.uuid4().int % 1000) * 2)
-    return _next[0] | 1
-
-
-def gid(kind, n):
-    return "gid://shopify/%s/%d" % (kind, n)
-
-
-def sign(body, secret):
-    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+shopify_id, gid, sign = wh.shopify_id, wh.gid, wh.sign
 
 
 def send(c, topic, payload, webhook_id=None, secret=SECRET, shop=SHOP, raw=None,
-         signature=None, triggered_at=None):
-    body = raw if raw is not None else json.dumps(payload).encode()
-    hdrs = ["X-Shopify-Topic: " + topic, "X-Shopify-Shop-Domain: " + shop,
-            "X-Shopify-Webhook-Id: " + (webhook_id or str(uuid.uuid4())),
-            "X-Shopify-Event-Id: " + str(uuid.uuid4()),
-            "X-Shopify-Triggered-At: " + (triggered_at or rfc3339(now_ms())),
-            "X-Shopify-API-Version: 2026-10"]
-    sig = signature if signature is not None else sign(body, secret)
-    if sig:
-        hdrs.append("X-Shopify-Hmac-Sha256: " + sig)
-    return c.request("POST", "/v1/shopify/webhooks", raw=body, fmt="json", headers=hdrs)
+         signature=None):
+    d = SENDER.delivery(topic, payload, webhook_id=webhook_id, secret=secret, raw=raw,
+                        shop=shop, hmac_header=signature)
+    hdrs = ["%s: %s" % (k, v) for k, v in d.headers.items() if k != "Content-Type"]
+    return c.request("POST", "/v1/shopify/webhooks", raw=d.body, fmt="json", headers=hdrs)
+
+
+def lines_of(lines):
+    return [(v, "shopify-sku", q) for v, q in lines]
 
 
 def order(lines, hold=None, location_id=None, at=None):
-    oid = shopify_id()
+    """An online order (its hold in the note attribute) or a POS sale at location_id
+    made at `at` (processed_at; updated_at is the same)."""
     at = at or now_ms() - 1000
-    return {"id": oid, "admin_graphql_api_id": gid("Order", oid), "name": "#%d" % (oid % 10000),
-            "created_at": rfc3339(at), "processed_at": rfc3339(at), "updated_at": rfc3339(at),
-            "location_id": location_id, "source_name": "pos" if location_id else "web",
-            "note_attributes": [{"name": "_atp_reservation", "value": hold}] if hold else [],
-            "cancel_reason": None,
-            "line_items": [{"id": shopify_id(), "variant_id": v, "sku": "ignored", "quantity": q,
-                            "fulfillable_quantity": q} for v, q in lines]}
+    if location_id:
+        o = wh.pos_order(lines_of(lines), location_id, processed_ms=at, created_ms=at)
+    else:
+        o = wh.order(lines_of(lines), reservation_id=hold, created_ms=at)
+    return o
 
 
 def cancelled(o, reason="customer", at=None):
-    c = dict(o)
-    at = at or now_ms()
-    c.update(cancelled_at=rfc3339(at), cancel_reason=reason, updated_at=rfc3339(at))
-    return c
+    return wh.cancelled(o, reason, cancelled_ms=at)
 
 
-def fulfillment(o, location_id, lines=None):
-    fid = shopify_id()
-    at = rfc3339(now_ms())
-    items = o["line_items"] if lines is None else lines
-    return {"id": fid, "admin_graphql_api_id": gid("Fulfillment", fid), "order_id": o["id"],
-            "location_id": location_id, "status": "success", "created_at": at, "updated_at": at,
-            "line_items": [{"id": li["id"], "variant_id": li["variant_id"], "sku": "x",
-                            "quantity": li["quantity"]} for li in items]}
+def fulfillment(o, location_id):
+    return wh.fulfillment(o, location_id=location_id)
 
 
 def refund(o, lines):
     """lines: [(line_item, quantity, restock_type, location_id)]."""
-    rid = shopify_id()
-    at = rfc3339(now_ms())
-    return {"id": rid, "admin_graphql_api_id": gid("Refund", rid), "order_id": o["id"],
-            "created_at": at, "processed_at": at,
-            "refund_line_items": [{"id": shopify_id(), "line_item_id": li["id"], "quantity": q,
-                                   "restock_type": t, "location_id": loc,
-                                   "line_item": {"id": li["id"], "variant_id": li["variant_id"],
-                                                 "sku": "x", "quantity": li["quantity"]}}
-                                  for li, q, t, loc in lines]}
+    return wh.refund(o, lines)
 
 
 def inventory_level(item, loc, available, at=None):
-    return {"inventory_item_id": item, "location_id": loc, "available": available,
-            "updated_at": rfc3339(at or now_ms()),
-            "admin_graphql_api_id": "gid://shopify/InventoryLevel/%d?inventory_item_id=%d" % (
-                loc, item)}
+    return wh.inventory_level(item, loc, available, updated_ms=at)
 
 
 # --- helpers -----------------------------------------------------------------------
@@ -311,7 +278,7 @@ def test_refunds_return_restock_and_cancel_release_per_line(srv):
     o = order([(v1, 2), (v2, 3)], hold=rid)
     assert send(c, "orders/create", o).data["outcome"] == "applied"
     rf = refund(o, [(o["line_items"][0], 1, "return", other_shop),
-                    (o["line_items"][1], 2, "cancel", shop_loc),
+                    (o["line_items"][1], 2, "cancel", None),  # unshipped: no location
                     (o["line_items"][0], 1, "no_restock", shop_loc)])
     r = send(c, "refunds/create", rf)
     assert r.status == 200 and r.data["outcome"] == "applied", r
@@ -410,6 +377,25 @@ def test_unknown_variant_or_location_is_a_dead_letter_owned_by_the_mappings_owne
     # a replay of the delivery does not make a second dead letter
     send(c, "orders/create", o)
     assert len([d for d in dead_letters(c) if str(unknown) in d["error"]["message"]]) == 1
+    # replaying the dead letter before the mapping exists fails again, changes nothing
+    dl_id = dl[0]["dl_id"]
+    r = c.post("/v1/dead-letters/%s/replay" % dl_id, dict(by="catalog-team"))
+    assert r.status == 404, r
+    assert c.pos(sku, loc)["on_hand"] == 9
+    # once the variant is mapped, the replay applies the missing line only
+    sku2 = uid("sku")
+    assert c.put("/v1/shopify/mappings", dict(items=[dict(
+        sku=sku2, variant_id=unknown, inventory_item_id=shopify_id())])).status == 200
+    c.adjust(sku2, loc, 5, source="erp")
+    r = c.post("/v1/dead-letters/%s/replay" % dl_id, dict(by="catalog-team"))
+    assert r.status == 200, r
+    assert c.pos(sku2, loc)["on_hand"] == 4 and c.pos(sku, loc)["on_hand"] == 9
+    d = [x for x in dead_letters(c) if x["dl_id"] == dl_id][0]
+    assert d["status"] == "replayed" and d["attempts"] >= 2, d
+    # the op is the flow shopify's alone
+    r = c.post("/v1/batch", [dict(op="shopify_webhook", flow="erp", topic="orders/create",
+                                  payload=o)])
+    assert r.data["rejected"] == 1 and r.data["results"][0]["error"]["field"] == "flow", r
 
 
 def test_a_paused_shopify_flow_queues_and_resume_applies(srv):
@@ -474,11 +460,21 @@ def test_mappings_put_get_and_the_batch_op(srv):
 def test_ids_above_2_53_round_trip_through_webhooks(srv):
     c = srv.client()
     items, loc, shop_loc = catalog(c)
-    sku, variant, _ = items[0]
-    assert variant > BIG and variant % 2 == 1
+    sku = items[0][0]
+    # odd ids above 2^53: a double would round each to a neighbour
+    variant, item = shopify_id() | 1, shopify_id() | 1
+    assert float(variant) != variant and float(item) != item
+    assert c.put("/v1/shopify/mappings", dict(items=[dict(
+        sku=sku, variant_id=variant, inventory_item_id=item)])).status == 200
+    # the neighbours are not mapped: only the exact id finds the SKU
+    r = send(c, "orders/create", order([(variant + 1, 1)], location_id=shop_loc))
+    assert r.data["outcome"] == "dead_letter", r
     o = order([(variant, 1)], location_id=shop_loc)
+    o["id"] |= 1
+    o["admin_graphql_api_id"] = gid("Order", o["id"])
     r = send(c, "orders/create", o)
     assert r.data["outcome"] == "applied", r
+    assert r.data["effects"][0]["id"].startswith("shopify:order:%d:" % o["id"]), r
     # the adjustment's ref is the exact order GID
     ev = c.get("/v1/changes", params=dict(type="atpd.position.changed", limit=10000))
     refs = [x["data"].get("ref") for x in ev.data["events"]
@@ -578,3 +574,109 @@ def test_a_bad_config_file_stops_the_start_naming_the_field(tmp_path):
                          capture_output=True, text=True, timeout=10, env=env)
     assert out.returncode != 0 and "points_per_second" in out.stderr, out
     assert "shpat_secret_token_value" not in out.stderr + out.stdout
+
+
+def test_inventory_level_echoing_atpds_own_push_is_ignored(fake_shopify, tmp_path):
+    """With the push on (against the fake Shopify), the level atpd pushed comes back
+    as inventory_levels/update: equal is an echo (ignored), anything else a
+    disagreement for on_hand's owner."""
+    fake_shopify.reset()
+    cfg = tmp_path / "shopify.json"
+    cfg.write_text(json.dumps({
+        "shop": SHOP, "admin_url": fake_shopify.admin_url, "webhook_secrets": [SECRET],
+        "push": {"enabled": True, "points_per_second": 1000}}))
+    srv = Server(args=["--shopify", str(cfg), "--ownership", OWNERSHIP],
+                 env={"ATPD_SHOPIFY_TOKEN": fake_shopify.token})
+    try:
+        c = srv.client()
+        sku, loc, item, shop_loc = uid("sku"), uid("L"), shopify_id(), shopify_id()
+        fake_shopify.set_levels([(item, shop_loc, 0)])  # the item exists in Shopify
+        assert c.put("/v1/shopify/mappings", dict(
+            items=[dict(sku=sku, variant_id=shopify_id(), inventory_item_id=item)],
+            locations=[dict(location=loc, shopify_location_id=shop_loc)])).status == 200
+        c.adjust(sku, loc, 7, source="erp")
+        deadline = time.time() + 20
+        while fake_shopify.level(item, shop_loc) != 7 and time.time() < deadline:
+            time.sleep(0.05)
+        assert fake_shopify.level(item, shop_loc) == 7, fake_shopify.state()
+        # the push records what Shopify now holds before the echo can arrive
+        while time.time() < deadline:
+            m = c.get("/v1/shopify/mappings", params=dict(sku=sku, location=loc)).data
+            if m["items"][0].get("shopify_available") == 7:
+                break
+            time.sleep(0.05)
+        r = send(c, "inventory_levels/update", inventory_level(item, shop_loc, 7))
+        assert r.status == 200 and r.data == dict(outcome="ignored", effects=[]), r
+        r = send(c, "inventory_levels/update", inventory_level(item, shop_loc, 6))
+        assert r.data["outcome"] == "dead_letter", r
+        assert r.data["effects"][0]["owner"] == "inventory-control", r
+        assert "last pushed 7" in r.data["effects"][0]["error"]["message"], r
+        assert c.pos(sku, loc)["on_hand"] == 7
+    finally:
+        problem = srv.stop()
+    assert problem is None, problem
+
+
+def test_with_auth_on_webhooks_need_no_token_and_the_other_routes_their_roles(binary, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-read-0123456789 read\ntok-int-0123456789 integration\ntok-checkout-0123456789 checkout\n")
+    srv = Server(binary=binary, args=SERVER_ARGS + ["--tokens", str(tokens)])
+    try:
+        anon, reader = srv.client(), srv.client(token="tok-read-0123456789")
+        integ, checkout = srv.client(token="tok-int-0123456789"), srv.client(token="tok-checkout-0123456789")
+        loc, shop_loc, sku, variant = uid("L"), shopify_id(), uid("sku"), shopify_id()
+        body = dict(items=[dict(sku=sku, variant_id=variant, inventory_item_id=shopify_id())],
+                    locations=[dict(location=loc, shopify_location_id=shop_loc)])
+        expect_error(anon.put("/v1/shopify/mappings", body), 401, "unauthorized")
+        expect_error(reader.put("/v1/shopify/mappings", body), 403, "forbidden")
+        expect_error(checkout.put("/v1/shopify/mappings", body), 403, "forbidden")
+        assert integ.put("/v1/shopify/mappings", body).status == 200
+        expect_error(anon.get("/v1/shopify/status"), 401, "unauthorized")
+        assert reader.get("/v1/shopify/status").status == 200
+        assert reader.get("/v1/shopify/mappings", params=dict(sku=sku)).status == 200
+        integ.adjust(sku, loc, 3, source="erp")
+        # the webhook: its signature is its credential, no bearer token
+        r = send(anon, "orders/create", order([(variant, 1)], location_id=shop_loc))
+        assert r.status == 200 and r.data["outcome"] == "applied", r
+        expect_error(send(anon, "orders/create", order([(variant, 1)], location_id=shop_loc),
+                          secret="nope"), 401, "unauthorized")
+        assert reader.pos(sku, loc)["on_hand"] == 2
+    finally:
+        problem = srv.stop()
+    assert problem is None, problem
+
+
+def test_signed_payloads_of_any_shape_are_answered_and_never_crash(srv):
+    c = srv.client()
+    items, loc, shop_loc = catalog(c)
+    sku, variant, item = items[0]
+    odd = [
+        {}, {"id": "x"}, {"id": -5}, {"id": 1.5}, {"id": None}, {"id": 2 ** 63 - 1},
+        {"id": shopify_id(), "line_items": "no", "note_attributes": 7},
+        {"id": shopify_id(), "location_id": shop_loc,
+         "line_items": [1, "x", None, {"variant_id": "gid://shopify/ProductVariant/abc"},
+                        {"variant_id": variant, "quantity": -3},
+                        {"variant_id": variant, "quantity": 2 ** 62},
+                        {"variant_id": variant, "quantity": "2"}]},
+        {"id": shopify_id(), "note_attributes": [1, {"name": "_atp_reservation"},
+                                                 {"name": "_atp_reservation", "value": ""},
+                                                 {"name": "_atp_reservation", "value": 5}]},
+        {"id": shopify_id(), "order_id": "gid://shopify/Order/1",
+         "refund_line_items": [None, {"restock_type": "return"},
+                               {"restock_type": "cancel", "quantity": 1}]},
+        {"inventory_item_id": item, "location_id": shop_loc, "available": "7"},
+        {"inventory_item_id": "gid://shopify/InventoryItem/%d" % item, "location_id": 0},
+        {"id": shopify_id(), "updated_at": "yesterday", "processed_at": 12},
+    ]
+    topics = ["orders/create", "orders/cancelled", "fulfillments/create", "refunds/create",
+              "inventory_levels/update", "products/update"]
+    for topic in topics:
+        for p in odd:
+            r = send(c, topic, p)
+            assert r.status == 200 and r.data["outcome"] in (
+                "applied", "ignored", "dead_letter", "replayed"), (topic, p, r)
+        for raw in (b"", b"[]", b"not json", b"{\"id\":", b"\x00\xff"):
+            r = send(c, topic, None, raw=raw)
+            assert r.status in (200, 400), (topic, raw, r)
+    assert c.pos(sku, loc)["on_hand"] == 10
+    assert srv.alive()

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Shopify webhook intake on one thread: signed orders/create POS sales (one line each,
+a sale adjustment at a mapped store) posted one at a time over one keep-alive
+connection to one bin/atpd (--threads 1), each answered once its adjustment is durable.
+Prints webhooks/s and the latency percentiles and the machine line that
+bench/RESULTS.md records with them.
+
+  bench/bench_shopify_webhooks.py [--count N] [--durability none|batch|always]
+                                  [--skus N] [--bin bin/atpd]
+
+Bodies and signatures are made before the clock starts, so the client's cost is the
+socket write and read; every answer is checked (200, outcome applied) after the clock.
+"""
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+SHOP = "bench.myshopify.com"
+SECRET = "bench-webhook-secret"
+BASE_ID = (1 << 53) + 12345
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def read_response(sock, buf):
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    n = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            n = int(v)
+    while len(rest) < n:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("closed")
+        rest += chunk
+    return status, rest[:n], rest[n:]
+
+
+def call(sock, buf, method, path, body=b"", headers=()):
+    head = "%s %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" % (method, path)
+    head += "".join(h + "\r\n" for h in headers)
+    head += "Content-Length: %d\r\n\r\n" % len(body)
+    sock.sendall(head.encode() + body)
+    return read_response(sock, buf)
+
+
+def webhook(i, skus, store):
+    """The i-th POS sale: one line of one unit of a SKU at the store."""
+    oid = BASE_ID + 2 * i + 1
+    variant = BASE_ID + 1000000 + (i % skus)
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    body = json.dumps({
+        "id": oid, "admin_graphql_api_id": "gid://shopify/Order/%d" % oid,
+        "name": "#%d" % i, "created_at": at, "processed_at": at, "updated_at": at,
+        "location_id": store, "source_name": "pos", "note_attributes": [],
+        "cancel_reason": None,
+        "line_items": [{"id": oid + 7, "variant_id": variant, "sku": "x", "quantity": 1,
+                        "fulfillable_quantity": 0}]}, separators=(",", ":")).encode()
+    sig = base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest()).decode()
+    headers = ("X-Shopify-Topic: orders/create", "X-Shopify-Shop-Domain: " + SHOP,
+               "X-Shopify-Webhook-Id: " + str(uuid.uuid4()),
+               "X-Shopify-Hmac-Sha256: " + sig, "X-Shopify-API-Version: 2026-10")
+    head = ("POST /v1/shopify/webhooks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + "".join(h + "\r\n" for h in headers)
+            + "Content-Length: %d\r\n\r\n" % len(body))
+    return head.encode() + body
+
+
+def percentile(sorted_values, p):
+    if not sorted_values:
+        return 0.0
+    k = min(len(sorted_values) - 1, int(round(p / 100.0 * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return "%s, %d cores, load %.1f at the start" % (cpu, os.cpu_count() or 0, load)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=20000)
+    ap.add_argument("--skus", type=int, default=1000)
+    ap.add_argument("--durability", default="batch", choices=["none", "batch", "always"])
+    ap.add_argument("--bin", default=os.path.join(ROOT, "bin", "atpd"))
+    args = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="atpd-bench-shopify-")
+    cfg = os.path.join(tmp, "shopify.json")
+    with open(cfg, "w") as f:
+        json.dump({"shop": SHOP, "webhook_secrets": [SECRET]}, f)
+    port = free_port()
+    log = open(os.path.join(tmp, "atpd.log"), "wb")
+    proc = subprocess.Popen([args.bin, "--listen", "127.0.0.1:%d" % port, "--threads", "1",
+                             "--data-dir", os.path.join(tmp, "data"), "--durability",
+                             args.durability, "--access-log", "off", "--shopify", cfg],
+                            stdout=log, stderr=log)
+    try:
+        deadline = time.time() + 15
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port))
+                st, _, _ = call(sock, b"", "GET", "/readyz")
+                if st == 200:
+                    break
+                sock.close()
+            except OSError:
+                pass
+            if time.time() > deadline:
+                sys.exit("atpd did not become ready")
+            time.sleep(0.05)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        store = BASE_ID + 999
+        items = [{"sku": "bench-%05d" % k, "variant_id": BASE_ID + 1000000 + k,
+                  "inventory_item_id": BASE_ID + 2000000 + k} for k in range(args.skus)]
+        body = json.dumps({"items": items, "locations": [
+            {"location": "store-1", "shopify_location_id": store}]}).encode()
+        st, ans, rest = call(sock, b"", "PUT", "/v1/shopify/mappings", body)
+        assert st == 200, ans
+        requests = [webhook(i, args.skus, store) for i in range(args.count)]
+        lat = []
+        answers = []
+        buf = b""
+        t0 = time.perf_counter()
+        for req in requests:
+            t = time.perf_counter()
+            sock.sendall(req)
+            st, ans, buf = read_response(sock, buf)
+            lat.append(time.perf_counter() - t)
+            answers.append((st, ans))
+        elapsed = time.perf_counter() - t0
+        bad = [a for a in answers if a[0] != 200 or b'"outcome":"applied"' not in a[1]]
+        if bad:
+            sys.exit("%d webhooks not applied, e.g. %r" % (len(bad), bad[0]))
+        lat.sort()
+        rate = args.count / elapsed
+        p50, p99, p999 = (percentile(lat, p) * 1000 for p in (50, 99, 99.9))
+        print("webhooks %d" % args.count)
+        print("webhooks_per_s %.0f" % rate)
+        print("latency_p50_ms %.3f" % p50)
+        print("latency_p99_ms %.3f" % p99)
+        print("latency_p999_ms %.3f" % p999)
+        print("machine %s" % machine())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+if __name__ == "__main__":
+    main()
