@@ -93,6 +93,10 @@ int atp_op_amend(atp_req_t *rq, const atp_val_t *body, atp_str_t flow,
  * body. */
 int atp_op_shopify_map(atp_req_t *rq, const atp_val_t *body, atp_str_t flow,
                        atp_str_t target, atp_op_out_t *out);
+/* routes_shopify.c: the batch op shopify_webhook, a webhook kept as a dead
+ * letter run again ({topic, webhook_id, payload}; flow shopify only). */
+int atp_op_shopify_webhook(atp_req_t *rq, const atp_val_t *body, atp_str_t flow,
+                           atp_str_t target, atp_op_out_t *out);
 
 /* routes_batch.c: what one op of atp_batch_run_ops gave. */
 typedef struct {

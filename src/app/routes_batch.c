@@ -63,7 +63,7 @@
 
 static const char ops_sentence[] =
     "Must be one of adjust, count, safety_stock, group, reserve, commit, release, "
-    "extend, fulfil, amend, shopify_map.";
+    "extend, fulfil, amend, shopify_map, shopify_webhook.";
 
 typedef struct {
   const char *name;
@@ -84,6 +84,7 @@ static const op_kind_t op_kinds[] = {
     {"fulfil", atp_op_fulfil, ATP_FIELD_RESERVATIONS, "id"},
     {"amend", atp_op_amend, ATP_FIELD_RESERVATIONS, "id"},
     {"shopify_map", atp_op_shopify_map, ATP_FIELD_SHOPIFY_MAPPINGS, NULL},
+    {"shopify_webhook", atp_op_shopify_webhook, ATP_FIELD_SHOPIFY_MAPPINGS, NULL},
 };
 #define OP_KIND_COUNT (sizeof op_kinds / sizeof op_kinds[0])
 

@@ -238,7 +238,8 @@ typedef struct {
   uint32_t ops;
   atp_buf_t buf; /* the ops' JSON array */
   atp_writer_t w;
-  bool full; /* more than ATP_SHOPIFY_WEBHOOK_OPS_MAX effects */
+  bool full;      /* more than ATP_SHOPIFY_WEBHOOK_OPS_MAX effects */
+  bool replaying; /* a dead letter's replay: no new dead letters made */
 } plan_t;
 
 static effect_t *add_effect(plan_t *p, effect_kind_t kind, const char *op) {
@@ -320,28 +321,75 @@ static void gid_of(const atp_val_t *obj, const char *type, uint64_t id, char *bu
   if (!buf[0]) snprintf(buf, cap, "gid://shopify/%s/%" PRIu64, type, id);
 }
 
+/* The line's SKU, or a dead letter (false). */
+static bool map_sku(plan_t *p, const atp_val_t *line, char *sku, const char *what) {
+  uint64_t variant = val_id(atp_val_get(line, "variant_id"), "ProductVariant");
+  if (variant && atp_shopify_sku_of_variant(p->s, variant, sku, ATP_ID_BYTES_MAX + 1))
+    return true;
+  dead_letter(p, ATP_ENOTFOUND, ATP_FIELD_SHOPIFY_MAPPINGS,
+              "Shopify variant %" PRIu64
+              " of %s is not mapped to a SKU: map it (PUT /v1/shopify/mappings), "
+              "then replay.",
+              variant, what);
+  return false;
+}
+
+static void unmapped_location(plan_t *p, uint64_t shop_loc, const char *what) {
+  dead_letter(p, ATP_ENOTFOUND, ATP_FIELD_SHOPIFY_MAPPINGS,
+              "Shopify location %" PRIu64
+              " of %s is not mapped to a location: map it (PUT "
+              "/v1/shopify/mappings), then replay.",
+              shop_loc, what);
+}
+
 /* SKU and location of a line, or a dead letter (false). */
 static bool map_line(plan_t *p, const atp_val_t *line, uint64_t shop_loc, char *sku,
                      char *location, const char *what) {
-  uint64_t variant = val_id(atp_val_get(line, "variant_id"), "ProductVariant");
-  if (!variant ||
-      !atp_shopify_sku_of_variant(p->s, variant, sku, ATP_ID_BYTES_MAX + 1)) {
-    dead_letter(p, ATP_ENOTFOUND, ATP_FIELD_SHOPIFY_MAPPINGS,
-                "Shopify variant %" PRIu64
-                " of %s is not mapped to a SKU: map it (PUT /v1/shopify/mappings), "
-                "then replay.",
-                variant, what);
-    return false;
+  if (!map_sku(p, line, sku, what)) return false;
+  if (shop_loc &&
+      atp_shopify_location_of_shopify(p->s, shop_loc, location, ATP_ID_BYTES_MAX + 1))
+    return true;
+  unmapped_location(p, shop_loc, what);
+  return false;
+}
+
+/* Where the hold keeps sku: the line at the mapped Shopify location when the
+ * hold has one there, else its first line of sku with units left. A refund's
+ * cancel restock of an unshipped line often names no location, and the hold
+ * is where the units are held whatever Shopify restocks. false when the hold
+ * has no line of sku (then the mapped location, if any, is tried as given). */
+static bool hold_location(plan_t *p, const char *hold, const char *sku,
+                          uint64_t shop_loc, char *location) {
+  char mapped[ATP_ID_BYTES_MAX + 1] = "";
+  if (shop_loc)
+    (void)atp_shopify_location_of_shopify(p->s, shop_loc, mapped, sizeof mapped);
+  atp_reservation_t *r = atp_req_reservation();
+  atp_engine_t *engine = atp_app_engine(p->rq->app);
+  if (!r || !engine ||
+      atp_reservation_get(engine, (atp_str_t){hold, (uint32_t)strlen(hold)}, r) != 0) {
+    if (!mapped[0]) return false;
+    memcpy(location, mapped, sizeof mapped);
+    return true;
   }
-  if (!shop_loc || !atp_shopify_location_of_shopify(p->s, shop_loc, location,
-                                                    ATP_ID_BYTES_MAX + 1)) {
-    dead_letter(p, ATP_ENOTFOUND, ATP_FIELD_SHOPIFY_MAPPINGS,
-                "Shopify location %" PRIu64
-                " of %s is not mapped to a location: map it (PUT "
-                "/v1/shopify/mappings), then replay.",
-                shop_loc, what);
-    return false;
+  const atp_res_line_t *pick = NULL;
+  for (uint32_t i = 0; i < r->line_count; i++) {
+    const atp_res_line_t *l = &r->lines[i];
+    if (l->sku.len != strlen(sku) || memcmp(l->sku.ptr, sku, l->sku.len) != 0) continue;
+    bool there = mapped[0] && l->location.len == strlen(mapped) &&
+                 memcmp(l->location.ptr, mapped, l->location.len) == 0;
+    if (there) {
+      pick = l;
+      break;
+    }
+    if (!pick && l->qty - l->fulfilled - l->released > 0) pick = l;
   }
+  if (!pick) {
+    if (!mapped[0]) return false;
+    memcpy(location, mapped, sizeof mapped);
+    return true;
+  }
+  snprintf(location, ATP_ID_BYTES_MAX + 1, "%.*s", (int)pick->location.len,
+           pick->location.ptr);
   return true;
 }
 
@@ -477,13 +525,15 @@ static void plan_fulfillment(plan_t *p, uint64_t fulfillment_id) {
   uint32_t n = lines && lines->type == ATP_VAL_ARRAY ? lines->len : 0;
   if (n > ATP_RESERVATION_LINES_MAX) n = ATP_RESERVATION_LINES_MAX;
   char skus[ATP_RESERVATION_LINES_MAX][ATP_ID_BYTES_MAX + 1];
-  char location[ATP_ID_BYTES_MAX + 1];
+  char locs[ATP_RESERVATION_LINES_MAX][ATP_ID_BYTES_MAX + 1];
   for (uint32_t i = 0; i < n; i++) {
     char what[64];
     snprintf(what, sizeof what, "fulfilment %" PRIu64, fulfillment_id);
     /* All lines or none: a partial fulfil under the same id could not take
      * the rest later. */
-    if (!map_line(p, &lines->u.items[i], shop_loc, skus[i], location, what)) return;
+    if (!map_sku(p, &lines->u.items[i], skus[i], what)) return;
+    if (!hold_location(p, hold, skus[i], shop_loc, locs[i]))
+      return unmapped_location(p, shop_loc, what);
   }
   effect_t *e = add_effect(p, EFFECT_OP, "fulfil");
   if (!e) return;
@@ -501,7 +551,7 @@ static void plan_fulfillment(plan_t *p, uint64_t fulfillment_id) {
       atp_w_key(w, "sku");
       atp_w_cstr(w, skus[i]);
       atp_w_key(w, "location");
-      atp_w_cstr(w, location);
+      atp_w_cstr(w, locs[i]);
       atp_w_key(w, "qty");
       atp_w_int(w, qty_of(&lines->u.items[i]));
       atp_w_object_end(w);
@@ -536,7 +586,13 @@ static void plan_refund(plan_t *p, uint64_t refund_id) {
       if (!kind) unknown_order(p, order_id, "A cancelling refund");
       continue; /* a POS or untracked order holds nothing to release */
     }
-    if (!map_line(p, li ? li : rl, shop_loc, sku, location, what)) continue;
+    if (cancel ? !map_sku(p, li ? li : rl, sku, what)
+               : !map_line(p, li ? li : rl, shop_loc, sku, location, what))
+      continue;
+    if (cancel && !hold_location(p, hold, sku, shop_loc, location)) {
+      unmapped_location(p, shop_loc, what);
+      continue;
+    }
     effect_t *e = add_effect(p, EFFECT_OP, cancel ? "release" : "adjust");
     if (!e) return;
     char key[ATP_ID_BYTES_MAX + 1];
@@ -822,9 +878,10 @@ static int run_plan(plan_t *p, atp_batch_op_result_t *results,
   atp_buf_init(&payload, ATP_HTTP_BODY_BYTES_MAX + 4096);
   for (uint32_t i = 0; i < p->count; i++) {
     if (p->effects[i].kind != EFFECT_DEAD_LETTER) continue;
+    rejected = true;
+    if (p->replaying) continue;
     if (!payload.len) dead_letter_payload(p, &payload);
     keep_dead_letter(p, i, &p->effects[i], &payload);
-    rejected = true;
   }
   atp_buf_free(&payload);
   *outcome = rejected  ? ATP_SHOPIFY_DEAD_LETTER
@@ -929,6 +986,9 @@ int atp_route_shopify_webhook(atp_req_t *rq) {
   p->topic_name = topic_name;
   p->webhook_id = header(h, ATP_HTTP_SHOPIFY_WEBHOOK_ID);
   p->effects = effects;
+  /* The change feed names the delivery behind each change (section 10's
+   * request_id) unless the sender named a request of its own. */
+  if (!rq->change_ctx.request_id.len) rq->change_ctx.request_id = p->webhook_id;
   uint8_t key[32];
   atp_shopify_content_key(topic_name, h->body, h->body_len, key);
   atp_shopify_outcome_t first;
@@ -1026,6 +1086,77 @@ static void write_push_metrics(atp_app_t *app, atp_buf_t *out) {
                    "atpd_shopify_push_%s_total %" PRIu64 "\n",
                    counters[i].name, counters[i].help, counters[i].name,
                    counters[i].name, counters[i].v);
+}
+
+/* The batch op shopify_webhook: a delivery kept as a dead letter, run again
+ * (POST /v1/dead-letters/{id}/replay, once its mapping or order is there).
+ * Its effects are planned as for a fresh delivery, without the signature,
+ * the dedupe or the watermark (the dead letter is what was recorded); their
+ * ops' ids make the parts that applied the first time replays. The op fails
+ * with the first effect that still cannot apply. It may only be sent as the
+ * flow shopify. */
+int atp_op_shopify_webhook(atp_req_t *rq, const atp_val_t *body, atp_str_t flow,
+                           atp_str_t target, atp_op_out_t *out) {
+  (void)target;
+  atp_shopify_t *s = rq->app->shopify;
+  if (!s) return connector_off(rq);
+  if (flow.len != flow_name.len || memcmp(flow.ptr, flow_name.ptr, flow.len) != 0)
+    return atp_req_fail(rq, ATP_EBADREQ, NULL, "flow",
+                        "shopify_webhook ops belong to the flow shopify.");
+  atp_str_t topic_name, webhook_id = {"", 0};
+  int rc = atp_get_text(rq, body, NULL, "topic", ATP_REQUIRED, 64, &topic_name);
+  if (rc == 0)
+    rc = atp_get_text(rq, body, NULL, "webhook_id", ATP_OPTIONAL, ATP_ID_BYTES_MAX,
+                      &webhook_id);
+  if (rc) return rc;
+  const atp_val_t *payload = atp_val_get(body, "payload");
+  if (!payload || payload->type != ATP_VAL_OBJECT)
+    return atp_req_fail(rq, ATP_EBADREQ, NULL, "payload",
+                        "The webhook's payload must be an object.");
+  plan_t *p = atp_arena_alloc(rq->arena, sizeof *p);
+  effect_t *effects =
+      atp_arena_alloc(rq->arena, (ATP_SHOPIFY_WEBHOOK_OPS_MAX + 1) * sizeof *effects);
+  atp_batch_op_result_t *results =
+      atp_arena_alloc(rq->arena, ATP_SHOPIFY_WEBHOOK_OPS_MAX * sizeof *results);
+  if (!p || !effects || !results)
+    return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
+  memset(p, 0, sizeof *p);
+  p->rq = rq;
+  p->s = s;
+  p->topic = atp_shopify_topic_of(topic_name);
+  p->topic_name = topic_name;
+  p->webhook_id = webhook_id;
+  p->effects = effects;
+  p->body = payload;
+  atp_buf_init(&p->buf, ATP_HTTP_BODY_BYTES_MAX);
+  atp_writer_init(&p->w, ATP_FORMAT_JSON, &p->buf);
+  atp_w_array_begin(&p->w);
+  char resource[96];
+  uint64_t id = 0, loc = 0;
+  (void)resource_of(p, &id, &loc, resource, sizeof resource);
+  if (p->topic != ATP_SHOPIFY_TOPIC_OTHER && !id)
+    dead_letter(p, ATP_EBADREQ, ATP_FIELD_NONE,
+                "The %.*s webhook carries no usable id.", (int)topic_name.len,
+                topic_name.ptr);
+  else
+    plan_topic(p, id, loc);
+  /* Its effects' rejections are this op's outcome, not new dead letters. */
+  p->replaying = true;
+  atp_shopify_outcome_t outcome = ATP_SHOPIFY_IGNORED;
+  rc = run_plan(p, results, &outcome);
+  atp_buf_free(&p->buf);
+  if (rc) return rc;
+  for (uint32_t i = 0; i < p->count; i++) {
+    const effect_t *e = &p->effects[i];
+    int err = e->kind == EFFECT_DEAD_LETTER ? e->err : results[e->op_index].rc;
+    if (err)
+      return atp_req_fail(
+          rq, err, NULL, NULL, "%s",
+          e->kind == EFFECT_DEAD_LETTER ? e->message : results[e->op_index].message);
+  }
+  out->status = 200;
+  out->replayed = outcome == ATP_SHOPIFY_REPLAYED;
+  return 0;
 }
 
 /* --- status and metrics ---------------------------------------------------------- */

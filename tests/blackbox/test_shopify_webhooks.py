@@ -278,7 +278,7 @@ def test_refunds_return_restock_and_cancel_release_per_line(srv):
     o = order([(v1, 2), (v2, 3)], hold=rid)
     assert send(c, "orders/create", o).data["outcome"] == "applied"
     rf = refund(o, [(o["line_items"][0], 1, "return", other_shop),
-                    (o["line_items"][1], 2, "cancel", shop_loc),
+                    (o["line_items"][1], 2, "cancel", None),  # unshipped: no location
                     (o["line_items"][0], 1, "no_restock", shop_loc)])
     r = send(c, "refunds/create", rf)
     assert r.status == 200 and r.data["outcome"] == "applied", r
@@ -377,6 +377,25 @@ def test_unknown_variant_or_location_is_a_dead_letter_owned_by_the_mappings_owne
     # a replay of the delivery does not make a second dead letter
     send(c, "orders/create", o)
     assert len([d for d in dead_letters(c) if str(unknown) in d["error"]["message"]]) == 1
+    # replaying the dead letter before the mapping exists fails again, changes nothing
+    dl_id = dl[0]["dl_id"]
+    r = c.post("/v1/dead-letters/%s/replay" % dl_id, dict(by="catalog-team"))
+    assert r.status == 404, r
+    assert c.pos(sku, loc)["on_hand"] == 9
+    # once the variant is mapped, the replay applies the missing line only
+    sku2 = uid("sku")
+    assert c.put("/v1/shopify/mappings", dict(items=[dict(
+        sku=sku2, variant_id=unknown, inventory_item_id=shopify_id())])).status == 200
+    c.adjust(sku2, loc, 5, source="erp")
+    r = c.post("/v1/dead-letters/%s/replay" % dl_id, dict(by="catalog-team"))
+    assert r.status == 200, r
+    assert c.pos(sku2, loc)["on_hand"] == 4 and c.pos(sku, loc)["on_hand"] == 9
+    d = [x for x in dead_letters(c) if x["dl_id"] == dl_id][0]
+    assert d["status"] == "replayed" and d["attempts"] >= 2, d
+    # the op is the flow shopify's alone
+    r = c.post("/v1/batch", [dict(op="shopify_webhook", flow="erp", topic="orders/create",
+                                  payload=o)])
+    assert r.data["rejected"] == 1 and r.data["results"][0]["error"]["field"] == "flow", r
 
 
 def test_a_paused_shopify_flow_queues_and_resume_applies(srv):
@@ -453,14 +472,18 @@ def test_ids_above_2_53_round_trip_through_webhooks(srv):
     o = order([(variant, 1)], location_id=shop_loc)
     o["id"] |= 1
     o["admin_graphql_api_id"] = gid("Order", o["id"])
-    r = send(c, "orders/create", o)
+    wid = str(uuid.uuid4())
+    r = send(c, "orders/create", o, webhook_id=wid)
     assert r.data["outcome"] == "applied", r
     assert r.data["effects"][0]["id"].startswith("shopify:order:%d:" % o["id"]), r
     # the adjustment's ref is the exact order GID
     ev = c.get("/v1/changes", params=dict(type="atpd.position.changed", limit=10000))
-    refs = [x["data"].get("ref") for x in ev.data["events"]
+    mine = [x["data"] for x in ev.data["events"]
             if x["data"].get("position", {}).get("sku") == sku]
-    assert gid("Order", o["id"]) in refs, refs
+    sale = [d for d in mine if d.get("ref") == gid("Order", o["id"])]
+    assert sale, mine
+    # the feed names the delivery behind the change, and the flow
+    assert sale[0].get("request_id") == wid and sale[0].get("flow") == "shopify", sale
 
 
 def test_status_and_metrics_count_webhooks_by_topic_and_outcome(srv):
@@ -596,3 +619,68 @@ def test_inventory_level_echoing_atpds_own_push_is_ignored(fake_shopify, tmp_pat
     finally:
         problem = srv.stop()
     assert problem is None, problem
+
+
+def test_with_auth_on_webhooks_need_no_token_and_the_other_routes_their_roles(binary, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-read-0123456789 read\ntok-int-0123456789 integration\ntok-checkout-0123456789 checkout\n")
+    srv = Server(binary=binary, args=SERVER_ARGS + ["--tokens", str(tokens)])
+    try:
+        anon, reader = srv.client(), srv.client(token="tok-read-0123456789")
+        integ, checkout = srv.client(token="tok-int-0123456789"), srv.client(token="tok-checkout-0123456789")
+        loc, shop_loc, sku, variant = uid("L"), shopify_id(), uid("sku"), shopify_id()
+        body = dict(items=[dict(sku=sku, variant_id=variant, inventory_item_id=shopify_id())],
+                    locations=[dict(location=loc, shopify_location_id=shop_loc)])
+        expect_error(anon.put("/v1/shopify/mappings", body), 401, "unauthorized")
+        expect_error(reader.put("/v1/shopify/mappings", body), 403, "forbidden")
+        expect_error(checkout.put("/v1/shopify/mappings", body), 403, "forbidden")
+        assert integ.put("/v1/shopify/mappings", body).status == 200
+        expect_error(anon.get("/v1/shopify/status"), 401, "unauthorized")
+        assert reader.get("/v1/shopify/status").status == 200
+        assert reader.get("/v1/shopify/mappings", params=dict(sku=sku)).status == 200
+        integ.adjust(sku, loc, 3, source="erp")
+        # the webhook: its signature is its credential, no bearer token
+        r = send(anon, "orders/create", order([(variant, 1)], location_id=shop_loc))
+        assert r.status == 200 and r.data["outcome"] == "applied", r
+        expect_error(send(anon, "orders/create", order([(variant, 1)], location_id=shop_loc),
+                          secret="nope"), 401, "unauthorized")
+        assert reader.pos(sku, loc)["on_hand"] == 2
+    finally:
+        problem = srv.stop()
+    assert problem is None, problem
+
+
+def test_signed_payloads_of_any_shape_are_answered_and_never_crash(srv):
+    c = srv.client()
+    items, loc, shop_loc = catalog(c)
+    sku, variant, item = items[0]
+    odd = [
+        {}, {"id": "x"}, {"id": -5}, {"id": 1.5}, {"id": None}, {"id": 2 ** 63 - 1},
+        {"id": shopify_id(), "line_items": "no", "note_attributes": 7},
+        {"id": shopify_id(), "location_id": shop_loc,
+         "line_items": [1, "x", None, {"variant_id": "gid://shopify/ProductVariant/abc"},
+                        {"variant_id": variant, "quantity": -3},
+                        {"variant_id": variant, "quantity": 2 ** 62},
+                        {"variant_id": variant, "quantity": "2"}]},
+        {"id": shopify_id(), "note_attributes": [1, {"name": "_atp_reservation"},
+                                                 {"name": "_atp_reservation", "value": ""},
+                                                 {"name": "_atp_reservation", "value": 5}]},
+        {"id": shopify_id(), "order_id": "gid://shopify/Order/1",
+         "refund_line_items": [None, {"restock_type": "return"},
+                               {"restock_type": "cancel", "quantity": 1}]},
+        {"inventory_item_id": item, "location_id": shop_loc, "available": "7"},
+        {"inventory_item_id": "gid://shopify/InventoryItem/%d" % item, "location_id": 0},
+        {"id": shopify_id(), "updated_at": "yesterday", "processed_at": 12},
+    ]
+    topics = ["orders/create", "orders/cancelled", "fulfillments/create", "refunds/create",
+              "inventory_levels/update", "products/update"]
+    for topic in topics:
+        for p in odd:
+            r = send(c, topic, p)
+            assert r.status == 200 and r.data["outcome"] in (
+                "applied", "ignored", "dead_letter", "replayed"), (topic, p, r)
+        for raw in (b"", b"[]", b"not json", b"{\"id\":", b"\x00\xff"):
+            r = send(c, topic, None, raw=raw)
+            assert r.status in (200, 400), (topic, raw, r)
+    assert c.pos(sku, loc)["on_hand"] == 10
+    assert srv.alive()

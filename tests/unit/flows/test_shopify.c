@@ -1,0 +1,141 @@
+/* test_shopify.c - the Shopify connector's state (src/flows/shopify.c) and its
+ * signature check (src/flows/shopify_hmac.c), without a journal.
+ *
+ * Ids parse from digits and GIDs as 64-bit integers (never a double), the
+ * HMAC matches a signature computed independently, under either secret, and
+ * nothing else; mappings stay one-to-one when remapped; dedupe answers the
+ * first outcome by webhook id or by content key; watermarks only rise.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "atp/error.h"
+#include "atp/shopify.h"
+#include "test.h"
+
+static atp_str_t str(const char *s) {
+  return (atp_str_t){s, (uint32_t)strlen(s)};
+}
+
+static void test_id_parse(void) {
+  uint64_t v = 0;
+  CHECK_EQ(atp_shopify_id_parse(str("9007199254740993"), NULL, &v), 0);
+  CHECK(v == 9007199254740993ULL); /* 2^53 + 1: a double would give 2^53 */
+  CHECK_EQ(
+      atp_shopify_id_parse(str("gid://shopify/ProductVariant/18446744073709551615"),
+                           "ProductVariant", &v),
+      0);
+  CHECK(v == UINT64_MAX);
+  CHECK_EQ(atp_shopify_id_parse(str("18446744073709551616"), NULL, &v), ATP_EBADREQ);
+  CHECK_EQ(atp_shopify_id_parse(str("gid://shopify/Order/12"), "ProductVariant", &v),
+           ATP_EBADREQ);
+  CHECK_EQ(
+      atp_shopify_id_parse(str("gid://shopify/InventoryLevel/77?inventory_item_id=5"),
+                           "InventoryLevel", &v),
+      0);
+  CHECK(v == 77);
+  CHECK_EQ(atp_shopify_id_parse(str("0"), NULL, &v), ATP_EBADREQ);
+  CHECK_EQ(atp_shopify_id_parse(str("12a"), NULL, &v), ATP_EBADREQ);
+  CHECK_EQ(atp_shopify_id_parse(str("-1"), NULL, &v), ATP_EBADREQ);
+  CHECK_EQ(atp_shopify_id_parse(str(""), NULL, &v), ATP_EBADREQ);
+  CHECK_EQ(atp_shopify_id_parse(str("gid://shopify//5"), NULL, &v), ATP_EBADREQ);
+}
+
+static void test_hmac(void) {
+  atp_shopify_config_t c;
+  memset(&c, 0, sizeof c);
+  snprintf(c.secrets[0], sizeof c.secrets[0], "new-secret");
+  snprintf(c.secrets[1], sizeof c.secrets[1], "key");
+  c.secret_count = 2;
+  /* HMAC-SHA256("key", "The quick brown fox jumps over the lazy dog"), the
+   * well-known vector, in base64. */
+  const char *body = "The quick brown fox jumps over the lazy dog";
+  const char *sig = "97yD9DBThCSxMpjmqm+xQ+9NWaFJRhdZl0edvC0aPNg=";
+  CHECK(atp_shopify_hmac_valid(&c, body, strlen(body), sig, strlen(sig)));
+  c.secret_count = 1; /* the previous secret dropped: refused */
+  CHECK(!atp_shopify_hmac_valid(&c, body, strlen(body), sig, strlen(sig)));
+  c.secret_count = 2;
+  CHECK(!atp_shopify_hmac_valid(&c, body, strlen(body) - 1, sig, strlen(sig)));
+  CHECK(!atp_shopify_hmac_valid(&c, body, strlen(body), sig, strlen(sig) - 1));
+  CHECK(!atp_shopify_hmac_valid(&c, body, strlen(body), "", 0));
+  CHECK(!atp_shopify_hmac_valid(&c, body, strlen(body), NULL, 0));
+  char bad[64];
+  snprintf(bad, sizeof bad, "%s", sig);
+  bad[10] ^= 1;
+  CHECK(!atp_shopify_hmac_valid(&c, body, strlen(body), bad, strlen(bad)));
+}
+
+static void test_mappings_one_to_one(void) {
+  atp_shopify_config_t c;
+  memset(&c, 0, sizeof c);
+  c.secret_count = 1;
+  atp_shopify_t *s = NULL;
+  REQUIRE(atp_shopify_create(&c, NULL, &s) == 0);
+  char buf[ATP_ID_BYTES_MAX + 1];
+  uint64_t item = 0, variant = 0;
+  CHECK_EQ(atp_shopify_map_item(s, str("A"), 10, 20), 0);
+  CHECK(atp_shopify_sku_of_variant(s, 10, buf, sizeof buf) && !strcmp(buf, "A"));
+  CHECK(atp_shopify_sku_of_item(s, 20, buf, sizeof buf) && !strcmp(buf, "A"));
+  /* B takes A's variant: A is unmapped, and so is A's item */
+  CHECK_EQ(atp_shopify_map_item(s, str("B"), 10, 30), 0);
+  CHECK(!atp_shopify_item_of_sku(s, str("A"), &item, &variant));
+  CHECK(!atp_shopify_sku_of_item(s, 20, buf, sizeof buf));
+  CHECK(atp_shopify_sku_of_item(s, 30, buf, sizeof buf) && !strcmp(buf, "B"));
+  /* B moves to another variant: the old one is free */
+  CHECK_EQ(atp_shopify_map_item(s, str("B"), 11, 30), 0);
+  CHECK(!atp_shopify_sku_of_variant(s, 10, buf, sizeof buf));
+  CHECK(atp_shopify_item_of_sku(s, str("B"), &item, &variant) && variant == 11 &&
+        item == 30);
+  uint64_t items = 0, locations = 0;
+  atp_shopify_counts(s, &items, &locations, NULL, NULL);
+  CHECK(items == 1 && locations == 0);
+  CHECK_EQ(atp_shopify_map_location(s, str("L1"), 5), 0);
+  CHECK_EQ(atp_shopify_map_location(s, str("L2"), 5), 0);
+  CHECK(!atp_shopify_location_of(s, str("L1"), NULL));
+  CHECK(atp_shopify_location_of_shopify(s, 5, buf, sizeof buf) && !strcmp(buf, "L2"));
+  int64_t q = 0;
+  CHECK(!atp_shopify_level_get(s, 30, 5, &q));
+  CHECK_EQ(atp_shopify_level_set(s, 30, 5, 7), 0);
+  CHECK(atp_shopify_level_get(s, 30, 5, &q) && q == 7);
+  atp_shopify_destroy(s);
+}
+
+static void test_dedupe_and_watermarks(void) {
+  atp_shopify_config_t c;
+  memset(&c, 0, sizeof c);
+  c.secret_count = 1;
+  atp_shopify_t *s = NULL;
+  REQUIRE(atp_shopify_create(&c, NULL, &s) == 0);
+  uint8_t k1[32], k2[32];
+  atp_shopify_content_key(str("orders/create"), "{}", 2, k1);
+  atp_shopify_content_key(str("orders/cancelled"), "{}", 2, k2);
+  CHECK(memcmp(k1, k2, 32) != 0); /* the topic is part of the key */
+  atp_shopify_outcome_t first;
+  CHECK(!atp_shopify_webhook_seen(s, str("w1"), k1, &first));
+  CHECK_EQ(atp_shopify_webhook_record(s, str("w1"), k1, ATP_SHOPIFY_DEAD_LETTER), 0);
+  CHECK(atp_shopify_webhook_seen(s, str("w1"), k2, &first) &&
+        first == ATP_SHOPIFY_DEAD_LETTER);
+  CHECK(atp_shopify_webhook_seen(s, str("w2"), k1, &first)); /* by content */
+  CHECK(!atp_shopify_webhook_seen(s, str("w2"), k2, &first));
+  /* a later record of the same key keeps the first outcome */
+  CHECK_EQ(atp_shopify_webhook_record(s, str("w1"), k1, ATP_SHOPIFY_APPLIED), 0);
+  CHECK(atp_shopify_webhook_seen(s, str("w1"), k1, &first) &&
+        first == ATP_SHOPIFY_DEAD_LETTER);
+  int64_t mark = 0;
+  CHECK(!atp_shopify_mark_older(s, str("order:1"), 100, &mark));
+  CHECK_EQ(atp_shopify_mark_advance(s, str("order:1"), 200), 0);
+  CHECK(atp_shopify_mark_older(s, str("order:1"), 199, &mark) && mark == 200);
+  CHECK(!atp_shopify_mark_older(s, str("order:1"), 200, &mark)); /* equal: not older */
+  CHECK_EQ(atp_shopify_mark_advance(s, str("order:1"), 150), 0); /* never lowered */
+  CHECK(atp_shopify_mark_older(s, str("order:1"), 199, &mark));
+  char res[ATP_ID_BYTES_MAX + 1];
+  atp_shopify_order_kind_t kind;
+  CHECK(!atp_shopify_order_get(s, 9, &kind, res, sizeof res));
+  CHECK_EQ(atp_shopify_order_set(s, 9, ATP_SHOPIFY_ORDER_HOLD, str("r-1")), 0);
+  CHECK(atp_shopify_order_get(s, 9, &kind, res, sizeof res) &&
+        kind == ATP_SHOPIFY_ORDER_HOLD && !strcmp(res, "r-1"));
+  atp_shopify_destroy(s);
+}
+
+TEST_MAIN(RUN(test_id_parse); RUN(test_hmac); RUN(test_mappings_one_to_one);
+          RUN(test_dedupe_and_watermarks);)
