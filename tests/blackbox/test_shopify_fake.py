@@ -2,6 +2,7 @@
 sender: the connector's tests are only as good as these, so what they refuse
 and what they enforce is checked here, without atpd."""
 import http.server
+import json
 import os
 import subprocess
 import threading
@@ -488,3 +489,27 @@ def test_the_2026_04_schema_serves_too():
         assert fake.level(ITEM, LOC) == 7
     finally:
         fake.stop()
+
+
+def test_the_body_must_be_json(fake_shopify):
+    fake_shopify.set_levels([(ITEM, LOC, 5)])
+    body = json.dumps({"query": PUSH, "variables": {"input": push_input([q(ITEM, LOC, 7, 5)]),
+                                                    "key": "k-ct"}}).encode()
+    for ct in (None, "text/plain", "application/graphql"):
+        headers = {"X-Shopify-Access-Token": fake_shopify.token}
+        if ct:
+            headers["Content-Type"] = ct
+        req = urllib.request.Request(fake_shopify.admin_url, data=body, method="POST",
+                                     headers=headers)
+        if ct is None:
+            req.remove_header("Content-type")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 400
+    # A float with a long fraction is not mistaken for a large id.
+    status, out = fake_shopify.graphql(
+        'query { locations(first: 1) { nodes { id } } }',
+        variables={"unused": 1.12345678901234567})
+    assert status == 200 and "errors" not in out, out
+    assert fake_shopify.level(ITEM, LOC) == 5
+    assert fake_shopify.state()["invalid"] == 3
