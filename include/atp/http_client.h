@@ -34,8 +34,9 @@ typedef struct {
   const char *body;   /* the answer's body (NUL-terminated); valid during the
                          callback only */
   size_t body_bytes;  /* its length */
-  const char *error;  /* "" or the transport error: "Timeout was reached
-                         (after 5000 ms)", "answer over 4194304 bytes" */
+  const char *error;  /* "" or the transport error (curl's words: "Operation
+                         timed out after 5000 milliseconds ...", or
+                         "answer over 4194304 bytes", "cancelled") */
   int64_t elapsed_ms; /* from the call to the end */
 } atp_http_response_t;
 

@@ -53,6 +53,9 @@ typedef struct {
   char reservation_attribute[64]; /* note_attributes entry naming the hold */
   bool push_enabled;
   uint32_t points_per_second; /* atpd's share of the shop's restore rate */
+  bool fetch_mappings;        /* push.fetch_mappings: the push maps every variant with
+                                 a SKU and every location (by name) from Shopify at
+                                 start (src/flows/shopify_push.c) */
 } atp_shopify_config_t;
 
 /* Reads and checks the file. 0, or ATP_EBADREQ with a sentence in err naming

@@ -192,7 +192,9 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *userp,
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userp) {
   request_t *rq = userp;
   size_t n = size * nmemb;
-  if (atp_buf_append(&rq->answer, data, n) != 0) {
+  /* The buffer holds one byte more than the bound, for the NUL. */
+  if (rq->answer.len + n > rq->client->config.body_bytes_max ||
+      atp_buf_append(&rq->answer, data, n) != 0) {
     rq->overflow = true;
     return 0; /* curl ends the transfer with CURLE_WRITE_ERROR */
   }
@@ -222,7 +224,7 @@ static void finish(request_t *rq, CURLcode result, const char *why) {
   if (why) {
     snprintf(error, sizeof error, "%s", why);
   } else if (rq->overflow) {
-    snprintf(error, sizeof error, "answer over %zu bytes", rq->answer.len_max);
+    snprintf(error, sizeof error, "answer over %zu bytes", c->config.body_bytes_max);
   } else if (result != CURLE_OK) {
     snprintf(error, sizeof error, "%s",
              rq->error[0] ? rq->error : curl_easy_strerror(result));

@@ -1018,6 +1018,11 @@ static int config_fill(const atp_val_t *root, const char *path, atp_shopify_conf
       return cfg_fail(err, err_len, path, "\"%s\" must be an integer 1..100000",
                       "push.points_per_second");
     if (pps) c->points_per_second = (uint32_t)pps->u.i;
+    const atp_val_t *fm = atp_val_get(push, "fetch_mappings");
+    if (fm && fm->type != ATP_VAL_BOOL)
+      return cfg_fail(err, err_len, path, "\"%s\" must be true or false",
+                      "push.fetch_mappings");
+    c->fetch_mappings = fm && fm->u.b;
   }
   char token_file[1024];
   token_file[0] = '\0';

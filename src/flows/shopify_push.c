@@ -82,6 +82,7 @@
  * 10 points; a level read is a few). */
 #define COST_MUTATION_DEFAULT 10.0
 #define COST_REREAD_DEFAULT   4.0
+#define COST_FETCH_DEFAULT    502.0 /* a connection of 250 nodes with an object each */
 
 static const char PUSH_DOC[] =
     "mutation AtpdPush($input: InventorySetQuantitiesInput!, $key: String!) {"
@@ -122,7 +123,17 @@ typedef struct {
   quantity_t *quantities;
 } saved_call_t;
 
-typedef enum { CALL_NONE, CALL_PUSH, CALL_REREAD } call_kind_t;
+typedef enum { CALL_NONE, CALL_PUSH, CALL_REREAD, CALL_FETCH } call_kind_t;
+
+/* push.fetch_mappings: the pages to fetch before anything is pushed. */
+typedef enum { FETCH_NONE, FETCH_LOCATIONS, FETCH_VARIANTS } fetch_t;
+
+static const char FETCH_LOCATIONS_DOC[] =
+    "query AtpdLocations($after: String) { locations(first: 250, after: $after) {"
+    " nodes { id name } pageInfo { hasNextPage endCursor } } }";
+static const char FETCH_VARIANTS_DOC[] =
+    "query AtpdVariants($after: String) { productVariants(first: 250, after: $after) {"
+    " nodes { id sku inventoryItem { id } } pageInfo { hasNextPage endCursor } } }";
 
 struct atp_shopify_push {
   atp_shopify_t *shopify;
@@ -170,6 +181,11 @@ struct atp_shopify_push {
   atp_buf_t body;
   atp_arena_t arena;
 
+  /* the mapping fetch (push.fetch_mappings): loop thread */
+  fetch_t fetch;
+  char fetch_after[512]; /* the page cursor; "" for the first page */
+  uint64_t fetched_items, fetched_locations;
+
   /* calls to send again (restored); loop thread after start */
   saved_call_t saved[ATP_SHOPIFY_PUSH_SAVED_CALLS_MAX];
   uint32_t saved_count;
@@ -184,6 +200,7 @@ struct atp_shopify_push {
   int64_t share_at_ms;
   double cost_mutation, cost_reread;               /* the last requested costs ... */
   uint32_t cost_mutation_units, cost_reread_units; /* ... and their calls' sizes */
+  double cost_fetch;                               /* a page of the mapping fetch */
   uint64_t rng;
 
   /* figures: written on the loop thread, read by stats under the mutex */
@@ -367,6 +384,9 @@ static int on_event(void *ctx, const atp_feed_event_t *ev) {
 /* Reads what became durable, a few pages a tick, within the pending bound. */
 static void read_feed(atp_shopify_push_t *p) {
   static const atp_feed_filter_t filter = {.type = {"atpd.position.changed", 21}};
+  /* While the mappings are fetched, a change of a position not mapped yet
+   * would be skipped as not Shopify's: the feed waits for the fetch. */
+  if (p->fetch != FETCH_NONE) return;
   for (uint32_t page = 0; page < FEED_PAGES_A_TICK; page++) {
     uint64_t durable = atp_feed_durable_lsn(p->feed);
     if (durable <= p->read_durable) return;
@@ -470,7 +490,9 @@ static void read_cost(atp_shopify_push_t *p, const atp_val_t *root, call_kind_t 
   double actual = num(atp_val_get(cost, "actualQueryCost"), -1);
   const atp_val_t *ts = atp_val_get(cost, "throttleStatus");
   if (requested > 0 && units) { /* the next call's estimate */
-    if (kind == CALL_PUSH) {
+    if (kind == CALL_FETCH) {
+      p->cost_fetch = requested;
+    } else if (kind == CALL_PUSH) {
       p->cost_mutation = requested;
       p->cost_mutation_units = units;
     } else {
@@ -498,6 +520,7 @@ static void read_cost(atp_shopify_push_t *p, const atp_val_t *root, call_kind_t 
  * and never under, so pacing does not run into throttles. */
 static double call_cost_estimate(const atp_shopify_push_t *p, call_kind_t kind,
                                  uint32_t units) {
+  if (kind == CALL_FETCH) return p->cost_fetch;
   double cost = kind == CALL_PUSH ? p->cost_mutation : p->cost_reread;
   uint32_t last = kind == CALL_PUSH ? p->cost_mutation_units : p->cost_reread_units;
   if (last && units > last) cost = cost * units / last;
@@ -713,12 +736,110 @@ static bool send_saved(atp_shopify_push_t *p, int64_t now) {
   return true;
 }
 
+/* The next page of the mapping fetch; true when one went out or waits. */
+static bool send_fetch(atp_shopify_push_t *p, int64_t now) {
+  if (p->fetch == FETCH_NONE) return false;
+  p->call_cost = call_cost_estimate(p, CALL_FETCH, 1);
+  int64_t wait = pace_wait_ms(p, p->call_cost, now);
+  if (wait) {
+    p->wait_until_ms = now + wait;
+    return true;
+  }
+  atp_buf_t *b = &p->body;
+  atp_buf_reset(b);
+  atp_writer_t w;
+  atp_writer_init(&w, ATP_FORMAT_JSON, b);
+  atp_w_object_begin(&w);
+  atp_w_key(&w, "query");
+  if (p->fetch == FETCH_LOCATIONS)
+    atp_w_str(&w, FETCH_LOCATIONS_DOC, sizeof FETCH_LOCATIONS_DOC - 1);
+  else
+    atp_w_str(&w, FETCH_VARIANTS_DOC, sizeof FETCH_VARIANTS_DOC - 1);
+  atp_w_key(&w, "variables");
+  atp_w_object_begin(&w);
+  atp_w_key(&w, "after");
+  if (p->fetch_after[0])
+    atp_w_cstr(&w, p->fetch_after);
+  else
+    atp_w_null(&w);
+  atp_w_object_end(&w);
+  atp_w_object_end(&w);
+  if (b->failed) return true;
+  p->call = CALL_FETCH;
+  if (send_body(p) != 0) p->call = CALL_NONE;
+  return true;
+}
+
+/* One page of locations (mapped by name: the atpd location is the Shopify
+ * location's name) or variants (each with a SKU mapped to its inventory
+ * item), then the next page or the next phase. */
+static void on_fetch_answer(atp_shopify_push_t *p, const atp_val_t *root) {
+  bool locations = p->fetch == FETCH_LOCATIONS;
+  const atp_val_t *conn = atp_val_get(atp_val_get(root, "data"),
+                                      locations ? "locations" : "productVariants");
+  const atp_val_t *nodes = atp_val_get(conn, "nodes");
+  const atp_val_t *info = atp_val_get(conn, "pageInfo");
+  if (!nodes || nodes->type != ATP_VAL_ARRAY || !info) {
+    set_error(p, true, "Shopify answered the mapping fetch without %s",
+              locations ? "locations" : "productVariants");
+    back_off(p);
+    return;
+  }
+  for (uint32_t i = 0; i < nodes->len; i++) {
+    const atp_val_t *n = &nodes->u.items[i];
+    const atp_val_t *id = atp_val_get(n, "id");
+    uint64_t a = 0, b = 0;
+    int rc = 0;
+    if (!id || id->type != ATP_VAL_STR) continue;
+    if (locations) {
+      const atp_val_t *name = atp_val_get(n, "name");
+      if (!name || name->type != ATP_VAL_STR || !name->len ||
+          name->len > ATP_ID_BYTES_MAX ||
+          atp_shopify_id_parse((atp_str_t){id->u.s, id->len}, "Location", &a) != 0)
+        continue;
+      rc = atp_shopify_map_location(p->shopify, (atp_str_t){name->u.s, name->len}, a);
+      if (rc == 0) p->fetched_locations++;
+    } else {
+      const atp_val_t *sku = atp_val_get(n, "sku");
+      const atp_val_t *item = atp_val_get(atp_val_get(n, "inventoryItem"), "id");
+      if (!sku || sku->type != ATP_VAL_STR || !sku->len ||
+          sku->len > ATP_ID_BYTES_MAX || !item || item->type != ATP_VAL_STR ||
+          atp_shopify_id_parse((atp_str_t){id->u.s, id->len}, "ProductVariant", &a) !=
+              0 ||
+          atp_shopify_id_parse((atp_str_t){item->u.s, item->len}, "InventoryItem",
+                               &b) != 0)
+        continue; /* a variant without a SKU is not atpd's */
+      rc = atp_shopify_map_item(p->shopify, (atp_str_t){sku->u.s, sku->len}, a, b);
+      if (rc == 0) p->fetched_items++;
+    }
+    if (rc != 0)
+      set_error(p, true, "mapping fetched from Shopify: %s", atp_strerror(rc));
+  }
+  const atp_val_t *next = atp_val_get(info, "hasNextPage");
+  const atp_val_t *end = atp_val_get(info, "endCursor");
+  if (next && next->type == ATP_VAL_BOOL && next->u.b && end &&
+      end->type == ATP_VAL_STR && end->len < sizeof p->fetch_after) {
+    memcpy(p->fetch_after, end->u.s, end->len + 1);
+    return;
+  }
+  p->fetch_after[0] = 0;
+  if (locations) {
+    p->fetch = FETCH_VARIANTS;
+    return;
+  }
+  p->fetch = FETCH_NONE;
+  atp_log("info",
+          "shopify push: mapped %" PRIu64 " variants and %" PRIu64
+          " locations fetched from Shopify",
+          p->fetched_items, p->fetched_locations);
+}
+
 /* The next call from the FIFO: a re-read when the first entries need one,
  * else a push. Entries already at Shopify's figure settle here. */
 static void pump(atp_shopify_push_t *p) {
   int64_t now = atp_mono_ms();
   if (p->call != CALL_NONE || now < p->wait_until_ms) return;
-  if (send_saved(p, now)) return;
+  if (send_saved(p, now) || send_fetch(p, now)) return;
   p->quantity_count = 0;
   p->reread_count = 0;
   uint64_t reference = 0;
@@ -961,7 +1082,10 @@ static void on_answer(void *ctx, const atp_http_response_t *res) {
                                      &p->arena, &root, &perr) == 0;
   if (parsed && root->type != ATP_VAL_OBJECT) parsed = false;
   if (parsed)
-    read_cost(p, root, kind, kind == CALL_PUSH ? p->quantity_count : p->reread_count);
+    read_cost(p, root, kind,
+              kind == CALL_PUSH     ? p->quantity_count
+              : kind == CALL_REREAD ? p->reread_count
+                                    : 1);
   const atp_val_t *errors = parsed ? atp_val_get(root, "errors") : NULL;
   bool is_throttle = res->status == 429;
   for (uint32_t i = 0; errors && errors->type == ATP_VAL_ARRAY && i < errors->len; i++)
@@ -987,7 +1111,9 @@ static void on_answer(void *ctx, const atp_http_response_t *res) {
   } else {
     done = true;
   }
-  if (kind == CALL_REREAD) {
+  if (kind == CALL_FETCH) {
+    if (done) on_fetch_answer(p, root);
+  } else if (kind == CALL_REREAD) {
     if (done)
       on_reread_answer(p, root);
     else
@@ -1146,6 +1272,7 @@ int atp_shopify_push_create(atp_shopify_t *shopify, atp_durable_t *d,
   p->cost_mutation = COST_MUTATION_DEFAULT;
   p->cost_reread = COST_REREAD_DEFAULT;
   p->cost_reread_units = 1;
+  p->cost_fetch = COST_FETCH_DEFAULT;
   atp_buf_init(&p->body, 16u << 20);
   atp_arena_init(&p->arena, 64u << 10, 16u << 20);
   atp_durable_section_t section = {.name = "shopify_push",
@@ -1177,6 +1304,7 @@ int atp_shopify_push_start(atp_shopify_push_t *p, atp_feed_t *feed,
   p->share_at_ms = atp_mono_ms();
   p->share_tokens = c->points_per_second;
   p->stats.enabled = true;
+  if (c->fetch_mappings) p->fetch = FETCH_LOCATIONS;
   p->stats.cursor = p->written_cursor;
   if (uv_loop_init(&p->loop) != 0) return ATP_EUNAVAILABLE;
   int rc = atp_http_client_create(&p->loop, NULL, &p->http);

@@ -24,13 +24,15 @@ from shopify_fake import fake_shopify  # noqa: F401 (the fixture)
 SECRET = "whsec-journeys-current-0123456789"
 NEXT_SECRET = "whsec-journeys-rotated-9876543210"
 ATTR = "_atp_reservation"
+# Every journey also runs against bin/atpd-asan (conftest.py: the `binary` fixture).
+ASAN = True
 LOCATIONS = {"dc-1": wh.shopify_id(), "store-1": wh.shopify_id(), "store-2": wh.shopify_id()}
 
 
 class Env:
     """One atpd (restartable with another --shopify file) and the fake."""
 
-    def __init__(self, fake):
+    def __init__(self, fake, binary=None):
         self.fake = fake
         self.dir = tempfile.mkdtemp(prefix="atpd-bb-shopify-")
         self.config_path = os.path.join(self.dir, "shopify.json")
@@ -49,7 +51,7 @@ class Env:
                                  "owner": "ecommerce"},
             }}, f)
         self.write_config([SECRET])
-        self.server = harness.Server(args=["--shopify", self.config_path,
+        self.server = harness.Server(binary=binary, args=["--shopify", self.config_path,
                                            "--ownership", self.ownership_path])
         self.c = self.server.client()
         self.sender = wh.Sender("http://127.0.0.1:%d" % self.server.port, SECRET)
@@ -114,6 +116,16 @@ class Env:
                                  item, loc, got, want, self.status(), self.fake.state(),
                                  self.fake.log()[-5:]))
 
+    def settled(self, timeout=10.0):
+        """The push's status once nothing is pending: Shopify holds a value
+        before atpd has handled the answer that says so."""
+        deadline = time.time() + timeout
+        while True:
+            st = self.status()["push"]
+            if st["pending"] == 0 or time.time() > deadline:
+                return st
+            time.sleep(0.05)
+
     def status(self):
         r = self.c.get("/v1/shopify/status")
         assert r.status == 200, r
@@ -146,8 +158,8 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def env(fake_shopify):
-    e = Env(fake_shopify)
+def env(fake_shopify, binary):
+    e = Env(fake_shopify, binary)
     yield e
     e.c.close()
     problem = e.server.stop()
@@ -270,8 +282,10 @@ def test_refund_restocked_in_another_store(env):
     expect_pos(env, sku_a, "dc-1", on_hand=3)
     expect_pos(env, sku_b, "dc-1", on_hand=5, committed=1)
     # The customer returns one unit of A to store 2 (restock there) and the
-    # unshipped B is refunded as cancelled: released.
-    rf = wh.refund(o, [(0, 1, "return", LOCATIONS["store-2"]), (1, 1, "cancel", None)])
+    # unshipped B is refunded as cancelled: released (Shopify requires a
+    # location_id on return and cancel lines: where B was to ship from).
+    rf = wh.refund(o, [(0, 1, "return", LOCATIONS["store-2"]),
+                       (1, 1, "cancel", LOCATIONS["dc-1"])])
     body = env.send("refunds/create", rf)
     assert body["outcome"] == "applied", body
     expect_pos(env, sku_a, "store-2", on_hand=1)
@@ -307,6 +321,36 @@ def test_cancelled_pickup_releases_the_hold(env):
     assert line_state(res) == {(sku, "store-1"): (3, 0, 3)}
     expect_pos(env, sku, "store-1", on_hand=4)
     env.wait_shop(item, "store-1", 4)
+    env.assert_fake_refused_nothing()
+
+
+def test_a_cancellation_that_overtakes_its_order(env):
+    """Shopify delivers in no guaranteed order: the cancellation of an order can
+    arrive before the order itself. The hold is released; the order arriving
+    late is older than what was applied for it and is ignored, so the released
+    hold is not committed again."""
+    (sku, variant, item), = env.items(1)
+    env.c.adjust(sku, "store-2", 6, source="erp")
+    rid = uid("res")
+    r = env.c.reserve([{"sku": sku, "location": "store-2", "qty": 2}], rid=rid, channel="checkout")
+    assert r.status == 201, r
+    t = now_ms()
+    o = wh.order([(variant, sku, 2)], reservation_id=rid, created_ms=t - 600000)
+    create = env.sender.delivery("orders/create", o, triggered_at=wh.rfc3339_ns(t - 600000))
+    cancel = env.sender.delivery("orders/cancelled",
+                                 wh.cancelled(o, "inventory", cancelled_ms=t - 300000),
+                                 triggered_at=wh.rfc3339_ns(t - 300000))
+    (s1, b1), (s2, b2) = env.sender.send_all([create, cancel], order="reversed")
+    assert s1 == 200 and b1["outcome"] == "applied", b1
+    assert s2 == 200 and b2["outcome"] == "ignored", b2
+    res = reservation(env, rid)
+    assert res["status"] == "released", res
+    expect_pos(env, sku, "store-2", on_hand=6)
+    env.wait_shop(item, "store-2", 6)
+    # Shopify retries the late order (its first delivery timed out): still ignored.
+    status, body = env.sender.post(create)
+    assert status == 200 and body["outcome"] in ("ignored", "replayed"), body
+    assert reservation(env, rid)["status"] == "released"
     env.assert_fake_refused_nothing()
 
 
@@ -381,14 +425,19 @@ def test_shopify_down_then_back_sends_the_newest_values(env):
         env.c.adjust(sku, "dc-1", 50, source="erp")
     for sku, _, item in items:
         env.wait_shop(item, "dc-1", 50)
+    refused0 = env.fake.state()["refused"]
     env.fake.faults(down=True)
     n0 = env.fake.log()[-1]["n"] if env.fake.log() else 0
     # Twenty changes per position while Shopify is unreachable.
     for k in range(20):
         for sku, _, _ in items:
             env.c.adjust(sku, "dc-1", -1, reason="sale", source="pos")
-    time.sleep(1.0)
-    st = env.status()["push"]
+    deadline = time.time() + 10
+    while True:
+        st = env.status()["push"]
+        if st["last_error"] and env.fake.state()["refused"] > refused0 or time.time() > deadline:
+            break
+        time.sleep(0.05)
     assert st["pending"] >= 1 and st["last_error"], st
     # Then throttles and 5xx on the way back.
     env.fake.faults(down=False, throttle=2, error5xx=2)
@@ -400,20 +449,22 @@ def test_shopify_down_then_back_sends_the_newest_values(env):
     for _, _, item in items:
         sent = [q for _, q, _, _ in env.pushes(item, since=n0)]
         assert sent and sent[-1] == 30 and len(sent) <= 2, sent
-    st = env.status()["push"]
+    st = env.settled()
     assert st["throttled"] >= 2 and st["pending"] == 0, st
     env.assert_fake_refused_nothing()
 
 
-BURST_SKUS = 5000
+BURST_SKUS = 1250
 BURST_CHANGES = 100000
 
 
 def test_a_burst_of_100000_changes_at_1000_points_per_second(env):
-    """5,000 SKUs at 4 locations (20,000 mapped positions) take 100,000 changes in
-    one batch; atpd must coalesce them, keep to 250 quantities a call, stay under
-    Shopify's 1,000 points/s (a small bucket, so pacing shows), and end with
-    Shopify holding atpd's newest figure everywhere."""
+    """1,250 SKUs at 4 locations (5,000 mapped positions, none pushed before)
+    take 100,000 changes in one batch. atpd must read Shopify's figure of each
+    (it has none yet), coalesce the changes, keep to 250 quantities a call, stay
+    under Shopify's 1,000 points/s (a small bucket, so the pacing shows), and
+    end with Shopify holding atpd's newest figure everywhere. The re-reads cost
+    about 15,000 points (3 a position), so this takes some 15 s."""
     fake = env.fake
     skus = env.items(BURST_SKUS, prefix="BURST")
     locs = list(LOCATIONS) + ["store-3"]
@@ -438,6 +489,7 @@ def test_a_burst_of_100000_changes_at_1000_points_per_second(env):
     r = c.post("/v1/batch", ops)
     c.close()
     assert r.status == 200 and r.data["applied"] == BURST_CHANGES, r
+    t_batch = time.time() - t0
     deadline = t0 + 60
     while time.time() < deadline:
         levels = fake.levels()
@@ -449,24 +501,29 @@ def test_a_burst_of_100000_changes_at_1000_points_per_second(env):
     wrong = [(k, levels.get(k), v) for k, v in want.items() if levels.get(k) != v]
     assert not wrong, "%d positions differ after %.1f s, e.g. %r; push %r" % (
         len(wrong), elapsed, wrong[:5], env.status()["push"])
-    log = [e for e in fake.log(n0) if e["idempotency_key"] is not None]
-    ok = [e for e in log if e["outcome"] == "ok"]
-    sizes = [len(e["variables"]["input"]["quantities"]) for e in ok]
+    log = fake.log(n0)
+    calls = [e for e in log if e["outcome"] in ("ok", "throttled", "status429", "stale")]
+    done = [e for e in log if e["outcome"] in ("ok", "stale")]
+    sets = [e for e in done if e["idempotency_key"] is not None]
+    sizes = [len(e["variables"]["input"]["quantities"]) for e in sets]
     assert max(sizes) <= 250
-    # 20,000 positions need at least 80 calls of 250; coalescing keeps it far
+    # 5,000 positions need at least 20 calls of 250; coalescing keeps it far
     # from one call per change.
-    assert 80 <= len(ok) <= 2000, (len(ok), sizes[:20])
-    throttled = sum(1 for e in log if e["outcome"] in ("throttled", "status429"))
+    assert 20 <= len(sets) <= 500, (len(sets), sizes[:20])
+    assert sum(sizes) < BURST_CHANGES / 4, sum(sizes)
+    throttled = len(calls) - len(done)
     # Paced by the bucket Shopify reports: throttles are the exception.
-    assert throttled <= max(5, len(ok) // 10), (throttled, len(ok))
-    # No faster than 1,000 points/s beyond the bucket: cost of the calls over
-    # their span.
-    spent = sum(e.get("actual_cost") or 0 for e in ok)
-    span = (ok[-1]["at_ms"] - ok[0]["at_ms"]) / 1000.0
-    assert spent <= 300 + 1000 * span * 1.1 + 10, (spent, span)
-    st = env.status()["push"]
+    assert throttled <= max(5, len(done) // 10), (throttled, len(done))
+    # No faster than 1,000 points/s beyond the bucket's 300: the points of the
+    # calls over their span.
+    spent = sum(e.get("actual_cost") or 0 for e in done)
+    span = (done[-1]["at_ms"] - done[0]["at_ms"]) / 1000.0
+    assert spent <= 300 + 1000 * span * 1.1 + 100, (spent, span)
+    st = env.settled()
     assert st["pending"] == 0 and st["lag_ms"] == 0, st
-    print("burst: %d changes, %d positions, %d calls, %d throttled, %.1f s" % (
-        BURST_CHANGES, len(want), len(ok), throttled, elapsed))
+    print("burst: %d changes over %d positions: batch %.1f s, all in Shopify after %.1f s; "
+          "%d sets (%d quantities), %d reads, %d throttled, %d points over %.1f s" % (
+              BURST_CHANGES, len(want), t_batch, elapsed, len(sets), sum(sizes),
+              len(done) - len(sets), throttled, spent, span))
     fake.config(bucket_max=2000, restore_rate=1000)
     env.assert_fake_refused_nothing()

@@ -31,12 +31,14 @@ def shop_id():
     return random.randint(2 ** 53 + 1, 2 ** 62)
 
 
-def start_atpd(fake, tmp_path, pps=1000, binary=None, extra=()):
+def start_atpd(fake, tmp_path, pps=1000, binary=None, extra=(), fetch=False):
     cfg = tmp_path / "shopify.json"
+    push = {"enabled": True, "points_per_second": pps}
+    if fetch:
+        push["fetch_mappings"] = True
     cfg.write_text(json.dumps({
         "shop": "atpd-test.myshopify.com", "api_version": "2026-10",
-        "admin_url": fake.admin_url, "webhook_secrets": ["s1"],
-        "push": {"enabled": True, "points_per_second": pps}}))
+        "admin_url": fake.admin_url, "webhook_secrets": ["s1"], "push": push}))
     args = ["--durability", "batch", "--shopify", str(cfg)] + list(extra)
     return Server(binary=binary, args=args, env={"ATPD_SHOPIFY_TOKEN": TOKEN})
 
@@ -152,6 +154,11 @@ def test_change_pushed_with_change_from_and_reference(fake, tmp_path, binary):
         assert st["calls"] >= 3 and st["positions_pushed"] == 2, st
         assert st["points_spent"] > 0 and st["restore_rate"] == 1000, st
         assert st["cursor"] and st["lag_ms"] == 0, st
+        # The same figures in /metrics.
+        m = c.get("/metrics").body.decode()
+        for name, v in (("calls_total", st["calls"]), ("positions_pushed_total", 2),
+                        ("pending", 0), ("stale_retries_total", 0)):
+            assert re.search(r"^atpd_shopify_push_%s %d$" % (name, v), m, re.M), (name, m[-3000:])
         # An unmapped position is not Shopify's: nothing goes out.
         n = len(fake.log())
         c.adjust(uid("unmapped"), "L1", 3)
@@ -245,7 +252,8 @@ def test_stale_change_from_is_read_again_and_retried(fake, tmp_path):
         wait_levels(fake, {(item, loc): 6})
         later = fake.log(n)
         outs = [(e.get("operation"), e["outcome"]) for e in later]
-        assert ("AtpdPush", "stale") in outs and ("AtpdLevels", "ok") in outs, outs
+        # Refused stale, Shopify's figure read, the call rebuilt from it.
+        assert outs == [("AtpdPush", "stale"), ("AtpdLevels", "ok"), ("AtpdPush", "ok")], outs
         last = pushes(fake, n)[-1]
         assert quantities(last)[0]["changeFromQuantity"] == 42, last
         st = push_status(c)
@@ -265,30 +273,34 @@ def test_kill9_during_a_push_no_loss_no_double_apply(fake, tmp_path, binary):
         batch_adjust(c, [(s, "L1", 1) for s, _ in items])  # atpd learns the levels
         wait_levels(fake, {(i, loc): 1 for _, i in items})
         wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
-        # The next call hangs in Shopify, which applies it; atpd dies meanwhile.
+        # The next call hangs in Shopify, which applies it; atpd dies meanwhile,
+        # after more changes of half the positions.
         fake.faults(slow_ms=1500, slow_count=1)
         n = len(fake.log())
         batch_adjust(c, [(s, "L1", 7) for s, _ in items])
-        time.sleep(0.7)
+        wait_for(lambda: fake.state()["calls"] > n, what="the slow call")
+        batch_adjust(c, [(s, "L1", 1) for s, _ in items[:10]])
+        time.sleep(0.5)
         srv.kill()
         time.sleep(1.3)  # the fake finishes (and applies) the call
         first = pushes(fake, n)
         assert len(first) == 1 and first[0]["outcome"] == "ok", first
         srv.stderr_f.close()
         srv.start()
-        want = {(i, loc): 8 for _, i in items}
+        want = {(i, loc): 9 if k < 10 else 8 for k, (_, i) in enumerate(items)}
         wait_levels(fake, want)
         c = srv.client(validate=VALIDATE)
         wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
         after = pushes(fake, n)
-        # Each position was set to 8 by one call that applied: the call sent
-        # again after the restart replays its key (or is refused stale).
+        # Each value was set by one call that applied: the call cut by the
+        # kill is sent again first with its key (a replay), then the newer
+        # values go from what it set.
         applied = {}
         for e in after:
             if e["outcome"] != "ok":
                 continue
             for q in quantities(e):
-                k = gid_num(q["inventoryItemId"])
+                k = (gid_num(q["inventoryItemId"]), q["quantity"])
                 applied[k] = applied.get(k, 0) + 1
         assert all(v == 1 for v in applied.values()), (applied, after)
         assert all(e["outcome"] in ("ok", "replay", "stale") for e in after), after
@@ -324,6 +336,31 @@ def test_shopify_down_then_back_sends_newest_values_only(fake, tmp_path):
         sent = [e for e in pushes(fake, n) if e["outcome"] == "ok"]
         assert len(sent) == 1, "the backlog went out, not the newest values: %r" % sent
         assert sorted(q["quantity"] for q in quantities(sent[0])) == sorted(want.values())
+    finally:
+        stop(srv)
+
+
+# --- mappings fetched from Shopify -------------------------------------------------------
+
+def test_mappings_fetched_from_shopify_in_pages(fake, tmp_path):
+    variants = [{"variant_id": shop_id(), "sku": uid("sku"), "inventory_item_id": shop_id()}
+                for _ in range(300)]
+    variants.append({"variant_id": shop_id(), "sku": None, "inventory_item_id": shop_id()})
+    store = {"id": shop_id(), "name": "Store-%s" % uid("s")}
+    fake.catalog(variants=variants, locations=[store])
+    fake.set_levels([(v["inventory_item_id"], store["id"], 0) for v in variants])
+    srv = start_atpd(fake, tmp_path, fetch=True)
+    try:
+        c = srv.client(validate=VALIDATE)
+        v = variants[280]  # on the second page
+        wait_for(lambda: c.get("/v1/shopify/mappings", params={"sku": v["sku"]}).status == 200,
+                 what="the fetched mapping")
+        ops = [e.get("operation") for e in fake.log()]
+        assert ops.count("AtpdLocations") == 1 and ops.count("AtpdVariants") == 2, ops
+        c.adjust(v["sku"], store["name"], 4)  # the atpd location is the Shopify name
+        wait_levels(fake, {(v["inventory_item_id"], store["id"]): 4})
+        st = push_status(c)
+        assert st["positions_pushed"] == 1 and st["errors"] == 0, st
     finally:
         stop(srv)
 
