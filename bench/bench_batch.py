@@ -4,9 +4,14 @@ reservations, in NDJSON and msgpack, against one bin/atpd (--threads 1, the HTTP
 benchmark's setting). Prints one "name value" line per figure (ops/s).
 
   bench/bench_batch.py [--seconds S] [--conns N] [--durability none|batch] [--bin bin/atpd]
+                       [--only adjust_msgpack,...] [--driver c|python] [--perf FILE]
 
-Bodies are encoded before the clock starts, so the client (Python) costs only the
-socket writes and reads; each connection sends one batch and waits for its answer.
+Bodies are encoded before the clock starts; each connection sends one batch and waits
+for its answer. The default driver is build/release/bench/bench_batch_post (C, epoll,
+one thread), which posts the requests from a file written here (cached under
+/tmp/atpd-bench-batch/: every run starts a fresh server, so the same ids are new to it)
+and sends each request once, so no op is ever a replay. `--driver python` sends them
+from Python threads: at these rates that client takes a share of the two cores.
 """
 import argparse
 import json
@@ -23,6 +28,8 @@ import msgpack
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 OPS = 1000
 POSITIONS = 10000
+DRIVER = os.path.join(ROOT, "build", "release", "bench", "bench_batch_post")
+CACHE = "/tmp/atpd-bench-batch"
 
 
 def free_port():
@@ -84,6 +91,32 @@ def make_batches(kind, fmt, count, tag):
     return out
 
 
+def run_c(port, path, conns, seconds):
+    """The C driver over the request file at path; ops/s."""
+    out = subprocess.run([DRIVER, str(port), str(conns), str(seconds), str(OPS), path],
+                         check=True, capture_output=True, text=True)
+    if out.stderr:
+        print("# " + out.stderr.strip(), file=sys.stderr)
+    got = dict(line.split() for line in out.stdout.split("\n") if line)
+    if int(got["non200"]):
+        print("# %s batches answered non-200" % got["non200"], file=sys.stderr)
+    return int(got["ops"]) / float(got["seconds"])
+
+
+def request_file(kind, fmt, count):
+    """The file of count pre-built requests for the C driver, cached."""
+    os.makedirs(CACHE, exist_ok=True)
+    path = os.path.join(CACHE, "%s-%s-%d.req" % (kind, fmt, count))
+    if not os.path.exists(path):
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            for r in make_batches(kind, fmt, count, "%s-%s" % (kind, fmt)):
+                f.write(len(r).to_bytes(8, "little"))
+                f.write(r)
+        os.rename(tmp, path)
+    return path
+
+
 def run(port, batches, conns, seconds):
     """Sends batches round-robin over conns connections for up to seconds; ops/s."""
     lock = threading.Lock()
@@ -128,6 +161,9 @@ def main():
     ap.add_argument("--durability", default="none")
     ap.add_argument("--bin", default=os.path.join(ROOT, "bin", "atpd"))
     ap.add_argument("--batches", type=int, default=3000, help="encoded per figure")
+    ap.add_argument("--only", default="", help="figures to run: adjust_msgpack,...")
+    ap.add_argument("--driver", default="c", choices=("c", "python"))
+    ap.add_argument("--perf", default="", help="perf record -g the server into FILE")
     args = ap.parse_args()
     port = free_port()
     data = tempfile.mkdtemp(prefix="atpd-bench-batch-")
@@ -150,10 +186,30 @@ def main():
         status, _, _ = read_response(s, b"")
         s.close()
         assert status == 200, status
+        only = [x for x in args.only.split(",") if x]
         for kind in ("adjust", "reserve"):
             for fmt in ("ndjson", "msgpack"):
-                batches = make_batches(kind, fmt, args.batches, "%s-%s" % (kind, fmt))
-                rate = run(port, batches, args.conns, args.seconds)
+                if only and "%s_%s" % (kind, fmt) not in only:
+                    continue
+                if args.driver == "c":
+                    path = request_file(kind, fmt, args.batches)
+                else:
+                    batches = make_batches(kind, fmt, args.batches, "%s-%s" % (kind, fmt))
+                perf = None
+                if args.perf:
+                    perf = subprocess.Popen(["perf", "record", "-g", "--call-graph",
+                                             "dwarf,16384", "-F", "999", "-o", args.perf,
+                                             "-p", str(srv.pid)],
+                                            stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL)
+                    time.sleep(0.5)
+                if args.driver == "c":
+                    rate = run_c(port, path, args.conns, args.seconds)
+                else:
+                    rate = run(port, batches, args.conns, args.seconds)
+                if perf:
+                    perf.send_signal(2)
+                    perf.wait()
                 print("atpd_batch_%s_%s_ops %.0f" % (kind, fmt, rate))
                 sys.stdout.flush()
     finally:
