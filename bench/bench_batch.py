@@ -16,6 +16,7 @@ from Python threads: at these rates that client takes a share of the two cores.
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -224,6 +225,7 @@ def main():
     finally:
         srv.terminate()
         srv.wait()
+        shutil.rmtree(data, ignore_errors=True)  # gigabytes of journal a run
 
 
 if __name__ == "__main__":
