@@ -95,8 +95,9 @@ def make_batches(kind, fmt, count, tag):
 def run_c(port, path, conns, seconds):
     """The C driver over the request file at path; ops/s."""
     out = subprocess.run([DRIVER, str(port), str(conns), str(seconds), str(OPS), path],
-                         check=True, capture_output=True, text=True,
-                         errors="replace")
+                         capture_output=True, text=True, errors="replace")
+    if out.returncode != 0:
+        raise RuntimeError("bench_batch_post failed: " + out.stderr.strip()[:500])
     if out.stderr:
         print("# " + out.stderr.strip(), file=sys.stderr)
     got = dict(line.split() for line in out.stdout.split("\n") if line)
@@ -174,7 +175,8 @@ def main():
     data = tempfile.mkdtemp(prefix="atpd-bench-batch-")
     srv = subprocess.Popen([args.bin, "--listen", "127.0.0.1:%d" % port, "--threads", "1",
                             "--data-dir", data, "--durability", args.durability,
-                            "--access-log", "off"], stderr=subprocess.DEVNULL)
+                            "--access-log", "off"],
+                           stderr=open(os.path.join(data, "stderr.log"), "w"))
     try:
         for _ in range(100):
             try:
@@ -223,6 +225,9 @@ def main():
                 print("atpd_batch_%s_%s_ops %.0f" % (kind, fmt, rate))
                 sys.stdout.flush()
     finally:
+        if srv.poll() is not None:
+            print("# atpd exited with %s: %s" % (srv.returncode, open(
+                os.path.join(data, "stderr.log")).read()[-2000:]), file=sys.stderr)
         srv.terminate()
         srv.wait()
         shutil.rmtree(data, ignore_errors=True)  # gigabytes of journal a run
