@@ -76,6 +76,7 @@ typedef struct {
   uint32_t dead_letters_max;   /* --dead-letters-max */
   uint32_t flow_queue_max;     /* --flow-queue-max, per flow */
   uint32_t audit_max;          /* --audit-max */
+  uint32_t idempotency_max;    /* --idempotency-max: ids the engine remembers */
   int64_t snapshot_interval_s; /* 0: no periodic snapshots */
   const char *redis_host;      /* NULL or "": no Redis */
   int redis_port, redis_db;

@@ -58,6 +58,7 @@ typedef struct {
   uint32_t dead_letters_max; /* --dead-letters-max */
   uint32_t flow_queue_max;   /* --flow-queue-max, ops per paused flow */
   uint32_t audit_max;        /* --audit-max */
+  uint32_t idempotency_max;  /* --idempotency-max */
   /* --shopify: the Shopify connector's JSON file (CONTRACT.md section 11);
    * "" when off. Read and checked at start (atp_shopify_config_load). */
   char shopify_file[ATP_CONFIG_PATH_BYTES_MAX];

@@ -372,6 +372,7 @@ typedef struct {
   uint64_t reservations_by_status[5]; /* indexed by atp_status_t, retained ones */
   uint64_t expirations;               /* since start */
   uint64_t idempotency_ids;
+  uint64_t idempotency_max;
   uint64_t groups;
 } atp_engine_stats_t;
 

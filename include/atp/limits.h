@@ -44,6 +44,9 @@
  * Records are allocated up front but touched only when used (~430 bytes each). */
 #define ATP_RESERVATIONS_MAX_DEFAULT (1u << 22) /* 4M, live plus retained */
 #define ATP_IDEMPOTENCY_MAX_DEFAULT  (1u << 22) /* 4M adjustment/count/fulfil ids */
+#define ATP_IDEMPOTENCY_MAX_MAX                         \
+  (1u << 26) /* --idempotency-max: 64M, reserved lazily \
+              */
 
 /* HTTP. */
 #define ATP_HTTP_HEADER_BYTES_MAX    (64 * 1024)

@@ -644,6 +644,7 @@ int atp_app_start(atp_app_t *app, const atp_app_options_t *options,
   atp_engine_config_t *ec = &rt->engine_config;
   memset(ec, 0, sizeof *ec);
   ec->clock_skew_ms = options->clock_skew_ms;
+  ec->idempotency_max = options->idempotency_max;
   ec->on_change = atp_durable_hook;
   ec->change_ctx = app->durable;
   /* Published in app->engine only once restored (restore_main). */

@@ -198,12 +198,15 @@ static void write_engine(const atp_engine_t *engine, atp_buf_t *out) {
       "# HELP atpd_idempotency_ids Idempotency ids remembered.\n"
       "# TYPE atpd_idempotency_ids gauge\n"
       "atpd_idempotency_ids %llu\n"
+      "# HELP atpd_idempotency_ids_max Idempotency id capacity (--idempotency-max).\n"
+      "# TYPE atpd_idempotency_ids_max gauge\n"
+      "atpd_idempotency_ids_max %llu\n"
       "# HELP atpd_groups Location groups defined.\n"
       "# TYPE atpd_groups gauge\n"
       "atpd_groups %llu\n",
       (unsigned long long)st.expirations, (unsigned long long)st.positions,
       (unsigned long long)st.positions_max, (unsigned long long)st.idempotency_ids,
-      (unsigned long long)st.groups);
+      (unsigned long long)st.idempotency_max, (unsigned long long)st.groups);
 }
 
 void atp_metrics_write(const atp_metrics_t *m, const atp_engine_t *engine,

@@ -238,6 +238,7 @@ static int start_app(const atp_config_t *cfg, atp_app_t *app,
   ao.dead_letters_max = cfg->dead_letters_max;
   ao.flow_queue_max = cfg->flow_queue_max;
   ao.audit_max = cfg->audit_max;
+  ao.idempotency_max = cfg->idempotency_max;
   if (cfg->demo) ao.after_restore = load_demo;
   /* The connector's file is read here, once: a bad one stops the start with
    * a sentence naming the file and the field (the token is never printed). */

@@ -297,6 +297,14 @@ static int set_shopify(atp_config_t *cfg, const char *v, char *err, size_t err_l
   return set_path(cfg->shopify_file, sizeof cfg->shopify_file, v, err, err_len, what);
 }
 
+/* The table is reserved, not touched, at start: an id costs its record's
+ * bytes only once used, so a large bound is cheap until it fills. */
+static int set_idempotency_max(atp_config_t *cfg, const char *v, char *err,
+                               size_t err_len, const char *what) {
+  return set_count(&cfg->idempotency_max, v, ATP_IDEMPOTENCY_MAX_MAX, err, err_len,
+                   what);
+}
+
 static const option_t options[] = {
     {"--listen", "ATPD_LISTEN", true, set_listen},
     {"--data-dir", "ATPD_DATA_DIR", true, set_data_dir},
@@ -315,6 +323,7 @@ static const option_t options[] = {
     {"--dead-letters-max", "ATPD_DEAD_LETTERS_MAX", true, set_dead_letters_max},
     {"--flow-queue-max", "ATPD_FLOW_QUEUE_MAX", true, set_flow_queue_max},
     {"--audit-max", "ATPD_AUDIT_MAX", true, set_audit_max},
+    {"--idempotency-max", "ATPD_IDEMPOTENCY_MAX", true, set_idempotency_max},
     {"--shopify", "ATPD_SHOPIFY", true, set_shopify},
 };
 #define OPTION_COUNT (sizeof options / sizeof options[0])
@@ -339,6 +348,9 @@ const char *atp_config_usage(void) {
          "            [--flow-queue-max N]      ops a paused flow queues, default "
          "10000\n"
          "            [--audit-max N]           audit entries kept, default 100000\n"
+         "            [--idempotency-max N]     adjustment, count and follow-up ids "
+         "kept "
+         "24 h, default 4194304\n"
          "            [--shopify FILE]          the Shopify connector's configuration\n"
          "            [--routes]                print the route table and exit\n"
          "            [--version]               print the version and exit\n"
@@ -369,6 +381,7 @@ int atp_config_load(atp_config_t *cfg, int argc, char **argv,
   cfg->dead_letters_max = ATP_DEAD_LETTERS_MAX_DEFAULT;
   cfg->flow_queue_max = ATP_FLOW_QUEUE_OPS_DEFAULT;
   cfg->audit_max = ATP_AUDIT_ENTRIES_DEFAULT;
+  cfg->idempotency_max = ATP_IDEMPOTENCY_MAX_DEFAULT;
   if (err_len) err[0] = '\0';
 
   for (size_t i = 0; i < OPTION_COUNT; i++) {

@@ -100,7 +100,9 @@ int atp__idem_claim(atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id,
     return idem_existing(e, found, kind, content_hash, idx, result);
   uint32_t mine = atp__keyed_alloc(&e->idempotency_table);
   if (mine == UINT32_MAX) {
-    atp__result_set(result, "", "The idempotency id store is full; retry later.");
+    atp__result_set(result, "",
+                    "The idempotency id store is full (ids are kept 24 h); retry "
+                    "later, or raise --idempotency-max.");
     return ATP_EFULL;
   }
   atp_idempotency_record_t *r = &e->idempotency_records[mine];

@@ -110,6 +110,7 @@ void atp_engine_stats(const atp_engine_t *e, atp_engine_stats_t *out) {
   memset(out, 0, sizeof *out);
   out->positions = atomic_load_explicit(&e->position_count, memory_order_relaxed);
   out->positions_max = e->config.positions_max;
+  out->idempotency_max = e->config.idempotency_max;
   for (int i = 0; i < 5; i++) {
     int64_t v = 0;
     for (int shard = 0; shard < ATP_SHARDS; shard++)

@@ -249,3 +249,37 @@ def test_data_dir_parents_are_created(binary):
     finally:
         p.terminate()
         assert p.wait(15) == 0
+
+
+def test_idempotency_max_bounds_the_ids_and_says_how_to_raise_it(binary):
+    """--idempotency-max: a 10M-line import needs more than the default 4M ids
+    kept for 24 h; the bound is a flag, full is a 429 naming it, and /metrics
+    shows the capacity."""
+    srv = Server(binary=binary, args=["--idempotency-max", "3", "--durability", "none"])
+    try:
+        c = srv.client()
+
+        def adjust(i):
+            return c.post("/v1/adjustments", dict(id="idmax-%d" % i, sku="IDMAX",
+                                                  location="L1", delta=1,
+                                                  reason="received", source="erp"))
+        for i in range(3):
+            r = adjust(i)
+            assert r.status == 200, r
+        r = adjust(3)
+        assert r.status == 429, r
+        assert "--idempotency-max" in r.data["error"]["message"], r
+        r = adjust(0)  # a known id still replays
+        assert r.status == 200, r
+        assert c.position("IDMAX", "L1").data["on_hand"] == 3
+        m = c.get("/metrics").body.decode()
+        assert "atpd_idempotency_ids_max 3\n" in m, m
+    finally:
+        problem = srv.stop()
+        assert problem is None, problem
+
+
+def test_idempotency_max_refuses_a_bad_value(binary):
+    for bad in ("0", "-1", "x", str((1 << 26) + 1)):
+        rc, err = run_second(exe(binary), ["--idempotency-max", bad])
+        assert rc == 2 and "--idempotency-max must be an integer" in err, (bad, rc, err)
