@@ -78,6 +78,7 @@
 #define BUCKETS_MIN        1024u
 #define KEY_BYTES          37 /* "atpd-" + 32 hex digits */
 #define SAVED_ATTEMPTS_MAX 5
+#define DEFER_MS           1000
 /* Estimated costs before Shopify reported any (Shopify charges a mutation
  * 10 points; a level read is a few). */
 #define COST_MUTATION_DEFAULT 10.0
@@ -100,6 +101,8 @@ struct entry {
   bool in_call;              /* in the call in flight */
   bool need_read;            /* Shopify's figure must be read before a push */
   bool no_level;             /* read: Shopify holds no level there yet */
+  uint64_t version_seen;     /* the newest position version the feed showed */
+  int64_t deferred_ms;       /* 0, or since when (mono) the engine is ahead */
   entry_t *hash_next;        /* bucket chain */
   entry_t *prev, *next;      /* the FIFO */
   uint16_t sku_len, loc_len; /* the engine's key, in text[] */
@@ -160,7 +163,9 @@ struct atp_shopify_push {
   uint64_t read_durable;   /* durable LSN at the last read that was not full */
   uint64_t written_cursor; /* the last cursor journaled */
   int64_t cursor_written_ms;
-  bool progress; /* events taken or entries settled since the last cursor write */
+  bool progress;  /* events taken or entries settled since the last cursor write */
+  bool read_redo; /* a read stopped short of memory ... */
+  uint64_t redo_cursor; /* ... and goes on after this sequence */
 
   /* pending */
   entry_t **buckets;
@@ -358,7 +363,11 @@ static int on_event(void *ctx, const atp_feed_event_t *ev) {
   entry_t *e = entry_find(p, item, location);
   if (!e) {
     e = atp_malloc(sizeof *e + pos->sku.len + pos->location.len);
-    if (!e) return ATP_ENOMEM; /* the read stops before this event: read again */
+    if (!e) { /* the read stops here; this event is read again next time */
+      p->read_redo = true;
+      p->redo_cursor = ev->sequence - 1;
+      return ATP_ENOMEM;
+    }
     memset(e, 0, sizeof *e);
     e->item = item;
     e->location = location;
@@ -378,6 +387,10 @@ static int on_event(void *ctx, const atp_feed_event_t *ev) {
     e->again_at_ms = c->at_ms;
   }
   e->last_seq = ev->sequence;
+  if (pos->version > e->version_seen) {
+    e->version_seen = pos->version;
+    e->deferred_ms = 0;
+  }
   return 0;
 }
 
@@ -407,9 +420,19 @@ static void read_feed(atp_shopify_push_t *p) {
       set_error(p, true, "reading the change feed: %s", atp_strerror(rc));
       return;
     }
+    if (p->read_redo) { /* the event that found no memory was handed out */
+      p->read_redo = false;
+      next = p->redo_cursor;
+      count = 0;
+      rc = ATP_ENOMEM;
+    }
     if (next != p->read_cursor || count) {
       p->read_cursor = next;
       p->has_cursor = true;
+    }
+    if (rc == ATP_ENOMEM) {
+      set_error(p, true, "reading the change feed: %s", atp_strerror(rc));
+      return;
     }
     if (count < FEED_PAGE) {
       p->read_durable = durable;
@@ -868,6 +891,14 @@ static void pump(atp_shopify_push_t *p) {
                    (!c->need_read &&
                     atp_shopify_level_get(p->shopify, c->item, c->location, &level));
       int64_t available = found[i] ? pos[i].available : 0;
+      /* The engine shows a change the durable feed has not shown yet: its
+       * value could be one a crash takes back, and Shopify would keep it.
+       * Its event comes within milliseconds; the entry waits for it (at most
+       * DEFER_MS, should a version ever move without an event). */
+      if (found[i] && pos[i].version > c->version_seen) {
+        if (!c->deferred_ms) c->deferred_ms = now;
+        if (now - c->deferred_ms < DEFER_MS) continue;
+      }
       if (!known) {
         if (p->reread_count < ATP_SHOPIFY_PUSH_REREAD_MAX)
           p->reread[p->reread_count++] = c;
