@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import signal
 import time
 
 import pytest
@@ -307,6 +308,37 @@ def test_kill9_during_a_push_no_loss_no_double_apply(fake, tmp_path, binary):
         replays = [e for e in after if e["outcome"] == "replay"]
         assert replays and replays[0]["idempotency_key"] == first[0]["idempotency_key"], after
         assert fake.state()["idempotent_replays"] >= 1
+    finally:
+        stop(srv)
+
+
+def test_clean_restart_resumes_from_the_durable_cursor(fake, tmp_path):
+    loc = shop_id()
+    items = [(uid("sku"), shop_id()) for _ in range(5)]
+    fake.set_levels([(i, loc, 2) for _, i in items])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, items, [("L1", loc)])
+        batch_adjust(c, [(s, "L1", 3) for s, _ in items])
+        wait_levels(fake, {(i, loc): 3 for _, i in items})
+        wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
+        cursor = push_status(c)["cursor"]
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(15) == 0
+        srv.stderr_f.close()
+        n = len(fake.log())
+        srv.start()
+        c = srv.client(validate=VALIDATE)
+        time.sleep(1.0)
+        # Nothing is sent again: the cursor and the levels are durable.
+        assert fake.log(n) == [], fake.log(n)
+        assert push_status(c)["cursor"] >= cursor
+        c.adjust(items[0][0], "L1", 1)
+        wait_levels(fake, {(items[0][1], loc): 4})
+        later = fake.log(n)
+        assert [e["operation"] for e in later] == ["AtpdPush"], later
+        assert quantities(later[0])[0]["changeFromQuantity"] == 3, later
     finally:
         stop(srv)
 
