@@ -857,25 +857,23 @@ static void on_fetch_answer(atp_shopify_push_t *p, const atp_val_t *root) {
           p->fetched_items, p->fetched_locations);
 }
 
-/* The next call from the FIFO: a re-read when the first entries need one,
- * else a push. Entries already at Shopify's figure settle here. */
-static void pump(atp_shopify_push_t *p) {
-  int64_t now = atp_mono_ms();
-  if (p->call != CALL_NONE || now < p->wait_until_ms) return;
-  if (send_saved(p, now) || send_fetch(p, now)) return;
-  p->quantity_count = 0;
-  p->reread_count = 0;
-  uint64_t reference = 0;
+/* Fills p->quantities (and p->reread, the entries whose Shopify figure must
+ * be read first) from the FIFO's oldest entries, a slice at a time read from
+ * the engine in one batched look-up; settles the entries already at
+ * Shopify's figure. *reference gets the newest change the quantities carry. */
+static void collect(atp_shopify_push_t *p, int64_t now, uint64_t *reference) {
   atp_key_t keys[ATP_SHOPIFY_PUSH_BATCH_MAX];
   entry_t *cand[ATP_SHOPIFY_PUSH_BATCH_MAX];
   atp_position_t pos[ATP_SHOPIFY_PUSH_BATCH_MAX];
   bool found[ATP_SHOPIFY_PUSH_BATCH_MAX];
   uint32_t examined = 0;
   entry_t *e = p->head;
+  p->quantity_count = 0;
+  p->reread_count = 0;
+  *reference = 0;
   while (e && examined < ATP_SHOPIFY_PUSH_EXAMINE_MAX &&
          p->quantity_count < ATP_SHOPIFY_PUSH_BATCH_MAX &&
          p->reread_count < ATP_SHOPIFY_PUSH_REREAD_MAX) {
-    /* A slice of the FIFO, read from the engine in one batched look-up. */
     uint32_t n = 0;
     for (; e && n < ATP_SHOPIFY_PUSH_BATCH_MAX - p->quantity_count; e = e->next) {
       cand[n] = e;
@@ -910,27 +908,31 @@ static void pump(atp_shopify_push_t *p) {
       }
       quantity_t *q = &p->quantities[p->quantity_count++];
       *q = (quantity_t){c->item, c->location, available, level, c->no_level, c};
-      if (c->last_seq > reference) reference = c->last_seq;
+      if (c->last_seq > *reference) *reference = c->last_seq;
     }
   }
-  if (p->reread_count) {
-    p->quantity_count = 0; /* Shopify's figures first, then the push */
-    p->call_cost = call_cost_estimate(p, CALL_REREAD, p->reread_count);
-    int64_t wait = pace_wait_ms(p, p->call_cost, now);
-    if (wait) {
-      p->wait_until_ms = now + wait;
-      return;
-    }
-    if (build_reread_body(p) != 0) return;
-    for (uint32_t i = 0; i < p->reread_count; i++) p->reread[i]->in_call = true;
-    p->call = CALL_REREAD;
-    if (send_body(p) != 0) {
-      for (uint32_t i = 0; i < p->reread_count; i++) p->reread[i]->in_call = false;
-      p->call = CALL_NONE;
-    }
+}
+
+/* Sends the re-read of p->reread (when pacing allows). */
+static void send_reread(atp_shopify_push_t *p, int64_t now) {
+  p->quantity_count = 0; /* Shopify's figures first, then the push */
+  p->call_cost = call_cost_estimate(p, CALL_REREAD, p->reread_count);
+  int64_t wait = pace_wait_ms(p, p->call_cost, now);
+  if (wait) {
+    p->wait_until_ms = now + wait;
     return;
   }
-  if (!p->quantity_count) return;
+  if (build_reread_body(p) != 0) return;
+  for (uint32_t i = 0; i < p->reread_count; i++) p->reread[i]->in_call = true;
+  p->call = CALL_REREAD;
+  if (send_body(p) != 0) {
+    for (uint32_t i = 0; i < p->reread_count; i++) p->reread[i]->in_call = false;
+    p->call = CALL_NONE;
+  }
+}
+
+/* Journals and sends the push of p->quantities (when pacing allows). */
+static void send_push(atp_shopify_push_t *p, int64_t now, uint64_t reference) {
   p->call_cost = call_cost_estimate(p, CALL_PUSH, p->quantity_count);
   int64_t wait = pace_wait_ms(p, p->call_cost, now);
   if (wait) {
@@ -950,6 +952,20 @@ static void pump(atp_shopify_push_t *p) {
     p->call = CALL_NONE;
     journal_settled(p, p->call_key);
   }
+}
+
+/* The next call: a journaled call of a previous run, the mapping fetch, a
+ * re-read when the oldest entries need one, else a push. */
+static void pump(atp_shopify_push_t *p) {
+  int64_t now = atp_mono_ms();
+  if (p->call != CALL_NONE || now < p->wait_until_ms) return;
+  if (send_saved(p, now) || send_fetch(p, now)) return;
+  uint64_t reference = 0;
+  collect(p, now, &reference);
+  if (p->reread_count)
+    send_reread(p, now);
+  else if (p->quantity_count)
+    send_push(p, now, reference);
 }
 
 /* --- answers ----------------------------------------------------------------- */
@@ -1094,6 +1110,38 @@ static void on_reread_answer(atp_shopify_push_t *p, const atp_val_t *root) {
   p->backoff_ms = 0;
 }
 
+/* Whether the answer carries data to act on; else the throttle, the error
+ * and the wait before the next call are taken care of here. root: the
+ * parsed body, NULL when it is not a JSON object. */
+static bool answered(atp_shopify_push_t *p, const atp_http_response_t *res,
+                     const atp_val_t *root) {
+  const atp_val_t *errors = root ? atp_val_get(root, "errors") : NULL;
+  bool listed = errors && errors->type == ATP_VAL_ARRAY && errors->len;
+  bool is_throttle = res->status == 429;
+  for (uint32_t i = 0; listed && i < errors->len; i++)
+    if (str_is(atp_val_get(atp_val_get(&errors->u.items[i], "extensions"), "code"),
+               "THROTTLED"))
+      is_throttle = true;
+  if (is_throttle) {
+    throttled(p);
+    return false;
+  }
+  if (res->status == 0) {
+    set_error(p, true, "Shopify: %s", res->error);
+  } else if (res->status != 200 || !root) {
+    set_error(p, true, "Shopify answered HTTP %d%s", res->status,
+              root || res->status != 200 ? "" : " with a body that is not JSON");
+  } else if (listed) {
+    const atp_val_t *msg = atp_val_get(&errors->u.items[0], "message");
+    set_error(p, true, "Shopify: %.200s",
+              msg && msg->type == ATP_VAL_STR ? msg->u.s : "a GraphQL error");
+  } else {
+    return true;
+  }
+  back_off(p);
+  return false;
+}
+
 static void on_answer(void *ctx, const atp_http_response_t *res) {
   atp_shopify_push_t *p = ctx;
   call_kind_t kind = p->call;
@@ -1117,31 +1165,7 @@ static void on_answer(void *ctx, const atp_http_response_t *res) {
               kind == CALL_PUSH     ? p->quantity_count
               : kind == CALL_REREAD ? p->reread_count
                                     : 1);
-  const atp_val_t *errors = parsed ? atp_val_get(root, "errors") : NULL;
-  bool is_throttle = res->status == 429;
-  for (uint32_t i = 0; errors && errors->type == ATP_VAL_ARRAY && i < errors->len; i++)
-    if (str_is(atp_val_get(atp_val_get(&errors->u.items[i], "extensions"), "code"),
-               "THROTTLED"))
-      is_throttle = true;
-
-  bool done = false; /* the call's answer was handled for good */
-  if (is_throttle) {
-    throttled(p);
-  } else if (res->status == 0) {
-    set_error(p, true, "Shopify: %s", res->error);
-    back_off(p);
-  } else if (res->status != 200 || !parsed) {
-    set_error(p, true, "Shopify answered HTTP %d%s", res->status,
-              parsed || res->status != 200 ? "" : " with a body that is not JSON");
-    back_off(p);
-  } else if (errors && errors->type == ATP_VAL_ARRAY && errors->len) {
-    const atp_val_t *msg = atp_val_get(&errors->u.items[0], "message");
-    set_error(p, true, "Shopify: %.200s",
-              msg && msg->type == ATP_VAL_STR ? msg->u.s : "a GraphQL error");
-    back_off(p);
-  } else {
-    done = true;
-  }
+  bool done = answered(p, res, parsed ? root : NULL);
   if (kind == CALL_FETCH) {
     if (done) on_fetch_answer(p, root);
   } else if (kind == CALL_REREAD) {
