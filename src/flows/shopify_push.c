@@ -1385,15 +1385,19 @@ int atp_shopify_push_start(atp_shopify_push_t *p, atp_feed_t *feed,
   return 0;
 }
 
+void atp_shopify_push_stop(atp_shopify_push_t *p) {
+  if (!p || !p->started) return;
+  atomic_store_explicit(&p->stopping, true, memory_order_relaxed);
+  uv_async_send(&p->stop);
+  pthread_join(p->thread, NULL);
+  ATP_ASSERT(p->handles_open == 0 && !p->http);
+  uv_loop_close(&p->loop);
+  p->started = false;
+}
+
 void atp_shopify_push_destroy(atp_shopify_push_t *p) {
   if (!p) return;
-  if (p->started) {
-    atomic_store_explicit(&p->stopping, true, memory_order_relaxed);
-    uv_async_send(&p->stop);
-    pthread_join(p->thread, NULL);
-    ATP_ASSERT(p->handles_open == 0 && !p->http);
-    uv_loop_close(&p->loop);
-  }
+  atp_shopify_push_stop(p);
   for (uint32_t i = 0; i < p->bucket_count; i++) {
     entry_t *e = p->buckets[i];
     while (e) {
