@@ -857,6 +857,17 @@ static void on_fetch_answer(atp_shopify_push_t *p, const atp_val_t *root) {
           p->fetched_items, p->fetched_locations);
 }
 
+/* Items one re-read asks for: ATP_SHOPIFY_PUSH_REREAD_MAX, fewer when that
+ * would cost more than Shopify's bucket holds (a query above the bucket's
+ * maximum would be throttled for ever). */
+static uint32_t reread_size(const atp_shopify_push_t *p) {
+  if (!p->bucket_known) return ATP_SHOPIFY_PUSH_REREAD_MAX;
+  double each = p->cost_reread / (p->cost_reread_units ? p->cost_reread_units : 1);
+  double fit = each > 0 ? p->bucket_max / each : ATP_SHOPIFY_PUSH_REREAD_MAX;
+  if (fit >= ATP_SHOPIFY_PUSH_REREAD_MAX) return ATP_SHOPIFY_PUSH_REREAD_MAX;
+  return fit >= 1 ? (uint32_t)fit : 1;
+}
+
 /* Fills p->quantities (and p->reread, the entries whose Shopify figure must
  * be read first) from the FIFO's oldest entries, a slice at a time read from
  * the engine in one batched look-up; settles the entries already at
@@ -866,14 +877,14 @@ static void collect(atp_shopify_push_t *p, int64_t now, uint64_t *reference) {
   entry_t *cand[ATP_SHOPIFY_PUSH_BATCH_MAX];
   atp_position_t pos[ATP_SHOPIFY_PUSH_BATCH_MAX];
   bool found[ATP_SHOPIFY_PUSH_BATCH_MAX];
-  uint32_t examined = 0;
+  uint32_t examined = 0, reread_max = reread_size(p);
   entry_t *e = p->head;
   p->quantity_count = 0;
   p->reread_count = 0;
   *reference = 0;
   while (e && examined < ATP_SHOPIFY_PUSH_EXAMINE_MAX &&
          p->quantity_count < ATP_SHOPIFY_PUSH_BATCH_MAX &&
-         p->reread_count < ATP_SHOPIFY_PUSH_REREAD_MAX) {
+         p->reread_count < reread_max) {
     uint32_t n = 0;
     for (; e && n < ATP_SHOPIFY_PUSH_BATCH_MAX - p->quantity_count; e = e->next) {
       cand[n] = e;
@@ -898,8 +909,7 @@ static void collect(atp_shopify_push_t *p, int64_t now, uint64_t *reference) {
         if (now - c->deferred_ms < DEFER_MS) continue;
       }
       if (!known) {
-        if (p->reread_count < ATP_SHOPIFY_PUSH_REREAD_MAX)
-          p->reread[p->reread_count++] = c;
+        if (p->reread_count < reread_max) p->reread[p->reread_count++] = c;
         continue;
       }
       if (!c->no_level && available == level) {

@@ -32,7 +32,7 @@ def shop_id():
     return random.randint(2 ** 53 + 1, 2 ** 62)
 
 
-def start_atpd(fake, tmp_path, pps=1000, binary=None, extra=(), fetch=False):
+def write_config(fake, tmp_path, pps=1000, fetch=False):
     cfg = tmp_path / "shopify.json"
     push = {"enabled": True, "points_per_second": pps}
     if fetch:
@@ -40,6 +40,11 @@ def start_atpd(fake, tmp_path, pps=1000, binary=None, extra=(), fetch=False):
     cfg.write_text(json.dumps({
         "shop": "atpd-test.myshopify.com", "api_version": "2026-10",
         "admin_url": fake.admin_url, "webhook_secrets": ["s1"], "push": push}))
+    return cfg
+
+
+def start_atpd(fake, tmp_path, pps=1000, binary=None, extra=(), fetch=False):
+    cfg = write_config(fake, tmp_path, pps, fetch)
     args = ["--durability", "batch", "--shopify", str(cfg)] + list(extra)
     return Server(binary=binary, args=args, env={"ATPD_SHOPIFY_TOKEN": TOKEN})
 
@@ -232,6 +237,82 @@ def test_throttles_and_5xx_back_off_and_complete(fake, tmp_path):
         assert outcomes.count("error5xx") == 2, outcomes
         gaps = [b["at_ms"] - a["at_ms"] for a, b in zip(log, log[1:])]
         assert sum(gaps) >= 400, (gaps, time.time() - t0)
+    finally:
+        stop(srv)
+
+
+def _paced_run(fake, tmp_path, pps, restore_rate=1000, bucket_max=2000, n=1500):
+    """Pushes n positions once at full speed (atpd learns the levels), then
+    restarts atpd with push.points_per_second pps against a fake restoring
+    restore_rate into bucket_max, and pushes them all again: -> (calls,
+    throttles) of the second round."""
+    loc = shop_id()
+    items = [(uid("sku"), shop_id()) for _ in range(n)]
+    fake.set_levels([(i, loc, 0) for _, i in items])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, items, [("L1", loc)])
+        batch_adjust(c, [(s, "L1", 1) for s, _ in items])
+        wait_levels(fake, {(i, loc): 1 for _, i in items}, timeout=60)
+        wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(15) == 0
+        srv.stderr_f.close()
+        write_config(fake, tmp_path, pps)
+        fake.config(restore_rate=restore_rate, bucket_max=bucket_max)
+        srv.start()
+        c = srv.client(validate=VALIDATE)
+        n0, throttled0 = len(fake.log()), fake.state()["throttled"]
+        batch_adjust(c, [(s, "L1", 1) for s, _ in items])
+        wait_levels(fake, {(i, loc): 2 for _, i in items}, timeout=60)
+        calls = pushes(fake, n0)
+        return calls, fake.state()["throttled"] - throttled0
+    finally:
+        stop(srv)
+
+
+def check_paced(calls, throttled, banked):
+    """Calls of 10 points at 20 points/s: one every 0.5 s once the `banked`
+    calls the bucket held at the start are spent."""
+    assert throttled <= 1, throttled
+    assert all(e["outcome"] == "ok" for e in calls), calls
+    assert sum(len(quantities(e)) for e in calls) == 1500
+    span = calls[-1]["at_ms"] - calls[0]["at_ms"]
+    assert len(calls) >= 6 and span >= (len(calls) - banked) * 500 - 100, (len(calls), span)
+
+
+def test_paced_by_atpds_share_of_the_budget(fake, tmp_path):
+    # 20 points/s of atpd's own: a 10-point call every half second at most,
+    # although Shopify's bucket would allow them all at once.
+    calls, throttled = _paced_run(fake, tmp_path, pps=20)
+    check_paced(calls, throttled, banked=2)
+
+
+def test_paced_by_the_bucket_shopify_reports(fake, tmp_path):
+    # Shopify restores 20 points/s into a 30-point bucket: atpd reads that
+    # from throttleStatus and waits for it instead of running into throttles.
+    calls, throttled = _paced_run(fake, tmp_path, pps=1000, restore_rate=20, bucket_max=30)
+    check_paced(calls, throttled, banked=3)
+
+
+def test_reads_fit_a_bucket_smaller_than_a_full_read(fake, tmp_path):
+    # A read of 25 levels costs 75 points; this bucket holds 30. After the
+    # first throttle tells it so, atpd reads fewer levels a query.
+    fake.config(restore_rate=300, bucket_max=30)
+    loc = shop_id()
+    items = [(uid("sku"), shop_id()) for _ in range(60)]
+    fake.set_levels([(i, loc, 5) for _, i in items])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, items, [("L1", loc)])
+        batch_adjust(c, [(s, "L1", 1) for s, _ in items])
+        wait_levels(fake, {(i, loc): 1 for _, i in items}, timeout=30)
+        assert fake.state()["throttled"] <= 2, fake.state()
+        reads = [e for e in fake.log() if e.get("operation") == "AtpdLevels" and
+                 e["outcome"] == "ok"]
+        assert reads and all(e["requested_cost"] <= 30 for e in reads), reads
     finally:
         stop(srv)
 
