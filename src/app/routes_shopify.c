@@ -986,6 +986,9 @@ int atp_route_shopify_webhook(atp_req_t *rq) {
   p->topic_name = topic_name;
   p->webhook_id = header(h, ATP_HTTP_SHOPIFY_WEBHOOK_ID);
   p->effects = effects;
+  /* The change feed names the delivery behind each change (section 10's
+   * request_id) unless the sender named a request of its own. */
+  if (!rq->change_ctx.request_id.len) rq->change_ctx.request_id = p->webhook_id;
   uint8_t key[32];
   atp_shopify_content_key(topic_name, h->body, h->body_len, key);
   atp_shopify_outcome_t first;

@@ -472,14 +472,18 @@ def test_ids_above_2_53_round_trip_through_webhooks(srv):
     o = order([(variant, 1)], location_id=shop_loc)
     o["id"] |= 1
     o["admin_graphql_api_id"] = gid("Order", o["id"])
-    r = send(c, "orders/create", o)
+    wid = str(uuid.uuid4())
+    r = send(c, "orders/create", o, webhook_id=wid)
     assert r.data["outcome"] == "applied", r
     assert r.data["effects"][0]["id"].startswith("shopify:order:%d:" % o["id"]), r
     # the adjustment's ref is the exact order GID
     ev = c.get("/v1/changes", params=dict(type="atpd.position.changed", limit=10000))
-    refs = [x["data"].get("ref") for x in ev.data["events"]
+    mine = [x["data"] for x in ev.data["events"]
             if x["data"].get("position", {}).get("sku") == sku]
-    assert gid("Order", o["id"]) in refs, refs
+    sale = [d for d in mine if d.get("ref") == gid("Order", o["id"])]
+    assert sale, mine
+    # the feed names the delivery behind the change, and the flow
+    assert sale[0].get("request_id") == wid and sale[0].get("flow") == "shopify", sale
 
 
 def test_status_and_metrics_count_webhooks_by_topic_and_outcome(srv):
