@@ -18,7 +18,7 @@ pkgs=(build-essential pkg-config clang libclang-rt-14-dev clang-format
       libjansson-dev libcjson-dev libjson-c5
       redis-server redis-tools wrk python3 python3-msgpack python3-yaml curl
       python3-pytest python3-pytest-timeout python3-pytest-xdist python3-jsonschema
-      libcurl4-openssl-dev libssl-dev)
+      libcurl4-openssl-dev libssl-dev openssl)
 # 1.x runs on Debian 12's Node.js 18 (2.x needs Node.js 20.19 or 22.12).
 redocly_version=1.34.20
 graphql_version=16.11.0

@@ -2,6 +2,8 @@
 sender: the connector's tests are only as good as these, so what they refuse
 and what they enforce is checked here, without atpd."""
 import http.server
+import json
+import os
 import subprocess
 import threading
 import time
@@ -12,7 +14,7 @@ import uuid
 import pytest
 
 import shopify_webhooks as wh
-from shopify_fake import fake_shopify  # noqa: F401 (the fixture)
+from shopify_fake import FakeShopify, fake_shopify, schema_path  # noqa: F401 (the fixture)
 
 PUSH = """
 mutation AtpdPush($input: InventorySetQuantitiesInput!, $key: String!) {
@@ -467,3 +469,47 @@ def test_payload_builders():
         LOC, ITEM)
     ids = {wh.shopify_id() for _ in range(1000)}
     assert len(ids) == 1000 and min(ids) > 2 ** 53 and max(ids) < 2 ** 63
+
+
+def test_the_2026_04_schema_serves_too():
+    """The first version with the mandatory @idempotent and changeFromQuantity:
+    the same push is valid there and the same rules hold."""
+    if not os.path.exists(schema_path("2026-04")):
+        pytest.fail("build/deps/shopify/admin_2026-04.json.gz is missing (make deps)")
+    fake = FakeShopify(version="2026-04").start()
+    try:
+        fake.set_levels([(ITEM, LOC, 5)])
+        status, body = push(fake, [q(ITEM, LOC, 7, 5)])
+        assert body["data"]["inventorySetQuantities"]["userErrors"] == [], body
+        no_key = PUSH.replace(" @idempotent(key: $key)", "").replace(", $key: String!", "")
+        status, body = fake.graphql(no_key, {"input": push_input([q(ITEM, LOC, 8, 7)])})
+        assert_refused(fake, status, body, "IDEMPOTENCY_KEY_REQUIRED")
+        assert fake.graphql(PUSH, {"input": push_input([q(ITEM, LOC, 8, 7)]), "key": "k"},
+                            version="2026-10")[0] == 404
+        assert fake.level(ITEM, LOC) == 7
+    finally:
+        fake.stop()
+
+
+def test_the_body_must_be_json(fake_shopify):
+    fake_shopify.set_levels([(ITEM, LOC, 5)])
+    body = json.dumps({"query": PUSH, "variables": {"input": push_input([q(ITEM, LOC, 7, 5)]),
+                                                    "key": "k-ct"}}).encode()
+    for ct in (None, "text/plain", "application/graphql"):
+        headers = {"X-Shopify-Access-Token": fake_shopify.token}
+        if ct:
+            headers["Content-Type"] = ct
+        req = urllib.request.Request(fake_shopify.admin_url, data=body, method="POST",
+                                     headers=headers)
+        if ct is None:
+            req.remove_header("Content-type")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 400
+    # A float with a long fraction is not mistaken for a large id.
+    status, out = fake_shopify.graphql(
+        'query { locations(first: 1) { nodes { id } } }',
+        variables={"unused": 1.12345678901234567})
+    assert status == 200 and "errors" not in out, out
+    assert fake_shopify.level(ITEM, LOC) == 5
+    assert fake_shopify.state()["invalid"] == 3

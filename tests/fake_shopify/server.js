@@ -159,7 +159,7 @@ const gid = (type, id) => 'gid://shopify/' + type + '/' + id;
 // --- bodies ------------------------------------------------------------------
 
 function quoteBigInts(text) {
-  return text.replace(/("(?:[^"\\]|\\.)*")|(-?\d{16,})(?![.\deE])/g,
+  return text.replace(/("(?:[^"\\]|\\.)*")|(?<![\d.eE+-])(-?\d{16,})(?![.\deE])/g,
                       (m, str, num) => (str !== undefined ? str : '"' + num + '"'));
 }
 function readBody(req) {
@@ -474,6 +474,14 @@ async function graphqlEndpoint(req, res, version) {
     S.unauthorized++;
     entry.outcome = 'unauthorized';
     return finish(401, {errors: '[API] Invalid API key or access token (unrecognized login or wrong password)'});
+  }
+  // The body is JSON ({query, variables, operationName}); Shopify's
+  // application/graphql form is not what atpd sends, so the fake refuses it.
+  if (!/^application\/json\s*(;|$)/i.test(req.headers['content-type'] || '')) {
+    S.invalid++;
+    entry.outcome = 'invalid';
+    entry.errors = ['Content-Type ' + (req.headers['content-type'] || 'missing')];
+    return finish(400, {errors: 'Content-Type must be application/json'});
   }
   let body;
   try {
