@@ -190,6 +190,8 @@ struct atp_shopify_push {
   fetch_t fetch;
   char fetch_after[512]; /* the page cursor; "" for the first page */
   uint64_t fetched_items, fetched_locations;
+  uint64_t synced;                /* positions made pending by the fetch */
+  atp_position_t *sync_positions; /* ATP_SKU_LOCATIONS_MAX, once needed */
 
   /* calls to send again (restored); loop thread after start */
   saved_call_t saved[ATP_SHOPIFY_PUSH_SAVED_CALLS_MAX];
@@ -348,6 +350,42 @@ static void entry_settle(atp_shopify_push_t *p, entry_t *e) {
   atp_free(e);
 }
 
+/* Marks (item, location) pending for a change at seq (the cursor's view:
+ * the entry keeps the cursor below it) naming reference, at_ms and version;
+ * creates the entry. false when out of memory. */
+static bool entry_mark(atp_shopify_push_t *p, uint64_t item, uint64_t location,
+                       atp_str_t sku, atp_str_t loc, uint64_t seq, uint64_t reference,
+                       int64_t at_ms, uint64_t version) {
+  entry_t *e = entry_find(p, item, location);
+  if (!e) {
+    e = atp_malloc(sizeof *e + sku.len + loc.len);
+    if (!e) return false;
+    memset(e, 0, sizeof *e);
+    e->item = item;
+    e->location = location;
+    e->sku_len = (uint16_t)sku.len;
+    e->loc_len = (uint16_t)loc.len;
+    memcpy(e->text, sku.ptr, sku.len);
+    memcpy(e->text + sku.len, loc.ptr, loc.len);
+    uint32_t b = entry_hash(item, location) & (p->bucket_count - 1);
+    e->hash_next = p->buckets[b];
+    p->buckets[b] = e;
+    if (++p->entries > p->bucket_count) grow_buckets(p);
+    e->first_seq = seq;
+    e->first_at_ms = at_ms;
+    fifo_append(p, e);
+  } else if (e->in_call && !e->again_seq) {
+    e->again_seq = seq;
+    e->again_at_ms = at_ms;
+  }
+  if (reference > e->last_seq) e->last_seq = reference;
+  if (version > e->version_seen) {
+    e->version_seen = version;
+    e->deferred_ms = 0;
+  }
+  return true;
+}
+
 /* --- the feed ---------------------------------------------------------------- */
 
 static int on_event(void *ctx, const atp_feed_event_t *ev) {
@@ -360,36 +398,12 @@ static int on_event(void *ctx, const atp_feed_event_t *ev) {
   if (!atp_shopify_item_of_sku(p->shopify, pos->sku, &item, &variant) ||
       !atp_shopify_location_of(p->shopify, pos->location, &location))
     return 0; /* not mapped: not Shopify's */
-  entry_t *e = entry_find(p, item, location);
-  if (!e) {
-    e = atp_malloc(sizeof *e + pos->sku.len + pos->location.len);
-    if (!e) { /* the read stops here; this event is read again next time */
-      p->read_redo = true;
-      p->redo_cursor = ev->sequence - 1;
-      return ATP_ENOMEM;
-    }
-    memset(e, 0, sizeof *e);
-    e->item = item;
-    e->location = location;
-    e->sku_len = (uint16_t)pos->sku.len;
-    e->loc_len = (uint16_t)pos->location.len;
-    memcpy(e->text, pos->sku.ptr, pos->sku.len);
-    memcpy(e->text + pos->sku.len, pos->location.ptr, pos->location.len);
-    uint32_t b = entry_hash(item, location) & (p->bucket_count - 1);
-    e->hash_next = p->buckets[b];
-    p->buckets[b] = e;
-    if (++p->entries > p->bucket_count) grow_buckets(p);
-    e->first_seq = ev->sequence;
-    e->first_at_ms = c->at_ms;
-    fifo_append(p, e);
-  } else if (e->in_call && !e->again_seq) {
-    e->again_seq = ev->sequence;
-    e->again_at_ms = c->at_ms;
-  }
-  e->last_seq = ev->sequence;
-  if (pos->version > e->version_seen) {
-    e->version_seen = pos->version;
-    e->deferred_ms = 0;
+  if (!entry_mark(p, item, location, pos->sku, pos->location, ev->sequence,
+                  ev->sequence, c->at_ms, pos->version)) {
+    /* The read stops here; this event is read again next time. */
+    p->read_redo = true;
+    p->redo_cursor = ev->sequence - 1;
+    return ATP_ENOMEM;
   }
   return 0;
 }
@@ -793,6 +807,34 @@ static bool send_fetch(atp_shopify_push_t *p, int64_t now) {
   return true;
 }
 
+/* The initial sync of a fetched variant: every position of its SKU that atpd
+ * holds at a mapped location becomes pending, as if it had just changed
+ * (the feed is not read during the fetch, so the read cursor is where the
+ * entries keep the durable cursor). One with Shopify's figure already
+ * settles without a call. Positions beyond the pending bound wait for
+ * their next change. */
+static void sync_sku(atp_shopify_push_t *p, atp_str_t sku, uint64_t item) {
+  if (!p->sync_positions) {
+    p->sync_positions = atp_malloc(ATP_SKU_LOCATIONS_MAX * sizeof *p->sync_positions);
+    if (!p->sync_positions) return;
+  }
+  uint32_t count = 0;
+  if (atp_sku_positions(p->engine, sku, p->sync_positions, ATP_SKU_LOCATIONS_MAX,
+                        &count) != 0)
+    return;
+  if (count > ATP_SKU_LOCATIONS_MAX) count = ATP_SKU_LOCATIONS_MAX;
+  int64_t now = atp_wall_ms();
+  for (uint32_t i = 0; i < count && p->entries < ATP_SHOPIFY_PUSH_PENDING_MAX; i++) {
+    const atp_position_t *pos = &p->sync_positions[i];
+    uint64_t location = 0;
+    if (!atp_shopify_location_of(p->shopify, pos->location, &location)) continue;
+    if (!entry_mark(p, item, location, pos->sku, pos->location, p->read_cursor + 1,
+                    p->read_cursor, now, pos->version))
+      return;
+    p->synced++;
+  }
+}
+
 /* One page of locations (mapped by name: the atpd location is the Shopify
  * location's name) or variants (each with a SKU mapped to its inventory
  * item), then the next page or the next phase. */
@@ -833,7 +875,10 @@ static void on_fetch_answer(atp_shopify_push_t *p, const atp_val_t *root) {
                                &b) != 0)
         continue; /* a variant without a SKU is not atpd's */
       rc = atp_shopify_map_item(p->shopify, (atp_str_t){sku->u.s, sku->len}, a, b);
-      if (rc == 0) p->fetched_items++;
+      if (rc == 0) {
+        p->fetched_items++;
+        sync_sku(p, (atp_str_t){sku->u.s, sku->len}, b);
+      }
     }
     if (rc != 0)
       set_error(p, true, "mapping fetched from Shopify: %s", atp_strerror(rc));
@@ -853,8 +898,8 @@ static void on_fetch_answer(atp_shopify_push_t *p, const atp_val_t *root) {
   p->fetch = FETCH_NONE;
   atp_log("info",
           "shopify push: mapped %" PRIu64 " variants and %" PRIu64
-          " locations fetched from Shopify",
-          p->fetched_items, p->fetched_locations);
+          " locations fetched from Shopify; %" PRIu64 " positions to sync",
+          p->fetched_items, p->fetched_locations, p->synced);
 }
 
 /* Items one re-read asks for: ATP_SHOPIFY_PUSH_REREAD_MAX, fewer when that
@@ -1418,6 +1463,7 @@ void atp_shopify_push_destroy(atp_shopify_push_t *p) {
   }
   for (uint32_t i = 0; i < p->saved_count; i++) atp_free(p->saved[i].quantities);
   atp_free(p->buckets);
+  atp_free(p->sync_positions);
   atp_buf_free(&p->body);
   atp_arena_destroy(&p->arena);
   pthread_mutex_destroy(&p->stats_lock);

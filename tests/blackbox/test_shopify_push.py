@@ -478,6 +478,37 @@ def test_mappings_fetched_from_shopify_in_pages(fake, tmp_path):
         stop(srv)
 
 
+def test_fetched_mappings_sync_positions_atpd_already_holds(fake, tmp_path):
+    # The positions exist before Shopify has the variants; a restart fetches
+    # the mappings and pushes them without any further change.
+    store = {"id": shop_id(), "name": "Store-%s" % uid("s")}
+    variants = [{"variant_id": shop_id(), "sku": uid("sku"), "inventory_item_id": shop_id()}
+                for _ in range(3)]
+    srv = start_atpd(fake, tmp_path, fetch=True)
+    try:
+        c = srv.client(validate=VALIDATE)
+        for k, v in enumerate(variants):
+            c.adjust(v["sku"], store["name"], 10 + k)
+        c.adjust(variants[0]["sku"], "elsewhere", 99)  # a location Shopify does not have
+        time.sleep(0.3)
+        assert not pushes(fake)
+        fake.catalog(variants=variants, locations=[store])
+        fake.set_levels([(variants[0]["inventory_item_id"], store["id"], 10)] +
+                        [(v["inventory_item_id"], store["id"], 0) for v in variants[1:]])
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(15) == 0
+        srv.stderr_f.close()
+        srv.start()
+        c = srv.client(validate=VALIDATE)
+        wait_levels(fake, {(v["inventory_item_id"], store["id"]): 10 + k
+                           for k, v in enumerate(variants)})
+        # The one already at Shopify's figure went without a call.
+        sent = [q for e in pushes(fake) for q in quantities(e)]
+        assert sorted(q["quantity"] for q in sent) == [11, 12], sent
+    finally:
+        stop(srv)
+
+
 # --- a burst at Shopify Plus's restore rate --------------------------------------------------
 
 def test_burst_of_100000_changes_at_1000_points_per_second(fake, tmp_path):
