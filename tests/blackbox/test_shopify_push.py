@@ -357,15 +357,15 @@ def test_kill9_during_a_push_no_loss_no_double_apply(fake, tmp_path, binary):
         wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
         # The next call hangs in Shopify, which applies it; atpd dies meanwhile,
         # after more changes of half the positions.
-        fake.faults(slow_ms=1500, slow_count=1)
+        fake.faults(slow_ms=3000, slow_count=1)
         n = len(fake.log())
         batch_adjust(c, [(s, "L1", 7) for s, _ in items])
         wait_for(lambda: fake.state()["calls"] > n, what="the slow call")
         batch_adjust(c, [(s, "L1", 1) for s, _ in items[:10]])
-        time.sleep(0.5)
+        time.sleep(0.3)
         srv.kill()
-        time.sleep(1.3)  # the fake finishes (and applies) the call
-        first = pushes(fake, n)
+        # The fake finishes (and applies) the call after its 3 s.
+        first = wait_for(lambda: pushes(fake, n), timeout=10, what="the slow call's end")
         assert len(first) == 1 and first[0]["outcome"] == "ok", first
         srv.stderr_f.close()
         srv.start()
