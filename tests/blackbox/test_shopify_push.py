@@ -424,6 +424,40 @@ def test_clean_restart_resumes_from_the_durable_cursor(fake, tmp_path):
         stop(srv)
 
 
+def test_cursor_survives_a_snapshot_and_kill9(fake, tmp_path, binary):
+    loc = shop_id()
+    items = [(uid("sku"), shop_id()) for _ in range(4)]
+    fake.set_levels([(i, loc, 0) for _, i in items])
+    srv = start_atpd(fake, tmp_path, binary=binary)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, items, [("L1", loc)])
+        batch_adjust(c, [(s, "L1", 2) for s, _ in items])
+        wait_levels(fake, {(i, loc): 2 for _, i in items})
+        wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
+        time.sleep(0.3)  # the cursor record is written within 100 ms
+        r = c.post("/admin/snapshot")
+        assert r.status == 200, r
+        c.adjust(items[0][0], "L1", 1)
+        wait_levels(fake, {(items[0][1], loc): 3})
+        wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
+        cursor = push_status(c)["cursor"]
+        time.sleep(0.3)
+        srv.kill()
+        srv.stderr_f.close()
+        n = len(fake.log())
+        srv.start()
+        c = srv.client(validate=VALIDATE)
+        time.sleep(1.0)
+        assert fake.log(n) == [], fake.log(n)  # nothing sent again
+        assert push_status(c)["cursor"] >= cursor
+        c.adjust(items[1][0], "L1", 5)
+        wait_levels(fake, {(items[1][1], loc): 7})
+        assert [quantities(e)[0]["changeFromQuantity"] for e in pushes(fake, n)] == [2]
+    finally:
+        stop(srv)
+
+
 def test_shopify_down_then_back_sends_newest_values_only(fake, tmp_path):
     loc = shop_id()
     items = [(uid("sku"), shop_id()) for _ in range(20)]
