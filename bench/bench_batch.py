@@ -4,13 +4,19 @@ reservations, in NDJSON and msgpack, against one bin/atpd (--threads 1, the HTTP
 benchmark's setting). Prints one "name value" line per figure (ops/s).
 
   bench/bench_batch.py [--seconds S] [--conns N] [--durability none|batch] [--bin bin/atpd]
+                       [--only adjust_msgpack,...] [--driver c|python] [--perf FILE]
 
-Bodies are encoded before the clock starts, so the client (Python) costs only the
-socket writes and reads; each connection sends one batch and waits for its answer.
+Bodies are encoded before the clock starts; each connection sends one batch and waits
+for its answer. The default driver is build/release/bench/bench_batch_post (C, epoll,
+one thread), which posts the requests from a file written here (cached under
+/tmp/atpd-bench-batch/: every run starts a fresh server, so the same ids are new to it)
+and sends each request once, so no op is ever a replay. `--driver python` sends them
+from Python threads: at these rates that client takes a share of the two cores.
 """
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +29,8 @@ import msgpack
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 OPS = 1000
 POSITIONS = 10000
+DRIVER = os.path.join(ROOT, "build", "release", "bench", "bench_batch_post")
+CACHE = "/tmp/atpd-bench-batch"
 
 
 def free_port():
@@ -84,6 +92,37 @@ def make_batches(kind, fmt, count, tag):
     return out
 
 
+def run_c(port, path, conns, seconds):
+    """The C driver over the request file at path; ops/s."""
+    out = subprocess.run([DRIVER, str(port), str(conns), str(seconds), str(OPS), path],
+                         capture_output=True, text=True, errors="replace")
+    if out.returncode != 0:
+        raise RuntimeError("bench_batch_post failed: " + out.stderr.strip()[:500])
+    if out.stderr:
+        print("# " + out.stderr.strip(), file=sys.stderr)
+    got = dict(line.split() for line in out.stdout.split("\n") if line)
+    if int(got["non200"]):
+        print("# %s batches answered non-200" % got["non200"], file=sys.stderr)
+    if int(got["refused503"]):
+        print("# %s batches refused with 503 (journal behind) and sent again" %
+              got["refused503"], file=sys.stderr)
+    return int(got["ops"]) / float(got["seconds"])
+
+
+def request_file(kind, fmt, count):
+    """The file of count pre-built requests for the C driver, cached."""
+    os.makedirs(CACHE, exist_ok=True)
+    path = os.path.join(CACHE, "%s-%s-%d.req" % (kind, fmt, count))
+    if not os.path.exists(path):
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            for r in make_batches(kind, fmt, count, "%s-%s" % (kind, fmt)):
+                f.write(len(r).to_bytes(8, "little"))
+                f.write(r)
+        os.rename(tmp, path)
+    return path
+
+
 def run(port, batches, conns, seconds):
     """Sends batches round-robin over conns connections for up to seconds; ops/s."""
     lock = threading.Lock()
@@ -128,12 +167,16 @@ def main():
     ap.add_argument("--durability", default="none")
     ap.add_argument("--bin", default=os.path.join(ROOT, "bin", "atpd"))
     ap.add_argument("--batches", type=int, default=3000, help="encoded per figure")
+    ap.add_argument("--only", default="", help="figures to run: adjust_msgpack,...")
+    ap.add_argument("--driver", default="c", choices=("c", "python"))
+    ap.add_argument("--perf", default="", help="perf record -g the server into FILE")
     args = ap.parse_args()
     port = free_port()
     data = tempfile.mkdtemp(prefix="atpd-bench-batch-")
     srv = subprocess.Popen([args.bin, "--listen", "127.0.0.1:%d" % port, "--threads", "1",
                             "--data-dir", data, "--durability", args.durability,
-                            "--access-log", "off"], stderr=subprocess.DEVNULL)
+                            "--access-log", "off"],
+                           stderr=open(os.path.join(data, "stderr.log"), "w"))
     try:
         for _ in range(100):
             try:
@@ -145,20 +188,49 @@ def main():
         stock = [dict(op="adjust", flow="erp", id="stock-%d" % i, sku="sku-%05d" % i,
                       location="L1", delta=10**9, reason="received") for i in range(POSITIONS)]
         body, ct = encode(stock, "msgpack")
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(request(0, body, ct))
-        status, _, _ = read_response(s, b"")
-        s.close()
+        # The port accepts before the journal is restored: 503 until then.
+        for _ in range(100):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(request(0, body, ct))
+            status, _, _ = read_response(s, b"")
+            s.close()
+            if status != 503:
+                break
+            time.sleep(0.05)
         assert status == 200, status
+        only = [x for x in args.only.split(",") if x]
         for kind in ("adjust", "reserve"):
             for fmt in ("ndjson", "msgpack"):
-                batches = make_batches(kind, fmt, args.batches, "%s-%s" % (kind, fmt))
-                rate = run(port, batches, args.conns, args.seconds)
+                if only and "%s_%s" % (kind, fmt) not in only:
+                    continue
+                if args.driver == "c":
+                    path = request_file(kind, fmt, args.batches)
+                else:
+                    batches = make_batches(kind, fmt, args.batches, "%s-%s" % (kind, fmt))
+                perf = None
+                if args.perf:
+                    perf = subprocess.Popen(["perf", "record", "-g", "--call-graph",
+                                             "dwarf,16384", "-F", "999", "-o", args.perf,
+                                             "-p", str(srv.pid)],
+                                            stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL)
+                    time.sleep(0.5)
+                if args.driver == "c":
+                    rate = run_c(port, path, args.conns, args.seconds)
+                else:
+                    rate = run(port, batches, args.conns, args.seconds)
+                if perf:
+                    perf.send_signal(2)
+                    perf.wait()
                 print("atpd_batch_%s_%s_ops %.0f" % (kind, fmt, rate))
                 sys.stdout.flush()
     finally:
+        if srv.poll() is not None:
+            print("# atpd exited with %s: %s" % (srv.returncode, open(
+                os.path.join(data, "stderr.log")).read()[-2000:]), file=sys.stderr)
         srv.terminate()
         srv.wait()
+        shutil.rmtree(data, ignore_errors=True)  # gigabytes of journal a run
 
 
 if __name__ == "__main__":

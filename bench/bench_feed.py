@@ -4,12 +4,19 @@ consumer and to the Redis stream while reservations run at full speed (wrk, as
 bench/run.sh runs them), and the lag from an adjustment's acknowledgment to its
 event's delivery (p50, p99) on both.
 
-    bench/bench_feed.py [seconds] [connections] [durability]
+    bench/bench_feed.py [seconds] [connections] [durability] [threads]
 
 Starts its own redis-server (no persistence) and bin/atpd (--feed-redis-stream) on
-free ports, loads the benchmark positions, opens one SSE consumer and one Redis
-XREAD BLOCK consumer, runs wrk reserve.lua and, meanwhile, one probe adjustment
-every 20 ms on a position of its own. Prints "name value" lines.
+free ports, loads the benchmark positions, runs wrk reserve.lua and, meanwhile,
+bench/feed_lag.c (built here with cc): one probe adjustment every 20 ms on a
+position of its own and one SSE consumer, both in C on one CLOCK_MONOTONIC, the
+consumer stamping each recv() before it looks at the bytes (no JSON parsed), so
+the lag is the server's, not a Python reader's. A Redis XREAD BLOCK consumer in
+C too (XREADGROUP NOACK, no JSON parsed) gives the stream's figures against the
+same probes. FEED_PY_REDIS=1 adds the Python XREAD consumer this file had, as
+feed_redis_py_* (it parses every event: what a slow consumer sees, and a load of
+its own on the server's cores). ATPD_BIN picks the server binary (default
+bin/atpd). Prints "name value" lines.
 """
 import json
 import os
@@ -80,39 +87,6 @@ class Counter:
                 self.seen[cid] = now
 
 
-def sse_consumer(port, after, counter, stop):
-    """Reads the stream; when the server cuts it for falling behind, resumes from
-    the last id (counted in counter.cuts)."""
-    last = after
-    counter.cuts = 0
-    while not stop.is_set():
-        s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(("GET /v1/changes/stream HTTP/1.1\r\nHost: x\r\nLast-Event-ID: %s\r\n\r\n"
-                   % last).encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            buf += s.recv(65536)
-        buf = buf.split(b"\r\n\r\n", 1)[1]
-        s.settimeout(0.5)
-        while not stop.is_set():
-            try:
-                data = s.recv(1 << 20)
-            except socket.timeout:
-                continue
-            if not data:
-                counter.cuts += 1
-                break
-            buf += data
-            while b"\n\n" in buf:
-                frame, buf = buf.split(b"\n\n", 1)
-                for line in frame.split(b"\n"):
-                    if line.startswith(b"id: "):
-                        last = line[4:].decode()
-                    elif line.startswith(b"data: "):
-                        counter.saw(json.loads(line[6:]))
-        s.close()
-
-
 def redis_consumer(port, key, counter, stop):
     s = socket.create_connection(("127.0.0.1", port))
     f = s.makefile("rb")
@@ -138,15 +112,21 @@ def main():
     secs = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     conns = int(sys.argv[2]) if len(sys.argv) > 2 else 32
     mode = sys.argv[3] if len(sys.argv) > 3 else "batch"
+    threads = sys.argv[4] if len(sys.argv) > 4 else None
     tmp = tempfile.mkdtemp(prefix="atpd-bench-feed-")
+    lag_bin = os.path.join(tmp, "feed_lag")
+    subprocess.check_call(["cc", "-O2", "-pthread", "-o", lag_bin,
+                           os.path.join(ROOT, "bench", "feed_lag.c")])
     rport, aport = free_port(), free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(rport), "--save", "",
                               "--appendonly", "no"], stdout=subprocess.DEVNULL)
     key = "atpd:bench:feed"
-    atpd = subprocess.Popen([os.path.join(ROOT, "bin", "atpd"), "--listen",
+    atpd = subprocess.Popen([os.environ.get("ATPD_BIN") or os.path.join(ROOT, "bin", "atpd"),
+                             "--listen",
                              "127.0.0.1:%d" % aport, "--data-dir", os.path.join(tmp, "d"),
                              "--durability", mode, "--access-log", "off", "--redis",
-                             "redis://127.0.0.1:%d" % rport, "--feed-redis-stream", key],
+                             "redis://127.0.0.1:%d" % rport, "--feed-redis-stream", key]
+                            + (["--threads", threads] if threads else []),
                             stderr=open(os.path.join(tmp, "atpd.log"), "wb"))
     try:
         import http.client
@@ -165,56 +145,45 @@ def main():
         c.request("GET", "/v1/changes/snapshot")
         start = json.loads(c.getresponse().read())["cursor"]
         time.sleep(1.0)  # the sink mirrors the loading first
-        sse, red = Counter(), Counter()
+        red = Counter()
         stop = threading.Event()
-        ths = [threading.Thread(target=sse_consumer, args=(aport, start, sse, stop)),
-               threading.Thread(target=redis_consumer, args=(rport, key, red, stop))]
-        for t in ths:
-            t.start()
+        py_redis = os.environ.get("FEED_PY_REDIS") == "1"
+        th = threading.Thread(target=redis_consumer, args=(rport, key, red, stop))
+        if py_redis:
+            th.start()
         time.sleep(0.3)
         red.events = 0
-        acks = {}
-
-        def probe():
-            pc = http.client.HTTPConnection("127.0.0.1", aport, timeout=10)
-            i = 0
-            end = time.monotonic() + secs
-            while time.monotonic() < end:
-                pid = "probe-%d" % i
-                body = json.dumps(dict(id=pid, sku="PROBE", location="L1", delta=1,
-                                       reason="received", source="bench"))
-                pc.request("POST", "/v1/adjustments", body,
-                           {"Content-Type": "application/json"})
-                r = pc.getresponse()
-                r.read()
-                acks[pid] = time.monotonic()
-                i += 1
-                time.sleep(0.02)
-        pt = threading.Thread(target=probe)
-        t0 = time.monotonic()
-        pt.start()
+        acks_path = os.path.join(tmp, "acks")
+        lag = subprocess.Popen([lag_bin, "127.0.0.1", str(aport), start, str(secs), "20",
+                                acks_path, str(rport), key], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.2)
         wrk = subprocess.run(["wrk", "-t1", "-c%d" % conns, "-d%ds" % secs, "--latency", "-s",
                               os.path.join(ROOT, "bench", "wrk", "reserve.lua"),
                               "http://127.0.0.1:%d" % aport, "--", "json",
                               "feed%d" % int(time.time())],
                              capture_output=True, text=True)
-        pt.join()
-        elapsed = time.monotonic() - t0
-        time.sleep(2.0)  # let the consumers drain
+        out, _ = lag.communicate()
+        time.sleep(1.0)  # let the Redis consumer drain
         stop.set()
-        for t in ths:
-            t.join()
+        if py_redis:
+            th.join()
+        acks = {}
+        with open(acks_path) as f:
+            for line in f:
+                i, ns = line.split()
+                acks["probe-" + i] = int(ns) / 1e9
         rps = [l.split()[1] for l in wrk.stdout.splitlines() if l.startswith("wrk_rps")]
         print("wrk_reserve_rps", rps[0] if rps else "?")
-        for name, cnt in (("sse", sse), ("redis", red)):
-            span = (cnt.last - cnt.first) if cnt.first and cnt.last else elapsed
-            lags = [(cnt.seen[k] - acks[k]) * 1000 for k in acks if k in cnt.seen]
-            print("feed_%s_events" % name, cnt.events)
-            print("feed_%s_events_per_s" % name, int(cnt.events / max(span, 1e-9)))
-            print("feed_%s_lag_p50_ms" % name, "%.2f" % pct(lags, 50))
-            print("feed_%s_lag_p99_ms" % name, "%.2f" % pct(lags, 99))
-            print("feed_%s_probes_seen" % name, "%d/%d" % (len(lags), len(acks)))
-        print("feed_sse_cuts", sse.cuts)
+        print("wrk_connections", conns)
+        sys.stdout.write(out)
+        if py_redis:
+            span = (red.last - red.first) if red.first and red.last else secs
+            lags = [(red.seen[k] - acks[k]) * 1000 for k in acks if k in red.seen]
+            print("feed_redis_py_events", red.events)
+            print("feed_redis_py_events_per_s", int(red.events / max(span, 1e-9)))
+            print("feed_redis_py_lag_p50_ms", "%.2f" % pct(lags, 50))
+            print("feed_redis_py_lag_p99_ms", "%.2f" % pct(lags, 99))
+            print("feed_redis_py_probes_seen", "%d/%d" % (len(lags), len(acks)))
     finally:
         atpd.terminate()
         atpd.wait(20)

@@ -128,6 +128,8 @@ bool atp_app_failed(const atp_app_t *app);
 
 /* The restore's figures once the app is ready, else NULL. Thread: any. */
 const atp_durable_restore_t *atp_app_restore_info(const atp_app_t *app);
+/* The Redis stream sink once restored; NULL: none (or not ready yet). */
+struct atp_feed_sink *atp_app_feed_sink(const atp_app_t *app);
 
 /* Stops the ticker, flushes and closes the journal, destroys the engine.
  * 0, or ATP_EUNAVAILABLE when the journal left records unwritten. */

@@ -51,6 +51,9 @@ typedef struct {
   /* --feed-redis-stream: the Redis stream the change feed is mirrored to
    * (needs --redis); "" when off. */
   char feed_redis_stream[256];
+  /* --feed-source: the change feed's CloudEvents source; "" : atpd://HOST:PORT
+   * with the port actually bound. */
+  char feed_source[256];
   /* Integration flows' bounds (limits.h gives defaults and ranges). */
   uint32_t dead_letters_max; /* --dead-letters-max */
   uint32_t flow_queue_max;   /* --flow-queue-max, ops per paused flow */

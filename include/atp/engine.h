@@ -448,6 +448,17 @@ int atp_position_changes_after(const atp_engine_t *engine, atp_str_t sku,
 int atp_position_each(const atp_engine_t *engine,
                       int (*fn)(void *ctx, const atp_position_t *position), void *ctx);
 
+/* Positions created so far: creation indexes 0 .. count - 1. Thread: any. */
+uint32_t atp_position_count(const atp_engine_t *engine);
+/* atp_position_each in pieces, for a walk spread over time (GET
+ * /v1/changes/snapshot streams its answer): fn gets the positions of creation
+ * index *next .. upto - 1 (upto <= atp_position_count) in order, until fn
+ * returns nonzero, which is returned; *next gets the index after the last
+ * position handed to fn. Thread: any. */
+int atp_position_each_from(const atp_engine_t *engine, uint32_t *next, uint32_t upto,
+                           int (*fn)(void *ctx, const atp_position_t *position),
+                           void *ctx);
+
 /* --- mutations ------------------------------------------------------------- */
 /* Each validates its whole request first (ATP_EBADREQ naming the field) and
  * changes nothing when it fails. All are safe from any thread at once. */

@@ -153,6 +153,39 @@ int64_t atp_feed_mono_ms(void);
  * never a loop. */
 uint64_t atp_feed_block(atp_feed_t *feed, uint64_t after_lsn, int64_t timeout_ms);
 
+/* --- figures for /metrics ---------------------------------------------------
+ *
+ * Counters the routes keep on the feed (it is the one object they share),
+ * and gauges of streams and parked polls open now. Relaxed atomics: a scrape
+ * can see one move before another. */
+typedef enum {
+  ATP_FEED_STAT_PULL_EVENTS = 0, /* events answered by GET /v1/changes */
+  ATP_FEED_STAT_STREAM_EVENTS,   /* events sent on SSE streams */
+  ATP_FEED_STAT_SNAPSHOT_EVENTS, /* events of GET /v1/changes/snapshot */
+  ATP_FEED_STAT_POLLS_PARKED,    /* gauge: long polls waiting now */
+  ATP_FEED_STAT_STREAMS,         /* gauge: SSE consumers connected now */
+  ATP_FEED_STAT_STREAMS_OPENED,  /* SSE streams begun */
+  ATP_FEED_STAT_STREAMS_CUT,     /* cut off for falling behind */
+  ATP_FEED_STAT_EXPIRED,         /* cursor_expired answers (410 or in-stream) */
+  /* Reads that had no hint of where to start: each walks the frame headers
+   * of its segment up to its cursor. A follower at the tail should make
+   * almost none. */
+  ATP_FEED_STAT_COLD_READS,
+  ATP_FEED_STAT_COUNT
+} atp_feed_stat_t;
+
+void atp_feed_stat_add(atp_feed_t *feed, atp_feed_stat_t which, int64_t by);
+
+typedef struct {
+  uint64_t durable_lsn; /* served up to */
+  uint64_t oldest_lsn;  /* the oldest retained journal record (0: none) */
+  uint64_t waiters;     /* parked waits of every kind (polls, streams, snapshots) */
+  uint64_t stat[ATP_FEED_STAT_COUNT];
+} atp_feed_stats_t;
+
+/* Reads the journal directory's listing for oldest_lsn. */
+void atp_feed_stats(atp_feed_t *feed, atp_feed_stats_t *out);
+
 /* --- the Redis Streams sink (--feed-redis-stream) --------------------------
  *
  * A thread that mirrors the feed into a Redis stream, in order, at least
@@ -169,6 +202,7 @@ typedef struct {
   uint64_t appended; /* events appended since start */
   uint64_t cursor;   /* the sequence Redis has up to */
   uint64_t failures; /* Redis calls that failed */
+  uint64_t lag_lsn;  /* durable journal records not yet in Redis */
   bool connected;
 } atp_feed_sink_stats_t;
 

@@ -131,6 +131,9 @@ atp_http_stream_t *atp_http_stream_begin(atp_http_response_t *res, size_t backlo
 int atp_http_stream_send(atp_http_stream_t *stream, const void *data, size_t len);
 /* Bytes sent and not yet written to the socket. */
 size_t atp_http_stream_backlog(const atp_http_stream_t *stream);
+/* True once sends fail (the connection closed, was cut or shut down): a
+ * producer that waits for the backlog to drain stops waiting. */
+bool atp_http_stream_closed(const atp_http_stream_t *stream);
 /* Ends the stream (the connection closes once what was sent is written) and
  * drops the producer's reference: the handle must not be used after. */
 void atp_http_stream_end(atp_http_stream_t *stream);

@@ -56,6 +56,15 @@ char *atp_arena_strdup(atp_arena_t *arena, const char *ptr, size_t len);
 /* Forgets every allocation, keeps the chunks (up to chunk_bytes * 4). */
 void atp_arena_reset(atp_arena_t *arena);
 void atp_arena_destroy(atp_arena_t *arena);
+/* A point in an arena's allocations, and a return to it: what was allocated
+ * since is forgotten (its chunks kept for reuse), what came before stays. For
+ * a fast path that may give up and hand over to a slower one. */
+typedef struct {
+  atp_arena_chunk_t *head;
+  size_t used;
+} atp_arena_mark_t;
+atp_arena_mark_t atp_arena_mark(const atp_arena_t *arena);
+void atp_arena_rewind(atp_arena_t *arena, atp_arena_mark_t mark);
 
 typedef struct {
   char *data;     /* NULL until the first append */

@@ -21,6 +21,7 @@
 
 #include "atp/durability.h"
 #include "atp/engine.h"
+#include "atp/feed.h"
 #include "atp/journal.h"
 #include "atp/memory.h"
 
@@ -63,6 +64,11 @@ typedef struct {
   int64_t restore_ms;
 } atp_metrics_snapshot_t;
 void atp_metrics_write_snapshot(const atp_metrics_snapshot_t *s, atp_buf_t *out);
+
+/* The change feed's figures (atpd_feed_*) and, when sink is not NULL, the
+ * Redis stream sink's (atpd_feed_redis_*). */
+void atp_metrics_write_feed(const atp_feed_stats_t *feed,
+                            const atp_feed_sink_stats_t *sink, atp_buf_t *out);
 
 /* For tests: requests counted for a route and status. */
 uint64_t atp_metrics_requests(const atp_metrics_t *m, uint32_t route, int status);

@@ -722,6 +722,13 @@ int atp_app_stop(atp_app_t *app) {
   return rc;
 }
 
+atp_feed_sink_t *atp_app_feed_sink(const atp_app_t *app) {
+  const atp_app_runtime_t *rt = app->runtime;
+  /* Set by the restore thread before ready: read it only after. */
+  if (!rt || !atomic_load_explicit(&app->ready, memory_order_acquire)) return NULL;
+  return rt->sink;
+}
+
 /* For /metrics: the restore's figures once done (NULL before). */
 const atp_durable_restore_t *atp_app_restore_info(const atp_app_t *app) {
   const atp_app_runtime_t *rt = app->runtime;

@@ -381,3 +381,56 @@ void atp_metrics_write_snapshot(const atp_metrics_snapshot_t *s, atp_buf_t *out)
                    (double)s->restore_ms / 1e3);
   }
 }
+
+/* --- change feed ---------------------------------------------------------------- */
+
+void atp_metrics_write_feed(const atp_feed_stats_t *f, const atp_feed_sink_stats_t *k,
+                            atp_buf_t *out) {
+  gauge(out, "atpd_feed_durable_lsn",
+        "Journal LSN the feed serves up to (an event's sequence is LSN * 10^4 + "
+        "index).",
+        "gauge", f->durable_lsn);
+  gauge(out, "atpd_feed_oldest_lsn",
+        "Oldest journal LSN retained for the feed (0: none); an older cursor is 410.",
+        "gauge", f->oldest_lsn);
+  atp_buf_printf(out,
+                 "# HELP atpd_feed_events_served_total Events handed to consumers, by "
+                 "route.\n# TYPE atpd_feed_events_served_total counter\n"
+                 "atpd_feed_events_served_total{route=\"pull\"} %llu\n"
+                 "atpd_feed_events_served_total{route=\"stream\"} %llu\n"
+                 "atpd_feed_events_served_total{route=\"snapshot\"} %llu\n",
+                 (unsigned long long)f->stat[ATP_FEED_STAT_PULL_EVENTS],
+                 (unsigned long long)f->stat[ATP_FEED_STAT_STREAM_EVENTS],
+                 (unsigned long long)f->stat[ATP_FEED_STAT_SNAPSHOT_EVENTS]);
+  gauge(out, "atpd_feed_waiters",
+        "Waits parked on the feed's thread now (polls, streams, snapshots).", "gauge",
+        f->waiters);
+  gauge(out, "atpd_feed_polls_parked", "Long polls (wait_ms) waiting now.", "gauge",
+        f->stat[ATP_FEED_STAT_POLLS_PARKED]);
+  gauge(out, "atpd_feed_streams", "SSE consumers connected now.", "gauge",
+        f->stat[ATP_FEED_STAT_STREAMS]);
+  gauge(out, "atpd_feed_streams_opened_total", "SSE streams begun.", "counter",
+        f->stat[ATP_FEED_STAT_STREAMS_OPENED]);
+  gauge(out, "atpd_feed_streams_cut_total",
+        "SSE consumers cut off for falling behind (they resume from their last id).",
+        "counter", f->stat[ATP_FEED_STAT_STREAMS_CUT]);
+  gauge(out, "atpd_feed_cursor_expired_total",
+        "Cursors refused as older than the retention (410 cursor_expired).", "counter",
+        f->stat[ATP_FEED_STAT_EXPIRED]);
+  gauge(out, "atpd_feed_cold_reads_total",
+        "Feed reads with no hint where to start (each walks its segment's frames).",
+        "counter", f->stat[ATP_FEED_STAT_COLD_READS]);
+  if (!k) return;
+  gauge(out, "atpd_feed_redis_appended_total", "Events appended to the Redis stream.",
+        "counter", k->appended);
+  gauge(out, "atpd_feed_redis_cursor",
+        "Sequence the Redis stream holds up to (its stored cursor).", "gauge",
+        k->cursor);
+  gauge(out, "atpd_feed_redis_failures_total", "Redis calls of the sink that failed.",
+        "counter", k->failures);
+  gauge(out, "atpd_feed_redis_connected", "1 while the sink's last Redis call worked.",
+        "gauge", k->connected ? 1 : 0);
+  gauge(out, "atpd_feed_redis_lag_lsn",
+        "Durable journal records (LSNs) not yet in the Redis stream.", "gauge",
+        k->lag_lsn);
+}

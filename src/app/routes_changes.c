@@ -16,6 +16,7 @@
 #include "atp/assert.h"
 #include "atp/error.h"
 #include "atp/feed.h"
+#include "atp/log.h"
 #include "atp/memory.h"
 #include "atp/router.h"
 
@@ -117,7 +118,9 @@ static bool pull_wake(void *ctx, uint64_t durable, atp_feed_wake_t why,
   }
   char header[64];
   cursor_header(header, sizeof header, cursor);
+  atp_feed_stat_add(p->feed, ATP_FEED_STAT_POLLS_PARKED, -1);
   if (rc == 0) {
+    atp_feed_stat_add(p->feed, ATP_FEED_STAT_PULL_EVENTS, count);
     (void)atp_http_server_answer_header(
         p->server, p->thread_index, p->request_id, 200, content_type(p->out),
         p->out == OUT_NDJSON ? header : NULL, buf.data, buf.len);
@@ -173,6 +176,7 @@ static int sse_count_only(void *ctx, const atp_feed_event_t *ev) {
 }
 
 static int fail_expired(atp_req_t *rq) {
+  atp_feed_stat_add(rq->app->feed, ATP_FEED_STAT_EXPIRED, 1);
   return atp_req_fail(rq, ATP_EEXPIRED, NULL, "after",
                       "The cursor is older than the feed's retention: take GET "
                       "/v1/changes/snapshot and resume from its cursor.");
@@ -239,9 +243,11 @@ int atp_route_changes(atp_req_t *rq) {
       atp_free(parked);
       return atp_req_fail(rq, rc, NULL, "wait_ms", "Too many waiting pulls.");
     }
+    atp_feed_stat_add(app->feed, ATP_FEED_STAT_POLLS_PARKED, 1);
     res->defer = true;
     return 0;
   }
+  atp_feed_stat_add(app->feed, ATP_FEED_STAT_PULL_EVENTS, count);
   res->status = 200;
   res->content_type = content_type(p->out);
   if (p->out == OUT_NDJSON && res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX) {
@@ -300,6 +306,7 @@ static int sse_event(void *ctx, const atp_feed_event_t *ev) {
 }
 
 static void sse_free(sse_t *s) {
+  atp_feed_stat_add(s->feed, ATP_FEED_STAT_STREAMS, -1);
   atp_http_stream_end(s->stream);
   atp_buf_free(&s->frames);
   atp_free(s);
@@ -329,15 +336,19 @@ static bool sse_wake(void *ctx, uint64_t durable, atp_feed_wake_t why,
           "\"cursor_expired\",\"message\":\"Take GET "
           "/v1/changes/snapshot and resume from its cursor.\"}}\n\n";
       (void)atp_http_stream_send(s->stream, gone, sizeof gone - 1);
+      atp_feed_stat_add(s->feed, ATP_FEED_STAT_EXPIRED, 1);
       sse_free(s);
       return false;
     }
     if (rc != 0 || s->frames.failed) break; /* try again at the next wake */
     if (s->frames.len) {
-      if (atp_http_stream_send(s->stream, s->frames.data, s->frames.len) != 0) {
+      rc = atp_http_stream_send(s->stream, s->frames.data, s->frames.len);
+      if (rc != 0) {
+        if (rc == ATP_EFULL) atp_feed_stat_add(s->feed, ATP_FEED_STAT_STREAMS_CUT, 1);
         sse_free(s);
         return false;
       }
+      atp_feed_stat_add(s->feed, ATP_FEED_STAT_STREAM_EVENTS, count);
       s->last_sent_ms = now;
     }
     s->after = cursor;
@@ -413,6 +424,8 @@ int atp_route_changes_stream(atp_req_t *rq) {
     atp_free(s);
     return ATP_ENOMEM;
   }
+  atp_feed_stat_add(app->feed, ATP_FEED_STAT_STREAMS, 1);
+  atp_feed_stat_add(app->feed, ATP_FEED_STAT_STREAMS_OPENED, 1);
   s->last_sent_ms = atp_feed_mono_ms();
   /* Due at once: the first turn sends what is durable after the cursor. */
   rc = atp_feed_wait(app->feed, UINT64_MAX, 0, sse_wake, s);
@@ -425,120 +438,211 @@ int atp_route_changes_stream(atp_req_t *rq) {
 
 /* --- snapshot ------------------------------------------------------------------ */
 
+/* The snapshot is a streamed answer (atp_http_stream_begin): the positions
+ * are walked in pieces of about SNAP_CHUNK_BYTES on the feed's thread, each
+ * piece sent once the socket took most of the one before, so a snapshot of
+ * millions of positions costs a few MiB, not its size. The body is
+ * delimited by the connection's close (no Content-Length); it is complete
+ * when it holds its cursor (the last member, or the last NDJSON line). */
+#define SNAP_CHUNK_BYTES     (256u << 10)
+#define SNAP_LOW_BYTES       (1u << 20) /* the next piece waits below this backlog */
+#define SNAP_BACKLOG_BYTES   (4u << 20)
+#define SNAP_ROUNDS          4 /* pieces per turn of the feed's thread */
+#define SNAP_DURABLE_WAIT_MS 10000
+
 typedef struct {
-  const atp_feed_t *feed;
+  atp_feed_t *feed;
+  const atp_engine_t *engine;
+  atp_journal_t *journal;
+  atp_http_stream_t *stream;
   out_kind_t out;
-  atp_writer_t *w;
-  atp_buf_t *buf;
-  uint64_t cursor, n;
+  uint64_t cursor;
+  uint32_t next, total; /* creation indexes: walked up to next, of total */
+  uint64_t n;           /* events written */
+  uint64_t chunk_events;
   int64_t now_ms;
+  bool done; /* the trailer is in chunk */
+  /* The piece in chunk leaves once the durable LSN reaches needed_lsn (what
+   * the walk may have seen), or at needed_deadline_ms. */
+  uint64_t needed_lsn;
+  int64_t needed_deadline_ms;
+  atp_buf_t chunk;
 } snap_t;
 
 static int snap_position(void *ctx, const atp_position_t *p) {
   snap_t *s = ctx;
-  if (s->out != OUT_NDJSON) {
-    atp_feed_write_position_event(s->feed, s->w, p, s->cursor, s->n++, s->now_ms);
-  } else {
-    atp_writer_t line;
-    atp_writer_init(&line, ATP_FORMAT_JSON, s->buf);
-    atp_feed_write_position_event(s->feed, &line, p, s->cursor, s->n++, s->now_ms);
-    atp_buf_append(s->buf, "\n", 1);
-  }
-  return s->buf->failed ? ATP_ENOMEM : 0;
+  atp_writer_t w;
+  if (s->out == OUT_JSON && s->n) atp_buf_append(&s->chunk, ",", 1);
+  atp_writer_init(&w, s->out == OUT_MSGPACK ? ATP_FORMAT_MSGPACK : ATP_FORMAT_JSON,
+                  &s->chunk);
+  atp_feed_write_position_event(s->feed, &w, p, s->cursor, s->n++, s->now_ms);
+  if (s->out == OUT_NDJSON) atp_buf_append(&s->chunk, "\n", 1);
+  s->chunk_events++;
+  if (s->chunk.failed) return ATP_ENOMEM;
+  return s->chunk.len >= SNAP_CHUNK_BYTES; /* 1: this piece is full */
 }
 
-/* A snapshot answer that waits until what it showed is durable. */
-typedef struct {
-  atp_http_server_t *server;
-  int thread_index;
-  uint64_t request_id;
-  out_kind_t out;
-  char header[64];
-  size_t len;
-  char body[];
-} snap_answer_t;
+/* {"events":[ ... in the answer's format; msgpack names its array's length
+ * first, which is why the walk stops at the positions there were when the
+ * cursor was taken (those after it come in the feed). */
+static void snap_head(snap_t *s) {
+  if (s->out == OUT_JSON) {
+    atp_buf_append(&s->chunk, "{\"events\":[", 11);
+  } else if (s->out == OUT_MSGPACK) {
+    unsigned char h[] = {0x82,
+                         0xa6,
+                         'e',
+                         'v',
+                         'e',
+                         'n',
+                         't',
+                         's',
+                         0xdd,
+                         (unsigned char)(s->total >> 24),
+                         (unsigned char)(s->total >> 16),
+                         (unsigned char)(s->total >> 8),
+                         (unsigned char)s->total};
+    atp_buf_append(&s->chunk, h, sizeof h);
+  }
+}
 
+static void snap_trailer(snap_t *s) {
+  char seq[21];
+  atp_feed_sequence_format(s->cursor, seq);
+  if (s->out == OUT_JSON) {
+    atp_buf_printf(&s->chunk, "],\"cursor\":\"%s\"}", seq);
+  } else if (s->out == OUT_MSGPACK) {
+    unsigned char k[] = {0xa6, 'c', 'u', 'r', 's', 'o', 'r', 0xb4};
+    atp_buf_append(&s->chunk, k, sizeof k);
+    atp_buf_append(&s->chunk, seq, 20);
+  } else {
+    atp_buf_printf(&s->chunk, "{\"cursor\":\"%s\"}\n", seq);
+  }
+}
+
+static void snap_free(snap_t *s) {
+  atp_http_stream_end(s->stream);
+  atp_buf_free(&s->chunk);
+  atp_free(s);
+}
+
+/* Walks the next piece into chunk. 0, or ATP_ENOMEM. */
+static int snap_fill(snap_t *s, int64_t now) {
+  s->chunk_events = 0;
+  int rc = atp_position_each_from(s->engine, &s->next, s->total, snap_position, s);
+  if (rc < 0) return rc;
+  if (s->next == s->total) {
+    snap_trailer(s);
+    s->done = true;
+  }
+  if (s->chunk.failed) return ATP_ENOMEM;
+  /* The walk may have seen changes not yet durable: the piece leaves once
+   * they are, so nothing shown is lost by a crash. */
+  s->needed_lsn = s->journal ? atp_journal_assigned_lsn(s->journal) : 0;
+  s->needed_deadline_ms = now + SNAP_DURABLE_WAIT_MS;
+  return 0;
+}
+
+/* The feed thread's turn for a snapshot: a few pieces, each once what it
+ * showed is durable and the socket took the one before. */
 static bool snap_wake(void *ctx, uint64_t durable, atp_feed_wake_t why,
                       uint64_t *after_lsn, int64_t *deadline_ms) {
-  snap_answer_t *a = ctx;
+  snap_t *s = ctx;
   (void)durable;
-  (void)why;
-  (void)after_lsn;
-  (void)deadline_ms;
-  (void)atp_http_server_answer_header(
-      a->server, a->thread_index, a->request_id, 200, content_type(a->out),
-      a->out == OUT_NDJSON ? a->header : NULL, a->body, a->len);
-  atp_free(a);
-  return 0;
+  if (why == ATP_FEED_WAKE_STOP) {
+    snap_free(s); /* cut short: the body has no cursor */
+    return false;
+  }
+  int64_t now = atp_feed_mono_ms();
+  for (int round = 0; round < SNAP_ROUNDS; round++) {
+    if (!s->chunk.len) {
+      if (s->done) {
+        snap_free(s);
+        return false;
+      }
+      if (snap_fill(s, now) != 0) {
+        atp_log("error", "changes snapshot: out of memory; the answer is cut short");
+        snap_free(s);
+        return false;
+      }
+    }
+    if (s->needed_lsn > atp_feed_durable_lsn(s->feed) && now < s->needed_deadline_ms) {
+      *after_lsn = s->needed_lsn - 1;
+      *deadline_ms = s->needed_deadline_ms;
+      return true;
+    }
+    if (atp_http_stream_closed(s->stream)) {
+      snap_free(s); /* the client went away */
+      return false;
+    }
+    if (atp_http_stream_backlog(s->stream) > SNAP_LOW_BYTES) {
+      *after_lsn = UINT64_MAX;
+      *deadline_ms = now + 2; /* the socket drains meanwhile */
+      return true;
+    }
+    if (atp_http_stream_send(s->stream, s->chunk.data, s->chunk.len) != 0) {
+      snap_free(s); /* the client went away */
+      return false;
+    }
+    atp_feed_stat_add(s->feed, ATP_FEED_STAT_SNAPSHOT_EVENTS, (int64_t)s->chunk_events);
+    atp_buf_reset(&s->chunk);
+  }
+  /* More to walk: due again at once, after the other waits' turns. */
+  *after_lsn = UINT64_MAX;
+  *deadline_ms = now;
+  return true;
 }
 
 int atp_route_changes_snapshot(atp_req_t *rq) {
   atp_app_t *app = rq->app;
-  if (!app->feed || !app->durable)
+  if (!app->feed || !app->durable || !app->server)
     return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "The change feed is off.");
-  atp_journal_t *j = atp_durable_journal(app->durable);
   atp_engine_t *engine = atp_app_engine(app);
   /* The cursor is taken before the walk: every change up to it is in the
    * positions read, and a change after it comes again in the feed, where a
    * consumer skips it when its position.version is at or below the
-   * snapshot's (proto/events.md, "Snapshot then tail"). */
+   * snapshot's (proto/events.md, "Snapshot then tail"). A position created
+   * after the count below was read was created after the cursor too: all of
+   * its changes are in the feed after the cursor. */
   uint64_t durable = atp_feed_durable_lsn(app->feed);
   uint64_t cursor = durable * ATP_FEED_INDEX_SPAN + (ATP_FEED_INDEX_SPAN - 1);
   if (durable == 0) cursor = 0;
-  out_kind_t out = out_kind(rq);
+  snap_t *s = atp_calloc(1, sizeof *s);
+  if (!s) return ATP_ENOMEM;
+  s->feed = app->feed;
+  s->engine = engine;
+  s->journal = atp_durable_journal(app->durable);
+  s->out = out_kind(rq);
+  s->cursor = cursor;
+  s->total = atp_position_count(engine);
+  s->now_ms = atp_engine_now_ms(engine);
+  /* A piece is at most SNAP_CHUNK_BYTES and one event; the limit only
+   * guards against a runaway. */
+  atp_buf_init(&s->chunk, 16u << 20);
+  snap_head(s);
   atp_http_response_t *res = rq->res;
-  atp_buf_reset(res->body);
-  atp_writer_t w;
-  snap_t s = {app->feed, out, &w, res->body, cursor, 0, atp_engine_now_ms(engine)};
-  if (out != OUT_NDJSON) {
-    atp_writer_init(&w, out == OUT_MSGPACK ? ATP_FORMAT_MSGPACK : ATP_FORMAT_JSON,
-                    res->body);
-    atp_w_object_begin(&w);
-    atp_w_key(&w, "events");
-    atp_w_array_begin(&w);
-  }
-  int rc = atp_position_each(engine, snap_position, &s);
-  if (rc != 0) return atp_req_fail(rq, rc, NULL, NULL, "The snapshot is too large.");
-  char seq[21];
-  atp_feed_sequence_format(cursor, seq);
-  if (out != OUT_NDJSON) {
-    atp_w_array_end(&w);
-    atp_w_key(&w, "cursor");
-    atp_w_str(&w, seq, 20);
-    atp_w_object_end(&w);
-  } else {
-    atp_buf_printf(res->body, "{\"cursor\":\"%s\"}\n", seq);
-  }
-  if (res->body->failed) return ATP_ENOMEM;
-  /* The walk may have seen changes not yet durable: the answer leaves once
-   * they are, so nothing shown is lost by a crash. */
-  uint64_t assigned = j ? atp_journal_assigned_lsn(j) : 0;
-  if (assigned > atp_feed_durable_lsn(app->feed) && app->server) {
-    snap_answer_t *a = atp_malloc(sizeof *a + res->body->len);
-    if (!a) return ATP_ENOMEM;
-    a->server = app->server;
-    a->thread_index = rq->http->thread_index;
-    a->request_id = rq->http->request_id;
-    a->out = out;
-    cursor_header(a->header, sizeof a->header, cursor);
-    a->len = res->body->len;
-    memcpy(a->body, res->body->data, a->len);
-    rc = atp_feed_wait(app->feed, assigned - 1, atp_feed_mono_ms() + 10000, snap_wake,
-                       a);
-    if (rc != 0) {
-      atp_free(a);
-      return atp_req_fail(rq, rc, NULL, NULL, "Too many waiting requests.");
-    }
-    res->defer = true;
-    return 0;
-  }
   res->status = 200;
-  res->content_type = content_type(out);
-  if (out == OUT_NDJSON && res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX) {
+  res->content_type = content_type(s->out);
+  if (s->out == OUT_NDJSON && res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX) {
     char *h = atp_arena_alloc(rq->arena, 64);
-    if (!h) return ATP_ENOMEM;
+    if (!h) {
+      atp_buf_free(&s->chunk);
+      atp_free(s);
+      return ATP_ENOMEM;
+    }
     cursor_header(h, 64, cursor);
     res->extra_headers[res->extra_header_count++] = h;
   }
+  if (res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
+    res->extra_headers[res->extra_header_count++] = "Cache-Control: no-cache";
+  s->stream = atp_http_stream_begin(res, SNAP_BACKLOG_BYTES);
+  if (!s->stream) {
+    atp_buf_free(&s->chunk);
+    atp_free(s);
+    return ATP_ENOMEM;
+  }
+  /* Due at once: the first turn walks and sends the first piece. */
+  if (atp_feed_wait(app->feed, UINT64_MAX, 0, snap_wake, s) != 0)
+    snap_free(s); /* the head goes out, the body ends at once: the client retries */
   return 0;
 }

@@ -52,6 +52,14 @@ int atp_route_metrics(atp_req_t *rq) {
     atp_metrics_write_journal(atp_durable_journal(rq->app->durable),
                               atp_app_restore_info(rq->app), res->body);
   if (rq->app->recon) atp_recon_metrics_write(rq->app->recon, res->body);
+  if (rq->app->feed) {
+    atp_feed_stats_t fs;
+    atp_feed_stats(rq->app->feed, &fs);
+    atp_feed_sink_t *sink = atp_app_feed_sink(rq->app);
+    atp_feed_sink_stats_t ks;
+    if (sink) atp_feed_sink_stats(sink, &ks);
+    atp_metrics_write_feed(&fs, sink ? &ks : NULL, res->body);
+  }
   atp_flows_write_metrics(rq->app, res->body);
   atp_shopify_write_metrics(rq->app, res->body);
   if (rq->app->runtime) {

@@ -183,6 +183,26 @@ void atp_arena_reset(atp_arena_t *arena) {
   }
 }
 
+atp_arena_mark_t atp_arena_mark(const atp_arena_t *arena) {
+  return (atp_arena_mark_t){arena->head, arena->head ? arena->head->used : 0};
+}
+
+void atp_arena_rewind(atp_arena_t *arena, atp_arena_mark_t mark) {
+  /* Chunks taken since the mark sit in front of it on the head list: back to
+   * the free list, still counted in bytes_held. */
+  while (arena->head != mark.head) {
+    atp_arena_chunk_t *c = arena->head;
+    ATP_ASSERT(c);
+    arena->head = c->next;
+    c->next = arena->free;
+    arena->free = c;
+  }
+  if (arena->head) {
+    ATP_ASSERT(mark.used <= arena->head->used);
+    arena->head->used = mark.used;
+  }
+}
+
 void atp_arena_destroy(atp_arena_t *arena) {
   atp_arena_chunk_t *lists[2] = {arena->head, arena->free};
   for (int i = 0; i < 2; i++) {

@@ -250,9 +250,15 @@ static int start_app(const atp_config_t *cfg, atp_app_t *app,
     }
     ao.shopify = &shopify;
   }
-  /* The feed's CloudEvents source names this instance by its address. */
+  /* The feed's CloudEvents source: --feed-source, or this instance's
+   * address with the port actually bound (--listen HOST:0 picks one), so
+   * id + source stays a dedupe key across restarts on a fixed port. */
   static char feed_source[ATP_CONFIG_HOST_BYTES_MAX + 32];
-  snprintf(feed_source, sizeof feed_source, "atpd://%s:%d", cfg->host, cfg->port);
+  if (cfg->feed_source[0])
+    snprintf(feed_source, sizeof feed_source, "%s", cfg->feed_source);
+  else
+    snprintf(feed_source, sizeof feed_source, "atpd://%s:%d", cfg->host,
+             atp_http_server_port(server));
   ao.feed_source = feed_source;
   if (cfg->feed_redis_stream[0]) ao.feed_redis_stream = cfg->feed_redis_stream;
   ao.feed_retention_ms = cfg->feed_retention_h * 3600 * 1000;

@@ -276,6 +276,22 @@ static int set_feed_redis_stream(atp_config_t *cfg, const char *v, char *err,
   return 0;
 }
 
+/* A URI reference (CloudEvents' source): printable ASCII, no spaces. */
+static int set_feed_source(atp_config_t *cfg, const char *v, char *err, size_t err_len,
+                           const char *what) {
+  size_t n = strlen(v);
+  bool ok = n > 0 && n < 256;
+  for (size_t i = 0; ok && i < n; i++) ok = v[i] > ' ' && v[i] < 0x7f;
+  if (!ok) {
+    snprintf(err, err_len,
+             "%s must be a URI of 1..255 printable bytes without spaces, got \"%s\"",
+             what, v);
+    return ATP_EBADREQ;
+  }
+  memcpy(cfg->feed_source, v, n + 1);
+  return 0;
+}
+
 static int set_shopify(atp_config_t *cfg, const char *v, char *err, size_t err_len,
                        const char *what) {
   return set_path(cfg->shopify_file, sizeof cfg->shopify_file, v, err, err_len, what);
@@ -295,6 +311,7 @@ static const option_t options[] = {
     {"--clock-skew-ms", "ATPD_CLOCK_SKEW_MS", true, set_clock_skew},
     {"--feed-retention-h", "ATPD_FEED_RETENTION_H", true, set_feed_retention},
     {"--feed-redis-stream", "ATPD_FEED_REDIS_STREAM", true, set_feed_redis_stream},
+    {"--feed-source", "ATPD_FEED_SOURCE", true, set_feed_source},
     {"--dead-letters-max", "ATPD_DEAD_LETTERS_MAX", true, set_dead_letters_max},
     {"--flow-queue-max", "ATPD_FLOW_QUEUE_MAX", true, set_flow_queue_max},
     {"--audit-max", "ATPD_AUDIT_MAX", true, set_audit_max},
@@ -316,6 +333,8 @@ const char *atp_config_usage(void) {
          "            [--clock-skew-ms N]       future times allowed, default 300000\n"
          "            [--feed-retention-h N]    change feed kept, default 72\n"
          "            [--feed-redis-stream KEY] mirror the feed into a Redis stream\n"
+         "            [--feed-source URI]       the events' source, default "
+         "atpd://HOST:PORT\n"
          "            [--dead-letters-max N]    dead letters kept, default 10000\n"
          "            [--flow-queue-max N]      ops a paused flow queues, default "
          "10000\n"

@@ -494,9 +494,184 @@ int atp_codec_msgpack_split(atp_splitter_t *s, size_t *start, size_t *end,
   return 1;
 }
 
+/* --- decoding an element the splitter checked -------------------------------- */
+
+/* The splitter ran check_value over every element it found, so an element
+ * handed to atp_codec_msgpack_element is known to be well framed, in range and
+ * valid UTF-8: decoding it again through check_value and msgpack-c's tree (two
+ * more walks and a malloc'd zone an op) is the batch's largest parsing cost.
+ * This decoder reads it once straight into the arena, allocating what convert
+ * allocates in the same order. It still checks every length against the end
+ * (a caller's wrong span cannot make it read past), and it gives up on
+ * anything that is not the plain success case: a duplicate key, a map too
+ * large to compare pairwise, an exhausted arena, any byte it does not expect.
+ * Then the arena goes back to where it was and the element takes the checked
+ * path above, which words the refusal exactly as before. */
+
+#define FAST_PAIRWISE_MAX 32 /* larger maps take the checked path (qsort) */
+
+typedef struct {
+  const unsigned char *p, *end;
+  atp_arena_t *arena;
+  uint32_t depth;
+} fast_t;
+
+static bool fast_take(fast_t *f, size_t n, const unsigned char **at) {
+  if ((size_t)(f->end - f->p) < n) return false;
+  *at = f->p;
+  f->p += n;
+  return true;
+}
+
+/* Reads a string's or bin's length from type byte t; false: not one. */
+static bool fast_str_len(fast_t *f, unsigned char t, uint64_t *len) {
+  const unsigned char *b;
+  if (t >= 0xa0 && t <= 0xbf) {
+    *len = t & 0x1f;
+    return true;
+  }
+  int n = t == 0xd9 || t == 0xc4   ? 1
+          : t == 0xda || t == 0xc5 ? 2
+          : t == 0xdb || t == 0xc6 ? 4
+                                   : 0;
+  if (!n || !fast_take(f, (size_t)n, &b)) return false;
+  *len = be(b, n);
+  return true;
+}
+
+static bool fast_value(fast_t *f, atp_val_t *out);
+
+static bool fast_string(fast_t *f, uint64_t n, const char **s) {
+  const unsigned char *b;
+  if (!fast_take(f, n, &b)) return false;
+  *s = atp_arena_strdup(f->arena, (const char *)b, (size_t)n);
+  return *s != NULL;
+}
+
+static bool fast_map(fast_t *f, uint64_t n, atp_val_t *out) {
+  if (n > FAST_PAIRWISE_MAX || ++f->depth > ATP_CODEC_DEPTH_MAX) return false;
+  out->type = ATP_VAL_OBJECT;
+  out->len = (uint32_t)n;
+  out->u.members =
+      n ? atp_arena_alloc(f->arena, (size_t)n * sizeof(atp_member_t)) : NULL;
+  if (n && !out->u.members) return false;
+  for (uint32_t i = 0; i < n; i++) {
+    atp_member_t *m = &out->u.members[i];
+    const unsigned char *t;
+    uint64_t len;
+    if (!fast_take(f, 1, &t) || !fast_str_len(f, *t, &len) || len > UINT32_MAX)
+      return false;
+    const char *key;
+    if (!fast_string(f, len, &key)) return false;
+    for (uint32_t j = 0; j < i; j++)
+      if (out->u.members[j].key_len == len &&
+          memcmp(out->u.members[j].key, key, len) == 0)
+        return false; /* a duplicate: the checked path names it */
+    m->key = key;
+    m->key_len = (uint32_t)len;
+    if (!fast_value(f, &m->val)) return false;
+  }
+  f->depth--;
+  return true;
+}
+
+static bool fast_array(fast_t *f, uint64_t n, atp_val_t *out) {
+  /* An item takes a byte at least. */
+  if (n > (uint64_t)(f->end - f->p) || ++f->depth > ATP_CODEC_DEPTH_MAX) return false;
+  out->type = ATP_VAL_ARRAY;
+  out->len = (uint32_t)n;
+  out->u.items = n ? atp_arena_alloc(f->arena, (size_t)n * sizeof(atp_val_t)) : NULL;
+  if (n && !out->u.items) return false;
+  for (uint32_t i = 0; i < n; i++)
+    if (!fast_value(f, &out->u.items[i])) return false;
+  f->depth--;
+  return true;
+}
+
+static bool fast_value(fast_t *f, atp_val_t *out) {
+  const unsigned char *b;
+  if (!fast_take(f, 1, &b)) return false;
+  unsigned char t = *b;
+  out->len = 0;
+  if (t <= 0x7f) {
+    out->type = ATP_VAL_INT;
+    out->u.i = t;
+    return true;
+  }
+  if (t >= 0xe0) {
+    out->type = ATP_VAL_INT;
+    out->u.i = (int8_t)t;
+    return true;
+  }
+  bool ok = true;
+  uint64_t n;
+  if (t <= 0x8f) {
+    ok = fast_map(f, t & 0x0f, out);
+  } else if (t <= 0x9f) {
+    ok = fast_array(f, t & 0x0f, out);
+  } else if (t <= 0xbf || t == 0xd9 || t == 0xda || t == 0xdb ||
+             (t >= 0xc4 && t <= 0xc6)) {
+    const char *s;
+    ok = fast_str_len(f, t, &n) && n <= UINT32_MAX && fast_string(f, n, &s);
+    if (ok) out->type = ATP_VAL_STR, out->len = (uint32_t)n, out->u.s = s;
+  } else if (t == 0xc0) {
+    out->type = ATP_VAL_NULL;
+  } else if (t == 0xc2 || t == 0xc3) {
+    out->type = ATP_VAL_BOOL;
+    out->u.b = t == 0xc3;
+  } else if (t >= 0xcc && t <= 0xcf) {
+    int w = 1 << (t - 0xcc);
+    ok = fast_take(f, (size_t)w, &b);
+    if (ok) n = be(b, w), ok = n <= INT64_MAX;
+    if (ok) out->type = ATP_VAL_INT, out->u.i = (int64_t)n;
+  } else if (t >= 0xd0 && t <= 0xd3) {
+    int w = 1 << (t - 0xd0);
+    ok = fast_take(f, (size_t)w, &b);
+    if (ok) {
+      n = be(b, w);
+      /* Sign-extend from w bytes. */
+      int64_t v = w == 8 ? (int64_t)n : (int64_t)(n << (64 - 8 * w)) >> (64 - 8 * w);
+      out->type = ATP_VAL_INT, out->u.i = v;
+    }
+  } else if (t == 0xca || t == 0xcb) {
+    ok = fast_take(f, t == 0xca ? 4 : 8, &b);
+    if (ok && t == 0xca) {
+      uint32_t bits = (uint32_t)be(b, 4);
+      float x;
+      memcpy(&x, &bits, sizeof x);
+      out->type = ATP_VAL_FLOAT, out->u.f = x;
+    } else if (ok) {
+      uint64_t bits = be(b, 8);
+      double x;
+      memcpy(&x, &bits, sizeof x);
+      out->type = ATP_VAL_FLOAT, out->u.f = x;
+    }
+  } else if (t == 0xdc || t == 0xdd || t == 0xde || t == 0xdf) {
+    int w = t == 0xdc || t == 0xde ? 2 : 4;
+    ok = fast_take(f, (size_t)w, &b);
+    if (ok) {
+      n = be(b, w);
+      ok = t <= 0xdd ? fast_array(f, n, out) : fast_map(f, n, out);
+    }
+  } else {
+    ok = false; /* 0xc1, ext: refused by the check, worded there */
+  }
+  return ok;
+}
+
 int atp_codec_msgpack_element(const char *body, size_t start, size_t end,
                               uint32_t depth, atp_arena_t *arena, atp_val_t **out,
                               atp_parse_error_t *err) {
+  ATP_ASSERT(start <= end);
+  atp_arena_mark_t mark = atp_arena_mark(arena);
+  fast_t f = {(const unsigned char *)body + start, (const unsigned char *)body + end,
+              arena, depth};
+  atp_val_t *val = atp_arena_alloc(arena, sizeof *val);
+  if (val && fast_value(&f, val) && f.p == f.end) {
+    *out = val;
+    return 0;
+  }
+  atp_arena_rewind(arena, mark);
   size_t stop;
   int rc = parse_one(body, start, end, depth, arena, out, &stop, err);
   if (rc == 0 && stop != end) {

@@ -544,6 +544,24 @@ int atp_position_each(const atp_engine_t *e,
   return 0;
 }
 
+uint32_t atp_position_count(const atp_engine_t *e) {
+  /* acquire: every position below the count is initialised (as above). */
+  return atomic_load_explicit(&e->position_count, memory_order_acquire);
+}
+
+int atp_position_each_from(const atp_engine_t *e, uint32_t *next, uint32_t upto,
+                           int (*fn)(void *ctx, const atp_position_t *position),
+                           void *ctx) {
+  ATP_ASSERT(next && fn && upto <= atp_position_count(e));
+  atp_position_t pos;
+  while (*next < upto) {
+    atp__position_read(e, (*next)++, &pos);
+    int rc = fn(ctx, &pos);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
 /* --- export and import (snapshots) ----------------------------------------------- */
 
 void atp__position_copy(atp_engine_t *e, uint32_t idx, atp_position_t *out,

@@ -42,6 +42,10 @@ struct atp_feed {
   _Atomic(atp_journal_t *) journal; /* NULL until attached */
   pthread_mutex_t hints_mu;         /* guards hints and hint_next */
   atp_journal_pos_t hints[HINTS];
+  /* The cursor a hint's read handed out when it examined every record
+   * before the hint's frame (it stopped at the durable LSN, not at its
+   * limit): a read after that cursor starts at the hint. 0: none. */
+  uint64_t hint_cursors[HINTS];
   uint32_t hint_next;
   pthread_mutex_t mu; /* guards the fields below */
   pthread_cond_t cond;
@@ -51,12 +55,43 @@ struct atp_feed {
   uint64_t notified_lsn;
   bool stopping;
   pthread_t thread;
+  _Atomic int64_t stat[ATP_FEED_STAT_COUNT]; /* see atp_feed_stat_add */
 };
 
 int64_t atp_feed_mono_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void atp_feed_stat_add(atp_feed_t *f, atp_feed_stat_t which, int64_t by) {
+  ATP_ASSERT((unsigned)which < ATP_FEED_STAT_COUNT);
+  atomic_fetch_add_explicit(&f->stat[which], by, memory_order_relaxed);
+}
+
+static int no_record(void *ctx, uint64_t lsn, uint16_t kind, const void *payload,
+                     uint32_t payload_bytes) {
+  (void)ctx, (void)lsn, (void)kind, (void)payload, (void)payload_bytes;
+  return 0;
+}
+
+void atp_feed_stats(atp_feed_t *f, atp_feed_stats_t *out) {
+  memset(out, 0, sizeof *out);
+  out->durable_lsn = atp_feed_durable_lsn(f);
+  /* A read that wants nothing (after the highest LSN, up to 0) only lists
+   * the segments: their first is the oldest retained record. */
+  uint64_t first = 0;
+  if (atomic_load_explicit(&f->journal, memory_order_acquire) &&
+      atp_journal_read_range(f->journal_dir, UINT64_MAX - 1, 0, NULL, no_record, NULL,
+                             &first) == 0)
+    out->oldest_lsn = first;
+  pthread_mutex_lock(&f->mu);
+  out->waiters = f->waiter_count;
+  pthread_mutex_unlock(&f->mu);
+  for (int i = 0; i < ATP_FEED_STAT_COUNT; i++) {
+    int64_t v = atomic_load_explicit(&f->stat[i], memory_order_relaxed);
+    out->stat[i] = v > 0 ? (uint64_t)v : 0;
+  }
 }
 
 /* --- sequences -------------------------------------------------------------- */
@@ -175,6 +210,7 @@ int atp_feed_create(const atp_feed_config_t *config, atp_feed_t **out) {
     return ATP_ENOMEM;
   }
   atomic_init(&f->journal, NULL);
+  for (int i = 0; i < ATP_FEED_STAT_COUNT; i++) atomic_init(&f->stat[i], 0);
   pthread_mutex_init(&f->hints_mu, NULL);
   pthread_mutex_init(&f->mu, NULL);
   pthread_condattr_t ca;
@@ -286,16 +322,37 @@ static void hint_get(atp_feed_t *f, uint64_t lsn, atp_journal_pos_t *out) {
   pthread_mutex_unlock(&f->hints_mu);
 }
 
-static void hint_put(atp_feed_t *f, const atp_journal_pos_t *pos) {
+/* The hint a read that handed out cursor left, when that read examined
+ * everything before the hint's frame; false when there is none. */
+static bool hint_for_cursor(atp_feed_t *f, uint64_t cursor, atp_journal_pos_t *out) {
+  bool found = false;
+  pthread_mutex_lock(&f->hints_mu);
+  for (uint32_t i = 0; i < HINTS && !found; i++)
+    if (f->hint_cursors[i] == cursor && f->hints[i].lsn) {
+      *out = f->hints[i];
+      found = true;
+    }
+  pthread_mutex_unlock(&f->hints_mu);
+  return found;
+}
+
+/* cursor: what the read handed out when it examined every record before
+ * pos (0: it did not). */
+static void hint_put(atp_feed_t *f, const atp_journal_pos_t *pos, uint64_t cursor) {
   if (!pos->lsn) return;
   pthread_mutex_lock(&f->hints_mu);
-  for (uint32_t i = 0; i < HINTS; i++)
+  uint32_t at = f->hint_next % HINTS;
+  bool same = false;
+  for (uint32_t i = 0; i < HINTS && !same; i++)
     if (f->hints[i].lsn == pos->lsn) {
-      f->hints[i] = *pos;
-      pthread_mutex_unlock(&f->hints_mu);
-      return;
+      at = i;
+      same = true;
     }
-  f->hints[f->hint_next++ % HINTS] = *pos;
+  if (!same) f->hint_next++;
+  f->hints[at] = *pos;
+  /* A cursor already known for this frame stays unless a newer read says
+   * the same; one frame can follow several cursors (filters). */
+  if (cursor || !same) f->hint_cursors[at] = cursor;
   pthread_mutex_unlock(&f->hints_mu);
 }
 
@@ -392,6 +449,7 @@ typedef struct {
   void *ctx;
   uint64_t cursor;     /* past what was examined */
   uint64_t last_event; /* the sequence of the last event handed out */
+  uint64_t done_lsn;   /* the last record whose every event was handed out */
   atp_records_t scratch;
   int rc;
 } read_t;
@@ -451,6 +509,7 @@ static const char *flows_type(uint16_t kind, const void *payload, uint32_t bytes
 static int on_flows_record(read_t *r, uint64_t lsn, uint16_t kind, const void *payload,
                            uint32_t payload_bytes) {
   r->cursor = lsn * ATP_FEED_INDEX_SPAN + (ATP_FEED_INDEX_SPAN - 1);
+  r->done_lsn = lsn; /* one event at most: handed, skipped or none below */
   if (lsn == r->after_lsn && r->skip_index) return 0;
   atp_feed_event_t ev;
   memset(&ev, 0, sizeof ev);
@@ -467,6 +526,20 @@ static int on_flows_record(read_t *r, uint64_t lsn, uint16_t kind, const void *p
   r->last_event = ev.sequence;
   if (r->fn(r->ctx, &ev) || r->count >= r->limit) return 1;
   return r->scanned >= ATP_FEED_SCAN_MAX;
+}
+
+/* Whether a record's change records after index i hold an event that passes
+ * the read's filter (the read stopped at i). */
+static bool events_after(const read_t *r, uint64_t lsn, uint32_t i) {
+  const atp_records_t *s = &r->scratch;
+  atp_feed_event_t ev = {.lsn = lsn};
+  for (uint32_t k = i + 1; k < s->count; k++) {
+    ev.record = &s->records[k];
+    ev.ctx = &s->contexts[k];
+    ev.type = event_type(ev.record);
+    if (ev.type && passes(r->filter, &ev)) return true;
+  }
+  return false;
 }
 
 static int on_record(void *arg, uint64_t lsn, uint16_t kind, const void *payload,
@@ -504,11 +577,14 @@ static int on_record(void *arg, uint64_t lsn, uint16_t kind, const void *payload
     if (!ev.type || !passes(r->filter, &ev)) continue;
     r->count++;
     r->last_event = ev.sequence;
-    if (r->fn(r->ctx, &ev) || r->count >= r->limit) return 1;
-    if (r->scanned >= ATP_FEED_SCAN_MAX) return 1;
+    if (r->fn(r->ctx, &ev) || r->count >= r->limit || r->scanned >= ATP_FEED_SCAN_MAX) {
+      if (!events_after(r, lsn, i)) r->done_lsn = lsn;
+      return 1;
+    }
   }
   /* The whole record was examined: resume after its last index. */
   r->cursor = lsn * ATP_FEED_INDEX_SPAN + (s->count - 1);
+  r->done_lsn = lsn;
   return r->scanned >= ATP_FEED_SCAN_MAX;
 }
 
@@ -532,10 +608,20 @@ int atp_feed_read(atp_feed_t *f, uint64_t after, bool has_after,
    * (an index of 9999 means all of L was served). */
   uint64_t from = has_after ? r.after_lsn - (r.after_lsn > 0) : 0;
   if (has_after && r.after_index == ATP_FEED_INDEX_SPAN - 1) from = r.after_lsn;
-  if (durable <= from) return 0;
-  atp_records_init(&r.scratch);
   atp_journal_pos_t hint;
-  hint_get(f, from + 1, &hint);
+  /* A follower's cursor is mostly what the read before handed out, which
+   * examined every record up to its durable LSN D: resume at D + 1 from
+   * that read's hint rather than read the cursor's record again, whose
+   * frame no hint holds (a walk over its segment's frames otherwise). */
+  if (has_after && hint_for_cursor(f, after, &hint) && hint.lsn > r.after_lsn) {
+    from = hint.lsn - 1;
+    r.skip_index = false; /* the cursor's record is behind from */
+  } else {
+    hint_get(f, from + 1, &hint);
+  }
+  if (durable <= from) return 0;
+  if (!hint.lsn) atp_feed_stat_add(f, ATP_FEED_STAT_COLD_READS, 1);
+  atp_records_init(&r.scratch);
   uint64_t first = 0;
   int rc = atp_journal_read_range(f->journal_dir, from, durable, &hint, on_record, &r,
                                   &first);
@@ -549,12 +635,16 @@ int atp_feed_read(atp_feed_t *f, uint64_t after, bool has_after,
   }
   if (rc == 1) rc = 0;
   if (!rc) rc = r.rc;
-  hint_put(f, &hint);
-  atp_records_free(&r.scratch);
-  if (rc) return rc;
   /* The last event's sequence when there is one (the contract's cursor);
    * past the examined records when a filter skipped them all. */
-  *cursor = r.count ? r.last_event : r.cursor;
+  uint64_t out_cursor = r.count ? r.last_event : r.cursor;
+  /* The hint is at the frame after the last record read; when every event
+   * of that record (and so of all before it) was handed out, a read after
+   * out_cursor starts there. */
+  hint_put(f, &hint, !rc && r.done_lsn && hint.lsn == r.done_lsn + 1 ? out_cursor : 0);
+  atp_records_free(&r.scratch);
+  if (rc) return rc;
+  *cursor = out_cursor;
   *count = r.count;
   return 0;
 }

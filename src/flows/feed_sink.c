@@ -155,4 +155,8 @@ void atp_feed_sink_stats(atp_feed_sink_t *k, atp_feed_sink_stats_t *out) {
   out->cursor = atomic_load_explicit(&k->cursor, memory_order_relaxed);
   out->failures = atomic_load_explicit(&k->failures, memory_order_relaxed);
   out->connected = atomic_load_explicit(&k->connected, memory_order_relaxed);
+  /* The cursor's LSN is sequence / 10^4; 0 before the first page. */
+  uint64_t durable = atp_feed_durable_lsn(k->feed);
+  uint64_t at = out->cursor / ATP_FEED_INDEX_SPAN;
+  out->lag_lsn = durable > at ? durable - at : 0;
 }

@@ -1064,6 +1064,14 @@ size_t atp_http_stream_backlog(const atp_http_stream_t *st) {
   return n;
 }
 
+bool atp_http_stream_closed(const atp_http_stream_t *st) {
+  atp_http_stream_t *m = (atp_http_stream_t *)(uintptr_t)st;
+  uv_mutex_lock(&m->mu);
+  bool closed = m->closed || m->ended;
+  uv_mutex_unlock(&m->mu);
+  return closed;
+}
+
 void atp_http_stream_end(atp_http_stream_t *st) {
   if (!st) return;
   uv_mutex_lock(&st->mu);
@@ -1099,6 +1107,12 @@ static void dispatch(conn_t *c) {
         .close = true,
         .stream = true};
     if (queue_response(c, &head)) {
+      stream_abandon(res.stream);
+      c->closing = true;
+    } else if (req.method == ATP_HTTP_HEAD) {
+      /* HEAD: the head only. The producer's sends fail from now on, so it
+       * stops (an SSE stream, a snapshot's walk). */
+      log_response(c, &req, head.status, 0);
       stream_abandon(res.stream);
       c->closing = true;
     } else {

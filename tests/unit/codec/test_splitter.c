@@ -199,6 +199,127 @@ static void test_parse_element(void) {
   CHECK(rc == 0 && v && v->type == ATP_VAL_STR && v->len == 1);
 }
 
+static bool val_equal(const atp_val_t *a, const atp_val_t *b) {
+  if (a->type != b->type || (a->type >= ATP_VAL_STR && a->len != b->len)) return false;
+  switch (a->type) {
+    case ATP_VAL_NULL:
+      return true;
+    case ATP_VAL_BOOL:
+      return a->u.b == b->u.b;
+    case ATP_VAL_INT:
+      return a->u.i == b->u.i;
+    case ATP_VAL_FLOAT:
+      return a->u.f == b->u.f;
+    case ATP_VAL_STR:
+      return memcmp(a->u.s, b->u.s, a->len) == 0 && a->u.s[a->len] == '\0';
+    case ATP_VAL_ARRAY:
+      for (uint32_t i = 0; i < a->len; i++)
+        if (!val_equal(&a->u.items[i], &b->u.items[i])) return false;
+      return true;
+    case ATP_VAL_OBJECT:
+      for (uint32_t i = 0; i < a->len; i++) {
+        const atp_member_t *x = &a->u.members[i], *y = &b->u.members[i];
+        if (x->key_len != y->key_len || memcmp(x->key, y->key, x->key_len) != 0 ||
+            x->key[x->key_len] != '\0')
+          return false;
+        if (!val_equal(&x->val, &y->val)) return false;
+      }
+      return true;
+  }
+  return false;
+}
+
+/* A msgpack element (decoded once, straight into the arena, since the
+ * splitter checked it) gives the tree, or the refusal at the body's offset,
+ * that the checked whole-value parse gives for its bytes. */
+static void same_as_parse(const char *body, size_t len, uint32_t i) {
+  int rc = 0;
+  atp_val_t *v = element(ATP_FORMAT_MSGPACK, body, len, i, &rc);
+  atp_parse_error_t mine = perr;
+  REQUIRE(rc != 999);
+  /* The element's bytes, found again. */
+  atp_splitter_t s;
+  atp_splitter_init(&s, ATP_FORMAT_MSGPACK, body, len);
+  size_t a = 0, b = 0;
+  for (uint32_t k = 0; k <= i; k++) REQUIRE(atp_splitter_next(&s, &a, &b, NULL) == 1);
+  static atp_arena_t other;
+  if (!other.chunk_bytes) atp_arena_init(&other, 64 * 1024, 0);
+  atp_arena_reset(&other);
+  atp_val_t *w = NULL;
+  atp_parse_error_t theirs;
+  memset(&theirs, 0, sizeof theirs);
+  int want = atp_codec_parse(ATP_FORMAT_MSGPACK, body + a, b - a, &other, &w, &theirs);
+  CHECK_EQ(rc, want);
+  if (rc == 0) {
+    CHECK(v && w && val_equal(v, w));
+  } else {
+    CHECK_EQ(mine.offset, a + theirs.offset);
+    CHECK(strcmp(mine.message, theirs.message) == 0);
+  }
+}
+
+static void test_msgpack_element_decoder(void) {
+  /* Every scalar form, a nested array and map, str8 and bin keys and values,
+   * empty strings, array16 and map16 headers. */
+  const char every[] =
+      "\x93"
+      "\x8f"
+      "\xa1"
+      "a\x7f" /* positive fixint */
+      "\xa1"
+      "b\xe0" /* negative fixint -32 */
+      "\xa1"
+      "c\xd0\x80" /* int8 -128 */
+      "\xa1"
+      "d\xd1\xff\x00" /* int16 -256 */
+      "\xa1"
+      "e\xd2\x80\x00\x00\x00" /* int32 min */
+      "\xa1"
+      "f\xd3\xff\xff\xff\xff\xff\xff\xff\xfe"      /* int64 -2 */
+      "\xa1g\xcc\xc8"                              /* uint8 200 */
+      "\xa1h\xcd\xff\xff"                          /* uint16 */
+      "\xa1i\xce\xff\xff\xff\xff"                  /* uint32 */
+      "\xa1j\xcf\x7f\xff\xff\xff\xff\xff\xff\xff"  /* uint64 INT64_MAX */
+      "\xa1k\xca\x3f\xc0\x00\x00"                  /* float32 1.5 */
+      "\xa1l\xcb\x40\x09\x21\xfb\x54\x44\x2d\x18"  /* float64 pi */
+      "\xa1m\xc0"                                  /* nil */
+      "\xc4\x01n\xc3"                              /* bin key, true */
+      "\xd9\x01o\x92\xc2\xa0"                      /* str8 key, [false, ""] */
+      "\xdc\x00\x02\xc4\x02hi\xde\x00\x01\xa0\x80" /* array16 [bin "hi", {"": {}}] */
+      "\x90";                                      /* [] */
+  for (uint32_t i = 0; i < 3; i++) same_as_parse(every, sizeof every - 1, i);
+  /* A stream of objects, not an array. */
+  const char stream[] =
+      "\x81\xa2op\xa6"
+      "adjust\x82\xa1x\x01\xa1y\xd0\xff";
+  same_as_parse(stream, sizeof stream - 1, 0);
+  same_as_parse(stream, sizeof stream - 1, 1);
+  /* Duplicate keys are handed to the checked path, which names the first
+   * map's twin in document order even when a map inside it also has one. */
+  const char dups[] =
+      "\x92"
+      "\x83\xa1"
+      "a\x82\xa1z\x01\xa1z\x02\xa1"
+      "a\x01\xa1"
+      "b\x01"                            /* outer twin "a" */
+      "\x81\xa1q\x82\xa1z\x01\xa1z\x02"; /* inner twin "z" */
+  same_as_parse(dups, sizeof dups - 1, 0);
+  CHECK(strstr(perr.message, "\"a\""));
+  same_as_parse(dups, sizeof dups - 1, 1);
+  CHECK(strstr(perr.message, "\"z\""));
+  /* A map beyond pairwise comparison takes the checked path, same tree. */
+  atp_buf_t b;
+  atp_buf_init(&b, 0);
+  atp_buf_append(&b, "\xde\x00\x28", 3);
+  for (int k = 0; k < 40; k++) {
+    char kv[8] = {(char)0xa2, (char)('a' + k / 26), (char)('a' + k % 26), (char)k};
+    atp_buf_append(&b, kv, 4);
+  }
+  REQUIRE(!b.failed);
+  same_as_parse(b.data, b.len, 0);
+  atp_buf_free(&b);
+}
+
 /* A long body: elements found in one pass, the count right. */
 static void test_many(void) {
   atp_buf_t b;
@@ -221,6 +342,7 @@ TEST_MAIN({
   RUN(test_ndjson);
   RUN(test_msgpack);
   RUN(test_parse_element);
+  RUN(test_msgpack_element_decoder);
   RUN(test_many);
   atp_arena_destroy(&arena);
 })
