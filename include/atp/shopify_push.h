@@ -52,7 +52,12 @@ int atp_shopify_push_start(atp_shopify_push_t *push, atp_feed_t *feed,
                            atp_engine_t *engine);
 
 /* Stops the thread (a call in flight is cancelled: it is sent again at the
- * next start) and frees. NULL: nothing. */
+ * next start) after journaling the cursor. The durable section stays
+ * registered (a snapshot still exports the cursor), so the push is freed
+ * only by destroy, once the journal is closed. NULL or not started:
+ * nothing. */
+void atp_shopify_push_stop(atp_shopify_push_t *push);
+/* Stops (if started) and frees. NULL: nothing. */
 void atp_shopify_push_destroy(atp_shopify_push_t *push);
 
 /* The figures; an atp_shopify_push_stats_fn (ctx: the push). */

@@ -670,6 +670,10 @@ int atp_app_stop(atp_app_t *app) {
   if (rt->restore_started) pthread_join(rt->restore_thread, NULL);
   if (rt->ticker_started) pthread_join(rt->ticker_thread, NULL);
   if (rt->snapshot_started) pthread_join(rt->snapshot_thread, NULL);
+  /* The push journals its last cursor on the way out: before the clean
+   * shutdown's snapshot, which then holds it, and before the journal closes.
+   * It is freed after the journal (its section exports for the snapshot). */
+  atp_shopify_push_stop(rt->shopify_push);
   /* The clean shutdown's snapshot: every mutation and the ticker stopped, the
    * journal still open, so the next start loads it and replays nothing. */
   atp_journal_t *j = app->durable ? atp_durable_journal(app->durable) : NULL;
@@ -688,11 +692,6 @@ int atp_app_stop(atp_app_t *app) {
    * longer deliver) before the journal they read goes. */
   atp_feed_sink_stop(rt->sink);
   rt->sink = NULL;
-  /* Before the journal closes: its last cursor is journaled on the way out. */
-  atp_shopify_push_destroy(rt->shopify_push);
-  rt->shopify_push = NULL;
-  app->shopify_push_stats = NULL;
-  app->shopify_push_ctx = NULL;
   atp_feed_destroy(app->feed);
   app->feed = NULL;
   /* Every mutation has stopped (the server's run returned): the close flushes
@@ -705,6 +704,10 @@ int atp_app_stop(atp_app_t *app) {
   atp_audit_destroy(app->audit);
   atp_recon_store_destroy(app->recon);
   app->recon = NULL;
+  atp_shopify_push_destroy(rt->shopify_push);
+  rt->shopify_push = NULL;
+  app->shopify_push_stats = NULL;
+  app->shopify_push_ctx = NULL;
   atp_shopify_destroy(app->shopify);
   app->shopify = NULL;
   app->dead_letters = NULL;

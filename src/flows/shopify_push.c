@@ -78,6 +78,7 @@
 #define BUCKETS_MIN        1024u
 #define KEY_BYTES          37 /* "atpd-" + 32 hex digits */
 #define SAVED_ATTEMPTS_MAX 5
+#define DEFER_MS           1000
 /* Estimated costs before Shopify reported any (Shopify charges a mutation
  * 10 points; a level read is a few). */
 #define COST_MUTATION_DEFAULT 10.0
@@ -100,6 +101,8 @@ struct entry {
   bool in_call;              /* in the call in flight */
   bool need_read;            /* Shopify's figure must be read before a push */
   bool no_level;             /* read: Shopify holds no level there yet */
+  uint64_t version_seen;     /* the newest position version the feed showed */
+  int64_t deferred_ms;       /* 0, or since when (mono) the engine is ahead */
   entry_t *hash_next;        /* bucket chain */
   entry_t *prev, *next;      /* the FIFO */
   uint16_t sku_len, loc_len; /* the engine's key, in text[] */
@@ -160,7 +163,9 @@ struct atp_shopify_push {
   uint64_t read_durable;   /* durable LSN at the last read that was not full */
   uint64_t written_cursor; /* the last cursor journaled */
   int64_t cursor_written_ms;
-  bool progress; /* events taken or entries settled since the last cursor write */
+  bool progress;  /* events taken or entries settled since the last cursor write */
+  bool read_redo; /* a read stopped short of memory ... */
+  uint64_t redo_cursor; /* ... and goes on after this sequence */
 
   /* pending */
   entry_t **buckets;
@@ -185,6 +190,8 @@ struct atp_shopify_push {
   fetch_t fetch;
   char fetch_after[512]; /* the page cursor; "" for the first page */
   uint64_t fetched_items, fetched_locations;
+  uint64_t synced;                /* positions made pending by the fetch */
+  atp_position_t *sync_positions; /* ATP_SKU_LOCATIONS_MAX, once needed */
 
   /* calls to send again (restored); loop thread after start */
   saved_call_t saved[ATP_SHOPIFY_PUSH_SAVED_CALLS_MAX];
@@ -343,6 +350,42 @@ static void entry_settle(atp_shopify_push_t *p, entry_t *e) {
   atp_free(e);
 }
 
+/* Marks (item, location) pending for a change at seq (the cursor's view:
+ * the entry keeps the cursor below it) naming reference, at_ms and version;
+ * creates the entry. false when out of memory. */
+static bool entry_mark(atp_shopify_push_t *p, uint64_t item, uint64_t location,
+                       atp_str_t sku, atp_str_t loc, uint64_t seq, uint64_t reference,
+                       int64_t at_ms, uint64_t version) {
+  entry_t *e = entry_find(p, item, location);
+  if (!e) {
+    e = atp_malloc(sizeof *e + sku.len + loc.len);
+    if (!e) return false;
+    memset(e, 0, sizeof *e);
+    e->item = item;
+    e->location = location;
+    e->sku_len = (uint16_t)sku.len;
+    e->loc_len = (uint16_t)loc.len;
+    memcpy(e->text, sku.ptr, sku.len);
+    memcpy(e->text + sku.len, loc.ptr, loc.len);
+    uint32_t b = entry_hash(item, location) & (p->bucket_count - 1);
+    e->hash_next = p->buckets[b];
+    p->buckets[b] = e;
+    if (++p->entries > p->bucket_count) grow_buckets(p);
+    e->first_seq = seq;
+    e->first_at_ms = at_ms;
+    fifo_append(p, e);
+  } else if (e->in_call && !e->again_seq) {
+    e->again_seq = seq;
+    e->again_at_ms = at_ms;
+  }
+  if (reference > e->last_seq) e->last_seq = reference;
+  if (version > e->version_seen) {
+    e->version_seen = version;
+    e->deferred_ms = 0;
+  }
+  return true;
+}
+
 /* --- the feed ---------------------------------------------------------------- */
 
 static int on_event(void *ctx, const atp_feed_event_t *ev) {
@@ -355,29 +398,13 @@ static int on_event(void *ctx, const atp_feed_event_t *ev) {
   if (!atp_shopify_item_of_sku(p->shopify, pos->sku, &item, &variant) ||
       !atp_shopify_location_of(p->shopify, pos->location, &location))
     return 0; /* not mapped: not Shopify's */
-  entry_t *e = entry_find(p, item, location);
-  if (!e) {
-    e = atp_malloc(sizeof *e + pos->sku.len + pos->location.len);
-    if (!e) return ATP_ENOMEM; /* the read stops before this event: read again */
-    memset(e, 0, sizeof *e);
-    e->item = item;
-    e->location = location;
-    e->sku_len = (uint16_t)pos->sku.len;
-    e->loc_len = (uint16_t)pos->location.len;
-    memcpy(e->text, pos->sku.ptr, pos->sku.len);
-    memcpy(e->text + pos->sku.len, pos->location.ptr, pos->location.len);
-    uint32_t b = entry_hash(item, location) & (p->bucket_count - 1);
-    e->hash_next = p->buckets[b];
-    p->buckets[b] = e;
-    if (++p->entries > p->bucket_count) grow_buckets(p);
-    e->first_seq = ev->sequence;
-    e->first_at_ms = c->at_ms;
-    fifo_append(p, e);
-  } else if (e->in_call && !e->again_seq) {
-    e->again_seq = ev->sequence;
-    e->again_at_ms = c->at_ms;
+  if (!entry_mark(p, item, location, pos->sku, pos->location, ev->sequence,
+                  ev->sequence, c->at_ms, pos->version)) {
+    /* The read stops here; this event is read again next time. */
+    p->read_redo = true;
+    p->redo_cursor = ev->sequence - 1;
+    return ATP_ENOMEM;
   }
-  e->last_seq = ev->sequence;
   return 0;
 }
 
@@ -407,9 +434,19 @@ static void read_feed(atp_shopify_push_t *p) {
       set_error(p, true, "reading the change feed: %s", atp_strerror(rc));
       return;
     }
+    if (p->read_redo) { /* the event that found no memory was handed out */
+      p->read_redo = false;
+      next = p->redo_cursor;
+      count = 0;
+      rc = ATP_ENOMEM;
+    }
     if (next != p->read_cursor || count) {
       p->read_cursor = next;
       p->has_cursor = true;
+    }
+    if (rc == ATP_ENOMEM) {
+      set_error(p, true, "reading the change feed: %s", atp_strerror(rc));
+      return;
     }
     if (count < FEED_PAGE) {
       p->read_durable = durable;
@@ -770,6 +807,34 @@ static bool send_fetch(atp_shopify_push_t *p, int64_t now) {
   return true;
 }
 
+/* The initial sync of a fetched variant: every position of its SKU that atpd
+ * holds at a mapped location becomes pending, as if it had just changed
+ * (the feed is not read during the fetch, so the read cursor is where the
+ * entries keep the durable cursor). One with Shopify's figure already
+ * settles without a call. Positions beyond the pending bound wait for
+ * their next change. */
+static void sync_sku(atp_shopify_push_t *p, atp_str_t sku, uint64_t item) {
+  if (!p->sync_positions) {
+    p->sync_positions = atp_malloc(ATP_SKU_LOCATIONS_MAX * sizeof *p->sync_positions);
+    if (!p->sync_positions) return;
+  }
+  uint32_t count = 0;
+  if (atp_sku_positions(p->engine, sku, p->sync_positions, ATP_SKU_LOCATIONS_MAX,
+                        &count) != 0)
+    return;
+  if (count > ATP_SKU_LOCATIONS_MAX) count = ATP_SKU_LOCATIONS_MAX;
+  int64_t now = atp_wall_ms();
+  for (uint32_t i = 0; i < count && p->entries < ATP_SHOPIFY_PUSH_PENDING_MAX; i++) {
+    const atp_position_t *pos = &p->sync_positions[i];
+    uint64_t location = 0;
+    if (!atp_shopify_location_of(p->shopify, pos->location, &location)) continue;
+    if (!entry_mark(p, item, location, pos->sku, pos->location, p->read_cursor + 1,
+                    p->read_cursor, now, pos->version))
+      return;
+    p->synced++;
+  }
+}
+
 /* One page of locations (mapped by name: the atpd location is the Shopify
  * location's name) or variants (each with a SKU mapped to its inventory
  * item), then the next page or the next phase. */
@@ -810,7 +875,10 @@ static void on_fetch_answer(atp_shopify_push_t *p, const atp_val_t *root) {
                                &b) != 0)
         continue; /* a variant without a SKU is not atpd's */
       rc = atp_shopify_map_item(p->shopify, (atp_str_t){sku->u.s, sku->len}, a, b);
-      if (rc == 0) p->fetched_items++;
+      if (rc == 0) {
+        p->fetched_items++;
+        sync_sku(p, (atp_str_t){sku->u.s, sku->len}, b);
+      }
     }
     if (rc != 0)
       set_error(p, true, "mapping fetched from Shopify: %s", atp_strerror(rc));
@@ -830,29 +898,38 @@ static void on_fetch_answer(atp_shopify_push_t *p, const atp_val_t *root) {
   p->fetch = FETCH_NONE;
   atp_log("info",
           "shopify push: mapped %" PRIu64 " variants and %" PRIu64
-          " locations fetched from Shopify",
-          p->fetched_items, p->fetched_locations);
+          " locations fetched from Shopify; %" PRIu64 " positions to sync",
+          p->fetched_items, p->fetched_locations, p->synced);
 }
 
-/* The next call from the FIFO: a re-read when the first entries need one,
- * else a push. Entries already at Shopify's figure settle here. */
-static void pump(atp_shopify_push_t *p) {
-  int64_t now = atp_mono_ms();
-  if (p->call != CALL_NONE || now < p->wait_until_ms) return;
-  if (send_saved(p, now) || send_fetch(p, now)) return;
-  p->quantity_count = 0;
-  p->reread_count = 0;
-  uint64_t reference = 0;
+/* Items one re-read asks for: ATP_SHOPIFY_PUSH_REREAD_MAX, fewer when that
+ * would cost more than Shopify's bucket holds (a query above the bucket's
+ * maximum would be throttled for ever). */
+static uint32_t reread_size(const atp_shopify_push_t *p) {
+  if (!p->bucket_known) return ATP_SHOPIFY_PUSH_REREAD_MAX;
+  double each = p->cost_reread / (p->cost_reread_units ? p->cost_reread_units : 1);
+  double fit = each > 0 ? p->bucket_max / each : ATP_SHOPIFY_PUSH_REREAD_MAX;
+  if (fit >= ATP_SHOPIFY_PUSH_REREAD_MAX) return ATP_SHOPIFY_PUSH_REREAD_MAX;
+  return fit >= 1 ? (uint32_t)fit : 1;
+}
+
+/* Fills p->quantities (and p->reread, the entries whose Shopify figure must
+ * be read first) from the FIFO's oldest entries, a slice at a time read from
+ * the engine in one batched look-up; settles the entries already at
+ * Shopify's figure. *reference gets the newest change the quantities carry. */
+static void collect(atp_shopify_push_t *p, int64_t now, uint64_t *reference) {
   atp_key_t keys[ATP_SHOPIFY_PUSH_BATCH_MAX];
   entry_t *cand[ATP_SHOPIFY_PUSH_BATCH_MAX];
   atp_position_t pos[ATP_SHOPIFY_PUSH_BATCH_MAX];
   bool found[ATP_SHOPIFY_PUSH_BATCH_MAX];
-  uint32_t examined = 0;
+  uint32_t examined = 0, reread_max = reread_size(p);
   entry_t *e = p->head;
+  p->quantity_count = 0;
+  p->reread_count = 0;
+  *reference = 0;
   while (e && examined < ATP_SHOPIFY_PUSH_EXAMINE_MAX &&
          p->quantity_count < ATP_SHOPIFY_PUSH_BATCH_MAX &&
-         p->reread_count < ATP_SHOPIFY_PUSH_REREAD_MAX) {
-    /* A slice of the FIFO, read from the engine in one batched look-up. */
+         p->reread_count < reread_max) {
     uint32_t n = 0;
     for (; e && n < ATP_SHOPIFY_PUSH_BATCH_MAX - p->quantity_count; e = e->next) {
       cand[n] = e;
@@ -868,9 +945,16 @@ static void pump(atp_shopify_push_t *p) {
                    (!c->need_read &&
                     atp_shopify_level_get(p->shopify, c->item, c->location, &level));
       int64_t available = found[i] ? pos[i].available : 0;
+      /* The engine shows a change the durable feed has not shown yet: its
+       * value could be one a crash takes back, and Shopify would keep it.
+       * Its event comes within milliseconds; the entry waits for it (at most
+       * DEFER_MS, should a version ever move without an event). */
+      if (found[i] && pos[i].version > c->version_seen) {
+        if (!c->deferred_ms) c->deferred_ms = now;
+        if (now - c->deferred_ms < DEFER_MS) continue;
+      }
       if (!known) {
-        if (p->reread_count < ATP_SHOPIFY_PUSH_REREAD_MAX)
-          p->reread[p->reread_count++] = c;
+        if (p->reread_count < reread_max) p->reread[p->reread_count++] = c;
         continue;
       }
       if (!c->no_level && available == level) {
@@ -879,27 +963,31 @@ static void pump(atp_shopify_push_t *p) {
       }
       quantity_t *q = &p->quantities[p->quantity_count++];
       *q = (quantity_t){c->item, c->location, available, level, c->no_level, c};
-      if (c->last_seq > reference) reference = c->last_seq;
+      if (c->last_seq > *reference) *reference = c->last_seq;
     }
   }
-  if (p->reread_count) {
-    p->quantity_count = 0; /* Shopify's figures first, then the push */
-    p->call_cost = call_cost_estimate(p, CALL_REREAD, p->reread_count);
-    int64_t wait = pace_wait_ms(p, p->call_cost, now);
-    if (wait) {
-      p->wait_until_ms = now + wait;
-      return;
-    }
-    if (build_reread_body(p) != 0) return;
-    for (uint32_t i = 0; i < p->reread_count; i++) p->reread[i]->in_call = true;
-    p->call = CALL_REREAD;
-    if (send_body(p) != 0) {
-      for (uint32_t i = 0; i < p->reread_count; i++) p->reread[i]->in_call = false;
-      p->call = CALL_NONE;
-    }
+}
+
+/* Sends the re-read of p->reread (when pacing allows). */
+static void send_reread(atp_shopify_push_t *p, int64_t now) {
+  p->quantity_count = 0; /* Shopify's figures first, then the push */
+  p->call_cost = call_cost_estimate(p, CALL_REREAD, p->reread_count);
+  int64_t wait = pace_wait_ms(p, p->call_cost, now);
+  if (wait) {
+    p->wait_until_ms = now + wait;
     return;
   }
-  if (!p->quantity_count) return;
+  if (build_reread_body(p) != 0) return;
+  for (uint32_t i = 0; i < p->reread_count; i++) p->reread[i]->in_call = true;
+  p->call = CALL_REREAD;
+  if (send_body(p) != 0) {
+    for (uint32_t i = 0; i < p->reread_count; i++) p->reread[i]->in_call = false;
+    p->call = CALL_NONE;
+  }
+}
+
+/* Journals and sends the push of p->quantities (when pacing allows). */
+static void send_push(atp_shopify_push_t *p, int64_t now, uint64_t reference) {
   p->call_cost = call_cost_estimate(p, CALL_PUSH, p->quantity_count);
   int64_t wait = pace_wait_ms(p, p->call_cost, now);
   if (wait) {
@@ -919,6 +1007,20 @@ static void pump(atp_shopify_push_t *p) {
     p->call = CALL_NONE;
     journal_settled(p, p->call_key);
   }
+}
+
+/* The next call: a journaled call of a previous run, the mapping fetch, a
+ * re-read when the oldest entries need one, else a push. */
+static void pump(atp_shopify_push_t *p) {
+  int64_t now = atp_mono_ms();
+  if (p->call != CALL_NONE || now < p->wait_until_ms) return;
+  if (send_saved(p, now) || send_fetch(p, now)) return;
+  uint64_t reference = 0;
+  collect(p, now, &reference);
+  if (p->reread_count)
+    send_reread(p, now);
+  else if (p->quantity_count)
+    send_push(p, now, reference);
 }
 
 /* --- answers ----------------------------------------------------------------- */
@@ -1063,6 +1165,38 @@ static void on_reread_answer(atp_shopify_push_t *p, const atp_val_t *root) {
   p->backoff_ms = 0;
 }
 
+/* Whether the answer carries data to act on; else the throttle, the error
+ * and the wait before the next call are taken care of here. root: the
+ * parsed body, NULL when it is not a JSON object. */
+static bool answered(atp_shopify_push_t *p, const atp_http_response_t *res,
+                     const atp_val_t *root) {
+  const atp_val_t *errors = root ? atp_val_get(root, "errors") : NULL;
+  bool listed = errors && errors->type == ATP_VAL_ARRAY && errors->len;
+  bool is_throttle = res->status == 429;
+  for (uint32_t i = 0; listed && i < errors->len; i++)
+    if (str_is(atp_val_get(atp_val_get(&errors->u.items[i], "extensions"), "code"),
+               "THROTTLED"))
+      is_throttle = true;
+  if (is_throttle) {
+    throttled(p);
+    return false;
+  }
+  if (res->status == 0) {
+    set_error(p, true, "Shopify: %s", res->error);
+  } else if (res->status != 200 || !root) {
+    set_error(p, true, "Shopify answered HTTP %d%s", res->status,
+              root || res->status != 200 ? "" : " with a body that is not JSON");
+  } else if (listed) {
+    const atp_val_t *msg = atp_val_get(&errors->u.items[0], "message");
+    set_error(p, true, "Shopify: %.200s",
+              msg && msg->type == ATP_VAL_STR ? msg->u.s : "a GraphQL error");
+  } else {
+    return true;
+  }
+  back_off(p);
+  return false;
+}
+
 static void on_answer(void *ctx, const atp_http_response_t *res) {
   atp_shopify_push_t *p = ctx;
   call_kind_t kind = p->call;
@@ -1086,31 +1220,7 @@ static void on_answer(void *ctx, const atp_http_response_t *res) {
               kind == CALL_PUSH     ? p->quantity_count
               : kind == CALL_REREAD ? p->reread_count
                                     : 1);
-  const atp_val_t *errors = parsed ? atp_val_get(root, "errors") : NULL;
-  bool is_throttle = res->status == 429;
-  for (uint32_t i = 0; errors && errors->type == ATP_VAL_ARRAY && i < errors->len; i++)
-    if (str_is(atp_val_get(atp_val_get(&errors->u.items[i], "extensions"), "code"),
-               "THROTTLED"))
-      is_throttle = true;
-
-  bool done = false; /* the call's answer was handled for good */
-  if (is_throttle) {
-    throttled(p);
-  } else if (res->status == 0) {
-    set_error(p, true, "Shopify: %s", res->error);
-    back_off(p);
-  } else if (res->status != 200 || !parsed) {
-    set_error(p, true, "Shopify answered HTTP %d%s", res->status,
-              parsed || res->status != 200 ? "" : " with a body that is not JSON");
-    back_off(p);
-  } else if (errors && errors->type == ATP_VAL_ARRAY && errors->len) {
-    const atp_val_t *msg = atp_val_get(&errors->u.items[0], "message");
-    set_error(p, true, "Shopify: %.200s",
-              msg && msg->type == ATP_VAL_STR ? msg->u.s : "a GraphQL error");
-    back_off(p);
-  } else {
-    done = true;
-  }
+  bool done = answered(p, res, parsed ? root : NULL);
   if (kind == CALL_FETCH) {
     if (done) on_fetch_answer(p, root);
   } else if (kind == CALL_REREAD) {
@@ -1330,15 +1440,19 @@ int atp_shopify_push_start(atp_shopify_push_t *p, atp_feed_t *feed,
   return 0;
 }
 
+void atp_shopify_push_stop(atp_shopify_push_t *p) {
+  if (!p || !p->started) return;
+  atomic_store_explicit(&p->stopping, true, memory_order_relaxed);
+  uv_async_send(&p->stop);
+  pthread_join(p->thread, NULL);
+  ATP_ASSERT(p->handles_open == 0 && !p->http);
+  uv_loop_close(&p->loop);
+  p->started = false;
+}
+
 void atp_shopify_push_destroy(atp_shopify_push_t *p) {
   if (!p) return;
-  if (p->started) {
-    atomic_store_explicit(&p->stopping, true, memory_order_relaxed);
-    uv_async_send(&p->stop);
-    pthread_join(p->thread, NULL);
-    ATP_ASSERT(p->handles_open == 0 && !p->http);
-    uv_loop_close(&p->loop);
-  }
+  atp_shopify_push_stop(p);
   for (uint32_t i = 0; i < p->bucket_count; i++) {
     entry_t *e = p->buckets[i];
     while (e) {
@@ -1349,6 +1463,7 @@ void atp_shopify_push_destroy(atp_shopify_push_t *p) {
   }
   for (uint32_t i = 0; i < p->saved_count; i++) atp_free(p->saved[i].quantities);
   atp_free(p->buckets);
+  atp_free(p->sync_positions);
   atp_buf_free(&p->body);
   atp_arena_destroy(&p->arena);
   pthread_mutex_destroy(&p->stats_lock);

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import signal
 import time
 
 import pytest
@@ -31,7 +32,7 @@ def shop_id():
     return random.randint(2 ** 53 + 1, 2 ** 62)
 
 
-def start_atpd(fake, tmp_path, pps=1000, binary=None, extra=(), fetch=False):
+def write_config(fake, tmp_path, pps=1000, fetch=False):
     cfg = tmp_path / "shopify.json"
     push = {"enabled": True, "points_per_second": pps}
     if fetch:
@@ -39,6 +40,11 @@ def start_atpd(fake, tmp_path, pps=1000, binary=None, extra=(), fetch=False):
     cfg.write_text(json.dumps({
         "shop": "atpd-test.myshopify.com", "api_version": "2026-10",
         "admin_url": fake.admin_url, "webhook_secrets": ["s1"], "push": push}))
+    return cfg
+
+
+def start_atpd(fake, tmp_path, pps=1000, binary=None, extra=(), fetch=False):
+    cfg = write_config(fake, tmp_path, pps, fetch)
     args = ["--durability", "batch", "--shopify", str(cfg)] + list(extra)
     return Server(binary=binary, args=args, env={"ATPD_SHOPIFY_TOKEN": TOKEN})
 
@@ -235,6 +241,82 @@ def test_throttles_and_5xx_back_off_and_complete(fake, tmp_path):
         stop(srv)
 
 
+def _paced_run(fake, tmp_path, pps, restore_rate=1000, bucket_max=2000, n=1500):
+    """Pushes n positions once at full speed (atpd learns the levels), then
+    restarts atpd with push.points_per_second pps against a fake restoring
+    restore_rate into bucket_max, and pushes them all again: -> (calls,
+    throttles) of the second round."""
+    loc = shop_id()
+    items = [(uid("sku"), shop_id()) for _ in range(n)]
+    fake.set_levels([(i, loc, 0) for _, i in items])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, items, [("L1", loc)])
+        batch_adjust(c, [(s, "L1", 1) for s, _ in items])
+        wait_levels(fake, {(i, loc): 1 for _, i in items}, timeout=60)
+        wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(15) == 0
+        srv.stderr_f.close()
+        write_config(fake, tmp_path, pps)
+        fake.config(restore_rate=restore_rate, bucket_max=bucket_max)
+        srv.start()
+        c = srv.client(validate=VALIDATE)
+        n0, throttled0 = len(fake.log()), fake.state()["throttled"]
+        batch_adjust(c, [(s, "L1", 1) for s, _ in items])
+        wait_levels(fake, {(i, loc): 2 for _, i in items}, timeout=60)
+        calls = pushes(fake, n0)
+        return calls, fake.state()["throttled"] - throttled0
+    finally:
+        stop(srv)
+
+
+def check_paced(calls, throttled, banked):
+    """Calls of 10 points at 20 points/s: one every 0.5 s once the `banked`
+    calls the bucket held at the start are spent."""
+    assert throttled <= 1, throttled
+    assert all(e["outcome"] == "ok" for e in calls), calls
+    assert sum(len(quantities(e)) for e in calls) == 1500
+    span = calls[-1]["at_ms"] - calls[0]["at_ms"]
+    assert len(calls) >= 6 and span >= (len(calls) - banked) * 500 - 100, (len(calls), span)
+
+
+def test_paced_by_atpds_share_of_the_budget(fake, tmp_path):
+    # 20 points/s of atpd's own: a 10-point call every half second at most,
+    # although Shopify's bucket would allow them all at once.
+    calls, throttled = _paced_run(fake, tmp_path, pps=20)
+    check_paced(calls, throttled, banked=2)
+
+
+def test_paced_by_the_bucket_shopify_reports(fake, tmp_path):
+    # Shopify restores 20 points/s into a 30-point bucket: atpd reads that
+    # from throttleStatus and waits for it instead of running into throttles.
+    calls, throttled = _paced_run(fake, tmp_path, pps=1000, restore_rate=20, bucket_max=30)
+    check_paced(calls, throttled, banked=3)
+
+
+def test_reads_fit_a_bucket_smaller_than_a_full_read(fake, tmp_path):
+    # A read of 25 levels costs 75 points; this bucket holds 30. After the
+    # first throttle tells it so, atpd reads fewer levels a query.
+    fake.config(restore_rate=300, bucket_max=30)
+    loc = shop_id()
+    items = [(uid("sku"), shop_id()) for _ in range(60)]
+    fake.set_levels([(i, loc, 5) for _, i in items])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, items, [("L1", loc)])
+        batch_adjust(c, [(s, "L1", 1) for s, _ in items])
+        wait_levels(fake, {(i, loc): 1 for _, i in items}, timeout=30)
+        assert fake.state()["throttled"] <= 2, fake.state()
+        reads = [e for e in fake.log() if e.get("operation") == "AtpdLevels" and
+                 e["outcome"] == "ok"]
+        assert reads and all(e["requested_cost"] <= 30 for e in reads), reads
+    finally:
+        stop(srv)
+
+
 def test_stale_change_from_is_read_again_and_retried(fake, tmp_path):
     item, loc = shop_id(), shop_id()
     sku = uid("sku")
@@ -275,15 +357,15 @@ def test_kill9_during_a_push_no_loss_no_double_apply(fake, tmp_path, binary):
         wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
         # The next call hangs in Shopify, which applies it; atpd dies meanwhile,
         # after more changes of half the positions.
-        fake.faults(slow_ms=1500, slow_count=1)
+        fake.faults(slow_ms=3000, slow_count=1)
         n = len(fake.log())
         batch_adjust(c, [(s, "L1", 7) for s, _ in items])
         wait_for(lambda: fake.state()["calls"] > n, what="the slow call")
         batch_adjust(c, [(s, "L1", 1) for s, _ in items[:10]])
-        time.sleep(0.5)
+        time.sleep(0.3)
         srv.kill()
-        time.sleep(1.3)  # the fake finishes (and applies) the call
-        first = pushes(fake, n)
+        # The fake finishes (and applies) the call after its 3 s.
+        first = wait_for(lambda: pushes(fake, n), timeout=10, what="the slow call's end")
         assert len(first) == 1 and first[0]["outcome"] == "ok", first
         srv.stderr_f.close()
         srv.start()
@@ -307,6 +389,71 @@ def test_kill9_during_a_push_no_loss_no_double_apply(fake, tmp_path, binary):
         replays = [e for e in after if e["outcome"] == "replay"]
         assert replays and replays[0]["idempotency_key"] == first[0]["idempotency_key"], after
         assert fake.state()["idempotent_replays"] >= 1
+    finally:
+        stop(srv)
+
+
+def test_clean_restart_resumes_from_the_durable_cursor(fake, tmp_path):
+    loc = shop_id()
+    items = [(uid("sku"), shop_id()) for _ in range(5)]
+    fake.set_levels([(i, loc, 2) for _, i in items])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, items, [("L1", loc)])
+        batch_adjust(c, [(s, "L1", 3) for s, _ in items])
+        wait_levels(fake, {(i, loc): 3 for _, i in items})
+        wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
+        cursor = push_status(c)["cursor"]
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(15) == 0
+        srv.stderr_f.close()
+        n = len(fake.log())
+        srv.start()
+        c = srv.client(validate=VALIDATE)
+        time.sleep(1.0)
+        # Nothing is sent again: the cursor and the levels are durable.
+        assert fake.log(n) == [], fake.log(n)
+        assert push_status(c)["cursor"] >= cursor
+        c.adjust(items[0][0], "L1", 1)
+        wait_levels(fake, {(items[0][1], loc): 4})
+        later = fake.log(n)
+        assert [e["operation"] for e in later] == ["AtpdPush"], later
+        assert quantities(later[0])[0]["changeFromQuantity"] == 3, later
+    finally:
+        stop(srv)
+
+
+def test_cursor_survives_a_snapshot_and_kill9(fake, tmp_path, binary):
+    loc = shop_id()
+    items = [(uid("sku"), shop_id()) for _ in range(4)]
+    fake.set_levels([(i, loc, 0) for _, i in items])
+    srv = start_atpd(fake, tmp_path, binary=binary)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, items, [("L1", loc)])
+        batch_adjust(c, [(s, "L1", 2) for s, _ in items])
+        wait_levels(fake, {(i, loc): 2 for _, i in items})
+        wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
+        time.sleep(0.3)  # the cursor record is written within 100 ms
+        r = c.post("/admin/snapshot")
+        assert r.status == 200, r
+        c.adjust(items[0][0], "L1", 1)
+        wait_levels(fake, {(items[0][1], loc): 3})
+        wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
+        cursor = push_status(c)["cursor"]
+        time.sleep(0.3)
+        srv.kill()
+        srv.stderr_f.close()
+        n = len(fake.log())
+        srv.start()
+        c = srv.client(validate=VALIDATE)
+        time.sleep(1.0)
+        assert fake.log(n) == [], fake.log(n)  # nothing sent again
+        assert push_status(c)["cursor"] >= cursor
+        c.adjust(items[1][0], "L1", 5)
+        wait_levels(fake, {(items[1][1], loc): 7})
+        assert [quantities(e)[0]["changeFromQuantity"] for e in pushes(fake, n)] == [2]
     finally:
         stop(srv)
 
@@ -361,6 +508,37 @@ def test_mappings_fetched_from_shopify_in_pages(fake, tmp_path):
         wait_levels(fake, {(v["inventory_item_id"], store["id"]): 4})
         st = push_status(c)
         assert st["positions_pushed"] == 1 and st["errors"] == 0, st
+    finally:
+        stop(srv)
+
+
+def test_fetched_mappings_sync_positions_atpd_already_holds(fake, tmp_path):
+    # The positions exist before Shopify has the variants; a restart fetches
+    # the mappings and pushes them without any further change.
+    store = {"id": shop_id(), "name": "Store-%s" % uid("s")}
+    variants = [{"variant_id": shop_id(), "sku": uid("sku"), "inventory_item_id": shop_id()}
+                for _ in range(3)]
+    srv = start_atpd(fake, tmp_path, fetch=True)
+    try:
+        c = srv.client(validate=VALIDATE)
+        for k, v in enumerate(variants):
+            c.adjust(v["sku"], store["name"], 10 + k)
+        c.adjust(variants[0]["sku"], "elsewhere", 99)  # a location Shopify does not have
+        time.sleep(0.3)
+        assert not pushes(fake)
+        fake.catalog(variants=variants, locations=[store])
+        fake.set_levels([(variants[0]["inventory_item_id"], store["id"], 10)] +
+                        [(v["inventory_item_id"], store["id"], 0) for v in variants[1:]])
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(15) == 0
+        srv.stderr_f.close()
+        srv.start()
+        c = srv.client(validate=VALIDATE)
+        wait_levels(fake, {(v["inventory_item_id"], store["id"]): 10 + k
+                           for k, v in enumerate(variants)})
+        # The one already at Shopify's figure went without a call.
+        sent = [q for e in pushes(fake) for q in quantities(e)]
+        assert sorted(q["quantity"] for q in sent) == [11, 12], sent
     finally:
         stop(srv)
 
