@@ -124,6 +124,10 @@ int atp_shopify_map_item(atp_shopify_t *s, atp_str_t sku, uint64_t variant_id,
                          uint64_t inventory_item_id);
 int atp_shopify_map_location(atp_shopify_t *s, atp_str_t location,
                              uint64_t shopify_location_id);
+/* Moves whenever a mapping changes (served or replayed): the push walks
+ * every position again when it sees it move, so a position mapped after its
+ * last change still reaches Shopify. Thread: any. */
+uint64_t atp_shopify_mappings_generation(atp_shopify_t *s);
 /* Reverse lookups: the SKU (location) into buf (cap >= ATP_ID_BYTES_MAX + 1),
  * NUL-terminated; false when not mapped. */
 bool atp_shopify_sku_of_variant(atp_shopify_t *s, uint64_t variant_id, char *buf,

@@ -213,6 +213,9 @@ struct atp_shopify {
   bool restoring; /* in replay: nothing is journaled */
   atp_buf_t enc;  /* one record's payload */
   _Atomic uint64_t figures[ATP_SHOPIFY_TOPIC_COUNT_][ATP_SHOPIFY_OUTCOME_COUNT_];
+  /* Bumped by every mapping that changes something, also in replay: the
+   * push walks the positions again when it moves (atp_shopify_mappings_generation). */
+  _Atomic uint64_t mappings_generation;
 };
 
 static void u64_key(uint64_t v, unsigned char out[8]) {
@@ -279,6 +282,7 @@ static int apply_item(atp_shopify_t *s, atp_str_t sku, uint64_t variant,
     unmap_sku(s, sku.ptr, sku.len);
     return rc;
   }
+  atomic_fetch_add(&s->mappings_generation, 1);
   return 0;
 }
 
@@ -301,6 +305,7 @@ static int apply_location(atp_shopify_t *s, atp_str_t location, uint64_t shop_lo
     t_remove(&s->by_location, location.ptr, location.len);
     return rc;
   }
+  atomic_fetch_add(&s->mappings_generation, 1);
   return 0;
 }
 
@@ -562,6 +567,7 @@ int atp_shopify_create(const atp_shopify_config_t *config, atp_durable_t *d,
   for (int t = 0; t < ATP_SHOPIFY_TOPIC_COUNT_; t++)
     for (int o = 0; o < ATP_SHOPIFY_OUTCOME_COUNT_; o++)
       atomic_init(&s->figures[t][o], 0);
+  atomic_init(&s->mappings_generation, 0);
   s->durable = d;
   if (d) {
     atp_durable_section_t sec = {
@@ -592,6 +598,10 @@ void atp_shopify_destroy(atp_shopify_t *s) {
   pthread_mutex_destroy(&s->mu);
   atp_shopify_config_free(&s->config);
   atp_free(s);
+}
+
+uint64_t atp_shopify_mappings_generation(atp_shopify_t *s) {
+  return atomic_load(&s->mappings_generation);
 }
 
 const atp_shopify_config_t *atp_shopify_config(const atp_shopify_t *s) {

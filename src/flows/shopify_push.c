@@ -193,6 +193,12 @@ struct atp_shopify_push {
   uint64_t synced;                /* positions made pending by the fetch */
   atp_position_t *sync_positions; /* ATP_SKU_LOCATIONS_MAX, once needed */
 
+  /* the resync walk: every position again when the mappings moved */
+  uint64_t walk_generation; /* the mappings' generation the last walk began at */
+  bool walking;
+  uint32_t walk_next, walk_upto; /* creation indexes left: walk_next .. upto - 1 */
+  uint64_t walks, walked;        /* walks begun; positions made pending by them */
+
   /* calls to send again (restored); loop thread after start */
   saved_call_t saved[ATP_SHOPIFY_PUSH_SAVED_CALLS_MAX];
   uint32_t saved_count;
@@ -1250,8 +1256,57 @@ static void on_answer(void *ctx, const atp_http_response_t *res) {
 
 /* --- the thread --------------------------------------------------------------- */
 
+/* One mapped position of the walk: pending as if it had just changed (the
+ * read cursor is where its entry keeps the durable cursor). A value Shopify
+ * already holds settles without a call. */
+static int walk_one(void *ctx, const atp_position_t *pos) {
+  atp_shopify_push_t *p = ctx;
+  uint64_t item = 0, location = 0;
+  if (!atp_shopify_item_of_sku(p->shopify, pos->sku, &item, NULL) ||
+      !atp_shopify_location_of(p->shopify, pos->location, &location))
+    return 0;
+  if (!entry_mark(p, item, location, pos->sku, pos->location, p->read_cursor + 1,
+                  p->read_cursor, atp_wall_ms(), pos->version))
+    return 1;
+  p->walked++;
+  return 0;
+}
+
+/* The resync walk. A change of the mappings (a PUT, a batch shopify_map, the
+ * fetch, or their replay at start) makes every mapped position pending
+ * once, so one mapped after its last change still reaches Shopify; the walk
+ * goes WALK_PIECE positions a tick, pauses while the pending entries are
+ * at their bound, and begins again when the mappings move during it. */
+#define WALK_PIECE 20000u
+static void walk_step(atp_shopify_push_t *p) {
+  uint64_t g = atp_shopify_mappings_generation(p->shopify);
+  if (g != p->walk_generation) {
+    p->walk_generation = g;
+    p->walking = true;
+    p->walk_next = 0;
+    p->walk_upto = atp_position_count(p->engine);
+    p->walks++;
+  }
+  if (!p->walking) return;
+  if (p->entries + WALK_PIECE > ATP_SHOPIFY_PUSH_PENDING_MAX) return; /* full: later */
+  uint32_t upto = p->walk_upto - p->walk_next > WALK_PIECE ? p->walk_next + WALK_PIECE
+                                                           : p->walk_upto;
+  /* Out of memory stops the piece; the position it stopped at waits for its
+   * next change, the walk goes on next tick. */
+  uint64_t before = p->walked;
+  (void)atp_position_each_from(p->engine, &p->walk_next, upto, walk_one, p);
+  if (p->walked > before) p->progress = true;
+  if (p->walk_next < p->walk_upto) return;
+  p->walking = false;
+  atp_log("info",
+          "shopify push: mappings walk %" PRIu64 " done: %" PRIu64
+          " mapped positions made pending so far, %" PRIu32 " pending now",
+          p->walks, p->walked, p->entries);
+}
+
 static void on_tick(uv_timer_t *t) {
   atp_shopify_push_t *p = t->data;
+  if (p->fetch == FETCH_NONE) walk_step(p);
   read_feed(p);
   pump(p);
   write_cursor(p, false);

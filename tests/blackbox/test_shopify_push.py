@@ -125,6 +125,42 @@ def fake(fake_shopify):  # noqa: F811 - the imported fixture
 
 # --- a change goes out ----------------------------------------------------------------
 
+def test_position_mapped_after_its_last_change_is_pushed(fake, tmp_path, binary):
+    """Stock counted before the SKU or the store was mapped reaches Shopify when
+    the mapping comes, without waiting for the next change; after a restart the
+    replayed mappings walk the positions again, which costs no call when
+    Shopify already holds atpd's values."""
+    item, loc, loc2 = shop_id(), shop_id(), shop_id()
+    sku = uid("sku")
+    fake.set_levels([(item, loc, 2), (item, loc2, 0)])
+    srv = start_atpd(fake, tmp_path, binary=binary)
+    try:
+        c = srv.client(validate=VALIDATE)
+        c.adjust(sku, "L1", 40)
+        c.adjust(sku, "L2", 9)
+        time.sleep(0.3)
+        assert not pushes(fake), "nothing is mapped yet"
+        mapping(c, [(sku, item)], [("L1", loc)])
+        wait_levels(fake, {(item, loc): 40})
+        # A location mapped later: its positions of mapped SKUs go out too.
+        mapping(c, [], [("L2", loc2)])
+        wait_levels(fake, {(item, loc2): 9})
+        calls = len(pushes(fake))
+        # After kill -9 the mappings replay and the walk runs again at start:
+        # what Shopify already holds settles without a call.
+        srv.kill()
+        walks = srv.stderr_text().count("mappings walk 1 done")  # the log appends
+        srv.start()
+        c = srv.client(validate=VALIDATE)
+        wait_for(lambda: srv.stderr_text().count("mappings walk 1 done") > walks,
+                 what="the walk at start")
+        time.sleep(0.3)
+        assert len(pushes(fake)) == calls, pushes(fake)[calls:]
+        assert push_status(c)["pending"] == 0
+    finally:
+        stop(srv)
+
+
 def test_change_pushed_with_change_from_and_reference(fake, tmp_path, binary):
     item, loc = shop_id(), shop_id()
     sku = uid("sku")
