@@ -7,6 +7,13 @@ bench/RESULTS.md records with them.
 
   bench/bench_shopify_webhooks.py [--count N] [--durability none|batch|always]
                                   [--skus N] [--bin bin/atpd]
+                                  [--connections C --seconds S]
+
+With --connections, wrk (bench/wrk/raw_requests.lua) sends the pre-signed webhooks
+over C connections for S seconds instead, so durable answers share group commits
+as Shopify's concurrent deliveries do; the rate counted is the webhooks the server
+itself reports applied (GET /v1/shopify/status), replays of a wrapped-around
+request list excluded.
 
 Bodies and signatures are made before the clock starts, so the client's cost is the
 socket write and read; every answer is checked (200, outcome applied) after the clock.
@@ -111,12 +118,46 @@ def machine():
     return "%s, %d cores, load %.1f at the start" % (cpu, os.cpu_count() or 0, load)
 
 
+def applied_count(sock):
+    st, ans, _ = call(sock, b"", "GET", "/v1/shopify/status")
+    assert st == 200, ans
+    return json.loads(ans)["webhooks"]["by_outcome"].get("applied", 0)
+
+
+def run_wrk(args, tmp, port, sock, requests):
+    path = os.path.join(tmp, "requests.bin")
+    with open(path, "wb") as f:
+        for r in requests:
+            f.write(b"%d\n" % len(r) + r)
+    before = applied_count(sock)
+    out = subprocess.run(
+        ["wrk", "-t1", "-c%d" % args.connections, "-d%ds" % args.seconds, "--latency",
+         "-s", os.path.join(ROOT, "bench", "wrk", "raw_requests.lua"),
+         "http://127.0.0.1:%d" % port, "--", path, "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=True).stdout.decode()
+    fig = dict(line.split(None, 1) for line in out.splitlines()
+               if line.startswith("wrk_") and len(line.split()) == 2)
+    applied = applied_count(sock) - before
+    if int(fig.get("wrk_non2xx", "1")) or int(fig.get("wrk_socket_errors", "1")):
+        sys.exit("wrk run void:\n" + out)
+    print("connections %d" % args.connections)
+    print("requests %s" % fig["wrk_requests"])
+    print("webhooks_applied %d" % applied)
+    print("webhooks_applied_per_s %.0f" % (applied / args.seconds))
+    print("requests_per_s %s" % fig["wrk_rps"])
+    print("latency_p50_ms %.3f" % (int(fig["wrk_p50_us"]) / 1000))
+    print("latency_p99_ms %.3f" % (int(fig["wrk_p99_us"]) / 1000))
+    print("machine %s" % machine())
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=20000)
     ap.add_argument("--skus", type=int, default=1000)
     ap.add_argument("--durability", default="batch", choices=["none", "batch", "always"])
     ap.add_argument("--bin", default=os.path.join(ROOT, "bin", "atpd"))
+    ap.add_argument("--connections", type=int, default=0)
+    ap.add_argument("--seconds", type=int, default=5)
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="atpd-bench-shopify-")
@@ -152,6 +193,8 @@ def main():
         st, ans, rest = call(sock, b"", "PUT", "/v1/shopify/mappings", body)
         assert st == 200, ans
         requests = [webhook(i, args.skus, store) for i in range(args.count)]
+        if args.connections:
+            return run_wrk(args, tmp, port, sock, requests)
         lat = []
         answers = []
         buf = b""

@@ -68,7 +68,17 @@ typedef struct {
   uint32_t count;
   uint32_t max;
   int64_t retention_ms; /* 0: entries never expire */
+  /* Growth is incremental, as Redis's dict rehashes: after a doubling the
+   * previous array's buckets old[moved..old_count) still hold entries, and
+   * every insert moves MOVE_STEP of them, so no request pays for walking a
+   * table of millions at once. */
+  node_t **old;
+  uint32_t old_count, moved;
+  /* The sweep of expired entries, also in steps (prune). */
+  uint32_t sweep_pos;
 } table_t;
+
+#define MOVE_STEP 64u
 
 static uint64_t hash_bytes(const void *p, size_t n) {
   /* FNV-1a, then a finaliser: keys are short and chosen by Shopify or the
@@ -83,35 +93,58 @@ static uint64_t hash_bytes(const void *p, size_t n) {
   return h;
 }
 
+/* The chain that holds (or would hold) hash h. */
+static node_t **t_chain(const table_t *t, uint64_t h) {
+  if (t->old && (h & (t->old_count - 1)) >= t->moved)
+    return &t->old[h & (t->old_count - 1)];
+  return &t->buckets[h & (t->bucket_count - 1)];
+}
+
 static node_t *t_find(const table_t *t, const void *key, uint32_t len) {
   if (!t->bucket_count) return NULL;
   uint64_t h = hash_bytes(key, len);
-  for (node_t *n = t->buckets[h & (t->bucket_count - 1)]; n; n = n->next)
+  for (node_t *n = *t_chain(t, h); n; n = n->next)
     if (n->hash == h && n->key_len == len && memcmp(n->data, key, len) == 0) return n;
   return NULL;
+}
+
+/* Moves up to steps buckets of the previous array into the current one. */
+static void t_move(table_t *t, uint32_t steps) {
+  for (; t->old && steps; steps--) {
+    node_t *n = t->old[t->moved];
+    while (n) {
+      node_t *next = n->next;
+      n->next = t->buckets[n->hash & (t->bucket_count - 1)];
+      t->buckets[n->hash & (t->bucket_count - 1)] = n;
+      n = next;
+    }
+    t->old[t->moved] = NULL;
+    if (++t->moved == t->old_count) {
+      atp_free(t->old);
+      t->old = NULL;
+      t->old_count = t->moved = 0;
+    }
+  }
 }
 
 static int t_grow(table_t *t) {
   uint32_t nb = t->bucket_count ? t->bucket_count * 2 : BUCKETS_MIN;
   node_t **b = atp_calloc(nb, sizeof *b);
   if (!b) return ATP_ENOMEM;
-  for (uint32_t i = 0; i < t->bucket_count; i++) {
-    node_t *n = t->buckets[i];
-    while (n) {
-      node_t *next = n->next;
-      n->next = b[n->hash & (nb - 1)];
-      b[n->hash & (nb - 1)] = n;
-      n = next;
-    }
-  }
-  atp_free(t->buckets);
+  /* The previous doubling's moves are long done (an insert moves MOVE_STEP
+   * buckets and the table doubled since): finishing here is rare and short. */
+  t_move(t, UINT32_MAX);
+  t->old = t->buckets;
+  t->old_count = t->bucket_count;
+  t->moved = 0;
   t->buckets = b;
   t->bucket_count = nb;
+  t->sweep_pos = 0;
   return 0;
 }
 
 static void t_unlink(table_t *t, node_t *victim) {
-  node_t **p = &t->buckets[victim->hash & (t->bucket_count - 1)];
+  node_t **p = t_chain(t, victim->hash);
   while (*p != victim) p = &(*p)->next;
   *p = victim->next;
   atp_free(victim);
@@ -123,10 +156,9 @@ static void t_remove(table_t *t, const void *key, uint32_t len) {
   if (n) t_unlink(t, n);
 }
 
-/* Drops entries written before now - retention. O(n). */
-static void t_prune(table_t *t, int64_t now_ms) {
-  if (!t->retention_ms) return;
-  for (uint32_t i = 0; i < t->bucket_count; i++) {
+/* Drops the expired entries of buckets [from, to) of the current array. */
+static void t_prune_range(table_t *t, int64_t now_ms, uint32_t from, uint32_t to) {
+  for (uint32_t i = from; i < to; i++) {
     node_t **p = &t->buckets[i];
     while (*p) {
       node_t *n = *p;
@@ -139,6 +171,28 @@ static void t_prune(table_t *t, int64_t now_ms) {
       }
     }
   }
+}
+
+/* Drops every entry written before now - retention, at once: O(n), for a
+ * full table only. */
+static void t_prune(table_t *t, int64_t now_ms) {
+  if (!t->retention_ms) return;
+  t_move(t, UINT32_MAX);
+  t_prune_range(t, now_ms, 0, t->bucket_count);
+}
+
+/* One step of the sweep: up to steps buckets from where the last one
+ * stopped. true when the sweep has reached the end. */
+static bool t_sweep(table_t *t, int64_t now_ms, uint32_t steps) {
+  if (!t->retention_ms || !t->bucket_count) return true;
+  if (t->old) t_move(t, steps); /* sweep the current array only */
+  uint32_t to =
+      t->bucket_count - t->sweep_pos > steps ? t->sweep_pos + steps : t->bucket_count;
+  t_prune_range(t, now_ms, t->sweep_pos, to);
+  t->sweep_pos = to;
+  if (to < t->bucket_count) return false;
+  t->sweep_pos = 0;
+  return true;
 }
 
 /* The entry for key with value val, replaced when it exists (a new node when
@@ -157,6 +211,7 @@ static node_t *t_put(table_t *t, const void *key, uint32_t len, const void *val,
     return NULL;
   }
   if (t->count >= t->bucket_count && (*rc = t_grow(t)) != 0) return NULL;
+  t_move(t, MOVE_STEP);
   node_t *n = atp_malloc(sizeof *n + len + val_len + 1);
   if (!n) {
     *rc = ATP_ENOMEM;
@@ -169,14 +224,15 @@ static node_t *t_put(table_t *t, const void *key, uint32_t len, const void *val,
   memcpy(n->data, key, len);
   if (val_len) memcpy(n->data + len, val, val_len);
   n->data[len + val_len] = '\0';
-  uint32_t b = (uint32_t)(n->hash & (t->bucket_count - 1));
-  n->next = t->buckets[b];
-  t->buckets[b] = n;
+  node_t **chain = t_chain(t, n->hash);
+  n->next = *chain;
+  *chain = n;
   t->count++;
   return n;
 }
 
 static void t_free(table_t *t) {
+  t_move(t, UINT32_MAX);
   for (uint32_t i = 0; i < t->bucket_count; i++) {
     node_t *n = t->buckets[i];
     while (n) {
@@ -209,9 +265,11 @@ struct atp_shopify {
   table_t webhooks;            /* "w" id | "c" sha256 -> tag: outcome */
   table_t marks;               /* resource -> a: watermark ms */
   table_t orders;              /* u64 order -> tag: kind, value: reservation */
-  int64_t pruned_at_ms;
-  bool restoring; /* in replay: nothing is journaled */
-  atp_buf_t enc;  /* one record's payload */
+  int64_t pruned_at_ms;        /* when the sweep in progress (or the last) began */
+  bool sweeping;
+  uint32_t sweep_table; /* of webhooks, marks, orders */
+  bool restoring;       /* in replay: nothing is journaled */
+  atp_buf_t enc;        /* one record's payload */
   _Atomic uint64_t figures[ATP_SHOPIFY_TOPIC_COUNT_][ATP_SHOPIFY_OUTCOME_COUNT_];
   /* Bumped by every mapping that changes something, also in replay: the
    * push walks the positions again when it moves (atp_shopify_mappings_generation). */
@@ -228,13 +286,27 @@ static int journal(atp_shopify_t *s, uint16_t kind) {
   return atp_durable_append(s->durable, kind, s->enc.data, (uint32_t)s->enc.len);
 }
 
-/* Once a minute at most, and when a table is full: expired entries go. */
+/* Expired entries go in a sweep that starts once a minute and goes
+ * SWEEP_STEP buckets a call (a call is one webhook), so no webhook waits for
+ * a walk over millions of entries; a full table is swept whole at once
+ * (force), which only a table at its bound pays. */
+#define SWEEP_STEP 1024u
 static void prune(atp_shopify_t *s, int64_t now_ms, bool force) {
-  if (!force && now_ms - s->pruned_at_ms < PRUNE_INTERVAL_MS) return;
-  s->pruned_at_ms = now_ms;
-  t_prune(&s->webhooks, now_ms);
-  t_prune(&s->marks, now_ms);
-  t_prune(&s->orders, now_ms);
+  table_t *ts[] = {&s->webhooks, &s->marks, &s->orders};
+  if (force) {
+    for (size_t i = 0; i < 3; i++) t_prune(ts[i], now_ms);
+    s->sweeping = false;
+    s->pruned_at_ms = now_ms;
+    return;
+  }
+  if (!s->sweeping) {
+    if (now_ms - s->pruned_at_ms < PRUNE_INTERVAL_MS) return;
+    s->sweeping = true;
+    s->sweep_table = 0;
+    s->pruned_at_ms = now_ms;
+  }
+  if (t_sweep(ts[s->sweep_table], s->pruned_at_ms, SWEEP_STEP) && ++s->sweep_table == 3)
+    s->sweeping = false;
 }
 
 /* --- apply (serving and replay); mu held ------------------------------------ */
@@ -472,6 +544,7 @@ static uint64_t key_u64(const node_t *n) {
 
 static int export_table(atp_shopify_t *s, table_t *t, uint16_t kind, atp_buf_t *b,
                         atp_durable_emit_fn emit, void *emit_ctx) {
+  t_move(t, UINT32_MAX); /* one array to walk */
   for (uint32_t i = 0; i < t->bucket_count; i++) {
     for (node_t *n = t->buckets[i]; n; n = n->next) {
       atp_buf_reset(b);

@@ -137,5 +137,50 @@ static void test_dedupe_and_watermarks(void) {
   atp_shopify_destroy(s);
 }
 
+/* The tables grow by moving a few buckets an insert (no insert walks the
+ * whole table): every entry stays findable through several doublings, in the
+ * middle of a move too, and a remapping during a move replaces, never
+ * duplicates. */
+static void test_tables_grow_in_steps(void) {
+  atp_shopify_config_t c;
+  memset(&c, 0, sizeof c);
+  c.secret_count = 1;
+  atp_shopify_t *s = NULL;
+  REQUIRE(atp_shopify_create(&c, NULL, &s) == 0);
+  enum { N = 200000 };
+  char id[32];
+  uint8_t none[32];
+  memset(none, 0, sizeof none);
+  for (uint32_t i = 0; i < N; i++) {
+    snprintf(id, sizeof id, "w-%u", i);
+    REQUIRE(atp_shopify_webhook_record(s, str(id), none, ATP_SHOPIFY_APPLIED) == 0);
+    /* spot checks while a move is in flight */
+    if (i % 997 == 0) {
+      atp_shopify_outcome_t first;
+      snprintf(id, sizeof id, "w-%u", i / 2);
+      CHECK(atp_shopify_webhook_seen(s, str(id), none, &first) &&
+            first == ATP_SHOPIFY_APPLIED);
+    }
+    if (i % 50 == 0) {
+      char sku[32];
+      snprintf(sku, sizeof sku, "sku-%u", i % 7000);
+      REQUIRE(atp_shopify_map_item(s, str(sku), 1000 + i, 5000000 + i) == 0);
+    }
+  }
+  uint32_t found = 0;
+  for (uint32_t i = 0; i < N; i++) {
+    atp_shopify_outcome_t first;
+    snprintf(id, sizeof id, "w-%u", i);
+    found += atp_shopify_webhook_seen(s, str(id), none, &first);
+  }
+  CHECK_EQ(found, (uint32_t)N);
+  CHECK(!atp_shopify_webhook_seen(s, str("w-absent"), none, NULL));
+  /* The last mapping of each SKU won; its item maps back to it alone. */
+  uint64_t item = 0, variant = 0;
+  CHECK(atp_shopify_item_of_sku(s, str("sku-0"), &item, &variant));
+  CHECK_EQ(item, 5000000u + 196000u);
+  atp_shopify_destroy(s);
+}
+
 TEST_MAIN(RUN(test_id_parse); RUN(test_hmac); RUN(test_mappings_one_to_one);
-          RUN(test_dedupe_and_watermarks);)
+          RUN(test_dedupe_and_watermarks); RUN(test_tables_grow_in_steps);)
