@@ -168,7 +168,7 @@ def main():
     log = open(os.path.join(tmp, "atpd.log"), "wb")
     proc = subprocess.Popen([args.bin, "--listen", "127.0.0.1:%d" % port, "--threads", "1",
                              "--data-dir", os.path.join(tmp, "data"), "--durability",
-                             args.durability, "--access-log", "off", "--shopify", cfg],
+                             args.durability, "--access-log", os.environ.get("ACCESS_LOG", "off"), "--shopify", cfg],
                             stdout=log, stderr=log)
     try:
         deadline = time.time() + 15
@@ -225,6 +225,8 @@ def main():
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+        if os.environ.get("KEEP_TMP"):
+            print("tmp %s" % tmp)
 
 
 if __name__ == "__main__":
