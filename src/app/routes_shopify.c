@@ -406,6 +406,52 @@ static void write_time_field(atp_writer_t *w, const atp_val_t *obj, const char *
   atp_w_val(w, v);
 }
 
+static bool str_eq(atp_str_t a, const char *b) {
+  return a.len == strlen(b) && memcmp(a.ptr, b, a.len) == 0;
+}
+
+/* Whether hold may be acted on for Shopify order order_id. A note attribute
+ * is the customer's to set (a storefront cart's attributes are), so naming a
+ * hold proves nothing: a hold committed to an order is that order's alone
+ * (its order_id), and a hold made with an order_ref (the cart or checkout
+ * token the storefront held it for) is only the order's whose cart_token or
+ * checkout_token that is. A hold with neither is taken at its word (README:
+ * set order_ref). A hold atpd does not know is let through: its op is
+ * refused not_found and becomes a dead letter. */
+static bool hold_is_orders(plan_t *p, const char *hold, uint64_t order_id,
+                           const atp_val_t *order, char *why, size_t why_cap) {
+  atp_reservation_t *r = atp_req_reservation();
+  atp_engine_t *engine = atp_app_engine(p->rq->app);
+  if (!r || !engine ||
+      atp_reservation_get(engine, (atp_str_t){hold, (uint32_t)strlen(hold)}, r) != 0)
+    return true;
+  char gid[64];
+  snprintf(gid, sizeof gid, "gid://shopify/Order/%" PRIu64, order_id);
+  if (r->order_id.len) {
+    snprintf(why, why_cap, "it is committed to %.*s", (int)r->order_id.len,
+             r->order_id.ptr);
+    return str_eq(r->order_id, gid);
+  }
+  if (!r->order_ref.len) return true;
+  char cart[ATP_ID_BYTES_MAX + 1], checkout[ATP_ID_BYTES_MAX + 1];
+  str_of(order, "cart_token", cart, sizeof cart);
+  str_of(order, "checkout_token", checkout, sizeof checkout);
+  snprintf(why, why_cap,
+           "it was made for order_ref %.*s, not this order's cart or checkout",
+           (int)r->order_ref.len, r->order_ref.ptr);
+  return (cart[0] && str_eq(r->order_ref, cart)) ||
+         (checkout[0] && str_eq(r->order_ref, checkout));
+}
+
+static void foreign_hold(plan_t *p, const char *hold, uint64_t order_id,
+                         const char *why) {
+  dead_letter(p, ATP_ECONFLICT, ATP_FIELD_RESERVATIONS,
+              "Shopify order %" PRIu64
+              " names hold %s, but %s: nothing was changed. "
+              "Check the order's %s attribute.",
+              order_id, hold, why, atp_shopify_config(p->s)->reservation_attribute);
+}
+
 /* orders/create: commit the hold it names, or book a POS order's sales. */
 static void plan_order_create(plan_t *p, uint64_t order_id) {
   const atp_val_t *o = p->body;
@@ -413,6 +459,14 @@ static void plan_order_create(plan_t *p, uint64_t order_id) {
   gid_of(o, "Order", order_id, gid, sizeof gid);
   const atp_val_t *loc = atp_val_get(o, "location_id");
   if (order_hold(p, o, hold, sizeof hold)) {
+    char why[256];
+    if (!hold_is_orders(p, hold, order_id, o, why, sizeof why)) {
+      /* Remembered as holding nothing: its follow-ups leave the hold alone. */
+      (void)atp_shopify_order_set(p->s, order_id, ATP_SHOPIFY_ORDER_UNTRACKED,
+                                  (atp_str_t){"", 0});
+      foreign_hold(p, hold, order_id, why);
+      return;
+    }
     (void)atp_shopify_order_set(p->s, order_id, ATP_SHOPIFY_ORDER_HOLD,
                                 (atp_str_t){hold, (uint32_t)strlen(hold)});
     effect_t *e = add_effect(p, EFFECT_OP, "commit");
@@ -468,19 +522,25 @@ static void plan_order_create(plan_t *p, uint64_t order_id) {
   }
 }
 
-/* The hold an order's follow-up acts on: from the order's note attributes
- * when it carries them, else from orders/create. false with *kind set when
- * atpd holds nothing for it; false with kind 0 when the order is unknown. */
+/* The hold an order's follow-up acts on: the one orders/create recorded, or
+ * (a follow-up that overtook its order) the one the order's note attributes
+ * name, and only when it is this order's (hold_is_orders; else a dead
+ * letter). false with *kind set when atpd holds nothing for it; false with
+ * kind 0 when the order is unknown. */
 static bool hold_of_order(plan_t *p, uint64_t order_id, const atp_val_t *order,
                           char *hold, atp_shopify_order_kind_t *kind) {
   *kind = 0;
-  if (order && order_hold(p, order, hold, ATP_ID_BYTES_MAX + 1)) {
+  if (atp_shopify_order_get(p->s, order_id, kind, hold, ATP_ID_BYTES_MAX + 1)) {
+    if (*kind != ATP_SHOPIFY_ORDER_HOLD) return false;
+  } else if (order && order_hold(p, order, hold, ATP_ID_BYTES_MAX + 1)) {
     *kind = ATP_SHOPIFY_ORDER_HOLD;
-    return true;
-  }
-  if (!atp_shopify_order_get(p->s, order_id, kind, hold, ATP_ID_BYTES_MAX + 1))
+  } else {
     return false;
-  return *kind == ATP_SHOPIFY_ORDER_HOLD;
+  }
+  char why[256];
+  if (hold_is_orders(p, hold, order_id, order, why, sizeof why)) return true;
+  foreign_hold(p, hold, order_id, why);
+  return false;
 }
 
 static void plan_order_cancelled(plan_t *p, uint64_t order_id) {
@@ -532,8 +592,10 @@ static void plan_fulfillment(plan_t *p, uint64_t fulfillment_id) {
     /* All lines or none: a partial fulfil under the same id could not take
      * the rest later. */
     if (!map_sku(p, &lines->u.items[i], skus[i], what)) return;
-    if (!hold_location(p, hold, skus[i], shop_loc, locs[i]))
-      return unmapped_location(p, shop_loc, what);
+    if (!hold_location(p, hold, skus[i], shop_loc, locs[i])) {
+      unmapped_location(p, shop_loc, what);
+      return;
+    }
   }
   effect_t *e = add_effect(p, EFFECT_OP, "fulfil");
   if (!e) return;
@@ -930,15 +992,20 @@ static int authenticate(atp_req_t *rq, atp_shopify_topic_t topic) {
 static void plan_topic(plan_t *p, uint64_t id, uint64_t loc) {
   switch (p->topic) {
     case ATP_SHOPIFY_ORDERS_CREATE:
-      return plan_order_create(p, id);
+      plan_order_create(p, id);
+      return;
     case ATP_SHOPIFY_ORDERS_CANCELLED:
-      return plan_order_cancelled(p, id);
+      plan_order_cancelled(p, id);
+      return;
     case ATP_SHOPIFY_FULFILLMENTS_CREATE:
-      return plan_fulfillment(p, id);
+      plan_fulfillment(p, id);
+      return;
     case ATP_SHOPIFY_REFUNDS_CREATE:
-      return plan_refund(p, id);
+      plan_refund(p, id);
+      return;
     case ATP_SHOPIFY_INVENTORY_LEVELS_UPDATE:
-      return plan_level(p, id, loc);
+      plan_level(p, id, loc);
+      return;
     default:
       return; /* a topic atpd does not act on */
   }

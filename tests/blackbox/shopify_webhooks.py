@@ -80,9 +80,10 @@ def _line(l):
 
 def order(lines, reservation_id=None, attribute="_atp_reservation", order_id=None,
           location_id=None, source_name="web", created_ms=None, processed_ms=None,
-          note_attributes=None, name=None):
+          note_attributes=None, name=None, cart_token=None, checkout_token=None):
     """An orders/create payload. lines: (variant_id, sku, quantity) tuples or dicts.
-    reservation_id goes into note_attributes under `attribute`."""
+    reservation_id goes into note_attributes under `attribute`; cart_token and
+    checkout_token are the storefront's (null for POS and draft orders)."""
     oid = order_id or shopify_id()
     created = iso(created_ms)
     attrs = list(note_attributes or [])
@@ -98,6 +99,8 @@ def order(lines, reservation_id=None, attribute="_atp_reservation", order_id=Non
         "location_id": location_id,
         "source_name": source_name,
         "note_attributes": attrs,
+        "cart_token": cart_token,
+        "checkout_token": checkout_token,
         "cancelled_at": None,
         "cancel_reason": None,
         "financial_status": "paid",

@@ -246,6 +246,55 @@ def test_orders_cancelled_releases_the_hold_with_the_reason(srv):
     assert mine and mine[-1]["data"].get("reason") == "inventory", mine
 
 
+def test_a_note_attribute_cannot_take_another_orders_hold(srv):
+    """Cart attributes are the customer's to set: an order naming a hold that is
+    committed to another order neither commits it nor, when cancelled, releases
+    it; the attempt is a dead letter owned by reservations' owner."""
+    c = srv.client()
+    items, loc, _ = catalog(c)
+    sku, variant, _ = items[0]
+    rid = hold(c, sku, loc, 3)
+    o1 = order([(variant, 3)], hold=rid)
+    assert send(c, "orders/create", o1).data["outcome"] == "applied"
+    o2 = order([(variant, 3)], hold=rid)
+    r = send(c, "orders/create", o2)
+    assert r.status == 200 and r.data["outcome"] == "dead_letter", r
+    assert r.data["effects"][0]["owner"] == "ecommerce", r
+    assert "committed to gid://shopify/Order/%d" % o1["id"] in r.data["effects"][0]["error"]["message"], r
+    r = send(c, "orders/cancelled", cancelled(o2, "customer"))
+    assert r.status == 200 and r.data["outcome"] in ("ignored", "dead_letter"), r
+    res = reservation(c, rid)
+    assert res["status"] == "committed" and res["order_id"] == o1["admin_graphql_api_id"], res
+    assert c.pos(sku, loc)["available"] == 7
+    # the order's own cancellation still releases it
+    r = send(c, "orders/cancelled", cancelled(o1, "customer"))
+    assert r.status == 200 and r.data["outcome"] == "applied", r
+    assert reservation(c, rid)["status"] == "released"
+
+
+def test_a_hold_made_for_a_cart_is_only_that_carts(srv):
+    """A hold whose order_ref is the storefront's cart token is committed only by
+    the order of that cart (cart_token or checkout_token)."""
+    c = srv.client()
+    items, loc, _ = catalog(c)
+    sku, variant, _ = items[0]
+    rid = uid("res")
+    r = c.post("/v1/reservations", dict(id=rid, channel="checkout", order_ref="cart-A",
+                                        lines=[dict(sku=sku, location=loc, qty=2)]))
+    assert r.status == 201, r
+    other = wh.order(lines_of([(variant, 2)]), reservation_id=rid, cart_token="cart-B",
+                     created_ms=now_ms() - 1000)
+    r = send(c, "orders/create", other)
+    assert r.status == 200 and r.data["outcome"] == "dead_letter", r
+    assert "order_ref cart-A" in r.data["effects"][0]["error"]["message"], r
+    assert reservation(c, rid)["status"] == "held"
+    mine = wh.order(lines_of([(variant, 2)]), reservation_id=rid, cart_token="cart-A",
+                    created_ms=now_ms() - 1000)
+    r = send(c, "orders/create", mine)
+    assert r.status == 200 and r.data["outcome"] == "applied", r
+    assert reservation(c, rid)["order_id"] == mine["admin_graphql_api_id"]
+
+
 def test_fulfillments_create_fulfils_the_orders_hold(srv):
     c = srv.client()
     items, loc, shop_loc = catalog(c)
