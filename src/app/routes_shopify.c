@@ -322,6 +322,12 @@ static void gid_of(const atp_val_t *obj, const char *type, uint64_t id, char *bu
 }
 
 /* The line's SKU, or a dead letter (false). */
+/* A custom sale or a tip: a line with no variant is no SKU of atpd's. */
+static bool custom_line(const atp_val_t *line) {
+  const atp_val_t *v = atp_val_get(line, "variant_id");
+  return !v || v->type == ATP_VAL_NULL;
+}
+
 static bool map_sku(plan_t *p, const atp_val_t *line, char *sku, const char *what) {
   uint64_t variant = val_id(atp_val_get(line, "variant_id"), "ProductVariant");
   if (variant && atp_shopify_sku_of_variant(p->s, variant, sku, ATP_ID_BYTES_MAX + 1))
@@ -496,7 +502,9 @@ static void plan_order_create(plan_t *p, uint64_t order_id) {
     int64_t qty = qty_of(line);
     char sku[ATP_ID_BYTES_MAX + 1], location[ATP_ID_BYTES_MAX + 1], what[64];
     snprintf(what, sizeof what, "line %" PRIu64, line_id);
-    if (qty <= 0 || !map_line(p, line, shop_loc, sku, location, what)) continue;
+    if (qty <= 0 || custom_line(line) ||
+        !map_line(p, line, shop_loc, sku, location, what))
+      continue;
     effect_t *e = add_effect(p, EFFECT_OP, "adjust");
     if (!e) return;
     snprintf(e->id, sizeof e->id, "shopify:order:%" PRIu64 ":line:%" PRIu64, order_id,
@@ -586,17 +594,23 @@ static void plan_fulfillment(plan_t *p, uint64_t fulfillment_id) {
   if (n > ATP_RESERVATION_LINES_MAX) n = ATP_RESERVATION_LINES_MAX;
   char skus[ATP_RESERVATION_LINES_MAX][ATP_ID_BYTES_MAX + 1];
   char locs[ATP_RESERVATION_LINES_MAX][ATP_ID_BYTES_MAX + 1];
+  const atp_val_t *kept[ATP_RESERVATION_LINES_MAX];
+  uint32_t m = 0;
   for (uint32_t i = 0; i < n; i++) {
     char what[64];
     snprintf(what, sizeof what, "fulfilment %" PRIu64, fulfillment_id);
+    if (custom_line(&lines->u.items[i])) continue;
     /* All lines or none: a partial fulfil under the same id could not take
      * the rest later. */
-    if (!map_sku(p, &lines->u.items[i], skus[i], what)) return;
-    if (!hold_location(p, hold, skus[i], shop_loc, locs[i])) {
+    if (!map_sku(p, &lines->u.items[i], skus[m], what)) return;
+    if (!hold_location(p, hold, skus[m], shop_loc, locs[m])) {
       unmapped_location(p, shop_loc, what);
       return;
     }
+    kept[m++] = &lines->u.items[i];
   }
+  if (n && !m) return; /* only custom lines: nothing of atpd's shipped */
+  n = m;
   effect_t *e = add_effect(p, EFFECT_OP, "fulfil");
   if (!e) return;
   copy_id(e->id, hold);
@@ -615,7 +629,7 @@ static void plan_fulfillment(plan_t *p, uint64_t fulfillment_id) {
       atp_w_key(w, "location");
       atp_w_cstr(w, locs[i]);
       atp_w_key(w, "qty");
-      atp_w_int(w, qty_of(&lines->u.items[i]));
+      atp_w_int(w, qty_of(kept[i]));
       atp_w_object_end(w);
     }
     atp_w_array_end(w);
@@ -644,9 +658,17 @@ static void plan_refund(plan_t *p, uint64_t refund_id) {
     snprintf(what, sizeof what, "refund line %" PRIu64, rl_id);
     char hold[ATP_ID_BYTES_MAX + 1];
     atp_shopify_order_kind_t kind = 0;
+    if (custom_line(li ? li : rl)) continue;
     if (cancel && !hold_of_order(p, order_id, NULL, hold, &kind)) {
-      if (!kind) unknown_order(p, order_id, "A cancelling refund");
-      continue; /* a POS or untracked order holds nothing to release */
+      if (!kind) {
+        unknown_order(p, order_id, "A cancelling refund");
+        continue;
+      }
+      /* An untracked order holds nothing; another order's hold made a dead
+       * letter. A POS order's sale was booked at once, so its cancelled
+       * line comes back on hand like a return. */
+      if (kind != ATP_SHOPIFY_ORDER_POS) continue;
+      cancel = false;
     }
     if (cancel ? !map_sku(p, li ? li : rl, sku, what)
                : !map_line(p, li ? li : rl, shop_loc, sku, location, what))
@@ -989,7 +1011,39 @@ static int authenticate(atp_req_t *rq, atp_shopify_topic_t topic) {
   return 0;
 }
 
+/* The topic header is not signed, only the body is: a signed orders/create
+ * body resent as orders/cancelled must not release the order's hold. So the
+ * body has to have its topic's shape: the member each topic alone carries. */
+static bool body_fits_topic(const plan_t *p) {
+  const atp_val_t *b = p->body;
+  const atp_val_t *v;
+  switch (p->topic) {
+    case ATP_SHOPIFY_ORDERS_CREATE:
+      return (v = atp_val_get(b, "line_items")) && v->type == ATP_VAL_ARRAY &&
+             !atp_val_get(b, "order_id");
+    case ATP_SHOPIFY_ORDERS_CANCELLED:
+      return (v = atp_val_get(b, "cancelled_at")) && v->type == ATP_VAL_STR && v->len;
+    case ATP_SHOPIFY_FULFILLMENTS_CREATE:
+      return atp_val_get(b, "order_id") && (v = atp_val_get(b, "line_items")) &&
+             v->type == ATP_VAL_ARRAY;
+    case ATP_SHOPIFY_REFUNDS_CREATE:
+      return atp_val_get(b, "order_id") && (v = atp_val_get(b, "refund_line_items")) &&
+             v->type == ATP_VAL_ARRAY;
+    case ATP_SHOPIFY_INVENTORY_LEVELS_UPDATE:
+      return atp_val_get(b, "inventory_item_id") && atp_val_get(b, "available");
+    default:
+      return true;
+  }
+}
+
 static void plan_topic(plan_t *p, uint64_t id, uint64_t loc) {
+  if (!body_fits_topic(p)) {
+    dead_letter(p, ATP_EBADREQ, ATP_FIELD_NONE,
+                "The body is not a %.*s payload (the member only that topic carries is "
+                "missing): nothing was applied.",
+                (int)p->topic_name.len, p->topic_name.ptr);
+    return;
+  }
   switch (p->topic) {
     case ATP_SHOPIFY_ORDERS_CREATE:
       plan_order_create(p, id);

@@ -268,6 +268,7 @@ struct atp_shopify {
   int64_t pruned_at_ms;        /* when the sweep in progress (or the last) began */
   bool sweeping;
   uint32_t sweep_table; /* of webhooks, marks, orders */
+  int64_t forced_at_ms; /* the last whole sweep of a full table */
   bool restoring;       /* in replay: nothing is journaled */
   atp_buf_t enc;        /* one record's payload */
   _Atomic uint64_t figures[ATP_SHOPIFY_TOPIC_COUNT_][ATP_SHOPIFY_OUTCOME_COUNT_];
@@ -290,10 +291,16 @@ static int journal(atp_shopify_t *s, uint16_t kind) {
  * SWEEP_STEP buckets a call (a call is one webhook), so no webhook waits for
  * a walk over millions of entries; a full table is swept whole at once
  * (force), which only a table at its bound pays. */
-#define SWEEP_STEP 1024u
+#define SWEEP_STEP      1024u
+#define FORCED_PRUNE_MS 10000
 static void prune(atp_shopify_t *s, int64_t now_ms, bool force) {
   table_t *ts[] = {&s->webhooks, &s->marks, &s->orders};
   if (force) {
+    /* A table at its bound with nothing expired would otherwise be walked
+     * whole on every insert: at most once per FORCED_PRUNE_MS, the inserts
+     * between are refused full (503). */
+    if (now_ms - s->forced_at_ms < FORCED_PRUNE_MS) return;
+    s->forced_at_ms = now_ms;
     for (size_t i = 0; i < 3; i++) t_prune(ts[i], now_ms);
     s->sweeping = false;
     s->pruned_at_ms = now_ms;

@@ -228,6 +228,43 @@ def test_pos_order_is_a_sale_per_line_at_its_location_absorbed_by_a_later_count(
     assert c.pos(s1, loc)["on_hand"] == 5  # absorbed: the count saw it
 
 
+def test_custom_sale_lines_are_skipped_and_a_pos_cancel_restock_comes_back(srv):
+    """A custom sale (no variant) is no SKU of atpd's: skipped, not a dead letter.
+    A POS order's sales were booked at once, so a refund line restocked as
+    `cancel` comes back on hand at its location (nothing is held to release)."""
+    c = srv.client()
+    items, loc, shop_loc = catalog(c)
+    sku, variant, _ = items[0]
+    o = order([(variant, 3), (None, 1)], location_id=shop_loc)
+    r = send(c, "orders/create", o)
+    assert r.status == 200 and r.data["outcome"] == "applied", r
+    assert [x["op"] for x in r.data["effects"]] == ["adjust"], r
+    assert c.pos(sku, loc)["on_hand"] == 7
+    rf = refund(o, [(o["line_items"][0], 2, "cancel", shop_loc),
+                    (o["line_items"][1], 1, "cancel", shop_loc)])
+    r = send(c, "refunds/create", rf)
+    assert r.status == 200 and r.data["outcome"] == "applied", r
+    assert [(x["op"], x.get("delta")) for x in r.data["effects"]] == [("adjust", 2)], r
+    assert c.pos(sku, loc)["on_hand"] == 9
+    assert not [d for d in dead_letters(c) if str(o["id"]) in json.dumps(d)]
+
+
+def test_a_signed_body_resent_under_another_topic_changes_nothing(srv):
+    """Only the body is signed, not X-Shopify-Topic: an orders/create body and
+    signature replayed as orders/cancelled does not release the order's hold."""
+    c = srv.client()
+    items, loc, _ = catalog(c)
+    sku, variant, _ = items[0]
+    rid = hold(c, sku, loc, 2)
+    o = order([(variant, 2)], hold=rid)
+    assert send(c, "orders/create", o).data["outcome"] == "applied"
+    r = send(c, "orders/cancelled", o)  # the same body, a new webhook id
+    assert r.status == 200 and r.data["outcome"] == "dead_letter", r
+    assert "not a orders/cancelled payload" in r.data["effects"][0]["error"]["message"], r
+    assert reservation(c, rid)["status"] == "committed"
+    assert c.pos(sku, loc)["available"] == 8
+
+
 def test_orders_cancelled_releases_the_hold_with_the_reason(srv):
     c = srv.client()
     items, loc, _ = catalog(c)
