@@ -360,12 +360,16 @@ static bool map_line(plan_t *p, const atp_val_t *line, uint64_t shop_loc, char *
 }
 
 /* Where the hold keeps sku: the line at the mapped Shopify location when the
- * hold has one there, else its first line of sku with units left. A refund's
- * cancel restock of an unshipped line often names no location, and the hold
- * is where the units are held whatever Shopify restocks. false when the hold
- * has no line of sku (then the mapped location, if any, is tried as given). */
-static bool hold_location(plan_t *p, const char *hold, const char *sku,
-                          uint64_t shop_loc, char *location) {
+ * hold has one there, else its first line of sku (whatever is left on it, so
+ * a retry picks the same line and replays). A refund's cancel restock of an
+ * unshipped line often names no location, and the hold is where the units
+ * are held whatever Shopify restocks. HOLD_NO_LINE when the hold is known and
+ * has no line of sku (a gift or protection item the checkout never held);
+ * when the hold is unknown, the mapped location as given (its op is refused
+ * not_found), or HOLD_NO_LOCATION. */
+typedef enum { HOLD_LINE, HOLD_NO_LINE, HOLD_NO_LOCATION } hold_line_t;
+static hold_line_t hold_location(plan_t *p, const char *hold, const char *sku,
+                                 uint64_t shop_loc, char *location) {
   char mapped[ATP_ID_BYTES_MAX + 1] = "";
   if (shop_loc)
     (void)atp_shopify_location_of_shopify(p->s, shop_loc, mapped, sizeof mapped);
@@ -373,9 +377,9 @@ static bool hold_location(plan_t *p, const char *hold, const char *sku,
   atp_engine_t *engine = atp_app_engine(p->rq->app);
   if (!r || !engine ||
       atp_reservation_get(engine, (atp_str_t){hold, (uint32_t)strlen(hold)}, r) != 0) {
-    if (!mapped[0]) return false;
+    if (!mapped[0]) return HOLD_NO_LOCATION;
     memcpy(location, mapped, sizeof mapped);
-    return true;
+    return HOLD_LINE;
   }
   const atp_res_line_t *pick = NULL;
   for (uint32_t i = 0; i < r->line_count; i++) {
@@ -387,16 +391,12 @@ static bool hold_location(plan_t *p, const char *hold, const char *sku,
       pick = l;
       break;
     }
-    if (!pick && l->qty - l->fulfilled - l->released > 0) pick = l;
+    if (!pick) pick = l;
   }
-  if (!pick) {
-    if (!mapped[0]) return false;
-    memcpy(location, mapped, sizeof mapped);
-    return true;
-  }
+  if (!pick) return HOLD_NO_LINE;
   snprintf(location, ATP_ID_BYTES_MAX + 1, "%.*s", (int)pick->location.len,
            pick->location.ptr);
-  return true;
+  return HOLD_LINE;
 }
 
 static int64_t qty_of(const atp_val_t *line) {
@@ -603,13 +603,15 @@ static void plan_fulfillment(plan_t *p, uint64_t fulfillment_id) {
     /* All lines or none: a partial fulfil under the same id could not take
      * the rest later. */
     if (!map_sku(p, &lines->u.items[i], skus[m], what)) return;
-    if (!hold_location(p, hold, skus[m], shop_loc, locs[m])) {
+    hold_line_t at = hold_location(p, hold, skus[m], shop_loc, locs[m]);
+    if (at == HOLD_NO_LINE) continue; /* shipped, but never held: not atpd's */
+    if (at == HOLD_NO_LOCATION) {
       unmapped_location(p, shop_loc, what);
       return;
     }
     kept[m++] = &lines->u.items[i];
   }
-  if (n && !m) return; /* only custom lines: nothing of atpd's shipped */
+  if (n && !m) return; /* only custom or unheld lines: nothing of atpd's shipped */
   n = m;
   effect_t *e = add_effect(p, EFFECT_OP, "fulfil");
   if (!e) return;
@@ -673,7 +675,10 @@ static void plan_refund(plan_t *p, uint64_t refund_id) {
     if (cancel ? !map_sku(p, li ? li : rl, sku, what)
                : !map_line(p, li ? li : rl, shop_loc, sku, location, what))
       continue;
-    if (cancel && !hold_location(p, hold, sku, shop_loc, location)) {
+    hold_line_t at =
+        cancel ? hold_location(p, hold, sku, shop_loc, location) : HOLD_LINE;
+    if (at == HOLD_NO_LINE) continue; /* never held: nothing to release */
+    if (at == HOLD_NO_LOCATION) {
       unmapped_location(p, shop_loc, what);
       continue;
     }

@@ -353,6 +353,23 @@ def test_fulfillments_create_fulfils_the_orders_hold(srv):
     assert r.data["effects"][0]["owner"] == "ecommerce", r
 
 
+def test_a_fulfilment_with_a_line_the_checkout_never_held_fulfils_the_hold(srv):
+    """A free gift or a protection item ships with the order but was never held:
+    the fulfilment fulfils the hold's lines and leaves that line alone, instead
+    of refusing the whole fulfilment and keeping the units committed forever."""
+    c = srv.client()
+    items, loc, shop_loc = catalog(c, n=2)
+    (s1, v1, _), (s2, v2, _) = items
+    rid = hold(c, s1, loc, 2)
+    o = order([(v1, 2), (v2, 1)], hold=rid)
+    assert send(c, "orders/create", o).data["outcome"] == "applied"
+    r = send(c, "fulfillments/create", fulfillment(o, shop_loc))
+    assert r.status == 200 and r.data["outcome"] == "applied", r
+    res = reservation(c, rid)
+    assert res["status"] == "fulfilled", res
+    assert c.pos(s1, loc)["on_hand"] == 8 and c.pos(s2, loc)["on_hand"] == 10
+
+
 def test_refunds_return_restock_and_cancel_release_per_line(srv):
     c = srv.client()
     items, loc, shop_loc = catalog(c, n=2)
