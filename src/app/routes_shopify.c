@@ -240,6 +240,7 @@ typedef struct {
   atp_writer_t w;
   bool full;      /* more than ATP_SHOPIFY_WEBHOOK_OPS_MAX effects */
   bool replaying; /* a dead letter's replay: no new dead letters made */
+  int order_rc;   /* remembering the order failed (full, journal): 503 */
 } plan_t;
 
 static effect_t *add_effect(plan_t *p, effect_kind_t kind, const char *op) {
@@ -412,6 +413,16 @@ static void write_time_field(atp_writer_t *w, const atp_val_t *obj, const char *
   atp_w_val(w, v);
 }
 
+/* The order's kind and hold, for its follow-ups. A failure (the table at its
+ * bound, the journal refusing) fails the whole webhook with 503 before any
+ * op runs: Shopify retries, where a follow-up that cannot find its order
+ * later would dead-letter for good. */
+static void remember_order(plan_t *p, uint64_t order_id, atp_shopify_order_kind_t kind,
+                           atp_str_t hold) {
+  int rc = atp_shopify_order_set(p->s, order_id, kind, hold);
+  if (rc && !p->order_rc) p->order_rc = rc;
+}
+
 static bool str_eq(atp_str_t a, const char *b) {
   return a.len == strlen(b) && memcmp(a.ptr, b, a.len) == 0;
 }
@@ -468,13 +479,12 @@ static void plan_order_create(plan_t *p, uint64_t order_id) {
     char why[256];
     if (!hold_is_orders(p, hold, order_id, o, why, sizeof why)) {
       /* Remembered as holding nothing: its follow-ups leave the hold alone. */
-      (void)atp_shopify_order_set(p->s, order_id, ATP_SHOPIFY_ORDER_UNTRACKED,
-                                  (atp_str_t){"", 0});
+      remember_order(p, order_id, ATP_SHOPIFY_ORDER_UNTRACKED, (atp_str_t){"", 0});
       foreign_hold(p, hold, order_id, why);
       return;
     }
-    (void)atp_shopify_order_set(p->s, order_id, ATP_SHOPIFY_ORDER_HOLD,
-                                (atp_str_t){hold, (uint32_t)strlen(hold)});
+    remember_order(p, order_id, ATP_SHOPIFY_ORDER_HOLD,
+                   (atp_str_t){hold, (uint32_t)strlen(hold)});
     effect_t *e = add_effect(p, EFFECT_OP, "commit");
     if (!e) return;
     copy_id(e->id, hold);
@@ -488,12 +498,10 @@ static void plan_order_create(plan_t *p, uint64_t order_id) {
   }
   if (!loc || loc->type == ATP_VAL_NULL) {
     /* Online without a hold: atpd holds nothing for it. */
-    (void)atp_shopify_order_set(p->s, order_id, ATP_SHOPIFY_ORDER_UNTRACKED,
-                                (atp_str_t){"", 0});
+    remember_order(p, order_id, ATP_SHOPIFY_ORDER_UNTRACKED, (atp_str_t){"", 0});
     return;
   }
-  (void)atp_shopify_order_set(p->s, order_id, ATP_SHOPIFY_ORDER_POS,
-                              (atp_str_t){"", 0});
+  remember_order(p, order_id, ATP_SHOPIFY_ORDER_POS, (atp_str_t){"", 0});
   uint64_t shop_loc = val_id(loc, "Location");
   const atp_val_t *lines = atp_val_get(o, "line_items");
   for (uint32_t i = 0; lines && lines->type == ATP_VAL_ARRAY && i < lines->len; i++) {
@@ -538,7 +546,8 @@ static void plan_order_create(plan_t *p, uint64_t order_id) {
 static bool hold_of_order(plan_t *p, uint64_t order_id, const atp_val_t *order,
                           char *hold, atp_shopify_order_kind_t *kind) {
   *kind = 0;
-  if (atp_shopify_order_get(p->s, order_id, kind, hold, ATP_ID_BYTES_MAX + 1)) {
+  bool known = atp_shopify_order_get(p->s, order_id, kind, hold, ATP_ID_BYTES_MAX + 1);
+  if (known) {
     if (*kind != ATP_SHOPIFY_ORDER_HOLD) return false;
   } else if (order && order_hold(p, order, hold, ATP_ID_BYTES_MAX + 1)) {
     *kind = ATP_SHOPIFY_ORDER_HOLD;
@@ -546,9 +555,16 @@ static bool hold_of_order(plan_t *p, uint64_t order_id, const atp_val_t *order,
     return false;
   }
   char why[256];
-  if (hold_is_orders(p, hold, order_id, order, why, sizeof why)) return true;
-  foreign_hold(p, hold, order_id, why);
-  return false;
+  if (!hold_is_orders(p, hold, order_id, order, why, sizeof why)) {
+    foreign_hold(p, hold, order_id, why);
+    return false;
+  }
+  /* A follow-up that overtook its order: remembered, so the order's later
+   * refunds find the hold too. */
+  if (!known)
+    remember_order(p, order_id, ATP_SHOPIFY_ORDER_HOLD,
+                   (atp_str_t){hold, (uint32_t)strlen(hold)});
+  return true;
 }
 
 static void plan_order_cancelled(plan_t *p, uint64_t order_id) {
@@ -1154,6 +1170,16 @@ int atp_route_shopify_webhook(atp_req_t *rq) {
                   topic_name.ptr);
     else
       plan_topic(p, id, loc);
+  }
+  if (p->order_rc) {
+    atp_buf_free(&p->buf);
+    if (rq->res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
+      rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 60";
+    return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "%s",
+                        p->order_rc == ATP_EFULL
+                            ? "The Shopify order table is full (ATP_SHOPIFY_ORDERS_MAX "
+                              "within 30 days); retry later."
+                            : "The order could not be remembered; retry.");
   }
   atp_shopify_outcome_t outcome = ATP_SHOPIFY_IGNORED;
   rc = run_plan(p, results, &outcome);

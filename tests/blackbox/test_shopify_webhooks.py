@@ -353,6 +353,24 @@ def test_fulfillments_create_fulfils_the_orders_hold(srv):
     assert r.data["effects"][0]["owner"] == "ecommerce", r
 
 
+def test_a_refund_after_a_cancellation_that_overtook_its_order(srv):
+    """The cancellation came first (atpd never saw orders/create): the order is
+    remembered from it, so the refund Shopify sends with the cancellation finds
+    the hold and is not a dead letter for an unknown order."""
+    c = srv.client()
+    items, loc, shop_loc = catalog(c)
+    sku, variant, _ = items[0]
+    rid = hold(c, sku, loc, 2)
+    o = order([(variant, 2)], hold=rid)
+    r = send(c, "orders/cancelled", cancelled(o, "customer"))
+    assert r.status == 200 and r.data["outcome"] == "applied", r
+    rf = refund(o, [(o["line_items"][0], 2, "cancel", shop_loc)])
+    r = send(c, "refunds/create", rf)
+    assert r.status == 200 and r.data["outcome"] in ("applied", "replayed", "ignored"), r
+    assert reservation(c, rid)["status"] == "released"
+    assert c.pos(sku, loc)["available"] == 10
+
+
 def test_a_fulfilment_with_a_line_the_checkout_never_held_fulfils_the_hold(srv):
     """A free gift or a protection item ships with the order but was never held:
     the fulfilment fulfils the hold's lines and leaves that line alone, instead
