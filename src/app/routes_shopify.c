@@ -1091,7 +1091,10 @@ static int finish(plan_t *p, atp_str_t resource, int64_t at_ms, uint8_t content_
                   atp_shopify_outcome_t outcome, const atp_batch_op_result_t *results) {
   atp_req_t *rq = p->rq;
   int rc = atp_shopify_webhook_record(p->s, p->webhook_id, content_key, outcome);
-  if (rc == 0 && resource.len && at_ms && outcome != ATP_SHOPIFY_IGNORED)
+  /* Ignored deliveries move the watermark too (it never goes down): an echo
+   * of atpd's newest push makes the echoes of its earlier pushes, arriving
+   * after it, older, instead of disagreements. */
+  if (rc == 0 && resource.len && at_ms)
     rc = atp_shopify_mark_advance(p->s, resource, at_ms);
   if (rc != 0) {
     if (rq->res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)

@@ -742,6 +742,49 @@ def test_inventory_level_echoing_atpds_own_push_is_ignored(fake_shopify, tmp_pat
     assert problem is None, problem
 
 
+def test_echoes_of_two_pushes_arriving_out_of_order_are_both_ignored(fake_shopify, tmp_path):
+    """atpd pushed 7, then 9; Shopify's echoes arrive 9 first, then 7 (no
+    order is guaranteed). The echo of 9 moves the level's watermark, so the
+    late echo of 7 is older than it and ignored, not a disagreement."""
+    fake_shopify.reset()
+    cfg = tmp_path / "shopify.json"
+    cfg.write_text(json.dumps({
+        "shop": SHOP, "admin_url": fake_shopify.admin_url, "webhook_secrets": [SECRET],
+        "push": {"enabled": True, "points_per_second": 1000}}))
+    srv = Server(args=["--shopify", str(cfg)], env={"ATPD_SHOPIFY_TOKEN": fake_shopify.token})
+    try:
+        c = srv.client()
+        sku, loc, item, shop_loc = uid("sku"), uid("L"), shopify_id(), shopify_id()
+        fake_shopify.set_levels([(item, shop_loc, 0)])
+        assert c.put("/v1/shopify/mappings", dict(
+            items=[dict(sku=sku, variant_id=shopify_id(), inventory_item_id=item)],
+            locations=[dict(location=loc, shopify_location_id=shop_loc)])).status == 200
+
+        def pushed(q):
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                m = c.get("/v1/shopify/mappings", params=dict(sku=sku, location=loc)).data
+                if m["items"][0].get("shopify_available") == q:
+                    return
+                time.sleep(0.05)
+            raise AssertionError("atpd never recorded %d in Shopify" % q)
+        c.adjust(sku, loc, 7, source="erp")
+        pushed(7)
+        t7 = now_ms()
+        time.sleep(1.1)  # payload times have second precision
+        c.adjust(sku, loc, 2, source="erp")
+        pushed(9)
+        t9 = now_ms()
+        r = send(c, "inventory_levels/update", inventory_level(item, shop_loc, 9, at=t9))
+        assert r.status == 200 and r.data["outcome"] == "ignored", r
+        r = send(c, "inventory_levels/update", inventory_level(item, shop_loc, 7, at=t7))
+        assert r.status == 200 and r.data["outcome"] == "ignored", r
+        assert not dead_letters(c)
+    finally:
+        problem = srv.stop()
+    assert problem is None, problem
+
+
 def test_with_auth_on_webhooks_need_no_token_and_the_other_routes_their_roles(binary, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("tok-read-0123456789 read\ntok-int-0123456789 integration\ntok-checkout-0123456789 checkout\n")
