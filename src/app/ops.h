@@ -110,12 +110,16 @@ typedef struct {
 
 /* Runs ops (a JSON array of batch ops) as POST /v1/batch runs each of its
  * ops, synchronously, inside the caller's durable bracket: ownership, paused
- * flows' queues, dead letters and idempotency as there. results gets one
- * entry per op (at most results_max; more is ATP_ETOOLARGE and nothing
- * runs), *count how many. 0, or the refusal of the whole array (malformed,
- * too many) recorded on rq. Thread: the loop thread running rq. */
+ * flows' queues, dead letters and idempotency as there, except that a
+ * transient refusal (full, out of memory, unavailable) is no dead letter: the
+ * caller answers 503 and its sender retries. With dead_letters false no
+ * rejection is kept at all (a dead letter's replay: its outcome is the
+ * replay's). results gets one entry per op (at most results_max; more is
+ * ATP_ETOOLARGE and nothing runs), *count how many. 0, or the refusal of
+ * the whole array (malformed, too many) recorded on rq. Thread: the loop
+ * thread running rq. */
 int atp_batch_run_ops(atp_req_t *rq, const char *ops, size_t ops_len,
                       atp_batch_op_result_t *results, uint32_t results_max,
-                      uint32_t *count);
+                      bool dead_letters, uint32_t *count);
 
 #endif

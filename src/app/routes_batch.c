@@ -154,6 +154,7 @@ typedef struct {
   /* atp_batch_run_ops: each op's outcome, out_max of them; NULL otherwise. */
   atp_batch_op_result_t *out;
   uint32_t out_max;
+  bool no_sink; /* atp_batch_run_ops without dead letters */
 } batch_t;
 
 static void write_error(atp_writer_t *w, int err, const atp_req_t *op) {
@@ -210,6 +211,9 @@ static void record(batch_t *b, uint32_t index, int rc, const atp_op_out_t *out,
   if (rc != 0) write_error(w, rc, &b->op);
   atp_w_object_end(w);
   if (rc == 0 || rc == ATP_EINSUFFICIENT) return;
+  if (b->out &&
+      (b->no_sink || rc == ATP_EFULL || rc == ATP_ENOMEM || rc == ATP_EUNAVAILABLE))
+    return;
   atp_rejection_t r = {
       .flow = flow,
       .owner =
@@ -519,7 +523,7 @@ int atp_route_batch(atp_req_t *rq) {
 
 int atp_batch_run_ops(atp_req_t *rq, const char *ops, size_t ops_len,
                       atp_batch_op_result_t *results, uint32_t results_max,
-                      uint32_t *count) {
+                      bool dead_letters, uint32_t *count) {
   ATP_ASSERT(rq && ops && results && count);
   *count = 0;
   batch_t *b = atp_malloc(sizeof *b);
@@ -527,6 +531,7 @@ int atp_batch_run_ops(atp_req_t *rq, const char *ops, size_t ops_len,
   memset(b, 0, sizeof *b);
   b->rq = rq;
   b->flows = rq->app->flows ? rq->app->flows : &atp_flows_none;
+  b->no_sink = !dead_letters;
   atp_arena_init(&b->scratch, OP_ARENA_CHUNK_BYTES, OP_ARENA_BYTES_MAX);
   atp_buf_init(&b->results_buf, ATP_HTTP_BODY_BYTES_MAX);
   atp_buf_init(&b->res_body, 0);

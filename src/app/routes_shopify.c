@@ -963,7 +963,7 @@ static int run_plan(plan_t *p, atp_batch_op_result_t *results,
   uint32_t ran = 0;
   if (p->ops) {
     int rc = atp_batch_run_ops(rq, p->buf.data, p->buf.len, results,
-                               ATP_SHOPIFY_WEBHOOK_OPS_MAX, &ran);
+                               ATP_SHOPIFY_WEBHOOK_OPS_MAX, !p->replaying, &ran);
     if (rc) return rc;
     ATP_ASSERT(ran == p->ops);
   }

@@ -477,6 +477,32 @@ def test_an_older_delivery_for_a_resource_after_a_newer_one_is_ignored(srv):
     assert r.data == dict(outcome="ignored", effects=[]), r
 
 
+def test_a_refused_webhook_op_is_one_dead_letter_not_two(srv):
+    """A webhook's dead letter replays the whole webhook, and the batch op
+    shopify_webhook runs one: an op of it refused again is the replay's (the
+    batch op's) outcome, not one more dead letter of its own."""
+    c = srv.client()
+    items, loc, shop_loc = catalog(c)
+    unknown = shopify_id()
+    # processed far ahead of the clock: its sale will be refused once mapped
+    o = order([(unknown, 1)], location_id=shop_loc, at=now_ms() + 3600 * 1000)
+    r = send(c, "orders/create", o)
+    assert r.status == 200 and r.data["outcome"] == "dead_letter", r
+    before = dead_letters(c)
+    [dl] = [d for d in before if str(unknown) in d["error"]["message"]]
+    sku2 = uid("sku")
+    assert c.put("/v1/shopify/mappings", dict(items=[dict(
+        sku=sku2, variant_id=unknown, inventory_item_id=shopify_id())])).status == 200
+    r = c.post("/v1/dead-letters/%s/replay" % dl["dl_id"], dict(by="catalog-team"))
+    assert r.status == 400 and "future" in r.data["error"]["message"], r
+    assert len(dead_letters(c)) == len(before), dead_letters(c)
+    # the same webhook as a batch op: one dead letter (the op's), not two
+    r = c.post("/v1/batch", [dict(op="shopify_webhook", flow="shopify",
+                                  topic="orders/create", payload=o)])
+    assert r.status == 200 and r.data["rejected"] == 1, r
+    assert len(dead_letters(c)) == len(before) + 1, dead_letters(c)
+
+
 def test_unknown_variant_or_location_is_a_dead_letter_owned_by_the_mappings_owner(srv):
     c = srv.client()
     items, loc, shop_loc = catalog(c)
