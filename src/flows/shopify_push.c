@@ -181,7 +181,11 @@ struct atp_shopify_push {
   uint32_t reread_count;
   char call_key[KEY_BYTES + 1];
   uint32_t key_salt; /* see build_push_body */
-  bool call_saved;   /* a saved call sent again: settle it whatever comes */
+  /* The same call refused by a userError that names no quantity: its key
+   * and how many times in a row (see push_refused). */
+  char refused_key[KEY_BYTES + 1];
+  uint32_t refused_count;
+  bool call_saved; /* a saved call sent again: settle it whatever comes */
   double call_cost;
   atp_buf_t body;
   atp_arena_t arena;
@@ -1059,6 +1063,56 @@ static void release_entries(atp_shopify_push_t *p, bool pushed) {
   }
 }
 
+/* How many identical refusals of a call, by a userError that names no
+ * quantity, before its entries are dropped so that the rest moves on. */
+#define REFUSED_MAX 3
+
+/* A userError that names no quantity (and is not one atpd acts on): the
+ * call as a whole failed. It is sent again after a backoff, in case the
+ * cause is passing; after REFUSED_MAX identical answers its entries are
+ * dropped (counted, named in last_error; a later change tries again). */
+static void push_refused(atp_shopify_push_t *p, const char *code, const char *msg) {
+  if (p->refused_count && strcmp(p->refused_key, p->call_key) == 0) {
+    p->refused_count++;
+  } else {
+    memcpy(p->refused_key, p->call_key, sizeof p->refused_key);
+    p->refused_count = 1;
+  }
+  if (p->refused_count < REFUSED_MAX) {
+    set_error(p, true, "inventorySetQuantities: %s: %.200s", code, msg);
+    release_entries(p, false);
+    back_off(p);
+    return;
+  }
+  set_error(p, true,
+            "inventorySetQuantities: %s (%u times): %.200s; %u positions dropped", code,
+            p->refused_count, msg, p->quantity_count);
+  p->refused_count = 0;
+  for (uint32_t i = 0; i < p->quantity_count; i++) {
+    entry_t *e = p->quantities[i].entry;
+    if (!e) continue;
+    e->in_call = false;
+    e->again_seq = 0;
+    p->quantities[i].entry = NULL;
+    entry_settle(p, e);
+  }
+  back_off(p);
+}
+
+static bool is_idempotency_code(const atp_val_t *code) {
+  return code && code->type == ATP_VAL_STR && code->len > 12 &&
+         memcmp(code->u.s, "IDEMPOTENCY_", 12) == 0;
+}
+
+/* Shopify refused the call's key (a previous attempt with it failed, or is
+ * still running): Shopify's figures are read again and the next call gets
+ * another key. */
+static void idempotency_refused(atp_shopify_push_t *p) {
+  p->key_salt++;
+  for (uint32_t j = 0; j < p->quantity_count; j++)
+    if (p->quantities[j].entry) p->quantities[j].entry->need_read = true;
+}
+
 static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
   const atp_val_t *set =
       atp_val_get(atp_val_get(root, "data"), "inventorySetQuantities");
@@ -1073,6 +1127,7 @@ static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
     /* Nothing was applied. Stale quantities are re-read, others dropped;
      * the rest go again in the next call. */
     uint32_t stale = 0;
+    const char *refused_code = NULL, *refused_msg = NULL;
     for (uint32_t i = 0; i < ues->len; i++) {
       const atp_val_t *ue = &ues->u.items[i];
       int ix = error_index(ue);
@@ -1088,20 +1143,21 @@ static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
         continue;
       }
       const atp_val_t *code = atp_val_get(ue, "code");
-      if (str_is(code, "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED") ||
-          str_is(code, "IDEMPOTENCY_KEY_PARAMETER_MISMATCH")) {
-        /* The key was used before for a call that failed (or, impossibly,
-         * another input): Shopify's figures are read again and the next
-         * call gets another key. */
-        p->key_salt++;
-        for (uint32_t j = 0; j < p->quantity_count; j++)
-          if (p->quantities[j].entry) p->quantities[j].entry->need_read = true;
+      if (is_idempotency_code(code)) {
+        idempotency_refused(p);
         continue;
       }
       const atp_val_t *msg = atp_val_get(ue, "message");
-      set_error(p, true, "inventorySetQuantities: %.200s",
-                msg && msg->type == ATP_VAL_STR ? msg->u.s : "a user error");
-      if (e) {
+      const char *text = msg && msg->type == ATP_VAL_STR ? msg->u.s : "a user error";
+      if (!e) { /* names no quantity of the call: the call failed */
+        if (!refused_code) {
+          refused_code = code && code->type == ATP_VAL_STR ? code->u.s : "a user error";
+          refused_msg = text;
+        }
+        continue;
+      }
+      set_error(p, true, "inventorySetQuantities: %.200s", text);
+      {
         e->in_call = false;
         e->again_seq = 0;
         p->quantities[ix].entry = NULL;
@@ -1111,6 +1167,10 @@ static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
     pthread_mutex_lock(&p->stats_lock);
     p->stats.stale_retries += stale;
     pthread_mutex_unlock(&p->stats_lock);
+    if (refused_code) {
+      push_refused(p, refused_code, refused_msg);
+      return;
+    }
     release_entries(p, false);
     return;
   }
@@ -1121,6 +1181,7 @@ static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
     if (q->entry) q->entry->no_level = false;
   }
   p->key_salt = 0;
+  p->refused_count = 0;
   pthread_mutex_lock(&p->stats_lock);
   p->stats.positions_pushed += p->quantity_count;
   pthread_mutex_unlock(&p->stats_lock);
@@ -1174,8 +1235,8 @@ static void on_reread_answer(atp_shopify_push_t *p, const atp_val_t *root) {
 /* Whether the answer carries data to act on; else the throttle, the error
  * and the wait before the next call are taken care of here. root: the
  * parsed body, NULL when it is not a JSON object. */
-static bool answered(atp_shopify_push_t *p, const atp_http_response_t *res,
-                     const atp_val_t *root) {
+static bool answered(atp_shopify_push_t *p, call_kind_t kind,
+                     const atp_http_response_t *res, const atp_val_t *root) {
   const atp_val_t *errors = root ? atp_val_get(root, "errors") : NULL;
   bool listed = errors && errors->type == ATP_VAL_ARRAY && errors->len;
   bool is_throttle = res->status == 429;
@@ -1193,6 +1254,12 @@ static bool answered(atp_shopify_push_t *p, const atp_http_response_t *res,
     set_error(p, true, "Shopify answered HTTP %d%s", res->status,
               root || res->status != 200 ? "" : " with a body that is not JSON");
   } else if (listed) {
+    for (uint32_t i = 0; kind == CALL_PUSH && i < errors->len; i++)
+      if (is_idempotency_code(
+              atp_val_get(atp_val_get(&errors->u.items[i], "extensions"), "code"))) {
+        idempotency_refused(p); /* once: the next call has another key */
+        break;
+      }
     const atp_val_t *msg = atp_val_get(&errors->u.items[0], "message");
     set_error(p, true, "Shopify: %.200s",
               msg && msg->type == ATP_VAL_STR ? msg->u.s : "a GraphQL error");
@@ -1226,7 +1293,7 @@ static void on_answer(void *ctx, const atp_http_response_t *res) {
               kind == CALL_PUSH     ? p->quantity_count
               : kind == CALL_REREAD ? p->reread_count
                                     : 1);
-  bool done = answered(p, res, parsed ? root : NULL);
+  bool done = answered(p, kind, res, parsed ? root : NULL);
   if (kind == CALL_FETCH) {
     if (done) on_fetch_answer(p, root);
   } else if (kind == CALL_REREAD) {

@@ -608,3 +608,61 @@ def test_burst_of_100000_changes_at_1000_points_per_second(fake, tmp_path):
         assert took < 60, took
     finally:
         stop(srv)
+
+
+# --- answers the fake gives only when asked (fake.canned) -----------------------------
+
+def user_error_answer(field, code, message="refused"):
+    return {"data": {"inventorySetQuantities": {
+        "inventoryAdjustmentGroup": None,
+        "userErrors": [{"field": field, "message": message, "code": code}]}}}
+
+
+def test_user_error_naming_no_quantity_backs_off_then_drops(fake, tmp_path):
+    """A userError on the call as a whole (not a quantity, not stale) is not
+    re-sent in a tight loop: it backs off, and after three identical answers
+    the call's positions are dropped (counted, named) so the rest moves on."""
+    item, loc, item2 = shop_id(), shop_id(), shop_id()
+    sku, sku2 = uid("sku"), uid("sku")
+    fake.set_levels([(item, loc, 0), (item2, loc, 0)])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item), (sku2, item2)], [("L1", loc)])
+        fake.canned("AtpdPush", user_error_answer(["input", "reason"], "INVALID_REASON"),
+                    count=-1)
+        c.adjust(sku, "L1", 3)
+        wait_for(lambda: push_status(c)["pending"] == 0, timeout=20, what="the drop")
+        time.sleep(0.5)
+        sent = [e for e in pushes(fake) if e["outcome"] == "canned"]
+        assert len(sent) == 3, len(sent)
+        gaps = [b["at_ms"] - a["at_ms"] for a, b in zip(sent, sent[1:])]
+        assert min(gaps) >= 100, gaps  # backed off, with jitter over 200 ms and up
+        st = push_status(c)
+        assert st["errors"] >= 3 and "INVALID_REASON" in st["last_error"], st
+        fake.canned()
+        c.adjust(sku2, "L1", 7)
+        wait_levels(fake, {(item2, loc): 7})
+        assert fake.level(item, loc) == 0  # dropped: no level change
+    finally:
+        stop(srv)
+
+
+def test_idempotency_error_at_top_level_changes_the_key(fake, tmp_path):
+    item, loc = shop_id(), shop_id()
+    sku = uid("sku")
+    fake.set_levels([(item, loc, 0)])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item)], [("L1", loc)])
+        fake.canned("AtpdPush", {"errors": [{
+            "message": "A request with this idempotency key is already being processed",
+            "extensions": {"code": "IDEMPOTENCY_CONCURRENT_REQUEST"}}]}, count=1)
+        c.adjust(sku, "L1", 5)
+        wait_levels(fake, {(item, loc): 5})
+        sent = pushes(fake)
+        assert [e["outcome"] for e in sent] == ["canned", "ok"], sent
+        assert sent[0]["variables"]["key"] != sent[1]["variables"]["key"], sent
+    finally:
+        stop(srv)
