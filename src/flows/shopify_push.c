@@ -84,6 +84,12 @@
 #define COST_MUTATION_DEFAULT 10.0
 #define COST_REREAD_DEFAULT   4.0
 #define COST_FETCH_DEFAULT    502.0 /* a connection of 250 nodes with an object each */
+/* A requested cost above this is not believed (Shopify's single query
+ * maximum is 1000 points). */
+#define COST_MAX 1e6
+/* Shopify's bucket fills from empty in 20 s on a standard plan (1000 points
+ * at 50 a second); a bucket said to take longer than this is not believed. */
+#define BUCKET_FILL_MS_MAX 60000.0
 
 static const char PUSH_DOC[] =
     "mutation AtpdPush($input: InventorySetQuantitiesInput!, $key: String!) {"
@@ -493,6 +499,19 @@ static void write_cursor(atp_shopify_push_t *p, bool force) {
 
 /* --- pacing ------------------------------------------------------------------ */
 
+/* The longest wait pacing may ask for: the time Shopify's bucket takes to
+ * fill from empty, and at least BACKOFF_MS_MAX. The figures come from the
+ * answers, so a wild one must not park the push for years (or overflow the
+ * cast to int64). */
+static double wait_cap_ms(const atp_shopify_push_t *p) {
+  double cap = BACKOFF_MS_MAX;
+  if (p->bucket_known && p->restore_rate > 0) {
+    double fill = p->bucket_max / p->restore_rate * 1000;
+    if (fill > cap) cap = fill;
+  }
+  return cap < BUCKET_FILL_MS_MAX ? cap : BUCKET_FILL_MS_MAX;
+}
+
 /* ms until both buckets hold cost; 0: now. */
 static int64_t pace_wait_ms(atp_shopify_push_t *p, double cost, int64_t now) {
   double wait = 0;
@@ -514,6 +533,8 @@ static int64_t pace_wait_ms(atp_shopify_push_t *p, double cost, int64_t now) {
       if (w > wait) wait = w;
     }
   }
+  double cap = wait_cap_ms(p);
+  if (wait > cap) wait = cap;
   return wait > 0 ? (int64_t)wait + 1 : 0;
 }
 
@@ -536,7 +557,7 @@ static void read_cost(atp_shopify_push_t *p, const atp_val_t *root, call_kind_t 
   double requested = num(atp_val_get(cost, "requestedQueryCost"), -1);
   double actual = num(atp_val_get(cost, "actualQueryCost"), -1);
   const atp_val_t *ts = atp_val_get(cost, "throttleStatus");
-  if (requested > 0 && units) { /* the next call's estimate */
+  if (requested > 0 && requested <= COST_MAX && units) { /* the next call's estimate */
     if (kind == CALL_FETCH) {
       p->cost_fetch = requested;
     } else if (kind == CALL_PUSH) {
@@ -548,12 +569,20 @@ static void read_cost(atp_shopify_push_t *p, const atp_val_t *root, call_kind_t 
     }
   }
   if (ts && ts->type == ATP_VAL_OBJECT) {
-    p->bucket_max = num(atp_val_get(ts, "maximumAvailable"), p->bucket_max);
-    p->bucket_available =
-        num(atp_val_get(ts, "currentlyAvailable"), p->bucket_available);
-    p->restore_rate = num(atp_val_get(ts, "restoreRate"), p->restore_rate);
-    p->bucket_at_ms = atp_mono_ms();
-    p->bucket_known = p->bucket_max > 0;
+    double max = num(atp_val_get(ts, "maximumAvailable"), -1);
+    double avail = num(atp_val_get(ts, "currentlyAvailable"), -1);
+    double rate = num(atp_val_get(ts, "restoreRate"), -1);
+    /* Figures out of range (a negative bucket, a rate of nothing, more
+     * available than the maximum) are not believed: the last good ones stay
+     * and the throttles, if any, teach the rest. */
+    if (max > 0 && max <= COST_MAX && avail >= 0 && avail <= max && rate > 0 &&
+        max / rate * 1000 <= BUCKET_FILL_MS_MAX) {
+      p->bucket_max = max;
+      p->bucket_available = avail;
+      p->restore_rate = rate;
+      p->bucket_at_ms = atp_mono_ms();
+      p->bucket_known = true;
+    }
   }
   pthread_mutex_lock(&p->stats_lock);
   if (actual > 0) p->stats.points_spent += (uint64_t)(actual + 0.5);
@@ -590,6 +619,7 @@ static void throttled(atp_shopify_push_t *p) {
   int64_t wait = BACKOFF_MS_MIN;
   if (p->bucket_known && p->restore_rate > 0) {
     double w = (p->call_cost - p->bucket_available) / p->restore_rate * 1000;
+    if (w > BACKOFF_MS_MAX) w = BACKOFF_MS_MAX; /* before the cast: w may be huge */
     if (w > wait) wait = (int64_t)w;
   }
   if (wait > BACKOFF_MS_MAX) wait = BACKOFF_MS_MAX;

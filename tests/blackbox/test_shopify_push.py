@@ -666,3 +666,31 @@ def test_idempotency_error_at_top_level_changes_the_key(fake, tmp_path):
         assert sent[0]["variables"]["key"] != sent[1]["variables"]["key"], sent
     finally:
         stop(srv)
+
+
+@pytest.mark.parametrize("status", [
+    {"maximumAvailable": 2000, "currentlyAvailable": -1e12, "restoreRate": 100},
+    {"maximumAvailable": 2000, "currentlyAvailable": 0, "restoreRate": 1e-6},
+], ids=["available_-1e12", "rate_1e-6"])
+def test_wild_throttle_status_does_not_park_the_push(fake, tmp_path, status):
+    """throttleStatus figures out of range are not believed: the next change
+    goes out within seconds, not years."""
+    item, loc = shop_id(), shop_id()
+    sku = uid("sku")
+    fake.set_levels([(item, loc, 0)])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item)], [("L1", loc)])
+        fake.canned("AtpdPush", {
+            "data": {"inventorySetQuantities": {"inventoryAdjustmentGroup": None,
+                                                "userErrors": []}},
+            "extensions": {"cost": {"requestedQueryCost": 10, "actualQueryCost": 10,
+                                    "throttleStatus": status}}}, count=1)
+        c.adjust(sku, "L1", 2)
+        wait_for(lambda: any(e["outcome"] == "canned" for e in pushes(fake)),
+                 what="the canned answer")
+        c.adjust(sku, "L1", 3)
+        wait_levels(fake, {(item, loc): 5}, timeout=15)
+    finally:
+        stop(srv)
