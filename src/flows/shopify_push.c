@@ -1221,12 +1221,19 @@ static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
 
 static void on_reread_answer(atp_shopify_push_t *p, const atp_val_t *root) {
   const atp_val_t *data = atp_val_get(root, "data");
+  bool incomplete = false;
   for (uint32_t i = 0; i < p->reread_count; i++) {
     entry_t *e = p->reread[i];
     e->in_call = false;
     char alias[16];
     int n = snprintf(alias, sizeof alias, "r%u", i);
-    const atp_val_t *node = atp_val_getn(data, alias, (size_t)n);
+    const atp_val_t *node = data && data->type == ATP_VAL_OBJECT
+                                ? atp_val_getn(data, alias, (size_t)n)
+                                : NULL;
+    if (!node) { /* no data, or not this alias: read again after a backoff */
+      incomplete = true;
+      continue;
+    }
     const atp_val_t *level = atp_val_get(node, "inventoryLevel");
     const atp_val_t *qs = atp_val_get(level, "quantities");
     bool got = false;
@@ -1250,14 +1257,24 @@ static void on_reread_answer(atp_shopify_push_t *p, const atp_val_t *root) {
         got = true;
       }
     }
+    if (!got && node->type != ATP_VAL_NULL) { /* a level without `available` */
+      incomplete = true;
+      continue;
+    }
     if (!got) {
-      /* An item Shopify does not know: nothing can be set. Dropped and
-       * named; a later change tries again. */
+      /* Only the alias present and null says that Shopify does not know
+       * the item: nothing can be set. Dropped and named; a later change
+       * tries again. */
       set_error(p, true, "Shopify does not know inventory item %" PRIu64 "; not pushed",
                 e->item);
       e->again_seq = 0;
       entry_settle(p, e);
     }
+  }
+  if (incomplete) {
+    set_error(p, true, "Shopify answered the level read without its figures");
+    back_off(p);
+    return;
   }
   p->backoff_ms = 0;
 }

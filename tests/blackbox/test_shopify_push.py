@@ -694,3 +694,26 @@ def test_wild_throttle_status_does_not_park_the_push(fake, tmp_path, status):
         wait_levels(fake, {(item, loc): 5}, timeout=15)
     finally:
         stop(srv)
+
+
+@pytest.mark.parametrize("body", [{}, {"data": None}, {"data": {}}],
+                         ids=["empty", "data_null", "no_alias"])
+def test_level_read_without_data_is_read_again(fake, tmp_path, body):
+    """A 200 re-read that carries no figures is not "Shopify does not know
+    the item": it backs off and reads again, and the push goes out."""
+    item, loc = shop_id(), shop_id()
+    sku = uid("sku")
+    fake.set_levels([(item, loc, 1)])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item)], [("L1", loc)])
+        fake.canned("AtpdLevels", body, count=2)
+        c.adjust(sku, "L1", 6)
+        wait_levels(fake, {(item, loc): 6}, timeout=15)
+        reads = [e["outcome"] for e in fake.log() if e.get("operation") == "AtpdLevels"]
+        assert reads == ["canned", "canned", "ok"], reads
+        st = push_status(c)
+        assert "does not know" not in st["last_error"], st
+    finally:
+        stop(srv)
