@@ -79,6 +79,7 @@
 #define KEY_BYTES          37 /* "atpd-" + 32 hex digits */
 #define SAVED_ATTEMPTS_MAX 5
 #define DEFER_MS           1000
+#define FETCH_PAGES_MAX    100000u /* pages of one phase of the mapping fetch */
 /* Estimated costs before Shopify reported any (Shopify charges a mutation
  * 10 points; a level read is a few). */
 #define COST_MUTATION_DEFAULT 10.0
@@ -199,6 +200,7 @@ struct atp_shopify_push {
   /* the mapping fetch (push.fetch_mappings): loop thread */
   fetch_t fetch;
   char fetch_after[512]; /* the page cursor; "" for the first page */
+  uint32_t fetch_pages;  /* pages of this phase so far */
   uint64_t fetched_items, fetched_locations;
   uint64_t synced;                /* positions made pending by the fetch */
   atp_position_t *sync_positions; /* ATP_SKU_LOCATIONS_MAX, once needed */
@@ -927,10 +929,21 @@ static void on_fetch_answer(atp_shopify_push_t *p, const atp_val_t *root) {
   const atp_val_t *end = atp_val_get(info, "endCursor");
   if (next && next->type == ATP_VAL_BOOL && next->u.b && end &&
       end->type == ATP_VAL_STR && end->len < sizeof p->fetch_after) {
-    memcpy(p->fetch_after, end->u.s, end->len + 1);
-    return;
+    /* A cursor that repeats (or pages without end) would fetch for ever,
+     * and nothing is pushed during the fetch: the phase ends there. */
+    bool repeated = strlen(p->fetch_after) == end->len &&
+                    memcmp(p->fetch_after, end->u.s, end->len) == 0;
+    if (repeated || ++p->fetch_pages >= FETCH_PAGES_MAX) {
+      set_error(p, true, "the mapping fetch of %s stopped: %s",
+                locations ? "locations" : "productVariants",
+                repeated ? "Shopify repeated the page cursor" : "too many pages");
+    } else {
+      memcpy(p->fetch_after, end->u.s, end->len + 1);
+      return;
+    }
   }
   p->fetch_after[0] = 0;
+  p->fetch_pages = 0;
   if (locations) {
     p->fetch = FETCH_VARIANTS;
     return;

@@ -717,3 +717,27 @@ def test_level_read_without_data_is_read_again(fake, tmp_path, body):
         assert "does not know" not in st["last_error"], st
     finally:
         stop(srv)
+
+
+def test_mapping_fetch_stops_on_a_repeated_page_cursor(fake, tmp_path):
+    """hasNextPage true with the same endCursor again ends the phase (named
+    in last_error) instead of fetching the same page for ever."""
+    v = {"variant_id": shop_id(), "sku": uid("sku"), "inventory_item_id": shop_id()}
+    store = {"id": shop_id(), "name": "Store-%s" % uid("s")}
+    fake.catalog(variants=[v], locations=[])
+    fake.set_levels([(v["inventory_item_id"], store["id"], 0)])
+    fake.canned("AtpdLocations", {"data": {"locations": {
+        "nodes": [{"id": "gid://shopify/Location/%d" % store["id"], "name": store["name"]}],
+        "pageInfo": {"hasNextPage": True, "endCursor": "same"}}}}, count=-1)
+    srv = start_atpd(fake, tmp_path, fetch=True)
+    try:
+        c = srv.client(validate=VALIDATE)
+        wait_for(lambda: c.get("/v1/shopify/mappings", params={"sku": v["sku"]}).status == 200,
+                 what="the fetched mapping")
+        ops = [e.get("operation") for e in fake.log()]
+        assert ops.count("AtpdLocations") == 2, ops  # the first page, then the repeat
+        assert "cursor" in push_status(c)["last_error"]
+        c.adjust(v["sku"], store["name"], 4)
+        wait_levels(fake, {(v["inventory_item_id"], store["id"]): 4})
+    finally:
+        stop(srv)
