@@ -1080,17 +1080,17 @@ static void pump(atp_shopify_push_t *p) {
 
 /* The quantity index a userError's field names (["input", "quantities", "3",
  * ...]); -1 when it names none. */
-static int error_index(const atp_val_t *ue) {
+static int64_t error_index(const atp_val_t *ue) {
   const atp_val_t *field = atp_val_get(ue, "field");
   if (!field || field->type != ATP_VAL_ARRAY) return -1;
   for (uint32_t i = 0; i + 1 < field->len; i++) {
     if (!str_is(&field->u.items[i], "quantities")) continue;
     const atp_val_t *ix = &field->u.items[i + 1];
-    if (ix->type == ATP_VAL_INT) return (int)ix->u.i;
+    if (ix->type == ATP_VAL_INT) return ix->u.i >= 0 ? ix->u.i : -1; /* range: caller */
     if (ix->type == ATP_VAL_STR && ix->len && ix->len < 6) {
       char *end;
       long v = strtol(ix->u.s, &end, 10);
-      if (*end == 0 && v >= 0) return (int)v;
+      if (*end == 0 && v >= 0) return v;
     }
   }
   return -1;
@@ -1173,9 +1173,9 @@ static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
     const char *refused_code = NULL, *refused_msg = NULL;
     for (uint32_t i = 0; i < ues->len; i++) {
       const atp_val_t *ue = &ues->u.items[i];
-      int ix = error_index(ue);
+      int64_t ix = error_index(ue);
       entry_t *e =
-          ix >= 0 && (uint32_t)ix < p->quantity_count ? p->quantities[ix].entry : NULL;
+          ix >= 0 && ix < (int64_t)p->quantity_count ? p->quantities[ix].entry : NULL;
       if (str_is(atp_val_get(ue, "code"), "CHANGE_FROM_QUANTITY_STALE")) {
         stale++;
         if (e)

@@ -741,3 +741,21 @@ def test_mapping_fetch_stops_on_a_repeated_page_cursor(fake, tmp_path):
         wait_levels(fake, {(v["inventory_item_id"], store["id"]): 4})
     finally:
         stop(srv)
+
+
+def test_user_error_index_out_of_range_names_no_quantity(fake, tmp_path):
+    """A userError naming quantity 2^32 names none of the call's (it used to
+    wrap to 0 and drop the first quantity): the call backs off and goes again."""
+    item, loc = shop_id(), shop_id()
+    sku = uid("sku")
+    fake.set_levels([(item, loc, 0)])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item)], [("L1", loc)])
+        fake.canned("AtpdPush", user_error_answer(["input", "quantities", 2 ** 32, "quantity"],
+                                                  "INVALID_QUANTITY"), count=1)
+        c.adjust(sku, "L1", 5)
+        wait_levels(fake, {(item, loc): 5}, timeout=15)
+    finally:
+        stop(srv)
