@@ -348,8 +348,29 @@ static void fifo_remove(atp_shopify_push_t *p, entry_t *e) {
   e->prev = e->next = NULL;
 }
 
+/* Puts e in the FIFO where its first_seq belongs: the FIFO stays ordered by
+ * first_seq, which safe_cursor relies on. Searched back from the tail, as
+ * the change that re-pends an entry came during its call, so recently. */
+static void fifo_insert_ordered(atp_shopify_push_t *p, entry_t *e) {
+  entry_t *after = p->tail;
+  while (after && after->first_seq > e->first_seq) after = after->prev;
+  if (after == p->tail) {
+    fifo_append(p, e);
+    return;
+  }
+  e->prev = after;
+  e->next = after ? after->next : p->head;
+  e->next->prev = e;
+  if (after)
+    after->next = e;
+  else
+    p->head = e;
+}
+
 /* The entry is pushed (or found in Shopify): gone, unless a change came
- * during its call, which makes it pending again at the FIFO's tail. */
+ * during its call, which makes it pending again in the FIFO at that
+ * change's place (entries made pending after it stay behind it: the durable
+ * cursor must not pass it). */
 static void entry_settle(atp_shopify_push_t *p, entry_t *e) {
   ATP_ASSERT(!e->in_call);
   p->progress = true;
@@ -358,7 +379,7 @@ static void entry_settle(atp_shopify_push_t *p, entry_t *e) {
     e->first_seq = e->again_seq;
     e->first_at_ms = e->again_at_ms;
     e->again_seq = 0;
-    fifo_append(p, e);
+    fifo_insert_ordered(p, e);
     return;
   }
   entry_t **pp = &p->buckets[entry_hash(e->item, e->location) & (p->bucket_count - 1)];
