@@ -632,7 +632,9 @@ def test_user_error_naming_no_quantity_backs_off_then_drops(fake, tmp_path):
         fake.canned("AtpdPush", user_error_answer(["input", "reason"], "INVALID_REASON"),
                     count=-1)
         c.adjust(sku, "L1", 3)
-        wait_for(lambda: push_status(c)["pending"] == 0, timeout=20, what="the drop")
+        wait_for(lambda: "dropped" in push_status(c)["last_error"], timeout=20,
+                 what="the drop")
+        wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
         time.sleep(0.5)
         sent = [e for e in pushes(fake) if e["outcome"] == "canned"]
         assert len(sent) == 3, len(sent)
