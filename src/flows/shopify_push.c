@@ -108,6 +108,7 @@ struct entry {
   bool in_call;              /* in the call in flight */
   bool need_read;            /* Shopify's figure must be read before a push */
   bool no_level;             /* read: Shopify holds no level there yet */
+  bool resync;               /* in the resync queue (walk, sync), not the FIFO */
   uint64_t version_seen;     /* the newest position version the feed showed */
   int64_t deferred_ms;       /* 0, or since when (mono) the engine is ahead */
   entry_t *hash_next;        /* bucket chain */
@@ -179,6 +180,10 @@ struct atp_shopify_push {
   uint32_t bucket_count; /* a power of two */
   uint32_t entries;
   entry_t *head, *tail;
+  /* The resync queue: entries made pending by the walk or the fetch's sync
+   * (first_seq rises along it too). A call takes them only after the
+   * FIFO's, so a resync of many positions does not delay live changes. */
+  entry_t *rhead, *rtail;
 
   /* the call in flight */
   call_kind_t call;
@@ -326,25 +331,30 @@ static void grow_buckets(atp_shopify_push_t *p) {
   p->bucket_count = n;
 }
 
+/* e goes at the tail of its list: the resync queue or the FIFO. */
 static void fifo_append(atp_shopify_push_t *p, entry_t *e) {
+  entry_t **head = e->resync ? &p->rhead : &p->head;
+  entry_t **tail = e->resync ? &p->rtail : &p->tail;
   e->next = NULL;
-  e->prev = p->tail;
-  if (p->tail)
-    p->tail->next = e;
+  e->prev = *tail;
+  if (*tail)
+    (*tail)->next = e;
   else
-    p->head = e;
-  p->tail = e;
+    *head = e;
+  *tail = e;
 }
 
 static void fifo_remove(atp_shopify_push_t *p, entry_t *e) {
+  entry_t **head = e->resync ? &p->rhead : &p->head;
+  entry_t **tail = e->resync ? &p->rtail : &p->tail;
   if (e->prev)
     e->prev->next = e->next;
   else
-    p->head = e->next;
+    *head = e->next;
   if (e->next)
     e->next->prev = e->prev;
   else
-    p->tail = e->prev;
+    *tail = e->prev;
   e->prev = e->next = NULL;
 }
 
@@ -352,6 +362,7 @@ static void fifo_remove(atp_shopify_push_t *p, entry_t *e) {
  * first_seq, which safe_cursor relies on. Searched back from the tail, as
  * the change that re-pends an entry came during its call, so recently. */
 static void fifo_insert_ordered(atp_shopify_push_t *p, entry_t *e) {
+  ATP_ASSERT(!e->resync);
   entry_t *after = p->tail;
   while (after && after->first_seq > e->first_seq) after = after->prev;
   if (after == p->tail) {
@@ -375,7 +386,8 @@ static void entry_settle(atp_shopify_push_t *p, entry_t *e) {
   ATP_ASSERT(!e->in_call);
   p->progress = true;
   fifo_remove(p, e);
-  if (e->again_seq) {
+  if (e->again_seq) { /* a live change: the FIFO, whichever list it was in */
+    e->resync = false;
     e->first_seq = e->again_seq;
     e->first_at_ms = e->again_at_ms;
     e->again_seq = 0;
@@ -391,10 +403,14 @@ static void entry_settle(atp_shopify_push_t *p, entry_t *e) {
 
 /* Marks (item, location) pending for a change at seq (the cursor's view:
  * the entry keeps the cursor below it) naming reference, at_ms and version;
- * creates the entry. false when out of memory. */
+ * creates the entry, in the resync queue when resync (the walk, the sync).
+ * A live change of an entry waiting in the resync queue moves it to the
+ * FIFO's tail with that change's seq: the resync's part of it needs no
+ * cursor, as a restart walks the positions again. false when out of
+ * memory. */
 static bool entry_mark(atp_shopify_push_t *p, uint64_t item, uint64_t location,
                        atp_str_t sku, atp_str_t loc, uint64_t seq, uint64_t reference,
-                       int64_t at_ms, uint64_t version) {
+                       int64_t at_ms, uint64_t version, bool resync) {
   entry_t *e = entry_find(p, item, location);
   if (!e) {
     e = atp_malloc(sizeof *e + sku.len + loc.len);
@@ -412,8 +428,15 @@ static bool entry_mark(atp_shopify_push_t *p, uint64_t item, uint64_t location,
     if (++p->entries > p->bucket_count) grow_buckets(p);
     e->first_seq = seq;
     e->first_at_ms = at_ms;
+    e->resync = resync;
     fifo_append(p, e);
-  } else if (e->in_call && !e->again_seq) {
+  } else if (e->resync && !resync && !e->in_call) {
+    fifo_remove(p, e);
+    e->resync = false;
+    e->first_seq = seq;
+    e->first_at_ms = at_ms;
+    fifo_append(p, e);
+  } else if (e->in_call && !e->again_seq && !resync) {
     e->again_seq = seq;
     e->again_at_ms = at_ms;
   }
@@ -438,7 +461,7 @@ static int on_event(void *ctx, const atp_feed_event_t *ev) {
       !atp_shopify_location_of(p->shopify, pos->location, &location))
     return 0; /* not mapped: not Shopify's */
   if (!entry_mark(p, item, location, pos->sku, pos->location, ev->sequence,
-                  ev->sequence, c->at_ms, pos->version)) {
+                  ev->sequence, c->at_ms, pos->version, false)) {
     /* The read stops here; this event is read again next time. */
     p->read_redo = true;
     p->redo_cursor = ev->sequence - 1;
@@ -496,8 +519,14 @@ static void read_feed(atp_shopify_push_t *p) {
 
 /* The cursor below which everything is in Shopify. */
 static uint64_t safe_cursor(const atp_shopify_push_t *p) {
-  if (p->head) return p->head->first_seq ? p->head->first_seq - 1 : 0;
-  return p->read_cursor;
+  uint64_t cursor = p->read_cursor;
+  const entry_t *heads[2] = {p->head, p->rhead};
+  for (int i = 0; i < 2; i++) {
+    if (!heads[i]) continue;
+    uint64_t below = heads[i]->first_seq ? heads[i]->first_seq - 1 : 0;
+    if (below < cursor) cursor = below;
+  }
+  return cursor;
 }
 
 static void write_cursor(atp_shopify_push_t *p, bool force) {
@@ -505,7 +534,7 @@ static void write_cursor(atp_shopify_push_t *p, bool force) {
   if (!p->progress || (!force && now - p->cursor_written_ms < CURSOR_WRITE_MS)) return;
   uint64_t cursor = safe_cursor(p);
   p->progress = false;
-  if (cursor == p->written_cursor || (!p->has_cursor && !p->head)) return;
+  if (cursor == p->written_cursor || (!p->has_cursor && !p->head && !p->rhead)) return;
   unsigned char buf[8];
   atp_buf_t b = {.data = (char *)buf, .cap = sizeof buf};
   atp_payload_u64(&b, cursor);
@@ -891,8 +920,11 @@ static void sync_sku(atp_shopify_push_t *p, atp_str_t sku, uint64_t item) {
     const atp_position_t *pos = &p->sync_positions[i];
     uint64_t location = 0;
     if (!atp_shopify_location_of(p->shopify, pos->location, &location)) continue;
+    /* Version 0: only a value the durable feed has shown is pushed; the
+     * engine's version may be one a crash takes back, so the entry waits
+     * like any other (collect's DEFER_MS) unless the feed shows it. */
     if (!entry_mark(p, item, location, pos->sku, pos->location, p->read_cursor + 1,
-                    p->read_cursor, now, pos->version))
+                    p->read_cursor, now, 0, true))
       return;
     p->synced++;
   }
@@ -997,7 +1029,7 @@ static void collect(atp_shopify_push_t *p, int64_t now, uint64_t *reference) {
   atp_position_t pos[ATP_SHOPIFY_PUSH_BATCH_MAX];
   bool found[ATP_SHOPIFY_PUSH_BATCH_MAX];
   uint32_t examined = 0, reread_max = reread_size(p);
-  entry_t *e = p->head;
+  entry_t *e = p->head ? p->head : p->rhead; /* live changes first */
   p->quantity_count = 0;
   p->reread_count = 0;
   *reference = 0;
@@ -1005,7 +1037,10 @@ static void collect(atp_shopify_push_t *p, int64_t now, uint64_t *reference) {
          p->quantity_count < ATP_SHOPIFY_PUSH_BATCH_MAX &&
          p->reread_count < reread_max) {
     uint32_t n = 0;
-    for (; e && n < ATP_SHOPIFY_PUSH_BATCH_MAX - p->quantity_count; e = e->next) {
+    for (; e && n < ATP_SHOPIFY_PUSH_BATCH_MAX - p->quantity_count;
+         e = e->next     ? e->next
+             : e->resync ? NULL
+                         : p->rhead) {
       cand[n] = e;
       keys[n] = (atp_key_t){{e->text, e->sku_len}, {e->text + e->sku_len, e->loc_len}};
       n++;
@@ -1413,8 +1448,9 @@ static int walk_one(void *ctx, const atp_position_t *pos) {
   if (!atp_shopify_item_of_sku(p->shopify, pos->sku, &item, NULL) ||
       !atp_shopify_location_of(p->shopify, pos->location, &location))
     return 0;
+  /* Version 0, as in sync_sku: the engine's version is not the feed's. */
   if (!entry_mark(p, item, location, pos->sku, pos->location, p->read_cursor + 1,
-                  p->read_cursor, atp_wall_ms(), pos->version))
+                  p->read_cursor, atp_wall_ms(), 0, true))
     return 1;
   p->walked++;
   return 0;

@@ -154,9 +154,10 @@ def test_position_mapped_after_its_last_change_is_pushed(fake, tmp_path, binary)
         c = srv.client(validate=VALIDATE)
         wait_for(lambda: srv.stderr_text().count("mappings walk 1 done") > walks,
                  what="the walk at start")
-        time.sleep(0.3)
+        # The walk's entries wait (up to a second) for the durable feed to
+        # show their version, then settle.
+        wait_for(lambda: push_status(c)["pending"] == 0, timeout=5, what="the settle")
         assert len(pushes(fake)) == calls, pushes(fake)[calls:]
-        assert push_status(c)["pending"] == 0
     finally:
         stop(srv)
 
@@ -759,5 +760,34 @@ def test_user_error_index_out_of_range_names_no_quantity(fake, tmp_path):
                                                   "INVALID_QUANTITY"), count=1)
         c.adjust(sku, "L1", 5)
         wait_levels(fake, {(item, loc): 5}, timeout=15)
+    finally:
+        stop(srv)
+
+
+def test_live_change_goes_before_a_resync_walk(fake, tmp_path):
+    """Positions a mapping walk makes pending wait behind a live change (a
+    checkout), however many there are: the first call after the mapping is
+    the live change's push, not the walk's reads."""
+    item, loc = shop_id(), shop_id()
+    sku = uid("sku")
+    others = [(uid("sku"), shop_id()) for _ in range(100)]
+    fake.set_levels([(item, loc, 0)] + [(i, loc, 0) for _, i in others])
+    srv = start_atpd(fake, tmp_path, pps=100)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item)], [("L1", loc)])
+        c.adjust(sku, "L1", 50)
+        wait_levels(fake, {(item, loc): 50})
+        batch_adjust(c, [(s, "L1", 3) for s, _ in others])
+        time.sleep(0.3)
+        n = len(fake.log())
+        mapping(c, others, [])
+        c.adjust(sku, "L1", -1)
+        wait_levels(fake, {(item, loc): 49}, timeout=30)
+        later = [e for e in fake.log(n) if e.get("operation") in ("AtpdPush", "AtpdLevels")]
+        first = later[0]
+        assert first["operation"] == "AtpdPush", [e["operation"] for e in later]
+        assert [gid_num(q["inventoryItemId"]) for q in quantities(first)] == [item], first
+        wait_levels(fake, {(i, loc): 3 for _, i in others}, timeout=60)
     finally:
         stop(srv)
