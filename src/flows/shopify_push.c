@@ -502,7 +502,8 @@ static void read_feed(atp_shopify_push_t *p) {
       count = 0;
       rc = ATP_ENOMEM;
     }
-    if (next != p->read_cursor || count) {
+    bool moved = next != p->read_cursor;
+    if (moved || count) {
       p->read_cursor = next;
       p->has_cursor = true;
     }
@@ -510,10 +511,14 @@ static void read_feed(atp_shopify_push_t *p) {
       set_error(p, true, "reading the change feed: %s", atp_strerror(rc));
       return;
     }
-    if (count < FEED_PAGE) {
+    /* Fewer events than a page is not the end of what is durable: the read
+     * also stops at its scan cap (ATP_FEED_SCAN_MAX records). Only a cursor
+     * at the durable LSN says that all of it was read. */
+    if (next / ATP_FEED_INDEX_SPAN >= durable) {
       p->read_durable = durable;
       return;
     }
+    if (count < FEED_PAGE && !moved) return; /* nothing more to read now */
   }
 }
 
