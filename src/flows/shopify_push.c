@@ -485,11 +485,17 @@ static void read_feed(atp_shopify_push_t *p) {
     int rc = atp_feed_read(p->feed, p->read_cursor, p->has_cursor, &filter, FEED_PAGE,
                            on_event, p, &next, &count);
     if (rc == ATP_EEXPIRED) {
+      /* Changes between the cursor and the oldest retained event are gone
+       * from the feed: a resync walk (the generation made to differ) makes
+       * every mapped position pending again, so none of them is missed. */
       atp_log("warn",
               "shopify push: the cursor %" PRIu64
-              " is older than the retained feed; going on from the oldest",
+              " is older than the retained feed; going on from the oldest and"
+              " walking every mapped position again",
               p->read_cursor);
+      set_error(p, true, "the push cursor was older than the retained feed; resyncing");
       p->has_cursor = false;
+      p->walk_generation = atp_shopify_mappings_generation(p->shopify) - 1;
       continue;
     }
     if (rc != 0) {
