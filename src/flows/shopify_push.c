@@ -1663,9 +1663,12 @@ int atp_shopify_push_start(atp_shopify_push_t *p, atp_feed_t *feed,
   p->rng = (uint64_t)atp_wall_ms() * 0x9e3779b97f4a7c15ull | 1;
   p->share_at_ms = atp_mono_ms();
   p->share_tokens = c->points_per_second;
-  p->stats.enabled = true;
   if (c->fetch_mappings) p->fetch = FETCH_LOCATIONS;
+  /* /metrics may read the figures from now on (atp_shopify_push_stats). */
+  pthread_mutex_lock(&p->stats_lock);
+  p->stats.enabled = true;
   p->stats.cursor = p->written_cursor;
+  pthread_mutex_unlock(&p->stats_lock);
   if (uv_loop_init(&p->loop) != 0) return ATP_EUNAVAILABLE;
   int rc = atp_http_client_create(&p->loop, NULL, &p->http);
   if (rc != 0) {
