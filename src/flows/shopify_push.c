@@ -30,7 +30,10 @@
  *             errors: exponential backoff with jitter. userErrors
  *             CHANGE_FROM_QUANTITY_STALE: the named quantities are re-read and
  *             the call built again; another userError drops its quantity
- *             (counted in errors, named in last_error).
+ *             (counted in errors, named in last_error), or, naming none,
+ *             fails the call (backoff; dropped after REFUSED_MAX in a row).
+ *   resync    the walk's and the fetch's entries wait in a queue of their
+ *             own that a call takes from only after the FIFO.
  *
  * Durability (proto/journal.md, kinds 56..58). The durable cursor is the
  * sequence below the FIFO's head (or the read cursor when nothing is
