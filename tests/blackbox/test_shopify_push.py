@@ -791,3 +791,40 @@ def test_live_change_goes_before_a_resync_walk(fake, tmp_path):
         wait_levels(fake, {(i, loc): 3 for _, i in others}, timeout=60)
     finally:
         stop(srv)
+
+
+def test_durable_cursor_stays_below_a_change_made_during_a_call(fake, tmp_path):
+    """A position that changes while its call is in flight is pending again
+    for that change; entries made pending after it (during the same call)
+    must not lift the durable cursor past it."""
+    item, item2, loc = shop_id(), shop_id(), shop_id()
+    sku, sku2 = uid("sku"), uid("sku")
+    fake.set_levels([(item, loc, 0), (item2, loc, 0)])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item), (sku2, item2)], [("L1", loc)])
+        c.adjust(sku, "L1", 1)
+        c.adjust(sku2, "L1", 1)
+        wait_levels(fake, {(item, loc): 1, (item2, loc): 1})
+        ok = {"data": {"inventorySetQuantities": {"inventoryAdjustmentGroup": None,
+                                                  "userErrors": []}}}
+        fake.canned("AtpdPush", ok, count=1)  # the slow call "succeeds"
+        fake.canned("AtpdPush", {"errors": "Service Unavailable"}, status=503, count=-1)
+        fake.faults(slow_ms=1500, slow_count=1)
+        n = len(fake.log())
+        c.adjust(sku, "L1", 1)  # the slow call carries this
+        time.sleep(0.5)
+        c.adjust(sku, "L1", 1)  # during the call: the entry is pending again
+        c.adjust(sku2, "L1", 1)  # made pending during the call, after it
+        events = c.get("/v1/changes", params={"limit": 1000}).data["events"]
+        mine = [e["sequence"] for e in events if e["type"] == "atpd.position.changed"
+                and e["data"].get("position", {}).get("sku") == sku]
+        again = mine[-1]
+        wait_for(lambda: any(e["outcome"] == "canned" for e in fake.log(n)), what="the call")
+        time.sleep(1.0)  # 503s back off; the cursor is written every 100 ms
+        st = push_status(c)
+        assert st["pending"] == 2, st
+        assert int(st["cursor"]) < int(again), (st["cursor"], again)
+    finally:
+        stop(srv)
