@@ -30,7 +30,10 @@
  *             errors: exponential backoff with jitter. userErrors
  *             CHANGE_FROM_QUANTITY_STALE: the named quantities are re-read and
  *             the call built again; another userError drops its quantity
- *             (counted in errors, named in last_error).
+ *             (counted in errors, named in last_error), or, naming none,
+ *             fails the call (backoff; dropped after REFUSED_MAX in a row).
+ *   resync    the walk's and the fetch's entries wait in a queue of their
+ *             own that a call takes from only after the FIFO.
  *
  * Durability (proto/journal.md, kinds 56..58). The durable cursor is the
  * sequence below the FIFO's head (or the read cursor when nothing is
@@ -79,11 +82,18 @@
 #define KEY_BYTES          37 /* "atpd-" + 32 hex digits */
 #define SAVED_ATTEMPTS_MAX 5
 #define DEFER_MS           1000
+#define FETCH_PAGES_MAX    100000u /* pages of one phase of the mapping fetch */
 /* Estimated costs before Shopify reported any (Shopify charges a mutation
  * 10 points; a level read is a few). */
 #define COST_MUTATION_DEFAULT 10.0
 #define COST_REREAD_DEFAULT   4.0
 #define COST_FETCH_DEFAULT    502.0 /* a connection of 250 nodes with an object each */
+/* A requested cost above this is not believed (Shopify's single query
+ * maximum is 1000 points). */
+#define COST_MAX 1e6
+/* Shopify's bucket fills from empty in 20 s on a standard plan (1000 points
+ * at 50 a second); a bucket said to take longer than this is not believed. */
+#define BUCKET_FILL_MS_MAX 60000.0
 
 static const char PUSH_DOC[] =
     "mutation AtpdPush($input: InventorySetQuantitiesInput!, $key: String!) {"
@@ -101,6 +111,7 @@ struct entry {
   bool in_call;              /* in the call in flight */
   bool need_read;            /* Shopify's figure must be read before a push */
   bool no_level;             /* read: Shopify holds no level there yet */
+  bool resync;               /* in the resync queue (walk, sync), not the FIFO */
   uint64_t version_seen;     /* the newest position version the feed showed */
   int64_t deferred_ms;       /* 0, or since when (mono) the engine is ahead */
   entry_t *hash_next;        /* bucket chain */
@@ -172,6 +183,10 @@ struct atp_shopify_push {
   uint32_t bucket_count; /* a power of two */
   uint32_t entries;
   entry_t *head, *tail;
+  /* The resync queue: entries made pending by the walk or the fetch's sync
+   * (first_seq rises along it too). A call takes them only after the
+   * FIFO's, so a resync of many positions does not delay live changes. */
+  entry_t *rhead, *rtail;
 
   /* the call in flight */
   call_kind_t call;
@@ -181,7 +196,11 @@ struct atp_shopify_push {
   uint32_t reread_count;
   char call_key[KEY_BYTES + 1];
   uint32_t key_salt; /* see build_push_body */
-  bool call_saved;   /* a saved call sent again: settle it whatever comes */
+  /* The same call refused by a userError that names no quantity: its key
+   * and how many times in a row (see push_refused). */
+  char refused_key[KEY_BYTES + 1];
+  uint32_t refused_count;
+  bool call_saved; /* a saved call sent again: settle it whatever comes */
   double call_cost;
   atp_buf_t body;
   atp_arena_t arena;
@@ -189,6 +208,7 @@ struct atp_shopify_push {
   /* the mapping fetch (push.fetch_mappings): loop thread */
   fetch_t fetch;
   char fetch_after[512]; /* the page cursor; "" for the first page */
+  uint32_t fetch_pages;  /* pages of this phase so far */
   uint64_t fetched_items, fetched_locations;
   uint64_t synced;                /* positions made pending by the fetch */
   atp_position_t *sync_positions; /* ATP_SKU_LOCATIONS_MAX, once needed */
@@ -314,39 +334,67 @@ static void grow_buckets(atp_shopify_push_t *p) {
   p->bucket_count = n;
 }
 
+/* e goes at the tail of its list: the resync queue or the FIFO. */
 static void fifo_append(atp_shopify_push_t *p, entry_t *e) {
+  entry_t **head = e->resync ? &p->rhead : &p->head;
+  entry_t **tail = e->resync ? &p->rtail : &p->tail;
   e->next = NULL;
-  e->prev = p->tail;
-  if (p->tail)
-    p->tail->next = e;
+  e->prev = *tail;
+  if (*tail)
+    (*tail)->next = e;
   else
-    p->head = e;
-  p->tail = e;
+    *head = e;
+  *tail = e;
 }
 
 static void fifo_remove(atp_shopify_push_t *p, entry_t *e) {
+  entry_t **head = e->resync ? &p->rhead : &p->head;
+  entry_t **tail = e->resync ? &p->rtail : &p->tail;
   if (e->prev)
     e->prev->next = e->next;
   else
-    p->head = e->next;
+    *head = e->next;
   if (e->next)
     e->next->prev = e->prev;
   else
-    p->tail = e->prev;
+    *tail = e->prev;
   e->prev = e->next = NULL;
 }
 
+/* Puts e in the FIFO where its first_seq belongs: the FIFO stays ordered by
+ * first_seq, which safe_cursor relies on. Searched back from the tail, as
+ * the change that re-pends an entry came during its call, so recently. */
+static void fifo_insert_ordered(atp_shopify_push_t *p, entry_t *e) {
+  ATP_ASSERT(!e->resync);
+  entry_t *after = p->tail;
+  while (after && after->first_seq > e->first_seq) after = after->prev;
+  if (after == p->tail) {
+    fifo_append(p, e);
+    return;
+  }
+  e->prev = after;
+  e->next = after ? after->next : p->head;
+  e->next->prev = e;
+  if (after)
+    after->next = e;
+  else
+    p->head = e;
+}
+
 /* The entry is pushed (or found in Shopify): gone, unless a change came
- * during its call, which makes it pending again at the FIFO's tail. */
+ * during its call, which makes it pending again in the FIFO at that
+ * change's place (entries made pending after it stay behind it: the durable
+ * cursor must not pass it). */
 static void entry_settle(atp_shopify_push_t *p, entry_t *e) {
   ATP_ASSERT(!e->in_call);
   p->progress = true;
   fifo_remove(p, e);
-  if (e->again_seq) {
+  if (e->again_seq) { /* a live change: the FIFO, whichever list it was in */
+    e->resync = false;
     e->first_seq = e->again_seq;
     e->first_at_ms = e->again_at_ms;
     e->again_seq = 0;
-    fifo_append(p, e);
+    fifo_insert_ordered(p, e);
     return;
   }
   entry_t **pp = &p->buckets[entry_hash(e->item, e->location) & (p->bucket_count - 1)];
@@ -358,10 +406,14 @@ static void entry_settle(atp_shopify_push_t *p, entry_t *e) {
 
 /* Marks (item, location) pending for a change at seq (the cursor's view:
  * the entry keeps the cursor below it) naming reference, at_ms and version;
- * creates the entry. false when out of memory. */
+ * creates the entry, in the resync queue when resync (the walk, the sync).
+ * A live change of an entry waiting in the resync queue moves it to the
+ * FIFO's tail with that change's seq: the resync's part of it needs no
+ * cursor, as a restart walks the positions again. false when out of
+ * memory. */
 static bool entry_mark(atp_shopify_push_t *p, uint64_t item, uint64_t location,
                        atp_str_t sku, atp_str_t loc, uint64_t seq, uint64_t reference,
-                       int64_t at_ms, uint64_t version) {
+                       int64_t at_ms, uint64_t version, bool resync) {
   entry_t *e = entry_find(p, item, location);
   if (!e) {
     e = atp_malloc(sizeof *e + sku.len + loc.len);
@@ -379,8 +431,15 @@ static bool entry_mark(atp_shopify_push_t *p, uint64_t item, uint64_t location,
     if (++p->entries > p->bucket_count) grow_buckets(p);
     e->first_seq = seq;
     e->first_at_ms = at_ms;
+    e->resync = resync;
     fifo_append(p, e);
-  } else if (e->in_call && !e->again_seq) {
+  } else if (e->resync && !resync && !e->in_call) {
+    fifo_remove(p, e);
+    e->resync = false;
+    e->first_seq = seq;
+    e->first_at_ms = at_ms;
+    fifo_append(p, e);
+  } else if (e->in_call && !e->again_seq && !resync) {
     e->again_seq = seq;
     e->again_at_ms = at_ms;
   }
@@ -405,7 +464,7 @@ static int on_event(void *ctx, const atp_feed_event_t *ev) {
       !atp_shopify_location_of(p->shopify, pos->location, &location))
     return 0; /* not mapped: not Shopify's */
   if (!entry_mark(p, item, location, pos->sku, pos->location, ev->sequence,
-                  ev->sequence, c->at_ms, pos->version)) {
+                  ev->sequence, c->at_ms, pos->version, false)) {
     /* The read stops here; this event is read again next time. */
     p->read_redo = true;
     p->redo_cursor = ev->sequence - 1;
@@ -429,11 +488,17 @@ static void read_feed(atp_shopify_push_t *p) {
     int rc = atp_feed_read(p->feed, p->read_cursor, p->has_cursor, &filter, FEED_PAGE,
                            on_event, p, &next, &count);
     if (rc == ATP_EEXPIRED) {
+      /* Changes between the cursor and the oldest retained event are gone
+       * from the feed: a resync walk (the generation made to differ) makes
+       * every mapped position pending again, so none of them is missed. */
       atp_log("warn",
               "shopify push: the cursor %" PRIu64
-              " is older than the retained feed; going on from the oldest",
+              " is older than the retained feed; going on from the oldest and"
+              " walking every mapped position again",
               p->read_cursor);
+      set_error(p, true, "the push cursor was older than the retained feed; resyncing");
       p->has_cursor = false;
+      p->walk_generation = atp_shopify_mappings_generation(p->shopify) - 1;
       continue;
     }
     if (rc != 0) {
@@ -446,7 +511,8 @@ static void read_feed(atp_shopify_push_t *p) {
       count = 0;
       rc = ATP_ENOMEM;
     }
-    if (next != p->read_cursor || count) {
+    bool moved = next != p->read_cursor;
+    if (moved || count) {
       p->read_cursor = next;
       p->has_cursor = true;
     }
@@ -454,17 +520,27 @@ static void read_feed(atp_shopify_push_t *p) {
       set_error(p, true, "reading the change feed: %s", atp_strerror(rc));
       return;
     }
-    if (count < FEED_PAGE) {
+    /* Fewer events than a page is not the end of what is durable: the read
+     * also stops at its scan cap (ATP_FEED_SCAN_MAX records). Only a cursor
+     * at the durable LSN says that all of it was read. */
+    if (next / ATP_FEED_INDEX_SPAN >= durable) {
       p->read_durable = durable;
       return;
     }
+    if (count < FEED_PAGE && !moved) return; /* nothing more to read now */
   }
 }
 
 /* The cursor below which everything is in Shopify. */
 static uint64_t safe_cursor(const atp_shopify_push_t *p) {
-  if (p->head) return p->head->first_seq ? p->head->first_seq - 1 : 0;
-  return p->read_cursor;
+  uint64_t cursor = p->read_cursor;
+  const entry_t *heads[2] = {p->head, p->rhead};
+  for (int i = 0; i < 2; i++) {
+    if (!heads[i]) continue;
+    uint64_t below = heads[i]->first_seq ? heads[i]->first_seq - 1 : 0;
+    if (below < cursor) cursor = below;
+  }
+  return cursor;
 }
 
 static void write_cursor(atp_shopify_push_t *p, bool force) {
@@ -472,7 +548,7 @@ static void write_cursor(atp_shopify_push_t *p, bool force) {
   if (!p->progress || (!force && now - p->cursor_written_ms < CURSOR_WRITE_MS)) return;
   uint64_t cursor = safe_cursor(p);
   p->progress = false;
-  if (cursor == p->written_cursor || (!p->has_cursor && !p->head)) return;
+  if (cursor == p->written_cursor || (!p->has_cursor && !p->head && !p->rhead)) return;
   unsigned char buf[8];
   atp_buf_t b = {.data = (char *)buf, .cap = sizeof buf};
   atp_payload_u64(&b, cursor);
@@ -488,6 +564,19 @@ static void write_cursor(atp_shopify_push_t *p, bool force) {
 }
 
 /* --- pacing ------------------------------------------------------------------ */
+
+/* The longest wait pacing may ask for: the time Shopify's bucket takes to
+ * fill from empty, and at least BACKOFF_MS_MAX. The figures come from the
+ * answers, so a wild one must not park the push for years (or overflow the
+ * cast to int64). */
+static double wait_cap_ms(const atp_shopify_push_t *p) {
+  double cap = BACKOFF_MS_MAX;
+  if (p->bucket_known && p->restore_rate > 0) {
+    double fill = p->bucket_max / p->restore_rate * 1000;
+    if (fill > cap) cap = fill;
+  }
+  return cap < BUCKET_FILL_MS_MAX ? cap : BUCKET_FILL_MS_MAX;
+}
 
 /* ms until both buckets hold cost; 0: now. */
 static int64_t pace_wait_ms(atp_shopify_push_t *p, double cost, int64_t now) {
@@ -510,6 +599,8 @@ static int64_t pace_wait_ms(atp_shopify_push_t *p, double cost, int64_t now) {
       if (w > wait) wait = w;
     }
   }
+  double cap = wait_cap_ms(p);
+  if (wait > cap) wait = cap;
   return wait > 0 ? (int64_t)wait + 1 : 0;
 }
 
@@ -532,7 +623,7 @@ static void read_cost(atp_shopify_push_t *p, const atp_val_t *root, call_kind_t 
   double requested = num(atp_val_get(cost, "requestedQueryCost"), -1);
   double actual = num(atp_val_get(cost, "actualQueryCost"), -1);
   const atp_val_t *ts = atp_val_get(cost, "throttleStatus");
-  if (requested > 0 && units) { /* the next call's estimate */
+  if (requested > 0 && requested <= COST_MAX && units) { /* the next call's estimate */
     if (kind == CALL_FETCH) {
       p->cost_fetch = requested;
     } else if (kind == CALL_PUSH) {
@@ -544,12 +635,20 @@ static void read_cost(atp_shopify_push_t *p, const atp_val_t *root, call_kind_t 
     }
   }
   if (ts && ts->type == ATP_VAL_OBJECT) {
-    p->bucket_max = num(atp_val_get(ts, "maximumAvailable"), p->bucket_max);
-    p->bucket_available =
-        num(atp_val_get(ts, "currentlyAvailable"), p->bucket_available);
-    p->restore_rate = num(atp_val_get(ts, "restoreRate"), p->restore_rate);
-    p->bucket_at_ms = atp_mono_ms();
-    p->bucket_known = p->bucket_max > 0;
+    double max = num(atp_val_get(ts, "maximumAvailable"), -1);
+    double avail = num(atp_val_get(ts, "currentlyAvailable"), -1);
+    double rate = num(atp_val_get(ts, "restoreRate"), -1);
+    /* Figures out of range (a negative bucket, a rate of nothing, more
+     * available than the maximum) are not believed: the last good ones stay
+     * and the throttles, if any, teach the rest. */
+    if (max > 0 && max <= COST_MAX && avail >= 0 && avail <= max && rate > 0 &&
+        max / rate * 1000 <= BUCKET_FILL_MS_MAX) {
+      p->bucket_max = max;
+      p->bucket_available = avail;
+      p->restore_rate = rate;
+      p->bucket_at_ms = atp_mono_ms();
+      p->bucket_known = true;
+    }
   }
   pthread_mutex_lock(&p->stats_lock);
   if (actual > 0) p->stats.points_spent += (uint64_t)(actual + 0.5);
@@ -586,6 +685,7 @@ static void throttled(atp_shopify_push_t *p) {
   int64_t wait = BACKOFF_MS_MIN;
   if (p->bucket_known && p->restore_rate > 0) {
     double w = (p->call_cost - p->bucket_available) / p->restore_rate * 1000;
+    if (w > BACKOFF_MS_MAX) w = BACKOFF_MS_MAX; /* before the cast: w may be huge */
     if (w > wait) wait = (int64_t)w;
   }
   if (wait > BACKOFF_MS_MAX) wait = BACKOFF_MS_MAX;
@@ -834,8 +934,11 @@ static void sync_sku(atp_shopify_push_t *p, atp_str_t sku, uint64_t item) {
     const atp_position_t *pos = &p->sync_positions[i];
     uint64_t location = 0;
     if (!atp_shopify_location_of(p->shopify, pos->location, &location)) continue;
+    /* Version 0: only a value the durable feed has shown is pushed; the
+     * engine's version may be one a crash takes back, so the entry waits
+     * like any other (collect's DEFER_MS) unless the feed shows it. */
     if (!entry_mark(p, item, location, pos->sku, pos->location, p->read_cursor + 1,
-                    p->read_cursor, now, pos->version))
+                    p->read_cursor, now, 0, true))
       return;
     p->synced++;
   }
@@ -893,10 +996,21 @@ static void on_fetch_answer(atp_shopify_push_t *p, const atp_val_t *root) {
   const atp_val_t *end = atp_val_get(info, "endCursor");
   if (next && next->type == ATP_VAL_BOOL && next->u.b && end &&
       end->type == ATP_VAL_STR && end->len < sizeof p->fetch_after) {
-    memcpy(p->fetch_after, end->u.s, end->len + 1);
-    return;
+    /* A cursor that repeats (or pages without end) would fetch for ever,
+     * and nothing is pushed during the fetch: the phase ends there. */
+    bool repeated = strlen(p->fetch_after) == end->len &&
+                    memcmp(p->fetch_after, end->u.s, end->len) == 0;
+    if (repeated || ++p->fetch_pages >= FETCH_PAGES_MAX) {
+      set_error(p, true, "the mapping fetch of %s stopped: %s",
+                locations ? "locations" : "productVariants",
+                repeated ? "Shopify repeated the page cursor" : "too many pages");
+    } else {
+      memcpy(p->fetch_after, end->u.s, end->len + 1);
+      return;
+    }
   }
   p->fetch_after[0] = 0;
+  p->fetch_pages = 0;
   if (locations) {
     p->fetch = FETCH_VARIANTS;
     return;
@@ -929,7 +1043,7 @@ static void collect(atp_shopify_push_t *p, int64_t now, uint64_t *reference) {
   atp_position_t pos[ATP_SHOPIFY_PUSH_BATCH_MAX];
   bool found[ATP_SHOPIFY_PUSH_BATCH_MAX];
   uint32_t examined = 0, reread_max = reread_size(p);
-  entry_t *e = p->head;
+  entry_t *e = p->head ? p->head : p->rhead; /* live changes first */
   p->quantity_count = 0;
   p->reread_count = 0;
   *reference = 0;
@@ -937,7 +1051,10 @@ static void collect(atp_shopify_push_t *p, int64_t now, uint64_t *reference) {
          p->quantity_count < ATP_SHOPIFY_PUSH_BATCH_MAX &&
          p->reread_count < reread_max) {
     uint32_t n = 0;
-    for (; e && n < ATP_SHOPIFY_PUSH_BATCH_MAX - p->quantity_count; e = e->next) {
+    for (; e && n < ATP_SHOPIFY_PUSH_BATCH_MAX - p->quantity_count;
+         e = e->next     ? e->next
+             : e->resync ? NULL
+                         : p->rhead) {
       cand[n] = e;
       keys[n] = (atp_key_t){{e->text, e->sku_len}, {e->text + e->sku_len, e->loc_len}};
       n++;
@@ -1033,17 +1150,17 @@ static void pump(atp_shopify_push_t *p) {
 
 /* The quantity index a userError's field names (["input", "quantities", "3",
  * ...]); -1 when it names none. */
-static int error_index(const atp_val_t *ue) {
+static int64_t error_index(const atp_val_t *ue) {
   const atp_val_t *field = atp_val_get(ue, "field");
   if (!field || field->type != ATP_VAL_ARRAY) return -1;
   for (uint32_t i = 0; i + 1 < field->len; i++) {
     if (!str_is(&field->u.items[i], "quantities")) continue;
     const atp_val_t *ix = &field->u.items[i + 1];
-    if (ix->type == ATP_VAL_INT) return (int)ix->u.i;
+    if (ix->type == ATP_VAL_INT) return ix->u.i >= 0 ? ix->u.i : -1; /* range: caller */
     if (ix->type == ATP_VAL_STR && ix->len && ix->len < 6) {
       char *end;
       long v = strtol(ix->u.s, &end, 10);
-      if (*end == 0 && v >= 0) return (int)v;
+      if (*end == 0 && v >= 0) return v;
     }
   }
   return -1;
@@ -1057,6 +1174,56 @@ static void release_entries(atp_shopify_push_t *p, bool pushed) {
     e->in_call = false;
     if (pushed) entry_settle(p, e);
   }
+}
+
+/* How many identical refusals of a call, by a userError that names no
+ * quantity, before its entries are dropped so that the rest moves on. */
+#define REFUSED_MAX 3
+
+/* A userError that names no quantity (and is not one atpd acts on): the
+ * call as a whole failed. It is sent again after a backoff, in case the
+ * cause is passing; after REFUSED_MAX identical answers its entries are
+ * dropped (counted, named in last_error; a later change tries again). */
+static void push_refused(atp_shopify_push_t *p, const char *code, const char *msg) {
+  if (p->refused_count && strcmp(p->refused_key, p->call_key) == 0) {
+    p->refused_count++;
+  } else {
+    memcpy(p->refused_key, p->call_key, sizeof p->refused_key);
+    p->refused_count = 1;
+  }
+  if (p->refused_count < REFUSED_MAX) {
+    set_error(p, true, "inventorySetQuantities: %s: %.200s", code, msg);
+    release_entries(p, false);
+    back_off(p);
+    return;
+  }
+  set_error(p, true,
+            "inventorySetQuantities: %s (%u times): %.200s; %u positions dropped", code,
+            p->refused_count, msg, p->quantity_count);
+  p->refused_count = 0;
+  for (uint32_t i = 0; i < p->quantity_count; i++) {
+    entry_t *e = p->quantities[i].entry;
+    if (!e) continue;
+    e->in_call = false;
+    e->again_seq = 0;
+    p->quantities[i].entry = NULL;
+    entry_settle(p, e);
+  }
+  back_off(p);
+}
+
+static bool is_idempotency_code(const atp_val_t *code) {
+  return code && code->type == ATP_VAL_STR && code->len > 12 &&
+         memcmp(code->u.s, "IDEMPOTENCY_", 12) == 0;
+}
+
+/* Shopify refused the call's key (a previous attempt with it failed, or is
+ * still running): Shopify's figures are read again and the next call gets
+ * another key. */
+static void idempotency_refused(atp_shopify_push_t *p) {
+  p->key_salt++;
+  for (uint32_t j = 0; j < p->quantity_count; j++)
+    if (p->quantities[j].entry) p->quantities[j].entry->need_read = true;
 }
 
 static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
@@ -1073,11 +1240,12 @@ static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
     /* Nothing was applied. Stale quantities are re-read, others dropped;
      * the rest go again in the next call. */
     uint32_t stale = 0;
+    const char *refused_code = NULL, *refused_msg = NULL;
     for (uint32_t i = 0; i < ues->len; i++) {
       const atp_val_t *ue = &ues->u.items[i];
-      int ix = error_index(ue);
+      int64_t ix = error_index(ue);
       entry_t *e =
-          ix >= 0 && (uint32_t)ix < p->quantity_count ? p->quantities[ix].entry : NULL;
+          ix >= 0 && ix < (int64_t)p->quantity_count ? p->quantities[ix].entry : NULL;
       if (str_is(atp_val_get(ue, "code"), "CHANGE_FROM_QUANTITY_STALE")) {
         stale++;
         if (e)
@@ -1088,20 +1256,21 @@ static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
         continue;
       }
       const atp_val_t *code = atp_val_get(ue, "code");
-      if (str_is(code, "IDEMPOTENCY_PREVIOUS_ATTEMPT_FAILED") ||
-          str_is(code, "IDEMPOTENCY_KEY_PARAMETER_MISMATCH")) {
-        /* The key was used before for a call that failed (or, impossibly,
-         * another input): Shopify's figures are read again and the next
-         * call gets another key. */
-        p->key_salt++;
-        for (uint32_t j = 0; j < p->quantity_count; j++)
-          if (p->quantities[j].entry) p->quantities[j].entry->need_read = true;
+      if (is_idempotency_code(code)) {
+        idempotency_refused(p);
         continue;
       }
       const atp_val_t *msg = atp_val_get(ue, "message");
-      set_error(p, true, "inventorySetQuantities: %.200s",
-                msg && msg->type == ATP_VAL_STR ? msg->u.s : "a user error");
-      if (e) {
+      const char *text = msg && msg->type == ATP_VAL_STR ? msg->u.s : "a user error";
+      if (!e) { /* names no quantity of the call: the call failed */
+        if (!refused_code) {
+          refused_code = code && code->type == ATP_VAL_STR ? code->u.s : "a user error";
+          refused_msg = text;
+        }
+        continue;
+      }
+      set_error(p, true, "inventorySetQuantities: %.200s", text);
+      {
         e->in_call = false;
         e->again_seq = 0;
         p->quantities[ix].entry = NULL;
@@ -1111,6 +1280,10 @@ static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
     pthread_mutex_lock(&p->stats_lock);
     p->stats.stale_retries += stale;
     pthread_mutex_unlock(&p->stats_lock);
+    if (refused_code) {
+      push_refused(p, refused_code, refused_msg);
+      return;
+    }
     release_entries(p, false);
     return;
   }
@@ -1121,6 +1294,7 @@ static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
     if (q->entry) q->entry->no_level = false;
   }
   p->key_salt = 0;
+  p->refused_count = 0;
   pthread_mutex_lock(&p->stats_lock);
   p->stats.positions_pushed += p->quantity_count;
   pthread_mutex_unlock(&p->stats_lock);
@@ -1130,12 +1304,19 @@ static void on_push_answer(atp_shopify_push_t *p, const atp_val_t *root) {
 
 static void on_reread_answer(atp_shopify_push_t *p, const atp_val_t *root) {
   const atp_val_t *data = atp_val_get(root, "data");
+  bool incomplete = false;
   for (uint32_t i = 0; i < p->reread_count; i++) {
     entry_t *e = p->reread[i];
     e->in_call = false;
     char alias[16];
     int n = snprintf(alias, sizeof alias, "r%u", i);
-    const atp_val_t *node = atp_val_getn(data, alias, (size_t)n);
+    const atp_val_t *node = data && data->type == ATP_VAL_OBJECT
+                                ? atp_val_getn(data, alias, (size_t)n)
+                                : NULL;
+    if (!node) { /* no data, or not this alias: read again after a backoff */
+      incomplete = true;
+      continue;
+    }
     const atp_val_t *level = atp_val_get(node, "inventoryLevel");
     const atp_val_t *qs = atp_val_get(level, "quantities");
     bool got = false;
@@ -1159,14 +1340,24 @@ static void on_reread_answer(atp_shopify_push_t *p, const atp_val_t *root) {
         got = true;
       }
     }
+    if (!got && node->type != ATP_VAL_NULL) { /* a level without `available` */
+      incomplete = true;
+      continue;
+    }
     if (!got) {
-      /* An item Shopify does not know: nothing can be set. Dropped and
-       * named; a later change tries again. */
+      /* Only the alias present and null says that Shopify does not know
+       * the item: nothing can be set. Dropped and named; a later change
+       * tries again. */
       set_error(p, true, "Shopify does not know inventory item %" PRIu64 "; not pushed",
                 e->item);
       e->again_seq = 0;
       entry_settle(p, e);
     }
+  }
+  if (incomplete) {
+    set_error(p, true, "Shopify answered the level read without its figures");
+    back_off(p);
+    return;
   }
   p->backoff_ms = 0;
 }
@@ -1174,8 +1365,8 @@ static void on_reread_answer(atp_shopify_push_t *p, const atp_val_t *root) {
 /* Whether the answer carries data to act on; else the throttle, the error
  * and the wait before the next call are taken care of here. root: the
  * parsed body, NULL when it is not a JSON object. */
-static bool answered(atp_shopify_push_t *p, const atp_http_response_t *res,
-                     const atp_val_t *root) {
+static bool answered(atp_shopify_push_t *p, call_kind_t kind,
+                     const atp_http_response_t *res, const atp_val_t *root) {
   const atp_val_t *errors = root ? atp_val_get(root, "errors") : NULL;
   bool listed = errors && errors->type == ATP_VAL_ARRAY && errors->len;
   bool is_throttle = res->status == 429;
@@ -1193,6 +1384,12 @@ static bool answered(atp_shopify_push_t *p, const atp_http_response_t *res,
     set_error(p, true, "Shopify answered HTTP %d%s", res->status,
               root || res->status != 200 ? "" : " with a body that is not JSON");
   } else if (listed) {
+    for (uint32_t i = 0; kind == CALL_PUSH && i < errors->len; i++)
+      if (is_idempotency_code(
+              atp_val_get(atp_val_get(&errors->u.items[i], "extensions"), "code"))) {
+        idempotency_refused(p); /* once: the next call has another key */
+        break;
+      }
     const atp_val_t *msg = atp_val_get(&errors->u.items[0], "message");
     set_error(p, true, "Shopify: %.200s",
               msg && msg->type == ATP_VAL_STR ? msg->u.s : "a GraphQL error");
@@ -1226,7 +1423,7 @@ static void on_answer(void *ctx, const atp_http_response_t *res) {
               kind == CALL_PUSH     ? p->quantity_count
               : kind == CALL_REREAD ? p->reread_count
                                     : 1);
-  bool done = answered(p, res, parsed ? root : NULL);
+  bool done = answered(p, kind, res, parsed ? root : NULL);
   if (kind == CALL_FETCH) {
     if (done) on_fetch_answer(p, root);
   } else if (kind == CALL_REREAD) {
@@ -1265,8 +1462,9 @@ static int walk_one(void *ctx, const atp_position_t *pos) {
   if (!atp_shopify_item_of_sku(p->shopify, pos->sku, &item, NULL) ||
       !atp_shopify_location_of(p->shopify, pos->location, &location))
     return 0;
+  /* Version 0, as in sync_sku: the engine's version is not the feed's. */
   if (!entry_mark(p, item, location, pos->sku, pos->location, p->read_cursor + 1,
-                  p->read_cursor, atp_wall_ms(), pos->version))
+                  p->read_cursor, atp_wall_ms(), 0, true))
     return 1;
   p->walked++;
   return 0;
@@ -1468,9 +1666,12 @@ int atp_shopify_push_start(atp_shopify_push_t *p, atp_feed_t *feed,
   p->rng = (uint64_t)atp_wall_ms() * 0x9e3779b97f4a7c15ull | 1;
   p->share_at_ms = atp_mono_ms();
   p->share_tokens = c->points_per_second;
-  p->stats.enabled = true;
   if (c->fetch_mappings) p->fetch = FETCH_LOCATIONS;
+  /* /metrics may read the figures from now on (atp_shopify_push_stats). */
+  pthread_mutex_lock(&p->stats_lock);
+  p->stats.enabled = true;
   p->stats.cursor = p->written_cursor;
+  pthread_mutex_unlock(&p->stats_lock);
   if (uv_loop_init(&p->loop) != 0) return ATP_EUNAVAILABLE;
   int rc = atp_http_client_create(&p->loop, NULL, &p->http);
   if (rc != 0) {

@@ -159,6 +159,14 @@ class FakeShopify:
         (slow_count=N; without it until cleared), down=bool."""
         return self._call("POST", "/_fake/faults", kw)
 
+    def canned(self, operation=None, body=None, status=200, count=1):
+        """The next `count` calls of `operation` (-1: until reset) get `body`
+        with `status` as is; no operation clears them."""
+        if operation is None:
+            return self._call("POST", "/_fake/canned", {})
+        return self._call("POST", "/_fake/canned", {"operation": operation, "body": body,
+                                                     "status": status, "count": count})
+
     def config(self, **kw):
         """restore_rate=, bucket_max=, bucket_available=."""
         return self._call("POST", "/_fake/config", kw)

@@ -154,9 +154,10 @@ def test_position_mapped_after_its_last_change_is_pushed(fake, tmp_path, binary)
         c = srv.client(validate=VALIDATE)
         wait_for(lambda: srv.stderr_text().count("mappings walk 1 done") > walks,
                  what="the walk at start")
-        time.sleep(0.3)
+        # The walk's entries wait (up to a second) for the durable feed to
+        # show their version, then settle.
+        wait_for(lambda: push_status(c)["pending"] == 0, timeout=5, what="the settle")
         assert len(pushes(fake)) == calls, pushes(fake)[calls:]
-        assert push_status(c)["pending"] == 0
     finally:
         stop(srv)
 
@@ -606,5 +607,224 @@ def test_burst_of_100000_changes_at_1000_points_per_second(fake, tmp_path):
         st = wait_for(lambda: (lambda s: s if s["pending"] == 0 else None)(push_status(c)))
         assert st["positions_pushed"] >= len(want), st
         assert took < 60, took
+    finally:
+        stop(srv)
+
+
+# --- answers the fake gives only when asked (fake.canned) -----------------------------
+
+def user_error_answer(field, code, message="refused"):
+    return {"data": {"inventorySetQuantities": {
+        "inventoryAdjustmentGroup": None,
+        "userErrors": [{"field": field, "message": message, "code": code}]}}}
+
+
+def test_user_error_naming_no_quantity_backs_off_then_drops(fake, tmp_path):
+    """A userError on the call as a whole (not a quantity, not stale) is not
+    re-sent in a tight loop: it backs off, and after three identical answers
+    the call's positions are dropped (counted, named) so the rest moves on."""
+    item, loc, item2 = shop_id(), shop_id(), shop_id()
+    sku, sku2 = uid("sku"), uid("sku")
+    fake.set_levels([(item, loc, 0), (item2, loc, 0)])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item), (sku2, item2)], [("L1", loc)])
+        fake.canned("AtpdPush", user_error_answer(["input", "reason"], "INVALID_REASON"),
+                    count=-1)
+        c.adjust(sku, "L1", 3)
+        wait_for(lambda: "dropped" in push_status(c)["last_error"], timeout=20,
+                 what="the drop")
+        wait_for(lambda: push_status(c)["pending"] == 0, what="nothing pending")
+        time.sleep(0.5)
+        sent = [e for e in pushes(fake) if e["outcome"] == "canned"]
+        assert len(sent) == 3, len(sent)
+        gaps = [b["at_ms"] - a["at_ms"] for a, b in zip(sent, sent[1:])]
+        assert min(gaps) >= 100, gaps  # backed off, with jitter over 200 ms and up
+        st = push_status(c)
+        assert st["errors"] >= 3 and "INVALID_REASON" in st["last_error"], st
+        fake.canned()
+        c.adjust(sku2, "L1", 7)
+        wait_levels(fake, {(item2, loc): 7})
+        assert fake.level(item, loc) == 0  # dropped: no level change
+    finally:
+        stop(srv)
+
+
+def test_idempotency_error_at_top_level_changes_the_key(fake, tmp_path):
+    item, loc = shop_id(), shop_id()
+    sku = uid("sku")
+    fake.set_levels([(item, loc, 0)])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item)], [("L1", loc)])
+        fake.canned("AtpdPush", {"errors": [{
+            "message": "A request with this idempotency key is already being processed",
+            "extensions": {"code": "IDEMPOTENCY_CONCURRENT_REQUEST"}}]}, count=1)
+        c.adjust(sku, "L1", 5)
+        wait_levels(fake, {(item, loc): 5})
+        sent = pushes(fake)
+        assert [e["outcome"] for e in sent] == ["canned", "ok"], sent
+        assert sent[0]["variables"]["key"] != sent[1]["variables"]["key"], sent
+    finally:
+        stop(srv)
+
+
+@pytest.mark.parametrize("status", [
+    {"maximumAvailable": 2000, "currentlyAvailable": -1e12, "restoreRate": 100},
+    {"maximumAvailable": 2000, "currentlyAvailable": 0, "restoreRate": 1e-6},
+], ids=["available_-1e12", "rate_1e-6"])
+def test_wild_throttle_status_does_not_park_the_push(fake, tmp_path, status):
+    """throttleStatus figures out of range are not believed: the next change
+    goes out within seconds, not years."""
+    item, loc = shop_id(), shop_id()
+    sku = uid("sku")
+    fake.set_levels([(item, loc, 0)])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item)], [("L1", loc)])
+        fake.canned("AtpdPush", {
+            "data": {"inventorySetQuantities": {"inventoryAdjustmentGroup": None,
+                                                "userErrors": []}},
+            "extensions": {"cost": {"requestedQueryCost": 10, "actualQueryCost": 10,
+                                    "throttleStatus": status}}}, count=1)
+        c.adjust(sku, "L1", 2)
+        wait_for(lambda: any(e["outcome"] == "canned" for e in pushes(fake)),
+                 what="the canned answer")
+        c.adjust(sku, "L1", 3)
+        wait_levels(fake, {(item, loc): 5}, timeout=15)
+    finally:
+        stop(srv)
+
+
+@pytest.mark.parametrize("body", [{}, {"data": None}, {"data": {}}],
+                         ids=["empty", "data_null", "no_alias"])
+def test_level_read_without_data_is_read_again(fake, tmp_path, body):
+    """A 200 re-read that carries no figures is not "Shopify does not know
+    the item": it backs off and reads again, and the push goes out."""
+    item, loc = shop_id(), shop_id()
+    sku = uid("sku")
+    fake.set_levels([(item, loc, 1)])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item)], [("L1", loc)])
+        fake.canned("AtpdLevels", body, count=2)
+        c.adjust(sku, "L1", 6)
+        wait_levels(fake, {(item, loc): 6}, timeout=15)
+        reads = [e["outcome"] for e in fake.log() if e.get("operation") == "AtpdLevels"]
+        assert reads == ["canned", "canned", "ok"], reads
+        st = push_status(c)
+        assert "does not know" not in st["last_error"], st
+    finally:
+        stop(srv)
+
+
+def test_mapping_fetch_stops_on_a_repeated_page_cursor(fake, tmp_path):
+    """hasNextPage true with the same endCursor again ends the phase (named
+    in last_error) instead of fetching the same page for ever."""
+    v = {"variant_id": shop_id(), "sku": uid("sku"), "inventory_item_id": shop_id()}
+    store = {"id": shop_id(), "name": "Store-%s" % uid("s")}
+    fake.catalog(variants=[v], locations=[])
+    fake.set_levels([(v["inventory_item_id"], store["id"], 0)])
+    fake.canned("AtpdLocations", {"data": {"locations": {
+        "nodes": [{"id": "gid://shopify/Location/%d" % store["id"], "name": store["name"]}],
+        "pageInfo": {"hasNextPage": True, "endCursor": "same"}}}}, count=-1)
+    srv = start_atpd(fake, tmp_path, fetch=True)
+    try:
+        c = srv.client(validate=VALIDATE)
+        wait_for(lambda: c.get("/v1/shopify/mappings", params={"sku": v["sku"]}).status == 200,
+                 what="the fetched mapping")
+        ops = [e.get("operation") for e in fake.log()]
+        assert ops.count("AtpdLocations") == 2, ops  # the first page, then the repeat
+        assert "cursor" in push_status(c)["last_error"]
+        c.adjust(v["sku"], store["name"], 4)
+        wait_levels(fake, {(v["inventory_item_id"], store["id"]): 4})
+    finally:
+        stop(srv)
+
+
+def test_user_error_index_out_of_range_names_no_quantity(fake, tmp_path):
+    """A userError naming quantity 2^32 names none of the call's (it used to
+    wrap to 0 and drop the first quantity): the call backs off and goes again."""
+    item, loc = shop_id(), shop_id()
+    sku = uid("sku")
+    fake.set_levels([(item, loc, 0)])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item)], [("L1", loc)])
+        fake.canned("AtpdPush", user_error_answer(["input", "quantities", 2 ** 32, "quantity"],
+                                                  "INVALID_QUANTITY"), count=1)
+        c.adjust(sku, "L1", 5)
+        wait_levels(fake, {(item, loc): 5}, timeout=15)
+    finally:
+        stop(srv)
+
+
+def test_live_change_goes_before_a_resync_walk(fake, tmp_path):
+    """Positions a mapping walk makes pending wait behind a live change (a
+    checkout), however many there are: the first call after the mapping is
+    the live change's push, not the walk's reads."""
+    item, loc = shop_id(), shop_id()
+    sku = uid("sku")
+    others = [(uid("sku"), shop_id()) for _ in range(100)]
+    fake.set_levels([(item, loc, 0)] + [(i, loc, 0) for _, i in others])
+    srv = start_atpd(fake, tmp_path, pps=100)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item)], [("L1", loc)])
+        c.adjust(sku, "L1", 50)
+        wait_levels(fake, {(item, loc): 50})
+        batch_adjust(c, [(s, "L1", 3) for s, _ in others])
+        time.sleep(0.3)
+        n = len(fake.log())
+        mapping(c, others, [])
+        c.adjust(sku, "L1", -1)
+        wait_levels(fake, {(item, loc): 49}, timeout=30)
+        later = [e for e in fake.log(n) if e.get("operation") in ("AtpdPush", "AtpdLevels")]
+        first = later[0]
+        assert first["operation"] == "AtpdPush", [e["operation"] for e in later]
+        assert [gid_num(q["inventoryItemId"]) for q in quantities(first)] == [item], first
+        wait_levels(fake, {(i, loc): 3 for _, i in others}, timeout=60)
+    finally:
+        stop(srv)
+
+
+def test_durable_cursor_stays_below_a_change_made_during_a_call(fake, tmp_path):
+    """A position that changes while its call is in flight is pending again
+    for that change; entries made pending after it (during the same call)
+    must not lift the durable cursor past it."""
+    item, item2, loc = shop_id(), shop_id(), shop_id()
+    sku, sku2 = uid("sku"), uid("sku")
+    fake.set_levels([(item, loc, 0), (item2, loc, 0)])
+    srv = start_atpd(fake, tmp_path)
+    try:
+        c = srv.client(validate=VALIDATE)
+        mapping(c, [(sku, item), (sku2, item2)], [("L1", loc)])
+        c.adjust(sku, "L1", 1)
+        c.adjust(sku2, "L1", 1)
+        wait_levels(fake, {(item, loc): 1, (item2, loc): 1})
+        ok = {"data": {"inventorySetQuantities": {"inventoryAdjustmentGroup": None,
+                                                  "userErrors": []}}}
+        fake.canned("AtpdPush", ok, count=1)  # the slow call "succeeds"
+        fake.canned("AtpdPush", {"errors": "Service Unavailable"}, status=503, count=-1)
+        fake.faults(slow_ms=1500, slow_count=1)
+        n = len(fake.log())
+        c.adjust(sku, "L1", 1)  # the slow call carries this
+        time.sleep(0.5)
+        c.adjust(sku, "L1", 1)  # during the call: the entry is pending again
+        c.adjust(sku2, "L1", 1)  # made pending during the call, after it
+        events = c.get("/v1/changes", params={"limit": 1000}).data["events"]
+        mine = [e["sequence"] for e in events if e["type"] == "atpd.position.changed"
+                and e["data"].get("position", {}).get("sku") == sku]
+        again = mine[-1]
+        wait_for(lambda: any(e["outcome"] == "canned" for e in fake.log(n)), what="the call")
+        time.sleep(1.0)  # 503s back off; the cursor is written every 100 ms
+        st = push_status(c)
+        assert st["pending"] == 2, st
+        assert int(st["cursor"]) < int(again), (st["cursor"], again)
     finally:
         stop(srv)

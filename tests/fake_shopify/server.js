@@ -127,6 +127,7 @@ function freshState() {
     invalid: 0, unauthorized: 0, refused: 0, mismatches: 0, quantities_set: 0, groups: 0,
     faults: {throttle: 0, status429: 0, error5xx: 0, error_status: 503, slow_ms: 0,
              slow_count: 0, down: false},
+    canned: [],        // [{operation, count, status, body}]: answers given as is
     bucket: {max: opts.bucketMax, rate: opts.restoreRate, available: opts.bucketMax, at: now()},
     log: [], n: 0,
   };
@@ -530,6 +531,14 @@ async function graphqlEndpoint(req, res, version) {
     return finish(200, {errors: [gqlError('An operation name is required when the document has several operations.', 'GRAPHQL_VALIDATION_FAILED')]});
   }
   entry.operation = op.name ? op.name.value : op.operation;
+  // A canned answer (POST /_fake/canned) for this operation: shapes of
+  // Shopify's answers the fake would not produce on its own.
+  const can = S.canned.find((c) => c.operation === entry.operation && c.count !== 0);
+  if (can) {
+    if (can.count > 0) can.count--;
+    entry.outcome = 'canned';
+    return finish(can.status || 200, can.body);
+  }
   const coerced = graphql.getVariableValues(schema, op.variableDefinitions || [], body.variables || {});
   if (coerced.errors) {
     S.invalid++;
@@ -669,6 +678,15 @@ async function control(req, res, url) {
         }
         if ('slow_ms' in body && !('slow_count' in body)) S.faults.slow_count = -1; // until cleared
         return send(res, 200, S.faults);
+      }
+      case 'POST /_fake/canned': {
+        // {operation, body, status?, count?: N or -1 for until reset}; an
+        // empty body clears them.
+        if (!body.operation) S.canned = [];
+        else S.canned.push({operation: String(body.operation), body: body.body ?? {},
+                            status: Number(body.status || 200),
+                            count: 'count' in body ? Number(body.count) : 1});
+        return send(res, 200, {canned: S.canned.length});
       }
       case 'POST /_fake/config': {
         bucketLevel();
