@@ -33,6 +33,7 @@
 #include "atp/assert.h"
 #include "atp/clock.h"
 #include "atp/error.h"
+#include "atp/feed.h"
 #include "atp/flows.h"
 #include "atp/limits.h"
 #include "atp/router.h"
@@ -1335,8 +1336,8 @@ static void write_push(atp_writer_t *w, atp_app_t *app) {
   atp_w_key(w, "lag_ms");
   atp_w_int(w, st.lag_ms);
   atp_w_key(w, "cursor");
-  char cursor[24];
-  snprintf(cursor, sizeof cursor, "%020" PRIu64, st.cursor);
+  char cursor[21];
+  atp_feed_sequence_format(st.cursor, cursor);
   atp_w_cstr(w, cursor);
   atp_w_key(w, "points_available");
   atp_w_float(w, st.points_available);
