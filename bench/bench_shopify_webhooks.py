@@ -15,6 +15,9 @@ as Shopify's concurrent deliveries do; the rate counted is the webhooks the serv
 itself reports applied (GET /v1/shopify/status), replays of a wrapped-around
 request list excluded.
 
+ACCESS_LOG=on turns atpd's access log on and KEEP_TMP=1 keeps the run's folder (its
+atpd.log holds each request's own handling time, to set beside the client's).
+
 Bodies and signatures are made before the clock starts, so the client's cost is the
 socket write and read; every answer is checked (200, outcome applied) after the clock.
 """
@@ -168,7 +171,8 @@ def main():
     log = open(os.path.join(tmp, "atpd.log"), "wb")
     proc = subprocess.Popen([args.bin, "--listen", "127.0.0.1:%d" % port, "--threads", "1",
                              "--data-dir", os.path.join(tmp, "data"), "--durability",
-                             args.durability, "--access-log", os.environ.get("ACCESS_LOG", "off"), "--shopify", cfg],
+                             args.durability, "--access-log",
+                             os.environ.get("ACCESS_LOG", "off"), "--shopify", cfg],
                             stdout=log, stderr=log)
     try:
         deadline = time.time() + 15
