@@ -106,6 +106,13 @@ typedef struct {
   struct atp_http_stream *stream;
 } atp_http_response_t;
 
+/* Adds a header line to res ("Retry-After: 1", a static string); one beyond
+ * ATP_HTTP_EXTRA_HEADERS_MAX is dropped, never written past the array. */
+static inline void atp_http_add_header(atp_http_response_t *res, const char *line) {
+  if (res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
+    res->extra_headers[res->extra_header_count++] = line;
+}
+
 /* Streaming responses (Server-Sent Events and the like). A handler calls
  * atp_http_stream_begin instead of writing a body: the head (res->status,
  * content_type, extra headers, no Content-Length, Connection: close) is sent

@@ -227,8 +227,7 @@ static bool is_guarded(const char *path, size_t len) {
 }
 
 static int fail_unauthorized(atp_req_t *rq) {
-  if (rq->res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
-    rq->res->extra_headers[rq->res->extra_header_count++] = "WWW-Authenticate: Bearer";
+  atp_http_add_header(rq->res, "WWW-Authenticate: Bearer");
   return atp_req_fail(rq, ATP_EUNAUTH, NULL, NULL,
                       "A valid bearer token is required (Authorization: Bearer ...).");
 }
@@ -246,7 +245,7 @@ static int gate(atp_req_t *rq, const atp_route_t *route) {
   }
   if (is_v1(h) && (!atp_app_engine(app) ||
                    !atomic_load_explicit(&app->ready, memory_order_acquire))) {
-    rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 1";
+    atp_http_add_header(rq->res, "Retry-After: 1");
     return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL,
                         "The service is starting; retry shortly.");
   }
@@ -267,8 +266,7 @@ static bool mutates(const atp_route_t *route) {
 
 /* The journal failed or its queue is full: nothing is changed, 503. */
 static int refuse_unjournaled(atp_req_t *rq, int rc) {
-  if (rq->res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
-    rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 1";
+  atp_http_add_header(rq->res, "Retry-After: 1");
   return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "%s",
                       rc == ATP_EFULL
                           ? "The journal is behind the disk; retry shortly."
@@ -384,8 +382,7 @@ void atp_router_handle(void *ctx, const atp_http_request_t *req,
       atp_respond_error(&rq, ATP_ENOTFOUND);
       res->status = 405;
       const char *allow = allow_header(rq.arena, req->path, req->path_len);
-      if (allow && res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
-        res->extra_headers[res->extra_header_count++] = allow;
+      if (allow) atp_http_add_header(res, allow);
       return;
     }
     atp_req_fail(&rq, ATP_ENOTFOUND, NULL, NULL, "No such route.");

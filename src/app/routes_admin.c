@@ -55,8 +55,7 @@ static int audit_snapshot(atp_req_t *rq) {
 }
 
 static int not_ready(atp_req_t *rq) {
-  if (rq->res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
-    rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 1";
+  atp_http_add_header(rq->res, "Retry-After: 1");
   return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL,
                       "The service is starting; retry shortly.");
 }
@@ -69,8 +68,7 @@ int atp_route_admin_snapshot_post(atp_req_t *rq) {
   rc = atp_app_snapshot_request(app, rq->http->thread_index, rq->http->request_id,
                                 rq->out_format);
   if (rc == ATP_ETOOMANY) {
-    if (rq->res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
-      rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 1";
+    atp_http_add_header(rq->res, "Retry-After: 1");
     return atp_req_fail(rq, rc, NULL, NULL, "Too many snapshot requests are waiting.");
   }
   if (rc != 0) return not_ready(rq);

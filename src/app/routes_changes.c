@@ -254,7 +254,7 @@ int atp_route_changes(atp_req_t *rq) {
     char *h = atp_arena_alloc(rq->arena, 64);
     if (!h) return ATP_ENOMEM;
     cursor_header(h, 64, cursor);
-    res->extra_headers[res->extra_header_count++] = h;
+    atp_http_add_header(res, h);
   }
   return 0;
 }
@@ -416,8 +416,7 @@ int atp_route_changes_stream(atp_req_t *rq) {
   atp_http_response_t *res = rq->res;
   res->status = 200;
   res->content_type = "text/event-stream";
-  if (res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
-    res->extra_headers[res->extra_header_count++] = "Cache-Control: no-cache";
+  atp_http_add_header(res, "Cache-Control: no-cache");
   s->stream = atp_http_stream_begin(res, SSE_BACKLOG_BYTES);
   if (!s->stream) {
     atp_buf_free(&s->frames);
@@ -631,10 +630,9 @@ int atp_route_changes_snapshot(atp_req_t *rq) {
       return ATP_ENOMEM;
     }
     cursor_header(h, 64, cursor);
-    res->extra_headers[res->extra_header_count++] = h;
+    atp_http_add_header(res, h);
   }
-  if (res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
-    res->extra_headers[res->extra_header_count++] = "Cache-Control: no-cache";
+  atp_http_add_header(res, "Cache-Control: no-cache");
   s->stream = atp_http_stream_begin(res, SNAP_BACKLOG_BYTES);
   if (!s->stream) {
     atp_buf_free(&s->chunk);

@@ -125,8 +125,7 @@ int atp_flows_before(atp_req_t *rq) {
   int rc = atp_flowstate_enqueue(fs, &op, &seq, &depth);
   if (rc == ATP_ECONFLICT) return 0; /* resumed meanwhile: apply it now */
   if (rc == ATP_EFULL) {
-    if (rq->res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
-      rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 5";
+    atp_http_add_header(rq->res, "Retry-After: 5");
     return atp_req_fail(rq, ATP_ETOOMANY, NULL, flow_key(rq),
                         "Flow \"%.*s\" is paused and its queue is full.", (int)flow.len,
                         flow.ptr);

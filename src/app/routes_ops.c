@@ -24,12 +24,12 @@ int atp_route_readyz(atp_req_t *rq) {
     return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "%s", app->not_ready);
   if (!atp_app_engine(app) ||
       !atomic_load_explicit(&app->ready, memory_order_acquire)) {
-    rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 1";
+    atp_http_add_header(rq->res, "Retry-After: 1");
     return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "State is not restored yet.");
   }
   atp_journal_t *j = app->durable ? atp_durable_journal(app->durable) : NULL;
   if (j && atp_journal_state(j) != ATP_JOURNAL_OK) {
-    rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 1";
+    atp_http_add_header(rq->res, "Retry-After: 1");
     return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL,
                         "The journal cannot write to disk; writes are refused.");
   }

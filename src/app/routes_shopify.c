@@ -1098,8 +1098,7 @@ static int finish(plan_t *p, atp_str_t resource, int64_t at_ms, uint8_t content_
   if (rc == 0 && resource.len && at_ms)
     rc = atp_shopify_mark_advance(p->s, resource, at_ms);
   if (rc != 0) {
-    if (rq->res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
-      rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 60";
+    atp_http_add_header(rq->res, "Retry-After: 60");
     return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "%s",
                         rc == ATP_EFULL
                             ? "The Shopify webhook dedupe table is full "
@@ -1177,8 +1176,7 @@ int atp_route_shopify_webhook(atp_req_t *rq) {
   }
   if (p->order_rc) {
     atp_buf_free(&p->buf);
-    if (rq->res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX)
-      rq->res->extra_headers[rq->res->extra_header_count++] = "Retry-After: 60";
+    atp_http_add_header(rq->res, "Retry-After: 60");
     return atp_req_fail(rq, ATP_EUNAVAILABLE, NULL, NULL, "%s",
                         p->order_rc == ATP_EFULL
                             ? "The Shopify order table is full (ATP_SHOPIFY_ORDERS_MAX "
