@@ -1191,6 +1191,27 @@ int atp_route_shopify_webhook(atp_req_t *rq) {
                 outcome, results);
 }
 
+/* The push's counters, one list for GET /v1/shopify/status's `push` and
+ * for /metrics, in that order. */
+typedef struct {
+  const char *name, *help;
+  uint64_t v;
+} push_counter_t;
+#define PUSH_COUNTERS 6
+static void push_counters(const atp_shopify_push_stats_t *st,
+                          push_counter_t out[PUSH_COUNTERS]) {
+  push_counter_t c[PUSH_COUNTERS] = {
+      {"throttled", "THROTTLED answers (HTTP 200 or 429).", st->throttled},
+      {"stale_retries", "CHANGE_FROM_QUANTITY_STALE answers read again.",
+       st->stale_retries},
+      {"calls", "GraphQL calls sent.", st->calls},
+      {"positions_pushed", "Quantities Shopify accepted.", st->positions_pushed},
+      {"points_spent", "Cost points Shopify charged.", st->points_spent},
+      {"errors", "Transport errors, 5xx and other failed calls.", st->errors},
+  };
+  memcpy(out, c, sizeof c);
+}
+
 /* The push's figures for /metrics (the same as GET /v1/shopify/status's
  * `push`); nothing when the push is off. */
 static void write_push_metrics(atp_app_t *app, atp_buf_t *out) {
@@ -1221,19 +1242,9 @@ static void write_push_metrics(atp_app_t *app, atp_buf_t *out) {
       "# TYPE atpd_shopify_push_restore_rate gauge\n"
       "atpd_shopify_push_restore_rate %.1f\n",
       st.pending, st.lag_ms, st.cursor, st.points_available, st.restore_rate);
-  struct {
-    const char *name, *help;
-    uint64_t v;
-  } counters[] = {
-      {"throttled", "THROTTLED answers (HTTP 200 or 429).", st.throttled},
-      {"stale_retries", "CHANGE_FROM_QUANTITY_STALE answers read again.",
-       st.stale_retries},
-      {"calls", "GraphQL calls sent.", st.calls},
-      {"positions_pushed", "Quantities Shopify accepted.", st.positions_pushed},
-      {"points_spent", "Cost points Shopify charged.", st.points_spent},
-      {"errors", "Transport errors, 5xx and other failed calls.", st.errors},
-  };
-  for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++)
+  push_counter_t counters[PUSH_COUNTERS];
+  push_counters(&st, counters);
+  for (size_t i = 0; i < PUSH_COUNTERS; i++)
     atp_buf_printf(out,
                    "# HELP atpd_shopify_push_%s_total %s\n"
                    "# TYPE atpd_shopify_push_%s_total counter\n"
@@ -1341,18 +1352,12 @@ static void write_push(atp_writer_t *w, atp_app_t *app) {
   atp_w_float(w, st.points_available);
   atp_w_key(w, "restore_rate");
   atp_w_float(w, st.restore_rate);
-  atp_w_key(w, "throttled");
-  atp_w_uint(w, st.throttled);
-  atp_w_key(w, "stale_retries");
-  atp_w_uint(w, st.stale_retries);
-  atp_w_key(w, "calls");
-  atp_w_uint(w, st.calls);
-  atp_w_key(w, "positions_pushed");
-  atp_w_uint(w, st.positions_pushed);
-  atp_w_key(w, "points_spent");
-  atp_w_uint(w, st.points_spent);
-  atp_w_key(w, "errors");
-  atp_w_uint(w, st.errors);
+  push_counter_t counters[PUSH_COUNTERS];
+  push_counters(&st, counters);
+  for (size_t i = 0; i < PUSH_COUNTERS; i++) {
+    atp_w_key(w, counters[i].name);
+    atp_w_uint(w, counters[i].v);
+  }
   atp_w_key(w, "last_error");
   atp_w_cstr(w, st.last_error);
   atp_w_object_end(w);
