@@ -35,39 +35,13 @@ import tempfile
 import time
 import uuid
 
+# The raw HTTP client of the batch benchmark (same folder, on sys.path).
+from bench_batch import free_port, read_response
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SHOP = "bench.myshopify.com"
 SECRET = "bench-webhook-secret"
 BASE_ID = (1 << 53) + 12345
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def read_response(sock, buf):
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(1 << 16)
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    n = 0
-    for line in head.split(b"\r\n")[1:]:
-        k, _, v = line.partition(b":")
-        if k.strip().lower() == b"content-length":
-            n = int(v)
-    while len(rest) < n:
-        chunk = sock.recv(1 << 16)
-        if not chunk:
-            raise ConnectionError("closed")
-        rest += chunk
-    return status, rest[:n], rest[n:]
 
 
 def call(sock, buf, method, path, body=b"", headers=()):
