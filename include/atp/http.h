@@ -169,6 +169,12 @@ typedef void (*atp_http_error_fn)(void *ctx, const atp_http_request_t *req, int 
 typedef void (*atp_http_log_fn)(void *ctx, const atp_http_request_t *req, int status,
                                 size_t body_bytes, int64_t elapsed_ns);
 
+/* Called on every loop at the end of each turn: after the loop handled all
+ * the I/O that was ready and before it polls again (libuv's prepare phase).
+ * Output it releases with atp_http_server_release from there goes out in the
+ * same turn. For a group commit on the loop's own thread. */
+typedef void (*atp_http_turn_fn)(void *ctx, int thread_index);
+
 typedef struct {
   const char *host; /* "127.0.0.1" */
   int port;         /* 0: pick a free one (see atp_http_server_port) */
@@ -177,7 +183,8 @@ typedef struct {
   atp_http_body_limit_fn body_limit; /* NULL: ATP_HTTP_BODY_BYTES_MAX for all */
   atp_http_log_fn log;               /* NULL: none */
   atp_http_error_fn error;           /* NULL: the server's errors are JSON */
-  void *ctx;                         /* passed to the four callbacks */
+  atp_http_turn_fn turn;             /* NULL: none */
+  void *ctx;                         /* passed to the five callbacks */
   /* Overrides of the limits.h defaults, mostly so tests can be quick; 0 means
    * the default named in each comment. */
   uint32_t idle_timeout_ms;       /* ATP_HTTP_IDLE_TIMEOUT_MS */

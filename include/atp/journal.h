@@ -227,6 +227,29 @@ atp_journal_state_t atp_journal_state(const atp_journal_t *journal);
 #define ATP_JOURNAL_SLOTS_MAX 80
 void atp_journal_begin(atp_journal_t *journal, uint32_t slot);
 uint64_t atp_journal_end(atp_journal_t *journal, uint32_t slot);
+/* Group commit on the producing thread, as Redis writes its AOF before it
+ * sleeps. With one event loop, the writer thread costs every group two
+ * hand-offs between threads (wake the writer, wake the loop for the answers)
+ * and on a small machine a third thread competing for the CPUs, while groups
+ * form at random moments of the loop's turn. A loop that calls own_commits
+ * once (on its own thread, with its own slot) appends without waking the
+ * writer thread and calls atp_journal_commit at the end of each turn, after
+ * it handled every ready request: the commit takes the queue, writes it and
+ * fdatasyncs it on the calling thread and publishes the ticket (on_durable
+ * runs there too), so every answer of the turn leaves with one fdatasync and
+ * no thread hand-off. It does a round only when it can do it at once and
+ * briefly; otherwise it wakes the writer thread, which then works as without
+ * it: when the journal is failed (the writer thread retries), when more than
+ * ATP_JOURNAL_COMMIT_BYTES_MAX wait (a big batch is written while the loop
+ * goes on), and when the writer thread is busy (a zero-fill step, a round of
+ * records from another thread). Other threads' appends and ends wake the
+ * writer thread as before. No-ops in mode none. own_commits: the thread and
+ * slot of that loop, once, before it mutates; commit: true when it wrote or
+ * published a group itself (false: nothing to do, or left to the writer thread).
+ * Thread: that loop's. */
+void atp_journal_own_commits(atp_journal_t *journal, uint32_t slot);
+bool atp_journal_commit(atp_journal_t *journal);
+
 /* Every ticket below it belongs to a mutation whose records are durable;
  * starts at 1. Acquire. Thread: any. */
 uint64_t atp_journal_durable_ticket(const atp_journal_t *journal);
@@ -307,6 +330,8 @@ typedef struct {
   uint64_t horizon_waits;    /* rounds that waited for mutations in flight */
   uint64_t horizon_timeouts; /* of them, cut off at the bound */
   uint64_t gathers;          /* groups that waited to gather (batch, none) */
+  uint64_t loop_rounds;      /* of the rounds, run by a committing loop */
+  uint64_t loop_handoffs;    /* commits a loop left to the writer thread */
   /* Zero-filling ahead of the write position (not in fsyncs above). */
   uint64_t prealloc_steps;    /* zero-fill steps made durable */
   uint64_t prealloc_bytes;    /* zeroes written by them */

@@ -103,7 +103,11 @@
 #define ATP_JOURNAL_RECORD_BYTES_MAX      (16u * 1024 * 1024)
 #define ATP_JOURNAL_SEGMENT_BYTES_DEFAULT (64ull * 1024 * 1024)
 #define ATP_JOURNAL_QUEUE_BYTES_DEFAULT   (64ull * 1024 * 1024)
-#define ATP_JOURNAL_SEGMENTS_MAX          100000 /* files one directory may hold */
+/* A thread that commits its own groups (atp_journal_commit) writes at most
+ * this much while its loop waits; a larger backlog (a big batch) goes to the
+ * writer thread, which writes it while the loop goes on. */
+#define ATP_JOURNAL_COMMIT_BYTES_MAX (64u * 1024)
+#define ATP_JOURNAL_SEGMENTS_MAX     100000 /* files one directory may hold */
 
 /* Input times (counted_at, occurred_at, as_of, ...) in ms since the epoch:
  * from the epoch to the end of year 9999, the last RFC 3339 can write. */

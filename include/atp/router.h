@@ -106,6 +106,12 @@ size_t atp_router_body_limit(void *ctx, atp_http_method_t method, const char *pa
                              size_t path_len);
 void atp_router_log(void *ctx, const atp_http_request_t *req, int status,
                     size_t body_bytes, int64_t elapsed_ns);
+/* The end of a loop's turn (atp_http_turn_fn): with one loop and durable
+ * answers (batch, always), the loop writes and syncs the turn's records
+ * itself, so each turn's answers leave with one fdatasync and no hand-off
+ * to the journal's writer thread (include/atp/journal.h, atp_journal_commit).
+ * Installed by atpd only with --threads 1. */
+void atp_router_turn(void *ctx, int thread_index);
 /* The server's own refusals, in the contract's error shape and the format
  * Content-Type and Accept ask for (atp_http_error_fn). */
 void atp_router_error(void *ctx, const atp_http_request_t *req, int err,

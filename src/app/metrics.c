@@ -314,6 +314,14 @@ void atp_metrics_write_journal(const atp_journal_t *journal,
         "Horizon waits cut off at their bound.", "counter", m.horizon_timeouts);
   gauge(out, "atpd_journal_gathers_total", "Groups that waited for records to gather.",
         "counter", m.gathers);
+  gauge(out, "atpd_journal_loop_rounds_total",
+        "Rounds the event loop wrote and synced itself at the end of its turn "
+        "(--threads 1).",
+        "counter", m.loop_rounds);
+  gauge(out, "atpd_journal_loop_handoffs_total",
+        "Turn-end commits the loop left to the writer thread (busy, failed, or a "
+        "large backlog).",
+        "counter", m.loop_handoffs);
   write_fsync_histogram(&m, out);
   write_group_histogram(&m, out);
   atp_buf_printf(

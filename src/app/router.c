@@ -420,6 +420,19 @@ void atp_router_handle(void *ctx, const atp_http_request_t *req,
   if (rc != 0) atp_respond_error(&rq, rc);
 }
 
+void atp_router_turn(void *ctx, int thread_index) {
+  atp_app_t *app = ctx;
+  atp_journal_t *j = app->durable ? atp_durable_journal(app->durable) : NULL;
+  if (!j) return; /* the restore has not opened it yet */
+  /* The loop's thread commits for its slot from its first turn on. */
+  static _Thread_local const atp_journal_t *owned;
+  if (owned != j) {
+    atp_journal_own_commits(j, (uint32_t)thread_index);
+    owned = j;
+  }
+  (void)atp_journal_commit(j);
+}
+
 int atp_router_run_stored(atp_app_t *app, const atp_http_request_t *req,
                           atp_http_response_t *res, bool keep_rejection,
                           atp_router_outcome_t *out) {

@@ -209,6 +209,13 @@ static int create_server(const atp_config_t *cfg, atp_app_t *app, int port,
   hc.body_limit = atp_router_body_limit;
   hc.log = atp_router_log;
   hc.error = atp_router_error;
+  /* One loop commits its own groups at the end of each turn (atp_router_turn);
+   * several share the writer thread. ATPD_COMMIT_ON_LOOP=0 keeps the writer
+   * thread alone, for benchmarks that compare the two. */
+  const char *col = getenv("ATPD_COMMIT_ON_LOOP");
+  if (cfg->threads == 1 && cfg->durability != ATP_DURABILITY_NONE &&
+      !(col && strcmp(col, "0") == 0))
+    hc.turn = atp_router_turn;
   hc.ctx = app;
   if (atp_http_server_create(&hc, server, err, sizeof err) != 0) {
     fprintf(stderr, "atpd: %s\n", err);

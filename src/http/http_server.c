@@ -215,6 +215,7 @@ struct loop_ctx {
   uv_timer_t stop_timer;            /* force-closes what the stop grace left */
   uint64_t stop_deadline;           /* loop time the stop grace ends */
   uv_async_t release_async;         /* atp_http_server_release wakes the loop */
+  uv_prepare_t turn_prepare;        /* config.turn, before each poll */
   _Atomic uint64_t released;        /* parked output up to this value may go */
   conn_t *held;                     /* connections with parked output */
   uv_async_t answer_async;          /* atp_http_server_answer wakes the loop */
@@ -1693,6 +1694,7 @@ static void loop_maybe_finish(loop_ctx_t *lp) {
   uv_close((uv_handle_t *)&lp->stop_async, NULL);
   uv_close((uv_handle_t *)&lp->stop_timer, NULL);
   uv_close((uv_handle_t *)&lp->release_async, NULL);
+  if (lp->server->config.turn) uv_close((uv_handle_t *)&lp->turn_prepare, NULL);
   uv_mutex_lock(&lp->answer_mu);
   lp->answers_closed = true;
   atp_http_stream_t *ready = lp->streams_ready;
@@ -1790,6 +1792,20 @@ static void on_release_async(uv_async_t *a) {
   }
 }
 
+/* The loop whose thread this is, set by on_turn: a release made on the loop's
+ * own thread (from the turn hook) needs no wake-up of it. */
+static _Thread_local const loop_ctx_t *tls_loop;
+
+/* The end of a turn (libuv's prepare phase, before the loop polls again):
+ * the application's hook (a group commit of everything this turn did), then
+ * the parked output it released goes out in the same turn. */
+static void on_turn(uv_prepare_t *p) {
+  loop_ctx_t *lp = p->data;
+  tls_loop = lp;
+  lp->server->config.turn(lp->server->config.ctx, lp->index);
+  if (lp->held) on_release_async(&lp->release_async);
+}
+
 /* Every STOP_POLL_MS while draining: the grace ends at its deadline, or at
  * once when hurried. Polling an atomic keeps atp_http_server_hurry free of
  * cross-thread wake-ups on loops that may already be finishing. */
@@ -1884,6 +1900,11 @@ static int loop_init(atp_http_server_t *s, loop_ctx_t *lp, int index, char *err,
   uv_tcp_init(&lp->loop, &lp->listener);
   lp->stop_async.data = lp->stop_timer.data = lp->listener.data = lp;
   lp->release_async.data = lp;
+  if (s->config.turn) {
+    uv_prepare_init(&lp->loop, &lp->turn_prepare);
+    lp->turn_prepare.data = lp;
+    uv_prepare_start(&lp->turn_prepare, on_turn);
+  }
   lp->handles_inited = true;
   int fd, rc = open_listener(&s->config, s->port, &fd, err, err_len);
   if (rc) return rc;
@@ -2016,7 +2037,8 @@ void atp_http_server_release(atp_http_server_t *s, uint64_t value) {
                               &lp->released, &cur, value, memory_order_release,
                               memory_order_relaxed)) {
     }
-    if (cur < value) uv_async_send(&lp->release_async);
+    /* On the loop's own thread (its turn hook) on_turn writes the output. */
+    if (cur < value && tls_loop != lp) uv_async_send(&lp->release_async);
   }
 }
 

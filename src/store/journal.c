@@ -22,8 +22,11 @@
  * runs only to move the horizon, does no I/O, and runs only when the slots
  * allow the horizon to move, so a long-held slot never makes it spin.
  *
- * The writer alone owns the open segment: its fd, its length, the length
- * known durable. A segment is created as "<lsn>.journal.tmp", its header
+ * Whoever holds round_mu owns the open segment: its fd, its length, the
+ * length known durable. That is the writer thread, or, with one event loop,
+ * the loop itself at the end of its turn (atp_journal_commit: the same round
+ * on the loop's thread, Redis's way, so a turn's answers need no hand-off
+ * between threads). A segment is created as "<lsn>.journal.tmp", its header
  * made durable, then renamed into place and the directory synced, so a
  * segment under its final name always has a whole header.
  *
@@ -110,6 +113,7 @@ struct atp_journal {
   int dir_fd;  /* for fsyncs of the directory */
   int lock_fd; /* holds the flock on <dir>/LOCK */
   uint64_t journal_id;
+  uint64_t instance;       /* this process's count of opens, from 1 */
   uint32_t seed;           /* atp__journal_seed(journal_id) */
   int64_t gather_ns;       /* how long a group may gather; 0 in always mode */
   uint64_t gather_bytes;   /* a group starts once this much is queued */
@@ -138,10 +142,15 @@ struct atp_journal {
   counter_t fsyncs, fsync_ns_sum, fsync_hist[ATP_JOURNAL_FSYNC_BUCKETS];
   counter_t failures, recoveries, segment_files;
   counter_t rounds, empty_rounds, horizon_waits, horizon_timeouts, gathers;
+  counter_t loop_rounds, loop_handoffs;
   counter_t prealloc_steps, prealloc_bytes, prealloc_ns_sum, prealloc_failures;
   uint64_t tail_bytes, tail_records; /* set at open, constant after */
 
-  /* The writer thread's alone (and open's, before the thread starts). */
+  /* The writer's state below belongs to whoever holds round_mu: the writer
+   * thread for its rounds and zero-fill steps, or a committing thread for a
+   * round of its own (atp_journal_commit). Taken before mu, never while
+   * holding it except by trylock. */
+  pthread_mutex_t round_mu;
   pthread_t thread;
   int seg_fd;                 /* the segment being written; -1 if none */
   uint64_t seg_bytes;         /* its length including bytes not yet durable */
@@ -156,9 +165,11 @@ struct atp_journal {
   chunk_t *w_free;          /* durable chunks to hand back under mu */
   uint32_t retry_ms;        /* next backoff */
   bool unwritten_at_close;
-  int64_t last_group_end_ns;   /* when the writer last came back from the disk */
-  int64_t last_fsync_ns;       /* how long the last group's fdatasync took */
-  uint64_t last_group_records; /* records in the last group written */
+  /* Read by the writer thread's gathering policy, written by whoever wrote
+   * the last group (the writer thread or a committing loop): relaxed. */
+  _Atomic int64_t last_group_end_ns;   /* when a group last came back from the disk */
+  _Atomic int64_t last_fsync_ns;       /* how long the last group's fdatasync took */
+  _Atomic uint64_t last_group_records; /* records in the last group written */
 
   /* The ticket horizon (proto/journal.md, causality). tickets is the next
    * ticket, from 1; slots[i] is 0 when slot i's thread is between mutations,
@@ -175,12 +186,20 @@ struct atp_journal {
   _Atomic uint32_t slots_used; /* highest slot index begun + 1 */
   struct {
     _Alignas(64) _Atomic uint64_t ticket;
+    _Atomic bool commits; /* its thread commits its own groups (own_commits) */
   } slots[ATP_JOURNAL_SLOTS_MAX];
 
   pthread_mutex_t seg_mu; /* segs: the writer appends, trim removes */
   uint64_t *segs;         /* first LSNs of the segment files, ascending */
   uint32_t seg_count, seg_cap;
 };
+
+/* The journal whose groups the calling thread commits itself, if any
+ * (atp_journal_own_commits): its appends do not wake the writer thread. By
+ * the journal's instance number, not its address, which a journal opened
+ * after this one closed may reuse. */
+static _Atomic uint64_t instances;
+static _Thread_local uint64_t tls_committer;
 
 static inline void count(counter_t *c, uint64_t v) {
   atomic_fetch_add_explicit(c, v, memory_order_relaxed);
@@ -220,7 +239,7 @@ static int sync_fd(atp_journal_t *j, int fd) {
   int err = fault(j, 's');
   if (!err && fdatasync(fd) != 0) err = errno;
   uint64_t ns = (uint64_t)(now_ns() - start), us = ns / 1000;
-  j->last_fsync_ns = (int64_t)ns;
+  atomic_store_explicit(&j->last_fsync_ns, (int64_t)ns, memory_order_relaxed);
   int b = 0;
   while (b < ATP_JOURNAL_FSYNC_BUCKETS - 1 && us > atp_journal_fsync_bucket_us[b]) b++;
   count(&j->fsync_hist[b], 1);
@@ -357,7 +376,7 @@ static void published(atp_journal_t *j, uint64_t lsn, uint64_t records,
        limit *= 4)
     b++;
   count(&j->group_hist[b], 1);
-  j->last_group_records = records;
+  atomic_store_explicit(&j->last_group_records, records, memory_order_relaxed);
 }
 
 /* Writes and syncs one group: the pending frames that fit in the segment.
@@ -569,10 +588,12 @@ static bool group_ready(atp_journal_t *j, int64_t *deadline) {
     case ATP_JOURNAL_ALWAYS:
       return true;
     case ATP_JOURNAL_BATCH: {
-      if (j->q_first_ns <= j->last_group_end_ns || j->last_group_records > 1)
+      if (j->q_first_ns <=
+              atomic_load_explicit(&j->last_group_end_ns, memory_order_relaxed) ||
+          atomic_load_explicit(&j->last_group_records, memory_order_relaxed) > 1)
         return true;
-      int64_t gather =
-          j->gather_ns < j->last_fsync_ns ? j->gather_ns : j->last_fsync_ns;
+      int64_t fsync_ns = atomic_load_explicit(&j->last_fsync_ns, memory_order_relaxed);
+      int64_t gather = j->gather_ns < fsync_ns ? j->gather_ns : fsync_ns;
       *deadline = j->q_first_ns + gather;
       break;
     }
@@ -614,16 +635,21 @@ static bool wait_for_group(atp_journal_t *j) {
       /* Nothing to write: time to zero-fill ahead. A record or an end that
        * comes meanwhile is seen by the checks above when the step is over
        * (its signal finds nobody waiting, the loop looks again). */
-      if (zero_due(j, true)) {
-        atomic_store(&j->writer_idle, false);
-        pthread_mutex_unlock(&j->mu);
-        int rc = zero_step(j);
-        pthread_mutex_lock(&j->mu);
-        if (rc) {
-          j->retry_ms = j->config.retry_ms_min;
-          atomic_store_explicit(&j->state, ATP_JOURNAL_FAILED, memory_order_release);
+      if (pthread_mutex_trylock(&j->round_mu) == 0) {
+        /* A committing thread's round holds it: then its zeroes wait. */
+        bool due = zero_due(j, true);
+        if (due) {
+          atomic_store(&j->writer_idle, false);
+          pthread_mutex_unlock(&j->mu);
+          int rc = zero_step(j);
+          pthread_mutex_lock(&j->mu);
+          if (rc) {
+            j->retry_ms = j->config.retry_ms_min;
+            atomic_store_explicit(&j->state, ATP_JOURNAL_FAILED, memory_order_release);
+          }
         }
-        continue;
+        pthread_mutex_unlock(&j->round_mu);
+        if (due) continue;
       }
       j->writer_sleeping = true;
       pthread_cond_wait(&j->wake, &j->mu);
@@ -678,6 +704,7 @@ static void *writer_main(void *arg) {
   pthread_mutex_lock(&j->mu);
   while (wait_for_group(j)) {
     pthread_mutex_unlock(&j->mu);
+    pthread_mutex_lock(&j->round_mu);
     uint64_t h = settle_horizon(j);
     pthread_mutex_lock(&j->mu);
     /* Once more under mu, with the counter read again: a mutation that ended
@@ -693,7 +720,8 @@ static void *writer_main(void *arg) {
     pthread_mutex_unlock(&j->mu);
     int rc = failed ? recover(j) : 0;
     if (rc == 0) rc = write_pending(j);
-    if (records) j->last_group_end_ns = now_ns();
+    if (records)
+      atomic_store_explicit(&j->last_group_end_ns, now_ns(), memory_order_relaxed);
     pthread_mutex_lock(&j->mu);
     if (rc != 0) {
       if (!failed)
@@ -703,6 +731,7 @@ static void *writer_main(void *arg) {
       atomic_store_explicit(&j->state, ATP_JOURNAL_FAILED, memory_order_release);
       if (j->stopping && failed) {
         j->unwritten_at_close = true;
+        pthread_mutex_unlock(&j->round_mu);
         break;
       }
     } else if (failed) {
@@ -738,6 +767,9 @@ static void *writer_main(void *arg) {
         atomic_store_explicit(&j->state, ATP_JOURNAL_FAILED, memory_order_release);
       }
     }
+    pthread_mutex_unlock(&j->mu);
+    pthread_mutex_unlock(&j->round_mu);
+    pthread_mutex_lock(&j->mu);
   }
   take_queue(j);
   pthread_cond_broadcast(&j->done);
@@ -807,7 +839,10 @@ int atp_journal_appendv(atp_journal_t *j, uint16_t kind, const struct iovec *iov
    * durable waits for this record. */
   atomic_store_explicit(&j->assigned_lsn, *lsn, memory_order_release);
   count(&j->queued_bytes, frame_bytes);
-  if (j->writer_sleeping && (was_empty || crossed)) pthread_cond_signal(&j->wake);
+  /* A committing thread writes its own records at the end of its turn; a
+   * large backlog still goes to the writer thread (crossed). */
+  if (j->writer_sleeping && ((was_empty && tls_committer != j->instance) || crossed))
+    pthread_cond_signal(&j->wake);
   pthread_mutex_unlock(&j->mu);
   return 0;
 }
@@ -852,12 +887,96 @@ uint64_t atp_journal_end(atp_journal_t *j, uint32_t slot) {
   uint64_t w = atomic_load(&j->wanted);
   while (w < target && !atomic_compare_exchange_weak(&j->wanted, &w, target)) {
   }
-  if (atomic_load(&j->writer_idle)) {
+  if (atomic_load(&j->writer_idle) &&
+      !atomic_load_explicit(&j->slots[slot].commits, memory_order_relaxed)) {
     pthread_mutex_lock(&j->mu);
     pthread_cond_signal(&j->wake);
     pthread_mutex_unlock(&j->mu);
   }
   return target;
+}
+
+/* --- groups committed by the producing thread ------------------------------ */
+
+void atp_journal_own_commits(atp_journal_t *j, uint32_t slot) {
+  ATP_ASSERT(slot < ATP_JOURNAL_SLOTS_MAX);
+  if (j->config.mode == ATP_JOURNAL_NONE) return;
+  tls_committer = j->instance;
+  atomic_store(&j->slots[slot].commits, true);
+}
+
+/* Wakes the writer thread for what a committing thread leaves to it. */
+static void hand_off(atp_journal_t *j) {
+  count(&j->loop_handoffs, 1);
+  pthread_mutex_lock(&j->mu);
+  if (j->writer_sleeping) pthread_cond_signal(&j->wake);
+  pthread_mutex_unlock(&j->mu);
+}
+
+/* A round of the writer's on the calling thread: the same steps as
+ * writer_main's (horizon, take, write, sync, publish) without the horizon's
+ * wait, since the caller's own mutations have all ended (a mutation of
+ * another thread still in flight holds the published horizon back, and its
+ * end wakes the writer thread for the rest, as always). Anything unusual is
+ * the writer thread's: a failed journal, a backlog too large to write while
+ * a loop waits, or the writer busy with a round or a zero-fill step. */
+bool atp_journal_commit(atp_journal_t *j) {
+  if (j->config.mode == ATP_JOURNAL_NONE) return false;
+  uint64_t durable = atomic_load_explicit(&j->durable_ticket, memory_order_acquire);
+  bool pending = atomic_load_explicit(&j->assigned_lsn, memory_order_relaxed) !=
+                 atomic_load_explicit(&j->durable_lsn, memory_order_relaxed);
+  if (!pending && atomic_load(&j->wanted) <= durable) return false;
+  if (atomic_load_explicit(&j->queued_bytes, memory_order_relaxed) >
+          ATP_JOURNAL_COMMIT_BYTES_MAX ||
+      atomic_load_explicit(&j->state, memory_order_relaxed) != ATP_JOURNAL_OK ||
+      pthread_mutex_trylock(&j->round_mu) != 0) {
+    hand_off(j);
+    return false;
+  }
+  pthread_mutex_lock(&j->mu);
+  if (j->stopping ||
+      atomic_load_explicit(&j->state, memory_order_relaxed) != ATP_JOURNAL_OK) {
+    pthread_mutex_unlock(&j->mu);
+    pthread_mutex_unlock(&j->round_mu);
+    hand_off(j);
+    return false;
+  }
+  /* Under mu, as in writer_main: a mutation that ended has appended under mu
+   * before, so its records are in what is taken. */
+  uint64_t h = horizon_scan(j, atomic_load(&j->tickets));
+  take_queue(j);
+  bool records = j->p_head != NULL;
+  pthread_mutex_unlock(&j->mu);
+  count(&j->rounds, 1);
+  count(&j->loop_rounds, 1);
+  int rc = write_pending(j);
+  if (records)
+    atomic_store_explicit(&j->last_group_end_ns, now_ns(), memory_order_relaxed);
+  pthread_mutex_lock(&j->mu);
+  bool wake = false;
+  if (rc != 0) {
+    /* The records stay pending; the writer thread's retries take over. */
+    j->retry_ms = j->config.retry_ms_min;
+    atomic_store_explicit(&j->state, ATP_JOURNAL_FAILED, memory_order_release);
+    wake = true;
+  } else {
+    bool moved = records;
+    if (h > atomic_load_explicit(&j->durable_ticket, memory_order_relaxed)) {
+      atomic_store_explicit(&j->durable_ticket, h, memory_order_release);
+      moved = true;
+    }
+    if (!records) count(&j->empty_rounds, 1);
+    if (moved && j->config.on_durable)
+      j->config.on_durable(j->config.durable_ctx,
+                           atomic_load_explicit(&j->durable_lsn, memory_order_relaxed));
+    /* Zeroes ahead are the writer thread's work: a step takes milliseconds. */
+    wake = zero_due(j, false);
+  }
+  pthread_cond_broadcast(&j->done);
+  if (wake && j->writer_sleeping) pthread_cond_signal(&j->wake);
+  pthread_mutex_unlock(&j->mu);
+  pthread_mutex_unlock(&j->round_mu);
+  return rc == 0;
 }
 
 uint64_t atp_journal_durable_ticket(const atp_journal_t *j) {
@@ -926,6 +1045,8 @@ void atp_journal_metrics(const atp_journal_t *j, atp_journal_metrics_t *out) {
   out->horizon_waits = LOAD(horizon_waits);
   out->horizon_timeouts = LOAD(horizon_timeouts);
   out->gathers = LOAD(gathers);
+  out->loop_rounds = LOAD(loop_rounds);
+  out->loop_handoffs = LOAD(loop_handoffs);
   out->prealloc_steps = LOAD(prealloc_steps);
   out->prealloc_bytes = LOAD(prealloc_bytes);
   out->prealloc_ns_sum = LOAD(prealloc_ns_sum);
@@ -1071,6 +1192,7 @@ static void destroy(atp_journal_t *j) {
   if (j->dir_fd >= 0) close(j->dir_fd);
   pthread_mutex_destroy(&j->mu);
   pthread_mutex_destroy(&j->seg_mu);
+  pthread_mutex_destroy(&j->round_mu);
   pthread_cond_destroy(&j->wake);
   pthread_cond_destroy(&j->done);
   atp_free(j->segs);
@@ -1097,11 +1219,13 @@ int atp_journal_open(const atp_journal_config_t *config, uint64_t covered_lsn,
   }
   memcpy(j->dir, config->dir, dir_len + 1);
   fill_defaults(j, config);
+  j->instance = atomic_fetch_add(&instances, 1) + 1;
   j->config.dir = j->dir;
   pthread_condattr_t attr;
   pthread_condattr_init(&attr);
   pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
   pthread_mutex_init(&j->mu, NULL);
+  pthread_mutex_init(&j->round_mu, NULL);
   pthread_mutex_init(&j->seg_mu, NULL);
   pthread_cond_init(&j->wake, &attr);
   pthread_cond_init(&j->done, &attr);

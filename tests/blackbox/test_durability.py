@@ -4,6 +4,7 @@ Each test starts its own servers (kill -9 and restarts need them), on one data d
 """
 import os
 import random
+import re
 import shutil
 import subprocess
 import threading
@@ -51,10 +52,13 @@ def timed(fn):
 
 # --- 8b: answers wait for durability ------------------------------------------------
 
+# threads=1: the loop commits its own groups at the end of its turn
+# (atp_journal_commit); threads=2: the journal's writer thread does.
+@pytest.mark.parametrize("threads", [2, 1])
 @pytest.mark.parametrize("mode", ["batch", "always", "none"])
-def test_ack_waits_for_fsync(binary, mode):
+def test_ack_waits_for_fsync(binary, mode, threads):
     asan_subset_only(binary)
-    srv = Server(binary=binary, args=["--durability", mode],
+    srv = Server(binary=binary, args=["--durability", mode], threads=threads,
                  env={"ATPD_TEST_FSYNC_DELAY_MS": str(FSYNC_DELAY_MS)})
     try:
         c = srv.client()
@@ -86,6 +90,14 @@ def test_ack_waits_for_fsync(binary, mode):
         assert first.status == 200 and b"adjustment" in first.body, first
         assert second.status == 200 and b"ok" in second.body, second
         conn.close()
+        # who wrote the groups: the loop itself only with one loop and durable answers
+        text = c.get("/metrics").body.decode()
+        loop_rounds = float(re.search(r"^atpd_journal_loop_rounds_total (\S+)$", text,
+                                      re.M).group(1))
+        if threads == 1 and mode != "none":
+            assert loop_rounds >= 1, loop_rounds
+        else:
+            assert loop_rounds == 0, loop_rounds
     finally:
         problem = srv.stop()
         assert problem is None, problem
@@ -241,9 +253,11 @@ def check_state(srv, log):
         assert r.status in (200, 201) and r.data.get("replayed") is True, (rid, r)
 
 
-def test_kill9_under_load_five_times(binary):
+@pytest.mark.parametrize("threads", [2, 1])
+def test_kill9_under_load_five_times(binary, threads):
     asan_subset_only(binary)
-    srv = Server(binary=binary, args=["--durability", "batch", "--access-log", "off"])
+    srv = Server(binary=binary, args=["--durability", "batch", "--access-log", "off"],
+                 threads=threads)
     log = Log()
     try:
         c = srv.client()
@@ -335,7 +349,8 @@ def test_flipped_bit_mid_journal_stops_start(binary):
 
 # --- 8f: disk full on a small tmpfs ------------------------------------------------
 
-def test_disk_full_tmpfs(binary, tmp_path):
+@pytest.mark.parametrize("threads", [2, 1])
+def test_disk_full_tmpfs(binary, tmp_path, threads):
     mnt = str(tmp_path / "mnt")
     os.makedirs(mnt)
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs",
@@ -343,7 +358,7 @@ def test_disk_full_tmpfs(binary, tmp_path):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     srv = None
     try:
-        srv = Server(binary=binary, args=["--durability", "batch"])
+        srv = Server(binary=binary, args=["--durability", "batch"], threads=threads)
         srv.kill()
         srv.data_dir = os.path.join(mnt, "data")
         restart(srv)

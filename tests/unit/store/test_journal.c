@@ -1065,6 +1065,126 @@ static void check_io_failure(int op, int err) {
   remove_dir(dir);
 }
 
+/* --- groups committed by the producing thread ------------------------------- */
+
+static _Atomic uint64_t commit_durable_calls;
+static _Atomic int durable_on_caller; /* on_durable ran on the committing thread */
+static pthread_t committer_thread;
+static void note_durable(void *ctx, uint64_t lsn) {
+  (void)ctx;
+  (void)lsn;
+  atomic_fetch_add(&commit_durable_calls, 1);
+  if (pthread_equal(pthread_self(), committer_thread))
+    atomic_store(&durable_on_caller, 1);
+}
+
+typedef struct {
+  atp_journal_t *j;
+  uint64_t lsn;
+} elsewhere_t;
+
+static void *append_elsewhere(void *arg) {
+  elsewhere_t *e = arg;
+  e->lsn = append_fill(e->j, 1, 9, 40);
+  return NULL;
+}
+
+/* A loop that owns its commits: its appends and ends do not wake the writer
+ * thread, atp_journal_commit writes, syncs and publishes on the caller's
+ * thread (on_durable there too), and what it cannot do at once goes to the
+ * writer thread: a backlog past ATP_JOURNAL_COMMIT_BYTES_MAX, a failed
+ * journal (recovered by the writer's retries), another thread's records. */
+static void test_commit_on_producer_thread(void) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_BATCH);
+  c.on_durable = note_durable;
+  c.fault = inject;
+  c.retry_ms_min = 5;
+  c.retry_ms_max = 20;
+  atomic_store(&fail_op, 0);
+  atomic_store(&fail_errno, EIO);
+  committer_thread = pthread_self();
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  sleep_ms(300); /* the writer's zero-filling at open is over: it sleeps */
+  atp_journal_own_commits(j, 2);
+  CHECK(!atp_journal_commit(j)); /* nothing to do */
+  atp_journal_metrics_t m0, m1;
+  atp_journal_metrics(j, &m0);
+  atp_journal_begin(j, 2);
+  uint64_t lsn = append_fill(j, 1, 3, 100);
+  uint64_t target = atp_journal_end(j, 2);
+  sleep_ms(30);
+  CHECK_EQ(atp_journal_durable_lsn(j), 0); /* nobody woke the writer thread */
+  atomic_store(&durable_on_caller, 0);
+  CHECK(atp_journal_commit(j));
+  CHECK_EQ(atp_journal_durable_lsn(j), lsn);
+  CHECK(atp_journal_durable_ticket(j) >= target);
+  CHECK_EQ(atomic_load(&durable_on_caller), 1);
+  atp_journal_metrics(j, &m1);
+  CHECK_EQ(m1.loop_rounds - m0.loop_rounds, 1);
+  CHECK_EQ(m1.rounds - m0.rounds, 1);
+  CHECK_EQ(m1.groups - m0.groups, 1);
+
+  /* A mutation that appended nothing still gets its horizon published. */
+  atp_journal_begin(j, 2);
+  target = atp_journal_end(j, 2);
+  CHECK(atp_journal_commit(j));
+  CHECK(atp_journal_durable_ticket(j) >= target);
+
+  /* Another thread's append wakes the writer thread as always. */
+  elsewhere_t other = {j, 0};
+  pthread_t t;
+  REQUIRE(pthread_create(&t, NULL, append_elsewhere, &other) == 0);
+  pthread_join(t, NULL);
+  CHECK(other.lsn > lsn);
+  CHECK_EQ(atp_journal_wait(j, other.lsn, 2000), 0);
+
+  /* A backlog too large to write while the loop waits: the writer thread. */
+  atp_journal_metrics(j, &m0);
+  for (int i = 0; i < 3; i++) lsn = append_fill(j, 1, 4, 30000);
+  CHECK(!atp_journal_commit(j));
+  CHECK_EQ(atp_journal_wait(j, lsn, 2000), 0);
+  atp_journal_metrics(j, &m1);
+  CHECK_EQ(m1.loop_handoffs - m0.loop_handoffs, 1);
+  CHECK_EQ(m1.loop_rounds, m0.loop_rounds);
+
+  /* A failed fdatasync in the loop's round: FAILED, the writer thread's
+   * retries take over and recover, every record kept in order. */
+  sleep_ms(300); /* the writer thread zero-fills after the backlog: let it */
+  atomic_store(&fail_op, 's');
+  lsn = append_fill(j, 1, 5, 50);
+  CHECK(!atp_journal_commit(j));
+  CHECK_EQ(atp_journal_state(j), ATP_JOURNAL_FAILED);
+  CHECK(atp_journal_durable_lsn(j) < lsn);
+  CHECK(!atp_journal_commit(j)); /* failed: left to the writer thread */
+  atomic_store(&fail_op, 0);
+  CHECK(wait_state(j, ATP_JOURNAL_OK, 2000));
+  CHECK_EQ(atp_journal_wait(j, lsn, 2000), 0);
+  uint64_t last = lsn;
+  CHECK_EQ(atp_journal_close(j), 0);
+  c.fault = NULL;
+  c.on_durable = NULL;
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(got.count, last);
+  CHECK_EQ(got.out_of_order, 0);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+
+  /* Mode none: both are no-ops (nobody waits there). */
+  REQUIRE(make_dir(dir));
+  c = config_for(dir, ATP_JOURNAL_NONE);
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  atp_journal_own_commits(j, 0);
+  lsn = append_fill(j, 1, 6, 10);
+  CHECK(!atp_journal_commit(j));
+  CHECK_EQ(atp_journal_wait(j, lsn, 2000), 0);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+}
+
 static void test_fsync_failure_recovers(void) {
   check_io_failure('s', EIO);
 }
@@ -1219,6 +1339,7 @@ TEST_MAIN({
   RUN(test_ticket_horizon);
   RUN(test_group_releases_mutation_in_flight);
   RUN(test_admit_full_queue);
+  RUN(test_commit_on_producer_thread);
   RUN(test_fsync_failure_recovers);
   RUN(test_write_failure_recovers);
   RUN(test_zero_fill_failure_degrades);
