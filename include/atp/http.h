@@ -208,6 +208,13 @@ int atp_http_server_create(const atp_http_config_t *config, atp_http_server_t **
 /* The bound port. */
 int atp_http_server_port(const atp_http_server_t *server);
 
+/* From loop thread_index's own thread (its turn hook): waits up to wait_ns
+ * for I/O to be ready on that loop without handling it; true when some is
+ * (the loop's next poll then returns at once). For a group commit that
+ * lets the requests already on their way join the group. */
+bool atp_http_server_io_ready(atp_http_server_t *server, int thread_index,
+                              int64_t wait_ns);
+
 /* Runs every loop (threads 1..N-1 on new threads, 0 on the caller) until
  * atp_http_server_stop, then returns 0 once every connection is drained. */
 int atp_http_server_run(atp_http_server_t *server);

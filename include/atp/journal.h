@@ -249,6 +249,13 @@ uint64_t atp_journal_end(atp_journal_t *journal, uint32_t slot);
  * Thread: that loop's. */
 void atp_journal_own_commits(atp_journal_t *journal, uint32_t slot);
 bool atp_journal_commit(atp_journal_t *journal);
+/* batch only: how much longer the queued group may gather before a commit
+ * (min(batch_delay_us, the last fdatasync's time) since its first record),
+ * 0 when it should go now (always, none, nothing queued, or over
+ * ATP_JOURNAL_COMMIT_BYTES_MAX). A committing loop that still expects
+ * requests waits at most that long for them, so that one fdatasync carries
+ * more answers. Thread: any; takes the queue's mutex. */
+int64_t atp_journal_gather_ns(atp_journal_t *journal);
 
 /* Every ticket below it belongs to a mutation whose records are durable;
  * starts at 1. Acquire. Thread: any. */

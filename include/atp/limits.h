@@ -107,7 +107,11 @@
  * this much while its loop waits; a larger backlog (a big batch) goes to the
  * writer thread, which writes it while the loop goes on. */
 #define ATP_JOURNAL_COMMIT_BYTES_MAX (64u * 1024)
-#define ATP_JOURNAL_SEGMENTS_MAX     100000 /* files one directory may hold */
+/* batch, one loop: a turn's group waits for more requests only while they
+ * keep coming, one within this gap of the last (a closed loop of clients
+ * answers within a few microseconds each); sparse traffic pays it once. */
+#define ATP_COMMIT_GAP_NS        30000
+#define ATP_JOURNAL_SEGMENTS_MAX 100000 /* files one directory may hold */
 
 /* Input times (counted_at, occurred_at, as_of, ...) in ms since the epoch:
  * from the epoch to the end of year 9999, the last RFC 3339 can write. */

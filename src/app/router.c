@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "atp/app.h"
 #include "atp/assert.h"
 #include "atp/error.h"
 #include "atp/limits.h"
@@ -429,6 +430,17 @@ void atp_router_turn(void *ctx, int thread_index) {
   if (owned != j) {
     atp_journal_own_commits(j, (uint32_t)thread_index);
     owned = j;
+  }
+  /* batch may gather: while requests keep arriving (one within
+   * ATP_COMMIT_GAP_NS of the last) the group waits for them, up to the
+   * journal's bound, so that a closed loop of clients shares one fdatasync
+   * instead of splitting into the ones that happened to be ready. The next
+   * turn handles them and comes back here. */
+  int64_t left = atp_journal_gather_ns(j);
+  if (left > 0) {
+    atp_http_server_t *server = atp_app_server(app);
+    int64_t wait = left < ATP_COMMIT_GAP_NS ? left : ATP_COMMIT_GAP_NS;
+    if (server && atp_http_server_io_ready(server, thread_index, wait)) return;
   }
   (void)atp_journal_commit(j);
 }

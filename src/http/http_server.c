@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <llhttp.h>
 #include <netdb.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -1990,6 +1991,18 @@ int atp_http_server_create(const atp_http_config_t *config, atp_http_server_t **
   }
   *out = s;
   return 0;
+}
+
+bool atp_http_server_io_ready(atp_http_server_t *s, int thread_index, int64_t wait_ns) {
+  ATP_ASSERT(thread_index >= 0 && thread_index < s->threads);
+  struct pollfd p = {.fd = uv_backend_fd(&s->loops[thread_index].loop),
+                     .events = POLLIN};
+  struct timespec ts = {.tv_sec = (time_t)(wait_ns / 1000000000),
+                        .tv_nsec = (long)(wait_ns % 1000000000)};
+  int n;
+  do n = ppoll(&p, 1, &ts, NULL);
+  while (n < 0 && errno == EINTR);
+  return n > 0;
 }
 
 int atp_http_server_port(const atp_http_server_t *server) {

@@ -905,6 +905,19 @@ void atp_journal_own_commits(atp_journal_t *j, uint32_t slot) {
   atomic_store(&j->slots[slot].commits, true);
 }
 
+int64_t atp_journal_gather_ns(atp_journal_t *j) {
+  if (j->config.mode != ATP_JOURNAL_BATCH) return 0;
+  int64_t left = 0;
+  pthread_mutex_lock(&j->mu);
+  if (j->q_head && j->q_bytes < ATP_JOURNAL_COMMIT_BYTES_MAX) {
+    int64_t fsync_ns = atomic_load_explicit(&j->last_fsync_ns, memory_order_relaxed);
+    int64_t gather = j->gather_ns < fsync_ns ? j->gather_ns : fsync_ns;
+    left = j->q_first_ns + gather - now_ns();
+  }
+  pthread_mutex_unlock(&j->mu);
+  return left > 0 ? left : 0;
+}
+
 /* Wakes the writer thread for what a committing thread leaves to it. */
 static void hand_off(atp_journal_t *j) {
   count(&j->loop_handoffs, 1);

@@ -1113,13 +1113,19 @@ static void test_commit_on_producer_thread(void) {
   CHECK(!atp_journal_commit(j)); /* nothing to do */
   atp_journal_metrics_t m0, m1;
   atp_journal_metrics(j, &m0);
+  CHECK_EQ(atp_journal_gather_ns(j), 0); /* nothing queued */
   atp_journal_begin(j, 2);
   uint64_t lsn = append_fill(j, 1, 3, 100);
   uint64_t target = atp_journal_end(j, 2);
+  /* batch: the group may gather, at most min(1 ms, the last fdatasync) */
+  int64_t gather = atp_journal_gather_ns(j);
+  CHECK(gather > 0 && gather <= 1000000);
   sleep_ms(30);
+  CHECK_EQ(atp_journal_gather_ns(j), 0);   /* its time is up */
   CHECK_EQ(atp_journal_durable_lsn(j), 0); /* nobody woke the writer thread */
   atomic_store(&durable_on_caller, 0);
   CHECK(atp_journal_commit(j));
+  CHECK_EQ(atp_journal_gather_ns(j), 0);
   CHECK_EQ(atp_journal_durable_lsn(j), lsn);
   CHECK(atp_journal_durable_ticket(j) >= target);
   CHECK_EQ(atomic_load(&durable_on_caller), 1);
@@ -1145,6 +1151,7 @@ static void test_commit_on_producer_thread(void) {
   /* A backlog too large to write while the loop waits: the writer thread. */
   atp_journal_metrics(j, &m0);
   for (int i = 0; i < 3; i++) lsn = append_fill(j, 1, 4, 30000);
+  CHECK_EQ(atp_journal_gather_ns(j), 0); /* too much to hold a loop for */
   CHECK(!atp_journal_commit(j));
   CHECK_EQ(atp_journal_wait(j, lsn, 2000), 0);
   atp_journal_metrics(j, &m1);
@@ -1179,6 +1186,7 @@ static void test_commit_on_producer_thread(void) {
   REQUIRE((j = open_or_null(&c, 0, &scan)));
   atp_journal_own_commits(j, 0);
   lsn = append_fill(j, 1, 6, 10);
+  CHECK_EQ(atp_journal_gather_ns(j), 0);
   CHECK(!atp_journal_commit(j));
   CHECK_EQ(atp_journal_wait(j, lsn, 2000), 0);
   CHECK_EQ(atp_journal_close(j), 0);
