@@ -1782,15 +1782,21 @@ static void on_answer_async(uv_async_t *a) {
 /* Writes the parked output whose target the released value reached. The list
  * is short (connections waiting on one group commit), and a connection's
  * target can grow while it waits, so it is walked whole. */
-static void on_release_async(uv_async_t *a) {
-  loop_ctx_t *lp = a->data;
+static uint32_t release_held(loop_ctx_t *lp) {
   uint64_t v = atomic_load_explicit(&lp->released, memory_order_acquire);
+  uint32_t n = 0;
   for (conn_t *c = lp->held, *next; c; c = next) {
     next = c->held_next;
     if (c->hold_until > v) continue;
     conn_unhold(c);
     conn_progress(c);
+    n++;
   }
+  return n;
+}
+
+static void on_release_async(uv_async_t *a) {
+  (void)release_held(a->data);
 }
 
 /* The loop whose thread this is, set by on_turn: a release made on the loop's
@@ -1803,8 +1809,19 @@ static _Thread_local const loop_ctx_t *tls_loop;
 static void on_turn(uv_prepare_t *p) {
   loop_ctx_t *lp = p->data;
   tls_loop = lp;
-  lp->server->config.turn(lp->server->config.ctx, lp->index);
-  if (lp->held) on_release_async(&lp->release_async);
+  /* A released connection goes on with the requests it had pipelined behind
+   * the parked answer, which may park again on records appended after the
+   * hook ran: the hook runs again for them. The loop must not poll (and
+   * perhaps sleep) with records it has not committed, so after a few rounds
+   * it wakes itself for another turn instead. */
+  for (int round = 0;; round++) {
+    lp->server->config.turn(lp->server->config.ctx, lp->index);
+    if (!lp->held || release_held(lp) == 0) break;
+    if (round == 3) {
+      uv_async_send(&lp->release_async);
+      break;
+    }
+  }
 }
 
 /* Every STOP_POLL_MS while draining: the grace ends at its deadline, or at
