@@ -110,6 +110,11 @@ bin/atpctl: src/cmd/atpctl.c $(patsubst src/%.c,$(BUILD)/release/obj/%.o,$(SRC_C
 bin/atpd-asan: src/cmd/atpd.c $(call objs,asan)
 	@mkdir -p bin
 	$(CC) $(CSTD) $(WARN) $(CFLAGS_asan) $(INC) $^ -o $@ $(LIBS) $(LDFLAGS_asan)
+# ThreadSanitizer's atpd, for black-box runs by hand: ATPD_BIN=bin/atpd-tsan
+# TSAN_OPTIONS=halt_on_error=1 pytest tests/blackbox/test_durability.py
+bin/atpd-tsan: src/cmd/atpd.c $(call objs,tsan)
+	@mkdir -p bin
+	$(CC) $(CSTD) $(WARN) $(CFLAGS_tsan) $(INC) $^ -o $@ $(LIBS) $(LDFLAGS_tsan)
 
 # --- run -------------------------------------------------------------------
 run: deps all
