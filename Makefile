@@ -110,8 +110,8 @@ bin/atpctl: src/cmd/atpctl.c $(patsubst src/%.c,$(BUILD)/release/obj/%.o,$(SRC_C
 bin/atpd-asan: src/cmd/atpd.c $(call objs,asan)
 	@mkdir -p bin
 	$(CC) $(CSTD) $(WARN) $(CFLAGS_asan) $(INC) $^ -o $@ $(LIBS) $(LDFLAGS_asan)
-# ThreadSanitizer's atpd, for black-box runs by hand: ATPD_BIN=bin/atpd-tsan
-# TSAN_OPTIONS=halt_on_error=1 pytest tests/blackbox/test_durability.py
+# ThreadSanitizer's atpd: make test runs the durability module against it
+# (tests/run.sh blackbox-tsan).
 bin/atpd-tsan: src/cmd/atpd.c $(call objs,tsan)
 	@mkdir -p bin
 	$(CC) $(CSTD) $(WARN) $(CFLAGS_tsan) $(INC) $^ -o $@ $(LIBS) $(LDFLAGS_tsan)
@@ -129,7 +129,7 @@ UNIT_BINS_asan    := $(addprefix $(BUILD)/asan/tests/,$(UNIT_NAMES))
 TSAN_NAMES        := $(patsubst tests/unit/%.c,%,$(sort $(wildcard tests/unit/*/test_*stress*.c))) store/test_journal
 UNIT_BINS_tsan    := $(addprefix $(BUILD)/tsan/tests/,$(TSAN_NAMES))
 
-test: deps all check-layers check-prefetch bin/atpd-asan $(UNIT_BINS_release) $(UNIT_BINS_asan) $(UNIT_BINS_tsan)
+test: deps all check-layers check-prefetch bin/atpd-asan bin/atpd-tsan $(UNIT_BINS_release) $(UNIT_BINS_asan) $(UNIT_BINS_tsan)
 	@tests/run.sh
 
 # The compiler kept every prefetch the sources ask for (scripts/check-prefetch.sh).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the test suites and prints one total "N passed, N failed" as the last line.
 #   tests/run.sh            everything make test runs
-#   tests/run.sh unit|asan|tsan|blackbox|openapi|fuzz [seconds]
+#   tests/run.sh unit|asan|tsan|blackbox|blackbox-tsan|openapi|fuzz [seconds]
 # Every suite ends with its own "N passed, N failed" line, or pytest's closing
 # "=== N passed, N failed, N errors in Ts ===" (errors count as failures); a
 # suite that ends without one (a crash) counts as one failure.
@@ -52,6 +52,15 @@ blackbox() {
   FAIL_LINES='^(FAILED|ERROR) |^openapi: ' suite blackbox /usr/bin/python3 -m pytest tests/blackbox -n 2 --dist loadfile --tb=short "$@"
 }
 
+# The durability module again against bin/atpd-tsan: the journal's writer
+# thread, the loop's own commits and the parked answers under ThreadSanitizer
+# (tests/tsan.supp: libuv is not instrumented). Its ASan runs are skipped.
+blackbox_tsan() {
+  FAIL_LINES='^(FAILED|ERROR) ' suite blackbox-tsan env ATPD_BIN=bin/atpd-tsan ATPD_ASAN=0 \
+    TSAN_OPTIONS="exitcode=86 suppressions=$PWD/tests/tsan.supp" \
+    /usr/bin/python3 -m pytest tests/blackbox/test_durability.py -n 2 --dist loadfile --tb=short "$@"
+}
+
 # proto/openapi.yaml through redocly lint (proto/redocly.yaml: any problem is
 # an error); one check in the totals.
 openapi_lint() {
@@ -73,6 +82,7 @@ case $mode in
   asan) run_variant asan ;;
   tsan) run_variant tsan ;;
   blackbox) shift; blackbox "$@" ;;
+  blackbox-tsan) shift; blackbox_tsan "$@" ;;
   openapi) openapi_lint ;;
   fuzz)
     for f in build/fuzz/fuzz_*; do
@@ -82,8 +92,8 @@ case $mode in
     done ;;
   all)
     run_variant release; run_variant asan; run_variant tsan
-    openapi_lint; blackbox ;;
-  *) echo "usage: tests/run.sh [unit|asan|tsan|blackbox [pytest args]|openapi|fuzz [seconds]]" >&2; exit 2 ;;
+    openapi_lint; blackbox; blackbox_tsan ;;
+  *) echo "usage: tests/run.sh [unit|asan|tsan|blackbox [pytest args]|blackbox-tsan|openapi|fuzz [seconds]]" >&2; exit 2 ;;
 esac
 echo "$total_pass passed, $total_fail failed"
 ((total_fail == 0))
