@@ -752,6 +752,75 @@ static void redis_delete_snapshot(redisContext *r, const atp_snapshot_config_t *
   if (d) freeReplyObject(d);
 }
 
+/* Deletes every key of snapshot id (its chunks and a manifest, if any) by a
+ * SCAN of its key pattern: a push that failed or died wrote chunks without
+ * the manifest that counts them. 0 or ATP_EUNAVAILABLE. */
+static int redis_delete_partial(redisContext *r, const atp_snapshot_config_t *c,
+                                const char *id) {
+  char cursor[32] = "0";
+  do {
+    redisReply *s =
+        redisCommand(r, "SCAN %s MATCH %ssnap:%s:* COUNT 1000", cursor, prefix(c), id);
+    if (!s || s->type != REDIS_REPLY_ARRAY || s->elements != 2 ||
+        s->element[0]->type != REDIS_REPLY_STRING ||
+        s->element[1]->type != REDIS_REPLY_ARRAY) {
+      if (s) freeReplyObject(s);
+      return ATP_EUNAVAILABLE;
+    }
+    snprintf(cursor, sizeof cursor, "%s", s->element[0]->str);
+    redisReply *keys = s->element[1];
+    for (size_t i = 0; i < keys->elements; i++) {
+      if (keys->element[i]->type != REDIS_REPLY_STRING) continue;
+      redisReply *d = redisCommand(r, "DEL %b", keys->element[i]->str,
+                                   (size_t)keys->element[i]->len);
+      if (!d) {
+        freeReplyObject(s);
+        return ATP_EUNAVAILABLE;
+      }
+      freeReplyObject(d);
+    }
+    freeReplyObject(s);
+  } while (strcmp(cursor, "0") != 0);
+  return 0;
+}
+
+/* Pushes under way are named in the set <prefix>pushing from before their
+ * first chunk until they are listed: one that failed (Redis slow or down
+ * mid-push) or died with atpd left chunks no manifest counts, and a retry
+ * may push a newer snapshot instead, so this push deletes those leftovers
+ * first. A member already listed in <prefix>snapshots completed (atpd died
+ * between the list and the set) and only leaves the set. */
+static int redis_clean_pushes(redisContext *r, const atp_snapshot_config_t *c,
+                              const char *id, char *err, size_t err_len) {
+  redisReply *m = redisCommand(r, "SMEMBERS %spushing", prefix(c));
+  if (!m || m->type != REDIS_REPLY_ARRAY)
+    return redis_fail(r, m, "SMEMBERS", err, err_len);
+  redisReply *kept = redisCommand(r, "LRANGE %ssnapshots 0 -1", prefix(c));
+  if (!kept || kept->type != REDIS_REPLY_ARRAY) {
+    freeReplyObject(m);
+    return redis_fail(r, kept, "LRANGE", err, err_len);
+  }
+  int rc = 0;
+  for (size_t i = 0; i < m->elements && rc == 0; i++) {
+    const redisReply *e = m->element[i];
+    if (e->type != REDIS_REPLY_STRING || strcmp(e->str, id) == 0) continue;
+    bool listed = false;
+    for (size_t k = 0; k < kept->elements && !listed; k++)
+      listed = kept->element[k]->type == REDIS_REPLY_STRING &&
+               strcmp(kept->element[k]->str, e->str) == 0;
+    if (!listed && redis_delete_partial(r, c, e->str) != 0) {
+      ERR("redis: deleting the leftovers of the failed push of snapshot %s", e->str);
+      rc = ATP_EUNAVAILABLE;
+    } else {
+      rc = redis_ok(r, redisCommand(r, "SREM %spushing %s", prefix(c), e->str), "SREM",
+                    err, err_len);
+    }
+  }
+  freeReplyObject(kept);
+  freeReplyObject(m);
+  return rc;
+}
+
 int atp_snapshot_push(const atp_snapshot_config_t *config,
                       const atp_snapshot_info_t *info, char *err, size_t err_len) {
   if (!config->redis_host || !*config->redis_host) return 0;
@@ -760,7 +829,11 @@ int atp_snapshot_push(const atp_snapshot_config_t *config,
   push_t p = {.r = r, .config = config, .id = info->id, .err = err, .err_len = err_len};
   atp_buf_init(&p.manifest_chunks, 0);
   atp_snapshot_info_t read;
-  int rc = scan_file(info->path, NULL, push_frame, &p, NULL, NULL, &read, err, err_len);
+  int rc = redis_ok(r, redisCommand(r, "SADD %spushing %s", prefix(config), info->id),
+                    "SADD pushing", err, err_len);
+  if (!rc) rc = redis_clean_pushes(r, config, info->id, err, err_len);
+  if (!rc)
+    rc = scan_file(info->path, NULL, push_frame, &p, NULL, NULL, &read, err, err_len);
   if (!rc && strcmp(read.id, info->id) != 0) {
     ERR("%s: holds snapshot %s, not %s", info->path, read.id, info->id);
     rc = ATP_EINTERNAL;
@@ -805,6 +878,9 @@ int atp_snapshot_push(const atp_snapshot_config_t *config,
                                ATP_SNAPSHOT_GENERATIONS - 1),
                   "LTRIM", err, err_len);
   }
+  if (!rc)
+    rc = redis_ok(r, redisCommand(r, "SREM %spushing %s", prefix(config), info->id),
+                  "SREM pushing", err, err_len);
   if (rc && rc != ATP_EUNAVAILABLE && rc != ATP_EINTERNAL) rc = ATP_EUNAVAILABLE;
   atp_buf_free(&p.manifest_chunks);
   redisFree(r);

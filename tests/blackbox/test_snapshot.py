@@ -358,8 +358,20 @@ def test_redis_stopped_during_a_snapshot(binary, redis):
         assert r.status == 200 and r.data["redis"] == "pushed", r
         assert redis.cli("GET", "atpd:latest") == r.data["snapshot_id"]
         assert metric(c, "atpd_snapshot_redis_pending") == 0
+        assert_no_leftover_chunks(redis)
     finally:
         stop_ok(srv)
+
+
+def assert_no_leftover_chunks(redis):
+    """Every snapshot key in Redis belongs to a listed snapshot: a push that
+    failed midway left chunks without a manifest, and the next push (here of a
+    newer snapshot) deleted them."""
+    listed = set(redis.cli("LRANGE", "atpd:snapshots", "0", "-1").split())
+    keys = [k for k in redis.cli("KEYS", "atpd:snap:*").split() if k]
+    ids = {k.split(":")[2] for k in keys}
+    assert keys and ids <= listed, (ids, listed)
+    assert redis.cli("SMEMBERS", "atpd:pushing") == ""
 
 
 def test_redis_killed_during_a_snapshot(binary, redis):
