@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,6 +77,10 @@ typedef struct {
   uint32_t old_count, moved;
   /* The sweep of expired entries, also in steps (prune). */
   uint32_t sweep_pos;
+  /* A snapshot walks the table in steps, letting the mutex go between them:
+   * meanwhile the table does not grow (chains get longer for a while), so
+   * no entry moves from a bucket not walked yet to one walked already. */
+  bool frozen;
 } table_t;
 
 #define MOVE_STEP 64u
@@ -210,7 +215,9 @@ static node_t *t_put(table_t *t, const void *key, uint32_t len, const void *val,
     *rc = ATP_EFULL;
     return NULL;
   }
-  if (t->count >= t->bucket_count && (*rc = t_grow(t)) != 0) return NULL;
+  if ((t->count >= t->bucket_count && !t->frozen) || !t->bucket_count) {
+    if ((*rc = t_grow(t)) != 0) return NULL;
+  }
   t_move(t, MOVE_STEP);
   node_t *n = atp_malloc(sizeof *n + len + val_len + 1);
   if (!n) {
@@ -256,6 +263,7 @@ struct atp_shopify {
   atp_shopify_config_t config; /* a copy; access_token owned */
   atp_durable_t *durable;      /* NULL: nothing journaled (tests) */
   pthread_mutex_t mu;          /* every table and enc */
+  _Atomic uint32_t waiters;    /* threads in lock(), for a snapshot's walk */
   table_t by_sku;              /* sku -> a: variant, b: item */
   table_t by_variant;          /* u64 variant -> sku */
   table_t by_item;             /* u64 item -> sku */
@@ -276,6 +284,14 @@ struct atp_shopify {
    * push walks the positions again when it moves (atp_shopify_mappings_generation). */
   _Atomic uint64_t mappings_generation;
 };
+
+/* Every caller takes the mutex through here, so that a snapshot walking the
+ * tables (export_table) knows someone waits for it. */
+static void lock(atp_shopify_t *s) {
+  atomic_fetch_add_explicit(&s->waiters, 1, memory_order_relaxed);
+  pthread_mutex_lock(&s->mu);
+  atomic_fetch_sub_explicit(&s->waiters, 1, memory_order_relaxed);
+}
 
 static void u64_key(uint64_t v, unsigned char out[8]) {
   for (int i = 0; i < 8; i++) out[i] = (unsigned char)(v >> (8 * i));
@@ -482,7 +498,7 @@ static int replay(void *ctx, uint16_t kind, const void *payload, uint32_t len) {
       return 0; /* 54, 55: kinds of a later release, skipped */
   }
   if (!atp_payload_ok(&r)) return ATP_EBADREQ;
-  pthread_mutex_lock(&s->mu);
+  lock(s);
   s->restoring = true;
   int rc = 0;
   switch (kind) {
@@ -549,49 +565,81 @@ static uint64_t key_u64(const node_t *n) {
   return v;
 }
 
-static int export_table(atp_shopify_t *s, table_t *t, uint16_t kind, atp_buf_t *b,
-                        atp_durable_emit_fn emit, void *emit_ctx) {
-  t_move(t, UINT32_MAX); /* one array to walk */
-  for (uint32_t i = 0; i < t->bucket_count; i++) {
-    for (node_t *n = t->buckets[i]; n; n = n->next) {
-      atp_buf_reset(b);
-      atp_str_t key = {n->data, n->key_len};
-      atp_str_t val = {n_val(n), n->val_len};
-      switch (kind) {
-        case KIND_ITEM:
-          enc_item(b, key, (uint64_t)n->a, (uint64_t)n->b);
-          break;
-        case KIND_LOCATION:
-          enc_location(b, key, (uint64_t)n->a);
-          break;
-        case KIND_LEVEL: {
-          uint64_t loc = 0;
-          for (int k = 15; k >= 8; k--) loc = loc << 8 | (unsigned char)n->data[k];
-          enc_level(b, key_u64(n), loc, n->a);
-          break;
-        }
-        case KIND_WEBHOOK:
-          enc_webhook(b, n->data, n->key_len, n->tag, n->at_ms);
-          break;
-        case KIND_MARK:
-          enc_mark(b, key, n->a, n->at_ms);
-          break;
-        default:
-          enc_order(b, key_u64(n), n->tag, val, n->at_ms);
-          break;
+/* Writes the entries of bucket i as records. */
+static int export_chain(table_t *t, uint32_t i, uint16_t kind, atp_buf_t *b,
+                        atp_durable_emit_fn emit, void *emit_ctx, uint32_t *since) {
+  for (node_t *n = t->buckets[i]; n; n = n->next) {
+    atp_buf_reset(b);
+    atp_str_t key = {n->data, n->key_len};
+    atp_str_t val = {n_val(n), n->val_len};
+    switch (kind) {
+      case KIND_ITEM:
+        enc_item(b, key, (uint64_t)n->a, (uint64_t)n->b);
+        break;
+      case KIND_LOCATION:
+        enc_location(b, key, (uint64_t)n->a);
+        break;
+      case KIND_LEVEL: {
+        uint64_t loc = 0;
+        for (int k = 15; k >= 8; k--) loc = loc << 8 | (unsigned char)n->data[k];
+        enc_level(b, key_u64(n), loc, n->a);
+        break;
       }
-      if (b->failed) return ATP_ENOMEM;
-      int rc = emit(emit_ctx, kind, b->data, (uint32_t)b->len);
-      if (rc != 0) return rc;
+      case KIND_WEBHOOK:
+        enc_webhook(b, n->data, n->key_len, n->tag, n->at_ms);
+        break;
+      case KIND_MARK:
+        enc_mark(b, key, n->a, n->at_ms);
+        break;
+      default:
+        enc_order(b, key_u64(n), n->tag, val, n->at_ms);
+        break;
     }
+    if (b->failed) return ATP_ENOMEM;
+    int rc = emit(emit_ctx, kind, b->data, (uint32_t)b->len);
+    if (rc != 0) return rc;
+    (*since)++;
   }
-  (void)s;
   return 0;
 }
 
-/* A snapshot: every table as the records that rebuild it. The mutex is held
- * for the walk (a few hundred ms for millions of entries: webhooks wait that
- * long, once per snapshot). */
+/* Entries a snapshot writes between two chances for webhooks to take the
+ * mutex: a few milliseconds of the snapshot thread. */
+#define EXPORT_STEP 4096u
+
+/* Under s->mu, which it lets go every EXPORT_STEP entries, between buckets
+ * (a node is never held across). The snapshot is fuzzy: an entry that
+ * changes meanwhile is written or not, and its journal record, after the
+ * snapshot's LSN, is replayed on top either way. The table stays frozen
+ * (see table_t) for the walk; one that was empty at its start may grow from
+ * nothing meanwhile, and its new buckets are walked too. */
+static int export_table(atp_shopify_t *s, table_t *t, uint16_t kind, atp_buf_t *b,
+                        atp_durable_emit_fn emit, void *emit_ctx) {
+  t_move(t, UINT32_MAX); /* one array to walk */
+  t->frozen = true;
+  int rc = 0;
+  uint32_t since = 0;
+  for (uint32_t i = 0; i < t->bucket_count && rc == 0; i++) {
+    rc = export_chain(t, i, kind, b, emit, emit_ctx, &since);
+    if (since >= EXPORT_STEP) {
+      /* A waiter woken by the unlock needs tens of microseconds to run and
+       * would find the mutex taken again: the walk yields until the threads
+       * waiting for it have had their turn (bounded, should they keep
+       * coming). */
+      pthread_mutex_unlock(&s->mu);
+      since = 0;
+      for (int spins = 0; atomic_load(&s->waiters) > 0 && spins < 2000; spins++)
+        sched_yield();
+      pthread_mutex_lock(&s->mu);
+    }
+  }
+  t->frozen = false;
+  return rc;
+}
+
+/* A snapshot: every table as the records that rebuild it, under the mutex,
+ * which export_table lets go every EXPORT_STEP entries: a webhook waits for
+ * one step at most, not for the walk over millions of entries. */
 static int export_state(void *ctx, atp_durable_emit_fn emit, void *emit_ctx) {
   atp_shopify_t *s = ctx;
   atp_buf_t b;
@@ -691,7 +739,7 @@ const atp_shopify_config_t *atp_shopify_config(const atp_shopify_t *s) {
 int atp_shopify_map_item(atp_shopify_t *s, atp_str_t sku, uint64_t variant_id,
                          uint64_t inventory_item_id) {
   ATP_ASSERT(sku.len > 0 && variant_id && inventory_item_id);
-  pthread_mutex_lock(&s->mu);
+  lock(s);
   node_t *n = t_find(&s->by_sku, sku.ptr, sku.len);
   int rc = 0;
   if (n && (uint64_t)n->a == variant_id && (uint64_t)n->b == inventory_item_id)
@@ -708,7 +756,7 @@ done:
 int atp_shopify_map_location(atp_shopify_t *s, atp_str_t location,
                              uint64_t shopify_location_id) {
   ATP_ASSERT(location.len > 0 && shopify_location_id);
-  pthread_mutex_lock(&s->mu);
+  lock(s);
   node_t *n = t_find(&s->by_location, location.ptr, location.len);
   int rc = 0;
   if (n && (uint64_t)n->a == shopify_location_id) goto done;
@@ -723,7 +771,7 @@ done:
 
 bool atp_shopify_item_of_sku(atp_shopify_t *s, atp_str_t sku,
                              uint64_t *inventory_item_id, uint64_t *variant_id) {
-  pthread_mutex_lock(&s->mu);
+  lock(s);
   node_t *n = t_find(&s->by_sku, sku.ptr, sku.len);
   if (n) {
     if (inventory_item_id) *inventory_item_id = (uint64_t)n->b;
@@ -735,7 +783,7 @@ bool atp_shopify_item_of_sku(atp_shopify_t *s, atp_str_t sku,
 
 bool atp_shopify_location_of(atp_shopify_t *s, atp_str_t location,
                              uint64_t *shopify_location_id) {
-  pthread_mutex_lock(&s->mu);
+  lock(s);
   node_t *n = t_find(&s->by_location, location.ptr, location.len);
   if (n && shopify_location_id) *shopify_location_id = (uint64_t)n->a;
   pthread_mutex_unlock(&s->mu);
@@ -745,7 +793,7 @@ bool atp_shopify_location_of(atp_shopify_t *s, atp_str_t location,
 static bool reverse(atp_shopify_t *s, table_t *t, uint64_t id, char *buf, size_t cap) {
   unsigned char k[8];
   u64_key(id, k);
-  pthread_mutex_lock(&s->mu);
+  lock(s);
   node_t *n = t_find(t, k, 8);
   bool found = n && n->val_len < cap;
   if (found) {
@@ -773,7 +821,7 @@ bool atp_shopify_location_of_shopify(atp_shopify_t *s, uint64_t shopify_location
 
 void atp_shopify_counts(atp_shopify_t *s, uint64_t *items, uint64_t *locations,
                         uint64_t *levels, uint64_t *webhooks) {
-  pthread_mutex_lock(&s->mu);
+  lock(s);
   if (items) *items = s->by_sku.count;
   if (locations) *locations = s->by_location.count;
   if (levels) *levels = s->levels.count;
@@ -786,7 +834,7 @@ bool atp_shopify_level_get(atp_shopify_t *s, uint64_t inventory_item_id,
   unsigned char k[16];
   u64_key(inventory_item_id, k);
   u64_key(shopify_location_id, k + 8);
-  pthread_mutex_lock(&s->mu);
+  lock(s);
   node_t *n = t_find(&s->levels, k, 16);
   if (n && quantity) *quantity = n->a;
   pthread_mutex_unlock(&s->mu);
@@ -795,7 +843,7 @@ bool atp_shopify_level_get(atp_shopify_t *s, uint64_t inventory_item_id,
 
 int atp_shopify_level_set(atp_shopify_t *s, uint64_t inventory_item_id,
                           uint64_t shopify_location_id, int64_t quantity) {
-  pthread_mutex_lock(&s->mu);
+  lock(s);
   int rc = apply_level(s, inventory_item_id, shopify_location_id, quantity);
   if (rc == 0) {
     atp_buf_reset(&s->enc);
@@ -847,7 +895,7 @@ bool atp_shopify_webhook_seen(atp_shopify_t *s, atp_str_t webhook_id,
                               atp_shopify_outcome_t *first) {
   char k[ATP_ID_BYTES_MAX + 2];
   int64_t floor = atp_wall_ms() - ATP_SHOPIFY_WEBHOOK_RETENTION_MS;
-  pthread_mutex_lock(&s->mu);
+  lock(s);
   node_t *n = NULL;
   if (webhook_id.len && webhook_id.len <= ATP_ID_BYTES_MAX)
     n = t_find(&s->webhooks, k, dedupe_key(k, 'w', webhook_id.ptr, webhook_id.len));
@@ -878,7 +926,7 @@ int atp_shopify_webhook_record(atp_shopify_t *s, atp_str_t webhook_id,
   char k[ATP_ID_BYTES_MAX + 2];
   int64_t now = atp_wall_ms();
   int rc = 0;
-  pthread_mutex_lock(&s->mu);
+  lock(s);
   prune(s, now, false);
   if (webhook_id.len && webhook_id.len <= ATP_ID_BYTES_MAX)
     rc = record_key(s, k, dedupe_key(k, 'w', webhook_id.ptr, webhook_id.len),
@@ -891,7 +939,7 @@ int atp_shopify_webhook_record(atp_shopify_t *s, atp_str_t webhook_id,
 
 bool atp_shopify_mark_older(atp_shopify_t *s, atp_str_t resource, int64_t at_ms,
                             int64_t *mark_ms) {
-  pthread_mutex_lock(&s->mu);
+  lock(s);
   node_t *n = t_find(&s->marks, resource.ptr, resource.len);
   bool older = n && at_ms < n->a;
   if (n && mark_ms) *mark_ms = n->a;
@@ -901,7 +949,7 @@ bool atp_shopify_mark_older(atp_shopify_t *s, atp_str_t resource, int64_t at_ms,
 
 int atp_shopify_mark_advance(atp_shopify_t *s, atp_str_t resource, int64_t at_ms) {
   int64_t now = atp_wall_ms();
-  pthread_mutex_lock(&s->mu);
+  lock(s);
   prune(s, now, false);
   node_t *n = t_find(&s->marks, resource.ptr, resource.len);
   int rc = 0;
@@ -925,7 +973,7 @@ int atp_shopify_order_set(atp_shopify_t *s, uint64_t order_id,
   int64_t now = atp_wall_ms();
   unsigned char k[8];
   u64_key(order_id, k);
-  pthread_mutex_lock(&s->mu);
+  lock(s);
   node_t *n = t_find(&s->orders, k, 8);
   int rc = 0;
   if (n && n->tag == (uint8_t)kind && n->val_len == reservation.len &&
@@ -949,7 +997,7 @@ bool atp_shopify_order_get(atp_shopify_t *s, uint64_t order_id,
                            atp_shopify_order_kind_t *kind, char *buf, size_t cap) {
   unsigned char k[8];
   u64_key(order_id, k);
-  pthread_mutex_lock(&s->mu);
+  lock(s);
   node_t *n = t_find(&s->orders, k, 8);
   bool found = n && n->val_len < cap;
   if (found) {

@@ -6,9 +6,15 @@
  * nothing else; mappings stay one-to-one when remapped; dedupe answers the
  * first outcome by webhook id or by content key; watermarks only rise.
  */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "atp/durability.h"
+#include "atp/engine.h"
 #include "atp/error.h"
 #include "atp/shopify.h"
 #include "test.h"
@@ -182,5 +188,83 @@ static void test_tables_grow_in_steps(void) {
   atp_shopify_destroy(s);
 }
 
+/* A snapshot of a large table lets webhooks in while it walks: one that
+ * arrives during the export is recorded before the export ends, where it
+ * used to wait for the whole walk. */
+typedef struct {
+  atp_shopify_t *s;
+  uint32_t emitted, at_done;
+  _Atomic int done;
+  pthread_t t;
+  bool started;
+} export_probe_t;
+
+static void *late_webhook(void *arg) {
+  export_probe_t *p = arg;
+  uint8_t none[32] = {0};
+  int rc = atp_shopify_webhook_record(p->s, str("w-late"), none, ATP_SHOPIFY_APPLIED);
+  atomic_store(&p->done, rc == 0 ? 1 : -1);
+  return NULL;
+}
+
+static int probe_emit(void *ctx, uint16_t kind, const void *payload, uint32_t bytes) {
+  (void)kind;
+  (void)payload;
+  (void)bytes;
+  export_probe_t *p = ctx;
+  if (++p->emitted == 100) {
+    p->started = pthread_create(&p->t, NULL, late_webhook, p) == 0;
+    usleep(20000); /* it is blocked on the mutex by now */
+  }
+  if (atomic_load(&p->done) && !p->at_done) p->at_done = p->emitted;
+  return 0;
+}
+
+static void test_export_lets_webhooks_in(void) {
+  char dir[64];
+  strcpy(dir, "/tmp/atpd-shx-XXXXXX");
+  REQUIRE(mkdtemp(dir));
+  atp_durable_config_t dc = {.dir = dir, .mode = ATP_JOURNAL_NONE};
+  atp_durable_t *d = NULL;
+  REQUIRE(atp_durable_create(&dc, &d) == 0);
+  atp_engine_config_t ec = {.positions_max = 64,
+                            .reservations_max = 64,
+                            .idempotency_max = 64,
+                            .on_change = atp_durable_hook,
+                            .change_ctx = d};
+  atp_engine_t *engine = NULL;
+  REQUIRE(atp_engine_create(&ec, &engine) == 0);
+  atp_shopify_config_t c;
+  memset(&c, 0, sizeof c);
+  c.secret_count = 1;
+  atp_shopify_t *s = NULL;
+  REQUIRE(atp_shopify_create(&c, d, &s) == 0);
+  atp_durable_restore_t info;
+  REQUIRE(atp_durable_restore(d, engine, 0, &info) == 0);
+  enum { N = 30000 };
+  char id[32];
+  uint8_t none[32] = {0};
+  for (uint32_t i = 0; i < N; i++) {
+    snprintf(id, sizeof id, "w-%u", i);
+    REQUIRE(atp_shopify_webhook_record(s, str(id), none, ATP_SHOPIFY_APPLIED) == 0);
+  }
+  export_probe_t p = {.s = s};
+  CHECK_EQ(atp_durable_export_sections(d, probe_emit, &p), 0);
+  REQUIRE(p.started);
+  pthread_join(p.t, NULL);
+  CHECK_EQ(atomic_load(&p.done), 1);
+  CHECK(p.emitted >= N);
+  /* recorded while the walk went on, not after it */
+  CHECK(p.at_done > 0 && p.at_done < p.emitted);
+  CHECK(atp_shopify_webhook_seen(s, str("w-late"), none, NULL));
+  atp_shopify_destroy(s);
+  CHECK_EQ(atp_durable_close(d), 0);
+  atp_engine_destroy(engine);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  CHECK_EQ(system(cmd), 0);
+}
+
 TEST_MAIN(RUN(test_id_parse); RUN(test_hmac); RUN(test_mappings_one_to_one);
-          RUN(test_dedupe_and_watermarks); RUN(test_tables_grow_in_steps);)
+          RUN(test_dedupe_and_watermarks); RUN(test_tables_grow_in_steps);
+          RUN(test_export_lets_webhooks_in);)
