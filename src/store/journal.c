@@ -604,6 +604,16 @@ static bool group_ready(atp_journal_t *j, int64_t *deadline) {
   return now_ns() >= *deadline;
 }
 
+/* Under mu, after a round failed: FAILED, and the next retry's backoff (the
+ * first after a failure, or doubled after a failed retry). */
+static void round_failed(atp_journal_t *j, bool retry) {
+  if (!retry)
+    j->retry_ms = j->config.retry_ms_min;
+  else if ((j->retry_ms *= 2) > j->config.retry_ms_max)
+    j->retry_ms = j->config.retry_ms_max;
+  atomic_store_explicit(&j->state, ATP_JOURNAL_FAILED, memory_order_release);
+}
+
 /* Under mu: waits until a group should start. false: stop the thread. */
 static bool wait_for_group(atp_journal_t *j) {
   bool gathered = false;
@@ -643,10 +653,7 @@ static bool wait_for_group(atp_journal_t *j) {
           pthread_mutex_unlock(&j->mu);
           int rc = zero_step(j);
           pthread_mutex_lock(&j->mu);
-          if (rc) {
-            j->retry_ms = j->config.retry_ms_min;
-            atomic_store_explicit(&j->state, ATP_JOURNAL_FAILED, memory_order_release);
-          }
+          if (rc) round_failed(j, false);
         }
         pthread_mutex_unlock(&j->round_mu);
         if (due) continue;
@@ -699,6 +706,22 @@ static uint64_t settle_horizon(atp_journal_t *j) {
   return h;
 }
 
+/* Under mu, after a round wrote everything it took: every ticket below h is
+ * durable too. Release: whoever reads the ticket durable sees the LSN
+ * published before it. A round that moved neither wakes nobody (one wake-up
+ * per group). */
+static void round_published(atp_journal_t *j, uint64_t h, bool records) {
+  bool moved = records;
+  if (h > atomic_load_explicit(&j->durable_ticket, memory_order_relaxed)) {
+    atomic_store_explicit(&j->durable_ticket, h, memory_order_release);
+    moved = true;
+  }
+  if (!records) count(&j->empty_rounds, 1);
+  if (moved && j->config.on_durable)
+    j->config.on_durable(j->config.durable_ctx,
+                         atomic_load_explicit(&j->durable_lsn, memory_order_relaxed));
+}
+
 static void *writer_main(void *arg) {
   atp_journal_t *j = arg;
   pthread_mutex_lock(&j->mu);
@@ -724,11 +747,7 @@ static void *writer_main(void *arg) {
       atomic_store_explicit(&j->last_group_end_ns, now_ns(), memory_order_relaxed);
     pthread_mutex_lock(&j->mu);
     if (rc != 0) {
-      if (!failed)
-        j->retry_ms = j->config.retry_ms_min;
-      else if ((j->retry_ms *= 2) > j->config.retry_ms_max)
-        j->retry_ms = j->config.retry_ms_max;
-      atomic_store_explicit(&j->state, ATP_JOURNAL_FAILED, memory_order_release);
+      round_failed(j, failed);
       if (j->stopping && failed) {
         j->unwritten_at_close = true;
         pthread_mutex_unlock(&j->round_mu);
@@ -740,21 +759,7 @@ static void *writer_main(void *arg) {
       atp_log("info", "journal: writes to %s succeed again; durable LSN %" PRIu64,
               j->dir, atomic_load_explicit(&j->durable_lsn, memory_order_relaxed));
     }
-    if (rc == 0) {
-      /* Everything taken is durable: so is every ticket below h. Release:
-       * whoever reads the ticket durable sees the LSN published before it.
-       * A round that moved neither wakes nobody (one wake-up per group). */
-      bool moved = records;
-      if (h > atomic_load_explicit(&j->durable_ticket, memory_order_relaxed)) {
-        atomic_store_explicit(&j->durable_ticket, h, memory_order_release);
-        moved = true;
-      }
-      if (!records) count(&j->empty_rounds, 1);
-      if (moved && j->config.on_durable)
-        j->config.on_durable(
-            j->config.durable_ctx,
-            atomic_load_explicit(&j->durable_lsn, memory_order_relaxed));
-    }
+    if (rc == 0) round_published(j, h, records);
     pthread_cond_broadcast(&j->done);
     /* Under load the writer is never idle: the zeroes ahead are kept up
      * between two groups, after this one's answers went. */
@@ -762,10 +767,7 @@ static void *writer_main(void *arg) {
       pthread_mutex_unlock(&j->mu);
       rc = zero_step(j);
       pthread_mutex_lock(&j->mu);
-      if (rc) {
-        j->retry_ms = j->config.retry_ms_min;
-        atomic_store_explicit(&j->state, ATP_JOURNAL_FAILED, memory_order_release);
-      }
+      if (rc) round_failed(j, false);
     }
     pthread_mutex_unlock(&j->mu);
     pthread_mutex_unlock(&j->round_mu);
@@ -966,22 +968,11 @@ bool atp_journal_commit(atp_journal_t *j) {
   if (records)
     atomic_store_explicit(&j->last_group_end_ns, now_ns(), memory_order_relaxed);
   pthread_mutex_lock(&j->mu);
-  bool wake = false;
+  bool wake = true; /* a failure: the records stay pending, the writer retries */
   if (rc != 0) {
-    /* The records stay pending; the writer thread's retries take over. */
-    j->retry_ms = j->config.retry_ms_min;
-    atomic_store_explicit(&j->state, ATP_JOURNAL_FAILED, memory_order_release);
-    wake = true;
+    round_failed(j, false);
   } else {
-    bool moved = records;
-    if (h > atomic_load_explicit(&j->durable_ticket, memory_order_relaxed)) {
-      atomic_store_explicit(&j->durable_ticket, h, memory_order_release);
-      moved = true;
-    }
-    if (!records) count(&j->empty_rounds, 1);
-    if (moved && j->config.on_durable)
-      j->config.on_durable(j->config.durable_ctx,
-                           atomic_load_explicit(&j->durable_lsn, memory_order_relaxed));
+    round_published(j, h, records);
     /* Zeroes ahead are the writer thread's work: a step takes milliseconds. */
     wake = zero_due(j, false);
   }
