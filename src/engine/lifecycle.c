@@ -64,7 +64,7 @@ int atp_engine_create(const atp_engine_config_t *config, atp_engine_t **out) {
   if (!e->interns || !e->intern_index || !e->positions || !e->pos_cold ||
       !e->position_index || !e->groups || !e->group_index ||
       atp__inbox_init(&e->inbox) || atp__reservations_init(e) || atp__idem_init(e) ||
-      atp__epoch_init(e)) {
+      atp__epoch_init(e) || atp__prefault_init(e)) {
     atp_engine_destroy(e);
     return ATP_ENOMEM;
   }
@@ -74,6 +74,7 @@ int atp_engine_create(const atp_engine_config_t *config, atp_engine_t **out) {
 
 void atp_engine_destroy(atp_engine_t *e) {
   if (!e) return;
+  atp__prefault_destroy(e);
   atp__reservations_destroy(e);
   atp__idem_destroy(e);
   uint32_t n = atomic_load(&e->intern_count);

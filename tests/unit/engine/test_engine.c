@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <time.h>
 
 #include "../../../src/engine/engine_internal.h" /* ATP_INBOX_RING */
 #include "atp/engine.h"
@@ -2876,6 +2878,40 @@ static void test_export_import(void) {
   log_free();
 }
 
+/* Whether the page holding byte at of table is mapped in (mincore). */
+static bool page_resident(const void *table, size_t at) {
+  uintptr_t page = ((uintptr_t)table + at) & ~(uintptr_t)4095;
+  unsigned char vec = 0;
+  if (mincore((void *)page, 4096, &vec) != 0) return false;
+  return vec & 1;
+}
+
+/* The prefaulter (prefault.c) maps the pages of the next records in ahead of
+ * the first writes to them, once a table took its first records; a table
+ * never used gets none. */
+static void test_prefault_ahead(void) {
+  REQUIRE(setup() == 0);
+  REQUIRE(E->prefaulter != NULL);
+  size_t far = 2000 * sizeof *E->idempotency_records;
+  size_t far_res = 2000 * sizeof *E->reservation_records;
+  REQUIRE(adjust("p1", "A", "L1", 1) == 0);
+  bool resident = false;
+  for (int i = 0; i < 2000 && !resident; i++) {
+    resident = page_resident(E->idempotency_records, far) &&
+               page_resident(E->idempotency_table.entries,
+                             2000 * sizeof *E->idempotency_table.entries);
+    if (!resident) nanosleep(&(struct timespec){0, 1000000}, NULL);
+  }
+  CHECK(resident);
+#if !defined(__SANITIZE_ADDRESS__)
+  /* (Sanitizer builds take tables from the heap, zeroed: all resident.) */
+  CHECK(!page_resident(E->reservation_records, far_res));
+#else
+  (void)far_res;
+#endif
+  teardown();
+}
+
 TEST_MAIN({
   RUN(test_names);
   RUN(test_position_unknown);
@@ -2927,6 +2963,7 @@ TEST_MAIN({
   RUN(test_future_times_refused);
   RUN(test_change_from_unknown_position);
   RUN(test_export_import);
+  RUN(test_prefault_ahead);
   teardown();
   log_free();
 })
