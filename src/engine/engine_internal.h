@@ -491,7 +491,26 @@ static inline void atp__epoch_exit(const atp_engine_t *e) {
 }
 
 /* common.c */
-int64_t atp__now(const atp_engine_t *e);
+/* The clock: a thread that holds a reading (atp_engine_clock_hold, or
+ * atp__clock_enter for the length of one call) gets it; others read. */
+extern _Thread_local const atp_engine_t *atp__tl_clock_engine;
+extern _Thread_local int64_t atp__tl_clock_ms;
+int64_t atp__clock_read(const atp_engine_t *e);
+static inline int64_t atp__now(const atp_engine_t *e) {
+  if (atp__tl_clock_engine == e) return atp__tl_clock_ms;
+  return atp__clock_read(e);
+}
+/* One reading for a whole call: holds the clock unless this thread already
+ * does; true when it took the hold, for atp__clock_exit. */
+static inline bool atp__clock_enter(const atp_engine_t *e) {
+  if (atp__tl_clock_engine == e) return false;
+  atp__tl_clock_ms = atp__clock_read(e);
+  atp__tl_clock_engine = e;
+  return true;
+}
+static inline void atp__clock_exit(bool took) {
+  if (took) atp__tl_clock_engine = NULL;
+}
 bool atp__id_valid(atp_str_t s);
 void atp__result_set(atp_result_t *r, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -247,9 +247,11 @@ static int adjust_in_epoch(atp_engine_t *e, const atp_adjust_req_t *req,
  * Safety stock touches positions only, which are never freed: no bracket. */
 int atp_adjust(atp_engine_t *e, const atp_adjust_req_t *req, atp_adjust_res_t *outcome,
                atp_result_t *result) {
+  bool clock = atp__clock_enter(e); /* one reading for the call */
   atp__epoch_enter(e);
   int rc = adjust_in_epoch(e, req, outcome, result);
   atp__epoch_exit(e);
+  atp__clock_exit(clock);
   return rc;
 }
 
@@ -322,8 +324,10 @@ static int count_in_epoch(atp_engine_t *e, const atp_count_req_t *req,
 
 int atp_count(atp_engine_t *e, const atp_count_req_t *req, atp_count_res_t *outcome,
               atp_result_t *result) {
+  bool clock = atp__clock_enter(e); /* one reading for the call */
   atp__epoch_enter(e);
   int rc = count_in_epoch(e, req, outcome, result);
   atp__epoch_exit(e);
+  atp__clock_exit(clock);
   return rc;
 }
