@@ -496,6 +496,13 @@ int atp_safety_stock_set(atp_engine_t *engine, atp_str_t sku, atp_str_t location
  * version 0, and nothing is created); ATP_EIDEMPOTENCY when the id was used
  * with other content; ATP_EBADREQ naming occurred_at when it lies more than
  * clock_skew_ms after now. */
+/* Starts fetching what an adjustment or a count of (id, sku, location) looks
+ * up first, its id's bucket and its position's index entry, for the call a
+ * little later (a batch's next op, while the current one runs). Only warms
+ * the cache: any strings. Thread: any. */
+void atp_engine_prefetch_onhand(const atp_engine_t *engine, atp_str_t id, atp_str_t sku,
+                                atp_str_t location);
+
 int atp_adjust(atp_engine_t *engine, const atp_adjust_req_t *req, atp_adjust_res_t *res,
                atp_result_t *result);
 

@@ -77,6 +77,12 @@ static uint64_t onhand_prefetch(const atp_engine_t *e, atp_idem_kind_t kind,
   return atp__position_prefetch_index(e, sku, location);
 }
 
+void atp_engine_prefetch_onhand(const atp_engine_t *e, atp_str_t id, atp_str_t sku,
+                                atp_str_t location) {
+  /* Adjustments and counts share the id namespace: one bucket either way. */
+  (void)onhand_prefetch(e, ATP_IDEM_ADJUST, id, sku, location);
+}
+
 /* An on-hand change in progress: the claimed id and the locked position. */
 typedef struct {
   uint32_t idem_idx; /* the claimed idempotency record */
