@@ -490,18 +490,26 @@ int atp_safety_stock_set(atp_engine_t *engine, atp_str_t sku, atp_str_t location
                          int64_t safety_stock, atp_position_t *out,
                          atp_result_t *result);
 
+/* Warming the cache for an adjustment or a count a little later (a batch's
+ * ops ahead of their turn), in two steps an op apart, as its look-ups are
+ * chains of dependent cache misses: the first fetches the id's bucket head
+ * and the position's index entry, the second, once those are in, the first
+ * record on the id's chain and the position itself. Only the cache sees them:
+ * any strings. Thread: any. */
+typedef struct {
+  uint64_t id_hash, position_hash;
+} atp_onhand_prefetch_t;
+void atp_engine_prefetch_onhand(const atp_engine_t *engine, atp_str_t id, atp_str_t sku,
+                                atp_str_t location, atp_onhand_prefetch_t *out);
+void atp_engine_prefetch_onhand_next(const atp_engine_t *engine,
+                                     const atp_onhand_prefetch_t *pf);
+
 /* Adjusts on_hand by delta (CONTRACT.md section 5). ATP_ECONFLICT when
  * change_from differs (result->current_on_hand, and res->position filled; for
  * a position never seen, whose on_hand counts as 0, a zero position with
  * version 0, and nothing is created); ATP_EIDEMPOTENCY when the id was used
  * with other content; ATP_EBADREQ naming occurred_at when it lies more than
  * clock_skew_ms after now. */
-/* Starts fetching what an adjustment or a count of (id, sku, location) looks
- * up first, its id's bucket and its position's index entry, for the call a
- * little later (a batch's next op, while the current one runs). Only warms
- * the cache: any strings. Thread: any. */
-void atp_engine_prefetch_onhand(const atp_engine_t *engine, atp_str_t id, atp_str_t sku,
-                                atp_str_t location);
 
 int atp_adjust(atp_engine_t *engine, const atp_adjust_req_t *req, atp_adjust_res_t *res,
                atp_result_t *result);

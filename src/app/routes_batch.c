@@ -6,9 +6,10 @@
  * which only finds where each op's bytes lie: that pre-scan refuses a broken
  * framing or more than ATP_BATCH_OPS_MAX ops before any op is applied. Then
  * each op is parsed on its own into a scratch arena reset between ops, so the
- * body is never held twice as a tree (two arenas in turn: the next op of a
- * slice is parsed before the current one runs, so the engine can start
- * fetching what it will touch), and applied by the same op function as
+ * body is never held twice as a tree (three arenas in turn: the two next
+ * ops of a slice are parsed before the current one runs, so the engine can
+ * fetch what they will touch, op by op ahead of it), and applied by the same
+ * op function as
  * its single route (ops.h): same validation, idempotency and errors. One
  * failure never stops the rest.
  *
@@ -137,15 +138,20 @@ typedef struct {
   bool too_large;
   atp_parse_error_t perr;
   atp_val_t *v;
+  bool onhand; /* an adjustment or a count: pf holds its prefetch */
+  atp_onhand_prefetch_t pf;
 } parsed_t;
 
+/* The ops a slice holds parsed: the one running and the two after it. */
+#define AHEAD 3
+
 typedef struct {
-  atp_req_t *rq;          /* the batch request: &req once deferred */
-  atp_req_t op;           /* the context each op runs in: rq with its scratch arena */
-  atp_arena_t scratch[2]; /* one op's tree and lines each, reset between ops: the
-                             op running and the next one, parsed ahead */
-  parsed_t parsed[2];     /* the parses in scratch[0], scratch[1] */
-  atp_splitter_t split;   /* the pre-scan's splitter (for the format and depth) */
+  atp_req_t *rq; /* the batch request: &req once deferred */
+  atp_req_t op;  /* the context each op runs in: rq with its scratch arena */
+  atp_arena_t scratch[AHEAD]; /* one op's tree and lines each, reset between
+                                 ops: the op running and the next ones */
+  parsed_t parsed[AHEAD];     /* the parses in scratch[] */
+  atp_splitter_t split;       /* the pre-scan's splitter (for the format and depth) */
   const atp_flows_t *flows;
   bool all; /* ?results=all: every outcome, not only non-2xx */
   uint32_t applied, replayed, rejected, queued;
@@ -253,14 +259,15 @@ static atp_str_t str_member(const atp_val_t *v, const char *key) {
 }
 
 /* Parses op span into scratch[slot] and keeps the outcome for its turn. An
- * adjustment or a count also starts the engine's fetch of its id's bucket and
- * its position, which the op before it runs meanwhile: only the cache sees
- * it (whatever the fields hold, the op checks them when it runs). */
+ * adjustment or a count also starts the first step of the engine's fetch of
+ * what it will touch (prefetch_op, an op later, the second): only the cache
+ * sees it (whatever the fields hold, the op checks them when it runs). */
 static void parse_op(batch_t *b, int slot, const span_t *span) {
   parsed_t *pa = &b->parsed[slot];
   atp_arena_reset(&b->scratch[slot]);
   pa->v = NULL;
   pa->rc = 0;
+  pa->onhand = false;
   pa->too_large = span->end - span->start > OP_BYTES_MAX;
   if (pa->too_large) return;
   pa->perr.message[0] = pa->perr.field[0] = '\0';
@@ -271,9 +278,19 @@ static void parse_op(batch_t *b, int slot, const span_t *span) {
   atp_engine_t *engine = atp_app_engine(b->rq->app);
   atp_str_t name = str_member(pa->v, "op");
   if (engine && ((name.len == 6 && memcmp(name.ptr, "adjust", 6) == 0) ||
-                 (name.len == 5 && memcmp(name.ptr, "count", 5) == 0)))
+                 (name.len == 5 && memcmp(name.ptr, "count", 5) == 0))) {
     atp_engine_prefetch_onhand(engine, str_member(pa->v, "id"),
-                               str_member(pa->v, "sku"), str_member(pa->v, "location"));
+                               str_member(pa->v, "sku"), str_member(pa->v, "location"),
+                               &pa->pf);
+    pa->onhand = true;
+  }
+}
+
+/* The second step of an op's prefetch, an op after parse_op's. */
+static void prefetch_op(batch_t *b, int slot) {
+  const parsed_t *pa = &b->parsed[slot];
+  atp_engine_t *engine = atp_app_engine(b->rq->app);
+  if (pa->onhand && engine) atp_engine_prefetch_onhand_next(engine, &pa->pf);
 }
 
 /* Applies one op parsed into scratch[slot]: every refusal is recorded on
@@ -406,12 +423,16 @@ static bool run_slice(batch_t *b) {
    * early at a clock of millisecond resolution (README, choices). */
   atp_engine_t *engine = atp_app_engine(b->rq->app);
   if (engine) atp_engine_clock_hold(engine);
-  /* Each op of the slice is parsed while the one before it is the next to
-   * run (the first here): its cache misses start before its turn. */
-  if (b->next < end) parse_op(b, b->next & 1, &b->spans[b->next]);
+  /* Each op of the slice is parsed two ops before its turn (the first two
+   * here) and its prefetch's second step taken one op before: the cache
+   * misses of its look-ups overlap the ops before it. */
+  for (uint32_t i = b->next; i < end && i < b->next + AHEAD - 1; i++)
+    parse_op(b, (int)(i % AHEAD), &b->spans[i]);
   while (b->next < end) {
-    if (b->next + 1 < end) parse_op(b, (b->next + 1) & 1, &b->spans[b->next + 1]);
-    run_op(b, b->next, &b->spans[b->next], b->next & 1);
+    uint32_t i = b->next;
+    if (i + 2 < end) parse_op(b, (int)((i + 2) % AHEAD), &b->spans[i + 2]);
+    if (i + 1 < end) prefetch_op(b, (int)((i + 1) % AHEAD));
+    run_op(b, i, &b->spans[i], (int)(i % AHEAD));
     b->next++;
     if (b->next % SLICE_CLOCK_OPS == 0) {
       if (now_ns() - t0 >= SLICE_NS) break;
@@ -423,8 +444,7 @@ static bool run_slice(batch_t *b) {
 }
 
 static void batch_free(batch_t *b) {
-  atp_arena_destroy(&b->scratch[0]);
-  atp_arena_destroy(&b->scratch[1]);
+  for (int i = 0; i < AHEAD; i++) atp_arena_destroy(&b->scratch[i]);
   atp_buf_free(&b->results_buf);
   atp_buf_free(&b->res_body);
   atp_free(b);
@@ -528,8 +548,8 @@ int atp_route_batch(atp_req_t *rq) {
   memset(b, 0, sizeof *b);
   b->rq = rq;
   b->flows = rq->app->flows ? rq->app->flows : &atp_flows_none;
-  atp_arena_init(&b->scratch[0], OP_ARENA_CHUNK_BYTES, OP_ARENA_BYTES_MAX);
-  atp_arena_init(&b->scratch[1], OP_ARENA_CHUNK_BYTES, OP_ARENA_BYTES_MAX);
+  for (int i = 0; i < AHEAD; i++)
+    atp_arena_init(&b->scratch[i], OP_ARENA_CHUNK_BYTES, OP_ARENA_BYTES_MAX);
   atp_buf_init(&b->results_buf, ATP_HTTP_BULK_BODY_BYTES_MAX);
   atp_buf_init(&b->res_body, ATP_HTTP_BULK_BODY_BYTES_MAX + 4096);
   int rc = read_results_param(rq, &b->all);
@@ -585,8 +605,8 @@ int atp_batch_run_ops(atp_req_t *rq, const char *ops, size_t ops_len,
   b->rq = rq;
   b->flows = rq->app->flows ? rq->app->flows : &atp_flows_none;
   b->no_sink = !dead_letters;
-  atp_arena_init(&b->scratch[0], OP_ARENA_CHUNK_BYTES, OP_ARENA_BYTES_MAX);
-  atp_arena_init(&b->scratch[1], OP_ARENA_CHUNK_BYTES, OP_ARENA_BYTES_MAX);
+  for (int i = 0; i < AHEAD; i++)
+    atp_arena_init(&b->scratch[i], OP_ARENA_CHUNK_BYTES, OP_ARENA_BYTES_MAX);
   atp_buf_init(&b->results_buf, ATP_HTTP_BODY_BYTES_MAX);
   atp_buf_init(&b->res_body, 0);
   atp_splitter_init(&b->split, ATP_FORMAT_JSON, ops, ops_len);

@@ -616,8 +616,10 @@ void atp__idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
                     atp_change_t *record);
 void atp__idem_fail(atp_engine_t *e, uint32_t idx);
 /* Starts the fetch of (kind, id)'s bucket head, a cache miss in a table of
- * millions, for a claim a little later. */
-void atp__idem_prefetch(const atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id);
+ * millions, for a claim a little later; returns the id's hash. The second
+ * step, once the head is in: the first record on the chain. */
+uint64_t atp__idem_prefetch(const atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id);
+void atp__idem_prefetch_chain(const atp_engine_t *e, uint64_t hash);
 /* Export: record idx as a change record if it is LIVE (false otherwise), its
  * strings copied into text (2 * ATP_ID_BYTES_MAX bytes). */
 bool atp__idem_copy(const atp_engine_t *e, uint32_t idx, atp_change_t *c, char *text);
