@@ -5,6 +5,7 @@ benchmark's setting). Prints one "name value" line per figure (ops/s).
 
   bench/bench_batch.py [--seconds S] [--conns N] [--durability none|batch] [--bin bin/atpd]
                        [--only adjust_msgpack,...] [--driver c|python] [--perf FILE]
+                       [--threads N]
 
 Bodies are encoded before the clock starts; each connection sends one batch and waits
 for its answer. The default driver is build/release/bench/bench_batch_post (C, epoll,
@@ -189,10 +190,11 @@ def main():
     ap.add_argument("--only", default="", help="figures to run: adjust_msgpack,...")
     ap.add_argument("--driver", default="c", choices=("c", "python"))
     ap.add_argument("--perf", default="", help="perf record -g the server into FILE")
+    ap.add_argument("--threads", type=int, default=1, help="the server's --threads")
     args = ap.parse_args()
     port = free_port()
     data = tempfile.mkdtemp(prefix="atpd-bench-batch-")
-    srv = subprocess.Popen([args.bin, "--listen", "127.0.0.1:%d" % port, "--threads", "1",
+    srv = subprocess.Popen([args.bin, "--listen", "127.0.0.1:%d" % port, "--threads", str(args.threads),
                             "--data-dir", data, "--durability", args.durability,
                             "--access-log", "off"],
                            stderr=open(os.path.join(data, "stderr.log"), "w"))
