@@ -490,19 +490,23 @@ int atp_safety_stock_set(atp_engine_t *engine, atp_str_t sku, atp_str_t location
                          int64_t safety_stock, atp_position_t *out,
                          atp_result_t *result);
 
-/* Warming the cache for an adjustment or a count a little later (a batch's
- * ops ahead of their turn), in two steps an op apart, as its look-ups are
- * chains of dependent cache misses: the first fetches the id's bucket head
- * and the position's index entry, the second, once those are in, the first
- * record on the id's chain and the position itself. Only the cache sees them:
- * any strings. Thread: any. */
+/* Warming the cache for a call a little later (a batch's ops ahead of their
+ * turn), in two steps an op apart, as its look-ups are chains of dependent
+ * cache misses: the first fetches the id's bucket head (an adjustment's or a
+ * count's in the idempotency table, a reservation's in the reservations')
+ * and the position's index entry (an empty location: none), the second, once
+ * those are in, the first record on the id's chain and the position itself.
+ * Only the cache sees them: any strings. Thread: any. */
+typedef enum { ATP_PREFETCH_ONHAND, ATP_PREFETCH_RESERVE } atp_prefetch_kind_t;
 typedef struct {
+  atp_prefetch_kind_t kind;
+  bool position;
   uint64_t id_hash, position_hash;
-} atp_onhand_prefetch_t;
-void atp_engine_prefetch_onhand(const atp_engine_t *engine, atp_str_t id, atp_str_t sku,
-                                atp_str_t location, atp_onhand_prefetch_t *out);
-void atp_engine_prefetch_onhand_next(const atp_engine_t *engine,
-                                     const atp_onhand_prefetch_t *pf);
+} atp_prefetch_t;
+void atp_engine_prefetch(const atp_engine_t *engine, atp_prefetch_kind_t kind,
+                         atp_str_t id, atp_str_t sku, atp_str_t location,
+                         atp_prefetch_t *out);
+void atp_engine_prefetch_next(const atp_engine_t *engine, const atp_prefetch_t *pf);
 
 /* Adjusts on_hand by delta (CONTRACT.md section 5). ATP_ECONFLICT when
  * change_from differs (result->current_on_hand, and res->position filled; for

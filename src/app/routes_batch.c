@@ -138,8 +138,9 @@ typedef struct {
   bool too_large;
   atp_parse_error_t perr;
   atp_val_t *v;
-  bool onhand; /* an adjustment or a count: pf holds its prefetch */
-  atp_onhand_prefetch_t pf;
+  bool prefetched; /* an adjustment, a count or a reservation: pf holds its
+                      prefetch's first step */
+  atp_prefetch_t pf;
 } parsed_t;
 
 /* The ops a slice holds parsed: the one running and the two after it. */
@@ -259,15 +260,16 @@ static atp_str_t str_member(const atp_val_t *v, const char *key) {
 }
 
 /* Parses op span into scratch[slot] and keeps the outcome for its turn. An
- * adjustment or a count also starts the first step of the engine's fetch of
- * what it will touch (prefetch_op, an op later, the second): only the cache
- * sees it (whatever the fields hold, the op checks them when it runs). */
+ * adjustment, a count or a reservation also starts the first step of the
+ * engine's fetch of what it will touch (prefetch_op, an op later, the
+ * second): only the cache sees it (whatever the fields hold, the op checks
+ * them when it runs). */
 static void parse_op(batch_t *b, int slot, const span_t *span) {
   parsed_t *pa = &b->parsed[slot];
   atp_arena_reset(&b->scratch[slot]);
   pa->v = NULL;
   pa->rc = 0;
-  pa->onhand = false;
+  pa->prefetched = false;
   pa->too_large = span->end - span->start > OP_BYTES_MAX;
   if (pa->too_large) return;
   pa->perr.message[0] = pa->perr.field[0] = '\0';
@@ -276,13 +278,24 @@ static void parse_op(batch_t *b, int slot, const span_t *span) {
                                    &pa->v, &pa->perr);
   if (pa->rc || pa->v->type != ATP_VAL_OBJECT) return;
   atp_engine_t *engine = atp_app_engine(b->rq->app);
+  if (!engine) return;
   atp_str_t name = str_member(pa->v, "op");
-  if (engine && ((name.len == 6 && memcmp(name.ptr, "adjust", 6) == 0) ||
-                 (name.len == 5 && memcmp(name.ptr, "count", 5) == 0))) {
-    atp_engine_prefetch_onhand(engine, str_member(pa->v, "id"),
-                               str_member(pa->v, "sku"), str_member(pa->v, "location"),
-                               &pa->pf);
-    pa->onhand = true;
+  if ((name.len == 6 && memcmp(name.ptr, "adjust", 6) == 0) ||
+      (name.len == 5 && memcmp(name.ptr, "count", 5) == 0)) {
+    atp_engine_prefetch(engine, ATP_PREFETCH_ONHAND, str_member(pa->v, "id"),
+                        str_member(pa->v, "sku"), str_member(pa->v, "location"),
+                        &pa->pf);
+    pa->prefetched = true;
+  } else if (name.len == 7 && memcmp(name.ptr, "reserve", 7) == 0) {
+    /* The first line's position, as the reservation itself fetches. */
+    const atp_val_t *lines = atp_val_get(pa->v, "lines");
+    const atp_val_t *first =
+        lines && lines->type == ATP_VAL_ARRAY && lines->len ? &lines->u.items[0] : NULL;
+    atp_engine_prefetch(engine, ATP_PREFETCH_RESERVE, str_member(pa->v, "id"),
+                        first ? str_member(first, "sku") : (atp_str_t){NULL, 0},
+                        first ? str_member(first, "location") : (atp_str_t){NULL, 0},
+                        &pa->pf);
+    pa->prefetched = true;
   }
 }
 
@@ -290,7 +303,7 @@ static void parse_op(batch_t *b, int slot, const span_t *span) {
 static void prefetch_op(batch_t *b, int slot) {
   const parsed_t *pa = &b->parsed[slot];
   atp_engine_t *engine = atp_app_engine(b->rq->app);
-  if (pa->onhand && engine) atp_engine_prefetch_onhand_next(engine, &pa->pf);
+  if (pa->prefetched && engine) atp_engine_prefetch_next(engine, &pa->pf);
 }
 
 /* Applies one op parsed into scratch[slot]: every refusal is recorded on

@@ -255,6 +255,11 @@ uint32_t atp__keyed_alloc(atp_keyed_table_t *t);
 /* The record atp__keyed_alloc would most likely return next on this thread,
  * without taking it (a hint for prefetching); UINT32_MAX if unknown. */
 uint32_t atp__keyed_peek(const atp_keyed_table_t *t);
+/* Warming the cache for a look-up of hash a little later: its bucket head,
+ * and once that is in, the first record of its chain (only an address: the
+ * entries live as long as the table, whatever the chain holds by then). */
+void atp__keyed_prefetch_head(const atp_keyed_table_t *t, uint64_t hash);
+void atp__keyed_prefetch_chain(const atp_keyed_table_t *t, uint64_t hash);
 /* Publishes record idx (state PENDING, hash set) on its chain. */
 void atp__keyed_push(atp_keyed_table_t *t, uint32_t idx);
 /* Ticker only: unlinks idx from its chain and puts it in limbo, stamped with
@@ -615,11 +620,8 @@ void atp__idem_done(atp_engine_t *e, uint32_t idx, uint32_t flags, uint32_t pos,
                     const atp_position_t *outcome, atp_str_t reservation_id,
                     atp_change_t *record);
 void atp__idem_fail(atp_engine_t *e, uint32_t idx);
-/* Starts the fetch of (kind, id)'s bucket head, a cache miss in a table of
- * millions, for a claim a little later; returns the id's hash. The second
- * step, once the head is in: the first record on the chain. */
-uint64_t atp__idem_prefetch(const atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id);
-void atp__idem_prefetch_chain(const atp_engine_t *e, uint64_t hash);
+/* The hash (kind, id) is filed under in the table. */
+uint64_t atp__idem_key_hash(atp_idem_kind_t kind, atp_str_t id);
 /* Export: record idx as a change record if it is LIVE (false otherwise), its
  * strings copied into text (2 * ATP_ID_BYTES_MAX bytes). */
 bool atp__idem_copy(const atp_engine_t *e, uint32_t idx, atp_change_t *c, char *text);

@@ -45,20 +45,8 @@ static uint64_t idem_hash(atp_idem_kind_t kind, atp_str_t id) {
   return atp__hash_mix(atp__hash_bytes(id.ptr, id.len), idem_namespace(kind));
 }
 
-uint64_t atp__idem_prefetch(const atp_engine_t *e, atp_idem_kind_t kind, atp_str_t id) {
-  uint64_t hash = idem_hash(kind, id);
-  __builtin_prefetch(
-      &e->idempotency_table.heads[hash & e->idempotency_table.bucket_mask], 1);
-  return hash;
-}
-
-void atp__idem_prefetch_chain(const atp_engine_t *e, uint64_t hash) {
-  /* Only an address: the entries live as long as the engine, whatever the
-   * chain holds by the time the look-up walks it. */
-  uint32_t v = atomic_load_explicit(
-      &e->idempotency_table.heads[hash & e->idempotency_table.bucket_mask],
-      memory_order_relaxed);
-  if (v) __builtin_prefetch(&e->idempotency_table.entries[v - 1]);
+uint64_t atp__idem_key_hash(atp_idem_kind_t kind, atp_str_t id) {
+  return idem_hash(kind, id);
 }
 
 static bool idem_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash,

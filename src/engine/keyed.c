@@ -174,6 +174,16 @@ uint64_t atp__keyed_live(const atp_keyed_table_t *t) {
   return sum > 0 ? (uint64_t)sum : 0;
 }
 
+void atp__keyed_prefetch_head(const atp_keyed_table_t *t, uint64_t hash) {
+  __builtin_prefetch(&t->heads[hash & t->bucket_mask], 1);
+}
+
+void atp__keyed_prefetch_chain(const atp_keyed_table_t *t, uint64_t hash) {
+  uint32_t v =
+      atomic_load_explicit(&t->heads[hash & t->bucket_mask], memory_order_relaxed);
+  if (v) __builtin_prefetch(&t->entries[v - 1]);
+}
+
 void atp__keyed_push(atp_keyed_table_t *t, uint32_t idx) {
   atp_keyed_entry_t *entry = &t->entries[idx];
   _Atomic uint32_t *head = &t->heads[entry->hash & t->bucket_mask];

@@ -477,6 +477,30 @@ static void reclaim_retired(atp_engine_t *e, uint64_t oldest) {
   }
 }
 
+void atp_engine_prefetch(const atp_engine_t *e, atp_prefetch_kind_t kind, atp_str_t id,
+                         atp_str_t sku, atp_str_t location, atp_prefetch_t *out) {
+  out->kind = kind;
+  if (kind == ATP_PREFETCH_RESERVE) {
+    /* A reservation's id is filed under its bytes' hash (reservations.c). */
+    out->id_hash = atp__hash_bytes(id.ptr, id.len);
+    atp__keyed_prefetch_head(&e->reservation_table, out->id_hash);
+  } else {
+    /* Adjustments and counts share the id namespace: one bucket either way. */
+    out->id_hash = atp__idem_key_hash(ATP_IDEM_ADJUST, id);
+    atp__keyed_prefetch_head(&e->idempotency_table, out->id_hash);
+  }
+  out->position = sku.len && location.len;
+  if (out->position)
+    out->position_hash = atp__position_prefetch_index(e, sku, location);
+}
+
+void atp_engine_prefetch_next(const atp_engine_t *e, const atp_prefetch_t *pf) {
+  atp__keyed_prefetch_chain(
+      pf->kind == ATP_PREFETCH_RESERVE ? &e->reservation_table : &e->idempotency_table,
+      pf->id_hash);
+  if (pf->position) atp__position_prefetch(e, pf->position_hash);
+}
+
 uint32_t atp_engine_tick(atp_engine_t *e) {
   int64_t now_ms = atp__now(e);
   e->tick_count++;

@@ -73,21 +73,8 @@ static int check_common(atp_str_t id, atp_str_t sku, atp_str_t location,
  * with the hash returned), as a reservation does. Only warms the cache. */
 static uint64_t onhand_prefetch(const atp_engine_t *e, atp_idem_kind_t kind,
                                 atp_str_t id, atp_str_t sku, atp_str_t location) {
-  (void)atp__idem_prefetch(e, kind, id);
+  atp__keyed_prefetch_head(&e->idempotency_table, atp__idem_key_hash(kind, id));
   return atp__position_prefetch_index(e, sku, location);
-}
-
-void atp_engine_prefetch_onhand(const atp_engine_t *e, atp_str_t id, atp_str_t sku,
-                                atp_str_t location, atp_onhand_prefetch_t *out) {
-  /* Adjustments and counts share the id namespace: one bucket either way. */
-  out->id_hash = atp__idem_prefetch(e, ATP_IDEM_ADJUST, id);
-  out->position_hash = atp__position_prefetch_index(e, sku, location);
-}
-
-void atp_engine_prefetch_onhand_next(const atp_engine_t *e,
-                                     const atp_onhand_prefetch_t *pf) {
-  atp__idem_prefetch_chain(e, pf->id_hash);
-  atp__position_prefetch(e, pf->position_hash);
 }
 
 /* An on-hand change in progress: the claimed id and the locked position. */
