@@ -5,6 +5,7 @@ benchmark's setting). Prints one "name value" line per figure (ops/s).
 
   bench/bench_batch.py [--seconds S] [--conns N] [--durability none|batch] [--bin bin/atpd]
                        [--only adjust_msgpack,...] [--driver c|python] [--perf FILE]
+                       [--threads N]
 
 Bodies are encoded before the clock starts; each connection sends one batch and waits
 for its answer. The default driver is build/release/bench/bench_batch_post (C, epoll,
@@ -106,7 +107,26 @@ def run_c(port, path, conns, seconds):
     if int(got["refused503"]):
         print("# %s batches refused with 503 (journal behind) and sent again" %
               got["refused503"], file=sys.stderr)
-    return int(got["ops"]) / float(got["seconds"])
+    return int(got["ops"]) / float(got["seconds"]), int(got["ops"])
+
+
+def cpu_ticks(pid):
+    """utime+stime of pid and of each of its threads (by name/tid), in clock ticks."""
+    def ticks(path):
+        with open(path) as f:
+            f = f.read()
+        name = f[f.index("(") + 1:f.rindex(")")]
+        rest = f[f.rindex(")") + 2:].split()
+        return name, int(rest[11]) + int(rest[12])
+    total = ticks("/proc/%d/stat" % pid)[1]
+    threads = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            name, t = ticks("/proc/%d/task/%s/stat" % (pid, tid))
+        except OSError:
+            continue
+        threads["%s/%s" % (name, tid)] = t
+    return total, threads
 
 
 def request_file(kind, fmt, count):
@@ -157,7 +177,7 @@ def run(port, batches, conns, seconds):
     elapsed = time.time() - t0
     if state["bad"]:
         print("# %d batches answered non-200" % state["bad"], file=sys.stderr)
-    return state["ops"] / elapsed
+    return state["ops"] / elapsed, state["ops"]
 
 
 def main():
@@ -170,10 +190,11 @@ def main():
     ap.add_argument("--only", default="", help="figures to run: adjust_msgpack,...")
     ap.add_argument("--driver", default="c", choices=("c", "python"))
     ap.add_argument("--perf", default="", help="perf record -g the server into FILE")
+    ap.add_argument("--threads", type=int, default=1, help="the server's --threads")
     args = ap.parse_args()
     port = free_port()
     data = tempfile.mkdtemp(prefix="atpd-bench-batch-")
-    srv = subprocess.Popen([args.bin, "--listen", "127.0.0.1:%d" % port, "--threads", "1",
+    srv = subprocess.Popen([args.bin, "--listen", "127.0.0.1:%d" % port, "--threads", str(args.threads),
                             "--data-dir", data, "--durability", args.durability,
                             "--access-log", "off"],
                            stderr=open(os.path.join(data, "stderr.log"), "w"))
@@ -215,14 +236,28 @@ def main():
                                             stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL)
                     time.sleep(0.5)
+                cpu0, threads0 = cpu_ticks(srv.pid)
                 if args.driver == "c":
-                    rate = run_c(port, path, args.conns, args.seconds)
+                    rate, ops = run_c(port, path, args.conns, args.seconds)
                 else:
-                    rate = run(port, batches, args.conns, args.seconds)
+                    rate, ops = run(port, batches, args.conns, args.seconds)
+                cpu1, threads1 = cpu_ticks(srv.pid)
                 if perf:
                     perf.send_signal(2)
                     perf.wait()
-                print("atpd_batch_%s_%s_ops %.0f" % (kind, fmt, rate))
+                name = "atpd_batch_%s_%s" % (kind, fmt)
+                print("%s_ops %.0f" % (name, rate))
+                # The server's CPU time an op (all its threads, user and system): less
+                # noisy than ops/s on a shared machine, where the wall clock counts the
+                # time others held the cores.
+                hz = os.sysconf("SC_CLK_TCK")
+                if ops:
+                    print("%s_cpu_us_per_op %.3f" % (name, (cpu1 - cpu0) * 1e6 / hz / ops))
+                    for t in sorted(threads1):
+                        d = threads1[t] - threads0.get(t, 0)
+                        if d:
+                            print("# %s thread %s: %.3f us/op" % (name, t, d * 1e6 / hz / ops),
+                                  file=sys.stderr)
                 sys.stdout.flush()
     finally:
         if srv.poll() is not None:

@@ -37,6 +37,12 @@ void atp_free(void *ptr);
  * zeroes 2 MiB at once, a stall of the request that makes it. */
 void *atp_table_alloc(size_t count, size_t size, bool huge);
 void atp_table_free(void *ptr, size_t count, size_t size);
+/* Maps bytes [from, to) of a table in, zeroed and writable, as first writes
+ * would (MADV_POPULATE_WRITE), without changing what is there: a thread other
+ * than the writers takes the page faults ahead of them. Rounds out to whole
+ * pages. 0, or ATP_EINTERNAL where the kernel cannot (before Linux 5.14).
+ * Sanitizer builds take tables from the heap, zeroed at allocation: 0. */
+int atp_table_prefault(void *table, size_t from, size_t to);
 
 typedef struct atp_arena_chunk atp_arena_chunk_t;
 

@@ -6,7 +6,10 @@
  * which only finds where each op's bytes lie: that pre-scan refuses a broken
  * framing or more than ATP_BATCH_OPS_MAX ops before any op is applied. Then
  * each op is parsed on its own into a scratch arena reset between ops, so the
- * body is never held twice as a tree, and applied by the same op function as
+ * body is never held twice as a tree (three arenas in turn: the two next
+ * ops of a slice are parsed before the current one runs, so the engine can
+ * fetch what they will touch, op by op ahead of it), and applied by the same
+ * op function as
  * its single route (ops.h): same validation, idempotency and errors. One
  * failure never stops the rest.
  *
@@ -129,11 +132,27 @@ typedef struct {
   uint32_t start, end; /* the op's bytes in the body */
 } span_t;
 
+/* An op parsed ahead of its turn: the parse's outcome, kept until it runs. */
 typedef struct {
-  atp_req_t *rq;        /* the batch request: &req once deferred */
-  atp_req_t op;         /* the context each op runs in: rq with the scratch arena */
-  atp_arena_t scratch;  /* one op's tree and lines, reset between ops */
-  atp_splitter_t split; /* the pre-scan's splitter (for the format and depth) */
+  int rc; /* 0, or what atp_codec_parse_element returned */
+  bool too_large;
+  atp_parse_error_t perr;
+  atp_val_t *v;
+  bool prefetched; /* an adjustment, a count or a reservation: pf holds its
+                      prefetch's first step */
+  atp_prefetch_t pf;
+} parsed_t;
+
+/* The ops a slice holds parsed: the one running and the two after it. */
+#define AHEAD 3
+
+typedef struct {
+  atp_req_t *rq; /* the batch request: &req once deferred */
+  atp_req_t op;  /* the context each op runs in: rq with its scratch arena */
+  atp_arena_t scratch[AHEAD]; /* one op's tree and lines each, reset between
+                                 ops: the op running and the next ones */
+  parsed_t parsed[AHEAD];     /* the parses in scratch[] */
+  atp_splitter_t split;       /* the pre-scan's splitter (for the format and depth) */
   const atp_flows_t *flows;
   bool all; /* ?results=all: every outcome, not only non-2xx */
   uint32_t applied, replayed, rejected, queued;
@@ -233,34 +252,83 @@ static void record(batch_t *b, uint32_t index, int rc, const atp_op_out_t *out,
   atp_flows_reject(b->flows, &r);
 }
 
-/* Parses and applies one op: every refusal is recorded on b->op. */
-static void run_op(batch_t *b, uint32_t index, const span_t *span) {
+/* A string member of an object, or an empty string. */
+static atp_str_t str_member(const atp_val_t *v, const char *key) {
+  const atp_val_t *m = atp_val_get(v, key);
+  if (!m || m->type != ATP_VAL_STR) return (atp_str_t){NULL, 0};
+  return (atp_str_t){m->u.s, m->len};
+}
+
+/* Parses op span into scratch[slot] and keeps the outcome for its turn. An
+ * adjustment, a count or a reservation also starts the first step of the
+ * engine's fetch of what it will touch (prefetch_op, an op later, the
+ * second): only the cache sees it (whatever the fields hold, the op checks
+ * them when it runs). */
+static void parse_op(batch_t *b, int slot, const span_t *span) {
+  parsed_t *pa = &b->parsed[slot];
+  atp_arena_reset(&b->scratch[slot]);
+  pa->v = NULL;
+  pa->rc = 0;
+  pa->prefetched = false;
+  pa->too_large = span->end - span->start > OP_BYTES_MAX;
+  if (pa->too_large) return;
+  pa->perr.message[0] = pa->perr.field[0] = '\0';
+  pa->perr.offset = 0;
+  pa->rc = atp_codec_parse_element(&b->split, span->start, span->end, &b->scratch[slot],
+                                   &pa->v, &pa->perr);
+  if (pa->rc || pa->v->type != ATP_VAL_OBJECT) return;
+  atp_engine_t *engine = atp_app_engine(b->rq->app);
+  if (!engine) return;
+  atp_str_t name = str_member(pa->v, "op");
+  if ((name.len == 6 && memcmp(name.ptr, "adjust", 6) == 0) ||
+      (name.len == 5 && memcmp(name.ptr, "count", 5) == 0)) {
+    atp_engine_prefetch(engine, ATP_PREFETCH_ONHAND, str_member(pa->v, "id"),
+                        str_member(pa->v, "sku"), str_member(pa->v, "location"),
+                        &pa->pf);
+    pa->prefetched = true;
+  } else if (name.len == 7 && memcmp(name.ptr, "reserve", 7) == 0) {
+    /* The first line's position, as the reservation itself fetches. */
+    const atp_val_t *lines = atp_val_get(pa->v, "lines");
+    const atp_val_t *first =
+        lines && lines->type == ATP_VAL_ARRAY && lines->len ? &lines->u.items[0] : NULL;
+    atp_engine_prefetch(engine, ATP_PREFETCH_RESERVE, str_member(pa->v, "id"),
+                        first ? str_member(first, "sku") : (atp_str_t){NULL, 0},
+                        first ? str_member(first, "location") : (atp_str_t){NULL, 0},
+                        &pa->pf);
+    pa->prefetched = true;
+  }
+}
+
+/* The second step of an op's prefetch, an op after parse_op's. */
+static void prefetch_op(batch_t *b, int slot) {
+  const parsed_t *pa = &b->parsed[slot];
+  atp_engine_t *engine = atp_app_engine(b->rq->app);
+  if (pa->prefetched && engine) atp_engine_prefetch_next(engine, &pa->pf);
+}
+
+/* Applies one op parsed into scratch[slot]: every refusal is recorded on
+ * b->op. */
+static void run_op(batch_t *b, uint32_t index, const span_t *span, int slot) {
   atp_req_t *op = &b->op;
   op->field[0] = op->message[0] = '\0';
-  atp_arena_reset(&b->scratch);
+  op->arena = &b->scratch[slot];
+  const parsed_t *pa = &b->parsed[slot];
   atp_op_out_t out;
   atp_op_out_init(&out);
-  atp_val_t *v = NULL;
+  atp_val_t *v = pa->v;
   atp_str_t flow = {NULL, 0}, target = {NULL, 0}, name;
   const op_kind_t *kind = NULL;
   int rc = 0;
-  if (span->end - span->start > OP_BYTES_MAX) {
+  if (pa->too_large) {
     rc = atp_req_fail(op, ATP_ETOOLARGE, NULL, NULL,
                       "An op may be at most %u bytes, as a single route's body.",
                       (unsigned)OP_BYTES_MAX);
-  } else {
-    atp_parse_error_t perr;
-    perr.message[0] = perr.field[0] = '\0';
-    perr.offset = 0;
-    rc = atp_codec_parse_element(&b->split, span->start, span->end, &b->scratch, &v,
-                                 &perr);
-    if (rc == ATP_ENOMEM) {
-      rc = atp_req_fail(op, ATP_ETOOLARGE, NULL, NULL, "The op is too large to parse.");
-    } else if (rc != 0) {
-      rc = atp_req_fail(op, ATP_EBADREQ, NULL, NULL, "Malformed op at byte %zu: %s",
-                        perr.offset, perr.message);
-      if (perr.field[0]) snprintf(op->field, sizeof op->field, "%s", perr.field);
-    }
+  } else if (pa->rc == ATP_ENOMEM) {
+    rc = atp_req_fail(op, ATP_ETOOLARGE, NULL, NULL, "The op is too large to parse.");
+  } else if (pa->rc != 0) {
+    rc = atp_req_fail(op, ATP_EBADREQ, NULL, NULL, "Malformed op at byte %zu: %s",
+                      pa->perr.offset, pa->perr.message);
+    if (pa->perr.field[0]) snprintf(op->field, sizeof op->field, "%s", pa->perr.field);
   }
   if (rc == 0 && v->type != ATP_VAL_OBJECT)
     rc = atp_req_fail(op, ATP_EBADREQ, NULL, NULL, "An op must be an object.");
@@ -363,16 +431,33 @@ static uint64_t now_ns(void) {
 static bool run_slice(batch_t *b) {
   uint64_t t0 = now_ns();
   uint32_t end = b->count - b->next > SLICE_OPS ? b->next + SLICE_OPS : b->count;
+  /* The engine's clock is read once per SLICE_CLOCK_OPS ops, not two or three
+   * times an op: an op's times are those of its run's start, microseconds
+   * early at a clock of millisecond resolution (README, choices). */
+  atp_engine_t *engine = atp_app_engine(b->rq->app);
+  if (engine) atp_engine_clock_hold(engine);
+  /* Each op of the slice is parsed two ops before its turn (the first two
+   * here) and its prefetch's second step taken one op before: the cache
+   * misses of its look-ups overlap the ops before it. */
+  for (uint32_t i = b->next; i < end && i < b->next + AHEAD - 1; i++)
+    parse_op(b, (int)(i % AHEAD), &b->spans[i]);
   while (b->next < end) {
-    run_op(b, b->next, &b->spans[b->next]);
+    uint32_t i = b->next;
+    if (i + 2 < end) parse_op(b, (int)((i + 2) % AHEAD), &b->spans[i + 2]);
+    if (i + 1 < end) prefetch_op(b, (int)((i + 1) % AHEAD));
+    run_op(b, i, &b->spans[i], (int)(i % AHEAD));
     b->next++;
-    if (b->next % SLICE_CLOCK_OPS == 0 && now_ns() - t0 >= SLICE_NS) break;
+    if (b->next % SLICE_CLOCK_OPS == 0) {
+      if (now_ns() - t0 >= SLICE_NS) break;
+      if (engine) atp_engine_clock_hold(engine);
+    }
   }
+  if (engine) atp_engine_clock_release(engine);
   return b->next == b->count;
 }
 
 static void batch_free(batch_t *b) {
-  atp_arena_destroy(&b->scratch);
+  for (int i = 0; i < AHEAD; i++) atp_arena_destroy(&b->scratch[i]);
   atp_buf_free(&b->results_buf);
   atp_buf_free(&b->res_body);
   atp_free(b);
@@ -476,7 +561,8 @@ int atp_route_batch(atp_req_t *rq) {
   memset(b, 0, sizeof *b);
   b->rq = rq;
   b->flows = rq->app->flows ? rq->app->flows : &atp_flows_none;
-  atp_arena_init(&b->scratch, OP_ARENA_CHUNK_BYTES, OP_ARENA_BYTES_MAX);
+  for (int i = 0; i < AHEAD; i++)
+    atp_arena_init(&b->scratch[i], OP_ARENA_CHUNK_BYTES, OP_ARENA_BYTES_MAX);
   atp_buf_init(&b->results_buf, ATP_HTTP_BULK_BODY_BYTES_MAX);
   atp_buf_init(&b->res_body, ATP_HTTP_BULK_BODY_BYTES_MAX + 4096);
   int rc = read_results_param(rq, &b->all);
@@ -490,7 +576,7 @@ int atp_route_batch(atp_req_t *rq) {
   }
 
   b->op = *rq;
-  b->op.arena = &b->scratch;
+  b->op.arena = &b->scratch[0];
   b->op.body = NULL;
   atp_writer_init(&b->results, rq->out_format, &b->results_buf);
   b->applied = b->replayed = b->rejected = b->queued = 0;
@@ -532,7 +618,8 @@ int atp_batch_run_ops(atp_req_t *rq, const char *ops, size_t ops_len,
   b->rq = rq;
   b->flows = rq->app->flows ? rq->app->flows : &atp_flows_none;
   b->no_sink = !dead_letters;
-  atp_arena_init(&b->scratch, OP_ARENA_CHUNK_BYTES, OP_ARENA_BYTES_MAX);
+  for (int i = 0; i < AHEAD; i++)
+    atp_arena_init(&b->scratch[i], OP_ARENA_CHUNK_BYTES, OP_ARENA_BYTES_MAX);
   atp_buf_init(&b->results_buf, ATP_HTTP_BODY_BYTES_MAX);
   atp_buf_init(&b->res_body, 0);
   atp_splitter_init(&b->split, ATP_FORMAT_JSON, ops, ops_len);
@@ -542,7 +629,7 @@ int atp_batch_run_ops(atp_req_t *rq, const char *ops, size_t ops_len,
                       (unsigned)b->count, (unsigned)results_max);
   if (rc == 0) {
     b->op = *rq;
-    b->op.arena = &b->scratch;
+    b->op.arena = &b->scratch[0];
     b->op.body = NULL;
     b->out = results;
     b->out_max = results_max;
@@ -550,7 +637,8 @@ int atp_batch_run_ops(atp_req_t *rq, const char *ops, size_t ops_len,
     atp_w_array_begin(&b->results);
     for (uint32_t i = 0; i < b->count; i++) {
       memset(&results[i], 0, sizeof results[i]);
-      run_op(b, i, &b->spans[i]);
+      parse_op(b, 0, &b->spans[i]);
+      run_op(b, i, &b->spans[i], 0);
     }
     *count = b->count;
   }

@@ -102,6 +102,24 @@ void atp_table_free(void *ptr, size_t count, size_t size) {
 #endif
 }
 
+int atp_table_prefault(void *table, size_t from, size_t to) {
+  if (from >= to) return 0;
+#ifdef TABLES_FROM_HEAP
+  (void)table;
+  return 0;
+#else
+  const uintptr_t page = 4096;
+  uintptr_t start = ((uintptr_t)table + from) & ~(page - 1);
+  uintptr_t end = ((uintptr_t)table + to + page - 1) & ~(page - 1);
+#ifdef MADV_POPULATE_WRITE
+  if (madvise((void *)start, end - start, MADV_POPULATE_WRITE) == 0) return 0;
+#else
+  (void)start, (void)end;
+#endif
+  return ATP_EINTERNAL;
+#endif
+}
+
 struct atp_arena_chunk {
   atp_arena_chunk_t *next;
   size_t size; /* usable bytes after the header */

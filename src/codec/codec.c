@@ -242,9 +242,14 @@ int atp_codec_parse_element(const atp_splitter_t *s, size_t start, size_t end,
 const atp_val_t *atp_val_getn(const atp_val_t *object, const char *key,
                               size_t key_len) {
   if (!object || object->type != ATP_VAL_OBJECT || !key) return NULL;
+  /* The first byte first: an op's fields are read one by one, each a scan of
+   * a few short keys, and most keys of the same length differ there (a call
+   * to memcmp per candidate was a twentieth of a batch's loop). */
   for (uint32_t i = 0; i < object->len; i++) {
     const atp_member_t *m = &object->u.members[i];
-    if (m->key_len == key_len && memcmp(m->key, key, key_len) == 0) return &m->val;
+    if (m->key_len == key_len && (key_len == 0 || m->key[0] == key[0]) &&
+        memcmp(m->key, key, key_len) == 0)
+      return &m->val;
   }
   return NULL;
 }

@@ -9,11 +9,25 @@
 #include "atp/memory.h"
 #include "engine_internal.h"
 
-int64_t atp__now(const atp_engine_t *e) {
+_Thread_local const atp_engine_t *atp__tl_clock_engine;
+_Thread_local int64_t atp__tl_clock_ms;
+
+int64_t atp__clock_read(const atp_engine_t *e) {
   return e->config.clock(e->config.clock_ctx);
 }
 int64_t atp_engine_now_ms(const atp_engine_t *e) {
   return atp__now(e);
+}
+
+int64_t atp_engine_clock_hold(atp_engine_t *e) {
+  atp__tl_clock_ms = atp__clock_read(e);
+  atp__tl_clock_engine = e;
+  return atp__tl_clock_ms;
+}
+
+void atp_engine_clock_release(atp_engine_t *e) {
+  ATP_ASSERT(atp__tl_clock_engine == e);
+  atp__tl_clock_engine = NULL;
 }
 
 bool atp__id_valid(atp_str_t s) {

@@ -45,6 +45,10 @@ static uint64_t idem_hash(atp_idem_kind_t kind, atp_str_t id) {
   return atp__hash_mix(atp__hash_bytes(id.ptr, id.len), idem_namespace(kind));
 }
 
+uint64_t atp__idem_key_hash(atp_idem_kind_t kind, atp_str_t id) {
+  return idem_hash(kind, id);
+}
+
 static bool idem_same_key(const atp_engine_t *e, uint32_t idx, uint64_t hash,
                           atp_idem_kind_t kind, atp_str_t id) {
   const atp_idempotency_record_t *r = &e->idempotency_records[idx];

@@ -78,6 +78,8 @@ int atp__keyed_init(atp_keyed_table_t *t, uint32_t capacity) {
   while (buckets < capacity) buckets <<= 1;
   t->bucket_mask = (uint32_t)buckets - 1;
   t->capacity = capacity;
+  /* No prefaulter until the engine arms one (prefault.c). */
+  atomic_store_explicit(&t->prefault_kick, UINT32_MAX, memory_order_relaxed);
   /* Bucket heads are hit at random; the entries fill in order. */
   t->heads = atp_table_alloc(buckets, sizeof *t->heads, true);
   t->entries = atp_table_alloc(capacity, sizeof *t->entries, false);
@@ -115,6 +117,8 @@ static uint32_t take_fresh(atp_keyed_table_t *t) {
       atomic_store_explicit(&t->bump, t->capacity, memory_order_relaxed);
       return UINT32_MAX;
     }
+    if (start >= atomic_load_explicit(&t->prefault_kick, memory_order_relaxed))
+      atp__prefault_kick(t);
     tl_chunk[chunk].generation = t->generation;
     tl_chunk[chunk].next = start;
     tl_chunk[chunk].end = start + CHUNK < t->capacity ? start + CHUNK : t->capacity;
@@ -168,6 +172,16 @@ uint64_t atp__keyed_live(const atp_keyed_table_t *t) {
   sum -= (int64_t)atomic_load_explicit(&((atp_keyed_table_t *)t)->retired.value,
                                        memory_order_relaxed);
   return sum > 0 ? (uint64_t)sum : 0;
+}
+
+void atp__keyed_prefetch_head(const atp_keyed_table_t *t, uint64_t hash) {
+  __builtin_prefetch(&t->heads[hash & t->bucket_mask], 1);
+}
+
+void atp__keyed_prefetch_chain(const atp_keyed_table_t *t, uint64_t hash) {
+  uint32_t v =
+      atomic_load_explicit(&t->heads[hash & t->bucket_mask], memory_order_relaxed);
+  if (v) __builtin_prefetch(&t->entries[v - 1]);
 }
 
 void atp__keyed_push(atp_keyed_table_t *t, uint32_t idx) {

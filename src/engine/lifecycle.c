@@ -64,7 +64,7 @@ int atp_engine_create(const atp_engine_config_t *config, atp_engine_t **out) {
   if (!e->interns || !e->intern_index || !e->positions || !e->pos_cold ||
       !e->position_index || !e->groups || !e->group_index ||
       atp__inbox_init(&e->inbox) || atp__reservations_init(e) || atp__idem_init(e) ||
-      atp__epoch_init(e)) {
+      atp__epoch_init(e) || atp__prefault_init(e)) {
     atp_engine_destroy(e);
     return ATP_ENOMEM;
   }
@@ -74,6 +74,7 @@ int atp_engine_create(const atp_engine_config_t *config, atp_engine_t **out) {
 
 void atp_engine_destroy(atp_engine_t *e) {
   if (!e) return;
+  atp__prefault_destroy(e);
   atp__reservations_destroy(e);
   atp__idem_destroy(e);
   uint32_t n = atomic_load(&e->intern_count);
@@ -474,6 +475,30 @@ static void reclaim_retired(atp_engine_t *e, uint64_t oldest) {
       p = &r->next;
     }
   }
+}
+
+void atp_engine_prefetch(const atp_engine_t *e, atp_prefetch_kind_t kind, atp_str_t id,
+                         atp_str_t sku, atp_str_t location, atp_prefetch_t *out) {
+  out->kind = kind;
+  if (kind == ATP_PREFETCH_RESERVE) {
+    /* A reservation's id is filed under its bytes' hash (reservations.c). */
+    out->id_hash = atp__hash_bytes(id.ptr, id.len);
+    atp__keyed_prefetch_head(&e->reservation_table, out->id_hash);
+  } else {
+    /* Adjustments and counts share the id namespace: one bucket either way. */
+    out->id_hash = atp__idem_key_hash(ATP_IDEM_ADJUST, id);
+    atp__keyed_prefetch_head(&e->idempotency_table, out->id_hash);
+  }
+  out->position = sku.len && location.len;
+  if (out->position)
+    out->position_hash = atp__position_prefetch_index(e, sku, location);
+}
+
+void atp_engine_prefetch_next(const atp_engine_t *e, const atp_prefetch_t *pf) {
+  atp__keyed_prefetch_chain(
+      pf->kind == ATP_PREFETCH_RESERVE ? &e->reservation_table : &e->idempotency_table,
+      pf->id_hash);
+  if (pf->position) atp__position_prefetch(e, pf->position_hash);
 }
 
 uint32_t atp_engine_tick(atp_engine_t *e) {

@@ -855,9 +855,11 @@ static int reserve_in_epoch(atp_engine_t *e, const atp_reserve_req_t *req,
  * The bracket costs one xchg on entry (see atp__epoch_enter). */
 int atp_reserve(atp_engine_t *e, const atp_reserve_req_t *req, atp_reservation_t *out,
                 atp_shortfalls_t *shortfalls, atp_result_t *result) {
+  bool clock = atp__clock_enter(e); /* one reading for the call */
   atp__epoch_enter(e);
   int rc = reserve_in_epoch(e, req, out, shortfalls, result);
   atp__epoch_exit(e);
+  atp__clock_exit(clock);
   return rc;
 }
 
@@ -972,9 +974,11 @@ static int commit_in_epoch(atp_engine_t *e, atp_str_t id, atp_str_t order_id,
 
 int atp_commit(atp_engine_t *e, atp_str_t id, atp_str_t order_id,
                atp_reservation_t *out, atp_result_t *result) {
+  bool clock = atp__clock_enter(e); /* one reading for the call */
   atp__epoch_enter(e);
   int rc = commit_in_epoch(e, id, order_id, out, result);
   atp__epoch_exit(e);
+  atp__clock_exit(clock);
   return rc;
 }
 
@@ -1052,9 +1056,11 @@ static int release_keyed_in_epoch(atp_engine_t *e, atp_str_t id, atp_str_t relea
 int atp_release_keyed(atp_engine_t *e, atp_str_t id, atp_str_t release_id,
                       const atp_qty_line_t *lines, uint32_t line_count,
                       atp_reservation_t *out, atp_result_t *result) {
+  bool clock = atp__clock_enter(e); /* one reading for the call */
   atp__epoch_enter(e);
   int rc = release_keyed_in_epoch(e, id, release_id, lines, line_count, out, result);
   atp__epoch_exit(e);
+  atp__clock_exit(clock);
   return rc;
 }
 
@@ -1082,9 +1088,11 @@ static int extend_in_epoch(atp_engine_t *e, atp_str_t id, int64_t ttl_ms,
 
 int atp_extend(atp_engine_t *e, atp_str_t id, int64_t ttl_ms, atp_reservation_t *out,
                atp_result_t *result) {
+  bool clock = atp__clock_enter(e); /* one reading for the call */
   atp__epoch_enter(e);
   int rc = extend_in_epoch(e, id, ttl_ms, out, result);
   atp__epoch_exit(e);
+  atp__clock_exit(clock);
   return rc;
 }
 
@@ -1173,9 +1181,11 @@ static int fulfil_in_epoch(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_
 int atp_fulfil(atp_engine_t *e, atp_str_t id, atp_str_t fulfillment_id,
                const atp_qty_line_t *lines, uint32_t line_count, atp_reservation_t *out,
                atp_result_t *result) {
+  bool clock = atp__clock_enter(e); /* one reading for the call */
   atp__epoch_enter(e);
   int rc = fulfil_in_epoch(e, id, fulfillment_id, lines, line_count, out, result);
   atp__epoch_exit(e);
+  atp__clock_exit(clock);
   return rc;
 }
 
@@ -1244,10 +1254,12 @@ int atp_amend(atp_engine_t *e, atp_str_t id, atp_str_t amend_id,
               const atp_qty_line_t *release, uint32_t release_count,
               const atp_line_req_t *add, uint32_t add_count, atp_reservation_t *out,
               atp_shortfalls_t *shortfalls, atp_result_t *result) {
+  bool clock = atp__clock_enter(e); /* one reading for the call */
   atp__epoch_enter(e);
   int rc = amend_in_epoch(e, id, amend_id, release, release_count, add, add_count, out,
                           shortfalls, result);
   atp__epoch_exit(e);
+  atp__clock_exit(clock);
   return rc;
 }
 

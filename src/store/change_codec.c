@@ -19,6 +19,19 @@
 /* The header of one record: kind, cause, flags, body length, at_ms. */
 #define RECORD_HEADER_BYTES 16u
 
+/* The header's flags (proto/journal.md): what a record leaves out because the
+ * record before it in the payload says it. An adjustment's two records (its
+ * position and its id) share the id, the position's strings and the request's
+ * context, which were written twice, and three times the id. A payload
+ * written before the flags has them all 0 and decodes as it always did. */
+#define FLAG_CTX_PREV    1u /* no context trailer: the previous record's */
+#define FLAG_CAUSE_PREV  2u /* no cause_id: the previous record's */
+#define FLAG_ID_IS_CAUSE 4u /* idempotency: no id in the body, it is cause_id */
+#define FLAG_POS_PREV                            \
+  8u /* idempotency after a position record: the \
+        position's sku and location are that record's */
+#define FLAGS_KNOWN 15u
+
 /* --- encoding ------------------------------------------------------------------- */
 
 /* Each record's bytes are bounded before it is written (record_bound), room
@@ -37,17 +50,30 @@ static void put_bytes(enc_t *e, const void *p, size_t n) {
 static void put_u8(enc_t *e, uint8_t v) {
   *e->p++ = v;
 }
+/* Little-endian stores: on a little-endian machine one unaligned store each
+ * (GCC 12 kept the byte loops as loops, a twentieth of a batch's loop). */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define HOST_IS_LE 1
+#else
+#define HOST_IS_LE 0
+#endif
 static void put_u16(enc_t *e, uint16_t v) {
   e->p[0] = (unsigned char)v;
   e->p[1] = (unsigned char)(v >> 8);
   e->p += 2;
 }
 static void put_u32(enc_t *e, uint32_t v) {
-  for (int i = 0; i < 4; i++) e->p[i] = (unsigned char)(v >> (8 * i));
+  if (HOST_IS_LE)
+    memcpy(e->p, &v, 4);
+  else
+    for (int i = 0; i < 4; i++) e->p[i] = (unsigned char)(v >> (8 * i));
   e->p += 4;
 }
 static void put_u64(enc_t *e, uint64_t v) {
-  for (int i = 0; i < 8; i++) e->p[i] = (unsigned char)(v >> (8 * i));
+  if (HOST_IS_LE)
+    memcpy(e->p, &v, 8);
+  else
+    for (int i = 0; i < 8; i++) e->p[i] = (unsigned char)(v >> (8 * i));
   e->p += 8;
 }
 static void put_i64(enc_t *e, int64_t v) {
@@ -64,9 +90,11 @@ static void put_str(enc_t *e, atp_str_t s) {
   put_bytes(e, s.ptr, s.len);
 }
 
-static void put_position(enc_t *e, const atp_position_t *p) {
-  put_str(e, p->sku);
-  put_str(e, p->location);
+static void put_position(enc_t *e, const atp_position_t *p, bool strings) {
+  if (strings) {
+    put_str(e, p->sku);
+    put_str(e, p->location);
+  }
   put_i64(e, p->on_hand);
   put_i64(e, p->safety_stock);
   put_i64(e, p->reserved);
@@ -77,7 +105,7 @@ static void put_position(enc_t *e, const atp_position_t *p) {
   put_u64(e, p->version);
 }
 
-static void put_body(enc_t *e, const atp_change_t *c) {
+static void put_body(enc_t *e, const atp_change_t *c, unsigned flags) {
   switch (c->kind) {
     case ATP_CHANGE_POSITION: {
       const atp_change_position_t *p = &c->u.position;
@@ -124,11 +152,11 @@ static void put_body(enc_t *e, const atp_change_t *c) {
     case ATP_CHANGE_IDEMPOTENCY: {
       const atp_change_idem_t *d = &c->u.idem;
       put_u32(e, (uint32_t)d->kind);
-      put_str(e, d->id);
+      if (!(flags & FLAG_ID_IS_CAUSE)) put_str(e, d->id);
       put_u64(e, d->content_hash);
       put_i64(e, d->created_at_ms);
       put_u32(e, d->flags);
-      put_position(e, &d->position);
+      put_position(e, &d->position, !(flags & FLAG_POS_PREV));
       put_str(e, d->reservation_id);
       break;
     }
@@ -161,13 +189,45 @@ static void put_ctx(enc_t *e, const atp_change_ctx_t *ctx) {
     if (mask & (1u << i)) put_str(e, ctx_field(ctx, i));
 }
 
+static bool ctx_any(const atp_change_ctx_t *ctx) {
+  if (!ctx) return false;
+  for (int i = 0; i < ATP_CHANGE_CTX_FIELDS; i++)
+    if (ctx_field(ctx, i).len) return true;
+  return false;
+}
+
+static bool same_str(atp_str_t a, atp_str_t b) {
+  return a.len == b.len &&
+         (a.len == 0 || a.ptr == b.ptr || memcmp(a.ptr, b.ptr, a.len) == 0);
+}
+
+/* What record c, after prev (NULL for the first), leaves to prev; with_ctx:
+ * the payload's records carry a context trailer. */
+static unsigned record_flags(const atp_change_t *c, const atp_change_t *prev,
+                             bool with_ctx) {
+  if (!prev) return 0;
+  unsigned f = with_ctx ? FLAG_CTX_PREV : 0;
+  if (same_str(c->cause_id, prev->cause_id)) f |= FLAG_CAUSE_PREV;
+  if (c->kind == ATP_CHANGE_IDEMPOTENCY) {
+    const atp_change_idem_t *d = &c->u.idem;
+    if (same_str(d->id, c->cause_id)) f |= FLAG_ID_IS_CAUSE;
+    if (prev->kind == ATP_CHANGE_POSITION &&
+        same_str(d->position.sku, prev->u.position.sku) &&
+        same_str(d->position.location, prev->u.position.location))
+      f |= FLAG_POS_PREV;
+  }
+  return f;
+}
+
 /* The bytes the header, put_body and put_ctx write for c, exactly: so the
  * room reserved is what a record takes, and a buffer's limit refuses the
  * same records as when each field was appended on its own. A string too long
  * for its u16 length writes nothing (put_str refuses it). */
 #define STR_BYTES(s) ((s).len > UINT16_MAX ? 0 : 2 + (size_t)(s).len)
-static size_t record_bound(const atp_change_t *c, const atp_change_ctx_t *ctx) {
-  size_t n = RECORD_HEADER_BYTES + STR_BYTES(c->cause_id);
+static size_t record_bound(const atp_change_t *c, const atp_change_ctx_t *ctx,
+                           unsigned flags) {
+  size_t n = RECORD_HEADER_BYTES;
+  if (!(flags & FLAG_CAUSE_PREV)) n += STR_BYTES(c->cause_id);
   switch (c->kind) {
     case ATP_CHANGE_POSITION: /* 6 i64, a u64 */
       n += STR_BYTES(c->u.position.sku) + STR_BYTES(c->u.position.location) + 7 * 8;
@@ -186,14 +246,15 @@ static size_t record_bound(const atp_change_t *c, const atp_change_ctx_t *ctx) {
         n += STR_BYTES(c->u.group.locations[i]);
       break;
     case ATP_CHANGE_IDEMPOTENCY: /* u32, u64, i64, u32; the position's 8 */
-      n += STR_BYTES(c->u.idem.id) + STR_BYTES(c->u.idem.reservation_id) +
-           STR_BYTES(c->u.idem.position.sku) + STR_BYTES(c->u.idem.position.location) +
-           4 + 8 + 8 + 4 + 8 * 8;
+      n += STR_BYTES(c->u.idem.reservation_id) + 4 + 8 + 8 + 4 + 8 * 8;
+      if (!(flags & FLAG_ID_IS_CAUSE)) n += STR_BYTES(c->u.idem.id);
+      if (!(flags & FLAG_POS_PREV))
+        n += STR_BYTES(c->u.idem.position.sku) + STR_BYTES(c->u.idem.position.location);
       break;
     default:
       break;
   }
-  if (ctx) {
+  if (ctx && !(flags & FLAG_CTX_PREV)) {
     size_t fields = 0;
     for (int i = 0; i < ATP_CHANGE_CTX_FIELDS; i++) {
       atp_str_t f = ctx_field(ctx, i);
@@ -216,23 +277,25 @@ int atp_records_encode_ctx(atp_buf_t *buf, const atp_change_t *records, uint32_t
   if (!e.p) return buf->failed;
   put_u32(&e, count);
   buf->len += 4;
+  bool with_ctx = ctx_any(ctx);
   for (uint32_t i = 0; i < count && !e.rc; i++) {
     const atp_change_t *c = &records[i];
     ATP_ASSERT((unsigned)c->kind <= UINT8_MAX && (unsigned)c->cause <= UINT8_MAX);
-    size_t bound = record_bound(c, ctx);
+    unsigned flags = record_flags(c, i ? &records[i - 1] : NULL, with_ctx);
+    size_t bound = record_bound(c, ctx, flags);
     unsigned char *start = (unsigned char *)atp_buf_reserve(buf, bound);
     if (!start) return buf->failed;
     e.p = start;
     put_u8(&e, (uint8_t)c->kind);
     put_u8(&e, (uint8_t)c->cause);
-    put_u16(&e, 0);
+    put_u16(&e, (uint16_t)flags);
     unsigned char *len_at = e.p;
     put_u32(&e, 0); /* body length, filled in below */
     put_i64(&e, c->at_ms);
-    put_str(&e, c->cause_id);
+    if (!(flags & FLAG_CAUSE_PREV)) put_str(&e, c->cause_id);
     unsigned char *body_at = e.p;
-    put_body(&e, c);
-    put_ctx(&e, ctx);
+    put_body(&e, c, flags);
+    if (!(flags & FLAG_CTX_PREV)) put_ctx(&e, ctx);
     if (e.rc) break;
     ATP_ASSERT((size_t)(e.p - start) == bound);
     size_t body = (size_t)(e.p - body_at);
@@ -268,14 +331,20 @@ static uint16_t get_u16(dec_t *d) {
 static uint32_t get_u32(dec_t *d) {
   if (!need(d, 4)) return 0;
   uint32_t v = 0;
-  for (int i = 3; i >= 0; i--) v = v << 8 | d->p[i];
+  if (HOST_IS_LE)
+    memcpy(&v, d->p, 4);
+  else
+    for (int i = 3; i >= 0; i--) v = v << 8 | d->p[i];
   d->p += 4;
   return v;
 }
 static uint64_t get_u64(dec_t *d) {
   if (!need(d, 8)) return 0;
   uint64_t v = 0;
-  for (int i = 7; i >= 0; i--) v = v << 8 | d->p[i];
+  if (HOST_IS_LE)
+    memcpy(&v, d->p, 8);
+  else
+    for (int i = 7; i >= 0; i--) v = v << 8 | d->p[i];
   d->p += 8;
   return v;
 }
@@ -290,9 +359,11 @@ static atp_str_t get_str(dec_t *d) {
   return s;
 }
 
-static void get_position(dec_t *d, atp_position_t *p) {
-  p->sku = get_str(d);
-  p->location = get_str(d);
+static void get_position(dec_t *d, atp_position_t *p, bool strings) {
+  if (strings) {
+    p->sku = get_str(d);
+    p->location = get_str(d);
+  }
   p->on_hand = get_i64(d);
   p->safety_stock = get_i64(d);
   p->reserved = get_i64(d);
@@ -344,7 +415,9 @@ static int get_reservation(dec_t *d, atp_reservation_t *r) {
 
 /* Decodes one record's body into c. */
 static int get_body(dec_t *d, atp_records_t *out, atp_change_t *c, uint32_t *res_used,
-                    uint32_t *locs_used) {
+                    uint32_t *locs_used, unsigned flags, const atp_change_t *prev) {
+  if ((flags & (FLAG_ID_IS_CAUSE | FLAG_POS_PREV)) && c->kind != ATP_CHANGE_IDEMPOTENCY)
+    return ATP_EBADREQ;
   switch (c->kind) {
     case ATP_CHANGE_POSITION: {
       atp_change_position_t *p = &c->u.position;
@@ -383,11 +456,16 @@ static int get_body(dec_t *d, atp_records_t *out, atp_change_t *c, uint32_t *res
     case ATP_CHANGE_IDEMPOTENCY: {
       atp_change_idem_t *m = &c->u.idem;
       m->kind = (atp_idem_kind_t)get_u32(d);
-      m->id = get_str(d);
+      m->id = flags & FLAG_ID_IS_CAUSE ? c->cause_id : get_str(d);
       m->content_hash = get_u64(d);
       m->created_at_ms = get_i64(d);
       m->flags = get_u32(d);
-      get_position(d, &m->position);
+      if (flags & FLAG_POS_PREV) {
+        if (!prev || prev->kind != ATP_CHANGE_POSITION) return ATP_EBADREQ;
+        m->position.sku = prev->u.position.sku;
+        m->position.location = prev->u.position.location;
+      }
+      get_position(d, &m->position, !(flags & FLAG_POS_PREV));
       m->reservation_id = get_str(d);
       return 0;
     }
@@ -440,16 +518,26 @@ int atp_records_decode(const void *payload, uint32_t payload_bytes,
     uint16_t flags = get_u16(&d);
     uint32_t body = get_u32(&d);
     c->at_ms = get_i64(&d);
-    c->cause_id = get_str(&d);
-    if (d.bad || flags != 0 || (size_t)(d.end - d.p) < body) {
+    const atp_change_t *prev = i ? &out->records[i - 1] : NULL;
+    /* A flag that leans on a previous record needs one. */
+    if ((flags & ~FLAGS_KNOWN) || (flags && !prev)) {
+      rc = ATP_EBADREQ;
+      break;
+    }
+    c->cause_id = flags & FLAG_CAUSE_PREV ? prev->cause_id : get_str(&d);
+    if (d.bad || (size_t)(d.end - d.p) < body) {
       rc = ATP_EBADREQ;
       break;
     }
     const unsigned char *body_end = d.p + body;
     dec_t bd = {d.p, body_end, 0};
-    rc = get_body(&bd, out, c, &res_used, &locs_used);
-    memset(&out->contexts[i], 0, sizeof out->contexts[i]);
-    if (!rc && !bd.bad && bd.p < body_end) rc = get_ctx(&bd, &out->contexts[i]);
+    rc = get_body(&bd, out, c, &res_used, &locs_used, flags, prev);
+    if (flags & FLAG_CTX_PREV)
+      out->contexts[i] = out->contexts[i - 1]; /* and no trailer of its own */
+    else
+      memset(&out->contexts[i], 0, sizeof out->contexts[i]);
+    if (!rc && !bd.bad && bd.p < body_end && !(flags & FLAG_CTX_PREV))
+      rc = get_ctx(&bd, &out->contexts[i]);
     if (!rc && (bd.bad || bd.p != body_end)) rc = ATP_EBADREQ;
     d.p = body_end;
   }

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <time.h>
 
 #include "../../../src/engine/engine_internal.h" /* ATP_INBOX_RING */
 #include "atp/engine.h"
@@ -2876,6 +2878,78 @@ static void test_export_import(void) {
   log_free();
 }
 
+/* Whether the page holding byte at of table is mapped in (mincore). */
+static bool page_resident(const void *table, size_t at) {
+  uintptr_t page = ((uintptr_t)table + at) & ~(uintptr_t)4095;
+  unsigned char vec = 0;
+  if (mincore((void *)page, 4096, &vec) != 0) return false;
+  return vec & 1;
+}
+
+/* The prefaulter (prefault.c) maps the pages of the next records in ahead of
+ * the first writes to them, once a table took its first records; a table
+ * never used gets none. */
+static void test_prefault_ahead(void) {
+  REQUIRE(setup() == 0);
+  REQUIRE(E->prefaulter != NULL);
+  size_t far = 2000 * sizeof *E->idempotency_records;
+  size_t far_res = 2000 * sizeof *E->reservation_records;
+  REQUIRE(adjust("p1", "A", "L1", 1) == 0);
+  bool resident = false;
+  for (int i = 0; i < 2000 && !resident; i++) {
+    resident = page_resident(E->idempotency_records, far) &&
+               page_resident(E->idempotency_table.entries,
+                             2000 * sizeof *E->idempotency_table.entries);
+    if (!resident) nanosleep(&(struct timespec){0, 1000000}, NULL);
+  }
+  CHECK(resident);
+#if !defined(__SANITIZE_ADDRESS__)
+  /* (Sanitizer builds take tables from the heap, zeroed: all resident.) */
+  CHECK(!page_resident(E->reservation_records, far_res));
+#else
+  (void)far_res;
+#endif
+  teardown();
+}
+
+/* A clock that moves 1 ms at every reading. */
+static int64_t ticking_clock(void *ctx) {
+  return atomic_fetch_add(&((et_clock_t *)ctx)->now_ms, 1);
+}
+
+/* One reading of the clock for a whole call, and a held reading for every
+ * call of the holding thread until it lets go (atp_engine_clock_hold). */
+static void test_clock_hold(void) {
+  log_free();
+  atp_engine_config_t config = et_config(&CLK);
+  config.on_change = log_hook;
+  config.clock = ticking_clock;
+  REQUIRE(setup_with(&config) == 0);
+  /* Every time an adjustment records is the one reading its call made. */
+  REQUIRE(adjust("k1", "A", "L1", 1) == 0);
+  REQUIRE(LOG.count == 1 && LOG.groups[0].count == 2);
+  int64_t at = LOG.groups[0].records[0].at_ms;
+  CHECK_EQ(LOG.groups[0].records[1].at_ms, at);
+  CHECK_EQ(LOG.groups[0].records[1].u.idem.created_at_ms, at);
+  CHECK_EQ(LOG.groups[0].records[0].u.position.occurred_at_ms, at);
+  /* Held: two calls and a read see the held reading, the clock moves on. */
+  int64_t held = atp_engine_clock_hold(E);
+  REQUIRE(adjust("k2", "A", "L1", 1) == 0);
+  REQUIRE(adjust("k3", "A", "L1", 1) == 0);
+  CHECK_EQ(atp_engine_now_ms(E), held);
+  REQUIRE(LOG.count == 3);
+  for (int g = 1; g < 3; g++)
+    for (uint32_t i = 0; i < LOG.groups[g].count; i++)
+      CHECK_EQ(LOG.groups[g].records[i].at_ms, held);
+  atp_engine_clock_release(E);
+  REQUIRE(adjust("k4", "A", "L1", 1) == 0);
+  REQUIRE(LOG.count == 4);
+  CHECK(LOG.groups[3].records[0].at_ms > held);
+  CHECK(atp_engine_now_ms(E) > LOG.groups[3].records[0].at_ms);
+  teardown();
+  log_free();
+}
+
 TEST_MAIN({
   RUN(test_names);
   RUN(test_position_unknown);
@@ -2927,6 +3001,8 @@ TEST_MAIN({
   RUN(test_future_times_refused);
   RUN(test_change_from_unknown_position);
   RUN(test_export_import);
+  RUN(test_prefault_ahead);
+  RUN(test_clock_hold);
   teardown();
   log_free();
 })

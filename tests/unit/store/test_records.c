@@ -376,5 +376,148 @@ static void test_context_trailer(void) {
   atp_buf_free(&with);
 }
 
+/* An adjustment's payload as written before the header's flags (2026-12-01,
+ * every flag 0): its position record and its idempotency record each with the
+ * id, the position's strings and the context. */
+static const unsigned char adjust_payload_v0[] = {
+    0x02, 0x00, 0x00, 0x00, 0x01, 0x01, 0x00, 0x00, 0x5f, 0x00, 0x00, 0x00, 0x7b, 0x68,
+    0xe5, 0xcf, 0x8b, 0x01, 0x00, 0x00, 0x05, 0x00, 0x61, 0x64, 0x6a, 0x2d, 0x37, 0x05,
+    0x00, 0x73, 0x6b, 0x75, 0x2d, 0x31, 0x02, 0x00, 0x4c, 0x31, 0x05, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x7b, 0x68, 0xe5, 0xcf, 0x8b, 0x01,
+    0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x1b, 0x05, 0x00, 0x72,
+    0x65, 0x71, 0x2d, 0x31, 0x03, 0x00, 0x65, 0x72, 0x70, 0x08, 0x00, 0x72, 0x65, 0x63,
+    0x65, 0x69, 0x76, 0x65, 0x64, 0x03, 0x00, 0x65, 0x72, 0x70, 0x04, 0x01, 0x00, 0x00,
+    0x88, 0x00, 0x00, 0x00, 0x7b, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0x00, 0x00, 0x05, 0x00,
+    0x61, 0x64, 0x6a, 0x2d, 0x37, 0x01, 0x00, 0x00, 0x00, 0x05, 0x00, 0x61, 0x64, 0x6a,
+    0x2d, 0x37, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, 0x7b, 0x68, 0xe5, 0xcf,
+    0x8b, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x05, 0x00, 0x73, 0x6b, 0x75, 0x2d,
+    0x31, 0x02, 0x00, 0x4c, 0x31, 0x0f, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0f, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x80, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x1b, 0x05, 0x00, 0x72, 0x65, 0x71, 0x2d, 0x31, 0x03, 0x00, 0x65, 0x72, 0x70,
+    0x08, 0x00, 0x72, 0x65, 0x63, 0x65, 0x69, 0x76, 0x65, 0x64, 0x03, 0x00, 0x65, 0x72,
+    0x70,
+};
+
+/* The records of that payload, as the engine reports an adjustment. */
+static void adjust_records(atp_change_t *c, atp_change_ctx_t *ctx) {
+  memset(c, 0, 2 * sizeof *c);
+  c[0].kind = ATP_CHANGE_POSITION;
+  c[0].cause = ATP_CAUSE_ADJUST;
+  c[0].cause_id = ATP_STR("adj-7");
+  c[0].at_ms = 1700000000123;
+  c[0].u.position = (atp_change_position_t){ATP_STR("sku-1"), ATP_STR("L1"), 5, 0, 0, 0,
+                                            ATP_TIME_NONE,    1700000000123, 3};
+  c[1].kind = ATP_CHANGE_IDEMPOTENCY;
+  c[1].cause = ATP_CAUSE_ADJUST;
+  c[1].cause_id = ATP_STR("adj-7");
+  c[1].at_ms = 1700000000123;
+  c[1].u.idem.kind = ATP_IDEM_ADJUST;
+  c[1].u.idem.id = ATP_STR("adj-7");
+  c[1].u.idem.content_hash = 0x0102030405060708ull;
+  c[1].u.idem.created_at_ms = 1700000000123;
+  c[1].u.idem.flags = 1;
+  c[1].u.idem.position = (atp_position_t){
+      ATP_STR("sku-1"), ATP_STR("L1"), 15, 0, 0, 0, 15, 0, ATP_TIME_NONE, 3};
+  c[1].u.idem.reservation_id = ATP_STR("");
+  *ctx = (atp_change_ctx_t){.request_id = ATP_STR("req-1"),
+                            .source = ATP_STR("erp"),
+                            .reason = ATP_STR("received"),
+                            .flow = ATP_STR("erp")};
+}
+
+/* What an adjustment's payload decodes to, whichever layout wrote it. */
+static void check_adjust_decoded(const atp_records_t *out) {
+  REQUIRE(out->count == 2);
+  for (int i = 0; i < 2; i++) {
+    const atp_change_t *c = &out->records[i];
+    CHECK(str_eq(c->cause_id, "adj-7"));
+    CHECK_EQ(c->cause, ATP_CAUSE_ADJUST);
+    CHECK_EQ(c->at_ms, 1700000000123);
+    CHECK(str_eq(out->contexts[i].request_id, "req-1"));
+    CHECK(str_eq(out->contexts[i].source, "erp"));
+    CHECK(str_eq(out->contexts[i].reason, "received"));
+    CHECK(str_eq(out->contexts[i].flow, "erp"));
+    CHECK(out->contexts[i].ref.len == 0);
+  }
+  const atp_change_position_t *p = &out->records[0].u.position;
+  CHECK(str_eq(p->sku, "sku-1") && str_eq(p->location, "L1"));
+  CHECK_EQ(p->d_on_hand, 5);
+  CHECK_EQ(p->occurred_at_ms, 1700000000123);
+  CHECK_EQ(p->version, 3);
+  const atp_change_idem_t *m = &out->records[1].u.idem;
+  CHECK_EQ(out->records[1].kind, ATP_CHANGE_IDEMPOTENCY);
+  CHECK_EQ(m->kind, ATP_IDEM_ADJUST);
+  CHECK(str_eq(m->id, "adj-7"));
+  CHECK(m->content_hash == 0x0102030405060708ull);
+  CHECK_EQ(m->created_at_ms, 1700000000123);
+  CHECK_EQ(m->flags, 1);
+  CHECK(str_eq(m->position.sku, "sku-1") && str_eq(m->position.location, "L1"));
+  CHECK_EQ(m->position.on_hand, 15);
+  CHECK_EQ(m->position.available, 15);
+  CHECK(m->position.counted_at_ms == ATP_TIME_NONE);
+  CHECK_EQ(m->position.version, 3);
+  CHECK(m->reservation_id.len == 0);
+}
+
+/* The header's flags: a record leaves out what the one before it in the
+ * payload says (the context, the cause id, an id's own id and position
+ * strings). A payload written before them (all flags 0) still decodes to the
+ * same records, and a flag without the record it leans on is refused. */
+static void test_flags_compact_and_old_payloads(void) {
+  atp_change_t in[2];
+  atp_change_ctx_t ctx;
+  adjust_records(in, &ctx);
+  atp_records_t out;
+  atp_records_init(&out);
+  REQUIRE(atp_records_decode(adjust_payload_v0, sizeof adjust_payload_v0, &out) == 0);
+  check_adjust_decoded(&out);
+  atp_buf_t buf;
+  atp_buf_init(&buf, 0);
+  REQUIRE(atp_records_encode_ctx(&buf, in, 2, &ctx) == 0);
+  /* The second record leaves out the id twice (its cause id and its id, 7
+   * bytes each), the position's strings (11) and the context (28). */
+  CHECK_EQ(buf.len, sizeof adjust_payload_v0 - 53);
+  REQUIRE(atp_records_decode(buf.data, (uint32_t)buf.len, &out) == 0);
+  check_adjust_decoded(&out);
+  /* The second record starts after the count and the first record's header,
+   * cause id and body; the first record is byte for byte as before. */
+  size_t second = 4 + 16 + 7 + (size_t)(buf.data[8] | buf.data[9] << 8);
+  CHECK(memcmp(buf.data + 4, adjust_payload_v0 + 4, second - 4) == 0);
+  CHECK_EQ(buf.data[second + 2], 15);
+  /* Each flag on a first record, which has nothing before it, is refused;
+   * an idempotency record's flags on a position record too. */
+  unsigned char *copy = atp_malloc(buf.len);
+  for (unsigned f = 1; f < 32; f <<= 1) {
+    memcpy(copy, buf.data, buf.len);
+    copy[6] = (unsigned char)f;
+    CHECK(atp_records_decode(copy, (uint32_t)buf.len, &out) == ATP_EBADREQ);
+  }
+  memcpy(copy, buf.data, buf.len);
+  copy[second + 2] = 16; /* an unknown flag */
+  CHECK(atp_records_decode(copy, (uint32_t)buf.len, &out) == ATP_EBADREQ);
+  atp_change_t two_pos[2] = {in[0], in[0]};
+  atp_buf_reset(&buf);
+  REQUIRE(atp_records_encode_ctx(&buf, two_pos, 2, &ctx) == 0);
+  REQUIRE(atp_records_decode(buf.data, (uint32_t)buf.len, &out) == 0);
+  CHECK(str_eq(out.records[1].cause_id, "adj-7") &&
+        str_eq(out.records[1].u.position.sku, "sku-1"));
+  CHECK(str_eq(out.contexts[1].flow, "erp"));
+  copy = atp_realloc(copy, buf.len);
+  memcpy(copy, buf.data, buf.len);
+  second = 4 + 16 + 7 + (size_t)(buf.data[8] | buf.data[9] << 8);
+  CHECK_EQ(copy[second + 2], 3); /* context and cause id: a position has no id */
+  copy[second + 2] = 3 | 8;
+  CHECK(atp_records_decode(copy, (uint32_t)buf.len, &out) == ATP_EBADREQ);
+  atp_free(copy);
+  atp_records_free(&out);
+  atp_buf_free(&buf);
+}
+
 TEST_MAIN(RUN(test_round_trip_every_field); RUN(test_malformed_refused);
-          RUN(test_context_trailer); RUN(test_engine_replay_rebuilds_state))
+          RUN(test_context_trailer); RUN(test_engine_replay_rebuilds_state);
+          RUN(test_flags_compact_and_old_payloads))
