@@ -88,12 +88,13 @@
 /* Zero-filled space ahead of the write position (see the file comment). A
  * step costs one write and one fdatasync, a few milliseconds of disk time
  * whatever its size up to a few MiB, so steps are large and rare. */
-#define ZERO_STEP_BYTES    (2ull << 20)
-#define ZERO_AHEAD_IDLE    (4ull << 20)  /* filled while nothing is queued */
-#define ZERO_AHEAD_MIN     (1ull << 20)  /* below it, a step runs under load too */
-#define ZERO_RESERVE_BYTES (64ull << 20) /* free space preallocation leaves alone */
-#define ZERO_PAUSE_MS_MIN  100
-#define ZERO_PAUSE_MS_MAX  10000
+#define ZERO_STEP_BYTES       (2ull << 20)
+#define ZERO_AHEAD_IDLE       (4ull << 20)  /* filled while nothing is queued */
+#define ZERO_AHEAD_MIN        (1ull << 20)  /* below it, a step runs under load too */
+#define ZERO_RESERVE_BYTES    (64ull << 20) /* free space preallocation leaves alone */
+#define ZERO_SKIP_GROUP_BYTES (128u << 10)  /* no zeroes after a group this large */
+#define ZERO_PAUSE_MS_MIN     100
+#define ZERO_PAUSE_MS_MAX     10000
 
 const uint32_t atp_journal_fsync_bucket_us[ATP_JOURNAL_FSYNC_BUCKETS - 1] = {
     100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000};
@@ -170,6 +171,7 @@ struct atp_journal {
   _Atomic int64_t last_group_end_ns;   /* when a group last came back from the disk */
   _Atomic int64_t last_fsync_ns;       /* how long the last group's fdatasync took */
   _Atomic uint64_t last_group_records; /* records in the last group written */
+  _Atomic uint64_t last_group_bytes;   /* and its bytes */
 
   /* The ticket horizon (proto/journal.md, causality). tickets is the next
    * ticket, from 1; slots[i] is 0 when slot i's thread is between mutations,
@@ -377,6 +379,7 @@ static void published(atp_journal_t *j, uint64_t lsn, uint64_t records,
     b++;
   count(&j->group_hist[b], 1);
   atomic_store_explicit(&j->last_group_records, records, memory_order_relaxed);
+  atomic_store_explicit(&j->last_group_bytes, bytes, memory_order_relaxed);
 }
 
 /* Writes and syncs one group: the pending frames that fit in the segment.
@@ -453,6 +456,11 @@ static void zero_pause(atp_journal_t *j) {
  * ZERO_AHEAD_IDLE bytes ahead, under load only ZERO_AHEAD_MIN. */
 static bool zero_due(atp_journal_t *j, bool idle) {
   if (j->seg_fd < 0 || j->seg_file_bytes >= j->config.segment_bytes_max) return false;
+  /* Large groups (batch ingestion) gain nothing from it: their fdatasync is
+   * the data's writeback, and the zeroes would double the bytes written. */
+  if (atomic_load_explicit(&j->last_group_bytes, memory_order_relaxed) >=
+      ZERO_SKIP_GROUP_BYTES)
+    return false;
   if (atomic_load_explicit(&j->state, memory_order_relaxed) != ATP_JOURNAL_OK)
     return false;
   uint64_t ahead = j->seg_file_bytes - j->seg_bytes;
@@ -561,14 +569,20 @@ static void timed_wait(atp_journal_t *j, pthread_cond_t *cond, int64_t deadline_
  * ticket is below t0 has its slot's lower bound visible here, or has ended:
  * and since its append ran under mu before its end, its records are in the
  * queue the writer takes after this scan. */
-static uint64_t horizon_scan(atp_journal_t *j, uint64_t t0) {
+static uint64_t horizon_scan_of(atp_journal_t *j, uint64_t t0, bool committers) {
   uint64_t h = t0;
   uint32_t used = atomic_load(&j->slots_used);
   for (uint32_t i = 0; i < used; i++) {
+    if (!committers && atomic_load_explicit(&j->slots[i].commits, memory_order_relaxed))
+      continue;
     uint64_t t = atomic_load(&j->slots[i].ticket);
     if (t && t < h) h = t;
   }
   return h;
+}
+
+static uint64_t horizon_scan(atp_journal_t *j, uint64_t t0) {
+  return horizon_scan_of(j, t0, true);
 }
 
 /* Under mu, with records queued: whether the group starts now, else the
@@ -691,19 +705,24 @@ static bool wait_for_group(atp_journal_t *j) {
 #define HORIZON_WAIT_NS 200000
 static uint64_t settle_horizon(atp_journal_t *j) {
   uint64_t t0 = atomic_load(&j->tickets);
-  uint64_t h = horizon_scan(j, t0);
-  if (h == t0) return h;
-  count(&j->horizon_waits, 1);
-  int64_t deadline = now_ns() + HORIZON_WAIT_NS;
-  for (uint32_t spins = 0; h < t0; spins++) {
-    if (spins >= 16 && now_ns() >= deadline) {
-      count(&j->horizon_timeouts, 1);
-      break;
+  /* A loop that commits its own groups is not waited for: what it has in
+   * flight (a batch's slice holds its slot for a millisecond) it commits, or
+   * hands over, at the end of its turn, so spinning for it only takes the
+   * CPU from it. */
+  uint64_t h = horizon_scan_of(j, t0, false);
+  if (h < t0) {
+    count(&j->horizon_waits, 1);
+    int64_t deadline = now_ns() + HORIZON_WAIT_NS;
+    for (uint32_t spins = 0; h < t0; spins++) {
+      if (spins >= 16 && now_ns() >= deadline) {
+        count(&j->horizon_timeouts, 1);
+        break;
+      }
+      sched_yield();
+      h = horizon_scan_of(j, t0, false);
     }
-    sched_yield();
-    h = horizon_scan(j, t0);
   }
-  return h;
+  return horizon_scan(j, t0);
 }
 
 /* Under mu, after a round wrote everything it took: every ticket below h is

@@ -1148,6 +1148,25 @@ static void test_commit_on_producer_thread(void) {
   CHECK(other.lsn > lsn);
   CHECK_EQ(atp_journal_wait(j, other.lsn, 2000), 0);
 
+  /* The writer thread does not wait for the loop's mutation in flight (a
+   * batch slice holds its slot for a millisecond; the loop commits it
+   * itself): no horizon wait, and the loop's ticket stays unpublished. */
+  atp_journal_metrics(j, &m0);
+  atp_journal_begin(j, 2);
+  other.lsn = 0;
+  REQUIRE(pthread_create(&t, NULL, append_elsewhere, &other) == 0);
+  pthread_join(t, NULL);
+  CHECK_EQ(atp_journal_wait(j, other.lsn, 2000), 0);
+  atp_journal_metrics(j, &m1);
+  CHECK_EQ(m1.horizon_waits, m0.horizon_waits);
+  target = atp_journal_end(j, 2);
+  CHECK(atp_journal_durable_ticket(j) < target);
+  if (!atp_journal_commit(j)) { /* the writer was zero-filling: it publishes */
+    int64_t until = now_ms() + 2000;
+    while (atp_journal_durable_ticket(j) < target && now_ms() < until) sleep_ms(1);
+  }
+  CHECK(atp_journal_durable_ticket(j) >= target);
+
   /* A backlog too large to write while the loop waits: the writer thread. */
   atp_journal_metrics(j, &m0);
   for (int i = 0; i < 3; i++) lsn = append_fill(j, 1, 4, 30000);
@@ -1189,6 +1208,48 @@ static void test_commit_on_producer_thread(void) {
   CHECK_EQ(atp_journal_gather_ns(j), 0);
   CHECK(!atp_journal_commit(j));
   CHECK_EQ(atp_journal_wait(j, lsn, 2000), 0);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+}
+
+/* No zero-filling after a large group (batch ingestion: the zeroes would
+ * double the bytes written and save nothing); it resumes after a small one. */
+static void test_no_zeroes_after_large_groups(void) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_BATCH);
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  atp_journal_metrics_t m0, m1;
+  int64_t deadline = now_ms() + 3000;
+  do { /* the idle fill at open: 4 MiB ahead */
+    sleep_ms(10);
+    atp_journal_metrics(j, &m0);
+  } while (m0.prealloc_bytes < (4u << 20) && now_ms() < deadline);
+  REQUIRE(m0.prealloc_bytes >= (4u << 20));
+  /* One group of 240 KB: queued without waking the writer, then handed to it. */
+  atp_journal_own_commits(j, 0);
+  uint64_t lsn = 0;
+  for (int i = 0; i < 4; i++) lsn = append_fill(j, 1, (unsigned char)(i + 1), 60000);
+  CHECK(!atp_journal_commit(j));
+  CHECK_EQ(atp_journal_wait(j, lsn, 2000), 0);
+  sleep_ms(200);
+  atp_journal_metrics(j, &m1);
+  CHECK_EQ(m1.groups - m0.groups, 1);
+  CHECK_EQ(m1.prealloc_steps, m0.prealloc_steps); /* less than 4 MiB ahead now */
+  /* A small group from another thread: the idle writer fills ahead again. */
+  elsewhere_t other = {j, 0};
+  pthread_t t;
+  REQUIRE(pthread_create(&t, NULL, append_elsewhere, &other) == 0);
+  pthread_join(t, NULL);
+  CHECK_EQ(atp_journal_wait(j, other.lsn, 2000), 0);
+  deadline = now_ms() + 2000;
+  do {
+    sleep_ms(10);
+    atp_journal_metrics(j, &m0);
+  } while (m0.prealloc_steps == m1.prealloc_steps && now_ms() < deadline);
+  CHECK(m0.prealloc_steps > m1.prealloc_steps);
   CHECK_EQ(atp_journal_close(j), 0);
   remove_dir(dir);
 }
@@ -1348,6 +1409,7 @@ TEST_MAIN({
   RUN(test_group_releases_mutation_in_flight);
   RUN(test_admit_full_queue);
   RUN(test_commit_on_producer_thread);
+  RUN(test_no_zeroes_after_large_groups);
   RUN(test_fsync_failure_recovers);
   RUN(test_write_failure_recovers);
   RUN(test_zero_fill_failure_degrades);
