@@ -852,8 +852,13 @@ int atp_journal_appendv(atp_journal_t *j, uint16_t kind, const struct iovec *iov
   bool was_empty = j->q_bytes == 0;
   if (was_empty) j->q_first_ns = now_ns();
   j->q_bytes += frame_bytes;
-  bool crossed =
-      j->q_bytes >= j->gather_bytes && j->q_bytes - frame_bytes < j->gather_bytes;
+  /* A committing thread's backlog goes to the writer thread only once it is
+   * too large for the loop to write (always mode's gather_bytes is 1). */
+  bool committer = tls_committer == j->instance;
+  uint64_t start_at = committer && j->gather_bytes < ATP_JOURNAL_COMMIT_BYTES_MAX
+                          ? ATP_JOURNAL_COMMIT_BYTES_MAX
+                          : j->gather_bytes;
+  bool crossed = j->q_bytes >= start_at && j->q_bytes - frame_bytes < start_at;
   /* LSNs are handed out one by one under mu, which alone writes assigned_lsn. */
   ATP_ASSERT(*lsn == atomic_load_explicit(&j->assigned_lsn, memory_order_relaxed) + 1);
   /* Release: a thread that reads this LSN as assigned and then waits for it
@@ -862,7 +867,7 @@ int atp_journal_appendv(atp_journal_t *j, uint16_t kind, const struct iovec *iov
   count(&j->queued_bytes, frame_bytes);
   /* A committing thread writes its own records at the end of its turn; a
    * large backlog still goes to the writer thread (crossed). */
-  if (j->writer_sleeping && ((was_empty && tls_committer != j->instance) || crossed))
+  if (j->writer_sleeping && ((was_empty && !committer) || crossed))
     pthread_cond_signal(&j->wake);
   pthread_mutex_unlock(&j->mu);
   return 0;

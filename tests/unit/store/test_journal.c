@@ -1199,6 +1199,21 @@ static void test_commit_on_producer_thread(void) {
   CHECK_EQ(atp_journal_close(j), 0);
   remove_dir(dir);
 
+  /* always: the same (its writer starts a group at any byte queued, but not
+   * for a committing loop's records below ATP_JOURNAL_COMMIT_BYTES_MAX). */
+  REQUIRE(make_dir(dir));
+  c = config_for(dir, ATP_JOURNAL_ALWAYS);
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  sleep_ms(300);
+  atp_journal_own_commits(j, 1);
+  lsn = append_fill(j, 1, 7, 100);
+  sleep_ms(30);
+  CHECK_EQ(atp_journal_durable_lsn(j), 0);
+  CHECK(atp_journal_commit(j));
+  CHECK_EQ(atp_journal_durable_lsn(j), lsn);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+
   /* Mode none: both are no-ops (nobody waits there). */
   REQUIRE(make_dir(dir));
   c = config_for(dir, ATP_JOURNAL_NONE);
