@@ -84,7 +84,7 @@ static bool send_some(conn_t *c) {
 #define RETRY_S 0.005
 static bool read_some(conn_t *c) {
   for (;;) {
-    if (c->in_len == sizeof c->in) {
+    if (c->in_len + 1 >= sizeof c->in) { /* one byte stays for the NUL */
       fprintf(stderr, "answer larger than %d bytes\n", READ_BYTES);
       exit(1);
     }
