@@ -538,7 +538,9 @@ static bool csv_pass(importer_t *imp, const char *data, size_t size, bool count)
       continue;
     }
     atp_writer_t w;
-    atp_writer_init(&w, ATP_FORMAT_JSON, &imp->chunk);
+    atp_writer_init(
+        &w, imp->wire == ATP_FORMAT_MSGPACK ? ATP_FORMAT_MSGPACK : ATP_FORMAT_JSON,
+        &imp->chunk);
     atp_w_object_begin(&w);
     const char *d = imp->cells.data;
     bool op_set = false, flow_set = false;
@@ -762,7 +764,10 @@ int ctl_import(ctl_http_t *h, const ctl_import_t *opt) {
   imp->http = h;
   imp->opt = opt;
   imp->input = (input_t)input;
-  imp->wire = input == IN_MSGPACK ? ATP_FORMAT_MSGPACK : ATP_FORMAT_NDJSON;
+  /* CSV goes as msgpack, the server's cheaper path (a third less CPU an op
+   * than NDJSON); NDJSON and JSON keep their text, msgpack its bytes. */
+  imp->wire =
+      input == IN_MSGPACK || input == IN_CSV ? ATP_FORMAT_MSGPACK : ATP_FORMAT_NDJSON;
   imp->index_of = index_of;
   imp->line_of = line_of;
   atp_buf_init(&imp->chunk, 0);

@@ -247,3 +247,37 @@ def test_429_is_retried_after_retry_after():
         assert summary_of(out)["applied"] == 10, out
     finally:
         fake.close()
+
+
+def test_csv_goes_as_msgpack_with_json_cells(srv):
+    """A CSV's rows go out as msgpack ops (the server's cheaper path), with what the cells
+    say typed as before: integers, allow_split's boolean, a JSON array cell (a
+    reservation's lines) as that array."""
+    tag = uid("csvmp")
+    c = srv.client()
+    assert c.post("/v1/adjustments", dict(id=tag + "-stock", sku=tag, location="L1", delta=10,
+                                          reason="received", source="erp")).status == 200
+    path = os.path.join(_dir, tag + ".csv")
+    with open(path, "w") as f:
+        f.write("op,flow,id,sku,location,delta,reason,lines,allow_split\n")
+        f.write("adjust,erp,%s-a,%s,L1,5,received,,\n" % (tag, tag))
+        f.write('reserve,oms,%s-r,,,,,"[{""sku"":""%s"",""location"":""L1"",""qty"":4}]",false\n'
+                % (tag, tag))
+    fake = Fake(batch_answer)
+    try:
+        rc, out, err = ctl("import", path, url=fake.url)
+        posts = [r for r in fake.requests if r.path == "/v1/batch"]
+        assert len(posts) == 1, (rc, out, err)
+        assert posts[0].headers["content-type"] == "application/msgpack", posts[0].headers
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(posts[0].body)
+        ops = list(unpacker)
+        assert ops[0]["delta"] == 5 and ops[1]["allow_split"] is False, ops
+        assert ops[1]["lines"] == [dict(sku=tag, location="L1", qty=4)], ops
+        assert "sku" not in ops[1] and "delta" not in ops[1], ops  # empty cells left out
+    finally:
+        fake.close()
+    rc, out, err = ctl("import", path, url=url_of(srv))
+    assert rc == 0, (rc, out[-300:], err)
+    p = c.pos(tag, "L1")
+    assert p["on_hand"] == 15 and p["reserved"] == 4, p
