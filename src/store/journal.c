@@ -933,6 +933,10 @@ void atp_journal_own_commits(atp_journal_t *j, uint32_t slot) {
 
 int64_t atp_journal_gather_ns(atp_journal_t *j) {
   if (j->config.mode != ATP_JOURNAL_BATCH) return 0;
+  /* Every turn of the loop asks: with nothing appended, no mutex. */
+  if (atomic_load_explicit(&j->assigned_lsn, memory_order_relaxed) ==
+      atomic_load_explicit(&j->durable_lsn, memory_order_relaxed))
+    return 0;
   int64_t left = 0;
   pthread_mutex_lock(&j->mu);
   if (j->q_head && j->q_bytes < ATP_JOURNAL_COMMIT_BYTES_MAX) {
