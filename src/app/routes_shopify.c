@@ -1087,6 +1087,25 @@ static void plan_topic(plan_t *p, uint64_t id, uint64_t loc) {
   }
 }
 
+/* A delivery's plan and its effects' and results' room, in the request's
+ * arena; NULL when out of memory. */
+static plan_t *new_plan(atp_req_t *rq, atp_shopify_t *s, atp_str_t topic_name,
+                        atp_str_t webhook_id, atp_batch_op_result_t **results) {
+  plan_t *p = atp_arena_alloc(rq->arena, sizeof *p);
+  effect_t *effects =
+      atp_arena_alloc(rq->arena, (ATP_SHOPIFY_WEBHOOK_OPS_MAX + 1) * sizeof *effects);
+  *results = atp_arena_alloc(rq->arena, ATP_SHOPIFY_WEBHOOK_OPS_MAX * sizeof **results);
+  if (!p || !effects || !*results) return NULL;
+  memset(p, 0, sizeof *p);
+  p->rq = rq;
+  p->s = s;
+  p->topic = atp_shopify_topic_of(topic_name);
+  p->topic_name = topic_name;
+  p->webhook_id = webhook_id;
+  p->effects = effects;
+  return p;
+}
+
 /* Records the delivery (dedupe and watermark), counts it and answers. */
 static int finish(plan_t *p, atp_str_t resource, int64_t at_ms, uint8_t content_key[32],
                   atp_shopify_outcome_t outcome, const atp_batch_op_result_t *results) {
@@ -1117,20 +1136,10 @@ int atp_route_shopify_webhook(atp_req_t *rq) {
   atp_shopify_topic_t topic = atp_shopify_topic_of(topic_name);
   int rc = authenticate(rq, topic);
   if (rc) return rc;
-  plan_t *p = atp_arena_alloc(rq->arena, sizeof *p);
-  effect_t *effects =
-      atp_arena_alloc(rq->arena, (ATP_SHOPIFY_WEBHOOK_OPS_MAX + 1) * sizeof *effects);
-  atp_batch_op_result_t *results =
-      atp_arena_alloc(rq->arena, ATP_SHOPIFY_WEBHOOK_OPS_MAX * sizeof *results);
-  if (!p || !effects || !results)
-    return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
-  memset(p, 0, sizeof *p);
-  p->rq = rq;
-  p->s = s;
-  p->topic = topic;
-  p->topic_name = topic_name;
-  p->webhook_id = header(h, ATP_HTTP_SHOPIFY_WEBHOOK_ID);
-  p->effects = effects;
+  atp_batch_op_result_t *results;
+  plan_t *p =
+      new_plan(rq, s, topic_name, header(h, ATP_HTTP_SHOPIFY_WEBHOOK_ID), &results);
+  if (!p) return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
   /* The change feed names the delivery behind each change (section 10's
    * request_id) unless the sender named a request of its own. */
   if (!rq->change_ctx.request_id.len) rq->change_ctx.request_id = p->webhook_id;
@@ -1278,20 +1287,9 @@ int atp_op_shopify_webhook(atp_req_t *rq, const atp_val_t *body, atp_str_t flow,
   if (!payload || payload->type != ATP_VAL_OBJECT)
     return atp_req_fail(rq, ATP_EBADREQ, NULL, "payload",
                         "The webhook's payload must be an object.");
-  plan_t *p = atp_arena_alloc(rq->arena, sizeof *p);
-  effect_t *effects =
-      atp_arena_alloc(rq->arena, (ATP_SHOPIFY_WEBHOOK_OPS_MAX + 1) * sizeof *effects);
-  atp_batch_op_result_t *results =
-      atp_arena_alloc(rq->arena, ATP_SHOPIFY_WEBHOOK_OPS_MAX * sizeof *results);
-  if (!p || !effects || !results)
-    return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
-  memset(p, 0, sizeof *p);
-  p->rq = rq;
-  p->s = s;
-  p->topic = atp_shopify_topic_of(topic_name);
-  p->topic_name = topic_name;
-  p->webhook_id = webhook_id;
-  p->effects = effects;
+  atp_batch_op_result_t *results;
+  plan_t *p = new_plan(rq, s, topic_name, webhook_id, &results);
+  if (!p) return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
   p->body = payload;
   atp_buf_init(&p->buf, ATP_HTTP_BODY_BYTES_MAX);
   atp_writer_init(&p->w, ATP_FORMAT_JSON, &p->buf);
