@@ -931,12 +931,17 @@ void atp_journal_own_commits(atp_journal_t *j, uint32_t slot) {
   atomic_store(&j->slots[slot].commits, true);
 }
 
+/* Whether some appended record is not durable yet: two relaxed loads, for a
+ * loop's per-turn questions (a stale answer only skips or adds a round). */
+static bool records_pending(const atp_journal_t *j) {
+  return atomic_load_explicit(&j->assigned_lsn, memory_order_relaxed) !=
+         atomic_load_explicit(&j->durable_lsn, memory_order_relaxed);
+}
+
 int64_t atp_journal_gather_ns(atp_journal_t *j) {
   if (j->config.mode != ATP_JOURNAL_BATCH) return 0;
   /* Every turn of the loop asks: with nothing appended, no mutex. */
-  if (atomic_load_explicit(&j->assigned_lsn, memory_order_relaxed) ==
-      atomic_load_explicit(&j->durable_lsn, memory_order_relaxed))
-    return 0;
+  if (!records_pending(j)) return 0;
   int64_t left = 0;
   pthread_mutex_lock(&j->mu);
   if (j->q_head && j->q_bytes < ATP_JOURNAL_COMMIT_BYTES_MAX) {
@@ -966,8 +971,7 @@ static void hand_off(atp_journal_t *j) {
 bool atp_journal_commit(atp_journal_t *j) {
   if (j->config.mode == ATP_JOURNAL_NONE) return false;
   uint64_t durable = atomic_load_explicit(&j->durable_ticket, memory_order_acquire);
-  bool pending = atomic_load_explicit(&j->assigned_lsn, memory_order_relaxed) !=
-                 atomic_load_explicit(&j->durable_lsn, memory_order_relaxed);
+  bool pending = records_pending(j);
   if (!pending && atomic_load(&j->wanted) <= durable) return false;
   if (atomic_load_explicit(&j->queued_bytes, memory_order_relaxed) >
           ATP_JOURNAL_COMMIT_BYTES_MAX ||
