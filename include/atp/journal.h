@@ -46,11 +46,13 @@
  * therefore pass queue_bytes_max by the mutations that were admitted at the
  * same time, at most one change per producer thread.
  *
- * Zero-filled space: between groups the writer zero-fills the segment ahead
- * of its write position (up to 4 MiB ahead when idle, at least 1 MiB under
- * load, never past segment_bytes_max, 2 MiB per write + fdatasync step), so
- * that each group's fdatasync overwrites allocated, written blocks and need
- * not also write the inode as an appending one must. Recovery reads zeroes
+ * Zero-filled space: the segment is kept zero-filled ahead of its write
+ * position (up to 4 MiB ahead by the idle writer thread, in 2 MiB steps of
+ * write + fdatasync; under load at least 1 MiB ahead by the groups, each
+ * group short of it carrying 64 KiB of zeroes under its own fdatasync; never
+ * past segment_bytes_max), so that most groups' fdatasync overwrites
+ * allocated, written blocks and need not also write the inode as an
+ * appending one must. Recovery reads zeroes
  * after the last record as a clean end (proto/journal.md, "Clean zero end");
  * a roll and a clean close truncate the segment to its data end. A zero step
  * that fails is undone and pauses zero-filling (the journal goes on with
@@ -241,7 +243,7 @@ uint64_t atp_journal_end(atp_journal_t *journal, uint32_t slot);
  * briefly; otherwise it wakes the writer thread, which then works as without
  * it: when the journal is failed (the writer thread retries), when more than
  * ATP_JOURNAL_COMMIT_BYTES_MAX wait (a big batch is written while the loop
- * goes on), and when the writer thread is busy (a zero-fill step, a round of
+ * goes on), and when the writer thread is busy (an idle zero-fill step, a round of
  * records from another thread). Other threads' appends and ends wake the
  * writer thread as before. No-ops in mode none. own_commits: the thread and
  * slot of that loop, once, before it mutates; commit: true when it wrote or

@@ -35,18 +35,20 @@
  * blocks already allocated and written writes only the data, which on the
  * disks measured costs less than half as much (fallocate alone does not help:
  * its unwritten extents are converted, with the same metadata write, on the
- * first write into them). So the writer keeps the segment zero-filled, with
- * real writes made durable by an fdatasync of their own, ZERO_AHEAD_IDLE
- * bytes ahead of its write position when it has nothing else to do, and at
- * least ZERO_AHEAD_MIN ahead under load (a step between two groups), up to
- * segment_bytes_max. Recovery reads zeroes after the last record as a clean
- * end (proto/journal.md). A segment is truncated to its data end when it
- * rolls and at a clean close, so closed segments hold no zeroes. The zeroes
- * are an optimisation only: a step that fails (ENOSPC, EIO) is cut off again
- * and zero-filling pauses (backing off), the journal goes on with plain
- * appends and never fails because of it; and no step starts while the file
- * system has less than ZERO_RESERVE_BYTES free, so that preallocation never
- * takes the last space from the records themselves or from snapshots.
+ * first write into them). So the segment is kept zero-filled ahead of the
+ * write position, with real writes of zeroes made durable before a record
+ * is written over them: ZERO_AHEAD_IDLE bytes ahead by the writer thread's
+ * steps (each with an fdatasync of its own) when it has nothing else to do,
+ * and under load at least ZERO_AHEAD_MIN ahead by the groups themselves (a
+ * group short of zeroes carries ZERO_GROUP_BYTES of them after the file's
+ * end, covered by its own fdatasync), up to segment_bytes_max. Recovery reads zeroes
+ * after the last record as a clean end (proto/journal.md). A segment is truncated to
+ * its data end when it rolls and at a clean close, so closed segments hold no zeroes.
+ * The zeroes are an optimisation only: a zero write that fails (ENOSPC, EIO) is cut off
+ * again and zero-filling pauses (backing off), the journal goes on with plain appends
+ * and never fails because of it; and no step starts while the file system has less than
+ * ZERO_RESERVE_BYTES free, so that preallocation never takes the last space from the
+ * records themselves or from snapshots.
  *
  * Failure and recovery. After a failed write or fdatasync the state is
  * FAILED and the records stay in the writer's pending list (memory). Every
@@ -90,7 +92,8 @@
  * whatever its size up to a few MiB, so steps are large and rare. */
 #define ZERO_STEP_BYTES       (2ull << 20)
 #define ZERO_AHEAD_IDLE       (4ull << 20)  /* filled while nothing is queued */
-#define ZERO_AHEAD_MIN        (1ull << 20)  /* below it, a step runs under load too */
+#define ZERO_AHEAD_MIN        (1ull << 20)  /* below it, groups carry zeroes */
+#define ZERO_GROUP_BYTES      (64u << 10)   /* zeroes a group carries */
 #define ZERO_RESERVE_BYTES    (64ull << 20) /* free space preallocation leaves alone */
 #define ZERO_SKIP_GROUP_BYTES (128u << 10)  /* no zeroes after a group this large */
 #define ZERO_PAUSE_MS_MIN     100
@@ -382,52 +385,6 @@ static void published(atp_journal_t *j, uint64_t lsn, uint64_t records,
   atomic_store_explicit(&j->last_group_bytes, bytes, memory_order_relaxed);
 }
 
-/* Writes and syncs one group: the pending frames that fit in the segment.
- * 0, ROLL_NEEDED (the next frame needs a new segment) or ATP_EUNAVAILABLE. */
-static int write_group(atp_journal_t *j) {
-  struct iovec iov[GROUP_IOV_MAX];
-  int n = 0;
-  chunk_t *c = j->p_head;
-  uint32_t off = j->p_off;
-  uint64_t max = j->config.segment_bytes_max;
-  uint64_t room = max > j->seg_bytes ? max - j->seg_bytes : 0;
-  bool seg_empty = j->seg_bytes == ATP__JOURNAL_HEADER_BYTES;
-  uint64_t group_first = 0, lsn = 0, bytes = 0, records = 0;
-  while (c) {
-    if (off == c->len) {
-      c = c->next, off = 0;
-      continue;
-    }
-    unsigned char *f = c->data + off;
-    uint32_t frame_bytes = ATP__JOURNAL_FRAME_BYTES + atp__get32(f + 4);
-    bool contiguous =
-        n && (unsigned char *)iov[n - 1].iov_base + iov[n - 1].iov_len == f;
-    if ((records || !seg_empty) && bytes + frame_bytes > room) break;
-    if (!contiguous && n == GROUP_IOV_MAX) break;
-    lsn = atp__get64(f + 8);
-    if (!records) group_first = lsn;
-    atp__put32(f + 20, (uint32_t)(lsn - group_first));
-    atp__put32(f, atp__journal_frame_crc(j->seed, f));
-    if (contiguous)
-      iov[n - 1].iov_len += frame_bytes;
-    else
-      iov[n++] = (struct iovec){f, frame_bytes};
-    bytes += frame_bytes, records++, off += frame_bytes;
-  }
-  if (!records) return ROLL_NEEDED;
-  ATP_ASSERT(group_first ==
-             atomic_load_explicit(&j->durable_lsn, memory_order_relaxed) + 1);
-  int err = write_all(j, j->seg_fd, iov, n);
-  if (err) return io_error(j, err, "writing records");
-  j->seg_bytes += bytes;
-  if (j->seg_file_bytes < j->seg_bytes) j->seg_file_bytes = j->seg_bytes;
-  if ((err = sync_fd(j, j->seg_fd))) return io_error(j, err, "fdatasync");
-  j->seg_durable_bytes = j->seg_bytes;
-  advance_pending(j, c, off);
-  published(j, lsn, records, bytes);
-  return 0;
-}
-
 /* Truncates the segment to its data end when zeroes follow it and makes that
  * durable, so that a closed segment holds records only: at a roll (returns
  * ROLL_NEEDED to go on) and at a clean close. Every byte before the data end
@@ -468,24 +425,35 @@ static bool zero_due(atp_journal_t *j, bool idle) {
   return j->zero_resume_ns == 0 || now_ns() >= j->zero_resume_ns;
 }
 
-/* One zero-fill step: ZERO_STEP_BYTES of zeroes (at most up to
- * segment_bytes_max) written after the file's end and fdatasynced. Runs
- * between groups, when every byte written before is durable. A failure is
- * undone (the file cut back to where it was, so no page of a failed write is
- * relied on) and pauses zero-filling; only a failure to undo it fails the
- * journal, as any write error. */
-static int zero_step(atp_journal_t *j) {
+/* A zero-fill write that failed, or whose fdatasync did: undone (the file
+ * cut back to from, so no page of a failed write is relied on) and
+ * zero-filling paused. 0, or ATP_EUNAVAILABLE when it cannot be undone (as
+ * any write error). */
+static int zero_failed(atp_journal_t *j, uint64_t from, int err) {
+  count(&j->prealloc_failures, 1);
+  atp_log("warn",
+          "journal: zero-filling ahead in %s failed: %s; plain appends for %u ms",
+          j->dir, strerror(err), j->zero_pause_ms);
+  zero_pause(j);
+  if (ftruncate(j->seg_fd, (off_t)from) != 0)
+    return io_error(j, errno, "cutting back a failed zero-fill");
+  return 0;
+}
+
+/* Writes up to want bytes of zeroes after the file's end (not past
+ * segment_bytes_max), not yet durable. Returns the bytes written, 0 when
+ * none were (space is short, or the write failed and was undone), or
+ * ATP_EUNAVAILABLE. */
+static int64_t zero_write(atp_journal_t *j, uint64_t want) {
   static unsigned char zeros[256 * 1024]; /* .bss: never written */
   uint64_t from = j->seg_file_bytes, max = j->config.segment_bytes_max;
-  uint64_t step = max - from < ZERO_STEP_BYTES ? max - from : ZERO_STEP_BYTES;
-  ATP_ASSERT(from >= j->seg_bytes && j->seg_bytes == j->seg_durable_bytes);
+  uint64_t step = max - from < want ? max - from : want;
   struct statvfs sv;
   if (fstatvfs(j->seg_fd, &sv) == 0 &&
       (uint64_t)sv.f_bavail * sv.f_frsize < step + ZERO_RESERVE_BYTES) {
     zero_pause(j); /* space is short: plain appends */
     return 0;
   }
-  int64_t start = now_ns();
   int err = fault(j, 'z');
   for (uint64_t done = 0; !err && done < step;) {
     size_t n = step - done < sizeof zeros ? (size_t)(step - done) : sizeof zeros;
@@ -498,23 +466,90 @@ static int zero_step(atp_journal_t *j) {
     else
       done += (uint64_t)w;
   }
-  if (!err && fdatasync(j->seg_fd) != 0) err = errno;
-  if (err) {
-    count(&j->prealloc_failures, 1);
-    atp_log("warn",
-            "journal: zero-filling ahead in %s failed: %s; plain appends for %u ms",
-            j->dir, strerror(err), j->zero_pause_ms);
-    zero_pause(j);
-    if (ftruncate(j->seg_fd, (off_t)from) != 0)
-      return io_error(j, errno, "cutting back a failed zero-fill");
-    return 0;
-  }
-  j->seg_file_bytes = from + step;
+  if (err) return zero_failed(j, from, err);
+  return (int64_t)step;
+}
+
+/* Zeroes from zero_write that an fdatasync has covered since. */
+static void zeroes_durable(atp_journal_t *j, uint64_t bytes, int64_t ns) {
+  j->seg_file_bytes += bytes;
   j->zero_pause_ms = ZERO_PAUSE_MS_MIN;
   j->zero_resume_ns = 0;
   count(&j->prealloc_steps, 1);
-  count(&j->prealloc_bytes, step);
-  count(&j->prealloc_ns_sum, (uint64_t)(now_ns() - start));
+  count(&j->prealloc_bytes, bytes);
+  count(&j->prealloc_ns_sum, (uint64_t)ns);
+}
+
+/* One zero-fill step of the idle writer: ZERO_STEP_BYTES of zeroes written
+ * after the file's end and fdatasynced, when every byte written before is
+ * durable. A failure is undone and pauses zero-filling; only a failure to
+ * undo it fails the journal, as any write error. */
+static int zero_step(atp_journal_t *j) {
+  uint64_t from = j->seg_file_bytes;
+  ATP_ASSERT(from >= j->seg_bytes && j->seg_bytes == j->seg_durable_bytes);
+  int64_t start = now_ns();
+  int64_t step = zero_write(j, ZERO_STEP_BYTES);
+  if (step <= 0) return (int)step;
+  if (fdatasync(j->seg_fd) != 0) return zero_failed(j, from, errno);
+  zeroes_durable(j, (uint64_t)step, now_ns() - start);
+  return 0;
+}
+
+/* Writes and syncs one group: the pending frames that fit in the segment.
+ * 0, ROLL_NEEDED (the next frame needs a new segment) or ATP_EUNAVAILABLE. */
+static int write_group(atp_journal_t *j) {
+  struct iovec iov[GROUP_IOV_MAX];
+  int n = 0;
+  chunk_t *c = j->p_head;
+  uint32_t off = j->p_off;
+  uint64_t max = j->config.segment_bytes_max;
+  uint64_t room = max > j->seg_bytes ? max - j->seg_bytes : 0;
+  bool seg_empty = j->seg_bytes == ATP__JOURNAL_HEADER_BYTES;
+  uint64_t group_first = 0, lsn = 0, bytes = 0, records = 0;
+  while (c) {
+    if (off == c->len) {
+      c = c->next, off = 0;
+      continue;
+    }
+    unsigned char *f = c->data + off;
+    uint32_t frame_bytes = ATP__JOURNAL_FRAME_BYTES + atp__get32(f + 4);
+    bool contiguous =
+        n && (unsigned char *)iov[n - 1].iov_base + iov[n - 1].iov_len == f;
+    if ((records || !seg_empty) && bytes + frame_bytes > room) break;
+    if (!contiguous && n == GROUP_IOV_MAX) break;
+    lsn = atp__get64(f + 8);
+    if (!records) group_first = lsn;
+    atp__put32(f + 20, (uint32_t)(lsn - group_first));
+    atp__put32(f, atp__journal_frame_crc(j->seed, f));
+    if (contiguous)
+      iov[n - 1].iov_len += frame_bytes;
+    else
+      iov[n++] = (struct iovec){f, frame_bytes};
+    bytes += frame_bytes, records++, off += frame_bytes;
+  }
+  if (!records) return ROLL_NEEDED;
+  ATP_ASSERT(group_first ==
+             atomic_load_explicit(&j->durable_lsn, memory_order_relaxed) + 1);
+  int err = write_all(j, j->seg_fd, iov, n);
+  if (err) return io_error(j, err, "writing records");
+  j->seg_bytes += bytes;
+  if (j->seg_file_bytes < j->seg_bytes) j->seg_file_bytes = j->seg_bytes;
+  /* Under load the zeroes ahead come with the groups: a small group short
+   * of them writes ZERO_GROUP_BYTES after the file's end, which its own
+   * fdatasync makes durable (that one also writes the inode, a fraction of
+   * a millisecond). A step of its own between groups took milliseconds of
+   * disk time that every answer of the loop's next turn waited for. Their
+   * time in prealloc_ns_sum is the write; the fdatasync is the group's. */
+  int64_t start = now_ns(), zeroes = 0;
+  if (bytes < ZERO_SKIP_GROUP_BYTES && zero_due(j, false) &&
+      (zeroes = zero_write(j, ZERO_GROUP_BYTES)) < 0)
+    return (int)zeroes;
+  int64_t zero_ns = now_ns() - start;
+  if ((err = sync_fd(j, j->seg_fd))) return io_error(j, err, "fdatasync");
+  if (zeroes > 0) zeroes_durable(j, (uint64_t)zeroes, zero_ns);
+  j->seg_durable_bytes = j->seg_bytes;
+  advance_pending(j, c, off);
+  published(j, lsn, records, bytes);
   return 0;
 }
 
@@ -780,14 +815,6 @@ static void *writer_main(void *arg) {
     }
     if (rc == 0) round_published(j, h, records);
     pthread_cond_broadcast(&j->done);
-    /* Under load the writer is never idle: the zeroes ahead are kept up
-     * between two groups, after this one's answers went. */
-    if (rc == 0 && zero_due(j, false)) {
-      pthread_mutex_unlock(&j->mu);
-      rc = zero_step(j);
-      pthread_mutex_lock(&j->mu);
-      if (rc) round_failed(j, false);
-    }
     pthread_mutex_unlock(&j->mu);
     pthread_mutex_unlock(&j->round_mu);
     pthread_mutex_lock(&j->mu);
@@ -1000,16 +1027,12 @@ bool atp_journal_commit(atp_journal_t *j) {
   if (records)
     atomic_store_explicit(&j->last_group_end_ns, now_ns(), memory_order_relaxed);
   pthread_mutex_lock(&j->mu);
-  bool wake = true; /* a failure: the records stay pending, the writer retries */
-  if (rc != 0) {
-    round_failed(j, false);
-  } else {
+  if (rc != 0)
+    round_failed(j, false); /* the records stay pending, the writer retries */
+  else
     round_published(j, h, records);
-    /* Zeroes ahead are the writer thread's work: a step takes milliseconds. */
-    wake = zero_due(j, false);
-  }
   pthread_cond_broadcast(&j->done);
-  if (wake && j->writer_sleeping) pthread_cond_signal(&j->wake);
+  if (rc != 0 && j->writer_sleeping) pthread_cond_signal(&j->wake);
   pthread_mutex_unlock(&j->mu);
   pthread_mutex_unlock(&j->round_mu);
   return rc == 0;

@@ -1269,6 +1269,52 @@ static void test_no_zeroes_after_large_groups(void) {
   remove_dir(dir);
 }
 
+/* Under load the zeroes ahead come with the groups: a small group short of
+ * them carries 64 KiB, made durable by its own fdatasync. A step of 2 MiB
+ * between groups held the round for milliseconds, and a loop's commits in
+ * the meantime went to the writer thread and waited for it. */
+static void test_groups_carry_the_zeroes(void) {
+  char dir[64];
+  REQUIRE(make_dir(dir));
+  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_BATCH);
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(&c, 0, &scan);
+  REQUIRE(j);
+  atp_journal_metrics_t m0, m1;
+  int64_t deadline = now_ms() + 3000;
+  do { /* the idle fill at open: 4 MiB ahead */
+    sleep_ms(10);
+    atp_journal_metrics(j, &m0);
+  } while (m0.prealloc_bytes < (4u << 20) && now_ms() < deadline);
+  REQUIRE(m0.prealloc_bytes >= (4u << 20));
+  /* 250 groups of 16 records, 16 KiB each: 4 MiB, past the zeroes ahead. */
+  atp_journal_own_commits(j, 0);
+  for (int g = 0; g < 250; g++) {
+    for (int i = 0; i < 16; i++) append_fill(j, 1, (unsigned char)(g + i), 1000);
+    CHECK(atp_journal_commit(j));
+  }
+  atp_journal_metrics(j, &m1);
+  CHECK_EQ(m1.groups - m0.groups, 250);
+  CHECK_EQ(m1.loop_rounds, 250);
+  CHECK_EQ(m1.loop_handoffs, 0);
+  uint64_t steps = m1.prealloc_steps - m0.prealloc_steps;
+  CHECK(steps >= 10);
+  CHECK_EQ(m1.prealloc_bytes - m0.prealloc_bytes, steps * (64u << 10));
+  CHECK_EQ(m1.prealloc_failures, 0);
+  char path[600];
+  seg_path(path, sizeof path, dir, 1);
+  long data = HEADER + 4000L * (FRAME + 1000);
+  CHECK(file_size(path) >= data + (1L << 20) - 16384); /* still ahead */
+  CHECK_EQ(atp_journal_close(j), 0);
+  CHECK_EQ(file_size(path), data);
+  REQUIRE((j = open_or_null(&c, 0, &scan)));
+  CHECK_EQ(got.count, 4000);
+  CHECK_EQ(got.out_of_order, 0);
+  CHECK_EQ(scan.tail_bytes, 0);
+  CHECK_EQ(atp_journal_close(j), 0);
+  remove_dir(dir);
+}
+
 static void test_fsync_failure_recovers(void) {
   check_io_failure('s', EIO);
 }
@@ -1425,6 +1471,7 @@ TEST_MAIN({
   RUN(test_admit_full_queue);
   RUN(test_commit_on_producer_thread);
   RUN(test_no_zeroes_after_large_groups);
+  RUN(test_groups_carry_the_zeroes);
   RUN(test_fsync_failure_recovers);
   RUN(test_write_failure_recovers);
   RUN(test_zero_fill_failure_degrades);
