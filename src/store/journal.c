@@ -94,6 +94,7 @@
 #define ZERO_AHEAD_IDLE       (4ull << 20)  /* filled while nothing is queued */
 #define ZERO_AHEAD_MIN        (1ull << 20)  /* below it, groups carry zeroes */
 #define ZERO_GROUP_BYTES      (64u << 10)   /* zeroes a group carries */
+#define ZERO_QUIET_NS         50000000      /* no group for this long: idle */
 #define ZERO_RESERVE_BYTES    (64ull << 20) /* free space preallocation leaves alone */
 #define ZERO_SKIP_GROUP_BYTES (128u << 10)  /* no zeroes after a group this large */
 #define ZERO_PAUSE_MS_MIN     100
@@ -691,12 +692,23 @@ static bool wait_for_group(atp_journal_t *j) {
         atomic_store(&j->writer_idle, false);
         return true; /* a horizon-only group */
       }
-      /* Nothing to write: time to zero-fill ahead. A record or an end that
-       * comes meanwhile is seen by the checks above when the step is over
-       * (its signal finds nobody waiting, the loop looks again). */
-      if (pthread_mutex_trylock(&j->round_mu) == 0) {
-        /* A committing thread's round holds it: then its zeroes wait. */
+      /* Nothing to write: time to zero-fill ahead, once no group has been
+       * written for ZERO_QUIET_NS. Under load the groups carry their own
+       * zeroes, and a step (milliseconds) would hold the round while a loop
+       * that commits its own groups hands them over and waits for it; so a
+       * writer woken under load (a hand-off, another thread's record) does
+       * not step, it looks again when the quiet time is over. A record or
+       * an end that comes during a step is seen by the checks above when the
+       * step is over (its signal finds nobody waiting, the loop looks again). */
+      int64_t look_again = 0;
+      if (pthread_mutex_trylock(&j->round_mu) != 0) {
+        look_again = now_ns() + ZERO_QUIET_NS; /* a committing thread's round */
+      } else {
         bool due = zero_due(j, true);
+        int64_t quiet =
+            atomic_load_explicit(&j->last_group_end_ns, memory_order_relaxed) +
+            ZERO_QUIET_NS;
+        if (due && now_ns() < quiet) due = false, look_again = quiet;
         if (due) {
           atomic_store(&j->writer_idle, false);
           pthread_mutex_unlock(&j->mu);
@@ -708,7 +720,10 @@ static bool wait_for_group(atp_journal_t *j) {
         if (due) continue;
       }
       j->writer_sleeping = true;
-      pthread_cond_wait(&j->wake, &j->mu);
+      if (look_again)
+        timed_wait(j, &j->wake, look_again);
+      else
+        pthread_cond_wait(&j->wake, &j->mu);
       j->writer_sleeping = false;
       atomic_store(&j->writer_idle, false);
       continue;
