@@ -327,10 +327,13 @@ void atp_metrics_write_journal(const atp_journal_t *journal,
   atp_buf_printf(
       out,
       "# HELP atpd_journal_prealloc_bytes_total Zeroes written ahead of the journal's "
-      "write position (not in atpd_journal_fsync_seconds).\n"
+      "write position: the idle writer's steps (their fdatasync not in "
+      "atpd_journal_fsync_seconds) and 64 KiB carried by a group under load (made "
+      "durable by the group's fdatasync).\n"
       "# TYPE atpd_journal_prealloc_bytes_total counter\n"
       "atpd_journal_prealloc_bytes_total %llu\n"
-      "# HELP atpd_journal_prealloc_seconds_total Time of those zero-fill steps.\n"
+      "# HELP atpd_journal_prealloc_seconds_total Time of those zero-fill writes: a "
+      "step's write and fdatasync, a group's zeroes' write.\n"
       "# TYPE atpd_journal_prealloc_seconds_total counter\n"
       "atpd_journal_prealloc_seconds_total %.9f\n"
       "# HELP atpd_journal_prealloc_failures_total Zero-fill steps that failed and "
