@@ -127,6 +127,8 @@ UNIT_BINS_release := $(addprefix $(BUILD)/release/tests/,$(UNIT_NAMES))
 UNIT_BINS_asan    := $(addprefix $(BUILD)/asan/tests/,$(UNIT_NAMES))
 # Under TSan: the stress tests and the journal's group commit from several threads.
 TSAN_NAMES        := $(patsubst tests/unit/%.c,%,$(sort $(wildcard tests/unit/*/test_*stress*.c))) store/test_journal
+# ... and the Shopify push's figures read while it starts.
+TSAN_NAMES        += flows/test_shopify_push
 UNIT_BINS_tsan    := $(addprefix $(BUILD)/tsan/tests/,$(TSAN_NAMES))
 
 test: deps all check-layers check-prefetch bin/atpd-asan bin/atpd-tsan $(UNIT_BINS_release) $(UNIT_BINS_asan) $(UNIT_BINS_tsan)

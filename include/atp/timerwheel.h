@@ -61,8 +61,9 @@ void atp_timerwheel_init(atp_timerwheel_t *w, atp_timer_fire_cb fire,
                          atp_timer_ahead_cb ahead, void *ctx);
 /* Sets the wheel's time on the first call; later calls change nothing. */
 void atp_timerwheel_start(atp_timerwheel_t *w, int64_t now_ms);
-/* Files t (not filed) to fire at due_ms; a time already past fires at the
- * next tick. */
+/* Files t (not filed) to fire at the first tick at or after due_ms, whatever
+ * the level and however many cascades bring it down; a time already past
+ * fires at the next tick. */
 void atp_timerwheel_add(atp_timerwheel_t *w, atp_timer_t *t, int64_t due_ms);
 /* Takes t out of the wheel if it is in it. */
 void atp_timerwheel_remove(atp_timerwheel_t *w, atp_timer_t *t);

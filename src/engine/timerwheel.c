@@ -36,11 +36,18 @@ void atp_timerwheel_start(atp_timerwheel_t *w, int64_t now_ms) {
   w->started = true;
 }
 
-void atp_timerwheel_add(atp_timerwheel_t *w, atp_timer_t *t, int64_t due_ms) {
+/* Files t to fire at due_ms, on no tick before `earliest`. A caller files
+ * from after the tick just run, so earliest is the next one; a cascade files
+ * from the tick being run, whose level-0 slot runs right after the
+ * cascades, so a timer due on that very tick (its due tick a multiple of
+ * the outer level's span) still fires on it rather than a tick late. */
+static void file(atp_timerwheel_t *w, atp_timer_t *t, int64_t due_ms,
+                 int64_t earliest) {
   ATP_ASSERT(!atp_timer_is_filed(t));
+  ATP_ASSERT(earliest == w->now_tick || earliest == w->now_tick + 1);
   int64_t due_tick =
       due_ms / ATP_TIMERWHEEL_TICK_MS + (due_ms % ATP_TIMERWHEEL_TICK_MS > 0);
-  if (due_tick <= w->now_tick) due_tick = w->now_tick + 1;
+  if (due_tick < earliest) due_tick = earliest;
   int64_t delta = due_tick - w->now_tick;
   uint32_t level = 0;
   while (level < ATP_TIMERWHEEL_LEVELS - 1 &&
@@ -58,6 +65,10 @@ void atp_timerwheel_add(atp_timerwheel_t *w, atp_timer_t *t, int64_t due_ms) {
   *head = t;
   t->due_ms = due_ms;
   ATP_ASSERT(atp_timer_is_filed(t) && *t->pprev == t);
+}
+
+void atp_timerwheel_add(atp_timerwheel_t *w, atp_timer_t *t, int64_t due_ms) {
+  file(w, t, due_ms, w->now_tick + 1);
 }
 
 void atp_timerwheel_remove(atp_timerwheel_t *w, atp_timer_t *t) {
@@ -109,7 +120,9 @@ static atp_timer_t *walk_next(atp_timerwheel_t *w, walk_t *k) {
 }
 
 /* Runs a detached list: fires what is due (fire_due) and files the rest
- * again from its own time. */
+ * again from its own time. A cascade (not fire_due) runs before the tick's
+ * level-0 slot, so it may file on the tick being run; a firing run may not:
+ * that slot is being run or was run already. */
 static uint64_t run_list(atp_timerwheel_t *w, atp_timer_t *list, int64_t now_ms,
                          bool fire_due) {
   uint64_t fired = 0;
@@ -122,7 +135,7 @@ static uint64_t run_list(atp_timerwheel_t *w, atp_timer_t *list, int64_t now_ms,
       w->fire(w, t, now_ms, w->ctx);
       fired++;
     } else {
-      atp_timerwheel_add(w, t, t->due_ms);
+      file(w, t, t->due_ms, w->now_tick + fire_due);
     }
   }
   return fired;

@@ -56,6 +56,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "atp/assert.h"
@@ -205,6 +206,10 @@ struct atp_shopify_push {
   atp_buf_t body;
   atp_arena_t arena;
 
+  /* ATPD_TEST_SHOPIFY_PUSH_HOLD_FILE (tests only): while this file exists
+   * the push reads nothing from the feed, so a test can let the feed run
+   * ahead of it (a cursor that expires, a read that stops at the scan cap). */
+  char hold_file[256];
   /* the mapping fetch (push.fetch_mappings): loop thread */
   fetch_t fetch;
   char fetch_after[512]; /* the page cursor; "" for the first page */
@@ -479,6 +484,7 @@ static void read_feed(atp_shopify_push_t *p) {
   /* While the mappings are fetched, a change of a position not mapped yet
    * would be skipped as not Shopify's: the feed waits for the fetch. */
   if (p->fetch != FETCH_NONE) return;
+  if (p->hold_file[0] && access(p->hold_file, F_OK) == 0) return; /* tests only */
   for (uint32_t page = 0; page < FEED_PAGES_A_TICK; page++) {
     uint64_t durable = atp_feed_durable_lsn(p->feed);
     if (durable <= p->read_durable) return;
@@ -1667,6 +1673,8 @@ int atp_shopify_push_start(atp_shopify_push_t *p, atp_feed_t *feed,
   p->share_at_ms = atp_mono_ms();
   p->share_tokens = c->points_per_second;
   if (c->fetch_mappings) p->fetch = FETCH_LOCATIONS;
+  const char *hold = getenv("ATPD_TEST_SHOPIFY_PUSH_HOLD_FILE");
+  if (hold) snprintf(p->hold_file, sizeof p->hold_file, "%s", hold);
   /* /metrics may read the figures from now on (atp_shopify_push_stats). */
   pthread_mutex_lock(&p->stats_lock);
   p->stats.enabled = true;

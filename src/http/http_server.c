@@ -1083,6 +1083,104 @@ void atp_http_stream_end(atp_http_stream_t *st) {
   stream_unref(st);
 }
 
+/* The handler's extra headers, at most the number a response may carry. */
+static uint32_t extra_count_of(const atp_http_response_t *res) {
+  return res->extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX
+             ? res->extra_header_count
+             : ATP_HTTP_EXTRA_HEADERS_MAX;
+}
+
+/* The message is answered (or handed on): its memory goes, the next may be
+ * parsed. */
+static void message_done(conn_t *c) {
+  atp_arena_reset(&c->arena);
+  request_shrink(c);
+  c->in_message = false;
+}
+
+/* A streamed answer: the head now, then the producer's chunks on this
+ * connection, which closes after it. */
+static void dispatch_stream(conn_t *c, const atp_http_request_t *req,
+                            const atp_http_response_t *res) {
+  response_t head = {.status = res->status ? res->status : 200,
+                     .content_type = res->content_type,
+                     .extra = res->extra_headers,
+                     .extra_count = extra_count_of(res),
+                     .close = true,
+                     .stream = true};
+  if (queue_response(c, &head)) {
+    stream_abandon(res->stream);
+    c->closing = true;
+  } else if (req->method == ATP_HTTP_HEAD) {
+    /* HEAD: the head only. The producer's sends fail from now on, so it
+     * stops (an SSE stream, a snapshot's walk). */
+    log_response(c, req, head.status, 0);
+    stream_abandon(res->stream);
+    c->closing = true;
+  } else {
+    log_response(c, req, head.status, 0);
+    stream_attach(c, res->stream);
+  }
+  message_done(c);
+}
+
+/* An answer the handler gives later on this loop: what its log line and
+ * its close need is kept. The arena, head and body are kept until the
+ * answer: the deferred work may still read them (a batch's ops). Nothing
+ * is parsed meanwhile. */
+static void dispatch_defer(conn_t *c, const atp_http_request_t *req,
+                           const atp_http_response_t *res) {
+  c->deferred_id = req->request_id;
+  c->deferred_started_ns = req->started_ns;
+  c->deferred_method = req->method;
+  c->deferred_close = res->close || !c->keep_alive;
+  snprintf(c->deferred_path, sizeof c->deferred_path, "%.*s",
+           (int)(req->path_len < DEFERRED_PATH_BYTES ? req->path_len : 0), req->path);
+  c->in_message = false;
+}
+
+/* A deferred answer without a loop to give it on (atp_http_feed): 503. */
+static void answer_unavailable(atp_http_response_t *res) {
+  char unavailable[160];
+  res->status = atp_error_http_status(ATP_EUNAVAILABLE);
+  res->content_type = "application/json";
+  atp_buf_reset(res->body);
+  size_t n =
+      error_json(unavailable, sizeof unavailable, atp_strerror_code(ATP_EUNAVAILABLE),
+                 "this request cannot be answered here");
+  atp_buf_append(res->body, unavailable, n);
+  res->hold_until = 0;
+}
+
+/* The response for the handler's answer; a body that could not be built
+ * becomes a 5xx whose body is written into err (which must outlive r). */
+static void response_of(conn_t *c, const atp_http_request_t *req,
+                        const atp_http_response_t *res, response_t *r, char *err,
+                        size_t err_cap) {
+  *r = (response_t){.status = res->status,
+                    .content_type = res->content_type,
+                    .extra = res->extra_headers};
+  r->extra_count = extra_count_of(res);
+  r->head_only = req->method == ATP_HTTP_HEAD;
+  r->close = res->close || !c->keep_alive || (c->lp && c->lp->stopping);
+  if (res->body && res->body->len) {
+    r->body = res->body->data;
+    r->body_len = res->body->len;
+    r->body_buf = res->body == &c->res_body ? res->body : NULL;
+  }
+  if (res->body && res->body->failed) {
+    int e = res->body->failed == ATP_ENOMEM ? ATP_ENOMEM : ATP_EINTERNAL;
+    r->status = atp_error_http_status(e);
+    r->content_type = "application/json";
+    r->body_len = error_json(err, err_cap, atp_strerror_code(e),
+                             "the response could not be built");
+    r->body = err;
+    r->body_buf = NULL;
+    r->extra_count = 0;
+  }
+  if (r->status < 200 || r->status > 599) r->status = 500;
+}
+
 /* The handler's response, serialised. */
 static void dispatch(conn_t *c) {
   atp_http_request_t req;
@@ -1099,82 +1197,17 @@ static void dispatch(conn_t *c) {
     res.defer = true;
   }
   if (res.stream) {
-    response_t head = {
-        .status = res.status ? res.status : 200,
-        .content_type = res.content_type,
-        .extra = res.extra_headers,
-        .extra_count = res.extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX
-                           ? res.extra_header_count
-                           : ATP_HTTP_EXTRA_HEADERS_MAX,
-        .close = true,
-        .stream = true};
-    if (queue_response(c, &head)) {
-      stream_abandon(res.stream);
-      c->closing = true;
-    } else if (req.method == ATP_HTTP_HEAD) {
-      /* HEAD: the head only. The producer's sends fail from now on, so it
-       * stops (an SSE stream, a snapshot's walk). */
-      log_response(c, &req, head.status, 0);
-      stream_abandon(res.stream);
-      c->closing = true;
-    } else {
-      log_response(c, &req, head.status, 0);
-      stream_attach(c, res.stream);
-    }
-    atp_arena_reset(&c->arena);
-    request_shrink(c);
-    c->in_message = false;
+    dispatch_stream(c, &req, &res);
     return;
   }
   if (res.defer && c->lp) {
-    c->deferred_id = req.request_id;
-    c->deferred_started_ns = req.started_ns;
-    c->deferred_method = req.method;
-    c->deferred_close = res.close || !c->keep_alive;
-    snprintf(c->deferred_path, sizeof c->deferred_path, "%.*s",
-             (int)(req.path_len < DEFERRED_PATH_BYTES ? req.path_len : 0), req.path);
-    /* The arena, head and body are kept until the answer: the deferred work
-     * may still read them (a batch's ops). Nothing is parsed meanwhile. */
-    c->in_message = false;
+    dispatch_defer(c, &req, &res);
     return;
   }
-  char unavailable[160];
-  if (res.defer) { /* atp_http_feed: no loop to answer on later */
-    res.status = atp_error_http_status(ATP_EUNAVAILABLE);
-    res.content_type = "application/json";
-    atp_buf_reset(res.body);
-    size_t n =
-        error_json(unavailable, sizeof unavailable, atp_strerror_code(ATP_EUNAVAILABLE),
-                   "this request cannot be answered here");
-    atp_buf_append(res.body, unavailable, n);
-    res.hold_until = 0;
-  }
-
-  response_t r = {.status = res.status,
-                  .content_type = res.content_type,
-                  .extra = res.extra_headers};
-  r.extra_count = res.extra_header_count < ATP_HTTP_EXTRA_HEADERS_MAX
-                      ? res.extra_header_count
-                      : ATP_HTTP_EXTRA_HEADERS_MAX;
-  r.head_only = req.method == ATP_HTTP_HEAD;
-  r.close = res.close || !c->keep_alive || (c->lp && c->lp->stopping);
-  if (res.body && res.body->len) {
-    r.body = res.body->data;
-    r.body_len = res.body->len;
-    r.body_buf = res.body == &c->res_body ? res.body : NULL;
-  }
+  if (res.defer) answer_unavailable(&res);
+  response_t r;
   char err[160];
-  if (res.body && res.body->failed) {
-    int e = res.body->failed == ATP_ENOMEM ? ATP_ENOMEM : ATP_EINTERNAL;
-    r.status = atp_error_http_status(e);
-    r.content_type = "application/json";
-    r.body_len = error_json(err, sizeof err, atp_strerror_code(e),
-                            "the response could not be built");
-    r.body = err;
-    r.body_buf = NULL;
-    r.extra_count = 0;
-  }
-  if (r.status < 200 || r.status > 599) r.status = 500;
+  response_of(c, &req, &res, &r, err, sizeof err);
   size_t body_bytes = r.body_len;
   if (queue_response(c, &r)) r.close = true;
   /* acquire: pairs with the release in atp_http_server_release. A value
@@ -1185,9 +1218,7 @@ static void dispatch(conn_t *c) {
     conn_hold(c, res.hold_until);
   if (r.close) c->closing = true;
   log_response(c, &req, r.status, body_bytes);
-  atp_arena_reset(&c->arena);
-  request_shrink(c);
-  c->in_message = false;
+  message_done(c);
 }
 
 static int cb_message_complete(llhttp_t *p) {

@@ -43,10 +43,10 @@ def write_config(fake, tmp_path, pps=1000, fetch=False):
     return cfg
 
 
-def start_atpd(fake, tmp_path, pps=1000, binary=None, extra=(), fetch=False):
+def start_atpd(fake, tmp_path, pps=1000, binary=None, extra=(), fetch=False, env=None):
     cfg = write_config(fake, tmp_path, pps, fetch)
     args = ["--durability", "batch", "--shopify", str(cfg)] + list(extra)
-    return Server(binary=binary, args=args, env={"ATPD_SHOPIFY_TOKEN": TOKEN})
+    return Server(binary=binary, args=args, env=dict(env or {}, ATPD_SHOPIFY_TOKEN=TOKEN))
 
 
 def stop(srv):
@@ -826,5 +826,75 @@ def test_durable_cursor_stays_below_a_change_made_during_a_call(fake, tmp_path):
         st = push_status(c)
         assert st["pending"] == 2, st
         assert int(st["cursor"]) < int(again), (st["cursor"], again)
+    finally:
+        stop(srv)
+
+
+# --- the feed runs ahead of the push -----------------------------------------------------
+# ATPD_TEST_SHOPIFY_PUSH_HOLD_FILE (test-only): while the file exists the push
+# reads nothing from the feed; the feed goes on without it.
+
+def hold_the_push(fake, tmp_path, env=None):
+    """An atpd whose push holds (a mapped position pushed first, so the push
+    holds a cursor); returns (srv, c, hold file, item, loc, sku)."""
+    item, loc = shop_id(), shop_id()
+    sku = uid("sku")
+    fake.set_levels([(item, loc, 0)])
+    hold = tmp_path / "hold"
+    srv = start_atpd(fake, tmp_path, env=dict(env or {},
+                                              ATPD_TEST_SHOPIFY_PUSH_HOLD_FILE=str(hold)))
+    c = srv.client(validate=VALIDATE)
+    mapping(c, [(sku, item)], [("L1", loc)])
+    c.adjust(sku, "L1", 5)
+    wait_levels(fake, {(item, loc): 5})
+    wait_for(lambda: push_status(c)["pending"] == 0 and push_status(c)["cursor"],
+             what="the push idle, with a cursor")
+    hold.touch()
+    time.sleep(0.2)  # a tick under way when the file came finishes
+    return srv, c, hold, item, loc, sku
+
+
+def test_expired_cursor_while_running_walks_every_position(fake, tmp_path):
+    """The feed retained less than the push had read (its cursor expired
+    while it ran): the changes in between are gone from the feed, so the push
+    walks every mapped position again instead of going on from the oldest
+    retained event and never pushing them."""
+    srv, c, hold, item, loc, sku = hold_the_push(fake, tmp_path, env={
+        "ATPD_TEST_JOURNAL_SEGMENT_BYTES": "4096", "ATPD_TEST_FEED_RETENTION_MS": "300"})
+    try:
+        cursor = push_status(c)["cursor"]
+        c.adjust(sku, "L1", 3)  # 8: only in the feed the push does not read
+        pad = uid("pad")  # unmapped: fills segments, then the snapshot trims them
+        batch_adjust(c, [(pad, "L1", 1)] * 60)
+        time.sleep(0.6)
+        batch_adjust(c, [(pad, "L1", 1)] * 60)
+        r = c.post("/admin/snapshot")
+        assert r.status == 200, r
+        r = c.get("/v1/changes", params={"after": cursor})
+        assert r.status == 410, "the push's cursor %s must have expired: %r" % (cursor, r)
+        hold.unlink()
+        wait_levels(fake, {(item, loc): 8}, timeout=10)
+        assert "resync" in push_status(c)["last_error"]
+    finally:
+        stop(srv)
+
+
+def test_read_stopped_at_the_scan_cap_reads_on(fake, tmp_path):
+    """More than the feed's scan cap (200,000 change records a read) of
+    records the push skips (group changes), then a mapped change: the first
+    read stops at the cap with no event, and the push must read on rather
+    than wait for the next journal write to reach the change."""
+    srv, c, hold, item, loc, sku = hold_the_push(fake, tmp_path)
+    try:
+        g = uid("g")
+        ops = [dict(op="group", flow="ops", id=uid("g"), name=g,
+                    locations=["L1"] if i % 2 else ["L1", "L2"]) for i in range(201000)]
+        for k in range(0, len(ops), 5000):
+            body = "\n".join(json.dumps(o) for o in ops[k:k + 5000]).encode()
+            r = c.post("/v1/batch", raw=body, content_type="application/x-ndjson")
+            assert r.status == 200 and r.data["applied"] == len(ops[k:k + 5000]), r
+        c.adjust(sku, "L1", 3)  # 8, behind the 201,000 group changes
+        hold.unlink()
+        wait_levels(fake, {(item, loc): 8}, timeout=15)
     finally:
         stop(srv)

@@ -180,10 +180,135 @@ static void test_many_in_one_slot_with_hints(void) {
   CHECK_EQ(hints_soon, N - ATP_TIMERWHEEL_SOON);
 }
 
+/* --- the exact tick
+ * Tick k is the time k * TICK; a timer due at d fires at the first tick at or
+ * after d, ceil(d / TICK), never sooner and never later, whichever level it
+ * was filed on and however many cascades bring it down. A cascade files a
+ * timer again from the tick being run, so one due on that very tick (its due
+ * tick a multiple of the level's span) is where a wheel goes one tick late:
+ * the distances below reach each level boundary from several starting
+ * alignments, and land due ticks on multiples of 2^8, 2^16 and 2^24. */
+
+enum { EXACT_MAX = 160 };
+static item_t exact[EXACT_MAX];
+static int exact_n;
+
+static void exact_file(int64_t due_ms) {
+  REQUIRE(exact_n < EXACT_MAX);
+  item_t *it = &exact[exact_n];
+  *it = (item_t){.id = exact_n};
+  atp_timer_init(&it->timer);
+  atp_timerwheel_add(&W, &it->timer, due_ms);
+  exact_n++;
+}
+
+/* Starts a wheel at start_tick, files every distance, runs it tick by tick
+ * (now_ms on each tick exactly) and checks each timer fired once, at its
+ * tick. */
+static void exact_run(int64_t start_tick, const int64_t *after_ms, int n) {
+  fired_total = 0;
+  exact_n = 0;
+  atp_timerwheel_init(&W, on_fire, NULL, NULL);
+  int64_t start_ms = start_tick * TICK;
+  atp_timerwheel_start(&W, start_ms);
+  int64_t last = start_tick;
+  for (int i = 0; i < n; i++) {
+    exact_file(start_ms + after_ms[i]);
+    int64_t at = (start_ms + after_ms[i] + TICK - 1) / TICK;
+    if (at > last) last = at;
+  }
+  for (int64_t k = start_tick + 1; k <= last + 1; k++) atp_timerwheel_run(&W, k * TICK);
+  CHECK_EQ(fired_total, exact_n);
+  for (int i = 0; i < exact_n; i++) {
+    int64_t due = start_ms + after_ms[i];
+    int64_t at = (due + TICK - 1) / TICK;
+    if (at <= start_tick) at = start_tick + 1; /* past: the next tick */
+    if (exact[i].fired != 1 || exact[i].fired_at != at * TICK)
+      fprintf(stderr,
+              "  start tick %lld, +%lld ms: fired %d at tick %lld, due at %lld\n",
+              (long long)start_tick, (long long)after_ms[i], exact[i].fired,
+              (long long)(exact[i].fired_at / TICK), (long long)at);
+    CHECK_EQ(exact[i].fired, 1);
+    CHECK_EQ(exact[i].fired_at, at * TICK);
+  }
+}
+
+/* Distances (ms) from start: just under, at and over each level's span, ones
+ * landing on the next multiples of 2^8 and 2^16 ticks, odd milliseconds, and
+ * up to hours. */
+static int exact_distances(int64_t start_tick, int64_t *out) {
+  int n = 0;
+  static const int64_t spans[] = {1LL << 8, 1LL << 16};
+  for (int s = 0; s < 2; s++) {
+    for (int64_t d = -2; d <= 2; d++) {
+      out[n++] = (spans[s] + d) * TICK;
+      out[n++] = (spans[s] + d) * TICK - 1;
+      out[n++] = (spans[s] + d) * TICK + 1;
+    }
+    /* the next few multiples of the span, and a tick either side */
+    int64_t m = (start_tick / spans[s] + 1) * spans[s];
+    for (int j = 0; j < 4; j++, m += spans[s]) {
+      for (int64_t d = -1; d <= 1; d++) {
+        int64_t ticks = m + d - start_tick;
+        if (ticks > 0) out[n++] = ticks * TICK;
+      }
+      out[n++] = (m - start_tick) * TICK - TICK / 2; /* within the tick before */
+    }
+  }
+  static const int64_t fixed[] = {
+      0,       1,       TICK - 1, TICK,    TICK + 1,        1000,
+      15999,   16000,   16384,    16385,   60000,           3600000,
+      4194303, 4194304, 4194305,  7200001, 3 * 3600000 + 17};
+  for (unsigned i = 0; i < sizeof fixed / sizeof fixed[0]; i++) out[n++] = fixed[i];
+  return n;
+}
+
+static void test_exact_tick_through_every_cascade(void) {
+  /* T0's own alignment, and starts on and just off multiples of 2^8 and 2^16 */
+  const int64_t t0 = T0 / TICK;
+  const int64_t starts[] = {t0,
+                            t0 - t0 % 256,
+                            t0 - t0 % 256 + 255,
+                            t0 - t0 % 65536,
+                            t0 - t0 % 65536 + 1,
+                            t0 - t0 % 65536 + 65535,
+                            (t0 / 65536 + 1) * 65536 - 300};
+  for (unsigned s = 0; s < sizeof starts / sizeof starts[0]; s++) {
+    int64_t after[EXACT_MAX];
+    int n = exact_distances(starts[s], after);
+    REQUIRE(n <= EXACT_MAX);
+    exact_run(starts[s], after, n);
+  }
+}
+
+/* The third level's span (2^24 ticks, about 12 days): timers filed on level
+ * 3 come down through levels 2 and 1; the start sits a little before a
+ * multiple of 2^24 so the run stays near 2^24 ticks. */
+static void test_exact_tick_from_the_top_level(void) {
+  const int64_t span = 1LL << 24;
+  int64_t m = (T0 / TICK / span + 1) * span;
+  int64_t start = m - 1000;
+  int64_t after[] = {
+      (span - 1) * TICK,
+      span * TICK,
+      (span + 1) * TICK,
+      (m - start) * TICK,
+      (m - start - 1) * TICK,
+      (m - start + 1) * TICK,
+      (m + span - start) * TICK - TICK / 2, /* a multiple of 2^24 ticks on level 3 */
+      (m + span - start) * TICK,
+      (m + span - start + 256) * TICK,
+      (m + span - start + 65536) * TICK + 5,
+  };
+  exact_run(start, after, sizeof after / sizeof after[0]);
+}
+
 TEST_MAIN({
   RUN(test_fires_once_at_its_time_on_every_level);
   RUN(test_remove_from_anywhere);
   RUN(test_refile_from_fire_and_past_times);
   RUN(test_clock_jump_and_far_future);
   RUN(test_many_in_one_slot_with_hints);
+  RUN(test_exact_tick_through_every_cascade);
+  RUN(test_exact_tick_from_the_top_level);
 })
