@@ -49,7 +49,7 @@
  * Zero-filled space: the segment is kept zero-filled ahead of its write
  * position (up to 4 MiB ahead by the idle writer thread, in 2 MiB steps of
  * write + fdatasync; under load at least 1 MiB ahead by the groups, each
- * group short of it carrying 64 KiB of zeroes under its own fdatasync; never
+ * group short of it carrying 1 MiB of zeroes under its own fdatasync; never
  * past segment_bytes_max), so that most groups' fdatasync overwrites
  * allocated, written blocks and need not also write the inode as an
  * appending one must. Recovery reads zeroes

@@ -328,7 +328,7 @@ void atp_metrics_write_journal(const atp_journal_t *journal,
       out,
       "# HELP atpd_journal_prealloc_bytes_total Zeroes written ahead of the journal's "
       "write position: the idle writer's steps (their fdatasync not in "
-      "atpd_journal_fsync_seconds) and 64 KiB carried by a group under load (made "
+      "atpd_journal_fsync_seconds) and 1 MiB carried by a group under load (made "
       "durable by the group's fdatasync).\n"
       "# TYPE atpd_journal_prealloc_bytes_total counter\n"
       "atpd_journal_prealloc_bytes_total %llu\n"

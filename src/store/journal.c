@@ -93,7 +93,7 @@
 #define ZERO_STEP_BYTES       (2ull << 20)
 #define ZERO_AHEAD_IDLE       (4ull << 20)  /* filled while nothing is queued */
 #define ZERO_AHEAD_MIN        (1ull << 20)  /* below it, groups carry zeroes */
-#define ZERO_GROUP_BYTES      (64u << 10)   /* zeroes a group carries */
+#define ZERO_GROUP_BYTES      (1u << 20)    /* zeroes a group carries under load */
 #define ZERO_QUIET_NS         50000000      /* no group for this long: idle */
 #define ZERO_RESERVE_BYTES    (64ull << 20) /* free space preallocation leaves alone */
 #define ZERO_SKIP_GROUP_BYTES (128u << 10)  /* no zeroes after a group this large */
@@ -537,10 +537,13 @@ static int write_group(atp_journal_t *j) {
   if (j->seg_file_bytes < j->seg_bytes) j->seg_file_bytes = j->seg_bytes;
   /* Under load the zeroes ahead come with the groups: a small group short
    * of them writes ZERO_GROUP_BYTES after the file's end, which its own
-   * fdatasync makes durable (that one also writes the inode, a fraction of
-   * a millisecond). A step of its own between groups took milliseconds of
-   * disk time that every answer of the loop's next turn waited for. Their
-   * time in prealloc_ns_sum is the write; the fdatasync is the group's. */
+   * fdatasync makes durable (that one also writes the inode and the
+   * zeroes, about a millisecond, once a MiB of records). A step of its own
+   * between groups held the round while the loop handed its commits to the
+   * writer thread and waited for it too, and woke that thread. Smaller
+   * carries cost more in all: each one's fdatasync commits the file
+   * system's journal (bench/RESULTS.md). Their time in prealloc_ns_sum is
+   * the write; the fdatasync is the group's. */
   int64_t start = now_ns(), zeroes = 0;
   if (bytes < ZERO_SKIP_GROUP_BYTES && zero_due(j, false) &&
       (zeroes = zero_write(j, ZERO_GROUP_BYTES)) < 0)

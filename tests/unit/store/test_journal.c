@@ -1270,7 +1270,7 @@ static void test_no_zeroes_after_large_groups(void) {
 }
 
 /* Under load the zeroes ahead come with the groups: a small group short of
- * them carries 64 KiB, made durable by its own fdatasync. A step of 2 MiB
+ * them carries 1 MiB, made durable by its own fdatasync. A step of 2 MiB
  * between groups held the round for milliseconds, and a loop's commits in
  * the meantime went to the writer thread and waited for it. */
 static void test_groups_carry_the_zeroes(void) {
@@ -1287,12 +1287,12 @@ static void test_groups_carry_the_zeroes(void) {
     atp_journal_metrics(j, &m0);
   } while (m0.prealloc_bytes < (4u << 20) && now_ms() < deadline);
   REQUIRE(m0.prealloc_bytes >= (4u << 20));
-  /* 250 groups of 16 records, 16 KiB each: 4 MiB, past the zeroes ahead.
+  /* 250 groups of 16 records, 32 KiB each: 8 MiB, past the zeroes ahead.
    * Halfway, another thread's record wakes the writer thread: it writes
    * that group and, under load, does not zero-fill as if idle. */
   atp_journal_own_commits(j, 0);
   for (int g = 0; g < 250; g++) {
-    for (int i = 0; i < 16; i++) append_fill(j, 1, (unsigned char)(g + i), 1000);
+    for (int i = 0; i < 16; i++) append_fill(j, 1, (unsigned char)(g + i), 2000);
     CHECK(atp_journal_commit(j));
     if (g == 125) {
       elsewhere_t other = {j, 0};
@@ -1308,13 +1308,13 @@ static void test_groups_carry_the_zeroes(void) {
   CHECK_EQ(m1.loop_rounds, 250);
   CHECK_EQ(m1.loop_handoffs, 0);
   uint64_t steps = m1.prealloc_steps - m0.prealloc_steps;
-  CHECK(steps >= 10);
-  CHECK_EQ(m1.prealloc_bytes - m0.prealloc_bytes, steps * (64u << 10));
+  CHECK(steps >= 4);
+  CHECK_EQ(m1.prealloc_bytes - m0.prealloc_bytes, steps << 20);
   CHECK_EQ(m1.prealloc_failures, 0);
   char path[600];
   seg_path(path, sizeof path, dir, 1);
-  long data = HEADER + 4000L * (FRAME + 1000) + FRAME + 40;
-  CHECK(file_size(path) >= data + (1L << 20) - 16384); /* still ahead */
+  long data = HEADER + 4000L * (FRAME + 2000) + FRAME + 40;
+  CHECK(file_size(path) >= data + (1L << 20) - 32768); /* still ahead */
   CHECK_EQ(atp_journal_close(j), 0);
   CHECK_EQ(file_size(path), data);
   REQUIRE((j = open_or_null(&c, 0, &scan)));
