@@ -37,8 +37,11 @@
  * touching the request. Each continuation slice is its own durable bracket
  * on the loop's slot (a slot held across loop iterations would stall the
  * journal writer's horizon), and the answer is parked until the highest
- * target of the slices is durable. The pre-scan still runs whole in the
- * handler (a framing pass, about 1 ms per MiB).
+ * target of the slices is durable. The pre-scan (a framing pass, about
+ * 1 ms per MiB, so up to tens of milliseconds for a whole 64 MiB body) runs
+ * in slices of SLICE_NS too, the first in the handler and the rest as
+ * continuations, each ending at an op's boundary; no op runs before it has
+ * seen the whole body, so a broken body still changes nothing.
  */
 
 #include <stddef.h>
@@ -160,6 +163,8 @@ typedef struct {
   atp_writer_t results;
   span_t *spans;        /* in the request arena */
   uint32_t count, next; /* ops, and the first one not run yet */
+  uint32_t bound;       /* spans' room: the most ops the body can hold */
+  bool scanning;        /* the pre-scan has not seen the whole body yet */
   /* Once deferred: copies of what the handler's stack held (the request's
    * own bytes stay in the connection until the answer), the answer's body,
    * and the continuation. */
@@ -371,41 +376,56 @@ static void run_op(batch_t *b, uint32_t index, const span_t *span, int slot) {
   record(b, index, rc, &out, span, v, flow, kind);
 }
 
-/* The pre-scan: every op's span, or a refusal of the whole body. */
-static int scan(batch_t *b, span_t **spans_out, uint32_t *count_out) {
-  atp_req_t *rq = b->rq;
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The pre-scan's start: room for every op's span. */
+static int scan_begin(batch_t *b) {
   size_t body_len = b->split.len;
   /* Each element takes a byte and (JSON, NDJSON) a delimiter at least. */
   size_t bound = b->split.format == ATP_FORMAT_MSGPACK ? body_len : body_len / 2 + 1;
   if (bound > ATP_BATCH_OPS_MAX) bound = ATP_BATCH_OPS_MAX;
-  span_t *spans = atp_arena_alloc(rq->arena, (bound ? bound : 1) * sizeof *spans);
-  if (!spans) return atp_req_fail(rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
-  uint32_t count = 0;
+  b->spans = atp_arena_alloc(b->rq->arena, (bound ? bound : 1) * sizeof *b->spans);
+  if (!b->spans) return atp_req_fail(b->rq, ATP_ENOMEM, NULL, NULL, "Out of memory.");
+  b->bound = (uint32_t)bound;
+  b->count = 0;
+  return 0;
+}
+
+/* The pre-scan, on from where it stopped: every op's span, or a refusal of
+ * the whole body. 1: the body is scanned; 0: a slice's time is used up
+ * (sliced only), more to do; else the refusal, in b->rq. */
+static int scan_step(batch_t *b, bool sliced) {
+  atp_req_t *rq = b->rq;
+  uint64_t t0 = sliced ? now_ns() : 0;
   atp_parse_error_t perr;
   perr.message[0] = perr.field[0] = '\0';
   perr.offset = 0;
-  for (;;) {
+  for (uint32_t n = 1;; n++) {
     size_t start = 0, end = 0;
     int rc = atp_splitter_next(&b->split, &start, &end, &perr);
-    if (rc == 0) break;
+    if (rc == 0) return 1;
     if (rc < 0) {
       atp_req_fail(rq, ATP_EBADREQ, NULL, NULL, "Malformed batch at byte %zu: %s",
                    perr.offset, perr.message);
       if (perr.field[0]) snprintf(rq->field, sizeof rq->field, "%s", perr.field);
       return ATP_EBADREQ;
     }
-    if (count == ATP_BATCH_OPS_MAX)
+    if (b->count == ATP_BATCH_OPS_MAX)
       return atp_req_fail(rq, ATP_EBADREQ, NULL, "ops",
                           "A batch holds at most %u ops; nothing was applied.",
                           (unsigned)ATP_BATCH_OPS_MAX);
-    ATP_ASSERT(count < bound && end <= UINT32_MAX);
-    spans[count].start = (uint32_t)start;
-    spans[count].end = (uint32_t)end;
-    count++;
+    ATP_ASSERT(b->count < b->bound && end <= UINT32_MAX);
+    b->spans[b->count].start = (uint32_t)start;
+    b->spans[b->count].end = (uint32_t)end;
+    b->count++;
+    /* The clock at every 16th op: ops are a few hundred bytes, and one
+     * that is not takes its own time (about 1 ms per MiB) either way. */
+    if (sliced && n % 16 == 0 && now_ns() - t0 >= SLICE_NS) return 0;
   }
-  *spans_out = spans;
-  *count_out = count;
-  return 0;
 }
 
 static int read_results_param(atp_req_t *rq, bool *all) {
@@ -418,12 +438,6 @@ static int read_results_param(atp_req_t *rq, bool *all) {
   }
   if (v->len == 8 && memcmp(v->ptr, "rejected", 8) == 0) return 0;
   return atp_req_fail(rq, ATP_EBADREQ, NULL, "results", "Must be all or rejected.");
-}
-
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* Runs ops from b->next until the batch ends or the slice is used up;
@@ -498,25 +512,10 @@ static void batch_post(batch_t *b) {
     batch_free(b);
 }
 
-/* A continuation slice: its own durable bracket, then the next post or the
- * answer, parked until every slice's changes are durable. */
-static void batch_continue(void *ctx) {
-  batch_t *b = ctx;
+/* The deferred answer in b->res, parked until hold_until is durable; then
+ * the batch is freed. */
+static void answer(batch_t *b) {
   int thread = b->http.thread_index;
-  if (!atp_http_server_deferred_alive(b->server, thread, b->http.request_id)) {
-    batch_free(b); /* the connection closed: its request is gone */
-    return;
-  }
-  atp_durable_t *d = b->rq->app->durable;
-  if (d) atp_durable_begin(d, (uint32_t)thread);
-  bool done = run_slice(b);
-  if (d) {
-    uint64_t target = atp_durable_end(d, (uint32_t)thread);
-    if (target > b->hold_until) b->hold_until = target;
-  }
-  if (!done) return batch_post(b);
-  int rc = respond(b);
-  if (rc != 0) atp_respond_error(b->rq, rc);
   atp_http_response_t *res = &b->res;
   int status = res->status;
   const char *type = res->content_type;
@@ -530,8 +529,9 @@ static void batch_continue(void *ctx) {
     status = 500;
     type = "application/json";
   }
-  rc = atp_http_server_answer_held(b->server, thread, b->http.request_id, status, type,
-                                   b->res_body.data, b->res_body.len, b->hold_until);
+  int rc =
+      atp_http_server_answer_held(b->server, thread, b->http.request_id, status, type,
+                                  b->res_body.data, b->res_body.len, b->hold_until);
   if (rc == ATP_ENOMEM) {
     /* No room for the answer's copy: say so briefly rather than never. */
     static const char nomem[] =
@@ -541,6 +541,52 @@ static void batch_continue(void *ctx) {
                                       b->hold_until);
   }
   batch_free(b);
+}
+
+/* Once the pre-scan has seen the whole body: the ops' context and the
+ * results array. */
+static void start_ops(batch_t *b) {
+  b->op = *b->rq;
+  b->op.arena = &b->scratch[0];
+  b->op.body = NULL;
+  atp_writer_init(&b->results, b->rq->out_format, &b->results_buf);
+  b->applied = b->replayed = b->rejected = b->queued = 0;
+  atp_w_array_begin(&b->results);
+}
+
+/* A continuation: a slice of the pre-scan, or a slice of ops in its own
+ * durable bracket; then the next post or the answer, parked until every
+ * slice's changes are durable. */
+static void batch_continue(void *ctx) {
+  batch_t *b = ctx;
+  int thread = b->http.thread_index;
+  if (!atp_http_server_deferred_alive(b->server, thread, b->http.request_id)) {
+    batch_free(b); /* the connection closed: its request is gone */
+    return;
+  }
+  if (b->scanning) {
+    int rc = scan_step(b, true);
+    if (rc < 0) { /* refused whole: nothing ran, nothing to wait for */
+      atp_respond_error(b->rq, rc);
+      return answer(b);
+    }
+    if (rc == 1) {
+      b->scanning = false;
+      start_ops(b);
+    }
+    return batch_post(b); /* the ops start in a slice of their own */
+  }
+  atp_durable_t *d = b->rq->app->durable;
+  if (d) atp_durable_begin(d, (uint32_t)thread);
+  bool done = run_slice(b);
+  if (d) {
+    uint64_t target = atp_durable_end(d, (uint32_t)thread);
+    if (target > b->hold_until) b->hold_until = target;
+  }
+  if (!done) return batch_post(b);
+  int rc = respond(b);
+  if (rc != 0) atp_respond_error(b->rq, rc);
+  answer(b);
 }
 
 int atp_route_batch(atp_req_t *rq) {
@@ -565,32 +611,31 @@ int atp_route_batch(atp_req_t *rq) {
     atp_arena_init(&b->scratch[i], OP_ARENA_CHUNK_BYTES, OP_ARENA_BYTES_MAX);
   atp_buf_init(&b->results_buf, ATP_HTTP_BULK_BODY_BYTES_MAX);
   atp_buf_init(&b->res_body, ATP_HTTP_BULK_BODY_BYTES_MAX + 4096);
+  /* Without a server (tests) there is no loop to continue on: all at once. */
+  b->server = atp_app_server(rq->app);
   int rc = read_results_param(rq, &b->all);
   if (rc == 0) {
     atp_splitter_init(&b->split, f, h->body, h->body_len);
-    rc = scan(b, &b->spans, &b->count);
+    rc = scan_begin(b);
   }
-  if (rc != 0) {
+  if (rc == 0) rc = scan_step(b, b->server != NULL);
+  if (rc < 0) {
     batch_free(b);
     return rc;
   }
-
-  b->op = *rq;
-  b->op.arena = &b->scratch[0];
-  b->op.body = NULL;
-  atp_writer_init(&b->results, rq->out_format, &b->results_buf);
-  b->applied = b->replayed = b->rejected = b->queued = 0;
-  atp_w_array_begin(&b->results);
-  /* The first slice runs here, inside the router's durable bracket. */
-  b->server = atp_app_server(rq->app);
-  if (!b->server) { /* no loop to continue on (tests without a server) */
-    while (!run_slice(b)) {
+  b->scanning = rc == 0;
+  if (!b->scanning) {
+    start_ops(b);
+    if (!b->server) {
+      while (!run_slice(b)) {
+      }
     }
-  }
-  if (run_slice(b)) {
-    rc = respond(b);
-    batch_free(b);
-    return rc;
+    /* The first slice runs here, inside the router's durable bracket. */
+    if (run_slice(b)) {
+      rc = respond(b);
+      batch_free(b);
+      return rc;
+    }
   }
   /* Deferred: the rest runs in continuations, which see the request through
    * copies (the handler's are on the dispatch stack). */
@@ -623,7 +668,8 @@ int atp_batch_run_ops(atp_req_t *rq, const char *ops, size_t ops_len,
   atp_buf_init(&b->results_buf, ATP_HTTP_BODY_BYTES_MAX);
   atp_buf_init(&b->res_body, 0);
   atp_splitter_init(&b->split, ATP_FORMAT_JSON, ops, ops_len);
-  int rc = scan(b, &b->spans, &b->count);
+  int rc = scan_begin(b);
+  if (rc == 0 && (rc = scan_step(b, false)) == 1) rc = 0;
   if (rc == 0 && b->count > results_max)
     rc = atp_req_fail(rq, ATP_ETOOLARGE, NULL, NULL, "%u ops, at most %u here.",
                       (unsigned)b->count, (unsigned)results_max);

@@ -79,6 +79,57 @@ def test_loop_serves_others_between_slices(srv):
     assert on_hand(c, sku) == OPS
 
 
+def dense_broken_body(sku, n=99000):
+    """A JSON array of n ops thick with small values (the pre-scan's slowest
+    bytes: about 1 ms per MiB, about 57 MiB here) that never closes: the
+    whole body is scanned before it is refused, and no op may run."""
+    extra = {"k%d" % k: [1, 2, 3, 4, 5, 6, 7, 8] for k in range(15)}
+    ops = (json.dumps(dict(op="adjust", flow="erp", id="%s-%d" % (sku, i), sku=sku,
+                           location="L1", delta=1, reason="received", x=extra))
+           for i in range(n))
+    return ("[" + ",".join(ops)).encode()
+
+
+def test_loop_serves_others_during_the_pre_scan(srv):
+    """The pre-scan of a 64 MiB body runs in slices too: requests on the same
+    loop are answered while it runs, and a body refused at its last byte
+    still changes nothing."""
+    c = srv.client("json")
+    sku = uid("sku")
+    body = build_request("POST", "/v1/batch", ["Content-Type: application/json"],
+                         dense_broken_body(sku))
+    conn = srv.conn(timeout=60)
+    done = {}
+
+    def run_batch():
+        conn.send(body)
+        done["sent"] = time.monotonic()
+        done["resp"] = conn.read_response("POST")
+        done["end"] = time.monotonic()
+
+    probe = srv.client("json")
+    probe.get("/healthz")  # connect outside the measurement
+    t = threading.Thread(target=run_batch)
+    t.start()
+    while "sent" not in done:
+        time.sleep(0.001)
+    time.sleep(0.01)  # the last of the body is read by now; the scan runs
+    answered = []
+    while "end" not in done and len(answered) < 2000:
+        r = probe.get("/healthz")
+        assert r.status == 200, r
+        answered.append(time.monotonic())
+    t.join(60)
+    r = done["resp"]
+    assert r.status == 400 and r.data["error"]["code"] == "bad_request", r
+    assert "Malformed batch at byte" in r.data["error"]["message"], r
+    before = [a for a in answered if a < done["end"]]
+    print("refused %.3f s after the send; %d probes answered during the scan"
+          % (done["end"] - done["sent"], len(before)))
+    assert before, "no probe was answered while the pre-scan ran"
+    assert c.position(sku, "L1").status == 404  # no op ran
+
+
 def test_pipelined_behind_a_batch_in_order(srv):
     sku = uid("sku")
     conn = srv.conn(timeout=60)
