@@ -5,6 +5,7 @@
 #   BIN=/tmp/base/bin/atpd bench/modes_ab.sh batch 5; bench/modes_ab.sh batch 5
 #   ATPD_COMMIT_ON_LOOP=0 bench/modes_ab.sh batch 5   (the writer thread alone)
 #   KEEP=/tmp/wrk.out bench/modes_ab.sh batch 5        (keeps wrk's own output)
+#   DATA_PARENT=/dev/shm bench/modes_ab.sh batch 5     (the data dir on tmpfs: fsync free)
 # Prints one line: rps, p99, the server's CPU us per request (utime+stime of the whole
 # process over the run), groups, records per group, the loop's own rounds and its
 # hand-offs to the writer thread, mean fdatasync, zero-fill bytes and the zero-fill time
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 mode=${1:?usage: bench/modes_ab.sh none|batch|always [seconds]} secs=${2:-5}
 bin=${BIN:-bin/atpd}
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-d=$(mktemp -d /tmp/atpd-modes.XXXXXX)
+d=$(mktemp -d "${DATA_PARENT:-/tmp}/atpd-modes.XXXXXX")
 trap 'kill "$pid" 2>/dev/null || true; [ -n "${KEEP:-}" ] && cp "$d/wrk" "$KEEP"; rm -rf "$d"' EXIT
 "$bin" --threads 1 --listen "127.0.0.1:$port" --data-dir "$d" --durability "$mode" \
   --access-log off 2>"$d/log" &
