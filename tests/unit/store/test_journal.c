@@ -1227,22 +1227,33 @@ static void test_commit_on_producer_thread(void) {
   remove_dir(dir);
 }
 
+/* A batch journal in dir once its writer's idle fill at open is over (4 MiB
+ * of zeroes ahead); m: its metrics then. NULL if it did not open or fill. */
+static atp_journal_t *open_filled(const char *dir, atp_journal_config_t *c,
+                                  atp_journal_metrics_t *m) {
+  *c = config_for(dir, ATP_JOURNAL_BATCH);
+  atp_journal_scan_t scan;
+  atp_journal_t *j = open_or_null(c, 0, &scan);
+  if (!j) return NULL;
+  int64_t deadline = now_ms() + 3000;
+  do {
+    sleep_ms(10);
+    atp_journal_metrics(j, m);
+  } while (m->prealloc_bytes < (4u << 20) && now_ms() < deadline);
+  if (m->prealloc_bytes >= (4u << 20)) return j;
+  atp_journal_close(j);
+  return NULL;
+}
+
 /* No zero-filling after a large group (batch ingestion: the zeroes would
  * double the bytes written and save nothing); it resumes after a small one. */
 static void test_no_zeroes_after_large_groups(void) {
   char dir[64];
   REQUIRE(make_dir(dir));
-  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_BATCH);
-  atp_journal_scan_t scan;
-  atp_journal_t *j = open_or_null(&c, 0, &scan);
-  REQUIRE(j);
+  atp_journal_config_t c;
   atp_journal_metrics_t m0, m1;
-  int64_t deadline = now_ms() + 3000;
-  do { /* the idle fill at open: 4 MiB ahead */
-    sleep_ms(10);
-    atp_journal_metrics(j, &m0);
-  } while (m0.prealloc_bytes < (4u << 20) && now_ms() < deadline);
-  REQUIRE(m0.prealloc_bytes >= (4u << 20));
+  atp_journal_t *j = open_filled(dir, &c, &m0);
+  REQUIRE(j);
   /* One group of 240 KB: queued without waking the writer, then handed to it. */
   atp_journal_own_commits(j, 0);
   uint64_t lsn = 0;
@@ -1259,7 +1270,7 @@ static void test_no_zeroes_after_large_groups(void) {
   REQUIRE(pthread_create(&t, NULL, append_elsewhere, &other) == 0);
   pthread_join(t, NULL);
   CHECK_EQ(atp_journal_wait(j, other.lsn, 2000), 0);
-  deadline = now_ms() + 2000;
+  int64_t deadline = now_ms() + 2000;
   do {
     sleep_ms(10);
     atp_journal_metrics(j, &m0);
@@ -1276,17 +1287,10 @@ static void test_no_zeroes_after_large_groups(void) {
 static void test_groups_carry_the_zeroes(void) {
   char dir[64];
   REQUIRE(make_dir(dir));
-  atp_journal_config_t c = config_for(dir, ATP_JOURNAL_BATCH);
-  atp_journal_scan_t scan;
-  atp_journal_t *j = open_or_null(&c, 0, &scan);
-  REQUIRE(j);
+  atp_journal_config_t c;
   atp_journal_metrics_t m0, m1;
-  int64_t deadline = now_ms() + 3000;
-  do { /* the idle fill at open: 4 MiB ahead */
-    sleep_ms(10);
-    atp_journal_metrics(j, &m0);
-  } while (m0.prealloc_bytes < (4u << 20) && now_ms() < deadline);
-  REQUIRE(m0.prealloc_bytes >= (4u << 20));
+  atp_journal_t *j = open_filled(dir, &c, &m0);
+  REQUIRE(j);
   /* 250 groups of 16 records, 32 KiB each: 8 MiB, past the zeroes ahead.
    * Halfway, another thread's record wakes the writer thread: it writes
    * that group and, under load, does not zero-fill as if idle. */
@@ -1317,6 +1321,7 @@ static void test_groups_carry_the_zeroes(void) {
   CHECK(file_size(path) >= data + (1L << 20) - 32768); /* still ahead */
   CHECK_EQ(atp_journal_close(j), 0);
   CHECK_EQ(file_size(path), data);
+  atp_journal_scan_t scan;
   REQUIRE((j = open_or_null(&c, 0, &scan)));
   CHECK_EQ(got.count, 4001);
   CHECK_EQ(got.out_of_order, 0);
