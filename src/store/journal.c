@@ -41,14 +41,15 @@
  * steps (each with an fdatasync of its own) when it has nothing else to do,
  * and under load at least ZERO_AHEAD_MIN ahead by the groups themselves (a
  * group short of zeroes carries ZERO_GROUP_BYTES of them after the file's
- * end, covered by its own fdatasync), up to segment_bytes_max. Recovery reads zeroes
- * after the last record as a clean end (proto/journal.md). A segment is truncated to
- * its data end when it rolls and at a clean close, so closed segments hold no zeroes.
- * The zeroes are an optimisation only: a zero write that fails (ENOSPC, EIO) is cut off
- * again and zero-filling pauses (backing off), the journal goes on with plain appends
- * and never fails because of it; and no step starts while the file system has less than
- * ZERO_RESERVE_BYTES free, so that preallocation never takes the last space from the
- * records themselves or from snapshots.
+ * end, covered by its own fdatasync), up to segment_bytes_max. Recovery
+ * reads zeroes after the last record as a clean end (proto/journal.md). A
+ * segment is truncated to its data end when it rolls and at a clean close,
+ * so closed segments hold no zeroes. The zeroes are an optimisation only: a
+ * zero write that fails (ENOSPC, EIO) is cut off again and zero-filling
+ * pauses (backing off), the journal goes on with plain appends and never
+ * fails because of it; and no zeroes are written while the file system has
+ * less than ZERO_RESERVE_BYTES free, so that preallocation never takes the
+ * last space from the records themselves or from snapshots.
  *
  * Failure and recovery. After a failed write or fdatasync the state is
  * FAILED and the records stay in the writer's pending list (memory). Every
