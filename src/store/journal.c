@@ -678,8 +678,17 @@ static bool wait_for_group(atp_journal_t *j) {
       return true;
     }
     if (!j->q_head) {
-      if (j->p_head) return true;
-      if (j->stopping) return false;
+      /* The pending list belongs to round_mu's holder: a committing
+       * thread's round may be writing it now. Records left in it by a round
+       * that failed are the FAILED state's, above; one in progress is not
+       * read, and the writer does not stop under it at close. */
+      bool round_busy = pthread_mutex_trylock(&j->round_mu) != 0, pending = false;
+      if (!round_busy) {
+        pending = j->p_head != NULL;
+        pthread_mutex_unlock(&j->round_mu);
+      }
+      if (pending) return true;
+      if (j->stopping && !round_busy) return false;
       /* seq_cst against atp_journal_end's store of wanted and load of
        * writer_idle: either it sees the writer idle and signals (under mu, so
        * the writer is then inside the wait), or the writer sees its wanted. */
