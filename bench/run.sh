@@ -222,6 +222,7 @@ ratio() { # ratio NAME NUM DEN
 ratio ratio_get_json_vs_nginx atpd_get_json_rps nginx_fixed_json_rps
 ratio ratio_reserve_batch_vs_none atpd_reserve_json_batch_rps atpd_reserve_json_none_rps
 ratio ratio_reserve_always_vs_none atpd_reserve_json_always_rps atpd_reserve_json_none_rps
+ratio ratio_reserve_none_vs_redis_p1 atpd_reserve_json_none_rps redis_granted_evalsha_reserve_p1_ops
 ratio ratio_reserve_batch_vs_redis_everysec atpd_reserve_json_batch_rps redis_granted_evalsha_reserve_aof_everysec_p1_ops
 ratio ratio_reserve_always_vs_redis_always atpd_reserve_json_always_rps redis_granted_evalsha_reserve_aof_always_p1_ops
 ratio ratio_get_msgpack_vs_nginx atpd_get_msgpack_rps nginx_fixed_json_rps
@@ -269,7 +270,8 @@ v() { echo "${fig[$1]:-n/a}"; }
   echo "(p99 $(v atpd_reserve_json_none_p99_ms) ms), batch $(v atpd_reserve_json_batch_rps) (p99 $(v atpd_reserve_json_batch_p99_ms) ms),"
   echo "always $(v atpd_reserve_json_always_rps) (p99 $(v atpd_reserve_json_always_p99_ms) ms); Redis AOF, every reservation granted"
   echo "(bench/peers_redis.sh): everysec $(v redis_granted_evalsha_reserve_aof_everysec_p1_ops), always $(v redis_granted_evalsha_reserve_aof_always_p1_ops)"
-  echo "(run-peers.sh's, every reservation refused: $(v redis_evalsha_reserve_aof_everysec_p1_ops) and $(v redis_evalsha_reserve_aof_always_p1_ops)). batch/none $(v ratio_reserve_batch_vs_none)"
+  echo "(run-peers.sh's, every reservation refused: $(v redis_evalsha_reserve_aof_everysec_p1_ops) and $(v redis_evalsha_reserve_aof_always_p1_ops)); none against Redis"
+  echo "without persistence $(v ratio_reserve_none_vs_redis_p1) (the HTTP rows above run --durability $durability). batch/none $(v ratio_reserve_batch_vs_none)"
   echo "(target >= 0.9), batch/everysec $(v ratio_reserve_batch_vs_redis_everysec) (>= 1), always/always $(v ratio_reserve_always_vs_redis_always) (>= 1)."
   echo
   echo "atpd p99 latency (ms): GET JSON $(v atpd_get_json_p99_ms), GET msgpack $(v atpd_get_msgpack_p99_ms),"
