@@ -17,6 +17,7 @@
 #include "atp/engine.h"
 #include "atp/error.h"
 #include "atp/shopify.h"
+#include "flows_test_util.h"
 #include "test.h"
 
 static atp_str_t str(const char *s) {
@@ -222,18 +223,9 @@ static int probe_emit(void *ctx, uint16_t kind, const void *payload, uint32_t by
 
 static void test_export_lets_webhooks_in(void) {
   char dir[64];
-  strcpy(dir, "/tmp/atpd-shx-XXXXXX");
-  REQUIRE(mkdtemp(dir));
-  atp_durable_config_t dc = {.dir = dir, .mode = ATP_JOURNAL_NONE};
   atp_durable_t *d = NULL;
-  REQUIRE(atp_durable_create(&dc, &d) == 0);
-  atp_engine_config_t ec = {.positions_max = 64,
-                            .reservations_max = 64,
-                            .idempotency_max = 64,
-                            .on_change = atp_durable_hook,
-                            .change_ctx = d};
   atp_engine_t *engine = NULL;
-  REQUIRE(atp_engine_create(&ec, &engine) == 0);
+  REQUIRE(durable_engine(dir, "/tmp/atpd-shx-XXXXXX", &d, &engine) == 0);
   atp_shopify_config_t c;
   memset(&c, 0, sizeof c);
   c.secret_count = 1;

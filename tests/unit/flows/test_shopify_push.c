@@ -22,6 +22,7 @@
 #include "atp/feed.h"
 #include "atp/shopify.h"
 #include "atp/shopify_push.h"
+#include "flows_test_util.h"
 #include "test.h"
 
 typedef struct {
@@ -44,18 +45,9 @@ static void *reader_main(void *arg) {
 
 static void test_stats_read_while_the_push_starts(void) {
   char dir[64];
-  strcpy(dir, "/tmp/atpd-push-XXXXXX");
-  REQUIRE(mkdtemp(dir));
-  atp_durable_config_t dc = {.dir = dir, .mode = ATP_JOURNAL_NONE};
   atp_durable_t *d = NULL;
-  REQUIRE(atp_durable_create(&dc, &d) == 0);
-  atp_engine_config_t ec = {.positions_max = 64,
-                            .reservations_max = 64,
-                            .idempotency_max = 64,
-                            .on_change = atp_durable_hook,
-                            .change_ctx = d};
   atp_engine_t *engine = NULL;
-  REQUIRE(atp_engine_create(&ec, &engine) == 0);
+  REQUIRE(durable_engine(dir, "/tmp/atpd-push-XXXXXX", &d, &engine) == 0);
   atp_shopify_config_t c;
   memset(&c, 0, sizeof c);
   c.secret_count = 1;
